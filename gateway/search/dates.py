@@ -1,0 +1,81 @@
+"""FHIR date, dateTime and instant values as half-open ranges of epoch seconds.
+
+FHIR compares dates as ranges implied by their precision: ``2013`` is the whole year,
+``2013-05-17T10:00:00Z`` the whole second. Both stored values and search values become
+``(low, high)`` with ``low`` inclusive and ``high`` exclusive, in UTC. Values without a
+time zone (dates, and the rare dateTime without an offset) are taken as UTC.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from datetime import UTC, datetime, timedelta
+
+# An open-ended period ends "never"; a large finite number keeps SQL comparisons simple.
+FAR_FUTURE = 1.0e12
+FAR_PAST = -1.0e12
+
+_DATE_RE = re.compile(
+    r"^(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})"
+    r"(?:T(?P<H>\d{2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?P<f>\.\d+)?)?"
+    r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$"
+)
+
+
+class DateFormatError(ValueError):
+    """A value is not a FHIR date, dateTime or instant."""
+
+
+def date_range(value: str) -> tuple[float, float]:
+    """Return the ``[low, high)`` epoch-second range a FHIR date/dateTime/instant covers."""
+    match = _DATE_RE.match(value)
+    if match is None:
+        raise DateFormatError(f"not a FHIR date/dateTime: {value!r}")
+    g = match.groupdict()
+    try:
+        year = int(g["y"])
+        if g["m"] is None:
+            low = _epoch(year, 1, 1)
+            return low, _epoch(year + 1, 1, 1)
+        month = int(g["m"])
+        if g["d"] is None:
+            low = _epoch(year, month, 1)
+            ny, nm = (year + 1, 1) if month == 12 else (year, month + 1)
+            return low, _epoch(ny, nm, 1)
+        day = int(g["d"])
+        if g["H"] is None:
+            low = _epoch(year, month, day)
+            return low, low + 86400.0
+        hour, minute = int(g["H"]), int(g["M"])
+        second = int(g["S"]) if g["S"] is not None else 0
+        stamp = datetime(year, month, day, hour, minute, second, tzinfo=UTC)
+    except ValueError as exc:
+        raise DateFormatError(f"not a valid date: {value!r}") from exc
+    tz = g["tz"]
+    if tz and tz != "Z":
+        sign = 1 if tz[0] == "+" else -1
+        stamp -= sign * timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6]))
+    low = stamp.timestamp()
+    if g["S"] is None:
+        return low, low + 60.0
+    if g["f"]:
+        digits = g["f"][1:]
+        low += float("0." + digits)
+        return low, low + 10.0 ** -len(digits)
+    return low, low + 1.0
+
+
+def _epoch(year: int, month: int, day: int) -> float:
+    return float(calendar.timegm((year, month, day, 0, 0, 0)))
+
+
+def format_instant(epoch: float) -> str:
+    """Format epoch seconds as a FHIR instant with milliseconds, in UTC."""
+    stamp = datetime.fromtimestamp(epoch, UTC)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+
+
+def from_epoch(epoch: float) -> datetime:
+    """Epoch seconds as an aware UTC datetime."""
+    return datetime.fromtimestamp(epoch, UTC)

@@ -1,0 +1,153 @@
+"""Search index rows extracted from a resource at write time.
+
+Values are interpreted by their JSON shape (a ``coding`` array is a CodeableConcept, a
+``reference`` key a Reference, ``start``/``end`` a Period, …), so extraction needs no
+model objects and stays cheap on the write path.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.search.dates import FAR_FUTURE, FAR_PAST, DateFormatError, date_range
+from gateway.search.paths import split_reference
+from gateway.search.registry import SearchParam
+
+_HUMAN_NAME_PARTS = ("family", "given", "prefix", "suffix", "text")
+_ADDRESS_PARTS = ("line", "city", "district", "state", "postalCode", "country", "text")
+
+
+@dataclass(slots=True)
+class IndexRows:
+    """All index rows of one resource, by table."""
+
+    token: list[tuple[str, str | None, str]] = field(default_factory=list)  # param, system, code
+    string: list[tuple[str, str, str]] = field(default_factory=list)  # param, normalised, exact
+    date: list[tuple[str, float, float]] = field(default_factory=list)  # param, low, high
+    reference: list[tuple[str, str | None, str | None, str]] = field(
+        default_factory=list
+    )  # param, target type, target id, reference text
+    number: list[tuple[str, float, str | None, str | None]] = field(
+        default_factory=list
+    )  # param, value, system, code
+
+
+def normalise(text: str) -> str:
+    """Case- and accent-insensitive form used for string search."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
+
+
+def extract(resource: dict[str, Any], params: list[SearchParam]) -> IndexRows:
+    """Extract the index rows of ``resource`` for the given parameters."""
+    rows = IndexRows()
+    for param in params:
+        assert param.path is not None
+        values = param.path.values(resource)
+        if not values:
+            continue
+        handler = _HANDLERS[param.type]
+        for value in values:
+            handler(rows, param.code, value)
+    return rows
+
+
+def _token(rows: IndexRows, code: str, value: Any) -> None:
+    out = rows.token
+    if isinstance(value, str):
+        out.append((code, None, value))
+    elif isinstance(value, bool):
+        out.append((code, None, "true" if value else "false"))
+    elif isinstance(value, dict):
+        codings = value.get("coding")
+        if isinstance(codings, list):
+            for coding in codings:
+                if isinstance(coding, dict) and isinstance(coding.get("code"), str):
+                    out.append((code, _str(coding.get("system")), coding["code"]))
+        elif isinstance(value.get("code"), str):  # Coding, Quantity-as-token
+            out.append((code, _str(value.get("system")), value["code"]))
+        elif isinstance(value.get("value"), str):  # Identifier, ContactPoint
+            out.append((code, _str(value.get("system")) if "use" not in value else None, value["value"]))
+            if "use" in value and isinstance(value.get("system"), str):
+                out.append((code, value["system"], value["value"]))
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _string(rows: IndexRows, code: str, value: Any) -> None:
+    if isinstance(value, str):
+        rows.string.append((code, normalise(value), value))
+        return
+    if not isinstance(value, dict):
+        return
+    parts = _HUMAN_NAME_PARTS if ("family" in value or "given" in value) else _ADDRESS_PARTS
+    for part in parts:
+        found = value.get(part)
+        if isinstance(found, str):
+            rows.string.append((code, normalise(found), found))
+        elif isinstance(found, list):
+            for item in found:
+                if isinstance(item, str):
+                    rows.string.append((code, normalise(item), item))
+
+
+def _date(rows: IndexRows, code: str, value: Any) -> None:
+    try:
+        if isinstance(value, str):
+            low, high = date_range(value)
+            rows.date.append((code, low, high))
+        elif isinstance(value, dict):
+            if "start" in value or "end" in value:  # Period: open ends are unbounded
+                start, end = value.get("start"), value.get("end")
+                low = date_range(start)[0] if isinstance(start, str) else FAR_PAST
+                high = date_range(end)[1] if isinstance(end, str) else FAR_FUTURE
+                rows.date.append((code, low, high))
+            events = value.get("event")  # Timing
+            if isinstance(events, list):
+                for event in events:
+                    if isinstance(event, str):
+                        low, high = date_range(event)
+                        rows.date.append((code, low, high))
+    except DateFormatError:
+        return  # validation rejects bad dates before this; never fail a write here
+
+
+def _reference(rows: IndexRows, code: str, value: Any) -> None:
+    if isinstance(value, str):  # canonical
+        rows.reference.append((code, None, None, value))
+        return
+    if not isinstance(value, dict):
+        return
+    target = value.get("reference")
+    if not isinstance(target, str):
+        return
+    parsed = split_reference(target)
+    if parsed is None:
+        rows.reference.append((code, _str(value.get("type")), None, target))
+    else:
+        rows.reference.append((code, parsed[0], parsed[1], target))
+
+
+def _number(rows: IndexRows, code: str, value: Any) -> None:
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int | float):
+        rows.number.append((code, float(value), None, None))
+    elif isinstance(value, dict) and isinstance(value.get("value"), int | float):
+        unit = value.get("code") if isinstance(value.get("code"), str) else value.get("unit")
+        rows.number.append((code, float(value["value"]), _str(value.get("system")), _str(unit)))
+
+
+_HANDLERS = {
+    "token": _token,
+    "uri": _token,
+    "string": _string,
+    "date": _date,
+    "reference": _reference,
+    "number": _number,
+    "quantity": _number,
+}

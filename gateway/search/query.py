@@ -1,0 +1,402 @@
+"""Parsing FHIR search parameters into a ``SearchQuery``.
+
+The parser knows the supported parameters (``SearchRegistry``) and FHIR's value syntax
+for each parameter type; the SQL for a parsed query is built in ``gateway.search.sql``.
+Malformed values and unsupported modifiers raise ``SearchError`` (HTTP 400); unknown
+parameters are reported back as warnings, or raise in strict handling mode.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from gateway.search.dates import DateFormatError, date_range
+from gateway.search.extract import normalise
+from gateway.search.paths import split_reference
+from gateway.search.registry import SearchParam, SearchRegistry
+
+PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
+MODIFIERS = {
+    "token": {"not", "missing"},
+    "uri": {"missing"},
+    "string": {"exact", "contains", "missing"},
+    "date": {"missing"},
+    "reference": {"missing"},  # plus a resource type, handled separately
+    "number": {"missing"},
+    "quantity": {"missing"},
+}
+RESULT_PARAMS = {
+    "_count", "_offset", "_sort", "_total", "_summary", "_elements", "_include",
+    "_revinclude", "_format", "_pretty", "_snapshot",
+}  # fmt: skip
+SUMMARY_VALUES = {"true", "false", "count", "text", "data"}
+_NUMBER_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+_ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+
+
+class SearchError(ValueError):
+    """A search request that cannot be run as asked (HTTP 400)."""
+
+    def __init__(self, message: str, expression: str | None = None, code: str = "invalid") -> None:
+        super().__init__(message)
+        self.expression = expression
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class TokenValue:
+    """``system|code``: system None = any system, "" = no system; code None = any code."""
+
+    system: str | None
+    code: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StringValue:
+    """A string search value, both as typed and normalised."""
+
+    exact: str
+    norm: str
+
+
+@dataclass(frozen=True, slots=True)
+class DateValue:
+    """A date search value with its prefix and implied range."""
+
+    prefix: str
+    low: float
+    high: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReferenceValue:
+    """A reference search value: type and id, or an opaque URL (canonicals, unknown bases)."""
+
+    type: str | None
+    id: str | None
+    url: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NumberValue:
+    """A number/quantity search value with its prefix and implied precision range."""
+
+    prefix: str
+    value: float
+    low: float
+    high: float
+    system: str | None = None
+    code: str | None = None
+
+
+Value = TokenValue | StringValue | DateValue | ReferenceValue | NumberValue
+
+
+@dataclass(slots=True)
+class Criterion:
+    """One search parameter occurrence: its values are ORed; criteria are ANDed."""
+
+    code: str  # as written, for the self link, e.g. "subject:Patient.name"
+    param: SearchParam
+    modifier: str | None
+    values: list[Value]
+    missing: bool | None = None  # for :missing
+    chain: tuple[str, Criterion] | None = None  # (target type, criterion on that type)
+    has: tuple[str, str, Criterion] | None = None  # (source type, reference param, criterion)
+    raw: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SortKey:
+    """One ``_sort`` key."""
+
+    code: str
+    param: SearchParam | None  # None for _id / _lastUpdated
+    descending: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Include:
+    """An ``_include`` or ``_revinclude`` request: ``source:param[:target]``."""
+
+    source: str
+    param: str
+    target: str | None
+
+
+@dataclass(slots=True)
+class SearchQuery:
+    """A parsed search: filters plus result parameters."""
+
+    rtype: str
+    criteria: list[Criterion] = field(default_factory=list)
+    ids: list[list[str]] = field(default_factory=list)  # each _id occurrence (ORed inside)
+    last_updated: list[DateValue] = field(default_factory=list)
+    sort: list[SortKey] = field(default_factory=list)
+    count: int = 20
+    offset: int = 0
+    snapshot: int | None = None
+    total: str = "accurate"  # none | estimate | accurate
+    summary: str | None = None
+    elements: list[str] | None = None
+    includes: list[Include] = field(default_factory=list)
+    revincludes: list[Include] = field(default_factory=list)
+    used: list[tuple[str, str]] = field(default_factory=list)  # applied params, for the self link
+    warnings: list[str] = field(default_factory=list)
+
+
+def split_values(raw: str) -> list[str]:
+    """Split a comma-separated value list, honouring ``\\,`` escapes."""
+    parts: list[str] = []
+    current: list[str] = []
+    i = 0
+    while i < len(raw):
+        ch = raw[i]
+        if ch == "\\" and i + 1 < len(raw) and raw[i + 1] in ",|$\\":
+            current.append(raw[i + 1])
+            i += 2
+            continue
+        if ch == ",":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+        i += 1
+    parts.append("".join(current))
+    return parts
+
+
+class QueryParser:
+    """Turns request parameters into a ``SearchQuery`` for one resource type."""
+
+    def __init__(self, registry: SearchRegistry, default_count: int, max_count: int) -> None:
+        self.registry = registry
+        self.default_count = default_count
+        self.max_count = max_count
+
+    def parse(self, rtype: str, items: Iterable[tuple[str, str]], *, strict: bool = False) -> SearchQuery:
+        """Parse ``(name, value)`` pairs (repeats allowed) into a query."""
+        query = SearchQuery(rtype=rtype, count=self.default_count)
+        for key, raw in items:
+            if key in RESULT_PARAMS or key.split(":", 1)[0] in ("_include", "_revinclude", "_sort"):
+                self._result_param(query, key, raw, strict)
+                continue
+            if raw == "":
+                continue  # an empty value means the parameter is not there (search.html)
+            if key.startswith("_has:"):
+                query.criteria.append(self._has(rtype, key, raw))
+                query.used.append((key, raw))
+                continue
+            name, _, modifier = key.partition(":")
+            if name == "_id" and not modifier:
+                ids = split_values(raw)
+                for rid in ids:
+                    if not _ID_RE.match(rid):
+                        raise SearchError(f"invalid id {rid!r} in _id", "_id")
+                query.ids.append(ids)
+                query.used.append((key, raw))
+                continue
+            if name == "_lastUpdated" and not modifier:
+                query.last_updated.extend(_date_value(v, "_lastUpdated") for v in split_values(raw))
+                query.used.append((key, raw))
+                continue
+            chain_name, dot, chain_rest = key.partition(".")
+            if dot:
+                criterion = self._chain(rtype, chain_name, chain_rest, raw, strict)
+            else:
+                param = self.registry.get(rtype, name)
+                if param is None or param.path is None:
+                    self._unknown(query, key, f"unknown search parameter {name!r} for {rtype}", strict)
+                    continue
+                criterion = self._criterion(rtype, param, key, modifier or None, raw)
+            if criterion is None:
+                self._unknown(query, key, f"unknown search parameter {key!r} for {rtype}", strict)
+                continue
+            query.criteria.append(criterion)
+            query.used.append((key, raw))
+        return query
+
+    def _unknown(self, query: SearchQuery, key: str, message: str, strict: bool) -> None:
+        if strict:
+            raise SearchError(message, key, code="not-supported")
+        query.warnings.append(message + " (ignored)")
+
+    def _criterion(
+        self, rtype: str, param: SearchParam, key: str, modifier: str | None, raw: str
+    ) -> Criterion:
+        criterion = Criterion(code=key, param=param, modifier=modifier, values=[], raw=raw)
+        if modifier == "missing":
+            if raw not in ("true", "false"):
+                raise SearchError(f"{key} must be true or false", key)
+            criterion.missing = raw == "true"
+            return criterion
+        if modifier is not None and modifier not in MODIFIERS[param.type]:
+            if param.type == "reference" and modifier[:1].isupper():
+                if param.targets and modifier not in param.targets:
+                    raise SearchError(f"{param.code} cannot refer to {modifier}", key)
+            else:
+                message = f"modifier :{modifier} is not supported on {param.code}"
+                raise SearchError(message, key, "not-supported")
+        for item in split_values(raw):
+            criterion.values.append(self._value(param, key, modifier, item))
+        return criterion
+
+    def _value(self, param: SearchParam, key: str, modifier: str | None, item: str) -> Value:
+        ptype = param.type
+        if ptype in ("token", "uri"):
+            if ptype == "uri":
+                return TokenValue(None, item)
+            if "|" in item:
+                system, _, code = item.partition("|")
+                return TokenValue(system, code or None)
+            return TokenValue(None, item)
+        if ptype == "string":
+            return StringValue(item, normalise(item))
+        if ptype == "date":
+            return _date_value(item, key)
+        if ptype == "reference":
+            target_type = modifier if modifier and modifier[:1].isupper() else None
+            parsed = split_reference(item)
+            if parsed is not None:
+                if target_type and parsed[0] != target_type:
+                    raise SearchError(f"{item!r} is not a {target_type} reference", key)
+                return ReferenceValue(parsed[0], parsed[1], None)
+            if "/" in item or ":" in item:
+                return ReferenceValue(None, None, item)
+            if not _ID_RE.match(item):
+                raise SearchError(f"invalid reference {item!r}", key)
+            return ReferenceValue(target_type, item, None)
+        return _number_value(item, key, ptype == "quantity")
+
+    def _chain(self, rtype: str, head: str, rest: str, raw: str, strict: bool) -> Criterion | None:
+        name, _, target = head.partition(":")
+        param = self.registry.get(rtype, name)
+        if param is None or param.type != "reference":
+            return None
+        if not target:
+            if len(param.targets) != 1:
+                raise SearchError(f"chained parameter {head} needs a type modifier ({head}:Type.…)", head)
+            target = param.targets[0]
+        if param.targets and target not in param.targets:
+            raise SearchError(f"{name} cannot refer to {target}", head)
+        if "." in rest:
+            raise SearchError("only one level of chaining is supported", f"{head}.{rest}", "not-supported")
+        inner_name, _, inner_mod = rest.partition(":")
+        inner = self.registry.get(target, inner_name)
+        if inner is None or inner.path is None:
+            if strict:
+                raise SearchError(f"unknown search parameter {inner_name!r} for {target}", rest)
+            return None
+        inner_criterion = self._criterion(target, inner, rest, inner_mod or None, raw)
+        return Criterion(
+            code=f"{head}.{rest}", param=param, modifier=target, values=[],
+            chain=(target, inner_criterion), raw=raw,
+        )  # fmt: skip
+
+    def _has(self, rtype: str, key: str, raw: str) -> Criterion:
+        pieces = key.split(":")
+        if len(pieces) != 4:
+            raise SearchError("_has must look like _has:Type:reference-param:param", key)
+        _, source, ref_name, inner_key = pieces
+        ref_param = self.registry.get(source, ref_name)
+        if ref_param is None or ref_param.type != "reference":
+            raise SearchError(f"{source} has no reference parameter {ref_name!r}", key)
+        inner_name, _, inner_mod = inner_key.partition(":")
+        inner = self.registry.get(source, inner_name)
+        if inner is None or inner.path is None:
+            raise SearchError(f"unknown search parameter {inner_name!r} for {source}", key)
+        inner_criterion = self._criterion(source, inner, inner_key, inner_mod or None, raw)
+        has = (source, ref_name, inner_criterion)
+        return Criterion(code=key, param=ref_param, modifier=None, values=[], has=has, raw=raw)
+
+    def _result_param(self, query: SearchQuery, key: str, raw: str, strict: bool) -> None:
+        if key == "_count":
+            query.count = min(_non_negative(raw, key), self.max_count)
+        elif key == "_offset":
+            query.offset = _non_negative(raw, key)
+        elif key == "_snapshot":
+            query.snapshot = _non_negative(raw, key)
+        elif key == "_total":
+            if raw not in ("none", "estimate", "accurate"):
+                raise SearchError("_total must be none, estimate or accurate", key)
+            query.total = raw
+        elif key == "_summary":
+            if raw not in SUMMARY_VALUES:
+                raise SearchError("_summary must be true, false, count, text or data", key)
+            query.summary = None if raw == "false" else raw
+        elif key == "_elements":
+            query.elements = [e.strip() for e in raw.split(",") if e.strip()]
+        elif key == "_sort":
+            query.sort = [self._sort_key(query.rtype, k.strip()) for k in raw.split(",") if k.strip()]
+        elif key in ("_include", "_revinclude", "_include:iterate", "_revinclude:iterate"):
+            include = _include(raw, key)
+            if key.startswith("_include"):
+                if include.source != query.rtype:
+                    raise SearchError(f"_include must start with {query.rtype}", key)
+                target_param = self.registry.get(include.source, include.param)
+            else:
+                target_param = self.registry.get(include.source, include.param)
+            if target_param is None or target_param.type != "reference":
+                raise SearchError(f"{include.source} has no reference parameter {include.param!r}", key)
+            (query.includes if key.startswith("_include") else query.revincludes).append(include)
+        elif key in ("_format", "_pretty"):
+            return
+        else:
+            self._unknown(query, key, f"unsupported result parameter {key!r}", strict)
+            return
+        if key not in ("_offset", "_snapshot", "_format", "_pretty"):
+            query.used.append((key, raw))
+
+    def _sort_key(self, rtype: str, key: str) -> SortKey:
+        descending = key.startswith("-")
+        code = key[1:] if descending else key
+        if code in ("_id", "_lastUpdated"):
+            return SortKey(code, None, descending)
+        param = self.registry.get(rtype, code)
+        if param is None or param.path is None:
+            raise SearchError(f"cannot sort {rtype} by {code!r}", "_sort", "not-supported")
+        return SortKey(code, param, descending)
+
+
+def _non_negative(raw: str, key: str) -> int:
+    if not raw.isdigit():
+        raise SearchError(f"{key} must be a non-negative integer", key)
+    return int(raw)
+
+
+def _prefix(item: str) -> tuple[str, str]:
+    if len(item) > 2 and item[:2] in PREFIXES and not item[:2].isdigit():
+        return item[:2], item[2:]
+    return "eq", item
+
+
+def _date_value(item: str, key: str) -> DateValue:
+    prefix, text = _prefix(item)
+    try:
+        low, high = date_range(text)
+    except DateFormatError as exc:
+        raise SearchError(f"{key}: {exc}", key) from exc
+    return DateValue(prefix, low, high)
+
+
+def _number_value(item: str, key: str, quantity: bool) -> NumberValue:
+    prefix, text = _prefix(item)
+    system = code = None
+    if quantity and "|" in text:
+        text, system, code = (text.split("|") + ["", ""])[:3]
+    if not _NUMBER_RE.match(text):
+        raise SearchError(f"{key}: {text!r} is not a number", key)
+    value = float(text)
+    mantissa = text.lower().split("e")[0]
+    decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
+    half = 0.5 * 10.0**-decimals
+    return NumberValue(prefix, value, value - half, value + half, system or None, code or None)
+
+
+def _include(raw: str, key: str) -> Include:
+    pieces = raw.split(":")
+    if len(pieces) not in (2, 3) or not all(pieces):
+        raise SearchError(f"{key} must look like Type:param[:TargetType]", key)
+    return Include(pieces[0], pieces[1], pieces[2] if len(pieces) == 3 else None)

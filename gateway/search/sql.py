@@ -1,0 +1,215 @@
+"""SQL for a parsed ``SearchQuery``, shared by the SQLite and PostgreSQL stores.
+
+Queries are written with ``?`` placeholders (the PostgreSQL store rewrites them). Each
+criterion becomes ``<alias>.rid IN (SELECT rid FROM idx_… WHERE …)``, so every filter
+is answered from an index table and no JSON is scanned.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from gateway.search.query import (
+    Criterion,
+    DateValue,
+    NumberValue,
+    ReferenceValue,
+    SearchQuery,
+    SortKey,
+    StringValue,
+    TokenValue,
+)
+
+Params = list[Any]
+TABLES = {
+    "token": "idx_token",
+    "string": "idx_string",
+    "date": "idx_date",
+    "reference": "idx_ref",
+    "number": "idx_number",
+}
+_MAX_CHAR = "\U0010ffff"
+
+
+def where_clause(query: SearchQuery, alias: str = "r") -> tuple[str, Params]:
+    """The WHERE clause (without the keyword) selecting a query's live matches."""
+    sql = [f"{alias}.rtype = ?", f"{alias}.deleted = 0"]
+    params: Params = [query.rtype]
+    if query.snapshot is not None:
+        sql.append(f"{alias}.rid <= ?")
+        params.append(query.snapshot)
+    for ids in query.ids:
+        sql.append(f"{alias}.id IN ({', '.join('?' for _ in ids)})")
+        params.extend(ids)
+    for value in query.last_updated:
+        cond, cond_params = _point_date(f"{alias}.lu", value)
+        sql.append(cond)
+        params.extend(cond_params)
+    for criterion in query.criteria:
+        cond, cond_params = criterion_sql(query.rtype, criterion, alias)
+        sql.append(cond)
+        params.extend(cond_params)
+    return " AND ".join(sql), params
+
+
+def criterion_sql(rtype: str, c: Criterion, alias: str) -> tuple[str, Params]:
+    """SQL for one criterion against resources aliased ``alias``."""
+    table = TABLES[c.param.table]
+    if c.has is not None:
+        source, ref_param, inner = c.has
+        inner_sql, inner_params = criterion_sql(source, inner, "h")
+        sql = (
+            f"{alias}.id IN (SELECT x.tid FROM idx_ref x WHERE x.rtype = ? AND x.param = ? AND x.ttype = ?"
+            " AND x.rid IN (SELECT h.rid FROM resources h WHERE h.rtype = ? AND h.deleted = 0"
+            f" AND {inner_sql}))"
+        )
+        return sql, [source, ref_param, rtype, source, *inner_params]
+    if c.chain is not None:
+        target, inner = c.chain
+        inner_sql, inner_params = criterion_sql(target, inner, "c")
+        sql = (
+            f"{alias}.rid IN (SELECT x.rid FROM idx_ref x WHERE x.rtype = ? AND x.param = ? AND x.ttype = ?"
+            " AND x.tid IN (SELECT c.id FROM resources c WHERE c.rtype = ? AND c.deleted = 0"
+            f" AND {inner_sql}))"
+        )
+        return sql, [rtype, c.param.code, target, target, *inner_params]
+    base = f"SELECT x.rid FROM {table} x WHERE x.rtype = ? AND x.param = ?"
+    params: Params = [rtype, c.param.code]
+    if c.missing is not None:
+        return f"{alias}.rid {'NOT IN' if c.missing else 'IN'} ({base})", params
+    ors: list[str] = []
+    for value in c.values:
+        cond, cond_params = _value_sql(c, value)
+        ors.append(cond)
+        params.extend(cond_params)
+    negate = c.modifier == "not"
+    return f"{alias}.rid {'NOT IN' if negate else 'IN'} ({base} AND ({' OR '.join(ors)}))", params
+
+
+def _value_sql(c: Criterion, value: Any) -> tuple[str, Params]:
+    if isinstance(value, TokenValue):
+        conds: list[str] = []
+        params: Params = []
+        if value.code is not None:
+            conds.append("x.code = ?")
+            params.append(value.code)
+        if value.system == "":
+            conds.append("x.system IS NULL")
+        elif value.system is not None:
+            conds.append("x.system = ?")
+            params.append(value.system)
+        return "(" + " AND ".join(conds or ["1 = 1"]) + ")", params
+    if isinstance(value, StringValue):
+        if c.modifier == "exact":
+            return "x.exact = ?", [value.exact]
+        if c.modifier == "contains":
+            escaped = value.norm.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            return "x.norm LIKE ? ESCAPE '\\'", [f"%{escaped}%"]
+        return "(x.norm >= ? AND x.norm < ?)", [value.norm, value.norm + _MAX_CHAR]
+    if isinstance(value, DateValue):
+        return _range_date("x.lo", "x.hi", value)
+    if isinstance(value, ReferenceValue):
+        if value.url is not None:
+            return "x.url = ?", [value.url]
+        if value.type is not None:
+            return "(x.tid = ? AND x.ttype = ?)", [value.id, value.type]
+        return "x.tid = ?", [value.id]
+    assert isinstance(value, NumberValue)
+    cond, params = _number(value)
+    if value.system is not None:
+        cond += " AND x.system = ?"
+        params.append(value.system)
+    if value.code is not None:
+        cond += " AND x.code = ?"
+        params.append(value.code)
+    return f"({cond})", params
+
+
+def _range_date(lo: str, hi: str, v: DateValue) -> tuple[str, Params]:
+    # Both sides are ranges [low, high); the rules follow R4 search.html#prefix.
+    p = v.prefix
+    if p == "eq":
+        return f"({lo} >= ? AND {hi} <= ?)", [v.low, v.high]
+    if p == "ne":
+        return f"NOT ({lo} >= ? AND {hi} <= ?)", [v.low, v.high]
+    if p == "gt":
+        return f"{hi} > ?", [v.high]
+    if p == "lt":
+        return f"{lo} < ?", [v.low]
+    if p == "ge":
+        return f"({hi} > ? OR {lo} >= ?)", [v.high, v.low]
+    if p == "le":
+        return f"({lo} < ? OR {hi} <= ?)", [v.low, v.high]
+    if p == "sa":
+        return f"{lo} >= ?", [v.high]
+    if p == "eb":
+        return f"{hi} <= ?", [v.low]
+    # ap: overlap with the search range widened by 10% of its distance from now.
+    width = max(0.1 * abs(time.time() - v.low), 86400.0)
+    return f"({lo} < ? AND {hi} > ?)", [v.high + width, v.low - width]
+
+
+def _point_date(column: str, v: DateValue) -> tuple[str, Params]:
+    # meta.lastUpdated is an instant: a point, not a range.
+    p = v.prefix
+    if p == "eq":
+        return f"({column} >= ? AND {column} < ?)", [v.low, v.high]
+    if p == "ne":
+        return f"NOT ({column} >= ? AND {column} < ?)", [v.low, v.high]
+    if p in ("gt", "sa"):
+        return f"{column} >= ?", [v.high]
+    if p in ("lt", "eb"):
+        return f"{column} < ?", [v.low]
+    if p == "ge":
+        return f"{column} >= ?", [v.low]
+    if p == "le":
+        return f"{column} < ?", [v.high]
+    width = max(0.1 * abs(time.time() - v.low), 86400.0)
+    return f"({column} >= ? AND {column} < ?)", [v.low - width, v.high + width]
+
+
+def _number(v: NumberValue) -> tuple[str, Params]:
+    p = v.prefix
+    if p == "eq":
+        return "x.value >= ? AND x.value < ?", [v.low, v.high]
+    if p == "ne":
+        return "NOT (x.value >= ? AND x.value < ?)", [v.low, v.high]
+    if p in ("gt", "sa"):
+        return "x.value > ?", [v.value]
+    if p in ("lt", "eb"):
+        return "x.value < ?", [v.value]
+    if p == "ge":
+        return "x.value >= ?", [v.value]
+    if p == "le":
+        return "x.value <= ?", [v.value]
+    width = abs(v.value) * 0.1
+    return "x.value >= ? AND x.value <= ?", [v.value - width, v.value + width]
+
+
+def order_by(query: SearchQuery, alias: str = "r") -> tuple[str, Params]:
+    """ORDER BY clause; the row id is the last key so pages are stable."""
+    keys: list[str] = []
+    params: Params = []
+    for key in query.sort:
+        expr, expr_params = _sort_expr(query.rtype, key, alias)
+        keys.append(f"{expr} {'DESC' if key.descending else 'ASC'} NULLS LAST")
+        params.extend(expr_params)
+    keys.append(f"{alias}.rid ASC")
+    return ", ".join(keys), params
+
+
+def _sort_expr(rtype: str, key: SortKey, alias: str) -> tuple[str, Params]:
+    if key.param is None:
+        return (f"{alias}.lu" if key.code == "_lastUpdated" else f"{alias}.id"), []
+    table = key.param.table
+    agg = "MAX" if key.descending else "MIN"
+    column = {
+        "token": "x.code",
+        "string": "x.norm",
+        "date": "x.hi" if key.descending else "x.lo",
+        "reference": "x.tid",
+        "number": "x.value",
+    }[table]
+    sql = f"(SELECT {agg}({column}) FROM {TABLES[table]} x WHERE x.rid = {alias}.rid AND x.param = ?)"
+    return sql, [key.param.code]

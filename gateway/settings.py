@@ -1,0 +1,158 @@
+"""The gateway's one configuration model.
+
+Values come, highest priority first, from keyword arguments (tests), ``GATEWAY_*``
+environment variables (nested sections with ``__``, e.g. ``GATEWAY_SEARCH__MAX_COUNT``),
+an optional YAML file, and the defaults below. Nothing else in the package reads the
+environment: the CLI builds a ``Settings`` and hands it down.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+
+class ConfigFileError(ValueError):
+    """The YAML config file cannot be read or parsed."""
+
+
+class SearchSettings(BaseModel):
+    """Paging limits for FHIR searches."""
+
+    default_count: int = Field(20, ge=1, le=1000)
+    max_count: int = Field(1000, ge=1, le=10000)
+
+
+class SourceConfig(BaseModel):
+    """A community-care system that sends records to ``/ingest/{name}``."""
+
+    model_config = {"extra": "forbid"}
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    kind: str = Field(pattern=r"^(commcare|cht|odk|kobo|json|csv)$")
+    mapping: str
+    quarantine_status: int = Field(202, description="HTTP status for a quarantined record (202 or 422)")
+
+    @field_validator("quarantine_status")
+    @classmethod
+    def _status(cls, value: int) -> int:
+        if value not in (202, 422):
+            raise ValueError("must be 202 or 422")
+        return value
+
+
+class Settings(BaseSettings):
+    """Effective configuration of one gateway process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    store_url: str = Field("sqlite:///gateway.db", description="sqlite:///path or postgresql://…")
+    queue_url: str = Field("sqlite:///gateway-queue.db", description="sqlite:///path or redis://…")
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    public_base_url: str | None = Field(
+        None, description="Base URL clients use (e.g. behind a proxy); default: from the request"
+    )
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    max_json_depth: int = Field(64, ge=8, le=1000)
+    search: SearchSettings = SearchSettings()
+    mappings_dir: Path = Path("mappings")
+    sources: list[SourceConfig] = []
+    log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    admin_token: SecretStr | None = Field(
+        None, description="Optional static bootstrap token with every scope (for automation)"
+    )
+    config_file: Path | None = Field(None, exclude=True)
+
+    @field_validator("store_url")
+    @classmethod
+    def _store_url(cls, value: str) -> str:
+        if not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("must start with sqlite:/// or postgresql://")
+        return value
+
+    @field_validator("queue_url")
+    @classmethod
+    def _queue_url(cls, value: str) -> str:
+        if not value.startswith(("sqlite:///", "redis://", "rediss://")):
+            raise ValueError("must start with sqlite:/// or redis://")
+        return value
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 24:
+            raise ValueError("must be at least 24 characters")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _FileSource(settings_cls, _file_values.get({})))
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """Values from the YAML config file, below the environment in priority."""
+
+    def __init__(self, settings_cls: type[BaseSettings], values: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._values = values
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._values)
+
+
+_file_values: ContextVar[dict[str, Any]] = ContextVar("gateway_config_file_values")
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Parse a YAML config file into a mapping, naming file and line on errors."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigFileError(f"{path}: cannot read: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigFileError(f"{where}: invalid YAML: {problem}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigFileError(f"{path}:1: the top level must be a mapping of setting names")
+    return data
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from env and an optional YAML file (env wins over the file)."""
+    file_values = read_config_file(config_file) if config_file is not None else {}
+    token = _file_values.set(file_values)
+    try:
+        return Settings(**overrides, config_file=config_file)
+    finally:
+        _file_values.reset(token)

@@ -1,0 +1,245 @@
+"""The resource store seam: a versioned FHIR resource store with a change feed.
+
+Two implementations exist (``SQLiteStore`` and ``PostgresStore``), both built on
+``SqlStore`` and both held to one contract suite (``tests/store/test_contract.py``).
+
+The store is synchronous on purpose: the request and ingest paths run one unit of work
+per worker thread (``anyio.to_thread``), so transaction logic (FHIR transaction
+Bundles, conditional operations, ingest of a mapped record) is written once, inside a
+real database transaction, for both backends.
+
+Every write in a transaction:
+
+* stores a new version (``meta.versionId``/``meta.lastUpdated`` set by the store),
+  keeping older versions for ``_history``/vread;
+* replaces the resource's search index rows (extracted at write time);
+* appends one ``Change`` to the change feed, in the same transaction, so a committed
+  write and its change-feed entry can never be separated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+
+class ChangeOp(StrEnum):
+    """What a change-feed entry did to its resource."""
+
+    CREATE = "create"  # first version of a resource id
+    UPDATE = "update"  # a later version (including re-creating a deleted resource)
+    DELETE = "delete"  # a tombstone version: reads now answer 410
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResource:
+    """One version of a resource as stored: ``content`` is the exact JSON served on reads."""
+
+    type: str
+    id: str
+    version: int
+    last_updated: datetime
+    deleted: bool
+    content: bytes  # FHIR JSON with meta set; b"" for a deletion tombstone
+
+    @property
+    def etag(self) -> str:
+        """The weak ETag FHIR uses for this version."""
+        return f'W/"{self.version}"'
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One entry of the ordered change feed."""
+
+    seq: int  # global, strictly increasing in commit order
+    type: str
+    id: str
+    version: int
+    op: ChangeOp
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What one write did."""
+
+    resource: StoredResource
+    created: bool  # True for a new resource id (HTTP 201), False for a new version
+
+
+@dataclass(frozen=True, slots=True)
+class ApiClient:
+    """A registered API client (the token itself is never stored, only its hash)."""
+
+    name: str
+    scopes: tuple[str, ...]
+    created: datetime
+    disabled: bool = False
+
+
+@dataclass(slots=True)
+class SearchResult:
+    """One page of search matches plus, when asked for, the total."""
+
+    resources: list[StoredResource]
+    total: int | None
+    included: list[StoredResource] = field(default_factory=list)
+    snapshot: int | None = None  # the store position the paging window is pinned to
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantinedRecord:
+    """A received record that could not be mapped, validated or stored, kept for replay."""
+
+    qid: int
+    source: str
+    received: datetime
+    content_type: str
+    body: bytes  # the record exactly as received
+    record_key: str | None  # the source's own record id, when it could be read
+    outcome: dict[str, Any]  # the OperationOutcome explaining the failure
+    status: str  # held | replayed | discarded
+    attempts: int
+    updated: datetime
+
+
+class VersionConflict(Exception):
+    """``If-Match`` named a version that is not the current one."""
+
+    def __init__(self, current: int | None) -> None:
+        super().__init__(f"current version is {current}")
+        self.current = current
+
+
+class StoreTransaction(Protocol):
+    """Reads and writes inside one database transaction (see ``ResourceStore.transaction``)."""
+
+    def read(self, rtype: str, rid: str) -> StoredResource | None:
+        """Current version (a tombstone if deleted), or None if the id was never used."""
+        ...
+
+    def search(self, query: Any) -> SearchResult:
+        """Run a parsed ``gateway.search.SearchQuery`` inside this transaction."""
+        ...
+
+    def create(self, resource: dict[str, Any], *, rid: str | None = None) -> WriteResult:
+        """Store a new resource; ``rid`` None means a server-assigned id."""
+        ...
+
+    def update(
+        self, resource: dict[str, Any], *, if_match: int | None = None, skip_unchanged: bool = False
+    ) -> WriteResult:
+        """Store a new version of ``resource['id']`` (update-as-create if unknown).
+
+        With ``skip_unchanged`` an update whose content equals the current version (apart
+        from ``meta.versionId``/``meta.lastUpdated``) writes nothing and returns the current
+        version, so re-sent records do not create versions or change-feed entries.
+        """
+        ...
+
+    def delete(self, rtype: str, rid: str) -> StoredResource | None:
+        """Write a tombstone; None if there was nothing live to delete."""
+        ...
+
+
+class ResourceStore(Protocol):
+    """A versioned FHIR resource store with an ordered change feed."""
+
+    def transaction(self) -> AbstractContextManager[StoreTransaction]:
+        """Open a write transaction: committed on normal exit, rolled back on error."""
+        ...
+
+    def read(self, rtype: str, rid: str) -> StoredResource | None:
+        """Current version of a resource (a tombstone if deleted), or None."""
+        ...
+
+    def vread(self, rtype: str, rid: str, version: int) -> StoredResource | None:
+        """One stored version of a resource, or None."""
+        ...
+
+    def history(
+        self,
+        rtype: str | None,
+        rid: str | None,
+        *,
+        since: datetime | None = None,
+        count: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[StoredResource], int]:
+        """Versions, newest first, for an instance, a type or the whole system, and the total."""
+        ...
+
+    def search(self, query: Any) -> SearchResult:
+        """Run a parsed ``gateway.search.SearchQuery``."""
+        ...
+
+    def read_many(self, refs: Sequence[tuple[str, str]]) -> list[StoredResource]:
+        """Current live versions of the given (type, id) pairs, in no particular order."""
+        ...
+
+    def changes(self, after: int, limit: int = 1000) -> list[Change]:
+        """Change-feed entries with ``seq > after``, oldest first."""
+        ...
+
+    def iter_changes(self, after: int, batch: int = 1000) -> Iterator[Change]:
+        """All change-feed entries after ``after``, fetched in batches."""
+        ...
+
+    def last_change_seq(self) -> int:
+        """The newest change-feed sequence number (0 when empty)."""
+        ...
+
+    def save_client(self, client: ApiClient, token_hash: str) -> None:
+        """Create or replace an API client and the hash of its token."""
+        ...
+
+    def client_by_token_hash(self, token_hash: str) -> ApiClient | None:
+        """Look up an API client by the hash of its bearer token."""
+        ...
+
+    def list_clients(self) -> list[ApiClient]:
+        """All API clients."""
+        ...
+
+    def quarantine_add(
+        self,
+        source: str,
+        body: bytes,
+        content_type: str,
+        outcome: dict[str, Any],
+        record_key: str | None = None,
+    ) -> QuarantinedRecord:
+        """Keep a record that failed, with the OperationOutcome that explains why."""
+        ...
+
+    def quarantine_list(
+        self,
+        *,
+        source: str | None = None,
+        status: str | None = "held",
+        limit: int = 100,
+        after: int = 0,
+    ) -> list[QuarantinedRecord]:
+        """Quarantined records, oldest first, optionally filtered."""
+        ...
+
+    def quarantine_get(self, qid: int) -> QuarantinedRecord | None:
+        """One quarantined record."""
+        ...
+
+    def quarantine_update(self, qid: int, *, status: str, outcome: dict[str, Any] | None = None) -> None:
+        """Record the result of a replay (``replayed``), a failed replay (``held``) or a discard."""
+        ...
+
+    def ping(self) -> None:
+        """Raise if the database cannot be reached."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...

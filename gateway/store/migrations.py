@@ -1,0 +1,98 @@
+"""Versioned schema migrations for the SQL stores, applied on start-up.
+
+Each migration is a list of DDL statements written once with placeholders for the few
+type names that differ between SQLite and PostgreSQL. A database records the versions
+it has in ``schema_migrations``; opening an older database applies the missing ones in
+order, inside one transaction each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TYPES = {
+    "sqlite": {"ID": "INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB": "BLOB", "FLOAT": "REAL", "TEXTC": "TEXT"},
+    "postgresql": {
+        "ID": "BIGSERIAL PRIMARY KEY",
+        "BLOB": "BYTEA",
+        "FLOAT": "DOUBLE PRECISION",
+        # Byte-order collation so string prefix ranges use the index like in SQLite.
+        "TEXTC": 'TEXT COLLATE "C"',
+    },
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One schema version."""
+
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "resources, history, change feed, search indexes, API clients",
+        (
+            """CREATE TABLE resources (
+                rid {ID}, rtype TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL,
+                lu {FLOAT} NOT NULL, deleted INTEGER NOT NULL DEFAULT 0, chash TEXT,
+                content {BLOB} NOT NULL, UNIQUE (rtype, id))""",
+            "CREATE INDEX resources_type_lu ON resources (rtype, lu)",
+            """CREATE TABLE history (
+                rtype TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL, lu {FLOAT} NOT NULL,
+                deleted INTEGER NOT NULL, content {BLOB} NOT NULL, PRIMARY KEY (rtype, id, version))""",
+            "CREATE INDEX history_lu ON history (lu)",
+            "CREATE INDEX history_type_lu ON history (rtype, lu)",
+            """CREATE TABLE changes (
+                seq {ID}, rtype TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL,
+                op TEXT NOT NULL, at {FLOAT} NOT NULL)""",
+            """CREATE TABLE idx_token (rid BIGINT NOT NULL, rtype TEXT NOT NULL, param TEXT NOT NULL,
+                system TEXT, code TEXT NOT NULL)""",
+            "CREATE INDEX idx_token_q ON idx_token (rtype, param, code, system)",
+            "CREATE INDEX idx_token_rid ON idx_token (rid)",
+            """CREATE TABLE idx_string (rid BIGINT NOT NULL, rtype TEXT NOT NULL, param TEXT NOT NULL,
+                norm {TEXTC} NOT NULL, exact TEXT NOT NULL)""",
+            "CREATE INDEX idx_string_q ON idx_string (rtype, param, norm)",
+            "CREATE INDEX idx_string_rid ON idx_string (rid)",
+            """CREATE TABLE idx_date (rid BIGINT NOT NULL, rtype TEXT NOT NULL, param TEXT NOT NULL,
+                lo {FLOAT} NOT NULL, hi {FLOAT} NOT NULL)""",
+            "CREATE INDEX idx_date_q ON idx_date (rtype, param, lo, hi)",
+            "CREATE INDEX idx_date_rid ON idx_date (rid)",
+            """CREATE TABLE idx_ref (rid BIGINT NOT NULL, rtype TEXT NOT NULL, param TEXT NOT NULL,
+                ttype TEXT, tid TEXT, url TEXT NOT NULL)""",
+            "CREATE INDEX idx_ref_q ON idx_ref (rtype, param, tid, ttype)",
+            "CREATE INDEX idx_ref_target ON idx_ref (ttype, tid)",
+            "CREATE INDEX idx_ref_rid ON idx_ref (rid)",
+            """CREATE TABLE idx_number (rid BIGINT NOT NULL, rtype TEXT NOT NULL, param TEXT NOT NULL,
+                value {FLOAT} NOT NULL, system TEXT, code TEXT)""",
+            "CREATE INDEX idx_number_q ON idx_number (rtype, param, value)",
+            "CREATE INDEX idx_number_rid ON idx_number (rid)",
+            """CREATE TABLE api_clients (name TEXT PRIMARY KEY, token_hash TEXT NOT NULL UNIQUE,
+                scopes TEXT NOT NULL, created {FLOAT} NOT NULL, disabled INTEGER NOT NULL DEFAULT 0)""",
+        ),
+    ),
+    Migration(
+        2,
+        "quarantine of records that could not be mapped or stored",
+        (
+            """CREATE TABLE quarantine (
+                qid {ID}, source TEXT NOT NULL, received {FLOAT} NOT NULL, content_type TEXT NOT NULL,
+                body {BLOB} NOT NULL, record_key TEXT, outcome TEXT NOT NULL,
+                status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 1, updated {FLOAT} NOT NULL)""",
+            "CREATE INDEX quarantine_source ON quarantine (source, status, qid)",
+            "CREATE INDEX quarantine_status ON quarantine (status, qid)",
+        ),
+    ),
+)
+
+
+def statements_for(dialect: str, migration: Migration) -> list[str]:
+    """A migration's DDL for one dialect."""
+    types = TYPES[dialect]
+    return [stmt.format(**types) for stmt in migration.statements]
+
+
+LATEST = MIGRATIONS[-1].version

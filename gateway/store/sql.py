@@ -1,0 +1,562 @@
+"""``SqlStore``: the resource store logic shared by the SQLite and PostgreSQL backends.
+
+Subclasses provide connections, the dialect name, placeholder style and the few
+statements that differ; everything else (versioning, change feed, index maintenance,
+search, history, clients, quarantine) is written once here against DB-API cursors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, Protocol
+
+import orjson
+
+from gateway.search.dates import format_instant, from_epoch
+from gateway.search.extract import extract
+from gateway.search.query import SearchQuery
+from gateway.search.registry import SearchRegistry, default_registry
+from gateway.search.sql import order_by, where_clause
+from gateway.store.base import (
+    ApiClient,
+    Change,
+    ChangeOp,
+    QuarantinedRecord,
+    SearchResult,
+    StoredResource,
+    VersionConflict,
+    WriteResult,
+)
+from gateway.store.migrations import MIGRATIONS, statements_for
+
+_COLUMNS = "r.rtype, r.id, r.version, r.lu, r.deleted, r.content"
+_SKIP_META = ("versionId", "lastUpdated")
+
+
+class Cursor(Protocol):
+    """The DB-API cursor subset the store uses (sqlite3 and psycopg both fit)."""
+
+    def execute(self, sql: Any, params: Any = ..., /) -> Any: ...
+    def executemany(self, sql: Any, params: Any, /) -> Any: ...
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+
+
+def _row(row: Sequence[Any]) -> StoredResource:
+    return StoredResource(
+        type=row[0], id=row[1], version=row[2], last_updated=from_epoch(row[3]),
+        deleted=bool(row[4]), content=bytes(row[5]),
+    )  # fmt: skip
+
+
+def _canonical_hash(body: dict[str, Any]) -> str:
+    meta = body.get("meta")
+    if isinstance(meta, dict) and any(k in meta for k in _SKIP_META):
+        body = {**body, "meta": {k: v for k, v in meta.items() if k not in _SKIP_META}}
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+class SqlStore:
+    """Shared implementation of ``ResourceStore`` over a DB-API database."""
+
+    dialect = "sqlite"
+
+    def __init__(self, registry: SearchRegistry | None = None) -> None:
+        self.registry = registry or default_registry()
+        self._indexed: dict[str, list[Any]] = {}  # rtype -> params extracted on write
+
+    # -- to be provided by the backends ---------------------------------------------------
+    def _read_cursor(self) -> AbstractContextManager[Cursor]:
+        raise NotImplementedError
+
+    def _write_cursor(self) -> AbstractContextManager[Cursor]:
+        """A cursor inside an open write transaction (committed on exit)."""
+        raise NotImplementedError
+
+    def q(self, sql: str) -> str:
+        """Adapt ``?`` placeholders to the driver's style."""
+        return sql
+
+    def _insert_returning(self, cur: Cursor, sql: str, params: Sequence[Any]) -> int:
+        cur.execute(self.q(sql + " RETURNING rid"), params)
+        return int(cur.fetchone()[0])
+
+    def close(self) -> None:
+        """Release connections."""
+
+    # -- schema ------------------------------------------------------------------------------
+    def migrate(self) -> int:
+        """Apply pending migrations; return the schema version now in force."""
+        with self._write_cursor() as cur:
+            cur.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied "
+                        + ("REAL" if self.dialect == "sqlite" else "DOUBLE PRECISION") + " NOT NULL)")
+            self._lock_migrations(cur)
+            cur.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+            current = int(cur.fetchone()[0])
+            for migration in MIGRATIONS:
+                if migration.version <= current:
+                    continue
+                for statement in statements_for(self.dialect, migration):
+                    cur.execute(statement)
+                cur.execute(self.q("INSERT INTO schema_migrations (version, applied) VALUES (?, ?)"),
+                            (migration.version, time.time()))
+                current = migration.version
+        return current
+
+    def _lock_migrations(self, cur: Cursor) -> None:
+        """Serialise concurrent start-ups (PostgreSQL); SQLite's write lock already does."""
+
+    def schema_version(self) -> int:
+        """The schema version recorded in the database."""
+        with self._read_cursor() as cur:
+            cur.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+            return int(cur.fetchone()[0])
+
+    # -- reads -------------------------------------------------------------------------------
+    def read(self, rtype: str, rid: str) -> StoredResource | None:
+        """Current version of a resource (a tombstone if deleted), or None."""
+        with self._read_cursor() as cur:
+            cur.execute(self.q(f"SELECT {_COLUMNS} FROM resources r WHERE r.rtype = ? AND r.id = ?"),
+                        (rtype, rid))
+            row = cur.fetchone()
+        return _row(row) if row else None
+
+    def vread(self, rtype: str, rid: str, version: int) -> StoredResource | None:
+        """One stored version of a resource, or None."""
+        with self._read_cursor() as cur:
+            cur.execute(
+                self.q(f"SELECT {_COLUMNS} FROM history r WHERE r.rtype = ? AND r.id = ? AND r.version = ?"),
+                (rtype, rid, version),
+            )
+            row = cur.fetchone()
+        return _row(row) if row else None
+
+    def read_many(self, refs: Sequence[tuple[str, str]]) -> list[StoredResource]:
+        """Current live versions of the given (type, id) pairs."""
+        by_type: dict[str, set[str]] = {}
+        for rtype, rid in refs:
+            by_type.setdefault(rtype, set()).add(rid)
+        out: list[StoredResource] = []
+        with self._read_cursor() as cur:
+            for rtype, ids in by_type.items():
+                id_list = sorted(ids)
+                for start in range(0, len(id_list), 500):
+                    chunk = id_list[start : start + 500]
+                    marks = ", ".join("?" for _ in chunk)
+                    cur.execute(
+                        self.q(f"SELECT {_COLUMNS} FROM resources r WHERE r.rtype = ? AND r.deleted = 0"
+                               f" AND r.id IN ({marks})"),
+                        (rtype, *chunk),
+                    )
+                    out.extend(_row(row) for row in cur.fetchall())
+        return out
+
+    def history(
+        self,
+        rtype: str | None,
+        rid: str | None,
+        *,
+        since: Any = None,
+        count: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[StoredResource], int]:
+        """Versions, newest first, and their total."""
+        conds: list[str] = []
+        params: list[Any] = []
+        if rtype is not None:
+            conds.append("r.rtype = ?")
+            params.append(rtype)
+        if rid is not None:
+            conds.append("r.id = ?")
+            params.append(rid)
+        if since is not None:
+            conds.append("r.lu >= ?")
+            params.append(since.timestamp())
+        where = " WHERE " + " AND ".join(conds) if conds else ""
+        with self._read_cursor() as cur:
+            cur.execute(self.q(f"SELECT COUNT(*) FROM history r{where}"), params)
+            total = int(cur.fetchone()[0])
+            cur.execute(
+                self.q(f"SELECT {_COLUMNS} FROM history r{where} ORDER BY r.lu DESC, r.version DESC"
+                       " LIMIT ? OFFSET ?"),
+                (*params, count, offset),
+            )
+            rows = [_row(row) for row in cur.fetchall()]
+        return rows, total
+
+    def search(self, query: SearchQuery) -> SearchResult:
+        """Run a parsed search query."""
+        with self._read_cursor() as cur:
+            return self._search(cur, query)
+
+    def _search(self, cur: Cursor, query: SearchQuery) -> SearchResult:
+        if query.snapshot is None:
+            cur.execute("SELECT COALESCE(MAX(rid), 0) FROM resources")
+            query.snapshot = int(cur.fetchone()[0])
+        where, params = where_clause(query)
+        total: int | None = None
+        if query.total != "none" or query.count == 0 or query.summary == "count":
+            cur.execute(self.q(f"SELECT COUNT(*) FROM resources r WHERE {where}"), params)
+            total = int(cur.fetchone()[0])
+        if query.count == 0 or query.summary == "count":
+            return SearchResult([], total, snapshot=query.snapshot)
+        order, order_params = order_by(query)
+        cur.execute(
+            self.q(f"SELECT {_COLUMNS}, r.rid FROM resources r WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?"),
+            (*params, *order_params, query.count, query.offset),
+        )
+        rows = cur.fetchall()
+        page = [_row(row) for row in rows]
+        included = self._includes(cur, query, [row[6] for row in rows], page) if page else []
+        return SearchResult(page, total, included, snapshot=query.snapshot)
+
+    def _includes(
+        self, cur: Cursor, query: SearchQuery, rids: list[int], page: list[StoredResource]
+    ) -> list[StoredResource]:
+        seen = {(r.type, r.id) for r in page}
+        refs: list[tuple[str, str]] = []
+        marks = ", ".join("?" for _ in rids)
+        for inc in query.includes:
+            sql = f"SELECT DISTINCT x.ttype, x.tid FROM idx_ref x WHERE x.param = ? AND x.rid IN ({marks})"
+            params: list[Any] = [inc.param, *rids]
+            if inc.target:
+                sql += " AND x.ttype = ?"
+                params.append(inc.target)
+            cur.execute(self.q(sql), params)
+            refs.extend((t, i) for t, i in cur.fetchall() if t and i and (t, i) not in seen)
+        out: list[StoredResource] = []
+        if refs:
+            with_types = list(dict.fromkeys(refs))
+            out.extend(self._read_many_cur(cur, with_types))
+        ids = [r.id for r in page]
+        id_marks = ", ".join("?" for _ in ids)
+        for inc in query.revincludes:
+            cur.execute(
+                self.q(f"SELECT {_COLUMNS} FROM resources r WHERE r.rtype = ? AND r.deleted = 0 AND r.rid IN"
+                       " (SELECT x.rid FROM idx_ref x WHERE x.rtype = ? AND x.param = ? AND x.ttype = ?"
+                       f" AND x.tid IN ({id_marks}))"),
+                (inc.source, inc.source, inc.param, query.rtype, *ids),
+            )
+            out.extend(_row(row) for row in cur.fetchall())
+        unique: dict[tuple[str, str], StoredResource] = {}
+        for res in out:
+            if (res.type, res.id) not in seen:
+                unique.setdefault((res.type, res.id), res)
+        return list(unique.values())
+
+    def _read_many_cur(self, cur: Cursor, refs: list[tuple[str, str]]) -> list[StoredResource]:
+        out: list[StoredResource] = []
+        for rtype, rid in refs:
+            cur.execute(
+                self.q(f"SELECT {_COLUMNS} FROM resources r WHERE r.rtype = ? AND r.id = ? AND r.deleted = 0"),
+                (rtype, rid),
+            )
+            row = cur.fetchone()
+            if row:
+                out.append(_row(row))
+        return out
+
+    # -- change feed -------------------------------------------------------------------------
+    def changes(self, after: int, limit: int = 1000) -> list[Change]:
+        """Change-feed entries with ``seq > after``, oldest first."""
+        with self._read_cursor() as cur:
+            cur.execute(
+                self.q("SELECT seq, rtype, id, version, op, at FROM changes WHERE seq > ? ORDER BY seq LIMIT ?"),
+                (after, limit),
+            )
+            return [
+                Change(seq=s, type=t, id=i, version=v, op=ChangeOp(op), at=from_epoch(at))
+                for s, t, i, v, op, at in cur.fetchall()
+            ]
+
+    def iter_changes(self, after: int, batch: int = 1000) -> Iterator[Change]:
+        """All change-feed entries after ``after``, fetched in batches."""
+        while True:
+            page = self.changes(after, batch)
+            yield from page
+            if len(page) < batch:
+                return
+            after = page[-1].seq
+
+    def last_change_seq(self) -> int:
+        """The newest change-feed sequence number (0 when empty)."""
+        with self._read_cursor() as cur:
+            cur.execute("SELECT COALESCE(MAX(seq), 0) FROM changes")
+            return int(cur.fetchone()[0])
+
+    # -- writes ------------------------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[SqlTransaction]:
+        """A write transaction, committed on normal exit and rolled back on error."""
+        with self._write_cursor() as cur:
+            yield SqlTransaction(self, cur)
+
+    def indexed_params(self, rtype: str) -> Any:
+        """Parameters extracted on write for a type (cached)."""
+        params = self._indexed.get(rtype)
+        if params is None:
+            params = self._indexed[rtype] = self.registry.indexed(rtype)
+        return params
+
+    # -- API clients -------------------------------------------------------------------------
+    def save_client(self, client: ApiClient, token_hash: str) -> None:
+        """Create or replace an API client."""
+        with self._write_cursor() as cur:
+            cur.execute(self.q("DELETE FROM api_clients WHERE name = ?"), (client.name,))
+            cur.execute(
+                self.q("INSERT INTO api_clients (name, token_hash, scopes, created, disabled)"
+                       " VALUES (?, ?, ?, ?, ?)"),
+                (client.name, token_hash, " ".join(client.scopes), client.created.timestamp(),
+                 int(client.disabled)),
+            )
+
+    def client_by_token_hash(self, token_hash: str) -> ApiClient | None:
+        """Look up an API client by the hash of its bearer token."""
+        with self._read_cursor() as cur:
+            cur.execute(
+                self.q("SELECT name, scopes, created, disabled FROM api_clients WHERE token_hash = ?"),
+                (token_hash,),
+            )
+            row = cur.fetchone()
+        if row is None:
+            return None
+        return ApiClient(row[0], tuple(row[1].split()), from_epoch(row[2]), bool(row[3]))
+
+    def list_clients(self) -> list[ApiClient]:
+        """All API clients."""
+        with self._read_cursor() as cur:
+            cur.execute("SELECT name, scopes, created, disabled FROM api_clients ORDER BY name")
+            return [ApiClient(n, tuple(s.split()), from_epoch(c), bool(d)) for n, s, c, d in cur.fetchall()]
+
+    # -- quarantine --------------------------------------------------------------------------
+    def quarantine_add(
+        self,
+        source: str,
+        body: bytes,
+        content_type: str,
+        outcome: dict[str, Any],
+        record_key: str | None = None,
+    ) -> QuarantinedRecord:
+        """Keep a record that failed, with its OperationOutcome."""
+        now = time.time()
+        outcome_text = orjson.dumps(outcome).decode()
+        with self._write_cursor() as cur:
+            qid = self._insert_returning(
+                cur,
+                "INSERT INTO quarantine (source, received, content_type, body, record_key, outcome, status,"
+                " attempts, updated) VALUES (?, ?, ?, ?, ?, ?, 'held', 1, ?)",
+                (source, now, content_type, body, record_key, outcome_text, now),
+            )
+        return QuarantinedRecord(qid, source, from_epoch(now), content_type, body, record_key, outcome,
+                                 "held", 1, from_epoch(now))
+
+    def quarantine_list(
+        self,
+        *,
+        source: str | None = None,
+        status: str | None = "held",
+        limit: int = 100,
+        after: int = 0,
+    ) -> list[QuarantinedRecord]:
+        """Quarantined records, oldest first."""
+        conds = ["qid > ?"]
+        params: list[Any] = [after]
+        if source is not None:
+            conds.append("source = ?")
+            params.append(source)
+        if status is not None:
+            conds.append("status = ?")
+            params.append(status)
+        with self._read_cursor() as cur:
+            cur.execute(
+                self.q("SELECT qid, source, received, content_type, body, record_key, outcome, status, attempts,"
+                       f" updated FROM quarantine WHERE {' AND '.join(conds)} ORDER BY qid LIMIT ?"),
+                (*params, limit),
+            )
+            return [self._quarantined(row) for row in cur.fetchall()]
+
+    def quarantine_get(self, qid: int) -> QuarantinedRecord | None:
+        """One quarantined record."""
+        with self._read_cursor() as cur:
+            cur.execute(
+                self.q("SELECT qid, source, received, content_type, body, record_key, outcome, status, attempts,"
+                       " updated FROM quarantine WHERE qid = ?"),
+                (qid,),
+            )
+            row = cur.fetchone()
+        return self._quarantined(row) if row else None
+
+    def quarantine_update(self, qid: int, *, status: str, outcome: dict[str, Any] | None = None) -> None:
+        """Record a replay result or a discard."""
+        with self._write_cursor() as cur:
+            if outcome is None:
+                cur.execute(self.q("UPDATE quarantine SET status = ?, attempts = attempts + 1, updated = ?"
+                                   " WHERE qid = ?"), (status, time.time(), qid))
+            else:
+                cur.execute(
+                    self.q("UPDATE quarantine SET status = ?, outcome = ?, attempts = attempts + 1, updated = ?"
+                           " WHERE qid = ?"),
+                    (status, orjson.dumps(outcome).decode(), time.time(), qid),
+                )
+
+    @staticmethod
+    def _quarantined(row: Sequence[Any]) -> QuarantinedRecord:
+        return QuarantinedRecord(
+            qid=int(row[0]), source=row[1], received=from_epoch(row[2]), content_type=row[3],
+            body=bytes(row[4]), record_key=row[5], outcome=orjson.loads(row[6]), status=row[7],
+            attempts=int(row[8]), updated=from_epoch(row[9]),
+        )  # fmt: skip
+
+    def ping(self) -> None:
+        """Raise if the database cannot be reached."""
+        with self._read_cursor() as cur:
+            cur.execute("SELECT 1")
+            cur.fetchone()
+
+
+class SqlTransaction:
+    """Reads and writes inside one open database transaction."""
+
+    def __init__(self, store: SqlStore, cur: Cursor) -> None:
+        self.store = store
+        self.cur = cur
+
+    def read(self, rtype: str, rid: str) -> StoredResource | None:
+        """Current version inside this transaction."""
+        self.cur.execute(self.store.q(f"SELECT {_COLUMNS} FROM resources r WHERE r.rtype = ? AND r.id = ?"),
+                         (rtype, rid))
+        row = self.cur.fetchone()
+        return _row(row) if row else None
+
+    def search(self, query: SearchQuery) -> SearchResult:
+        """Search inside this transaction (sees its own writes)."""
+        return self.store._search(self.cur, query)
+
+    def create(self, resource: dict[str, Any], *, rid: str | None = None) -> WriteResult:
+        """Store a new resource; a server-assigned id when ``rid`` is None."""
+        new_id = rid or str(uuid.uuid4())
+        current = self._current(resource["resourceType"], new_id) if rid else None
+        if current is not None and not current[2]:
+            raise VersionConflict(current[1])
+        return self._write(resource, new_id, current, ChangeOp.CREATE if current is None else ChangeOp.UPDATE)
+
+    def update(
+        self, resource: dict[str, Any], *, if_match: int | None = None, skip_unchanged: bool = False
+    ) -> WriteResult:
+        """Store a new version (update-as-create when the id is new)."""
+        rtype, rid = resource["resourceType"], resource["id"]
+        current = self._current(rtype, rid)
+        if if_match is not None and (current is None or current[1] != if_match or current[2]):
+            raise VersionConflict(None if current is None or current[2] else current[1])
+        if skip_unchanged and current is not None and not current[2]:
+            if current[3] == _canonical_hash(self._body(resource, rid, None)):
+                existing = self.read(rtype, rid)
+                assert existing is not None
+                return WriteResult(existing, created=False)
+        op = ChangeOp.CREATE if current is None else ChangeOp.UPDATE
+        return self._write(resource, rid, current, op)
+
+    def delete(self, rtype: str, rid: str) -> StoredResource | None:
+        """Write a tombstone version; None when nothing live was there."""
+        current = self._current(rtype, rid)
+        if current is None or current[2]:
+            return None
+        return self._write(None, rid, current, ChangeOp.DELETE, rtype=rtype).resource
+
+    # -- internals ---------------------------------------------------------------------------
+    def _current(self, rtype: str, rid: str) -> tuple[int, int, bool, str | None] | None:
+        """(row id, version, deleted, content hash) of the current version."""
+        sql = "SELECT rid, version, deleted, chash FROM resources WHERE rtype = ? AND id = ?"
+        if self.store.dialect == "postgresql":
+            sql += " FOR UPDATE"
+        self.cur.execute(self.store.q(sql), (rtype, rid))
+        row = self.cur.fetchone()
+        return (int(row[0]), int(row[1]), bool(row[2]), row[3]) if row else None
+
+    @staticmethod
+    def _body(resource: dict[str, Any], rid: str, meta_extra: dict[str, str] | None) -> dict[str, Any]:
+        meta = resource.get("meta")
+        meta = {k: v for k, v in meta.items() if k not in _SKIP_META} if isinstance(meta, dict) else {}
+        if meta_extra:
+            meta.update(meta_extra)
+        body: dict[str, Any] = {"resourceType": resource["resourceType"], "id": rid}
+        if meta:
+            body["meta"] = meta
+        for key, value in resource.items():
+            if key not in ("resourceType", "id", "meta"):
+                body[key] = value
+        return body
+
+    def _write(
+        self,
+        resource: dict[str, Any] | None,
+        rid: str,
+        current: tuple[int, int, bool, str | None] | None,
+        op: ChangeOp,
+        rtype: str | None = None,
+    ) -> WriteResult:
+        store, cur, q = self.store, self.cur, self.store.q
+        rtype = rtype or (resource or {})["resourceType"]
+        version = current[1] + 1 if current else 1
+        now = time.time()
+        if resource is not None:
+            body = self._body(resource, rid, None)
+            chash: str | None = _canonical_hash(body)
+            meta = dict(body.get("meta") or {})
+            meta["versionId"] = str(version)
+            meta["lastUpdated"] = format_instant(now)
+            body = {"resourceType": rtype, "id": rid, "meta": meta,
+                    **{k: v for k, v in body.items() if k not in ("resourceType", "id", "meta")}}
+            content = orjson.dumps(body)
+            deleted = 0
+        else:
+            body, chash, content, deleted = {}, None, b"", 1
+        if current is None:
+            row_id = store._insert_returning(
+                cur,
+                "INSERT INTO resources (rtype, id, version, lu, deleted, chash, content) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (rtype, rid, version, now, deleted, chash, content),
+            )
+        else:
+            row_id = current[0]
+            cur.execute(
+                q("UPDATE resources SET version = ?, lu = ?, deleted = ?, chash = ?, content = ? WHERE rid = ?"),
+                (version, now, deleted, chash, content, row_id),
+            )
+            for table in ("idx_token", "idx_string", "idx_date", "idx_ref", "idx_number"):
+                cur.execute(q(f"DELETE FROM {table} WHERE rid = ?"), (row_id,))
+        cur.execute(q("INSERT INTO history (rtype, id, version, lu, deleted, content) VALUES (?, ?, ?, ?, ?, ?)"),
+                    (rtype, rid, version, now, deleted, content))
+        if resource is not None:
+            self._index(row_id, rtype, body)
+        cur.execute(q("INSERT INTO changes (rtype, id, version, op, at) VALUES (?, ?, ?, ?, ?)"),
+                    (rtype, rid, version, op.value, now))
+        created = current is None or current[2]
+        return WriteResult(StoredResource(rtype, rid, version, from_epoch(now), bool(deleted), content), created)
+
+    def _index(self, row_id: int, rtype: str, body: dict[str, Any]) -> None:
+        rows = extract(body, self.store.indexed_params(rtype))
+        cur, q = self.cur, self.store.q
+        if rows.token:
+            cur.executemany(q("INSERT INTO idx_token (rid, rtype, param, system, code) VALUES (?, ?, ?, ?, ?)"),
+                            [(row_id, rtype, *r) for r in rows.token])
+        if rows.string:
+            cur.executemany(q("INSERT INTO idx_string (rid, rtype, param, norm, exact) VALUES (?, ?, ?, ?, ?)"),
+                            [(row_id, rtype, *r) for r in rows.string])
+        if rows.date:
+            cur.executemany(q("INSERT INTO idx_date (rid, rtype, param, lo, hi) VALUES (?, ?, ?, ?, ?)"),
+                            [(row_id, rtype, *r) for r in rows.date])
+        if rows.reference:
+            cur.executemany(
+                q("INSERT INTO idx_ref (rid, rtype, param, ttype, tid, url) VALUES (?, ?, ?, ?, ?, ?)"),
+                [(row_id, rtype, *r) for r in rows.reference],
+            )
+        if rows.number:
+            cur.executemany(
+                q("INSERT INTO idx_number (rid, rtype, param, value, system, code) VALUES (?, ?, ?, ?, ?, ?)"),
+                [(row_id, rtype, *r) for r in rows.number],
+            )

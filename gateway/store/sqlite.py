@@ -1,0 +1,77 @@
+"""``SQLiteStore``: the embedded default store, one file, no server.
+
+WAL mode lets readers run while one writer commits; writers take the lock up front
+(``BEGIN IMMEDIATE``) so two transactions never deadlock upgrading a read lock.
+``synchronous=FULL`` makes a commit survive power loss, which matters more here than
+write speed: a 2xx answer tells a CHW app it may forget the record.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from gateway.search.registry import SearchRegistry
+from gateway.store.sql import Cursor, SqlStore
+
+
+class SQLiteStore(SqlStore):
+    """The resource store in a local SQLite file."""
+
+    dialect = "sqlite"
+
+    def __init__(self, path: str | Path, registry: SearchRegistry | None = None) -> None:
+        super().__init__(registry)
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute("PRAGMA cache_size=-65536")
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def _read_cursor(self) -> Iterator[Cursor]:
+        cur = self._connection().cursor()
+        try:
+            yield cur
+        finally:
+            cur.close()
+
+    @contextmanager
+    def _write_cursor(self) -> Iterator[Cursor]:
+        conn = self._connection()
+        cur = conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            yield cur
+        except BaseException:
+            conn.rollback()
+            raise
+        else:
+            conn.commit()
+        finally:
+            cur.close()
+
+    def close(self) -> None:
+        """Close every thread's connection."""
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+        self._local = threading.local()
