@@ -81,8 +81,8 @@ class SqlStore:
         """Adapt ``?`` placeholders to the driver's style."""
         return sql
 
-    def _insert_returning(self, cur: Cursor, sql: str, params: Sequence[Any]) -> int:
-        cur.execute(self.q(sql + " RETURNING rid"), params)
+    def _insert_returning(self, cur: Cursor, sql: str, params: Sequence[Any], key: str = "rid") -> int:
+        cur.execute(self.q(f"{sql} RETURNING {key}"), params)
         return int(cur.fetchone()[0])
 
     def close(self) -> None:
@@ -260,6 +260,18 @@ class SqlStore:
                 out.append(_row(row))
         return out
 
+    def compartment(self, rtype: str, rid: str, count: int, offset: int) -> tuple[list[StoredResource], int]:
+        """Live resources that refer to ``rtype/rid`` (its compartment, e.g. for $everything), and their total."""
+        where = ("r.deleted = 0 AND r.rid IN (SELECT x.rid FROM idx_ref x WHERE x.ttype = ? AND x.tid = ?)"
+                 " AND NOT (r.rtype = ? AND r.id = ?)")
+        params = (rtype, rid, rtype, rid)
+        with self._read_cursor() as cur:
+            cur.execute(self.q(f"SELECT COUNT(*) FROM resources r WHERE {where}"), params)
+            total = int(cur.fetchone()[0])
+            cur.execute(self.q(f"SELECT {_COLUMNS} FROM resources r WHERE {where} ORDER BY r.rid LIMIT ? OFFSET ?"),
+                        (*params, count, offset))
+            return [_row(row) for row in cur.fetchall()], total
+
     # -- change feed -------------------------------------------------------------------------
     def changes(self, after: int, limit: int = 1000) -> list[Change]:
         """Change-feed entries with ``seq > after``, oldest first."""
@@ -350,6 +362,7 @@ class SqlStore:
                 "INSERT INTO quarantine (source, received, content_type, body, record_key, outcome, status,"
                 " attempts, updated) VALUES (?, ?, ?, ?, ?, ?, 'held', 1, ?)",
                 (source, now, content_type, body, record_key, outcome_text, now),
+                key="qid",
             )
         return QuarantinedRecord(qid, source, from_epoch(now), content_type, body, record_key, outcome,
                                  "held", 1, from_epoch(now))

@@ -1,0 +1,94 @@
+"""The CapabilityStatement: the single source of truth for what the FHIR API offers.
+
+It is generated from the code's own tables (the search registry and the interaction
+list below), so it cannot claim more than the server does; the conformance suite
+(``conformance.suite``) reads it back from ``/metadata`` and checks every claim.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway import __version__
+from gateway.fhir.types import RESOURCE_TYPES
+from gateway.search.registry import SearchRegistry
+
+FHIR_VERSION = "4.0.1"
+
+# What every resource type supports (the REST routes in gateway/api/fhir_*.py).
+TYPE_INTERACTIONS = (
+    "read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type",
+)  # fmt: skip
+SYSTEM_INTERACTIONS = ("transaction", "batch", "history-system")
+RESULT_PARAMS = ("_count", "_sort", "_total", "_summary", "_elements", "_include", "_revinclude")
+OPERATIONS = (
+    {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"},
+)
+
+
+def capability_statement(registry: SearchRegistry, base_url: str, date: str) -> dict[str, Any]:
+    """Build the CapabilityStatement for this gateway."""
+    resources: list[dict[str, Any]] = []
+    for rtype in sorted(RESOURCE_TYPES):
+        params = registry.params(rtype)
+        entry: dict[str, Any] = {
+            "type": rtype,
+            "profile": f"http://hl7.org/fhir/StructureDefinition/{rtype}",
+            "interaction": [{"code": code} for code in TYPE_INTERACTIONS],
+            "versioning": "versioned-update",
+            "readHistory": True,
+            "updateCreate": True,
+            "conditionalCreate": True,
+            "conditionalRead": "not-supported",
+            "conditionalUpdate": True,
+            "conditionalDelete": "single",
+            "searchInclude": sorted(f"{rtype}:{p.code}" for p in params.values() if p.type == "reference"),
+            "searchRevInclude": [],
+            "searchParam": [
+                {"name": p.code, "definition": p.url, "type": p.type}
+                for p in sorted(params.values(), key=lambda p: p.code)
+            ],
+        }
+        if rtype == "Patient":
+            entry["operation"] = list(OPERATIONS)
+        resources.append(entry)
+    return {
+        "resourceType": "CapabilityStatement",
+        "id": "chw-gateway",
+        "url": f"{base_url}/metadata",
+        "version": __version__,
+        "name": "CHWFhirGateway",
+        "title": "CHW FHIR gateway",
+        "status": "active",
+        "experimental": False,
+        "date": date,
+        "publisher": "CHW FHIR gateway contributors",
+        "kind": "instance",
+        "software": {"name": "chw-fhir-gateway", "version": __version__},
+        "implementation": {"description": "FHIR interoperability gateway for community health programs",
+                           "url": base_url},
+        "fhirVersion": FHIR_VERSION,
+        "format": ["application/fhir+json", "json"],
+        "patchFormat": ["application/json-patch+json"],
+        "rest": [
+            {
+                "mode": "server",
+                "documentation": "Result parameters: " + ", ".join(RESULT_PARAMS) + ". Unknown search "
+                "parameters are ignored unless the request says Prefer: handling=strict.",
+                "security": {
+                    "cors": False,
+                    "service": [{"coding": [{
+                        "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                        "code": "SMART-on-FHIR"}]}],
+                    "description": "Bearer tokens with SMART v2 system scopes (system/Type.cruds).",
+                },
+                "resource": resources,
+                "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
+                "searchParam": [
+                    {"name": "_id", "definition": "http://hl7.org/fhir/SearchParameter/Resource-id", "type": "token"},
+                    {"name": "_lastUpdated", "definition": "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated",
+                     "type": "date"},
+                ],
+            }
+        ],
+    }

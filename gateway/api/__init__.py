@@ -1,0 +1,1 @@
+"""The HTTP API: FHIR REST at /fhir, ingest, admin and health endpoints."""

@@ -1,0 +1,68 @@
+"""What request handlers share: the objects the app factory builds, typed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, TypeVar
+
+import anyio.to_thread
+import orjson
+from starlette.requests import Request
+
+from gateway.api.auth import Authenticator
+from gateway.search.query import QueryParser
+from gateway.search.registry import SearchRegistry
+from gateway.settings import Settings
+from gateway.store.sql import SqlStore
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class AppContext:
+    """Long-lived objects of one app instance (``app.state.ctx``)."""
+
+    settings: Settings
+    store: SqlStore
+    registry: SearchRegistry
+    parser: QueryParser
+    auth: Authenticator
+    capability: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+    _capability_bytes: dict[str, bytes] = field(default_factory=dict)
+
+    def capability_for(self, base: str) -> bytes:
+        """The CapabilityStatement as served under ``base`` (cached per base URL)."""
+        cached = self._capability_bytes.get(base)
+        if cached is None:
+            statement = dict(self.capability)
+            statement["url"] = f"{base}/metadata"
+            statement["implementation"] = {**statement.get("implementation", {}), "url": base}
+            cached = self._capability_bytes[base] = orjson.dumps(statement)
+        return cached
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a read-only store call: inline on SQLite (microseconds), on a thread otherwise."""
+        if self.store.dialect == "sqlite":
+            return fn(*args)
+        return await anyio.to_thread.run_sync(partial(fn, *args))
+
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a unit of work that writes, on a worker thread."""
+        return await anyio.to_thread.run_sync(partial(fn, *args))
+
+
+def ctx_of(request: Request) -> AppContext:
+    """The app context of a request."""
+    ctx: AppContext = request.app.state.ctx
+    return ctx
+
+
+def base_url(request: Request) -> str:
+    """The FHIR base URL as the client sees it (configured, or from the request)."""
+    configured = ctx_of(request).settings.public_base_url
+    if configured:
+        return configured.rstrip("/")
+    return str(request.base_url).rstrip("/") + "/fhir"

@@ -1,0 +1,64 @@
+"""Helpers shared by the FHIR route modules."""
+
+from __future__ import annotations
+
+from email.utils import format_datetime
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.errors import FhirError, invalid, not_found
+from gateway.fhir.interactions import ID_RE
+from gateway.fhir.outcome import informational
+from gateway.fhir.types import RESOURCE_TYPES
+from gateway.store.base import StoredResource
+
+from .negotiation import fhir_response, prefer
+
+
+def check_type(rtype: str) -> str:
+    """404 for a path segment that is not an R4 resource type."""
+    if rtype not in RESOURCE_TYPES:
+        raise not_found(f"unknown resource type {rtype[:64]!r}")
+    return rtype
+
+
+def check_path_id(rid: str) -> str:
+    """400 for an id FHIR does not allow."""
+    if not ID_RE.match(rid):
+        raise invalid(f"{rid[:70]!r} is not a valid FHIR id", ["id"])
+    return rid
+
+
+def version_headers(res: StoredResource, base: str | None = None) -> dict[str, str]:
+    """ETag, Last-Modified and (for writes) Location of a stored version."""
+    headers = {"ETag": res.etag, "Last-Modified": format_datetime(res.last_updated, usegmt=True)}
+    if base is not None:
+        headers["Location"] = f"{base}/{res.type}/{res.id}/_history/{res.version}"
+    return headers
+
+
+def write_response(request: Request, res: StoredResource, status: int, media: str, base: str) -> Response:
+    """Answer a create/update as the ``Prefer: return=`` header asks (default: the resource)."""
+    headers = version_headers(res, base)
+    wanted = prefer(request).get("return", "representation")
+    if wanted == "minimal":
+        return Response(status_code=status, headers=headers)
+    if wanted == "OperationOutcome":
+        text = f"{res.type}/{res.id} version {res.version} {'created' if status == 201 else 'stored'}"
+        return fhir_response(informational(text), status=status, media_type=media, headers=headers)
+    return fhir_response(res.content, status=status, media_type=media, headers=headers)
+
+
+def parse_if_match(request: Request) -> int | None:
+    """The version an ``If-Match`` header names."""
+    value = request.headers.get("if-match")
+    if value is None:
+        return None
+    text = value.strip()
+    if text.startswith("W/"):
+        text = text[2:]
+    text = text.strip('"')
+    if not text.isdigit():
+        raise FhirError('If-Match must be an ETag like W/"3"', status=400, code="invalid", expression=["If-Match"])
+    return int(text)

@@ -1,0 +1,241 @@
+"""FHIR read-side routes: metadata, read, vread, history, search, $everything."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import orjson
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.errors import FhirError, gone, not_found
+from gateway.fhir import bundles
+from gateway.fhir.outcome import issue, outcome_of
+from gateway.fhir.subsetting import subset
+from gateway.search.dates import DateFormatError, date_range
+from gateway.search.query import SearchError, SearchQuery
+from gateway.store.base import SearchResult, StoredResource
+
+from .auth import authenticate, require_fhir
+from .context import base_url, ctx_of
+from .fhir_common import check_path_id, check_type, version_headers
+from .negotiation import fhir_response, prefer, read_body, response_type
+
+router = APIRouter(prefix="/fhir", tags=["FHIR"])
+
+
+@router.get("/metadata", summary="CapabilityStatement")
+async def metadata(request: Request) -> Response:
+    """The CapabilityStatement (no authentication needed)."""
+    media = response_type(request)
+    return fhir_response(ctx_of(request).capability_for(base_url(request)), media_type=media)
+
+
+@router.get("/_history", summary="System history")
+async def system_history(request: Request) -> Response:
+    """History of every resource the client may read."""
+    principal = authenticate(request)
+    if not principal.can("*", "r"):
+        raise FhirError("system history needs system/*.r", status=403, code="forbidden")
+    return await _history(request, None, None)
+
+
+@router.get("/{rtype}", summary="Search (GET)")
+async def search_get(request: Request, rtype: str) -> Response:
+    """Search a resource type with query parameters."""
+    check_type(rtype)
+    require_fhir(request, rtype, "s")
+    return await _search(request, rtype, list(request.query_params.multi_items()))
+
+
+@router.post("/{rtype}/_search", summary="Search (POST)")
+async def search_post(request: Request, rtype: str) -> Response:
+    """Search with form-encoded parameters in the body (and the query string)."""
+    check_type(rtype)
+    require_fhir(request, rtype, "s")
+    ctx = ctx_of(request)
+    body = await read_body(request, ctx.settings.max_body_bytes)
+    media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if body and media not in ("application/x-www-form-urlencoded", ""):
+        raise FhirError("POST _search takes application/x-www-form-urlencoded", status=415, code="not-supported")
+    try:
+        form = parse_qsl(body.decode("utf-8"), keep_blank_values=True)
+    except UnicodeDecodeError as exc:
+        raise FhirError("the form body is not UTF-8", status=400, code="structure") from exc
+    return await _search(request, rtype, [*request.query_params.multi_items(), *form])
+
+
+@router.get("/{rtype}/_history", summary="Type history")
+async def type_history(request: Request, rtype: str) -> Response:
+    """History of all resources of one type."""
+    check_type(rtype)
+    require_fhir(request, rtype, "s")
+    return await _history(request, rtype, None)
+
+
+@router.get("/{rtype}/{rid}", summary="Read")
+async def read(request: Request, rtype: str, rid: str) -> Response:
+    """The current version of a resource."""
+    check_type(rtype)
+    require_fhir(request, rtype, "r")
+    media = response_type(request)
+    ctx = ctx_of(request)
+    res = await ctx.read(ctx.store.read, rtype, rid)
+    if res is None:
+        check_path_id(rid)
+        raise not_found(f"{rtype}/{rid} is not known")
+    if res.deleted:
+        raise FhirError(f"{rtype}/{rid} has been deleted", status=410, code="deleted",
+                        headers={"ETag": res.etag})
+    headers = version_headers(res)
+    none_match = request.headers.get("if-none-match")
+    if none_match is not None and none_match.strip().removeprefix("W/").strip('"') == str(res.version):
+        return Response(status_code=304, headers=headers)
+    return fhir_response(res.content, media_type=media, headers=headers)
+
+
+@router.get("/{rtype}/{rid}/_history", summary="Instance history")
+async def instance_history(request: Request, rtype: str, rid: str) -> Response:
+    """Every version of one resource, newest first."""
+    check_type(rtype)
+    check_path_id(rid)
+    require_fhir(request, rtype, "r")
+    return await _history(request, rtype, rid)
+
+
+@router.get("/{rtype}/{rid}/_history/{vid}", summary="Version read")
+async def vread(request: Request, rtype: str, rid: str, vid: str) -> Response:
+    """One version of a resource."""
+    check_type(rtype)
+    check_path_id(rid)
+    require_fhir(request, rtype, "r")
+    media = response_type(request)
+    if not vid.isdigit():
+        raise not_found(f"{rtype}/{rid} has no version {vid[:20]!r}")
+    ctx = ctx_of(request)
+    res = await ctx.read(ctx.store.vread, rtype, rid, int(vid))
+    if res is None:
+        raise not_found(f"{rtype}/{rid} has no version {vid}")
+    if res.deleted:
+        raise gone(f"version {vid} of {rtype}/{rid} is a deletion")
+    return fhir_response(res.content, media_type=media, headers=version_headers(res))
+
+
+@router.get("/Patient/{rid}/$everything", summary="Patient $everything")
+async def everything(request: Request, rid: str) -> Response:
+    """The patient and every resource that refers to them, in pages."""
+    check_path_id(rid)
+    principal = require_fhir(request, "Patient", "r")
+    media = response_type(request)
+    ctx = ctx_of(request)
+    patient = await ctx.read(ctx.store.read, "Patient", rid)
+    if patient is None:
+        raise not_found(f"Patient/{rid} is not known")
+    if patient.deleted:
+        raise gone(f"Patient/{rid} has been deleted")
+    count, offset = _paging(request, ctx.settings.search.default_count, ctx.settings.search.max_count)
+    related, total = await ctx.read(ctx.store.compartment, "Patient", rid, count, offset)
+    allowed = [r for r in related if principal.can(r.type, "s") or principal.can(r.type, "r")]
+    matches = ([patient] if offset == 0 else []) + allowed
+    base = base_url(request)
+    links = _page_links(f"{base}/Patient/{rid}/$everything", [], count, offset, total, len(related), None)
+    body = bundles.searchset(base, matches, total=total + 1, links=links)
+    return fhir_response(body, media_type=media)
+
+
+# -- shared bodies ---------------------------------------------------------------------------
+
+
+async def _search(request: Request, rtype: str, items: list[tuple[str, str]]) -> Response:
+    ctx = ctx_of(request)
+    principal = authenticate(request)
+    media = response_type(request)
+    strict = prefer(request).get("handling") == "strict"
+    try:
+        query = ctx.parser.parse(rtype, items, strict=strict)
+    except SearchError as exc:
+        where = [exc.expression] if exc.expression else None
+        raise FhirError(str(exc), status=400, code=exc.code, expression=where) from exc
+    result: SearchResult = await ctx.read(ctx.store.search, query)
+    base = base_url(request)
+    included = [r for r in result.included if principal.can(r.type, "r") or principal.can(r.type, "s")]
+    links = _page_links(f"{base}/{rtype}", query.used, query.count, query.offset, result.total,
+                        len(result.resources), result.snapshot)
+    transform = _subsetted(query, [*result.resources, *included])
+    outcome = None
+    if query.warnings:
+        outcome = outcome_of([issue("not-supported", w, severity="warning") for w in query.warnings])
+    body = bundles.searchset(base, result.resources, total=result.total, links=links, included=included,
+                             outcome=outcome, transform=transform)
+    return fhir_response(body, media_type=media)
+
+
+def _subsetted(query: SearchQuery, resources: list[StoredResource]) -> dict[tuple[str, str], bytes] | None:
+    if query.summary is None and query.elements is None:
+        return None
+    out = {}
+    for res in resources:
+        data: dict[str, Any] = orjson.loads(res.content)
+        out[(res.type, res.id)] = orjson.dumps(subset(data, query.summary, query.elements))
+    return out
+
+
+def _page_links(
+    url: str,
+    used: list[tuple[str, str]],
+    count: int,
+    offset: int,
+    total: int | None,
+    page_len: int,
+    snapshot: int | None,
+) -> list[tuple[str, str]]:
+    params = [(k, v) for k, v in used if k != "_count"]
+
+    def link(at: int) -> str:
+        extra = [("_count", str(count)), ("_offset", str(at))]
+        if snapshot is not None:
+            extra.append(("_snapshot", str(snapshot)))
+        return f"{url}?{urlencode(params + extra)}"
+
+    links = [("self", link(offset))]
+    more = offset + count < total if total is not None else page_len >= count > 0
+    if more and count > 0:
+        links.append(("next", link(offset + count)))
+    if offset > 0 and count > 0:
+        links.append(("previous", link(max(0, offset - count))))
+    return links
+
+
+def _paging(request: Request, default: int, maximum: int) -> tuple[int, int]:
+    raw_count = request.query_params.get("_count", str(default))
+    raw_offset = request.query_params.get("_offset", "0")
+    if not raw_count.isdigit() or not raw_offset.isdigit():
+        raise FhirError("_count and _offset must be non-negative integers", status=400, code="invalid")
+    return min(int(raw_count), maximum), int(raw_offset)
+
+
+async def _history(request: Request, rtype: str | None, rid: str | None) -> Response:
+    ctx = ctx_of(request)
+    media = response_type(request)
+    count, offset = _paging(request, ctx.settings.search.default_count, ctx.settings.search.max_count)
+    since = None
+    raw_since = request.query_params.get("_since")
+    if raw_since:
+        try:
+            since = datetime.fromtimestamp(date_range(raw_since)[0], UTC)
+        except DateFormatError as exc:
+            raise FhirError(f"_since: {exc}", status=400, code="invalid", expression=["_since"]) from exc
+    versions, total = await ctx.read(
+        lambda: ctx.store.history(rtype, rid, since=since, count=count, offset=offset)
+    )
+    if rid is not None and total == 0:
+        raise not_found(f"{rtype}/{rid} is not known")
+    base = base_url(request)
+    url = f"{base}/{rtype}/{rid}/_history" if rid else f"{base}/{rtype}/_history" if rtype else f"{base}/_history"
+    used = [("_since", raw_since)] if raw_since else []
+    links = _page_links(url, used, count, offset, total, len(versions), None)
+    return fhir_response(bundles.history(base, versions, total=total, links=links), media_type=media)
+

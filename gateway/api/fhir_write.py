@@ -1,0 +1,179 @@
+"""FHIR write-side routes: create, update, patch, delete, batch and transaction."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.errors import FhirError, invalid
+from gateway.fhir import interactions
+from gateway.fhir.outcome import informational
+from gateway.fhir.parse import parse_json, require_resource
+from gateway.fhir.transaction import process_bundle
+from gateway.fhir.validate import validate_resource
+from gateway.search.query import RESULT_PARAMS
+
+from .auth import authenticate, require_fhir
+from .context import AppContext, base_url, ctx_of
+from .fhir_common import check_path_id, check_type, parse_if_match, write_response
+from .negotiation import check_content_type, fhir_response, prefer, read_body, response_type
+
+router = APIRouter(prefix="/fhir", tags=["FHIR"])
+
+
+async def _resource_body(request: Request, ctx: AppContext, rtype: str) -> dict[str, Any]:
+    check_content_type(request)
+    body = await read_body(request, ctx.settings.max_body_bytes)
+    data = require_resource(parse_json(body, max_depth=ctx.settings.max_json_depth))
+    return validate_resource(data, expected_type=rtype)
+
+
+def _query_string(request: Request) -> str:
+    """Search parameters of a conditional interaction (result parameters dropped)."""
+    items = [(k, v) for k, v in request.query_params.multi_items() if k not in RESULT_PARAMS]
+    return urlencode(items)
+
+
+@router.post("/{rtype}", summary="Create")
+async def create(request: Request, rtype: str) -> Response:
+    """Create a resource (conditional with If-None-Exist)."""
+    check_type(rtype)
+    require_fhir(request, rtype, "c")
+    media = response_type(request)
+    ctx = ctx_of(request)
+    data = await _resource_body(request, ctx, rtype)
+    # fhirpy's get_or_create puts the condition in the query string instead of the
+    # standard header; honouring it avoids silently creating duplicates.
+    if_none_exist = request.headers.get("if-none-exist") or _query_string(request) or None
+    if if_none_exist is not None:
+        require_fhir(request, rtype, "s")
+
+    def work() -> interactions.WriteOutcome:
+        with ctx.store.transaction() as tx:
+            return interactions.create(tx, ctx.parser, data, if_none_exist=if_none_exist)
+
+    outcome = await ctx.write(work)
+    return write_response(request, outcome.resource, outcome.status, media, base_url(request))
+
+
+@router.put("/{rtype}/{rid}", summary="Update")
+async def update(request: Request, rtype: str, rid: str) -> Response:
+    """Update a resource, or create it with this id (update-as-create)."""
+    check_type(rtype)
+    check_path_id(rid)
+    require_fhir(request, rtype, "u")
+    media = response_type(request)
+    ctx = ctx_of(request)
+    if_match = parse_if_match(request)
+    data = await _resource_body(request, ctx, rtype)
+
+    def work() -> interactions.WriteOutcome:
+        with ctx.store.transaction() as tx:
+            return interactions.update(tx, data, rtype, rid, if_match=if_match)
+
+    outcome = await ctx.write(work)
+    return write_response(request, outcome.resource, outcome.status, media, base_url(request))
+
+
+@router.put("/{rtype}", summary="Conditional update")
+async def conditional_update(request: Request, rtype: str) -> Response:
+    """Update the one resource the query matches, or create it."""
+    check_type(rtype)
+    require_fhir(request, rtype, "u")
+    require_fhir(request, rtype, "s")
+    media = response_type(request)
+    ctx = ctx_of(request)
+    query = _query_string(request)
+    if not query:
+        raise invalid("PUT to a type URL needs search parameters (conditional update)")
+    data = await _resource_body(request, ctx, rtype)
+
+    def work() -> interactions.WriteOutcome:
+        with ctx.store.transaction() as tx:
+            return interactions.conditional_update(tx, ctx.parser, data, rtype, query)
+
+    outcome = await ctx.write(work)
+    return write_response(request, outcome.resource, outcome.status, media, base_url(request))
+
+
+@router.patch("/{rtype}/{rid}", summary="Patch (JSON Patch)")
+async def patch(request: Request, rtype: str, rid: str) -> Response:
+    """Apply a JSON Patch document to a resource."""
+    check_type(rtype)
+    check_path_id(rid)
+    require_fhir(request, rtype, "u")
+    media = response_type(request)
+    ctx = ctx_of(request)
+    check_content_type(request, {"application/json-patch+json"})
+    if request.headers.get("content-type") is None:
+        raise FhirError("PATCH needs Content-Type: application/json-patch+json", status=415, code="not-supported")
+    if_match = parse_if_match(request)
+    operations = parse_json(await read_body(request, ctx.settings.max_body_bytes),
+                            max_depth=ctx.settings.max_json_depth)
+
+    def work() -> interactions.WriteOutcome:
+        with ctx.store.transaction() as tx:
+            return interactions.patch(tx, rtype, rid, operations, if_match=if_match)
+
+    outcome = await ctx.write(work)
+    return write_response(request, outcome.resource, outcome.status, media, base_url(request))
+
+
+@router.delete("/{rtype}/{rid}", summary="Delete")
+async def delete(request: Request, rtype: str, rid: str) -> Response:
+    """Delete a resource (later reads answer 410 Gone)."""
+    check_type(rtype)
+    check_path_id(rid)
+    require_fhir(request, rtype, "d")
+    media = response_type(request)
+    ctx = ctx_of(request)
+
+    def work() -> bool:
+        with ctx.store.transaction() as tx:
+            return interactions.delete(tx, rtype, rid) is not None
+
+    deleted = await ctx.write(work)
+    text = f"{rtype}/{rid} deleted" if deleted else f"{rtype}/{rid} was not there; nothing to delete"
+    return fhir_response(informational(text), media_type=media)
+
+
+@router.delete("/{rtype}", summary="Conditional delete")
+async def conditional_delete(request: Request, rtype: str) -> Response:
+    """Delete the single resource a query matches."""
+    check_type(rtype)
+    require_fhir(request, rtype, "d")
+    require_fhir(request, rtype, "s")
+    media = response_type(request)
+    ctx = ctx_of(request)
+    query = _query_string(request)
+    if not query:
+        raise invalid("DELETE on a type URL needs search parameters (conditional delete)")
+
+    def work() -> int:
+        with ctx.store.transaction() as tx:
+            return interactions.conditional_delete(tx, ctx.parser, rtype, query)
+
+    count = await ctx.write(work)
+    return fhir_response(informational(f"{count} {rtype} deleted"), media_type=media)
+
+
+@router.post("", summary="Batch or transaction", include_in_schema=False)
+@router.post("/", summary="Batch or transaction")
+async def batch_or_transaction(request: Request) -> Response:
+    """Process a batch or transaction Bundle."""
+    principal = authenticate(request)
+    media = response_type(request)
+    ctx = ctx_of(request)
+    check_content_type(request)
+    bundle = parse_json(await read_body(request, ctx.settings.max_body_bytes), max_depth=ctx.settings.max_json_depth)
+    base = base_url(request)
+    minimal = prefer(request).get("return") == "minimal"
+
+    def work() -> dict[str, Any]:
+        return process_bundle(ctx.store, ctx.parser, bundle, base, can=principal.can, return_resources=not minimal)
+
+    return fhir_response(await ctx.write(work), media_type=media)

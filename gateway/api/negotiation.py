@@ -1,0 +1,86 @@
+"""HTTP details of the FHIR API: media types, Prefer, body limits, responses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.errors import FhirError
+
+FHIR_JSON = "application/fhir+json"
+_JSON_TYPES = {"application/fhir+json", "application/json", "application/json+fhir"}
+_ACCEPTABLE = _JSON_TYPES | {"*/*", "application/*"}
+_FORMATS = {"json", "application/json", "application/fhir+json", "application/json+fhir"}
+
+
+def response_type(request: Request) -> str:
+    """Media type to answer with: FHIR JSON unless the client asked only for plain JSON (406 for XML)."""
+    fmt = request.query_params.get("_format")
+    if fmt is not None:
+        if fmt.split(";")[0].strip() not in _FORMATS:
+            raise FhirError(f"_format {fmt[:40]!r} is not supported (JSON only)", status=406, code="not-supported")
+        return FHIR_JSON if fmt != "application/json" else "application/json"
+    accept = request.headers.get("accept")
+    if not accept:
+        return FHIR_JSON
+    types = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    if any(t in _ACCEPTABLE or t.startswith("text/") for t in types):
+        if FHIR_JSON in types or "application/json" not in types:
+            return FHIR_JSON
+        return "application/json"
+    raise FhirError("this server answers in FHIR JSON only (application/fhir+json)", status=406,
+                    code="not-supported")
+
+
+def check_content_type(request: Request, allowed: set[str] | None = None) -> None:
+    """415 unless the body is JSON (a missing Content-Type is taken as JSON)."""
+    value = request.headers.get("content-type")
+    if value is None:
+        return
+    media = value.split(";")[0].strip().lower()
+    if media not in (allowed or _JSON_TYPES):
+        raise FhirError(f"Content-Type {media[:60]!r} is not supported; send application/fhir+json",
+                        status=415, code="not-supported")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than ``limit`` bytes with a 413 before reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise FhirError(f"the request body is larger than the {limit} byte limit", status=413, code="too-costly")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise FhirError(f"the request body is larger than the {limit} byte limit", status=413,
+                            code="too-costly")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def prefer(request: Request) -> dict[str, str]:
+    """The ``Prefer`` header as a dict (``return``, ``handling``, …)."""
+    out: dict[str, str] = {}
+    for header in request.headers.getlist("prefer"):
+        for part in header.split(","):
+            for token in part.split(";"):
+                key, _, value = token.strip().partition("=")
+                if key:
+                    out[key.lower()] = value.strip().strip('"')
+    return out
+
+
+def fhir_response(
+    content: bytes | dict[str, Any],
+    *,
+    status: int = 200,
+    media_type: str = FHIR_JSON,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """A FHIR JSON response from stored bytes or a dict."""
+    body = content if isinstance(content, bytes) else orjson.dumps(content)
+    return Response(body, status_code=status, media_type=f"{media_type}; charset=utf-8", headers=headers)

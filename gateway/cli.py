@@ -1,0 +1,196 @@
+"""The ``gateway`` command line.
+
+Every command builds one ``Settings`` from the environment and an optional YAML file
+(``--config`` or ``GATEWAY_CONFIG``) and hands it down. Exit codes: 0 success; 1 the
+command ran but found problems; 2 bad usage or configuration, with a one-line reason
+on stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+from urllib.parse import urlsplit, urlunsplit
+
+import typer
+from pydantic import ValidationError
+
+from gateway.settings import ConfigFileError, Settings, load_settings
+
+app = typer.Typer(help="FHIR interoperability gateway for community health programs.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+clients_app = typer.Typer(help="API clients and their tokens.", no_args_is_help=True)
+config_app = typer.Typer(help="Configuration.", no_args_is_help=True)
+conformance_app = typer.Typer(help="FHIR conformance checks.", no_args_is_help=True)
+app.add_typer(clients_app, name="clients")
+app.add_typer(config_app, name="config")
+app.add_typer(conformance_app, name="conformance")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", envvar="GATEWAY_CONFIG", help="YAML config file", dir_okay=False),
+]
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print a one-line reason on stderr and exit."""
+    typer.echo(f"gateway: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def settings_from(config: Path | None, **overrides: Any) -> Settings:
+    """Load settings or exit with a message naming the file, line or field."""
+    try:
+        return load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
+    except ConfigFileError as exc:
+        fail(str(exc))
+    except ValidationError as exc:
+        fail(describe_validation_error(exc, config))
+
+
+def describe_validation_error(exc: ValidationError, config: Path | None) -> str:
+    """``store_url (GATEWAY_STORE_URL): must start with …`` for the first problem, plus a count."""
+    errors = exc.errors(include_url=False, include_input=False)
+    first = errors[0]
+    field = ".".join(str(p) for p in first.get("loc", ()))
+    env = "GATEWAY_" + "__".join(str(p).upper() for p in first.get("loc", ()) if not isinstance(p, int))
+    message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    where = f" in {config}" if config else ""
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"invalid setting {field} ({env}){where}: {message}{more}"
+
+
+def mask_url(url: str) -> str:
+    """Hide the password in a URL."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Listen address (default from settings)")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port (default from settings)")] = None,
+    dev_token: Annotated[bool, typer.Option("--dev-token", help="Print a fresh admin token for local use")] = False,
+) -> None:
+    """Run the gateway API (and its in-process services)."""
+    import logging
+
+    import uvicorn
+
+    from gateway.api.app import create_app
+    from gateway.store import open_store
+
+    settings = settings_from(config, host=host, port=port)
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    store = open_store(settings.store_url)
+    if dev_token:
+        token = _create_client(store, "dev-admin", ["system/*.cruds", "admin", "ingest:*"])
+        base = f"http://{settings.host}:{settings.port}/fhir"
+        typer.echo("\nAdmin token for this run (scopes system/*.cruds admin ingest:*):\n")
+        typer.echo(f"  {token}\n")
+        typer.echo("Try it:\n")
+        typer.echo(f'  curl -H "Authorization: Bearer {token}" {base}/Patient\n')
+    from gateway.runtime import service_hooks
+
+    application = create_app(settings, store=store, hooks=service_hooks(settings))
+    try:
+        uvicorn.run(application, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
+                    proxy_headers=True, access_log=False)
+    finally:
+        store.close()
+
+
+def _create_client(store: Any, name: str, scopes: list[str]) -> str:
+    from gateway.auth import hash_token, new_token
+    from gateway.store import ApiClient
+
+    token = new_token()
+    store.save_client(ApiClient(name, tuple(scopes), datetime.now(UTC)), hash_token(token))
+    return token
+
+
+@clients_app.command("create")
+def clients_create(
+    name: Annotated[str, typer.Argument(help="Client name (letters, digits, - and _)")],
+    scope: Annotated[list[str], typer.Option("--scope", "-s", help="A scope; repeat for more")],
+    config: ConfigOption = None,
+) -> None:
+    """Create (or re-key) a client; its token is printed once, alone on the last line."""
+    from gateway.auth import ScopeError, validate_scopes
+    from gateway.store import open_store
+
+    if not name.replace("-", "").replace("_", "").isalnum() or len(name) > 64:
+        fail(f"invalid client name {name!r}: use letters, digits, - and _ (64 at most)")
+    try:
+        validate_scopes(scope)
+    except ScopeError as exc:
+        fail(str(exc))
+    settings = settings_from(config)
+    store = open_store(settings.store_url)
+    try:
+        token = _create_client(store, name, scope)
+    finally:
+        store.close()
+    typer.echo(f"created client {name} with scopes {' '.join(scope)}; the token is shown only now:")
+    typer.echo(token)
+
+
+@clients_app.command("list")
+def clients_list(config: ConfigOption = None) -> None:
+    """List clients and their scopes (never tokens)."""
+    from gateway.store import open_store
+
+    store = open_store(settings_from(config).store_url)
+    try:
+        for client in store.list_clients():
+            state = " (disabled)" if client.disabled else ""
+            typer.echo(f"{client.name}\t{' '.join(client.scopes)}{state}")
+    finally:
+        store.close()
+
+
+@config_app.command("check")
+def config_check(config: ConfigOption = None) -> None:
+    """Validate the configuration and print it with secrets masked."""
+    import json
+
+    settings = settings_from(config)
+    data = settings.model_dump(mode="json", exclude={"config_file"})
+    data["store_url"] = mask_url(settings.store_url)
+    data["queue_url"] = mask_url(settings.queue_url)
+    typer.echo(json.dumps(data, indent=2, default=str))
+    typer.echo(f"configuration OK{f' ({config})' if config else ''}", err=True)
+
+
+@conformance_app.command("run")
+def conformance_run(
+    base_url: Annotated[str, typer.Option(help="FHIR base URL, e.g. http://127.0.0.1:8080/fhir")],
+    token: Annotated[str, typer.Option(help="Bearer token with system/*.cruds")],
+) -> None:
+    """Check every interaction and search parameter a server advertises."""
+    from conformance.suite import print_report, run_suite
+
+    report = run_suite(base_url.rstrip("/"), token)
+    print_report(report)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    _mount_optional()
+    app(prog_name="gateway")
+
+
+def _mount_optional() -> None:
+    """Sub-commands of the ingest, delivery and DHIS2 packages."""
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
+    sys.exit(0)

@@ -1,0 +1,102 @@
+"""Searchset and history Bundles, spliced from stored JSON bytes.
+
+Search results are sent as they are stored; wrapping them by concatenating bytes
+avoids parsing and re-serialising every resource on the read path.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable
+
+import orjson
+
+from gateway.search.dates import format_instant
+from gateway.store.base import StoredResource
+
+_SEARCH_MATCH = b',"search":{"mode":"match"}}'
+_SEARCH_INCLUDE = b',"search":{"mode":"include"}}'
+_SEARCH_OUTCOME = b',"search":{"mode":"outcome"}}'
+_HISTORY_METHOD = {True: "POST", False: "PUT"}
+
+
+def _entry(base: str, res: StoredResource, tail: bytes, content: bytes | None = None) -> bytes:
+    full_url = orjson.dumps(f"{base}/{res.type}/{res.id}")
+    return b'{"fullUrl":' + full_url + b',"resource":' + (content or res.content) + tail
+
+
+def searchset(
+    base: str,
+    matches: Iterable[StoredResource],
+    *,
+    total: int | None,
+    links: list[tuple[str, str]],
+    included: Iterable[StoredResource] = (),
+    outcome: dict[str, object] | None = None,
+    transform: dict[tuple[str, str], bytes] | None = None,
+) -> bytes:
+    """A ``searchset`` Bundle; ``transform`` replaces the bytes of subsetted resources."""
+    head: dict[str, object] = {
+        "resourceType": "Bundle",
+        "id": str(uuid.uuid4()),
+        "meta": {"lastUpdated": format_instant(_now())},
+        "type": "searchset",
+    }
+    if total is not None:
+        head["total"] = total
+    if links:
+        head["link"] = [{"relation": rel, "url": url} for rel, url in links]
+    transform = transform or {}
+    entries = [_entry(base, r, _SEARCH_MATCH, transform.get((r.type, r.id))) for r in matches]
+    entries.extend(_entry(base, r, _SEARCH_INCLUDE, transform.get((r.type, r.id))) for r in included)
+    if outcome is not None:
+        entries.append(b'{"resource":' + orjson.dumps(outcome) + _SEARCH_OUTCOME)
+    return _wrap(head, entries)
+
+
+def history(base: str, versions: Iterable[StoredResource], *, total: int, links: list[tuple[str, str]]) -> bytes:
+    """A ``history`` Bundle, newest version first, with tombstones for deletions."""
+    head: dict[str, object] = {
+        "resourceType": "Bundle",
+        "id": str(uuid.uuid4()),
+        "meta": {"lastUpdated": format_instant(_now())},
+        "type": "history",
+        "total": total,
+    }
+    if links:
+        head["link"] = [{"relation": rel, "url": url} for rel, url in links]
+    entries = []
+    for res in versions:
+        full_url = orjson.dumps(f"{base}/{res.type}/{res.id}")
+        response = {
+            "status": "410 Gone" if res.deleted else ("201 Created" if res.version == 1 else "200 OK"),
+            "etag": res.etag,
+            "lastModified": format_instant(res.last_updated.timestamp()),
+        }
+        if res.deleted:
+            request = {"method": "DELETE", "url": f"{res.type}/{res.id}"}
+            entries.append(
+                b'{"fullUrl":' + full_url + b',"request":' + orjson.dumps(request)
+                + b',"response":' + orjson.dumps(response) + b"}"
+            )  # fmt: skip
+            continue
+        method = _HISTORY_METHOD[res.version == 1]
+        url = res.type if method == "POST" else f"{res.type}/{res.id}"
+        request = {"method": method, "url": url}
+        entries.append(
+            b'{"fullUrl":' + full_url + b',"resource":' + res.content + b',"request":' + orjson.dumps(request)
+            + b',"response":' + orjson.dumps(response) + b"}"
+        )  # fmt: skip
+    return _wrap(head, entries)
+
+
+def _wrap(head: dict[str, object], entries: list[bytes]) -> bytes:
+    start = orjson.dumps(head)
+    if not entries:
+        return start
+    return start[:-1] + b',"entry":[' + b",".join(entries) + b"]}"
+
+
+def _now() -> float:
+    return time.time()

@@ -1,0 +1,158 @@
+"""FHIR write interactions, shared by the REST routes and Bundle processing.
+
+Each function runs inside an open store transaction (``StoreTransaction``) on a worker
+thread, so a conditional create's search and its write, or a whole transaction Bundle,
+see one consistent database state and commit or roll back together.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+import jsonpatch
+import orjson
+
+from gateway.errors import FhirError, gone, invalid, not_found
+from gateway.fhir.validate import validate_resource
+from gateway.search.query import QueryParser, SearchError
+from gateway.store.base import StoredResource, StoreTransaction, VersionConflict
+
+ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOutcome:
+    """The result of one write interaction."""
+
+    status: int  # 200 or 201
+    resource: StoredResource
+    changed: bool = True  # False when a conditional create found an existing match
+
+
+def check_id(rid: str, where: str = "id") -> str:
+    """Refuse ids FHIR does not allow (``[A-Za-z0-9\\-.]{1,64}``)."""
+    if not ID_RE.match(rid):
+        raise invalid(f"{rid[:70]!r} is not a valid FHIR id", [where])
+    return rid
+
+
+def search_matches(
+    tx: StoreTransaction, parser: QueryParser, rtype: str, query_string: str, what: str
+) -> list[StoredResource]:
+    """Resources matching a conditional-interaction query (at most 2 are needed)."""
+    items = parse_qsl(query_string.lstrip("?"), keep_blank_values=True)
+    if not items:
+        raise invalid(f"{what} needs search parameters", [what])
+    try:
+        query = parser.parse(rtype, items, strict=True)
+    except SearchError as exc:
+        raise FhirError(f"{what}: {exc}", status=400, code=exc.code, expression=[what]) from exc
+    query.count, query.total = 2, "none"
+    return tx.search(query).resources
+
+
+def create(
+    tx: StoreTransaction,
+    parser: QueryParser,
+    resource: dict[str, Any],
+    *,
+    if_none_exist: str | None = None,
+    rid: str | None = None,
+) -> WriteOutcome:
+    """``POST [type]``, optionally conditional (``If-None-Exist``)."""
+    rtype = resource["resourceType"]
+    if if_none_exist:
+        found = search_matches(tx, parser, rtype, if_none_exist, "If-None-Exist")
+        if len(found) > 1:
+            raise FhirError("If-None-Exist matches more than one resource", status=412, code="duplicate")
+        if found:
+            return WriteOutcome(200, found[0], changed=False)
+    body = {k: v for k, v in resource.items() if k != "id"}
+    result = tx.create(body, rid=rid)
+    return WriteOutcome(201, result.resource)
+
+
+def update(
+    tx: StoreTransaction,
+    resource: dict[str, Any],
+    rtype: str,
+    rid: str,
+    *,
+    if_match: int | None = None,
+    skip_unchanged: bool = False,
+) -> WriteOutcome:
+    """``PUT [type]/[id]`` with update-as-create and optional ``If-Match``."""
+    body_id = resource.get("id")
+    if body_id is None:
+        raise invalid("the resource must carry its id for an update", [f"{rtype}.id"], code="required")
+    if body_id != rid:
+        raise invalid(f"the resource id {str(body_id)[:70]!r} does not match the URL id {rid!r}", [f"{rtype}.id"])
+    try:
+        result = tx.update(resource, if_match=if_match, skip_unchanged=skip_unchanged)
+    except VersionConflict as exc:
+        raise FhirError(
+            f"If-Match names version {if_match}, but the current version is {exc.current}",
+            status=412,
+            code="conflict",
+        ) from exc
+    return WriteOutcome(201 if result.created else 200, result.resource)
+
+
+def conditional_update(
+    tx: StoreTransaction, parser: QueryParser, resource: dict[str, Any], rtype: str, query_string: str
+) -> WriteOutcome:
+    """``PUT [type]?query``: create on no match, update on one, 412 on several."""
+    found = search_matches(tx, parser, rtype, query_string, "conditional update")
+    if len(found) > 1:
+        raise FhirError("the conditional update matches more than one resource", status=412, code="duplicate")
+    if not found:
+        body_id = resource.get("id")
+        if body_id is not None:
+            return update(tx, resource, rtype, check_id(str(body_id)))
+        return create(tx, parser, resource)
+    target = found[0]
+    if resource.get("id") not in (None, target.id):
+        raise invalid("the resource id does not match the resource the condition found", [f"{rtype}.id"])
+    return update(tx, {**resource, "id": target.id}, rtype, target.id)
+
+
+def delete(tx: StoreTransaction, rtype: str, rid: str) -> StoredResource | None:
+    """``DELETE [type]/[id]``: idempotent, so deleting twice is not an error."""
+    return tx.delete(rtype, rid)
+
+
+def conditional_delete(tx: StoreTransaction, parser: QueryParser, rtype: str, query_string: str) -> int:
+    """``DELETE [type]?query``: deletes a single match; 412 on several."""
+    found = search_matches(tx, parser, rtype, query_string, "conditional delete")
+    if len(found) > 1:
+        raise FhirError("the conditional delete matches more than one resource", status=412, code="multiple-matches")
+    for res in found:
+        tx.delete(rtype, res.id)
+    return len(found)
+
+
+def patch(
+    tx: StoreTransaction, rtype: str, rid: str, operations: Any, *, if_match: int | None = None
+) -> WriteOutcome:
+    """``PATCH [type]/[id]`` with a JSON Patch document."""
+    current = tx.read(rtype, rid)
+    if current is None:
+        raise not_found(f"{rtype}/{rid} is not known")
+    if current.deleted:
+        raise gone(f"{rtype}/{rid} has been deleted")
+    if not isinstance(operations, list):
+        raise invalid("a JSON Patch document must be an array of operations", code="structure")
+    document = orjson.loads(current.content)
+    try:
+        patched = jsonpatch.JsonPatch(operations).apply(document)
+    except jsonpatch.JsonPatchTestFailed as exc:
+        raise FhirError(f"JSON Patch test failed: {exc}", status=422, code="processing") from exc
+    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, KeyError) as exc:
+        raise FhirError(f"the JSON Patch cannot be applied: {exc}", status=422, code="processing") from exc
+    if not isinstance(patched, dict) or patched.get("resourceType") != rtype or patched.get("id") != rid:
+        raise FhirError("a patch may not change resourceType or id", status=422, code="processing")
+    validate_resource(patched, expected_type=rtype)
+    return update(tx, patched, rtype, rid, if_match=if_match)

@@ -1,0 +1,65 @@
+"""``_summary`` and ``_elements``: returning part of a resource (search.html#summary).
+
+Summary flags come from the R4B models' element metadata (``summary_element_property``),
+read once per type. Subsetted resources are tagged ``SUBSETTED`` as FHIR requires.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from gateway.fhir.types import R4_ONLY_TYPES
+
+SUBSETTED = {
+    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+    "code": "SUBSETTED",
+    "display": "Resource encoded in summary mode",
+}
+_ALWAYS = {"resourceType", "id", "meta"}
+
+
+@cache
+def summary_elements(rtype: str) -> frozenset[str]:
+    """JSON property names of a type's summary elements (choice elements expanded)."""
+    if rtype in R4_ONLY_TYPES:
+        return frozenset({"id", "meta", "identifier", "status"})
+    from fhir.resources.R4B import get_fhir_model_class
+
+    model = get_fhir_model_class(rtype)
+    names: set[str] = set()
+    for name, info in model.model_fields.items():
+        extra = info.json_schema_extra
+        if isinstance(extra, dict) and extra.get("summary_element_property"):
+            names.add(info.alias or name)
+    return frozenset(names)
+
+
+def _tag(resource: dict[str, Any]) -> dict[str, Any]:
+    meta = dict(resource.get("meta") or {})
+    tags = [t for t in meta.get("tag", []) if t.get("code") != "SUBSETTED"]
+    meta["tag"] = [*tags, SUBSETTED]
+    resource["meta"] = meta
+    return resource
+
+
+def subset(resource: dict[str, Any], summary: str | None, elements: list[str] | None) -> dict[str, Any]:
+    """Apply ``_summary``/``_elements`` to a resource's JSON."""
+    rtype = resource.get("resourceType", "")
+    if elements is not None:
+        wanted = {e.split(".", 1)[0] for e in elements} | _ALWAYS
+        if rtype:
+            wanted |= {e[len(rtype) + 1 :].split(".", 1)[0] for e in elements if e.startswith(rtype + ".")}
+        return _tag({k: v for k, v in resource.items() if _base(k) in wanted})
+    if summary == "true":
+        keep = summary_elements(rtype) | _ALWAYS
+        return _tag({k: v for k, v in resource.items() if _base(k) in keep})
+    if summary == "text":
+        return _tag({k: v for k, v in resource.items() if k in _ALWAYS or k == "text"})
+    if summary == "data":
+        return _tag({k: v for k, v in resource.items() if k != "text"})
+    return resource
+
+
+def _base(key: str) -> str:
+    return key[1:] if key.startswith("_") else key

@@ -1,0 +1,360 @@
+"""``batch`` and ``transaction`` Bundles (http.html#transaction).
+
+A transaction is processed inside one store transaction, in FHIR's order (DELETE,
+POST, PUT/PATCH, then GET), after ``urn:uuid:``/``fullUrl`` and conditional
+references have been resolved and rewritten; any failing entry rolls everything back
+and the error names the entry. A batch runs each entry on its own and reports each
+entry's own status.
+
+This is also how mapped community-care records are stored: the mapping engine emits a
+transaction Bundle and ingest runs it through ``process_bundle``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import orjson
+
+from gateway.errors import FhirError, GatewayError, invalid, not_found
+from gateway.fhir import interactions
+from gateway.fhir.outcome import outcome_of
+from gateway.fhir.types import RESOURCE_TYPES
+from gateway.fhir.validate import validate_resource
+from gateway.search.dates import format_instant
+from gateway.search.query import QueryParser, SearchError
+from gateway.store.base import ResourceStore, StoredResource, StoreTransaction
+
+Permission = Callable[[str, str], bool]  # (resource type, c|r|u|d|s) -> allowed
+_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
+_LETTER = {"POST": "c", "PUT": "u", "PATCH": "u", "DELETE": "d"}
+_STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
+
+
+@dataclass(slots=True)
+class _Entry:
+    index: int
+    method: str
+    rtype: str
+    rid: str | None
+    version: int | None
+    query: str
+    resource: dict[str, Any] | None
+    full_url: str | None
+    if_none_exist: str | None
+    if_match: int | None
+    response: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def where(self) -> str:
+        return f"Bundle.entry[{self.index}]"
+
+
+def _allow_all(rtype: str, letter: str) -> bool:
+    return True
+
+
+def process_bundle(
+    store: ResourceStore,
+    parser: QueryParser,
+    bundle: Any,
+    base: str,
+    *,
+    can: Permission = _allow_all,
+    return_resources: bool = True,
+    skip_unchanged: bool = False,
+) -> dict[str, Any]:
+    """Run a batch or transaction Bundle and return its response Bundle."""
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        raise invalid("POST to the base URL takes a Bundle", ["Bundle"])
+    kind = bundle.get("type")
+    if kind not in ("batch", "transaction"):
+        raise invalid(f"Bundle.type must be batch or transaction, not {kind!r}", ["Bundle.type"], code="value")
+    raw_entries = bundle.get("entry", [])
+    if not isinstance(raw_entries, list):
+        raise invalid("Bundle.entry must be an array", ["Bundle.entry"], code="structure")
+    processor = _Processor(store, parser, base, can, return_resources, skip_unchanged)
+    if kind == "transaction":
+        entries = [processor.parse_entry(i, raw) for i, raw in enumerate(raw_entries)]
+        processor.run_transaction(entries)
+        responses = [e.response for e in entries]
+    else:
+        responses = [processor.run_batch_entry(i, raw) for i, raw in enumerate(raw_entries)]
+    return {
+        "resourceType": "Bundle",
+        "id": str(uuid.uuid4()),
+        "type": f"{kind}-response",
+        "entry": responses,
+    }
+
+
+class _Processor:
+    def __init__(
+        self,
+        store: ResourceStore,
+        parser: QueryParser,
+        base: str,
+        can: Permission,
+        return_resources: bool,
+        skip_unchanged: bool,
+    ) -> None:
+        self.store = store
+        self.parser = parser
+        self.base = base
+        self.can = can
+        self.return_resources = return_resources
+        self.skip_unchanged = skip_unchanged
+
+    # -- parsing -----------------------------------------------------------------------------
+    def parse_entry(self, index: int, raw: Any) -> _Entry:
+        where = f"Bundle.entry[{index}]"
+        if not isinstance(raw, dict):
+            raise invalid("a Bundle entry must be an object", [where], code="structure")
+        request = raw.get("request")
+        if not isinstance(request, dict):
+            raise invalid("the entry has no request", [f"{where}.request"], code="required")
+        method = request.get("method")
+        url = request.get("url")
+        if method not in _ORDER:
+            raise invalid(f"unsupported request.method {method!r}", [f"{where}.request.method"], code="value")
+        if not isinstance(url, str) or not url:
+            raise invalid("request.url is required", [f"{where}.request.url"], code="required")
+        rtype, rid, version, query = self._split_url(url, f"{where}.request.url")
+        resource = raw.get("resource")
+        if method in ("POST", "PUT"):
+            if not isinstance(resource, dict):
+                raise invalid(f"a {method} entry needs a resource", [f"{where}.resource"], code="required")
+            validate_resource(resource, expected_type=rtype, where=f"{where}.resource.")
+        elif method == "PATCH":
+            resource = _patch_body(resource, where)
+        else:
+            resource = None
+        if method == "POST" and rid is not None:
+            raise invalid("POST goes to a type URL, without an id", [f"{where}.request.url"])
+        if method == "DELETE" and rid is None and not query:
+            raise invalid("DELETE needs an id or search parameters", [f"{where}.request.url"])
+        if method == "PUT" and rid is None and not query:
+            raise invalid("PUT needs an id or search parameters", [f"{where}.request.url"])
+        letter = _LETTER.get(method) or ("r" if rid else "s")
+        if not self.can(rtype, letter):
+            raise FhirError(f"the client's scopes do not allow this on {rtype}", status=403, code="forbidden",
+                            expression=[where])
+        full_url = raw.get("fullUrl") if isinstance(raw.get("fullUrl"), str) else None
+        if_match = _etag_version(request.get("ifMatch"), f"{where}.request.ifMatch")
+        if_none_exist = request.get("ifNoneExist") if isinstance(request.get("ifNoneExist"), str) else None
+        return _Entry(index, method, rtype, rid, version, query, resource, full_url, if_none_exist, if_match)
+
+    def _split_url(self, url: str, where: str) -> tuple[str, str | None, int | None, str]:
+        if url.startswith(self.base + "/"):
+            url = url[len(self.base) + 1 :]
+        elif "://" in url:
+            raise invalid("request.url must be relative to this server", [where])
+        parts = urlsplit(url)
+        segments = [s for s in parts.path.split("/") if s]
+        if not segments or segments[0] not in RESOURCE_TYPES:
+            raise invalid(f"request.url does not name a resource type: {url[:80]!r}", [where], code="not-supported")
+        rtype = segments[0]
+        rid = interactions.check_id(segments[1], where) if len(segments) > 1 else None
+        version = None
+        if len(segments) == 4 and segments[2] == "_history" and segments[3].isdigit():
+            version = int(segments[3])
+        elif len(segments) > 2:
+            raise invalid(f"unsupported request.url {url[:80]!r}", [where], code="not-supported")
+        return rtype, rid, version, parts.query
+
+    # -- transaction -------------------------------------------------------------------------
+    def run_transaction(self, entries: list[_Entry]) -> None:
+        seen: set[tuple[str, str]] = set()
+        for e in entries:
+            if e.rid is not None and e.method in ("PUT", "DELETE", "PATCH"):
+                if (e.rtype, e.rid) in seen:
+                    raise invalid(f"{e.rtype}/{e.rid} appears twice in the transaction", [e.where], code="duplicate")
+                seen.add((e.rtype, e.rid))
+        with self.store.transaction() as tx:
+            try:
+                aliases = self._assign_ids(tx, entries)
+                for e in entries:
+                    if e.resource is not None and e.method != "PATCH":
+                        self._rewrite(tx, e, aliases)
+                for e in sorted(entries, key=lambda x: (_ORDER[x.method], x.index)):
+                    e.response = self._execute(tx, e)
+            except SearchError as exc:
+                raise FhirError(str(exc), status=400, code=exc.code) from exc
+
+    def _assign_ids(self, tx: StoreTransaction, entries: list[_Entry]) -> dict[str, str]:
+        aliases: dict[str, str] = {}
+        for e in entries:
+            if e.method == "POST":
+                assert e.resource is not None
+                if e.if_none_exist:
+                    found = interactions.search_matches(tx, self.parser, e.rtype, e.if_none_exist,
+                                                        f"{e.where}.request.ifNoneExist")
+                    if len(found) > 1:
+                        raise FhirError("ifNoneExist matches more than one resource", status=412,
+                                        code="duplicate", expression=[e.where])
+                    if found:
+                        e.rid = found[0].id
+                        e.method = "MATCHED"
+                if e.rid is None:
+                    e.rid = str(uuid.uuid4())
+            elif e.method == "PUT" and e.rid is None:
+                found = interactions.search_matches(tx, self.parser, e.rtype, e.query, f"{e.where}.request.url")
+                if len(found) > 1:
+                    raise FhirError("the conditional update matches more than one resource", status=412,
+                                    code="duplicate", expression=[e.where])
+                e.rid = found[0].id if found else str(uuid.uuid4())
+            if e.full_url and e.rid and e.method in ("POST", "PUT", "MATCHED"):
+                aliases[e.full_url] = f"{e.rtype}/{e.rid}"
+        return aliases
+
+    def _rewrite(self, tx: StoreTransaction, e: _Entry, aliases: dict[str, str]) -> None:
+        def visit(node: Any) -> None:
+            if isinstance(node, dict):
+                ref = node.get("reference")
+                if isinstance(ref, str):
+                    node["reference"] = self._resolve_reference(tx, ref, aliases, e)
+                for value in node.values():
+                    if isinstance(value, dict | list):
+                        visit(value)
+            elif isinstance(node, list):
+                for item in node:
+                    visit(item)
+
+        visit(e.resource)
+
+    def _resolve_reference(self, tx: StoreTransaction, ref: str, aliases: dict[str, str], e: _Entry) -> str:
+        if ref in aliases:
+            return aliases[ref]
+        if ref.startswith("urn:uuid:") or ref.startswith("urn:oid:"):
+            raise invalid(f"reference {ref} does not match any fullUrl in the transaction",
+                          [f"{e.where}.resource"], code="not-found")
+        if "?" in ref and not ref.startswith("#"):
+            rtype, _, query = ref.partition("?")
+            if rtype.startswith(self.base + "/"):
+                rtype = rtype[len(self.base) + 1 :]
+            if rtype not in RESOURCE_TYPES:
+                raise invalid(f"conditional reference to an unknown type: {rtype[:40]!r}", [f"{e.where}.resource"])
+            found = interactions.search_matches(tx, self.parser, rtype, query, f"{e.where}.resource")
+            if len(found) != 1:
+                raise FhirError(
+                    f"conditional reference {rtype}?… matches {len(found)} resources (needs exactly 1)",
+                    status=412 if found else 404, code="not-found" if not found else "multiple-matches",
+                    expression=[f"{e.where}.resource"],
+                )
+            return f"{rtype}/{found[0].id}"
+        return ref
+
+    def _execute(self, tx: StoreTransaction, e: _Entry) -> dict[str, Any]:
+        try:
+            if e.method == "MATCHED":
+                current = tx.read(e.rtype, e.rid or "")
+                assert current is not None
+                return self._write_response(200, current)
+            if e.method == "POST":
+                assert e.resource is not None
+                outcome = interactions.create(tx, self.parser, e.resource, rid=e.rid)
+                return self._write_response(outcome.status, outcome.resource)
+            if e.method == "PUT":
+                assert e.resource is not None and e.rid is not None
+                resource = {**e.resource, "id": e.resource.get("id", e.rid) if e.query == "" else e.rid}
+                outcome = interactions.update(tx, resource, e.rtype, e.rid, if_match=e.if_match,
+                                              skip_unchanged=self.skip_unchanged)
+                return self._write_response(outcome.status, outcome.resource)
+            if e.method == "PATCH":
+                if e.rid is None:
+                    raise invalid("PATCH needs an id", [f"{e.where}.request.url"])
+                outcome = interactions.patch(tx, e.rtype, e.rid, e.resource, if_match=e.if_match)
+                return self._write_response(outcome.status, outcome.resource)
+            if e.method == "DELETE":
+                if e.rid is not None:
+                    interactions.delete(tx, e.rtype, e.rid)
+                else:
+                    interactions.conditional_delete(tx, self.parser, e.rtype, e.query)
+                return {"response": {"status": "204 No Content"}}
+            return self._get(tx, e)
+        except GatewayError as exc:
+            if not exc.expression and not exc.extra_issues:
+                exc.expression = [e.where]
+            raise
+
+    def _get(self, tx: StoreTransaction, e: _Entry) -> dict[str, Any]:
+        if e.rid is not None:
+            current = self.store.vread(e.rtype, e.rid, e.version) if e.version else tx.read(e.rtype, e.rid)
+            if current is None:
+                raise not_found(f"{e.rtype}/{e.rid} is not known")
+            if current.deleted:
+                return {"response": {"status": "410 Gone"}}
+            return self._write_response(200, current, force_resource=True)
+        query = self.parser.parse(e.rtype, parse_qsl(e.query, keep_blank_values=True))
+        result = tx.search(query)
+        matches = [
+            {"fullUrl": f"{self.base}/{r.type}/{r.id}", "resource": orjson.loads(r.content),
+             "search": {"mode": "match"}}
+            for r in result.resources
+        ]  # fmt: skip
+        searchset: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "entry": matches}
+        if result.total is not None:
+            searchset["total"] = result.total
+        return {"resource": searchset, "response": {"status": "200 OK"}}
+
+    def _write_response(self, status: int, res: StoredResource, force_resource: bool = False) -> dict[str, Any]:
+        entry: dict[str, Any] = {"fullUrl": f"{self.base}/{res.type}/{res.id}"}
+        if self.return_resources or force_resource:
+            entry["resource"] = orjson.loads(res.content)
+        entry["response"] = {
+            "status": _STATUS_TEXT.get(status, str(status)),
+            "location": f"{res.type}/{res.id}/_history/{res.version}",
+            "etag": res.etag,
+            "lastModified": format_instant(res.last_updated.timestamp()),
+        }
+        return entry
+
+    # -- batch -------------------------------------------------------------------------------
+    def run_batch_entry(self, index: int, raw: Any) -> dict[str, Any]:
+        try:
+            # Batch entries may not depend on each other (http.html#brules), so each runs
+            # alone and a fullUrl alias never reaches another entry.
+            entry = self.parse_entry(index, raw)
+            self.run_transaction([entry])
+            return entry.response
+        except GatewayError as exc:
+            return {"response": {"status": str(exc.status), "outcome": outcome_of(exc.issues())}}
+        except SearchError as exc:
+            return {"response": {"status": "400", "outcome": outcome_of(
+                [{"severity": "error", "code": exc.code, "diagnostics": str(exc)}])}}
+
+
+def _patch_body(resource: Any, where: str) -> Any:
+    # FHIR carries a JSON Patch in a Binary resource inside Bundles (http.html#patch).
+    if isinstance(resource, dict) and resource.get("resourceType") == "Binary":
+        data = resource.get("data")
+        if not isinstance(data, str):
+            raise invalid("the PATCH Binary has no data", [f"{where}.resource.data"], code="required")
+        try:
+            return orjson.loads(base64.b64decode(data, validate=True))
+        except (binascii.Error, orjson.JSONDecodeError) as exc:
+            raise invalid("the PATCH Binary does not hold a JSON Patch", [f"{where}.resource.data"]) from exc
+    raise invalid("a PATCH entry needs a Binary resource holding a JSON Patch", [f"{where}.resource"])
+
+
+def _etag_version(value: Any, where: str) -> int | None:
+    if value is None:
+        return None
+    return parse_etag(str(value), where)
+
+
+def parse_etag(value: str, where: str = "If-Match") -> int:
+    """``W/"3"`` (or a bare ``3``) → 3."""
+    text = value.strip()
+    if text.startswith("W/"):
+        text = text[2:]
+    text = text.strip('"')
+    if not text.isdigit():
+        raise invalid(f"{where} must be an ETag like W/\"3\"", [where])
+    return int(text)

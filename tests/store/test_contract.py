@@ -1,0 +1,224 @@
+"""The store contract: every backend (SQLite, PostgreSQL) must pass all of this."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pytest
+
+from gateway.search.query import QueryParser
+from gateway.search.registry import default_registry
+from gateway.store import ApiClient, ChangeOp, VersionConflict, open_store
+from gateway.store.migrations import LATEST, MIGRATIONS, statements_for
+from gateway.store.sql import SqlStore
+
+PARSER = QueryParser(default_registry(), 20, 1000)
+
+
+def patient(family: str = "Smith", **extra: object) -> dict[str, object]:
+    return {"resourceType": "Patient", "name": [{"family": family}], **extra}
+
+
+def search_ids(store: SqlStore, rtype: str, *items: tuple[str, str]) -> list[str]:
+    return [r.id for r in store.search(PARSER.parse(rtype, list(items))).resources]
+
+
+def test_create_sets_id_version_and_meta(store: SqlStore) -> None:
+    with store.transaction() as tx:
+        written = tx.create(patient(meta={"tag": [{"code": "x"}]}))
+    assert written.created
+    res = store.read("Patient", written.resource.id)
+    assert res is not None and res.version == 1 and not res.deleted
+    body = orjson.loads(res.content)
+    assert body["id"] == res.id
+    assert body["meta"]["versionId"] == "1"
+    assert body["meta"]["lastUpdated"].endswith("Z")
+    assert body["meta"]["tag"] == [{"code": "x"}]
+    assert list(body)[:3] == ["resourceType", "id", "meta"]
+
+
+def test_update_creates_versions_and_keeps_history(store: SqlStore) -> None:
+    with store.transaction() as tx:
+        rid = tx.create(patient()).resource.id
+    for family in ("Jones", "Brown"):
+        with store.transaction() as tx:
+            result = tx.update(patient(family, id=rid))
+            assert not result.created
+    current = store.read("Patient", rid)
+    assert current is not None and current.version == 3
+    v1 = store.vread("Patient", rid, 1)
+    assert v1 is not None and orjson.loads(v1.content)["name"][0]["family"] == "Smith"
+    versions, total = store.history("Patient", rid)
+    assert total == 3 and [v.version for v in versions] == [3, 2, 1]
+
+
+def test_update_as_create_and_if_match(store: SqlStore) -> None:
+    with store.transaction() as tx:
+        result = tx.update(patient(id="chosen-id"))
+    assert result.created and result.resource.version == 1
+    with pytest.raises(VersionConflict):
+        with store.transaction() as tx:
+            tx.update(patient("Other", id="chosen-id"), if_match=7)
+    with store.transaction() as tx:
+        assert tx.update(patient("Other", id="chosen-id"), if_match=1).resource.version == 2
+    stored = store.read("Patient", "chosen-id")
+    assert stored is not None and orjson.loads(stored.content)["name"][0]["family"] == "Other"
+
+
+def test_delete_writes_a_tombstone_and_recreate_continues_versions(store: SqlStore) -> None:
+    with store.transaction() as tx:
+        rid = tx.create(patient()).resource.id
+    with store.transaction() as tx:
+        tomb = tx.delete("Patient", rid)
+        assert tomb is not None and tomb.deleted and tomb.version == 2
+        assert tx.delete("Patient", rid) is None
+    current = store.read("Patient", rid)
+    assert current is not None and current.deleted
+    assert search_ids(store, "Patient", ("family", "smith")) == []
+    with store.transaction() as tx:
+        again = tx.update(patient(id=rid))
+    assert again.created and again.resource.version == 3
+    assert search_ids(store, "Patient", ("family", "smith")) == [rid]
+
+
+def test_change_feed_records_every_write_in_order(store: SqlStore) -> None:
+    start = store.last_change_seq()
+    with store.transaction() as tx:
+        rid = tx.create(patient()).resource.id
+        tx.update(patient("B", id=rid))
+        tx.delete("Patient", rid)
+    changes = store.changes(start)
+    assert [(c.op, c.version) for c in changes] == [
+        (ChangeOp.CREATE, 1), (ChangeOp.UPDATE, 2), (ChangeOp.DELETE, 3),
+    ]  # fmt: skip
+    assert [c.seq for c in changes] == sorted(c.seq for c in changes)
+    assert store.last_change_seq() == changes[-1].seq
+    assert [c.seq for c in store.iter_changes(start, batch=2)] == [c.seq for c in changes]
+
+
+def test_rolled_back_transaction_leaves_nothing(store: SqlStore) -> None:
+    start = store.last_change_seq()
+    with pytest.raises(RuntimeError):
+        with store.transaction() as tx:
+            tx.create(patient(id="x"), rid="rolled-back")
+            raise RuntimeError("boom")
+    assert store.read("Patient", "rolled-back") is None
+    assert store.changes(start) == []
+    assert search_ids(store, "Patient", ("family", "smith")) == []
+
+
+def test_index_follows_the_current_version(store: SqlStore) -> None:
+    with store.transaction() as tx:
+        rid = tx.create(patient("Alpha")).resource.id
+    with store.transaction() as tx:
+        tx.update(patient("Beta", id=rid))
+    assert search_ids(store, "Patient", ("family", "alpha")) == []
+    assert search_ids(store, "Patient", ("family", "beta")) == [rid]
+
+
+def test_skip_unchanged_writes_nothing(store: SqlStore) -> None:
+    with store.transaction() as tx:
+        rid = tx.create(patient()).resource.id
+    start = store.last_change_seq()
+    with store.transaction() as tx:
+        again = tx.update(patient(id=rid, meta={"versionId": "9"}), skip_unchanged=True)
+    assert again.resource.version == 1 and not again.created
+    assert store.changes(start) == []
+    with store.transaction() as tx:
+        assert tx.update(patient("New", id=rid), skip_unchanged=True).resource.version == 2
+
+
+def test_search_paging_is_pinned_to_a_snapshot(store: SqlStore) -> None:
+    with store.transaction() as tx:
+        for i in range(5):
+            tx.create(patient(f"Page{i}"))
+    first = store.search(PARSER.parse("Patient", [("family", "page"), ("_count", "2")]))
+    assert first.total == 5 and len(first.resources) == 2
+    with store.transaction() as tx:
+        tx.create(patient("Page-late"))
+    seen = [r.id for r in first.resources]
+    for offset in (2, 4):
+        query = PARSER.parse("Patient", [("family", "page"), ("_count", "2"), ("_offset", str(offset)),
+                                         ("_snapshot", str(first.snapshot))])
+        seen += [r.id for r in store.search(query).resources]
+    assert len(seen) == len(set(seen)) == 5
+
+
+def test_read_many_and_compartment(store: SqlStore) -> None:
+    with store.transaction() as tx:
+        pid = tx.create(patient()).resource.id
+        obs = tx.create({"resourceType": "Observation", "status": "final", "code": {"text": "t"},
+                         "subject": {"reference": f"Patient/{pid}"}}).resource.id
+    found = store.read_many([("Patient", pid), ("Observation", obs), ("Patient", "missing")])
+    assert sorted(r.type for r in found) == ["Observation", "Patient"]
+    related, total = store.compartment("Patient", pid, 10, 0)
+    assert total == 1 and related[0].id == obs
+
+
+def test_clients_are_found_by_token_hash(store: SqlStore) -> None:
+    client = ApiClient("emr", ("system/Patient.rs",), datetime.now(UTC))
+    store.save_client(client, "hash-1")
+    found = store.client_by_token_hash("hash-1")
+    assert found is not None and found.scopes == ("system/Patient.rs",)
+    store.save_client(client, "hash-2")  # re-keying replaces the old token
+    assert store.client_by_token_hash("hash-1") is None
+    assert [c.name for c in store.list_clients()] == ["emr"]
+
+
+def test_quarantine_keeps_records_for_replay(store: SqlStore) -> None:
+    outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "invalid"}]}
+    kept = store.quarantine_add("cht", b'{"_id": "r1"}', "application/json", outcome, record_key="r1")
+    assert store.quarantine_get(kept.qid) == kept
+    assert [q.qid for q in store.quarantine_list(source="cht")] == [kept.qid]
+    store.quarantine_update(kept.qid, status="replayed")
+    assert store.quarantine_list(source="cht") == []
+    replayed = store.quarantine_get(kept.qid)
+    assert replayed is not None and replayed.status == "replayed" and replayed.attempts == 2
+
+
+def test_concurrent_writers_keep_the_change_feed_complete(store: SqlStore) -> None:
+    start = store.last_change_seq()
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        try:
+            for i in range(10):
+                with store.transaction() as tx:
+                    tx.create(patient(f"W{n}-{i}"))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    seqs = [c.seq for c in store.changes(start, 1000)]
+    assert len(seqs) == 40 and seqs == sorted(seqs)
+
+
+def test_migrate_is_idempotent(store: SqlStore) -> None:
+    assert store.migrate() == LATEST
+    assert store.schema_version() == LATEST
+
+
+def test_an_older_sqlite_database_is_upgraded(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied REAL NOT NULL)")
+    for statement in statements_for("sqlite", MIGRATIONS[0]):
+        conn.execute(statement)
+    conn.execute("INSERT INTO schema_migrations VALUES (1, 0)")
+    conn.commit()
+    conn.close()
+    store = open_store(f"sqlite:///{path}")
+    try:
+        assert store.schema_version() == LATEST
+        store.quarantine_add("x", b"{}", "application/json", {"resourceType": "OperationOutcome", "issue": []})
+    finally:
+        store.close()
