@@ -39,6 +39,49 @@ def where_clause(query: SearchQuery, alias: str = "r") -> tuple[str, Params]:
     if query.snapshot is not None:
         sql.append(f"{alias}.rid <= ?")
         params.append(query.snapshot)
+    matched, matched_params = match_set(query)
+    if matched:
+        sql.append(f"{alias}.rid IN ({matched})")
+        params.extend(matched_params)
+    rest, rest_params = _resource_filters(query, alias)
+    sql.extend(rest)
+    params.extend(rest_params)
+    return " AND ".join(sql), params
+
+
+def count_sql(query: SearchQuery) -> tuple[str, Params]:
+    """SQL counting a query's matches, index-only when the filters allow it."""
+    matched, matched_params = match_set(query)
+    rest, _ = _resource_filters(query, "r")
+    if matched and not rest:
+        # Deleting a resource removes its index rows, so the positive index criteria alone
+        # say which live resources match; the resources table need not be read.
+        if query.snapshot is None:
+            return f"SELECT COUNT(*) FROM ({matched}) m", matched_params
+        return f"SELECT COUNT(*) FROM ({matched}) m WHERE m.rid <= ?", [*matched_params, query.snapshot]
+    where, params = where_clause(query)
+    return f"SELECT COUNT(*) FROM resources r WHERE {where}", params
+
+
+def match_set(query: SearchQuery) -> tuple[str, Params]:
+    """``SELECT rid … INTERSECT …`` of the positive index criteria ("" when there are none)."""
+    parts: list[str] = []
+    params: Params = []
+    for criterion in query.criteria:
+        if _is_positive(criterion):
+            part, part_params = rid_set(query.rtype, criterion)
+            parts.append(part)
+            params.extend(part_params)
+    return " INTERSECT ".join(parts), params
+
+
+def _is_positive(c: Criterion) -> bool:
+    return c.modifier != "not" and c.missing is not True
+
+
+def _resource_filters(query: SearchQuery, alias: str) -> tuple[list[str], Params]:
+    sql: list[str] = []
+    params: Params = []
     for ids in query.ids:
         sql.append(f"{alias}.id IN ({', '.join('?' for _ in ids)})")
         params.extend(ids)
@@ -47,44 +90,54 @@ def where_clause(query: SearchQuery, alias: str = "r") -> tuple[str, Params]:
         sql.append(cond)
         params.extend(cond_params)
     for criterion in query.criteria:
-        cond, cond_params = criterion_sql(query.rtype, criterion, alias)
-        sql.append(cond)
-        params.extend(cond_params)
-    return " AND ".join(sql), params
+        if not _is_positive(criterion):
+            part, part_params = rid_set(query.rtype, criterion)
+            sql.append(f"{alias}.rid NOT IN ({part})")
+            params.extend(part_params)
+    return sql, params
 
 
-def criterion_sql(rtype: str, c: Criterion, alias: str) -> tuple[str, Params]:
-    """SQL for one criterion against resources aliased ``alias``."""
+def rid_set(rtype: str, c: Criterion) -> tuple[str, Params]:
+    """``SELECT x.rid FROM idx_… x WHERE …`` for one criterion (``:not``/``:missing=true`` give
+    the set to exclude)."""
     table = TABLES[c.param.table]
     if c.has is not None:
         source, ref_param, inner = c.has
-        inner_sql, inner_params = criterion_sql(source, inner, "h")
+        inner_sql, inner_params = _matching(source, inner)
         sql = (
-            f"{alias}.id IN (SELECT x.tid FROM idx_ref x WHERE x.rtype = ? AND x.param = ? AND x.ttype = ?"
-            " AND x.rid IN (SELECT h.rid FROM resources h WHERE h.rtype = ? AND h.deleted = 0"
-            f" AND {inner_sql}))"
+            "SELECT r2.rid FROM resources r2 WHERE r2.rtype = ? AND r2.deleted = 0 AND r2.id IN"
+            " (SELECT x.tid FROM idx_ref x WHERE x.rtype = ? AND x.param = ? AND x.ttype = ?"
+            f" AND x.rid IN ({inner_sql}))"
         )
-        return sql, [source, ref_param, rtype, source, *inner_params]
+        return sql, [rtype, source, ref_param, rtype, *inner_params]
     if c.chain is not None:
         target, inner = c.chain
-        inner_sql, inner_params = criterion_sql(target, inner, "c")
+        inner_sql, inner_params = _matching(target, inner)
         sql = (
-            f"{alias}.rid IN (SELECT x.rid FROM idx_ref x WHERE x.rtype = ? AND x.param = ? AND x.ttype = ?"
+            "SELECT x.rid FROM idx_ref x WHERE x.rtype = ? AND x.param = ? AND x.ttype = ?"
             " AND x.tid IN (SELECT c.id FROM resources c WHERE c.rtype = ? AND c.deleted = 0"
-            f" AND {inner_sql}))"
+            f" AND c.rid IN ({inner_sql}))"
         )
         return sql, [rtype, c.param.code, target, target, *inner_params]
     base = f"SELECT x.rid FROM {table} x WHERE x.rtype = ? AND x.param = ?"
     params: Params = [rtype, c.param.code]
     if c.missing is not None:
-        return f"{alias}.rid {'NOT IN' if c.missing else 'IN'} ({base})", params
+        return base, params  # rids that have the parameter at all
     ors: list[str] = []
     for value in c.values:
         cond, cond_params = _value_sql(c, value)
         ors.append(cond)
         params.extend(cond_params)
-    negate = c.modifier == "not"
-    return f"{alias}.rid {'NOT IN' if negate else 'IN'} ({base} AND ({' OR '.join(ors)}))", params
+    return f"{base} AND ({' OR '.join(ors)})", params
+
+
+def _matching(rtype: str, c: Criterion) -> tuple[str, Params]:
+    """Row ids of live ``rtype`` resources matching ``c``, whether it is positive or not."""
+    sql, params = rid_set(rtype, c)
+    if _is_positive(c):
+        return sql, params
+    return (f"SELECT n.rid FROM resources n WHERE n.rtype = ? AND n.deleted = 0 AND n.rid NOT IN ({sql})",
+            [rtype, *params])
 
 
 def _value_sql(c: Criterion, value: Any) -> tuple[str, Params]:
@@ -193,7 +246,9 @@ def order_by(query: SearchQuery, alias: str = "r") -> tuple[str, Params]:
     params: Params = []
     for key in query.sort:
         expr, expr_params = _sort_expr(query.rtype, key, alias)
-        keys.append(f"{expr} {'DESC' if key.descending else 'ASC'} NULLS LAST")
+        direction = "DESC" if key.descending else "ASC"
+        # Resource columns are never NULL; leaving NULLS LAST off them lets an index serve the order.
+        keys.append(f"{expr} {direction}" if key.param is None else f"{expr} {direction} NULLS LAST")
         params.extend(expr_params)
     keys.append(f"{alias}.rid ASC")
     return ", ".join(keys), params

@@ -20,7 +20,7 @@ from gateway.search.dates import format_instant, from_epoch
 from gateway.search.extract import extract
 from gateway.search.query import SearchQuery
 from gateway.search.registry import SearchRegistry, default_registry
-from gateway.search.sql import order_by, where_clause
+from gateway.search.sql import count_sql, order_by, where_clause
 from gateway.store.base import (
     ApiClient,
     Change,
@@ -200,7 +200,8 @@ class SqlStore:
         where, params = where_clause(query)
         total: int | None = None
         if query.total != "none" or query.count == 0 or query.summary == "count":
-            cur.execute(self.q(f"SELECT COUNT(*) FROM resources r WHERE {where}"), params)
+            count, count_params = count_sql(query)
+            cur.execute(self.q(count), count_params)
             total = int(cur.fetchone()[0])
         if query.count == 0 or query.summary == "count":
             return SearchResult([], total, snapshot=query.snapshot)

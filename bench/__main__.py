@@ -1,0 +1,24 @@
+"""Run every benchmark in turn: ``python -m bench`` (``make bench``)."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+
+BENCHMARKS = ["bench.read_search", "bench.ingest_bench", "bench.queue_bench", "bench.dhis2_bench"]
+
+
+def main() -> int:
+    """Run each benchmark module that exists as its own process; return non-zero if one failed."""
+    failed = 0
+    for name in BENCHMARKS:
+        if importlib.util.find_spec(name) is None:
+            continue
+        print(f"\n######## {name}", flush=True)
+        failed += subprocess.call([sys.executable, "-m", name]) != 0
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""The FHIR REST API over HTTP (in-process ASGI), as clients use it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import ApiHarness
+
+FHIR_JSON = "application/fhir+json"
+
+
+def assert_outcome(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(FHIR_JSON)
+    body = response.json()
+    assert body["resourceType"] == "OperationOutcome"
+    if code is not None:
+        assert body["issue"][0]["code"] == code
+    return body
+
+
+async def test_metadata_is_public_and_honest(api: ApiHarness) -> None:
+    response = await api.anonymous().get("/fhir/metadata")
+    assert response.status_code == 200 and response.headers["content-type"].startswith(FHIR_JSON)
+    cs = response.json()
+    assert cs["fhirVersion"] == "4.0.1" and cs["kind"] == "instance" and cs["status"] == "active"
+    resources = {r["type"]: r for r in cs["rest"][0]["resource"]}
+    assert len(resources) == 146
+    patient = {p["name"] for p in resources["Patient"]["searchParam"]}
+    assert {"identifier", "family", "birthdate", "address-district", "_lastUpdated"} <= patient
+    assert {"patient", "code", "date", "value-quantity"} <= {p["name"] for p in resources["Observation"]["searchParam"]}
+
+
+async def test_authentication_and_scopes(api: ApiHarness) -> None:
+    assert_outcome(await api.anonymous().get("/fhir/Patient"), 401, "login")
+    reader = api.with_scopes("system/Patient.rs")
+    assert (await reader.get("/fhir/Patient")).status_code == 200
+    assert_outcome(await reader.post("/fhir/Patient", json={"resourceType": "Patient"}), 403, "forbidden")
+    assert_outcome(await reader.get("/fhir/Observation"), 403, "forbidden")
+    assert (await api.anonymous().get("/healthz")).status_code == 200
+    assert (await api.anonymous().get("/readyz")).json() == {"status": "ready"}
+
+
+async def test_create_read_and_headers(api: ApiHarness) -> None:
+    for content_type in ("application/fhir+json", "application/fhir+json; charset=utf-8", "application/json"):
+        response = await api.client.post("/fhir/Patient", content=b'{"resourceType":"Patient","id":"ignored"}',
+                                         headers={"Content-Type": content_type})
+        assert response.status_code == 201, response.text
+    created = response.json()
+    assert created["id"] != "ignored"
+    assert response.headers["location"] == f"http://gateway.test/fhir/Patient/{created['id']}/_history/1"
+    assert response.headers["etag"] == 'W/"1"'
+    read = await api.client.get(f"/fhir/Patient/{created['id']}", headers={"Accept": "application/json"})
+    assert read.status_code == 200 and read.headers["content-type"].startswith("application/json")
+    assert read.json() == created and "last-modified" in read.headers
+
+
+async def test_errors_are_operation_outcomes(api: ApiHarness) -> None:
+    c = api.client
+    assert_outcome(await c.get("/fhir/Patient/unknown"), 404, "not-found")
+    assert_outcome(await c.get("/fhir/Foo/1"), 404, "not-found")
+    assert_outcome(await c.get("/fhir/Patient/a_b!"), 400)
+    assert_outcome(await c.get("/nowhere"), 404)
+    assert_outcome(await c.post("/fhir/Patient", content=b"x", headers={"Content-Type": "text/plain"}), 415)
+    assert_outcome(await c.get("/fhir/Patient", params={"_format": "xml"}), 406)
+    assert_outcome(await c.get("/fhir/Patient", headers={"Accept": "application/fhir+xml"}), 406)
+    assert_outcome(await c.post("/fhir/Patient", content=b"{broken"), 400, "structure")
+    assert_outcome(await c.post("/fhir/Patient", json={"resourceType": "Observation"}), 400)
+    assert_outcome(await c.post("/fhir/Patient", json={"resourceType": "Patient", "active": "true"}), 400)
+    assert_outcome(await c.post("/fhir/Observation", json={"resourceType": "Observation", "code": {"text": "x"}}),
+                   422)
+    deep: Any = {"resourceType": "Patient"}
+    for _ in range(200):
+        deep = {"extension": [deep]}
+    assert_outcome(await c.post("/fhir/Patient", json=deep), 400, "too-costly")
+    big = b'{"resourceType":"Patient","text":"' + b"x" * (11 * 1024 * 1024) + b'"}'
+    assert_outcome(await c.post("/fhir/Patient", content=big), 413, "too-costly")
+    assert_outcome(await c.post("/fhir/Patient", content=b'{"resourceType":"Patient","x":"\xff"}'), 400)
+    assert_outcome(await c.request("TRACE", "/fhir/Patient"), 405)
+
+
+async def test_update_if_match_delete_and_history(api: ApiHarness) -> None:
+    c = api.client
+    assert (await c.put("/fhir/Patient/p1", json={"resourceType": "Patient", "id": "p1"})).status_code == 201
+    updated = await c.put("/fhir/Patient/p1", json={"resourceType": "Patient", "id": "p1", "active": True},
+                          headers={"If-Match": 'W/"1"'})
+    assert updated.status_code == 200 and updated.headers["etag"] == 'W/"2"'
+    stale = await c.put("/fhir/Patient/p1", json={"resourceType": "Patient", "id": "p1", "active": False},
+                        headers={"If-Match": 'W/"1"'})
+    assert_outcome(stale, 412, "conflict")
+    assert (await c.get("/fhir/Patient/p1")).json()["active"] is True
+    assert_outcome(await c.put("/fhir/Patient/p1", json={"resourceType": "Patient", "id": "p2"}), 400)
+    assert_outcome(await c.put("/fhir/Patient/p1", json={"resourceType": "Patient"}), 400, "required")
+    assert (await c.get("/fhir/Patient/p1/_history/1")).json()["meta"]["versionId"] == "1"
+    assert (await c.get("/fhir/Patient/p1", headers={"If-None-Match": 'W/"2"'})).status_code == 304
+    assert (await c.delete("/fhir/Patient/p1")).status_code == 200
+    assert_outcome(await c.get("/fhir/Patient/p1"), 410, "deleted")
+    history = (await c.get("/fhir/Patient/p1/_history")).json()
+    assert history["type"] == "history" and history["total"] == 3
+    assert history["entry"][0]["request"]["method"] == "DELETE"
+    assert (await c.get("/fhir/Patient", params={"_id": "p1"})).json()["total"] == 0
+    assert (await c.get("/fhir/Patient/_history")).json()["total"] == 3
+    assert (await c.get("/fhir/_history")).json()["total"] == 3
+
+
+async def test_prefer_return(api: ApiHarness) -> None:
+    minimal = await api.client.post("/fhir/Patient", json={"resourceType": "Patient"},
+                                    headers={"Prefer": "return=minimal"})
+    assert minimal.status_code == 201 and minimal.content == b"" and "location" in minimal.headers
+    outcome = await api.client.post("/fhir/Patient", json={"resourceType": "Patient"},
+                                    headers={"Prefer": "return=OperationOutcome"})
+    assert outcome.json()["resourceType"] == "OperationOutcome"
+    typo = await api.client.post("/fhir/Patient", json={"resourceType": "Patient"},
+                                 headers={"Prefer": "return=presentation"})
+    assert typo.status_code == 201
+
+
+async def test_conditional_create_and_update(api: ApiHarness) -> None:
+    c = api.client
+    body = {"resourceType": "Patient", "identifier": [{"system": "urn:s", "value": "1"}]}
+    first = await c.post("/fhir/Patient", json=body, headers={"If-None-Exist": "identifier=urn:s|1"})
+    second = await c.post("/fhir/Patient", json=body, headers={"If-None-Exist": "identifier=urn:s|1"})
+    third = await c.post("/fhir/Patient?identifier=urn:s|1", json=body)  # fhirpy get_or_create
+    assert (first.status_code, second.status_code, third.status_code) == (201, 200, 200)
+    assert first.json()["id"] == second.json()["id"] == third.json()["id"]
+    await c.post("/fhir/Patient", json=body)
+    assert_outcome(await c.post("/fhir/Patient", json=body, headers={"If-None-Exist": "identifier=urn:s|1"}), 412)
+    upsert = {"resourceType": "Patient", "identifier": [{"system": "urn:s", "value": "2"}]}
+    created = await c.put("/fhir/Patient", params={"identifier": "urn:s|2"}, json=upsert)
+    again = await c.put("/fhir/Patient", params={"identifier": "urn:s|2"}, json=upsert)
+    assert (created.status_code, again.status_code) == (201, 200)
+    assert created.json()["id"] == again.json()["id"]
+    assert_outcome(await c.put("/fhir/Patient", params={"identifier": "urn:s|1"}, json=body), 412)
+
+
+async def test_search_bundle_paging_and_summaries(api: ApiHarness) -> None:
+    c = api.client
+    for i in range(23):
+        await c.post("/fhir/Patient", json={"resourceType": "Patient", "name": [{"family": f"Pager{i}"}],
+                                            "gender": "other"})
+    page = (await c.get("/fhir/Patient", params={"family": "pager", "_count": "5"})).json()
+    assert page["type"] == "searchset" and page["total"] == 23
+    ids: list[str] = []
+    while True:
+        for entry in page["entry"]:
+            assert entry["fullUrl"].startswith("http://gateway.test/fhir/Patient/")
+            assert entry["search"]["mode"] == "match"
+            ids.append(entry["resource"]["id"])
+        links = {link["relation"]: link["url"] for link in page["link"]}
+        assert links["self"].startswith("http://gateway.test/fhir/Patient?")
+        if "next" not in links:
+            break
+        await c.post("/fhir/Patient", json={"resourceType": "Patient", "name": [{"family": "PagerLate"}]})
+        page = (await c.get(links["next"])).json()
+        assert page["total"] == 23
+    assert len(ids) == len(set(ids)) == 23
+    count = (await c.get("/fhir/Patient", params={"_summary": "count"})).json()
+    assert count["total"] >= 23 and "entry" not in count
+    zero = (await c.get("/fhir/Patient", params={"_count": "0", "_totalMethod": "count"})).json()
+    assert zero["total"] == count["total"]
+    assert [e["search"]["mode"] for e in zero["entry"]] == ["outcome"]  # the _totalMethod warning
+    elements = (await c.get("/fhir/Patient", params={"family": "pager0", "_elements": "gender"})).json()
+    resource = elements["entry"][0]["resource"]
+    assert set(resource) == {"resourceType", "id", "meta", "gender"}
+    assert resource["meta"]["tag"][-1]["code"] == "SUBSETTED"
+    lenient = (await c.get("/fhir/Patient", params={"bogus": "1", "_count": "1"})).json()
+    assert "bogus" not in lenient["link"][0]["url"]
+    assert lenient["entry"][-1]["search"]["mode"] == "outcome"
+    strict = await c.get("/fhir/Patient", params={"bogus": "1"}, headers={"Prefer": "handling=strict"})
+    assert_outcome(strict, 400)
+    assert_outcome(await c.get("/fhir/Patient", params={"birthdate": "notadate"}), 400)
+    posted = await c.post("/fhir/Patient/_search", content=b"family=pager1&_count=50",
+                          headers={"Content-Type": "application/x-www-form-urlencoded"})
+    got = (await c.get("/fhir/Patient", params={"family": "pager1", "_count": "50"})).json()
+    assert {e["resource"]["id"] for e in posted.json()["entry"]} == {e["resource"]["id"] for e in got["entry"]}
+
+
+TRANSACTION = {
+    "resourceType": "Bundle",
+    "type": "transaction",
+    "entry": [
+        {"fullUrl": "urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0a",
+         "resource": {"resourceType": "Patient", "identifier": [{"system": "urn:tx", "value": "1"}]},
+         "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:tx|1"}},
+        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "weight"},
+                      "subject": {"reference": "urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0a"}},
+         "request": {"method": "POST", "url": "Observation"}},
+    ],
+}
+
+
+@pytest.mark.parametrize("path", ["/fhir", "/fhir/"])
+async def test_transaction_resolves_urn_uuid(api: ApiHarness, path: str) -> None:
+    response = await api.client.post(path, json=TRANSACTION)
+    assert response.status_code == 200, response.text
+    bundle = response.json()
+    assert bundle["type"] == "transaction-response" and len(bundle["entry"]) == 2
+    patient_ref = bundle["entry"][0]["response"]["location"].split("/_history")[0]
+    obs_location = bundle["entry"][1]["response"]["location"]
+    assert bundle["entry"][1]["response"]["status"] == "201 Created"
+    obs = (await api.client.get("/fhir/" + obs_location.split("/_history")[0])).json()
+    assert obs["subject"]["reference"] == patient_ref
+
+
+async def test_transaction_is_atomic_and_batch_is_not(api: ApiHarness) -> None:
+    bad_entry = {"resource": {"resourceType": "Observation", "code": {"text": "no status"}},
+                 "request": {"method": "POST", "url": "Observation"}}
+    good = {"resource": {"resourceType": "Patient", "identifier": [{"system": "urn:atomic", "value": "1"}]},
+            "request": {"method": "POST", "url": "Patient"}}
+    failed = await api.client.post("/fhir", json={"resourceType": "Bundle", "type": "transaction",
+                                                  "entry": [good, good, bad_entry]})
+    body = assert_outcome(failed, 422)
+    assert body["issue"][0]["expression"][0].startswith("Bundle.entry[2]")
+    assert (await api.client.get("/fhir/Patient", params={"identifier": "urn:atomic|1"})).json()["total"] == 0
+    batch = await api.client.post("/fhir", json={"resourceType": "Bundle", "type": "batch", "entry": [good, bad_entry]})
+    statuses = [e["response"]["status"] for e in batch.json()["entry"]]
+    assert statuses[0] == "201 Created" and statuses[1] == "422"
+    assert batch.json()["entry"][1]["response"]["outcome"]["resourceType"] == "OperationOutcome"
+    assert_outcome(await api.client.post("/fhir", json={"resourceType": "Bundle", "type": "collection"}), 400)
+    assert_outcome(await api.client.post("/fhir", content=b""), 400)
+
+
+async def test_conditional_references_in_transactions(api: ApiHarness) -> None:
+    await api.client.post("/fhir/Patient", json={"resourceType": "Patient",
+                                                 "identifier": [{"system": "urn:cr", "value": "9"}]})
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                      "subject": {"reference": "Patient?identifier=urn:cr|9"}},
+         "request": {"method": "POST", "url": "Observation"}}]}
+    response = await api.client.post("/fhir", json=bundle)
+    assert response.status_code == 200, response.text
+    assert response.json()["entry"][0]["resource"]["subject"]["reference"].startswith("Patient/")
+
+
+async def test_patch_and_everything(api: ApiHarness) -> None:
+    c = api.client
+    pid = (await c.post("/fhir/Patient", json={"resourceType": "Patient", "active": False})).json()["id"]
+    await c.post("/fhir/Observation", json={"resourceType": "Observation", "status": "final",
+                                            "code": {"text": "x"}, "subject": {"reference": f"Patient/{pid}"}})
+    patched = await c.patch(f"/fhir/Patient/{pid}", content=b'[{"op":"replace","path":"/active","value":true}]',
+                            headers={"Content-Type": "application/json-patch+json"})
+    assert patched.status_code == 200 and patched.json()["active"] is True
+    failing = await c.patch(f"/fhir/Patient/{pid}", content=b'[{"op":"test","path":"/active","value":false}]',
+                            headers={"Content-Type": "application/json-patch+json"})
+    assert_outcome(failing, 422)
+    merge = await c.patch(f"/fhir/Patient/{pid}", json={"active": False})
+    assert_outcome(merge, 415)
+    everything = (await c.get(f"/fhir/Patient/{pid}/$everything")).json()
+    assert sorted(e["resource"]["resourceType"] for e in everything["entry"]) == ["Observation", "Patient"]

@@ -1,0 +1,162 @@
+"""FHIR search semantics (search.html), checked on both store backends."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.search.query import QueryParser, SearchError
+from gateway.search.registry import default_registry
+from gateway.store.sql import SqlStore
+
+PARSER = QueryParser(default_registry(), 50, 1000)
+BIRTH_DATES = {"y": "1980", "m": "1980-05", "d": "1980-05-17", "later": "1981-02-03", "late": "1990-01-01"}
+
+
+@pytest.fixture
+def people(store: SqlStore) -> dict[str, str]:
+    """Patients keyed by a short name; values are ids."""
+    ids: dict[str, str] = {}
+    with store.transaction() as tx:
+        for key, birth in BIRTH_DATES.items():
+            ids[key] = tx.create({"resourceType": "Patient", "birthDate": birth}).resource.id
+        ids["smith"] = tx.create({"resourceType": "Patient", "gender": "male",
+                                  "name": [{"family": "Smith", "given": ["John"]}],
+                                  "identifier": [{"system": "urn:a", "value": "v1"}, {"value": "bare"}],
+                                  "address": [{"district": "Kilifi"}]}).resource.id
+        ids["zoe"] = tx.create({"resourceType": "Patient", "gender": "female", "name": [{"family": "Zoë"}],
+                                "identifier": [{"system": "urn:b", "value": "v1"}]}).resource.id
+    return ids
+
+
+def find(store: SqlStore, rtype: str, *items: tuple[str, str]) -> set[str]:
+    return {r.id for r in store.search(PARSER.parse(rtype, list(items))).resources}
+
+
+def keys(people: dict[str, str], found: set[str]) -> set[str]:
+    return {k for k, v in people.items() if v in found}
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("1980", {"y", "m", "d"}),
+        ("1980-05", {"m", "d"}),
+        ("1980-05-17", {"d"}),
+        ("gt1980-05-17", {"y", "m", "later", "late"}),
+        ("ge1980-05-17", {"y", "m", "d", "later", "late"}),
+        ("lt1980-05-17", {"y", "m"}),
+        ("le1980-05-17", {"y", "m", "d"}),
+        ("ne1980-05-17", {"y", "m", "later", "late"}),
+        ("sa1980-12-31", {"later", "late"}),
+        ("eb1981", {"y", "m", "d"}),
+    ],
+)
+def test_date_prefixes_follow_range_semantics(
+    store: SqlStore, people: dict[str, str], value: str, expected: set[str]
+) -> None:
+    assert keys(people, find(store, "Patient", ("birthdate", value))) == expected
+
+
+def test_repeated_parameters_and_and_commas_or(store: SqlStore, people: dict[str, str]) -> None:
+    both = find(store, "Patient", ("birthdate", "ge1980"), ("birthdate", "lt1981"))
+    assert keys(people, both) == {"y", "m", "d"}
+    assert keys(people, find(store, "Patient", ("family", "Smith,Zoe"))) == {"smith", "zoe"}
+    assert keys(people, find(store, "Patient", ("_id", f"{people['y']},{people['late']}"))) == {"y", "late"}
+
+
+def test_token_system_forms(store: SqlStore, people: dict[str, str]) -> None:
+    assert keys(people, find(store, "Patient", ("identifier", "urn:a|v1"))) == {"smith"}
+    assert keys(people, find(store, "Patient", ("identifier", "v1"))) == {"smith", "zoe"}
+    assert keys(people, find(store, "Patient", ("identifier", "|bare"))) == {"smith"}
+    assert keys(people, find(store, "Patient", ("identifier", "urn:b|"))) == {"zoe"}
+    assert keys(people, find(store, "Patient", ("gender", "male"))) == {"smith"}
+    not_male = keys(people, find(store, "Patient", ("gender:not", "male")))
+    assert not_male == {"zoe", *BIRTH_DATES}  # :not includes resources without a gender
+
+
+def test_string_matching(store: SqlStore, people: dict[str, str]) -> None:
+    assert keys(people, find(store, "Patient", ("family", "smi"))) == {"smith"}
+    assert keys(people, find(store, "Patient", ("family", "zoe"))) == {"zoe"}
+    assert find(store, "Patient", ("family:exact", "smith")) == set()
+    assert keys(people, find(store, "Patient", ("family:exact", "Smith"))) == {"smith"}
+    assert keys(people, find(store, "Patient", ("family:contains", "mit"))) == {"smith"}
+    assert keys(people, find(store, "Patient", ("name", "john"))) == {"smith"}
+    assert keys(people, find(store, "Patient", ("address-district", "kil"))) == {"smith"}
+
+
+def test_missing_modifier(store: SqlStore, people: dict[str, str]) -> None:
+    assert keys(people, find(store, "Patient", ("birthdate:missing", "true"))) == {"smith", "zoe"}
+    assert keys(people, find(store, "Patient", ("birthdate:missing", "false"))) == set(BIRTH_DATES)
+
+
+def test_sorting(store: SqlStore, people: dict[str, str]) -> None:
+    query = PARSER.parse("Patient", [("birthdate:missing", "false"), ("_sort", "-birthdate")])
+    order = [r.id for r in store.search(query).resources]
+    assert order[0] == people["late"] and order[-1] in (people["y"], people["m"], people["d"])
+    newest_first = [r.id for r in store.search(PARSER.parse("Patient", [("_sort", "-_lastUpdated")])).resources]
+    assert newest_first[0] == people["zoe"]
+
+
+def test_time_zones_are_normalised(store: SqlStore) -> None:
+    with store.transaction() as tx:
+        plus_one = tx.create({"resourceType": "Observation", "status": "final", "code": {"text": "a"},
+                              "effectiveDateTime": "2024-03-01T10:00:00+01:00"}).resource.id
+        utc = tx.create({"resourceType": "Observation", "status": "final", "code": {"text": "b"},
+                         "effectiveDateTime": "2024-03-01T10:00:00Z"}).resource.id
+        open_ended = tx.create({"resourceType": "Observation", "status": "final", "code": {"text": "c"},
+                                "effectivePeriod": {"start": "2020-01-01"}}).resource.id
+    assert find(store, "Observation", ("date", "gt2024-03-01T09:00:00Z")) == {utc, open_ended}
+    assert find(store, "Observation", ("date", "ge2999-01-01")) == {open_ended}
+    assert plus_one in find(store, "Observation", ("date", "2024-03-01"))
+
+
+def test_reference_forms_and_chains(store: SqlStore) -> None:
+    with store.transaction() as tx:
+        pid = tx.create({"resourceType": "Patient", "name": [{"family": "Okoth"}]}).resource.id
+        obs = tx.create({"resourceType": "Observation", "status": "final",
+                         "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+                         "subject": {"reference": f"Patient/{pid}"}}).resource.id
+        tx.create({"resourceType": "Observation", "status": "final", "code": {"text": "other"}})
+    for item in [("subject", f"Patient/{pid}"), ("subject", f"http://x.test/fhir/Patient/{pid}"),
+                 ("patient", pid), ("subject:Patient", pid), ("subject:Patient.name", "okoth"),
+                 ("patient.family", "okoth"), ("code", "http://loinc.org|8867-4")]:
+        assert find(store, "Observation", item) == {obs}, item
+    assert find(store, "Patient", ("_has:Observation:patient:code", "8867-4")) == {pid}
+    result = store.search(PARSER.parse("Observation", [("_id", obs), ("_include", "Observation:subject")]))
+    assert [r.id for r in result.included] == [pid]
+    result = store.search(PARSER.parse("Patient", [("_id", pid), ("_revinclude", "Observation:subject")]))
+    assert [r.id for r in result.included] == [obs]
+
+
+def test_quantity_search(store: SqlStore) -> None:
+    with store.transaction() as tx:
+        low = tx.create({"resourceType": "Observation", "status": "final", "code": {"text": "muac"},
+                         "valueQuantity": {"value": 11.2, "system": "http://unitsofmeasure.org", "code": "cm"}})
+        high = tx.create({"resourceType": "Observation", "status": "final", "code": {"text": "muac"},
+                          "valueQuantity": {"value": 13.0, "system": "http://unitsofmeasure.org", "code": "cm"}})
+    assert find(store, "Observation", ("value-quantity", "lt11.5")) == {low.resource.id}
+    assert find(store, "Observation", ("value-quantity", "13|http://unitsofmeasure.org|cm")) == {high.resource.id}
+
+
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [
+        ([("birthdate", "notadate")], "birthdate"),
+        ([("_count", "abc")], "_count"),
+        ([("birthdate", "gt2024-13-01")], "birthdate"),
+        ([("family:sounds-like", "x")], "modifier"),
+        ([("_sort", "nonsense")], "sort"),
+        ([("_count", "-1")], "_count"),
+        ([("birthdate:missing", "maybe")], "missing"),
+    ],
+)
+def test_malformed_searches_are_rejected(items: list[tuple[str, str]], message: str) -> None:
+    with pytest.raises(SearchError, match=message):
+        PARSER.parse("Patient", items)
+
+
+def test_unknown_parameters_are_lenient_unless_strict() -> None:
+    query = PARSER.parse("Patient", [("bogus", "1"), ("_totalMethod", "count")])
+    assert query.used == [] and len(query.warnings) == 2
+    with pytest.raises(SearchError):
+        PARSER.parse("Patient", [("bogus", "1")], strict=True)

@@ -1,0 +1,78 @@
+"""The command line: exit codes, one-line errors, tokens printed once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from gateway.auth import hash_token
+from gateway.cli import app
+from gateway.store import open_store
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("GATEWAY_STORE_URL", f"sqlite:///{tmp_path}/cli.db")
+    monkeypatch.delenv("GATEWAY_CONFIG", raising=False)
+    return tmp_path
+
+
+def test_clients_create_prints_the_token_last_and_stores_its_hash(env: Path) -> None:
+    result = runner.invoke(app, ["clients", "create", "openmrs", "--scope", "system/Patient.rs", "--scope", "admin"])
+    assert result.exit_code == 0, result.output
+    token = result.stdout.strip().splitlines()[-1]
+    assert token.startswith("gw_")
+    store = open_store(f"sqlite:///{env}/cli.db")
+    try:
+        client = store.client_by_token_hash(hash_token(token))
+        assert client is not None and client.scopes == ("system/Patient.rs", "admin")
+    finally:
+        store.close()
+    listed = runner.invoke(app, ["clients", "list"])
+    assert "openmrs\tsystem/Patient.rs admin" in listed.stdout and token not in listed.stdout
+
+
+@pytest.mark.parametrize("scope", ["system/Patient.xyz", "user/*.rs", "system/Foo.rs", "ingest:", "root"])
+def test_bad_scopes_are_refused_with_one_line(env: Path, scope: str) -> None:
+    result = runner.invoke(app, ["clients", "create", "x", "--scope", scope])
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("gateway: ")
+
+
+def test_config_check_masks_secrets(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_ADMIN_TOKEN", "s3cret-s3cret-s3cret-s3cret")
+    monkeypatch.setenv("GATEWAY_QUEUE_URL", "redis://:hunter2@127.0.0.1:6379/0")
+    result = runner.invoke(app, ["config", "check"])
+    assert result.exit_code == 0, result.output
+    assert "s3cret" not in result.stdout and "hunter2" not in result.stdout
+    data = json.loads(result.stdout)
+    assert data["queue_url"] == "redis://:***@127.0.0.1:6379/0"
+
+
+def test_config_check_names_field_file_and_line(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bad = env / "bad.yaml"
+    bad.write_text("port: 8080\nsearch:\n  max_count: 0\n")
+    result = runner.invoke(app, ["config", "check", "--config", str(bad)])
+    assert result.exit_code == 2
+    assert "search.max_count" in result.stderr and str(bad) in result.stderr
+    broken = env / "broken.yaml"
+    broken.write_text("port: 8080\nhost: [\n")
+    result = runner.invoke(app, ["config", "check", "--config", str(broken)])
+    assert result.exit_code == 2 and f"{broken}:3" in result.stderr
+    monkeypatch.setenv("GATEWAY_PORT", "not-a-port")
+    result = runner.invoke(app, ["config", "check"])
+    assert result.exit_code == 2 and "GATEWAY_PORT" in result.stderr
+
+
+def test_environment_wins_over_the_file(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = env / "c.yaml"
+    config.write_text("port: 9000\nhost: 0.0.0.0\n")
+    monkeypatch.setenv("GATEWAY_PORT", "9100")
+    monkeypatch.setenv("GATEWAY_CONFIG", str(config))
+    data = json.loads(runner.invoke(app, ["config", "check"]).stdout)
+    assert data["port"] == 9100 and data["host"] == "0.0.0.0"
