@@ -42,13 +42,14 @@ def capability_statement(registry: SearchRegistry, base_url: str, date: str) -> 
             "conditionalRead": "not-supported",
             "conditionalUpdate": True,
             "conditionalDelete": "single",
-            "searchInclude": sorted(f"{rtype}:{p.code}" for p in params.values() if p.type == "reference"),
-            "searchRevInclude": [],
             "searchParam": [
                 {"name": p.code, "definition": p.url, "type": p.type}
                 for p in sorted(params.values(), key=lambda p: p.code)
             ],
         }
+        includes = sorted(f"{rtype}:{p.code}" for p in params.values() if p.type == "reference")
+        if includes:  # FHIR JSON never has empty arrays
+            entry["searchInclude"] = includes
         if rtype == "Patient":
             entry["operation"] = list(OPERATIONS)
         resources.append(entry)

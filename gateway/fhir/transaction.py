@@ -86,12 +86,10 @@ def process_bundle(
         responses = [e.response for e in entries]
     else:
         responses = [processor.run_batch_entry(i, raw) for i, raw in enumerate(raw_entries)]
-    return {
-        "resourceType": "Bundle",
-        "id": str(uuid.uuid4()),
-        "type": f"{kind}-response",
-        "entry": responses,
-    }
+    response: dict[str, Any] = {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": f"{kind}-response"}
+    if responses:  # FHIR JSON never has empty arrays
+        response["entry"] = responses
+    return response
 
 
 class _Processor:
@@ -298,7 +296,9 @@ class _Processor:
              "search": {"mode": "match"}}
             for r in result.resources
         ]  # fmt: skip
-        searchset: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "entry": matches}
+        searchset: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+        if matches:
+            searchset["entry"] = matches
         if result.total is not None:
             searchset["total"] = result.total
         return {"resource": searchset, "response": {"status": "200 OK"}}

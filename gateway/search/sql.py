@@ -64,15 +64,81 @@ def count_sql(query: SearchQuery) -> tuple[str, Params]:
 
 
 def match_set(query: SearchQuery) -> tuple[str, Params]:
-    """``SELECT rid … INTERSECT …`` of the positive index criteria ("" when there are none)."""
+    """Row ids of the resources the positive index criteria select ("" when there are none).
+
+    Selective criteria (tokens, references, string prefixes, number equality, chains)
+    are intersected; broad ones (date ranges, ``:contains``, ``:missing=false``, number
+    ranges) become per-candidate ``EXISTS`` probes on the row-id index, because computing
+    their full sets (most of a table) costs far more than probing the few candidates.
+    """
+    positive = [c for c in query.criteria if _is_positive(c)]
+    driving = [c for c in positive if _selective(c)]
+    filters = [c for c in positive if not _selective(c)]
+    if not driving and filters:
+        driving, filters = filters[:1], filters[1:]
     parts: list[str] = []
     params: Params = []
-    for criterion in query.criteria:
-        if _is_positive(criterion):
-            part, part_params = rid_set(query.rtype, criterion)
-            parts.append(part)
-            params.extend(part_params)
-    return " INTERSECT ".join(parts), params
+    for criterion in driving:
+        part, part_params = rid_set(query.rtype, criterion)
+        parts.append(part)
+        params.extend(part_params)
+    sql = " INTERSECT ".join(parts)
+    if not filters:
+        return sql, params
+    probes: list[str] = []
+    for criterion in filters:
+        probe, probe_params = _probe(criterion, "m0")
+        probes.append(probe)
+        params.extend(probe_params)
+    return f"SELECT m0.rid FROM ({sql}) m0 WHERE {' AND '.join(probes)}", params
+
+
+def _selective(c: Criterion) -> bool:
+    if c.chain is not None or c.has is not None:
+        return True
+    if c.missing is not None or c.param.table == "date" or c.modifier == "contains":
+        return False
+    if c.param.table == "number":
+        return all(getattr(v, "prefix", "eq") == "eq" for v in c.values)
+    return True
+
+
+def _probe(c: Criterion, alias: str) -> tuple[str, Params]:
+    """``EXISTS`` test of one criterion for the candidate row id ``alias.rid``."""
+    table = TABLES[c.param.table]
+    base = f"EXISTS (SELECT 1 FROM {table} x WHERE x.rid = {alias}.rid AND x.param = ?"
+    params: Params = [c.param.code]
+    if c.missing is not None:
+        return base + ")", params
+    ors: list[str] = []
+    for value in c.values:
+        cond, cond_params = _value_sql(c, value)
+        ors.append(cond)
+        params.extend(cond_params)
+    return f"{base} AND ({' OR '.join(ors)}))", params
+
+
+def page_sql(query: SearchQuery, columns: str) -> tuple[str, Params]:
+    """SQL for one page of matches, in the requested order."""
+    matched, matched_params = match_set(query)
+    rest, _ = _resource_filters(query, "r")
+    if matched and not rest and not query.sort:
+        # Default order is by row id, which the match set already yields: page the ids
+        # first and read only the resources on this page.
+        snapshot = ""
+        params = list(matched_params)
+        if query.snapshot is not None:
+            snapshot = " WHERE p.rid <= ?"
+            params.append(query.snapshot)
+        sql = (
+            f"SELECT {columns} FROM resources r WHERE r.rid IN (SELECT p.rid FROM ({matched}) p{snapshot}"
+            " ORDER BY p.rid LIMIT ? OFFSET ?) ORDER BY r.rid"
+        )
+        return sql, [*params, query.count, query.offset]
+    where, params = where_clause(query)
+    order, order_params = order_by(query)
+    sql = f"SELECT {columns} FROM resources r WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?"
+    return sql, [*params, *order_params, query.count, query.offset]
 
 
 def _is_positive(c: Criterion) -> bool:

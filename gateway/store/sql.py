@@ -20,7 +20,7 @@ from gateway.search.dates import format_instant, from_epoch
 from gateway.search.extract import extract
 from gateway.search.query import SearchQuery
 from gateway.search.registry import SearchRegistry, default_registry
-from gateway.search.sql import count_sql, order_by, where_clause
+from gateway.search.sql import count_sql, page_sql
 from gateway.store.base import (
     ApiClient,
     Change,
@@ -197,7 +197,6 @@ class SqlStore:
         if query.snapshot is None:
             cur.execute("SELECT COALESCE(MAX(rid), 0) FROM resources")
             query.snapshot = int(cur.fetchone()[0])
-        where, params = where_clause(query)
         total: int | None = None
         if query.total != "none" or query.count == 0 or query.summary == "count":
             count, count_params = count_sql(query)
@@ -205,11 +204,8 @@ class SqlStore:
             total = int(cur.fetchone()[0])
         if query.count == 0 or query.summary == "count":
             return SearchResult([], total, snapshot=query.snapshot)
-        order, order_params = order_by(query)
-        cur.execute(
-            self.q(f"SELECT {_COLUMNS}, r.rid FROM resources r WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?"),
-            (*params, *order_params, query.count, query.offset),
-        )
+        page, page_params = page_sql(query, f"{_COLUMNS}, r.rid")
+        cur.execute(self.q(page), page_params)
         rows = cur.fetchall()
         page = [_row(row) for row in rows]
         included = self._includes(cur, query, [row[6] for row in rows], page) if page else []
