@@ -306,6 +306,43 @@ def _number(v: NumberValue) -> tuple[str, Params]:
     return "x.value >= ? AND x.value <= ?", [v.value - width, v.value + width]
 
 
+def date_sort_walk(query: SearchQuery) -> tuple[str, Params, str, Params] | None:
+    """For ``_sort`` on one date parameter: SQL walking the date index in sort order.
+
+    Sorting every match by a correlated MAX/MIN costs one probe per match; walking the
+    (rtype, param, hi|lo) index in order and keeping the matching rows stops after one
+    page. Returns the walk (limit to be appended as the last parameter) and the SQL for
+    matches without the parameter, which sort last (offset and limit appended). None when
+    the query does not have this shape.
+    """
+    if len(query.sort) != 1:
+        return None
+    key = query.sort[0]
+    if key.param is None or key.param.table != "date":
+        return None
+    rest, _ = _resource_filters(query, "r")
+    if rest:
+        return None
+    matched, matched_params = match_set(query)
+    if not matched:
+        matched = "SELECT a.rid FROM resources a WHERE a.rtype = ? AND a.deleted = 0"
+        matched_params = [query.rtype]
+    column, direction = ("hi", "DESC") if key.descending else ("lo", "ASC")
+    snapshot, snapshot_params = ("", []) if query.snapshot is None else (" AND d.rid <= ?", [query.snapshot])
+    walk = (
+        f"SELECT d.rid FROM idx_date d WHERE d.rtype = ? AND d.param = ? AND d.rid IN ({matched}){snapshot}"
+        f" ORDER BY d.{column} {direction}, d.rid {direction} LIMIT ?"
+    )
+    walk_params: Params = [query.rtype, key.param.code, *matched_params, *snapshot_params]
+    snapshot_m = "" if query.snapshot is None else " AND m.rid <= ?"
+    missing = (
+        f"SELECT m.rid FROM ({matched}) m WHERE m.rid NOT IN (SELECT e.rid FROM idx_date e WHERE e.rtype = ?"
+        f" AND e.param = ?){snapshot_m} ORDER BY m.rid LIMIT ? OFFSET ?"
+    )
+    missing_params: Params = [*matched_params, query.rtype, key.param.code, *snapshot_params]
+    return walk, walk_params, missing, missing_params
+
+
 def order_by(query: SearchQuery, alias: str = "r") -> tuple[str, Params]:
     """ORDER BY clause; the row id is the last key so pages are stable."""
     keys: list[str] = []

@@ -62,6 +62,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                 lo {FLOAT} NOT NULL, hi {FLOAT} NOT NULL)""",
             "CREATE INDEX idx_date_q ON idx_date (rtype, param, lo, hi, rid)",
             "CREATE INDEX idx_date_rid ON idx_date (rid, param, lo, hi)",
+            "CREATE INDEX idx_date_hi ON idx_date (rtype, param, hi, rid)",
             """CREATE TABLE idx_ref (rid BIGINT NOT NULL, rtype TEXT NOT NULL, param TEXT NOT NULL,
                 ttype TEXT, tid TEXT, url TEXT NOT NULL)""",
             "CREATE INDEX idx_ref_q ON idx_ref (rtype, param, tid, ttype, rid)",

@@ -8,6 +8,7 @@ writes, which the short write transactions here make cheap.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -55,6 +56,8 @@ class PostgresStore(SqlStore):
         if schema is not None:
             kwargs["options"] = f"-c search_path={schema}"
         self.schema = schema
+        # One writer lock per store (schema), so stores sharing a database do not serialise each other.
+        self._write_lock = _WRITE_LOCK ^ zlib.crc32((schema or "public").encode())
         self._pool = ConnectionPool(
             conninfo, min_size=1, max_size=max_connections, kwargs=kwargs, open=True, timeout=30.0
         )
@@ -73,7 +76,7 @@ class PostgresStore(SqlStore):
         # Pipeline mode sends a write's statements without waiting for each answer; only
         # reads (RETURNING, SELECT) wait. That turns ~8 round trips per resource into 1.
         with self._pool.connection() as conn, conn.pipeline(), conn.transaction(), conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,))
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (self._write_lock,))
             yield cur
 
     def close(self) -> None:

@@ -20,7 +20,7 @@ from gateway.search.dates import format_instant, from_epoch
 from gateway.search.extract import extract
 from gateway.search.query import SearchQuery
 from gateway.search.registry import SearchRegistry, default_registry
-from gateway.search.sql import count_sql, page_sql
+from gateway.search.sql import count_sql, date_sort_walk, page_sql
 from gateway.store.base import (
     ApiClient,
     Change,
@@ -204,12 +204,42 @@ class SqlStore:
             total = int(cur.fetchone()[0])
         if query.count == 0 or query.summary == "count":
             return SearchResult([], total, snapshot=query.snapshot)
-        page, page_params = page_sql(query, f"{_COLUMNS}, r.rid")
-        cur.execute(self.q(page), page_params)
-        rows = cur.fetchall()
+        walk = date_sort_walk(query)
+        if walk is not None:
+            rows = self._walk_page(cur, query, *walk)
+        else:
+            page_query, page_params = page_sql(query, f"{_COLUMNS}, r.rid")
+            cur.execute(self.q(page_query), page_params)
+            rows = cur.fetchall()
         page = [_row(row) for row in rows]
         included = self._includes(cur, query, [row[6] for row in rows], page) if page else []
         return SearchResult(page, total, included, snapshot=query.snapshot)
+
+    def _walk_page(
+        self, cur: Cursor, query: SearchQuery, walk: str, walk_params: list[Any], missing: str,
+        missing_params: list[Any],
+    ) -> list[Any]:
+        """One page ordered by a date parameter, by walking its index (see ``date_sort_walk``)."""
+        need = query.offset + query.count
+        limit = need * 2 + 16
+        while True:
+            cur.execute(self.q(walk), (*walk_params, limit))
+            walked = [row[0] for row in cur.fetchall()]
+            ordered = list(dict.fromkeys(walked))  # first sighting = the resource's sort key
+            if len(ordered) >= need or len(walked) < limit:
+                break
+            limit *= 4
+        page_ids = ordered[query.offset : need]
+        if len(page_ids) < query.count and len(walked) < limit:
+            skip = max(0, query.offset - len(ordered))
+            cur.execute(self.q(missing), (*missing_params, query.count - len(page_ids), skip))
+            page_ids += [row[0] for row in cur.fetchall()]
+        if not page_ids:
+            return []
+        marks = ", ".join("?" for _ in page_ids)
+        cur.execute(self.q(f"SELECT {_COLUMNS}, r.rid FROM resources r WHERE r.rid IN ({marks})"), page_ids)
+        by_rid = {row[6]: row for row in cur.fetchall()}
+        return [by_rid[rid] for rid in page_ids if rid in by_rid]
 
     def _includes(
         self, cur: Cursor, query: SearchQuery, rids: list[int], page: list[StoredResource]

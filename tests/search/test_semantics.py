@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.search.dates import date_range
 from gateway.search.query import QueryParser, SearchError
 from gateway.search.registry import default_registry
 from gateway.store.sql import SqlStore
@@ -95,6 +96,26 @@ def test_sorting(store: SqlStore, people: dict[str, str]) -> None:
     assert order[0] == people["late"] and order[-1] in (people["y"], people["m"], people["d"])
     newest_first = [r.id for r in store.search(PARSER.parse("Patient", [("_sort", "-_lastUpdated")])).resources]
     assert newest_first[0] == people["zoe"]
+
+
+def test_date_sort_pages_put_missing_values_last(store: SqlStore, people: dict[str, str]) -> None:
+    with store.transaction() as tx:
+        tx.create({"resourceType": "Observation", "status": "final", "code": {"text": "x"}})
+        ids = {"one": tx.create({"resourceType": "Patient", "birthDate": "1985-01-01"}).resource.id}
+    # Descending order compares the ends of the ranges the values stand for: "1980" ends last of 1980.
+    dates = {people[k]: v for k, v in BIRTH_DATES.items()} | {ids["one"]: "1985-01-01"}
+    expected = sorted(dates, key=lambda rid: date_range(dates[rid])[1], reverse=True)
+    seen: list[str] = []
+    snapshot = None
+    for offset in range(0, 12, 3):
+        items = [("_sort", "-birthdate"), ("_count", "3"), ("_offset", str(offset))]
+        if snapshot is not None:
+            items.append(("_snapshot", str(snapshot)))
+        result = store.search(PARSER.parse("Patient", items))
+        snapshot = result.snapshot
+        seen += [r.id for r in result.resources]
+    assert seen[:6] == expected
+    assert set(seen[6:]) == {people["smith"], people["zoe"]} and len(seen) == 8
 
 
 def test_time_zones_are_normalised(store: SqlStore) -> None:
