@@ -172,13 +172,14 @@ def config_check(config: ConfigOption = None) -> None:
 def conformance_run(
     base_url: Annotated[str, typer.Option(help="FHIR base URL, e.g. http://127.0.0.1:8080/fhir")],
     token: Annotated[str, typer.Option(help="Bearer token with system/*.cruds")],
+    resource_type: Annotated[
+        list[str] | None, typer.Option("--type", help="Only these resource types (repeatable)")
+    ] = None,
 ) -> None:
-    """Check every interaction and search parameter a server advertises."""
-    from conformance.suite import print_report, run_suite
+    """Check every interaction and search parameter a server advertises (exit 1 on failures, 2 if unreachable)."""
+    from conformance.report import main as run_and_report
 
-    report = run_suite(base_url.rstrip("/"), token)
-    print_report(report)
-    raise typer.Exit(0 if report.ok else 1)
+    raise typer.Exit(run_and_report(base_url.rstrip("/"), token, types=set(resource_type or []) or None))
 
 
 def main() -> None:

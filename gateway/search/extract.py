@@ -117,8 +117,9 @@ def _date(rows: IndexRows, code: str, value: Any) -> None:
 
 
 def _reference(rows: IndexRows, code: str, value: Any) -> None:
-    if isinstance(value, str):  # canonical
-        rows.reference.append((code, None, None, value))
+    if isinstance(value, str):  # canonical: url[|version]
+        parsed = split_reference(value.split("|", 1)[0])
+        rows.reference.append((code, parsed[0] if parsed else None, parsed[1] if parsed else None, value))
         return
     if not isinstance(value, dict):
         return

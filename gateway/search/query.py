@@ -262,7 +262,8 @@ class QueryParser:
             if parsed is not None:
                 if target_type and parsed[0] != target_type:
                     raise SearchError(f"{item!r} is not a {target_type} reference", key)
-                return ReferenceValue(parsed[0], parsed[1], None)
+                # An absolute URL may be a reference to a resource here or a canonical URL.
+                return ReferenceValue(parsed[0], parsed[1], item if "://" in item else None)
             if "/" in item or ":" in item:
                 return ReferenceValue(None, None, item)
             if not _ID_RE.match(item):

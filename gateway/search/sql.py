@@ -229,6 +229,8 @@ def _value_sql(c: Criterion, value: Any) -> tuple[str, Params]:
     if isinstance(value, DateValue):
         return _range_date("x.lo", "x.hi", value)
     if isinstance(value, ReferenceValue):
+        if value.url is not None and value.id is not None:
+            return "(x.url = ? OR (x.tid = ? AND x.ttype = ?))", [value.url, value.id, value.type]
         if value.url is not None:
             return "x.url = ?", [value.url]
         if value.type is not None:

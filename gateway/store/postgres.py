@@ -18,7 +18,8 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from gateway.search.registry import SearchRegistry
-from gateway.store.sql import Cursor, SqlStore
+from gateway.store.rows import Cursor
+from gateway.store.sql import SqlStore
 
 _WRITE_LOCK = 7_274_220_911  # arbitrary, fixed: the gateway's change-feed writer lock
 

@@ -7,17 +7,14 @@ search, history, clients, quarantine) is written once here against DB-API cursor
 
 from __future__ import annotations
 
-import hashlib
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
-from gateway.search.dates import format_instant, from_epoch
-from gateway.search.extract import extract
+from gateway.search.dates import from_epoch
 from gateway.search.query import SearchQuery
 from gateway.search.registry import SearchRegistry, default_registry
 from gateway.search.sql import count_sql, date_sort_walk, page_sql
@@ -28,36 +25,10 @@ from gateway.store.base import (
     QuarantinedRecord,
     SearchResult,
     StoredResource,
-    VersionConflict,
-    WriteResult,
 )
 from gateway.store.migrations import MIGRATIONS, statements_for
-
-_COLUMNS = "r.rtype, r.id, r.version, r.lu, r.deleted, r.content"
-_SKIP_META = ("versionId", "lastUpdated")
-
-
-class Cursor(Protocol):
-    """The DB-API cursor subset the store uses (sqlite3 and psycopg both fit)."""
-
-    def execute(self, sql: Any, params: Any = ..., /) -> Any: ...
-    def executemany(self, sql: Any, params: Any, /) -> Any: ...
-    def fetchone(self) -> Any: ...
-    def fetchall(self) -> list[Any]: ...
-
-
-def _row(row: Sequence[Any]) -> StoredResource:
-    return StoredResource(
-        type=row[0], id=row[1], version=row[2], last_updated=from_epoch(row[3]),
-        deleted=bool(row[4]), content=bytes(row[5]),
-    )  # fmt: skip
-
-
-def _canonical_hash(body: dict[str, Any]) -> str:
-    meta = body.get("meta")
-    if isinstance(meta, dict) and any(k in meta for k in _SKIP_META):
-        body = {**body, "meta": {k: v for k, v in meta.items() if k not in _SKIP_META}}
-    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+from gateway.store.rows import COLUMNS, Cursor, to_resource
+from gateway.store.writes import SqlTransaction
 
 
 class SqlStore:
@@ -120,20 +91,20 @@ class SqlStore:
     def read(self, rtype: str, rid: str) -> StoredResource | None:
         """Current version of a resource (a tombstone if deleted), or None."""
         with self._read_cursor() as cur:
-            cur.execute(self.q(f"SELECT {_COLUMNS} FROM resources r WHERE r.rtype = ? AND r.id = ?"),
+            cur.execute(self.q(f"SELECT {COLUMNS} FROM resources r WHERE r.rtype = ? AND r.id = ?"),
                         (rtype, rid))
             row = cur.fetchone()
-        return _row(row) if row else None
+        return to_resource(row) if row else None
 
     def vread(self, rtype: str, rid: str, version: int) -> StoredResource | None:
         """One stored version of a resource, or None."""
         with self._read_cursor() as cur:
             cur.execute(
-                self.q(f"SELECT {_COLUMNS} FROM history r WHERE r.rtype = ? AND r.id = ? AND r.version = ?"),
+                self.q(f"SELECT {COLUMNS} FROM history r WHERE r.rtype = ? AND r.id = ? AND r.version = ?"),
                 (rtype, rid, version),
             )
             row = cur.fetchone()
-        return _row(row) if row else None
+        return to_resource(row) if row else None
 
     def read_many(self, refs: Sequence[tuple[str, str]]) -> list[StoredResource]:
         """Current live versions of the given (type, id) pairs."""
@@ -148,11 +119,11 @@ class SqlStore:
                     chunk = id_list[start : start + 500]
                     marks = ", ".join("?" for _ in chunk)
                     cur.execute(
-                        self.q(f"SELECT {_COLUMNS} FROM resources r WHERE r.rtype = ? AND r.deleted = 0"
+                        self.q(f"SELECT {COLUMNS} FROM resources r WHERE r.rtype = ? AND r.deleted = 0"
                                f" AND r.id IN ({marks})"),
                         (rtype, *chunk),
                     )
-                    out.extend(_row(row) for row in cur.fetchall())
+                    out.extend(to_resource(row) for row in cur.fetchall())
         return out
 
     def history(
@@ -181,11 +152,11 @@ class SqlStore:
             cur.execute(self.q(f"SELECT COUNT(*) FROM history r{where}"), params)
             total = int(cur.fetchone()[0])
             cur.execute(
-                self.q(f"SELECT {_COLUMNS} FROM history r{where} ORDER BY r.lu DESC, r.version DESC"
+                self.q(f"SELECT {COLUMNS} FROM history r{where} ORDER BY r.lu DESC, r.version DESC"
                        " LIMIT ? OFFSET ?"),
                 (*params, count, offset),
             )
-            rows = [_row(row) for row in cur.fetchall()]
+            rows = [to_resource(row) for row in cur.fetchall()]
         return rows, total
 
     def search(self, query: SearchQuery) -> SearchResult:
@@ -208,10 +179,10 @@ class SqlStore:
         if walk is not None:
             rows = self._walk_page(cur, query, *walk)
         else:
-            page_query, page_params = page_sql(query, f"{_COLUMNS}, r.rid")
+            page_query, page_params = page_sql(query, f"{COLUMNS}, r.rid")
             cur.execute(self.q(page_query), page_params)
             rows = cur.fetchall()
-        page = [_row(row) for row in rows]
+        page = [to_resource(row) for row in rows]
         included = self._includes(cur, query, [row[6] for row in rows], page) if page else []
         return SearchResult(page, total, included, snapshot=query.snapshot)
 
@@ -237,7 +208,7 @@ class SqlStore:
         if not page_ids:
             return []
         marks = ", ".join("?" for _ in page_ids)
-        cur.execute(self.q(f"SELECT {_COLUMNS}, r.rid FROM resources r WHERE r.rid IN ({marks})"), page_ids)
+        cur.execute(self.q(f"SELECT {COLUMNS}, r.rid FROM resources r WHERE r.rid IN ({marks})"), page_ids)
         by_rid = {row[6]: row for row in cur.fetchall()}
         return [by_rid[rid] for rid in page_ids if rid in by_rid]
 
@@ -263,12 +234,12 @@ class SqlStore:
         id_marks = ", ".join("?" for _ in ids)
         for inc in query.revincludes:
             cur.execute(
-                self.q(f"SELECT {_COLUMNS} FROM resources r WHERE r.rtype = ? AND r.deleted = 0 AND r.rid IN"
+                self.q(f"SELECT {COLUMNS} FROM resources r WHERE r.rtype = ? AND r.deleted = 0 AND r.rid IN"
                        " (SELECT x.rid FROM idx_ref x WHERE x.rtype = ? AND x.param = ? AND x.ttype = ?"
                        f" AND x.tid IN ({id_marks}))"),
                 (inc.source, inc.source, inc.param, query.rtype, *ids),
             )
-            out.extend(_row(row) for row in cur.fetchall())
+            out.extend(to_resource(row) for row in cur.fetchall())
         unique: dict[tuple[str, str], StoredResource] = {}
         for res in out:
             if (res.type, res.id) not in seen:
@@ -279,12 +250,12 @@ class SqlStore:
         out: list[StoredResource] = []
         for rtype, rid in refs:
             cur.execute(
-                self.q(f"SELECT {_COLUMNS} FROM resources r WHERE r.rtype = ? AND r.id = ? AND r.deleted = 0"),
+                self.q(f"SELECT {COLUMNS} FROM resources r WHERE r.rtype = ? AND r.id = ? AND r.deleted = 0"),
                 (rtype, rid),
             )
             row = cur.fetchone()
             if row:
-                out.append(_row(row))
+                out.append(to_resource(row))
         return out
 
     def compartment(self, rtype: str, rid: str, count: int, offset: int) -> tuple[list[StoredResource], int]:
@@ -295,9 +266,9 @@ class SqlStore:
         with self._read_cursor() as cur:
             cur.execute(self.q(f"SELECT COUNT(*) FROM resources r WHERE {where}"), params)
             total = int(cur.fetchone()[0])
-            cur.execute(self.q(f"SELECT {_COLUMNS} FROM resources r WHERE {where} ORDER BY r.rid LIMIT ? OFFSET ?"),
+            cur.execute(self.q(f"SELECT {COLUMNS} FROM resources r WHERE {where} ORDER BY r.rid LIMIT ? OFFSET ?"),
                         (*params, count, offset))
-            return [_row(row) for row in cur.fetchall()], total
+            return [to_resource(row) for row in cur.fetchall()], total
 
     # -- change feed -------------------------------------------------------------------------
     def changes(self, after: int, limit: int = 1000) -> list[Change]:
@@ -332,7 +303,9 @@ class SqlStore:
     def transaction(self) -> Iterator[SqlTransaction]:
         """A write transaction, committed on normal exit and rolled back on error."""
         with self._write_cursor() as cur:
-            yield SqlTransaction(self, cur)
+            tx = SqlTransaction(self, cur)
+            yield tx
+            tx.flush()
 
     def indexed_params(self, rtype: str) -> Any:
         """Parameters extracted on write for a type (cached)."""
@@ -456,147 +429,3 @@ class SqlStore:
         with self._read_cursor() as cur:
             cur.execute("SELECT 1")
             cur.fetchone()
-
-
-class SqlTransaction:
-    """Reads and writes inside one open database transaction."""
-
-    def __init__(self, store: SqlStore, cur: Cursor) -> None:
-        self.store = store
-        self.cur = cur
-
-    def read(self, rtype: str, rid: str) -> StoredResource | None:
-        """Current version inside this transaction."""
-        self.cur.execute(self.store.q(f"SELECT {_COLUMNS} FROM resources r WHERE r.rtype = ? AND r.id = ?"),
-                         (rtype, rid))
-        row = self.cur.fetchone()
-        return _row(row) if row else None
-
-    def search(self, query: SearchQuery) -> SearchResult:
-        """Search inside this transaction (sees its own writes)."""
-        return self.store._search(self.cur, query)
-
-    def create(self, resource: dict[str, Any], *, rid: str | None = None) -> WriteResult:
-        """Store a new resource; a server-assigned id when ``rid`` is None."""
-        new_id = rid or str(uuid.uuid4())
-        current = self._current(resource["resourceType"], new_id) if rid else None
-        if current is not None and not current[2]:
-            raise VersionConflict(current[1])
-        return self._write(resource, new_id, current, ChangeOp.CREATE if current is None else ChangeOp.UPDATE)
-
-    def update(
-        self, resource: dict[str, Any], *, if_match: int | None = None, skip_unchanged: bool = False
-    ) -> WriteResult:
-        """Store a new version (update-as-create when the id is new)."""
-        rtype, rid = resource["resourceType"], resource["id"]
-        current = self._current(rtype, rid)
-        if if_match is not None and (current is None or current[1] != if_match or current[2]):
-            raise VersionConflict(None if current is None or current[2] else current[1])
-        if skip_unchanged and current is not None and not current[2]:
-            if current[3] == _canonical_hash(self._body(resource, rid, None)):
-                existing = self.read(rtype, rid)
-                assert existing is not None
-                return WriteResult(existing, created=False)
-        op = ChangeOp.CREATE if current is None else ChangeOp.UPDATE
-        return self._write(resource, rid, current, op)
-
-    def delete(self, rtype: str, rid: str) -> StoredResource | None:
-        """Write a tombstone version; None when nothing live was there."""
-        current = self._current(rtype, rid)
-        if current is None or current[2]:
-            return None
-        return self._write(None, rid, current, ChangeOp.DELETE, rtype=rtype).resource
-
-    # -- internals ---------------------------------------------------------------------------
-    def _current(self, rtype: str, rid: str) -> tuple[int, int, bool, str | None] | None:
-        """(row id, version, deleted, content hash) of the current version."""
-        sql = "SELECT rid, version, deleted, chash FROM resources WHERE rtype = ? AND id = ?"
-        if self.store.dialect == "postgresql":
-            sql += " FOR UPDATE"
-        self.cur.execute(self.store.q(sql), (rtype, rid))
-        row = self.cur.fetchone()
-        return (int(row[0]), int(row[1]), bool(row[2]), row[3]) if row else None
-
-    @staticmethod
-    def _body(resource: dict[str, Any], rid: str, meta_extra: dict[str, str] | None) -> dict[str, Any]:
-        meta = resource.get("meta")
-        meta = {k: v for k, v in meta.items() if k not in _SKIP_META} if isinstance(meta, dict) else {}
-        if meta_extra:
-            meta.update(meta_extra)
-        body: dict[str, Any] = {"resourceType": resource["resourceType"], "id": rid}
-        if meta:
-            body["meta"] = meta
-        for key, value in resource.items():
-            if key not in ("resourceType", "id", "meta"):
-                body[key] = value
-        return body
-
-    def _write(
-        self,
-        resource: dict[str, Any] | None,
-        rid: str,
-        current: tuple[int, int, bool, str | None] | None,
-        op: ChangeOp,
-        rtype: str | None = None,
-    ) -> WriteResult:
-        store, cur, q = self.store, self.cur, self.store.q
-        rtype = rtype or (resource or {})["resourceType"]
-        version = current[1] + 1 if current else 1
-        now = time.time()
-        if resource is not None:
-            body = self._body(resource, rid, None)
-            chash: str | None = _canonical_hash(body)
-            meta = dict(body.get("meta") or {})
-            meta["versionId"] = str(version)
-            meta["lastUpdated"] = format_instant(now)
-            body = {"resourceType": rtype, "id": rid, "meta": meta,
-                    **{k: v for k, v in body.items() if k not in ("resourceType", "id", "meta")}}
-            content = orjson.dumps(body)
-            deleted = 0
-        else:
-            body, chash, content, deleted = {}, None, b"", 1
-        if current is None:
-            row_id = store._insert_returning(
-                cur,
-                "INSERT INTO resources (rtype, id, version, lu, deleted, chash, content) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (rtype, rid, version, now, deleted, chash, content),
-            )
-        else:
-            row_id = current[0]
-            cur.execute(
-                q("UPDATE resources SET version = ?, lu = ?, deleted = ?, chash = ?, content = ? WHERE rid = ?"),
-                (version, now, deleted, chash, content, row_id),
-            )
-            for table in ("idx_token", "idx_string", "idx_date", "idx_ref", "idx_number"):
-                cur.execute(q(f"DELETE FROM {table} WHERE rid = ?"), (row_id,))
-        cur.execute(q("INSERT INTO history (rtype, id, version, lu, deleted, content) VALUES (?, ?, ?, ?, ?, ?)"),
-                    (rtype, rid, version, now, deleted, content))
-        if resource is not None:
-            self._index(row_id, rtype, body)
-        cur.execute(q("INSERT INTO changes (rtype, id, version, op, at) VALUES (?, ?, ?, ?, ?)"),
-                    (rtype, rid, version, op.value, now))
-        created = current is None or current[2]
-        return WriteResult(StoredResource(rtype, rid, version, from_epoch(now), bool(deleted), content), created)
-
-    def _index(self, row_id: int, rtype: str, body: dict[str, Any]) -> None:
-        rows = extract(body, self.store.indexed_params(rtype))
-        cur, q = self.cur, self.store.q
-        if rows.token:
-            cur.executemany(q("INSERT INTO idx_token (rid, rtype, param, system, code) VALUES (?, ?, ?, ?, ?)"),
-                            [(row_id, rtype, *r) for r in rows.token])
-        if rows.string:
-            cur.executemany(q("INSERT INTO idx_string (rid, rtype, param, norm, exact) VALUES (?, ?, ?, ?, ?)"),
-                            [(row_id, rtype, *r) for r in rows.string])
-        if rows.date:
-            cur.executemany(q("INSERT INTO idx_date (rid, rtype, param, lo, hi) VALUES (?, ?, ?, ?, ?)"),
-                            [(row_id, rtype, *r) for r in rows.date])
-        if rows.reference:
-            cur.executemany(
-                q("INSERT INTO idx_ref (rid, rtype, param, ttype, tid, url) VALUES (?, ?, ?, ?, ?, ?)"),
-                [(row_id, rtype, *r) for r in rows.reference],
-            )
-        if rows.number:
-            cur.executemany(
-                q("INSERT INTO idx_number (rid, rtype, param, value, system, code) VALUES (?, ?, ?, ?, ?, ?)"),
-                [(row_id, rtype, *r) for r in rows.number],
-            )

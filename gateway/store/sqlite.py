@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from gateway.search.registry import SearchRegistry
-from gateway.store.sql import Cursor, SqlStore
+from gateway.store.rows import Cursor
+from gateway.store.sql import SqlStore
 
 
 class SQLiteStore(SqlStore):

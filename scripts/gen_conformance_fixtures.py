@@ -1,0 +1,70 @@
+"""Pick one official R4 example per resource type as the conformance suite's fixture.
+
+Run from the repository root: ``.venv/bin/python -m scripts.gen_conformance_fixtures``.
+
+For every resource type, among the examples of ``hl7.fhir.r4.examples@4.0.1`` that the R4B
+models and the strict checker accept, take the one for which the most search parameters
+can be probed (``conformance.search_values.probe``), the smaller file on ties, and skip
+files over 60 kB. The result, ``conformance/data/fixtures.json``, maps type → resource.
+The examples are CC0 (package.json of the npm package).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from conformance.search_values import NotProbed, load_definitions, probe
+from gateway.fhir.strict import check_strict
+from tests.support.examples import example_names, examples_dir, r4b_verdicts
+
+OUTPUT = Path(__file__).resolve().parents[1] / "conformance" / "data" / "fixtures.json"
+_MAX_BYTES = 60_000
+
+
+def _score(resource: dict[str, Any], params: list[Any]) -> int:
+    score = 0
+    for param in params:
+        try:
+            probe(param, resource)
+        except NotProbed:
+            continue
+        score += 1
+    return score
+
+
+def main() -> int:
+    """Write the fixture file and print the coverage."""
+    definitions = load_definitions()
+    verdicts = r4b_verdicts()
+    best: dict[str, tuple[int, int, str, dict[str, Any]]] = {}
+    for name in example_names():
+        path = examples_dir() / name
+        size = path.stat().st_size
+        if size > _MAX_BYTES:
+            continue
+        resource = json.loads(path.read_text(encoding="utf-8"))
+        rtype = resource["resourceType"]
+        verdict = verdicts[name]
+        if (verdict is not None and not verdict.startswith("no R4B model")) or check_strict(resource):
+            continue
+        params = [
+            p for p in definitions if rtype in p.base or "Resource" in p.base or "DomainResource" in p.base
+        ]
+        key = (_score(resource, params), -size)
+        if rtype not in best or key > best[rtype][:2]:
+            best[rtype] = (key[0], key[1], name, resource)
+    fixtures = {rtype: entry[3] for rtype, entry in sorted(best.items())}
+    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
+    OUTPUT.write_text(
+        json.dumps(fixtures, ensure_ascii=False, separators=(",", ":")) + "\n", encoding="utf-8"
+    )
+    covered = sum(entry[0] for entry in best.values())
+    print(f"wrote {OUTPUT} ({OUTPUT.stat().st_size:,} bytes, {len(fixtures)} types, {covered} probes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
