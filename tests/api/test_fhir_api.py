@@ -15,7 +15,7 @@ FHIR_JSON = "application/fhir+json"
 def assert_outcome(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith(FHIR_JSON)
-    body = response.json()
+    body: dict[str, Any] = response.json()
     assert body["resourceType"] == "OperationOutcome"
     if code is not None:
         assert body["issue"][0]["code"] == code
