@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from email.utils import format_datetime
+import time
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -32,10 +32,15 @@ def check_path_id(rid: str) -> str:
 
 def version_headers(res: StoredResource, base: str | None = None) -> dict[str, str]:
     """ETag, Last-Modified and (for writes) Location of a stored version."""
-    headers = {"ETag": res.etag, "Last-Modified": format_datetime(res.last_updated, usegmt=True)}
+    headers = {"ETag": res.etag, "Last-Modified": http_date(res.last_updated.timestamp())}
     if base is not None:
         headers["Location"] = f"{base}/{res.type}/{res.id}/_history/{res.version}"
     return headers
+
+
+def http_date(epoch: float) -> str:
+    """An RFC 9110 HTTP date (``Last-Modified``)."""
+    return time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(epoch))
 
 
 def write_response(request: Request, res: StoredResource, status: int, media: str, base: str) -> Response:

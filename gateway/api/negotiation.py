@@ -13,11 +13,16 @@ from gateway.errors import FhirError
 FHIR_JSON = "application/fhir+json"
 _JSON_TYPES = {"application/fhir+json", "application/json", "application/json+fhir"}
 _ACCEPTABLE = _JSON_TYPES | {"*/*", "application/*"}
+_COMMON_ACCEPT = {"application/fhir+json", "*/*", "application/fhir+json, */*; q=0.1"}
 _FORMATS = {"json", "application/json", "application/fhir+json", "application/json+fhir"}
 
 
 def response_type(request: Request) -> str:
     """Media type to answer with: FHIR JSON unless the client asked only for plain JSON (406 for XML)."""
+    if not request.scope["query_string"]:
+        accept = request.headers.get("accept")
+        if accept is None or accept in _COMMON_ACCEPT:
+            return FHIR_JSON
     fmt = request.query_params.get("_format")
     if fmt is not None:
         if fmt.split(";")[0].strip() not in _FORMATS:
