@@ -25,13 +25,14 @@ from conformance.capability import capability_statement
 from gateway import __version__
 from gateway.errors import GatewayError
 from gateway.fhir.outcome import operation_outcome
+from gateway.ingest import ingest_hook
 from gateway.search.query import QueryParser
 from gateway.search.registry import default_registry
 from gateway.settings import Settings
 from gateway.store import open_store
 from gateway.store.sql import SqlStore
 
-from . import fhir_read, fhir_write, health
+from . import admin_quarantine, fhir_read, fhir_write, health, ingest
 from .auth import Authenticator
 from .context import AppContext
 from .negotiation import fhir_response
@@ -68,7 +69,7 @@ def create_app(settings: Settings, *, store: SqlStore | None = None, hooks: list
         app.state.store = ctx.store
         stops: list[Callable[[], Awaitable[None]]] = []
         try:
-            for hook in hooks or []:
+            for hook in [*_BUILTIN_HOOKS, *(hooks or [])]:
                 stop = await hook(app, ctx)
                 if stop is not None:
                     stops.append(stop)
@@ -105,10 +106,14 @@ def create_app(settings: Settings, *, store: SqlStore | None = None, hooks: list
     return app
 
 
+# Services every app has (ingest compiles the mappings at start-up and refuses to start on
+# broken ones); ``hooks`` passed to create_app add optional ones such as delivery workers.
+_BUILTIN_HOOKS: list[Hook] = [ingest_hook]
+
+
 def _optional_routers() -> list[Any]:
-    """Routers of the ingest, admin and delivery packages."""
-    routers: list[Any] = []
-    return routers
+    """Routers of the ingest and admin areas."""
+    return [ingest.router, admin_quarantine.router]
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -11,6 +11,7 @@ from gateway.errors import FhirError, invalid, not_found
 from gateway.fhir.interactions import ID_RE
 from gateway.fhir.outcome import informational
 from gateway.fhir.types import RESOURCE_TYPES
+from gateway.search.query import MAX_INT_DIGITS
 from gateway.store.base import StoredResource
 
 from .negotiation import fhir_response, prefer
@@ -64,6 +65,6 @@ def parse_if_match(request: Request) -> int | None:
     if text.startswith("W/"):
         text = text[2:]
     text = text.strip('"')
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()) or len(text) > MAX_INT_DIGITS:
         raise FhirError('If-Match must be an ETag like W/"3"', status=400, code="invalid", expression=["If-Match"])
     return int(text)

@@ -16,7 +16,7 @@ from gateway.fhir import bundles
 from gateway.fhir.outcome import issue, outcome_of
 from gateway.fhir.subsetting import subset
 from gateway.search.dates import DateFormatError, date_range
-from gateway.search.query import SearchError, SearchQuery
+from gateway.search.query import MAX_INT_DIGITS, SearchError, SearchQuery, non_negative_int
 from gateway.store.base import SearchResult, StoredResource
 
 from .auth import authenticate, require_fhir
@@ -25,6 +25,8 @@ from .fhir_common import check_path_id, check_type, version_headers
 from .negotiation import fhir_response, prefer, read_body, response_type
 
 router = APIRouter(prefix="/fhir", tags=["FHIR"])
+# What datetime can hold; a time-zone offset can move 0001-01-01 or 9999-12-31 past it.
+_EARLIEST, _LATEST = datetime(1, 1, 1, tzinfo=UTC).timestamp(), datetime(9999, 12, 31, tzinfo=UTC).timestamp()
 
 
 @router.get("/metadata", summary="CapabilityStatement")
@@ -126,7 +128,7 @@ async def vread(request: Request, rtype: str, rid: str, vid: str) -> Response:
     check_path_id(rid)
     require_fhir(request, rtype, "r")
     media = response_type(request)
-    if not vid.isdigit():
+    if not (vid.isascii() and vid.isdigit()) or len(vid) > MAX_INT_DIGITS:
         raise not_found(f"{rtype}/{rid} has no version {vid[:20]!r}")
     ctx = ctx_of(request)
     res = await ctx.read(ctx.store.vread, rtype, rid, int(vid))
@@ -225,9 +227,11 @@ def _page_links(
 def _paging(request: Request, default: int, maximum: int) -> tuple[int, int]:
     raw_count = request.query_params.get("_count", str(default))
     raw_offset = request.query_params.get("_offset", "0")
-    if not raw_count.isdigit() or not raw_offset.isdigit():
-        raise FhirError("_count and _offset must be non-negative integers", status=400, code="invalid")
-    return min(int(raw_count), maximum), int(raw_offset)
+    try:
+        return non_negative_int(raw_count, "_count", cap=maximum), non_negative_int(raw_offset, "_offset")
+    except SearchError as exc:
+        raise FhirError("_count and _offset must be non-negative integers", status=400, code="invalid",
+                        expression=[exc.expression or "_count"]) from exc
 
 
 async def _history(request: Request, rtype: str | None, rid: str | None) -> Response:
@@ -238,7 +242,7 @@ async def _history(request: Request, rtype: str | None, rid: str | None) -> Resp
     raw_since = request.query_params.get("_since")
     if raw_since:
         try:
-            since = datetime.fromtimestamp(date_range(raw_since)[0], UTC)
+            since = datetime.fromtimestamp(min(max(date_range(raw_since)[0], _EARLIEST), _LATEST), UTC)
         except DateFormatError as exc:
             raise FhirError(f"_since: {exc}", status=400, code="invalid", expression=["_since"]) from exc
     versions, total = await ctx.read(

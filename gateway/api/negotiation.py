@@ -54,7 +54,11 @@ def check_content_type(request: Request, allowed: set[str] | None = None) -> Non
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refusing more than ``limit`` bytes with a 413 before reading it all."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    # ASCII digits only ("²".isdigit() holds) and no int() of an absurdly long number.
+    digits = (declared or "").lstrip("0")
+    if declared and declared.isascii() and declared.isdigit() and (
+        len(digits) > len(str(limit)) or int(digits or "0") > limit
+    ):
         raise FhirError(f"the request body is larger than the {limit} byte limit", status=413, code="too-costly")
     chunks: list[bytes] = []
     size = 0

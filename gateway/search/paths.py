@@ -11,9 +11,12 @@ offered (the CapabilityStatement only lists what compiled).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import cache
+from importlib import resources
 from typing import Any
 
 _NAME = r"[A-Za-z][A-Za-z0-9_]*"
@@ -114,6 +117,8 @@ def _compile_part(part: str, base: str) -> tuple[Step, ...] | object | None:
 
 def _field(name: str, choice_type: str | None) -> Step:
     key = name + choice_type[0].upper() + choice_type[1:] if choice_type else None
+    if key is None and name not in choice_elements():
+        return _plain_field(name)
 
     def step(values: list[Value]) -> list[Value]:
         out: list[Value] = []
@@ -135,6 +140,30 @@ def _field(name: str, choice_type: str | None) -> Step:
         return out
 
     return step
+
+
+def _plain_field(name: str) -> Step:
+    def step(values: list[Value]) -> list[Value]:
+        out: list[Value] = []
+        for value in values:
+            if isinstance(value, dict):
+                found = value.get(name)
+                if found is not None:
+                    if isinstance(found, list):
+                        out.extend(found)
+                    else:
+                        out.append(found)
+        return out
+
+    return step
+
+
+@cache
+def choice_elements() -> frozenset[str]:
+    """Names of the R4 choice elements (``value[x]``, ``effective[x]``, …) of any type."""
+    text = resources.files("gateway.fhir").joinpath("data/r4-elements.json").read_text("utf-8")
+    types = json.loads(text)["types"]
+    return frozenset(name for spec in types.values() for name in spec.get("c", ()))
 
 
 def _choice_value(obj: dict[str, Any], name: str) -> Value:

@@ -1,0 +1,215 @@
+"""Ingest benchmark (issue 3): records/s of mapping alone and of map + validate + store.
+
+Workload: every golden input record of the shipped mappings (``mappings/*/tests``) that maps
+without error, round-robin: CommCare forms and cases, CHT reports and contacts, ODK and Kobo
+submissions and CSV rows, 1 to 23 resources per record (9 on average).
+
+Rows, measured in one run, in one process:
+
+* mapping alone, ``compiled``: the engine as shipped (expressions compiled once, simple
+  paths as lookups), and ``naive``: the same mapping files with every expression through
+  ``fhirpathpy.evaluate`` (re-parsed on every call) and every produced resource
+  round-tripped through its ``fhir.resources`` R4B model. CPU time of this process
+  (``time.process_time``), best of several slices: the machine is shared.
+* map + validate + store: ``IngestService.ingest`` as ``POST /ingest`` runs it (mapping,
+  strict FHIR check and R4B model validation of every resource, one store transaction and
+  commit per request), on SQLite (``synchronous=FULL``) and PostgreSQL, with one record per
+  request (how CHT and CommCare push) and 100 per request (a JSON array or CSV file). Every
+  record gets a fresh record id, so every record writes new resources (people and CHWs are
+  shared across records, as in real traffic). Wall-clock time, since the database works in
+  other processes. The naive row runs the naive mapping through the same store path.
+
+Run: ``python -m bench.ingest_bench [--seconds S] [--pg URL]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+from fhir.resources.R4B import get_fhir_model_class
+
+from gateway.ingest import IngestService, MappingRegistry, ReceivedRecord
+from gateway.mapping import MappingError, MappingSet, load_mapping_sets
+from gateway.mapping.golden import find_cases
+from gateway.mapping.inputs import read_records
+from gateway.search.query import QueryParser
+from gateway.search.registry import default_registry
+from gateway.settings import SourceConfig
+from gateway.store import open_store
+
+MAPPINGS = Path(__file__).resolve().parent.parent / "mappings"
+PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def workload(sets: dict[str, MappingSet]) -> list[tuple[str, Any]]:
+    """(set name, record) for every golden record that maps cleanly."""
+    items: list[tuple[str, Any]] = []
+    for name, mapping_set in sorted(sets.items()):
+        for case in find_cases(mapping_set):
+            records, _ = read_records(case.input_path)
+            for record in records:
+                try:
+                    mapping_set.map_record(record)
+                except MappingError:
+                    continue
+                items.append((name, record))
+    return items
+
+
+def naive_round_trip(bundle: dict[str, Any]) -> dict[str, Any]:
+    """Every resource through its fhir.resources model and back to JSON."""
+    for entry in bundle["entry"]:
+        resource = entry["resource"]
+        model = get_fhir_model_class(resource["resourceType"]).model_validate(resource)
+        entry["resource"] = model.model_dump(mode="json")
+    return bundle
+
+
+def measure(
+    run_one: Callable[[str, Any], Any], items: list[tuple[str, Any]], seconds: float, windows: int = 7
+) -> tuple[float, int]:
+    """Best records per CPU-second over ``windows`` slices of ``seconds``, and resources per record.
+
+    The best slice is reported: on a shared machine, other processes only ever slow a
+    slice down, so the fastest one is the closest to this code's own cost.
+    """
+    for name, record in items:  # warm-up (caches, lazy imports)
+        run_one(name, record)
+    best = 0.0
+    resources = done = 0
+    for _ in range(windows):
+        count = 0
+        start = time.process_time()
+        while True:
+            for name, record in items:
+                resources += len(run_one(name, record)["entry"])
+            count += len(items)
+            elapsed = time.process_time() - start
+            if elapsed >= seconds / windows:
+                break
+        done += count
+        best = max(best, count / elapsed)
+    return best, resources // max(done, 1)
+
+
+def fresh_records(
+    sets: dict[str, MappingSet], items: list[tuple[str, Any]]
+) -> Iterator[tuple[str, ReceivedRecord]]:
+    """The workload forever, each record under a new record id (so it writes new resources)."""
+    for round_number in itertools.count():
+        for name, record in items:
+            key = sets[name].record_key(record)
+            assert key is not None
+            raw = orjson.dumps(record).replace(key.encode(), f"{key}~{round_number}".encode())
+            yield name, ReceivedRecord(0, orjson.loads(raw), raw, "application/json")
+
+
+@contextmanager
+def open_bench_store(kind: str, pg_url: str) -> Iterator[Any]:
+    """A fresh store: a temporary SQLite file, or a PostgreSQL schema dropped afterwards."""
+    if kind == "sqlite":
+        with tempfile.TemporaryDirectory() as folder:
+            store = open_store(f"sqlite:///{folder}/bench.db")
+            try:
+                yield store
+            finally:
+                store.close()
+        return
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    store = open_store(f"{pg_url}?schema={schema}")
+    try:
+        yield store
+    finally:
+        store.close()
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def measure_store(
+    sets: dict[str, MappingSet],
+    items: list[tuple[str, Any]],
+    kind: str,
+    per_request: int,
+    seconds: float,
+    pg_url: str,
+    interpret: bool = False,
+) -> float:
+    """Records/s (wall clock) through ``IngestService.ingest``, ``per_request`` records a call."""
+    sources = [SourceConfig(name=name, kind="json", mapping=name) for name in sets]
+    registry = MappingRegistry(MAPPINGS, sources, interpret=interpret)
+    with open_bench_store(kind, pg_url) as store:
+        service = IngestService(store, QueryParser(default_registry(), 20, 100), registry)
+        stream = fresh_records(sets, items)
+        for _ in range(len(items)):  # warm-up
+            name, received = next(stream)
+            service.ingest(name, [received])
+        done = 0
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            by_source: dict[str, list[ReceivedRecord]] = {}
+            for _ in range(per_request):
+                name, received = next(stream)
+                by_source.setdefault(name, []).append(received)
+            for name, received_list in by_source.items():
+                report = service.ingest(name, received_list)
+                assert report.quarantined == 0
+                done += len(received_list)
+        return done / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--seconds", type=float, default=3.0, help="seconds per row (default 3)")
+    parser.add_argument("--pg", default=PG_URL, help=f"PostgreSQL URL (default {PG_URL})")
+    args = parser.parse_args(argv)
+
+    compiled = load_mapping_sets(MAPPINGS)
+    naive = load_mapping_sets(MAPPINGS, interpret=True)
+    items = workload(compiled)
+    print(f"workload: {len(items)} distinct records from {len(compiled)} mapping sets, round-robin")
+
+    rate, per_record = measure(lambda name, record: compiled[name].map_record(record), items, args.seconds)
+    naive_rate, _ = measure(
+        lambda name, record: naive_round_trip(naive[name].map_record(record)), items, args.seconds / 3
+    )
+    rows: list[tuple[str, float, float]] = [
+        ("mapping alone, compiled (shipped)", rate, naive_rate),
+        ("mapping alone, naive baseline", naive_rate, naive_rate),
+    ]
+    naive_store = measure_store(compiled, items, "sqlite", 1, args.seconds, args.pg, interpret=True)
+    for kind, label in (("sqlite", "SQLite"), ("postgresql", "PostgreSQL")):
+        for per_request in (1, 100):
+            value = measure_store(compiled, items, kind, per_request, args.seconds, args.pg)
+            rows.append((f"map+validate+store, {label}, {per_request}/request", value, naive_store))
+    rows.append(("map+validate+store, SQLite, 1/request, naive", naive_store, naive_store))
+
+    print(f"\n{per_record} resources per record on average\n")
+    print(f"{'row':48} {'records/s':>10} {'vs naive':>9}")
+    for label, value, baseline in rows:
+        print(f"{label:48} {value:10,.0f} {value / baseline:8.1f}x")
+    ok = rate >= 5000 and rate / naive_rate >= 10
+    print(
+        f"\ngoal, mapping alone >= 5,000 records/s and >= 10x naive on one core: {'met' if ok else 'NOT met'}"
+    )
+    best_store = max(
+        value for label, value, _ in rows if label.startswith("map+validate+store") and "naive" not in label
+    )
+    verdict = "met" if best_store >= 1000 else "NOT met"
+    print(f"goal, end to end >= 1,000 records/s: {verdict} (best {best_store:,.0f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

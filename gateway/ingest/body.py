@@ -1,0 +1,118 @@
+"""Turning an ingest request body into records, each with the bytes to keep if it fails.
+
+Accepted bodies: one JSON object, a JSON array of objects (``application/json`` or any
+``+json`` type; a missing Content-Type means JSON) or CSV with a header line
+(``text/csv``). Only UTF-8 is accepted. Anything else is refused as a whole with a 4xx
+before a single record is touched, because it is not a record the sender could fix one
+by one: not JSON, a JSON scalar, an array holding non-objects, nesting deeper than the
+limit, more records than the limit, another charset or media type.
+
+What is kept for a failed record (``ReceivedRecord.raw``): the body itself for a single
+object; the item re-serialised as JSON for an array; the header plus the row as CSV for a
+CSV line. Each can be replayed on its own.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gateway.errors import FhirError, invalid
+from gateway.fhir.parse import parse_json
+from gateway.mapping.inputs import InputError, parse_csv
+
+__all__ = ["CSV", "JSON", "ReceivedRecord", "split_body"]
+
+JSON = "application/json"
+CSV = "text/csv"
+_JSON_TYPES = frozenset({"application/json", "application/fhir+json", "text/json"})
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedRecord:
+    """One record of a request: its position, parsed value, and bytes for the quarantine."""
+
+    index: int
+    record: Any
+    raw: bytes
+    content_type: str
+
+
+def _media_type(content_type: str | None) -> str:
+    if content_type is None or not content_type.strip():
+        return JSON
+    media, *params = (part.strip() for part in content_type.split(";"))
+    media = media.lower()
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            raise FhirError(
+                f"charset {value.strip()[:20]!r} is not supported; send UTF-8",
+                status=415,
+                code="not-supported",
+            )
+    if media in _JSON_TYPES or media.endswith("+json"):
+        return JSON
+    if media in ("text/csv", "application/csv"):
+        return CSV
+    raise FhirError(
+        f"Content-Type {media[:60]!r} is not supported; send application/json or text/csv",
+        status=415,
+        code="not-supported",
+    )
+
+
+def split_body(
+    body: bytes, content_type: str | None, *, max_depth: int = 64, max_records: int = 1000
+) -> list[ReceivedRecord]:
+    """The records in a request body; raises a 4xx ``FhirError`` for a body that is not records."""
+    media = _media_type(content_type)
+    if media == CSV:
+        records = _csv_records(body)
+    else:
+        records = _json_records(body, max_depth)
+    if not records:
+        raise invalid("the request holds no records", code="required")
+    if len(records) > max_records:
+        raise FhirError(
+            f"{len(records)} records in one request; send at most {max_records} per request",
+            status=413,
+            code="too-costly",
+        )
+    return records
+
+
+def _json_records(body: bytes, max_depth: int) -> list[ReceivedRecord]:
+    data = parse_json(body, max_depth=max_depth)
+    if isinstance(data, dict):
+        return [ReceivedRecord(0, data, body, JSON)]
+    if not isinstance(data, list):
+        raise invalid("send a JSON object (one record) or an array of objects", code="structure")
+    for index, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise invalid(
+                f"item {index} of the array is not a JSON object", [f"$[{index}]"], code="structure"
+            )
+    return [ReceivedRecord(index, item, orjson.dumps(item), JSON) for index, item in enumerate(data)]
+
+
+def _csv_records(body: bytes) -> list[ReceivedRecord]:
+    try:
+        rows = parse_csv(body)
+    except InputError as exc:
+        raise invalid(str(exc), code="structure") from exc
+    if not rows:
+        return []
+    header = list(rows[0])
+    records: list[ReceivedRecord] = []
+    for index, row in enumerate(rows):
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\r\n")
+        writer.writerow(header)
+        writer.writerow([row[name] for name in header])
+        records.append(ReceivedRecord(index, row, buffer.getvalue().encode("utf-8"), CSV))
+    return records

@@ -1,0 +1,147 @@
+"""``gateway quarantine …``: list and replay records that could not be ingested.
+
+Works directly on the store named by the settings, with the mapping files as they are on
+disk now, so the usual cycle is: ``gateway quarantine list`` → fix the mapping →
+``gateway mappings test`` → ``gateway quarantine replay --all``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+
+from gateway.errors import FhirError
+from gateway.ingest.registry import IngestConfigError, MappingRegistry
+from gateway.ingest.service import IngestService, RecordResult
+
+__all__ = ["quarantine_app"]
+
+quarantine_app = typer.Typer(
+    name="quarantine", help="Records that could not be ingested.", no_args_is_help=True, add_completion=False
+)
+
+
+@contextmanager
+def _service(config: Path | None) -> Iterator[IngestService]:
+    from gateway.cli import settings_from  # the CLI's one way to build Settings
+    from gateway.search.query import QueryParser
+    from gateway.search.registry import default_registry
+    from gateway.store import open_store
+
+    settings = settings_from(config)
+    try:
+        registry = MappingRegistry(settings.mappings_dir, settings.sources)
+    except IngestConfigError as exc:
+        typer.echo(f"gateway: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    store = open_store(settings.store_url)
+    try:
+        parser = QueryParser(default_registry(), settings.search.default_count, settings.search.max_count)
+        yield IngestService(store, parser, registry)
+    finally:
+        store.close()
+
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", envvar="GATEWAY_CONFIG", help="YAML config file", dir_okay=False),
+]
+
+
+def _echo_result(result: RecordResult) -> None:
+    if result.status == "quarantined":
+        issue = (result.outcome or {}).get("issue", [{}])[0]
+        typer.echo(f"  #{result.quarantine_id}: still held: {issue.get('diagnostics', '')}")
+    else:
+        typer.echo(f"  #{result.quarantine_id}: {result.status}, {len(result.resources)} resource(s)")
+
+
+@quarantine_app.command("list")
+def list_records(
+    config: ConfigOption = None,
+    source: Annotated[str | None, typer.Option(help="Only this source.")] = None,
+    status: Annotated[str, typer.Option(help="held, replayed, discarded or all.")] = "held",
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+) -> None:
+    """List quarantined records, oldest first, with the reason each failed."""
+    with _service(config) as service:
+        found = service.store.quarantine_list(
+            source=source, status=None if status == "all" else status, limit=limit
+        )
+    for held in found:
+        issue = held.outcome.get("issue", [{}])[0]
+        if as_json:
+            line = {
+                "id": held.qid,
+                "source": held.source,
+                "record": held.record_key,
+                "status": held.status,
+                "received": held.received.isoformat(),
+                "attempts": held.attempts,
+                "outcome": held.outcome,
+            }
+            typer.echo(orjson.dumps(line).decode())
+        else:
+            reason = f"{issue.get('code', '')}: {issue.get('diagnostics', '')}"
+            typer.echo(
+                f"#{held.qid} {held.received:%Y-%m-%d %H:%M} {held.source} {held.record_key or '-'} "
+                f"[{held.status}, {held.attempts} attempt(s)] {reason}"
+            )
+    if not as_json:
+        typer.echo(f"{len(found)} record(s)")
+
+
+@quarantine_app.command("replay")
+def replay(
+    ids: Annotated[
+        list[int] | None, typer.Argument(help="Quarantine ids to replay.", show_default=False)
+    ] = None,
+    config: ConfigOption = None,
+    all_held: Annotated[bool, typer.Option("--all", help="Replay every held record.")] = False,
+    source: Annotated[str | None, typer.Option(help="With --all: only this source.")] = None,
+) -> None:
+    """Run held records again with the mapping files as they are now."""
+    if bool(ids) == all_held:
+        typer.echo("gateway: give quarantine ids or --all", err=True)
+        raise typer.Exit(2)
+    with _service(config) as service:
+        results: list[RecordResult] = []
+        if all_held:
+            results = service.replay_all(source)
+        else:
+            for qid in ids or []:
+                try:
+                    results.append(service.replay(qid))
+                except FhirError as exc:
+                    typer.echo(f"  #{qid}: {exc.diagnostics}", err=True)
+                    results.append(
+                        RecordResult(0, None, "quarantined", quarantine_id=qid, outcome=exc.outcome())
+                    )
+    for result in results:
+        _echo_result(result)
+    still = sum(1 for result in results if result.status == "quarantined")
+    typer.echo(f"{len(results) - still} replayed, {still} still held")
+    if still:
+        raise typer.Exit(1)
+
+
+@quarantine_app.command("discard")
+def discard(
+    ids: Annotated[list[int], typer.Argument(help="Quarantine ids to give up on.")],
+    config: ConfigOption = None,
+) -> None:
+    """Mark held records discarded (they are kept, not deleted)."""
+    with _service(config) as service:
+        for qid in ids:
+            try:
+                service.discard(qid)
+            except FhirError as exc:
+                typer.echo(f"gateway: {exc.diagnostics}", err=True)
+                raise typer.Exit(1) from exc
+    typer.echo(f"{len(ids)} record(s) discarded")

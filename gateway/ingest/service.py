@@ -1,0 +1,341 @@
+"""The ingest service: records in, FHIR resources stored, failures quarantined.
+
+For every record of a request:
+
+1. the source's mapping set turns it into a transaction Bundle (``MappingError`` if not);
+2. ``process_bundle`` validates every resource and writes them all in one store
+   transaction, PUT by deterministic id, skipping resources whose content did not change
+   (so a duplicate delivery writes nothing, an edited record makes new versions);
+3. a record that failed 1 or 2 goes to the quarantine with its OperationOutcome, to be
+   replayed once the mapping (or the sender) is fixed. Nothing received is lost.
+
+The records of one request (a JSON array, a CSV file) are written up to ``BATCH_RECORDS``
+per transaction, because the commit (an fsync) costs as much as writing a record. Each
+record stays all-or-nothing: when one record of a batch is refused the batch is rolled
+back and its records are written one by one, so only the refused record is quarantined.
+
+Failures of the database itself are not record failures: they propagate, the request
+fails with a 5xx, and senders (CommCare, CHT) retry.
+
+Logs carry source, counts, quarantine ids, issue codes and field paths; never values.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from gateway.errors import FhirError, GatewayError
+from gateway.fhir.transaction import process_bundle
+from gateway.ingest.body import CSV, ReceivedRecord
+from gateway.ingest.registry import MappingRegistry
+from gateway.mapping import MappingSet
+from gateway.mapping.inputs import InputError, parse_csv
+from gateway.search.dates import format_instant
+from gateway.search.query import QueryParser
+from gateway.store.base import QuarantinedRecord, ResourceStore
+
+__all__ = ["IngestReport", "IngestService", "RecordResult", "WrittenResource"]
+
+log = logging.getLogger("gateway.ingest")
+
+
+@dataclass(frozen=True, slots=True)
+class WrittenResource:
+    """A resource a record produced: ``change`` is created, updated or unchanged."""
+
+    type: str
+    id: str
+    version: str
+    change: str
+
+    def to_json(self) -> dict[str, str]:
+        """As listed in the ingest response."""
+        return {"type": self.type, "id": self.id, "version": self.version, "change": self.change}
+
+
+@dataclass(slots=True)
+class RecordResult:
+    """What happened to one record: ``status`` is stored, unchanged or quarantined."""
+
+    index: int
+    record_key: str | None
+    status: str
+    resources: list[WrittenResource] = field(default_factory=list)
+    quarantine_id: int | None = None
+    outcome: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """As listed in the ingest response."""
+        out: dict[str, Any] = {"index": self.index, "status": self.status}
+        if self.record_key is not None:
+            out["record"] = self.record_key
+        if self.resources:
+            out["resources"] = [resource.to_json() for resource in self.resources]
+        if self.quarantine_id is not None:
+            out["quarantine_id"] = self.quarantine_id
+        if self.outcome is not None:
+            out["outcome"] = self.outcome
+        return out
+
+
+@dataclass(slots=True)
+class IngestReport:
+    """The results of one ingest request, one per record, in order."""
+
+    source: str
+    results: list[RecordResult]
+
+    @property
+    def quarantined(self) -> int:
+        """How many records went to the quarantine."""
+        return sum(1 for result in self.results if result.status == "quarantined")
+
+    def to_json(self) -> dict[str, Any]:
+        """The ingest response body."""
+        counts = {"stored": 0, "unchanged": 0, "quarantined": 0}
+        for result in self.results:
+            counts[result.status] += 1
+        return {
+            "source": self.source,
+            "records": len(self.results),
+            **counts,
+            "results": [result.to_json() for result in self.results],
+        }
+
+
+class IngestService:
+    """Maps, validates, stores and quarantines records of the configured sources.
+
+    Usage::
+
+        service = IngestService(store, parser, MappingRegistry(Path("mappings"), settings.sources))
+        report = service.ingest("cht", split_body(body, content_type))
+    """
+
+    def __init__(self, store: ResourceStore, parser: QueryParser, registry: MappingRegistry) -> None:
+        self.store = store
+        self.parser = parser
+        self.registry = registry
+
+    def ingest(self, source_name: str, records: list[ReceivedRecord], base: str = "") -> IngestReport:
+        """Handle every record of one request; see the module docstring."""
+        source = self.registry.source(source_name)
+        mapping_set = self.registry.mapping_set(source)
+        results: list[RecordResult | None] = [None] * len(records)
+        mapped: list[_Mapped] = []
+        for position, received in enumerate(records):
+            key = mapping_set.record_key(received.record)
+            try:
+                bundle = mapping_set.map_record(received.record)
+            except GatewayError as exc:
+                results[position] = self._quarantine(source.name, received, key, exc)
+                continue
+            mapped.append(_Mapped(position, received, key, bundle))
+        for batch in _batches(mapped):
+            self._store_batch(source.name, batch, results, base)
+        report = IngestReport(source.name, [result for result in results if result is not None])
+        log.info("ingest source=%s records=%d quarantined=%d", source.name, len(records), report.quarantined)
+        return report
+
+    def _quarantine(
+        self, source: str, received: ReceivedRecord, key: str | None, exc: GatewayError
+    ) -> RecordResult:
+        outcome = exc.outcome()
+        held = self.store.quarantine_add(source, received.raw, received.content_type, outcome, key)
+        _log_quarantine(source, held.qid, exc)
+        return RecordResult(received.index, key, "quarantined", quarantine_id=held.qid, outcome=outcome)
+
+    def _store_batch(
+        self, source: str, batch: list[_Mapped], results: list[RecordResult | None], base: str
+    ) -> None:
+        """Write the Bundles of several records in one transaction (one commit).
+
+        Each record is still all-or-nothing: if any record's resources are refused, the
+        whole transaction rolls back and every record of the batch is written on its own.
+        """
+        entries: list[dict[str, Any]] = []
+        urls_of: list[list[str]] = []
+        seen: set[str] = set()
+        for item in batch:
+            urls: list[str] = []
+            for entry in item.bundle["entry"]:
+                url = entry["request"]["url"]
+                urls.append(url)
+                if url not in seen:  # identical in every record of the batch (see _batches)
+                    seen.add(url)
+                    entries.append(entry)
+            urls_of.append(urls)
+        try:
+            written = self._write(entries, base) if len(batch) > 1 else None
+        except GatewayError:
+            written = None  # some record is refused: find it by writing them one by one
+        if written is None:
+            for item in batch:
+                try:
+                    alone = self._write(item.bundle["entry"], base)
+                except GatewayError as exc:
+                    results[item.position] = self._quarantine(source, item.received, item.key, exc)
+                    continue
+                results[item.position] = _stored(item, alone)
+            return
+        by_url = {f"{w.type}/{w.id}": w for w in written}
+        for item, urls in zip(batch, urls_of, strict=True):
+            results[item.position] = _stored(item, [by_url[url] for url in urls])
+
+    def store_record(self, mapping_set: MappingSet, record: Any, base: str = "") -> list[WrittenResource]:
+        """Map one record and store its Bundle in one transaction; raises ``GatewayError``."""
+        return self._write(mapping_set.map_record(record)["entry"], base)
+
+    def _write(self, entries: list[dict[str, Any]], base: str) -> list[WrittenResource]:
+        if not entries:
+            return []
+        started = format_instant(time.time())
+        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+        response = process_bundle(
+            self.store, self.parser, bundle, base, return_resources=False, skip_unchanged=True
+        )
+        written: list[WrittenResource] = []
+        for entry in response.get("entry", []):
+            answer = entry["response"]
+            rtype, rid, _, version = answer["location"].split("/")
+            if answer["status"].startswith("201"):
+                change = "created"
+            elif answer.get("lastModified", started) < started:
+                change = "unchanged"  # skip_unchanged returned the existing, older version
+            else:
+                change = "updated"
+            written.append(WrittenResource(rtype, rid, version, change))
+        return written
+
+    # -- quarantine ------------------------------------------------------------------------
+    def replay(self, qid: int, base: str = "") -> RecordResult:
+        """Run a held record again with the current mappings; it is marked replayed or stays held."""
+        held = self.store.quarantine_get(qid)
+        if held is None:
+            raise FhirError(f"no quarantined record {qid}", status=404, code="not-found")
+        if held.status != "held":
+            raise FhirError(
+                f"quarantined record {qid} is {held.status}, not held", status=409, code="conflict"
+            )
+        source = self.registry.sources.get(held.source)
+        if source is None:
+            raise FhirError(f"source {held.source!r} is no longer configured", status=409, code="conflict")
+        mapping_set = self.registry.mapping_set(source)
+        try:
+            record = _parse_kept(held)
+            key = mapping_set.record_key(record)
+            written = self.store_record(mapping_set, record, base)
+        except GatewayError as exc:
+            outcome = exc.outcome()
+            self.store.quarantine_update(qid, status="held", outcome=outcome)
+            _log_quarantine(held.source, qid, exc, replay=True)
+            return RecordResult(0, held.record_key, "quarantined", quarantine_id=qid, outcome=outcome)
+        self.store.quarantine_update(qid, status="replayed")
+        log.info("quarantine replayed source=%s qid=%d resources=%d", held.source, qid, len(written))
+        status = "unchanged" if written and all(w.change == "unchanged" for w in written) else "stored"
+        return RecordResult(0, key, status, written, quarantine_id=qid)
+
+    def replay_all(
+        self, source: str | None = None, base: str = "", limit: int = 10_000
+    ) -> list[RecordResult]:
+        """Replay every held record (of one source, or all), oldest first, up to ``limit``."""
+        results: list[RecordResult] = []
+        after = 0
+        while len(results) < limit:
+            page = self.store.quarantine_list(source=source, status="held", after=after, limit=100)
+            if not page:
+                break
+            for held in page:
+                after = held.qid
+                try:
+                    results.append(self.replay(held.qid, base))
+                except FhirError as exc:  # e.g. its source is no longer configured: leave it held
+                    results.append(
+                        RecordResult(
+                            0, held.record_key, "quarantined", quarantine_id=held.qid, outcome=exc.outcome()
+                        )
+                    )
+        return results
+
+    def discard(self, qid: int) -> None:
+        """Give up on a held record (kept, marked discarded)."""
+        held = self.store.quarantine_get(qid)
+        if held is None:
+            raise FhirError(f"no quarantined record {qid}", status=404, code="not-found")
+        if held.status != "held":
+            raise FhirError(
+                f"quarantined record {qid} is {held.status}, not held", status=409, code="conflict"
+            )
+        self.store.quarantine_update(qid, status="discarded")
+
+
+#: Records written in one transaction at most (one commit, one fsync, for all of them).
+BATCH_RECORDS = 100
+
+
+@dataclass(frozen=True, slots=True)
+class _Mapped:
+    position: int
+    received: ReceivedRecord
+    key: str | None
+    bundle: dict[str, Any]
+
+
+def _batches(mapped: list[_Mapped]) -> list[list[_Mapped]]:
+    """Consecutive records that can share a transaction: a resource two records both make
+    must be identical in both (two versions of one Patient go to separate transactions, in
+    order, so the later record wins as it would one by one)."""
+    batches: list[list[_Mapped]] = []
+    current: list[_Mapped] = []
+    contents: dict[str, Any] = {}
+    for item in mapped:
+        clash = any(
+            contents.get(entry["request"]["url"], entry["resource"]) != entry["resource"]
+            for entry in item.bundle["entry"]
+        )
+        if current and (clash or len(current) >= BATCH_RECORDS):
+            batches.append(current)
+            current, contents = [], {}
+        current.append(item)
+        for entry in item.bundle["entry"]:
+            contents.setdefault(entry["request"]["url"], entry["resource"])
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _stored(item: _Mapped, written: list[WrittenResource]) -> RecordResult:
+    status = "unchanged" if written and all(w.change == "unchanged" for w in written) else "stored"
+    return RecordResult(item.received.index, item.key, status, written)
+
+
+def _parse_kept(held: QuarantinedRecord) -> Any:
+    """The record a quarantine entry keeps (a 422 ``FhirError`` if it cannot be read)."""
+    try:
+        if held.content_type == CSV:
+            rows = parse_csv(held.body)
+            if len(rows) != 1:
+                raise InputError(f"{len(rows)} rows")
+            return rows[0]
+        return orjson.loads(held.body)
+    except (InputError, orjson.JSONDecodeError) as exc:
+        raise FhirError("the kept record cannot be read back", status=422, code="structure") from exc
+
+
+def _log_quarantine(source: str, qid: int, exc: GatewayError, *, replay: bool = False) -> None:
+    issues = exc.issues()
+    first = issues[0] if issues else {}
+    where = ",".join(first.get("expression", [])[:1])
+    log.warning(
+        "%s source=%s qid=%d code=%s at=%s",
+        "replay failed" if replay else "quarantined",
+        source,
+        qid,
+        first.get("code", exc.code),
+        where[:120],
+    )

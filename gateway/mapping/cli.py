@@ -1,0 +1,142 @@
+"""``gateway mappings …``: integrator tooling for mapping files.
+
+* ``validate``: load every mapping and ConceptMap; exit 1 listing ``file:line: problem``;
+* ``run SET FILE``: dry run, print the Bundle (or OperationOutcome) for each record;
+* ``test [SET…]``: golden tests, with a readable diff on failure (``--update`` rewrites);
+* ``coverage [SET…]``: source fields no rule reads, rules that never fired.
+
+``SET`` is a mapping set name: the folder under ``--dir`` and what a configured source's
+``mapping`` names.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+
+from gateway.mapping.coverage import mapping_coverage
+from gateway.mapping.engine import MappingSet
+from gateway.mapping.golden import fhir_problems, find_cases, map_outcome, run_case
+from gateway.mapping.inputs import InputError, read_records
+from gateway.mapping.loader import LoadedMappings, load_mappings
+
+__all__ = ["mappings_app"]
+
+mappings_app = typer.Typer(
+    name="mappings",
+    help="Validate, dry-run, test and measure the coverage of mapping files.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+DirOption = Annotated[
+    Path, typer.Option("--dir", "-d", help="The mappings folder.", file_okay=False, show_default=True)
+]
+SetsArgument = Annotated[
+    list[str] | None, typer.Argument(help="Mapping sets (default: all).", show_default=False)
+]
+
+
+def _load(root: Path) -> LoadedMappings:
+    loaded = load_mappings(root)
+    if loaded.issues:
+        for issue in loaded.issues:
+            typer.echo(str(issue), err=True)
+        typer.echo(f"{len(loaded.issues)} problem(s) in {root}", err=True)
+        raise typer.Exit(1)
+    return loaded
+
+
+def _pick(loaded: LoadedMappings, names: list[str] | None) -> list[MappingSet]:
+    if not names:
+        return list(loaded.sets.values())
+    unknown = [name for name in names if name not in loaded.sets]
+    if unknown:
+        known = ", ".join(sorted(loaded.sets)) or "none"
+        typer.echo(f"unknown mapping set {unknown[0]!r} (known: {known})", err=True)
+        raise typer.Exit(2)
+    return [loaded.sets[name] for name in names]
+
+
+@mappings_app.command()
+def validate(root: DirOption = Path("mappings")) -> None:
+    """Check every mapping file and ConceptMap: schema, FHIRPath, converters, references."""
+    loaded = _load(root)
+    count = sum(len(mapping_set.mappings) for mapping_set in loaded.sets.values())
+    typer.echo(f"ok: {len(loaded.sets)} set(s), {count} mapping(s), {len(loaded.tables)} ConceptMap(s)")
+
+
+@mappings_app.command()
+def run(
+    mapping_set: Annotated[str, typer.Argument(metavar="SET", help="Mapping set to apply.")],
+    file: Annotated[Path, typer.Argument(help="A .json record (or array of records) or a .csv file.")],
+    root: DirOption = Path("mappings"),
+) -> None:
+    """Dry run: print the transaction Bundle(s) a record file produces; nothing is stored."""
+    loaded = _load(root)
+    (selected,) = _pick(loaded, [mapping_set])
+    try:
+        records, many = read_records(file)
+    except (InputError, OSError) as exc:
+        typer.echo(f"cannot read {file}: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    outputs = [map_outcome(selected, record) for record in records]
+    failed = sum(1 for output in outputs if output.get("resourceType") == "OperationOutcome")
+    sys.stdout.write(
+        orjson.dumps(outputs if many else outputs[0], option=orjson.OPT_INDENT_2).decode() + "\n"
+    )
+    problems = [problem for output in outputs for problem in fhir_problems(output)]
+    for problem in problems:
+        typer.echo(f"invalid FHIR: {problem}", err=True)
+    if failed or problems:
+        typer.echo(f"{failed} of {len(outputs)} record(s) refused, {len(problems)} FHIR problem(s)", err=True)
+        raise typer.Exit(1)
+
+
+@mappings_app.command()
+def test(
+    sets: SetsArgument = None,
+    root: DirOption = Path("mappings"),
+    update: Annotated[bool, typer.Option("--update", help="Rewrite expected files from the output.")] = False,
+) -> None:
+    """Run the golden tests in <set>/tests/ (input + expected Bundle per case)."""
+    loaded = _load(root)
+    failures = 0
+    total = 0
+    for mapping_set in _pick(loaded, sets):
+        for case in find_cases(mapping_set):
+            total += 1
+            result = run_case(mapping_set, case, update=update)
+            typer.echo(f"{result.status.upper():7} {case.set_name}/{case.name}")
+            for line in result.lines:
+                typer.echo(f"        {line}")
+            if result.status == "fail":
+                failures += 1
+    typer.echo(f"{total - failures} passed, {failures} failed" if not update else f"{total} case(s) written")
+    if failures or total == 0:
+        raise typer.Exit(1)
+
+
+@mappings_app.command()
+def coverage(sets: SetsArgument = None, root: DirOption = Path("mappings")) -> None:
+    """Report source fields no rule reads and rules that never fired on the golden inputs."""
+    loaded = _load(root)
+    for mapping_set in _pick(loaded, sets):
+        for report in mapping_coverage(loaded, mapping_set):
+            read = report.fields - len(report.unread)
+            fired = report.rules - len(report.never_fired)
+            typer.echo(
+                f"{mapping_set.name}/{report.mapping}: {report.records} record(s), "
+                f"fields read {read}/{report.fields}, rules fired {fired}/{report.rules}"
+            )
+            if report.records == 0:
+                typer.echo("    no golden input matches this mapping")
+                continue
+            for path in report.unread:
+                typer.echo(f"    unread field: {path}")
+            for rule in report.never_fired:
+                typer.echo(f"    rule never fired: {rule}")

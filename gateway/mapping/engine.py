@@ -1,0 +1,373 @@
+"""Running compiled mappings: one source record in, one FHIR transaction Bundle out.
+
+``MappingSet.map_record(record)`` picks the mapping whose ``match`` is true and runs it:
+
+1. evaluate ``record_id`` and the ``let`` values, in file order;
+2. decide which single (non-repeating) rules fire and give each its deterministic id, so
+   any rule can refer to another as ``%name`` whatever their order;
+3. run the rules in file order (repeating rules once per ``for_each`` item);
+4. stamp every resource with ``meta.source`` (the source system) and a ``meta.tag`` naming
+   the mapping and its version; add the record identifier to record-scoped resources;
+5. add a Provenance whose entity is the source record and whose targets are the resources.
+
+Every entry is a ``PUT Type/<deterministic id>``, so resubmitting a record updates the same
+resources. The output is plain JSON-ready dicts: validation happens once, in the store path.
+Nothing here reads the clock, so the same record always gives the same Bundle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.mapping.errors import MappingError, quote
+from gateway.mapping.expressions import Expression
+from gateway.mapping.ids import entity_id, record_key
+from gateway.mapping.rules import DEFAULTS_KEY, RuleProgram
+from gateway.mapping.templates import MISSING, Builder, copier
+from gateway.mapping.values import to_boolean
+
+__all__ = ["MAPPING_TAG_SYSTEM", "CompiledMapping", "CompiledRule", "MappingSet"]
+
+#: ``meta.tag`` system naming the mapping (``code`` = ``name@version``) on every resource.
+MAPPING_TAG_SYSTEM = "urn:chw-gateway:mapping"
+#: Upper bound of ``for_each`` items per rule: a malformed record must not explode a Bundle.
+MAX_REPEAT = 1000
+
+Env = dict[str, list[Any]]
+
+
+def truthy(values: list[Any], path: str) -> bool:
+    """A condition's result: true, false, yes/no text; nothing counts as false."""
+    if not values:
+        return False
+    if len(values) > 1:
+        raise MappingError(path, f"gives {len(values)} values; a condition needs one", code="value")
+    value = values[0]
+    if type(value) is bool:
+        return value
+    if type(value) is str and not value.strip():
+        return False
+    return to_boolean(value, path)
+
+
+def _single_text(values: list[Any], path: str, what: str) -> str:
+    kept = [value for value in values if value is not None and not (type(value) is str and not value.strip())]
+    if len(kept) != 1 or type(kept[0]) in (dict, list, bool):
+        detail = "nothing" if not kept else quote(kept if len(kept) > 1 else kept[0])
+        raise MappingError(path, f"{what} must be one text or number, got {detail}", code="required")
+    value = kept[0]
+    if type(value) is float and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+@dataclass(slots=True)
+class CompiledRule:
+    """A rule ready to run: conditions, repetition, identity and its resource factory."""
+
+    name: str
+    program: RuleProgram
+    when: Expression | None = None
+    for_each: Expression | None = None
+    key: Expression | None = None
+    entity: Expression | None = None
+    identifier_shapes: dict[str, str | None] = field(default_factory=dict)
+
+    def ids(self, system: str, key: str) -> dict[str, str]:
+        """Deterministic ids of every resource type this rule makes, for one key."""
+        types = self.program.resource_types
+        if len(types) == 1:
+            return {types[0]: entity_id(system, types[0], key)}
+        return {rtype: entity_id(system, rtype, key) for rtype in types}
+
+
+@dataclass(slots=True)
+class CompiledMapping:
+    """One mapping file, compiled: call ``map`` with a record (a dict)."""
+
+    name: str
+    version: str
+    set_name: str
+    system: str
+    file: str
+    record_id: Expression
+    match: Expression | None
+    lets: list[tuple[str, Builder]]
+    defaults: list[tuple[str, Builder]]
+    rules: list[CompiledRule]
+    recorded: Builder
+    agent: Builder | None
+    description: str = ""
+    recorded_path: str = "provenance.recorded"  # names the record field in errors
+    _meta: Callable[[], dict[str, Any]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._meta = copier(
+            {"source": self.system, "tag": [{"system": MAPPING_TAG_SYSTEM, "code": self.tag}]}
+        )
+
+    @property
+    def tag(self) -> str:
+        """``name@version``, as written in ``meta.tag`` and Provenance.policy."""
+        return f"{self.name}@{self.version}"
+
+    def matches(self, record: dict[str, Any]) -> bool:
+        """Whether this mapping handles the record (``match`` true, or no ``match``)."""
+        if self.match is None:
+            return True
+        try:
+            return self.match.run(record, {"system": [self.system]}) == [True]
+        except MappingError:
+            return False
+
+    def map(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The transaction Bundle for one record; raises ``MappingError``."""
+        return self.map_traced(record, None)
+
+    def map_traced(self, record: dict[str, Any], fired: set[str] | None) -> dict[str, Any]:
+        """``map``, also adding the name of every rule that produced something to ``fired``."""
+        if type(record) is not dict:
+            raise MappingError("$", "a record must be a JSON object", code="structure", mapping=self.name)
+        try:
+            record_id = _single_text(self.record_id.run(record, {}), self.record_id.text, "the record id")
+        except MappingError as exc:
+            exc.mapping = self.name
+            raise
+        env: Env = {
+            "record_id": [record_id],
+            "system": [self.system],
+            "mapping": [self.name],
+            "version": [self.version],
+        }
+        for name, builder in self.lets:
+            try:
+                value = builder(record, env)
+            except MappingError as exc:
+                raise exc.in_rule(f"let {name}", self.name) from None
+            env[name] = [] if value is MISSING else value if type(value) is list else [value]
+        planned: list[tuple[CompiledRule, dict[str, str] | None]] = []
+        for rule in self.rules:
+            if rule.for_each is not None:
+                planned.append((rule, None))
+                continue
+            try:
+                ids = self._plan_single(rule, record, env, record_id)
+            except MappingError as exc:
+                raise exc.in_rule(rule.name, self.name) from None
+            if ids is None:
+                env[rule.name] = []
+            else:
+                primary = rule.program.resource_types[0]
+                env[rule.name] = [{"reference": f"{primary}/{ids[primary]}"}]
+                planned.append((rule, ids))
+        values: dict[str, Any] = {}
+        for name, builder in self.defaults:
+            try:
+                values[name] = builder(record, env)
+            except MappingError as exc:
+                raise exc.in_rule(f"defaults.{name}", self.name) from None
+        env[DEFAULTS_KEY] = [values]
+        entries: dict[tuple[str, str], dict[str, Any]] = {}
+        for rule, ids in planned:
+            try:
+                if ids is not None:
+                    made = rule.program.factory(record, env, ids)
+                    self._add(entries, rule, made, record_id, scoped=rule.entity is None)
+                else:
+                    self._run_repeat(entries, rule, record, env, record_id)
+            except MappingError as exc:
+                raise exc.in_rule(rule.name, self.name) from None
+            if fired is not None and made_any(entries, rule.name):
+                fired.add(rule.name)
+        return self._bundle(entries, record, env, record_id)
+
+    def _plan_single(
+        self, rule: CompiledRule, record: Any, env: Env, record_id: str
+    ) -> dict[str, str] | None:
+        if rule.when is not None and not truthy(rule.when.run(record, env), rule.when.text):
+            return None
+        if rule.entity is not None:
+            key = _single_text(rule.entity.run(record, env), rule.entity.text, "the entity id")
+        else:
+            key = record_key(record_id, rule.name)
+        return rule.ids(self.system, key)
+
+    def _run_repeat(
+        self,
+        entries: dict[tuple[str, str], dict[str, Any]],
+        rule: CompiledRule,
+        record: Any,
+        env: Env,
+        record_id: str,
+    ) -> None:
+        assert rule.for_each is not None
+        items = [item for item in rule.for_each.run(record, env) if item is not None and item != ""]
+        if len(items) > MAX_REPEAT:
+            raise MappingError(
+                rule.for_each.text, f"{len(items)} items; at most {MAX_REPEAT}", code="too-costly"
+            )
+        for index, item in enumerate(items):
+            local = dict(env)
+            local["item"] = [item]
+            local["index"] = [index]
+            if rule.when is not None and not truthy(rule.when.run(record, local), rule.when.text):
+                continue
+            if rule.key is not None:
+                repeat_key = _single_text(rule.key.run(record, local), rule.key.text, "the repeat key")
+            else:
+                repeat_key = str(index)
+            local["key"] = [repeat_key]
+            if rule.entity is not None:
+                key = _single_text(rule.entity.run(record, local), rule.entity.text, "the entity id")
+            else:
+                key = record_key(record_id, rule.name, repeat_key)
+            made = rule.program.factory(record, local, rule.ids(self.system, key))
+            self._add(entries, rule, made, record_id, scoped=rule.entity is None)
+
+    def _add(
+        self,
+        entries: dict[tuple[str, str], dict[str, Any]],
+        rule: CompiledRule,
+        made: list[dict[str, Any]],
+        record_id: str,
+        *,
+        scoped: bool,
+    ) -> None:
+        for made_resource in made:
+            rtype, rid = made_resource["resourceType"], made_resource["id"]
+            resource: dict[str, Any] = {"resourceType": rtype, "id": rid, "meta": self._meta()}
+            resource.update(made_resource)
+            if scoped:
+                shape = rule.identifier_shapes.get(rtype)
+                own = {"system": f"{self.system}:record", "value": record_id}
+                if shape == "list":
+                    current = resource.get("identifier")
+                    if type(current) is list:
+                        current.append(own)
+                    elif current is None:
+                        resource["identifier"] = [own]
+                elif shape == "single" and "identifier" not in resource:
+                    resource["identifier"] = own
+            resource["_rule"] = rule.name
+            previous = entries.get((rtype, rid))
+            if previous is not None:
+                if {k: v for k, v in previous.items() if k != "_rule"} == {
+                    k: v for k, v in resource.items() if k != "_rule"
+                }:
+                    continue
+                raise MappingError(
+                    rule.name,
+                    f"makes {rtype} with a key already used by rule {previous['_rule']}",
+                    code="duplicate",
+                )
+            entries[(rtype, rid)] = resource
+
+    def _bundle(
+        self, entries: dict[tuple[str, str], dict[str, Any]], record: Any, env: Env, record_id: str
+    ) -> dict[str, Any]:
+        bundle_entries: list[dict[str, Any]] = []
+        targets: list[dict[str, str]] = []
+        for (rtype, rid), resource in entries.items():
+            del resource["_rule"]
+            bundle_entries.append(
+                {"resource": resource, "request": {"method": "PUT", "url": f"{rtype}/{rid}"}}
+            )
+            targets.append({"reference": f"{rtype}/{rid}"})
+        if bundle_entries:
+            provenance = self._provenance(targets, record, env, record_id)
+            bundle_entries.append(
+                {
+                    "resource": provenance,
+                    "request": {"method": "PUT", "url": f"Provenance/{provenance['id']}"},
+                }
+            )
+        return {"resourceType": "Bundle", "type": "transaction", "entry": bundle_entries}
+
+    def _provenance(
+        self, targets: list[dict[str, str]], record: Any, env: Env, record_id: str
+    ) -> dict[str, Any]:
+        try:
+            recorded = self.recorded(record, env)
+            agent = self.agent(record, env) if self.agent is not None else MISSING
+        except MappingError as exc:
+            raise exc.in_rule("provenance", self.name) from None
+        if recorded is MISSING or type(recorded) is not str:
+            raise MappingError(
+                self.recorded_path,
+                "the record has no time for Provenance.recorded",
+                code="required",
+                mapping=self.name,
+            )
+        if len(recorded) == 10:
+            recorded += "T00:00:00Z"
+        if agent is MISSING:
+            agent = {"display": self.system}
+        return {
+            "resourceType": "Provenance",
+            "id": entity_id(self.system, "Provenance", record_id),
+            "meta": self._meta(),
+            "target": targets,
+            "recorded": recorded,
+            "policy": [f"{MAPPING_TAG_SYSTEM}:{self.name}:{self.version}"],
+            "agent": [
+                {
+                    "type": {
+                        "coding": [
+                            {
+                                "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                                "code": "author",
+                            }
+                        ]
+                    },
+                    "who": agent,
+                }
+            ],
+            "entity": [
+                {
+                    "role": "source",
+                    "what": {
+                        "identifier": {"system": f"{self.system}:record", "value": record_id},
+                        "display": f"{self.set_name} record mapped by {self.tag}",
+                    },
+                }
+            ],
+        }
+
+
+def made_any(entries: dict[tuple[str, str], dict[str, Any]], rule: str) -> bool:
+    """Whether any entry so far came from ``rule``."""
+    return any(resource.get("_rule") == rule for resource in entries.values())
+
+
+@dataclass(slots=True)
+class MappingSet:
+    """The mappings one source uses (``mappings/<set>/``): ``map_record`` is the engine."""
+
+    name: str
+    system: str
+    mappings: list[CompiledMapping]
+    title: str = ""
+    folder: str = ""
+
+    def select(self, record: Any) -> CompiledMapping:
+        """The first mapping whose ``match`` accepts the record."""
+        if type(record) is not dict:
+            raise MappingError("$", "a record must be a JSON object", code="structure")
+        for mapping in self.mappings:
+            if mapping.matches(record):
+                return mapping
+        raise MappingError("$", f"no mapping of set {self.name!r} matches this record", code="not-supported")
+
+    def map_record(self, record: Any) -> dict[str, Any]:
+        """One source record → one FHIR transaction Bundle (a dict); raises ``MappingError``."""
+        return self.select(record).map(record)
+
+    def record_key(self, record: Any) -> str | None:
+        """The record's own id as its mapping reads it, or None if that is not possible."""
+        try:
+            mapping = self.select(record)
+            return _single_text(mapping.record_id.run(record, {}), mapping.record_id.text, "the record id")
+        except MappingError:
+            return None

@@ -1,0 +1,279 @@
+"""Loading ``mappings/``: ConceptMaps, mapping sets and their mapping files, compiled once.
+
+Layout::
+
+    mappings/
+      conceptmaps/*.yaml          FHIR ConceptMaps (code tables), shared by all sets
+      <set>/set.yaml              SetSpec: name, source system URI, file order
+      <set>/<record-type>.yaml    MappingSpec, one per source record type
+      <set>/tests/                golden tests (see golden.py)
+
+Every problem found (YAML syntax, schema, FHIRPath syntax, unknown converters, variables,
+ConceptMaps or FHIR elements) is collected as a ``LoadIssue`` with file and line, so
+``gateway mappings validate`` lists them all at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydantic
+
+from gateway.mapping.conceptmaps import ConceptTable, load_concept_tables
+from gateway.mapping.converters import CompileContext
+from gateway.mapping.engine import CompiledMapping, CompiledRule, MappingSet
+from gateway.mapping.errors import LoadIssue, MappingLoadError
+from gateway.mapping.expressions import Expression, Scope
+from gateway.mapping.rules import compile_rule, defaults_reader, identifier_shape
+from gateway.mapping.spec import MappingSpec, SetSpec
+from gateway.mapping.templates import Builder, TemplateCompiler
+from gateway.mapping.yamlfile import NodePath, YamlDocument, YamlSyntaxError, format_path, read_yaml
+
+__all__ = ["LoadedMappings", "load_mapping_sets", "load_mappings", "validate_mappings"]
+
+_BUILTINS = frozenset({"record_id", "system", "mapping", "version"})
+_REPEAT = frozenset({"item", "index"})
+_RESERVED = _BUILTINS | _REPEAT | {"key", "context", "ucum", "resource", "rootResource"}
+SET_FILE = "set.yaml"
+CONCEPTMAP_DIR = "conceptmaps"
+
+
+@dataclass(slots=True)
+class LoadedMappings:
+    """Everything loaded from one mappings folder (``issues`` empty when all is well)."""
+
+    root: Path
+    sets: dict[str, MappingSet] = field(default_factory=dict)
+    tables: dict[str, ConceptTable] = field(default_factory=dict)
+    issues: list[LoadIssue] = field(default_factory=list)
+    #: per mapping tag: every compiled expression with its node path (for coverage)
+    expressions: dict[str, list[tuple[NodePath, Expression]]] = field(default_factory=dict)
+    tables_used: set[str] = field(default_factory=set)
+
+
+def load_mappings(root: Path, *, interpret: bool = False) -> LoadedMappings:
+    """Load and compile everything under ``root``; never raises for bad files."""
+    loaded = LoadedMappings(root)
+    if not root.is_dir():
+        loaded.issues.append(LoadIssue(str(root), 0, "", "mappings folder not found"))
+        return loaded
+    loaded.tables = load_concept_tables(root / CONCEPTMAP_DIR, loaded.issues)
+    for folder in sorted(path for path in root.iterdir() if path.is_dir() and (path / SET_FILE).is_file()):
+        mapping_set = _load_set(folder, loaded, interpret)
+        if mapping_set is None:
+            continue
+        if mapping_set.name in loaded.sets:
+            loaded.issues.append(
+                LoadIssue(str(folder / SET_FILE), 1, "name", f"set {mapping_set.name!r} twice")
+            )
+            continue
+        loaded.sets[mapping_set.name] = mapping_set
+    return loaded
+
+
+def load_mapping_sets(root: Path, *, interpret: bool = False) -> dict[str, MappingSet]:
+    """Load every mapping set under ``root``; raises ``MappingLoadError`` listing all issues."""
+    loaded = load_mappings(root, interpret=interpret)
+    if loaded.issues:
+        raise MappingLoadError(loaded.issues)
+    return loaded.sets
+
+
+def validate_mappings(root: Path) -> list[LoadIssue]:
+    """Every problem in the mapping and ConceptMap files under ``root`` (empty if none)."""
+    return load_mappings(root).issues
+
+
+def _validated(model: type[pydantic.BaseModel], doc: YamlDocument, file: str, issues: list[LoadIssue]) -> Any:
+    try:
+        return model.model_validate(doc.data)
+    except pydantic.ValidationError as exc:
+        for error in exc.errors():
+            where = doc.data_path(error["loc"])
+            message = error["msg"]
+            if error["type"] == "extra_forbidden":
+                message = "unknown field (check the spelling)"
+            elif error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+                message = "kind must be one of: resource, observation, referral"
+                where = doc.data_path((*where, "kind"))
+            issues.append(LoadIssue(file, doc.line_of(where), _describe(where, doc), message))
+        return None
+
+
+def _describe(path: NodePath, doc: YamlDocument) -> str:
+    text = format_path(path)
+    if len(path) >= 2 and path[0] == "rules" and isinstance(path[1], int):
+        try:
+            name = doc.data["rules"][path[1]].get("name")
+        except (KeyError, IndexError, TypeError, AttributeError):
+            name = None
+        if name:
+            head = f"rules[{path[1]}] ({name})"
+            rest = format_path(path[2:])
+            return f"{head}.{rest}" if rest and not rest.startswith("[") else head + rest
+    return text
+
+
+def _load_set(folder: Path, loaded: LoadedMappings, interpret: bool) -> MappingSet | None:
+    set_file = folder / SET_FILE
+    try:
+        doc = read_yaml(set_file)
+    except YamlSyntaxError as exc:
+        loaded.issues.append(LoadIssue(str(set_file), exc.line, "", exc.message))
+        return None
+    spec: SetSpec | None = _validated(SetSpec, doc, str(set_file), loaded.issues)
+    if spec is None:
+        return None
+    if spec.mappings is not None:
+        files = [folder / name for name in spec.mappings]
+        for index, path in enumerate(files):
+            if not path.is_file():
+                line = doc.line_of(("mappings", index))
+                loaded.issues.append(
+                    LoadIssue(str(set_file), line, f"mappings[{index}]", f"{path.name} not found")
+                )
+        files = [path for path in files if path.is_file()]
+    else:
+        files = sorted(path for path in folder.glob("*.yaml") if path.name != SET_FILE)
+    mappings: list[CompiledMapping] = []
+    names: set[str] = set()
+    for path in files:
+        compiled = _load_mapping(path, spec, loaded, interpret)
+        if compiled is None:
+            continue
+        if compiled.name in names:
+            loaded.issues.append(
+                LoadIssue(str(path), 1, "mapping", f"mapping name {compiled.name!r} used twice")
+            )
+        names.add(compiled.name)
+        mappings.append(compiled)
+    if not files:
+        loaded.issues.append(LoadIssue(str(set_file), 1, "", "the set has no mapping files"))
+    return MappingSet(spec.name, spec.system, mappings, spec.title, str(folder))
+
+
+def _load_mapping(
+    path: Path, set_spec: SetSpec, loaded: LoadedMappings, interpret: bool
+) -> CompiledMapping | None:
+    file = str(path)
+    try:
+        doc = read_yaml(path)
+    except YamlSyntaxError as exc:
+        loaded.issues.append(LoadIssue(file, exc.line, "", exc.message))
+        return None
+    spec: MappingSpec | None = _validated(MappingSpec, doc, file, loaded.issues)
+    if spec is None:
+        return None
+    ctx = CompileContext(
+        system=set_spec.system,
+        tables=loaded.tables,
+        constants={"system": [set_spec.system], "mapping": [spec.mapping], "version": [spec.version]},
+    )
+    compiler = TemplateCompiler(ctx, interpret=interpret)
+    compiled = _compile(spec, set_spec, file, compiler)
+    for node_path, message in compiler.issues:
+        loaded.issues.append(LoadIssue(file, doc.line_of(node_path), _describe(node_path, doc), message))
+    loaded.tables_used |= ctx.tables_used
+    if compiler.issues or compiled is None:
+        return None
+    loaded.expressions[compiled.tag] = compiler.expressions
+    return compiled
+
+
+def _compile(spec: MappingSpec, set_spec: SetSpec, file: str, tc: TemplateCompiler) -> CompiledMapping | None:
+    issues = tc.issues
+    rule_names: set[str] = set()
+    for index, rule in enumerate(spec.rules):
+        if rule.name in rule_names:
+            issues.append((("rules", index, "name"), f"rule name {rule.name!r} is used twice"))
+        rule_names.add(rule.name)
+    for name in spec.let:
+        if name in _RESERVED:
+            issues.append((("let", name), f"%{name} is reserved; choose another name"))
+        if name in rule_names:
+            issues.append((("let", name), f"%{name} is also a rule name"))
+    record_id = tc.expression(spec.record_id, ("record_id",), Scope(frozenset(), "record_id runs first"))
+    match = (
+        tc.expression(spec.match, ("match",), Scope(frozenset({"system"}), "match sees only %system"))
+        if spec.match is not None
+        else None
+    )
+    lets: list[tuple[str, Builder]] = []
+    visible = set(_BUILTINS)
+    for name, value in spec.let.items():
+        scope = Scope(frozenset(visible), "a let sees built-ins and earlier lets only")
+        lets.append((name, tc.template(value, ("let", name), scope).build))
+        visible.add(name)
+    condition_vars = frozenset(visible)
+    singles = frozenset(rule.name for rule in spec.rules if rule.for_each is None)
+    body_vars = condition_vars | singles
+    body_scope = Scope(body_vars, "rules see built-ins, lets and single (non-repeating) rules")
+    defaults: list[tuple[str, Builder]] = []
+    readers: dict[str, Builder] = {}
+    for field_name in ("subject", "encounter", "effective", "performer"):
+        value = getattr(spec.defaults, field_name)
+        if value is not None:
+            defaults.append((field_name, tc.template(value, ("defaults", field_name), body_scope).build))
+            readers[field_name] = defaults_reader(field_name)
+    recorded = tc.template(spec.provenance.recorded, ("provenance", "recorded"), body_scope).build
+    agent = (
+        tc.template(spec.provenance.agent, ("provenance", "agent"), body_scope).build
+        if spec.provenance.agent is not None
+        else None
+    )
+    rules: list[CompiledRule] = []
+    for index, rule in enumerate(spec.rules):
+        path: NodePath = ("rules", index)
+        repeat = rule.for_each is not None
+        extra = _REPEAT if repeat else frozenset()
+        condition_scope = Scope(condition_vars | extra, "when/for_each/key/id see built-ins and lets")
+        compiled = CompiledRule(
+            rule.name,
+            compile_rule(rule, tc, readers, Scope(body_vars | extra | ({"key"} if repeat else set())), path),
+        )
+        if rule.for_each is not None:
+            compiled.for_each = tc.expression(rule.for_each, (*path, "for_each"), Scope(condition_vars))
+        elif rule.key is not None:
+            issues.append(((*path, "key"), "key needs for_each"))
+        if rule.when is not None:
+            compiled.when = tc.expression(rule.when, (*path, "when"), condition_scope)
+        if rule.key is not None and repeat:
+            compiled.key = tc.expression(rule.key, (*path, "key"), condition_scope)
+        if rule.id is not None:
+            id_scope = Scope(
+                condition_scope.variables | ({"key"} if repeat else set()), condition_scope.where
+            )
+            compiled.entity = tc.expression(rule.id, (*path, "id"), id_scope)
+        for rtype in compiled.program.resource_types:
+            try:
+                compiled.identifier_shapes[rtype] = identifier_shape(rtype)
+            except (ValueError, KeyError, AttributeError):
+                compiled.identifier_shapes[rtype] = None
+        rules.append(compiled)
+    if record_id is None or issues:
+        return None
+    return CompiledMapping(
+        name=spec.mapping,
+        version=spec.version,
+        set_name=set_spec.name,
+        system=set_spec.system,
+        file=file,
+        record_id=record_id,
+        match=match,
+        lets=lets,
+        defaults=defaults,
+        rules=rules,
+        recorded=recorded,
+        agent=agent,
+        description=spec.description,
+        recorded_path=_expression_text(spec.provenance.recorded) or "provenance.recorded",
+    )
+
+
+def _expression_text(value: Any) -> str | None:
+    """``"{{ doc.reported_date | epoch_ms }}"`` → ``"doc.reported_date"`` (for error paths)."""
+    if isinstance(value, str) and value.strip().startswith("{{") and value.strip().endswith("}}"):
+        return value.strip()[2:-2].split("|")[0].strip() or None
+    return None

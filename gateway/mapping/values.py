@@ -1,0 +1,217 @@
+"""Parsing source answers into FHIR-ready values, with errors that name the field.
+
+Source apps send nearly everything as text (``"48.5"``, ``"yes"``, ``"2025-05-13"``); each
+function here accepts the forms the shipped sources use and raises ``MappingError`` with the
+source path and a (truncated) quote of the value for anything else. Nothing is guessed:
+``"48,5"`` is an error, not 48.5 or 485.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+from gateway.mapping.errors import MappingError, quote
+
+__all__ = [
+    "blank",
+    "fail",
+    "from_epoch",
+    "human_name",
+    "position",
+    "to_boolean",
+    "to_date",
+    "to_datetime",
+    "to_decimal",
+    "to_integer",
+    "to_text",
+]
+
+
+_TRUE = frozenset({"yes", "true", "y", "1"})
+_FALSE = frozenset({"no", "false", "n", "0"})
+_INT_RE = re.compile(r"^[+-]?\d{1,18}$")
+_DECIMAL_RE = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
+_PARTIAL_DATE_RE = re.compile(r"^\d{4}(?:-(?:0[1-9]|1[0-2]))?$")
+_FHIR_DATETIME_RE = re.compile(
+    r"^\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])T(?:[01]\d|2[0-3]):[0-5]\d:(?:[0-5]\d|60)"
+    r"(?:\.\d{1,9})?(?:Z|[+-](?:(?:0\d|1[0-3]):[0-5]\d|14:00))$"
+)
+_EPOCH_MIN, _EPOCH_MAX = -62135596800, 253402300799  # 0001-01-01 .. 9999-12-31
+
+
+def blank(value: Any) -> bool:
+    """None, or a string that is empty or all spaces: an unanswered question."""
+    return value is None or (type(value) is str and not value.strip())
+
+
+def fail(path: str, value: Any, what: str) -> MappingError:
+    """The error for a value that is not ``what``."""
+    return MappingError(path, f"{quote(value)} is not {what}", code="value")
+
+
+def to_text(value: Any, path: str) -> str:
+    """A scalar as text (``true``/``false`` for booleans, no ``.0`` on whole numbers)."""
+    vtype = type(value)
+    if vtype is str:
+        return value  # type: ignore[no-any-return]
+    if vtype is bool:
+        return "true" if value else "false"
+    if vtype is int:
+        return str(value)
+    if vtype is float or isinstance(value, Decimal):
+        number = float(value)
+        return str(int(number)) if number.is_integer() and abs(number) < 1e15 else repr(number)
+    raise fail(path, value, "a text value")
+
+
+def to_integer(value: Any, path: str) -> int:
+    """A whole number from an int, a numeric text or an integral float."""
+    vtype = type(value)
+    if vtype is int:
+        return value  # type: ignore[no-any-return]
+    if vtype is str and _INT_RE.match(value.strip()):
+        return int(value)
+    if (vtype is float or isinstance(value, Decimal)) and math.isfinite(value) and float(value).is_integer():
+        return int(value)
+    raise fail(path, value, "a whole number")
+
+
+def to_decimal(value: Any, path: str) -> float | int:
+    """A JSON number; whole numbers written without a point stay integers ("118" → 118)."""
+    vtype = type(value)
+    if vtype is int:
+        return value  # type: ignore[no-any-return]
+    if vtype is float or isinstance(value, Decimal):
+        number = float(value)
+    elif vtype is str and _DECIMAL_RE.match(value.strip()):
+        text = value.strip()
+        if _INT_RE.match(text):
+            return int(text)
+        number = float(text)
+    else:
+        raise fail(path, value, "a number")
+    if not math.isfinite(number):
+        raise fail(path, value, "a finite number")
+    return number
+
+
+def to_boolean(value: Any, path: str) -> bool:
+    """yes/no, true/false, y/n, 1/0 (any case) → bool."""
+    vtype = type(value)
+    if vtype is bool:
+        return value  # type: ignore[no-any-return]
+    if vtype is int and value in (0, 1):
+        return bool(value)
+    if vtype is str:
+        lowered = value.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+    raise fail(path, value, "yes/no or true/false")
+
+
+def to_date(value: Any, path: str) -> str:
+    """An ISO date (or the date part of a date-time); partial dates (YYYY, YYYY-MM) allowed."""
+    if type(value) is not str:
+        raise fail(path, value, "a date")
+    text = value.strip()
+    if _PARTIAL_DATE_RE.match(text):
+        return text
+    try:
+        if len(text) == 10:
+            return date.fromisoformat(text).isoformat()
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise fail(path, value, "a date (YYYY-MM-DD)") from None
+    if len(text) >= 10 and text[:10] == parsed.date().isoformat():
+        return text[:10]
+    return parsed.date().isoformat()
+
+
+def to_datetime(value: Any, path: str) -> str:
+    """A FHIR dateTime; a time without zone is taken as UTC."""
+    if type(value) is not str:
+        raise fail(path, value, "a date-time")
+    text = value.strip()
+    if len(text) <= 10:
+        return to_date(text, path)
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise fail(path, value, "an ISO 8601 date-time") from None
+    if parsed.tzinfo is None:
+        # Naive times are UTC in the sources we know (Kobo _submission_time, CommCare metadata).
+        parsed = parsed.replace(tzinfo=UTC)
+        text = text + "Z"
+    if _FHIR_DATETIME_RE.match(text):
+        return text
+    return _format_instant(parsed)
+
+
+def _format_instant(moment: datetime) -> str:
+    timespec = "milliseconds" if moment.microsecond % 1000 == 0 else "microseconds"
+    if moment.microsecond == 0:
+        timespec = "seconds"
+    text = moment.isoformat(timespec=timespec)
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+def from_epoch(value: Any, path: str, scale: int) -> str:
+    """A date-time from seconds (``scale`` 1) or milliseconds (1000) since 1970."""
+    vtype = type(value)
+    if vtype is str and _DECIMAL_RE.match(value.strip()):
+        number = float(value)
+    elif vtype is int or vtype is float or isinstance(value, Decimal):
+        number = float(value)
+    else:
+        raise fail(path, value, "a timestamp number")
+    seconds = number / scale
+    if not math.isfinite(seconds) or not _EPOCH_MIN <= seconds <= _EPOCH_MAX:
+        raise fail(path, value, "a timestamp in range")
+    return _format_instant(datetime.fromtimestamp(round(seconds, 3), tz=UTC))
+
+
+def human_name(value: Any, path: str) -> dict[str, Any]:
+    """A HumanName from a full name: the last word is the family name."""
+    words = to_text(value, path).split()
+    name: dict[str, Any] = {"text": " ".join(words)}
+    if len(words) > 1:
+        name["family"] = words[-1]
+        name["given"] = words[:-1]
+    else:
+        name["given"] = words
+    return name
+
+
+def position(value: Any, path: str) -> dict[str, float]:
+    """Location.position from "lat lon [alt acc]", a GeoJSON Point or {latitude, longitude}."""
+    lat: Any
+    lon: Any
+    alt: Any = None
+    if type(value) is str:
+        parts = value.split()
+        if len(parts) < 2:
+            raise fail(path, value, "a 'lat lon [alt acc]' geopoint")
+        lat, lon = parts[0], parts[1]
+        alt = parts[2] if len(parts) > 2 else None
+    elif type(value) is dict and value.get("type") == "Point":
+        coordinates = value.get("coordinates")
+        if type(coordinates) is not list or len(coordinates) < 2:
+            raise fail(path, value, "a GeoJSON Point")
+        lon, lat = coordinates[0], coordinates[1]  # GeoJSON is lon-lat
+        alt = coordinates[2] if len(coordinates) > 2 else None
+    elif type(value) is dict and "latitude" in value and "longitude" in value:
+        lat, lon, alt = value["latitude"], value["longitude"], value.get("altitude")
+    else:
+        raise fail(path, value, "a geopoint")
+    position = {"longitude": to_decimal(lon, path), "latitude": to_decimal(lat, path)}
+    if not (-90 <= position["latitude"] <= 90 and -180 <= position["longitude"] <= 180):
+        raise fail(path, value, "a geopoint on Earth")
+    if not blank(alt):
+        position["altitude"] = to_decimal(alt, path)
+    return position

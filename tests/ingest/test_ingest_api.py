@@ -1,0 +1,205 @@
+"""``POST /ingest/{source}`` over HTTP: storing, idempotence, ordering, refusals, auth."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.ingest.conftest import Harness, sample
+
+JSON = {"Content-Type": "application/json"}
+
+
+async def _post(gw: Harness, source: str, body: bytes, headers: dict[str, str] | None = None) -> Any:
+    return await gw.sender.post(f"/ingest/{source}", content=body, headers=headers or JSON)
+
+
+def _resources(report: dict[str, Any]) -> list[dict[str, str]]:
+    return [r for result in report["results"] for r in result.get("resources", [])]
+
+
+async def test_a_record_is_mapped_validated_and_stored(gw: Harness) -> None:
+    response = await _post(gw, "kobo", sample("kobo", "hypertension-visit"))
+    assert response.status_code == 200, response.text
+    report = response.json()
+    assert report["records"] == 1 and report["stored"] == 1 and report["quarantined"] == 0
+    (result,) = report["results"]
+    assert result["record"] == "9e3b1c7a-2f4d-4a6e-8b0c-5d1e7f3a9b2c"
+    written = result["resources"]
+    assert len(written) == 17 and {w["change"] for w in written} == {"created"}
+    patient = next(w for w in written if w["type"] == "Patient")
+    read = await gw.fhir.get(f"/fhir/Patient/{patient['id']}")
+    assert read.status_code == 200
+    body = read.json()
+    assert body["meta"]["versionId"] == "1"
+    assert body["meta"]["tag"][0]["code"] == "kobo-hypertension-visit@1.0.0"
+
+
+async def test_resubmitting_three_times_yields_one_set_of_resources(gw: Harness) -> None:
+    body = sample("commcare", "tb-dot-visit")
+    first = (await _post(gw, "commcare", body)).json()
+    before = gw.store.last_change_seq()
+    for _ in range(3):
+        again = (await _post(gw, "commcare", body)).json()
+        assert again["unchanged"] == 1 and again["stored"] == 0
+        assert {r["change"] for r in _resources(again)} == {"unchanged"}
+        assert [(r["type"], r["id"], r["version"]) for r in _resources(again)] == [
+            (r["type"], r["id"], r["version"]) for r in _resources(first)
+        ]
+    assert gw.store.last_change_seq() == before  # nothing written at all
+    search = await gw.fhir.get("/fhir/Observation", params={"_summary": "count"})
+    assert search.json()["total"] == sum(1 for r in _resources(first) if r["type"] == "Observation")
+
+
+async def test_an_edited_record_updates_only_what_changed(gw: Harness) -> None:
+    record = json.loads(sample("commcare", "tb-dot-visit"))
+    await _post(gw, "commcare", json.dumps(record).encode())
+    record["form"]["vitals"]["weight_kg"] = "47.9"
+    report = (await _post(gw, "commcare", json.dumps(record).encode())).json()
+    updated = [r for r in _resources(report) if r["change"] == "updated"]
+    assert [r["type"] for r in updated] == ["Observation"]
+    assert report["stored"] == 1
+    weight = await gw.fhir.get(f"/fhir/Observation/{updated[0]['id']}")
+    assert weight.json()["valueQuantity"]["value"] == 47.9
+    assert weight.json()["meta"]["versionId"] == "2"
+
+
+async def test_visit_before_registration_is_stored_and_linked_later(gw: Harness) -> None:
+    report = await _post(gw, "cht", sample("cht", "report-data-record-assessment"))
+    assert report.status_code == 200 and report.json()["quarantined"] == 0
+    encounter_id = next(r["id"] for r in _resources(report.json()) if r["type"] == "Encounter")
+    encounter = (await gw.fhir.get(f"/fhir/Encounter/{encounter_id}")).json()
+    patient_ref = encounter["subject"]["reference"]
+    assert (await gw.fhir.get(f"/fhir/{patient_ref}")).status_code == 404  # not registered yet
+    person = await _post(gw, "cht", sample("cht", "person-patient"))
+    assert person.status_code == 200
+    patient = (await gw.fhir.get(f"/fhir/{patient_ref}")).json()
+    assert patient["name"][0]["text"] == "Aisha Nakato"
+    found = await gw.fhir.get("/fhir/Encounter", params={"subject": patient_ref})
+    assert found.json()["total"] == 1
+
+
+async def test_array_with_a_bad_record_stores_the_rest_and_quarantines_it(gw: Harness) -> None:
+    good = json.loads(sample("cht", "person-chw"))
+    bad = json.loads(sample("cht", "person-patient"))
+    bad["doc"]["sex"] = "dog"
+    response = await _post(gw, "cht", json.dumps([good, bad]).encode())
+    assert response.status_code == 202
+    report = response.json()
+    assert (report["stored"], report["quarantined"]) == (1, 1)
+    failed = report["results"][1]
+    assert failed["status"] == "quarantined" and failed["record"] == bad["doc"]["_id"]
+    assert failed["outcome"]["issue"][0]["code"] == "code-invalid"
+    assert failed["outcome"]["issue"][0]["expression"] == ["doc.sex"]
+    held = gw.store.quarantine_get(failed["quarantine_id"])
+    assert held is not None and json.loads(held.body) == bad
+
+
+async def test_source_can_answer_422_for_quarantined_records(gw: Harness) -> None:
+    response = await _post(gw, "cht-strict", sample("cht", "outbound-patient-no-date"))
+    assert response.status_code == 422
+    assert response.json()["results"][0]["outcome"]["resourceType"] == "OperationOutcome"
+
+
+async def test_csv_line_list(gw: Harness) -> None:
+    response = await _post(gw, "csv", sample("csv", "malaria-line-list"), {"Content-Type": "text/csv"})
+    assert response.status_code == 200, response.text
+    assert response.json()["stored"] == 4
+
+
+async def test_csv_row_that_fails_is_kept_as_csv_and_replayable(gw: Harness) -> None:
+    rows = sample("csv", "malaria-line-list").decode().splitlines()
+    rows[2] = rows[2].replace(",negative,", ",weird,")
+    response = await _post(gw, "csv", "\n".join(rows).encode(), {"Content-Type": "text/csv; charset=utf-8"})
+    assert response.status_code == 202
+    qid = response.json()["results"][1]["quarantine_id"]
+    held = gw.store.quarantine_get(qid)
+    assert held is not None and held.content_type == "text/csv"
+    assert held.body.decode().splitlines()[1].startswith("LL-2025-05-0002,")
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "code"),
+    [
+        (b"not json", JSON, 400, "structure"),
+        (b"", JSON, 400, "required"),
+        (b"42", JSON, 400, "structure"),
+        (b"[]", JSON, 400, "required"),
+        (b'[{"a": 1}, 2]', JSON, 400, "structure"),
+        (b'{"a": "\xff\xfe"}', JSON, 400, "structure"),
+        (b"[" * 200 + b"]" * 200, JSON, 400, "too-costly"),
+        (b'{"a": 1}', {"Content-Type": "application/json; charset=iso-8859-1"}, 415, "not-supported"),
+        (b"<form/>", {"Content-Type": "text/xml"}, 415, "not-supported"),
+        (b"a,b\n1,2,3\n", {"Content-Type": "text/csv"}, 400, "structure"),
+        (b"a,b\n\xe9,1\n", {"Content-Type": "text/csv"}, 400, "structure"),
+    ],
+)
+async def test_bad_input_is_a_clear_4xx(
+    gw: Harness, body: bytes, headers: dict[str, str], status: int, code: str
+):
+    response = await _post(gw, "cht", body, headers)
+    assert response.status_code == status, response.text
+    outcome = response.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert outcome["issue"][0]["code"] == code
+    assert gw.store.quarantine_list() == []
+
+
+async def test_50_mb_body_is_refused(gw: Harness) -> None:
+    body = b"[" + b'{"a": "' + b"x" * (50 * 1024 * 1024) + b'"}]'
+    response = await _post(gw, "cht", body)
+    assert response.status_code == 413
+    assert response.json()["issue"][0]["code"] == "too-costly"
+
+
+async def test_too_many_records_in_one_request(gw: Harness) -> None:
+    rows = "record_id\n" + "\n".join(f"r{i}" for i in range(1001))
+    response = await _post(gw, "csv", rows.encode(), {"Content-Type": "text/csv"})
+    assert response.status_code == 413
+
+
+async def test_auth(gw: Harness) -> None:
+    body = sample("cht", "person-chw")
+    assert (await gw.client().post("/ingest/cht", content=body, headers=JSON)).status_code == 401
+    other = gw.client("ingest:kobo")
+    assert (await other.post("/ingest/cht", content=body, headers=JSON)).status_code == 403
+    only_cht = gw.client("ingest:cht")
+    assert (await only_cht.post("/ingest/cht", content=body, headers=JSON)).status_code == 200
+    assert (await gw.sender.post("/ingest/nope", content=body, headers=JSON)).status_code == 404
+    assert (await gw.sender.get("/admin/quarantine")).status_code == 403
+
+
+async def test_a_record_refused_by_validation_does_not_sink_its_batch(gw: Harness) -> None:
+    records = [json.loads(sample("cht", "person-chw")), json.loads(sample("cht", "person-patient"))]
+    broken = json.loads(sample("cht", "place-household-configurable"))
+    broken["doc"]["name"] = "Nakato\u0001Household"  # FHIR strings may not hold control characters
+    response = await _post(gw, "cht", json.dumps([records[0], broken, records[1]]).encode())
+    assert response.status_code == 202
+    report = response.json()
+    assert [r["status"] for r in report["results"]] == ["stored", "quarantined", "stored"]
+    issue = report["results"][1]["outcome"]["issue"][0]
+    assert issue["code"] == "value" and "Location" in issue["expression"][0]
+
+
+async def test_two_versions_of_a_record_in_one_request_apply_in_order(gw: Harness) -> None:
+    first = json.loads(sample("cht", "person-patient"))
+    second = json.loads(sample("cht", "person-patient"))
+    second["doc"]["phone"] = "+256700000001"
+    report = (await _post(gw, "cht", json.dumps([first, second]).encode())).json()
+    assert [r["status"] for r in report["results"]] == ["stored", "stored"]
+    patient = next(r for r in report["results"][1]["resources"] if r["type"] == "Patient")
+    assert (patient["version"], patient["change"]) == ("2", "updated")
+    stored = (await gw.fhir.get(f"/fhir/Patient/{patient['id']}")).json()
+    assert stored["telecom"][0]["value"] == "+256700000001"
+
+
+async def test_shared_resources_in_one_request_are_written_once(gw: Harness) -> None:
+    visit = json.loads(sample("kobo", "hypertension-visit"))
+    other = json.loads(sample("kobo", "hypertension-visit"))
+    other["meta/rootUuid"] = "uuid:0e3b1c7a-2f4d-4a6e-8b0c-5d1e7f3a9b2d"
+    report = (await _post(gw, "kobo", json.dumps([visit, other]).encode())).json()
+    assert report["stored"] == 2
+    patients = [next(r for r in res["resources"] if r["type"] == "Patient") for res in report["results"]]
+    assert patients[0] == patients[1] and patients[0]["version"] == "1"

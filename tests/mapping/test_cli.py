@@ -1,0 +1,107 @@
+"""``gateway mappings validate|run|test|coverage`` as an integrator uses them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from gateway.mapping.cli import mappings_app
+
+MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
+runner = CliRunner()
+
+
+def test_validate_ok() -> None:
+    result = runner.invoke(mappings_app, ["validate", "--dir", str(MAPPINGS)])
+    assert result.exit_code == 0, result.output
+    assert "ok: 5 set(s), 10 mapping(s)" in result.output
+
+
+def test_validate_lists_problems_with_file_and_line(mappings_dir) -> None:
+    root = mappings_dir({"commcare/tb-dot-visit.yaml": ""}, with_shipped_sets=True)
+    path = root / "commcare" / "tb-dot-visit.yaml"
+    path.write_text(
+        (MAPPINGS / "commcare" / "tb-dot-visit.yaml").read_text().replace("| decimal }}", "| decimall }}", 1)
+    )
+    result = runner.invoke(mappings_app, ["validate", "--dir", str(root)])
+    assert result.exit_code == 1
+    line = next(n for n, text in enumerate(path.read_text().splitlines(), 1) if "decimall" in text)
+    assert f"tb-dot-visit.yaml:{line}: rules[4] (weight).value: unknown converter 'decimall'" in result.output
+
+
+def test_run_prints_the_bundle() -> None:
+    record = MAPPINGS / "kobo" / "tests" / "hypertension-visit.input.json"
+    result = runner.invoke(mappings_app, ["run", "kobo", str(record), "--dir", str(MAPPINGS)])
+    assert result.exit_code == 0, result.output
+    bundle = json.loads(result.stdout)
+    assert bundle["type"] == "transaction"
+    assert bundle["entry"][0]["resource"]["resourceType"] == "Patient"
+
+
+def test_run_csv_prints_one_bundle_per_row() -> None:
+    rows = MAPPINGS / "csv" / "tests" / "malaria-line-list.input.csv"
+    result = runner.invoke(mappings_app, ["run", "csv", str(rows), "--dir", str(MAPPINGS)])
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.stdout)) == 4
+
+
+def test_run_refused_record_exits_1_with_the_outcome(tmp_path: Path) -> None:
+    record = tmp_path / "bad.json"
+    record.write_text(json.dumps({"doc": {"type": "person", "_id": "x", "reported_date": "soon"}}))
+    result = runner.invoke(mappings_app, ["run", "cht", str(record), "--dir", str(MAPPINGS)])
+    assert result.exit_code == 1
+    outcome = json.loads(result.stdout)
+    assert outcome["issue"][0]["expression"] == ["doc.reported_date"]
+
+
+def test_run_unknown_set() -> None:
+    result = runner.invoke(mappings_app, ["run", "nope", "x.json", "--dir", str(MAPPINGS)])
+    assert result.exit_code == 2
+    assert "unknown mapping set 'nope'" in result.output
+
+
+def test_test_passes_on_shipped_mappings() -> None:
+    result = runner.invoke(mappings_app, ["test", "--dir", str(MAPPINGS)])
+    assert result.exit_code == 0, result.output
+    assert "12 passed, 0 failed" in result.output
+
+
+def test_failing_golden_test_prints_a_readable_diff(mappings_dir) -> None:
+    root = mappings_dir({}, with_shipped_sets=True)
+    expected = root / "kobo" / "tests" / "hypertension-visit.expected.json"
+    bundle = json.loads(expected.read_text())
+    weight = next(e for e in bundle["entry"] if e["resource"].get("code", {}).get("text") == "Body weight")
+    weight["resource"]["valueQuantity"]["value"] = 70
+    expected.write_text(json.dumps(bundle))
+    result = runner.invoke(mappings_app, ["test", "kobo", "--dir", str(root)])
+    assert result.exit_code == 1
+    assert "FAIL    kobo/hypertension-visit" in result.output
+    assert "(Body weight) .resource.valueQuantity.value: expected 70, got 71.2" in result.output
+    assert "0 passed, 1 failed" in result.output
+
+
+def test_update_rewrites_expected_files(mappings_dir) -> None:
+    root = mappings_dir({}, with_shipped_sets=True)
+    expected = root / "csv" / "tests" / "malaria-line-list.expected.json"
+    expected.unlink()
+    result = runner.invoke(mappings_app, ["test", "csv", "--dir", str(root)])
+    assert result.exit_code == 1 and "is missing (run with --update" in result.output
+    result = runner.invoke(mappings_app, ["test", "csv", "--update", "--dir", str(root)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(expected.read_text()) == json.loads(
+        (MAPPINGS / "csv" / "tests" / "malaria-line-list.expected.json").read_text()
+    )
+
+
+def test_coverage_reports_unread_fields_and_silent_rules() -> None:
+    result = runner.invoke(mappings_app, ["coverage", "commcare", "csv", "--dir", str(MAPPINGS)])
+    assert result.exit_code == 0, result.output
+    assert "commcare/commcare-tb-dot-visit@1.0.0: 1 record(s)" in result.output
+    assert "unread field: form.adherence.side_effects" in result.output
+    assert "rule never fired: muac" in result.output
+    assert "unread field: age_years" in result.output
+    assert "unread field: form.vitals.weight_kg" not in result.output
+    # %item paths inside repeats count as reads of the repeat's fields
+    assert "unread field: form.household_contacts.contact.contact_name" not in result.output

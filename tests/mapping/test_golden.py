@@ -1,0 +1,44 @@
+"""Every shipped mapping's golden tests pass and produce valid FHIR R4."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.mapping import load_mappings
+from gateway.mapping.golden import find_cases, run_case
+
+MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
+_LOADED = load_mappings(MAPPINGS)
+CASES = [
+    pytest.param(mapping_set, case, id=f"{case.set_name}/{case.name}")
+    for mapping_set in _LOADED.sets.values()
+    for case in find_cases(mapping_set)
+]
+
+
+def test_every_set_ships_golden_tests() -> None:
+    assert _LOADED.issues == []
+    assert sorted(_LOADED.sets) == ["cht", "commcare", "csv", "kobo", "odk"]
+    for mapping_set in _LOADED.sets.values():
+        matched = {case.name for case in find_cases(mapping_set)}
+        assert matched, f"{mapping_set.name} has no golden test"
+
+
+def test_every_shipped_mapping_is_exercised_by_a_golden_input() -> None:
+    from gateway.mapping.inputs import read_records
+
+    used: set[str] = set()
+    for mapping_set in _LOADED.sets.values():
+        for case in find_cases(mapping_set):
+            records, _ = read_records(case.input_path)
+            used.update(mapping_set.select(record).name for record in records)
+    every = {mapping.name for mapping_set in _LOADED.sets.values() for mapping in mapping_set.mappings}
+    assert used == every
+
+
+@pytest.mark.parametrize(("mapping_set", "case"), CASES)
+def test_golden(mapping_set, case) -> None:
+    result = run_case(mapping_set, case)
+    assert result.status == "pass", "\n".join(result.lines)

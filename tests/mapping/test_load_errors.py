@@ -1,0 +1,171 @@
+"""Invalid mapping files are refused at load with file:line:rule messages, all at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.mapping import MappingLoadError, load_mapping_sets, validate_mappings
+
+SET = "name: demo\nsystem: urn:test:demo\n"
+GOOD = """\
+mapping: demo-visit
+version: 1.0.0
+record_id: id
+provenance:
+  recorded: "{{ when | datetime }}"
+let:
+  patient: "{{ patient_id | ref('Patient') }}"
+defaults:
+  subject: "{{ %patient }}"
+rules:
+  - name: encounter
+    kind: resource
+    resourceType: Encounter
+    template:
+      status: finished
+      class: {system: "http://terminology.hl7.org/CodeSystem/v3-ActCode", code: HH}
+      subject: "{{ %patient }}"
+  - name: weight
+    kind: observation
+    code: "{{ 'body_weight' | concept('chw-observations') }}"
+    value: "{{ weight | decimal }}"
+    unit: kg
+"""
+
+
+def _issues(make, text: str) -> list[str]:
+    root = make({"demo/set.yaml": SET, "demo/visit.yaml": text})
+    return [str(issue) for issue in validate_mappings(root)]
+
+
+def _line_of(text: str, needle: str) -> int:
+    """The line of the last occurrence of ``needle``."""
+    return [number for number, line in enumerate(text.splitlines(), 1) if needle in line][-1]
+
+
+def test_good_file_loads(mappings_dir) -> None:
+    root = mappings_dir({"demo/set.yaml": SET, "demo/visit.yaml": GOOD})
+    sets = load_mapping_sets(root)
+    bundle = sets["demo"].map_record(
+        {"id": "r1", "when": "2025-01-02T03:04:05Z", "patient_id": "p", "weight": "7"}
+    )
+    assert [entry["request"]["url"].split("/")[0] for entry in bundle["entry"]] == [
+        "Encounter",
+        "Observation",
+        "Provenance",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "needle", "message"),
+    [
+        ("unit: kg", "unit: kg\n    colour: red", "colour: red", "rules[1] (weight).colour: unknown field"),
+        ("kind: observation", "kind: observaton", "kind: observaton", "kind must be one of"),
+        ("| decimal }}", "| decmal }}", "decmal", "unknown converter 'decmal'"),
+        ("weight | decimal", "weight..x | decimal", "weight..x", "FHIRPath syntax error"),
+        ("weight | decimal", "weight.foo() | decimal", "weight.foo()", "unknown FHIRPath function foo()"),
+        ("weight | decimal", "now() | decimal", "now()", "now() is not allowed"),
+        ("weight | decimal", "%nope | decimal", "%nope", "unknown variable %nope"),
+        (
+            "concept('chw-observations')",
+            "concept('no-such-map')",
+            "no-such-map",
+            "unknown ConceptMap 'no-such-map'",
+        ),
+        ("'body_weight' |", "'bodyweight' |", "bodyweight", "code 'bodyweight' is not in ConceptMap"),
+        (
+            "resourceType: Encounter",
+            "resourceType: Encountr",
+            "Encountr",
+            "'Encountr' is not an R4 resource type",
+        ),
+        ("status: finished", "statuss: finished", "statuss", "Encounter has no element 'statuss'"),
+        (
+            "| ref('Patient')",
+            "| ref('Patient', 'x')",
+            "ref('Patient', 'x')",
+            "ref takes 1 argument(s), got 2",
+        ),
+        ("    unit: kg\n", "    unit: kg\n    key: '%index'\n", "key: '%index'", "key needs for_each"),
+        ("  patient: ", "  record_id: ", "  record_id: ", "%record_id is reserved"),
+        ("name: weight", "name: encounter", "name: encounter", "rule name 'encounter' is used twice"),
+        ("{{ weight | decimal }}", "{{ weight | decimal", "weight | decimal", "unclosed '{{' placeholder"),
+        ("{{ weight | decimal }}", "{{ weight | split(x) }}", "split(x)", "must be a quoted text"),
+        ("{{ weight | decimal }}", "{{ weight | a | b }}", "weight | a", "unknown converter 'a'"),
+        ('subject: "{{ %patient }}"\n', 'subject: "{{ %item }}"\n', "%item", "unknown variable %item"),
+    ],
+)
+def test_problem_is_reported_with_file_and_line(mappings_dir, old, new, needle, message) -> None:
+    assert old in GOOD
+    text = GOOD.replace(old, new, 1)
+    issues = _issues(mappings_dir, text)
+    assert issues, "expected a problem"
+    line = _line_of(text, needle)
+    assert any(f"visit.yaml:{line}:" in issue and message in issue for issue in issues), issues
+
+
+def test_every_problem_is_listed_not_just_the_first(mappings_dir) -> None:
+    text = GOOD.replace("| decimal", "| decmal").replace("status: finished", "statuss: finished")
+    issues = _issues(mappings_dir, text)
+    assert len(issues) == 2
+    with pytest.raises(MappingLoadError) as raised:
+        load_mapping_sets(mappings_dir({"demo/set.yaml": SET, "demo/visit.yaml": text}))
+    assert len(raised.value.issues) == 2
+
+
+def test_yaml_syntax_error_names_the_line(mappings_dir) -> None:
+    text = GOOD.replace("    unit: kg", "    unit: [kg")
+    (issue,) = _issues(mappings_dir, text)
+    assert "visit.yaml:" in issue and "invalid YAML" in issue
+
+
+def test_duplicate_yaml_keys_are_refused(mappings_dir) -> None:
+    text = GOOD.replace("    unit: kg", "    unit: kg\n    unit: g")
+    (issue,) = _issues(mappings_dir, text)
+    assert f"visit.yaml:{_line_of(text, 'unit: g')}:" in issue and "duplicate key 'unit'" in issue
+
+
+def test_yes_and_no_stay_text(mappings_dir) -> None:
+    text = GOOD.replace('value: "{{ weight | decimal }}"', "value: yes")
+    root = mappings_dir({"demo/set.yaml": SET, "demo/visit.yaml": text})
+    bundle = load_mapping_sets(root)["demo"].map_record({"id": "r", "when": "2025-01-01", "patient_id": "p"})
+    assert bundle["entry"][1]["resource"]["valueString"] == "yes"
+
+
+def test_set_file_problems(mappings_dir) -> None:
+    root = mappings_dir({"demo/set.yaml": "name: demo\nsystem: not a uri\n"})
+    (issue,) = [str(issue) for issue in validate_mappings(root)]
+    assert "set.yaml:2: system:" in issue
+    root = mappings_dir({"demo/set.yaml": SET + "mappings: [missing.yaml]\n"})
+    issues = [str(issue) for issue in validate_mappings(root)]
+    assert any("set.yaml:3: mappings[0]: missing.yaml not found" in issue for issue in issues), issues
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "resourceType: ConceptMap\nid: x\nstatus: active\ngroup:\n  - element:\n"
+            "      - {code: a, target: [{code: b, equivalence: sameish}]}\n",
+            "group[0].element[0].target[0].equivalence",
+        ),
+        ("resourceType: ValueSet\nid: x\n", "not a ConceptMap"),
+        ("resourceType: ConceptMap\nstatus: active\n", "needs an id"),
+        (
+            "resourceType: ConceptMap\nid: x\nstatus: active\ngroup:\n  - element:\n      - {code: a}\n"
+            "      - {code: a}\n",
+            "code 'a' listed twice",
+        ),
+    ],
+)
+def test_conceptmap_problems(mappings_dir, text: str, message: str) -> None:
+    root = mappings_dir({"conceptmaps/zz-bad.yaml": text})
+    issues = [str(issue) for issue in validate_mappings(root)]
+    assert any("zz-bad.yaml:" in issue and message in issue for issue in issues), issues
+
+
+def test_missing_folder(tmp_path: Path) -> None:
+    (issue,) = validate_mappings(tmp_path / "nope")
+    assert "mappings folder not found" in str(issue)
