@@ -91,14 +91,17 @@ def _shape(node: Any) -> Any:
     choice exclusivity, nesting) depends only on this; the values themselves (formats,
     codes) ``check_strict`` has already checked. Array lengths are folded away.
     """
-    if isinstance(node, dict):
-        return tuple((key, _shape(value)) for key, value in node.items())
-    if isinstance(node, list):
-        return ("[]", frozenset(_shape(item) for item in node))
-    return _PRIMITIVE_SHAPE.get(type(node), "?")
+    kind = type(node)
+    if kind is dict:
+        return tuple([(key, _shape(value) if type(value) in _CONTAINERS else _PRIMITIVE_SHAPE.get(type(value), "?"))
+                      for key, value in node.items()])
+    if kind is list:
+        return ("[]", frozenset([_shape(item) for item in node]))
+    return _PRIMITIVE_SHAPE.get(kind, "?")
 
 
 _PRIMITIVE_SHAPE = {str: "s", bool: "b", int: "i", float: "f", type(None): "n"}
+_CONTAINERS = (dict, list)
 
 
 class _ShapeCache:

@@ -28,6 +28,8 @@ INDEXED_TYPES = {
 
 # Handled by the query builder itself rather than by index rows.
 SPECIAL = {"_id", "_lastUpdated"}
+# Not offered: answering them as plain string or text matches would claim what they do not do.
+UNSUPPORTED = {"phonetic"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +56,7 @@ class SearchRegistry:
         self._by_type: dict[str, dict[str, SearchParam]] = {t: {} for t in resource_types}
         common: list[dict[str, Any]] = []
         for sp in definitions:
-            if sp["type"] not in INDEXED_TYPES and sp["code"] not in SPECIAL:
+            if (sp["type"] not in INDEXED_TYPES and sp["code"] not in SPECIAL) or sp["code"] in UNSUPPORTED:
                 continue
             for base in sp["base"]:
                 if base in ("Resource", "DomainResource"):

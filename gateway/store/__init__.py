@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import parse_qsl
+
 from gateway.store.base import (
     ApiClient,
     Change,
@@ -18,12 +20,17 @@ from gateway.store.sql import SqlStore
 
 
 def open_store(url: str) -> SqlStore:
-    """Open (and migrate) the store a URL names: ``sqlite:///path`` or ``postgresql://…``."""
+    """Open (and migrate) the store a URL names: ``sqlite:///path[?synchronous=normal]`` or ``postgresql://…``."""
     store: SqlStore
     if url.startswith("sqlite:///"):
         from gateway.store.sqlite import SQLiteStore
 
-        store = SQLiteStore(url[len("sqlite:///") :] or ":memory:")
+        path, _, query = url[len("sqlite:///") :].partition("?")
+        options = dict(parse_qsl(query))
+        synchronous = options.pop("synchronous", "full").upper()
+        if options or synchronous not in ("FULL", "NORMAL"):
+            raise ValueError("sqlite store URLs take one option: ?synchronous=full|normal")
+        store = SQLiteStore(path or ":memory:", synchronous=synchronous)
     elif url.startswith(("postgresql://", "postgres://")):
         from gateway.store.postgres import PostgresStore
 

@@ -2,8 +2,10 @@
 
 WAL mode lets readers run while one writer commits; writers take the lock up front
 (``BEGIN IMMEDIATE``) so two transactions never deadlock upgrading a read lock.
-``synchronous=FULL`` makes a commit survive power loss, which matters more here than
-write speed: a 2xx answer tells a CHW app it may forget the record.
+``synchronous=FULL`` (the default) makes a commit survive power loss, which matters more
+here than write speed: a 2xx answer tells a CHW app it may forget the record.
+``?synchronous=normal`` in the store URL trades that for faster commits (still safe
+against the process crashing, not against the machine losing power).
 """
 
 from __future__ import annotations
@@ -24,8 +26,11 @@ class SQLiteStore(SqlStore):
 
     dialect = "sqlite"
 
-    def __init__(self, path: str | Path, registry: SearchRegistry | None = None) -> None:
+    def __init__(self, path: str | Path, registry: SearchRegistry | None = None, synchronous: str = "FULL") -> None:
         super().__init__(registry)
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError("synchronous must be FULL or NORMAL")
+        self.synchronous = synchronous
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -38,7 +43,7 @@ class SQLiteStore(SqlStore):
         if conn is None:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute("PRAGMA busy_timeout=30000")
             conn.execute("PRAGMA cache_size=-65536")
             self._local.conn = conn
