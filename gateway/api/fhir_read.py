@@ -95,12 +95,12 @@ async def fast_read(request: Request) -> Response:
     if rid == "_history":
         return await type_history(request, rtype)
     check_type(rtype)
+    check_path_id(rid)  # before the store sees it: PostgreSQL fails on a NUL in an id
     require_fhir(request, rtype, "r")
     media = response_type(request)
     ctx = ctx_of(request)
     res = await ctx.read(ctx.store.read, rtype, rid)
     if res is None:
-        check_path_id(rid)
         raise not_found(f"{rtype}/{rid} is not known")
     if res.deleted:
         raise FhirError(f"{rtype}/{rid} has been deleted", status=410, code="deleted",

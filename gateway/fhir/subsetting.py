@@ -6,7 +6,9 @@ read once per type. Subsetted resources are tagged ``SUBSETTED`` as FHIR require
 
 from __future__ import annotations
 
+import json
 from functools import cache
+from importlib import resources
 from typing import Any
 
 from gateway.fhir.types import R4_ONLY_TYPES
@@ -35,6 +37,24 @@ def summary_elements(rtype: str) -> frozenset[str]:
     return frozenset(names)
 
 
+@cache
+def _element_table() -> dict[str, Any]:
+    text = resources.files("gateway.fhir").joinpath("data", "r4-elements.json").read_text(encoding="utf-8")
+    types: dict[str, Any] = json.loads(text)["types"]
+    return types
+
+
+@cache
+def mandatory_elements(rtype: str) -> frozenset[str]:
+    """Top-level complex elements a type requires (e.g. ``Condition.subject``).
+
+    ``_elements`` and ``_summary=text`` must still return them (search.html#elements), or the
+    subsetted resource is not valid FHIR JSON. The table is the one the strict checker uses.
+    """
+    entry = _element_table().get(rtype) or {}
+    return frozenset(entry.get("r", ()))
+
+
 def _tag(resource: dict[str, Any]) -> dict[str, Any]:
     meta = dict(resource.get("meta") or {})
     tags = [t for t in meta.get("tag", []) if t.get("code") != "SUBSETTED"]
@@ -47,7 +67,7 @@ def subset(resource: dict[str, Any], summary: str | None, elements: list[str] | 
     """Apply ``_summary``/``_elements`` to a resource's JSON."""
     rtype = resource.get("resourceType", "")
     if elements is not None:
-        wanted = {e.split(".", 1)[0] for e in elements} | _ALWAYS
+        wanted = {e.split(".", 1)[0] for e in elements} | _ALWAYS | mandatory_elements(rtype)
         if rtype:
             wanted |= {e[len(rtype) + 1 :].split(".", 1)[0] for e in elements if e.startswith(rtype + ".")}
         return _tag({k: v for k, v in resource.items() if _base(k) in wanted})
@@ -55,7 +75,8 @@ def subset(resource: dict[str, Any], summary: str | None, elements: list[str] | 
         keep = summary_elements(rtype) | _ALWAYS
         return _tag({k: v for k, v in resource.items() if _base(k) in keep})
     if summary == "text":
-        return _tag({k: v for k, v in resource.items() if k in _ALWAYS or k == "text"})
+        keep = mandatory_elements(rtype) | _ALWAYS | {"text"}
+        return _tag({k: v for k, v in resource.items() if _base(k) in keep})
     if summary == "data":
         return _tag({k: v for k, v in resource.items() if k != "text"})
     return resource

@@ -28,7 +28,7 @@ from gateway.fhir.outcome import outcome_of
 from gateway.fhir.types import RESOURCE_TYPES
 from gateway.fhir.validate import validate_resource
 from gateway.search.dates import format_instant
-from gateway.search.query import QueryParser, SearchError
+from gateway.search.query import MAX_INT_DIGITS, QueryParser, SearchError
 from gateway.store.base import ResourceStore, StoredResource, StoreTransaction
 
 Permission = Callable[[str, str], bool]  # (resource type, c|r|u|d|s) -> allowed
@@ -119,7 +119,7 @@ class _Processor:
             raise invalid("the entry has no request", [f"{where}.request"], code="required")
         method = request.get("method")
         url = request.get("url")
-        if method not in _ORDER:
+        if not isinstance(method, str) or method not in _ORDER:  # a JSON object or array is unhashable
             raise invalid(f"unsupported request.method {method!r}", [f"{where}.request.method"], code="value")
         if not isinstance(url, str) or not url:
             raise invalid("request.url is required", [f"{where}.request.url"], code="required")
@@ -160,7 +160,7 @@ class _Processor:
         rtype = segments[0]
         rid = interactions.check_id(segments[1], where) if len(segments) > 1 else None
         version = None
-        if len(segments) == 4 and segments[2] == "_history" and segments[3].isdigit():
+        if len(segments) == 4 and segments[2] == "_history" and _is_version(segments[3]):
             version = int(segments[3])
         elif len(segments) > 2:
             raise invalid(f"unsupported request.url {url[:80]!r}", [where], code="not-supported")
@@ -180,7 +180,7 @@ class _Processor:
                 for e in entries:
                     if e.resource is not None and e.method != "PATCH":
                         self._rewrite(tx, e, aliases)
-                for e in sorted(entries, key=lambda x: (_ORDER[x.method], x.index)):
+                for e in sorted(entries, key=_processing_order):
                     e.response = self._execute(tx, e)
             except SearchError as exc:
                 raise FhirError(str(exc), status=400, code=exc.code) from exc
@@ -330,6 +330,11 @@ class _Processor:
                 [{"severity": "error", "code": exc.code, "diagnostics": str(exc)}])}}
 
 
+def _processing_order(e: _Entry) -> tuple[int, int]:
+    # A POST whose ifNoneExist matched is "MATCHED" by now; it keeps its place among the POSTs.
+    return _ORDER["POST" if e.method == "MATCHED" else e.method], e.index
+
+
 def _patch_body(resource: Any, where: str) -> Any:
     # FHIR carries a JSON Patch in a Binary resource inside Bundles (http.html#patch).
     if isinstance(resource, dict) and resource.get("resourceType") == "Binary":
@@ -341,6 +346,10 @@ def _patch_body(resource: Any, where: str) -> Any:
         except (binascii.Error, orjson.JSONDecodeError) as exc:
             raise invalid("the PATCH Binary does not hold a JSON Patch", [f"{where}.resource.data"]) from exc
     raise invalid("a PATCH entry needs a Binary resource holding a JSON Patch", [f"{where}.resource"])
+
+
+def _is_version(text: str) -> bool:
+    return text.isascii() and text.isdigit() and len(text) <= MAX_INT_DIGITS
 
 
 def _etag_version(value: Any, where: str) -> int | None:
@@ -355,6 +364,6 @@ def parse_etag(value: str, where: str = "If-Match") -> int:
     if text.startswith("W/"):
         text = text[2:]
     text = text.strip('"')
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()) or len(text) > MAX_INT_DIGITS:
         raise invalid(f"{where} must be an ETag like W/\"3\"", [where])
     return int(text)

@@ -15,8 +15,6 @@ whose every value already has its canonical JSON type, nothing sloppy gets store
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from functools import cache
 from typing import Any
 
@@ -61,9 +59,6 @@ def validate_resource(data: dict[str, Any], *, expected_type: str | None = None,
         ]
         raise FhirError(strict[0].diagnostics, status=400, code=strict[0].code, issues=issues)
     if rtype not in R4_ONLY_TYPES:
-        shape = _shape(data)
-        if _MODEL_ACCEPTED.seen(shape):
-            return data
         try:
             _model(rtype).model_validate(without_primitive_extensions(data))
         except ValidationError as exc:
@@ -80,55 +75,7 @@ def validate_resource(data: dict[str, Any], *, expected_type: str | None = None,
                 code="processing",
                 expression=[f"{where}{rtype}"],
             ) from exc
-        _MODEL_ACCEPTED.add(shape)
     return data
-
-
-def _shape(node: Any) -> Any:
-    """The structure of a JSON value: keys and JSON types, no values.
-
-    What the models check beyond ``check_strict`` (cardinality, required elements,
-    choice exclusivity, nesting) depends only on this; the values themselves (formats,
-    codes) ``check_strict`` has already checked. Array lengths are folded away.
-    """
-    kind = type(node)
-    if kind is dict:
-        return tuple([(key, _shape(value) if type(value) in _CONTAINERS else _PRIMITIVE_SHAPE.get(type(value), "?"))
-                      for key, value in node.items()])
-    if kind is list:
-        return ("[]", frozenset([_shape(item) for item in node]))
-    return _PRIMITIVE_SHAPE.get(kind, "?")
-
-
-_PRIMITIVE_SHAPE = {str: "s", bool: "b", int: "i", float: "f", type(None): "n"}
-_CONTAINERS = (dict, list)
-
-
-class _ShapeCache:
-    """A bounded set of shapes the models accepted (least recently used dropped first)."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._shapes: OrderedDict[Any, None] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def seen(self, shape: Any) -> bool:
-        with self._lock:
-            if shape in self._shapes:
-                self._shapes.move_to_end(shape)
-                return True
-        return False
-
-    def add(self, shape: Any) -> None:
-        with self._lock:
-            self._shapes[shape] = None
-            if len(self._shapes) > self._size:
-                self._shapes.popitem(last=False)
-
-
-# Community-care records repeat a few shapes endlessly (one per mapping rule), so the
-# ~0.1–0.5 ms model pass runs once per shape rather than once per resource.
-_MODEL_ACCEPTED = _ShapeCache(8192)
 
 
 def without_primitive_extensions(node: Any) -> Any:

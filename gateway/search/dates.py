@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import calendar
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 # An open-ended period ends "never"; a large finite number keeps SQL comparisons simple.
 FAR_FUTURE = 1.0e12
@@ -19,7 +19,8 @@ FAR_PAST = -1.0e12
 _DATE_RE = re.compile(
     r"^(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})"
     r"(?:T(?P<H>\d{2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?P<f>\.\d+)?)?"
-    r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$"
+    r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?\Z",
+    re.ASCII,  # "١٩٨٠" is not a FHIR year, and "$" would let a trailing newline through
 )
 
 
@@ -34,15 +35,15 @@ def date_range(value: str) -> tuple[float, float]:
         raise DateFormatError(f"not a FHIR date/dateTime: {value!r}")
     g = match.groupdict()
     try:
+        # Ends are counted in days, not as the next year's start: 9999 has no next year.
         year = int(g["y"])
         if g["m"] is None:
             low = _epoch(year, 1, 1)
-            return low, _epoch(year + 1, 1, 1)
+            return low, low + (366.0 if calendar.isleap(year) else 365.0) * 86400.0
         month = int(g["m"])
         if g["d"] is None:
             low = _epoch(year, month, 1)
-            ny, nm = (year + 1, 1) if month == 12 else (year, month + 1)
-            return low, _epoch(ny, nm, 1)
+            return low, low + calendar.monthrange(year, month)[1] * 86400.0
         day = int(g["d"])
         if g["H"] is None:
             low = _epoch(year, month, day)
@@ -52,11 +53,13 @@ def date_range(value: str) -> tuple[float, float]:
         stamp = datetime(year, month, day, hour, minute, second, tzinfo=UTC)
     except ValueError as exc:
         raise DateFormatError(f"not a valid date: {value!r}") from exc
+    low = stamp.timestamp()
     tz = g["tz"]
     if tz and tz != "Z":
+        # In seconds, not datetime arithmetic: an offset may push 0001-01-01 or 9999-12-31 past
+        # what datetime can hold, and those are still valid FHIR values.
         sign = 1 if tz[0] == "+" else -1
-        stamp -= sign * timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6]))
-    low = stamp.timestamp()
+        low -= sign * (int(tz[1:3]) * 3600 + int(tz[4:6]) * 60)
     if g["S"] is None:
         return low, low + 60.0
     if g["f"]:

@@ -180,6 +180,10 @@ class QueryParser:
         """Parse ``(name, value)`` pairs (repeats allowed) into a query."""
         query = SearchQuery(rtype=rtype, count=self.default_count)
         for key, raw in items:
+            if "\x00" in key or "\x00" in raw:
+                # No FHIR string holds NUL, so nothing could match; PostgreSQL refuses NUL in text.
+                where = key[:64].replace("\x00", "?")
+                raise SearchError("search parameters may not contain NUL characters", where)
             if key in RESULT_PARAMS or key.split(":", 1)[0] in ("_include", "_revinclude", "_sort"):
                 self._result_param(query, key, raw, strict)
                 continue
@@ -314,11 +318,11 @@ class QueryParser:
 
     def _result_param(self, query: SearchQuery, key: str, raw: str, strict: bool) -> None:
         if key == "_count":
-            query.count = min(_non_negative(raw, key), self.max_count)
+            query.count = non_negative_int(raw, key, cap=self.max_count)
         elif key == "_offset":
-            query.offset = _non_negative(raw, key)
+            query.offset = non_negative_int(raw, key)
         elif key == "_snapshot":
-            query.snapshot = _non_negative(raw, key)
+            query.snapshot = non_negative_int(raw, key)
         elif key == "_total":
             if raw not in ("none", "estimate", "accurate"):
                 raise SearchError("_total must be none, estimate or accurate", key)
@@ -361,10 +365,19 @@ class QueryParser:
         return SortKey(code, param, descending)
 
 
-def _non_negative(raw: str, key: str) -> int:
-    if not raw.isdigit():
+# Integers from URLs (paging, versions) this long are past any row and would overflow SQL integers.
+MAX_INT_DIGITS = 15
+
+
+def non_negative_int(raw: str, key: str, *, cap: int | None = None) -> int:
+    """A paging number: ASCII digits only (``str.isdigit`` also passes "²"); above ``cap`` it is ``cap``."""
+    if not (raw.isascii() and raw.isdigit()):
         raise SearchError(f"{key} must be a non-negative integer", key)
-    return int(raw)
+    if len(raw) > MAX_INT_DIGITS:
+        if cap is None:
+            raise SearchError(f"{key} is too large", key)
+        return cap
+    return int(raw) if cap is None else min(int(raw), cap)
 
 
 def _prefix(item: str) -> tuple[str, str]:

@@ -53,9 +53,12 @@ class PostgresStore(SqlStore):
                 raise ValueError("schema must be letters, digits and underscores")
             with psycopg.connect(conninfo, autocommit=True) as conn:
                 conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-        kwargs: dict[str, object] = {"autocommit": True}
+        # NOTICEs (e.g. from CREATE TABLE IF NOT EXISTS) in pipeline mode can shift results
+        # between statements in psycopg 3.3, so the session asks for warnings and above only.
+        options = "-c client_min_messages=warning"
         if schema is not None:
-            kwargs["options"] = f"-c search_path={schema}"
+            options += f" -c search_path={schema}"
+        kwargs: dict[str, object] = {"autocommit": True, "options": options}
         self.schema = schema
         # One writer lock per store (schema), so stores sharing a database do not serialise each other.
         self._write_lock = _WRITE_LOCK ^ zlib.crc32((schema or "public").encode())

@@ -1,0 +1,131 @@
+"""fhir.md §6 check 58: schemathesis on the gateway's OpenAPI finds no 5xx and no error without an OO.
+
+schemathesis loads ``/openapi.json`` from a live loopback gateway (enriched by
+``tests.robustness.openapi``, since the FHIR routes declare little), generates requests
+for every operation — schema-conforming and schema-violating — and sends them. Each
+response must not be a 5xx, and every 4xx must be an OperationOutcome served as
+``application/fhir+json`` (the declared 200-only responses are not held against the
+gateway: FHIR errors are its contract, not FastAPI's defaults).
+
+Bounded and repeatable: a fixed number of examples per operation and mode, derandomized.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis import Case, GenerationMode
+from schemathesis.core.result import Ok
+from schemathesis.schemas import APIOperation
+
+from tests.robustness.http import Gateway
+from tests.robustness.openapi import enrich
+from tests.robustness.seeds import fixture_resources
+
+Operation = APIOperation[Any, Any, Any, Any]
+EXAMPLES_PER_OPERATION = 25
+FHIR_JSON = "application/fhir+json"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """The gateway under test and its schema as schemathesis loaded it."""
+
+    gateway: Gateway
+    schema: schemathesis.BaseSchema
+    root: str  # scheme://host:port, the base the OpenAPI paths hang from
+
+
+@pytest.fixture(scope="module")
+def target(gateway: Gateway) -> Iterator[Target]:
+    """The SQLite gateway with the fixture resources, and its enriched schema."""
+    root = gateway.base.removesuffix("/fhir")
+    with gateway.client() as fhir:
+        for resource in fixture_resources():  # reads, updates and patches of real resources too
+            assert fhir.put(f"/{resource['resourceType']}/{resource['id']}", json=resource).status_code < 300
+    with httpx.Client() as client:
+        response = client.get(f"{root}/openapi.json")
+    assert response.status_code == 200
+    yield Target(gateway, schemathesis.openapi.from_dict(enrich(response.json())), root)
+
+
+def _operations(schema: schemathesis.BaseSchema) -> list[Operation]:
+    found = []
+    for result in schema.get_all_operations():
+        assert isinstance(result, Ok), f"the OpenAPI document has an error: {result}"
+        found.append(result.ok())
+    return found
+
+
+def _violation(status: int, headers: dict[str, list[str]], content: bytes) -> str | None:
+    """Why this response breaks the gateway's error contract (None: it does not)."""
+    if status >= 500:
+        return f"server error {status}: {content[:300]!r}"
+    if status < 400:
+        return None
+    media = (headers.get("content-type") or [""])[0].split(";")[0].strip().lower()
+    if media != FHIR_JSON:
+        return f"{status} with Content-Type {media!r}"
+    try:
+        body: Any = json.loads(content)
+    except ValueError:
+        return f"{status} body is not JSON"
+    issues = body.get("issue") if isinstance(body, dict) else None
+    if not isinstance(body, dict) or body.get("resourceType") != "OperationOutcome" or not issues:
+        return f"{status} body is not an OperationOutcome"
+    return None
+
+
+def _run(target: Target, operation: Operation, mode: GenerationMode, sent: list[int]) -> list[str]:
+    failures: list[str] = []
+    auth = {"Authorization": f"Bearer {target.gateway.token}"}
+
+    @settings(
+        max_examples=EXAMPLES_PER_OPERATION,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        phases=[Phase.explicit, Phase.generate],  # a failure is reported, not shrunk: bounded time
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=operation.as_strategy(generation_mode=mode))
+    def check(case: Case[Operation]) -> None:
+        response = case.call(base_url=target.root, headers=auth, timeout=30)
+        sent.append(response.status_code)
+        problem = _violation(response.status_code, response.headers, response.content)
+        if problem:
+            failures.append(f"{case.method} {case.formatted_path} {case.query or ''}: {problem}")
+
+    try:
+        check()
+    except Unsatisfiable:
+        # Negative mode on an operation with nothing that can be made invalid: no body, and only
+        # parameters that accept any string (the overall request count below still has to add up).
+        assert mode == GenerationMode.NEGATIVE, f"{operation.label}: no positive case could be generated"
+    return failures
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=str)
+def test_58_schemathesis_finds_no_server_errors_and_only_operation_outcomes(
+    target: Target, mode: GenerationMode
+) -> None:
+    operations = _operations(target.schema)
+    assert len(operations) >= 15  # every FHIR interaction is in the document
+    sent: list[int] = []
+    failures = [problem for operation in operations for problem in _run(target, operation, mode, sent)]
+    assert not failures, "\n".join(failures[:20])
+    assert len(sent) >= 10 * len(operations) // 2, f"only {len(sent)} requests were generated"
+    assert any(200 <= status < 300 for status in sent), "no generated request got past validation"
+
+
+def test_the_enriched_document_still_describes_every_route(target: Target) -> None:
+    labels = {op.label for op in _operations(target.schema)}
+    assert {"GET /fhir/{rtype}", "POST /fhir/", "PATCH /fhir/{rtype}/{rid}", "GET /fhir/metadata"} <= labels
