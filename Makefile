@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	@touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/gateway serve --dev-token
+	$(BIN)/gateway serve --dev
 
 services:
 	@bash scripts/services.sh

@@ -8,6 +8,7 @@ on stderr.
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -71,12 +72,21 @@ def mask_url(url: str) -> str:
     return url
 
 
+DEV_CONFIG = Path("deploy/dev.yaml")
+SANDBOX_PORT = 8081
+
+
 @app.command()
 def serve(
     config: ConfigOption = None,
     host: Annotated[str | None, typer.Option(help="Listen address (default from settings)")] = None,
     port: Annotated[int | None, typer.Option(help="Listen port (default from settings)")] = None,
     dev_token: Annotated[bool, typer.Option("--dev-token", help="Print a fresh admin token for local use")] = False,
+    dev: Annotated[
+        bool,
+        typer.Option("--dev", help=f"Local trial: {DEV_CONFIG} unless --config, the DHIS2 sandbox on :{SANDBOX_PORT}, "
+                     "and a fresh admin token"),
+    ] = False,
 ) -> None:
     """Run the gateway API (and its in-process services)."""
     import logging
@@ -84,26 +94,64 @@ def serve(
     import uvicorn
 
     from gateway.api.app import create_app
+    from gateway.runtime import service_hooks
     from gateway.store import open_store
 
+    if dev and config is None and DEV_CONFIG.exists():
+        config = DEV_CONFIG
     settings = settings_from(config, host=host, port=port)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sandbox = _start_dev_sandbox() if dev else None
     store = open_store(settings.store_url)
-    if dev_token:
-        token = _create_client(store, "dev-admin", ["system/*.cruds", "admin", "ingest:*"])
-        base = f"http://{settings.host}:{settings.port}/fhir"
-        typer.echo("\nAdmin token for this run (scopes system/*.cruds admin ingest:*):\n")
-        typer.echo(f"  {token}\n")
-        typer.echo("Try it:\n")
-        typer.echo(f'  curl -H "Authorization: Bearer {token}" {base}/Patient\n')
-    from gateway.runtime import service_hooks
-
-    application = create_app(settings, store=store, hooks=service_hooks(settings))
     try:
+        if dev or dev_token:
+            _print_dev_token(store, settings)
+        application = create_app(settings, store=store, hooks=service_hooks(settings, os.environ))
         uvicorn.run(application, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
                     proxy_headers=True, access_log=False)
     finally:
         store.close()
+        if sandbox is not None:
+            sandbox.terminate()
+            sandbox.wait(10)
+
+
+def _print_dev_token(store: Any, settings: Settings) -> None:
+    token = _create_client(store, "dev-admin", ["system/*.cruds", "admin", "ingest:*"])
+    base = f"http://{settings.host}:{settings.port}"
+    typer.echo("\nAdmin token for this run (scopes system/*.cruds admin ingest:*):\n")
+    typer.echo(f"  {token}\n")
+    typer.echo("Try it:\n")
+    typer.echo(f'  curl -H "Authorization: Bearer {token}" {base}/fhir/Patient')
+    if settings.sources:
+        source = settings.sources[0].name
+        typer.echo(f'  curl -H "Authorization: Bearer {token}" -H "Content-Type: application/json" \\')
+        typer.echo(f"       --data @mappings/{settings.sources[0].mapping}/tests/<case>.input.json "
+                   f"{base}/ingest/{source}")
+    typer.echo("")
+
+
+def _start_dev_sandbox() -> Any:
+    """Start the DHIS2 sandbox as a child process and wait until it listens."""
+    import socket
+    import subprocess
+    import time
+
+    state = Path("var/dhis2-sandbox")
+    state.mkdir(parents=True, exist_ok=True)
+    child = subprocess.Popen([sys.executable, "-m", "gateway", "sandbox", "dhis2", "--port", str(SANDBOX_PORT),
+                              "--state", str(state)])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            fail(f"the DHIS2 sandbox did not start (is port {SANDBOX_PORT} taken?)")
+        try:
+            with socket.create_connection(("127.0.0.1", SANDBOX_PORT), timeout=0.5):
+                return child
+        except OSError:
+            time.sleep(0.2)
+    child.terminate()
+    fail("the DHIS2 sandbox did not start within 30 s")
 
 
 def _create_client(store: Any, name: str, scopes: list[str]) -> str:
@@ -189,7 +237,19 @@ def main() -> None:
 
 
 def _mount_optional() -> None:
-    """Sub-commands of the ingest, delivery and DHIS2 packages."""
+    """Sub-commands of the mapping, ingest, delivery and DHIS2 packages (imported only when the CLI runs)."""
+    from gateway.connectors.dhis2.cli import dhis2_app
+    from gateway.delivery.cli import queue_app, worker_command
+    from gateway.ingest.cli import quarantine_app
+    from gateway.mapping.cli import mappings_app
+    from gateway.sandbox.cli import sandbox_app
+
+    app.add_typer(mappings_app, name="mappings")
+    app.add_typer(quarantine_app, name="quarantine")
+    app.add_typer(sandbox_app, name="sandbox")
+    app.add_typer(dhis2_app, name="dhis2")
+    app.add_typer(queue_app, name="queue")
+    app.command("worker", help="Run delivery workers as their own process.")(worker_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

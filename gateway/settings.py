@@ -20,6 +20,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from gateway.delivery.config import DeliverySettings, DestinationConfig
+
 
 class ConfigFileError(ValueError):
     """The YAML config file cannot be read or parsed."""
@@ -72,11 +74,22 @@ class Settings(BaseSettings):
     search: SearchSettings = SearchSettings()
     mappings_dir: Path = Path("mappings")
     sources: list[SourceConfig] = []
+    destinations: list[DestinationConfig] = []
+    delivery: DeliverySettings = DeliverySettings()
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     admin_token: SecretStr | None = Field(
         None, description="Optional static bootstrap token with every scope (for automation)"
     )
     config_file: Path | None = Field(None, exclude=True)
+
+    @field_validator("sources", "destinations")
+    @classmethod
+    def _unique_names(cls, value: list[Any]) -> list[Any]:
+        names = [item.name for item in value]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"names must be unique; repeated: {', '.join(duplicates)}")
+        return value
 
     @field_validator("store_url")
     @classmethod

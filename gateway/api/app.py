@@ -32,7 +32,7 @@ from gateway.settings import Settings
 from gateway.store import open_store
 from gateway.store.sql import SqlStore
 
-from . import admin_quarantine, fhir_read, fhir_write, health, ingest
+from . import admin_delivery, admin_quarantine, fhir_read, fhir_write, health, ingest
 from .auth import Authenticator
 from .context import AppContext
 from .negotiation import fhir_response
@@ -113,7 +113,7 @@ _BUILTIN_HOOKS: list[Hook] = [ingest_hook]
 
 def _optional_routers() -> list[Any]:
     """Routers of the ingest and admin areas."""
-    return [ingest.router, admin_quarantine.router]
+    return [ingest.router, admin_quarantine.router, admin_delivery.router]
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -1,0 +1,182 @@
+"""DHIS2 delivery throughput: events/s into the sandbox by batch size and DHIS2 latency.
+
+    .venv/bin/python -m bench.dhis2_bench
+
+The sandbox runs in its own process (``gateway sandbox dhis2``) so the connector and
+DHIS2 do not share a GIL. Each event is one CHW visit: its tracked entity, enrollment and
+event (3 tracker objects, 6 data values), planned from FHIR and sent by the ``dhis2``
+connector one batch at a time (one worker). ``sync`` posts ``async=false``; ``async``
+submits a job and polls it (the connector's default above 200 objects, polling from
+0.5 s). Latency is added by the sandbox to every request (``PUT /sandbox/faults``).
+Ratios are against batch 1 / 0 ms / sync, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from pydantic import SecretStr
+
+from gateway.connectors.base import Job, Success
+from gateway.connectors.dhis2.client import Dhis2Client
+from gateway.connectors.dhis2.config import Dhis2Options
+from gateway.connectors.dhis2.connector import Dhis2Connector
+from gateway.connectors.dhis2.metadata import pull_metadata
+from gateway.connectors.dhis2.sources import ResourceBundle
+from gateway.delivery.clock import SystemClock
+from gateway.delivery.config import AuthConfig, Credentials
+from gateway.sandbox.dhis2 import DEFAULT_TOKEN
+
+ROOT = Path(__file__).resolve().parents[1]
+MAPPINGS = ROOT / "mappings"
+SCENARIOS = [  # (batch size, latency ms, mode, events)
+    (1, 0, "sync", 100),
+    (50, 0, "sync", 1000),
+    (250, 0, "sync", 2000),
+    (250, 0, "async", 2000),
+    (1, 200, "sync", 15),
+    (50, 200, "sync", 500),
+    (250, 200, "sync", 1500),
+    (250, 200, "async", 1500),
+]
+
+
+@dataclass
+class Result:
+    batch: int
+    latency: int
+    mode: str
+    events: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _records(start: int, count: int) -> list[dict[str, Any]]:
+    sys.path.insert(0, str(ROOT))
+    from tests.dhis2.records import chw_record, places
+
+    out = places()
+    for n in range(start, start + count):
+        out += chw_record(n, referral=False)
+    return out
+
+
+def _job(resource: dict[str, Any], seq: int) -> Job:
+    ref = f"{resource['resourceType']}/{resource['id']}"
+    return Job(
+        id=f"bench:{seq}",
+        destination="bench",
+        seq=seq,
+        resource_type=resource["resourceType"],
+        resource_id=resource["id"],
+        version=1,
+        op="update",
+        key=ref,
+        payload=orjson.dumps(resource),
+    )
+
+
+async def _scenario(base_url: str, batch: int, latency: int, mode: str, events: int, offset: int) -> Result:
+    auth = Credentials(AuthConfig(type="api_token", secret_env="X"), SecretStr(DEFAULT_TOKEN)).httpx_auth()
+    async with httpx.AsyncClient(base_url=base_url) as admin:
+        await admin.post("/sandbox/reset")
+        await admin.put("/sandbox/faults", json={"latency_ms": 0})
+        metadata_client = Dhis2Client(base_url, auth=auth)
+        snapshot = await pull_metadata(metadata_client)
+        await metadata_client.aclose()
+        await admin.put("/sandbox/faults", json={"latency_ms": latency})
+    resources = _records(offset, events)
+    encounters = [r for r in resources if r["resourceType"] == "Encounter"]
+    options = Dhis2Options(
+        mapping=MAPPINGS / "dhis2" / "chw-household-visit.yaml",
+        uid_namespace="bench",
+        async_threshold=1 if mode == "async" else 1_000_000,
+    )
+    connector = Dhis2Connector(
+        Dhis2Client(base_url, auth=auth),
+        options,
+        ResourceBundle(resources),
+        SystemClock(),
+        mappings_root=MAPPINGS,
+        snapshot=snapshot,
+    )
+    started = time.perf_counter()
+    try:
+        for first in range(0, len(encounters), batch):
+            jobs = [_job(r, first + i) for i, r in enumerate(encounters[first : first + batch])]
+            outcomes = await connector.deliver(jobs)
+            failed = [o for o in outcomes if not isinstance(o, Success)]
+            if failed:
+                raise SystemExit(f"delivery failed: {failed[0]}")
+    finally:
+        await connector.aclose()
+    return Result(batch, latency, mode, len(encounters), time.perf_counter() - started)
+
+
+async def _run(base_url: str) -> list[Result]:
+    results = []
+    offset = 0
+    for batch, latency, mode, events in SCENARIOS:
+        results.append(await _scenario(base_url, batch, latency, mode, events, offset))
+        offset += events
+        print(
+            f"  batch {batch:>3} latency {latency:>3} ms {mode:<5}: {results[-1].rate:8.1f} events/s",
+            flush=True,
+        )
+    return results
+
+
+def main() -> int:
+    """Start the sandbox, run the scenarios, print the table."""
+    port = _free_port()
+    code = "from gateway.sandbox.cli import sandbox_app; sandbox_app()"
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, "dhis2", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                httpx.get(f"{base_url}/api/ping", timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        results = asyncio.run(_run(base_url))
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    baseline = results[0].rate
+    print("\nDHIS2 delivery throughput (one worker; events = TE + enrollment + event each)")
+    print(
+        f"{'batch':>5} {'latency':>8} {'mode':<6} {'events':>6} {'seconds':>8} {'events/s':>9} {'ratio':>7}"
+    )
+    for r in results:
+        print(
+            f"{r.batch:>5} {r.latency:>6}ms {r.mode:<6} {r.events:>6} {r.seconds:>8.2f} {r.rate:>9.1f} "
+            f"{r.rate / baseline:>6.2f}x"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

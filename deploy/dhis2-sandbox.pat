@@ -1,0 +1,1 @@
+d2pat_chwGatewaySandboxDemoToken0000013294781144

@@ -1,0 +1,130 @@
+"""The connector seam: what the delivery engine hands a destination, and what it gets back.
+
+A connector turns delivery jobs into requests to one destination (a FHIR server, a
+webhook, DHIS2) and reports one ``DeliveryOutcome`` per job. It never retries, sleeps,
+dead-letters or reorders: the delivery engine owns all of that, using the outcome.
+
+    class MyConnector:
+        async def deliver(self, jobs: Sequence[Job]) -> list[DeliveryOutcome]:
+            ...  # one outcome per job, same order as ``jobs``
+
+        async def aclose(self) -> None:
+            ...
+
+Rules a connector follows:
+
+* ``deliver`` receives 1..``batch_size`` jobs (the destination's configured batch size),
+  at most one job per ordering key (patient compartment), so a batch may be sent as one
+  request (DHIS2 tracker import, a FHIR batch Bundle) or as several.
+* Transport errors and HTTP responses are turned into outcomes with
+  ``gateway.delivery.classify.classify`` (one table for every connector); a connector
+  may treat a few statuses as success first (e.g. 404 on DELETE).
+* A bug (any other exception) is left to propagate: the engine dead-letters the jobs with
+  the traceback instead of retrying forever.
+* Writes must be idempotent (PUT to deterministic ids, conditional create on
+  identifiers), because delivery is at-least-once: a job whose acknowledgement was lost
+  (worker killed, destination answered after our timeout) is sent again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import orjson
+
+JobOp = Literal["create", "update", "delete"]
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One change of one resource, to be delivered to one destination."""
+
+    id: str  # "{destination}:{seq}": deterministic, so re-enqueueing a change is a no-op
+    destination: str
+    seq: int  # change-feed sequence number: the order of delivery within ``key``
+    resource_type: str
+    resource_id: str
+    version: int
+    op: JobOp
+    key: str  # ordering key, the patient compartment ("Patient/123") or the resource itself
+    payload: bytes  # the FHIR JSON of this version; b"" for a delete
+    source: str | None = None  # the source system that wrote it (``meta.source``), if known
+    enqueued_at: float = 0.0  # epoch seconds when the outbox queued it
+    attempts: int = 0  # delivery attempts already made (0 on the first try)
+    receipt: str = field(default="", compare=False)  # opaque queue lease token; connectors ignore it
+
+    @property
+    def ref(self) -> str:
+        """The relative reference of the resource, e.g. ``Observation/abc``."""
+        return f"{self.resource_type}/{self.resource_id}"
+
+    def resource(self) -> dict[str, Any]:
+        """The resource as a dict (empty for a delete)."""
+        if not self.payload:
+            return {}
+        value = orjson.loads(self.payload)
+        if not isinstance(value, dict):
+            raise ValueError(f"job {self.id}: payload is not a JSON object")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedRequest:
+    """A request kept with a dead letter (credentials removed)."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    body: str  # decoded text, truncated to a bounded size
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedResponse:
+    """A response kept with a dead letter."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: str  # decoded text, truncated to a bounded size
+
+
+@dataclass(frozen=True, slots=True)
+class Success:
+    """The destination accepted the job."""
+
+    detail: str | None = None  # e.g. the id or Location the destination assigned
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """A transient failure: try the job again later."""
+
+    delay: float | None  # seconds the destination asked us to wait (Retry-After); None: policy backoff
+    reason: str  # short machine code: "http_503", "timeout", "connection", ...
+    throttle: bool = False  # the destination asked us to slow down (429/503 with Retry-After)
+
+
+@dataclass(frozen=True, slots=True)
+class Permanent:
+    """A failure retrying cannot fix: the job goes to the dead letters."""
+
+    reason: str  # short machine code: "http_422", "internal_error", ...
+    request: RecordedRequest | None = None
+    response: RecordedResponse | None = None
+    detail: str | None = None  # a traceback or an explanation for operators (never patient data)
+
+
+DeliveryOutcome = Success | Retry | Permanent
+
+
+class Connector(Protocol):
+    """Delivers jobs to one destination; see the module docstring for the rules."""
+
+    async def deliver(self, jobs: Sequence[Job]) -> list[DeliveryOutcome]:
+        """Send ``jobs`` and return one outcome per job, in the same order."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...

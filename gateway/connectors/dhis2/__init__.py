@@ -1,0 +1,85 @@
+"""DHIS2: the ``dhis2`` destination kind (tracker and aggregate), its client and mappings.
+
+    connector = create_connector(destination, client=http_client, clock=clock, source=source)
+
+``create_connector`` follows ``gateway.delivery.factory.ConnectorFactory`` plus one keyword:
+``source``, the ``ResourceSource`` the transformation reads related resources from (the
+store: ``StoreResourceSource(store)``). ``dhis2_factory(store)`` binds it, for
+``DeliveryService.create(factories={**FACTORIES, "dhis2": dhis2_factory(store)})``.
+
+Modules: ``client`` (HTTP), ``config`` (destination options), ``uids`` (deterministic UIDs),
+``values`` / ``periods`` (DHIS2's value and period rules), ``reports`` /
+``aggregate_summary`` (reading import answers), ``jobs`` (async imports), ``metadata`` (the
+cache), ``mapping_spec`` / ``mapping_load`` (mapping files), ``tracker_transform`` /
+``measure`` / ``aggregate_transform`` (FHIR → DHIS2), ``orgunits`` / ``mcsd`` (facilities),
+``connector`` (delivery), ``cli`` (``gateway dhis2 …``).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import httpx
+
+from gateway.connectors.base import Connector
+from gateway.connectors.dhis2.client import Dhis2Client
+from gateway.connectors.dhis2.config import Dhis2Options
+from gateway.connectors.dhis2.connector import Dhis2Connector
+from gateway.connectors.dhis2.metadata import MetadataCache, MetadataSnapshot, pull_metadata
+from gateway.connectors.dhis2.sources import ResourceBundle, ResourceSource, StoreResourceSource
+from gateway.connectors.dhis2.uids import derive_uid
+from gateway.delivery.clock import Clock
+from gateway.delivery.config import DeliveryConfigError, DestinationConfig
+from gateway.mapping.errors import MappingLoadError
+
+__all__ = [
+    "Dhis2Client",
+    "Dhis2Connector",
+    "Dhis2Options",
+    "MetadataCache",
+    "MetadataSnapshot",
+    "ResourceBundle",
+    "ResourceSource",
+    "StoreResourceSource",
+    "create_connector",
+    "derive_uid",
+    "dhis2_factory",
+    "pull_metadata",
+]
+
+
+def create_connector(
+    destination: DestinationConfig,
+    *,
+    client: httpx.AsyncClient,
+    clock: Clock,
+    source: ResourceSource | None = None,
+) -> Connector:
+    """The connector of a ``kind: dhis2`` destination (mappings checked now if metadata is cached)."""
+    if source is None:
+        raise DeliveryConfigError(
+            f"destination {destination.name}: the dhis2 connector reads related resources from the store; "
+            "build it with gateway.connectors.dhis2.dhis2_factory(store)"
+        )
+    try:
+        options = Dhis2Options.model_validate(destination.options)
+    except ValueError as exc:
+        raise DeliveryConfigError(f"destination {destination.name}: invalid dhis2 options: {exc}") from exc
+    if options.mapping is None and options.aggregate_mapping is None:
+        raise DeliveryConfigError(
+            f"destination {destination.name}: set options.mapping and/or aggregate_mapping"
+        )
+    snapshot = None
+    if options.metadata_cache is not None and options.metadata_cache.exists():
+        snapshot = MetadataCache(options.metadata_cache).snapshot
+    dhis2 = Dhis2Client(destination.base_url, http=client)
+    try:
+        return Dhis2Connector(dhis2, options, source, clock, snapshot=snapshot)
+    except MappingLoadError as exc:
+        raise DeliveryConfigError(f"destination {destination.name}: mapping problems:\n{exc}") from exc
+
+
+def dhis2_factory(store: Any) -> partial[Connector]:
+    """A ``ConnectorFactory`` for ``kind: dhis2`` reading related resources from ``store``."""
+    return partial(create_connector, source=StoreResourceSource(store))

@@ -1,0 +1,251 @@
+"""``gateway dhis2 …`` commands.
+
+    gateway dhis2 metadata pull moh-dhis2                 # a configured destination
+    gateway dhis2 metadata pull https://dhis2.example.org --token-file pat.txt --out meta.json
+
+The lead mounts ``dhis2_app`` as the ``dhis2`` sub-command of the gateway CLI. Secrets come
+from the destination's ``auth`` (an environment variable or file, resolved by
+``gateway.delivery.config.resolve_credentials`` from the mapping the CLI passes in) or from
+``--token-file``/``--password-file``; they are never printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from pydantic import SecretStr, ValidationError
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from gateway.connectors.dhis2.client import Dhis2Client
+from gateway.connectors.dhis2.config import Dhis2Options, default_timeout
+from gateway.connectors.dhis2.errors import Dhis2Error
+from gateway.connectors.dhis2.metadata import FIELDS, MetadataCache
+from gateway.delivery.config import AuthConfig, Credentials, DeliveryConfigError, resolve_credentials
+from gateway.settings import ConfigFileError, load_settings
+
+__all__ = ["dhis2_app", "resolve_destination"]
+
+dhis2_app = typer.Typer(help="DHIS2 destinations: metadata cache, org units.", no_args_is_help=True)
+metadata_app = typer.Typer(help="The DHIS2 metadata cache.", no_args_is_help=True)
+org_units_app = typer.Typer(
+    help="DHIS2 org units as FHIR Locations/Organizations (mCSD).", no_args_is_help=True
+)
+dhis2_app.add_typer(metadata_app, name="metadata")
+dhis2_app.add_typer(org_units_app, name="org-units")
+
+
+def _secret_from(path: Path) -> SecretStr:
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot read {path}: {exc.strerror}") from exc
+    if not value:
+        raise typer.BadParameter(f"{path} is empty")
+    return SecretStr(value)
+
+
+def resolve_destination(
+    destination: str,
+    settings: Any,
+    environ: Mapping[str, str],
+    *,
+    token_file: Path | None = None,
+    username: str | None = None,
+    password_file: Path | None = None,
+) -> tuple[str, httpx.Auth | None, Path]:
+    """Base URL, auth and cache file for a destination name or a DHIS2 base URL."""
+    if destination.startswith(("http://", "https://")):
+        name = "adhoc"
+        base_url, options, auth = destination, Dhis2Options(), None
+    else:
+        found = [d for d in getattr(settings, "destinations", []) if getattr(d, "name", None) == destination]
+        if not found or found[0].kind != "dhis2":
+            raise typer.BadParameter(f"no DHIS2 destination named {destination!r} in the configuration")
+        name = destination
+        base_url, options = found[0].base_url, Dhis2Options.model_validate(found[0].options)
+        auth = resolve_credentials(found[0].auth, environ).httpx_auth() if found[0].auth else None
+    if token_file is not None:
+        auth = Credentials(
+            AuthConfig(type="api_token", secret_file=token_file), _secret_from(token_file)
+        ).httpx_auth()
+    elif password_file is not None:
+        if not username:
+            raise typer.BadParameter("--password-file needs --username")
+        config = AuthConfig(type="basic", username=username, secret_file=password_file)
+        auth = Credentials(config, _secret_from(password_file)).httpx_auth()
+    cache = options.metadata_cache or Path(f"dhis2-{name}-metadata.json")
+    return base_url, auth, cache
+
+
+async def _pull(base_url: str, auth: httpx.Auth | None, out: Path, page_size: int) -> dict[str, int]:
+    client = Dhis2Client(base_url, auth=auth, timeout=default_timeout(60.0))
+    try:
+        with Progress(
+            TextColumn("{task.description:<26}"), BarColumn(), MofNCompleteColumn(), transient=False
+        ) as progress:
+            tasks = {name: progress.add_task(name, total=None) for name in FIELDS}
+
+            def advance(collection: str, page: int, page_count: int) -> None:
+                progress.update(tasks[collection], completed=page, total=page_count)
+
+            snapshot = await MetadataCache(out).refresh(client, progress=advance)
+    finally:
+        await client.aclose()
+    return {name: len(objects) for name, objects in snapshot.collections.items()}
+
+
+@metadata_app.command("pull")
+def pull(
+    destination: Annotated[str, typer.Argument(help="destination name, or a DHIS2 base URL")],
+    out: Annotated[
+        Path | None, typer.Option(help="cache file (default: the destination's metadata_cache)")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", envvar="GATEWAY_CONFIG", help="YAML config file")
+    ] = None,
+    token_file: Annotated[Path | None, typer.Option(help="file holding a Personal Access Token")] = None,
+    username: Annotated[str | None, typer.Option(help="Basic auth user (with --password-file)")] = None,
+    password_file: Annotated[Path | None, typer.Option(help="file holding the Basic auth password")] = None,
+    page_size: Annotated[int, typer.Option(min=1, max=10_000, help="objects per page")] = 200,
+) -> None:
+    """Fetch programs, stages, data elements, attributes, option sets, org units and data sets."""
+    settings: Any = None
+    if not destination.startswith(("http://", "https://")):
+        try:
+            settings = load_settings(config)
+        except (ConfigFileError, ValidationError) as exc:
+            typer.echo(f"gateway: invalid configuration: {exc}", err=True)
+            raise typer.Exit(2) from exc
+    try:
+        base_url, auth, cache = resolve_destination(
+            destination,
+            settings,
+            os.environ,
+            token_file=token_file,
+            username=username,
+            password_file=password_file,
+        )
+    except DeliveryConfigError as exc:
+        typer.echo(f"gateway: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    target = out or cache
+    try:
+        counts = asyncio.run(_pull(base_url, auth, target, page_size))
+    except Dhis2Error as exc:
+        typer.echo(f"gateway: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    summary = ", ".join(f"{count} {name}" for name, count in counts.items())
+    typer.echo(f"stored {target}: {summary}")
+
+
+async def _org_units(base_url: str, auth: httpx.Auth | None) -> list[dict[str, Any]]:
+    client = Dhis2Client(base_url, auth=auth, timeout=default_timeout(60.0))
+    units: list[dict[str, Any]] = []
+    try:
+        async for page, _, _ in client.pages("organisationUnits", fields=FIELDS["organisationUnits"]):
+            units.extend(page)
+    finally:
+        await client.aclose()
+    return units
+
+
+@org_units_app.command("pull")
+def pull_org_units(
+    destination: Annotated[str, typer.Argument(help="destination name, or a DHIS2 base URL")],
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", envvar="GATEWAY_CONFIG", help="YAML config file")
+    ] = None,
+    token_file: Annotated[Path | None, typer.Option(help="file holding a Personal Access Token")] = None,
+    username: Annotated[str | None, typer.Option(help="Basic auth user (with --password-file)")] = None,
+    password_file: Annotated[Path | None, typer.Option(help="file holding the Basic auth password")] = None,
+) -> None:
+    """Write DHIS2 org units into the store as Location + Organization (only what changed)."""
+    from gateway.connectors.dhis2.mcsd import org_units_to_fhir, sync_org_units
+    from gateway.store import open_store
+
+    try:
+        settings = load_settings(config)
+        base_url, auth, _ = resolve_destination(
+            destination,
+            settings,
+            os.environ,
+            token_file=token_file,
+            username=username,
+            password_file=password_file,
+        )
+    except (ConfigFileError, ValidationError, DeliveryConfigError) as exc:
+        typer.echo(f"gateway: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    try:
+        units = asyncio.run(_org_units(base_url, auth))
+    except Dhis2Error as exc:
+        typer.echo(f"gateway: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    store = open_store(settings.store_url)
+    try:
+        written = sync_org_units(store, org_units_to_fhir(units))
+    finally:
+        store.close()
+    typer.echo(f"{len(units)} org units, {written} Location/Organization resources written")
+
+
+@dhis2_app.command("check-mappings")
+def check_mappings(
+    destination: Annotated[str, typer.Argument(help="destination name, or a DHIS2 base URL")],
+    files: Annotated[
+        list[Path] | None, typer.Argument(help="mapping files (default: mappings/dhis2/*.yaml)")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", envvar="GATEWAY_CONFIG", help="YAML config file")
+    ] = None,
+    metadata: Annotated[Path | None, typer.Option(help="use this metadata cache instead of fetching")] = None,
+    token_file: Annotated[Path | None, typer.Option(help="file holding a Personal Access Token")] = None,
+    mappings: Annotated[Path, typer.Option(help="mappings folder")] = Path("mappings"),
+) -> None:
+    """Check DHIS2 mappings against a DHIS2's metadata (unknown elements, option codes, org units)."""
+    from gateway.connectors.dhis2.mapping_load import check_mapping, load_tables
+    from gateway.connectors.dhis2.metadata import MetadataSnapshot, pull_metadata
+    from gateway.mapping.errors import LoadIssue
+
+    if metadata is not None:
+        snapshot = MetadataSnapshot.load(metadata)
+    else:
+        settings: Any = None
+        try:
+            if not destination.startswith(("http://", "https://")):
+                settings = load_settings(config)
+            base_url, auth, _ = resolve_destination(destination, settings, os.environ, token_file=token_file)
+        except (ConfigFileError, ValidationError, DeliveryConfigError) as exc:
+            typer.echo(f"gateway: {exc}", err=True)
+            raise typer.Exit(2) from exc
+
+        async def fetch() -> MetadataSnapshot:
+            client = Dhis2Client(base_url, auth=auth, timeout=default_timeout(60.0))
+            try:
+                return await pull_metadata(client)
+            finally:
+                await client.aclose()
+
+        try:
+            snapshot = asyncio.run(fetch())
+        except Dhis2Error as exc:
+            typer.echo(f"gateway: {exc}", err=True)
+            raise typer.Exit(1) from exc
+    issues: list[LoadIssue] = []
+    tables = load_tables(mappings, issues)
+    targets = files or sorted(p for p in (mappings / "dhis2").glob("*.yaml") if "measure" not in p.name)
+    for path in targets:
+        issues.extend(check_mapping(path, snapshot, tables))
+    for issue in issues:
+        typer.echo(str(issue))
+    typer.echo(
+        f"{len(targets)} DHIS2 mapping file(s) checked against {snapshot.base_url}: {len(issues)} problem(s)"
+    )
+    if issues:
+        raise typer.Exit(1)

@@ -1,0 +1,80 @@
+"""DHIS2 destination options (``destinations[].options`` of a ``kind: dhis2`` destination).
+
+    destinations:
+      - name: moh-dhis2
+        kind: dhis2
+        base_url: https://dhis2.example.org
+        auth: {type: api_token, secret_env: DHIS2_PAT}      # Authorization: ApiToken d2pat_…
+        batch_size: 50
+        options:
+          mapping: mappings/dhis2/chw-household-visit.yaml
+          aggregate_mapping: mappings/dhis2/chw-monthly-report.yaml
+          uid_namespace: demo-chw
+          async_threshold: 200
+          metadata_cache: var/dhis2-moh.json
+
+Supported DHIS2 versions: 2.38 and later (``/api/tracker`` with client UIDs). Legacy
+tracker endpoints are never used: every supported version has the new tracker API.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["MIN_VERSION", "Dhis2Options", "check_version", "default_timeout", "parse_version"]
+
+MIN_VERSION = (2, 38)
+_VERSION = re.compile(r"^(\d+)\.(\d+)")
+
+
+class Dhis2Options(BaseModel):
+    """Kind-specific settings of a DHIS2 destination."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mapping: Path | None = Field(None, description="tracker mapping YAML (mappings/dhis2/…)")
+    aggregate_mapping: Path | None = Field(None, description="MeasureReport → dataValueSet mapping YAML")
+    uid_namespace: str = Field(
+        "chw-gateway",
+        pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        description="separates deployments sharing one DHIS2",
+    )
+    async_threshold: int = Field(200, ge=1, description="tracker payloads with more objects use async=true")
+    job_poll_interval: float = Field(0.5, gt=0, le=60, description="first poll delay of an async job (s)")
+    job_timeout: float = Field(300.0, gt=0, description="give up waiting for an async job after (s)")
+    metadata_cache: Path | None = Field(
+        None, description="where `gateway dhis2 metadata pull` stores metadata"
+    )
+    metadata_max_age: float = Field(86_400.0, gt=0, description="refresh metadata older than this (s)")
+    uid_identifier_system: str = Field(
+        "http://dhis2.org/fhir/id/uid", description="FHIR identifier system of DHIS2 UIDs (identifiers_for)"
+    )
+
+
+def parse_version(text: str) -> tuple[int, int]:
+    """``"2.41.3"`` (or ``"2.41-SNAPSHOT"``) → ``(2, 41)``."""
+    match = _VERSION.match(text.strip())
+    if match is None:
+        raise ValueError(f"not a DHIS2 version: {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def check_version(version: tuple[int, int]) -> None:
+    """Refuse DHIS2 versions without the ``/api/tracker`` behaviour the connector relies on."""
+    if version < MIN_VERSION:
+        raise ValueError(f"DHIS2 {version[0]}.{version[1]} is not supported (2.38 or later)")
+
+
+def default_timeout(total: float = 30.0) -> httpx.Timeout:
+    """Connect fast, allow a long read: big synchronous imports take time to answer."""
+    return httpx.Timeout(connect=min(5.0, total), read=max(total, 5.0), write=total, pool=5.0)
+
+
+def options_from(raw: dict[str, Any]) -> Dhis2Options:
+    """Validate ``destinations[].options``."""
+    return Dhis2Options.model_validate(raw)

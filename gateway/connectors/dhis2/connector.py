@@ -1,0 +1,468 @@
+"""The ``dhis2`` connector: delivery jobs → ``/api/tracker`` and ``/api/dataValueSets``.
+
+One ``deliver`` call gets a batch of jobs (at most one per patient). Each job's resource is
+planned into DHIS2 objects (``tracker_transform``), parents first; the batch becomes one
+flat tracker payload (duplicates merged) sent with ``atomicMode=OBJECT`` and
+``importStrategy=CREATE_AND_UPDATE`` — synchronously for small batches, through the async
+job flow above ``async_threshold`` objects. MeasureReports become data value sets, one
+request each.
+
+Outcomes, per job (the ImportReport is read per object, E5000 traced to the parent):
+
+==============================================  =====================================
+what happened                                   outcome
+==============================================  =====================================
+the job's own object was created/updated        Success
+DHIS2 rejected it (409, E-code), or its parent  Permanent ``dhis2_<code>`` with DHIS2's
+                                                message, the DHIS2 object and the
+                                                FHIR resource it came from
+a value DHIS2 would reject (checked before      Permanent ``dhis2_<code>`` ("checked
+sending: value type, option code)               before sending")
+not committed without an error of its own       Retry ``dhis2_not_committed``
+5xx, 502/504 from a proxy, timeout, reset       Retry (``classify``)
+async job or report vanished / too slow         Retry ``dhis2_job_lost`` / ``_timeout``
+401, 403, other 4xx without a report            Permanent (``classify``: fix and replay)
+the Patient of a visit is not stored yet        Retry ``dhis2_waiting_for_patient``
+aggregate ``WARNING`` (some values rejected)    Permanent ``dhis2_partial`` naming each
+                                                rejected value's conflict; the accepted
+                                                values are stored (replay is idempotent)
+==============================================  =====================================
+
+Retries and replays are safe: every UID is derived from FHIR identity, so DHIS2 updates
+what an earlier (perhaps unanswered) attempt created instead of duplicating it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+import httpx
+import orjson
+
+from gateway.connectors.base import DeliveryOutcome, Job, Permanent, RecordedResponse, Retry, Success
+from gateway.connectors.dhis2.aggregate_summary import parse_import_summary
+from gateway.connectors.dhis2.aggregate_transform import measure_report_to_data_value_set
+from gateway.connectors.dhis2.client import Dhis2Client
+from gateway.connectors.dhis2.config import Dhis2Options, check_version
+from gateway.connectors.dhis2.errors import (
+    Dhis2Error,
+    Dhis2HttpError,
+    Dhis2JobLost,
+    Dhis2JobTimeout,
+    Dhis2TransportError,
+)
+from gateway.connectors.dhis2.jobs import run_async_import
+from gateway.connectors.dhis2.mapping_load import (
+    BoundAggregate,
+    BoundTracker,
+    load_aggregate,
+    load_tables,
+    load_tracker,
+)
+from gateway.connectors.dhis2.metadata import MetadataCache, MetadataSnapshot, pull_metadata
+from gateway.connectors.dhis2.orgunits import OrgUnitResolver
+from gateway.connectors.dhis2.reports import ObjectState, TrackerReport, parse_tracker_report
+from gateway.connectors.dhis2.sources import ResourceSource
+from gateway.connectors.dhis2.tracker_transform import (
+    Dhis2MappingError,
+    Dhis2PendingError,
+    PlannedObject,
+    TrackerPlan,
+    TrackerTransformer,
+)
+from gateway.delivery.classify import classify
+from gateway.delivery.clock import Clock
+from gateway.mapping.errors import LoadIssue, MappingError, MappingLoadError
+
+__all__ = ["Dhis2Connector"]
+
+logger = logging.getLogger(__name__)
+
+JsonObject = dict[str, Any]
+_TRACKER_PARAMS = {"atomicMode": "OBJECT", "importStrategy": "CREATE_AND_UPDATE", "reportMode": "ERRORS"}
+_AGGREGATE_PARAMS = {"importStrategy": "CREATE_AND_UPDATE"}
+_ORDER = ("TRACKED_ENTITY", "ENROLLMENT", "EVENT")
+_KEYS = {"TRACKED_ENTITY": "trackedEntities", "ENROLLMENT": "enrollments", "EVENT": "events"}
+_DATA_ELEMENT = re.compile(r"DataElement `([A-Za-z][A-Za-z0-9]{10})`")
+_OPTION_VALUE = re.compile(r"Value `([^`]*)` is not a valid option")
+
+
+@dataclass
+class _Prepared:
+    """A job after planning: either an outcome already, or what to send."""
+
+    job: Job
+    outcome: DeliveryOutcome | None = None
+    plan: TrackerPlan | None = None
+    data_values: JsonObject | None = None
+    origins: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+def _json(response: httpx.Response) -> Any:
+    try:
+        return orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _summary_response(status: int, body: Any) -> RecordedResponse:
+    text = orjson.dumps(body).decode()
+    return RecordedResponse(status=status, headers={"content-type": "application/json"}, body=text[:65536])
+
+
+class Dhis2Connector:
+    """Delivers FHIR changes to one DHIS2 instance (``gateway.connectors.base.Connector``)."""
+
+    def __init__(
+        self,
+        client: Dhis2Client,
+        options: Dhis2Options,
+        source: ResourceSource,
+        clock: Clock,
+        *,
+        mappings_root: Path | None = None,
+        snapshot: MetadataSnapshot | None = None,
+    ) -> None:
+        self.client = client
+        self.options = options
+        self.source = source
+        self.clock = clock
+        self._root = mappings_root
+        self._snapshot = snapshot
+        self._tracker: TrackerTransformer | None = None
+        self._aggregate: BoundAggregate | None = None
+        self._ready = False
+        self._bound_at = 0.0
+        self._lock = asyncio.Lock()
+        if snapshot is not None:
+            self._bind(snapshot)
+
+    async def aclose(self) -> None:
+        """Close the HTTP client."""
+        await self.client.aclose()
+
+    # -- setup
+
+    def _bind(self, snapshot: MetadataSnapshot) -> None:
+        """Load the mappings against ``snapshot``; ``MappingLoadError`` lists every problem."""
+        issues: list[LoadIssue] = []
+        paths = [p for p in (self.options.mapping, self.options.aggregate_mapping) if p is not None]
+        root = self._root or (paths[0].parent.parent if paths else Path("mappings"))
+        tables = load_tables(root, issues)
+        if issues:
+            raise MappingLoadError(issues)
+        tracker: BoundTracker | None = None
+        if self.options.mapping is not None:
+            tracker = load_tracker(self.options.mapping, snapshot, tables)
+        if self.options.aggregate_mapping is not None:
+            self._aggregate = load_aggregate(self.options.aggregate_mapping, snapshot, tables)
+        self._tracker = TrackerTransformer(tracker, namespace=self.options.uid_namespace) if tracker else None
+        self._snapshot = snapshot
+        self._ready = True
+        self._bound_at = self.clock.now()
+
+    async def _ensure_ready(self) -> DeliveryOutcome | None:
+        """Metadata and mappings, fetched once; a Retry when DHIS2 cannot be reached yet."""
+        if self._ready:
+            return None
+        async with self._lock:
+            if self._ready:
+                return None
+            try:
+                info = await self.client.system_info()
+                check_version(info.version)
+                snapshot = await self._metadata()
+            except Dhis2TransportError:
+                return Retry(delay=None, reason="connection")
+            except Dhis2Error as exc:
+                status = getattr(exc, "http_status", 0)
+                if status >= 500 or status in (408, 429):
+                    return Retry(delay=None, reason=f"http_{status}")
+                return Permanent(reason="dhis2_setup", detail=str(exc))
+            except ValueError as exc:  # an unsupported DHIS2 version
+                return Permanent(reason="dhis2_setup", detail=str(exc))
+            self._bind(snapshot)
+        return None
+
+    async def refresh_metadata(self) -> None:
+        """Fetch metadata now and rebind the mappings (keeps the old binding if DHIS2 is down)."""
+        async with self._lock:
+            try:
+                snapshot = await pull_metadata(self.client)
+            except Dhis2Error as exc:
+                logger.warning("dhis2 metadata refresh failed: %s", type(exc).__name__)
+                self._bound_at = self.clock.now()  # try again after another max_age
+                return
+            if self.options.metadata_cache is not None:
+                snapshot.save(self.options.metadata_cache)
+            try:
+                self._bind(snapshot)
+            except MappingLoadError as exc:
+                # DHIS2 changed under the mapping: keep sending with the old binding (DHIS2's own
+                # errors then name what no longer fits) and say so once per refresh.
+                logger.error("dhis2 mappings no longer match DHIS2 metadata (%d problems)", len(exc.issues))
+                self._bound_at = self.clock.now()
+
+    async def _metadata(self) -> MetadataSnapshot:
+        path = self.options.metadata_cache
+        if path is not None:
+            cache = MetadataCache(path)
+            if cache.snapshot is not None:
+                return cache.snapshot
+            return await cache.refresh(self.client)
+        return await pull_metadata(self.client)
+
+    # -- delivery
+
+    async def deliver(self, jobs: Sequence[Job]) -> list[DeliveryOutcome]:
+        """Send the batch; one outcome per job, in order."""
+        problem = await self._ensure_ready()
+        if problem is not None:
+            return [problem for _ in jobs]
+        if self.clock.now() - self._bound_at > self.options.metadata_max_age:
+            await self.refresh_metadata()
+        prepared = await anyio.to_thread.run_sync(self._prepare_all, list(jobs))
+        tracker_jobs = [p for p in prepared if p.outcome is None and p.plan is not None]
+        if tracker_jobs:
+            await self._send_tracker(tracker_jobs)
+        for item in prepared:
+            if item.outcome is None and item.data_values is not None:
+                item.outcome = await self._send_aggregate(item)
+        return [item.outcome or Success(detail="nothing to send") for item in prepared]
+
+    def _prepare_all(self, jobs: list[Job]) -> list[_Prepared]:
+        return [self._prepare(job) for job in jobs]
+
+    def _prepare(self, job: Job) -> _Prepared:
+        item = _Prepared(job)
+        if job.op == "delete":
+            return self._prepare_delete(item)
+        resource = job.resource()
+        try:
+            if resource.get("resourceType") == "MeasureReport":
+                if self._aggregate is None:
+                    item.outcome = Success(detail="no aggregate mapping: MeasureReport not sent")
+                    return item
+                resolver = OrgUnitResolver(self._aggregate.org_units, self.source)
+                plan = measure_report_to_data_value_set(resource, self._aggregate, resolver)
+                if plan.payload is None:
+                    item.outcome = Success(detail=plan.note)
+                else:
+                    item.data_values = plan.payload
+                return item
+            if self._tracker is None:
+                item.outcome = Success(detail="no tracker mapping")
+                return item
+            tracker_plan = self._tracker.plan(resource, self.source)
+        except Dhis2MappingError as exc:
+            item.outcome = Permanent(
+                reason=f"dhis2_{exc.code}",
+                detail=f"{exc.code} (checked before sending): {exc.message}; FHIR {exc.fhir_ref} "
+                f"(job {job.ref})",
+            )
+            return item
+        except Dhis2PendingError as exc:
+            item.outcome = Retry(delay=None, reason="dhis2_waiting_for_patient")
+            logger.info("dhis2 job %s waits: %s", job.id, type(exc).__name__)
+            return item
+        except MappingError as exc:
+            item.outcome = Permanent(
+                reason="mapping_error", detail=f"{exc.code} at {exc.path} (job {job.ref})"
+            )
+            return item
+        if tracker_plan.primary is None:
+            item.outcome = Success(detail=tracker_plan.note)
+        else:
+            item.plan = tracker_plan
+        return item
+
+    def _prepare_delete(self, item: _Prepared) -> _Prepared:
+        job = item.job
+        if job.resource_type == "Encounter" and self._tracker is not None:
+            from gateway.connectors.dhis2.uids import derive_uid
+
+            uid = derive_uid(self.options.uid_namespace, "EVENT", job.ref)
+            obj = PlannedObject("EVENT", uid, {"event": uid}, job.ref)
+            item.plan = TrackerPlan((obj,), ("EVENT", uid), note="delete")
+            return item
+        item.outcome = Success(detail=f"deleting a {job.resource_type} is not propagated to DHIS2")
+        return item
+
+    # -- tracker
+
+    async def _send_tracker(self, items: list[_Prepared]) -> None:
+        deletes = [i for i in items if i.plan is not None and i.plan.note == "delete"]
+        writes = [i for i in items if i not in deletes]
+        for group, strategy in ((writes, "CREATE_AND_UPDATE"), (deletes, "DELETE")):
+            if group:
+                await self._send_tracker_group(group, strategy)
+
+    async def _send_tracker_group(self, items: list[_Prepared], strategy: str) -> None:
+        merged: dict[tuple[str, str], PlannedObject] = {}
+        for item in items:
+            assert item.plan is not None
+            for obj in item.plan.objects:
+                merged[(obj.tracker_type, obj.uid)] = obj
+        payload: JsonObject = {_KEYS[kind]: [] for kind in _ORDER}
+        for kind in _ORDER if strategy != "DELETE" else tuple(reversed(_ORDER)):
+            payload[_KEYS[kind]] = [obj.payload for (k, _), obj in merged.items() if k == kind]
+        params = {**_TRACKER_PARAMS, "importStrategy": strategy}
+        try:
+            if len(merged) > self.options.async_threshold:
+                response = await run_async_import(
+                    self.client,
+                    payload,
+                    params,
+                    poll_interval=self.options.job_poll_interval,
+                    timeout=self.options.job_timeout,
+                    sleep=self.clock.sleep,
+                )
+            else:
+                response = await self.client.post_tracker(payload, {**params, "async": "false"})
+        except Dhis2TransportError as exc:
+            cause = exc.__cause__
+            outcome = classify(cause if isinstance(cause, BaseException) else exc, now=self.clock.now())
+            self._settle_all(items, outcome)
+            return
+        except Dhis2JobLost:
+            self._settle_all(items, Retry(delay=None, reason="dhis2_job_lost"))
+            return
+        except Dhis2JobTimeout:
+            self._settle_all(items, Retry(delay=None, reason="dhis2_job_timeout"))
+            return
+        except Dhis2HttpError as exc:  # the job flow met a refusal (401/403 …) while polling
+            status = exc.http_status
+            outcome = (
+                Retry(delay=None, reason=f"http_{status}")
+                if status >= 500 or status in (408, 429)
+                else Permanent(reason=f"http_{status}", detail=str(exc))
+            )
+            self._settle_all(items, outcome)
+            return
+        body = _json(response)
+        report: TrackerReport | None = None
+        if response.status_code in (200, 409) and isinstance(body, dict):
+            try:
+                report = parse_tracker_report(body)
+            except Dhis2Error:
+                report = None
+        if report is None:
+            outcome = classify(response, now=self.clock.now())
+            if isinstance(outcome, Success):
+                outcome = Permanent(
+                    reason="dhis2_unexpected_response",
+                    detail=f"HTTP {response.status_code} without an ImportReport",
+                )
+            self._settle_all(items, outcome)
+            return
+        for item in items:
+            item.outcome = self._tracker_outcome(item, report, merged)
+
+    def _settle_all(self, items: list[_Prepared], outcome: DeliveryOutcome) -> None:
+        for item in items:
+            item.outcome = outcome
+
+    def _tracker_outcome(
+        self, item: _Prepared, report: TrackerReport, merged: dict[tuple[str, str], PlannedObject]
+    ) -> DeliveryOutcome:
+        assert item.plan is not None and item.plan.primary is not None
+        kind, uid = item.plan.primary
+        state = report.state_of(kind, uid)
+        if state is ObjectState.ACCEPTED:
+            return Success(detail=f"{kind} {uid}")
+        cause = None
+        if state in (ObjectState.REJECTED, ObjectState.NOT_COMMITTED):
+            # The plan lists parents first: the first of them DHIS2 refused is the cause
+            # (a tracked entity's E1090 explains its enrollment's E1018 and its event's E5000).
+            cause = next(
+                (
+                    found
+                    for obj in item.plan.objects
+                    if (found := report.root_cause(obj.tracker_type, obj.uid)) is not None
+                ),
+                None,
+            )
+        if cause is not None:
+            source = merged.get((cause.tracker_type, cause.uid))
+            origin = source.origin if source is not None else item.job.ref
+            if source is not None:
+                element = _DATA_ELEMENT.search(cause.message)
+                value = _OPTION_VALUE.search(cause.message)
+                origin = source.origin_of(
+                    element.group(1) if element else None, value.group(1) if value else None
+                )
+            detail = (
+                f"{cause.code}: {cause.message} [DHIS2 {cause.tracker_type} {cause.uid} from FHIR {origin}; "
+                f"job {item.job.ref} → {kind} {uid}]"
+            )
+            error_json = {
+                "errorCode": cause.code,
+                "message": cause.message,
+                "trackerType": cause.tracker_type,
+                "uid": cause.uid,
+            }
+            return Permanent(
+                reason=f"dhis2_{cause.code}", detail=detail, response=_summary_response(409, error_json)
+            )
+        if state is ObjectState.NOT_COMMITTED:
+            return Retry(delay=None, reason="dhis2_not_committed")
+        return Retry(delay=None, reason="dhis2_unreported")
+
+    # -- aggregate
+
+    async def _send_aggregate(self, item: _Prepared) -> DeliveryOutcome:
+        payload = item.data_values
+        assert payload is not None
+        try:
+            response = await self.client.post_data_values(payload, _AGGREGATE_PARAMS)
+        except Dhis2TransportError as exc:
+            cause = exc.__cause__
+            return classify(cause if isinstance(cause, BaseException) else exc, now=self.clock.now())
+        body = _json(response)
+        try:
+            summary = (
+                parse_import_summary(body, payload["dataValues"])
+                if response.status_code in (200, 409)
+                else None
+            )
+        except Dhis2Error:
+            summary = None
+        if summary is None:
+            outcome = classify(response, now=self.clock.now())
+            if isinstance(outcome, Success):
+                return Permanent(reason="dhis2_unexpected_response", detail="no ImportSummary in the answer")
+            return outcome
+        counts = f"{summary.imported} imported, {summary.updated} updated, {summary.ignored} ignored"
+        if summary.status == "SUCCESS":
+            return Success(detail=f"{payload['dataSet']} {payload['period']} {payload['orgUnit']}: {counts}")
+        recorded = _summary_response(response.status_code, body)
+        if summary.aborted:
+            code = next((c.code for c in summary.conflicts if c.code), "import_error")
+            reasons = "; ".join(c.message for c in summary.conflicts) or "import aborted"
+            return Permanent(
+                reason=f"dhis2_{code}", response=recorded, detail=f"{reasons} [FHIR {item.job.ref}]"
+            )
+        rejected = []
+        for index in sorted(summary.rejected):
+            value = payload["dataValues"][index] if index < len(payload["dataValues"]) else {}
+            why = "; ".join(f"{c.code or ''} {c.message}".strip() for c in summary.conflicts_for(index))
+            rejected.append(
+                f"#{index} dataElement {value.get('dataElement')} "
+                f"COC {value.get('categoryOptionCombo')}: {why}"
+            )
+        code = next((c.code for c in summary.conflicts if c.code), "conflict")
+        return Permanent(
+            reason=f"dhis2_partial_{code}",
+            response=recorded,
+            detail=(
+                f"{len(summary.rejected)} of {len(payload['dataValues'])} values rejected ({counts}; "
+                f"the others are stored) [FHIR {item.job.ref}]: " + " | ".join(rejected)
+            ),
+        )

@@ -1,0 +1,61 @@
+"""FHIR Location/Organization → DHIS2 org unit, by identifier only (IHE mCSD style).
+
+A reference resolves when the resource carries the DHIS2 org-unit identifier
+(``http://dhis2.org/fhir/id/org-unit``, written by the mCSD pull) or an identifier listed in
+the mapping's org-unit table; otherwise its ``partOf`` parent is tried (a household
+Location resolves to its CHW area), up to ``MAX_DEPTH`` levels. Names are never compared.
+"""
+
+from __future__ import annotations
+
+from gateway.connectors.dhis2.mapping_spec import OrgUnitTable
+from gateway.connectors.dhis2.sources import ResourceSource, reference_of
+
+__all__ = ["MAX_DEPTH", "ORG_UNIT_CODE_SYSTEM", "ORG_UNIT_SYSTEM", "OrgUnitResolver"]
+
+ORG_UNIT_SYSTEM = "http://dhis2.org/fhir/id/org-unit"
+ORG_UNIT_CODE_SYSTEM = "http://dhis2.org/fhir/id/org-unit-code"
+MAX_DEPTH = 10
+
+
+class OrgUnitResolver:
+    """Resolves Location/Organization references through an identifier table."""
+
+    def __init__(self, table: OrgUnitTable, source: ResourceSource) -> None:
+        self._table = {(entry.system, entry.value): entry.org_unit for entry in table.entries}
+        self._source = source
+
+    def by_identifiers(self, identifiers: object) -> str | None:
+        """The org unit one of these FHIR identifiers names, if any."""
+        if not isinstance(identifiers, list):
+            return None
+        for identifier in identifiers:
+            if not isinstance(identifier, dict):
+                continue
+            system, value = identifier.get("system"), identifier.get("value")
+            if system == ORG_UNIT_SYSTEM and isinstance(value, str):
+                return value
+            found = self._table.get((str(system), str(value)))
+            if found is not None:
+                return found
+        return None
+
+    def resolve(self, reference: str | None) -> str | None:
+        """The org unit of ``Location/…`` or ``Organization/…``, walking ``partOf`` upwards."""
+        seen: set[str] = set()
+        current = reference_of(reference) if reference else None
+        for _ in range(MAX_DEPTH):
+            if current is None or current in seen:
+                return None
+            seen.add(current)
+            kind, _, rid = current.partition("/")
+            if kind not in ("Location", "Organization"):
+                return None
+            resource = self._source.get(kind, rid)
+            if resource is None:
+                return None
+            found = self.by_identifiers(resource.get("identifier"))
+            if found is not None:
+                return found
+            current = reference_of(resource.get("partOf"))
+        return None

@@ -1,0 +1,124 @@
+"""Where the transformation reads the resources around the one being delivered.
+
+An Encounter's event needs the Observations, MedicationDispenses and ServiceRequests that
+reference it; a tracked entity needs its Patient and the Location hierarchy of its
+household. ``ResourceSource`` is that seam: ``ResourceBundle`` holds resources in memory
+(tests, Bundles), ``StoreResourceSource`` reads the gateway's store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+import orjson
+
+__all__ = ["ResourceBundle", "ResourceSource", "StoreResourceSource", "reference_of"]
+
+JsonObject = dict[str, Any]
+
+# Search parameter → the element holding the reference, for the in-memory look-up.
+_PARAM_PATHS: dict[str, tuple[str, ...]] = {
+    "encounter": ("encounter",),
+    "context": ("context",),
+    "patient": ("subject", "patient"),
+    "subject": ("subject",),
+    "part-of": ("partOf",),
+}
+
+
+class ResourceSource(Protocol):
+    """Read access to stored FHIR resources."""
+
+    def get(self, resource_type: str, resource_id: str) -> JsonObject | None:
+        """The current version of a resource, or None (unknown or deleted)."""
+        ...
+
+    def find(self, resource_type: str, param: str, reference: str) -> list[JsonObject]:
+        """Resources of ``resource_type`` whose ``param`` reference is ``reference`` (``Type/id``)."""
+        ...
+
+
+def reference_of(value: Any) -> str | None:
+    """``Type/id`` from a Reference (or a reference string); None for other shapes."""
+    text = value.get("reference") if isinstance(value, Mapping) else value
+    if not isinstance(text, str) or "/" not in text:
+        return None
+    parts = text.rstrip("/").split("/")
+    if len(parts) >= 4 and parts[-2] == "_history":  # Type/id/_history/version
+        parts = parts[:-2]
+    return f"{parts[-2]}/{parts[-1]}"
+
+
+def _refs(resource: JsonObject, path: str) -> list[str]:
+    value = resource.get(path)
+    items = value if isinstance(value, list) else [value]
+    return [ref for item in items if (ref := reference_of(item)) is not None]
+
+
+class ResourceBundle:
+    """Resources held in memory (e.g. the entries of a Bundle)."""
+
+    def __init__(self, resources: Iterable[JsonObject] = ()) -> None:
+        self._by_ref: dict[str, JsonObject] = {}
+        self._index: dict[tuple[str, str, str], list[str]] | None = None
+        for resource in resources:
+            self.add(resource)
+
+    def add(self, resource: JsonObject) -> None:
+        """Add or replace a resource."""
+        self._by_ref[f"{resource['resourceType']}/{resource['id']}"] = resource
+        self._index = None
+
+    def _indexed(self) -> dict[tuple[str, str, str], list[str]]:
+        if self._index is None:
+            index: dict[tuple[str, str, str], list[str]] = {}
+            for key, resource in self._by_ref.items():
+                for path in {p for paths in _PARAM_PATHS.values() for p in paths}:
+                    for ref in _refs(resource, path):
+                        index.setdefault((resource["resourceType"], path, ref), []).append(key)
+            self._index = index
+        return self._index
+
+    def get(self, resource_type: str, resource_id: str) -> JsonObject | None:
+        """The resource ``Type/id``."""
+        return self._by_ref.get(f"{resource_type}/{resource_id}")
+
+    def find(self, resource_type: str, param: str, reference: str) -> list[JsonObject]:
+        """Resources pointing at ``reference`` through ``param``."""
+        paths = _PARAM_PATHS.get(param, (param,))
+        if param in _PARAM_PATHS:
+            index = self._indexed()
+            keys = dict.fromkeys(k for p in paths for k in index.get((resource_type, p, reference), []))
+            return [self._by_ref[key] for key in keys]
+        return [
+            resource
+            for key, resource in self._by_ref.items()
+            if key.startswith(resource_type + "/") and any(reference in _refs(resource, p) for p in paths)
+        ]
+
+
+class StoreResourceSource:
+    """Resources read from the gateway's store (synchronous: call from a worker thread)."""
+
+    def __init__(self, store: Any, parser: Any = None, *, limit: int = 1000) -> None:
+        from gateway.search.query import QueryParser
+        from gateway.search.registry import default_registry
+
+        self._store = store
+        self._parser = parser or QueryParser(default_registry(), limit, limit)
+        self._limit = limit
+
+    def get(self, resource_type: str, resource_id: str) -> JsonObject | None:
+        """The live version of ``Type/id``."""
+        stored = self._store.read(resource_type, resource_id)
+        if stored is None or stored.deleted:
+            return None
+        value: JsonObject = orjson.loads(stored.content)
+        return value
+
+    def find(self, resource_type: str, param: str, reference: str) -> list[JsonObject]:
+        """A search ``<Type>?<param>=<reference>`` (one page of up to ``limit``)."""
+        query = self._parser.parse(resource_type, [(param, reference), ("_count", str(self._limit))])
+        result = self._store.search(query)
+        return [orjson.loads(item.content) for item in result.resources]

@@ -1,0 +1,446 @@
+"""FHIR → DHIS2 tracker objects, as pure functions of a bound mapping and the stored resources.
+
+What a delivered resource becomes (parents first, so one flat payload keeps DHIS2's order
+tracked entity → enrollment → event, on the first try and on every retry or replay):
+
+=====================  =======================================================  ==========
+resource               objects                                                  primary
+=====================  =======================================================  ==========
+Patient                tracked entity                                           TE
+EpisodeOfCare          tracked entity, enrollment                               enrollment
+Encounter (qualifying) tracked entity, enrollment, event                        event
+Observation, Medica-   the event of the Encounter they reference (rebuilt from  event
+tionDispense, Service  everything stored for that Encounter)
+Request, Condition …
+=====================  =======================================================  ==========
+
+UIDs are derived from FHIR identity (``uids.derive_uid``): the tracked entity from the
+Patient, the enrollment from the EpisodeOfCare or else from (Patient, program), the event
+from the Encounter. Values are converted and checked as DHIS2 checks them before anything
+is sent; a value DHIS2 would refuse raises ``Dhis2MappingError`` with DHIS2's error code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.connectors.dhis2.mapping_load import BoundDataValue, BoundStage, BoundTracker
+from gateway.connectors.dhis2.orgunits import OrgUnitResolver
+from gateway.connectors.dhis2.sources import ResourceSource, reference_of
+from gateway.connectors.dhis2.uids import derive_uid
+from gateway.connectors.dhis2.values import ValueConversionError, to_dhis2_value
+from gateway.mapping.errors import MappingError
+from gateway.mapping.expressions import Expression
+
+__all__ = ["Dhis2MappingError", "Dhis2PendingError", "PlannedObject", "TrackerPlan", "TrackerTransformer"]
+
+JsonObject = dict[str, Any]
+
+_CODE_FIELDS = {
+    "Observation": "code",
+    "MedicationDispense": "medicationCodeableConcept",
+    "ServiceRequest": "code",
+    "Condition": "code",
+    "Procedure": "code",
+}
+_ENCOUNTER_PARAM = {"MedicationDispense": "context"}
+_ENCOUNTER_FIELD = {"MedicationDispense": "context"}
+_VOID_STATUSES = frozenset({"entered-in-error", "cancelled", "revoked", "declined", "not-done"})
+_WHEN_FIELDS = (
+    "effectiveDateTime",
+    "issued",
+    "whenHandedOver",
+    "authoredOn",
+    "recordedDate",
+    "performedDateTime",
+)
+
+
+class Dhis2MappingError(Exception):
+    """A resource that cannot become valid DHIS2 data; carries DHIS2's error code when there is one.
+
+    Messages name UIDs, codes and FHIR references, never values from the record.
+    """
+
+    def __init__(self, code: str, message: str, fhir_ref: str) -> None:
+        super().__init__(f"{code}: {message} ({fhir_ref})")
+        self.code = code
+        self.message = message
+        self.fhir_ref = fhir_ref
+
+
+class Dhis2PendingError(Exception):
+    """A resource whose parent (e.g. its Patient) is not stored yet: try again later."""
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedObject:
+    """One DHIS2 tracker object to import, and the FHIR resource it came from."""
+
+    tracker_type: str  # TRACKED_ENTITY | ENROLLMENT | EVENT
+    uid: str
+    payload: JsonObject
+    origin: str  # FHIR reference, e.g. "Encounter/abc"
+    value_origins: tuple[tuple[str, str], ...] = ()  # (data element, FHIR reference of its value)
+
+    def origin_of(self, data_element: str | None = None, value: str | None = None) -> str:
+        """The FHIR resource behind one data value (by element, or by value), else the object's."""
+        values = {item.get("dataElement"): item.get("value") for item in self.payload.get("dataValues", [])}
+        for element, ref in self.value_origins:
+            if element == data_element or (value is not None and values.get(element) == value):
+                return ref
+        return self.origin
+
+
+@dataclass(frozen=True, slots=True)
+class TrackerPlan:
+    """What one delivered resource becomes; ``primary`` is the object its outcome follows."""
+
+    objects: tuple[PlannedObject, ...]
+    primary: tuple[str, str] | None
+    note: str | None = None
+
+    @classmethod
+    def skip(cls, note: str) -> TrackerPlan:
+        """Nothing to send for this resource."""
+        return cls((), None, note)
+
+
+def _first(expr: Expression, resource: JsonObject, ref: str) -> Any:
+    try:
+        values = expr.run(resource, {})
+    except MappingError as exc:
+        raise Dhis2MappingError("mapping", f"expression failed: {exc.code}", ref) from exc
+    return values[0] if values else None
+
+
+def _truthy(expr: Expression, resource: JsonObject) -> bool:
+    try:
+        values = expr.run(resource, {})
+    except MappingError:
+        return False
+    return bool(values) and all(value is True for value in values)
+
+
+def _instant(value: Any) -> str | None:
+    """A FHIR date/dateTime as DHIS2 accepts it (date-only stays a date)."""
+    if not isinstance(value, str) or len(value) < 10:
+        return None
+    return value
+
+
+def _sort_key(resource: JsonObject) -> tuple[str, str]:
+    when = next((str(resource[f]) for f in _WHEN_FIELDS if isinstance(resource.get(f), str)), "")
+    updated = str((resource.get("meta") or {}).get("lastUpdated", ""))
+    return (when, updated)
+
+
+def _codings(resource: JsonObject, field: str) -> set[tuple[str, str]]:
+    concept = resource.get(field)
+    if not isinstance(concept, dict):
+        return set()
+    return {
+        (str(coding.get("system", "")), str(coding.get("code", "")))
+        for coding in concept.get("coding") or []
+        if isinstance(coding, dict)
+    }
+
+
+class TrackerTransformer:
+    """Turns stored FHIR resources into DHIS2 tracker objects with one bound mapping."""
+
+    def __init__(self, mapping: BoundTracker, *, namespace: str) -> None:
+        self.mapping = mapping
+        self.namespace = namespace
+
+    # -- entry point
+
+    def plan(self, resource: JsonObject, source: ResourceSource) -> TrackerPlan:
+        """The DHIS2 objects for one resource (parents first)."""
+        kind = resource.get("resourceType")
+        resolver = OrgUnitResolver(self.mapping.org_units, source)
+        if kind == "Patient":
+            te = self.tracked_entity(resource, resolver, fallback_org_unit=None)
+            return TrackerPlan((te,), ("TRACKED_ENTITY", te.uid))
+        if kind == "EpisodeOfCare":
+            return self._episode_plan(resource, source, resolver)
+        if kind == "Encounter":
+            return self._encounter_plan(resource, source, resolver)
+        if kind in _CODE_FIELDS:
+            encounter_ref = reference_of(resource.get(_ENCOUNTER_FIELD.get(str(kind), "encounter")))
+            if encounter_ref is None or not encounter_ref.startswith("Encounter/"):
+                return TrackerPlan.skip(f"{kind} without an Encounter is not sent to DHIS2")
+            encounter = source.get("Encounter", encounter_ref.partition("/")[2])
+            if encounter is None:
+                raise Dhis2PendingError(f"{encounter_ref} is not stored yet")
+            return self._encounter_plan(encounter, source, resolver)
+        return TrackerPlan.skip(f"{kind} is not mapped to DHIS2 tracker data")
+
+    def identifiers_for(self, resource: JsonObject, system: str) -> list[JsonObject]:
+        """The DHIS2 UID(s) derived from a resource, as FHIR identifiers partners can cross-reference.
+
+        Deterministic, so ingest can add them before the resource is stored (no write-back
+        from delivery, which would loop through the change feed).
+        """
+        kind, rid = resource.get("resourceType"), resource.get("id")
+        ref = f"{kind}/{rid}"
+        if kind == "Patient":
+            uid = derive_uid(self.namespace, "TRACKED_ENTITY", ref)
+        elif kind == "Encounter" and any(_truthy(s.when, resource) for s in self.mapping.stages):
+            uid = derive_uid(self.namespace, "EVENT", ref)
+        elif (
+            kind == "EpisodeOfCare"
+            and self.mapping.episode_filter
+            and _truthy(self.mapping.episode_filter, resource)
+        ):
+            uid = derive_uid(self.namespace, "ENROLLMENT", ref)
+        else:
+            return []
+        return [{"use": "secondary", "system": system, "value": uid}]
+
+    # -- plans
+
+    def _patient_of(self, resource: JsonObject, source: ResourceSource, ref: str) -> JsonObject:
+        patient_ref = reference_of(resource.get("subject") or resource.get("patient"))
+        if patient_ref is None or not patient_ref.startswith("Patient/"):
+            raise Dhis2MappingError("mapping", "the resource has no Patient subject", ref)
+        patient = source.get("Patient", patient_ref.partition("/")[2])
+        if patient is None:
+            raise Dhis2PendingError(f"{patient_ref} is not stored yet")
+        return patient
+
+    def _episode_plan(
+        self, episode: JsonObject, source: ResourceSource, resolver: OrgUnitResolver
+    ) -> TrackerPlan:
+        ref = f"EpisodeOfCare/{episode['id']}"
+        if self.mapping.episode_filter is None or not _truthy(self.mapping.episode_filter, episode):
+            return TrackerPlan.skip("EpisodeOfCare not for this program")
+        patient = self._patient_of(episode, source, ref)
+        org_unit = self._org_unit(self.mapping.enrollment_org_unit, episode, resolver)
+        te = self.tracked_entity(patient, resolver, fallback_org_unit=org_unit)
+        en = self._enrollment(patient, episode, org_unit or te.payload["orgUnit"], None, te.uid)
+        return TrackerPlan((te, en), ("ENROLLMENT", en.uid))
+
+    def _encounter_plan(
+        self, encounter: JsonObject, source: ResourceSource, resolver: OrgUnitResolver
+    ) -> TrackerPlan:
+        ref = f"Encounter/{encounter['id']}"
+        stage = next((s for s in self.mapping.stages if _truthy(s.when, encounter)), None)
+        if stage is None:
+            return TrackerPlan.skip("Encounter does not qualify for any program stage")
+        patient = self._patient_of(encounter, source, ref)
+        org_unit = self._org_unit(stage.org_unit, encounter, resolver)
+        if org_unit is None:
+            raise Dhis2MappingError(
+                "org-unit", "no org unit for the Encounter's location/service provider", ref
+            )
+        te = self.tracked_entity(patient, resolver, fallback_org_unit=org_unit)
+        episode = self._episode_for(encounter, patient, source)
+        first = self._first_visit(patient, source) or encounter
+        en_org = self._org_unit(self.mapping.enrollment_org_unit, episode, resolver) if episode else None
+        en = self._enrollment(patient, episode, en_org or org_unit, first, te.uid)
+        ev = self.event(encounter, stage, en.uid, te.uid, org_unit, source)
+        return TrackerPlan((te, en, ev), ("EVENT", ev.uid))
+
+    # -- objects
+
+    def _org_unit(
+        self, exprs: tuple[Expression, ...], resource: JsonObject, resolver: OrgUnitResolver
+    ) -> str | None:
+        for expr in exprs:
+            try:
+                values = expr.run(resource, {})
+            except MappingError:
+                continue
+            for value in values:
+                found = resolver.resolve(value if isinstance(value, str) else reference_of(value))
+                if found is not None:
+                    return found
+        return None
+
+    def tracked_entity(
+        self, patient: JsonObject, resolver: OrgUnitResolver, *, fallback_org_unit: str | None
+    ) -> PlannedObject:
+        """Patient → tracked entity."""
+        ref = f"Patient/{patient['id']}"
+        org_unit = self._org_unit(self.mapping.te_org_unit, patient, resolver) or fallback_org_unit
+        if org_unit is None:
+            raise Dhis2MappingError(
+                "org-unit", "no org unit for the Patient (household or organization)", ref
+            )
+        attributes = []
+        for rule in self.mapping.attributes:
+            value = _first(rule.value, patient, ref)
+            if value is None:
+                continue
+            text = self._convert(value, rule.value_type, rule.option_codes, "E1007", rule.uid, ref)
+            attributes.append({"attribute": rule.uid, "value": text})
+        uid = derive_uid(self.namespace, "TRACKED_ENTITY", ref)
+        payload = {
+            "trackedEntity": uid,
+            "trackedEntityType": self.mapping.tracked_entity_type,
+            "orgUnit": org_unit,
+            "attributes": attributes,
+        }
+        return PlannedObject("TRACKED_ENTITY", uid, payload, ref)
+
+    def _episode_for(
+        self, encounter: JsonObject, patient: JsonObject, source: ResourceSource
+    ) -> JsonObject | None:
+        if self.mapping.episode_filter is None:
+            return None
+        linked = [reference_of(item) for item in encounter.get("episodeOfCare") or []]
+        candidates = [source.get("EpisodeOfCare", ref.partition("/")[2]) for ref in linked if ref]
+        if not any(candidates):
+            candidates = list(source.find("EpisodeOfCare", "patient", f"Patient/{patient['id']}"))
+        matching = [c for c in candidates if c is not None and _truthy(self.mapping.episode_filter, c)]
+        return sorted(matching, key=lambda c: str(c.get("id")))[0] if matching else None
+
+    def _first_visit(self, patient: JsonObject, source: ResourceSource) -> JsonObject | None:
+        visits = [
+            e
+            for e in source.find("Encounter", "patient", f"Patient/{patient['id']}")
+            if any(_truthy(stage.when, e) for stage in self.mapping.stages)
+            and e.get("status") != "entered-in-error"
+        ]
+        dated = [(str((e.get("period") or {}).get("start", "")), str(e.get("id"))) for e in visits]
+        if not dated:
+            return None
+        _, first_id = min(dated)
+        return next(e for e in visits if str(e.get("id")) == first_id)
+
+    def _enrollment(
+        self,
+        patient: JsonObject,
+        episode: JsonObject | None,
+        org_unit: str,
+        first_visit: JsonObject | None,
+        te_uid: str,
+    ) -> PlannedObject:
+        if episode is not None:
+            origin = f"EpisodeOfCare/{episode['id']}"
+            uid = derive_uid(self.namespace, "ENROLLMENT", origin)
+            enrolled_at = _instant(_first(self.mapping.enrolled_at, episode, origin))
+            status = self.mapping.enrollment_status.get(str(episode.get("status")), "ACTIVE")
+        else:
+            # Without an EpisodeOfCare the enrollment belongs to (Patient, program): the same
+            # UID whichever visit is delivered first, dated by the earliest stored visit.
+            origin = f"Patient/{patient['id']}"
+            uid = derive_uid(self.namespace, "ENROLLMENT", f"{origin}|{self.mapping.program}")
+            enrolled_at = _instant(((first_visit or {}).get("period") or {}).get("start"))
+            status = "ACTIVE"
+        if enrolled_at is None:
+            raise Dhis2MappingError("E1025", "no enrollment date (period.start)", origin)
+        payload = {
+            "enrollment": uid,
+            "trackedEntity": te_uid,
+            "program": self.mapping.program,
+            "orgUnit": org_unit,
+            "enrolledAt": enrolled_at,
+            "occurredAt": enrolled_at,
+            "status": status,
+        }
+        return PlannedObject("ENROLLMENT", uid, payload, origin)
+
+    def event(
+        self,
+        encounter: JsonObject,
+        stage: BoundStage,
+        enrollment_uid: str,
+        te_uid: str,
+        org_unit: str,
+        source: ResourceSource,
+    ) -> PlannedObject:
+        """Encounter (+ what references it) → event of ``stage``."""
+        ref = f"Encounter/{encounter['id']}"
+        occurred_at = _instant(_first(stage.occurred_at, encounter, ref))
+        if occurred_at is None:
+            raise Dhis2MappingError("E1031", "the Encounter has no date (period.start)", ref)
+        values: list[JsonObject] = []
+        origins: list[tuple[str, str]] = []
+        related: dict[str, list[JsonObject]] = {}  # one look-up per resource type, not per rule
+        for rule in stage.data_values:
+            value, origin = self._data_value(rule, encounter, source, ref, related)
+            values.append(value)
+            origins.append((rule.uid, origin))
+        uid = derive_uid(self.namespace, "EVENT", ref)
+        payload = {
+            "event": uid,
+            "program": self.mapping.program,
+            "programStage": stage.uid,
+            "enrollment": enrollment_uid,
+            "trackedEntity": te_uid,
+            "orgUnit": org_unit,
+            "occurredAt": occurred_at,
+            "status": stage.status.get(str(encounter.get("status")), "ACTIVE"),
+            "dataValues": values,
+        }
+        return PlannedObject("EVENT", uid, payload, ref, tuple(origins))
+
+    def _candidates(
+        self,
+        rule: BoundDataValue,
+        encounter: JsonObject,
+        source: ResourceSource,
+        related: dict[str, list[JsonObject]],
+    ) -> list[JsonObject]:
+        if rule.source == "Encounter":
+            found = [encounter]
+        else:
+            if rule.source not in related:
+                param = _ENCOUNTER_PARAM.get(rule.source, "encounter")
+                related[rule.source] = [
+                    r
+                    for r in source.find(rule.source, param, f"Encounter/{encounter['id']}")
+                    if r.get("status") not in _VOID_STATUSES
+                ]
+            found = related[rule.source]
+            if rule.codes:
+                field = _CODE_FIELDS[rule.source]
+                found = [r for r in found if _codings(r, field) & rule.codes]
+        if rule.where is not None:
+            where = rule.where
+            found = [r for r in found if _truthy(where, r)]
+        return sorted(found, key=_sort_key)
+
+    def _data_value(
+        self,
+        rule: BoundDataValue,
+        encounter: JsonObject,
+        source: ResourceSource,
+        ref: str,
+        related: dict[str, list[JsonObject]],
+    ) -> tuple[JsonObject, str]:
+        candidates = self._candidates(rule, encounter, source, related)
+        value: Any = None
+        origin = ref
+        if candidates:
+            latest = candidates[-1]
+            origin = f"{latest['resourceType']}/{latest['id']}"
+            value = (
+                rule.present
+                if rule.present is not None
+                else (_first(rule.value, latest, origin) if rule.value is not None else None)
+            )
+        elif rule.absent is not None:
+            value = rule.absent
+        if value is None:
+            # An element the mapping owns but the record no longer has is cleared in DHIS2.
+            return {"dataElement": rule.uid, "value": None}, origin
+        text = self._convert(value, rule.value_type, rule.option_codes, "E1302", rule.uid, origin)
+        return {"dataElement": rule.uid, "value": text}, origin
+
+    def _convert(
+        self, value: Any, value_type: str, options: frozenset[str] | None, code: str, uid: str, ref: str
+    ) -> str:
+        if options is not None:
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            if text not in options:
+                raise Dhis2MappingError("E1125", f"value is not a valid option code for `{uid}`", ref)
+            return text
+        try:
+            return to_dhis2_value(value, value_type)
+        except ValueConversionError as exc:
+            what = "DataElement" if code == "E1302" else "Attribute"
+            raise Dhis2MappingError(code, f"{what} `{uid}` is not valid: `{exc.key}`", ref) from exc

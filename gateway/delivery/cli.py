@@ -1,0 +1,300 @@
+"""``gateway queue …`` and ``gateway worker``: delivery from the command line.
+
+    gateway queue status
+    gateway queue dead-letters --destination shr --reason 'http_4*' --since 24h
+    gateway queue replay shr:1234                 # one dead letter
+    gateway queue replay --destination shr --reason http_422
+    gateway queue replay --all
+    gateway queue pause shr / gateway queue resume shr
+    gateway queue purge --destination shr --until 2024-01-01 --yes
+    gateway worker [--destination shr]            # outbox + workers until SIGTERM
+
+This module is the CLI boundary: it is where the environment (``os.environ``) is read
+and handed to ``resolve_credentials``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import orjson
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from gateway.delivery.admin import DeliveryAdmin, dead_letter_detail, dead_letter_summary
+from gateway.delivery.config import DeliveryConfigError
+from gateway.delivery.policy import parse_duration
+from gateway.delivery.queue import DeadLetterFilter, QueueError
+from gateway.delivery.runner import DeliverySections, delivery_sections, open_admin, run_worker
+from gateway.errors import GatewayError
+
+T = TypeVar("T")
+
+queue_app = typer.Typer(help="The delivery queue: status, dead letters, replay.", no_args_is_help=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", envvar="GATEWAY_CONFIG", help="YAML config file", dir_okay=False),
+]
+DestinationsOption = Annotated[
+    Path | None,
+    typer.Option("--destinations", help="YAML file with destinations/delivery sections", dir_okay=False),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+DestinationFilter = Annotated[str | None, typer.Option("--destination", "-d", help="destination name")]
+ReasonFilter = Annotated[str | None, typer.Option("--reason", help="reason code, or a prefix ending in *")]
+SinceFilter = Annotated[str | None, typer.Option("--since", help="ISO time, or an age like 24h")]
+UntilFilter = Annotated[str | None, typer.Option("--until", help="ISO time, or an age like 1h")]
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(f"gateway: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _load(config: Path | None, destinations: Path | None) -> tuple[Any, DeliverySections]:
+    from gateway.settings import ConfigFileError, load_settings
+
+    try:
+        settings = load_settings(config)
+        return settings, delivery_sections(settings, destinations)
+    except (ConfigFileError, DeliveryConfigError) as exc:
+        _fail(str(exc))
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        _fail(f"{'.'.join(str(p) for p in first.get('loc', ()))}: {first.get('msg', 'invalid')}")
+
+
+def _with_admin(
+    config: Path | None, destinations: Path | None, action: Callable[[DeliveryAdmin], Awaitable[T]]
+) -> T:
+    settings, sections = _load(config, destinations)
+
+    async def run() -> T:
+        handle = open_admin(settings.queue_url, sections)
+        try:
+            return await action(handle.admin)
+        finally:
+            await handle.queue.close()
+
+    try:
+        return asyncio.run(run())
+    except GatewayError as exc:
+        _fail(exc.diagnostics, 1)
+    except QueueError as exc:
+        _fail(str(exc), 1)
+
+
+def parse_when(value: str | None, *, now: float | None = None) -> float | None:
+    """Epoch seconds from an ISO 8601 time, or from an age (``24h`` means 24 hours ago)."""
+    if value is None:
+        return None
+    if re.fullmatch(r"\s*\d+(\.\d+)?\s*(ms|s|m|h|d)\s*", value):
+        return (now if now is not None else time.time()) - float(parse_duration(value))
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        _fail(f"not a time: {value!r} (use ISO 8601 or an age like 24h)")
+    if when.tzinfo is None:
+        when = when.astimezone()
+    return when.timestamp()
+
+
+def _filter(
+    destination: str | None, reason: str | None, since: str | None, until: str | None
+) -> DeadLetterFilter:
+    return DeadLetterFilter(destination, reason, parse_when(since), parse_when(until))
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="seconds")
+
+
+@queue_app.command("status")
+def status(
+    config: ConfigOption = None, destinations: DestinationsOption = None, json: JsonOption = False
+) -> None:
+    """Per destination: depth, oldest pending age, in flight, retrying, dead, delivered/min, circuit."""
+    rows = _with_admin(config, destinations, lambda admin: admin.status())
+    if json:
+        typer.echo(orjson.dumps([row.as_json() for row in rows], option=orjson.OPT_INDENT_2).decode())
+        return
+    table = Table(
+        "destination", "kind", "depth", "oldest", "in flight", "retrying", "dead", "/min", "circuit"
+    )
+    for row in rows:
+        s = row.stats
+        circuit = s.circuit + (" (paused)" if s.paused else "") + ("" if row.enabled else " (disabled)")
+        table.add_row(
+            row.name,
+            row.kind,
+            str(s.depth),
+            _age(s.oldest_pending_age),
+            str(s.in_flight),
+            str(s.retrying),
+            str(s.dead),
+            f"{s.delivered_per_min:.0f}",
+            circuit,
+        )
+    Console().print(table)
+
+
+@queue_app.command("dead-letters")
+def dead_letters(
+    destination: DestinationFilter = None,
+    reason: ReasonFilter = None,
+    since: SinceFilter = None,
+    until: UntilFilter = None,
+    limit: Annotated[int, typer.Option(help="at most this many, newest first")] = 100,
+    show: Annotated[str | None, typer.Option("--show", help="print one dead letter in full")] = None,
+    config: ConfigOption = None,
+    destinations: DestinationsOption = None,
+    json: JsonOption = False,
+) -> None:
+    """List dead letters (filter by destination, reason, time), or --show one with request/response."""
+    if show is not None:
+        letter = _with_admin(config, destinations, lambda admin: admin.dead_letter(show))
+        typer.echo(orjson.dumps(dead_letter_detail(letter), option=orjson.OPT_INDENT_2).decode())
+        return
+    where = _filter(destination, reason, since, until)
+    letters = _with_admin(config, destinations, lambda admin: admin.dead_letters(where, limit=limit))
+    if json:
+        summaries = [dead_letter_summary(letter) for letter in letters]
+        typer.echo(orjson.dumps(summaries, option=orjson.OPT_INDENT_2).decode())
+        return
+    table = Table("id", "resource", "reason", "status", "attempts", "died")
+    for letter in letters:
+        row = dead_letter_summary(letter)
+        status_code = str(row["status"]) if row["status"] is not None else "-"
+        table.add_row(
+            row["id"], row["resource"], row["reason"], status_code, str(row["attempts"]), _iso(row["died_at"])
+        )
+    Console().print(table)
+
+
+def _bulk(
+    verb: str,
+    action: Callable[[DeliveryAdmin, DeadLetterFilter, Callable[[int, int], None]], Awaitable[int]],
+    where: DeadLetterFilter,
+    config: Path | None,
+    destinations: Path | None,
+) -> int:
+    with Progress(
+        TextColumn(f"{verb} dead letters"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
+    ) as progress:
+        task = progress.add_task(verb, total=None)
+
+        def update(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        return _with_admin(config, destinations, lambda admin: action(admin, where, update))
+
+
+@queue_app.command("replay")
+def replay(
+    job_id: Annotated[str | None, typer.Argument(help="one dead letter id, e.g. shr:1234")] = None,
+    destination: DestinationFilter = None,
+    reason: ReasonFilter = None,
+    since: SinceFilter = None,
+    until: UntilFilter = None,
+    all_: Annotated[bool, typer.Option("--all", help="replay every dead letter")] = False,
+    config: ConfigOption = None,
+    destinations: DestinationsOption = None,
+) -> None:
+    """Send dead letters again: one id, a filtered set, or --all (with a progress bar)."""
+    filtered = any(v is not None for v in (destination, reason, since, until))
+    if job_id is not None:
+        if filtered or all_:
+            _fail("give a dead letter id, or filters, or --all; not several")
+        _with_admin(config, destinations, lambda admin: admin.replay(job_id))
+        typer.echo(f"replayed {job_id}")
+        return
+    if not filtered and not all_:
+        _fail("say what to replay: an id, --destination/--reason/--since/--until, or --all")
+    where = _filter(destination, reason, since, until)
+    count = _bulk(
+        "replaying",
+        lambda admin, w, p: admin.replay_matching(w, progress=p),
+        where,
+        config,
+        destinations,
+    )
+    typer.echo(f"replayed {count} dead letters")
+
+
+@queue_app.command("purge")
+def purge(
+    destination: DestinationFilter = None,
+    reason: ReasonFilter = None,
+    since: SinceFilter = None,
+    until: UntilFilter = None,
+    yes: Annotated[bool, typer.Option("--yes", help="really delete them")] = False,
+    config: ConfigOption = None,
+    destinations: DestinationsOption = None,
+) -> None:
+    """Delete dead letters and their payloads for good (needs --yes)."""
+    if not yes:
+        _fail("purging deletes dead letters and their payloads; add --yes to confirm")
+    where = _filter(destination, reason, since, until)
+    count = _bulk(
+        "purging", lambda admin, w, p: admin.purge_matching(w, progress=p), where, config, destinations
+    )
+    typer.echo(f"purged {count} dead letters")
+
+
+@queue_app.command("pause")
+def pause(
+    name: Annotated[str, typer.Argument(help="destination name")],
+    config: ConfigOption = None,
+    destinations: DestinationsOption = None,
+) -> None:
+    """Stop delivering to a destination (its jobs keep queueing)."""
+    _with_admin(config, destinations, lambda admin: admin.pause(name))
+    typer.echo(f"paused {name}")
+
+
+@queue_app.command("resume")
+def resume(
+    name: Annotated[str, typer.Argument(help="destination name")],
+    config: ConfigOption = None,
+    destinations: DestinationsOption = None,
+) -> None:
+    """Deliver to a paused destination again."""
+    _with_admin(config, destinations, lambda admin: admin.resume(name))
+    typer.echo(f"resumed {name}")
+
+
+def worker_command(
+    config: ConfigOption = None,
+    destinations: DestinationsOption = None,
+    only: Annotated[
+        list[str] | None, typer.Option("--destination", "-d", help="deliver only to these (repeatable)")
+    ] = None,
+) -> None:
+    """Run delivery workers (and the outbox) in this process until SIGTERM or Ctrl-C."""
+    settings, sections = _load(config, destinations)
+    try:
+        asyncio.run(
+            run_worker(settings.store_url, settings.queue_url, sections, environ=dict(os.environ), only=only)
+        )
+    except DeliveryConfigError as exc:
+        _fail(str(exc))

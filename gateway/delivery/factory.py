@@ -1,0 +1,94 @@
+"""Building a connector for each configured destination, by kind.
+
+``fhir`` and ``webhook`` are built here; ``dhis2`` comes from
+``gateway.connectors.dhis2.dhis2_factory(store)`` (it reads related resources from the
+store), all following ``ConnectorFactory``:
+
+    def factory(destination: DestinationConfig, *, client: httpx.AsyncClient,
+                clock: Clock) -> Connector: ...
+
+The factory receives a ready ``httpx.AsyncClient`` (credentials, timeouts, pool size
+and transport already applied) and owns it from then on (``Connector.aclose`` closes it).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Protocol
+
+import httpx
+
+from gateway.connectors.base import Connector
+from gateway.delivery.clock import Clock
+from gateway.delivery.config import DeliveryConfigError, DestinationConfig, resolve_credentials
+from gateway.delivery.http import destination_client
+
+
+class ConnectorFactory(Protocol):
+    """Builds the connector of one destination kind."""
+
+    def __call__(
+        self, destination: DestinationConfig, *, client: httpx.AsyncClient, clock: Clock
+    ) -> Connector:
+        """A connector for ``destination`` that sends through ``client``."""
+        ...
+
+
+# Connector modules are imported when a destination of their kind is built: they import
+# gateway.delivery helpers themselves, and this keeps the import graph free of cycles.
+
+
+def fhir_connector(destination: DestinationConfig, *, client: httpx.AsyncClient, clock: Clock) -> Connector:
+    """The ``fhir`` kind; ``options.mode`` is ``id`` (default) or ``identifier``."""
+    from gateway.connectors.fhir_server import FhirServerConnector
+
+    mode = destination.options.get("mode", "id")
+    if mode not in ("id", "identifier"):
+        raise DeliveryConfigError(f"destination {destination.name}: options.mode must be id or identifier")
+    return FhirServerConnector(client, destination.base_url, clock, mode=mode)
+
+
+def webhook_connector(
+    destination: DestinationConfig, *, client: httpx.AsyncClient, clock: Clock
+) -> Connector:
+    """The ``webhook`` kind: POST to ``base_url``."""
+    from gateway.connectors.webhook import WebhookConnector
+
+    return WebhookConnector(client, destination.base_url, clock)
+
+
+FACTORIES: Mapping[str, ConnectorFactory] = {"fhir": fhir_connector, "webhook": webhook_connector}
+
+
+def default_factories(store: object) -> dict[str, ConnectorFactory]:
+    """Every kind; ``dhis2`` reads related resources from ``store``."""
+
+    def dhis2(destination: DestinationConfig, *, client: httpx.AsyncClient, clock: Clock) -> Connector:
+        try:
+            module = importlib.import_module("gateway.connectors.dhis2")
+        except ImportError as exc:
+            raise DeliveryConfigError("the dhis2 connector is not available in this build") from exc
+        connector: Connector = module.dhis2_factory(store)(destination, client=client, clock=clock)
+        return connector
+
+    return {**FACTORIES, "dhis2": dhis2}
+
+
+def build_connector(
+    destination: DestinationConfig,
+    *,
+    environ: Mapping[str, str],
+    clock: Clock,
+    transport: httpx.AsyncBaseTransport | None = None,
+    factories: Mapping[str, ConnectorFactory] = FACTORIES,
+) -> Connector:
+    """The connector for ``destination``, with its credentials resolved from ``environ``."""
+    factory = factories.get(destination.kind)
+    if factory is None:
+        raise DeliveryConfigError(f"destination {destination.name}: no connector for {destination.kind!r}")
+    auth = resolve_credentials(destination.auth, environ).httpx_auth() if destination.auth else None
+    client = destination_client(
+        timeout=destination.timeout, concurrency=destination.concurrency, auth=auth, transport=transport
+    )
+    return factory(destination, client=client, clock=clock)

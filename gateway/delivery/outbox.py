@@ -1,0 +1,166 @@
+"""The outbox: committed changes become delivery jobs, nothing lost, nothing twice.
+
+The store appends a change-feed entry in the same transaction as every write, so the
+API path never waits for delivery. The outbox follows the feed with one cursor per
+destination, kept *in the queue*: ``queue.enqueue`` writes a batch of jobs and moves the
+cursor in one transaction, compare-and-set on the old position. So:
+
+* a crash before that transaction loses nothing (the cursor did not move; the changes
+  are read again), and a crash after it duplicates nothing;
+* several outboxes (one per ``gateway worker`` process) may run at once: the first to
+  move a cursor wins and the others re-read from the new position.
+
+A change becomes a job for a destination when it passes the destination's filter
+(resource type, source system, FHIRPath criteria). A delete is judged, and keyed, by the
+version it deletes. Jobs carry the version's JSON so the queue is self-contained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gateway.connectors.base import Job
+from gateway.delivery.clock import Clock
+from gateway.delivery.codec import job_id
+from gateway.delivery.config import DestinationConfig
+from gateway.delivery.queue import DeliveryQueue
+from gateway.store.base import Change, ChangeOp, ResourceStore
+
+log = logging.getLogger(__name__)
+
+# Where a resource points at its patient, in the order they are tried.
+PATIENT_FIELDS = ("subject", "patient", "beneficiary", "individual", "for", "focus")
+
+
+def ordering_key(resource_type: str, resource_id: str, resource: dict[str, Any]) -> str:
+    """The patient compartment a resource belongs to (``Patient/x``), else the resource itself."""
+    if resource_type == "Patient":
+        return f"Patient/{resource_id}"
+    for name in PATIENT_FIELDS:
+        value = resource.get(name)
+        reference = value.get("reference") if isinstance(value, dict) else None
+        if isinstance(reference, str) and reference.startswith("Patient/"):
+            return reference.split("/_history", 1)[0]
+    return f"{resource_type}/{resource_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Version:
+    """What the outbox needs to know about one changed version."""
+
+    payload: bytes  # b"" for a delete
+    resource: dict[str, Any]  # the content judged by filters (the deleted version for a delete)
+    source: str | None
+    key: str
+
+
+class Outbox:
+    """Turns change-feed entries into queued jobs for each enabled destination."""
+
+    def __init__(
+        self,
+        store: ResourceStore,
+        queue: DeliveryQueue,
+        destinations: Sequence[DestinationConfig],
+        clock: Clock,
+        *,
+        batch: int = 500,
+    ) -> None:
+        self.store = store
+        self.queue = queue
+        self.destinations = [d for d in destinations if d.enabled]
+        self.clock = clock
+        self.batch = batch
+        # Versions of types no destination wants are never read.
+        self._types: set[str] | None = None
+        if all(d.filter.resource_types for d in self.destinations):
+            self._types = {t for d in self.destinations for t in d.filter.resource_types}
+
+    async def run_once(self) -> dict[str, int]:
+        """Queue the next batch of changes; jobs queued per destination whose cursor moved ({}: idle)."""
+        if not self.destinations:
+            return {}
+        cursors = {d.name: await self.queue.cursor(d.name) for d in self.destinations}
+        low = min(cursor or 0 for cursor in cursors.values())
+        changes = await asyncio.to_thread(self.store.changes, low, self.batch)
+        if not changes:
+            return {}
+        versions = await asyncio.to_thread(self._load, changes)
+        now = self.clock.now()
+        queued: dict[str, int] = {}
+        for destination in self.destinations:
+            after = cursors[destination.name]
+            relevant = [c for c in changes if c.seq > (after or 0)]
+            if not relevant:
+                continue
+            jobs = [
+                self._job(destination.name, change, versions[change.seq], now)
+                for change in relevant
+                if change.seq in versions and self._wanted(destination, change, versions[change.seq])
+            ]
+            if await self.queue.enqueue(destination.name, jobs, after=after, cursor=relevant[-1].seq):
+                queued[destination.name] = len(jobs)
+            else:
+                log.debug("outbox: cursor of %s moved concurrently; re-reading", destination.name)
+        return queued
+
+    async def drain(self) -> int:
+        """Queue everything the feed holds now (used by tests and the CLI); jobs queued."""
+        total = 0
+        while True:
+            queued = await self.run_once()
+            if not queued:
+                return total
+            total += sum(queued.values())
+
+    @staticmethod
+    def _wanted(destination: DestinationConfig, change: Change, version: _Version) -> bool:
+        return destination.filter.matches(change.type, version.source, version.resource)
+
+    @staticmethod
+    def _job(destination: str, change: Change, version: _Version, now: float) -> Job:
+        return Job(
+            id=job_id(destination, change.seq),
+            destination=destination,
+            seq=change.seq,
+            resource_type=change.type,
+            resource_id=change.id,
+            version=change.version,
+            op=change.op.value,
+            key=version.key,
+            payload=version.payload,
+            source=version.source,
+            enqueued_at=now,
+        )
+
+    def _load(self, changes: list[Change]) -> dict[int, _Version]:
+        """Read each changed version once (runs on a worker thread: the store is synchronous)."""
+        versions: dict[int, _Version] = {}
+        for change in changes:
+            if self._types is not None and change.type not in self._types:
+                continue
+            stored = self.store.vread(change.type, change.id, change.version)
+            if stored is None:
+                log.warning("outbox: change %s names a missing version; skipped", change.seq)
+                continue
+            payload = b"" if change.op is ChangeOp.DELETE else stored.content
+            judged = payload
+            if change.op is ChangeOp.DELETE and change.version > 1:
+                previous = self.store.vread(change.type, change.id, change.version - 1)
+                judged = previous.content if previous is not None else b""
+            resource: dict[str, Any] = orjson.loads(judged) if judged else {}
+            meta = resource.get("meta")
+            source = meta.get("source") if isinstance(meta, dict) else None
+            versions[change.seq] = _Version(
+                payload=payload,
+                resource=resource,
+                source=source if isinstance(source, str) else None,
+                key=ordering_key(change.type, change.id, resource),
+            )
+        return versions

@@ -1,0 +1,216 @@
+"""The delivery queue seam: one protocol, two durable backends.
+
+``SQLiteQueue`` (``sqlite:///path``) is the single-node default: WAL, one file, survives
+``kill -9``. ``RedisQueue`` (``redis://…``) is for many workers on many machines. Both
+pass ``tests/delivery/test_queue_contract.py``.
+
+What every backend guarantees:
+
+* **Atomic outbox hand-over.** ``enqueue`` adds a batch of jobs *and* moves the
+  destination's change-feed cursor in one transaction, compare-and-set on the old cursor:
+  a crash between the two cannot lose a change or queue it twice, and two outboxes
+  racing cannot both queue it.
+* **Per-key order.** Only the oldest live job of an ordering key (the patient compartment)
+  can be claimed; the next one becomes claimable when it is delivered or dead. A job
+  that is retrying holds back only its own key.
+* **Leases.** A claimed job is in flight until settled; if its worker goes silent for the
+  lease period, another worker claims it again. Each claim gets a new token (in
+  ``Job.receipt``), and a settlement carrying an old token is ignored, so a worker that
+  was presumed dead cannot settle a job twice.
+* **Coalescing.** When asked (``coalesce=True``), ``claim`` skips a job whose resource has a
+  newer version queued for the same destination, and counts it as delivered.
+* **Payload retention.** A delivered job is deleted with its payload; retrying and dead
+  jobs keep theirs until delivered, replayed and delivered, or purged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from gateway.connectors.base import Job, RecordedRequest, RecordedResponse
+from gateway.delivery.clock import Clock
+
+
+def reraise_if_cancelled(exc: BaseException) -> None:
+    """Raise ``CancelledError`` instead of ``exc`` when the current task is being cancelled.
+
+    Network clients sometimes surface a cancellation as their own timeout or connection
+    error; handled as an ordinary failure, it would swallow the cancellation and keep a
+    retry loop running after shutdown asked it to stop.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError() from exc
+
+
+class QueueError(Exception):
+    """A queue operation failed."""
+
+
+class QueueUnavailable(QueueError):
+    """The queue's database cannot be reached now (retry later)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Settlement: the job was delivered."""
+
+    job: Job
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    """Settlement: the job failed transiently; try again at ``due_at``."""
+
+    job: Job
+    due_at: float
+    reason: str  # error code of this attempt
+
+
+@dataclass(frozen=True, slots=True)
+class Bury:
+    """Settlement: the job goes to the dead letters."""
+
+    job: Job
+    reason: str
+    detail: str | None = None
+    request: RecordedRequest | None = None
+    response: RecordedResponse | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """Settlement: give the job back untried (shutdown); it counts no attempt."""
+
+    job: Job
+
+
+Settlement = Ack | Nack | Bury | Release
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A dead job with why it died."""
+
+    job: Job
+    reason: str
+    died_at: float
+    attempts: int
+    detail: str | None
+    request: RecordedRequest | None
+    response: RecordedResponse | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterFilter:
+    """Which dead letters to list, replay or purge; None means any."""
+
+    destination: str | None = None
+    reason: str | None = None  # exact reason code, or a prefix ending in "*" (e.g. "http_4*")
+    since: float | None = None  # died at or after (epoch seconds)
+    until: float | None = None  # died before
+
+    def matches_reason(self, reason: str) -> bool:
+        """True if ``reason`` passes this filter's reason test."""
+        if self.reason is None:
+            return True
+        if self.reason.endswith("*"):
+            return reason.startswith(self.reason[:-1])
+        return reason == self.reason
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """A destination's queue, as counted by the backend."""
+
+    destination: str
+    depth: int  # live jobs: pending + in flight + retrying
+    in_flight: int
+    retrying: int
+    dead: int
+    oldest_pending_age: float | None  # seconds since the oldest live job was queued
+    delivered_per_min: float  # over the last minute
+    paused: bool
+    circuit: str  # CircuitState value last published by a worker
+    circuit_until: float | None  # when an open circuit will let a probe through
+    cursor: int  # the outbox's change-feed position
+
+
+class DeliveryQueue(Protocol):
+    """A durable job queue per destination (see the module docstring for the guarantees)."""
+
+    async def cursor(self, destination: str) -> int | None:
+        """The outbox's change-feed position for ``destination`` (None: never set)."""
+        ...
+
+    async def enqueue(self, destination: str, jobs: Sequence[Job], *, after: int | None, cursor: int) -> bool:
+        """Add ``jobs`` and move the cursor from ``after`` to ``cursor`` atomically; False if it moved."""
+        ...
+
+    async def claim(self, destination: str, *, worker: str, limit: int, coalesce: bool) -> list[Job]:
+        """Lease up to ``limit`` due jobs, each the oldest live job of its key (none when paused)."""
+        ...
+
+    async def extend(self, jobs: Sequence[Job]) -> None:
+        """Renew the leases of in-flight jobs still held by their claim."""
+        ...
+
+    async def settle(self, settlements: Sequence[Settlement]) -> None:
+        """Record what happened to claimed jobs; stale claims are ignored."""
+        ...
+
+    async def stats(self, destination: str) -> QueueStats:
+        """Counts and state for one destination."""
+        ...
+
+    async def destinations(self) -> list[str]:
+        """Destinations this queue has seen."""
+        ...
+
+    async def set_paused(self, destination: str, paused: bool) -> None:
+        """Pause (no claims) or resume a destination."""
+        ...
+
+    async def set_circuit(self, destination: str, state: str, until: float | None) -> None:
+        """Publish a circuit-breaker transition for the admin view."""
+        ...
+
+    async def dead_letters(self, where: DeadLetterFilter, *, limit: int = 100) -> list[DeadLetter]:
+        """Dead letters matching ``where``, newest first."""
+        ...
+
+    async def dead_letter(self, job_id: str) -> DeadLetter | None:
+        """One dead letter by job id (None if there is no such dead job)."""
+        ...
+
+    async def dead_letter_ids(self, where: DeadLetterFilter) -> list[str]:
+        """Ids of all dead letters matching ``where``, oldest first."""
+        ...
+
+    async def replay(self, ids: Sequence[str]) -> int:
+        """Send dead jobs again (fresh attempt budget, behind their key's live jobs); how many."""
+        ...
+
+    async def purge(self, ids: Sequence[str]) -> int:
+        """Delete dead jobs and their payloads; how many."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+def open_queue(url: str, *, clock: Clock, lease: float = 60.0, prefix: str = "gw:dq") -> DeliveryQueue:
+    """Open the queue named by ``settings.queue_url`` (``sqlite:///path`` or ``redis://…``)."""
+    if url.startswith("sqlite:///"):
+        from gateway.delivery.sqlite_queue import SQLiteQueue
+
+        return SQLiteQueue(url.removeprefix("sqlite:///"), clock=clock, lease=lease)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from gateway.delivery.redis_queue import RedisQueue
+
+        return RedisQueue.from_url(url, clock=clock, lease=lease, prefix=prefix)
+    raise ValueError("queue url must start with sqlite:/// or redis://")

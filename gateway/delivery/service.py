@@ -1,0 +1,182 @@
+"""The delivery engine as one object: outbox, worker and admin over one queue.
+
+``gateway serve`` creates it in the app lifespan (in-process worker by default) and
+``gateway worker`` runs it as its own process; both go through ``DeliveryService.create``:
+
+    service = DeliveryService.create(
+        store=store, queue_url=settings.queue_url, destinations=settings.destinations,
+        settings=settings.delivery, environ=os.environ, run_worker=True,
+    )
+    await service.start()      # outbox loop + claim/settle loops
+    service.notify()           # optional: a write committed, look at the feed now
+    ...
+    await service.stop()       # graceful: in-flight jobs finish or are released
+
+With ``run_worker=False`` nothing runs and no credentials are read: the service only
+serves the admin view (``service.admin``) of a queue that other processes work on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+
+import httpx
+
+from gateway.connectors.base import Connector
+from gateway.delivery.admin import DeliveryAdmin
+from gateway.delivery.breaker import CircuitBreaker
+from gateway.delivery.clock import Clock, SystemClock, wait_event
+from gateway.delivery.config import DeliverySettings, DestinationConfig
+from gateway.delivery.factory import ConnectorFactory, build_connector, default_factories
+from gateway.delivery.keys import DEFAULT_PREFIX
+from gateway.delivery.outbox import Outbox
+from gateway.delivery.queue import DeliveryQueue, open_queue, reraise_if_cancelled
+from gateway.delivery.worker import DestinationRuntime, Worker
+from gateway.store.base import ResourceStore
+
+log = logging.getLogger(__name__)
+
+MAX_OUTBOX_BACKOFF = 30.0
+
+
+class DeliveryService:
+    """Outbox + worker + admin for a set of destinations (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        store: ResourceStore,
+        queue: DeliveryQueue,
+        destinations: Sequence[DestinationConfig],
+        connectors: Mapping[str, Connector],
+        settings: DeliverySettings,
+        clock: Clock,
+        worker_name: str | None = None,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.queue = queue
+        self.clock = clock
+        self.settings = settings
+        self.connectors = dict(connectors)
+        self.admin = DeliveryAdmin(queue, destinations)
+        active = [d for d in destinations if d.enabled and d.name in self.connectors]
+        self.outbox = Outbox(store, queue, active, clock, batch=settings.outbox_batch)
+        runtimes = [
+            DestinationRuntime(
+                config=d,
+                connector=self.connectors[d.name],
+                policy=settings.retry_for(d),
+                breaker=CircuitBreaker(settings.breaker_for(d)),
+            )
+            for d in active
+        ]
+        self.worker = Worker(
+            queue,
+            runtimes,
+            clock,
+            name=worker_name,
+            poll_interval=settings.poll_interval,
+            lease=settings.lease,
+            drain_timeout=settings.drain_timeout,
+            settle_batch=settings.settle_batch,
+            rand=rand,
+        )
+        self._changed = asyncio.Event()
+        self._outbox_task: asyncio.Task[None] | None = None
+        self._running = False
+        self._stopping = False
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        store: ResourceStore,
+        queue_url: str,
+        destinations: Sequence[DestinationConfig],
+        settings: DeliverySettings,
+        environ: Mapping[str, str],
+        run_worker: bool = True,
+        clock: Clock | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        factories: Mapping[str, ConnectorFactory] | None = None,
+        queue_prefix: str = DEFAULT_PREFIX,
+        only: Sequence[str] | None = None,
+    ) -> DeliveryService:
+        """Open the queue and, if this process delivers, build the connectors.
+
+        ``only`` limits the worker and outbox to some destinations (the admin view keeps all).
+        """
+        clock = clock or SystemClock()
+        queue = open_queue(queue_url, clock=clock, lease=settings.lease, prefix=queue_prefix)
+        connectors: dict[str, Connector] = {}
+        if run_worker:
+            factories = factories if factories is not None else default_factories(store)
+            for destination in destinations:
+                if destination.enabled and (only is None or destination.name in only):
+                    connectors[destination.name] = build_connector(
+                        destination, environ=environ, clock=clock, transport=transport, factories=factories
+                    )
+        return cls(
+            store=store,
+            queue=queue,
+            destinations=destinations,
+            connectors=connectors,
+            settings=settings,
+            clock=clock,
+        )
+
+    async def start(self) -> None:
+        """Start the outbox loop and the worker (no-op without connectors)."""
+        if self._running or not self.connectors:
+            return
+        self._running = True
+        self._stopping = False
+        await self.worker.start()
+        self._outbox_task = asyncio.create_task(self._outbox_loop(), name="delivery-outbox")
+
+    async def stop(self) -> None:
+        """Stop the outbox, drain the worker, close connectors and the queue."""
+        if self._outbox_task is not None:
+            self._stopping = True
+            self._changed.set()
+            done, _ = await asyncio.wait({self._outbox_task}, timeout=self.settings.drain_timeout)
+            if not done:
+                self._outbox_task.cancel()
+            await asyncio.gather(self._outbox_task, return_exceptions=True)
+            self._outbox_task = None
+        if self._running:
+            await self.worker.stop()
+            self._running = False
+        for connector in self.connectors.values():
+            await connector.aclose()
+        await self.queue.close()
+
+    def notify(self) -> None:
+        """A write was committed: look at the change feed now rather than at the next poll."""
+        self._changed.set()
+
+    async def _outbox_loop(self) -> None:
+        backoff = self.settings.poll_interval
+        while not self._stopping:
+            self._changed.clear()
+            try:
+                queued = await self.outbox.run_once()
+            except Exception as exc:  # store or queue down: keep the loop alive, retry with backoff
+                reraise_if_cancelled(exc)
+                # The type and place only: messages of database errors can quote row data.
+                where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+                place = f"{where.filename}:{where.lineno}" if where else "?"
+                log.error("delivery outbox: %s at %s; retrying in %.1fs", type(exc).__name__, place, backoff)
+                await self.clock.sleep(backoff)
+                backoff = min(backoff * 2, MAX_OUTBOX_BACKOFF)
+                continue
+            backoff = self.settings.poll_interval
+            for name, count in queued.items():
+                if count:
+                    self.worker.wake(name)
+            if not queued:
+                await wait_event(self._changed, self.settings.poll_interval, self.clock)

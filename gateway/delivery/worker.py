@@ -1,0 +1,340 @@
+"""Delivery workers: claim jobs, call connectors, settle outcomes.
+
+One ``Worker`` runs, per destination, a claim loop bounded by that destination's
+concurrency and guarded by its circuit breaker, so a dead or slow destination only ever
+occupies its own slots. Outcomes are settled in batches by one settle loop (an ack, a
+retry due time, or a dead letter), and a heartbeat renews the leases of jobs in flight.
+
+    worker = Worker(queue, [DestinationRuntime(config, connector, policy, breaker)], clock)
+    await worker.start()
+    ...
+    await worker.stop()   # finishes in-flight jobs (up to drain_timeout), releases the rest
+
+Outcome handling: Success → ack; Retry → the retry policy picks the due time (never
+earlier than a Retry-After), or gives up → dead letter "retries_exhausted"; Permanent →
+dead letter with request/response; an exception raised by a connector → dead letter
+"internal_error" with the traceback (a bug must not become a silent retry loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from gateway.connectors.base import Connector, DeliveryOutcome, Job, Permanent, Retry, Success
+from gateway.delivery.breaker import CircuitBreaker, CircuitState
+from gateway.delivery.classify import format_traceback
+from gateway.delivery.clock import Clock, wait_event
+from gateway.delivery.config import DestinationConfig
+from gateway.delivery.policy import RetryPolicy
+from gateway.delivery.queue import (
+    Ack,
+    Bury,
+    DeliveryQueue,
+    Nack,
+    QueueError,
+    QueueUnavailable,
+    Release,
+    Settlement,
+    reraise_if_cancelled,
+)
+
+log = logging.getLogger(__name__)
+
+
+def worker_name() -> str:
+    """A name unique to this process, for queue consumer groups and logs."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(eq=False)
+class DestinationRuntime:
+    """A destination as the worker runs it: config, connector, policies and live state."""
+
+    config: DestinationConfig
+    connector: Connector
+    policy: RetryPolicy
+    breaker: CircuitBreaker
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    active_calls: int = 0
+    in_flight: dict[str, Job] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The destination's name."""
+        return self.config.name
+
+
+def settlement_for(
+    job: Job, outcome: DeliveryOutcome, policy: RetryPolicy, *, now: float, rand: float
+) -> Settlement:
+    """What to record for ``job`` after ``outcome`` (see the module docstring)."""
+    if isinstance(outcome, Success):
+        return Ack(job)
+    if isinstance(outcome, Retry):
+        due = policy.next_attempt_at(
+            attempts=job.attempts + 1,
+            first_enqueued_at=job.enqueued_at,
+            now=now,
+            hint=outcome.delay,
+            rand=rand,
+        )
+        if due is None:
+            detail = f"gave up after {job.attempts + 1} attempts; last error: {outcome.reason}"
+            return Bury(job, reason="retries_exhausted", detail=detail)
+        return Nack(job, due_at=due, reason=outcome.reason)
+    return Bury(job, outcome.reason, outcome.detail, outcome.request, outcome.response)
+
+
+class Worker:
+    """Runs delivery for a set of destinations in this process (see the module docstring)."""
+
+    def __init__(
+        self,
+        queue: DeliveryQueue,
+        runtimes: Sequence[DestinationRuntime],
+        clock: Clock,
+        *,
+        name: str | None = None,
+        poll_interval: float = 0.5,
+        lease: float = 60.0,
+        drain_timeout: float = 10.0,
+        settle_batch: int = 500,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.queue = queue
+        self.runtimes = {runtime.name: runtime for runtime in runtimes}
+        self.clock = clock
+        self.name = name or worker_name()
+        self.poll_interval = poll_interval
+        self.lease = lease
+        self.drain_timeout = drain_timeout
+        self.settle_batch = settle_batch
+        self.rand = rand
+        self._settlements: asyncio.Queue[list[Settlement] | None] = asyncio.Queue()
+        self._deliveries: set[asyncio.Task[None]] = set()
+        self._claimers: list[asyncio.Task[None]] = []
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._settler: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the claim loops, the settle loop and the heartbeat."""
+        self._stopping = False
+        self._settler = asyncio.create_task(self._settle_loop(), name="delivery-settle")
+        self._claimers = [
+            asyncio.create_task(self._claim_loop(runtime), name=f"delivery-{runtime.name}")
+            for runtime in self.runtimes.values()
+        ]
+        self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="delivery-heartbeat")
+        log.info("delivery worker %s started for %d destinations", self.name, len(self.runtimes))
+
+    async def stop(self) -> None:
+        """Stop claiming, let in-flight jobs finish (up to drain_timeout), release the rest."""
+        self._stopping = True
+        self.wake()
+        claimers, self._claimers = self._claimers, []
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        if claimers:
+            # Claim loops exit at their next check; a claim already sent completes and its
+            # jobs are delivered or released below instead of staying leased until expiry.
+            _, stuck = await asyncio.wait(claimers, timeout=self.drain_timeout)
+            for task in stuck:
+                task.cancel()
+            await asyncio.gather(*claimers, return_exceptions=True)
+        if self._heartbeat is not None:
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
+            self._heartbeat = None
+        if self._deliveries:
+            _, unfinished = await asyncio.wait(set(self._deliveries), timeout=self.drain_timeout)
+            for task in unfinished:
+                task.cancel()
+            await asyncio.gather(*unfinished, return_exceptions=True)
+        if self._settler is not None:
+            self._settlements.put_nowait(None)
+            try:
+                await asyncio.wait_for(self._settler, timeout=max(self.drain_timeout, 1.0))
+            except TimeoutError:
+                log.warning("delivery worker %s: settlements not flushed; leases will expire", self.name)
+            self._settler = None
+        log.info("delivery worker %s stopped", self.name)
+
+    def wake(self, destination: str | None = None) -> None:
+        """New jobs may be claimable (for one destination, or all)."""
+        targets = [self.runtimes[destination]] if destination in self.runtimes else self.runtimes.values()
+        for runtime in targets:
+            runtime.wake.set()
+
+    # -- claiming ---------------------------------------------------------------------------
+
+    async def _claim_loop(self, runtime: DestinationRuntime) -> None:
+        backoff = self.poll_interval
+        while not self._stopping:
+            runtime.wake.clear()
+            now = self.clock.now()
+            if not runtime.breaker.allow(now):
+                wait = runtime.breaker.wait_time(now) or self.poll_interval
+                await wait_event(runtime.wake, min(wait, self.poll_interval * 4), self.clock)
+                continue
+            batch = runtime.config.batch_size
+            free = runtime.config.concurrency - runtime.active_calls
+            if free <= 0:
+                await wait_event(runtime.wake, self.poll_interval, self.clock)
+                continue
+            probing = runtime.breaker.state is CircuitState.HALF_OPEN
+            limit = batch if probing else free * batch
+            try:
+                jobs = await self.queue.claim(
+                    runtime.name, worker=self.name, limit=limit, coalesce=runtime.config.coalesces
+                )
+            except QueueError as exc:
+                reraise_if_cancelled(exc)
+                log.warning("delivery %s: claim failed (%s); retrying", runtime.name, type(exc).__name__)
+                await self.clock.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            backoff = self.poll_interval
+            if not jobs:
+                await wait_event(runtime.wake, self.poll_interval, self.clock)
+                continue
+            for start in range(0, len(jobs), batch):
+                chunk = jobs[start : start + batch]
+                runtime.breaker.started(now)
+                runtime.active_calls += 1
+                for job in chunk:
+                    runtime.in_flight[job.id] = job
+                task = asyncio.create_task(self._deliver(runtime, chunk))
+                self._deliveries.add(task)
+                task.add_done_callback(self._deliveries.discard)
+
+    # -- delivering -------------------------------------------------------------------------
+
+    async def _deliver(self, runtime: DestinationRuntime, jobs: list[Job]) -> None:
+        try:
+            outcomes = await self._call_connector(runtime, jobs)
+        except asyncio.CancelledError:
+            # Shutdown: whether the destination got it is unknown; give it back untried
+            # (delivery is at-least-once and writes are idempotent).
+            runtime.breaker.probe_in_flight = False
+            self._settlements.put_nowait([Release(job) for job in jobs])
+            runtime.active_calls -= 1
+            raise
+        now = self.clock.now()
+        self._observe(runtime, outcomes, now)
+        self._settlements.put_nowait(
+            [
+                settlement_for(job, outcome, runtime.policy, now=now, rand=self.rand())
+                for job, outcome in zip(jobs, outcomes, strict=True)
+            ]
+        )
+        runtime.active_calls -= 1
+        runtime.wake.set()
+
+    async def _call_connector(self, runtime: DestinationRuntime, jobs: list[Job]) -> list[DeliveryOutcome]:
+        try:
+            outcomes = await runtime.connector.deliver(jobs)
+            if len(outcomes) != len(jobs):
+                raise RuntimeError(f"connector returned {len(outcomes)} outcomes for {len(jobs)} jobs")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug in our code: dead-letter with the traceback, do not retry
+            reraise_if_cancelled(exc)
+            log.error(
+                "delivery %s: connector raised %s for %d jobs", runtime.name, type(exc).__name__, len(jobs)
+            )
+            failure = Permanent(reason="internal_error", detail=format_traceback(exc))
+            return [failure] * len(jobs)
+        return outcomes
+
+    def _observe(self, runtime: DestinationRuntime, outcomes: list[DeliveryOutcome], now: float) -> None:
+        """Feed the breaker: an answer means the link is up, only transient failures mean down."""
+        breaker = runtime.breaker
+        for outcome in outcomes:
+            if isinstance(outcome, Retry) and outcome.throttle and outcome.delay:
+                breaker.hold(now + outcome.delay)
+        answered = any(
+            isinstance(o, Success) or (isinstance(o, Permanent) and o.reason != "internal_error")
+            for o in outcomes
+        )
+        if answered:
+            changed = breaker.record(ok=True, now=now)
+        elif all(isinstance(o, Retry) for o in outcomes):
+            changed = breaker.record(ok=False, now=now)
+        else:
+            breaker.probe_in_flight = False
+            changed = False
+        if changed:
+            until = breaker.open_until if breaker.state is CircuitState.OPEN else None
+            log.warning("delivery %s: circuit %s", runtime.name, breaker.state.value)
+            task = asyncio.create_task(self._publish_circuit(runtime.name, breaker.state.value, until))
+            self._deliveries.add(task)
+            task.add_done_callback(self._deliveries.discard)
+
+    async def _publish_circuit(self, destination: str, state: str, until: float | None) -> None:
+        try:
+            await self.queue.set_circuit(destination, state, until)
+        except QueueError as exc:
+            reraise_if_cancelled(exc)
+            log.warning("delivery %s: circuit state not published (%s)", destination, type(exc).__name__)
+
+    # -- settling and leases ----------------------------------------------------------------
+
+    async def _settle_loop(self) -> None:
+        done = False
+        while not done:
+            first = await self._settlements.get()
+            if first is None:
+                done = True
+                first = []
+            batch = list(first)
+            while len(batch) < self.settle_batch and not self._settlements.empty():
+                more = self._settlements.get_nowait()
+                if more is None:
+                    done = True
+                    break
+                batch += more
+            if batch:
+                await self._flush(batch)
+
+    async def _flush(self, batch: list[Settlement]) -> None:
+        delay = 0.05
+        for attempt in range(1000):
+            try:
+                await self.queue.settle(batch)
+                break
+            except QueueUnavailable as exc:
+                reraise_if_cancelled(exc)
+                if attempt == 0:
+                    log.warning("delivery: queue unavailable while settling %d jobs; retrying", len(batch))
+            except QueueError as exc:
+                reraise_if_cancelled(exc)
+                log.error("delivery: settling %d jobs failed (%s); leases will expire", len(batch), exc)
+                break
+            await self.clock.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        for item in batch:
+            runtime = self.runtimes.get(item.job.destination)
+            if runtime is not None:
+                runtime.in_flight.pop(item.job.id, None)
+                runtime.wake.set()
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await self.clock.sleep(self.lease / 3)
+            jobs = [job for runtime in self.runtimes.values() for job in runtime.in_flight.values()]
+            if not jobs:
+                continue
+            try:
+                await self.queue.extend(jobs)
+            except QueueError as exc:
+                reraise_if_cancelled(exc)
+                log.warning("delivery: lease renewal failed (%s)", type(exc).__name__)

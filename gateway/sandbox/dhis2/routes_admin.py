@@ -1,0 +1,82 @@
+"""Sandbox control (not part of DHIS2): faults, outages, statistics, reset.
+
+These endpoints live under ``/sandbox/`` and are never subject to faults or
+authentication, so a test can switch a failing sandbox back to healthy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from gateway.sandbox.dhis2.context import StateDep
+from gateway.sandbox.dhis2.faults import FaultConfig, FaultMode, OutageWindow
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/sandbox", tags=["sandbox"])
+
+
+class OutageRequest(BaseModel):
+    """An outage starting now."""
+
+    seconds: float = Field(gt=0, le=86_400)
+    mode: FaultMode = "502"
+
+
+@router.get("/faults")
+def get_faults(state: StateDep) -> FaultConfig:
+    """The fault configuration in force."""
+    return state.faults.config
+
+
+@router.put("/faults")
+def put_faults(config: FaultConfig, state: StateDep) -> FaultConfig:
+    """Replace the fault configuration."""
+    state.faults.configure(config)
+    return state.faults.config
+
+
+@router.post("/outages")
+def add_outage(request: OutageRequest, state: StateDep) -> FaultConfig:
+    """Start an outage window now."""
+    state.faults.add_outage(OutageWindow.starting_now(request.seconds, request.mode))
+    return state.faults.config
+
+
+@router.delete("/outages")
+def end_outages(state: StateDep) -> FaultConfig:
+    """End every outage window."""
+    state.faults.clear_outages()
+    return state.faults.config
+
+
+@router.get("/stats")
+def stats(state: StateDep) -> dict[str, Any]:
+    """Request and fault counts, and what the store holds."""
+    return {
+        "faults": dict(state.faults.stats),
+        "stored": state.store.counts(),
+        "revisions": state.store.revisions(),
+        "version": state.settings.version,
+    }
+
+
+@router.post("/reset")
+def reset(state: StateDep) -> dict[str, str]:
+    """Forget all accepted data, jobs and fault counts."""
+    state.store.reset()
+    state.jobs.forget()
+    state.aggregate_tasks.clear()
+    state.faults.stats.clear()
+    return {"status": "reset"}
+
+
+@router.post("/restart")
+def restart(state: StateDep) -> dict[str, str]:
+    """Forget async job reports, as a DHIS2 restart does (stored data stays)."""
+    state.jobs.forget()
+    state.aggregate_tasks.clear()
+    return {"status": "restarted"}

@@ -1,0 +1,299 @@
+"""The contract every delivery queue backend passes (SQLite file and real Redis)."""
+
+from __future__ import annotations
+
+import orjson
+
+from gateway.connectors.base import Job, RecordedRequest, RecordedResponse
+from gateway.delivery.clock import ManualClock
+from gateway.delivery.queue import (
+    Ack,
+    Bury,
+    DeadLetterFilter,
+    DeliveryQueue,
+    Nack,
+    Release,
+)
+
+DEST = "shr"
+
+
+def make_job(
+    seq: int, key: str = "Patient/a", rid: str | None = None, *, dest: str = DEST, at: float = 0.0
+) -> Job:
+    rid = rid or f"o{seq}"
+    payload = orjson.dumps({"resourceType": "Observation", "id": rid, "status": "final"})
+    return Job(
+        id=f"{dest}:{seq}",
+        destination=dest,
+        seq=seq,
+        resource_type="Observation",
+        resource_id=rid,
+        version=1,
+        op="create",
+        key=key,
+        payload=payload,
+        source="commcare",
+        enqueued_at=at or 1_700_000_000.0 + seq,
+    )
+
+
+async def enqueue(queue: DeliveryQueue, *jobs: Job, dest: str = DEST) -> None:
+    after = await queue.cursor(dest)
+    assert await queue.enqueue(dest, list(jobs), after=after, cursor=max(j.seq for j in jobs))
+
+
+async def claim(
+    queue: DeliveryQueue, limit: int = 10, *, worker: str = "w1", coalesce: bool = False
+) -> list[Job]:
+    return await queue.claim(DEST, worker=worker, limit=limit, coalesce=coalesce)
+
+
+def seqs(jobs: list[Job]) -> list[int]:
+    return sorted(job.seq for job in jobs)
+
+
+async def test_enqueue_then_claim_returns_the_job_with_its_payload(queue: DeliveryQueue) -> None:
+    job = make_job(1)
+    assert await queue.cursor(DEST) is None
+    await enqueue(queue, job)
+    assert await queue.cursor(DEST) == 1
+    [got] = await claim(queue)
+    assert got == job  # all fields but the receipt (a lease token) round-trip
+    assert got.receipt
+    assert got.resource()["id"] == "o1"
+    assert await claim(queue) == []  # in flight now
+
+
+async def test_enqueue_is_compare_and_set_on_the_cursor(queue: DeliveryQueue) -> None:
+    assert await queue.enqueue(DEST, [make_job(1)], after=None, cursor=5)
+    assert not await queue.enqueue(DEST, [make_job(2, key="k2")], after=None, cursor=6)
+    assert not await queue.enqueue(DEST, [make_job(3, key="k3")], after=4, cursor=6)
+    assert await queue.cursor(DEST) == 5
+    assert seqs(await claim(queue)) == [1]
+    assert await queue.enqueue(DEST, [], after=5, cursor=9)  # a batch with no matching change
+    assert await queue.cursor(DEST) == 9
+
+
+async def test_enqueueing_the_same_job_id_twice_is_a_no_op(queue: DeliveryQueue) -> None:
+    await enqueue(queue, make_job(1))
+    assert await queue.enqueue(DEST, [make_job(1)], after=1, cursor=2)
+    assert (await queue.stats(DEST)).depth == 1
+
+
+async def test_only_the_oldest_job_of_a_key_is_claimable(queue: DeliveryQueue) -> None:
+    await enqueue(queue, make_job(1, "Patient/a"), make_job(2, "Patient/a"), make_job(3, "Patient/b"))
+    first = await claim(queue)
+    assert seqs(first) == [1, 3]
+    await queue.settle([Ack(job) for job in first if job.seq == 1])
+    assert seqs(await claim(queue)) == [2]
+
+
+async def test_a_retrying_job_holds_back_its_key_only(queue: DeliveryQueue, clock: ManualClock) -> None:
+    await enqueue(queue, make_job(1, "Patient/a"), make_job(2, "Patient/a"), make_job(3, "Patient/b"))
+    jobs = {job.seq: job for job in await claim(queue)}
+    await queue.settle([Nack(jobs[1], due_at=clock.now() + 30, reason="http_503"), Ack(jobs[3])])
+    assert await claim(queue) == []  # job 2 waits behind job 1
+    stats = await queue.stats(DEST)
+    assert (stats.depth, stats.retrying, stats.in_flight) == (2, 1, 0)
+    await clock.advance(31)
+    [retried] = await claim(queue)
+    assert (retried.seq, retried.attempts) == (1, 1)
+    await queue.settle([Ack(retried)])
+    assert seqs(await claim(queue)) == [2]
+
+
+async def test_bury_keeps_the_job_with_request_and_response_and_frees_its_key(queue: DeliveryQueue) -> None:
+    await enqueue(queue, make_job(1, "Patient/a"), make_job(2, "Patient/a"))
+    [job] = await claim(queue)
+    request = RecordedRequest(
+        "PUT", "https://shr/Observation/o1", {"content-type": "application/fhir+json"}, "{}"
+    )
+    response = RecordedResponse(
+        422, {"content-type": "application/fhir+json"}, '{"resourceType":"OperationOutcome"}'
+    )
+    await queue.settle([Bury(job, reason="http_422", request=request, response=response)])
+    assert seqs(await claim(queue)) == [2]
+    [dead] = await queue.dead_letters(DeadLetterFilter(destination=DEST))
+    assert (dead.job.id, dead.job.seq, dead.job.key, dead.job.attempts) == (job.id, 1, "Patient/a", 1)
+    assert dead.job.payload == job.payload  # kept until replayed or purged
+    assert (dead.reason, dead.attempts, dead.request, dead.response) == ("http_422", 1, request, response)
+    assert (await queue.stats(DEST)).dead == 1
+
+
+async def test_replay_sends_a_dead_job_again_behind_live_jobs_of_its_key(queue: DeliveryQueue) -> None:
+    await enqueue(queue, make_job(1, "Patient/a"), make_job(2, "Patient/a"))
+    [job] = await claim(queue)
+    await queue.settle([Bury(job, reason="internal_error", detail="Traceback ...")])
+    [second] = await claim(queue)
+    letter = await queue.dead_letter(job.id)
+    assert letter is not None and letter.detail == "Traceback ..."
+    assert await queue.dead_letter(second.id) is None
+    assert await queue.replay([job.id, "shr:999"]) == 1
+    assert await queue.dead_letter(job.id) is None
+    assert await claim(queue) == []  # behind job 2, still in flight
+    await queue.settle([Ack(second)])
+    [again] = await claim(queue)
+    assert (again.seq, again.attempts) == (1, 0)
+    await queue.settle([Ack(again)])
+    stats = await queue.stats(DEST)
+    assert (stats.depth, stats.dead) == (0, 0)
+    assert await queue.replay([job.id]) == 0
+
+
+async def test_purge_deletes_dead_jobs_only(queue: DeliveryQueue) -> None:
+    await enqueue(queue, make_job(1, "a"), make_job(2, "b"))
+    one, two = sorted(await claim(queue), key=lambda j: j.seq)
+    await queue.settle([Bury(one, reason="http_400")])
+    assert await queue.purge([one.id, two.id]) == 1
+    assert await queue.dead_letters(DeadLetterFilter()) == []
+    assert (await queue.stats(DEST)).depth == 1
+
+
+async def test_an_expired_lease_lets_another_worker_claim_and_stale_settlements_are_ignored(
+    queue: DeliveryQueue, clock: ManualClock
+) -> None:
+    await enqueue(queue, make_job(1, "a"), make_job(2, "a"))
+    [mine] = await claim(queue, worker="w1")
+    await clock.advance(61)
+    [theirs] = await claim(queue, worker="w2")
+    assert theirs.id == mine.id and theirs.receipt != mine.receipt
+    await queue.settle([Ack(mine)])  # the presumed-dead worker wakes up: ignored
+    assert await claim(queue, worker="w2") == []
+    await queue.settle([Ack(theirs)])
+    assert seqs(await claim(queue, worker="w2")) == [2]
+
+
+async def test_extend_renews_a_lease(queue: DeliveryQueue, clock: ManualClock) -> None:
+    await enqueue(queue, make_job(1))
+    [job] = await claim(queue)
+    await clock.advance(50)
+    await queue.extend([job])
+    await clock.advance(50)
+    assert await claim(queue, worker="w2") == []
+    await clock.advance(11)
+    assert seqs(await claim(queue, worker="w2")) == [1]
+
+
+async def test_release_returns_a_job_without_counting_an_attempt(queue: DeliveryQueue) -> None:
+    await enqueue(queue, make_job(1))
+    [job] = await claim(queue)
+    await queue.settle([Release(job)])
+    [again] = await claim(queue)
+    assert (again.id, again.attempts) == (job.id, 0)
+
+
+async def test_coalescing_skips_superseded_versions(queue: DeliveryQueue) -> None:
+    await enqueue(
+        queue, make_job(1, "Patient/a", rid="x"), make_job(2, "Patient/a", rid="x"), make_job(3, "b")
+    )
+    jobs = await claim(queue, coalesce=True)
+    assert seqs(jobs) == [2, 3]
+    await queue.settle([Ack(job) for job in jobs])
+    stats = await queue.stats(DEST)
+    assert (stats.depth, stats.delivered_per_min) == (0, 3.0)
+
+
+async def test_without_coalescing_every_version_is_delivered_in_order(queue: DeliveryQueue) -> None:
+    await enqueue(queue, make_job(1, "Patient/a", rid="x"), make_job(2, "Patient/a", rid="x"))
+    [first] = await claim(queue)
+    await queue.settle([Ack(first)])
+    [second] = await claim(queue)
+    assert (first.seq, second.seq) == (1, 2)
+
+
+async def test_a_paused_destination_yields_no_jobs(queue: DeliveryQueue) -> None:
+    await enqueue(queue, make_job(1))
+    await queue.set_paused(DEST, True)
+    assert await claim(queue) == []
+    assert (await queue.stats(DEST)).paused
+    await queue.set_paused(DEST, False)
+    assert seqs(await claim(queue)) == [1]
+
+
+async def test_stats_report_depth_age_rates_and_circuit(queue: DeliveryQueue, clock: ManualClock) -> None:
+    now = clock.now()
+    await enqueue(
+        queue, make_job(1, "a", at=now - 120), make_job(2, "a", at=now - 60), make_job(3, "b", at=now)
+    )
+    await queue.set_circuit(DEST, "open", now + 30)
+    jobs = {job.seq: job for job in await claim(queue)}
+    await queue.settle([Ack(jobs[3])])
+    stats = await queue.stats(DEST)
+    assert (stats.depth, stats.in_flight, stats.retrying, stats.dead) == (2, 1, 0, 0)
+    assert stats.oldest_pending_age == 120
+    assert stats.delivered_per_min == 1
+    assert (stats.circuit, stats.circuit_until, stats.cursor, stats.paused) == ("open", now + 30, 3, False)
+    await clock.advance(120)
+    assert (await queue.stats(DEST)).delivered_per_min == 0
+    assert await queue.destinations() == [DEST]
+
+
+async def test_dead_letters_filter_by_destination_reason_and_time(
+    queue: DeliveryQueue, clock: ManualClock
+) -> None:
+    await enqueue(queue, make_job(1, "a"), make_job(2, "b"), make_job(3, "c"))
+    await enqueue(queue, make_job(1, "a", dest="webhook"), dest="webhook")
+    jobs = {job.seq: job for job in await claim(queue)}
+    start = clock.now()
+    await queue.settle([Bury(jobs[1], reason="http_422")])
+    await clock.advance(100)
+    await queue.settle([Bury(jobs[2], reason="http_400"), Bury(jobs[3], reason="internal_error")])
+    [other] = await queue.claim("webhook", worker="w", limit=5, coalesce=False)
+    await queue.settle([Bury(other, reason="http_422")])
+
+    def ids(letters):
+        return sorted(letter.job.id for letter in letters)
+
+    assert ids(await queue.dead_letters(DeadLetterFilter())) == ["shr:1", "shr:2", "shr:3", "webhook:1"]
+    assert ids(await queue.dead_letters(DeadLetterFilter(destination=DEST))) == ["shr:1", "shr:2", "shr:3"]
+    assert ids(await queue.dead_letters(DeadLetterFilter(reason="http_422"))) == ["shr:1", "webhook:1"]
+    assert ids(await queue.dead_letters(DeadLetterFilter(destination=DEST, reason="http_4*"))) == [
+        "shr:1",
+        "shr:2",
+    ]
+    assert ids(await queue.dead_letters(DeadLetterFilter(until=start + 50))) == ["shr:1"]
+    assert ids(await queue.dead_letters(DeadLetterFilter(since=start + 50, destination=DEST))) == [
+        "shr:2",
+        "shr:3",
+    ]
+    newest_first = await queue.dead_letters(DeadLetterFilter(destination=DEST), limit=2)
+    assert len(newest_first) == 2 and all(letter.job.seq in (2, 3) for letter in newest_first)
+    assert await queue.dead_letter_ids(DeadLetterFilter(destination=DEST, reason="http_4*")) == [
+        "shr:1",
+        "shr:2",
+    ]
+    assert await queue.dead_letter_ids(DeadLetterFilter(since=start + 50)) == ["shr:2", "shr:3", "webhook:1"]
+
+
+async def test_jobs_survive_reopening_the_queue(queue_factory) -> None:
+    first = await queue_factory()
+    await enqueue(first, make_job(1, "a"), make_job(2, "b"))
+    [job, _] = sorted(await first.claim(DEST, worker="w", limit=5, coalesce=False), key=lambda j: j.seq)
+    await first.settle([Ack(job)])
+    await first.close()
+    second = await queue_factory()
+    assert await second.cursor(DEST) == 2
+    stats = await second.stats(DEST)
+    assert (stats.depth, stats.in_flight) == (1, 1)
+
+
+async def test_a_delivered_job_leaves_no_payload_behind(queue: DeliveryQueue) -> None:
+    await enqueue(queue, make_job(1))
+    [job] = await claim(queue)
+    await queue.settle([Ack(job)])
+    assert await stored_payloads(queue) == 0
+
+
+async def stored_payloads(queue: DeliveryQueue) -> int:
+    """Backend-specific peek: how many job payloads are still stored."""
+    from gateway.delivery.redis_queue import RedisQueue
+    from gateway.delivery.sqlite_queue import SQLiteQueue
+
+    if isinstance(queue, SQLiteQueue):
+        import sqlite3
+
+        with sqlite3.connect(queue.path) as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0])
+    assert isinstance(queue, RedisQueue)
+    return len([key async for key in queue.redis.scan_iter(match=f"{queue.prefix}:*:job:*")])

@@ -1,0 +1,264 @@
+"""The dhis2 connector against the sandbox over real HTTP: outcomes, ordering, idempotency."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from gateway.connectors.base import Permanent, Retry, Success
+from gateway.connectors.dhis2.sources import ResourceBundle
+from gateway.sandbox.dhis2 import (
+    DEFAULT_TOKEN,
+    FaultConfig,
+    SandboxServer,
+    SandboxSettings,
+    create_sandbox_app,
+)
+from tests.dhis2.conftest import make_connector, make_job
+from tests.dhis2.records import chw_record, places
+from tests.sandbox.conftest import Demo
+
+AUTH = {"Authorization": f"ApiToken {DEFAULT_TOKEN}"}
+
+
+async def stats(server: SandboxServer) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=server.base_url) as client:
+        return dict((await client.get("/sandbox/stats")).json())
+
+
+async def get(server: SandboxServer, path: str) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=server.base_url, headers=AUTH) as client:
+        return await client.get(path)
+
+
+async def test_a_visit_arrives_as_tracked_entity_enrollment_and_event(
+    sandbox: SandboxServer, demo: Demo
+) -> None:
+    resources = places() + chw_record(1)
+    connector = make_connector(sandbox.base_url, ResourceBundle(resources))
+    try:
+        outcomes = await connector.deliver([make_job(r) for r in resources[2:]])
+    finally:
+        await connector.aclose()
+    assert all(isinstance(o, Success) for o in outcomes), outcomes
+    stored = (await stats(sandbox))["stored"]
+    assert (stored["tracked_entity"], stored["enrollment"], stored["event"]) == (1, 1, 1)
+    events = (await get(sandbox, "/api/tracker/events")).json()["events"]
+    values = {v["dataElement"]: v["value"] for v in events[0]["dataValues"]}
+    assert values == {
+        demo.de("CHW_VISIT_TYPE"): "ROUTINE",
+        demo.de("CHW_FEVER"): "true",
+        demo.de("CHW_RDT_RESULT"): "POSITIVE",
+        demo.de("CHW_MUAC_CM"): "11.2",
+        demo.de("CHW_ACT_DOSES"): "6",
+        demo.de("CHW_REFERRED"): "true",
+    }
+    assert events[0]["orgUnit"] == demo.ou("CU_KISIWA") and events[0]["status"] == "COMPLETED"
+    assert events[0]["occurredAt"] == "2024-05-02T07:00:00.000"
+    person = (await get(sandbox, "/api/tracker/trackedEntities")).json()["trackedEntities"][0]
+    assert {a["attribute"]: a["value"] for a in person["attributes"]}[demo.tea("SEX")] == "FEMALE"
+
+
+async def test_replays_change_nothing(sandbox: SandboxServer) -> None:
+    resources = places() + chw_record(1) + chw_record(2, muac=None, referral=False)
+    connector = make_connector(sandbox.base_url, ResourceBundle(resources))
+    jobs = [make_job(r) for r in resources if r["resourceType"] not in ("Location",)]
+    try:
+        first = await connector.deliver(jobs)
+        before = await stats(sandbox)
+        for _ in range(2):
+            again = await connector.deliver(jobs)
+            assert [type(o) for o in again] == [type(o) for o in first]
+    finally:
+        await connector.aclose()
+    after = await stats(sandbox)
+    assert before["stored"] == after["stored"] and before["revisions"] == after["revisions"]
+    assert after["stored"]["event"] == 2
+
+
+async def test_an_edited_observation_updates_and_a_removed_one_clears(
+    sandbox: SandboxServer, demo: Demo
+) -> None:
+    resources = places() + chw_record(1)
+    bundle = ResourceBundle(resources)
+    connector = make_connector(sandbox.base_url, bundle)
+    try:
+        await connector.deliver([make_job(resources[3])])
+        muac = next(r for r in resources if r["id"] == "enc-1-muac")
+        bundle.add({**muac, "valueQuantity": {"value": 105, "code": "mm", "unit": "mm"}})
+        assert isinstance((await connector.deliver([make_job(muac)]))[0], Success)
+        referral = next(r for r in resources if r["id"] == "enc-1-referral")
+        bundle.add({**referral, "status": "revoked"})
+        await connector.deliver([make_job(referral)])
+    finally:
+        await connector.aclose()
+    event = (await get(sandbox, "/api/tracker/events")).json()["events"][0]
+    values = {v["dataElement"]: v["value"] for v in event["dataValues"]}
+    assert values[demo.de("CHW_MUAC_CM")] == "10.5" and values[demo.de("CHW_REFERRED")] == "false"
+
+
+async def test_one_bad_record_does_not_block_the_batch(sandbox: SandboxServer) -> None:
+    good = chw_record(1)
+    bad = chw_record(2)
+    bad[1] = {**bad[1], "identifier": []}  # no client ID: the mandatory TET attribute is missing (E1090)
+    resources = places() + good + bad
+    connector = make_connector(sandbox.base_url, ResourceBundle(resources))
+    try:
+        outcomes = await connector.deliver([make_job(good[2]), make_job(bad[2])])
+    finally:
+        await connector.aclose()
+    assert isinstance(outcomes[0], Success)
+    failed = outcomes[1]
+    assert isinstance(failed, Permanent) and failed.reason == "dhis2_E1090"
+    assert (
+        failed.detail is not None
+        and "FHIR Patient/pt-2" in failed.detail
+        and "job Encounter/enc-2" in failed.detail
+    )
+    assert (await stats(sandbox))["stored"]["event"] == 1
+
+
+async def test_dhis2_refusing_an_option_code_names_e1125_and_the_observation(
+    sandbox: SandboxServer, demo: Demo
+) -> None:
+    resources = places() + chw_record(1)
+    connector = make_connector(sandbox.base_url, ResourceBundle(resources))
+    try:
+        await connector._ensure_ready()  # metadata cached while POSITIVE is still an option
+        catalog = sandbox.app.state.sandbox.catalog
+        option_set = catalog.by_id[catalog.by_id[demo.de("CHW_RDT_RESULT")]["optionSet"]["id"]]
+        option_set["options"] = [
+            r for r in option_set["options"] if catalog.by_id[r["id"]]["code"] != "POSITIVE"
+        ]
+        outcome = (await connector.deliver([make_job(resources[3])]))[0]
+    finally:
+        await connector.aclose()
+    assert isinstance(outcome, Permanent) and outcome.reason == "dhis2_E1125"
+    assert outcome.detail is not None and "Value `POSITIVE` is not a valid option code" in outcome.detail
+    assert "FHIR Observation/enc-1-rdt" in outcome.detail
+
+
+async def test_values_dhis2_would_refuse_are_caught_before_sending(sandbox: SandboxServer) -> None:
+    resources = places() + chw_record(1)
+    bundle = ResourceBundle(resources)
+    rate = {
+        "resourceType": "Observation",
+        "id": "enc-1-rate",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "9279-1"}]},
+        "subject": {"reference": "Patient/pt-1"},
+        "encounter": {"reference": "Encounter/enc-1"},
+        "valueQuantity": {"value": 44.5},
+    }
+    bundle.add(rate)
+    connector = make_connector(sandbox.base_url, bundle)
+    try:
+        outcome = (await connector.deliver([make_job(rate)]))[0]
+    finally:
+        await connector.aclose()
+    assert isinstance(outcome, Permanent) and outcome.reason == "dhis2_E1302"
+    assert outcome.detail is not None and "checked before sending" in outcome.detail
+    assert "value_not_positive_integer" in outcome.detail and "FHIR Observation/enc-1-rate" in outcome.detail
+    assert (await stats(sandbox))["faults"]["requests"] < 15  # metadata only: nothing was imported
+
+
+async def test_a_visit_before_its_patient_waits(sandbox: SandboxServer) -> None:
+    resources = places() + chw_record(1)
+    without_patient = [r for r in resources if r["resourceType"] != "Patient"]
+    connector = make_connector(sandbox.base_url, ResourceBundle(without_patient))
+    try:
+        outcome = (await connector.deliver([make_job(resources[3])]))[0]
+    finally:
+        await connector.aclose()
+    assert isinstance(outcome, Retry) and outcome.reason == "dhis2_waiting_for_patient"
+
+
+async def test_large_batches_use_the_async_job_flow(demo: Demo) -> None:
+    app = create_sandbox_app(None, FaultConfig(), SandboxSettings(job_delay=0.02))
+    with SandboxServer(app) as server:
+        resources = places() + [r for n in range(5) for r in chw_record(n)]
+        connector = make_connector(
+            server.base_url, ResourceBundle(resources), async_threshold=4, job_poll_interval=0.01
+        )
+        try:
+            jobs = [make_job(r) for r in resources if r["resourceType"] == "Encounter"]
+            outcomes = await connector.deliver(jobs)
+        finally:
+            await connector.aclose()
+        assert all(isinstance(o, Success) for o in outcomes)
+        assert (await stats(server))["stored"]["event"] == 5
+
+
+async def test_deleting_an_encounter_deletes_its_event(sandbox: SandboxServer) -> None:
+    resources = places() + chw_record(1)
+    connector = make_connector(sandbox.base_url, ResourceBundle(resources))
+    try:
+        await connector.deliver([make_job(resources[3])])
+        outcome = (await connector.deliver([make_job(resources[3], op="delete")]))[0]
+        patient = (await connector.deliver([make_job(resources[2], op="delete")]))[0]
+    finally:
+        await connector.aclose()
+    assert isinstance(outcome, Success) and isinstance(patient, Success)
+    assert (await stats(sandbox))["stored"]["event"] == 0
+
+
+async def test_the_monthly_report_becomes_data_values(sandbox: SandboxServer, demo: Demo) -> None:
+    from gateway.connectors.dhis2.measure import compute_measure_report, load_measure
+    from gateway.connectors.dhis2.orgunits import OrgUnitResolver
+    from gateway.connectors.dhis2.periods import parse_period
+    from tests.dhis2.conftest import MAPPINGS
+
+    resources = (
+        places() + chw_record(1) + chw_record(2, rdt="260385009", muac=12.5) + chw_record(3, referral=False)
+    )
+    bundle = ResourceBundle(resources)
+    connector = make_connector(sandbox.base_url, bundle)
+    try:
+        await connector._ensure_ready()
+        assert connector._aggregate is not None
+        report = compute_measure_report(
+            load_measure(MAPPINGS / "dhis2" / "chw-monthly-measure.yaml"),
+            resources,
+            source=bundle,
+            resolver=OrgUnitResolver(connector._aggregate.org_units, bundle),
+            org_unit=demo.ou("CU_KISIWA"),
+            reporter="Location/area-kisiwa",
+            period=parse_period("202405"),
+        )
+        outcome = (await connector.deliver([make_job(report)]))[0]
+        again = (await connector.deliver([make_job(report)]))[0]
+    finally:
+        await connector.aclose()
+    assert isinstance(outcome, Success) and isinstance(again, Success)
+    assert again.detail is not None and "0 imported, 0 updated, 9 ignored" in again.detail
+    stored = (
+        await get(
+            sandbox,
+            f"/api/dataValueSets?dataSet={demo.data_set}&period=202405&orgUnit={demo.ou('CU_KISIWA')}",
+        )
+    ).json()
+    by_key = {(v["dataElement"], v["categoryOptionCombo"]): v["value"] for v in stored["dataValues"]}
+    assert by_key[(demo.de("CHW_M_HH_VISITED"), demo.coc("default"))] == "3"
+    assert by_key[(demo.de("CHW_M_REFERRALS"), demo.coc("AGE_U5"))] == "2"
+    assert by_key[(demo.de("CHW_M_RDT_POS"), demo.coc("AGE_U5"))] == "2"
+    assert by_key[(demo.de("CHW_M_MUAC_LT115"), demo.coc("AGE_U5"))] == "2"
+    assert by_key[(demo.de("CHW_M_RDT_POS"), demo.coc("AGE_5PLUS"))] == "0"
+    assert stored["completeDate"] == "2024-06-01"
+
+
+async def test_stale_metadata_is_refreshed_and_rebinds_the_mapping(
+    sandbox: SandboxServer, demo: Demo
+) -> None:
+    resources = places() + chw_record(1)
+    connector = make_connector(sandbox.base_url, ResourceBundle(resources), metadata_max_age=0.001)
+    try:
+        assert isinstance((await connector.deliver([make_job(resources[3])]))[0], Success)
+        # DHIS2's MUAC data element becomes an integer: after the refresh 11.2 is refused
+        # before anything is sent.
+        sandbox.app.state.sandbox.catalog.by_id[demo.de("CHW_MUAC_CM")]["valueType"] = "INTEGER_POSITIVE"
+        outcome = (await connector.deliver([make_job(resources[3])]))[0]
+    finally:
+        await connector.aclose()
+    assert isinstance(outcome, Permanent) and outcome.reason == "dhis2_E1302"
+    assert outcome.detail is not None and "value_not_positive_integer" in outcome.detail
