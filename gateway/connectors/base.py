@@ -103,6 +103,9 @@ class Retry:
     delay: float | None  # seconds the destination asked us to wait (Retry-After); None: policy backoff
     reason: str  # short machine code: "http_503", "timeout", "connection", ...
     throttle: bool = False  # the destination asked us to slow down (429/503 with Retry-After)
+    # The link is fine and only this job must wait (e.g. for a record that has not arrived
+    # yet), so the circuit breaker must not count it as the destination failing.
+    link_ok: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -262,7 +262,9 @@ class Worker:
             if isinstance(outcome, Retry) and outcome.throttle and outcome.delay:
                 breaker.hold(now + outcome.delay)
         answered = any(
-            isinstance(o, Success) or (isinstance(o, Permanent) and o.reason != "internal_error")
+            isinstance(o, Success)
+            or (isinstance(o, Permanent) and o.reason != "internal_error")
+            or (isinstance(o, Retry) and o.link_ok)
             for o in outcomes
         )
         if answered:

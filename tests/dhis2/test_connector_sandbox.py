@@ -16,7 +16,7 @@ from gateway.sandbox.dhis2 import (
     create_sandbox_app,
 )
 from tests.dhis2.conftest import make_connector, make_job
-from tests.dhis2.records import chw_record, places
+from tests.dhis2.records import chw_record, household, patient, places
 from tests.sandbox.conftest import Demo
 
 AUTH = {"Authorization": f"ApiToken {DEFAULT_TOKEN}"}
@@ -172,6 +172,28 @@ async def test_a_visit_before_its_patient_waits(sandbox: SandboxServer) -> None:
     finally:
         await connector.aclose()
     assert isinstance(outcome, Retry) and outcome.reason == "dhis2_waiting_for_patient"
+
+
+async def test_a_patient_before_its_household_waits_and_an_unmapped_household_is_permanent(
+    sandbox: SandboxServer,
+) -> None:
+    person = patient("pt-1", "hh-1", "C-1")
+    bundle = ResourceBundle([person])
+    connector = make_connector(sandbox.base_url, bundle)
+    try:
+        waiting = (await connector.deliver([make_job(person)]))[0]
+        bundle.add(household("hh-1", area_id="area-x"))
+        bundle.add({"resourceType": "Location", "id": "area-x", "status": "active"})
+        unmapped = (await connector.deliver([make_job(person)]))[0]
+    finally:
+        await connector.aclose()
+    assert isinstance(waiting, Retry) and waiting.reason == "dhis2_waiting_for_location"
+    assert waiting.delay is None  # the destination's backoff
+    assert isinstance(unmapped, Permanent) and unmapped.reason == "dhis2_org-unit"
+    assert unmapped.detail is not None
+    assert "Location/hh-1 (partOf Location/area-x) maps to no DHIS2 org unit" in unmapped.detail
+    assert "FHIR Patient/pt-1" in unmapped.detail
+    assert (await stats(sandbox))["stored"]["tracked_entity"] == 0
 
 
 async def test_large_batches_use_the_async_job_flow(demo: Demo) -> None:

@@ -1,11 +1,14 @@
-"""End to end over HTTP: CHT records → mapping → FHIR API → delivery engine → DHIS2 sandbox.
+"""End to end over HTTP: CHT records → ``POST /ingest/cht`` → store → delivery engine → DHIS2 sandbox.
 
-(The ``/ingest/…`` route is not in this build yet: records go through the mapping engine
-and are POSTed as the transaction Bundles ingest would store.)
+Issue 5's acceptance: a CHW record ingested at ``/ingest/…`` appears in the DHIS2 sandbox as a
+tracked entity, an enrollment and an event with the right data values, and replaying
+everything twice changes nothing there. Records sent out of order (a person before their
+household) wait for the place; a place that no org-unit identifier maps is a dead letter.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -26,8 +29,8 @@ from gateway.delivery.factory import FACTORIES
 from gateway.delivery.policy import RetryPolicy
 from gateway.delivery.queue import DeadLetterFilter
 from gateway.delivery.service import DeliveryService
-from gateway.mapping.loader import load_mapping_sets
 from gateway.sandbox.dhis2 import DEFAULT_TOKEN, SandboxServer
+from gateway.settings import Settings, SourceConfig
 from tests.conftest import ApiHarness
 from tests.delivery.helpers import eventually
 from tests.dhis2 import cht_records as cht
@@ -76,6 +79,16 @@ def destination(server: SandboxServer, cache: Path, **fields: Any) -> Destinatio
 
 
 @pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """The app of these tests ingests CHT outbound pushes with the shipped mappings."""
+    return Settings(
+        store_url=f"sqlite:///{tmp_path}/api.db",
+        sources=[SourceConfig(name="cht", kind="cht", mapping="cht")],
+        mappings_dir=MAPPINGS,
+    )
+
+
+@pytest.fixture
 async def service_for(api: ApiHarness, tmp_path: Path) -> AsyncIterator[Any]:
     services: list[DeliveryService] = []
 
@@ -98,10 +111,13 @@ async def service_for(api: ApiHarness, tmp_path: Path) -> AsyncIterator[Any]:
 
 
 async def ingest(api: ApiHarness, docs: list[dict[str, Any]]) -> None:
-    mapping = load_mapping_sets(MAPPINGS)["cht"]
+    """POST each document to ``/ingest/cht`` as CHT outbound push sends it (one per request)."""
+    sender = api.with_scopes("ingest:cht")
     for doc in docs:
-        response = await api.client.post("/fhir", json=mapping.map_record({"doc": doc}), headers=FHIR)
+        response = await sender.post("/ingest/cht", json={"doc": doc})
         assert response.status_code == 200, response.text
+        report = response.json()
+        assert report["quarantined"] == 0 and report["stored"] + report["unchanged"] == 1, report
 
 
 async def sandbox_state(server: SandboxServer) -> dict[str, Any]:
@@ -234,3 +250,66 @@ async def test_an_invalid_option_code_is_a_dead_letter_naming_dhis2s_code(
     assert "FHIR Observation/" in detail  # the resource that carries the refused value
     stored = (await sandbox_state(sandbox))["stored"]
     assert (stored["tracked_entity"], stored["enrollment"], stored["event"]) == (1, 1, 0)
+
+
+async def test_a_person_sent_before_their_household_waits_for_it_then_reaches_dhis2(
+    api: ApiHarness, service_for: Any, sandbox: SandboxServer, demo: Demo, tmp_path: Path
+) -> None:
+    # CHT pushes contacts as they sync: here the person and the visit before the household.
+    await ingest(api, [cht.area(), cht.person(1), cht.assessment(1)])
+    # The destination's own backoff, slow enough to see the jobs wait.
+    backoff = {"initial_delay": 0.2, "multiplier": 2, "max_delay": 0.4, "jitter": 0.1, "max_age": 3600}
+    # A hair-trigger breaker: jobs that wait for data must not count as DHIS2 failing.
+    breaker = {"failure_threshold": 1, "open_for": "30s"}
+    dest = destination(sandbox, tmp_path / "meta.json", retry=backoff, breaker=breaker)
+    service: DeliveryService = service_for(dest)
+    await service.start()
+    service.notify()
+
+    async def waiting() -> bool:
+        return (await service.queue.stats("dhis2")).retrying >= 1
+
+    await eventually(waiting)
+    await asyncio.sleep(0.5)  # a few more rounds of retries
+    stats = await service.queue.stats("dhis2")
+    assert stats.dead == 0
+    assert stats.circuit in (None, "closed"), stats
+    stored = (await sandbox_state(sandbox))["stored"]
+    assert (stored["tracked_entity"], stored["enrollment"], stored["event"]) == (0, 0, 0)
+
+    await ingest(api, [cht.household(1)])
+    await eventually(lambda: drained(service, api))
+    assert (await service.queue.stats("dhis2")).dead == 0
+    stored = (await sandbox_state(sandbox))["stored"]
+    assert (stored["tracked_entity"], stored["enrollment"], stored["event"]) == (1, 1, 1)
+    async with httpx.AsyncClient(base_url=sandbox.base_url, headers=AUTH) as dhis2:
+        (person,) = (await dhis2.get("/api/tracker/trackedEntities")).json()["trackedEntities"]
+    assert person["orgUnit"] == demo.ou("CU_KISIWA")
+
+
+async def test_a_household_in_an_unmapped_area_is_a_dead_letter_naming_the_location(
+    api: ApiHarness, service_for: Any, sandbox: SandboxServer, demo: Demo, tmp_path: Path
+) -> None:
+    unmapped_area = {**cht.area(), "place_id": "CHW-AREA-NOT-IN-THE-TABLE"}
+    await ingest(api, [unmapped_area, cht.household(1), cht.person(1)])
+    source = StoreResourceSource(api.store)
+    (home,) = source.find("Location", "identifier", "urn:chw-gateway:cht:demo:place_id|HH-00001")
+    (area,) = source.find("Location", "identifier", "urn:chw-gateway:cht:demo:place_id|CHW-AREA-NOT-IN-THE-TABLE")
+    service = service_for(destination(sandbox, tmp_path / "meta.json"))
+    await service.start()
+    service.notify()
+    await eventually(lambda: drained(service, api))
+    (letter,) = await service.admin.dead_letters(DeadLetterFilter(destination="dhis2"))
+    assert letter.reason == "dhis2_org-unit" and letter.attempts == 1  # no retries: a configuration gap
+    assert letter.detail is not None
+    assert f"Location/{home['id']} (partOf Location/{area['id']}) maps to no DHIS2 org unit" in letter.detail
+    assert f"FHIR Patient/{_patient_id(api, 1)}" in letter.detail
+    assert (await sandbox_state(sandbox))["stored"]["tracked_entity"] == 0
+
+    # The integrator fixes the place in CHT (its place_id is in the org-unit table) and replays.
+    await ingest(api, [cht.area()])
+    assert await service.admin.replay_matching(DeadLetterFilter(destination="dhis2")) == 1
+    service.notify()
+    await eventually(lambda: drained(service, api))
+    assert (await service.queue.stats("dhis2")).dead == 0
+    assert (await sandbox_state(sandbox))["stored"]["tracked_entity"] == 1

@@ -149,9 +149,33 @@ def test_what_is_not_sent_and_what_waits() -> None:
     with pytest.raises(Dhis2PendingError):
         transformer().plan(orphan_visit, source)
     nowhere = {**resources[3], "id": "enc-n", "location": [{"location": {"reference": "Location/unknown"}}]}
+    with pytest.raises(Dhis2PendingError) as waiting:
+        transformer().plan(nowhere, source)
+    assert waiting.value.waiting_for == "location"
+    source.add({"resourceType": "Location", "id": "unknown", "status": "active"})
     with pytest.raises(Dhis2MappingError) as caught:
         transformer().plan(nowhere, source)
-    assert caught.value.code == "org-unit"
+    assert caught.value.code == "org-unit" and "Location/unknown maps to no DHIS2 org unit" in caught.value.message
+
+
+def test_a_patient_before_its_household_waits_and_an_unmapped_household_is_an_error() -> None:
+    person = patient("pt-1", "hh-1", "C-1")
+    source = ResourceBundle([person])
+    with pytest.raises(Dhis2PendingError) as waiting:
+        transformer().plan(person, source)
+    assert waiting.value.waiting_for == "location" and "Location/hh-1" in str(waiting.value)
+    source.add(household("hh-1", area_id="area-x"))  # its area is still to come
+    with pytest.raises(Dhis2PendingError) as waiting:
+        transformer().plan(person, source)
+    assert "Location/area-x" in str(waiting.value)
+    source.add({**places()[0], "id": "area-x", "identifier": [{"system": "urn:other", "value": "X"}]})
+    with pytest.raises(Dhis2MappingError) as caught:
+        transformer().plan(person, source)
+    assert caught.value.code == "org-unit" and caught.value.fhir_ref == "Patient/pt-1"
+    assert "Location/hh-1 (partOf Location/area-x) maps to no DHIS2 org unit" in caught.value.message
+    for place in places(area_id="area-x"):
+        source.add(place)
+    assert transformer().plan(person, source).primary is not None
 
 
 def test_muac_in_millimetres_is_converted_to_centimetres(demo: Demo) -> None:

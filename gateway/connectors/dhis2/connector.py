@@ -23,6 +23,11 @@ not committed without an error of its own       Retry ``dhis2_not_committed``
 async job or report vanished / too slow         Retry ``dhis2_job_lost`` / ``_timeout``
 401, 403, other 4xx without a report            Permanent (``classify``: fix and replay)
 the Patient of a visit is not stored yet        Retry ``dhis2_waiting_for_patient``
+(or the Encounter of an Observation)            (``…_for_encounter``)
+the household/area Location is not stored yet   Retry ``dhis2_waiting_for_location``
+                                                (people arrive before their places)
+the Location is stored, nothing maps it         Permanent ``dhis2_org-unit`` naming the
+                                                Location chain (fix the table, replay)
 aggregate ``WARNING`` (some values rejected)    Permanent ``dhis2_partial`` naming each
                                                 rejected value's conflict; the accepted
                                                 values are stored (replay is idempotent)
@@ -269,8 +274,8 @@ class Dhis2Connector:
             )
             return item
         except Dhis2PendingError as exc:
-            item.outcome = Retry(delay=None, reason="dhis2_waiting_for_patient")
-            logger.info("dhis2 job %s waits: %s", job.id, type(exc).__name__)
+            item.outcome = Retry(delay=None, reason=f"dhis2_waiting_for_{exc.waiting_for}", link_ok=True)
+            logger.info("dhis2 job %s waits for its %s", job.id, exc.waiting_for)
             return item
         except MappingError as exc:
             item.outcome = Permanent(

@@ -18,6 +18,11 @@ UIDs are derived from FHIR identity (``uids.derive_uid``): the tracked entity fr
 Patient, the enrollment from the EpisodeOfCare or else from (Patient, program), the event
 from the Encounter. Values are converted and checked as DHIS2 checks them before anything
 is sent; a value DHIS2 would refuse raises ``Dhis2MappingError`` with DHIS2's error code.
+
+Org units come from the Location/Organization references the mapping names. When none
+resolves, a reference to a place that is not stored yet raises ``Dhis2PendingError``
+(records arrive out of order: the household after its people), while places that are all
+stored but map to no org unit raise ``Dhis2MappingError`` ``org-unit`` naming them.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.connectors.dhis2.mapping_load import BoundDataValue, BoundStage, BoundTracker
-from gateway.connectors.dhis2.orgunits import OrgUnitResolver
+from gateway.connectors.dhis2.orgunits import OrgUnitLookup, OrgUnitResolver
 from gateway.connectors.dhis2.sources import ResourceSource, reference_of
 from gateway.connectors.dhis2.uids import derive_uid
 from gateway.connectors.dhis2.values import ValueConversionError, to_dhis2_value
@@ -71,7 +76,14 @@ class Dhis2MappingError(Exception):
 
 
 class Dhis2PendingError(Exception):
-    """A resource whose parent (e.g. its Patient) is not stored yet: try again later."""
+    """A resource whose parent (its Patient, its place) is not stored yet: try again later.
+
+    ``waiting_for`` names what is awaited (``patient``, ``encounter``, ``location``).
+    """
+
+    def __init__(self, message: str, waiting_for: str = "patient") -> None:
+        super().__init__(message)
+        self.waiting_for = waiting_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +185,7 @@ class TrackerTransformer:
                 return TrackerPlan.skip(f"{kind} without an Encounter is not sent to DHIS2")
             encounter = source.get("Encounter", encounter_ref.partition("/")[2])
             if encounter is None:
-                raise Dhis2PendingError(f"{encounter_ref} is not stored yet")
+                raise Dhis2PendingError(f"{encounter_ref} is not stored yet", "encounter")
             return self._encounter_plan(encounter, source, resolver)
         return TrackerPlan.skip(f"{kind} is not mapped to DHIS2 tracker data")
 
@@ -230,11 +242,10 @@ class TrackerTransformer:
         if stage is None:
             return TrackerPlan.skip("Encounter does not qualify for any program stage")
         patient = self._patient_of(encounter, source, ref)
-        org_unit = self._org_unit(stage.org_unit, encounter, resolver)
+        tried: list[OrgUnitLookup] = []
+        org_unit = self._org_unit(stage.org_unit, encounter, resolver, tried)
         if org_unit is None:
-            raise Dhis2MappingError(
-                "org-unit", "no org unit for the Encounter's location/service provider", ref
-            )
+            raise _no_org_unit("the Encounter's location/service provider", ref, tried)
         te = self.tracked_entity(patient, resolver, fallback_org_unit=org_unit)
         episode = self._episode_for(encounter, patient, source)
         first = self._first_visit(patient, source) or encounter
@@ -246,17 +257,24 @@ class TrackerTransformer:
     # -- objects
 
     def _org_unit(
-        self, exprs: tuple[Expression, ...], resource: JsonObject, resolver: OrgUnitResolver
+        self,
+        exprs: tuple[Expression, ...],
+        resource: JsonObject,
+        resolver: OrgUnitResolver,
+        tried: list[OrgUnitLookup] | None = None,
     ) -> str | None:
+        """The first reference that resolves; the ones that did not are added to ``tried``."""
         for expr in exprs:
             try:
                 values = expr.run(resource, {})
             except MappingError:
                 continue
             for value in values:
-                found = resolver.resolve(value if isinstance(value, str) else reference_of(value))
-                if found is not None:
-                    return found
+                found = resolver.lookup(value if isinstance(value, str) else reference_of(value))
+                if found.org_unit is not None:
+                    return found.org_unit
+                if tried is not None:
+                    tried.append(found)
         return None
 
     def tracked_entity(
@@ -264,11 +282,10 @@ class TrackerTransformer:
     ) -> PlannedObject:
         """Patient → tracked entity."""
         ref = f"Patient/{patient['id']}"
-        org_unit = self._org_unit(self.mapping.te_org_unit, patient, resolver) or fallback_org_unit
+        tried: list[OrgUnitLookup] = []
+        org_unit = self._org_unit(self.mapping.te_org_unit, patient, resolver, tried) or fallback_org_unit
         if org_unit is None:
-            raise Dhis2MappingError(
-                "org-unit", "no org unit for the Patient (household or organization)", ref
-            )
+            raise _no_org_unit("the Patient (household or organization)", ref, tried)
         attributes = []
         for rule in self.mapping.attributes:
             value = _first(rule.value, patient, ref)
@@ -444,3 +461,25 @@ class TrackerTransformer:
         except ValueConversionError as exc:
             what = "DataElement" if code == "E1302" else "Attribute"
             raise Dhis2MappingError(code, f"{what} `{uid}` is not valid: `{exc.key}`", ref) from exc
+
+
+def _no_org_unit(what: str, ref: str, tried: list[OrgUnitLookup]) -> Exception:
+    """Why no org unit: a place still to come (wait), or stored places nothing maps (fix the table)."""
+    missing = sorted({lookup.missing for lookup in tried if lookup.missing is not None})
+    if missing:
+        return Dhis2PendingError(f"{', '.join(missing)} not stored yet (org unit of {ref})", "location")
+    described = [
+        lookup.chain[0] + (f" (partOf {' → '.join(lookup.chain[1:])})" if len(lookup.chain) > 1 else "")
+        for lookup in tried
+        if lookup.chain
+    ]
+    if not described:
+        refs = sorted({lookup.reference for lookup in tried if lookup.reference is not None})
+        named = f": {', '.join(refs)} is not a Location or Organization" if refs else ""
+        return Dhis2MappingError("org-unit", f"no org unit for {what}: no place is referenced{named}", ref)
+    return Dhis2MappingError(
+        "org-unit",
+        f"no org unit for {what}: {'; '.join(described)} maps to no DHIS2 org unit "
+        "(add an identifier of it to the org-unit table, then replay)",
+        ref,
+    )
