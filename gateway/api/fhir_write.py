@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -32,6 +33,24 @@ async def _resource_body(request: Request, ctx: AppContext, rtype: str) -> dict[
     return validate_resource(data, expected_type=rtype)
 
 
+async def _write(
+    request: Request,
+    ctx: AppContext,
+    media: str,
+    interaction: Callable[..., interactions.WriteOutcome],
+    *args: Any,
+    **kwargs: Any,
+) -> Response:
+    """Run one write interaction in its own store transaction and answer as ``Prefer`` asks."""
+
+    def work() -> interactions.WriteOutcome:
+        with ctx.store.transaction() as tx:
+            return interaction(tx, *args, **kwargs)
+
+    outcome = await ctx.write(work)
+    return write_response(request, outcome.resource, outcome.status, media, base_url(request))
+
+
 def _query_string(request: Request) -> str:
     """Search parameters of a conditional interaction (result parameters dropped)."""
     items = [(k, v) for k, v in request.query_params.multi_items() if k not in RESULT_PARAMS]
@@ -52,12 +71,7 @@ async def create(request: Request, rtype: str) -> Response:
     if if_none_exist is not None:
         require_fhir(request, rtype, "s")
 
-    def work() -> interactions.WriteOutcome:
-        with ctx.store.transaction() as tx:
-            return interactions.create(tx, ctx.parser, data, if_none_exist=if_none_exist)
-
-    outcome = await ctx.write(work)
-    return write_response(request, outcome.resource, outcome.status, media, base_url(request))
+    return await _write(request, ctx, media, interactions.create, ctx.parser, data, if_none_exist=if_none_exist)
 
 
 @router.put("/{rtype}/{rid}", summary="Update")
@@ -71,12 +85,7 @@ async def update(request: Request, rtype: str, rid: str) -> Response:
     if_match = parse_if_match(request)
     data = await _resource_body(request, ctx, rtype)
 
-    def work() -> interactions.WriteOutcome:
-        with ctx.store.transaction() as tx:
-            return interactions.update(tx, data, rtype, rid, if_match=if_match)
-
-    outcome = await ctx.write(work)
-    return write_response(request, outcome.resource, outcome.status, media, base_url(request))
+    return await _write(request, ctx, media, interactions.update, data, rtype, rid, if_match=if_match)
 
 
 @router.put("/{rtype}", summary="Conditional update")
@@ -92,12 +101,7 @@ async def conditional_update(request: Request, rtype: str) -> Response:
         raise invalid("PUT to a type URL needs search parameters (conditional update)")
     data = await _resource_body(request, ctx, rtype)
 
-    def work() -> interactions.WriteOutcome:
-        with ctx.store.transaction() as tx:
-            return interactions.conditional_update(tx, ctx.parser, data, rtype, query)
-
-    outcome = await ctx.write(work)
-    return write_response(request, outcome.resource, outcome.status, media, base_url(request))
+    return await _write(request, ctx, media, interactions.conditional_update, ctx.parser, data, rtype, query)
 
 
 @router.patch("/{rtype}/{rid}", summary="Patch (JSON Patch)")
@@ -115,12 +119,7 @@ async def patch(request: Request, rtype: str, rid: str) -> Response:
     operations = parse_json(await read_body(request, ctx.settings.max_body_bytes),
                             max_depth=ctx.settings.max_json_depth)
 
-    def work() -> interactions.WriteOutcome:
-        with ctx.store.transaction() as tx:
-            return interactions.patch(tx, rtype, rid, operations, if_match=if_match)
-
-    outcome = await ctx.write(work)
-    return write_response(request, outcome.resource, outcome.status, media, base_url(request))
+    return await _write(request, ctx, media, interactions.patch, rtype, rid, operations, if_match=if_match)
 
 
 @router.delete("/{rtype}/{rid}", summary="Delete")
