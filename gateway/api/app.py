@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -139,8 +140,9 @@ def _install_error_handlers(app: FastAPI) -> None:
         return fhir_response(operation_outcome("invalid", "the request is malformed", expression=where), status=400)
 
     async def unexpected(request: Request, exc: Exception) -> Response:
-        # Only the exception type is logged: messages can carry request data.
-        log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path, exc_info=exc)
+        # The type and the stack, not the message: messages can carry request data.
+        stack = "".join(traceback.format_tb(exc.__traceback__))
+        log.error("unhandled %s on %s %s\n%s", type(exc).__name__, request.method, request.url.path, stack)
         return fhir_response(operation_outcome("exception", "internal error; the request was not applied"),
                              status=500)
 

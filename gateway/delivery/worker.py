@@ -319,7 +319,9 @@ class Worker:
                     log.warning("delivery: queue unavailable while settling %d jobs; retrying", len(batch))
             except QueueError as exc:
                 reraise_if_cancelled(exc)
-                log.error("delivery: settling %d jobs failed (%s); leases will expire", len(batch), exc)
+                log.error(
+                    "delivery: settling %d jobs failed (%s); leases will expire", len(batch), type(exc).__name__
+                )
                 break
             await self.clock.sleep(delay)
             delay = min(delay * 2, 5.0)
