@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from fastapi import APIRouter
@@ -24,6 +24,7 @@ from .fhir_common import check_path_id, check_type, parse_if_match, write_respon
 from .negotiation import check_content_type, fhir_response, prefer, read_body, response_type
 
 router = APIRouter(prefix="/fhir", tags=["FHIR"])
+T = TypeVar("T")
 
 
 async def _resource_body(request: Request, ctx: AppContext, rtype: str) -> dict[str, Any]:
@@ -42,13 +43,18 @@ async def _write(
     **kwargs: Any,
 ) -> Response:
     """Run one write interaction in its own store transaction and answer as ``Prefer`` asks."""
+    outcome = await _in_transaction(ctx, interaction, *args, **kwargs)
+    return write_response(request, outcome.resource, outcome.status, media, base_url(request))
 
-    def work() -> interactions.WriteOutcome:
+
+async def _in_transaction(ctx: AppContext, interaction: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``interaction(tx, *args, **kwargs)`` inside one store transaction, on a worker thread."""
+
+    def work() -> T:
         with ctx.store.transaction() as tx:
             return interaction(tx, *args, **kwargs)
 
-    outcome = await ctx.write(work)
-    return write_response(request, outcome.resource, outcome.status, media, base_url(request))
+    return await ctx.write(work)
 
 
 def _query_string(request: Request) -> str:
@@ -131,11 +137,7 @@ async def delete(request: Request, rtype: str, rid: str) -> Response:
     media = response_type(request)
     ctx = ctx_of(request)
 
-    def work() -> bool:
-        with ctx.store.transaction() as tx:
-            return interactions.delete(tx, rtype, rid) is not None
-
-    deleted = await ctx.write(work)
+    deleted = await _in_transaction(ctx, interactions.delete, rtype, rid) is not None
     text = f"{rtype}/{rid} deleted" if deleted else f"{rtype}/{rid} was not there; nothing to delete"
     return fhir_response(informational(text), media_type=media)
 
@@ -152,11 +154,7 @@ async def conditional_delete(request: Request, rtype: str) -> Response:
     if not query:
         raise invalid("DELETE on a type URL needs search parameters (conditional delete)")
 
-    def work() -> int:
-        with ctx.store.transaction() as tx:
-            return interactions.conditional_delete(tx, ctx.parser, rtype, query)
-
-    count = await ctx.write(work)
+    count = await _in_transaction(ctx, interactions.conditional_delete, ctx.parser, rtype, query)
     return fhir_response(informational(f"{count} {rtype} deleted"), media_type=media)
 
 

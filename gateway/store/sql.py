@@ -108,23 +108,8 @@ class SqlStore:
 
     def read_many(self, refs: Sequence[tuple[str, str]]) -> list[StoredResource]:
         """Current live versions of the given (type, id) pairs."""
-        by_type: dict[str, set[str]] = {}
-        for rtype, rid in refs:
-            by_type.setdefault(rtype, set()).add(rid)
-        out: list[StoredResource] = []
         with self._read_cursor() as cur:
-            for rtype, ids in by_type.items():
-                id_list = sorted(ids)
-                for start in range(0, len(id_list), 500):
-                    chunk = id_list[start : start + 500]
-                    marks = ", ".join("?" for _ in chunk)
-                    cur.execute(
-                        self.q(f"SELECT {COLUMNS} FROM resources r WHERE r.rtype = ? AND r.deleted = 0"
-                               f" AND r.id IN ({marks})"),
-                        (rtype, *chunk),
-                    )
-                    out.extend(to_resource(row) for row in cur.fetchall())
-        return out
+            return self._read_many_cur(cur, refs)
 
     def history(
         self,
@@ -246,16 +231,22 @@ class SqlStore:
                 unique.setdefault((res.type, res.id), res)
         return list(unique.values())
 
-    def _read_many_cur(self, cur: Cursor, refs: list[tuple[str, str]]) -> list[StoredResource]:
-        out: list[StoredResource] = []
+    def _read_many_cur(self, cur: Cursor, refs: Sequence[tuple[str, str]]) -> list[StoredResource]:
+        by_type: dict[str, set[str]] = {}
         for rtype, rid in refs:
-            cur.execute(
-                self.q(f"SELECT {COLUMNS} FROM resources r WHERE r.rtype = ? AND r.id = ? AND r.deleted = 0"),
-                (rtype, rid),
-            )
-            row = cur.fetchone()
-            if row:
-                out.append(to_resource(row))
+            by_type.setdefault(rtype, set()).add(rid)
+        out: list[StoredResource] = []
+        for rtype, ids in by_type.items():
+            id_list = sorted(ids)
+            for start in range(0, len(id_list), 500):
+                chunk = id_list[start : start + 500]
+                marks = ", ".join("?" for _ in chunk)
+                cur.execute(
+                    self.q(f"SELECT {COLUMNS} FROM resources r WHERE r.rtype = ? AND r.deleted = 0"
+                           f" AND r.id IN ({marks})"),
+                    (rtype, *chunk),
+                )
+                out.extend(to_resource(row) for row in cur.fetchall())
         return out
 
     def compartment(self, rtype: str, rid: str, count: int, offset: int) -> tuple[list[StoredResource], int]:
