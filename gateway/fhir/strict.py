@@ -37,13 +37,14 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import cache
 from importlib import resources
 from typing import Any
 
-__all__ = ["StrictIssue", "StrictChecker", "check_strict", "default_checker"]
+__all__ = ["KIND_COMPLEX", "KIND_RESOURCE", "StrictIssue", "StrictChecker", "check_strict", "default_checker"]
 
 _DATA_FILE = "r4-elements.json"
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
@@ -56,6 +57,8 @@ _ENUM_SHOWN = 12
 # Property kinds (small ints: the hot loop compares them, so no Enum attribute lookups).
 _COMPLEX, _RESOURCE, _STRING, _BOOL, _DECIMAL, _INT, _DATE, _BASE64_KIND, _XHTML, _ENUM = range(10)
 _PRIMITIVE_KINDS = frozenset({_STRING, _BOOL, _DECIMAL, _INT, _DATE, _BASE64_KIND, _ENUM})
+#: Kinds of a property that are not primitives (for walks outside this module, see ``shapes``).
+KIND_COMPLEX, KIND_RESOURCE = _COMPLEX, _RESOURCE
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +70,7 @@ class StrictIssue:
     diagnostics: str
 
 
-class _Type:
+class ComplexType:
     """A compiled complex type: its properties, mandatory elements and choice groups."""
 
     __slots__ = ("name", "props", "required", "choices", "is_resource")
@@ -86,7 +89,7 @@ class StrictChecker:
 
     def __init__(self, table: dict[str, Any]) -> None:
         resource_names = set(table["resources"])
-        self._types = {name: _Type(name, name in resource_names) for name in table["types"]}
+        self._types = {name: ComplexType(name, name in resource_names) for name in table["types"]}
         self.resource_types = frozenset(resource_names)
         enums = [frozenset(values) for values in table["enums"]]
         self._enum_text = {id(values): _enum_text(values) for values in enums}
@@ -113,6 +116,7 @@ class StrictChecker:
                     kind, arg, type_name = _COMPLEX, self._types[target], target
                 compiled.props[prop] = (kind, arg, is_array, choice, type_name)
         self._element = self._types["Element"]
+        self._value_checks: dict[tuple[int, int], Callable[[Any], bool]] = {}
 
     @staticmethod
     def _compile_primitive(kind: str, regex: str | None) -> tuple[int, Any]:
@@ -125,6 +129,27 @@ class StrictChecker:
             return _INT, (low, _INT_MAX)
         simple = {"boolean": _BOOL, "decimal": _DECIMAL, "base64": _BASE64_KIND, "xhtml": _XHTML}
         return simple[kind], None
+
+    def type_named(self, name: str) -> ComplexType:
+        """The compiled complex type or resource ``name`` (KeyError if there is none)."""
+        return self._types[name]
+
+    @property
+    def element_type(self) -> ComplexType:
+        """``Element``: the type of a primitive's ``_x`` extension object."""
+        return self._element
+
+    def value_check(self, kind: int, arg: Any) -> Callable[[Any], bool]:
+        """A function telling whether one primitive value of ``(kind, arg)`` is clean.
+
+        The same test as the walk applies (``_primitive_ok``), specialised once so that
+        ``shapes`` can re-check the values of a resource whose structure is known.
+        """
+        key = (kind, id(arg))
+        found = self._value_checks.get(key)
+        if found is None:
+            found = self._value_checks[key] = _specialised_check(kind, arg)
+        return found
 
     def check(self, resource: Any) -> list[StrictIssue]:
         """Return every strictness problem of one resource (empty when it is clean)."""
@@ -145,7 +170,7 @@ class StrictChecker:
             return
         self._object(value, self._types[rtype], f"{path}.{rtype}" if path else rtype, issues)
 
-    def _object(self, obj: dict[str, Any], rtype: _Type, path: str, issues: list[StrictIssue]) -> None:
+    def _object(self, obj: dict[str, Any], rtype: ComplexType, path: str, issues: list[StrictIssue]) -> None:
         if not obj:
             issues.append(StrictIssue(path, "structure", "empty object"))
             return
@@ -224,7 +249,7 @@ class StrictChecker:
                 issues.append(self._primitive_issue(f"{path}.{key}[{index}]", item, prop))
 
     def _other_key(
-        self, obj: dict[str, Any], rtype: _Type, key: str, value: Any, path: str, issues: list[StrictIssue]
+        self, obj: dict[str, Any], rtype: ComplexType, key: str, value: Any, path: str, issues: list[StrictIssue]
     ) -> None:
         if key == "resourceType" and rtype.is_resource:
             return  # dispatch already matched it to this type
@@ -322,6 +347,20 @@ class StrictChecker:
         if value == "":
             return StrictIssue(where, "value", "empty strings are not allowed")
         return StrictIssue(where, "value", f"not a valid {type_name}")
+
+
+def _specialised_check(kind: int, arg: Any) -> Callable[[Any], bool]:
+    if kind == _STRING:
+        match = arg.match
+        return lambda value: type(value) is str and value != "" and match(value) is not None
+    if kind == _ENUM:
+        return lambda value: type(value) is str and value in arg
+    if kind == _BOOL:
+        return lambda value: type(value) is bool
+    if kind == _INT:
+        low, high = arg
+        return lambda value: type(value) is int and low <= value <= high
+    return lambda value: StrictChecker._primitive_ok(value, kind, arg)
 
 
 def _valid_day(value: str) -> bool:

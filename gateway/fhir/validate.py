@@ -5,7 +5,13 @@ Two passes, because neither alone is enough:
 1. ``check_strict`` (driven by the official R4 JSON schema) rejects what fhir.resources
    lets through: strings for booleans, ``null``, empty arrays, codes outside required
    bindings, malformed primitives. It also covers the R4 types R4B dropped.
-2. The fhir.resources R4B models check cardinality and datatype structure.
+2. The fhir.resources R4B models check cardinality and datatype structure: required
+   elements, choice types, nesting. They see the resource's canonical instance (every
+   primitive replaced by a fixed valid value of its type), because values are the
+   strict checker's job and R4B's value patterns are not R4's.
+
+Both passes are compiled once per resource shape (``gateway.fhir.shapes``): a resource of
+a shape seen before is validated by one walk over its values.
 
 What is stored is the client's JSON once both passes accept it, not the model's dump:
 the dump rewrites instants (``.123+01:00`` → ``.123000+01:00``) and decimals, and
@@ -22,7 +28,8 @@ from pydantic import ValidationError
 
 from gateway.errors import FhirError
 from gateway.fhir.outcome import issue
-from gateway.fhir.strict import check_strict
+from gateway.fhir.shapes import ShapeCache, ShapePlan, canonical_instance, flatten, leaf_checks
+from gateway.fhir.strict import check_strict, default_checker
 from gateway.fhir.types import R4_ONLY_TYPES, RESOURCE_TYPES
 
 _MAX_ISSUES = 20
@@ -52,30 +59,49 @@ def validate_resource(data: dict[str, Any], *, expected_type: str | None = None,
             code="invalid",
             expression=[f"{where}resourceType"],
         )
-    strict = check_strict(data)
-    if strict:
-        issues = [
-            issue(i.code, i.diagnostics, expression=[where + i.expression]) for i in strict[:_MAX_ISSUES]
-        ]
-        raise FhirError(strict[0].diagnostics, status=400, code=strict[0].code, issues=issues)
+    tokens, values = flatten(data)
+    plan = _PLANS.get(tokens)
+    if plan is None or not plan.values_ok(values):
+        strict = check_strict(data)
+        if strict:
+            issues = [
+                issue(i.code, i.diagnostics, expression=[where + i.expression]) for i in strict[:_MAX_ISSUES]
+            ]
+            raise FhirError(strict[0].diagnostics, status=400, code=strict[0].code, issues=issues)
+        if plan is None:
+            plan = _plan(data, rtype)
+            _PLANS.put(tokens, plan)
+    if plan.model_error is not None:
+        raise _model_failure(plan.model_error, rtype, where)
+    return data
+
+
+def _plan(data: dict[str, Any], rtype: str) -> ShapePlan:
+    """Compile the plan of a resource ``check_strict`` accepted (see ``gateway.fhir.shapes``)."""
+    checker = default_checker()
+    error: Exception | None = None
     if rtype not in R4_ONLY_TYPES:
         try:
-            _model(rtype).model_validate(without_primitive_extensions(data))
-        except ValidationError as exc:
-            raise FhirError(
-                "the resource is not valid FHIR R4",
-                status=422,
-                code="processing",
-                issues=_pydantic_issues(exc, rtype, where),
-            ) from exc
-        except (ValueError, TypeError) as exc:  # fhir.resources raises these from its own validators
-            raise FhirError(
-                f"the resource is not valid FHIR R4: {type(exc).__name__}",
-                status=422,
-                code="processing",
-                expression=[f"{where}{rtype}"],
-            ) from exc
-    return data
+            _model(rtype).model_validate(canonical_instance(checker, data))
+        except (ValidationError, ValueError, TypeError) as exc:  # fhir.resources raises all three
+            error = exc
+    return ShapePlan(tuple(leaf_checks(checker, data)), error)
+
+
+def _model_failure(exc: Exception, rtype: str, where: str) -> FhirError:
+    if isinstance(exc, ValidationError):
+        return FhirError(
+            "the resource is not valid FHIR R4", status=422, code="processing",
+            issues=_pydantic_issues(exc, rtype, where),
+        )  # fmt: skip
+    return FhirError(
+        f"the resource is not valid FHIR R4: {type(exc).__name__}", status=422, code="processing",
+        expression=[f"{where}{rtype}"],
+    )  # fmt: skip
+
+
+#: Plans of the shapes seen lately; a few dozen cover a community-care programme's traffic.
+_PLANS = ShapeCache(4096)
 
 
 def without_primitive_extensions(node: Any) -> Any:
