@@ -7,9 +7,11 @@ from gateway.connectors.base import (
     DeliveryOutcome,
     Job,
     JobOp,
+    Partial,
     Permanent,
     RecordedRequest,
     RecordedResponse,
+    RefusedPart,
     Retry,
     Success,
 )
@@ -19,9 +21,11 @@ __all__ = [
     "DeliveryOutcome",
     "Job",
     "JobOp",
+    "Partial",
     "Permanent",
     "RecordedRequest",
     "RecordedResponse",
+    "RefusedPart",
     "Retry",
     "Success",
 ]

@@ -21,6 +21,10 @@ Rules a connector follows:
   may treat a few statuses as success first (e.g. 404 on DELETE).
 * A bug (any other exception) is left to propagate: the engine dead-letters the jobs with
   the traceback instead of retrying forever.
+* A job whose destination accepted some parts and refused others (DHIS2 aggregate
+  imports answer per data value) may come back as ``Partial``: the job counts as
+  delivered and each refused part becomes a dead letter of its own, whose payload is the
+  job's resource narrowed to that part, so replaying it sends only that part.
 * Writes must be idempotent (PUT to deterministic ids, conditional create on
   identifiers), because delivery is at-least-once: a job whose acknowledgement was lost
   (worker killed, destination answered after our timeout) is sent again.
@@ -28,6 +32,7 @@ Rules a connector follows:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -35,6 +40,7 @@ from typing import Any, Literal, Protocol
 import orjson
 
 JobOp = Literal["create", "update", "delete"]
+_PART_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # part names end up in dead-letter ids and URLs
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +124,31 @@ class Permanent:
     detail: str | None = None  # a traceback or an explanation for operators (never patient data)
 
 
-DeliveryOutcome = Success | Retry | Permanent
+@dataclass(frozen=True, slots=True)
+class RefusedPart:
+    """One part of a job the destination refused while it accepted the others."""
+
+    part: str  # names the part within its job ([A-Za-z0-9_-]); the dead letter is "<job id>.<part>"
+    payload: bytes  # the job's resource narrowed to this part: what replaying the dead letter sends
+    reason: str  # short machine code, as for ``Permanent``
+    detail: str | None = None
+    request: RecordedRequest | None = None
+    response: RecordedResponse | None = None
+
+    def __post_init__(self) -> None:
+        if not _PART_NAME.match(self.part):
+            raise ValueError(f"a part name is 1-64 letters, digits, - and _ (got {self.part!r})")
+
+
+@dataclass(frozen=True, slots=True)
+class Partial:
+    """The destination accepted the job except ``refused``; each refused part is dead-lettered alone."""
+
+    refused: tuple[RefusedPart, ...]
+    detail: str | None = None  # what was accepted, for operators
+
+
+DeliveryOutcome = Success | Retry | Permanent | Partial
 
 
 class Connector(Protocol):

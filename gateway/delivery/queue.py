@@ -21,11 +21,16 @@ What every backend guarantees:
   newer version queued for the same destination, and counts it as delivered.
 * **Payload retention.** A delivered job is deleted with its payload; retrying and dead
   jobs keep theirs until delivered, replayed and delivered, or purged.
+* **Split.** A job the destination accepted except some parts (``Split``) is delivered and,
+  in the same transaction, each refused part becomes a dead job of its own (id
+  ``<job id>.<part>``, the part's payload, the job's key and sequence number), listed,
+  replayed and purged like any dead letter.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -88,7 +93,24 @@ class Release:
     job: Job
 
 
-Settlement = Ack | Nack | Bury | Release
+@dataclass(frozen=True, slots=True)
+class Split:
+    """Settlement: the job was delivered except some parts, each kept as a dead job of its own.
+
+    Each ``Bury`` in ``parts`` carries a part job made by ``part_job`` (same destination,
+    key and sequence number as ``job``), with why that part died.
+    """
+
+    job: Job
+    parts: tuple[Bury, ...]
+
+
+Settlement = Ack | Nack | Bury | Release | Split
+
+
+def part_job(job: Job, part: str, payload: bytes) -> Job:
+    """The dead job of one refused part of ``job`` (id ``<job id>.<part>``)."""
+    return dataclasses.replace(job, id=f"{job.id}.{part}", payload=payload, receipt="")
 
 
 @dataclass(frozen=True, slots=True)

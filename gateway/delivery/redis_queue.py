@@ -36,6 +36,7 @@ from gateway.delivery.queue import (
     QueueUnavailable,
     Release,
     Settlement,
+    Split,
     reraise_if_cancelled,
 )
 
@@ -167,7 +168,7 @@ class RedisQueue:
             )
 
     async def settle(self, settlements: Sequence[Settlement]) -> None:
-        """Apply acks, retries, burials and releases, one script per destination."""
+        """Apply acks, retries, burials, releases and splits, one script per destination."""
         now = self.clock.now()
         by_destination: dict[str, list[Any]] = defaultdict(list)
         for item in settlements:
@@ -179,6 +180,13 @@ class RedisQueue:
             elif isinstance(item, Bury):
                 detail = encode_detail(item.detail, item.request, item.response)
                 row = ["b", job.id, job.receipt, "", str(job.attempts + 1), item.reason, detail]
+            elif isinstance(item, Split):
+                # The parts follow their job in the same script call and apply only if it did.
+                row = ["s", job.id, job.receipt, "", "", "", ""]
+                for part in item.parts:
+                    body = encode_job(part.job) + b"\n" + part.job.payload
+                    detail = encode_detail(part.detail, part.request, part.response)
+                    row += ["d", part.job.id, body, "", str(job.attempts + 1), part.reason, detail]
             else:
                 assert isinstance(item, Release)
                 row = ["r", job.id, job.receipt, "", "", "", ""]

@@ -172,33 +172,57 @@ return out
 """
 )
 
-# ARGV: now (ms), now (s), then per settlement: kind (a/n/b/r), id, token, due (ms), attempts,
+# ARGV: now (ms), now (s), then per settlement: kind (a/n/b/r/s), id, token, due (ms), attempts,
 # reason, detail JSON. Settlements whose token is not the job's current claim are ignored.
+# A split ('s', delivered but for some parts) is followed by one 'd' row per refused part:
+# part id, body (job JSON, newline, payload) in the token slot, attempts, reason, detail;
+# the parts become dead jobs with the split job's key, ref, seq and queue time.
 SETTLE = (
     _HELPERS
     + f"""
 local now = tonumber(ARGV[1])
 local applied = 0
+local split = nil
+local function keep_part(id, body, attempts, reason, detail)
+  local jk = P .. '{keys.JOB}' .. id
+  if redis.call('EXISTS', jk) == 1 then
+    return
+  end
+  redis.call('HSET', jk, 's', 'dead', 'a', attempts, 'c', '0', 'k', split[1], 'r', split[2], 'q', split[3],
+    'e', split[4], 'x', '', 'rsn', reason, 'dtl', detail, 'died', ARGV[2])
+  redis.call('SET', P .. '{keys.BODY}' .. id, body)
+  redis.call('ZADD', P .. '{keys.DEAD}', ARGV[2], id)
+end
 for i = 3, #ARGV, 7 do
   local kind, id, token = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local jk = P .. '{keys.JOB}' .. id
-  local f = redis.call('HMGET', jk, 'c', 's', 'x')
-  if f[1] == token and f[2] == 'in_flight' then
-    applied = applied + 1
-    if kind == 'a' then
-      delivered(id, now)
-    elseif kind == 'n' then
-      drop_stream(id, f[3])
-      redis.call('HSET', jk, 's', 'retrying', 'a', ARGV[i + 4], 'err', ARGV[i + 5], 'x', '')
-      redis.call('ZADD', P .. '{keys.DELAYED}', ARGV[i + 3], id)
-    elseif kind == 'b' then
-      take_off_key(id)
-      redis.call('HSET', jk, 's', 'dead', 'a', ARGV[i + 4], 'rsn', ARGV[i + 5], 'dtl', ARGV[i + 6],
-        'died', ARGV[2], 'x', '')
-      redis.call('ZADD', P .. '{keys.DEAD}', ARGV[2], id)
-    else
-      drop_stream(id, f[3])
-      make_ready(id)
+  if kind == 'd' then
+    if split then
+      keep_part(id, token, ARGV[i + 4], ARGV[i + 5], ARGV[i + 6])
+    end
+  else
+    split = nil
+    local f = redis.call('HMGET', jk, 'c', 's', 'x')
+    if f[1] == token and f[2] == 'in_flight' then
+      applied = applied + 1
+      if kind == 'a' then
+        delivered(id, now)
+      elseif kind == 's' then
+        split = redis.call('HMGET', jk, 'k', 'r', 'q', 'e')
+        delivered(id, now)
+      elseif kind == 'n' then
+        drop_stream(id, f[3])
+        redis.call('HSET', jk, 's', 'retrying', 'a', ARGV[i + 4], 'err', ARGV[i + 5], 'x', '')
+        redis.call('ZADD', P .. '{keys.DELAYED}', ARGV[i + 3], id)
+      elseif kind == 'b' then
+        take_off_key(id)
+        redis.call('HSET', jk, 's', 'dead', 'a', ARGV[i + 4], 'rsn', ARGV[i + 5], 'dtl', ARGV[i + 6],
+          'died', ARGV[2], 'x', '')
+        redis.call('ZADD', P .. '{keys.DEAD}', ARGV[2], id)
+      else
+        drop_stream(id, f[3])
+        make_ready(id)
+      end
     end
   end
 end

@@ -37,6 +37,7 @@ from gateway.delivery.queue import (
     QueueUnavailable,
     Release,
     Settlement,
+    Split,
 )
 from gateway.delivery.states import JobState
 
@@ -340,6 +341,31 @@ class SQLiteQueue:
             )
         self._promote_next(conn, destination, key)
 
+    def _insert_dead(self, conn: sqlite3.Connection, dead: Bury, key: str, attempts: int, now: float) -> None:
+        """Keep one refused part of a split job as a dead job (off its key until replayed)."""
+        part = dead.job
+        conn.execute(
+            "INSERT OR IGNORE INTO jobs (id, destination, seq, pos, key, ref, state, head, due, attempts,"
+            " enqueued_at, job, payload, reason, detail, died_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, 'dead', 0, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                part.id,
+                part.destination,
+                part.seq,
+                self._take_positions(conn, 1),
+                key,
+                part.ref,
+                now,
+                attempts,
+                part.enqueued_at,
+                encode_job(part),
+                part.payload,
+                dead.reason,
+                encode_detail(dead.detail, dead.request, dead.response),
+                now,
+            ),
+        )
+
     @staticmethod
     def _promote_next(conn: sqlite3.Connection, destination: str, key: str) -> None:
         row = conn.execute(
@@ -394,6 +420,10 @@ class SQLiteQueue:
                         "UPDATE jobs SET state = 'pending', due = ?, lease_until = NULL WHERE id = ?",
                         (now, job.id),
                     )
+                elif isinstance(item, Split):
+                    self._finish(conn, job.destination, job.id, key, now, dead=None)
+                    for part in item.parts:
+                        self._insert_dead(conn, part, key, job.attempts + 1, now)
             conn.execute("DELETE FROM delivered WHERE bucket < ?", (int((now - 3600) // STATS_BUCKET),))
 
     # -- operations -------------------------------------------------------------------------

@@ -12,8 +12,9 @@ retry due time, or a dead letter), and a heartbeat renews the leases of jobs in 
 
 Outcome handling: Success → ack; Retry → the retry policy picks the due time (never
 earlier than a Retry-After), or gives up → dead letter "retries_exhausted"; Permanent →
-dead letter with request/response; an exception raised by a connector → dead letter
-"internal_error" with the traceback (a bug must not become a silent retry loop).
+dead letter with request/response; Partial → delivered, and one dead letter per refused
+part (``Split``); an exception raised by a connector → dead letter "internal_error" with
+the traceback (a bug must not become a silent retry loop).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from gateway.connectors.base import Connector, DeliveryOutcome, Job, Permanent, Retry, Success
+from gateway.connectors.base import Connector, DeliveryOutcome, Job, Partial, Permanent, Retry, Success
 from gateway.delivery.breaker import CircuitBreaker, CircuitState
 from gateway.delivery.classify import format_traceback
 from gateway.delivery.clock import Clock, wait_event
@@ -42,6 +43,8 @@ from gateway.delivery.queue import (
     QueueUnavailable,
     Release,
     Settlement,
+    Split,
+    part_job,
     reraise_if_cancelled,
 )
 
@@ -89,6 +92,12 @@ def settlement_for(
             detail = f"gave up after {job.attempts + 1} attempts; last error: {outcome.reason}"
             return Bury(job, reason="retries_exhausted", detail=detail)
         return Nack(job, due_at=due, reason=outcome.reason)
+    if isinstance(outcome, Partial):
+        parts = tuple(
+            Bury(part_job(job, part.part, part.payload), part.reason, part.detail, part.request, part.response)
+            for part in outcome.refused
+        )
+        return Split(job, parts)
     return Bury(job, outcome.reason, outcome.detail, outcome.request, outcome.response)
 
 
@@ -262,7 +271,7 @@ class Worker:
             if isinstance(outcome, Retry) and outcome.throttle and outcome.delay:
                 breaker.hold(now + outcome.delay)
         answered = any(
-            isinstance(o, Success)
+            isinstance(o, Success | Partial)
             or (isinstance(o, Permanent) and o.reason != "internal_error")
             or (isinstance(o, Retry) and o.link_ok)
             for o in outcomes

@@ -13,6 +13,8 @@ from gateway.delivery.queue import (
     DeliveryQueue,
     Nack,
     Release,
+    Split,
+    part_job,
 )
 
 DEST = "shr"
@@ -139,6 +141,56 @@ async def test_replay_sends_a_dead_job_again_behind_live_jobs_of_its_key(queue: 
     stats = await queue.stats(DEST)
     assert (stats.depth, stats.dead) == (0, 0)
     assert await queue.replay([job.id]) == 0
+
+
+async def test_a_split_job_is_delivered_and_each_refused_part_is_a_dead_letter_of_its_own(
+    queue: DeliveryQueue, clock: ManualClock
+) -> None:
+    await enqueue(queue, make_job(1, "MeasureReport/r", rid="r"), make_job(2, "MeasureReport/r", rid="r"))
+    [job] = await claim(queue)
+    response = RecordedResponse(409, {"content-type": "application/json"}, '{"errorCode":"E7610"}')
+    parts = tuple(
+        Bury(part_job(job, f"v{n}", b'{"part":%d}' % n), f"dhis2_E76{n}0", f"value #{n}", None, response)
+        for n in (1, 3)
+    )
+    await queue.settle([Split(job, parts)])
+    assert seqs(await claim(queue)) == [2]  # the job itself counts as delivered: its key moves on
+    stats = await queue.stats(DEST)
+    assert (stats.dead, stats.delivered_per_min) == (2, 1)
+    found = await queue.dead_letters(DeadLetterFilter(destination=DEST))
+    letters = {letter.job.id: letter for letter in found}
+    assert sorted(letters) == ["shr:1.v1", "shr:1.v3"]
+    one = letters["shr:1.v1"]
+    assert (one.reason, one.detail, one.response, one.attempts) == ("dhis2_E7610", "value #1", response, 1)
+    assert (one.job.payload, one.job.seq, one.job.key) == (b'{"part":1}', 1, "MeasureReport/r")
+    assert (one.job.ref, one.job.enqueued_at) == (job.ref, job.enqueued_at)
+    assert await queue.dead_letter_ids(DeadLetterFilter(reason="dhis2_E7630")) == ["shr:1.v3"]
+    # Replaying one part queues that part alone, behind its key's live job.
+    assert await queue.replay(["shr:1.v3"]) == 1
+    assert await claim(queue) == []  # job 2 is still in flight
+    await queue.settle([Ack(job) for job in await claim_in_flight(queue, clock)])
+    [again] = await claim(queue)
+    assert (again.id, again.payload, again.attempts) == ("shr:1.v3", b'{"part":3}', 0)
+    await queue.settle([Ack(again)])
+    assert [letter.job.id for letter in await queue.dead_letters(DeadLetterFilter())] == ["shr:1.v1"]
+    assert (await queue.stats(DEST)).depth == 0
+
+
+async def claim_in_flight(queue: DeliveryQueue, clock: ManualClock) -> list[Job]:
+    """Take over whatever is in flight (its lease expires), as a restarted worker would."""
+    await clock.advance(61)
+    return await claim(queue, worker="w9")
+
+
+async def test_a_stale_split_changes_nothing(queue: DeliveryQueue, clock: ManualClock) -> None:
+    await enqueue(queue, make_job(1, "a"))
+    [mine] = await claim(queue, worker="w1")
+    await clock.advance(61)
+    [theirs] = await claim(queue, worker="w2")
+    await queue.settle([Split(mine, (Bury(part_job(mine, "v0", b"{}"), "dhis2_E7610"),))])
+    assert await queue.dead_letters(DeadLetterFilter()) == []
+    await queue.settle([Ack(theirs)])
+    assert (await queue.stats(DEST)).depth == 0
 
 
 async def test_purge_deletes_dead_jobs_only(queue: DeliveryQueue) -> None:

@@ -164,3 +164,24 @@ async def test_a_cancellation_disguised_as_a_queue_error_still_cancels() -> None
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, timeout=5)
     assert laps == 1
+
+
+def test_a_partial_outcome_settles_as_a_split_with_one_dead_job_per_refused_part() -> None:
+    from gateway.connectors.base import Partial, RefusedPart
+    from gateway.delivery.queue import Split
+    from gateway.delivery.worker import settlement_for
+
+    job = make_job(7)
+    outcome = Partial(
+        (RefusedPart("v0", b'{"a":1}', "dhis2_E7610", "E7610: ..."), RefusedPart("v2", b'{"b":2}', "dhis2_E7619")),
+        detail="1 of 3 values stored",
+    )
+    settled = settlement_for(job, outcome, RetryPolicy(jitter=0), now=0.0, rand=0.5)
+    assert isinstance(settled, Split) and settled.job == job
+    assert [(p.job.id, p.job.payload, p.reason, p.detail) for p in settled.parts] == [
+        ("shr:7.v0", b'{"a":1}', "dhis2_E7610", "E7610: ..."),
+        ("shr:7.v2", b'{"b":2}', "dhis2_E7619", None),
+    ]
+    assert all((p.job.key, p.job.seq, p.job.version) == (job.key, 7, job.version) for p in settled.parts)
+    with pytest.raises(ValueError, match="part name"):
+        RefusedPart("no/slashes", b"", "x")  # part names end up in dead-letter ids and URLs

@@ -10,7 +10,7 @@ import orjson
 import pytest
 import respx
 
-from gateway.connectors.base import DeliveryOutcome, Permanent, Retry, Success
+from gateway.connectors.base import DeliveryOutcome, Partial, Permanent, Retry, Success
 from gateway.connectors.dhis2.client import Dhis2Client
 from gateway.connectors.dhis2.config import Dhis2Options
 from gateway.connectors.dhis2.connector import Dhis2Connector
@@ -263,36 +263,86 @@ def monthly_report() -> dict[str, Any]:
     }
 
 
-@pytest.mark.parametrize(
-    ("sample", "status", "expected", "reason"),
-    [
-        ("datavalueset-200-success.json", 200, Success, None),
-        ("datavalueset-409-warning-E7610-dataelement-2.40.json", 409, Permanent, "dhis2_partial_E7610"),
-        ("datavalueset-409-warning-E7612-orgunit-2.40.json", 409, Permanent, "dhis2_partial_E7612"),
-        ("datavalueset-409-warning-conflict-old-format.json", 409, Permanent, "dhis2_partial_conflict"),
-    ],
-)
-async def test_recorded_aggregate_answers(
-    sample: str, status: int, expected: type, reason: str | None
-) -> None:
-    report = monthly_report()
+async def send_report(report: dict[str, Any], status: int, body: Any) -> tuple[DeliveryOutcome, dict[str, Any]]:
+    """Deliver one MeasureReport against a recorded answer; the outcome and the data value set sent."""
     with respx.mock(base_url=BASE) as mock:
-        route = mock.post("/api/dataValueSets").mock(
-            return_value=httpx.Response(status, json=load_sample(sample))
-        )
+        route = mock.post("/api/dataValueSets").mock(return_value=httpx.Response(status, json=body))
         outcome = (await deliver(connector(ResourceBundle()), [make_job(report)]))[0]
-    sent = orjson.loads(route.calls[0].request.content)
+    return outcome, orjson.loads(route.calls[0].request.content)
+
+
+async def test_recorded_aggregate_success() -> None:
+    outcome, sent = await send_report(monthly_report(), 200, load_sample("datavalueset-200-success.json"))
     data_set = SNAPSHOT.by_code("dataSets", "CHW_MONTHLY")
     assert data_set is not None
     assert (sent["period"], sent["dataSet"], len(sent["dataValues"])) == ("202405", data_set["id"], 3)
-    assert isinstance(outcome, expected)
-    if reason is not None:
-        assert isinstance(outcome, Permanent) and outcome.reason == reason
-        assert outcome.detail is not None and "values rejected" in outcome.detail
-        assert "FHIR MeasureReport/may" in outcome.detail
-    if "E7610" in (reason or ""):
-        assert isinstance(outcome, Permanent) and outcome.detail is not None
-        assert "#1 " in outcome.detail and "#2 " in outcome.detail and "INVALID_1" in outcome.detail
+    assert isinstance(outcome, Success)
+
+
+@pytest.mark.parametrize(
+    ("sample", "code", "named"),
+    [
+        ("datavalueset-409-warning-E7610-dataelement-2.40.json", "E7610", "INVALID_1"),
+        ("datavalueset-409-warning-E7612-orgunit-2.40.json", "E7612", "INVALID_1_OU"),
+    ],
+)
+async def test_an_aggregate_warning_is_one_dead_letter_per_refused_value(
+    sample: str, code: str, named: str
+) -> None:
+    outcome, sent = await send_report(monthly_report(), 409, load_sample(sample))
+    # The household count (#0) was stored; both referral strata (#1, #2) were refused.
+    assert isinstance(outcome, Partial) and outcome.detail is not None and "1 of 3 values stored" in outcome.detail
+    assert [part.part for part in outcome.refused] == ["v1", "v2"]
+    first = outcome.refused[0]
+    assert first.reason == f"dhis2_{code}" and first.detail is not None
+    under5 = sent["dataValues"][1]
+    assert f"{code} " in first.detail and named in first.detail
+    assert f"dataElement {under5['dataElement']}, categoryOptionCombo {under5['categoryOptionCombo']}" in first.detail
+    assert f"period 202405, orgUnit {sent['orgUnit']}" in first.detail
+    group = "urn:chw-gateway:CodeSystem:chw-indicators|referrals"
+    assert f"value #1 of FHIR MeasureReport/may group {group}" in first.detail
+    assert first.response is not None and first.response.status == 409
+    answer = orjson.loads(first.response.body)
+    assert answer["conflicts"][0]["errorCode"] == code and answer["dataValue"] == under5
+    # What replaying that dead letter sends: the report narrowed to that one value.
+    narrowed = orjson.loads(first.payload)
+    assert narrowed["id"] == "may" and len(narrowed["group"]) == 1
+    ok = load_sample("datavalueset-200-success.json")
+    again, resent = await send_report(narrowed, 200, ok)
+    assert isinstance(again, Success) and resent["dataValues"] == [under5]
+
+
+async def test_a_refused_single_value_is_a_plain_dead_letter() -> None:
+    sample = "datavalueset-409-warning-E7610-dataelement-2.40.json"
+    split, _ = await send_report(monthly_report(), 409, load_sample(sample))
+    assert isinstance(split, Partial)
+    narrowed = orjson.loads(split.refused[1].payload)
+    body = load_sample(sample)
+    body["response"]["conflicts"] = [{**body["response"]["conflicts"][0], "indexes": [0]}]
+    body["response"]["rejectedIndexes"] = [0]
+    outcome, sent = await send_report(narrowed, 409, body)
+    assert len(sent["dataValues"]) == 1
+    assert isinstance(outcome, Permanent) and outcome.reason == "dhis2_E7610"
+    assert outcome.detail is not None and "value #0 of FHIR MeasureReport/may" in outcome.detail
+
+
+async def test_pre_239_conflicts_are_traced_to_values_by_their_object() -> None:
+    # Before 2.39 a conflict is {object, value}: no code, no indexes. Its object is matched
+    # against the values sent; here "3" is the under-5 referral count.
+    body = substitute(load_sample("datavalueset-409-warning-conflict-old-format.json"), {'"40L"': '"3"'})
+    outcome, sent = await send_report(monthly_report(), 409, body)
+    assert isinstance(outcome, Partial) and [part.part for part in outcome.refused] == ["v1"]
+    assert outcome.refused[0].reason == "dhis2_conflict"
+    assert outcome.refused[0].detail is not None
+    assert outcome.refused[0].detail.startswith("Data value is not a positive integer")
+
+
+async def test_a_conflict_no_value_can_be_traced_to_keeps_the_report_whole() -> None:
+    outcome, _ = await send_report(
+        monthly_report(), 409, load_sample("datavalueset-409-warning-conflict-old-format.json")
+    )
+    assert isinstance(outcome, Permanent) and outcome.reason == "dhis2_conflict"
+    assert outcome.detail is not None and "must match data element type" in outcome.detail
 
 
 async def test_aggregate_error_aborts_the_report() -> None:

@@ -28,9 +28,8 @@ the household/area Location is not stored yet   Retry ``dhis2_waiting_for_locati
                                                 (people arrive before their places)
 the Location is stored, nothing maps it         Permanent ``dhis2_org-unit`` naming the
                                                 Location chain (fix the table, replay)
-aggregate ``WARNING`` (some values rejected)    Permanent ``dhis2_partial`` naming each
-                                                rejected value's conflict; the accepted
-                                                values are stored (replay is idempotent)
+aggregate ``WARNING`` (some values rejected)    Partial: delivered, one dead letter per
+                                                rejected value (``aggregate_outcome``)
 ==============================================  =====================================
 
 Retries and replays are safe: every UID is derived from FHIR identity, so DHIS2 updates
@@ -43,7 +42,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +50,10 @@ import anyio.to_thread
 import httpx
 import orjson
 
-from gateway.connectors.base import DeliveryOutcome, Job, Permanent, RecordedResponse, Retry, Success
+from gateway.connectors.base import DeliveryOutcome, Job, Permanent, Retry, Success
+from gateway.connectors.dhis2.aggregate_outcome import aggregate_outcome, recorded
 from gateway.connectors.dhis2.aggregate_summary import parse_import_summary
-from gateway.connectors.dhis2.aggregate_transform import measure_report_to_data_value_set
+from gateway.connectors.dhis2.aggregate_transform import AggregatePlan, measure_report_to_data_value_set
 from gateway.connectors.dhis2.client import Dhis2Client
 from gateway.connectors.dhis2.config import Dhis2Options, check_version
 from gateway.connectors.dhis2.errors import (
@@ -106,8 +106,7 @@ class _Prepared:
     job: Job
     outcome: DeliveryOutcome | None = None
     plan: TrackerPlan | None = None
-    data_values: JsonObject | None = None
-    origins: dict[tuple[str, str], str] = field(default_factory=dict)
+    aggregate: AggregatePlan | None = None
 
 
 def _json(response: httpx.Response) -> Any:
@@ -115,11 +114,6 @@ def _json(response: httpx.Response) -> Any:
         return orjson.loads(response.content)
     except orjson.JSONDecodeError:
         return None
-
-
-def _summary_response(status: int, body: Any) -> RecordedResponse:
-    text = orjson.dumps(body).decode()
-    return RecordedResponse(status=status, headers={"content-type": "application/json"}, body=text[:65536])
 
 
 class Dhis2Connector:
@@ -238,7 +232,7 @@ class Dhis2Connector:
         if tracker_jobs:
             await self._send_tracker(tracker_jobs)
         for item in prepared:
-            if item.outcome is None and item.data_values is not None:
+            if item.outcome is None and item.aggregate is not None:
                 item.outcome = await self._send_aggregate(item)
         return [item.outcome or Success(detail="nothing to send") for item in prepared]
 
@@ -260,7 +254,7 @@ class Dhis2Connector:
                 if plan.payload is None:
                     item.outcome = Success(detail=plan.note)
                 else:
-                    item.data_values = plan.payload
+                    item.aggregate = plan
                 return item
             if self._tracker is None:
                 item.outcome = Success(detail="no tracker mapping")
@@ -414,7 +408,7 @@ class Dhis2Connector:
                 "uid": cause.uid,
             }
             return Permanent(
-                reason=f"dhis2_{cause.code}", detail=detail, response=_summary_response(409, error_json)
+                reason=f"dhis2_{cause.code}", detail=detail, response=recorded(409, error_json)
             )
         if state is ObjectState.NOT_COMMITTED:
             return Retry(delay=None, reason="dhis2_not_committed")
@@ -423,8 +417,9 @@ class Dhis2Connector:
     # -- aggregate
 
     async def _send_aggregate(self, item: _Prepared) -> DeliveryOutcome:
-        payload = item.data_values
-        assert payload is not None
+        plan = item.aggregate
+        assert plan is not None and plan.payload is not None
+        payload = plan.payload
         try:
             response = await self.client.post_data_values(payload, _AGGREGATE_PARAMS)
         except Dhis2TransportError as exc:
@@ -444,30 +439,4 @@ class Dhis2Connector:
             if isinstance(outcome, Success):
                 return Permanent(reason="dhis2_unexpected_response", detail="no ImportSummary in the answer")
             return outcome
-        counts = f"{summary.imported} imported, {summary.updated} updated, {summary.ignored} ignored"
-        if summary.status == "SUCCESS":
-            return Success(detail=f"{payload['dataSet']} {payload['period']} {payload['orgUnit']}: {counts}")
-        recorded = _summary_response(response.status_code, body)
-        if summary.aborted:
-            code = next((c.code for c in summary.conflicts if c.code), "import_error")
-            reasons = "; ".join(c.message for c in summary.conflicts) or "import aborted"
-            return Permanent(
-                reason=f"dhis2_{code}", response=recorded, detail=f"{reasons} [FHIR {item.job.ref}]"
-            )
-        rejected = []
-        for index in sorted(summary.rejected):
-            value = payload["dataValues"][index] if index < len(payload["dataValues"]) else {}
-            why = "; ".join(f"{c.code or ''} {c.message}".strip() for c in summary.conflicts_for(index))
-            rejected.append(
-                f"#{index} dataElement {value.get('dataElement')} "
-                f"COC {value.get('categoryOptionCombo')}: {why}"
-            )
-        code = next((c.code for c in summary.conflicts if c.code), "conflict")
-        return Permanent(
-            reason=f"dhis2_partial_{code}",
-            response=recorded,
-            detail=(
-                f"{len(summary.rejected)} of {len(payload['dataValues'])} values rejected ({counts}; "
-                f"the others are stored) [FHIR {item.job.ref}]: " + " | ".join(rejected)
-            ),
-        )
+        return aggregate_outcome(item.job.ref, item.job.resource(), plan, summary, response.status_code, body)
