@@ -23,6 +23,7 @@ from gateway.connectors.dhis2.metadata import MetadataSnapshot
 from gateway.connectors.dhis2.orgunits import OrgUnitResolver
 from gateway.connectors.dhis2.periods import parse_period
 from gateway.connectors.dhis2.sources import StoreResourceSource
+from gateway.connectors.dhis2.writeback import provenance_id
 from gateway.delivery.breaker import BreakerPolicy
 from gateway.delivery.config import DeliverySettings, DestinationConfig
 from gateway.delivery.factory import FACTORIES
@@ -313,3 +314,59 @@ async def test_a_household_in_an_unmapped_area_is_a_dead_letter_naming_the_locat
     await eventually(lambda: drained(service, api))
     assert (await service.queue.stats("dhis2")).dead == 0
     assert (await sandbox_state(sandbox))["stored"]["tracked_entity"] == 1
+
+
+async def test_dhis2_uids_come_back_as_fhir_identifiers_and_nothing_is_sent_twice(
+    api: ApiHarness, service_for: Any, sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    docs = [cht.area(), cht.household(1), cht.person(1), cht.assessment(1)]
+    await ingest(api, docs)
+    service = service_for(destination(sandbox, tmp_path / "meta.json"))
+    await service.start()
+    service.notify()
+    await eventually(lambda: drained(service, api))
+    pid = _patient_id(api, 1)
+    source = StoreResourceSource(api.store)
+    (visit,) = source.find("Encounter", "patient", f"Patient/{pid}")
+    # Each job reaches DHIS2 once: the Patient's (its tracked entity), the Encounter's and each
+    # of the K resources recorded during the visit (tracked entity, enrollment and event).
+    k = sum(len(source.find(kind, param, f"Encounter/{visit['id']}"))
+            for kind, param in (("Observation", "encounter"), ("ServiceRequest", "encounter"),
+                                ("MedicationDispense", "context")))
+    assert k > 0
+    async with httpx.AsyncClient(base_url=sandbox.base_url) as client:
+        received = (await client.get("/sandbox/received")).json()
+    ((te, te_count),) = received["trackedEntities"].items()
+    ((en, en_count),) = received["enrollments"].items()
+    ((ev, ev_count),) = received["events"].items()
+    assert (te_count, en_count, ev_count) == (k + 2, k + 1, k + 1)
+
+    # The UIDs are on the FHIR resources, readable through the FHIR API.
+    base = f"{sandbox.base_url}/api/tracker"
+    patient = (await api.client.get(f"/fhir/Patient/{pid}")).json()
+    assert {"use": "secondary", "system": f"{base}/trackedEntities", "value": te} in patient["identifier"]
+    assert patient["meta"]["versionId"] == "2"
+    encounter = (await api.client.get(f"/fhir/Encounter/{visit['id']}")).json()
+    assert {"use": "secondary", "system": f"{base}/events", "value": ev} in encounter["identifier"]
+    assert {"use": "secondary", "system": f"{base}/enrollments", "value": en} in encounter["identifier"]
+    provenance = (await api.client.get(f"/fhir/Provenance/{provenance_id('dhis2', f'Patient/{pid}', 2)}")).json()
+    assert provenance["target"] == [{"reference": f"Patient/{pid}/_history/2"}]
+
+    # No loop: the write-back versions were queued and judged, and nothing else happens.
+    settled = api.store.last_change_seq()
+    service.notify()
+    await asyncio.sleep(0.3)  # ~15 outbox and worker polls
+    assert api.store.last_change_seq() == settled and await drained(service, api)
+
+    # The CHW app sends the same records again (twice): ingest writes versions without the
+    # identifiers (the mapping does not know them); the connector puts them back and sends nothing.
+    for round_ in (1, 2):
+        await ingest(api, docs)
+        service.notify()
+        await eventually(lambda: drained(service, api))
+        patient = (await api.client.get(f"/fhir/Patient/{pid}")).json()
+        assert {"use": "secondary", "system": f"{base}/trackedEntities", "value": te} in patient["identifier"]
+        assert patient["meta"]["versionId"] == str(2 + 2 * round_)  # stripped, then restored
+    async with httpx.AsyncClient(base_url=sandbox.base_url) as client:
+        assert (await client.get("/sandbox/received")).json() == received
+    assert (await service.queue.stats("dhis2")).dead == 0

@@ -276,16 +276,3 @@ def test_measure_reports_become_data_value_sets(demo: Demo) -> None:
     assert unresolved.value.code == "E7612"
     draft = {**report, "status": "pending"}
     assert measure_report_to_data_value_set(draft, aggregate, resolver).payload is None
-
-
-def test_resources_carry_their_dhis2_uids_as_identifiers() -> None:
-    resources = places() + chw_record(1)
-    transform = transformer()
-    system = "http://dhis2.org/fhir/id/uid"
-    patient_ids = transform.identifiers_for(resources[2], system)
-    assert patient_ids == [
-        {"use": "secondary", "system": system, "value": derive_uid("t", "TRACKED_ENTITY", "Patient/pt-1")}
-    ]
-    event_ids = transform.identifiers_for(resources[3], system)
-    assert event_ids[0]["value"] == transform.plan(resources[3], ResourceBundle(resources)).objects[2].uid
-    assert transform.identifiers_for(resources[0], system) == []

@@ -2,23 +2,24 @@
 
     connector = create_connector(destination, client=http_client, clock=clock, source=source)
 
-``create_connector`` follows ``gateway.delivery.factory.ConnectorFactory`` plus one keyword:
+``create_connector`` follows ``gateway.delivery.factory.ConnectorFactory`` plus two keywords:
 ``source``, the ``ResourceSource`` the transformation reads related resources from (the
-store: ``StoreResourceSource(store)``). ``dhis2_factory(store)`` binds it, for
+store: ``StoreResourceSource(store)``), and ``store``, where accepted DHIS2 UIDs are written
+back (``writeback``). ``dhis2_factory(store)`` binds both, for
 ``DeliveryService.create(factories={**FACTORIES, "dhis2": dhis2_factory(store)})``.
 
 Modules: ``client`` (HTTP), ``config`` (destination options), ``uids`` (deterministic UIDs),
 ``values`` / ``periods`` (DHIS2's value and period rules), ``reports`` /
 ``aggregate_summary`` (reading import answers), ``jobs`` (async imports), ``metadata`` (the
 cache), ``mapping_spec`` / ``mapping_load`` (mapping files), ``tracker_transform`` /
-``measure`` / ``aggregate_transform`` (FHIR → DHIS2), ``orgunits`` / ``mcsd`` (facilities),
-``connector`` (delivery), ``cli`` (``gateway dhis2 …``).
+``measure`` / ``aggregate_transform`` (FHIR → DHIS2), ``aggregate_outcome`` (per-value
+results), ``orgunits`` / ``mcsd`` (facilities), ``connector`` (delivery), ``writeback`` (UIDs
+as FHIR identifiers), ``cli`` (``gateway dhis2 …``).
 """
 
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
 
 import httpx
 
@@ -29,9 +30,11 @@ from gateway.connectors.dhis2.connector import Dhis2Connector
 from gateway.connectors.dhis2.metadata import MetadataCache, MetadataSnapshot, pull_metadata
 from gateway.connectors.dhis2.sources import ResourceBundle, ResourceSource, StoreResourceSource
 from gateway.connectors.dhis2.uids import derive_uid
+from gateway.connectors.dhis2.writeback import WriteBack, identifier_systems
 from gateway.delivery.clock import Clock
 from gateway.delivery.config import DeliveryConfigError, DestinationConfig
 from gateway.mapping.errors import MappingLoadError
+from gateway.store.base import ResourceStore
 
 __all__ = [
     "Dhis2Client",
@@ -55,6 +58,7 @@ def create_connector(
     client: httpx.AsyncClient,
     clock: Clock,
     source: ResourceSource | None = None,
+    store: ResourceStore | None = None,
 ) -> Connector:
     """The connector of a ``kind: dhis2`` destination (mappings checked now if metadata is cached)."""
     if source is None:
@@ -74,12 +78,16 @@ def create_connector(
     if options.metadata_cache is not None and options.metadata_cache.exists():
         snapshot = MetadataCache(options.metadata_cache).snapshot
     dhis2 = Dhis2Client(destination.base_url, http=client)
+    writeback = None
+    if store is not None and options.write_back_identifiers:
+        base = options.identifier_system_base or f"{destination.base_url.rstrip('/')}/api/tracker"
+        writeback = WriteBack(store, destination.name, identifier_systems(base))
     try:
-        return Dhis2Connector(dhis2, options, source, clock, snapshot=snapshot)
+        return Dhis2Connector(dhis2, options, source, clock, snapshot=snapshot, writeback=writeback)
     except MappingLoadError as exc:
         raise DeliveryConfigError(f"destination {destination.name}: mapping problems:\n{exc}") from exc
 
 
-def dhis2_factory(store: Any) -> partial[Connector]:
-    """A ``ConnectorFactory`` for ``kind: dhis2`` reading related resources from ``store``."""
-    return partial(create_connector, source=StoreResourceSource(store))
+def dhis2_factory(store: ResourceStore) -> partial[Connector]:
+    """A ``ConnectorFactory`` for ``kind: dhis2`` reading related resources from ``store`` (and writing UIDs back)."""
+    return partial(create_connector, source=StoreResourceSource(store), store=store)

@@ -12,6 +12,7 @@
           uid_namespace: demo-chw
           async_threshold: 200
           metadata_cache: var/dhis2-moh.json
+          write_back_identifiers: true          # Patient gets <base_url>/api/tracker/trackedEntities|<UID>
 
 Supported DHIS2 versions: 2.38 and later (``/api/tracker`` with client UIDs). Legacy
 tracker endpoints are never used: every supported version has the new tracker API.
@@ -51,8 +52,14 @@ class Dhis2Options(BaseModel):
         None, description="where `gateway dhis2 metadata pull` stores metadata"
     )
     metadata_max_age: float = Field(86_400.0, gt=0, description="refresh metadata older than this (s)")
-    uid_identifier_system: str = Field(
-        "http://dhis2.org/fhir/id/uid", description="FHIR identifier system of DHIS2 UIDs (identifiers_for)"
+    write_back_identifiers: bool = Field(
+        True, description="write accepted DHIS2 UIDs back onto the FHIR resources as identifiers"
+    )
+    identifier_system_base: str | None = Field(
+        None,
+        pattern=r"^(https?|urn):",
+        description="identifier systems are <this>/trackedEntities|enrollments|events "
+        "(default: <base_url>/api/tracker)",
     )
 
 

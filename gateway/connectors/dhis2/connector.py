@@ -82,6 +82,7 @@ from gateway.connectors.dhis2.tracker_transform import (
     TrackerPlan,
     TrackerTransformer,
 )
+from gateway.connectors.dhis2.writeback import WriteBack, WriteBackTarget
 from gateway.delivery.classify import classify
 from gateway.delivery.clock import Clock
 from gateway.mapping.errors import LoadIssue, MappingError, MappingLoadError
@@ -97,6 +98,7 @@ _ORDER = ("TRACKED_ENTITY", "ENROLLMENT", "EVENT")
 _KEYS = {"TRACKED_ENTITY": "trackedEntities", "ENROLLMENT": "enrollments", "EVENT": "events"}
 _DATA_ELEMENT = re.compile(r"DataElement `([A-Za-z][A-Za-z0-9]{10})`")
 _OPTION_VALUE = re.compile(r"Value `([^`]*)` is not a valid option")
+_WRITTEN_BACK = frozenset({"Patient", "EpisodeOfCare", "Encounter"})  # resources that get DHIS2 UIDs
 
 
 @dataclass
@@ -107,6 +109,7 @@ class _Prepared:
     outcome: DeliveryOutcome | None = None
     plan: TrackerPlan | None = None
     aggregate: AggregatePlan | None = None
+    restore: WriteBackTarget | None = None  # identifiers to put back (writeback case 3)
 
 
 def _json(response: httpx.Response) -> Any:
@@ -128,8 +131,10 @@ class Dhis2Connector:
         *,
         mappings_root: Path | None = None,
         snapshot: MetadataSnapshot | None = None,
+        writeback: WriteBack | None = None,
     ) -> None:
         self.client = client
+        self.writeback = writeback
         self.options = options
         self.source = source
         self.clock = clock
@@ -237,19 +242,33 @@ class Dhis2Connector:
         return [item.outcome or Success(detail="nothing to send") for item in prepared]
 
     def _prepare_all(self, jobs: list[Job]) -> list[_Prepared]:
-        return [self._prepare(job) for job in jobs]
+        prepared = [self._prepare(job) for job in jobs]
+        restores = [item.restore for item in prepared if item.restore is not None]
+        if restores:
+            assert self.writeback is not None
+            self._write_back(restores)
+        return prepared
 
     def _prepare(self, job: Job) -> _Prepared:
         item = _Prepared(job)
         if job.op == "delete":
             return self._prepare_delete(item)
-        resource = job.resource()
+        if self.writeback is not None and job.resource_type in _WRITTEN_BACK:
+            held = self.writeback.already_held(job)
+            if held is not None:
+                item.restore = held.restore
+                note = "identifiers restored" if held.restore else "written back"
+                item.outcome = Success(detail=f"DHIS2 UIDs {note}: nothing new for DHIS2")
+                return item
+        resource, source = job.resource(), self.source
+        if self.writeback is not None:  # plans never depend on the UIDs written back (see writeback)
+            resource, source = self.writeback.hide(resource), self.writeback.hiding(source)
         try:
             if resource.get("resourceType") == "MeasureReport":
                 if self._aggregate is None:
                     item.outcome = Success(detail="no aggregate mapping: MeasureReport not sent")
                     return item
-                resolver = OrgUnitResolver(self._aggregate.org_units, self.source)
+                resolver = OrgUnitResolver(self._aggregate.org_units, source)
                 plan = measure_report_to_data_value_set(resource, self._aggregate, resolver)
                 if plan.payload is None:
                     item.outcome = Success(detail=plan.note)
@@ -259,7 +278,7 @@ class Dhis2Connector:
             if self._tracker is None:
                 item.outcome = Success(detail="no tracker mapping")
                 return item
-            tracker_plan = self._tracker.plan(resource, self.source)
+            tracker_plan = self._tracker.plan(resource, source)
         except Dhis2MappingError as exc:
             item.outcome = Permanent(
                 reason=f"dhis2_{exc.code}",
@@ -363,6 +382,24 @@ class Dhis2Connector:
             return
         for item in items:
             item.outcome = self._tracker_outcome(item, report, merged)
+        if self.writeback is not None and strategy != "DELETE":
+            targets = [
+                WriteBackTarget(item.job.resource_type, item.job.resource_id, item.job.version, tuple(found))
+                for item in items
+                if isinstance(item.outcome, Success)
+                and item.plan is not None
+                and (found := self.writeback.identifiers_for(item.job.ref, item.plan, report.accepted))
+            ]
+            if targets:
+                await anyio.to_thread.run_sync(self._write_back, targets)
+
+    def _write_back(self, targets: list[WriteBackTarget]) -> None:
+        """Write UIDs back; a store failure costs only the identifiers (DHIS2 has the data)."""
+        assert self.writeback is not None
+        try:
+            self.writeback.apply(targets, now=self.clock.now())
+        except Exception as exc:  # the store is down or busy: the next change writes them back
+            logger.warning("dhis2 UID write-back of %d resources failed: %s", len(targets), type(exc).__name__)
 
     def _settle_all(self, items: list[_Prepared], outcome: DeliveryOutcome) -> None:
         for item in items:

@@ -189,28 +189,6 @@ class TrackerTransformer:
             return self._encounter_plan(encounter, source, resolver)
         return TrackerPlan.skip(f"{kind} is not mapped to DHIS2 tracker data")
 
-    def identifiers_for(self, resource: JsonObject, system: str) -> list[JsonObject]:
-        """The DHIS2 UID(s) derived from a resource, as FHIR identifiers partners can cross-reference.
-
-        Deterministic, so ingest can add them before the resource is stored (no write-back
-        from delivery, which would loop through the change feed).
-        """
-        kind, rid = resource.get("resourceType"), resource.get("id")
-        ref = f"{kind}/{rid}"
-        if kind == "Patient":
-            uid = derive_uid(self.namespace, "TRACKED_ENTITY", ref)
-        elif kind == "Encounter" and any(_truthy(s.when, resource) for s in self.mapping.stages):
-            uid = derive_uid(self.namespace, "EVENT", ref)
-        elif (
-            kind == "EpisodeOfCare"
-            and self.mapping.episode_filter
-            and _truthy(self.mapping.episode_filter, resource)
-        ):
-            uid = derive_uid(self.namespace, "ENROLLMENT", ref)
-        else:
-            return []
-        return [{"use": "secondary", "system": system, "value": uid}]
-
     # -- plans
 
     def _patient_of(self, resource: JsonObject, source: ResourceSource, ref: str) -> JsonObject:

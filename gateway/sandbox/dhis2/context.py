@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -60,6 +61,9 @@ class SandboxState:
     import_lock: threading.Lock = field(default_factory=threading.Lock)
     aggregate_tasks: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     background: set[asyncio.Task[None]] = field(default_factory=set)
+    # How often each tracker object arrived in an import request (whatever became of it), so
+    # tests can tell a resent object from one sent once: ("trackedEntities", uid) → count.
+    received: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
         self.version = parse_version(self.settings.version)

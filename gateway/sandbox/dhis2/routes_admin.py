@@ -64,6 +64,15 @@ def stats(state: StateDep) -> dict[str, Any]:
     }
 
 
+@router.get("/received")
+def received(state: StateDep) -> dict[str, dict[str, int]]:
+    """How many import requests carried each tracker object, by kind and UID."""
+    found: dict[str, dict[str, int]] = {"trackedEntities": {}, "enrollments": {}, "events": {}}
+    for (kind, uid), count in sorted(state.received.items()):
+        found[kind][uid] = count
+    return found
+
+
 @router.post("/reset")
 def reset(state: StateDep) -> dict[str, str]:
     """Forget all accepted data, jobs and fault counts."""
@@ -71,6 +80,7 @@ def reset(state: StateDep) -> dict[str, str]:
     state.jobs.forget()
     state.aggregate_tasks.clear()
     state.faults.stats.clear()
+    state.received.clear()
     return {"status": "reset"}
 
 

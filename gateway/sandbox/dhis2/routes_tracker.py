@@ -53,6 +53,12 @@ async def tracker_import(request: Request, state: StateDep, user: WriterDep) -> 
         flat = flatten(body)
     except PayloadError as exc:
         raise ApiError(400, str(exc)) from exc
+    for kind, objects, key in (
+        ("trackedEntities", flat.tracked_entities, "trackedEntity"),
+        ("enrollments", flat.enrollments, "enrollment"),
+        ("events", flat.events, "event"),
+    ):
+        state.received.update((kind, str(obj.get(key))) for obj in objects)
     run = partial(
         _run_import,
         flat,
