@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -153,8 +154,12 @@ class _Processor:
             url = url[len(self.base) + 1 :]
         elif "://" in url:
             raise invalid("request.url must be relative to this server", [where])
-        parts = urlsplit(url)
-        segments = [s for s in parts.path.split("/") if s]
+        if "?" in url or "#" in url or "//" in url:
+            parts = urlsplit(url)
+            path, query = parts.path, parts.query
+        else:  # the common Type/id form: no URL parsing needed
+            path, query = url, ""
+        segments = [s for s in path.split("/") if s]
         if not segments or segments[0] not in RESOURCE_TYPES:
             raise invalid(f"request.url does not name a resource type: {url[:80]!r}", [where], code="not-supported")
         rtype = segments[0]
@@ -164,7 +169,7 @@ class _Processor:
             version = int(segments[3])
         elif len(segments) > 2:
             raise invalid(f"unsupported request.url {url[:80]!r}", [where], code="not-supported")
-        return rtype, rid, version, parts.query
+        return rtype, rid, version, query
 
     # -- transaction -------------------------------------------------------------------------
     def run_transaction(self, entries: list[_Entry]) -> None:
@@ -177,8 +182,11 @@ class _Processor:
         with self.store.transaction() as tx:
             try:
                 aliases = self._assign_ids(tx, entries)
+                tx.prefetch([(e.rtype, e.rid) for e in entries if e.rid is not None and e.method != "MATCHED"])
                 for e in entries:
-                    if e.resource is not None and e.method != "PATCH":
+                    if e.resource is None or e.method == "PATCH":
+                        continue
+                    if aliases or _has_special_reference(e.resource):
                         self._rewrite(tx, e, aliases)
                 for e in sorted(entries, key=_processing_order):
                     e.response = self._execute(tx, e)
@@ -328,6 +336,15 @@ class _Processor:
         except SearchError as exc:
             return {"response": {"status": "400", "outcome": outcome_of(
                 [{"severity": "error", "code": exc.code, "diagnostics": str(exc)}])}}
+
+
+# A reference the transaction must resolve: urn:uuid:/urn:oid: or a conditional one (Type?…),
+# found in the resource's JSON without walking it (most resources have neither).
+_SPECIAL_REFERENCE = re.compile(rb'"reference":"(?:urn:|(?:[^"\\]|\\.)*\?)')
+
+
+def _has_special_reference(resource: dict[str, Any]) -> bool:
+    return _SPECIAL_REFERENCE.search(orjson.dumps(resource)) is not None
 
 
 def _processing_order(e: _Entry) -> tuple[int, int]:

@@ -355,7 +355,11 @@ def order_by(query: SearchQuery, alias: str = "r") -> tuple[str, Params]:
         # Resource columns are never NULL; leaving NULLS LAST off them lets an index serve the order.
         keys.append(f"{expr} {direction}" if key.param is None else f"{expr} {direction} NULLS LAST")
         params.extend(expr_params)
-    keys.append(f"{alias}.rid ASC")
+    last = query.sort[-1] if query.sort else None
+    # lastUpdated has millisecond precision; among resources written in the same millisecond the
+    # row id (write order) decides, in the same direction, so "-_lastUpdated" is newest first.
+    newest_first = last is not None and last.param is None and last.code == "_lastUpdated" and last.descending
+    keys.append(f"{alias}.rid DESC" if newest_first else f"{alias}.rid ASC")
     return ", ".join(keys), params
 
 

@@ -19,7 +19,7 @@ Every write in a transaction:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -125,6 +125,10 @@ class StoreTransaction(Protocol):
 
     def search(self, query: Any) -> SearchResult:
         """Run a parsed ``gateway.search.SearchQuery`` inside this transaction."""
+        ...
+
+    def prefetch(self, refs: Iterable[tuple[str, str]]) -> None:
+        """Load the current versions of these resources at once, ahead of writing them."""
         ...
 
     def create(self, resource: dict[str, Any], *, rid: str | None = None) -> WriteResult:

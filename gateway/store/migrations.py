@@ -88,6 +88,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX quarantine_status ON quarantine (status, qid)",
         ),
     ),
+    Migration(
+        3,
+        "history keeps superseded versions only; the current version is read from resources",
+        (
+            "CREATE INDEX resources_lu ON resources (lu)",
+            """DELETE FROM history WHERE EXISTS (SELECT 1 FROM resources r
+                WHERE r.rtype = history.rtype AND r.id = history.id AND r.version = history.version)""",
+        ),
+    ),
 )
 
 

@@ -1,6 +1,8 @@
 """``PostgresStore``: the resource store on PostgreSQL (psycopg 3, pooled connections).
 
-Writers take one transaction-scoped advisory lock before anything else. That keeps
+Writes are buffered by ``SqlTransaction`` and sent in one pipelined round trip, or by
+``COPY`` for the large batches of ingest. Writers take one transaction-scoped advisory
+lock before anything else. That keeps
 change-feed sequence numbers in commit order (a reader of ``seq > cursor`` can never
 miss a change that commits late with a smaller number) at the price of serialising
 writes, which the short write transactions here make cheap.
@@ -12,6 +14,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
@@ -20,6 +23,10 @@ from psycopg_pool import ConnectionPool
 from gateway.search.registry import SearchRegistry
 from gateway.store.rows import Cursor
 from gateway.store.sql import SqlStore
+from gateway.store.writes import INSERT_COLUMNS
+
+#: From this many buffered rows on, a flush appends with COPY instead of INSERTs.
+_COPY_FROM_ROWS = 256
 
 _WRITE_LOCK = 7_274_220_911  # arbitrary, fixed: the gateway's change-feed writer lock
 
@@ -77,11 +84,33 @@ class PostgresStore(SqlStore):
 
     @contextmanager
     def _write_cursor(self) -> Iterator[Cursor]:
-        # Pipeline mode sends a write's statements without waiting for each answer; only
-        # reads (RETURNING, SELECT) wait. That turns ~8 round trips per resource into 1.
-        with self._pool.connection() as conn, conn.pipeline(), conn.transaction(), conn.cursor() as cur:
+        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (self._write_lock,))
             yield cur
+
+    def _write_rows(self, cur: Cursor, steps: list[tuple[str, str, list[tuple[Any, ...]]]]) -> None:
+        """Small writes in one pipelined round trip; large appends by COPY (~3x faster a row)."""
+        assert isinstance(cur, psycopg.Cursor)
+        if sum(len(rows) for _, _, rows in steps) < _COPY_FROM_ROWS:
+            with cur.connection.pipeline():
+                super()._write_rows(cur, steps)
+            return
+        for kind, what, rows in steps:
+            if kind == "insert" and len(rows) >= _COPY_FROM_ROWS // 8:
+                columns = ", ".join(INSERT_COLUMNS[what])
+                with cur.copy(f"COPY {what} ({columns}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+            else:
+                with cur.connection.pipeline():
+                    super()._write_rows(cur, [(kind, what, rows)])
+
+    def _reserve_row_ids(self, cur: Cursor, count: int, after: int) -> list[int]:
+        """``count`` values of the ``resources.rid`` sequence in one round trip."""
+        cur.execute(
+            "SELECT nextval(pg_get_serial_sequence('resources', 'rid')) FROM generate_series(1, %s)", (count,)
+        )
+        return sorted(int(row[0]) for row in cur.fetchall())
 
     def close(self) -> None:
         """Close the connection pool."""

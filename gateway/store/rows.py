@@ -33,9 +33,6 @@ def to_resource(row: Sequence[Any]) -> StoredResource:
     )  # fmt: skip
 
 
-def content_hash(body: dict[str, Any]) -> str:
-    """Hash of a resource's content, ignoring the version metadata the store sets."""
-    meta = body.get("meta")
-    if isinstance(meta, dict) and any(k in meta for k in VERSION_META):
-        body = {**body, "meta": {k: v for k, v in meta.items() if k not in VERSION_META}}
+def hash_body(body: dict[str, Any]) -> str:
+    """Hash of a resource's content without version metadata (the store sets that)."""
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()

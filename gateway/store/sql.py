@@ -28,7 +28,7 @@ from gateway.store.base import (
 )
 from gateway.store.migrations import MIGRATIONS, statements_for
 from gateway.store.rows import COLUMNS, Cursor, to_resource
-from gateway.store.writes import SqlTransaction
+from gateway.store.writes import SqlTransaction, insert_sql
 
 
 class SqlStore:
@@ -55,6 +55,23 @@ class SqlStore:
     def _insert_returning(self, cur: Cursor, sql: str, params: Sequence[Any], key: str = "rid") -> int:
         cur.execute(self.q(f"{sql} RETURNING {key}"), params)
         return int(cur.fetchone()[0])
+
+    def _write_rows(self, cur: Cursor, steps: list[tuple[str, str, list[tuple[Any, ...]]]]) -> None:
+        """Run a transaction's buffered writes in order: ``("sql", statement, rows)`` or
+        ``("insert", table, rows)`` (columns from ``INSERT_COLUMNS``)."""
+        for kind, what, rows in steps:
+            if kind == "insert":
+                cur.executemany(self.q(insert_sql(what)), rows)
+            else:
+                cur.executemany(self.q(what), rows)
+
+    def _reserve_row_ids(self, cur: Cursor, count: int, after: int) -> list[int]:
+        """``count`` unused ``resources.rid`` values, ascending, all above ``after``.
+
+        Called inside a write transaction, which serialises writers, so reserved ids grow
+        in commit order (search paging pins a snapshot on the largest row id).
+        """
+        raise NotImplementedError
 
     def close(self) -> None:
         """Release connections."""
@@ -97,11 +114,12 @@ class SqlStore:
         return to_resource(row) if row else None
 
     def vread(self, rtype: str, rid: str, version: int) -> StoredResource | None:
-        """One stored version of a resource, or None."""
+        """One stored version of a resource, or None (the current one, or one in ``history``)."""
+        where = "WHERE r.rtype = ? AND r.id = ? AND r.version = ?"
         with self._read_cursor() as cur:
             cur.execute(
-                self.q(f"SELECT {COLUMNS} FROM history r WHERE r.rtype = ? AND r.id = ? AND r.version = ?"),
-                (rtype, rid, version),
+                self.q(f"SELECT {COLUMNS} FROM resources r {where} UNION ALL SELECT {COLUMNS} FROM history r {where}"),
+                (rtype, rid, version, rtype, rid, version),
             )
             row = cur.fetchone()
         return to_resource(row) if row else None
@@ -131,15 +149,21 @@ class SqlStore:
             params.append(rid)
         if since is not None:
             conds.append("r.lu >= ?")
-            params.append(since.timestamp())
+            # lu is stored to the millisecond, as lastUpdated shows it; the margin absorbs float
+            # rounding, so `_since=<a version's lastUpdated>` includes that version.
+            params.append(since.timestamp() - 0.0001)
         where = " WHERE " + " AND ".join(conds) if conds else ""
+        # The current versions are in ``resources``, the superseded ones in ``history``.
         with self._read_cursor() as cur:
-            cur.execute(self.q(f"SELECT COUNT(*) FROM history r{where}"), params)
+            cur.execute(
+                self.q(f"SELECT (SELECT COUNT(*) FROM resources r{where}) + (SELECT COUNT(*) FROM history r{where})"),
+                (*params, *params),
+            )
             total = int(cur.fetchone()[0])
             cur.execute(
-                self.q(f"SELECT {COLUMNS} FROM history r{where} ORDER BY r.lu DESC, r.version DESC"
-                       " LIMIT ? OFFSET ?"),
-                (*params, count, offset),
+                self.q(f"SELECT {COLUMNS} FROM resources r{where} UNION ALL SELECT {COLUMNS} FROM history r{where}"
+                       " ORDER BY 4 DESC, 3 DESC LIMIT ? OFFSET ?"),
+                (*params, *params, count, offset),
             )
             rows = [to_resource(row) for row in cur.fetchall()]
         return rows, total

@@ -74,6 +74,15 @@ class SQLiteStore(SqlStore):
         finally:
             cur.close()
 
+    def _reserve_row_ids(self, cur: Cursor, count: int, after: int) -> list[int]:
+        """The next ids after the largest ever used (``AUTOINCREMENT`` never reuses one)."""
+        cur.execute(
+            "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'resources'), 0),"
+            " COALESCE((SELECT MAX(rid) FROM resources), 0))"
+        )
+        start = max(int(cur.fetchone()[0]), after) + 1
+        return list(range(start, start + count))
+
     def close(self) -> None:
         """Close every thread's connection."""
         with self._lock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -220,5 +221,102 @@ def test_an_older_sqlite_database_is_upgraded(tmp_path: Path) -> None:
     try:
         assert store.schema_version() == LATEST
         store.quarantine_add("x", b"{}", "application/json", {"resourceType": "OperationOutcome", "issue": []})
+    finally:
+        store.close()
+
+
+def test_history_of_types_and_system_is_newest_first_across_current_and_superseded(store: SqlStore) -> None:
+    def later() -> None:  # versions one millisecond apart at least: lastUpdated's precision
+        time.sleep(0.002)
+
+    with store.transaction() as tx:
+        oid = tx.create({"resourceType": "Observation", "status": "final", "code": {"text": "t"}}).resource.id
+    later()
+    with store.transaction() as tx:
+        pid = tx.create(patient("A")).resource.id
+    later()
+    with store.transaction() as tx:
+        tx.update(patient("B", id=pid))
+    later()
+    with store.transaction() as tx:
+        tx.delete("Observation", oid)
+    versions, total = store.history(None, None)
+    assert total == 4
+    assert [(v.type, v.version, v.deleted) for v in versions] == [
+        ("Observation", 2, True), ("Patient", 2, False), ("Patient", 1, False), ("Observation", 1, False),
+    ]  # fmt: skip
+    assert [v.last_updated for v in versions] == sorted((v.last_updated for v in versions), reverse=True)
+    page, total = store.history("Patient", None, count=1, offset=1)
+    assert total == 2 and [(v.id, v.version) for v in page] == [(pid, 1)]
+    stamps = [orjson.loads(v.content)["meta"]["lastUpdated"] for v in versions if not v.deleted]
+    assert [v.last_updated.isoformat(timespec="milliseconds")[:23] for v in versions if not v.deleted] == [
+        stamp[:23] for stamp in stamps]
+    since, total = store.history(None, None, since=versions[1].last_updated)
+    assert total == 2 and {v.version for v in since} == {2}
+    assert store.vread("Observation", oid, 2) is not None and store.vread("Observation", oid, 3) is None
+
+
+def test_one_transaction_prefetches_writes_and_reads_its_own_writes(store: SqlStore) -> None:
+    with store.transaction() as tx:
+        tx.create(patient("Existing", id="p0"), rid="p0")
+    start = store.last_change_seq()
+    with store.transaction() as tx:
+        tx.prefetch([("Patient", f"p{i}") for i in range(4)] + [("Patient", "p0")])
+        for i in range(4):
+            tx.update(patient(f"Batch{i}", id=f"p{i}"))
+        seen = tx.read("Patient", "p2")
+        assert seen is not None and orjson.loads(seen.content)["name"][0]["family"] == "Batch2"
+        # a search inside the transaction sees the writes not yet flushed
+        assert sorted(r.id for r in tx.search(PARSER.parse("Patient", [("family", "batch")])).resources) == [
+            "p0", "p1", "p2", "p3"]
+        tx.update(patient("Twice", id="p3"))
+        tx.delete("Patient", "p1")
+    assert [(c.id, c.version, c.op) for c in store.changes(start)] == [
+        ("p0", 2, ChangeOp.UPDATE), ("p1", 1, ChangeOp.CREATE), ("p2", 1, ChangeOp.CREATE),
+        ("p3", 1, ChangeOp.CREATE), ("p3", 2, ChangeOp.UPDATE), ("p1", 2, ChangeOp.DELETE),
+    ]  # fmt: skip
+    assert search_ids(store, "Patient", ("family", "twice")) == ["p3"]
+    assert sorted(search_ids(store, "Patient", ("family", "batch"))) == ["p0", "p2"]
+    first = store.vread("Patient", "p3", 1)
+    assert first is not None and orjson.loads(first.content)["name"][0]["family"] == "Batch3"
+    assert store.history("Patient", "p1")[1] == 2
+
+
+def test_new_resources_get_row_ids_in_commit_order(store: SqlStore) -> None:
+    snapshots: list[int] = []
+    for n in range(3):
+        with store.transaction() as tx:
+            tx.prefetch([("Patient", f"order-{n}-{i}") for i in range(3)])
+            for i in range(3):
+                tx.update(patient(f"Order{n}", id=f"order-{n}-{i}"))
+        snapshot = store.search(PARSER.parse("Patient", [("family", "order")])).snapshot
+        assert snapshot is not None
+        snapshots.append(snapshot)
+    assert snapshots == sorted(snapshots) and len(set(snapshots)) == 3
+
+
+def test_an_older_database_keeps_each_version_once(tmp_path: Path) -> None:
+    """Before schema 3 ``history`` also held the current version; the upgrade removes that copy."""
+    path = tmp_path / "v2.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied REAL NOT NULL)")
+    for migration in MIGRATIONS[:2]:
+        for statement in statements_for("sqlite", migration):
+            conn.execute(statement)
+        conn.execute("INSERT INTO schema_migrations VALUES (?, 0)", (migration.version,))
+    for version in (1, 2):
+        content = orjson.dumps({"resourceType": "Patient", "id": "old", "meta": {"versionId": str(version)}})
+        conn.execute("INSERT INTO history VALUES ('Patient', 'old', ?, ?, 0, ?)", (version, float(version), content))
+    conn.execute("INSERT INTO resources (rtype, id, version, lu, deleted, chash, content) VALUES"
+                 " ('Patient', 'old', 2, 2.0, 0, NULL, ?)", (content,))
+    conn.commit()
+    conn.close()
+    store = open_store(f"sqlite:///{path}")
+    try:
+        versions, total = store.history("Patient", "old")
+        assert total == 2 and [v.version for v in versions] == [2, 1]
+        with store.transaction() as tx:
+            assert tx.update(patient(id="old")).resource.version == 3
+        assert store.history("Patient", "old")[1] == 3
     finally:
         store.close()
