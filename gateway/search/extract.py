@@ -40,10 +40,68 @@ def normalise(text: str) -> str:
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
 
 
-def extract(resource: dict[str, Any], params: list[SearchParam]) -> IndexRows:
-    """Extract the index rows of ``resource`` for the given parameters."""
+class ExtractionPlan:
+    """Which of a type's parameters a resource can have values for, told from its keys.
+
+    A resource type has dozens of indexed parameters, and a resource fills a few of them;
+    each parameter starts from one or a few resource keys (``CompiledPath.heads``), so a
+    parameter none of whose keys the resource has is skipped without evaluating it.
+    """
+
+    __slots__ = ("params", "_by_key", "_by_base", "_always", "_chosen")
+
+    def __init__(self, params: list[SearchParam]) -> None:
+        self.params = params
+        self._by_key: dict[str, list[int]] = {}
+        self._by_base: dict[str, list[int]] = {}
+        always: list[int] = []
+        for index, param in enumerate(params):
+            assert param.path is not None
+            for head in param.path.heads:
+                if not head:
+                    always.append(index)
+                elif head.endswith("[x]"):  # a choice element: its own name or name + Type
+                    self._by_key.setdefault(head[:-3], []).append(index)
+                    self._by_base.setdefault(head[:-3], []).append(index)
+                else:
+                    self._by_key.setdefault(head, []).append(index)
+        self._always = tuple(sorted(set(always)))
+        self._chosen: dict[tuple[str, ...], list[SearchParam]] = {}
+
+    def candidates(self, resource: dict[str, Any]) -> list[SearchParam]:
+        """The parameters worth evaluating on ``resource``, in registry order."""
+        keys = tuple(resource)
+        found = self._chosen.get(keys)
+        if found is None:
+            found = self._choose(keys)
+            if len(self._chosen) < _MAX_KEY_SETS:  # resources of one source repeat a few key sets
+                self._chosen[keys] = found
+        return found
+
+    def _choose(self, resource: tuple[str, ...]) -> list[SearchParam]:
+        chosen = set(self._always)
+        by_key, by_base = self._by_key, self._by_base
+        for key in resource:
+            found = by_key.get(key)
+            if found:
+                chosen.update(found)
+            if by_base and not key.islower():
+                cut = next((i for i, ch in enumerate(key) if ch.isupper()), 0)
+                if cut:
+                    found = by_base.get(key[:cut])
+                    if found:
+                        chosen.update(found)
+        params = self.params
+        return [params[index] for index in sorted(chosen)]
+
+
+_MAX_KEY_SETS = 1024
+
+
+def extract(resource: dict[str, Any], params: list[SearchParam] | ExtractionPlan) -> IndexRows:
+    """Extract the index rows of ``resource`` for the given parameters (or plan of them)."""
     rows = IndexRows()
-    for param in params:
+    for param in params.candidates(resource) if isinstance(params, ExtractionPlan) else params:
         assert param.path is not None
         values = param.path.values(resource)
         if not values:

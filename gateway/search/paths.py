@@ -31,10 +31,17 @@ Step = Callable[[list[Value]], list[Value]]
 
 @dataclass(frozen=True, slots=True)
 class CompiledPath:
-    """A compiled expression: ``values(resource)`` returns the raw JSON values it selects."""
+    """A compiled expression: ``values(resource)`` returns the raw JSON values it selects.
+
+    ``heads`` names, for each part, the resource key it starts from: a plain key
+    (``subject``, ``valueQuantity``), or a choice element's base name with a trailing ``[x]``
+    (``effective[x]``). A resource without any of them gives nothing, so extraction can skip
+    the expression without running it.
+    """
 
     source: str
     parts: tuple[tuple[Step, ...], ...]
+    heads: tuple[str, ...] = ()
 
     def values(self, resource: dict[str, Any]) -> list[Value]:
         """Evaluate against a resource's JSON."""
@@ -52,6 +59,7 @@ class CompiledPath:
 def compile_expression(expression: str, base: str) -> CompiledPath | None:
     """Compile the parts of ``expression`` that apply to resource type ``base``."""
     parts: list[tuple[Step, ...]] = []
+    heads: list[str] = []
     for part in _split_top(expression, "|"):
         steps = _compile_part(part.strip(), base)
         if steps is _NOT_THIS_TYPE:
@@ -60,9 +68,31 @@ def compile_expression(expression: str, base: str) -> CompiledPath | None:
             return None
         assert isinstance(steps, tuple)
         parts.append(steps)
+        heads.append(_head(part.strip()))
     if not parts:
         return None
-    return CompiledPath(expression, tuple(parts))
+    return CompiledPath(expression, tuple(parts), tuple(heads))
+
+
+def _head(part: str) -> str:
+    """The resource key an expression part starts from (see ``CompiledPath.heads``); "" if unknown."""
+    while part.startswith("(") and _closing(part, 0) == len(part) - 1:
+        part = part[1:-1].strip()
+    as_type: str | None = None
+    match = _AS_SUFFIX.match(part)
+    if match and "(" not in match.group("type"):
+        part, as_type = match.group("path").strip(), match.group("type")
+        while part.startswith("(") and _closing(part, 0) == len(part) - 1:
+            part = part[1:-1].strip()
+    segments = [segment.strip() for segment in _split_top(part, ".")]
+    if len(segments) < 2 or not re.fullmatch(_NAME, segments[1]):
+        return ""
+    name = segments[1]
+    fn = _FUNC.match(segments[2]) if len(segments) > 2 else None
+    choice_type = fn.group("type") if fn else as_type if len(segments) == 2 else None
+    if choice_type:
+        return name + choice_type[0].upper() + choice_type[1:]
+    return f"{name}[x]" if name in choice_elements() else name
 
 
 _NOT_THIS_TYPE = object()

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from gateway.search.dates import from_epoch
+from gateway.search.extract import ExtractionPlan
 from gateway.search.query import SearchQuery
 from gateway.search.registry import SearchRegistry, default_registry
 from gateway.search.sql import count_sql, date_sort_walk, page_sql
@@ -38,7 +39,7 @@ class SqlStore:
 
     def __init__(self, registry: SearchRegistry | None = None) -> None:
         self.registry = registry or default_registry()
-        self._indexed: dict[str, list[Any]] = {}  # rtype -> params extracted on write
+        self._indexed: dict[str, ExtractionPlan] = {}  # rtype -> params extracted on write
 
     # -- to be provided by the backends ---------------------------------------------------
     def _read_cursor(self) -> AbstractContextManager[Cursor]:
@@ -322,12 +323,12 @@ class SqlStore:
             yield tx
             tx.flush()
 
-    def indexed_params(self, rtype: str) -> Any:
-        """Parameters extracted on write for a type (cached)."""
-        params = self._indexed.get(rtype)
-        if params is None:
-            params = self._indexed[rtype] = self.registry.indexed(rtype)
-        return params
+    def indexed_params(self, rtype: str) -> ExtractionPlan:
+        """The extraction plan of the parameters indexed on write for a type (cached)."""
+        plan = self._indexed.get(rtype)
+        if plan is None:
+            plan = self._indexed[rtype] = ExtractionPlan(self.registry.indexed(rtype))
+        return plan
 
     # -- API clients -------------------------------------------------------------------------
     def save_client(self, client: ApiClient, token_hash: str) -> None:
