@@ -21,6 +21,7 @@ from pydantic_settings import (
 )
 
 from gateway.delivery.config import DeliverySettings, DestinationConfig
+from gateway.scheduler import SchedulerSettings
 
 
 class ConfigFileError(ValueError):
@@ -76,6 +77,7 @@ class Settings(BaseSettings):
     sources: list[SourceConfig] = []
     destinations: list[DestinationConfig] = []
     delivery: DeliverySettings = DeliverySettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     admin_token: SecretStr | None = Field(
         None, description="Optional static bootstrap token with every scope (for automation)"
@@ -89,6 +91,28 @@ class Settings(BaseSettings):
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"names must be unique; repeated: {', '.join(duplicates)}")
+        return value
+
+    @field_validator("destinations")
+    @classmethod
+    def _dhis2_options(cls, value: list[DestinationConfig]) -> list[DestinationConfig]:
+        # Checked here so `gateway config check` names a bad DHIS2 option (e.g. a schedule
+        # interval) instead of the first delivery failing on it.
+        dhis2 = [d for d in value if d.kind == "dhis2"]
+        if dhis2:
+            from pydantic import ValidationError
+
+            from gateway.connectors.dhis2.config import Dhis2Options
+
+            for destination in dhis2:
+                try:
+                    Dhis2Options.model_validate(destination.options)
+                except ValidationError as exc:
+                    first = exc.errors(include_url=False, include_input=False)[0]
+                    where = ".".join(str(p) for p in first.get("loc", ()))
+                    raise ValueError(
+                        f"destination {destination.name}: options.{where}: {first.get('msg', 'invalid')}"
+                    ) from None
         return value
 
     @field_validator("store_url")

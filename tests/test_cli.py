@@ -76,3 +76,20 @@ def test_environment_wins_over_the_file(env: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("GATEWAY_CONFIG", str(config))
     data = json.loads(runner.invoke(app, ["config", "check"]).stdout)
     assert data["port"] == 9100 and data["host"] == "0.0.0.0"
+
+
+def test_config_check_names_a_bad_dhis2_option(env: Path) -> None:
+    config = env / "dhis2.yaml"
+    config.write_text(
+        "destinations:\n"
+        "  - name: moh\n    kind: dhis2\n    base_url: https://dhis2.example.org\n"
+        "    options:\n      schedule: {org_units_pull: fortnightly}\n"
+    )
+    result = runner.invoke(app, ["config", "check", "--config", str(config)])
+    assert result.exit_code == 2
+    assert "destination moh: options.schedule.org_units_pull" in result.stderr and "not a duration" in result.stderr
+    config.write_text(config.read_text().replace("fortnightly", "14d"))
+    result = runner.invoke(app, ["config", "check", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["scheduler"] == {"enabled": True}

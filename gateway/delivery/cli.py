@@ -290,11 +290,18 @@ def worker_command(
         list[str] | None, typer.Option("--destination", "-d", help="deliver only to these (repeatable)")
     ] = None,
 ) -> None:
-    """Run delivery workers (and the outbox) in this process until SIGTERM or Ctrl-C."""
+    """Run delivery workers (and the outbox, and the periodic tasks) in this process until SIGTERM or Ctrl-C."""
     settings, sections = _load(config, destinations)
     try:
         asyncio.run(
-            run_worker(settings.store_url, settings.queue_url, sections, environ=dict(os.environ), only=only)
+            run_worker(
+                settings.store_url,
+                settings.queue_url,
+                sections,
+                environ=dict(os.environ),
+                only=only,
+                scheduler=settings.scheduler.enabled,
+            )
         )
     except DeliveryConfigError as exc:
         _fail(str(exc))

@@ -88,8 +88,12 @@ async def run_worker(
     environ: Mapping[str, str],
     only: Sequence[str] | None = None,
     stop: asyncio.Event | None = None,
+    scheduler: bool = True,
 ) -> None:
-    """Run outbox and workers until SIGTERM/SIGINT (or ``stop``), then shut down gracefully."""
+    """Run outbox and workers until SIGTERM/SIGINT (or ``stop``), then shut down gracefully.
+
+    With ``scheduler`` the destinations' periodic tasks run here too (``gateway.scheduler``).
+    """
     from gateway.store import open_store
 
     unknown = sorted(set(only or ()) - {d.name for d in sections.destinations})
@@ -112,9 +116,24 @@ async def run_worker(
                 loop.add_signal_handler(signum, stop.set)
         await service.start()
         log.info("delivery worker running for %d destinations", len(service.connectors))
+        periodic = None
         try:
+            if scheduler:
+                from gateway.runtime import build_scheduler
+
+                periodic = build_scheduler(
+                    sections.destinations,
+                    store=store,
+                    environ=environ,
+                    clock=SystemClock(),
+                    connectors=service.connectors,
+                    only=only,
+                )
+                await periodic.start()
             await stop.wait()
         finally:
+            if periodic is not None:
+                await periodic.stop()
             await service.stop()
     finally:
         store.close()

@@ -83,6 +83,34 @@ def resolve_destination(
     return base_url, auth, cache
 
 
+def _access(
+    destination: str,
+    config: Path | None,
+    *,
+    token_file: Path | None = None,
+    username: str | None = None,
+    password_file: Path | None = None,
+    need_settings: bool = False,
+) -> tuple[Any, str, httpx.Auth | None, Path]:
+    """Settings (None for a bare URL unless needed), base URL, auth and cache file; exit 2 on bad config."""
+    settings: Any = None
+    try:
+        if need_settings or not destination.startswith(("http://", "https://")):
+            settings = load_settings(config)
+        base_url, auth, cache = resolve_destination(
+            destination,
+            settings,
+            os.environ,
+            token_file=token_file,
+            username=username,
+            password_file=password_file,
+        )
+    except (ConfigFileError, ValidationError, DeliveryConfigError) as exc:
+        typer.echo(f"gateway: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    return settings, base_url, auth, cache
+
+
 async def _pull(base_url: str, auth: httpx.Auth | None, out: Path, page_size: int) -> dict[str, int]:
     client = Dhis2Client(base_url, auth=auth, timeout=default_timeout(60.0))
     try:
@@ -115,25 +143,9 @@ def pull(
     page_size: Annotated[int, typer.Option(min=1, max=10_000, help="objects per page")] = 200,
 ) -> None:
     """Fetch programs, stages, data elements, attributes, option sets, org units and data sets."""
-    settings: Any = None
-    if not destination.startswith(("http://", "https://")):
-        try:
-            settings = load_settings(config)
-        except (ConfigFileError, ValidationError) as exc:
-            typer.echo(f"gateway: invalid configuration: {exc}", err=True)
-            raise typer.Exit(2) from exc
-    try:
-        base_url, auth, cache = resolve_destination(
-            destination,
-            settings,
-            os.environ,
-            token_file=token_file,
-            username=username,
-            password_file=password_file,
-        )
-    except DeliveryConfigError as exc:
-        typer.echo(f"gateway: {exc}", err=True)
-        raise typer.Exit(2) from exc
+    _, base_url, auth, cache = _access(
+        destination, config, token_file=token_file, username=username, password_file=password_file
+    )
     target = out or cache
     try:
         counts = asyncio.run(_pull(base_url, auth, target, page_size))
@@ -144,15 +156,14 @@ def pull(
     typer.echo(f"stored {target}: {summary}")
 
 
-async def _org_units(base_url: str, auth: httpx.Auth | None) -> list[dict[str, Any]]:
+async def _pull_org_units(base_url: str, auth: httpx.Auth | None, store: Any) -> tuple[int, int]:
+    from gateway.connectors.dhis2.mcsd import pull_org_units
+
     client = Dhis2Client(base_url, auth=auth, timeout=default_timeout(60.0))
-    units: list[dict[str, Any]] = []
     try:
-        async for page, _, _ in client.pages("organisationUnits", fields=FIELDS["organisationUnits"]):
-            units.extend(page)
+        return await pull_org_units(client, store)
     finally:
         await client.aclose()
-    return units
 
 
 @org_units_app.command("pull")
@@ -166,33 +177,25 @@ def pull_org_units(
     password_file: Annotated[Path | None, typer.Option(help="file holding the Basic auth password")] = None,
 ) -> None:
     """Write DHIS2 org units into the store as Location + Organization (only what changed)."""
-    from gateway.connectors.dhis2.mcsd import org_units_to_fhir, sync_org_units
     from gateway.store import open_store
 
+    settings, base_url, auth, _ = _access(
+        destination,
+        config,
+        token_file=token_file,
+        username=username,
+        password_file=password_file,
+        need_settings=True,
+    )
+    store = open_store(settings.store_url)
     try:
-        settings = load_settings(config)
-        base_url, auth, _ = resolve_destination(
-            destination,
-            settings,
-            os.environ,
-            token_file=token_file,
-            username=username,
-            password_file=password_file,
-        )
-    except (ConfigFileError, ValidationError, DeliveryConfigError) as exc:
-        typer.echo(f"gateway: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    try:
-        units = asyncio.run(_org_units(base_url, auth))
+        units, written = asyncio.run(_pull_org_units(base_url, auth, store))
     except Dhis2Error as exc:
         typer.echo(f"gateway: {exc}", err=True)
         raise typer.Exit(1) from exc
-    store = open_store(settings.store_url)
-    try:
-        written = sync_org_units(store, org_units_to_fhir(units))
     finally:
         store.close()
-    typer.echo(f"{len(units)} org units, {written} Location/Organization resources written")
+    typer.echo(f"{units} org units, {written} Location/Organization resources written")
 
 
 @dhis2_app.command("check-mappings")
@@ -216,14 +219,7 @@ def check_mappings(
     if metadata is not None:
         snapshot = MetadataSnapshot.load(metadata)
     else:
-        settings: Any = None
-        try:
-            if not destination.startswith(("http://", "https://")):
-                settings = load_settings(config)
-            base_url, auth, _ = resolve_destination(destination, settings, os.environ, token_file=token_file)
-        except (ConfigFileError, ValidationError, DeliveryConfigError) as exc:
-            typer.echo(f"gateway: {exc}", err=True)
-            raise typer.Exit(2) from exc
+        _, base_url, auth, _ = _access(destination, config, token_file=token_file)
 
         async def fetch() -> MetadataSnapshot:
             client = Dhis2Client(base_url, auth=auth, timeout=default_timeout(60.0))

@@ -13,6 +13,8 @@
           async_threshold: 200
           metadata_cache: var/dhis2-moh.json
           write_back_identifiers: true          # Patient gets <base_url>/api/tracker/trackedEntities|<UID>
+          schedule: {metadata_refresh: 24h, org_units_pull: 24h, monthly_report: 24h, offset: 2h}
+          report: {measure: mappings/dhis2/chw-monthly-measure.yaml, past_periods: 1}
 
 Supported DHIS2 versions: 2.38 and later (``/api/tracker`` with client UIDs). Legacy
 tracker endpoints are never used: every supported version has the new tracker API.
@@ -27,10 +29,51 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["MIN_VERSION", "Dhis2Options", "check_version", "default_timeout", "parse_version"]
+from gateway.delivery.policy import Duration
+
+__all__ = [
+    "MIN_VERSION",
+    "Dhis2Options",
+    "Dhis2Schedule",
+    "ReportOptions",
+    "check_version",
+    "default_timeout",
+    "parse_version",
+]
 
 MIN_VERSION = (2, 38)
 _VERSION = re.compile(r"^(\d+)\.(\d+)")
+
+
+class Dhis2Schedule(BaseModel):
+    """How often ``gateway serve``/``gateway worker`` run this destination's periodic tasks.
+
+    Tasks run at every multiple of their interval since the Unix epoch, plus ``offset``
+    (``24h`` with ``offset: 2h``: daily at 02:00 UTC); null or 0 turns a task off.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    metadata_refresh: Duration | None = Field(86_400.0, description="re-fetch DHIS2 metadata, rebind mappings")
+    org_units_pull: Duration | None = Field(
+        86_400.0, description="DHIS2 org units → FHIR Location + Organization (mCSD)"
+    )
+    monthly_report: Duration | None = Field(
+        86_400.0, description="compute and queue the aggregate report (needs report.measure)"
+    )
+    offset: Duration = Field(0.0, description="seconds after each interval boundary")
+
+
+class ReportOptions(BaseModel):
+    """The aggregate report the scheduler computes from stored FHIR data and queues for delivery."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    measure: Path = Field(description="dhis2-measure file (mappings/dhis2/chw-monthly-measure.yaml)")
+    past_periods: int = Field(
+        1, ge=0, le=24, description="recompute this many closed periods (late records still count)"
+    )
+    current_period: bool = Field(False, description="also send the period in progress")
 
 
 class Dhis2Options(BaseModel):
@@ -55,6 +98,8 @@ class Dhis2Options(BaseModel):
     write_back_identifiers: bool = Field(
         True, description="write accepted DHIS2 UIDs back onto the FHIR resources as identifiers"
     )
+    schedule: Dhis2Schedule = Dhis2Schedule()
+    report: ReportOptions | None = Field(None, description="the scheduled aggregate report (off when null)")
     identifier_system_base: str | None = Field(
         None,
         pattern=r"^(https?|urn):",

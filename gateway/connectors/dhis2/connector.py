@@ -195,6 +195,11 @@ class Dhis2Connector:
             self._bind(snapshot)
         return None
 
+    @property
+    def snapshot(self) -> MetadataSnapshot | None:
+        """The metadata the mappings are bound to (None before the first delivery)."""
+        return self._snapshot
+
     async def refresh_metadata(self) -> None:
         """Fetch metadata now and rebind the mappings (keeps the old binding if DHIS2 is down)."""
         async with self._lock:
@@ -204,15 +209,21 @@ class Dhis2Connector:
                 logger.warning("dhis2 metadata refresh failed: %s", type(exc).__name__)
                 self._bound_at = self.clock.now()  # try again after another max_age
                 return
-            if self.options.metadata_cache is not None:
-                snapshot.save(self.options.metadata_cache)
-            try:
-                self._bind(snapshot)
-            except MappingLoadError as exc:
-                # DHIS2 changed under the mapping: keep sending with the old binding (DHIS2's own
-                # errors then name what no longer fits) and say so once per refresh.
-                logger.error("dhis2 mappings no longer match DHIS2 metadata (%d problems)", len(exc.issues))
-                self._bound_at = self.clock.now()
+            self.use_metadata(snapshot)
+
+    def use_metadata(self, snapshot: MetadataSnapshot) -> bool:
+        """Keep ``snapshot`` (cache file) and rebind the mappings to it; False if they no longer fit."""
+        if self.options.metadata_cache is not None:
+            snapshot.save(self.options.metadata_cache)
+        try:
+            self._bind(snapshot)
+        except MappingLoadError as exc:
+            # DHIS2 changed under the mapping: keep sending with the old binding (DHIS2's own
+            # errors then name what no longer fits) and say so once per refresh.
+            logger.error("dhis2 mappings no longer match DHIS2 metadata (%d problems)", len(exc.issues))
+            self._bound_at = self.clock.now()
+            return False
+        return True
 
     async def _metadata(self) -> MetadataSnapshot:
         path = self.options.metadata_cache

@@ -190,15 +190,17 @@ class _Binder:
             return None, set()
 
     def ref(self, collection: str, ref: str, where: tuple[str | int, ...]) -> str | None:
-        found = (
-            self.snapshot.by_code(collection, ref[5:])
-            if ref.startswith("code:")
-            else self.snapshot.get(collection, ref)
-        )
+        found = _lookup(self.snapshot, collection, ref)
         if found is None:
             self.issue(where, f"{collection[:-1]} {ref} does not exist in DHIS2 ({self.snapshot.base_url})")
-            return None
-        return str(found["id"])
+        return found
+
+    def combo(self, ref: str, valid: set[str], element: str, where: tuple[str | int, ...]) -> str | None:
+        """A category option combo of ``element`` (a stratum's or the total's)."""
+        coc = self.ref("categoryOptionCombos", ref, where)
+        if coc is not None and coc not in valid:
+            self.issue(where, f"{ref} is not a category option combo of {element}")
+        return coc
 
     def option_codes(self, collection: str, uid: str) -> frozenset[str] | None:
         option_set = self.snapshot.option_set_of(collection, uid)
@@ -284,36 +286,22 @@ def _stage(binder: _Binder, rule: StageRule, index: int, program: str | None) ->
     )
 
 
-def _org_units(path: Path, relative: str, binder: _Binder, field: str) -> OrgUnitTable:
-    table = load_org_unit_table(path.parent / relative, binder.issues)
+def _lookup(snapshot: MetadataSnapshot, collection: str, ref: str) -> str | None:
+    """The UID a mapping's reference names: ``code:XYZ`` by code, anything else as a UID."""
+    found = snapshot.by_code(collection, ref[5:]) if ref.startswith("code:") else snapshot.get(collection, ref)
+    return None if found is None else str(found["id"])
+
+
+def _org_units(path: Path, relative: str, binder: _Binder) -> OrgUnitTable:
+    table_path = path.parent / relative
+    table = load_org_unit_table(table_path, binder.issues)
+    resolved = []
     for index, entry in enumerate(table.entries):
-        ref = entry.org_unit
-        found = (
-            binder.snapshot.by_code("organisationUnits", ref[5:])
-            if ref.startswith("code:")
-            else (binder.snapshot.get("organisationUnits", ref))
-        )
-        if found is None:
-            binder.issues.append(
-                LoadIssue(
-                    str(path.parent / relative),
-                    1,
-                    f"entries[{index}].org_unit",
-                    f"org unit {ref} does not exist in DHIS2",
-                )
-            )
-    resolved = [
-        entry.model_copy(
-            update={
-                "org_unit": (
-                    binder.snapshot.by_code("organisationUnits", entry.org_unit[5:]) or {"id": entry.org_unit}
-                )["id"]
-            }
-        )
-        if entry.org_unit.startswith("code:")
-        else entry
-        for entry in table.entries
-    ]
+        uid = _lookup(binder.snapshot, "organisationUnits", entry.org_unit)
+        if uid is None:
+            message = f"org unit {entry.org_unit} does not exist in DHIS2"
+            binder.issues.append(LoadIssue(str(table_path), 1, f"entries[{index}].org_unit", message))
+        resolved.append(entry.model_copy(update={"org_unit": uid or entry.org_unit}))
     return table.model_copy(update={"entries": resolved})
 
 
@@ -356,7 +344,7 @@ def load_tracker(path: Path, snapshot: MetadataSnapshot, tables: dict[str, Conce
     enrolled_at, _ = b.expr(en.enrolled_at, ("enrollment", "enrolled_at"))
     en_org = [b.expr(t, ("enrollment", "org_unit", i))[0] for i, t in enumerate(en.org_unit)]
     stages = [_stage(b, rule, i, program) for i, rule in enumerate(spec.stages)]
-    org_units = _org_units(path, spec.org_units, b, "org_units")
+    org_units = _org_units(path, spec.org_units, b)
     if issues:
         raise MappingLoadError(issues)
     assert program and tet and enrolled_at is not None
@@ -401,16 +389,10 @@ def load_aggregate(path: Path, snapshot: MetadataSnapshot, tables: dict[str, Con
         valid = snapshot.category_option_combos(element)
         strata: dict[str, str] = {}
         for code, ref in rule.strata.items():
-            coc = b.ref("categoryOptionCombos", ref, (*where, "strata", code))
-            if coc is not None and coc not in valid:
-                b.issue(
-                    (*where, "strata", code), f"{ref} is not a category option combo of {rule.data_element}"
-                )
+            coc = b.combo(ref, valid, rule.data_element, (*where, "strata", code))
             if coc is not None:
                 strata[code] = coc
-        total = b.ref("categoryOptionCombos", rule.total, (*where, "total")) if rule.total else None
-        if total is not None and total not in valid:
-            b.issue((*where, "total"), f"{rule.total} is not a category option combo of {rule.data_element}")
+        total = b.combo(rule.total, valid, rule.data_element, (*where, "total")) if rule.total else None
         stratifier = _token(rule.stratifier) if rule.stratifier else None
         groups[_token(rule.group)] = (
             element,
@@ -419,7 +401,7 @@ def load_aggregate(path: Path, snapshot: MetadataSnapshot, tables: dict[str, Con
             strata,
             total,
         )
-    org_units = _org_units(path, spec.org_units, b, "org_units")
+    org_units = _org_units(path, spec.org_units, b)
     period_type = str((snapshot.get("dataSets", data_set) or {}).get("periodType", "Monthly"))
     if issues:
         raise MappingLoadError(issues)

@@ -16,11 +16,22 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio.to_thread
 import orjson
 
+from gateway.connectors.dhis2.client import Dhis2Client
+from gateway.connectors.dhis2.metadata import FIELDS
 from gateway.connectors.dhis2.orgunits import ORG_UNIT_CODE_SYSTEM, ORG_UNIT_SYSTEM
 
-__all__ = ["MCSD_TYPES", "org_unit_resources", "org_units_to_fhir", "resource_id", "sync_org_units"]
+__all__ = [
+    "MCSD_TYPES",
+    "fetch_org_units",
+    "org_unit_resources",
+    "org_units_to_fhir",
+    "pull_org_units",
+    "resource_id",
+    "sync_org_units",
+]
 
 JsonObject = dict[str, Any]
 MCSD_TYPES = "https://profiles.ihe.net/ITI/mCSD/CodeSystem/IHE.mCSD.Organization.Location.Types"
@@ -107,3 +118,18 @@ def sync_org_units(store: Any, resources: Iterable[JsonObject]) -> int:
             tx.update(resource)
             written += 1
     return written
+
+
+async def fetch_org_units(client: Dhis2Client) -> list[JsonObject]:
+    """Every org unit of a DHIS2, page by page, with the fields the FHIR resources need."""
+    units: list[JsonObject] = []
+    async for page, _, _ in client.pages("organisationUnits", fields=FIELDS["organisationUnits"]):
+        units.extend(page)
+    return units
+
+
+async def pull_org_units(client: Dhis2Client, store: Any) -> tuple[int, int]:
+    """Fetch every org unit and write what changed: (org units, resources written)."""
+    units = await fetch_org_units(client)
+    written = await anyio.to_thread.run_sync(sync_org_units, store, org_units_to_fhir(units))
+    return len(units), written

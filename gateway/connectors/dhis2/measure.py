@@ -30,7 +30,7 @@ from gateway.mapping.errors import LoadIssue, MappingError, MappingLoadError
 from gateway.mapping.expressions import CompileError, Expression, Scope, compile_expression
 from gateway.mapping.yamlfile import YamlSyntaxError, format_path, read_yaml
 
-__all__ = ["MeasureDefinition", "compute_measure_report", "load_measure", "report_id"]
+__all__ = ["MeasureDefinition", "compute_measure_report", "group_by_org_unit", "load_measure", "report_id"]
 
 JsonObject = dict[str, Any]
 _POPULATION = "http://terminology.hl7.org/CodeSystem/measure-population"
@@ -194,6 +194,27 @@ class _Counter:
         return _age_months(birth, on) if isinstance(birth, str) else None
 
 
+def group_by_org_unit(
+    resources: Iterable[JsonObject], *, source: ResourceSource, resolver: OrgUnitResolver
+) -> dict[str, list[JsonObject]]:
+    """Resources by the org unit their Encounter's place resolves to (the others are left out)."""
+    counter = _Counter(source, resolver)
+    groups: dict[str, list[JsonObject]] = {}
+    for resource in resources:
+        org_unit = counter.org_unit_of(resource)
+        if org_unit is not None:
+            groups.setdefault(org_unit, []).append(resource)
+    return groups
+
+
+def _reporter_key(reporter: JsonObject) -> str:
+    """What identifies a reporter Reference: its reference, else its identifier's system|value."""
+    if isinstance(reporter.get("reference"), str):
+        return str(reporter["reference"])
+    identifier = reporter.get("identifier") or {}
+    return f"{identifier.get('system', '')}|{identifier.get('value', '')}"
+
+
 def compute_measure_report(
     definition: MeasureDefinition,
     resources: Iterable[JsonObject],
@@ -201,10 +222,15 @@ def compute_measure_report(
     source: ResourceSource,
     resolver: OrgUnitResolver,
     org_unit: str,
-    reporter: str,
+    reporter: str | JsonObject,
     period: Period,
 ) -> JsonObject:
-    """Count ``resources`` for one org unit (UID) and period; ``reporter`` is its Location reference."""
+    """Count ``resources`` for one org unit (UID) and period.
+
+    ``reporter`` is the org unit as a FHIR Reference: a Location reference string, or a
+    Reference dict (e.g. by the DHIS2 org-unit identifier); the report id derives from it.
+    """
+    reporter_ref: JsonObject = {"reference": reporter} if isinstance(reporter, str) else dict(reporter)
     counter = _Counter(source, resolver)
     pools: dict[str, list[JsonObject]] = {}
     for resource in resources:
@@ -271,11 +297,11 @@ def compute_measure_report(
         groups.append(item)
     report: JsonObject = {
         "resourceType": "MeasureReport",
-        "id": report_id(definition.spec.measure, reporter, period),
+        "id": report_id(definition.spec.measure, _reporter_key(reporter_ref), period),
         "status": "complete",
         "type": "summary",
         "measure": definition.spec.measure,
-        "reporter": {"reference": reporter},
+        "reporter": reporter_ref,
         "period": {"start": period.start.isoformat(), "end": period.end.isoformat()},
         "group": groups,
     }

@@ -119,6 +119,9 @@ class StoreResourceSource:
 
     def find(self, resource_type: str, param: str, reference: str) -> list[JsonObject]:
         """A search ``<Type>?<param>=<reference>`` (one page of up to ``limit``)."""
-        query = self._parser.parse(resource_type, [(param, reference), ("_count", str(self._limit))])
-        result = self._store.search(query)
+        result = self.search(resource_type, [(param, reference), ("_count", str(self._limit))])
         return [orjson.loads(item.content) for item in result.resources]
+
+    def search(self, resource_type: str, params: list[tuple[str, str]]) -> Any:
+        """Any search, as the store answers it (a ``SearchResult``, for paging with ``_snapshot``)."""
+        return self._store.search(self._parser.parse(resource_type, params))

@@ -1,0 +1,133 @@
+"""Periodic background tasks on an injected clock: deterministic, no jitter, never fatal.
+
+``gateway serve`` and ``gateway worker`` run one ``Scheduler`` for the tasks destinations
+declare (for DHIS2: metadata refresh, org-unit pull, monthly report; see
+``gateway.connectors.dhis2.tasks``):
+
+    scheduler = Scheduler([PeriodicTask("dhis2/metadata", 86_400, refresh)], clock)
+    await scheduler.start()
+    ...
+    await scheduler.stop()
+
+A task with interval ``I`` and offset ``O`` runs at every ``k*I + O`` seconds since the Unix
+epoch (UTC): every 24h at 00:00 UTC, every 1h on the hour. The times depend on nothing but
+the clock, so tests move a ``ManualClock`` to a boundary and see the task run, and two
+processes (``serve`` plus a ``worker``) run a task at the same moments. They do not
+coordinate: each task is idempotent (deterministic ids, writes skipped when unchanged), so
+running it twice costs work, never duplicates; turn the scheduler off in one of them
+(``scheduler.enabled: false``) to save it. ``run_at_start`` tasks also run once when the
+scheduler starts. A run that overruns its next time skips it (no catch-up bursts), and a
+task never overlaps itself.
+
+A task that raises is logged with its name and the exception type (messages can carry
+record data) and runs again at its next time; nothing a task does stops the others or
+the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.delivery.clock import Clock
+
+__all__ = ["PeriodicTask", "Scheduler", "SchedulerSettings", "next_run"]
+
+log = logging.getLogger(__name__)
+
+
+class SchedulerSettings(BaseModel):
+    """The ``scheduler:`` section: whether this process runs the destinations' periodic tasks."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = Field(True, description="run periodic tasks (DHIS2 metadata, org units, monthly report)")
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodicTask:
+    """Work to repeat: ``run`` returns a one-line summary for the log (never patient data)."""
+
+    name: str
+    interval: float  # seconds, > 0
+    run: Callable[[], Awaitable[str]]
+    offset: float = 0.0  # seconds after each interval boundary
+    run_at_start: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.interval > 0:
+            raise ValueError(f"task {self.name}: the interval must be positive")
+
+
+def next_run(task: PeriodicTask, now: float) -> float:
+    """The first time ``k * interval + offset`` strictly after ``now``."""
+    k = math.floor((now - task.offset) / task.interval) + 1
+    return k * task.interval + task.offset
+
+
+class Scheduler:
+    """Runs ``PeriodicTask``s until stopped (see the module docstring)."""
+
+    def __init__(
+        self,
+        tasks: Sequence[PeriodicTask],
+        clock: Clock,
+        *,
+        on_stop: Sequence[Callable[[], Awaitable[None]]] = (),
+    ) -> None:
+        self.tasks = list(tasks)
+        self.clock = clock
+        self.runs: dict[str, int] = {task.name: 0 for task in self.tasks}  # completed runs, ok or failed
+        self.failures: dict[str, int] = {task.name: 0 for task in self.tasks}
+        self._on_stop = list(on_stop)
+        self._loops: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Start one loop per task."""
+        self._loops = [asyncio.create_task(self._loop(task), name=f"scheduled-{task.name}") for task in self.tasks]
+        if self.tasks:
+            log.info("scheduler: %s", ", ".join(f"{t.name} every {t.interval:g}s" for t in self.tasks))
+
+    async def stop(self) -> None:
+        """Cancel the loops (a task in progress is interrupted) and release what the tasks hold."""
+        loops, self._loops = self._loops, []
+        for loop in loops:
+            loop.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        for close in self._on_stop:
+            await close()
+
+    async def run_once(self, name: str) -> bool:
+        """Run one task now, as its loop would (True if it succeeded)."""
+        task = next(t for t in self.tasks if t.name == name)
+        return await self._run(task)
+
+    async def _loop(self, task: PeriodicTask) -> None:
+        if task.run_at_start:
+            await self._run(task)
+        while True:
+            due = next_run(task, self.clock.now())
+            await self.clock.sleep(due - self.clock.now())
+            await self._run(task)
+
+    async def _run(self, task: PeriodicTask) -> bool:
+        try:
+            summary = await task.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a failed run must not end the loop, nor the process
+            where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+            place = f"{where.filename}:{where.lineno}" if where else "?"
+            log.error("scheduled task %s failed: %s at %s", task.name, type(exc).__name__, place)
+            self.failures[task.name] += 1
+            self.runs[task.name] += 1
+            return False
+        log.info("scheduled task %s: %s", task.name, summary)
+        self.runs[task.name] += 1
+        return True
