@@ -9,7 +9,8 @@ by the cheapest route that keeps FHIRPath's meaning:
 * a simple path (``form.vitals.weight_kg``, ``%item.`member/name```) becomes a walk of
   dict lookups: absent keys and nulls give nothing, lists are flattened as FHIRPath does;
 * ``path = 'literal'``, ``!=``, ``.exists()``, ``.empty()``, ``and``/``or``/``not()`` of
-  those become small closures with FHIRPath's empty-propagating logic;
+  those become small closures with FHIRPath's empty-propagating logic, and text joins
+  (``'village:' + village``) become string joins;
 * anything else is parsed once with ``fhirpathpy`` and run through its compiled form.
 
 Only the last route touches ``fhirpathpy`` per record. Differences from FHIRPath on FHIR
@@ -36,7 +37,7 @@ from gateway.mapping.converters import (
     build_converter,
 )
 from gateway.mapping.errors import MappingError
-from gateway.mapping.fastpath import fast_boolean, lookup, walk
+from gateway.mapping.fastpath import fast_boolean, fast_concat, lookup, walk
 from gateway.mapping.fhirpath import (
     CompileError,
     Evaluator,
@@ -234,6 +235,7 @@ def compile_expression(
     if simple is not None:
         source = lookup(*simple)
     else:
-        source = fast_boolean(top) or fhirpath_evaluator(source_text)
+        general = fhirpath_evaluator(source_text)
+        source = fast_boolean(top) or fast_concat(top, general) or general
     expression.run = _chain(source, converters)
     return expression

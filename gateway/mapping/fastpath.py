@@ -3,7 +3,9 @@
 * member paths (``form.vitals.weight_kg``, ``%item.`a/b```): dict lookups, absent keys and
   nulls give nothing, lists are walked into, as FHIRPath navigation does on JSON;
 * ``path = literal`` / ``!=`` with FHIRPath's empty propagation and no implicit
-  conversions between types, ``.exists()``, ``.empty()``, ``.not()``, ``and``/``or``.
+  conversions between types, ``.exists()``, ``.empty()``, ``.not()``, ``and``/``or``;
+* text joined with ``+`` or ``&`` from string literals and paths (``'village:' + village``)
+  when every path gives one text; anything else takes the fhirpathpy route it was given.
 
 Property tests (``tests/mapping/test_expressions.py``) hold these to fhirpathpy's results.
 """
@@ -17,7 +19,7 @@ import fhirpathpy
 
 from gateway.mapping.fhirpath import Evaluator, identifier, only_child, plain, simple_path
 
-__all__ = ["fast_boolean", "lookup", "walk"]
+__all__ = ["fast_boolean", "fast_concat", "lookup", "walk"]
 
 
 def walk(items: list[Any], keys: tuple[str, ...]) -> list[Any]:
@@ -181,3 +183,62 @@ def fast_boolean(ast: dict[str, Any]) -> Evaluator | None:
         if term.get("type") == "ParenthesizedTerm" and term.get("children"):
             return fast_boolean(term["children"][0])
     return None
+
+
+def _concat_operands(ast: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The operands of a chain of one concatenation operator, left to right."""
+    if ast.get("type") != "AdditiveExpression" or len(ast.get("children") or []) != 2:
+        return None
+    left, right = ast["children"]
+    inner = _concat_operands(left)
+    if inner is not None and left.get("terminalNodeText") != ast.get("terminalNodeText"):
+        return None
+    return [*(inner if inner is not None else [left]), right]
+
+
+def fast_concat(ast: dict[str, Any], fallback: Evaluator) -> Evaluator | None:
+    """``'a' + path + …`` (or ``&``) as plain string joins, or None if not that simple.
+
+    ``+`` gives nothing when an operand is empty, ``&`` treats it as ``''``. An operand that
+    is not exactly one text (a number, several items) goes to ``fallback`` (fhirpathpy), so
+    its meaning, error included, is FHIRPath's.
+    """
+    operator = ast.get("terminalNodeText")
+    if operator not in (["+"], ["&"]):
+        return None
+    operands = _concat_operands(ast)
+    if operands is None:
+        return None
+    parts: list[str | Evaluator] = []
+    for operand in operands:
+        path = simple_path(operand)
+        if path is not None:
+            parts.append(lookup(*path))
+            continue
+        term = (operand.get("children") or [{}])[0] if operand.get("type") == "TermExpression" else {}
+        literal = (term.get("children") or [{}])[0] if term.get("type") == "LiteralTerm" else {}
+        if literal.get("type") != "StringLiteral":
+            return None
+        constant = plain(fhirpathpy.evaluate({}, operand["text"]))
+        if len(constant) != 1 or type(constant[0]) is not str:
+            return None
+        parts.append(constant[0])
+    empty_is_blank = operator == ["&"]
+
+    def concat(record: Any, env: dict[str, list[Any]]) -> list[Any]:
+        text: list[str] = []
+        for part in parts:
+            if type(part) is str:
+                text.append(part)
+                continue
+            values = part(record, env)  # type: ignore[operator]
+            if not values:
+                if empty_is_blank:
+                    continue
+                return []
+            if len(values) != 1 or type(values[0]) is not str:
+                return fallback(record, env)
+            text.append(values[0])
+        return ["".join(text)]
+
+    return concat

@@ -101,6 +101,32 @@ def test_boolean_logic_matches_fhirpath(record: dict[str, Any], left: str, right
     assert _fast(text)(record, {}) == fhirpathpy.evaluate(record, text)
 
 
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    record=RECORDS,
+    operands=st.lists(st.one_of(PATHS, st.sampled_from(["'v:'", "''", "'x y'"])), min_size=2, max_size=4),
+    operator=st.sampled_from(["+", "&"]),
+)
+def test_text_joins_match_fhirpath(record: dict[str, Any], operands: list[str], operator: str) -> None:
+    assume(not _null_in_list(record))
+    text = f" {operator} ".join(operands)
+    try:
+        expected = fhirpathpy.evaluate(record, text)
+    except Exception:  # e.g. a number joined to a text: the engine must fail the same way
+        with pytest.raises(MappingError):
+            _fast(text)(record, {})
+        return
+    assert _normal(_fast(text)(record, {})) == _normal(expected)
+
+
+def test_text_joins_take_the_fast_route() -> None:
+    run = _fast("'village:' + a.b")
+    assert run({"a": {"b": "12"}}, {}) == ["village:12"]
+    assert run({"a": {}}, {}) == []
+    assert _fast("'village:' & a.b")({"a": {}}, {}) == ["village:"]
+    assert "concat" in run.__qualname__
+
+
 def test_variables_and_backticks() -> None:
     run = _fast("%item.`patient/given_name`")
     assert run({}, {"item": [{"patient/given_name": "Chisomo"}]}) == ["Chisomo"]
