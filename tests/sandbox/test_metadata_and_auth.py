@@ -131,3 +131,10 @@ async def test_basic_auth_and_read_only_users(make_client: ClientFactory, demo: 
     assert refused.status_code == 403
     assert shape(refused.json()) == shape(load_sample("webmessage-403-forbidden-docs.json"))
     assert (await viewer.get("/api/ping")).text == "pong"
+
+
+@pytest.mark.parametrize(("version", "system_ping"), [("2.38.1", 200), ("2.41.0", 200), ("2.42.0", 404)])
+async def test_system_ping_is_gone_from_242(make_client: ClientFactory, version: str, system_ping: int) -> None:
+    client = make_client(version=version, auth={})
+    assert (await client.get("/api/system/ping")).status_code == system_ping
+    assert (await client.get("/api/ping")).text == "pong"  # no credentials needed

@@ -1,5 +1,6 @@
 """``gateway dhis2 …`` commands.
 
+    gateway dhis2 ping moh-dhis2                          # up? which version? credentials?
     gateway dhis2 metadata pull moh-dhis2                 # a configured destination
     gateway dhis2 metadata pull https://dhis2.example.org --token-file pat.txt --out meta.json
 
@@ -23,8 +24,8 @@ from pydantic import SecretStr, ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from gateway.connectors.dhis2.client import Dhis2Client
-from gateway.connectors.dhis2.config import Dhis2Options, default_timeout
-from gateway.connectors.dhis2.errors import Dhis2Error
+from gateway.connectors.dhis2.config import Dhis2Options, check_version, default_timeout
+from gateway.connectors.dhis2.errors import Dhis2Error, Dhis2HttpError
 from gateway.connectors.dhis2.metadata import FIELDS, MetadataCache
 from gateway.delivery.config import AuthConfig, Credentials, DeliveryConfigError, resolve_credentials
 from gateway.settings import ConfigFileError, load_settings
@@ -109,6 +110,52 @@ def _access(
         typer.echo(f"gateway: {exc}", err=True)
         raise typer.Exit(2) from exc
     return settings, base_url, auth, cache
+
+
+async def _ping(base_url: str, auth: httpx.Auth | None) -> tuple[bool, str]:
+    """(everything fine, one line): reachable, credentials accepted, version supported."""
+    client = Dhis2Client(base_url, auth=auth, timeout=default_timeout(15.0))
+    try:
+        try:
+            info = await client.system_info()
+        except Dhis2HttpError as exc:
+            if exc.http_status not in (401, 403):
+                raise
+            path = await client.ping()  # version unknown: the client tries both paths
+            refused = f"the credentials are refused (HTTP {exc.http_status})"
+            return False, f"DHIS2 at {base_url}: up (GET {path}), but {refused}"
+        path = await client.ping()  # the path of this version
+        try:
+            check_version(info.version)
+        except ValueError as exc:
+            return False, f"DHIS2 {info.version_text} at {base_url}: up (GET {path}), {exc}"
+        return True, f"DHIS2 {info.version_text} at {base_url}: up (GET {path}), credentials accepted, supported"
+    finally:
+        await client.aclose()
+
+
+@dhis2_app.command("ping")
+def ping(
+    destination: Annotated[str, typer.Argument(help="destination name, or a DHIS2 base URL")],
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", envvar="GATEWAY_CONFIG", help="YAML config file")
+    ] = None,
+    token_file: Annotated[Path | None, typer.Option(help="file holding a Personal Access Token")] = None,
+    username: Annotated[str | None, typer.Option(help="Basic auth user (with --password-file)")] = None,
+    password_file: Annotated[Path | None, typer.Option(help="file holding the Basic auth password")] = None,
+) -> None:
+    """Check a DHIS2: reachable, credentials accepted, version supported (exit 1 if not)."""
+    _, base_url, auth, _ = _access(
+        destination, config, token_file=token_file, username=username, password_file=password_file
+    )
+    try:
+        fine, line = asyncio.run(_ping(base_url, auth))
+    except Dhis2Error as exc:
+        typer.echo(f"gateway: DHIS2 at {base_url} is not reachable: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(line)
+    if not fine:
+        raise typer.Exit(1)
 
 
 async def _pull(base_url: str, auth: httpx.Auth | None, out: Path, page_size: int) -> dict[str, int]:

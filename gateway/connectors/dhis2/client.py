@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import orjson
 
-from gateway.connectors.dhis2.config import default_timeout, parse_version
+from gateway.connectors.dhis2.config import default_timeout, parse_version, ping_path
 from gateway.connectors.dhis2.errors import Dhis2HttpError, Dhis2ProtocolError, Dhis2TransportError
 
 __all__ = ["Dhis2Client", "SystemInfo"]
@@ -55,6 +55,7 @@ class Dhis2Client:
         # ``http`` is a ready client (the delivery engine's, with credentials and pool
         # applied); otherwise one is built here. Either way this object owns and closes it.
         self.base_url = base_url.rstrip("/")
+        self.version: tuple[int, int] | None = None  # known once system_info() answered
         self._http = http or httpx.AsyncClient(
             auth=auth,
             timeout=timeout or default_timeout(),
@@ -108,9 +109,26 @@ class Dhis2Client:
         if not isinstance(raw, dict) or "version" not in raw:
             raise Dhis2ProtocolError("/api/system/info has no version")
         try:
-            return SystemInfo(raw)
+            info = SystemInfo(raw)
         except ValueError as exc:
             raise Dhis2ProtocolError(f"/api/system/info: {exc}") from exc
+        self.version = info.version
+        return info
+
+    async def ping(self) -> str:
+        """Check DHIS2 is up (the endpoint needs no credentials); the path pinged, which depends on the version.
+
+        Before ``system_info()`` the version is unknown: ``/api/ping`` (2.42+) is tried, then
+        ``/api/system/ping`` when that path does not exist.
+        """
+        paths = [ping_path(self.version)] if self.version else ["/api/ping", "/api/system/ping"]
+        for path in paths:
+            response = await self.request("GET", path)
+            if response.is_success:
+                return path
+            if response.status_code != 404:
+                raise http_error(path, response)
+        raise http_error(paths[-1], response)
 
     async def pages(
         self, collection: str, *, fields: str, filters: tuple[str, ...] = (), page_size: int = 200

@@ -16,8 +16,27 @@
           schedule: {metadata_refresh: 24h, org_units_pull: 24h, monthly_report: 24h, offset: 2h}
           report: {measure: mappings/dhis2/chw-monthly-measure.yaml, past_periods: 1}
 
-Supported DHIS2 versions: 2.38 and later (``/api/tracker`` with client UIDs). Legacy
-tracker endpoints are never used: every supported version has the new tracker API.
+Supported DHIS2 versions: 2.38 and later (``/api/tracker`` with client UIDs), detected
+from ``/api/system/info`` before the first delivery. Legacy tracker endpoints are never
+used: every supported version has the new tracker API (they are only needed below 2.36).
+What differs inside the range, and where it is handled:
+
+=================================================  ==========================================
+difference                                         handled by
+=================================================  ==========================================
+ImportReport ``index`` (≤2.40), ``bundleReport.``  ``reports`` reads only what all share
+``status``/``stats`` (≤2.39), ``args`` (≥2.43)
+async "job added" ``responseType`` (≤2.40)         ``reports.job_id_of``
+tracker request errors 409 (≤2.39) / 400 (≥2.40)   both permanent (``classify``)
+aggregate conflicts ``{object, value}`` (≤2.38)    ``aggregate_summary`` traces them by object
+vs ``errorCode``/``indexes`` (≥2.39)
+bare ImportSummary (async summaries, ≤2.37 style)  ``aggregate_summary`` reads both envelopes
+and WebMessage-wrapped 409 (≥2.38)
+tracker export ``pager{}`` (≥2.41) vs flat paging  not used: the connector reads no exports;
+                                                   metadata lists page with ``pager`` in all
+``/api/system/ping`` (≤2.41) vs ``/api/ping``      ``ping_path`` (``gateway dhis2 ping``)
+(≥2.42)
+=================================================  ==========================================
 """
 
 from __future__ import annotations
@@ -39,6 +58,7 @@ __all__ = [
     "check_version",
     "default_timeout",
     "parse_version",
+    "ping_path",
 ]
 
 MIN_VERSION = (2, 38)
@@ -120,6 +140,11 @@ def check_version(version: tuple[int, int]) -> None:
     """Refuse DHIS2 versions without the ``/api/tracker`` behaviour the connector relies on."""
     if version < MIN_VERSION:
         raise ValueError(f"DHIS2 {version[0]}.{version[1]} is not supported (2.38 or later)")
+
+
+def ping_path(version: tuple[int, int]) -> str:
+    """The unauthenticated liveness endpoint of a DHIS2 version (moved in 2.42)."""
+    return "/api/ping" if version >= (2, 42) else "/api/system/ping"
 
 
 def default_timeout(total: float = 30.0) -> httpx.Timeout:

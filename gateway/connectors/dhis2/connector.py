@@ -182,6 +182,7 @@ class Dhis2Connector:
             try:
                 info = await self.client.system_info()
                 check_version(info.version)
+                logger.info("dhis2 connector: DHIS2 %s", info.version_text[:32])
                 snapshot = await self._metadata()
             except Dhis2TransportError:
                 return Retry(delay=None, reason="connection")
@@ -194,6 +195,11 @@ class Dhis2Connector:
                 return Permanent(reason="dhis2_setup", detail=str(exc))
             self._bind(snapshot)
         return None
+
+    @property
+    def server_version(self) -> tuple[int, int] | None:
+        """The DHIS2 version detected from ``/api/system/info`` (None before the first delivery)."""
+        return self.client.version
 
     @property
     def snapshot(self) -> MetadataSnapshot | None:

@@ -45,9 +45,17 @@ def system_info(state: StateDep, user: UserDep, request: Request) -> dict[str, A
 
 
 @router.get("/api/system/ping", response_class=PlainTextResponse)
+def system_ping(state: StateDep) -> str:
+    """Liveness check, removed in 2.42 (no authentication, as in DHIS2)."""
+    if state.version >= (2, 42):
+        raise ApiError(404, "Resource not found: system/ping")
+    return "pong"
+
+
 @router.get("/api/ping", response_class=PlainTextResponse)
 def ping() -> str:
-    """Liveness check (no authentication, as in DHIS2)."""
+    """Liveness check, where ``/api/system/ping`` moved in 2.42 (served for every version here:
+    the recorded facts do not say since when it exists)."""
     return "pong"
 
 
