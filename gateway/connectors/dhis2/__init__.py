@@ -14,7 +14,8 @@ Modules: ``client`` (HTTP), ``config`` (destination options), ``uids`` (determin
 cache), ``mapping_spec`` / ``mapping_load`` (mapping files), ``tracker_transform`` /
 ``measure`` / ``aggregate_transform`` (FHIR → DHIS2), ``aggregate_outcome`` (per-value
 results), ``orgunits`` / ``mcsd`` (facilities), ``connector`` (delivery), ``writeback`` (UIDs
-as FHIR identifiers), ``cli`` (``gateway dhis2 …``).
+as FHIR identifiers), ``reporting`` / ``tasks`` (periodic work for ``gateway.scheduler``),
+``cli`` (``gateway dhis2 …``).
 """
 
 from __future__ import annotations
