@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,13 +39,6 @@ MEASURE = "urn:chw-gateway:Measure:chw-monthly-report"
 JUNE_3 = datetime(2024, 6, 3, tzinfo=UTC).timestamp()  # a Monday, 00:00 UTC
 HOUR = 3600.0
 ENVIRON = {"DHIS2_PAT": DEFAULT_TOKEN}
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqlStore]:
-    opened = open_store(f"sqlite:///{tmp_path}/store.db")
-    yield opened
-    opened.close()
 
 
 def put(store: SqlStore, resources: list[dict[str, Any]]) -> None:

@@ -1,18 +1,16 @@
 """DHIS2 UIDs written back as FHIR identifiers: what is written, and why it never loops.
 
-Against a real SQLite store and, for the connector, the sandbox over HTTP. The end-to-end
-version through ``/ingest`` and the delivery engine is in ``test_writeback_end_to_end``.
+Against both store backends (the ``store`` fixture: SQLite and PostgreSQL) and, for the
+connector, the sandbox over HTTP. The end-to-end version through ``/ingest`` and the
+delivery engine is ``test_end_to_end.test_dhis2_uids_come_back_as_fhir_identifiers…``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
-import pytest
 
 from gateway.connectors.base import Job, Success
 from gateway.connectors.dhis2.client import Dhis2Client
@@ -24,20 +22,12 @@ from gateway.connectors.dhis2.writeback import Held, WriteBack, WriteBackTarget,
 from gateway.delivery.clock import SystemClock
 from gateway.fhir.validate import validate_resource
 from gateway.sandbox.dhis2 import SandboxServer
-from gateway.store import open_store
 from gateway.store.sql import SqlStore
 from tests.dhis2.conftest import MAPPINGS, pat_auth
 from tests.dhis2.records import chw_record, places
 
 SYSTEMS = identifier_systems("https://dhis2.example.org/api/tracker")
 TE_SYSTEM = "https://dhis2.example.org/api/tracker/trackedEntities"
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqlStore]:
-    opened = open_store(f"sqlite:///{tmp_path}/store.db")
-    yield opened
-    opened.close()
 
 
 def put(store: SqlStore, resource: dict[str, Any]) -> int:
