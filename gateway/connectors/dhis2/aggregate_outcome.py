@@ -67,14 +67,15 @@ def aggregate_outcome(
     counts = f"{summary.imported} imported, {summary.updated} updated, {summary.ignored} ignored"
     if summary.status == "SUCCESS":
         return Success(detail=f"{payload['dataSet']} {payload['period']} {payload['orgUnit']}: {counts}")
-    if summary.aborted or not summary.rejected:
+    traced = sorted(i for i in summary.rejected if i < len(values))
+    if summary.aborted or not traced:
         code = next((c.code for c in summary.conflicts if c.code), "import_error" if summary.aborted else "conflict")
         reasons = "; ".join(c.message for c in summary.conflicts) or "import aborted"
         return Permanent(
             reason=f"dhis2_{code}", response=recorded(status, body), detail=f"{reasons} [FHIR {job_ref}]"
         )
     refused: list[RefusedPart] = []
-    for index in sorted(i for i in summary.rejected if i < len(values)):
+    for index in traced:
         conflicts = summary.conflicts_for(index)
         code = next((c.code for c in conflicts if c.code), "conflict")
         why = "; ".join(f"{c.code or ''} {c.message}".strip() for c in conflicts) or "rejected"

@@ -274,8 +274,8 @@ class Dhis2Connector:
             held = self.writeback.already_held(job)
             if held is not None:
                 item.restore = held.restore
-                note = "identifiers restored" if held.restore else "written back"
-                item.outcome = Success(detail=f"DHIS2 UIDs {note}: nothing new for DHIS2")
+                what = "identifiers restored" if held.restore else "UIDs written back"
+                item.outcome = Success(detail=f"DHIS2 {what}: nothing new for DHIS2")
                 return item
         resource, source = job.resource(), self.source
         if self.writeback is not None:  # plans never depend on the UIDs written back (see writeback)

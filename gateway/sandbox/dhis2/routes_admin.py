@@ -1,4 +1,4 @@
-"""Sandbox control (not part of DHIS2): faults, outages, statistics, reset.
+"""Sandbox control (not part of DHIS2): faults, outages, statistics, received objects, reset.
 
 These endpoints live under ``/sandbox/`` and are never subject to faults or
 authentication, so a test can switch a failing sandbox back to healthy.
