@@ -83,6 +83,7 @@ def update(
     *,
     if_match: int | None = None,
     skip_unchanged: bool = False,
+    prepared: Any = None,
 ) -> WriteOutcome:
     """``PUT [type]/[id]`` with update-as-create and optional ``If-Match``."""
     body_id = resource.get("id")
@@ -91,7 +92,7 @@ def update(
     if body_id != rid:
         raise invalid(f"the resource id {str(body_id)[:70]!r} does not match the URL id {rid!r}", [f"{rtype}.id"])
     try:
-        result = tx.update(resource, if_match=if_match, skip_unchanged=skip_unchanged)
+        result = tx.update(resource, if_match=if_match, skip_unchanged=skip_unchanged, prepared=prepared)
     except VersionConflict as exc:
         raise FhirError(
             f"If-Match names version {if_match}, but the current version is {exc.current}",

@@ -17,7 +17,7 @@ import binascii
 import re
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -51,6 +51,7 @@ class _Entry:
     if_none_exist: str | None
     if_match: int | None
     response: dict[str, Any] = field(default_factory=dict)
+    prepared: Any = None  # ResourceStore.prepare() of a PUT's resource, computed before the transaction
 
     @property
     def where(self) -> str:
@@ -72,21 +73,90 @@ def process_bundle(
     skip_unchanged: bool = False,
 ) -> dict[str, Any]:
     """Run a batch or transaction Bundle and return its response Bundle."""
+    kind = _bundle_type(bundle)
+    if kind == "transaction":
+        return run_prepared(
+            prepare_transaction(
+                store, parser, bundle, base, can=can, return_resources=return_resources,
+                skip_unchanged=skip_unchanged,
+            )
+        )  # fmt: skip
+    processor = _Processor(store, parser, base, can, return_resources, skip_unchanged)
+    # Batch entries may not depend on each other (http.html#brules), so each runs alone.
+    return _response(kind, [processor.run_batch_entry(i, raw) for i, raw in enumerate(_entries(bundle))])
+
+
+@dataclass(slots=True)
+class PreparedTransaction:
+    """A transaction Bundle parsed and validated, with its writes prepared (``store.prepare``)
+    as far as that needs no database: ``run_prepared`` then does only the database part.
+
+    Preparing is the CPU-heavy half; ingest prepares the next batch while one commits.
+    """
+
+    processor: _Processor
+    entries: list[_Entry]
+
+
+def prepare_transaction(
+    store: ResourceStore,
+    parser: QueryParser,
+    bundle: Any,
+    base: str,
+    *,
+    can: Permission = _allow_all,
+    return_resources: bool = True,
+    skip_unchanged: bool = False,
+) -> PreparedTransaction:
+    """Parse and validate a transaction Bundle (a 4xx ``FhirError`` naming the entry if not)."""
+    if _bundle_type(bundle) != "transaction":
+        raise invalid("a transaction Bundle is needed here", ["Bundle.type"], code="value")
+    processor = _Processor(store, parser, base, can, return_resources, skip_unchanged)
+    entries = [processor.parse_entry(i, raw) for i, raw in enumerate(_entries(bundle))]
+    processor.prepare_writes(entries)
+    return PreparedTransaction(processor, entries)
+
+
+def combine_prepared(parts: list[PreparedTransaction]) -> PreparedTransaction:
+    """One transaction doing the work of several; a resource several parts write is written
+    once, as its first part has it (callers combine only parts that agree on it)."""
+    seen: set[tuple[str, str, str | None]] = set()
+    entries: list[_Entry] = []
+    for part in parts:
+        for e in part.entries:
+            key = (e.method, e.rtype, e.rid) if e.method == "PUT" and e.rid is not None else None
+            if key is not None:
+                if key in seen:
+                    continue
+                seen.add(key)
+            entries.append(replace(e, index=len(entries)))
+    return PreparedTransaction(parts[0].processor, entries)
+
+
+def run_prepared(prepared: PreparedTransaction) -> dict[str, Any]:
+    """Run a prepared transaction in one store transaction; return its response Bundle."""
+    entries = [replace(e, response={}) for e in prepared.entries]  # each run starts afresh
+    prepared.processor.run_transaction(entries)
+    return _response("transaction", [e.response for e in entries])
+
+
+def _bundle_type(bundle: Any) -> str:
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise invalid("POST to the base URL takes a Bundle", ["Bundle"])
     kind = bundle.get("type")
     if kind not in ("batch", "transaction"):
         raise invalid(f"Bundle.type must be batch or transaction, not {kind!r}", ["Bundle.type"], code="value")
+    return str(kind)
+
+
+def _entries(bundle: dict[str, Any]) -> list[Any]:
     raw_entries = bundle.get("entry", [])
     if not isinstance(raw_entries, list):
         raise invalid("Bundle.entry must be an array", ["Bundle.entry"], code="structure")
-    processor = _Processor(store, parser, base, can, return_resources, skip_unchanged)
-    if kind == "transaction":
-        entries = [processor.parse_entry(i, raw) for i, raw in enumerate(raw_entries)]
-        processor.run_transaction(entries)
-        responses = [e.response for e in entries]
-    else:
-        responses = [processor.run_batch_entry(i, raw) for i, raw in enumerate(raw_entries)]
+    return raw_entries
+
+
+def _response(kind: str, responses: list[dict[str, Any]]) -> dict[str, Any]:
     response: dict[str, Any] = {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": f"{kind}-response"}
     if responses:  # FHIR JSON never has empty arrays
         response["entry"] = responses
@@ -170,6 +240,15 @@ class _Processor:
         elif len(segments) > 2:
             raise invalid(f"unsupported request.url {url[:80]!r}", [where], code="not-supported")
         return rtype, rid, version, query
+
+    def prepare_writes(self, entries: list[_Entry]) -> None:
+        """Prepare what a PUT by id will write, when nothing in the transaction can change it."""
+        if any(e.full_url for e in entries):
+            return  # a reference to a fullUrl gets rewritten inside the transaction
+        for e in entries:
+            if e.method == "PUT" and e.rid is not None and not e.query and e.resource is not None:
+                if not _has_special_reference(e.resource):
+                    e.prepared = self.store.prepare({**e.resource, "id": e.resource.get("id", e.rid)})
 
     # -- transaction -------------------------------------------------------------------------
     def run_transaction(self, entries: list[_Entry]) -> None:
@@ -270,7 +349,7 @@ class _Processor:
                 assert e.resource is not None and e.rid is not None
                 resource = {**e.resource, "id": e.resource.get("id", e.rid) if e.query == "" else e.rid}
                 outcome = interactions.update(tx, resource, e.rtype, e.rid, if_match=e.if_match,
-                                              skip_unchanged=self.skip_unchanged)
+                                              skip_unchanged=self.skip_unchanged, prepared=e.prepared)
                 return self._write_response(outcome.status, outcome.resource)
             if e.method == "PATCH":
                 if e.rid is None:
@@ -326,8 +405,6 @@ class _Processor:
     # -- batch -------------------------------------------------------------------------------
     def run_batch_entry(self, index: int, raw: Any) -> dict[str, Any]:
         try:
-            # Batch entries may not depend on each other (http.html#brules), so each runs
-            # alone and a fullUrl alias never reaches another entry.
             entry = self.parse_entry(index, raw)
             self.run_transaction([entry])
             return entry.response

@@ -42,7 +42,11 @@ def _service(config: Path | None) -> Iterator[IngestService]:
     store = open_store(settings.store_url)
     try:
         parser = QueryParser(default_registry(), settings.search.default_count, settings.search.max_count)
-        yield IngestService(store, parser, registry)
+        service = IngestService(store, parser, registry)
+        try:
+            yield service
+        finally:
+            service.close()
     finally:
         store.close()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+import anyio.to_thread
 from fastapi import FastAPI
 from starlette.requests import Request
 
@@ -20,8 +21,13 @@ EXTRA_KEY = "ingest"
 async def ingest_hook(app: FastAPI, ctx: AppContext) -> Callable[[], Awaitable[None]] | None:
     """Compile the mappings and build the ingest service; refuses to start on bad mappings."""
     registry = MappingRegistry(ctx.settings.mappings_dir, ctx.settings.sources)
-    ctx.extras[EXTRA_KEY] = IngestService(ctx.store, ctx.parser, registry)
-    return None
+    service = IngestService(ctx.store, ctx.parser, registry)
+    ctx.extras[EXTRA_KEY] = service
+
+    async def close() -> None:
+        await anyio.to_thread.run_sync(service.close)
+
+    return close
 
 
 def ingest_service(request: Request) -> IngestService:

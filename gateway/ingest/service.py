@@ -11,8 +11,14 @@ For every record of a request:
 
 The records of one request (a JSON array, a CSV file) are written up to ``BATCH_RECORDS``
 per transaction, because the commit (an fsync) costs as much as writing a record. Each
-record stays all-or-nothing: when one record of a batch is refused the batch is rolled
-back and its records are written one by one, so only the refused record is quarantined.
+record stays all-or-nothing: a record whose Bundle does not validate is quarantined before
+its batch is written, and when the database refuses a batch it is rolled back and its
+records are written one by one, so only the refused record is quarantined.
+
+A request of several batches is pipelined: the request thread maps and validates batch
+*k + 1* (pure Python) while the service's writer thread commits batch *k* (mostly the
+database's own work, outside the GIL), so on two cores the two halves overlap. Batches
+are committed in order, one transaction each.
 
 Failures of the database itself are not record failures: they propagate, the request
 fails with a 5xx, and senders (CommCare, CHT) retry.
@@ -23,14 +29,17 @@ Logs carry source, counts, quarantine ids, issue codes and field paths; never va
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from gateway.errors import FhirError, GatewayError
-from gateway.fhir.transaction import process_bundle
+from gateway.fhir.transaction import PreparedTransaction, combine_prepared, prepare_transaction, run_prepared
 from gateway.ingest.body import CSV, ReceivedRecord
 from gateway.ingest.registry import MappingRegistry
 from gateway.mapping import MappingSet
@@ -121,26 +130,53 @@ class IngestService:
         self.store = store
         self.parser = parser
         self.registry = registry
+        self._writer: ThreadPoolExecutor | None = None
+        self._writer_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Stop the writer thread (after the writes it has)."""
+        with self._writer_lock:
+            writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.shutdown(wait=True)
 
     def ingest(self, source_name: str, records: list[ReceivedRecord], base: str = "") -> IngestReport:
         """Handle every record of one request; see the module docstring."""
         source = self.registry.source(source_name)
         mapping_set = self.registry.mapping_set(source)
         results: list[RecordResult | None] = [None] * len(records)
-        mapped: list[_Mapped] = []
-        for position, received in enumerate(records):
-            key = mapping_set.record_key(received.record)
-            try:
-                bundle = mapping_set.map_record(received.record)
-            except GatewayError as exc:
-                results[position] = self._quarantine(source.name, received, key, exc)
-                continue
-            mapped.append(_Mapped(position, received, key, bundle))
-        for batch in _batches(mapped):
-            self._store_batch(source.name, batch, results, base)
+        with _Writes(self._writer_pool() if len(records) > BATCH_RECORDS else None) as writes:
+            batch = _Batch()
+            for position, received in enumerate(records):
+                key = mapping_set.record_key(received.record)
+                try:
+                    bundle = mapping_set.map_record(received.record)
+                    prepared = self._prepare(bundle["entry"], base)
+                except GatewayError as exc:
+                    writes.run(self._quarantine_into, results, position, source.name, received, key, exc)
+                    continue
+                item = _Mapped(position, received, key, bundle, prepared)
+                if not batch.takes(item):
+                    writes.run(self._store_batch, source.name, batch.items, results, base)
+                    batch = _Batch()
+                batch.add(item)
+            if batch.items:
+                writes.run(self._store_batch, source.name, batch.items, results, base)
         report = IngestReport(source.name, [result for result in results if result is not None])
         log.info("ingest source=%s records=%d quarantined=%d", source.name, len(records), report.quarantined)
         return report
+
+    def _writer_pool(self) -> ThreadPoolExecutor:
+        with self._writer_lock:
+            if self._writer is None:
+                self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer")
+            return self._writer
+
+    def _prepare(self, entries: list[dict[str, Any]], base: str) -> PreparedTransaction:
+        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+        return prepare_transaction(
+            self.store, self.parser, bundle, base, return_resources=False, skip_unchanged=True
+        )
 
     def _quarantine(
         self, source: str, received: ReceivedRecord, key: str | None, exc: GatewayError
@@ -150,41 +186,41 @@ class IngestService:
         _log_quarantine(source, held.qid, exc)
         return RecordResult(received.index, key, "quarantined", quarantine_id=held.qid, outcome=outcome)
 
+    def _quarantine_into(
+        self,
+        results: list[RecordResult | None],
+        position: int,
+        source: str,
+        received: ReceivedRecord,
+        key: str | None,
+        exc: GatewayError,
+    ) -> None:
+        results[position] = self._quarantine(source, received, key, exc)
+
     def _store_batch(
         self, source: str, batch: list[_Mapped], results: list[RecordResult | None], base: str
     ) -> None:
         """Write the Bundles of several records in one transaction (one commit).
 
-        Each record is still all-or-nothing: if any record's resources are refused, the
-        whole transaction rolls back and every record of the batch is written on its own.
+        Each record is still all-or-nothing: if the database refuses the transaction, it
+        rolls back and every record of the batch is written on its own.
         """
-        entries: list[dict[str, Any]] = []
-        urls_of: list[list[str]] = []
-        seen: set[str] = set()
-        for item in batch:
-            urls: list[str] = []
-            for entry in item.bundle["entry"]:
-                url = entry["request"]["url"]
-                urls.append(url)
-                if url not in seen:  # identical in every record of the batch (see _batches)
-                    seen.add(url)
-                    entries.append(entry)
-            urls_of.append(urls)
         try:
-            written = self._write(entries, base) if len(batch) > 1 else None
+            written = self._commit(combine_prepared([item.prepared for item in batch])) if len(batch) > 1 else None
         except GatewayError:
             written = None  # some record is refused: find it by writing them one by one
         if written is None:
             for item in batch:
                 try:
-                    alone = self._write(item.bundle["entry"], base)
+                    alone = self._commit(item.prepared)
                 except GatewayError as exc:
                     results[item.position] = self._quarantine(source, item.received, item.key, exc)
                     continue
                 results[item.position] = _stored(item, alone)
             return
         by_url = {f"{w.type}/{w.id}": w for w in written}
-        for item, urls in zip(batch, urls_of, strict=True):
+        for item in batch:
+            urls = [entry["request"]["url"] for entry in item.bundle["entry"]]
             results[item.position] = _stored(item, [by_url[url] for url in urls])
 
     def store_record(self, mapping_set: MappingSet, record: Any, base: str = "") -> list[WrittenResource]:
@@ -194,11 +230,13 @@ class IngestService:
     def _write(self, entries: list[dict[str, Any]], base: str) -> list[WrittenResource]:
         if not entries:
             return []
+        return self._commit(self._prepare(entries, base))
+
+    def _commit(self, prepared: PreparedTransaction) -> list[WrittenResource]:
+        if not prepared.entries:
+            return []
         started = format_instant(time.time())
-        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
-        response = process_bundle(
-            self.store, self.parser, bundle, base, return_resources=False, skip_unchanged=True
-        )
+        response = run_prepared(prepared)
         written: list[WrittenResource] = []
         for entry in response.get("entry", []):
             answer = entry["response"]
@@ -284,29 +322,80 @@ class _Mapped:
     received: ReceivedRecord
     key: str | None
     bundle: dict[str, Any]
+    prepared: PreparedTransaction
 
 
-def _batches(mapped: list[_Mapped]) -> list[list[_Mapped]]:
+@dataclass(slots=True)
+class _Batch:
     """Consecutive records that can share a transaction: a resource two records both make
     must be identical in both (two versions of one Patient go to separate transactions, in
     order, so the later record wins as it would one by one)."""
-    batches: list[list[_Mapped]] = []
-    current: list[_Mapped] = []
-    contents: dict[str, Any] = {}
-    for item in mapped:
-        clash = any(
-            contents.get(entry["request"]["url"], entry["resource"]) != entry["resource"]
+
+    items: list[_Mapped] = field(default_factory=list)
+    contents: dict[str, Any] = field(default_factory=dict)
+
+    def takes(self, item: _Mapped) -> bool:
+        """Whether ``item`` can join this batch."""
+        if len(self.items) >= BATCH_RECORDS:
+            return False
+        return all(
+            self.contents.get(entry["request"]["url"], entry["resource"]) == entry["resource"]
             for entry in item.bundle["entry"]
         )
-        if current and (clash or len(current) >= BATCH_RECORDS):
-            batches.append(current)
-            current, contents = [], {}
-        current.append(item)
+
+    def add(self, item: _Mapped) -> None:
+        """Add a record (after ``takes`` said yes)."""
+        self.items.append(item)
         for entry in item.bundle["entry"]:
-            contents.setdefault(entry["request"]["url"], entry["resource"])
-    if current:
-        batches.append(current)
-    return batches
+            self.contents.setdefault(entry["request"]["url"], entry["resource"])
+
+
+class _Writes:
+    """Runs a request's store writes in order: on the writer thread when given one (then
+    ``__exit__`` waits for them all and re-raises the first failure), else right away.
+
+    After a write fails (the database, not a record: those are quarantined), the writes
+    queued behind it are skipped, as the request would have stopped there unpipelined.
+    """
+
+    def __init__(self, pool: ThreadPoolExecutor | None) -> None:
+        self._pool = pool
+        self._futures: list[Future[None]] = []
+        self._failed: BaseException | None = None
+
+    def __enter__(self) -> _Writes:
+        return self
+
+    def run(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn(*args)`` after the writes queued before it."""
+        if self._pool is None:
+            fn(*args)
+            return
+        if self._failed is not None:
+            raise self._failed
+        self._futures.append(self._pool.submit(self._guarded, fn, args))
+
+    def _guarded(self, fn: Callable[..., None], args: tuple[Any, ...]) -> None:
+        if self._failed is not None:
+            return
+        try:
+            fn(*args)
+        except BaseException as exc:
+            self._failed = exc
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        if exc_info[0] is not None and self._failed is None:
+            self._failed = CancelledError()  # this thread failed: queued writes must not run
+        for future in self._futures:
+            if self._failed is not None:
+                future.cancel()
+            try:
+                future.result()
+            except BaseException:  # noqa: BLE001, S110 - the first failure is re-raised below
+                pass
+        if exc_info[0] is None and self._failed is not None:
+            raise self._failed
 
 
 def _stored(item: _Mapped, written: list[WrittenResource]) -> RecordResult:

@@ -136,13 +136,19 @@ class StoreTransaction(Protocol):
         ...
 
     def update(
-        self, resource: dict[str, Any], *, if_match: int | None = None, skip_unchanged: bool = False
+        self,
+        resource: dict[str, Any],
+        *,
+        if_match: int | None = None,
+        skip_unchanged: bool = False,
+        prepared: Any = None,
     ) -> WriteResult:
         """Store a new version of ``resource['id']`` (update-as-create if unknown).
 
         With ``skip_unchanged`` an update whose content equals the current version (apart
         from ``meta.versionId``/``meta.lastUpdated``) writes nothing and returns the current
         version, so re-sent records do not create versions or change-feed entries.
+        ``prepared`` is ``ResourceStore.prepare(resource)``, computed before the transaction.
         """
         ...
 
@@ -160,6 +166,11 @@ class ResourceStore(Protocol):
 
     def read(self, rtype: str, rid: str) -> StoredResource | None:
         """Current version of a resource (a tombstone if deleted), or None."""
+        ...
+
+    def prepare(self, resource: dict[str, Any], rid: str | None = None) -> Any:
+        """The database-free part of writing a resource (stored body, content hash, index
+        rows), to pass to ``update(prepared=…)``: it can run while another transaction commits."""
         ...
 
     def vread(self, rtype: str, rid: str, version: int) -> StoredResource | None:

@@ -29,7 +29,7 @@ from gateway.store.base import (
 )
 from gateway.store.migrations import MIGRATIONS, statements_for
 from gateway.store.rows import COLUMNS, Cursor, to_resource
-from gateway.store.writes import SqlTransaction, insert_sql
+from gateway.store.writes import PreparedWrite, SqlTransaction, insert_sql, prepare_write
 
 
 class SqlStore:
@@ -322,6 +322,11 @@ class SqlStore:
             tx = SqlTransaction(self, cur)
             yield tx
             tx.flush()
+
+    def prepare(self, resource: dict[str, Any], rid: str | None = None) -> PreparedWrite:
+        """The CPU part of writing ``resource`` (body, hash, index rows), for ``tx.update(prepared=)``."""
+        rid = rid if rid is not None else resource["id"]
+        return prepare_write(resource, rid, self.indexed_params(resource["resourceType"]))
 
     def indexed_params(self, rtype: str) -> ExtractionPlan:
         """The extraction plan of the parameters indexed on write for a type (cached)."""

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from gateway.search.dates import format_instant, from_epoch
-from gateway.search.extract import extract
+from gateway.search.extract import ExtractionPlan, IndexRows, extract
 from gateway.search.query import SearchQuery
 from gateway.store.base import ChangeOp, SearchResult, StoredResource, VersionConflict, WriteResult
 from gateway.store.rows import INDEX_TABLES, VERSION_META, Cursor, hash_body
@@ -49,6 +49,27 @@ INSERT_COLUMNS: dict[str, tuple[str, ...]] = {
 _UPDATE_RESOURCE = "UPDATE resources SET version = ?, lu = ?, deleted = ?, chash = ?, content = ? WHERE rid = ?"
 _ROW_COLUMNS = "rid, rtype, id, version, lu, deleted, chash, content"
 _PREFETCH_CHUNK = 500
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedWrite:
+    """The CPU work of writing one resource, done before the transaction (see ``prepare_write``)."""
+
+    rtype: str
+    id: str
+    body: dict[str, Any]  # the stored JSON without meta.versionId/lastUpdated
+    chash: str
+    rows: IndexRows
+
+
+def prepare_write(resource: dict[str, Any], rid: str, plan: ExtractionPlan) -> PreparedWrite:
+    """Stored body, content hash and index rows of ``resource`` under id ``rid``.
+
+    None of it depends on the database, so it can run outside the (serialised) write
+    transaction, e.g. while another batch commits.
+    """
+    body = _body(resource, rid)
+    return PreparedWrite(resource["resourceType"], rid, body, hash_body(body), extract(body, plan))
 
 
 @dataclass(slots=True)
@@ -136,29 +157,38 @@ class SqlTransaction:
             current = self._current(rtype, new_id)
             if current is not None and not current.deleted:
                 raise VersionConflict(current.version)
-        body = _body(resource, new_id)
-        return self._write(rtype, new_id, body, hash_body(body), current)
+        return self._write(rtype, new_id, self.store.prepare(resource, new_id), current)
 
     def update(
-        self, resource: dict[str, Any], *, if_match: int | None = None, skip_unchanged: bool = False
+        self,
+        resource: dict[str, Any],
+        *,
+        if_match: int | None = None,
+        skip_unchanged: bool = False,
+        prepared: PreparedWrite | None = None,
     ) -> WriteResult:
-        """Store a new version (update-as-create when the id is new)."""
+        """Store a new version (update-as-create when the id is new).
+
+        ``prepared`` is ``store.prepare(resource)`` computed earlier, outside the transaction.
+        """
         rtype, rid = resource["resourceType"], resource["id"]
         current = self._current(rtype, rid)
         if if_match is not None and (current is None or current.version != if_match or current.deleted):
             raise VersionConflict(None if current is None or current.deleted else current.version)
-        body = _body(resource, rid)
-        chash = hash_body(body)
-        if skip_unchanged and current is not None and not current.deleted and current.chash == chash:
+        if prepared is None:
+            prepared = self.store.prepare(resource, rid)
+        unchanged = current is not None and not current.deleted and current.chash == prepared.chash
+        if skip_unchanged and unchanged:
+            assert current is not None
             return WriteResult(current.stored(), created=False)
-        return self._write(rtype, rid, body, chash, current)
+        return self._write(rtype, rid, prepared, current)
 
     def delete(self, rtype: str, rid: str) -> StoredResource | None:
         """Write a tombstone version; None when nothing live was there."""
         current = self._current(rtype, rid)
         if current is None or current.deleted:
             return None
-        return self._write(rtype, rid, None, None, current).resource
+        return self._write(rtype, rid, None, current).resource
 
     def flush(self) -> None:
         """Write the buffered rows (called before searches and at commit)."""
@@ -203,19 +233,19 @@ class SqlTransaction:
             self._reserve(1)
         return self._free_ids.pop()
 
-    def _write(
-        self, rtype: str, rid: str, body: dict[str, Any] | None, chash: str | None, current: _Row | None
-    ) -> WriteResult:
+    def _write(self, rtype: str, rid: str, prepared: PreparedWrite | None, current: _Row | None) -> WriteResult:
         pending = self._pending
         version = current.version + 1 if current else 1
         now = round(time.time(), 3)  # milliseconds, as meta.lastUpdated shows it
         content = b""
-        if body is not None:
+        chash: str | None = None
+        if prepared is not None:
+            body = prepared.body
             meta = body.get("meta")
             stamp = {"versionId": str(version), "lastUpdated": format_instant(now)}
-            body["meta"] = {**meta, **stamp} if meta else stamp
-            content = orjson.dumps(body)
-        deleted = body is None
+            content = orjson.dumps({**body, "meta": {**meta, **stamp} if meta else stamp})
+            chash = prepared.chash
+        deleted = prepared is None
         if current is None:
             row_id = self._new_row_id()
             pending["resources"].append((row_id, rtype, rid, version, now, int(deleted), chash, content))
@@ -228,8 +258,8 @@ class SqlTransaction:
             self._updates.append((version, now, int(deleted), chash, content, row_id))
             self._forget_index(row_id)
             op = ChangeOp.DELETE if deleted else ChangeOp.UPDATE
-        if body is not None:
-            self._index(row_id, rtype, body)
+        if prepared is not None:
+            self._index(row_id, rtype, prepared.rows)
         pending["changes"].append((rtype, rid, version, op.value, now))
         row = _Row(row_id, rtype, rid, version, now, deleted, chash, content)
         self._rows[(rtype, rid)] = row
@@ -243,8 +273,7 @@ class SqlTransaction:
                 self._pending[table] = [r for r in rows if r[0] != row_id]
         self._reindex.append(row_id)
 
-    def _index(self, row_id: int, rtype: str, body: dict[str, Any]) -> None:
-        rows = extract(body, self.store.indexed_params(rtype))
+    def _index(self, row_id: int, rtype: str, rows: IndexRows) -> None:
         pending = self._pending
         if rows.token:
             pending["idx_token"].extend([(row_id, rtype, *r) for r in rows.token])
