@@ -129,13 +129,17 @@ def combine_prepared(parts: list[PreparedTransaction]) -> PreparedTransaction:
                 if key in seen:
                     continue
                 seen.add(key)
-            entries.append(replace(e, index=len(entries)))
+            entries.append(e)  # error paths name the entry in its part; see IngestService
     return PreparedTransaction(parts[0].processor, entries)
 
 
 def run_prepared(prepared: PreparedTransaction) -> dict[str, Any]:
     """Run a prepared transaction in one store transaction; return its response Bundle."""
-    entries = [replace(e, response={}) for e in prepared.entries]  # each run starts afresh
+    # Each run starts afresh: running changes a POST's or conditional PUT's entry (its id,
+    # MATCHED); a PUT by id only gets its response, which is reset.
+    entries = [e if e.method == "PUT" and e.rid is not None else replace(e) for e in prepared.entries]
+    for e in entries:
+        e.response = {}
     prepared.processor.run_transaction(entries)
     return _response("transaction", [e.response for e in entries])
 
@@ -421,7 +425,10 @@ _SPECIAL_REFERENCE = re.compile(rb'"reference":"(?:urn:|(?:[^"\\]|\\.)*\?)')
 
 
 def _has_special_reference(resource: dict[str, Any]) -> bool:
-    return _SPECIAL_REFERENCE.search(orjson.dumps(resource)) is not None
+    data = orjson.dumps(resource)
+    if b'"reference":"urn:' not in data and b"?" not in data:
+        return False  # the common case, without running the pattern
+    return _SPECIAL_REFERENCE.search(data) is not None
 
 
 def _processing_order(e: _Entry) -> tuple[int, int]:

@@ -42,7 +42,7 @@ from gateway.errors import FhirError, GatewayError
 from gateway.fhir.transaction import PreparedTransaction, combine_prepared, prepare_transaction, run_prepared
 from gateway.ingest.body import CSV, ReceivedRecord
 from gateway.ingest.registry import MappingRegistry
-from gateway.mapping import MappingSet
+from gateway.mapping import MappingError, MappingSet
 from gateway.mapping.inputs import InputError, parse_csv
 from gateway.search.dates import format_instant
 from gateway.search.query import QueryParser
@@ -150,7 +150,7 @@ class IngestService:
             for position, received in enumerate(records):
                 key = mapping_set.record_key(received.record)
                 try:
-                    bundle = mapping_set.map_record(received.record)
+                    bundle = _mapped(mapping_set, received.record)
                     prepared = self._prepare(bundle["entry"], base)
                 except GatewayError as exc:
                     writes.run(self._quarantine_into, results, position, source.name, received, key, exc)
@@ -225,7 +225,7 @@ class IngestService:
 
     def store_record(self, mapping_set: MappingSet, record: Any, base: str = "") -> list[WrittenResource]:
         """Map one record and store its Bundle in one transaction; raises ``GatewayError``."""
-        return self._write(mapping_set.map_record(record)["entry"], base)
+        return self._write(_mapped(mapping_set, record)["entry"], base)
 
     def _write(self, entries: list[dict[str, Any]], base: str) -> list[WrittenResource]:
         if not entries:
@@ -396,6 +396,19 @@ class _Writes:
                 pass
         if exc_info[0] is None and self._failed is not None:
             raise self._failed
+
+
+def _mapped(mapping_set: MappingSet, record: Any) -> dict[str, Any]:
+    """The record's Bundle; a record the mapping turns into nothing is kept, not dropped
+    (most likely a value no rule expects, e.g. a new CHT contact role)."""
+    bundle = mapping_set.map_record(record)
+    if not bundle["entry"]:
+        mapping = mapping_set.select(record)
+        raise MappingError(
+            "$", f"mapping {mapping.tag} made no resources from this record (no rule applies)",
+            code="not-supported", mapping=mapping.name,
+        )  # fmt: skip
+    return bundle
 
 
 def _stored(item: _Mapped, written: list[WrittenResource]) -> RecordResult:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import calendar
 import re
 from datetime import UTC, datetime
+from functools import lru_cache
 
 # An open-ended period ends "never"; a large finite number keeps SQL comparisons simple.
 FAR_FUTURE = 1.0e12
@@ -76,7 +77,13 @@ def _epoch(year: int, month: int, day: int) -> float:
 def format_instant(epoch: float) -> str:
     """Format epoch seconds as a FHIR instant with milliseconds, in UTC."""
     stamp = datetime.fromtimestamp(epoch, UTC)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+    return _second_text(stamp.replace(microsecond=0)) + f"{stamp.microsecond // 1000:03d}Z"
+
+
+@lru_cache(maxsize=64)
+def _second_text(stamp: datetime) -> str:
+    # Every write stamps lastUpdated; writes of one second share this part.
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.")
 
 
 def from_epoch(epoch: float) -> datetime:

@@ -86,3 +86,14 @@ def test_registry_refuses_sources_without_a_mapping_set(tmp_path: Path) -> None:
     with pytest.raises(IngestConfigError, match="malaria-line-list.yaml:1"):
         MappingRegistry(broken, SOURCES)
     assert MappingRegistry(tmp_path / "absent", []).sets == {}
+
+
+def test_a_record_no_rule_applies_to_is_quarantined(service: IngestService, store: SqlStore) -> None:
+    record = json.loads(sample("cht", "person-chw"))
+    # two roles: the patient rule wants no "chw" among them, the CHW rule exactly "chw"
+    record["doc"]["role"] = ["chw", "supervisor"]
+    (result,) = service.ingest("cht", split_body(json.dumps(record).encode(), None)).results
+    assert result.status == "quarantined" and result.outcome is not None
+    issue = result.outcome["issue"][0]
+    assert issue["code"] == "not-supported" and "no rule applies" in issue["diagnostics"]
+    assert [q.record_key for q in store.quarantine_list()] == [record["doc"]["_id"]]
