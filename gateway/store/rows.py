@@ -33,6 +33,49 @@ def to_resource(row: Sequence[Any]) -> StoredResource:
     )  # fmt: skip
 
 
+#: ``Identifier.type`` coding system of the identifiers the gateway itself keeps on a resource
+#: (e.g. the DHIS2 UID a delivery got back). They are not the sender's content: an update
+#: without them keeps them, and they do not count when deciding whether content changed.
+KEPT_IDENTIFIER_TYPE = "urn:chw-gateway:identifier-type"
+_KEPT_MARK = KEPT_IDENTIFIER_TYPE.encode()
+
+
+def is_kept_identifier(identifier: Any) -> bool:
+    """Whether an identifier is one the gateway keeps (see ``KEPT_IDENTIFIER_TYPE``)."""
+    if not isinstance(identifier, dict):
+        return False
+    codings = (identifier.get("type") or {}).get("coding") if isinstance(identifier.get("type"), dict) else None
+    return isinstance(codings, list) and any(
+        isinstance(c, dict) and c.get("system") == KEPT_IDENTIFIER_TYPE for c in codings
+    )
+
+
+def kept_identifiers(body: dict[str, Any]) -> list[Any]:
+    """The resource's identifiers the gateway keeps."""
+    found = body.get("identifier")
+    return [item for item in found if is_kept_identifier(item)] if isinstance(found, list) else []
+
+
+def without_kept_identifiers(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` without the identifiers the gateway keeps."""
+    found = body.get("identifier")
+    if not isinstance(found, list):
+        return body
+    others = [item for item in found if not is_kept_identifier(item)]
+    out = {key: value for key, value in body.items() if key != "identifier"}
+    if others:
+        out["identifier"] = others
+    return out
+
+
 def hash_body(body: dict[str, Any]) -> str:
-    """Hash of a resource's content without version metadata (the store sets that)."""
-    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    """Hash of a resource's content without version metadata and kept identifiers."""
+    data = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    if _KEPT_MARK in data:
+        data = orjson.dumps(without_kept_identifiers(body), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(data).hexdigest()
+
+
+def has_kept_identifiers(content: bytes) -> bool:
+    """Whether stored JSON may hold identifiers the gateway keeps (a cheap byte test)."""
+    return _KEPT_MARK in content

@@ -29,7 +29,14 @@ from gateway.search.dates import format_instant, from_epoch
 from gateway.search.extract import ExtractionPlan, IndexRows, extract
 from gateway.search.query import SearchQuery
 from gateway.store.base import ChangeOp, SearchResult, StoredResource, VersionConflict, WriteResult
-from gateway.store.rows import INDEX_TABLES, VERSION_META, Cursor, hash_body
+from gateway.store.rows import (
+    INDEX_TABLES,
+    VERSION_META,
+    Cursor,
+    has_kept_identifiers,
+    hash_body,
+    kept_identifiers,
+)
 
 if TYPE_CHECKING:
     from gateway.store.sql import SqlStore
@@ -239,8 +246,13 @@ class SqlTransaction:
         now = round(time.time(), 3)  # milliseconds, as meta.lastUpdated shows it
         content = b""
         chash: str | None = None
+        rows = prepared.rows if prepared is not None else None
         if prepared is not None:
             body = prepared.body
+            if current is not None and has_kept_identifiers(current.content):
+                body = _keep_identifiers(body, current.content)
+                if body is not prepared.body:
+                    rows = extract(body, self.store.indexed_params(rtype))
             meta = body.get("meta")
             stamp = {"versionId": str(version), "lastUpdated": format_instant(now)}
             content = orjson.dumps({**body, "meta": {**meta, **stamp} if meta else stamp})
@@ -258,8 +270,8 @@ class SqlTransaction:
             self._updates.append((version, now, int(deleted), chash, content, row_id))
             self._forget_index(row_id)
             op = ChangeOp.DELETE if deleted else ChangeOp.UPDATE
-        if prepared is not None:
-            self._index(row_id, rtype, prepared.rows)
+        if rows is not None:
+            self._index(row_id, rtype, rows)
         pending["changes"].append((rtype, rid, version, op.value, now))
         row = _Row(row_id, rtype, rid, version, now, deleted, chash, content)
         self._rows[(rtype, rid)] = row
@@ -285,6 +297,19 @@ class SqlTransaction:
             pending["idx_ref"].extend([(row_id, rtype, *r) for r in rows.reference])
         if rows.number:
             pending["idx_number"].extend([(row_id, rtype, *r) for r in rows.number])
+
+
+def _keep_identifiers(body: dict[str, Any], current: bytes) -> dict[str, Any]:
+    """``body`` with the kept identifiers of the current version, unless it brings its own."""
+    if kept_identifiers(body):
+        return body  # the writer manages them (e.g. a DHIS2 write-back)
+    kept = kept_identifiers(orjson.loads(current))
+    if not kept:
+        return body
+    found = body.get("identifier")
+    if found is not None and not isinstance(found, list):
+        return body  # a resource whose identifier is a single value: nothing to add to
+    return {**body, "identifier": [*(found or []), *kept]}
 
 
 @cache

@@ -22,9 +22,12 @@ from gateway.connectors.dhis2.writeback import Held, WriteBack, WriteBackTarget,
 from gateway.delivery.clock import SystemClock
 from gateway.fhir.validate import validate_resource
 from gateway.sandbox.dhis2 import SandboxServer
+from gateway.store.rows import KEPT_IDENTIFIER_TYPE
 from gateway.store.sql import SqlStore
 from tests.dhis2.conftest import MAPPINGS, pat_auth
 from tests.dhis2.records import chw_record, places
+
+UID_TYPE = {"coding": [{"system": KEPT_IDENTIFIER_TYPE, "code": "dhis2-uid", "display": "DHIS2 UID"}]}
 
 SYSTEMS = identifier_systems("https://dhis2.example.org/api/tracker")
 TE_SYSTEM = "https://dhis2.example.org/api/tracker/trackedEntities"
@@ -61,7 +64,13 @@ def current(store: SqlStore, rtype: str, rid: str) -> dict[str, Any]:
     return dict(orjson.loads(found.content))
 
 
-def te_identifier(uid: str) -> dict[str, str]:
+def te_identifier(uid: str) -> dict[str, Any]:
+    """A tracked entity's UID as the write-back sets it."""
+    return {"use": "secondary", "type": UID_TYPE, "system": TE_SYSTEM, "value": uid}
+
+
+def legacy_identifier(uid: str) -> dict[str, Any]:
+    """A UID identifier without the kept-identifier type (as written before the type existed)."""
     return {"use": "secondary", "system": TE_SYSTEM, "value": uid}
 
 
@@ -87,7 +96,7 @@ def test_a_write_back_adds_the_identifier_and_a_provenance_naming_both_versions(
     assert current(store, "Patient", "pt-1")["meta"]["versionId"] == "2"
 
 
-def test_versions_are_judged_written_back_stripped_or_news(store: SqlStore) -> None:
+def test_versions_are_judged_written_back_or_news(store: SqlStore) -> None:
     record = places() + chw_record(1)
     original = record[2]
     put(store, original)
@@ -96,22 +105,35 @@ def test_versions_are_judged_written_back_stripped_or_news(store: SqlStore) -> N
     ours = (te_identifier("Aaaaaaaaaa1"),)
     writeback.apply([WriteBackTarget("Patient", "pt-1", 1, ours)], now=0)
     assert writeback.already_held(job_for(store, "Patient", "pt-1")) == Held()  # case 2: its own write
-    # Re-ingesting the unchanged record drops the identifier (the mapping does not know it).
-    assert put(store, original) == 3
-    held = writeback.already_held(job_for(store, "Patient", "pt-1"))
-    assert held == Held(WriteBackTarget("Patient", "pt-1", 3, ours))  # case 3: nothing new, restore
-    assert held.restore is not None and writeback.apply([held.restore], now=0) == 1
+    # Re-ingesting the unchanged record changes nothing: the identifier is one the store keeps.
+    assert put(store, original) == 2
+    # A real change is news, whether it carries the identifier (a partner's edit) or not (ingest,
+    # which keeps it all the same).
+    assert put(store, {**original, "gender": "other"}) == 3
     assert current(store, "Patient", "pt-1")["identifier"][-1] == ours[0]
-    assert writeback.already_held(job_for(store, "Patient", "pt-1")) == Held()
-    # A real change is news, whether it keeps the identifier (a partner's edit) or not (ingest).
-    edited = {**current(store, "Patient", "pt-1"), "gender": "male"}
-    put(store, edited)
     assert writeback.already_held(job_for(store, "Patient", "pt-1")) is None
-    put(store, {**original, "gender": "other"})
+    edited = {**current(store, "Patient", "pt-1"), "gender": "male"}
+    assert put(store, edited) == 4
     assert writeback.already_held(job_for(store, "Patient", "pt-1")) is None
     # Another destination's write-back is not this destination's.
     other = WriteBack(store, "other-dhis2", SYSTEMS)
-    assert other.already_held(job_for(store, "Patient", "pt-1", 4)) is None
+    assert other.already_held(job_for(store, "Patient", "pt-1", 2)) is None
+
+
+def test_untyped_identifiers_of_older_write_backs_are_restored_without_sending(store: SqlStore) -> None:
+    record = places() + chw_record(1)
+    original = record[2]
+    put(store, original)
+    writeback = WriteBack(store, "dhis2", SYSTEMS)
+    legacy = (legacy_identifier("Aaaaaaaaaa1"),)
+    writeback.apply([WriteBackTarget("Patient", "pt-1", 1, legacy)], now=0)
+    # Not typed as kept, so the re-ingested record drops it, which is case 3: nothing new, restore.
+    assert put(store, original) == 3
+    held = writeback.already_held(job_for(store, "Patient", "pt-1"))
+    assert held == Held(WriteBackTarget("Patient", "pt-1", 3, legacy))
+    assert held.restore is not None and writeback.apply([held.restore], now=0) == 1
+    assert current(store, "Patient", "pt-1")["identifier"][-1] == legacy[0]
+    assert writeback.already_held(job_for(store, "Patient", "pt-1")) == Held()
 
 
 def test_plans_are_made_without_the_written_back_identifiers(store: SqlStore) -> None:
@@ -162,11 +184,12 @@ async def test_the_connector_writes_uids_back_and_never_sends_its_own_versions(
         first = await received(sandbox)
         patient, encounter = current(store, "Patient", "pt-1"), current(store, "Encounter", "enc-1")
         base = f"{sandbox.base_url}/api/tracker"
-        assert patient["identifier"][-1] == {"use": "secondary", "system": f"{base}/trackedEntities", "value": te}
+        te_system = f"{base}/trackedEntities"
+        assert patient["identifier"][-1] == {"use": "secondary", "type": UID_TYPE, "system": te_system, "value": te}
         (enrollment,) = first["enrollments"]
         assert encounter["identifier"][-2:] == [
-            {"use": "secondary", "system": f"{base}/enrollments", "value": enrollment},
-            {"use": "secondary", "system": f"{base}/events", "value": event},
+            {"use": "secondary", "type": UID_TYPE, "system": f"{base}/enrollments", "value": enrollment},
+            {"use": "secondary", "type": UID_TYPE, "system": f"{base}/events", "value": event},
         ]
         assert (first["trackedEntities"], first["events"]) == ({te: 2}, {event: 1})
         # The write-back versions reach the connector like any change: nothing is sent.

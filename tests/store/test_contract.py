@@ -15,6 +15,7 @@ from gateway.search.query import QueryParser
 from gateway.search.registry import default_registry
 from gateway.store import ApiClient, ChangeOp, VersionConflict, open_store
 from gateway.store.migrations import LATEST, MIGRATIONS, statements_for
+from gateway.store.rows import KEPT_IDENTIFIER_TYPE
 from gateway.store.sql import SqlStore
 
 PARSER = QueryParser(default_registry(), 20, 1000)
@@ -320,3 +321,23 @@ def test_an_older_database_keeps_each_version_once(tmp_path: Path) -> None:
         assert store.history("Patient", "old")[1] == 3
     finally:
         store.close()
+
+
+def test_identifiers_the_gateway_keeps_survive_updates_and_are_not_content(store: SqlStore) -> None:
+    kept = {"use": "secondary", "type": {"coding": [{"system": KEPT_IDENTIFIER_TYPE, "code": "dhis2-uid"}]},
+            "system": "https://dhis2.example.org/api/tracker/trackedEntities", "value": "Aaaaaaaaaa1"}
+    own = {"system": "urn:src", "value": "1"}
+    source = patient("Kept", id="k1", identifier=[own])
+    with store.transaction() as tx:
+        tx.update(source)
+    with store.transaction() as tx:  # a delivery writes the UID back
+        tx.update({**source, "identifier": [own, kept]})
+    with store.transaction() as tx:  # the source sends the same record again: no change
+        assert tx.update(source, skip_unchanged=True).resource.version == 2
+    with store.transaction() as tx:  # an edit without the UID keeps it
+        tx.update({**source, "gender": "female"}, skip_unchanged=True)
+    stored = store.read("Patient", "k1")
+    assert stored is not None and stored.version == 3
+    assert orjson.loads(stored.content)["identifier"] == [{"system": "urn:src", "value": "1"}, kept]
+    found = search_ids(store, "Patient", ("identifier", f"{kept['system']}|Aaaaaaaaaa1"))
+    assert found == ["k1"]

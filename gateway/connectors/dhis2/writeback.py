@@ -27,10 +27,11 @@ resource, which the outbox queues for this destination like any change, so:
 2. A job whose version has that Provenance was written back: DHIS2 already holds its content,
    so it succeeds without a request and without a write (the identifiers are there).
 3. A version equal to a written-back version apart from our identifiers (and
-   ``meta.versionId``/``lastUpdated``) is no news for DHIS2 either. This is what re-ingesting
-   an unchanged source record produces: the mapping does not know the identifiers, so the
-   store's skip-unchanged check sees a difference and writes a version without them. The
-   connector sends nothing and restores the identifiers as in 1, and that version is case 2.
+   ``meta.versionId``/``lastUpdated``) is no news for DHIS2 either. The identifiers are typed
+   as ones the store keeps (``gateway.store.rows.KEPT_IDENTIFIER_TYPE``), so a re-ingested
+   record neither drops them nor counts as a change; this case is left for identifiers
+   written before they were typed: the connector sends nothing and restores them as in 1,
+   and that version is case 2.
 4. Every other version is a real change: delivered normally, then written back as in 1.
 
 Every write-back is preceded by DHIS2 accepting, or by case 3 (content DHIS2 already
@@ -57,6 +58,7 @@ from gateway.connectors.base import Job
 from gateway.connectors.dhis2.sources import ResourceSource
 from gateway.connectors.dhis2.tracker_transform import TrackerPlan
 from gateway.store.base import ResourceStore, VersionConflict
+from gateway.store.rows import KEPT_IDENTIFIER_TYPE
 
 __all__ = ["Held", "WriteBack", "WriteBackTarget", "identifier_systems", "provenance_id"]
 
@@ -169,7 +171,10 @@ class WriteBack:
         return _Hiding(source, self.hide)
 
     def _identifier(self, kind: str, uid: str) -> JsonObject:
-        return {"use": "secondary", "system": self.systems[kind], "value": uid}
+        # Typed as an identifier the gateway keeps: re-ingested source records (which do not
+        # know it) neither drop it nor count as a change (gateway.store.rows).
+        kept = {"system": KEPT_IDENTIFIER_TYPE, "code": "dhis2-uid", "display": "DHIS2 UID"}
+        return {"use": "secondary", "type": {"coding": [kept]}, "system": self.systems[kind], "value": uid}
 
     # -- judging a job before it is sent
 
