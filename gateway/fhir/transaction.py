@@ -269,7 +269,7 @@ class _Processor:
                 for e in entries:
                     if e.resource is None or e.method == "PATCH":
                         continue
-                    if aliases or _has_special_reference(e.resource):
+                    if aliases or (e.prepared is None and _has_special_reference(e.resource)):
                         self._rewrite(tx, e, aliases)
                 for e in sorted(entries, key=_processing_order):
                     e.response = self._execute(tx, e)

@@ -3,22 +3,21 @@
 For every record of a request:
 
 1. the source's mapping set turns it into a transaction Bundle (``MappingError`` if not);
-2. ``process_bundle`` validates every resource and writes them all in one store
+2. every resource is validated and its write prepared (``prepare_transaction``), on the
+   request's thread;
+3. the service's writer thread (``gateway.ingest.writer``) stores the Bundle in one store
    transaction, PUT by deterministic id, skipping resources whose content did not change
    (so a duplicate delivery writes nothing, an edited record makes new versions);
-3. a record that failed 1 or 2 goes to the quarantine with its OperationOutcome, to be
+4. a record that failed 1, 2 or 3 goes to the quarantine with its OperationOutcome, to be
    replayed once the mapping (or the sender) is fixed. Nothing received is lost.
 
-The records of one request (a JSON array, a CSV file) are written up to ``BATCH_RECORDS``
-per transaction, because the commit (an fsync) costs as much as writing a record. Each
-record stays all-or-nothing: a record whose Bundle does not validate is quarantined before
-its batch is written, and when the database refuses a batch it is rolled back and its
-records are written one by one, so only the refused record is quarantined.
-
-A request of several batches is pipelined: the request thread maps and validates batch
-*k + 1* (pure Python) while the service's writer thread commits batch *k* (mostly the
-database's own work, outside the GIL), so on two cores the two halves overlap. Batches
-are committed in order, one transaction each.
+The records of one request (a JSON array, a CSV file) are committed up to ``BATCH_RECORDS``
+per transaction, because the commit (an fsync) costs as much as writing a record, and the
+writer commits batches that queue up together (group commit). Each record stays
+all-or-nothing: a record whose Bundle does not validate is quarantined before its batch is
+written, and when the database refuses a batch it is rolled back and its records are
+written one by one, so only the refused record is quarantined. While the writer commits,
+request threads prepare the next batches: on two cores the two overlap.
 
 Failures of the database itself are not record failures: they propagate, the request
 fails with a 5xx, and senders (CommCare, CHT) retry.
@@ -31,9 +30,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import orjson
@@ -42,13 +40,14 @@ from gateway.errors import FhirError, GatewayError
 from gateway.fhir.transaction import PreparedTransaction, combine_prepared, prepare_transaction, run_prepared
 from gateway.ingest.body import CSV, ReceivedRecord
 from gateway.ingest.registry import MappingRegistry
+from gateway.ingest.writer import BATCH_RECORDS, IngestWriter, PendingRecord, RecordGroup
 from gateway.mapping import MappingError, MappingSet
 from gateway.mapping.inputs import InputError, parse_csv
 from gateway.search.dates import format_instant
 from gateway.search.query import QueryParser
 from gateway.store.base import QuarantinedRecord, ResourceStore
 
-__all__ = ["IngestReport", "IngestService", "RecordResult", "WrittenResource"]
+__all__ = ["BATCH_RECORDS", "IngestReport", "IngestService", "RecordResult", "WrittenResource"]
 
 log = logging.getLogger("gateway.ingest")
 
@@ -130,7 +129,7 @@ class IngestService:
         self.store = store
         self.parser = parser
         self.registry = registry
-        self._writer: ThreadPoolExecutor | None = None
+        self._writer: IngestWriter | None = None
         self._writer_lock = threading.Lock()
 
     def close(self) -> None:
@@ -138,38 +137,43 @@ class IngestService:
         with self._writer_lock:
             writer, self._writer = self._writer, None
         if writer is not None:
-            writer.shutdown(wait=True)
+            writer.close()
 
     def ingest(self, source_name: str, records: list[ReceivedRecord], base: str = "") -> IngestReport:
         """Handle every record of one request; see the module docstring."""
         source = self.registry.source(source_name)
         mapping_set = self.registry.mapping_set(source)
         results: list[RecordResult | None] = [None] * len(records)
-        with _Writes(self._writer_pool() if len(records) > BATCH_RECORDS else None) as writes:
-            batch = _Batch()
+        writes = self._writer_thread().request()
+        try:
+            batch = RecordGroup()
             for position, received in enumerate(records):
                 key = mapping_set.record_key(received.record)
                 try:
                     bundle = _mapped(mapping_set, received.record)
                     prepared = self._prepare(bundle["entry"], base)
                 except GatewayError as exc:
-                    writes.run(self._quarantine_into, results, position, source.name, received, key, exc)
+                    writes.run(partial(self._quarantine_into, results, position, source.name, received, key, exc))
                     continue
-                item = _Mapped(position, received, key, bundle, prepared)
-                if not batch.takes(item):
-                    writes.run(self._store_batch, source.name, batch.items, results, base)
-                    batch = _Batch()
-                batch.add(item)
-            if batch.items:
-                writes.run(self._store_batch, source.name, batch.items, results, base)
+                record = PendingRecord(position, received, key, bundle, prepared, source.name, results)
+                if len(batch.records) >= BATCH_RECORDS or not batch.takes(record):
+                    writes.store(batch.records)
+                    batch = RecordGroup()
+                batch.add(record)
+            if batch.records:
+                writes.store(batch.records)
+        except BaseException:
+            writes.abandon()
+            raise
+        writes.wait()
         report = IngestReport(source.name, [result for result in results if result is not None])
         log.info("ingest source=%s records=%d quarantined=%d", source.name, len(records), report.quarantined)
         return report
 
-    def _writer_pool(self) -> ThreadPoolExecutor:
+    def _writer_thread(self) -> IngestWriter:
         with self._writer_lock:
             if self._writer is None:
-                self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer")
+                self._writer = IngestWriter(self._store_group)
             return self._writer
 
     def _prepare(self, entries: list[dict[str, Any]], base: str) -> PreparedTransaction:
@@ -197,31 +201,32 @@ class IngestService:
     ) -> None:
         results[position] = self._quarantine(source, received, key, exc)
 
-    def _store_batch(
-        self, source: str, batch: list[_Mapped], results: list[RecordResult | None], base: str
-    ) -> None:
+    def _store_group(self, records: list[PendingRecord]) -> None:
         """Write the Bundles of several records in one transaction (one commit).
 
         Each record is still all-or-nothing: if the database refuses the transaction, it
-        rolls back and every record of the batch is written on its own.
+        rolls back and every record is written on its own, so only a refused one is
+        quarantined. A failure of the database itself propagates.
         """
         try:
-            written = self._commit(combine_prepared([item.prepared for item in batch])) if len(batch) > 1 else None
+            written = self._commit(combine_prepared([r.prepared for r in records])) if len(records) > 1 else None
         except GatewayError:
             written = None  # some record is refused: find it by writing them one by one
         if written is None:
-            for item in batch:
+            for record in records:
                 try:
-                    alone = self._commit(item.prepared)
+                    alone = self._commit(record.prepared)
                 except GatewayError as exc:
-                    results[item.position] = self._quarantine(source, item.received, item.key, exc)
+                    record.results[record.position] = self._quarantine(
+                        record.source, record.received, record.key, exc
+                    )
                     continue
-                results[item.position] = _stored(item, alone)
+                record.results[record.position] = _stored(record, alone)
             return
         by_url = {f"{w.type}/{w.id}": w for w in written}
-        for item in batch:
-            urls = [entry["request"]["url"] for entry in item.bundle["entry"]]
-            results[item.position] = _stored(item, [by_url[url] for url in urls])
+        for record in records:
+            urls = [entry["request"]["url"] for entry in record.bundle["entry"]]
+            record.results[record.position] = _stored(record, [by_url[url] for url in urls])
 
     def store_record(self, mapping_set: MappingSet, record: Any, base: str = "") -> list[WrittenResource]:
         """Map one record and store its Bundle in one transaction; raises ``GatewayError``."""
@@ -312,92 +317,6 @@ class IngestService:
         self.store.quarantine_update(qid, status="discarded")
 
 
-#: Records written in one transaction at most (one commit, one fsync, for all of them).
-BATCH_RECORDS = 100
-
-
-@dataclass(frozen=True, slots=True)
-class _Mapped:
-    position: int
-    received: ReceivedRecord
-    key: str | None
-    bundle: dict[str, Any]
-    prepared: PreparedTransaction
-
-
-@dataclass(slots=True)
-class _Batch:
-    """Consecutive records that can share a transaction: a resource two records both make
-    must be identical in both (two versions of one Patient go to separate transactions, in
-    order, so the later record wins as it would one by one)."""
-
-    items: list[_Mapped] = field(default_factory=list)
-    contents: dict[str, Any] = field(default_factory=dict)
-
-    def takes(self, item: _Mapped) -> bool:
-        """Whether ``item`` can join this batch."""
-        if len(self.items) >= BATCH_RECORDS:
-            return False
-        return all(
-            self.contents.get(entry["request"]["url"], entry["resource"]) == entry["resource"]
-            for entry in item.bundle["entry"]
-        )
-
-    def add(self, item: _Mapped) -> None:
-        """Add a record (after ``takes`` said yes)."""
-        self.items.append(item)
-        for entry in item.bundle["entry"]:
-            self.contents.setdefault(entry["request"]["url"], entry["resource"])
-
-
-class _Writes:
-    """Runs a request's store writes in order: on the writer thread when given one (then
-    ``__exit__`` waits for them all and re-raises the first failure), else right away.
-
-    After a write fails (the database, not a record: those are quarantined), the writes
-    queued behind it are skipped, as the request would have stopped there unpipelined.
-    """
-
-    def __init__(self, pool: ThreadPoolExecutor | None) -> None:
-        self._pool = pool
-        self._futures: list[Future[None]] = []
-        self._failed: BaseException | None = None
-
-    def __enter__(self) -> _Writes:
-        return self
-
-    def run(self, fn: Callable[..., None], *args: Any) -> None:
-        """Run ``fn(*args)`` after the writes queued before it."""
-        if self._pool is None:
-            fn(*args)
-            return
-        if self._failed is not None:
-            raise self._failed
-        self._futures.append(self._pool.submit(self._guarded, fn, args))
-
-    def _guarded(self, fn: Callable[..., None], args: tuple[Any, ...]) -> None:
-        if self._failed is not None:
-            return
-        try:
-            fn(*args)
-        except BaseException as exc:
-            self._failed = exc
-            raise
-
-    def __exit__(self, *exc_info: object) -> None:
-        if exc_info[0] is not None and self._failed is None:
-            self._failed = CancelledError()  # this thread failed: queued writes must not run
-        for future in self._futures:
-            if self._failed is not None:
-                future.cancel()
-            try:
-                future.result()
-            except BaseException:  # noqa: BLE001, S110 - the first failure is re-raised below
-                pass
-        if exc_info[0] is None and self._failed is not None:
-            raise self._failed
-
-
 def _mapped(mapping_set: MappingSet, record: Any) -> dict[str, Any]:
     """The record's Bundle; a record the mapping turns into nothing is kept, not dropped
     (most likely a value no rule expects, e.g. a new CHT contact role)."""
@@ -411,9 +330,9 @@ def _mapped(mapping_set: MappingSet, record: Any) -> dict[str, Any]:
     return bundle
 
 
-def _stored(item: _Mapped, written: list[WrittenResource]) -> RecordResult:
+def _stored(record: PendingRecord, written: list[WrittenResource]) -> RecordResult:
     status = "unchanged" if written and all(w.change == "unchanged" for w in written) else "stored"
-    return RecordResult(item.received.index, item.key, status, written)
+    return RecordResult(record.received.index, record.key, status, written)
 
 
 def _parse_kept(held: QuarantinedRecord) -> Any:

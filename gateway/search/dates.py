@@ -29,6 +29,7 @@ class DateFormatError(ValueError):
     """A value is not a FHIR date, dateTime or instant."""
 
 
+@lru_cache(maxsize=8192)  # index extraction meets the same few dates again and again
 def date_range(value: str) -> tuple[float, float]:
     """Return the ``[low, high)`` epoch-second range a FHIR date/dateTime/instant covers."""
     match = _DATE_RE.match(value)

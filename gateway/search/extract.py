@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from gateway.search.dates import FAR_FUTURE, FAR_PAST, DateFormatError, date_range
@@ -34,6 +35,7 @@ class IndexRows:
     )  # param, value, system, code
 
 
+@lru_cache(maxsize=8192)
 def normalise(text: str) -> str:
     """Case- and accent-insensitive form used for string search."""
     decomposed = unicodedata.normalize("NFKD", text)

@@ -15,7 +15,7 @@ import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from typing import Any
 
@@ -231,6 +231,7 @@ def reference_type(ref: dict[str, Any]) -> str | None:
     return parsed[0] if parsed else None
 
 
+@lru_cache(maxsize=8192)  # a record's resources point at the same few others
 def split_reference(target: str) -> tuple[str, str] | None:
     """``Patient/1``, ``http://x/fhir/Patient/1`` or ``…/Patient/1/_history/2`` → ``(Patient, 1)``."""
     if target.startswith(("#", "urn:")):

@@ -287,16 +287,17 @@ class SqlTransaction:
 
     def _index(self, row_id: int, rtype: str, rows: IndexRows) -> None:
         pending = self._pending
+        head = (row_id, rtype)
         if rows.token:
-            pending["idx_token"].extend([(row_id, rtype, *r) for r in rows.token])
+            pending["idx_token"].extend([head + r for r in rows.token])
         if rows.string:
-            pending["idx_string"].extend([(row_id, rtype, *r) for r in rows.string])
+            pending["idx_string"].extend([head + r for r in rows.string])
         if rows.date:
-            pending["idx_date"].extend([(row_id, rtype, *r) for r in rows.date])
+            pending["idx_date"].extend([head + r for r in rows.date])
         if rows.reference:
-            pending["idx_ref"].extend([(row_id, rtype, *r) for r in rows.reference])
+            pending["idx_ref"].extend([head + r for r in rows.reference])
         if rows.number:
-            pending["idx_number"].extend([(row_id, rtype, *r) for r in rows.number])
+            pending["idx_number"].extend([head + r for r in rows.number])
 
 
 def _keep_identifiers(body: dict[str, Any], current: bytes) -> dict[str, Any]:

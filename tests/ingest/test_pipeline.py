@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from gateway.ingest import IngestService, MappingRegistry, ReceivedRecord
-from gateway.ingest.service import BATCH_RECORDS
+from gateway.ingest.writer import BATCH_RECORDS
 from gateway.search.query import QueryParser
 from gateway.search.registry import default_registry
 from gateway.store import open_store
