@@ -30,7 +30,8 @@ def _concurrently(service: IngestService, requests: list[list[ReceivedRecord]]) 
     release = threading.Event()
     writer = service._writer_thread()
     hold = writer.request()
-    hold.run(lambda: None if release.wait() else None)  # the writer is busy until release: what comes meanwhile queues up
+    # The writer is busy until release: what comes meanwhile queues up.
+    hold.run(lambda: None if release.wait() else None)
     reports: list[IngestReport | None] = [None] * len(requests)
     queued = threading.Semaphore(0)
 
