@@ -74,8 +74,8 @@ def compile_expression(expression: str, base: str) -> CompiledPath | None:
     return CompiledPath(expression, tuple(parts), tuple(heads))
 
 
-def _head(part: str) -> str:
-    """The resource key an expression part starts from (see ``CompiledPath.heads``); "" if unknown."""
+def _unwrap(part: str) -> tuple[str, str | None]:
+    """``((X.value) as Quantity)`` → ``("X.value", "Quantity")``: outer brackets and an ``as`` suffix off."""
     while part.startswith("(") and _closing(part, 0) == len(part) - 1:
         part = part[1:-1].strip()
     as_type: str | None = None
@@ -84,6 +84,12 @@ def _head(part: str) -> str:
         part, as_type = match.group("path").strip(), match.group("type")
         while part.startswith("(") and _closing(part, 0) == len(part) - 1:
             part = part[1:-1].strip()
+    return part, as_type
+
+
+def _head(part: str) -> str:
+    """The resource key an expression part starts from (see ``CompiledPath.heads``); "" if unknown."""
+    part, as_type = _unwrap(part)
     segments = [segment.strip() for segment in _split_top(part, ".")]
     if len(segments) < 2 or not re.fullmatch(_NAME, segments[1]):
         return ""
@@ -99,14 +105,7 @@ _NOT_THIS_TYPE = object()
 
 
 def _compile_part(part: str, base: str) -> tuple[Step, ...] | object | None:
-    while part.startswith("(") and _closing(part, 0) == len(part) - 1:
-        part = part[1:-1].strip()
-    as_type: str | None = None
-    match = _AS_SUFFIX.match(part)
-    if match and "(" not in match.group("type"):
-        part, as_type = match.group("path").strip(), match.group("type")
-        while part.startswith("(") and _closing(part, 0) == len(part) - 1:
-            part = part[1:-1].strip()
+    part, as_type = _unwrap(part)
     segments = _split_top(part, ".")
     if not segments or segments[0] not in (base, "Resource", "DomainResource"):
         return _NOT_THIS_TYPE

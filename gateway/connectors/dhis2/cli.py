@@ -134,15 +134,22 @@ async def _ping(base_url: str, auth: httpx.Auth | None) -> tuple[bool, str]:
         await client.aclose()
 
 
+
+# Options every command that reaches a DHIS2 takes.
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", envvar="GATEWAY_CONFIG", help="YAML config file")
+]
+TokenFileOption = Annotated[Path | None, typer.Option(help="file holding a Personal Access Token")]
+UsernameOption = Annotated[str | None, typer.Option(help="Basic auth user (with --password-file)")]
+PasswordFileOption = Annotated[Path | None, typer.Option(help="file holding the Basic auth password")]
+
 @dhis2_app.command("ping")
 def ping(
     destination: Annotated[str, typer.Argument(help="destination name, or a DHIS2 base URL")],
-    config: Annotated[
-        Path | None, typer.Option("--config", "-c", envvar="GATEWAY_CONFIG", help="YAML config file")
-    ] = None,
-    token_file: Annotated[Path | None, typer.Option(help="file holding a Personal Access Token")] = None,
-    username: Annotated[str | None, typer.Option(help="Basic auth user (with --password-file)")] = None,
-    password_file: Annotated[Path | None, typer.Option(help="file holding the Basic auth password")] = None,
+    config: ConfigOption = None,
+    token_file: TokenFileOption = None,
+    username: UsernameOption = None,
+    password_file: PasswordFileOption = None,
 ) -> None:
     """Check a DHIS2: reachable, credentials accepted, version supported (exit 1 if not)."""
     _, base_url, auth, _ = _access(
@@ -181,12 +188,10 @@ def pull(
     out: Annotated[
         Path | None, typer.Option(help="cache file (default: the destination's metadata_cache)")
     ] = None,
-    config: Annotated[
-        Path | None, typer.Option("--config", "-c", envvar="GATEWAY_CONFIG", help="YAML config file")
-    ] = None,
-    token_file: Annotated[Path | None, typer.Option(help="file holding a Personal Access Token")] = None,
-    username: Annotated[str | None, typer.Option(help="Basic auth user (with --password-file)")] = None,
-    password_file: Annotated[Path | None, typer.Option(help="file holding the Basic auth password")] = None,
+    config: ConfigOption = None,
+    token_file: TokenFileOption = None,
+    username: UsernameOption = None,
+    password_file: PasswordFileOption = None,
     page_size: Annotated[int, typer.Option(min=1, max=10_000, help="objects per page")] = 200,
 ) -> None:
     """Fetch programs, stages, data elements, attributes, option sets, org units and data sets."""
@@ -216,12 +221,10 @@ async def _pull_org_units(base_url: str, auth: httpx.Auth | None, store: Any) ->
 @org_units_app.command("pull")
 def pull_org_units(
     destination: Annotated[str, typer.Argument(help="destination name, or a DHIS2 base URL")],
-    config: Annotated[
-        Path | None, typer.Option("--config", "-c", envvar="GATEWAY_CONFIG", help="YAML config file")
-    ] = None,
-    token_file: Annotated[Path | None, typer.Option(help="file holding a Personal Access Token")] = None,
-    username: Annotated[str | None, typer.Option(help="Basic auth user (with --password-file)")] = None,
-    password_file: Annotated[Path | None, typer.Option(help="file holding the Basic auth password")] = None,
+    config: ConfigOption = None,
+    token_file: TokenFileOption = None,
+    username: UsernameOption = None,
+    password_file: PasswordFileOption = None,
 ) -> None:
     """Write DHIS2 org units into the store as Location + Organization (only what changed)."""
     from gateway.store import open_store
@@ -251,11 +254,9 @@ def check_mappings(
     files: Annotated[
         list[Path] | None, typer.Argument(help="mapping files (default: mappings/dhis2/*.yaml)")
     ] = None,
-    config: Annotated[
-        Path | None, typer.Option("--config", "-c", envvar="GATEWAY_CONFIG", help="YAML config file")
-    ] = None,
+    config: ConfigOption = None,
     metadata: Annotated[Path | None, typer.Option(help="use this metadata cache instead of fetching")] = None,
-    token_file: Annotated[Path | None, typer.Option(help="file holding a Personal Access Token")] = None,
+    token_file: TokenFileOption = None,
     mappings: Annotated[Path, typer.Option(help="mappings folder")] = Path("mappings"),
 ) -> None:
     """Check DHIS2 mappings against a DHIS2's metadata (unknown elements, option codes, org units)."""
