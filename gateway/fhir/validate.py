@@ -104,32 +104,6 @@ def _model_failure(exc: Exception, rtype: str, where: str) -> FhirError:
 _PLANS = ShapeCache(4096)
 
 
-def without_primitive_extensions(node: Any) -> Any:
-    """A copy without ``_x`` keys, for the models only.
-
-    The R4B models refuse legal primitive extensions on an extension's value
-    (``Extension._valueString``); the strict checker has already validated every ``_x``,
-    so the models need not see them. Subtrees without any are shared, not copied.
-    """
-    if isinstance(node, dict):
-        out: dict[str, Any] | None = None
-        for key, value in node.items():
-            if key.startswith("_"):
-                out = out if out is not None else dict(node)
-                del out[key]
-                continue
-            if isinstance(value, dict | list):
-                cleaned = without_primitive_extensions(value)
-                if cleaned is not value:
-                    out = out if out is not None else dict(node)
-                    out[key] = cleaned
-        return node if out is None else out
-    if isinstance(node, list):
-        items = [without_primitive_extensions(v) for v in node]
-        return node if all(a is b for a, b in zip(items, node, strict=True)) else items
-    return node
-
-
 def _pydantic_issues(exc: ValidationError, rtype: str, where: str) -> list[dict[str, Any]]:
     issues = []
     for error in exc.errors(include_url=False, include_input=False)[:_MAX_ISSUES]:

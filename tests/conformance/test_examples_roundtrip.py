@@ -26,8 +26,7 @@ import httpx
 import pytest
 
 from gateway.fhir.strict import check_strict
-from gateway.fhir.validate import without_primitive_extensions
-from tests.support.examples import example_names, examples_dir, r4b_verdict, r4b_verdicts
+from tests.support.examples import example_names, examples_dir, r4b_verdict, r4b_verdicts, without_primitive_extensions
 from tests.support.fhir_responses import ResponseViolation, check_response
 from tests.support.gateway_app import build_gateway
 

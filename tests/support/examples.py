@@ -44,6 +44,16 @@ def iter_examples() -> Iterator[tuple[str, dict[str, Any]]]:
         yield name, load_example(name)
 
 
+def without_primitive_extensions(node: Any) -> Any:
+    """A copy without ``_x`` keys: the R4B models refuse legal primitive extensions on an
+    extension's value (``Extension._valueString``), so verdicts are also taken without them."""
+    if isinstance(node, dict):
+        return {key: without_primitive_extensions(value) for key, value in node.items() if not key.startswith("_")}
+    if isinstance(node, list):
+        return [without_primitive_extensions(item) for item in node]
+    return node
+
+
 def r4b_verdict(resource: dict[str, Any]) -> str | None:
     """None if the fhir.resources R4B model for the resource's type accepts it, else why not."""
     from fhir.resources.R4B import get_fhir_model_class
