@@ -7,7 +7,6 @@ everything on shutdown. Every error leaves as an OperationOutcome.
 
 from __future__ import annotations
 
-import gc
 import logging
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,6 +25,7 @@ from conformance.capability import capability_statement
 from gateway import __version__
 from gateway.errors import GatewayError
 from gateway.fhir.outcome import operation_outcome
+from gateway.heap import settle_heap
 from gateway.ingest import ingest_hook
 from gateway.search.query import QueryParser
 from gateway.search.registry import default_registry
@@ -74,10 +74,7 @@ def create_app(settings: Settings, *, store: SqlStore | None = None, hooks: list
                 stop = await hook(app, ctx)
                 if stop is not None:
                     stops.append(stop)
-            # Start-up leaves a large, long-lived heap (FHIR models, search registry). Freezing
-            # it keeps every later full garbage collection from walking it again and again.
-            gc.collect()
-            gc.freeze()
+            settle_heap()
             yield
         finally:
             for stop in reversed(stops):
