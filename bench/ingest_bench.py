@@ -21,7 +21,8 @@ Rows, measured in one run, in one process:
   served; their batches share commits, see ``gateway.ingest.writer``). Every record
   gets a fresh record id, so every record writes new resources (people and CHWs are shared
   across records, as in real traffic). Wall-clock time, since the databases work in other
-  threads and processes; each row starts from an empty store, loads ``--warm`` records, then
+  threads and processes; each row starts from an empty store, loads ``--warm`` records,
+  settles the heap as ``gateway serve`` does after start-up (``gateway.heap``), then
   measures the next ``--records``. The naive row runs the naive mapping (and its model
   round trip) through the same store path.
 
