@@ -11,7 +11,7 @@ writes, which the short write transactions here make cheap.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
@@ -34,6 +34,18 @@ _WRITE_LOCK = 7_274_220_911  # arbitrary, fixed: the gateway's change-feed write
 @lru_cache(maxsize=4096)
 def _to_pyformat(sql: str) -> str:
     return sql.replace("?", "%s")
+
+
+def rows_by_id_sql(columns: str, where: str = "", lock: bool = False) -> str:
+    """The query of ``PostgresStore._rows_by_id``: parameters are the id array and the type."""
+    # A join on the id array probes the (rtype, id) index whatever the statistics say.
+    # ``r.id IN (…)`` on a young table not analysed yet (a first bulk load) was planned as a
+    # scan of every row of the type: 13 ms instead of 1.8 ms for 500 ids among 33,000.
+    return (
+        f"SELECT {columns} FROM unnest(%s::text[]) AS k(id) CROSS JOIN LATERAL"
+        f" (SELECT * FROM resources r WHERE r.rtype = %s AND r.id = k.id{where}"
+        f"{' FOR UPDATE' if lock else ''}) AS r"
+    )
 
 
 def split_schema(url: str) -> tuple[str, str | None]:
@@ -87,6 +99,13 @@ class PostgresStore(SqlStore):
         with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (self._write_lock,))
             yield cur
+
+    def _rows_by_id(
+        self, cur: Cursor, columns: str, rtype: str, ids: Sequence[str], *, where: str = "", lock: bool = False
+    ) -> list[Any]:
+        """``columns`` of the ``resources r`` rows of one type whose ids are in ``ids``."""
+        cur.execute(rows_by_id_sql(columns, where, lock), (list(ids), rtype))
+        return cur.fetchall()
 
     def _write_rows(self, cur: Cursor, steps: list[tuple[str, str, list[tuple[Any, ...]]]]) -> None:
         """Small writes in one pipelined round trip; large appends by COPY (~3x faster a row)."""

@@ -31,6 +31,9 @@ from gateway.store.migrations import MIGRATIONS, statements_for
 from gateway.store.rows import COLUMNS, Cursor, to_resource
 from gateway.store.writes import PreparedWrite, SqlTransaction, insert_sql, prepare_write
 
+#: Ids a query lists at most (SQLite binds at most 32,766 parameters a statement).
+_IDS_PER_QUERY = 500
+
 
 class SqlStore:
     """Shared implementation of ``ResourceStore`` over a DB-API database."""
@@ -65,6 +68,20 @@ class SqlStore:
                 cur.executemany(self.q(insert_sql(what)), rows)
             else:
                 cur.executemany(self.q(what), rows)
+
+    def _rows_by_id(
+        self, cur: Cursor, columns: str, rtype: str, ids: Sequence[str], *, where: str = "", lock: bool = False
+    ) -> list[Any]:
+        """``columns`` of the ``resources r`` rows of one type whose ids are in ``ids``
+        (``lock``: locked for update, where the database locks rows; SQLite locks the file)."""
+        rows: list[Any] = []
+        for start in range(0, len(ids), _IDS_PER_QUERY):
+            chunk = ids[start : start + _IDS_PER_QUERY]
+            marks = ", ".join("?" for _ in chunk)
+            cur.execute(self.q(f"SELECT {columns} FROM resources r WHERE r.rtype = ?{where} AND r.id IN ({marks})"),
+                        (rtype, *chunk))
+            rows.extend(cur.fetchall())
+        return rows
 
     def _reserve_row_ids(self, cur: Cursor, count: int, after: int) -> list[int]:
         """``count`` unused ``resources.rid`` values, ascending, all above ``after``.
@@ -262,16 +279,8 @@ class SqlStore:
             by_type.setdefault(rtype, set()).add(rid)
         out: list[StoredResource] = []
         for rtype, ids in by_type.items():
-            id_list = sorted(ids)
-            for start in range(0, len(id_list), 500):
-                chunk = id_list[start : start + 500]
-                marks = ", ".join("?" for _ in chunk)
-                cur.execute(
-                    self.q(f"SELECT {COLUMNS} FROM resources r WHERE r.rtype = ? AND r.deleted = 0"
-                           f" AND r.id IN ({marks})"),
-                    (rtype, *chunk),
-                )
-                out.extend(to_resource(row) for row in cur.fetchall())
+            rows = self._rows_by_id(cur, COLUMNS, rtype, sorted(ids), where=" AND r.deleted = 0")
+            out.extend(to_resource(row) for row in rows)
         return out
 
     def compartment(self, rtype: str, rid: str, count: int, offset: int) -> tuple[list[StoredResource], int]:

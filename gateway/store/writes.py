@@ -55,7 +55,7 @@ INSERT_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 _UPDATE_RESOURCE = "UPDATE resources SET version = ?, lu = ?, deleted = ?, chash = ?, content = ? WHERE rid = ?"
 _ROW_COLUMNS = "rid, rtype, id, version, lu, deleted, chash, content"
-_PREFETCH_CHUNK = 500
+_R_COLUMNS = ", ".join(f"r.{column}" for column in _ROW_COLUMNS.split(", "))
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,22 +127,14 @@ class SqlTransaction:
             if (rtype, rid) not in self._rows:
                 self._rows[(rtype, rid)] = None
                 by_type.setdefault(rtype, []).append(rid)
-        lock = " FOR UPDATE" if self.store.dialect == "postgresql" else ""
+        lock = self.store.dialect == "postgresql"
         missing = 0
         for rtype, ids in by_type.items():
-            found = 0
-            for start in range(0, len(ids), _PREFETCH_CHUNK):
-                chunk = ids[start : start + _PREFETCH_CHUNK]
-                marks = ", ".join("?" for _ in chunk)
-                self.cur.execute(
-                    self.store.q(f"SELECT {_ROW_COLUMNS} FROM resources WHERE rtype = ? AND id IN ({marks}){lock}"),
-                    (rtype, *chunk),
-                )
-                for values in self.cur.fetchall():
-                    row = _row(values)
-                    self._rows[(row.rtype, row.id)] = row
-                    found += 1
-            missing += len(ids) - found
+            found = self.store._rows_by_id(self.cur, _R_COLUMNS, rtype, ids, lock=lock)
+            for values in found:
+                row = _row(values)
+                self._rows[(row.rtype, row.id)] = row
+            missing += len(ids) - len(found)
         if missing > len(self._free_ids):
             self._reserve(missing - len(self._free_ids))
 
