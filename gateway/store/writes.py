@@ -127,10 +127,9 @@ class SqlTransaction:
             if (rtype, rid) not in self._rows:
                 self._rows[(rtype, rid)] = None
                 by_type.setdefault(rtype, []).append(rid)
-        lock = self.store.dialect == "postgresql"
         missing = 0
         for rtype, ids in by_type.items():
-            found = self.store._rows_by_id(self.cur, _R_COLUMNS, rtype, ids, lock=lock)
+            found = self.store._rows_by_id(self.cur, _R_COLUMNS, rtype, ids, lock=True)
             for values in found:
                 row = _row(values)
                 self._rows[(row.rtype, row.id)] = row
