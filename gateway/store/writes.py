@@ -54,8 +54,7 @@ INSERT_COLUMNS: dict[str, tuple[str, ...]] = {
     "idx_number": ("rid", "rtype", "param", "value", "system", "code"),
 }
 _UPDATE_RESOURCE = "UPDATE resources SET version = ?, lu = ?, deleted = ?, chash = ?, content = ? WHERE rid = ?"
-_ROW_COLUMNS = "rid, rtype, id, version, lu, deleted, chash, content"
-_R_COLUMNS = ", ".join(f"r.{column}" for column in _ROW_COLUMNS.split(", "))
+_ROW_COLUMNS = "r.rid, r.rtype, r.id, r.version, r.lu, r.deleted, r.chash, r.content"
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +128,7 @@ class SqlTransaction:
                 by_type.setdefault(rtype, []).append(rid)
         missing = 0
         for rtype, ids in by_type.items():
-            found = self.store._rows_by_id(self.cur, _R_COLUMNS, rtype, ids, lock=True)
+            found = self.store._rows_by_id(self.cur, _ROW_COLUMNS, rtype, ids, lock=True)
             for values in found:
                 row = _row(values)
                 self._rows[(row.rtype, row.id)] = row
@@ -213,7 +212,7 @@ class SqlTransaction:
         key = (rtype, rid)
         if key in self._rows:
             return self._rows[key]
-        sql = f"SELECT {_ROW_COLUMNS} FROM resources WHERE rtype = ? AND id = ?"
+        sql = f"SELECT {_ROW_COLUMNS} FROM resources r WHERE r.rtype = ? AND r.id = ?"
         if self.store.dialect == "postgresql":
             sql += " FOR UPDATE"
         self.cur.execute(self.store.q(sql), (rtype, rid))
