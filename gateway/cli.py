@@ -94,7 +94,7 @@ def serve(
     import uvicorn
 
     from gateway.api.app import create_app
-    from gateway.runtime import service_hooks
+    from gateway.services import ServicePlan
     from gateway.store import open_store
 
     if dev and config is None and DEV_CONFIG.exists():
@@ -106,7 +106,7 @@ def serve(
     try:
         if dev or dev_token:
             _print_dev_token(store, settings)
-        application = create_app(settings, store=store, hooks=service_hooks(settings, os.environ))
+        application = create_app(settings, store=store, plan=ServicePlan.for_serve(settings, os.environ))
         uvicorn.run(application, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
                     proxy_headers=True, access_log=False)
     finally:

@@ -10,40 +10,34 @@
 * ``POST /admin/dead-letters/replay``: send a filtered set again (``all=true`` for all);
 * ``POST /admin/dead-letters/purge``: delete a filtered set and its payloads.
 
-``delivery_hook(environ)`` is the app-lifespan hook that creates ``app.state.delivery``
-(a ``DeliveryService``) and, unless ``delivery.in_process_worker`` is off, runs the
-outbox and a worker inside ``gateway serve``.
+The delivery service itself is built by the composition root (``gateway.services``);
+without it (an app whose ``ServicePlan`` has no delivery) these routes answer 503.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable
 from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, FastAPI, Query
+from fastapi import APIRouter, Depends, Query
 from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.api.auth import require_scope
-from gateway.api.context import AppContext
+from gateway.api.context import ctx_of
 from gateway.delivery.admin import DeliveryAdmin, dead_letter_detail, dead_letter_summary
 from gateway.delivery.queue import DeadLetterFilter, QueueError
-from gateway.delivery.runner import DeliverySections, delivery_sections
-from gateway.delivery.service import DeliveryService
 from gateway.errors import FhirError
 
-__all__ = ["delivery_hook", "router"]
+__all__ = ["router"]
 
 router = APIRouter(prefix="/admin", tags=["Delivery"], dependencies=[Depends(require_scope("admin"))])
 
 
 def _admin(request: Request) -> DeliveryAdmin:
-    service: DeliveryService | None = getattr(request.app.state, "delivery", None)
-    if service is None:
-        raise FhirError("delivery is not running in this process", status=503, code="transient")
-    return service.admin
+    return ctx_of(request).services.require_delivery().admin
 
 
 AdminDep = Annotated[DeliveryAdmin, Depends(_admin)]
@@ -159,30 +153,3 @@ async def replay(job_id: str, admin: AdminDep) -> Response:
     """Send one dead letter again, behind its patient's pending jobs."""
     await _guard(admin.replay(job_id))
     return _json({"replayed": 1})
-
-
-Hook = Callable[[FastAPI, AppContext], Awaitable[Callable[[], Awaitable[None]] | None]]
-
-
-def delivery_hook(environ: Mapping[str, str], sections: DeliverySections | None = None) -> Hook:
-    """A ``create_app`` hook that sets ``app.state.delivery`` and runs it in-process if configured.
-
-    ``environ`` supplies the destinations' secrets (the CLI passes ``os.environ``);
-    ``sections`` overrides the settings' ``destinations``/``delivery`` (``--destinations``).
-    """
-
-    async def hook(app: FastAPI, ctx: AppContext) -> Callable[[], Awaitable[None]]:
-        effective = sections or delivery_sections(ctx.settings)
-        service = DeliveryService.create(
-            store=ctx.store,
-            queue_url=ctx.settings.queue_url,
-            destinations=effective.destinations,
-            settings=effective.delivery,
-            environ=environ,
-            run_worker=effective.delivery.in_process_worker,
-        )
-        app.state.delivery = service
-        await service.start()
-        return service.stop
-
-    return hook

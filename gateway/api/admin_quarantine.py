@@ -22,7 +22,6 @@ from starlette.responses import Response
 from gateway.api.auth import require_scope
 from gateway.api.context import base_url, ctx_of
 from gateway.auth.scopes import Principal
-from gateway.ingest import ingest_service
 from gateway.store.base import QuarantinedRecord
 
 __all__ = ["router"]
@@ -93,7 +92,7 @@ async def read_quarantined(request: Request, qid: int, principal: Admin) -> Resp
 async def replay_all(request: Request, principal: Admin, source: str | None = None) -> Response:
     """Replay held records (of one source, or all) with the current mappings."""
     ctx = ctx_of(request)
-    service = ingest_service(request)
+    service = ctx.ingest
     results = await ctx.write(service.replay_all, source, base_url(request))
     still = sum(1 for result in results if result.status == "quarantined")
     return _json(
@@ -105,7 +104,7 @@ async def replay_all(request: Request, principal: Admin, source: str | None = No
 async def replay_one(request: Request, qid: int, principal: Admin) -> Response:
     """Replay one held record; 200 if it is stored now, 422 if it failed again (still held)."""
     ctx = ctx_of(request)
-    service = ingest_service(request)
+    service = ctx.ingest
     result = await ctx.write(service.replay, qid, base_url(request))
     return _json(result.to_json(), 422 if result.status == "quarantined" else 200)
 
@@ -114,7 +113,7 @@ async def replay_one(request: Request, qid: int, principal: Admin) -> Response:
 async def discard(request: Request, qid: int, principal: Admin) -> Response:
     """Mark a held record discarded (it is kept for the record)."""
     ctx = ctx_of(request)
-    service = ingest_service(request)
+    service = ctx.ingest
     await ctx.write(service.discard, qid)
     return Response(status_code=204)
 
@@ -123,7 +122,7 @@ async def discard(request: Request, qid: int, principal: Admin) -> Response:
 async def reload_mappings(request: Request, principal: Admin) -> Response:
     """Load the mapping files again; on any problem keep the running ones and list the problems."""
     ctx = ctx_of(request)
-    registry = ingest_service(request).registry
+    registry = ctx.ingest.registry
     issues = await ctx.write(registry.reload)
     if issues:
         return _json({"resourceType": "OperationOutcome", "issue": [

@@ -1,18 +1,18 @@
 """The application factory: ``create_app(settings)`` builds a ready FastAPI app.
 
-No work happens at import. The lifespan opens the store (migrating it), builds the
-search registry, parser, authenticator and CapabilityStatement once, and closes
-everything on shutdown. Every error leaves as an OperationOutcome.
+No work happens at import. The lifespan builds the process's ``Services`` (the
+composition root, ``gateway.services``: store, search registry and parser, ingest, and
+what the ``ServicePlan`` adds), the authenticator and CapabilityStatement once, and
+closes everything on shutdown. Routers only route. Every error leaves as an OperationOutcome.
 """
 
 from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -23,64 +23,47 @@ from starlette.routing import Route
 
 from conformance.capability import capability_statement
 from gateway import __version__
+from gateway.auth import Authenticator
 from gateway.errors import GatewayError
 from gateway.fhir.outcome import operation_outcome
 from gateway.heap import settle_heap
-from gateway.ingest import ingest_hook
-from gateway.search.query import QueryParser
-from gateway.search.registry import default_registry
+from gateway.services import ServicePlan, Services
 from gateway.settings import Settings
-from gateway.store import open_store
 from gateway.store.sql import SqlStore
 
 from . import admin_delivery, admin_quarantine, fhir_read, fhir_write, health, ingest
-from .auth import Authenticator
 from .context import AppContext
 from .negotiation import fhir_response
 
 log = logging.getLogger("gateway.api")
 
-Hook = Callable[[FastAPI, AppContext], Awaitable[Callable[[], Awaitable[None]] | None]]
-
 _HTTP_CODES = {404: "not-found", 405: "not-supported", 401: "login", 403: "forbidden", 413: "too-costly"}
 
 
-def build_context(settings: Settings, store: SqlStore | None = None) -> AppContext:
-    """Open the store and build everything request handlers share."""
-    registry = default_registry()
-    store = store or open_store(settings.store_url)
-    admin = settings.admin_token.get_secret_value() if settings.admin_token else None
-    return AppContext(
-        settings=settings,
-        store=store,
-        registry=registry,
-        parser=QueryParser(registry, settings.search.default_count, settings.search.max_count),
-        auth=Authenticator(store, admin),
-        capability=capability_statement(registry, "", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")),
-    )
+def build_context(services: Services) -> AppContext:
+    """Everything request handlers share, over the process's services."""
+    admin = services.settings.admin_token.get_secret_value() if services.settings.admin_token else None
+    capability = capability_statement(services.registry, "", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    return AppContext.of(services, Authenticator(services.store, admin), capability)
 
 
-def create_app(settings: Settings, *, store: SqlStore | None = None, hooks: list[Hook] | None = None) -> FastAPI:
-    """Build the gateway app; ``hooks`` start extra services (workers) in the lifespan."""
+def create_app(settings: Settings, *, store: SqlStore | None = None, plan: ServicePlan | None = None) -> FastAPI:
+    """Build the gateway app; ``plan`` says which services run beside the API (default: ingest only).
+
+    The lifespan builds the process's ``Services`` (opening ``store`` unless given, which the
+    caller then closes), starts them, and stops them on shutdown.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        ctx = build_context(settings, store)
-        app.state.ctx = ctx
-        app.state.store = ctx.store
-        stops: list[Callable[[], Awaitable[None]]] = []
+        services = Services.build(settings, plan, store=store)
+        app.state.ctx = build_context(services)
         try:
-            for hook in [*_BUILTIN_HOOKS, *(hooks or [])]:
-                stop = await hook(app, ctx)
-                if stop is not None:
-                    stops.append(stop)
+            await services.start()
             settle_heap()
             yield
         finally:
-            for stop in reversed(stops):
-                await stop()
-            if store is None:
-                ctx.store.close()
+            await services.stop()
 
     app = FastAPI(
         title="CHW FHIR gateway",
@@ -92,26 +75,14 @@ def create_app(settings: Settings, *, store: SqlStore | None = None, hooks: list
     )
     app.router.redirect_slashes = False
     _install_error_handlers(app)
-    app.include_router(health.router)
-    app.include_router(fhir_read.router)
-    app.include_router(fhir_write.router)
-    for router in _optional_routers():
+    for router in (health.router, fhir_read.router, fhir_write.router, ingest.router, admin_quarantine.router,
+                   admin_delivery.router):
         app.include_router(router)
     # Reads dominate partner traffic; matching them first, as a plain Starlette route,
     # keeps them within reach of the framework's own ceiling (bench/read_search.py).
     app.router.routes.insert(0, Route("/fhir/{rtype}/{rid}", fhir_read.fast_read, methods=["GET"],
                                       include_in_schema=False))
     return app
-
-
-# Services every app has (ingest compiles the mappings at start-up and refuses to start on
-# broken ones); ``hooks`` passed to create_app add optional ones such as delivery workers.
-_BUILTIN_HOOKS: list[Hook] = [ingest_hook]
-
-
-def _optional_routers() -> list[Any]:
-    """Routers of the ingest and admin areas."""
-    return [ingest.router, admin_quarantine.router, admin_delivery.router]
 
 
 def _install_error_handlers(app: FastAPI) -> None:

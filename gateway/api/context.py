@@ -1,4 +1,4 @@
-"""What request handlers share: the objects the app factory builds, typed."""
+"""What request handlers share: the process's ``Services`` plus what only HTTP needs, typed."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ import anyio.to_thread
 import orjson
 from starlette.requests import Request
 
-from gateway.api.auth import Authenticator
+from gateway.auth import Authenticator
+from gateway.ingest.service import IngestService
 from gateway.search.query import QueryParser
 from gateway.search.registry import SearchRegistry
+from gateway.services import Services
 from gateway.settings import Settings
 from gateway.store.sql import SqlStore
 
@@ -22,16 +24,38 @@ T = TypeVar("T")
 
 @dataclass(slots=True)
 class AppContext:
-    """Long-lived objects of one app instance (``app.state.ctx``)."""
+    """Long-lived objects of one app instance (``app.state.ctx``).
 
+    ``services`` is the composition root (``gateway.services``); ``settings``, ``store``,
+    ``registry`` and ``parser`` are its fields, held here too because every request reads them.
+    """
+
+    services: Services
     settings: Settings
     store: SqlStore
     registry: SearchRegistry
     parser: QueryParser
     auth: Authenticator
     capability: dict[str, Any] = field(default_factory=dict)
-    extras: dict[str, Any] = field(default_factory=dict)
     _capability_bytes: dict[str, bytes] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, services: Services, auth: Authenticator, capability: dict[str, Any]) -> AppContext:
+        """The context of an app over ``services``."""
+        return cls(
+            services=services,
+            settings=services.settings,
+            store=services.store,
+            registry=services.registry,
+            parser=services.parser,
+            auth=auth,
+            capability=capability,
+        )
+
+    @property
+    def ingest(self) -> IngestService:
+        """The ingest service (503 when this app was built without it)."""
+        return self.services.require_ingest()
 
     def capability_for(self, base: str) -> bytes:
         """The CapabilityStatement as served under ``base`` (cached per base URL)."""

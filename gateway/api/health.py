@@ -7,6 +7,8 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from gateway.api.context import ctx_of
+
 router = APIRouter(tags=["health"])
 
 
@@ -20,7 +22,7 @@ async def healthz() -> JSONResponse:
 async def readyz(request: Request) -> JSONResponse:
     """The store answers; 503 otherwise."""
     try:
-        await anyio.to_thread.run_sync(request.app.state.ctx.store.ping)
+        await anyio.to_thread.run_sync(ctx_of(request).store.ping)
     except Exception as exc:  # any driver error means "not ready"; the type is enough to log
         return JSONResponse({"status": "unavailable", "store": type(exc).__name__}, status_code=503)
     return JSONResponse({"status": "ready"})

@@ -20,7 +20,7 @@ from gateway.api.auth import require_scope
 from gateway.api.context import base_url, ctx_of
 from gateway.api.negotiation import read_body
 from gateway.auth.scopes import Principal
-from gateway.ingest import ingest_service, split_body
+from gateway.ingest import split_body
 
 __all__ = ["router"]
 
@@ -35,7 +35,7 @@ Sender = Annotated[Principal, Depends(require_scope("ingest:{source}"))]
 async def ingest(request: Request, source: str, principal: Sender) -> Response:
     """Map, validate and store each record; quarantine the ones that fail."""
     ctx = ctx_of(request)
-    service = ingest_service(request)
+    service = ctx.ingest
     config = service.registry.source(source)
     body = await read_body(request, ctx.settings.max_body_bytes)
     records = split_body(

@@ -35,7 +35,7 @@ from gateway.delivery.admin import DeliveryAdmin, dead_letter_detail, dead_lette
 from gateway.delivery.config import DeliveryConfigError
 from gateway.delivery.policy import parse_duration
 from gateway.delivery.queue import DeadLetterFilter, QueueError
-from gateway.delivery.runner import DeliverySections, delivery_sections, open_admin, run_worker
+from gateway.delivery.runner import DeliverySections, delivery_sections, open_admin
 from gateway.errors import GatewayError
 
 T = TypeVar("T")
@@ -291,12 +291,13 @@ def worker_command(
     ] = None,
 ) -> None:
     """Run delivery workers (and the outbox, and the periodic tasks) in this process until SIGTERM or Ctrl-C."""
+    from gateway.services import run_worker
+
     settings, sections = _load(config, destinations)
     try:
         asyncio.run(
             run_worker(
-                settings.store_url,
-                settings.queue_url,
+                settings,
                 sections,
                 environ=dict(os.environ),
                 only=only,

@@ -1,7 +1,9 @@
-"""Running delivery from settings: the code path behind ``gateway worker`` and the queue CLI.
+"""Delivery configuration sections and the operator's view of a queue (``gateway queue …``).
 
     sections = delivery_sections(settings, destinations_file=None)
-    await run_worker(settings.store_url, settings.queue_url, sections, environ=os.environ)
+    handle = open_admin(settings.queue_url, sections)    # status, dead letters, replay
+
+``gateway worker`` itself runs through the composition root (``gateway.services.run_worker``).
 
 Destinations come from ``settings.destinations`` / ``settings.delivery`` or, when given,
 from a separate YAML file with the same two sections (``--destinations FILE``), e.g. a
@@ -10,11 +12,7 @@ file mounted next to the secrets it names.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import signal
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +22,6 @@ from gateway.delivery.admin import DeliveryAdmin
 from gateway.delivery.clock import SystemClock
 from gateway.delivery.config import DeliveryConfigError, DeliverySettings, DestinationConfig
 from gateway.delivery.queue import DeliveryQueue, open_queue
-from gateway.delivery.service import DeliveryService
 
 log = logging.getLogger(__name__)
 
@@ -78,62 +75,3 @@ def open_admin(queue_url: str, sections: DeliverySections) -> AdminHandle:
     """Open the queue for status, dead letters and replay (no workers, no credentials)."""
     queue = open_queue(queue_url, clock=SystemClock(), lease=sections.delivery.lease)
     return AdminHandle(queue, DeliveryAdmin(queue, sections.destinations))
-
-
-async def run_worker(
-    store_url: str,
-    queue_url: str,
-    sections: DeliverySections,
-    *,
-    environ: Mapping[str, str],
-    only: Sequence[str] | None = None,
-    stop: asyncio.Event | None = None,
-    scheduler: bool = True,
-) -> None:
-    """Run outbox and workers until SIGTERM/SIGINT (or ``stop``), then shut down gracefully.
-
-    With ``scheduler`` the destinations' periodic tasks run here too (``gateway.scheduler``).
-    """
-    from gateway.store import open_store
-
-    unknown = sorted(set(only or ()) - {d.name for d in sections.destinations})
-    if unknown:
-        raise DeliveryConfigError(f"unknown destination(s): {', '.join(unknown)}")
-    store = open_store(store_url)
-    try:
-        service = DeliveryService.create(
-            store=store,
-            queue_url=queue_url,
-            destinations=sections.destinations,
-            settings=sections.delivery,
-            environ=environ,
-            only=only,
-        )
-        stop = stop or asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(signum, stop.set)
-        await service.start()
-        log.info("delivery worker running for %d destinations", len(service.connectors))
-        periodic = None
-        try:
-            if scheduler:
-                from gateway.runtime import build_scheduler
-
-                periodic = build_scheduler(
-                    sections.destinations,
-                    store=store,
-                    environ=environ,
-                    clock=SystemClock(),
-                    connectors=service.connectors,
-                    only=only,
-                )
-                await periodic.start()
-            await stop.wait()
-        finally:
-            if periodic is not None:
-                await periodic.stop()
-            await service.stop()
-    finally:
-        store.close()

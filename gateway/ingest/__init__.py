@@ -9,7 +9,6 @@ Usage (what ``POST /ingest/{source}`` does)::
 from __future__ import annotations
 
 from gateway.ingest.body import ReceivedRecord, split_body
-from gateway.ingest.hook import ingest_hook, ingest_service
 from gateway.ingest.registry import IngestConfigError, MappingRegistry
 from gateway.ingest.service import IngestReport, IngestService, RecordResult, WrittenResource
 
@@ -21,7 +20,5 @@ __all__ = [
     "ReceivedRecord",
     "RecordResult",
     "WrittenResource",
-    "ingest_hook",
-    "ingest_service",
     "split_body",
 ]

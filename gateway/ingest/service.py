@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -40,6 +39,7 @@ from gateway.errors import FhirError, GatewayError
 from gateway.fhir.transaction import PreparedTransaction, combine_prepared, prepare_transaction, run_prepared
 from gateway.ingest.body import CSV, ReceivedRecord
 from gateway.ingest.registry import MappingRegistry
+from gateway.ingest.results import IngestReport, RecordResult, WrittenResource
 from gateway.ingest.writer import BATCH_RECORDS, IngestWriter, PendingRecord, RecordGroup
 from gateway.mapping import MappingError, MappingSet
 from gateway.mapping.inputs import InputError, parse_csv
@@ -50,70 +50,6 @@ from gateway.store.base import QuarantinedRecord, ResourceStore
 __all__ = ["BATCH_RECORDS", "IngestReport", "IngestService", "RecordResult", "WrittenResource"]
 
 log = logging.getLogger("gateway.ingest")
-
-
-@dataclass(frozen=True, slots=True)
-class WrittenResource:
-    """A resource a record produced: ``change`` is created, updated or unchanged."""
-
-    type: str
-    id: str
-    version: str
-    change: str
-
-    def to_json(self) -> dict[str, str]:
-        """As listed in the ingest response."""
-        return {"type": self.type, "id": self.id, "version": self.version, "change": self.change}
-
-
-@dataclass(slots=True)
-class RecordResult:
-    """What happened to one record: ``status`` is stored, unchanged or quarantined."""
-
-    index: int
-    record_key: str | None
-    status: str
-    resources: list[WrittenResource] = field(default_factory=list)
-    quarantine_id: int | None = None
-    outcome: dict[str, Any] | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """As listed in the ingest response."""
-        out: dict[str, Any] = {"index": self.index, "status": self.status}
-        if self.record_key is not None:
-            out["record"] = self.record_key
-        if self.resources:
-            out["resources"] = [resource.to_json() for resource in self.resources]
-        if self.quarantine_id is not None:
-            out["quarantine_id"] = self.quarantine_id
-        if self.outcome is not None:
-            out["outcome"] = self.outcome
-        return out
-
-
-@dataclass(slots=True)
-class IngestReport:
-    """The results of one ingest request, one per record, in order."""
-
-    source: str
-    results: list[RecordResult]
-
-    @property
-    def quarantined(self) -> int:
-        """How many records went to the quarantine."""
-        return sum(1 for result in self.results if result.status == "quarantined")
-
-    def to_json(self) -> dict[str, Any]:
-        """The ingest response body."""
-        counts = {"stored": 0, "unchanged": 0, "quarantined": 0}
-        for result in self.results:
-            counts[result.status] += 1
-        return {
-            "source": self.source,
-            "records": len(self.results),
-            **counts,
-            "results": [result.to_json() for result in self.results],
-        }
 
 
 class IngestService:

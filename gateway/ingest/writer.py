@@ -39,7 +39,7 @@ from gateway.fhir.transaction import PreparedTransaction
 
 if TYPE_CHECKING:
     from gateway.ingest.body import ReceivedRecord
-    from gateway.ingest.service import RecordResult
+    from gateway.ingest.results import RecordResult
 
 __all__ = [
     "BATCH_RECORDS", "COMMIT_DELAY", "GROUP_RECORDS", "IngestWriter", "PendingRecord", "RecordGroup", "RequestWrites",

@@ -13,6 +13,7 @@ from gateway.api.app import create_app
 from gateway.delivery.config import DeliverySettings, DestinationConfig
 from gateway.delivery.policy import RetryPolicy
 from gateway.delivery.runner import DeliverySections
+from gateway.services import ServicePlan
 from gateway.settings import Settings
 from gateway.store import open_store
 from gateway.store.sql import SqlStore
@@ -64,7 +65,7 @@ async def harness(tmp_path: Path) -> AsyncIterator[Admin]:
         ),
     )
     settings = Settings(store_url=f"sqlite:///{tmp_path}/unused.db", queue_url=f"sqlite:///{tmp_path}/q.db")
-    app = create_app(settings, store=store, hooks=[admin_delivery.delivery_hook({}, sections)])
+    app = create_app(settings, store=store, plan=ServicePlan(delivery=True, sections=sections))
     app.include_router(admin_delivery.router)
     async with app.router.lifespan_context(app):
         harness = Admin(app, store, server)

@@ -1,5 +1,5 @@
 """The DHIS2 destination's periodic tasks, on a manual clock against the sandbox over HTTP,
-and the scheduler inside ``gateway serve`` (app hooks) and ``gateway worker`` (``run_worker``)."""
+and the scheduler inside ``gateway serve`` (its ``ServicePlan``) and ``gateway worker`` (``run_worker``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import httpx
 import orjson
 import pytest
 
-from gateway.api.admin_delivery import delivery_hook
 from gateway.api.app import create_app
 from gateway.connectors.dhis2.mcsd import resource_id
 from gateway.connectors.dhis2.measure import report_id
@@ -22,10 +21,10 @@ from gateway.connectors.dhis2.periods import parse_period
 from gateway.connectors.dhis2.tasks import dhis2_tasks
 from gateway.delivery.clock import ManualClock
 from gateway.delivery.config import DestinationConfig
-from gateway.delivery.runner import DeliverySections, run_worker
-from gateway.runtime import scheduler_hook, service_hooks
+from gateway.delivery.runner import DeliverySections
 from gateway.sandbox.dhis2 import DEFAULT_TOKEN, SandboxServer
 from gateway.scheduler import Scheduler
+from gateway.services import ServicePlan, run_worker
 from gateway.settings import Settings
 from gateway.store import open_store
 from gateway.store.sql import SqlStore
@@ -144,13 +143,15 @@ async def test_gateway_serve_computes_the_report_and_delivers_it(
         destinations=[destination(sandbox, tmp_path)],
         delivery=FAST,
     )
-    assert len(service_hooks(settings, ENVIRON)) == 2  # delivery and the scheduler
+    serve = ServicePlan.for_serve(settings, ENVIRON)
+    assert serve.delivery and serve.scheduler
     off = settings.model_copy(update={"scheduler": settings.scheduler.model_copy(update={"enabled": False})})
-    assert len(service_hooks(off, ENVIRON)) == 1
+    assert not ServicePlan.for_serve(off, ENVIRON).scheduler
     store = open_store(settings.store_url)
     put(store, places() + chw_record(1) + chw_record(2, rdt="260385009"))
     clock = ManualClock(JUNE_3)
-    app = create_app(settings, store=store, hooks=[delivery_hook(ENVIRON), scheduler_hook(ENVIRON, clock)])
+    app = create_app(settings, store=store, plan=ServicePlan(environ=ENVIRON, delivery=True, scheduler=True,
+                                                             scheduler_clock=clock))
     params = {"dataSet": demo.data_set, "period": "202405", "orgUnit": demo.ou("CU_KISIWA")}
     try:
         async with app.router.lifespan_context(app), httpx.AsyncClient(
@@ -175,7 +176,8 @@ async def test_gateway_worker_runs_the_scheduled_tasks(sandbox: SandboxServer, d
     store_url = f"sqlite:///{tmp_path}/store.db"
     stop = asyncio.Event()
     worker = asyncio.create_task(
-        run_worker(store_url, f"sqlite:///{tmp_path}/queue.db", sections, environ=ENVIRON, stop=stop)
+        run_worker(Settings(store_url=store_url, queue_url=f"sqlite:///{tmp_path}/queue.db"), sections,
+                   environ=ENVIRON, stop=stop)
     )
     store = open_store(store_url)
     try:

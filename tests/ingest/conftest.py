@@ -14,7 +14,6 @@ from fastapi import FastAPI
 from gateway.api import admin_quarantine
 from gateway.api import ingest as ingest_api
 from gateway.api.app import create_app
-from gateway.ingest import ingest_hook
 from gateway.settings import Settings, SourceConfig
 from gateway.store import open_store
 from gateway.store.sql import SqlStore
@@ -49,7 +48,7 @@ def mappings_copy(tmp_path: Path) -> Path:
 def make_app(store: SqlStore, root: Path, **settings: Any) -> FastAPI:
     """The gateway app with ingest wired the way the lead wires it."""
     config = Settings(store_url="sqlite:///unused.db", mappings_dir=root, sources=SOURCES, **settings)
-    app = create_app(config, store=store, hooks=[ingest_hook])
+    app = create_app(config, store=store)
     app.include_router(ingest_api.router)
     app.include_router(admin_quarantine.router)
     return app

@@ -1,0 +1,243 @@
+"""The composition root: every long-lived object of a gateway process, built once from settings.
+
+``gateway serve`` (through the API app's lifespan), ``gateway worker``, the CLI commands
+and the tests all build their objects here, so there is one place that decides how a store,
+the mappings, the delivery engine and the scheduler are put together::
+
+    services = Services.build(settings, ServicePlan.for_serve(settings, os.environ))
+    await services.start()          # delivery outbox + worker, scheduled tasks
+    ...                             # services.store, services.ingest, services.delivery
+    await services.stop()           # reverse order; closes what it opened
+
+A ``ServicePlan`` says which optional parts a process runs; everything else comes from the
+``Settings``. Nothing here reads the environment: destination secrets come from the
+``environ`` mapping the caller passes (the CLI passes ``os.environ``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import anyio.to_thread
+
+from gateway.delivery.clock import Clock, SystemClock
+from gateway.delivery.config import DeliveryConfigError, DestinationConfig
+from gateway.delivery.runner import DeliverySections, delivery_sections
+from gateway.delivery.service import DeliveryService
+from gateway.errors import FhirError
+from gateway.ingest.registry import MappingRegistry
+from gateway.ingest.service import IngestService
+from gateway.scheduler import PeriodicTask, Scheduler
+from gateway.search.query import QueryParser
+from gateway.search.registry import SearchRegistry, default_registry
+from gateway.settings import Settings
+from gateway.store import open_store
+from gateway.store.base import ResourceStore
+from gateway.store.sql import SqlStore
+
+__all__ = ["ServicePlan", "Services", "build_scheduler", "run_worker"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePlan:
+    """Which optional services a process runs next to its store (see the module docstring).
+
+    ``delivery`` opens the delivery queue (the admin view always; outbox and worker when
+    ``run_worker`` is true, or, when it is None, as ``delivery.in_process_worker`` says);
+    ``sections`` replaces the settings' ``destinations``/``delivery`` (``--destinations``);
+    ``scheduler`` runs the destinations' periodic tasks; ``only`` limits delivery and the
+    scheduler to some destinations.
+    """
+
+    environ: Mapping[str, str] = field(default_factory=dict)
+    ingest: bool = True
+    delivery: bool = False
+    sections: DeliverySections | None = None
+    run_worker: bool | None = None
+    scheduler: bool = False
+    only: tuple[str, ...] | None = None
+    delivery_clock: Clock | None = None
+    scheduler_clock: Clock | None = None
+
+    @classmethod
+    def for_serve(cls, settings: Settings, environ: Mapping[str, str]) -> ServicePlan:
+        """What ``gateway serve`` runs: ingest, delivery, and the scheduler where delivery runs in-process."""
+        scheduled = settings.scheduler.enabled and settings.delivery.in_process_worker
+        return cls(environ=environ, delivery=True, scheduler=scheduled)
+
+
+@dataclass(slots=True)
+class Services:
+    """The long-lived objects of one process; build with ``Services.build``."""
+
+    settings: Settings
+    store: SqlStore
+    registry: SearchRegistry
+    parser: QueryParser
+    ingest: IngestService | None = None
+    delivery: DeliveryService | None = None
+    scheduler: Scheduler | None = None
+    owns_store: bool = True
+
+    @classmethod
+    def build(cls, settings: Settings, plan: ServicePlan | None = None, *, store: SqlStore | None = None) -> Services:
+        """Open the store (unless given), compile the mappings and open the delivery queue as ``plan`` says.
+
+        Refuses to build on broken mappings or delivery configuration; nothing is left open then.
+        """
+        plan = plan or ServicePlan()
+        registry = default_registry()
+        opened = store or open_store(settings.store_url)
+        services = cls(
+            settings=settings,
+            store=opened,
+            registry=registry,
+            parser=QueryParser(registry, settings.search.default_count, settings.search.max_count),
+            owns_store=store is None,
+        )
+        try:
+            if plan.ingest:
+                services.ingest = IngestService(
+                    opened, services.parser, MappingRegistry(settings.mappings_dir, settings.sources)
+                )
+            if plan.delivery:
+                services.delivery = _delivery(settings, plan, opened)
+            if plan.scheduler:
+                sections = plan.sections or delivery_sections(settings)
+                services.scheduler = build_scheduler(
+                    sections.destinations,
+                    store=opened,
+                    environ=plan.environ,
+                    clock=plan.scheduler_clock or SystemClock(),
+                    connectors=services.delivery.connectors if services.delivery else {},
+                    only=plan.only,
+                )
+        except BaseException:
+            services.close_now()
+            raise
+        return services
+
+    def require_ingest(self) -> IngestService:
+        """The ingest service, or a 503 ``FhirError`` when this process was built without it."""
+        if self.ingest is None:
+            raise FhirError("ingest is not enabled on this server", status=503, code="not-supported")
+        return self.ingest
+
+    def require_delivery(self) -> DeliveryService:
+        """The delivery service, or a 503 ``FhirError`` when this process was built without it."""
+        if self.delivery is None:
+            raise FhirError("delivery is not running in this process", status=503, code="transient")
+        return self.delivery
+
+    async def start(self) -> None:
+        """Start the background parts: delivery (outbox and worker), then the scheduler."""
+        if self.delivery is not None:
+            await self.delivery.start()
+        if self.scheduler is not None:
+            await self.scheduler.start()
+
+    async def stop(self) -> None:
+        """Stop what ``start`` started and close everything, in reverse order of building."""
+        try:
+            if self.scheduler is not None:
+                await self.scheduler.stop()
+            if self.delivery is not None:
+                # stop() also closes the queue and connectors, started or not.
+                await self.delivery.stop()
+            if self.ingest is not None:
+                await anyio.to_thread.run_sync(self.ingest.close)
+        finally:
+            if self.owns_store:
+                self.store.close()
+
+    def close_now(self) -> None:
+        """Close what needs no event loop (the ingest writer and an owned store): for sync callers."""
+        if self.ingest is not None:
+            self.ingest.close()
+        if self.owns_store:
+            self.store.close()
+
+
+def _delivery(settings: Settings, plan: ServicePlan, store: ResourceStore) -> DeliveryService:
+    sections = plan.sections or delivery_sections(settings)
+    if plan.only:
+        unknown = sorted(set(plan.only) - {d.name for d in sections.destinations})
+        if unknown:
+            raise DeliveryConfigError(f"unknown destination(s): {', '.join(unknown)}")
+    run = sections.delivery.in_process_worker if plan.run_worker is None else plan.run_worker
+    return DeliveryService.create(
+        store=store,
+        queue_url=settings.queue_url,
+        destinations=sections.destinations,
+        settings=sections.delivery,
+        environ=plan.environ,
+        run_worker=run,
+        clock=plan.delivery_clock,
+        only=plan.only,
+    )
+
+
+def build_scheduler(
+    destinations: Sequence[DestinationConfig],
+    *,
+    store: ResourceStore,
+    environ: Mapping[str, str],
+    clock: Clock,
+    connectors: Mapping[str, object],
+    only: Sequence[str] | None = None,
+) -> Scheduler:
+    """The scheduler of every enabled destination's periodic tasks (DHIS2 declares some)."""
+    from gateway.connectors.dhis2.tasks import dhis2_tasks  # only deployments with DHIS2 pay its import
+
+    tasks: list[PeriodicTask] = []
+    closers: list[Callable[[], Awaitable[None]]] = []
+    for destination in destinations:
+        if not destination.enabled or destination.kind != "dhis2" or (only and destination.name not in only):
+            continue
+        group = dhis2_tasks(
+            destination, store=store, environ=environ, clock=clock, connector=connectors.get(destination.name)
+        )
+        tasks += group.periodic()
+        closers.append(group.aclose)
+    return Scheduler(tasks, clock, on_stop=closers)
+
+
+async def run_worker(
+    settings: Settings,
+    sections: DeliverySections,
+    *,
+    environ: Mapping[str, str],
+    only: Sequence[str] | None = None,
+    stop: asyncio.Event | None = None,
+    scheduler: bool = True,
+) -> None:
+    """``gateway worker``: run outbox, workers (and the scheduler) until SIGTERM/SIGINT or ``stop``."""
+    plan = ServicePlan(
+        environ=environ,
+        ingest=False,
+        delivery=True,
+        sections=sections,
+        run_worker=True,
+        scheduler=scheduler,
+        only=tuple(only) if only else None,
+    )
+    services = Services.build(settings, plan)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+    try:
+        await services.start()
+        delivery = services.require_delivery()
+        log.info("delivery worker running for %d destinations", len(delivery.connectors))
+        await stop.wait()
+    finally:
+        await services.stop()
