@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway import __version__
-from gateway.fhir.types import RESOURCE_TYPES
+from gateway.r4.types import RESOURCE_TYPES
 from gateway.search.registry import SearchRegistry
 
 FHIR_VERSION = "4.0.1"

@@ -21,7 +21,10 @@ from pydantic_settings import (
 )
 
 from gateway.delivery.config import DeliverySettings, DestinationConfig
+from gateway.ingest.config import SourceConfig
 from gateway.scheduler import SchedulerSettings
+
+__all__ = ["ConfigFileError", "SearchSettings", "Settings", "SourceConfig", "load_settings", "read_config_file"]
 
 
 class ConfigFileError(ValueError):
@@ -33,24 +36,6 @@ class SearchSettings(BaseModel):
 
     default_count: int = Field(20, ge=1, le=1000)
     max_count: int = Field(1000, ge=1, le=10000)
-
-
-class SourceConfig(BaseModel):
-    """A community-care system that sends records to ``/ingest/{name}``."""
-
-    model_config = {"extra": "forbid"}
-
-    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    kind: str = Field(pattern=r"^(commcare|cht|odk|kobo|json|csv)$")
-    mapping: str
-    quarantine_status: int = Field(202, description="HTTP status for a quarantined record (202 or 422)")
-
-    @field_validator("quarantine_status")
-    @classmethod
-    def _status(cls, value: int) -> int:
-        if value not in (202, 422):
-            raise ValueError("must be 202 or 422")
-        return value
 
 
 class Settings(BaseSettings):

@@ -1,4 +1,4 @@
-"""Generate ``gateway/fhir/data/r4-elements.json`` from the official R4 JSON schema.
+"""Generate ``gateway/r4/data/r4-elements.json`` from the official R4 JSON schema.
 
 Run from the repository root: ``.venv/bin/python -m scripts.gen_r4_elements``.
 
@@ -34,7 +34,7 @@ from typing import Any
 
 from tests.support.npm import R4_EXAMPLES, R4_SCHEMA, package_dir
 
-OUTPUT = Path(__file__).resolve().parents[1] / "gateway" / "fhir" / "data" / "r4-elements.json"
+OUTPUT = Path(__file__).resolve().parents[1] / "gateway" / "r4" / "data" / "r4-elements.json"
 
 _KINDS = {
     "boolean": "boolean",

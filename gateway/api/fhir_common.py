@@ -10,7 +10,7 @@ from starlette.responses import Response
 from gateway.errors import FhirError, invalid, not_found
 from gateway.fhir.interactions import ID_RE
 from gateway.fhir.outcome import informational
-from gateway.fhir.types import RESOURCE_TYPES
+from gateway.r4.types import RESOURCE_TYPES
 from gateway.search.query import MAX_INT_DIGITS
 from gateway.store.base import StoredResource
 

@@ -16,7 +16,7 @@ walks a parsed resource once and reports every such problem as a ``StrictIssue``
 ``required``           a missing mandatory complex element (e.g. ``Observation.code``)
 =====================  ==============================================================
 
-It is driven by ``data/r4-elements.json``, generated from the official R4 JSON schema by
+It is driven by ``gateway/r4/data/r4-elements.json``, generated from the official R4 JSON schema by
 ``scripts/gen_r4_elements.py``. Deliberate departures from that schema, each because the
 schema is narrower than the FHIR JSON rules:
 
@@ -85,7 +85,7 @@ class ComplexType:
 
 
 class StrictChecker:
-    """Checks parsed FHIR R4 JSON against an element table (see ``data/r4-elements.json``)."""
+    """Checks parsed FHIR R4 JSON against an element table (see ``gateway/r4/data/r4-elements.json``)."""
 
     def __init__(self, table: dict[str, Any]) -> None:
         resource_names = set(table["resources"])
@@ -385,7 +385,7 @@ def _expected_object(value: Any) -> str:
 @cache
 def default_checker() -> StrictChecker:
     """The checker for FHIR R4 built from the bundled element table (loaded on first use)."""
-    text = resources.files("gateway.fhir").joinpath("data", _DATA_FILE).read_text(encoding="utf-8")
+    text = resources.files("gateway.r4").joinpath("data", _DATA_FILE).read_text(encoding="utf-8")
     return StrictChecker(json.loads(text))
 
 

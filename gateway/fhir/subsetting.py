@@ -11,7 +11,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from gateway.fhir.types import R4_ONLY_TYPES
+from gateway.r4.types import R4_ONLY_TYPES
 
 SUBSETTED = {
     "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
@@ -39,7 +39,7 @@ def summary_elements(rtype: str) -> frozenset[str]:
 
 @cache
 def _element_table() -> dict[str, Any]:
-    text = resources.files("gateway.fhir").joinpath("data", "r4-elements.json").read_text(encoding="utf-8")
+    text = resources.files("gateway.r4").joinpath("data", "r4-elements.json").read_text(encoding="utf-8")
     types: dict[str, Any] = json.loads(text)["types"]
     return types
 

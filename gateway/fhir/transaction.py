@@ -26,8 +26,8 @@ import orjson
 from gateway.errors import FhirError, GatewayError, invalid, not_found
 from gateway.fhir import interactions
 from gateway.fhir.outcome import outcome_of
-from gateway.fhir.types import RESOURCE_TYPES
 from gateway.fhir.validate import validate_resource
+from gateway.r4.types import RESOURCE_TYPES
 from gateway.search.dates import format_instant
 from gateway.search.query import MAX_INT_DIGITS, QueryParser, SearchError
 from gateway.store.base import ResourceStore, StoredResource, StoreTransaction

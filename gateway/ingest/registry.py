@@ -11,8 +11,8 @@ import threading
 from pathlib import Path
 
 from gateway.errors import FhirError
+from gateway.ingest.config import SourceConfig
 from gateway.mapping import LoadIssue, MappingSet, load_mappings
-from gateway.settings import SourceConfig
 
 __all__ = ["IngestConfigError", "MappingRegistry"]
 

@@ -190,7 +190,7 @@ def _plain_field(name: str) -> Step:
 @cache
 def choice_elements() -> frozenset[str]:
     """Names of the R4 choice elements (``value[x]``, ``effective[x]``, …) of any type."""
-    text = resources.files("gateway.fhir").joinpath("data/r4-elements.json").read_text("utf-8")
+    text = resources.files("gateway.r4").joinpath("data/r4-elements.json").read_text("utf-8")
     types = json.loads(text)["types"]
     return frozenset(name for spec in types.values() for name in spec.get("c", ()))
 

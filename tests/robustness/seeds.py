@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from gateway.fhir.types import RESOURCE_TYPES
+from gateway.r4.types import RESOURCE_TYPES
 from gateway.search.registry import default_registry
 
 # Fixture resources every fuzzed gateway holds, so references, conditional references,
