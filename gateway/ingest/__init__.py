@@ -6,19 +6,8 @@ Usage (what ``POST /ingest/{source}`` does)::
     report = service.ingest("cht", records)   # IngestReport, one RecordResult per record
 """
 
-from __future__ import annotations
+import lazy_loader
 
-from gateway.ingest.body import ReceivedRecord, split_body
-from gateway.ingest.registry import IngestConfigError, MappingRegistry
-from gateway.ingest.service import IngestReport, IngestService, RecordResult, WrittenResource
-
-__all__ = [
-    "IngestConfigError",
-    "IngestReport",
-    "IngestService",
-    "MappingRegistry",
-    "ReceivedRecord",
-    "RecordResult",
-    "WrittenResource",
-    "split_body",
-]
+# The names below load on first use, so importing one submodule does not import the rest;
+# ``__init__.pyi`` lists them for type checkers and is the one list to edit.
+__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)

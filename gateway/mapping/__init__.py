@@ -9,22 +9,8 @@ Usage::
 errors callers need to handle; see ``errors.py``.
 """
 
-from __future__ import annotations
+import lazy_loader
 
-from gateway.mapping.engine import MAPPING_TAG_SYSTEM, CompiledMapping, MappingSet
-from gateway.mapping.errors import LoadIssue, MappingError, MappingLoadError, to_operation_outcome
-from gateway.mapping.loader import LoadedMappings, load_mapping_sets, load_mappings, validate_mappings
-
-__all__ = [
-    "MAPPING_TAG_SYSTEM",
-    "CompiledMapping",
-    "LoadIssue",
-    "LoadedMappings",
-    "MappingError",
-    "MappingLoadError",
-    "MappingSet",
-    "load_mapping_sets",
-    "load_mappings",
-    "to_operation_outcome",
-    "validate_mappings",
-]
+# The names below load on first use, so importing one submodule does not import the rest;
+# ``__init__.pyi`` lists them for type checkers and is the one list to edit.
+__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)

@@ -1,0 +1,10 @@
+"""Typed surface of ``gateway.ingest`` (loaded lazily by ``__init__.py``)."""
+
+from .body import ReceivedRecord as ReceivedRecord
+from .body import split_body as split_body
+from .registry import IngestConfigError as IngestConfigError
+from .registry import MappingRegistry as MappingRegistry
+from .service import IngestReport as IngestReport
+from .service import IngestService as IngestService
+from .service import RecordResult as RecordResult
+from .service import WrittenResource as WrittenResource
