@@ -24,10 +24,10 @@ from typing import Any
 
 import httpx
 import orjson
+from gateway.connectors.dhis2.client import Dhis2Client
 from pydantic import SecretStr
 
 from gateway.connectors.base import Job, Success
-from gateway.connectors.dhis2.client import Dhis2Client
 from gateway.connectors.dhis2.config import Dhis2Options
 from gateway.connectors.dhis2.connector import Dhis2Connector
 from gateway.connectors.dhis2.metadata import pull_metadata
@@ -147,7 +147,7 @@ async def _run(base_url: str) -> list[Result]:
 def main() -> int:
     """Start the sandbox, run the scenarios, print the table."""
     port = _free_port()
-    code = "from gateway.sandbox.cli import sandbox_app; sandbox_app()"
+    code = "from gateway.cli.sandbox import sandbox_app; sandbox_app()"
     process = subprocess.Popen(
         [sys.executable, "-c", code, "dhis2", "--port", str(port)],
         stdout=subprocess.DEVNULL,

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from gateway.delivery.cli import parse_when, queue_app
+from gateway.cli.queue import parse_when, queue_app
 from gateway.delivery.clock import SystemClock
 from gateway.delivery.queue import Bury, DeadLetterFilter
 from gateway.delivery.sqlite_queue import SQLiteQueue

@@ -45,7 +45,7 @@ def start_worker(config: Path, destinations: Path, log: Path) -> subprocess.Pope
             [
                 sys.executable,
                 "-m",
-                "gateway.delivery.worker_main",
+                "gateway.cli.worker",
                 "--config",
                 str(config),
                 "--destinations",

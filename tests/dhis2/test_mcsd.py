@@ -8,7 +8,7 @@ from pathlib import Path
 from fhir.resources.R4B import get_fhir_model_class
 from typer.testing import CliRunner
 
-from gateway.connectors.dhis2.cli import dhis2_app
+from gateway.cli.dhis2 import dhis2_app
 from gateway.connectors.dhis2.mapping_spec import OrgUnitTable
 from gateway.connectors.dhis2.mcsd import org_units_to_fhir, resource_id, sync_org_units
 from gateway.connectors.dhis2.orgunits import ORG_UNIT_SYSTEM, OrgUnitResolver

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from gateway.cli.quarantine import quarantine_app
 from gateway.ingest import IngestService, MappingRegistry, split_body
-from gateway.ingest.cli import quarantine_app
 from gateway.search.query import QueryParser
 from gateway.search.registry import default_registry
 from gateway.store import open_store

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from gateway.mapping.cli import mappings_app
+from gateway.cli.mappings import mappings_app
 
 MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
 runner = CliRunner()

@@ -10,7 +10,7 @@ import time
 import httpx
 from typer.testing import CliRunner
 
-from gateway.sandbox.cli import sandbox_app
+from gateway.cli.sandbox import sandbox_app
 
 
 def test_help_lists_the_dhis2_command() -> None:
@@ -22,7 +22,7 @@ def test_the_command_serves_until_terminated() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    code = "from gateway.sandbox.cli import sandbox_app; sandbox_app()"
+    code = "from gateway.cli.sandbox import sandbox_app; sandbox_app()"
     process = subprocess.Popen(
         [sys.executable, "-c", code, "dhis2", "--port", str(port), "--version", "2.42.1"],
         stdout=subprocess.PIPE,

@@ -1,9 +1,8 @@
-"""The ``gateway`` command line.
+"""The ``gateway`` root command: ``serve``, ``clients``, ``config``, ``conformance``, and the groups
+of the other modules of this package mounted under it.
 
 Every command builds one ``Settings`` from the environment and an optional YAML file
-(``--config`` or ``GATEWAY_CONFIG``) and hands it down. Exit codes: 0 success; 1 the
-command ran but found problems; 2 bad usage or configuration, with a one-line reason
-on stderr.
+(``--config`` or ``GATEWAY_CONFIG``) and hands it down (``gateway.cli.common``).
 """
 
 from __future__ import annotations
@@ -12,13 +11,19 @@ import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
-from urllib.parse import urlsplit, urlunsplit
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic import ValidationError
 
-from gateway.settings import ConfigFileError, Settings, load_settings
+from gateway.cli.common import ConfigOption, fail, mask_url, settings_from
+from gateway.cli.dhis2 import dhis2_app
+from gateway.cli.mappings import mappings_app
+from gateway.cli.quarantine import quarantine_app
+from gateway.cli.queue import queue_app, worker_command
+from gateway.cli.sandbox import sandbox_app
+
+if TYPE_CHECKING:
+    from gateway.settings import Settings
 
 app = typer.Typer(help="FHIR interoperability gateway for community health programs.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -28,49 +33,12 @@ conformance_app = typer.Typer(help="FHIR conformance checks.", no_args_is_help=T
 app.add_typer(clients_app, name="clients")
 app.add_typer(config_app, name="config")
 app.add_typer(conformance_app, name="conformance")
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", envvar="GATEWAY_CONFIG", help="YAML config file", dir_okay=False),
-]
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    """Print a one-line reason on stderr and exit."""
-    typer.echo(f"gateway: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def settings_from(config: Path | None, **overrides: Any) -> Settings:
-    """Load settings or exit with a message naming the file, line or field."""
-    try:
-        return load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
-    except ConfigFileError as exc:
-        fail(str(exc))
-    except ValidationError as exc:
-        fail(describe_validation_error(exc, config))
-
-
-def describe_validation_error(exc: ValidationError, config: Path | None) -> str:
-    """``store_url (GATEWAY_STORE_URL): must start with …`` for the first problem, plus a count."""
-    errors = exc.errors(include_url=False, include_input=False)
-    first = errors[0]
-    field = ".".join(str(p) for p in first.get("loc", ()))
-    env = "GATEWAY_" + "__".join(str(p).upper() for p in first.get("loc", ()) if not isinstance(p, int))
-    message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
-    where = f" in {config}" if config else ""
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"invalid setting {field} ({env}){where}: {message}{more}"
-
-
-def mask_url(url: str) -> str:
-    """Hide the password in a URL."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
-
+app.add_typer(mappings_app, name="mappings")
+app.add_typer(quarantine_app, name="quarantine")
+app.add_typer(sandbox_app, name="sandbox")
+app.add_typer(dhis2_app, name="dhis2")
+app.add_typer(queue_app, name="queue")
+app.command("worker", help="Run delivery workers as their own process.")(worker_command)
 
 DEV_CONFIG = Path("deploy/dev.yaml")
 SANDBOX_PORT = 8081
@@ -232,24 +200,7 @@ def conformance_run(
 
 def main() -> None:
     """Console-script entry point."""
-    _mount_optional()
     app(prog_name="gateway")
-
-
-def _mount_optional() -> None:
-    """Sub-commands of the mapping, ingest, delivery and DHIS2 packages (imported only when the CLI runs)."""
-    from gateway.connectors.dhis2.cli import dhis2_app
-    from gateway.delivery.cli import queue_app, worker_command
-    from gateway.ingest.cli import quarantine_app
-    from gateway.mapping.cli import mappings_app
-    from gateway.sandbox.cli import sandbox_app
-
-    app.add_typer(mappings_app, name="mappings")
-    app.add_typer(quarantine_app, name="quarantine")
-    app.add_typer(sandbox_app, name="sandbox")
-    app.add_typer(dhis2_app, name="dhis2")
-    app.add_typer(queue_app, name="queue")
-    app.command("worker", help="Run delivery workers as their own process.")(worker_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,14 +10,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import orjson
 import typer
 
-from gateway.errors import FhirError
-from gateway.ingest.registry import IngestConfigError, MappingRegistry
-from gateway.ingest.service import IngestService, RecordResult
+from gateway.cli.common import ConfigOption, fail, settings_from
+
+if TYPE_CHECKING:
+    from gateway.ingest import IngestService, RecordResult
 
 __all__ = ["quarantine_app"]
 
@@ -28,33 +28,18 @@ quarantine_app = typer.Typer(
 
 @contextmanager
 def _service(config: Path | None) -> Iterator[IngestService]:
-    from gateway.cli import settings_from  # the CLI's one way to build Settings
-    from gateway.search.query import QueryParser
-    from gateway.search.registry import default_registry
-    from gateway.store import open_store
+    from gateway.ingest import IngestConfigError
+    from gateway.services import ServicePlan, Services
 
     settings = settings_from(config)
     try:
-        registry = MappingRegistry(settings.mappings_dir, settings.sources)
+        services = Services.build(settings, ServicePlan(ingest=True))
     except IngestConfigError as exc:
-        typer.echo(f"gateway: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    store = open_store(settings.store_url)
+        fail(str(exc))
     try:
-        parser = QueryParser(default_registry(), settings.search.default_count, settings.search.max_count)
-        service = IngestService(store, parser, registry)
-        try:
-            yield service
-        finally:
-            service.close()
+        yield services.require_ingest()
     finally:
-        store.close()
-
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", envvar="GATEWAY_CONFIG", help="YAML config file", dir_okay=False),
-]
+        services.close_now()
 
 
 def _echo_result(result: RecordResult) -> None:
@@ -74,6 +59,8 @@ def list_records(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
 ) -> None:
     """List quarantined records, oldest first, with the reason each failed."""
+    import orjson
+
     with _service(config) as service:
         found = service.store.quarantine_list(
             source=source, status=None if status == "all" else status, limit=limit
@@ -111,6 +98,9 @@ def replay(
     source: Annotated[str | None, typer.Option(help="With --all: only this source.")] = None,
 ) -> None:
     """Run held records again with the mapping files as they are now."""
+    from gateway.errors import FhirError
+    from gateway.ingest import RecordResult
+
     if bool(ids) == all_held:
         typer.echo("gateway: give quarantine ids or --all", err=True)
         raise typer.Exit(2)
@@ -141,6 +131,8 @@ def discard(
     config: ConfigOption = None,
 ) -> None:
     """Mark held records discarded (they are kept, not deleted)."""
+    from gateway.errors import FhirError
+
     with _service(config) as service:
         for qid in ids:
             try:

@@ -1,4 +1,4 @@
-"""``python -m gateway.delivery.worker_main``: the same command as ``gateway worker``.
+"""``python -m gateway.cli.worker``: the same command as ``gateway worker``.
 
 A standalone entry point for process supervisors and tests (it needs no other CLI wiring).
 """
@@ -9,7 +9,7 @@ import logging
 
 import typer
 
-from gateway.delivery.cli import worker_command
+from gateway.cli.queue import worker_command
 
 
 def main() -> None:

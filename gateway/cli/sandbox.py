@@ -2,7 +2,7 @@
 
     gateway sandbox dhis2 --port 8081 --state ./dhis2-sandbox --error-rate 0.1
 
-The lead mounts ``sandbox_app`` as the ``sandbox`` sub-command of the gateway CLI.
+``gateway.cli.main`` mounts ``sandbox_app`` as the ``sandbox`` sub-command.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
-from gateway.sandbox.dhis2 import DEFAULT_TOKEN, FaultConfig, SandboxSettings, create_sandbox_app, serve
 
 __all__ = ["sandbox_app"]
 
@@ -42,6 +40,8 @@ def dhis2(
     metadata: Annotated[Path | None, typer.Option(help="metadata JSON instead of the demo set")] = None,
 ) -> None:
     """Serve the DHIS2 sandbox (demo CHW metadata, tracker and aggregate imports)."""
+    from gateway.sandbox.dhis2 import DEFAULT_TOKEN, FaultConfig, SandboxSettings, create_sandbox_app, serve
+
     faults = FaultConfig(
         latency_ms=latency_ms,
         error_rate=error_rate,

@@ -13,16 +13,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import orjson
 import typer
 
-from gateway.mapping.coverage import mapping_coverage
-from gateway.mapping.engine import MappingSet
-from gateway.mapping.golden import fhir_problems, find_cases, map_outcome, run_case
-from gateway.mapping.inputs import InputError, read_records
-from gateway.mapping.loader import LoadedMappings, load_mappings
+if TYPE_CHECKING:
+    from gateway.mapping import LoadedMappings, MappingSet
 
 __all__ = ["mappings_app"]
 
@@ -42,6 +38,8 @@ SetsArgument = Annotated[
 
 
 def _load(root: Path) -> LoadedMappings:
+    from gateway.mapping import load_mappings
+
     loaded = load_mappings(root)
     if loaded.issues:
         for issue in loaded.issues:
@@ -77,6 +75,11 @@ def run(
     root: DirOption = Path("mappings"),
 ) -> None:
     """Dry run: print the transaction Bundle(s) a record file produces; nothing is stored."""
+    import orjson
+
+    from gateway.mapping.golden import fhir_problems, map_outcome
+    from gateway.mapping.inputs import InputError, read_records
+
     loaded = _load(root)
     (selected,) = _pick(loaded, [mapping_set])
     try:
@@ -104,6 +107,8 @@ def test(
     update: Annotated[bool, typer.Option("--update", help="Rewrite expected files from the output.")] = False,
 ) -> None:
     """Run the golden tests in <set>/tests/ (input + expected Bundle per case)."""
+    from gateway.mapping.golden import find_cases, run_case
+
     loaded = _load(root)
     failures = 0
     total = 0
@@ -124,6 +129,8 @@ def test(
 @mappings_app.command()
 def coverage(sets: SetsArgument = None, root: DirOption = Path("mappings")) -> None:
     """Report source fields no rule reads and rules that never fired on the golden inputs."""
+    from gateway.mapping.coverage import mapping_coverage
+
     loaded = _load(root)
     for mapping_set in _pick(loaded, sets):
         for report in mapping_coverage(loaded, mapping_set):

@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import orjson
 import typer
@@ -31,6 +31,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from gateway.cli.common import ConfigOption, fail
 from gateway.delivery.admin import DeliveryAdmin, dead_letter_detail, dead_letter_summary
 from gateway.delivery.config import DeliveryConfigError
 from gateway.delivery.policy import parse_duration
@@ -42,10 +43,6 @@ T = TypeVar("T")
 
 queue_app = typer.Typer(help="The delivery queue: status, dead letters, replay.", no_args_is_help=True)
 
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", envvar="GATEWAY_CONFIG", help="YAML config file", dir_okay=False),
-]
 DestinationsOption = Annotated[
     Path | None,
     typer.Option("--destinations", help="YAML file with destinations/delivery sections", dir_okay=False),
@@ -57,11 +54,6 @@ SinceFilter = Annotated[str | None, typer.Option("--since", help="ISO time, or a
 UntilFilter = Annotated[str | None, typer.Option("--until", help="ISO time, or an age like 1h")]
 
 
-def _fail(message: str, code: int = 2) -> NoReturn:
-    typer.echo(f"gateway: {message}", err=True)
-    raise typer.Exit(code)
-
-
 def _load(config: Path | None, destinations: Path | None) -> tuple[Any, DeliverySections]:
     from gateway.settings import ConfigFileError, load_settings
 
@@ -69,10 +61,10 @@ def _load(config: Path | None, destinations: Path | None) -> tuple[Any, Delivery
         settings = load_settings(config)
         return settings, delivery_sections(settings, destinations)
     except (ConfigFileError, DeliveryConfigError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except ValidationError as exc:
         first = exc.errors(include_url=False, include_input=False)[0]
-        _fail(f"{'.'.join(str(p) for p in first.get('loc', ()))}: {first.get('msg', 'invalid')}")
+        fail(f"{'.'.join(str(p) for p in first.get('loc', ()))}: {first.get('msg', 'invalid')}")
 
 
 def _with_admin(
@@ -90,9 +82,9 @@ def _with_admin(
     try:
         return asyncio.run(run())
     except GatewayError as exc:
-        _fail(exc.diagnostics, 1)
+        fail(exc.diagnostics, 1)
     except QueueError as exc:
-        _fail(str(exc), 1)
+        fail(str(exc), 1)
 
 
 def parse_when(value: str | None, *, now: float | None = None) -> float | None:
@@ -104,7 +96,7 @@ def parse_when(value: str | None, *, now: float | None = None) -> float | None:
     try:
         when = datetime.fromisoformat(value)
     except ValueError:
-        _fail(f"not a time: {value!r} (use ISO 8601 or an age like 24h)")
+        fail(f"not a time: {value!r} (use ISO 8601 or an age like 24h)")
     if when.tzinfo is None:
         when = when.astimezone()
     return when.timestamp()
@@ -224,12 +216,12 @@ def replay(
     filtered = any(v is not None for v in (destination, reason, since, until))
     if job_id is not None:
         if filtered or all_:
-            _fail("give a dead letter id, or filters, or --all; not several")
+            fail("give a dead letter id, or filters, or --all; not several")
         _with_admin(config, destinations, lambda admin: admin.replay(job_id))
         typer.echo(f"replayed {job_id}")
         return
     if not filtered and not all_:
-        _fail("say what to replay: an id, --destination/--reason/--since/--until, or --all")
+        fail("say what to replay: an id, --destination/--reason/--since/--until, or --all")
     where = _filter(destination, reason, since, until)
     count = _bulk(
         "replaying",
@@ -253,7 +245,7 @@ def purge(
 ) -> None:
     """Delete dead letters and their payloads for good (needs --yes)."""
     if not yes:
-        _fail("purging deletes dead letters and their payloads; add --yes to confirm")
+        fail("purging deletes dead letters and their payloads; add --yes to confirm")
     where = _filter(destination, reason, since, until)
     count = _bulk(
         "purging", lambda admin, w, p: admin.purge_matching(w, progress=p), where, config, destinations
@@ -305,4 +297,4 @@ def worker_command(
             )
         )
     except DeliveryConfigError as exc:
-        _fail(str(exc))
+        fail(str(exc))
