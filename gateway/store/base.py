@@ -26,6 +26,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
+from gateway.search.extract import IndexRows
+
 
 class ChangeOp(StrEnum):
     """What a change-feed entry did to its resource."""
@@ -106,6 +108,17 @@ class QuarantinedRecord:
     status: str  # held | replayed | discarded
     attempts: int
     updated: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedWrite:
+    """The CPU work of writing one resource, done before the transaction (``ResourceStore.prepare``)."""
+
+    rtype: str
+    id: str
+    body: dict[str, Any]  # the stored JSON without meta.versionId/lastUpdated
+    chash: str
+    rows: IndexRows
 
 
 class VersionConflict(Exception):

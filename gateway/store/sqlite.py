@@ -74,7 +74,7 @@ class SQLiteStore(SqlStore):
         finally:
             cur.close()
 
-    def _reserve_row_ids(self, cur: Cursor, count: int, after: int) -> list[int]:
+    def reserve_row_ids(self, cur: Cursor, count: int, after: int) -> list[int]:
         """The next ids after the largest ever used (``AUTOINCREMENT`` never reuses one)."""
         cur.execute(
             "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'resources'), 0),"
