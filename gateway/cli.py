@@ -12,13 +12,16 @@ import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 import typer
 from pydantic import ValidationError
 
 from gateway.settings import ConfigFileError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from gateway.store import ClientRegistry
 
 app = typer.Typer(help="FHIR interoperability gateway for community health programs.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -116,7 +119,7 @@ def serve(
             sandbox.wait(10)
 
 
-def _print_dev_token(store: Any, settings: Settings) -> None:
+def _print_dev_token(store: ClientRegistry, settings: Settings) -> None:
     token = _create_client(store, "dev-admin", ["system/*.cruds", "admin", "ingest:*"])
     base = f"http://{settings.host}:{settings.port}"
     typer.echo("\nAdmin token for this run (scopes system/*.cruds admin ingest:*):\n")
@@ -154,7 +157,7 @@ def _start_dev_sandbox() -> Any:
     fail("the DHIS2 sandbox did not start within 30 s")
 
 
-def _create_client(store: Any, name: str, scopes: list[str]) -> str:
+def _create_client(store: ClientRegistry, name: str, scopes: list[str]) -> str:
     from gateway.auth import hash_token, new_token
     from gateway.store import ApiClient
 

@@ -30,8 +30,7 @@ from gateway.ingest import ingest_hook
 from gateway.search.query import QueryParser
 from gateway.search.registry import default_registry
 from gateway.settings import Settings
-from gateway.store import open_store
-from gateway.store.sql import SqlStore
+from gateway.store import Store, open_store
 
 from . import admin_delivery, admin_quarantine, fhir_read, fhir_write, health, ingest
 from .auth import Authenticator
@@ -45,7 +44,7 @@ Hook = Callable[[FastAPI, AppContext], Awaitable[Callable[[], Awaitable[None]] |
 _HTTP_CODES = {404: "not-found", 405: "not-supported", 401: "login", 403: "forbidden", 413: "too-costly"}
 
 
-def build_context(settings: Settings, store: SqlStore | None = None) -> AppContext:
+def build_context(settings: Settings, store: Store | None = None) -> AppContext:
     """Open the store and build everything request handlers share."""
     registry = default_registry()
     store = store or open_store(settings.store_url)
@@ -60,7 +59,7 @@ def build_context(settings: Settings, store: SqlStore | None = None) -> AppConte
     )
 
 
-def create_app(settings: Settings, *, store: SqlStore | None = None, hooks: list[Hook] | None = None) -> FastAPI:
+def create_app(settings: Settings, *, store: Store | None = None, hooks: list[Hook] | None = None) -> FastAPI:
     """Build the gateway app; ``hooks`` start extra services (workers) in the lifespan."""
 
     @asynccontextmanager

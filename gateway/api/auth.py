@@ -11,7 +11,7 @@ from starlette.requests import Request
 from gateway.auth.scopes import Principal
 from gateway.auth.tokens import hash_token
 from gateway.errors import FhirError
-from gateway.store.sql import SqlStore
+from gateway.store import ClientRegistry
 
 _CACHE_SECONDS = 30.0
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="chw-gateway"'}
@@ -20,7 +20,7 @@ _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="chw-gateway"'}
 class Authenticator:
     """Resolves ``Authorization: Bearer`` tokens to principals, with a short cache."""
 
-    def __init__(self, store: SqlStore, admin_token: str | None = None) -> None:
+    def __init__(self, store: ClientRegistry, admin_token: str | None = None) -> None:
         self.store = store
         self._admin_hash = hash_token(admin_token) if admin_token else None
         self._cache: dict[str, tuple[float, Principal | None]] = {}

@@ -61,6 +61,7 @@ class PostgresStore(SqlStore):
     """The resource store in a PostgreSQL database."""
 
     dialect = "postgresql"
+    inline_reads = False  # a read waits on the server: it must not stall the event loop
     row_locks = True
 
     def __init__(self, url: str, registry: SearchRegistry | None = None, max_connections: int = 10) -> None:

@@ -1,9 +1,9 @@
 """``SqlStore``: the resource store logic shared by the SQLite and PostgreSQL backends.
 
 Subclasses provide connections, the dialect name, placeholder style, the few
-statements that differ and what their database allows (``row_locks``); everything else
-(versioning, change feed, index maintenance, search, history, clients, quarantine) is
-written once here against DB-API cursors.
+statements that differ and what their database allows (``inline_reads``, ``row_locks``);
+everything else (versioning, change feed, index maintenance, search, history, clients,
+quarantine) is written once here against DB-API cursors.
 """
 
 from __future__ import annotations
@@ -40,12 +40,15 @@ _IDS_PER_QUERY = 500
 
 
 class SqlStore:
-    """Shared implementation of ``ResourceStore`` over a DB-API database.
+    """Shared implementation of ``Store`` (all the store protocols) over a DB-API database.
 
     It is also the ``SqlBackend`` its transactions write through.
     """
 
     dialect = "sqlite"
+    #: ``Store.inline_reads``: off unless a backend knows its reads are that cheap (a worker
+    #: thread is always safe).
+    inline_reads = False
     #: ``SqlBackend.row_locks``: off unless the backend's SQL has ``FOR UPDATE``.
     row_locks = False
 

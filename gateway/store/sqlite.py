@@ -25,6 +25,9 @@ class SQLiteStore(SqlStore):
     """The resource store in a local SQLite file."""
 
     dialect = "sqlite"
+    # A read of the local file (in the page cache) takes microseconds, less than the hop to a
+    # worker thread would cost, so the API runs reads inline.
+    inline_reads = True
 
     def __init__(self, path: str | Path, registry: SearchRegistry | None = None, synchronous: str = "FULL") -> None:
         super().__init__(registry)

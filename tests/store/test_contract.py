@@ -220,6 +220,7 @@ def test_an_older_sqlite_database_is_upgraded(tmp_path: Path) -> None:
     conn.close()
     store = open_store(f"sqlite:///{path}")
     try:
+        assert isinstance(store, SqlStore)  # schema_version is the SQL store's, not the Store protocol's
         assert store.schema_version() == LATEST
         store.quarantine_add("x", b"{}", "application/json", {"resourceType": "OperationOutcome", "issue": []})
     finally:
