@@ -24,10 +24,10 @@ from typing import Any
 
 import httpx
 import orjson
-from gateway.connectors.dhis2.client import Dhis2Client
 from pydantic import SecretStr
 
 from gateway.connectors.base import Job, Success
+from gateway.connectors.dhis2.client import Dhis2Client
 from gateway.connectors.dhis2.config import Dhis2Options
 from gateway.connectors.dhis2.connector import Dhis2Connector
 from gateway.connectors.dhis2.metadata import pull_metadata

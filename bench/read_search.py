@@ -30,7 +30,7 @@ from gateway.auth import hash_token, new_token
 from gateway.fhir import bundles
 from gateway.search.query import QueryParser
 from gateway.search.registry import default_registry
-from gateway.store import ApiClient, open_store
+from gateway.store import ApiClient, ResourceStore, open_store
 from gateway.store.sql import SqlStore
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -98,7 +98,7 @@ def bench_reads(workdir: Path, total: int, concurrency: int, rounds: int) -> lis
     return rows
 
 
-def load_observations(store: SqlStore, count: int, patients: int) -> list[str]:
+def load_observations(store: ResourceStore, count: int, patients: int) -> list[str]:
     rng = random.Random(7)
     patient_ids = [str(uuid.uuid4()) for _ in range(patients)]
     start = datetime(2024, 1, 1, tzinfo=UTC)
@@ -138,7 +138,7 @@ def search_queries(patient_ids: list[str], rng: random.Random) -> dict[str, list
     }
 
 
-def bench_search(store: SqlStore, patient_ids: list[str], rounds: int) -> dict[str, tuple[float, float]]:
+def bench_search(store: ResourceStore, patient_ids: list[str], rounds: int) -> dict[str, tuple[float, float]]:
     parser = QueryParser(default_registry(), 20, 1000)
     rng = random.Random(11)
     timings: dict[str, list[float]] = {}
@@ -191,6 +191,7 @@ def main() -> None:
                     # now so the numbers are those of a database in its steady state.
                     conn.execute("VACUUM ANALYZE")
             else:
+                assert isinstance(store, SqlStore)  # ANALYZE on the store's own connection
                 with store.transaction() as tx:
                     tx.cur.execute("ANALYZE")
             results[label] = bench_search(store, patient_ids, args.rounds)

@@ -36,9 +36,7 @@ from gateway.scheduler import PeriodicTask, Scheduler
 from gateway.search.query import QueryParser
 from gateway.search.registry import SearchRegistry, default_registry
 from gateway.settings import Settings
-from gateway.store import open_store
-from gateway.store.base import ResourceStore
-from gateway.store.sql import SqlStore
+from gateway.store import ResourceStore, Store, open_store
 
 __all__ = ["ServicePlan", "Services", "build_scheduler", "run_worker"]
 
@@ -78,7 +76,7 @@ class Services:
     """The long-lived objects of one process; build with ``Services.build``."""
 
     settings: Settings
-    store: SqlStore
+    store: Store
     registry: SearchRegistry
     parser: QueryParser
     ingest: IngestService | None = None
@@ -87,7 +85,7 @@ class Services:
     owns_store: bool = True
 
     @classmethod
-    def build(cls, settings: Settings, plan: ServicePlan | None = None, *, store: SqlStore | None = None) -> Services:
+    def build(cls, settings: Settings, plan: ServicePlan | None = None, *, store: Store | None = None) -> Services:
         """Open the store (unless given), compile the mappings and open the delivery queue as ``plan`` says.
 
         Refuses to build on broken mappings or delivery configuration; nothing is left open then.
@@ -165,7 +163,7 @@ class Services:
             self.store.close()
 
 
-def _delivery(settings: Settings, plan: ServicePlan, store: ResourceStore) -> DeliveryService:
+def _delivery(settings: Settings, plan: ServicePlan, store: Store) -> DeliveryService:
     sections = plan.sections or delivery_sections(settings)
     if plan.only:
         unknown = sorted(set(plan.only) - {d.name for d in sections.destinations})

@@ -15,8 +15,7 @@ import pytest
 from gateway.api.app import create_app
 from gateway.auth import hash_token, new_token
 from gateway.settings import Settings
-from gateway.store import ApiClient, open_store
-from gateway.store.sql import SqlStore
+from gateway.store import ApiClient, ClientRegistry, Store, open_store
 
 # The machine's PostgreSQL (scripts/services.sh makes sure it runs); tests never skip it.
 PG_URL = os.environ.get("GATEWAY_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -41,7 +40,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def store(store_url: str) -> Iterator[SqlStore]:
+def store(store_url: str) -> Iterator[Store]:
     """An open, migrated store on each backend."""
     opened = open_store(store_url)
     yield opened
@@ -49,14 +48,14 @@ def store(store_url: str) -> Iterator[SqlStore]:
 
 
 @pytest.fixture
-def sqlite_store(tmp_path: Path) -> Iterator[SqlStore]:
+def sqlite_store(tmp_path: Path) -> Iterator[Store]:
     """An open SQLite store."""
     opened = open_store(f"sqlite:///{tmp_path}/store.db")
     yield opened
     opened.close()
 
 
-def make_token(store: SqlStore, scopes: tuple[str, ...], name: str | None = None) -> str:
+def make_token(store: ClientRegistry, scopes: tuple[str, ...], name: str | None = None) -> str:
     """Register a client with these scopes and return its bearer token."""
     token = new_token()
     client = ApiClient(name or f"c-{uuid.uuid4().hex[:8]}", scopes, datetime.now(UTC))
@@ -88,7 +87,7 @@ async def api(settings: Settings) -> AsyncIterator[ApiHarness]:
 class ApiHarness:
     """Clients for one in-process app."""
 
-    def __init__(self, app: object, store: SqlStore) -> None:
+    def __init__(self, app: object, store: Store) -> None:
         self.app = app
         self.store = store
         self._clients: list[httpx.AsyncClient] = []

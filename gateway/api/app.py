@@ -29,7 +29,7 @@ from gateway.fhir.outcome import operation_outcome
 from gateway.heap import settle_heap
 from gateway.services import ServicePlan, Services
 from gateway.settings import Settings
-from gateway.store.sql import SqlStore
+from gateway.store import Store
 
 from . import admin_delivery, admin_quarantine, fhir_read, fhir_write, health, ingest
 from .context import AppContext
@@ -47,7 +47,7 @@ def build_context(services: Services) -> AppContext:
     return AppContext.of(services, Authenticator(services.store, admin), capability)
 
 
-def create_app(settings: Settings, *, store: SqlStore | None = None, plan: ServicePlan | None = None) -> FastAPI:
+def create_app(settings: Settings, *, store: Store | None = None, plan: ServicePlan | None = None) -> FastAPI:
     """Build the gateway app; ``plan`` says which services run beside the API (default: ingest only).
 
     The lifespan builds the process's ``Services`` (opening ``store`` unless given, which the

@@ -17,7 +17,7 @@ from gateway.search.query import QueryParser
 from gateway.search.registry import SearchRegistry
 from gateway.services import Services
 from gateway.settings import Settings
-from gateway.store.sql import SqlStore
+from gateway.store import Store
 
 T = TypeVar("T")
 
@@ -32,7 +32,7 @@ class AppContext:
 
     services: Services
     settings: Settings
-    store: SqlStore
+    store: Store
     registry: SearchRegistry
     parser: QueryParser
     auth: Authenticator
@@ -68,8 +68,8 @@ class AppContext:
         return cached
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a read-only store call: inline on SQLite (microseconds), on a thread otherwise."""
-        if self.store.dialect == "sqlite":
+        """Run a read-only store call: inline where the store says reads are that cheap, else on a thread."""
+        if self.store.inline_reads:
             return fn(*args)
         return await anyio.to_thread.run_sync(partial(fn, *args))
 

@@ -11,7 +11,7 @@ from gateway.auth.tokens import hash_token
 from gateway.errors import FhirError
 
 if TYPE_CHECKING:
-    from gateway.store.sql import SqlStore
+    from gateway.store import ClientRegistry
 
 __all__ = ["Authenticator"]
 
@@ -22,7 +22,7 @@ _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="chw-gateway"'}
 class Authenticator:
     """Resolves ``Authorization: Bearer`` tokens to principals, with a short cache."""
 
-    def __init__(self, store: SqlStore, admin_token: str | None = None) -> None:
+    def __init__(self, store: ClientRegistry, admin_token: str | None = None) -> None:
         self.store = store
         self._admin_hash = hash_token(admin_token) if admin_token else None
         self._cache: dict[str, tuple[float, Principal | None]] = {}

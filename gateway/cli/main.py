@@ -24,6 +24,7 @@ from gateway.cli.sandbox import sandbox_app
 
 if TYPE_CHECKING:
     from gateway.settings import Settings
+    from gateway.store import ClientRegistry
 
 app = typer.Typer(help="FHIR interoperability gateway for community health programs.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -84,7 +85,7 @@ def serve(
             sandbox.wait(10)
 
 
-def _print_dev_token(store: Any, settings: Settings) -> None:
+def _print_dev_token(store: ClientRegistry, settings: Settings) -> None:
     token = _create_client(store, "dev-admin", ["system/*.cruds", "admin", "ingest:*"])
     base = f"http://{settings.host}:{settings.port}"
     typer.echo("\nAdmin token for this run (scopes system/*.cruds admin ingest:*):\n")
@@ -122,7 +123,7 @@ def _start_dev_sandbox() -> Any:
     fail("the DHIS2 sandbox did not start within 30 s")
 
 
-def _create_client(store: Any, name: str, scopes: list[str]) -> str:
+def _create_client(store: ClientRegistry, name: str, scopes: list[str]) -> str:
     from gateway.auth import hash_token, new_token
     from gateway.store import ApiClient
 

@@ -30,7 +30,7 @@ from gateway.delivery.clock import Clock
 from gateway.delivery.codec import job_id
 from gateway.delivery.config import DestinationConfig
 from gateway.delivery.queue import DeliveryQueue
-from gateway.store.base import Change, ChangeOp, ResourceStore
+from gateway.store import Change, ChangeFeed, ChangeOp
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class Outbox:
 
     def __init__(
         self,
-        store: ResourceStore,
+        store: ChangeFeed,
         queue: DeliveryQueue,
         destinations: Sequence[DestinationConfig],
         clock: Clock,

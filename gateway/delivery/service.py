@@ -36,7 +36,7 @@ from gateway.delivery.keys import DEFAULT_PREFIX
 from gateway.delivery.outbox import Outbox
 from gateway.delivery.queue import DeliveryQueue, open_queue, reraise_if_cancelled
 from gateway.delivery.worker import DestinationRuntime, Worker
-from gateway.store.base import ResourceStore
+from gateway.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class DeliveryService:
     def __init__(
         self,
         *,
-        store: ResourceStore,
+        store: Store,
         queue: DeliveryQueue,
         destinations: Sequence[DestinationConfig],
         connectors: Mapping[str, Connector],
@@ -94,7 +94,7 @@ class DeliveryService:
     def create(
         cls,
         *,
-        store: ResourceStore,
+        store: Store,
         queue_url: str,
         destinations: Sequence[DestinationConfig],
         settings: DeliverySettings,

@@ -18,7 +18,7 @@ import orjson
 from gateway.errors import FhirError, gone, invalid, not_found
 from gateway.fhir.validate import validate_resource
 from gateway.search.query import QueryParser, SearchError
-from gateway.store.base import StoredResource, StoreTransaction, VersionConflict
+from gateway.store import PreparedWrite, StoredResource, StoreTransaction, VersionConflict
 
 ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
@@ -83,7 +83,7 @@ def update(
     *,
     if_match: int | None = None,
     skip_unchanged: bool = False,
-    prepared: Any = None,
+    prepared: PreparedWrite | None = None,
 ) -> WriteOutcome:
     """``PUT [type]/[id]`` with update-as-create and optional ``If-Match``."""
     body_id = resource.get("id")

@@ -30,7 +30,7 @@ from gateway.fhir.validate import validate_resource
 from gateway.r4.types import RESOURCE_TYPES
 from gateway.search.dates import format_instant
 from gateway.search.query import MAX_INT_DIGITS, QueryParser, SearchError
-from gateway.store.base import ResourceStore, StoredResource, StoreTransaction
+from gateway.store import PreparedWrite, ResourceStore, StoredResource, StoreTransaction
 
 Permission = Callable[[str, str], bool]  # (resource type, c|r|u|d|s) -> allowed
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
@@ -51,7 +51,7 @@ class _Entry:
     if_none_exist: str | None
     if_match: int | None
     response: dict[str, Any] = field(default_factory=dict)
-    prepared: Any = None  # ResourceStore.prepare() of a PUT's resource, computed before the transaction
+    prepared: PreparedWrite | None = None  # ResourceStore.prepare() of a PUT's resource, done before the transaction
 
     @property
     def where(self) -> str:

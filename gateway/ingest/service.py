@@ -45,7 +45,7 @@ from gateway.mapping import MappingError, MappingSet
 from gateway.mapping.inputs import InputError, parse_csv
 from gateway.search.dates import format_instant
 from gateway.search.query import QueryParser
-from gateway.store.base import QuarantinedRecord, ResourceStore
+from gateway.store import QuarantinedRecord, Store
 
 __all__ = ["BATCH_RECORDS", "IngestReport", "IngestService", "RecordResult", "WrittenResource"]
 
@@ -61,7 +61,7 @@ class IngestService:
         report = service.ingest("cht", split_body(body, content_type))
     """
 
-    def __init__(self, store: ResourceStore, parser: QueryParser, registry: MappingRegistry) -> None:
+    def __init__(self, store: Store, parser: QueryParser, registry: MappingRegistry) -> None:
         self.store = store
         self.parser = parser
         self.registry = registry

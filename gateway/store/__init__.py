@@ -1,4 +1,9 @@
-"""The versioned FHIR resource store and its change feed."""
+"""The versioned FHIR resource store and its change feed.
+
+Other packages import from here: the protocols they type against (``ResourceStore``,
+``ChangeFeed``, ``ClientRegistry``, ``QuarantineStore``, ``Store``), the values they pass
+around, and ``open_store``.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +12,25 @@ from urllib.parse import parse_qsl
 from gateway.store.base import (
     ApiClient,
     Change,
+    ChangeFeed,
     ChangeOp,
+    ClientRegistry,
+    PreparedWrite,
     QuarantinedRecord,
+    QuarantineStore,
     ResourceStore,
     SearchResult,
+    Store,
     StoredResource,
     StoreTransaction,
     VersionConflict,
     WriteResult,
 )
+from gateway.store.rows import KEPT_IDENTIFIER_TYPE
 from gateway.store.sql import SqlStore
 
 
-def open_store(url: str) -> SqlStore:
+def open_store(url: str) -> Store:
     """Open (and migrate) the store a URL names: ``sqlite:///path[?synchronous=normal]`` or ``postgresql://…``."""
     store: SqlStore
     if url.startswith("sqlite:///"):
@@ -42,12 +53,18 @@ def open_store(url: str) -> SqlStore:
 
 
 __all__ = [
+    "KEPT_IDENTIFIER_TYPE",
     "ApiClient",
     "Change",
+    "ChangeFeed",
     "ChangeOp",
+    "ClientRegistry",
+    "PreparedWrite",
+    "QuarantineStore",
     "QuarantinedRecord",
     "ResourceStore",
     "SearchResult",
+    "Store",
     "StoreTransaction",
     "StoredResource",
     "VersionConflict",

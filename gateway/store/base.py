@@ -1,7 +1,18 @@
 """The resource store seam: a versioned FHIR resource store with a change feed.
 
+Consumers type against the narrowest protocol they use:
+
+* ``ResourceStore``: resources, their versions, history and search, and write
+  transactions (``StoreTransaction``);
+* ``ChangeFeed``: the ordered feed of committed writes (the delivery outbox follows it);
+* ``ClientRegistry``: API clients and their token hashes (the authenticator);
+* ``QuarantineStore``: received records that failed, kept for replay;
+* ``Store``: all of them plus the lifecycle (``ping``, ``close``); ``open_store`` returns one.
+
 Two implementations exist (``SQLiteStore`` and ``PostgresStore``), both built on
-``SqlStore`` and both held to one contract suite (``tests/store/test_contract.py``).
+``SqlStore`` and both held to one contract suite, split along the same seams:
+``tests/store/test_resources_contract.py``, ``test_change_feed_contract.py``,
+``test_clients_contract.py``, ``test_quarantine_contract.py`` and ``test_schema_contract.py``.
 
 The store is synchronous on purpose: the request and ingest paths run one unit of work
 per worker thread (``anyio.to_thread``), so transaction logic (FHIR transaction
@@ -25,6 +36,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
+
+from gateway.search.extract import IndexRows
+from gateway.search.query import SearchQuery
 
 
 class ChangeOp(StrEnum):
@@ -108,12 +122,24 @@ class QuarantinedRecord:
     updated: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedWrite:
+    """The CPU work of writing one resource, done before the transaction (``ResourceStore.prepare``)."""
+
+    rtype: str
+    id: str
+    body: dict[str, Any]  # the stored JSON without meta.versionId/lastUpdated
+    chash: str
+    rows: IndexRows
+
+
 class VersionConflict(Exception):
     """``If-Match`` named a version that is not the current one."""
 
     def __init__(self, current: int | None) -> None:
         super().__init__(f"current version is {current}")
         self.current = current
+
 
 
 class StoreTransaction(Protocol):
@@ -123,8 +149,8 @@ class StoreTransaction(Protocol):
         """Current version (a tombstone if deleted), or None if the id was never used."""
         ...
 
-    def search(self, query: Any) -> SearchResult:
-        """Run a parsed ``gateway.search.SearchQuery`` inside this transaction."""
+    def search(self, query: SearchQuery) -> SearchResult:
+        """Run a parsed search inside this transaction (it sees the transaction's own writes)."""
         ...
 
     def prefetch(self, refs: Iterable[tuple[str, str]]) -> None:
@@ -141,7 +167,7 @@ class StoreTransaction(Protocol):
         *,
         if_match: int | None = None,
         skip_unchanged: bool = False,
-        prepared: Any = None,
+        prepared: PreparedWrite | None = None,
     ) -> WriteResult:
         """Store a new version of ``resource['id']`` (update-as-create if unknown).
 
@@ -158,7 +184,7 @@ class StoreTransaction(Protocol):
 
 
 class ResourceStore(Protocol):
-    """A versioned FHIR resource store with an ordered change feed."""
+    """Versioned FHIR resources: reads, history, search and write transactions."""
 
     def transaction(self) -> AbstractContextManager[StoreTransaction]:
         """Open a write transaction: committed on normal exit, rolled back on error."""
@@ -168,7 +194,7 @@ class ResourceStore(Protocol):
         """Current version of a resource (a tombstone if deleted), or None."""
         ...
 
-    def prepare(self, resource: dict[str, Any], rid: str | None = None) -> Any:
+    def prepare(self, resource: dict[str, Any], rid: str | None = None) -> PreparedWrite:
         """The database-free part of writing a resource (stored body, content hash, index
         rows), to pass to ``update(prepared=…)``: it can run while another transaction commits."""
         ...
@@ -189,13 +215,21 @@ class ResourceStore(Protocol):
         """Versions, newest first, for an instance, a type or the whole system, and the total."""
         ...
 
-    def search(self, query: Any) -> SearchResult:
-        """Run a parsed ``gateway.search.SearchQuery``."""
+    def search(self, query: SearchQuery) -> SearchResult:
+        """Run a parsed search."""
         ...
 
     def read_many(self, refs: Sequence[tuple[str, str]]) -> list[StoredResource]:
         """Current live versions of the given (type, id) pairs, in no particular order."""
         ...
+
+    def compartment(self, rtype: str, rid: str, count: int, offset: int) -> tuple[list[StoredResource], int]:
+        """Live resources that refer to ``rtype/rid`` (its compartment, e.g. for $everything), and their total."""
+        ...
+
+
+class ChangeFeed(Protocol):
+    """The ordered feed of committed writes, and the versions its entries name."""
 
     def changes(self, after: int, limit: int = 1000) -> list[Change]:
         """Change-feed entries with ``seq > after``, oldest first."""
@@ -209,6 +243,16 @@ class ResourceStore(Protocol):
         """The newest change-feed sequence number (0 when empty)."""
         ...
 
+    # An entry names a version without its content; a follower of the feed (the delivery
+    # outbox) must read that version, and the previous one for a delete, to act on it.
+    def vread(self, rtype: str, rid: str, version: int) -> StoredResource | None:
+        """One stored version of a resource, or None."""
+        ...
+
+
+class ClientRegistry(Protocol):
+    """Registered API clients, found by the hash of their bearer token."""
+
     def save_client(self, client: ApiClient, token_hash: str) -> None:
         """Create or replace an API client and the hash of its token."""
         ...
@@ -220,6 +264,10 @@ class ResourceStore(Protocol):
     def list_clients(self) -> list[ApiClient]:
         """All API clients."""
         ...
+
+
+class QuarantineStore(Protocol):
+    """Received records that could not be mapped, validated or stored, kept for replay."""
 
     def quarantine_add(
         self,
@@ -249,6 +297,20 @@ class ResourceStore(Protocol):
 
     def quarantine_update(self, qid: int, *, status: str, outcome: dict[str, Any] | None = None) -> None:
         """Record the result of a replay (``replayed``), a failed replay (``held``) or a discard."""
+        ...
+
+
+class Store(ResourceStore, ChangeFeed, ClientRegistry, QuarantineStore, Protocol):
+    """The whole store, as ``open_store`` returns it: every part above plus its lifecycle."""
+
+    @property
+    def inline_reads(self) -> bool:
+        """Whether a read-only call may run inline on the event loop instead of on a worker thread.
+
+        True where a read costs microseconds (SQLite: a local file in the page cache), less
+        than the hop to a thread; False where a read waits on a server (PostgreSQL), which
+        would stall every request on the loop.
+        """
         ...
 
     def ping(self) -> None:

@@ -1,8 +1,9 @@
 """``SqlStore``: the resource store logic shared by the SQLite and PostgreSQL backends.
 
-Subclasses provide connections, the dialect name, placeholder style and the few
-statements that differ; everything else (versioning, change feed, index maintenance,
-search, history, clients, quarantine) is written once here against DB-API cursors.
+Subclasses provide connections, the dialect name, placeholder style, the few
+statements that differ and what their database allows (``inline_reads``, ``row_locks``);
+everything else (versioning, change feed, index maintenance, search, history, clients,
+quarantine) is written once here against DB-API cursors.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -23,22 +25,32 @@ from gateway.store.base import (
     ApiClient,
     Change,
     ChangeOp,
+    PreparedWrite,
     QuarantinedRecord,
     SearchResult,
     StoredResource,
 )
 from gateway.store.migrations import MIGRATIONS, statements_for
 from gateway.store.rows import COLUMNS, Cursor, to_resource
-from gateway.store.writes import PreparedWrite, SqlTransaction, insert_sql, prepare_write
+from gateway.store.sqlops import WriteStep, insert_sql
+from gateway.store.writes import SqlTransaction, prepare_write
 
 #: Ids a query lists at most (SQLite binds at most 32,766 parameters a statement).
 _IDS_PER_QUERY = 500
 
 
 class SqlStore:
-    """Shared implementation of ``ResourceStore`` over a DB-API database."""
+    """Shared implementation of ``Store`` (all the store protocols) over a DB-API database.
+
+    It is also the ``SqlBackend`` its transactions write through.
+    """
 
     dialect = "sqlite"
+    #: ``Store.inline_reads``: off unless a backend knows its reads are that cheap (a worker
+    #: thread is always safe).
+    inline_reads = False
+    #: ``SqlBackend.row_locks``: off unless the backend's SQL has ``FOR UPDATE``.
+    row_locks = False
 
     def __init__(self, registry: SearchRegistry | None = None) -> None:
         self.registry = registry or default_registry()
@@ -60,7 +72,7 @@ class SqlStore:
         cur.execute(self.q(f"{sql} RETURNING {key}"), params)
         return int(cur.fetchone()[0])
 
-    def _write_rows(self, cur: Cursor, steps: list[tuple[str, str, list[tuple[Any, ...]]]]) -> None:
+    def write_rows(self, cur: Cursor, steps: list[WriteStep]) -> None:
         """Run a transaction's buffered writes in order: ``("sql", statement, rows)`` or
         ``("insert", table, rows)`` (columns from ``INSERT_COLUMNS``)."""
         for kind, what, rows in steps:
@@ -69,7 +81,7 @@ class SqlStore:
             else:
                 cur.executemany(self.q(what), rows)
 
-    def _rows_by_id(
+    def rows_by_id(
         self, cur: Cursor, columns: str, rtype: str, ids: Sequence[str], *, where: str = "", lock: bool = False
     ) -> list[Any]:
         """``columns`` of the ``resources r`` rows of one type whose ids are in ``ids``
@@ -83,7 +95,7 @@ class SqlStore:
             rows.extend(cur.fetchall())
         return rows
 
-    def _reserve_row_ids(self, cur: Cursor, count: int, after: int) -> list[int]:
+    def reserve_row_ids(self, cur: Cursor, count: int, after: int) -> list[int]:
         """``count`` unused ``resources.rid`` values, ascending, all above ``after``.
 
         Called inside a write transaction, which serialises writers, so reserved ids grow
@@ -152,7 +164,7 @@ class SqlStore:
         rtype: str | None,
         rid: str | None,
         *,
-        since: Any = None,
+        since: datetime | None = None,
         count: int = 50,
         offset: int = 0,
     ) -> tuple[list[StoredResource], int]:
@@ -189,9 +201,10 @@ class SqlStore:
     def search(self, query: SearchQuery) -> SearchResult:
         """Run a parsed search query."""
         with self._read_cursor() as cur:
-            return self._search(cur, query)
+            return self.search_in(cur, query)
 
-    def _search(self, cur: Cursor, query: SearchQuery) -> SearchResult:
+    def search_in(self, cur: Cursor, query: SearchQuery) -> SearchResult:
+        """Run a parsed search query on an open cursor (in a transaction: seeing its writes)."""
         if query.snapshot is None:
             cur.execute("SELECT COALESCE(MAX(rid), 0) FROM resources")
             query.snapshot = int(cur.fetchone()[0])
@@ -279,7 +292,7 @@ class SqlStore:
             by_type.setdefault(rtype, set()).add(rid)
         out: list[StoredResource] = []
         for rtype, ids in by_type.items():
-            rows = self._rows_by_id(cur, COLUMNS, rtype, sorted(ids), where=" AND r.deleted = 0")
+            rows = self.rows_by_id(cur, COLUMNS, rtype, sorted(ids), where=" AND r.deleted = 0")
             out.extend(to_resource(row) for row in rows)
         return out
 

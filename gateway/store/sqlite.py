@@ -25,6 +25,9 @@ class SQLiteStore(SqlStore):
     """The resource store in a local SQLite file."""
 
     dialect = "sqlite"
+    # A read of the local file (in the page cache) takes microseconds, less than the hop to a
+    # worker thread would cost, so the API runs reads inline.
+    inline_reads = True
 
     def __init__(self, path: str | Path, registry: SearchRegistry | None = None, synchronous: str = "FULL") -> None:
         super().__init__(registry)
@@ -74,7 +77,7 @@ class SQLiteStore(SqlStore):
         finally:
             cur.close()
 
-    def _reserve_row_ids(self, cur: Cursor, count: int, after: int) -> list[int]:
+    def reserve_row_ids(self, cur: Cursor, count: int, after: int) -> list[int]:
         """The next ids after the largest ever used (``AUTOINCREMENT`` never reuses one)."""
         cur.execute(
             "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'resources'), 0),"

@@ -8,7 +8,7 @@ current rows of many resources in one query per type. So storing a mapped record
 resources costs a handful of statements instead of ~40 (and on PostgreSQL, in pipeline
 mode, one round trip for the prefetch and one for the row ids).
 
-Row ids of new resources are reserved up front (``SqlStore._reserve_row_ids``) so index
+Row ids of new resources are reserved up front (``SqlBackend.reserve_row_ids``) so index
 rows can refer to them before the resource rows are written.
 
 ``history`` keeps superseded versions only; the current version lives in ``resources``.
@@ -20,15 +20,14 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from gateway.search.dates import format_instant, from_epoch
 from gateway.search.extract import ExtractionPlan, IndexRows, extract
 from gateway.search.query import SearchQuery
-from gateway.store.base import ChangeOp, SearchResult, StoredResource, VersionConflict, WriteResult
+from gateway.store.base import ChangeOp, PreparedWrite, SearchResult, StoredResource, VersionConflict, WriteResult
 from gateway.store.rows import (
     INDEX_TABLES,
     VERSION_META,
@@ -37,35 +36,10 @@ from gateway.store.rows import (
     hash_body,
     kept_identifiers,
 )
+from gateway.store.sqlops import INSERT_COLUMNS, SqlBackend, WriteStep
 
-if TYPE_CHECKING:
-    from gateway.store.sql import SqlStore
-
-#: Tables the transaction appends to, with their columns, in the order ``flush`` writes them
-#: (resource rows before the updates that may follow them in the same transaction).
-INSERT_COLUMNS: dict[str, tuple[str, ...]] = {
-    "resources": ("rid", "rtype", "id", "version", "lu", "deleted", "chash", "content"),
-    "history": ("rtype", "id", "version", "lu", "deleted", "content"),
-    "changes": ("rtype", "id", "version", "op", "at"),
-    "idx_token": ("rid", "rtype", "param", "system", "code"),
-    "idx_string": ("rid", "rtype", "param", "norm", "exact"),
-    "idx_date": ("rid", "rtype", "param", "lo", "hi"),
-    "idx_ref": ("rid", "rtype", "param", "ttype", "tid", "url"),
-    "idx_number": ("rid", "rtype", "param", "value", "system", "code"),
-}
 _UPDATE_RESOURCE = "UPDATE resources SET version = ?, lu = ?, deleted = ?, chash = ?, content = ? WHERE rid = ?"
 _ROW_COLUMNS = "r.rid, r.rtype, r.id, r.version, r.lu, r.deleted, r.chash, r.content"
-
-
-@dataclass(frozen=True, slots=True)
-class PreparedWrite:
-    """The CPU work of writing one resource, done before the transaction (see ``prepare_write``)."""
-
-    rtype: str
-    id: str
-    body: dict[str, Any]  # the stored JSON without meta.versionId/lastUpdated
-    chash: str
-    rows: IndexRows
 
 
 def prepare_write(resource: dict[str, Any], rid: str, plan: ExtractionPlan) -> PreparedWrite:
@@ -103,7 +77,7 @@ def _row(values: Any) -> _Row:
 class SqlTransaction:
     """Reads and writes inside one open database transaction."""
 
-    def __init__(self, store: SqlStore, cur: Cursor) -> None:
+    def __init__(self, store: SqlBackend, cur: Cursor) -> None:
         self.store = store
         self.cur = cur
         self._pending: dict[str, list[tuple[Any, ...]]] = {table: [] for table in INSERT_COLUMNS}
@@ -128,7 +102,7 @@ class SqlTransaction:
                 by_type.setdefault(rtype, []).append(rid)
         missing = 0
         for rtype, ids in by_type.items():
-            found = self.store._rows_by_id(self.cur, _ROW_COLUMNS, rtype, ids, lock=True)
+            found = self.store.rows_by_id(self.cur, _ROW_COLUMNS, rtype, ids, lock=True)
             for values in found:
                 row = _row(values)
                 self._rows[(row.rtype, row.id)] = row
@@ -139,7 +113,7 @@ class SqlTransaction:
     def search(self, query: SearchQuery) -> SearchResult:
         """Search inside this transaction (sees its own writes)."""
         self.flush()
-        return self.store._search(self.cur, query)
+        return self.store.search_in(self.cur, query)
 
     # -- writes --------------------------------------------------------------------------------
     def create(self, resource: dict[str, Any], *, rid: str | None = None) -> WriteResult:
@@ -189,7 +163,7 @@ class SqlTransaction:
 
     def flush(self) -> None:
         """Write the buffered rows (called before searches and at commit)."""
-        steps: list[tuple[str, str, list[tuple[Any, ...]]]] = []
+        steps: list[WriteStep] = []
         if self._reindex:
             stale = [(row_id,) for row_id in self._reindex]
             steps.extend(("sql", f"DELETE FROM {table} WHERE rid = ?", stale) for table in INDEX_TABLES)
@@ -205,7 +179,7 @@ class SqlTransaction:
                 steps.append(("insert", table, rows))
                 self._pending[table] = []
         if steps:
-            self.store._write_rows(self.cur, steps)
+            self.store.write_rows(self.cur, steps)
 
     # -- internals -----------------------------------------------------------------------------
     def _current(self, rtype: str, rid: str) -> _Row | None:
@@ -213,7 +187,7 @@ class SqlTransaction:
         if key in self._rows:
             return self._rows[key]
         sql = f"SELECT {_ROW_COLUMNS} FROM resources r WHERE r.rtype = ? AND r.id = ?"
-        if self.store.dialect == "postgresql":
+        if self.store.row_locks:
             sql += " FOR UPDATE"
         self.cur.execute(self.store.q(sql), (rtype, rid))
         values = self.cur.fetchone()
@@ -221,7 +195,7 @@ class SqlTransaction:
         return row
 
     def _reserve(self, count: int) -> None:
-        ids = self.store._reserve_row_ids(self.cur, count, self._last_id)
+        ids = self.store.reserve_row_ids(self.cur, count, self._last_id)
         self._last_id = max(self._last_id, ids[-1])
         self._free_ids.extend(reversed(ids))
 
@@ -301,13 +275,6 @@ def _keep_identifiers(body: dict[str, Any], current: bytes) -> dict[str, Any]:
     if found is not None and not isinstance(found, list):
         return body  # a resource whose identifier is a single value: nothing to add to
     return {**body, "identifier": [*(found or []), *kept]}
-
-
-@cache
-def insert_sql(table: str) -> str:
-    """``INSERT INTO table (...) VALUES (?, ...)`` for a table of ``INSERT_COLUMNS``."""
-    columns = INSERT_COLUMNS[table]
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
 
 
 def _body(resource: dict[str, Any], rid: str) -> dict[str, Any]:

@@ -15,8 +15,7 @@ from gateway.delivery.policy import RetryPolicy
 from gateway.delivery.runner import DeliverySections
 from gateway.services import ServicePlan
 from gateway.settings import Settings
-from gateway.store import open_store
-from gateway.store.sql import SqlStore
+from gateway.store import Store, open_store
 from tests.conftest import make_token
 from tests.delivery.destination import LoopbackFhirServer, Request
 from tests.delivery.helpers import eventually
@@ -32,7 +31,7 @@ def plan(index: int, request: Request) -> str:
 class Admin:
     """An app with the delivery hook and router, and clients with and without the admin scope."""
 
-    def __init__(self, app: object, store: SqlStore, server: LoopbackFhirServer) -> None:
+    def __init__(self, app: object, store: Store, server: LoopbackFhirServer) -> None:
         self.app = app
         self.store = store
         self.server = server

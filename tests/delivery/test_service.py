@@ -14,8 +14,7 @@ from gateway.delivery.config import DeliverySettings, DestinationConfig, Subscri
 from gateway.delivery.policy import RetryPolicy
 from gateway.delivery.queue import DeadLetterFilter
 from gateway.delivery.service import DeliveryService
-from gateway.store import open_store
-from gateway.store.base import ResourceStore
+from gateway.store import Store, open_store
 from tests.delivery.conftest import REDIS_URL
 from tests.delivery.destination import LoopbackFhirServer, Request
 from tests.delivery.helpers import eventually
@@ -31,7 +30,7 @@ FAST = DeliverySettings(
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[ResourceStore]:
+def store(tmp_path: Path) -> Iterator[Store]:
     store = open_store(f"sqlite:///{tmp_path}/store.db")
     yield store
     store.close()
@@ -54,7 +53,7 @@ ServiceFactory = Callable[..., DeliveryService]
 
 @pytest.fixture
 async def make_service(
-    store: ResourceStore, queue_url: str, redis_prefix: str
+    store: Store, queue_url: str, redis_prefix: str
 ) -> AsyncIterator[ServiceFactory]:
     made: list[DeliveryService] = []
 
@@ -83,7 +82,7 @@ def fhir(server: LoopbackFhirServer, name: str = "shr", **fields: object) -> Des
 
 
 async def test_every_change_reaches_the_destination_and_payloads_are_dropped(
-    store: ResourceStore, server: LoopbackFhirServer, make_service: ServiceFactory
+    store: Store, server: LoopbackFhirServer, make_service: ServiceFactory
 ) -> None:
     work = Workload.generate(patients=20, changes=300)
     work.apply(store, 0, 150)
@@ -105,7 +104,7 @@ async def _depth(service: DeliveryService, name: str, depth: int) -> bool:
 
 
 async def test_filters_choose_what_each_destination_gets(
-    store: ResourceStore, server: LoopbackFhirServer, make_service: ServiceFactory
+    store: Store, server: LoopbackFhirServer, make_service: ServiceFactory
 ) -> None:
     patients_only = fhir(server, "patients", filter=SubscriptionFilter(resource_types=("Patient",)))
     other = LoopbackFhirServer().start()
@@ -139,7 +138,7 @@ async def test_filters_choose_what_each_destination_gets(
 
 
 async def test_a_permanent_4xx_is_dead_lettered_and_replay_delivers_it_once_fixed(
-    store: ResourceStore, server: LoopbackFhirServer, make_service: ServiceFactory
+    store: Store, server: LoopbackFhirServer, make_service: ServiceFactory
 ) -> None:
     broken = {"Patient/p3"}
 
@@ -194,7 +193,7 @@ async def test_a_bug_dead_letters_with_its_traceback_instead_of_retrying(
 
 
 async def test_retries_stop_at_max_attempts(
-    server: LoopbackFhirServer, store: ResourceStore, make_service: ServiceFactory
+    server: LoopbackFhirServer, store: Store, make_service: ServiceFactory
 ) -> None:
     server.plan = lambda index, request: "503"
     Workload.generate(patients=1, changes=1).apply(store)
@@ -209,7 +208,7 @@ async def test_retries_stop_at_max_attempts(
 
 
 async def test_pause_holds_jobs_and_resume_delivers_them(
-    store: ResourceStore, server: LoopbackFhirServer, make_service: ServiceFactory
+    store: Store, server: LoopbackFhirServer, make_service: ServiceFactory
 ) -> None:
     service = make_service([fhir(server)])
     await service.admin.pause("shr")
@@ -224,7 +223,7 @@ async def test_pause_holds_jobs_and_resume_delivers_them(
 
 
 async def test_a_dead_destination_does_not_slow_down_a_healthy_one(
-    store: ResourceStore, server: LoopbackFhirServer, make_service: ServiceFactory
+    store: Store, server: LoopbackFhirServer, make_service: ServiceFactory
 ) -> None:
     dead = LoopbackFhirServer(plan=lambda index, request: "timeout", hang=5).start()
     try:
@@ -239,7 +238,7 @@ async def test_a_dead_destination_does_not_slow_down_a_healthy_one(
 
 
 async def test_graceful_shutdown_releases_in_flight_jobs_untried(
-    store: ResourceStore, server: LoopbackFhirServer, make_service: ServiceFactory
+    store: Store, server: LoopbackFhirServer, make_service: ServiceFactory
 ) -> None:
     server.hang = 3
     server.plan = lambda index, request: "timeout" if index == 0 else "ok"

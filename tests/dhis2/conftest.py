@@ -11,10 +11,10 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from gateway.connectors.dhis2.client import Dhis2Client
 from pydantic import SecretStr
 
 from gateway.connectors.base import Job, JobOp
+from gateway.connectors.dhis2.client import Dhis2Client
 from gateway.connectors.dhis2.config import Dhis2Options
 from gateway.connectors.dhis2.connector import Dhis2Connector
 from gateway.connectors.dhis2.metadata import FIELDS, MetadataSnapshot

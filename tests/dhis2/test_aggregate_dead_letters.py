@@ -22,8 +22,7 @@ from gateway.delivery.factory import FACTORIES
 from gateway.delivery.queue import DeadLetterFilter
 from gateway.delivery.service import DeliveryService
 from gateway.sandbox.dhis2 import DEFAULT_TOKEN, SandboxServer
-from gateway.store import open_store
-from gateway.store.sql import SqlStore
+from gateway.store import Store, open_store
 from tests.delivery.helpers import eventually
 from tests.dhis2.conftest import MAPPINGS
 from tests.dhis2.test_end_to_end import FAST
@@ -64,7 +63,7 @@ def monthly_report() -> dict[str, Any]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqlStore]:
+def store(tmp_path: Path) -> Iterator[Store]:
     opened = open_store(f"sqlite:///{tmp_path}/store.db")
     yield opened
     opened.close()
@@ -116,7 +115,7 @@ async def imports(server: SandboxServer) -> int:
 
 
 async def test_each_refused_value_is_its_own_dead_letter_and_replays_alone(
-    store: SqlStore, queue_url: tuple[str, str], sandbox: SandboxServer, demo: Demo, tmp_path: Path
+    store: Store, queue_url: tuple[str, str], sandbox: SandboxServer, demo: Demo, tmp_path: Path
 ) -> None:
     url, prefix = queue_url
     service = DeliveryService.create(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 import respx
-from gateway.connectors.dhis2.client import Dhis2Client
 
+from gateway.connectors.dhis2.client import Dhis2Client
 from gateway.connectors.dhis2.errors import (
     Dhis2HttpError,
     Dhis2JobLost,

@@ -9,9 +9,9 @@ import httpx
 import orjson
 import pytest
 import respx
-from gateway.connectors.dhis2.client import Dhis2Client
 
 from gateway.connectors.base import DeliveryOutcome, Partial, Permanent, Retry, Success
+from gateway.connectors.dhis2.client import Dhis2Client
 from gateway.connectors.dhis2.config import Dhis2Options
 from gateway.connectors.dhis2.connector import Dhis2Connector
 from gateway.connectors.dhis2.sources import ResourceBundle

@@ -6,10 +6,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from gateway.connectors.dhis2.client import Dhis2Client
 from typer.testing import CliRunner
 
 from gateway.cli.dhis2 import dhis2_app, resolve_destination
+from gateway.connectors.dhis2.client import Dhis2Client
 from gateway.connectors.dhis2.metadata import FIELDS, MetadataCache, MetadataSnapshot
 from gateway.delivery.config import Credentials
 from gateway.sandbox.dhis2 import SandboxServer

@@ -26,8 +26,7 @@ from gateway.sandbox.dhis2 import DEFAULT_TOKEN, SandboxServer
 from gateway.scheduler import Scheduler
 from gateway.services import ServicePlan, run_worker
 from gateway.settings import Settings
-from gateway.store import open_store
-from gateway.store.sql import SqlStore
+from gateway.store import Store, open_store
 from tests.delivery.helpers import eventually
 from tests.dhis2.conftest import MAPPINGS
 from tests.dhis2.records import chw_record, places
@@ -40,7 +39,7 @@ HOUR = 3600.0
 ENVIRON = {"DHIS2_PAT": DEFAULT_TOKEN}
 
 
-def put(store: SqlStore, resources: list[dict[str, Any]]) -> None:
+def put(store: Store, resources: list[dict[str, Any]]) -> None:
     with store.transaction() as tx:
         for resource in resources:
             tx.update(resource, skip_unchanged=True)
@@ -65,7 +64,7 @@ def destination(server: SandboxServer, tmp_path: Path, **schedule: Any) -> Desti
     )
 
 
-def may_report(store: SqlStore, demo: Demo) -> dict[str, Any] | None:
+def may_report(store: Store, demo: Demo) -> dict[str, Any] | None:
     rid = report_id(MEASURE, f"{ORG_UNIT_SYSTEM}|{demo.ou('CU_KISIWA')}", parse_period("202405"))
     found = store.read("MeasureReport", rid)
     return None if found is None else dict(orjson.loads(found.content))
@@ -76,7 +75,7 @@ def households(report: dict[str, Any]) -> int:
 
 
 async def test_each_task_runs_at_its_time_writes_only_what_changed_and_survives_dhis2_failing(
-    store: SqlStore, sandbox: SandboxServer, demo: Demo, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    store: Store, sandbox: SandboxServer, demo: Demo, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     put(store, places() + chw_record(1) + chw_record(2))
     clock = ManualClock(JUNE_3 + 30 * 60)  # 00:30 UTC

@@ -17,11 +17,11 @@ import httpx
 import orjson
 import pytest
 import respx
-from gateway.connectors.dhis2.client import Dhis2Client
 from typer.testing import CliRunner
 
 from gateway.cli.dhis2 import dhis2_app
 from gateway.connectors.base import Job, Partial, Permanent, Success
+from gateway.connectors.dhis2.client import Dhis2Client
 from gateway.connectors.dhis2.config import Dhis2Options, parse_version
 from gateway.connectors.dhis2.connector import Dhis2Connector
 from gateway.connectors.dhis2.sources import ResourceBundle

@@ -15,8 +15,7 @@ from gateway.api import admin_quarantine
 from gateway.api import ingest as ingest_api
 from gateway.api.app import create_app
 from gateway.settings import Settings, SourceConfig
-from gateway.store import open_store
-from gateway.store.sql import SqlStore
+from gateway.store import Store, open_store
 from tests.conftest import make_token
 
 MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
@@ -45,7 +44,7 @@ def mappings_copy(tmp_path: Path) -> Path:
     return root
 
 
-def make_app(store: SqlStore, root: Path, **settings: Any) -> FastAPI:
+def make_app(store: Store, root: Path, **settings: Any) -> FastAPI:
     """The gateway app with ingest wired the way the lead wires it."""
     config = Settings(store_url="sqlite:///unused.db", mappings_dir=root, sources=SOURCES, **settings)
     app = create_app(config, store=store)
@@ -57,7 +56,7 @@ def make_app(store: SqlStore, root: Path, **settings: Any) -> FastAPI:
 class Harness:
     """Clients of an in-process app: ``sender`` (ingest:*), ``admin`` and ``fhir`` (reads)."""
 
-    def __init__(self, app: FastAPI, store: SqlStore, root: Path) -> None:
+    def __init__(self, app: FastAPI, store: Store, root: Path) -> None:
         self.app = app
         self.store = store
         self.root = root
@@ -82,7 +81,7 @@ class Harness:
 
 
 @pytest.fixture
-def ingest_store(tmp_path: Path) -> Iterator[SqlStore]:
+def ingest_store(tmp_path: Path) -> Iterator[Store]:
     """A SQLite store for the HTTP tests."""
     store = open_store(f"sqlite:///{tmp_path}/ingest.db")
     yield store
@@ -90,7 +89,7 @@ def ingest_store(tmp_path: Path) -> Iterator[SqlStore]:
 
 
 @pytest.fixture
-async def gw(ingest_store: SqlStore, mappings_copy: Path) -> AsyncIterator[Harness]:
+async def gw(ingest_store: Store, mappings_copy: Path) -> AsyncIterator[Harness]:
     """The app running (lifespan entered), with clients."""
     app = make_app(ingest_store, mappings_copy, max_body_bytes=10 * 1024 * 1024)
     async with app.router.lifespan_context(app):

@@ -19,8 +19,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.store import open_store
-from gateway.store.sql import SqlStore
+from gateway.store import Store, open_store
 from tests.conftest import make_token
 from tests.ingest.conftest import MAPPINGS, make_app
 from tests.mapping.test_properties import JSON, mutated_fixture
@@ -40,7 +39,7 @@ CONTENT_TYPES = st.sampled_from(
 class Gateway:
     """An app running in a background event loop, called synchronously (for hypothesis)."""
 
-    def __init__(self, portal: BlockingPortal, client: httpx.AsyncClient, store: SqlStore) -> None:
+    def __init__(self, portal: BlockingPortal, client: httpx.AsyncClient, store: Store) -> None:
         self.portal = portal
         self.client = client
         self.store = store

@@ -14,12 +14,11 @@ from gateway.ingest import IngestService, MappingRegistry, ReceivedRecord
 from gateway.ingest.writer import BATCH_RECORDS
 from gateway.search.query import QueryParser
 from gateway.search.registry import default_registry
-from gateway.store import open_store
-from gateway.store.sql import SqlStore
+from gateway.store import Store, open_store
 from tests.ingest.conftest import MAPPINGS, SOURCES, sample
 
 
-def _service(store: SqlStore) -> IngestService:
+def _service(store: Store) -> IngestService:
     return IngestService(store, QueryParser(default_registry(), 20, 100), MappingRegistry(MAPPINGS, SOURCES))
 
 
@@ -45,7 +44,7 @@ def _received(records: list[dict[str, Any]]) -> list[ReceivedRecord]:
     return [ReceivedRecord(i, r, orjson.dumps(r), "application/json") for i, r in enumerate(records)]
 
 
-def _state(store: SqlStore) -> dict[str, Any]:
+def _state(store: Store) -> dict[str, Any]:
     """Every current resource without server metadata, by type/id, plus the quarantine."""
     out: dict[str, Any] = {}
     versions, _ = store.history(None, None, count=10_000)
@@ -60,7 +59,7 @@ def _state(store: SqlStore) -> dict[str, Any]:
     return out
 
 
-def test_a_pipelined_request_stores_what_small_requests_store(store: SqlStore, tmp_path: Path) -> None:
+def test_a_pipelined_request_stores_what_small_requests_store(store: Store, tmp_path: Path) -> None:
     records = _people(260)
     assert len(records) > 2 * BATCH_RECORDS
     service = _service(store)

@@ -24,8 +24,8 @@ from functools import partial
 
 import httpx
 
-from gateway.connectors.dhis2.client import Dhis2Client
 from gateway.connectors.base import Connector
+from gateway.connectors.dhis2.client import Dhis2Client
 from gateway.connectors.dhis2.config import Dhis2Options
 from gateway.connectors.dhis2.connector import Dhis2Connector
 from gateway.connectors.dhis2.metadata import MetadataCache, MetadataSnapshot, pull_metadata

@@ -50,11 +50,11 @@ import anyio.to_thread
 import httpx
 import orjson
 
-from gateway.connectors.dhis2.client import Dhis2Client
 from gateway.connectors.base import DeliveryOutcome, Job, Permanent, Retry, Success
 from gateway.connectors.dhis2.aggregate_outcome import aggregate_outcome, recorded
 from gateway.connectors.dhis2.aggregate_summary import parse_import_summary
 from gateway.connectors.dhis2.aggregate_transform import AggregatePlan, measure_report_to_data_value_set
+from gateway.connectors.dhis2.client import Dhis2Client
 from gateway.connectors.dhis2.config import Dhis2Options, check_version
 from gateway.connectors.dhis2.errors import (
     Dhis2Error,

@@ -1,35 +1,18 @@
-"""The store contract: every backend (SQLite, PostgreSQL) must pass all of this."""
+"""The resource store contract (``ResourceStore``, ``StoreTransaction``): every backend (SQLite,
+PostgreSQL) must pass all of this."""
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 import time
-from datetime import UTC, datetime
-from pathlib import Path
 
 import orjson
 import pytest
 
-from gateway.search.query import QueryParser
-from gateway.search.registry import default_registry
-from gateway.store import ApiClient, ChangeOp, VersionConflict, open_store
-from gateway.store.migrations import LATEST, MIGRATIONS, statements_for
-from gateway.store.rows import KEPT_IDENTIFIER_TYPE
-from gateway.store.sql import SqlStore
-
-PARSER = QueryParser(default_registry(), 20, 1000)
+from gateway.store import KEPT_IDENTIFIER_TYPE, ChangeOp, ResourceStore, Store, VersionConflict
+from tests.store.helpers import PARSER, patient, search_ids
 
 
-def patient(family: str = "Smith", **extra: object) -> dict[str, object]:
-    return {"resourceType": "Patient", "name": [{"family": family}], **extra}
-
-
-def search_ids(store: SqlStore, rtype: str, *items: tuple[str, str]) -> list[str]:
-    return [r.id for r in store.search(PARSER.parse(rtype, list(items))).resources]
-
-
-def test_create_sets_id_version_and_meta(store: SqlStore) -> None:
+def test_create_sets_id_version_and_meta(store: ResourceStore) -> None:
     with store.transaction() as tx:
         written = tx.create(patient(meta={"tag": [{"code": "x"}]}))
     assert written.created
@@ -43,7 +26,7 @@ def test_create_sets_id_version_and_meta(store: SqlStore) -> None:
     assert list(body)[:3] == ["resourceType", "id", "meta"]
 
 
-def test_update_creates_versions_and_keeps_history(store: SqlStore) -> None:
+def test_update_creates_versions_and_keeps_history(store: ResourceStore) -> None:
     with store.transaction() as tx:
         rid = tx.create(patient()).resource.id
     for family in ("Jones", "Brown"):
@@ -58,7 +41,7 @@ def test_update_creates_versions_and_keeps_history(store: SqlStore) -> None:
     assert total == 3 and [v.version for v in versions] == [3, 2, 1]
 
 
-def test_update_as_create_and_if_match(store: SqlStore) -> None:
+def test_update_as_create_and_if_match(store: ResourceStore) -> None:
     with store.transaction() as tx:
         result = tx.update(patient(id="chosen-id"))
     assert result.created and result.resource.version == 1
@@ -71,7 +54,7 @@ def test_update_as_create_and_if_match(store: SqlStore) -> None:
     assert stored is not None and orjson.loads(stored.content)["name"][0]["family"] == "Other"
 
 
-def test_delete_writes_a_tombstone_and_recreate_continues_versions(store: SqlStore) -> None:
+def test_delete_writes_a_tombstone_and_recreate_continues_versions(store: ResourceStore) -> None:
     with store.transaction() as tx:
         rid = tx.create(patient()).resource.id
     with store.transaction() as tx:
@@ -87,22 +70,7 @@ def test_delete_writes_a_tombstone_and_recreate_continues_versions(store: SqlSto
     assert search_ids(store, "Patient", ("family", "smith")) == [rid]
 
 
-def test_change_feed_records_every_write_in_order(store: SqlStore) -> None:
-    start = store.last_change_seq()
-    with store.transaction() as tx:
-        rid = tx.create(patient()).resource.id
-        tx.update(patient("B", id=rid))
-        tx.delete("Patient", rid)
-    changes = store.changes(start)
-    assert [(c.op, c.version) for c in changes] == [
-        (ChangeOp.CREATE, 1), (ChangeOp.UPDATE, 2), (ChangeOp.DELETE, 3),
-    ]  # fmt: skip
-    assert [c.seq for c in changes] == sorted(c.seq for c in changes)
-    assert store.last_change_seq() == changes[-1].seq
-    assert [c.seq for c in store.iter_changes(start, batch=2)] == [c.seq for c in changes]
-
-
-def test_rolled_back_transaction_leaves_nothing(store: SqlStore) -> None:
+def test_rolled_back_transaction_leaves_nothing(store: Store) -> None:
     start = store.last_change_seq()
     with pytest.raises(RuntimeError):
         with store.transaction() as tx:
@@ -113,7 +81,7 @@ def test_rolled_back_transaction_leaves_nothing(store: SqlStore) -> None:
     assert search_ids(store, "Patient", ("family", "smith")) == []
 
 
-def test_index_follows_the_current_version(store: SqlStore) -> None:
+def test_index_follows_the_current_version(store: ResourceStore) -> None:
     with store.transaction() as tx:
         rid = tx.create(patient("Alpha")).resource.id
     with store.transaction() as tx:
@@ -122,7 +90,7 @@ def test_index_follows_the_current_version(store: SqlStore) -> None:
     assert search_ids(store, "Patient", ("family", "beta")) == [rid]
 
 
-def test_skip_unchanged_writes_nothing(store: SqlStore) -> None:
+def test_skip_unchanged_writes_nothing(store: Store) -> None:
     with store.transaction() as tx:
         rid = tx.create(patient()).resource.id
     start = store.last_change_seq()
@@ -134,7 +102,7 @@ def test_skip_unchanged_writes_nothing(store: SqlStore) -> None:
         assert tx.update(patient("New", id=rid), skip_unchanged=True).resource.version == 2
 
 
-def test_search_paging_is_pinned_to_a_snapshot(store: SqlStore) -> None:
+def test_search_paging_is_pinned_to_a_snapshot(store: ResourceStore) -> None:
     with store.transaction() as tx:
         for i in range(5):
             tx.create(patient(f"Page{i}"))
@@ -150,7 +118,7 @@ def test_search_paging_is_pinned_to_a_snapshot(store: SqlStore) -> None:
     assert len(seen) == len(set(seen)) == 5
 
 
-def test_read_many_and_compartment(store: SqlStore) -> None:
+def test_read_many_and_compartment(store: ResourceStore) -> None:
     with store.transaction() as tx:
         pid = tx.create(patient()).resource.id
         obs = tx.create({"resourceType": "Observation", "status": "final", "code": {"text": "t"},
@@ -161,72 +129,7 @@ def test_read_many_and_compartment(store: SqlStore) -> None:
     assert total == 1 and related[0].id == obs
 
 
-def test_clients_are_found_by_token_hash(store: SqlStore) -> None:
-    client = ApiClient("emr", ("system/Patient.rs",), datetime.now(UTC))
-    store.save_client(client, "hash-1")
-    found = store.client_by_token_hash("hash-1")
-    assert found is not None and found.scopes == ("system/Patient.rs",)
-    store.save_client(client, "hash-2")  # re-keying replaces the old token
-    assert store.client_by_token_hash("hash-1") is None
-    assert [c.name for c in store.list_clients()] == ["emr"]
-
-
-def test_quarantine_keeps_records_for_replay(store: SqlStore) -> None:
-    outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "invalid"}]}
-    kept = store.quarantine_add("cht", b'{"_id": "r1"}', "application/json", outcome, record_key="r1")
-    assert store.quarantine_get(kept.qid) == kept
-    assert [q.qid for q in store.quarantine_list(source="cht")] == [kept.qid]
-    store.quarantine_update(kept.qid, status="replayed")
-    assert store.quarantine_list(source="cht") == []
-    replayed = store.quarantine_get(kept.qid)
-    assert replayed is not None and replayed.status == "replayed" and replayed.attempts == 2
-
-
-def test_concurrent_writers_keep_the_change_feed_complete(store: SqlStore) -> None:
-    start = store.last_change_seq()
-    errors: list[BaseException] = []
-
-    def writer(n: int) -> None:
-        try:
-            for i in range(10):
-                with store.transaction() as tx:
-                    tx.create(patient(f"W{n}-{i}"))
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
-    seqs = [c.seq for c in store.changes(start, 1000)]
-    assert len(seqs) == 40 and seqs == sorted(seqs)
-
-
-def test_migrate_is_idempotent(store: SqlStore) -> None:
-    assert store.migrate() == LATEST
-    assert store.schema_version() == LATEST
-
-
-def test_an_older_sqlite_database_is_upgraded(tmp_path: Path) -> None:
-    path = tmp_path / "old.db"
-    conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied REAL NOT NULL)")
-    for statement in statements_for("sqlite", MIGRATIONS[0]):
-        conn.execute(statement)
-    conn.execute("INSERT INTO schema_migrations VALUES (1, 0)")
-    conn.commit()
-    conn.close()
-    store = open_store(f"sqlite:///{path}")
-    try:
-        assert store.schema_version() == LATEST
-        store.quarantine_add("x", b"{}", "application/json", {"resourceType": "OperationOutcome", "issue": []})
-    finally:
-        store.close()
-
-
-def test_history_of_types_and_system_is_newest_first_across_current_and_superseded(store: SqlStore) -> None:
+def test_history_of_types_and_system_is_newest_first_across_current_and_superseded(store: ResourceStore) -> None:
     def later() -> None:  # versions one millisecond apart at least: lastUpdated's precision
         time.sleep(0.002)
 
@@ -257,7 +160,7 @@ def test_history_of_types_and_system_is_newest_first_across_current_and_supersed
     assert store.vread("Observation", oid, 2) is not None and store.vread("Observation", oid, 3) is None
 
 
-def test_one_transaction_prefetches_writes_and_reads_its_own_writes(store: SqlStore) -> None:
+def test_one_transaction_prefetches_writes_and_reads_its_own_writes(store: Store) -> None:
     with store.transaction() as tx:
         tx.create(patient("Existing", id="p0"), rid="p0")
     start = store.last_change_seq()
@@ -283,7 +186,7 @@ def test_one_transaction_prefetches_writes_and_reads_its_own_writes(store: SqlSt
     assert store.history("Patient", "p1")[1] == 2
 
 
-def test_new_resources_get_row_ids_in_commit_order(store: SqlStore) -> None:
+def test_new_resources_get_row_ids_in_commit_order(store: ResourceStore) -> None:
     snapshots: list[int] = []
     for n in range(3):
         with store.transaction() as tx:
@@ -296,34 +199,7 @@ def test_new_resources_get_row_ids_in_commit_order(store: SqlStore) -> None:
     assert snapshots == sorted(snapshots) and len(set(snapshots)) == 3
 
 
-def test_an_older_database_keeps_each_version_once(tmp_path: Path) -> None:
-    """Before schema 3 ``history`` also held the current version; the upgrade removes that copy."""
-    path = tmp_path / "v2.db"
-    conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied REAL NOT NULL)")
-    for migration in MIGRATIONS[:2]:
-        for statement in statements_for("sqlite", migration):
-            conn.execute(statement)
-        conn.execute("INSERT INTO schema_migrations VALUES (?, 0)", (migration.version,))
-    for version in (1, 2):
-        content = orjson.dumps({"resourceType": "Patient", "id": "old", "meta": {"versionId": str(version)}})
-        conn.execute("INSERT INTO history VALUES ('Patient', 'old', ?, ?, 0, ?)", (version, float(version), content))
-    conn.execute("INSERT INTO resources (rtype, id, version, lu, deleted, chash, content) VALUES"
-                 " ('Patient', 'old', 2, 2.0, 0, NULL, ?)", (content,))
-    conn.commit()
-    conn.close()
-    store = open_store(f"sqlite:///{path}")
-    try:
-        versions, total = store.history("Patient", "old")
-        assert total == 2 and [v.version for v in versions] == [2, 1]
-        with store.transaction() as tx:
-            assert tx.update(patient(id="old")).resource.version == 3
-        assert store.history("Patient", "old")[1] == 3
-    finally:
-        store.close()
-
-
-def test_identifiers_the_gateway_keeps_survive_updates_and_are_not_content(store: SqlStore) -> None:
+def test_identifiers_the_gateway_keeps_survive_updates_and_are_not_content(store: ResourceStore) -> None:
     kept = {"use": "secondary", "type": {"coding": [{"system": KEPT_IDENTIFIER_TYPE, "code": "dhis2-uid"}]},
             "system": "https://dhis2.example.org/api/tracker/trackedEntities", "value": "Aaaaaaaaaa1"}
     own = {"system": "urn:src", "value": "1"}

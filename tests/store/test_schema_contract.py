@@ -1,0 +1,63 @@
+"""Schema migrations: every backend (SQLite, PostgreSQL) migrates idempotently, older databases are upgraded."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import orjson
+
+from gateway.store import open_store
+from gateway.store.migrations import LATEST, MIGRATIONS, statements_for
+from gateway.store.sql import SqlStore
+from tests.store.helpers import patient
+
+
+def test_migrate_is_idempotent(store: SqlStore) -> None:
+    assert store.migrate() == LATEST
+    assert store.schema_version() == LATEST
+
+
+def test_an_older_sqlite_database_is_upgraded(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied REAL NOT NULL)")
+    for statement in statements_for("sqlite", MIGRATIONS[0]):
+        conn.execute(statement)
+    conn.execute("INSERT INTO schema_migrations VALUES (1, 0)")
+    conn.commit()
+    conn.close()
+    store = open_store(f"sqlite:///{path}")
+    try:
+        assert isinstance(store, SqlStore)  # schema_version is the SQL store's, not the Store protocol's
+        assert store.schema_version() == LATEST
+        store.quarantine_add("x", b"{}", "application/json", {"resourceType": "OperationOutcome", "issue": []})
+    finally:
+        store.close()
+
+
+def test_an_older_database_keeps_each_version_once(tmp_path: Path) -> None:
+    """Before schema 3 ``history`` also held the current version; the upgrade removes that copy."""
+    path = tmp_path / "v2.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied REAL NOT NULL)")
+    for migration in MIGRATIONS[:2]:
+        for statement in statements_for("sqlite", migration):
+            conn.execute(statement)
+        conn.execute("INSERT INTO schema_migrations VALUES (?, 0)", (migration.version,))
+    for version in (1, 2):
+        content = orjson.dumps({"resourceType": "Patient", "id": "old", "meta": {"versionId": str(version)}})
+        conn.execute("INSERT INTO history VALUES ('Patient', 'old', ?, ?, 0, ?)", (version, float(version), content))
+    conn.execute("INSERT INTO resources (rtype, id, version, lu, deleted, chash, content) VALUES"
+                 " ('Patient', 'old', 2, 2.0, 0, NULL, ?)", (content,))
+    conn.commit()
+    conn.close()
+    store = open_store(f"sqlite:///{path}")
+    try:
+        versions, total = store.history("Patient", "old")
+        assert total == 2 and [v.version for v in versions] == [2, 1]
+        with store.transaction() as tx:
+            assert tx.update(patient(id="old")).resource.version == 3
+        assert store.history("Patient", "old")[1] == 3
+    finally:
+        store.close()
