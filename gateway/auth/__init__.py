@@ -1,7 +1,7 @@
 """API clients, bearer tokens and SMART v2 system scopes."""
 
-from gateway.auth.authenticator import Authenticator
-from gateway.auth.scopes import Principal, ScopeError, parse_scope, validate_scopes
-from gateway.auth.tokens import hash_token, new_token
+import lazy_loader
 
-__all__ = ["Authenticator", "Principal", "ScopeError", "hash_token", "new_token", "parse_scope", "validate_scopes"]
+# The names below load on first use, so importing one submodule does not import the rest;
+# ``__init__.pyi`` lists them for type checkers and is the one list to edit.
+__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)

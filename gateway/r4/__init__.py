@@ -3,8 +3,8 @@
 The base every other package may read: it imports nothing from the gateway.
 """
 
-from __future__ import annotations
+import lazy_loader
 
-from gateway.r4.types import RESOURCE_TYPES
-
-__all__ = ["RESOURCE_TYPES"]
+# The names below load on first use, so importing one submodule does not import the rest;
+# ``__init__.pyi`` lists them for type checkers and is the one list to edit.
+__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)

@@ -10,23 +10,8 @@ See ``app`` for the endpoints, ``faults`` for the fault model and ``storage`` fo
 kept of accepted data.
 """
 
-from __future__ import annotations
+import lazy_loader
 
-from gateway.sandbox.dhis2.app import create_sandbox_app
-from gateway.sandbox.dhis2.auth import DEFAULT_TOKEN, SandboxUser, make_token
-from gateway.sandbox.dhis2.context import SandboxSettings, SandboxState
-from gateway.sandbox.dhis2.faults import FaultConfig, OutageWindow
-from gateway.sandbox.dhis2.server import SandboxServer, serve
-
-__all__ = [
-    "DEFAULT_TOKEN",
-    "FaultConfig",
-    "OutageWindow",
-    "SandboxServer",
-    "SandboxSettings",
-    "SandboxState",
-    "SandboxUser",
-    "create_sandbox_app",
-    "make_token",
-    "serve",
-]
+# The names below load on first use, so importing one submodule does not import the rest;
+# ``__init__.pyi`` lists them for type checkers and is the one list to edit.
+__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)

@@ -1,0 +1,1 @@
+"""Typed surface of ``gateway.api`` (loaded lazily by ``__init__.py``)."""

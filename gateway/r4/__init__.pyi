@@ -1,0 +1,3 @@
+"""Typed surface of ``gateway.r4`` (loaded lazily by ``__init__.py``)."""
+
+from .types import RESOURCE_TYPES as RESOURCE_TYPES

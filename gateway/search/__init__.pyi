@@ -1,0 +1,1 @@
+"""Typed surface of ``gateway.search`` (loaded lazily by ``__init__.py``)."""
