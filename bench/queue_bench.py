@@ -33,9 +33,9 @@ from pathlib import Path
 import orjson
 import redis.asyncio as aioredis
 
+from gateway.connectors import SystemClock
 from gateway.connectors.base import DeliveryOutcome, Job, Success
 from gateway.delivery.breaker import BreakerPolicy, CircuitBreaker
-from gateway.delivery.clock import SystemClock
 from gateway.delivery.config import DestinationConfig
 from gateway.delivery.policy import RetryPolicy
 from gateway.delivery.queue import DeliveryQueue, open_queue

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from gateway.delivery.clock import Clock, SystemClock
+from gateway.connectors import Clock, SystemClock
 from gateway.delivery.config import DestinationConfig
 from gateway.scheduler import PeriodicTask, Scheduler
 from gateway.settings import Settings

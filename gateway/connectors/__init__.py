@@ -1,4 +1,9 @@
-"""Connectors: the code that talks to each kind of destination (see ``base`` for the seam)."""
+"""Connectors: the code that talks to each kind of destination (see ``base`` for the seam).
+
+Besides the seam, the package holds what every connector shares and the delivery engine
+reuses: time (``clock``), the outcome table (``classify``) and the HTTP exchange (``http``).
+Connectors never import the delivery engine; it imports them.
+"""
 
 from __future__ import annotations
 
@@ -15,12 +20,17 @@ from gateway.connectors.base import (
     Retry,
     Success,
 )
+from gateway.connectors.classify import classify, record_request, record_response
+from gateway.connectors.clock import Clock, ManualClock, SystemClock
+from gateway.connectors.http import exchange
 
 __all__ = [
+    "Clock",
     "Connector",
     "DeliveryOutcome",
     "Job",
     "JobOp",
+    "ManualClock",
     "Partial",
     "Permanent",
     "RecordedRequest",
@@ -28,4 +38,9 @@ __all__ = [
     "RefusedPart",
     "Retry",
     "Success",
+    "SystemClock",
+    "classify",
+    "exchange",
+    "record_request",
+    "record_response",
 ]

@@ -19,9 +19,8 @@ from typing import Any
 import httpx
 import orjson
 
+from gateway.connectors import Clock, exchange
 from gateway.connectors.base import DeliveryOutcome, Job
-from gateway.delivery.clock import Clock
-from gateway.delivery.http import exchange
 
 
 class WebhookConnector:

@@ -9,10 +9,9 @@ dead letter); ``DeliveryAdmin`` shows and repairs it. ``DeliveryService`` wires 
 
 from __future__ import annotations
 
+from gateway.connectors import Clock, ManualClock, SystemClock, classify
 from gateway.delivery.admin import DeliveryAdmin, DestinationStatus, UnknownDeadLetter, UnknownDestination
 from gateway.delivery.breaker import BreakerPolicy, CircuitBreaker, CircuitState
-from gateway.delivery.classify import classify
-from gateway.delivery.clock import Clock, ManualClock, SystemClock
 from gateway.delivery.config import (
     AuthConfig,
     DeliveryConfigError,

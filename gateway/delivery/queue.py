@@ -35,8 +35,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from gateway.connectors import Clock
 from gateway.connectors.base import Job, RecordedRequest, RecordedResponse
-from gateway.delivery.clock import Clock
 
 
 def reraise_if_cancelled(exc: BaseException) -> None:

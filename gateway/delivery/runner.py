@@ -20,8 +20,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, model_validator
 
+from gateway.connectors import SystemClock
 from gateway.delivery.admin import DeliveryAdmin
-from gateway.delivery.clock import SystemClock
 from gateway.delivery.config import DeliveryConfigError, DeliverySettings, DestinationConfig
 from gateway.delivery.queue import DeliveryQueue, open_queue
 from gateway.delivery.service import DeliveryService

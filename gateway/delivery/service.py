@@ -26,10 +26,11 @@ from collections.abc import Callable, Mapping, Sequence
 
 import httpx
 
+from gateway.connectors import Clock, SystemClock
 from gateway.connectors.base import Connector
+from gateway.connectors.clock import wait_event
 from gateway.delivery.admin import DeliveryAdmin
 from gateway.delivery.breaker import CircuitBreaker
-from gateway.delivery.clock import Clock, SystemClock, wait_event
 from gateway.delivery.config import DeliverySettings, DestinationConfig
 from gateway.delivery.factory import ConnectorFactory, build_connector, default_factories
 from gateway.delivery.keys import DEFAULT_PREFIX

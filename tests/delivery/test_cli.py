@@ -10,8 +10,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from gateway.connectors import SystemClock
 from gateway.delivery.cli import parse_when, queue_app
-from gateway.delivery.clock import SystemClock
 from gateway.delivery.queue import Bury, DeadLetterFilter
 from gateway.delivery.sqlite_queue import SQLiteQueue
 from tests.delivery.test_queue_contract import make_job

@@ -15,12 +15,12 @@ import pytest
 
 from gateway.api.admin_delivery import delivery_hook
 from gateway.api.app import create_app
+from gateway.connectors import ManualClock
 from gateway.connectors.dhis2.mcsd import resource_id
 from gateway.connectors.dhis2.measure import report_id
 from gateway.connectors.dhis2.orgunits import ORG_UNIT_SYSTEM
 from gateway.connectors.dhis2.periods import parse_period
 from gateway.connectors.dhis2.tasks import dhis2_tasks
-from gateway.delivery.clock import ManualClock
 from gateway.delivery.config import DestinationConfig
 from gateway.delivery.runner import DeliverySections, run_worker
 from gateway.runtime import scheduler_hook, service_hooks

@@ -24,6 +24,7 @@ from functools import partial
 
 import httpx
 
+from gateway.connectors import Clock
 from gateway.connectors.base import Connector
 from gateway.connectors.dhis2.client import Dhis2Client
 from gateway.connectors.dhis2.config import Dhis2Options
@@ -32,7 +33,6 @@ from gateway.connectors.dhis2.metadata import MetadataCache, MetadataSnapshot, p
 from gateway.connectors.dhis2.sources import ResourceBundle, ResourceSource, StoreResourceSource
 from gateway.connectors.dhis2.uids import derive_uid
 from gateway.connectors.dhis2.writeback import WriteBack, identifier_systems
-from gateway.delivery.clock import Clock
 from gateway.delivery.config import DeliveryConfigError, DestinationConfig
 from gateway.mapping.errors import MappingLoadError
 from gateway.store.base import ResourceStore

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import anyio.to_thread
 
+from gateway.connectors import Clock
 from gateway.connectors.dhis2.client import Dhis2Client
 from gateway.connectors.dhis2.config import Dhis2Options, default_timeout
 from gateway.connectors.dhis2.connector import Dhis2Connector
@@ -36,7 +37,6 @@ from gateway.connectors.dhis2.mcsd import pull_org_units
 from gateway.connectors.dhis2.measure import load_measure
 from gateway.connectors.dhis2.metadata import MetadataSnapshot, pull_metadata
 from gateway.connectors.dhis2.reporting import periods_to_report, write_reports
-from gateway.delivery.clock import Clock
 from gateway.delivery.config import DestinationConfig, resolve_credentials
 from gateway.mapping.errors import LoadIssue, MappingLoadError
 from gateway.scheduler import PeriodicTask
