@@ -1,7 +1,8 @@
 """Connectors: the code that talks to each kind of destination (see ``base`` for the seam).
 
 Besides the seam, the package holds what every connector shares and the delivery engine
-reuses: time (``clock``), the outcome table (``classify``) and the HTTP exchange (``http``).
+reuses: time (``clock``), the outcome table (``classify``), the HTTP exchange (``http``)
+and the configuration connectors read (``config``: credentials, durations).
 Connectors never import the delivery engine; it imports them.
 """
 
@@ -22,12 +23,25 @@ from gateway.connectors.base import (
 )
 from gateway.connectors.classify import classify, record_request, record_response
 from gateway.connectors.clock import Clock, ManualClock, SystemClock
+from gateway.connectors.config import (
+    AuthConfig,
+    Credentials,
+    DeliveryConfigError,
+    Destination,
+    Duration,
+    resolve_credentials,
+)
 from gateway.connectors.http import exchange
 
 __all__ = [
+    "AuthConfig",
     "Clock",
     "Connector",
+    "Credentials",
+    "DeliveryConfigError",
     "DeliveryOutcome",
+    "Destination",
+    "Duration",
     "Job",
     "JobOp",
     "ManualClock",
@@ -43,4 +57,5 @@ __all__ = [
     "exchange",
     "record_request",
     "record_response",
+    "resolve_credentials",
 ]

@@ -9,17 +9,18 @@ dead letter); ``DeliveryAdmin`` shows and repairs it. ``DeliveryService`` wires 
 
 from __future__ import annotations
 
-from gateway.connectors import Clock, ManualClock, SystemClock, classify
-from gateway.delivery.admin import DeliveryAdmin, DestinationStatus, UnknownDeadLetter, UnknownDestination
-from gateway.delivery.breaker import BreakerPolicy, CircuitBreaker, CircuitState
-from gateway.delivery.config import (
+from gateway.connectors import (
     AuthConfig,
+    Clock,
     DeliveryConfigError,
-    DeliverySettings,
-    DestinationConfig,
-    SubscriptionFilter,
+    ManualClock,
+    SystemClock,
+    classify,
     resolve_credentials,
 )
+from gateway.delivery.admin import DeliveryAdmin, DestinationStatus, UnknownDeadLetter, UnknownDestination
+from gateway.delivery.breaker import BreakerPolicy, CircuitBreaker, CircuitState
+from gateway.delivery.config import DeliverySettings, DestinationConfig, SubscriptionFilter
 from gateway.delivery.outbox import Outbox, ordering_key
 from gateway.delivery.policy import RetryPolicy
 from gateway.delivery.queue import (

@@ -31,9 +31,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from gateway.connectors import DeliveryConfigError
+from gateway.connectors.config import parse_duration
 from gateway.delivery.admin import DeliveryAdmin, dead_letter_detail, dead_letter_summary
-from gateway.delivery.config import DeliveryConfigError
-from gateway.delivery.policy import parse_duration
 from gateway.delivery.queue import DeadLetterFilter, QueueError
 from gateway.delivery.runner import DeliverySections, delivery_sections, open_admin, run_worker
 from gateway.errors import GatewayError

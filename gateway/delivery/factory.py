@@ -19,11 +19,11 @@ from typing import Protocol
 
 import httpx
 
-from gateway.connectors import Clock
+from gateway.connectors import Clock, DeliveryConfigError, resolve_credentials
 from gateway.connectors.base import Connector
 from gateway.connectors.fhir_server import FhirServerConnector
 from gateway.connectors.webhook import WebhookConnector
-from gateway.delivery.config import DeliveryConfigError, DestinationConfig, resolve_credentials
+from gateway.delivery.config import DestinationConfig
 from gateway.delivery.http import destination_client
 
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, model_validator
 
-from gateway.connectors import SystemClock
+from gateway.connectors import DeliveryConfigError, SystemClock
 from gateway.delivery.admin import DeliveryAdmin
-from gateway.delivery.config import DeliveryConfigError, DeliverySettings, DestinationConfig
+from gateway.delivery.config import DeliverySettings, DestinationConfig
 from gateway.delivery.queue import DeliveryQueue, open_queue
 from gateway.delivery.service import DeliveryService
 

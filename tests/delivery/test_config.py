@@ -9,14 +9,8 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from gateway.delivery.config import (
-    AuthConfig,
-    DeliveryConfigError,
-    DeliverySettings,
-    DestinationConfig,
-    SubscriptionFilter,
-    resolve_credentials,
-)
+from gateway.connectors import AuthConfig, DeliveryConfigError, resolve_credentials
+from gateway.delivery.config import DeliverySettings, DestinationConfig, SubscriptionFilter
 from gateway.delivery.policy import RetryPolicy
 
 SECRET = "d2pat_0123456789abcdefSECRET"
