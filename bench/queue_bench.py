@@ -38,7 +38,8 @@ from gateway.connectors.base import DeliveryOutcome, Job, Success
 from gateway.delivery.breaker import BreakerPolicy, CircuitBreaker
 from gateway.delivery.config import DestinationConfig
 from gateway.delivery.policy import RetryPolicy
-from gateway.delivery.queue import DeliveryQueue, open_queue
+from gateway.delivery.queue import DeliveryQueue
+from gateway.delivery.queue_factory import open_queue
 from gateway.delivery.worker import DestinationRuntime, Worker
 
 REDIS_DB = 7

@@ -30,8 +30,8 @@ from gateway.delivery.queue import (
     QueueError,
     QueueStats,
     QueueUnavailable,
-    open_queue,
 )
+from gateway.delivery.queue_factory import open_queue
 from gateway.delivery.service import DeliveryService
 from gateway.delivery.states import JobState
 from gateway.delivery.worker import Worker

@@ -23,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, model_
 from gateway.connectors import DeliveryConfigError, SystemClock
 from gateway.delivery.admin import DeliveryAdmin
 from gateway.delivery.config import DeliverySettings, DestinationConfig
-from gateway.delivery.queue import DeliveryQueue, open_queue
+from gateway.delivery.queue import DeliveryQueue
+from gateway.delivery.queue_factory import open_queue
 from gateway.delivery.service import DeliveryService
 
 log = logging.getLogger(__name__)

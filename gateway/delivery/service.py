@@ -35,7 +35,8 @@ from gateway.delivery.config import DeliverySettings, DestinationConfig
 from gateway.delivery.factory import ConnectorFactory, build_connector, default_factories
 from gateway.delivery.keys import DEFAULT_PREFIX
 from gateway.delivery.outbox import Outbox
-from gateway.delivery.queue import DeliveryQueue, open_queue, reraise_if_cancelled
+from gateway.delivery.queue import DeliveryQueue, reraise_if_cancelled
+from gateway.delivery.queue_factory import open_queue
 from gateway.delivery.worker import DestinationRuntime, Worker
 from gateway.store.base import ResourceStore
 
