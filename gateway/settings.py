@@ -8,12 +8,13 @@ environment: the CLI builds a ``Settings`` and hands it down.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -25,7 +26,7 @@ from gateway.scheduler import SchedulerSettings
 
 
 class ConfigFileError(ValueError):
-    """The YAML config file cannot be read or parsed."""
+    """The YAML config file cannot be read or parsed, or holds a FHIRPath that does not parse."""
 
 
 class SearchSettings(BaseModel):
@@ -100,8 +101,6 @@ class Settings(BaseSettings):
         # interval) instead of the first delivery failing on it.
         dhis2 = [d for d in value if d.kind == "dhis2"]
         if dhis2:
-            from pydantic import ValidationError
-
             from gateway.connectors.dhis2.config import Dhis2Options
 
             for destination in dhis2:
@@ -191,5 +190,45 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     token = _file_values.set(file_values)
     try:
         return Settings(**overrides, config_file=config_file)
+    except ValidationError as exc:
+        located = fhirpath_error_in_file(exc, config_file, file_values) if config_file is not None else None
+        if located is None:
+            raise
+        raise ConfigFileError(located) from exc
     finally:
         _file_values.reset(token)
+
+
+def fhirpath_error_in_file(exc: ValidationError, path: Path, values: Mapping[str, Any]) -> str | None:
+    """``file:line: setting: reason`` if the first error of ``exc`` is an invalid FHIRPath read from ``path``.
+
+    ``values`` is what ``read_config_file`` read from ``path``: a value the environment
+    or a keyword argument supplied instead has no place in the file.
+    """
+    from gateway.fhir.fhirpath import FhirPathError
+    from gateway.mapping.yamlfile import YamlSyntaxError, format_path, read_yaml
+
+    first = exc.errors(include_url=False)[0]
+    loc = tuple(first["loc"])
+    if not isinstance(first.get("ctx", {}).get("error"), FhirPathError) or _value_at(values, loc) != first["input"]:
+        return None
+    try:
+        doc = read_yaml(path)
+        where = f"{path}:{doc.line_of(doc.data_path(loc))}"
+    except YamlSyntaxError:  # stricter than the settings reader (duplicate keys): no line then
+        where = str(path)
+    return f"{where}: {format_path(loc)}: {str(first['msg']).removeprefix('Value error, ')}"
+
+
+def _value_at(data: Any, loc: tuple[str | int, ...]) -> Any:
+    for part in loc:
+        if isinstance(data, Mapping) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
+            data = data[part]
+        else:
+            return _MISSING
+    return data
+
+
+_MISSING = object()

@@ -27,7 +27,7 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gateway.connectors import AuthConfig, Duration
 from gateway.delivery.breaker import BreakerPolicy
@@ -43,14 +43,19 @@ class SubscriptionFilter(BaseModel):
     sources: tuple[str, ...] = Field((), description="source names, matched against meta.source")
     criteria: str | None = Field(None, description="FHIRPath; the resource matches when it is true")
 
-    @model_validator(mode="after")
-    def _compile(self) -> SubscriptionFilter:
-        if self.criteria is not None:
+    @field_validator("criteria")
+    @classmethod
+    def _check_criteria(cls, criteria: str | None) -> str | None:
+        if criteria is not None:
+            from gateway.fhir.fhirpath import FhirPathError
+
             try:
-                _compiled(self.criteria)({"resourceType": "Basic"}, None)
+                # The syntax check runs in _compiled; the trial run catches what fhirpathpy
+                # only notices when it evaluates (an undefined %variable).
+                _compiled(criteria)({"resourceType": "Basic"}, None)
             except Exception as exc:  # fhirpathpy raises bare Exception on bad expressions
-                raise ValueError(f"invalid FHIRPath criteria: {exc}") from exc
-        return self
+                raise FhirPathError(f"invalid FHIRPath criteria: {exc}") from exc
+        return criteria
 
     def matches(self, resource_type: str, source: str | None, resource: Mapping[str, Any]) -> bool:
         """True if a change of ``resource`` (type, source system) is for this destination."""
@@ -75,12 +80,11 @@ def source_matches(name: str, source: str | None) -> bool:
 
 @functools.lru_cache(maxsize=256)
 def _compiled(expression: str) -> Callable[[Mapping[str, Any], Any], list[Any]]:
-    # Compiled once per expression: parsing dominates FHIRPath evaluation cost.
-    from fhirpathpy import compile as fhirpath_compile
-    from fhirpathpy.models import models
+    # Compiled once per expression: parsing dominates FHIRPath evaluation cost. Imported
+    # here so that reading settings without criteria never loads the FHIRPath parser.
+    from gateway.fhir.fhirpath import compile_fhirpath
 
-    compiled: Callable[[Mapping[str, Any], Any], list[Any]] = fhirpath_compile(expression, models["r4"])
-    return compiled
+    return compile_fhirpath(expression)
 
 
 class DestinationConfig(BaseModel):

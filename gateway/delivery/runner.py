@@ -61,6 +61,12 @@ def delivery_sections(settings: object, destinations_file: Path | None = None) -
     try:
         return TypeAdapter(DeliverySections).validate_python(data, from_attributes=True)
     except ValidationError as exc:
+        if destinations_file is not None:
+            from gateway.settings import fhirpath_error_in_file
+
+            located = fhirpath_error_in_file(exc, destinations_file, data)
+            if located is not None:
+                raise DeliveryConfigError(located) from exc
         where = f" in {destinations_file}" if destinations_file else ""
         first = exc.errors(include_url=False, include_input=False)[0]
         path = ".".join(str(p) for p in first.get("loc", ()))

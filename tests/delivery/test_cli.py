@@ -121,6 +121,22 @@ def test_bad_destinations_file_is_a_usage_error(files: tuple[Path, Path, Path], 
     assert result.exit_code == 2 and "destinations.0.kind" in result.output
 
 
+def test_broken_criteria_in_a_destinations_file_name_file_and_line(
+    files: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "destinations:\n"
+        "  - name: shr\n"
+        "    kind: fhir\n"
+        "    base_url: http://127.0.0.1:9/fhir\n"
+        "    filter: {criteria: 'Observation.status = '}\n"
+    )
+    result = runner.invoke(queue_app, ["status", "--config", str(files[0]), "--destinations", str(bad)])
+    assert result.exit_code == 2
+    assert f"{bad}:5: destinations[0].filter.criteria: invalid FHIRPath criteria" in result.output
+
+
 def test_parse_when_accepts_ages_and_iso_times() -> None:
     assert parse_when("2h", now=10_000.0) == 2_800.0
     assert parse_when("1970-01-01T01:00:00+00:00") == 3600.0
