@@ -205,6 +205,9 @@ def fhirpath_error_in_file(exc: ValidationError, path: Path, values: Mapping[str
     ``values`` is what ``read_config_file`` read from ``path``: a value the environment
     or a keyword argument supplied instead has no place in the file.
     """
+    # Imported on this error path only. The settings reader has no line numbers (it keeps
+    # PyYAML's plain safe_load), so the file is read again with the mapping loader's
+    # line-keeping reader.
     from gateway.fhir.fhirpath import FhirPathError
     from gateway.mapping.yamlfile import YamlSyntaxError, format_path, read_yaml
 
