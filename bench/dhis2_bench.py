@@ -26,14 +26,14 @@ import httpx
 import orjson
 from pydantic import SecretStr
 
+from gateway.clock import SystemClock
+from gateway.connectors import AuthConfig, Credentials
 from gateway.connectors.base import Job, Success
 from gateway.connectors.dhis2.client import Dhis2Client
 from gateway.connectors.dhis2.config import Dhis2Options
 from gateway.connectors.dhis2.connector import Dhis2Connector
 from gateway.connectors.dhis2.metadata import pull_metadata
 from gateway.connectors.dhis2.sources import ResourceBundle
-from gateway.delivery.clock import SystemClock
-from gateway.delivery.config import AuthConfig, Credentials
 from gateway.sandbox.dhis2 import DEFAULT_TOKEN
 
 ROOT = Path(__file__).resolve().parents[1]

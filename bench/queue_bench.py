@@ -33,12 +33,13 @@ from pathlib import Path
 import orjson
 import redis.asyncio as aioredis
 
+from gateway.clock import SystemClock
 from gateway.connectors.base import DeliveryOutcome, Job, Success
 from gateway.delivery.breaker import BreakerPolicy, CircuitBreaker
-from gateway.delivery.clock import SystemClock
 from gateway.delivery.config import DestinationConfig
 from gateway.delivery.policy import RetryPolicy
-from gateway.delivery.queue import DeliveryQueue, open_queue
+from gateway.delivery.queue import DeliveryQueue
+from gateway.delivery.queue_factory import open_queue
 from gateway.delivery.worker import DestinationRuntime, Worker
 
 REDIS_DB = 7

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.delivery.clock import Clock
+from gateway.clock import Clock
 
 __all__ = ["PeriodicTask", "Scheduler", "SchedulerSettings", "next_run"]
 

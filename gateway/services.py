@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 
 import anyio.to_thread
 
-from gateway.delivery.clock import Clock, SystemClock
-from gateway.delivery.config import DeliveryConfigError, DestinationConfig
-from gateway.delivery.runner import DeliverySections, delivery_sections
+from gateway.clock import Clock, SystemClock
+from gateway.connectors import DeliveryConfigError
+from gateway.delivery import DeliverySections, DestinationConfig
 from gateway.delivery.service import DeliveryService
 from gateway.errors import FhirError
 from gateway.ingest.registry import MappingRegistry
@@ -35,7 +35,7 @@ from gateway.ingest.service import IngestService
 from gateway.scheduler import PeriodicTask, Scheduler
 from gateway.search.query import QueryParser
 from gateway.search.registry import SearchRegistry, default_registry
-from gateway.settings import Settings
+from gateway.settings import Settings, delivery_sections
 from gateway.store import ResourceStore, Store, open_store
 
 __all__ = ["ServicePlan", "Services", "build_scheduler", "run_worker"]

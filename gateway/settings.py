@@ -8,19 +8,21 @@ environment: the CLI builds a ``Settings`` and hands it down.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, TypeAdapter, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
 
-from gateway.delivery.config import DeliverySettings, DestinationConfig
+from gateway.connectors import DeliveryConfigError
+from gateway.delivery.config import DeliverySections, DeliverySettings, DestinationConfig
 from gateway.ingest.config import SourceConfig
 from gateway.scheduler import SchedulerSettings
 
@@ -28,7 +30,7 @@ __all__ = ["ConfigFileError", "SearchSettings", "Settings", "SourceConfig", "loa
 
 
 class ConfigFileError(ValueError):
-    """The YAML config file cannot be read or parsed."""
+    """The YAML config file cannot be read or parsed, or holds a FHIRPath that does not parse."""
 
 
 class SearchSettings(BaseModel):
@@ -85,8 +87,6 @@ class Settings(BaseSettings):
         # interval) instead of the first delivery failing on it.
         dhis2 = [d for d in value if d.kind == "dhis2"]
         if dhis2:
-            from pydantic import ValidationError
-
             from gateway.connectors.dhis2.config import Dhis2Options
 
             for destination in dhis2:
@@ -176,5 +176,70 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     token = _file_values.set(file_values)
     try:
         return Settings(**overrides, config_file=config_file)
+    except ValidationError as exc:
+        located = fhirpath_error_in_file(exc, config_file, file_values) if config_file is not None else None
+        if located is None:
+            raise
+        raise ConfigFileError(located) from exc
     finally:
         _file_values.reset(token)
+
+
+def fhirpath_error_in_file(exc: ValidationError, path: Path, values: Mapping[str, Any]) -> str | None:
+    """``file:line: setting: reason`` if the first error of ``exc`` is an invalid FHIRPath read from ``path``.
+
+    ``values`` is what ``read_config_file`` read from ``path``: a value the environment
+    or a keyword argument supplied instead has no place in the file.
+    """
+    # Imported on this error path only. The settings reader has no line numbers (it keeps
+    # PyYAML's plain safe_load), so the file is read again with the mapping loader's
+    # line-keeping reader.
+    from gateway.fhir.fhirpath import FhirPathError
+    from gateway.mapping.yamlfile import YamlSyntaxError, format_path, read_yaml
+
+    first = exc.errors(include_url=False)[0]
+    loc = tuple(first["loc"])
+    if not isinstance(first.get("ctx", {}).get("error"), FhirPathError) or _value_at(values, loc) != first["input"]:
+        return None
+    try:
+        doc = read_yaml(path)
+        where = f"{path}:{doc.line_of(doc.data_path(loc))}"
+    except YamlSyntaxError:  # stricter than the settings reader (duplicate keys): no line then
+        where = str(path)
+    return f"{where}: {format_path(loc)}: {str(first['msg']).removeprefix('Value error, ')}"
+
+
+def _value_at(data: Any, loc: tuple[str | int, ...]) -> Any:
+    for part in loc:
+        if isinstance(data, Mapping) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
+            data = data[part]
+        else:
+            return _MISSING
+    return data
+
+
+_MISSING = object()
+
+
+def delivery_sections(settings: Settings, destinations_file: Path | None = None) -> DeliverySections:
+    """The delivery sections from ``destinations_file`` if given, else from ``settings``."""
+    if destinations_file is not None:
+        data = read_config_file(destinations_file)
+    else:
+        data = {
+            "destinations": settings.destinations,
+            "delivery": settings.delivery,
+        }
+    try:
+        return TypeAdapter(DeliverySections).validate_python(data, from_attributes=True)
+    except ValidationError as exc:
+        if destinations_file is not None:
+            located = fhirpath_error_in_file(exc, destinations_file, data)
+            if located is not None:
+                raise DeliveryConfigError(located) from exc
+        where = f" in {destinations_file}" if destinations_file else ""
+        first = exc.errors(include_url=False, include_input=False)[0]
+        path = ".".join(str(p) for p in first.get("loc", ()))
+        raise DeliveryConfigError(f"{path}{where}: {first.get('msg', 'invalid')}") from exc

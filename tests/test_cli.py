@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,49 @@ def test_config_check_names_a_bad_dhis2_option(env: Path) -> None:
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["scheduler"] == {"enabled": True}
+
+
+DESTINATION_WITH_CRITERIA = (
+    "port: 8080\n"
+    "destinations:\n"
+    "  - name: shr\n"
+    "    kind: fhir\n"
+    "    base_url: https://shr.example.org/fhir\n"
+    "    filter:\n"
+    "      resource_types: [Observation]\n"
+    "      criteria: {criteria}\n"
+)
+
+
+@pytest.mark.parametrize(
+    "criteria", ['"a..b"', '"Observation.status = "', "\"(Observation.status = 'final'\"", '"Observation status"']
+)
+def test_config_check_refuses_broken_fhirpath_criteria_with_file_and_line(env: Path, criteria: str) -> None:
+    config = env / "criteria.yaml"
+    config.write_text(DESTINATION_WITH_CRITERIA.format(criteria=criteria))
+    result = runner.invoke(app, ["config", "check", "--config", str(config)])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"gateway: {config}:8: destinations[0].filter.criteria: invalid FHIRPath")
+    assert result.stderr.count("\n") == 1
+
+
+def test_config_check_accepts_valid_criteria(env: Path) -> None:
+    config = env / "criteria.yaml"
+    config.write_text(DESTINATION_WITH_CRITERIA.format(criteria="\"Observation.status = 'final'\""))
+    result = runner.invoke(app, ["config", "check", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["destinations"][0]["filter"]["criteria"] == "Observation.status = 'final'"
+
+
+def test_broken_criteria_from_the_environment_name_the_setting(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    destinations = [{"name": "shr", "kind": "fhir", "base_url": "https://x", "filter": {"criteria": "a..b"}}]
+    monkeypatch.setenv("GATEWAY_DESTINATIONS", json.dumps(destinations))
+    result = runner.invoke(app, ["config", "check"])
+    assert result.exit_code == 2
+    assert "destinations.0.filter.criteria" in result.stderr and "invalid FHIRPath criteria" in result.stderr
+    # The environment wins over the file, so the file (whose criteria are fine) is not blamed.
+    config = env / "criteria.yaml"
+    config.write_text(DESTINATION_WITH_CRITERIA.format(criteria="\"Observation.status = 'final'\""))
+    result = runner.invoke(app, ["config", "check", "--config", str(config)])
+    assert result.exit_code == 2 and "destinations.0.filter.criteria" in result.stderr
+    assert re.search(rf"{re.escape(str(config))}:\d", result.stderr) is None

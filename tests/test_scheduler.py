@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from gateway.delivery.clock import ManualClock
+from gateway.clock import ManualClock
 from gateway.scheduler import PeriodicTask, Scheduler, next_run
 
 HOUR = 3600.0

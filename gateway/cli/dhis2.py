@@ -6,7 +6,7 @@
 
 The lead mounts ``dhis2_app`` as the ``dhis2`` sub-command of the gateway CLI. Secrets come
 from the destination's ``auth`` (an environment variable or file, resolved by
-``gateway.delivery.config.resolve_credentials`` from the mapping the CLI passes in) or from
+``gateway.connectors.config.resolve_credentials`` from the mapping the CLI passes in) or from
 ``--token-file``/``--password-file``; they are never printed.
 """
 
@@ -23,11 +23,11 @@ import typer
 from pydantic import SecretStr, ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from gateway.connectors import AuthConfig, Credentials, DeliveryConfigError, resolve_credentials
 from gateway.connectors.dhis2.client import Dhis2Client
 from gateway.connectors.dhis2.config import Dhis2Options, check_version, default_timeout
 from gateway.connectors.dhis2.errors import Dhis2Error, Dhis2HttpError
 from gateway.connectors.dhis2.metadata import FIELDS, MetadataCache
-from gateway.delivery.config import AuthConfig, Credentials, DeliveryConfigError, resolve_credentials
 from gateway.settings import ConfigFileError, load_settings
 
 __all__ = ["dhis2_app", "resolve_destination"]

@@ -32,11 +32,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from gateway.cli.common import ConfigOption, fail
-from gateway.delivery.admin import DeliveryAdmin, dead_letter_detail, dead_letter_summary
-from gateway.delivery.config import DeliveryConfigError
-from gateway.delivery.policy import parse_duration
+from gateway.connectors import DeliveryConfigError
+from gateway.connectors.config import parse_duration
+from gateway.delivery.admin import DeliveryAdmin, dead_letter_detail, dead_letter_summary, open_admin
+from gateway.delivery.config import DeliverySections
 from gateway.delivery.queue import DeadLetterFilter, QueueError
-from gateway.delivery.runner import DeliverySections, delivery_sections, open_admin
 from gateway.errors import GatewayError
 
 T = TypeVar("T")
@@ -55,7 +55,7 @@ UntilFilter = Annotated[str | None, typer.Option("--until", help="ISO time, or a
 
 
 def _load(config: Path | None, destinations: Path | None) -> tuple[Any, DeliverySections]:
-    from gateway.settings import ConfigFileError, load_settings
+    from gateway.settings import ConfigFileError, delivery_sections, load_settings
 
     try:
         settings = load_settings(config)

@@ -17,7 +17,7 @@ Rules a connector follows:
   at most one job per ordering key (patient compartment), so a batch may be sent as one
   request (DHIS2 tracker import, a FHIR batch Bundle) or as several.
 * Transport errors and HTTP responses are turned into outcomes with
-  ``gateway.delivery.classify.classify`` (one table for every connector); a connector
+  ``gateway.connectors.classify.classify`` (one table for every connector); a connector
   may treat a few statuses as success first (e.g. 404 on DELETE).
 * A bug (any other exception) is left to propagate: the engine dead-letters the jobs with
   the traceback instead of retrying forever.

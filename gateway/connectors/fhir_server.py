@@ -24,10 +24,9 @@ from urllib.parse import quote
 import httpx
 import orjson
 
+from gateway.clock import Clock
+from gateway.connectors import classify, exchange, record_request, record_response
 from gateway.connectors.base import DeliveryOutcome, Job, Permanent, Success
-from gateway.delivery.classify import classify, record_request, record_response
-from gateway.delivery.clock import Clock
-from gateway.delivery.http import exchange
 
 FHIR_JSON = "application/fhir+json"
 GONE_ON_DELETE = (404, 410)  # deleting what is not there has the intended effect

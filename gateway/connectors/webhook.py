@@ -19,9 +19,9 @@ from typing import Any
 import httpx
 import orjson
 
+from gateway.clock import Clock
+from gateway.connectors import exchange
 from gateway.connectors.base import DeliveryOutcome, Job
-from gateway.delivery.clock import Clock
-from gateway.delivery.http import exchange
 
 
 class WebhookConnector:

@@ -9,18 +9,16 @@ dead letter); ``DeliveryAdmin`` shows and repairs it. ``DeliveryService`` wires 
 
 from __future__ import annotations
 
-from gateway.delivery.admin import DeliveryAdmin, DestinationStatus, UnknownDeadLetter, UnknownDestination
-from gateway.delivery.breaker import BreakerPolicy, CircuitBreaker, CircuitState
-from gateway.delivery.classify import classify
-from gateway.delivery.clock import Clock, ManualClock, SystemClock
-from gateway.delivery.config import (
-    AuthConfig,
-    DeliveryConfigError,
-    DeliverySettings,
-    DestinationConfig,
-    SubscriptionFilter,
-    resolve_credentials,
+from gateway.delivery.admin import (
+    AdminHandle,
+    DeliveryAdmin,
+    DestinationStatus,
+    UnknownDeadLetter,
+    UnknownDestination,
+    open_admin,
 )
+from gateway.delivery.breaker import BreakerPolicy, CircuitBreaker, CircuitState
+from gateway.delivery.config import DeliverySections, DeliverySettings, DestinationConfig, SubscriptionFilter
 from gateway.delivery.outbox import Outbox, ordering_key
 from gateway.delivery.policy import RetryPolicy
 from gateway.delivery.queue import (
@@ -30,41 +28,37 @@ from gateway.delivery.queue import (
     QueueError,
     QueueStats,
     QueueUnavailable,
-    open_queue,
 )
+from gateway.delivery.queue_factory import open_queue
 from gateway.delivery.service import DeliveryService
 from gateway.delivery.states import JobState
 from gateway.delivery.worker import Worker
 
 __all__ = [
-    "AuthConfig",
+    "AdminHandle",
+    "DeliverySections",
+    "open_admin",
     "BreakerPolicy",
     "CircuitBreaker",
     "CircuitState",
-    "Clock",
     "DeadLetter",
     "DeadLetterFilter",
     "DeliveryAdmin",
-    "DeliveryConfigError",
     "DeliveryQueue",
     "DeliveryService",
     "DeliverySettings",
     "DestinationConfig",
     "DestinationStatus",
     "JobState",
-    "ManualClock",
     "Outbox",
     "QueueError",
     "QueueStats",
     "QueueUnavailable",
     "RetryPolicy",
     "SubscriptionFilter",
-    "SystemClock",
     "UnknownDeadLetter",
     "UnknownDestination",
     "Worker",
-    "classify",
     "ordering_key",
     "open_queue",
-    "resolve_credentials",
 ]

@@ -12,8 +12,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from gateway.delivery.config import DestinationConfig
+from gateway.clock import SystemClock
+from gateway.delivery.config import DeliverySections, DestinationConfig
 from gateway.delivery.queue import DeadLetter, DeadLetterFilter, DeliveryQueue, QueueStats
+from gateway.delivery.queue_factory import open_queue
 from gateway.errors import GatewayError
 
 REPLAY_CHUNK = 500  # dead letters replayed per queue transaction
@@ -148,3 +150,17 @@ class DeliveryAdmin:
             if progress is not None:
                 progress(min(start + REPLAY_CHUNK, len(ids)), len(ids))
         return done
+
+
+@dataclass(frozen=True, slots=True)
+class AdminHandle:
+    """A queue opened for operator commands, with its admin facade."""
+
+    queue: DeliveryQueue
+    admin: DeliveryAdmin
+
+
+def open_admin(queue_url: str, sections: DeliverySections) -> AdminHandle:
+    """Open the queue for status, dead letters and replay (no workers, no credentials)."""
+    queue = open_queue(queue_url, clock=SystemClock(), lease=sections.delivery.lease)
+    return AdminHandle(queue, DeliveryAdmin(queue, sections.destinations))

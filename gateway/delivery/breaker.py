@@ -27,7 +27,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gateway.delivery.policy import Duration
+from gateway.connectors import Duration
 
 
 class CircuitState(StrEnum):

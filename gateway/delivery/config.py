@@ -17,96 +17,21 @@ In the YAML config file:
     delivery:
       poll_interval: 0.5s
 
-The config names where a secret lives (an environment variable or a file), never the
-secret itself. ``resolve_credentials`` reads it, from a mapping the CLI passes in
-(``os.environ``): nothing in the package reads the environment on its own.
+Credentials (``AuthConfig``, ``resolve_credentials``), durations and ``DeliveryConfigError``
+are ``gateway.connectors.config``'s: connectors read them too.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Generator, Mapping
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway.connectors import AuthConfig, Duration
 from gateway.delivery.breaker import BreakerPolicy
-from gateway.delivery.policy import Duration, RetryPolicy
-
-
-class DeliveryConfigError(ValueError):
-    """A destination's configuration cannot be used (the message never holds a secret)."""
-
-
-class AuthConfig(BaseModel):
-    """Where a destination's credentials come from."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    type: Literal["bearer", "basic", "api_token"]
-    username: str | None = Field(None, description="basic auth user name")
-    secret_env: str | None = Field(None, description="name of the env var holding the token/password")
-    secret_file: Path | None = Field(None, description="file holding the token/password")
-    header: str = Field("Authorization", description="api_token: header carrying the token")
-    scheme: str = Field("ApiToken", description="api_token: prefix before the token ('' for none)")
-
-    @model_validator(mode="after")
-    def _validate(self) -> AuthConfig:
-        if (self.secret_env is None) == (self.secret_file is None):
-            raise ValueError("set exactly one of secret_env and secret_file")
-        if self.type == "basic" and not self.username:
-            raise ValueError("basic auth needs a username")
-        return self
-
-
-class Credentials:
-    """A destination's resolved credentials; the secret stays a ``SecretStr``."""
-
-    def __init__(self, config: AuthConfig, secret: SecretStr) -> None:
-        self.config = config
-        self.secret = secret
-
-    def __repr__(self) -> str:
-        return f"Credentials(type={self.config.type!r}, secret='**********')"
-
-    def httpx_auth(self) -> httpx.Auth:
-        """An ``httpx.Auth`` adding these credentials to every request."""
-        value = self.secret.get_secret_value()
-        if self.config.type == "basic":
-            return httpx.BasicAuth(self.config.username or "", value)
-        if self.config.type == "bearer":
-            return _HeaderAuth("Authorization", f"Bearer {value}")
-        prefix = f"{self.config.scheme} " if self.config.scheme else ""
-        return _HeaderAuth(self.config.header, prefix + value)
-
-
-class _HeaderAuth(httpx.Auth):
-    def __init__(self, header: str, value: str) -> None:
-        self._header = header
-        self._value = value
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        request.headers[self._header] = self._value
-        yield request
-
-
-def resolve_credentials(auth: AuthConfig, environ: Mapping[str, str]) -> Credentials:
-    """Read the secret ``auth`` points at, from ``environ`` or a file."""
-    if auth.secret_env is not None:
-        value = environ.get(auth.secret_env)
-        if not value:
-            raise DeliveryConfigError(f"environment variable {auth.secret_env} is not set or empty")
-    else:
-        assert auth.secret_file is not None
-        try:
-            value = auth.secret_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise DeliveryConfigError(f"cannot read secret file {auth.secret_file}: {exc.strerror}") from exc
-        if not value:
-            raise DeliveryConfigError(f"secret file {auth.secret_file} is empty")
-    return Credentials(auth, SecretStr(value))
+from gateway.delivery.policy import RetryPolicy
 
 
 class SubscriptionFilter(BaseModel):
@@ -118,14 +43,19 @@ class SubscriptionFilter(BaseModel):
     sources: tuple[str, ...] = Field((), description="source names, matched against meta.source")
     criteria: str | None = Field(None, description="FHIRPath; the resource matches when it is true")
 
-    @model_validator(mode="after")
-    def _compile(self) -> SubscriptionFilter:
-        if self.criteria is not None:
+    @field_validator("criteria")
+    @classmethod
+    def _check_criteria(cls, criteria: str | None) -> str | None:
+        if criteria is not None:
+            from gateway.fhir.fhirpath import FhirPathError
+
             try:
-                _compiled(self.criteria)({"resourceType": "Basic"}, None)
+                # The syntax check runs in _compiled; the trial run catches what fhirpathpy
+                # only notices when it evaluates (an undefined %variable).
+                _compiled(criteria)({"resourceType": "Basic"}, None)
             except Exception as exc:  # fhirpathpy raises bare Exception on bad expressions
-                raise ValueError(f"invalid FHIRPath criteria: {exc}") from exc
-        return self
+                raise FhirPathError(f"invalid FHIRPath criteria: {exc}") from exc
+        return criteria
 
     def matches(self, resource_type: str, source: str | None, resource: Mapping[str, Any]) -> bool:
         """True if a change of ``resource`` (type, source system) is for this destination."""
@@ -150,12 +80,11 @@ def source_matches(name: str, source: str | None) -> bool:
 
 @functools.lru_cache(maxsize=256)
 def _compiled(expression: str) -> Callable[[Mapping[str, Any], Any], list[Any]]:
-    # Compiled once per expression: parsing dominates FHIRPath evaluation cost.
-    from fhirpathpy import compile as fhirpath_compile
-    from fhirpathpy.models import models
+    # Compiled once per expression: parsing dominates FHIRPath evaluation cost. Imported
+    # here so that reading settings without criteria never loads the FHIRPath parser.
+    from gateway.fhir.fhirpath import compile_fhirpath
 
-    compiled: Callable[[Mapping[str, Any], Any], list[Any]] = fhirpath_compile(expression, models["r4"])
-    return compiled
+    return compile_fhirpath(expression)
 
 
 class DestinationConfig(BaseModel):
@@ -208,3 +137,20 @@ class DeliverySettings(BaseModel):
     def breaker_for(self, destination: DestinationConfig) -> BreakerPolicy:
         """The effective circuit-breaker policy of ``destination``."""
         return destination.breaker or self.breaker
+
+
+class DeliverySections(BaseModel):
+    """The ``destinations`` and ``delivery`` sections of a config."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    destinations: tuple[DestinationConfig, ...] = ()
+    delivery: DeliverySettings = DeliverySettings()
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> DeliverySections:
+        names = [d.name for d in self.destinations]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"destination names must be unique: {', '.join(duplicates)}")
+        return self

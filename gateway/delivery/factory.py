@@ -19,9 +19,12 @@ from typing import Protocol
 
 import httpx
 
+from gateway.clock import Clock
+from gateway.connectors import DeliveryConfigError, resolve_credentials
 from gateway.connectors.base import Connector
-from gateway.delivery.clock import Clock
-from gateway.delivery.config import DeliveryConfigError, DestinationConfig, resolve_credentials
+from gateway.connectors.fhir_server import FhirServerConnector
+from gateway.connectors.webhook import WebhookConnector
+from gateway.delivery.config import DestinationConfig
 from gateway.delivery.http import destination_client
 
 
@@ -35,14 +38,8 @@ class ConnectorFactory(Protocol):
         ...
 
 
-# Connector modules are imported when a destination of their kind is built: they import
-# gateway.delivery helpers themselves, and this keeps the import graph free of cycles.
-
-
 def fhir_connector(destination: DestinationConfig, *, client: httpx.AsyncClient, clock: Clock) -> Connector:
     """The ``fhir`` kind; ``options.mode`` is ``id`` (default) or ``identifier``."""
-    from gateway.connectors.fhir_server import FhirServerConnector
-
     mode = destination.options.get("mode", "id")
     if mode not in ("id", "identifier"):
         raise DeliveryConfigError(f"destination {destination.name}: options.mode must be id or identifier")
@@ -53,8 +50,6 @@ def webhook_connector(
     destination: DestinationConfig, *, client: httpx.AsyncClient, clock: Clock
 ) -> Connector:
     """The ``webhook`` kind: POST to ``base_url``."""
-    from gateway.connectors.webhook import WebhookConnector
-
     return WebhookConnector(client, destination.base_url, clock)
 
 
@@ -65,6 +60,8 @@ def default_factories(store: object) -> dict[str, ConnectorFactory]:
     """Every kind; ``dhis2`` reads related resources from ``store``."""
 
     def dhis2(destination: DestinationConfig, *, client: httpx.AsyncClient, clock: Clock) -> Connector:
+        # Imported only when a dhis2 destination is built: a build may leave it out, and it
+        # loads the mapping engine, which processes without such a destination do not need.
         try:
             module = importlib.import_module("gateway.connectors.dhis2")
         except ImportError as exc:

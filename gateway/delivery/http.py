@@ -1,19 +1,13 @@
-"""The HTTP plumbing connectors share: one pooled client per destination, one exchange helper.
+"""The HTTP client the engine builds for each destination and hands to its connector.
 
     client = destination_client(timeout=30.0, concurrency=4, auth=credentials.httpx_auth())
-    response, outcome = await exchange(client, client.build_request("PUT", url, content=body), clock)
 
-``exchange`` turns transport errors into outcomes through ``classify`` and lets any other
-exception (a bug) propagate, so the engine dead-letters it with its traceback.
+Connectors send through it with ``gateway.connectors.exchange``.
 """
 
 from __future__ import annotations
 
 import httpx
-
-from gateway.connectors.base import DeliveryOutcome
-from gateway.delivery.classify import classify
-from gateway.delivery.clock import Clock
 
 USER_AGENT = "chw-fhir-gateway-delivery/0.1"
 
@@ -34,15 +28,3 @@ def destination_client(
         headers={"User-Agent": USER_AGENT},
         transport=transport,
     )
-
-
-async def exchange(
-    client: httpx.AsyncClient, request: httpx.Request, clock: Clock
-) -> tuple[httpx.Response | None, DeliveryOutcome]:
-    """Send ``request``; the response (None on a transport error) and what it means."""
-    try:
-        response = await client.send(request)
-        await response.aread()
-    except httpx.HTTPError as exc:
-        return None, classify(exc, now=clock.now())
-    return response, classify(response, now=clock.now())

@@ -25,8 +25,8 @@ from typing import Any
 
 import orjson
 
+from gateway.clock import Clock
 from gateway.connectors.base import Job
-from gateway.delivery.clock import Clock
 from gateway.delivery.codec import job_id
 from gateway.delivery.config import DestinationConfig
 from gateway.delivery.queue import DeliveryQueue

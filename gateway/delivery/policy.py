@@ -13,26 +13,10 @@ a dead destination from being hammered meanwhile, so a long outage costs few att
 from __future__ import annotations
 
 import math
-import re
-from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-
-
-def parse_duration(value: Any) -> Any:
-    """Seconds from a number or a string like ``"500ms"``, ``"30s"``, ``"5m"``, ``"2h"``, ``"30d"``."""
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match is None:
-            raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 5m, 2h, 30d)")
-        return float(match.group(1)) * _UNITS[match.group(2) or "s"]
-    return value
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+from gateway.connectors import Duration
 
 
 class RetryPolicy(BaseModel):

@@ -2,7 +2,8 @@
 
 ``SQLiteQueue`` (``sqlite:///path``) is the single-node default: WAL, one file, survives
 ``kill -9``. ``RedisQueue`` (``redis://…``) is for many workers on many machines. Both
-pass ``tests/delivery/test_queue_contract.py``.
+pass ``tests/delivery/test_queue_contract.py``; ``queue_factory.open_queue`` picks one
+by URL (this module imports neither).
 
 What every backend guarantees:
 
@@ -36,7 +37,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.connectors.base import Job, RecordedRequest, RecordedResponse
-from gateway.delivery.clock import Clock
 
 
 def reraise_if_cancelled(exc: BaseException) -> None:
@@ -224,15 +224,3 @@ class DeliveryQueue(Protocol):
         """Release connections."""
         ...
 
-
-def open_queue(url: str, *, clock: Clock, lease: float = 60.0, prefix: str = "gw:dq") -> DeliveryQueue:
-    """Open the queue named by ``settings.queue_url`` (``sqlite:///path`` or ``redis://…``)."""
-    if url.startswith("sqlite:///"):
-        from gateway.delivery.sqlite_queue import SQLiteQueue
-
-        return SQLiteQueue(url.removeprefix("sqlite:///"), clock=clock, lease=lease)
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        from gateway.delivery.redis_queue import RedisQueue
-
-        return RedisQueue.from_url(url, clock=clock, lease=lease, prefix=prefix)
-    raise ValueError("queue url must start with sqlite:/// or redis://")

@@ -26,15 +26,16 @@ from collections.abc import Callable, Mapping, Sequence
 
 import httpx
 
+from gateway.clock import Clock, SystemClock, wait_event
 from gateway.connectors.base import Connector
 from gateway.delivery.admin import DeliveryAdmin
 from gateway.delivery.breaker import CircuitBreaker
-from gateway.delivery.clock import Clock, SystemClock, wait_event
 from gateway.delivery.config import DeliverySettings, DestinationConfig
 from gateway.delivery.factory import ConnectorFactory, build_connector, default_factories
 from gateway.delivery.keys import DEFAULT_PREFIX
 from gateway.delivery.outbox import Outbox
-from gateway.delivery.queue import DeliveryQueue, open_queue, reraise_if_cancelled
+from gateway.delivery.queue import DeliveryQueue, reraise_if_cancelled
+from gateway.delivery.queue_factory import open_queue
 from gateway.delivery.worker import DestinationRuntime, Worker
 from gateway.store import Store
 

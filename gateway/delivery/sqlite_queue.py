@@ -9,6 +9,9 @@ power loss; ``normal`` survives ``kill -9`` only.
 Per-key order is kept with a ``head`` flag: exactly the oldest live job (lowest ``pos``)
 of each (destination, key) has ``head = 1``, and only heads are claimed. ``pos`` is a
 queue-wide counter, so a replayed job goes behind the live jobs of its key.
+
+The tables are versioned (``sqlite_schema``): a connection brings its file up to date
+when it opens, and refuses a file written by a newer gateway.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gateway.clock import Clock
 from gateway.connectors.base import Job
-from gateway.delivery.clock import Clock
 from gateway.delivery.codec import decode_detail, decode_job, encode_detail, encode_job
 from gateway.delivery.queue import (
     Ack,
@@ -39,56 +42,12 @@ from gateway.delivery.queue import (
     Settlement,
     Split,
 )
+from gateway.delivery.sqlite_schema import migrate
 from gateway.delivery.states import JobState
 
 T = TypeVar("T")
 
 STATS_BUCKET = 10  # seconds per delivered-count bucket
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    destination TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    pos INTEGER NOT NULL,
-    key TEXT NOT NULL,
-    ref TEXT NOT NULL,
-    state TEXT NOT NULL,
-    head INTEGER NOT NULL,
-    due REAL NOT NULL,
-    lease_until REAL,
-    claims INTEGER NOT NULL DEFAULT 0,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    enqueued_at REAL NOT NULL,
-    job BLOB NOT NULL,
-    payload BLOB NOT NULL,
-    last_error TEXT,
-    reason TEXT,
-    detail BLOB,
-    died_at REAL
-);
-CREATE INDEX IF NOT EXISTS jobs_pending ON jobs (destination, due) WHERE head = 1 AND state = 'pending';
-CREATE INDEX IF NOT EXISTS jobs_retrying ON jobs (destination, due) WHERE head = 1 AND state = 'retrying';
-CREATE INDEX IF NOT EXISTS jobs_lease ON jobs (destination, lease_until) WHERE state = 'in_flight';
-CREATE INDEX IF NOT EXISTS jobs_key ON jobs (destination, key, pos) WHERE state != 'dead';
-CREATE INDEX IF NOT EXISTS jobs_ref ON jobs (destination, ref, seq) WHERE state != 'dead';
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs (destination, state, enqueued_at);
-CREATE INDEX IF NOT EXISTS jobs_dead ON jobs (destination, died_at) WHERE state = 'dead';
-CREATE TABLE IF NOT EXISTS cursors (destination TEXT PRIMARY KEY, seq INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS destinations (
-    name TEXT PRIMARY KEY,
-    paused INTEGER NOT NULL DEFAULT 0,
-    circuit TEXT NOT NULL DEFAULT 'closed',
-    circuit_until REAL
-);
-CREATE TABLE IF NOT EXISTS delivered (
-    destination TEXT NOT NULL,
-    bucket INTEGER NOT NULL,
-    n INTEGER NOT NULL,
-    PRIMARY KEY (destination, bucket)
-);
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-"""
 
 _JOB_COLUMNS = "id, job, payload, attempts, enqueued_at, claims"
 
@@ -134,7 +93,11 @@ class SQLiteQueue:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             conn.execute("PRAGMA busy_timeout=30000")
-            conn.executescript(SCHEMA)
+            try:
+                migrate(conn)
+            except BaseException:
+                conn.close()
+                raise
             self._local.conn = conn
         return conn
 

@@ -1,4 +1,5 @@
-"""FHIR R4 resources: parsing, validation (strict checker and models), OperationOutcomes, Bundles and the REST interactions over the store."""
+"""FHIR R4 resources: parsing, validation, FHIRPath syntax, OperationOutcomes, Bundles, and the REST
+interactions over the store."""
 
 import lazy_loader
 

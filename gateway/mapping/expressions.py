@@ -29,6 +29,7 @@ from typing import Any
 
 import fhirpathpy
 
+from gateway.fhir.fhirpath import member_reads, plain, simple_path, variables_of
 from gateway.mapping.converters import (
     CONVERTERS,
     CompileContext,
@@ -44,11 +45,7 @@ from gateway.mapping.fhirpath import (
     check_functions,
     fhirpath_evaluator,
     interpreted_evaluator,
-    member_reads,
     parse_fhirpath,
-    plain,
-    simple_path,
-    variables_of,
 )
 
 __all__ = ["CompileError", "Evaluator", "Expression", "Scope", "compile_expression", "split_pipeline"]

@@ -9,9 +9,9 @@ import orjson
 import pytest
 import respx
 
+from gateway.clock import ManualClock
 from gateway.connectors.base import Job, Permanent, Retry, Success
 from gateway.connectors.fhir_server import FhirServerConnector
-from gateway.delivery.clock import ManualClock
 from gateway.delivery.http import destination_client
 
 BASE = "https://shr.example.org/fhir"

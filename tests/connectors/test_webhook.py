@@ -9,9 +9,9 @@ import orjson
 import pytest
 import respx
 
+from gateway.clock import ManualClock
 from gateway.connectors.base import Job, Permanent, Retry, Success
 from gateway.connectors.webhook import WebhookConnector
-from gateway.delivery.clock import ManualClock
 from gateway.delivery.http import destination_client
 
 URL = "https://hooks.example.org/in"

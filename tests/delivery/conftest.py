@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.delivery.clock import ManualClock
+from gateway.clock import ManualClock
 from gateway.delivery.queue import DeliveryQueue
 from gateway.delivery.redis_queue import RedisQueue
 from gateway.delivery.sqlite_queue import SQLiteQueue

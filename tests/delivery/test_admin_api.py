@@ -10,9 +10,9 @@ import pytest
 
 from gateway.api import admin_delivery
 from gateway.api.app import create_app
+from gateway.delivery import DeliverySections
 from gateway.delivery.config import DeliverySettings, DestinationConfig
 from gateway.delivery.policy import RetryPolicy
-from gateway.delivery.runner import DeliverySections
 from gateway.services import ServicePlan
 from gateway.settings import Settings
 from gateway.store import Store, open_store

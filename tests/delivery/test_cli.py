@@ -11,7 +11,7 @@ import yaml
 from typer.testing import CliRunner
 
 from gateway.cli.queue import parse_when, queue_app
-from gateway.delivery.clock import SystemClock
+from gateway.clock import SystemClock
 from gateway.delivery.queue import Bury, DeadLetterFilter
 from gateway.delivery.sqlite_queue import SQLiteQueue
 from tests.delivery.test_queue_contract import make_job
@@ -119,6 +119,22 @@ def test_bad_destinations_file_is_a_usage_error(files: tuple[Path, Path, Path], 
     bad.write_text(yaml.safe_dump({"destinations": [{"name": "x", "kind": "ftp", "base_url": "http://x"}]}))
     result = runner.invoke(queue_app, ["status", "--config", str(files[0]), "--destinations", str(bad)])
     assert result.exit_code == 2 and "destinations.0.kind" in result.output
+
+
+def test_broken_criteria_in_a_destinations_file_name_file_and_line(
+    files: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "destinations:\n"
+        "  - name: shr\n"
+        "    kind: fhir\n"
+        "    base_url: http://127.0.0.1:9/fhir\n"
+        "    filter: {criteria: 'Observation.status = '}\n"
+    )
+    result = runner.invoke(queue_app, ["status", "--config", str(files[0]), "--destinations", str(bad)])
+    assert result.exit_code == 2
+    assert f"{bad}:5: destinations[0].filter.criteria: invalid FHIRPath criteria" in result.output
 
 
 def test_parse_when_accepts_ages_and_iso_times() -> None:

@@ -9,14 +9,8 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from gateway.delivery.config import (
-    AuthConfig,
-    DeliveryConfigError,
-    DeliverySettings,
-    DestinationConfig,
-    SubscriptionFilter,
-    resolve_credentials,
-)
+from gateway.connectors import AuthConfig, DeliveryConfigError, resolve_credentials
+from gateway.delivery.config import DeliverySettings, DestinationConfig, SubscriptionFilter
 from gateway.delivery.policy import RetryPolicy
 
 SECRET = "d2pat_0123456789abcdefSECRET"
@@ -103,6 +97,40 @@ def test_filter_by_fhirpath_criteria() -> None:
 def test_invalid_fhirpath_is_refused_at_load() -> None:
     with pytest.raises(ValidationError, match="invalid FHIRPath"):
         SubscriptionFilter(criteria="status = ")
+
+
+@pytest.mark.parametrize(
+    ("criteria", "reason"),
+    [
+        ("a..b", "syntax error at column 3"),  # fhirpathpy alone accepted it and matched nothing
+        ("(Observation.status", "syntax error at column 20"),
+        ("Observation.status 'final'", "unexpected text after the expression"),
+        ("Observation.code.coding.where(system = 'x'", "syntax error"),
+        ("Observation.nosuchfunction()", "unknown FHIRPath function nosuchfunction()"),
+    ],
+)
+def test_criteria_pass_the_fhirpath_syntax_check(criteria: str, reason: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        DestinationConfig.model_validate(
+            {"name": "x", "kind": "fhir", "base_url": "https://x", "filter": {"criteria": criteria}}
+        )
+    [error] = caught.value.errors(include_url=False)
+    assert error["loc"] == ("filter", "criteria")
+    assert "invalid FHIRPath criteria" in error["msg"] and reason in error["msg"]
+
+
+def test_valid_criteria_still_match_as_before() -> None:
+    either = SubscriptionFilter(criteria="Observation.status = 'final' or Patient.exists()")
+    assert either.matches("Patient", None, {"resourceType": "Patient", "id": "p"})
+    assert either.matches("Observation", None, {"resourceType": "Observation", "status": "final"})
+    assert not either.matches("Observation", None, {"resourceType": "Observation", "status": "amended"})
+    coded = SubscriptionFilter(
+        criteria="Observation.code.coding.where(system = 'http://loinc.org' and code = '8310-5').exists()"
+    )
+    loinc = {"system": "http://loinc.org", "code": "8310-5"}
+    temperature = {"resourceType": "Observation", "code": {"coding": [loinc]}}
+    assert coded.matches("Observation", None, temperature)
+    assert not coded.matches("Observation", None, {"resourceType": "Observation", "code": {"coding": []}})
 
 
 def test_destination_defaults_and_overrides() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import orjson
 
+from gateway.clock import ManualClock
 from gateway.connectors.base import Job, RecordedRequest, RecordedResponse
-from gateway.delivery.clock import ManualClock
 from gateway.delivery.queue import (
     Ack,
     Bury,

@@ -10,9 +10,9 @@ import httpx
 import pytest
 import respx
 
+from gateway.clock import ManualClock
 from gateway.connectors.fhir_server import FhirServerConnector
 from gateway.delivery.breaker import BreakerPolicy, CircuitBreaker, CircuitState
-from gateway.delivery.clock import ManualClock
 from gateway.delivery.config import DestinationConfig
 from gateway.delivery.http import destination_client
 from gateway.delivery.policy import RetryPolicy

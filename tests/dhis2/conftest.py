@@ -13,14 +13,14 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
+from gateway.clock import SystemClock
+from gateway.connectors import AuthConfig, Credentials
 from gateway.connectors.base import Job, JobOp
 from gateway.connectors.dhis2.client import Dhis2Client
 from gateway.connectors.dhis2.config import Dhis2Options
 from gateway.connectors.dhis2.connector import Dhis2Connector
 from gateway.connectors.dhis2.metadata import FIELDS, MetadataSnapshot
 from gateway.connectors.dhis2.sources import ResourceBundle
-from gateway.delivery.clock import SystemClock
-from gateway.delivery.config import AuthConfig, Credentials
 from gateway.sandbox.dhis2 import (
     DEFAULT_TOKEN,
     FaultConfig,

@@ -10,12 +10,12 @@ import orjson
 import pytest
 import respx
 
+from gateway.clock import ManualClock
 from gateway.connectors.base import DeliveryOutcome, Partial, Permanent, Retry, Success
 from gateway.connectors.dhis2.client import Dhis2Client
 from gateway.connectors.dhis2.config import Dhis2Options
 from gateway.connectors.dhis2.connector import Dhis2Connector
 from gateway.connectors.dhis2.sources import ResourceBundle
-from gateway.delivery.clock import ManualClock
 from tests.dhis2.conftest import MAPPINGS, demo_snapshot, make_job
 from tests.dhis2.records import chw_record, places
 from tests.dhis2.samples import load_sample

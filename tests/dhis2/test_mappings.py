@@ -74,6 +74,36 @@ def test_unknown_metadata_is_reported_with_file_and_line(broken: Path) -> None:
     assert all(line > 1 for line in lines)
 
 
+def line_of(path: Path, text: str) -> int:
+    return next(number for number, line in enumerate(path.read_text().splitlines(), 1) if text in line)
+
+
+def test_broken_fhirpath_in_a_tracker_mapping_is_reported_with_file_and_line(broken: Path) -> None:
+    mapping = broken / "chw-household-visit.yaml"
+    edit(mapping, 'value: "name.first().family"', 'value: "name.first()..family"')
+    edit(mapping, "code = '439708006').exists()\"", "code = '439708006').exists() and\"")
+    issues = check_mapping(mapping, SNAPSHOT, TABLES)
+    found = {(issue.line, issue.where): issue.message for issue in issues}
+    assert all(issue.file == str(mapping) for issue in issues) and len(found) == 2
+    family = found[(line_of(mapping, "name.first()..family"), "tracked_entity.attributes[2].value")]
+    assert family.startswith("FHIRPath syntax error at column 14")
+    when = found[(line_of(mapping, "exists() and"), "stages[0].when")]
+    assert when.startswith("FHIRPath syntax error")
+    assert f"{mapping}:{line_of(mapping, 'exists() and')}: stages[0].when: FHIRPath syntax error" in str(
+        MappingLoadError(issues)
+    )
+
+
+def test_broken_fhirpath_in_a_measure_is_reported_with_file_and_line(broken: Path) -> None:
+    measure = broken / "chw-monthly-measure.yaml"
+    edit(measure, 'date: "authoredOn"', 'date: "authoredOn authoredOn"')
+    with pytest.raises(MappingLoadError) as caught:
+        load_measure(measure)
+    [issue] = caught.value.issues
+    assert (issue.file, issue.line) == (str(measure), line_of(measure, "authoredOn authoredOn"))
+    assert issue.message == "unexpected text after the expression: 'authoredOn'"
+
+
 def test_option_codes_a_concept_map_can_produce_must_exist(demo: Demo) -> None:
     snapshot = demo_snapshot()
     option_set = snapshot.get("optionSets", snapshot.option_set_of("dataElements", demo.de("CHW_RDT_RESULT")))

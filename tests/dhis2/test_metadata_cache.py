@@ -9,9 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from gateway.cli.dhis2 import dhis2_app, resolve_destination
+from gateway.connectors import Credentials
 from gateway.connectors.dhis2.client import Dhis2Client
 from gateway.connectors.dhis2.metadata import FIELDS, MetadataCache, MetadataSnapshot
-from gateway.delivery.config import Credentials
 from gateway.sandbox.dhis2 import SandboxServer
 from tests.dhis2.conftest import TOKEN
 from tests.sandbox.conftest import Demo
@@ -20,7 +20,7 @@ from tests.sandbox.conftest import Demo
 def pat_client(server: SandboxServer) -> Dhis2Client:
     from pydantic import SecretStr
 
-    from gateway.delivery.config import AuthConfig
+    from gateway.connectors import AuthConfig
 
     auth = Credentials(AuthConfig(type="api_token", secret_env="X"), SecretStr(TOKEN)).httpx_auth()
     return Dhis2Client(server.base_url, auth=auth)

@@ -14,14 +14,14 @@ import orjson
 import pytest
 
 from gateway.api.app import create_app
+from gateway.clock import ManualClock
 from gateway.connectors.dhis2.mcsd import resource_id
 from gateway.connectors.dhis2.measure import report_id
 from gateway.connectors.dhis2.orgunits import ORG_UNIT_SYSTEM
 from gateway.connectors.dhis2.periods import parse_period
 from gateway.connectors.dhis2.tasks import dhis2_tasks
-from gateway.delivery.clock import ManualClock
+from gateway.delivery import DeliverySections
 from gateway.delivery.config import DestinationConfig
-from gateway.delivery.runner import DeliverySections
 from gateway.sandbox.dhis2 import DEFAULT_TOKEN, SandboxServer
 from gateway.scheduler import Scheduler
 from gateway.services import ServicePlan, run_worker

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import orjson
 
+from gateway.clock import SystemClock
 from gateway.connectors.base import Job, Success
 from gateway.connectors.dhis2.client import Dhis2Client
 from gateway.connectors.dhis2.config import Dhis2Options
@@ -19,7 +20,6 @@ from gateway.connectors.dhis2.connector import Dhis2Connector
 from gateway.connectors.dhis2.sources import StoreResourceSource
 from gateway.connectors.dhis2.uids import derive_uid
 from gateway.connectors.dhis2.writeback import Held, WriteBack, WriteBackTarget, identifier_systems, provenance_id
-from gateway.delivery.clock import SystemClock
 from gateway.fhir.validate import validate_resource
 from gateway.sandbox.dhis2 import SandboxServer
 from gateway.store.rows import KEPT_IDENTIFIER_TYPE

@@ -2,7 +2,7 @@
 
     connector = create_connector(destination, client=http_client, clock=clock, source=source)
 
-``create_connector`` follows ``gateway.delivery.factory.ConnectorFactory`` plus two keywords:
+``create_connector`` follows the delivery engine's ``ConnectorFactory`` plus two keywords:
 ``source``, the ``ResourceSource`` the transformation reads related resources from (the
 store: ``StoreResourceSource(store)``), and ``store``, where accepted DHIS2 UIDs are written
 back (``writeback``). ``dhis2_factory(store)`` binds both, for
@@ -24,6 +24,8 @@ from functools import partial
 
 import httpx
 
+from gateway.clock import Clock
+from gateway.connectors import DeliveryConfigError, Destination
 from gateway.connectors.base import Connector
 from gateway.connectors.dhis2.client import Dhis2Client
 from gateway.connectors.dhis2.config import Dhis2Options
@@ -32,8 +34,6 @@ from gateway.connectors.dhis2.metadata import MetadataCache, MetadataSnapshot, p
 from gateway.connectors.dhis2.sources import ResourceBundle, ResourceSource, StoreResourceSource
 from gateway.connectors.dhis2.uids import derive_uid
 from gateway.connectors.dhis2.writeback import WriteBack, identifier_systems
-from gateway.delivery.clock import Clock
-from gateway.delivery.config import DeliveryConfigError, DestinationConfig
 from gateway.mapping.errors import MappingLoadError
 from gateway.store.base import ResourceStore
 
@@ -54,7 +54,7 @@ __all__ = [
 
 
 def create_connector(
-    destination: DestinationConfig,
+    destination: Destination,
     *,
     client: httpx.AsyncClient,
     clock: Clock,

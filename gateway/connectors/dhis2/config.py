@@ -48,7 +48,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.delivery.policy import Duration
+from gateway.connectors import Duration
 
 __all__ = [
     "MIN_VERSION",

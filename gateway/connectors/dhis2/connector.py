@@ -50,6 +50,8 @@ import anyio.to_thread
 import httpx
 import orjson
 
+from gateway.clock import Clock
+from gateway.connectors import classify
 from gateway.connectors.base import DeliveryOutcome, Job, Permanent, Retry, Success
 from gateway.connectors.dhis2.aggregate_outcome import aggregate_outcome, recorded
 from gateway.connectors.dhis2.aggregate_summary import parse_import_summary
@@ -83,8 +85,6 @@ from gateway.connectors.dhis2.tracker_transform import (
     TrackerTransformer,
 )
 from gateway.connectors.dhis2.writeback import WriteBack, WriteBackTarget
-from gateway.delivery.classify import classify
-from gateway.delivery.clock import Clock
 from gateway.mapping.errors import LoadIssue, MappingError, MappingLoadError
 
 __all__ = ["Dhis2Connector"]

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import anyio.to_thread
 
+from gateway.clock import Clock
+from gateway.connectors import Destination, resolve_credentials
 from gateway.connectors.dhis2.client import Dhis2Client
 from gateway.connectors.dhis2.config import Dhis2Options, default_timeout
 from gateway.connectors.dhis2.connector import Dhis2Connector
@@ -36,8 +38,6 @@ from gateway.connectors.dhis2.mcsd import pull_org_units
 from gateway.connectors.dhis2.measure import load_measure
 from gateway.connectors.dhis2.metadata import MetadataSnapshot, pull_metadata
 from gateway.connectors.dhis2.reporting import periods_to_report, write_reports
-from gateway.delivery.clock import Clock
-from gateway.delivery.config import DestinationConfig, resolve_credentials
 from gateway.mapping.errors import LoadIssue, MappingLoadError
 from gateway.scheduler import PeriodicTask
 from gateway.store.base import ResourceStore
@@ -50,7 +50,7 @@ class Dhis2Tasks:
 
     def __init__(
         self,
-        destination: DestinationConfig,
+        destination: Destination,
         client: Dhis2Client,
         store: ResourceStore,
         clock: Clock,
@@ -145,7 +145,7 @@ def _mappings_root(mapping: Path) -> Path:
 
 
 def dhis2_tasks(
-    destination: DestinationConfig,
+    destination: Destination,
     *,
     store: ResourceStore,
     environ: Mapping[str, str],

@@ -7,8 +7,9 @@ import email.utils
 import httpx
 import pytest
 
+from gateway.connectors import classify
 from gateway.connectors.base import Permanent, Retry, Success
-from gateway.delivery.classify import classify, parse_retry_after
+from gateway.connectors.classify import parse_retry_after
 
 NOW = 1_700_000_000.0
 
