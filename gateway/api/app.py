@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from conformance.capability import capability_statement
 from gateway import __version__
-from gateway.errors import GatewayError
+from gateway.errors import CLIENT_ERRORS, GatewayError
 from gateway.fhir.outcome import operation_outcome
 from gateway.heap import settle_heap
 from gateway.ingest import ingest_hook
@@ -117,6 +117,10 @@ def _optional_routers() -> list[Any]:
 def _install_error_handlers(app: FastAPI) -> None:
     async def gateway_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, GatewayError)
+        if not isinstance(exc, CLIENT_ERRORS):
+            # The gateway's own failure (store, queue, connector, config): re-raised, it gets
+            # the same bare 500 and log as any unexpected exception, never its message.
+            raise exc
         return fhir_response(exc.outcome(), status=exc.status, headers=exc.headers or None)
 
     async def http_error(request: Request, exc: Exception) -> Response:
