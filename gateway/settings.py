@@ -21,10 +21,11 @@ from pydantic_settings import (
 )
 
 from gateway.delivery.config import DeliverySettings, DestinationConfig
+from gateway.errors import ConfigError
 from gateway.scheduler import SchedulerSettings
 
 
-class ConfigFileError(ValueError):
+class ConfigFileError(ConfigError):
     """The YAML config file cannot be read or parsed."""
 
 

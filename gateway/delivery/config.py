@@ -34,9 +34,10 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from gateway.delivery.breaker import BreakerPolicy
 from gateway.delivery.policy import Duration, RetryPolicy
+from gateway.errors import ConfigError
 
 
-class DeliveryConfigError(ValueError):
+class DeliveryConfigError(ConfigError):
     """A destination's configuration cannot be used (the message never holds a secret)."""
 
 

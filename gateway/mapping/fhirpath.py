@@ -21,6 +21,7 @@ from fhirpathpy.parser.ASTPathListener import ASTPathListener
 from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
+from gateway.errors import ConfigError
 from gateway.mapping.errors import MappingError
 
 __all__ = [
@@ -44,7 +45,7 @@ Evaluator = Callable[[Any, dict[str, list[Any]]], list[Any]]
 _NON_DETERMINISTIC = frozenset({"now", "today", "timeOfDay", "trace", "defineVariable"})
 
 
-class CompileError(ValueError):
+class CompileError(ConfigError):
     """An expression in a mapping file is invalid (the message says why)."""
 
 
