@@ -26,6 +26,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
+from gateway.errors import StoreError
+
 
 class ChangeOp(StrEnum):
     """What a change-feed entry did to its resource."""
@@ -108,7 +110,7 @@ class QuarantinedRecord:
     updated: datetime
 
 
-class VersionConflict(Exception):
+class VersionConflict(StoreError):
     """``If-Match`` named a version that is not the current one."""
 
     def __init__(self, current: int | None) -> None:
