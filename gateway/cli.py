@@ -3,7 +3,8 @@
 Every command builds one ``Settings`` from the environment and an optional YAML file
 (``--config`` or ``GATEWAY_CONFIG``) and hands it down. Exit codes: 0 success; 1 the
 command ran but found problems; 2 bad usage or configuration, with a one-line reason
-on stderr.
+on stderr. A command that stops on a gateway error exits with the code
+``gateway.errors.DISPOSITIONS`` gives it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import typer
 from pydantic import ValidationError
 
+from gateway.errors import exit_code_for
 from gateway.settings import ConfigFileError, Settings, load_settings
 
 app = typer.Typer(help="FHIR interoperability gateway for community health programs.", no_args_is_help=True,
@@ -46,7 +48,7 @@ def settings_from(config: Path | None, **overrides: Any) -> Settings:
     try:
         return load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
     except ConfigFileError as exc:
-        fail(str(exc))
+        fail(str(exc), exit_code_for(exc))
     except ValidationError as exc:
         fail(describe_validation_error(exc, config))
 
@@ -178,7 +180,7 @@ def clients_create(
     try:
         validate_scopes(scope)
     except ScopeError as exc:
-        fail(str(exc))
+        fail(str(exc), exit_code_for(exc))
     settings = settings_from(config)
     store = open_store(settings.store_url)
     try:

@@ -34,9 +34,9 @@ from rich.table import Table
 from gateway.delivery.admin import DeliveryAdmin, dead_letter_detail, dead_letter_summary
 from gateway.delivery.config import DeliveryConfigError
 from gateway.delivery.policy import parse_duration
-from gateway.delivery.queue import DeadLetterFilter, QueueError
+from gateway.delivery.queue import DeadLetterFilter
 from gateway.delivery.runner import DeliverySections, delivery_sections, open_admin, run_worker
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, exit_code_for
 
 T = TypeVar("T")
 
@@ -69,7 +69,7 @@ def _load(config: Path | None, destinations: Path | None) -> tuple[Any, Delivery
         settings = load_settings(config)
         return settings, delivery_sections(settings, destinations)
     except (ConfigFileError, DeliveryConfigError) as exc:
-        _fail(str(exc))
+        _fail(str(exc), exit_code_for(exc))
     except ValidationError as exc:
         first = exc.errors(include_url=False, include_input=False)[0]
         _fail(f"{'.'.join(str(p) for p in first.get('loc', ()))}: {first.get('msg', 'invalid')}")
@@ -90,9 +90,7 @@ def _with_admin(
     try:
         return asyncio.run(run())
     except GatewayError as exc:
-        _fail(exc.diagnostics, 1)
-    except QueueError as exc:
-        _fail(str(exc), 1)
+        _fail(exc.diagnostics, exit_code_for(exc))
 
 
 def parse_when(value: str | None, *, now: float | None = None) -> float | None:
@@ -304,4 +302,4 @@ def worker_command(
             )
         )
     except DeliveryConfigError as exc:
-        _fail(str(exc))
+        _fail(str(exc), exit_code_for(exc))

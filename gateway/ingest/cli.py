@@ -15,7 +15,7 @@ from typing import Annotated
 import orjson
 import typer
 
-from gateway.errors import FhirError
+from gateway.errors import FhirError, exit_code_for
 from gateway.ingest.registry import IngestConfigError, MappingRegistry
 from gateway.ingest.service import IngestService, RecordResult
 
@@ -38,7 +38,7 @@ def _service(config: Path | None) -> Iterator[IngestService]:
         registry = MappingRegistry(settings.mappings_dir, settings.sources)
     except IngestConfigError as exc:
         typer.echo(f"gateway: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        raise typer.Exit(exit_code_for(exc)) from exc
     store = open_store(settings.store_url)
     try:
         parser = QueryParser(default_registry(), settings.search.default_count, settings.search.max_count)
@@ -147,5 +147,5 @@ def discard(
                 service.discard(qid)
             except FhirError as exc:
                 typer.echo(f"gateway: {exc.diagnostics}", err=True)
-                raise typer.Exit(1) from exc
+                raise typer.Exit(exit_code_for(exc)) from exc
     typer.echo(f"{len(ids)} record(s) discarded")
