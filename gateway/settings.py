@@ -23,13 +23,14 @@ from pydantic_settings import (
 
 from gateway.connectors import DeliveryConfigError
 from gateway.delivery.config import DeliverySections, DeliverySettings, DestinationConfig
+from gateway.errors import ConfigError
 from gateway.ingest.config import SourceConfig
 from gateway.scheduler import SchedulerSettings
 
 __all__ = ["ConfigFileError", "SearchSettings", "Settings", "SourceConfig", "load_settings", "read_config_file"]
 
 
-class ConfigFileError(ValueError):
+class ConfigFileError(ConfigError):
     """The YAML config file cannot be read or parsed, or holds a FHIRPath that does not parse."""
 
 

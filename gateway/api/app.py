@@ -24,7 +24,7 @@ from starlette.routing import Route
 from conformance.capability import capability_statement
 from gateway import __version__
 from gateway.auth import Authenticator
-from gateway.errors import GatewayError
+from gateway.errors import CLIENT_ERRORS, GatewayError
 from gateway.fhir.outcome import operation_outcome
 from gateway.heap import settle_heap
 from gateway.services import ServicePlan, Services
@@ -88,6 +88,10 @@ def create_app(settings: Settings, *, store: Store | None = None, plan: ServiceP
 def _install_error_handlers(app: FastAPI) -> None:
     async def gateway_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, GatewayError)
+        if not isinstance(exc, CLIENT_ERRORS):
+            # The gateway's own failure (store, queue, connector, config): re-raised, it gets
+            # the same bare 500 and log as any unexpected exception, never its message.
+            raise exc
         return fhir_response(exc.outcome(), status=exc.status, headers=exc.headers or None)
 
     async def http_error(request: Request, exc: Exception) -> Response:

@@ -172,8 +172,7 @@ async def _search(request: Request, rtype: str, items: list[tuple[str, str]]) ->
     try:
         query = ctx.parser.parse(rtype, items, strict=strict)
     except SearchError as exc:
-        where = [exc.expression] if exc.expression else None
-        raise FhirError(str(exc), status=400, code=exc.code, expression=where) from exc
+        raise FhirError(str(exc), status=400, code=exc.code, expression=exc.expression) from exc
     result: SearchResult = await ctx.read(ctx.store.search, query)
     base = base_url(request)
     included = [r for r in result.included if principal.can(r.type, "r") or principal.can(r.type, "s")]
@@ -231,7 +230,7 @@ def _paging(request: Request, default: int, maximum: int) -> tuple[int, int]:
         return non_negative_int(raw_count, "_count", cap=maximum), non_negative_int(raw_offset, "_offset")
     except SearchError as exc:
         raise FhirError("_count and _offset must be non-negative integers", status=400, code="invalid",
-                        expression=[exc.expression or "_count"]) from exc
+                        expression=exc.expression or ["_count"]) from exc
 
 
 async def _history(request: Request, rtype: str | None, rid: str | None) -> Response:

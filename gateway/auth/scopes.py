@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from gateway.errors import RequestError
 from gateway.r4.types import RESOURCE_TYPES
 
 _SMART = re.compile(r"^system/(?P<type>\*|[A-Z][A-Za-z]+)\.(?P<perm>[cruds]+|read|write|\*)$")
@@ -19,7 +20,7 @@ _INGEST = re.compile(r"^ingest:(\*|[A-Za-z0-9_-]{1,64})$")
 _V1 = {"read": "rs", "write": "cud", "*": "cruds"}
 
 
-class ScopeError(ValueError):
+class ScopeError(RequestError):
     """A scope string the gateway does not understand."""
 
 

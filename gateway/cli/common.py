@@ -12,6 +12,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import typer
 
+from gateway.errors import exit_code_for
+
 if TYPE_CHECKING:
     from pydantic import ValidationError
 
@@ -40,7 +42,7 @@ def settings_from(config: Path | None, **overrides: Any) -> Settings:
     try:
         return load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
     except ConfigFileError as exc:
-        fail(str(exc))
+        fail(str(exc), exit_code_for(exc))
     except ValidationError as exc:
         fail(describe_validation_error(exc, config))
 

@@ -28,6 +28,7 @@ from gateway.connectors.dhis2.client import Dhis2Client
 from gateway.connectors.dhis2.config import Dhis2Options, check_version, default_timeout
 from gateway.connectors.dhis2.errors import Dhis2Error, Dhis2HttpError
 from gateway.connectors.dhis2.metadata import FIELDS, MetadataCache
+from gateway.errors import exit_code_for
 from gateway.settings import ConfigFileError, load_settings
 
 __all__ = ["dhis2_app", "resolve_destination"]
@@ -159,7 +160,7 @@ def ping(
         fine, line = asyncio.run(_ping(base_url, auth))
     except Dhis2Error as exc:
         typer.echo(f"gateway: DHIS2 at {base_url} is not reachable: {exc}", err=True)
-        raise typer.Exit(1) from exc
+        raise typer.Exit(exit_code_for(exc)) from exc
     typer.echo(line)
     if not fine:
         raise typer.Exit(1)
@@ -203,7 +204,7 @@ def pull(
         counts = asyncio.run(_pull(base_url, auth, target, page_size))
     except Dhis2Error as exc:
         typer.echo(f"gateway: {exc}", err=True)
-        raise typer.Exit(1) from exc
+        raise typer.Exit(exit_code_for(exc)) from exc
     summary = ", ".join(f"{count} {name}" for name, count in counts.items())
     typer.echo(f"stored {target}: {summary}")
 
@@ -242,7 +243,7 @@ def pull_org_units(
         units, written = asyncio.run(_pull_org_units(base_url, auth, store))
     except Dhis2Error as exc:
         typer.echo(f"gateway: {exc}", err=True)
-        raise typer.Exit(1) from exc
+        raise typer.Exit(exit_code_for(exc)) from exc
     finally:
         store.close()
     typer.echo(f"{units} org units, {written} Location/Organization resources written")
@@ -280,7 +281,7 @@ def check_mappings(
             snapshot = asyncio.run(fetch())
         except Dhis2Error as exc:
             typer.echo(f"gateway: {exc}", err=True)
-            raise typer.Exit(1) from exc
+            raise typer.Exit(exit_code_for(exc)) from exc
     issues: list[LoadIssue] = []
     tables = load_tables(mappings, issues)
     targets = files or sorted(p for p in (mappings / "dhis2").glob("*.yaml") if "measure" not in p.name)

@@ -2,7 +2,8 @@
 of the other modules of this package mounted under it.
 
 Every command builds one ``Settings`` from the environment and an optional YAML file
-(``--config`` or ``GATEWAY_CONFIG``) and hands it down (``gateway.cli.common``).
+(``--config`` or ``GATEWAY_CONFIG``) and hands it down (``gateway.cli.common``). A command
+that stops on a gateway error exits with the code ``gateway.errors.DISPOSITIONS`` gives it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from gateway.cli.mappings import mappings_app
 from gateway.cli.quarantine import quarantine_app
 from gateway.cli.queue import queue_app, worker_command
 from gateway.cli.sandbox import sandbox_app
+from gateway.errors import exit_code_for
 
 if TYPE_CHECKING:
     from gateway.settings import Settings
@@ -147,7 +149,7 @@ def clients_create(
     try:
         validate_scopes(scope)
     except ScopeError as exc:
-        fail(str(exc))
+        fail(str(exc), exit_code_for(exc))
     settings = settings_from(config)
     store = open_store(settings.store_url)
     try:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from gateway.cli.common import ConfigOption, fail, settings_from
+from gateway.errors import exit_code_for
 
 if TYPE_CHECKING:
     from gateway.ingest import IngestService, RecordResult
@@ -35,7 +36,7 @@ def _service(config: Path | None) -> Iterator[IngestService]:
     try:
         services = Services.build(settings, ServicePlan(ingest=True))
     except IngestConfigError as exc:
-        fail(str(exc))
+        fail(str(exc), exit_code_for(exc))
     try:
         yield services.require_ingest()
     finally:
@@ -139,5 +140,5 @@ def discard(
                 service.discard(qid)
             except FhirError as exc:
                 typer.echo(f"gateway: {exc.diagnostics}", err=True)
-                raise typer.Exit(1) from exc
+                raise typer.Exit(exit_code_for(exc)) from exc
     typer.echo(f"{len(ids)} record(s) discarded")

@@ -36,8 +36,8 @@ from gateway.connectors import DeliveryConfigError
 from gateway.connectors.config import parse_duration
 from gateway.delivery.admin import DeliveryAdmin, dead_letter_detail, dead_letter_summary, open_admin
 from gateway.delivery.config import DeliverySections
-from gateway.delivery.queue import DeadLetterFilter, QueueError
-from gateway.errors import GatewayError
+from gateway.delivery.queue import DeadLetterFilter
+from gateway.errors import GatewayError, exit_code_for
 
 T = TypeVar("T")
 
@@ -61,7 +61,7 @@ def _load(config: Path | None, destinations: Path | None) -> tuple[Any, Delivery
         settings = load_settings(config)
         return settings, delivery_sections(settings, destinations)
     except (ConfigFileError, DeliveryConfigError) as exc:
-        fail(str(exc))
+        fail(str(exc), exit_code_for(exc))
     except ValidationError as exc:
         first = exc.errors(include_url=False, include_input=False)[0]
         fail(f"{'.'.join(str(p) for p in first.get('loc', ()))}: {first.get('msg', 'invalid')}")
@@ -82,9 +82,7 @@ def _with_admin(
     try:
         return asyncio.run(run())
     except GatewayError as exc:
-        fail(exc.diagnostics, 1)
-    except QueueError as exc:
-        fail(str(exc), 1)
+        fail(exc.diagnostics, exit_code_for(exc))
 
 
 def parse_when(value: str | None, *, now: float | None = None) -> float | None:
@@ -297,4 +295,4 @@ def worker_command(
             )
         )
     except DeliveryConfigError as exc:
-        fail(str(exc))
+        fail(str(exc), exit_code_for(exc))

@@ -21,6 +21,8 @@ from typing import Annotated, Any, Literal, Protocol
 import httpx
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, model_validator
 
+from gateway.errors import ConfigError
+
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 
@@ -38,7 +40,7 @@ def parse_duration(value: Any) -> Any:
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
 
 
-class DeliveryConfigError(ValueError):
+class DeliveryConfigError(ConfigError):
     """A destination's configuration cannot be used (the message never holds a secret)."""
 
 

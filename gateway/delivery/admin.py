@@ -16,25 +16,19 @@ from gateway.clock import SystemClock
 from gateway.delivery.config import DeliverySections, DestinationConfig
 from gateway.delivery.queue import DeadLetter, DeadLetterFilter, DeliveryQueue, QueueStats
 from gateway.delivery.queue_factory import open_queue
-from gateway.errors import GatewayError
+from gateway.errors import RequestError
 
 REPLAY_CHUNK = 500  # dead letters replayed per queue transaction
 
 Progress = Callable[[int, int], None]  # (done so far, total)
 
 
-class UnknownDestination(GatewayError):
+class UnknownDestination(RequestError):
     """No destination has this name."""
 
-    status = 404
-    code = "not-found"
 
-
-class UnknownDeadLetter(GatewayError):
+class UnknownDeadLetter(RequestError):
     """No dead letter has this id."""
-
-    status = 404
-    code = "not-found"
 
 
 @dataclass(frozen=True, slots=True)

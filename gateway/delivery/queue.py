@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.connectors.base import Job, RecordedRequest, RecordedResponse
+from gateway.errors import QueueError as QueueError  # re-exported: the queue's error category
 
 
 def reraise_if_cancelled(exc: BaseException) -> None:
@@ -49,10 +50,6 @@ def reraise_if_cancelled(exc: BaseException) -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError() from exc
-
-
-class QueueError(Exception):
-    """A queue operation failed."""
 
 
 class QueueUnavailable(QueueError):

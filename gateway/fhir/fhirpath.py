@@ -24,6 +24,8 @@ from fhirpathpy.parser.ASTPathListener import ASTPathListener
 from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
+from gateway.errors import ConfigError
+
 __all__ = [
     "FhirPathError",
     "check_fhirpath",
@@ -40,8 +42,12 @@ __all__ = [
 ]
 
 
-class FhirPathError(ValueError):
-    """A FHIRPath expression is invalid (the message says why)."""
+class FhirPathError(ConfigError, ValueError):
+    """A FHIRPath expression is invalid (the message says why).
+
+    Also a ``ValueError`` because pydantic validators raise it and only turn those into
+    validation errors.
+    """
 
 
 class _RaisingListener(ErrorListener):  # type: ignore[misc]

@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
-from gateway.errors import FhirError, GatewayError, invalid, not_found
+from gateway.errors import CLIENT_ERRORS, FhirError, GatewayError, invalid, not_found
 from gateway.fhir import interactions
 from gateway.fhir.outcome import outcome_of
 from gateway.fhir.validate import validate_resource
@@ -412,11 +412,11 @@ class _Processor:
             entry = self.parse_entry(index, raw)
             self.run_transaction([entry])
             return entry.response
-        except GatewayError as exc:
-            return {"response": {"status": str(exc.status), "outcome": outcome_of(exc.issues())}}
-        except SearchError as exc:
+        except SearchError as exc:  # first: it is a client error too, but keeps its own rendering
             return {"response": {"status": "400", "outcome": outcome_of(
                 [{"severity": "error", "code": exc.code, "diagnostics": str(exc)}])}}
+        except CLIENT_ERRORS as exc:
+            return {"response": {"status": str(exc.status), "outcome": outcome_of(exc.issues())}}
 
 
 # A reference the transaction must resolve: urn:uuid:/urn:oid: or a conditional one (Type?…),

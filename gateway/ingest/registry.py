@@ -10,14 +10,14 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from gateway.errors import FhirError
+from gateway.errors import ConfigError, FhirError
 from gateway.ingest.config import SourceConfig
 from gateway.mapping import LoadIssue, MappingSet, load_mappings
 
 __all__ = ["IngestConfigError", "MappingRegistry"]
 
 
-class IngestConfigError(ValueError):
+class IngestConfigError(ConfigError):
     """The configured sources and the mapping files do not fit together."""
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import FhirError, GatewayError
+from gateway.errors import CLIENT_ERRORS, FhirError, RequestError
 from gateway.fhir.transaction import PreparedTransaction, combine_prepared, prepare_transaction, run_prepared
 from gateway.ingest.body import CSV, ReceivedRecord
 from gateway.ingest.registry import MappingRegistry
@@ -88,7 +88,7 @@ class IngestService:
                 try:
                     bundle = _mapped(mapping_set, received.record)
                     prepared = self._prepare(bundle["entry"], base)
-                except GatewayError as exc:
+                except CLIENT_ERRORS as exc:
                     writes.run(partial(self._quarantine_into, results, position, source.name, received, key, exc))
                     continue
                 record = PendingRecord(position, received, key, bundle, prepared, source.name, results)
@@ -119,7 +119,7 @@ class IngestService:
         )
 
     def _quarantine(
-        self, source: str, received: ReceivedRecord, key: str | None, exc: GatewayError
+        self, source: str, received: ReceivedRecord, key: str | None, exc: RequestError | MappingError
     ) -> RecordResult:
         outcome = exc.outcome()
         held = self.store.quarantine_add(source, received.raw, received.content_type, outcome, key)
@@ -133,7 +133,7 @@ class IngestService:
         source: str,
         received: ReceivedRecord,
         key: str | None,
-        exc: GatewayError,
+        exc: RequestError | MappingError,
     ) -> None:
         results[position] = self._quarantine(source, received, key, exc)
 
@@ -146,13 +146,13 @@ class IngestService:
         """
         try:
             written = self._commit(combine_prepared([r.prepared for r in records])) if len(records) > 1 else None
-        except GatewayError:
+        except CLIENT_ERRORS:
             written = None  # some record is refused: find it by writing them one by one
         if written is None:
             for record in records:
                 try:
                     alone = self._commit(record.prepared)
-                except GatewayError as exc:
+                except CLIENT_ERRORS as exc:
                     record.results[record.position] = self._quarantine(
                         record.source, record.received, record.key, exc
                     )
@@ -165,7 +165,7 @@ class IngestService:
             record.results[record.position] = _stored(record, [by_url[url] for url in urls])
 
     def store_record(self, mapping_set: MappingSet, record: Any, base: str = "") -> list[WrittenResource]:
-        """Map one record and store its Bundle in one transaction; raises ``GatewayError``."""
+        """Map one record and store its Bundle in one transaction; raises one of ``CLIENT_ERRORS`` if refused."""
         return self._write(_mapped(mapping_set, record)["entry"], base)
 
     def _write(self, entries: list[dict[str, Any]], base: str) -> list[WrittenResource]:
@@ -209,7 +209,7 @@ class IngestService:
             record = _parse_kept(held)
             key = mapping_set.record_key(record)
             written = self.store_record(mapping_set, record, base)
-        except GatewayError as exc:
+        except CLIENT_ERRORS as exc:
             outcome = exc.outcome()
             self.store.quarantine_update(qid, status="held", outcome=outcome)
             _log_quarantine(held.source, qid, exc, replay=True)
@@ -284,7 +284,7 @@ def _parse_kept(held: QuarantinedRecord) -> Any:
         raise FhirError("the kept record cannot be read back", status=422, code="structure") from exc
 
 
-def _log_quarantine(source: str, qid: int, exc: GatewayError, *, replay: bool = False) -> None:
+def _log_quarantine(source: str, qid: int, exc: RequestError | MappingError, *, replay: bool = False) -> None:
     issues = exc.issues()
     first = issues[0] if issues else {}
     where = ",".join(first.get("expression", [])[:1])

@@ -43,6 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.errors import ConfigError
 from gateway.mapping.conceptmaps import ConceptTable
 from gateway.mapping.errors import MappingError, quote
 from gateway.mapping.ids import entity_id
@@ -87,7 +88,7 @@ class ConverterSpec:
     fresh: bool = False  # every object it returns is newly built (callers need not copy it)
 
 
-class ConverterArgError(ValueError):
+class ConverterArgError(ConfigError):
     """A converter was given wrong arguments in a mapping file."""
 
 

@@ -2,12 +2,12 @@
 
 ::
 
-    GatewayError (gateway.errors)
-    └── MappingError       one source record cannot be mapped (bad value, unmapped code, …);
-                           carries the record field path, so the sender can fix the record
-    Exception
-    └── MappingLoadError   mapping files are invalid; carries every ``LoadIssue`` found,
-                           each naming file, line and rule
+    MappingError (gateway.errors)   one source record cannot be mapped (bad value, unmapped
+                                    code, …); carries the record field path, so the sender
+                                    can fix the record
+    ConfigError (gateway.errors)
+    └── MappingLoadError            mapping files are invalid; carries every ``LoadIssue``
+                                    found, each naming file, line and rule
 
 A ``MappingError`` is data, not a bug: the ingest path quarantines the record with the
 OperationOutcome built by ``to_operation_outcome``. Its ``message`` may quote a (truncated)
@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.errors import GatewayError
+from gateway.errors import ConfigError, MappingError
 
 __all__ = ["LoadIssue", "MappingError", "MappingLoadError", "to_operation_outcome"]
 
@@ -31,49 +31,6 @@ def quote(value: Any) -> str:
     """A short printable rendering of a source value for error messages."""
     text = repr(value)
     return text if len(text) <= _MAX_QUOTED else text[: _MAX_QUOTED - 3] + "..."
-
-
-class MappingError(GatewayError):
-    """A source record that cannot be mapped; ``path`` names the field in the record.
-
-    ``code`` is an OperationOutcome issue type (invalid, value, code-invalid, required,
-    not-supported, duplicate, too-costly, processing).
-    """
-
-    status = 422
-
-    def __init__(
-        self,
-        path: str,
-        message: str,
-        *,
-        code: str = "invalid",
-        rule: str | None = None,
-        mapping: str | None = None,
-    ) -> None:
-        super().__init__(f"{path}: {message}", code=code, expression=[path])
-        self.path = path
-        self.message = message
-        self.rule = rule
-        self.mapping = mapping
-
-    def in_rule(self, rule: str, mapping: str) -> MappingError:
-        """Fill in the rule and mapping that were running (first one wins)."""
-        if self.rule is None:
-            self.rule = rule
-        if self.mapping is None:
-            self.mapping = mapping
-        return self
-
-    def __str__(self) -> str:
-        where = ""
-        if self.mapping is not None:
-            where = f"[{self.mapping}" + (f" rule {self.rule}" if self.rule else "") + "] "
-        return f"{where}{self.path}: {self.message}"
-
-    def issues(self) -> list[dict[str, Any]]:
-        """One issue: the code, the full message, and the record field as expression."""
-        return [{"severity": "error", "code": self.code, "diagnostics": str(self), "expression": [self.path]}]
 
 
 def to_operation_outcome(error: MappingError) -> dict[str, Any]:
@@ -95,7 +52,7 @@ class LoadIssue:
         return f"{location}: {self.where}: {self.message}" if self.where else f"{location}: {self.message}"
 
 
-class MappingLoadError(Exception):
+class MappingLoadError(ConfigError):
     """Mapping files failed to load; ``issues`` lists every problem with file and line."""
 
     def __init__(self, issues: list[LoadIssue]) -> None:

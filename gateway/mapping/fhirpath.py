@@ -15,6 +15,7 @@ import fhirpathpy
 from fhirpathpy.engine.invocations import invocation_registry
 from fhirpathpy.engine.nodes import ResourceNode
 
+from gateway.errors import ConfigError
 from gateway.fhir.fhirpath import FhirPathError, function_names, plain
 from gateway.fhir.fhirpath import parse_fhirpath as parse_any_fhirpath
 from gateway.mapping.errors import MappingError
@@ -34,7 +35,7 @@ Evaluator = Callable[[Any, dict[str, list[Any]]], list[Any]]
 _NON_DETERMINISTIC = frozenset({"now", "today", "timeOfDay", "trace", "defineVariable"})
 
 
-class CompileError(ValueError):
+class CompileError(ConfigError):
     """An expression in a mapping file is invalid (the message says why)."""
 
 

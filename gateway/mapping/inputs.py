@@ -14,10 +14,12 @@ from typing import Any
 
 import orjson
 
+from gateway.errors import RequestError
+
 __all__ = ["InputError", "parse_csv", "parse_json_records", "read_records"]
 
 
-class InputError(ValueError):
+class InputError(RequestError):
     """The bytes are not records in the expected format."""
 
 

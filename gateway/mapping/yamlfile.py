@@ -16,12 +16,14 @@ from typing import Any
 
 import yaml
 
+from gateway.errors import ConfigError
+
 __all__ = ["NodePath", "YamlDocument", "YamlSyntaxError", "format_path", "read_yaml"]
 
 NodePath = tuple[str | int, ...]
 
 
-class YamlSyntaxError(ValueError):
+class YamlSyntaxError(ConfigError):
     """The file is not well-formed YAML (or has duplicate keys)."""
 
     def __init__(self, line: int, message: str) -> None:

@@ -13,6 +13,8 @@ import re
 from datetime import UTC, datetime
 from functools import lru_cache
 
+from gateway.errors import RequestError
+
 # An open-ended period ends "never"; a large finite number keeps SQL comparisons simple.
 FAR_FUTURE = 1.0e12
 FAR_PAST = -1.0e12
@@ -25,7 +27,7 @@ _DATE_RE = re.compile(
 )
 
 
-class DateFormatError(ValueError):
+class DateFormatError(RequestError):
     """A value is not a FHIR date, dateTime or instant."""
 
 

@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from gateway.errors import RequestError
 from gateway.search.dates import DateFormatError, date_range
 from gateway.search.extract import normalise
 from gateway.search.paths import split_reference
@@ -36,13 +37,11 @@ _NUMBER_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 _ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 
-class SearchError(ValueError):
-    """A search request that cannot be run as asked (HTTP 400)."""
+class SearchError(RequestError):
+    """A search request that cannot be run as asked (HTTP 400); ``expression`` holds the parameter."""
 
-    def __init__(self, message: str, expression: str | None = None, code: str = "invalid") -> None:
-        super().__init__(message)
-        self.expression = expression
-        self.code = code
+    def __init__(self, message: str, param: str | None = None, code: str = "invalid") -> None:
+        super().__init__(message, code=code, expression=[param] if param else None)
 
 
 @dataclass(frozen=True, slots=True)

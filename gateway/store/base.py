@@ -37,6 +37,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
+from gateway.errors import StoreError
 from gateway.search.extract import IndexRows
 from gateway.search.query import SearchQuery
 
@@ -133,7 +134,7 @@ class PreparedWrite:
     rows: IndexRows
 
 
-class VersionConflict(Exception):
+class VersionConflict(StoreError):
     """``If-Match`` named a version that is not the current one."""
 
     def __init__(self, current: int | None) -> None:

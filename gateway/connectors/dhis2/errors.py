@@ -8,11 +8,14 @@ payload values, patient data or credentials.
     └── Dhis2JobError                an async import whose outcome is unknown
         ├── Dhis2JobLost             the job/report vanished (DHIS2 restarted): resubmit
         └── Dhis2JobTimeout          the job did not finish in time: resubmit later
+
+``Dhis2Error`` is a ``gateway.errors.ConnectorError``: deliveries turn it into a retry or a
+dead letter, the CLI prints it; no FHIR client ever sees it.
 """
 
 from __future__ import annotations
 
-from gateway.errors import GatewayError
+from gateway.errors import ConnectorError
 
 __all__ = [
     "Dhis2Error",
@@ -25,11 +28,8 @@ __all__ = [
 ]
 
 
-class Dhis2Error(GatewayError):
+class Dhis2Error(ConnectorError):
     """Something went wrong talking to DHIS2."""
-
-    status = 502
-    code = "exception"
 
 
 class Dhis2TransportError(Dhis2Error):

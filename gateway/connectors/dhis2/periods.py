@@ -15,10 +15,12 @@ import re
 from dataclasses import dataclass
 from datetime import date, timedelta
 
+from gateway.errors import ConnectorError
+
 __all__ = ["PERIOD_TYPES", "Period", "PeriodError", "parse_period", "period_for"]
 
 
-class PeriodError(ValueError):
+class PeriodError(ConnectorError):
     """Text that is not a DHIS2 period identifier, or a period type DHIS2 does not know."""
 
 
@@ -157,7 +159,7 @@ def parse_period(text: str) -> Period:
             continue
         try:
             return _build(kind, match.groups(), text)
-        except ValueError as exc:  # impossible calendar dates and week numbers
+        except (ValueError, PeriodError) as exc:  # impossible calendar dates and week numbers
             raise PeriodError(f"not a valid period: {text!r}") from exc
     raise PeriodError(f"not a valid period: {text!r}")
 

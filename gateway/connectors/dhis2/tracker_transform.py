@@ -35,6 +35,7 @@ from gateway.connectors.dhis2.orgunits import OrgUnitLookup, OrgUnitResolver
 from gateway.connectors.dhis2.sources import ResourceSource, reference_of
 from gateway.connectors.dhis2.uids import derive_uid
 from gateway.connectors.dhis2.values import ValueConversionError, to_dhis2_value
+from gateway.errors import ConnectorError
 from gateway.mapping.errors import MappingError
 from gateway.mapping.expressions import Expression
 
@@ -62,7 +63,7 @@ _WHEN_FIELDS = (
 )
 
 
-class Dhis2MappingError(Exception):
+class Dhis2MappingError(ConnectorError):
     """A resource that cannot become valid DHIS2 data; carries DHIS2's error code when there is one.
 
     Messages name UIDs, codes and FHIR references, never values from the record.
@@ -75,7 +76,7 @@ class Dhis2MappingError(Exception):
         self.fhir_ref = fhir_ref
 
 
-class Dhis2PendingError(Exception):
+class Dhis2PendingError(ConnectorError):
     """A resource whose parent (its Patient, its place) is not stored yet: try again later.
 
     ``waiting_for`` names what is awaited (``patient``, ``encounter``, ``location``).

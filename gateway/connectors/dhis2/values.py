@@ -19,6 +19,8 @@ from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from urllib.parse import urlparse
 
+from gateway.errors import ConnectorError
+
 __all__ = [
     "MAX_ATTRIBUTE_LENGTH",
     "MAX_VALUE_LENGTH",
@@ -105,7 +107,7 @@ _COORDINATE = re.compile(r"^\[\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*\]$
 _BOOLEAN_ALIASES = {"true": "true", "false": "false", "1": "true", "0": "false", "t": "true", "f": "false"}
 
 
-class ValueConversionError(ValueError):
+class ValueConversionError(ConnectorError):
     """A FHIR value cannot become a valid DHIS2 value of the requested type."""
 
     def __init__(self, value_type: ValueType, key: str) -> None:

@@ -17,6 +17,7 @@ from gateway.sandbox.dhis2.catalog import Catalog
 from gateway.sandbox.dhis2.faults import FaultSchedule
 from gateway.sandbox.dhis2.storage import SandboxStore
 from gateway.sandbox.dhis2.tracker_jobs import TrackerJobs
+from gateway.sandbox.errors import SandboxError
 
 __all__ = [
     "ApiError",
@@ -73,7 +74,7 @@ class SandboxState:
         return None if user.capture_org_units is None else frozenset(user.capture_org_units)
 
 
-class ApiError(Exception):
+class ApiError(SandboxError):
     """Raised by routes and dependencies; rendered as a DHIS2 WebMessage."""
 
     def __init__(self, status: int, message: str, *, error_code: str | None = None) -> None:

@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.sandbox.errors import SandboxError
+
 __all__ = ["FieldSpec", "FilterError", "apply_fields", "matches_filters", "parse_fields", "parse_filter"]
 
 JsonObject = dict[str, Any]
@@ -24,7 +26,7 @@ _IDENTIFIABLE = ("id", "name", "code", "displayName", "created", "lastUpdated")
 _NAMEABLE = (*_IDENTIFIABLE, "shortName", "displayShortName", "description")
 
 
-class FilterError(ValueError):
+class FilterError(SandboxError):
     """A ``fields`` or ``filter`` expression DHIS2 would reject."""
 
 

@@ -20,6 +20,7 @@ from gateway.sandbox.dhis2.catalog import Catalog
 from gateway.sandbox.dhis2.storage import SandboxStore
 from gateway.sandbox.dhis2.tracker_payload import FlatPayload, TrackerError, TrackerType
 from gateway.sandbox.dhis2.tracker_validation import Action, ImportStrategy, TrackerValidator
+from gateway.sandbox.errors import SandboxError
 
 __all__ = ["ParamError", "TrackerImportParams", "TrackerImportResult", "run_tracker_import"]
 
@@ -27,7 +28,7 @@ JsonObject = dict[str, Any]
 Version = tuple[int, int]
 
 
-class ParamError(ValueError):
+class ParamError(SandboxError):
     """An import parameter DHIS2 would refuse (400 from 2.40, 409 before)."""
 
 

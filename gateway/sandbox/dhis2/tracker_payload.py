@@ -15,6 +15,8 @@ from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
 
+from gateway.sandbox.errors import SandboxError
+
 __all__ = [
     "FlatPayload",
     "PayloadError",
@@ -137,7 +139,7 @@ class TrackerError:
         return format_message(self.code, self.args)
 
 
-class PayloadError(ValueError):
+class PayloadError(SandboxError):
     """The request body cannot be read as a tracker payload (DHIS2 answers 400)."""
 
 
