@@ -27,14 +27,11 @@ import anyio.to_thread
 
 from gateway.clock import Clock, SystemClock
 from gateway.connectors import DeliveryConfigError
-from gateway.delivery import DeliverySections, DestinationConfig
-from gateway.delivery.service import DeliveryService
+from gateway.delivery import DeliverySections, DeliveryService, DestinationConfig
 from gateway.errors import FhirError
-from gateway.ingest.registry import MappingRegistry
-from gateway.ingest.service import IngestService
+from gateway.ingest import IngestService, MappingRegistry
 from gateway.scheduler import PeriodicTask, Scheduler
-from gateway.search.query import QueryParser
-from gateway.search.registry import SearchRegistry, default_registry
+from gateway.search import QueryParser, SearchRegistry, default_registry
 from gateway.settings import Settings, delivery_sections
 from gateway.store import ResourceStore, Store, open_store
 
@@ -192,7 +189,7 @@ def build_scheduler(
     only: Sequence[str] | None = None,
 ) -> Scheduler:
     """The scheduler of every enabled destination's periodic tasks (DHIS2 declares some)."""
-    from gateway.connectors.dhis2.tasks import dhis2_tasks  # only deployments with DHIS2 pay its import
+    from gateway.connectors.dhis2 import dhis2_tasks  # only deployments with DHIS2 pay its import
 
     tasks: list[PeriodicTask] = []
     closers: list[Callable[[], Awaitable[None]]] = []

@@ -22,9 +22,9 @@ from pydantic_settings import (
 )
 
 from gateway.connectors import DeliveryConfigError
-from gateway.delivery.config import DeliverySections, DeliverySettings, DestinationConfig
+from gateway.delivery import DeliverySections, DeliverySettings, DestinationConfig
 from gateway.errors import ConfigError
-from gateway.ingest.config import SourceConfig
+from gateway.ingest import SourceConfig
 from gateway.scheduler import SchedulerSettings
 
 __all__ = ["ConfigFileError", "SearchSettings", "Settings", "SourceConfig", "load_settings", "read_config_file"]
@@ -88,7 +88,7 @@ class Settings(BaseSettings):
         # interval) instead of the first delivery failing on it.
         dhis2 = [d for d in value if d.kind == "dhis2"]
         if dhis2:
-            from gateway.connectors.dhis2.config import Dhis2Options
+            from gateway.connectors.dhis2 import Dhis2Options
 
             for destination in dhis2:
                 try:
@@ -195,8 +195,8 @@ def fhirpath_error_in_file(exc: ValidationError, path: Path, values: Mapping[str
     # Imported on this error path only. The settings reader has no line numbers (it keeps
     # PyYAML's plain safe_load), so the file is read again with the mapping loader's
     # line-keeping reader.
-    from gateway.fhir.fhirpath import FhirPathError
-    from gateway.mapping.yamlfile import YamlSyntaxError, format_path, read_yaml
+    from gateway.fhir import FhirPathError
+    from gateway.mapping import YamlSyntaxError, format_path, read_yaml
 
     first = exc.errors(include_url=False)[0]
     loc = tuple(first["loc"])

@@ -27,8 +27,7 @@ from starlette.responses import Response
 
 from gateway.api.auth import require_scope
 from gateway.api.context import ctx_of
-from gateway.delivery.admin import DeliveryAdmin, dead_letter_detail, dead_letter_summary
-from gateway.delivery.queue import DeadLetterFilter, QueueError
+from gateway.delivery import DeadLetterFilter, DeliveryAdmin, QueueError, dead_letter_detail, dead_letter_summary
 from gateway.errors import FhirError
 
 __all__ = ["router"]

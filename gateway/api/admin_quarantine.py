@@ -21,8 +21,8 @@ from starlette.responses import Response
 
 from gateway.api.auth import require_scope
 from gateway.api.context import base_url, ctx_of
-from gateway.auth.scopes import Principal
-from gateway.store.base import QuarantinedRecord
+from gateway.auth import Principal
+from gateway.store import QuarantinedRecord
 
 __all__ = ["router"]
 

@@ -25,7 +25,7 @@ from conformance.capability import capability_statement
 from gateway import __version__
 from gateway.auth import Authenticator
 from gateway.errors import CLIENT_ERRORS, GatewayError
-from gateway.fhir.outcome import operation_outcome
+from gateway.fhir import operation_outcome
 from gateway.heap import settle_heap
 from gateway.services import ServicePlan, Services
 from gateway.settings import Settings

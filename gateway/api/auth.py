@@ -7,7 +7,7 @@ from collections.abc import Callable
 from starlette.requests import Request
 
 from gateway.api.context import ctx_of
-from gateway.auth.scopes import Principal
+from gateway.auth import Principal
 from gateway.errors import FhirError
 
 

@@ -12,9 +12,8 @@ import orjson
 from starlette.requests import Request
 
 from gateway.auth import Authenticator
-from gateway.ingest.service import IngestService
-from gateway.search.query import QueryParser
-from gateway.search.registry import SearchRegistry
+from gateway.ingest import IngestService
+from gateway.search import QueryParser, SearchRegistry
 from gateway.services import Services
 from gateway.settings import Settings
 from gateway.store import Store

@@ -8,11 +8,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.errors import FhirError, invalid, not_found
-from gateway.fhir.interactions import ID_RE
-from gateway.fhir.outcome import informational
-from gateway.r4.types import RESOURCE_TYPES
-from gateway.search.query import MAX_INT_DIGITS
-from gateway.store.base import StoredResource
+from gateway.fhir import ID_RE, informational
+from gateway.r4 import RESOURCE_TYPES
+from gateway.search import MAX_INT_DIGITS
+from gateway.store import StoredResource
 
 from .negotiation import fhir_response, prefer
 

@@ -12,12 +12,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.errors import FhirError, gone, not_found
-from gateway.fhir import bundles
-from gateway.fhir.outcome import issue, outcome_of
-from gateway.fhir.subsetting import subset
-from gateway.search.dates import DateFormatError, date_range
-from gateway.search.query import MAX_INT_DIGITS, SearchError, SearchQuery, non_negative_int
-from gateway.store.base import SearchResult, StoredResource
+from gateway.fhir import bundles, issue, outcome_of, subset
+from gateway.search import MAX_INT_DIGITS, DateFormatError, SearchError, SearchQuery, date_range, non_negative_int
+from gateway.store import SearchResult, StoredResource
 
 from .auth import authenticate, require_fhir
 from .context import base_url, ctx_of

@@ -11,12 +11,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.errors import FhirError, invalid
-from gateway.fhir import interactions
-from gateway.fhir.outcome import informational
-from gateway.fhir.parse import parse_json, require_resource
-from gateway.fhir.transaction import process_bundle
-from gateway.fhir.validate import validate_resource
-from gateway.search.query import RESULT_PARAMS
+from gateway.fhir import informational, interactions, parse_json, process_bundle, require_resource, validate_resource
+from gateway.search import RESULT_PARAMS
 
 from .auth import authenticate, require_fhir
 from .context import AppContext, base_url, ctx_of

@@ -19,7 +19,7 @@ from starlette.responses import Response
 from gateway.api.auth import require_scope
 from gateway.api.context import base_url, ctx_of
 from gateway.api.negotiation import read_body
-from gateway.auth.scopes import Principal
+from gateway.auth import Principal
 from gateway.ingest import split_body
 
 __all__ = ["router"]

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 
 from gateway.errors import RequestError
-from gateway.r4.types import RESOURCE_TYPES
+from gateway.r4 import RESOURCE_TYPES
 
 _SMART = re.compile(r"^system/(?P<type>\*|[A-Z][A-Za-z]+)\.(?P<perm>[cruds]+|read|write|\*)$")
 _INGEST = re.compile(r"^ingest:(\*|[A-Za-z0-9_-]{1,64})$")

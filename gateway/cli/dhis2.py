@@ -16,20 +16,15 @@ import asyncio
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import httpx
 import typer
-from pydantic import SecretStr, ValidationError
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from gateway.connectors import AuthConfig, Credentials, DeliveryConfigError, resolve_credentials
-from gateway.connectors.dhis2.client import Dhis2Client
-from gateway.connectors.dhis2.config import Dhis2Options, check_version, default_timeout
-from gateway.connectors.dhis2.errors import Dhis2Error, Dhis2HttpError
-from gateway.connectors.dhis2.metadata import FIELDS, MetadataCache
 from gateway.errors import exit_code_for
-from gateway.settings import ConfigFileError, load_settings
+
+if TYPE_CHECKING:
+    import httpx
+    from pydantic import SecretStr
 
 __all__ = ["dhis2_app", "resolve_destination"]
 
@@ -43,6 +38,8 @@ dhis2_app.add_typer(org_units_app, name="org-units")
 
 
 def _secret_from(path: Path) -> SecretStr:
+    from pydantic import SecretStr
+
     try:
         value = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
@@ -62,6 +59,9 @@ def resolve_destination(
     password_file: Path | None = None,
 ) -> tuple[str, httpx.Auth | None, Path]:
     """Base URL, auth and cache file for a destination name or a DHIS2 base URL."""
+    from gateway.connectors import AuthConfig, Credentials, resolve_credentials
+    from gateway.connectors.dhis2 import Dhis2Options
+
     if destination.startswith(("http://", "https://")):
         name = "adhoc"
         base_url, options, auth = destination, Dhis2Options(), None
@@ -95,6 +95,11 @@ def _access(
     need_settings: bool = False,
 ) -> tuple[Any, str, httpx.Auth | None, Path]:
     """Settings (None for a bare URL unless needed), base URL, auth and cache file; exit 2 on bad config."""
+    from pydantic import ValidationError
+
+    from gateway.connectors import DeliveryConfigError
+    from gateway.settings import ConfigFileError, load_settings
+
     settings: Any = None
     try:
         if need_settings or not destination.startswith(("http://", "https://")):
@@ -115,6 +120,8 @@ def _access(
 
 async def _ping(base_url: str, auth: httpx.Auth | None) -> tuple[bool, str]:
     """(everything fine, one line): reachable, credentials accepted, version supported."""
+    from gateway.connectors.dhis2 import Dhis2Client, Dhis2HttpError, check_version, default_timeout
+
     client = Dhis2Client(base_url, auth=auth, timeout=default_timeout(15.0))
     try:
         try:
@@ -153,6 +160,8 @@ def ping(
     password_file: PasswordFileOption = None,
 ) -> None:
     """Check a DHIS2: reachable, credentials accepted, version supported (exit 1 if not)."""
+    from gateway.connectors.dhis2 import Dhis2Error
+
     _, base_url, auth, _ = _access(
         destination, config, token_file=token_file, username=username, password_file=password_file
     )
@@ -167,6 +176,10 @@ def ping(
 
 
 async def _pull(base_url: str, auth: httpx.Auth | None, out: Path, page_size: int) -> dict[str, int]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from gateway.connectors.dhis2 import FIELDS, Dhis2Client, MetadataCache, default_timeout
+
     client = Dhis2Client(base_url, auth=auth, timeout=default_timeout(60.0))
     try:
         with Progress(
@@ -196,6 +209,8 @@ def pull(
     page_size: Annotated[int, typer.Option(min=1, max=10_000, help="objects per page")] = 200,
 ) -> None:
     """Fetch programs, stages, data elements, attributes, option sets, org units and data sets."""
+    from gateway.connectors.dhis2 import Dhis2Error
+
     _, base_url, auth, cache = _access(
         destination, config, token_file=token_file, username=username, password_file=password_file
     )
@@ -210,7 +225,7 @@ def pull(
 
 
 async def _pull_org_units(base_url: str, auth: httpx.Auth | None, store: Any) -> tuple[int, int]:
-    from gateway.connectors.dhis2.mcsd import pull_org_units
+    from gateway.connectors.dhis2 import Dhis2Client, default_timeout, pull_org_units
 
     client = Dhis2Client(base_url, auth=auth, timeout=default_timeout(60.0))
     try:
@@ -228,6 +243,7 @@ def pull_org_units(
     password_file: PasswordFileOption = None,
 ) -> None:
     """Write DHIS2 org units into the store as Location + Organization (only what changed)."""
+    from gateway.connectors.dhis2 import Dhis2Error
     from gateway.store import open_store
 
     settings, base_url, auth, _ = _access(
@@ -261,9 +277,16 @@ def check_mappings(
     mappings: Annotated[Path, typer.Option(help="mappings folder")] = Path("mappings"),
 ) -> None:
     """Check DHIS2 mappings against a DHIS2's metadata (unknown elements, option codes, org units)."""
-    from gateway.connectors.dhis2.mapping_load import check_mapping, load_tables
-    from gateway.connectors.dhis2.metadata import MetadataSnapshot, pull_metadata
-    from gateway.mapping.errors import LoadIssue
+    from gateway.connectors.dhis2 import (
+        Dhis2Client,
+        Dhis2Error,
+        MetadataSnapshot,
+        check_mapping,
+        default_timeout,
+        load_tables,
+        pull_metadata,
+    )
+    from gateway.mapping import LoadIssue
 
     if metadata is not None:
         snapshot = MetadataSnapshot.load(metadata)

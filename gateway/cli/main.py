@@ -64,7 +64,7 @@ def serve(
 
     import uvicorn
 
-    from gateway.api.app import create_app
+    from gateway.api import create_app
     from gateway.services import ServicePlan
     from gateway.store import open_store
 

@@ -77,8 +77,7 @@ def run(
     """Dry run: print the transaction Bundle(s) a record file produces; nothing is stored."""
     import orjson
 
-    from gateway.mapping.golden import fhir_problems, map_outcome
-    from gateway.mapping.inputs import InputError, read_records
+    from gateway.mapping import InputError, fhir_problems, map_outcome, read_records
 
     loaded = _load(root)
     (selected,) = _pick(loaded, [mapping_set])
@@ -107,7 +106,7 @@ def test(
     update: Annotated[bool, typer.Option("--update", help="Rewrite expected files from the output.")] = False,
 ) -> None:
     """Run the golden tests in <set>/tests/ (input + expected Bundle per case)."""
-    from gateway.mapping.golden import find_cases, run_case
+    from gateway.mapping import find_cases, run_case
 
     loaded = _load(root)
     failures = 0
@@ -129,7 +128,7 @@ def test(
 @mappings_app.command()
 def coverage(sets: SetsArgument = None, root: DirOption = Path("mappings")) -> None:
     """Report source fields no rule reads and rules that never fired on the golden inputs."""
-    from gateway.mapping.coverage import mapping_coverage
+    from gateway.mapping import mapping_coverage
 
     loaded = _load(root)
     for mapping_set in _pick(loaded, sets):

@@ -22,22 +22,15 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-import orjson
 import typer
-from pydantic import ValidationError
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
 from gateway.cli.common import ConfigOption, fail
-from gateway.connectors import DeliveryConfigError
-from gateway.connectors.config import parse_duration
-from gateway.delivery.admin import DeliveryAdmin, dead_letter_detail, dead_letter_summary, open_admin
-from gateway.delivery.config import DeliverySections
-from gateway.delivery.queue import DeadLetterFilter
 from gateway.errors import GatewayError, exit_code_for
+
+if TYPE_CHECKING:
+    from gateway.delivery import DeadLetterFilter, DeliveryAdmin, DeliverySections
 
 T = TypeVar("T")
 
@@ -55,6 +48,9 @@ UntilFilter = Annotated[str | None, typer.Option("--until", help="ISO time, or a
 
 
 def _load(config: Path | None, destinations: Path | None) -> tuple[Any, DeliverySections]:
+    from pydantic import ValidationError
+
+    from gateway.connectors import DeliveryConfigError
     from gateway.settings import ConfigFileError, delivery_sections, load_settings
 
     try:
@@ -70,6 +66,8 @@ def _load(config: Path | None, destinations: Path | None) -> tuple[Any, Delivery
 def _with_admin(
     config: Path | None, destinations: Path | None, action: Callable[[DeliveryAdmin], Awaitable[T]]
 ) -> T:
+    from gateway.delivery import open_admin
+
     settings, sections = _load(config, destinations)
 
     async def run() -> T:
@@ -87,6 +85,8 @@ def _with_admin(
 
 def parse_when(value: str | None, *, now: float | None = None) -> float | None:
     """Epoch seconds from an ISO 8601 time, or from an age (``24h`` means 24 hours ago)."""
+    from gateway.connectors import parse_duration
+
     if value is None:
         return None
     if re.fullmatch(r"\s*\d+(\.\d+)?\s*(ms|s|m|h|d)\s*", value):
@@ -103,6 +103,8 @@ def parse_when(value: str | None, *, now: float | None = None) -> float | None:
 def _filter(
     destination: str | None, reason: str | None, since: str | None, until: str | None
 ) -> DeadLetterFilter:
+    from gateway.delivery import DeadLetterFilter
+
     return DeadLetterFilter(destination, reason, parse_when(since), parse_when(until))
 
 
@@ -124,6 +126,10 @@ def status(
     config: ConfigOption = None, destinations: DestinationsOption = None, json: JsonOption = False
 ) -> None:
     """Per destination: depth, oldest pending age, in flight, retrying, dead, delivered/min, circuit."""
+    import orjson
+    from rich.console import Console
+    from rich.table import Table
+
     rows = _with_admin(config, destinations, lambda admin: admin.status())
     if json:
         typer.echo(orjson.dumps([row.as_json() for row in rows], option=orjson.OPT_INDENT_2).decode())
@@ -161,6 +167,12 @@ def dead_letters(
     json: JsonOption = False,
 ) -> None:
     """List dead letters (filter by destination, reason, time), or --show one with request/response."""
+    import orjson
+    from rich.console import Console
+    from rich.table import Table
+
+    from gateway.delivery import dead_letter_detail, dead_letter_summary
+
     if show is not None:
         letter = _with_admin(config, destinations, lambda admin: admin.dead_letter(show))
         typer.echo(orjson.dumps(dead_letter_detail(letter), option=orjson.OPT_INDENT_2).decode())
@@ -188,6 +200,8 @@ def _bulk(
     config: Path | None,
     destinations: Path | None,
 ) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     with Progress(
         TextColumn(f"{verb} dead letters"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
     ) as progress:
@@ -281,6 +295,7 @@ def worker_command(
     ] = None,
 ) -> None:
     """Run delivery workers (and the outbox, and the periodic tasks) in this process until SIGTERM or Ctrl-C."""
+    from gateway.connectors import DeliveryConfigError
     from gateway.services import run_worker
 
     settings, sections = _load(config, destinations)

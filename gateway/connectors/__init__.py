@@ -6,52 +6,8 @@ and the configuration connectors read (``config``: credentials, durations).
 Connectors never import the delivery engine; it imports them.
 """
 
-from __future__ import annotations
+import lazy_loader
 
-from gateway.connectors.base import (
-    Connector,
-    DeliveryOutcome,
-    Job,
-    JobOp,
-    Partial,
-    Permanent,
-    RecordedRequest,
-    RecordedResponse,
-    RefusedPart,
-    Retry,
-    Success,
-)
-from gateway.connectors.classify import classify, record_request, record_response
-from gateway.connectors.config import (
-    AuthConfig,
-    Credentials,
-    DeliveryConfigError,
-    Destination,
-    Duration,
-    resolve_credentials,
-)
-from gateway.connectors.http import exchange
-
-__all__ = [
-    "AuthConfig",
-    "Connector",
-    "Credentials",
-    "DeliveryConfigError",
-    "DeliveryOutcome",
-    "Destination",
-    "Duration",
-    "Job",
-    "JobOp",
-    "Partial",
-    "Permanent",
-    "RecordedRequest",
-    "RecordedResponse",
-    "RefusedPart",
-    "Retry",
-    "Success",
-    "classify",
-    "exchange",
-    "record_request",
-    "record_response",
-    "resolve_credentials",
-]
+# The names below load on first use, so importing one submodule does not import the rest;
+# ``__init__.pyi`` lists them for type checkers and is the one list to edit.
+__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)

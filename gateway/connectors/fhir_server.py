@@ -25,8 +25,9 @@ import httpx
 import orjson
 
 from gateway.clock import Clock
-from gateway.connectors import classify, exchange, record_request, record_response
 from gateway.connectors.base import DeliveryOutcome, Job, Permanent, Success
+from gateway.connectors.classify import classify, record_request, record_response
+from gateway.connectors.http import exchange
 
 FHIR_JSON = "application/fhir+json"
 GONE_ON_DELETE = (404, 410)  # deleting what is not there has the intended effect

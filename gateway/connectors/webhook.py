@@ -20,8 +20,8 @@ import httpx
 import orjson
 
 from gateway.clock import Clock
-from gateway.connectors import exchange
 from gateway.connectors.base import DeliveryOutcome, Job
+from gateway.connectors.http import exchange
 
 
 class WebhookConnector:

@@ -7,58 +7,8 @@ destination's ``Connector`` and settles each outcome (ack, retry per ``RetryPoli
 dead letter); ``DeliveryAdmin`` shows and repairs it. ``DeliveryService`` wires it all.
 """
 
-from __future__ import annotations
+import lazy_loader
 
-from gateway.delivery.admin import (
-    AdminHandle,
-    DeliveryAdmin,
-    DestinationStatus,
-    UnknownDeadLetter,
-    UnknownDestination,
-    open_admin,
-)
-from gateway.delivery.breaker import BreakerPolicy, CircuitBreaker, CircuitState
-from gateway.delivery.config import DeliverySections, DeliverySettings, DestinationConfig, SubscriptionFilter
-from gateway.delivery.outbox import Outbox, ordering_key
-from gateway.delivery.policy import RetryPolicy
-from gateway.delivery.queue import (
-    DeadLetter,
-    DeadLetterFilter,
-    DeliveryQueue,
-    QueueError,
-    QueueStats,
-    QueueUnavailable,
-)
-from gateway.delivery.queue_factory import open_queue
-from gateway.delivery.service import DeliveryService
-from gateway.delivery.states import JobState
-from gateway.delivery.worker import Worker
-
-__all__ = [
-    "AdminHandle",
-    "DeliverySections",
-    "open_admin",
-    "BreakerPolicy",
-    "CircuitBreaker",
-    "CircuitState",
-    "DeadLetter",
-    "DeadLetterFilter",
-    "DeliveryAdmin",
-    "DeliveryQueue",
-    "DeliveryService",
-    "DeliverySettings",
-    "DestinationConfig",
-    "DestinationStatus",
-    "JobState",
-    "Outbox",
-    "QueueError",
-    "QueueStats",
-    "QueueUnavailable",
-    "RetryPolicy",
-    "SubscriptionFilter",
-    "UnknownDeadLetter",
-    "UnknownDestination",
-    "Worker",
-    "ordering_key",
-    "open_queue",
-]
+# The names below load on first use, so importing one submodule does not import the rest;
+# ``__init__.pyi`` lists them for type checkers and is the one list to edit.
+__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from gateway.connectors.base import Job, RecordedRequest, RecordedResponse
+from gateway.connectors import Job, RecordedRequest, RecordedResponse
 
 
 def encode_job(job: Job) -> bytes:

@@ -47,7 +47,7 @@ class SubscriptionFilter(BaseModel):
     @classmethod
     def _check_criteria(cls, criteria: str | None) -> str | None:
         if criteria is not None:
-            from gateway.fhir.fhirpath import FhirPathError
+            from gateway.fhir import FhirPathError
 
             try:
                 # The syntax check runs in _compiled; the trial run catches what fhirpathpy
@@ -82,7 +82,7 @@ def source_matches(name: str, source: str | None) -> bool:
 def _compiled(expression: str) -> Callable[[Mapping[str, Any], Any], list[Any]]:
     # Compiled once per expression: parsing dominates FHIRPath evaluation cost. Imported
     # here so that reading settings without criteria never loads the FHIRPath parser.
-    from gateway.fhir.fhirpath import compile_fhirpath
+    from gateway.fhir import compile_fhirpath
 
     return compile_fhirpath(expression)
 

@@ -20,10 +20,13 @@ from typing import Protocol
 import httpx
 
 from gateway.clock import Clock
-from gateway.connectors import DeliveryConfigError, resolve_credentials
-from gateway.connectors.base import Connector
-from gateway.connectors.fhir_server import FhirServerConnector
-from gateway.connectors.webhook import WebhookConnector
+from gateway.connectors import (
+    Connector,
+    DeliveryConfigError,
+    FhirServerConnector,
+    WebhookConnector,
+    resolve_credentials,
+)
 from gateway.delivery.config import DestinationConfig
 from gateway.delivery.http import destination_client
 

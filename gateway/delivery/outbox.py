@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from gateway.clock import Clock
-from gateway.connectors.base import Job
+from gateway.connectors import Job
 from gateway.delivery.codec import job_id
 from gateway.delivery.config import DestinationConfig
 from gateway.delivery.queue import DeliveryQueue

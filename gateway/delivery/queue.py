@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from gateway.connectors.base import Job, RecordedRequest, RecordedResponse
+from gateway.connectors import Job, RecordedRequest, RecordedResponse
 from gateway.errors import QueueError as QueueError  # re-exported: the queue's error category
 
 

@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from gateway.clock import Clock
-from gateway.connectors.base import Job
+from gateway.connectors import Job
 from gateway.delivery import keys, redis_scripts
 from gateway.delivery.codec import decode_detail, decode_job, encode_detail, encode_job
 from gateway.delivery.queue import (

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 import httpx
 
 from gateway.clock import Clock, SystemClock, wait_event
-from gateway.connectors.base import Connector
+from gateway.connectors import Connector
 from gateway.delivery.admin import DeliveryAdmin
 from gateway.delivery.breaker import CircuitBreaker
 from gateway.delivery.config import DeliverySettings, DestinationConfig

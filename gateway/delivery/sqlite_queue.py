@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.clock import Clock
-from gateway.connectors.base import Job
+from gateway.connectors import Job
 from gateway.delivery.codec import decode_detail, decode_job, encode_detail, encode_job
 from gateway.delivery.queue import (
     Ack,

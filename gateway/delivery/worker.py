@@ -29,8 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from gateway.clock import Clock, wait_event
-from gateway.connectors.base import Connector, DeliveryOutcome, Job, Partial, Permanent, Retry, Success
-from gateway.connectors.classify import format_traceback
+from gateway.connectors import Connector, DeliveryOutcome, Job, Partial, Permanent, Retry, Success, format_traceback
 from gateway.delivery.breaker import CircuitBreaker, CircuitState
 from gateway.delivery.config import DestinationConfig
 from gateway.delivery.policy import RetryPolicy

@@ -12,8 +12,8 @@ from collections.abc import Iterable
 
 import orjson
 
-from gateway.search.dates import format_instant
-from gateway.store.base import StoredResource
+from gateway.search import format_instant
+from gateway.store import StoredResource
 
 _SEARCH_MATCH = b',"search":{"mode":"match"}}'
 _SEARCH_INCLUDE = b',"search":{"mode":"include"}}'

@@ -17,7 +17,7 @@ import orjson
 
 from gateway.errors import FhirError, gone, invalid, not_found
 from gateway.fhir.validate import validate_resource
-from gateway.search.query import QueryParser, SearchError
+from gateway.search import QueryParser, SearchError
 from gateway.store import PreparedWrite, StoredResource, StoreTransaction, VersionConflict
 
 ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")

@@ -11,7 +11,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from gateway.r4.types import R4_ONLY_TYPES
+from gateway.r4 import R4_ONLY_TYPES
 
 SUBSETTED = {
     "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",

@@ -27,9 +27,8 @@ from gateway.errors import CLIENT_ERRORS, FhirError, GatewayError, invalid, not_
 from gateway.fhir import interactions
 from gateway.fhir.outcome import outcome_of
 from gateway.fhir.validate import validate_resource
-from gateway.r4.types import RESOURCE_TYPES
-from gateway.search.dates import format_instant
-from gateway.search.query import MAX_INT_DIGITS, QueryParser, SearchError
+from gateway.r4 import RESOURCE_TYPES
+from gateway.search import MAX_INT_DIGITS, QueryParser, SearchError, format_instant
 from gateway.store import PreparedWrite, ResourceStore, StoredResource, StoreTransaction
 
 Permission = Callable[[str, str], bool]  # (resource type, c|r|u|d|s) -> allowed

@@ -30,7 +30,7 @@ from gateway.errors import FhirError
 from gateway.fhir.outcome import issue
 from gateway.fhir.shapes import ShapeCache, ShapePlan, canonical_instance, flatten, leaf_checks
 from gateway.fhir.strict import check_strict, default_checker
-from gateway.r4.types import R4_ONLY_TYPES, RESOURCE_TYPES
+from gateway.r4 import R4_ONLY_TYPES, RESOURCE_TYPES
 
 _MAX_ISSUES = 20
 

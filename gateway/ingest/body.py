@@ -22,8 +22,8 @@ from typing import Any
 import orjson
 
 from gateway.errors import FhirError, invalid
-from gateway.fhir.parse import parse_json
-from gateway.mapping.inputs import InputError, parse_csv
+from gateway.fhir import parse_json
+from gateway.mapping import InputError, parse_csv
 
 __all__ = ["CSV", "JSON", "ReceivedRecord", "split_body"]
 

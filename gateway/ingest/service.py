@@ -36,15 +36,13 @@ from typing import Any
 import orjson
 
 from gateway.errors import CLIENT_ERRORS, FhirError, RequestError
-from gateway.fhir.transaction import PreparedTransaction, combine_prepared, prepare_transaction, run_prepared
+from gateway.fhir import PreparedTransaction, combine_prepared, prepare_transaction, run_prepared
 from gateway.ingest.body import CSV, ReceivedRecord
 from gateway.ingest.registry import MappingRegistry
 from gateway.ingest.results import IngestReport, RecordResult, WrittenResource
 from gateway.ingest.writer import BATCH_RECORDS, IngestWriter, PendingRecord, RecordGroup
-from gateway.mapping import MappingError, MappingSet
-from gateway.mapping.inputs import InputError, parse_csv
-from gateway.search.dates import format_instant
-from gateway.search.query import QueryParser
+from gateway.mapping import InputError, MappingError, MappingSet, parse_csv
+from gateway.search import QueryParser, format_instant
 from gateway.store import QuarantinedRecord, Store
 
 __all__ = ["BATCH_RECORDS", "IngestReport", "IngestService", "RecordResult", "WrittenResource"]

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import GatewayError
-from gateway.fhir.transaction import PreparedTransaction
+from gateway.fhir import PreparedTransaction
 
 if TYPE_CHECKING:
     from gateway.ingest.body import ReceivedRecord

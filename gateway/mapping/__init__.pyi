@@ -1,5 +1,9 @@
 """Typed surface of ``gateway.mapping`` (loaded lazily by ``__init__.py``)."""
 
+from .conceptmaps import ConceptTable as ConceptTable
+from .conceptmaps import load_concept_tables as load_concept_tables
+from .converters import CompileContext as CompileContext
+from .coverage import mapping_coverage as mapping_coverage
 from .engine import MAPPING_TAG_SYSTEM as MAPPING_TAG_SYSTEM
 from .engine import CompiledMapping as CompiledMapping
 from .engine import MappingSet as MappingSet
@@ -7,7 +11,22 @@ from .errors import LoadIssue as LoadIssue
 from .errors import MappingError as MappingError
 from .errors import MappingLoadError as MappingLoadError
 from .errors import to_operation_outcome as to_operation_outcome
+from .expressions import CompileError as CompileError
+from .expressions import Expression as Expression
+from .expressions import Scope as Scope
+from .expressions import compile_expression as compile_expression
+from .golden import fhir_problems as fhir_problems
+from .golden import find_cases as find_cases
+from .golden import map_outcome as map_outcome
+from .golden import run_case as run_case
+from .inputs import InputError as InputError
+from .inputs import parse_csv as parse_csv
+from .inputs import read_records as read_records
 from .loader import LoadedMappings as LoadedMappings
 from .loader import load_mapping_sets as load_mapping_sets
 from .loader import load_mappings as load_mappings
 from .loader import validate_mappings as validate_mappings
+from .yamlfile import YamlDocument as YamlDocument
+from .yamlfile import YamlSyntaxError as YamlSyntaxError
+from .yamlfile import format_path as format_path
+from .yamlfile import read_yaml as read_yaml

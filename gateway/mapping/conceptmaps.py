@@ -26,7 +26,7 @@ import orjson
 import pydantic
 from fhir.resources.R4B import get_fhir_model_class
 
-from gateway.fhir.strict import check_strict
+from gateway.fhir import check_strict
 from gateway.mapping.errors import LoadIssue
 from gateway.mapping.yamlfile import YamlDocument, YamlSyntaxError, format_path, read_yaml
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import fhirpathpy
 
-from gateway.fhir.fhirpath import member_reads, plain, simple_path, variables_of
+from gateway.fhir import member_reads, plain, simple_path, variables_of
 from gateway.mapping.converters import (
     CONVERTERS,
     CompileContext,

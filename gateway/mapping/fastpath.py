@@ -17,7 +17,7 @@ from typing import Any
 
 import fhirpathpy
 
-from gateway.fhir.fhirpath import identifier, only_child, plain, simple_path
+from gateway.fhir import identifier, only_child, plain, simple_path
 from gateway.mapping.fhirpath import Evaluator
 
 __all__ = ["fast_boolean", "fast_concat", "lookup", "walk"]

@@ -16,8 +16,8 @@ from fhirpathpy.engine.invocations import invocation_registry
 from fhirpathpy.engine.nodes import ResourceNode
 
 from gateway.errors import ConfigError
-from gateway.fhir.fhirpath import FhirPathError, function_names, plain
-from gateway.fhir.fhirpath import parse_fhirpath as parse_any_fhirpath
+from gateway.fhir import FhirPathError, function_names, plain
+from gateway.fhir import parse_fhirpath as parse_any_fhirpath
 from gateway.mapping.errors import MappingError
 
 __all__ = [

@@ -25,7 +25,7 @@ import orjson
 import pydantic
 from fhir.resources.R4B import get_fhir_model_class
 
-from gateway.fhir.strict import check_strict
+from gateway.fhir import check_strict
 from gateway.mapping.engine import MappingSet
 from gateway.mapping.errors import MappingError, to_operation_outcome
 from gateway.mapping.inputs import InputError, read_records

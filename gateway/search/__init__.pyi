@@ -1,1 +1,19 @@
 """Typed surface of ``gateway.search`` (loaded lazily by ``__init__.py``)."""
+from .dates import DateFormatError as DateFormatError
+from .dates import date_range as date_range
+from .dates import format_instant as format_instant
+from .dates import from_epoch as from_epoch
+from .extract import ExtractionPlan as ExtractionPlan
+from .extract import IndexRows as IndexRows
+from .extract import index_rows as index_rows
+from .query import MAX_INT_DIGITS as MAX_INT_DIGITS
+from .query import RESULT_PARAMS as RESULT_PARAMS
+from .query import QueryParser as QueryParser
+from .query import SearchError as SearchError
+from .query import SearchQuery as SearchQuery
+from .query import non_negative_int as non_negative_int
+from .registry import SearchRegistry as SearchRegistry
+from .registry import default_registry as default_registry
+from .sql import count_sql as count_sql
+from .sql import date_sort_walk as date_sort_walk
+from .sql import page_sql as page_sql

@@ -100,7 +100,7 @@ class ExtractionPlan:
 _MAX_KEY_SETS = 1024
 
 
-def extract(resource: dict[str, Any], params: list[SearchParam] | ExtractionPlan) -> IndexRows:
+def index_rows(resource: dict[str, Any], params: list[SearchParam] | ExtractionPlan) -> IndexRows:
     """Extract the index rows of ``resource`` for the given parameters (or plan of them)."""
     rows = IndexRows()
     for param in params.candidates(resource) if isinstance(params, ExtractionPlan) else params:

@@ -103,6 +103,6 @@ def load_definitions() -> list[dict[str, Any]]:
 @cache
 def default_registry() -> SearchRegistry:
     """The registry for every R4 resource type, built once per process."""
-    from gateway.r4.types import RESOURCE_TYPES
+    from gateway.r4 import RESOURCE_TYPES
 
     return SearchRegistry(load_definitions(), RESOURCE_TYPES)

@@ -38,8 +38,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from gateway.errors import StoreError
-from gateway.search.extract import IndexRows
-from gateway.search.query import SearchQuery
+from gateway.search import IndexRows, SearchQuery
 
 
 class ChangeOp(StrEnum):

@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from gateway.search.registry import SearchRegistry
+from gateway.search import SearchRegistry
 from gateway.store.rows import Cursor
 from gateway.store.sql import SqlStore
 from gateway.store.sqlops import INSERT_COLUMNS, WriteStep

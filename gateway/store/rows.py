@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from gateway.search.dates import from_epoch
+from gateway.search import from_epoch
 from gateway.store.base import StoredResource
 
 COLUMNS = "r.rtype, r.id, r.version, r.lu, r.deleted, r.content"

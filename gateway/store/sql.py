@@ -16,11 +16,16 @@ from typing import Any
 
 import orjson
 
-from gateway.search.dates import from_epoch
-from gateway.search.extract import ExtractionPlan
-from gateway.search.query import SearchQuery
-from gateway.search.registry import SearchRegistry, default_registry
-from gateway.search.sql import count_sql, date_sort_walk, page_sql
+from gateway.search import (
+    ExtractionPlan,
+    SearchQuery,
+    SearchRegistry,
+    count_sql,
+    date_sort_walk,
+    default_registry,
+    from_epoch,
+    page_sql,
+)
 from gateway.store.base import (
     ApiClient,
     Change,

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from gateway.search.registry import SearchRegistry
+from gateway.search import SearchRegistry
 from gateway.store.rows import Cursor
 from gateway.store.sql import SqlStore
 

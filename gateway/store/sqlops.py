@@ -12,8 +12,7 @@ from collections.abc import Sequence
 from functools import cache
 from typing import Any, Protocol
 
-from gateway.search.extract import ExtractionPlan
-from gateway.search.query import SearchQuery
+from gateway.search import ExtractionPlan, SearchQuery
 from gateway.store.base import PreparedWrite, SearchResult
 from gateway.store.rows import Cursor
 

@@ -24,9 +24,7 @@ from typing import Any
 
 import orjson
 
-from gateway.search.dates import format_instant, from_epoch
-from gateway.search.extract import ExtractionPlan, IndexRows, extract
-from gateway.search.query import SearchQuery
+from gateway.search import ExtractionPlan, IndexRows, SearchQuery, format_instant, from_epoch, index_rows
 from gateway.store.base import ChangeOp, PreparedWrite, SearchResult, StoredResource, VersionConflict, WriteResult
 from gateway.store.rows import (
     INDEX_TABLES,
@@ -49,7 +47,7 @@ def prepare_write(resource: dict[str, Any], rid: str, plan: ExtractionPlan) -> P
     transaction, e.g. while another batch commits.
     """
     body = _body(resource, rid)
-    return PreparedWrite(resource["resourceType"], rid, body, hash_body(body), extract(body, plan))
+    return PreparedWrite(resource["resourceType"], rid, body, hash_body(body), index_rows(body, plan))
 
 
 @dataclass(slots=True)
@@ -216,7 +214,7 @@ class SqlTransaction:
             if current is not None and has_kept_identifiers(current.content):
                 body = _keep_identifiers(body, current.content)
                 if body is not prepared.body:
-                    rows = extract(body, self.store.indexed_params(rtype))
+                    rows = index_rows(body, self.store.indexed_params(rtype))
             meta = body.get("meta")
             stamp = {"versionId": str(version), "lastUpdated": format_instant(now)}
             content = orjson.dumps({**body, "meta": {**meta, **stamp} if meta else stamp})

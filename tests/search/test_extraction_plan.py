@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.search.extract import ExtractionPlan, extract
+from gateway.search.extract import ExtractionPlan, index_rows
 from gateway.search.registry import default_registry
 from tests.support.examples import iter_examples
 
@@ -34,7 +34,7 @@ def test_plans_extract_the_same_rows_as_every_parameter_for_every_official_examp
             if not params:
                 continue
             plan = plans.setdefault(rtype, ExtractionPlan(params))
-            assert extract(resource, plan) == extract(resource, params), rtype
+            assert index_rows(resource, plan) == index_rows(resource, params), rtype
             skipped += len(params) - len(plan.candidates(resource))
             checked += 1
     assert checked > 5000

@@ -48,7 +48,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.connectors import Duration
+from gateway.connectors.config import Duration
 
 __all__ = [
     "MIN_VERSION",

@@ -51,8 +51,8 @@ import httpx
 import orjson
 
 from gateway.clock import Clock
-from gateway.connectors import classify
 from gateway.connectors.base import DeliveryOutcome, Job, Permanent, Retry, Success
+from gateway.connectors.classify import classify
 from gateway.connectors.dhis2.aggregate_outcome import aggregate_outcome, recorded
 from gateway.connectors.dhis2.aggregate_summary import parse_import_summary
 from gateway.connectors.dhis2.aggregate_transform import AggregatePlan, measure_report_to_data_value_set
@@ -85,7 +85,7 @@ from gateway.connectors.dhis2.tracker_transform import (
     TrackerTransformer,
 )
 from gateway.connectors.dhis2.writeback import WriteBack, WriteBackTarget
-from gateway.mapping.errors import LoadIssue, MappingError, MappingLoadError
+from gateway.mapping import LoadIssue, MappingError, MappingLoadError
 
 __all__ = ["Dhis2Connector"]
 

@@ -26,11 +26,21 @@ from gateway.connectors.dhis2.mapping_spec import (
     TrackerMapping,
 )
 from gateway.connectors.dhis2.metadata import MetadataSnapshot
-from gateway.mapping.conceptmaps import ConceptTable, load_concept_tables
-from gateway.mapping.converters import CompileContext
-from gateway.mapping.errors import LoadIssue, MappingLoadError
-from gateway.mapping.expressions import CompileError, Expression, Scope, compile_expression
-from gateway.mapping.yamlfile import YamlDocument, YamlSyntaxError, format_path, read_yaml
+from gateway.mapping import (
+    CompileContext,
+    CompileError,
+    ConceptTable,
+    Expression,
+    LoadIssue,
+    MappingLoadError,
+    Scope,
+    YamlDocument,
+    YamlSyntaxError,
+    compile_expression,
+    format_path,
+    load_concept_tables,
+    read_yaml,
+)
 
 __all__ = [
     "BoundAggregate",

@@ -25,10 +25,19 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.connectors.dhis2.orgunits import OrgUnitResolver
 from gateway.connectors.dhis2.periods import Period
 from gateway.connectors.dhis2.sources import ResourceSource, reference_of
-from gateway.mapping.converters import CompileContext
-from gateway.mapping.errors import LoadIssue, MappingError, MappingLoadError
-from gateway.mapping.expressions import CompileError, Expression, Scope, compile_expression
-from gateway.mapping.yamlfile import YamlSyntaxError, format_path, read_yaml
+from gateway.mapping import (
+    CompileContext,
+    CompileError,
+    Expression,
+    LoadIssue,
+    MappingError,
+    MappingLoadError,
+    Scope,
+    YamlSyntaxError,
+    compile_expression,
+    format_path,
+    read_yaml,
+)
 
 __all__ = ["MeasureDefinition", "compute_measure_report", "group_by_org_unit", "load_measure", "report_id"]
 

@@ -32,7 +32,7 @@ from gateway.connectors.dhis2.measure import MeasureDefinition, compute_measure_
 from gateway.connectors.dhis2.orgunits import ORG_UNIT_SYSTEM, OrgUnitResolver
 from gateway.connectors.dhis2.periods import Period, period_for
 from gateway.connectors.dhis2.sources import StoreResourceSource
-from gateway.store.base import ResourceStore
+from gateway.store import ResourceStore
 
 __all__ = ["DATE_PARAMS", "MARGIN", "ReportRun", "periods_to_report", "write_reports"]
 

@@ -102,8 +102,7 @@ class StoreResourceSource:
     """Resources read from the gateway's store (synchronous: call from a worker thread)."""
 
     def __init__(self, store: Any, parser: Any = None, *, limit: int = 1000) -> None:
-        from gateway.search.query import QueryParser
-        from gateway.search.registry import default_registry
+        from gateway.search import QueryParser, default_registry
 
         self._store = store
         self._parser = parser or QueryParser(default_registry(), limit, limit)

@@ -29,7 +29,7 @@ from pathlib import Path
 import anyio.to_thread
 
 from gateway.clock import Clock
-from gateway.connectors import Destination, resolve_credentials
+from gateway.connectors.config import Destination, resolve_credentials
 from gateway.connectors.dhis2.client import Dhis2Client
 from gateway.connectors.dhis2.config import Dhis2Options, default_timeout
 from gateway.connectors.dhis2.connector import Dhis2Connector
@@ -38,9 +38,9 @@ from gateway.connectors.dhis2.mcsd import pull_org_units
 from gateway.connectors.dhis2.measure import load_measure
 from gateway.connectors.dhis2.metadata import MetadataSnapshot, pull_metadata
 from gateway.connectors.dhis2.reporting import periods_to_report, write_reports
-from gateway.mapping.errors import LoadIssue, MappingLoadError
+from gateway.mapping import LoadIssue, MappingLoadError
 from gateway.scheduler import PeriodicTask
-from gateway.store.base import ResourceStore
+from gateway.store import ResourceStore
 
 __all__ = ["Dhis2Tasks", "dhis2_tasks"]
 

@@ -36,8 +36,7 @@ from gateway.connectors.dhis2.sources import ResourceSource, reference_of
 from gateway.connectors.dhis2.uids import derive_uid
 from gateway.connectors.dhis2.values import ValueConversionError, to_dhis2_value
 from gateway.errors import ConnectorError
-from gateway.mapping.errors import MappingError
-from gateway.mapping.expressions import Expression
+from gateway.mapping import Expression, MappingError
 
 __all__ = ["Dhis2MappingError", "Dhis2PendingError", "PlannedObject", "TrackerPlan", "TrackerTransformer"]
 

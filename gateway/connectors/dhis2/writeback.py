@@ -57,8 +57,7 @@ import orjson
 from gateway.connectors.base import Job
 from gateway.connectors.dhis2.sources import ResourceSource
 from gateway.connectors.dhis2.tracker_transform import TrackerPlan
-from gateway.store.base import ResourceStore, VersionConflict
-from gateway.store.rows import KEPT_IDENTIFIER_TYPE
+from gateway.store import KEPT_IDENTIFIER_TYPE, ResourceStore, VersionConflict
 
 __all__ = ["Held", "WriteBack", "WriteBackTarget", "identifier_systems", "provenance_id"]
 

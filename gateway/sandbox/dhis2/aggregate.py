@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
-from gateway.connectors.dhis2.periods import PeriodError, parse_period, period_for
-from gateway.connectors.dhis2.values import check_value, normalize_boolean
+from gateway.connectors.dhis2 import PeriodError, check_value, normalize_boolean, parse_period, period_for
 from gateway.sandbox.dhis2.catalog import Catalog
 from gateway.sandbox.dhis2.storage import DataValueKey, SandboxStore
 

@@ -15,8 +15,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from gateway.connectors.dhis2.uids import is_valid_uid
-from gateway.connectors.dhis2.values import MAX_ATTRIBUTE_LENGTH, check_value
+from gateway.connectors.dhis2 import MAX_ATTRIBUTE_LENGTH, check_value, is_valid_uid
 from gateway.sandbox.dhis2.catalog import Catalog
 from gateway.sandbox.dhis2.storage import SandboxStore, StoredObject
 from gateway.sandbox.dhis2.tracker_payload import FlatPayload, TrackerError, TrackerType

@@ -1,0 +1,30 @@
+"""Typed surface of ``gateway.connectors.dhis2`` (loaded lazily by ``__init__.py``)."""
+
+from .client import Dhis2Client as Dhis2Client
+from .config import Dhis2Options as Dhis2Options
+from .config import check_version as check_version
+from .config import default_timeout as default_timeout
+from .connector import Dhis2Connector as Dhis2Connector
+from .errors import Dhis2Error as Dhis2Error
+from .errors import Dhis2HttpError as Dhis2HttpError
+from .factory import create_connector as create_connector
+from .factory import dhis2_factory as dhis2_factory
+from .mapping_load import check_mapping as check_mapping
+from .mapping_load import load_tables as load_tables
+from .mcsd import pull_org_units as pull_org_units
+from .metadata import FIELDS as FIELDS
+from .metadata import MetadataCache as MetadataCache
+from .metadata import MetadataSnapshot as MetadataSnapshot
+from .metadata import pull_metadata as pull_metadata
+from .periods import PeriodError as PeriodError
+from .periods import parse_period as parse_period
+from .periods import period_for as period_for
+from .sources import ResourceBundle as ResourceBundle
+from .sources import ResourceSource as ResourceSource
+from .sources import StoreResourceSource as StoreResourceSource
+from .tasks import dhis2_tasks as dhis2_tasks
+from .uids import derive_uid as derive_uid
+from .uids import is_valid_uid as is_valid_uid
+from .values import MAX_ATTRIBUTE_LENGTH as MAX_ATTRIBUTE_LENGTH
+from .values import check_value as check_value
+from .values import normalize_boolean as normalize_boolean

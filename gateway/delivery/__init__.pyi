@@ -1,0 +1,30 @@
+"""Typed surface of ``gateway.delivery`` (loaded lazily by ``__init__.py``)."""
+
+from .admin import AdminHandle as AdminHandle
+from .admin import DeliveryAdmin as DeliveryAdmin
+from .admin import DestinationStatus as DestinationStatus
+from .admin import UnknownDeadLetter as UnknownDeadLetter
+from .admin import UnknownDestination as UnknownDestination
+from .admin import dead_letter_detail as dead_letter_detail
+from .admin import dead_letter_summary as dead_letter_summary
+from .admin import open_admin as open_admin
+from .breaker import BreakerPolicy as BreakerPolicy
+from .breaker import CircuitBreaker as CircuitBreaker
+from .breaker import CircuitState as CircuitState
+from .config import DeliverySections as DeliverySections
+from .config import DeliverySettings as DeliverySettings
+from .config import DestinationConfig as DestinationConfig
+from .config import SubscriptionFilter as SubscriptionFilter
+from .outbox import Outbox as Outbox
+from .outbox import ordering_key as ordering_key
+from .policy import RetryPolicy as RetryPolicy
+from .queue import DeadLetter as DeadLetter
+from .queue import DeadLetterFilter as DeadLetterFilter
+from .queue import DeliveryQueue as DeliveryQueue
+from .queue import QueueError as QueueError
+from .queue import QueueStats as QueueStats
+from .queue import QueueUnavailable as QueueUnavailable
+from .queue_factory import open_queue as open_queue
+from .service import DeliveryService as DeliveryService
+from .states import JobState as JobState
+from .worker import Worker as Worker
