@@ -23,7 +23,8 @@ PACKAGES = [".".join(stub.parent.relative_to(ROOT.parent).parts) for stub in STU
 
 def stub_names(stub: Path) -> set[str]:
     tree = ast.parse(stub.read_text(encoding="utf-8"))
-    return {alias.asname or alias.name for node in tree.body if isinstance(node, ast.ImportFrom) for alias in node.names}
+    imports = [node for node in tree.body if isinstance(node, ast.ImportFrom)]
+    return {alias.asname or alias.name for node in imports for alias in node.names}
 
 
 @pytest.mark.parametrize("package", PACKAGES)
