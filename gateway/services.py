@@ -159,6 +159,13 @@ class Services:
         if self.owns_store:
             self.store.close()
 
+    def __enter__(self) -> Services:
+        """For commands that only need the store (and ingest): ``with Services.build(...) as services``."""
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close_now()
+
 
 def _delivery(settings: Settings, plan: ServicePlan, store: Store) -> DeliveryService:
     sections = plan.sections or delivery_sections(settings)

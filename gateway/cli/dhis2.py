@@ -244,7 +244,7 @@ def pull_org_units(
 ) -> None:
     """Write DHIS2 org units into the store as Location + Organization (only what changed)."""
     from gateway.connectors.dhis2 import Dhis2Error
-    from gateway.store import open_store
+    from gateway.services import ServicePlan, Services
 
     settings, base_url, auth, _ = _access(
         destination,
@@ -254,14 +254,12 @@ def pull_org_units(
         password_file=password_file,
         need_settings=True,
     )
-    store = open_store(settings.store_url)
-    try:
-        units, written = asyncio.run(_pull_org_units(base_url, auth, store))
-    except Dhis2Error as exc:
-        typer.echo(f"gateway: {exc}", err=True)
-        raise typer.Exit(exit_code_for(exc)) from exc
-    finally:
-        store.close()
+    with Services.build(settings, ServicePlan(ingest=False)) as services:
+        try:
+            units, written = asyncio.run(_pull_org_units(base_url, auth, services.store))
+        except Dhis2Error as exc:
+            typer.echo(f"gateway: {exc}", err=True)
+            raise typer.Exit(exit_code_for(exc)) from exc
     typer.echo(f"{units} org units, {written} Location/Organization resources written")
 
 

@@ -65,23 +65,21 @@ def serve(
     import uvicorn
 
     from gateway.api import create_app
-    from gateway.services import ServicePlan
-    from gateway.store import open_store
+    from gateway.services import ServicePlan, Services
 
     if dev and config is None and DEV_CONFIG.exists():
         config = DEV_CONFIG
     settings = settings_from(config, host=host, port=port)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sandbox = _start_dev_sandbox() if dev else None
-    store = open_store(settings.store_url)
     try:
         if dev or dev_token:
-            _print_dev_token(store, settings)
-        application = create_app(settings, store=store, plan=ServicePlan.for_serve(settings, os.environ))
+            with Services.build(settings, ServicePlan(ingest=False)) as services:
+                _print_dev_token(services.store, settings)
+        application = create_app(settings, plan=ServicePlan.for_serve(settings, os.environ))
         uvicorn.run(application, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
                     proxy_headers=True, access_log=False)
     finally:
-        store.close()
         if sandbox is not None:
             sandbox.terminate()
             sandbox.wait(10)
@@ -142,7 +140,7 @@ def clients_create(
 ) -> None:
     """Create (or re-key) a client; its token is printed once, alone on the last line."""
     from gateway.auth import ScopeError, validate_scopes
-    from gateway.store import open_store
+    from gateway.services import ServicePlan, Services
 
     if not name.replace("-", "").replace("_", "").isalnum() or len(name) > 64:
         fail(f"invalid client name {name!r}: use letters, digits, - and _ (64 at most)")
@@ -150,12 +148,8 @@ def clients_create(
         validate_scopes(scope)
     except ScopeError as exc:
         fail(str(exc), exit_code_for(exc))
-    settings = settings_from(config)
-    store = open_store(settings.store_url)
-    try:
-        token = _create_client(store, name, scope)
-    finally:
-        store.close()
+    with Services.build(settings_from(config), ServicePlan(ingest=False)) as services:
+        token = _create_client(services.store, name, scope)
     typer.echo(f"created client {name} with scopes {' '.join(scope)}; the token is shown only now:")
     typer.echo(token)
 
@@ -163,15 +157,12 @@ def clients_create(
 @clients_app.command("list")
 def clients_list(config: ConfigOption = None) -> None:
     """List clients and their scopes (never tokens)."""
-    from gateway.store import open_store
+    from gateway.services import ServicePlan, Services
 
-    store = open_store(settings_from(config).store_url)
-    try:
-        for client in store.list_clients():
+    with Services.build(settings_from(config), ServicePlan(ingest=False)) as services:
+        for client in services.store.list_clients():
             state = " (disabled)" if client.disabled else ""
             typer.echo(f"{client.name}\t{' '.join(client.scopes)}{state}")
-    finally:
-        store.close()
 
 
 @config_app.command("check")
