@@ -48,7 +48,8 @@ class ServicePlan:
     ``run_worker`` is true, or, when it is None, as ``delivery.in_process_worker`` says);
     ``sections`` replaces the settings' ``destinations``/``delivery`` (``--destinations``);
     ``scheduler`` runs the destinations' periodic tasks; ``only`` limits delivery and the
-    scheduler to some destinations.
+    scheduler to some destinations. The clocks default to the system clock (tests move a
+    manual one).
     """
 
     environ: Mapping[str, str] = field(default_factory=dict)
@@ -102,10 +103,10 @@ class Services:
                 services.ingest = IngestService(
                     opened, services.parser, MappingRegistry(settings.mappings_dir, settings.sources)
                 )
+            sections = plan.sections or delivery_sections(settings)
             if plan.delivery:
-                services.delivery = _delivery(settings, plan, opened)
+                services.delivery = _delivery(settings, sections, plan, opened)
             if plan.scheduler:
-                sections = plan.sections or delivery_sections(settings)
                 services.scheduler = build_scheduler(
                     sections.destinations,
                     store=opened,
@@ -167,8 +168,7 @@ class Services:
         self.close_now()
 
 
-def _delivery(settings: Settings, plan: ServicePlan, store: Store) -> DeliveryService:
-    sections = plan.sections or delivery_sections(settings)
+def _delivery(settings: Settings, sections: DeliverySections, plan: ServicePlan, store: Store) -> DeliveryService:
     if plan.only:
         unknown = sorted(set(plan.only) - {d.name for d in sections.destinations})
         if unknown:
