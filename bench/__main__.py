@@ -6,7 +6,7 @@ import importlib.util
 import subprocess
 import sys
 
-BENCHMARKS = ["bench.read_search", "bench.ingest_bench", "bench.queue_bench", "bench.dhis2_bench"]
+BENCHMARKS = ["bench.read_search", "bench.ingest_bench", "bench.queue_bench", "bench.dhis2_bench", "bench.cli_startup"]
 
 
 def main() -> int:
