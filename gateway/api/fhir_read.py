@@ -13,7 +13,15 @@ from starlette.responses import Response
 
 from gateway.errors import FhirError, gone, not_found
 from gateway.fhir import bundles, issue, outcome_of, subset
-from gateway.search import MAX_INT_DIGITS, DateFormatError, SearchError, SearchQuery, date_range, non_negative_int
+from gateway.search import (
+    MAX_INT_DIGITS,
+    DateFormatError,
+    SearchAccess,
+    SearchError,
+    SearchQuery,
+    date_range,
+    non_negative_int,
+)
 from gateway.store import SearchResult, StoredResource
 
 from .auth import authenticate, require_fhir
@@ -149,9 +157,9 @@ async def everything(request: Request, rid: str) -> Response:
     if patient.deleted:
         raise gone(f"Patient/{rid} has been deleted")
     count, offset = _paging(request, ctx.settings.search.default_count, ctx.settings.search.max_count)
-    related, total = await ctx.read(ctx.store.compartment, "Patient", rid, count, offset)
-    allowed = [r for r in related if principal.can(r.type, "s") or principal.can(r.type, "r")]
-    matches = ([patient] if offset == 0 else []) + allowed
+    types = SearchAccess(principal.can).returnable()
+    related, total = await ctx.read(ctx.store.compartment, "Patient", rid, count, offset, types)
+    matches = ([patient] if offset == 0 else []) + related
     base = base_url(request)
     links = _page_links(f"{base}/Patient/{rid}/$everything", [], count, offset, total, len(related), None)
     body = bundles.searchset(base, matches, total=total + 1, links=links)
@@ -167,19 +175,18 @@ async def _search(request: Request, rtype: str, items: list[tuple[str, str]]) ->
     media = response_type(request)
     strict = prefer(request).get("handling") == "strict"
     try:
-        query = ctx.parser.parse(rtype, items, strict=strict)
+        query = ctx.parser.parse(rtype, items, strict=strict, access=SearchAccess(principal.can))
     except SearchError as exc:
         raise FhirError(str(exc), status=400, code=exc.code, expression=exc.expression) from exc
     result: SearchResult = await ctx.read(ctx.store.search, query)
     base = base_url(request)
-    included = [r for r in result.included if principal.can(r.type, "r") or principal.can(r.type, "s")]
     links = _page_links(f"{base}/{rtype}", query.used, query.count, query.offset, result.total,
                         len(result.resources), result.snapshot)
-    transform = _subsetted(query, [*result.resources, *included])
+    transform = _subsetted(query, [*result.resources, *result.included])
     outcome = None
     if query.warnings:
         outcome = outcome_of([issue("not-supported", w, severity="warning") for w in query.warnings])
-    body = bundles.searchset(base, result.resources, total=result.total, links=links, included=included,
+    body = bundles.searchset(base, result.resources, total=result.total, links=links, included=result.included,
                              outcome=outcome, transform=transform)
     return fhir_response(body, media_type=media)
 

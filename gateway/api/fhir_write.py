@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from gateway.errors import FhirError, invalid
 from gateway.fhir import informational, interactions, parse_json, process_bundle, require_resource, validate_resource
-from gateway.search import RESULT_PARAMS
+from gateway.search import RESULT_PARAMS, SearchAccess
 
 from .auth import authenticate, require_fhir
 from .context import AppContext, base_url, ctx_of
@@ -63,17 +63,16 @@ def _query_string(request: Request) -> str:
 async def create(request: Request, rtype: str) -> Response:
     """Create a resource (conditional with If-None-Exist)."""
     check_type(rtype)
-    require_fhir(request, rtype, "c")
+    access = SearchAccess(require_fhir(request, rtype, "c").can)
     media = response_type(request)
     ctx = ctx_of(request)
     data = await _resource_body(request, ctx, rtype)
     # fhirpy's get_or_create puts the condition in the query string instead of the
     # standard header; honouring it avoids silently creating duplicates.
     if_none_exist = request.headers.get("if-none-exist") or _query_string(request) or None
-    if if_none_exist is not None:
-        require_fhir(request, rtype, "s")
 
-    return await _write(request, ctx, media, interactions.create, ctx.parser, data, if_none_exist=if_none_exist)
+    return await _write(request, ctx, media, interactions.create, ctx.parser, data, if_none_exist=if_none_exist,
+                        access=access)
 
 
 @router.put("/{rtype}/{rid}", summary="Update")
@@ -94,8 +93,7 @@ async def update(request: Request, rtype: str, rid: str) -> Response:
 async def conditional_update(request: Request, rtype: str) -> Response:
     """Update the one resource the query matches, or create it."""
     check_type(rtype)
-    require_fhir(request, rtype, "u")
-    require_fhir(request, rtype, "s")
+    access = SearchAccess(require_fhir(request, rtype, "u").can)
     media = response_type(request)
     ctx = ctx_of(request)
     query = _query_string(request)
@@ -103,7 +101,8 @@ async def conditional_update(request: Request, rtype: str) -> Response:
         raise invalid("PUT to a type URL needs search parameters (conditional update)")
     data = await _resource_body(request, ctx, rtype)
 
-    return await _write(request, ctx, media, interactions.conditional_update, ctx.parser, data, rtype, query)
+    return await _write(request, ctx, media, interactions.conditional_update, ctx.parser, data, rtype, query,
+                        access=access)
 
 
 @router.patch("/{rtype}/{rid}", summary="Patch (JSON Patch)")
@@ -142,15 +141,15 @@ async def delete(request: Request, rtype: str, rid: str) -> Response:
 async def conditional_delete(request: Request, rtype: str) -> Response:
     """Delete the single resource a query matches."""
     check_type(rtype)
-    require_fhir(request, rtype, "d")
-    require_fhir(request, rtype, "s")
+    access = SearchAccess(require_fhir(request, rtype, "d").can)
     media = response_type(request)
     ctx = ctx_of(request)
     query = _query_string(request)
     if not query:
         raise invalid("DELETE on a type URL needs search parameters (conditional delete)")
 
-    count = await _in_transaction(ctx, interactions.conditional_delete, ctx.parser, rtype, query)
+    count = await _in_transaction(ctx, interactions.conditional_delete, ctx.parser, rtype, query,
+                                 access=access)
     return fhir_response(informational(f"{count} {rtype} deleted"), media_type=media)
 
 

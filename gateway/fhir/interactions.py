@@ -17,7 +17,7 @@ import orjson
 
 from gateway.errors import FhirError, gone, invalid, not_found
 from gateway.fhir.validate import validate_resource
-from gateway.search import QueryParser, SearchError
+from gateway.search import QueryParser, SearchAccess, SearchError
 from gateway.store import PreparedWrite, StoredResource, StoreTransaction, VersionConflict
 
 ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -40,14 +40,14 @@ def check_id(rid: str, where: str = "id") -> str:
 
 
 def search_matches(
-    tx: StoreTransaction, parser: QueryParser, rtype: str, query_string: str, what: str
+    tx: StoreTransaction, parser: QueryParser, rtype: str, query_string: str, what: str, *, access: SearchAccess
 ) -> list[StoredResource]:
-    """Resources matching a conditional-interaction query (at most 2 are needed)."""
+    """Resources matching a conditional-interaction query (at most 2 are needed), if ``access`` allows it."""
     items = parse_qsl(query_string.lstrip("?"), keep_blank_values=True)
     if not items:
         raise invalid(f"{what} needs search parameters", [what])
     try:
-        query = parser.parse(rtype, items, strict=True)
+        query = parser.parse(rtype, items, strict=True, access=access)
     except SearchError as exc:
         raise FhirError(f"{what}: {exc}", status=400, code=exc.code, expression=[what]) from exc
     query.count, query.total = 2, "none"
@@ -61,11 +61,12 @@ def create(
     *,
     if_none_exist: str | None = None,
     rid: str | None = None,
+    access: SearchAccess,
 ) -> WriteOutcome:
     """``POST [type]``, optionally conditional (``If-None-Exist``)."""
     rtype = resource["resourceType"]
     if if_none_exist:
-        found = search_matches(tx, parser, rtype, if_none_exist, "If-None-Exist")
+        found = search_matches(tx, parser, rtype, if_none_exist, "If-None-Exist", access=access)
         if len(found) > 1:
             raise FhirError("If-None-Exist matches more than one resource", status=412, code="duplicate")
         if found:
@@ -103,17 +104,23 @@ def update(
 
 
 def conditional_update(
-    tx: StoreTransaction, parser: QueryParser, resource: dict[str, Any], rtype: str, query_string: str
+    tx: StoreTransaction,
+    parser: QueryParser,
+    resource: dict[str, Any],
+    rtype: str,
+    query_string: str,
+    *,
+    access: SearchAccess,
 ) -> WriteOutcome:
     """``PUT [type]?query``: create on no match, update on one, 412 on several."""
-    found = search_matches(tx, parser, rtype, query_string, "conditional update")
+    found = search_matches(tx, parser, rtype, query_string, "conditional update", access=access)
     if len(found) > 1:
         raise FhirError("the conditional update matches more than one resource", status=412, code="duplicate")
     if not found:
         body_id = resource.get("id")
         if body_id is not None:
             return update(tx, resource, rtype, check_id(str(body_id)))
-        return create(tx, parser, resource)
+        return create(tx, parser, resource, access=access)
     target = found[0]
     if resource.get("id") not in (None, target.id):
         raise invalid("the resource id does not match the resource the condition found", [f"{rtype}.id"])
@@ -125,9 +132,11 @@ def delete(tx: StoreTransaction, rtype: str, rid: str) -> StoredResource | None:
     return tx.delete(rtype, rid)
 
 
-def conditional_delete(tx: StoreTransaction, parser: QueryParser, rtype: str, query_string: str) -> int:
+def conditional_delete(
+    tx: StoreTransaction, parser: QueryParser, rtype: str, query_string: str, *, access: SearchAccess
+) -> int:
     """``DELETE [type]?query``: deletes a single match; 412 on several."""
-    found = search_matches(tx, parser, rtype, query_string, "conditional delete")
+    found = search_matches(tx, parser, rtype, query_string, "conditional delete", access=access)
     if len(found) > 1:
         raise FhirError("the conditional delete matches more than one resource", status=412, code="multiple-matches")
     for res in found:

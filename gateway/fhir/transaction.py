@@ -16,7 +16,6 @@ import base64
 import binascii
 import re
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -28,10 +27,9 @@ from gateway.fhir import interactions
 from gateway.fhir.outcome import outcome_of
 from gateway.fhir.validate import validate_resource
 from gateway.r4 import RESOURCE_TYPES
-from gateway.search import MAX_INT_DIGITS, QueryParser, SearchError, format_instant
+from gateway.search import MAX_INT_DIGITS, TRUSTED, Permission, QueryParser, SearchAccess, SearchError, format_instant
 from gateway.store import PreparedWrite, ResourceStore, StoredResource, StoreTransaction
 
-Permission = Callable[[str, str], bool]  # (resource type, c|r|u|d|s) -> allowed
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 _LETTER = {"POST": "c", "PUT": "u", "PATCH": "u", "DELETE": "d"}
 _STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
@@ -57,17 +55,13 @@ class _Entry:
         return f"Bundle.entry[{self.index}]"
 
 
-def _allow_all(rtype: str, letter: str) -> bool:
-    return True
-
-
 def process_bundle(
     store: ResourceStore,
     parser: QueryParser,
     bundle: Any,
     base: str,
     *,
-    can: Permission = _allow_all,
+    can: Permission = TRUSTED.can,
     return_resources: bool = True,
     skip_unchanged: bool = False,
 ) -> dict[str, Any]:
@@ -103,7 +97,7 @@ def prepare_transaction(
     bundle: Any,
     base: str,
     *,
-    can: Permission = _allow_all,
+    can: Permission = TRUSTED.can,
     return_resources: bool = True,
     skip_unchanged: bool = False,
 ) -> PreparedTransaction:
@@ -180,6 +174,8 @@ class _Processor:
         self.parser = parser
         self.base = base
         self.can = can
+        # Every search an entry runs (ifNoneExist, conditional update/delete/references, GET) is checked here.
+        self.access = TRUSTED if can is TRUSTED.can else SearchAccess(can)
         self.return_resources = return_resources
         self.skip_unchanged = skip_unchanged
 
@@ -282,7 +278,7 @@ class _Processor:
                 assert e.resource is not None
                 if e.if_none_exist:
                     found = interactions.search_matches(tx, self.parser, e.rtype, e.if_none_exist,
-                                                        f"{e.where}.request.ifNoneExist")
+                                                        f"{e.where}.request.ifNoneExist", access=self.access)
                     if len(found) > 1:
                         raise FhirError("ifNoneExist matches more than one resource", status=412,
                                         code="duplicate", expression=[e.where])
@@ -292,7 +288,8 @@ class _Processor:
                 if e.rid is None:
                     e.rid = str(uuid.uuid4())
             elif e.method == "PUT" and e.rid is None:
-                found = interactions.search_matches(tx, self.parser, e.rtype, e.query, f"{e.where}.request.url")
+                found = interactions.search_matches(tx, self.parser, e.rtype, e.query, f"{e.where}.request.url",
+                                                    access=self.access)
                 if len(found) > 1:
                     raise FhirError("the conditional update matches more than one resource", status=412,
                                     code="duplicate", expression=[e.where])
@@ -328,7 +325,8 @@ class _Processor:
                 rtype = rtype[len(self.base) + 1 :]
             if rtype not in RESOURCE_TYPES:
                 raise invalid(f"conditional reference to an unknown type: {rtype[:40]!r}", [f"{e.where}.resource"])
-            found = interactions.search_matches(tx, self.parser, rtype, query, f"{e.where}.resource")
+            found = interactions.search_matches(tx, self.parser, rtype, query, f"{e.where}.resource",
+                                                access=self.access)
             if len(found) != 1:
                 raise FhirError(
                     f"conditional reference {rtype}?… matches {len(found)} resources (needs exactly 1)",
@@ -346,7 +344,7 @@ class _Processor:
                 return self._write_response(200, current)
             if e.method == "POST":
                 assert e.resource is not None
-                outcome = interactions.create(tx, self.parser, e.resource, rid=e.rid)
+                outcome = interactions.create(tx, self.parser, e.resource, rid=e.rid, access=self.access)
                 return self._write_response(outcome.status, outcome.resource)
             if e.method == "PUT":
                 assert e.resource is not None and e.rid is not None
@@ -363,7 +361,7 @@ class _Processor:
                 if e.rid is not None:
                     interactions.delete(tx, e.rtype, e.rid)
                 else:
-                    interactions.conditional_delete(tx, self.parser, e.rtype, e.query)
+                    interactions.conditional_delete(tx, self.parser, e.rtype, e.query, access=self.access)
                 return {"response": {"status": "204 No Content"}}
             return self._get(tx, e)
         except GatewayError as exc:
@@ -379,7 +377,7 @@ class _Processor:
             if current.deleted:
                 return {"response": {"status": "410 Gone"}}
             return self._write_response(200, current, force_resource=True)
-        query = self.parser.parse(e.rtype, parse_qsl(e.query, keep_blank_values=True))
+        query = self.parser.parse(e.rtype, parse_qsl(e.query, keep_blank_values=True), access=self.access)
         result = tx.search(query)
         matches = [
             {"fullUrl": f"{self.base}/{r.type}/{r.id}", "resource": orjson.loads(r.content),

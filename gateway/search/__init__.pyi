@@ -1,4 +1,7 @@
 """Typed surface of ``gateway.search`` (loaded lazily by ``__init__.py``)."""
+from .access import TRUSTED as TRUSTED
+from .access import Permission as Permission
+from .access import SearchAccess as SearchAccess
 from .dates import DateFormatError as DateFormatError
 from .dates import date_range as date_range
 from .dates import format_instant as format_instant

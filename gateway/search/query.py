@@ -12,7 +12,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from gateway.errors import RequestError
+from gateway.errors import FhirError, RequestError
+from gateway.search.access import TRUSTED, SearchAccess
 from gateway.search.dates import DateFormatError, date_range
 from gateway.search.extract import normalise
 from gateway.search.paths import split_reference
@@ -175,8 +176,16 @@ class QueryParser:
         self.default_count = default_count
         self.max_count = max_count
 
-    def parse(self, rtype: str, items: Iterable[tuple[str, str]], *, strict: bool = False) -> SearchQuery:
-        """Parse ``(name, value)`` pairs (repeats allowed) into a query."""
+    def parse(
+        self, rtype: str, items: Iterable[tuple[str, str]], *, strict: bool = False, access: SearchAccess = TRUSTED
+    ) -> SearchQuery:
+        """Parse ``(name, value)`` pairs (repeats allowed) into a query ``access`` allows (403 if not)."""
+        query = self._parse(rtype, items, strict)
+        if access is not TRUSTED:
+            self._authorise(query, access)
+        return query
+
+    def _parse(self, rtype: str, items: Iterable[tuple[str, str]], strict: bool) -> SearchQuery:
         query = SearchQuery(rtype=rtype, count=self.default_count)
         for key, raw in items:
             if "\x00" in key or "\x00" in raw:
@@ -220,6 +229,35 @@ class QueryParser:
             query.criteria.append(criterion)
             query.used.append((key, raw))
         return query
+
+    def _authorise(self, query: SearchQuery, access: SearchAccess) -> None:
+        # Every type the query filters on is searched, so each needs "s"; included types are
+        # returned, so each needs "r" or "s". An _include naming no type keeps the types allowed.
+        access.require_search(query.rtype)
+        for criterion in query.criteria:
+            other = criterion.chain[0] if criterion.chain else criterion.has[0] if criterion.has else None
+            if other is not None:
+                access.require_search(other, criterion.code)
+        includes: list[Include] = []
+        for inc in query.includes:
+            if inc.target is not None:
+                access.require_return(inc.target, "_include")
+                includes.append(inc)
+                continue
+            param = self.registry.get(inc.source, inc.param)
+            allowed = access.returnable(param.targets if param is not None and param.targets else None)
+            if allowed is None:
+                includes.append(inc)
+            elif not allowed:
+                raise FhirError(
+                    f"the client's scopes allow reading none of the types {inc.source}:{inc.param} refers to",
+                    status=403, code="forbidden", expression=["_include"],
+                )  # fmt: skip
+            else:
+                includes.extend(Include(inc.source, inc.param, target) for target in allowed)
+        query.includes = includes
+        for inc in query.revincludes:
+            access.require_return(inc.source, "_revinclude")
 
     def _unknown(self, query: SearchQuery, key: str, message: str, strict: bool) -> None:
         if strict:

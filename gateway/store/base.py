@@ -223,8 +223,11 @@ class ResourceStore(Protocol):
         """Current live versions of the given (type, id) pairs, in no particular order."""
         ...
 
-    def compartment(self, rtype: str, rid: str, count: int, offset: int) -> tuple[list[StoredResource], int]:
-        """Live resources that refer to ``rtype/rid`` (its compartment, e.g. for $everything), and their total."""
+    def compartment(
+        self, rtype: str, rid: str, count: int, offset: int, types: Sequence[str] | None = None
+    ) -> tuple[list[StoredResource], int]:
+        """Live resources of ``types`` (None: any) that refer to ``rtype/rid`` (its compartment, e.g. for
+        $everything), and their total."""
         ...
 
 

@@ -301,11 +301,18 @@ class SqlStore:
             out.extend(to_resource(row) for row in rows)
         return out
 
-    def compartment(self, rtype: str, rid: str, count: int, offset: int) -> tuple[list[StoredResource], int]:
-        """Live resources that refer to ``rtype/rid`` (its compartment, e.g. for $everything), and their total."""
+    def compartment(
+        self, rtype: str, rid: str, count: int, offset: int, types: Sequence[str] | None = None
+    ) -> tuple[list[StoredResource], int]:
+        """Live resources of ``types`` (None: any) that refer to ``rtype/rid`` (its compartment, e.g. for
+        $everything), and their total."""
         where = ("r.deleted = 0 AND r.rid IN (SELECT x.rid FROM idx_ref x WHERE x.ttype = ? AND x.tid = ?)"
                  " AND NOT (r.rtype = ? AND r.id = ?)")
-        params = (rtype, rid, rtype, rid)
+        params: tuple[Any, ...] = (rtype, rid, rtype, rid)
+        if types is not None:
+            # An empty list must match nothing, and "IN ()" is not SQL.
+            where += f" AND r.rtype IN ({', '.join('?' for _ in types) or 'NULL'})"
+            params += tuple(types)
         with self._read_cursor() as cur:
             cur.execute(self.q(f"SELECT COUNT(*) FROM resources r WHERE {where}"), params)
             total = int(cur.fetchone()[0])
