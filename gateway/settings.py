@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     public_base_url: str | None = Field(
         None, description="Base URL clients use (e.g. behind a proxy); default: from the request"
     )
+    api_docs: bool = Field(
+        False, description="Serve /openapi.json, /docs and /redoc (to authenticated clients only)"
+    )
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_json_depth: int = Field(64, ge=8, le=1000)
     search: SearchSettings = SearchSettings()
