@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     public_base_url: str | None = Field(
         None, description="Base URL clients use (e.g. behind a proxy); default: from the request"
     )
+    allowed_hosts: list[str] = Field(
+        ["localhost", "127.0.0.1", "[::1]"],
+        description="Host header values (name, or name:port) links may be built from when public_base_url is unset",
+    )
     api_docs: bool = Field(
         False, description="Serve /openapi.json, /docs and /redoc (to authenticated clients only)"
     )
@@ -117,6 +121,14 @@ class Settings(BaseSettings):
         if not value.startswith(("sqlite:///", "redis://", "rediss://")):
             raise ValueError("must start with sqlite:/// or redis://")
         return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _allowed_hosts(cls, value: list[str]) -> list[str]:
+        hosts = [host.strip().lower() for host in value]
+        if any(not host or "/" in host or "*" in host for host in hosts):
+            raise ValueError("each entry is a host name or host:port, without scheme, path or wildcard")
+        return hosts
 
     @field_validator("admin_token")
     @classmethod

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from gateway.api.app import create_app
+from gateway.api.context import CAPABILITY_CACHE_SIZE
 from gateway.settings import Settings
 from gateway.store import open_store
 from tests.conftest import ApiHarness
@@ -279,3 +280,26 @@ async def test_api_docs_when_on_need_a_token_and_declare_bearer(tmp_path: Path) 
             await harness.aclose()
     finally:
         store.close()
+
+
+async def test_host_headers_neither_grow_the_capability_cache_nor_reach_links(api: ApiHarness) -> None:
+    ctx = api.app.state.ctx  # type: ignore[attr-defined]
+    anonymous = api.anonymous()
+    for i in range(40):  # foreign hosts, and an allowed host on ever new ports
+        for host in (f"h{i}.evil.example", f"gateway.test:{10000 + i}"):
+            response = await anonymous.get("/fhir/metadata", headers={"Host": host})
+            assert response.status_code == 200
+    assert len(ctx._capability_bytes) <= CAPABILITY_CACHE_SIZE
+
+    foreign = {"Host": "evil.example"}
+    statement = (await anonymous.get("/fhir/metadata", headers=foreign)).json()
+    assert statement["url"] == "http://127.0.0.1:8080/fhir/metadata"
+    created = await api.client.post("/fhir/Patient", json={"resourceType": "Patient"}, headers=foreign)
+    assert created.status_code == 201
+    assert created.headers["location"].startswith("http://127.0.0.1:8080/fhir/Patient/")
+    await api.client.post("/fhir/Patient", json={"resourceType": "Patient"})
+    search = await api.client.get("/fhir/Patient", params={"_count": "1"}, headers=foreign)
+    assert search.status_code == 200 and "evil" not in search.text
+    assert {link["relation"] for link in search.json()["link"]} >= {"self", "next"}
+    allowed = await api.client.get("/fhir/Patient", params={"_count": "1"})
+    assert all(link["url"].startswith("http://gateway.test/fhir/") for link in allowed.json()["link"])
