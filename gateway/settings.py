@@ -35,10 +35,16 @@ class ConfigFileError(ConfigError):
 
 
 class SearchSettings(BaseModel):
-    """Paging limits for FHIR searches."""
+    """Paging and size limits for FHIR searches (a search past a size limit gets 400)."""
 
     default_count: int = Field(20, ge=1, le=1000)
     max_count: int = Field(1000, ge=1, le=10000)
+    # The upper bounds keep the SQL of the largest allowed search within what SQLite and
+    # PostgreSQL accept (expression depth, compound SELECT terms, bind parameters).
+    max_values: int = Field(100, ge=1, le=200, description="values of one search parameter, and _sort keys")
+    max_criteria: int = Field(30, ge=1, le=50, description="filtering parameters of one search")
+    max_includes: int = Field(10, ge=0, le=50, description="distinct _include and _revinclude values of one search")
+    max_included: int = Field(1000, ge=0, le=10000, description="resources included into one page")
 
 
 class Settings(BaseSettings):
