@@ -31,7 +31,7 @@ from gateway.delivery import DeliverySections, DeliveryService, DestinationConfi
 from gateway.errors import FhirError
 from gateway.ingest import IngestService, MappingRegistry
 from gateway.scheduler import PeriodicTask, Scheduler
-from gateway.search import QueryParser, SearchRegistry, default_registry
+from gateway.search import QueryParser, SearchLimits, SearchRegistry, default_registry
 from gateway.settings import Settings, delivery_sections
 from gateway.store import ResourceStore, Store, open_store
 
@@ -90,12 +90,15 @@ class Services:
         """
         plan = plan or ServicePlan()
         registry = default_registry()
+        search = settings.search
         opened = store or open_store(settings.store_url)
         services = cls(
             settings=settings,
             store=opened,
             registry=registry,
-            parser=QueryParser(registry, settings.search.default_count, settings.search.max_count),
+            parser=QueryParser(registry, search.default_count, search.max_count, SearchLimits(
+                search.max_values, search.max_criteria, search.max_includes, search.max_included
+            )),
             owns_store=store is None,
         )
         try:

@@ -35,10 +35,16 @@ class ConfigFileError(ConfigError):
 
 
 class SearchSettings(BaseModel):
-    """Paging limits for FHIR searches."""
+    """Paging and size limits for FHIR searches (a search past a size limit gets 400)."""
 
     default_count: int = Field(20, ge=1, le=1000)
     max_count: int = Field(1000, ge=1, le=10000)
+    # The upper bounds keep the SQL of the largest allowed search within what SQLite and
+    # PostgreSQL accept (expression depth, compound SELECT terms, bind parameters).
+    max_values: int = Field(100, ge=1, le=200, description="values of one search parameter, and _sort keys")
+    max_criteria: int = Field(30, ge=1, le=50, description="filtering parameters of one search")
+    max_includes: int = Field(10, ge=0, le=50, description="distinct _include and _revinclude values of one search")
+    max_included: int = Field(1000, ge=0, le=10000, description="resources included into one page")
 
 
 class Settings(BaseSettings):
@@ -57,6 +63,13 @@ class Settings(BaseSettings):
     port: int = Field(8080, ge=1, le=65535)
     public_base_url: str | None = Field(
         None, description="Base URL clients use (e.g. behind a proxy); default: from the request"
+    )
+    allowed_hosts: list[str] = Field(
+        ["localhost", "127.0.0.1", "[::1]"],
+        description="Host header values (name, or name:port) links may be built from when public_base_url is unset",
+    )
+    api_docs: bool = Field(
+        False, description="Serve /openapi.json, /docs and /redoc (to authenticated clients only)"
     )
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_json_depth: int = Field(64, ge=8, le=1000)
@@ -114,6 +127,14 @@ class Settings(BaseSettings):
         if not value.startswith(("sqlite:///", "redis://", "rediss://")):
             raise ValueError("must start with sqlite:/// or redis://")
         return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _allowed_hosts(cls, value: list[str]) -> list[str]:
+        hosts = [host.strip().lower() for host in value]
+        if any(not host or "/" in host or "*" in host for host in hosts):
+            raise ValueError("each entry is a host name or host:port, without scheme, path or wildcard")
+        return hosts
 
     @field_validator("admin_token")
     @classmethod

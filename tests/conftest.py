@@ -65,8 +65,8 @@ def make_token(store: ClientRegistry, scopes: tuple[str, ...], name: str | None 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    """Settings for an app on a temporary SQLite store."""
-    return Settings(store_url=f"sqlite:///{tmp_path}/api.db")
+    """Settings for an app on a temporary SQLite store, reached as ``http://gateway.test``."""
+    return Settings(store_url=f"sqlite:///{tmp_path}/api.db", allowed_hosts=["gateway.test"])
 
 
 ClientFactory = Callable[..., httpx.AsyncClient]

@@ -55,6 +55,26 @@ def test_config_check_masks_secrets(env: Path, monkeypatch: pytest.MonkeyPatch) 
     assert data["queue_url"] == "redis://:***@127.0.0.1:6379/0"
 
 
+def test_config_check_masks_password_like_query_parameters(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_STORE_URL", f"sqlite:///{env}/cli.db?synchronous=normal&password=pw-store-1")
+    monkeypatch.setenv("GATEWAY_QUEUE_URL", "rediss://127.0.0.1:6379/0?sslpassword=pw-queue-2&ssl_cert_reqs=none")
+    config = env / "gateway.yaml"
+    config.write_text(
+        "destinations:\n"
+        "  - {name: shr, kind: fhir, base_url: 'https://shr.example.org/fhir?api_key=pw-dest-3&PWD=pw-dest-4"
+        "&client_secret=pw-dest-5&access_token=pw-dest-6&pass=pw-dest-7&tenant=t1'}\n"
+    )
+    result = runner.invoke(app, ["config", "check", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "pw-" not in result.stdout
+    data = json.loads(result.stdout)
+    assert data["store_url"] == f"sqlite:///{env}/cli.db?synchronous=normal&password=***"
+    assert data["queue_url"] == "rediss://127.0.0.1:6379/0?sslpassword=***&ssl_cert_reqs=none"
+    assert data["destinations"][0]["base_url"] == (
+        "https://shr.example.org/fhir?api_key=***&PWD=***&client_secret=***&access_token=***&pass=***&tenant=t1"
+    )
+
+
 def test_config_check_names_field_file_and_line(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bad = env / "bad.yaml"
     bad.write_text("port: 8080\nsearch:\n  max_count: 0\n")

@@ -13,12 +13,15 @@ import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from conformance.capability import capability_statement
@@ -32,6 +35,7 @@ from gateway.settings import Settings
 from gateway.store import Store
 
 from . import admin_delivery, admin_quarantine, fhir_read, fhir_write, health, ingest
+from .auth import authenticate
 from .context import AppContext
 from .negotiation import fhir_response
 
@@ -70,8 +74,10 @@ def create_app(settings: Settings, *, store: Store | None = None, plan: ServiceP
         version=__version__,
         lifespan=lifespan,
         redirect_slashes=False,
-        docs_url="/docs",
-        openapi_url="/openapi.json",
+        # Served by `_install_docs` instead, behind a token, when the settings ask for them.
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
     app.router.redirect_slashes = False
     _install_error_handlers(app)
@@ -82,7 +88,44 @@ def create_app(settings: Settings, *, store: Store | None = None, plan: ServiceP
     # keeps them within reach of the framework's own ceiling (bench/read_search.py).
     app.router.routes.insert(0, Route("/fhir/{rtype}/{rid}", fhir_read.fast_read, methods=["GET"],
                                       include_in_schema=False))
+    if settings.api_docs:
+        _install_docs(app)
     return app
+
+
+def _install_docs(app: FastAPI) -> None:
+    """``/openapi.json``, ``/docs`` and ``/redoc`` for any authenticated client.
+
+    The API's shape is no secret worth a scope, but the README promises that only
+    ``/fhir/metadata`` and the health checks answer without a token.
+    """
+
+    def openapi_with_bearer() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "an API client's token"}
+            }
+            schema["security"] = [{"bearer": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi_with_bearer  # type: ignore[method-assign]
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi_document(request: Request) -> JSONResponse:
+        authenticate(request)
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger(request: Request) -> HTMLResponse:
+        authenticate(request)
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        authenticate(request)
+        return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - ReDoc")
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -20,6 +20,8 @@ from gateway.store import Store
 
 T = TypeVar("T")
 
+CAPABILITY_CACHE_SIZE = 8
+
 
 @dataclass(slots=True)
 class AppContext:
@@ -57,13 +59,18 @@ class AppContext:
         return self.services.require_ingest()
 
     def capability_for(self, base: str) -> bytes:
-        """The CapabilityStatement as served under ``base`` (cached per base URL)."""
+        """The CapabilityStatement as served under ``base`` (cached per base URL, a few at most)."""
         cached = self._capability_bytes.get(base)
         if cached is None:
             statement = dict(self.capability)
             statement["url"] = f"{base}/metadata"
             statement["implementation"] = {**statement.get("implementation", {}), "url": base}
-            cached = self._capability_bytes[base] = orjson.dumps(statement)
+            cached = orjson.dumps(statement)
+            # Each entry is ~360 KB and bases come from requests (an allowed host on any port,
+            # either scheme), so the oldest goes first rather than the cache growing.
+            if len(self._capability_bytes) >= CAPABILITY_CACHE_SIZE:
+                del self._capability_bytes[next(iter(self._capability_bytes))]
+            self._capability_bytes[base] = cached
         return cached
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
@@ -84,8 +91,18 @@ def ctx_of(request: Request) -> AppContext:
 
 
 def base_url(request: Request) -> str:
-    """The FHIR base URL as the client sees it (configured, or from the request)."""
-    configured = ctx_of(request).settings.public_base_url
-    if configured:
-        return configured.rstrip("/")
-    return str(request.base_url).rstrip("/") + "/fhir"
+    """The FHIR base URL links are built from: ``public_base_url``, else the request's if its Host is allowed."""
+    settings = ctx_of(request).settings
+    if settings.public_base_url:
+        return settings.public_base_url.rstrip("/")
+    url = request.url
+    netloc = url.netloc.lower()
+    hostname = (url.hostname or "").lower()
+    if any(host == netloc or host.strip("[]") == hostname for host in settings.allowed_hosts):
+        return str(request.base_url).rstrip("/") + "/fhir"
+    # Any other Host header is the client's word alone: links built from it would point
+    # wherever the client likes (cache poisoning, phishing), so they name where the
+    # gateway listens instead. Refusing the request would also refuse health probes and
+    # could come after a write was committed.
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    return f"http://{host}:{settings.port}/fhir"

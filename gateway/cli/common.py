@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit
 
 import typer
 
@@ -59,10 +59,25 @@ def describe_validation_error(exc: ValidationError, config: Path | None) -> str:
     return f"invalid setting {field} ({env}){where}: {message}{more}"
 
 
+# A query parameter whose name holds one of these carries a credential (``password``,
+# ``sslpassword``, ``passwd``, ``pwd``, ``client_secret``, ``access_token``, ``apikey``, …).
+# ``key`` also catches harmless ones like ``sslkey`` (a path): masking too much is cheap.
+_SECRET_PARAM_PARTS = ("pass", "pwd", "secret", "token", "key")
+
+
 def mask_url(url: str) -> str:
-    """Hide the password in a URL."""
+    """Hide the password in a URL's userinfo and the value of every password-like query parameter."""
+    # Edited as text rather than re-assembled (urlunsplit turns sqlite:///x into sqlite:/x),
+    # so everything that is not masked is shown as written.
+    head, question, rest = url.partition("?")
+    query, hash_, fragment = rest.partition("#")
     parts = urlsplit(url)
     if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+        head = head.replace(f":{parts.password}@", ":***@", 1)
+    fields = []
+    for field in query.split("&") if question else ():
+        name, equals, _ = field.partition("=")
+        if equals and any(part in unquote_plus(name).lower() for part in _SECRET_PARAM_PARTS):
+            field = f"{name}=***"
+        fields.append(field)
+    return head + question + "&".join(fields) + hash_ + fragment

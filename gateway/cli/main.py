@@ -174,6 +174,8 @@ def config_check(config: ConfigOption = None) -> None:
     data = settings.model_dump(mode="json", exclude={"config_file"})
     data["store_url"] = mask_url(settings.store_url)
     data["queue_url"] = mask_url(settings.queue_url)
+    for destination, configured in zip(data["destinations"], settings.destinations, strict=True):
+        destination["base_url"] = mask_url(configured.base_url)
     typer.echo(json.dumps(data, indent=2, default=str))
     typer.echo(f"configuration OK{f' ({config})' if config else ''}", err=True)
 

@@ -11,6 +11,7 @@ from .base import RecordedResponse as RecordedResponse
 from .base import RefusedPart as RefusedPart
 from .base import Retry as Retry
 from .base import Success as Success
+from .classify import Redaction as Redaction
 from .classify import classify as classify
 from .classify import format_traceback as format_traceback
 from .classify import record_request as record_request

@@ -29,11 +29,14 @@ from __future__ import annotations
 import email.utils
 import traceback
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import overload
 
 import httpx
 
 from gateway.connectors.base import (
     DeliveryOutcome,
+    Partial,
     Permanent,
     RecordedRequest,
     RecordedResponse,
@@ -155,3 +158,60 @@ def _safe_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
 def _text(body: bytes) -> str:
     return body[: MAX_RECORDED_BODY * 4].decode("utf-8", errors="replace")[:MAX_RECORDED_BODY]
+
+
+@dataclass(frozen=True, slots=True)
+class Redaction:
+    """A destination's own credentials, to be removed from whatever is kept of its requests and answers.
+
+    ``REDACTED_HEADERS`` cover the usual names; a destination may send its secret in a
+    header of its choosing (``auth.header``), and one that echoes requests puts the secret
+    into its answer's body, so each kept request and response is scrubbed with these too.
+    """
+
+    headers: frozenset[str] = frozenset()  # lower-case header names
+    secrets: tuple[str, ...] = ()  # values replaced by ``***`` in kept headers, bodies, URLs and details
+
+    def scrub(self, outcome: DeliveryOutcome) -> DeliveryOutcome:
+        """``outcome`` with these credentials removed from what a dead letter keeps."""
+        if not (self.headers or self.secrets):
+            return outcome
+        if isinstance(outcome, Permanent):
+            return replace(outcome, request=self._request(outcome.request), response=self._response(outcome.response),
+                           detail=self._text(outcome.detail))
+        if isinstance(outcome, Partial):
+            parts = tuple(
+                replace(part, request=self._request(part.request), response=self._response(part.response),
+                        detail=self._text(part.detail))
+                for part in outcome.refused
+            )
+            return replace(outcome, refused=parts, detail=self._text(outcome.detail))
+        return outcome
+
+    def _request(self, request: RecordedRequest | None) -> RecordedRequest | None:
+        if request is None:
+            return None
+        return replace(request, url=self._text(request.url), headers=self._headers(request.headers),
+                       body=self._text(request.body))
+
+    def _response(self, response: RecordedResponse | None) -> RecordedResponse | None:
+        if response is None:
+            return None
+        return replace(response, headers=self._headers(response.headers), body=self._text(response.body))
+
+    def _headers(self, headers: Mapping[str, str]) -> dict[str, str]:
+        return {
+            name: "[redacted]" if name.lower() in self.headers else self._text(value)
+            for name, value in headers.items()
+        }
+
+    @overload
+    def _text(self, text: str) -> str: ...
+    @overload
+    def _text(self, text: None) -> None: ...
+    def _text(self, text: str | None) -> str | None:
+        if text is None:
+            return None
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text

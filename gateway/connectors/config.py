@@ -13,6 +13,7 @@ connector reads of its destination's configuration; the delivery engine's
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Generator, Mapping
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Annotated, Any, Literal, Protocol
 import httpx
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, model_validator
 
+from gateway.connectors.classify import Redaction
 from gateway.errors import ConfigError
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -74,6 +76,17 @@ class Credentials:
 
     def __repr__(self) -> str:
         return f"Credentials(type={self.config.type!r}, secret='**********')"
+
+    def redaction(self) -> Redaction:
+        """What to remove from kept requests and answers: the header carrying the secret, and its values."""
+        value = self.secret.get_secret_value()
+        header = self.config.header if self.config.type == "api_token" else "Authorization"
+        secrets = [value]
+        if self.config.type == "basic":
+            userinfo = f"{self.config.username or ''}:{value}".encode()
+            secrets.append(base64.b64encode(userinfo).decode("ascii"))
+        # Longest first, so a value containing another is replaced whole.
+        return Redaction(frozenset({header.lower()}), tuple(sorted(set(secrets), key=len, reverse=True)))
 
     def httpx_auth(self) -> httpx.Auth:
         """An ``httpx.Auth`` adding these credentials to every request."""

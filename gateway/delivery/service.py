@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 import httpx
 
 from gateway.clock import Clock, SystemClock, wait_event
-from gateway.connectors import Connector
+from gateway.connectors import Connector, Redaction, resolve_credentials
 from gateway.delivery.admin import DeliveryAdmin
 from gateway.delivery.breaker import CircuitBreaker
 from gateway.delivery.config import DeliverySettings, DestinationConfig
@@ -56,6 +56,7 @@ class DeliveryService:
         connectors: Mapping[str, Connector],
         settings: DeliverySettings,
         clock: Clock,
+        redactions: Mapping[str, Redaction] | None = None,
         worker_name: str | None = None,
         rand: Callable[[], float] = random.random,
     ) -> None:
@@ -72,6 +73,7 @@ class DeliveryService:
                 connector=self.connectors[d.name],
                 policy=settings.retry_for(d),
                 breaker=CircuitBreaker(settings.breaker_for(d)),
+                redaction=(redactions or {}).get(d.name, Redaction()),
             )
             for d in active
         ]
@@ -114,6 +116,7 @@ class DeliveryService:
         clock = clock or SystemClock()
         queue = open_queue(queue_url, clock=clock, lease=settings.lease, prefix=queue_prefix)
         connectors: dict[str, Connector] = {}
+        redactions: dict[str, Redaction] = {}
         if run_worker:
             factories = factories if factories is not None else default_factories(store)
             for destination in destinations:
@@ -121,6 +124,8 @@ class DeliveryService:
                     connectors[destination.name] = build_connector(
                         destination, environ=environ, clock=clock, transport=transport, factories=factories
                     )
+                    if destination.auth is not None:
+                        redactions[destination.name] = resolve_credentials(destination.auth, environ).redaction()
         return cls(
             store=store,
             queue=queue,
@@ -128,6 +133,7 @@ class DeliveryService:
             connectors=connectors,
             settings=settings,
             clock=clock,
+            redactions=redactions,
         )
 
     async def start(self) -> None:

@@ -29,7 +29,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from gateway.clock import Clock, wait_event
-from gateway.connectors import Connector, DeliveryOutcome, Job, Partial, Permanent, Retry, Success, format_traceback
+from gateway.connectors import (
+    Connector,
+    DeliveryOutcome,
+    Job,
+    Partial,
+    Permanent,
+    Redaction,
+    Retry,
+    Success,
+    format_traceback,
+)
 from gateway.delivery.breaker import CircuitBreaker, CircuitState
 from gateway.delivery.config import DestinationConfig
 from gateway.delivery.policy import RetryPolicy
@@ -63,6 +73,7 @@ class DestinationRuntime:
     connector: Connector
     policy: RetryPolicy
     breaker: CircuitBreaker
+    redaction: Redaction = field(default_factory=Redaction)  # the destination's credentials, kept out of dead letters
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     active_calls: int = 0
     in_flight: dict[str, Job] = field(default_factory=dict)
@@ -260,8 +271,8 @@ class Worker:
                 "delivery %s: connector raised %s for %d jobs", runtime.name, type(exc).__name__, len(jobs)
             )
             failure = Permanent(reason="internal_error", detail=format_traceback(exc))
-            return [failure] * len(jobs)
-        return outcomes
+            return [runtime.redaction.scrub(failure)] * len(jobs)
+        return [runtime.redaction.scrub(outcome) for outcome in outcomes]
 
     def _observe(self, runtime: DestinationRuntime, outcomes: list[DeliveryOutcome], now: float) -> None:
         """Feed the breaker: an answer means the link is up, only transient failures mean down."""

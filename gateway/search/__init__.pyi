@@ -13,6 +13,7 @@ from .query import MAX_INT_DIGITS as MAX_INT_DIGITS
 from .query import RESULT_PARAMS as RESULT_PARAMS
 from .query import QueryParser as QueryParser
 from .query import SearchError as SearchError
+from .query import SearchLimits as SearchLimits
 from .query import SearchQuery as SearchQuery
 from .query import non_negative_int as non_negative_int
 from .registry import SearchRegistry as SearchRegistry

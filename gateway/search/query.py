@@ -36,6 +36,24 @@ RESULT_PARAMS = {
 SUMMARY_VALUES = {"true", "false", "count", "text", "data"}
 _NUMBER_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 _ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_MAX_INCLUDED = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class SearchLimits:
+    """How large one search may be; a larger one is refused (400), naming the parameter.
+
+    Each parameter's values become an OR chain and each criterion a subquery, and the
+    databases give up on SQL past a size (SQLite's expression depth and compound SELECT
+    terms, PostgreSQL's bind parameters and stack depth); every ``_include`` and
+    ``_revinclude`` is one more query over the whole page. These bounds keep a search
+    well inside all of them and its cost proportional to what a client may ask.
+    """
+
+    max_values: int = 100  # values of one parameter (comma-separated), and _sort keys
+    max_criteria: int = 30  # filtering parameters of one search (_id and _lastUpdated count)
+    max_includes: int = 10  # distinct _include and _revinclude values
+    max_included: int = _MAX_INCLUDED  # resources included into one page
 
 
 class SearchError(RequestError):
@@ -143,6 +161,7 @@ class SearchQuery:
     elements: list[str] | None = None
     includes: list[Include] = field(default_factory=list)
     revincludes: list[Include] = field(default_factory=list)
+    max_included: int = _MAX_INCLUDED  # more resources to include is a SearchError
     used: list[tuple[str, str]] = field(default_factory=list)  # applied params, for the self link
     warnings: list[str] = field(default_factory=list)
 
@@ -171,10 +190,13 @@ def split_values(raw: str) -> list[str]:
 class QueryParser:
     """Turns request parameters into a ``SearchQuery`` for one resource type."""
 
-    def __init__(self, registry: SearchRegistry, default_count: int, max_count: int) -> None:
+    def __init__(
+        self, registry: SearchRegistry, default_count: int, max_count: int, limits: SearchLimits | None = None
+    ) -> None:
         self.registry = registry
         self.default_count = default_count
         self.max_count = max_count
+        self.limits = limits or SearchLimits()
 
     def parse(
         self, rtype: str, items: Iterable[tuple[str, str]], *, strict: bool = False, access: SearchAccess = TRUSTED
@@ -186,7 +208,8 @@ class QueryParser:
         return query
 
     def _parse(self, rtype: str, items: Iterable[tuple[str, str]], strict: bool) -> SearchQuery:
-        query = SearchQuery(rtype=rtype, count=self.default_count)
+        query = SearchQuery(rtype=rtype, count=self.default_count, max_included=self.limits.max_included)
+        criteria = 0
         for key, raw in items:
             if "\x00" in key or "\x00" in raw:
                 # No FHIR string holds NUL, so nothing could match; PostgreSQL refuses NUL in text.
@@ -197,13 +220,19 @@ class QueryParser:
                 continue
             if raw == "":
                 continue  # an empty value means the parameter is not there (search.html)
+            criteria += 1
+            if criteria > self.limits.max_criteria:
+                raise SearchError(
+                    f"too many search parameters: at most {self.limits.max_criteria} may filter one search",
+                    key[:64], code="too-costly",
+                )
             if key.startswith("_has:"):
                 query.criteria.append(self._has(rtype, key, raw))
                 query.used.append((key, raw))
                 continue
             name, _, modifier = key.partition(":")
             if name == "_id" and not modifier:
-                ids = split_values(raw)
+                ids = self._split(key, raw)
                 for rid in ids:
                     if not _ID_RE.match(rid):
                         raise SearchError(f"invalid id {rid!r} in _id", "_id")
@@ -211,7 +240,11 @@ class QueryParser:
                 query.used.append((key, raw))
                 continue
             if name == "_lastUpdated" and not modifier:
-                query.last_updated.extend(_date_value(v, "_lastUpdated") for v in split_values(raw))
+                query.last_updated.extend(_date_value(v, "_lastUpdated") for v in self._split(key, raw))
+                if len(query.last_updated) > self.limits.max_values:  # all ANDed in one chain
+                    raise SearchError(
+                        f"_lastUpdated has more than {self.limits.max_values} values in all", key, code="too-costly"
+                    )
                 query.used.append((key, raw))
                 continue
             chain_name, dot, chain_rest = key.partition(".")
@@ -280,9 +313,19 @@ class QueryParser:
             else:
                 message = f"modifier :{modifier} is not supported on {param.code}"
                 raise SearchError(message, key, "not-supported")
-        for item in split_values(raw):
+        for item in self._split(key, raw):
             criterion.values.append(self._value(param, key, modifier, item))
         return criterion
+
+    def _split(self, key: str, raw: str) -> list[str]:
+        """The values of one parameter, refused (400) past ``max_values``."""
+        values = split_values(raw)
+        if len(values) > self.limits.max_values:
+            raise SearchError(
+                f"{key[:64]} has {len(values)} values; at most {self.limits.max_values} are allowed",
+                key[:64], code="too-costly",
+            )
+        return values
 
     def _value(self, param: SearchParam, key: str, modifier: str | None, item: str) -> Value:
         ptype = param.type
@@ -371,7 +414,12 @@ class QueryParser:
         elif key == "_elements":
             query.elements = [e.strip() for e in raw.split(",") if e.strip()]
         elif key == "_sort":
-            query.sort = [self._sort_key(query.rtype, k.strip()) for k in raw.split(",") if k.strip()]
+            keys = [k.strip() for k in raw.split(",") if k.strip()]
+            if len(keys) > self.limits.max_values:
+                raise SearchError(
+                    f"_sort has {len(keys)} keys; at most {self.limits.max_values} are allowed", key, code="too-costly"
+                )
+            query.sort = [self._sort_key(query.rtype, k) for k in keys]
         elif key in ("_include", "_revinclude", "_include:iterate", "_revinclude:iterate"):
             include = _include(raw, key)
             if key.startswith("_include"):
@@ -382,7 +430,15 @@ class QueryParser:
                 target_param = self.registry.get(include.source, include.param)
             if target_param is None or target_param.type != "reference":
                 raise SearchError(f"{include.source} has no reference parameter {include.param!r}", key)
-            (query.includes if key.startswith("_include") else query.revincludes).append(include)
+            chosen = query.includes if key.startswith("_include") else query.revincludes
+            if include in chosen:
+                return  # a repeat would only run the same query again
+            if len(query.includes) + len(query.revincludes) >= self.limits.max_includes:
+                raise SearchError(
+                    f"too many _include and _revinclude values: at most {self.limits.max_includes}",
+                    key, code="too-costly",
+                )
+            chosen.append(include)
         elif key in ("_format", "_pretty"):
             return
         else:

@@ -18,6 +18,7 @@ import orjson
 
 from gateway.search import (
     ExtractionPlan,
+    SearchError,
     SearchQuery,
     SearchRegistry,
     count_sql,
@@ -272,23 +273,33 @@ class SqlStore:
             cur.execute(self.q(sql), params)
             refs.extend((t, i) for t, i in cur.fetchall() if t and i and (t, i) not in seen)
         out: list[StoredResource] = []
+        if len(set(refs)) > query.max_included:
+            raise _too_many_included(query, "_include")
         if refs:
             with_types = list(dict.fromkeys(refs))
             out.extend(self._read_many_cur(cur, with_types))
         ids = [r.id for r in page]
         id_marks = ", ".join("?" for _ in ids)
+        # This many rows of one _revinclude (distinct resources, at most a page of them on the
+        # page already) include too much on their own, so no query fetches more.
+        limit = query.max_included + len(page) + 1
         for inc in query.revincludes:
             cur.execute(
                 self.q(f"SELECT {COLUMNS} FROM resources r WHERE r.rtype = ? AND r.deleted = 0 AND r.rid IN"
                        " (SELECT x.rid FROM idx_ref x WHERE x.rtype = ? AND x.param = ? AND x.ttype = ?"
-                       f" AND x.tid IN ({id_marks}))"),
-                (inc.source, inc.source, inc.param, query.rtype, *ids),
+                       f" AND x.tid IN ({id_marks})) LIMIT ?"),
+                (inc.source, inc.source, inc.param, query.rtype, *ids, limit),
             )
-            out.extend(to_resource(row) for row in cur.fetchall())
+            rows = cur.fetchall()
+            if len(rows) >= limit:
+                raise _too_many_included(query, "_revinclude")
+            out.extend(to_resource(row) for row in rows)
         unique: dict[tuple[str, str], StoredResource] = {}
         for res in out:
             if (res.type, res.id) not in seen:
                 unique.setdefault((res.type, res.id), res)
+        if len(unique) > query.max_included:
+            raise _too_many_included(query, "_revinclude" if query.revincludes else "_include")
         return list(unique.values())
 
     def _read_many_cur(self, cur: Cursor, refs: Sequence[tuple[str, str]]) -> list[StoredResource]:
@@ -484,3 +495,11 @@ class SqlStore:
         with self._read_cursor() as cur:
             cur.execute("SELECT 1")
             cur.fetchone()
+
+
+def _too_many_included(query: SearchQuery, param: str) -> SearchError:
+    return SearchError(
+        f"the page would include more than {query.max_included} resources; ask for a smaller _count or fewer"
+        " _include/_revinclude values",
+        param, code="too-costly",
+    )

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from gateway.api.app import create_app
+from gateway.api.context import CAPABILITY_CACHE_SIZE
+from gateway.settings import Settings
+from gateway.store import open_store
 from tests.conftest import ApiHarness
 
 FHIR_JSON = "application/fhir+json"
@@ -250,3 +255,51 @@ async def test_patch_and_everything(api: ApiHarness) -> None:
     assert_outcome(merge, 415)
     everything = (await c.get(f"/fhir/Patient/{pid}/$everything")).json()
     assert sorted(e["resource"]["resourceType"] for e in everything["entry"]) == ["Observation", "Patient"]
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc", "/openapi.json"])
+async def test_api_docs_are_off_by_default(api: ApiHarness, path: str) -> None:
+    assert (await api.anonymous().get(path)).status_code == 404
+    assert (await api.client.get(path)).status_code == 404
+
+
+async def test_api_docs_when_on_need_a_token_and_declare_bearer(tmp_path: Path) -> None:
+    settings = Settings(store_url=f"sqlite:///{tmp_path}/docs.db", api_docs=True)
+    store = open_store(settings.store_url)
+    app = create_app(settings, store=store)
+    try:
+        async with app.router.lifespan_context(app):
+            harness = ApiHarness(app, store)
+            for path in ("/docs", "/redoc", "/openapi.json"):
+                assert_outcome(await harness.anonymous().get(path), 401, "login")
+                assert (await harness.with_scopes("system/Patient.r").get(path)).status_code == 200
+            document = (await harness.client.get("/openapi.json")).json()
+            assert document["components"]["securitySchemes"]["bearer"] == {
+                "type": "http", "scheme": "bearer", "description": "an API client's token"}
+            assert document["security"] == [{"bearer": []}]
+            await harness.aclose()
+    finally:
+        store.close()
+
+
+async def test_host_headers_neither_grow_the_capability_cache_nor_reach_links(api: ApiHarness) -> None:
+    ctx = api.app.state.ctx  # type: ignore[attr-defined]
+    anonymous = api.anonymous()
+    for i in range(40):  # foreign hosts, and an allowed host on ever new ports
+        for host in (f"h{i}.evil.example", f"gateway.test:{10000 + i}"):
+            response = await anonymous.get("/fhir/metadata", headers={"Host": host})
+            assert response.status_code == 200
+    assert len(ctx._capability_bytes) <= CAPABILITY_CACHE_SIZE
+
+    foreign = {"Host": "evil.example"}
+    statement = (await anonymous.get("/fhir/metadata", headers=foreign)).json()
+    assert statement["url"] == "http://127.0.0.1:8080/fhir/metadata"
+    created = await api.client.post("/fhir/Patient", json={"resourceType": "Patient"}, headers=foreign)
+    assert created.status_code == 201
+    assert created.headers["location"].startswith("http://127.0.0.1:8080/fhir/Patient/")
+    await api.client.post("/fhir/Patient", json={"resourceType": "Patient"})
+    search = await api.client.get("/fhir/Patient", params={"_count": "1"}, headers=foreign)
+    assert search.status_code == 200 and "evil" not in search.text
+    assert {link["relation"] for link in search.json()["link"]} >= {"self", "next"}
+    allowed = await api.client.get("/fhir/Patient", params={"_count": "1"})
+    assert all(link["url"].startswith("http://gateway.test/fhir/") for link in allowed.json()["link"])

@@ -10,7 +10,8 @@ a real FHIR server), and records every request and every write it applied. Fault
 * ``reset``: drop the connection (TCP RST) without an answer;
 * ``timeout``: hang past the client's timeout, apply nothing;
 * ``timeout_applied``: apply, then hang: the write happened but the answer is lost;
-* ``422``: answer 422 with an OperationOutcome.
+* ``422``: answer 422 with an OperationOutcome;
+* ``422_echo``: the same, its diagnostics echoing the request's headers (as some servers do).
 
 ``outage(True)`` closes the listening socket and every open connection (connection
 refused), ``outage(False)`` listens on the same port again.
@@ -210,11 +211,11 @@ class LoopbackFhirServer:
             return await self._respond(writer, int(fault), b"")
         if fault == "429":
             return await self._respond(writer, 429, b"", {"Retry-After": "1"})
-        if fault == "422":
-            outcome = {
-                "resourceType": "OperationOutcome",
-                "issue": [{"severity": "error", "code": "invalid"}],
-            }
+        if fault in ("422", "422_echo"):
+            issue = {"severity": "error", "code": "invalid"}
+            if fault == "422_echo":
+                issue["diagnostics"] = f"rejected request with headers {headers}"
+            outcome = {"resourceType": "OperationOutcome", "issue": [issue]}
             return await self._respond(writer, 422, orjson.dumps(outcome))
         status = self._apply(request, body)
         if self.latency:

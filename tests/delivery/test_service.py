@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -161,6 +162,29 @@ async def test_a_permanent_4xx_is_dead_lettered_and_replay_delivers_it_once_fixe
     assert await service.admin.replay_matching(DeadLetterFilter(destination="shr")) == 1
     await eventually(lambda: server.snapshot() == work.expected(store))
     await eventually(lambda: _dead(service, 0))
+
+
+@pytest.mark.parametrize("auth", [
+    {"type": "api_token", "header": "X-Auth-Token", "scheme": "", "secret_env": "SHR_TOKEN"},
+    {"type": "api_token", "header": "X-Auth-Token", "scheme": "Token", "secret_env": "SHR_TOKEN"},
+    {"type": "basic", "username": "gw", "secret_env": "SHR_TOKEN"},
+])
+async def test_a_dead_letter_keeps_no_credential_in_a_custom_header_or_an_echoing_answer(
+    store: Store, server: LoopbackFhirServer, make_service: ServiceFactory, auth: dict[str, str]
+) -> None:
+    server.plan = lambda index, request: "422_echo"
+    Workload.generate(patients=1, changes=1).apply(store)
+    service = make_service([fhir(server, auth=auth)])
+    await service.start()
+    await eventually(lambda: _dead(service, 1))
+    [letter] = await service.admin.dead_letters(DeadLetterFilter(destination="shr"))
+    assert letter.request is not None and letter.response is not None
+    header = "x-auth-token" if auth["type"] == "api_token" else "authorization"
+    assert letter.request.headers[header] == "[redacted]"
+    assert "rejected request with headers" in letter.response.body and "***" in letter.response.body
+    basic = base64.b64encode(b"gw:test-token-value").decode()
+    for kept in (repr(letter.request), repr(letter.response), letter.detail or ""):
+        assert "test-token-value" not in kept and basic not in kept
 
 
 async def _dead(service: DeliveryService, count: int) -> bool:

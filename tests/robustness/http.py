@@ -49,8 +49,8 @@ class Gateway:
 
 
 @contextmanager
-def serve(directory: Path, store_url: str) -> Iterator[Gateway]:
-    """Build a gateway on ``store_url`` and run it on a free loopback port.
+def serve(directory: Path, store_url: str, **overrides: Any) -> Iterator[Gateway]:
+    """Build a gateway on ``store_url`` (``overrides``: other Settings fields) and run it on a free loopback port.
 
     The store is opened (and migrated) once and handed to the app. Opening an already
     migrated PostgreSQL schema a second time fails now and then (a NOTICE from ``CREATE
@@ -58,7 +58,7 @@ def serve(directory: Path, store_url: str) -> Iterator[Gateway]:
     owners) — these tests are about requests, not start-up, so they do not open it twice.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    settings = Settings(store_url=store_url, queue_url=f"sqlite:///{directory / 'queue.db'}")
+    settings = Settings(store_url=store_url, queue_url=f"sqlite:///{directory / 'queue.db'}", **overrides)
     store = open_store(store_url)
     try:
         token = new_token()

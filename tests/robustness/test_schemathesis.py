@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,7 +27,7 @@ from schemathesis import Case, GenerationMode
 from schemathesis.core.result import Ok
 from schemathesis.schemas import APIOperation
 
-from tests.robustness.http import Gateway
+from tests.robustness.http import Gateway, serve
 from tests.robustness.openapi import enrich
 from tests.robustness.seeds import fixture_resources
 
@@ -45,6 +46,14 @@ class Target:
 
 
 @pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """The SQLite gateway with its OpenAPI document on (it is off by default)."""
+    directory = Path(tmp_path_factory.mktemp("schemathesis"))
+    with serve(directory, f"sqlite:///{directory / 'gateway.db'}", api_docs=True) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
 def target(gateway: Gateway) -> Iterator[Target]:
     """The SQLite gateway with the fixture resources, and its enriched schema."""
     root = gateway.base.removesuffix("/fhir")
@@ -52,7 +61,8 @@ def target(gateway: Gateway) -> Iterator[Target]:
         for resource in fixture_resources():  # reads, updates and patches of real resources too
             assert fhir.put(f"/{resource['resourceType']}/{resource['id']}", json=resource).status_code < 300
     with httpx.Client() as client:
-        response = client.get(f"{root}/openapi.json")
+        assert client.get(f"{root}/openapi.json").status_code == 401
+        response = client.get(f"{root}/openapi.json", headers={"Authorization": f"Bearer {gateway.token}"})
     assert response.status_code == 200
     yield Target(gateway, schemathesis.openapi.from_dict(enrich(response.json())), root)
 
