@@ -94,6 +94,13 @@ class ApiClient:
     scopes: tuple[str, ...]
     created: datetime
     disabled: bool = False
+    expires: datetime | None = None
+    revoked: datetime | None = None
+    last_used: datetime | None = None
+
+    def active(self, now: datetime) -> bool:
+        """Whether the client's token may authenticate at ``now`` (not disabled, revoked or expired)."""
+        return not self.disabled and self.revoked is None and (self.expires is None or self.expires > now)
 
 
 @dataclass(slots=True)
@@ -266,6 +273,18 @@ class ClientRegistry(Protocol):
 
     def list_clients(self) -> list[ApiClient]:
         """All API clients."""
+        ...
+
+    def revoke_client(self, name: str) -> bool:
+        """Revoke a client for good (its token stops working); False if there is no such client."""
+        ...
+
+    def rekey_client(self, name: str, token_hash: str) -> bool:
+        """Replace the token hash of a client that is not revoked, keeping its other fields; False if none."""
+        ...
+
+    def touch_client(self, name: str, when: datetime) -> None:
+        """Record that a client authenticated at ``when`` (callers throttle this)."""
         ...
 
 

@@ -97,6 +97,16 @@ MIGRATIONS: tuple[Migration, ...] = (
                 WHERE r.rtype = history.rtype AND r.id = history.id AND r.version = history.version)""",
         ),
     ),
+    Migration(
+        4,
+        "API client lifecycle: expiry, revocation and last use (epoch seconds, NULL for none)",
+        (
+            # One column per statement: SQLite adds only one per ALTER TABLE.
+            "ALTER TABLE api_clients ADD COLUMN expires {FLOAT}",
+            "ALTER TABLE api_clients ADD COLUMN revoked {FLOAT}",
+            "ALTER TABLE api_clients ADD COLUMN last_used {FLOAT}",
+        ),
+    ),
 )
 
 

@@ -381,34 +381,53 @@ class SqlStore:
         return plan
 
     # -- API clients -------------------------------------------------------------------------
+    _CLIENT_COLUMNS = "name, scopes, created, disabled, expires, revoked, last_used"
+
     def save_client(self, client: ApiClient, token_hash: str) -> None:
         """Create or replace an API client."""
         with self._write_cursor() as cur:
             cur.execute(self.q("DELETE FROM api_clients WHERE name = ?"), (client.name,))
             cur.execute(
-                self.q("INSERT INTO api_clients (name, token_hash, scopes, created, disabled)"
-                       " VALUES (?, ?, ?, ?, ?)"),
-                (client.name, token_hash, " ".join(client.scopes), client.created.timestamp(),
-                 int(client.disabled)),
+                self.q(f"INSERT INTO api_clients (token_hash, {self._CLIENT_COLUMNS})"
+                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
+                (token_hash, client.name, " ".join(client.scopes), client.created.timestamp(),
+                 int(client.disabled), _epoch(client.expires), _epoch(client.revoked), _epoch(client.last_used)),
             )
 
     def client_by_token_hash(self, token_hash: str) -> ApiClient | None:
         """Look up an API client by the hash of its bearer token."""
         with self._read_cursor() as cur:
             cur.execute(
-                self.q("SELECT name, scopes, created, disabled FROM api_clients WHERE token_hash = ?"),
-                (token_hash,),
+                self.q(f"SELECT {self._CLIENT_COLUMNS} FROM api_clients WHERE token_hash = ?"), (token_hash,),
             )
             row = cur.fetchone()
-        if row is None:
-            return None
-        return ApiClient(row[0], tuple(row[1].split()), from_epoch(row[2]), bool(row[3]))
+        return None if row is None else _client(row)
 
     def list_clients(self) -> list[ApiClient]:
         """All API clients."""
         with self._read_cursor() as cur:
-            cur.execute("SELECT name, scopes, created, disabled FROM api_clients ORDER BY name")
-            return [ApiClient(n, tuple(s.split()), from_epoch(c), bool(d)) for n, s, c, d in cur.fetchall()]
+            cur.execute(f"SELECT {self._CLIENT_COLUMNS} FROM api_clients ORDER BY name")
+            return [_client(row) for row in cur.fetchall()]
+
+    def revoke_client(self, name: str) -> bool:
+        """Revoke a client for good; False if there is no such client."""
+        with self._write_cursor() as cur:
+            # COALESCE keeps the first revocation time when a client is revoked twice.
+            cur.execute(self.q("UPDATE api_clients SET revoked = COALESCE(revoked, ?) WHERE name = ?"),
+                        (time.time(), name))
+            return cur.rowcount > 0
+
+    def rekey_client(self, name: str, token_hash: str) -> bool:
+        """Replace a live client's token hash, keeping its other fields; False if none."""
+        with self._write_cursor() as cur:
+            cur.execute(self.q("UPDATE api_clients SET token_hash = ? WHERE name = ? AND revoked IS NULL"),
+                        (token_hash, name))
+            return cur.rowcount > 0
+
+    def touch_client(self, name: str, when: datetime) -> None:
+        """Record a client's last successful authentication."""
+        with self._write_cursor() as cur:
+            cur.execute(self.q("UPDATE api_clients SET last_used = ? WHERE name = ?"), (when.timestamp(), name))
 
     # -- quarantine --------------------------------------------------------------------------
     def quarantine_add(
@@ -503,3 +522,15 @@ def _too_many_included(query: SearchQuery, param: str) -> SearchError:
         " _include/_revinclude values",
         param, code="too-costly",
     )
+
+
+def _epoch(when: datetime | None) -> float | None:
+    return None if when is None else when.timestamp()
+
+
+def _client(row: Sequence[Any]) -> ApiClient:
+    def optional(value: float | None) -> datetime | None:
+        return None if value is None else from_epoch(value)
+
+    return ApiClient(row[0], tuple(row[1].split()), from_epoch(row[2]), bool(row[3]),
+                     optional(row[4]), optional(row[5]), optional(row[6]))

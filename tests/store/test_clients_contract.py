@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from gateway.store import ApiClient, ClientRegistry
 
@@ -15,3 +15,44 @@ def test_clients_are_found_by_token_hash(store: ClientRegistry) -> None:
     store.save_client(client, "hash-2")  # re-keying replaces the old token
     assert store.client_by_token_hash("hash-1") is None
     assert [c.name for c in store.list_clients()] == ["emr"]
+
+
+def test_lifecycle_fields_round_trip(store: ClientRegistry) -> None:
+    created = datetime(2026, 1, 1, tzinfo=UTC)
+    expires = created + timedelta(days=90)
+    store.save_client(ApiClient("emr", ("admin",), created, expires=expires), "hash-1")
+    found = store.client_by_token_hash("hash-1")
+    assert found is not None
+    assert (found.expires, found.revoked, found.last_used, found.disabled) == (expires, None, None, False)
+    assert found.active(created) and not found.active(expires)
+
+
+def test_revoke_keeps_the_first_time_and_reports_unknown_clients(store: ClientRegistry) -> None:
+    store.save_client(ApiClient("emr", ("admin",), datetime.now(UTC)), "hash-1")
+    assert store.revoke_client("emr") is True
+    revoked = store.client_by_token_hash("hash-1")
+    assert revoked is not None and revoked.revoked is not None and not revoked.active(datetime.now(UTC))
+    assert store.revoke_client("emr") is True
+    again = store.client_by_token_hash("hash-1")
+    assert again is not None and again.revoked == revoked.revoked
+    assert store.revoke_client("nobody") is False
+
+
+def test_rekey_keeps_the_other_fields_and_not_revoked_clients(store: ClientRegistry) -> None:
+    expires = datetime(2030, 1, 1, tzinfo=UTC)
+    store.save_client(ApiClient("emr", ("system/Patient.rs",), datetime.now(UTC), expires=expires), "hash-1")
+    assert store.rekey_client("emr", "hash-2") is True
+    assert store.client_by_token_hash("hash-1") is None
+    found = store.client_by_token_hash("hash-2")
+    assert found is not None and found.scopes == ("system/Patient.rs",) and found.expires == expires
+    assert store.rekey_client("nobody", "hash-3") is False
+    store.revoke_client("emr")
+    assert store.rekey_client("emr", "hash-3") is False
+    assert store.client_by_token_hash("hash-3") is None
+
+
+def test_touch_records_last_use(store: ClientRegistry) -> None:
+    store.save_client(ApiClient("emr", ("admin",), datetime.now(UTC)), "hash-1")
+    when = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+    store.touch_client("emr", when)
+    assert [c.last_used for c in store.list_clients()] == [when]

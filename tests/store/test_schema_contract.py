@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
+import psycopg
 
 from gateway.store import open_store
 from gateway.store.migrations import LATEST, MIGRATIONS, statements_for
+from gateway.store.postgres import split_schema
 from gateway.store.sql import SqlStore
 from tests.store.helpers import patient
 
@@ -59,5 +62,41 @@ def test_an_older_database_keeps_each_version_once(tmp_path: Path) -> None:
         with store.transaction() as tx:
             assert tx.update(patient(id="old")).resource.version == 3
         assert store.history("Patient", "old")[1] == 3
+    finally:
+        store.close()
+
+
+def test_a_store_at_the_previous_version_keeps_its_clients(store_url: str) -> None:
+    """Schema 4 adds expiry, revocation and last use to ``api_clients``; existing clients stay valid."""
+    dialect = "sqlite" if store_url.startswith("sqlite") else "postgresql"
+    previous = [m for m in MIGRATIONS if m.version < 4]
+    statements = ["CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied REAL NOT NULL)"]
+    for migration in previous:
+        statements += statements_for(dialect, migration)
+        statements.append(f"INSERT INTO schema_migrations VALUES ({migration.version}, 0)")
+    statements.append("INSERT INTO api_clients (name, token_hash, scopes, created, disabled)"
+                      " VALUES ('emr', 'hash-1', 'system/Patient.rs admin', 1700000000, 0)")
+    if dialect == "sqlite":
+        conn = sqlite3.connect(store_url.removeprefix("sqlite:///"))
+        for statement in statements:
+            conn.execute(statement)
+        conn.commit()
+        conn.close()
+    else:
+        conninfo, schema = split_schema(store_url)
+        with psycopg.connect(conninfo, autocommit=True) as pg:
+            pg.execute(f'CREATE SCHEMA "{schema}"')
+            pg.execute(f'SET search_path TO "{schema}"')
+            for statement in statements:
+                pg.execute(statement)
+    store = open_store(store_url)
+    try:
+        assert isinstance(store, SqlStore)
+        assert store.schema_version() == LATEST
+        found = store.client_by_token_hash("hash-1")
+        assert found is not None and found.scopes == ("system/Patient.rs", "admin")
+        assert (found.expires, found.revoked, found.last_used) == (None, None, None)
+        assert found.active(datetime.now(UTC))
+        assert store.revoke_client("emr")
     finally:
         store.close()
