@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from gateway.auth.scopes import Principal
@@ -15,17 +17,26 @@ if TYPE_CHECKING:
 
 __all__ = ["Authenticator"]
 
-_CACHE_SECONDS = 30.0
+# A revoked, expired or re-keyed token is refused by every process within this bound: no
+# process serves a lookup older than this. It still spares the database all but one lookup a
+# second per token under load.
+_CACHE_SECONDS = 1.0
+# Last use is a write on the read path, so it is recorded at most this often per client per process.
+_TOUCH_SECONDS = 60.0
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="chw-gateway"'}
 
 
 class Authenticator:
-    """Resolves ``Authorization: Bearer`` tokens to principals, with a short cache."""
+    """Resolves ``Authorization: Bearer`` tokens to principals, with a 1 s cache."""
 
-    def __init__(self, store: ClientRegistry, admin_token: str | None = None) -> None:
+    def __init__(self, store: ClientRegistry, admin_token: str | None = None,
+                 now: Callable[[], float] = time.time) -> None:
         self.store = store
         self._admin_hash = hash_token(admin_token) if admin_token else None
-        self._cache: dict[str, tuple[float, Principal | None]] = {}
+        self._now = now
+        # digest -> (cached until, principal or None, expires epoch or None)
+        self._cache: dict[str, tuple[float, Principal | None, float | None]] = {}
+        self._touched: dict[str, float] = {}
 
     def principal(self, authorization: str | None) -> Principal:
         """The principal a header authenticates, or a 401 ``FhirError``."""
@@ -39,19 +50,30 @@ class Authenticator:
         digest = hash_token(token)
         if self._admin_hash is not None and hmac.compare_digest(digest, self._admin_hash):
             return Principal.of("admin-token", ("system/*.cruds", "admin", "ingest:*"))
-        now = time.monotonic()
+        now = self._now()
         cached = self._cache.get(digest)
         if cached is not None and cached[0] > now:
-            found = cached[1]
+            found, expires = cached[1], cached[2]
         else:
             client = self.store.client_by_token_hash(digest)
-            found = None if client is None or client.disabled else Principal.of(client.name, client.scopes)
+            active = client is not None and client.active(datetime.fromtimestamp(now, UTC))
+            found = Principal.of(client.name, client.scopes) if client is not None and active else None
+            expires = client.expires.timestamp() if client is not None and client.expires else None
             if len(self._cache) > 10_000:
                 self._cache.clear()
-            self._cache[digest] = (now + _CACHE_SECONDS, found)
-        if found is None:
+            self._cache[digest] = (now + _CACHE_SECONDS, found, expires)
+        if found is None or (expires is not None and expires <= now):
             raise FhirError("the token is not valid", status=401, code="login", headers=_CHALLENGE)
+        self._touch(found.name, now)
         return found
+
+    def _touch(self, name: str, now: float) -> None:
+        if now - self._touched.get(name, float("-inf")) < _TOUCH_SECONDS:
+            return
+        if len(self._touched) > 10_000:
+            self._touched.clear()
+        self._touched[name] = now
+        self.store.touch_client(name, datetime.fromtimestamp(now, UTC))
 
     def forget(self) -> None:
         """Drop cached lookups (after clients change)."""

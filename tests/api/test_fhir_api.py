@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from gateway.api.app import create_app
 from gateway.api.context import CAPABILITY_CACHE_SIZE
 from gateway.settings import Settings
 from gateway.store import open_store
-from tests.conftest import ApiHarness
+from tests.conftest import ApiHarness, make_token
 
 FHIR_JSON = "application/fhir+json"
 
@@ -37,6 +38,16 @@ async def test_metadata_is_public_and_honest(api: ApiHarness) -> None:
     patient = {p["name"] for p in resources["Patient"]["searchParam"]}
     assert {"identifier", "family", "birthdate", "address-district", "_lastUpdated"} <= patient
     assert {"patient", "code", "date", "value-quantity"} <= {p["name"] for p in resources["Observation"]["searchParam"]}
+
+
+async def test_a_revoked_token_gets_401_within_a_second(api: ApiHarness) -> None:
+    token = make_token(api.store, ("system/Patient.rs",), name="emr")
+    client = api.with_scopes(token=token)
+    assert (await client.get("/fhir/Patient")).status_code == 200  # now cached
+    assert api.store.revoke_client("emr")
+    await asyncio.sleep(1.05)
+    body = assert_outcome(await client.get("/fhir/Patient"), 401, "login")
+    assert "not valid" in body["issue"][0]["diagnostics"]
 
 
 async def test_authentication_and_scopes(api: ApiHarness) -> None:

@@ -1,0 +1,130 @@
+"""Bearer tokens: revocation, re-keying and expiry reach every process within 1 s; last use is recorded, throttled.
+
+Two ``Authenticator`` objects over one store stand for two gateway processes; a manual clock
+replaces sleeping.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from gateway.auth import Authenticator, hash_token, new_token
+from gateway.errors import FhirError
+from gateway.store import ApiClient, ClientRegistry
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def register(store: ClientRegistry, clock: Clock, expires_in: float | None = None) -> str:
+    token = new_token()
+    expires = None if expires_in is None else datetime.fromtimestamp(clock.now + expires_in, UTC)
+    store.save_client(ApiClient("emr", ("system/Patient.rs",), datetime.fromtimestamp(clock.now, UTC),
+                                expires=expires), hash_token(token))
+    return token
+
+
+def refused(auth: Authenticator, token: str) -> bool:
+    try:
+        auth.principal(f"Bearer {token}")
+    except FhirError as exc:
+        assert exc.status == 401
+        return True
+    return False
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def processes(store: ClientRegistry, clock: Clock) -> tuple[Authenticator, Authenticator]:
+    return Authenticator(store, now=clock), Authenticator(store, now=clock)
+
+
+def test_a_revoked_token_is_refused_everywhere_within_a_second(
+    store: ClientRegistry, clock: Clock, processes: tuple[Authenticator, Authenticator],
+) -> None:
+    token = register(store, clock)
+    assert all(auth.principal(f"Bearer {token}").name == "emr" for auth in processes)  # both cache it
+    assert store.revoke_client("emr")
+    clock.now += 1.0
+    assert all(refused(auth, token) for auth in processes)
+
+
+def test_a_rotated_token_is_refused_everywhere_within_a_second(
+    store: ClientRegistry, clock: Clock, processes: tuple[Authenticator, Authenticator],
+) -> None:
+    old = register(store, clock)
+    assert all(auth.principal(f"Bearer {old}").name == "emr" for auth in processes)
+    new = new_token()
+    assert store.rekey_client("emr", hash_token(new))
+    clock.now += 1.0
+    assert all(refused(auth, old) for auth in processes)
+    assert all(auth.principal(f"Bearer {new}").name == "emr" for auth in processes)
+
+
+def test_an_expired_token_is_refused_at_its_expiry_even_from_the_cache(
+    store: ClientRegistry, clock: Clock, processes: tuple[Authenticator, Authenticator],
+) -> None:
+    token = register(store, clock, expires_in=0.5)
+    assert all(auth.principal(f"Bearer {token}").name == "emr" for auth in processes)
+    clock.now += 0.5
+    assert all(refused(auth, token) for auth in processes)
+
+
+def test_a_cached_lookup_spares_the_store_within_the_second(store: ClientRegistry, clock: Clock) -> None:
+    calls = 0
+
+    class Counting:
+        def __getattr__(self, name: str) -> object:
+            return getattr(store, name)
+
+        def client_by_token_hash(self, token_hash: str) -> ApiClient | None:
+            nonlocal calls
+            calls += 1
+            return store.client_by_token_hash(token_hash)
+
+    auth = Authenticator(Counting(), now=clock)  # type: ignore[arg-type]
+    token = register(store, clock)
+    for _ in range(100):
+        auth.principal(f"Bearer {token}")
+        clock.now += 0.009
+    assert calls == 1
+    clock.now += 0.2
+    auth.principal(f"Bearer {token}")
+    assert calls == 2
+
+
+def test_last_use_is_recorded_at_most_once_a_minute_per_process(
+    store: ClientRegistry, clock: Clock, processes: tuple[Authenticator, Authenticator],
+) -> None:
+    token = register(store, clock)
+    auth = processes[0]
+    auth.principal(f"Bearer {token}")
+    first = datetime.fromtimestamp(clock.now, UTC)
+    assert [c.last_used for c in store.list_clients()] == [first]
+    clock.now += 30
+    auth.principal(f"Bearer {token}")
+    assert [c.last_used for c in store.list_clients()] == [first]
+    clock.now += 30
+    auth.principal(f"Bearer {token}")
+    assert [c.last_used for c in store.list_clients()] == [first + timedelta(seconds=60)]
+
+
+def test_unknown_and_disabled_tokens_are_refused(store: ClientRegistry, clock: Clock) -> None:
+    auth = Authenticator(store, now=clock)
+    assert refused(auth, new_token())
+    token = new_token()
+    store.save_client(ApiClient("off", ("admin",), datetime.now(UTC), disabled=True), hash_token(token))
+    assert refused(auth, token)
