@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from typer.testing import CliRunner
 
 from gateway.auth import hash_token
 from gateway.cli import app
-from gateway.store import open_store
+from gateway.store import ApiClient, open_store
 
 runner = CliRunner()
 
@@ -36,6 +37,55 @@ def test_clients_create_prints_the_token_last_and_stores_its_hash(env: Path) -> 
         store.close()
     listed = runner.invoke(app, ["clients", "list"])
     assert "openmrs\tsystem/Patient.rs admin" in listed.stdout and token not in listed.stdout
+
+
+def _client(env: Path, token: str) -> ApiClient | None:
+    store = open_store(f"sqlite:///{env}/cli.db")
+    try:
+        return store.client_by_token_hash(hash_token(token))
+    finally:
+        store.close()
+
+
+def test_clients_revoke_and_rotate(env: Path) -> None:
+    created = runner.invoke(app, ["clients", "create", "emr", "--scope", "admin", "--expires", "90d"])
+    assert created.exit_code == 0, created.output
+    old = created.stdout.strip().splitlines()[-1]
+    client = _client(env, old)
+    assert client is not None and client.expires is not None
+    assert timedelta(days=89) < client.expires - datetime.now(UTC) <= timedelta(days=90)
+
+    rotated = runner.invoke(app, ["clients", "rotate", "emr"])
+    assert rotated.exit_code == 0, rotated.output
+    new = rotated.stdout.strip().splitlines()[-1]
+    assert new.startswith("gw_") and new != old
+    assert _client(env, old) is None
+    kept = _client(env, new)
+    assert kept is not None and kept.scopes == ("admin",) and kept.expires == client.expires
+
+    revoked = runner.invoke(app, ["clients", "revoke", "emr"])
+    assert revoked.exit_code == 0, revoked.output
+    gone = _client(env, new)
+    assert gone is not None and gone.revoked is not None
+    listed = runner.invoke(app, ["clients", "list"]).stdout
+    line = next(line for line in listed.splitlines() if line.startswith("emr\t"))
+    assert "\trevoked " in line and f"expires {client.expires:%Y-%m-%d}" in line and "last used -" in line
+    assert new not in listed and old not in listed
+
+    for command in ("revoke", "rotate"):
+        missing = runner.invoke(app, ["clients", command, "nobody"])
+        assert missing.exit_code == 1 and missing.stderr.startswith("gateway: ")
+    assert runner.invoke(app, ["clients", "rotate", "emr"]).exit_code == 1  # a revoked client stays revoked
+
+
+def test_clients_create_takes_an_expiry_date_and_lists_it(env: Path) -> None:
+    result = runner.invoke(app, ["clients", "create", "lab", "--scope", "admin", "--expires", "2099-01-01"])
+    assert result.exit_code == 0, result.output
+    line = runner.invoke(app, ["clients", "list"]).stdout.strip().splitlines()[-1]
+    assert line.startswith("lab\tadmin\tcreated ") and "expires 2099-01-01T00:00:00Z\tactive\t" in line
+    for bad in ("soon", "2020-01-01"):
+        refused = runner.invoke(app, ["clients", "create", "lab2", "--scope", "admin", "--expires", bad])
+        assert refused.exit_code == 2 and refused.stderr.count("\n") == 1
 
 
 @pytest.mark.parametrize("scope", ["system/Patient.xyz", "user/*.rs", "system/Foo.rs", "ingest:", "root"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -123,19 +123,31 @@ def _start_dev_sandbox() -> Any:
     fail("the DHIS2 sandbox did not start within 30 s")
 
 
-def _create_client(store: ClientRegistry, name: str, scopes: list[str]) -> str:
+def _create_client(store: ClientRegistry, name: str, scopes: list[str], expires: datetime | None = None) -> str:
     from gateway.auth import hash_token, new_token
     from gateway.store import ApiClient
 
     token = new_token()
-    store.save_client(ApiClient(name, tuple(scopes), datetime.now(UTC)), hash_token(token))
+    store.save_client(ApiClient(name, tuple(scopes), datetime.now(UTC), expires=expires), hash_token(token))
     return token
+
+
+def parse_expiry(value: str, now: datetime) -> datetime:
+    """``90d`` (days from ``now``) or an ISO date or date-time (UTC unless it says otherwise)."""
+    if value[:-1].isdigit() and value[-1:] == "d":
+        return now + timedelta(days=int(value[:-1]))
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        fail(f"invalid --expires {value!r}: use a number of days like 90d or a date like 2027-01-01")
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 @clients_app.command("create")
 def clients_create(
     name: Annotated[str, typer.Argument(help="Client name (letters, digits, - and _)")],
     scope: Annotated[list[str], typer.Option("--scope", "-s", help="A scope; repeat for more")],
+    expires: Annotated[str | None, typer.Option(help="When the token stops working: 90d or 2027-01-01")] = None,
     config: ConfigOption = None,
 ) -> None:
     """Create (or re-key) a client; its token is printed once, alone on the last line."""
@@ -148,21 +160,70 @@ def clients_create(
         validate_scopes(scope)
     except ScopeError as exc:
         fail(str(exc), exit_code_for(exc))
+    now = datetime.now(UTC)
+    until = parse_expiry(expires, now) if expires else None
+    if until is not None and until <= now:
+        fail(f"--expires {expires} is in the past")
     with Services.build(settings_from(config), ServicePlan(ingest=False)) as services:
-        token = _create_client(services.store, name, scope)
+        token = _create_client(services.store, name, scope, until)
     typer.echo(f"created client {name} with scopes {' '.join(scope)}; the token is shown only now:")
+    typer.echo(token)
+
+
+@clients_app.command("revoke")
+def clients_revoke(
+    name: Annotated[str, typer.Argument(help="Client name")],
+    config: ConfigOption = None,
+) -> None:
+    """Revoke a client: its token stops working in every process within a second."""
+    from gateway.services import ServicePlan, Services
+
+    with Services.build(settings_from(config), ServicePlan(ingest=False)) as services:
+        found = services.store.revoke_client(name)
+    if not found:
+        fail(f"no client named {name!r}", 1)
+    typer.echo(f"revoked client {name}")
+
+
+@clients_app.command("rotate")
+def clients_rotate(
+    name: Annotated[str, typer.Argument(help="Client name")],
+    config: ConfigOption = None,
+) -> None:
+    """Give a client a new token (the old one stops working); printed once, alone on the last line."""
+    from gateway.auth import hash_token, new_token
+    from gateway.services import ServicePlan, Services
+
+    token = new_token()
+    with Services.build(settings_from(config), ServicePlan(ingest=False)) as services:
+        found = services.store.rekey_client(name, hash_token(token))
+    if not found:
+        fail(f"no client named {name!r} that is not revoked", 1)
+    typer.echo(f"new token for client {name}; the old one stops working within a second; shown only now:")
     typer.echo(token)
 
 
 @clients_app.command("list")
 def clients_list(config: ConfigOption = None) -> None:
-    """List clients and their scopes (never tokens)."""
+    """List clients: name, scopes, created, expires, state and last use (never tokens)."""
     from gateway.services import ServicePlan, Services
 
+    def stamp(when: datetime | None) -> str:
+        return "-" if when is None else when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    now = datetime.now(UTC)
     with Services.build(settings_from(config), ServicePlan(ingest=False)) as services:
         for client in services.store.list_clients():
-            state = " (disabled)" if client.disabled else ""
-            typer.echo(f"{client.name}\t{' '.join(client.scopes)}{state}")
+            if client.revoked is not None:
+                state = f"revoked {stamp(client.revoked)}"
+            elif client.disabled:
+                state = "disabled"
+            elif client.expires is not None and client.expires <= now:
+                state = "expired"
+            else:
+                state = "active"
+            typer.echo(f"{client.name}\t{' '.join(client.scopes)}\tcreated {stamp(client.created)}"
+                       f"\texpires {stamp(client.expires)}\t{state}\tlast used {stamp(client.last_used)}")
 
 
 @config_app.command("check")
