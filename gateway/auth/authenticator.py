@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -16,6 +17,8 @@ if TYPE_CHECKING:
     from gateway.store import ClientRegistry
 
 __all__ = ["Authenticator"]
+
+log = logging.getLogger(__name__)
 
 # A revoked, expired or re-keyed token is refused by every process within this bound: no
 # process serves a lookup older than this. It still spares the database all but one lookup a
@@ -73,7 +76,10 @@ class Authenticator:
         if len(self._touched) > 10_000:
             self._touched.clear()
         self._touched[name] = now
-        self.store.touch_client(name, datetime.fromtimestamp(now, UTC))
+        try:
+            self.store.touch_client(name, datetime.fromtimestamp(now, UTC))
+        except Exception as exc:  # last use is bookkeeping: a busy or read-only database must not refuse the request
+            log.warning("could not record last use of a client (%s)", type(exc).__name__)
 
     def forget(self) -> None:
         """Drop cached lookups (after clients change)."""

@@ -6,6 +6,7 @@ replaces sleeping.
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -128,3 +129,23 @@ def test_unknown_and_disabled_tokens_are_refused(store: ClientRegistry, clock: C
     token = new_token()
     store.save_client(ApiClient("off", ("admin",), datetime.now(UTC), disabled=True), hash_token(token))
     assert refused(auth, token)
+
+
+def test_a_failed_last_use_write_does_not_refuse_the_request(
+    store: ClientRegistry, clock: Clock, caplog: pytest.LogCaptureFixture,
+) -> None:
+    token = register(store, clock)
+
+    class Busy:
+        """The store, except that recording last use fails as a locked database does."""
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(store, name)
+
+        def touch_client(self, name: str, when: datetime) -> None:
+            raise sqlite3.OperationalError("database is locked")
+
+    auth = Authenticator(Busy(), now=clock)  # type: ignore[arg-type]
+    assert auth.principal(f"Bearer {token}").name == "emr"
+    assert "could not record last use of a client (OperationalError)" in caplog.text
+    assert [c.last_used for c in store.list_clients()] == [None]
