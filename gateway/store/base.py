@@ -30,7 +30,7 @@ Every write in a transaction:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -97,6 +97,10 @@ class ApiClient:
     expires: datetime | None = None
     revoked: datetime | None = None
     last_used: datetime | None = None
+    # The client's data policy (``gateway.auth.DataPolicy`` as JSON); None: no limit beyond scopes.
+    policy: Mapping[str, Any] | None = None
+    # Public keys for SMART Backend Services: ``{"keys": [...]}`` (a JWK Set) or ``{"jwks_uri": url}``.
+    jwks: Mapping[str, Any] | None = None
 
     def active(self, now: datetime) -> bool:
         """Whether the client's token may authenticate at ``now`` (not disabled, revoked or expired)."""
@@ -281,6 +285,18 @@ class ClientRegistry(Protocol):
 
     def rekey_client(self, name: str, token_hash: str) -> bool:
         """Replace the token hash of a client that is not revoked, keeping its other fields; False if none."""
+        ...
+
+    def client_by_name(self, name: str) -> ApiClient | None:
+        """One API client by name, live or not."""
+        ...
+
+    def set_client_policy(self, name: str, policy: Mapping[str, Any] | None) -> bool:
+        """Replace a client's data policy (None removes it); False if there is no such client."""
+        ...
+
+    def set_client_keys(self, name: str, jwks: Mapping[str, Any] | None) -> bool:
+        """Replace a client's public keys (None removes them); False if there is no such client."""
         ...
 
     def touch_client(self, name: str, when: datetime) -> None:

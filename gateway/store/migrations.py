@@ -107,6 +107,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE api_clients ADD COLUMN last_used {FLOAT}",
         ),
     ),
+    Migration(
+        5,
+        "API client data policy and public keys (JSON text, NULL for none)",
+        (
+            "ALTER TABLE api_clients ADD COLUMN policy TEXT",
+            "ALTER TABLE api_clients ADD COLUMN jwks TEXT",
+        ),
+    ),
 )
 
 

@@ -9,7 +9,7 @@ quarantine) is written once here against DB-API cursors.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from typing import Any
@@ -381,7 +381,7 @@ class SqlStore:
         return plan
 
     # -- API clients -------------------------------------------------------------------------
-    _CLIENT_COLUMNS = "name, scopes, created, disabled, expires, revoked, last_used"
+    _CLIENT_COLUMNS = "name, scopes, created, disabled, expires, revoked, last_used, policy, jwks"
 
     def save_client(self, client: ApiClient, token_hash: str) -> None:
         """Create or replace an API client."""
@@ -389,9 +389,10 @@ class SqlStore:
             cur.execute(self.q("DELETE FROM api_clients WHERE name = ?"), (client.name,))
             cur.execute(
                 self.q(f"INSERT INTO api_clients (token_hash, {self._CLIENT_COLUMNS})"
-                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
+                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
                 (token_hash, client.name, " ".join(client.scopes), client.created.timestamp(),
-                 int(client.disabled), _epoch(client.expires), _epoch(client.revoked), _epoch(client.last_used)),
+                 int(client.disabled), _epoch(client.expires), _epoch(client.revoked), _epoch(client.last_used),
+                 _json(client.policy), _json(client.jwks)),
             )
 
     def client_by_token_hash(self, token_hash: str) -> ApiClient | None:
@@ -402,6 +403,25 @@ class SqlStore:
             )
             row = cur.fetchone()
         return None if row is None else _client(row)
+
+    def client_by_name(self, name: str) -> ApiClient | None:
+        """One API client by name, live or not."""
+        with self._read_cursor() as cur:
+            cur.execute(self.q(f"SELECT {self._CLIENT_COLUMNS} FROM api_clients WHERE name = ?"), (name,))
+            row = cur.fetchone()
+        return None if row is None else _client(row)
+
+    def set_client_policy(self, name: str, policy: Mapping[str, Any] | None) -> bool:
+        """Replace a client's data policy (None removes it); False if there is no such client."""
+        with self._write_cursor() as cur:
+            cur.execute(self.q("UPDATE api_clients SET policy = ? WHERE name = ?"), (_json(policy), name))
+            return cur.rowcount > 0
+
+    def set_client_keys(self, name: str, jwks: Mapping[str, Any] | None) -> bool:
+        """Replace a client's public keys (None removes them); False if there is no such client."""
+        with self._write_cursor() as cur:
+            cur.execute(self.q("UPDATE api_clients SET jwks = ? WHERE name = ?"), (_json(jwks), name))
+            return cur.rowcount > 0
 
     def list_clients(self) -> list[ApiClient]:
         """All API clients."""
@@ -533,4 +553,9 @@ def _client(row: Sequence[Any]) -> ApiClient:
         return None if value is None else from_epoch(value)
 
     return ApiClient(row[0], tuple(row[1].split()), from_epoch(row[2]), bool(row[3]),
-                     optional(row[4]), optional(row[5]), optional(row[6]))
+                     optional(row[4]), optional(row[5]), optional(row[6]),
+                     None if row[7] is None else orjson.loads(row[7]), None if row[8] is None else orjson.loads(row[8]))
+
+
+def _json(value: Mapping[str, Any] | None) -> str | None:
+    return None if value is None else orjson.dumps(dict(value)).decode()

@@ -56,3 +56,18 @@ def test_touch_records_last_use(store: ClientRegistry) -> None:
     when = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
     store.touch_client("emr", when)
     assert [c.last_used for c in store.list_clients()] == [when]
+
+
+def test_policy_and_keys_round_trip_and_can_be_replaced(store: ClientRegistry) -> None:
+    policy = {"organizations": ["Organization/district-a"], "districts": ["Gasabo"]}
+    jwks = {"keys": [{"kty": "EC", "crv": "P-384", "x": "x", "y": "y", "kid": "k1"}]}
+    store.save_client(ApiClient("emr", ("system/Patient.rs",), datetime.now(UTC), policy=policy), "hash-1")
+    found = store.client_by_name("emr")
+    assert found is not None and found.policy == policy and found.jwks is None
+    assert store.set_client_keys("emr", jwks) is True
+    assert store.set_client_policy("emr", None) is True
+    again = store.client_by_token_hash("hash-1")
+    assert again is not None and again.policy is None and again.jwks == jwks
+    assert store.client_by_name("nobody") is None
+    assert store.set_client_policy("nobody", policy) is False
+    assert store.set_client_keys("nobody", jwks) is False
