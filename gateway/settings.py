@@ -26,6 +26,7 @@ from gateway.delivery import DeliverySections, DeliverySettings, DestinationConf
 from gateway.errors import ConfigError
 from gateway.ingest import SourceConfig
 from gateway.scheduler import SchedulerSettings
+from gateway.search import DataPolicy, PolicyError
 
 __all__ = ["ConfigFileError", "SearchSettings", "Settings", "SourceConfig", "load_settings", "read_config_file"]
 
@@ -83,6 +84,11 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(
         None, description="Optional static bootstrap token with every scope (for automation)"
     )
+    client_policies: dict[str, dict[str, Any]] = Field(
+        {},
+        description="data policy per API client name (organizations, districts, patients, deidentify);"
+        " overrides one set with `gateway clients set-policy`",
+    )
     config_file: Path | None = Field(None, exclude=True)
 
     @field_validator("sources", "destinations")
@@ -135,6 +141,20 @@ class Settings(BaseSettings):
         if any(not host or "/" in host or "*" in host for host in hosts):
             raise ValueError("each entry is a host name or host:port, without scheme, path or wildcard")
         return hosts
+
+    @field_validator("client_policies")
+    @classmethod
+    def _client_policies(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, policy in value.items():
+            try:
+                DataPolicy.from_json(policy)
+            except PolicyError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+        return value
+
+    def data_policies(self) -> dict[str, DataPolicy]:
+        """The configured data policy of each named client."""
+        return {name: DataPolicy.from_json(policy) for name, policy in self.client_policies.items()}
 
     @field_validator("admin_token")
     @classmethod

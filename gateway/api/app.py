@@ -48,7 +48,8 @@ def build_context(services: Services) -> AppContext:
     """Everything request handlers share, over the process's services."""
     admin = services.settings.admin_token.get_secret_value() if services.settings.admin_token else None
     capability = capability_statement(services.registry, "", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
-    return AppContext.of(services, Authenticator(services.store, admin), capability)
+    auth = Authenticator(services.store, admin, policies=services.settings.data_policies())
+    return AppContext.of(services, auth, capability)
 
 
 def create_app(settings: Settings, *, store: Store | None = None, plan: ServicePlan | None = None) -> FastAPI:

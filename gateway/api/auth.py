@@ -9,6 +9,7 @@ from starlette.requests import Request
 from gateway.api.context import ctx_of
 from gateway.auth import Principal
 from gateway.errors import FhirError
+from gateway.search import RowFilter, SearchAccess
 
 
 def authenticate(request: Request) -> Principal:
@@ -26,6 +27,18 @@ def require_fhir(request: Request, rtype: str, letter: str) -> Principal:
             code="forbidden",
         )
     return principal
+
+
+def row_filter(request: Request, principal: Principal) -> RowFilter | None:
+    """The principal's data policy as the store applies it (None when it limits no rows)."""
+    if principal.policy is None or not principal.policy.limits_rows:
+        return None
+    return RowFilter(principal.policy, ctx_of(request).registry.patient_linked())
+
+
+def search_access(request: Request, principal: Principal) -> SearchAccess:
+    """What the principal may search and see, for every query the server runs for it."""
+    return SearchAccess(principal.can, row_filter(request, principal))
 
 
 _VERB = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -11,12 +12,12 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.auth import Principal
 from gateway.errors import FhirError, gone, not_found
-from gateway.fhir import bundles, issue, outcome_of, subset
+from gateway.fhir import bundles, deidentify, issue, outcome_of, subset
 from gateway.search import (
     MAX_INT_DIGITS,
     DateFormatError,
-    SearchAccess,
     SearchError,
     SearchQuery,
     date_range,
@@ -24,7 +25,7 @@ from gateway.search import (
 )
 from gateway.store import SearchResult, StoredResource
 
-from .auth import authenticate, require_fhir
+from .auth import authenticate, require_fhir, row_filter, search_access
 from .context import base_url, ctx_of
 from .fhir_common import check_path_id, check_type, version_headers
 from .negotiation import fhir_response, prefer, read_body, response_type
@@ -47,7 +48,7 @@ async def system_history(request: Request) -> Response:
     principal = authenticate(request)
     if not principal.can("*", "r"):
         raise FhirError("system history needs system/*.r", status=403, code="forbidden")
-    return await _history(request, None, None)
+    return await _history(request, principal, None, None)
 
 
 @router.get("/{rtype}", summary="Search (GET)")
@@ -79,8 +80,8 @@ async def search_post(request: Request, rtype: str) -> Response:
 async def type_history(request: Request, rtype: str) -> Response:
     """History of all resources of one type."""
     check_type(rtype)
-    require_fhir(request, rtype, "s")
-    return await _history(request, rtype, None)
+    principal = require_fhir(request, rtype, "s")
+    return await _history(request, principal, rtype, None)
 
 
 @router.get("/{rtype}/{rid}", summary="Read")
@@ -101,11 +102,11 @@ async def fast_read(request: Request) -> Response:
         return await type_history(request, rtype)
     check_type(rtype)
     check_path_id(rid)  # before the store sees it: PostgreSQL fails on a NUL in an id
-    require_fhir(request, rtype, "r")
+    principal = require_fhir(request, rtype, "r")
     media = response_type(request)
     ctx = ctx_of(request)
     res = await ctx.read(ctx.store.read, rtype, rid)
-    if res is None:
+    if res is None or (principal.policy is not None and not await _visible(request, principal, rtype, rid)):
         raise not_found(f"{rtype}/{rid} is not known")
     if res.deleted:
         raise FhirError(f"{rtype}/{rid} has been deleted", status=410, code="deleted",
@@ -114,6 +115,8 @@ async def fast_read(request: Request) -> Response:
     none_match = request.headers.get("if-none-match")
     if none_match is not None and none_match.strip().removeprefix("W/").strip('"') == str(res.version):
         return Response(status_code=304, headers=headers)
+    if principal.policy is not None and principal.policy.deidentify:
+        res = shown(principal, [res])[0]
     return fhir_response(res.content, media_type=media, headers=headers)
 
 
@@ -122,8 +125,10 @@ async def instance_history(request: Request, rtype: str, rid: str) -> Response:
     """Every version of one resource, newest first."""
     check_type(rtype)
     check_path_id(rid)
-    require_fhir(request, rtype, "r")
-    return await _history(request, rtype, rid)
+    principal = require_fhir(request, rtype, "r")
+    if principal.policy is not None and not await _visible(request, principal, rtype, rid):
+        raise not_found(f"{rtype}/{rid} is not known")
+    return await _history(request, principal, rtype, rid)
 
 
 @router.get("/{rtype}/{rid}/_history/{vid}", summary="Version read")
@@ -131,17 +136,17 @@ async def vread(request: Request, rtype: str, rid: str, vid: str) -> Response:
     """One version of a resource."""
     check_type(rtype)
     check_path_id(rid)
-    require_fhir(request, rtype, "r")
+    principal = require_fhir(request, rtype, "r")
     media = response_type(request)
     if not (vid.isascii() and vid.isdigit()) or len(vid) > MAX_INT_DIGITS:
         raise not_found(f"{rtype}/{rid} has no version {vid[:20]!r}")
     ctx = ctx_of(request)
     res = await ctx.read(ctx.store.vread, rtype, rid, int(vid))
-    if res is None:
+    if res is None or (principal.policy is not None and not await _visible(request, principal, rtype, rid)):
         raise not_found(f"{rtype}/{rid} has no version {vid}")
     if res.deleted:
         raise gone(f"version {vid} of {rtype}/{rid} is a deletion")
-    return fhir_response(res.content, media_type=media, headers=version_headers(res))
+    return fhir_response(shown(principal, [res])[0].content, media_type=media, headers=version_headers(res))
 
 
 @router.get("/Patient/{rid}/$everything", summary="Patient $everything")
@@ -152,14 +157,16 @@ async def everything(request: Request, rid: str) -> Response:
     media = response_type(request)
     ctx = ctx_of(request)
     patient = await ctx.read(ctx.store.read, "Patient", rid)
-    if patient is None:
+    if patient is None or (principal.policy is not None and not await _visible(request, principal, "Patient", rid)):
         raise not_found(f"Patient/{rid} is not known")
     if patient.deleted:
         raise gone(f"Patient/{rid} has been deleted")
     count, offset = _paging(request, ctx.settings.search.default_count, ctx.settings.search.max_count)
-    types = SearchAccess(principal.can).returnable()
+    # Every resource in a visible Patient's compartment refers to that Patient, so the data
+    # policy lets it through; the scopes still decide the types.
+    types = search_access(request, principal).returnable()
     related, total = await ctx.read(ctx.store.compartment, "Patient", rid, count, offset, types)
-    matches = ([patient] if offset == 0 else []) + related
+    matches = shown(principal, ([patient] if offset == 0 else []) + related)
     base = base_url(request)
     links = _page_links(f"{base}/Patient/{rid}/$everything", [], count, offset, total, len(related), None)
     body = bundles.searchset(base, matches, total=total + 1, links=links)
@@ -169,16 +176,34 @@ async def everything(request: Request, rid: str) -> Response:
 # -- shared bodies ---------------------------------------------------------------------------
 
 
+async def _visible(request: Request, principal: Principal, rtype: str, rid: str) -> bool:
+    """Whether the principal's data policy lets it see ``rtype/rid`` (live)."""
+    policy = row_filter(request, principal)
+    if policy is None or not policy.applies_to(rtype):
+        return True
+    ctx = ctx_of(request)
+    return rid in await ctx.read(ctx.store.visible, policy, rtype, [rid])
+
+
+def shown(principal: Principal, resources: list[StoredResource]) -> list[StoredResource]:
+    """The resources as the principal may be given them (de-identified when its policy says so)."""
+    if principal.policy is None or not principal.policy.deidentify:
+        return resources
+    return [r if r.deleted or not r.content else
+            replace(r, content=orjson.dumps(deidentify(orjson.loads(r.content)))) for r in resources]
+
+
 async def _search(request: Request, rtype: str, items: list[tuple[str, str]]) -> Response:
     ctx = ctx_of(request)
     principal = authenticate(request)
     media = response_type(request)
     strict = prefer(request).get("handling") == "strict"
     try:
-        query = ctx.parser.parse(rtype, items, strict=strict, access=SearchAccess(principal.can))
+        query = ctx.parser.parse(rtype, items, strict=strict, access=search_access(request, principal))
     except SearchError as exc:
         raise FhirError(str(exc), status=400, code=exc.code, expression=exc.expression) from exc
     result: SearchResult = await ctx.read(ctx.store.search, query)
+    result.resources, result.included = shown(principal, result.resources), shown(principal, result.included)
     base = base_url(request)
     links = _page_links(f"{base}/{rtype}", query.used, query.count, query.offset, result.total,
                         len(result.resources), result.snapshot)
@@ -237,7 +262,7 @@ def _paging(request: Request, default: int, maximum: int) -> tuple[int, int]:
                         expression=exc.expression or ["_count"]) from exc
 
 
-async def _history(request: Request, rtype: str | None, rid: str | None) -> Response:
+async def _history(request: Request, principal: Principal, rtype: str | None, rid: str | None) -> Response:
     ctx = ctx_of(request)
     media = response_type(request)
     count, offset = _paging(request, ctx.settings.search.default_count, ctx.settings.search.max_count)
@@ -248,9 +273,11 @@ async def _history(request: Request, rtype: str | None, rid: str | None) -> Resp
             since = datetime.fromtimestamp(min(max(date_range(raw_since)[0], _EARLIEST), _LATEST), UTC)
         except DateFormatError as exc:
             raise FhirError(f"_since: {exc}", status=400, code="invalid", expression=["_since"]) from exc
+    policy = row_filter(request, principal)
     versions, total = await ctx.read(
-        lambda: ctx.store.history(rtype, rid, since=since, count=count, offset=offset)
+        lambda: ctx.store.history(rtype, rid, since=since, count=count, offset=offset, policy=policy)
     )
+    versions = shown(principal, versions)
     if rid is not None and total == 0:
         raise not_found(f"{rtype}/{rid} is not known")
     base = base_url(request)

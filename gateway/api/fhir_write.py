@@ -11,10 +11,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.errors import FhirError, invalid
-from gateway.fhir import informational, interactions, parse_json, process_bundle, require_resource, validate_resource
-from gateway.search import RESULT_PARAMS, SearchAccess
+from gateway.fhir import (
+    deidentify,
+    informational,
+    interactions,
+    parse_json,
+    process_bundle,
+    require_resource,
+    validate_resource,
+)
+from gateway.search import RESULT_PARAMS
 
-from .auth import authenticate, require_fhir
+from .auth import authenticate, require_fhir, row_filter, search_access
 from .context import AppContext, base_url, ctx_of
 from .fhir_common import check_path_id, check_type, parse_if_match, write_response
 from .negotiation import check_content_type, fhir_response, prefer, read_body, response_type
@@ -63,7 +71,7 @@ def _query_string(request: Request) -> str:
 async def create(request: Request, rtype: str) -> Response:
     """Create a resource (conditional with If-None-Exist)."""
     check_type(rtype)
-    access = SearchAccess(require_fhir(request, rtype, "c").can)
+    access = search_access(request, require_fhir(request, rtype, "c"))
     media = response_type(request)
     ctx = ctx_of(request)
     data = await _resource_body(request, ctx, rtype)
@@ -80,20 +88,21 @@ async def update(request: Request, rtype: str, rid: str) -> Response:
     """Update a resource, or create it with this id (update-as-create)."""
     check_type(rtype)
     check_path_id(rid)
-    require_fhir(request, rtype, "u")
+    access = search_access(request, require_fhir(request, rtype, "u"))
     media = response_type(request)
     ctx = ctx_of(request)
     if_match = parse_if_match(request)
     data = await _resource_body(request, ctx, rtype)
 
-    return await _write(request, ctx, media, interactions.update, data, rtype, rid, if_match=if_match)
+    return await _write(request, ctx, media, interactions.update, data, rtype, rid, if_match=if_match,
+                        access=access)
 
 
 @router.put("/{rtype}", summary="Conditional update")
 async def conditional_update(request: Request, rtype: str) -> Response:
     """Update the one resource the query matches, or create it."""
     check_type(rtype)
-    access = SearchAccess(require_fhir(request, rtype, "u").can)
+    access = search_access(request, require_fhir(request, rtype, "u"))
     media = response_type(request)
     ctx = ctx_of(request)
     query = _query_string(request)
@@ -110,7 +119,7 @@ async def patch(request: Request, rtype: str, rid: str) -> Response:
     """Apply a JSON Patch document to a resource."""
     check_type(rtype)
     check_path_id(rid)
-    require_fhir(request, rtype, "u")
+    access = search_access(request, require_fhir(request, rtype, "u"))
     media = response_type(request)
     ctx = ctx_of(request)
     check_content_type(request, {"application/json-patch+json"})
@@ -120,7 +129,8 @@ async def patch(request: Request, rtype: str, rid: str) -> Response:
     operations = parse_json(await read_body(request, ctx.settings.max_body_bytes),
                             max_depth=ctx.settings.max_json_depth)
 
-    return await _write(request, ctx, media, interactions.patch, rtype, rid, operations, if_match=if_match)
+    return await _write(request, ctx, media, interactions.patch, rtype, rid, operations, if_match=if_match,
+                        access=access)
 
 
 @router.delete("/{rtype}/{rid}", summary="Delete")
@@ -128,11 +138,11 @@ async def delete(request: Request, rtype: str, rid: str) -> Response:
     """Delete a resource (later reads answer 410 Gone)."""
     check_type(rtype)
     check_path_id(rid)
-    require_fhir(request, rtype, "d")
+    access = search_access(request, require_fhir(request, rtype, "d"))
     media = response_type(request)
     ctx = ctx_of(request)
 
-    deleted = await _in_transaction(ctx, interactions.delete, rtype, rid) is not None
+    deleted = await _in_transaction(ctx, interactions.delete, rtype, rid, access=access) is not None
     text = f"{rtype}/{rid} deleted" if deleted else f"{rtype}/{rid} was not there; nothing to delete"
     return fhir_response(informational(text), media_type=media)
 
@@ -141,7 +151,7 @@ async def delete(request: Request, rtype: str, rid: str) -> Response:
 async def conditional_delete(request: Request, rtype: str) -> Response:
     """Delete the single resource a query matches."""
     check_type(rtype)
-    access = SearchAccess(require_fhir(request, rtype, "d").can)
+    access = search_access(request, require_fhir(request, rtype, "d"))
     media = response_type(request)
     ctx = ctx_of(request)
     query = _query_string(request)
@@ -165,7 +175,25 @@ async def batch_or_transaction(request: Request) -> Response:
     base = base_url(request)
     minimal = prefer(request).get("return") == "minimal"
 
-    def work() -> dict[str, Any]:
-        return process_bundle(ctx.store, ctx.parser, bundle, base, can=principal.can, return_resources=not minimal)
+    policy = row_filter(request, principal)
 
-    return fhir_response(await ctx.write(work), media_type=media)
+    def work() -> dict[str, Any]:
+        return process_bundle(ctx.store, ctx.parser, bundle, base, can=principal.can, policy=policy,
+                              return_resources=not minimal)
+
+    response = await ctx.write(work)
+    if principal.policy is not None and principal.policy.deidentify:
+        _deidentify_entries(response)
+    return fhir_response(response, media_type=media)
+
+
+def _deidentify_entries(bundle: dict[str, Any]) -> None:
+    """De-identify every resource a batch/transaction response carries, searchsets included."""
+    for entry in bundle.get("entry", []):
+        resource = entry.get("resource")
+        if not isinstance(resource, dict):
+            continue
+        if resource.get("resourceType") == "Bundle":
+            _deidentify_entries(resource)
+        else:
+            entry["resource"] = deidentify(resource)

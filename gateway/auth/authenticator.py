@@ -5,16 +5,17 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from gateway.auth.scopes import Principal
 from gateway.auth.tokens import hash_token
 from gateway.errors import FhirError
+from gateway.search import DataPolicy, PolicyError
 
 if TYPE_CHECKING:
-    from gateway.store import ClientRegistry
+    from gateway.store import ApiClient, ClientRegistry
 
 __all__ = ["Authenticator"]
 
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 _CACHE_SECONDS = 1.0
 # Last use is a write on the read path, so it is recorded at most this often per client per process.
 _TOUCH_SECONDS = 60.0
+# Sees no Patient: no resource has an empty id.
+_NOTHING = DataPolicy(patients=("",))
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="chw-gateway"'}
 
 
@@ -33,8 +36,10 @@ class Authenticator:
     """Resolves ``Authorization: Bearer`` tokens to principals, with a 1 s cache."""
 
     def __init__(self, store: ClientRegistry, admin_token: str | None = None,
-                 now: Callable[[], float] = time.time) -> None:
+                 now: Callable[[], float] = time.time, policies: Mapping[str, DataPolicy] | None = None) -> None:
         self.store = store
+        # Policies from the configuration file win over those set with `gateway clients set-policy`.
+        self._policies = dict(policies or {})
         self._admin_hash = hash_token(admin_token) if admin_token else None
         self._now = now
         # digest -> (cached until, principal or None, expires epoch or None)
@@ -60,7 +65,7 @@ class Authenticator:
         else:
             client = self.store.client_by_token_hash(digest)
             active = client is not None and client.active(datetime.fromtimestamp(now, UTC))
-            found = Principal.of(client.name, client.scopes) if client is not None and active else None
+            found = self._principal(client) if client is not None and active else None
             expires = client.expires.timestamp() if client is not None and client.expires else None
             if len(self._cache) > 10_000:
                 self._cache.clear()
@@ -69,6 +74,17 @@ class Authenticator:
             raise FhirError("the token is not valid", status=401, code="login", headers=_CHALLENGE)
         self._touch(found.name, now)
         return found
+
+    def _principal(self, client: ApiClient) -> Principal:
+        policy = self._policies.get(client.name)
+        if policy is None and client.policy is not None:
+            try:
+                policy = DataPolicy.from_json(client.policy)
+            except PolicyError:
+                # Fail closed: a policy nobody can read must not become "no policy".
+                log.warning("the stored data policy of a client cannot be read; its requests are refused")
+                policy = _NOTHING
+        return Principal.of(client.name, client.scopes, policy)
 
     def _touch(self, name: str, now: float) -> None:
         if now - self._touched.get(name, float("-inf")) < _TOUCH_SECONDS:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from gateway.errors import RequestError
 from gateway.r4 import RESOURCE_TYPES
+from gateway.search import DataPolicy
 
 _SMART = re.compile(r"^system/(?P<type>\*|[A-Z][A-Za-z]+)\.(?P<perm>[cruds]+|read|write|\*)$")
 _INGEST = re.compile(r"^ingest:(\*|[A-Za-z0-9_-]{1,64})$")
@@ -58,9 +59,10 @@ class Principal:
     name: str
     scopes: tuple[str, ...]
     _fhir: dict[str, str] = field(default_factory=dict, compare=False)
+    policy: DataPolicy | None = None  # which rows it may see (None: all its scopes allow)
 
     @classmethod
-    def of(cls, name: str, scopes: tuple[str, ...]) -> Principal:
+    def of(cls, name: str, scopes: tuple[str, ...], policy: DataPolicy | None = None) -> Principal:
         """Build a principal, pre-computing its FHIR permissions."""
         fhir: dict[str, str] = {}
         for scope in scopes:
@@ -70,7 +72,7 @@ class Principal:
                 continue
             if parsed is not None:
                 fhir[parsed[0]] = "".join(sorted(set(fhir.get(parsed[0], "") + parsed[1]), key="cruds".index))
-        return cls(name, scopes, fhir)
+        return cls(name, scopes, fhir, policy)
 
     def can(self, rtype: str, letter: str) -> bool:
         """May this client do ``letter`` (one of c r u d s) on ``rtype``?"""

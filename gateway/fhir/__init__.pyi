@@ -1,6 +1,7 @@
 """Typed surface of ``gateway.fhir`` (loaded lazily by ``__init__.py``)."""
 from . import bundles as bundles
 from . import interactions as interactions
+from .deidentification import deidentify as deidentify
 from .fhirpath import FhirPathError as FhirPathError
 from .fhirpath import compile_fhirpath as compile_fhirpath
 from .fhirpath import function_names as function_names

@@ -17,7 +17,7 @@ import orjson
 
 from gateway.errors import FhirError, gone, invalid, not_found
 from gateway.fhir.validate import validate_resource
-from gateway.search import QueryParser, SearchAccess, SearchError
+from gateway.search import TRUSTED, QueryParser, SearchAccess, SearchError
 from gateway.store import PreparedWrite, StoredResource, StoreTransaction, VersionConflict
 
 ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -73,7 +73,31 @@ def create(
             return WriteOutcome(200, found[0], changed=False)
     body = {k: v for k, v in resource.items() if k != "id"}
     result = tx.create(body, rid=rid)
+    require_visible_after(tx, access, result.resource)
     return WriteOutcome(201, result.resource)
+
+
+def require_visible_before(tx: StoreTransaction, access: SearchAccess, rtype: str, rid: str) -> None:
+    """403 when the client's data policy hides the live resource ``rtype/rid`` it is about to change."""
+    policy = access.policy
+    if policy is None or not policy.applies_to(rtype):
+        return
+    current = tx.read(rtype, rid)
+    if current is not None and not current.deleted and rid not in tx.visible(policy, rtype, [rid]):
+        raise FhirError(f"{rtype}/{rid} is outside the client's data policy", status=403, code="forbidden")
+
+
+def require_visible_after(tx: StoreTransaction, access: SearchAccess, written: StoredResource) -> None:
+    """403 (the transaction rolls back) when the client could not see what it just wrote."""
+    policy = access.policy
+    if policy is None or written.deleted or not policy.applies_to(written.type):
+        return
+    if written.id not in tx.visible(policy, written.type, [written.id]):
+        what = "be a Patient it may see" if written.type == "Patient" else "refer to a Patient it may see"
+        raise FhirError(
+            f"the {written.type} would be outside the client's data policy (it must {what})",
+            status=403, code="forbidden",
+        )  # fmt: skip
 
 
 def update(
@@ -85,6 +109,7 @@ def update(
     if_match: int | None = None,
     skip_unchanged: bool = False,
     prepared: PreparedWrite | None = None,
+    access: SearchAccess = TRUSTED,
 ) -> WriteOutcome:
     """``PUT [type]/[id]`` with update-as-create and optional ``If-Match``."""
     body_id = resource.get("id")
@@ -92,6 +117,7 @@ def update(
         raise invalid("the resource must carry its id for an update", [f"{rtype}.id"], code="required")
     if body_id != rid:
         raise invalid(f"the resource id {str(body_id)[:70]!r} does not match the URL id {rid!r}", [f"{rtype}.id"])
+    require_visible_before(tx, access, rtype, rid)
     try:
         result = tx.update(resource, if_match=if_match, skip_unchanged=skip_unchanged, prepared=prepared)
     except VersionConflict as exc:
@@ -100,6 +126,7 @@ def update(
             status=412,
             code="conflict",
         ) from exc
+    require_visible_after(tx, access, result.resource)
     return WriteOutcome(201 if result.created else 200, result.resource)
 
 
@@ -119,16 +146,17 @@ def conditional_update(
     if not found:
         body_id = resource.get("id")
         if body_id is not None:
-            return update(tx, resource, rtype, check_id(str(body_id)))
+            return update(tx, resource, rtype, check_id(str(body_id)), access=access)
         return create(tx, parser, resource, access=access)
     target = found[0]
     if resource.get("id") not in (None, target.id):
         raise invalid("the resource id does not match the resource the condition found", [f"{rtype}.id"])
-    return update(tx, {**resource, "id": target.id}, rtype, target.id)
+    return update(tx, {**resource, "id": target.id}, rtype, target.id, access=access)
 
 
-def delete(tx: StoreTransaction, rtype: str, rid: str) -> StoredResource | None:
+def delete(tx: StoreTransaction, rtype: str, rid: str, *, access: SearchAccess = TRUSTED) -> StoredResource | None:
     """``DELETE [type]/[id]``: idempotent, so deleting twice is not an error."""
+    require_visible_before(tx, access, rtype, rid)
     return tx.delete(rtype, rid)
 
 
@@ -145,12 +173,14 @@ def conditional_delete(
 
 
 def patch(
-    tx: StoreTransaction, rtype: str, rid: str, operations: Any, *, if_match: int | None = None
+    tx: StoreTransaction, rtype: str, rid: str, operations: Any, *, if_match: int | None = None,
+    access: SearchAccess = TRUSTED,
 ) -> WriteOutcome:
     """``PATCH [type]/[id]`` with a JSON Patch document."""
     current = tx.read(rtype, rid)
     if current is None:
         raise not_found(f"{rtype}/{rid} is not known")
+    require_visible_before(tx, access, rtype, rid)
     if current.deleted:
         raise gone(f"{rtype}/{rid} has been deleted")
     if not isinstance(operations, list):
@@ -165,4 +195,4 @@ def patch(
     if not isinstance(patched, dict) or patched.get("resourceType") != rtype or patched.get("id") != rid:
         raise FhirError("a patch may not change resourceType or id", status=422, code="processing")
     validate_resource(patched, expected_type=rtype)
-    return update(tx, patched, rtype, rid, if_match=if_match)
+    return update(tx, patched, rtype, rid, if_match=if_match, access=access)

@@ -27,7 +27,16 @@ from gateway.fhir import interactions
 from gateway.fhir.outcome import outcome_of
 from gateway.fhir.validate import validate_resource
 from gateway.r4 import RESOURCE_TYPES
-from gateway.search import MAX_INT_DIGITS, TRUSTED, Permission, QueryParser, SearchAccess, SearchError, format_instant
+from gateway.search import (
+    MAX_INT_DIGITS,
+    TRUSTED,
+    Permission,
+    QueryParser,
+    RowFilter,
+    SearchAccess,
+    SearchError,
+    format_instant,
+)
 from gateway.store import PreparedWrite, ResourceStore, StoredResource, StoreTransaction
 
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
@@ -62,6 +71,7 @@ def process_bundle(
     base: str,
     *,
     can: Permission = TRUSTED.can,
+    policy: RowFilter | None = None,
     return_resources: bool = True,
     skip_unchanged: bool = False,
 ) -> dict[str, Any]:
@@ -70,11 +80,11 @@ def process_bundle(
     if kind == "transaction":
         return run_prepared(
             prepare_transaction(
-                store, parser, bundle, base, can=can, return_resources=return_resources,
+                store, parser, bundle, base, can=can, policy=policy, return_resources=return_resources,
                 skip_unchanged=skip_unchanged,
             )
         )  # fmt: skip
-    processor = _Processor(store, parser, base, can, return_resources, skip_unchanged)
+    processor = _Processor(store, parser, base, can, policy, return_resources, skip_unchanged)
     # Batch entries may not depend on each other (http.html#brules), so each runs alone.
     return _response(kind, [processor.run_batch_entry(i, raw) for i, raw in enumerate(_entries(bundle))])
 
@@ -98,13 +108,14 @@ def prepare_transaction(
     base: str,
     *,
     can: Permission = TRUSTED.can,
+    policy: RowFilter | None = None,
     return_resources: bool = True,
     skip_unchanged: bool = False,
 ) -> PreparedTransaction:
     """Parse and validate a transaction Bundle (a 4xx ``FhirError`` naming the entry if not)."""
     if _bundle_type(bundle) != "transaction":
         raise invalid("a transaction Bundle is needed here", ["Bundle.type"], code="value")
-    processor = _Processor(store, parser, base, can, return_resources, skip_unchanged)
+    processor = _Processor(store, parser, base, can, policy, return_resources, skip_unchanged)
     entries = [processor.parse_entry(i, raw) for i, raw in enumerate(_entries(bundle))]
     processor.prepare_writes(entries)
     return PreparedTransaction(processor, entries)
@@ -167,6 +178,7 @@ class _Processor:
         parser: QueryParser,
         base: str,
         can: Permission,
+        policy: RowFilter | None,
         return_resources: bool,
         skip_unchanged: bool,
     ) -> None:
@@ -174,8 +186,9 @@ class _Processor:
         self.parser = parser
         self.base = base
         self.can = can
-        # Every search an entry runs (ifNoneExist, conditional update/delete/references, GET) is checked here.
-        self.access = TRUSTED if can is TRUSTED.can else SearchAccess(can)
+        # Every search an entry runs (ifNoneExist, conditional update/delete/references, GET) is checked
+        # here, and every row it reads or writes against the client's data policy.
+        self.access = TRUSTED if can is TRUSTED.can and policy is None else SearchAccess(can, policy)
         self.return_resources = return_resources
         self.skip_unchanged = skip_unchanged
 
@@ -350,16 +363,18 @@ class _Processor:
                 assert e.resource is not None and e.rid is not None
                 resource = {**e.resource, "id": e.resource.get("id", e.rid) if e.query == "" else e.rid}
                 outcome = interactions.update(tx, resource, e.rtype, e.rid, if_match=e.if_match,
-                                              skip_unchanged=self.skip_unchanged, prepared=e.prepared)
+                                              skip_unchanged=self.skip_unchanged, prepared=e.prepared,
+                                              access=self.access)
                 return self._write_response(outcome.status, outcome.resource)
             if e.method == "PATCH":
                 if e.rid is None:
                     raise invalid("PATCH needs an id", [f"{e.where}.request.url"])
-                outcome = interactions.patch(tx, e.rtype, e.rid, e.resource, if_match=e.if_match)
+                outcome = interactions.patch(tx, e.rtype, e.rid, e.resource, if_match=e.if_match,
+                                             access=self.access)
                 return self._write_response(outcome.status, outcome.resource)
             if e.method == "DELETE":
                 if e.rid is not None:
-                    interactions.delete(tx, e.rtype, e.rid)
+                    interactions.delete(tx, e.rtype, e.rid, access=self.access)
                 else:
                     interactions.conditional_delete(tx, self.parser, e.rtype, e.query, access=self.access)
                 return {"response": {"status": "204 No Content"}}
@@ -372,7 +387,9 @@ class _Processor:
     def _get(self, tx: StoreTransaction, e: _Entry) -> dict[str, Any]:
         if e.rid is not None:
             current = self.store.vread(e.rtype, e.rid, e.version) if e.version else tx.read(e.rtype, e.rid)
-            if current is None:
+            policy = self.access.policy
+            hidden = policy is not None and policy.applies_to(e.rtype) and not tx.visible(policy, e.rtype, [e.rid])
+            if current is None or hidden:
                 raise not_found(f"{e.rtype}/{e.rid} is not known")
             if current.deleted:
                 return {"response": {"status": "410 Gone"}}

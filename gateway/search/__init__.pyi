@@ -9,6 +9,9 @@ from .dates import from_epoch as from_epoch
 from .extract import ExtractionPlan as ExtractionPlan
 from .extract import IndexRows as IndexRows
 from .extract import index_rows as index_rows
+from .policy import DataPolicy as DataPolicy
+from .policy import PolicyError as PolicyError
+from .policy import RowFilter as RowFilter
 from .query import MAX_INT_DIGITS as MAX_INT_DIGITS
 from .query import RESULT_PARAMS as RESULT_PARAMS
 from .query import QueryParser as QueryParser
@@ -21,3 +24,5 @@ from .registry import default_registry as default_registry
 from .sql import count_sql as count_sql
 from .sql import date_sort_walk as date_sort_walk
 from .sql import page_sql as page_sql
+from .sql import visible_rids as visible_rids
+from .sql import visible_rows as visible_rows

@@ -6,7 +6,9 @@ and the type a conditional create, update, delete or reference in a Bundle looks
 need the SMART ``s`` letter on that type. Resources returned alongside the matches
 (``_include``, ``_revinclude``, ``$everything``) need ``r`` or ``s`` on their type, the
 same as reading them. ``QueryParser.parse`` checks every query it builds against a
-``SearchAccess``; ``$everything`` asks it which types to return.
+``SearchAccess``; ``$everything`` asks it which types to return. The client's data policy
+(``gateway.search.policy``) rides along: the parser puts it on the query, and the store
+applies it to every row the query reads.
 """
 
 from __future__ import annotations
@@ -15,17 +17,19 @@ from collections.abc import Callable, Iterable
 
 from gateway.errors import FhirError
 from gateway.r4 import RESOURCE_TYPES
+from gateway.search.policy import RowFilter
 
 Permission = Callable[[str, str], bool]  # (resource type, c|r|u|d|s) -> allowed
 
 
 class SearchAccess:
-    """A client's permission to search and include resource types."""
+    """A client's permission to search and include resource types, and the rows it may see."""
 
-    __slots__ = ("can",)
+    __slots__ = ("can", "policy")
 
-    def __init__(self, can: Permission) -> None:
+    def __init__(self, can: Permission, policy: RowFilter | None = None) -> None:
         self.can = can
+        self.policy = policy if policy is not None and policy.policy.limits_rows else None
 
     def require_search(self, rtype: str, expression: str | None = None) -> None:
         """403 unless the client may search ``rtype``."""

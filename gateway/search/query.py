@@ -17,6 +17,7 @@ from gateway.search.access import TRUSTED, SearchAccess
 from gateway.search.dates import DateFormatError, date_range
 from gateway.search.extract import normalise
 from gateway.search.paths import split_reference
+from gateway.search.policy import RowFilter
 from gateway.search.registry import SearchParam, SearchRegistry
 
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
@@ -163,6 +164,7 @@ class SearchQuery:
     revincludes: list[Include] = field(default_factory=list)
     max_included: int = _MAX_INCLUDED  # more resources to include is a SearchError
     used: list[tuple[str, str]] = field(default_factory=list)  # applied params, for the self link
+    policy: RowFilter | None = None  # the client's data policy: rows it may see
     warnings: list[str] = field(default_factory=list)
 
 
@@ -266,6 +268,8 @@ class QueryParser:
     def _authorise(self, query: SearchQuery, access: SearchAccess) -> None:
         # Every type the query filters on is searched, so each needs "s"; included types are
         # returned, so each needs "r" or "s". An _include naming no type keeps the types allowed.
+        # The client's data policy goes with the query: the store applies it to every row it reads.
+        query.policy = access.policy
         access.require_search(query.rtype)
         for criterion in query.criteria:
             other = criterion.chain[0] if criterion.chain else criterion.has[0] if criterion.has else None

@@ -26,6 +26,8 @@ INDEXED_TYPES = {
     "quantity": "number",
 }
 
+# A reference parameter with this many target types is an "any resource" reference.
+_ANY_TARGET = 50
 # Handled by the query builder itself rather than by index rows.
 SPECIAL = {"_id", "_lastUpdated"}
 # Not offered: answering them as plain string or text matches would claim what they do not do.
@@ -54,6 +56,7 @@ class SearchRegistry:
 
     def __init__(self, definitions: list[dict[str, Any]], resource_types: frozenset[str]) -> None:
         self._by_type: dict[str, dict[str, SearchParam]] = {t: {} for t in resource_types}
+        self._patient_linked: frozenset[str] | None = None
         common: list[dict[str, Any]] = []
         for sp in definitions:
             if (sp["type"] not in INDEXED_TYPES and sp["code"] not in SPECIAL) or sp["code"] in UNSUPPORTED:
@@ -87,6 +90,20 @@ class SearchRegistry:
     def get(self, rtype: str, code: str) -> SearchParam | None:
         """One parameter, or None when the type does not support it."""
         return self._by_type.get(rtype, {}).get(code)
+
+    def patient_linked(self) -> frozenset[str]:
+        """Patient and every type with a reference parameter meant to point at a Patient.
+
+        A parameter that may point at any type (``Provenance.target``, ``Library.depends-on``)
+        does not count: it would make definitional types patient data.
+        """
+        if self._patient_linked is None:
+            self._patient_linked = frozenset(
+                ["Patient"] + [t for t, params in self._by_type.items()
+                               if any(p.type == "reference" and "Patient" in p.targets
+                                      and len(p.targets) < _ANY_TARGET for p in params.values())]
+            )  # fmt: skip
+        return self._patient_linked
 
     def indexed(self, rtype: str) -> list[SearchParam]:
         """The parameters whose values are extracted into index rows on write."""

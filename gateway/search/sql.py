@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from gateway.search.policy import DataPolicy, RowFilter
 from gateway.search.query import (
     Criterion,
     DateValue,
@@ -79,9 +80,15 @@ def match_set(query: SearchQuery) -> tuple[str, Params]:
     parts: list[str] = []
     params: Params = []
     for criterion in driving:
-        part, part_params = rid_set(query.rtype, criterion)
+        part, part_params = rid_set(query.rtype, criterion, query.policy)
         parts.append(part)
         params.extend(part_params)
+    visible = visible_rids(query.policy, query.rtype)
+    if visible is not None:
+        parts.append(visible[0])
+        params.extend(visible[1])
+    if not parts:
+        return "", []
     sql = " INTERSECT ".join(parts)
     if not filters:
         return sql, params
@@ -157,19 +164,19 @@ def _resource_filters(query: SearchQuery, alias: str) -> tuple[list[str], Params
         params.extend(cond_params)
     for criterion in query.criteria:
         if not _is_positive(criterion):
-            part, part_params = rid_set(query.rtype, criterion)
+            part, part_params = rid_set(query.rtype, criterion, query.policy)
             sql.append(f"{alias}.rid NOT IN ({part})")
             params.extend(part_params)
     return sql, params
 
 
-def rid_set(rtype: str, c: Criterion) -> tuple[str, Params]:
+def rid_set(rtype: str, c: Criterion, policy: RowFilter | None = None) -> tuple[str, Params]:
     """``SELECT x.rid FROM idx_… x WHERE …`` for one criterion (``:not``/``:missing=true`` give
-    the set to exclude)."""
+    the set to exclude); a chain or ``_has`` only looks at resources ``policy`` lets the client see."""
     table = TABLES[c.param.table]
     if c.has is not None:
         source, ref_param, inner = c.has
-        inner_sql, inner_params = _matching(source, inner)
+        inner_sql, inner_params = _matching(source, inner, policy)
         sql = (
             "SELECT r2.rid FROM resources r2 WHERE r2.rtype = ? AND r2.deleted = 0 AND r2.id IN"
             " (SELECT x.tid FROM idx_ref x WHERE x.rtype = ? AND x.param = ? AND x.ttype = ?"
@@ -178,7 +185,7 @@ def rid_set(rtype: str, c: Criterion) -> tuple[str, Params]:
         return sql, [rtype, source, ref_param, rtype, *inner_params]
     if c.chain is not None:
         target, inner = c.chain
-        inner_sql, inner_params = _matching(target, inner)
+        inner_sql, inner_params = _matching(target, inner, policy)
         sql = (
             "SELECT x.rid FROM idx_ref x WHERE x.rtype = ? AND x.param = ? AND x.ttype = ?"
             " AND x.tid IN (SELECT c.id FROM resources c WHERE c.rtype = ? AND c.deleted = 0"
@@ -197,13 +204,81 @@ def rid_set(rtype: str, c: Criterion) -> tuple[str, Params]:
     return f"{base} AND ({' OR '.join(ors)})", params
 
 
-def _matching(rtype: str, c: Criterion) -> tuple[str, Params]:
-    """Row ids of live ``rtype`` resources matching ``c``, whether it is positive or not."""
-    sql, params = rid_set(rtype, c)
-    if _is_positive(c):
+def _matching(rtype: str, c: Criterion, policy: RowFilter | None) -> tuple[str, Params]:
+    """Row ids of live ``rtype`` resources matching ``c`` (positive or not) that ``policy`` lets through."""
+    sql, params = rid_set(rtype, c, policy)
+    if not _is_positive(c):
+        sql, params = (f"SELECT n.rid FROM resources n WHERE n.rtype = ? AND n.deleted = 0 AND n.rid NOT IN ({sql})",
+                       [rtype, *params])
+    visible = visible_rids(policy, rtype)
+    if visible is None:
         return sql, params
-    return (f"SELECT n.rid FROM resources n WHERE n.rtype = ? AND n.deleted = 0 AND n.rid NOT IN ({sql})",
-            [rtype, *params])
+    return f"{sql} INTERSECT {visible[0]}", [*params, *visible[1]]
+
+
+# -- data policies ---------------------------------------------------------------------------
+
+
+def visible_rids(policy: RowFilter | None, rtype: str) -> tuple[str, Params] | None:
+    """Row ids of the live ``rtype`` resources ``policy`` lets the client see; None: all of them."""
+    if policy is None or not policy.policy.limits_rows or not policy.applies_to(rtype):
+        return None
+    patients, params = visible_patients(policy.policy)
+    if rtype == "Patient":
+        return patients, params
+    # Deleting a resource removes its index rows, so these are live resources.
+    return ("SELECT DISTINCT pol_v.rid FROM idx_ref pol_v WHERE pol_v.rtype = ? AND pol_v.ttype = 'Patient'"
+            f" AND pol_v.tid IN (SELECT pol_vp.id FROM resources pol_vp WHERE pol_vp.rid IN ({patients}))", [rtype, *params])
+
+
+def visible_patients(policy: DataPolicy) -> tuple[str, Params]:
+    """Row ids of the live Patients a (row-limiting) policy lets the client see."""
+    ors: list[str] = []
+    params: Params = []
+    if policy.organizations:
+        # The policy's Organizations and every Organization below them (partOf, any depth).
+        roots = " UNION ".join("SELECT CAST(? AS TEXT)" for _ in policy.organizations)
+        subtree = (
+            f"WITH RECURSIVE pol_sub(id) AS ({roots} UNION SELECT pol_c.id FROM pol_sub"
+            " JOIN idx_ref pol_y ON pol_y.ttype = 'Organization' AND pol_y.tid = pol_sub.id"
+            " AND pol_y.rtype = 'Organization' AND pol_y.param = 'partof'"
+            " JOIN resources pol_c ON pol_c.rid = pol_y.rid) SELECT pol_sub.id FROM pol_sub"
+        )
+        ors.append(
+            "pol_p.rid IN (SELECT pol_o.rid FROM idx_ref pol_o WHERE pol_o.rtype = 'Patient'"
+            f" AND pol_o.param = 'organization' AND pol_o.ttype = 'Organization' AND pol_o.tid IN ({subtree}))"
+        )
+        params.extend(policy.organizations)
+    if policy.districts:
+        keys = policy.district_keys
+        ors.append("pol_p.rid IN (SELECT pol_s.rid FROM idx_string pol_s WHERE pol_s.rtype = 'Patient'"
+                   f" AND pol_s.param = 'address' AND pol_s.norm IN ({', '.join('?' for _ in keys)}))")
+        params.extend(keys)
+    if policy.patients:
+        ors.append(f"pol_p.id IN ({', '.join('?' for _ in policy.patients)})")
+        params.extend(policy.patients)
+    return ("SELECT pol_p.rid FROM resources pol_p WHERE pol_p.rtype = 'Patient' AND pol_p.deleted = 0"
+            f" AND ({' OR '.join(ors)})", params)
+
+
+def visible_rows(policy: RowFilter | None, alias: str) -> tuple[str, Params] | None:
+    """A condition on rows ``alias`` of any type (``rtype``, ``id`` columns): the resource, as it is
+    now, is one ``policy`` lets the client see. None: no condition."""
+    if policy is None or not policy.policy.limits_rows:
+        return None
+    patients, params = visible_patients(policy.policy)
+    restricted = sorted(policy.restricted - {"Patient"})
+    marks = ", ".join("?" for _ in restricted)
+    sql = (
+        f"({alias}.rtype NOT IN ('Patient', {marks})"
+        f" OR ({alias}.rtype = 'Patient' AND {alias}.id IN (SELECT pol_vp.id FROM resources pol_vp"
+        f" WHERE pol_vp.rid IN ({patients})))"
+        f" OR ({alias}.rtype <> 'Patient' AND EXISTS (SELECT 1 FROM resources pol_cur"
+        " JOIN idx_ref pol_v ON pol_v.rid = pol_cur.rid"
+        f" WHERE pol_cur.rtype = {alias}.rtype AND pol_cur.id = {alias}.id AND pol_v.ttype = 'Patient'"
+        f" AND pol_v.tid IN (SELECT pol_vq.id FROM resources pol_vq WHERE pol_vq.rid IN ({patients})))))"
+    )
+    return sql, [*restricted, *params, *params]
 
 
 def _value_sql(c: Criterion, value: Any) -> tuple[str, Params]:

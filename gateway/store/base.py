@@ -38,7 +38,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from gateway.errors import StoreError
-from gateway.search import IndexRows, SearchQuery
+from gateway.search import IndexRows, RowFilter, SearchQuery
 
 
 class ChangeOp(StrEnum):
@@ -164,6 +164,11 @@ class StoreTransaction(Protocol):
         """Run a parsed search inside this transaction (it sees the transaction's own writes)."""
         ...
 
+    def visible(self, policy: RowFilter | None, rtype: str, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` (live ``rtype`` resources) ``policy`` lets the client see, seeing this
+        transaction's writes."""
+        ...
+
     def prefetch(self, refs: Iterable[tuple[str, str]]) -> None:
         """Load the current versions of these resources at once, ahead of writing them."""
         ...
@@ -214,6 +219,10 @@ class ResourceStore(Protocol):
         """One stored version of a resource, or None."""
         ...
 
+    def visible(self, policy: RowFilter | None, rtype: str, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` (live ``rtype`` resources) ``policy`` lets the client see."""
+        ...
+
     def history(
         self,
         rtype: str | None,
@@ -222,8 +231,10 @@ class ResourceStore(Protocol):
         since: datetime | None = None,
         count: int = 50,
         offset: int = 0,
+        policy: RowFilter | None = None,
     ) -> tuple[list[StoredResource], int]:
-        """Versions, newest first, for an instance, a type or the whole system, and the total."""
+        """Versions, newest first, for an instance, a type or the whole system, and the total
+        (only of resources ``policy`` lets the client see as they are now)."""
         ...
 
     def search(self, query: SearchQuery) -> SearchResult:

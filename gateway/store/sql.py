@@ -18,6 +18,7 @@ import orjson
 
 from gateway.search import (
     ExtractionPlan,
+    RowFilter,
     SearchError,
     SearchQuery,
     SearchRegistry,
@@ -26,6 +27,8 @@ from gateway.search import (
     default_registry,
     from_epoch,
     page_sql,
+    visible_rids,
+    visible_rows,
 )
 from gateway.store.base import (
     ApiClient,
@@ -173,10 +176,15 @@ class SqlStore:
         since: datetime | None = None,
         count: int = 50,
         offset: int = 0,
+        policy: RowFilter | None = None,
     ) -> tuple[list[StoredResource], int]:
-        """Versions, newest first, and their total."""
+        """Versions, newest first, and their total (of resources ``policy`` lets the client see now)."""
         conds: list[str] = []
         params: list[Any] = []
+        visible = visible_rows(policy, "r")
+        if visible is not None:
+            conds.append(visible[0])
+            params.extend(visible[1])
         if rtype is not None:
             conds.append("r.rtype = ?")
             params.append(rtype)
@@ -272,6 +280,8 @@ class SqlStore:
                 params.append(inc.target)
             cur.execute(self.q(sql), params)
             refs.extend((t, i) for t, i in cur.fetchall() if t and i and (t, i) not in seen)
+        if query.policy is not None and refs:
+            refs = self._visible_refs(cur, query.policy, refs)
         out: list[StoredResource] = []
         if len(set(refs)) > query.max_included:
             raise _too_many_included(query, "_include")
@@ -284,11 +294,13 @@ class SqlStore:
         # page already) include too much on their own, so no query fetches more.
         limit = query.max_included + len(page) + 1
         for inc in query.revincludes:
+            visible = visible_rids(query.policy, inc.source)
+            only, only_params = ("", []) if visible is None else (f" AND r.rid IN ({visible[0]})", visible[1])
             cur.execute(
                 self.q(f"SELECT {COLUMNS} FROM resources r WHERE r.rtype = ? AND r.deleted = 0 AND r.rid IN"
                        " (SELECT x.rid FROM idx_ref x WHERE x.rtype = ? AND x.param = ? AND x.ttype = ?"
-                       f" AND x.tid IN ({id_marks})) LIMIT ?"),
-                (inc.source, inc.source, inc.param, query.rtype, *ids, limit),
+                       f" AND x.tid IN ({id_marks})){only} LIMIT ?"),
+                (inc.source, inc.source, inc.param, query.rtype, *ids, *only_params, limit),
             )
             rows = cur.fetchall()
             if len(rows) >= limit:
@@ -301,6 +313,36 @@ class SqlStore:
         if len(unique) > query.max_included:
             raise _too_many_included(query, "_revinclude" if query.revincludes else "_include")
         return list(unique.values())
+
+    def _visible_refs(self, cur: Cursor, policy: RowFilter, refs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        by_type: dict[str, list[str]] = {}
+        for rtype, rid in refs:
+            by_type.setdefault(rtype, []).append(rid)
+        allowed = {(rtype, rid) for rtype, ids in by_type.items() for rid in self.visible_in(cur, policy, rtype, ids)}
+        return [ref for ref in refs if ref in allowed]
+
+    def visible(self, policy: RowFilter | None, rtype: str, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` (live ``rtype`` resources) ``policy`` lets the client see."""
+        with self._read_cursor() as cur:
+            return self.visible_in(cur, policy, rtype, ids)
+
+    def visible_in(self, cur: Cursor, policy: RowFilter | None, rtype: str, ids: Sequence[str]) -> set[str]:
+        """``visible`` on an open cursor (in a transaction: seeing its flushed writes)."""
+        unique = sorted(set(ids))
+        if not unique:
+            return set()
+        rule = visible_rids(policy, rtype)
+        only, only_params = ("", []) if rule is None else (f" AND r.rid IN ({rule[0]})", rule[1])
+        found: set[str] = set()
+        for start in range(0, len(unique), _IDS_PER_QUERY):
+            chunk = unique[start : start + _IDS_PER_QUERY]
+            cur.execute(
+                self.q(f"SELECT r.id FROM resources r WHERE r.rtype = ? AND r.deleted = 0"
+                       f" AND r.id IN ({', '.join('?' for _ in chunk)}){only}"),
+                (rtype, *chunk, *only_params),
+            )
+            found.update(row[0] for row in cur.fetchall())
+        return found
 
     def _read_many_cur(self, cur: Cursor, refs: Sequence[tuple[str, str]]) -> list[StoredResource]:
         by_type: dict[str, set[str]] = {}

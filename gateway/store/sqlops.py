@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from functools import cache
 from typing import Any, Protocol
 
-from gateway.search import ExtractionPlan, SearchQuery
+from gateway.search import ExtractionPlan, RowFilter, SearchQuery
 from gateway.store.base import PreparedWrite, SearchResult
 from gateway.store.rows import Cursor
 
@@ -57,6 +57,10 @@ class SqlBackend(Protocol):
         self, cur: Cursor, columns: str, rtype: str, ids: Sequence[str], *, where: str = "", lock: bool = False
     ) -> list[Any]:
         """``columns`` of the ``resources r`` rows of one type whose ids are in ``ids``."""
+        ...
+
+    def visible_in(self, cur: Cursor, policy: RowFilter | None, rtype: str, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` (live ``rtype`` resources) ``policy`` lets the client see."""
         ...
 
     def reserve_row_ids(self, cur: Cursor, count: int, after: int) -> list[int]:

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from gateway.search import ExtractionPlan, IndexRows, SearchQuery, format_instant, from_epoch, index_rows
+from gateway.search import ExtractionPlan, IndexRows, RowFilter, SearchQuery, format_instant, from_epoch, index_rows
 from gateway.store.base import ChangeOp, PreparedWrite, SearchResult, StoredResource, VersionConflict, WriteResult
 from gateway.store.rows import (
     INDEX_TABLES,
@@ -112,6 +112,11 @@ class SqlTransaction:
         """Search inside this transaction (sees its own writes)."""
         self.flush()
         return self.store.search_in(self.cur, query)
+
+    def visible(self, policy: RowFilter | None, rtype: str, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` ``policy`` lets the client see, seeing this transaction's writes."""
+        self.flush()
+        return self.store.visible_in(self.cur, policy, rtype, ids)
 
     # -- writes --------------------------------------------------------------------------------
     def create(self, resource: dict[str, Any], *, rid: str | None = None) -> WriteResult:

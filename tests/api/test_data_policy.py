@@ -1,0 +1,297 @@
+"""Per-client data policies (issue 11): a client limited to an organisation subtree, a
+district or one Patient's compartment sees only those Patients and their data, on every
+path that returns resources, on both store backends.
+
+The seed is two districts. District A: Organization ``dist-a`` with health centre
+``hc-a`` (partOf dist-a) and health post ``hp-a`` (partOf hc-a); Patients ``pa1``
+(managed by hp-a, two levels down), ``pa2`` (no organisation, address district
+"Gasabo"). District B: ``dist-b``/``hc-b``; Patients ``pb1`` (managed by hc-b), ``pb2``
+(managed by dist-b, address district "Kicukiro"). Each Patient has an Observation and an
+Encounter; ``ox`` is about pa1 but names pb1 as performer; a Location is nobody's.
+Every hidden resource carries the marker ``HIDDEN`` in a name or note, so a response that
+leaks any of it shows.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.settings import Settings
+from gateway.store import ClientRegistry
+from tests.conftest import ApiHarness, make_token
+
+
+@pytest.fixture
+def settings(store_url: str) -> Settings:
+    """The API on each store backend."""
+    return Settings(store_url=store_url)
+
+
+def _org(rid: str, parent: str | None = None) -> dict[str, Any]:
+    org: dict[str, Any] = {"resourceType": "Organization", "id": rid, "name": rid}
+    if parent:
+        org["partOf"] = {"reference": f"Organization/{parent}"}
+    return org
+
+
+def _patient(rid: str, family: str, org: str | None = None, district: str | None = None) -> dict[str, Any]:
+    patient: dict[str, Any] = {"resourceType": "Patient", "id": rid, "name": [{"family": family}],
+                               "identifier": [{"system": "urn:test:nid", "value": f"nid-{rid}"}],
+                               "birthDate": "1990-05-17"}
+    if org:
+        patient["managingOrganization"] = {"reference": f"Organization/{org}"}
+    if district:
+        patient["address"] = [{"line": ["Plot 7"], "city": "Town", "district": district, "country": "RW"}]
+    return patient
+
+
+def _obs(rid: str, patient: str, code: str, note: str, **extra: Any) -> dict[str, Any]:
+    return {"resourceType": "Observation", "id": rid, "status": "final", "code": {"coding": [{"code": code}]},
+            "subject": {"reference": f"Patient/{patient}"}, "note": [{"text": note}], **extra}
+
+
+def _enc(rid: str, patient: str) -> dict[str, Any]:
+    return {"resourceType": "Encounter", "id": rid, "status": "finished",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "HH"},
+            "subject": {"reference": f"Patient/{patient}"}}
+
+
+SEED: list[dict[str, Any]] = [
+    _org("dist-a"), _org("hc-a", "dist-a"), _org("hp-a", "hc-a"), _org("dist-b"), _org("hc-b", "dist-b"),
+    _patient("pa1", "Uwase", org="hp-a"),
+    _patient("pa2", "Mukamana", district="Gasabo"),
+    _patient("pb1", "HIDDEN-Habimana", org="hc-b"),
+    _patient("pb2", "HIDDEN-Niyonzima", org="dist-b", district="Kicukiro"),
+    _obs("oa1", "pa1", "HIV-POS", "seen"), _obs("oa2", "pa2", "TB-NEG", "seen"),
+    _obs("ob1", "pb1", "HIV-NEG", "HIDDEN note"), _obs("ob2", "pb2", "TB-POS", "HIDDEN note"),
+    _obs("ox", "pa1", "BP", "seen", performer=[{"reference": "Patient/pb1"}]),
+    _enc("ea1", "pa1"), _enc("ea2", "pa2"), _enc("eb1", "pb1"), _enc("eb2", "pb2"),
+    {"resourceType": "Location", "id": "loc1", "name": "Village well"},
+]
+ALL = {f"{r['resourceType']}/{r['id']}" for r in SEED}
+ORGS_AND_PLACES = {f"{r['resourceType']}/{r['id']}" for r in SEED if r["resourceType"] in ("Organization", "Location")}
+
+# Policy -> the Patients it shows. Data about a Patient is visible when it refers to a visible one.
+POLICIES: dict[str, tuple[dict[str, Any], set[str]]] = {
+    "org-subtree": ({"organizations": ["Organization/dist-a"]}, {"pa1"}),
+    "district": ({"districts": ["gasabo"]}, {"pa2"}),
+    "org-or-district": ({"organizations": ["Organization/dist-a"], "districts": ["Gasabo"]}, {"pa1", "pa2"}),
+    "one-patient": ({"patients": ["Patient/pa2"]}, {"pa2"}),
+    "health-centre": ({"organizations": ["Organization/hc-b"]}, {"pb1"}),
+}
+
+
+def visible(patients: set[str]) -> set[str]:
+    """Everything a client seeing ``patients`` may get."""
+    shown = set(ORGS_AND_PLACES) | {f"Patient/{p}" for p in patients}
+    for r in SEED:
+        refs = [r.get("subject", {}).get("reference")] + [p["reference"] for p in r.get("performer", [])]
+        if any(ref and ref.split("/")[1] in patients for ref in refs):
+            shown.add(f"{r['resourceType']}/{r['id']}")
+    return shown
+
+
+async def seed(api: ApiHarness) -> None:
+    for resource in SEED:
+        response = await api.client.put(f"/fhir/{resource['resourceType']}/{resource['id']}", json=resource)
+        assert response.status_code == 201, response.text
+
+
+def policy_client(
+    api: ApiHarness, policy: dict[str, Any], scopes: tuple[str, ...] = ("system/*.cruds",)
+) -> httpx.AsyncClient:
+    store: ClientRegistry = api.store
+    name = f"emr-{uuid.uuid4().hex[:8]}"
+    token = make_token(store, scopes, name=name)
+    assert store.set_client_policy(name, policy)
+    return api.with_scopes(token=token)
+
+
+def refs_in(body: dict[str, Any]) -> set[str]:
+    """Every resource a Bundle (of any depth) or a resource answer carries."""
+    found: set[str] = set()
+    if body.get("resourceType") == "Bundle":
+        for entry in body.get("entry", []):
+            if "resource" in entry:
+                found |= refs_in(entry["resource"])
+    elif "id" in body and body.get("resourceType") != "OperationOutcome":
+        found.add(f"{body['resourceType']}/{body['id']}")
+    return found
+
+
+@pytest.fixture(params=sorted(POLICIES))
+def case(request: pytest.FixtureRequest) -> tuple[dict[str, Any], set[str]]:
+    return POLICIES[request.param]
+
+
+async def test_every_read_path_returns_only_what_the_policy_shows(api: ApiHarness, case: Any) -> None:
+    policy, patients = case
+    await seed(api)
+    client = policy_client(api, policy)
+    allowed = visible(patients)
+    hidden = ALL - allowed
+    seen: set[str] = set()
+
+    async def get(url: str, **params: Any) -> dict[str, Any]:
+        response = await client.get(url, params=params)
+        assert response.status_code == 200, (url, response.text)
+        if not any(p in allowed for p in ("Patient/pb1", "Patient/pb2")):
+            assert "HIDDEN" not in response.text, url
+        body: dict[str, Any] = response.json()
+        seen.update(refs_in(body))
+        return body
+
+    # read, vread and instance history: 200 for visible resources, 404 for hidden ones
+    for ref in sorted(ALL):
+        for suffix in ("", "/_history/1", "/_history"):
+            response = await client.get(f"/fhir/{ref}{suffix}")
+            assert response.status_code == (200 if ref in allowed else 404), (ref, suffix, response.text)
+    # searches, with includes, revincludes, chains, _has, POST _search, paging
+    for rtype in ("Patient", "Observation", "Encounter", "Organization", "Location"):
+        body = await get(f"/fhir/{rtype}")
+        assert body["total"] == len({r for r in allowed if r.startswith(rtype + "/")})
+    await get("/fhir/Observation", _include="Observation:performer")
+    await get("/fhir/Observation", _include="Observation:subject", _count="1")
+    await get("/fhir/Patient", _revinclude="Observation:subject")
+    await get("/fhir/Patient", _revinclude="Observation:performer")
+    await get("/fhir/Organization", _revinclude="Patient:organization")
+    chained = await get("/fhir/Observation", **{"subject:Patient.identifier": "nid-pb1"})
+    assert {e["resource"]["id"] for e in chained.get("entry", [])} <= {"ob1"} & {r.split("/")[1] for r in allowed}
+    has = await get("/fhir/Patient", **{"_has:Observation:subject:code": "HIV-NEG"})
+    assert refs_in(has) <= {"Patient/pb1"} & allowed
+    has_performer = await get("/fhir/Patient", **{"_has:Observation:performer:code": "BP"})
+    assert refs_in(has_performer) <= {"Patient/pb1"} & allowed
+    posted = await client.post("/fhir/Encounter/_search", content=b"_count=50",
+                               headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert posted.status_code == 200 and refs_in(posted.json()) == {r for r in allowed if r.startswith("Encounter/")}
+    # type and system history
+    for url in ("/fhir/Patient/_history", "/fhir/Observation/_history", "/fhir/_history"):
+        body = await get(url)
+        assert refs_in(body) <= allowed
+    # $everything
+    for patient in ("pa1", "pa2", "pb1", "pb2"):
+        response = await client.get(f"/fhir/Patient/{patient}/$everything")
+        if patient in patients:
+            assert response.status_code == 200
+            seen.update(refs_in(response.json()))
+            assert response.json()["total"] == len(refs_in(response.json()))
+        else:
+            assert response.status_code == 404
+    # batch reads and searches
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": f"{ref}"}} for ref in sorted(ALL)
+    ] + [{"request": {"method": "GET", "url": "Observation?_include=Observation:performer"}}]}
+    response = await client.post("/fhir", json=batch)
+    assert response.status_code == 200
+    statuses = {ref: e["response"]["status"] for ref, e in zip(sorted(ALL), response.json()["entry"], strict=False)}
+    assert {ref for ref, status in statuses.items() if status.startswith("200")} == allowed
+    seen.update(refs_in(response.json()))
+
+    assert seen <= allowed, seen & hidden
+    assert allowed <= seen  # every visible resource was reachable
+
+
+async def test_writes_stay_inside_the_policy(api: ApiHarness) -> None:
+    await seed(api)
+    client = policy_client(api, {"organizations": ["Organization/dist-a"]})
+    seq = api.store.last_change_seq()
+
+    def outside(response: httpx.Response) -> None:
+        assert response.status_code == 403, response.text
+        assert "data policy" in response.json()["issue"][0]["diagnostics"]
+
+    # data about a hidden Patient, or a Patient outside the subtree, cannot be written
+    outside(await client.post("/fhir/Observation", json=_obs("n1", "pb1", "X", "n")))
+    outside(await client.put("/fhir/Observation/ob1", json=_obs("ob1", "pa1", "X", "n")))
+    outside(await client.put("/fhir/Observation/oa1", json=_obs("oa1", "pb1", "X", "moved away")))
+    outside(await client.delete("/fhir/Observation/ob1"))
+    outside(await client.post("/fhir/Patient", json=_patient("x", "New", org="hc-b")))
+    outside(await client.put("/fhir/Patient/pa1", json=_patient("pa1", "Uwase", org="hc-b")))
+    patch = await client.patch("/fhir/Patient/pb1", json=[{"op": "replace", "path": "/birthDate", "value": "1991"}],
+                               headers={"Content-Type": "application/json-patch+json"})
+    assert patch.status_code == 403
+    conditional = await client.delete("/fhir/Observation", params={"code": "HIV-NEG"})
+    assert conditional.status_code == 200 and "0 Observation" in conditional.text
+    transaction = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": _obs("t1", "pa1", "X", "n"), "request": {"method": "PUT", "url": "Observation/t1"}},
+        {"resource": _obs("t2", "pb2", "X", "n"), "request": {"method": "PUT", "url": "Observation/t2"}},
+    ]}
+    outside(await client.post("/fhir", json=transaction))
+    # a conditional reference cannot find a hidden Patient either
+    ref = {"resourceType": "Observation", "status": "final", "code": {"coding": [{"code": "X"}]},
+           "subject": {"reference": "Patient?identifier=nid-pb1"}}
+    conditional_ref = await client.post("/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": ref, "request": {"method": "POST", "url": "Observation"}}]})
+    assert conditional_ref.status_code in (400, 404, 412), conditional_ref.text
+    assert api.store.last_change_seq() == seq  # nothing above changed the store
+
+    # inside the policy, writes work: new data about a visible Patient, a Patient in the subtree
+    created = await client.post("/fhir/Observation", json=_obs("n2", "pa1", "X", "n"))
+    assert created.status_code == 201, created.text
+    patient = await client.post("/fhir/Patient", json=_patient("x", "New", org="hc-a"))
+    assert patient.status_code == 201, patient.text
+    assert (await client.get(f"/fhir/Patient/{patient.json()['id']}")).status_code == 200
+
+
+async def test_a_policy_follows_the_organisation_tree_as_it_changes(api: ApiHarness) -> None:
+    await seed(api)
+    client = policy_client(api, {"organizations": ["Organization/dist-a"]})
+    assert (await client.get("/fhir/Patient/pb1")).status_code == 404
+    # hc-b moves under dist-a: its Patients (and their data) come into view
+    assert (await api.client.put("/fhir/Organization/hc-b", json=_org("hc-b", "dist-a"))).status_code == 200
+    assert (await client.get("/fhir/Patient/pb1")).status_code == 200
+    assert (await client.get("/fhir/Observation/ob1")).status_code == 200
+    assert (await client.get("/fhir/Patient/pb2")).status_code == 404
+
+
+async def test_a_deidentified_client_gets_no_identifying_elements(api: ApiHarness) -> None:
+    await seed(api)
+    researcher = policy_client(api, {"deidentify": True}, scopes=("system/*.rs",))
+    patient = (await researcher.get("/fhir/Patient/pb2")).json()
+    assert patient["birthDate"] == "1990"
+    assert "name" not in patient and "identifier" not in patient
+    assert patient["address"] == [{"district": "Kicukiro", "country": "RW"}]
+    paths = ["/fhir/Patient", "/fhir/Observation?_include=Observation:performer", "/fhir/Patient/pb1/_history",
+             "/fhir/Patient/pb2/$everything", "/fhir/_history?_count=100"]
+    for path in paths:
+        response = await researcher.get(path)
+        assert response.status_code == 200, path
+        assert "HIDDEN" not in response.text and "nid-" not in response.text, path
+    batch = await researcher.post("/fhir", json={"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": "Patient/pb1"}},
+        {"request": {"method": "GET", "url": "Patient?_count=9"}}]})
+    assert batch.status_code == 200 and "HIDDEN" not in batch.text and "nid-" not in batch.text
+    # the same data in full for a client without the policy
+    assert "HIDDEN" in (await api.client.get("/fhir/Patient/pb1")).text
+
+
+async def test_configured_policy_wins_and_a_broken_stored_one_fails_closed(store_url: str) -> None:
+    from gateway.api.app import create_app
+    from gateway.store import open_store
+
+    settings = Settings(store_url=store_url, client_policies={"cfg-emr": {"patients": ["Patient/pa2"]}})
+    store = open_store(store_url)
+    app = create_app(settings, store=store)
+    async with app.router.lifespan_context(app):
+        api = ApiHarness(app, store)
+        await seed(api)
+        token = make_token(store, ("system/*.rs",), name="cfg-emr")
+        store.set_client_policy("cfg-emr", {"organizations": ["Organization/dist-b"]})  # the config overrides this
+        broken = make_token(store, ("system/*.rs",), name="broken")
+        store.set_client_policy("broken", {"unknown": 1})
+        cfg = api.with_scopes(token=token)
+        assert refs_in((await cfg.get("/fhir/Patient")).json()) == {"Patient/pa2"}
+        assert refs_in((await api.with_scopes(token=broken).get("/fhir/Patient")).json()) == set()
+        await api.aclose()
+    store.close()
+
+
+def test_policies_in_the_configuration_are_checked() -> None:
+    with pytest.raises(ValueError, match="emr: organizations: 'hc-b' is not a Organization reference"):
+        Settings(client_policies={"emr": {"organizations": ["hc-b"]}})
+    with pytest.raises(ValueError, match="unknown data policy key 'district'"):
+        Settings(client_policies={"emr": {"district": ["x"]}})
