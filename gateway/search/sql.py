@@ -228,7 +228,8 @@ def visible_rids(policy: RowFilter | None, rtype: str) -> tuple[str, Params] | N
         return patients, params
     # Deleting a resource removes its index rows, so these are live resources.
     return ("SELECT DISTINCT pol_v.rid FROM idx_ref pol_v WHERE pol_v.rtype = ? AND pol_v.ttype = 'Patient'"
-            f" AND pol_v.tid IN (SELECT pol_vp.id FROM resources pol_vp WHERE pol_vp.rid IN ({patients}))", [rtype, *params])
+            f" AND pol_v.tid IN (SELECT pol_vp.id FROM resources pol_vp WHERE pol_vp.rid IN ({patients}))",
+            [rtype, *params])
 
 
 def visible_patients(policy: DataPolicy) -> tuple[str, Params]:
