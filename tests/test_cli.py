@@ -210,3 +210,29 @@ def test_broken_criteria_from_the_environment_name_the_setting(env: Path, monkey
     result = runner.invoke(app, ["config", "check", "--config", str(config)])
     assert result.exit_code == 2 and "destinations.0.filter.criteria" in result.stderr
     assert re.search(rf"{re.escape(str(config))}:\d", result.stderr) is None
+
+
+def test_clients_set_policy_stores_lists_and_clears_a_data_policy(env: Path) -> None:
+    created = runner.invoke(app, ["clients", "create", "district-emr", "--scope", "system/*.rs"])
+    assert created.exit_code == 0, created.output
+    token = created.stdout.strip().splitlines()[-1]
+    result = runner.invoke(app, ["clients", "set-policy", "district-emr", "--organization", "Organization/dist-a",
+                                 "--district", "Gasabo", "--deidentify"])
+    assert result.exit_code == 0, result.output
+    client = _client(env, token)
+    assert client is not None and client.policy == {
+        "organizations": ["Organization/dist-a"], "districts": ["Gasabo"], "deidentify": True}
+    listed = runner.invoke(app, ["clients", "list"]).stdout
+    assert "policy org dist-a; district Gasabo; de-identified" in listed
+
+    bad = runner.invoke(app, ["clients", "set-policy", "district-emr", "--organization", "dist-a"])
+    assert bad.exit_code == 2 and "not a Organization reference like Organization/abc" in bad.stderr
+    neither = runner.invoke(app, ["clients", "set-policy", "district-emr"])
+    assert neither.exit_code != 0 and "--clear" in neither.stderr
+    missing = runner.invoke(app, ["clients", "set-policy", "nobody", "--district", "x"])
+    assert missing.exit_code == 1 and "no client named 'nobody'" in missing.stderr
+
+    cleared = runner.invoke(app, ["clients", "set-policy", "district-emr", "--clear"])
+    assert cleared.exit_code == 0, cleared.output
+    after = _client(env, token)
+    assert after is not None and after.policy is None

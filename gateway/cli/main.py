@@ -212,7 +212,9 @@ def clients_list(config: ConfigOption = None) -> None:
         return "-" if when is None else when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     now = datetime.now(UTC)
-    with Services.build(settings_from(config), ServicePlan(ingest=False)) as services:
+    settings = settings_from(config)
+    configured = settings.data_policies()
+    with Services.build(settings, ServicePlan(ingest=False)) as services:
         for client in services.store.list_clients():
             if client.revoked is not None:
                 state = f"revoked {stamp(client.revoked)}"
@@ -223,7 +225,59 @@ def clients_list(config: ConfigOption = None) -> None:
             else:
                 state = "active"
             typer.echo(f"{client.name}\t{' '.join(client.scopes)}\tcreated {stamp(client.created)}"
-                       f"\texpires {stamp(client.expires)}\t{state}\tlast used {stamp(client.last_used)}")
+                       f"\texpires {stamp(client.expires)}\t{state}\tlast used {stamp(client.last_used)}"
+                       f"\tpolicy {_policy_text(client.policy, configured.get(client.name))}")
+
+
+def _policy_text(stored: Any, configured: Any) -> str:
+    from gateway.search import DataPolicy, PolicyError
+
+    if configured is not None:
+        return f"{configured.describe()} (from the configuration)"
+    if stored is None:
+        return "-"
+    try:
+        return str(DataPolicy.from_json(stored).describe())
+    except PolicyError as exc:
+        return f"unreadable, refuses every request ({exc})"
+
+
+@clients_app.command("set-policy")
+def clients_set_policy(
+    name: Annotated[str, typer.Argument(help="Client name")],
+    organization: Annotated[list[str] | None, typer.Option(
+        "--organization", "-o", help="Organization/<id>: it and every Organization partOf it; repeatable")] = None,
+    district: Annotated[list[str] | None, typer.Option(
+        "--district", "-d", help="A Patient address district (any address part); repeatable")] = None,
+    patient: Annotated[list[str] | None, typer.Option(
+        "--patient", "-p", help="Patient/<id>: that Patient's compartment; repeatable")] = None,
+    deidentify: Annotated[bool, typer.Option(
+        "--deidentify", help="Strip names, identifiers, contacts, notes and narrative from all it gets")] = False,
+    clear: Annotated[bool, typer.Option("--clear", help="Remove the policy: the scopes alone decide")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Limit which Patients (and whose data) a client sees; takes effect within a second."""
+    from gateway.search import DataPolicy, PolicyError
+    from gateway.services import ServicePlan, Services
+
+    chosen = bool(organization or district or patient or deidentify)
+    if clear == chosen:
+        fail("give --clear, or at least one of --organization, --district, --patient, --deidentify")
+    policy = None
+    if not clear:
+        try:
+            policy = DataPolicy.from_json({"organizations": organization or [], "districts": district or [],
+                                           "patients": patient or [], "deidentify": deidentify})
+        except PolicyError as exc:
+            fail(str(exc), exit_code_for(exc))
+    settings = settings_from(config)
+    with Services.build(settings, ServicePlan(ingest=False)) as services:
+        found = services.store.set_client_policy(name, None if policy is None else policy.to_json())
+    if not found:
+        fail(f"no client named {name!r}", 1)
+    typer.echo(f"client {name}: data policy {'removed' if policy is None else policy.describe()}")
+    if name in settings.client_policies:
+        typer.echo(f"note: the configuration's client_policies.{name} overrides this", err=True)
 
 
 @config_app.command("check")
