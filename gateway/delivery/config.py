@@ -11,6 +11,7 @@ In the YAML config file:
           resource_types: [Patient, Observation]
           sources: [commcare-main]
           criteria: "Observation.status = 'final' or Patient.exists()"
+          policy: {organizations: [Organization/district-a]}  # only data of Patients it shows
         retry: {initial_delay: 1m, max_delay: 2h, max_age: 30d}
         concurrency: 4
         batch_size: 1
@@ -25,11 +26,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway.connectors import AuthConfig, Duration
+
+if TYPE_CHECKING:
+    from gateway.search import DataPolicy
 from gateway.delivery.breaker import BreakerPolicy
 from gateway.delivery.policy import RetryPolicy
 
@@ -42,6 +46,27 @@ class SubscriptionFilter(BaseModel):
     resource_types: tuple[str, ...] = ()
     sources: tuple[str, ...] = Field((), description="source names, matched against meta.source")
     criteria: str | None = Field(None, description="FHIRPath; the resource matches when it is true")
+    policy: dict[str, Any] | None = Field(
+        None, description="a client data policy (organizations, districts, patients): only data it shows is sent"
+    )
+
+    @field_validator("policy")
+    @classmethod
+    def _check_policy(cls, policy: dict[str, Any] | None) -> dict[str, Any] | None:
+        if policy is not None:
+            from gateway.search import DataPolicy
+
+            if DataPolicy.from_json(policy).deidentify:
+                raise ValueError("deidentify is for API clients; a destination gets the data as stored")
+        return policy
+
+    def data_policy(self) -> DataPolicy | None:
+        """The policy as the store applies it (None: no row limit)."""
+        if self.policy is None:
+            return None
+        from gateway.search import DataPolicy
+
+        return DataPolicy.from_json(self.policy)
 
     @field_validator("criteria")
     @classmethod

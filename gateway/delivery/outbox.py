@@ -11,8 +11,12 @@ cursor in one transaction, compare-and-set on the old position. So:
   move a cursor wins and the others re-read from the new position.
 
 A change becomes a job for a destination when it passes the destination's filter
-(resource type, source system, FHIRPath criteria). A delete is judged, and keyed, by the
-version it deletes. Jobs carry the version's JSON so the queue is self-contained.
+(resource type, source system, FHIRPath criteria, data policy). A delete is judged, and
+keyed, by the version it deletes. A data policy judges a resource as the store holds it
+when the outbox reads the change (the index answers it, as for an API client); a delete
+always passes it, since the index no longer knows what the deleted resource referred to,
+and deleting what a destination never had does no harm. Jobs carry the version's JSON so
+the queue is self-contained.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from gateway.connectors import Job
 from gateway.delivery.codec import job_id
 from gateway.delivery.config import DestinationConfig
 from gateway.delivery.queue import DeliveryQueue
+from gateway.search import RowFilter, default_registry
 from gateway.store import Change, ChangeFeed, ChangeOp
 
 log = logging.getLogger(__name__)
@@ -77,6 +82,11 @@ class Outbox:
         self.destinations = [d for d in destinations if d.enabled]
         self.clock = clock
         self.batch = batch
+        self._policies: dict[str, RowFilter] = {}
+        for destination in self.destinations:
+            policy = destination.filter.data_policy()
+            if policy is not None and policy.limits_rows:
+                self._policies[destination.name] = RowFilter(policy, default_registry().patient_linked())
         # Versions of types no destination wants are never read.
         self._types: set[str] | None = None
         if all(d.filter.resource_types for d in self.destinations):
@@ -92,6 +102,7 @@ class Outbox:
         if not changes:
             return {}
         versions = await asyncio.to_thread(self._load, changes)
+        shown = await asyncio.to_thread(self._visible, changes, versions) if self._policies else {}
         now = self.clock.now()
         queued: dict[str, int] = {}
         for destination in self.destinations:
@@ -99,10 +110,12 @@ class Outbox:
             relevant = [c for c in changes if c.seq > (after or 0)]
             if not relevant:
                 continue
+            visible = shown.get(destination.name)
             jobs = [
                 self._job(destination.name, change, versions[change.seq], now)
                 for change in relevant
                 if change.seq in versions and self._wanted(destination, change, versions[change.seq])
+                and (visible is None or change.op is ChangeOp.DELETE or (change.type, change.id) in visible)
             ]
             if await self.queue.enqueue(destination.name, jobs, after=after, cursor=relevant[-1].seq):
                 queued[destination.name] = len(jobs)
@@ -138,6 +151,18 @@ class Outbox:
             source=version.source,
             enqueued_at=now,
         )
+
+    def _visible(self, changes: list[Change], versions: dict[int, _Version]) -> dict[str, set[tuple[str, str]]]:
+        """Per destination with a data policy: the changed resources it shows (runs on a worker thread)."""
+        by_type: dict[str, set[str]] = {}
+        for change in changes:
+            if change.seq in versions and change.op is not ChangeOp.DELETE:
+                by_type.setdefault(change.type, set()).add(change.id)
+        return {
+            name: {(rtype, rid) for rtype, ids in by_type.items()
+                   for rid in (self.store.visible(policy, rtype, sorted(ids)) if policy.applies_to(rtype) else ids)}
+            for name, policy in self._policies.items()
+        }  # fmt: skip
 
     def _load(self, changes: list[Change]) -> dict[int, _Version]:
         """Read each changed version once (runs on a worker thread: the store is synchronous)."""

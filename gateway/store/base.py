@@ -264,6 +264,10 @@ class ChangeFeed(Protocol):
         """All change-feed entries after ``after``, fetched in batches."""
         ...
 
+    def visible(self, policy: RowFilter | None, rtype: str, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` (live ``rtype`` resources) ``policy`` shows (destination filters)."""
+        ...
+
     def last_change_seq(self) -> int:
         """The newest change-feed sequence number (0 when empty)."""
         ...

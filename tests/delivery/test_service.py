@@ -316,3 +316,43 @@ async def test_two_workers_share_a_redis_queue_and_a_postgresql_store(
         per_patient.setdefault(work.patient_of[write.ref], []).append(write.seq)
     assert all(order == sorted(order) for order in per_patient.values())
     assert {ref for ref, _ in server.applied_counts()} == set(work.patient_of)
+
+
+async def test_a_destination_data_policy_sends_only_the_data_it_shows(
+    store: Store, server: LoopbackFhirServer, make_service: ServiceFactory
+) -> None:
+    """A district's EMR as a destination: its Patients and their data, nobody else's (issue 11)."""
+    resources: list[dict[str, object]] = [
+        {"resourceType": "Organization", "id": "dist-a"},
+        {"resourceType": "Organization", "id": "hc-a", "partOf": {"reference": "Organization/dist-a"}},
+        {"resourceType": "Organization", "id": "dist-b"},
+    ]
+    for i, org in enumerate(["hc-a", "dist-b", "hc-a", "dist-b"]):
+        resources.append({"resourceType": "Patient", "id": f"p{i}", "managingOrganization": {
+            "reference": f"Organization/{org}"}})
+        resources.append({"resourceType": "Observation", "id": f"o{i}", "status": "final",
+                          "code": {"text": "x"}, "subject": {"reference": f"Patient/p{i}"}})
+    with store.transaction() as tx:
+        for resource in resources:
+            tx.update(resource)
+    district = fhir(server, "district", filter=SubscriptionFilter(policy={"organizations": ["Organization/dist-a"]}))
+    service = make_service([district])
+    await service.start()
+    wanted = {"Organization/dist-a", "Organization/hc-a", "Organization/dist-b",
+              "Patient/p0", "Observation/o0", "Patient/p2", "Observation/o2"}
+    await eventually(lambda: set(server.snapshot()) == wanted)
+    with store.transaction() as tx:
+        tx.delete("Observation", "o0")
+        tx.update({"resourceType": "Observation", "id": "o1", "status": "amended", "code": {"text": "x"},
+                   "subject": {"reference": "Patient/p1"}})
+    service.notify()
+    await eventually(lambda: set(server.snapshot()) == wanted - {"Observation/o0"})
+    await eventually(lambda: _depth(service, "district", 0))
+    assert "Observation/o1" not in server.snapshot()
+
+
+def test_a_destination_policy_is_checked_when_the_configuration_loads() -> None:
+    with pytest.raises(ValueError, match="not a Organization reference"):
+        SubscriptionFilter(policy={"organizations": ["dist-a"]})
+    with pytest.raises(ValueError, match="deidentify is for API clients"):
+        SubscriptionFilter(policy={"deidentify": True})
