@@ -12,6 +12,10 @@ from .extract import index_rows as index_rows
 from .policy import DataPolicy as DataPolicy
 from .policy import PolicyError as PolicyError
 from .policy import RowFilter as RowFilter
+from .policy_sql import subtree_sql as subtree_sql
+from .policy_sql import visible_probe as visible_probe
+from .policy_sql import visible_rids as visible_rids
+from .policy_sql import visible_rows as visible_rows
 from .query import MAX_INT_DIGITS as MAX_INT_DIGITS
 from .query import RESULT_PARAMS as RESULT_PARAMS
 from .query import QueryParser as QueryParser
@@ -24,5 +28,3 @@ from .registry import default_registry as default_registry
 from .sql import count_sql as count_sql
 from .sql import date_sort_walk as date_sort_walk
 from .sql import page_sql as page_sql
-from .sql import visible_rids as visible_rids
-from .sql import visible_rows as visible_rows

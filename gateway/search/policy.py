@@ -131,8 +131,22 @@ class RowFilter:
     """A data policy bound to the types it restricts (those that can refer to a Patient)."""
 
     policy: DataPolicy
-    restricted: frozenset[str]
+    # Restricted types and their reference parameters that can point at a Patient
+    # (``SearchRegistry.patient_linked``); types not here are not restricted.
+    links: Mapping[str, tuple[str, ...]]
+    # The policy's Organizations and everything below them, once the store has looked them up
+    # for the request at hand (``resolved``); None: the SQL walks the tree itself.
+    subtree: tuple[str, ...] | None = None
+
+    def resolved(self, subtree: tuple[str, ...]) -> RowFilter:
+        """This filter with the Organization subtree looked up."""
+        return RowFilter(self.policy, self.links, subtree)
+
+    @property
+    def restricted(self) -> frozenset[str]:
+        """The types whose rows are filtered."""
+        return frozenset(self.links)
 
     def applies_to(self, rtype: str) -> bool:
         """Whether rows of ``rtype`` are filtered (else every row of it is visible)."""
-        return rtype in self.restricted
+        return rtype in self.links

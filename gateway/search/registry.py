@@ -8,6 +8,7 @@ when its type is one the store indexes and its expression compiles (see ``paths`
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -56,7 +57,7 @@ class SearchRegistry:
 
     def __init__(self, definitions: list[dict[str, Any]], resource_types: frozenset[str]) -> None:
         self._by_type: dict[str, dict[str, SearchParam]] = {t: {} for t in resource_types}
-        self._patient_linked: frozenset[str] | None = None
+        self._patient_linked: dict[str, tuple[str, ...]] | None = None
         common: list[dict[str, Any]] = []
         for sp in definitions:
             if (sp["type"] not in INDEXED_TYPES and sp["code"] not in SPECIAL) or sp["code"] in UNSUPPORTED:
@@ -91,18 +92,22 @@ class SearchRegistry:
         """One parameter, or None when the type does not support it."""
         return self._by_type.get(rtype, {}).get(code)
 
-    def patient_linked(self) -> frozenset[str]:
-        """Patient and every type with a reference parameter meant to point at a Patient.
+    def patient_linked(self) -> Mapping[str, tuple[str, ...]]:
+        """Patient and every type with reference parameters meant to point at a Patient, with those
+        parameters (every reference parameter that can hold a Patient).
 
-        A parameter that may point at any type (``Provenance.target``, ``Library.depends-on``)
-        does not count: it would make definitional types patient data.
+        A type whose only way to a Patient is a parameter that may point at any type
+        (``Provenance.target``, ``Library.depends-on``) is left out: that would make
+        definitional types patient data.
         """
         if self._patient_linked is None:
-            self._patient_linked = frozenset(
-                ["Patient"] + [t for t, params in self._by_type.items()
-                               if any(p.type == "reference" and "Patient" in p.targets
-                                      and len(p.targets) < _ANY_TARGET for p in params.values())]
-            )  # fmt: skip
+            linked: dict[str, tuple[str, ...]] = {"Patient": ()}
+            for rtype, params in self._by_type.items():
+                refs = [p for p in params.values()
+                        if p.type == "reference" and (not p.targets or "Patient" in p.targets)]
+                if rtype != "Patient" and any("Patient" in p.targets and len(p.targets) < _ANY_TARGET for p in refs):
+                    linked[rtype] = tuple(sorted(p.code for p in refs))
+            self._patient_linked = linked
         return self._patient_linked
 
     def indexed(self, rtype: str) -> list[SearchParam]:

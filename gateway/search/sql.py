@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from gateway.search.policy import DataPolicy, RowFilter
+from gateway.search.policy import RowFilter
+from gateway.search.policy_sql import visible_rids
 from gateway.search.query import (
     Criterion,
     DateValue,
@@ -83,6 +84,8 @@ def match_set(query: SearchQuery) -> tuple[str, Params]:
         part, part_params = rid_set(query.rtype, criterion, query.policy)
         parts.append(part)
         params.extend(part_params)
+    # The policy's visible set is one more set to intersect: it is driven from the policy's
+    # Organizations, districts and Patients, so it costs the size of the client's share.
     visible = visible_rids(query.policy, query.rtype)
     if visible is not None:
         parts.append(visible[0])
@@ -214,72 +217,6 @@ def _matching(rtype: str, c: Criterion, policy: RowFilter | None) -> tuple[str, 
     if visible is None:
         return sql, params
     return f"{sql} INTERSECT {visible[0]}", [*params, *visible[1]]
-
-
-# -- data policies ---------------------------------------------------------------------------
-
-
-def visible_rids(policy: RowFilter | None, rtype: str) -> tuple[str, Params] | None:
-    """Row ids of the live ``rtype`` resources ``policy`` lets the client see; None: all of them."""
-    if policy is None or not policy.policy.limits_rows or not policy.applies_to(rtype):
-        return None
-    patients, params = visible_patients(policy.policy)
-    if rtype == "Patient":
-        return patients, params
-    # Deleting a resource removes its index rows, so these are live resources.
-    return ("SELECT DISTINCT pol_v.rid FROM idx_ref pol_v WHERE pol_v.rtype = ? AND pol_v.ttype = 'Patient'"
-            f" AND pol_v.tid IN (SELECT pol_vp.id FROM resources pol_vp WHERE pol_vp.rid IN ({patients}))",
-            [rtype, *params])
-
-
-def visible_patients(policy: DataPolicy) -> tuple[str, Params]:
-    """Row ids of the live Patients a (row-limiting) policy lets the client see."""
-    ors: list[str] = []
-    params: Params = []
-    if policy.organizations:
-        # The policy's Organizations and every Organization below them (partOf, any depth).
-        roots = " UNION ".join("SELECT CAST(? AS TEXT)" for _ in policy.organizations)
-        subtree = (
-            f"WITH RECURSIVE pol_sub(id) AS ({roots} UNION SELECT pol_c.id FROM pol_sub"
-            " JOIN idx_ref pol_y ON pol_y.ttype = 'Organization' AND pol_y.tid = pol_sub.id"
-            " AND pol_y.rtype = 'Organization' AND pol_y.param = 'partof'"
-            " JOIN resources pol_c ON pol_c.rid = pol_y.rid) SELECT pol_sub.id FROM pol_sub"
-        )
-        ors.append(
-            "pol_p.rid IN (SELECT pol_o.rid FROM idx_ref pol_o WHERE pol_o.rtype = 'Patient'"
-            f" AND pol_o.param = 'organization' AND pol_o.ttype = 'Organization' AND pol_o.tid IN ({subtree}))"
-        )
-        params.extend(policy.organizations)
-    if policy.districts:
-        keys = policy.district_keys
-        ors.append("pol_p.rid IN (SELECT pol_s.rid FROM idx_string pol_s WHERE pol_s.rtype = 'Patient'"
-                   f" AND pol_s.param = 'address' AND pol_s.norm IN ({', '.join('?' for _ in keys)}))")
-        params.extend(keys)
-    if policy.patients:
-        ors.append(f"pol_p.id IN ({', '.join('?' for _ in policy.patients)})")
-        params.extend(policy.patients)
-    return ("SELECT pol_p.rid FROM resources pol_p WHERE pol_p.rtype = 'Patient' AND pol_p.deleted = 0"
-            f" AND ({' OR '.join(ors)})", params)
-
-
-def visible_rows(policy: RowFilter | None, alias: str) -> tuple[str, Params] | None:
-    """A condition on rows ``alias`` of any type (``rtype``, ``id`` columns): the resource, as it is
-    now, is one ``policy`` lets the client see. None: no condition."""
-    if policy is None or not policy.policy.limits_rows:
-        return None
-    patients, params = visible_patients(policy.policy)
-    restricted = sorted(policy.restricted - {"Patient"})
-    marks = ", ".join("?" for _ in restricted)
-    sql = (
-        f"({alias}.rtype NOT IN ('Patient', {marks})"
-        f" OR ({alias}.rtype = 'Patient' AND {alias}.id IN (SELECT pol_vp.id FROM resources pol_vp"
-        f" WHERE pol_vp.rid IN ({patients})))"
-        f" OR ({alias}.rtype <> 'Patient' AND EXISTS (SELECT 1 FROM resources pol_cur"
-        " JOIN idx_ref pol_v ON pol_v.rid = pol_cur.rid"
-        f" WHERE pol_cur.rtype = {alias}.rtype AND pol_cur.id = {alias}.id AND pol_v.ttype = 'Patient'"
-        f" AND pol_v.tid IN (SELECT pol_vq.id FROM resources pol_vq WHERE pol_vq.rid IN ({patients})))))"
-    )
-    return sql, [*restricted, *params, *params]
 
 
 def _value_sql(c: Criterion, value: Any) -> tuple[str, Params]:

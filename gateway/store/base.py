@@ -206,8 +206,9 @@ class ResourceStore(Protocol):
         """Open a write transaction: committed on normal exit, rolled back on error."""
         ...
 
-    def read(self, rtype: str, rid: str) -> StoredResource | None:
-        """Current version of a resource (a tombstone if deleted), or None."""
+    def read(self, rtype: str, rid: str, *, policy: RowFilter | None = None) -> StoredResource | None:
+        """Current version of a resource (a tombstone if deleted), or None; with ``policy``, None
+        unless it is live and the policy shows it."""
         ...
 
     def prepare(self, resource: dict[str, Any], rid: str | None = None) -> PreparedWrite:

@@ -27,7 +27,8 @@ from gateway.search import (
     default_registry,
     from_epoch,
     page_sql,
-    visible_rids,
+    subtree_sql,
+    visible_probe,
     visible_rows,
 )
 from gateway.store.base import (
@@ -44,6 +45,11 @@ from gateway.store.rows import COLUMNS, Cursor, to_resource
 from gateway.store.sqlops import WriteStep, insert_sql
 from gateway.store.writes import SqlTransaction, prepare_write
 
+#: Organizations a data policy's subtree may list as parameters (see ``resolve_policy``).
+_MAX_SUBTREE = 2000
+#: A looked-up subtree serves this long: moving a facility under another district shows in
+#: every process within this bound (as revoking a client does).
+_SUBTREE_SECONDS = 1.0
 #: Ids a query lists at most (SQLite binds at most 32,766 parameters a statement).
 _IDS_PER_QUERY = 500
 
@@ -64,6 +70,7 @@ class SqlStore:
     def __init__(self, registry: SearchRegistry | None = None) -> None:
         self.registry = registry or default_registry()
         self._indexed: dict[str, ExtractionPlan] = {}  # rtype -> params extracted on write
+        self._subtrees: dict[tuple[str, ...], tuple[float, tuple[str, ...]]] = {}  # roots -> (until, subtree)
 
     # -- to be provided by the backends ---------------------------------------------------
     def _read_cursor(self) -> AbstractContextManager[Cursor]:
@@ -144,11 +151,14 @@ class SqlStore:
             return int(cur.fetchone()[0])
 
     # -- reads -------------------------------------------------------------------------------
-    def read(self, rtype: str, rid: str) -> StoredResource | None:
-        """Current version of a resource (a tombstone if deleted), or None."""
+    def read(self, rtype: str, rid: str, *, policy: RowFilter | None = None) -> StoredResource | None:
+        """Current version of a resource (a tombstone if deleted), or None; with ``policy``, None
+        unless it is live and the policy shows it."""
         with self._read_cursor() as cur:
-            cur.execute(self.q(f"SELECT {COLUMNS} FROM resources r WHERE r.rtype = ? AND r.id = ?"),
-                        (rtype, rid))
+            probe = visible_probe(self.resolve_policy(cur, policy), rtype, "r") if policy is not None else None
+            only, only_params = ("", []) if probe is None else (f" AND r.deleted = 0 AND {probe[0]}", probe[1])
+            cur.execute(self.q(f"SELECT {COLUMNS} FROM resources r WHERE r.rtype = ? AND r.id = ?{only}"),
+                        (rtype, rid, *only_params))
             row = cur.fetchone()
         return to_resource(row) if row else None
 
@@ -181,6 +191,9 @@ class SqlStore:
         """Versions, newest first, and their total (of resources ``policy`` lets the client see now)."""
         conds: list[str] = []
         params: list[Any] = []
+        if policy is not None and policy.policy.limits_rows:
+            with self._read_cursor() as cur:
+                policy = self.resolve_policy(cur, policy)
         visible = visible_rows(policy, "r")
         if visible is not None:
             conds.append(visible[0])
@@ -222,6 +235,7 @@ class SqlStore:
         if query.snapshot is None:
             cur.execute("SELECT COALESCE(MAX(rid), 0) FROM resources")
             query.snapshot = int(cur.fetchone()[0])
+        query.policy = self.resolve_policy(cur, query.policy)
         total: int | None = None
         if query.total != "none" or query.count == 0 or query.summary == "count":
             count, count_params = count_sql(query)
@@ -294,8 +308,8 @@ class SqlStore:
         # page already) include too much on their own, so no query fetches more.
         limit = query.max_included + len(page) + 1
         for inc in query.revincludes:
-            visible = visible_rids(query.policy, inc.source)
-            only, only_params = ("", []) if visible is None else (f" AND r.rid IN ({visible[0]})", visible[1])
+            visible = visible_probe(query.policy, inc.source, "r")
+            only, only_params = ("", []) if visible is None else (f" AND {visible[0]}", visible[1])
             cur.execute(
                 self.q(f"SELECT {COLUMNS} FROM resources r WHERE r.rtype = ? AND r.deleted = 0 AND r.rid IN"
                        " (SELECT x.rid FROM idx_ref x WHERE x.rtype = ? AND x.param = ? AND x.ttype = ?"
@@ -331,8 +345,8 @@ class SqlStore:
         unique = sorted(set(ids))
         if not unique:
             return set()
-        rule = visible_rids(policy, rtype)
-        only, only_params = ("", []) if rule is None else (f" AND r.rid IN ({rule[0]})", rule[1])
+        rule = visible_probe(self.resolve_policy(cur, policy) if policy is not None else None, rtype, "r")
+        only, only_params = ("", []) if rule is None else (f" AND {rule[0]}", rule[1])
         found: set[str] = set()
         for start in range(0, len(unique), _IDS_PER_QUERY):
             chunk = unique[start : start + _IDS_PER_QUERY]
@@ -343,6 +357,25 @@ class SqlStore:
             )
             found.update(row[0] for row in cur.fetchall())
         return found
+
+    def resolve_policy(self, cur: Cursor, policy: RowFilter | None) -> RowFilter | None:
+        """``policy`` with its Organization subtree looked up (once per request), when it has one."""
+        if policy is None or not policy.policy.organizations or policy.subtree is not None:
+            return policy
+        key = policy.policy.organizations
+        now = time.monotonic()
+        cached = self._subtrees.get(key)
+        if cached is not None and cached[0] > now:
+            subtree = cached[1]
+        else:
+            sql, params = subtree_sql(policy.policy)
+            cur.execute(self.q(f"{sql} LIMIT ?"), [*params, _MAX_SUBTREE + 1])
+            subtree = tuple(sorted({row[0] for row in cur.fetchall()}))
+            if len(self._subtrees) > 1000:
+                self._subtrees.clear()
+            self._subtrees[key] = (now + _SUBTREE_SECONDS, subtree)
+        # A tree this large stays a subquery: its ids as parameters would pass SQLite's bind limit.
+        return policy if len(subtree) > _MAX_SUBTREE else policy.resolved(subtree)
 
     def _read_many_cur(self, cur: Cursor, refs: Sequence[tuple[str, str]]) -> list[StoredResource]:
         by_type: dict[str, set[str]] = {}

@@ -14,6 +14,7 @@ leaks any of it shows.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -243,6 +244,7 @@ async def test_a_policy_follows_the_organisation_tree_as_it_changes(api: ApiHarn
     assert (await client.get("/fhir/Patient/pb1")).status_code == 404
     # hc-b moves under dist-a: its Patients (and their data) come into view
     assert (await api.client.put("/fhir/Organization/hc-b", json=_org("hc-b", "dist-a"))).status_code == 200
+    await asyncio.sleep(1.05)  # a looked-up subtree serves for at most 1 s
     assert (await client.get("/fhir/Patient/pb1")).status_code == 200
     assert (await client.get("/fhir/Observation/ob1")).status_code == 200
     assert (await client.get("/fhir/Patient/pb2")).status_code == 404
