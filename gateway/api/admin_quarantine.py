@@ -65,7 +65,7 @@ async def list_quarantine(
 ) -> Response:
     """Quarantined records, oldest first, without their bodies."""
     ctx = ctx_of(request)
-    found = await ctx.read(
+    found = await ctx.query(
         lambda: ctx.store.quarantine_list(
             source=source, status=None if status == "all" else status, limit=limit, after=after
         )

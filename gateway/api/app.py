@@ -68,6 +68,7 @@ def create_app(settings: Settings, *, store: Store | None = None, plan: ServiceP
             settle_heap()
             yield
         finally:
+            app.state.ctx.auth.close()
             await services.stop()
 
     app = FastAPI(

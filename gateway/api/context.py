@@ -74,9 +74,17 @@ class AppContext:
         return cached
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a read-only store call: inline where the store says reads are that cheap, else on a thread."""
+        """Run a read of one resource: inline where the store says such reads are that cheap, else on a thread."""
         if self.store.inline_reads:
             return fn(*args)
+        return await anyio.to_thread.run_sync(partial(fn, *args))
+
+    async def query(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a read whose cost grows with the data (search, history, compartment) on a worker thread.
+
+        Even on SQLite, where a read by id is cheaper inline, a search may take long enough to
+        stall every other request (and the health checks) if it ran on the event loop.
+        """
         return await anyio.to_thread.run_sync(partial(fn, *args))
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:

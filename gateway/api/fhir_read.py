@@ -169,7 +169,7 @@ async def everything(request: Request, rid: str) -> Response:
     # Every resource in a visible Patient's compartment refers to that Patient, so the data
     # policy lets it through; the scopes still decide the types.
     types = search_access(request, principal).returnable()
-    related, total = await ctx.read(ctx.store.compartment, "Patient", rid, count, offset, types)
+    related, total = await ctx.query(ctx.store.compartment, "Patient", rid, count, offset, types)
     matches = shown(principal, ([patient] if offset == 0 else []) + related)
     base = base_url(request)
     links = _page_links(f"{base}/Patient/{rid}/$everything", [], count, offset, total, len(related), None)
@@ -206,7 +206,7 @@ async def _search(request: Request, rtype: str, items: list[tuple[str, str]]) ->
         query = ctx.parser.parse(rtype, items, strict=strict, access=search_access(request, principal))
     except SearchError as exc:
         raise FhirError(str(exc), status=400, code=exc.code, expression=exc.expression) from exc
-    result: SearchResult = await ctx.read(ctx.store.search, query)
+    result: SearchResult = await ctx.query(ctx.store.search, query)
     result.resources, result.included = shown(principal, result.resources), shown(principal, result.included)
     base = base_url(request)
     links = _page_links(f"{base}/{rtype}", query.used, query.count, query.offset, result.total,
@@ -278,7 +278,7 @@ async def _history(request: Request, principal: Principal, rtype: str | None, ri
         except DateFormatError as exc:
             raise FhirError(f"_since: {exc}", status=400, code="invalid", expression=["_since"]) from exc
     policy = row_filter(request, principal)
-    versions, total = await ctx.read(
+    versions, total = await ctx.query(
         lambda: ctx.store.history(rtype, rid, since=since, count=count, offset=offset, policy=policy)
     )
     versions = shown(principal, versions)

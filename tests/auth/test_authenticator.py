@@ -7,7 +7,10 @@ replaces sleeping.
 from __future__ import annotations
 
 import sqlite3
+import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -48,9 +51,27 @@ def clock() -> Clock:
     return Clock()
 
 
+_opened: list[Authenticator] = []
+
+
+def make_auth(store: object, **kwargs: Any) -> Authenticator:
+    """An authenticator closed (its last-use writes finished) before the store closes."""
+    auth = Authenticator(store, **kwargs)  # type: ignore[arg-type]
+    _opened.append(auth)
+    return auth
+
+
+@pytest.fixture(autouse=True)
+def close_authenticators(store: ClientRegistry) -> Iterator[None]:
+    """Depends on ``store`` so that it tears down first."""
+    yield
+    while _opened:
+        _opened.pop().close()
+
+
 @pytest.fixture
 def processes(store: ClientRegistry, clock: Clock) -> tuple[Authenticator, Authenticator]:
-    return Authenticator(store, now=clock), Authenticator(store, now=clock)
+    return make_auth(store, now=clock), make_auth(store, now=clock)
 
 
 def test_a_revoked_token_is_refused_everywhere_within_a_second(
@@ -96,7 +117,7 @@ def test_a_cached_lookup_spares_the_store_within_the_second(store: ClientRegistr
             calls += 1
             return store.client_by_token_hash(token_hash)
 
-    auth = Authenticator(Counting(), now=clock)  # type: ignore[arg-type]
+    auth = make_auth(Counting(), now=clock)
     token = register(store, clock)
     for _ in range(100):
         auth.principal(f"Bearer {token}")
@@ -113,18 +134,21 @@ def test_last_use_is_recorded_at_most_once_a_minute_per_process(
     token = register(store, clock)
     auth = processes[0]
     auth.principal(f"Bearer {token}")
+    auth.flush()
     first = datetime.fromtimestamp(clock.now, UTC)
     assert [c.last_used for c in store.list_clients()] == [first]
     clock.now += 30
     auth.principal(f"Bearer {token}")
+    auth.flush()
     assert [c.last_used for c in store.list_clients()] == [first]
     clock.now += 30
     auth.principal(f"Bearer {token}")
+    auth.flush()
     assert [c.last_used for c in store.list_clients()] == [first + timedelta(seconds=60)]
 
 
 def test_unknown_and_disabled_tokens_are_refused(store: ClientRegistry, clock: Clock) -> None:
-    auth = Authenticator(store, now=clock)
+    auth = make_auth(store, now=clock)
     assert refused(auth, new_token())
     token = new_token()
     store.save_client(ApiClient("off", ("admin",), datetime.now(UTC), disabled=True), hash_token(token))
@@ -143,9 +167,11 @@ def test_a_failed_last_use_write_does_not_refuse_the_request(
             return getattr(store, name)
 
         def touch_client(self, name: str, when: datetime) -> None:
+            assert threading.current_thread() is not threading.main_thread()  # never on the request's thread
             raise sqlite3.OperationalError("database is locked")
 
-    auth = Authenticator(Busy(), now=clock)  # type: ignore[arg-type]
+    auth = make_auth(Busy(), now=clock)
     assert auth.principal(f"Bearer {token}").name == "emr"
+    auth.flush()
     assert "could not record last use of a client (OperationalError)" in caplog.text
     assert [c.last_used for c in store.list_clients()] == [None]
