@@ -80,13 +80,16 @@ def match_set(query: SearchQuery) -> tuple[str, Params]:
         driving, filters = filters[:1], filters[1:]
     parts: list[str] = []
     params: Params = []
-    for criterion in driving:
-        part, part_params = rid_set(query.rtype, criterion, query.policy)
-        parts.append(part)
-        params.extend(part_params)
     # The policy's visible set is one more set to intersect: it is driven from the policy's
     # Organizations, districts and Patients, so it costs the size of the client's share.
     visible = visible_rids(query.policy, query.rtype)
+    # A resource has one index row per matching value and path (name.text and name.given both
+    # holding "Thabo"): INTERSECT removes the repeats, a set standing alone needs DISTINCT.
+    alone = len(driving) == 1 and visible is None
+    for criterion in driving:
+        part, part_params = rid_set(query.rtype, criterion, query.policy, distinct=alone)
+        parts.append(part)
+        params.extend(part_params)
     if visible is not None:
         parts.append(visible[0])
         params.extend(visible[1])
@@ -173,10 +176,12 @@ def _resource_filters(query: SearchQuery, alias: str) -> tuple[list[str], Params
     return sql, params
 
 
-def rid_set(rtype: str, c: Criterion, policy: RowFilter | None = None) -> tuple[str, Params]:
+def rid_set(rtype: str, c: Criterion, policy: RowFilter | None = None, *, distinct: bool = False) -> tuple[str, Params]:
     """``SELECT x.rid FROM idx_… x WHERE …`` for one criterion (``:not``/``:missing=true`` give
-    the set to exclude); a chain or ``_has`` only looks at resources ``policy`` lets the client see."""
+    the set to exclude); a chain or ``_has`` only looks at resources ``policy`` lets the client see;
+    ``distinct`` lists each row id once."""
     table = TABLES[c.param.table]
+    select = "DISTINCT x.rid" if distinct else "x.rid"
     if c.has is not None:
         source, ref_param, inner = c.has
         inner_sql, inner_params = _matching(source, inner, policy)
@@ -190,12 +195,12 @@ def rid_set(rtype: str, c: Criterion, policy: RowFilter | None = None) -> tuple[
         target, inner = c.chain
         inner_sql, inner_params = _matching(target, inner, policy)
         sql = (
-            "SELECT x.rid FROM idx_ref x WHERE x.rtype = ? AND x.param = ? AND x.ttype = ?"
+            f"SELECT {select} FROM idx_ref x WHERE x.rtype = ? AND x.param = ? AND x.ttype = ?"
             " AND x.tid IN (SELECT c.id FROM resources c WHERE c.rtype = ? AND c.deleted = 0"
             f" AND c.rid IN ({inner_sql}))"
         )
         return sql, [rtype, c.param.code, target, target, *inner_params]
-    base = f"SELECT x.rid FROM {table} x WHERE x.rtype = ? AND x.param = ?"
+    base = f"SELECT {select} FROM {table} x WHERE x.rtype = ? AND x.param = ?"
     params: Params = [rtype, c.param.code]
     if c.missing is not None:
         return base, params  # rids that have the parameter at all
