@@ -1,4 +1,5 @@
-"""Bearer tokens to principals: the admin token, or a registered client looked up by token hash."""
+"""Bearer tokens to principals: the admin token, a registered client's own token, or an access token
+the SMART token endpoint issued (``gateway.auth.issuer``), each looked up by hash."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from gateway.auth.scopes import Principal
-from gateway.auth.tokens import hash_token
+from gateway.auth.scopes import Principal, grant_scopes
+from gateway.auth.tokens import ACCESS_TOKEN_PREFIX, hash_token
 from gateway.errors import FhirError
 
 if TYPE_CHECKING:
@@ -30,7 +31,10 @@ _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="chw-gateway"'}
 
 
 class Authenticator:
-    """Resolves ``Authorization: Bearer`` tokens to principals, with a 1 s cache."""
+    """Resolves ``Authorization: Bearer`` tokens to principals, with a 1 s cache.
+
+    An access token's principal holds the scopes granted to it, not all of its client's.
+    """
 
     def __init__(self, store: ClientRegistry, admin_token: str | None = None,
                  now: Callable[[], float] = time.time) -> None:
@@ -58,10 +62,7 @@ class Authenticator:
         if cached is not None and cached[0] > now:
             found, expires = cached[1], cached[2]
         else:
-            client = self.store.client_by_token_hash(digest)
-            active = client is not None and client.active(datetime.fromtimestamp(now, UTC))
-            found = Principal.of(client.name, client.scopes) if client is not None and active else None
-            expires = client.expires.timestamp() if client is not None and client.expires else None
+            found, expires = self._lookup(token, digest, now)
             if len(self._cache) > 10_000:
                 self._cache.clear()
             self._cache[digest] = (now + _CACHE_SECONDS, found, expires)
@@ -69,6 +70,23 @@ class Authenticator:
             raise FhirError("the token is not valid", status=401, code="login", headers=_CHALLENGE)
         self._touch(found.name, now)
         return found
+
+    def _lookup(self, token: str, digest: str, now: float) -> tuple[Principal | None, float | None]:
+        """The principal of a token (None if refused) and when it stops being valid (None: no expiry)."""
+        if token.startswith(ACCESS_TOKEN_PREFIX):
+            access = self.store.access_token_by_hash(digest)
+            if access is None or not access.client.active(datetime.fromtimestamp(now, UTC)):
+                return None, None
+            owner = access.client
+            # What was granted, as far as the client's registration still allows it (it may have
+            # been narrowed since the token was issued).
+            found = Principal.of(owner.name, grant_scopes(access.scopes, owner.scopes))
+            ends = [access.expires.timestamp()] + ([owner.expires.timestamp()] if owner.expires else [])
+            return (found if found.scopes else None), min(ends)
+        client = self.store.client_by_token_hash(digest)
+        if client is None or not client.active(datetime.fromtimestamp(now, UTC)):
+            return None, None
+        return Principal.of(client.name, client.scopes), client.expires.timestamp() if client.expires else None
 
     def _touch(self, name: str, now: float) -> None:
         if now - self._touched.get(name, float("-inf")) < _TOUCH_SECONDS:
