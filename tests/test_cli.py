@@ -233,8 +233,10 @@ def test_clients_create_and_set_keys_register_public_keys(env: Path) -> None:
     replaced = runner.invoke(app, ["clients", "set-keys", "emr", "--jwks", str(jwks_file)])
     assert replaced.exit_code == 0 and "ec-1" in replaced.stdout
     assert _keys(env, "emr") == public_jwks(ec_key())
+    assert runner.invoke(app, ["clients", "list"]).stdout.strip().endswith("\tkeys ec-1")
     by_url = runner.invoke(app, ["clients", "set-keys", "emr", "--jwks-url", "https://emr.example.org/jwks.json"])
     assert by_url.exit_code == 0 and _keys(env, "emr") == {"jwks_uri": "https://emr.example.org/jwks.json"}
+    assert runner.invoke(app, ["clients", "list"]).stdout.strip().endswith("\tkeys https://emr.example.org/jwks.json")
     cleared = runner.invoke(app, ["clients", "set-keys", "emr", "--clear"])
     assert cleared.exit_code == 0 and _keys(env, "emr") is None
     missing = runner.invoke(app, ["clients", "set-keys", "nobody", "--clear"])

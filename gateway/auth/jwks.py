@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import jwt
 import orjson
 
 from gateway.errors import RequestError
@@ -106,8 +107,14 @@ def check_key_set(data: Any) -> dict[str, Any]:
     if not usable:
         raise KeySetError("no public key can verify RS384 or ES384 signatures (RSA of 2048 bits or more, or EC"
                           " on P-384, with use \"sig\" or none)")
-    if any(not isinstance(key.get("kid"), str) or not key["kid"] for key in usable):
-        raise KeySetError("every usable key needs a \"kid\": assertions name their key by it")
+    for key in usable:
+        if not isinstance(key.get("kid"), str) or not key["kid"]:
+            raise KeySetError("every usable key needs a \"kid\": assertions name their key by it")
+        alg = next(alg for alg in ALGORITHMS if key_fits(key, alg))
+        try:
+            jwt.PyJWK(dict(key), alg)
+        except jwt.PyJWTError:
+            raise KeySetError(f"key {key['kid']} is not a valid {key.get('kty')} public key") from None
     return {"keys": [dict(key) for key in keys]}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -275,7 +276,7 @@ def clients_rotate(
 
 @clients_app.command("list")
 def clients_list(config: ConfigOption = None) -> None:
-    """List clients: name, scopes, created, expires, state and last use (never tokens)."""
+    """List clients: name, scopes, created, expires, state, last use and SMART keys (never tokens)."""
     from gateway.services import ServicePlan, Services
 
     def stamp(when: datetime | None) -> str:
@@ -293,7 +294,17 @@ def clients_list(config: ConfigOption = None) -> None:
             else:
                 state = "active"
             typer.echo(f"{client.name}\t{' '.join(client.scopes)}\tcreated {stamp(client.created)}"
-                       f"\texpires {stamp(client.expires)}\t{state}\tlast used {stamp(client.last_used)}")
+                       f"\texpires {stamp(client.expires)}\t{state}\tlast used {stamp(client.last_used)}"
+                       f"\tkeys {_keys_summary(client.jwks)}")
+
+
+def _keys_summary(jwks: Mapping[str, Any] | None) -> str:
+    """A client's SMART keys in a word: their kids, the URL they are fetched from, or ``-``."""
+    if not jwks:
+        return "-"
+    if "jwks_uri" in jwks:
+        return str(jwks["jwks_uri"])
+    return ",".join(str(key.get("kid")) for key in jwks.get("keys", []) if isinstance(key, Mapping))
 
 
 @config_app.command("check")

@@ -363,6 +363,9 @@ def test_registration_refuses_key_sets_that_cannot_work() -> None:
         check_key_set({"keys": [small]})
     with pytest.raises(KeySetError, match="kid"):
         check_key_set({"keys": [{k: v for k, v in ec_key().as_dict(private=False).items() if k != "kid"}]})
+    off_curve = {**ec_key().as_dict(private=False), "x": base64.urlsafe_b64encode(b"\x07" * 48).decode()}
+    with pytest.raises(KeySetError, match="key ec-1 is not a valid EC public key"):
+        check_key_set({"keys": [off_curve]})
     with pytest.raises(KeySetError, match="https"):
         check_key_set({"jwks_uri": "http://emr.example.org/jwks"})
     with pytest.raises(KeySetError, match="keys"):
