@@ -10,6 +10,7 @@ Every failure is an ``OAuthError`` whose description never repeats the assertion
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -133,7 +134,7 @@ def verify_assertion(
     if claims.get("sub") != assertion.client_id:
         raise invalid_client("the assertion's sub must equal its iss (the client id)")
     exp = claims.get("exp")
-    if not isinstance(exp, int | float) or isinstance(exp, bool):
+    if not isinstance(exp, int | float) or isinstance(exp, bool) or not math.isfinite(exp):
         raise invalid_client("the assertion's exp must be a number")
     if exp <= now - SKEW_SECONDS:
         raise invalid_client("the assertion has expired")
@@ -141,7 +142,7 @@ def verify_assertion(
         raise invalid_client(f"the assertion's exp is more than {MAX_ASSERTION_SECONDS} seconds ahead")
     for name in ("nbf", "iat"):
         value = claims.get(name)
-        if value is not None and (not isinstance(value, int | float) or value > now + SKEW_SECONDS):
+        if value is not None and (not isinstance(value, int | float) or not value <= now + SKEW_SECONDS):
             raise invalid_client(f"the assertion's {name} is in the future")
     jti = claims.get("jti")
     if not isinstance(jti, str) or not jti or len(jti) > _MAX_JTI:

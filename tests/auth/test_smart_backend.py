@@ -145,7 +145,11 @@ def test_a_key_that_is_not_in_the_clients_set_is_refused(store: ClientRegistry, 
     ({"aud": "https://elsewhere.example.org/token"}, "aud"),
     ({"sub": "lab"}, "sub"),
     ({"nbf": 1_800_000_100}, "nbf"),
-], ids=["expired", "exp-too-far", "no-exp", "no-jti", "wrong-aud", "iss-not-sub", "not-yet-valid"])
+    ({"exp": float("nan")}, "exp"),
+    ({"exp": "1800000060"}, "exp"),
+    ({"iat": float("nan")}, "iat"),
+], ids=["expired", "exp-too-far", "no-exp", "no-jti", "wrong-aud", "iss-not-sub", "not-yet-valid", "exp-nan",
+        "exp-string", "iat-nan"])
 def test_claims_are_checked(store: ClientRegistry, clock: Clock, overrides: dict[str, Any], expected: str) -> None:
     register(store, clock)
     error = refusal(issuer(store, clock), token_form(assertion("emr", TOKEN_URL, clock.now, **overrides)))
