@@ -275,7 +275,7 @@ class ChangeFeed(Protocol):
 
 
 class ClientRegistry(Protocol):
-    """Registered API clients, found by the hash of their bearer token."""
+    """Registered API clients (found by their token hash), and their SMART access tokens and assertion ids."""
 
     def save_client(self, client: ApiClient, token_hash: str) -> None:
         """Create or replace an API client and the hash of its token."""
