@@ -81,7 +81,10 @@ def capability_statement(registry: SearchRegistry, base_url: str, date: str) -> 
                     "service": [{"coding": [{
                         "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
                         "code": "SMART-on-FHIR"}]}],
-                    "description": "Bearer tokens with SMART v2 system scopes (system/Type.cruds).",
+                    "description": "Bearer tokens with SMART v2 system scopes (system/Type.cruds): a registered"
+                    " client's own token, or an access token from SMART Backend Services (client_credentials"
+                    " with an RS384/ES384 signed assertion; the token endpoint is in the oauth-uris extension"
+                    " and .well-known/smart-configuration).",
                 },
                 "resource": resources,
                 "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],

@@ -28,7 +28,10 @@ from gateway.ingest import SourceConfig
 from gateway.scheduler import SchedulerSettings
 from gateway.search import DataPolicy, PolicyError
 
-__all__ = ["ConfigFileError", "SearchSettings", "Settings", "SourceConfig", "load_settings", "read_config_file"]
+__all__ = [
+    "ConfigFileError", "SearchSettings", "Settings", "SmartSettings", "SourceConfig", "load_settings",
+    "read_config_file",
+]
 
 
 class ConfigFileError(ConfigError):
@@ -46,6 +49,24 @@ class SearchSettings(BaseModel):
     max_criteria: int = Field(30, ge=1, le=50, description="filtering parameters of one search")
     max_includes: int = Field(10, ge=0, le=50, description="distinct _include and _revinclude values of one search")
     max_included: int = Field(1000, ge=0, le=10000, description="resources included into one page")
+
+
+class SmartSettings(BaseModel):
+    """SMART Backend Services: the token endpoint (``POST /auth/token``) and the access tokens it issues."""
+
+    access_token_seconds: int = Field(300, ge=30, le=3600, description="lifetime of an issued access token")
+    token_url: str | None = Field(
+        None,
+        description="The token endpoint's URL as clients reach it (the audience of their assertions); default:"
+        " the FHIR base URL with its last path segment replaced by auth/token",
+    )
+
+    @field_validator("token_url")
+    @classmethod
+    def _token_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL")
+        return value
 
 
 class Settings(BaseSettings):
@@ -75,6 +96,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_json_depth: int = Field(64, ge=8, le=1000)
     search: SearchSettings = SearchSettings()
+    smart: SmartSettings = SmartSettings()
     mappings_dir: Path = Path("mappings")
     sources: list[SourceConfig] = []
     destinations: list[DestinationConfig] = []

@@ -236,3 +236,64 @@ def test_clients_set_policy_stores_lists_and_clears_a_data_policy(env: Path) -> 
     assert cleared.exit_code == 0, cleared.output
     after = _client(env, token)
     assert after is not None and after.policy is None
+
+
+def _keys(env: Path, name: str) -> object:
+    store = open_store(f"sqlite:///{env}/cli.db")
+    try:
+        client = store.client_by_name(name)
+        return None if client is None else client.jwks
+    finally:
+        store.close()
+
+
+def test_clients_create_and_set_keys_register_public_keys(env: Path) -> None:
+    from tests.support.smart import ec_key, public_jwks, rsa_key
+
+    jwks_file = env / "emr.jwks.json"
+    jwks_file.write_text(json.dumps(public_jwks(rsa_key())), encoding="utf-8")
+    created = runner.invoke(app, ["clients", "create", "emr", "--scope", "system/Patient.rs", "--jwks", str(jwks_file)])
+    assert created.exit_code == 0, created.output
+    assert _keys(env, "emr") == public_jwks(rsa_key())
+    jwks_file.write_text(json.dumps(public_jwks(ec_key())), encoding="utf-8")
+    replaced = runner.invoke(app, ["clients", "set-keys", "emr", "--jwks", str(jwks_file)])
+    assert replaced.exit_code == 0 and "ec-1" in replaced.stdout
+    assert _keys(env, "emr") == public_jwks(ec_key())
+    assert runner.invoke(app, ["clients", "list"]).stdout.strip().endswith("\tkeys ec-1")
+    by_url = runner.invoke(app, ["clients", "set-keys", "emr", "--jwks-url", "https://emr.example.org/jwks.json"])
+    assert by_url.exit_code == 0 and _keys(env, "emr") == {"jwks_uri": "https://emr.example.org/jwks.json"}
+    assert runner.invoke(app, ["clients", "list"]).stdout.strip().endswith("\tkeys https://emr.example.org/jwks.json")
+    cleared = runner.invoke(app, ["clients", "set-keys", "emr", "--clear"])
+    assert cleared.exit_code == 0 and _keys(env, "emr") is None
+    missing = runner.invoke(app, ["clients", "set-keys", "nobody", "--clear"])
+    assert missing.exit_code == 1 and "no client named 'nobody'" in missing.stderr
+
+
+def test_key_sets_that_cannot_work_are_refused_naming_the_file(env: Path) -> None:
+    from tests.support.smart import rsa_key
+
+    runner.invoke(app, ["clients", "create", "emr", "--scope", "admin"])
+    private = env / "private.json"
+    private.write_text(json.dumps({"keys": [rsa_key().as_dict(private=True)]}), encoding="utf-8")
+    weak = env / "weak.json"
+    weak.write_text(json.dumps({"keys": [{"kty": "EC", "crv": "P-256", "x": "eA", "y": "eQ", "kid": "k"}]}),
+                    encoding="utf-8")
+    broken = env / "broken.json"
+    broken.write_text("{not json", encoding="utf-8")
+    cases = [
+        (["--jwks", str(private)], f"{private}: key 1 (rsa-1) is a private or symmetric key"),
+        (["--jwks", str(weak)], f"{weak}: no public key can verify RS384 or ES384"),
+        (["--jwks", str(broken)], f"{broken}: not JSON"),
+        (["--jwks", str(env / "absent.json")], "absent.json: cannot read"),
+        (["--jwks-url", "http://emr.example.org/jwks"], "must be https"),
+        (["--jwks", str(weak), "--jwks-url", "https://emr.example.org/jwks"], "not both"),
+        ([], "give one of --jwks FILE, --jwks-url URL or --clear"),
+        (["--clear", "--jwks-url", "https://emr.example.org/jwks"], "give one of"),
+    ]
+    for options, message in cases:
+        result = runner.invoke(app, ["clients", "set-keys", "emr", *options])
+        assert result.exit_code == 2, (options, result.output)
+        assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert _keys(env, "emr") is None
+    refused = runner.invoke(app, ["clients", "create", "lab", "--scope", "admin", "--jwks", str(private)])
+    assert refused.exit_code == 2 and _keys(env, "lab") is None

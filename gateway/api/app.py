@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from conformance.capability import capability_statement
 from gateway import __version__
-from gateway.auth import Authenticator
+from gateway.auth import Authenticator, TokenIssuer
 from gateway.errors import CLIENT_ERRORS, GatewayError
 from gateway.fhir import operation_outcome
 from gateway.heap import settle_heap
@@ -34,7 +34,7 @@ from gateway.services import ServicePlan, Services
 from gateway.settings import Settings
 from gateway.store import Store
 
-from . import admin_delivery, admin_quarantine, fhir_read, fhir_write, health, ingest
+from . import admin_delivery, admin_quarantine, fhir_read, fhir_write, health, ingest, smart
 from .auth import authenticate
 from .context import AppContext
 from .negotiation import fhir_response
@@ -49,7 +49,8 @@ def build_context(services: Services) -> AppContext:
     admin = services.settings.admin_token.get_secret_value() if services.settings.admin_token else None
     capability = capability_statement(services.registry, "", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
     auth = Authenticator(services.store, admin, policies=services.settings.data_policies())
-    return AppContext.of(services, auth, capability)
+    tokens = TokenIssuer(services.store, lifetime=services.settings.smart.access_token_seconds)
+    return AppContext.of(services, auth, tokens, capability)
 
 
 def create_app(settings: Settings, *, store: Store | None = None, plan: ServicePlan | None = None) -> FastAPI:
@@ -84,12 +85,15 @@ def create_app(settings: Settings, *, store: Store | None = None, plan: ServiceP
     app.router.redirect_slashes = False
     _install_error_handlers(app)
     for router in (health.router, fhir_read.router, fhir_write.router, ingest.router, admin_quarantine.router,
-                   admin_delivery.router):
+                   admin_delivery.router, smart.router):
         app.include_router(router)
     # Reads dominate partner traffic; matching them first, as a plain Starlette route,
     # keeps them within reach of the framework's own ceiling (bench/read_search.py).
     app.router.routes.insert(0, Route("/fhir/{rtype}/{rid}", fhir_read.fast_read, methods=["GET"],
                                       include_in_schema=False))
+    # Ahead of the read route, which would take /fhir/.well-known/… for a resource type.
+    for path in ("/.well-known/smart-configuration", "/fhir/.well-known/smart-configuration"):
+        app.router.routes.insert(0, Route(path, smart.smart_configuration, methods=["GET"]))
     if settings.api_docs:
         _install_docs(app)
     return app

@@ -6,12 +6,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio.to_thread
 import orjson
 from starlette.requests import Request
 
-from gateway.auth import Authenticator
+from gateway.auth import Authenticator, TokenIssuer
 from gateway.ingest import IngestService
 from gateway.search import QueryParser, SearchRegistry
 from gateway.services import Services
@@ -21,6 +22,8 @@ from gateway.store import Store
 T = TypeVar("T")
 
 CAPABILITY_CACHE_SIZE = 8
+#: The SMART extension naming the OAuth endpoints in a CapabilityStatement.
+OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
 
 
 @dataclass(slots=True)
@@ -37,11 +40,13 @@ class AppContext:
     registry: SearchRegistry
     parser: QueryParser
     auth: Authenticator
+    tokens: TokenIssuer
     capability: dict[str, Any] = field(default_factory=dict)
     _capability_bytes: dict[str, bytes] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, services: Services, auth: Authenticator, capability: dict[str, Any]) -> AppContext:
+    def of(cls, services: Services, auth: Authenticator, tokens: TokenIssuer,
+           capability: dict[str, Any]) -> AppContext:
         """The context of an app over ``services``."""
         return cls(
             services=services,
@@ -50,6 +55,7 @@ class AppContext:
             registry=services.registry,
             parser=services.parser,
             auth=auth,
+            tokens=tokens,
             capability=capability,
         )
 
@@ -65,6 +71,12 @@ class AppContext:
             statement = dict(self.capability)
             statement["url"] = f"{base}/metadata"
             statement["implementation"] = {**statement.get("implementation", {}), "url": base}
+            statement["rest"] = [dict(rest) for rest in statement.get("rest", [])]
+            if statement["rest"]:
+                security = dict(statement["rest"][0].get("security", {}))
+                security["extension"] = [{"url": OAUTH_URIS, "extension": [
+                    {"url": "token", "valueUri": token_url_for(base, self.settings)}]}]
+                statement["rest"][0]["security"] = security
             cached = orjson.dumps(statement)
             # Each entry is ~360 KB and bases come from requests (an allowed host on any port,
             # either scheme), so the oldest goes first rather than the cache growing.
@@ -114,3 +126,17 @@ def base_url(request: Request) -> str:
     # could come after a write was committed.
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     return f"http://{host}:{settings.port}/fhir"
+
+
+def token_url_for(base: str, settings: Settings) -> str:
+    """The SMART token endpoint for FHIR base ``base``: ``smart.token_url``, else ``auth/token`` beside ``/fhir``."""
+    if settings.smart.token_url:
+        return settings.smart.token_url
+    parts = urlsplit(base)
+    parent = parts.path.rstrip("/").rpartition("/")[0]
+    return urlunsplit((parts.scheme, parts.netloc, f"{parent}/auth/token", "", ""))
+
+
+def token_url(request: Request) -> str:
+    """The token endpoint's URL as this request's client sees it (built like ``base_url``, never from a stray Host)."""
+    return token_url_for(base_url(request), ctx_of(request).settings)

@@ -1,4 +1,4 @@
-"""API clients, bearer tokens and SMART v2 system scopes."""
+"""API clients, bearer tokens, SMART v2 system scopes, and SMART Backend Services (assertions in, access tokens out)."""
 
 import lazy_loader
 

@@ -1,4 +1,5 @@
-"""Bearer tokens to principals: the admin token, or a registered client looked up by token hash."""
+"""Bearer tokens to principals: the admin token, a registered client's own token, or an access token
+the SMART token endpoint issued (``gateway.auth.issuer``), each looked up by hash."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from gateway.auth.scopes import Principal
-from gateway.auth.tokens import hash_token
+from gateway.auth.scopes import Principal, grant_scopes
+from gateway.auth.tokens import ACCESS_TOKEN_PREFIX, hash_token
 from gateway.errors import FhirError
 from gateway.search import DataPolicy, PolicyError
 
@@ -34,7 +35,10 @@ _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="chw-gateway"'}
 
 
 class Authenticator:
-    """Resolves ``Authorization: Bearer`` tokens to principals, with a 1 s cache."""
+    """Resolves ``Authorization: Bearer`` tokens to principals, with a 1 s cache.
+
+    An access token's principal holds the scopes granted to it, not all of its client's.
+    """
 
     def __init__(self, store: ClientRegistry, admin_token: str | None = None,
                  now: Callable[[], float] = time.time, policies: Mapping[str, DataPolicy] | None = None) -> None:
@@ -65,10 +69,7 @@ class Authenticator:
         if cached is not None and cached[0] > now:
             found, expires = cached[1], cached[2]
         else:
-            client = self.store.client_by_token_hash(digest)
-            active = client is not None and client.active(datetime.fromtimestamp(now, UTC))
-            found = self._principal(client) if client is not None and active else None
-            expires = client.expires.timestamp() if client is not None and client.expires else None
+            found, expires = self._lookup(token, digest, now)
             if len(self._cache) > 10_000:
                 self._cache.clear()
             self._cache[digest] = (now + _CACHE_SECONDS, found, expires)
@@ -77,7 +78,7 @@ class Authenticator:
         self._touch(found.name, now)
         return found
 
-    def _principal(self, client: ApiClient) -> Principal:
+    def _principal(self, client: ApiClient, scopes: tuple[str, ...] | None = None) -> Principal:
         policy = self._policies.get(client.name)
         if policy is None and client.policy is not None:
             try:
@@ -86,7 +87,24 @@ class Authenticator:
                 # Fail closed: a policy nobody can read must not become "no policy".
                 log.warning("the stored data policy of a client cannot be read; its requests are refused")
                 policy = _NOTHING
-        return Principal.of(client.name, client.scopes, policy)
+        return Principal.of(client.name, client.scopes if scopes is None else scopes, policy)
+
+    def _lookup(self, token: str, digest: str, now: float) -> tuple[Principal | None, float | None]:
+        """The principal of a token (None if refused) and when it stops being valid (None: no expiry)."""
+        if token.startswith(ACCESS_TOKEN_PREFIX):
+            access = self.store.access_token_by_hash(digest)
+            if access is None or not access.client.active(datetime.fromtimestamp(now, UTC)):
+                return None, None
+            owner = access.client
+            # What was granted, as far as the client's registration still allows it (it may have
+            # been narrowed since the token was issued).
+            found = self._principal(owner, grant_scopes(access.scopes, owner.scopes))
+            ends = [access.expires.timestamp()] + ([owner.expires.timestamp()] if owner.expires else [])
+            return (found if found.scopes else None), min(ends)
+        client = self.store.client_by_token_hash(digest)
+        if client is None or not client.active(datetime.fromtimestamp(now, UTC)):
+            return None, None
+        return self._principal(client), client.expires.timestamp() if client.expires else None
 
     def _touch(self, name: str, now: float) -> None:
         if now - self._touched.get(name, float("-inf")) < _TOUCH_SECONDS:

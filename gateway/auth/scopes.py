@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from gateway.errors import RequestError
@@ -83,3 +84,44 @@ class Principal:
         if scope in self.scopes:
             return True
         return scope.startswith("ingest:") and "ingest:*" in self.scopes
+
+
+def grant_scopes(requested: Sequence[str], held: Sequence[str]) -> tuple[str, ...]:
+    """The part of ``requested`` that ``held`` (a client's registered scopes) allows, in v2 form.
+
+    ``system/Patient.rs`` is granted when the client holds it or ``system/*.cruds``; a request
+    beyond the registration is narrowed (``system/Patient.cruds`` to what the client may do on
+    Patient, ``system/*.rs`` to the read and search the client holds per type); scopes the
+    gateway does not know, or that nothing held allows, are left out.
+    """
+    have = Principal.of("", tuple(held))
+    letters: dict[str, str] = {}
+    others: list[str] = []
+    for scope in requested:
+        try:
+            parsed = parse_scope(scope)
+        except ScopeError:
+            continue
+        if parsed is None:
+            if (scope == "admin" or _INGEST.match(scope)) and have.has(scope) and scope not in others:
+                others.append(scope)
+            continue
+        rtype, wanted = parsed
+        if rtype != "*" and rtype not in RESOURCE_TYPES:
+            continue
+        targets = [rtype] if rtype != "*" else ["*", *(t for t in have._fhir if t != "*")]
+        for target in targets:
+            allowed = "".join(letter for letter in wanted if have.can(target, letter))
+            if allowed:
+                letters[target] = _in_order(letters.get(target, "") + allowed)
+    wildcard = letters.get("*", "")
+    fhir = [
+        f"system/{rtype}.{rest}"
+        for rtype, perm in sorted(letters.items(), key=lambda item: (item[0] != "*", item[0]))
+        if (rest := perm if rtype == "*" else "".join(letter for letter in perm if letter not in wildcard))
+    ]
+    return (*fhir, *others)
+
+
+def _in_order(letters: str) -> str:
+    return "".join(sorted(set(letters), key="cruds".index))

@@ -6,11 +6,19 @@ import hashlib
 import secrets
 
 PREFIX = "gw_"
+#: Access tokens the SMART token endpoint issues start with this, so the authenticator knows
+#: which table holds them.
+ACCESS_TOKEN_PREFIX = "gwa_"
 
 
 def new_token() -> str:
     """A new random bearer token (256 bits of entropy)."""
     return PREFIX + secrets.token_urlsafe(32)
+
+
+def new_access_token() -> str:
+    """A new random access token (256 bits of entropy)."""
+    return ACCESS_TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
 def hash_token(token: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -123,13 +124,51 @@ def _start_dev_sandbox() -> Any:
     fail("the DHIS2 sandbox did not start within 30 s")
 
 
-def _create_client(store: ClientRegistry, name: str, scopes: list[str], expires: datetime | None = None) -> str:
+def _create_client(store: ClientRegistry, name: str, scopes: list[str], expires: datetime | None = None,
+                   jwks: dict[str, Any] | None = None) -> str:
     from gateway.auth import hash_token, new_token
     from gateway.store import ApiClient
 
     token = new_token()
-    store.save_client(ApiClient(name, tuple(scopes), datetime.now(UTC), expires=expires), hash_token(token))
+    store.save_client(ApiClient(name, tuple(scopes), datetime.now(UTC), expires=expires, jwks=jwks),
+                      hash_token(token))
     return token
+
+
+JwksOption = Annotated[
+    Path | None,
+    typer.Option("--jwks", help="JSON file with the client's public JWK Set (SMART Backend Services)", dir_okay=False),
+]
+JwksUrlOption = Annotated[
+    str | None, typer.Option("--jwks-url", help="URL the client publishes its public JWK Set at (https)"),
+]
+
+
+def key_set_from(jwks: Path | None, jwks_url: str | None) -> dict[str, Any] | None:
+    """The key set ``--jwks FILE`` or ``--jwks-url URL`` registers (None for neither), or exit naming the problem."""
+    import json
+
+    from gateway.auth import KeySetError, check_key_set
+
+    if jwks is not None and jwks_url is not None:
+        fail("give --jwks or --jwks-url, not both")
+    if jwks_url is not None:
+        try:
+            return check_key_set({"jwks_uri": jwks_url})
+        except KeySetError as exc:
+            fail(f"--jwks-url: {exc}")
+    if jwks is None:
+        return None
+    try:
+        data = json.loads(jwks.read_text(encoding="utf-8"))
+    except OSError as exc:
+        fail(f"{jwks}: cannot read: {exc.strerror}")
+    except (UnicodeDecodeError, ValueError) as exc:
+        fail(f"{jwks}: not JSON: {exc}")
+    try:
+        return check_key_set(data)
+    except KeySetError as exc:
+        fail(f"{jwks}: {exc}")
 
 
 def parse_expiry(value: str, now: datetime) -> datetime:
@@ -148,9 +187,14 @@ def clients_create(
     name: Annotated[str, typer.Argument(help="Client name (letters, digits, - and _)")],
     scope: Annotated[list[str], typer.Option("--scope", "-s", help="A scope; repeat for more")],
     expires: Annotated[str | None, typer.Option(help="When the token stops working: 90d or 2027-01-01")] = None,
+    jwks: JwksOption = None,
+    jwks_url: JwksUrlOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Create (or re-key) a client; its token is printed once, alone on the last line."""
+    """Create (or re-key) a client; its token is printed once, alone on the last line.
+
+    With --jwks or --jwks-url the client can also get access tokens from the SMART token endpoint.
+    """
     from gateway.auth import ScopeError, validate_scopes
     from gateway.services import ServicePlan, Services
 
@@ -164,8 +208,9 @@ def clients_create(
     until = parse_expiry(expires, now) if expires else None
     if until is not None and until <= now:
         fail(f"--expires {expires} is in the past")
+    keys = key_set_from(jwks, jwks_url)
     with Services.build(settings_from(config), ServicePlan(ingest=False)) as services:
-        token = _create_client(services.store, name, scope, until)
+        token = _create_client(services.store, name, scope, until, keys)
     typer.echo(f"created client {name} with scopes {' '.join(scope)}; the token is shown only now:")
     typer.echo(token)
 
@@ -183,6 +228,32 @@ def clients_revoke(
     if not found:
         fail(f"no client named {name!r}", 1)
     typer.echo(f"revoked client {name}")
+
+
+@clients_app.command("set-keys")
+def clients_set_keys(
+    name: Annotated[str, typer.Argument(help="Client name")],
+    jwks: JwksOption = None,
+    jwks_url: JwksUrlOption = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Remove the client's keys")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Register (or replace, or --clear) the public keys a client signs SMART token requests with."""
+    from gateway.services import ServicePlan, Services
+
+    if clear == (jwks is not None or jwks_url is not None):
+        fail("give one of --jwks FILE, --jwks-url URL or --clear")
+    keys = None if clear else key_set_from(jwks, jwks_url)
+    with Services.build(settings_from(config), ServicePlan(ingest=False)) as services:
+        found = services.store.set_client_keys(name, keys)
+    if not found:
+        fail(f"no client named {name!r}", 1)
+    if keys is None:
+        typer.echo(f"removed the keys of client {name}; its access tokens end when they expire")
+    elif "jwks_uri" in keys:
+        typer.echo(f"client {name} signs with the keys published at {keys['jwks_uri']}")
+    else:
+        typer.echo(f"client {name} signs with key(s) {', '.join(str(k.get('kid')) for k in keys['keys'])}")
 
 
 @clients_app.command("rotate")
@@ -205,7 +276,7 @@ def clients_rotate(
 
 @clients_app.command("list")
 def clients_list(config: ConfigOption = None) -> None:
-    """List clients: name, scopes, created, expires, state and last use (never tokens)."""
+    """List clients: name, scopes, created, expires, state, last use and SMART keys (never tokens)."""
     from gateway.services import ServicePlan, Services
 
     def stamp(when: datetime | None) -> str:
@@ -226,7 +297,17 @@ def clients_list(config: ConfigOption = None) -> None:
                 state = "active"
             typer.echo(f"{client.name}\t{' '.join(client.scopes)}\tcreated {stamp(client.created)}"
                        f"\texpires {stamp(client.expires)}\t{state}\tlast used {stamp(client.last_used)}"
-                       f"\tpolicy {_policy_text(client.policy, configured.get(client.name))}")
+                       f"\tpolicy {_policy_text(client.policy, configured.get(client.name))}"
+                       f"\tkeys {_keys_summary(client.jwks)}")
+
+
+def _keys_summary(jwks: Mapping[str, Any] | None) -> str:
+    """A client's SMART keys in a word: their kids, the URL they are fetched from, or ``-``."""
+    if not jwks:
+        return "-"
+    if "jwks_uri" in jwks:
+        return str(jwks["jwks_uri"])
+    return ",".join(str(key.get("kid")) for key in jwks.get("keys", []) if isinstance(key, Mapping))
 
 
 def _policy_text(stored: Any, configured: Any) -> str:

@@ -5,7 +5,8 @@ Consumers type against the narrowest protocol they use:
 * ``ResourceStore``: resources, their versions, history and search, and write
   transactions (``StoreTransaction``);
 * ``ChangeFeed``: the ordered feed of committed writes (the delivery outbox follows it);
-* ``ClientRegistry``: API clients and their token hashes (the authenticator);
+* ``ClientRegistry``: API clients and their token hashes, the access tokens issued to them
+  and the assertion ids they used (the authenticator and the SMART token endpoint);
 * ``QuarantineStore``: received records that failed, kept for replay;
 * ``Store``: all of them plus the lifecycle (``ping``, ``close``); ``open_store`` returns one.
 
@@ -105,6 +106,15 @@ class ApiClient:
     def active(self, now: datetime) -> bool:
         """Whether the client's token may authenticate at ``now`` (not disabled, revoked or expired)."""
         return not self.disabled and self.revoked is None and (self.expires is None or self.expires > now)
+
+
+@dataclass(frozen=True, slots=True)
+class AccessToken:
+    """An access token the token endpoint issued, with its client as the client is now."""
+
+    client: ApiClient
+    scopes: tuple[str, ...]  # the scopes granted when it was issued
+    expires: datetime
 
 
 @dataclass(slots=True)
@@ -281,7 +291,7 @@ class ChangeFeed(Protocol):
 
 
 class ClientRegistry(Protocol):
-    """Registered API clients, found by the hash of their bearer token."""
+    """Registered API clients (found by their token hash), and their SMART access tokens and assertion ids."""
 
     def save_client(self, client: ApiClient, token_hash: str) -> None:
         """Create or replace an API client and the hash of its token."""
@@ -317,6 +327,18 @@ class ClientRegistry(Protocol):
 
     def touch_client(self, name: str, when: datetime) -> None:
         """Record that a client authenticated at ``when`` (callers throttle this)."""
+        ...
+
+    def save_access_token(self, token_hash: str, client: str, scopes: Sequence[str], expires: datetime) -> None:
+        """Keep the hash of an access token issued to ``client`` (expired ones are dropped on the way)."""
+        ...
+
+    def access_token_by_hash(self, token_hash: str) -> AccessToken | None:
+        """An issued access token and its client, or None (unknown, or its client is gone)."""
+        ...
+
+    def remember_jti(self, client: str, jti: str, expires: datetime) -> bool:
+        """Record an assertion id of ``client`` until ``expires``; False if it is already recorded."""
         ...
 
 

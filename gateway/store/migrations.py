@@ -115,6 +115,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE api_clients ADD COLUMN jwks TEXT",
         ),
     ),
+    Migration(
+        6,
+        "SMART Backend Services: issued access tokens (by hash) and the assertion ids seen (replay protection)",
+        (
+            """CREATE TABLE access_tokens (token_hash TEXT PRIMARY KEY, client TEXT NOT NULL,
+                scopes TEXT NOT NULL, expires {FLOAT} NOT NULL)""",
+            "CREATE INDEX access_tokens_expires ON access_tokens (expires)",
+            "CREATE INDEX access_tokens_client ON access_tokens (client)",
+            # The key makes remembering an id atomic in every process: a second insert conflicts.
+            """CREATE TABLE assertion_ids (client TEXT NOT NULL, jti TEXT NOT NULL, expires {FLOAT} NOT NULL,
+                PRIMARY KEY (client, jti))""",
+            "CREATE INDEX assertion_ids_expires ON assertion_ids (expires)",
+        ),
+    ),
 )
 
 

@@ -32,6 +32,7 @@ from gateway.search import (
     visible_rows,
 )
 from gateway.store.base import (
+    AccessToken,
     ApiClient,
     Change,
     ChangeOp,
@@ -505,12 +506,15 @@ class SqlStore:
             return [_client(row) for row in cur.fetchall()]
 
     def revoke_client(self, name: str) -> bool:
-        """Revoke a client for good; False if there is no such client."""
+        """Revoke a client for good, and the access tokens issued to it; False if there is no such client."""
         with self._write_cursor() as cur:
             # COALESCE keeps the first revocation time when a client is revoked twice.
             cur.execute(self.q("UPDATE api_clients SET revoked = COALESCE(revoked, ?) WHERE name = ?"),
                         (time.time(), name))
-            return cur.rowcount > 0
+            found = cur.rowcount > 0
+            # The join on the client would refuse them anyway; deleting them says so in the data too.
+            cur.execute(self.q("DELETE FROM access_tokens WHERE client = ?"), (name,))
+            return found
 
     def rekey_client(self, name: str, token_hash: str) -> bool:
         """Replace a live client's token hash, keeping its other fields; False if none."""
@@ -523,6 +527,38 @@ class SqlStore:
         """Record a client's last successful authentication."""
         with self._write_cursor() as cur:
             cur.execute(self.q("UPDATE api_clients SET last_used = ? WHERE name = ?"), (when.timestamp(), name))
+
+    def save_access_token(self, token_hash: str, client: str, scopes: Sequence[str], expires: datetime) -> None:
+        """Keep an issued access token's hash; expired tokens are purged in the same transaction."""
+        with self._write_cursor() as cur:
+            cur.execute(self.q("DELETE FROM access_tokens WHERE expires < ?"), (time.time(),))
+            cur.execute(self.q("INSERT INTO access_tokens (token_hash, client, scopes, expires) VALUES (?, ?, ?, ?)"),
+                        (token_hash, client, " ".join(scopes), expires.timestamp()))
+
+    def access_token_by_hash(self, token_hash: str) -> AccessToken | None:
+        """An issued access token with its client's current row (None when either is gone)."""
+        columns = ", ".join(f"c.{column.strip()}" for column in self._CLIENT_COLUMNS.split(","))
+        with self._read_cursor() as cur:
+            cur.execute(
+                self.q(f"SELECT t.scopes, t.expires, {columns} FROM access_tokens t"
+                       " JOIN api_clients c ON c.name = t.client WHERE t.token_hash = ?"),
+                (token_hash,),
+            )
+            row = cur.fetchone()
+        if row is None:
+            return None
+        return AccessToken(_client(row[2:]), tuple(row[0].split()), from_epoch(row[1]))
+
+    def remember_jti(self, client: str, jti: str, expires: datetime) -> bool:
+        """Record an assertion id until ``expires``; False if it is recorded already (in any process)."""
+        with self._write_cursor() as cur:
+            cur.execute(self.q("DELETE FROM assertion_ids WHERE expires < ?"), (time.time(),))
+            # ON CONFLICT DO NOTHING (SQLite 3.24+, PostgreSQL): a duplicate is a row count of
+            # 0, not an error that would abort a PostgreSQL transaction.
+            cur.execute(self.q("INSERT INTO assertion_ids (client, jti, expires) VALUES (?, ?, ?)"
+                               " ON CONFLICT (client, jti) DO NOTHING"),
+                        (client, jti, expires.timestamp()))
+            return cur.rowcount == 1
 
     # -- quarantine --------------------------------------------------------------------------
     def quarantine_add(

@@ -297,3 +297,19 @@ def test_policies_in_the_configuration_are_checked() -> None:
         Settings(client_policies={"emr": {"organizations": ["hc-b"]}})
     with pytest.raises(ValueError, match="unknown data policy key 'district'"):
         Settings(client_policies={"emr": {"district": ["x"]}})
+
+
+async def test_a_smart_access_token_carries_its_clients_policy(api: ApiHarness) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from gateway.auth import ACCESS_TOKEN_PREFIX, hash_token
+
+    await seed(api)
+    policy_client(api, {"organizations": ["Organization/dist-a"]})  # registers a client with a policy
+    name = next(c.name for c in api.store.list_clients() if c.policy)
+    token = f"{ACCESS_TOKEN_PREFIX}{uuid.uuid4().hex}"
+    expires = datetime.now(UTC) + timedelta(minutes=5)
+    api.store.save_access_token(hash_token(token), name, ["system/Patient.rs"], expires)
+    client = api.with_scopes(token=token)
+    assert refs_in((await client.get("/fhir/Patient")).json()) == {"Patient/pa1"}
+    assert (await client.get("/fhir/Patient/pb1")).status_code == 404

@@ -71,3 +71,44 @@ def test_policy_and_keys_round_trip_and_can_be_replaced(store: ClientRegistry) -
     assert store.client_by_name("nobody") is None
     assert store.set_client_policy("nobody", policy) is False
     assert store.set_client_keys("nobody", jwks) is False
+
+
+def test_access_tokens_are_found_with_their_client_as_it_is_now(store: ClientRegistry) -> None:
+    store.save_client(ApiClient("emr", ("system/*.cruds",), datetime.now(UTC)), "hash-1")
+    expires = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=5)
+    store.save_access_token("at-1", "emr", ("system/Patient.rs", "admin"), expires)
+    found = store.access_token_by_hash("at-1")
+    assert found is not None
+    assert (found.client.name, found.scopes, found.expires) == ("emr", ("system/Patient.rs", "admin"), expires)
+    assert found.client.active(datetime.now(UTC))
+    assert store.access_token_by_hash("at-2") is None
+    assert store.revoke_client("emr")
+    assert store.access_token_by_hash("at-1") is None  # revoking a client ends its access tokens
+
+
+def test_an_access_token_of_a_client_that_is_gone_is_not_found(store: ClientRegistry) -> None:
+    store.save_access_token("at-1", "nobody", ("system/Patient.rs",), datetime.now(UTC) + timedelta(minutes=5))
+    assert store.access_token_by_hash("at-1") is None
+
+
+def test_expired_access_tokens_are_purged_when_a_token_is_issued(store: ClientRegistry) -> None:
+    store.save_client(ApiClient("emr", ("system/*.cruds",), datetime.now(UTC)), "hash-1")
+    store.save_access_token("old", "emr", ("system/Patient.rs",), datetime(2020, 1, 1, tzinfo=UTC))
+    assert store.access_token_by_hash("old") is not None  # found, with an expiry the caller refuses
+    store.save_access_token("new", "emr", ("system/Patient.rs",), datetime.now(UTC) + timedelta(minutes=5))
+    assert store.access_token_by_hash("old") is None
+    assert store.access_token_by_hash("new") is not None
+
+
+def test_an_assertion_id_is_remembered_once_per_client_until_it_expires(store: ClientRegistry) -> None:
+    later = datetime.now(UTC) + timedelta(minutes=5)
+    assert store.remember_jti("emr", "jti-1", later) is True
+    assert store.remember_jti("emr", "jti-1", later) is False
+    assert store.remember_jti("lab", "jti-1", later) is True  # ids are per client (per issuer)
+    assert store.remember_jti("emr", "jti-2", later) is True
+    past = datetime(2020, 1, 1, tzinfo=UTC)
+    assert store.remember_jti("emr", "jti-old", past) is True
+    # The expired row is purged first, so the id is new again (the expired assertion it came
+    # from is refused before its id is looked at).
+    assert store.remember_jti("emr", "jti-old", past) is True
+    assert store.remember_jti("emr", "jti-1", later) is False

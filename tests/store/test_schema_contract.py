@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -98,5 +98,42 @@ def test_a_store_at_the_previous_version_keeps_its_clients(store_url: str) -> No
         assert (found.expires, found.revoked, found.last_used) == (None, None, None)
         assert found.active(datetime.now(UTC))
         assert store.revoke_client("emr")
+    finally:
+        store.close()
+
+
+def test_a_store_at_schema_5_gains_access_tokens_and_keeps_its_clients(store_url: str) -> None:
+    """Schema 6 adds the SMART tables; a client registered before keeps its keys and can be issued tokens."""
+    dialect = "sqlite" if store_url.startswith("sqlite") else "postgresql"
+    statements = ["CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied REAL NOT NULL)"]
+    for migration in (m for m in MIGRATIONS if m.version <= 5):
+        statements += statements_for(dialect, migration)
+        statements.append(f"INSERT INTO schema_migrations VALUES ({migration.version}, 0)")
+    statements.append("INSERT INTO api_clients (name, token_hash, scopes, created, disabled, jwks)"
+                      """ VALUES ('emr', 'hash-1', 'system/Patient.rs', 1700000000, 0, '{"jwks_uri": "https://e/j"}')""")
+    if dialect == "sqlite":
+        conn = sqlite3.connect(store_url.removeprefix("sqlite:///"))
+        for statement in statements:
+            conn.execute(statement)
+        conn.commit()
+        conn.close()
+    else:
+        conninfo, schema = split_schema(store_url)
+        with psycopg.connect(conninfo, autocommit=True) as pg:
+            pg.execute(f'CREATE SCHEMA "{schema}"')
+            pg.execute(f'SET search_path TO "{schema}"')
+            for statement in statements:
+                pg.execute(statement)
+    store = open_store(store_url)
+    try:
+        assert isinstance(store, SqlStore)
+        assert store.schema_version() == LATEST
+        client = store.client_by_name("emr")
+        assert client is not None and client.jwks == {"jwks_uri": "https://e/j"}
+        later = datetime.now(UTC) + timedelta(minutes=5)
+        assert store.remember_jti("emr", "jti-1", later) and not store.remember_jti("emr", "jti-1", later)
+        store.save_access_token("at-1", "emr", ("system/Patient.rs",), later)
+        found = store.access_token_by_hash("at-1")
+        assert found is not None and found.client.name == "emr"
     finally:
         store.close()
