@@ -1,0 +1,200 @@
+"""The permission matrix: every interaction the CapabilityStatement declares, on a sample of
+types, in every form (REST, batch entry, transaction entry), against generated scope sets.
+
+The rule table and the scope sets are ``tests.support.permission_matrix``'s. An allowed
+request gets its 2xx (never 401/403); a refused one gets 403 ``forbidden`` as an
+OperationOutcome (a batch: that entry's ``response.status`` is 403; a transaction: the
+whole Bundle is refused with 403) and changes nothing: the change feed's last sequence
+number stays where it was. Allowed reads change nothing either. ``$everything`` returns
+exactly the linked types the client may read.
+
+Probes are collected from the CapabilityStatement a throwaway app serves; the app under
+test (one per backend, shared by the module) must serve the same one.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from gateway.api.app import create_app
+from gateway.settings import Settings
+from gateway.store import Store, open_store
+from tests.conftest import PG_URL, make_token
+from tests.support.live_server import LiveServer
+from tests.support.permission_matrix import (
+    Call,
+    Probe,
+    allows,
+    linked_types,
+    pick_types,
+    probes,
+    returnable,
+    scope_sets,
+    seed_id,
+    seed_resource,
+)
+
+
+def _served_statement(directory: Path) -> dict[str, Any]:
+    settings = Settings(store_url=f"sqlite:///{directory / 'statement.db'}")
+    with LiveServer(create_app(settings)) as server:
+        response = httpx.get(f"{server.url}/fhir/metadata")
+    assert response.status_code == 200, response.text
+    statement: dict[str, Any] = response.json()
+    return statement
+
+
+with tempfile.TemporaryDirectory() as _directory:
+    STATEMENT = _served_statement(Path(_directory))
+TYPES = pick_types(STATEMENT)
+PROBES = {probe.id: probe for probe in probes(STATEMENT, TYPES)}
+
+
+@dataclass
+class Matrix:
+    """The app under test on one backend, tokens per scope set, and the change-feed position."""
+
+    client: httpx.Client
+    store: Store
+    admin: str
+    tokens: dict[tuple[str, ...], str] = field(default_factory=dict)
+
+    def token(self, scopes: tuple[str, ...]) -> str:
+        if scopes not in self.tokens:
+            self.tokens[scopes] = make_token(self.store, scopes)
+        return self.tokens[scopes]
+
+    def send(self, call: Call, token: str) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}", **dict(call.headers)}
+        return self.client.request(call.method, f"/fhir{call.path}", params=list(call.params), headers=headers,
+                                   content=call.body)  # fmt: skip
+
+    def bundle(self, kind: str, entry: dict[str, Any], token: str) -> httpx.Response:
+        body = json.dumps({"resourceType": "Bundle", "type": kind, "entry": [entry]})
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"}
+        return self.client.post("/fhir", content=body, headers=headers)
+
+    def restore(self, rtype: str) -> None:
+        seed = seed_resource(rtype)
+        response = self.client.put(f"/fhir/{rtype}/{seed['id']}", json=seed,
+                                   headers={"Authorization": f"Bearer {self.admin}"})  # fmt: skip
+        assert response.status_code in (200, 201), response.text
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def matrix(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matrix]:
+    """One app per backend for the whole module, holding the seeds."""
+    schema = f"pm_{uuid.uuid4().hex[:12]}"
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('matrix') / 'store.db'}"
+    else:
+        url = f"{PG_URL}?schema={schema}"
+    store = open_store(url)
+    try:
+        app = create_app(Settings(store_url=url), store=store)
+        with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+            served = client.get("/fhir/metadata").json()
+            assert served["rest"] == STATEMENT["rest"], "the app under test serves other interactions than the probes'"
+            matrix = Matrix(client, store, make_token(store, ("system/*.cruds",)))
+            for rtype in sorted(TYPES, key=lambda t: t != "Patient"):
+                matrix.restore(rtype)
+            yield matrix
+    finally:
+        store.close()
+        if request.param == "postgresql":
+            with psycopg.connect(PG_URL, autocommit=True) as conn:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def _forbidden(outcome: Any) -> str | None:
+    """Why ``outcome`` is not a ``forbidden`` OperationOutcome (None: it is)."""
+    if not isinstance(outcome, dict) or outcome.get("resourceType") != "OperationOutcome":
+        return f"not an OperationOutcome: {json.dumps(outcome)[:200]}"
+    if [i.get("code") for i in outcome.get("issue", [])][:1] != ["forbidden"]:
+        return f"issue code is not forbidden: {json.dumps(outcome)[:200]}"
+    return None
+
+
+def _check_rest(probe: Probe, response: httpx.Response, allowed: bool) -> str | None:
+    if allowed:
+        if response.status_code != probe.ok:
+            return f"allowed, but {response.status_code}: {response.text[:200]}"
+        return None
+    if response.status_code != 403:
+        return f"refused, but {response.status_code}: {response.text[:200]}"
+    if not response.headers.get("content-type", "").startswith("application/fhir+json"):
+        return f"403 with Content-Type {response.headers.get('content-type')!r}"
+    return _forbidden(response.json())
+
+
+def _check_bundle(probe: Probe, kind: str, response: httpx.Response, allowed: bool) -> str | None:
+    if kind == "transaction" and not allowed:
+        return _check_rest(probe, response, False)
+    if response.status_code != 200:
+        return f"{kind}: {response.status_code}: {response.text[:200]}"
+    (entry,) = response.json()["entry"]
+    status = str(entry["response"]["status"])
+    if allowed:
+        return None if status.split(" ")[0] == probe.entry_ok else f"{kind} entry allowed, but {status}"
+    if status.split(" ")[0] != "403":
+        return f"{kind} entry refused, but {status}"
+    return _forbidden(entry["response"].get("outcome"))
+
+
+def _check_everything(response: httpx.Response, scopes: tuple[str, ...]) -> str | None:
+    returned = {e["resource"]["resourceType"] for e in response.json().get("entry", [])}
+    expected = {"Patient"} | {t for t in linked_types(TYPES) if returnable(scopes, t)}
+    return None if returned == expected else f"$everything returned {sorted(returned)}, expected {sorted(expected)}"
+
+
+def _case(matrix: Matrix, probe: Probe, scopes: tuple[str, ...], form: str) -> list[str]:
+    """Run one probe in one form with one scope set; the problems found."""
+    allowed = allows(scopes, probe.needs)
+    token = matrix.token(scopes)
+    before = matrix.store.last_change_seq()
+    problems: list[str | None] = []
+    if form == "rest":
+        for call in probe.rest:
+            response = matrix.send(call, token)
+            problems.append(_check_rest(probe, response, allowed))
+            if allowed and probe.filters_types and response.status_code == 200:
+                problems.append(_check_everything(response, scopes))
+    else:
+        assert probe.entry is not None
+        problems.append(_check_bundle(probe, form, matrix.bundle(form, probe.entry, token), allowed))
+    after = matrix.store.last_change_seq()
+    if not (allowed and probe.writes) and after != before:
+        problems.append(f"{'refused' if not allowed else 'a read'} changed the store (seq {before} -> {after})")
+    if allowed and probe.deletes and probe.rtype is not None:
+        matrix.restore(probe.rtype)
+    where = f"{form} {probe.id} with {' '.join(scopes)} ({'allowed' if allowed else 'refused'})"
+    return [f"{where}: {p}" for p in problems if p]
+
+
+@pytest.mark.parametrize("probe_id", sorted(PROBES))
+def test_permission_matrix(matrix: Matrix, probe_id: str) -> None:
+    probe = PROBES[probe_id]
+    cases = [(scopes, form) for scopes in scope_sets(probe, TYPES) for form in probe.forms]
+    assert any(allows(s, probe.needs) for s, _ in cases) and not all(allows(s, probe.needs) for s, _ in cases)
+    problems = [p for scopes, form in cases for p in _case(matrix, probe, scopes, form)]
+    assert not problems, "\n".join(problems[:20])
+
+
+def test_the_matrix_covers_every_declared_interaction() -> None:
+    declared = {(r["type"], i["code"]) for r in STATEMENT["rest"][0]["resource"] if r["type"] in TYPES
+                for i in r["interaction"]}  # fmt: skip
+    covered = {(p.rtype, p.interaction) for p in PROBES.values()}
+    assert declared <= covered
+    assert ("Patient", "operation:everything") in covered and (None, "history-system") in covered
+    assert len(TYPES) == 6 and TYPES[:5] == ("Patient", "Observation", "Encounter", "ServiceRequest", "Task")
+    assert seed_id("Patient") in json.dumps(PROBES["Patient-read"].rest[0].path)
