@@ -6,7 +6,8 @@ request gets its 2xx (never 401/403); a refused one gets 403 ``forbidden`` as an
 OperationOutcome (a batch: that entry's ``response.status`` is 403; a transaction: the
 whole Bundle is refused with 403) and changes nothing: the change feed's last sequence
 number stays where it was. Allowed reads change nothing either. ``$everything`` returns
-exactly the linked types the client may read.
+exactly the linked types the client may read; a JSON Patch by a client that may not read
+the type answers without the resource.
 
 Probes are collected from the CapabilityStatement a throwaway app serves; the app under
 test (one per backend, shared by the module) must serve the same one.
@@ -163,15 +164,21 @@ def _case(matrix: Matrix, probe: Probe, scopes: tuple[str, ...], form: str) -> l
     token = matrix.token(scopes)
     before = matrix.store.last_change_seq()
     problems: list[str | None] = []
+    hidden = allowed and probe.stored_body and probe.rtype is not None and not returnable(scopes, probe.rtype)
     if form == "rest":
         for call in probe.rest:
             response = matrix.send(call, token)
             problems.append(_check_rest(probe, response, allowed))
             if allowed and probe.filters_types and response.status_code == 200:
                 problems.append(_check_everything(response, scopes))
+            if hidden and response.content:
+                problems.append(f"the stored resource went to a client that may not read it: {response.text[:200]}")
     else:
         assert probe.entry is not None
-        problems.append(_check_bundle(probe, form, matrix.bundle(form, probe.entry, token), allowed))
+        response = matrix.bundle(form, probe.entry, token)
+        problems.append(_check_bundle(probe, form, response, allowed))
+        if hidden and response.status_code == 200 and "resource" in response.json()["entry"][0]:
+            problems.append(f"the stored resource went to a client that may not read it: {response.text[:200]}")
     after = matrix.store.last_change_seq()
     if not (allowed and probe.writes) and after != before:
         problems.append(f"{'refused' if not allowed else 'a read'} changed the store (seq {before} -> {after})")

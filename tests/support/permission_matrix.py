@@ -32,7 +32,9 @@ on every type: ``system/*.s`` (or ``.read``, ``.*``); ``s`` on a list of types i
 enough. An update that creates (update-as-create, a conditional update matching nothing)
 needs ``u`` only, as SMART puts ``PUT`` under ``u``. ``$everything`` returns resources of
 other types only where the client holds ``r`` or ``s`` on them (resources a client cannot
-read are left out, not refused), like ``_include``/``_revinclude``. A Bundle itself needs
+read are left out, not refused), like ``_include``/``_revinclude``. A patched resource is
+mostly what was stored, not what the client sent: a client holding ``u`` but neither ``r``
+nor ``s`` gets no resource back (REST: an empty body; Bundle entry: no ``resource``). A Bundle itself needs
 no letter: each entry is checked as the REST request it stands for; a refused entry is
 ``403`` in a batch's response and refuses the whole transaction (``403``).
 
@@ -100,6 +102,7 @@ class Probe:
     writes: bool  # an allowed request changes the store
     deletes: bool = False  # an allowed request deletes the seed (the matrix puts it back)
     filters_types: bool = False  # returns only the types the client may read ($everything)
+    stored_body: bool = False  # answers with what was stored, not what was sent: only to a client that may read T
     forms: tuple[str, ...] = ("rest",)  # and "batch", "transaction" where offered
 
 
@@ -261,6 +264,7 @@ def _type_probes(rtype: str, declared: dict[str, Any]) -> list[Probe]:
             patch_json = (("Content-Type", "application/json-patch+json"),)
             patch = Call("PATCH", f"/{rtype}/{rid}", (), patch_json, _json(PATCH))
             add("patch", code, "u", [patch], _entry("PATCH", f"{rtype}/{rid}", binary), 200, writes=True)
+            out[-1] = replace(out[-1], stored_body=True)
         elif code == "delete":
             add("delete", code, "d", [Call("DELETE", f"/{rtype}/{rid}")], _entry("DELETE", f"{rtype}/{rid}"), 200,
                 writes=True, deletes=True)
