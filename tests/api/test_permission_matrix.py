@@ -15,6 +15,7 @@ test (one per backend, shared by the module) must serve the same one.
 
 from __future__ import annotations
 
+import copy
 import json
 import tempfile
 import uuid
@@ -35,13 +36,13 @@ from tests.support.live_server import LiveServer
 from tests.support.permission_matrix import (
     Call,
     Probe,
+    UnknownInteraction,
     allows,
     linked_types,
     pick_types,
     probes,
     returnable,
     scope_sets,
-    seed_id,
     seed_resource,
 )
 
@@ -204,4 +205,21 @@ def test_the_matrix_covers_every_declared_interaction() -> None:
     assert declared <= covered
     assert ("Patient", "operation:everything") in covered and (None, "history-system") in covered
     assert len(TYPES) == 6 and TYPES[:5] == ("Patient", "Observation", "Encounter", "ServiceRequest", "Task")
-    assert seed_id("Patient") in json.dumps(PROBES["Patient-read"].rest[0].path)
+    forms = {form for p in PROBES.values() for form in p.forms}
+    assert forms == {"rest", "batch", "transaction"}
+
+
+@pytest.mark.parametrize(
+    "where, item",
+    [("Patient", {"operation": {"name": "validate", "definition": "x"}}), ("Patient", {"interaction": {"code": "x"}}),
+     (None, {"interaction": {"code": "search-system"}})],
+    ids=["operation", "type-interaction", "system-interaction"],
+)  # fmt: skip
+def test_the_generator_refuses_what_it_has_no_rule_for(where: str | None, item: dict[str, Any]) -> None:
+    statement = copy.deepcopy(STATEMENT)
+    rest = statement["rest"][0]
+    holder = rest if where is None else next(r for r in rest["resource"] if r["type"] == where)
+    ((key, value),) = item.items()
+    holder.setdefault(key, []).append(value)
+    with pytest.raises(UnknownInteraction):
+        probes(statement, TYPES)

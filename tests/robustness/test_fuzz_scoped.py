@@ -3,9 +3,10 @@
 Every response passes the usual oracles (no 5xx, OperationOutcome on errors, schema-valid
 resources) and the leak oracle: no marker of a type the client may not read, in any
 response — searches with includes, ``_has`` and chains, histories, ``$everything``,
-Bundles, OperationOutcomes. A control test first shows the markers are reachable: each
-readable marker type appears somewhere in the answers to the reach requests, so the oracle
-is not silent for want of data. Bounded and derandomized like ``test_fuzz_fhir``.
+Bundles, OperationOutcomes. A write or Bundle refused with 403 changes nothing. A control
+test first shows the markers are reachable: each readable marker type appears somewhere
+in the answers to the reach requests, so the oracle is not silent for want of data.
+Bounded and derandomized like ``test_fuzz_fhir``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from hypothesis import strategies as st
 from tests.conftest import PG_URL
 from tests.robustness.bodies import dumps, encoded, fhir_headers, mutate, paths, prefers, resources
 from tests.robustness.bundles import bundles, json_patches
-from tests.robustness.http import Gateway, raw_request, serve
+from tests.robustness.http import Gateway, history_total, raw_request, serve
 from tests.robustness.queries import search_queries
 from tests.robustness.scoped import (
     MARKER_TYPES,
@@ -135,12 +136,16 @@ def test_scoped_bundles_never_fail_or_leak(client: httpx.Client, scoped: Scoped,
     prefer = data.draw(st.sampled_from([None, b"return=minimal", b"return=representation"]))
     headers = [(b"content-type", b"application/fhir+json"), *([(b"prefer", prefer)] if prefer else [])]
     body = data.draw(st.one_of(st.just(dumps(shape.body)), encoded(shape.body)), label="body")
-    raw_request(client, "POST", b"", headers=headers, content=body)
+    with scoped.gateway.client() as admin:
+        before = history_total(admin)
+        response = raw_request(client, "POST", b"", headers=headers, content=body)
+        if response.status_code == 403:
+            assert history_total(admin) == before, "a refused transaction changed the store"
 
 
 @SCOPED
 @given(data=st.data())
-def test_scoped_writes_never_fail_or_leak(client: httpx.Client, profile: str, data: Any) -> None:
+def test_scoped_writes_never_fail_or_leak(client: httpx.Client, scoped: Scoped, profile: str, data: Any) -> None:
     # Mostly the types the client may write: a refusal at the door tests little.
     writable = [t for t in FUZZ_TYPES if any(allows(PROFILES[profile], [Need(t, x)]) for x in "cud")]
     rtype = data.draw(st.sampled_from(writable * 4 + list(FUZZ_TYPES)), label="type")
@@ -164,7 +169,11 @@ def test_scoped_writes_never_fail_or_leak(client: httpx.Client, profile: str, da
         body = None
     target = {"PUT?": f"/{rtype}?_id={rid}", "DELETE?": f"/{rtype}?identifier=urn:fuzz:known|k1",
               "POST": f"/{rtype}"}.get(method, f"/{rtype}/{rid}")  # fmt: skip
-    raw_request(client, method.rstrip("?"), target.encode(), headers=headers, content=body)
+    with scoped.gateway.client() as admin:
+        before = history_total(admin)
+        response = raw_request(client, method.rstrip("?"), target.encode(), headers=headers, content=body)
+        if response.status_code == 403:
+            assert history_total(admin) == before, "a refused write changed the store"
 
 
 @SCOPED

@@ -1,42 +1,41 @@
 """The permission matrix: every interaction the CapabilityStatement declares, the requests that
 perform it, the SMART letters it needs, and the scope sets to try it with.
 
-Rule table (SMART App Launch v2 system scopes ``system/<Type|*>.<cruds>``; the v1 forms
-``.read``, ``.write`` and ``.*`` mean ``rs``, ``cud`` and ``cruds``). ``T`` is the resource
-type, "+ T.s" means the request also searches ``T`` (a condition is a search):
+Rule table (SMART App Launch v2 system scopes `system/<Type|*>.<cruds>`; the v1 forms
+`.read`, `.write` and `.*` mean `rs`, `cud` and `cruds`). `T` is the resource type; "+ T.s"
+means the request also searches `T`, since a condition is a search:
 
-================================  =======================================  ==================  ==============
-interaction (CapabilityStatement)  request                                  needs               in a Bundle
-================================  =======================================  ==================  ==============
-read                               ``GET T/id``                             T.r                 GET entry
-vread                              ``GET T/id/_history/vid``                T.r                 GET entry
-update                             ``PUT T/id`` (also update-as-create)     T.u                 PUT entry
-update, ``conditionalUpdate``      ``PUT T?query``                          T.u + T.s           PUT entry
-patch                              ``PATCH T/id`` (JSON Patch)              T.u                 PATCH (Binary)
-delete                             ``DELETE T/id``                          T.d                 DELETE entry
-delete, ``conditionalDelete``      ``DELETE T?query``                       T.d + T.s           DELETE entry
-create                             ``POST T``                               T.c                 POST entry
-create, ``conditionalCreate``      ``POST T`` + ``If-None-Exist``           T.c + T.s           ``ifNoneExist``
-search-type                        ``GET T?query``, ``POST T/_search``      T.s                 GET entry
-history-instance                   ``GET T/id/_history``                    T.r                 REST only
-history-type                       ``GET T/_history``                       T.s                 REST only
-history-system                     ``GET _history``                         \\*.s                REST only
-batch, transaction                 ``POST [base]`` with a Bundle            each entry's own    (the forms)
-operation ``$everything``          ``GET Patient/id/$everything``           Patient.r           REST only
-================================  =======================================  ==================  ==============
+| interaction (CapabilityStatement) | request                               | needs              | in a Bundle      |
+|-----------------------------------|---------------------------------------|--------------------|------------------|
+| read                              | `GET T/id`                            | T.r                | GET entry        |
+| vread                             | `GET T/id/_history/vid`               | T.r                | GET entry        |
+| update                            | `PUT T/id` (also update-as-create)    | T.u                | PUT entry        |
+| update, `conditionalUpdate`       | `PUT T?query`                         | T.u + T.s          | PUT entry        |
+| patch                             | `PATCH T/id` (JSON Patch)             | T.u                | PATCH (Binary)   |
+| delete                            | `DELETE T/id`                         | T.d                | DELETE entry     |
+| delete, `conditionalDelete`       | `DELETE T?query`                      | T.d + T.s          | DELETE entry     |
+| create                            | `POST T`                              | T.c                | POST entry       |
+| create, `conditionalCreate`       | `POST T` + `If-None-Exist`            | T.c + T.s          | `ifNoneExist`    |
+| search-type                       | `GET T?query`, `POST T/_search`       | T.s                | GET entry        |
+| history-instance                  | `GET T/id/_history`                   | T.r                | REST only        |
+| history-type                      | `GET T/_history`                      | T.s                | REST only        |
+| history-system                    | `GET _history`                        | *.s (every type)   | REST only        |
+| batch, transaction                | `POST [base]` with a Bundle           | each entry's own   | (the forms)      |
+| operation `$everything`           | `GET Patient/id/$everything`          | Patient.r          | REST only        |
 
-Why these letters: SMART v2 gives ``r`` "read, vread, instance history" and ``s`` "type and
-system search, type and system history" — a history that is not of one known resource
-enumerates, so it is a search. ``history-system`` enumerates every type, so it needs ``s``
-on every type: ``system/*.s`` (or ``.read``, ``.*``); ``s`` on a list of types is not
-enough. An update that creates (update-as-create, a conditional update matching nothing)
-needs ``u`` only, as SMART puts ``PUT`` under ``u``. ``$everything`` returns resources of
-other types only where the client holds ``r`` or ``s`` on them (resources a client cannot
-read are left out, not refused), like ``_include``/``_revinclude``. A patched resource is
-mostly what was stored, not what the client sent: a client holding ``u`` but neither ``r``
-nor ``s`` gets no resource back (REST: an empty body; Bundle entry: no ``resource``). A Bundle itself needs
+Why these letters: SMART v2 gives `r` "read, vread, instance history" and `s` "type and
+system search, type and system history": a history that is not of one known resource
+enumerates, so it is a search. `history-system` enumerates every type, so it needs `s`
+on every type: `system/*.s` (or `.read`, `.*`); `s` on a list of types is not enough. An
+update that creates (update-as-create, a conditional update matching nothing) needs `u`
+only, as SMART puts `PUT` under `u`. `$everything` returns resources of other types only
+where the client holds `r` or `s` on them (resources a client cannot read are left out,
+not refused), like `_include`/`_revinclude`. A patched resource is mostly what was
+stored, not what the client sent: a client holding `u` but neither `r` nor `s` gets no
+resource back (REST: an empty body; Bundle entry: no `resource`). A Bundle itself needs
 no letter: each entry is checked as the REST request it stands for; a refused entry is
-``403`` in a batch's response and refuses the whole transaction (``403``).
+`403` in a batch's response and refuses the whole transaction (`403`). A refused request
+is a `403` OperationOutcome with code `forbidden` and changes nothing.
 
 ``probes`` reads the interactions, the conditional flags and the operations from the
 served CapabilityStatement; one it has no rule for raises ``UnknownInteraction`` so the
