@@ -2,12 +2,12 @@
 types, in every form (REST, batch entry, transaction entry), against generated scope sets.
 
 The rule table and the scope sets are ``tests.support.permission_matrix``'s. An allowed
-request gets its 2xx (never 401/403); a refused one gets 403 ``forbidden`` as an
-OperationOutcome (a batch: that entry's ``response.status`` is 403; a transaction: the
-whole Bundle is refused with 403) and changes nothing: the change feed's last sequence
-number stays where it was. Allowed reads change nothing either. ``$everything`` returns
-exactly the linked types the client may read; a JSON Patch by a client that may not read
-the type answers without the resource.
+request gets its 2xx (never 401/403); without a valid token every form is a 401; a refused
+one gets 403 ``forbidden`` as an OperationOutcome (a batch: that entry's
+``response.status`` is 403; a transaction: the whole Bundle is refused with 403) and
+changes nothing: the change feed's last sequence number stays where it was. Allowed reads
+change nothing either. ``$everything`` returns exactly the linked types the client may
+read; a JSON Patch by a client that may not read the type answers without the resource.
 
 Probes are collected from the CapabilityStatement a throwaway app serves; the app under
 test (one per backend, shared by the module) must serve the same one.
@@ -62,6 +62,10 @@ TYPES = pick_types(STATEMENT)
 PROBES = {probe.id: probe for probe in probes(STATEMENT, TYPES)}
 
 
+def _auth(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token is not None else {}
+
+
 @dataclass
 class Matrix:
     """The app under test on one backend, tokens per scope set, and the change-feed position."""
@@ -76,14 +80,14 @@ class Matrix:
             self.tokens[scopes] = make_token(self.store, scopes)
         return self.tokens[scopes]
 
-    def send(self, call: Call, token: str) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {token}", **dict(call.headers)}
+    def send(self, call: Call, token: str | None) -> httpx.Response:
+        headers = {**_auth(token), **dict(call.headers)}
         return self.client.request(call.method, f"/fhir{call.path}", params=list(call.params), headers=headers,
                                    content=call.body)  # fmt: skip
 
-    def bundle(self, kind: str, entry: dict[str, Any], token: str) -> httpx.Response:
+    def bundle(self, kind: str, entry: dict[str, Any], token: str | None) -> httpx.Response:
         body = json.dumps({"resourceType": "Bundle", "type": kind, "entry": [entry]})
-        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"}
+        headers = {**_auth(token), "Content-Type": "application/fhir+json"}
         return self.client.post("/fhir", content=body, headers=headers)
 
     def restore(self, rtype: str) -> None:
@@ -195,7 +199,29 @@ def test_permission_matrix(matrix: Matrix, probe_id: str) -> None:
     cases = [(scopes, form) for scopes in scope_sets(probe, TYPES) for form in probe.forms]
     assert any(allows(s, probe.needs) for s, _ in cases) and not all(allows(s, probe.needs) for s, _ in cases)
     problems = [p for scopes, form in cases for p in _case(matrix, probe, scopes, form)]
+    problems += [p for form in probe.forms for p in _anonymous(matrix, probe, form)]
     assert not problems, "\n".join(problems[:20])
+
+
+def _anonymous(matrix: Matrix, probe: Probe, form: str) -> list[str]:
+    """Without a token (or with one the gateway never issued) every form is a 401 OperationOutcome."""
+    before = matrix.store.last_change_seq()
+    problems = []
+    for token in (None, "gw_not-a-token"):
+        if form == "rest":
+            responses = [matrix.send(call, token) for call in probe.rest]
+        else:
+            assert probe.entry is not None
+            responses = [matrix.bundle(form, probe.entry, token)]
+        for response in responses:
+            outcome = response.json() if response.content else None
+            if response.status_code != 401 or not isinstance(outcome, dict) or outcome.get("resourceType") != (
+                "OperationOutcome"
+            ):
+                problems.append(f"{form} {probe.id} with token {token}: {response.status_code} {response.text[:200]}")
+    if matrix.store.last_change_seq() != before:
+        problems.append(f"{form} {probe.id} without a valid token changed the store")
+    return problems
 
 
 def test_the_matrix_covers_every_declared_interaction() -> None:
