@@ -249,3 +249,17 @@ def test_the_generator_refuses_what_it_has_no_rule_for(where: str | None, item: 
     holder.setdefault(key, []).append(value)
     with pytest.raises(UnknownInteraction):
         probes(statement, TYPES)
+
+
+def test_rest_only_interactions_are_refused_in_bundles_for_everyone(matrix: Matrix) -> None:
+    # The rule table says "REST only": a Bundle entry asking for them is a 400, not a way around a scope.
+    rest_only = [p for p in PROBES.values() if p.entry is None]
+    assert {p.interaction for p in rest_only} == {"history-instance", "history-type", "history-system",
+                                                  "operation:everything"}  # fmt: skip
+    for probe in rest_only:
+        entry = {"request": {"method": "GET", "url": probe.rest[0].path.lstrip("/")}}
+        for scopes in (("system/*.cruds",), ("system/Patient.c",)):
+            answer = matrix.bundle("batch", entry, matrix.token(scopes))
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["entry"][0]["response"]["status"] == "400", (probe.id, answer.text)
+            assert matrix.bundle("transaction", entry, matrix.token(scopes)).status_code == 400
