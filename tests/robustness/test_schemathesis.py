@@ -34,7 +34,7 @@ from tests.support.gateway_app import ALL_SCOPES
 
 Operation = APIOperation[Any, Any, Any, Any]
 EXAMPLES_PER_OPERATION = 25
-SCOPED_EXAMPLES_PER_OPERATION = 8  # per scope profile (tests.robustness.scoped.PROFILES)
+SCOPED_EXAMPLES_PER_OPERATION = 6  # per scope profile (tests.robustness.scoped.PROFILES)
 FHIR_JSON = "application/fhir+json"
 
 
