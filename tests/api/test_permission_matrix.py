@@ -6,8 +6,10 @@ request gets its 2xx (never 401/403); without a valid token every form is a 401;
 one gets 403 ``forbidden`` as an OperationOutcome (a batch: that entry's
 ``response.status`` is 403; a transaction: the whole Bundle is refused with 403) and
 changes nothing: the change feed's last sequence number stays where it was. Allowed reads
-change nothing either. ``$everything`` returns exactly the linked types the client may
-read; a JSON Patch by a client that may not read the type answers without the resource.
+change nothing either; a refused request on a missing resource is a 403 too (not a 404 that
+would tell the resource is not there). ``$everything`` returns exactly the linked types the
+client may read; a JSON Patch by a client that may not read the type answers without the
+resource.
 
 Probes are collected from the CapabilityStatement a throwaway app serves; the app under
 test (one per backend, shared by the module) must serve the same one.
@@ -20,7 +22,7 @@ import json
 import tempfile
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,7 @@ from tests.support.permission_matrix import (
     probes,
     returnable,
     scope_sets,
+    seed_id,
     seed_resource,
 )
 
@@ -200,7 +203,21 @@ def test_permission_matrix(matrix: Matrix, probe_id: str) -> None:
     assert any(allows(s, probe.needs) for s, _ in cases) and not all(allows(s, probe.needs) for s, _ in cases)
     problems = [p for scopes, form in cases for p in _case(matrix, probe, scopes, form)]
     problems += [p for form in probe.forms for p in _anonymous(matrix, probe, form)]
+    problems += _missing_target(matrix, probe, [s for s, _ in cases if not allows(s, probe.needs)])
     assert not problems, "\n".join(problems[:20])
+
+
+def _missing_target(matrix: Matrix, probe: Probe, refused: list[tuple[str, ...]]) -> list[str]:
+    """A refused client learns nothing about existence: a missing resource is a 403 to it too."""
+    if probe.rtype is None or seed_id(probe.rtype) not in probe.rest[0].path:
+        return []
+    missing = replace(probe.rest[0], path=probe.rest[0].path.replace(seed_id(probe.rtype), "pm-missing"))
+    problems = []
+    for scopes in refused:
+        response = matrix.send(missing, matrix.token(scopes))
+        if response.status_code != 403:
+            problems.append(f"{probe.id} on a missing id with {' '.join(scopes)}: {response.status_code}")
+    return problems
 
 
 def _anonymous(matrix: Matrix, probe: Probe, form: str) -> list[str]:
