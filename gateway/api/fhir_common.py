@@ -43,11 +43,14 @@ def http_date(epoch: float) -> str:
     return time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(epoch))
 
 
-def write_response(request: Request, res: StoredResource, status: int, media: str, base: str) -> Response:
-    """Answer a create/update as the ``Prefer: return=`` header asks (default: the resource)."""
+def write_response(
+    request: Request, res: StoredResource, status: int, media: str, base: str, *, readable: bool = True
+) -> Response:
+    """Answer a create/update as the ``Prefer: return=`` header asks (default: the resource);
+    never with the resource when the client may not read it (``readable``)."""
     headers = version_headers(res, base)
     wanted = prefer(request).get("return", "representation")
-    if wanted == "minimal":
+    if wanted == "minimal" or (wanted != "OperationOutcome" and not readable):
         return Response(status_code=status, headers=headers)
     if wanted == "OperationOutcome":
         text = f"{res.type}/{res.id} version {res.version} {'created' if status == 201 else 'stored'}"

@@ -45,10 +45,10 @@ async def metadata(request: Request) -> Response:
 
 @router.get("/_history", summary="System history")
 async def system_history(request: Request) -> Response:
-    """History of every resource the client may read."""
+    """History of every resource: it enumerates every type, so it needs ``s`` on all of them (SMART v2)."""
     principal = authenticate(request)
-    if not principal.can("*", "r"):
-        raise FhirError("system history needs system/*.r", status=403, code="forbidden")
+    if not principal.can("*", "s"):
+        raise FhirError("system history needs system/*.s", status=403, code="forbidden")
     return await _history(request, principal, None, None)
 
 

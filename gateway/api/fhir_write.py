@@ -44,11 +44,13 @@ async def _write(
     media: str,
     interaction: Callable[..., interactions.WriteOutcome],
     *args: Any,
+    readable: bool = True,
     **kwargs: Any,
 ) -> Response:
-    """Run one write interaction in its own store transaction and answer as ``Prefer`` asks."""
+    """Run one write interaction in its own store transaction and answer as ``Prefer`` asks
+    (without the resource if the client may not read it: ``readable``)."""
     outcome = await _in_transaction(ctx, interaction, *args, **kwargs)
-    return write_response(request, outcome.resource, outcome.status, media, base_url(request))
+    return write_response(request, outcome.resource, outcome.status, media, base_url(request), readable=readable)
 
 
 async def _in_transaction(ctx: AppContext, interaction: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -119,7 +121,8 @@ async def patch(request: Request, rtype: str, rid: str) -> Response:
     """Apply a JSON Patch document to a resource."""
     check_type(rtype)
     check_path_id(rid)
-    access = search_access(request, require_fhir(request, rtype, "u"))
+    principal = require_fhir(request, rtype, "u")
+    access = search_access(request, principal)
     media = response_type(request)
     ctx = ctx_of(request)
     check_content_type(request, {"application/json-patch+json"})
@@ -129,8 +132,11 @@ async def patch(request: Request, rtype: str, rid: str) -> Response:
     operations = parse_json(await read_body(request, ctx.settings.max_body_bytes),
                             max_depth=ctx.settings.max_json_depth)
 
+    # A patched resource is mostly what was stored before, not what the client sent: a client
+    # that may update but not read the type gets no body back (as with Prefer: return=minimal).
+    readable = access.may_return(rtype)
     return await _write(request, ctx, media, interactions.patch, rtype, rid, operations, if_match=if_match,
-                        access=access)
+                        access=access, readable=readable)
 
 
 @router.delete("/{rtype}/{rid}", summary="Delete")

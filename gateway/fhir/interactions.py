@@ -187,12 +187,28 @@ def patch(
         raise invalid("a JSON Patch document must be an array of operations", code="structure")
     document = orjson.loads(current.content)
     try:
-        patched = jsonpatch.JsonPatch(operations).apply(document)
-    except jsonpatch.JsonPatchTestFailed as exc:
-        raise FhirError(f"JSON Patch test failed: {exc}", status=422, code="processing") from exc
+        patch_document = jsonpatch.JsonPatch(operations)
     except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, KeyError) as exc:
-        raise FhirError(f"the JSON Patch cannot be applied: {exc}", status=422, code="processing") from exc
+        raise FhirError(f"the JSON Patch is not valid: {exc}", status=422, code="processing") from exc
+    try:
+        patched = patch_document.apply(document)
+    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, KeyError) as exc:
+        # jsonpatch's messages quote the stored resource ("member 'x' not found in {...}", "1970-01-01
+        # is not equal to ..."), which a client allowed to update but not read must not see.
+        raise FhirError(_patch_failure(exc), status=422, code="processing") from exc
     if not isinstance(patched, dict) or patched.get("resourceType") != rtype or patched.get("id") != rid:
         raise FhirError("a patch may not change resourceType or id", status=422, code="processing")
     validate_resource(patched, expected_type=rtype)
     return update(tx, patched, rtype, rid, if_match=if_match, access=access)
+
+
+def _patch_failure(exc: Exception) -> str:
+    """Why a JSON Patch could not be applied, naming the operation's path but no stored value."""
+    op = getattr(exc, "op", None)
+    where = getattr(op, "location", None) or (op.get("path") if isinstance(op, dict) else None)
+    at = f" at {str(where)[:100]!r}" if isinstance(where, str) else ""
+    if isinstance(exc, jsonpatch.JsonPatchTestFailed):
+        return f"JSON Patch test failed{at}"
+    if isinstance(exc, jsonpatch.InvalidJsonPatch):
+        return f"the JSON Patch is not valid{at}: {exc}"  # about the patch alone, not the resource
+    return f"the JSON Patch cannot be applied{at}: the path does not fit the resource"

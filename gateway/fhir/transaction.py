@@ -371,7 +371,11 @@ class _Processor:
                     raise invalid("PATCH needs an id", [f"{e.where}.request.url"])
                 outcome = interactions.patch(tx, e.rtype, e.rid, e.resource, if_match=e.if_match,
                                              access=self.access)
-                return self._write_response(outcome.status, outcome.resource)
+                # The patched resource is mostly what was stored: only for a client that may read it.
+                entry = self._write_response(outcome.status, outcome.resource)
+                if not self.access.may_return(e.rtype):
+                    entry.pop("resource", None)
+                return entry
             if e.method == "DELETE":
                 if e.rid is not None:
                     interactions.delete(tx, e.rtype, e.rid, access=self.access)

@@ -8,9 +8,9 @@ given (paths and query strings httpx would otherwise re-encode).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,30 +27,39 @@ from tests.support.gateway_app import ALL_SCOPES
 from tests.support.live_server import LiveServer
 
 _TIMEOUT = httpx.Timeout(30.0)
+ResponseHook = Callable[[httpx.Response], None]
 
 
 @dataclass(frozen=True, slots=True)
 class Gateway:
-    """A running gateway: FHIR base URL (no trailing slash), a token allowed everything, its store."""
+    """A running gateway: FHIR base URL (no trailing slash), a token allowed everything, its store,
+    and the tokens of the scoped clients ``serve`` was asked for (by client name)."""
 
     base: str
     token: str
     store_url: str
+    tokens: Mapping[str, str] = field(default_factory=dict)
 
-    def client(self, *, checked: bool = True, **headers: str) -> httpx.Client:
-        """A client for ``[base]``; ``checked`` installs the response oracles."""
-        hooks = {"response": [oracle_hook()]} if checked else {}
+    def client(
+        self, *, checked: bool = True, token: str | None = None, hooks: Sequence[ResponseHook] = (), **headers: str
+    ) -> httpx.Client:
+        """A client for ``[base]`` (with ``token``, default the all-powerful one); ``checked``
+        installs the response oracles, ``hooks`` more response checks."""
+        response_hooks = [*([oracle_hook()] if checked else []), *hooks]
         return httpx.Client(
             base_url=self.base,
-            headers={"Authorization": f"Bearer {self.token}", **headers},
-            event_hooks=hooks,
+            headers={"Authorization": f"Bearer {token or self.token}", **headers},
+            event_hooks={"response": response_hooks} if response_hooks else {},
             timeout=_TIMEOUT,
         )
 
 
 @contextmanager
-def serve(directory: Path, store_url: str, **overrides: Any) -> Iterator[Gateway]:
-    """Build a gateway on ``store_url`` (``overrides``: other Settings fields) and run it on a free loopback port.
+def serve(
+    directory: Path, store_url: str, *, clients: Mapping[str, tuple[str, ...]] | None = None, **overrides: Any
+) -> Iterator[Gateway]:
+    """Build a gateway on ``store_url`` (``overrides``: other Settings fields) and run it on a free loopback port;
+    ``clients`` (name -> scopes) are registered too, their tokens in ``Gateway.tokens``.
 
     The store is opened (and migrated) once and handed to the app. Opening an already
     migrated PostgreSQL schema a second time fails now and then (a NOTICE from ``CREATE
@@ -63,8 +72,12 @@ def serve(directory: Path, store_url: str, **overrides: Any) -> Iterator[Gateway
     try:
         token = new_token()
         store.save_client(ApiClient("robustness", ALL_SCOPES, datetime.now(UTC)), hash_token(token))
+        tokens = {}
+        for name, scopes in (clients or {}).items():
+            tokens[name] = new_token()
+            store.save_client(ApiClient(name, scopes, datetime.now(UTC)), hash_token(tokens[name]))
         with LiveServer(create_app(settings, store=store)) as server:
-            yield Gateway(base=f"{server.url}/fhir", token=token, store_url=store_url)
+            yield Gateway(base=f"{server.url}/fhir", token=token, store_url=store_url, tokens=tokens)
     finally:
         store.close()
 

@@ -11,7 +11,8 @@ On top of that each property checks what the interaction promises:
 * every ``self``/``next`` link a searchset carries works.
 
 Runs are bounded (≤ 100 examples per property, no deadline) and derandomized, so CI sees
-the same examples every time.
+the same examples every time. These run with a token allowed everything; ``test_fuzz_scoped``
+runs the same strategies as clients with narrow scopes and checks nothing leaks to them.
 """
 
 from __future__ import annotations

@@ -29,42 +29,45 @@ from schemathesis.schemas import APIOperation
 
 from tests.robustness.http import Gateway, serve
 from tests.robustness.openapi import enrich
-from tests.robustness.seeds import fixture_resources
+from tests.robustness.scoped import PROFILES, leaked, new_markers, seed_markers
+from tests.support.gateway_app import ALL_SCOPES
 
 Operation = APIOperation[Any, Any, Any, Any]
 EXAMPLES_PER_OPERATION = 25
+SCOPED_EXAMPLES_PER_OPERATION = 6  # per scope profile (tests.robustness.scoped.PROFILES)
 FHIR_JSON = "application/fhir+json"
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """The gateway under test and its schema as schemathesis loaded it."""
+    """The gateway under test, its schema as schemathesis loaded it, and the markers it holds."""
 
     gateway: Gateway
     schema: schemathesis.BaseSchema
     root: str  # scheme://host:port, the base the OpenAPI paths hang from
+    markers: dict[str, str]
 
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """The SQLite gateway with its OpenAPI document on (it is off by default)."""
     directory = Path(tmp_path_factory.mktemp("schemathesis"))
-    with serve(directory, f"sqlite:///{directory / 'gateway.db'}", api_docs=True) as served:
+    with serve(directory, f"sqlite:///{directory / 'gateway.db'}", api_docs=True, clients=PROFILES) as served:
         yield served
 
 
 @pytest.fixture(scope="module")
 def target(gateway: Gateway) -> Iterator[Target]:
-    """The SQLite gateway with the fixture resources, and its enriched schema."""
+    """The SQLite gateway with the fixture resources (marked: ``tests.robustness.scoped``), and its enriched schema."""
     root = gateway.base.removesuffix("/fhir")
+    markers = new_markers()
     with gateway.client() as fhir:
-        for resource in fixture_resources():  # reads, updates and patches of real resources too
-            assert fhir.put(f"/{resource['resourceType']}/{resource['id']}", json=resource).status_code < 300
+        seed_markers(fhir, markers)  # the fixture resources among them: reads, updates and patches of real ones
     with httpx.Client() as client:
         assert client.get(f"{root}/openapi.json").status_code == 401
         response = client.get(f"{root}/openapi.json", headers={"Authorization": f"Bearer {gateway.token}"})
     assert response.status_code == 200
-    yield Target(gateway, schemathesis.openapi.from_dict(enrich(response.json())), root)
+    yield Target(gateway, schemathesis.openapi.from_dict(enrich(response.json())), root, markers)
 
 
 def _operations(schema: schemathesis.BaseSchema) -> list[Operation]:
@@ -94,12 +97,24 @@ def _violation(status: int, headers: dict[str, list[str]], content: bytes) -> st
     return None
 
 
-def _run(target: Target, operation: Operation, mode: GenerationMode, sent: list[int]) -> list[str]:
+def _run(
+    target: Target,
+    operation: Operation,
+    mode: GenerationMode,
+    sent: list[int],
+    *,
+    profile: str | None = None,
+    examples: int = EXAMPLES_PER_OPERATION,
+) -> list[str]:
+    """Send ``examples`` generated cases of ``operation``, as ``profile``'s client (default: the
+    all-powerful one; then also no marker of a type it may not read may show)."""
     failures: list[str] = []
-    auth = {"Authorization": f"Bearer {target.gateway.token}"}
+    token = target.gateway.tokens[profile] if profile else target.gateway.token
+    auth = {"Authorization": f"Bearer {token}"}
+    scopes = PROFILES[profile] if profile else ALL_SCOPES
 
     @settings(
-        max_examples=EXAMPLES_PER_OPERATION,
+        max_examples=examples,
         deadline=None,
         derandomize=True,
         database=None,
@@ -111,6 +126,9 @@ def _run(target: Target, operation: Operation, mode: GenerationMode, sent: list[
         response = case.call(base_url=target.root, headers=auth, timeout=30)
         sent.append(response.status_code)
         problem = _violation(response.status_code, response.headers, response.content)
+        text = f"{response.headers}\n{response.content.decode('utf-8', 'replace')}"
+        if problem is None and (shown := leaked(scopes, target.markers, text)) is not None:
+            problem = f"shows a {shown} marker to {' '.join(scopes)}: {text[:300]}"
         if problem:
             failures.append(f"{case.method} {case.formatted_path} {case.query or ''}: {problem}")
 
@@ -139,3 +157,18 @@ def test_58_schemathesis_finds_no_server_errors_and_only_operation_outcomes(
 def test_the_enriched_document_still_describes_every_route(target: Target) -> None:
     labels = {op.label for op in _operations(target.schema)}
     assert {"GET /fhir/{rtype}", "POST /fhir/", "PATCH /fhir/{rtype}/{rid}", "GET /fhir/metadata"} <= labels
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_58_schemathesis_with_scoped_tokens_finds_no_server_errors_and_no_leaks(target: Target, profile: str) -> None:
+    operations = _operations(target.schema)
+    sent: list[int] = []
+    failures = [
+        problem
+        for operation in operations
+        for problem in _run(target, operation, GenerationMode.POSITIVE, sent, profile=profile,
+                            examples=SCOPED_EXAMPLES_PER_OPERATION)
+    ]  # fmt: skip
+    assert not failures, "\n".join(failures[:20])
+    assert len(sent) >= SCOPED_EXAMPLES_PER_OPERATION * len(operations) // 2, f"only {len(sent)} requests"
+    assert 403 in sent, "no generated request was refused: is the token scoped?"

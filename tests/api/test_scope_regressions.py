@@ -1,0 +1,81 @@
+"""Authorisation bugs the permission matrix and the scoped fuzzers found (issue 11).
+
+* System history enumerates every type: SMART v2 puts it under ``s``, so it needs
+  ``system/*.s``; ``system/*.r`` (read by id) no longer lets a client list everything.
+* A client allowed to update (``u``) but not read a type got the stored resource back
+  from a JSON Patch — in the response body, and in 422 messages that quoted stored values
+  (``member 'x' not found in {...}``, ``1970-01-01 is not equal to ...``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+
+from gateway.settings import Settings
+from tests.api.test_fhir_api import assert_outcome
+from tests.conftest import ApiHarness
+
+SECRET = "SECRET-7f3a"
+PATIENT = {"resourceType": "Patient", "id": "p1", "name": [{"family": SECRET}], "birthDate": "1970-01-01"}
+PATCH_JSON = {"Content-Type": "application/json-patch+json"}
+
+
+@pytest.fixture
+def settings(store_url: str) -> Settings:
+    """The API on each store backend."""
+    return Settings(store_url=store_url, allowed_hosts=["gateway.test"])
+
+
+async def test_system_history_needs_search_on_every_type(api: ApiHarness) -> None:
+    assert (await api.client.put("/fhir/Patient/p1", json=PATIENT)).status_code == 201
+    for scopes in (("system/*.r",), ("system/Patient.rs",), ("system/*.cud",)):
+        body = assert_outcome(await api.with_scopes(*scopes).get("/fhir/_history"), 403, "forbidden")
+        assert "system/*.s" in body["issue"][0]["diagnostics"]
+    for scopes in (("system/*.s",), ("system/*.read",)):
+        response = await api.with_scopes(*scopes).get("/fhir/_history")
+        assert response.status_code == 200 and response.json()["total"] == 1
+
+
+def _binary(ops: list[dict[str, Any]]) -> dict[str, Any]:
+    data = base64.b64encode(json.dumps(ops).encode()).decode()
+    return {"resourceType": "Binary", "contentType": "application/json-patch+json", "data": data}
+
+
+async def test_patch_returns_nothing_stored_to_a_client_that_cannot_read(api: ApiHarness) -> None:
+    assert (await api.client.put("/fhir/Patient/p1", json=PATIENT)).status_code == 201
+    writer = api.with_scopes("system/Patient.u")
+    ops = [{"op": "add", "path": "/active", "value": True}]
+    response = await writer.patch("/fhir/Patient/p1", json=ops, headers=PATCH_JSON)
+    assert response.status_code == 200 and response.content == b"" and response.headers["etag"] == 'W/"2"'
+    entry = {"resource": _binary(ops), "request": {"method": "PATCH", "url": "Patient/p1"}}
+    for kind in ("batch", "transaction"):
+        answer = await writer.post("/fhir", json={"resourceType": "Bundle", "type": kind, "entry": [entry]})
+        assert answer.status_code == 200 and SECRET not in answer.text
+        assert answer.json()["entry"][0]["response"]["status"].startswith("200")
+    # A client that may read the type still gets the patched resource.
+    reader = api.with_scopes("system/Patient.ru")
+    response = await reader.patch("/fhir/Patient/p1", json=ops, headers=PATCH_JSON)
+    assert response.status_code == 200 and response.json()["name"][0]["family"] == SECRET
+    answer = await reader.post("/fhir", json={"resourceType": "Bundle", "type": "batch", "entry": [entry]})
+    assert answer.json()["entry"][0]["resource"]["name"][0]["family"] == SECRET
+
+
+@pytest.mark.parametrize(
+    "ops",
+    [
+        [{"op": "test", "path": "/birthDate", "value": "1971-01-01"}],
+        [{"op": "replace", "path": "/name/0/nothing/x", "value": 1}],
+        [{"op": "add", "path": "/name/0/nothing/x", "value": 1}],
+        [{"op": "move", "from": "/name/0/nothing/x", "path": "/x"}],
+    ],
+    ids=["test", "replace", "add", "move"],
+)
+async def test_patch_failures_quote_no_stored_value(api: ApiHarness, ops: list[dict[str, Any]]) -> None:
+    assert (await api.client.put("/fhir/Patient/p1", json=PATIENT)).status_code == 201
+    response = await api.with_scopes("system/Patient.u").patch("/fhir/Patient/p1", json=ops, headers=PATCH_JSON)
+    body = assert_outcome(response, 422, "processing")
+    assert SECRET not in response.text and "1970" not in response.text, body
