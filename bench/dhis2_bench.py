@@ -26,6 +26,7 @@ import httpx
 import orjson
 from pydantic import SecretStr
 
+from dhis2_sandbox import DEFAULT_TOKEN
 from gateway.clock import SystemClock
 from gateway.connectors import AuthConfig, Credentials
 from gateway.connectors.base import Job, Success
@@ -34,7 +35,6 @@ from gateway.connectors.dhis2.config import Dhis2Options
 from gateway.connectors.dhis2.connector import Dhis2Connector
 from gateway.connectors.dhis2.metadata import pull_metadata
 from gateway.connectors.dhis2.sources import ResourceBundle
-from gateway.sandbox.dhis2 import DEFAULT_TOKEN
 
 ROOT = Path(__file__).resolve().parents[1]
 MAPPINGS = ROOT / "mappings"

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 
+import dhis2_sandbox
 import gateway
 
 ROOT = Path(gateway.__file__).parent
-STUBS = sorted(ROOT.rglob("__init__.pyi"))
+SANDBOX = Path(dhis2_sandbox.__file__).parent
+STUBS = sorted([*ROOT.rglob("__init__.pyi"), *SANDBOX.rglob("__init__.pyi")])
 PACKAGES = [".".join(stub.parent.relative_to(ROOT.parent).parts) for stub in STUBS]
 
 
@@ -40,7 +42,7 @@ def test_the_surfaces_cover_the_packages() -> None:
     eager = [
         str(init.relative_to(ROOT.parent))
         for init in ROOT.rglob("__init__.py")
-        if init.parent != ROOT and not init.with_suffix(".pyi").exists() and init.parent.name not in ("cli", "sandbox")
+        if init.parent != ROOT and not init.with_suffix(".pyi").exists() and init.parent.name != "cli"
     ]
     assert eager == []
 
@@ -53,7 +55,8 @@ def test_help_imports_no_service_package() -> None:
         "    runpy.run_module('gateway', run_name='__main__')\n"
         "except SystemExit:\n"
         "    pass\n"
-        "print(' '.join(sorted(m for m in sys.modules if m.startswith(('gateway', 'fastapi', 'httpx', 'pydantic')))))\n"
+        "print(' '.join(sorted(m for m in sys.modules\n"
+        "                      if m.startswith(('gateway', 'dhis2_sandbox', 'fastapi', 'httpx', 'pydantic')))))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     loaded = set(out.split("\n")[-2].split())

@@ -17,9 +17,11 @@ import pytest
 from fastapi import FastAPI
 from typer.testing import CliRunner
 
+import dhis2_sandbox
+import dhis2_sandbox.errors
 import gateway
 import gateway.errors
-import gateway.sandbox.errors
+from dhis2_sandbox.errors import SandboxError
 from gateway.auth import ScopeError
 from gateway.cli import app as cli_app
 from gateway.delivery.queue import QueueUnavailable
@@ -34,21 +36,22 @@ from gateway.errors import (
     exit_code_for,
     outcome_for,
 )
-from gateway.sandbox.errors import SandboxError
 from gateway.search.query import SearchError
 from gateway.settings import ConfigFileError
 from gateway.store import VersionConflict
 from tests.conftest import ApiHarness
 
-SANDBOX = "gateway.sandbox"
+SANDBOX = "dhis2_sandbox"
 
 
 def _modules() -> list[ModuleType]:
-    modules = [gateway]
-    for info in pkgutil.walk_packages(gateway.__path__, "gateway."):
-        if info.name.rsplit(".", 1)[-1] == "__main__":
-            continue  # runs the command line when imported
-        modules.append(importlib.import_module(info.name))
+    modules: list[ModuleType] = []
+    for package in (gateway, dhis2_sandbox):
+        modules.append(package)
+        for info in pkgutil.walk_packages(package.__path__, f"{package.__name__}."):
+            if info.name.rsplit(".", 1)[-1] == "__main__":
+                continue  # runs the command line when imported
+            modules.append(importlib.import_module(info.name))
     return modules
 
 
@@ -154,8 +157,8 @@ def test_the_errors_docstring_draws_the_tree_errors_py_defines() -> None:
 
 
 def test_the_sandbox_docstring_draws_the_sandbox_tree() -> None:
-    assert gateway.sandbox.errors.__doc__ is not None
-    drawn = _drawn_tree(gateway.sandbox.errors.__doc__)
+    assert dhis2_sandbox.errors.__doc__ is not None
+    drawn = _drawn_tree(dhis2_sandbox.errors.__doc__)
     assert drawn == {cls.__name__: None if cls is SandboxError else cls.__bases__[0].__name__
                      for cls in SANDBOX_CLASSES}
 

@@ -40,7 +40,7 @@ def dhis2(
     metadata: Annotated[Path | None, typer.Option(help="metadata JSON instead of the demo set")] = None,
 ) -> None:
     """Serve the DHIS2 sandbox (demo CHW metadata, tracker and aggregate imports)."""
-    from gateway.sandbox.dhis2 import DEFAULT_TOKEN, FaultConfig, SandboxSettings, create_sandbox_app, serve
+    from dhis2_sandbox import DEFAULT_TOKEN, FaultConfig, SandboxSettings, create_sandbox_app, serve
 
     faults = FaultConfig(
         latency_ms=latency_ms,

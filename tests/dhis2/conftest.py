@@ -13,6 +13,15 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
+from dhis2_sandbox import (
+    DEFAULT_TOKEN,
+    FaultConfig,
+    SandboxServer,
+    SandboxSettings,
+    create_sandbox_app,
+)
+from dhis2_sandbox.catalog import load_catalog
+from dhis2_sandbox.fields import apply_fields, parse_fields
 from gateway.clock import SystemClock
 from gateway.connectors import AuthConfig, Credentials
 from gateway.connectors.base import Job, JobOp
@@ -21,15 +30,6 @@ from gateway.connectors.dhis2.config import Dhis2Options
 from gateway.connectors.dhis2.connector import Dhis2Connector
 from gateway.connectors.dhis2.metadata import FIELDS, MetadataSnapshot
 from gateway.connectors.dhis2.sources import ResourceBundle
-from gateway.sandbox.dhis2 import (
-    DEFAULT_TOKEN,
-    FaultConfig,
-    SandboxServer,
-    SandboxSettings,
-    create_sandbox_app,
-)
-from gateway.sandbox.dhis2.catalog import load_catalog
-from gateway.sandbox.dhis2.fields import apply_fields, parse_fields
 from tests.sandbox.conftest import Demo
 
 TOKEN = DEFAULT_TOKEN

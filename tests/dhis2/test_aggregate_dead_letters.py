@@ -16,12 +16,12 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
+from dhis2_sandbox import DEFAULT_TOKEN, SandboxServer
 from gateway.connectors.dhis2 import Dhis2Connector, dhis2_factory
 from gateway.delivery.config import DestinationConfig
 from gateway.delivery.factory import FACTORIES
 from gateway.delivery.queue import DeadLetterFilter
 from gateway.delivery.service import DeliveryService
-from gateway.sandbox.dhis2 import DEFAULT_TOKEN, SandboxServer
 from gateway.store import Store, open_store
 from tests.delivery.helpers import eventually
 from tests.dhis2.conftest import MAPPINGS

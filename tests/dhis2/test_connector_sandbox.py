@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import httpx
 
-from gateway.connectors.base import Permanent, Retry, Success
-from gateway.connectors.dhis2.sources import ResourceBundle
-from gateway.sandbox.dhis2 import (
+from dhis2_sandbox import (
     DEFAULT_TOKEN,
     FaultConfig,
     SandboxServer,
     SandboxSettings,
     create_sandbox_app,
 )
+from gateway.connectors.base import Permanent, Retry, Success
+from gateway.connectors.dhis2.sources import ResourceBundle
 from tests.dhis2.conftest import make_connector, make_job
 from tests.dhis2.records import chw_record, household, patient, places
 from tests.sandbox.conftest import Demo
@@ -284,3 +285,36 @@ async def test_stale_metadata_is_refreshed_and_rebinds_the_mapping(
         await connector.aclose()
     assert isinstance(outcome, Permanent) and outcome.reason == "dhis2_E1302"
     assert outcome.detail is not None and "value_not_positive_integer" in outcome.detail
+
+
+async def test_a_visit_that_creates_its_person_carries_the_program_attributes_on_the_enrollment(
+    sandbox: SandboxServer, demo: Demo
+) -> None:
+    # The Encounter is delivered before its Patient: one payload creates the tracked entity,
+    # the enrollment and the event. DHIS2 does not count the tracked entity sent alongside for
+    # the program's mandatory attributes (E1018), so the enrollment repeats them.
+    first, second = chw_record(1), chw_record(2)
+    bundle = ResourceBundle(places() + first + second)
+    connector = make_connector(sandbox.base_url, bundle)
+    try:
+        (outcome,) = await connector.deliver([make_job(first[2])])
+        assert isinstance(outcome, Success), outcome
+        tracker = connector._tracker
+        assert tracker is not None
+        plan = tracker.plan(first[2], bundle)
+        te, en, _ = (planned.payload for planned in plan.objects)
+        program = tracker.mapping.program_attributes
+        assert {demo.tea("CHW_CLIENT_ID"), demo.tea("SEX")} <= program
+        assert en["attributes"] == [a for a in te["attributes"] if a["attribute"] in program]
+        assert {a["attribute"] for a in en["attributes"]} >= {demo.tea("CHW_CLIENT_ID"), demo.tea("SEX")}
+
+        # The shape sent before issue 12 (no enrollment attributes) is refused as DHIS2 refuses it.
+        tracker.mapping = dataclasses.replace(tracker.mapping, program_attributes=frozenset())
+        (refused,) = await connector.deliver([make_job(second[2])])
+    finally:
+        await connector.aclose()
+    assert isinstance(refused, Permanent) and refused.reason == "dhis2_E1018", refused
+    assert refused.detail is not None and "is mandatory in program" in refused.detail
+    stored = (await stats(sandbox))["stored"]
+    # atomicMode=OBJECT: the second person is stored, their enrollment and visit are not.
+    assert (stored["tracked_entity"], stored["enrollment"], stored["event"]) == (2, 1, 1)

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from dhis2_sandbox import DEFAULT_TOKEN, SandboxServer
 from gateway.connectors.dhis2 import Dhis2Connector, dhis2_factory
 from gateway.connectors.dhis2.mapping_load import load_aggregate, load_tables
 from gateway.connectors.dhis2.measure import compute_measure_report, load_measure
@@ -30,7 +31,6 @@ from gateway.delivery.factory import FACTORIES
 from gateway.delivery.policy import RetryPolicy
 from gateway.delivery.queue import DeadLetterFilter
 from gateway.delivery.service import DeliveryService
-from gateway.sandbox.dhis2 import DEFAULT_TOKEN, SandboxServer
 from gateway.settings import Settings, SourceConfig
 from gateway.store.rows import KEPT_IDENTIFIER_TYPE
 from tests.conftest import ApiHarness
@@ -377,3 +377,49 @@ async def test_dhis2_uids_come_back_as_fhir_identifiers_and_nothing_is_sent_twic
     async with httpx.AsyncClient(base_url=sandbox.base_url) as client:
         assert (await client.get("/sandbox/received")).json() == received
     assert (await service.queue.stats("dhis2")).dead == 0
+
+
+@pytest.mark.parametrize("order", ["assessment-first", "together"])
+async def test_an_assessment_before_or_with_its_registration_reaches_dhis2_with_uids_written_back(
+    api: ApiHarness, service_for: Any, sandbox: SandboxServer, tmp_path: Path, order: str
+) -> None:
+    # Issue 12: the visit's job then creates the person in the same payload as the enrollment.
+    # DHIS2 checks the program's mandatory attributes against the enrollment and the person as
+    # stored before the import (E1018), so the enrollment must carry them itself.
+    await ingest(api, [cht.area(), cht.household(1), cht.assessment(1)])
+    service: DeliveryService = service_for(destination(sandbox, tmp_path / "meta.json"))
+    if order == "assessment-first":
+        await service.start()
+        service.notify()
+
+        async def waiting() -> bool:
+            return (await service.queue.stats("dhis2")).retrying >= 1
+
+        await eventually(waiting)  # the visit waits for its person
+        await ingest(api, [cht.person(1)])
+    else:
+        await ingest(api, [cht.person(1)])  # both queued before delivery starts: one batch
+        await service.start()
+    service.notify()
+    await eventually(lambda: drained(service, api))
+    assert (await service.queue.stats("dhis2")).dead == 0
+    assert await service.admin.dead_letters(DeadLetterFilter(destination="dhis2")) == []
+    stored = (await sandbox_state(sandbox))["stored"]
+    assert (stored["tracked_entity"], stored["enrollment"], stored["event"]) == (1, 1, 1)
+
+    async with httpx.AsyncClient(base_url=sandbox.base_url, headers=AUTH) as dhis2:
+        (person,) = (await dhis2.get("/api/tracker/trackedEntities")).json()["trackedEntities"]
+        (enrollment,) = (await dhis2.get("/api/tracker/enrollments")).json()["enrollments"]
+        (event,) = (await dhis2.get("/api/tracker/events")).json()["events"]
+    base = f"{sandbox.base_url}/api/tracker"
+
+    def uid(kind: str, value: str) -> dict[str, Any]:
+        return {"use": "secondary", "type": UID_TYPE, "system": f"{base}/{kind}", "value": value}
+
+    pid = _patient_id(api, 1)
+    patient = (await api.client.get(f"/fhir/Patient/{pid}")).json()
+    assert uid("trackedEntities", person["trackedEntity"]) in patient["identifier"]
+    (visit,) = StoreResourceSource(api.store).find("Encounter", "patient", f"Patient/{pid}")
+    encounter = (await api.client.get(f"/fhir/Encounter/{visit['id']}")).json()
+    assert uid("enrollments", enrollment["enrollment"]) in encounter["identifier"]
+    assert uid("events", event["event"]) in encounter["identifier"]

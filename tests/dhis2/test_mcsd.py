@@ -8,12 +8,12 @@ from pathlib import Path
 from fhir.resources.R4B import get_fhir_model_class
 from typer.testing import CliRunner
 
+from dhis2_sandbox import SandboxServer
 from gateway.cli.dhis2 import dhis2_app
 from gateway.connectors.dhis2.mapping_spec import OrgUnitTable
 from gateway.connectors.dhis2.mcsd import org_units_to_fhir, resource_id, sync_org_units
 from gateway.connectors.dhis2.orgunits import ORG_UNIT_SYSTEM, OrgUnitResolver
 from gateway.connectors.dhis2.sources import ResourceBundle, StoreResourceSource
-from gateway.sandbox.dhis2 import SandboxServer
 from gateway.store import open_store
 from tests.dhis2.conftest import TOKEN
 from tests.dhis2.samples import load_sample

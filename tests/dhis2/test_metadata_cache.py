@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from dhis2_sandbox import SandboxServer
 from gateway.cli.dhis2 import dhis2_app, resolve_destination
 from gateway.connectors import Credentials
 from gateway.connectors.dhis2.client import Dhis2Client
 from gateway.connectors.dhis2.metadata import FIELDS, MetadataCache, MetadataSnapshot
-from gateway.sandbox.dhis2 import SandboxServer
 from tests.dhis2.conftest import TOKEN
 from tests.sandbox.conftest import Demo
 

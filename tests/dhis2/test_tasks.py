@@ -13,6 +13,7 @@ import httpx
 import orjson
 import pytest
 
+from dhis2_sandbox import DEFAULT_TOKEN, SandboxServer
 from gateway.api.app import create_app
 from gateway.clock import ManualClock
 from gateway.connectors.dhis2.mcsd import resource_id
@@ -22,7 +23,6 @@ from gateway.connectors.dhis2.periods import parse_period
 from gateway.connectors.dhis2.tasks import dhis2_tasks
 from gateway.delivery import DeliverySections
 from gateway.delivery.config import DestinationConfig
-from gateway.sandbox.dhis2 import DEFAULT_TOKEN, SandboxServer
 from gateway.scheduler import Scheduler
 from gateway.services import ServicePlan, run_worker
 from gateway.settings import Settings

@@ -9,18 +9,18 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.connectors.dhis2 import dhis2_factory
-from gateway.connectors.dhis2.uids import derive_uid
-from gateway.delivery.config import DestinationConfig
-from gateway.delivery.factory import FACTORIES
-from gateway.delivery.service import DeliveryService
-from gateway.sandbox.dhis2 import (
+from dhis2_sandbox import (
     DEFAULT_TOKEN,
     FaultConfig,
     SandboxServer,
     SandboxSettings,
     create_sandbox_app,
 )
+from gateway.connectors.dhis2 import dhis2_factory
+from gateway.connectors.dhis2.uids import derive_uid
+from gateway.delivery.config import DestinationConfig
+from gateway.delivery.factory import FACTORIES
+from gateway.delivery.service import DeliveryService
 from gateway.store import open_store
 from tests.delivery.helpers import eventually
 from tests.dhis2.conftest import MAPPINGS

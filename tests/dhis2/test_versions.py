@@ -19,6 +19,7 @@ import pytest
 import respx
 from typer.testing import CliRunner
 
+from dhis2_sandbox import FaultConfig, SandboxServer, SandboxSettings, create_sandbox_app
 from gateway.cli.dhis2 import dhis2_app
 from gateway.clock import ManualClock
 from gateway.connectors.base import Job, Partial, Permanent, Success
@@ -26,7 +27,6 @@ from gateway.connectors.dhis2.client import Dhis2Client
 from gateway.connectors.dhis2.config import Dhis2Options, parse_version
 from gateway.connectors.dhis2.connector import Dhis2Connector
 from gateway.connectors.dhis2.sources import ResourceBundle
-from gateway.sandbox.dhis2 import FaultConfig, SandboxServer, SandboxSettings, create_sandbox_app
 from tests.dhis2.conftest import MAPPINGS, TOKEN, demo_snapshot, make_connector, make_job
 from tests.dhis2.records import chw_record, places
 from tests.dhis2.samples import load_sample

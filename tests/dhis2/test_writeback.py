@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import orjson
 
+from dhis2_sandbox import SandboxServer
 from gateway.clock import SystemClock
 from gateway.connectors.base import Job, Success
 from gateway.connectors.dhis2.client import Dhis2Client
@@ -21,7 +22,6 @@ from gateway.connectors.dhis2.sources import StoreResourceSource
 from gateway.connectors.dhis2.uids import derive_uid
 from gateway.connectors.dhis2.writeback import Held, WriteBack, WriteBackTarget, identifier_systems, provenance_id
 from gateway.fhir.validate import validate_resource
-from gateway.sandbox.dhis2 import SandboxServer
 from gateway.store.rows import KEPT_IDENTIFIER_TYPE
 from gateway.store.sql import SqlStore
 from tests.dhis2.conftest import MAPPINGS, pat_auth

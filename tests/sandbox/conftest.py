@@ -9,14 +9,14 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.sandbox.dhis2 import (
+from dhis2_sandbox import (
     DEFAULT_TOKEN,
     FaultConfig,
     SandboxServer,
     SandboxSettings,
     create_sandbox_app,
 )
-from gateway.sandbox.dhis2.catalog import Catalog, load_catalog
+from dhis2_sandbox.catalog import Catalog, load_catalog
 
 AUTH = {"Authorization": f"ApiToken {DEFAULT_TOKEN}"}
 
@@ -78,7 +78,18 @@ class Demo:
             **extra,
         }
 
-    def enrollment(self, uid: str, te: str, ou: str = "CU_KISIWA", **extra: Any) -> dict[str, Any]:
+    def program_attributes(self, client_id: str = "C-1") -> list[dict[str, Any]]:
+        """The household-visit program's mandatory attributes, as an enrollment repeats them."""
+        return [
+            {"attribute": self.tea("CHW_CLIENT_ID"), "value": client_id},
+            {"attribute": self.tea("SEX"), "value": "FEMALE"},
+        ]
+
+    def enrollment(
+        self, uid: str, te: str, ou: str = "CU_KISIWA", client_id: str = "C-1", **extra: Any
+    ) -> dict[str, Any]:
+        # DHIS2 checks mandatory program attributes against the enrollment and the tracked entity
+        # stored before the import (E1018), so an enrollment of a new person carries them.
         return {
             "enrollment": uid,
             "trackedEntity": te,
@@ -86,6 +97,7 @@ class Demo:
             "orgUnit": self.ou(ou),
             "enrolledAt": "2024-05-01",
             "occurredAt": "2024-05-01",
+            "attributes": self.program_attributes(client_id),
             **extra,
         }
 
@@ -113,7 +125,7 @@ class Demo:
         for i in range(n):
             te, en, ev = f"{prefix}te{i:08d}", f"{prefix}en{i:08d}", f"{prefix}ev{i:08d}"
             tes.append(self.tracked_entity(te, client_id=f"{prefix}-{i}"))
-            ens.append(self.enrollment(en, te))
+            ens.append(self.enrollment(en, te, client_id=f"{prefix}-{i}"))
             evs.append(self.event(ev, en))
         return {"trackedEntities": tes, "enrollments": ens, "events": evs}
 

@@ -10,8 +10,8 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from gateway.sandbox.dhis2 import DEFAULT_TOKEN, FaultConfig, SandboxServer
-from gateway.sandbox.dhis2.faults import FaultSchedule
+from dhis2_sandbox import DEFAULT_TOKEN, FaultConfig, SandboxServer
+from dhis2_sandbox.faults import FaultSchedule
 from tests.sandbox.conftest import Demo
 
 Served = Callable[..., SandboxServer]

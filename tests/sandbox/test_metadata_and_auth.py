@@ -7,7 +7,7 @@ import base64
 import httpx
 import pytest
 
-from gateway.sandbox.dhis2 import DEFAULT_TOKEN, make_token
+from dhis2_sandbox import DEFAULT_TOKEN, make_token
 from tests.dhis2.samples import keys_of, load_sample, shape
 from tests.sandbox.conftest import ClientFactory, Demo
 

@@ -73,6 +73,89 @@ async def test_atomic_all_rejects_everything_like_the_recorded_e1041(
     assert (await client.get("/api/tracker/trackedEntities/Ate00000001")).status_code == 404
 
 
+def new_person_without_enrollment_attributes(demo: Demo) -> dict[str, Any]:
+    """Issue 12's payload: a new tracked entity that has the mandatory program attributes, its
+    enrollment without ``attributes`` and a visit, in one import (the connector's old shape)."""
+    te = demo.tracked_entity("Ate00000001")
+    assert {a["attribute"] for a in demo.program_attributes()} <= {a["attribute"] for a in te["attributes"]}
+    return {
+        "trackedEntities": [te],
+        "enrollments": [demo.enrollment("Aen00000001", "Ate00000001", attributes=[])],
+        "events": [demo.event("Aev00000001", "Aen00000001")],
+    }
+
+
+def e1018(demo: Demo, code: str, enrollment: str = "Aen00000001") -> dict[str, Any]:
+    attribute = demo.tea(code)
+    return {
+        "message": f"Attribute: `{attribute}`, is mandatory in program `{demo.program}` "
+        f"but not declared in enrollment `{enrollment}`.",
+        "errorCode": "E1018",
+        "trackerType": "ENROLLMENT",
+        "uid": enrollment,
+    }
+
+
+async def test_e1018_counts_the_stored_tracked_entity_not_the_one_sent_alongside(
+    client: httpx.AsyncClient, demo: Demo
+) -> None:
+    # DHIS2 2.41 (EnrollmentAttributeValidator) checks mandatory program attributes against the
+    # enrollment's attributes and the tracked entity of its preheat, i.e. as stored before the
+    # import: the tracked entity in the same payload does not count.
+    payload = new_person_without_enrollment_attributes(demo)
+    response = await client.post("/api/tracker", params=SYNC_ALL, json=payload)
+    assert response.status_code == 409
+    body = response.json()
+    sample = load_sample("tracker-import-409-E1041-enrollment-orgunit-program.json")
+    assert shape(body) == shape(sample)  # atomicMode=ALL: no bundleReport, everything ignored
+    assert body["status"] == "ERROR"
+    assert body["validationReport"]["errorReports"] == [e1018(demo, "CHW_CLIENT_ID"), e1018(demo, "SEX")]
+    assert body["stats"] == {"created": 0, "updated": 0, "deleted": 0, "ignored": 3, "total": 3}
+    assert (await client.get("/api/tracker/trackedEntities/Ate00000001")).status_code == 404
+
+
+async def test_e1018_under_atomic_object_keeps_the_person_and_drops_the_children(
+    client: httpx.AsyncClient, demo: Demo
+) -> None:
+    payload = new_person_without_enrollment_attributes(demo)
+    response = await client.post("/api/tracker", params=SYNC_OBJECT, json=payload)
+    assert response.status_code == 409  # status ERROR whatever was committed
+    body = response.json()
+    assert codes(body) == [
+        ("E1018", "ENROLLMENT", "Aen00000001"),
+        ("E1018", "ENROLLMENT", "Aen00000001"),
+        ("E5000", "EVENT", "Aev00000001"),
+    ]
+    assert body["stats"] == {"created": 1, "updated": 0, "deleted": 0, "ignored": 2, "total": 3}
+    assert (await client.get("/api/tracker/trackedEntities/Ate00000001")).status_code == 200
+    assert (await client.get("/api/tracker/enrollments/Aen00000001")).status_code == 404
+    # Now the person is stored with the values: the same enrollment without attributes passes.
+    payload.pop("trackedEntities")
+    response = await client.post("/api/tracker", params=SYNC_ALL, json=payload)
+    assert response.status_code == 200, response.json()
+    assert response.json()["stats"]["created"] == 2
+
+
+async def test_an_enrollment_repeating_the_mandatory_attributes_is_accepted_with_its_new_person(
+    client: httpx.AsyncClient, demo: Demo
+) -> None:
+    payload = new_person_without_enrollment_attributes(demo)
+    payload["enrollments"][0]["attributes"] = demo.program_attributes()
+    response = await client.post("/api/tracker", params=SYNC_ALL, json=payload)
+    assert response.status_code == 200, response.json()
+    assert response.json()["stats"]["created"] == 3
+    # A stored person that lacks a mandatory value still fails, whatever the payload's copy says.
+    te = demo.tracked_entity("Bte00000001", client_id="B-1")
+    te["attributes"] = [a for a in te["attributes"] if a["attribute"] != demo.tea("SEX")]
+    assert (await client.post("/api/tracker", params=SYNC_ALL, json={"trackedEntities": [te]})).status_code == 200
+    sent = {**te, "attributes": [*te["attributes"], {"attribute": demo.tea("SEX"), "value": "MALE"}]}
+    enrollment = demo.enrollment("Ben00000001", "Bte00000001", attributes=[])
+    response = await client.post(
+        "/api/tracker", params=SYNC_ALL, json={"trackedEntities": [sent], "enrollments": [enrollment]}
+    )
+    assert response.json()["validationReport"]["errorReports"] == [e1018(demo, "SEX", "Ben00000001")]
+
+
 async def test_three_events_in_unassigned_org_unit_like_the_recorded_e1029(
     client: httpx.AsyncClient, demo: Demo
 ) -> None:
@@ -203,7 +286,10 @@ async def test_validation_mode_validate_writes_nothing(client: httpx.AsyncClient
         ),
         (lambda d, b: b["enrollments"][0].update(enrolledAt="2999-01-01"), ("E1020", "ENROLLMENT")),
         (lambda d, b: b["enrollments"][0].update(enrolledAt=None), ("E1025", "ENROLLMENT")),
-        (lambda d, b: b["enrollments"][0].update(trackedEntity="Xxxxxxxxxx1"), ("E1068", "ENROLLMENT")),
+        (
+            lambda d, b: b["enrollments"][0].update(trackedEntity="Xxxxxxxxxx1", attributes=[]),
+            ("E1068", "ENROLLMENT"),
+        ),
         (
             lambda d, b: (
                 b["enrollments"][0].update(
@@ -292,7 +378,11 @@ async def test_nested_payload_is_flattened(client: httpx.AsyncClient, demo: Demo
         program=demo.program,
         orgUnit=demo.ou("CU_MLIMA"),
         trackedEntityType=demo.person,
-        attributes=[{"attribute": demo.tea("SEX"), "value": "MALE"}],
+        # A new person: the mandatory program attributes go on the enrollment (E1018).
+        attributes=[
+            {"attribute": demo.tea("CHW_CLIENT_ID"), "value": "N-1"},
+            {"attribute": demo.tea("SEX"), "value": "MALE"},
+        ],
     )
     event = enrollment["events"][0]
     event.update(

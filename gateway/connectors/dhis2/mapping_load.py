@@ -108,6 +108,10 @@ class BoundTracker:
     org_units: OrgUnitTable
     te_org_unit: tuple[Expression, ...]
     attributes: tuple[BoundAttribute, ...]
+    # The program's own attributes (programTrackedEntityAttributes): an enrollment repeats the
+    # tracked entity's values of these, since DHIS2 checks mandatory ones (E1018) against the
+    # enrollment and the tracked entity stored before the import, not one sent alongside.
+    program_attributes: frozenset[str]
     episode_filter: Expression | None
     enrolled_at: Expression
     enrollment_org_unit: tuple[Expression, ...]
@@ -366,6 +370,7 @@ def load_tracker(path: Path, snapshot: MetadataSnapshot, tables: dict[str, Conce
         org_units=org_units,
         te_org_unit=tuple(e for e in te_org if e),
         attributes=tuple(attributes),
+        program_attributes=frozenset(snapshot.program_attributes(program)),
         episode_filter=episode,
         enrolled_at=enrolled_at,
         enrollment_org_unit=tuple(e for e in en_org if e),

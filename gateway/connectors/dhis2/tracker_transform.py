@@ -14,6 +14,11 @@ tionDispense, Service  everything stored for that Encounter)
 Request, Condition …
 =====================  =======================================================  ==========
 
+An enrollment repeats the tracked entity's values of the program's attributes: DHIS2 checks
+mandatory program attributes (E1018) against the enrollment and the tracked entity as stored
+before the import, so a person created in the same payload (a visit delivered before or with
+its person's registration) would otherwise be refused.
+
 UIDs are derived from FHIR identity (``uids.derive_uid``): the tracked entity from the
 Patient, the enrollment from the EpisodeOfCare or else from (Patient, program), the event
 from the Encounter. Values are converted and checked as DHIS2 checks them before anything
@@ -209,7 +214,7 @@ class TrackerTransformer:
         patient = self._patient_of(episode, source, ref)
         org_unit = self._org_unit(self.mapping.enrollment_org_unit, episode, resolver)
         te = self.tracked_entity(patient, resolver, fallback_org_unit=org_unit)
-        en = self._enrollment(patient, episode, org_unit or te.payload["orgUnit"], None, te.uid)
+        en = self._enrollment(patient, episode, org_unit or te.payload["orgUnit"], None, te)
         return TrackerPlan((te, en), ("ENROLLMENT", en.uid))
 
     def _encounter_plan(
@@ -228,7 +233,7 @@ class TrackerTransformer:
         episode = self._episode_for(encounter, patient, source)
         first = self._first_visit(patient, source) or encounter
         en_org = self._org_unit(self.mapping.enrollment_org_unit, episode, resolver) if episode else None
-        en = self._enrollment(patient, episode, en_org or org_unit, first, te.uid)
+        en = self._enrollment(patient, episode, en_org or org_unit, first, te)
         ev = self.event(encounter, stage, en.uid, te.uid, org_unit, source)
         return TrackerPlan((te, en, ev), ("EVENT", ev.uid))
 
@@ -311,7 +316,7 @@ class TrackerTransformer:
         episode: JsonObject | None,
         org_unit: str,
         first_visit: JsonObject | None,
-        te_uid: str,
+        te: PlannedObject,
     ) -> PlannedObject:
         if episode is not None:
             origin = f"EpisodeOfCare/{episode['id']}"
@@ -327,14 +332,21 @@ class TrackerTransformer:
             status = "ACTIVE"
         if enrolled_at is None:
             raise Dhis2MappingError("E1025", "no enrollment date (period.start)", origin)
+        # DHIS2 checks the program's mandatory attributes against the enrollment's own values and
+        # the tracked entity as stored before this import (E1018), so a person registered in the
+        # same payload (a visit that arrives before or with its registration) needs them here.
+        program_values = [
+            dict(item) for item in te.payload["attributes"] if item["attribute"] in self.mapping.program_attributes
+        ]
         payload = {
             "enrollment": uid,
-            "trackedEntity": te_uid,
+            "trackedEntity": te.uid,
             "program": self.mapping.program,
             "orgUnit": org_unit,
             "enrolledAt": enrolled_at,
             "occurredAt": enrolled_at,
             "status": status,
+            "attributes": program_values,
         }
         return PlannedObject("ENROLLMENT", uid, payload, origin)
 

@@ -12,10 +12,10 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from gateway.sandbox.dhis2.aggregate import AggregateParams, AggregateResult, run_data_value_import
-from gateway.sandbox.dhis2.context import ApiError, SandboxState, StateDep, UserDep, WriterDep
-from gateway.sandbox.dhis2.tracker_payload import generate_uid
-from gateway.sandbox.dhis2.webmessages import web_message, web_message_body
+from dhis2_sandbox.aggregate import AggregateParams, AggregateResult, run_data_value_import
+from dhis2_sandbox.context import ApiError, SandboxState, StateDep, UserDep, WriterDep
+from dhis2_sandbox.tracker_payload import generate_uid
+from dhis2_sandbox.webmessages import web_message, web_message_body
 
 __all__ = ["router"]
 

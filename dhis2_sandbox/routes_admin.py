@@ -11,8 +11,8 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from gateway.sandbox.dhis2.context import StateDep
-from gateway.sandbox.dhis2.faults import FaultConfig, FaultMode, OutageWindow
+from dhis2_sandbox.context import StateDep
+from dhis2_sandbox.faults import FaultConfig, FaultMode, OutageWindow
 
 __all__ = ["router"]
 

@@ -1,4 +1,4 @@
-"""Typed surface of ``gateway.sandbox.dhis2`` (loaded lazily by ``__init__.py``)."""
+"""Typed surface of ``dhis2_sandbox`` (loaded lazily by ``__init__.py``)."""
 
 from .app import create_sandbox_app as create_sandbox_app
 from .auth import DEFAULT_TOKEN as DEFAULT_TOKEN

@@ -16,11 +16,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from gateway.sandbox.dhis2.catalog import Catalog
-from gateway.sandbox.dhis2.storage import SandboxStore
-from gateway.sandbox.dhis2.tracker_payload import FlatPayload, TrackerError, TrackerType
-from gateway.sandbox.dhis2.tracker_validation import Action, ImportStrategy, TrackerValidator
-from gateway.sandbox.errors import SandboxError
+from dhis2_sandbox.catalog import Catalog
+from dhis2_sandbox.errors import SandboxError
+from dhis2_sandbox.storage import SandboxStore
+from dhis2_sandbox.tracker_payload import FlatPayload, TrackerError, TrackerType
+from dhis2_sandbox.tracker_validation import Action, ImportStrategy, TrackerValidator
 
 __all__ = ["ParamError", "TrackerImportParams", "TrackerImportResult", "run_tracker_import"]
 

@@ -9,10 +9,10 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from gateway.sandbox.dhis2.catalog import COLLECTIONS
-from gateway.sandbox.dhis2.context import ApiError, StateDep, UserDep
-from gateway.sandbox.dhis2.fields import FilterError, apply_fields, matches_filters, parse_fields
-from gateway.sandbox.dhis2.tracker_payload import generate_uid
+from dhis2_sandbox.catalog import COLLECTIONS
+from dhis2_sandbox.context import ApiError, StateDep, UserDep
+from dhis2_sandbox.fields import FilterError, apply_fields, matches_filters, parse_fields
+from dhis2_sandbox.tracker_payload import generate_uid
 
 __all__ = ["router"]
 

@@ -12,12 +12,12 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.sandbox.dhis2.auth import AuthFailure, SandboxUser, authenticate, default_users
-from gateway.sandbox.dhis2.catalog import Catalog
-from gateway.sandbox.dhis2.faults import FaultSchedule
-from gateway.sandbox.dhis2.storage import SandboxStore
-from gateway.sandbox.dhis2.tracker_jobs import TrackerJobs
-from gateway.sandbox.errors import SandboxError
+from dhis2_sandbox.auth import AuthFailure, SandboxUser, authenticate, default_users
+from dhis2_sandbox.catalog import Catalog
+from dhis2_sandbox.errors import SandboxError
+from dhis2_sandbox.faults import FaultSchedule
+from dhis2_sandbox.storage import SandboxStore
+from dhis2_sandbox.tracker_jobs import TrackerJobs
 
 __all__ = [
     "ApiError",

@@ -11,11 +11,11 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from gateway.sandbox.dhis2.context import ApiError, SandboxState, StateDep, UserDep, WriterDep
-from gateway.sandbox.dhis2.tracker_import import ParamError, TrackerImportParams, TrackerImportResult
-from gateway.sandbox.dhis2.tracker_import import run_tracker_import as _run_import
-from gateway.sandbox.dhis2.tracker_payload import PayloadError, flatten
-from gateway.sandbox.dhis2.webmessages import web_message
+from dhis2_sandbox.context import ApiError, SandboxState, StateDep, UserDep, WriterDep
+from dhis2_sandbox.tracker_import import ParamError, TrackerImportParams, TrackerImportResult
+from dhis2_sandbox.tracker_import import run_tracker_import as _run_import
+from dhis2_sandbox.tracker_payload import PayloadError, flatten
+from dhis2_sandbox.webmessages import web_message
 
 __all__ = ["router"]
 

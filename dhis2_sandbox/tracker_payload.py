@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
 
-from gateway.sandbox.errors import SandboxError
+from dhis2_sandbox.errors import SandboxError
 
 __all__ = [
     "FlatPayload",

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
-from gateway.connectors.dhis2 import PeriodError, check_value, normalize_boolean, parse_period, period_for
-from gateway.sandbox.dhis2.catalog import Catalog
-from gateway.sandbox.dhis2.storage import DataValueKey, SandboxStore
+from dhis2_sandbox.catalog import Catalog
+from dhis2_sandbox.periods import InvalidPeriod, period_containing, read_period
+from dhis2_sandbox.storage import DataValueKey, SandboxStore
+from dhis2_sandbox.valuetypes import normalise_boolean, value_problem
 
 __all__ = ["AggregateParams", "AggregateResult", "run_data_value_import"]
 
@@ -197,8 +198,8 @@ class _Importer:
             return None
         period_text = _text(value.get("period")) or ""
         try:
-            period = parse_period(period_text)
-        except PeriodError:
+            period = read_period(period_text)
+        except InvalidPeriod:
             add("E7611", period_text, (period_text,), "period", index)
             return None
         org_unit = _text(value.get("orgUnit")) or ""
@@ -227,7 +228,7 @@ class _Importer:
             return None
         key = DataValueKey(element_uid, period.iso, org_unit, coc, aoc)
         if text and not deleting:
-            text = normalize_boolean(text, element["valueType"])
+            text = normalise_boolean(text, element["valueType"])
             if not self._value_ok(element, text, index):
                 return None
         if comment is not None and len(comment) > 50_000:
@@ -247,7 +248,7 @@ class _Importer:
                 self.conflicts.add("E7621", text, (element["id"],), "value", index)
                 return False
             return True
-        problem = check_value(text, element["valueType"])
+        problem = value_problem(text, element["valueType"])
         if problem is not None:
             self.conflicts.add("E7619", text, (element["valueType"], problem), "value", index)
             return False
@@ -258,7 +259,7 @@ class _Importer:
     ) -> bool:
         add = self.conflicts.add
         data_sets = self.catalog.data_sets_of(element["id"])
-        period = parse_period(key.period)
+        period = read_period(key.period)
         if data_sets and all(ds["periodType"] != period.period_type for ds in data_sets):
             add("E7632", period_text, (period_text, element["id"]), "period", index)
             return False
@@ -287,9 +288,9 @@ class _Importer:
             add("E7636", key.org_unit, (key.org_unit, element["id"]), "orgUnit", index)
             return False
         for ds in data_sets:
-            latest = period_for(ds["periodType"], self.today)
+            latest = period_containing(ds["periodType"], self.today)
             for _ in range(int(ds.get("openFuturePeriods", 0))):
-                latest = period_for(ds["periodType"], latest.end + timedelta(days=1))
+                latest = period_containing(ds["periodType"], latest.end + timedelta(days=1))
             if period.start > latest.end:
                 add("E7641", key.period, (key.period, element["id"], latest.iso), "period", index)
                 return False
@@ -405,7 +406,7 @@ def _complete(body: JsonObject, catalog: Catalog, store: SandboxStore, params: A
     if not (data_set and completed and period and org_unit):
         return None
     aoc = _text(body.get("attributeOptionCombo")) or catalog.default_category_option_combo
-    iso = parse_period(period).iso if period else period
+    iso = read_period(period).iso if period else period
     if not params.dry_run:
         store.complete(data_set, iso, org_unit, aoc, completed[:10])
     return completed[:10]

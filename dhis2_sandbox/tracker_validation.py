@@ -5,7 +5,12 @@ Rules follow dhis2-core's tracker validators as summarised in shared/dhis2 READM
 scope, dates, enrollment uniqueness, attribute and data value types, option codes,
 uniqueness, mandatory attributes and data elements, non-repeatable stages and immutable
 properties. Objects are validated in order (tracked entities, enrollments, events) and a
-child may reference a parent sent in the same payload.
+child may reference a parent sent in the same payload; but, as in DHIS2, an enrollment's
+mandatory program attributes (E1018) count only its own values and those of its tracked
+entity as stored before the import, not the tracked entity sent alongside.
+
+Value types, UIDs and periods are the sandbox's own reading of DHIS2's rules (``valuetypes``,
+``periods``), never the connector's: the sandbox judges what the connector sends.
 """
 
 from __future__ import annotations
@@ -15,10 +20,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from gateway.connectors.dhis2 import MAX_ATTRIBUTE_LENGTH, check_value, is_valid_uid
-from gateway.sandbox.dhis2.catalog import Catalog
-from gateway.sandbox.dhis2.storage import SandboxStore, StoredObject
-from gateway.sandbox.dhis2.tracker_payload import FlatPayload, TrackerError, TrackerType
+from dhis2_sandbox.catalog import Catalog
+from dhis2_sandbox.storage import SandboxStore, StoredObject
+from dhis2_sandbox.tracker_payload import FlatPayload, TrackerError, TrackerType
+from dhis2_sandbox.valuetypes import MAX_ATTRIBUTE_LENGTH, is_uid, value_problem
 
 __all__ = ["Action", "ImportStrategy", "TrackerValidator"]
 
@@ -155,7 +160,7 @@ class TrackerValidator:
             if value not in self.catalog.option_codes(option_set):
                 errors.append(TrackerError("E1125", kind, uid, (value, option_set)))
         else:
-            key = check_value(value, attribute["valueType"])
+            key = value_problem(value, attribute["valueType"])
             if key is not None:
                 errors.append(TrackerError("E1007", kind, uid, (attribute["valueType"], key)))
         if len(value) > MAX_ATTRIBUTE_LENGTH:
@@ -176,7 +181,7 @@ class TrackerValidator:
         """Errors of one tracked entity."""
         kind, uid = TrackerType.TRACKED_ENTITY, te["trackedEntity"]
         errors: list[TrackerError] = []
-        if not is_valid_uid(uid):
+        if not is_uid(uid):
             return [TrackerError("E1048", kind, uid, ("trackedEntity", uid))]
         action = self._resolve_action(kind, uid, errors)
         if action is None or action is Action.DELETE:
@@ -213,7 +218,7 @@ class TrackerValidator:
         """Errors of one enrollment."""
         kind, uid = TrackerType.ENROLLMENT, en["enrollment"]
         errors: list[TrackerError] = []
-        if not is_valid_uid(uid):
+        if not is_uid(uid):
             return [TrackerError("E1048", kind, uid, ("enrollment", uid))]
         action = self._resolve_action(kind, uid, errors)
         if action is None or action is Action.DELETE:
@@ -240,7 +245,7 @@ class TrackerValidator:
                 errors.append(TrackerError("E1127", kind, uid, ("trackedEntity",)))
             if stored.doc["program"] != en["program"]:
                 errors.append(TrackerError("E1094", kind, uid, (uid, stored.doc["program"])))
-        errors.extend(self._enrollment_attributes(en, program, te, action))
+        errors.extend(self._enrollment_attributes(en, program))
         return errors
 
     def _enrollment_program_rules(
@@ -284,9 +289,7 @@ class TrackerValidator:
             errors.append(TrackerError("E1016", kind, uid, (te_uid, program["id"])))
         return errors
 
-    def _enrollment_attributes(
-        self, en: JsonObject, program: JsonObject | None, te: JsonObject | None, action: Action
-    ) -> list[TrackerError]:
+    def _enrollment_attributes(self, en: JsonObject, program: JsonObject | None) -> list[TrackerError]:
         kind, uid = TrackerType.ENROLLMENT, en["enrollment"]
         errors: list[TrackerError] = []
         allowed = self.catalog.program_attributes(program["id"]) if program is not None else {}
@@ -301,15 +304,23 @@ class TrackerValidator:
                 errors.extend(
                     self._attribute_value_errors(kind, uid, meta, item["value"], en["trackedEntity"])
                 )
-        if action is Action.CREATE and program is not None:
-            present = {a["attribute"] for a in en["attributes"] if a.get("value") is not None}
-            present |= {
-                a["attribute"] for a in (te or {}).get("attributes", []) if a.get("value") is not None
-            }
+        if program is not None:
+            # DHIS2 (EnrollmentAttributeValidator.validateMandatoryAttributes) counts the
+            # enrollment's own non-empty attributes and those of the tracked entity as stored
+            # before this import (its preheat), never the tracked entity sent alongside: a new
+            # person enrolled in the same payload must repeat the mandatory values on the enrollment.
+            present = {a["attribute"] for a in en["attributes"] if a.get("value")}
+            present |= self._stored_attributes(en["trackedEntity"])
             for attribute, mandatory in allowed.items():
                 if mandatory and attribute not in present:
                     errors.append(TrackerError("E1018", kind, uid, (attribute, program["id"], uid)))
         return errors
+
+    def _stored_attributes(self, te_uid: str) -> set[str]:
+        stored = self.store.get("tracked_entity", te_uid)
+        if stored is None or stored.deleted:
+            return set()
+        return {a["attribute"] for a in stored.doc.get("attributes", []) if a.get("value")}
 
     # -- events
 
@@ -317,7 +328,7 @@ class TrackerValidator:
         """Errors of one event."""
         kind, uid = TrackerType.EVENT, ev["event"]
         errors: list[TrackerError] = []
-        if not is_valid_uid(uid):
+        if not is_uid(uid):
             return [TrackerError("E1048", kind, uid, ("event", uid))]
         action = self._resolve_action(kind, uid, errors)
         if action is None or action is Action.DELETE:
@@ -423,7 +434,7 @@ class TrackerValidator:
                 if value not in self.catalog.option_codes(option_set):
                     errors.append(TrackerError("E1125", kind, uid, (value, option_set)))
             else:
-                key = check_value(value, meta["valueType"])
+                key = value_problem(value, meta["valueType"])
                 if key is not None:
                     errors.append(TrackerError("E1302", kind, uid, (element, key)))
         status = ev.get("status") or "ACTIVE"

@@ -19,10 +19,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from gateway.sandbox.dhis2 import routes_admin, routes_aggregate, routes_metadata, routes_tracker
-from gateway.sandbox.dhis2.catalog import load_catalog
-from gateway.sandbox.dhis2.context import ApiError, SandboxSettings, SandboxState
-from gateway.sandbox.dhis2.faults import (
+from dhis2_sandbox import routes_admin, routes_aggregate, routes_metadata, routes_tracker
+from dhis2_sandbox.catalog import load_catalog
+from dhis2_sandbox.context import ApiError, SandboxSettings, SandboxState
+from dhis2_sandbox.faults import (
     ASGIApp,
     FaultConfig,
     FaultInjector,
@@ -31,9 +31,9 @@ from gateway.sandbox.dhis2.faults import (
     Scope,
     Send,
 )
-from gateway.sandbox.dhis2.storage import open_store
-from gateway.sandbox.dhis2.tracker_jobs import TrackerJobs
-from gateway.sandbox.dhis2.webmessages import web_message
+from dhis2_sandbox.storage import open_store
+from dhis2_sandbox.tracker_jobs import TrackerJobs
+from dhis2_sandbox.webmessages import web_message
 
 __all__ = ["create_sandbox_app"]
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.sandbox.errors import SandboxError
+from dhis2_sandbox.errors import SandboxError
 
 __all__ = ["FieldSpec", "FilterError", "apply_fields", "matches_filters", "parse_fields", "parse_filter"]
 

@@ -139,7 +139,7 @@ class Catalog:
 def load_catalog(path: Path | None = None) -> Catalog:
     """Load metadata from ``path`` or the bundled demo set."""
     if path is None:
-        text = resources.files("gateway.sandbox.dhis2").joinpath("data/metadata.json").read_text("utf-8")
+        text = resources.files("dhis2_sandbox").joinpath("data/metadata.json").read_text("utf-8")
     else:
         text = path.read_text(encoding="utf-8")
     raw = json.loads(text)

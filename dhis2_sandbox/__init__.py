@@ -1,6 +1,6 @@
 """A DHIS2 Web API sandbox: the subset the gateway's DHIS2 connector uses, with faults.
 
-    from gateway.sandbox.dhis2 import FaultConfig, SandboxServer, create_sandbox_app
+    from dhis2_sandbox import FaultConfig, SandboxServer, create_sandbox_app
 
     app = create_sandbox_app(None, FaultConfig(error_rate=0.1, seed=1))
     with SandboxServer(app) as server:      # uvicorn on a free loopback port
@@ -8,6 +8,12 @@
 
 See ``app`` for the endpoints, ``faults`` for the fault model and ``storage`` for what is
 kept of accepted data.
+
+The sandbox is the judge of what the gateway's connector sends, so it is a package of its own
+and imports nothing of ``gateway``: its value-type, UID and period rules (``valuetypes``,
+``periods``) are written from DHIS2's documented behaviour (shared/dhis2 README, recorded
+samples), not borrowed from the connector, so a mistake in one is seen by the other
+(import-linter contract ``sandbox-independent``; tests/sandbox/test_independence.py).
 """
 
 import lazy_loader

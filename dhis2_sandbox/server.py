@@ -21,7 +21,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from gateway.sandbox.dhis2.faults import RESET_EXTENSION
+from dhis2_sandbox.faults import RESET_EXTENSION
 
 __all__ = ["ResettableHttpProtocol", "SandboxServer", "serve"]
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import anyio.to_thread
 
-from gateway.sandbox.dhis2.tracker_import import TrackerImportResult
-from gateway.sandbox.dhis2.tracker_payload import generate_uid
+from dhis2_sandbox.tracker_import import TrackerImportResult
+from dhis2_sandbox.tracker_payload import generate_uid
 
 __all__ = ["TrackerJobs"]
 

@@ -1,1 +1,0 @@
-"""Stand-ins for the outside systems the gateway talks to, shipped for tests and integrators."""
