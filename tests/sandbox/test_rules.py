@@ -115,12 +115,11 @@ def test_values_agree_with_the_connector() -> None:
     assert differ == []
 
 
-def test_where_the_readings_differ_the_sandbox_follows_dhis2() -> None:
+def test_where_the_readings_differed_both_follow_dhis2() -> None:
     # Found by this comparison (issue 12): Python's \\d and $ are wider than Java's. DHIS2
-    # refuses non-ASCII digits and a UID with a trailing newline; the connector's own checks
-    # accept both (it normalises numbers before checking, so it never sends such digits).
-    assert value_problem("1٢", "INTEGER") == "value_not_integer" and check_value("1٢", "INTEGER") is None
-    assert not is_uid("Abcdefghij1\n") and is_valid_uid("Abcdefghij1\n")
+    # refuses non-ASCII digits and a UID with a trailing newline; so do both readings now.
+    assert value_problem("1٢", "INTEGER") == "value_not_integer" and check_value("1٢", "INTEGER") is not None
+    assert not is_uid("Abcdefghij1\n") and not is_valid_uid("Abcdefghij1\n")
 
 
 def test_periods_agree_with_the_connector_day_by_day() -> None:

@@ -26,7 +26,7 @@ _LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _ALPHANUMERIC = "0123456789" + _LETTERS
 _SPACE = len(_LETTERS) * len(_ALPHANUMERIC) ** 10
 
-UID_PATTERN = re.compile(r"^[a-zA-Z][a-zA-Z0-9]{10}$")
+UID_PATTERN = re.compile(r"^[a-zA-Z][a-zA-Z0-9]{10}\Z")
 
 
 def is_valid_uid(value: str) -> bool:

@@ -90,20 +90,20 @@ _INTEGER = frozenset(
 )
 _NUMERIC = _INTEGER | {ValueType.NUMBER, ValueType.UNIT_INTERVAL}
 
-_NUMBER = re.compile(r"^(-?0|-?[1-9]\d*)(\.\d+)?$")
-_INTEGER_RE = re.compile(r"^(0|-?[1-9]\d*)$")
-_POSITIVE = re.compile(r"^[1-9]\d*$")
-_ZERO_OR_POSITIVE = re.compile(r"^(0|[1-9]\d*)$")
-_NEGATIVE = re.compile(r"^-[1-9]\d*$")
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_NUMBER = re.compile(r"^(-?0|-?[1-9]\d*)(\.\d+)?\Z", re.ASCII)
+_INTEGER_RE = re.compile(r"^(0|-?[1-9]\d*)\Z", re.ASCII)
+_POSITIVE = re.compile(r"^[1-9]\d*\Z", re.ASCII)
+_ZERO_OR_POSITIVE = re.compile(r"^(0|[1-9]\d*)\Z", re.ASCII)
+_NEGATIVE = re.compile(r"^-[1-9]\d*\Z", re.ASCII)
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}\Z", re.ASCII)
 _DATETIME = re.compile(
-    r"^(\d{4}-\d{2}-\d{2})[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?(Z|[+-]\d{2}:?\d{2})?$"
+    r"^(\d{4}-\d{2}-\d{2})[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?(Z|[+-]\d{2}:?\d{2})?\Z"
 )
-_TIME = re.compile(r"^([01]?\d|2[0-3]):[0-5]\d$")
+_TIME = re.compile(r"^([01]?\d|2[0-3]):[0-5]\d\Z", re.ASCII)
 _LETTER = re.compile(r"^[^\W\d_]$")
 _PHONE = re.compile(r"^[0-9+()#.\s/ext-]{6,50}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-_COORDINATE = re.compile(r"^\[\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*\]$")
+_COORDINATE = re.compile(r"^\[\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*\]\Z", re.ASCII)
 _BOOLEAN_ALIASES = {"true": "true", "false": "false", "1": "true", "0": "false", "t": "true", "f": "false"}
 
 
