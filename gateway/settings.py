@@ -11,10 +11,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -27,7 +36,16 @@ from gateway.errors import ConfigError
 from gateway.ingest import SourceConfig
 from gateway.scheduler import SchedulerSettings
 
-__all__ = ["ConfigFileError", "SearchSettings", "Settings", "SourceConfig", "load_settings", "read_config_file"]
+__all__ = [
+    "ClientRateLimit",
+    "ConfigFileError",
+    "RateLimitSettings",
+    "SearchSettings",
+    "Settings",
+    "SourceConfig",
+    "load_settings",
+    "read_config_file",
+]
 
 
 class ConfigFileError(ConfigError):
@@ -45,6 +63,49 @@ class SearchSettings(BaseModel):
     max_criteria: int = Field(30, ge=1, le=50, description="filtering parameters of one search")
     max_includes: int = Field(10, ge=0, le=50, description="distinct _include and _revinclude values of one search")
     max_included: int = Field(1000, ge=0, le=10000, description="resources included into one page")
+
+
+class ClientRateLimit(BaseModel):
+    """One client's own rate limit; a field left out takes the section's default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests_per_second: float | None = Field(None, gt=0, le=1_000_000)
+    burst: int | None = Field(None, ge=1, le=1_000_000)
+
+
+class RateLimitSettings(BaseModel):
+    """Per-client token buckets on every authenticated request (429 with Retry-After past them).
+
+    The defaults are far above what one partner system sends in normal operation; they stop a
+    runaway script or a leaked token, not ordinary use.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    requests_per_second: float = Field(50.0, gt=0, le=1_000_000, description="sustained rate per client")
+    burst: int = Field(200, ge=1, le=1_000_000, description="requests a client may send at once")
+    clients: dict[str, ClientRateLimit] = Field({}, description="limits of named clients (principal names)")
+    backend: Literal["auto", "memory", "redis"] = Field(
+        "auto", description="auto: Redis when redis_url or a redis:// queue_url is set, else this process's memory"
+    )
+    redis_url: str | None = Field(None, description="redis://… shared by every gateway process; default: queue_url")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://")):
+            raise ValueError("must start with redis:// or rediss://")
+        return value
+
+    def redis_target(self, queue_url: str) -> str | None:
+        """The Redis URL the buckets live in, or None for this process's memory."""
+        if self.backend == "memory":
+            return None
+        if self.redis_url is not None:
+            return self.redis_url
+        return queue_url if queue_url.startswith(("redis://", "rediss://")) else None
 
 
 class Settings(BaseSettings):
@@ -79,6 +140,8 @@ class Settings(BaseSettings):
     destinations: list[DestinationConfig] = []
     delivery: DeliverySettings = DeliverySettings()
     scheduler: SchedulerSettings = SchedulerSettings()
+    rate_limit: RateLimitSettings = RateLimitSettings()
+    access_log: bool = Field(True, description="one JSON line per HTTP request on the gateway.access logger")
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     admin_token: SecretStr | None = Field(
         None, description="Optional static bootstrap token with every scope (for automation)"
@@ -127,6 +190,13 @@ class Settings(BaseSettings):
         if not value.startswith(("sqlite:///", "redis://", "rediss://")):
             raise ValueError("must start with sqlite:/// or redis://")
         return value
+
+    @model_validator(mode="after")
+    def _rate_limit_backend(self) -> Settings:
+        limits = self.rate_limit
+        if limits.backend == "redis" and limits.redis_target(self.queue_url) is None:
+            raise ValueError("rate_limit.backend redis needs rate_limit.redis_url or a redis:// queue_url")
+        return self
 
     @field_validator("allowed_hosts")
     @classmethod

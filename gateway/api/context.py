@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio.to_thread
 import orjson
@@ -18,6 +18,9 @@ from gateway.services import Services
 from gateway.settings import Settings
 from gateway.store import Store
 
+if TYPE_CHECKING:
+    from .rate_limit import RateLimits
+
 T = TypeVar("T")
 
 CAPABILITY_CACHE_SIZE = 8
@@ -29,6 +32,7 @@ class AppContext:
 
     ``services`` is the composition root (``gateway.services``); ``settings``, ``store``,
     ``registry`` and ``parser`` are its fields, held here too because every request reads them.
+    ``limits`` are the per-client rate limits (None when off).
     """
 
     services: Services
@@ -38,10 +42,13 @@ class AppContext:
     parser: QueryParser
     auth: Authenticator
     capability: dict[str, Any] = field(default_factory=dict)
+    limits: RateLimits | None = None
     _capability_bytes: dict[str, bytes] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, services: Services, auth: Authenticator, capability: dict[str, Any]) -> AppContext:
+    def of(
+        cls, services: Services, auth: Authenticator, capability: dict[str, Any], limits: RateLimits | None = None
+    ) -> AppContext:
         """The context of an app over ``services``."""
         return cls(
             services=services,
@@ -51,6 +58,7 @@ class AppContext:
             parser=services.parser,
             auth=auth,
             capability=capability,
+            limits=limits,
         )
 
     @property
