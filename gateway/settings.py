@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import (
@@ -22,7 +22,6 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     field_validator,
-    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -87,10 +86,9 @@ class RateLimitSettings(BaseModel):
     requests_per_second: float = Field(50.0, gt=0, le=1_000_000, description="sustained rate per client")
     burst: int = Field(200, ge=1, le=1_000_000, description="requests a client may send at once")
     clients: dict[str, ClientRateLimit] = Field({}, description="limits of named clients (principal names)")
-    backend: Literal["auto", "memory", "redis"] = Field(
-        "auto", description="auto: Redis when redis_url or a redis:// queue_url is set, else this process's memory"
+    redis_url: str | None = Field(
+        None, description="redis://… to share each client's budget between gateway processes; default: in memory"
     )
-    redis_url: str | None = Field(None, description="redis://… shared by every gateway process; default: queue_url")
 
     @field_validator("redis_url")
     @classmethod
@@ -98,14 +96,6 @@ class RateLimitSettings(BaseModel):
         if value is not None and not value.startswith(("redis://", "rediss://")):
             raise ValueError("must start with redis:// or rediss://")
         return value
-
-    def redis_target(self, queue_url: str) -> str | None:
-        """The Redis URL the buckets live in, or None for this process's memory."""
-        if self.backend == "memory":
-            return None
-        if self.redis_url is not None:
-            return self.redis_url
-        return queue_url if queue_url.startswith(("redis://", "rediss://")) else None
 
 
 class Settings(BaseSettings):
@@ -190,13 +180,6 @@ class Settings(BaseSettings):
         if not value.startswith(("sqlite:///", "redis://", "rediss://")):
             raise ValueError("must start with sqlite:/// or redis://")
         return value
-
-    @model_validator(mode="after")
-    def _rate_limit_backend(self) -> Settings:
-        limits = self.rate_limit
-        if limits.backend == "redis" and limits.redis_target(self.queue_url) is None:
-            raise ValueError("rate_limit.backend redis needs rate_limit.redis_url or a redis:// queue_url")
-        return self
 
     @field_validator("allowed_hosts")
     @classmethod

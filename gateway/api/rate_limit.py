@@ -55,16 +55,20 @@ class RateLimits:
 
 
 def build_rate_limits(settings: Settings, clock: Clock | None = None) -> RateLimits | None:
-    """The rate limits ``settings`` ask for (None when off): Redis-backed when Redis is configured."""
+    """The rate limits ``settings`` ask for (None when off): in Redis when ``rate_limit.redis_url`` is set.
+
+    A ``redis://`` queue alone does not move them there: a Redis call on every request costs
+    more than a read by id (``bench/rate_limit.py``), which only a deployment of several
+    gateway processes sharing one budget should pay.
+    """
     section = settings.rate_limit
     if not section.enabled:
         return None
-    url = section.redis_target(settings.queue_url)
     limiter: RateLimiter
-    if url is not None:
+    if section.redis_url is not None:
         from .token_bucket_redis import RedisLimiter  # deployments without Redis never import it
 
-        limiter = RedisLimiter.from_url(url, now=clock.now if clock else time.time)
+        limiter = RedisLimiter.from_url(section.redis_url, now=clock.now if clock else time.time)
     else:
         limiter = InProcessLimiter(now=clock.now if clock else time.monotonic)
     return RateLimits(section, limiter)

@@ -221,15 +221,11 @@ async def test_gateways_on_one_redis_share_a_clients_budget(
         assert await statuses(second, 1) + await statuses(first, 1) == [200, 429]
 
 
-async def test_a_redis_queue_makes_the_buckets_shared_unless_memory_is_asked_for(
-    gateway: GatewayFactory, tmp_path: Path
-) -> None:
-    async with gateway(queue_url=REDIS_URL) as gw:
+async def test_buckets_are_in_redis_only_when_rate_limit_redis_url_says_so(gateway: GatewayFactory) -> None:
+    async with gateway(queue_url=REDIS_URL) as gw:  # a Redis queue alone: still in memory
+        assert isinstance(gw.app.state.ctx.limits.limiter, InProcessLimiter)
+    async with gateway(rate_limit={"redis_url": REDIS_URL}) as gw:
         assert isinstance(gw.app.state.ctx.limits.limiter, RedisLimiter)
-    async with gateway(queue_url=REDIS_URL, rate_limit={"backend": "memory"}) as gw:
-        assert isinstance(gw.app.state.ctx.limits.limiter, InProcessLimiter)
-    async with gateway() as gw:
-        assert isinstance(gw.app.state.ctx.limits.limiter, InProcessLimiter)
 
 
 async def test_redis_down_lets_clients_through_with_a_warning(
@@ -244,10 +240,6 @@ async def test_redis_down_lets_clients_through_with_a_warning(
     assert token not in caplog.text
 
 
-def test_a_redis_backend_needs_a_redis_url() -> None:
-    with pytest.raises(ValueError, match="rate_limit.backend redis needs"):
-        Settings(rate_limit={"backend": "redis"})
-    on_queue = Settings(rate_limit={"backend": "redis"}, queue_url=REDIS_URL)
-    assert on_queue.rate_limit.redis_target(on_queue.queue_url) == REDIS_URL
+def test_the_redis_url_must_be_one() -> None:
     with pytest.raises(ValueError, match="redis://"):
         Settings(rate_limit={"redis_url": "http://127.0.0.1:6379"})

@@ -150,13 +150,15 @@ def test_a_server_ignoring_a_search_parameter_fails_the_suite() -> None:
 
 @pytest.mark.slow
 def test_the_suite_waits_out_a_rate_limited_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
     import conformance.suite
 
     waits: list[float] = []
 
     def wait(seconds: float) -> None:
         waits.append(seconds)
-        conformance.suite.time.sleep(seconds)
+        time.sleep(seconds)
 
     monkeypatch.setattr(conformance.suite, "_wait", wait)
     gateway = build_gateway(tmp_path, rate_limit={"requests_per_second": 10, "burst": 10})
