@@ -15,7 +15,7 @@ Ratios are against the first row. A second table calls the same apps in-process 
 call per read, no HTTP, no load generator): the per-request cost in microseconds, which a
 busy shared machine blurs less than throughput.
 
-Run: ``python -m bench.rate_limit [--reads N --rounds N --calls N]``.
+Run: ``python -m bench.rate_limit [--reads N --rounds N --calls N --call-rounds N]``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import statistics
 import subprocess
 import sys
@@ -104,8 +105,11 @@ async def asgi_calls(store_url: str, path: str, token: str, log_file: Path, call
             app = build(config, store_url)
             await stack.enter_async_context(app.router.lifespan_context(app))
             apps[name] = app
+        order = list(apps.items())
+        shuffler = random.Random(11)
         for _ in range(rounds):
-            for name, app in apps.items():
+            shuffler.shuffle(order)  # no configuration always runs right after another
+            for name, app in order:
                 statuses.clear()
                 start = time.perf_counter()
                 for _ in range(calls):
@@ -163,10 +167,11 @@ def main() -> None:
         serve(json.loads(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5]))
         return
     parser = argparse.ArgumentParser()
-    parser.add_argument("--reads", type=int, default=20_000)
+    parser.add_argument("--reads", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--calls", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--call-rounds", type=int, default=31)
     args = parser.parse_args()
     import redis
 
@@ -185,9 +190,9 @@ def main() -> None:
         for name, rps, p50, p99 in rows:
             print(f"{name:28} {rps:9.0f} {p50:8.2f} {p99:8.2f} {rps / base:9.0%}")
 
-        print(f"\n== The same reads as in-process ASGI calls: {args.rounds} alternating rounds of {args.calls} "
-              f"(median round) ==")
-        micros = asyncio.run(asgi_calls(url, path, token, log_file, args.calls, args.rounds))
+        print(f"\n== The same reads as in-process ASGI calls: {args.call_rounds} rounds of {args.calls} per "
+              f"configuration, in a shuffled order each round (median round) ==")
+        micros = asyncio.run(asgi_calls(url, path, token, log_file, args.calls, args.call_rounds))
         base_us = micros[next(iter(CONFIGS))]
         print(f"{'configuration':28} {'us/read':>9} {'added us':>9} {'vs before':>10}")
         for name, us in micros.items():

@@ -91,6 +91,8 @@ class RateLimitMiddleware:
                         principal = authenticate(request)
                     except FhirError:
                         principal = None  # the handler answers 401, or serves an open endpoint
+                    except Exception:  # the store failed: the handler meets it too, or needs no token
+                        principal = None  # the limiter never fails a request that would succeed without it
                     if principal is not None:
                         decision = await limits.check(principal.name)
                         if not decision.allowed:

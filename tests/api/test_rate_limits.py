@@ -185,6 +185,24 @@ async def test_requests_without_a_valid_token_are_not_limited(gateway: GatewayFa
         assert await statuses(gw.client("not-a-valid-token"), 2, "/fhir/metadata") == [200] * 2
 
 
+async def test_a_failing_token_lookup_fails_only_what_needs_a_token(
+    gateway: GatewayFactory, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = named_token(store, "emr")
+    async with gateway() as gw:
+
+        def down(*args: object) -> None:
+            raise ConnectionError("the database is gone")
+
+        monkeypatch.setattr(store, "client_by_token_hash", down)
+        monkeypatch.setattr(store, "ping", down)
+        emr = gw.client(token)
+        assert (await emr.get("/healthz")).status_code == 200  # as without the limiter
+        assert (await emr.get("/readyz")).status_code == 503
+        with pytest.raises(ConnectionError):  # the handler's own lookup fails: a 500, as before
+            await emr.get("/fhir/Patient")
+
+
 async def test_limits_can_be_turned_off(gateway: GatewayFactory, store: Store) -> None:
     async with gateway(rate_limit={"enabled": False, "burst": 1}) as gw:
         assert gw.app.state.ctx.limits is None
