@@ -18,7 +18,6 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.clock import Clock
-from gateway.errors import FhirError
 from gateway.fhir import operation_outcome
 from gateway.settings import RateLimitSettings, Settings
 
@@ -89,10 +88,10 @@ class RateLimitMiddleware:
                 if request.headers.get("authorization"):
                     try:
                         principal = authenticate(request)
-                    except FhirError:
-                        principal = None  # the handler answers 401, or serves an open endpoint
-                    except Exception:  # the store failed: the handler meets it too, or needs no token
-                        principal = None  # the limiter never fails a request that would succeed without it
+                    except Exception:
+                        # A bad token (the handler answers 401) or a failing store (the handler
+                        # meets it too): the request goes on, and an open endpoint still answers.
+                        principal = None
                     if principal is not None:
                         decision = await limits.check(principal.name)
                         if not decision.allowed:
