@@ -84,7 +84,10 @@ class AccessLogMiddleware:
             status = status or 500
             raise
         finally:
-            log.info(access_line(scope, request_id, arrived, time.perf_counter() - start, status, size))
+            line = access_line(scope, request_id, arrived, time.perf_counter() - start, status, size)
+            # Handed to the logger's handlers as ``log.info`` would, minus finding the caller's
+            # file and line (a walk up the stack), which says nothing here: it costs a read ~5 µs.
+            log.handle(log.makeRecord(ACCESS_LOGGER, logging.INFO, __file__, 0, line, (), None))
 
 
 def access_line(scope: Scope, request_id: str, arrived: float, seconds: float, status: int, size: int) -> str:
@@ -94,7 +97,7 @@ def access_line(scope: Scope, request_id: str, arrived: float, seconds: float, s
     principal = principal_of(scope)
     client = scope.get("client")
     line: dict[str, Any] = {
-        "time": datetime.fromtimestamp(arrived, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "time": _utc_stamp(arrived),
         "request_id": request_id,
         "method": scope["method"][:16],
         "route": getattr(route, "path", None),
@@ -107,6 +110,17 @@ def access_line(scope: Scope, request_id: str, arrived: float, seconds: float, s
         "ip": client[0] if client else None,
     }
     return orjson.dumps(line).decode()
+
+
+_second: list[Any] = [None, ""]  # the last second stamped, and its text: most lines share one
+
+
+def _utc_stamp(when: float) -> str:
+    """``2026-12-04T21:35:17.135Z``."""
+    second, millisecond = divmod(int(when * 1000), 1000)
+    if _second[0] != second:
+        _second[:] = [second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")]
+    return f"{_second[1]}.{millisecond:03d}Z"
 
 
 class TemplateRoute(Route):

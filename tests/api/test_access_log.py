@@ -221,3 +221,15 @@ def test_gateway_serve_writes_json_lines_to_stderr_once_each(tmp_path: Path) -> 
     others = [line for line in stderr.splitlines() if line and not line.startswith("{")]
     assert others and all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ \S+: ", line)
                           or line.startswith("INFO:") for line in others), others
+
+
+def test_the_time_is_utc_to_the_millisecond() -> None:
+    from datetime import UTC, datetime
+
+    from gateway.api.access_log import _utc_stamp
+
+    for when in (1_764_884_117.135, 1_764_884_117.999, 1_764_884_118.0005, 1_764_884_118.25):
+        expected = datetime.fromtimestamp(when, UTC)
+        got = datetime.fromisoformat(_utc_stamp(when).replace("Z", "+00:00"))
+        assert abs((got - expected).total_seconds()) < 0.001 and got.tzinfo == UTC
+    assert _utc_stamp(1_764_884_118.25) == "2025-12-04T21:35:18.250Z"
