@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -93,8 +94,10 @@ class RateLimitSettings(BaseModel):
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("redis://", "rediss://")):
-            raise ValueError("must start with redis:// or rediss://")
+        if value is not None:
+            if not value.startswith(("redis://", "rediss://")):
+                raise ValueError("must start with redis:// or rediss://")
+            urlsplit(value).port  # noqa: B018 (raises ValueError on a port that is not a number)
         return value
 
 

@@ -68,7 +68,11 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = Services.build(settings, plan, store=store)
-        ctx = app.state.ctx = build_context(services, clock)
+        try:
+            ctx = app.state.ctx = build_context(services, clock)
+        except BaseException:
+            services.close_now()
+            raise
         try:
             await services.start()
             settle_heap()

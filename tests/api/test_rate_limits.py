@@ -261,3 +261,5 @@ async def test_redis_down_lets_clients_through_with_a_warning(
 def test_the_redis_url_must_be_one() -> None:
     with pytest.raises(ValueError, match="redis://"):
         Settings(rate_limit={"redis_url": "http://127.0.0.1:6379"})
+    with pytest.raises(ValueError, match="Port could not be cast"):
+        Settings(rate_limit={"redis_url": "redis://127.0.0.1:sixty/0"})
