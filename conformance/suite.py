@@ -16,6 +16,7 @@ the CLI wires it as ``gateway conformance run --base-url URL --token T``.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,10 @@ PASS, FAIL, SKIP = "pass", "fail", "skip"
 _FHIR_JSON = "application/fhir+json"
 _SERVER_META = ("versionId", "lastUpdated")
 _TIMEOUT = httpx.Timeout(30.0)
+# A server that rate-limits (429 with Retry-After, as the gateway does by default) is waited
+# for rather than failed: the suite sends thousands of requests as fast as it can.
+_THROTTLED_TRIES = 20
+_MAX_WAIT = 60.0
 
 
 class SuiteError(Exception):
@@ -94,6 +99,15 @@ def _comparable(resource: Any) -> Any:
     return out
 
 
+def _retry_after(response: httpx.Response) -> float:
+    value = response.headers.get("retry-after", "")
+    return min(float(value), _MAX_WAIT) if value.isascii() and value.isdigit() else 1.0
+
+
+def _wait(seconds: float) -> None:
+    time.sleep(seconds)
+
+
 class _Fhir:
     """A thin FHIR JSON client that turns every surprise into ``_Failed``."""
 
@@ -101,10 +115,14 @@ class _Fhir:
         self.http = client
 
     def call(self, method: str, url: str, expect: tuple[int, ...], **kwargs: Any) -> httpx.Response:
-        try:
-            response = self.http.request(method, url, **kwargs)
-        except httpx.HTTPError as exc:
-            raise _Failed(f"{method} {url}: transport error {type(exc).__name__}") from exc
+        for attempt in range(1, _THROTTLED_TRIES + 1):
+            try:
+                response = self.http.request(method, url, **kwargs)
+            except httpx.HTTPError as exc:
+                raise _Failed(f"{method} {url}: transport error {type(exc).__name__}") from exc
+            if response.status_code != 429 or 429 in expect or attempt == _THROTTLED_TRIES:
+                break
+            _wait(_retry_after(response))
         if response.status_code not in expect:
             raise _Failed(
                 f"{method} {url}: expected {'/'.join(map(str, expect))}, got {response.status_code}"

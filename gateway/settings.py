@@ -12,9 +12,18 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -29,7 +38,14 @@ from gateway.scheduler import SchedulerSettings
 from gateway.search import DataPolicy, PolicyError
 
 __all__ = [
-    "ConfigFileError", "SearchSettings", "Settings", "SmartSettings", "SourceConfig", "load_settings",
+    "ClientRateLimit",
+    "ConfigFileError",
+    "RateLimitSettings",
+    "SearchSettings",
+    "Settings",
+    "SmartSettings",
+    "SourceConfig",
+    "load_settings",
     "read_config_file",
 ]
 
@@ -69,6 +85,44 @@ class SmartSettings(BaseModel):
         return value
 
 
+class ClientRateLimit(BaseModel):
+    """One client's own rate limit; a field left out takes the section's default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests_per_second: float | None = Field(None, gt=0, le=1_000_000)
+    burst: int | None = Field(None, ge=1, le=1_000_000)
+
+
+class RateLimitSettings(BaseModel):
+    """Per-client token buckets on every authenticated request (429 with Retry-After past them).
+
+    The defaults are a ceiling for one client, far above what a partner system sends in normal
+    operation and about what one gateway process serves: they keep a runaway script or a leaked
+    token from taking the whole server, and leave bulk loads and load tests alone. Give
+    partners their own, lower limits in ``clients``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    requests_per_second: float = Field(1000.0, gt=0, le=1_000_000, description="sustained rate per client")
+    burst: int = Field(5000, ge=1, le=1_000_000, description="requests a client may send at once")
+    clients: dict[str, ClientRateLimit] = Field({}, description="limits of named clients (principal names)")
+    redis_url: str | None = Field(
+        None, description="redis://… to share each client's budget between gateway processes; default: in memory"
+    )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            if not value.startswith(("redis://", "rediss://")):
+                raise ValueError("must start with redis:// or rediss://")
+            urlsplit(value).port  # noqa: B018 (raises ValueError on a port that is not a number)
+        return value
+
+
 class Settings(BaseSettings):
     """Effective configuration of one gateway process."""
 
@@ -102,6 +156,8 @@ class Settings(BaseSettings):
     destinations: list[DestinationConfig] = []
     delivery: DeliverySettings = DeliverySettings()
     scheduler: SchedulerSettings = SchedulerSettings()
+    rate_limit: RateLimitSettings = RateLimitSettings()
+    access_log: bool = Field(True, description="one JSON line per HTTP request on the gateway.access logger")
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     admin_token: SecretStr | None = Field(
         None, description="Optional static bootstrap token with every scope (for automation)"

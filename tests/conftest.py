@@ -16,6 +16,7 @@ from gateway.api.app import create_app
 from gateway.auth import hash_token, new_token
 from gateway.settings import Settings
 from gateway.store import ApiClient, ClientRegistry, Store, open_store
+from tests.support.gateway_app import MACHINE_SPEED_LIMITS
 
 # The machine's PostgreSQL (scripts/services.sh makes sure it runs); tests never skip it.
 PG_URL = os.environ.get("GATEWAY_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -66,7 +67,8 @@ def make_token(store: ClientRegistry, scopes: tuple[str, ...], name: str | None 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Settings for an app on a temporary SQLite store, reached as ``http://gateway.test``."""
-    return Settings(store_url=f"sqlite:///{tmp_path}/api.db", allowed_hosts=["gateway.test"])
+    return Settings(store_url=f"sqlite:///{tmp_path}/api.db", allowed_hosts=["gateway.test"],
+                    rate_limit=MACHINE_SPEED_LIMITS)
 
 
 ClientFactory = Callable[..., httpx.AsyncClient]

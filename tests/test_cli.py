@@ -105,6 +105,16 @@ def test_config_check_masks_secrets(env: Path, monkeypatch: pytest.MonkeyPatch) 
     assert data["queue_url"] == "redis://:***@127.0.0.1:6379/0"
 
 
+def test_config_check_masks_the_rate_limit_redis_password(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_RATE_LIMIT__REDIS_URL", "redis://:hunter3@127.0.0.1:6379/2")
+    result = runner.invoke(app, ["config", "check"])
+    assert result.exit_code == 0, result.output
+    assert "hunter3" not in result.stdout
+    limits = json.loads(result.stdout)["rate_limit"]
+    assert limits["redis_url"] == "redis://:***@127.0.0.1:6379/2"
+    assert (limits["enabled"], limits["requests_per_second"], limits["burst"]) == (True, 50.0, 200)
+
+
 def test_config_check_masks_password_like_query_parameters(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GATEWAY_STORE_URL", f"sqlite:///{env}/cli.db?synchronous=normal&password=pw-store-1")
     monkeypatch.setenv("GATEWAY_QUEUE_URL", "rediss://127.0.0.1:6379/0?sslpassword=pw-queue-2&ssl_cert_reqs=none")

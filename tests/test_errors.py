@@ -208,7 +208,9 @@ async def test_an_internal_gateway_error_is_answered_like_a_bug(api: ApiHarness)
         raise RuntimeError("a bug")
 
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
+    # One request id for both: a 500 names the request's id, the rest must be the same.
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test",
+                                 headers={"X-Request-ID": "same-id"}) as client:
         refused = await client.get("/_test/store-refused")
         crashed = await client.get("/_test/bug")
     assert (refused.status_code, refused.json()) == (crashed.status_code, crashed.json())

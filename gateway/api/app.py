@@ -27,6 +27,7 @@ from starlette.routing import Route
 from conformance.capability import capability_statement
 from gateway import __version__
 from gateway.auth import Authenticator, TokenIssuer
+from gateway.clock import Clock
 from gateway.errors import CLIENT_ERRORS, GatewayError
 from gateway.fhir import operation_outcome
 from gateway.heap import settle_heap
@@ -35,42 +36,57 @@ from gateway.settings import Settings
 from gateway.store import Store
 
 from . import admin_delivery, admin_quarantine, fhir_read, fhir_write, health, ingest, smart
+from .access_log import AccessLogMiddleware, TemplateRoute
 from .auth import authenticate
 from .context import AppContext
 from .negotiation import fhir_response
+from .rate_limit import RateLimitMiddleware, build_rate_limits
+from .request_state import request_id_of
 
 log = logging.getLogger("gateway.api")
 
 _HTTP_CODES = {404: "not-found", 405: "not-supported", 401: "login", 403: "forbidden", 413: "too-costly"}
 
 
-def build_context(services: Services) -> AppContext:
-    """Everything request handlers share, over the process's services."""
+def build_context(services: Services, clock: Clock | None = None) -> AppContext:
+    """Everything request handlers share, over the process's services (``clock`` times the rate limits)."""
     admin = services.settings.admin_token.get_secret_value() if services.settings.admin_token else None
     capability = capability_statement(services.registry, "", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
     auth = Authenticator(services.store, admin, policies=services.settings.data_policies())
     tokens = TokenIssuer(services.store, lifetime=services.settings.smart.access_token_seconds)
-    return AppContext.of(services, auth, tokens, capability)
+    limits = build_rate_limits(services.settings, clock)
+    return AppContext.of(services, auth, tokens, capability, limits)
 
 
-def create_app(settings: Settings, *, store: Store | None = None, plan: ServicePlan | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, *, store: Store | None = None, plan: ServicePlan | None = None, clock: Clock | None = None
+) -> FastAPI:
     """Build the gateway app; ``plan`` says which services run beside the API (default: ingest only).
 
     The lifespan builds the process's ``Services`` (opening ``store`` unless given, which the
-    caller then closes), starts them, and stops them on shutdown.
+    caller then closes), starts them, and stops them on shutdown. ``clock`` is the time the
+    rate limits' buckets fill by (tests pass a ``ManualClock``; default: the system's).
     """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = Services.build(settings, plan, store=store)
-        app.state.ctx = build_context(services)
+        try:
+            ctx = app.state.ctx = build_context(services, clock)
+        except BaseException:
+            services.close_now()
+            raise
         try:
             await services.start()
             settle_heap()
             yield
         finally:
-            app.state.ctx.auth.close()
-            await services.stop()
+            ctx.auth.close()
+            try:
+                await services.stop()
+            finally:
+                if ctx.limits is not None:
+                    await ctx.limits.aclose()
 
     app = FastAPI(
         title="CHW FHIR gateway",
@@ -83,14 +99,18 @@ def create_app(settings: Settings, *, store: Store | None = None, plan: ServiceP
         openapi_url=None,
     )
     app.router.redirect_slashes = False
+    # Pure ASGI middlewares (the last added runs first): the access log sees every answer,
+    # 429s included; the rate limit runs before any route, the fast read's too.
+    app.add_middleware(RateLimitMiddleware)
+    app.add_middleware(AccessLogMiddleware, enabled=settings.access_log)
     _install_error_handlers(app)
     for router in (health.router, fhir_read.router, fhir_write.router, ingest.router, admin_quarantine.router,
                    admin_delivery.router, smart.router):
         app.include_router(router)
     # Reads dominate partner traffic; matching them first, as a plain Starlette route,
     # keeps them within reach of the framework's own ceiling (bench/read_search.py).
-    app.router.routes.insert(0, Route("/fhir/{rtype}/{rid}", fhir_read.fast_read, methods=["GET"],
-                                      include_in_schema=False))
+    app.router.routes.insert(0, TemplateRoute("/fhir/{rtype}/{rid}", fhir_read.fast_read, methods=["GET"],
+                                              include_in_schema=False))
     # Ahead of the read route, which would take /fhir/.well-known/… for a resource type.
     for path in ("/.well-known/smart-configuration", "/fhir/.well-known/smart-configuration"):
         app.router.routes.insert(0, Route(path, smart.smart_configuration, methods=["GET"]))
@@ -163,9 +183,15 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def unexpected(request: Request, exc: Exception) -> Response:
         # The type and the stack, not the message: messages can carry request data.
         stack = "".join(traceback.format_tb(exc.__traceback__))
-        log.error("unhandled %s on %s %s\n%s", type(exc).__name__, request.method, request.url.path, stack)
-        return fhir_response(operation_outcome("exception", "internal error; the request was not applied"),
-                             status=500)
+        request_id = request_id_of(request.scope) or "-"
+        log.error("unhandled %s on %s %s (request id %s)\n%s", type(exc).__name__, request.method,
+                  request.url.path, request_id, stack)
+        # Answered outside the access log middleware, so the id header is set here.
+        return fhir_response(
+            operation_outcome("exception", f"internal error; the request was not applied (request id {request_id})"),
+            status=500,
+            headers={"X-Request-ID": request_id},
+        )
 
     app.add_exception_handler(GatewayError, gateway_error)
     app.add_exception_handler(StarletteHTTPException, http_error)

@@ -7,14 +7,20 @@ from collections.abc import Callable
 from starlette.requests import Request
 
 from gateway.api.context import ctx_of
+from gateway.api.request_state import principal_of, remember_principal
 from gateway.auth import Principal
 from gateway.errors import FhirError
 from gateway.search import RowFilter, SearchAccess
 
 
 def authenticate(request: Request) -> Principal:
-    """The request's principal (401 when missing or invalid)."""
-    return ctx_of(request).auth.principal(request.headers.get("authorization"))
+    """The request's principal (401 when missing or invalid), looked up once per request."""
+    known = principal_of(request.scope)
+    if known is not None:
+        return known
+    principal = ctx_of(request).auth.principal(request.headers.get("authorization"))
+    remember_principal(request.scope, principal)
+    return principal
 
 
 def require_fhir(request: Request, rtype: str, letter: str) -> Principal:

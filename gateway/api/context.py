@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio.to_thread
@@ -18,6 +18,9 @@ from gateway.search import QueryParser, SearchRegistry
 from gateway.services import Services
 from gateway.settings import Settings
 from gateway.store import Store
+
+if TYPE_CHECKING:
+    from .rate_limit import RateLimits
 
 T = TypeVar("T")
 
@@ -32,6 +35,7 @@ class AppContext:
 
     ``services`` is the composition root (``gateway.services``); ``settings``, ``store``,
     ``registry`` and ``parser`` are its fields, held here too because every request reads them.
+    ``limits`` are the per-client rate limits (None when off).
     """
 
     services: Services
@@ -42,11 +46,12 @@ class AppContext:
     auth: Authenticator
     tokens: TokenIssuer
     capability: dict[str, Any] = field(default_factory=dict)
+    limits: RateLimits | None = None
     _capability_bytes: dict[str, bytes] = field(default_factory=dict)
 
     @classmethod
     def of(cls, services: Services, auth: Authenticator, tokens: TokenIssuer,
-           capability: dict[str, Any]) -> AppContext:
+           capability: dict[str, Any], limits: RateLimits | None = None) -> AppContext:
         """The context of an app over ``services``."""
         return cls(
             services=services,
@@ -57,6 +62,7 @@ class AppContext:
             auth=auth,
             tokens=tokens,
             capability=capability,
+            limits=limits,
         )
 
     @property

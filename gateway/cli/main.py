@@ -65,13 +65,15 @@ def serve(
 
     import uvicorn
 
-    from gateway.api import create_app
+    from gateway.api import configure_access_log, create_app
     from gateway.services import ServicePlan, Services
 
     if dev and config is None and DEV_CONFIG.exists():
         config = DEV_CONFIG
     settings = settings_from(config, host=host, port=port)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.access_log:
+        configure_access_log(sys.stderr)  # bare JSON lines; uvicorn's own access log stays off below
     sandbox = _start_dev_sandbox() if dev else None
     try:
         if dev or dev_token:
@@ -370,6 +372,8 @@ def config_check(config: ConfigOption = None) -> None:
     data = settings.model_dump(mode="json", exclude={"config_file"})
     data["store_url"] = mask_url(settings.store_url)
     data["queue_url"] = mask_url(settings.queue_url)
+    if settings.rate_limit.redis_url is not None:
+        data["rate_limit"]["redis_url"] = mask_url(settings.rate_limit.redis_url)
     for destination, configured in zip(data["destinations"], settings.destinations, strict=True):
         destination["base_url"] = mask_url(configured.base_url)
     typer.echo(json.dumps(data, indent=2, default=str))

@@ -24,12 +24,13 @@ import pytest
 from gateway.settings import Settings
 from gateway.store import ClientRegistry
 from tests.conftest import ApiHarness, make_token
+from tests.support.gateway_app import MACHINE_SPEED_LIMITS
 
 
 @pytest.fixture
 def settings(store_url: str) -> Settings:
     """The API on each store backend."""
-    return Settings(store_url=store_url)
+    return Settings(store_url=store_url, rate_limit=MACHINE_SPEED_LIMITS)
 
 
 def _org(rid: str, parent: str | None = None) -> dict[str, Any]:
@@ -275,7 +276,8 @@ async def test_configured_policy_wins_and_a_broken_stored_one_fails_closed(store
     from gateway.api.app import create_app
     from gateway.store import open_store
 
-    settings = Settings(store_url=store_url, client_policies={"cfg-emr": {"patients": ["Patient/pa2"]}})
+    settings = Settings(store_url=store_url, rate_limit=MACHINE_SPEED_LIMITS,
+                        client_policies={"cfg-emr": {"patients": ["Patient/pa2"]}})
     store = open_store(store_url)
     app = create_app(settings, store=store)
     async with app.router.lifespan_context(app):

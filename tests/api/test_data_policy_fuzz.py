@@ -30,6 +30,7 @@ from gateway.settings import Settings
 from gateway.store import ApiClient, open_store
 from tests.api.test_data_policy import SEED, refs_in, visible
 from tests.conftest import PG_URL
+from tests.support.gateway_app import MACHINE_SPEED_LIMITS
 from tests.support.live_server import LiveServer
 
 POLICY = {"organizations": ["Organization/dist-a"], "districts": ["Gasabo"]}
@@ -98,7 +99,8 @@ def district_client(
         for resource in SEED:
             tx.update(dict(resource))
     try:
-        with LiveServer(create_app(Settings(store_url=url), store=store)) as server, httpx.Client(
+        app = create_app(Settings(store_url=url, rate_limit=MACHINE_SPEED_LIMITS), store=store)
+        with LiveServer(app) as server, httpx.Client(
             base_url=server.url, timeout=30, headers={"Authorization": f"Bearer {token}"}
         ) as client:
             yield client
@@ -142,7 +144,8 @@ def test_the_fuzzer_reaches_hidden_data_without_a_policy(tmp_path: Path) -> None
     token = new_token()
     store.save_client(ApiClient("all", ("system/*.rs",), datetime.now(UTC)), hash_token(token))
     try:
-        with LiveServer(create_app(Settings(store_url=f"sqlite:///{tmp_path}/control.db"), store=store)) as server:
+        settings = Settings(store_url=f"sqlite:///{tmp_path}/control.db", rate_limit=MACHINE_SPEED_LIMITS)
+        with LiveServer(create_app(settings, store=store)) as server:
             got = httpx.get(f"{server.url}/fhir/Observation", params=[("_include", "Observation:performer")],
                             headers={"Authorization": f"Bearer {token}"}).json()
             assert refs_in(got) - ALLOWED

@@ -34,6 +34,7 @@ from gateway.api.app import create_app
 from gateway.settings import Settings
 from gateway.store import Store, open_store
 from tests.conftest import PG_URL, make_token
+from tests.support.gateway_app import MACHINE_SPEED_LIMITS
 from tests.support.live_server import LiveServer
 from tests.support.permission_matrix import (
     Call,
@@ -51,7 +52,7 @@ from tests.support.permission_matrix import (
 
 
 def _served_statement(directory: Path) -> dict[str, Any]:
-    settings = Settings(store_url=f"sqlite:///{directory / 'statement.db'}")
+    settings = Settings(store_url=f"sqlite:///{directory / 'statement.db'}", rate_limit=MACHINE_SPEED_LIMITS)
     with LiveServer(create_app(settings)) as server:
         response = httpx.get(f"{server.url}/fhir/metadata")
     assert response.status_code == 200, response.text
@@ -110,7 +111,7 @@ def matrix(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         url = f"{PG_URL}?schema={schema}"
     store = open_store(url)
     try:
-        app = create_app(Settings(store_url=url), store=store)
+        app = create_app(Settings(store_url=url, rate_limit=MACHINE_SPEED_LIMITS), store=store)
         with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
             served = client.get("/fhir/metadata").json()
             # The security section names the token URL, which holds the server's own address.

@@ -16,6 +16,7 @@ import pytest
 from gateway.search import default_registry, index_rows
 from gateway.settings import Settings
 from tests.conftest import ApiHarness
+from tests.support.gateway_app import MACHINE_SPEED_LIMITS
 
 PATIENT: dict[str, Any] = {
     "resourceType": "Patient", "id": "thabo",
@@ -36,7 +37,7 @@ OTHER = {"resourceType": "Patient", "id": "other", "name": [{"given": ["Sipho"]}
 @pytest.fixture
 def settings(store_url: str) -> Settings:
     """The API on each store backend."""
-    return Settings(store_url=store_url)
+    return Settings(store_url=store_url, rate_limit=MACHINE_SPEED_LIMITS)
 
 
 def searches(resource: dict[str, Any]) -> list[tuple[str, str]]:

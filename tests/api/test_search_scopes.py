@@ -14,12 +14,13 @@ import pytest
 from gateway.settings import Settings
 from tests.api.test_fhir_api import assert_outcome
 from tests.conftest import ApiHarness
+from tests.support.gateway_app import MACHINE_SPEED_LIMITS
 
 
 @pytest.fixture
 def settings(store_url: str) -> Settings:
     """The API on each store backend."""
-    return Settings(store_url=store_url)
+    return Settings(store_url=store_url, rate_limit=MACHINE_SPEED_LIMITS)
 
 
 SEED: list[dict[str, Any]] = [

@@ -148,6 +148,27 @@ def test_a_server_ignoring_a_search_parameter_fails_the_suite() -> None:
     assert "FAIL" in console.export_text()
 
 
+@pytest.mark.slow
+def test_the_suite_waits_out_a_rate_limited_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    import conformance.suite
+
+    waits: list[float] = []
+
+    def wait(seconds: float) -> None:
+        waits.append(seconds)
+        time.sleep(seconds)
+
+    monkeypatch.setattr(conformance.suite, "_wait", wait)
+    gateway = build_gateway(tmp_path, rate_limit={"requests_per_second": 10, "burst": 10})
+    with LiveServer(gateway.app) as server:
+        report = run_suite(f"{server.url}/fhir", gateway.token, types={"Patient"})
+    assert waits and set(waits) == {1.0}  # 429s were answered, with Retry-After: 1
+    failed = [r for r in report.results if r.status == FAIL]
+    assert failed == [] and len(report.results) > 30
+
+
 def test_an_unreachable_server_cannot_be_checked() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

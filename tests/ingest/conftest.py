@@ -17,6 +17,7 @@ from gateway.api.app import create_app
 from gateway.settings import Settings, SourceConfig
 from gateway.store import Store, open_store
 from tests.conftest import make_token
+from tests.support.gateway_app import MACHINE_SPEED_LIMITS
 
 MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
 SOURCES = [
@@ -46,7 +47,8 @@ def mappings_copy(tmp_path: Path) -> Path:
 
 def make_app(store: Store, root: Path, **settings: Any) -> FastAPI:
     """The gateway app with ingest wired the way the lead wires it."""
-    config = Settings(store_url="sqlite:///unused.db", mappings_dir=root, sources=SOURCES, **settings)
+    values: dict[str, Any] = {"rate_limit": MACHINE_SPEED_LIMITS, **settings}
+    config = Settings(store_url="sqlite:///unused.db", mappings_dir=root, sources=SOURCES, **values)
     app = create_app(config, store=store)
     app.include_router(ingest_api.router)
     app.include_router(admin_quarantine.router)

@@ -23,7 +23,7 @@ from gateway.auth.tokens import hash_token, new_token
 from gateway.settings import Settings
 from gateway.store import ApiClient, open_store
 from tests.support.fhir_responses import check_response, oracle_hook
-from tests.support.gateway_app import ALL_SCOPES
+from tests.support.gateway_app import ALL_SCOPES, MACHINE_SPEED_LIMITS
 from tests.support.live_server import LiveServer
 
 _TIMEOUT = httpx.Timeout(30.0)
@@ -67,7 +67,8 @@ def serve(
     owners) — these tests are about requests, not start-up, so they do not open it twice.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    settings = Settings(store_url=store_url, queue_url=f"sqlite:///{directory / 'queue.db'}", **overrides)
+    values: dict[str, Any] = {"queue_url": f"sqlite:///{directory / 'queue.db'}", "rate_limit": MACHINE_SPEED_LIMITS}
+    settings = Settings(store_url=store_url, **{**values, **overrides})
     store = open_store(store_url)
     try:
         token = new_token()
