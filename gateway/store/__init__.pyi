@@ -1,6 +1,7 @@
 """Typed surface of ``gateway.store`` (loaded lazily by ``__init__.py``)."""
 
 from .base import ApiClient as ApiClient
+from .base import AuditTrail as AuditTrail
 from .base import Change as Change
 from .base import ChangeFeed as ChangeFeed
 from .base import ChangeOp as ChangeOp
