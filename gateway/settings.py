@@ -21,13 +21,17 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from gateway.audit import AuditSettings
 from gateway.connectors import DeliveryConfigError
 from gateway.delivery import DeliverySections, DeliverySettings, DestinationConfig
 from gateway.errors import ConfigError
 from gateway.ingest import SourceConfig
 from gateway.scheduler import SchedulerSettings
 
-__all__ = ["ConfigFileError", "SearchSettings", "Settings", "SourceConfig", "load_settings", "read_config_file"]
+__all__ = [
+    "AuditSettings", "ConfigFileError", "SearchSettings", "Settings", "SourceConfig", "load_settings",
+    "read_config_file",
+]
 
 
 class ConfigFileError(ConfigError):
@@ -79,6 +83,7 @@ class Settings(BaseSettings):
     destinations: list[DestinationConfig] = []
     delivery: DeliverySettings = DeliverySettings()
     scheduler: SchedulerSettings = SchedulerSettings()
+    audit: AuditSettings = AuditSettings()
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     admin_token: SecretStr | None = Field(
         None, description="Optional static bootstrap token with every scope (for automation)"
