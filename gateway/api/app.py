@@ -35,6 +35,7 @@ from gateway.settings import Settings
 from gateway.store import Store
 
 from . import admin_delivery, admin_quarantine, fhir_read, fhir_write, health, ingest
+from .audit import AuditMiddleware
 from .auth import authenticate
 from .context import AppContext
 from .negotiation import fhir_response
@@ -80,6 +81,8 @@ def create_app(settings: Settings, *, store: Store | None = None, plan: ServiceP
         openapi_url=None,
     )
     app.router.redirect_slashes = False
+    # Outside the exception handlers, so a crash still leaves an AuditEvent (outcome 8).
+    app.add_middleware(AuditMiddleware)
     _install_error_handlers(app)
     for router in (health.router, fhir_read.router, fhir_write.router, ingest.router, admin_quarantine.router,
                    admin_delivery.router):

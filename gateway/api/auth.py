@@ -6,20 +6,28 @@ from collections.abc import Callable
 
 from starlette.requests import Request
 
+from gateway.api.audit import note_of
 from gateway.api.context import ctx_of
 from gateway.auth import Principal
 from gateway.errors import FhirError
 
 
 def authenticate(request: Request) -> Principal:
-    """The request's principal (401 when missing or invalid)."""
-    return ctx_of(request).auth.principal(request.headers.get("authorization"))
+    """The request's principal (401 when missing or invalid), noted in the request's audit record."""
+    principal = ctx_of(request).auth.principal(request.headers.get("authorization"))
+    record = note_of(request)
+    if record is not None:
+        record.client = principal.name
+    return principal
 
 
 def require_fhir(request: Request, rtype: str, letter: str) -> Principal:
     """Authenticate and check a SMART permission letter on a resource type (403 if not allowed)."""
     principal = authenticate(request)
     if not principal.can(rtype, letter):
+        if rtype == "AuditEvent":
+            raise FhirError("the audit trail is for admin clients to read and search; nobody writes it",
+                            status=403, code="forbidden")
         raise FhirError(
             f"the client's scopes do not allow {_VERB[letter]} on {rtype} (needs system/{rtype}.{letter})",
             status=403,

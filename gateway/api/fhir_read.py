@@ -13,6 +13,7 @@ from starlette.responses import Response
 
 from gateway.errors import FhirError, gone, not_found
 from gateway.fhir import bundles, issue, outcome_of, subset
+from gateway.r4 import RESOURCE_TYPES
 from gateway.search import (
     MAX_INT_DIGITS,
     DateFormatError,
@@ -24,12 +25,15 @@ from gateway.search import (
 )
 from gateway.store import SearchResult, StoredResource
 
+from .audit import note_of, note_query, note_resources
 from .auth import authenticate, require_fhir
 from .context import base_url, ctx_of
 from .fhir_common import check_path_id, check_type, version_headers
 from .negotiation import fhir_response, prefer, read_body, response_type
 
 router = APIRouter(prefix="/fhir", tags=["FHIR"])
+# $everything is the patient's record; the audit trail about them is not part of it.
+_EVERYTHING_TYPES = sorted(t for t in RESOURCE_TYPES if t != "AuditEvent")
 # What datetime can hold; a time-zone offset can move 0001-01-01 or 9999-12-31 past it.
 _EARLIEST, _LATEST = datetime(1, 1, 1, tzinfo=UTC).timestamp(), datetime(9999, 12, 31, tzinfo=UTC).timestamp()
 
@@ -110,6 +114,9 @@ async def fast_read(request: Request) -> Response:
     if res.deleted:
         raise FhirError(f"{rtype}/{rid} has been deleted", status=410, code="deleted",
                         headers={"ETag": res.etag})
+    record = note_of(request)
+    if record is not None:
+        record.touched(rtype, rid, res.version, res.content)
     headers = version_headers(res)
     none_match = request.headers.get("if-none-match")
     if none_match is not None and none_match.strip().removeprefix("W/").strip('"') == str(res.version):
@@ -141,6 +148,9 @@ async def vread(request: Request, rtype: str, rid: str, vid: str) -> Response:
         raise not_found(f"{rtype}/{rid} has no version {vid}")
     if res.deleted:
         raise gone(f"version {vid} of {rtype}/{rid} is a deletion")
+    record = note_of(request)
+    if record is not None:
+        record.touched(rtype, rid, res.version, res.content)
     return fhir_response(res.content, media_type=media, headers=version_headers(res))
 
 
@@ -157,9 +167,11 @@ async def everything(request: Request, rid: str) -> Response:
     if patient.deleted:
         raise gone(f"Patient/{rid} has been deleted")
     count, offset = _paging(request, ctx.settings.search.default_count, ctx.settings.search.max_count)
-    types = SearchAccess(principal.can).returnable()
-    related, total = await ctx.read(ctx.store.compartment, "Patient", rid, count, offset, types)
+    types = SearchAccess(principal.can).returnable(_EVERYTHING_TYPES)
+    related, total = await ctx.read(ctx.store.compartment, "Patient", rid, count, offset,
+                                    _EVERYTHING_TYPES if types is None else types)
     matches = ([patient] if offset == 0 else []) + related
+    note_resources(request, matches, ctx.settings.audit.max_entities)
     base = base_url(request)
     links = _page_links(f"{base}/Patient/{rid}/$everything", [], count, offset, total, len(related), None)
     body = bundles.searchset(base, matches, total=total + 1, links=links)
@@ -178,7 +190,10 @@ async def _search(request: Request, rtype: str, items: list[tuple[str, str]]) ->
         query = ctx.parser.parse(rtype, items, strict=strict, access=SearchAccess(principal.can))
     except SearchError as exc:
         raise FhirError(str(exc), status=400, code=exc.code, expression=exc.expression) from exc
+    note_query(request, query.used)
     result: SearchResult = await ctx.read(ctx.store.search, query)
+    if note_of(request) is not None:
+        note_resources(request, [*result.resources, *result.included], ctx.settings.audit.max_entities)
     base = base_url(request)
     links = _page_links(f"{base}/{rtype}", query.used, query.count, query.offset, result.total,
                         len(result.resources), result.snapshot)
