@@ -6,7 +6,10 @@ import importlib.util
 import subprocess
 import sys
 
-BENCHMARKS = ["bench.read_search", "bench.ingest_bench", "bench.queue_bench", "bench.dhis2_bench", "bench.cli_startup"]
+BENCHMARKS = [
+    "bench.read_search", "bench.audit_overhead", "bench.ingest_bench", "bench.queue_bench", "bench.dhis2_bench",
+    "bench.cli_startup",
+]
 
 
 def main() -> int:

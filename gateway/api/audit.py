@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl, urlencode
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.audit import AccessRecord
+from gateway.audit import AccessRecord, patients_in
 from gateway.ingest import RecordResult
 from gateway.store import StoredResource
 
@@ -66,6 +66,18 @@ def note_resources(request: Request, resources: list[StoredResource], limit: int
     if record is not None:
         for res in resources[:limit]:
             record.touched(res.type, res.id, res.version, res.content)
+
+
+def note_patients(request: Request, resources: list[StoredResource], limit: int) -> None:
+    """Note the patients up to ``limit`` resources concern (a search lists its query and patients, as
+    BALP's Query does, not every resource it returned)."""
+    record = request.scope.get(SCOPE_KEY)
+    if record is not None:
+        for res in resources[:limit]:
+            if res.type == "Patient":
+                record.patients.add(res.id)
+            else:
+                record.patients.update(patients_in(res.content))
 
 
 def note_records(request: Request, results: list[RecordResult], limit: int) -> None:

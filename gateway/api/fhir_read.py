@@ -25,7 +25,7 @@ from gateway.search import (
 )
 from gateway.store import SearchResult, StoredResource
 
-from .audit import note_of, note_query, note_resources
+from .audit import note_of, note_patients, note_query
 from .auth import authenticate, require_fhir
 from .context import base_url, ctx_of
 from .fhir_common import check_path_id, check_type, version_headers
@@ -171,7 +171,6 @@ async def everything(request: Request, rid: str) -> Response:
     related, total = await ctx.read(ctx.store.compartment, "Patient", rid, count, offset,
                                     _EVERYTHING_TYPES if types is None else types)
     matches = ([patient] if offset == 0 else []) + related
-    note_resources(request, matches, ctx.settings.audit.max_entities)
     base = base_url(request)
     links = _page_links(f"{base}/Patient/{rid}/$everything", [], count, offset, total, len(related), None)
     body = bundles.searchset(base, matches, total=total + 1, links=links)
@@ -193,7 +192,7 @@ async def _search(request: Request, rtype: str, items: list[tuple[str, str]]) ->
     note_query(request, query.used)
     result: SearchResult = await ctx.read(ctx.store.search, query)
     if note_of(request) is not None:
-        note_resources(request, [*result.resources, *result.included], ctx.settings.audit.max_entities)
+        note_patients(request, [*result.resources, *result.included], ctx.settings.audit.max_entities)
     base = base_url(request)
     links = _page_links(f"{base}/{rtype}", query.used, query.count, query.offset, result.total,
                         len(result.resources), result.snapshot)

@@ -10,6 +10,7 @@ from .extract import ExtractionPlan as ExtractionPlan
 from .extract import IndexRows as IndexRows
 from .extract import index_rows as index_rows
 from .extract import normalise as normalise
+from .paths import split_reference as split_reference
 from .query import MAX_INT_DIGITS as MAX_INT_DIGITS
 from .query import RESULT_PARAMS as RESULT_PARAMS
 from .query import QueryParser as QueryParser
@@ -22,4 +23,3 @@ from .registry import default_registry as default_registry
 from .sql import count_sql as count_sql
 from .sql import date_sort_walk as date_sort_walk
 from .sql import page_sql as page_sql
-from .paths import split_reference as split_reference

@@ -105,7 +105,8 @@ async def test_a_search_keeps_its_parameters_and_the_patients_it_returned(api: A
     assert search["action"] == "E"
     (query,) = [e for e in search["entity"] if e["role"]["code"] == "24"]
     assert base64.b64decode(query["query"]).decode() == "subject=Patient%2Fp1&_count=5"
-    assert refs(search, "1") == ["Patient/p1"] and refs(search, "4") == ["Observation/o1/_history/1"]
+    # As BALP's Query: the query and the patients concerned, not every resource returned.
+    assert refs(search, "1") == ["Patient/p1"] and refs(search, "4") == []
 
 
 async def test_refusals_and_misses_are_minor_failures_naming_what_was_asked(api: ApiHarness) -> None:
