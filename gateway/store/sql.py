@@ -278,6 +278,9 @@ class SqlStore:
             if inc.target:
                 sql += " AND x.ttype = ?"
                 params.append(inc.target)
+            elif inc.exclude:
+                sql += f" AND x.ttype NOT IN ({', '.join('?' for _ in inc.exclude)})"
+                params.extend(inc.exclude)
             cur.execute(self.q(sql), params)
             refs.extend((t, i) for t, i in cur.fetchall() if t and i and (t, i) not in seen)
         out: list[StoredResource] = []

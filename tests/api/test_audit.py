@@ -291,3 +291,17 @@ async def test_ingest_is_an_import_listing_what_it_wrote(store: Store) -> None:
     patient = next(w for w in written if w["type"] == "Patient")
     assert refs(event, "1") == [f"Patient/{patient['id']}"]
     assert len(refs(event, "4")) == len(written)
+
+
+async def test_an_include_never_hands_an_audit_event_to_a_non_admin(api: ApiHarness) -> None:
+    await seed(api.client)
+    await flushed(api.app)
+    event_id = stored_events(api.store)[0]["id"]
+    listing = {"resourceType": "List", "id": "l1", "status": "current", "mode": "working",
+               "entry": [{"item": {"reference": f"AuditEvent/{event_id}"}}, {"item": {"reference": "Patient/p1"}}]}
+    assert (await api.client.put("/fhir/List/l1", json=listing)).status_code == 201
+    reader = client_named(api, "reader", "system/*.rs")
+    root = client_named(api, "root", "system/*.cruds", "admin")
+    for client, expected in ((reader, {"List", "Patient"}), (root, {"List", "Patient", "AuditEvent"})):
+        found = (await client.get("/fhir/List", params={"_id": "l1", "_include": "List:item"})).json()
+        assert {e["resource"]["resourceType"] for e in found["entry"]} == expected
