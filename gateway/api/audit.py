@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import time
+from functools import lru_cache
 from urllib.parse import parse_qsl, urlencode
 
 from starlette.requests import Request
@@ -117,30 +118,27 @@ class AuditMiddleware:
         client = scope.get("client")
         record = AccessRecord(time.time(), interaction, action, rest, address=client[0] if client else None)
         scope[SCOPE_KEY] = record
-        status: int | None = None
 
         async def capture(message: Message) -> None:
-            nonlocal status
             if message["type"] == "http.response.start":
-                status = message["status"]
+                record.status = message["status"]
             await send(message)
 
         try:
             await self.app(scope, receive, capture)
         finally:
-            record.status = status
             _complete(record, scope, target)
             await writer.record(record)
 
 
 def _complete(record: AccessRecord, scope: Scope, target: tuple[str, str] | None) -> None:
     """What the path says when the handler did not get as far as noting it (a 403, 404, 410 or a crash)."""
-    if target is not None and _PATH_ID.match(target[1]):
+    # A handler that noted resources noted the one the path names (a read, a write): no check needed.
+    if target is not None and not (record.rest and record.resources) and _PATH_ID.match(target[1]):
         kind, name = target
         if not record.rest:
             record.objects.append((kind, name))
-        elif _TYPE.match(kind) and not any(ref == f"{kind}/{name}" or ref.startswith(f"{kind}/{name}/")
-                                           for ref in record.resources):
+        elif _TYPE.match(kind):
             record.touched(kind, name)
     if record.query is None and (record.interaction in _QUERIED or record.action == "R" and not record.rest):
         raw = scope.get("query_string", b"")
@@ -152,6 +150,7 @@ def _clean_query(items: list[tuple[str, str]]) -> str:
     return urlencode([(k, v) for k, v in items if not _SECRET_PARAM.search(k)])[:_MAX_QUERY]
 
 
+@lru_cache(maxsize=4096)  # hot paths (a partner reading the same resources) are classified once
 def classify(method: str, path: str) -> tuple[str, str, bool, tuple[str, str] | None] | None:
     """(interaction code, action, FHIR REST?, (type or entity kind, id) named by the path), or None
     for what is not audited."""
