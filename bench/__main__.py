@@ -6,8 +6,10 @@ import importlib.util
 import subprocess
 import sys
 
-BENCHMARKS = ["bench.read_search", "bench.rate_limit", "bench.ingest_bench", "bench.queue_bench", "bench.dhis2_bench",
-              "bench.cli_startup"]
+BENCHMARKS = [
+    "bench.read_search", "bench.rate_limit", "bench.audit_overhead", "bench.policy_overhead", "bench.ingest_bench",
+    "bench.queue_bench", "bench.dhis2_bench", "bench.cli_startup",
+]
 
 
 def main() -> int:

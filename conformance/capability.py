@@ -20,6 +20,9 @@ TYPE_INTERACTIONS = (
     "read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type",
 )  # fmt: skip
 SYSTEM_INTERACTIONS = ("transaction", "batch", "history-system")
+# The audit trail: written by the gateway alone, read and searched by admin clients.
+AUDIT_TYPE = "AuditEvent"
+AUDIT_INTERACTIONS = ("read", "vread", "history-instance", "history-type", "search-type")
 RESULT_PARAMS = ("_count", "_sort", "_total", "_summary", "_elements", "_include", "_revinclude")
 OPERATIONS = (
     {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"},
@@ -52,6 +55,14 @@ def capability_statement(registry: SearchRegistry, base_url: str, date: str) -> 
             entry["searchInclude"] = includes
         if rtype == "Patient":
             entry["operation"] = list(OPERATIONS)
+        if rtype == AUDIT_TYPE:
+            entry.update({
+                "documentation": "The gateway's audit trail (one AuditEvent per access, IHE BALP): read and"
+                                 " search need the admin scope; nobody writes it through the API.",
+                "interaction": [{"code": code} for code in AUDIT_INTERACTIONS],
+                "updateCreate": False, "conditionalCreate": False, "conditionalUpdate": False,
+                "conditionalDelete": "not-supported",
+            })  # fmt: skip
         resources.append(entry)
     return {
         "resourceType": "CapabilityStatement",

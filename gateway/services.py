@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import anyio.to_thread
 
+from gateway.audit import AuditWriter
 from gateway.clock import Clock, SystemClock
 from gateway.connectors import DeliveryConfigError
 from gateway.delivery import DeliverySections, DeliveryService, DestinationConfig
@@ -49,7 +50,8 @@ class ServicePlan:
     ``sections`` replaces the settings' ``destinations``/``delivery`` (``--destinations``);
     ``scheduler`` runs the destinations' periodic tasks; ``only`` limits delivery and the
     scheduler to some destinations. The clocks default to the system clock (tests move a
-    manual one).
+    manual one). ``audit`` runs the audit writer (when ``audit.enabled``): the API's
+    processes record every access; a delivery worker serves no requests.
     """
 
     environ: Mapping[str, str] = field(default_factory=dict)
@@ -61,6 +63,8 @@ class ServicePlan:
     only: tuple[str, ...] | None = None
     delivery_clock: Clock | None = None
     scheduler_clock: Clock | None = None
+    audit: bool = True
+    audit_clock: Clock | None = None
 
     @classmethod
     def for_serve(cls, settings: Settings, environ: Mapping[str, str]) -> ServicePlan:
@@ -80,6 +84,7 @@ class Services:
     ingest: IngestService | None = None
     delivery: DeliveryService | None = None
     scheduler: Scheduler | None = None
+    audit: AuditWriter | None = None
     owns_store: bool = True
 
     @classmethod
@@ -101,6 +106,8 @@ class Services:
             )),
             owns_store=store is None,
         )
+        if plan.audit and settings.audit.enabled:
+            services.audit = AuditWriter(opened, settings.audit, plan.audit_clock or SystemClock())
         try:
             if plan.ingest:
                 services.ingest = IngestService(
@@ -136,7 +143,9 @@ class Services:
         return self.delivery
 
     async def start(self) -> None:
-        """Start the background parts: delivery (outbox and worker), then the scheduler."""
+        """Start the background parts: the audit writer, delivery (outbox and worker), then the scheduler."""
+        if self.audit is not None:
+            await self.audit.start()
         if self.delivery is not None:
             await self.delivery.start()
         if self.scheduler is not None:
@@ -153,8 +162,12 @@ class Services:
             if self.ingest is not None:
                 await anyio.to_thread.run_sync(self.ingest.close)
         finally:
-            if self.owns_store:
-                self.store.close()
+            try:
+                if self.audit is not None:
+                    await self.audit.stop()  # last: it writes what the requests and admin actions left
+            finally:
+                if self.owns_store:
+                    self.store.close()
 
     def close_now(self) -> None:
         """Close what needs no event loop (the ingest writer and an owned store): for sync callers."""
@@ -227,6 +240,7 @@ async def run_worker(
     plan = ServicePlan(
         environ=environ,
         ingest=False,
+        audit=False,
         delivery=True,
         sections=sections,
         run_worker=True,

@@ -30,6 +30,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from gateway.audit import AuditSettings
 from gateway.connectors import DeliveryConfigError
 from gateway.delivery import DeliverySections, DeliverySettings, DestinationConfig
 from gateway.errors import ConfigError
@@ -38,6 +39,7 @@ from gateway.scheduler import SchedulerSettings
 from gateway.search import DataPolicy, PolicyError
 
 __all__ = [
+    "AuditSettings",
     "ClientRateLimit",
     "ConfigFileError",
     "RateLimitSettings",
@@ -158,6 +160,7 @@ class Settings(BaseSettings):
     scheduler: SchedulerSettings = SchedulerSettings()
     rate_limit: RateLimitSettings = RateLimitSettings()
     access_log: bool = Field(True, description="one JSON line per HTTP request on the gateway.access logger")
+    audit: AuditSettings = AuditSettings()
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     admin_token: SecretStr | None = Field(
         None, description="Optional static bootstrap token with every scope (for automation)"

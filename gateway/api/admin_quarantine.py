@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, Query
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.api.audit import note_records
 from gateway.api.auth import require_scope
 from gateway.api.context import base_url, ctx_of
 from gateway.auth import Principal
@@ -94,6 +95,7 @@ async def replay_all(request: Request, principal: Admin, source: str | None = No
     ctx = ctx_of(request)
     service = ctx.ingest
     results = await ctx.write(service.replay_all, source, base_url(request))
+    note_records(request, results, ctx.settings.audit.max_entities)
     still = sum(1 for result in results if result.status == "quarantined")
     return _json(
         {"replayed": len(results) - still, "still_held": still, "results": [r.to_json() for r in results]}
@@ -106,6 +108,7 @@ async def replay_one(request: Request, qid: int, principal: Admin) -> Response:
     ctx = ctx_of(request)
     service = ctx.ingest
     result = await ctx.write(service.replay, qid, base_url(request))
+    note_records(request, [result], ctx.settings.audit.max_entities)
     return _json(result.to_json(), 422 if result.status == "quarantined" else 200)
 
 

@@ -37,6 +37,7 @@ from gateway.store import Store
 
 from . import admin_delivery, admin_quarantine, fhir_read, fhir_write, health, ingest, smart
 from .access_log import AccessLogMiddleware, TemplateRoute
+from .audit import AuditMiddleware
 from .auth import authenticate
 from .context import AppContext
 from .negotiation import fhir_response
@@ -100,8 +101,11 @@ def create_app(
     )
     app.router.redirect_slashes = False
     # Pure ASGI middlewares (the last added runs first): the access log sees every answer,
-    # 429s included; the rate limit runs before any route, the fast read's too.
+    # 429s included; the audit record is opened outside the rate limit (a refused request is
+    # audited too) and outside the exception handlers (a crash still leaves an AuditEvent,
+    # outcome 8); the rate limit runs before any route, the fast read's too.
     app.add_middleware(RateLimitMiddleware)
+    app.add_middleware(AuditMiddleware)
     app.add_middleware(AccessLogMiddleware, enabled=settings.access_log)
     _install_error_handlers(app)
     for router in (health.router, fhir_read.router, fhir_write.router, ingest.router, admin_quarantine.router,

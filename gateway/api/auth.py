@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from starlette.requests import Request
 
+from gateway.api.audit import note_of
 from gateway.api.context import ctx_of
 from gateway.api.request_state import principal_of, remember_principal
 from gateway.auth import Principal
@@ -14,12 +15,15 @@ from gateway.search import RowFilter, SearchAccess
 
 
 def authenticate(request: Request) -> Principal:
-    """The request's principal (401 when missing or invalid), looked up once per request."""
-    known = principal_of(request.scope)
-    if known is not None:
-        return known
-    principal = ctx_of(request).auth.principal(request.headers.get("authorization"))
-    remember_principal(request.scope, principal)
+    """The request's principal (401 when missing or invalid), looked up once per request and
+    noted in the request's audit record."""
+    principal = principal_of(request.scope)
+    if principal is None:
+        principal = ctx_of(request).auth.principal(request.headers.get("authorization"))
+        remember_principal(request.scope, principal)
+    record = note_of(request)
+    if record is not None:
+        record.client = principal.name
     return principal
 
 
@@ -27,6 +31,9 @@ def require_fhir(request: Request, rtype: str, letter: str) -> Principal:
     """Authenticate and check a SMART permission letter on a resource type (403 if not allowed)."""
     principal = authenticate(request)
     if not principal.can(rtype, letter):
+        if rtype == "AuditEvent":
+            raise FhirError("the audit trail is for admin clients to read and search; nobody writes it",
+                            status=403, code="forbidden")
         raise FhirError(
             f"the client's scopes do not allow {_VERB[letter]} on {rtype} (needs system/{rtype}.{letter})",
             status=403,

@@ -16,6 +16,7 @@ from starlette.responses import Response
 from gateway.auth import Principal
 from gateway.errors import FhirError, gone, not_found
 from gateway.fhir import bundles, deidentify, issue, outcome_of, subset
+from gateway.r4 import RESOURCE_TYPES
 from gateway.search import (
     MAX_INT_DIGITS,
     DateFormatError,
@@ -26,12 +27,15 @@ from gateway.search import (
 )
 from gateway.store import SearchResult, StoredResource
 
+from .audit import note_of, note_patients, note_query
 from .auth import authenticate, require_fhir, row_filter, search_access
 from .context import base_url, ctx_of
 from .fhir_common import check_path_id, check_type, version_headers
 from .negotiation import fhir_response, prefer, read_body, response_type
 
 router = APIRouter(prefix="/fhir", tags=["FHIR"])
+# $everything is the patient's record; the audit trail about them is not part of it.
+_EVERYTHING_TYPES = sorted(t for t in RESOURCE_TYPES if t != "AuditEvent")
 # What datetime can hold; a time-zone offset can move 0001-01-01 or 9999-12-31 past it.
 _EARLIEST, _LATEST = datetime(1, 1, 1, tzinfo=UTC).timestamp(), datetime(9999, 12, 31, tzinfo=UTC).timestamp()
 
@@ -115,6 +119,9 @@ async def fast_read(request: Request) -> Response:
     if res.deleted:
         raise FhirError(f"{rtype}/{rid} has been deleted", status=410, code="deleted",
                         headers={"ETag": res.etag})
+    record = note_of(request)
+    if record is not None:
+        record.touched(rtype, rid, res.version, res.content)
     headers = version_headers(res)
     none_match = request.headers.get("if-none-match")
     if none_match is not None and none_match.strip().removeprefix("W/").strip('"') == str(res.version):
@@ -150,6 +157,9 @@ async def vread(request: Request, rtype: str, rid: str, vid: str) -> Response:
         raise not_found(f"{rtype}/{rid} has no version {vid}")
     if res.deleted:
         raise gone(f"version {vid} of {rtype}/{rid} is a deletion")
+    record = note_of(request)
+    if record is not None:
+        record.touched(rtype, rid, res.version, res.content)
     return fhir_response(shown(principal, [res])[0].content, media_type=media, headers=version_headers(res))
 
 
@@ -168,8 +178,9 @@ async def everything(request: Request, rid: str) -> Response:
     count, offset = _paging(request, ctx.settings.search.default_count, ctx.settings.search.max_count)
     # Every resource in a visible Patient's compartment refers to that Patient, so the data
     # policy lets it through; the scopes still decide the types.
-    types = search_access(request, principal).returnable()
-    related, total = await ctx.query(ctx.store.compartment, "Patient", rid, count, offset, types)
+    types = search_access(request, principal).returnable(_EVERYTHING_TYPES)
+    related, total = await ctx.query(ctx.store.compartment, "Patient", rid, count, offset,
+                                     _EVERYTHING_TYPES if types is None else types)
     matches = shown(principal, ([patient] if offset == 0 else []) + related)
     base = base_url(request)
     links = _page_links(f"{base}/Patient/{rid}/$everything", [], count, offset, total, len(related), None)
@@ -206,7 +217,10 @@ async def _search(request: Request, rtype: str, items: list[tuple[str, str]]) ->
         query = ctx.parser.parse(rtype, items, strict=strict, access=search_access(request, principal))
     except SearchError as exc:
         raise FhirError(str(exc), status=400, code=exc.code, expression=exc.expression) from exc
+    note_query(request, query.used)
     result: SearchResult = await ctx.query(ctx.store.search, query)
+    if note_of(request) is not None:
+        note_patients(request, [*result.resources, *result.included], ctx.settings.audit.max_entities)
     result.resources, result.included = shown(principal, result.resources), shown(principal, result.included)
     base = base_url(request)
     links = _page_links(f"{base}/{rtype}", query.used, query.count, query.offset, result.total,

@@ -6,22 +6,28 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
+import orjson
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.audit import AccessRecord, patients_in
 from gateway.errors import FhirError, invalid
 from gateway.fhir import (
+    activity_of,
     deidentify,
     informational,
     interactions,
     parse_json,
     process_bundle,
+    record_writes,
     require_resource,
     validate_resource,
 )
 from gateway.search import RESULT_PARAMS
+from gateway.store import StoredResource
 
+from .audit import note_of, note_resources
 from .auth import authenticate, require_fhir, row_filter, search_access
 from .context import AppContext, base_url, ctx_of
 from .fhir_common import check_path_id, check_type, parse_if_match, write_response
@@ -41,6 +47,7 @@ async def _resource_body(request: Request, ctx: AppContext, rtype: str) -> dict[
 async def _write(
     request: Request,
     ctx: AppContext,
+    author: str,
     media: str,
     interaction: Callable[..., interactions.WriteOutcome],
     *args: Any,
@@ -49,18 +56,39 @@ async def _write(
 ) -> Response:
     """Run one write interaction in its own store transaction and answer as ``Prefer`` asks
     (without the resource if the client may not read it: ``readable``)."""
-    outcome = await _in_transaction(ctx, interaction, *args, **kwargs)
+    outcome = await _in_transaction(request, ctx, author, interaction, *args, **kwargs)
     return write_response(request, outcome.resource, outcome.status, media, base_url(request), readable=readable)
 
 
-async def _in_transaction(ctx: AppContext, interaction: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """``interaction(tx, *args, **kwargs)`` inside one store transaction, on a worker thread."""
+async def _in_transaction(
+    request: Request, ctx: AppContext, author: str, interaction: Callable[..., T], *args: Any, **kwargs: Any
+) -> T:
+    """``interaction(tx, *args, **kwargs)`` inside one store transaction, on a worker thread, with a
+    Provenance naming ``author`` for what it wrote, in the same transaction."""
+    written: list[tuple[StoredResource, str]] = []
 
     def work() -> T:
         with ctx.store.transaction() as tx:
-            return interaction(tx, *args, **kwargs)
+            result = interaction(tx, *args, **kwargs)
+            written.extend(_written(result))
+            if written:
+                record_writes(tx, written, author)
+            return result
 
-    return await ctx.write(work)
+    result = await ctx.write(work)
+    note_resources(request, [res for res, _ in written], ctx.settings.audit.max_entities)
+    return result
+
+
+def _written(result: object) -> list[tuple[StoredResource, str]]:
+    """The versions a write interaction stored, with their activity (a matched conditional create stored none)."""
+    if isinstance(result, interactions.WriteOutcome):
+        return [(result.resource, activity_of(result.resource, result.status == 201))] if result.changed else []
+    if isinstance(result, StoredResource):
+        return [(result, "DELETE")]
+    if isinstance(result, list):
+        return [(res, "DELETE") for res in result if isinstance(res, StoredResource)]
+    return []
 
 
 def _query_string(request: Request) -> str:
@@ -73,7 +101,8 @@ def _query_string(request: Request) -> str:
 async def create(request: Request, rtype: str) -> Response:
     """Create a resource (conditional with If-None-Exist)."""
     check_type(rtype)
-    access = search_access(request, require_fhir(request, rtype, "c"))
+    principal = require_fhir(request, rtype, "c")
+    access = search_access(request, principal)
     media = response_type(request)
     ctx = ctx_of(request)
     data = await _resource_body(request, ctx, rtype)
@@ -81,8 +110,8 @@ async def create(request: Request, rtype: str) -> Response:
     # standard header; honouring it avoids silently creating duplicates.
     if_none_exist = request.headers.get("if-none-exist") or _query_string(request) or None
 
-    return await _write(request, ctx, media, interactions.create, ctx.parser, data, if_none_exist=if_none_exist,
-                        access=access)
+    return await _write(request, ctx, principal.name, media, interactions.create, ctx.parser, data,
+                        if_none_exist=if_none_exist, access=access)
 
 
 @router.put("/{rtype}/{rid}", summary="Update")
@@ -90,21 +119,23 @@ async def update(request: Request, rtype: str, rid: str) -> Response:
     """Update a resource, or create it with this id (update-as-create)."""
     check_type(rtype)
     check_path_id(rid)
-    access = search_access(request, require_fhir(request, rtype, "u"))
+    principal = require_fhir(request, rtype, "u")
+    access = search_access(request, principal)
     media = response_type(request)
     ctx = ctx_of(request)
     if_match = parse_if_match(request)
     data = await _resource_body(request, ctx, rtype)
 
-    return await _write(request, ctx, media, interactions.update, data, rtype, rid, if_match=if_match,
-                        access=access)
+    return await _write(request, ctx, principal.name, media, interactions.update, data, rtype, rid,
+                        if_match=if_match, access=access)
 
 
 @router.put("/{rtype}", summary="Conditional update")
 async def conditional_update(request: Request, rtype: str) -> Response:
     """Update the one resource the query matches, or create it."""
     check_type(rtype)
-    access = search_access(request, require_fhir(request, rtype, "u"))
+    principal = require_fhir(request, rtype, "u")
+    access = search_access(request, principal)
     media = response_type(request)
     ctx = ctx_of(request)
     query = _query_string(request)
@@ -112,8 +143,8 @@ async def conditional_update(request: Request, rtype: str) -> Response:
         raise invalid("PUT to a type URL needs search parameters (conditional update)")
     data = await _resource_body(request, ctx, rtype)
 
-    return await _write(request, ctx, media, interactions.conditional_update, ctx.parser, data, rtype, query,
-                        access=access)
+    return await _write(request, ctx, principal.name, media, interactions.conditional_update, ctx.parser, data,
+                        rtype, query, access=access)
 
 
 @router.patch("/{rtype}/{rid}", summary="Patch (JSON Patch)")
@@ -135,8 +166,8 @@ async def patch(request: Request, rtype: str, rid: str) -> Response:
     # A patched resource is mostly what was stored before, not what the client sent: a client
     # that may update but not read the type gets no body back (as with Prefer: return=minimal).
     readable = access.may_return(rtype)
-    return await _write(request, ctx, media, interactions.patch, rtype, rid, operations, if_match=if_match,
-                        access=access, readable=readable)
+    return await _write(request, ctx, principal.name, media, interactions.patch, rtype, rid, operations,
+                        if_match=if_match, access=access, readable=readable)
 
 
 @router.delete("/{rtype}/{rid}", summary="Delete")
@@ -144,11 +175,13 @@ async def delete(request: Request, rtype: str, rid: str) -> Response:
     """Delete a resource (later reads answer 410 Gone)."""
     check_type(rtype)
     check_path_id(rid)
-    access = search_access(request, require_fhir(request, rtype, "d"))
+    principal = require_fhir(request, rtype, "d")
+    access = search_access(request, principal)
     media = response_type(request)
     ctx = ctx_of(request)
 
-    deleted = await _in_transaction(ctx, interactions.delete, rtype, rid, access=access) is not None
+    deleted = await _in_transaction(request, ctx, principal.name, interactions.delete, rtype, rid,
+                                    access=access) is not None
     text = f"{rtype}/{rid} deleted" if deleted else f"{rtype}/{rid} was not there; nothing to delete"
     return fhir_response(informational(text), media_type=media)
 
@@ -157,16 +190,17 @@ async def delete(request: Request, rtype: str, rid: str) -> Response:
 async def conditional_delete(request: Request, rtype: str) -> Response:
     """Delete the single resource a query matches."""
     check_type(rtype)
-    access = search_access(request, require_fhir(request, rtype, "d"))
+    principal = require_fhir(request, rtype, "d")
+    access = search_access(request, principal)
     media = response_type(request)
     ctx = ctx_of(request)
     query = _query_string(request)
     if not query:
         raise invalid("DELETE on a type URL needs search parameters (conditional delete)")
 
-    count = await _in_transaction(ctx, interactions.conditional_delete, ctx.parser, rtype, query,
-                                 access=access)
-    return fhir_response(informational(f"{count} {rtype} deleted"), media_type=media)
+    deleted = await _in_transaction(request, ctx, principal.name, interactions.conditional_delete, ctx.parser,
+                                    rtype, query, access=access)
+    return fhir_response(informational(f"{len(deleted)} {rtype} deleted"), media_type=media)
 
 
 @router.post("", summary="Batch or transaction", include_in_schema=False)
@@ -180,12 +214,18 @@ async def batch_or_transaction(request: Request) -> Response:
     bundle = parse_json(await read_body(request, ctx.settings.max_body_bytes), max_depth=ctx.settings.max_json_depth)
     base = base_url(request)
     minimal = prefer(request).get("return") == "minimal"
+    record = note_of(request)
+    if record is not None and isinstance(bundle, dict) and bundle.get("type") == "batch":
+        record.interaction = "batch"
 
     policy = row_filter(request, principal)
 
     def work() -> dict[str, Any]:
-        return process_bundle(ctx.store, ctx.parser, bundle, base, can=principal.can, policy=policy,
-                              return_resources=not minimal)
+        response = process_bundle(ctx.store, ctx.parser, bundle, base, can=principal.can, policy=policy,
+                                  return_resources=not minimal, author=principal.name)
+        if record is not None:  # on the worker thread: the request's own JSON, already parsed
+            _note_bundle(record, bundle, response, ctx.settings.audit.max_entities)
+        return response
 
     response = await ctx.write(work)
     if principal.policy is not None and principal.policy.deidentify:
@@ -203,3 +243,21 @@ def _deidentify_entries(bundle: dict[str, Any]) -> None:
             _deidentify_entries(resource)
         else:
             entry["resource"] = deidentify(resource)
+
+
+def _note_bundle(record: AccessRecord, bundle: dict[str, Any], response: dict[str, Any], limit: int) -> None:
+    """The versions a Bundle's entries wrote or read (their response locations, or the URL of a
+    delete) and the patients its resources refer to, for the first ``limit`` entries."""
+    for entry, answer in list(zip(bundle.get("entry") or [], response.get("entry", []), strict=False))[:limit]:
+        location = answer.get("response", {}).get("location")
+        if not isinstance(location, str) and isinstance(entry, dict):
+            request = entry.get("request")
+            location = request.get("url") if isinstance(request, dict) and request.get("method") == "DELETE" else None
+        if isinstance(location, str) and "?" not in location:
+            rtype, _, rest = location.partition("/")
+            rid, _, version = rest.partition("/_history/")
+            if rid:
+                record.touched(rtype, rid, int(version) if version.isdigit() else None)
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(resource, dict):
+            record.patients.update(patients_in(orjson.dumps(resource)))

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.api.audit import note_records
 from gateway.api.auth import require_scope
 from gateway.api.context import base_url, ctx_of
 from gateway.api.negotiation import read_body
@@ -45,5 +46,6 @@ async def ingest(request: Request, source: str, principal: Sender) -> Response:
         max_records=MAX_RECORDS,
     )
     report = await ctx.write(service.ingest, config.name, records, base_url(request))
+    note_records(request, report.results, ctx.settings.audit.max_entities)
     status = config.quarantine_status if report.quarantined else 200
     return Response(orjson.dumps(report.to_json()), status_code=status, media_type="application/json")

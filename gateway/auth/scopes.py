@@ -4,7 +4,11 @@
   search (SMART App Launch v2). The v1 forms ``.read``, ``.write`` and ``.*`` are
   accepted too, as ``rs``, ``cud`` and ``cruds``.
 * ``ingest:<source>`` / ``ingest:*``: may send records to ``/ingest/<source>``.
-* ``admin``: operations (quarantine, queues, destinations).
+* ``admin``: operations (quarantine, queues, destinations), and reading the audit trail.
+
+The audit trail (``AuditEvent``) is outside the SMART scopes: only ``admin`` may read or
+search it (``system/*.rs`` is not enough), and nobody creates, updates or deletes it
+through the API; the gateway alone writes it.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from gateway.search import DataPolicy
 _SMART = re.compile(r"^system/(?P<type>\*|[A-Z][A-Za-z]+)\.(?P<perm>[cruds]+|read|write|\*)$")
 _INGEST = re.compile(r"^ingest:(\*|[A-Za-z0-9_-]{1,64})$")
 _V1 = {"read": "rs", "write": "cud", "*": "cruds"}
+AUDIT_TYPE = "AuditEvent"
 
 
 class ScopeError(RequestError):
@@ -77,6 +82,8 @@ class Principal:
 
     def can(self, rtype: str, letter: str) -> bool:
         """May this client do ``letter`` (one of c r u d s) on ``rtype``?"""
+        if rtype == AUDIT_TYPE:
+            return letter in ("r", "s") and "admin" in self.scopes
         return letter in self._fhir.get(rtype, "") or letter in self._fhir.get("*", "")
 
     def has(self, scope: str) -> bool:

@@ -19,6 +19,9 @@ from .outcome import operation_outcome as operation_outcome
 from .outcome import outcome_of as outcome_of
 from .parse import parse_json as parse_json
 from .parse import require_resource as require_resource
+from .provenance import CLIENT_SYSTEM as CLIENT_SYSTEM
+from .provenance import activity_of as activity_of
+from .provenance import record_writes as record_writes
 from .strict import check_strict as check_strict
 from .subsetting import subset as subset
 from .transaction import PreparedTransaction as PreparedTransaction

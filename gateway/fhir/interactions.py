@@ -162,14 +162,13 @@ def delete(tx: StoreTransaction, rtype: str, rid: str, *, access: SearchAccess =
 
 def conditional_delete(
     tx: StoreTransaction, parser: QueryParser, rtype: str, query_string: str, *, access: SearchAccess
-) -> int:
-    """``DELETE [type]?query``: deletes a single match; 412 on several."""
+) -> list[StoredResource]:
+    """``DELETE [type]?query``: deletes a single match (412 on several); returns the tombstones written."""
     found = search_matches(tx, parser, rtype, query_string, "conditional delete", access=access)
     if len(found) > 1:
         raise FhirError("the conditional delete matches more than one resource", status=412, code="multiple-matches")
-    for res in found:
-        tx.delete(rtype, res.id)
-    return len(found)
+    tombstones = [tx.delete(rtype, res.id) for res in found]
+    return [t for t in tombstones if t is not None]
 
 
 def patch(

@@ -25,6 +25,7 @@ import orjson
 from gateway.errors import CLIENT_ERRORS, FhirError, GatewayError, invalid, not_found
 from gateway.fhir import interactions
 from gateway.fhir.outcome import outcome_of
+from gateway.fhir.provenance import activity_of, record_writes
 from gateway.fhir.validate import validate_resource
 from gateway.r4 import RESOURCE_TYPES
 from gateway.search import (
@@ -74,17 +75,21 @@ def process_bundle(
     policy: RowFilter | None = None,
     return_resources: bool = True,
     skip_unchanged: bool = False,
+    author: str | None = None,
 ) -> dict[str, Any]:
-    """Run a batch or transaction Bundle and return its response Bundle."""
+    """Run a batch or transaction Bundle and return its response Bundle.
+
+    ``author`` (an API client's name) gets a Provenance for the writes of each store transaction.
+    """
     kind = _bundle_type(bundle)
     if kind == "transaction":
         return run_prepared(
             prepare_transaction(
                 store, parser, bundle, base, can=can, policy=policy, return_resources=return_resources,
-                skip_unchanged=skip_unchanged,
+                skip_unchanged=skip_unchanged, author=author,
             )
         )  # fmt: skip
-    processor = _Processor(store, parser, base, can, policy, return_resources, skip_unchanged)
+    processor = _Processor(store, parser, base, can, policy, return_resources, skip_unchanged, author)
     # Batch entries may not depend on each other (http.html#brules), so each runs alone.
     return _response(kind, [processor.run_batch_entry(i, raw) for i, raw in enumerate(_entries(bundle))])
 
@@ -111,11 +116,12 @@ def prepare_transaction(
     policy: RowFilter | None = None,
     return_resources: bool = True,
     skip_unchanged: bool = False,
+    author: str | None = None,
 ) -> PreparedTransaction:
     """Parse and validate a transaction Bundle (a 4xx ``FhirError`` naming the entry if not)."""
     if _bundle_type(bundle) != "transaction":
         raise invalid("a transaction Bundle is needed here", ["Bundle.type"], code="value")
-    processor = _Processor(store, parser, base, can, policy, return_resources, skip_unchanged)
+    processor = _Processor(store, parser, base, can, policy, return_resources, skip_unchanged, author)
     entries = [processor.parse_entry(i, raw) for i, raw in enumerate(_entries(bundle))]
     processor.prepare_writes(entries)
     return PreparedTransaction(processor, entries)
@@ -181,8 +187,11 @@ class _Processor:
         policy: RowFilter | None,
         return_resources: bool,
         skip_unchanged: bool,
+        author: str | None = None,
     ) -> None:
         self.store = store
+        self.author = author
+        self.written: list[tuple[StoredResource, str]] = []  # (version, activity) of the running transaction
         self.parser = parser
         self.base = base
         self.can = can
@@ -270,6 +279,7 @@ class _Processor:
                 if (e.rtype, e.rid) in seen:
                     raise invalid(f"{e.rtype}/{e.rid} appears twice in the transaction", [e.where], code="duplicate")
                 seen.add((e.rtype, e.rid))
+        self.written = []
         with self.store.transaction() as tx:
             try:
                 aliases = self._assign_ids(tx, entries)
@@ -281,6 +291,8 @@ class _Processor:
                         self._rewrite(tx, e, aliases)
                 for e in sorted(entries, key=_processing_order):
                     e.response = self._execute(tx, e)
+                if self.author is not None and self.written:
+                    record_writes(tx, self.written, self.author)
             except SearchError as exc:
                 raise FhirError(str(exc), status=400, code=exc.code) from exc
 
@@ -358,35 +370,45 @@ class _Processor:
             if e.method == "POST":
                 assert e.resource is not None
                 outcome = interactions.create(tx, self.parser, e.resource, rid=e.rid, access=self.access)
-                return self._write_response(outcome.status, outcome.resource)
+                return self._write_response(outcome.status, self._wrote(outcome.resource, outcome.status == 201))
             if e.method == "PUT":
                 assert e.resource is not None and e.rid is not None
                 resource = {**e.resource, "id": e.resource.get("id", e.rid) if e.query == "" else e.rid}
                 outcome = interactions.update(tx, resource, e.rtype, e.rid, if_match=e.if_match,
                                               skip_unchanged=self.skip_unchanged, prepared=e.prepared,
                                               access=self.access)
-                return self._write_response(outcome.status, outcome.resource)
+                return self._write_response(outcome.status, self._wrote(outcome.resource, outcome.status == 201))
             if e.method == "PATCH":
                 if e.rid is None:
                     raise invalid("PATCH needs an id", [f"{e.where}.request.url"])
                 outcome = interactions.patch(tx, e.rtype, e.rid, e.resource, if_match=e.if_match,
                                              access=self.access)
                 # The patched resource is mostly what was stored: only for a client that may read it.
-                entry = self._write_response(outcome.status, outcome.resource)
+                entry = self._write_response(outcome.status, self._wrote(outcome.resource, False))
                 if not self.access.may_return(e.rtype):
                     entry.pop("resource", None)
                 return entry
             if e.method == "DELETE":
                 if e.rid is not None:
-                    interactions.delete(tx, e.rtype, e.rid, access=self.access)
+                    deleted = interactions.delete(tx, e.rtype, e.rid, access=self.access)
+                    tombstones = [deleted] if deleted is not None else []
                 else:
-                    interactions.conditional_delete(tx, self.parser, e.rtype, e.query, access=self.access)
+                    tombstones = interactions.conditional_delete(tx, self.parser, e.rtype, e.query,
+                                                                 access=self.access)
+                for tombstone in tombstones:
+                    self._wrote(tombstone, False)
                 return {"response": {"status": "204 No Content"}}
             return self._get(tx, e)
         except GatewayError as exc:
             if not exc.expression and not exc.extra_issues:
                 exc.expression = [e.where]
             raise
+
+    def _wrote(self, res: StoredResource, created: bool) -> StoredResource:
+        """Note a version this transaction wrote, for its Provenance (clients' writes only)."""
+        if self.author is not None:
+            self.written.append((res, activity_of(res, created)))
+        return res
 
     def _get(self, tx: StoreTransaction, e: _Entry) -> dict[str, Any]:
         if e.rid is not None:

@@ -9,6 +9,8 @@ from .dates import from_epoch as from_epoch
 from .extract import ExtractionPlan as ExtractionPlan
 from .extract import IndexRows as IndexRows
 from .extract import index_rows as index_rows
+from .extract import normalise as normalise
+from .paths import split_reference as split_reference
 from .policy import DataPolicy as DataPolicy
 from .policy import PolicyError as PolicyError
 from .policy import RowFilter as RowFilter

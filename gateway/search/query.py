@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from gateway.errors import FhirError, RequestError
+from gateway.r4 import RESOURCE_TYPES
 from gateway.search.access import TRUSTED, SearchAccess
 from gateway.search.dates import DateFormatError, date_range
 from gateway.search.extract import normalise
@@ -143,6 +144,9 @@ class Include:
     source: str
     param: str
     target: str | None
+    # Types an untargeted include must not return (the client may read all the others): one
+    # query with an exclusion instead of one query for each of a hundred allowed types.
+    exclude: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -291,7 +295,12 @@ class QueryParser:
                     status=403, code="forbidden", expression=["_include"],
                 )  # fmt: skip
             else:
-                includes.extend(Include(inc.source, inc.param, target) for target in allowed)
+                candidates = param.targets if param is not None and param.targets else RESOURCE_TYPES
+                denied = tuple(sorted(set(candidates) - set(allowed)))
+                if len(denied) < len(allowed):
+                    includes.append(Include(inc.source, inc.param, None, denied))
+                else:
+                    includes.extend(Include(inc.source, inc.param, target) for target in allowed)
         query.includes = includes
         for inc in query.revincludes:
             access.require_return(inc.source, "_revinclude")

@@ -2,6 +2,7 @@
 
 from .base import AccessToken as AccessToken
 from .base import ApiClient as ApiClient
+from .base import AuditTrail as AuditTrail
 from .base import Change as Change
 from .base import ChangeFeed as ChangeFeed
 from .base import ChangeOp as ChangeOp

@@ -8,12 +8,14 @@ Consumers type against the narrowest protocol they use:
 * ``ClientRegistry``: API clients and their token hashes, the access tokens issued to them
   and the assertion ids they used (the authenticator and the SMART token endpoint);
 * ``QuarantineStore``: received records that failed, kept for replay;
+* ``AuditTrail``: AuditEvents, stored and indexed like any resource but outside the change feed;
 * ``Store``: all of them plus the lifecycle (``ping``, ``close``); ``open_store`` returns one.
 
 Two implementations exist (``SQLiteStore`` and ``PostgresStore``), both built on
 ``SqlStore`` and both held to one contract suite, split along the same seams:
 ``tests/store/test_resources_contract.py``, ``test_change_feed_contract.py``,
-``test_clients_contract.py``, ``test_quarantine_contract.py`` and ``test_schema_contract.py``.
+``test_clients_contract.py``, ``test_quarantine_contract.py``, ``test_audit_contract.py`` and
+``test_schema_contract.py``.
 
 The store is synchronous on purpose: the request and ingest paths run one unit of work
 per worker thread (``anyio.to_thread``), so transaction logic (FHIR transaction
@@ -376,7 +378,28 @@ class QuarantineStore(Protocol):
         ...
 
 
-class Store(ResourceStore, ChangeFeed, ClientRegistry, QuarantineStore, Protocol):
+class AuditTrail(Protocol):
+    """The audit trail: AuditEvent resources, searchable like any other, never in the change feed.
+
+    An audit write is not a change of the health record: it must never be delivered to a
+    destination nor wake the delivery outbox, so it bypasses ``StoreTransaction`` and its feed.
+    """
+
+    def audit_append(self, resources: Sequence[dict[str, Any]], rows: Sequence[IndexRows] | None = None) -> int:
+        """Store AuditEvents (server-assigned ids, version 1, search index rows), in one transaction;
+        return how many were stored. No change-feed entry is written.
+
+        ``rows`` are the events' index rows when the caller built them (they must equal what
+        ``index_rows`` extracts); otherwise they are extracted here.
+        """
+        ...
+
+    def audit_purge(self, before: datetime) -> int:
+        """Delete the AuditEvents stored before ``before`` (and their index rows); return how many."""
+        ...
+
+
+class Store(ResourceStore, ChangeFeed, ClientRegistry, QuarantineStore, AuditTrail, Protocol):
     """The whole store, as ``open_store`` returns it: every part above plus its lifecycle."""
 
     @property

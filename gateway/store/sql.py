@@ -9,6 +9,7 @@ quarantine) is written once here against DB-API cursors.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
@@ -18,6 +19,7 @@ import orjson
 
 from gateway.search import (
     ExtractionPlan,
+    IndexRows,
     RowFilter,
     SearchError,
     SearchQuery,
@@ -26,6 +28,7 @@ from gateway.search import (
     date_sort_walk,
     default_registry,
     from_epoch,
+    index_rows,
     page_sql,
     subtree_sql,
     visible_probe,
@@ -42,7 +45,7 @@ from gateway.store.base import (
     StoredResource,
 )
 from gateway.store.migrations import MIGRATIONS, statements_for
-from gateway.store.rows import COLUMNS, Cursor, to_resource
+from gateway.store.rows import COLUMNS, INDEX_TABLES, Cursor, to_resource
 from gateway.store.sqlops import WriteStep, insert_sql
 from gateway.store.writes import SqlTransaction, prepare_write
 
@@ -51,6 +54,8 @@ _MAX_SUBTREE = 2000
 #: A looked-up subtree serves this long: moving a facility under another district shows in
 #: every process within this bound (as revoking a client does).
 _SUBTREE_SECONDS = 1.0
+#: The one resource type the audit trail holds (``AuditTrail``).
+AUDIT_TYPE = "AuditEvent"
 #: Ids a query lists at most (SQLite binds at most 32,766 parameters a statement).
 _IDS_PER_QUERY = 500
 
@@ -205,6 +210,9 @@ class SqlStore:
         if rid is not None:
             conds.append("r.id = ?")
             params.append(rid)
+        if rtype is None:
+            # The audit trail is not part of the record's history; admins search it as AuditEvent.
+            conds.append(f"r.rtype <> '{AUDIT_TYPE}'")
         if since is not None:
             conds.append("r.lu >= ?")
             # lu is stored to the millisecond, as lastUpdated shows it; the margin absorbs float
@@ -293,6 +301,9 @@ class SqlStore:
             if inc.target:
                 sql += " AND x.ttype = ?"
                 params.append(inc.target)
+            elif inc.exclude:
+                sql += f" AND x.ttype NOT IN ({', '.join('?' for _ in inc.exclude)})"
+                params.extend(inc.exclude)
             cur.execute(self.q(sql), params)
             refs.extend((t, i) for t, i in cur.fetchall() if t and i and (t, i) not in seen)
         if query.policy is not None and refs:
@@ -455,6 +466,38 @@ class SqlStore:
         if plan is None:
             plan = self._indexed[rtype] = ExtractionPlan(self.registry.indexed(rtype))
         return plan
+
+    # -- audit trail -------------------------------------------------------------------------
+    def audit_append(self, resources: Sequence[dict[str, Any]], rows: Sequence[IndexRows] | None = None) -> int:
+        """Store AuditEvents in one transaction, indexed for search, without change-feed entries."""
+        if any(resource.get("resourceType") != AUDIT_TYPE for resource in resources):
+            raise ValueError("the audit trail holds AuditEvents only")
+        if not resources:
+            return 0
+        plan = self.indexed_params(AUDIT_TYPE)
+        with self._write_cursor() as cur:
+            tx = SqlTransaction(self, cur, feed=False)
+            tx.reserve(len(resources))
+            for n, resource in enumerate(resources):
+                rid = str(uuid.uuid4())
+                # An AuditEvent is never updated: no content hash, and no meta but the version stamp.
+                body = {"resourceType": AUDIT_TYPE, "id": rid,
+                        **{k: v for k, v in resource.items() if k not in ("resourceType", "id", "meta")}}
+                index = rows[n] if rows is not None else index_rows(body, plan)
+                tx.append(PreparedWrite(AUDIT_TYPE, rid, body, "", index))
+            tx.flush()
+        return len(resources)
+
+    def audit_purge(self, before: datetime) -> int:
+        """Delete AuditEvents stored before ``before``, with their index rows; return how many."""
+        old = "SELECT rid FROM resources WHERE rtype = ? AND lu < ?"
+        params = (AUDIT_TYPE, before.timestamp())
+        with self._write_cursor() as cur:
+            for table in INDEX_TABLES:
+                cur.execute(self.q(f"DELETE FROM {table} WHERE rid IN ({old})"), params)
+            cur.execute(self.q("DELETE FROM history WHERE rtype = ? AND lu < ?"), params)
+            cur.execute(self.q("DELETE FROM resources WHERE rtype = ? AND lu < ?"), params)
+            return int(cur.rowcount)
 
     # -- API clients -------------------------------------------------------------------------
     _CLIENT_COLUMNS = "name, scopes, created, disabled, expires, revoked, last_used, policy, jwks"

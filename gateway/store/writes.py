@@ -75,9 +75,10 @@ def _row(values: Any) -> _Row:
 class SqlTransaction:
     """Reads and writes inside one open database transaction."""
 
-    def __init__(self, store: SqlBackend, cur: Cursor) -> None:
+    def __init__(self, store: SqlBackend, cur: Cursor, *, feed: bool = True) -> None:
         self.store = store
         self.cur = cur
+        self.feed = feed  # False: writes leave no change-feed entry (the audit trail)
         self._pending: dict[str, list[tuple[Any, ...]]] = {table: [] for table in INSERT_COLUMNS}
         self._updates: list[tuple[Any, ...]] = []  # resource rows that exist, new content
         self._reindex: list[int] = []  # row ids whose old index rows must go before new ones land
@@ -157,12 +158,22 @@ class SqlTransaction:
             return WriteResult(current.stored(), created=False)
         return self._write(rtype, rid, prepared, current)
 
+    def append(self, prepared: PreparedWrite) -> WriteResult:
+        """Store the first version of a resource whose id is new for sure (a server-made uuid), unread."""
+        self._rows[(prepared.rtype, prepared.id)] = None
+        return self._write(prepared.rtype, prepared.id, prepared, None)
+
     def delete(self, rtype: str, rid: str) -> StoredResource | None:
         """Write a tombstone version; None when nothing live was there."""
         current = self._current(rtype, rid)
         if current is None or current.deleted:
             return None
         return self._write(rtype, rid, None, current).resource
+
+    def reserve(self, count: int) -> None:
+        """Reserve row ids for ``count`` resources about to be created (one query instead of one each)."""
+        if count > len(self._free_ids):
+            self._reserve(count - len(self._free_ids))
 
     def flush(self) -> None:
         """Write the buffered rows (called before searches and at commit)."""
@@ -239,7 +250,8 @@ class SqlTransaction:
             op = ChangeOp.DELETE if deleted else ChangeOp.UPDATE
         if rows is not None:
             self._index(row_id, rtype, rows)
-        pending["changes"].append((rtype, rid, version, op.value, now))
+        if self.feed:
+            pending["changes"].append((rtype, rid, version, op.value, now))
         row = _Row(row_id, rtype, rid, version, now, deleted, chash, content)
         self._rows[(rtype, rid)] = row
         created = current is None or current.deleted

@@ -7,6 +7,7 @@
   (legal FHIR JSON the models refuse) → it must round-trip too;
 * the R4B models reject it otherwise → 4xx with an OperationOutcome; a type R4B has no model for
   (R4-only types such as MedicinalProduct) may instead be stored, if it round-trips;
+* an AuditEvent → 403 (only the gateway writes the audit trail);
 * never a 5xx, and every response body validates against the R4 JSON schema (the
   response hook of ``tests/support/fhir_responses.py``).
 
@@ -112,6 +113,9 @@ async def _round_trip(client: httpx.AsyncClient, name: str, raw: bytes, verdict:
         check_response(created)
     except ResponseViolation as exc:
         return Outcome(name, rtype, expected, False, str(exc)[:300])
+    if rtype == "AuditEvent":
+        # The audit trail is written by the gateway alone: every client is refused.
+        return Outcome(name, rtype, expected, created.status_code == 403, f"POST -> {created.status_code}")
     if created.status_code >= 400:
         ok = expected in ("reject", "either") and created.status_code < 500
         return Outcome(name, rtype, expected, ok, f"POST -> {created.status_code}")

@@ -110,7 +110,8 @@ def raw_request(
 
 
 def history_total(client: httpx.Client) -> int:
-    """How many resource versions the store holds (every write adds one): a probe for "nothing changed"."""
+    """How many resource versions the store holds (every REST write adds two, with its Provenance):
+    a probe for "nothing changed"."""
     response = client.get("/_history", params={"_count": "0"})
     assert response.status_code == 200, response.text
     total: int = response.json()["total"]
