@@ -112,7 +112,7 @@ def test_config_check_masks_the_rate_limit_redis_password(env: Path, monkeypatch
     assert "hunter3" not in result.stdout
     limits = json.loads(result.stdout)["rate_limit"]
     assert limits["redis_url"] == "redis://:***@127.0.0.1:6379/2"
-    assert (limits["enabled"], limits["requests_per_second"], limits["burst"]) == (True, 50.0, 200)
+    assert (limits["enabled"], limits["requests_per_second"], limits["burst"]) == (True, 1000.0, 5000)
 
 
 def test_config_check_masks_password_like_query_parameters(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,6 +8,8 @@ closes everything on shutdown. Routers only route. Every error leaves as an Oper
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import traceback
 from collections.abc import AsyncIterator
@@ -15,6 +17,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
@@ -46,6 +49,8 @@ from .request_state import request_id_of
 
 log = logging.getLogger("gateway.api")
 
+# How often noted last-use times reach the store (they are noted at most once a minute per client).
+LAST_USE_FLUSH_SECONDS = 5.0
 _HTTP_CODES = {404: "not-found", 405: "not-supported", 401: "login", 403: "forbidden", 413: "too-costly"}
 
 
@@ -77,12 +82,16 @@ def create_app(
         except BaseException:
             services.close_now()
             raise
+        last_use = asyncio.create_task(_record_last_use(ctx))
         try:
             await services.start()
             settle_heap()
             yield
         finally:
-            ctx.auth.close()
+            last_use.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await last_use
+            await anyio.to_thread.run_sync(ctx.auth.flush)
             try:
                 await services.stop()
             finally:
@@ -121,6 +130,13 @@ def create_app(
     if settings.api_docs:
         _install_docs(app)
     return app
+
+
+async def _record_last_use(ctx: AppContext) -> None:
+    """Write the clients' last-use times the authenticator noted, off the event loop, every few seconds."""
+    while True:
+        await asyncio.sleep(LAST_USE_FLUSH_SECONDS)
+        await anyio.to_thread.run_sync(ctx.auth.flush)
 
 
 def _install_docs(app: FastAPI) -> None:

@@ -7,7 +7,6 @@ import hmac
 import logging
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -50,7 +49,9 @@ class Authenticator:
         # digest -> (cached until, principal or None, expires epoch or None)
         self._cache: dict[str, tuple[float, Principal | None, float | None]] = {}
         self._touched: dict[str, float] = {}
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="client-last-use")
+        # Last-use times waiting to be written (client -> when): the request path only notes them;
+        # ``flush`` writes them, from the app's background task or at shutdown.
+        self._pending: dict[str, datetime] = {}
 
     def principal(self, authorization: str | None) -> Principal:
         """The principal a header authenticates, or a 401 ``FhirError``."""
@@ -113,21 +114,18 @@ class Authenticator:
             self._touched.clear()
         self._touched[name] = now
         # A write, even once a minute, must not hold up the event loop the lookup runs on.
-        self._writer.submit(self._record_use, name, datetime.fromtimestamp(now, UTC))
-
-    def _record_use(self, name: str, when: datetime) -> None:
-        try:
-            self.store.touch_client(name, when)
-        except Exception as exc:  # last use is bookkeeping: a busy or read-only database must not refuse the request
-            log.warning("could not record last use of a client (%s)", type(exc).__name__)
+        # A write, even once a minute, must not hold up the event loop the lookup runs on.
+        self._pending[name] = datetime.fromtimestamp(now, UTC)
 
     def flush(self) -> None:
-        """Wait until every last-use write asked for so far is done."""
-        self._writer.submit(lambda: None).result()
-
-    def close(self) -> None:
-        """Finish the pending last-use writes and stop their thread."""
-        self._writer.shutdown(wait=True)
+        """Write the last-use times noted so far (blocking: run it off the event loop)."""
+        while self._pending:
+            name = next(iter(self._pending))
+            when = self._pending.pop(name)
+            try:
+                self.store.touch_client(name, when)
+            except Exception as exc:  # bookkeeping: a busy or read-only database must not refuse requests
+                log.warning("could not record last use of a client (%s)", type(exc).__name__)
 
     def forget(self) -> None:
         """Drop cached lookups (after clients change)."""

@@ -7,8 +7,6 @@ replaces sleeping.
 from __future__ import annotations
 
 import sqlite3
-import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -51,22 +49,9 @@ def clock() -> Clock:
     return Clock()
 
 
-_opened: list[Authenticator] = []
-
-
 def make_auth(store: object, **kwargs: Any) -> Authenticator:
-    """An authenticator closed (its last-use writes finished) before the store closes."""
-    auth = Authenticator(store, **kwargs)  # type: ignore[arg-type]
-    _opened.append(auth)
-    return auth
-
-
-@pytest.fixture(autouse=True)
-def close_authenticators(store: ClientRegistry) -> Iterator[None]:
-    """Depends on ``store`` so that it tears down first."""
-    yield
-    while _opened:
-        _opened.pop().close()
+    """An authenticator over ``store`` (or a stand-in for one)."""
+    return Authenticator(store, **kwargs)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -134,6 +119,7 @@ def test_last_use_is_recorded_at_most_once_a_minute_per_process(
     token = register(store, clock)
     auth = processes[0]
     auth.principal(f"Bearer {token}")
+    assert [c.last_used for c in store.list_clients()] == [None]  # the request path only notes it
     auth.flush()
     first = datetime.fromtimestamp(clock.now, UTC)
     assert [c.last_used for c in store.list_clients()] == [first]
@@ -167,7 +153,6 @@ def test_a_failed_last_use_write_does_not_refuse_the_request(
             return getattr(store, name)
 
         def touch_client(self, name: str, when: datetime) -> None:
-            assert threading.current_thread() is not threading.main_thread()  # never on the request's thread
             raise sqlite3.OperationalError("database is locked")
 
     auth = make_auth(Busy(), now=clock)
