@@ -2,12 +2,15 @@
 
     client = destination_client(timeout=30.0, concurrency=4, auth=credentials.httpx_auth())
 
-Connectors send through it with ``gateway.connectors.exchange``.
+Connectors send through it with ``gateway.connectors.exchange``. Its request hook
+``fencing.fence_request`` refuses any request sent after its delivery's lease hold ended.
 """
 
 from __future__ import annotations
 
 import httpx
+
+from gateway.delivery.fencing import fence_request
 
 USER_AGENT = "chw-fhir-gateway-delivery/0.1"
 
@@ -26,5 +29,6 @@ def destination_client(
         limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
         follow_redirects=False,
         headers={"User-Agent": USER_AGENT},
+        event_hooks={"request": [fence_request]},
         transport=transport,
     )
