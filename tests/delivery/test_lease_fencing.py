@@ -172,3 +172,22 @@ async def test_the_hook_refuses_a_request_after_the_hold_and_caps_waits_within_i
         hold.lose()
         with holding(hold), pytest.raises(LeaseLost):
             await client.get("http://dest/c")
+
+
+async def test_a_hold_that_ends_after_the_hook_still_stops_the_write() -> None:
+    # The hook ran in time, then the worker stalled (a pool slot, an event-loop turn, the OS)
+    # past the hold: the connection's own check must keep the request off the wire.
+    server = LoopbackFhirServer().start()
+    readings = iter([100.0, 200.0])
+    hold = Hold(until=150.0, now=lambda: next(readings, 300.0))
+    client = destination_client(timeout=5, concurrency=1)
+    try:
+        with holding(hold), pytest.raises(LeaseLost):
+            await client.put(f"{server.url}/Observation/o1", json={"resourceType": "Observation"})
+        assert next(readings, None) is None  # both checks ran: the hook's and the write's
+        response = await client.put(f"{server.url}/Observation/o1", json={"resourceType": "Observation"})
+        assert response.status_code == 201  # the client itself is fine; outside a delivery: no hold
+        assert [r.path for r in server.requests] == ["/fhir/Observation/o1"]
+    finally:
+        await client.aclose()
+        server.stop()
