@@ -17,7 +17,8 @@ A reference's type is checked only when it can be known without a lookup:
 * ``Reference.type``, when given (a type name or a core StructureDefinition URL).
 
 A logical reference (identifier only), a display-only one, or a URL that does not end in a
-known ``Type/id`` is not judged. Violations raise a 422 ``FhirError`` whose issues name
+known ``Type/id`` is not judged, nor is anything inside an extension (its own definition
+governs its value). Violations raise a 422 ``FhirError`` whose issues name
 each element (``ServiceRequest.performer[0]``) and the types allowed there.
 
     check_reference_targets(resource)                       # one resource (validation)
@@ -41,6 +42,7 @@ __all__ = ["check_reference_targets", "reference_type"]
 _MAX_ISSUES = 20
 _CORE = "http://hl7.org/fhir/StructureDefinition/"
 _RESOURCE = "Resource"  # the element table's name for "any resource" (contained, entry.resource)
+_EXTENSION = "Extension"
 
 # Per type: property -> (allowed target types or None, type to descend into or None).
 _Plan = dict[str, tuple[frozenset[str] | None, str | None]]
@@ -58,12 +60,14 @@ def _plans() -> dict[str, _Plan]:
         name: {prop: spec.removesuffix("[]") for prop, spec in entry["p"].items()} for name, entry in types.items()
     }
     # Types that hold a restricted Reference somewhere below them (a fixed point: types nest).
+    # Extensions are not entered: their own definitions govern their values, and leaving
+    # them out keeps the walk off every Coding, Quantity and Period (each may carry one).
     leads = {name for name in targets}
     changed = True
     while changed:
         changed = False
         for name, props in specs.items():
-            if name not in leads and any(t in leads or t == _RESOURCE for t in props.values()):
+            if name not in leads and any(t != _EXTENSION and (t in leads or t == _RESOURCE) for t in props.values()):
                 leads.add(name)
                 changed = True
     plans: dict[str, _Plan] = {}
@@ -71,7 +75,7 @@ def _plans() -> dict[str, _Plan]:
         plan: _Plan = {}
         for prop, spec in props.items():
             allowed = targets.get(name, {}).get(prop)
-            descend = spec if spec in leads or spec == _RESOURCE else None
+            descend = spec if spec != _EXTENSION and (spec in leads or spec == _RESOURCE) else None
             if allowed is not None or descend is not None:
                 plan[prop] = (frozenset(allowed) if allowed is not None else None, descend)
         plans[name] = plan
