@@ -369,8 +369,11 @@ class Worker:
         for item in batch:
             runtime = self.runtimes.get(item.job.destination)
             if runtime is not None:
-                runtime.in_flight.pop(item.job.id, None)
-                runtime.holds.pop(item.job.id, None)
+                held = runtime.in_flight.get(item.job.id)
+                if held is not None and held.receipt == item.job.receipt:
+                    # (a stale claim's settlement must not end the renewals of the job's new claim)
+                    del runtime.in_flight[item.job.id]
+                    runtime.holds.pop(item.job.id, None)
                 runtime.wake.set()
 
     async def _heartbeat_loop(self) -> None:
