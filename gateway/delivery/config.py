@@ -149,7 +149,10 @@ class DeliverySettings(BaseModel):
     in_process_worker: bool = Field(True, description="gateway serve runs a worker (off: use gateway worker)")
     poll_interval: Duration = Field(0.5, gt=0, description="idle wait before looking for due jobs again")
     lease: Duration = Field(
-        60.0, gt=0, description="a claimed job returns to the queue if its worker is silent this long"
+        60.0,
+        gt=0,
+        description="a claimed job returns to the queue if its worker is silent this long;"
+        " a worker sends nothing for a claim in its last quarter",
     )
     drain_timeout: Duration = Field(10.0, description="graceful shutdown: wait this long for in-flight jobs")
     outbox_batch: int = Field(500, ge=1, le=10000)

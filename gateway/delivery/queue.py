@@ -17,7 +17,11 @@ What every backend guarantees:
 * **Leases.** A claimed job is in flight until settled; if its worker goes silent for the
   lease period, another worker claims it again. Each claim gets a new token (in
   ``Job.receipt``), and a settlement carrying an old token is ignored, so a worker that
-  was presumed dead cannot settle a job twice.
+  was presumed dead cannot settle a job twice. ``extend`` renews only claims still held
+  and says which, so a worker learns when it lost one; the lease deadline is the
+  caller's clock at the claim (or renewal) plus the lease, never earlier. With that the
+  worker fences its sends (``fencing``): a claim it may have lost is never sent, so a slow
+  worker cannot deliver a job again after the key's later jobs.
 * **Coalescing.** When asked (``coalesce=True``), ``claim`` skips a job whose resource has a
   newer version queued for the same destination, and counts it as delivered.
 * **Payload retention.** A delivered job is deleted with its payload; retrying and dead
@@ -173,8 +177,8 @@ class DeliveryQueue(Protocol):
         """Lease up to ``limit`` due jobs, each the oldest live job of its key (none when paused)."""
         ...
 
-    async def extend(self, jobs: Sequence[Job]) -> None:
-        """Renew the leases of in-flight jobs still held by their claim."""
+    async def extend(self, jobs: Sequence[Job]) -> set[str]:
+        """Renew the leases of in-flight jobs still held by their claim; the ids renewed."""
         ...
 
     async def settle(self, settlements: Sequence[Settlement]) -> None:

@@ -156,16 +156,19 @@ class RedisQueue:
             )
         return jobs
 
-    async def extend(self, jobs: Sequence[Job]) -> None:
-        """Renew the leases of ``jobs`` still held by the same claim."""
+    async def extend(self, jobs: Sequence[Job]) -> set[str]:
+        """Renew the leases of ``jobs`` still held by the same claim; the ids renewed."""
         by_destination: dict[str, list[str]] = defaultdict(list)
         for job in jobs:
             by_destination[job.destination] += [job.id, job.receipt]
         until = _ms(self.clock.now() + self.lease)
+        renewed: set[str] = set()
         for destination, pairs in by_destination.items():
-            await self._call(
+            held = await self._call(
                 functools.partial(self._extend, keys=[self._base(destination)], args=[until, *pairs])
             )
+            renewed.update(_str(job_id) for job_id in held)
+        return renewed
 
     async def settle(self, settlements: Sequence[Settlement]) -> None:
         """Apply acks, retries, burials, releases and splits, one script per destination."""

@@ -230,16 +230,18 @@ return applied
 """
 )
 
-# ARGV: lease deadline (ms), then id, token pairs.
+# ARGV: lease deadline (ms), then id, token pairs. Returns the ids still held (renewed).
 EXTEND = f"""
 local P = KEYS[1]
+local held = {{}}
 for i = 2, #ARGV, 2 do
   local f = redis.call('HMGET', P .. '{keys.JOB}' .. ARGV[i], 'c', 's')
   if f[1] == ARGV[i + 1] and f[2] == 'in_flight' then
     redis.call('ZADD', P .. '{keys.INFLIGHT}', 'XX', ARGV[1], ARGV[i])
+    held[#held + 1] = ARGV[i]
   end
 end
-return 0
+return held
 """
 
 # ARGV: now (s), then job ids. Dead jobs go behind their key's live jobs with 0 attempts.

@@ -339,18 +339,23 @@ class SQLiteQueue:
         if row is not None and not row[1]:
             conn.execute("UPDATE jobs SET head = 1 WHERE id = ?", (row[0],))
 
-    async def extend(self, jobs: Sequence[Job]) -> None:
-        """Renew the leases of ``jobs`` (those still held by the same claim)."""
-        if jobs:
-            await self._run(self._extend, list(jobs))
+    async def extend(self, jobs: Sequence[Job]) -> set[str]:
+        """Renew the leases of ``jobs`` still held by the same claim; the ids renewed."""
+        if not jobs:
+            return set()
+        return await self._run(self._extend, list(jobs))
 
-    def _extend(self, conn: sqlite3.Connection, jobs: list[Job]) -> None:
+    def _extend(self, conn: sqlite3.Connection, jobs: list[Job]) -> set[str]:
         until = self.clock.now() + self.lease
+        renewed: set[str] = set()
         with self._tx(conn):
-            conn.executemany(
-                "UPDATE jobs SET lease_until = ? WHERE id = ? AND claims = ? AND state = 'in_flight'",
-                [(until, job.id, int(job.receipt or 0)) for job in jobs],
-            )
+            for job in jobs:
+                if conn.execute(
+                    "UPDATE jobs SET lease_until = ? WHERE id = ? AND claims = ? AND state = 'in_flight'",
+                    (until, job.id, int(job.receipt or 0)),
+                ).rowcount:
+                    renewed.add(job.id)
+        return renewed
 
     async def settle(self, settlements: Sequence[Settlement]) -> None:
         """Apply acks, retries, burials and releases in one transaction."""

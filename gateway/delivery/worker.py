@@ -15,6 +15,13 @@ earlier than a Retry-After), or gives up → dead letter "retries_exhausted"; Pe
 dead letter with request/response; Partial → delivered, and one dead letter per refused
 part (``Split``); an exception raised by a connector → dead letter "internal_error" with
 the traceback (a bug must not become a silent retry loop).
+
+Fencing (``fencing``): each delivery runs under a hold that ends a quarter-lease before
+the queue could give its jobs to another worker; the heartbeat moves it on only when the
+queue confirms the claims, and ends it when the queue says one is gone. A request the
+connector would send after the hold ended is refused (``LeaseLost``) and the jobs are
+released untried: a slow worker never delivers a job after another worker delivered it
+and the key's later jobs.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from gateway.connectors import (
 )
 from gateway.delivery.breaker import CircuitBreaker, CircuitState
 from gateway.delivery.config import DestinationConfig
+from gateway.delivery.fencing import Hold, LeaseLost, hold_until, holding
 from gateway.delivery.policy import RetryPolicy
 from gateway.delivery.queue import (
     Ack,
@@ -77,6 +85,7 @@ class DestinationRuntime:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     active_calls: int = 0
     in_flight: dict[str, Job] = field(default_factory=dict)
+    holds: dict[str, Hold] = field(default_factory=dict)  # job id -> its delivery's hold
 
     @property
     def name(self) -> str:
@@ -211,6 +220,7 @@ class Worker:
                 continue
             probing = runtime.breaker.state is CircuitState.HALF_OPEN
             limit = batch if probing else free * batch
+            started = self.clock.now()  # before the claim: the queue's lease ends lease after this or later
             try:
                 jobs = await self.queue.claim(
                     runtime.name, worker=self.name, limit=limit, coalesce=runtime.config.coalesces
@@ -229,17 +239,20 @@ class Worker:
                 chunk = jobs[start : start + batch]
                 runtime.breaker.started(now)
                 runtime.active_calls += 1
+                hold = Hold(hold_until(started, self.lease), self.clock.now)
                 for job in chunk:
                     runtime.in_flight[job.id] = job
-                task = asyncio.create_task(self._deliver(runtime, chunk))
+                    runtime.holds[job.id] = hold
+                task = asyncio.create_task(self._deliver(runtime, chunk, hold))
                 self._deliveries.add(task)
                 task.add_done_callback(self._deliveries.discard)
 
     # -- delivering -------------------------------------------------------------------------
 
-    async def _deliver(self, runtime: DestinationRuntime, jobs: list[Job]) -> None:
+    async def _deliver(self, runtime: DestinationRuntime, jobs: list[Job], hold: Hold) -> None:
         try:
-            outcomes = await self._call_connector(runtime, jobs)
+            with holding(hold):
+                outcomes = await self._call_connector(runtime, jobs)
         except asyncio.CancelledError:
             # Shutdown: whether the destination got it is unknown; give it back untried
             # (delivery is at-least-once and writes are idempotent).
@@ -247,6 +260,15 @@ class Worker:
             self._settlements.put_nowait([Release(job) for job in jobs])
             runtime.active_calls -= 1
             raise
+        except LeaseLost:
+            # Another worker may hold these jobs now: send nothing more. The release is
+            # ignored if the claim did pass on, and hands the jobs back early if not.
+            log.warning("delivery %s: lease lost before sending %d jobs; released", runtime.name, len(jobs))
+            runtime.breaker.probe_in_flight = False
+            self._settlements.put_nowait([Release(job) for job in jobs])
+            runtime.active_calls -= 1
+            runtime.wake.set()
+            return
         now = self.clock.now()
         self._observe(runtime, outcomes, now)
         self._settlements.put_nowait(
@@ -263,7 +285,7 @@ class Worker:
             outcomes = await runtime.connector.deliver(jobs)
             if len(outcomes) != len(jobs):
                 raise RuntimeError(f"connector returned {len(outcomes)} outcomes for {len(jobs)} jobs")
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, LeaseLost):
             raise
         except Exception as exc:  # a bug in our code: dead-letter with the traceback, do not retry
             reraise_if_cancelled(exc)
@@ -347,17 +369,36 @@ class Worker:
         for item in batch:
             runtime = self.runtimes.get(item.job.destination)
             if runtime is not None:
-                runtime.in_flight.pop(item.job.id, None)
+                held = runtime.in_flight.get(item.job.id)
+                if held is not None and held.receipt == item.job.receipt:
+                    # (a stale claim's settlement must not end the renewals of the job's new claim)
+                    del runtime.in_flight[item.job.id]
+                    runtime.holds.pop(item.job.id, None)
                 runtime.wake.set()
 
     async def _heartbeat_loop(self) -> None:
         while True:
             await self.clock.sleep(self.lease / 3)
-            jobs = [job for runtime in self.runtimes.values() for job in runtime.in_flight.values()]
-            if not jobs:
+            held = [
+                (job, runtime.holds.get(job.id))
+                for runtime in self.runtimes.values()
+                for job in list(runtime.in_flight.values())
+            ]
+            if not held:
                 continue
+            started = self.clock.now()
             try:
-                await self.queue.extend(jobs)
+                renewed = await self.queue.extend([job for job, _ in held])
             except QueueError as exc:
+                # The holds keep their ends: past them, nothing more is sent for these jobs.
                 reraise_if_cancelled(exc)
                 log.warning("delivery: lease renewal failed (%s)", type(exc).__name__)
+                continue
+            until = hold_until(started, self.lease)
+            for job, hold in held:
+                if hold is None:
+                    continue
+                if job.id in renewed:
+                    hold.renew(until)
+                else:
+                    hold.lose()

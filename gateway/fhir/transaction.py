@@ -26,6 +26,7 @@ from gateway.errors import CLIENT_ERRORS, FhirError, GatewayError, invalid, not_
 from gateway.fhir import interactions
 from gateway.fhir.outcome import outcome_of
 from gateway.fhir.provenance import activity_of, record_writes
+from gateway.fhir.reference_targets import check_reference_targets
 from gateway.fhir.validate import validate_resource
 from gateway.r4 import RESOURCE_TYPES
 from gateway.search import (
@@ -123,8 +124,19 @@ def prepare_transaction(
         raise invalid("a transaction Bundle is needed here", ["Bundle.type"], code="value")
     processor = _Processor(store, parser, base, can, policy, return_resources, skip_unchanged, author)
     entries = [processor.parse_entry(i, raw) for i, raw in enumerate(_entries(bundle))]
+    _check_full_url_targets(entries)
     processor.prepare_writes(entries)
     return PreparedTransaction(processor, entries)
+
+
+def _check_full_url_targets(entries: list[_Entry]) -> None:
+    """Judge references to other entries (``urn:uuid:…``) by the type of the entry they name."""
+    full_urls = {e.full_url: e.rtype for e in entries if e.full_url and e.method in ("POST", "PUT")}
+    if not full_urls:
+        return
+    for e in entries:
+        if e.resource is not None and e.method in ("POST", "PUT"):
+            check_reference_targets(e.resource, where=f"{e.where}.resource.", full_urls=full_urls)
 
 
 def combine_prepared(parts: list[PreparedTransaction]) -> PreparedTransaction:

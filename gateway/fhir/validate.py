@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from gateway.errors import FhirError
 from gateway.fhir.outcome import issue
+from gateway.fhir.reference_targets import check_reference_targets
 from gateway.fhir.shapes import ShapeCache, ShapePlan, canonical_instance, flatten, leaf_checks
 from gateway.fhir.strict import check_strict, default_checker
 from gateway.r4 import R4_ONLY_TYPES, RESOURCE_TYPES
@@ -73,6 +74,7 @@ def validate_resource(data: dict[str, Any], *, expected_type: str | None = None,
             _PLANS.put(tokens, plan)
     if plan.model_error is not None:
         raise _model_failure(plan.model_error, rtype, where)
+    check_reference_targets(data, where=where)  # R4's allowed target types (values, so never cached)
     return data
 
 

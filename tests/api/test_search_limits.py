@@ -92,8 +92,10 @@ async def test_a_page_including_too_many_resources_is_refused(api_on: ApiHarness
         references.append((await client.post("/fhir/Observation", json=observation)).json()["id"])
     refused(await client.get("/fhir/Patient", params={"_revinclude": "Observation:subject"}), "_revinclude")
     assert (await client.get("/fhir/Observation", params={"_include": "Observation:subject"})).status_code == 200
+    members = [(await client.post("/fhir/Patient", json={"resourceType": "Patient"})).json()["id"] for _ in range(3)]
+    # R4 lets Group.member.entity name a Patient (among others), never an Observation.
     group = {"resourceType": "Group", "type": "person", "actual": True,
-             "member": [{"entity": {"reference": f"Observation/{rid}"}} for rid in references]}
+             "member": [{"entity": {"reference": f"Patient/{rid}"}} for rid in members]}
     assert (await client.post("/fhir/Group", json=group)).status_code == 201
     refused(await client.get("/fhir/Group", params={"_include": "Group:member"}), "_include")
 

@@ -8,6 +8,8 @@
 * the R4B models reject it otherwise → 4xx with an OperationOutcome; a type R4B has no model for
   (R4-only types such as MedicinalProduct) may instead be stored, if it round-trips;
 * an AuditEvent → 403 (only the gateway writes the audit trail);
+* the four examples R4 itself ships with a reference to a type their element does not allow
+  (``WRONG_TARGETS``; the models do not check targets) → 422 naming that element;
 * never a 5xx, and every response body validates against the R4 JSON schema (the
   response hook of ``tests/support/fhir_responses.py``).
 
@@ -49,7 +51,19 @@ class Outcome:
     detail: str = ""
 
 
+# Official examples whose references break R4's own targetProfile rules (the HL7 validator
+# reports the same): example name -> the element, as the 422 names it.
+WRONG_TARGETS = {
+    "DeviceMetric-example.json": "DeviceMetric.parent",  # a DeviceDefinition; R4 allows Device
+    "DeviceUseStatement-example.json": "DeviceUseStatement.reasonReference[0]",  # a Procedure
+    "MedicationRequest-medrx0301.json": "MedicationRequest.dispenseRequest.performer",  # a Practitioner
+    "Observation-clinical-gender.json": "Observation.performer[0]",  # an Encounter
+}
+
+
 def _expectation(name: str, resource: dict[str, Any], verdict: str | None) -> str:
+    if name in WRONG_TARGETS:
+        return "reject"
     if verdict is None:
         # R4B accepts it; only a resource the strict checker also rejects (an id longer than
         # 64 characters, which a POST may ignore) may go either way.
@@ -118,6 +132,9 @@ async def _round_trip(client: httpx.AsyncClient, name: str, raw: bytes, verdict:
         return Outcome(name, rtype, expected, created.status_code == 403, f"POST -> {created.status_code}")
     if created.status_code >= 400:
         ok = expected in ("reject", "either") and created.status_code < 500
+        if name in WRONG_TARGETS:
+            issues = created.json().get("issue", [])
+            ok = created.status_code == 422 and [i.get("expression") for i in issues] == [[WRONG_TARGETS[name]]]
         return Outcome(name, rtype, expected, ok, f"POST -> {created.status_code}")
     if created.status_code != 201:
         return Outcome(name, rtype, expected, False, f"POST -> {created.status_code}, expected 201")

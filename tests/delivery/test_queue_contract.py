@@ -220,11 +220,25 @@ async def test_extend_renews_a_lease(queue: DeliveryQueue, clock: ManualClock) -
     await enqueue(queue, make_job(1))
     [job] = await claim(queue)
     await clock.advance(50)
-    await queue.extend([job])
+    assert await queue.extend([job]) == {job.id}
     await clock.advance(50)
     assert await claim(queue, worker="w2") == []
     await clock.advance(11)
     assert seqs(await claim(queue, worker="w2")) == [1]
+
+
+async def test_extend_tells_a_worker_which_claims_it_lost(queue: DeliveryQueue, clock: ManualClock) -> None:
+    # The worker fences its sends on this answer: a claim not renewed is never sent again.
+    await enqueue(queue, make_job(1, "a"), make_job(2, "b"), make_job(3, "c"))
+    mine = sorted(await claim(queue, worker="w1"), key=lambda j: j.seq)
+    await clock.advance(61)
+    [theirs] = [job for job in await claim(queue, worker="w2", limit=1)]
+    await queue.settle([Ack(mine[2])])
+    assert await queue.extend(mine) == {mine[0].id, mine[1].id} - {theirs.id}
+    assert await queue.extend([theirs]) == {theirs.id}
+    assert await queue.extend([]) == set()
+    await queue.settle([Ack(theirs)])
+    assert await queue.extend([theirs]) == set()  # settled: nothing to renew
 
 
 async def test_release_returns_a_job_without_counting_an_attempt(queue: DeliveryQueue) -> None:
