@@ -22,8 +22,9 @@ resource of the specification; ``hl7.fhir.r4.core`` is not published on the npm 
     definition whose context is an object of that type; ``element`` is ``""`` for the
     object itself or the property name when the context is one of its primitive or
     choice elements. ``paths``: type → its element path (``Patient.contact``), which
-    FHIRPath needs to resolve choice elements (``value`` → ``valueQuantity``). ``ele-1`` is left out: every element has it and the strict checker
-    already refuses the empty objects, nulls and empty arrays it forbids.
+    FHIRPath needs to resolve choice elements (``value`` → ``valueQuantity``). ``ele-1``
+    is left out: every element has it and the strict checker already refuses the empty
+    objects, nulls and empty arrays it forbids.
 """
 
 from __future__ import annotations
@@ -37,7 +38,10 @@ from typing import Any
 from tests.support.npm import R4_EXAMPLES, package_dir
 
 DATA = Path(__file__).resolve().parents[1] / "gateway" / "r4" / "data"
-_RESOURCE_BASES = ("http://hl7.org/fhir/StructureDefinition/DomainResource", "http://hl7.org/fhir/StructureDefinition/Resource")
+_RESOURCE_BASES = (
+    "http://hl7.org/fhir/StructureDefinition/DomainResource",
+    "http://hl7.org/fhir/StructureDefinition/Resource",
+)
 
 
 class Unexpandable(Exception):
@@ -117,7 +121,11 @@ def _definitions(package: Path, types: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for path in sorted(package.glob("StructureDefinition-*.json")):
         sd = json.loads(path.read_text(encoding="utf-8"))
-        if sd.get("kind") in ("resource", "complex-type") and sd["id"] in types and sd["id"] == sd.get("name", sd["id"]):
+        if (
+            sd.get("kind") in ("resource", "complex-type")
+            and sd["id"] in types
+            and sd["id"] == sd.get("name", sd["id"])
+        ):
             out.append(sd)
     return out
 
@@ -229,7 +237,9 @@ def main() -> int:
     bindings, invariants = build(package_dir(R4_EXAMPLES), table)
     for name, data in (("r4-bindings.json", bindings), ("r4-invariants.json", invariants)):
         out = DATA / name
-        out.write_text(json.dumps(data, separators=(",", ":"), sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+        out.write_text(
+            json.dumps(data, separators=(",", ":"), sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
         print(f"wrote {out} ({out.stat().st_size:,} bytes)")
     print(
         f"{sum(len(p) for p in bindings['elements'].values())} bound elements, "

@@ -24,10 +24,10 @@ evaluation raises inside fhirpathpy is treated as passed (it says nothing reliab
 from __future__ import annotations
 
 import re
-from datetime import datetime
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from fhirpathpy import apply_parsed_path
@@ -54,7 +54,9 @@ _OPTIONS = {
 _OPTIONS["traceFn"] = lambda *args: None  # type: ignore[assignment]  # dom-3 and ref-1 call trace()
 _FUNCTIONS = frozenset(invocation_registry) | {"hasValue"}
 # fhirpathpy says ``answerBoolean is Boolean`` is false (que-7): System-type tests are not trusted.
-_SYSTEM_TYPE_TEST = re.compile(r"\b(?:is|as|ofType)\s*\(?\s*(?:System\.)?(?:Boolean|String|Integer|Decimal|Date|DateTime|Time)\b")
+_SYSTEM_TYPE_TEST = re.compile(
+    r"\b(?:is|as|ofType)\s*\(?\s*(?:System\.)?(?:Boolean|String|Integer|Decimal|Date|DateTime|Time)\b"
+)
 # Functions that give an empty result on an empty input, whatever their arguments…
 _EMPTY_TO_EMPTY = frozenset(
     "where select first last tail skip take ofType as not distinct single children descendants trace "
@@ -211,7 +213,9 @@ def _evaluate(
         "rootResource": [ResourceNode.create_node(root, root.get("resourceType"))],  # type: ignore[no-untyped-call]
     }
     try:
-        result = apply_parsed_path(focus, {"children": [node]}, env, models["r4"], _OPTIONS)
+        result = apply_parsed_path(  # type: ignore[no-untyped-call]
+            focus, {"children": [node]}, env, models["r4"], _OPTIONS
+        )
     except Exception:  # fhirpathpy raises KeyError, TypeError, bare Exception… on odd data
         return None
     if len(result) == 1 and type(result[0]) is bool:
@@ -301,7 +305,9 @@ def _walk(
             if kind == KIND_COMPLEX:
                 _walk(checker, item, arg, locator + step, owner, here, out)
             else:
-                _walk(checker, item, checker.type_named(item["resourceType"]), locator + step, locator + step, here, out)
+                _walk(
+                    checker, item, checker.type_named(item["resourceType"]), locator + step, locator + step, here, out
+                )
 
 
 def _residual(
@@ -412,4 +418,3 @@ def default_invariants() -> InvariantTable:
         if _DEFAULT is None:
             _DEFAULT = InvariantTable(load_table(_DATA_FILE))
         return _DEFAULT
-

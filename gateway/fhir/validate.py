@@ -30,8 +30,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from gateway.errors import FhirError
-from gateway.fhir.outcome import issue
 from gateway.fhir.invariants import InvariantTable, Violation, default_invariants, plan_invariants
+from gateway.fhir.outcome import issue
 from gateway.fhir.shapes import ShapeCache, ShapePlan, canonical_instance, flatten, leaf_checks
 from gateway.fhir.strict import StrictChecker, default_checker
 from gateway.r4 import R4_ONLY_TYPES, RESOURCE_TYPES
