@@ -6,7 +6,14 @@ import importlib.util
 import subprocess
 import sys
 
-BENCHMARKS = ["bench.read_search", "bench.ingest_bench", "bench.queue_bench", "bench.dhis2_bench", "bench.cli_startup"]
+BENCHMARKS = [
+    "bench.read_search",
+    "bench.ingest_bench",
+    "bench.queue_bench",
+    "bench.dhis2_bench",
+    "bench.cli_startup",
+    "bench.validation_cost",
+]
 
 
 def main() -> int:

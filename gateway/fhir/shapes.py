@@ -229,6 +229,10 @@ class ShapeCache:
     def __len__(self) -> int:
         return len(self._plans)
 
+    def plans(self) -> list[ShapePlan]:
+        """The plans held now."""
+        return list(self._plans.values())
+
     def clear(self) -> None:
         """Forget every plan."""
         with self._lock:

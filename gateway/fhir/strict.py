@@ -47,7 +47,13 @@ from typing import Any
 from gateway.fhir.narrative import narrative_problem
 
 __all__ = [
-    "KIND_COMPLEX", "KIND_RESOURCE", "StrictIssue", "StrictChecker", "check_strict", "default_checker", "load_table",
+    "KIND_COMPLEX",
+    "KIND_RESOURCE",
+    "StrictIssue",
+    "StrictChecker",
+    "check_strict",
+    "default_checker",
+    "load_table",
 ]
 
 _DATA_FILE = "r4-elements.json"
@@ -109,9 +115,7 @@ class StrictChecker:
         value_sets = {url: frozenset(codes) for url, codes in (bindings or {}).get("valueSets", {}).items()}
         self._enum_text.update({id(codes): f"{url}: {_enum_text(codes)}" for url, codes in value_sets.items()})
         bound: dict[str, dict[str, str]] = (bindings or {}).get("elements", {})
-        primitives = {
-            name: self._compile_primitive(kind, regex) for name, (kind, regex) in table["primitives"].items()
-        }
+        primitives = {name: self._compile_primitive(kind, regex) for name, (kind, regex) in table["primitives"].items()}
         for name, entry in table["types"].items():
             compiled = self._types[name]
             choices = entry.get("c", [])
@@ -210,9 +214,7 @@ class StrictChecker:
                     seen_choice = {}
                 other = seen_choice.setdefault(choice, key)
                 if other != key:
-                    issues.append(
-                        StrictIssue(f"{path}.{key}", "structure", f"{choice}[x] is already given as {other}")
-                    )
+                    issues.append(StrictIssue(f"{path}.{key}", "structure", f"{choice}[x] is already given as {other}"))
             if value is None:
                 issues.append(StrictIssue(f"{path}.{key}", "structure", "null is not allowed"))
                 continue
@@ -349,9 +351,7 @@ class StrictChecker:
     def _primitive_issue(self, where: str, value: Any, prop: tuple[int, Any, bool, str, str]) -> StrictIssue:
         kind, arg, _, _, type_name = prop
         if type(value) in (dict, list):
-            return StrictIssue(
-                where, "structure", f"expected a single {type_name} value, got an array or object"
-            )
+            return StrictIssue(where, "structure", f"expected a single {type_name} value, got an array or object")
         json_types: dict[int, tuple[type, ...]] = {
             _BOOL: (bool,),
             _DECIMAL: (int, float, Decimal),

@@ -85,9 +85,7 @@ class Validator:
         if plan is None or not plan.values_ok(values):
             strict = self._checker().check(data)
             if strict:
-                issues = [
-                    issue(i.code, i.diagnostics, expression=[where + i.expression]) for i in strict[:_MAX_ISSUES]
-                ]
+                issues = [issue(i.code, i.diagnostics, expression=[where + i.expression]) for i in strict[:_MAX_ISSUES]]
                 raise FhirError(strict[0].diagnostics, status=400, code=strict[0].code, issues=issues)
             if plan is None:
                 plan = self._plan(data, rtype)
@@ -95,7 +93,7 @@ class Validator:
         if plan.model_error is not None:
             raise _model_failure(plan.model_error, rtype, where)
         if plan.invariants is not None:
-            violations = plan.invariants.run(data)
+            violations = plan.invariants.run(data, values)
             if violations:
                 raise _invariant_failure(violations, where)
         return data
