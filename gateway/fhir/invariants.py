@@ -258,6 +258,17 @@ def _distinct_full_urls(
     return len(set(keys)) == len(keys)
 
 
+def _not_negative(element: str) -> Native:
+    # tim-4/tim-5: "duration.exists() implies duration >= 0" on a decimal the strict checks typed.
+    def decide(node: dict[str, Any], owner: dict[str, Any], root: dict[str, Any], leaves: list[Any]) -> bool | None:
+        value = node.get(element)
+        if value is None:
+            return True if element not in node else None
+        return value >= 0 if type(value) in (int, float) else None
+
+    return decide
+
+
 def _no_history_url(
     node: dict[str, Any], owner: dict[str, Any], root: dict[str, Any], leaves: list[Any]
 ) -> bool | None:
@@ -271,7 +282,8 @@ def _no_history_url(
 #: name a contained resource, ``per-1`` for comparable dates, which fhirpathpy mis-orders
 #: across time zones, ``dom-3`` when every contained "#id" occurs in the resource, ``obs-7``
 #: when no component repeats the Observation's coding) and the Bundle ones that walk every
-#: entry (``bdl-3``, ``bdl-4``, ``bdl-7``, ``bdl-8``: seconds in fhirpathpy on large Bundles).
+#: entry (``bdl-3``, ``bdl-4``, ``bdl-7``, ``bdl-8``: seconds in fhirpathpy on large Bundles),
+#: and Timing's ``tim-4``/``tim-5`` (a number >= 0), on every dosage.
 _NATIVE: dict[str, Native] = {
     "ref-1": _local_reference,
     "per-1": _ordered_dates,
@@ -281,6 +293,8 @@ _NATIVE: dict[str, Native] = {
     "bdl-4": _entries_carry("response", ("batch-response", "transaction-response", "history")),
     "bdl-7": _distinct_full_urls,
     "bdl-8": _no_history_url,
+    "tim-4": _not_negative("duration"),
+    "tim-5": _not_negative("period"),
 }
 
 

@@ -194,3 +194,28 @@ def test_memoised_results_follow_the_values() -> None:
     for use, fails in (("work", False), ("home", True), ("work", False), ("home", True)):
         resource = make(use)
         assert [v.key for v in plan.run(resource, _leaves(resource))] == (["org-3"] if fails else [])
+
+
+@pytest.mark.parametrize(
+    "repeat",
+    [
+        {"period": 1, "periodUnit": "d"},
+        {"period": -1, "periodUnit": "d"},
+        {"duration": -0.5, "durationUnit": "h"},
+        {"duration": 0, "durationUnit": "h"},
+    ],
+)
+def test_native_deciders_agree_with_fhirpathpy(repeat: dict[str, Any]) -> None:
+    resource = {
+        "resourceType": "MedicationRequest",
+        "status": "active",
+        "intent": "order",
+        "medicationCodeableConcept": {"text": "x"},
+        "subject": {"reference": "#p"},
+        "contained": [{"resourceType": "Patient", "id": "p"}],
+        "dosageInstruction": [{"timing": {"repeat": repeat}}],
+    }
+    plan = plan_invariants(default_checker(), default_invariants(), resource)
+    planned = {(v.key, v.location) for v in plan.run(resource, _leaves(resource))}
+    assert planned == _full_verdicts(resource)
+    assert bool(planned) is (min(v for v in repeat.values() if not isinstance(v, str)) < 0)
