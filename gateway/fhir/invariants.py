@@ -189,15 +189,17 @@ def _contained_referenced(
     node: dict[str, Any], owner: dict[str, Any], root: dict[str, Any], leaves: list[Any]
 ) -> bool | None:
     # dom-3: every contained resource is referenced from the resource ("#id"), or refers
-    # to its container ("#"). fhirpathpy needs milliseconds for it; the strings of the
-    # request that start with "#" settle the usual case (leniently: any of them counts).
+    # to its container ("#"). fhirpathpy needs milliseconds for it (and time quadratic in
+    # the number of contained resources); the strings of the request that start with "#"
+    # decide it, leniently: any string counts, not only references, canonicals and uris.
     contained = node.get("contained")
     if type(contained) is not list:
         return True
     targets = {leaf for leaf in leaves if type(leaf) is str and leaf[:1] == "#"}
     if "#" in targets:
         return True
-    return all(type(c) is dict and "#" + str(c.get("id")) in targets for c in contained) or None
+    # A contained id that no "#…" string names is unreferenced whatever the element types.
+    return all(type(c) is dict and "#" + str(c.get("id")) in targets for c in contained)
 
 
 def _no_shared_component_code(
@@ -280,7 +282,7 @@ def _no_history_url(
 #: Invariants decided natively (True/False) where that is cheap and exact, None leaving
 #: the case to fhirpathpy: frequent ones (``ref-1`` for references that are not local or
 #: name a contained resource, ``per-1`` for comparable dates, which fhirpathpy mis-orders
-#: across time zones, ``dom-3`` when every contained "#id" occurs in the resource, ``obs-7``
+#: across time zones, ``dom-3`` (from the "#…" strings of the request), ``obs-7``
 #: when no component repeats the Observation's coding) and the Bundle ones that walk every
 #: entry (``bdl-3``, ``bdl-4``, ``bdl-7``, ``bdl-8``: seconds in fhirpathpy on large Bundles),
 #: and Timing's ``tim-4``/``tim-5`` (a number >= 0), on every dosage.

@@ -219,3 +219,20 @@ def test_native_deciders_agree_with_fhirpathpy(repeat: dict[str, Any]) -> None:
     planned = {(v.key, v.location) for v in plan.run(resource, _leaves(resource))}
     assert planned == _full_verdicts(resource)
     assert bool(planned) is (min(v for v in repeat.values() if not isinstance(v, str)) < 0)
+
+
+def test_unreferenced_contained_resources_break_dom_3() -> None:
+    resource = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"text": "x"},
+        "contained": [{"resourceType": "Patient", "id": "p"}, {"resourceType": "Patient", "id": "q"}],
+        "subject": {"reference": "#p"},
+    }
+    plan = plan_invariants(default_checker(), default_invariants(), resource)
+    # fhirpathpy cannot evaluate dom-3 (it fails inside, which counts as passed): only
+    # the native decider enforces it.
+    assert [v.key for v in plan.run(resource, _leaves(resource))] == ["dom-3"]
+    resource["performer"] = [{"reference": "#q"}]
+    plan = plan_invariants(default_checker(), default_invariants(), resource)
+    assert plan.run(resource, _leaves(resource)) == []
