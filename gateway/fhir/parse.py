@@ -8,9 +8,14 @@ import orjson
 
 from gateway.errors import FhirError, invalid
 
+_BOM = b"\xef\xbb\xbf"
+
 
 def parse_json(body: bytes, *, max_depth: int = 64, what: str = "body") -> Any:
     """Parse UTF-8 JSON, refusing bad encodings and excessive nesting with a 400."""
+    if body.startswith(_BOM):
+        # RFC 8259 lets a parser ignore a byte-order mark; Windows tools write one.
+        body = body[len(_BOM) :]
     if not body.strip():
         raise invalid(f"the request {what} is empty", code="required")
     try:

@@ -163,7 +163,13 @@ def _canonical_object(checker: StrictChecker, node: dict[str, Any], ctype: Compl
             continue
         prop = ctype.props.get(key)
         if prop is None:
-            continue  # ``_x``
+            # ``_x``: FHIR counts a primitive that has only extensions as present, so the
+            # models see a value where the JSON has none (json.html#primitive).
+            bare = ctype.props.get(key[1:])
+            if bare is not None and key[1:] not in node:
+                items = [CANONICAL[bare[4]]] * len(value) if bare[2] and type(value) is list else CANONICAL[bare[4]]
+                out[key[1:]] = items
+            continue
         kind, arg, is_array, type_name = prop[0], prop[1], prop[2], prop[4]
         if is_array:
             out[key] = [_canonical_value(checker, item, kind, arg, type_name) for item in value]
@@ -190,6 +196,8 @@ class ShapePlan:
 
     checks: tuple[Check, ...]
     model_error: Exception | None
+    #: The shape's ``gateway.fhir.invariants.InvariantPlan`` (None: invariants not checked).
+    invariants: Any = None
 
     def values_ok(self, values: list[Any]) -> bool:
         """Whether every leaf value passes its strict check."""
@@ -220,6 +228,10 @@ class ShapeCache:
 
     def __len__(self) -> int:
         return len(self._plans)
+
+    def plans(self) -> list[ShapePlan]:
+        """The plans held now."""
+        return list(self._plans.values())
 
     def clear(self) -> None:
         """Forget every plan."""

@@ -44,9 +44,20 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-__all__ = ["KIND_COMPLEX", "KIND_RESOURCE", "StrictIssue", "StrictChecker", "check_strict", "default_checker"]
+from gateway.fhir.narrative import narrative_problem
+
+__all__ = [
+    "KIND_COMPLEX",
+    "KIND_RESOURCE",
+    "StrictIssue",
+    "StrictChecker",
+    "check_strict",
+    "default_checker",
+    "load_table",
+]
 
 _DATA_FILE = "r4-elements.json"
+_BINDINGS_FILE = "r4-bindings.json"
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
 # Non-empty, and no control character below U+0020 except tab, LF and CR (datatypes.html#string).
 _TEXT = re.compile(r"[^\x00-\x08\x0b\x0c\x0e-\x1f]+\Z")
@@ -87,26 +98,41 @@ class ComplexType:
 class StrictChecker:
     """Checks parsed FHIR R4 JSON against an element table (see ``gateway/r4/data/r4-elements.json``)."""
 
-    def __init__(self, table: dict[str, Any]) -> None:
+    def __init__(
+        self, table: dict[str, Any], bindings: dict[str, Any] | None = None, *, narrative: bool = False
+    ) -> None:
+        """Compile ``table``; ``bindings`` (``r4-bindings.json``) replace the schema's code lists.
+
+        Without ``bindings`` the schema's enums are the required bindings (the checker
+        before issue 12); ``narrative`` parses every ``xhtml`` value (``gateway.fhir.narrative``).
+        """
         resource_names = set(table["resources"])
         self._types = {name: ComplexType(name, name in resource_names) for name in table["types"]}
         self.resource_types = frozenset(resource_names)
+        self.narrative = narrative
         enums = [frozenset(values) for values in table["enums"]]
         self._enum_text = {id(values): _enum_text(values) for values in enums}
-        primitives = {
-            name: self._compile_primitive(kind, regex) for name, (kind, regex) in table["primitives"].items()
-        }
+        value_sets = {url: frozenset(codes) for url, codes in (bindings or {}).get("valueSets", {}).items()}
+        self._enum_text.update({id(codes): f"{url}: {_enum_text(codes)}" for url, codes in value_sets.items()})
+        bound: dict[str, dict[str, str]] = (bindings or {}).get("elements", {})
+        primitives = {name: self._compile_primitive(kind, regex) for name, (kind, regex) in table["primitives"].items()}
         for name, entry in table["types"].items():
             compiled = self._types[name]
             choices = entry.get("c", [])
             compiled.required = tuple(entry.get("r", ()))
             compiled.choices = tuple(choices)
+            bound_here = bound.get(name, {})
             for prop, spec in entry["p"].items():
                 arg: Any
                 is_array = spec.endswith("[]")
                 target = spec[:-2] if is_array else spec
                 choice = next((c for c in choices if prop.startswith(c) and prop[len(c)].isupper()), "")
-                if target.startswith("#"):
+                if bindings is not None and target.startswith("#"):
+                    # The definitions decide: Expression.language's binding is extensible in 4.0.1.
+                    target = "code"
+                if prop in bound_here:
+                    kind, arg, type_name = _ENUM, value_sets[bound_here[prop]], "code"
+                elif target.startswith("#"):
                     kind, arg, type_name = _ENUM, enums[int(target[1:])], "code"
                 elif target == "Resource":
                     kind, arg, type_name = _RESOURCE, None, target
@@ -118,8 +144,7 @@ class StrictChecker:
         self._element = self._types["Element"]
         self._value_checks: dict[tuple[int, int], Callable[[Any], bool]] = {}
 
-    @staticmethod
-    def _compile_primitive(kind: str, regex: str | None) -> tuple[int, Any]:
+    def _compile_primitive(self, kind: str, regex: str | None) -> tuple[int, Any]:
         if kind == "string":
             return _STRING, re.compile(regex) if regex else _TEXT
         if kind == "date":
@@ -127,7 +152,9 @@ class StrictChecker:
         if kind in ("integer", "positiveInt", "unsignedInt"):
             low = {"integer": _INT_MIN, "positiveInt": 1, "unsignedInt": 0}[kind]
             return _INT, (low, _INT_MAX)
-        simple = {"boolean": _BOOL, "decimal": _DECIMAL, "base64": _BASE64_KIND, "xhtml": _XHTML}
+        if kind == "xhtml":
+            return _XHTML, narrative_problem if self.narrative else None
+        simple = {"boolean": _BOOL, "decimal": _DECIMAL, "base64": _BASE64_KIND}
         return simple[kind], None
 
     def type_named(self, name: str) -> ComplexType:
@@ -187,9 +214,7 @@ class StrictChecker:
                     seen_choice = {}
                 other = seen_choice.setdefault(choice, key)
                 if other != key:
-                    issues.append(
-                        StrictIssue(f"{path}.{key}", "structure", f"{choice}[x] is already given as {other}")
-                    )
+                    issues.append(StrictIssue(f"{path}.{key}", "structure", f"{choice}[x] is already given as {other}"))
             if value is None:
                 issues.append(StrictIssue(f"{path}.{key}", "structure", "null is not allowed"))
                 continue
@@ -320,15 +345,13 @@ class StrictChecker:
                 return False
             return _BASE64.match(value if value.isalnum() else "".join(value.split())) is not None
         if kind == _XHTML:
-            return vtype is str and value != ""
+            return vtype is str and value != "" and (arg is None or arg(value) is None)
         return False  # _RESOURCE / _COMPLEX are not primitives
 
     def _primitive_issue(self, where: str, value: Any, prop: tuple[int, Any, bool, str, str]) -> StrictIssue:
         kind, arg, _, _, type_name = prop
         if type(value) in (dict, list):
-            return StrictIssue(
-                where, "structure", f"expected a single {type_name} value, got an array or object"
-            )
+            return StrictIssue(where, "structure", f"expected a single {type_name} value, got an array or object")
         json_types: dict[int, tuple[type, ...]] = {
             _BOOL: (bool,),
             _DECIMAL: (int, float, Decimal),
@@ -342,6 +365,8 @@ class StrictChecker:
             return StrictIssue(
                 where, "code-invalid", f"code is not in the required value set ({self._enum_text[id(arg)]})"
             )
+        if kind == _XHTML and value and arg is not None:
+            return StrictIssue(where, "value", arg(value) or "not a valid narrative")
         if kind == _INT:
             return StrictIssue(where, "value", f"{type_name} out of range {arg[0]}..{arg[1]}")
         if value == "":
@@ -382,11 +407,17 @@ def _expected_object(value: Any) -> str:
     return "expected an object, got an array" if type(value) is list else "expected an object"
 
 
+def load_table(name: str) -> dict[str, Any]:
+    """One of the bundled R4 data files (``r4-elements.json``, ``r4-bindings.json``…)."""
+    text = resources.files("gateway.r4").joinpath("data", name).read_text(encoding="utf-8")
+    table: dict[str, Any] = json.loads(text)
+    return table
+
+
 @cache
 def default_checker() -> StrictChecker:
-    """The checker for FHIR R4 built from the bundled element table (loaded on first use)."""
-    text = resources.files("gateway.r4").joinpath("data", _DATA_FILE).read_text(encoding="utf-8")
-    return StrictChecker(json.loads(text))
+    """The checker for FHIR R4: element table, required bindings of the definitions, narratives."""
+    return StrictChecker(load_table(_DATA_FILE), load_table(_BINDINGS_FILE), narrative=True)
 
 
 def check_strict(resource: dict[str, Any]) -> list[StrictIssue]:

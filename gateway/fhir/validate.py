@@ -1,6 +1,6 @@
-"""Validation of every resource written: strict FHIR JSON rules, then the R4B models.
+"""Validation of every resource written: strict FHIR JSON rules, the R4B models, the R4 invariants.
 
-Two passes, because neither alone is enough:
+Three passes, because none alone is enough:
 
 1. ``check_strict`` (driven by the official R4 JSON schema) rejects what fhir.resources
    lets through: strings for booleans, ``null``, empty arrays, codes outside required
@@ -9,6 +9,8 @@ Two passes, because neither alone is enough:
    elements, choice types, nesting. They see the resource's canonical instance (every
    primitive replaced by a fixed valid value of its type), because values are the
    strict checker's job and R4B's value patterns are not R4's.
+3. The base invariants of the R4 definitions (``gateway.fhir.invariants``), with what
+   the shape decides decided once; a failing one is a 422 naming its key.
 
 Both passes are compiled once per resource shape (``gateway.fhir.shapes``): a resource of
 a shape seen before is validated by one walk over its values.
@@ -21,16 +23,18 @@ whose every value already has its canonical JSON type, nothing sloppy gets store
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
 from pydantic import ValidationError
 
 from gateway.errors import FhirError
+from gateway.fhir.invariants import InvariantTable, Violation, default_invariants, plan_invariants
 from gateway.fhir.outcome import issue
 from gateway.fhir.reference_targets import check_reference_targets
 from gateway.fhir.shapes import ShapeCache, ShapePlan, canonical_instance, flatten, leaf_checks
-from gateway.fhir.strict import check_strict, default_checker
+from gateway.fhir.strict import StrictChecker, default_checker
 from gateway.r4 import R4_ONLY_TYPES, RESOURCE_TYPES
 
 _MAX_ISSUES = 20
@@ -43,51 +47,80 @@ def _model(rtype: str) -> Any:
     return get_fhir_model_class(rtype)
 
 
-def validate_resource(data: dict[str, Any], *, expected_type: str | None = None, where: str = "") -> dict[str, Any]:
-    """Validate a resource's JSON; raise a 400/422 ``FhirError`` naming each bad field."""
-    rtype = data.get("resourceType")
-    if not isinstance(rtype, str) or rtype not in RESOURCE_TYPES:
-        raise FhirError(
-            f"unknown resourceType {rtype!r}" if isinstance(rtype, str) else "resourceType is missing",
-            status=400,
-            code="not-supported" if isinstance(rtype, str) else "required",
-            expression=[f"{where}resourceType"],
-        )
-    if expected_type is not None and rtype != expected_type:
-        raise FhirError(
-            f"resourceType {rtype} does not match the URL's type {expected_type}",
-            status=400,
-            code="invalid",
-            expression=[f"{where}resourceType"],
-        )
-    tokens, values = flatten(data)
-    plan = _PLANS.get(tokens)
-    if plan is None or not plan.values_ok(values):
-        strict = check_strict(data)
-        if strict:
-            issues = [
-                issue(i.code, i.diagnostics, expression=[where + i.expression]) for i in strict[:_MAX_ISSUES]
-            ]
-            raise FhirError(strict[0].diagnostics, status=400, code=strict[0].code, issues=issues)
-        if plan is None:
-            plan = _plan(data, rtype)
-            _PLANS.put(tokens, plan)
-    if plan.model_error is not None:
-        raise _model_failure(plan.model_error, rtype, where)
-    check_reference_targets(data, where=where)  # R4's allowed target types (values, so never cached)
-    return data
+class Validator:
+    """Strict checks, models and invariants, compiled once per shape into ``plans``.
+
+    ``invariants`` None leaves the base invariants out (the validator before issue 12,
+    which ``bench/validation_cost.py`` measures against).
+    """
+
+    def __init__(
+        self,
+        checker: Callable[[], StrictChecker],
+        invariants: Callable[[], InvariantTable] | None,
+        plans: ShapeCache,
+    ) -> None:
+        self._checker = checker
+        self._invariants = invariants
+        self.plans = plans
+
+    def validate(self, data: dict[str, Any], *, expected_type: str | None = None, where: str = "") -> dict[str, Any]:
+        """Validate a resource's JSON; raise a 400/422 ``FhirError`` naming each bad field."""
+        rtype = data.get("resourceType")
+        if not isinstance(rtype, str) or rtype not in RESOURCE_TYPES:
+            raise FhirError(
+                f"unknown resourceType {rtype!r}" if isinstance(rtype, str) else "resourceType is missing",
+                status=400,
+                code="not-supported" if isinstance(rtype, str) else "required",
+                expression=[f"{where}resourceType"],
+            )
+        if expected_type is not None and rtype != expected_type:
+            raise FhirError(
+                f"resourceType {rtype} does not match the URL's type {expected_type}",
+                status=400,
+                code="invalid",
+                expression=[f"{where}resourceType"],
+            )
+        tokens, values = flatten(data)
+        plan = self.plans.get(tokens)
+        if plan is None or not plan.values_ok(values):
+            strict = self._checker().check(data)
+            if strict:
+                issues = [issue(i.code, i.diagnostics, expression=[where + i.expression]) for i in strict[:_MAX_ISSUES]]
+                raise FhirError(strict[0].diagnostics, status=400, code=strict[0].code, issues=issues)
+            if plan is None:
+                plan = self._plan(data, rtype)
+                self.plans.put(tokens, plan)
+        if plan.model_error is not None:
+            raise _model_failure(plan.model_error, rtype, where)
+        if plan.invariants is not None:
+            violations = plan.invariants.run(data, values)
+            if violations:
+                raise _invariant_failure(violations, where)
+        check_reference_targets(data, where=where)  # R4's allowed target types (values, so never cached)
+        return data
+
+    def _plan(self, data: dict[str, Any], rtype: str) -> ShapePlan:
+        """Compile the plan of a resource the strict checks accepted (see ``gateway.fhir.shapes``)."""
+        checker = self._checker()
+        error: Exception | None = None
+        if rtype not in R4_ONLY_TYPES:
+            try:
+                _model(rtype).model_validate(canonical_instance(checker, data))
+            except (ValidationError, ValueError, TypeError) as exc:  # fhir.resources raises all three
+                error = exc
+        invariants = None
+        if self._invariants is not None and error is None:
+            invariants = plan_invariants(checker, self._invariants(), data)
+        return ShapePlan(tuple(leaf_checks(checker, data)), error, invariants)
 
 
-def _plan(data: dict[str, Any], rtype: str) -> ShapePlan:
-    """Compile the plan of a resource ``check_strict`` accepted (see ``gateway.fhir.shapes``)."""
-    checker = default_checker()
-    error: Exception | None = None
-    if rtype not in R4_ONLY_TYPES:
-        try:
-            _model(rtype).model_validate(canonical_instance(checker, data))
-        except (ValidationError, ValueError, TypeError) as exc:  # fhir.resources raises all three
-            error = exc
-    return ShapePlan(tuple(leaf_checks(checker, data)), error)
+def _invariant_failure(violations: list[Violation], where: str) -> FhirError:
+    issues = [
+        issue("invariant", f"{v.key}: {v.human}", expression=[where + v.location]) for v in violations[:_MAX_ISSUES]
+    ]
+    first = violations[0]
+    return FhirError(f"{first.key}: {first.human}", status=422, code="invariant", issues=issues)
 
 
 def _model_failure(exc: Exception, rtype: str, where: str) -> FhirError:
@@ -104,6 +137,12 @@ def _model_failure(exc: Exception, rtype: str, where: str) -> FhirError:
 
 #: Plans of the shapes seen lately; a few dozen cover a community-care programme's traffic.
 _PLANS = ShapeCache(4096)
+_DEFAULT = Validator(default_checker, default_invariants, _PLANS)
+
+
+def validate_resource(data: dict[str, Any], *, expected_type: str | None = None, where: str = "") -> dict[str, Any]:
+    """Validate a resource's JSON; raise a 400/422 ``FhirError`` naming each bad field."""
+    return _DEFAULT.validate(data, expected_type=expected_type, where=where)
 
 
 def _pydantic_issues(exc: ValidationError, rtype: str, where: str) -> list[dict[str, Any]]:
