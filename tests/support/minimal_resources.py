@@ -48,6 +48,22 @@ def _table() -> dict[str, Any]:
     return table
 
 
+@cache
+def _bindings() -> dict[str, Any]:
+    path = Path(gateway.r4.__file__).parent / "data" / "r4-bindings.json"
+    bindings: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return bindings
+
+
+def _element_value(tname: str, name: str, spec: str) -> Any:
+    """A value for element ``name`` of ``tname``: the first code of its required value set, if it has one."""
+    url = _bindings()["elements"].get(tname, {}).get(name)
+    codes = _bindings()["valueSets"].get(url) if url else None
+    if codes and spec.removesuffix("[]") in _table()["primitives"]:
+        return [codes[0]] if spec.endswith("[]") else codes[0]
+    return _value(spec)
+
+
 def _choice_names(tname: str, group: str) -> list[str]:
     props = _table()["types"][tname]["p"]
     return [p for p in props if p.startswith(group) and p[len(group):][:1].isupper()]
@@ -77,7 +93,7 @@ def _fill_required(node: dict[str, Any], tname: str) -> None:
     entry = _table()["types"][tname]
     for prop in entry.get("r", ()):
         name = prop if prop in entry["p"] else _choice_names(tname, prop)[0]
-        node[name] = _value(entry["p"][name])
+        node[name] = _element_value(tname, name, entry["p"][name])
 
 
 def _fill_missing(body: dict[str, Any], expression: str) -> bool:
@@ -100,7 +116,7 @@ def _fill_missing(body: dict[str, Any], expression: str) -> bool:
     spec = _table()["types"][tname]["p"].get(path[-1])
     if spec is None or path[-1] in node:
         return False
-    node[path[-1]] = _value(spec)
+    node[path[-1]] = _element_value(tname, path[-1], spec)
     return True
 
 
