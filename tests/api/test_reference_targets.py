@@ -98,18 +98,15 @@ async def test_any_reference_elements_take_any_type(api: ApiHarness) -> None:
 
 
 async def test_contained_targets_are_judged_by_their_type(api: ApiHarness) -> None:
-    contained = [
-        {"resourceType": "Location", "id": "room"},
-        {"resourceType": "Practitioner", "id": "dr"},
-    ]
-    good = task({"reference": "#dr"}, contained=contained)
+    # Each contained resource is referenced from its container (dom-3 asks that of them).
+    good = task({"reference": "#dr"}, contained=[{"resourceType": "Practitioner", "id": "dr"}])
     assert (await api.client.post("/fhir/Task", json=good)).status_code == 201
-    bad = task({"reference": "#room"}, contained=contained)
+    bad = task({"reference": "#room"}, contained=[{"resourceType": "Location", "id": "room"}])
     body = assert_outcome(await api.client.post("/fhir/Task", json=bad), 422, "invalid")
     assert body["issue"][0]["expression"] == ["Task.owner"]
     # A reference inside a contained resource resolves against the container, too.
     nested = task(
-        {"reference": "Practitioner/dr"},
+        {"reference": "#role"},
         contained=[
             {"resourceType": "Location", "id": "room"},
             {"resourceType": "PractitionerRole", "id": "role", "organization": {"reference": "#room"}},

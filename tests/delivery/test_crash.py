@@ -154,7 +154,9 @@ async def test_patient_order_holds_when_workers_are_killed_or_stalled(tmp_path: 
     # restarted; the other is stopped (SIGSTOP) past its lease three times and resumed: slow,
     # not dead, it wakes with claims the other worker has since delivered, followed by
     # the patient's later changes. Each patient's writes must land in change-feed order.
-    server = LoopbackFhirServer(latency=0.004).start()
+    # A slower destination than the other crash tests keeps the run going through all five
+    # kills and stalls on a fast machine (a 2 s stall lets the other worker deliver ~400).
+    server = LoopbackFhirServer(latency=0.02).start()
     store = open_store(f"sqlite:///{tmp_path}/store.db")
     work = Workload.generate(patients=100, changes=CHANGES, seed=8)
     work.apply(store)

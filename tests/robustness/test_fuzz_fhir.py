@@ -94,7 +94,8 @@ def _without_meta(resource: dict[str, Any]) -> dict[str, Any]:
 
 def _sent_json(body: bytes) -> Any:
     try:
-        return json.loads(body.decode("utf-8"))
+        # A UTF-8 byte-order mark may precede the JSON (the gateway ignores it, as RFC 8259 allows).
+        return json.loads(body.decode("utf-8").removeprefix("\ufeff"))
     except ValueError:
         return None
 
