@@ -66,16 +66,15 @@ def test_an_older_database_keeps_each_version_once(tmp_path: Path) -> None:
         store.close()
 
 
-def test_a_store_at_the_previous_version_keeps_its_clients(store_url: str) -> None:
-    """Schema 4 adds expiry, revocation and last use to ``api_clients``; existing clients stay valid."""
+
+def build_at_schema(store_url: str, version: int, *extra: str) -> None:
+    """Create the store's database as migrations up to ``version`` left it, then run ``extra`` SQL."""
     dialect = "sqlite" if store_url.startswith("sqlite") else "postgresql"
-    previous = [m for m in MIGRATIONS if m.version < 4]
     statements = ["CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied REAL NOT NULL)"]
-    for migration in previous:
+    for migration in (m for m in MIGRATIONS if m.version <= version):
         statements += statements_for(dialect, migration)
         statements.append(f"INSERT INTO schema_migrations VALUES ({migration.version}, 0)")
-    statements.append("INSERT INTO api_clients (name, token_hash, scopes, created, disabled)"
-                      " VALUES ('emr', 'hash-1', 'system/Patient.rs admin', 1700000000, 0)")
+    statements += extra
     if dialect == "sqlite":
         conn = sqlite3.connect(store_url.removeprefix("sqlite:///"))
         for statement in statements:
@@ -89,6 +88,11 @@ def test_a_store_at_the_previous_version_keeps_its_clients(store_url: str) -> No
             pg.execute(f'SET search_path TO "{schema}"')
             for statement in statements:
                 pg.execute(statement)
+
+def test_a_store_at_the_previous_version_keeps_its_clients(store_url: str) -> None:
+    """Schema 4 adds expiry, revocation and last use to ``api_clients``; existing clients stay valid."""
+    build_at_schema(store_url, 3, "INSERT INTO api_clients (name, token_hash, scopes, created, disabled)"
+                    " VALUES ('emr', 'hash-1', 'system/Patient.rs admin', 1700000000, 0)")
     store = open_store(store_url)
     try:
         assert isinstance(store, SqlStore)
@@ -104,26 +108,8 @@ def test_a_store_at_the_previous_version_keeps_its_clients(store_url: str) -> No
 
 def test_a_store_at_schema_5_gains_access_tokens_and_keeps_its_clients(store_url: str) -> None:
     """Schema 6 adds the SMART tables; a client registered before keeps its keys and can be issued tokens."""
-    dialect = "sqlite" if store_url.startswith("sqlite") else "postgresql"
-    statements = ["CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied REAL NOT NULL)"]
-    for migration in (m for m in MIGRATIONS if m.version <= 5):
-        statements += statements_for(dialect, migration)
-        statements.append(f"INSERT INTO schema_migrations VALUES ({migration.version}, 0)")
-    statements.append("INSERT INTO api_clients (name, token_hash, scopes, created, disabled, jwks)"
-                      """ VALUES ('emr', 'hash-1', 'system/Patient.rs', 1700000000, 0, '{"jwks_uri": "https://e/j"}')""")
-    if dialect == "sqlite":
-        conn = sqlite3.connect(store_url.removeprefix("sqlite:///"))
-        for statement in statements:
-            conn.execute(statement)
-        conn.commit()
-        conn.close()
-    else:
-        conninfo, schema = split_schema(store_url)
-        with psycopg.connect(conninfo, autocommit=True) as pg:
-            pg.execute(f'CREATE SCHEMA "{schema}"')
-            pg.execute(f'SET search_path TO "{schema}"')
-            for statement in statements:
-                pg.execute(statement)
+    build_at_schema(store_url, 5, "INSERT INTO api_clients (name, token_hash, scopes, created, disabled, jwks)"
+                    """ VALUES ('emr', 'hash-1', 'system/Patient.rs', 1700000000, 0, '{"jwks_uri": "https://e/j"}')""")
     store = open_store(store_url)
     try:
         assert isinstance(store, SqlStore)
