@@ -5,6 +5,9 @@ lists every record: the resources it wrote (type, id, version, change) or, for a
 that failed, the OperationOutcome and the quarantine id. When any record was quarantined
 the status is the source's ``quarantine_status`` (202 by default, because senders such as
 CHT outbound push resend forever on anything but 2xx); otherwise 200.
+
+``DELETE /ingest/{source}/records/{record}`` says the source deleted a record whose deletion
+its payloads cannot express (a deleted Kobo submission): what it produced is taken back.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from gateway.api.auth import require_scope
 from gateway.api.context import base_url, ctx_of
 from gateway.api.negotiation import read_body
 from gateway.auth import Principal
+from gateway.errors import invalid
 from gateway.ingest import split_body
 
 __all__ = ["router"]
@@ -29,6 +33,7 @@ router = APIRouter(tags=["Ingest"])
 
 #: Records per request; a larger CSV must be split (it would hold one worker too long).
 MAX_RECORDS = 1000
+MAX_RECORD_KEY = 256
 Sender = Annotated[Principal, Depends(require_scope("ingest:{source}"))]
 
 
@@ -49,3 +54,18 @@ async def ingest(request: Request, source: str, principal: Sender) -> Response:
     note_records(request, report.results, ctx.settings.audit.max_entities)
     status = config.quarantine_status if report.quarantined else 200
     return Response(orjson.dumps(report.to_json()), status_code=status, media_type="application/json")
+
+
+@router.delete("/ingest/{source}/records/{record}", summary="Take back what a deleted source record produced")
+async def delete_record(request: Request, source: str, record: str, principal: Sender) -> Response:
+    """Retract every resource the record produced (status change or delete, per rule)."""
+    ctx = ctx_of(request)
+    service = ctx.ingest
+    config = service.registry.source(source)
+    if not record or len(record) > MAX_RECORD_KEY:
+        raise invalid(f"a record id is 1 to {MAX_RECORD_KEY} characters", ["record"])
+    result = await ctx.write(service.delete_record, config.name, record)
+    note_records(request, [result], ctx.settings.audit.max_entities)
+    body = {"source": config.name, **result.to_json()}
+    body.pop("index", None)
+    return Response(orjson.dumps(body), status_code=200, media_type="application/json")

@@ -22,6 +22,8 @@ from .parse import require_resource as require_resource
 from .provenance import CLIENT_SYSTEM as CLIENT_SYSTEM
 from .provenance import activity_of as activity_of
 from .provenance import record_writes as record_writes
+from .retraction import can_retract_by_status as can_retract_by_status
+from .retraction import retracted_version as retracted_version
 from .strict import check_strict as check_strict
 from .subsetting import subset as subset
 from .transaction import PreparedTransaction as PreparedTransaction

@@ -16,6 +16,7 @@ import base64
 import binascii
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -155,14 +156,20 @@ def combine_prepared(parts: list[PreparedTransaction]) -> PreparedTransaction:
     return PreparedTransaction(parts[0].processor, entries)
 
 
-def run_prepared(prepared: PreparedTransaction) -> dict[str, Any]:
-    """Run a prepared transaction in one store transaction; return its response Bundle."""
+def run_prepared(
+    prepared: PreparedTransaction, *, then: Callable[[StoreTransaction], None] | None = None
+) -> dict[str, Any]:
+    """Run a prepared transaction in one store transaction; return its response Bundle.
+
+    ``then`` runs inside the same store transaction after the entries (ingest records there
+    what each record produced, and retracts what it no longer does).
+    """
     # Each run starts afresh: running changes a POST's or conditional PUT's entry (its id,
     # MATCHED); a PUT by id only gets its response, which is reset.
     entries = [e if e.method == "PUT" and e.rid is not None else replace(e) for e in prepared.entries]
     for e in entries:
         e.response = {}
-    prepared.processor.run_transaction(entries)
+    prepared.processor.run_transaction(entries, then)
     return _response("transaction", [e.response for e in entries])
 
 
@@ -284,7 +291,9 @@ class _Processor:
                     e.prepared = self.store.prepare({**e.resource, "id": e.resource.get("id", e.rid)})
 
     # -- transaction -------------------------------------------------------------------------
-    def run_transaction(self, entries: list[_Entry]) -> None:
+    def run_transaction(
+        self, entries: list[_Entry], then: Callable[[StoreTransaction], None] | None = None
+    ) -> None:
         seen: set[tuple[str, str]] = set()
         for e in entries:
             if e.rid is not None and e.method in ("PUT", "DELETE", "PATCH"):
@@ -303,6 +312,8 @@ class _Processor:
                         self._rewrite(tx, e, aliases)
                 for e in sorted(entries, key=_processing_order):
                     e.response = self._execute(tx, e)
+                if then is not None:
+                    then(tx)
                 if self.author is not None and self.written:
                     record_writes(tx, self.written, self.author)
             except SearchError as exc:

@@ -10,7 +10,8 @@ __all__ = ["IngestReport", "RecordResult", "WrittenResource"]
 
 @dataclass(frozen=True, slots=True)
 class WrittenResource:
-    """A resource a record produced: ``change`` is created, updated or unchanged."""
+    """A resource a record produced or took back: ``change`` is created, updated, unchanged,
+    retracted (a new version with a voiding status) or deleted."""
 
     type: str
     id: str
@@ -24,7 +25,8 @@ class WrittenResource:
 
 @dataclass(slots=True)
 class RecordResult:
-    """What happened to one record: ``status`` is stored, unchanged or quarantined."""
+    """What happened to one record: ``status`` is stored, unchanged, deleted (the source deleted
+    or voided it: what it produced is taken back) or quarantined."""
 
     index: int
     record_key: str | None
@@ -61,7 +63,7 @@ class IngestReport:
 
     def to_json(self) -> dict[str, Any]:
         """The ingest response body."""
-        counts = {"stored": 0, "unchanged": 0, "quarantined": 0}
+        counts = {"stored": 0, "unchanged": 0, "deleted": 0, "quarantined": 0}
         for result in self.results:
             counts[result.status] += 1
         return {

@@ -40,6 +40,7 @@ from gateway.fhir import PreparedTransaction, combine_prepared, prepare_transact
 from gateway.ingest.body import CSV, ReceivedRecord
 from gateway.ingest.registry import MappingRegistry
 from gateway.ingest.results import IngestReport, RecordResult, WrittenResource
+from gateway.ingest.retractions import OutputChange, apply_output_changes
 from gateway.ingest.writer import BATCH_RECORDS, IngestWriter, PendingRecord, RecordGroup
 from gateway.mapping import InputError, MappingError, MappingSet, parse_csv
 from gateway.search import QueryParser, format_instant
@@ -84,12 +85,13 @@ class IngestService:
             for position, received in enumerate(records):
                 key = mapping_set.record_key(received.record)
                 try:
-                    bundle = _mapped(mapping_set, received.record)
+                    bundle, change = _mapped(mapping_set, source.name, received.record, key)
+                    key = change.record_key
                     prepared = self._prepare(bundle["entry"], base)
                 except CLIENT_ERRORS as exc:
                     writes.run(partial(self._quarantine_into, results, position, source.name, received, key, exc))
                     continue
-                record = PendingRecord(position, received, key, bundle, prepared, source.name, results)
+                record = PendingRecord(position, received, key, bundle, prepared, source.name, results, change)
                 if len(batch.records) >= BATCH_RECORDS or not batch.takes(record):
                     writes.store(batch.records)
                     batch = RecordGroup()
@@ -103,6 +105,24 @@ class IngestService:
         report = IngestReport(source.name, [result for result in results if result is not None])
         log.info("ingest source=%s records=%d quarantined=%d", source.name, len(records), report.quarantined)
         return report
+
+    def delete_record(self, source_name: str, record_key: str) -> RecordResult:
+        """The source deleted record ``record_key``: take back everything it produced.
+
+        For sources whose payloads cannot say so (a Kobo submission deleted, a CSV row
+        withdrawn). Taking back an unknown record does nothing, so repeating it is safe.
+        """
+        source = self.registry.source(source_name)
+        mapping_set = self.registry.mapping_set(source)
+        change = OutputChange(source.name, mapping_set.system, record_key, [], deleted=True)
+        prepared = self._prepare([], "")
+        written: list[WrittenResource] = []
+        writes = self._writer_thread().request()
+        writes.run(lambda: written.extend(self._commit(prepared, [change])))
+        writes.wait()
+        result = _stored(0, change, written)
+        log.info("record deleted source=%s retracted=%d", source.name, len(result.resources))
+        return result
 
     def _writer_thread(self) -> IngestWriter:
         with self._writer_lock:
@@ -143,39 +163,41 @@ class IngestService:
         quarantined. A failure of the database itself propagates.
         """
         try:
-            written = self._commit(combine_prepared([r.prepared for r in records])) if len(records) > 1 else None
+            written = (
+                self._commit(combine_prepared([r.prepared for r in records]), [r.change for r in records])
+                if len(records) > 1
+                else None
+            )
         except CLIENT_ERRORS:
             written = None  # some record is refused: find it by writing them one by one
         if written is None:
             for record in records:
                 try:
-                    alone = self._commit(record.prepared)
+                    alone = self._commit(record.prepared, [record.change])
                 except CLIENT_ERRORS as exc:
                     record.results[record.position] = self._quarantine(
                         record.source, record.received, record.key, exc
                     )
                     continue
-                record.results[record.position] = _stored(record, alone)
+                record.results[record.position] = _stored(record.received.index, record.change, alone)
             return
         by_url = {f"{w.type}/{w.id}": w for w in written}
         for record in records:
             urls = [entry["request"]["url"] for entry in record.bundle["entry"]]
-            record.results[record.position] = _stored(record, [by_url[url] for url in urls])
+            record.results[record.position] = _stored(
+                record.received.index, record.change, [by_url[url] for url in urls]
+            )
 
-    def store_record(self, mapping_set: MappingSet, record: Any, base: str = "") -> list[WrittenResource]:
-        """Map one record and store its Bundle in one transaction; raises one of ``CLIENT_ERRORS`` if refused."""
-        return self._write(_mapped(mapping_set, record)["entry"], base)
+    def store_record(self, mapping_set: MappingSet, source: str, record: Any, base: str = "") -> RecordResult:
+        """Map one record of ``source`` and store it (or its deletion) in one transaction; raises one
+        of ``CLIENT_ERRORS`` if refused."""
+        bundle, change = _mapped(mapping_set, source, record, mapping_set.record_key(record))
+        written = self._commit(self._prepare(bundle["entry"], base), [change])
+        return _stored(0, change, written)
 
-    def _write(self, entries: list[dict[str, Any]], base: str) -> list[WrittenResource]:
-        if not entries:
-            return []
-        return self._commit(self._prepare(entries, base))
-
-    def _commit(self, prepared: PreparedTransaction) -> list[WrittenResource]:
-        if not prepared.entries:
-            return []
+    def _commit(self, prepared: PreparedTransaction, changes: list[OutputChange]) -> list[WrittenResource]:
         started = format_instant(time.time())
-        response = run_prepared(prepared)
+        response = run_prepared(prepared, then=partial(apply_output_changes, changes=changes))
         written: list[WrittenResource] = []
         for entry in response.get("entry", []):
             answer = entry["response"]
@@ -205,17 +227,16 @@ class IngestService:
         mapping_set = self.registry.mapping_set(source)
         try:
             record = _parse_kept(held)
-            key = mapping_set.record_key(record)
-            written = self.store_record(mapping_set, record, base)
+            stored = self.store_record(mapping_set, held.source, record, base)
         except CLIENT_ERRORS as exc:
             outcome = exc.outcome()
             self.store.quarantine_update(qid, status="held", outcome=outcome)
             _log_quarantine(held.source, qid, exc, replay=True)
             return RecordResult(0, held.record_key, "quarantined", quarantine_id=qid, outcome=outcome)
         self.store.quarantine_update(qid, status="replayed")
-        log.info("quarantine replayed source=%s qid=%d resources=%d", held.source, qid, len(written))
-        status = "unchanged" if written and all(w.change == "unchanged" for w in written) else "stored"
-        return RecordResult(0, key, status, written, quarantine_id=qid)
+        log.info("quarantine replayed source=%s qid=%d resources=%d", held.source, qid, len(stored.resources))
+        stored.quarantine_id = qid
+        return stored
 
     def replay_all(
         self, source: str | None = None, base: str = "", limit: int = 10_000
@@ -251,22 +272,40 @@ class IngestService:
         self.store.quarantine_update(qid, status="discarded")
 
 
-def _mapped(mapping_set: MappingSet, record: Any) -> dict[str, Any]:
-    """The record's Bundle; a record the mapping turns into nothing is kept, not dropped
-    (most likely a value no rule expects, e.g. a new CHT contact role)."""
-    bundle = mapping_set.map_record(record)
+def _mapped(
+    mapping_set: MappingSet, source: str, record: Any, key: str | None
+) -> tuple[dict[str, Any], OutputChange]:
+    """The record's Bundle and what it produces (both empty for a record its source deleted or
+    voided); a record the mapping turns into nothing is kept, not dropped (most likely a
+    value no rule expects, e.g. a new CHT contact role)."""
+    deleted_key = mapping_set.retracted_key(record)
+    if deleted_key is not None:
+        empty = {"resourceType": "Bundle", "type": "transaction", "entry": []}
+        return empty, OutputChange(source, mapping_set.system, deleted_key, [], deleted=True)
+    bundle, outputs = mapping_set.map_outputs(record)
     if not bundle["entry"]:
         mapping = mapping_set.select(record)
         raise MappingError(
             "$", f"mapping {mapping.tag} made no resources from this record (no rule applies)",
             code="not-supported", mapping=mapping.name,
         )  # fmt: skip
-    return bundle
+    assert key is not None  # mapping the record read its id
+    return bundle, OutputChange(source, mapping_set.system, key, outputs)
 
 
-def _stored(record: PendingRecord, written: list[WrittenResource]) -> RecordResult:
-    status = "unchanged" if written and all(w.change == "unchanged" for w in written) else "stored"
-    return RecordResult(record.received.index, record.key, status, written)
+def _stored(index: int, change: OutputChange, written: list[WrittenResource]) -> RecordResult:
+    taken_back = [
+        WrittenResource(done.resource.type, done.resource.id, str(done.resource.version),
+                        "deleted" if done.activity == "DELETE" else "retracted")
+        for done in change.retracted
+    ]  # fmt: skip
+    if change.deleted:
+        status = "deleted"
+    elif written and not taken_back and all(w.change == "unchanged" for w in written):
+        status = "unchanged"
+    else:
+        status = "stored"
+    return RecordResult(index, change.record_key, status, written + taken_back)
 
 
 def _parse_kept(held: QuarantinedRecord) -> Any:

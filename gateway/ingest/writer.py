@@ -40,6 +40,7 @@ from gateway.fhir import PreparedTransaction
 if TYPE_CHECKING:
     from gateway.ingest.body import ReceivedRecord
     from gateway.ingest.results import RecordResult
+    from gateway.ingest.retractions import OutputChange
 
 __all__ = [
     "BATCH_RECORDS", "COMMIT_DELAY", "GROUP_RECORDS", "IngestWriter", "PendingRecord", "RecordGroup", "RequestWrites",
@@ -64,6 +65,7 @@ class PendingRecord:
     prepared: PreparedTransaction
     source: str
     results: list[RecordResult | None]
+    change: OutputChange  # what the record produces now, for retractions
 
 
 @dataclass(slots=True)
@@ -74,9 +76,13 @@ class RecordGroup:
 
     records: list[PendingRecord] = field(default_factory=list)
     contents: dict[str, Any] = field(default_factory=dict)
+    keys: set[tuple[str, str]] = field(default_factory=set)
 
     def takes(self, record: PendingRecord) -> bool:
-        """Whether ``record`` agrees with every record already in the group."""
+        """Whether ``record`` agrees with every record already in the group (and is not another
+        version of one of them: retractions compare a record with its previous version)."""
+        if (record.source, record.change.record_key) in self.keys:
+            return False
         contents = self.contents
         return all(
             contents.get(entry["request"]["url"], entry["resource"]) == entry["resource"]
@@ -86,6 +92,7 @@ class RecordGroup:
     def add(self, record: PendingRecord) -> None:
         """Add a record (after ``takes`` said yes)."""
         self.records.append(record)
+        self.keys.add((record.source, record.change.record_key))
         for entry in record.bundle["entry"]:
             self.contents.setdefault(entry["request"]["url"], entry["resource"])
 

@@ -21,12 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.fhir import can_retract_by_status
 from gateway.mapping.errors import MappingError, quote
 from gateway.mapping.expressions import Expression
 from gateway.mapping.ids import entity_id, record_key
 from gateway.mapping.rules import DEFAULTS_KEY, RuleProgram
 from gateway.mapping.templates import MISSING, Builder, copier
 from gateway.mapping.values import to_boolean
+from gateway.store import RecordOutput
 
 __all__ = ["MAPPING_TAG_SYSTEM", "CompiledMapping", "CompiledRule", "MappingSet"]
 
@@ -74,6 +76,13 @@ class CompiledRule:
     key: Expression | None = None
     entity: Expression | None = None
     identifier_shapes: dict[str, str | None] = field(default_factory=dict)
+    on_retract: str | None = None  # entered-in-error | delete | keep; None: by resource type
+
+    def retract_mode(self, rtype: str) -> str:
+        """How to take back a ``rtype`` this rule made: ``status``, ``delete`` or ``keep``."""
+        if self.on_retract in ("delete", "keep"):
+            return self.on_retract
+        return "status" if can_retract_by_status(rtype) else "delete"
 
     def ids(self, system: str, key: str) -> dict[str, str]:
         """Deterministic ids of every resource type this rule makes, for one key."""
@@ -102,8 +111,10 @@ class CompiledMapping:
     description: str = ""
     recorded_path: str = "provenance.recorded"  # names the record field in errors
     _meta: Callable[[], dict[str, Any]] = field(init=False, repr=False, compare=False)
+    _rules: dict[str, CompiledRule] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        self._rules = {rule.name: rule for rule in self.rules}
         self._meta = copier(
             {"source": self.system, "tag": [{"system": MAPPING_TAG_SYSTEM, "code": self.tag}]}
         )
@@ -126,8 +137,11 @@ class CompiledMapping:
         """The transaction Bundle for one record; raises ``MappingError``."""
         return self.map_traced(record, None)
 
-    def map_traced(self, record: dict[str, Any], fired: set[str] | None) -> dict[str, Any]:
-        """``map``, also adding the name of every rule that produced something to ``fired``."""
+    def map_traced(
+        self, record: dict[str, Any], fired: set[str] | None, outputs: list[RecordOutput] | None = None
+    ) -> dict[str, Any]:
+        """``map``, also adding the name of every rule that produced something to ``fired``, and
+        what the record produced (for retractions) to ``outputs``."""
         if type(record) is not dict:
             raise MappingError("$", "a record must be a JSON object", code="structure", mapping=self.name)
         try:
@@ -181,7 +195,7 @@ class CompiledMapping:
                 raise exc.in_rule(rule.name, self.name) from None
             if fired is not None and made_any(entries, rule.name):
                 fired.add(rule.name)
-        return self._bundle(entries, record, env, record_id)
+        return self._bundle(entries, record, env, record_id, outputs)
 
     def _plan_single(
         self, rule: CompiledRule, record: Any, env: Env, record_id: str
@@ -265,12 +279,19 @@ class CompiledMapping:
             entries[(rtype, rid)] = resource
 
     def _bundle(
-        self, entries: dict[tuple[str, str], dict[str, Any]], record: Any, env: Env, record_id: str
+        self,
+        entries: dict[tuple[str, str], dict[str, Any]],
+        record: Any,
+        env: Env,
+        record_id: str,
+        outputs: list[RecordOutput] | None,
     ) -> dict[str, Any]:
         bundle_entries: list[dict[str, Any]] = []
         targets: list[dict[str, str]] = []
         for (rtype, rid), resource in entries.items():
-            del resource["_rule"]
+            rule_name = resource.pop("_rule")
+            if outputs is not None:
+                outputs.append(RecordOutput(rtype, rid, rule_name, self._rules[rule_name].retract_mode(rtype)))
             bundle_entries.append(
                 {"resource": resource, "request": {"method": "PUT", "url": f"{rtype}/{rid}"}}
             )
@@ -350,6 +371,26 @@ class MappingSet:
     mappings: list[CompiledMapping]
     title: str = ""
     folder: str = ""
+    retract_when: Expression | None = None  # true for a record the source deleted or voided
+    retract_id: Expression | None = None  # reads such a record's id
+
+    def retracted_key(self, record: Any) -> str | None:
+        """The id of the record if the source says it was deleted or voided (``set.yaml``'s
+        ``retract``), else None; raises ``MappingError`` if its id cannot be read."""
+        if self.retract_when is None or self.retract_id is None or type(record) is not dict:
+            return None
+        try:
+            if self.retract_when.run(record, {"system": [self.system]}) != [True]:
+                return None
+        except MappingError:
+            return None
+        return _single_text(self.retract_id.run(record, {}), self.retract_id.text, "the record id")
+
+    def map_outputs(self, record: Any) -> tuple[dict[str, Any], list[RecordOutput]]:
+        """``map_record``, with what the record produced (for retractions)."""
+        outputs: list[RecordOutput] = []
+        bundle = self.select(record).map_traced(record, None, outputs)
+        return bundle, outputs
 
     def select(self, record: Any) -> CompiledMapping:
         """The first mapping whose ``match`` accepts the record."""

@@ -21,6 +21,7 @@ from typing import Any
 
 import pydantic
 
+from gateway.fhir import can_retract_by_status
 from gateway.mapping.conceptmaps import ConceptTable, load_concept_tables
 from gateway.mapping.converters import CompileContext
 from gateway.mapping.engine import CompiledMapping, CompiledRule, MappingSet
@@ -151,7 +152,16 @@ def _load_set(folder: Path, loaded: LoadedMappings, interpret: bool) -> MappingS
         mappings.append(compiled)
     if not files:
         loaded.issues.append(LoadIssue(str(set_file), 1, "", "the set has no mapping files"))
-    return MappingSet(spec.name, spec.system, mappings, spec.title, str(folder))
+    mapping_set = MappingSet(spec.name, spec.system, mappings, spec.title, str(folder))
+    if spec.retract is not None:
+        ctx = CompileContext(system=spec.system, tables=loaded.tables, constants={"system": [spec.system]})
+        compiler = TemplateCompiler(ctx, interpret=interpret)
+        scope = Scope(frozenset({"system"}), "retract sees only %system")
+        mapping_set.retract_when = compiler.expression(spec.retract.when, ("retract", "when"), scope)
+        mapping_set.retract_id = compiler.expression(spec.retract.record_id, ("retract", "record_id"), scope)
+        for node_path, message in compiler.issues:
+            loaded.issues.append(LoadIssue(str(set_file), doc.line_of(node_path), format_path(node_path), message))
+    return mapping_set
 
 
 def _load_mapping(
@@ -246,6 +256,13 @@ def _compile(spec: MappingSpec, set_spec: SetSpec, file: str, tc: TemplateCompil
                 condition_scope.variables | ({"key"} if repeat else set()), condition_scope.where
             )
             compiled.entity = tc.expression(rule.id, (*path, "id"), id_scope)
+        compiled.on_retract = rule.on_retract
+        if rule.on_retract == "entered-in-error" and not any(
+            can_retract_by_status(rtype) for rtype in compiled.program.resource_types
+        ):
+            types = ", ".join(compiled.program.resource_types)
+            issues.append(((*path, "on_retract"), f"{types} has no status that marks it entered in error; "
+                           "use delete or keep"))
         for rtype in compiled.program.resource_types:
             try:
                 compiled.identifier_shapes[rtype] = identifier_shape(rtype)

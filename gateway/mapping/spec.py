@@ -29,6 +29,7 @@ __all__ = [
     "ProvenanceSpec",
     "ReferralRule",
     "ResourceRule",
+    "RetractSpec",
     "Rule",
     "RuleBase",
     "SetSpec",
@@ -58,6 +59,10 @@ class RuleBase(_Strict):
       of that key resolves to, so records of one source link up in any order. Without
       ``id`` the resource belongs to the record (``uuid5(system|Type|record/rule[/key])``).
     * ``template``: extra FHIR elements merged into what the rule kind builds.
+    * ``on_retract``: what happens to what the rule made once an edit (or a deletion) of
+      the record no longer makes it: ``entered-in-error`` (a status change: see
+      ``gateway.ingest.retractions``), ``delete`` or ``keep``. Default: the status change
+      where the resource type has one, else a delete.
     """
 
     name: str = Field(pattern=_NAME)
@@ -66,6 +71,7 @@ class RuleBase(_Strict):
     key: str | None = None
     id: str | None = None
     template: dict[str, TemplateValue] = {}
+    on_retract: Literal["entered-in-error", "delete", "keep"] | None = None
 
 
 class ResourceRule(RuleBase):
@@ -214,15 +220,30 @@ class MappingSpec(_Strict):
     rules: list[Rule] = Field(min_length=1)
 
 
+class RetractSpec(_Strict):
+    """``set.yaml``'s ``retract``: how a source says a record was deleted or voided.
+
+    ``when`` is an expression true for such a record (a CHT ``_deleted`` document, an
+    archived CommCare form, a rejected ODK submission); ``record_id`` reads its id, which
+    must be the id its mapping's ``record_id`` read when the record was stored. Everything
+    that record produced is then retracted.
+    """
+
+    when: str
+    record_id: str
+
+
 class SetSpec(_Strict):
     """``set.yaml``: a mapping set, what a configured source's ``mapping`` names.
 
     ``system`` is the source system's URI: the namespace of deterministic ids and the base
     of identifier systems (``%system`` in expressions). ``mappings`` lists the mapping files
     in the order their ``match`` is tried (default: all other ``*.yaml`` files, sorted).
+    ``retract`` (optional) recognises deleted and voided records (``RetractSpec``).
     """
 
     name: str = Field(pattern=_MAPPING_NAME)
     title: str = ""
     system: str = Field(pattern=r"^(urn:|https?://)\S+$")
     mappings: list[str] | None = None
+    retract: RetractSpec | None = None

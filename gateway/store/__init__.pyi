@@ -10,6 +10,7 @@ from .base import ClientRegistry as ClientRegistry
 from .base import PreparedWrite as PreparedWrite
 from .base import QuarantinedRecord as QuarantinedRecord
 from .base import QuarantineStore as QuarantineStore
+from .base import RecordOutput as RecordOutput
 from .base import ResourceStore as ResourceStore
 from .base import SearchResult as SearchResult
 from .base import Store as Store

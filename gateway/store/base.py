@@ -156,6 +156,20 @@ class PreparedWrite:
     rows: IndexRows
 
 
+@dataclass(frozen=True, slots=True)
+class RecordOutput:
+    """A resource one source record produced, and how to take it back once it no longer does.
+
+    ``on_retract`` is ``status`` (a new version saying entered-in-error, revoked, …),
+    ``delete`` or ``keep``.
+    """
+
+    rtype: str
+    id: str
+    rule: str
+    on_retract: str
+
+
 class VersionConflict(StoreError):
     """``If-Match`` named a version that is not the current one."""
 
@@ -208,6 +222,18 @@ class StoreTransaction(Protocol):
 
     def delete(self, rtype: str, rid: str) -> StoredResource | None:
         """Write a tombstone; None if there was nothing live to delete."""
+        ...
+
+    def record_outputs(self, source: str, record_key: str) -> list[RecordOutput]:
+        """What the record ``record_key`` of ``source`` produced when last stored (empty if never)."""
+        ...
+
+    def set_record_outputs(self, source: str, record_key: str, outputs: Sequence[RecordOutput]) -> None:
+        """Replace what the record produced (an empty list forgets the record)."""
+        ...
+
+    def produced_by_others(self, rtype: str, rid: str, source: str, record_key: str) -> bool:
+        """Whether any record other than ``record_key`` of ``source`` still produces the resource."""
         ...
 
 

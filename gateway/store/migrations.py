@@ -129,6 +129,17 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX assertion_ids_expires ON assertion_ids (expires)",
         ),
     ),
+    Migration(
+        7,
+        "retractions: which resources each source record produced, by which rule, and how to take each back",
+        (
+            """CREATE TABLE record_outputs (source TEXT NOT NULL, record_key TEXT NOT NULL, rtype TEXT NOT NULL,
+                id TEXT NOT NULL, rule TEXT NOT NULL, on_retract TEXT NOT NULL,
+                PRIMARY KEY (source, record_key, rtype, id))""",
+            # A shared resource (a household, a CHW) is taken back only when no record produces it.
+            "CREATE INDEX record_outputs_target ON record_outputs (rtype, id)",
+        ),
+    ),
 )
 
 

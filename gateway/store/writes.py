@@ -25,7 +25,15 @@ from typing import Any
 import orjson
 
 from gateway.search import ExtractionPlan, IndexRows, RowFilter, SearchQuery, format_instant, from_epoch, index_rows
-from gateway.store.base import ChangeOp, PreparedWrite, SearchResult, StoredResource, VersionConflict, WriteResult
+from gateway.store.base import (
+    ChangeOp,
+    PreparedWrite,
+    RecordOutput,
+    SearchResult,
+    StoredResource,
+    VersionConflict,
+    WriteResult,
+)
 from gateway.store.rows import (
     INDEX_TABLES,
     VERSION_META,
@@ -169,6 +177,40 @@ class SqlTransaction:
         if current is None or current.deleted:
             return None
         return self._write(rtype, rid, None, current).resource
+
+    # -- what source records produced (retractions) -------------------------------------------
+    def record_outputs(self, source: str, record_key: str) -> list[RecordOutput]:
+        """What the record produced when last stored."""
+        self.cur.execute(
+            self.store.q("SELECT rtype, id, rule, on_retract FROM record_outputs WHERE source = ? AND record_key = ?"),
+            (source, record_key),
+        )
+        return [RecordOutput(*row) for row in self.cur.fetchall()]
+
+    def set_record_outputs(self, source: str, record_key: str, outputs: Sequence[RecordOutput]) -> None:
+        """Replace what the record produced."""
+        self.cur.execute(
+            self.store.q("DELETE FROM record_outputs WHERE source = ? AND record_key = ?"), (source, record_key)
+        )
+        if outputs:
+            self.cur.executemany(
+                self.store.q(
+                    "INSERT INTO record_outputs (source, record_key, rtype, id, rule, on_retract)"
+                    " VALUES (?, ?, ?, ?, ?, ?)"
+                ),
+                [(source, record_key, o.rtype, o.id, o.rule, o.on_retract) for o in outputs],
+            )
+
+    def produced_by_others(self, rtype: str, rid: str, source: str, record_key: str) -> bool:
+        """Whether another record still produces the resource."""
+        self.cur.execute(
+            self.store.q(
+                "SELECT 1 FROM record_outputs WHERE rtype = ? AND id = ?"
+                " AND NOT (source = ? AND record_key = ?) LIMIT 1"
+            ),
+            (rtype, rid, source, record_key),
+        )
+        return self.cur.fetchone() is not None
 
     def reserve(self, count: int) -> None:
         """Reserve row ids for ``count`` resources about to be created (one query instead of one each)."""

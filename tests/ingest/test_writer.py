@@ -11,6 +11,7 @@ from typing import Any, cast
 import orjson
 
 from gateway.ingest import IngestService, MappingRegistry, ReceivedRecord
+from gateway.ingest.retractions import OutputChange
 from gateway.ingest.service import IngestReport
 from gateway.ingest.writer import IngestWriter, PendingRecord
 from gateway.search.query import QueryParser
@@ -93,7 +94,8 @@ def test_requests_that_disagree_are_not_grouped_and_the_later_wins(store: SqlSto
 
 def _pending(position: int) -> PendingRecord:
     received = ReceivedRecord(position, {}, b"{}", "application/json")
-    return PendingRecord(position, received, None, {"entry": []}, cast(Any, None), "test", [])
+    change = OutputChange("test", "urn:test", f"record-{position}", [])
+    return PendingRecord(position, received, None, {"entry": []}, cast(Any, None), "test", [], change)
 
 
 def _recording_writer(commit_delay: float) -> tuple[IngestWriter, list[list[int]]]:

@@ -1,0 +1,118 @@
+"""Retractions: taking back what an edited, voided or deleted source record no longer produces.
+
+Every stored record leaves the list of resources it produced (``RecordOutput``: type, id,
+rule, how to take it back), written in the same store transaction as its resources. When
+the record comes again, edited, the resources of the old list missing from the new one are
+retracted; when the source says the record was deleted or voided (``set.yaml``'s
+``retract``), all of them are. A retraction is a new version with a status that voids the
+resource (``gateway.fhir.retraction``), a delete, or nothing (``on_retract: keep``), and
+travels to destinations like any other change.
+
+A resource several records produce (a household Location, a CHW Practitioner: rules with
+``id``) is retracted only when no remaining record produces it. Each record's retractions
+get one Provenance per activity (NULLIFY for a status change, DELETE), naming the source
+record, in the same transaction.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from gateway.fhir import retracted_version
+from gateway.search import format_instant
+from gateway.store import RecordOutput, StoredResource, StoreTransaction
+
+__all__ = ["OutputChange", "Retracted", "apply_output_changes"]
+
+_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
+_DISPLAY = {"NULLIFY": "nullify", "DELETE": "delete"}
+_AUTHOR = {"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "code": "author"}
+
+
+@dataclass(slots=True)
+class OutputChange:
+    """A record about to be stored (``outputs``: what it produces now) or deleted at its source
+    (``outputs`` empty, ``deleted`` true)."""
+
+    source: str  # the configured source name
+    system: str  # the source system URI (the mapping set's ``system``)
+    record_key: str
+    outputs: list[RecordOutput]
+    deleted: bool = False
+    retracted: list[Retracted] = field(default_factory=list)  # filled by ``apply_output_changes``
+
+
+@dataclass(frozen=True, slots=True)
+class Retracted:
+    """A resource a record took back: ``version`` is the new status version or the tombstone."""
+
+    resource: StoredResource
+    activity: str  # NULLIFY or DELETE
+
+
+def apply_output_changes(tx: StoreTransaction, changes: Sequence[OutputChange]) -> None:
+    """Record what each record produces now and retract what it no longer does, inside ``tx``.
+
+    Runs after the records' own writes, in the same transaction. All records' new lists are
+    written first, so a resource another record of the same transaction produces is kept.
+    """
+    previous: list[list[RecordOutput]] = []
+    for change in changes:
+        change.retracted = []  # a transaction retried after a rollback starts afresh
+        previous.append(tx.record_outputs(change.source, change.record_key))
+        tx.set_record_outputs(change.source, change.record_key, change.outputs)
+    for change, before in zip(changes, previous, strict=True):
+        now = {(o.rtype, o.id) for o in change.outputs}
+        for output in before:
+            if (output.rtype, output.id) in now or output.on_retract == "keep":
+                continue
+            if tx.produced_by_others(output.rtype, output.id, change.source, change.record_key):
+                continue
+            done = _retract(tx, output)
+            if done is not None:
+                change.retracted.append(done)
+        if change.retracted:
+            _record_provenance(tx, change)
+
+
+def _retract(tx: StoreTransaction, output: RecordOutput) -> Retracted | None:
+    if output.on_retract == "status":
+        current = tx.read(output.rtype, output.id)
+        if current is None or current.deleted:
+            return None
+        body: dict[str, Any] = orjson.loads(current.content)
+        voided = retracted_version(body)
+        if voided is None:
+            return None  # already ended (a clinic completed the Task): left as it is
+        return Retracted(tx.update(voided).resource, "NULLIFY")
+    deleted = tx.delete(output.rtype, output.id)
+    return Retracted(deleted, "DELETE") if deleted is not None else None
+
+
+def _record_provenance(tx: StoreTransaction, change: OutputChange) -> None:
+    by_activity: dict[str, list[StoredResource]] = {}
+    for done in change.retracted:
+        by_activity.setdefault(done.activity, []).append(done.resource)
+    why = "deleted or voided at the source" if change.deleted else "an edit of the source record no longer produces it"
+    for activity, targets in by_activity.items():
+        tx.create(
+            {
+                "resourceType": "Provenance",
+                "target": [{"reference": f"{r.type}/{r.id}/_history/{r.version}"} for r in targets],
+                "recorded": format_instant(round(time.time(), 3)),
+                "activity": {"coding": [{"system": _OPERATION, "code": activity, "display": _DISPLAY[activity]}]},
+                "reason": [{"text": why}],
+                "agent": [{"type": {"coding": [_AUTHOR]}, "who": {"display": change.system}}],
+                "entity": [
+                    {
+                        "role": "source",
+                        "what": {"identifier": {"system": f"{change.system}:record", "value": change.record_key}},
+                    }
+                ],
+            }
+        )
