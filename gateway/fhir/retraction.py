@@ -87,14 +87,13 @@ def retracted_version(resource: dict[str, Any]) -> dict[str, Any] | None:
         if meta:
             out["meta"] = meta
     if rtype in _VERIFICATION_SYSTEM:
-        current = _codes(resource.get(element))
-        if code in current:
+        if code in _codes(resource.get(element)):
             return None
         out[element] = {"coding": [{"system": _VERIFICATION_SYSTEM[rtype], "code": code}]}
         out.pop("clinicalStatus", None)  # con-5 / ait-1: no clinical status once entered in error
         return out
-    current = resource.get(element)
-    if current == code or (code != _ENTERED_IN_ERROR and current in _FINAL):
+    status = resource.get(element)
+    if status == code or (code != _ENTERED_IN_ERROR and status in _FINAL):
         return None  # a request someone else already ended (a Task a clinic completed) stays so
     out[element] = code
     return out
