@@ -169,3 +169,40 @@ def test_conceptmap_problems(mappings_dir, text: str, message: str) -> None:
 def test_missing_folder(tmp_path: Path) -> None:
     (issue,) = validate_mappings(tmp_path / "nope")
     assert "mappings folder not found" in str(issue)
+
+
+def test_entered_in_error_on_a_type_without_such_a_status_is_refused_with_its_line(mappings_dir) -> None:
+    text = GOOD.replace(
+        "  - name: encounter\n    kind: resource\n    resourceType: Encounter\n",
+        "  - name: place\n    kind: resource\n    resourceType: Location\n    on_retract: entered-in-error\n"
+        "    template: {name: home}\n"
+        "  - name: encounter\n    kind: resource\n    resourceType: Encounter\n",
+    )
+    issues = _issues(mappings_dir, text)
+    assert len(issues) == 1, issues
+    assert f"visit.yaml:{_line_of(text, 'on_retract')}" in issues[0]
+    assert "Location has no status" in issues[0] and "use delete or keep" in issues[0]
+    assert _issues(mappings_dir, text.replace("on_retract: entered-in-error", "on_retract: delete")) == []
+    wrong = _issues(mappings_dir, text.replace("on_retract: entered-in-error", "on_retract: void"))
+    assert len(wrong) == 1 and "on_retract" in wrong[0]
+
+
+def test_a_broken_retract_expression_in_set_yaml_is_refused_with_its_line(mappings_dir) -> None:
+    broken = SET + "retract:\n  when: \"deleted = \"\n  record_id: id\n"
+    root = mappings_dir({"demo/set.yaml": broken, "demo/visit.yaml": GOOD})
+    issues = [str(issue) for issue in validate_mappings(root)]
+    assert len(issues) == 1 and "set.yaml:4" in issues[0], issues
+
+
+def test_a_set_recognises_its_deleted_records_and_rules_say_how_to_retract(mappings_dir) -> None:
+    with_retract = SET + "retract:\n  when: \"deleted = true\"\n  record_id: id\n"
+    root = mappings_dir({"demo/set.yaml": with_retract, "demo/visit.yaml": GOOD})
+    demo = load_mapping_sets(root)["demo"]
+    assert demo.retracted_key({"id": "r1", "deleted": True}) == "r1"
+    assert demo.retracted_key({"id": "r1", "deleted": False}) is None
+    assert demo.retracted_key({"id": "r1"}) is None
+    _, outputs = demo.map_outputs({"id": "r1", "when": "2025-01-02T03:04:05Z", "patient_id": "p", "weight": "7"})
+    assert [(o.rtype, o.rule, o.on_retract) for o in outputs] == [
+        ("Encounter", "encounter", "status"),
+        ("Observation", "weight", "status"),
+    ]
