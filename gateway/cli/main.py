@@ -63,9 +63,8 @@ def serve(
     """Run the gateway API (and its in-process services)."""
     import logging
 
-    import uvicorn
-
     from gateway.api import configure_access_log, create_app
+    from gateway.cli.server import run_server
     from gateway.services import ServicePlan, Services
 
     if dev and config is None and DEV_CONFIG.exists():
@@ -80,8 +79,8 @@ def serve(
             with Services.build(settings, ServicePlan(ingest=False)) as services:
                 _print_dev_token(services.store, settings)
         application = create_app(settings, plan=ServicePlan.for_serve(settings, os.environ))
-        uvicorn.run(application, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                    proxy_headers=True, access_log=False)
+        run_server(application, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
+                   proxy_headers=True, access_log=False)
     finally:
         if sandbox is not None:
             sandbox.terminate()
