@@ -87,7 +87,11 @@ def run(
         typer.echo(f"cannot read {file}: {exc}", err=True)
         raise typer.Exit(2) from exc
     outputs = [map_outcome(selected, record) for record in records]
-    failed = sum(1 for output in outputs if output.get("resourceType") == "OperationOutcome")
+    failed = sum(
+        1 for output in outputs
+        if output.get("resourceType") == "OperationOutcome"
+        and any(issue.get("severity") in ("error", "fatal") for issue in output.get("issue", []))
+    )  # fmt: skip
     sys.stdout.write(
         orjson.dumps(outputs if many else outputs[0], option=orjson.OPT_INDENT_2).decode() + "\n"
     )

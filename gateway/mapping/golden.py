@@ -75,8 +75,19 @@ def find_cases(mapping_set: MappingSet) -> list[GoldenCase]:
 
 
 def map_outcome(mapping_set: MappingSet, record: Any) -> dict[str, Any]:
-    """The Bundle for a record, or the OperationOutcome of its ``MappingError``."""
+    """The Bundle for a record, or the OperationOutcome of its ``MappingError`` (an informational
+    one for a record its source deleted or voided: it is not mapped, it retracts)."""
     try:
+        deleted = mapping_set.retracted_key(record)
+        if deleted is not None:
+            return {
+                "resourceType": "OperationOutcome",
+                "issue": [{
+                    "severity": "information", "code": "informational",
+                    "diagnostics": f"the source deleted or voided record {deleted!r}: "
+                                   "ingest retracts everything it produced",
+                }],
+            }  # fmt: skip
         return mapping_set.map_record(record)
     except MappingError as exc:
         return to_operation_outcome(exc)

@@ -47,6 +47,16 @@ def test_run_csv_prints_one_bundle_per_row() -> None:
     assert len(json.loads(result.stdout)) == 4
 
 
+def test_run_of_a_deleted_record_says_it_retracts(tmp_path: Path) -> None:
+    record = tmp_path / "deleted.json"
+    record.write_text(json.dumps({"doc": {"_id": "doc-1", "_rev": "3-a", "_deleted": True}}))
+    result = runner.invoke(mappings_app, ["run", "cht", str(record), "--dir", str(MAPPINGS)])
+    assert result.exit_code == 0, result.output
+    outcome = json.loads(result.stdout)
+    assert outcome["issue"][0]["severity"] == "information"
+    assert "'doc-1'" in outcome["issue"][0]["diagnostics"] and "retracts" in outcome["issue"][0]["diagnostics"]
+
+
 def test_run_refused_record_exits_1_with_the_outcome(tmp_path: Path) -> None:
     record = tmp_path / "bad.json"
     record.write_text(json.dumps({"doc": {"type": "person", "_id": "x", "reported_date": "soon"}}))
