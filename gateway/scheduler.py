@@ -12,12 +12,16 @@ declare (for DHIS2: metadata refresh, org-unit pull, monthly report; see
 A task with interval ``I`` and offset ``O`` runs at every ``k*I + O`` seconds since the Unix
 epoch (UTC): every 24h at 00:00 UTC, every 1h on the hour. The times depend on nothing but
 the clock, so tests move a ``ManualClock`` to a boundary and see the task run, and two
-processes (``serve`` plus a ``worker``) run a task at the same moments. They do not
-coordinate: each task is idempotent (deterministic ids, writes skipped when unchanged), so
-running it twice costs work, never duplicates; turn the scheduler off in one of them
-(``scheduler.enabled: false``) to save it. ``run_at_start`` tasks also run once when the
-scheduler starts. A run that overruns its next time skips it (no catch-up bursts), and a
-task never overlaps itself.
+processes (``serve`` plus a ``worker``, or many of each) run a task at the same moments.
+A ``cluster_once`` task (writing to the shared store, sending a report) runs once per
+moment across all of them: each run is a *slot* (``k`` of ``k*I + O``) that the processes
+``claim`` through the shared store, and only the first claim runs; the others skip it. A
+task without it (refreshing a cache each process holds) runs in every process. Were the
+claim impossible (the database unreachable), the run goes ahead: every task is idempotent
+(deterministic ids, writes skipped when unchanged), so a second run costs work, never
+duplicates. ``run_at_start`` tasks also run when the scheduler starts, as the run of the
+current slot (a ``cluster_once`` one only if no process ran that slot yet). A run that
+overruns its next time skips it (no catch-up bursts), and a task never overlaps itself.
 
 A task that raises is logged with its name and the exception type (messages can carry
 record data) and runs again at its next time; nothing a task does stops the others or
@@ -37,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.clock import Clock
 
-__all__ = ["PeriodicTask", "Scheduler", "SchedulerSettings", "next_run"]
+__all__ = ["Claim", "PeriodicTask", "Scheduler", "SchedulerSettings", "next_run", "slot_of"]
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +63,19 @@ class PeriodicTask:
     run: Callable[[], Awaitable[str]]
     offset: float = 0.0  # seconds after each interval boundary
     run_at_start: bool = False
+    cluster_once: bool = False  # one process of all those sharing the store runs each slot
 
     def __post_init__(self) -> None:
         if not self.interval > 0:
             raise ValueError(f"task {self.name}: the interval must be positive")
+
+
+Claim = Callable[[str, int], Awaitable[bool]]
+
+
+def slot_of(task: PeriodicTask, at: float) -> int:
+    """The slot ``k`` of the run due at ``at`` (the last boundary at or before it)."""
+    return math.floor((at - task.offset) / task.interval + 1e-9)
 
 
 def next_run(task: PeriodicTask, now: float) -> float:
@@ -80,9 +93,12 @@ class Scheduler:
         clock: Clock,
         *,
         on_stop: Sequence[Callable[[], Awaitable[None]]] = (),
+        claim: Claim | None = None,
     ) -> None:
         self.tasks = list(tasks)
         self.clock = clock
+        self._claim = claim
+        self.skipped: dict[str, int] = {task.name: 0 for task in self.tasks}  # slots another process ran
         self.runs: dict[str, int] = {task.name: 0 for task in self.tasks}  # completed runs, ok or failed
         self.failures: dict[str, int] = {task.name: 0 for task in self.tasks}
         self._on_stop = list(on_stop)
@@ -110,11 +126,26 @@ class Scheduler:
 
     async def _loop(self, task: PeriodicTask) -> None:
         if task.run_at_start:
-            await self._run(task)
+            await self._run_slot(task, slot_of(task, self.clock.now()))
         while True:
             due = next_run(task, self.clock.now())
             await self.clock.sleep(due - self.clock.now())
-            await self._run(task)
+            await self._run_slot(task, slot_of(task, due))
+
+    async def _run_slot(self, task: PeriodicTask, slot: int) -> None:
+        if task.cluster_once and self._claim is not None:
+            try:
+                mine = await self._claim(task.name, slot)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - better twice than never: tasks are idempotent
+                log.warning("scheduled task %s: cannot claim its run (%s); running it", task.name, type(exc).__name__)
+                mine = True
+            if not mine:
+                self.skipped[task.name] += 1
+                log.debug("scheduled task %s: slot %d runs in another process", task.name, slot)
+                return
+        await self._run(task)
 
     async def _run(self, task: PeriodicTask) -> bool:
         try:

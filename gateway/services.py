@@ -19,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -31,10 +33,10 @@ from gateway.connectors import DeliveryConfigError
 from gateway.delivery import DeliverySections, DeliveryService, DestinationConfig
 from gateway.errors import FhirError
 from gateway.ingest import IngestService, MappingRegistry
-from gateway.scheduler import PeriodicTask, Scheduler
+from gateway.scheduler import Claim, PeriodicTask, Scheduler
 from gateway.search import QueryParser, SearchLimits, SearchRegistry, default_registry
 from gateway.settings import Settings, delivery_sections
-from gateway.store import ResourceStore, Store, open_store
+from gateway.store import ResourceStore, RunClaims, Store, open_store
 
 __all__ = ["ServicePlan", "Services", "build_scheduler", "run_worker"]
 
@@ -124,6 +126,7 @@ class Services:
                     clock=plan.scheduler_clock or SystemClock(),
                     connectors=services.delivery.connectors if services.delivery else {},
                     only=plan.only,
+                    claims=opened,
                 )
         except BaseException:
             services.close_now()
@@ -210,8 +213,10 @@ def build_scheduler(
     clock: Clock,
     connectors: Mapping[str, object],
     only: Sequence[str] | None = None,
+    claims: RunClaims | None = None,
 ) -> Scheduler:
-    """The scheduler of every enabled destination's periodic tasks (DHIS2 declares some)."""
+    """The scheduler of every enabled destination's periodic tasks (DHIS2 declares some); with
+    ``claims`` (the shared store), ``cluster_once`` tasks run once across processes."""
     from gateway.connectors.dhis2 import dhis2_tasks  # only deployments with DHIS2 pay its import
 
     tasks: list[PeriodicTask] = []
@@ -224,7 +229,17 @@ def build_scheduler(
         )
         tasks += group.periodic()
         closers.append(group.aclose)
-    return Scheduler(tasks, clock, on_stop=closers)
+    return Scheduler(tasks, clock, on_stop=closers, claim=_store_claim(claims) if claims is not None else None)
+
+
+def _store_claim(claims: RunClaims) -> Claim:
+    """Scheduled runs claimed through the shared store, by this process (host and pid)."""
+    holder = f"{socket.gethostname()}:{os.getpid()}"
+
+    async def claim(task: str, slot: int) -> bool:
+        return await anyio.to_thread.run_sync(claims.claim_run, task, slot, holder)
+
+    return claim
 
 
 async def run_worker(

@@ -12,6 +12,7 @@ from .base import QuarantinedRecord as QuarantinedRecord
 from .base import QuarantineStore as QuarantineStore
 from .base import RecordOutput as RecordOutput
 from .base import ResourceStore as ResourceStore
+from .base import RunClaims as RunClaims
 from .base import SearchResult as SearchResult
 from .base import Store as Store
 from .base import StoredResource as StoredResource

@@ -9,6 +9,7 @@ Consumers type against the narrowest protocol they use:
   and the assertion ids they used (the authenticator and the SMART token endpoint);
 * ``QuarantineStore``: received records that failed, kept for replay;
 * ``AuditTrail``: AuditEvents, stored and indexed like any resource but outside the change feed;
+* ``RunClaims``: which process runs a scheduled task's run, when several share the store;
 * ``Store``: all of them plus the lifecycle (``ping``, ``close``); ``open_store`` returns one.
 
 Two implementations exist (``SQLiteStore`` and ``PostgresStore``), both built on
@@ -425,7 +426,15 @@ class AuditTrail(Protocol):
         ...
 
 
-class Store(ResourceStore, ChangeFeed, ClientRegistry, QuarantineStore, AuditTrail, Protocol):
+class RunClaims(Protocol):
+    """Scheduled runs claimed once across every process sharing the store."""
+
+    def claim_run(self, task: str, slot: int, holder: str) -> bool:
+        """Claim run ``slot`` of ``task`` for ``holder``: True for the first claim only (atomic)."""
+        ...
+
+
+class Store(ResourceStore, ChangeFeed, ClientRegistry, QuarantineStore, AuditTrail, RunClaims, Protocol):
     """The whole store, as ``open_store`` returns it: every part above plus its lifecycle."""
 
     @property

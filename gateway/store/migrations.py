@@ -140,6 +140,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX record_outputs_target ON record_outputs (rtype, id)",
         ),
     ),
+    Migration(
+        8,
+        "scheduled runs claimed cluster-wide: each (task, slot) by one process only",
+        (
+            """CREATE TABLE scheduled_runs (task TEXT NOT NULL, slot BIGINT NOT NULL, holder TEXT NOT NULL,
+                claimed {FLOAT} NOT NULL, PRIMARY KEY (task, slot))""",
+        ),
+    ),
 )
 
 

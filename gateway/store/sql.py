@@ -499,6 +499,25 @@ class SqlStore:
             cur.execute(self.q("DELETE FROM resources WHERE rtype = ? AND lu < ?"), params)
             return int(cur.rowcount)
 
+    # -- scheduled runs ----------------------------------------------------------------------
+    #: claims kept per task (older ones are pruned as new ones are made)
+    KEPT_CLAIMS = 1000
+
+    def claim_run(self, task: str, slot: int, holder: str) -> bool:
+        """Claim run ``slot`` of ``task``: the primary key lets exactly one process insert it."""
+        with self._write_cursor() as cur:
+            cur.execute(
+                self.q("INSERT INTO scheduled_runs (task, slot, holder, claimed) VALUES (?, ?, ?, ?)"
+                       " ON CONFLICT (task, slot) DO NOTHING"),
+                (task, slot, holder, time.time()),
+            )  # fmt: skip
+            won = cur.rowcount == 1
+            if won:
+                cur.execute(
+                    self.q("DELETE FROM scheduled_runs WHERE task = ? AND slot < ?"), (task, slot - self.KEPT_CLAIMS)
+                )
+            return won
+
     # -- API clients -------------------------------------------------------------------------
     _CLIENT_COLUMNS = "name, scopes, created, disabled, expires, revoked, last_used, policy, jwks"
 

@@ -81,10 +81,10 @@ async def test_each_task_runs_at_its_time_writes_only_what_changed_and_survives_
     clock = ManualClock(JUNE_3 + 30 * 60)  # 00:30 UTC
     tasks = dhis2_tasks(destination(sandbox, tmp_path, offset="2h"), store=store, environ=ENVIRON, clock=clock)
     scheduler = Scheduler(tasks.periodic(), clock, on_stop=[tasks.aclose])
-    assert [(t.name, t.interval, t.offset) for t in scheduler.tasks] == [
-        ("dhis2/metadata", 6 * HOUR, 2 * HOUR),
-        ("dhis2/org-units", 24 * HOUR, 2 * HOUR),
-        ("dhis2/report", 24 * HOUR, 2 * HOUR),
+    assert [(t.name, t.interval, t.offset, t.cluster_once) for t in scheduler.tasks] == [
+        ("dhis2/metadata", 6 * HOUR, 2 * HOUR, False),  # each process's own metadata cache
+        ("dhis2/org-units", 24 * HOUR, 2 * HOUR, True),  # writes to the shared store: once
+        ("dhis2/report", 24 * HOUR, 2 * HOUR, True),  # sends a report: once
     ]
     caplog.set_level(logging.INFO, logger="gateway.scheduler")
     await scheduler.start()

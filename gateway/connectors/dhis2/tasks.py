@@ -74,12 +74,18 @@ class Dhis2Tasks:
             found.append(PeriodicTask(f"{name}/metadata", schedule.metadata_refresh, self.refresh_metadata))
         if schedule.org_units_pull:
             found.append(
-                PeriodicTask(f"{name}/org-units", schedule.org_units_pull, self.pull_org_units, run_at_start=True)
+                PeriodicTask(f"{name}/org-units", schedule.org_units_pull, self.pull_org_units, run_at_start=True,
+                             cluster_once=True)
             )
         if schedule.monthly_report and self.options.report and self.options.aggregate_mapping:
-            found.append(PeriodicTask(f"{name}/report", schedule.monthly_report, self.report, run_at_start=True))
+            found.append(
+                PeriodicTask(
+                    f"{name}/report", schedule.monthly_report, self.report, run_at_start=True, cluster_once=True
+                )
+            )
         return [
-            PeriodicTask(t.name, t.interval, t.run, offset=schedule.offset, run_at_start=t.run_at_start)
+            PeriodicTask(t.name, t.interval, t.run, offset=schedule.offset, run_at_start=t.run_at_start,
+                         cluster_once=t.cluster_once)
             for t in found
         ]
 
