@@ -196,6 +196,7 @@ def _delivery(settings: Settings, sections: DeliverySections, plan: ServicePlan,
     return DeliveryService.create(
         store=store,
         queue_url=settings.queue_url,
+        queue_prefix=settings.queue_prefix,
         destinations=sections.destinations,
         settings=sections.delivery,
         environ=plan.environ,

@@ -137,6 +137,10 @@ class Settings(BaseSettings):
 
     store_url: str = Field("sqlite:///gateway.db", description="sqlite:///path or postgresql://…")
     queue_url: str = Field("sqlite:///gateway-queue.db", description="sqlite:///path or redis://…")
+    queue_prefix: str = Field(
+        "gw:dq", pattern=r"^[A-Za-z0-9:_-]{1,64}$",
+        description="Redis queue: prefix of its keys, so several gateways can share one Redis",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     public_base_url: str | None = Field(

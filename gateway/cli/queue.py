@@ -71,7 +71,7 @@ def _with_admin(
     settings, sections = _load(config, destinations)
 
     async def run() -> T:
-        handle = open_admin(settings.queue_url, sections)
+        handle = open_admin(settings.queue_url, sections, prefix=settings.queue_prefix)
         try:
             return await action(handle.admin)
         finally:

@@ -14,6 +14,7 @@ from typing import Any
 
 from gateway.clock import SystemClock
 from gateway.delivery.config import DeliverySections, DestinationConfig
+from gateway.delivery.keys import DEFAULT_PREFIX
 from gateway.delivery.queue import DeadLetter, DeadLetterFilter, DeliveryQueue, QueueStats
 from gateway.delivery.queue_factory import open_queue
 from gateway.errors import RequestError
@@ -154,7 +155,7 @@ class AdminHandle:
     admin: DeliveryAdmin
 
 
-def open_admin(queue_url: str, sections: DeliverySections) -> AdminHandle:
+def open_admin(queue_url: str, sections: DeliverySections, *, prefix: str = DEFAULT_PREFIX) -> AdminHandle:
     """Open the queue for status, dead letters and replay (no workers, no credentials)."""
-    queue = open_queue(queue_url, clock=SystemClock(), lease=sections.delivery.lease)
+    queue = open_queue(queue_url, clock=SystemClock(), lease=sections.delivery.lease, prefix=prefix)
     return AdminHandle(queue, DeliveryAdmin(queue, sections.destinations))
