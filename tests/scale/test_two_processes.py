@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,8 @@ class Gateway:
             except httpx.TransportError:
                 pass
             if self.process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"gateway did not start: {self.process.stderr.read() if self.process.stderr else ''}")
+                output = self.process.stderr.read() if self.process.stderr else ""
+                raise AssertionError(f"gateway did not start: {output}")
             time.sleep(0.2)
 
     def stop(self) -> None:
@@ -123,7 +124,7 @@ def _patient(i: int, family: str = "Two") -> dict[str, object]:
             "name": [{"family": family, "given": [f"P{i}"]}]}  # fmt: skip
 
 
-async def _eventually(check, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+async def _eventually(check: Callable[[], bool], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < deadline, "timed out"
