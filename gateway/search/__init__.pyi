@@ -27,6 +27,8 @@ from .query import SearchQuery as SearchQuery
 from .query import non_negative_int as non_negative_int
 from .registry import SearchRegistry as SearchRegistry
 from .registry import default_registry as default_registry
+from .sql import DateSortPlan as DateSortPlan
 from .sql import count_sql as count_sql
+from .sql import date_sort_plan as date_sort_plan
 from .sql import date_sort_walk as date_sort_walk
 from .sql import page_sql as page_sql

@@ -8,6 +8,7 @@ is answered from an index table and no JSON is scanned.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.search.policy import RowFilter
@@ -116,19 +117,30 @@ def _selective(c: Criterion) -> bool:
     return True
 
 
-def _probe(c: Criterion, alias: str) -> tuple[str, Params]:
-    """``EXISTS`` test of one criterion for the candidate row id ``alias.rid``."""
+def _probe(c: Criterion, alias: str, *, per_row: bool = False) -> tuple[str, Params]:
+    """``EXISTS`` test of one criterion for the candidate row id ``alias.rid``.
+
+    ``per_row``: a test PostgreSQL runs row by row on the row-id index, for a few candidates;
+    it turns a plain ``EXISTS`` into a semi-join that reads the whole criterion set first,
+    but does not pull up a subquery with an aggregate.
+    """
     table = TABLES[c.param.table]
-    base = f"EXISTS (SELECT 1 FROM {table} x WHERE x.rid = {alias}.rid AND x.param = ?"
+    if per_row:
+        head = f"(SELECT COUNT(*) FROM {table} x WHERE x.rid = {alias}.rid AND x.param = ?"
+        tail = ") > 0"
+    else:
+        head = f"EXISTS (SELECT 1 FROM {table} x WHERE x.rid = {alias}.rid AND x.param = ?"
+        tail = ")"
+    base = head
     params: Params = [c.param.code]
     if c.missing is not None:
-        return base + ")", params
+        return base + tail, params
     ors: list[str] = []
     for value in c.values:
         cond, cond_params = _value_sql(c, value)
         ors.append(cond)
         params.extend(cond_params)
-    return f"{base} AND ({' OR '.join(ors)}))", params
+    return f"{base} AND ({' OR '.join(ors)}){tail}", params
 
 
 def page_sql(query: SearchQuery, columns: str) -> tuple[str, Params]:
@@ -361,6 +373,75 @@ def date_sort_walk(query: SearchQuery) -> tuple[str, Params, str, Params] | None
     )
     missing_params: Params = [*matched_params, query.rtype, key.param.code, *snapshot_params]
     return walk, walk_params, missing, missing_params
+
+
+@dataclass(frozen=True, slots=True)
+class DateSortPlan:
+    """Two ways to one page of a query sorted by a date parameter (see ``date_sort_plan``)."""
+
+    bound: str  # the sort key of the ``cap``-th date-index row in sort order (none if fewer rows)
+    bound_params: Params
+    walk: str  # date-index rows in sort order up to the bound, kept if every criterion holds;
+    walk_params: Params  # the bound and the limit are appended
+    by_match: str  # every match with its own sort key, sorted; limit and offset appended
+    by_match_params: Params
+    descending: bool
+
+
+def date_sort_plan(query: SearchQuery, cap: int) -> DateSortPlan | None:
+    """For ``_sort`` on one date parameter with plain criteria: a bounded walk, and a fallback.
+
+    The walk reads the date index in sort order, no further than its ``cap``-th row (whose
+    key ``bound`` finds from the index alone), keeping the rows whose resource meets every
+    criterion (one probe per criterion on the row-id indexes), and stops once it has the
+    page. When the criteria match a fair share of the resources (a common code) that is
+    after ``page / share`` rows, however large the store. When it does not fill the page the
+    matches are few (fewer than ``page * rows / cap``), and ``by_match`` sorts exactly those
+    by their own date. So the cost is bounded by ``cap`` probes or by the matches, never by
+    the size of the store. None when the query has another shape (a chain, ``_has``, a
+    negation, a data policy, a second sort key).
+    """
+    if len(query.sort) != 1:
+        return None
+    key = query.sort[0]
+    if key.param is None or key.param.table != "date":
+        return None
+    rest, _ = _resource_filters(query, "r")
+    if rest or visible_rids(query.policy, query.rtype) is not None:
+        return None
+    if any(not _is_positive(c) or c.chain is not None or c.has is not None for c in query.criteria):
+        return None
+    column, direction, agg = ("hi", "DESC", "MAX") if key.descending else ("lo", "ASC", "MIN")
+    snapshot: Params = [] if query.snapshot is None else [query.snapshot]
+    head = (
+        f"FROM idx_date d WHERE d.rtype = ? AND d.param = ?{'' if query.snapshot is None else ' AND d.rid <= ?'}"
+    )
+    order = f"ORDER BY d.{column} {direction}, d.rid {direction}"
+    bound = f"SELECT d.{column} {head} {order} LIMIT 1 OFFSET ?"
+    probes: list[str] = []
+    probe_params: Params = []
+    for criterion in query.criteria:
+        probe, params = _probe(criterion, "d", per_row=True)
+        probes.append(probe)
+        probe_params.extend(params)
+    limit_key = f"d.{column} {'>=' if key.descending else '<='} ?"
+    walk = f"SELECT d.rid {head} AND {' AND '.join([*probes, limit_key])} {order} LIMIT ?"
+    matched, matched_params = match_set(query)
+    if not matched:
+        matched, matched_params = "SELECT a.rid FROM resources a WHERE a.rtype = ? AND a.deleted = 0", [query.rtype]
+    by_match = (
+        f"SELECT bm.rid FROM (SELECT b0.rid AS rid, (SELECT {agg}(e.{column}) FROM idx_date e"
+        f" WHERE e.rid = b0.rid AND e.param = ?) AS k FROM ({matched}) b0"
+        # "+ 0": a bare rid bound tempts SQLite to range-scan a row-id index instead of the match set
+        f"{'' if query.snapshot is None else ' WHERE b0.rid + 0 <= ?'}) bm"
+        f" ORDER BY (CASE WHEN bm.k IS NULL THEN 1 ELSE 0 END), bm.k {direction}, bm.rid {direction} LIMIT ? OFFSET ?"
+    )  # resources without the date sort last, as in the walk
+    return DateSortPlan(
+        bound, [query.rtype, key.param.code, *snapshot, cap - 1],
+        walk, [query.rtype, key.param.code, *snapshot, *probe_params],
+        by_match, [key.param.code, *matched_params, *snapshot],
+        key.descending,
+    )  # fmt: skip
 
 
 def order_by(query: SearchQuery, alias: str = "r") -> tuple[str, Params]:
