@@ -149,6 +149,6 @@ async def dead_letter(job_id: str, admin: AdminDep) -> Response:
 
 @router.post("/dead-letters/{job_id}/replay", summary="Replay one dead letter")
 async def replay(job_id: str, admin: AdminDep) -> Response:
-    """Send one dead letter again, behind its patient's pending jobs."""
-    await _guard(admin.replay(job_id))
-    return _json({"replayed": 1})
+    """Send one dead letter (every job of its group) again, behind its patient's pending jobs."""
+    count = await _guard(admin.replay(job_id))
+    return _json({"replayed": count})

@@ -187,8 +187,17 @@ def dead_letters(
     for letter in letters:
         row = dead_letter_summary(letter)
         status_code = str(row["status"]) if row["status"] is not None else "-"
+        # A grouped letter (one refused DHIS2 object) names its object and how many jobs it holds.
+        resource = row["resource"]
+        if row["group"]:
+            resource += f" +{len(row['jobs']) - 1} jobs, {row['group']}"
         table.add_row(
-            row["id"], row["resource"], row["reason"], status_code, str(row["attempts"]), _iso(row["died_at"])
+            row["id"],
+            resource,
+            row["reason"],
+            status_code,
+            str(row["attempts"]),
+            _iso(row["died_at"]),
         )
     Console().print(table)
 

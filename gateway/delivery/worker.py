@@ -117,7 +117,7 @@ def settlement_for(
             for part in outcome.refused
         )
         return Split(job, parts)
-    return Bury(job, outcome.reason, outcome.detail, outcome.request, outcome.response)
+    return Bury(job, outcome.reason, outcome.detail, outcome.request, outcome.response, outcome.group)
 
 
 class Worker:
