@@ -188,11 +188,56 @@ class TrackerTransformer:
             encounter_ref = reference_of(resource.get(_ENCOUNTER_FIELD.get(str(kind), "encounter")))
             if encounter_ref is None or not encounter_ref.startswith("Encounter/"):
                 return TrackerPlan.skip(f"{kind} without an Encounter is not sent to DHIS2")
-            encounter = source.get("Encounter", encounter_ref.partition("/")[2])
+            encounter_id = encounter_ref.partition("/")[2]
+            encounter = source.get("Encounter", encounter_id)
             if encounter is None:
+                if source.was_deleted("Encounter", encounter_id) is not None:
+                    return TrackerPlan.skip(f"{encounter_ref} was deleted: its event is deleted in DHIS2")
                 raise Dhis2PendingError(f"{encounter_ref} is not stored yet", "encounter")
+            if encounter.get("status") == "entered-in-error":
+                return TrackerPlan.skip(f"{encounter_ref} was entered in error: its event is deleted in DHIS2")
             return self._encounter_plan(encounter, source, resolver)
         return TrackerPlan.skip(f"{kind} is not mapped to DHIS2 tracker data")
+
+    # -- retractions
+
+    def visit_deletes(self, encounter_id: str, last: JsonObject, source: ResourceSource) -> TrackerPlan:
+        """An Encounter voided or deleted: its event, and its person too if nothing else of theirs remains."""
+        ref = f"Encounter/{encounter_id}"
+        ev = derive_uid(self.namespace, "EVENT", ref)
+        objects = [PlannedObject("EVENT", ev, {"event": ev}, ref)]
+        patient_ref = reference_of(last.get("subject"))
+        if patient_ref is not None and patient_ref.startswith("Patient/"):
+            patient_id = patient_ref.partition("/")[2]
+            if source.get("Patient", patient_id) is None and source.was_deleted("Patient", patient_id) is not None:
+                person = self.person_deletes(patient_id, source, leaving=ref)
+                objects += [obj for obj in person.objects if obj.tracker_type != "EVENT"]
+        return TrackerPlan(tuple(objects), ("EVENT", ev), note="delete")
+
+    def person_deletes(self, patient_id: str, source: ResourceSource, *, leaving: str | None = None) -> TrackerPlan:
+        """A Patient deleted: its enrollments and tracked entity, unless a live visit of theirs remains."""
+        ref = f"Patient/{patient_id}"
+        remaining = [
+            e
+            for e in source.find("Encounter", "patient", ref)
+            if e.get("status") != "entered-in-error"
+            and f"Encounter/{e.get('id')}" != leaving
+            and any(_truthy(stage.when, e) for stage in self.mapping.stages)
+        ]
+        if remaining:
+            return TrackerPlan.skip(
+                f"{len(remaining)} visits of the deleted {ref} remain: its tracked entity stays until they go"
+            )
+        te = derive_uid(self.namespace, "TRACKED_ENTITY", ref)
+        origins = [f"{ref}|{self.mapping.program}"] + [
+            f"EpisodeOfCare/{episode['id']}" for episode in source.find("EpisodeOfCare", "patient", ref)
+        ]
+        objects = [
+            PlannedObject("ENROLLMENT", uid, {"enrollment": uid}, ref)
+            for uid in dict.fromkeys(derive_uid(self.namespace, "ENROLLMENT", origin) for origin in origins)
+        ]
+        objects.append(PlannedObject("TRACKED_ENTITY", te, {"trackedEntity": te}, ref))
+        return TrackerPlan(tuple(objects), ("TRACKED_ENTITY", te), note="delete")
 
     # -- plans
 
