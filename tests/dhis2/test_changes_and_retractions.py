@@ -169,10 +169,9 @@ async def test_one_refused_event_is_one_dead_letter_with_request_and_report_and_
 
     visit = _visit(api, 1)
     source = StoreResourceSource(api.store)
+    related = (("Observation", "encounter"), ("ServiceRequest", "encounter"), ("MedicationDispense", "context"))
     of_visit = {
-        f"{kind}/{r['id']}"
-        for kind, param in (("Observation", "encounter"), ("ServiceRequest", "encounter"), ("MedicationDispense", "context"))
-        for r in source.find(kind, param, f"Encounter/{visit['id']}")
+        f"{kind}/{r['id']}" for kind, param in related for r in source.find(kind, param, f"Encounter/{visit['id']}")
     } | {f"Encounter/{visit['id']}"}
     stats = await service.queue.stats("dhis2")
     (letter,) = await service.admin.dead_letters(DeadLetterFilter(destination="dhis2"))
