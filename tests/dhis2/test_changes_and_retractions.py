@@ -46,6 +46,17 @@ from tests.sandbox.conftest import Demo
 __all__ = ["settings"]  # the app fixture of the end-to-end tests: CHT ingest with the shipped mappings
 
 
+async def clear_redis_prefix(prefix: str) -> None:
+    """Delete a test's delivery-queue keys from Redis."""
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        found = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+        if found:
+            await client.delete(*found)
+    finally:
+        await client.aclose()
+
+
 @pytest.fixture(params=["sqlite", "redis"])
 async def service_for(request: Any, api: ApiHarness, tmp_path: Path) -> AsyncIterator[Any]:
     """Delivery services with the default factories: the dhis2 connector keeps its digests in the queue."""
@@ -70,13 +81,7 @@ async def service_for(request: Any, api: ApiHarness, tmp_path: Path) -> AsyncIte
         if service._running:
             await service.stop()
     if request.param == "redis":
-        client = aioredis.Redis.from_url(REDIS_URL)
-        try:
-            found = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
-            if found:
-                await client.delete(*found)
-        finally:
-            await client.aclose()
+        await clear_redis_prefix(prefix)
 
 
 async def requests_received(sandbox: SandboxServer) -> int:

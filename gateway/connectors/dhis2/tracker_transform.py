@@ -178,8 +178,7 @@ class TrackerTransformer:
         kind = resource.get("resourceType")
         resolver = OrgUnitResolver(self.mapping.org_units, source)
         if kind == "Patient":
-            te = self.tracked_entity(resource, resolver, fallback_org_unit=None)
-            return TrackerPlan((te,), ("TRACKED_ENTITY", te.uid))
+            return self._person_plan(resource, source, resolver)
         if kind == "EpisodeOfCare":
             return self._episode_plan(resource, source, resolver)
         if kind == "Encounter":
@@ -249,6 +248,21 @@ class TrackerTransformer:
         if patient is None:
             raise Dhis2PendingError(f"{patient_ref} is not stored yet")
         return patient
+
+    def _person_plan(self, patient: JsonObject, source: ResourceSource, resolver: OrgUnitResolver) -> TrackerPlan:
+        tried: list[OrgUnitLookup] = []
+        fallback = None
+        if self._org_unit(self.mapping.te_org_unit, patient, resolver, tried) is None and not tried:
+            # A person who names no place (a CommCare case without a household) is registered
+            # where their first visit took place; before any visit there is nothing to send yet,
+            # and the visit's own job sends them.
+            first = self._first_visit(patient, source)
+            stage = next((s for s in self.mapping.stages if first and _truthy(s.when, first)), None)
+            fallback = self._org_unit(stage.org_unit, first, resolver) if first and stage else None
+            if fallback is None:
+                return TrackerPlan.skip("the Patient names no place: registered in DHIS2 with their first visit")
+        te = self.tracked_entity(patient, resolver, fallback_org_unit=fallback)
+        return TrackerPlan((te,), ("TRACKED_ENTITY", te.uid))
 
     def _episode_plan(
         self, episode: JsonObject, source: ResourceSource, resolver: OrgUnitResolver
