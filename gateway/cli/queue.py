@@ -238,8 +238,8 @@ def replay(
     if job_id is not None:
         if filtered or all_:
             fail("give a dead letter id, or filters, or --all; not several")
-        _with_admin(config, destinations, lambda admin: admin.replay(job_id))
-        typer.echo(f"replayed {job_id}")
+        jobs = _with_admin(config, destinations, lambda admin: admin.replay(job_id))
+        typer.echo(f"replayed {job_id}" + (f" with the {jobs - 1} other jobs of its dead letter" if jobs > 1 else ""))
         return
     if not filtered and not all_:
         fail("say what to replay: an id, --destination/--reason/--since/--until, or --all")
