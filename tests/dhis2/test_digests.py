@@ -22,7 +22,7 @@ from gateway.connectors.base import Permanent, Retry, Success
 from gateway.connectors.dhis2.client import Dhis2Client
 from gateway.connectors.dhis2.config import Dhis2Options
 from gateway.connectors.dhis2.connector import Dhis2Connector
-from gateway.connectors.dhis2.sources import ResourceBundle
+from gateway.connectors.dhis2.sources import ResourceBundle, is_retracted
 from gateway.delivery.sqlite_queue import SQLiteQueue
 from tests.dhis2.conftest import MAPPINGS, demo_snapshot, make_job
 from tests.dhis2.records import chw_record, places
@@ -159,3 +159,37 @@ async def test_a_lost_answer_records_nothing_so_everything_is_sent_again(
         assert set(await queue.accepted_digests("dhis2", names)) == set(names)
     finally:
         await conn.aclose()
+
+
+@pytest.mark.parametrize(
+    ("resource", "retracted"),
+    [
+        ({"resourceType": "Observation", "status": "entered-in-error"}, True),
+        ({"resourceType": "Observation", "status": "final"}, False),
+        ({"resourceType": "ServiceRequest", "status": "revoked"}, True),
+        ({"resourceType": "MedicationDispense", "status": "entered-in-error"}, True),
+        ({"resourceType": "Task", "status": "cancelled"}, True),
+        (
+            {
+                "resourceType": "Condition",
+                "clinicalStatus": {"coding": [{"code": "active"}]},
+                "verificationStatus": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+                            "code": "entered-in-error",
+                        }
+                    ]
+                },
+            },
+            True,
+        ),
+        ({"resourceType": "Condition", "verificationStatus": {"coding": [{"code": "confirmed"}]}}, False),
+    ],
+)
+def test_retracted_resources_are_recognised_by_status_or_verification_status(
+    resource: dict[str, Any], retracted: bool
+) -> None:
+    # What the ingest's retractions produce (a status, or a Condition's verificationStatus):
+    # such a resource no longer gives its data value (cleared in DHIS2) nor counts in reports.
+    assert is_retracted(resource) is retracted

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import orjson
 
-__all__ = ["ResourceBundle", "ResourceSource", "StoreResourceSource", "reference_of"]
+__all__ = ["ResourceBundle", "ResourceSource", "StoreResourceSource", "is_retracted", "reference_of"]
 
 JsonObject = dict[str, Any]
 
@@ -41,6 +41,19 @@ class ResourceSource(Protocol):
     def was_deleted(self, resource_type: str, resource_id: str) -> JsonObject | None:
         """The last live version of a deleted resource (None: never stored, or not deleted)."""
         ...
+
+
+# Statuses that take a recorded fact back (FHIR R4 status value sets): such resources count as absent.
+RETRACTED_STATUSES = frozenset({"entered-in-error", "cancelled", "revoked", "declined", "not-done"})
+
+
+def is_retracted(resource: Mapping[str, Any]) -> bool:
+    """True for a resource voided by its status, or a Condition by its verificationStatus."""
+    if resource.get("status") in RETRACTED_STATUSES:
+        return True
+    verification = resource.get("verificationStatus")
+    codings = verification.get("coding") if isinstance(verification, Mapping) else None
+    return any(isinstance(c, Mapping) and c.get("code") == "entered-in-error" for c in codings or ())
 
 
 def reference_of(value: Any) -> str | None:

@@ -37,7 +37,7 @@ from typing import Any
 
 from gateway.connectors.dhis2.mapping_load import BoundDataValue, BoundStage, BoundTracker
 from gateway.connectors.dhis2.orgunits import OrgUnitLookup, OrgUnitResolver
-from gateway.connectors.dhis2.sources import ResourceSource, reference_of
+from gateway.connectors.dhis2.sources import ResourceSource, is_retracted, reference_of
 from gateway.connectors.dhis2.uids import derive_uid
 from gateway.connectors.dhis2.values import ValueConversionError, to_dhis2_value
 from gateway.errors import ConnectorError
@@ -56,7 +56,6 @@ _CODE_FIELDS = {
 }
 _ENCOUNTER_PARAM = {"MedicationDispense": "context"}
 _ENCOUNTER_FIELD = {"MedicationDispense": "context"}
-_VOID_STATUSES = frozenset({"entered-in-error", "cancelled", "revoked", "declined", "not-done"})
 _WHEN_FIELDS = (
     "effectiveDateTime",
     "issued",
@@ -459,7 +458,7 @@ class TrackerTransformer:
                 related[rule.source] = [
                     r
                     for r in source.find(rule.source, param, f"Encounter/{encounter['id']}")
-                    if r.get("status") not in _VOID_STATUSES
+                    if not is_retracted(r)
                 ]
             found = related[rule.source]
             if rule.codes:
