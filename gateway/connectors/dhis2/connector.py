@@ -84,6 +84,7 @@ from gateway.connectors.base import (
     DeliveryOutcome,
     DigestStore,
     Job,
+    Partial,
     Permanent,
     RecordedRequest,
     RecordedResponse,
@@ -533,11 +534,13 @@ class Dhis2Connector:
         except Exception as exc:  # the next change re-sends what was not recorded: safe
             logger.warning("dhis2 accepted digests not recorded (%s)", type(exc).__name__)
 
-    def _recorded_request(self, payload: JsonObject, params: dict[str, str]) -> RecordedRequest:
+    def _recorded_request(
+        self, payload: JsonObject, params: dict[str, str], path: str = "/api/tracker"
+    ) -> RecordedRequest:
         """The import request as kept with a dead letter (built here: it never carries credentials)."""
         request = httpx.Request(
             "POST",
-            self.client.base_url + "/api/tracker",
+            self.client.base_url + path,
             params=params,
             content=orjson.dumps(payload),
             headers={"Content-Type": "application/json"},
@@ -645,4 +648,11 @@ class Dhis2Connector:
             if isinstance(outcome, Success):
                 return Permanent(reason="dhis2_unexpected_response", detail="no ImportSummary in the answer")
             return outcome
-        return aggregate_outcome(item.job.ref, item.job.resource(), plan, summary, response.status_code, body)
+        outcome = aggregate_outcome(item.job.ref, item.job.resource(), plan, summary, response.status_code, body)
+        sent = self._recorded_request(payload, _AGGREGATE_PARAMS, "/api/dataValueSets")
+        if isinstance(outcome, Permanent):
+            return dataclasses.replace(outcome, request=sent)
+        if isinstance(outcome, Partial):
+            parts = tuple(dataclasses.replace(part, request=sent) for part in outcome.refused)
+            return dataclasses.replace(outcome, refused=parts)
+        return outcome
