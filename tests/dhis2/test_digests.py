@@ -17,6 +17,7 @@ import orjson
 import pytest
 import respx
 
+from dhis2_sandbox import SandboxServer
 from gateway.clock import ManualClock
 from gateway.connectors.base import Permanent, Retry, Success
 from gateway.connectors.dhis2.client import Dhis2Client
@@ -24,7 +25,7 @@ from gateway.connectors.dhis2.config import Dhis2Options
 from gateway.connectors.dhis2.connector import Dhis2Connector
 from gateway.connectors.dhis2.sources import ResourceBundle, is_retracted
 from gateway.delivery.sqlite_queue import SQLiteQueue
-from tests.dhis2.conftest import MAPPINGS, demo_snapshot, make_job
+from tests.dhis2.conftest import MAPPINGS, demo_snapshot, make_connector, make_job
 from tests.dhis2.records import chw_record, places
 
 BASE = "https://dhis2.test"
@@ -193,3 +194,32 @@ def test_retracted_resources_are_recognised_by_status_or_verification_status(
     # What the ingest's retractions produce (a status, or a Condition's verificationStatus):
     # such a resource no longer gives its data value (cleared in DHIS2) nor counts in reports.
     assert is_retracted(resource) is retracted
+
+
+async def test_a_dhis2_that_lost_its_data_gets_the_parents_again_after_one_refusal(
+    sandbox: SandboxServer, queue: SQLiteQueue
+) -> None:
+    # Digests say what DHIS2 *last accepted*; a DHIS2 restored from an older backup (here: the
+    # sandbox reset) no longer has the person. The event sent alone is refused for its missing
+    # parent, the left-out parents' digests are forgotten, and the replay sends all three.
+    resources = places() + chw_record(3)
+    source = ResourceBundle(resources)
+    encounter = next(r for r in resources if r["resourceType"] == "Encounter")
+    muac = next(r for r in resources if r["id"].endswith("-muac"))
+    conn = make_connector(sandbox.base_url, source)
+    conn.digests, conn.destination = queue, "dhis2"
+    try:
+        assert isinstance((await conn.deliver([make_job(encounter)]))[0], Success)
+        async with httpx.AsyncClient(base_url=sandbox.base_url) as admin:
+            await admin.post("/sandbox/reset")
+        source.add({**muac, "valueQuantity": {**muac["valueQuantity"], "value": 13.1}})
+        (refused,) = await conn.deliver([make_job(muac)])
+        assert isinstance(refused, Permanent) and refused.request is not None
+        assert '"trackedEntities":[]' in refused.request.body  # the event alone was sent
+        (replayed,) = await conn.deliver([make_job(muac)])
+        assert isinstance(replayed, Success)
+        async with httpx.AsyncClient(base_url=sandbox.base_url) as admin:
+            stored = (await admin.get("/sandbox/stats")).json()["stored"]
+        assert (stored["tracked_entity"], stored["enrollment"], stored["event"]) == (1, 1, 1)
+    finally:
+        await conn.aclose()

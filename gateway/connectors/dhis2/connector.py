@@ -141,6 +141,9 @@ _WRITTEN_BACK = frozenset({"Patient", "EpisodeOfCare", "Encounter"})  # resource
 # "Does not exist" and "already deleted": a delete DHIS2 answers so with has nothing left to do.
 _GONE = frozenset({"E1032", "E1081", "E1063", "E1082", "E1113", "E1114"})
 _DELETE = "delete"  # TrackerPlan.note of a plan sent with importStrategy=DELETE
+# A parent DHIS2 does not have (deleted or never stored there, whatever the digests say): the
+# digests of objects left out as unchanged are forgotten, so the next attempt sends them again.
+_PARENT_MISSING = frozenset({"E1063", "E1068", "E1081", "E1113", "E1114", "E1033"})
 
 
 def object_digest(payload: JsonObject) -> str:
@@ -510,9 +513,12 @@ class Dhis2Connector:
         for item in items:
             item.outcome = self._tracker_outcome(item, evidence, merged)
         # Only what DHIS2 reported accepted gets a digest (a deleted object loses its own).
-        await self._record(
-            {_name(key): (None if strategy == "DELETE" else digests[key]) for key in to_send if key in done}
-        )
+        recorded: dict[str, str | None] = {
+            _name(key): (None if strategy == "DELETE" else digests[key]) for key in to_send if key in done
+        }
+        if unchanged and any(e.code in _PARENT_MISSING for e in report.errors):
+            recorded.update({_name(key): None for key in unchanged})
+        await self._record(recorded)
         if strategy != "DELETE":
             await self._write_back_accepted(items, frozenset(report.accepted | unchanged))
 
