@@ -44,7 +44,8 @@ Unchanged objects are not sent (``digests``, kept in the delivery queue): each D
 planned is compared with a digest of it as DHIS2 last accepted it; only changed ones are
 sent, and a job none of whose objects changed succeeds without a request. A digest is
 recorded only after DHIS2 reported the object accepted, so a lost answer, a crash or a
-refusal leaves the old digest and the object is sent again.
+refusal leaves the old digest and the object is sent again; a refusal for a missing parent
+forgets the digests of the parents left out (DHIS2 no longer holds what it accepted).
 
 Retractions (a FHIR resource entered in error, revoked, cancelled or deleted):
 
