@@ -1,4 +1,4 @@
-"""Issue 12 over HTTP: CHT records → store → delivery engine (SQLite and Redis queues) → DHIS2 sandbox.
+"""Issue 12 over HTTP: CHT records → store (SQLite, PostgreSQL) → delivery (SQLite, Redis queue) → DHIS2 sandbox.
 
 * Objects DHIS2 already holds as planned are not sent again: one request per changed
   visit, none for an unchanged one (requests counted at the sandbox).
@@ -26,10 +26,12 @@ from gateway.connectors.dhis2.sources import StoreResourceSource
 from gateway.connectors.dhis2.uids import derive_uid
 from gateway.delivery.queue import DeadLetterFilter
 from gateway.delivery.service import DeliveryService
+from gateway.settings import Settings, SourceConfig
 from tests.conftest import ApiHarness
 from tests.delivery.conftest import REDIS_URL
 from tests.delivery.helpers import eventually
 from tests.dhis2 import cht_records as cht
+from tests.dhis2.conftest import MAPPINGS
 from tests.dhis2.test_end_to_end import (
     AUTH,
     FAST,
@@ -39,11 +41,18 @@ from tests.dhis2.test_end_to_end import (
     drained,
     ingest,
     sandbox_state,
-    settings,
 )
 from tests.sandbox.conftest import Demo
 
-__all__ = ["settings"]  # the app fixture of the end-to-end tests: CHT ingest with the shipped mappings
+
+@pytest.fixture
+def settings(store_url: str) -> Settings:
+    """CHT ingest with the shipped mappings, on each store backend (SQLite, PostgreSQL)."""
+    return Settings(
+        store_url=store_url,
+        sources=[SourceConfig(name="cht", kind="cht", mapping="cht")],
+        mappings_dir=MAPPINGS,
+    )
 
 
 async def clear_redis_prefix(prefix: str) -> None:
