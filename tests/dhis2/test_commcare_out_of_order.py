@@ -50,9 +50,9 @@ def mappings(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, mappings: Path) -> Settings:
+def settings(store_url: str, mappings: Path) -> Settings:
     return Settings(
-        store_url=f"sqlite:///{tmp_path}/api.db",
+        store_url=store_url,
         sources=[SourceConfig(name="commcare", kind="commcare", mapping="commcare")],
         mappings_dir=mappings,
     )
