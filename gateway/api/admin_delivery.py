@@ -4,9 +4,13 @@
   retrying, dead, delivered/min, circuit state, paused;
 * ``POST /admin/destinations/{name}/pause`` and ``/resume``;
 * ``GET /admin/dead-letters``: filter by ``destination``, ``reason`` (exact, or a prefix
-  ending in ``*``), ``since``/``until`` (ISO 8601), ``limit``; newest first;
-* ``GET /admin/dead-letters/{id}``: one dead letter with detail, request and response;
-* ``POST /admin/dead-letters/{id}/replay``: send one again;
+  ending in ``*``), ``since``/``until`` (ISO 8601), ``limit``; newest first; the dead jobs
+  refused for one destination object are one letter (``group``, with its ``jobs`` and
+  ``resources``);
+* ``GET /admin/dead-letters/{id}``: the dead letter holding job ``id``, with detail,
+  request and response;
+* ``POST /admin/dead-letters/{id}/replay``: send it again (every job of its group;
+  ``replayed`` counts jobs);
 * ``POST /admin/dead-letters/replay``: send a filtered set again (``all=true`` for all);
 * ``POST /admin/dead-letters/purge``: delete a filtered set and its payloads.
 
