@@ -9,6 +9,13 @@ connector one batch at a time (one worker). ``sync`` posts ``async=false``; ``as
 submits a job and polls it (the connector's default above 200 objects, polling from
 0.5 s). Latency is added by the sandbox to every request (``PUT /sandbox/faults``).
 Ratios are against batch 1 / 0 ms / sync, measured in the same run.
+
+Requests per visit (``--requests`` runs only this part): the jobs a visit really makes
+(its Patient, its Encounter, each Observation/MedicationDispense/ServiceRequest of it, one
+job per patient per batch as the queue hands them out), delivered with change detection
+off (baseline: every job sends its tracked entity + enrollment + event) and on (digests of
+what DHIS2 accepted, kept in a SQLite delivery queue), counting requests at the sandbox.
+Phases: new visits; the same jobs again (nothing changed); one value corrected per visit.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import asyncio
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +43,7 @@ from gateway.connectors.dhis2.config import Dhis2Options
 from gateway.connectors.dhis2.connector import Dhis2Connector
 from gateway.connectors.dhis2.metadata import pull_metadata
 from gateway.connectors.dhis2.sources import ResourceBundle
+from gateway.delivery.sqlite_queue import SQLiteQueue
 
 ROOT = Path(__file__).resolve().parents[1]
 MAPPINGS = ROOT / "mappings"
@@ -144,8 +153,99 @@ async def _run(base_url: str) -> list[Result]:
     return results
 
 
+VISITS = 40
+PHASES = ("new visits", "same jobs again", "one value corrected")
+
+
+async def _requests(base_url: str) -> tuple[int, int]:
+    """Requests the sandbox answered, and tracker objects it received, so far."""
+    async with httpx.AsyncClient(base_url=base_url) as admin:
+        requests = int((await admin.get("/sandbox/stats")).json()["faults"]["requests"])
+        received = (await admin.get("/sandbox/received")).json()
+    return requests, sum(n for counts in received.values() for n in counts.values())
+
+
+async def _requests_per_visit(base_url: str, detect: bool) -> dict[str, tuple[float, float]]:
+    """(requests, tracker objects) per visit in each phase, with change detection on or off."""
+    auth = Credentials(AuthConfig(type="api_token", secret_env="X"), SecretStr(DEFAULT_TOKEN)).httpx_auth()
+    async with httpx.AsyncClient(base_url=base_url) as admin:
+        await admin.post("/sandbox/reset")
+        await admin.put("/sandbox/faults", json={"latency_ms": 0})
+    metadata_client = Dhis2Client(base_url, auth=auth)
+    snapshot = await pull_metadata(metadata_client)
+    await metadata_client.aclose()
+    resources = _records(100_000, VISITS)
+    bundle = ResourceBundle(resources)
+    by_patient: dict[str, list[dict[str, Any]]] = {}
+    for r in resources:
+        subject = (r.get("subject") or {}).get("reference")
+        owner = f"Patient/{r['id']}" if r["resourceType"] == "Patient" else subject
+        if owner is not None:
+            by_patient.setdefault(owner, []).append(r)
+    options = Dhis2Options(mapping=MAPPINGS / "dhis2" / "chw-household-visit.yaml", uid_namespace="bench-req")
+    with tempfile.TemporaryDirectory() as tmp:
+        queue = SQLiteQueue(Path(tmp) / "queue.db", clock=SystemClock())
+        connector = Dhis2Connector(
+            Dhis2Client(base_url, auth=auth),
+            options,
+            bundle,
+            SystemClock(),
+            mappings_root=MAPPINGS,
+            snapshot=snapshot,
+            digests=queue if detect else None,
+            destination="bench",
+        )
+        seq = 0
+
+        async def deliver(streams: list[list[dict[str, Any]]]) -> None:
+            # Visits arriving one at a time, each job delivered as the queue hands it out.
+            nonlocal seq
+            for stream in streams:
+                for resource in stream:
+                    seq += 1
+                    for outcome in await connector.deliver([_job(resource, seq)]):
+                        if not isinstance(outcome, Success):
+                            raise SystemExit(f"delivery failed: {outcome}")
+
+        result: dict[str, tuple[float, float]] = {}
+        try:
+            streams = list(by_patient.values())
+            for phase in PHASES:
+                if phase == "one value corrected":
+                    changed = []
+                    for stream in streams:
+                        muac = next(r for r in stream if r["id"].endswith("-muac"))
+                        muac = {**muac, "valueQuantity": {**muac["valueQuantity"], "value": 12.4}}
+                        bundle.add(muac)
+                        changed.append([muac])
+                    phase_streams = changed
+                else:
+                    phase_streams = streams
+                requests, objects = await _requests(base_url)
+                await deliver(phase_streams)
+                requests_after, objects_after = await _requests(base_url)
+                visits = len(streams)
+                result[phase] = ((requests_after - requests) / visits, (objects_after - objects) / visits)
+        finally:
+            await connector.aclose()
+            await queue.close()
+    return result
+
+
+def _print_requests(base_url: str) -> None:
+    off = asyncio.run(_requests_per_visit(base_url, detect=False))
+    on = asyncio.run(_requests_per_visit(base_url, detect=True))
+    print(f"\nDHIS2 requests per visit ({VISITS} visits, one job per call; baseline: change detection off)")
+    print(f"{'phase':<20} {'requests':>9} {'(skip unchanged)':>17} {'ratio':>6} {'objects':>8} {'(skip unch.)':>13}")
+    for phase in PHASES:
+        (req_off, obj_off), (req_on, obj_on) = off[phase], on[phase]
+        ratio = f"{req_on / req_off:>5.2f}x" if req_off else "    - "
+        print(f"{phase:<20} {req_off:>9.2f} {req_on:>17.2f} {ratio} {obj_off:>8.2f} {obj_on:>13.2f}")
+
+
 def main() -> int:
     """Start the sandbox, run the scenarios, print the table."""
+    only_requests = "--requests" in sys.argv[1:]
     port = _free_port()
     code = "from gateway.cli.sandbox import sandbox_app; sandbox_app()"
     process = subprocess.Popen(
@@ -161,6 +261,9 @@ def main() -> int:
                 break
             except httpx.TransportError:
                 time.sleep(0.05)
+        _print_requests(base_url)
+        if only_requests:
+            return 0
         results = asyncio.run(_run(base_url))
     finally:
         process.terminate()

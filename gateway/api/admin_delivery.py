@@ -4,9 +4,13 @@
   retrying, dead, delivered/min, circuit state, paused;
 * ``POST /admin/destinations/{name}/pause`` and ``/resume``;
 * ``GET /admin/dead-letters``: filter by ``destination``, ``reason`` (exact, or a prefix
-  ending in ``*``), ``since``/``until`` (ISO 8601), ``limit``; newest first;
-* ``GET /admin/dead-letters/{id}``: one dead letter with detail, request and response;
-* ``POST /admin/dead-letters/{id}/replay``: send one again;
+  ending in ``*``), ``since``/``until`` (ISO 8601), ``limit``; newest first; the dead jobs
+  refused for one destination object are one letter (``group``, with its ``jobs`` and
+  ``resources``);
+* ``GET /admin/dead-letters/{id}``: the dead letter holding job ``id``, with detail,
+  request and response;
+* ``POST /admin/dead-letters/{id}/replay``: send it again (every job of its group;
+  ``replayed`` counts jobs);
 * ``POST /admin/dead-letters/replay``: send a filtered set again (``all=true`` for all);
 * ``POST /admin/dead-letters/purge``: delete a filtered set and its payloads.
 
@@ -149,6 +153,6 @@ async def dead_letter(job_id: str, admin: AdminDep) -> Response:
 
 @router.post("/dead-letters/{job_id}/replay", summary="Replay one dead letter")
 async def replay(job_id: str, admin: AdminDep) -> Response:
-    """Send one dead letter again, behind its patient's pending jobs."""
-    await _guard(admin.replay(job_id))
-    return _json({"replayed": 1})
+    """Send one dead letter (every job of its group) again, behind its patient's pending jobs."""
+    count = await _guard(admin.replay(job_id))
+    return _json({"replayed": count})

@@ -187,8 +187,17 @@ def dead_letters(
     for letter in letters:
         row = dead_letter_summary(letter)
         status_code = str(row["status"]) if row["status"] is not None else "-"
+        # A grouped letter (one refused DHIS2 object) names its object and how many jobs it holds.
+        resource = row["resource"]
+        if row["group"]:
+            resource += f" +{len(row['jobs']) - 1} jobs, {row['group']}"
         table.add_row(
-            row["id"], row["resource"], row["reason"], status_code, str(row["attempts"]), _iso(row["died_at"])
+            row["id"],
+            resource,
+            row["reason"],
+            status_code,
+            str(row["attempts"]),
+            _iso(row["died_at"]),
         )
     Console().print(table)
 
@@ -229,8 +238,8 @@ def replay(
     if job_id is not None:
         if filtered or all_:
             fail("give a dead letter id, or filters, or --all; not several")
-        _with_admin(config, destinations, lambda admin: admin.replay(job_id))
-        typer.echo(f"replayed {job_id}")
+        jobs = _with_admin(config, destinations, lambda admin: admin.replay(job_id))
+        typer.echo(f"replayed {job_id}" + (f" with the {jobs - 1} other jobs of its dead letter" if jobs > 1 else ""))
         return
     if not filtered and not all_:
         fail("say what to replay: an id, --destination/--reason/--since/--until, or --all")

@@ -2,6 +2,7 @@
 
 from .base import Connector as Connector
 from .base import DeliveryOutcome as DeliveryOutcome
+from .base import DigestStore as DigestStore
 from .base import Job as Job
 from .base import JobOp as JobOp
 from .base import Partial as Partial

@@ -122,6 +122,9 @@ class Permanent:
     request: RecordedRequest | None = None
     response: RecordedResponse | None = None
     detail: str | None = None  # a traceback or an explanation for operators (never patient data)
+    # The destination object the refusal is about (e.g. "EVENT/<uid>"): the dead jobs of one
+    # group are one dead letter, replayed together, and later jobs refused for it join it.
+    group: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +152,18 @@ class Partial:
 
 
 DeliveryOutcome = Success | Retry | Permanent | Partial
+
+
+class DigestStore(Protocol):
+    """Per-destination digests of destination objects as the destination last accepted them."""
+
+    async def accepted_digests(self, destination: str, names: Sequence[str]) -> dict[str, str]:
+        """The recorded digest of each of ``names`` that has one."""
+        ...
+
+    async def record_digests(self, destination: str, digests: Mapping[str, str | None]) -> None:
+        """Record digests of objects the destination accepted (None forgets one, e.g. deleted)."""
+        ...
 
 
 class Connector(Protocol):

@@ -61,6 +61,10 @@ def dead_letter_summary(letter: DeadLetter) -> dict[str, Any]:
         "died_at": letter.died_at,
         "attempts": letter.attempts,
         "status": letter.response.status if letter.response is not None else None,
+        # A refused destination object: every job and FHIR resource it stands for (replayed together).
+        "group": letter.group,
+        "jobs": list(letter.job_ids or (job.id,)),
+        "resources": list(letter.resources or (job.ref,)),
     }
 
 
@@ -117,10 +121,12 @@ class DeliveryAdmin:
             raise UnknownDeadLetter(f"no dead letter has the id {job_id!r}")
         return letter
 
-    async def replay(self, job_id: str) -> None:
-        """Send one dead letter again."""
-        if await self.queue.replay([job_id]) != 1:
+    async def replay(self, job_id: str) -> int:
+        """Send one dead letter (every job of its group) again; how many jobs."""
+        count = await self.queue.replay([job_id])
+        if count < 1:
             raise UnknownDeadLetter(f"no dead letter has the id {job_id!r}")
+        return count
 
     async def replay_matching(self, where: DeadLetterFilter, *, progress: Progress | None = None) -> int:
         """Send every dead letter matching ``where`` again, in chunks; how many."""

@@ -59,8 +59,8 @@ def webhook_connector(
 FACTORIES: Mapping[str, ConnectorFactory] = {"fhir": fhir_connector, "webhook": webhook_connector}
 
 
-def default_factories(store: object) -> dict[str, ConnectorFactory]:
-    """Every kind; ``dhis2`` reads related resources from ``store``."""
+def default_factories(store: object, digests: object = None) -> dict[str, ConnectorFactory]:
+    """Every kind; ``dhis2`` reads related resources from ``store``, accepted digests from ``digests`` (the queue)."""
 
     def dhis2(destination: DestinationConfig, *, client: httpx.AsyncClient, clock: Clock) -> Connector:
         # Imported only when a dhis2 destination is built: a build may leave it out, and it
@@ -69,7 +69,7 @@ def default_factories(store: object) -> dict[str, ConnectorFactory]:
             module = importlib.import_module("gateway.connectors.dhis2")
         except ImportError as exc:
             raise DeliveryConfigError("the dhis2 connector is not available in this build") from exc
-        connector: Connector = module.dhis2_factory(store)(destination, client=client, clock=clock)
+        connector: Connector = module.dhis2_factory(store, digests)(destination, client=client, clock=clock)
         return connector
 
     return {**FACTORIES, "dhis2": dhis2}

@@ -30,13 +30,20 @@ What every backend guarantees:
   in the same transaction, each refused part becomes a dead job of its own (id
   ``<job id>.<part>``, the part's payload, the job's key and sequence number), listed,
   replayed and purged like any dead letter.
+* **Grouped dead letters.** A burial may name a ``group`` (the destination object it was
+  refused for): the dead jobs of one destination and group are listed as one dead letter
+  naming every job and resource, and replaying or purging any of them acts on all; a job
+  buried later with the same group joins it.
+* **Accepted digests.** ``record_digests``/``accepted_digests`` keep, per destination, a
+  digest of each destination object as last accepted (durable like the jobs), so a
+  connector can skip objects that did not change.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -85,6 +92,7 @@ class Bury:
     detail: str | None = None
     request: RecordedRequest | None = None
     response: RecordedResponse | None = None
+    group: str | None = None  # the destination object refused; dead jobs of one group are one letter
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,15 +124,54 @@ def part_job(job: Job, part: str, payload: bytes) -> Job:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """A dead job with why it died."""
+    """A dead job with why it died; for a group, its first job and every job it stands for."""
 
     job: Job
     reason: str
-    died_at: float
+    died_at: float  # the latest death in the group
     attempts: int
     detail: str | None
     request: RecordedRequest | None
     response: RecordedResponse | None
+    group: str | None = None
+    job_ids: tuple[str, ...] = ()  # every dead job of the letter, oldest first (just ``job`` alone)
+    resources: tuple[str, ...] = ()  # the FHIR resources (``Type/id``) of those jobs, distinct
+
+    @property
+    def size(self) -> int:
+        """How many dead jobs this letter stands for."""
+        return len(self.job_ids) or 1
+
+
+def grouped(
+    letters: Sequence[DeadLetter], members: dict[tuple[str, str], list[DeadLetter]]
+) -> list[DeadLetter]:
+    """One letter per group: ``letters`` (newest first, one row per dead job) folded by group.
+
+    ``members`` maps each (destination, group) to all its dead jobs, oldest first (the letter
+    shows the first).
+    """
+    seen: set[tuple[str, str]] = set()
+    result: list[DeadLetter] = []
+    for letter in letters:
+        if letter.group is None:
+            result.append(dataclasses.replace(letter, job_ids=(letter.job.id,), resources=(letter.job.ref,)))
+            continue
+        key = (letter.job.destination, letter.group)
+        if key in seen:
+            continue
+        seen.add(key)
+        rows = members.get(key) or [letter]
+        first = rows[0]
+        result.append(
+            dataclasses.replace(
+                first,
+                died_at=max(row.died_at for row in rows),
+                job_ids=tuple(row.job.id for row in rows),
+                resources=tuple(dict.fromkeys(row.job.ref for row in rows)),
+            )
+        )
+    return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,19 +253,27 @@ class DeliveryQueue(Protocol):
         ...
 
     async def dead_letter(self, job_id: str) -> DeadLetter | None:
-        """One dead letter by job id (None if there is no such dead job)."""
+        """The dead letter holding dead job ``job_id`` (None if there is no such dead job)."""
         ...
 
     async def dead_letter_ids(self, where: DeadLetterFilter) -> list[str]:
-        """Ids of all dead letters matching ``where``, oldest first."""
+        """Ids of all dead letters matching ``where`` (a group's first job), oldest first."""
         ...
 
     async def replay(self, ids: Sequence[str]) -> int:
-        """Send dead jobs again (fresh attempt budget, behind their key's live jobs); how many."""
+        """Send dead jobs and their groups again (fresh attempt budget, behind their key's live jobs); how many jobs."""
         ...
 
     async def purge(self, ids: Sequence[str]) -> int:
-        """Delete dead jobs and their payloads; how many."""
+        """Delete dead jobs, their groups and their payloads; how many jobs."""
+        ...
+
+    async def accepted_digests(self, destination: str, names: Sequence[str]) -> dict[str, str]:
+        """The digest recorded for each of ``names`` that has one."""
+        ...
+
+    async def record_digests(self, destination: str, digests: Mapping[str, str | None]) -> None:
+        """Record digests of accepted objects; a None value forgets the name."""
         ...
 
     async def close(self) -> None:

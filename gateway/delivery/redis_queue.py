@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -37,6 +37,7 @@ from gateway.delivery.queue import (
     Release,
     Settlement,
     Split,
+    grouped,
     reraise_if_cancelled,
 )
 
@@ -177,22 +178,22 @@ class RedisQueue:
         for item in settlements:
             job = item.job
             if isinstance(item, Ack):
-                row: list[Any] = ["a", job.id, job.receipt, "", "", "", ""]
+                row: list[Any] = ["a", job.id, job.receipt, "", "", "", "", ""]
             elif isinstance(item, Nack):
-                row = ["n", job.id, job.receipt, _ms(item.due_at), str(job.attempts + 1), item.reason, ""]
+                row = ["n", job.id, job.receipt, _ms(item.due_at), str(job.attempts + 1), item.reason, "", ""]
             elif isinstance(item, Bury):
                 detail = encode_detail(item.detail, item.request, item.response)
-                row = ["b", job.id, job.receipt, "", str(job.attempts + 1), item.reason, detail]
+                row = ["b", job.id, job.receipt, "", str(job.attempts + 1), item.reason, detail, item.group or ""]
             elif isinstance(item, Split):
                 # The parts follow their job in the same script call and apply only if it did.
-                row = ["s", job.id, job.receipt, "", "", "", ""]
+                row = ["s", job.id, job.receipt, "", "", "", "", ""]
                 for part in item.parts:
                     body = encode_job(part.job) + b"\n" + part.job.payload
                     detail = encode_detail(part.detail, part.request, part.response)
-                    row += ["d", part.job.id, body, "", str(job.attempts + 1), part.reason, detail]
+                    row += ["d", part.job.id, body, "", str(job.attempts + 1), part.reason, detail, part.group or ""]
             else:
                 assert isinstance(item, Release)
-                row = ["r", job.id, job.receipt, "", "", "", ""]
+                row = ["r", job.id, job.receipt, "", "", "", "", ""]
             by_destination[job.destination] += row
         for destination, rows in by_destination.items():
             args = [_ms(now), _s(now), *rows]
@@ -261,7 +262,7 @@ class RedisQueue:
         return [where.destination] if where.destination is not None else await self.destinations()
 
     async def dead_letters(self, where: DeadLetterFilter, *, limit: int = 100) -> list[DeadLetter]:
-        """Dead letters matching ``where``, newest first."""
+        """Dead letters matching ``where``, newest first (a group is one letter)."""
         letters: list[DeadLetter] = []
         high = "+inf" if where.until is None else f"({_s(where.until)}"
         low = "-inf" if where.since is None else _s(where.since)
@@ -269,7 +270,8 @@ class RedisQueue:
             base = self._base(destination)
             start = 0
             found: list[DeadLetter] = []
-            while len(found) < limit:
+            groups: set[str] = set()
+            while len(groups) + sum(1 for f in found if f.group is None) < limit:
                 page = 500
                 ids = await self._call(
                     functools.partial(
@@ -282,12 +284,27 @@ class RedisQueue:
                 for letter in await self._load_dead(base, [_str(i) for i in ids]):
                     if where.matches_reason(letter.reason):
                         found.append(letter)
-            letters += found[:limit]
+                        if letter.group is not None:
+                            groups.add(letter.group)
+            letters += await self._fold(base, found)
         letters.sort(key=lambda letter: letter.died_at, reverse=True)
         return letters[:limit]
 
+    async def _fold(self, base: str, found: list[DeadLetter]) -> list[DeadLetter]:
+        """``found`` (one row per dead job, newest first) as one letter per group."""
+        members: dict[tuple[str, str], list[DeadLetter]] = {}
+        for letter in found:
+            if letter.group is not None and (letter.job.destination, letter.group) not in members:
+                ids = await self._call(
+                    functools.partial(self.redis.smembers, base + keys.DEAD_GROUP + letter.group)
+                )
+                rows = await self._load_dead(base, sorted(_str(i) for i in ids))
+                rows.sort(key=lambda row: (row.died_at, row.job.seq, row.job.id))
+                members[(letter.job.destination, letter.group)] = rows
+        return grouped(found, members)
+
     async def _load_dead(self, base: str, ids: list[str]) -> list[DeadLetter]:
-        fields = ["a", "e", "rsn", "died", "dtl"]
+        fields = ["a", "e", "rsn", "died", "dtl", "grp", "s"]
 
         async def read() -> list[Any]:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -300,8 +317,8 @@ class RedisQueue:
         letters = []
         rows = await self._call(read)
         pairs = zip(ids, rows[0::2], rows[1::2], strict=True)
-        for job_id, body, (attempts, queued, reason, died, detail) in pairs:
-            if body is None:
+        for job_id, body, (attempts, queued, reason, died, detail, group, state) in pairs:
+            if body is None or _str(state) != "dead":
                 continue
             text, request, response = decode_detail(detail)
             data, _, payload = body.partition(b"\n")
@@ -314,21 +331,30 @@ class RedisQueue:
                 receipt="",
             )
             letters.append(
-                DeadLetter(job, _str(reason), float(died or 0), int(attempts or 0), text, request, response)
+                DeadLetter(
+                    job,
+                    _str(reason),
+                    float(died or 0),
+                    int(attempts or 0),
+                    text,
+                    request,
+                    response,
+                    _str(group) or None,
+                )
             )
         return letters
 
     async def dead_letter(self, job_id: str) -> DeadLetter | None:
-        """One dead letter by job id."""
+        """The dead letter holding dead job ``job_id``."""
         destination = job_id.rpartition(":")[0]
         base = self._base(destination)
         if await self._call(functools.partial(self.redis.zscore, base + keys.DEAD, job_id)) is None:
             return None
-        found = await self._load_dead(base, [job_id])
+        found = await self._fold(base, await self._load_dead(base, [job_id]))
         return found[0] if found else None
 
     async def dead_letter_ids(self, where: DeadLetterFilter) -> list[str]:
-        """Ids of the dead letters matching ``where``, oldest first."""
+        """Ids of the dead letters matching ``where`` (a group's first job), oldest first."""
         high = "+inf" if where.until is None else f"({_s(where.until)}"
         low = "-inf" if where.since is None else _s(where.since)
         result: list[tuple[float, str]] = []
@@ -338,27 +364,57 @@ class RedisQueue:
                 functools.partial(self.redis.zrangebyscore, base + keys.DEAD, low, high, withscores=True)
             )
             ids = [_str(member) for member, _ in pairs]
-            if where.reason is not None:
-                reasons = await self._call(functools.partial(self._reasons, base, ids))
-                pairs = [
-                    pair for pair, reason in zip(pairs, reasons, strict=True) if where.matches_reason(reason)
-                ]
-            result += [(score, _str(member)) for member, score in pairs]
+            reasons = await self._call(functools.partial(self._fields, base, ids, "rsn"))
+            groups = await self._call(functools.partial(self._fields, base, ids, "grp"))
+            seen: set[str] = set()
+            for (member, score), reason, group in zip(pairs, reasons, groups, strict=True):
+                if not where.matches_reason(reason):
+                    continue
+                if group:
+                    if group in seen:
+                        continue
+                    seen.add(group)
+                result.append((score, _str(member)))
         result.sort()
         return [job_id for _, job_id in result]
 
-    async def _reasons(self, base: str, ids: list[str]) -> list[str]:
+    async def _fields(self, base: str, ids: list[str], name: str) -> list[str]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id in ids:
-                pipe.hget(base + keys.JOB + job_id, "rsn")
+                pipe.hget(base + keys.JOB + job_id, name)
             return [_str(value) for value in await pipe.execute()]
+
+    async def _with_groups(self, base: str, ids: list[str]) -> list[str]:
+        """``ids`` with every dead job of their groups, each once."""
+        groups = await self._call(functools.partial(self._fields, base, ids, "grp"))
+        result: dict[str, None] = {}
+        for job_id, group in zip(ids, groups, strict=True):
+            if not group:
+                result[job_id] = None
+                continue
+            members = await self._call(functools.partial(self.redis.smembers, base + keys.DEAD_GROUP + group))
+            scores = await self._call(
+                functools.partial(self._scores, base, sorted(_str(m) for m in members))
+            )
+            for _, member in sorted(scores):
+                result[member] = None
+            result.setdefault(job_id, None)
+        return list(result)
+
+    async def _scores(self, base: str, ids: list[str]) -> list[tuple[float, str]]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.zscore(base + keys.DEAD, job_id)
+            scores = await pipe.execute()
+        return [(float(score), job_id) for job_id, score in zip(ids, scores, strict=True) if score is not None]
 
     async def replay(self, ids: Sequence[str]) -> int:
         """Queue dead jobs again behind their key's live jobs, with a fresh attempt budget."""
         now = _s(self.clock.now())
         count = 0
         for destination, group in _by_destination(ids).items():
-            args = [now, *group]
+            base = self._base(destination)
+            args = [now, *await self._with_groups(base, group)]
             count += int(
                 await self._call(functools.partial(self._replay, keys=[self._base(destination)], args=args))
             )
@@ -368,10 +424,31 @@ class RedisQueue:
         """Delete dead jobs and their payloads."""
         count = 0
         for destination, group in _by_destination(ids).items():
-            count += int(
-                await self._call(functools.partial(self._purge, keys=[self._base(destination)], args=group))
-            )
+            base = self._base(destination)
+            members = await self._with_groups(base, group)
+            count += int(await self._call(functools.partial(self._purge, keys=[base], args=members)))
         return count
+
+    # -- accepted digests -------------------------------------------------------------------
+
+    async def accepted_digests(self, destination: str, names: Sequence[str]) -> dict[str, str]:
+        """The digest recorded for each of ``names`` that has one."""
+        unique = list(dict.fromkeys(names))
+        if not unique:
+            return {}
+        key = self._base(destination) + keys.DIGESTS
+        values = await self._call(functools.partial(self.redis.hmget, key, unique))
+        return {name: _str(value) for name, value in zip(unique, values, strict=True) if value is not None}
+
+    async def record_digests(self, destination: str, digests: Mapping[str, str | None]) -> None:
+        """Record digests of accepted objects; None forgets one."""
+        key = self._base(destination) + keys.DIGESTS
+        kept = {name: digest for name, digest in digests.items() if digest is not None}
+        dropped = [name for name, digest in digests.items() if digest is None]
+        if kept:
+            await self._call(functools.partial(self.redis.hset, key, mapping=kept))
+        if dropped:
+            await self._call(functools.partial(self.redis.hdel, key, *dropped))
 
 
 def _by_destination(ids: Sequence[str]) -> dict[str, list[str]]:

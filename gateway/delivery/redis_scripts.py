@@ -173,7 +173,8 @@ return out
 )
 
 # ARGV: now (ms), now (s), then per settlement: kind (a/n/b/r/s), id, token, due (ms), attempts,
-# reason, detail JSON. Settlements whose token is not the job's current claim are ignored.
+# reason, detail JSON, dead-letter group ('' for none). Settlements whose token is not the
+# job's current claim are ignored.
 # A split ('s', delivered but for some parts) is followed by one 'd' row per refused part:
 # part id, body (job JSON, newline, payload) in the token slot, attempts, reason, detail;
 # the parts become dead jobs with the split job's key, ref, seq and queue time.
@@ -183,7 +184,13 @@ SETTLE = (
 local now = tonumber(ARGV[1])
 local applied = 0
 local split = nil
-local function keep_part(id, body, attempts, reason, detail)
+local function join_group(id, group)
+  if group ~= '' then
+    redis.call('HSET', P .. '{keys.JOB}' .. id, 'grp', group)
+    redis.call('SADD', P .. '{keys.DEAD_GROUP}' .. group, id)
+  end
+end
+local function keep_part(id, body, attempts, reason, detail, group)
   local jk = P .. '{keys.JOB}' .. id
   if redis.call('EXISTS', jk) == 1 then
     return
@@ -192,13 +199,14 @@ local function keep_part(id, body, attempts, reason, detail)
     'e', split[4], 'x', '', 'rsn', reason, 'dtl', detail, 'died', ARGV[2])
   redis.call('SET', P .. '{keys.BODY}' .. id, body)
   redis.call('ZADD', P .. '{keys.DEAD}', ARGV[2], id)
+  join_group(id, group)
 end
-for i = 3, #ARGV, 7 do
+for i = 3, #ARGV, 8 do
   local kind, id, token = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local jk = P .. '{keys.JOB}' .. id
   if kind == 'd' then
     if split then
-      keep_part(id, token, ARGV[i + 4], ARGV[i + 5], ARGV[i + 6])
+      keep_part(id, token, ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7])
     end
   else
     split = nil
@@ -219,6 +227,7 @@ for i = 3, #ARGV, 7 do
         redis.call('HSET', jk, 's', 'dead', 'a', ARGV[i + 4], 'rsn', ARGV[i + 5], 'dtl', ARGV[i + 6],
           'died', ARGV[2], 'x', '')
         redis.call('ZADD', P .. '{keys.DEAD}', ARGV[2], id)
+        join_group(id, ARGV[i + 7])
       else
         drop_stream(id, f[3])
         make_ready(id)
@@ -244,7 +253,7 @@ end
 return held
 """
 
-# ARGV: now (s), then job ids. Dead jobs go behind their key's live jobs with 0 attempts.
+# ARGV: now (s), then job ids. Dead jobs go behind their key's live jobs with 0 attempts (and leave their group).
 REPLAY = (
     _HELPERS
     + f"""
@@ -253,8 +262,11 @@ for i = 2, #ARGV do
   local id = ARGV[i]
   if redis.call('ZREM', P .. '{keys.DEAD}', id) == 1 then
     local jk = P .. '{keys.JOB}' .. id
-    local f = redis.call('HMGET', jk, 'k', 'r', 'q')
-    redis.call('HSET', jk, 's', 'pending', 'a', '0', 'e', ARGV[1], 'rsn', '', 'dtl', '', 'died', '')
+    local f = redis.call('HMGET', jk, 'k', 'r', 'q', 'grp')
+    if f[4] and f[4] ~= '' then
+      redis.call('SREM', P .. '{keys.DEAD_GROUP}' .. f[4], id)
+    end
+    redis.call('HSET', jk, 's', 'pending', 'a', '0', 'e', ARGV[1], 'rsn', '', 'dtl', '', 'died', '', 'grp', '')
     redis.call('ZADD', P .. '{keys.PENDING}', ARGV[1], id)
     local latest = redis.call('HGET', P .. '{keys.LATEST}', f[2])
     if not latest or tonumber(latest) < tonumber(f[3]) then
@@ -276,6 +288,10 @@ local P = KEYS[1]
 local count = 0
 for i = 1, #ARGV do
   if redis.call('ZREM', P .. '{keys.DEAD}', ARGV[i]) == 1 then
+    local group = redis.call('HGET', P .. '{keys.JOB}' .. ARGV[i], 'grp')
+    if group and group ~= '' then
+      redis.call('SREM', P .. '{keys.DEAD_GROUP}' .. group, ARGV[i])
+    end
     redis.call('DEL', P .. '{keys.JOB}' .. ARGV[i], P .. '{keys.BODY}' .. ARGV[i])
     count = count + 1
   end

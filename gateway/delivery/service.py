@@ -118,7 +118,7 @@ class DeliveryService:
         connectors: dict[str, Connector] = {}
         redactions: dict[str, Redaction] = {}
         if run_worker:
-            factories = factories if factories is not None else default_factories(store)
+            factories = factories if factories is not None else default_factories(store, queue)
             for destination in destinations:
                 if destination.enabled and (only is None or destination.name in only):
                     connectors[destination.name] = build_connector(

@@ -20,7 +20,7 @@ import asyncio
 import functools
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,6 +41,7 @@ from gateway.delivery.queue import (
     Release,
     Settlement,
     Split,
+    grouped,
 )
 from gateway.delivery.sqlite_schema import migrate
 from gateway.delivery.states import JobState
@@ -293,12 +294,13 @@ class SQLiteQueue:
         else:
             conn.execute(
                 "UPDATE jobs SET state = 'dead', head = 0, lease_until = NULL, attempts = ?, reason = ?,"
-                " detail = ?, died_at = ? WHERE id = ?",
+                " detail = ?, died_at = ?, dead_group = ? WHERE id = ?",
                 (
                     attempts,
                     dead.reason,
                     encode_detail(dead.detail, dead.request, dead.response),
                     now,
+                    dead.group,
                     job_id,
                 ),
             )
@@ -309,8 +311,8 @@ class SQLiteQueue:
         part = dead.job
         conn.execute(
             "INSERT OR IGNORE INTO jobs (id, destination, seq, pos, key, ref, state, head, due, attempts,"
-            " enqueued_at, job, payload, reason, detail, died_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, 'dead', 0, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " enqueued_at, job, payload, reason, detail, died_at, dead_group)"
+            " VALUES (?, ?, ?, ?, ?, ?, 'dead', 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 part.id,
                 part.destination,
@@ -326,6 +328,7 @@ class SQLiteQueue:
                 dead.reason,
                 encode_detail(dead.detail, dead.request, dead.response),
                 now,
+                dead.group,
             ),
         )
 
@@ -470,36 +473,109 @@ class SQLiteQueue:
         clause, params = _dead_where(where)
         if job_id is not None:
             clause, params = clause + " AND id = ?", (*params, job_id)
+        rows: list[DeadLetter] = []
+        seen: set[tuple[str, str]] = set()
+        count = 0
+        offset = 0
+        # Newest first, page by page, until ``limit`` letters: a group counts once.
+        while count < limit:
+            page = self._dead_rows(conn, clause, params, 500, offset)
+            if not page:
+                break
+            offset += len(page)
+            for row in page:
+                key = (row.job.destination, row.group) if row.group is not None else None
+                if key is not None and key in seen:
+                    continue
+                if count >= limit:
+                    break
+                count += 1
+                if key is not None:
+                    seen.add(key)
+                rows.append(row)
+        members = {
+            (row.job.destination, group): self._dead_rows(
+                conn,
+                "state = 'dead' AND destination = ? AND dead_group = ?",
+                (row.job.destination, group),
+                -1,
+                0,
+                oldest_first=True,
+            )
+            for row in rows
+            if (group := row.group) is not None
+        }
+        return grouped(rows, members)[:limit]
+
+    @staticmethod
+    def _dead_rows(
+        conn: sqlite3.Connection,
+        clause: str,
+        params: tuple[Any, ...],
+        limit: int,
+        offset: int,
+        *,
+        oldest_first: bool = False,
+    ) -> list[DeadLetter]:
+        order = "died_at, pos" if oldest_first else "died_at DESC, pos DESC"
         rows = conn.execute(
-            f"SELECT {_JOB_COLUMNS}, reason, died_at, detail FROM jobs WHERE {clause}"
-            " ORDER BY died_at DESC, pos DESC LIMIT ?",
-            (*params, limit),
+            f"SELECT {_JOB_COLUMNS}, reason, died_at, detail, dead_group FROM jobs WHERE {clause}"
+            f" ORDER BY {order} LIMIT ? OFFSET ?",
+            (*params, limit, offset),
         ).fetchall()
         letters = []
-        for found_id, data, payload, attempts, enqueued_at, _claims, reason, died_at, detail in rows:
+        for found_id, data, payload, attempts, enqueued_at, _claims, reason, died_at, detail, group in rows:
             text, request, response = decode_detail(detail)
             job = decode_job(
                 data, job_id=found_id, payload=payload, attempts=attempts, enqueued_at=enqueued_at, receipt=""
             )
-            letters.append(DeadLetter(job, reason, died_at, attempts, text, request, response))
+            letters.append(DeadLetter(job, reason, died_at, attempts, text, request, response, group))
         return letters
 
     async def dead_letter(self, job_id: str) -> DeadLetter | None:
-        """One dead letter by job id."""
+        """The dead letter holding dead job ``job_id``."""
         found = await self._run(self._dead_letters, DeadLetterFilter(), 1, job_id)
         return found[0] if found else None
 
     async def dead_letter_ids(self, where: DeadLetterFilter) -> list[str]:
-        """Ids of the dead letters matching ``where``, oldest first."""
+        """Ids of the dead letters matching ``where`` (a group's first job), oldest first."""
         return await self._run(self._dead_letter_ids, where)
 
     @staticmethod
     def _dead_letter_ids(conn: sqlite3.Connection, where: DeadLetterFilter) -> list[str]:
         clause, params = _dead_where(where)
-        return [
-            row[0]
-            for row in conn.execute(f"SELECT id FROM jobs WHERE {clause} ORDER BY died_at, pos", params)
-        ]
+        ids: list[str] = []
+        seen: set[tuple[str, str]] = set()
+        for job_id, destination, group in conn.execute(
+            f"SELECT id, destination, dead_group FROM jobs WHERE {clause} ORDER BY died_at, pos", params
+        ):
+            if group is None:
+                ids.append(job_id)
+            elif (destination, group) not in seen:
+                seen.add((destination, group))
+                ids.append(job_id)
+        return ids
+
+    @staticmethod
+    def _with_groups(conn: sqlite3.Connection, ids: list[str]) -> list[str]:
+        """``ids`` with every dead job of their groups, each once, in death order within a group."""
+        result: dict[str, None] = {}
+        for job_id in ids:
+            row = conn.execute(
+                "SELECT destination, dead_group FROM jobs WHERE id = ? AND state = 'dead'", (job_id,)
+            ).fetchone()
+            if row is None:
+                continue
+            if row[1] is None:
+                result[job_id] = None
+                continue
+            for (member,) in conn.execute(
+                "SELECT id FROM jobs WHERE destination = ? AND dead_group = ? AND state = 'dead'"
+                " ORDER BY died_at, pos",
+                row,
+            ):
+                result[member] = None
+        return list(result)
 
     async def replay(self, ids: Sequence[str]) -> int:
         """Queue dead jobs again behind their key's live jobs, with a fresh attempt budget."""
@@ -509,7 +585,7 @@ class SQLiteQueue:
         now = self.clock.now()
         count = 0
         with self._tx(conn):
-            for job_id in ids:
+            for job_id in self._with_groups(conn, ids):
                 row = conn.execute(
                     "SELECT destination, key FROM jobs WHERE id = ? AND state = 'dead'", (job_id,)
                 ).fetchone()
@@ -519,7 +595,8 @@ class SQLiteQueue:
                 head = 0 if self._key_has_live(conn, destination, key) else 1
                 conn.execute(
                     "UPDATE jobs SET state = 'pending', head = ?, pos = ?, due = ?, enqueued_at = ?,"
-                    " attempts = 0, reason = NULL, detail = NULL, died_at = NULL, last_error = NULL"
+                    " attempts = 0, reason = NULL, detail = NULL, died_at = NULL, last_error = NULL,"
+                    " dead_group = NULL"
                     " WHERE id = ?",
                     (head, self._take_positions(conn, 1), now, now, job_id),
                 )
@@ -534,8 +611,47 @@ class SQLiteQueue:
         with self._tx(conn):
             return sum(
                 conn.execute("DELETE FROM jobs WHERE id = ? AND state = 'dead'", (job_id,)).rowcount
-                for job_id in ids
+                for job_id in self._with_groups(conn, ids)
             )
+
+    # -- accepted digests -------------------------------------------------------------------
+
+    async def accepted_digests(self, destination: str, names: Sequence[str]) -> dict[str, str]:
+        """The digest recorded for each of ``names`` that has one."""
+        if not names:
+            return {}
+        return await self._run(self._accepted_digests, destination, list(dict.fromkeys(names)))
+
+    @staticmethod
+    def _accepted_digests(conn: sqlite3.Connection, destination: str, names: list[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for start in range(0, len(names), 500):
+            chunk = names[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(
+                conn.execute(
+                    f"SELECT name, digest FROM digests WHERE destination = ? AND name IN ({marks})",
+                    (destination, *chunk),
+                ).fetchall()
+            )
+        return found
+
+    async def record_digests(self, destination: str, digests: Mapping[str, str | None]) -> None:
+        """Record digests of accepted objects; None forgets one."""
+        if digests:
+            await self._run(self._record_digests, destination, dict(digests))
+
+    def _record_digests(self, conn: sqlite3.Connection, destination: str, digests: dict[str, str | None]) -> None:
+        with self._tx(conn):
+            for name, digest in digests.items():
+                if digest is None:
+                    conn.execute("DELETE FROM digests WHERE destination = ? AND name = ?", (destination, name))
+                else:
+                    conn.execute(
+                        "INSERT INTO digests (destination, name, digest) VALUES (?, ?, ?)"
+                        " ON CONFLICT (destination, name) DO UPDATE SET digest = excluded.digest",
+                        (destination, name, digest),
+                    )
 
 
 def _dead_where(where: DeadLetterFilter) -> tuple[str, tuple[Any, ...]]:

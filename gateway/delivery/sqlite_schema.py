@@ -77,6 +77,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
         ),
     ),
+    Migration(
+        2,
+        "dead-letter groups (one letter per refused destination object), accepted-object digests",
+        (
+            "ALTER TABLE jobs ADD COLUMN dead_group TEXT",
+            "CREATE INDEX jobs_dead_group ON jobs (destination, dead_group) WHERE state = 'dead'",
+            """CREATE TABLE digests (
+    destination TEXT NOT NULL,
+    name TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    PRIMARY KEY (destination, name)
+)""",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -12,7 +12,8 @@ retry due time, or a dead letter), and a heartbeat renews the leases of jobs in 
 
 Outcome handling: Success → ack; Retry → the retry policy picks the due time (never
 earlier than a Retry-After), or gives up → dead letter "retries_exhausted"; Permanent →
-dead letter with request/response; Partial → delivered, and one dead letter per refused
+dead letter with request/response (in the letter of its ``group`` when it names the
+destination object refused); Partial → delivered, and one dead letter per refused
 part (``Split``); an exception raised by a connector → dead letter "internal_error" with
 the traceback (a bug must not become a silent retry loop).
 
@@ -117,7 +118,7 @@ def settlement_for(
             for part in outcome.refused
         )
         return Split(job, parts)
-    return Bury(job, outcome.reason, outcome.detail, outcome.request, outcome.response)
+    return Bury(job, outcome.reason, outcome.detail, outcome.request, outcome.response, outcome.group)
 
 
 class Worker:

@@ -96,6 +96,29 @@ def test_replay_one_filtered_or_all(files: tuple[Path, Path, Path]) -> None:
     assert dead_ids(queue_path) == []
 
 
+def test_a_grouped_dead_letter_is_one_row_and_one_replay(files: tuple[Path, Path, Path]) -> None:
+    queue_path = files[2]
+
+    async def bury_a_group() -> None:
+        queue = SQLiteQueue(queue_path, clock=SystemClock())
+        jobs = [make_job(seq, key=f"k{seq}", at=SystemClock().now()) for seq in (4, 5, 6)]
+        await queue.enqueue("shr", jobs, after=3, cursor=6)
+        claimed = await queue.claim("shr", worker="w", limit=5, coalesce=False)
+        await queue.settle([Bury(job, "dhis2_E1302", group="EVENT/abc") for job in claimed])
+        await queue.close()
+
+    asyncio.run(bury_a_group())
+    code, output = invoke(files, "dead-letters", "--reason", "dhis2_E1302", "--json")
+    (row,) = orjson.loads(output)
+    assert row["group"] == "EVENT/abc" and sorted(row["jobs"]) == ["shr:4", "shr:5", "shr:6"]
+    assert sorted(row["resources"]) == ["Observation/o4", "Observation/o5", "Observation/o6"]
+    code, output = invoke(files, "dead-letters", "--reason", "dhis2_E1302")
+    assert code == 0 and "EVENT/abc" in output
+    code, output = invoke(files, "replay", "shr:5")
+    assert code == 0 and "replayed shr:5 with the 2 other jobs of its dead letter" in output
+    assert dead_ids(queue_path) == ["shr:1", "shr:2", "shr:3"]
+
+
 def test_replay_and_purge_refuse_vague_requests(files: tuple[Path, Path, Path]) -> None:
     assert invoke(files, "replay")[0] == 2
     assert invoke(files, "replay", "shr:1", "--all")[0] == 2

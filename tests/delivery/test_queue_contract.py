@@ -363,3 +363,87 @@ async def stored_payloads(queue: DeliveryQueue) -> int:
             return int(conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0])
     assert isinstance(queue, RedisQueue)
     return len([key async for key in queue.redis.scan_iter(match=f"{queue.prefix}:*:job:*")])
+
+
+async def test_dead_jobs_of_one_group_are_one_dead_letter_replayed_and_purged_together(
+    queue: DeliveryQueue, clock: ManualClock
+) -> None:
+    # Three jobs of one visit refused for the same DHIS2 event, one job refused for nothing shared.
+    await enqueue(queue, make_job(1), make_job(2), make_job(3, key="Patient/b"), make_job(4))
+    request = RecordedRequest("POST", "https://dhis2/api/tracker", {}, '{"events": []}')
+    first = await claim(queue)
+    assert seqs(first) == [1, 3]
+    by_seq = {job.seq: job for job in first}
+    await queue.settle(
+        [
+            Bury(by_seq[1], "dhis2_E1302", "refused", request, None, group="EVENT/ev1"),
+            Bury(by_seq[3], "dhis2_E1302", "refused", None, None, group="EVENT/ev1"),
+        ]
+    )
+    await clock.advance(5)
+    [second] = await claim(queue)
+    assert second.seq == 2
+    await queue.settle([Bury(second, "dhis2_E1302", "refused again", group="EVENT/ev1")])
+    [fourth] = await claim(queue)
+    await queue.settle([Bury(fourth, "http_422", "other")])
+
+    letters = await queue.dead_letters(DeadLetterFilter(destination=DEST))
+    assert len(letters) == 2
+    group = next(letter for letter in letters if letter.group == "EVENT/ev1")
+    assert group.job.id == "shr:1" and group.request == request  # the first refusal, with its request
+    assert sorted(group.job_ids) == ["shr:1", "shr:2", "shr:3"] and group.size == 3
+    assert sorted(group.resources) == ["Observation/o1", "Observation/o2", "Observation/o3"]
+    alone = next(letter for letter in letters if letter.group is None)
+    assert alone.job_ids == ("shr:4",)
+    assert (await queue.stats(DEST)).dead == 4  # jobs, not letters
+
+    for member in ("shr:1", "shr:2", "shr:3"):  # any member finds the whole letter
+        found = await queue.dead_letter(member)
+        assert found is not None and sorted(found.job_ids) == ["shr:1", "shr:2", "shr:3"]
+    ids = await queue.dead_letter_ids(DeadLetterFilter(destination=DEST))
+    assert len(ids) == 2 and "shr:4" in ids
+
+    assert await queue.replay(["shr:2"]) == 3  # one letter replays every job it stands for
+    assert [letter.job.id for letter in await queue.dead_letters(DeadLetterFilter())] == ["shr:4"]
+    replayed = await claim(queue)
+    assert seqs(replayed) == [1, 3]  # per-key order again: 1 before 2 on Patient/a
+    await queue.settle([Ack(job) for job in replayed])
+    assert seqs(await claim(queue)) == [2]
+
+    # Dying again after a replay makes a fresh letter; purging one member purges the group.
+    await enqueue(queue, make_job(5, key="Patient/c"), make_job(6, key="Patient/d"))
+    jobs = {job.seq: job for job in await claim(queue)}
+    await queue.settle([Bury(jobs[5], "dhis2_E1018", "x", group="ENROLLMENT/en1"),
+                        Bury(jobs[6], "dhis2_E1018", "x", group="ENROLLMENT/en1")])
+    [letter] = await queue.dead_letters(DeadLetterFilter(reason="dhis2_E1018"))
+    assert sorted(letter.job_ids) == ["shr:5", "shr:6"]
+    assert await queue.purge([letter.job.id]) == 2
+    assert await queue.dead_letters(DeadLetterFilter(reason="dhis2_E1018")) == []
+
+
+async def test_a_refused_split_part_joins_its_group(queue: DeliveryQueue) -> None:
+    await enqueue(queue, make_job(1), make_job(2, key="Patient/b"))
+    one, two = sorted(await claim(queue), key=lambda job: job.seq)
+    await queue.settle([Bury(one, "dhis2_E7610", "refused", group="DATAVALUE/x")])
+    part = Bury(part_job(two, "v1", b"{}"), "dhis2_E7610", "refused", group="DATAVALUE/x")
+    await queue.settle([Split(two, (part,))])
+    [letter] = await queue.dead_letters(DeadLetterFilter())
+    assert sorted(letter.job_ids) == ["shr:1", "shr:2.v1"]
+
+
+async def test_accepted_digests_are_kept_per_destination_and_forgotten_on_request(
+    queue: DeliveryQueue, queue_factory
+) -> None:
+    assert await queue.accepted_digests(DEST, ["EVENT/a", "ENROLLMENT/b"]) == {}
+    await queue.record_digests(DEST, {"EVENT/a": "d1", "ENROLLMENT/b": "d2"})
+    await queue.record_digests("other", {"EVENT/a": "x9"})
+    await queue.record_digests(DEST, {"EVENT/a": "d3"})
+    assert await queue.accepted_digests(DEST, ["EVENT/a", "ENROLLMENT/b", "EVENT/c"]) == {
+        "EVENT/a": "d3",
+        "ENROLLMENT/b": "d2",
+    }
+    assert await queue.accepted_digests("other", ["EVENT/a"]) == {"EVENT/a": "x9"}
+    await queue.record_digests(DEST, {"ENROLLMENT/b": None})
+    assert await queue.accepted_digests(DEST, ["ENROLLMENT/b", "EVENT/a"]) == {"EVENT/a": "d3"}
+    reopened = await queue_factory()  # durable like the jobs
+    assert await reopened.accepted_digests(DEST, ["EVENT/a"]) == {"EVENT/a": "d3"}

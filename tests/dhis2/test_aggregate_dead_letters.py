@@ -154,6 +154,9 @@ async def test_each_refused_value_is_its_own_dead_letter_and_replays_alone(
         assert under5.detail is not None and "value_not_negative_integer" in under5.detail
         assert f"dataElement {demo.de('CHW_M_REFERRALS')}, categoryOptionCombo {demo.coc('AGE_U5')}" in under5.detail
         assert f"period 202405, orgUnit {demo.ou('CU_KISIWA')}" in under5.detail
+        # The request sent is kept (the whole data value set, no credentials).
+        assert under5.request is not None and under5.request.url.startswith(f"{sandbox.base_url}/api/dataValueSets")
+        assert demo.de("CHW_M_HH_VISITED") in under5.request.body and DEFAULT_TOKEN not in str(under5.request)
         # The accepted value is stored and the report's job counts as delivered.
         assert await stored_values(sandbox, demo) == {(demo.de("CHW_M_HH_VISITED"), demo.coc("default")): "14"}
 

@@ -185,3 +185,33 @@ async def test_gateway_worker_runs_the_scheduled_tasks(sandbox: SandboxServer, d
         stop.set()
         await asyncio.wait_for(worker, 10)
         store.close()
+
+
+async def test_a_report_whose_visits_are_all_retracted_or_deleted_is_recomputed(
+    store: Store, sandbox: SandboxServer, demo: Demo, tmp_path: Path
+) -> None:
+    put(store, places() + chw_record(1) + chw_record(2))
+    clock = ManualClock(JUNE_3 + 30 * 60)
+    tasks = dhis2_tasks(destination(sandbox, tmp_path), store=store, environ=ENVIRON, clock=clock)
+    try:
+        await tasks.report()
+        assert households(may_report(store, demo) or {}) == 2
+        visit_types = ("Encounter", "Observation", "ServiceRequest", "MedicationDispense")
+        # The first visit (and everything recorded in it) entered in error: no longer counted.
+        put(store, [{**r, "status": "entered-in-error"} for r in chw_record(1) if r["resourceType"] in visit_types])
+        await tasks.report()
+        report = may_report(store, demo)
+        assert report is not None and report["meta"]["versionId"] == "2" and households(report) == 1
+        # Both deleted: nothing is left to count (or even to find) in that org unit, and its
+        # report says so instead of keeping the withdrawn visit.
+        with store.transaction() as tx:
+            for r in chw_record(1) + chw_record(2):
+                if r["resourceType"] in visit_types:
+                    tx.delete(r["resourceType"], r["id"])
+        await tasks.report()
+        report = may_report(store, demo)
+        assert report is not None and report["meta"]["versionId"] == "3"
+        assert households(report) == 0
+        assert all(group["measureScore"]["value"] == 0 for group in report["group"])
+    finally:
+        await tasks.aclose()

@@ -247,6 +247,36 @@ async def test_import_strategies(client: httpx.AsyncClient, demo: Demo) -> None:
     assert [c[0] for c in codes(reuse.json())] == ["E1114", "E1113", "E1082"]
 
 
+async def test_a_null_value_clears_one_data_value_and_keeps_the_others(client: httpx.AsyncClient, demo: Demo) -> None:
+    # DHIS2 docs ("Update data values"): collections merge on update, ``value: null`` deletes one.
+    bundle = demo.bundle(1)
+    await client.post("/api/tracker", params=SYNC_OBJECT, json=bundle)
+    event = dict(bundle["events"][0])
+    event["dataValues"] = [{"dataElement": demo.de("CHW_MUAC_CM"), "value": None}]
+    response = await client.post("/api/tracker", params=SYNC_OBJECT, json={"events": [event]})
+    assert response.status_code == 200 and response.json()["stats"]["updated"] == 1
+    stored = (await client.get("/api/tracker/events/Aev00000000")).json()
+    values = {v["dataElement"]: v["value"] for v in stored["dataValues"]}
+    assert demo.de("CHW_MUAC_CM") not in values
+    assert values == {demo.de("CHW_VISIT_TYPE"): "ROUTINE", demo.de("CHW_RDT_RESULT"): "POSITIVE"}
+
+
+async def test_delete_strategy_takes_uids_only_like_the_documented_payload(
+    client: httpx.AsyncClient, demo: Demo
+) -> None:
+    await client.post("/api/tracker", params=SYNC_OBJECT, json=demo.bundle(2))
+    sample = load_sample("tracker-delete-events-request.json")
+    assert all(set(item) == {"event"} for item in sample["events"])  # only UIDs, as documented
+    payload = {"events": [{"event": "Aev00000000"}, {"event": "Aev00000001"}]}
+    response = await client.post("/api/tracker", params={**SYNC_OBJECT, "importStrategy": "DELETE"}, json=payload)
+    assert response.status_code == 200
+    assert response.json()["stats"] == {"created": 0, "updated": 0, "deleted": 2, "ignored": 0, "total": 2}
+    assert (await client.get("/api/tracker/events/Aev00000000")).status_code == 404
+    assert (await client.get("/api/tracker/enrollments/Aen00000000")).status_code == 200  # the parent stays
+    again = await client.post("/api/tracker", params={**SYNC_OBJECT, "importStrategy": "DELETE"}, json=payload)
+    assert [c[0] for c in codes(again.json())] == ["E1082", "E1082"]  # deleted: cannot be touched again
+
+
 async def test_validation_mode_validate_writes_nothing(client: httpx.AsyncClient, demo: Demo) -> None:
     response = await client.post(
         "/api/tracker", params={**SYNC_ALL, "importMode": "VALIDATE"}, json=demo.bundle(1)

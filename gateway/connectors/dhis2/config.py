@@ -118,6 +118,11 @@ class Dhis2Options(BaseModel):
     write_back_identifiers: bool = Field(
         True, description="write accepted DHIS2 UIDs back onto the FHIR resources as identifiers"
     )
+    skip_unchanged: bool = Field(
+        True,
+        description="send only tracker objects that changed since DHIS2 last accepted them "
+        "(digests kept in the delivery queue)",
+    )
     schedule: Dhis2Schedule = Dhis2Schedule()
     report: ReportOptions | None = Field(None, description="the scheduled aggregate report (off when null)")
     identifier_system_base: str | None = Field(

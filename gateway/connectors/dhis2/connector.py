@@ -34,11 +34,41 @@ aggregate ``WARNING`` (some values rejected)    Partial: delivered, one dead let
 
 Retries and replays are safe: every UID is derived from FHIR identity, so DHIS2 updates
 what an earlier (perhaps unanswered) attempt created instead of duplicating it.
+
+Grouped refusals: a refusal names the DHIS2 object DHIS2 refused (``group``, e.g.
+``EVENT/<uid>``), so every job of a visit refused for that event is one dead letter, and
+it keeps the request sent (JSON body, no credentials) and DHIS2's whole import report
+(both bounded to 64 KiB).
+
+Unchanged objects are not sent (``digests``, kept in the delivery queue): each DHIS2 object
+planned is compared with a digest of it as DHIS2 last accepted it; only changed ones are
+sent, and a job none of whose objects changed succeeds without a request. A digest is
+recorded only after DHIS2 reported the object accepted, so a lost answer, a crash or a
+refusal leaves the old digest and the object is sent again; a refusal for a missing parent
+forgets the digests of the parents left out (DHIS2 no longer holds what it accepted).
+
+Retractions (a FHIR resource entered in error, revoked, cancelled or deleted):
+
+=============================================  ========================================
+FHIR change                                    DHIS2
+=============================================  ========================================
+Observation/MedicationDispense/… voided or     its event is re-sent (CREATE_AND_UPDATE)
+deleted                                        with that data value ``null``: cleared
+Encounter ``entered-in-error`` or deleted      its event deleted (``importStrategy=DELETE``)
+Patient deleted                                enrollment(s) and tracked entity deleted,
+                                               only when no live visit of theirs remains
+                                               (else when their last visit is retracted)
+=============================================  ========================================
+
+Deleting an object DHIS2 no longer has (E1032/E1081/E1063, or already deleted
+E1082/E1113/E1114) counts as done: a retried delete is not a failure.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import logging
 import re
 from collections.abc import Sequence
@@ -51,9 +81,19 @@ import httpx
 import orjson
 
 from gateway.clock import Clock
-from gateway.connectors.base import DeliveryOutcome, Job, Permanent, Retry, Success
-from gateway.connectors.classify import classify
-from gateway.connectors.dhis2.aggregate_outcome import aggregate_outcome, recorded
+from gateway.connectors.base import (
+    DeliveryOutcome,
+    DigestStore,
+    Job,
+    Partial,
+    Permanent,
+    RecordedRequest,
+    RecordedResponse,
+    Retry,
+    Success,
+)
+from gateway.connectors.classify import classify, record_request, record_response
+from gateway.connectors.dhis2.aggregate_outcome import aggregate_outcome
 from gateway.connectors.dhis2.aggregate_summary import parse_import_summary
 from gateway.connectors.dhis2.aggregate_transform import AggregatePlan, measure_report_to_data_value_set
 from gateway.connectors.dhis2.client import Dhis2Client
@@ -99,6 +139,17 @@ _KEYS = {"TRACKED_ENTITY": "trackedEntities", "ENROLLMENT": "enrollments", "EVEN
 _DATA_ELEMENT = re.compile(r"DataElement `([A-Za-z][A-Za-z0-9]{10})`")
 _OPTION_VALUE = re.compile(r"Value `([^`]*)` is not a valid option")
 _WRITTEN_BACK = frozenset({"Patient", "EpisodeOfCare", "Encounter"})  # resources that get DHIS2 UIDs
+# "Does not exist" and "already deleted": a delete DHIS2 answers so with has nothing left to do.
+_GONE = frozenset({"E1032", "E1081", "E1063", "E1082", "E1113", "E1114"})
+_DELETE = "delete"  # TrackerPlan.note of a plan sent with importStrategy=DELETE
+# A parent DHIS2 does not have (deleted or never stored there, whatever the digests say): the
+# digests of objects left out as unchanged are forgotten, so the next attempt sends them again.
+_PARENT_MISSING = frozenset({"E1063", "E1068", "E1081", "E1113", "E1114", "E1033"})
+
+
+def object_digest(payload: JsonObject) -> str:
+    """A digest of one tracker object as sent (key order does not matter)."""
+    return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
 
 
 @dataclass
@@ -110,6 +161,21 @@ class _Prepared:
     plan: TrackerPlan | None = None
     aggregate: AggregatePlan | None = None
     restore: WriteBackTarget | None = None  # identifiers to put back (writeback case 3)
+
+
+@dataclass(frozen=True, slots=True)
+class _Evidence:
+    """What one tracker import told: the report, and what it means for each object."""
+
+    report: TrackerReport
+    unchanged: frozenset[tuple[str, str]]  # not sent: as DHIS2 last accepted them
+    done: frozenset[tuple[str, str]]  # accepted now (or, for a delete, gone already)
+    request: RecordedRequest
+    response: RecordedResponse
+
+
+def _name(key: tuple[str, str]) -> str:
+    return f"{key[0]}/{key[1]}"
 
 
 def _json(response: httpx.Response) -> Any:
@@ -132,9 +198,13 @@ class Dhis2Connector:
         mappings_root: Path | None = None,
         snapshot: MetadataSnapshot | None = None,
         writeback: WriteBack | None = None,
+        digests: DigestStore | None = None,
+        destination: str = "dhis2",
     ) -> None:
         self.client = client
         self.writeback = writeback
+        self.digests = digests  # None: every planned object is sent (no change detection)
+        self.destination = destination
         self.options = options
         self.source = source
         self.clock = clock
@@ -270,6 +340,9 @@ class Dhis2Connector:
         item = _Prepared(job)
         if job.op == "delete":
             return self._prepare_delete(item)
+        if job.resource_type == "Encounter" and self._tracker is not None:
+            if job.resource().get("status") == "entered-in-error":
+                return self._prepare_delete(item)
         if self.writeback is not None and job.resource_type in _WRITTEN_BACK:
             held = self.writeback.already_held(job)
             if held is not None:
@@ -301,6 +374,8 @@ class Dhis2Connector:
                 reason=f"dhis2_{exc.code}",
                 detail=f"{exc.code} (checked before sending): {exc.message}; FHIR {exc.fhir_ref} "
                 f"(job {job.ref})",
+                # Every job of a visit meets the same bad value: one dead letter for them all.
+                group=f"checked/{exc.code}/{exc.fhir_ref}",
             )
             return item
         except Dhis2PendingError as exc:
@@ -319,21 +394,42 @@ class Dhis2Connector:
         return item
 
     def _prepare_delete(self, item: _Prepared) -> _Prepared:
+        """A retraction: an Encounter voided or deleted, any other resource deleted."""
         job = item.job
-        if job.resource_type == "Encounter" and self._tracker is not None:
-            from gateway.connectors.dhis2.uids import derive_uid
-
-            uid = derive_uid(self.options.uid_namespace, "EVENT", job.ref)
-            obj = PlannedObject("EVENT", uid, {"event": uid}, job.ref)
-            item.plan = TrackerPlan((obj,), ("EVENT", uid), note="delete")
+        if self._tracker is None:
+            item.outcome = Success(detail=f"deleting a {job.resource_type} is not propagated to DHIS2")
             return item
-        item.outcome = Success(detail=f"deleting a {job.resource_type} is not propagated to DHIS2")
+        source = self.writeback.hiding(self.source) if self.writeback is not None else self.source
+        try:
+            if job.resource_type == "Encounter":
+                visit = job.resource() or source.was_deleted("Encounter", job.resource_id) or {}
+                plan = self._tracker.visit_deletes(job.resource_id, visit, source)
+            elif job.resource_type == "Patient":
+                plan = self._tracker.person_deletes(job.resource_id, source)
+            else:
+                last = source.was_deleted(job.resource_type, job.resource_id)
+                if last is None:
+                    plan = TrackerPlan.skip(f"deleting a {job.resource_type} is not propagated to DHIS2")
+                else:
+                    # The deleted resource is no longer found, so its visit's event is planned
+                    # with its data value null: DHIS2 clears it.
+                    plan = self._tracker.plan(last, source)
+        except Dhis2PendingError as exc:
+            item.outcome = Retry(delay=None, reason=f"dhis2_waiting_for_{exc.waiting_for}", link_ok=True)
+            return item
+        except (Dhis2MappingError, MappingError) as exc:
+            item.outcome = Success(detail=f"retraction not sent: {type(exc).__name__}")
+            return item
+        if plan.primary is None:
+            item.outcome = Success(detail=plan.note)
+        else:
+            item.plan = plan
         return item
 
     # -- tracker
 
     async def _send_tracker(self, items: list[_Prepared]) -> None:
-        deletes = [i for i in items if i.plan is not None and i.plan.note == "delete"]
+        deletes = [i for i in items if i.plan is not None and i.plan.note == _DELETE]
         writes = [i for i in items if i not in deletes]
         for group, strategy in ((writes, "CREATE_AND_UPDATE"), (deletes, "DELETE")):
             if group:
@@ -345,12 +441,24 @@ class Dhis2Connector:
             assert item.plan is not None
             for obj in item.plan.objects:
                 merged[(obj.tracker_type, obj.uid)] = obj
+        digests = {key: object_digest(obj.payload) for key, obj in merged.items()}
+        unchanged: set[tuple[str, str]] = set()
+        if strategy != "DELETE":
+            accepted = await self._accepted(list(merged))
+            unchanged = {key for key in merged if accepted.get(_name(key)) == digests[key]}
+        to_send = {key: obj for key, obj in merged.items() if key not in unchanged}
+        if not to_send:
+            for item in items:
+                item.outcome = Success(detail="unchanged since DHIS2 last accepted it: nothing sent")
+            await self._write_back_accepted(items, frozenset(unchanged))
+            return
         payload: JsonObject = {_KEYS[kind]: [] for kind in _ORDER}
         for kind in _ORDER if strategy != "DELETE" else tuple(reversed(_ORDER)):
-            payload[_KEYS[kind]] = [obj.payload for (k, _), obj in merged.items() if k == kind]
+            payload[_KEYS[kind]] = [obj.payload for (k, _), obj in to_send.items() if k == kind]
         params = {**_TRACKER_PARAMS, "importStrategy": strategy}
+        sent = self._recorded_request(payload, params)
         try:
-            if len(merged) > self.options.async_threshold:
+            if len(to_send) > self.options.async_threshold:
                 response = await run_async_import(
                     self.client,
                     payload,
@@ -377,7 +485,7 @@ class Dhis2Connector:
             outcome = (
                 Retry(delay=None, reason=f"http_{status}")
                 if status >= 500 or status in (408, 429)
-                else Permanent(reason=f"http_{status}", detail=str(exc))
+                else Permanent(reason=f"http_{status}", detail=str(exc), request=sent)
             )
             self._settle_all(items, outcome)
             return
@@ -395,20 +503,70 @@ class Dhis2Connector:
                     reason="dhis2_unexpected_response",
                     detail=f"HTTP {response.status_code} without an ImportReport",
                 )
+            if isinstance(outcome, Permanent):
+                outcome = dataclasses.replace(outcome, request=sent, response=record_response(response))
             self._settle_all(items, outcome)
             return
+        done = set(report.accepted)
+        if strategy == "DELETE":  # gone already: nothing left to delete
+            done |= {(e.tracker_type, e.uid) for e in report.errors if e.code in _GONE}
+        evidence = _Evidence(report, frozenset(unchanged), frozenset(done), sent, record_response(response))
         for item in items:
-            item.outcome = self._tracker_outcome(item, report, merged)
-        if self.writeback is not None and strategy != "DELETE":
-            targets = [
-                WriteBackTarget(item.job.resource_type, item.job.resource_id, item.job.version, tuple(found))
-                for item in items
-                if isinstance(item.outcome, Success)
-                and item.plan is not None
-                and (found := self.writeback.identifiers_for(item.job.ref, item.plan, report.accepted))
-            ]
-            if targets:
-                await anyio.to_thread.run_sync(self._write_back, targets)
+            item.outcome = self._tracker_outcome(item, evidence, merged)
+        # Only what DHIS2 reported accepted gets a digest (a deleted object loses its own).
+        recorded: dict[str, str | None] = {
+            _name(key): (None if strategy == "DELETE" else digests[key]) for key in to_send if key in done
+        }
+        if unchanged and any(e.code in _PARENT_MISSING for e in report.errors):
+            recorded.update({_name(key): None for key in unchanged})
+        await self._record(recorded)
+        if strategy != "DELETE":
+            await self._write_back_accepted(items, frozenset(report.accepted | unchanged))
+
+    async def _accepted(self, keys: list[tuple[str, str]]) -> dict[str, str]:
+        """Digests of objects as DHIS2 last accepted them (none known if the queue cannot say)."""
+        if self.digests is None or not keys:
+            return {}
+        try:
+            return await self.digests.accepted_digests(self.destination, [_name(key) for key in keys])
+        except Exception as exc:  # the queue is busy or down: send everything, which is always safe
+            logger.warning("dhis2 accepted digests unavailable (%s): sending every object", type(exc).__name__)
+            return {}
+
+    async def _record(self, digests: dict[str, str | None]) -> None:
+        if self.digests is None or not digests:
+            return
+        try:
+            await self.digests.record_digests(self.destination, digests)
+        except Exception as exc:  # the next change re-sends what was not recorded: safe
+            logger.warning("dhis2 accepted digests not recorded (%s)", type(exc).__name__)
+
+    def _recorded_request(
+        self, payload: JsonObject, params: dict[str, str], path: str = "/api/tracker"
+    ) -> RecordedRequest:
+        """The import request as kept with a dead letter (built here: it never carries credentials)."""
+        request = httpx.Request(
+            "POST",
+            self.client.base_url + path,
+            params=params,
+            content=orjson.dumps(payload),
+            headers={"Content-Type": "application/json"},
+        )
+        return record_request(request)
+
+    async def _write_back_accepted(self, items: list[_Prepared], held: frozenset[tuple[str, str]]) -> None:
+        """Write back the UIDs of objects DHIS2 holds (accepted now, or unchanged since accepted)."""
+        if self.writeback is None:
+            return
+        targets = [
+            WriteBackTarget(item.job.resource_type, item.job.resource_id, item.job.version, tuple(found))
+            for item in items
+            if isinstance(item.outcome, Success)
+            and item.plan is not None
+            and (found := self.writeback.identifiers_for(item.job.ref, item.plan, held))
+        ]
+        if targets:
+            await anyio.to_thread.run_sync(self._write_back, targets)
 
     def _write_back(self, targets: list[WriteBackTarget]) -> None:
         """Write UIDs back; a store failure costs only the identifiers (DHIS2 has the data)."""
@@ -423,11 +581,17 @@ class Dhis2Connector:
             item.outcome = outcome
 
     def _tracker_outcome(
-        self, item: _Prepared, report: TrackerReport, merged: dict[tuple[str, str], PlannedObject]
+        self, item: _Prepared, evidence: _Evidence, merged: dict[tuple[str, str], PlannedObject]
     ) -> DeliveryOutcome:
         assert item.plan is not None and item.plan.primary is not None
+        report = evidence.report
         kind, uid = item.plan.primary
         state = report.state_of(kind, uid)
+        if (kind, uid) in evidence.done:
+            state = ObjectState.ACCEPTED
+        elif (kind, uid) in evidence.unchanged:
+            refused = any(report.errors_for(obj.tracker_type, obj.uid) for obj in item.plan.objects)
+            state = ObjectState.REJECTED if refused else ObjectState.ACCEPTED
         if state is ObjectState.ACCEPTED:
             return Success(detail=f"{kind} {uid}")
         cause = None
@@ -455,14 +619,12 @@ class Dhis2Connector:
                 f"{cause.code}: {cause.message} [DHIS2 {cause.tracker_type} {cause.uid} from FHIR {origin}; "
                 f"job {item.job.ref} → {kind} {uid}]"
             )
-            error_json = {
-                "errorCode": cause.code,
-                "message": cause.message,
-                "trackerType": cause.tracker_type,
-                "uid": cause.uid,
-            }
             return Permanent(
-                reason=f"dhis2_{cause.code}", detail=detail, response=recorded(409, error_json)
+                reason=f"dhis2_{cause.code}",
+                detail=detail,
+                request=evidence.request,
+                response=evidence.response,
+                group=f"{cause.tracker_type}/{cause.uid}",
             )
         if state is ObjectState.NOT_COMMITTED:
             return Retry(delay=None, reason="dhis2_not_committed")
@@ -493,4 +655,11 @@ class Dhis2Connector:
             if isinstance(outcome, Success):
                 return Permanent(reason="dhis2_unexpected_response", detail="no ImportSummary in the answer")
             return outcome
-        return aggregate_outcome(item.job.ref, item.job.resource(), plan, summary, response.status_code, body)
+        outcome = aggregate_outcome(item.job.ref, item.job.resource(), plan, summary, response.status_code, body)
+        sent = self._recorded_request(payload, _AGGREGATE_PARAMS, "/api/dataValueSets")
+        if isinstance(outcome, Permanent):
+            return dataclasses.replace(outcome, request=sent)
+        if isinstance(outcome, Partial):
+            parts = tuple(dataclasses.replace(part, request=sent) for part in outcome.refused)
+            return dataclasses.replace(outcome, refused=parts)
+        return outcome

@@ -7,7 +7,7 @@ from functools import partial
 import httpx
 
 from gateway.clock import Clock
-from gateway.connectors.base import Connector
+from gateway.connectors.base import Connector, DigestStore
 from gateway.connectors.config import DeliveryConfigError, Destination
 from gateway.connectors.dhis2.client import Dhis2Client
 from gateway.connectors.dhis2.config import Dhis2Options
@@ -28,6 +28,7 @@ def create_connector(
     clock: Clock,
     source: ResourceSource | None = None,
     store: ResourceStore | None = None,
+    digests: DigestStore | None = None,
 ) -> Connector:
     """The connector of a ``kind: dhis2`` destination (mappings checked now if metadata is cached)."""
     if source is None:
@@ -52,11 +53,23 @@ def create_connector(
         base = options.identifier_system_base or f"{destination.base_url.rstrip('/')}/api/tracker"
         writeback = WriteBack(store, destination.name, identifier_systems(base))
     try:
-        return Dhis2Connector(dhis2, options, source, clock, snapshot=snapshot, writeback=writeback)
+        return Dhis2Connector(
+            dhis2,
+            options,
+            source,
+            clock,
+            snapshot=snapshot,
+            writeback=writeback,
+            digests=digests if options.skip_unchanged else None,
+            destination=destination.name,
+        )
     except MappingLoadError as exc:
         raise DeliveryConfigError(f"destination {destination.name}: mapping problems:\n{exc}") from exc
 
 
-def dhis2_factory(store: ResourceStore) -> partial[Connector]:
-    """A ``ConnectorFactory`` for ``kind: dhis2`` reading related resources from ``store`` (and writing UIDs back)."""
-    return partial(create_connector, source=StoreResourceSource(store), store=store)
+def dhis2_factory(store: ResourceStore, digests: DigestStore | None = None) -> partial[Connector]:
+    """A ``ConnectorFactory`` for ``kind: dhis2`` reading related resources from ``store`` (and writing UIDs back).
+
+    With ``digests`` (the delivery queue) objects unchanged since DHIS2 accepted them are not sent.
+    """
+    return partial(create_connector, source=StoreResourceSource(store), store=store, digests=digests)

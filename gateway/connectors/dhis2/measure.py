@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.connectors.dhis2.orgunits import OrgUnitResolver
 from gateway.connectors.dhis2.periods import Period
-from gateway.connectors.dhis2.sources import ResourceSource, reference_of
+from gateway.connectors.dhis2.sources import ResourceSource, is_retracted, reference_of
 from gateway.mapping import (
     CompileContext,
     CompileError,
@@ -243,7 +243,7 @@ def compute_measure_report(
     counter = _Counter(source, resolver)
     pools: dict[str, list[JsonObject]] = {}
     for resource in resources:
-        if resource.get("status") in ("entered-in-error", "cancelled", "revoked"):
+        if is_retracted(resource):
             continue
         pools.setdefault(str(resource.get("resourceType")), []).append(resource)
     stratifier = definition.spec.stratifier

@@ -14,8 +14,9 @@ of the data set's period type, and the one in progress when asked), ``write_repo
    a new or changed one is a new version, which the outbox queues for the destination like
    any MeasureReport (its filter must take MeasureReport).
 
-An org unit whose count falls to nothing (every record of the period withdrawn) is not
-recomputed; its last report stays as it was.
+An org unit that already has a report for the period is recomputed even when nothing of it
+is left to count (every record of the period retracted): its report falls to zeros, and
+DHIS2 gets the zeros, rather than keeping counts of withdrawn visits.
 """
 
 from __future__ import annotations
@@ -92,6 +93,34 @@ def _dated(source: StoreResourceSource, rtype: str, period: Period) -> Iterator[
         offset += PAGE
 
 
+def _reported_org_units(source: StoreResourceSource, definition: MeasureDefinition, period: Period) -> set[str]:
+    """Org units (by their DHIS2 identifier) with a stored report of this measure and period."""
+    wanted = {"start": period.start.isoformat(), "end": period.end.isoformat()}
+    found: set[str] = set()
+    offset = 0
+    while True:
+        items = [
+            ("period", f"ge{period.start.isoformat()}"),
+            ("period", f"le{period.end.isoformat()}"),
+            ("_count", str(PAGE)),
+            ("_offset", str(offset)),
+        ]
+        result = source.search("MeasureReport", items)
+        for stored in result.resources:
+            report = orjson.loads(stored.content)
+            identifier = (report.get("reporter") or {}).get("identifier") or {}
+            if (
+                report.get("measure") == definition.spec.measure
+                and report.get("period") == wanted
+                and identifier.get("system") == ORG_UNIT_SYSTEM
+                and identifier.get("value")
+            ):
+                found.add(str(identifier["value"]))
+        if len(result.resources) < PAGE:
+            return found
+        offset += PAGE
+
+
 def write_reports(
     store: ResourceStore,
     definition: MeasureDefinition,
@@ -103,6 +132,8 @@ def write_reports(
     resolver = OrgUnitResolver(aggregate.org_units, source)
     candidates = [r for rtype in sorted(definition.resource_types) for r in _dated(source, rtype, period)]
     by_unit = group_by_org_unit(candidates, source=source, resolver=resolver)
+    for org_unit in _reported_org_units(source, definition, period):
+        by_unit.setdefault(org_unit, [])  # retracted to nothing: recomputed to zeros
     written = 0
     with store.transaction() as tx:
         for org_unit in sorted(by_unit):

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import orjson
 
-__all__ = ["ResourceBundle", "ResourceSource", "StoreResourceSource", "reference_of"]
+__all__ = ["ResourceBundle", "ResourceSource", "StoreResourceSource", "is_retracted", "reference_of"]
 
 JsonObject = dict[str, Any]
 
@@ -38,6 +38,23 @@ class ResourceSource(Protocol):
         """Resources of ``resource_type`` whose ``param`` reference is ``reference`` (``Type/id``)."""
         ...
 
+    def was_deleted(self, resource_type: str, resource_id: str) -> JsonObject | None:
+        """The last live version of a deleted resource (None: never stored, or not deleted)."""
+        ...
+
+
+# Statuses that take a recorded fact back (FHIR R4 status value sets): such resources count as absent.
+RETRACTED_STATUSES = frozenset({"entered-in-error", "cancelled", "revoked", "declined", "not-done"})
+
+
+def is_retracted(resource: Mapping[str, Any]) -> bool:
+    """True for a resource voided by its status, or a Condition by its verificationStatus."""
+    if resource.get("status") in RETRACTED_STATUSES:
+        return True
+    verification = resource.get("verificationStatus")
+    codings = verification.get("coding") if isinstance(verification, Mapping) else None
+    return any(isinstance(c, Mapping) and c.get("code") == "entered-in-error" for c in codings or ())
+
 
 def reference_of(value: Any) -> str | None:
     """``Type/id`` from a Reference (or a reference string); None for other shapes."""
@@ -61,14 +78,28 @@ class ResourceBundle:
 
     def __init__(self, resources: Iterable[JsonObject] = ()) -> None:
         self._by_ref: dict[str, JsonObject] = {}
+        self._deleted: dict[str, JsonObject] = {}
         self._index: dict[tuple[str, str, str], list[str]] | None = None
         for resource in resources:
             self.add(resource)
 
     def add(self, resource: JsonObject) -> None:
         """Add or replace a resource."""
-        self._by_ref[f"{resource['resourceType']}/{resource['id']}"] = resource
+        ref = f"{resource['resourceType']}/{resource['id']}"
+        self._by_ref[ref] = resource
+        self._deleted.pop(ref, None)
         self._index = None
+
+    def remove(self, resource_type: str, resource_id: str) -> None:
+        """Delete a resource (its last version stays readable through ``was_deleted``)."""
+        ref = f"{resource_type}/{resource_id}"
+        if ref in self._by_ref:
+            self._deleted[ref] = self._by_ref.pop(ref)
+            self._index = None
+
+    def was_deleted(self, resource_type: str, resource_id: str) -> JsonObject | None:
+        """The last version of a removed resource."""
+        return self._deleted.get(f"{resource_type}/{resource_id}")
 
     def _indexed(self) -> dict[tuple[str, str, str], list[str]]:
         if self._index is None:
@@ -115,6 +146,18 @@ class StoreResourceSource:
             return None
         value: JsonObject = orjson.loads(stored.content)
         return value
+
+    def was_deleted(self, resource_type: str, resource_id: str) -> JsonObject | None:
+        """The version before the deletion of ``Type/id`` (None if it is live or unknown)."""
+        stored = self._store.read(resource_type, resource_id)
+        if stored is None or not stored.deleted:
+            return None
+        for version in range(stored.version - 1, 0, -1):  # deletions may repeat: the last live one
+            before = self._store.vread(resource_type, resource_id, version)
+            if before is not None and not before.deleted and before.content:
+                value: JsonObject = orjson.loads(before.content)
+                return value
+        return None
 
     def find(self, resource_type: str, param: str, reference: str) -> list[JsonObject]:
         """A search ``<Type>?<param>=<reference>`` (one page of up to ``limit``)."""

@@ -37,7 +37,7 @@ from typing import Any
 
 from gateway.connectors.dhis2.mapping_load import BoundDataValue, BoundStage, BoundTracker
 from gateway.connectors.dhis2.orgunits import OrgUnitLookup, OrgUnitResolver
-from gateway.connectors.dhis2.sources import ResourceSource, reference_of
+from gateway.connectors.dhis2.sources import ResourceSource, is_retracted, reference_of
 from gateway.connectors.dhis2.uids import derive_uid
 from gateway.connectors.dhis2.values import ValueConversionError, to_dhis2_value
 from gateway.errors import ConnectorError
@@ -56,7 +56,6 @@ _CODE_FIELDS = {
 }
 _ENCOUNTER_PARAM = {"MedicationDispense": "context"}
 _ENCOUNTER_FIELD = {"MedicationDispense": "context"}
-_VOID_STATUSES = frozenset({"entered-in-error", "cancelled", "revoked", "declined", "not-done"})
 _WHEN_FIELDS = (
     "effectiveDateTime",
     "issued",
@@ -178,8 +177,7 @@ class TrackerTransformer:
         kind = resource.get("resourceType")
         resolver = OrgUnitResolver(self.mapping.org_units, source)
         if kind == "Patient":
-            te = self.tracked_entity(resource, resolver, fallback_org_unit=None)
-            return TrackerPlan((te,), ("TRACKED_ENTITY", te.uid))
+            return self._person_plan(resource, source, resolver)
         if kind == "EpisodeOfCare":
             return self._episode_plan(resource, source, resolver)
         if kind == "Encounter":
@@ -188,11 +186,56 @@ class TrackerTransformer:
             encounter_ref = reference_of(resource.get(_ENCOUNTER_FIELD.get(str(kind), "encounter")))
             if encounter_ref is None or not encounter_ref.startswith("Encounter/"):
                 return TrackerPlan.skip(f"{kind} without an Encounter is not sent to DHIS2")
-            encounter = source.get("Encounter", encounter_ref.partition("/")[2])
+            encounter_id = encounter_ref.partition("/")[2]
+            encounter = source.get("Encounter", encounter_id)
             if encounter is None:
+                if source.was_deleted("Encounter", encounter_id) is not None:
+                    return TrackerPlan.skip(f"{encounter_ref} was deleted: its event is deleted in DHIS2")
                 raise Dhis2PendingError(f"{encounter_ref} is not stored yet", "encounter")
+            if encounter.get("status") == "entered-in-error":
+                return TrackerPlan.skip(f"{encounter_ref} was entered in error: its event is deleted in DHIS2")
             return self._encounter_plan(encounter, source, resolver)
         return TrackerPlan.skip(f"{kind} is not mapped to DHIS2 tracker data")
+
+    # -- retractions
+
+    def visit_deletes(self, encounter_id: str, last: JsonObject, source: ResourceSource) -> TrackerPlan:
+        """An Encounter voided or deleted: its event, and its person too if nothing else of theirs remains."""
+        ref = f"Encounter/{encounter_id}"
+        ev = derive_uid(self.namespace, "EVENT", ref)
+        objects = [PlannedObject("EVENT", ev, {"event": ev}, ref)]
+        patient_ref = reference_of(last.get("subject"))
+        if patient_ref is not None and patient_ref.startswith("Patient/"):
+            patient_id = patient_ref.partition("/")[2]
+            if source.get("Patient", patient_id) is None and source.was_deleted("Patient", patient_id) is not None:
+                person = self.person_deletes(patient_id, source, leaving=ref)
+                objects += [obj for obj in person.objects if obj.tracker_type != "EVENT"]
+        return TrackerPlan(tuple(objects), ("EVENT", ev), note="delete")
+
+    def person_deletes(self, patient_id: str, source: ResourceSource, *, leaving: str | None = None) -> TrackerPlan:
+        """A Patient deleted: its enrollments and tracked entity, unless a live visit of theirs remains."""
+        ref = f"Patient/{patient_id}"
+        remaining = [
+            e
+            for e in source.find("Encounter", "patient", ref)
+            if e.get("status") != "entered-in-error"
+            and f"Encounter/{e.get('id')}" != leaving
+            and any(_truthy(stage.when, e) for stage in self.mapping.stages)
+        ]
+        if remaining:
+            return TrackerPlan.skip(
+                f"{len(remaining)} visits of the deleted {ref} remain: its tracked entity stays until they go"
+            )
+        te = derive_uid(self.namespace, "TRACKED_ENTITY", ref)
+        origins = [f"{ref}|{self.mapping.program}"] + [
+            f"EpisodeOfCare/{episode['id']}" for episode in source.find("EpisodeOfCare", "patient", ref)
+        ]
+        objects = [
+            PlannedObject("ENROLLMENT", uid, {"enrollment": uid}, ref)
+            for uid in dict.fromkeys(derive_uid(self.namespace, "ENROLLMENT", origin) for origin in origins)
+        ]
+        objects.append(PlannedObject("TRACKED_ENTITY", te, {"trackedEntity": te}, ref))
+        return TrackerPlan(tuple(objects), ("TRACKED_ENTITY", te), note="delete")
 
     # -- plans
 
@@ -204,6 +247,21 @@ class TrackerTransformer:
         if patient is None:
             raise Dhis2PendingError(f"{patient_ref} is not stored yet")
         return patient
+
+    def _person_plan(self, patient: JsonObject, source: ResourceSource, resolver: OrgUnitResolver) -> TrackerPlan:
+        tried: list[OrgUnitLookup] = []
+        fallback = None
+        if self._org_unit(self.mapping.te_org_unit, patient, resolver, tried) is None and not tried:
+            # A person who names no place (a CommCare case without a household) is registered
+            # where their first visit took place; before any visit there is nothing to send yet,
+            # and the visit's own job sends them.
+            first = self._first_visit(patient, source)
+            stage = next((s for s in self.mapping.stages if first and _truthy(s.when, first)), None)
+            fallback = self._org_unit(stage.org_unit, first, resolver) if first and stage else None
+            if fallback is None:
+                return TrackerPlan.skip("the Patient names no place: registered in DHIS2 with their first visit")
+        te = self.tracked_entity(patient, resolver, fallback_org_unit=fallback)
+        return TrackerPlan((te,), ("TRACKED_ENTITY", te.uid))
 
     def _episode_plan(
         self, episode: JsonObject, source: ResourceSource, resolver: OrgUnitResolver
@@ -400,7 +458,7 @@ class TrackerTransformer:
                 related[rule.source] = [
                     r
                     for r in source.find(rule.source, param, f"Encounter/{encounter['id']}")
-                    if r.get("status") not in _VOID_STATUSES
+                    if not is_retracted(r)
                 ]
             found = related[rule.source]
             if rule.codes:

@@ -121,6 +121,11 @@ class _Hiding:
         """A search, without the written-back identifiers."""
         return [self._hide(found) for found in self._source.find(resource_type, param, reference)]
 
+    def was_deleted(self, resource_type: str, resource_id: str) -> JsonObject | None:
+        """The last live version of a deleted resource, without the written-back identifiers."""
+        found = self._source.was_deleted(resource_type, resource_id)
+        return None if found is None else self._hide(found)
+
 
 class WriteBack:
     """Writes DHIS2 UIDs onto FHIR resources and recognises its own versions (see the module docstring).
