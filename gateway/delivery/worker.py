@@ -209,17 +209,17 @@ class Worker:
         while not self._stopping:
             runtime.wake.clear()
             now = self.clock.now()
-            if not runtime.breaker.allow(now):
+            capacity = runtime.breaker.capacity(now, runtime.config.concurrency)
+            if capacity == 0 and runtime.breaker.state is CircuitState.OPEN:
                 wait = runtime.breaker.wait_time(now) or self.poll_interval
                 await wait_event(runtime.wake, min(wait, self.poll_interval * 4), self.clock)
                 continue
             batch = runtime.config.batch_size
-            free = runtime.config.concurrency - runtime.active_calls
+            free = capacity - runtime.active_calls
             if free <= 0:
                 await wait_event(runtime.wake, self.poll_interval, self.clock)
                 continue
-            probing = runtime.breaker.state is CircuitState.HALF_OPEN
-            limit = batch if probing else free * batch
+            limit = free * batch
             started = self.clock.now()  # before the claim: the queue's lease ends lease after this or later
             try:
                 jobs = await self.queue.claim(
@@ -256,7 +256,7 @@ class Worker:
         except asyncio.CancelledError:
             # Shutdown: whether the destination got it is unknown; give it back untried
             # (delivery is at-least-once and writes are idempotent).
-            runtime.breaker.probe_in_flight = False
+            runtime.breaker.reset_probes()
             self._settlements.put_nowait([Release(job) for job in jobs])
             runtime.active_calls -= 1
             raise
@@ -264,7 +264,7 @@ class Worker:
             # Another worker may hold these jobs now: send nothing more. The release is
             # ignored if the claim did pass on, and hands the jobs back early if not.
             log.warning("delivery %s: lease lost before sending %d jobs; released", runtime.name, len(jobs))
-            runtime.breaker.probe_in_flight = False
+            runtime.breaker.reset_probes()
             self._settlements.put_nowait([Release(job) for job in jobs])
             runtime.active_calls -= 1
             runtime.wake.set()
@@ -301,7 +301,7 @@ class Worker:
         breaker = runtime.breaker
         for outcome in outcomes:
             if isinstance(outcome, Retry) and outcome.throttle and outcome.delay:
-                breaker.hold(now + outcome.delay)
+                breaker.throttle(now, now + outcome.delay, runtime.active_calls)
         answered = any(
             isinstance(o, Success | Partial)
             or (isinstance(o, Permanent) and o.reason != "internal_error")
@@ -313,7 +313,7 @@ class Worker:
         elif all(isinstance(o, Retry) for o in outcomes):
             changed = breaker.record(ok=False, now=now)
         else:
-            breaker.probe_in_flight = False
+            breaker.reset_probes()
             changed = False
         if changed:
             until = breaker.open_until if breaker.state is CircuitState.OPEN else None
