@@ -50,7 +50,8 @@ class ConsecutiveBreaker(CircuitBreaker):
 
     def __init__(self, threshold: int, open_for: float, max_open_for: float, multiplier: float = 2.0) -> None:
         super().__init__(BreakerPolicy())
-        self.threshold, self.open_for, self.max_open_for, self.multiplier = threshold, open_for, max_open_for, multiplier
+        self.threshold, self.open_for = threshold, open_for
+        self.max_open_for, self.multiplier = max_open_for, multiplier
         self.failures = 0
         self.opened_times = 0
         self.hold_until = 0.0
@@ -217,7 +218,8 @@ def main() -> None:
           f"{'idle %':>8}{'opened':>8}{'requests':>10}")
     for r in (base, new):
         print(
-            f"{r.name:<10}{r.probe_interval:>10.2f}s{r.first_delivery:>9.2f}s{r.first_delivery / r.probe_interval:>7.2f}x"
+            f"{r.name:<10}{r.probe_interval:>10.2f}s{r.first_delivery:>9.2f}s"
+            f"{r.first_delivery / r.probe_interval:>7.2f}x"
             f"{r.drain:>8.2f}s{r.idle:>8.2f}s{100 * r.idle_share:>7.1f}%{r.opened:>8}{r.requests:>10}"
         )
     ratio = lambda a, b: f"{a / b:.2f}x" if b else "-"  # noqa: E731
