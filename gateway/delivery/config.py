@@ -155,6 +155,9 @@ class DeliverySettings(BaseModel):
         " a worker sends nothing for a claim in its last quarter",
     )
     drain_timeout: Duration = Field(10.0, description="graceful shutdown: wait this long for in-flight jobs")
+    heartbeat_interval: Duration = Field(
+        10.0, gt=0, description="a worker records that it is alive this often; silent for 3 intervals: not live"
+    )
     outbox_batch: int = Field(500, ge=1, le=10000)
     settle_batch: int = Field(500, ge=1, le=10000)
 

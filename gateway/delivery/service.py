@@ -64,7 +64,9 @@ class DeliveryService:
         self.clock = clock
         self.settings = settings
         self.connectors = dict(connectors)
-        self.admin = DeliveryAdmin(queue, destinations)
+        self.admin = DeliveryAdmin(
+            queue, destinations, feed=store, clock=clock, heartbeat_interval=settings.heartbeat_interval
+        )
         active = [d for d in destinations if d.enabled and d.name in self.connectors]
         self.outbox = Outbox(store, queue, active, clock, batch=settings.outbox_batch)
         runtimes = [
@@ -86,6 +88,7 @@ class DeliveryService:
             lease=settings.lease,
             drain_timeout=settings.drain_timeout,
             settle_batch=settings.settle_batch,
+            heartbeat_interval=settings.heartbeat_interval,
             rand=rand,
         )
         self._changed = asyncio.Event()

@@ -77,6 +77,21 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
         ),
     ),
+    # Numbered 3: version 2 is taken by another branch's change (dead-letter grouping);
+    # this one only adds a table, so it applies on top of either.
+    Migration(
+        3,
+        "worker heartbeats",
+        (
+            """CREATE TABLE IF NOT EXISTS workers (
+    name TEXT PRIMARY KEY,
+    destinations TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    in_flight INTEGER NOT NULL DEFAULT 0
+)""",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

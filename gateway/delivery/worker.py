@@ -61,6 +61,7 @@ from gateway.delivery.queue import (
     Release,
     Settlement,
     Split,
+    WorkerBeat,
     part_job,
     reraise_if_cancelled,
 )
@@ -134,6 +135,7 @@ class Worker:
         lease: float = 60.0,
         drain_timeout: float = 10.0,
         settle_batch: int = 500,
+        heartbeat_interval: float = 10.0,
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.queue = queue
@@ -144,19 +146,25 @@ class Worker:
         self.lease = lease
         self.drain_timeout = drain_timeout
         self.settle_batch = settle_batch
+        self.heartbeat_interval = heartbeat_interval
         self.rand = rand
+        self.started_at = 0.0
         self._settlements: asyncio.Queue[list[Settlement] | None] = asyncio.Queue()
         self._deliveries: set[asyncio.Task[None]] = set()
         self._claimers: list[asyncio.Task[None]] = []
         self._heartbeat: asyncio.Task[None] | None = None
+        self._liveness: asyncio.Task[None] | None = None
         self._settler: asyncio.Task[None] | None = None
         self._stopping = False
 
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the claim loops, the settle loop and the heartbeat."""
+        """Start the claim loops, the settle loop and the heartbeats (lease and liveness)."""
         self._stopping = False
+        self.started_at = self.clock.now()
+        await self._beat()  # seen as alive from the start, not one interval later
+        self._liveness = asyncio.create_task(self._liveness_loop(), name="delivery-liveness")
         self._settler = asyncio.create_task(self._settle_loop(), name="delivery-settle")
         self._claimers = [
             asyncio.create_task(self._claim_loop(runtime), name=f"delivery-{runtime.name}")
@@ -172,6 +180,10 @@ class Worker:
         claimers, self._claimers = self._claimers, []
         if self._heartbeat is not None:
             self._heartbeat.cancel()
+        if self._liveness is not None:
+            self._liveness.cancel()
+            await asyncio.gather(self._liveness, return_exceptions=True)
+            self._liveness = None
         if claimers:
             # Claim loops exit at their next check; a claim already sent completes and its
             # jobs are delivered or released below instead of staying leased until expiry.
@@ -194,6 +206,11 @@ class Worker:
             except TimeoutError:
                 log.warning("delivery worker %s: settlements not flushed; leases will expire", self.name)
             self._settler = None
+        try:
+            await self.queue.forget_worker(self.name)
+        except QueueError as exc:
+            reraise_if_cancelled(exc)
+            log.warning("delivery worker %s: heartbeat not removed (%s)", self.name, type(exc).__name__)
         log.info("delivery worker %s stopped", self.name)
 
     def wake(self, destination: str | None = None) -> None:
@@ -375,6 +392,26 @@ class Worker:
                     del runtime.in_flight[item.job.id]
                     runtime.holds.pop(item.job.id, None)
                 runtime.wake.set()
+
+    async def _liveness_loop(self) -> None:
+        while True:
+            await self.clock.sleep(self.heartbeat_interval)
+            await self._beat()
+
+    async def _beat(self) -> None:
+        """Tell the queue this worker is alive (the admin view's "workers")."""
+        beat = WorkerBeat(
+            name=self.name,
+            destinations=tuple(self.runtimes),
+            started_at=self.started_at,
+            last_seen=self.clock.now(),
+            in_flight=sum(len(runtime.in_flight) for runtime in self.runtimes.values()),
+        )
+        try:
+            await self.queue.heartbeat(beat)
+        except QueueError as exc:
+            reraise_if_cancelled(exc)
+            log.warning("delivery worker %s: heartbeat not recorded (%s)", self.name, type(exc).__name__)
 
     async def _heartbeat_loop(self) -> None:
         while True:

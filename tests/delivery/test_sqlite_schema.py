@@ -153,6 +153,7 @@ async def test_a_new_file_gets_the_latest_schema(tmp_path: Path, clock: ManualCl
         "destinations",
         "delivered",
         "counters",
+        "workers",
     }
 
 
