@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -63,11 +64,11 @@ async def test_without_a_worker_lag_grows_and_no_live_worker_shows_then_a_worker
     worker: asyncio.Task[None] | None = None
     try:
         async with app.router.lifespan_context(app):
-            headers = {"Authorization": f"Bearer {make_token(store, ['admin'])}"}
-            transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+            headers = {"Authorization": f"Bearer {make_token(store, ('admin',))}"}
+            transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://gw.test", headers=headers) as api:
 
-                async def status() -> dict[str, object]:
+                async def status() -> dict[str, Any]:
                     response = await api.get("/admin/destinations")
                     assert response.status_code == 200
                     body = response.json()
