@@ -96,7 +96,7 @@ async def test_without_a_worker_lag_grows_and_no_live_worker_shows_then_a_worker
 
                 async def caught_up() -> bool:
                     row = await status()
-                    return row["lag_changes"] == 0 and row["workers_alive"] == 1
+                    return bool(row["lag_changes"] == 0 and row["workers_alive"] == 1)
 
                 await eventually(caught_up)
                 row = await status()
