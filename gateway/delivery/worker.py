@@ -65,6 +65,7 @@ from gateway.delivery.queue import (
     part_job,
     reraise_if_cancelled,
 )
+from gateway.metrics import metrics
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,20 @@ def settlement_for(
         )
         return Split(job, parts)
     return Bury(job, outcome.reason, outcome.detail, outcome.request, outcome.response)
+
+
+def _count_attempts(destination: str, settlements: Sequence[Settlement]) -> None:
+    """One ``gateway_delivery_attempts`` sample per attempted job: its outcome and reason code."""
+    counter = metrics().delivery_attempts
+    for item in settlements:
+        if isinstance(item, Ack):
+            counter.labels(destination, "delivered", "ok").inc()
+        elif isinstance(item, Nack):
+            counter.labels(destination, "retry", item.reason).inc()
+        elif isinstance(item, Bury):
+            counter.labels(destination, "dead", item.reason).inc()
+        elif isinstance(item, Split):
+            counter.labels(destination, "partial", "refused_parts").inc()
 
 
 class Worker:
@@ -268,7 +283,7 @@ class Worker:
 
     async def _deliver(self, runtime: DestinationRuntime, jobs: list[Job], hold: Hold) -> None:
         try:
-            with holding(hold):
+            with holding(hold), metrics().delivery_seconds.labels(runtime.name).time():
                 outcomes = await self._call_connector(runtime, jobs)
         except asyncio.CancelledError:
             # Shutdown: whether the destination got it is unknown; give it back untried
@@ -288,12 +303,12 @@ class Worker:
             return
         now = self.clock.now()
         self._observe(runtime, outcomes, now)
-        self._settlements.put_nowait(
-            [
-                settlement_for(job, outcome, runtime.policy, now=now, rand=self.rand())
-                for job, outcome in zip(jobs, outcomes, strict=True)
-            ]
-        )
+        settlements = [
+            settlement_for(job, outcome, runtime.policy, now=now, rand=self.rand())
+            for job, outcome in zip(jobs, outcomes, strict=True)
+        ]
+        _count_attempts(runtime.name, settlements)
+        self._settlements.put_nowait(settlements)
         runtime.active_calls -= 1
         runtime.wake.set()
 
@@ -333,6 +348,7 @@ class Worker:
             breaker.reset_probes()
             changed = False
         if changed:
+            metrics().circuit_transitions.labels(runtime.name, breaker.state.value).inc()
             until = breaker.open_until if breaker.state is CircuitState.OPEN else None
             log.warning("delivery %s: circuit %s", runtime.name, breaker.state.value)
             task = asyncio.create_task(self._publish_circuit(runtime.name, breaker.state.value, until))
