@@ -162,3 +162,11 @@ def test_several_processes_are_scraped_as_one_through_the_multiprocess_directory
     out = subprocess.run([sys.executable, "-c", RENDER, str(shared)], check=True, env=env, cwd=tmp_path,
                          capture_output=True, text=True).stdout
     assert value(out, "gateway_ingest_records_total", source="cht", outcome="stored") == 7
+
+
+def test_the_metrics_scope_can_be_given_to_a_client_and_grants_nothing_else() -> None:
+    from gateway.auth import Principal, validate_scopes
+
+    assert validate_scopes(["metrics"]) == ["metrics"]  # `gateway clients create prometheus --scope metrics`
+    scraper = Principal.of("prometheus", ("metrics",))
+    assert scraper.has("metrics") and not scraper.has("admin") and not scraper.can("Patient", "r")
