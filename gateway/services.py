@@ -33,6 +33,7 @@ from gateway.connectors import DeliveryConfigError
 from gateway.delivery import DeliverySections, DeliveryService, DestinationConfig
 from gateway.errors import FhirError
 from gateway.ingest import IngestService, MappingRegistry
+from gateway.metrics import configure as configure_metrics
 from gateway.scheduler import Claim, PeriodicTask, Scheduler
 from gateway.search import QueryParser, SearchLimits, SearchRegistry, default_registry
 from gateway.settings import Settings, delivery_sections
@@ -53,7 +54,8 @@ class ServicePlan:
     ``scheduler`` runs the destinations' periodic tasks; ``only`` limits delivery and the
     scheduler to some destinations. The clocks default to the system clock (tests move a
     manual one). ``audit`` runs the audit writer (when ``audit.enabled``): the API's
-    processes record every access; a delivery worker serves no requests.
+    processes record every access; a delivery worker serves no requests. ``alerts`` runs
+    the alert checks (when ``delivery.alerts.webhook_url`` is set): the API's processes do.
     """
 
     environ: Mapping[str, str] = field(default_factory=dict)
@@ -67,6 +69,7 @@ class ServicePlan:
     scheduler_clock: Clock | None = None
     audit: bool = True
     audit_clock: Clock | None = None
+    alerts: bool = True
 
     @classmethod
     def for_serve(cls, settings: Settings, environ: Mapping[str, str]) -> ServicePlan:
@@ -96,6 +99,8 @@ class Services:
         Refuses to build on broken mappings or delivery configuration; nothing is left open then.
         """
         plan = plan or ServicePlan()
+        if settings.metrics.multiprocess_dir is not None:
+            configure_metrics(settings.metrics.multiprocess_dir)  # before any sample is recorded
         registry = default_registry()
         search = settings.search
         opened = store or open_store(settings.store_url)
@@ -203,6 +208,7 @@ def _delivery(settings: Settings, sections: DeliverySections, plan: ServicePlan,
         run_worker=run,
         clock=plan.delivery_clock,
         only=plan.only,
+        alerts=plan.alerts,
     )
 
 
@@ -262,6 +268,7 @@ async def run_worker(
         run_worker=True,
         scheduler=scheduler,
         only=tuple(only) if only else None,
+        alerts=False,  # the API process checks (module docstring of gateway.delivery.alerts)
     )
     services = Services.build(settings, plan)
     stop = stop or asyncio.Event()

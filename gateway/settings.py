@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -42,6 +42,7 @@ __all__ = [
     "AuditSettings",
     "ClientRateLimit",
     "ConfigFileError",
+    "MetricsSettings",
     "RateLimitSettings",
     "SearchSettings",
     "Settings",
@@ -125,6 +126,24 @@ class RateLimitSettings(BaseModel):
         return value
 
 
+class MetricsSettings(BaseModel):
+    """Prometheus ``/metrics`` (the ``metrics:`` section)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = True
+    access: Literal["admin", "loopback", "public"] = Field(
+        "admin",
+        description="who may scrape: a token with the admin or metrics scope; or also any client on"
+        " 127.0.0.1/::1 without a token; or anyone (behind a firewall only)",
+    )
+    multiprocess_dir: Path | None = Field(
+        None,
+        description="prometheus-client's PROMETHEUS_MULTIPROC_DIR: set it when several processes"
+        " (uvicorn workers, gateway worker) are scraped as one; empty it before they start",
+    )
+
+
 class Settings(BaseSettings):
     """Effective configuration of one gateway process."""
 
@@ -163,6 +182,7 @@ class Settings(BaseSettings):
     delivery: DeliverySettings = DeliverySettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     rate_limit: RateLimitSettings = RateLimitSettings()
+    metrics: MetricsSettings = MetricsSettings()
     access_log: bool = Field(True, description="one JSON line per HTTP request on the gateway.access logger")
     audit: AuditSettings = AuditSettings()
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")

@@ -1,7 +1,9 @@
 """Admin endpoints for delivery (scope ``admin``); errors are OperationOutcomes.
 
 * ``GET /admin/destinations``: per destination depth, oldest pending age, in flight,
-  retrying, dead, delivered/min, circuit state, paused;
+  retrying, dead, delivered/min, circuit state, paused, delivery lag (changes and
+  seconds) and live workers with their last heartbeat; and the workers heard from;
+* ``GET /admin/workers``: worker processes with their last heartbeat and whether live;
 * ``POST /admin/destinations/{name}/pause`` and ``/resume``;
 * ``GET /admin/dead-letters``: filter by ``destination``, ``reason`` (exact, or a prefix
   ending in ``*``), ``since``/``until`` (ISO 8601), ``limit``; newest first; the dead jobs
@@ -76,9 +78,17 @@ async def _guard(action: Awaitable[Any]) -> Any:
 
 @router.get("/destinations", summary="Delivery status per destination")
 async def destinations(admin: AdminDep) -> Response:
-    """Per destination: queue depth and age, in flight, retrying, dead, rate, circuit, paused."""
+    """Per destination: queue depth and age, in flight, retrying, dead, rate, circuit, paused, lag, workers."""
     rows = await _guard(admin.status())
-    return _json({"destinations": [row.as_json() for row in rows]})
+    workers = await _guard(admin.workers())
+    return _json({"destinations": [row.as_json() for row in rows], "workers": [w.as_json() for w in workers]})
+
+
+@router.get("/workers", summary="Delivery workers and their heartbeats")
+async def workers(admin: AdminDep) -> Response:
+    """Worker processes heard from in the last day: destinations, last heartbeat, live or not."""
+    rows = await _guard(admin.workers())
+    return _json({"workers": [row.as_json() for row in rows]})
 
 
 @router.post("/destinations/{name}/pause", summary="Pause delivery to a destination")

@@ -38,7 +38,7 @@ from gateway.services import ServicePlan, Services
 from gateway.settings import Settings
 from gateway.store import Store
 
-from . import admin_delivery, admin_quarantine, fhir_read, fhir_write, health, ingest, smart
+from . import admin_delivery, admin_quarantine, fhir_read, fhir_write, health, ingest, metrics, smart
 from .access_log import AccessLogMiddleware, TemplateRoute
 from .audit import AuditMiddleware
 from .auth import authenticate
@@ -116,9 +116,11 @@ def create_app(
     app.add_middleware(RateLimitMiddleware)
     app.add_middleware(AuditMiddleware)
     app.add_middleware(AccessLogMiddleware, enabled=settings.access_log)
+    if settings.metrics.enabled:
+        app.add_middleware(metrics.FhirLatencyMiddleware)
     _install_error_handlers(app)
     for router in (health.router, fhir_read.router, fhir_write.router, ingest.router, admin_quarantine.router,
-                   admin_delivery.router, smart.router):
+                   admin_delivery.router, smart.router, metrics.router):
         app.include_router(router)
     # Reads dominate partner traffic; matching them first, as a plain Starlette route,
     # keeps them within reach of the framework's own ceiling (bench/read_search.py).

@@ -5,6 +5,7 @@
   accepted too, as ``rs``, ``cud`` and ``cruds``.
 * ``ingest:<source>`` / ``ingest:*``: may send records to ``/ingest/<source>``.
 * ``admin``: operations (quarantine, queues, destinations), and reading the audit trail.
+* ``metrics``: scraping ``GET /metrics`` and nothing else (for Prometheus).
 
 The audit trail (``AuditEvent``) is outside the SMART scopes: only ``admin`` may read or
 search it (``system/*.rs`` is not enough), and nobody creates, updates or deletes it
@@ -24,6 +25,7 @@ from gateway.search import DataPolicy
 _SMART = re.compile(r"^system/(?P<type>\*|[A-Z][A-Za-z]+)\.(?P<perm>[cruds]+|read|write|\*)$")
 _INGEST = re.compile(r"^ingest:(\*|[A-Za-z0-9_-]{1,64})$")
 _V1 = {"read": "rs", "write": "cud", "*": "cruds"}
+_OWN = ("admin", "metrics")  # the gateway's own scopes besides ingest:<source>
 AUDIT_TYPE = "AuditEvent"
 
 
@@ -48,11 +50,13 @@ def validate_scopes(scopes: list[str]) -> list[str]:
     if not scopes:
         raise ScopeError("at least one scope is required")
     for scope in scopes:
-        if scope == "admin" or _INGEST.match(scope):
+        if scope in _OWN or _INGEST.match(scope):
             continue
         parsed = parse_scope(scope)
         if parsed is None:
-            raise ScopeError(f"unknown scope {scope!r} (use system/<Type>.<cruds>, ingest:<source> or admin)")
+            raise ScopeError(
+                f"unknown scope {scope!r} (use system/<Type>.<cruds>, ingest:<source>, admin or metrics)"
+            )
         if parsed[0] != "*" and parsed[0] not in RESOURCE_TYPES:
             raise ScopeError(f"{scope}: {parsed[0]} is not an R4 resource type")
     return scopes
@@ -110,7 +114,7 @@ def grant_scopes(requested: Sequence[str], held: Sequence[str]) -> tuple[str, ..
         except ScopeError:
             continue
         if parsed is None:
-            if (scope == "admin" or _INGEST.match(scope)) and have.has(scope) and scope not in others:
+            if (scope in _OWN or _INGEST.match(scope)) and have.has(scope) and scope not in others:
                 others.append(scope)
             continue
         rtype, wanted = parsed

@@ -1,6 +1,7 @@
 """``gateway queue …`` and ``gateway worker``: delivery from the command line.
 
-    gateway queue status
+    gateway queue status                          # depth, lag, circuit, live workers per destination
+    gateway queue workers                         # worker heartbeats
     gateway queue dead-letters --destination shr --reason 'http_4*' --since 24h
     gateway queue replay shr:1234                 # one dead letter
     gateway queue replay --destination shr --reason http_422
@@ -71,16 +72,33 @@ def _with_admin(
     settings, sections = _load(config, destinations)
 
     async def run() -> T:
-        handle = open_admin(settings.queue_url, sections, prefix=settings.queue_prefix)
+        store = _open_feed(settings.store_url)
+        handle = open_admin(settings.queue_url, sections, feed=store, prefix=settings.queue_prefix)
         try:
             return await action(handle.admin)
         finally:
             await handle.queue.close()
+            if store is not None:
+                store.close()
 
     try:
         return asyncio.run(run())
     except GatewayError as exc:
         fail(exc.diagnostics, exit_code_for(exc))
+
+
+def _open_feed(store_url: str) -> Any:
+    """The store, for delivery lag; None when its SQLite file does not exist (never create one here)."""
+    from gateway.store import open_store
+
+    if store_url.startswith("sqlite:///"):
+        path = Path(store_url[len("sqlite:///") :].partition("?")[0])
+        if not path.is_file():
+            return None
+    try:
+        return open_store(store_url)
+    except Exception:  # unreachable database: the queue's view still helps, lag shows "-"
+        return None
 
 
 def parse_when(value: str | None, *, now: float | None = None) -> float | None:
@@ -125,21 +143,26 @@ def _iso(epoch: float) -> str:
 def status(
     config: ConfigOption = None, destinations: DestinationsOption = None, json: JsonOption = False
 ) -> None:
-    """Per destination: depth, oldest pending age, in flight, retrying, dead, delivered/min, circuit."""
+    """Per destination: depth, oldest age, in flight, retrying, dead, delivered/min, lag, live workers, circuit."""
     import orjson
-    from rich.console import Console
     from rich.table import Table
 
-    rows = _with_admin(config, destinations, lambda admin: admin.status())
+    async def read(admin: DeliveryAdmin) -> tuple[list[Any], list[Any]]:
+        return await admin.status(), await admin.workers()
+
+    rows, workers = _with_admin(config, destinations, read)
     if json:
         typer.echo(orjson.dumps([row.as_json() for row in rows], option=orjson.OPT_INDENT_2).decode())
         return
     table = Table(
-        "destination", "kind", "depth", "oldest", "in flight", "retrying", "dead", "/min", "circuit"
+        "destination", "kind", "depth", "oldest", "in flight", "retrying", "dead", "/min", "lag", "lag age",
+        "workers", "circuit",
     )
+    now = time.time()
     for row in rows:
         s = row.stats
         circuit = s.circuit + (" (paused)" if s.paused else "") + ("" if row.enabled else " (disabled)")
+        beat = f", last {_age(now - row.last_heartbeat)} ago" if row.last_heartbeat is not None else ""
         table.add_row(
             row.name,
             row.kind,
@@ -149,9 +172,49 @@ def status(
             str(s.retrying),
             str(s.dead),
             f"{s.delivered_per_min:.0f}",
+            "-" if row.lag_changes is None else str(row.lag_changes),
+            _age(row.lag_seconds),
+            f"{row.workers_alive} live{beat}",
             circuit,
         )
-    Console().print(table)
+    console = _console()
+    console.print(table)
+    if not any(worker.alive for worker in workers):
+        console.print(
+            "no live delivery worker: nothing is delivering"
+            " (run `gateway worker`, or set delivery.in_process_worker: true)"
+        )
+
+
+@queue_app.command("workers")
+def workers_command(
+    config: ConfigOption = None, destinations: DestinationsOption = None, json: JsonOption = False
+) -> None:
+    """Delivery worker processes: destinations, jobs in flight, last heartbeat, live or not."""
+    import orjson
+    from rich.table import Table
+
+    workers = _with_admin(config, destinations, lambda admin: admin.workers())
+    if json:
+        typer.echo(orjson.dumps([w.as_json() for w in workers], option=orjson.OPT_INDENT_2).decode())
+        return
+    table = Table("worker", "destinations", "in flight", "started", "last heartbeat", "live")
+    for worker in workers:
+        beat = worker.beat
+        table.add_row(
+            beat.name, ", ".join(beat.destinations), str(beat.in_flight), _iso(beat.started_at),
+            f"{_age(worker.age)} ago", "yes" if worker.alive else "no",
+        )
+    _console().print(table)
+
+
+def _console() -> Any:
+    """A console that does not cut tables at 80 columns when the output is not a terminal."""
+    import sys
+
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=200)
 
 
 @queue_app.command("dead-letters")

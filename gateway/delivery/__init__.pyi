@@ -5,6 +5,7 @@ from .admin import DeliveryAdmin as DeliveryAdmin
 from .admin import DestinationStatus as DestinationStatus
 from .admin import UnknownDeadLetter as UnknownDeadLetter
 from .admin import UnknownDestination as UnknownDestination
+from .admin import WorkerStatus as WorkerStatus
 from .admin import dead_letter_detail as dead_letter_detail
 from .admin import dead_letter_summary as dead_letter_summary
 from .admin import open_admin as open_admin
@@ -24,6 +25,7 @@ from .queue import DeliveryQueue as DeliveryQueue
 from .queue import QueueError as QueueError
 from .queue import QueueStats as QueueStats
 from .queue import QueueUnavailable as QueueUnavailable
+from .queue import WorkerBeat as WorkerBeat
 from .queue_factory import open_queue as open_queue
 from .service import DeliveryService as DeliveryService
 from .states import JobState as JobState

@@ -1,23 +1,37 @@
 """Operator actions on delivery, shared by the admin API and the CLI.
 
-admin = DeliveryAdmin(queue, destinations)
-for row in await admin.status(): ...
+admin = DeliveryAdmin(queue, destinations, feed=store)
+for row in await admin.status(): ...     # queue counts, lag, circuit, live workers
+for worker in await admin.workers(): ...
 await admin.pause("shr")
 count = await admin.replay_matching(DeadLetterFilter(destination="shr"), progress=bar.update)
+
+Lag is what a destination has not received yet of what the store committed: in changes,
+the change feed's head minus the outbox's cursor (changes not yet looked at) plus the
+jobs still queued; in seconds, the age of the oldest of those (the commit time of the first
+change past the cursor, or the queueing time of the oldest live job). It needs the store
+(``feed``); without it both are None. A worker is live while its heartbeat is younger than
+three heartbeat intervals.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gateway.clock import SystemClock
+from gateway.clock import Clock, SystemClock
 from gateway.delivery.config import DeliverySections, DestinationConfig
 from gateway.delivery.keys import DEFAULT_PREFIX
-from gateway.delivery.queue import DeadLetter, DeadLetterFilter, DeliveryQueue, QueueStats
+from gateway.delivery.queue import DeadLetter, DeadLetterFilter, DeliveryQueue, QueueStats, WorkerBeat
 from gateway.delivery.queue_factory import open_queue
 from gateway.errors import RequestError
+
+if TYPE_CHECKING:
+    from gateway.store import ChangeFeed
+
+MISSED_BEATS = 3  # heartbeat intervals without a heartbeat before a worker counts as gone
 
 REPLAY_CHUNK = 500  # dead letters replayed per queue transaction
 
@@ -40,12 +54,41 @@ class DestinationStatus:
     kind: str
     enabled: bool
     stats: QueueStats
+    feed_head: int | None = None  # the store's newest change seq (None: store not open)
+    lag_changes: int | None = None  # changes committed but not delivered (module docstring)
+    lag_seconds: float | None = None  # age of the oldest of them (0 when none)
+    workers_alive: int = 0  # live workers serving this destination
+    last_heartbeat: float | None = None  # newest heartbeat of a worker serving it (epoch s)
 
     def as_json(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         data = asdict(self.stats)
         data.pop("destination")
-        return {"name": self.name, "kind": self.kind, "enabled": self.enabled, **data}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "enabled": self.enabled,
+            **data,
+            "feed_head": self.feed_head,
+            "lag_changes": self.lag_changes,
+            "lag_seconds": self.lag_seconds,
+            "workers_alive": self.workers_alive,
+            "last_heartbeat": self.last_heartbeat,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStatus:
+    """A worker process with whether it still counts as live."""
+
+    beat: WorkerBeat
+    alive: bool
+    age: float  # seconds since its last heartbeat
+
+    def as_json(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {**asdict(self.beat), "destinations": list(self.beat.destinations), "alive": self.alive,
+                "heartbeat_age": self.age}
 
 
 def dead_letter_summary(letter: DeadLetter) -> dict[str, Any]:
@@ -81,9 +124,20 @@ def dead_letter_detail(letter: DeadLetter) -> dict[str, Any]:
 class DeliveryAdmin:
     """Status, pause/resume, dead-letter listing, replay and purge."""
 
-    def __init__(self, queue: DeliveryQueue, destinations: Sequence[DestinationConfig]) -> None:
+    def __init__(
+        self,
+        queue: DeliveryQueue,
+        destinations: Sequence[DestinationConfig],
+        *,
+        feed: ChangeFeed | None = None,
+        clock: Clock | None = None,
+        heartbeat_interval: float = 10.0,
+    ) -> None:
         self.queue = queue
         self.destinations = {d.name: d for d in destinations}
+        self.feed = feed
+        self.clock = clock or SystemClock()
+        self.heartbeat_interval = heartbeat_interval
 
     def _check(self, name: str) -> DestinationConfig:
         try:
@@ -92,10 +146,47 @@ class DeliveryAdmin:
             raise UnknownDestination(f"no destination is named {name!r}") from None
 
     async def status(self) -> list[DestinationStatus]:
-        """Every configured destination with its queue counts."""
+        """Every configured destination with its queue counts, lag and live workers."""
+        workers = await self.workers()
+        head = await asyncio.to_thread(self.feed.last_change_seq) if self.feed is not None else None
+        rows = []
+        for d in self.destinations.values():
+            stats = await self.queue.stats(d.name)
+            serving = [w for w in workers if d.name in w.beat.destinations]
+            lag_changes, lag_seconds = await self._lag(stats, head)
+            rows.append(
+                DestinationStatus(
+                    d.name,
+                    d.kind,
+                    d.enabled,
+                    stats,
+                    feed_head=head,
+                    lag_changes=lag_changes,
+                    lag_seconds=lag_seconds,
+                    workers_alive=sum(w.alive for w in serving),
+                    last_heartbeat=max((w.beat.last_seen for w in serving), default=None),
+                )
+            )
+        return rows
+
+    async def _lag(self, stats: QueueStats, head: int | None) -> tuple[int | None, float | None]:
+        if self.feed is None or head is None:
+            return None, None
+        unexamined = max(head - stats.cursor, 0)
+        ages = [stats.oldest_pending_age or 0.0]
+        if unexamined:
+            first = await asyncio.to_thread(self.feed.changes, stats.cursor, 1)
+            if first:
+                ages.append(self.clock.now() - first[0].at.timestamp())
+        return unexamined + stats.depth, max(max(ages), 0.0)
+
+    async def workers(self) -> list[WorkerStatus]:
+        """Worker processes heard from (within a day), with whether each is live."""
+        now = self.clock.now()
+        limit = MISSED_BEATS * self.heartbeat_interval
         return [
-            DestinationStatus(d.name, d.kind, d.enabled, await self.queue.stats(d.name))
-            for d in self.destinations.values()
+            WorkerStatus(beat, alive=now - beat.last_seen <= limit, age=max(now - beat.last_seen, 0.0))
+            for beat in await self.queue.workers()
         ]
 
     async def pause(self, name: str) -> None:
@@ -161,7 +252,12 @@ class AdminHandle:
     admin: DeliveryAdmin
 
 
-def open_admin(queue_url: str, sections: DeliverySections, *, prefix: str = DEFAULT_PREFIX) -> AdminHandle:
+def open_admin(
+    queue_url: str, sections: DeliverySections, *, feed: ChangeFeed | None = None, prefix: str = DEFAULT_PREFIX
+) -> AdminHandle:
     """Open the queue for status, dead letters and replay (no workers, no credentials)."""
     queue = open_queue(queue_url, clock=SystemClock(), lease=sections.delivery.lease, prefix=prefix)
-    return AdminHandle(queue, DeliveryAdmin(queue, sections.destinations))
+    admin = DeliveryAdmin(
+        queue, sections.destinations, feed=feed, heartbeat_interval=sections.delivery.heartbeat_interval
+    )
+    return AdminHandle(queue, admin)

@@ -34,6 +34,7 @@ from gateway.connectors import AuthConfig, Duration
 
 if TYPE_CHECKING:
     from gateway.search import DataPolicy
+from gateway.delivery.alerts import AlertSettings
 from gateway.delivery.breaker import BreakerPolicy
 from gateway.delivery.policy import RetryPolicy
 
@@ -155,6 +156,10 @@ class DeliverySettings(BaseModel):
         " a worker sends nothing for a claim in its last quarter",
     )
     drain_timeout: Duration = Field(10.0, description="graceful shutdown: wait this long for in-flight jobs")
+    heartbeat_interval: Duration = Field(
+        10.0, gt=0, description="a worker records that it is alive this often; silent for 3 intervals: not live"
+    )
+    alerts: AlertSettings = Field(AlertSettings(), description="when to call the alert webhook")
     outbox_batch: int = Field(500, ge=1, le=10000)
     settle_batch: int = Field(500, ge=1, le=10000)
 

@@ -37,3 +37,8 @@ def destination_base(prefix: str, destination: str) -> str:
 def destinations_key(prefix: str) -> str:
     """The set of destination names the queue has seen."""
     return f"{prefix}:destinations"
+
+
+def workers_key(prefix: str) -> str:
+    """The hash of worker heartbeats: worker name -> its last heartbeat (JSON)."""
+    return f"{prefix}:workers"

@@ -26,6 +26,9 @@ What every backend guarantees:
   newer version queued for the same destination, and counts it as delivered.
 * **Payload retention.** A delivered job is deleted with its payload; retrying and dead
   jobs keep theirs until delivered, replayed and delivered, or purged.
+* **Heartbeats.** Each worker process records, every few seconds, that it is alive and
+  which destinations it serves; ``workers`` lists them with the time each was last seen
+  (forgotten a day after), so the admin view tells a stopped worker from an idle one.
 * **Split.** A job the destination accepted except some parts (``Split``) is delivered and,
   in the same transaction, each refused part becomes a dead job of its own (id
   ``<job id>.<part>``, the part's payload, the job's key and sequence number), listed,
@@ -209,6 +212,20 @@ class QueueStats:
     cursor: int  # the outbox's change-feed position
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerBeat:
+    """A worker process as its last heartbeat described it."""
+
+    name: str
+    destinations: tuple[str, ...]
+    started_at: float  # epoch seconds
+    last_seen: float  # epoch seconds of the last heartbeat
+    in_flight: int  # jobs it was delivering then
+
+
+WORKER_MEMORY = 86400.0  # a worker silent this long is dropped from ``workers``
+
+
 class DeliveryQueue(Protocol):
     """A durable job queue per destination (see the module docstring for the guarantees)."""
 
@@ -246,6 +263,18 @@ class DeliveryQueue(Protocol):
 
     async def set_circuit(self, destination: str, state: str, until: float | None) -> None:
         """Publish a circuit-breaker transition for the admin view."""
+        ...
+
+    async def heartbeat(self, beat: WorkerBeat) -> None:
+        """Record that a worker is alive (replaces its previous heartbeat)."""
+        ...
+
+    async def forget_worker(self, name: str) -> None:
+        """Drop a worker's heartbeat (it stopped cleanly)."""
+        ...
+
+    async def workers(self) -> list[WorkerBeat]:
+        """Workers heard from within ``WORKER_MEMORY``, by name."""
         ...
 
     async def dead_letters(self, where: DeadLetterFilter, *, limit: int = 100) -> list[DeadLetter]:

@@ -12,12 +12,14 @@ Run Redis with persistence (``appendonly yes``) for durability across Redis rest
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
 
@@ -26,6 +28,7 @@ from gateway.connectors import Job
 from gateway.delivery import keys, redis_scripts
 from gateway.delivery.codec import decode_detail, decode_job, encode_detail, encode_job
 from gateway.delivery.queue import (
+    WORKER_MEMORY,
     Ack,
     Bury,
     DeadLetter,
@@ -37,6 +40,7 @@ from gateway.delivery.queue import (
     Release,
     Settlement,
     Split,
+    WorkerBeat,
     grouped,
     reraise_if_cancelled,
 )
@@ -257,6 +261,32 @@ class RedisQueue:
         """Publish a circuit transition."""
         mapping = {"state": state, "until": "" if until is None else _s(until)}
         await self._call(lambda: self.redis.hset(self._base(destination) + keys.CIRCUIT, mapping=mapping))
+
+    # -- worker heartbeats -------------------------------------------------------------------
+
+    async def heartbeat(self, beat: WorkerBeat) -> None:
+        """Record that a worker is alive (one hash field per worker)."""
+        value = orjson.dumps(dataclasses.asdict(beat))
+        await self._call(lambda: self.redis.hset(keys.workers_key(self.prefix), mapping={beat.name: value}))
+
+    async def forget_worker(self, name: str) -> None:
+        """Drop a worker's heartbeat."""
+        await self._call(lambda: self.redis.hdel(keys.workers_key(self.prefix), name))
+
+    async def workers(self) -> list[WorkerBeat]:
+        """Workers heard from within a day, by name; older heartbeats are deleted."""
+        raw = await self._call(lambda: self.redis.hgetall(keys.workers_key(self.prefix)))
+        horizon = self.clock.now() - WORKER_MEMORY
+        beats, stale = [], []
+        for name, value in raw.items():
+            data = orjson.loads(value)
+            if data["last_seen"] < horizon:
+                stale.append(name)
+                continue
+            beats.append(WorkerBeat(**{**data, "destinations": tuple(data["destinations"])}))
+        if stale:
+            await self._call(lambda: self.redis.hdel(keys.workers_key(self.prefix), *stale))
+        return sorted(beats, key=lambda beat: beat.name)
 
     async def _dead_destinations(self, where: DeadLetterFilter) -> list[str]:
         return [where.destination] if where.destination is not None else await self.destinations()

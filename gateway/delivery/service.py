@@ -29,6 +29,7 @@ import httpx
 from gateway.clock import Clock, SystemClock, wait_event
 from gateway.connectors import Connector, Redaction, resolve_credentials
 from gateway.delivery.admin import DeliveryAdmin
+from gateway.delivery.alerts import run_alerts
 from gateway.delivery.breaker import CircuitBreaker
 from gateway.delivery.config import DeliverySettings, DestinationConfig
 from gateway.delivery.factory import ConnectorFactory, build_connector, default_factories
@@ -59,12 +60,16 @@ class DeliveryService:
         redactions: Mapping[str, Redaction] | None = None,
         worker_name: str | None = None,
         rand: Callable[[], float] = random.random,
+        alerts: bool = False,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.queue = queue
         self.clock = clock
         self.settings = settings
         self.connectors = dict(connectors)
-        self.admin = DeliveryAdmin(queue, destinations)
+        self.admin = DeliveryAdmin(
+            queue, destinations, feed=store, clock=clock, heartbeat_interval=settings.heartbeat_interval
+        )
         active = [d for d in destinations if d.enabled and d.name in self.connectors]
         self.outbox = Outbox(store, queue, active, clock, batch=settings.outbox_batch)
         runtimes = [
@@ -86,9 +91,14 @@ class DeliveryService:
             lease=settings.lease,
             drain_timeout=settings.drain_timeout,
             settle_batch=settings.settle_batch,
+            heartbeat_interval=settings.heartbeat_interval,
             rand=rand,
         )
         self._changed = asyncio.Event()
+        self._alerts = alerts and settings.alerts.webhook_url is not None
+        self._alert_transport = transport
+        self._alert_task: asyncio.Task[None] | None = None
+        self._alert_client: httpx.AsyncClient | None = None
         self._outbox_task: asyncio.Task[None] | None = None
         self._running = False
         self._stopping = False
@@ -108,10 +118,12 @@ class DeliveryService:
         factories: Mapping[str, ConnectorFactory] | None = None,
         queue_prefix: str = DEFAULT_PREFIX,
         only: Sequence[str] | None = None,
+        alerts: bool = False,
     ) -> DeliveryService:
         """Open the queue and, if this process delivers, build the connectors.
 
-        ``only`` limits the worker and outbox to some destinations (the admin view keeps all).
+        ``only`` limits the worker and outbox to some destinations (the admin view keeps all);
+        ``alerts`` runs the alert checks (``delivery.alerts``) in this process.
         """
         clock = clock or SystemClock()
         queue = open_queue(queue_url, clock=clock, lease=settings.lease, prefix=queue_prefix)
@@ -134,10 +146,17 @@ class DeliveryService:
             settings=settings,
             clock=clock,
             redactions=redactions,
+            alerts=alerts,
+            transport=transport,
         )
 
     async def start(self) -> None:
-        """Start the outbox loop and the worker (no-op without connectors)."""
+        """Start the alert checks (if asked), the outbox loop and the worker (no-op without connectors)."""
+        if self._alerts and self._alert_task is None:
+            self._alert_client = httpx.AsyncClient(transport=self._alert_transport)
+            self._alert_task = asyncio.create_task(
+                run_alerts(self.admin, self.settings.alerts, self.clock, self._alert_client), name="delivery-alerts"
+            )
         if self._running or not self.connectors:
             return
         self._running = True
@@ -146,7 +165,14 @@ class DeliveryService:
         self._outbox_task = asyncio.create_task(self._outbox_loop(), name="delivery-outbox")
 
     async def stop(self) -> None:
-        """Stop the outbox, drain the worker, close connectors and the queue."""
+        """Stop the alert checks and the outbox, drain the worker, close connectors and the queue."""
+        if self._alert_task is not None:
+            self._alert_task.cancel()
+            await asyncio.gather(self._alert_task, return_exceptions=True)
+            self._alert_task = None
+        if self._alert_client is not None:
+            await self._alert_client.aclose()
+            self._alert_client = None
         if self._outbox_task is not None:
             self._stopping = True
             self._changed.set()

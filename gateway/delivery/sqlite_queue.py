@@ -30,6 +30,7 @@ from gateway.clock import Clock
 from gateway.connectors import Job
 from gateway.delivery.codec import decode_detail, decode_job, encode_detail, encode_job
 from gateway.delivery.queue import (
+    WORKER_MEMORY,
     Ack,
     Bury,
     DeadLetter,
@@ -41,6 +42,7 @@ from gateway.delivery.queue import (
     Release,
     Settlement,
     Split,
+    WorkerBeat,
     grouped,
 )
 from gateway.delivery.sqlite_schema import migrate
@@ -462,6 +464,44 @@ class SQLiteQueue:
                     "UPDATE destinations SET circuit = ?, circuit_until = ? WHERE name = ?",
                     (values[0], values[1], destination),
                 )
+
+    # -- worker heartbeats -------------------------------------------------------------------
+
+    async def heartbeat(self, beat: WorkerBeat) -> None:
+        """Record that a worker is alive."""
+        await self._run(self._heartbeat, beat)
+
+    def _heartbeat(self, conn: sqlite3.Connection, beat: WorkerBeat) -> None:
+        with self._tx(conn):
+            conn.execute(
+                "INSERT OR REPLACE INTO workers (name, destinations, started_at, last_seen, in_flight)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (beat.name, "\n".join(beat.destinations), beat.started_at, beat.last_seen, beat.in_flight),
+            )
+            conn.execute("DELETE FROM workers WHERE last_seen < ?", (beat.last_seen - WORKER_MEMORY,))
+
+    async def forget_worker(self, name: str) -> None:
+        """Drop a worker's heartbeat."""
+        await self._run(self._forget_worker, name)
+
+    def _forget_worker(self, conn: sqlite3.Connection, name: str) -> None:
+        with self._tx(conn):
+            conn.execute("DELETE FROM workers WHERE name = ?", (name,))
+
+    async def workers(self) -> list[WorkerBeat]:
+        """Workers heard from within a day, by name."""
+        return await self._run(self._workers)
+
+    def _workers(self, conn: sqlite3.Connection) -> list[WorkerBeat]:
+        rows = conn.execute(
+            "SELECT name, destinations, started_at, last_seen, in_flight FROM workers"
+            " WHERE last_seen >= ? ORDER BY name",
+            (self.clock.now() - WORKER_MEMORY,),
+        )
+        return [
+            WorkerBeat(name, tuple(d for d in dests.split("\n") if d), started, seen, in_flight)
+            for name, dests, started, seen, in_flight in rows
+        ]
 
     async def dead_letters(self, where: DeadLetterFilter, *, limit: int = 100) -> list[DeadLetter]:
         """Dead letters matching ``where``, newest first."""

@@ -91,6 +91,19 @@ MIGRATIONS: tuple[Migration, ...] = (
 )""",
         ),
     ),
+    Migration(
+        3,
+        "worker heartbeats",
+        (
+            """CREATE TABLE IF NOT EXISTS workers (
+    name TEXT PRIMARY KEY,
+    destinations TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    in_flight INTEGER NOT NULL DEFAULT 0
+)""",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -62,9 +62,11 @@ from gateway.delivery.queue import (
     Release,
     Settlement,
     Split,
+    WorkerBeat,
     part_job,
     reraise_if_cancelled,
 )
+from gateway.metrics import metrics
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +123,20 @@ def settlement_for(
     return Bury(job, outcome.reason, outcome.detail, outcome.request, outcome.response, outcome.group)
 
 
+def _count_attempts(destination: str, settlements: Sequence[Settlement]) -> None:
+    """One ``gateway_delivery_attempts`` sample per attempted job: its outcome and reason code."""
+    counter = metrics().delivery_attempts
+    for item in settlements:
+        if isinstance(item, Ack):
+            counter.labels(destination, "delivered", "ok").inc()
+        elif isinstance(item, Nack):
+            counter.labels(destination, "retry", item.reason).inc()
+        elif isinstance(item, Bury):
+            counter.labels(destination, "dead", item.reason).inc()
+        elif isinstance(item, Split):
+            counter.labels(destination, "partial", "refused_parts").inc()
+
+
 class Worker:
     """Runs delivery for a set of destinations in this process (see the module docstring)."""
 
@@ -135,6 +151,7 @@ class Worker:
         lease: float = 60.0,
         drain_timeout: float = 10.0,
         settle_batch: int = 500,
+        heartbeat_interval: float = 10.0,
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.queue = queue
@@ -145,19 +162,25 @@ class Worker:
         self.lease = lease
         self.drain_timeout = drain_timeout
         self.settle_batch = settle_batch
+        self.heartbeat_interval = heartbeat_interval
         self.rand = rand
+        self.started_at = 0.0
         self._settlements: asyncio.Queue[list[Settlement] | None] = asyncio.Queue()
         self._deliveries: set[asyncio.Task[None]] = set()
         self._claimers: list[asyncio.Task[None]] = []
         self._heartbeat: asyncio.Task[None] | None = None
+        self._liveness: asyncio.Task[None] | None = None
         self._settler: asyncio.Task[None] | None = None
         self._stopping = False
 
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the claim loops, the settle loop and the heartbeat."""
+        """Start the claim loops, the settle loop and the heartbeats (lease and liveness)."""
         self._stopping = False
+        self.started_at = self.clock.now()
+        await self._beat()  # seen as alive from the start, not one interval later
+        self._liveness = asyncio.create_task(self._liveness_loop(), name="delivery-liveness")
         self._settler = asyncio.create_task(self._settle_loop(), name="delivery-settle")
         self._claimers = [
             asyncio.create_task(self._claim_loop(runtime), name=f"delivery-{runtime.name}")
@@ -173,6 +196,10 @@ class Worker:
         claimers, self._claimers = self._claimers, []
         if self._heartbeat is not None:
             self._heartbeat.cancel()
+        if self._liveness is not None:
+            self._liveness.cancel()
+            await asyncio.gather(self._liveness, return_exceptions=True)
+            self._liveness = None
         if claimers:
             # Claim loops exit at their next check; a claim already sent completes and its
             # jobs are delivered or released below instead of staying leased until expiry.
@@ -195,6 +222,11 @@ class Worker:
             except TimeoutError:
                 log.warning("delivery worker %s: settlements not flushed; leases will expire", self.name)
             self._settler = None
+        try:
+            await self.queue.forget_worker(self.name)
+        except QueueError as exc:
+            reraise_if_cancelled(exc)
+            log.warning("delivery worker %s: heartbeat not removed (%s)", self.name, type(exc).__name__)
         log.info("delivery worker %s stopped", self.name)
 
     def wake(self, destination: str | None = None) -> None:
@@ -210,17 +242,17 @@ class Worker:
         while not self._stopping:
             runtime.wake.clear()
             now = self.clock.now()
-            if not runtime.breaker.allow(now):
+            capacity = runtime.breaker.capacity(now, runtime.config.concurrency)
+            if capacity == 0 and runtime.breaker.state is CircuitState.OPEN:
                 wait = runtime.breaker.wait_time(now) or self.poll_interval
                 await wait_event(runtime.wake, min(wait, self.poll_interval * 4), self.clock)
                 continue
             batch = runtime.config.batch_size
-            free = runtime.config.concurrency - runtime.active_calls
+            free = capacity - runtime.active_calls
             if free <= 0:
                 await wait_event(runtime.wake, self.poll_interval, self.clock)
                 continue
-            probing = runtime.breaker.state is CircuitState.HALF_OPEN
-            limit = batch if probing else free * batch
+            limit = free * batch
             started = self.clock.now()  # before the claim: the queue's lease ends lease after this or later
             try:
                 jobs = await self.queue.claim(
@@ -252,12 +284,12 @@ class Worker:
 
     async def _deliver(self, runtime: DestinationRuntime, jobs: list[Job], hold: Hold) -> None:
         try:
-            with holding(hold):
+            with holding(hold), metrics().delivery_seconds.labels(runtime.name).time():
                 outcomes = await self._call_connector(runtime, jobs)
         except asyncio.CancelledError:
             # Shutdown: whether the destination got it is unknown; give it back untried
             # (delivery is at-least-once and writes are idempotent).
-            runtime.breaker.probe_in_flight = False
+            runtime.breaker.reset_probes()
             self._settlements.put_nowait([Release(job) for job in jobs])
             runtime.active_calls -= 1
             raise
@@ -265,19 +297,19 @@ class Worker:
             # Another worker may hold these jobs now: send nothing more. The release is
             # ignored if the claim did pass on, and hands the jobs back early if not.
             log.warning("delivery %s: lease lost before sending %d jobs; released", runtime.name, len(jobs))
-            runtime.breaker.probe_in_flight = False
+            runtime.breaker.reset_probes()
             self._settlements.put_nowait([Release(job) for job in jobs])
             runtime.active_calls -= 1
             runtime.wake.set()
             return
         now = self.clock.now()
         self._observe(runtime, outcomes, now)
-        self._settlements.put_nowait(
-            [
-                settlement_for(job, outcome, runtime.policy, now=now, rand=self.rand())
-                for job, outcome in zip(jobs, outcomes, strict=True)
-            ]
-        )
+        settlements = [
+            settlement_for(job, outcome, runtime.policy, now=now, rand=self.rand())
+            for job, outcome in zip(jobs, outcomes, strict=True)
+        ]
+        _count_attempts(runtime.name, settlements)
+        self._settlements.put_nowait(settlements)
         runtime.active_calls -= 1
         runtime.wake.set()
 
@@ -302,7 +334,7 @@ class Worker:
         breaker = runtime.breaker
         for outcome in outcomes:
             if isinstance(outcome, Retry) and outcome.throttle and outcome.delay:
-                breaker.hold(now + outcome.delay)
+                breaker.throttle(now, now + outcome.delay, runtime.active_calls)
         answered = any(
             isinstance(o, Success | Partial)
             or (isinstance(o, Permanent) and o.reason != "internal_error")
@@ -314,9 +346,10 @@ class Worker:
         elif all(isinstance(o, Retry) for o in outcomes):
             changed = breaker.record(ok=False, now=now)
         else:
-            breaker.probe_in_flight = False
+            breaker.reset_probes()
             changed = False
         if changed:
+            metrics().circuit_transitions.labels(runtime.name, breaker.state.value).inc()
             until = breaker.open_until if breaker.state is CircuitState.OPEN else None
             log.warning("delivery %s: circuit %s", runtime.name, breaker.state.value)
             task = asyncio.create_task(self._publish_circuit(runtime.name, breaker.state.value, until))
@@ -376,6 +409,26 @@ class Worker:
                     del runtime.in_flight[item.job.id]
                     runtime.holds.pop(item.job.id, None)
                 runtime.wake.set()
+
+    async def _liveness_loop(self) -> None:
+        while True:
+            await self.clock.sleep(self.heartbeat_interval)
+            await self._beat()
+
+    async def _beat(self) -> None:
+        """Tell the queue this worker is alive (the admin view's "workers")."""
+        beat = WorkerBeat(
+            name=self.name,
+            destinations=tuple(self.runtimes),
+            started_at=self.started_at,
+            last_seen=self.clock.now(),
+            in_flight=sum(len(runtime.in_flight) for runtime in self.runtimes.values()),
+        )
+        try:
+            await self.queue.heartbeat(beat)
+        except QueueError as exc:
+            reraise_if_cancelled(exc)
+            log.warning("delivery worker %s: heartbeat not recorded (%s)", self.name, type(exc).__name__)
 
     async def _heartbeat_loop(self) -> None:
         while True:

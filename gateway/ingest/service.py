@@ -43,6 +43,7 @@ from gateway.ingest.results import IngestReport, RecordResult, WrittenResource
 from gateway.ingest.retractions import OutputChange, apply_output_changes
 from gateway.ingest.writer import BATCH_RECORDS, IngestWriter, PendingRecord, RecordGroup
 from gateway.mapping import InputError, MappingError, MappingSet, parse_csv
+from gateway.metrics import metrics
 from gateway.search import QueryParser, format_instant
 from gateway.store import QuarantinedRecord, Store
 
@@ -79,15 +80,20 @@ class IngestService:
         source = self.registry.source(source_name)
         mapping_set = self.registry.mapping_set(source)
         results: list[RecordResult | None] = [None] * len(records)
+        meter = metrics()
         writes = self._writer_thread().request()
         try:
             batch = RecordGroup()
             for position, received in enumerate(records):
                 key = mapping_set.record_key(received.record)
                 try:
+                    started = time.perf_counter()
                     bundle, change = _mapped(mapping_set, source.name, received.record, key)
                     key = change.record_key
+                    mapped = time.perf_counter()
+                    meter.mapping_seconds.labels(source.name).observe(mapped - started)
                     prepared = self._prepare(bundle["entry"], base)
+                    meter.validation_seconds.labels(source.name).observe(time.perf_counter() - mapped)
                 except CLIENT_ERRORS as exc:
                     writes.run(partial(self._quarantine_into, results, position, source.name, received, key, exc))
                     continue
@@ -103,6 +109,8 @@ class IngestService:
             raise
         writes.wait()
         report = IngestReport(source.name, [result for result in results if result is not None])
+        for result in report.results:
+            meter.ingest_records.labels(source.name, result.status).inc()
         log.info("ingest source=%s records=%d quarantined=%d", source.name, len(records), report.quarantined)
         return report
 
@@ -197,7 +205,8 @@ class IngestService:
 
     def _commit(self, prepared: PreparedTransaction, changes: list[OutputChange]) -> list[WrittenResource]:
         started = format_instant(time.time())
-        response = run_prepared(prepared, then=partial(apply_output_changes, changes=changes))
+        with metrics().store_seconds.time():
+            response = run_prepared(prepared, then=partial(apply_output_changes, changes=changes))
         written: list[WrittenResource] = []
         for entry in response.get("entry", []):
             answer = entry["response"]

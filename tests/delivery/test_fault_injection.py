@@ -70,7 +70,7 @@ async def test_every_change_arrives_once_in_order_through_faults_and_an_outage(
     )
     settings = DeliverySettings(
         retry=RetryPolicy(initial_delay=0.005, multiplier=2, max_delay=0.2, jitter=0.2, max_age=3600),
-        breaker=BreakerPolicy(failure_threshold=8, open_for=0.05, max_open_for=0.4),
+        breaker=BreakerPolicy(min_calls=8, window=0.2, probe_interval=0.05),
         poll_interval=0.02,
         lease=10,
     )
@@ -163,15 +163,14 @@ async def test_every_change_arrives_once_in_order_through_faults_and_an_outage(
     for patient, seqs in per_patient.items():
         assert seqs == sorted(seqs), f"{patient} out of order: {seqs}"
 
-    # Retry-After: 1 was respected, for the job and for the whole destination.
+    # Retry-After: 1 was respected by the job it came for; the destination was slowed
+    # (half its calls in flight), not stopped: other keys' requests kept arriving meanwhile.
+    during_holds = []
     for throttled in (r for r in requests if r.fault == "429"):
         again = [r.at for r in requests if r.request_id == throttled.request_id and r.at > throttled.at]
         assert again and min(again) >= throttled.at + 1.0 - 0.005
-        # Destination-wide hold: at most the requests already in flight (sent before the 429
-        # was read, seen late by a busy server) arrive in the window; without the hold some
-        # two hundred would.
-        meanwhile = [r for r in requests if throttled.at + 0.05 < r.at < throttled.at + 0.95]
-        assert len(meanwhile) <= destination.concurrency, meanwhile
+        during_holds.append(sum(throttled.at + 0.05 < r.at < throttled.at + 0.95 for r in requests))
+    assert any(during_holds), during_holds
 
     # The circuit opened during the outage and closed after it.
     opened = [at for at, state in transitions if state is CircuitState.OPEN]

@@ -7,6 +7,7 @@ import orjson
 from gateway.clock import ManualClock
 from gateway.connectors.base import Job, RecordedRequest, RecordedResponse
 from gateway.delivery.queue import (
+    WORKER_MEMORY,
     Ack,
     Bury,
     DeadLetterFilter,
@@ -14,6 +15,7 @@ from gateway.delivery.queue import (
     Nack,
     Release,
     Split,
+    WorkerBeat,
     part_job,
 )
 
@@ -447,3 +449,23 @@ async def test_accepted_digests_are_kept_per_destination_and_forgotten_on_reques
     assert await queue.accepted_digests(DEST, ["ENROLLMENT/b", "EVENT/a"]) == {"EVENT/a": "d3"}
     reopened = await queue_factory()  # durable like the jobs
     assert await reopened.accepted_digests(DEST, ["EVENT/a"]) == {"EVENT/a": "d3"}
+
+
+async def test_worker_heartbeats_are_listed_replaced_forgotten_and_expire(
+    queue_factory, clock: ManualClock
+) -> None:
+    queue = await queue_factory()
+    assert await queue.workers() == []
+    now = clock.now()
+    await queue.heartbeat(WorkerBeat("w1", ("shr", "dhis2"), started_at=now, last_seen=now, in_flight=2))
+    await queue.heartbeat(WorkerBeat("w2", ("shr",), started_at=now, last_seen=now, in_flight=0))
+    await clock.advance(10)
+    later = WorkerBeat("w1", ("shr", "dhis2"), started_at=now, last_seen=clock.now(), in_flight=0)
+    await queue.heartbeat(later)
+    # Another process sharing the queue (the API next to a worker) sees the same.
+    other = await queue_factory()
+    assert await other.workers() == [later, WorkerBeat("w2", ("shr",), now, now, 0)]
+    await other.forget_worker("w2")
+    assert [beat.name for beat in await queue.workers()] == ["w1"]
+    await clock.advance(WORKER_MEMORY + 1)  # silent for a day: forgotten
+    assert await queue.workers() == []

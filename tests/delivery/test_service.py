@@ -23,7 +23,7 @@ from tests.delivery.workload import Workload
 
 FAST = DeliverySettings(
     retry=RetryPolicy(initial_delay=0.01, multiplier=2, max_delay=0.05, jitter=0.1, max_age=3600),
-    breaker=BreakerPolicy(failure_threshold=50, open_for=0.05, max_open_for=0.1),
+    breaker=BreakerPolicy(min_calls=50, probe_interval=0.05),
     poll_interval=0.02,
     lease=10,
     drain_timeout=2,

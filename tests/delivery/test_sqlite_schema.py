@@ -154,6 +154,7 @@ async def test_a_new_file_gets_the_latest_schema(tmp_path: Path, clock: ManualCl
         "delivered",
         "counters",
         "digests",
+        "workers",
     }
 
 

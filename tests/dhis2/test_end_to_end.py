@@ -45,7 +45,7 @@ FHIR = {"Content-Type": "application/fhir+json"}
 AUTH = {"Authorization": f"ApiToken {DEFAULT_TOKEN}"}
 FAST = DeliverySettings(
     retry=RetryPolicy(initial_delay=0.01, multiplier=2, max_delay=0.1, jitter=0.1, max_age=3600),
-    breaker=BreakerPolicy(failure_threshold=1000, open_for=0.05, max_open_for=0.1),
+    breaker=BreakerPolicy(min_calls=1000, probe_interval=0.05),
     poll_interval=0.02,
     lease=30,
     drain_timeout=2,
@@ -264,7 +264,7 @@ async def test_a_person_sent_before_their_household_waits_for_it_then_reaches_dh
     # The destination's own backoff, slow enough to see the jobs wait.
     backoff = {"initial_delay": 0.2, "multiplier": 2, "max_delay": 0.4, "jitter": 0.1, "max_age": 3600}
     # A hair-trigger breaker: jobs that wait for data must not count as DHIS2 failing.
-    breaker = {"failure_threshold": 1, "open_for": "30s"}
+    breaker = {"min_calls": 1, "failure_rate": 0.01, "probe_interval": "30s"}
     dest = destination(sandbox, tmp_path / "meta.json", retry=backoff, breaker=breaker)
     service: DeliveryService = service_for(dest)
     await service.start()

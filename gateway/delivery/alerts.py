@@ -1,0 +1,168 @@
+"""Alerts: a webhook told when delivery needs a person (the ``delivery.alerts`` section).
+
+    delivery:
+      alerts:
+        webhook_url: https://chat.example.org/hooks/gateway   # POSTed one JSON object per alert
+        circuit_open_minutes: 10     # a circuit not closed for this long
+        lag_seconds: 900             # the oldest undelivered change is older than this
+        lag_changes: 5000            # or this many changes wait
+        dead_letters: 1              # dead letters grew by at least this since the last check
+        check_interval: 60s
+
+Each check reads the same status as ``gateway queue status``. An alert is sent when its
+condition starts (``"state": "firing"``), again every ``repeat_after`` while it lasts,
+and once when it ends (``"state": "resolved"``); dead-letter growth only fires. The body
+names the alert, the destination, the figure and the threshold: never a payload or a
+patient. A webhook that fails is logged and tried again at the next check.
+
+The API process (``gateway serve``) runs the checks, so lag is noticed when no worker runs
+at all; ``gateway worker`` does not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.clock import Clock
+from gateway.connectors import Duration
+from gateway.delivery.queue import reraise_if_cancelled
+
+log = logging.getLogger(__name__)
+
+
+class AlertSettings(BaseModel):
+    """When to call the alert webhook (``delivery.alerts``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    webhook_url: str | None = Field(None, pattern=r"^https?://", description="POSTed one JSON object per alert")
+    circuit_open_minutes: float | None = Field(10.0, gt=0, description="a circuit not closed for this long")
+    lag_seconds: Duration | None = Field(900.0, gt=0, description="the oldest undelivered change is older")
+    lag_changes: int | None = Field(None, ge=1, description="more changes than this wait for delivery")
+    dead_letters: int | None = Field(1, ge=1, description="dead letters grew by at least this since the last check")
+    check_interval: Duration = Field(60.0, gt=0)
+    repeat_after: Duration = Field(3600.0, gt=0, description="send a still-firing alert again this often")
+    timeout: Duration = Field(10.0, gt=0)
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One notification."""
+
+    alert: str  # circuit_open | delivery_lag | dead_letters
+    destination: str
+    state: str  # firing | resolved
+    summary: str
+    value: float
+    threshold: float
+
+    def as_json(self, at: float) -> dict[str, Any]:
+        """The webhook body."""
+        return {"source": "chw-gateway", "alert": self.alert, "destination": self.destination, "state": self.state,
+                "summary": self.summary, "value": self.value, "threshold": self.threshold, "at": at}
+
+
+@dataclass
+class AlertMonitor:
+    """Compares status rows with the thresholds, remembering what already fired."""
+
+    settings: AlertSettings
+    clock: Clock
+    not_closed_since: dict[str, float] = field(default_factory=dict)
+    dead_seen: dict[str, int] = field(default_factory=dict)
+    firing: dict[tuple[str, str], float] = field(default_factory=dict)  # (alert, destination) -> last sent
+
+    def evaluate(self, rows: list[Any]) -> list[Alert]:
+        """The alerts to send now for ``rows`` (``DestinationStatus``)."""
+        now = self.clock.now()
+        alerts: list[Alert] = []
+        for row in rows:
+            name, stats = row.name, row.stats
+            if stats.circuit == "closed":
+                self.not_closed_since.pop(name, None)
+            else:
+                self.not_closed_since.setdefault(name, now)
+            if self.settings.circuit_open_minutes is not None:
+                minutes = (now - self.not_closed_since[name]) / 60 if name in self.not_closed_since else 0.0
+                alerts += self._condition(
+                    "circuit_open", name, minutes >= self.settings.circuit_open_minutes, now,
+                    f"circuit of {name} not closed for {minutes:.1f} min", minutes, self.settings.circuit_open_minutes,
+                )  # fmt: skip
+            lag_limit, lag_value, lag_over = self._lag(row)
+            if lag_limit is not None:
+                alerts += self._condition(
+                    "delivery_lag", name, lag_over, now, f"delivery to {name} lags: {lag_value:g}", lag_value, lag_limit
+                )  # fmt: skip
+            if self.settings.dead_letters is not None:
+                before = self.dead_seen.get(name)
+                self.dead_seen[name] = stats.dead
+                grown = stats.dead - before if before is not None else 0
+                if grown >= self.settings.dead_letters:
+                    alerts.append(Alert("dead_letters", name, "firing", f"{grown} new dead letters for {name}"
+                                        f" ({stats.dead} in all)", grown, self.settings.dead_letters))  # fmt: skip
+        return alerts
+
+    def _lag(self, row: Any) -> tuple[float | None, float, bool]:
+        seconds, changes = self.settings.lag_seconds, self.settings.lag_changes
+        if seconds is not None and row.lag_seconds is not None and row.lag_seconds > seconds:
+            return seconds, round(row.lag_seconds, 1), True
+        if changes is not None and row.lag_changes is not None and row.lag_changes > changes:
+            return changes, row.lag_changes, True
+        limit = seconds if seconds is not None else changes
+        return (None if limit is None else float(limit)), 0.0, False
+
+    def _condition(
+        self, alert: str, name: str, over: bool, now: float, summary: str, value: float, threshold: float
+    ) -> list[Alert]:
+        key = (alert, name)
+        if over:
+            last = self.firing.get(key)
+            if last is None or now - last >= self.settings.repeat_after:
+                self.firing[key] = now
+                return [Alert(alert, name, "firing", summary, round(value, 3), threshold)]
+        elif key in self.firing:
+            del self.firing[key]
+            return [Alert(alert, name, "resolved", f"{alert} of {name} resolved", round(value, 3), threshold)]
+        return []
+
+
+async def post_alerts(
+    alerts: list[Alert], settings: AlertSettings, clock: Clock, client: httpx.AsyncClient
+) -> int:
+    """POST each alert to the webhook; how many it accepted (failures are logged)."""
+    sent = 0
+    if settings.webhook_url is None:
+        return sent
+    for alert in alerts:
+        try:
+            body = alert.as_json(clock.now())
+            response = await client.post(settings.webhook_url, json=body, timeout=settings.timeout)
+            response.raise_for_status()
+            sent += 1
+        except httpx.HTTPError as exc:
+            reraise_if_cancelled(exc)
+            log.warning("alert %s for %s not delivered to the webhook (%s)", alert.alert, alert.destination,
+                        type(exc).__name__)  # fmt: skip
+    return sent
+
+
+async def run_alerts(admin: Any, settings: AlertSettings, clock: Clock, client: httpx.AsyncClient) -> None:
+    """Check every ``check_interval`` until cancelled (``admin`` is a ``DeliveryAdmin``)."""
+    monitor = AlertMonitor(settings, clock)
+    while True:
+        try:
+            alerts = monitor.evaluate(await admin.status())
+            if alerts:
+                await post_alerts(alerts, settings, clock, client)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the queue or store unreachable: try again at the next check
+            reraise_if_cancelled(exc)
+            log.warning("alert check failed (%s)", type(exc).__name__)
+        await clock.sleep(settings.check_interval)
