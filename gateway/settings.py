@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -47,6 +47,9 @@ __all__ = [
     "Settings",
     "SmartSettings",
     "SourceConfig",
+    "DEV_CONFIG",
+    "LOCAL_CONFIG",
+    "find_config_file",
     "load_settings",
     "read_config_file",
 ]
@@ -162,6 +165,9 @@ class Settings(BaseSettings):
     access_log: bool = Field(True, description="one JSON line per HTTP request on the gateway.access logger")
     audit: AuditSettings = AuditSettings()
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text: `time LEVEL logger: message` lines; json: one JSON object a line"
+    )
     admin_token: SecretStr | None = Field(
         None, description="Optional static bootstrap token with every scope (for automation)"
     )
@@ -291,6 +297,33 @@ def read_config_file(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigFileError(f"{path}:1: the top level must be a mapping of setting names")
     return data
+
+
+DEV_CONFIG = Path("deploy/dev.yaml")
+LOCAL_CONFIG = Path("gateway.yaml")
+
+
+def find_config_file(
+    explicit: Path | None, *, dev: bool = False, environ: Mapping[str, str], cwd: Path | None = None
+) -> Path | None:
+    """The YAML file a command reads: ``--config``, ``--dev``, ``GATEWAY_CONFIG`` or ``./gateway.yaml``, first found.
+
+    None when there is none (the defaults and ``GATEWAY_*`` variables alone). ``dev`` names
+    ``deploy/dev.yaml`` (what ``make run`` uses); a missing dev file is a configuration error.
+    """
+    if explicit is not None:
+        return explicit
+    where = cwd or Path()
+    if dev:
+        if not (where / DEV_CONFIG).is_file():
+            raise ConfigFileError(f"--dev: {DEV_CONFIG} not found in {where.resolve()} (run from the checkout)")
+        return DEV_CONFIG
+    named = environ.get("GATEWAY_CONFIG", "").strip()
+    if named:
+        return Path(named)
+    if (where / LOCAL_CONFIG).is_file():
+        return LOCAL_CONFIG
+    return None
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
