@@ -124,8 +124,17 @@ class RateLimitSettings(BaseModel):
         if value is not None:
             if not value.startswith(("redis://", "rediss://")):
                 raise ValueError("must start with redis:// or rediss://")
+            _require_extra("redis", "redis")
             urlsplit(value).port  # noqa: B018 (raises ValueError on a port that is not a number)
         return value
+
+
+def _require_extra(module: str, extra: str) -> None:
+    """Refuse a URL whose driver is an optional dependency that is not installed, naming the extra."""
+    from importlib.util import find_spec
+
+    if find_spec(module) is None:
+        raise ValueError(f"needs the {extra} extra: pip install 'chw-fhir-gateway[{extra}]'")
 
 
 class Settings(BaseSettings):
@@ -212,6 +221,8 @@ class Settings(BaseSettings):
     def _store_url(cls, value: str) -> str:
         if not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise ValueError("must start with sqlite:/// or postgresql://")
+        if not value.startswith("sqlite:///"):
+            _require_extra("psycopg_pool", "postgres")
         return value
 
     @field_validator("queue_url")
@@ -219,6 +230,8 @@ class Settings(BaseSettings):
     def _queue_url(cls, value: str) -> str:
         if not value.startswith(("sqlite:///", "redis://", "rediss://")):
             raise ValueError("must start with sqlite:/// or redis://")
+        if not value.startswith("sqlite:///"):
+            _require_extra("redis", "redis")
         return value
 
     @field_validator("allowed_hosts")

@@ -113,7 +113,7 @@ def wait_delivered(server: DevServer) -> dict[str, int]:
     """The sandbox's counts once every demo person, enrollment and visit arrived (a minute at most)."""
     deadline = time.monotonic() + 60
     while True:
-        stored = dict(sandbox_get(server, "/sandbox/stats")["stored"])  # type: ignore[call-overload]
+        stored: dict[str, int] = dict(sandbox_get(server, "/sandbox/stats")["stored"])  # type: ignore[call-overload]
         if all(stored.get(kind, 0) >= DEMO_PEOPLE for kind in ("tracked_entity", "enrollment", "event")):
             return stored
         assert time.monotonic() < deadline, f"demo records not delivered within a minute: {stored}"
