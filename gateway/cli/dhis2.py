@@ -122,6 +122,9 @@ def _access(
     except (ConfigFileError, ValidationError, DeliveryConfigError) as exc:
         typer.echo(f"gateway: {exc}", err=True)
         raise typer.Exit(2) from exc
+    except typer.BadParameter as exc:  # one line naming where it looked, not a box cut at 80 columns
+        typer.echo(f"gateway: {exc.message}", err=True)
+        raise typer.Exit(2) from exc
     return settings, base_url, auth, cache
 
 
