@@ -364,7 +364,7 @@ def config_check(config: ConfigOption = None, dev: DevOption = False) -> None:
     for destination, configured in zip(data["destinations"], settings.destinations, strict=True):
         destination["base_url"] = mask_url(configured.base_url)
     typer.echo(json.dumps(data, indent=2, default=str))
-    typer.echo(f"configuration OK{f' ({config})' if config else ''}", err=True)
+    typer.echo(f"configuration OK ({settings.config_file or 'no file: defaults and GATEWAY_* variables'})", err=True)
 
 
 @conformance_app.command("run")
