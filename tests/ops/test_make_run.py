@@ -153,10 +153,16 @@ def test_the_demo_records_reach_dhis2_with_their_uids_written_back(dev_server: D
     people = sandbox_get(dev_server, TRACKED_ENTITIES)["trackedEntities"]
     sandbox_uids = {person["trackedEntity"] for person in people}  # type: ignore[attr-defined]
     assert len(sandbox_uids) == DEMO_PEOPLE
-    status = dev_server.sh(".venv/bin/gateway queue status --json")
-    assert status.returncode == 0, status.stderr
-    (row,) = json.loads(status.stdout)
-    assert row["name"] == "dhis2-sandbox" and row["dead"] == 0, row
+    deadline = time.monotonic() + 30
+    while True:  # nothing left waiting (for a location or a patient), nothing retrying, nothing dead
+        status = dev_server.sh(".venv/bin/gateway queue status --json")
+        assert status.returncode == 0, status.stderr
+        (row,) = json.loads(status.stdout)
+        assert row["name"] == "dhis2-sandbox" and row["dead"] == 0 and row["retrying"] == 0, row
+        if row["depth"] == 0:
+            break
+        assert time.monotonic() < deadline, row
+        time.sleep(0.5)
 
     system = f"http://127.0.0.1:{dev_server.sandbox_port}{TRACKED_ENTITIES}"
     deadline = time.monotonic() + 30
