@@ -64,6 +64,7 @@ app.add_typer(dhis2_app, name="dhis2")
 app.add_typer(queue_app, name="queue")
 app.command("worker", help="Run delivery workers as their own process.")(worker_command)
 
+
 @app.command()
 def serve(
     config: ConfigOption = None,
