@@ -78,6 +78,8 @@ def serve(
     ] = False,
 ) -> None:
     """Run the gateway API (and its in-process services)."""
+    import logging
+
     import uvicorn
 
     from gateway.api import create_app
@@ -87,6 +89,7 @@ def serve(
 
     settings = settings_from(config, dev, host=host, port=port)
     configure_logging(settings)
+    logging.getLogger("gateway.cli").info("gateway serve: %s", where(settings))
     sandbox_url = trial.sandbox_url(settings) if dev else None
     sandbox = trial.start_sandbox(sandbox_url) if sandbox_url is not None else None
     try:

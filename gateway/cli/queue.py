@@ -315,12 +315,15 @@ def worker_command(
     ] = None,
 ) -> None:
     """Run delivery workers (and the outbox, and the periodic tasks) in this process until SIGTERM or Ctrl-C."""
+    import logging
+
     from gateway.cli.logs import configure_logging
     from gateway.connectors import DeliveryConfigError
     from gateway.services import run_worker
 
     settings, sections = _load(config, destinations, dev)
     configure_logging(settings)
+    logging.getLogger("gateway.cli").info("gateway worker: %s", where(settings))
     try:
         asyncio.run(
             run_worker(

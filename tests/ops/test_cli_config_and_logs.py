@@ -253,4 +253,6 @@ def test_gateway_worker_lines_carry_times(tmp_path: Path) -> None:
         _, stderr = worker.communicate(timeout=30)
     lines = stderr.splitlines()
     assert any("delivery worker" in line and "started" in line for line in lines), stderr
+    assert any(f"gateway worker: configuration gateway.yaml; store sqlite:///{tmp_path}/store.db" in line
+               for line in lines), stderr
     assert all(re.match(rf"{TIME} (INFO|WARNING|ERROR) [\w.]+: ", line) for line in lines), stderr
