@@ -1,10 +1,16 @@
 # Two commands do all the set-up (see README): `make run` and `make test`.
+# `make install` installs the gateway alone (runtime dependencies and EXTRAS, e.g.
+# `make install EXTRAS=postgres,redis`), as deploy/Dockerfile does, without the dev tools.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench services clean
+EXTRAS ?= postgres,redis
+# The one install command of a deployment; deploy/Dockerfile runs the same line (tested).
+INSTALL := python -m pip install --no-cache-dir ".[$(EXTRAS)]"
+
+.PHONY: install run test lint typecheck pytest bench services clean
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -18,6 +24,9 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
+
+install: | $(BIN)/python
+	$(BIN)/$(INSTALL)
 
 run: $(STAMP)
 	$(BIN)/gateway serve --dev

@@ -51,11 +51,26 @@ class ResettableHttpProtocol(_BaseProtocol):
         self.transport.abort()
 
 
+def _log_config() -> dict[str, Any]:
+    """uvicorn's logging set-up with the time (and its UTC offset) on every line; its default has none."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    for formatter in config["formatters"].values():
+        formatter["fmt"] = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+        formatter["datefmt"] = "%Y-%m-%dT%H:%M:%S%z"
+        formatter["use_colors"] = False
+    return config
+
+
 def _config(app: Any, *, log_level: str) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         http=ResettableHttpProtocol,
         log_level=log_level,
+        log_config=_log_config(),
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=2,

@@ -48,6 +48,9 @@ __all__ = [
     "Settings",
     "SmartSettings",
     "SourceConfig",
+    "DEV_CONFIG",
+    "LOCAL_CONFIG",
+    "find_config_file",
     "load_settings",
     "read_config_file",
 ]
@@ -122,6 +125,7 @@ class RateLimitSettings(BaseModel):
         if value is not None:
             if not value.startswith(("redis://", "rediss://")):
                 raise ValueError("must start with redis:// or rediss://")
+            _require_extra("redis", "redis")
             urlsplit(value).port  # noqa: B018 (raises ValueError on a port that is not a number)
         return value
 
@@ -142,6 +146,14 @@ class MetricsSettings(BaseModel):
         description="prometheus-client's PROMETHEUS_MULTIPROC_DIR: set it when several processes"
         " (uvicorn workers, gateway worker) are scraped as one; empty it before they start",
     )
+
+
+def _require_extra(module: str, extra: str) -> None:
+    """Refuse a URL whose driver is an optional dependency that is not installed, naming the extra."""
+    from importlib.util import find_spec
+
+    if find_spec(module) is None:
+        raise ValueError(f"needs the {extra} extra: pip install 'chw-fhir-gateway[{extra}]'")
 
 
 class Settings(BaseSettings):
@@ -186,6 +198,9 @@ class Settings(BaseSettings):
     access_log: bool = Field(True, description="one JSON line per HTTP request on the gateway.access logger")
     audit: AuditSettings = AuditSettings()
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text: `time LEVEL logger: message` lines; json: one JSON object a line"
+    )
     admin_token: SecretStr | None = Field(
         None, description="Optional static bootstrap token with every scope (for automation)"
     )
@@ -230,6 +245,8 @@ class Settings(BaseSettings):
     def _store_url(cls, value: str) -> str:
         if not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise ValueError("must start with sqlite:/// or postgresql://")
+        if not value.startswith("sqlite:///"):
+            _require_extra("psycopg_pool", "postgres")
         return value
 
     @field_validator("queue_url")
@@ -237,6 +254,8 @@ class Settings(BaseSettings):
     def _queue_url(cls, value: str) -> str:
         if not value.startswith(("sqlite:///", "redis://", "rediss://")):
             raise ValueError("must start with sqlite:/// or redis://")
+        if not value.startswith("sqlite:///"):
+            _require_extra("redis", "redis")
         return value
 
     @field_validator("allowed_hosts")
@@ -315,6 +334,33 @@ def read_config_file(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigFileError(f"{path}:1: the top level must be a mapping of setting names")
     return data
+
+
+DEV_CONFIG = Path("deploy/dev.yaml")
+LOCAL_CONFIG = Path("gateway.yaml")
+
+
+def find_config_file(
+    explicit: Path | None, *, dev: bool = False, environ: Mapping[str, str], cwd: Path | None = None
+) -> Path | None:
+    """The YAML file a command reads: ``--config``, ``--dev``, ``GATEWAY_CONFIG`` or ``./gateway.yaml``, first found.
+
+    None when there is none (the defaults and ``GATEWAY_*`` variables alone). ``dev`` names
+    ``deploy/dev.yaml`` (what ``make run`` uses); a missing dev file is a configuration error.
+    """
+    if explicit is not None:
+        return explicit
+    where = cwd or Path()
+    if dev:
+        if not (where / DEV_CONFIG).is_file():
+            raise ConfigFileError(f"--dev: {DEV_CONFIG} not found in {where.resolve()} (run from the checkout)")
+        return DEV_CONFIG
+    named = environ.get("GATEWAY_CONFIG", "").strip()
+    if named:
+        return Path(named)
+    if (where / LOCAL_CONFIG).is_file():
+        return LOCAL_CONFIG
+    return None
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

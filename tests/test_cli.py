@@ -21,6 +21,7 @@ runner = CliRunner()
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("GATEWAY_STORE_URL", f"sqlite:///{tmp_path}/cli.db")
     monkeypatch.delenv("GATEWAY_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)  # away from the checkout's ./gateway.yaml (the dev configuration)
     return tmp_path
 
 

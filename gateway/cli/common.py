@@ -1,4 +1,8 @@
-"""What every command shares: the ``--config`` option, settings loading and one-line failures.
+"""What every command shares: the ``--config``/``--dev`` options, settings loading and one-line failures.
+
+Every command finds its configuration the same way (``gateway.settings.find_config_file``):
+``--config FILE``, else ``--dev`` (``deploy/dev.yaml``, what ``make run`` uses), else
+``GATEWAY_CONFIG``, else ``./gateway.yaml``, else the defaults and ``GATEWAY_*`` variables.
 
 Exit codes: 0 success; 1 the command ran but found problems; 2 bad usage or
 configuration, with a one-line reason on stderr.
@@ -16,14 +20,29 @@ from gateway.errors import exit_code_for
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
+    from rich.console import Console
 
     from gateway.settings import Settings
 
-__all__ = ["ConfigOption", "describe_validation_error", "fail", "mask_url", "settings_from"]
+__all__ = [
+    "ConfigOption",
+    "DevOption",
+    "console",
+    "config_file",
+    "describe_validation_error",
+    "fail",
+    "mask_url",
+    "settings_from",
+    "where",
+]
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", "-c", envvar="GATEWAY_CONFIG", help="YAML config file", dir_okay=False),
+    typer.Option("--config", "-c", help="YAML config file (default: $GATEWAY_CONFIG, else ./gateway.yaml)",
+                 dir_okay=False),
+]
+DevOption = Annotated[
+    bool, typer.Option("--dev", help="Use the dev configuration, deploy/dev.yaml (what `make run` uses)")
 ]
 
 
@@ -33,18 +52,51 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def settings_from(config: Path | None, **overrides: Any) -> Settings:
-    """Load settings or exit with a message naming the file, line or field."""
+def console() -> Console:
+    """A rich console for tables: the terminal's width, or unlimited when stdout is a pipe or file."""
+    import sys
+
+    from rich.console import Console
+
+    # Rich assumes 80 columns off a terminal, which cuts names and ids in `… | grep` and logs.
+    return Console() if sys.stdout.isatty() else Console(width=100_000)
+
+
+def config_file(config: Path | None, dev: bool = False) -> Path | None:
+    """The configuration file a command reads (see the module docstring), or exit if ``--dev`` has none."""
+    import os
+
+    from gateway.settings import ConfigFileError, find_config_file
+
+    try:
+        return find_config_file(config, dev=dev, environ=os.environ)
+    except ConfigFileError as exc:
+        fail(str(exc), exit_code_for(exc))
+
+
+def settings_from(config: Path | None, dev: bool = False, **overrides: Any) -> Settings:
+    """Load settings (found as ``config_file`` says) or exit with a message naming the file, line or field."""
     from pydantic import ValidationError
 
     from gateway.settings import ConfigFileError, load_settings
 
+    config = config_file(config, dev)
     try:
         return load_settings(config, **{k: v for k, v in overrides.items() if v is not None})
     except ConfigFileError as exc:
         fail(str(exc), exit_code_for(exc))
     except ValidationError as exc:
         fail(describe_validation_error(exc, config))
+
+
+def where(settings: Settings) -> str:
+    """Which configuration, store and queue a command used, for a note when it found nothing."""
+    source = (
+        str(settings.config_file)
+        if settings.config_file is not None
+        else "none (no --config, GATEWAY_CONFIG or ./gateway.yaml; `--dev` for the one `make run` uses)"
+    )
+    return f"configuration {source}; store {mask_url(settings.store_url)}; queue {mask_url(settings.queue_url)}"
 
 
 def describe_validation_error(exc: ValidationError, config: Path | None) -> str:

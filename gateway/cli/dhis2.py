@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from gateway.cli.common import ConfigOption, DevOption, config_file
 from gateway.errors import exit_code_for
 
 if TYPE_CHECKING:
@@ -68,7 +69,12 @@ def resolve_destination(
     else:
         found = [d for d in getattr(settings, "destinations", []) if getattr(d, "name", None) == destination]
         if not found or found[0].kind != "dhis2":
-            raise typer.BadParameter(f"no DHIS2 destination named {destination!r} in the configuration")
+            names = [d.name for d in getattr(settings, "destinations", []) if d.kind == "dhis2"]
+            source = getattr(settings, "config_file", None) or "none: no --config, GATEWAY_CONFIG or ./gateway.yaml"
+            known = f"its DHIS2 destinations: {', '.join(names)}" if names else "it has no DHIS2 destination"
+            raise typer.BadParameter(
+                f"no DHIS2 destination named {destination!r} in the configuration ({source}; {known})"
+            )
         name = destination
         base_url, options = found[0].base_url, Dhis2Options.model_validate(found[0].options)
         auth = resolve_credentials(found[0].auth, environ).httpx_auth() if found[0].auth else None
@@ -93,6 +99,7 @@ def _access(
     username: str | None = None,
     password_file: Path | None = None,
     need_settings: bool = False,
+    dev: bool = False,
 ) -> tuple[Any, str, httpx.Auth | None, Path]:
     """Settings (None for a bare URL unless needed), base URL, auth and cache file; exit 2 on bad config."""
     from pydantic import ValidationError
@@ -103,7 +110,7 @@ def _access(
     settings: Any = None
     try:
         if need_settings or not destination.startswith(("http://", "https://")):
-            settings = load_settings(config)
+            settings = load_settings(config_file(config, dev))
         base_url, auth, cache = resolve_destination(
             destination,
             settings,
@@ -114,6 +121,9 @@ def _access(
         )
     except (ConfigFileError, ValidationError, DeliveryConfigError) as exc:
         typer.echo(f"gateway: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    except typer.BadParameter as exc:  # one line naming where it looked, not a box cut at 80 columns
+        typer.echo(f"gateway: {exc.message}", err=True)
         raise typer.Exit(2) from exc
     return settings, base_url, auth, cache
 
@@ -143,10 +153,7 @@ async def _ping(base_url: str, auth: httpx.Auth | None) -> tuple[bool, str]:
 
 
 
-# Options every command that reaches a DHIS2 takes.
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", envvar="GATEWAY_CONFIG", help="YAML config file")
-]
+# Options every command that reaches a DHIS2 takes (--config and --dev as for every command).
 TokenFileOption = Annotated[Path | None, typer.Option(help="file holding a Personal Access Token")]
 UsernameOption = Annotated[str | None, typer.Option(help="Basic auth user (with --password-file)")]
 PasswordFileOption = Annotated[Path | None, typer.Option(help="file holding the Basic auth password")]
@@ -155,6 +162,7 @@ PasswordFileOption = Annotated[Path | None, typer.Option(help="file holding the 
 def ping(
     destination: Annotated[str, typer.Argument(help="destination name, or a DHIS2 base URL")],
     config: ConfigOption = None,
+    dev: DevOption = False,
     token_file: TokenFileOption = None,
     username: UsernameOption = None,
     password_file: PasswordFileOption = None,
@@ -163,7 +171,7 @@ def ping(
     from gateway.connectors.dhis2 import Dhis2Error
 
     _, base_url, auth, _ = _access(
-        destination, config, token_file=token_file, username=username, password_file=password_file
+        destination, config, token_file=token_file, username=username, password_file=password_file, dev=dev
     )
     try:
         fine, line = asyncio.run(_ping(base_url, auth))
@@ -203,6 +211,7 @@ def pull(
         Path | None, typer.Option(help="cache file (default: the destination's metadata_cache)")
     ] = None,
     config: ConfigOption = None,
+    dev: DevOption = False,
     token_file: TokenFileOption = None,
     username: UsernameOption = None,
     password_file: PasswordFileOption = None,
@@ -212,7 +221,7 @@ def pull(
     from gateway.connectors.dhis2 import Dhis2Error
 
     _, base_url, auth, cache = _access(
-        destination, config, token_file=token_file, username=username, password_file=password_file
+        destination, config, token_file=token_file, username=username, password_file=password_file, dev=dev
     )
     target = out or cache
     try:
@@ -238,6 +247,7 @@ async def _pull_org_units(base_url: str, auth: httpx.Auth | None, store: Any) ->
 def pull_org_units(
     destination: Annotated[str, typer.Argument(help="destination name, or a DHIS2 base URL")],
     config: ConfigOption = None,
+    dev: DevOption = False,
     token_file: TokenFileOption = None,
     username: UsernameOption = None,
     password_file: PasswordFileOption = None,
@@ -253,6 +263,7 @@ def pull_org_units(
         username=username,
         password_file=password_file,
         need_settings=True,
+        dev=dev,
     )
     with Services.build(settings, ServicePlan(ingest=False)) as services:
         try:
@@ -270,6 +281,7 @@ def check_mappings(
         list[Path] | None, typer.Argument(help="mapping files (default: mappings/dhis2/*.yaml)")
     ] = None,
     config: ConfigOption = None,
+    dev: DevOption = False,
     metadata: Annotated[Path | None, typer.Option(help="use this metadata cache instead of fetching")] = None,
     token_file: TokenFileOption = None,
     mappings: Annotated[Path, typer.Option(help="mappings folder")] = Path("mappings"),
@@ -289,7 +301,7 @@ def check_mappings(
     if metadata is not None:
         snapshot = MetadataSnapshot.load(metadata)
     else:
-        _, base_url, auth, _ = _access(destination, config, token_file=token_file)
+        _, base_url, auth, _ = _access(destination, config, token_file=token_file, dev=dev)
 
         async def fetch() -> MetadataSnapshot:
             client = Dhis2Client(base_url, auth=auth, timeout=default_timeout(60.0))

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from gateway.cli.common import ConfigOption, fail, mask_url, settings_from
+from gateway.cli.common import ConfigOption, DevOption, fail, mask_url, settings_from, where
 from gateway.cli.dhis2 import dhis2_app
 from gateway.cli.mappings import mappings_app
 from gateway.cli.quarantine import quarantine_app
@@ -26,7 +26,6 @@ from gateway.cli.sandbox import sandbox_app
 from gateway.errors import exit_code_for
 
 if TYPE_CHECKING:
-    from gateway.settings import Settings
     from gateway.store import ClientRegistry
 
 app = typer.Typer(help="FHIR interoperability gateway for community health programs.", no_args_is_help=True,
@@ -34,6 +33,27 @@ app = typer.Typer(help="FHIR interoperability gateway for community health progr
 clients_app = typer.Typer(help="API clients and their tokens.", no_args_is_help=True)
 config_app = typer.Typer(help="Configuration.", no_args_is_help=True)
 conformance_app = typer.Typer(help="FHIR conformance checks.", no_args_is_help=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"gateway {version('chw-fhir-gateway')}")
+        except PackageNotFoundError:  # running from a checkout that was never installed
+            typer.echo("gateway (version unknown: the package is not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit")] = False,
+) -> None:
+    """FHIR interoperability gateway for community health programs."""
+
+
 app.add_typer(clients_app, name="clients")
 app.add_typer(config_app, name="config")
 app.add_typer(conformance_app, name="conformance")
@@ -44,9 +64,6 @@ app.add_typer(dhis2_app, name="dhis2")
 app.add_typer(queue_app, name="queue")
 app.command("worker", help="Run delivery workers as their own process.")(worker_command)
 
-DEV_CONFIG = Path("deploy/dev.yaml")
-SANDBOX_PORT = 8081
-
 
 @app.command()
 def serve(
@@ -56,73 +73,37 @@ def serve(
     dev_token: Annotated[bool, typer.Option("--dev-token", help="Print a fresh admin token for local use")] = False,
     dev: Annotated[
         bool,
-        typer.Option("--dev", help=f"Local trial: {DEV_CONFIG} unless --config, the DHIS2 sandbox on :{SANDBOX_PORT}, "
-                     "and a fresh admin token"),
+        typer.Option("--dev", help="Local trial: deploy/dev.yaml unless --config, the DHIS2 sandbox it delivers to, "
+                     "the demo records of deploy/demo/, a fresh admin token and a walkthrough"),
     ] = False,
 ) -> None:
     """Run the gateway API (and its in-process services)."""
     import logging
 
-    from gateway.api import configure_access_log, create_app
+    from gateway.api import create_app
+    from gateway.cli import dev as trial
+    from gateway.cli.logs import configure_logging
     from gateway.cli.server import run_server
     from gateway.services import ServicePlan, Services
 
-    if dev and config is None and DEV_CONFIG.exists():
-        config = DEV_CONFIG
-    settings = settings_from(config, host=host, port=port)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if settings.access_log:
-        configure_access_log(sys.stderr)  # bare JSON lines; uvicorn's own access log stays off below
-    sandbox = _start_dev_sandbox() if dev else None
+    settings = settings_from(config, dev, host=host, port=port)
+    configure_logging(settings)
+    logging.getLogger("gateway.cli").info("gateway serve: %s", where(settings))
+    sandbox_url = trial.sandbox_url(settings) if dev else None
+    sandbox = trial.start_sandbox(sandbox_url) if sandbox_url is not None else None
     try:
         if dev or dev_token:
-            with Services.build(settings, ServicePlan(ingest=False)) as services:
-                _print_dev_token(services.store, settings)
+            reports = trial.load_demo_records(settings) if dev else []
+            with Services.build(settings, ServicePlan(ingest=False, audit=False)) as services:
+                token = _create_client(services.store, "dev-admin", ["system/*.cruds", "admin", "ingest:*"])
+            trial.print_walkthrough(settings, token, reports, sandbox_url)
         application = create_app(settings, plan=ServicePlan.for_serve(settings, os.environ))
         run_server(application, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                   proxy_headers=True, access_log=False)
+                   proxy_headers=True, access_log=False, log_config=None)
     finally:
         if sandbox is not None:
             sandbox.terminate()
             sandbox.wait(10)
-
-
-def _print_dev_token(store: ClientRegistry, settings: Settings) -> None:
-    token = _create_client(store, "dev-admin", ["system/*.cruds", "admin", "ingest:*"])
-    base = f"http://{settings.host}:{settings.port}"
-    typer.echo("\nAdmin token for this run (scopes system/*.cruds admin ingest:*):\n")
-    typer.echo(f"  {token}\n")
-    typer.echo("Try it:\n")
-    typer.echo(f'  curl -H "Authorization: Bearer {token}" {base}/fhir/Patient')
-    if settings.sources:
-        source = settings.sources[0].name
-        typer.echo(f'  curl -H "Authorization: Bearer {token}" -H "Content-Type: application/json" \\')
-        typer.echo(f"       --data @mappings/{settings.sources[0].mapping}/tests/<case>.input.json "
-                   f"{base}/ingest/{source}")
-    typer.echo("")
-
-
-def _start_dev_sandbox() -> Any:
-    """Start the DHIS2 sandbox as a child process and wait until it listens."""
-    import socket
-    import subprocess
-    import time
-
-    state = Path("var/dhis2-sandbox")
-    state.mkdir(parents=True, exist_ok=True)
-    child = subprocess.Popen([sys.executable, "-m", "gateway", "sandbox", "dhis2", "--port", str(SANDBOX_PORT),
-                              "--state", str(state)])
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if child.poll() is not None:
-            fail(f"the DHIS2 sandbox did not start (is port {SANDBOX_PORT} taken?)")
-        try:
-            with socket.create_connection(("127.0.0.1", SANDBOX_PORT), timeout=0.5):
-                return child
-        except OSError:
-            time.sleep(0.2)
-    child.terminate()
-    fail("the DHIS2 sandbox did not start within 30 s")
 
 
 def _create_client(store: ClientRegistry, name: str, scopes: list[str], expires: datetime | None = None,
@@ -191,6 +172,7 @@ def clients_create(
     jwks: JwksOption = None,
     jwks_url: JwksUrlOption = None,
     config: ConfigOption = None,
+    dev: DevOption = False,
 ) -> None:
     """Create (or re-key) a client; its token is printed once, alone on the last line.
 
@@ -210,9 +192,11 @@ def clients_create(
     if until is not None and until <= now:
         fail(f"--expires {expires} is in the past")
     keys = key_set_from(jwks, jwks_url)
-    with Services.build(settings_from(config), ServicePlan(ingest=False)) as services:
+    settings = settings_from(config, dev)
+    with Services.build(settings, ServicePlan(ingest=False)) as services:
         token = _create_client(services.store, name, scope, until, keys)
-    typer.echo(f"created client {name} with scopes {' '.join(scope)}; the token is shown only now:")
+    typer.echo(f"created client {name} with scopes {' '.join(scope)} in store {mask_url(settings.store_url)}"
+               f" ({settings.config_file or 'no configuration file'}); the token is shown only now:")
     typer.echo(token)
 
 
@@ -220,11 +204,12 @@ def clients_create(
 def clients_revoke(
     name: Annotated[str, typer.Argument(help="Client name")],
     config: ConfigOption = None,
+    dev: DevOption = False,
 ) -> None:
     """Revoke a client: its token stops working in every process within a second."""
     from gateway.services import ServicePlan, Services
 
-    with Services.build(settings_from(config), ServicePlan(ingest=False)) as services:
+    with Services.build(settings_from(config, dev), ServicePlan(ingest=False)) as services:
         found = services.store.revoke_client(name)
     if not found:
         fail(f"no client named {name!r}", 1)
@@ -238,6 +223,7 @@ def clients_set_keys(
     jwks_url: JwksUrlOption = None,
     clear: Annotated[bool, typer.Option("--clear", help="Remove the client's keys")] = False,
     config: ConfigOption = None,
+    dev: DevOption = False,
 ) -> None:
     """Register (or replace, or --clear) the public keys a client signs SMART token requests with."""
     from gateway.services import ServicePlan, Services
@@ -245,7 +231,7 @@ def clients_set_keys(
     if clear == (jwks is not None or jwks_url is not None):
         fail("give one of --jwks FILE, --jwks-url URL or --clear")
     keys = None if clear else key_set_from(jwks, jwks_url)
-    with Services.build(settings_from(config), ServicePlan(ingest=False)) as services:
+    with Services.build(settings_from(config, dev), ServicePlan(ingest=False)) as services:
         found = services.store.set_client_keys(name, keys)
     if not found:
         fail(f"no client named {name!r}", 1)
@@ -261,13 +247,14 @@ def clients_set_keys(
 def clients_rotate(
     name: Annotated[str, typer.Argument(help="Client name")],
     config: ConfigOption = None,
+    dev: DevOption = False,
 ) -> None:
     """Give a client a new token (the old one stops working); printed once, alone on the last line."""
     from gateway.auth import hash_token, new_token
     from gateway.services import ServicePlan, Services
 
     token = new_token()
-    with Services.build(settings_from(config), ServicePlan(ingest=False)) as services:
+    with Services.build(settings_from(config, dev), ServicePlan(ingest=False)) as services:
         found = services.store.rekey_client(name, hash_token(token))
     if not found:
         fail(f"no client named {name!r} that is not revoked", 1)
@@ -276,7 +263,7 @@ def clients_rotate(
 
 
 @clients_app.command("list")
-def clients_list(config: ConfigOption = None) -> None:
+def clients_list(config: ConfigOption = None, dev: DevOption = False) -> None:
     """List clients: name, scopes, created, expires, state, last use and SMART keys (never tokens)."""
     from gateway.services import ServicePlan, Services
 
@@ -284,10 +271,13 @@ def clients_list(config: ConfigOption = None) -> None:
         return "-" if when is None else when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     now = datetime.now(UTC)
-    settings = settings_from(config)
+    settings = settings_from(config, dev)
     configured = settings.data_policies()
     with Services.build(settings, ServicePlan(ingest=False)) as services:
-        for client in services.store.list_clients():
+        clients = services.store.list_clients()
+        if not clients:
+            typer.echo(f"no API clients ({where(settings)})", err=True)
+        for client in clients:
             if client.revoked is not None:
                 state = f"revoked {stamp(client.revoked)}"
             elif client.disabled:
@@ -337,6 +327,7 @@ def clients_set_policy(
         "--deidentify", help="Strip names, identifiers, contacts, notes and narrative from all it gets")] = False,
     clear: Annotated[bool, typer.Option("--clear", help="Remove the policy: the scopes alone decide")] = False,
     config: ConfigOption = None,
+    dev: DevOption = False,
 ) -> None:
     """Limit which Patients (and whose data) a client sees; takes effect within a second."""
     from gateway.search import DataPolicy, PolicyError
@@ -352,7 +343,7 @@ def clients_set_policy(
                                            "patients": patient or [], "deidentify": deidentify})
         except PolicyError as exc:
             fail(str(exc), exit_code_for(exc))
-    settings = settings_from(config)
+    settings = settings_from(config, dev)
     with Services.build(settings, ServicePlan(ingest=False)) as services:
         found = services.store.set_client_policy(name, None if policy is None else policy.to_json())
     if not found:
@@ -363,11 +354,11 @@ def clients_set_policy(
 
 
 @config_app.command("check")
-def config_check(config: ConfigOption = None) -> None:
+def config_check(config: ConfigOption = None, dev: DevOption = False) -> None:
     """Validate the configuration and print it with secrets masked."""
     import json
 
-    settings = settings_from(config)
+    settings = settings_from(config, dev)
     data = settings.model_dump(mode="json", exclude={"config_file"})
     data["store_url"] = mask_url(settings.store_url)
     data["queue_url"] = mask_url(settings.queue_url)
@@ -376,7 +367,7 @@ def config_check(config: ConfigOption = None) -> None:
     for destination, configured in zip(data["destinations"], settings.destinations, strict=True):
         destination["base_url"] = mask_url(configured.base_url)
     typer.echo(json.dumps(data, indent=2, default=str))
-    typer.echo(f"configuration OK{f' ({config})' if config else ''}", err=True)
+    typer.echo(f"configuration OK ({settings.config_file or 'no file: defaults and GATEWAY_* variables'})", err=True)
 
 
 @conformance_app.command("run")

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from gateway.cli.common import ConfigOption, fail, settings_from
+from gateway.cli.common import ConfigOption, DevOption, fail, settings_from, where
 from gateway.errors import exit_code_for
 
 if TYPE_CHECKING:
     from gateway.ingest import IngestService, RecordResult
+    from gateway.settings import Settings
 
 __all__ = ["quarantine_app"]
 
@@ -28,11 +28,10 @@ quarantine_app = typer.Typer(
 
 
 @contextmanager
-def _service(config: Path | None) -> Iterator[IngestService]:
+def _service(settings: Settings) -> Iterator[IngestService]:
     from gateway.ingest import IngestConfigError
     from gateway.services import ServicePlan, Services
 
-    settings = settings_from(config)
     try:
         services = Services.build(settings, ServicePlan(ingest=True))
     except IngestConfigError as exc:
@@ -54,6 +53,7 @@ def _echo_result(result: RecordResult) -> None:
 @quarantine_app.command("list")
 def list_records(
     config: ConfigOption = None,
+    dev: DevOption = False,
     source: Annotated[str | None, typer.Option(help="Only this source.")] = None,
     status: Annotated[str, typer.Option(help="held, replayed, discarded or all.")] = "held",
     limit: Annotated[int, typer.Option(min=1, max=10_000)] = 100,
@@ -62,7 +62,8 @@ def list_records(
     """List quarantined records, oldest first, with the reason each failed."""
     import orjson
 
-    with _service(config) as service:
+    settings = settings_from(config, dev)
+    with _service(settings) as service:
         found = service.store.quarantine_list(
             source=source, status=None if status == "all" else status, limit=limit
         )
@@ -85,6 +86,8 @@ def list_records(
                 f"#{held.qid} {held.received:%Y-%m-%d %H:%M} {held.source} {held.record_key or '-'} "
                 f"[{held.status}, {held.attempts} attempt(s)] {reason}"
             )
+    if not found:
+        typer.echo(f"nothing in the quarantine ({where(settings)})", err=True)
     if not as_json:
         typer.echo(f"{len(found)} record(s)")
 
@@ -95,6 +98,7 @@ def replay(
         list[int] | None, typer.Argument(help="Quarantine ids to replay.", show_default=False)
     ] = None,
     config: ConfigOption = None,
+    dev: DevOption = False,
     all_held: Annotated[bool, typer.Option("--all", help="Replay every held record.")] = False,
     source: Annotated[str | None, typer.Option(help="With --all: only this source.")] = None,
 ) -> None:
@@ -105,7 +109,7 @@ def replay(
     if bool(ids) == all_held:
         typer.echo("gateway: give quarantine ids or --all", err=True)
         raise typer.Exit(2)
-    with _service(config) as service:
+    with _service(settings_from(config, dev)) as service:
         results: list[RecordResult] = []
         if all_held:
             results = service.replay_all(source)
@@ -130,11 +134,12 @@ def replay(
 def discard(
     ids: Annotated[list[int], typer.Argument(help="Quarantine ids to give up on.")],
     config: ConfigOption = None,
+    dev: DevOption = False,
 ) -> None:
     """Mark held records discarded (they are kept, not deleted)."""
     from gateway.errors import FhirError
 
-    with _service(config) as service:
+    with _service(settings_from(config, dev)) as service:
         for qid in ids:
             try:
                 service.discard(qid)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from gateway.cli.common import ConfigOption, fail
+from gateway.cli.common import ConfigOption, DevOption, config_file, console, fail, where
 from gateway.errors import GatewayError, exit_code_for
 
 if TYPE_CHECKING:
@@ -48,12 +48,13 @@ SinceFilter = Annotated[str | None, typer.Option("--since", help="ISO time, or a
 UntilFilter = Annotated[str | None, typer.Option("--until", help="ISO time, or an age like 1h")]
 
 
-def _load(config: Path | None, destinations: Path | None) -> tuple[Any, DeliverySections]:
+def _load(config: Path | None, destinations: Path | None, dev: bool = False) -> tuple[Any, DeliverySections]:
     from pydantic import ValidationError
 
     from gateway.connectors import DeliveryConfigError
     from gateway.settings import ConfigFileError, delivery_sections, load_settings
 
+    config = config_file(config, dev)
     try:
         settings = load_settings(config)
         return settings, delivery_sections(settings, destinations)
@@ -65,11 +66,16 @@ def _load(config: Path | None, destinations: Path | None) -> tuple[Any, Delivery
 
 
 def _with_admin(
-    config: Path | None, destinations: Path | None, action: Callable[[DeliveryAdmin], Awaitable[T]]
+    config: Path | None,
+    destinations: Path | None,
+    action: Callable[[DeliveryAdmin], Awaitable[T]],
+    dev: bool = False,
+    empty: str | None = None,
 ) -> T:
+    """Run ``action`` on the queue's admin view; when it returns nothing, say so (``empty``) and where."""
     from gateway.delivery import open_admin
 
-    settings, sections = _load(config, destinations)
+    settings, sections = _load(config, destinations, dev)
 
     async def run() -> T:
         store = _open_feed(settings.store_url)
@@ -82,9 +88,12 @@ def _with_admin(
                 store.close()
 
     try:
-        return asyncio.run(run())
+        result = asyncio.run(run())
     except GatewayError as exc:
         fail(exc.diagnostics, exit_code_for(exc))
+    if empty is not None and not result:
+        typer.echo(f"{empty} ({where(settings)})", err=True)
+    return result
 
 
 def _open_feed(store_url: str) -> Any:
@@ -141,7 +150,10 @@ def _iso(epoch: float) -> str:
 
 @queue_app.command("status")
 def status(
-    config: ConfigOption = None, destinations: DestinationsOption = None, json: JsonOption = False
+    config: ConfigOption = None,
+    destinations: DestinationsOption = None,
+    json: JsonOption = False,
+    dev: DevOption = False,
 ) -> None:
     """Per destination: depth, oldest age, in flight, retrying, dead, delivered/min, lag, live workers, circuit."""
     import orjson
@@ -150,7 +162,9 @@ def status(
     async def read(admin: DeliveryAdmin) -> tuple[list[Any], list[Any]]:
         return await admin.status(), await admin.workers()
 
-    rows, workers = _with_admin(config, destinations, read)
+    rows, workers = _with_admin(config, destinations, read, dev)
+    if not rows:
+        typer.echo("no destinations configured", err=True)
     if json:
         typer.echo(orjson.dumps([row.as_json() for row in rows], option=orjson.OPT_INDENT_2).decode())
         return
@@ -177,10 +191,10 @@ def status(
             f"{row.workers_alive} live{beat}",
             circuit,
         )
-    console = _console()
-    console.print(table)
+    out = console()
+    out.print(table)
     if not any(worker.alive for worker in workers):
-        console.print(
+        out.print(
             "no live delivery worker: nothing is delivering"
             " (run `gateway worker`, or set delivery.in_process_worker: true)"
         )
@@ -188,13 +202,14 @@ def status(
 
 @queue_app.command("workers")
 def workers_command(
-    config: ConfigOption = None, destinations: DestinationsOption = None, json: JsonOption = False
+    config: ConfigOption = None, destinations: DestinationsOption = None, json: JsonOption = False,
+    dev: DevOption = False,
 ) -> None:
     """Delivery worker processes: destinations, jobs in flight, last heartbeat, live or not."""
     import orjson
     from rich.table import Table
 
-    workers = _with_admin(config, destinations, lambda admin: admin.workers())
+    workers = _with_admin(config, destinations, lambda admin: admin.workers(), dev)
     if json:
         typer.echo(orjson.dumps([w.as_json() for w in workers], option=orjson.OPT_INDENT_2).decode())
         return
@@ -205,16 +220,7 @@ def workers_command(
             beat.name, ", ".join(beat.destinations), str(beat.in_flight), _iso(beat.started_at),
             f"{_age(worker.age)} ago", "yes" if worker.alive else "no",
         )
-    _console().print(table)
-
-
-def _console() -> Any:
-    """A console that does not cut tables at 80 columns when the output is not a terminal."""
-    import sys
-
-    from rich.console import Console
-
-    return Console() if sys.stdout.isatty() else Console(width=200)
+    console().print(table)
 
 
 @queue_app.command("dead-letters")
@@ -227,21 +233,23 @@ def dead_letters(
     show: Annotated[str | None, typer.Option("--show", help="print one dead letter in full")] = None,
     config: ConfigOption = None,
     destinations: DestinationsOption = None,
+    dev: DevOption = False,
     json: JsonOption = False,
 ) -> None:
     """List dead letters (filter by destination, reason, time), or --show one with request/response."""
     import orjson
-    from rich.console import Console
     from rich.table import Table
 
     from gateway.delivery import dead_letter_detail, dead_letter_summary
 
     if show is not None:
-        letter = _with_admin(config, destinations, lambda admin: admin.dead_letter(show))
+        letter = _with_admin(config, destinations, lambda admin: admin.dead_letter(show), dev)
         typer.echo(orjson.dumps(dead_letter_detail(letter), option=orjson.OPT_INDENT_2).decode())
         return
-    where = _filter(destination, reason, since, until)
-    letters = _with_admin(config, destinations, lambda admin: admin.dead_letters(where, limit=limit))
+    chosen = _filter(destination, reason, since, until)
+    letters = _with_admin(
+        config, destinations, lambda admin: admin.dead_letters(chosen, limit=limit), dev, "no dead letters"
+    )
     if json:
         summaries = [dead_letter_summary(letter) for letter in letters]
         typer.echo(orjson.dumps(summaries, option=orjson.OPT_INDENT_2).decode())
@@ -262,15 +270,16 @@ def dead_letters(
             str(row["attempts"]),
             _iso(row["died_at"]),
         )
-    Console().print(table)
+    console().print(table)
 
 
 def _bulk(
     verb: str,
     action: Callable[[DeliveryAdmin, DeadLetterFilter, Callable[[int, int], None]], Awaitable[int]],
-    where: DeadLetterFilter,
+    chosen: DeadLetterFilter,
     config: Path | None,
     destinations: Path | None,
+    dev: bool,
 ) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -282,7 +291,7 @@ def _bulk(
         def update(done: int, total: int) -> None:
             progress.update(task, completed=done, total=total)
 
-        return _with_admin(config, destinations, lambda admin: action(admin, where, update))
+        return _with_admin(config, destinations, lambda admin: action(admin, chosen, update), dev)
 
 
 @queue_app.command("replay")
@@ -295,24 +304,26 @@ def replay(
     all_: Annotated[bool, typer.Option("--all", help="replay every dead letter")] = False,
     config: ConfigOption = None,
     destinations: DestinationsOption = None,
+    dev: DevOption = False,
 ) -> None:
     """Send dead letters again: one id, a filtered set, or --all (with a progress bar)."""
     filtered = any(v is not None for v in (destination, reason, since, until))
     if job_id is not None:
         if filtered or all_:
             fail("give a dead letter id, or filters, or --all; not several")
-        jobs = _with_admin(config, destinations, lambda admin: admin.replay(job_id))
+        jobs = _with_admin(config, destinations, lambda admin: admin.replay(job_id), dev)
         typer.echo(f"replayed {job_id}" + (f" with the {jobs - 1} other jobs of its dead letter" if jobs > 1 else ""))
         return
     if not filtered and not all_:
         fail("say what to replay: an id, --destination/--reason/--since/--until, or --all")
-    where = _filter(destination, reason, since, until)
+    chosen = _filter(destination, reason, since, until)
     count = _bulk(
         "replaying",
         lambda admin, w, p: admin.replay_matching(w, progress=p),
-        where,
+        chosen,
         config,
         destinations,
+        dev,
     )
     typer.echo(f"replayed {count} dead letters")
 
@@ -326,13 +337,14 @@ def purge(
     yes: Annotated[bool, typer.Option("--yes", help="really delete them")] = False,
     config: ConfigOption = None,
     destinations: DestinationsOption = None,
+    dev: DevOption = False,
 ) -> None:
     """Delete dead letters and their payloads for good (needs --yes)."""
     if not yes:
         fail("purging deletes dead letters and their payloads; add --yes to confirm")
-    where = _filter(destination, reason, since, until)
+    chosen = _filter(destination, reason, since, until)
     count = _bulk(
-        "purging", lambda admin, w, p: admin.purge_matching(w, progress=p), where, config, destinations
+        "purging", lambda admin, w, p: admin.purge_matching(w, progress=p), chosen, config, destinations, dev
     )
     typer.echo(f"purged {count} dead letters")
 
@@ -342,9 +354,10 @@ def pause(
     name: Annotated[str, typer.Argument(help="destination name")],
     config: ConfigOption = None,
     destinations: DestinationsOption = None,
+    dev: DevOption = False,
 ) -> None:
     """Stop delivering to a destination (its jobs keep queueing)."""
-    _with_admin(config, destinations, lambda admin: admin.pause(name))
+    _with_admin(config, destinations, lambda admin: admin.pause(name), dev)
     typer.echo(f"paused {name}")
 
 
@@ -353,24 +366,31 @@ def resume(
     name: Annotated[str, typer.Argument(help="destination name")],
     config: ConfigOption = None,
     destinations: DestinationsOption = None,
+    dev: DevOption = False,
 ) -> None:
     """Deliver to a paused destination again."""
-    _with_admin(config, destinations, lambda admin: admin.resume(name))
+    _with_admin(config, destinations, lambda admin: admin.resume(name), dev)
     typer.echo(f"resumed {name}")
 
 
 def worker_command(
     config: ConfigOption = None,
     destinations: DestinationsOption = None,
+    dev: DevOption = False,
     only: Annotated[
         list[str] | None, typer.Option("--destination", "-d", help="deliver only to these (repeatable)")
     ] = None,
 ) -> None:
     """Run delivery workers (and the outbox, and the periodic tasks) in this process until SIGTERM or Ctrl-C."""
+    import logging
+
+    from gateway.cli.logs import configure_logging
     from gateway.connectors import DeliveryConfigError
     from gateway.services import run_worker
 
-    settings, sections = _load(config, destinations)
+    settings, sections = _load(config, destinations, dev)
+    configure_logging(settings)
+    logging.getLogger("gateway.cli").info("gateway worker: %s", where(settings))
     try:
         asyncio.run(
             run_worker(

@@ -5,8 +5,6 @@ A standalone entry point for process supervisors and tests (it needs no other CL
 
 from __future__ import annotations
 
-import logging
-
 import typer
 
 from gateway.cli.queue import worker_command
@@ -14,7 +12,6 @@ from gateway.cli.queue import worker_command
 
 def main() -> None:
     """Run ``gateway worker`` with this process's arguments."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     typer.run(worker_command)
 
 

@@ -217,10 +217,10 @@ def test_gateway_serve_writes_json_lines_to_stderr_once_each(tmp_path: Path) -> 
     assert [line["request_id"] for line in access] == ["serve-1"]  # once: uvicorn's own access log is off
     assert access[0]["route"] == "/healthz" and access[0]["status"] == 200
     assert SECRET not in stderr
-    # Every other line keeps the "time LEVEL name: message" format (or is uvicorn's own).
+    # Every other line has the "UTC time LEVEL name: message" format, uvicorn's included.
     others = [line for line in stderr.splitlines() if line and not line.startswith("{")]
-    assert others and all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ \S+: ", line)
-                          or line.startswith("INFO:") for line in others), others
+    assert others and all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z [A-Z]+ \S+: ", line)
+                          for line in others), others
 
 
 def test_the_time_is_utc_to_the_millisecond() -> None:

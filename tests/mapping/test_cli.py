@@ -75,7 +75,7 @@ def test_run_unknown_set() -> None:
 def test_test_passes_on_shipped_mappings() -> None:
     result = runner.invoke(mappings_app, ["test", "--dir", str(MAPPINGS)])
     assert result.exit_code == 0, result.output
-    assert "12 passed, 0 failed" in result.output
+    assert "14 passed, 0 failed" in result.output
 
 
 def test_failing_golden_test_prints_a_readable_diff(mappings_dir) -> None:
@@ -108,7 +108,7 @@ def test_update_rewrites_expected_files(mappings_dir) -> None:
 def test_coverage_reports_unread_fields_and_silent_rules() -> None:
     result = runner.invoke(mappings_app, ["coverage", "commcare", "csv", "--dir", str(MAPPINGS)])
     assert result.exit_code == 0, result.output
-    assert "commcare/commcare-tb-dot-visit@1.0.0: 1 record(s)" in result.output
+    assert "commcare/commcare-tb-dot-visit@1.0.0: 2 record(s)" in result.output
     assert "unread field: form.adherence.side_effects" in result.output
     assert "rule never fired: muac" in result.output
     assert "unread field: age_years" in result.output

@@ -1,0 +1,92 @@
+"""Process logging of ``gateway serve`` and ``gateway worker``: one line per event, each with a time.
+
+``log_format: text`` (the default) writes ``2026-12-05T01:02:03.456Z INFO gateway.delivery: …``;
+``log_format: json`` writes one JSON object a line (``time``, ``level``, ``logger``, ``message``,
+and ``error`` with the exception type when there is one) for log collectors. Either way the
+access log (``gateway.access``, one JSON line per request) goes to the same stream bare, so a
+collector reads every line of the JSON format as JSON. Python warnings are logged on
+``py.warnings`` naming the module, never the source file's absolute path. httpx and httpcore
+log every outgoing request at INFO; they are held at WARNING (the connectors log what matters).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import warnings
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from gateway.settings import Settings
+
+__all__ = ["JsonFormatter", "TextFormatter", "configure_logging", "module_of"]
+
+QUIET = ("httpx", "httpcore")
+
+
+def _utc(record: logging.LogRecord) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+
+
+class TextFormatter(logging.Formatter):
+    """``<UTC time> LEVEL logger: message`` (an exception adds its traceback below)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """One line (plus a traceback if any)."""
+        line = f"{_utc(record)} {record.levelname} {record.name}: {record.getMessage()}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: ``time``, ``level``, ``logger``, ``message`` and the exception type."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """One line; a traceback is kept out (it may quote data), its exception type is kept."""
+        import orjson
+
+        entry: dict[str, Any] = {
+            "time": _utc(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info and record.exc_info[0] is not None:
+            entry["error"] = record.exc_info[0].__name__
+        return orjson.dumps(entry).decode()
+
+
+def module_of(filename: str) -> str:
+    """The dotted module name of a source file, or its base name when no loaded module has it."""
+    for name, module in list(sys.modules.items()):
+        if getattr(module, "__file__", None) == filename:
+            return name
+    return filename.rsplit("/", 1)[-1]
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: TextIO | None = None, line: str | None = None) -> None:
+    logging.getLogger("py.warnings").warning("%s: %s (%s:%d)", category.__name__, message, module_of(filename), lineno)
+
+
+def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
+    """Set up the root logger, the access log and warnings for a long-running process."""
+    from gateway.api import configure_access_log
+
+    out = stream or sys.stderr
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level)
+    for name in QUIET:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        # uvicorn's own handlers write without a time; its records go through the root's instead.
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    if settings.access_log:
+        configure_access_log(out)
+    warnings.showwarning = _show_warning
