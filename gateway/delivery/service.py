@@ -32,6 +32,7 @@ from gateway.delivery.admin import DeliveryAdmin
 from gateway.delivery.breaker import CircuitBreaker
 from gateway.delivery.config import DeliverySettings, DestinationConfig
 from gateway.delivery.factory import ConnectorFactory, build_connector, default_factories
+from gateway.delivery.journal import Journal
 from gateway.delivery.keys import DEFAULT_PREFIX
 from gateway.delivery.outbox import Outbox
 from gateway.delivery.queue import DeliveryQueue, reraise_if_cancelled
@@ -59,6 +60,7 @@ class DeliveryService:
         redactions: Mapping[str, Redaction] | None = None,
         worker_name: str | None = None,
         rand: Callable[[], float] = random.random,
+        journal: Journal | None = None,
     ) -> None:
         self.queue = queue
         self.clock = clock
@@ -87,6 +89,7 @@ class DeliveryService:
             drain_timeout=settings.drain_timeout,
             settle_batch=settings.settle_batch,
             rand=rand,
+            journal=journal,
         )
         self._changed = asyncio.Event()
         self._outbox_task: asyncio.Task[None] | None = None
@@ -108,10 +111,12 @@ class DeliveryService:
         factories: Mapping[str, ConnectorFactory] | None = None,
         queue_prefix: str = DEFAULT_PREFIX,
         only: Sequence[str] | None = None,
+        journal: Journal | None = None,
     ) -> DeliveryService:
         """Open the queue and, if this process delivers, build the connectors.
 
-        ``only`` limits the worker and outbox to some destinations (the admin view keeps all).
+        ``only`` limits the worker and outbox to some destinations (the admin view keeps all);
+        ``journal`` receives a message log line per delivery attempt.
         """
         clock = clock or SystemClock()
         queue = open_queue(queue_url, clock=clock, lease=settings.lease, prefix=queue_prefix)
@@ -134,6 +139,7 @@ class DeliveryService:
             settings=settings,
             clock=clock,
             redactions=redactions,
+            journal=journal,
         )
 
     async def start(self) -> None:

@@ -50,6 +50,7 @@ from gateway.connectors import (
 from gateway.delivery.breaker import CircuitBreaker, CircuitState
 from gateway.delivery.config import DestinationConfig
 from gateway.delivery.fencing import Hold, LeaseLost, hold_until, holding
+from gateway.delivery.journal import Journal, attempt_lines
 from gateway.delivery.policy import RetryPolicy
 from gateway.delivery.queue import (
     Ack,
@@ -135,8 +136,10 @@ class Worker:
         drain_timeout: float = 10.0,
         settle_batch: int = 500,
         rand: Callable[[], float] = random.random,
+        journal: Journal | None = None,
     ) -> None:
         self.queue = queue
+        self.journal = journal
         self.runtimes = {runtime.name: runtime for runtime in runtimes}
         self.clock = clock
         self.name = name or worker_name()
@@ -271,12 +274,13 @@ class Worker:
             return
         now = self.clock.now()
         self._observe(runtime, outcomes, now)
-        self._settlements.put_nowait(
-            [
-                settlement_for(job, outcome, runtime.policy, now=now, rand=self.rand())
-                for job, outcome in zip(jobs, outcomes, strict=True)
-            ]
-        )
+        settlements = [
+            settlement_for(job, outcome, runtime.policy, now=now, rand=self.rand())
+            for job, outcome in zip(jobs, outcomes, strict=True)
+        ]
+        self._settlements.put_nowait(settlements)
+        if self.journal is not None:
+            self.journal(attempt_lines(settlements, now))
         runtime.active_calls -= 1
         runtime.wake.set()
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -43,11 +44,14 @@ from gateway.ingest.results import IngestReport, RecordResult, WrittenResource
 from gateway.ingest.writer import BATCH_RECORDS, IngestWriter, PendingRecord, RecordGroup
 from gateway.mapping import InputError, MappingError, MappingSet, parse_csv
 from gateway.search import QueryParser, format_instant
-from gateway.store import QuarantinedRecord, Store
+from gateway.store import MessageEntry, QuarantinedRecord, Store
 
 __all__ = ["BATCH_RECORDS", "IngestReport", "IngestService", "RecordResult", "WrittenResource"]
 
 log = logging.getLogger("gateway.ingest")
+
+#: Where the service reports each record it handled (the message log writer's ``note``).
+Journal = Callable[[Sequence[MessageEntry]], None]
 
 
 class IngestService:
@@ -59,10 +63,13 @@ class IngestService:
         report = service.ingest("cht", split_body(body, content_type))
     """
 
-    def __init__(self, store: Store, parser: QueryParser, registry: MappingRegistry) -> None:
+    def __init__(
+        self, store: Store, parser: QueryParser, registry: MappingRegistry, journal: Journal | None = None
+    ) -> None:
         self.store = store
         self.parser = parser
         self.registry = registry
+        self.journal = journal
         self._writer: IngestWriter | None = None
         self._writer_lock = threading.Lock()
 
@@ -101,6 +108,9 @@ class IngestService:
             raise
         writes.wait()
         report = IngestReport(source.name, [result for result in results if result is not None])
+        if self.journal is not None:
+            at = time.time()
+            self.journal([message_line(at, "received", source.name, result) for result in report.results])
         log.info("ingest source=%s records=%d quarantined=%d", source.name, len(records), report.quarantined)
         return report
 
@@ -211,11 +221,17 @@ class IngestService:
             outcome = exc.outcome()
             self.store.quarantine_update(qid, status="held", outcome=outcome)
             _log_quarantine(held.source, qid, exc, replay=True)
-            return RecordResult(0, held.record_key, "quarantined", quarantine_id=qid, outcome=outcome)
+            return self._noted(held.source, RecordResult(0, held.record_key, "quarantined", quarantine_id=qid,
+                                                         outcome=outcome))
         self.store.quarantine_update(qid, status="replayed")
         log.info("quarantine replayed source=%s qid=%d resources=%d", held.source, qid, len(written))
         status = "unchanged" if written and all(w.change == "unchanged" for w in written) else "stored"
-        return RecordResult(0, key, status, written, quarantine_id=qid)
+        return self._noted(held.source, RecordResult(0, key, status, written, quarantine_id=qid))
+
+    def _noted(self, source: str, result: RecordResult) -> RecordResult:
+        if self.journal is not None:
+            self.journal([message_line(time.time(), "replayed", source, result)])
+        return result
 
     def replay_all(
         self, source: str | None = None, base: str = "", limit: int = 10_000
@@ -249,6 +265,20 @@ class IngestService:
                 f"quarantined record {qid} is {held.status}, not held", status=409, code="conflict"
             )
         self.store.quarantine_update(qid, status="discarded")
+
+
+def message_line(at: float, kind: str, source: str, result: RecordResult) -> MessageEntry:
+    """The message log line of one handled record: what it wrote, or why it is held (no values)."""
+    patient = next((w.id for w in result.resources if w.type == "Patient"), None)
+    if result.status == "quarantined":
+        issue = ((result.outcome or {}).get("issue") or [{}])[0]
+        where = ",".join(issue.get("expression", [])[:1])
+        detail = f"{issue.get('code', 'invalid')} at {where}" if where else str(issue.get("code", "invalid"))
+    else:
+        changed = [f"{w.type}/{w.id} {w.change}" for w in result.resources]
+        detail = "; ".join(changed[:8]) + (f"; {len(changed) - 8} more" if len(changed) > 8 else "")
+    qid = str(result.quarantine_id) if result.quarantine_id is not None else None
+    return MessageEntry(at, kind, source, result.status, patient, result.record_key, qid, detail[:500] or None)
 
 
 def _mapped(mapping_set: MappingSet, record: Any) -> dict[str, Any]:

@@ -129,6 +129,19 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX assertion_ids_expires ON assertion_ids (expires)",
         ),
     ),
+    # (Version 7 is reserved for another change; versions apply in order, so a gap is harmless.)
+    Migration(
+        8,
+        "message log: every received record and every delivery attempt, for the operator console",
+        (
+            """CREATE TABLE message_log (
+                mid {ID}, at {FLOAT} NOT NULL, kind TEXT NOT NULL, channel TEXT NOT NULL,
+                status TEXT NOT NULL, patient TEXT, subject TEXT, ref TEXT, detail TEXT)""",
+            "CREATE INDEX message_log_at ON message_log (at)",
+            "CREATE INDEX message_log_channel ON message_log (channel, at)",
+            "CREATE INDEX message_log_patient ON message_log (patient, at)",
+        ),
+    ),
 )
 
 
