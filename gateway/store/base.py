@@ -449,6 +449,10 @@ class MessageLog(Protocol):
         """Lines matching ``where``, newest first."""
         ...
 
+    def message_counts(self, since: float) -> list[tuple[str, str, str, int]]:
+        """How many lines were logged at or after ``since``, per (kind, channel, status)."""
+        ...
+
     def message_purge(self, before: datetime) -> int:
         """Delete the lines logged before ``before``; return how many."""
         ...

@@ -538,6 +538,13 @@ class SqlStore:
             rows = cur.fetchall()
         return [LoggedMessage(int(row[0]), MessageEntry(float(row[1]), *row[2:])) for row in rows]
 
+    def message_counts(self, since: float) -> list[tuple[str, str, str, int]]:
+        """Message log lines at or after ``since``, counted per (kind, channel, status)."""
+        with self._read_cursor() as cur:
+            cur.execute(self.q("SELECT kind, channel, status, COUNT(*) FROM message_log WHERE at >= ?"
+                               " GROUP BY kind, channel, status ORDER BY kind, channel, status"), (since,))
+            return [(row[0], row[1], row[2], int(row[3])) for row in cur.fetchall()]
+
     def message_purge(self, before: datetime) -> int:
         """Delete message log lines logged before ``before``."""
         with self._write_cursor() as cur:

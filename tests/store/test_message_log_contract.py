@@ -46,3 +46,12 @@ def test_purge_deletes_lines_older_than_the_cut(store: MessageLog) -> None:
     assert store.message_purge(datetime.fromtimestamp(250.0, UTC)) == 2
     assert [line.entry.at for line in store.message_search(MessageFilter())] == [400.0, 300.0]
     assert store.message_append([]) == 0
+
+
+def test_counts_group_lines_by_kind_channel_and_status(store: MessageLog) -> None:
+    store.message_append(_entries() + [MessageEntry(500.0, "received", "cht", "stored", "p3", "r3")])
+    assert store.message_counts(0.0) == [
+        ("delivery", "dhis2", "dead", 1), ("delivery", "dhis2", "delivered", 1),
+        ("received", "cht", "quarantined", 1), ("received", "cht", "stored", 2),
+    ]
+    assert store.message_counts(350.0) == [("delivery", "dhis2", "delivered", 1), ("received", "cht", "stored", 1)]
