@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from fastapi import FastAPI
 
 from gateway.api.app import create_app
 from gateway.delivery import DeliverySections
@@ -79,16 +80,16 @@ class ConsoleGateway:
             self.server.stop()
             self.store.close()
 
-    def app(self) -> object:
+    def app(self) -> FastAPI:
         """The gateway app with in-process delivery to the destination."""
         return create_app(self.settings, store=self.store,
                           plan=ServicePlan(delivery=True, run_worker=True, sections=self.sections()))
 
 
-def console_client(app: object) -> httpx.AsyncClient:
+def console_client(app: object, base_url: str = "http://gateway.test") -> httpx.AsyncClient:
     """An HTTP client for the app with no credentials (it keeps the console's cookie)."""
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app),  # type: ignore[arg-type]
-                             base_url="http://gateway.test", follow_redirects=False)
+                             base_url=base_url, follow_redirects=False)
 
 
 async def log_in(client: httpx.AsyncClient, token: str) -> httpx.Response:
