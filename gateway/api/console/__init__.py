@@ -24,7 +24,7 @@ from .web import PREFIX, Console, ConsoleError, LoginRequired, error_page, redir
 __all__ = ["install", "is_console", "error_response"]
 
 _STATIC = Path(__file__).parent / "static"
-_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
 _FILES = {path.name: path for path in _STATIC.iterdir() if path.suffix in _TYPES} if _STATIC.is_dir() else {}
 
 
