@@ -1,4 +1,4 @@
-"""The console playground's DHIS2 preview: what delivery would send, planned against the sandbox's metadata, sent nowhere."""
+"""The playground's DHIS2 preview: what delivery would send, planned against the sandbox's metadata, sent nowhere."""
 
 from __future__ import annotations
 
