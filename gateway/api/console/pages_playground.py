@@ -16,7 +16,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.api.context import AppContext, ctx_of
-from gateway.connectors.dhis2 import Dhis2Connector, preview_payload
 from gateway.errors import MappingError
 from gateway.mapping import InputError, MappingSet, YamlSyntaxError, fhir_problems, parse_csv, read_yaml
 
@@ -100,8 +99,12 @@ async def run(request: Request) -> Response:
         resources += [entry["resource"] for entry in bundle.get("entry", []) if "resource" in entry]
     previews = []
     delivery = ctx.services.delivery
-    for name, connector in (delivery.connectors.items() if delivery is not None else []):
-        if isinstance(connector, Dhis2Connector) and resources:
+    dhis2 = [(name, connector) for name, connector in (delivery.connectors.items() if delivery is not None else [])
+             if delivery is not None and delivery.admin.destinations[name].kind == "dhis2"]
+    if dhis2 and resources:
+        from gateway.connectors.dhis2 import Dhis2Connector, preview_payload  # only DHIS2 deployments pay its import
+    for name, connector in dhis2 if resources else []:
+        if isinstance(connector, Dhis2Connector):
             preview = await preview_payload(connector, resources)
             previews.append({
                 "name": name, "unavailable": preview.unavailable, "notes": preview.notes,
