@@ -216,7 +216,8 @@ class IngestService:
         try:
             record = _parse_kept(held)
             key = mapping_set.record_key(record)
-            written = self.store_record(mapping_set, record, base)
+            bundle = _mapped(mapping_set, record)
+            written = self._write(bundle["entry"], base)
         except CLIENT_ERRORS as exc:
             outcome = exc.outcome()
             self.store.quarantine_update(qid, status="held", outcome=outcome)
@@ -226,7 +227,8 @@ class IngestService:
         self.store.quarantine_update(qid, status="replayed")
         log.info("quarantine replayed source=%s qid=%d resources=%d", held.source, qid, len(written))
         status = "unchanged" if written and all(w.change == "unchanged" for w in written) else "stored"
-        return self._noted(held.source, RecordResult(0, key, status, written, quarantine_id=qid))
+        return self._noted(held.source, RecordResult(0, key, status, written, quarantine_id=qid,
+                                                     patient=patient_of(bundle)))
 
     def _noted(self, source: str, result: RecordResult) -> RecordResult:
         if self.journal is not None:
@@ -269,7 +271,7 @@ class IngestService:
 
 def message_line(at: float, kind: str, source: str, result: RecordResult) -> MessageEntry:
     """The message log line of one handled record: what it wrote, or why it is held (no values)."""
-    patient = next((w.id for w in result.resources if w.type == "Patient"), None)
+    patient = result.patient or next((w.id for w in result.resources if w.type == "Patient"), None)
     if result.status == "quarantined":
         issue = ((result.outcome or {}).get("issue") or [{}])[0]
         where = ",".join(issue.get("expression", [])[:1])
@@ -296,7 +298,23 @@ def _mapped(mapping_set: MappingSet, record: Any) -> dict[str, Any]:
 
 def _stored(record: PendingRecord, written: list[WrittenResource]) -> RecordResult:
     status = "unchanged" if written and all(w.change == "unchanged" for w in written) else "stored"
-    return RecordResult(record.received.index, record.key, status, written)
+    return RecordResult(record.received.index, record.key, status, written, patient=patient_of(record.bundle))
+
+
+def patient_of(bundle: dict[str, Any]) -> str | None:
+    """The Patient a record's Bundle is about: its Patient resource, else the first ``subject``/``patient``
+    reference to one (a visit's Encounter and Observations)."""
+    resources = [entry.get("resource") or {} for entry in bundle.get("entry", [])]
+    for resource in resources:
+        if resource.get("resourceType") == "Patient" and isinstance(resource.get("id"), str):
+            return str(resource["id"])
+    for resource in resources:
+        for field in ("subject", "patient"):
+            value = resource.get(field)
+            ref = value.get("reference") if isinstance(value, dict) else None
+            if isinstance(ref, str) and ref.startswith("Patient/"):
+                return ref.removeprefix("Patient/")
+    return None
 
 
 def _parse_kept(held: QuarantinedRecord) -> Any:

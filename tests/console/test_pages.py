@@ -453,3 +453,24 @@ async def test_console_actions_are_in_the_audit_trail(logged_in: Harness) -> Non
         "/fhir/AuditEvent?subtype=destination-pause&agent-name=ops")
     assert events.status_code == 200
     assert any(e["resource"]["subtype"][0]["code"] == "destination-pause" for e in events.json().get("entry", []))
+
+
+async def test_a_visit_record_is_logged_under_its_patient(logged_in: Harness) -> None:
+    from tests.dhis2 import cht_records as cht
+
+    for doc in (cht.area(), cht.household(1), cht.person(1)):
+        assert (await logged_in.ingest({"doc": doc})).status_code == 200
+    visit = await logged_in.ingest({"doc": cht.assessment(1)})
+    assert visit.status_code == 200, visit.text
+    assert all(r["type"] != "Patient" for r in visit.json()["results"][0]["resources"])
+    store = logged_in.gateway.store
+
+    async def logged() -> bool:
+        return len(store.message_search(MessageFilter(kind="received"))) == 4
+    await eventually(logged)
+    lines = store.message_search(MessageFilter(kind="received"))
+    person = next(line.entry for line in lines if line.entry.subject == cht.person(1)["_id"])
+    assessment = next(line.entry for line in lines if line.entry.subject == cht.assessment(1)["_id"])
+    assert person.patient is not None and assessment.patient == person.patient
+    page = (await logged_in.console.get(f"/console/messages?patient={person.patient}&kind=received")).text
+    assert cht.assessment(1)["_id"] in page and cht.household(1)["_id"] not in page
