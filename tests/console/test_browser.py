@@ -50,6 +50,9 @@ def test_an_operator_watches_a_record_arrive_and_replays_a_dead_letter(tmp_path:
         sender = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {gateway.sender_token}"})
         browser = playwright.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1400, "height": 900})
+        # The machine running the suite is shared: give each step time, not a 5 s default.
+        page.set_default_timeout(WAIT_MS)
+        expect.set_options(timeout=WAIT_MS)
         problems: list[str] = []
         page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
         page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
@@ -57,17 +60,23 @@ def test_an_operator_watches_a_record_arrive_and_replays_a_dead_letter(tmp_path:
         def shot(name: str) -> None:
             page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
 
+        def click(selector: str) -> None:
+            # htmx drops a request made while the page's previous one is still swapping in (a
+            # click lost, as a person would click again); wait for it to settle first.
+            expect(page.locator(".htmx-request, .htmx-swapping, .htmx-settling")).to_have_count(0)
+            page.click(selector)
+
         # Log in.
         page.goto(f"{server.url}/console")
         expect(page).to_have_url(f"{server.url}/console/login?next=/console")
         shot("01-login")
         page.fill("#token", gateway.admin_token)
-        page.click("button[type=submit]")
+        click("button[type=submit]")
         expect(page.locator("h1")).to_have_text("Overview")
         shot("02-overview")
 
         # Ingest a record and watch it arrive (stored, then delivered), without reloading.
-        page.click("header >> text=Messages")
+        click("header >> text=Messages")
         expect(page.locator("#message-log")).to_contain_text("No messages match")
         answer = sender.post("/ingest/cht", json=record())
         assert answer.status_code == 200
@@ -81,7 +90,7 @@ def test_an_operator_watches_a_record_arrive_and_replays_a_dead_letter(tmp_path:
         # The destination refuses the next version: a dead letter.
         gateway.refused.add(f"Patient/{patient}")
         assert sender.post("/ingest/cht", json=record(name="Aisha N. Nakato")).status_code == 200
-        page.click("header >> text=Dead letters")
+        click("header >> text=Dead letters")
         letter = page.locator("#dead-letters tr", has_text=f"Patient/{patient}/_history/2")
         for _ in range(WAIT_MS // 250):
             if letter.count():
@@ -90,53 +99,53 @@ def test_an_operator_watches_a_record_arrive_and_replays_a_dead_letter(tmp_path:
             page.reload()
         expect(letter).to_contain_text("http_422")
         shot("04-dead-letters")
-        letter.locator("text=detail").click()
+        click(f"#dead-letters tr:has-text('Patient/{patient}/_history/2') >> text=detail")
         expect(page.locator("#detail")).to_be_visible()
         expect(page.locator("main")).to_contain_text("HTTP 422")
         shot("05-dead-letter")
 
         # Fix the destination, replay, and see the dead letter delivered.
         gateway.refused.clear()
-        page.click("button:has-text('Replay')")
+        click("button:has-text('Replay')")
         expect(page.locator(".notice")).to_contain_text("Sent again")
         page.goto(f"{server.url}/console/messages?kind=delivery&status=delivered")
         expect(page.locator("#message-log tr", has_text=f"Patient/{patient}/_history/2")).to_be_visible(
             timeout=WAIT_MS)
-        page.click("header >> text=Dead letters")
+        click("header >> text=Dead letters")
         expect(page.locator("#dead-letters")).to_contain_text("No dead letters")
 
         # A record the mapping refuses waits in the quarantine.
         held = sender.post("/ingest/cht", json=record(_id="bad-sex", sex="banana"))
         assert held.status_code == 202
-        page.click("header >> text=Quarantine")
-        page.click("#quarantine >> text=" + str(held.json()["results"][0]["quarantine_id"]))
+        click("header >> text=Quarantine")
+        click("#quarantine >> text=" + str(held.json()["results"][0]["quarantine_id"]))
         expect(page.locator("#issues")).to_contain_text("administrative-gender")
         shot("06-quarantined")
 
         # Clients: create one; its token is shown once.
-        page.click("header >> text=Clients")
+        click("header >> text=Clients")
         page.fill("input[name=name]", "openmrs")
         page.fill("input[name=scopes]", "system/Patient.rs")
-        page.click("button:has-text('Create')")
+        click("button:has-text('Create')")
         token = page.locator("#new-token").inner_text().strip()
         assert httpx.get(f"{server.url}/fhir/Patient", headers={"Authorization": f"Bearer {token}"}).status_code == 200
         shot("07-clients")
 
         # The playground maps a pasted record (htmx swaps the result in).
-        page.click("header >> text=Mapping playground")
+        click("header >> text=Mapping playground")
         page.select_option("select[name=source]", "cht")
         page.fill("textarea[name=record]", PATIENT_RECORD.read_text())
-        page.click("button:has-text('Map it')")
+        click("button:has-text('Map it')")
         expect(page.locator("#result")).to_contain_text("The Bundle is valid FHIR R4.")
         shot("08-playground")
 
         # Pause and resume the destination from the overview.
-        page.click("header >> text=Overview")
-        page.click("tr[data-destination=shr] >> button:has-text('Pause')")
+        click("header >> text=Overview")
+        click("tr[data-destination=shr] >> button:has-text('Pause')")
         expect(page.locator(".notice")).to_contain_text("Delivery paused")
         expect(page.locator("tr[data-destination=shr] button")).to_have_text("Resume")
         shot("09-overview-paused")
-        page.click("tr[data-destination=shr] >> button:has-text('Resume')")
+        click("tr[data-destination=shr] >> button:has-text('Resume')")
         expect(page.locator("tr[data-destination=shr] button")).to_have_text("Pause")
 
         browser.close()

@@ -173,7 +173,7 @@ async def checked_form(request: Request, console: Console) -> FormData:
     """The POSTed form, once its CSRF token (field ``csrf`` or header ``X-CSRF-Token``) matches the session's."""
     form = await request.form()
     session = _session(request, console)
-    token = request.headers.get("x-csrf-token") or form.get("csrf")
+    token = form.get("csrf") or request.headers.get("x-csrf-token")
     if session is None or not console.signer.check_csrf(session, token if isinstance(token, str) else None):
         raise ConsoleError(403, "This form has expired or did not come from the console. Reload the page and try"
                                 " again.")
