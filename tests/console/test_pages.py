@@ -474,3 +474,13 @@ async def test_a_visit_record_is_logged_under_its_patient(logged_in: Harness) ->
     assert person.patient is not None and assessment.patient == person.patient
     page = (await logged_in.console.get(f"/console/messages?patient={person.patient}&kind=received")).text
     assert cht.assessment(1)["_id"] in page and cht.household(1)["_id"] not in page
+
+
+async def test_with_the_console_off_there_is_no_console(tmp_path: Path) -> None:
+    settings = Settings(store_url=f"sqlite:///{tmp_path}/s.db", queue_url=f"sqlite:///{tmp_path}/q.db",
+                        console={"enabled": False})
+    app = create_app(settings)
+    async with app.router.lifespan_context(app), console_client(app) as client:
+        for path in ("/console", "/console/login", "/console/static/htmx.min.js"):
+            answer = await client.get(path)
+            assert answer.status_code == 404 and answer.json()["resourceType"] == "OperationOutcome"
