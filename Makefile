@@ -10,7 +10,7 @@ EXTRAS ?= postgres,redis
 # The one install command of a deployment; deploy/Dockerfile runs the same line (tested).
 INSTALL := python -m pip install --no-cache-dir ".[$(EXTRAS)]"
 
-.PHONY: install run test lint typecheck pytest bench services clean
+.PHONY: install run test lint typecheck pytest bench services browser clean
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -34,6 +34,10 @@ run: $(STAMP)
 services:
 	@bash scripts/services.sh
 
+# Debian's chromium, for the console's browser test (tests/console/test_browser.py).
+browser:
+	@bash scripts/browser.sh
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
@@ -41,10 +45,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP) services
+pytest: $(STAMP) services browser
 	$(BIN)/pytest
 
-test: $(STAMP) services
+test: $(STAMP) services browser
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import anyio.to_thread
 
-from gateway.audit import AuditWriter
+from gateway.audit import AuditWriter, MessageLogWriter
 from gateway.clock import Clock, SystemClock
 from gateway.connectors import DeliveryConfigError
 from gateway.delivery import DeliverySections, DeliveryService, DestinationConfig
@@ -37,7 +37,7 @@ from gateway.metrics import configure as configure_metrics
 from gateway.scheduler import Claim, PeriodicTask, Scheduler
 from gateway.search import QueryParser, SearchLimits, SearchRegistry, default_registry
 from gateway.settings import Settings, delivery_sections
-from gateway.store import ResourceStore, RunClaims, Store, open_store
+from gateway.store import MessageEntry, ResourceStore, RunClaims, Store, open_store
 
 __all__ = ["ServicePlan", "Services", "build_scheduler", "run_worker"]
 
@@ -90,6 +90,7 @@ class Services:
     delivery: DeliveryService | None = None
     scheduler: Scheduler | None = None
     audit: AuditWriter | None = None
+    messages: MessageLogWriter | None = None
     owns_store: bool = True
 
     @classmethod
@@ -115,14 +116,17 @@ class Services:
         )
         if plan.audit and settings.audit.enabled:
             services.audit = AuditWriter(opened, settings.audit, plan.audit_clock or SystemClock())
+        if settings.message_log.enabled:
+            services.messages = MessageLogWriter(opened, settings.message_log, plan.audit_clock or SystemClock())
+        journal = services.messages.note if services.messages is not None else None
         try:
             if plan.ingest:
                 services.ingest = IngestService(
-                    opened, services.parser, MappingRegistry(settings.mappings_dir, settings.sources)
+                    opened, services.parser, MappingRegistry(settings.mappings_dir, settings.sources), journal
                 )
             sections = plan.sections or delivery_sections(settings)
             if plan.delivery:
-                services.delivery = _delivery(settings, sections, plan, opened)
+                services.delivery = _delivery(settings, sections, plan, opened, journal)
             if plan.scheduler:
                 services.scheduler = build_scheduler(
                     sections.destinations,
@@ -154,6 +158,8 @@ class Services:
         """Start the background parts: the audit writer, delivery (outbox and worker), then the scheduler."""
         if self.audit is not None:
             await self.audit.start()
+        if self.messages is not None:
+            await self.messages.start()
         if self.delivery is not None:
             await self.delivery.start()
         if self.scheduler is not None:
@@ -173,6 +179,8 @@ class Services:
             try:
                 if self.audit is not None:
                     await self.audit.stop()  # last: it writes what the requests and admin actions left
+                if self.messages is not None:
+                    await self.messages.stop()
             finally:
                 if self.owns_store:
                     self.store.close()
@@ -181,6 +189,8 @@ class Services:
         """Close what needs no event loop (the ingest writer and an owned store): for sync callers."""
         if self.ingest is not None:
             self.ingest.close()
+        if self.messages is not None:
+            self.messages.flush_now()  # what a one-shot command noted (e.g. a quarantine replay)
         if self.owns_store:
             self.store.close()
 
@@ -192,7 +202,13 @@ class Services:
         self.close_now()
 
 
-def _delivery(settings: Settings, sections: DeliverySections, plan: ServicePlan, store: Store) -> DeliveryService:
+def _delivery(
+    settings: Settings,
+    sections: DeliverySections,
+    plan: ServicePlan,
+    store: Store,
+    journal: Callable[[Sequence[MessageEntry]], None] | None,
+) -> DeliveryService:
     if plan.only:
         unknown = sorted(set(plan.only) - {d.name for d in sections.destinations})
         if unknown:
@@ -209,6 +225,7 @@ def _delivery(settings: Settings, sections: DeliverySections, plan: ServicePlan,
         clock=plan.delivery_clock,
         only=plan.only,
         alerts=plan.alerts,
+        journal=journal,
     )
 
 

@@ -30,7 +30,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from gateway.audit import AuditSettings
+from gateway.audit import AuditSettings, MessageLogSettings
 from gateway.connectors import DeliveryConfigError
 from gateway.delivery import DeliverySections, DeliverySettings, DestinationConfig
 from gateway.errors import ConfigError
@@ -41,6 +41,7 @@ from gateway.search import DataPolicy, PolicyError
 __all__ = [
     "AuditSettings",
     "ClientRateLimit",
+    "ConsoleSettings",
     "ConfigFileError",
     "MetricsSettings",
     "RateLimitSettings",
@@ -156,6 +157,31 @@ def _require_extra(module: str, extra: str) -> None:
         raise ValueError(f"needs the {extra} extra: pip install 'chw-fhir-gateway[{extra}]'")
 
 
+class ConsoleSettings(BaseModel):
+    """The operator console at ``/console`` (admin clients log in with their token)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    session_key: SecretStr | None = Field(
+        None,
+        description="Key signing console session cookies (32+ characters); give every gateway process the same"
+        " one. Default: a random key per process (sessions end when it restarts)",
+    )
+    session_hours: float = Field(8.0, gt=0, le=24 * 30, description="how long a console login lasts")
+    secure_cookie: bool | None = Field(
+        None, description="Mark the session cookie Secure; default: when the request came over https"
+        " (or public_base_url is https)"
+    )
+
+    @field_validator("session_key")
+    @classmethod
+    def _session_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters")
+        return value
+
+
 class Settings(BaseSettings):
     """Effective configuration of one gateway process."""
 
@@ -197,6 +223,8 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     access_log: bool = Field(True, description="one JSON line per HTTP request on the gateway.access logger")
     audit: AuditSettings = AuditSettings()
+    message_log: MessageLogSettings = MessageLogSettings()
+    console: ConsoleSettings = ConsoleSettings()
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     log_format: Literal["text", "json"] = Field(
         "text", description="text: `time LEVEL logger: message` lines; json: one JSON object a line"

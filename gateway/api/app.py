@@ -38,7 +38,7 @@ from gateway.services import ServicePlan, Services
 from gateway.settings import Settings
 from gateway.store import Store
 
-from . import admin_delivery, admin_quarantine, fhir_read, fhir_write, health, ingest, metrics, smart
+from . import admin_delivery, admin_quarantine, console, fhir_read, fhir_write, health, ingest, metrics, smart
 from .access_log import AccessLogMiddleware, TemplateRoute
 from .audit import AuditMiddleware
 from .auth import authenticate
@@ -129,6 +129,7 @@ def create_app(
     # Ahead of the read route, which would take /fhir/.well-known/… for a resource type.
     for path in ("/.well-known/smart-configuration", "/fhir/.well-known/smart-configuration"):
         app.router.routes.insert(0, Route(path, smart.smart_configuration, methods=["GET"]))
+    console.install(app, settings)
     if settings.api_docs:
         _install_docs(app)
     return app
@@ -183,10 +184,15 @@ def _install_error_handlers(app: FastAPI) -> None:
             # The gateway's own failure (store, queue, connector, config): re-raised, it gets
             # the same bare 500 and log as any unexpected exception, never its message.
             raise exc
+        if console.is_console(request):
+            return console.error_response(request, exc.status, str(exc))
         return fhir_response(exc.outcome(), status=exc.status, headers=exc.headers or None)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
+        if console.is_console(request):
+            message = {404: "There is no such page.", 405: "That page does not take this request."}
+            return console.error_response(request, exc.status_code, message.get(exc.status_code, "Request failed."))
         code = _HTTP_CODES.get(exc.status_code, "processing")
         detail = exc.detail if isinstance(exc.detail, str) else "request failed"
         if exc.status_code == 404:
@@ -208,6 +214,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         request_id = request_id_of(request.scope) or "-"
         log.error("unhandled %s on %s %s (request id %s)\n%s", type(exc).__name__, request.method,
                   request.url.path, request_id, stack)
+        if console.is_console(request):
+            response = console.error_response(
+                request, 500, f"Internal error; nothing was changed (request id {request_id}).")
+            response.headers["X-Request-ID"] = request_id
+            return response
         # Answered outside the access log middleware, so the id header is set here.
         return fhir_response(
             operation_outcome("exception", f"internal error; the request was not applied (request id {request_id})"),

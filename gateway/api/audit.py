@@ -6,7 +6,9 @@ method and path, puts a record in the ASGI scope for the handlers to add to
 parameters), notes the status of the response (a crash is an outcome 8) and hands the
 record to the process's ``AuditWriter``, which writes it later, off the request path.
 
-Not audited: the health probes, ``/fhir/metadata`` and the API docs (no data). Never
+The operator console's pages and actions (``/console/...``) are recorded like the admin
+endpoints they mirror. Not audited: the health probes, ``/fhir/metadata``, the API docs and the
+console's login form, files and self-refreshing tables (no data, or seen on its pages already). Never
 recorded: headers (so no Authorization), request and response bodies. The query string is
 kept for searches, histories and admin listings only, minus parameters that look like
 credentials.
@@ -51,6 +53,8 @@ _ADMIN = {
     ("POST", "dead-letters/purge"): ("dead-letter-purge", "D", None),
     ("POST", "dead-letters/*/replay"): ("dead-letter-replay", "E", "dead-letter"),
 }
+#: Console paths with no data and no action: its files, the login form, and the tables htmx refreshes.
+_CONSOLE_UNAUDITED = frozenset({"static", "live", "login"})
 _WRITES = {"POST": ("create", "C"), "PUT": ("update", "U"), "PATCH": ("patch", "U"), "DELETE": ("delete", "D")}
 _INSTANCE = {"GET": ("read", "R"), "PUT": ("update", "U"), "PATCH": ("patch", "U"), "DELETE": ("delete", "D")}
 _QUERIED = {"search-type", "history-system", "history-type", "history-instance", "operation"}
@@ -169,6 +173,9 @@ def classify(method: str, path: str) -> tuple[str, str, bool, tuple[str, str] | 
     if head == "ingest" and len(rest) == 1 and method == "POST":
         return "ingest", "C", False, ("source", rest[0])
     if head == "admin" and rest:
+        return _admin(method, rest)
+    if head == "console" and rest and rest[0] not in _CONSOLE_UNAUDITED:
+        # The console's pages and actions mirror the admin API's paths, and are recorded as those are.
         return _admin(method, rest)
     return None
 

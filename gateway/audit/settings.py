@@ -18,3 +18,13 @@ class AuditSettings(BaseModel):
     )
     max_entities: int = Field(50, ge=2, le=1000, description="entities listed in one AuditEvent (the rest counted)")
     purge_every_seconds: float = Field(86_400, gt=0, description="how often old AuditEvents are purged")
+
+
+class MessageLogSettings(BaseModel):
+    """The message log the operator console shows: one line per record received and per delivery attempt."""
+
+    enabled: bool = Field(True, description="log every received record and every delivery attempt")
+    retention_days: int = Field(30, ge=0, description="delete lines older than this; 0 keeps them forever")
+    flush_seconds: float = Field(1.0, gt=0, le=60, description="write buffered lines at least this often")
+    buffer_size: int = Field(50_000, ge=100, description="lines held in memory; past it the oldest is dropped")
+    purge_every_seconds: float = Field(3_600, gt=0, description="how often old lines are purged")

@@ -3,6 +3,9 @@
 from .assertions import ASSERTION_TYPE as ASSERTION_TYPE
 from .assertions import OAuthError as OAuthError
 from .authenticator import Authenticator as Authenticator
+from .clients import ClientNameError as ClientNameError
+from .clients import check_client_name as check_client_name
+from .clients import create_client as create_client
 from .issuer import IssuedToken as IssuedToken
 from .issuer import TokenIssuer as TokenIssuer
 from .jwks import ALGORITHMS as ALGORITHMS

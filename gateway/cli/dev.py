@@ -130,6 +130,8 @@ def print_walkthrough(settings: Settings, token: str, reports: list[IngestReport
     echo("  # records that could not be mapped, and API clients")
     echo(f"  {gateway} quarantine list")
     echo(f"  {gateway} clients list")
+    if settings.console.enabled:
+        echo(f"\nOperator console: {base}/console (log in with the admin token above)")
     echo("")
 
 

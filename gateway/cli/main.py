@@ -108,13 +108,9 @@ def serve(
 
 def _create_client(store: ClientRegistry, name: str, scopes: list[str], expires: datetime | None = None,
                    jwks: dict[str, Any] | None = None) -> str:
-    from gateway.auth import hash_token, new_token
-    from gateway.store import ApiClient
+    from gateway.auth import create_client
 
-    token = new_token()
-    store.save_client(ApiClient(name, tuple(scopes), datetime.now(UTC), expires=expires, jwks=jwks),
-                      hash_token(token))
-    return token
+    return create_client(store, name, scopes, expires, jwks)
 
 
 JwksOption = Annotated[
@@ -178,14 +174,13 @@ def clients_create(
 
     With --jwks or --jwks-url the client can also get access tokens from the SMART token endpoint.
     """
-    from gateway.auth import ScopeError, validate_scopes
+    from gateway.auth import ClientNameError, ScopeError, check_client_name, validate_scopes
     from gateway.services import ServicePlan, Services
 
-    if not name.replace("-", "").replace("_", "").isalnum() or len(name) > 64:
-        fail(f"invalid client name {name!r}: use letters, digits, - and _ (64 at most)")
     try:
+        check_client_name(name)
         validate_scopes(scope)
-    except ScopeError as exc:
+    except (ClientNameError, ScopeError) as exc:
         fail(str(exc), exit_code_for(exc))
     now = datetime.now(UTC)
     until = parse_expiry(expires, now) if expires else None

@@ -219,6 +219,11 @@ class DeliveryAdmin:
             raise UnknownDeadLetter(f"no dead letter has the id {job_id!r}")
         return count
 
+    async def purge(self, job_id: str) -> None:
+        """Delete one dead letter and its payload (discard it)."""
+        if await self.queue.purge([job_id]) != 1:
+            raise UnknownDeadLetter(f"no dead letter has the id {job_id!r}")
+
     async def replay_matching(self, where: DeadLetterFilter, *, progress: Progress | None = None) -> int:
         """Send every dead letter matching ``where`` again, in chunks; how many."""
         return await self._in_chunks(self.queue.replay, where, progress)

@@ -33,6 +33,7 @@ from gateway.delivery.alerts import run_alerts
 from gateway.delivery.breaker import CircuitBreaker
 from gateway.delivery.config import DeliverySettings, DestinationConfig
 from gateway.delivery.factory import ConnectorFactory, build_connector, default_factories
+from gateway.delivery.journal import Journal
 from gateway.delivery.keys import DEFAULT_PREFIX
 from gateway.delivery.outbox import Outbox
 from gateway.delivery.queue import DeliveryQueue, reraise_if_cancelled
@@ -62,6 +63,7 @@ class DeliveryService:
         rand: Callable[[], float] = random.random,
         alerts: bool = False,
         transport: httpx.AsyncBaseTransport | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self.queue = queue
         self.clock = clock
@@ -93,6 +95,7 @@ class DeliveryService:
             settle_batch=settings.settle_batch,
             heartbeat_interval=settings.heartbeat_interval,
             rand=rand,
+            journal=journal,
         )
         self._changed = asyncio.Event()
         self._alerts = alerts and settings.alerts.webhook_url is not None
@@ -119,11 +122,13 @@ class DeliveryService:
         queue_prefix: str = DEFAULT_PREFIX,
         only: Sequence[str] | None = None,
         alerts: bool = False,
+        journal: Journal | None = None,
     ) -> DeliveryService:
         """Open the queue and, if this process delivers, build the connectors.
 
         ``only`` limits the worker and outbox to some destinations (the admin view keeps all);
         ``alerts`` runs the alert checks (``delivery.alerts``) in this process.
+        ``journal`` receives a message log line per delivery attempt.
         """
         clock = clock or SystemClock()
         queue = open_queue(queue_url, clock=clock, lease=settings.lease, prefix=queue_prefix)
@@ -148,6 +153,7 @@ class DeliveryService:
             redactions=redactions,
             alerts=alerts,
             transport=transport,
+            journal=journal,
         )
 
     async def start(self) -> None:

@@ -51,6 +51,7 @@ from gateway.connectors import (
 from gateway.delivery.breaker import CircuitBreaker, CircuitState
 from gateway.delivery.config import DestinationConfig
 from gateway.delivery.fencing import Hold, LeaseLost, hold_until, holding
+from gateway.delivery.journal import Journal, attempt_lines
 from gateway.delivery.policy import RetryPolicy
 from gateway.delivery.queue import (
     Ack,
@@ -153,8 +154,10 @@ class Worker:
         settle_batch: int = 500,
         heartbeat_interval: float = 10.0,
         rand: Callable[[], float] = random.random,
+        journal: Journal | None = None,
     ) -> None:
         self.queue = queue
+        self.journal = journal
         self.runtimes = {runtime.name: runtime for runtime in runtimes}
         self.clock = clock
         self.name = name or worker_name()
@@ -310,6 +313,8 @@ class Worker:
         ]
         _count_attempts(runtime.name, settlements)
         self._settlements.put_nowait(settlements)
+        if self.journal is not None:
+            self.journal(attempt_lines(settlements, now))
         runtime.active_calls -= 1
         runtime.wake.set()
 

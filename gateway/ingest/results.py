@@ -34,6 +34,7 @@ class RecordResult:
     resources: list[WrittenResource] = field(default_factory=list)
     quarantine_id: int | None = None
     outcome: dict[str, Any] | None = None
+    patient: str | None = None  # the Patient id the record concerns (for the message log; not in the response)
 
     def to_json(self) -> dict[str, Any]:
         """As listed in the ingest response."""

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -45,11 +46,14 @@ from gateway.ingest.writer import BATCH_RECORDS, IngestWriter, PendingRecord, Re
 from gateway.mapping import InputError, MappingError, MappingSet, parse_csv
 from gateway.metrics import metrics
 from gateway.search import QueryParser, format_instant
-from gateway.store import QuarantinedRecord, Store
+from gateway.store import MessageEntry, QuarantinedRecord, Store
 
 __all__ = ["BATCH_RECORDS", "IngestReport", "IngestService", "RecordResult", "WrittenResource"]
 
 log = logging.getLogger("gateway.ingest")
+
+#: Where the service reports each record it handled (the message log writer's ``note``).
+Journal = Callable[[Sequence[MessageEntry]], None]
 
 
 class IngestService:
@@ -61,10 +65,13 @@ class IngestService:
         report = service.ingest("cht", split_body(body, content_type))
     """
 
-    def __init__(self, store: Store, parser: QueryParser, registry: MappingRegistry) -> None:
+    def __init__(
+        self, store: Store, parser: QueryParser, registry: MappingRegistry, journal: Journal | None = None
+    ) -> None:
         self.store = store
         self.parser = parser
         self.registry = registry
+        self.journal = journal
         self._writer: IngestWriter | None = None
         self._writer_lock = threading.Lock()
 
@@ -111,6 +118,9 @@ class IngestService:
         report = IngestReport(source.name, [result for result in results if result is not None])
         for result in report.results:
             meter.ingest_records.labels(source.name, result.status).inc()
+        if self.journal is not None:
+            at = time.time()
+            self.journal([message_line(at, "received", source.name, result) for result in report.results])
         log.info("ingest source=%s records=%d quarantined=%d", source.name, len(records), report.quarantined)
         return report
 
@@ -130,6 +140,8 @@ class IngestService:
         writes.wait()
         result = _stored(0, change, written)
         log.info("record deleted source=%s retracted=%d", source.name, len(result.resources))
+        if self.journal is not None:
+            self.journal([message_line(time.time(), "received", source.name, result)])
         return result
 
     def _writer_thread(self) -> IngestWriter:
@@ -187,13 +199,15 @@ class IngestService:
                         record.source, record.received, record.key, exc
                     )
                     continue
-                record.results[record.position] = _stored(record.received.index, record.change, alone)
+                record.results[record.position] = _stored(
+                    record.received.index, record.change, alone, patient_of(record.bundle)
+                )
             return
         by_url = {f"{w.type}/{w.id}": w for w in written}
         for record in records:
             urls = [entry["request"]["url"] for entry in record.bundle["entry"]]
             record.results[record.position] = _stored(
-                record.received.index, record.change, [by_url[url] for url in urls]
+                record.received.index, record.change, [by_url[url] for url in urls], patient_of(record.bundle)
             )
 
     def store_record(self, mapping_set: MappingSet, source: str, record: Any, base: str = "") -> RecordResult:
@@ -201,7 +215,7 @@ class IngestService:
         of ``CLIENT_ERRORS`` if refused."""
         bundle, change = _mapped(mapping_set, source, record, mapping_set.record_key(record))
         written = self._commit(self._prepare(bundle["entry"], base), [change])
-        return _stored(0, change, written)
+        return _stored(0, change, written, patient_of(bundle))
 
     def _commit(self, prepared: PreparedTransaction, changes: list[OutputChange]) -> list[WrittenResource]:
         started = format_instant(time.time())
@@ -241,11 +255,17 @@ class IngestService:
             outcome = exc.outcome()
             self.store.quarantine_update(qid, status="held", outcome=outcome)
             _log_quarantine(held.source, qid, exc, replay=True)
-            return RecordResult(0, held.record_key, "quarantined", quarantine_id=qid, outcome=outcome)
+            return self._noted(held.source, RecordResult(0, held.record_key, "quarantined", quarantine_id=qid,
+                                                         outcome=outcome))
         self.store.quarantine_update(qid, status="replayed")
         log.info("quarantine replayed source=%s qid=%d resources=%d", held.source, qid, len(stored.resources))
         stored.quarantine_id = qid
-        return stored
+        return self._noted(held.source, stored)
+
+    def _noted(self, source: str, result: RecordResult) -> RecordResult:
+        if self.journal is not None:
+            self.journal([message_line(time.time(), "replayed", source, result)])
+        return result
 
     def replay_all(
         self, source: str | None = None, base: str = "", limit: int = 10_000
@@ -281,6 +301,20 @@ class IngestService:
         self.store.quarantine_update(qid, status="discarded")
 
 
+def message_line(at: float, kind: str, source: str, result: RecordResult) -> MessageEntry:
+    """The message log line of one handled record: what it wrote, or why it is held (no values)."""
+    patient = result.patient or next((w.id for w in result.resources if w.type == "Patient"), None)
+    if result.status == "quarantined":
+        issue = ((result.outcome or {}).get("issue") or [{}])[0]
+        where = ",".join(issue.get("expression", [])[:1])
+        detail = f"{issue.get('code', 'invalid')} at {where}" if where else str(issue.get("code", "invalid"))
+    else:
+        changed = [f"{w.type}/{w.id} {w.change}" for w in result.resources]
+        detail = "; ".join(changed[:8]) + (f"; {len(changed) - 8} more" if len(changed) > 8 else "")
+    qid = str(result.quarantine_id) if result.quarantine_id is not None else None
+    return MessageEntry(at, kind, source, result.status, patient, result.record_key, qid, detail[:500] or None)
+
+
 def _mapped(
     mapping_set: MappingSet, source: str, record: Any, key: str | None
 ) -> tuple[dict[str, Any], OutputChange]:
@@ -302,7 +336,9 @@ def _mapped(
     return bundle, OutputChange(source, mapping_set.system, key, outputs)
 
 
-def _stored(index: int, change: OutputChange, written: list[WrittenResource]) -> RecordResult:
+def _stored(
+    index: int, change: OutputChange, written: list[WrittenResource], patient: str | None = None
+) -> RecordResult:
     taken_back = [
         WrittenResource(done.resource.type, done.resource.id, str(done.resource.version),
                         "deleted" if done.activity == "DELETE" else "retracted")
@@ -314,7 +350,23 @@ def _stored(index: int, change: OutputChange, written: list[WrittenResource]) ->
         status = "unchanged"
     else:
         status = "stored"
-    return RecordResult(index, change.record_key, status, written + taken_back)
+    return RecordResult(index, change.record_key, status, written + taken_back, patient=patient)
+
+
+def patient_of(bundle: dict[str, Any]) -> str | None:
+    """The Patient a record's Bundle is about: its Patient resource, else the first ``subject``/``patient``
+    reference to one (a visit's Encounter and Observations)."""
+    resources = [entry.get("resource") or {} for entry in bundle.get("entry", [])]
+    for resource in resources:
+        if resource.get("resourceType") == "Patient" and isinstance(resource.get("id"), str):
+            return str(resource["id"])
+    for resource in resources:
+        for field in ("subject", "patient"):
+            value = resource.get(field)
+            ref = value.get("reference") if isinstance(value, dict) else None
+            if isinstance(ref, str) and ref.startswith("Patient/"):
+                return ref.removeprefix("Patient/")
+    return None
 
 
 def _parse_kept(held: QuarantinedRecord) -> Any:

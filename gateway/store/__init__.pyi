@@ -7,6 +7,10 @@ from .base import Change as Change
 from .base import ChangeFeed as ChangeFeed
 from .base import ChangeOp as ChangeOp
 from .base import ClientRegistry as ClientRegistry
+from .base import LoggedMessage as LoggedMessage
+from .base import MessageEntry as MessageEntry
+from .base import MessageFilter as MessageFilter
+from .base import MessageLog as MessageLog
 from .base import PreparedWrite as PreparedWrite
 from .base import QuarantinedRecord as QuarantinedRecord
 from .base import QuarantineStore as QuarantineStore

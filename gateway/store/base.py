@@ -10,13 +10,14 @@ Consumers type against the narrowest protocol they use:
 * ``QuarantineStore``: received records that failed, kept for replay;
 * ``AuditTrail``: AuditEvents, stored and indexed like any resource but outside the change feed;
 * ``RunClaims``: which process runs a scheduled task's run, when several share the store;
+* ``MessageLog``: one line per record received and per delivery attempt (the operator console's log);
 * ``Store``: all of them plus the lifecycle (``ping``, ``close``); ``open_store`` returns one.
 
 Two implementations exist (``SQLiteStore`` and ``PostgresStore``), both built on
 ``SqlStore`` and both held to one contract suite, split along the same seams:
 ``tests/store/test_resources_contract.py``, ``test_change_feed_contract.py``,
-``test_clients_contract.py``, ``test_quarantine_contract.py``, ``test_audit_contract.py`` and
-``test_schema_contract.py``.
+``test_clients_contract.py``, ``test_quarantine_contract.py``, ``test_audit_contract.py``,
+``test_message_log_contract.py`` and ``test_schema_contract.py``.
 
 The store is synchronous on purpose: the request and ingest paths run one unit of work
 per worker thread (``anyio.to_thread``), so transaction logic (FHIR transaction
@@ -434,7 +435,67 @@ class RunClaims(Protocol):
         ...
 
 
-class Store(ResourceStore, ChangeFeed, ClientRegistry, QuarantineStore, AuditTrail, RunClaims, Protocol):
+@dataclass(frozen=True, slots=True)
+class MessageEntry:
+    """One line of the message log: a record received (``kind`` received/replayed) or a delivery
+    attempt (``kind`` delivery). It names things (source, destination, Patient id, record key,
+    resource reference, reason code), never a record's values."""
+
+    at: float  # epoch seconds
+    kind: str  # received | replayed | delivery
+    channel: str  # the source (received, replayed) or the destination (delivery)
+    status: str  # stored | unchanged | quarantined (records); delivered | retrying | dead | partial (attempts)
+    patient: str | None = None  # the Patient id concerned, when known
+    subject: str | None = None  # the source's record key, or the delivered resource's reference
+    ref: str | None = None  # the quarantine id or the delivery job id
+    detail: str | None = None  # short: resources written, reason code, HTTP status
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedMessage:
+    """A message log line as stored (``mid`` increases with insertion)."""
+
+    mid: int
+    entry: MessageEntry
+
+
+@dataclass(frozen=True, slots=True)
+class MessageFilter:
+    """Which message log lines to list; None means any."""
+
+    channel: str | None = None
+    kind: str | None = None
+    status: str | None = None
+    patient: str | None = None
+    since: float | None = None  # at or after (epoch seconds)
+    until: float | None = None  # before
+    before_mid: int | None = None  # paging: lines older than this one
+
+
+class MessageLog(Protocol):
+    """The message log (OpenHIM's transaction log, kept small): one line per record received and per
+    delivery attempt, outside the change feed, purged by age."""
+
+    def message_append(self, entries: Sequence[MessageEntry]) -> int:
+        """Store lines in one transaction; return how many."""
+        ...
+
+    def message_search(self, where: MessageFilter, *, limit: int = 100) -> list[LoggedMessage]:
+        """Lines matching ``where``, newest first."""
+        ...
+
+    def message_counts(self, since: float) -> list[tuple[str, str, str, int]]:
+        """How many lines were logged at or after ``since``, per (kind, channel, status)."""
+        ...
+
+    def message_purge(self, before: datetime) -> int:
+        """Delete the lines logged before ``before``; return how many."""
+        ...
+
+
+class Store(
+    ResourceStore, ChangeFeed, ClientRegistry, QuarantineStore, AuditTrail, MessageLog, RunClaims, Protocol
+):
     """The whole store, as ``open_store`` returns it: every part above plus its lifecycle."""
 
     @property

@@ -148,6 +148,18 @@ MIGRATIONS: tuple[Migration, ...] = (
                 claimed {FLOAT} NOT NULL, PRIMARY KEY (task, slot))""",
         ),
     ),
+    Migration(
+        9,
+        "message log: every received record and every delivery attempt, for the operator console",
+        (
+            """CREATE TABLE message_log (
+                mid {ID}, at {FLOAT} NOT NULL, kind TEXT NOT NULL, channel TEXT NOT NULL,
+                status TEXT NOT NULL, patient TEXT, subject TEXT, ref TEXT, detail TEXT)""",
+            "CREATE INDEX message_log_at ON message_log (at)",
+            "CREATE INDEX message_log_channel ON message_log (channel, at)",
+            "CREATE INDEX message_log_patient ON message_log (patient, at)",
+        ),
+    ),
 )
 
 

@@ -41,6 +41,9 @@ from gateway.store.base import (
     ApiClient,
     Change,
     ChangeOp,
+    LoggedMessage,
+    MessageEntry,
+    MessageFilter,
     PreparedWrite,
     QuarantinedRecord,
     SearchResult,
@@ -565,6 +568,55 @@ class SqlStore:
                     self.q("DELETE FROM scheduled_runs WHERE task = ? AND slot < ?"), (task, slot - self.KEPT_CLAIMS)
                 )
             return won
+
+    # -- message log -------------------------------------------------------------------------
+    _MESSAGE_COLUMNS = "at, kind, channel, status, patient, subject, ref, detail"
+
+    def message_append(self, entries: Sequence[MessageEntry]) -> int:
+        """Store message log lines in one transaction."""
+        if not entries:
+            return 0
+        with self._write_cursor() as cur:
+            cur.executemany(
+                self.q(f"INSERT INTO message_log ({self._MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
+                [(e.at, e.kind, e.channel, e.status, e.patient, e.subject, e.ref, e.detail) for e in entries],
+            )
+        return len(entries)
+
+    def message_search(self, where: MessageFilter, *, limit: int = 100) -> list[LoggedMessage]:
+        """Message log lines matching ``where``, newest first."""
+        conds: list[str] = []
+        params: list[Any] = []
+        for column, value in (("channel", where.channel), ("kind", where.kind), ("status", where.status),
+                              ("patient", where.patient)):
+            if value is not None:
+                conds.append(f"{column} = ?")
+                params.append(value)
+        for cond, bound in (("at >= ?", where.since), ("at < ?", where.until), ("mid < ?", where.before_mid)):
+            if bound is not None:
+                conds.append(cond)
+                params.append(bound)
+        clause = f" WHERE {' AND '.join(conds)}" if conds else ""
+        with self._read_cursor() as cur:
+            cur.execute(
+                self.q(f"SELECT mid, {self._MESSAGE_COLUMNS} FROM message_log{clause} ORDER BY mid DESC LIMIT ?"),
+                (*params, limit),
+            )
+            rows = cur.fetchall()
+        return [LoggedMessage(int(row[0]), MessageEntry(float(row[1]), *row[2:])) for row in rows]
+
+    def message_counts(self, since: float) -> list[tuple[str, str, str, int]]:
+        """Message log lines at or after ``since``, counted per (kind, channel, status)."""
+        with self._read_cursor() as cur:
+            cur.execute(self.q("SELECT kind, channel, status, COUNT(*) FROM message_log WHERE at >= ?"
+                               " GROUP BY kind, channel, status ORDER BY kind, channel, status"), (since,))
+            return [(row[0], row[1], row[2], int(row[3])) for row in cur.fetchall()]
+
+    def message_purge(self, before: datetime) -> int:
+        """Delete message log lines logged before ``before``."""
+        with self._write_cursor() as cur:
+            cur.execute(self.q("DELETE FROM message_log WHERE at < ?"), (before.timestamp(),))
+            return int(cur.rowcount)
 
     # -- API clients -------------------------------------------------------------------------
     _CLIENT_COLUMNS = "name, scopes, created, disabled, expires, revoked, last_used, policy, jwks"

@@ -19,6 +19,8 @@ from .metadata import pull_metadata as pull_metadata
 from .periods import PeriodError as PeriodError
 from .periods import parse_period as parse_period
 from .periods import period_for as period_for
+from .preview import Dhis2Preview as Dhis2Preview
+from .preview import preview_payload as preview_payload
 from .sources import ResourceBundle as ResourceBundle
 from .sources import ResourceSource as ResourceSource
 from .sources import StoreResourceSource as StoreResourceSource
