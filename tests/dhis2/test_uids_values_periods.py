@@ -163,4 +163,19 @@ def test_period_for_contains_the_day_and_round_trips(period_type: str, day: date
     period = period_for(period_type, day)
     assert period.start <= day <= period.end and period.period_type == period_type
     assert parse_period(period.iso) == period
-    assert period_for(period_type, period.end + timedelta(days=1)).start == period.end + timedelta(days=1)
+    following = period_for(period_type, period.end + timedelta(days=1))
+    if period_type == "BiWeekly" and following.start.year > period.start.year and period.iso.endswith("BiW27"):
+        # As in DHIS2, bi-week 27 of a 53-week year is week 53 plus the next year's week 1,
+        # which also starts that year's bi-week 1: the two overlap by a week.
+        assert following.start == period.end - timedelta(days=6)
+    else:
+        assert following.start == period.end + timedelta(days=1)
+
+
+def test_bi_week_27_of_a_53_week_year_overlaps_the_next_bi_week_1_as_in_dhis2() -> None:
+    last = parse_period("2043BiW27")
+    assert (last.start, last.end) == (date(2043, 12, 28), date(2044, 1, 10))
+    first = parse_period("2044BiW1")
+    assert (first.start, first.end) == (date(2044, 1, 4), date(2044, 1, 17))
+    assert period_for("BiWeekly", date(2043, 12, 30)).iso == "2043BiW27"
+    assert period_for("BiWeekly", date(2044, 1, 5)).iso == "2044BiW1"  # the week both cover: the new year's
