@@ -30,6 +30,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from fhirpathpy import apply_parsed_path
@@ -45,6 +46,7 @@ from gateway.fhir.fhirpath import (
     variables_of,
     walk_ast,
 )
+from gateway.fhir.invariant_predicates import Predicate, Unsure, compile_predicate
 from gateway.fhir.strict import KIND_COMPLEX, KIND_RESOURCE, ComplexType, StrictChecker, load_table
 
 __all__ = [
@@ -129,10 +131,17 @@ class _Check:
     #: The node's properties the residual reads, when nothing else decides it (no
     #: variables, no children()/descendants()): results are then memoised by their values.
     reads: tuple[str, ...] | None
+    #: The residual compiled to Python (``gateway.fhir.invariant_predicates``), if it compiles.
+    predicate: Predicate | None = None
     memo: dict[Any, bool | None] = field(default_factory=dict, compare=False)
 
     def evaluate(self, node: Any, owner: dict[str, Any], root: dict[str, Any]) -> bool | None:
-        """The residual's value on one node (memoised by the values it reads, when it can be)."""
+        """The residual's value on one node: compiled, else fhirpathpy's (memoised by the values it reads)."""
+        if self.predicate is not None:
+            try:
+                return self.predicate(node)
+            except Unsure:
+                pass
         if self.reads is None:
             return _evaluate(self.node, node, self.type_path, owner, root)
         key = tuple(_frozen(value) for name, value in node.items() if _reads(name, self.reads))
@@ -279,13 +288,54 @@ def _no_history_url(
     return "/_history/" not in url if type(url) is str else None
 
 
+def _distinct_link_ids(
+    node: dict[str, Any], owner: dict[str, Any], root: dict[str, Any], leaves: list[Any]
+) -> bool | None:
+    # que-2: descendants().linkId.isDistinct(), a walk of the whole Questionnaire in fhirpathpy.
+    seen: set[str] = set()
+    pending: list[Any] = [node]
+    while pending:
+        item = pending.pop()
+        if type(item) is list:
+            pending.extend(item)
+        elif type(item) is dict:
+            if "_linkId" in item:
+                return None  # a linkId with extensions: fhirpathpy's to judge
+            link = item.get("linkId")
+            if type(link) is str:
+                if link in seen:
+                    return False
+                seen.add(link)
+            pending.extend(value for key, value in item.items() if key != "linkId")
+    return True
+
+
+def _ordered_quantities(
+    node: dict[str, Any], owner: dict[str, Any], root: dict[str, Any], leaves: list[Any]
+) -> bool | None:
+    # rng-2: low.empty() or high.empty() or (low <= high). Decided here for two plain
+    # quantities in the same unit; fhirpathpy converts units and comparators.
+    low, high = node.get("low"), node.get("high")
+    if type(low) is not dict or type(high) is not dict:
+        return None if low is not None and high is not None else True
+    if any(low.get(k) != high.get(k) for k in ("system", "code", "unit")) or len(low) != len(high):
+        return None
+    if set(low) - {"value", "system", "code", "unit"} or "value" not in low or "value" not in high:
+        return None
+    first, second = low["value"], high["value"]
+    if type(first) not in (int, float) or type(second) not in (int, float):
+        return None
+    return Decimal(repr(first)) <= Decimal(repr(second))
+
+
 #: Invariants decided natively (True/False) where that is cheap and exact, None leaving
 #: the case to fhirpathpy: frequent ones (``ref-1`` for references that are not local or
 #: name a contained resource, ``per-1`` for comparable dates, which fhirpathpy mis-orders
 #: across time zones, ``dom-3`` (from the "#…" strings of the request), ``obs-7``
 #: when no component repeats the Observation's coding) and the Bundle ones that walk every
 #: entry (``bdl-3``, ``bdl-4``, ``bdl-7``, ``bdl-8``: seconds in fhirpathpy on large Bundles),
-#: and Timing's ``tim-4``/``tim-5`` (a number >= 0), on every dosage.
+#: Timing's ``tim-4``/``tim-5`` (a number >= 0), on every dosage, ``que-2`` (a walk of
+#: the whole Questionnaire) and ``rng-2`` for two quantities in one unit.
 _NATIVE: dict[str, Native] = {
     "ref-1": _local_reference,
     "per-1": _ordered_dates,
@@ -297,6 +347,8 @@ _NATIVE: dict[str, Native] = {
     "bdl-8": _no_history_url,
     "tim-4": _not_negative("duration"),
     "tim-5": _not_negative("period"),
+    "que-2": _distinct_link_ids,
+    "rng-2": _ordered_quantities,
 }
 
 
@@ -307,6 +359,7 @@ class InvariantTable:
         self._raw: dict[str, list[list[str]]] = data["types"]
         self._paths: dict[str, str] = data["paths"]
         self._parsed: dict[str, tuple[Invariant, ...]] = {}
+        self._predicates: dict[tuple[str, int], Predicate | None] = {}
         self._lock = threading.Lock()
 
     def of(self, type_name: str) -> tuple[Invariant, ...]:
@@ -316,6 +369,13 @@ class InvariantTable:
             with self._lock:
                 found = self._parsed[type_name] = tuple(_parse(*entry) for entry in self._raw.get(type_name, ()))
         return found
+
+    def predicate(self, checker: StrictChecker, ctype: ComplexType, node: dict[str, Any]) -> Predicate | None:
+        """``node`` (part of a parsed invariant of this table) compiled for ``ctype``, once."""
+        key = (ctype.name, id(node))  # the ASTs live as long as the table: ids are stable
+        if key not in self._predicates:
+            self._predicates[key] = compile_predicate(checker, ctype, node)
+        return self._predicates[key]
 
     def path_of(self, type_name: str) -> str:
         """The element path of a type (``Patient.contact`` for ``Patient_Contact``)."""
@@ -441,8 +501,12 @@ def plan_invariants(checker: StrictChecker, table: InvariantTable, resource: dic
             if residual is False:
                 violations.append(Violation(invariant.key, invariant.human, where))
                 continue
+            predicate = table.predicate(checker, ctype, residual)
             checks.append(
-                _Check(invariant, residual, locator, owner_locator, root_locator, type_path, where, _reads_of(residual))
+                _Check(
+                    invariant, residual, locator, owner_locator, root_locator, type_path, where,
+                    _reads_of(residual), predicate,
+                )  # fmt: skip
             )
     return InvariantPlan(tuple(violations), tuple(checks))
 
