@@ -16,8 +16,10 @@ txt-2 ("some non-whitespace content") is not enforced: official R4 examples
 (EventDefinition-example, Questionnaire-zika-virus-exposure-assessment…) break it.
 
 Cost: a narrative that is one ``div`` of plain text (what generated narratives often are)
-is recognised by one regular expression; any other is parsed once by expat, each element
-judged as expat reports it (no tree is built).
+is recognised by one regular expression. One whose only namespace declaration is the
+root's and that holds no comment or CDATA section (nearly all others) is checked for
+well-formedness by expat without callbacks, then its distinct start tags are judged from
+the text. The rest is parsed by expat with each element judged as expat reports it.
 
 ``narrative_problem(text)`` returns None for a good narrative, else a message that quotes
 no content of the narrative (messages may be logged).
@@ -59,6 +61,14 @@ _PLAIN = re.compile(
 )
 
 
+_ROOT_TAG = '<div xmlns="http://www.w3.org/1999/xhtml"'
+# A start tag of a well-formed document: its name, and the rest up to its ">" ("'>'" may
+# stand inside a quoted value).
+_TAG = re.compile(r"""<([^\s/>!?]+)((?:[^>"']|"[^"]*"|'[^']*')*)>""")
+_ATTRIBUTE = re.compile(r"""\s+([^\s=/>]+)\s*=\s*(?:"([^"]*)"|'([^']*)')""")
+_UNDECIDED = object()
+
+
 class _Refused(Exception):
     """Raised from inside the parser's callbacks: the first problem ends the parse."""
 
@@ -69,6 +79,52 @@ def narrative_problem(text: str) -> str | None:
         return None
     if _DECLARATION.search(text):
         return "narrative: declarations and processing instructions are not allowed"
+    if text.startswith(_ROOT_TAG) and text.count("xmlns") == 1 and "<!" not in text:
+        parser = expat.ParserCreate(namespace_separator=" ")
+        try:
+            parser.Parse(text, True)
+        except expat.ExpatError as exc:
+            return f"narrative is not well-formed XHTML ({_parse_reason(exc)})"
+        problem = _markup_problem(text)
+        if problem is not _UNDECIDED:
+            return problem
+    return _parsed_problem(text)
+
+
+def _markup_problem(text: str) -> str | None | object:
+    """The problem of a well-formed narrative whose one namespace declaration is the root's.
+
+    Every other element is then in the XHTML namespace (a prefix would be unbound), and
+    with no comment or CDATA section every ``<`` opens a tag: the start tags are what
+    ``_TAG`` finds. In well-formed XML what follows a tag's name is only attributes with
+    quoted values, so one scan of all of them lists every attribute. ``_UNDECIDED`` when
+    a prefixed name or a reference (``&#x09;`` in an ``href``) needs the parser.
+    """
+    tags = _TAG.findall(text)
+    for name in dict.fromkeys(name for name, _ in tags):
+        if name not in _ELEMENTS:
+            return f"narrative: element <{name}> is not allowed (txt-1)" if ":" not in name else _UNDECIDED
+    rests = " ".join(rest for _, rest in tags if rest)
+    if not rests:
+        return None
+    if "&" in rests:
+        return _UNDECIDED
+    root = True
+    for attribute, double, single in _ATTRIBUTE.findall(rests):
+        if attribute in _ATTRIBUTES:
+            if attribute == "href" or attribute == "src":
+                value = double or single
+                if _SCRIPT_URL.match(_URL_NOISE.sub("", value)):
+                    return f"narrative: script URLs are not allowed in {attribute} (txt-1)"
+        elif attribute == "xmlns" and root:
+            root = False  # the root's declaration, the only one
+        elif attribute != "xml:lang":
+            shown = attribute if attribute.isascii() and len(attribute) <= 40 else "?"
+            return f"narrative: attribute {shown} is not allowed (txt-1)"
+    return None
+
+
+def _parsed_problem(text: str) -> str | None:
     parser = expat.ParserCreate(namespace_separator=" ")
     seen_root = False
 
