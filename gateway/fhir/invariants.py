@@ -134,6 +134,8 @@ class _Check:
     #: The residual compiled to Python (``gateway.fhir.invariant_predicates``), if it compiles.
     predicate: Predicate | None = None
     memo: dict[Any, bool | None] = field(default_factory=dict, compare=False)
+    #: ``ref-1``: passed, without more ado, by a node whose ``reference`` is not local.
+    local_only: bool = False
 
     def evaluate(self, node: Any, owner: dict[str, Any], root: dict[str, Any]) -> bool | None:
         """The residual's value on one node: compiled, else fhirpathpy's (memoised by the values it reads)."""
@@ -166,6 +168,11 @@ class InvariantPlan:
         found = list(self.violations)
         for check in self.checks:
             node = _follow(resource, check.locator)
+            if check.local_only:
+                # ref-1, on every Reference: only a local ("#…") reference can break it.
+                reference = node.get("reference")
+                if type(reference) is not str or reference[:1] != "#":
+                    continue
             owner = _follow(resource, check.resource_locator)
             root = _follow(resource, check.root_locator)
             decide = _NATIVE.get(check.invariant.key)
@@ -505,7 +512,7 @@ def plan_invariants(checker: StrictChecker, table: InvariantTable, resource: dic
             checks.append(
                 _Check(
                     invariant, residual, locator, owner_locator, root_locator, type_path, where,
-                    _reads_of(residual), predicate,
+                    _reads_of(residual), predicate, local_only=invariant.key == "ref-1",
                 )  # fmt: skip
             )
     return InvariantPlan(tuple(violations), tuple(checks))
