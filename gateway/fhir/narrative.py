@@ -66,7 +66,7 @@ _ROOT_TAG = '<div xmlns="http://www.w3.org/1999/xhtml"'
 # stand inside a quoted value).
 _TAG = re.compile(r"""<([^\s/>!?]+)((?:[^>"']|"[^"]*"|'[^']*')*)>""")
 _ATTRIBUTE = re.compile(r"""\s+([^\s=/>]+)\s*=\s*(?:"([^"]*)"|'([^']*)')""")
-_UNDECIDED = object()
+_UNDECIDED = ""  # what _markup_problem says when the parser must decide (never a problem text)
 
 
 class _Refused(Exception):
@@ -86,12 +86,12 @@ def narrative_problem(text: str) -> str | None:
         except expat.ExpatError as exc:
             return f"narrative is not well-formed XHTML ({_parse_reason(exc)})"
         problem = _markup_problem(text)
-        if problem is not _UNDECIDED:
+        if problem != _UNDECIDED:
             return problem
     return _parsed_problem(text)
 
 
-def _markup_problem(text: str) -> str | None | object:
+def _markup_problem(text: str) -> str | None:
     """The problem of a well-formed narrative whose one namespace declaration is the root's.
 
     Every other element is then in the XHTML namespace (a prefix would be unbound), and
