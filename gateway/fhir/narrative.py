@@ -62,10 +62,15 @@ _PLAIN = re.compile(
 
 
 _ROOT_TAG = '<div xmlns="http://www.w3.org/1999/xhtml"'
-# A start tag of a well-formed document: its name, and the rest up to its ">" ("'>'" may
-# stand inside a quoted value).
-_TAG = re.compile(r"""<([^\s/>!?]+)((?:[^>"']|"[^"]*"|'[^']*')*)>""")
-_ATTRIBUTE = re.compile(r"""\s+([^\s=/>]+)\s*=\s*(?:"([^"]*)"|'([^']*)')""")
+# In a well-formed document: a start tag's name, and the attributes of a start tag that
+# has any ("'>'" may stand inside a quoted value).
+_NAME = re.compile(r"<([^\s/>!?]+)")
+_WITH_ATTRIBUTES = re.compile(r"""<[^\s/>!?]+(\s[^>"']*(?:(?:"[^"]*"|'[^']*')[^>"']*)*)>""")
+_ATTRIBUTE_NAME = re.compile(r"""\s([^\s=/>]+)\s*=\s*(?:"[^"]*"|'[^']*')""")
+_ATTRIBUTE = re.compile(r"""\s([^\s=/>]+)\s*=\s*(?:"([^"]*)"|'([^']*)')""")
+_URL_NAMES = frozenset({"href", "src"})
+#: Attribute names the markup path accepts: txt-1's, ``xml:lang`` and the root's ``xmlns``.
+_MARKUP_ATTRIBUTES = _ATTRIBUTES | {"xml:lang", "xmlns"}
 _UNDECIDED = ""  # what _markup_problem says when the parser must decide (never a problem text)
 
 
@@ -95,32 +100,34 @@ def _markup_problem(text: str) -> str | None:
     """The problem of a well-formed narrative whose one namespace declaration is the root's.
 
     Every other element is then in the XHTML namespace (a prefix would be unbound), and
-    with no comment or CDATA section every ``<`` opens a tag: the start tags are what
-    ``_TAG`` finds. In well-formed XML what follows a tag's name is only attributes with
-    quoted values, so one scan of all of them lists every attribute. ``_UNDECIDED`` when
-    a prefixed name or a reference (``&#x09;`` in an ``href``) needs the parser.
+    with no comment or CDATA section every ``<`` opens a tag: ``_NAME`` finds every start
+    tag's name. In well-formed XML what follows a name is only attributes with quoted
+    values, so one scan of the tags that have attributes lists every attribute. All in
+    regular expressions and set operations: Python loops only over ``href``/``src``
+    values. ``_UNDECIDED`` when a prefixed name or a reference (``&#x09;`` in an ``href``)
+    needs the parser.
     """
-    tags = _TAG.findall(text)
-    for name in dict.fromkeys(name for name, _ in tags):
-        if name not in _ELEMENTS:
-            return f"narrative: element <{name}> is not allowed (txt-1)" if ":" not in name else _UNDECIDED
-    rests = " ".join(rest for _, rest in tags if rest)
-    if not rests:
+    names = set(_NAME.findall(text))
+    if not names <= _ELEMENTS:
+        name = next(n for n in _NAME.findall(text) if n not in _ELEMENTS)
+        return f"narrative: element <{name}> is not allowed (txt-1)" if ":" not in name else _UNDECIDED
+    attributes = " ".join(_WITH_ATTRIBUTES.findall(text))
+    if not attributes:
         return None
-    if "&" in rests:
+    if "&" in attributes:
         return _UNDECIDED
-    root = True
-    for attribute, double, single in _ATTRIBUTE.findall(rests):
-        if attribute in _ATTRIBUTES:
-            if attribute == "href" or attribute == "src":
-                value = double or single
-                if _SCRIPT_URL.match(_URL_NOISE.sub("", value)):
-                    return f"narrative: script URLs are not allowed in {attribute} (txt-1)"
-        elif attribute == "xmlns" and root:
-            root = False  # the root's declaration, the only one
-        elif attribute != "xml:lang":
-            shown = attribute if attribute.isascii() and len(attribute) <= 40 else "?"
-            return f"narrative: attribute {shown} is not allowed (txt-1)"
+    found = _ATTRIBUTE_NAME.findall(attributes)
+    if not _MARKUP_ATTRIBUTES.issuperset(found):
+        name = next(a for a in found if a not in _MARKUP_ATTRIBUTES)
+        shown = name if name.isascii() and len(name) <= 40 else "?"
+        return f"narrative: attribute {shown} is not allowed (txt-1)"
+    if found.count("xmlns") > 1:
+        return _UNDECIDED  # cannot happen with one "xmlns" in the text; the parser decides
+    if "href" in attributes or "src" in attributes:
+        # The aligned scan of every attribute: a quoted value may itself spell ' href="…"'.
+        for attribute, double, single in _ATTRIBUTE.findall(attributes):
+            if attribute in _URL_NAMES and _SCRIPT_URL.match(_URL_NOISE.sub("", double or single)):
+                return f"narrative: script URLs are not allowed in {attribute} (txt-1)"
     return None
 
 
