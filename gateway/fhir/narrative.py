@@ -82,9 +82,10 @@ def narrative_problem(text: str) -> str | None:
     """None if ``text`` is an acceptable FHIR narrative ``div``, else what is wrong with it."""
     if _PLAIN.match(text):
         return None
-    if _DECLARATION.search(text):
+    bang = "<!" in text
+    if (bang or "<?" in text) and _DECLARATION.search(text):
         return "narrative: declarations and processing instructions are not allowed"
-    if text.startswith(_ROOT_TAG) and text.count("xmlns") == 1 and "<!" not in text:
+    if not bang and text.startswith(_ROOT_TAG) and text.count("xmlns") == 1:
         parser = expat.ParserCreate(namespace_separator=" ")
         try:
             parser.Parse(text, True)
