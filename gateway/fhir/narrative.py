@@ -65,6 +65,8 @@ _ROOT_TAG = '<div xmlns="http://www.w3.org/1999/xhtml"'
 # In a well-formed document: a start tag's name, and the attributes of a start tag that
 # has any ("'>'" may stand inside a quoted value).
 _NAME = re.compile(r"<([^\s/>!?]+)")
+# A start tag whose name is not one of txt-1's elements.
+_OTHER_ELEMENT = re.compile(r"<(?!(?:" + "|".join(sorted(_ELEMENTS, key=len, reverse=True)) + r")[\s/>])[^\s/>!?]")
 _WITH_ATTRIBUTES = re.compile(r"""<[^\s/>!?]+(\s[^>"']*(?:(?:"[^"]*"|'[^']*')[^>"']*)*)>""")
 _ATTRIBUTE_NAME = re.compile(r"""\s([^\s=/>]+)\s*=\s*(?:"[^"]*"|'[^']*')""")
 _ATTRIBUTE = re.compile(r"""\s([^\s=/>]+)\s*=\s*(?:"([^"]*)"|'([^']*)')""")
@@ -101,15 +103,14 @@ def _markup_problem(text: str) -> str | None:
     """The problem of a well-formed narrative whose one namespace declaration is the root's.
 
     Every other element is then in the XHTML namespace (a prefix would be unbound), and
-    with no comment or CDATA section every ``<`` opens a tag: ``_NAME`` finds every start
-    tag's name. In well-formed XML what follows a name is only attributes with quoted
+    with no comment or CDATA section every ``<`` opens a tag: ``_OTHER_ELEMENT`` finds a
+    start tag of any other name. In well-formed XML what follows a name is only attributes with quoted
     values, so one scan of the tags that have attributes lists every attribute. All in
     regular expressions and set operations: Python loops only over ``href``/``src``
     values. ``_UNDECIDED`` when a prefixed name or a reference (``&#x09;`` in an ``href``)
     needs the parser.
     """
-    names = set(_NAME.findall(text))
-    if not names <= _ELEMENTS:
+    if _OTHER_ELEMENT.search(text):
         name = next(n for n in _NAME.findall(text) if n not in _ELEMENTS)
         return f"narrative: element <{name}> is not allowed (txt-1)" if ":" not in name else _UNDECIDED
     attributes = " ".join(_WITH_ATTRIBUTES.findall(text))
