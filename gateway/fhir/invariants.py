@@ -139,6 +139,8 @@ class _Check:
     memo: dict[Any, bool | None] = field(default_factory=dict, compare=False)
     #: ``ref-1``: passed, without more ado, by a node whose ``reference`` is not local.
     local_only: bool = False
+    #: The invariant's native decider (``_NATIVE``), if it has one.
+    native: Native | None = None
 
     def evaluate(self, node: Any, owner: dict[str, Any], root: dict[str, Any]) -> bool | None:
         """The residual's value on one node: compiled, else fhirpathpy's (memoised by the values it reads)."""
@@ -170,16 +172,24 @@ class InvariantPlan:
         """The violations of one resource of this shape (``leaves``: its values, from ``flatten``)."""
         found = list(self.violations)
         for check in self.checks:
-            node = _follow(resource, check.locator)
+            node: Any = resource
+            for step in check.locator:
+                node = node[step]
             if check.local_only:
                 # ref-1, on every Reference: only a local ("#…") reference can break it.
                 reference = node.get("reference")
                 if type(reference) is not str or reference[:1] != "#":
                     continue
+            elif check.native is None and check.predicate is not None:
+                try:
+                    if check.predicate(node) is False:
+                        found.append(Violation(check.invariant.key, check.invariant.human, check.location))
+                    continue
+                except Unsure:
+                    pass
             owner = _follow(resource, check.resource_locator)
             root = _follow(resource, check.root_locator)
-            decide = _NATIVE.get(check.invariant.key)
-            verdict = decide(node, owner, root, leaves) if decide is not None else None
+            verdict = check.native(node, owner, root, leaves) if check.native is not None else None
             if verdict is None:
                 verdict = check.evaluate(node, owner, root)
             if verdict is False:
@@ -516,6 +526,7 @@ def plan_invariants(checker: StrictChecker, table: InvariantTable, resource: dic
                 _Check(
                     invariant, residual, locator, owner_locator, root_locator, type_path, where,
                     _reads_of(residual), predicate, local_only=invariant.key == "ref-1",
+                    native=_NATIVE.get(invariant.key),
                 )  # fmt: skip
             )
     return InvariantPlan(tuple(violations), tuple(checks))
