@@ -49,7 +49,7 @@ from gateway.fhir.fhirpath import (
     variables_of,
     walk_ast,
 )
-from gateway.fhir.invariant_predicates import Predicate, Unsure, compile_predicate
+from gateway.fhir.invariant_predicates import Predicate, compile_predicate
 from gateway.fhir.strict import KIND_COMPLEX, KIND_RESOURCE, ComplexType, StrictChecker, load_table
 
 __all__ = [
@@ -147,7 +147,7 @@ class _Check:
         if self.predicate is not None:
             try:
                 return self.predicate(node)
-            except Unsure:
+            except Exception:  # Unsure, or a value no compiled form foresaw: fhirpathpy decides
                 pass
         if self.reads is None:
             return _evaluate(self.node, node, self.type_path, owner, root)
@@ -185,7 +185,7 @@ class InvariantPlan:
                     if check.predicate(node) is False:
                         found.append(Violation(check.invariant.key, check.invariant.human, check.location))
                     continue
-                except Unsure:
+                except Exception:  # Unsure, or a value no compiled form foresaw: fhirpathpy decides
                     pass
             owner = _follow(resource, check.resource_locator)
             root = _follow(resource, check.root_locator)

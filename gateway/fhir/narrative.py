@@ -76,6 +76,10 @@ _MARKUP_ATTRIBUTES = _ATTRIBUTES | {"xml:lang", "xmlns"}
 _UNDECIDED = ""  # what _markup_problem says when the parser must decide (never a problem text)
 
 
+# A lone surrogate (JSON parsers refuse them; a string built in Python may hold one).
+_SURROGATE = "narrative is not well-formed XHTML (a character that is not Unicode text)"
+
+
 class _Refused(Exception):
     """Raised from inside the parser's callbacks: the first problem ends the parse."""
 
@@ -93,6 +97,8 @@ def narrative_problem(text: str) -> str | None:
             parser.Parse(text, True)
         except expat.ExpatError as exc:
             return f"narrative is not well-formed XHTML ({_parse_reason(exc)})"
+        except UnicodeEncodeError:
+            return _SURROGATE
         problem = _markup_problem(text)
         if problem != _UNDECIDED:
             return problem
@@ -154,6 +160,8 @@ def _parsed_problem(text: str) -> str | None:
         return str(refused)
     except expat.ExpatError as exc:
         return f"narrative is not well-formed XHTML ({_parse_reason(exc)})"
+    except UnicodeEncodeError:
+        return _SURROGATE
     return None
 
 

@@ -88,6 +88,8 @@ def test_good_narratives(div: str) -> None:
         (f'<?xml-stylesheet href="x"?><div {XHTML}>x</div>', "processing"),
         (f'<!DOCTYPE d [<!ENTITY e "x">]><div {XHTML}>&e;</div>', "declarations"),
         (f"<div {XHTML}>x</div><div {XHTML}>y</div>", "not well-formed"),
+        (f"<div {XHTML}>\ud800<b>x</b></div>", "not well-formed"),  # a lone surrogate, on both paths
+        (f'<div {XHTML}><!-- c -->\ud800</div>', "not well-formed"),
     ],
 )
 def test_bad_narratives(div: str, says: str) -> None:
