@@ -15,6 +15,12 @@ the five of XML and character references) and checked for:
 txt-2 ("some non-whitespace content") is not enforced: official R4 examples
 (EventDefinition-example, Questionnaire-zika-virus-exposure-assessment…) break it.
 
+Cost: a narrative that is one ``div`` of plain text (what generated narratives often are)
+is recognised by one regular expression. One whose only namespace declaration is the
+root's and that holds no comment or CDATA section (nearly all others) is checked for
+well-formedness by expat without callbacks, then its distinct start tags are judged from
+the text. The rest is parsed by expat with each element judged as expat reports it.
+
 ``narrative_problem(text)`` returns None for a good narrative, else a message that quotes
 no content of the narrative (messages may be logged).
 """
@@ -22,12 +28,13 @@ no content of the narrative (messages may be logged).
 from __future__ import annotations
 
 import re
-from xml.etree.ElementTree import Element, ParseError, XMLParser
+from typing import Any
+from xml.parsers import expat
 
 __all__ = ["narrative_problem"]
 
-_XHTML = "{http://www.w3.org/1999/xhtml}"
-_XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
+_XHTML_NS = "http://www.w3.org/1999/xhtml"
+_XML_LANG = "http://www.w3.org/XML/1998/namespace lang"
 _ELEMENTS = frozenset(
     "p br div h1 h2 h3 h4 h5 h6 a span b em i strong small big tt dfn q var abbr acronym cite "
     "blockquote hr address bdo kbd sub sup ul ol li dl dt dd pre table caption colgroup col thead "
@@ -39,50 +46,142 @@ _ATTRIBUTES = frozenset(
     "charoff href name src alt longdesc usemap shape coords start type value cite datetime "
     "hreflang rel rev charset nohref compact".split()
 )
+#: Allowed elements as expat names them ("namespace name"), mapped to their bare names.
+_ALLOWED = {f"{_XHTML_NS} {name}": name for name in _ELEMENTS}
+_ROOT = f"{_XHTML_NS} div"
 # "<!DOCTYPE", "<!ENTITY", "<?php": declarations and processing instructions have no place here.
 _DECLARATION = re.compile(r"<!(?!--)(?!\[CDATA\[)|<\?")
 # Browsers ignore whitespace and control characters inside a scheme ("java\tscript:").
 _SCRIPT_URL = re.compile(r"^(?:javascript|vbscript|livescript):", re.IGNORECASE)
 _URL_NOISE = re.compile(r"[\x00-\x20]")
+# One div of text without markup, references or characters XML forbids: well-formed and
+# allowed as it stands (anything else, however harmless, takes the parser).
+_PLAIN = re.compile(
+    r'<div xmlns="http://www\.w3\.org/1999/xhtml">[^<>&\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]*</div>\Z'
+)
+
+
+_ROOT_TAG = '<div xmlns="http://www.w3.org/1999/xhtml"'
+# In a well-formed document: a start tag's name, and the attributes of a start tag that
+# has any ("'>'" may stand inside a quoted value).
+_NAME = re.compile(r"<([^\s/>!?]+)")
+# A start tag whose name is not one of txt-1's elements.
+_OTHER_ELEMENT = re.compile(r"<(?!(?:" + "|".join(sorted(_ELEMENTS, key=len, reverse=True)) + r")[\s/>])[^\s/>!?]")
+_WITH_ATTRIBUTES = re.compile(r"""<[^\s/>!?]+(\s[^>"']*(?:(?:"[^"]*"|'[^']*')[^>"']*)*)>""")
+_ATTRIBUTE_NAME = re.compile(r"""\s([^\s=/>]+)\s*=\s*(?:"[^"]*"|'[^']*')""")
+_ATTRIBUTE = re.compile(r"""\s([^\s=/>]+)\s*=\s*(?:"([^"]*)"|'([^']*)')""")
+_URL_NAMES = frozenset({"href", "src"})
+#: Attribute names the markup path accepts: txt-1's, ``xml:lang`` and the root's ``xmlns``.
+_MARKUP_ATTRIBUTES = _ATTRIBUTES | {"xml:lang", "xmlns"}
+_UNDECIDED = ""  # what _markup_problem says when the parser must decide (never a problem text)
+
+
+# A lone surrogate (JSON parsers refuse them; a string built in Python may hold one).
+_SURROGATE = "narrative is not well-formed XHTML (a character that is not Unicode text)"
+
+
+class _Refused(Exception):
+    """Raised from inside the parser's callbacks: the first problem ends the parse."""
 
 
 def narrative_problem(text: str) -> str | None:
     """None if ``text`` is an acceptable FHIR narrative ``div``, else what is wrong with it."""
-    if _DECLARATION.search(text):
+    if _PLAIN.match(text):
+        return None
+    bang = "<!" in text
+    if (bang or "<?" in text) and _DECLARATION.search(text):
         return "narrative: declarations and processing instructions are not allowed"
-    parser = XMLParser()
-    try:
-        parser.feed(text)
-        root = parser.close()
-    except ParseError as exc:
-        return f"narrative is not well-formed XHTML ({_parse_reason(exc)})"
-    if root.tag != _XHTML + "div":
-        return "narrative must be a single div element in the XHTML namespace"
-    for element in root.iter():
-        problem = _element_problem(element)
-        if problem:
+    if not bang and text.startswith(_ROOT_TAG) and text.count("xmlns") == 1:
+        parser = expat.ParserCreate(namespace_separator=" ")
+        try:
+            parser.Parse(text, True)
+        except expat.ExpatError as exc:
+            return f"narrative is not well-formed XHTML ({_parse_reason(exc)})"
+        except UnicodeEncodeError:
+            return _SURROGATE
+        problem = _markup_problem(text)
+        if problem != _UNDECIDED:
             return problem
+    return _parsed_problem(text)
+
+
+def _markup_problem(text: str) -> str | None:
+    """The problem of a well-formed narrative whose one namespace declaration is the root's.
+
+    Every other element is then in the XHTML namespace (a prefix would be unbound), and
+    with no comment or CDATA section every ``<`` opens a tag: ``_OTHER_ELEMENT`` finds a
+    start tag of any other name. In well-formed XML what follows a name is only attributes with quoted
+    values, so one scan of the tags that have attributes lists every attribute. All in
+    regular expressions and set operations: Python loops only over ``href``/``src``
+    values. ``_UNDECIDED`` when a prefixed name or a reference (``&#x09;`` in an ``href``)
+    needs the parser.
+    """
+    if _OTHER_ELEMENT.search(text):
+        name = next(n for n in _NAME.findall(text) if n not in _ELEMENTS)
+        return f"narrative: element <{name}> is not allowed (txt-1)" if ":" not in name else _UNDECIDED
+    attributes = " ".join(_WITH_ATTRIBUTES.findall(text))
+    if not attributes:
+        return None
+    if "&" in attributes:
+        return _UNDECIDED
+    found = _ATTRIBUTE_NAME.findall(attributes)
+    if not _MARKUP_ATTRIBUTES.issuperset(found):
+        name = next(a for a in found if a not in _MARKUP_ATTRIBUTES)
+        shown = name if name.isascii() and len(name) <= 40 else "?"
+        return f"narrative: attribute {shown} is not allowed (txt-1)"
+    if found.count("xmlns") > 1:
+        return _UNDECIDED  # cannot happen with one "xmlns" in the text; the parser decides
+    if "href" in attributes or "src" in attributes:
+        # The aligned scan of every attribute: a quoted value may itself spell ' href="…"'.
+        for attribute, double, single in _ATTRIBUTE.findall(attributes):
+            if attribute in _URL_NAMES and _SCRIPT_URL.match(_URL_NOISE.sub("", double or single)):
+                return f"narrative: script URLs are not allowed in {attribute} (txt-1)"
     return None
 
 
-def _element_problem(element: Element) -> str | None:
-    tag = element.tag
-    if not isinstance(tag, str) or not tag.startswith(_XHTML):
-        return "narrative: every element must be in the XHTML namespace (txt-1)"
-    name = tag[len(_XHTML) :]
-    if name not in _ELEMENTS:
-        return f"narrative: element <{name}> is not allowed (txt-1)"
-    for attribute, value in element.attrib.items():
-        if attribute == _XML_LANG:
-            continue
-        if attribute not in _ATTRIBUTES:
-            shown = attribute if attribute.isascii() and len(attribute) <= 40 else "?"
-            return f"narrative: attribute {shown} is not allowed on <{name}> (txt-1)"
-        if attribute in ("href", "src") and _SCRIPT_URL.match(_URL_NOISE.sub("", value)):
-            return f"narrative: script URLs are not allowed in {attribute} (txt-1)"
+def _parsed_problem(text: str) -> str | None:
+    parser = expat.ParserCreate(namespace_separator=" ")
+    seen_root = False
+
+    def start(name: str, attributes: dict[str, str]) -> None:
+        nonlocal seen_root
+        if not seen_root:
+            seen_root = True
+            if name != _ROOT:
+                raise _Refused("narrative must be a single div element in the XHTML namespace")
+        problem = _element_problem(name, attributes)
+        if problem:
+            raise _Refused(problem)
+
+    parser.StartElementHandler = start
+    try:
+        parser.Parse(text, True)
+    except _Refused as refused:
+        return str(refused)
+    except expat.ExpatError as exc:
+        return f"narrative is not well-formed XHTML ({_parse_reason(exc)})"
+    except UnicodeEncodeError:
+        return _SURROGATE
     return None
 
 
-def _parse_reason(exc: ParseError) -> str:
+def _element_problem(name: str, attributes: dict[str, Any]) -> str | None:
+    bare = _ALLOWED.get(name)
+    if bare is None:
+        if not name.startswith(_XHTML_NS + " "):
+            return "narrative: every element must be in the XHTML namespace (txt-1)"
+        return f"narrative: element <{name[len(_XHTML_NS) + 1 :]}> is not allowed (txt-1)"
+    for attribute, value in attributes.items():
+        if attribute in _ATTRIBUTES:
+            if (attribute == "href" or attribute == "src") and _SCRIPT_URL.match(_URL_NOISE.sub("", value)):
+                return f"narrative: script URLs are not allowed in {attribute} (txt-1)"
+        elif attribute != _XML_LANG:
+            # expat names a namespaced attribute "namespace name"; ElementTree spelled it "{namespace}name".
+            shown = attribute if attribute.isascii() and len(attribute) <= 40 and " " not in attribute else "?"
+            return f"narrative: attribute {shown} is not allowed on <{bare}> (txt-1)"
+    return None
+
+
+def _parse_reason(exc: expat.ExpatError) -> str:
     # expat's message names the problem and position, never the content.
     return str(exc).split(":", 1)[0] if ":" in str(exc) else str(exc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.conftest import ApiHarness
 
@@ -153,3 +154,90 @@ async def test_a_utf8_byte_order_mark_is_accepted(api: ApiHarness) -> None:
     assert response.json()["gender"] == "female"
     bad = await api.client.post("/fhir/Patient", content=b'\xef\xbb\xbf{"resourceType":"Patient","x":"\xff"}')
     assert bad.status_code == 400 and "UTF-8" in bad.json()["issue"][0]["diagnostics"]
+
+
+_DISPENSE = {
+    "resourceType": "MedicationDispense",
+    "status": "completed",
+    "medicationCodeableConcept": {"text": "amoxicillin"},
+}
+_UCUM = "http://unitsofmeasure.org"
+
+
+@pytest.mark.parametrize(
+    ("rtype", "good", "bad", "key"),
+    [
+        # Compiled to Python predicates (gateway.fhir.invariant_predicates): each pair has
+        # one shape, so the values decide, once the plan of the shape exists.
+        (
+            "Condition",
+            {"subject": {"reference": "Patient/p1"}, "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                                            "code": "active"}]},
+             "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+                                                "code": "confirmed"}]}},
+            {"subject": {"reference": "Patient/p1"}, "clinicalStatus": {"coding": [
+                {"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
+             "verificationStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+                                                "code": "entered-in-error"}]}},
+            "con-5",
+        ),
+        ("Organization", {"name": "clinic", "telecom": [{"system": "phone", "use": "work"}]},
+         {"name": "clinic", "telecom": [{"system": "phone", "use": "home"}]}, "org-3"),
+        (
+            "MedicationRequest",
+            {**_medication_request(), "dispenseRequest": {"expectedSupplyDuration": {"value": 3, "code": "d",
+                                                                                     "system": _UCUM}}},
+            {**_medication_request(), "dispenseRequest": {"expectedSupplyDuration": {"value": 3, "code": "d",
+                                                                                     "system": "http://x"}}},
+            "drt-1",
+        ),
+        ({**_DISPENSE, "whenPrepared": "2024-01-01T10:00:00Z", "whenHandedOver": "2024-01-01T11:00:00Z"},
+         None, {"whenPrepared": "2024-01-01T10:00:00Z", "whenHandedOver": "2024-01-01T09:00:00Z"}, "mdd-1"),
+        # Decided natively: duplicate linkIds anywhere (que-2), a range whose low passes its high (rng-2).
+        ({"resourceType": "Questionnaire", "status": "active", "item": [
+            {"linkId": "a", "type": "group", "item": [{"linkId": "b", "type": "string"}]}]},
+         None, {"item": [{"linkId": "a", "type": "group", "item": [{"linkId": "a", "type": "string"}]}]}, "que-2"),
+        ({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+          "valueRange": {"low": {"value": 1, "unit": "kg"}, "high": {"value": 2, "unit": "kg"}}},
+         None, {"valueRange": {"low": {"value": 2.5, "unit": "kg"}, "high": {"value": 2, "unit": "kg"}}}, "rng-2"),
+    ],
+)  # fmt: skip
+async def test_invariants_judge_each_value_of_one_shape(
+    api: ApiHarness, rtype: Any, good: dict[str, Any] | None, bad: dict[str, Any], key: str
+) -> None:
+    if isinstance(rtype, dict):  # a whole resource, and the fields that break it
+        good_resource, bad_resource = rtype, {**rtype, **bad}
+    else:
+        base = {"resourceType": rtype}
+        good_resource, bad_resource = {**base, **(good or {})}, {**base, **bad}
+    rtype_name = good_resource["resourceType"]
+    for _ in range(2):  # the second round runs on the plans the first one made
+        ok = await api.client.post(f"/fhir/{rtype_name}", json=good_resource)
+        assert ok.status_code == 201, ok.text
+        refused = await api.client.post(f"/fhir/{rtype_name}", json=bad_resource)
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["issue"][0]["diagnostics"].startswith(f"{key}:")
+
+
+async def test_extension_only_required_codes_and_strings_inside_elements(api: ApiHarness) -> None:
+    absent = {
+        "extension": [{"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "unknown"}]
+    }
+    request = _medication_request()
+    del request["intent"]
+    request["_intent"] = absent
+    response = await api.client.post("/fhir/MedicationRequest", json=request)
+    assert response.status_code == 201, response.text
+    assert response.json()["_intent"] == absent
+    encounter = {
+        "resourceType": "Encounter",
+        "status": "finished",
+        "class": {"code": "AMB"},
+        "statusHistory": [{"_status": absent, "period": {"start": "2024-01-01"}}],
+    }
+    response = await api.client.post("/fhir/Encounter", json=encounter)
+    assert response.status_code == 201, response.text
+    # An extension does not excuse a value outside the binding.
+    request["intent"] = "bogus"
+    response = await api.client.post("/fhir/MedicationRequest", json=request)
+    assert response.status_code == 400 and _codes(response) == [("code-invalid", "MedicationRequest.intent")]

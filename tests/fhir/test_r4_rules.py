@@ -88,6 +88,8 @@ def test_good_narratives(div: str) -> None:
         (f'<?xml-stylesheet href="x"?><div {XHTML}>x</div>', "processing"),
         (f'<!DOCTYPE d [<!ENTITY e "x">]><div {XHTML}>&e;</div>', "declarations"),
         (f"<div {XHTML}>x</div><div {XHTML}>y</div>", "not well-formed"),
+        (f"<div {XHTML}>\ud800<b>x</b></div>", "not well-formed"),  # a lone surrogate, on both paths
+        (f'<div {XHTML}><!-- c -->\ud800</div>', "not well-formed"),
     ],
 )
 def test_bad_narratives(div: str, says: str) -> None:
@@ -236,3 +238,34 @@ def test_unreferenced_contained_resources_break_dom_3() -> None:
     resource["performer"] = [{"reference": "#q"}]
     plan = plan_invariants(default_checker(), default_invariants(), resource)
     assert plan.run(resource, _leaves(resource)) == []
+
+
+def _divs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        return [d for k, v in node.items() for d in ([v] if k == "div" and isinstance(v, str) else _divs(v))]
+    if isinstance(node, list):
+        return [d for v in node for d in _divs(v)]
+    return []
+
+
+def test_narrative_fast_paths_judge_as_the_parser_does() -> None:
+    # The plain-text and markup fast paths against expat with per-element callbacks, on
+    # every narrative of the official examples and on broken copies of them.
+    from gateway.fhir.narrative import _parsed_problem
+
+    divs = [d for _, resource in iter_examples() for d in _divs(resource)]
+    broken = [
+        changed
+        for d in divs[::5]
+        for changed in (
+            d.replace("<p>", "<script>", 1), d.replace("<td", '<td onclick="x"', 1), d.replace("</div>", "&reg;</div>"),
+            d + "x", d.replace(f" {XHTML}", "", 1), d.replace("<b>", "<b\x01>"),
+            d.replace('href="', 'href="javascript:'),
+            d.replace("<td", "<td xml:space='x'", 1), d.replace("<td", '<td title="a>b" src=" vbscript:x"', 1),
+            d.replace("<p>", '<p xmlns:s="http://s"><s:script/>', 1), d.replace("<br/>", "<br/ >"),
+        )
+        if changed != d
+    ]  # fmt: skip
+    assert len(divs) > 5000 and len(broken) > 5000
+    for div in divs + broken:
+        assert (narrative_problem(div) is None) is (_parsed_problem(div) is None), div[:200]
