@@ -27,6 +27,15 @@ RESULT_PARAMS = ("_count", "_sort", "_total", "_summary", "_elements", "_include
 OPERATIONS = (
     {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"},
 )
+# FHIR Bulk Data Access 2.0 (gateway/api/bulk_export.py).
+BULK = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition"
+EXPORT_DOC = ("Bulk Data Access 2.0 (Prefer: respond-async; _outputFormat, _type, _since, _typeFilter). The custom"
+              " parameter _deidentify=research exports a de-identified copy: direct identifiers removed, dates"
+              " shifted per patient by a keyed offset, birth dates reduced to the year (removed past 89), free"
+              " text dropped, ids replaced by stable keyed pseudonyms.")
+SYSTEM_OPERATIONS = ({"name": "export", "definition": f"{BULK}/export", "documentation": EXPORT_DOC},)
+PATIENT_EXPORT = {"name": "export", "definition": f"{BULK}/patient-export", "documentation": EXPORT_DOC}
+GROUP_EXPORT = {"name": "export", "definition": f"{BULK}/group-export", "documentation": EXPORT_DOC}
 
 
 def capability_statement(registry: SearchRegistry, base_url: str, date: str) -> dict[str, Any]:
@@ -54,7 +63,9 @@ def capability_statement(registry: SearchRegistry, base_url: str, date: str) -> 
         if includes:  # FHIR JSON never has empty arrays
             entry["searchInclude"] = includes
         if rtype == "Patient":
-            entry["operation"] = list(OPERATIONS)
+            entry["operation"] = [*OPERATIONS, PATIENT_EXPORT]
+        if rtype == "Group":
+            entry["operation"] = [GROUP_EXPORT]
         if rtype == AUDIT_TYPE:
             entry.update({
                 "documentation": "The gateway's audit trail (one AuditEvent per access, IHE BALP): read and"
@@ -99,6 +110,7 @@ def capability_statement(registry: SearchRegistry, base_url: str, date: str) -> 
                 },
                 "resource": resources,
                 "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
+                "operation": list(SYSTEM_OPERATIONS),
                 "searchParam": [
                     {"name": "_id", "definition": "http://hl7.org/fhir/SearchParameter/Resource-id", "type": "token"},
                     {"name": "_lastUpdated", "definition": "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated",

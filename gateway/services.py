@@ -32,6 +32,7 @@ from gateway.clock import Clock, SystemClock
 from gateway.connectors import DeliveryConfigError
 from gateway.delivery import DeliverySections, DeliveryService, DestinationConfig
 from gateway.errors import FhirError
+from gateway.export import BulkExporter
 from gateway.ingest import IngestService, MappingRegistry
 from gateway.metrics import configure as configure_metrics
 from gateway.scheduler import Claim, PeriodicTask, Scheduler
@@ -56,6 +57,7 @@ class ServicePlan:
     manual one). ``audit`` runs the audit writer (when ``audit.enabled``): the API's
     processes record every access; a delivery worker serves no requests. ``alerts`` runs
     the alert checks (when ``delivery.alerts.webhook_url`` is set): the API's processes do.
+    ``exports`` runs bulk data export jobs (when ``bulk_export.enabled``): the API's processes do.
     """
 
     environ: Mapping[str, str] = field(default_factory=dict)
@@ -70,6 +72,7 @@ class ServicePlan:
     audit: bool = True
     audit_clock: Clock | None = None
     alerts: bool = True
+    exports: bool = True
 
     @classmethod
     def for_serve(cls, settings: Settings, environ: Mapping[str, str]) -> ServicePlan:
@@ -91,6 +94,7 @@ class Services:
     scheduler: Scheduler | None = None
     audit: AuditWriter | None = None
     messages: MessageLogWriter | None = None
+    exports: BulkExporter | None = None
     owns_store: bool = True
 
     @classmethod
@@ -120,6 +124,8 @@ class Services:
             services.messages = MessageLogWriter(opened, settings.message_log, plan.audit_clock or SystemClock())
         journal = services.messages.note if services.messages is not None else None
         try:
+            if plan.exports and settings.bulk_export.enabled:
+                services.exports = BulkExporter(opened, settings.bulk_export)
             if plan.ingest:
                 services.ingest = IngestService(
                     opened, services.parser, MappingRegistry(settings.mappings_dir, settings.sources), journal
@@ -148,6 +154,12 @@ class Services:
             raise FhirError("ingest is not enabled on this server", status=503, code="not-supported")
         return self.ingest
 
+    def require_exports(self) -> BulkExporter:
+        """The bulk exporter, or a 503 ``FhirError`` when this process was built without it."""
+        if self.exports is None:
+            raise FhirError("bulk data export is not enabled on this server", status=503, code="not-supported")
+        return self.exports
+
     def require_delivery(self) -> DeliveryService:
         """The delivery service, or a 503 ``FhirError`` when this process was built without it."""
         if self.delivery is None:
@@ -160,6 +172,8 @@ class Services:
             await self.audit.start()
         if self.messages is not None:
             await self.messages.start()
+        if self.exports is not None:
+            await self.exports.start()
         if self.delivery is not None:
             await self.delivery.start()
         if self.scheduler is not None:
@@ -168,6 +182,8 @@ class Services:
     async def stop(self) -> None:
         """Stop what ``start`` started and close everything, in reverse order of building."""
         try:
+            if self.exports is not None:
+                await self.exports.stop()
             if self.scheduler is not None:
                 await self.scheduler.stop()
             if self.delivery is not None:
@@ -286,6 +302,7 @@ async def run_worker(
         scheduler=scheduler,
         only=tuple(only) if only else None,
         alerts=False,  # the API process checks (module docstring of gateway.delivery.alerts)
+        exports=False,
     )
     services = Services.build(settings, plan)
     stop = stop or asyncio.Event()

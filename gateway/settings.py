@@ -34,6 +34,7 @@ from gateway.audit import AuditSettings, MessageLogSettings
 from gateway.connectors import DeliveryConfigError
 from gateway.delivery import DeliverySections, DeliverySettings, DestinationConfig
 from gateway.errors import ConfigError
+from gateway.export import BulkExportSettings
 from gateway.ingest import SourceConfig
 from gateway.scheduler import SchedulerSettings
 from gateway.search import DataPolicy, PolicyError
@@ -225,6 +226,7 @@ class Settings(BaseSettings):
     audit: AuditSettings = AuditSettings()
     message_log: MessageLogSettings = MessageLogSettings()
     console: ConsoleSettings = ConsoleSettings()
+    bulk_export: BulkExportSettings = BulkExportSettings()
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     log_format: Literal["text", "json"] = Field(
         "text", description="text: `time LEVEL logger: message` lines; json: one JSON object a line"

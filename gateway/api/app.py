@@ -38,7 +38,18 @@ from gateway.services import ServicePlan, Services
 from gateway.settings import Settings
 from gateway.store import Store
 
-from . import admin_delivery, admin_quarantine, console, fhir_read, fhir_write, health, ingest, metrics, smart
+from . import (
+    admin_delivery,
+    admin_quarantine,
+    bulk_export,
+    console,
+    fhir_read,
+    fhir_write,
+    health,
+    ingest,
+    metrics,
+    smart,
+)
 from .access_log import AccessLogMiddleware, TemplateRoute
 from .audit import AuditMiddleware
 from .auth import authenticate
@@ -126,6 +137,9 @@ def create_app(
     # keeps them within reach of the framework's own ceiling (bench/read_search.py).
     app.router.routes.insert(0, TemplateRoute("/fhir/{rtype}/{rid}", fhir_read.fast_read, methods=["GET"],
                                               include_in_schema=False))
+    # Ahead of the read and search routes, which would take $export for a type or an id.
+    for route in reversed(bulk_export.ROUTES):
+        app.router.routes.insert(0, route)
     # Ahead of the read route, which would take /fhir/.well-known/… for a resource type.
     for path in ("/.well-known/smart-configuration", "/fhir/.well-known/smart-configuration"):
         app.router.routes.insert(0, Route(path, smart.smart_configuration, methods=["GET"]))

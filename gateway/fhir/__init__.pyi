@@ -1,6 +1,9 @@
 """Typed surface of ``gateway.fhir`` (loaded lazily by ``__init__.py``)."""
 from . import bundles as bundles
 from . import interactions as interactions
+from .deidentification import Deidentifier as Deidentifier
+from .deidentification import DeidentifyRules as DeidentifyRules
+from .deidentification import RulesError as RulesError
 from .deidentification import deidentify as deidentify
 from .fhirpath import FhirPathError as FhirPathError
 from .fhirpath import compile_fhirpath as compile_fhirpath

@@ -32,3 +32,4 @@ from .sql import count_sql as count_sql
 from .sql import date_sort_plan as date_sort_plan
 from .sql import date_sort_walk as date_sort_walk
 from .sql import page_sql as page_sql
+from .sql import where_clause as where_clause

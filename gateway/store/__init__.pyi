@@ -3,10 +3,13 @@
 from .base import AccessToken as AccessToken
 from .base import ApiClient as ApiClient
 from .base import AuditTrail as AuditTrail
+from .base import BulkExports as BulkExports
 from .base import Change as Change
 from .base import ChangeFeed as ChangeFeed
 from .base import ChangeOp as ChangeOp
 from .base import ClientRegistry as ClientRegistry
+from .base import ExportJob as ExportJob
+from .base import ExportScope as ExportScope
 from .base import LoggedMessage as LoggedMessage
 from .base import MessageEntry as MessageEntry
 from .base import MessageFilter as MessageFilter

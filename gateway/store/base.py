@@ -11,6 +11,7 @@ Consumers type against the narrowest protocol they use:
 * ``AuditTrail``: AuditEvents, stored and indexed like any resource but outside the change feed;
 * ``RunClaims``: which process runs a scheduled task's run, when several share the store;
 * ``MessageLog``: one line per record received and per delivery attempt (the operator console's log);
+* ``BulkExports``: bulk data export jobs and the row-id paging an export reads the store with;
 * ``Store``: all of them plus the lifecycle (``ping``, ``close``); ``open_store`` returns one.
 
 Two implementations exist (``SQLiteStore`` and ``PostgresStore``), both built on
@@ -493,8 +494,75 @@ class MessageLog(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class ExportJob:
+    """One bulk data export (``$export``) as kept in the store, so a restart reports it instead of losing it.
+
+    ``status`` is accepted, running, done or failed; ``output``/``error`` are the manifest's
+    entries (``{"type", "file", "count"}``, file names relative to the job's directory).
+    """
+
+    job_id: str
+    client: str  # the principal that kicked it off: the only one that may poll and download
+    status: str
+    request: str  # the kick-off URL
+    params: Mapping[str, Any]  # what was asked (level, types, since, filters, profile), for the operator
+    created: datetime
+    updated: datetime  # a running job's heartbeat
+    transaction_time: datetime
+    progress: str = ""
+    output: tuple[Mapping[str, Any], ...] = ()
+    error: tuple[Mapping[str, Any], ...] = ()
+    expires: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExportScope:
+    """Which rows a Patient- or Group-level export reads: the compartments of every Patient
+    (``group`` None) or of the Patients a Group lists as members."""
+
+    group: str | None = None
+
+
+class BulkExports(Protocol):
+    """Bulk data export jobs, and paging a search's matches by row id (bounded memory at any size)."""
+
+    def export_save(self, job: ExportJob) -> None:
+        """Create or replace a job."""
+        ...
+
+    def export_update(self, job: ExportJob) -> bool:
+        """Replace a job that still exists (False when it was deleted, e.g. cancelled)."""
+        ...
+
+    def export_get(self, job_id: str) -> ExportJob | None:
+        """One job, or None."""
+        ...
+
+    def export_list(self, *, status: str | None = None) -> list[ExportJob]:
+        """Jobs (of one status), oldest first."""
+        ...
+
+    def export_delete(self, job_id: str) -> bool:
+        """Forget a job; False if there was none."""
+        ...
+
+    def export_snapshot(self) -> int:
+        """The newest resource row id: an export pins its queries to it (``SearchQuery.snapshot``)."""
+        ...
+
+    def export_page(
+        self, query: SearchQuery, after: int, limit: int, scope: ExportScope | None = None
+    ) -> list[tuple[int, StoredResource]]:
+        """Up to ``limit`` live matches of ``query`` (its filters, data policy and snapshot; not its
+        paging or sort) with row ids above ``after``, in row-id order, each with its row id;
+        ``scope`` keeps only resources in the Patient compartments it names."""
+        ...
+
+
 class Store(
-    ResourceStore, ChangeFeed, ClientRegistry, QuarantineStore, AuditTrail, MessageLog, RunClaims, Protocol
+    ResourceStore, ChangeFeed, ClientRegistry, QuarantineStore, AuditTrail, MessageLog, RunClaims, BulkExports,
+    Protocol,
 ):
     """The whole store, as ``open_store`` returns it: every part above plus its lifecycle."""
 

@@ -160,6 +160,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX message_log_patient ON message_log (patient, at)",
         ),
     ),
+    Migration(
+        10,
+        "bulk data export jobs (their state survives a restart) and paging one type by row id",
+        (
+            """CREATE TABLE bulk_exports (
+                job_id TEXT PRIMARY KEY, client TEXT NOT NULL, status TEXT NOT NULL, request TEXT NOT NULL,
+                params TEXT NOT NULL, created {FLOAT} NOT NULL, updated {FLOAT} NOT NULL,
+                transaction_time {FLOAT} NOT NULL, progress TEXT NOT NULL, output TEXT NOT NULL,
+                error TEXT NOT NULL, expires {FLOAT})""",
+            "CREATE INDEX bulk_exports_status ON bulk_exports (status, updated)",
+            # An export walks each type in row-id order, a page at a time.
+            "CREATE INDEX resources_type_rid ON resources (rtype, rid)",
+        ),
+    ),
 )
 
 

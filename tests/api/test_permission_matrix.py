@@ -111,7 +111,8 @@ def matrix(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         url = f"{PG_URL}?schema={schema}"
     store = open_store(url)
     try:
-        app = create_app(Settings(store_url=url, rate_limit=MACHINE_SPEED_LIMITS), store=store)
+        exports = {"directory": tmp_path_factory.mktemp("exports")}
+        app = create_app(Settings(store_url=url, rate_limit=MACHINE_SPEED_LIMITS, bulk_export=exports), store=store)
         with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
             served = client.get("/fhir/metadata").json()
             # The security section names the token URL, which holds the server's own address.
@@ -279,7 +280,7 @@ def test_rest_only_interactions_are_refused_in_bundles_for_everyone(matrix: Matr
     # The rule table says "REST only": a Bundle entry asking for them is a 400, not a way around a scope.
     rest_only = [p for p in PROBES.values() if p.entry is None]
     assert {p.interaction for p in rest_only} == {"history-instance", "history-type", "history-system",
-                                                  "operation:everything"}  # fmt: skip
+                                                  "operation:everything", "operation:export"}  # fmt: skip
     for probe in rest_only:
         entry = {"request": {"method": "GET", "url": probe.rest[0].path.lstrip("/")}}
         for scopes in (("system/*.cruds",), ("system/Patient.c",)):

@@ -297,6 +297,11 @@ def _type_probes(rtype: str, declared: dict[str, Any]) -> list[Probe]:
             out.append(Probe("Patient-$everything", "operation:everything", rtype, (Need(rtype, "r"),),
                              (Call("GET", f"/Patient/{rid}/$everything"),), None, 200, "200", False,
                              filters_types=True))  # fmt: skip
+        elif rtype == "Patient" and operation["name"] == "export":
+            # A kick-off: the job it starts runs for whatever the client may search (tests/export).
+            out.append(Probe("Patient-$export", "operation:export", rtype, (Need(rtype, "s"),),
+                             (Call("GET", "/Patient/$export", (), (("Prefer", "respond-async"),)),), None, 202,
+                             "202", False))  # fmt: skip
         else:
             raise UnknownInteraction(f"{rtype}: no rule for operation {operation['name']!r}")
     return out
