@@ -250,7 +250,10 @@ async def test_type_since_and_type_filters(api: ApiHarness) -> None:
     assert written.status_code == 200, written.text
     updated = (await client.get("/fhir/Observation/ob4")).json()
     since = await export(client, _since=updated["meta"]["lastUpdated"])
-    assert ids(since) == {"Observation/ob4"}
+    # The REST write also recorded a Provenance naming its client.
+    assert set(since) == {"Observation", "Provenance"} and ids(since) - ids({"Provenance": since["Provenance"]}) == {
+        "Observation/ob4"}
+    assert since["Provenance"][0]["target"][0]["reference"].startswith("Observation/ob4")
 
 
 async def test_patient_and_group_level_exports_are_compartments(api: ApiHarness) -> None:
