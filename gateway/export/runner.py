@@ -15,6 +15,8 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,7 +27,7 @@ import orjson
 from gateway.errors import FhirError
 from gateway.fhir import Deidentifier, DeidentifyRules, deidentify
 from gateway.search import SearchQuery
-from gateway.store import BulkExports, ExportJob, ExportScope, StoredResource
+from gateway.store import BulkExports, ExportJob, ExportScope
 
 from .kickoff import ExportRequest
 from .ndjson import NdjsonFiles
@@ -65,6 +67,9 @@ class BulkExporter:
         self._key = key.get_secret_value().encode() if key is not None else None
         self._runs: dict[str, _Run] = {}  # accepted (waiting for a slot) or running here
         self._slots: asyncio.Semaphore | None = None  # made on the loop that runs the jobs
+        # Threads of their own: a job holds one for its whole run (not one of the request
+        # threads), and the next job reuses it with its warm store connection (SQLite's page cache).
+        self._pool = ThreadPoolExecutor(max_workers=settings.max_concurrent_jobs, thread_name_prefix="bulk-export")
 
     @property
     def deidentify_ready(self) -> bool:
@@ -85,6 +90,7 @@ class BulkExporter:
             if run.task is not None:
                 with contextlib.suppress(Exception):
                     await run.task
+        self._pool.shutdown(wait=False)
 
     def housekeeping(self) -> None:
         """Fail jobs whose heartbeat stopped; delete expired jobs and their files."""
@@ -160,7 +166,7 @@ class BulkExporter:
                     if run.reason != "cancelled":
                         await asyncio.to_thread(self._fail, job, "the server stopped before the export started")
                     return
-                await asyncio.to_thread(self._export, job, request, run)
+                await asyncio.get_running_loop().run_in_executor(self._pool, self._export, job, request, run)
         finally:
             del self._runs[job.job_id]
 
@@ -177,18 +183,17 @@ class BulkExporter:
             types = sorted(request.queries)
             for done, rtype in enumerate(types):
                 count = 0
-                for resource in self._rows(request.queries[rtype], scope, run):
-                    content = resource.content
+                for page in self._pages(request.queries[rtype], scope, run):
                     if transform is not None:
-                        content = orjson.dumps(transform(orjson.loads(content)))
-                    elif b"\n" in content:
-                        content = orjson.dumps(orjson.loads(content))
-                    files.write(rtype, content)
-                    count += 1
-                    if count % 1000 == 0:
-                        job = self._heartbeat(job, run, beat, f"{done}/{len(types)} types; {total + count} resources")
+                        page = [orjson.dumps(transform(orjson.loads(content))) for content in page]
+                    elif b"\n".join(page).count(b"\n") != len(page) - 1:
+                        # Stored JSON is compact; a newline inside one would split its NDJSON line.
+                        page = [orjson.dumps(orjson.loads(c)) if b"\n" in c else c for c in page]
+                    files.write_page(rtype, page)
+                    count += len(page)
+                    job = self._heartbeat(job, run, beat, f"{done}/{len(types)} types; {total + count} resources")
                 total += count
-                job = self._heartbeat(job, run, beat, f"{done + 1}/{len(types)} types; {total} resources", force=True)
+                job = self._heartbeat(job, run, beat, f"{done + 1}/{len(types)} types; {total} resources")
             output = files.close()
             now = datetime.now(UTC)
             finished = replace(job, status="done", updated=now, expires=now + self._retention(),
@@ -214,12 +219,12 @@ class BulkExporter:
         self.store.export_update(replace(job, status="failed", updated=now, expires=now + self._retention(),
                                          progress=why))
 
-    def _heartbeat(self, job: ExportJob, run: _Run, beat: list[float], progress: str, *,
-                   force: bool = False) -> ExportJob:
+    def _heartbeat(self, job: ExportJob, run: _Run, beat: list[float], progress: str) -> ExportJob:
+        """Check for a cancel; every few seconds, record the progress (a write: not every page)."""
         if run.stop.is_set():
             raise _Stop
         now = time.monotonic()
-        if not force and now - beat[0] < _HEARTBEAT_SECONDS:
+        if now - beat[0] < _HEARTBEAT_SECONDS:
             return job
         beat[0] = now
         job = replace(job, updated=datetime.now(UTC), progress=progress)
@@ -228,7 +233,7 @@ class BulkExporter:
             raise _Stop
         return job
 
-    def _rows(self, queries: list[SearchQuery], scope: ExportScope | None, run: _Run) -> Any:
+    def _pages(self, queries: list[SearchQuery], scope: ExportScope | None, run: _Run) -> Iterator[list[bytes]]:
         """Every match of any of ``queries``, once each, in row-id order, a page at a time."""
         limit = self.settings.page_size
         after = 0
@@ -237,7 +242,7 @@ class BulkExporter:
                 raise _Stop
             pages = [self.store.export_page(query, after, limit, scope) for query in queries]
             if len(pages) == 1:
-                rows: list[tuple[int, StoredResource]] = pages[0]
+                rows = pages[0]
                 more = len(rows) == limit
             else:
                 # Each search pages on its own; below the lowest last row id of a full page,
@@ -247,8 +252,8 @@ class BulkExporter:
                 merged = {rid: res for page in pages for rid, res in page if cutoff is None or rid <= cutoff}
                 rows = sorted(merged.items(), key=lambda item: item[0])
                 more = cutoff is not None
-            for _, resource in rows:
-                yield resource
+            if rows:
+                yield [content for _, content in rows]
             if not more or not rows:
                 return
             after = rows[-1][0]

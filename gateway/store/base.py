@@ -553,9 +553,9 @@ class BulkExports(Protocol):
 
     def export_page(
         self, query: SearchQuery, after: int, limit: int, scope: ExportScope | None = None
-    ) -> list[tuple[int, StoredResource]]:
+    ) -> list[tuple[int, bytes]]:
         """Up to ``limit`` live matches of ``query`` (its filters, data policy and snapshot; not its
-        paging or sort) with row ids above ``after``, in row-id order, each with its row id;
+        paging or sort) with row ids above ``after``, in row-id order: (row id, stored JSON);
         ``scope`` keeps only resources in the Patient compartments it names."""
         ...
 

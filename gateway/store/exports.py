@@ -11,8 +11,8 @@ from typing import Any
 import orjson
 
 from gateway.search import RowFilter, SearchQuery, from_epoch, where_clause
-from gateway.store.base import ExportJob, ExportScope, StoredResource
-from gateway.store.rows import COLUMNS, Cursor, to_resource
+from gateway.store.base import ExportJob, ExportScope
+from gateway.store.rows import Cursor
 
 _JOB_COLUMNS = ("job_id, client, status, request, params, created, updated, transaction_time, progress, output,"
                 " error, expires")
@@ -84,7 +84,7 @@ class ExportJobs:
 
     def export_page(
         self, query: SearchQuery, after: int, limit: int, scope: ExportScope | None = None
-    ) -> list[tuple[int, StoredResource]]:
+    ) -> list[tuple[int, bytes]]:
         """Up to ``limit`` live matches of ``query`` after row id ``after``, in row-id order."""
         with self._read_cursor() as cur:
             if query.policy is not None and query.policy.subtree is None:
@@ -100,9 +100,10 @@ class ExportJobs:
                     member_params = [scope.group, scope.group]
                 where += f" AND ({own} OR {_REFERS.format(members=members)})"
                 params.extend(member_params)
-            cur.execute(self.q(f"SELECT {COLUMNS}, r.rid FROM resources r WHERE {where} AND r.rid > ?"
+            # The row id and the stored JSON only: an export writes the bytes as they are.
+            cur.execute(self.q(f"SELECT r.rid, r.content FROM resources r WHERE {where} AND r.rid > ?"
                                " ORDER BY r.rid LIMIT ?"), (*params, after, limit))
-            return [(int(row[6]), to_resource(row)) for row in cur.fetchall()]
+            return [(row[0], row[1] if type(row[1]) is bytes else bytes(row[1])) for row in cur.fetchall()]
 
 
 def _epoch(when: datetime | None) -> float | None:

@@ -59,7 +59,9 @@ async def download(client: httpx.AsyncClient, manifest: dict[str, Any]) -> dict[
     return out
 
 
-async def export(client: httpx.AsyncClient, path: str = "/fhir/$export", **params: Any) -> dict[str, list[dict[str, Any]]]:
+async def export(
+    client: httpx.AsyncClient, path: str = "/fhir/$export", **params: Any
+) -> dict[str, list[dict[str, Any]]]:
     """Kick off, wait and download: the exported resources by type."""
     manifest = await wait_done(client, await kick_off(client, path, **params))
     return await download(client, manifest)
