@@ -71,8 +71,12 @@ async def _kickoff(request: Request, level: str, group: str | None) -> Response:
                            deidentify_ready=exporter.deidentify_ready)
     if principal.policy is not None and principal.policy.deidentify:
         export.params["policy_deidentify"] = True
-    job = await exporter.submit(principal.name, str(request.url), export)
-    status_url = f"{base_url(request)}/$export-status/{job.job_id}"
+    # Echoed in the manifest: built from the base URL, like every link, never from a stray Host.
+    base = base_url(request)
+    query = f"?{request.url.query}" if request.url.query else ""
+    kicked = f"{base}{request.url.path.removeprefix('/fhir')}{query}"
+    job = await exporter.submit(principal.name, kicked, export)
+    status_url = f"{base}/$export-status/{job.job_id}"
     return Response(status_code=202, headers={"Content-Location": status_url})
 
 
