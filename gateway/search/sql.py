@@ -379,6 +379,8 @@ def date_sort_walk(query: SearchQuery) -> tuple[str, Params, str, Params] | None
 class DateSortPlan:
     """Two ways to one page of a query sorted by a date parameter (see ``date_sort_plan``)."""
 
+    few: str  # how many matches there are, counted up to the limit appended (index-only)
+    few_params: Params
     bound: str  # the sort key of the ``cap``-th date-index row in sort order (none if fewer rows)
     bound_params: Params
     walk: str  # date-index rows in sort order up to the bound, kept if every criterion holds;
@@ -398,8 +400,9 @@ def date_sort_plan(query: SearchQuery, cap: int) -> DateSortPlan | None:
     after ``page / share`` rows, however large the store. When it does not fill the page the
     matches are few (fewer than ``page * rows / cap``), and ``by_match`` sorts exactly those
     by their own date. So the cost is bounded by ``cap`` probes or by the matches, never by
-    the size of the store. None when the query has another shape (a chain, ``_has``, a
-    negation, a data policy, a second sort key).
+    the size of the store; ``few`` counts the matches up to a limit first, so that a rare
+    or unknown code goes straight to ``by_match`` without walking. None when the query has
+    another shape (a chain, ``_has``, a negation, a data policy, a second sort key).
     """
     if len(query.sort) != 1:
         return None
@@ -437,6 +440,7 @@ def date_sort_plan(query: SearchQuery, cap: int) -> DateSortPlan | None:
         f" ORDER BY (CASE WHEN bm.k IS NULL THEN 1 ELSE 0 END), bm.k {direction}, bm.rid {direction} LIMIT ? OFFSET ?"
     )  # resources without the date sort last, as in the walk
     return DateSortPlan(
+        f"SELECT COUNT(*) FROM (SELECT 1 FROM ({matched}) f LIMIT ?) g", list(matched_params),
         bound, [query.rtype, key.param.code, *snapshot, cap - 1],
         walk, [query.rtype, key.param.code, *snapshot, *probe_params],
         by_match, [key.param.code, *matched_params, *snapshot],

@@ -289,6 +289,9 @@ class SqlStore:
         """One page ordered by a date parameter: a bounded walk, else the few matches sorted
         (see ``date_sort_plan``)."""
         need = query.offset + query.count
+        cur.execute(self.q(plan.few), (*plan.few_params, self.SORT_WALK_MIN))
+        if int(cur.fetchone()[0]) < self.SORT_WALK_MIN:  # few matches: sorting them beats any walk
+            return self._rows_in_order(cur, self._by_match(cur, query, plan))
         cur.execute(self.q(plan.bound), plan.bound_params)
         found = cur.fetchone()
         # Fewer rows than the cap: the walk may read them all.
@@ -302,11 +305,14 @@ class SqlStore:
             if len(ordered) >= need or len(walked) < limit:
                 break
             limit *= 2
-        if len(ordered) >= need:
-            page_ids = ordered[query.offset : need]
-        else:
-            cur.execute(self.q(plan.by_match), (*plan.by_match_params, query.count, query.offset))
-            page_ids = [row[0] for row in cur.fetchall()]
+        page_ids = ordered[query.offset : need] if len(ordered) >= need else self._by_match(cur, query, plan)
+        return self._rows_in_order(cur, page_ids)
+
+    def _by_match(self, cur: Cursor, query: SearchQuery, plan: DateSortPlan) -> list[Any]:
+        cur.execute(self.q(plan.by_match), (*plan.by_match_params, query.count, query.offset))
+        return [row[0] for row in cur.fetchall()]
+
+    def _rows_in_order(self, cur: Cursor, page_ids: list[Any]) -> list[Any]:
         if not page_ids:
             return []
         marks = ", ".join("?" for _ in page_ids)
