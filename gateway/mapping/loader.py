@@ -22,10 +22,11 @@ from typing import Any
 import pydantic
 
 from gateway.fhir import can_retract_by_status
+from gateway.mapping.checks import check_mapping, golden_records
 from gateway.mapping.conceptmaps import ConceptTable, load_concept_tables
 from gateway.mapping.converters import CompileContext
 from gateway.mapping.engine import CompiledMapping, CompiledRule, MappingSet
-from gateway.mapping.errors import LoadIssue, MappingLoadError
+from gateway.mapping.errors import LoadIssue, MappingError, MappingLoadError
 from gateway.mapping.expressions import Expression, Scope
 from gateway.mapping.rules import compile_rule, defaults_reader, identifier_shape
 from gateway.mapping.spec import MappingSpec, SetSpec
@@ -140,8 +141,9 @@ def _load_set(folder: Path, loaded: LoadedMappings, interpret: bool) -> MappingS
         files = sorted(path for path in folder.glob("*.yaml") if path.name != SET_FILE)
     mappings: list[CompiledMapping] = []
     names: set[str] = set()
+    golden = golden_records(folder)
     for path in files:
-        compiled = _load_mapping(path, spec, loaded, interpret)
+        compiled = _load_mapping(path, spec, loaded, interpret, golden)
         if compiled is None:
             continue
         if compiled.name in names:
@@ -165,7 +167,7 @@ def _load_set(folder: Path, loaded: LoadedMappings, interpret: bool) -> MappingS
 
 
 def _load_mapping(
-    path: Path, set_spec: SetSpec, loaded: LoadedMappings, interpret: bool
+    path: Path, set_spec: SetSpec, loaded: LoadedMappings, interpret: bool, golden: list[Any]
 ) -> CompiledMapping | None:
     file = str(path)
     try:
@@ -183,13 +185,32 @@ def _load_mapping(
     )
     compiler = TemplateCompiler(ctx, interpret=interpret)
     compiled = _compile(spec, set_spec, file, compiler)
-    for node_path, message in compiler.issues:
+    problems = list(compiler.issues)
+    # The static checks run even when compiling failed, so validate lists every mistake at once.
+    problems += check_mapping(spec, ctx, compiler.expressions, _matching(golden, compiler, set_spec), golden)
+    for node_path, message in problems:
         loaded.issues.append(LoadIssue(file, doc.line_of(node_path), _describe(node_path, doc), message))
     loaded.tables_used |= ctx.tables_used
-    if compiler.issues or compiled is None:
+    if problems or compiled is None:
         return None
     loaded.expressions[compiled.tag] = compiler.expressions
     return compiled
+
+
+def _matching(golden: list[Any], compiler: TemplateCompiler, set_spec: SetSpec) -> list[Any]:
+    """The golden inputs this mapping's ``match`` accepts."""
+    match = next((expr for path, expr in compiler.expressions if path == ("match",)), None)
+    if match is None:
+        return [record for record in golden if isinstance(record, dict)]
+    env = {"system": [set_spec.system]}
+    chosen: list[Any] = []
+    for record in golden:
+        try:
+            if isinstance(record, dict) and match.run(record, env) == [True]:
+                chosen.append(record)
+        except MappingError:
+            continue
+    return chosen
 
 
 def _compile(spec: MappingSpec, set_spec: SetSpec, file: str, tc: TemplateCompiler) -> CompiledMapping | None:
