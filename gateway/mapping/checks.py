@@ -261,6 +261,9 @@ class _Checker:
         if declared is None:
             return
         element_type = declared.removesuffix("[]")
+        if isinstance(value, list) and not declared.endswith("[]"):
+            self.issues.append((path, f"{type_name}.{element} takes one {element_type}, not a list"))
+            return
         if isinstance(value, list):
             for index, item in enumerate(value):
                 self._check_value_as(item, type_name, element, element_type, (*path, index))
@@ -274,6 +277,8 @@ class _Checker:
         if isinstance(value, dict):
             if element_type in _table("r4-elements.json")["types"]:
                 self._check_object(value, element_type, path)
+            elif element_type.startswith("#") or element_type in _table("r4-elements.json")["primitives"]:
+                self.issues.append((path, f"{owner}.{element} is a {_plain_type(element_type)}, not an object"))
             return
         if not isinstance(value, str) or "{{" in value:
             return
@@ -304,6 +309,7 @@ class _Checker:
                         (path, f"{owner}.{element} is a Reference: {key!r} is not one of its elements "
                          "(reference, type, identifier, display)")
                     )
+            self._check_object(value, "Reference", path)
             return
         if not isinstance(value, str):
             return
@@ -317,6 +323,10 @@ class _Checker:
         self.issues.append(
             (path, f"{owner}.{element} may refer to {', '.join(allowed)}, not {target}")
         )
+
+
+def _plain_type(element_type: str) -> str:
+    return "code" if element_type.startswith("#") else element_type
 
 
 def _keys(source: str) -> tuple[str, ...]:

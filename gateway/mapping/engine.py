@@ -110,6 +110,8 @@ class CompiledMapping:
     agent: Builder | None
     description: str = ""
     recorded_path: str = "provenance.recorded"  # names the record field in errors
+    #: line in ``file`` of each rule, ``let <name>``, ``defaults.<name>`` and ``provenance``
+    lines: dict[str, int] = field(default_factory=dict)
     _meta: Callable[[], dict[str, Any]] = field(init=False, repr=False, compare=False)
     _rules: dict[str, CompiledRule] = field(init=False, repr=False, compare=False)
 
@@ -118,6 +120,11 @@ class CompiledMapping:
         self._meta = copier(
             {"source": self.system, "tag": [{"system": MAPPING_TAG_SYSTEM, "code": self.tag}]}
         )
+
+    def where(self, part: str) -> str:
+        """``set: file:line`` of a rule (or let, default, provenance), for run-time errors."""
+        line = self.lines.get(part)
+        return f"{self.set_name}: {self.file}" + (f":{line}" if line else "")
 
     @property
     def tag(self) -> str:
@@ -159,7 +166,7 @@ class CompiledMapping:
             try:
                 value = builder(record, env)
             except MappingError as exc:
-                raise exc.in_rule(f"let {name}", self.name) from None
+                raise exc.in_rule(f"let {name}", self.name, self.where(f"let {name}")) from None
             env[name] = [] if value is MISSING else value if type(value) is list else [value]
         planned: list[tuple[CompiledRule, dict[str, str] | None]] = []
         for rule in self.rules:
@@ -169,7 +176,7 @@ class CompiledMapping:
             try:
                 ids = self._plan_single(rule, record, env, record_id)
             except MappingError as exc:
-                raise exc.in_rule(rule.name, self.name) from None
+                raise exc.in_rule(rule.name, self.name, self.where(rule.name)) from None
             if ids is None:
                 env[rule.name] = []
             else:
@@ -181,7 +188,7 @@ class CompiledMapping:
             try:
                 values[name] = builder(record, env)
             except MappingError as exc:
-                raise exc.in_rule(f"defaults.{name}", self.name) from None
+                raise exc.in_rule(f"defaults.{name}", self.name, self.where(f"defaults.{name}")) from None
         env[DEFAULTS_KEY] = [values]
         entries: dict[tuple[str, str], dict[str, Any]] = {}
         for rule, ids in planned:
@@ -192,7 +199,7 @@ class CompiledMapping:
                 else:
                     self._run_repeat(entries, rule, record, env, record_id)
             except MappingError as exc:
-                raise exc.in_rule(rule.name, self.name) from None
+                raise exc.in_rule(rule.name, self.name, self.where(rule.name)) from None
             if fired is not None and made_any(entries, rule.name):
                 fired.add(rule.name)
         return self._bundle(entries, record, env, record_id, outputs)
@@ -313,7 +320,7 @@ class CompiledMapping:
             recorded = self.recorded(record, env)
             agent = self.agent(record, env) if self.agent is not None else MISSING
         except MappingError as exc:
-            raise exc.in_rule("provenance", self.name) from None
+            raise exc.in_rule("provenance", self.name, self.where("provenance")) from None
         if recorded is MISSING or type(recorded) is not str:
             raise MappingError(
                 self.recorded_path,

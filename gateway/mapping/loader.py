@@ -193,6 +193,11 @@ def _load_mapping(
     loaded.tables_used |= ctx.tables_used
     if problems or compiled is None:
         return None
+    compiled.lines = {rule.name: doc.line_of(("rules", index)) for index, rule in enumerate(spec.rules)}
+    compiled.lines.update({f"let {name}": doc.line_of(("let", name)) for name in spec.let})
+    compiled.lines.update({f"defaults.{name}": doc.line_of(("defaults", name)) for name in
+                           ("subject", "encounter", "effective", "performer")})
+    compiled.lines["provenance"] = doc.line_of(("provenance",))
     loaded.expressions[compiled.tag] = compiler.expressions
     return compiled
 
