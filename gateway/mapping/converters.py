@@ -27,7 +27,9 @@ Bad values raise ``MappingError`` naming the source path and the value.
 ``code(table)``        code → target code text (FHIR ``code`` fields: gender, priority)
 ``ref(Type)``          entity key → ``{"reference": "Type/<deterministic id>"}``
 ``uuid(Type)``         entity key → the deterministic id alone
-``human_name``         "Aisha Nakato" → HumanName (last word is the family name)
+``human_name(order)``  "Aisha Nakato" → HumanName: ``given_first`` (default; last part is
+                       the family name), ``family_first``, ``text_only``; particles
+                       ("van der", "dos", "Ti") stay with the word after them
 ``position``           "lat lon alt acc", GeoJSON Point or {latitude, longitude} →
                        Location.position
 ``wrap(key)``          v → ``{key: v}`` (e.g. Group.member from a list of refs)
@@ -48,6 +50,7 @@ from gateway.mapping.conceptmaps import ConceptTable
 from gateway.mapping.errors import MappingError, quote
 from gateway.mapping.ids import entity_id
 from gateway.mapping.values import (
+    NAME_ORDERS,
     blank,
     fail,
     from_epoch,
@@ -169,6 +172,13 @@ def _simple(fn: Callable[[Any, str], Any]) -> Callable[[list[Any], CompileContex
     return factory
 
 
+def _human_name(args: list[Any], ctx: CompileContext, path: str) -> Converter:
+    order = args[0] if args else "given_first"
+    if order not in NAME_ORDERS:
+        raise ConverterArgError(f"human_name: order {order!r} must be one of {', '.join(NAME_ORDERS)}")
+    return _per_item(lambda value: human_name(value, path, order))
+
+
 def _split(args: list[Any], ctx: CompileContext, path: str) -> Converter:
     separator = args[0] if args else None
 
@@ -283,7 +293,7 @@ CONVERTERS: dict[str, ConverterSpec] = {
         ConverterSpec("code", (str,), 1, _table_converter("code")),
         ConverterSpec("ref", (str,), 1, _ref_factory(True), fresh=True),
         ConverterSpec("uuid", (str,), 1, _ref_factory(False)),
-        ConverterSpec("human_name", (), 0, _simple(human_name), fresh=True),
+        ConverterSpec("human_name", (str,), 0, _human_name, fresh=True),
         ConverterSpec("position", (), 0, _simple(position), fresh=True),
         ConverterSpec("wrap", (str,), 1, _wrap),
         ConverterSpec("entries", (), 0, _entries),

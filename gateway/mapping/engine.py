@@ -77,6 +77,10 @@ class CompiledRule:
     entity: Expression | None = None
     identifier_shapes: dict[str, str | None] = field(default_factory=dict)
     on_retract: str | None = None  # entered-in-error | delete | keep; None: by resource type
+    lets: list[tuple[str, Builder]] = field(default_factory=list)  # per item, see %item
+    #: repeating rules over the same ``for_each``: ``%name`` is their resource for this item
+    sibling_names: tuple[str, ...] = ()
+    siblings: list[CompiledRule] = field(default_factory=list)
 
     def retract_mode(self, rtype: str) -> str:
         """How to take back a ``rtype`` this rule made: ``status``, ``delete`` or ``keep``."""
@@ -117,6 +121,8 @@ class CompiledMapping:
 
     def __post_init__(self) -> None:
         self._rules = {rule.name: rule for rule in self.rules}
+        for rule in self.rules:
+            rule.siblings = [self._rules[name] for name in rule.sibling_names]
         self._meta = copier(
             {"source": self.system, "tag": [{"system": MAPPING_TAG_SYSTEM, "code": self.tag}]}
         )
@@ -233,19 +239,37 @@ class CompiledMapping:
             local = dict(env)
             local["item"] = [item]
             local["index"] = [index]
-            if rule.when is not None and not truthy(rule.when.run(record, local), rule.when.text):
+            ids = self._item_ids(rule, record, local, record_id)
+            if ids is None:
                 continue
-            if rule.key is not None:
-                repeat_key = _single_text(rule.key.run(record, local), rule.key.text, "the repeat key")
-            else:
-                repeat_key = str(index)
-            local["key"] = [repeat_key]
-            if rule.entity is not None:
-                key = _single_text(rule.entity.run(record, local), rule.entity.text, "the entity id")
-            else:
-                key = record_key(record_id, rule.name, repeat_key)
-            made = rule.program.factory(record, local, rule.ids(self.system, key))
+            for sibling in rule.siblings:
+                try:
+                    other = self._item_ids(sibling, record, {**env, "item": [item], "index": [index]}, record_id)
+                except MappingError as exc:
+                    raise exc.in_rule(sibling.name, self.name, self.where(sibling.name)) from None
+                primary = sibling.program.resource_types[0]
+                local[sibling.name] = [] if other is None else [{"reference": f"{primary}/{other[primary]}"}]
+            made = rule.program.factory(record, local, ids)
             self._add(entries, rule, made, record_id, scoped=rule.entity is None)
+
+    def _item_ids(self, rule: CompiledRule, record: Any, local: Env, record_id: str) -> dict[str, str] | None:
+        """Evaluate a repeating rule's lets, ``when``, ``key`` and ``id`` for one item (into
+        ``local``); its resource ids, or None when it does not fire for the item."""
+        for name, builder in rule.lets:
+            value = builder(record, local)
+            local[name] = [] if value is MISSING else value if type(value) is list else [value]
+        if rule.when is not None and not truthy(rule.when.run(record, local), rule.when.text):
+            return None
+        if rule.key is not None:
+            repeat_key = _single_text(rule.key.run(record, local), rule.key.text, "the repeat key")
+        else:
+            repeat_key = str(local["index"][0])
+        local["key"] = [repeat_key]
+        if rule.entity is not None:
+            key = _single_text(rule.entity.run(record, local), rule.entity.text, "the entity id")
+        else:
+            key = record_key(record_id, rule.name, repeat_key)
+        return rule.ids(self.system, key)
 
     def _add(
         self,

@@ -6,6 +6,8 @@ Layout::
       conceptmaps/*.yaml          FHIR ConceptMaps (code tables), shared by all sets
       <set>/set.yaml              SetSpec: name, source system URI, file order
       <set>/<record-type>.yaml    MappingSpec, one per source record type
+      <set>/conceptmaps/*.yaml    the set's own ConceptMaps (an id also in conceptmaps/
+                                  replaces the shared one, for this set only)
       <set>/tests/                golden tests (see golden.py)
 
 Every problem found (YAML syntax, schema, FHIRPath syntax, unknown converters, variables,
@@ -142,8 +144,11 @@ def _load_set(folder: Path, loaded: LoadedMappings, interpret: bool) -> MappingS
     mappings: list[CompiledMapping] = []
     names: set[str] = set()
     golden = golden_records(folder)
+    tables = loaded.tables
+    if (folder / CONCEPTMAP_DIR).is_dir():
+        tables = {**loaded.tables, **load_concept_tables(folder / CONCEPTMAP_DIR, loaded.issues)}
     for path in files:
-        compiled = _load_mapping(path, spec, loaded, interpret, golden)
+        compiled = _load_mapping(path, spec, loaded, interpret, golden, tables)
         if compiled is None:
             continue
         if compiled.name in names:
@@ -156,7 +161,7 @@ def _load_set(folder: Path, loaded: LoadedMappings, interpret: bool) -> MappingS
         loaded.issues.append(LoadIssue(str(set_file), 1, "", "the set has no mapping files"))
     mapping_set = MappingSet(spec.name, spec.system, mappings, spec.title, str(folder))
     if spec.retract is not None:
-        ctx = CompileContext(system=spec.system, tables=loaded.tables, constants={"system": [spec.system]})
+        ctx = CompileContext(system=spec.system, tables=tables, constants={"system": [spec.system]})
         compiler = TemplateCompiler(ctx, interpret=interpret)
         scope = Scope(frozenset({"system"}), "retract sees only %system")
         mapping_set.retract_when = compiler.expression(spec.retract.when, ("retract", "when"), scope)
@@ -167,7 +172,12 @@ def _load_set(folder: Path, loaded: LoadedMappings, interpret: bool) -> MappingS
 
 
 def _load_mapping(
-    path: Path, set_spec: SetSpec, loaded: LoadedMappings, interpret: bool, golden: list[Any]
+    path: Path,
+    set_spec: SetSpec,
+    loaded: LoadedMappings,
+    interpret: bool,
+    golden: list[Any],
+    tables: dict[str, ConceptTable],
 ) -> CompiledMapping | None:
     file = str(path)
     try:
@@ -180,7 +190,7 @@ def _load_mapping(
         return None
     ctx = CompileContext(
         system=set_spec.system,
-        tables=loaded.tables,
+        tables=tables,
         constants={"system": [set_spec.system], "mapping": [spec.mapping], "version": [spec.version]},
     )
     compiler = TemplateCompiler(ctx, interpret=interpret)
@@ -260,15 +270,34 @@ def _compile(spec: MappingSpec, set_spec: SetSpec, file: str, tc: TemplateCompil
         else None
     )
     rules: list[CompiledRule] = []
+    groups: dict[str, list[str]] = {}  # for_each text → the repeating rules over those items
+    for rule in spec.rules:
+        if rule.for_each is not None:
+            groups.setdefault(rule.for_each.strip(), []).append(rule.name)
     for index, rule in enumerate(spec.rules):
         path: NodePath = ("rules", index)
         repeat = rule.for_each is not None
         extra = _REPEAT if repeat else frozenset()
-        condition_scope = Scope(condition_vars | extra, "when/for_each/key/id see built-ins and lets")
-        compiled = CompiledRule(
-            rule.name,
-            compile_rule(rule, tc, readers, Scope(body_vars | extra | ({"key"} if repeat else set())), path),
+        rule_lets: list[tuple[str, Builder]] = []
+        let_names: set[str] = set()
+        if rule.let and not repeat:
+            issues.append(((*path, "let"), "a rule's let needs for_each (use the mapping's let)"))
+        for name, value in rule.let.items():
+            if name in _RESERVED or name in visible or name in rule_names:
+                issues.append(((*path, "let", name), f"%{name} is already a name here; choose another"))
+            let_scope = Scope(condition_vars | extra | let_names, "a rule's let sees lets, %item and %index")
+            rule_lets.append((name, tc.template(value, (*path, "let", name), let_scope).build))
+            let_names.add(name)
+        siblings = [
+            name for name in groups.get((rule.for_each or "").strip(), []) if name != rule.name
+        ] if repeat else []
+        condition_scope = Scope(
+            condition_vars | extra | let_names, "when/for_each/key/id see built-ins, lets and the rule's lets"
         )
+        body = body_vars | extra | let_names | set(siblings) | ({"key"} if repeat else set())
+        compiled = CompiledRule(rule.name, compile_rule(rule, tc, readers, Scope(frozenset(body)), path))
+        compiled.lets = rule_lets
+        compiled.sibling_names = tuple(siblings)
         if rule.for_each is not None:
             compiled.for_each = tc.expression(rule.for_each, (*path, "for_each"), Scope(condition_vars))
         elif rule.key is not None:

@@ -176,15 +176,46 @@ def from_epoch(value: Any, path: str, scale: int) -> str:
     return _format_instant(datetime.fromtimestamp(round(seconds, 3), tz=UTC))
 
 
-def human_name(value: Any, path: str) -> dict[str, Any]:
-    """A HumanName from a full name: the last word is the family name."""
+#: Words that belong to the name part after them: family-name particles ("van der Berg",
+#: "dos Santos", "bin Ali") and Haitian Creole "Ti" ("little"), part of a given name ("Ti Jozèf").
+NAME_PARTICLES = frozenset(
+    {"al", "bin", "binti", "da", "das", "de", "del", "della", "der", "di", "do", "dos", "du",
+     "el", "ibn", "la", "le", "ten", "ter", "van", "von", "ti"}
+)
+NAME_ORDERS = ("given_first", "family_first", "text_only")
+
+
+def _name_parts(words: list[str]) -> list[str]:
+    """Join each particle with the word after it: ["Ti", "Jozèf"] → ["Ti Jozèf"]."""
+    parts: list[str] = []
+    pending: list[str] = []
+    for word in words:
+        pending.append(word)
+        if word.lower() not in NAME_PARTICLES:
+            parts.append(" ".join(pending))
+            pending = []
+    if pending:
+        parts.append(" ".join(pending))
+    return parts
+
+
+def human_name(value: Any, path: str, order: str = "given_first") -> dict[str, Any]:
+    """A HumanName from a full name. ``given_first`` (default): the last part is the family
+    name; ``family_first``: the first part is ("Uwimana Claudine"); ``text_only``: only
+    ``text``. A particle joins the word after it ("van der Berg", "Ti Jozèf")."""
     words = to_text(value, path).split()
     name: dict[str, Any] = {"text": " ".join(words)}
-    if len(words) > 1:
-        name["family"] = words[-1]
-        name["given"] = words[:-1]
+    if order == "text_only":
+        return name
+    parts = _name_parts(words)
+    if len(parts) == 1:
+        name["given"] = parts
+    elif order == "family_first":
+        name["family"] = parts[0]
+        name["given"] = parts[1:]
     else:
-        name["given"] = words
+        name["family"] = parts[-1]
+        name["given"] = parts[:-1]
     return name
 
 

@@ -106,7 +106,8 @@ def test_a_facility_of_the_wrong_shape_is_named_with_file_and_line(tmp_path: Pat
 def test_a_run_time_error_names_set_file_line_and_rule(tmp_path: Path) -> None:
     root = _copy(tmp_path, [])
     record = {
-        "_xform_id_string": "aQ8rZk3YfG7mN2pLwX4vTs", "meta/rootUuid": "uuid:1", "_submission_time": "2025-05-10T08:00:00",
+        "_xform_id_string": "aQ8rZk3YfG7mN2pLwX4vTs", "meta/rootUuid": "uuid:1",
+        "_submission_time": "2025-05-10T08:00:00",
         "chw_id": "C1", "visit_date": "2025-05-10", "patient/patient_id": "P1", "vitals/weight_kg": "heavy",
     }
     with pytest.raises(MappingError) as caught:
