@@ -297,7 +297,9 @@ def _compile(spec: MappingSpec, set_spec: SetSpec, file: str, tc: TemplateCompil
         body = body_vars | extra | let_names | set(siblings) | ({"key"} if repeat else set())
         compiled = CompiledRule(rule.name, compile_rule(rule, tc, readers, Scope(frozenset(body)), path))
         compiled.lets = rule_lets
-        compiled.sibling_names = tuple(siblings)
+        used = {name for where, expr in tc.expressions if where[:2] == path for name in expr.variables}
+        # only the siblings the rule refers to are worked out per item: the others cost nothing
+        compiled.sibling_names = tuple(name for name in siblings if name in used)
         if rule.for_each is not None:
             compiled.for_each = tc.expression(rule.for_each, (*path, "for_each"), Scope(condition_vars))
         elif rule.key is not None:
