@@ -8,9 +8,10 @@ source path and a (truncated) quote of the value for anything else. Nothing is g
 
 from __future__ import annotations
 
+import calendar
 import math
 import re
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -217,6 +218,31 @@ def human_name(value: Any, path: str, order: str = "given_first") -> dict[str, A
         name["family"] = parts[-1]
         name["given"] = parts[:-1]
     return name
+
+
+#: Marks a birth date worked out from an age (on ``Patient._birthDate``). R4 has no core
+#: extension for this; national guides define their own, so it is a local URL.
+ESTIMATED_DATE_EXTENSION = "urn:chw-gateway:extension:birth-date-estimated"
+AGE_UNITS = ("years", "months", "weeks", "days")
+
+
+def birth_date_from_age(on: Any, age: Any, unit: str, path: str) -> str:
+    """The estimated birth date of someone ``age`` ``unit`` old on the date ``on``.
+
+    A year or month step from 29 February (or the 31st) lands on the month's last day."""
+    day = to_date(on, path)
+    if len(day) != 10:
+        raise fail(path, on, "a full date to count the age back from")
+    reference = date.fromisoformat(day)
+    amount = to_decimal(age, path)
+    if amount < 0 or amount > 150 * 366:
+        raise fail(path, age, "an age")
+    if unit in ("weeks", "days"):
+        return (reference - timedelta(days=int(amount * (7 if unit == "weeks" else 1)))).isoformat()
+    months = int(amount * 12) if unit == "years" else int(amount)
+    year, month = divmod(reference.year * 12 + reference.month - 1 - months, 12)
+    last = calendar.monthrange(year, month + 1)[1]
+    return date(year, month + 1, min(reference.day, last)).isoformat()
 
 
 def position(value: Any, path: str) -> dict[str, float]:

@@ -191,3 +191,42 @@ def test_a_golden_case_expecting_a_refusal_does_not_feed_the_static_checks(mappi
     assert "converter integer does not fit %item.age" in issue.message
     files["tbc/tests/one.expected.json"] = json.dumps(refusal)
     assert load_mappings(_set(mappings_dir, mapping, files)).issues == []
+
+
+AGE = """\
+mapping: tb-contacts
+version: 1.0.0
+record_id: id
+provenance: {recorded: "{{ submitted | datetime }}"}
+let:
+  visit_date: "{{ submitted | date }}"
+rules:
+  - name: contact
+    kind: resource
+    resourceType: Patient
+    for_each: contacts
+    key: "%item.contact_id"
+    template:
+      birthDate: "{{ %visit_date.combine(%item.age) | birth_date_from_age }}"
+      _birthDate: "{{ %item.age | estimated }}"
+"""
+
+
+def test_an_age_becomes_an_estimated_birth_date_with_its_extension(mappings_dir) -> None:
+    """Language item: age → estimated birth date, marked on ``_birthDate``."""
+    from gateway.mapping import fhir_problems
+
+    bundle = load_mapping_sets(_set(mappings_dir, AGE))["tbc"].map_record(RECORD)
+    first, second = (entry["resource"] for entry in bundle["entry"][:2])
+    assert first["birthDate"] == "1991-03-01"
+    assert first["_birthDate"] == {
+        "extension": [{"url": "urn:chw-gateway:extension:birth-date-estimated", "valueBoolean": True}]
+    }
+    assert "birthDate" not in second and "_birthDate" not in second  # no age given
+    assert fhir_problems(bundle) == []
+
+
+def test_an_unknown_age_unit_is_refused_at_load(mappings_dir) -> None:
+    mapping = AGE.replace("birth_date_from_age }}", "birth_date_from_age('decades') }}")
+    (issue,) = load_mappings(_set(mappings_dir, mapping)).issues
+    assert "unit 'decades' must be one of years, months, weeks, days" in issue.message
