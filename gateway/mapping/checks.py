@@ -193,7 +193,10 @@ class _Checker:
         for_each = self.spec.rules[path[1]].for_each
         if for_each is None:
             return None
-        source, steps = split_pipeline(for_each)
+        try:
+            source, steps = split_pipeline(for_each)
+        except CompileError:
+            return None  # the compiler reports it
         if steps or not _SIMPLE_SOURCE.match(source) or source.startswith("%"):
             return None
         node, _ = self.root.find(_keys(source))

@@ -114,3 +114,12 @@ def test_a_run_time_error_names_set_file_line_and_rule(tmp_path: Path) -> None:
         load_mapping_sets(root)["kobo"].map_record(record)
     line = _line_of(root, "- name: weight")
     assert f"rule weight at kobo: {root / KOBO}:{line}]" in str(caught.value)
+
+
+def test_a_broken_for_each_is_reported_once_and_the_checks_go_on(tmp_path: Path) -> None:
+    root = _copy(tmp_path, [("for_each: med_refills", "for_each: \"med_refills.where(\""),
+                            ("unit: kg", "unit: kilogram")])
+    messages = sorted(issue.message for issue in load_mappings(root).issues)
+    assert len(messages) == 2
+    assert messages[0].startswith("'kilogram' is not a UCUM unit code")
+    assert "unbalanced brackets" in messages[1]
