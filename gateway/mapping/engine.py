@@ -4,7 +4,9 @@
 
 1. evaluate ``record_id`` and the ``let`` values, in file order;
 2. decide which single (non-repeating) rules fire and give each its deterministic id, so
-   any rule can refer to another as ``%name`` whatever their order;
+   any rule can refer to another as ``%name`` whatever their order; a repeating rule named
+   from outside its items gets the list of its per-item References the same way (and,
+   inside a repeating rule, ``%sibling`` is the sibling's Reference for the same item);
 3. run the rules in file order (repeating rules once per ``for_each`` item);
 4. stamp every resource with ``meta.source`` (the source system) and a ``meta.tag`` naming
    the mapping and its version; add the record identifier to record-scoped resources;
@@ -116,6 +118,9 @@ class CompiledMapping:
     recorded_path: str = "provenance.recorded"  # names the record field in errors
     #: line in ``file`` of each rule, ``let <name>``, ``defaults.<name>`` and ``provenance``
     lines: dict[str, int] = field(default_factory=dict)
+    #: repeating rules referred to from outside their own items: ``%name`` is then every
+    #: item's Reference, in item order (worked out before the rules run)
+    collected: frozenset[str] = frozenset()
     _meta: Callable[[], dict[str, Any]] = field(init=False, repr=False, compare=False)
     _rules: dict[str, CompiledRule] = field(init=False, repr=False, compare=False)
 
@@ -189,6 +194,12 @@ class CompiledMapping:
                 primary = rule.program.resource_types[0]
                 env[rule.name] = [{"reference": f"{primary}/{ids[primary]}"}]
                 planned.append((rule, ids))
+        for rule in self.rules:
+            if rule.name in self.collected:
+                try:
+                    env[rule.name] = self._references(rule, record, env, record_id)
+                except MappingError as exc:
+                    raise exc.in_rule(rule.name, self.name, self.where(rule.name)) from None
         values: dict[str, Any] = {}
         for name, builder in self.defaults:
             try:
@@ -229,13 +240,7 @@ class CompiledMapping:
         env: Env,
         record_id: str,
     ) -> None:
-        assert rule.for_each is not None
-        items = [item for item in rule.for_each.run(record, env) if item is not None and item != ""]
-        if len(items) > MAX_REPEAT:
-            raise MappingError(
-                rule.for_each.text, f"{len(items)} items; at most {MAX_REPEAT}", code="too-costly"
-            )
-        for index, item in enumerate(items):
+        for index, item in enumerate(self._items(rule, record, env)):
             local = dict(env)
             local["item"] = [item]
             local["index"] = [index]
@@ -251,6 +256,25 @@ class CompiledMapping:
                 local[sibling.name] = [] if other is None else [{"reference": f"{primary}/{other[primary]}"}]
             made = rule.program.factory(record, local, ids)
             self._add(entries, rule, made, record_id, scoped=rule.entity is None)
+
+    def _items(self, rule: CompiledRule, record: Any, env: Env) -> list[Any]:
+        assert rule.for_each is not None
+        items = [item for item in rule.for_each.run(record, env) if item is not None and item != ""]
+        if len(items) > MAX_REPEAT:
+            raise MappingError(
+                rule.for_each.text, f"{len(items)} items; at most {MAX_REPEAT}", code="too-costly"
+            )
+        return items
+
+    def _references(self, rule: CompiledRule, record: Any, env: Env, record_id: str) -> list[Any]:
+        """A repeating rule's Reference for each item it fires for, in item order."""
+        primary = rule.program.resource_types[0]
+        references: list[Any] = []
+        for index, item in enumerate(self._items(rule, record, env)):
+            ids = self._item_ids(rule, record, {**env, "item": [item], "index": [index]}, record_id)
+            if ids is not None:
+                references.append({"reference": f"{primary}/{ids[primary]}"})
+        return references
 
     def _item_ids(self, rule: CompiledRule, record: Any, local: Env, record_id: str) -> dict[str, str] | None:
         """Evaluate a repeating rule's lets, ``when``, ``key`` and ``id`` for one item (into

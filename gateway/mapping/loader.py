@@ -253,9 +253,8 @@ def _compile(spec: MappingSpec, set_spec: SetSpec, file: str, tc: TemplateCompil
         lets.append((name, tc.template(value, ("let", name), scope).build))
         visible.add(name)
     condition_vars = frozenset(visible)
-    singles = frozenset(rule.name for rule in spec.rules if rule.for_each is None)
-    body_vars = condition_vars | singles
-    body_scope = Scope(body_vars, "rules see built-ins, lets and single (non-repeating) rules")
+    body_vars = condition_vars | frozenset(rule.name for rule in spec.rules)
+    body_scope = Scope(body_vars, "rules see built-ins, lets and rules")
     defaults: list[tuple[str, Builder]] = []
     readers: dict[str, Builder] = {}
     for field_name in ("subject", "encounter", "effective", "performer"):
@@ -294,7 +293,7 @@ def _compile(spec: MappingSpec, set_spec: SetSpec, file: str, tc: TemplateCompil
         condition_scope = Scope(
             condition_vars | extra | let_names, "when/for_each/key/id see built-ins, lets and the rule's lets"
         )
-        body = body_vars | extra | let_names | set(siblings) | ({"key"} if repeat else set())
+        body = (body_vars - ({rule.name} if repeat else set())) | extra | let_names | ({"key"} if repeat else set())
         compiled = CompiledRule(rule.name, compile_rule(rule, tc, readers, Scope(frozenset(body)), path))
         compiled.lets = rule_lets
         used = {name for where, expr in tc.expressions if where[:2] == path for name in expr.variables}
@@ -328,7 +327,9 @@ def _compile(spec: MappingSpec, set_spec: SetSpec, file: str, tc: TemplateCompil
         rules.append(compiled)
     if record_id is None or issues:
         return None
+    collected = _collected(spec, groups, tc)
     return CompiledMapping(
+        collected=collected,
         name=spec.mapping,
         version=spec.version,
         set_name=set_spec.name,
@@ -344,6 +345,23 @@ def _compile(spec: MappingSpec, set_spec: SetSpec, file: str, tc: TemplateCompil
         description=spec.description,
         recorded_path=_expression_text(spec.provenance.recorded) or "provenance.recorded",
     )
+
+
+def _collected(spec: MappingSpec, groups: dict[str, list[str]], tc: TemplateCompiler) -> frozenset[str]:
+    """Repeating rules some expression refers to from outside their own items."""
+    repeating = {rule.name: (rule.for_each or "").strip() for rule in spec.rules if rule.for_each is not None}
+    found: set[str] = set()
+    for path, expression in tc.expressions:
+        inside = None
+        if len(path) >= 2 and path[0] == "rules" and isinstance(path[1], int):
+            inside = spec.rules[path[1]]
+        for name in expression.variables & repeating.keys():
+            same_items = inside is not None and inside.for_each is not None and (
+                name in groups.get(inside.for_each.strip(), [])
+            )
+            if not same_items:
+                found.add(name)
+    return frozenset(found)
 
 
 def _expression_text(value: Any) -> str | None:

@@ -230,3 +230,42 @@ def test_an_unknown_age_unit_is_refused_at_load(mappings_dir) -> None:
     mapping = AGE.replace("birth_date_from_age }}", "birth_date_from_age('decades') }}")
     (issue,) = load_mappings(_set(mappings_dir, mapping)).issues
     assert "unit 'decades' must be one of years, months, weeks, days" in issue.message
+
+
+ACROSS = CONTACTS + """\
+  - name: household
+    kind: resource
+    resourceType: Group
+    template:
+      type: person
+      actual: true
+      member: ["{{ %contact | wrap('entity') }}"]
+  - name: screening
+    kind: observation
+    for_each: screenings
+    code: {text: Screened}
+    value: "{{ %item.result }}"
+    subject: "{{ %contact[%index] }}"
+"""
+
+
+def test_a_repeating_rule_is_every_items_reference_outside_its_items(mappings_dir) -> None:
+    """Finding 1: across items, ``%contact`` is the list of per-item References, so
+    ``%contact[%index]`` picks one and a single rule can list them all."""
+    record = {**RECORD, "screenings": [{"result": "negative"}, {"result": "positive"}]}
+    bundle = load_mapping_sets(_set(mappings_dir, ACROSS))["tbc"].map_record(record)
+    resources = [entry["resource"] for entry in bundle["entry"]]
+    contacts = [f"Patient/{r['id']}" for r in resources if r["resourceType"] == "Patient"]
+    (group,) = [r for r in resources if r["resourceType"] == "Group"]
+    assert [member["entity"]["reference"] for member in group["member"]] == contacts
+    screened = [r for r in resources if r["resourceType"] == "Observation" and "valueString" in r]
+    assert [(o["subject"]["reference"], o["valueString"]) for o in screened] == [
+        (contacts[0], "negative"), (contacts[1], "positive")
+    ]
+
+
+def test_a_repeating_rule_cannot_refer_to_itself(mappings_dir) -> None:
+    link = "      link: [{other: \"{{ %contact }}\", type: seealso}]\n"
+    mapping = CONTACTS.replace("      name: [", link + "      name: [")
+    (issue,) = load_mappings(_set(mappings_dir, mapping)).issues
+    assert issue.message.startswith("unknown variable %contact")
