@@ -33,7 +33,10 @@ def test_every_golden_record_stores_or_is_quarantined(service: IngestService, st
                 assert result.outcome == expected
             else:
                 assert result.status == "stored", (case.name, result.outcome)
-                assert len(result.resources) == len(expected["entry"])
+                # cases share the store: a later case editing an earlier record also takes back
+                # what the edit no longer makes (retracted/deleted), on top of what it writes
+                written = [r for r in result.resources if r.change not in ("retracted", "deleted")]
+                assert len(written) == len(expected["entry"])
     assert len(store.quarantine_list()) == 1
 
 
