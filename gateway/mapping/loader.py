@@ -30,6 +30,7 @@ from gateway.mapping.converters import CompileContext
 from gateway.mapping.engine import CompiledMapping, CompiledRule, MappingSet
 from gateway.mapping.errors import LoadIssue, MappingError, MappingLoadError
 from gateway.mapping.expressions import Expression, Scope
+from gateway.mapping.inputs import InputError, read_records
 from gateway.mapping.rules import compile_rule, defaults_reader, identifier_shape
 from gateway.mapping.spec import MappingSpec, SetSpec
 from gateway.mapping.templates import Builder, TemplateCompiler
@@ -144,6 +145,13 @@ def _load_set(folder: Path, loaded: LoadedMappings, interpret: bool) -> MappingS
     mappings: list[CompiledMapping] = []
     names: set[str] = set()
     golden = golden_records(folder)
+    for index, name in enumerate(spec.inputs):
+        try:
+            golden.extend(read_records(folder / name)[0])
+        except (InputError, OSError) as exc:
+            loaded.issues.append(
+                LoadIssue(str(set_file), doc.line_of(("inputs", index)), f"inputs[{index}]", f"cannot read: {exc}")
+            )
     tables = loaded.tables
     if (folder / CONCEPTMAP_DIR).is_dir():
         tables = {**loaded.tables, **load_concept_tables(folder / CONCEPTMAP_DIR, loaded.issues)}

@@ -243,6 +243,9 @@ class SetSpec(_Strict):
     of identifier systems (``%system`` in expressions). ``mappings`` lists the mapping files
     in the order their ``match`` is tried (default: all other ``*.yaml`` files, sorted).
     ``retract`` (optional) recognises deleted and voided records (``RetractSpec``).
+    ``inputs`` lists more example records (``.json``/``.csv`` files, relative to the set
+    folder) for the static checks' input schema, besides the golden inputs: records with the
+    fields an app sends only sometimes.
     """
 
     name: str = Field(pattern=_MAPPING_NAME)
@@ -250,3 +253,4 @@ class SetSpec(_Strict):
     system: str = Field(pattern=r"^(urn:|https?://)\S+$")
     mappings: list[str] | None = None
     retract: RetractSpec | None = None
+    inputs: list[str] = []

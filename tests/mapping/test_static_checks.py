@@ -3,6 +3,7 @@ before any record is sent (issue 15, findings 2 and 3 and the five typical mista
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -123,3 +124,19 @@ def test_a_broken_for_each_is_reported_once_and_the_checks_go_on(tmp_path: Path)
     assert len(messages) == 2
     assert messages[0].startswith("'kilogram' is not a UCUM unit code")
     assert "unbalanced brackets" in messages[1]
+
+
+def test_a_set_declares_example_records_for_fields_no_golden_input_has(tmp_path: Path) -> None:
+    """A field the app sends only sometimes: the set lists an example record that has it."""
+    root = _copy(tmp_path, [("`vitals/weight_kg` | decimal", "`vitals/muac_mm` | decimal")])
+    (issue,) = load_mappings(root).issues
+    assert "no field 'vitals/muac_mm'" in issue.message
+    example = {"_xform_id_string": "aQ8rZk3YfG7mN2pLwX4vTs", "vitals/muac_mm": "118"}
+    (root / "kobo" / "examples").mkdir()
+    (root / "kobo" / "examples" / "muac.json").write_text(json.dumps(example))
+    set_file = root / "kobo" / "set.yaml"
+    set_file.write_text(set_file.read_text() + "inputs: [examples/muac.json, examples/none.json]\n")
+    (issue,) = load_mappings(root).issues
+    assert issue.where == "inputs[1]" and issue.message.startswith("cannot read")
+    set_file.write_text(set_file.read_text().replace(", examples/none.json", ""))
+    assert load_mappings(root).issues == []
