@@ -183,19 +183,23 @@ class MappingError(GatewayError):
         self.message = message
         self.rule = rule
         self.mapping = mapping
+        self.location: str | None = None  # "set: file:line" of the rule, once known
 
-    def in_rule(self, rule: str, mapping: str) -> MappingError:
-        """Fill in the rule and mapping that were running (first one wins)."""
+    def in_rule(self, rule: str, mapping: str, location: str | None = None) -> MappingError:
+        """Fill in the rule, mapping and ``set: file:line`` that were running (first one wins)."""
         if self.rule is None:
             self.rule = rule
         if self.mapping is None:
             self.mapping = mapping
+        if self.location is None:
+            self.location = location
         return self
 
     def __str__(self) -> str:
         where = ""
         if self.mapping is not None:
-            where = f"[{self.mapping}" + (f" rule {self.rule}" if self.rule else "") + "] "
+            where = f"[{self.mapping}" + (f" rule {self.rule}" if self.rule else "")
+            where += (f" at {self.location}" if self.location else "") + "] "
         return f"{where}{self.path}: {self.message}"
 
     def issues(self) -> list[dict[str, Any]]:
