@@ -5,6 +5,12 @@ records sharing it are read again rather than skipped): ``indexed_on`` changes w
 re-indexes a form or case (an edit, an archive, a case update or close), so changes come again
 and the set's ``retract:`` takes back archived forms and closed cases. Pages follow ``next``
 (Form API: ``meta.next``; Case API v2: ``next``), both relative or absolute URLs.
+
+A Form API form has the shape of a forwarded form (``form_json``). A Case API v2 case renames
+what case forwarding (``case_json``) sends, so it is handed over in the forwarding shape
+(``case_name``, ``case_type``, ``date_opened``, ``external_id``, ``owner_id`` back inside
+``properties``; ``last_modified``/``server_last_modified`` as ``date_modified``/
+``server_date_modified``): one mapping set serves forwarded and pulled cases.
 """
 
 from __future__ import annotations
@@ -59,9 +65,27 @@ class CommCareApi:
                 stamp = row.get("indexed_on") if isinstance(row, dict) else None
                 if isinstance(stamp, str) and stamp > mark:
                     mark = stamp
-            yield Page(rows, mark)
+            yield Page(rows if self.options.endpoint == "form" else [as_forwarded(row) for row in rows], mark)
             meta = answer.get("meta")
             next_url: Any = meta.get("next") if isinstance(meta, dict) else answer.get("next")
             if not rows or not isinstance(next_url, str) or not next_url:
                 break
             url, params = urljoin(url, next_url), None
+
+
+#: Case API v2 keys that case forwarding keeps inside ``properties``
+_SPECIAL = ("case_name", "case_type", "date_opened", "external_id", "owner_id")
+_RENAMED = {"last_modified": "date_modified", "server_last_modified": "server_date_modified"}
+
+
+def as_forwarded(case: Any) -> Any:
+    """A Case API v2 case in the shape case forwarding sends (see the module docstring)."""
+    if not isinstance(case, dict):
+        return case
+    out = {_RENAMED.get(key, key): value for key, value in case.items() if key not in _SPECIAL}
+    properties = dict(case.get("properties") or {})
+    for key in _SPECIAL:
+        if key in case:
+            properties.setdefault(key, case[key])
+    out["properties"] = properties
+    return out

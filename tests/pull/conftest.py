@@ -96,6 +96,13 @@ class PullHarness:
         found = self.store.read(rtype, rid)
         return None if found is None or found.deleted else dict(orjson.loads(found.content))
 
+    def taken_back(self, rtype: str, rid: str) -> bool:
+        """Whether a resource was retracted: deleted, or its status says entered-in-error (revoked, cancelled)."""
+        resource = self.read(rtype, rid)
+        return resource is None or any(
+            code in orjson.dumps(resource) for code in (b'"entered-in-error"', b'"revoked"', b'"cancelled"')
+        )
+
     def produced(self, source: str, record: Any) -> list[tuple[str, str]]:
         """The (type, id) of what the shipped mapping makes of ``record`` (to look them up in the store)."""
         mapping_set = self.ingest.registry.mapping_set(self.ingest.registry.source(source))
