@@ -143,7 +143,7 @@ async def test_after_a_crash_the_pull_resumes_from_the_last_stored_page(pulls: P
             raise RuntimeError("process killed")
         original(*args)
 
-    pulls.runner._store_page = crash_on_second_page  # type: ignore[method-assign]
+    pulls.runner._store_page = crash_on_second_page  # type: ignore[method-assign,assignment]
     with pytest.raises(RuntimeError):
         await pulls.runner.pull("odk")
     pulls.runner._store_page = original  # type: ignore[method-assign]
