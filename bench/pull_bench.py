@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
+import functools
 import json
 import socket
 import sys
@@ -192,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pull vs push, {args.records} records per row, {args.page} per page/request, best of {args.runs}")
     print(f"{'source':<10} {'pull rec/s':>11} {'push rec/s':>11} {'ratio':>7}")
     for kind in ("odk", "commcare", "cht", "kobo"):
-        pulled = best(args.runs, lambda: pull_rate(kind, args.records, args.page))
-        pushed = best(args.runs, lambda: push_rate(kind, args.records, args.page))
+        pulled = best(args.runs, functools.partial(pull_rate, kind, args.records, args.page))
+        pushed = best(args.runs, functools.partial(push_rate, kind, args.records, args.page))
         print(f"{kind:<10} {pulled:>11.0f} {pushed:>11.0f} {pulled / pushed:>7.2f}", flush=True)
     return 0
 

@@ -46,8 +46,8 @@ def test_a_pulled_source_is_checked_when_the_settings_load(source: dict[str, Any
 
 
 def test_a_pulled_source_needs_nothing_more_than_its_pull_section() -> None:
-    settings = Settings(sources=[_odk(base_url="https://central.example.org/", project=4, form=ODK_FORM,
-                                      auth={"type": "basic", "username": "u", "secret_env": "ODK_PASSWORD"})])  # fmt: skip
+    auth = {"type": "basic", "username": "u", "secret_env": "ODK_PASSWORD"}
+    settings = Settings(sources=[_odk(base_url="https://central.example.org/", project=4, form=ODK_FORM, auth=auth)])
     assert settings.sources[0].pull is not None and settings.sources[0].kind == "odk-central"
 
 
