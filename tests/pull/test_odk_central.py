@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+import source_sandbox
 from gateway.pull import PullAuthError, PullError
 from source_sandbox import odk_sample_rows
 from tests.pull.conftest import ENVIRON, ODK_FORM, ODK_PROJECT, PullHarness, odk_household, pulled_sources
@@ -162,3 +165,21 @@ async def test_since_starts_from_a_given_time_instead_of_the_cursor(pulls: PullH
     report = await pulls.runner.pull("odk", since="2025-06-01T00:00:00.000Z")
     assert report.records == 1  # the sample (2025-05-12) is older
     assert pulls.requests("odk")[0]["$filter"] == "__system/submissionDate ge 2025-06-01T00:00:00.000Z"
+
+
+async def test_the_stand_in_answers_as_the_shared_samples_show(pulls: PullHarness) -> None:
+    """The stand-in is judged too: without $expand it serves the default sample, with it the expanded one."""
+    import httpx
+
+    samples = Path(source_sandbox.__file__).parent / "samples"
+    default = json.loads((samples / "odk-central-odata-submissions-default.json").read_text(encoding="utf-8"))
+    expanded = json.loads((samples / "odk-central-odata-submissions-expanded.json").read_text(encoding="utf-8"))
+    _submit(pulls, odk_sample_rows()[0])
+    url = f"{pulls.url}/v1/projects/{ODK_PROJECT}/forms/{ODK_FORM}.svc/Submissions"
+    auth = ("gateway@example.org", ENVIRON["ODK_PASSWORD"])
+    async with httpx.AsyncClient(auth=auth) as client:
+        plain = (await client.get(url)).json()
+        full = (await client.get(url, params={"$expand": "*", "$count": "true"})).json()
+    assert plain["value"] == default["value"]
+    assert full["value"] == expanded["value"] and full["@odata.count"] == expanded["@odata.count"]
+    assert plain["@odata.context"].endswith("/v1/projects/4/forms/chw_household_visit.svc/$metadata#Submissions")
