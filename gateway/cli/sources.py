@@ -89,7 +89,7 @@ def pull(
                 report = anyio.run(lambda: runner.pull(name, since=since, progress=advance))
             except (PullError, DeliveryConfigError, FhirError) as exc:
                 bar.stop()
-                fail(str(exc), 1)
+                fail(str(exc), exit_code_for(exc))
             bar.update(task, total=max(report.records, 1), completed=max(report.records, 1))
         typer.echo(f"{name}: {report.summary()}")
         if report.quarantined:

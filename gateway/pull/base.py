@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
+
+from gateway.errors import ConnectorError
 
 __all__ = ["Page", "PullAuthError", "PullConnector", "PullError"]
 
 
-class PullError(Exception):
+class PullError(ConnectorError):
     """A pull cannot go on (the source's API refused or kept failing); the cursor stays where it was."""
 
 
@@ -19,14 +21,10 @@ class PullAuthError(PullError):
 
 @dataclass(slots=True)
 class Page:
-    """Records read in one request, and the cursor to save once they are all stored.
-
-    ``deleted`` names records the source deleted that no payload expresses (their record keys).
-    """
+    """Records read in one request, and the cursor to save once they are all stored."""
 
     records: list[Any]
     cursor: str
-    deleted: list[str] = field(default_factory=list)
 
 
 class PullConnector(Protocol):

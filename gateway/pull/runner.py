@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import anyio
 import anyio.to_thread
 import httpx
 import orjson
@@ -105,11 +106,7 @@ class PullRunner:
             auth=auth, timeout=options.timeout, transport=self._transport, follow_redirects=True,
             headers={"Accept": "application/json"},
         ) as client:  # fmt: skip
-            fetcher = (
-                Fetcher(client, name, options.retry, sleep=self._sleep)
-                if self._sleep is not None
-                else Fetcher(client, name, options.retry)
-            )
+            fetcher = Fetcher(client, name, options.retry, sleep=self._sleep or anyio.sleep)
             connector: PullConnector = CONNECTORS[source.kind](options, fetcher)
             cursor = connector.start(since) if since is not None else await anyio.to_thread.run_sync(
                 self.cursors.pull_cursor, name
@@ -123,13 +120,16 @@ class PullRunner:
                     report.retries = fetcher.retries
                     if progress is not None:
                         progress(report)
+            except PullError as exc:  # the scheduler logs only the type: say why here (no values in it)
+                log.error("pull source=%s stopped after %d page(s): %s", name, report.pages, exc)
+                raise
             finally:
                 report.retries = fetcher.retries
         log.info("pull source=%s: %s", name, report.summary())
         return report
 
     def _store_page(self, name: str, page: Page, report: PullReport) -> None:
-        """Ingest a page's records, take back its deletions, then (only then) save its cursor."""
+        """Ingest a page's records, then (only then) save its cursor."""
         if page.records:
             received = [
                 ReceivedRecord(i, record, orjson.dumps(record), "application/json")
@@ -137,9 +137,7 @@ class PullRunner:
             ]
             for result in self.ingest.ingest(name, received).results:
                 _count(report, result.status)
-        for key in page.deleted:
-            _count(report, self.ingest.delete_record(name, key).status)
-        report.records += len(page.records) + len(page.deleted)
+        report.records += len(page.records)
         self.cursors.set_pull_cursor(name, page.cursor)
 
 
