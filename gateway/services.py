@@ -286,7 +286,8 @@ async def run_worker(
     """``gateway worker``: run outbox, workers (and the scheduler) until SIGTERM/SIGINT or ``stop``."""
     plan = ServicePlan(
         environ=environ,
-        ingest=False,
+        # Pulled sources are scheduled where the scheduler runs, and their records need ingest.
+        ingest=scheduler and any(source.pull is not None for source in settings.sources),
         audit=False,
         delivery=True,
         sections=sections,

@@ -102,3 +102,33 @@ def test_sources_pull_ingests_with_a_progress_bar_and_names_failures(
                             env=env)  # fmt: skip
     assert refused.exit_code == 1 and "the credentials were refused; check pull.auth" in refused.output
     assert "nope" not in refused.output
+
+
+async def test_a_delivery_worker_process_pulls_on_its_schedule(
+    tmp_path: Path, sandbox: SourceSandbox, served: str
+) -> None:
+    import asyncio
+
+    from gateway.services import run_worker
+    from gateway.settings import delivery_sections
+
+    sandbox.odk.submit(ODK_PROJECT, ODK_FORM, odk_sample_rows()[0])
+    odk = [s for s in pulled_sources(served) if s.name == "odk"]
+    settings = Settings(store_url=f"sqlite:///{tmp_path}/gw.db", queue_url=f"sqlite:///{tmp_path}/q.db",
+                        mappings_dir=MAPPINGS, sources=odk)
+    stop = asyncio.Event()
+    worker = asyncio.create_task(
+        run_worker(settings, delivery_sections(settings), environ={"ODK_PASSWORD": "pull-secret"}, stop=stop)
+    )
+    store = open_store(settings.store_url)
+    try:
+        for _ in range(400):  # the pull runs at start; give it up to 20 s on a busy machine
+            if store.pull_cursor("odk") is not None or worker.done():
+                break
+            await asyncio.sleep(0.05)
+        assert store.pull_cursor("odk") is not None
+        assert store.quarantine_list(source="odk") == []
+    finally:
+        stop.set()
+        await worker
+        store.close()
