@@ -34,6 +34,7 @@ from gateway.delivery import DeliverySections, DeliveryService, DestinationConfi
 from gateway.errors import FhirError
 from gateway.ingest import IngestService, MappingRegistry
 from gateway.metrics import configure as configure_metrics
+from gateway.pull import PullRunner, pull_tasks
 from gateway.scheduler import Claim, PeriodicTask, Scheduler
 from gateway.search import QueryParser, SearchLimits, SearchRegistry, default_registry
 from gateway.settings import Settings, delivery_sections
@@ -91,6 +92,7 @@ class Services:
     scheduler: Scheduler | None = None
     audit: AuditWriter | None = None
     messages: MessageLogWriter | None = None
+    pulls: PullRunner | None = None
     owns_store: bool = True
 
     @classmethod
@@ -124,6 +126,7 @@ class Services:
                 services.ingest = IngestService(
                     opened, services.parser, MappingRegistry(settings.mappings_dir, settings.sources), journal
                 )
+                services.pulls = PullRunner(services.ingest, opened, environ=plan.environ)
             sections = plan.sections or delivery_sections(settings)
             if plan.delivery:
                 services.delivery = _delivery(settings, sections, plan, opened, journal)
@@ -136,6 +139,7 @@ class Services:
                     connectors=services.delivery.connectors if services.delivery else {},
                     only=plan.only,
                     claims=opened,
+                    pulls=services.pulls,
                 )
         except BaseException:
             services.close_now()
@@ -238,9 +242,11 @@ def build_scheduler(
     connectors: Mapping[str, object],
     only: Sequence[str] | None = None,
     claims: RunClaims | None = None,
+    pulls: PullRunner | None = None,
 ) -> Scheduler:
-    """The scheduler of every enabled destination's periodic tasks (DHIS2 declares some); with
-    ``claims`` (the shared store), ``cluster_once`` tasks run once across processes."""
+    """The scheduler of every enabled destination's periodic tasks (DHIS2 declares some) and, with
+    ``pulls``, of every pulled source; with ``claims`` (the shared store), ``cluster_once`` tasks
+    run once across processes."""
     from gateway.connectors.dhis2 import dhis2_tasks  # only deployments with DHIS2 pay its import
 
     tasks: list[PeriodicTask] = []
@@ -253,6 +259,8 @@ def build_scheduler(
         )
         tasks += group.periodic()
         closers.append(group.aclose)
+    if pulls is not None:
+        tasks += pull_tasks(pulls)
     return Scheduler(tasks, clock, on_stop=closers, claim=_store_claim(claims) if claims is not None else None)
 
 
@@ -278,7 +286,8 @@ async def run_worker(
     """``gateway worker``: run outbox, workers (and the scheduler) until SIGTERM/SIGINT or ``stop``."""
     plan = ServicePlan(
         environ=environ,
-        ingest=False,
+        # Pulled sources are scheduled where the scheduler runs, and their records need ingest.
+        ingest=scheduler and any(source.pull is not None for source in settings.sources),
         audit=False,
         delivery=True,
         sections=sections,

@@ -268,6 +268,26 @@ class Settings(BaseSettings):
                     ) from None
         return value
 
+    @field_validator("sources")
+    @classmethod
+    def _pull_options(cls, value: list[SourceConfig]) -> list[SourceConfig]:
+        # Checked here so `gateway config check` names a bad pull: option, not the first pull.
+        pulled = [s for s in value if s.pull is not None]
+        if pulled:
+            from gateway.pull import pull_options
+
+            for source in pulled:
+                assert source.pull is not None
+                try:
+                    pull_options(source.kind, source.pull)
+                except ValidationError as exc:
+                    first = exc.errors(include_url=False, include_input=False)[0]
+                    where = ".".join(str(p) for p in first.get("loc", ()))
+                    raise ValueError(f"source {source.name}: pull.{where}: {first.get('msg', 'invalid')}") from None
+                except ValueError as exc:
+                    raise ValueError(f"source {source.name}: {exc}") from None
+        return value
+
     @field_validator("store_url")
     @classmethod
     def _store_url(cls, value: str) -> str:

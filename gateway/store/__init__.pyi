@@ -12,6 +12,7 @@ from .base import MessageEntry as MessageEntry
 from .base import MessageFilter as MessageFilter
 from .base import MessageLog as MessageLog
 from .base import PreparedWrite as PreparedWrite
+from .base import PullCursors as PullCursors
 from .base import QuarantinedRecord as QuarantinedRecord
 from .base import QuarantineStore as QuarantineStore
 from .base import RecordOutput as RecordOutput

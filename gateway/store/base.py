@@ -11,6 +11,7 @@ Consumers type against the narrowest protocol they use:
 * ``AuditTrail``: AuditEvents, stored and indexed like any resource but outside the change feed;
 * ``RunClaims``: which process runs a scheduled task's run, when several share the store;
 * ``MessageLog``: one line per record received and per delivery attempt (the operator console's log);
+* ``PullCursors``: how far each pulled source (ODK Central, CommCare, CHT, Kobo) has been read;
 * ``Store``: all of them plus the lifecycle (``ping``, ``close``); ``open_store`` returns one.
 
 Two implementations exist (``SQLiteStore`` and ``PostgresStore``), both built on
@@ -435,6 +436,19 @@ class RunClaims(Protocol):
         ...
 
 
+class PullCursors(Protocol):
+    """How far each pulled source has been read: an opaque text per source, set after the records
+    it covers are stored (so a crash re-reads, never skips)."""
+
+    def pull_cursor(self, source: str) -> str | None:
+        """The source's saved cursor, or None before its first pull."""
+        ...
+
+    def set_pull_cursor(self, source: str, cursor: str | None) -> None:
+        """Save the source's cursor (None forgets it: the next pull starts from the beginning)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class MessageEntry:
     """One line of the message log: a record received (``kind`` received/replayed) or a delivery
@@ -494,7 +508,8 @@ class MessageLog(Protocol):
 
 
 class Store(
-    ResourceStore, ChangeFeed, ClientRegistry, QuarantineStore, AuditTrail, MessageLog, RunClaims, Protocol
+    ResourceStore, ChangeFeed, ClientRegistry, QuarantineStore, AuditTrail, MessageLog, RunClaims, PullCursors,
+    Protocol,
 ):
     """The whole store, as ``open_store`` returns it: every part above plus its lifecycle."""
 

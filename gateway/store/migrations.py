@@ -162,6 +162,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX message_log_patient ON message_log (patient, at)",
         ),
     ),
+    Migration(
+        12,
+        "pull cursors: how far each pulled source has been read (advanced after its records are stored)",
+        (
+            """CREATE TABLE pull_cursors (source TEXT PRIMARY KEY, cursor TEXT NOT NULL,
+                updated {FLOAT} NOT NULL)""",
+        ),
+    ),
 )
 
 

@@ -583,6 +583,26 @@ class SqlStore:
                 )
             return won
 
+    # -- pull cursors ------------------------------------------------------------------------
+    def pull_cursor(self, source: str) -> str | None:
+        """The saved cursor of a pulled source."""
+        with self._read_cursor() as cur:
+            cur.execute(self.q("SELECT cursor FROM pull_cursors WHERE source = ?"), (source,))
+            row = cur.fetchone()
+        return None if row is None else str(row[0])
+
+    def set_pull_cursor(self, source: str, cursor: str | None) -> None:
+        """Save (or, with None, forget) a pulled source's cursor."""
+        with self._write_cursor() as cur:
+            if cursor is None:
+                cur.execute(self.q("DELETE FROM pull_cursors WHERE source = ?"), (source,))
+                return
+            cur.execute(
+                self.q("INSERT INTO pull_cursors (source, cursor, updated) VALUES (?, ?, ?)"
+                       " ON CONFLICT (source) DO UPDATE SET cursor = excluded.cursor, updated = excluded.updated"),
+                (source, cursor, time.time()),
+            )  # fmt: skip
+
     # -- message log -------------------------------------------------------------------------
     _MESSAGE_COLUMNS = "at, kind, channel, status, patient, subject, ref, detail"
 
