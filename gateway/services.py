@@ -32,6 +32,7 @@ from gateway.clock import Clock, SystemClock
 from gateway.connectors import DeliveryConfigError
 from gateway.delivery import DeliverySections, DeliveryService, DestinationConfig
 from gateway.errors import FhirError
+from gateway.identity import IdentityEngine, IdentityRuleError, load_rules_dir
 from gateway.ingest import IngestService, MappingRegistry
 from gateway.metrics import configure as configure_metrics
 from gateway.scheduler import Claim, PeriodicTask, Scheduler
@@ -91,6 +92,7 @@ class Services:
     scheduler: Scheduler | None = None
     audit: AuditWriter | None = None
     messages: MessageLogWriter | None = None
+    identity: IdentityEngine | None = None
     owns_store: bool = True
 
     @classmethod
@@ -120,10 +122,14 @@ class Services:
             services.messages = MessageLogWriter(opened, settings.message_log, plan.audit_clock or SystemClock())
         journal = services.messages.note if services.messages is not None else None
         try:
+            if settings.identity.enabled:
+                services.identity = _identity(settings, opened)
             if plan.ingest:
                 services.ingest = IngestService(
                     opened, services.parser, MappingRegistry(settings.mappings_dir, settings.sources), journal
                 )
+                if services.identity is not None:
+                    services.ingest.after_commit = services.identity.catch_up
             sections = plan.sections or delivery_sections(settings)
             if plan.delivery:
                 services.delivery = _delivery(settings, sections, plan, opened, journal)
@@ -200,6 +206,15 @@ class Services:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close_now()
+
+
+def _identity(settings: Settings, store: Store) -> IdentityEngine:
+    """The matcher, from the one rule file of ``identity.rules_dir`` (refused when missing or broken)."""
+    directory = settings.identity.rules_dir or settings.mappings_dir / "identity"
+    rules = load_rules_dir(directory)
+    if rules is None:
+        raise IdentityRuleError(f"{directory}: identity.enabled needs a rule file (*.yaml) here")
+    return IdentityEngine(store, rules)
 
 
 def _delivery(
