@@ -22,7 +22,7 @@ async def _ingest(gw: Harness, source: str, body: bytes) -> dict[str, Any]:
 
 
 def _patient_id(report: dict[str, Any]) -> str:
-    return next(r["id"] for res in report["results"] for r in res["resources"] if r["type"] == "Patient")
+    return str(next(r["id"] for res in report["results"] for r in res["resources"] if r["type"] == "Patient"))
 
 
 async def _patient(gw: Harness, pid: str) -> dict[str, Any]:
