@@ -36,8 +36,7 @@ from datetime import date, timedelta
 from itertools import combinations
 from typing import Any
 
-from gateway.identity import CandidateIndex, Grade, Rules, features, load_rules
-from gateway.identity.normalise import ESTIMATED_BIRTHDATE
+from gateway.identity import ESTIMATED_BIRTHDATE, CandidateIndex, Grade, Rules, features, load_rules
 from tests.ingest.conftest import MAPPINGS
 
 Pair = frozenset[str]

@@ -6,14 +6,8 @@ Modules: ``normalise`` (compared values), ``blocking`` (candidate keys), ``scori
 (candidates in memory), ``engine`` (the change-feed follower that writes links).
 """
 
-from gateway.identity.engine import REVIEW_TASK_CODE, REVIEW_TASK_SYSTEM, IdentityEngine, review_task_id
-from gateway.identity.index import CandidateIndex
-from gateway.identity.normalise import Features, features, fold
-from gateway.identity.rules import IdentityRuleError, Rules, load_rules, load_rules_dir
-from gateway.identity.scoring import Comparison, Grade, compare
+import lazy_loader
 
-__all__ = [
-    "REVIEW_TASK_CODE", "REVIEW_TASK_SYSTEM", "CandidateIndex", "Comparison", "Features", "Grade",
-    "IdentityEngine", "IdentityRuleError", "Rules", "compare", "features", "fold", "load_rules", "load_rules_dir",
-    "review_task_id",
-]
+# The names below load on first use, so importing one submodule does not import the rest;
+# ``__init__.pyi`` lists them for type checkers and is the one list to edit.
+__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)

@@ -41,7 +41,7 @@ def test_a_probability_out_of_range_is_refused_with_file_and_line(tmp_path: Path
 
 
 def test_a_misspelt_key_and_a_missing_level_are_refused(tmp_path: Path) -> None:
-    path = _broken(tmp_path, "  review: 8", "  reveiw: 8")
+    path = _broken(tmp_path, "  review: 10", "  reveiw: 10")
     with pytest.raises(IdentityRuleError) as caught:
         load_rules(path)
     assert f"{path}:{_line_of(path, 'reveiw')}: thresholds.reveiw: unknown field" in str(caught.value)
@@ -51,13 +51,13 @@ def test_a_misspelt_key_and_a_missing_level_are_refused(tmp_path: Path) -> None:
 
 
 def test_broken_yaml_is_refused_with_its_line(tmp_path: Path) -> None:
-    path = _broken(tmp_path, "  link: 18", "  link: [18")
+    path = _broken(tmp_path, "  link: 16", "  link: [16")
     with pytest.raises(IdentityRuleError, match=rf"{path}:\d+: invalid YAML"):
         load_rules(path)
 
 
 def test_the_gateway_does_not_start_on_a_broken_rule_file(tmp_path: Path) -> None:
-    path = _broken(tmp_path, "  link: 18", "  link: high")
+    path = _broken(tmp_path, "  link: 16", "  link: high")
     settings = Settings(store_url=f"sqlite:///{tmp_path}/g.db", identity={"enabled": True, "rules_dir": path.parent})
     with pytest.raises(IdentityRuleError, match=rf"{path}:{_line_of(path, 'link: high')}: thresholds.link"):
         Services.build(settings)
