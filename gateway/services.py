@@ -161,7 +161,10 @@ class Services:
         return self.delivery
 
     async def start(self) -> None:
-        """Start the background parts: the audit writer, delivery (outbox and worker), then the scheduler."""
+        """Start the background parts: the audit writer, delivery (outbox and worker), then the scheduler;
+        first the identity matcher's index is built from the stored Patients (and any unmatched are matched)."""
+        if self.identity is not None:
+            await anyio.to_thread.run_sync(self.identity.catch_up)
         if self.audit is not None:
             await self.audit.start()
         if self.messages is not None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from gateway.identity import REVIEW_TASK_CODE
-from gateway.store import KEPT_LINK_EXTENSION
+from gateway.store import KEPT_LINK_EXTENSION, Store
 from tests.identity.conftest import cht_person, commcare_case
-from tests.ingest.conftest import Harness
+from tests.ingest.conftest import MAPPINGS, Harness, make_app
 
 JSON = {"Content-Type": "application/json"}
 FHIR = {"Content-Type": "application/fhir+json"}
@@ -145,3 +146,18 @@ async def test_match_refuses_bad_parameters_and_clients_without_patient_read(gw:
     observer = gw.client("system/Observation.rs")
     denied = await observer.post("/fhir/Patient/$match", json=_match_body({"resourceType": "Patient"}), headers=FHIR)
     assert denied.status_code == 403
+
+
+async def test_patients_stored_before_matching_was_on_are_indexed_at_start(store: Store) -> None:
+    plain = make_app(store, MAPPINGS)
+    async with plain.router.lifespan_context(plain):
+        before = Harness(plain, store, MAPPINGS)
+        commcare = _patient_id(await _ingest(before, "commcare", commcare_case()))
+        await before.aclose()
+    assert _linked(json.loads(store.read("Patient", commcare).content)) == []  # type: ignore[union-attr]
+    matching = make_app(store, MAPPINGS, identity={"enabled": True})
+    async with matching.router.lifespan_context(matching):
+        after = Harness(matching, store, MAPPINGS)
+        cht = _patient_id(await _ingest(after, "cht", cht_person(**WILFRID_ON_CHT)))
+        assert _linked(await _patient(after, commcare)) == [f"Patient/{cht}"]
+        await after.aclose()
