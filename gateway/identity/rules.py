@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from gateway.errors import ConfigError
 from gateway.mapping import YamlSyntaxError, format_path, read_yaml
@@ -91,6 +91,13 @@ class Rules(_Strict):
     never_link_when_different: list[Literal["given", "family", "sex", "birthdate"]] = ["given"]
     fields: dict[str, dict[str, Level]]
     thresholds: Thresholds
+    # log2(m/u) of every (field, level), computed once: scoring reads it for every candidate pair.
+    _weights: dict[tuple[str, str], float] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Compute the weight table."""
+        self._weights = {(name, level): value.weight for name, levels in self.fields.items()
+                         for level, value in levels.items()}
 
     @field_validator("fields")
     @classmethod
@@ -116,9 +123,13 @@ class Rules(_Strict):
 
     def weight(self, field: str, level: str | None) -> float:
         """The weight of ``field`` at ``level``; 0 when the field is missing on either side or not modelled."""
-        if level is None or field not in self.fields:
+        if level is None:
             return 0.0
-        return self.fields[field][level].weight
+        return self._weights.get((field, level), 0.0)
+
+    def weight_table(self) -> dict[tuple[str, str], float]:
+        """log2(m/u) by (field, level), for scoring many pairs (read it once per pair, not per field)."""
+        return self._weights
 
 
 def load_rules(path: Path) -> Rules:

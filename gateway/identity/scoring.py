@@ -103,7 +103,11 @@ def compare(a: Features, b: Features, rules: Rules) -> Comparison:
         "location": _same(a.location, b.location),
         "phone": _sets(a.phones, b.phones),
     }
-    score = sum(rules.weight(name, level) for name, level in levels.items())
+    table = rules.weight_table()
+    score = 0.0
+    for name, level in levels.items():
+        if level is not None:
+            score += table.get((name, level), 0.0)
     systems_a = {s for s, _ in a.national_ids}
     shared_systems = systems_a & {s for s, _ in b.national_ids}
     if shared_systems:
