@@ -191,7 +191,7 @@ def _population(rng: random.Random, people: int) -> list[Person]:
             adult = k == 0
             birth = date(1960, 1, 1) + timedelta(days=rng.randrange(14000)) if adult else children_born[k]
             given = rng.choice(GIVEN_M if sex == "male" else GIVEN_F)
-            while any(p.given == given and p.family == family and p.birth == birth for p in persons[-k:] if k):
+            while k and any(p.given == given and p.family == family and p.birth == birth for p in persons[-k:]):
                 given = rng.choice(GIVEN_M if sex == "male" else GIVEN_F)  # twins have different names
             persons.append(Person(f"h{household}-{k}", given, family if rng.random() < 0.85 else rng.choice(FAMILY),
                                   sex, birth, village, phone))
