@@ -142,10 +142,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         8,
-        "scheduled runs claimed cluster-wide: each (task, slot) by one process only",
+        "scheduled runs claimed cluster-wide (each (task, slot) by one process only); the date index in"
+        " ascending start order, which searches sorted oldest first walk",
         (
             """CREATE TABLE scheduled_runs (task TEXT NOT NULL, slot BIGINT NOT NULL, holder TEXT NOT NULL,
                 claimed {FLOAT} NOT NULL, PRIMARY KEY (task, slot))""",
+            "CREATE INDEX idx_date_lo ON idx_date (rtype, param, lo, rid)",
         ),
     ),
     Migration(

@@ -286,9 +286,18 @@ class SqlStore:
     bounded_sort = True
 
     def _bounded_walk_page(self, cur: Cursor, query: SearchQuery, plan: DateSortPlan) -> list[Any]:
-        """One page ordered by a date parameter: a bounded walk, else the few matches sorted
+        """One page ordered by a date parameter: the few matches sorted, or a bounded walk
         (see ``date_sort_plan``)."""
         need = query.offset + query.count
+        driver = 0
+        if plan.counts:
+            sizes = []
+            for sql, params in plan.counts:
+                cur.execute(self.q(sql), (*params, self.SORT_WALK_MIN))
+                sizes.append(int(cur.fetchone()[0]))
+            driver = sizes.index(min(sizes))
+            if sizes[driver] < self.SORT_WALK_MIN:  # few matches: sorting them beats any walk
+                return self._rows_in_order(cur, self._by_match(cur, query, plan.by_match[driver]))
         cur.execute(self.q(plan.bound), plan.bound_params)
         found = cur.fetchone()
         # Fewer rows than the cap: the walk may read them all.
@@ -303,10 +312,15 @@ class SqlStore:
                 break
             limit *= 2
         if len(ordered) >= need:
-            page_ids = ordered[query.offset : need]
-        else:
-            cur.execute(self.q(plan.by_match), (*plan.by_match_params, query.count, query.offset))
-            page_ids = [row[0] for row in cur.fetchall()]
+            return self._rows_in_order(cur, ordered[query.offset : need])
+        return self._rows_in_order(cur, self._by_match(cur, query, plan.by_match[driver]))
+
+    def _by_match(self, cur: Cursor, query: SearchQuery, sql_params: tuple[str, list[Any]]) -> list[Any]:
+        sql, params = sql_params
+        cur.execute(self.q(sql), (*params, query.count, query.offset))
+        return [row[0] for row in cur.fetchall()]
+
+    def _rows_in_order(self, cur: Cursor, page_ids: list[Any]) -> list[Any]:
         if not page_ids:
             return []
         marks = ", ".join("?" for _ in page_ids)
