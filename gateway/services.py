@@ -32,6 +32,7 @@ from gateway.clock import Clock, SystemClock
 from gateway.connectors import DeliveryConfigError
 from gateway.delivery import DeliverySections, DeliveryService, DestinationConfig
 from gateway.errors import FhirError
+from gateway.identity import IdentityEngine, IdentityRuleError, load_rules_dir
 from gateway.ingest import IngestService, MappingRegistry
 from gateway.metrics import configure as configure_metrics
 from gateway.pull import PullRunner, pull_tasks
@@ -93,6 +94,7 @@ class Services:
     audit: AuditWriter | None = None
     messages: MessageLogWriter | None = None
     pulls: PullRunner | None = None
+    identity: IdentityEngine | None = None
     owns_store: bool = True
 
     @classmethod
@@ -122,11 +124,15 @@ class Services:
             services.messages = MessageLogWriter(opened, settings.message_log, plan.audit_clock or SystemClock())
         journal = services.messages.note if services.messages is not None else None
         try:
+            if settings.identity.enabled:
+                services.identity = _identity(settings, opened)
             if plan.ingest:
                 services.ingest = IngestService(
                     opened, services.parser, MappingRegistry(settings.mappings_dir, settings.sources), journal
                 )
                 services.pulls = PullRunner(services.ingest, opened, environ=plan.environ)
+                if services.identity is not None:
+                    services.ingest.after_commit = services.identity.catch_up
             sections = plan.sections or delivery_sections(settings)
             if plan.delivery:
                 services.delivery = _delivery(settings, sections, plan, opened, journal)
@@ -159,7 +165,10 @@ class Services:
         return self.delivery
 
     async def start(self) -> None:
-        """Start the background parts: the audit writer, delivery (outbox and worker), then the scheduler."""
+        """Start the background parts: the audit writer, delivery (outbox and worker), then the scheduler;
+        first the identity matcher's index is built from the stored Patients (and any unmatched are matched)."""
+        if self.identity is not None:
+            await anyio.to_thread.run_sync(self.identity.catch_up)
         if self.audit is not None:
             await self.audit.start()
         if self.messages is not None:
@@ -204,6 +213,15 @@ class Services:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close_now()
+
+
+def _identity(settings: Settings, store: Store) -> IdentityEngine:
+    """The matcher, from the one rule file of ``identity.rules_dir`` (refused when missing or broken)."""
+    directory = settings.identity.rules_dir or settings.mappings_dir / "identity"
+    rules = load_rules_dir(directory)
+    if rules is None:
+        raise IdentityRuleError(f"{directory}: identity.enabled needs a rule file (*.yaml) here")
+    return IdentityEngine(store, rules)
 
 
 def _delivery(

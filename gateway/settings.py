@@ -182,6 +182,17 @@ class ConsoleSettings(BaseModel):
         return value
 
 
+class IdentitySettings(BaseModel):
+    """Patient matching (README "Identity")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(False, description="match every Patient written and answer Patient/$match")
+    rules_dir: Path | None = Field(
+        None, description="directory holding the one identity rule file; default: <mappings_dir>/identity"
+    )
+
+
 class Settings(BaseSettings):
     """Effective configuration of one gateway process."""
 
@@ -225,6 +236,7 @@ class Settings(BaseSettings):
     audit: AuditSettings = AuditSettings()
     message_log: MessageLogSettings = MessageLogSettings()
     console: ConsoleSettings = ConsoleSettings()
+    identity: IdentitySettings = IdentitySettings()
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     log_format: Literal["text", "json"] = Field(
         "text", description="text: `time LEVEL logger: message` lines; json: one JSON object a line"

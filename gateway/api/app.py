@@ -38,7 +38,18 @@ from gateway.services import ServicePlan, Services
 from gateway.settings import Settings
 from gateway.store import Store
 
-from . import admin_delivery, admin_quarantine, console, fhir_read, fhir_write, health, ingest, metrics, smart
+from . import (
+    admin_delivery,
+    admin_quarantine,
+    console,
+    fhir_match,
+    fhir_read,
+    fhir_write,
+    health,
+    ingest,
+    metrics,
+    smart,
+)
 from .access_log import AccessLogMiddleware, TemplateRoute
 from .audit import AuditMiddleware
 from .auth import authenticate
@@ -119,8 +130,8 @@ def create_app(
     if settings.metrics.enabled:
         app.add_middleware(metrics.FhirLatencyMiddleware)
     _install_error_handlers(app)
-    for router in (health.router, fhir_read.router, fhir_write.router, ingest.router, admin_quarantine.router,
-                   admin_delivery.router, smart.router, metrics.router):
+    for router in (health.router, fhir_match.router, fhir_read.router, fhir_write.router, ingest.router,
+                   admin_quarantine.router, admin_delivery.router, smart.router, metrics.router):
         app.include_router(router)
     # Reads dominate partner traffic; matching them first, as a plain Starlette route,
     # keeps them within reach of the framework's own ceiling (bench/read_search.py).

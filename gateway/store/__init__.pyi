@@ -26,4 +26,5 @@ from .base import VersionConflict as VersionConflict
 from .base import WriteResult as WriteResult
 from .open import open_store as open_store
 from .rows import KEPT_IDENTIFIER_TYPE as KEPT_IDENTIFIER_TYPE
+from .rows import KEPT_LINK_EXTENSION as KEPT_LINK_EXTENSION
 from .sql import SqlStore as SqlStore
