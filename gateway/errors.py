@@ -7,11 +7,11 @@
     ├── ConfigError       settings, config or mapping files that cannot be used
     ├── StoreError        the resource store refused a write
     ├── QueueError        a delivery queue operation failed
-    └── ConnectorError    talking to a destination, or shaping data for it, failed
+    └── ConnectorError    talking to a destination or a pulled source, or shaping data for it, failed
 
 These are the categories; every other error subclasses one of them next to the code that
 raises it (``SearchError`` and ``ScopeError`` are request errors, ``MappingLoadError`` a
-config error, ``Dhis2Error`` a connector error …). ``tests/test_errors.py`` checks that
+config error, ``Dhis2Error`` and ``PullError`` connector errors …). ``tests/test_errors.py`` checks that
 every exception class of the package is in this tree, and that the drawing above is the
 tree this module defines.
 
@@ -183,19 +183,23 @@ class MappingError(GatewayError):
         self.message = message
         self.rule = rule
         self.mapping = mapping
+        self.location: str | None = None  # "set: file:line" of the rule, once known
 
-    def in_rule(self, rule: str, mapping: str) -> MappingError:
-        """Fill in the rule and mapping that were running (first one wins)."""
+    def in_rule(self, rule: str, mapping: str, location: str | None = None) -> MappingError:
+        """Fill in the rule, mapping and ``set: file:line`` that were running (first one wins)."""
         if self.rule is None:
             self.rule = rule
         if self.mapping is None:
             self.mapping = mapping
+        if self.location is None:
+            self.location = location
         return self
 
     def __str__(self) -> str:
         where = ""
         if self.mapping is not None:
-            where = f"[{self.mapping}" + (f" rule {self.rule}" if self.rule else "") + "] "
+            where = f"[{self.mapping}" + (f" rule {self.rule}" if self.rule else "")
+            where += (f" at {self.location}" if self.location else "") + "] "
         return f"{where}{self.path}: {self.message}"
 
     def issues(self) -> list[dict[str, Any]]:
@@ -220,7 +224,7 @@ class QueueError(GatewayError):
 
 
 class ConnectorError(GatewayError):
-    """A destination connector failed: the destination's answer, or data it cannot take."""
+    """A destination connector failed (the destination's answer, or data it cannot take), or a pull did."""
 
 
 # The categories whose diagnostics are written for the client that caused them.

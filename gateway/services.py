@@ -33,8 +33,10 @@ from gateway.connectors import DeliveryConfigError
 from gateway.delivery import DeliverySections, DeliveryService, DestinationConfig
 from gateway.errors import FhirError
 from gateway.export import BulkExporter
+from gateway.identity import IdentityEngine, IdentityRuleError, load_rules_dir
 from gateway.ingest import IngestService, MappingRegistry
 from gateway.metrics import configure as configure_metrics
+from gateway.pull import PullRunner, pull_tasks
 from gateway.scheduler import Claim, PeriodicTask, Scheduler
 from gateway.search import QueryParser, SearchLimits, SearchRegistry, default_registry
 from gateway.settings import Settings, delivery_sections
@@ -95,6 +97,8 @@ class Services:
     audit: AuditWriter | None = None
     messages: MessageLogWriter | None = None
     exports: BulkExporter | None = None
+    pulls: PullRunner | None = None
+    identity: IdentityEngine | None = None
     owns_store: bool = True
 
     @classmethod
@@ -126,10 +130,15 @@ class Services:
         try:
             if plan.exports and settings.bulk_export.enabled:
                 services.exports = BulkExporter(opened, settings.bulk_export)
+            if settings.identity.enabled:
+                services.identity = _identity(settings, opened)
             if plan.ingest:
                 services.ingest = IngestService(
                     opened, services.parser, MappingRegistry(settings.mappings_dir, settings.sources), journal
                 )
+                services.pulls = PullRunner(services.ingest, opened, environ=plan.environ)
+                if services.identity is not None:
+                    services.ingest.after_commit = services.identity.catch_up
             sections = plan.sections or delivery_sections(settings)
             if plan.delivery:
                 services.delivery = _delivery(settings, sections, plan, opened, journal)
@@ -142,6 +151,7 @@ class Services:
                     connectors=services.delivery.connectors if services.delivery else {},
                     only=plan.only,
                     claims=opened,
+                    pulls=services.pulls,
                 )
         except BaseException:
             services.close_now()
@@ -167,7 +177,10 @@ class Services:
         return self.delivery
 
     async def start(self) -> None:
-        """Start the background parts: the audit writer, delivery (outbox and worker), then the scheduler."""
+        """Start the background parts: the audit writer, delivery (outbox and worker), then the scheduler;
+        first the identity matcher's index is built from the stored Patients (and any unmatched are matched)."""
+        if self.identity is not None:
+            await anyio.to_thread.run_sync(self.identity.catch_up)
         if self.audit is not None:
             await self.audit.start()
         if self.messages is not None:
@@ -218,6 +231,15 @@ class Services:
         self.close_now()
 
 
+def _identity(settings: Settings, store: Store) -> IdentityEngine:
+    """The matcher, from the one rule file of ``identity.rules_dir`` (refused when missing or broken)."""
+    directory = settings.identity.rules_dir or settings.mappings_dir / "identity"
+    rules = load_rules_dir(directory)
+    if rules is None:
+        raise IdentityRuleError(f"{directory}: identity.enabled needs a rule file (*.yaml) here")
+    return IdentityEngine(store, rules)
+
+
 def _delivery(
     settings: Settings,
     sections: DeliverySections,
@@ -254,9 +276,11 @@ def build_scheduler(
     connectors: Mapping[str, object],
     only: Sequence[str] | None = None,
     claims: RunClaims | None = None,
+    pulls: PullRunner | None = None,
 ) -> Scheduler:
-    """The scheduler of every enabled destination's periodic tasks (DHIS2 declares some); with
-    ``claims`` (the shared store), ``cluster_once`` tasks run once across processes."""
+    """The scheduler of every enabled destination's periodic tasks (DHIS2 declares some) and, with
+    ``pulls``, of every pulled source; with ``claims`` (the shared store), ``cluster_once`` tasks
+    run once across processes."""
     from gateway.connectors.dhis2 import dhis2_tasks  # only deployments with DHIS2 pay its import
 
     tasks: list[PeriodicTask] = []
@@ -269,6 +293,8 @@ def build_scheduler(
         )
         tasks += group.periodic()
         closers.append(group.aclose)
+    if pulls is not None:
+        tasks += pull_tasks(pulls)
     return Scheduler(tasks, clock, on_stop=closers, claim=_store_claim(claims) if claims is not None else None)
 
 
@@ -294,7 +320,8 @@ async def run_worker(
     """``gateway worker``: run outbox, workers (and the scheduler) until SIGTERM/SIGINT or ``stop``."""
     plan = ServicePlan(
         environ=environ,
-        ingest=False,
+        # Pulled sources are scheduled where the scheduler runs, and their records need ingest.
+        ingest=scheduler and any(source.pull is not None for source in settings.sources),
         audit=False,
         delivery=True,
         sections=sections,

@@ -183,6 +183,17 @@ class ConsoleSettings(BaseModel):
         return value
 
 
+class IdentitySettings(BaseModel):
+    """Patient matching (README "Identity")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(False, description="match every Patient written and answer Patient/$match")
+    rules_dir: Path | None = Field(
+        None, description="directory holding the one identity rule file; default: <mappings_dir>/identity"
+    )
+
+
 class Settings(BaseSettings):
     """Effective configuration of one gateway process."""
 
@@ -227,6 +238,7 @@ class Settings(BaseSettings):
     message_log: MessageLogSettings = MessageLogSettings()
     console: ConsoleSettings = ConsoleSettings()
     bulk_export: BulkExportSettings = BulkExportSettings()
+    identity: IdentitySettings = IdentitySettings()
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     log_format: Literal["text", "json"] = Field(
         "text", description="text: `time LEVEL logger: message` lines; json: one JSON object a line"
@@ -268,6 +280,26 @@ class Settings(BaseSettings):
                     raise ValueError(
                         f"destination {destination.name}: options.{where}: {first.get('msg', 'invalid')}"
                     ) from None
+        return value
+
+    @field_validator("sources")
+    @classmethod
+    def _pull_options(cls, value: list[SourceConfig]) -> list[SourceConfig]:
+        # Checked here so `gateway config check` names a bad pull: option, not the first pull.
+        pulled = [s for s in value if s.pull is not None]
+        if pulled:
+            from gateway.pull import pull_options
+
+            for source in pulled:
+                assert source.pull is not None
+                try:
+                    pull_options(source.kind, source.pull)
+                except ValidationError as exc:
+                    first = exc.errors(include_url=False, include_input=False)[0]
+                    where = ".".join(str(p) for p in first.get("loc", ()))
+                    raise ValueError(f"source {source.name}: pull.{where}: {first.get('msg', 'invalid')}") from None
+                except ValueError as exc:
+                    raise ValueError(f"source {source.name}: {exc}") from None
         return value
 
     @field_validator("store_url")

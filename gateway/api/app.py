@@ -43,6 +43,7 @@ from . import (
     admin_quarantine,
     bulk_export,
     console,
+    fhir_match,
     fhir_read,
     fhir_write,
     health,
@@ -130,8 +131,8 @@ def create_app(
     if settings.metrics.enabled:
         app.add_middleware(metrics.FhirLatencyMiddleware)
     _install_error_handlers(app)
-    for router in (health.router, fhir_read.router, fhir_write.router, ingest.router, admin_quarantine.router,
-                   admin_delivery.router, smart.router, metrics.router):
+    for router in (health.router, fhir_match.router, fhir_read.router, fhir_write.router, ingest.router,
+                   admin_quarantine.router, admin_delivery.router, smart.router, metrics.router):
         app.include_router(router)
     # Reads dominate partner traffic; matching them first, as a plain Starlette route,
     # keeps them within reach of the framework's own ceiling (bench/read_search.py).

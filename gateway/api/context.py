@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -28,6 +29,8 @@ CAPABILITY_CACHE_SIZE = 8
 #: The SMART extension naming the OAuth endpoints in a CapabilityStatement.
 OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
 
+
+log = logging.getLogger("gateway.identity")
 
 @dataclass(slots=True)
 class AppContext:
@@ -106,8 +109,16 @@ class AppContext:
         return await anyio.to_thread.run_sync(partial(fn, *args))
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a unit of work that writes, on a worker thread."""
-        return await anyio.to_thread.run_sync(partial(fn, *args))
+        """Run a unit of work that writes, on a worker thread; then let the identity matcher
+        catch up with what it committed (outside the write's transaction)."""
+        result = await anyio.to_thread.run_sync(partial(fn, *args))
+        identity = self.services.identity
+        if identity is not None:
+            try:
+                await anyio.to_thread.run_sync(identity.catch_up)
+            except Exception as exc:  # the write is committed; matching catches up on the next one
+                log.error("identity catch-up failed (%s)", type(exc).__name__)
+        return result
 
 
 def ctx_of(request: Request) -> AppContext:

@@ -131,7 +131,7 @@ def print_walkthrough(settings: Settings, token: str, reports: list[IngestReport
     echo(f"  {gateway} quarantine list")
     echo(f"  {gateway} clients list")
     if settings.console.enabled:
-        echo(f"\nOperator console: {base}/console (log in with the admin token above)")
+        echo(f"  # the operator console, in a browser: {base}/console (log in with the admin token above)")
     echo("")
 
 

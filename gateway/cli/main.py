@@ -23,6 +23,7 @@ from gateway.cli.mappings import mappings_app
 from gateway.cli.quarantine import quarantine_app
 from gateway.cli.queue import queue_app, worker_command
 from gateway.cli.sandbox import sandbox_app
+from gateway.cli.sources import sources_app
 from gateway.errors import exit_code_for
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ app.add_typer(conformance_app, name="conformance")
 app.add_typer(mappings_app, name="mappings")
 app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(sandbox_app, name="sandbox")
+app.add_typer(sources_app, name="sources")
 app.add_typer(dhis2_app, name="dhis2")
 app.add_typer(queue_app, name="queue")
 app.command("worker", help="Run delivery workers as their own process.")(worker_command)
@@ -76,6 +78,9 @@ def serve(
         typer.Option("--dev", help="Local trial: deploy/dev.yaml unless --config, the DHIS2 sandbox it delivers to, "
                      "the demo records of deploy/demo/, a fresh admin token and a walkthrough"),
     ] = False,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, max=64, help="API processes (more than 1 needs a PostgreSQL store)"),
+    ] = 1,
 ) -> None:
     """Run the gateway API (and its in-process services)."""
     import logging
@@ -83,10 +88,13 @@ def serve(
     from gateway.api import create_app
     from gateway.cli import dev as trial
     from gateway.cli.logs import configure_logging
-    from gateway.cli.server import run_server
+    from gateway.cli.server import run_server, run_workers
     from gateway.services import ServicePlan, Services
 
     settings = settings_from(config, dev, host=host, port=port)
+    if workers > 1 and not settings.store_url.startswith(("postgresql://", "postgres://")):
+        fail("--workers needs a PostgreSQL store: a SQLite store is for one process on one machine "
+             "(set store_url to postgresql://…, and queue_url to redis://… to share delivery)")
     configure_logging(settings)
     logging.getLogger("gateway.cli").info("gateway serve: %s", where(settings))
     sandbox_url = trial.sandbox_url(settings) if dev else None
@@ -97,9 +105,12 @@ def serve(
             with Services.build(settings, ServicePlan(ingest=False, audit=False)) as services:
                 token = _create_client(services.store, "dev-admin", ["system/*.cruds", "admin", "ingest:*"])
             trial.print_walkthrough(settings, token, reports, sandbox_url)
-        application = create_app(settings, plan=ServicePlan.for_serve(settings, os.environ))
-        run_server(application, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                   proxy_headers=True, access_log=False, log_config=None)
+        options: dict[str, Any] = {"host": settings.host, "port": settings.port, "proxy_headers": True,
+                                   "log_level": settings.log_level.lower(), "access_log": False, "log_config": None}
+        if workers > 1:
+            run_workers(settings, workers, **options)
+        else:
+            run_server(create_app(settings, plan=ServicePlan.for_serve(settings, os.environ)), **options)
     finally:
         if sandbox is not None:
             sandbox.terminate()

@@ -159,12 +159,8 @@ def status(
     import orjson
     from rich.table import Table
 
-    async def read(admin: DeliveryAdmin) -> tuple[list[Any], list[Any]]:
-        return await admin.status(), await admin.workers()
-
-    rows, workers = _with_admin(config, destinations, read, dev)
-    if not rows:
-        typer.echo("no destinations configured", err=True)
+    rows = _with_admin(config, destinations, lambda admin: admin.status(), dev, "no destinations configured")
+    workers = _with_admin(config, destinations, lambda admin: admin.workers(), dev) if rows else []
     if json:
         typer.echo(orjson.dumps([row.as_json() for row in rows], option=orjson.OPT_INDENT_2).decode())
         return

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from gateway.errors import ConfigError, RequestError
 from gateway.fhir.fhirpath import identifier
 from gateway.fhir.strict import KIND_COMPLEX, KIND_RESOURCE, ComplexType, StrictChecker
 
@@ -50,12 +51,18 @@ _DATE_TYPES = frozenset({"date", "dateTime", "instant"})
 _UCUM = "http://unitsofmeasure.org"
 
 
-class Unsure(Exception):
+class Unsure(RequestError):
     """The compiled form cannot answer as fhirpathpy would for this value: ask fhirpathpy."""
 
+    def __init__(self, diagnostics: str = "the compiled form cannot decide: ask fhirpathpy") -> None:
+        super().__init__(diagnostics)
 
-class _Unsupported(Exception):
+
+class _Unsupported(ConfigError):
     """The expression uses a form this module does not compile."""
+
+    def __init__(self, form: Any) -> None:
+        super().__init__(f"not compiled: {form}")
 
 
 def compile_predicate(checker: StrictChecker, ctype: ComplexType, node: dict[str, Any]) -> Predicate | None:

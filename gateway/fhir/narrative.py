@@ -31,6 +31,8 @@ import re
 from typing import Any
 from xml.parsers import expat
 
+from gateway.errors import RequestError
+
 __all__ = ["narrative_problem"]
 
 _XHTML_NS = "http://www.w3.org/1999/xhtml"
@@ -80,7 +82,7 @@ _UNDECIDED = ""  # what _markup_problem says when the parser must decide (never 
 _SURROGATE = "narrative is not well-formed XHTML (a character that is not Unicode text)"
 
 
-class _Refused(Exception):
+class _Refused(RequestError):
     """Raised from inside the parser's callbacks: the first problem ends the parse."""
 
 

@@ -2,6 +2,7 @@
 
 from .body import ReceivedRecord as ReceivedRecord
 from .body import split_body as split_body
+from .config import PULL_KINDS as PULL_KINDS
 from .config import SourceConfig as SourceConfig
 from .registry import IngestConfigError as IngestConfigError
 from .registry import MappingRegistry as MappingRegistry

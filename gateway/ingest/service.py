@@ -72,6 +72,9 @@ class IngestService:
         self.parser = parser
         self.registry = registry
         self.journal = journal
+        #: Called after a request's writes committed (the identity matcher's ``catch_up``), outside
+        #: the write transaction; its failure is logged, never the request's.
+        self.after_commit: Callable[[], object] | None = None
         self._writer: IngestWriter | None = None
         self._writer_lock = threading.Lock()
 
@@ -115,6 +118,7 @@ class IngestService:
             writes.abandon()
             raise
         writes.wait()
+        self._after_commit()
         report = IngestReport(source.name, [result for result in results if result is not None])
         for result in report.results:
             meter.ingest_records.labels(source.name, result.status).inc()
@@ -123,6 +127,14 @@ class IngestService:
             self.journal([message_line(at, "received", source.name, result) for result in report.results])
         log.info("ingest source=%s records=%d quarantined=%d", source.name, len(records), report.quarantined)
         return report
+
+    def _after_commit(self) -> None:
+        if self.after_commit is None:
+            return
+        try:
+            self.after_commit()
+        except Exception as exc:  # the records are stored; matching catches up on the next write
+            log.error("after-commit step failed (%s)", type(exc).__name__)
 
     def delete_record(self, source_name: str, record_key: str) -> RecordResult:
         """The source deleted record ``record_key``: take back everything it produced.
@@ -138,6 +150,7 @@ class IngestService:
         writes = self._writer_thread().request()
         writes.run(lambda: written.extend(self._commit(prepared, [change])))
         writes.wait()
+        self._after_commit()
         result = _stored(0, change, written)
         log.info("record deleted source=%s retracted=%d", source.name, len(result.resources))
         if self.journal is not None:

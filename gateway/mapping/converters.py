@@ -27,7 +27,12 @@ Bad values raise ``MappingError`` naming the source path and the value.
 ``code(table)``        code → target code text (FHIR ``code`` fields: gender, priority)
 ``ref(Type)``          entity key → ``{"reference": "Type/<deterministic id>"}``
 ``uuid(Type)``         entity key → the deterministic id alone
-``human_name``         "Aisha Nakato" → HumanName (last word is the family name)
+``human_name(order)``  "Aisha Nakato" → HumanName: ``given_first`` (default; last part is
+                       the family name), ``family_first``, ``text_only``; particles
+                       ("van der", "dos", "Ti") stay with the word after them
+``birth_date_from_age(unit)``  [date, age] (``%visit_date.combine(age)``) → estimated
+                       birth date; unit ``years`` (default), ``months``, ``weeks``, ``days``
+``estimated``          any answered value → the ``_birthDate`` extension saying "estimated"
 ``position``           "lat lon alt acc", GeoJSON Point or {latitude, longitude} →
                        Location.position
 ``wrap(key)``          v → ``{key: v}`` (e.g. Group.member from a list of refs)
@@ -48,6 +53,10 @@ from gateway.mapping.conceptmaps import ConceptTable
 from gateway.mapping.errors import MappingError, quote
 from gateway.mapping.ids import entity_id
 from gateway.mapping.values import (
+    AGE_UNITS,
+    ESTIMATED_DATE_EXTENSION,
+    NAME_ORDERS,
+    birth_date_from_age,
     blank,
     fail,
     from_epoch,
@@ -169,6 +178,38 @@ def _simple(fn: Callable[[Any, str], Any]) -> Callable[[list[Any], CompileContex
     return factory
 
 
+def _human_name(args: list[Any], ctx: CompileContext, path: str) -> Converter:
+    order = args[0] if args else "given_first"
+    if order not in NAME_ORDERS:
+        raise ConverterArgError(f"human_name: order {order!r} must be one of {', '.join(NAME_ORDERS)}")
+    return _per_item(lambda value: human_name(value, path, order))
+
+
+def _birth_date_from_age(args: list[Any], ctx: CompileContext, path: str) -> Converter:
+    unit = args[0] if args else "years"
+    if unit not in AGE_UNITS:
+        raise ConverterArgError(f"birth_date_from_age: unit {unit!r} must be one of {', '.join(AGE_UNITS)}")
+
+    def run(values: list[Any]) -> list[Any]:
+        kept = [value for value in values if not blank(value)]
+        if len(kept) < 2:
+            return []  # no age given: nothing to estimate
+        if len(kept) > 2:
+            raise MappingError(path, "birth_date_from_age needs [date, age]: write %date.combine(age)")
+        return [birth_date_from_age(kept[0], kept[1], unit, path)]
+
+    return run
+
+
+def _estimated(args: list[Any], ctx: CompileContext, path: str) -> Converter:
+    def run(values: list[Any]) -> list[Any]:
+        if not any(not blank(value) for value in values):
+            return []
+        return [{"extension": [{"url": ESTIMATED_DATE_EXTENSION, "valueBoolean": True}]}]
+
+    return run
+
+
 def _split(args: list[Any], ctx: CompileContext, path: str) -> Converter:
     separator = args[0] if args else None
 
@@ -283,8 +324,10 @@ CONVERTERS: dict[str, ConverterSpec] = {
         ConverterSpec("code", (str,), 1, _table_converter("code")),
         ConverterSpec("ref", (str,), 1, _ref_factory(True), fresh=True),
         ConverterSpec("uuid", (str,), 1, _ref_factory(False)),
-        ConverterSpec("human_name", (), 0, _simple(human_name), fresh=True),
+        ConverterSpec("human_name", (str,), 0, _human_name, fresh=True),
         ConverterSpec("position", (), 0, _simple(position), fresh=True),
+        ConverterSpec("birth_date_from_age", (str,), 0, _birth_date_from_age),
+        ConverterSpec("estimated", (), 0, _estimated, fresh=True),
         ConverterSpec("wrap", (str,), 1, _wrap),
         ConverterSpec("entries", (), 0, _entries),
         ConverterSpec("present", (), 0, _present),

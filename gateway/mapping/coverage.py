@@ -44,7 +44,7 @@ def _leaves(value: Any, prefix: FieldPath = ()) -> Iterator[FieldPath]:
     elif isinstance(value, list) and value:
         for item in value:
             yield from _leaves(item, prefix)
-    elif prefix:
+    elif prefix and not isinstance(value, dict | list):  # an empty container holds no answer
         yield prefix
 
 

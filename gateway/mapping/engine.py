@@ -4,7 +4,9 @@
 
 1. evaluate ``record_id`` and the ``let`` values, in file order;
 2. decide which single (non-repeating) rules fire and give each its deterministic id, so
-   any rule can refer to another as ``%name`` whatever their order;
+   any rule can refer to another as ``%name`` whatever their order; a repeating rule named
+   from outside its items gets the list of its per-item References the same way (and,
+   inside a repeating rule, ``%sibling`` is the sibling's Reference for the same item);
 3. run the rules in file order (repeating rules once per ``for_each`` item);
 4. stamp every resource with ``meta.source`` (the source system) and a ``meta.tag`` naming
    the mapping and its version; add the record identifier to record-scoped resources;
@@ -77,6 +79,10 @@ class CompiledRule:
     entity: Expression | None = None
     identifier_shapes: dict[str, str | None] = field(default_factory=dict)
     on_retract: str | None = None  # entered-in-error | delete | keep; None: by resource type
+    lets: list[tuple[str, Builder]] = field(default_factory=list)  # per item, see %item
+    #: repeating rules over the same ``for_each``: ``%name`` is their resource for this item
+    sibling_names: tuple[str, ...] = ()
+    siblings: list[CompiledRule] = field(default_factory=list)
 
     def retract_mode(self, rtype: str) -> str:
         """How to take back a ``rtype`` this rule made: ``status``, ``delete`` or ``keep``."""
@@ -110,14 +116,26 @@ class CompiledMapping:
     agent: Builder | None
     description: str = ""
     recorded_path: str = "provenance.recorded"  # names the record field in errors
+    #: line in ``file`` of each rule, ``let <name>``, ``defaults.<name>`` and ``provenance``
+    lines: dict[str, int] = field(default_factory=dict)
+    #: repeating rules referred to from outside their own items: ``%name`` is then every
+    #: item's Reference, in item order (worked out before the rules run)
+    collected: frozenset[str] = frozenset()
     _meta: Callable[[], dict[str, Any]] = field(init=False, repr=False, compare=False)
     _rules: dict[str, CompiledRule] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._rules = {rule.name: rule for rule in self.rules}
+        for rule in self.rules:
+            rule.siblings = [self._rules[name] for name in rule.sibling_names]
         self._meta = copier(
             {"source": self.system, "tag": [{"system": MAPPING_TAG_SYSTEM, "code": self.tag}]}
         )
+
+    def where(self, part: str) -> str:
+        """``set: file:line`` of a rule (or let, default, provenance), for run-time errors."""
+        line = self.lines.get(part)
+        return f"{self.set_name}: {self.file}" + (f":{line}" if line else "")
 
     @property
     def tag(self) -> str:
@@ -159,7 +177,7 @@ class CompiledMapping:
             try:
                 value = builder(record, env)
             except MappingError as exc:
-                raise exc.in_rule(f"let {name}", self.name) from None
+                raise exc.in_rule(f"let {name}", self.name, self.where(f"let {name}")) from None
             env[name] = [] if value is MISSING else value if type(value) is list else [value]
         planned: list[tuple[CompiledRule, dict[str, str] | None]] = []
         for rule in self.rules:
@@ -169,19 +187,25 @@ class CompiledMapping:
             try:
                 ids = self._plan_single(rule, record, env, record_id)
             except MappingError as exc:
-                raise exc.in_rule(rule.name, self.name) from None
+                raise exc.in_rule(rule.name, self.name, self.where(rule.name)) from None
             if ids is None:
                 env[rule.name] = []
             else:
                 primary = rule.program.resource_types[0]
                 env[rule.name] = [{"reference": f"{primary}/{ids[primary]}"}]
                 planned.append((rule, ids))
+        for rule in self.rules:
+            if rule.name in self.collected:
+                try:
+                    env[rule.name] = self._references(rule, record, env, record_id)
+                except MappingError as exc:
+                    raise exc.in_rule(rule.name, self.name, self.where(rule.name)) from None
         values: dict[str, Any] = {}
         for name, builder in self.defaults:
             try:
                 values[name] = builder(record, env)
             except MappingError as exc:
-                raise exc.in_rule(f"defaults.{name}", self.name) from None
+                raise exc.in_rule(f"defaults.{name}", self.name, self.where(f"defaults.{name}")) from None
         env[DEFAULTS_KEY] = [values]
         entries: dict[tuple[str, str], dict[str, Any]] = {}
         for rule, ids in planned:
@@ -192,7 +216,7 @@ class CompiledMapping:
                 else:
                     self._run_repeat(entries, rule, record, env, record_id)
             except MappingError as exc:
-                raise exc.in_rule(rule.name, self.name) from None
+                raise exc.in_rule(rule.name, self.name, self.where(rule.name)) from None
             if fired is not None and made_any(entries, rule.name):
                 fired.add(rule.name)
         return self._bundle(entries, record, env, record_id, outputs)
@@ -216,29 +240,60 @@ class CompiledMapping:
         env: Env,
         record_id: str,
     ) -> None:
+        for index, item in enumerate(self._items(rule, record, env)):
+            local = dict(env)
+            local["item"] = [item]
+            local["index"] = [index]
+            ids = self._item_ids(rule, record, local, record_id)
+            if ids is None:
+                continue
+            for sibling in rule.siblings:
+                try:
+                    other = self._item_ids(sibling, record, {**env, "item": [item], "index": [index]}, record_id)
+                except MappingError as exc:
+                    raise exc.in_rule(sibling.name, self.name, self.where(sibling.name)) from None
+                primary = sibling.program.resource_types[0]
+                local[sibling.name] = [] if other is None else [{"reference": f"{primary}/{other[primary]}"}]
+            made = rule.program.factory(record, local, ids)
+            self._add(entries, rule, made, record_id, scoped=rule.entity is None)
+
+    def _items(self, rule: CompiledRule, record: Any, env: Env) -> list[Any]:
         assert rule.for_each is not None
         items = [item for item in rule.for_each.run(record, env) if item is not None and item != ""]
         if len(items) > MAX_REPEAT:
             raise MappingError(
                 rule.for_each.text, f"{len(items)} items; at most {MAX_REPEAT}", code="too-costly"
             )
-        for index, item in enumerate(items):
-            local = dict(env)
-            local["item"] = [item]
-            local["index"] = [index]
-            if rule.when is not None and not truthy(rule.when.run(record, local), rule.when.text):
-                continue
-            if rule.key is not None:
-                repeat_key = _single_text(rule.key.run(record, local), rule.key.text, "the repeat key")
-            else:
-                repeat_key = str(index)
-            local["key"] = [repeat_key]
-            if rule.entity is not None:
-                key = _single_text(rule.entity.run(record, local), rule.entity.text, "the entity id")
-            else:
-                key = record_key(record_id, rule.name, repeat_key)
-            made = rule.program.factory(record, local, rule.ids(self.system, key))
-            self._add(entries, rule, made, record_id, scoped=rule.entity is None)
+        return items
+
+    def _references(self, rule: CompiledRule, record: Any, env: Env, record_id: str) -> list[Any]:
+        """A repeating rule's Reference for each item it fires for, in item order."""
+        primary = rule.program.resource_types[0]
+        references: list[Any] = []
+        for index, item in enumerate(self._items(rule, record, env)):
+            ids = self._item_ids(rule, record, {**env, "item": [item], "index": [index]}, record_id)
+            if ids is not None:
+                references.append({"reference": f"{primary}/{ids[primary]}"})
+        return references
+
+    def _item_ids(self, rule: CompiledRule, record: Any, local: Env, record_id: str) -> dict[str, str] | None:
+        """Evaluate a repeating rule's lets, ``when``, ``key`` and ``id`` for one item (into
+        ``local``); its resource ids, or None when it does not fire for the item."""
+        for name, builder in rule.lets:
+            value = builder(record, local)
+            local[name] = [] if value is MISSING else value if type(value) is list else [value]
+        if rule.when is not None and not truthy(rule.when.run(record, local), rule.when.text):
+            return None
+        if rule.key is not None:
+            repeat_key = _single_text(rule.key.run(record, local), rule.key.text, "the repeat key")
+        else:
+            repeat_key = str(local["index"][0])
+        local["key"] = [repeat_key]
+        if rule.entity is not None:
+            key = _single_text(rule.entity.run(record, local), rule.entity.text, "the entity id")
+        else:
+            key = record_key(record_id, rule.name, repeat_key)
+        return rule.ids(self.system, key)
 
     def _add(
         self,
@@ -313,7 +368,7 @@ class CompiledMapping:
             recorded = self.recorded(record, env)
             agent = self.agent(record, env) if self.agent is not None else MISSING
         except MappingError as exc:
-            raise exc.in_rule("provenance", self.name) from None
+            raise exc.in_rule("provenance", self.name, self.where("provenance")) from None
         if recorded is MISSING or type(recorded) is not str:
             raise MappingError(
                 self.recorded_path,

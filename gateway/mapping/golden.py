@@ -196,7 +196,14 @@ def diff_json(expected: Any, actual: Any, path: str = "") -> list[str]:
         and expected.get("resourceType") == actual.get("resourceType") == "Bundle"
     ):
         return _bundle_diff(expected, actual, path)
+    if _refusal(actual) and not _refusal(expected):
+        # The whole reason, never cut short: it is what the integrator has to fix.
+        return [f"! {path}refused: {issue.get('diagnostics', '')}" for issue in actual.get("issue", [])]
     return _plain_diff(expected, actual, path)
+
+
+def _refusal(value: Any) -> bool:
+    return isinstance(value, dict) and value.get("resourceType") == "OperationOutcome"
 
 
 def _plain_diff(expected: Any, actual: Any, path: str) -> list[str]:

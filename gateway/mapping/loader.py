@@ -6,6 +6,8 @@ Layout::
       conceptmaps/*.yaml          FHIR ConceptMaps (code tables), shared by all sets
       <set>/set.yaml              SetSpec: name, source system URI, file order
       <set>/<record-type>.yaml    MappingSpec, one per source record type
+      <set>/conceptmaps/*.yaml    the set's own ConceptMaps (an id also in conceptmaps/
+                                  replaces the shared one, for this set only)
       <set>/tests/                golden tests (see golden.py)
 
 Every problem found (YAML syntax, schema, FHIRPath syntax, unknown converters, variables,
@@ -22,11 +24,13 @@ from typing import Any
 import pydantic
 
 from gateway.fhir import can_retract_by_status
+from gateway.mapping.checks import check_mapping, golden_records
 from gateway.mapping.conceptmaps import ConceptTable, load_concept_tables
 from gateway.mapping.converters import CompileContext
 from gateway.mapping.engine import CompiledMapping, CompiledRule, MappingSet
-from gateway.mapping.errors import LoadIssue, MappingLoadError
+from gateway.mapping.errors import LoadIssue, MappingError, MappingLoadError
 from gateway.mapping.expressions import Expression, Scope
+from gateway.mapping.inputs import InputError, read_records
 from gateway.mapping.rules import compile_rule, defaults_reader, identifier_shape
 from gateway.mapping.spec import MappingSpec, SetSpec
 from gateway.mapping.templates import Builder, TemplateCompiler
@@ -140,8 +144,19 @@ def _load_set(folder: Path, loaded: LoadedMappings, interpret: bool) -> MappingS
         files = sorted(path for path in folder.glob("*.yaml") if path.name != SET_FILE)
     mappings: list[CompiledMapping] = []
     names: set[str] = set()
+    golden = golden_records(folder)
+    for index, name in enumerate(spec.inputs):
+        try:
+            golden.extend(read_records(folder / name)[0])
+        except (InputError, OSError) as exc:
+            loaded.issues.append(
+                LoadIssue(str(set_file), doc.line_of(("inputs", index)), f"inputs[{index}]", f"cannot read: {exc}")
+            )
+    tables = loaded.tables
+    if (folder / CONCEPTMAP_DIR).is_dir():
+        tables = {**loaded.tables, **load_concept_tables(folder / CONCEPTMAP_DIR, loaded.issues)}
     for path in files:
-        compiled = _load_mapping(path, spec, loaded, interpret)
+        compiled = _load_mapping(path, spec, loaded, interpret, golden, tables)
         if compiled is None:
             continue
         if compiled.name in names:
@@ -154,7 +169,7 @@ def _load_set(folder: Path, loaded: LoadedMappings, interpret: bool) -> MappingS
         loaded.issues.append(LoadIssue(str(set_file), 1, "", "the set has no mapping files"))
     mapping_set = MappingSet(spec.name, spec.system, mappings, spec.title, str(folder))
     if spec.retract is not None:
-        ctx = CompileContext(system=spec.system, tables=loaded.tables, constants={"system": [spec.system]})
+        ctx = CompileContext(system=spec.system, tables=tables, constants={"system": [spec.system]})
         compiler = TemplateCompiler(ctx, interpret=interpret)
         scope = Scope(frozenset({"system"}), "retract sees only %system")
         mapping_set.retract_when = compiler.expression(spec.retract.when, ("retract", "when"), scope)
@@ -165,7 +180,12 @@ def _load_set(folder: Path, loaded: LoadedMappings, interpret: bool) -> MappingS
 
 
 def _load_mapping(
-    path: Path, set_spec: SetSpec, loaded: LoadedMappings, interpret: bool
+    path: Path,
+    set_spec: SetSpec,
+    loaded: LoadedMappings,
+    interpret: bool,
+    golden: list[Any],
+    tables: dict[str, ConceptTable],
 ) -> CompiledMapping | None:
     file = str(path)
     try:
@@ -178,18 +198,42 @@ def _load_mapping(
         return None
     ctx = CompileContext(
         system=set_spec.system,
-        tables=loaded.tables,
+        tables=tables,
         constants={"system": [set_spec.system], "mapping": [spec.mapping], "version": [spec.version]},
     )
     compiler = TemplateCompiler(ctx, interpret=interpret)
     compiled = _compile(spec, set_spec, file, compiler)
-    for node_path, message in compiler.issues:
+    problems = list(compiler.issues)
+    # The static checks run even when compiling failed, so validate lists every mistake at once.
+    problems += check_mapping(spec, ctx, compiler.expressions, _matching(golden, compiler, set_spec), golden)
+    for node_path, message in problems:
         loaded.issues.append(LoadIssue(file, doc.line_of(node_path), _describe(node_path, doc), message))
     loaded.tables_used |= ctx.tables_used
-    if compiler.issues or compiled is None:
+    if problems or compiled is None:
         return None
+    compiled.lines = {rule.name: doc.line_of(("rules", index)) for index, rule in enumerate(spec.rules)}
+    compiled.lines.update({f"let {name}": doc.line_of(("let", name)) for name in spec.let})
+    compiled.lines.update({f"defaults.{name}": doc.line_of(("defaults", name)) for name in
+                           ("subject", "encounter", "effective", "performer")})
+    compiled.lines["provenance"] = doc.line_of(("provenance",))
     loaded.expressions[compiled.tag] = compiler.expressions
     return compiled
+
+
+def _matching(golden: list[Any], compiler: TemplateCompiler, set_spec: SetSpec) -> list[Any]:
+    """The golden inputs this mapping's ``match`` accepts."""
+    match = next((expr for path, expr in compiler.expressions if path == ("match",)), None)
+    if match is None:
+        return [record for record in golden if isinstance(record, dict)]
+    env = {"system": [set_spec.system]}
+    chosen: list[Any] = []
+    for record in golden:
+        try:
+            if isinstance(record, dict) and match.run(record, env) == [True]:
+                chosen.append(record)
+        except MappingError:
+            continue
+    return chosen
 
 
 def _compile(spec: MappingSpec, set_spec: SetSpec, file: str, tc: TemplateCompiler) -> CompiledMapping | None:
@@ -217,9 +261,8 @@ def _compile(spec: MappingSpec, set_spec: SetSpec, file: str, tc: TemplateCompil
         lets.append((name, tc.template(value, ("let", name), scope).build))
         visible.add(name)
     condition_vars = frozenset(visible)
-    singles = frozenset(rule.name for rule in spec.rules if rule.for_each is None)
-    body_vars = condition_vars | singles
-    body_scope = Scope(body_vars, "rules see built-ins, lets and single (non-repeating) rules")
+    body_vars = condition_vars | frozenset(rule.name for rule in spec.rules)
+    body_scope = Scope(body_vars, "rules see built-ins, lets and rules")
     defaults: list[tuple[str, Builder]] = []
     readers: dict[str, Builder] = {}
     for field_name in ("subject", "encounter", "effective", "performer"):
@@ -234,15 +277,36 @@ def _compile(spec: MappingSpec, set_spec: SetSpec, file: str, tc: TemplateCompil
         else None
     )
     rules: list[CompiledRule] = []
+    groups: dict[str, list[str]] = {}  # for_each text → the repeating rules over those items
+    for rule in spec.rules:
+        if rule.for_each is not None:
+            groups.setdefault(rule.for_each.strip(), []).append(rule.name)
     for index, rule in enumerate(spec.rules):
         path: NodePath = ("rules", index)
         repeat = rule.for_each is not None
         extra = _REPEAT if repeat else frozenset()
-        condition_scope = Scope(condition_vars | extra, "when/for_each/key/id see built-ins and lets")
-        compiled = CompiledRule(
-            rule.name,
-            compile_rule(rule, tc, readers, Scope(body_vars | extra | ({"key"} if repeat else set())), path),
+        rule_lets: list[tuple[str, Builder]] = []
+        let_names: set[str] = set()
+        if rule.let and not repeat:
+            issues.append(((*path, "let"), "a rule's let needs for_each (use the mapping's let)"))
+        for name, value in rule.let.items():
+            if name in _RESERVED or name in visible or name in rule_names:
+                issues.append(((*path, "let", name), f"%{name} is already a name here; choose another"))
+            let_scope = Scope(condition_vars | extra | let_names, "a rule's let sees lets, %item and %index")
+            rule_lets.append((name, tc.template(value, (*path, "let", name), let_scope).build))
+            let_names.add(name)
+        siblings = [
+            name for name in groups.get((rule.for_each or "").strip(), []) if name != rule.name
+        ] if repeat else []
+        condition_scope = Scope(
+            condition_vars | extra | let_names, "when/for_each/key/id see built-ins, lets and the rule's lets"
         )
+        body = (body_vars - ({rule.name} if repeat else set())) | extra | let_names | ({"key"} if repeat else set())
+        compiled = CompiledRule(rule.name, compile_rule(rule, tc, readers, Scope(frozenset(body)), path))
+        compiled.lets = rule_lets
+        used = {name for where, expr in tc.expressions if where[:2] == path for name in expr.variables}
+        # only the siblings the rule refers to are worked out per item: the others cost nothing
+        compiled.sibling_names = tuple(name for name in siblings if name in used)
         if rule.for_each is not None:
             compiled.for_each = tc.expression(rule.for_each, (*path, "for_each"), Scope(condition_vars))
         elif rule.key is not None:
@@ -271,7 +335,9 @@ def _compile(spec: MappingSpec, set_spec: SetSpec, file: str, tc: TemplateCompil
         rules.append(compiled)
     if record_id is None or issues:
         return None
+    collected = _collected(spec, groups, tc)
     return CompiledMapping(
+        collected=collected,
         name=spec.mapping,
         version=spec.version,
         set_name=set_spec.name,
@@ -287,6 +353,23 @@ def _compile(spec: MappingSpec, set_spec: SetSpec, file: str, tc: TemplateCompil
         description=spec.description,
         recorded_path=_expression_text(spec.provenance.recorded) or "provenance.recorded",
     )
+
+
+def _collected(spec: MappingSpec, groups: dict[str, list[str]], tc: TemplateCompiler) -> frozenset[str]:
+    """Repeating rules some expression refers to from outside their own items."""
+    repeating = {rule.name: (rule.for_each or "").strip() for rule in spec.rules if rule.for_each is not None}
+    found: set[str] = set()
+    for path, expression in tc.expressions:
+        inside = None
+        if len(path) >= 2 and path[0] == "rules" and isinstance(path[1], int):
+            inside = spec.rules[path[1]]
+        for name in expression.variables & repeating.keys():
+            same_items = inside is not None and inside.for_each is not None and (
+                name in groups.get(inside.for_each.strip(), [])
+            )
+            if not same_items:
+                found.add(name)
+    return frozenset(found)
 
 
 def _expression_text(value: Any) -> str | None:

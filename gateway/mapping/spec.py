@@ -59,6 +59,8 @@ class RuleBase(_Strict):
       of that key resolves to, so records of one source link up in any order. Without
       ``id`` the resource belongs to the record (``uuid5(system|Type|record/rule[/key])``).
     * ``template``: extra FHIR elements merged into what the rule kind builds.
+    * ``let``: named values evaluated per item of a ``for_each`` rule (they see ``%item``
+      and ``%index``), usable as ``%name`` in the rule's ``when``, ``key``, ``id`` and body.
     * ``on_retract``: what happens to what the rule made once an edit (or a deletion) of
       the record no longer makes it: ``entered-in-error`` (a status change: see
       ``gateway.ingest.retractions``), ``delete`` or ``keep``. Default: the status change
@@ -71,6 +73,7 @@ class RuleBase(_Strict):
     key: str | None = None
     id: str | None = None
     template: dict[str, TemplateValue] = {}
+    let: dict[Annotated[str, Field(pattern=_NAME)], TemplateValue] = {}
     on_retract: Literal["entered-in-error", "delete", "keep"] | None = None
 
 
@@ -240,6 +243,9 @@ class SetSpec(_Strict):
     of identifier systems (``%system`` in expressions). ``mappings`` lists the mapping files
     in the order their ``match`` is tried (default: all other ``*.yaml`` files, sorted).
     ``retract`` (optional) recognises deleted and voided records (``RetractSpec``).
+    ``inputs`` lists more example records (``.json``/``.csv`` files, relative to the set
+    folder) for the static checks' input schema, besides the golden inputs: records with the
+    fields an app sends only sometimes.
     """
 
     name: str = Field(pattern=_MAPPING_NAME)
@@ -247,3 +253,4 @@ class SetSpec(_Strict):
     system: str = Field(pattern=r"^(urn:|https?://)\S+$")
     mappings: list[str] | None = None
     retract: RetractSpec | None = None
+    inputs: list[str] = []

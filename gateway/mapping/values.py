@@ -8,9 +8,10 @@ source path and a (truncated) quote of the value for anything else. Nothing is g
 
 from __future__ import annotations
 
+import calendar
 import math
 import re
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -176,16 +177,72 @@ def from_epoch(value: Any, path: str, scale: int) -> str:
     return _format_instant(datetime.fromtimestamp(round(seconds, 3), tz=UTC))
 
 
-def human_name(value: Any, path: str) -> dict[str, Any]:
-    """A HumanName from a full name: the last word is the family name."""
+#: Words that belong to the name part after them: family-name particles ("van der Berg",
+#: "dos Santos", "bin Ali") and Haitian Creole "Ti" ("little"), part of a given name ("Ti Jozèf").
+NAME_PARTICLES = frozenset(
+    {"al", "bin", "binti", "da", "das", "de", "del", "della", "der", "di", "do", "dos", "du",
+     "el", "ibn", "la", "le", "ten", "ter", "van", "von", "ti"}
+)
+NAME_ORDERS = ("given_first", "family_first", "text_only")
+
+
+def _name_parts(words: list[str]) -> list[str]:
+    """Join each particle with the word after it: ["Ti", "Jozèf"] → ["Ti Jozèf"]."""
+    parts: list[str] = []
+    pending: list[str] = []
+    for word in words:
+        pending.append(word)
+        if word.lower() not in NAME_PARTICLES:
+            parts.append(" ".join(pending))
+            pending = []
+    if pending:
+        parts.append(" ".join(pending))
+    return parts
+
+
+def human_name(value: Any, path: str, order: str = "given_first") -> dict[str, Any]:
+    """A HumanName from a full name. ``given_first`` (default): the last part is the family
+    name; ``family_first``: the first part is ("Uwimana Claudine"); ``text_only``: only
+    ``text``. A particle joins the word after it ("van der Berg", "Ti Jozèf")."""
     words = to_text(value, path).split()
     name: dict[str, Any] = {"text": " ".join(words)}
-    if len(words) > 1:
-        name["family"] = words[-1]
-        name["given"] = words[:-1]
+    if order == "text_only":
+        return name
+    parts = _name_parts(words)
+    if len(parts) == 1:
+        name["given"] = parts
+    elif order == "family_first":
+        name["family"] = parts[0]
+        name["given"] = parts[1:]
     else:
-        name["given"] = words
+        name["family"] = parts[-1]
+        name["given"] = parts[:-1]
     return name
+
+
+#: Marks a birth date worked out from an age (on ``Patient._birthDate``). R4 has no core
+#: extension for this; national guides define their own, so it is a local URL.
+ESTIMATED_DATE_EXTENSION = "urn:chw-gateway:extension:birth-date-estimated"
+AGE_UNITS = ("years", "months", "weeks", "days")
+
+
+def birth_date_from_age(on: Any, age: Any, unit: str, path: str) -> str:
+    """The estimated birth date of someone ``age`` ``unit`` old on the date ``on``.
+
+    A year or month step from 29 February (or the 31st) lands on the month's last day."""
+    day = to_date(on, path)
+    if len(day) != 10:
+        raise fail(path, on, "a full date to count the age back from")
+    reference = date.fromisoformat(day)
+    amount = to_decimal(age, path)
+    if amount < 0 or amount > 150 * 366:
+        raise fail(path, age, "an age")
+    if unit in ("weeks", "days"):
+        return (reference - timedelta(days=int(amount * (7 if unit == "weeks" else 1)))).isoformat()
+    months = int(amount * 12) if unit == "years" else int(amount)
+    year, month = divmod(reference.year * 12 + reference.month - 1 - months, 12)
+    last = calendar.monthrange(year, month + 1)[1]
+    return date(year, month + 1, min(reference.day, last)).isoformat()
 
 
 def position(value: Any, path: str) -> dict[str, float]:

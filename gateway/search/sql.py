@@ -377,29 +377,31 @@ def date_sort_walk(query: SearchQuery) -> tuple[str, Params, str, Params] | None
 
 @dataclass(frozen=True, slots=True)
 class DateSortPlan:
-    """Two ways to one page of a query sorted by a date parameter (see ``date_sort_plan``)."""
+    """Ways to one page of a query sorted by a date parameter (see ``date_sort_plan``)."""
 
+    counts: list[tuple[str, Params]]  # per criterion: its matches, counted up to a limit appended
     bound: str  # the sort key of the ``cap``-th date-index row in sort order (none if fewer rows)
     bound_params: Params
     walk: str  # date-index rows in sort order up to the bound, kept if every criterion holds;
     walk_params: Params  # the bound and the limit are appended
-    by_match: str  # every match with its own sort key, sorted; limit and offset appended
-    by_match_params: Params
-    descending: bool
+    by_match: list[tuple[str, Params]]  # per driving criterion (or one for "every resource of the
+    descending: bool  # type"): its matches meeting the others, sorted by their own date; limit, offset appended
 
 
 def date_sort_plan(query: SearchQuery, cap: int) -> DateSortPlan | None:
-    """For ``_sort`` on one date parameter with plain criteria: a bounded walk, and a fallback.
+    """For ``_sort`` on one date parameter with plain criteria: a bounded walk, or the few matches sorted.
 
-    The walk reads the date index in sort order, no further than its ``cap``-th row (whose
-    key ``bound`` finds from the index alone), keeping the rows whose resource meets every
-    criterion (one probe per criterion on the row-id indexes), and stops once it has the
-    page. When the criteria match a fair share of the resources (a common code) that is
-    after ``page / share`` rows, however large the store. When it does not fill the page the
-    matches are few (fewer than ``page * rows / cap``), and ``by_match`` sorts exactly those
-    by their own date. So the cost is bounded by ``cap`` probes or by the matches, never by
-    the size of the store. None when the query has another shape (a chain, ``_has``, a
-    negation, a data policy, a second sort key).
+    ``counts`` counts each criterion's matches up to a limit from its index alone. When one
+    criterion matches few resources, ``by_match`` driven by it (the others probed per row)
+    sorts exactly those by their own date. Otherwise the walk reads the date index in sort
+    order, no further than its ``cap``-th row (whose key ``bound`` finds from the index
+    alone), keeping the rows whose resource meets every criterion (one probe per criterion on
+    the row-id indexes), and stops once it has the page: after ``page / share`` rows when the
+    criteria match a fair share of the resources, however large the store. When even that
+    does not fill the page, the matches are few (fewer than ``page * rows / cap``) and
+    ``by_match`` sorts them. The cost is bounded by ``cap`` probes or by the matches of the
+    most selective criterion, never by the size of the store. None when the query has
+    another shape (a chain, ``_has``, a negation, a data policy, a second sort key).
     """
     if len(query.sort) != 1:
         return None
@@ -412,36 +414,43 @@ def date_sort_plan(query: SearchQuery, cap: int) -> DateSortPlan | None:
     if any(not _is_positive(c) or c.chain is not None or c.has is not None for c in query.criteria):
         return None
     column, direction, agg = ("hi", "DESC", "MAX") if key.descending else ("lo", "ASC", "MIN")
+    code = key.param.code
     snapshot: Params = [] if query.snapshot is None else [query.snapshot]
     head = (
         f"FROM idx_date d WHERE d.rtype = ? AND d.param = ?{'' if query.snapshot is None else ' AND d.rid <= ?'}"
     )
     order = f"ORDER BY d.{column} {direction}, d.rid {direction}"
     bound = f"SELECT d.{column} {head} {order} LIMIT 1 OFFSET ?"
-    probes: list[str] = []
-    probe_params: Params = []
-    for criterion in query.criteria:
-        probe, params = _probe(criterion, "d", per_row=True)
-        probes.append(probe)
-        probe_params.extend(params)
+    probes = [_probe(c, "d", per_row=True) for c in query.criteria]
     limit_key = f"d.{column} {'>=' if key.descending else '<='} ?"
-    walk = f"SELECT d.rid {head} AND {' AND '.join([*probes, limit_key])} {order} LIMIT ?"
-    matched, matched_params = match_set(query)
-    if not matched:
-        matched, matched_params = "SELECT a.rid FROM resources a WHERE a.rtype = ? AND a.deleted = 0", [query.rtype]
-    by_match = (
-        f"SELECT bm.rid FROM (SELECT b0.rid AS rid, (SELECT {agg}(e.{column}) FROM idx_date e"
-        f" WHERE e.rid = b0.rid AND e.param = ?) AS k FROM ({matched}) b0"
-        # "+ 0": a bare rid bound tempts SQLite to range-scan a row-id index instead of the match set
-        f"{'' if query.snapshot is None else ' WHERE b0.rid + 0 <= ?'}) bm"
-        f" ORDER BY (CASE WHEN bm.k IS NULL THEN 1 ELSE 0 END), bm.k {direction}, bm.rid {direction} LIMIT ? OFFSET ?"
-    )  # resources without the date sort last, as in the walk
+    walk = f"SELECT d.rid {head} AND {' AND '.join([*(p for p, _ in probes), limit_key])} {order} LIMIT ?"
+    walk_params: Params = [query.rtype, key.param.code, *snapshot, *(v for _, ps in probes for v in ps)]
+
+    def sorted_matches(driver: str, driver_params: Params, others: list[Criterion]) -> tuple[str, Params]:
+        tests = [_probe(c, "b0", per_row=True) for c in others]
+        # "+ 0": a bare rid bound tempts SQLite to range-scan a row-id index instead of the driver
+        conds = [t for t, _ in tests] + ([] if query.snapshot is None else ["b0.rid + 0 <= ?"])
+        where = f" WHERE {' AND '.join(conds)}" if conds else ""
+        sql = (
+            f"SELECT bm.rid FROM (SELECT b0.rid AS rid, (SELECT {agg}(e.{column}) FROM idx_date e"
+            f" WHERE e.rid = b0.rid AND e.param = ?) AS k FROM ({driver}) b0{where}) bm"
+            f" ORDER BY (CASE WHEN bm.k IS NULL THEN 1 ELSE 0 END), bm.k {direction}, bm.rid {direction}"
+            " LIMIT ? OFFSET ?"
+        )  # resources without the date sort last, as in the walk
+        return sql, [code, *driver_params, *(v for _, ps in tests for v in ps), *snapshot]
+
+    counts: list[tuple[str, Params]] = []
+    by_match: list[tuple[str, Params]] = []
+    for n, criterion in enumerate(query.criteria):
+        driver, driver_params = rid_set(query.rtype, criterion, distinct=True)
+        counts.append((f"SELECT COUNT(*) FROM (SELECT 1 FROM ({driver}) f LIMIT ?) g", driver_params))
+        by_match.append(sorted_matches(driver, driver_params, [c for i, c in enumerate(query.criteria) if i != n]))
+    if not query.criteria:
+        every = "SELECT a.rid FROM resources a WHERE a.rtype = ? AND a.deleted = 0"
+        by_match.append(sorted_matches(every, [query.rtype], []))
     return DateSortPlan(
-        bound, [query.rtype, key.param.code, *snapshot, cap - 1],
-        walk, [query.rtype, key.param.code, *snapshot, *probe_params],
-        by_match, [key.param.code, *matched_params, *snapshot],
-        key.descending,
-    )  # fmt: skip
+        counts, bound, [query.rtype, key.param.code, *snapshot, cap - 1], walk, walk_params, by_match, key.descending
+    )
 
 
 def order_by(query: SearchQuery, alias: str = "r") -> tuple[str, Params]:

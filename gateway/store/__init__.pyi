@@ -15,6 +15,7 @@ from .base import MessageEntry as MessageEntry
 from .base import MessageFilter as MessageFilter
 from .base import MessageLog as MessageLog
 from .base import PreparedWrite as PreparedWrite
+from .base import PullCursors as PullCursors
 from .base import QuarantinedRecord as QuarantinedRecord
 from .base import QuarantineStore as QuarantineStore
 from .base import RecordOutput as RecordOutput
@@ -28,4 +29,5 @@ from .base import VersionConflict as VersionConflict
 from .base import WriteResult as WriteResult
 from .open import open_store as open_store
 from .rows import KEPT_IDENTIFIER_TYPE as KEPT_IDENTIFIER_TYPE
+from .rows import KEPT_LINK_EXTENSION as KEPT_LINK_EXTENSION
 from .sql import SqlStore as SqlStore

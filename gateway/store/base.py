@@ -12,6 +12,7 @@ Consumers type against the narrowest protocol they use:
 * ``RunClaims``: which process runs a scheduled task's run, when several share the store;
 * ``MessageLog``: one line per record received and per delivery attempt (the operator console's log);
 * ``BulkExports``: bulk data export jobs and the row-id paging an export reads the store with;
+* ``PullCursors``: how far each pulled source (ODK Central, CommCare, CHT, Kobo) has been read;
 * ``Store``: all of them plus the lifecycle (``ping``, ``close``); ``open_store`` returns one.
 
 Two implementations exist (``SQLiteStore`` and ``PostgresStore``), both built on
@@ -436,6 +437,19 @@ class RunClaims(Protocol):
         ...
 
 
+class PullCursors(Protocol):
+    """How far each pulled source has been read: an opaque text per source, set after the records
+    it covers are stored (so a crash re-reads, never skips)."""
+
+    def pull_cursor(self, source: str) -> str | None:
+        """The source's saved cursor, or None before its first pull."""
+        ...
+
+    def set_pull_cursor(self, source: str, cursor: str | None) -> None:
+        """Save the source's cursor (None forgets it: the next pull starts from the beginning)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class MessageEntry:
     """One line of the message log: a record received (``kind`` received/replayed) or a delivery
@@ -561,8 +575,8 @@ class BulkExports(Protocol):
 
 
 class Store(
-    ResourceStore, ChangeFeed, ClientRegistry, QuarantineStore, AuditTrail, MessageLog, RunClaims, BulkExports,
-    Protocol,
+    ResourceStore, ChangeFeed, ClientRegistry, QuarantineStore, AuditTrail, MessageLog, RunClaims, PullCursors,
+    BulkExports, Protocol,
 ):
     """The whole store, as ``open_store`` returns it: every part above plus its lifecycle."""
 

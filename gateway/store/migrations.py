@@ -142,10 +142,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         8,
-        "scheduled runs claimed cluster-wide: each (task, slot) by one process only",
+        "scheduled runs claimed cluster-wide (each (task, slot) by one process only); the date index in"
+        " ascending start order, which searches sorted oldest first walk",
         (
             """CREATE TABLE scheduled_runs (task TEXT NOT NULL, slot BIGINT NOT NULL, holder TEXT NOT NULL,
                 claimed {FLOAT} NOT NULL, PRIMARY KEY (task, slot))""",
+            "CREATE INDEX idx_date_lo ON idx_date (rtype, param, lo, rid)",
         ),
     ),
     Migration(
@@ -172,6 +174,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX bulk_exports_status ON bulk_exports (status, updated)",
             # An export walks each type in row-id order, a page at a time.
             "CREATE INDEX resources_type_rid ON resources (rtype, rid)",
+        ),
+    ),
+    Migration(
+        12,
+        "pull cursors: how far each pulled source has been read (advanced after its records are stored)",
+        (
+            """CREATE TABLE pull_cursors (source TEXT PRIMARY KEY, cursor TEXT NOT NULL,
+                updated {FLOAT} NOT NULL)""",
         ),
     ),
 )

@@ -42,6 +42,26 @@ KEPT_IDENTIFIER_TYPE = "urn:chw-gateway:identifier-type"
 _KEPT_MARK = KEPT_IDENTIFIER_TYPE.encode()
 
 
+#: Extension URL on the ``Patient.link`` elements the gateway's identity matcher added: like kept
+#: identifiers, an update without them keeps them and they do not count as content, so a source
+#: re-sending its record neither drops the link nor makes a new version.
+KEPT_LINK_EXTENSION = "urn:chw-gateway:identity-link"
+_KEPT_LINK_MARK = KEPT_LINK_EXTENSION.encode()
+
+
+def is_kept_link(link: Any) -> bool:
+    """Whether a ``Patient.link`` element is one the gateway added (see ``KEPT_LINK_EXTENSION``)."""
+    return isinstance(link, dict) and any(
+        isinstance(e, dict) and e.get("url") == KEPT_LINK_EXTENSION for e in link.get("extension") or []
+    )
+
+
+def kept_links(body: dict[str, Any]) -> list[Any]:
+    """The resource's ``link`` elements the gateway keeps."""
+    found = body.get("link") if body.get("resourceType") == "Patient" else None
+    return [item for item in found if is_kept_link(item)] if isinstance(found, list) else []
+
+
 def is_kept_identifier(identifier: Any) -> bool:
     """Whether an identifier is one the gateway keeps (see ``KEPT_IDENTIFIER_TYPE``)."""
     if not isinstance(identifier, dict):
@@ -59,25 +79,27 @@ def kept_identifiers(body: dict[str, Any]) -> list[Any]:
 
 
 def without_kept_identifiers(body: dict[str, Any]) -> dict[str, Any]:
-    """``body`` without the identifiers the gateway keeps."""
-    found = body.get("identifier")
-    if not isinstance(found, list):
-        return body
-    others = [item for item in found if not is_kept_identifier(item)]
-    out = {key: value for key, value in body.items() if key != "identifier"}
-    if others:
-        out["identifier"] = others
+    """``body`` without the identifiers and ``Patient.link`` elements the gateway keeps."""
+    out = body
+    for element, kept in (("identifier", is_kept_identifier), ("link", is_kept_link)):
+        found = out.get(element)
+        if not isinstance(found, list):
+            continue
+        others = [item for item in found if not kept(item)]
+        out = {key: value for key, value in out.items() if key != element}
+        if others:
+            out[element] = others
     return out
 
 
 def hash_body(body: dict[str, Any]) -> str:
     """Hash of a resource's content without version metadata and kept identifiers."""
     data = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
-    if _KEPT_MARK in data:
+    if _KEPT_MARK in data or _KEPT_LINK_MARK in data:
         data = orjson.dumps(without_kept_identifiers(body), option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(data).hexdigest()
 
 
 def has_kept_identifiers(content: bytes) -> bool:
-    """Whether stored JSON may hold identifiers the gateway keeps (a cheap byte test)."""
-    return _KEPT_MARK in content
+    """Whether stored JSON may hold identifiers or links the gateway keeps (a cheap byte test)."""
+    return _KEPT_MARK in content or _KEPT_LINK_MARK in content

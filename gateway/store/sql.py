@@ -144,16 +144,19 @@ class SqlStore(ExportJobs):
             cur.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied "
                         + ("REAL" if self.dialect == "sqlite" else "DOUBLE PRECISION") + " NOT NULL)")
             self._lock_migrations(cur)
-            cur.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
-            current = int(cur.fetchone()[0])
+            cur.execute("SELECT version FROM schema_migrations")
+            applied = {int(row[0]) for row in cur.fetchall()}
+            current = max(applied, default=0)
             for migration in MIGRATIONS:
-                if migration.version <= current:
+                # Every missing version, not only those above the newest: branches merged out of
+                # order (a database at 12 that never had 10) still get what they lack.
+                if migration.version in applied:
                     continue
                 for statement in statements_for(self.dialect, migration):
                     cur.execute(statement)
                 cur.execute(self.q("INSERT INTO schema_migrations (version, applied) VALUES (?, ?)"),
                             (migration.version, time.time()))
-                current = migration.version
+                current = max(current, migration.version)
         return current
 
     def _lock_migrations(self, cur: Cursor) -> None:
@@ -287,9 +290,18 @@ class SqlStore(ExportJobs):
     bounded_sort = True
 
     def _bounded_walk_page(self, cur: Cursor, query: SearchQuery, plan: DateSortPlan) -> list[Any]:
-        """One page ordered by a date parameter: a bounded walk, else the few matches sorted
+        """One page ordered by a date parameter: the few matches sorted, or a bounded walk
         (see ``date_sort_plan``)."""
         need = query.offset + query.count
+        driver = 0
+        if plan.counts:
+            sizes = []
+            for sql, params in plan.counts:
+                cur.execute(self.q(sql), (*params, self.SORT_WALK_MIN))
+                sizes.append(int(cur.fetchone()[0]))
+            driver = sizes.index(min(sizes))
+            if sizes[driver] < self.SORT_WALK_MIN:  # few matches: sorting them beats any walk
+                return self._rows_in_order(cur, self._by_match(cur, query, plan.by_match[driver]))
         cur.execute(self.q(plan.bound), plan.bound_params)
         found = cur.fetchone()
         # Fewer rows than the cap: the walk may read them all.
@@ -304,10 +316,15 @@ class SqlStore(ExportJobs):
                 break
             limit *= 2
         if len(ordered) >= need:
-            page_ids = ordered[query.offset : need]
-        else:
-            cur.execute(self.q(plan.by_match), (*plan.by_match_params, query.count, query.offset))
-            page_ids = [row[0] for row in cur.fetchall()]
+            return self._rows_in_order(cur, ordered[query.offset : need])
+        return self._rows_in_order(cur, self._by_match(cur, query, plan.by_match[driver]))
+
+    def _by_match(self, cur: Cursor, query: SearchQuery, sql_params: tuple[str, list[Any]]) -> list[Any]:
+        sql, params = sql_params
+        cur.execute(self.q(sql), (*params, query.count, query.offset))
+        return [row[0] for row in cur.fetchall()]
+
+    def _rows_in_order(self, cur: Cursor, page_ids: list[Any]) -> list[Any]:
         if not page_ids:
             return []
         marks = ", ".join("?" for _ in page_ids)
@@ -569,6 +586,26 @@ class SqlStore(ExportJobs):
                     self.q("DELETE FROM scheduled_runs WHERE task = ? AND slot < ?"), (task, slot - self.KEPT_CLAIMS)
                 )
             return won
+
+    # -- pull cursors ------------------------------------------------------------------------
+    def pull_cursor(self, source: str) -> str | None:
+        """The saved cursor of a pulled source."""
+        with self._read_cursor() as cur:
+            cur.execute(self.q("SELECT cursor FROM pull_cursors WHERE source = ?"), (source,))
+            row = cur.fetchone()
+        return None if row is None else str(row[0])
+
+    def set_pull_cursor(self, source: str, cursor: str | None) -> None:
+        """Save (or, with None, forget) a pulled source's cursor."""
+        with self._write_cursor() as cur:
+            if cursor is None:
+                cur.execute(self.q("DELETE FROM pull_cursors WHERE source = ?"), (source,))
+                return
+            cur.execute(
+                self.q("INSERT INTO pull_cursors (source, cursor, updated) VALUES (?, ?, ?)"
+                       " ON CONFLICT (source) DO UPDATE SET cursor = excluded.cursor, updated = excluded.updated"),
+                (source, cursor, time.time()),
+            )  # fmt: skip
 
     # -- message log -------------------------------------------------------------------------
     _MESSAGE_COLUMNS = "at, kind, channel, status, patient, subject, ref, detail"

@@ -41,6 +41,7 @@ from gateway.store.rows import (
     has_kept_identifiers,
     hash_body,
     kept_identifiers,
+    kept_links,
 )
 from gateway.store.sqlops import INSERT_COLUMNS, SqlBackend, WriteStep
 
@@ -322,16 +323,20 @@ class SqlTransaction:
 
 
 def _keep_identifiers(body: dict[str, Any], current: bytes) -> dict[str, Any]:
-    """``body`` with the kept identifiers of the current version, unless it brings its own."""
-    if kept_identifiers(body):
-        return body  # the writer manages them (e.g. a DHIS2 write-back)
-    kept = kept_identifiers(orjson.loads(current))
-    if not kept:
-        return body
-    found = body.get("identifier")
-    if found is not None and not isinstance(found, list):
-        return body  # a resource whose identifier is a single value: nothing to add to
-    return {**body, "identifier": [*(found or []), *kept]}
+    """``body`` with the kept identifiers (and Patient links) of the current version, unless it
+    brings its own: each kind is managed by its writer (a DHIS2 write-back, the identity matcher)."""
+    stored = orjson.loads(current)
+    for element, kept_of in (("identifier", kept_identifiers), ("link", kept_links)):
+        if kept_of(body):
+            continue
+        kept = kept_of(stored)
+        if not kept:
+            continue
+        found = body.get(element)
+        if found is not None and not isinstance(found, list):
+            continue  # a resource whose element is a single value: nothing to add to
+        body = {**body, element: [*(found or []), *kept]}
+    return body
 
 
 def _body(resource: dict[str, Any], rid: str) -> dict[str, Any]:

@@ -256,3 +256,27 @@ async def test_retractions_clear_values_delete_the_event_and_the_person_once_not
     stored = (await sandbox_state(sandbox))["stored"]
     assert (stored["tracked_entity"], stored["enrollment"], stored["event"]) == (0, 0, 0)
     assert await service.admin.dead_letters(DeadLetterFilter(destination="dhis2")) == []
+
+
+async def test_an_edited_and_then_deleted_cht_report_takes_back_what_dhis2_received(
+    api: ApiHarness, service_for: Any, sandbox: SandboxServer, demo: Demo, tmp_path: Path
+) -> None:
+    # The edit and the deletion come from the source through ingest, as CHT sends them.
+    await ingest(api, [cht.area(), cht.household(1), cht.person(1), cht.assessment(1)])
+    service = await started(service_for, sandbox, api, tmp_path)
+    visit = _visit(api, 1)
+    event_uid = derive_uid("e2e", "EVENT", f"Encounter/{visit['id']}")
+    values = _values((await dhis2_event(sandbox, event_uid)).json())
+    assert values[demo.de("CHW_MUAC_CM")] == "11.2"
+
+    edited = cht.assessment(1)
+    del edited["fields"]["group_nutrition_assessment"]["muac_score"]  # the CHW corrected the form
+    await ingest(api, [edited])
+    await settle(service, api)
+    values = _values((await dhis2_event(sandbox, event_uid)).json())
+    assert demo.de("CHW_MUAC_CM") not in values and values[demo.de("CHW_TEMP_C")] == "38.9"
+
+    await ingest(api, [{"_id": edited["_id"], "_rev": "3-x", "_deleted": True}])
+    await settle(service, api)
+    assert (await dhis2_event(sandbox, event_uid)).status_code == 404
+    assert await service.admin.dead_letters(DeadLetterFilter(destination="dhis2")) == []

@@ -121,7 +121,7 @@ async def ingest(api: ApiHarness, docs: list[dict[str, Any]]) -> None:
         response = await sender.post("/ingest/cht", json={"doc": doc})
         assert response.status_code == 200, response.text
         report = response.json()
-        assert report["quarantined"] == 0 and report["stored"] + report["unchanged"] == 1, report
+        assert report["quarantined"] == 0 and report["stored"] + report["unchanged"] + report["deleted"] == 1, report
 
 
 async def sandbox_state(server: SandboxServer) -> dict[str, Any]:

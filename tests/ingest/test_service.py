@@ -33,7 +33,9 @@ def test_every_golden_record_stores_or_is_quarantined(service: IngestService, st
                 assert result.outcome == expected
             else:
                 assert result.status == "stored", (case.name, result.outcome)
-                assert len(result.resources) == len(expected["entry"])
+                # two cases may be versions of one record: what the later no longer makes is taken back
+                written = [w for w in result.resources if w.change not in ("retracted", "deleted")]
+                assert len(written) == len(expected["entry"])
     assert len(store.quarantine_list()) == 1
 
 

@@ -1,5 +1,6 @@
 """Sorting by a date: the bounded index walk and its fallback (the few matches, sorted) give the
-same pages as a plain oracle, on both backends, whichever path a query takes."""
+same pages as a plain oracle, on both backends, whichever path a query takes (``SORT_WALK_MIN``
+is both the walk's least cap and the match count below which the walk is skipped)."""
 
 from __future__ import annotations
 
@@ -64,7 +65,9 @@ def _oracle(made: list[dict[str, Any]], code: str | None, cat: str | None, desce
     return [r["id"] for r in dated + undated]
 
 
-@pytest.mark.parametrize("walk", [(2000, 50), (4, 1)], ids=["walk-fills", "falls-back"])
+@pytest.mark.parametrize(
+    "walk", [(10, 50), (4, 1), (2000, 50)], ids=["walk-fills", "walk-falls-back", "few-matches-sorted"]
+)
 def test_pages_sorted_by_date_match_the_oracle(
     store: Store, walk: tuple[int, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:

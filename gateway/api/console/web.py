@@ -24,6 +24,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from gateway.api.audit import note_of
 from gateway.api.context import AppContext, ctx_of
 from gateway.auth import Principal
+from gateway.errors import RequestError
 from gateway.settings import Settings
 
 from .session import COOKIE, Session, SessionSigner
@@ -37,16 +38,18 @@ PREFIX = "/console"
 _HERE = Path(__file__).parent
 
 
-class LoginRequired(Exception):
+class LoginRequired(RequestError):
     """The request needs a logged-in admin; it is answered with a redirect to the login page."""
 
+    def __init__(self, diagnostics: str = "log in first") -> None:
+        super().__init__(diagnostics, status=401, code="login")
 
-class ConsoleError(Exception):
+
+class ConsoleError(RequestError):
     """A console request that cannot be served; answered with an error page."""
 
     def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+        super().__init__(message, status=status)
         self.message = message
 
 

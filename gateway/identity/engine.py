@@ -1,0 +1,155 @@
+"""``IdentityEngine``: follows the change feed, matches every Patient written, and records the outcome.
+
+It runs after writes commit (``catch_up``, called by the ingest service and the FHIR write
+routes once their transaction is done), never inside them, so matching never slows or
+fails a write. What it does for each new or changed Patient:
+
+* files its features in the candidate index and scores the candidates (``CandidateIndex``);
+* a ``certain`` pair is linked: each Patient gets a new version with a ``Patient.link``
+  (``seealso``) to the other, marked with ``KEPT_LINK_EXTENSION`` so a source re-sending
+  its record keeps the link and writes no new version (see ``gateway.store.rows``);
+* a ``probable`` pair becomes a review Task (id derived from the pair, so matching again
+  writes nothing new).
+
+The index lives in memory and is rebuilt from the feed when the process starts: a follower
+only needs the feed position it reached, and the links it writes are themselves in the feed.
+Logs name counts and ids only.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from typing import Any
+
+import orjson
+
+from gateway.identity.index import CandidateIndex
+from gateway.identity.normalise import Features, features
+from gateway.identity.rules import Rules
+from gateway.identity.scoring import Comparison, Grade, compare
+from gateway.store import KEPT_LINK_EXTENSION, Store, StoreTransaction
+
+log = logging.getLogger("gateway.identity")
+
+REVIEW_TASK_SYSTEM = "urn:chw-gateway:task"
+REVIEW_TASK_CODE = "identity-review"
+_TASK_NS = uuid.UUID("6f1c0c4e-5a8e-4d3f-9a37-0b5f3c2d7e11")
+_BATCH = 1000
+
+
+class IdentityEngine:
+    """Patient matching over one store; see the module docstring."""
+
+    def __init__(self, store: Store, rules: Rules) -> None:
+        self.store = store
+        self.rules = rules
+        self.index = CandidateIndex(rules)
+        self._seq = 0
+        self._lock = threading.Lock()
+
+    def catch_up(self) -> int:
+        """Match every Patient written since the last call; returns how many were (re)matched."""
+        with self._lock:
+            matched = 0
+            while True:
+                changes = self.store.changes(self._seq, _BATCH)
+                if not changes:
+                    return matched
+                ids = list(dict.fromkeys(c.id for c in changes if c.type == "Patient"))
+                self._seq = changes[-1].seq
+                if ids:
+                    matched += self._process(ids)
+
+    def _process(self, ids: list[str]) -> int:
+        live = {res.id: res for res in self.store.read_many([("Patient", pid) for pid in ids])}
+        links: list[tuple[str, str, Comparison]] = []
+        reviews: list[tuple[str, str, Comparison]] = []
+        matched = 0
+        for pid in ids:
+            res = live.get(pid)
+            if res is None or res.deleted:
+                self.index.remove(pid)
+                continue
+            found = features(orjson.loads(res.content), self.rules)
+            if self.index.get(pid) == found:
+                continue  # a link we wrote, a write-back, or unchanged content: nothing to match again
+            self.index.add(found)
+            matched += 1
+            for other, result in self.index.matches(found):
+                if result.grade is Grade.CERTAIN:
+                    links.append((pid, other, result))
+                elif result.grade is Grade.PROBABLE:
+                    reviews.append((pid, other, result))
+        if links or reviews:
+            with self.store.transaction() as tx:
+                for a, b, result in links:
+                    _link(tx, a, b, result)
+                    _link(tx, b, a, result)
+                for a, b, result in reviews:
+                    _review(tx, a, b, result)
+            log.info("identity matched=%d links=%d reviews=%d", matched, len(links), len(reviews))
+        return matched
+
+    def match(self, resource: dict[str, Any], count: int) -> list[tuple[str, Comparison]]:
+        """Stored Patients that may be ``resource``'s person, best first (``Patient/$match``)."""
+        self.catch_up()
+        probe = features({**resource, "id": ""}, self.rules)
+        scored = self.index.matches(probe)
+        return scored[:count]
+
+    def compare_ids(self, a: str, b: str) -> Comparison | None:
+        """The comparison of two indexed Patients (None if either is not indexed)."""
+        fa, fb = self.index.get(a), self.index.get(b)
+        return None if fa is None or fb is None else compare(fa, fb, self.rules)
+
+    def features_of(self, pid: str) -> Features | None:
+        """The indexed features of a Patient."""
+        return self.index.get(pid)
+
+
+def _link(tx: StoreTransaction, pid: str, other: str, result: Comparison) -> None:
+    """Add a ``seealso`` link from ``pid`` to ``other`` (nothing if it is there or ``pid`` is gone)."""
+    current = tx.read("Patient", pid)
+    if current is None or current.deleted:
+        return
+    body = orjson.loads(current.content)
+    links = [link for link in body.get("link") or [] if isinstance(link, dict)]
+    target = f"Patient/{other}"
+    if any((link.get("other") or {}).get("reference") == target for link in links):
+        return
+    evidence = result.rule or f"score {result.score:.1f}"
+    links.append({
+        "extension": [{"url": KEPT_LINK_EXTENSION, "valueString": evidence}],
+        "other": {"reference": target},
+        "type": "seealso",
+    })  # fmt: skip
+    body["link"] = links
+    tx.update(body)
+
+
+def review_task_id(a: str, b: str) -> str:
+    """The id of the review Task of a pair (either order)."""
+    return str(uuid.uuid5(_TASK_NS, "|".join(sorted((a, b)))))
+
+
+def _review(tx: StoreTransaction, a: str, b: str, result: Comparison) -> None:
+    """Write (or leave as it is) the review Task of a pair."""
+    first, second = sorted((a, b))
+    evidence = [
+        {"type": {"text": f"level:{name}"}, "valueString": level}
+        for name, level in sorted(result.levels.items())
+        if level is not None
+    ]
+    task = {
+        "resourceType": "Task",
+        "id": review_task_id(a, b),
+        "status": "requested",
+        "intent": "proposal",
+        "code": {"coding": [{"system": REVIEW_TASK_SYSTEM, "code": REVIEW_TASK_CODE}], "text": "Same person?"},
+        "for": {"reference": f"Patient/{first}"},
+        "focus": {"reference": f"Patient/{second}"},
+        "input": [{"type": {"text": "score"}, "valueDecimal": round(result.score, 2)}, *evidence],
+    }
+    tx.update(task, skip_unchanged=True)

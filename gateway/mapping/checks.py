@@ -1,0 +1,382 @@
+"""Static checks of a compiled mapping, run at load time before any record flows.
+
+The compiler (``loader.py``) already refuses bad YAML, FHIRPath, converter names and
+unknown ConceptMaps. These checks look at what the compiler cannot know from syntax alone:
+
+* **field paths** against the *input schema* inferred from the set's golden inputs
+  (``<set>/tests/*.input.json|csv``) that the mapping matches: a path no golden input has,
+  below an object that does exist, is a typo until proven otherwise ("did you mean");
+* **converters** against the field's values in those inputs (``epoch_ms`` on a date text);
+* **produced values** against the FHIR R4 element they land in: constant codes against the
+  required binding (``gender: f``), constants against the primitive type's pattern,
+  References against the element's allowed target types, and ``unit`` against UCUM.
+
+Each problem is a ``(node path, message)`` pair; the loader turns it into file:line.
+Nothing here runs per record: the checks cost load time only.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from gateway.mapping.converters import CompileContext, ConverterArgError, build_converter
+from gateway.mapping.errors import MappingError, quote
+from gateway.mapping.expressions import CompileError, Expression, split_pipeline
+from gateway.mapping.inputs import InputError, read_records
+from gateway.mapping.spec import MappingSpec, ObservationRule, ReferralRule, ResourceRule
+from gateway.mapping.yamlfile import NodePath
+
+__all__ = ["InputSchema", "check_mapping", "golden_records", "ucum_problem"]
+
+Issue = tuple[NodePath, str]
+#: Converters whose input type can be tried on sample values (table and id converters
+#: accept any text; their problems are unknown codes, which golden tests report).
+_TYPED = frozenset(
+    {"integer", "decimal", "multiply", "boolean", "date", "datetime", "epoch_ms", "epoch_s", "position"}
+)
+_SIMPLE_SOURCE = re.compile(r"^(%item\.)?(`[^`]+`|[A-Za-z_][A-Za-z0-9_]*)(\.(`[^`]+`|[A-Za-z_][A-Za-z0-9_]*))*$")
+_VARIABLE_ONLY = re.compile(r"^\s*\{\{\s*%([a-z][a-z0-9_]*)\s*\}\}\s*$")
+_REF_LET = re.compile(r"\|\s*ref\(\s*'([A-Z][A-Za-z]+)'\s*\)\s*\}\}\s*$")
+_UCUM = "http://unitsofmeasure.org"
+_SAMPLES = 5
+
+
+@dataclass(slots=True)
+class InputSchema:
+    """The shape of source records: member names below each object, sample leaf values."""
+
+    children: dict[str, InputSchema] = field(default_factory=dict)
+    samples: list[Any] = field(default_factory=list)
+    is_object: bool = False
+
+    def add(self, value: Any) -> None:
+        """Merge one value (object, list or leaf) into the schema."""
+        if isinstance(value, list):
+            for item in value:
+                self.add(item)
+        elif isinstance(value, dict):
+            self.is_object = True
+            for key, member in value.items():
+                self.children.setdefault(key, InputSchema()).add(member)
+        elif value is not None and len(self.samples) < _SAMPLES and value not in self.samples:
+            self.samples.append(value)
+
+    def find(self, keys: tuple[str, ...], top: str = "the record") -> tuple[InputSchema | None, str | None]:
+        """The node at ``keys``, or ``(None, message)`` naming the first unknown member."""
+        node = self
+        for depth, key in enumerate(keys):
+            child = node.children.get(key)
+            if child is None:
+                if not node.is_object:
+                    return None, None  # a leaf or nothing seen: no evidence either way
+                where = ".".join(keys[:depth]) or top
+                close = difflib.get_close_matches(key, list(node.children), n=1, cutoff=0.6)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                return None, f"no field {key!r} under {where} in the golden inputs{hint}"
+            node = child
+        return node, None
+
+
+def golden_records(folder: Path) -> list[Any]:
+    """Every record in ``<folder>/tests/*.input.json|csv`` (unreadable files are skipped:
+    the golden test reports them)."""
+    records: list[Any] = []
+    tests = folder / "tests"
+    if not tests.is_dir():
+        return records
+    for path in sorted([*tests.glob("*.input.json"), *tests.glob("*.input.csv")]):
+        try:
+            found = read_records(path)[0]
+        except (InputError, OSError, ValueError):
+            continue
+        expected = _expected(path.with_name(path.name.rsplit(".input.", 1)[0] + ".expected.json"))
+        # a case whose expected output is a refusal holds a deliberately bad record
+        records.extend(
+            record for index, record in enumerate(found)
+            if not _refused(expected[index] if isinstance(expected, list) and index < len(expected) else expected)
+        )
+    return records
+
+
+def _expected(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _refused(expected: Any) -> bool:
+    return isinstance(expected, dict) and expected.get("resourceType") == "OperationOutcome"
+
+
+# --------------------------------------------------------------------------- FHIR tables
+
+
+@cache
+def _table(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((resources.files("gateway.r4") / "data" / name).read_text("utf-8"))
+    return data
+
+
+def _element_type(type_name: str, element: str) -> str | None:
+    info = _table("r4-elements.json")["types"].get(type_name)
+    if info is None:
+        return None
+    found: str | None = info["p"].get(element)
+    return found
+
+
+def _targets(type_name: str, element: str) -> list[str] | None:
+    found: list[str] | None = _table("r4-reference-targets.json")["targets"].get(type_name, {}).get(element)
+    return found
+
+
+@cache
+def _ucum_parser() -> Any:
+    from ucumvert import get_ucum_parser  # a lark grammar: built once, only when a unit is checked
+
+    return get_ucum_parser()
+
+
+@cache
+def ucum_problem(code: str) -> str | None:
+    """Why ``code`` is not a UCUM unit expression, or None when it is one."""
+    try:
+        _ucum_parser().parse(code)
+    except Exception:  # noqa: BLE001 - lark raises several error types; any means "not UCUM"
+        return f"{code!r} is not a UCUM unit code (e.g. mm, cm, kg, mm[Hg], /min, %)"
+    return None
+
+
+# --------------------------------------------------------------------------- the checks
+
+
+@dataclass(slots=True)
+class _Checker:
+    spec: MappingSpec
+    ctx: CompileContext
+    rule_types: dict[str, str]
+    root: InputSchema | None
+    every: InputSchema | None  # all golden inputs of the set: what ``match`` sees
+    issues: list[Issue] = field(default_factory=list)
+    ref_types: dict[str, str] = field(default_factory=dict)
+
+    def run(self, expressions: list[tuple[NodePath, Expression]]) -> list[Issue]:
+        for name, value in self.spec.let.items():
+            match = _REF_LET.search(value) if isinstance(value, str) else None
+            if match:
+                self.ref_types[name] = match.group(1)
+        self.ref_types.update(self.rule_types)
+        if self.root is not None or self.every is not None:
+            for path, expression in expressions:
+                self._check_reads(path, expression)
+        for index, rule in enumerate(self.spec.rules):
+            self._check_rule(index, rule)
+        for name in ("subject", "encounter", "performer"):
+            value = getattr(self.spec.defaults, name)
+            element = "performer" if name == "performer" else name
+            self._check_value(value, "Observation", element, ("defaults", name))
+        return self.issues
+
+    # ---- input side
+
+    def _item_schema(self, path: NodePath) -> InputSchema | None:
+        if self.root is None or len(path) < 2 or path[0] != "rules" or not isinstance(path[1], int):
+            return None
+        for_each = self.spec.rules[path[1]].for_each
+        if for_each is None:
+            return None
+        try:
+            source, steps = split_pipeline(for_each)
+        except CompileError:
+            return None  # the compiler reports it
+        if steps or not _SIMPLE_SOURCE.match(source) or source.startswith("%"):
+            return None
+        node, _ = self.root.find(_keys(source))
+        return node
+
+    def _check_reads(self, path: NodePath, expression: Expression) -> None:
+        for variable, keys in expression.reads:
+            if variable is None:
+                base = self.every if path == ("match",) else self.root
+            elif variable == "item":
+                base = self._item_schema(path)
+            else:
+                continue
+            if base is None or not keys:
+                continue
+            node, problem = base.find(keys, "%item" if variable else "the record")
+            if problem is not None:
+                shown = ("%item." if variable else "") + ".".join(keys)
+                self.issues.append((path, f"{shown}: {problem}"))
+                return
+        self._check_converter(path, expression)
+
+    def _check_converter(self, path: NodePath, expression: Expression) -> None:
+        try:
+            source, steps = split_pipeline(expression.text)
+        except CompileError:
+            return
+        if not steps or steps[0][0] not in _TYPED or not _SIMPLE_SOURCE.match(source):
+            return
+        base = self._item_schema(path) if source.startswith("%item.") else self.root
+        if base is None:
+            return
+        node, _ = base.find(_keys(source.removeprefix("%item.")))
+        if node is None or not node.samples:
+            return
+        name, args = steps[0]
+        try:
+            convert = build_converter(name, args, self.ctx, source)
+        except ConverterArgError:
+            return
+        for sample in node.samples:
+            if isinstance(sample, str) and not sample.strip():
+                continue
+            try:
+                convert([sample])
+            except MappingError as exc:
+                self.issues.append(
+                    (path, f"converter {name} does not fit {source}: the golden inputs hold "
+                     f"{quote(sample)} ({exc.message})")
+                )
+                return
+
+    # ---- output side
+
+    def _check_rule(self, index: int, rule: Any) -> None:
+        path: NodePath = ("rules", index)
+        if isinstance(rule, ResourceRule):
+            self._check_object(rule.template, rule.resource_type, (*path, "template"))
+        elif isinstance(rule, ObservationRule):
+            self._check_object(rule.template, "Observation", (*path, "template"))
+            for name in ("subject", "encounter", "performer"):
+                self._check_value(getattr(rule, name), "Observation", name, (*path, name))
+            unit = rule.unit if isinstance(rule.unit, str) or rule.unit is None else rule.unit.code
+            if unit is not None and "{{" not in unit:
+                problem = ucum_problem(unit)
+                if problem:
+                    self.issues.append(((*path, "unit"), problem))
+        elif isinstance(rule, ReferralRule):
+            self._check_object(rule.template, "ServiceRequest", (*path, "template"))
+            self._check_value(rule.facility, "ServiceRequest", "performer", (*path, "facility"))
+            for name in ("subject", "encounter", "requester"):
+                self._check_value(getattr(rule, name), "ServiceRequest", name, (*path, name))
+
+    def _check_object(self, value: dict[str, Any], type_name: str, path: NodePath) -> None:
+        for key, member in value.items():
+            self._check_value(member, type_name, key, (*path, key))
+
+    def _check_value(self, value: Any, type_name: str, element: str, path: NodePath) -> None:
+        if value is None:
+            return
+        declared = _element_type(type_name, element)
+        if declared is None:
+            return
+        element_type = declared.removesuffix("[]")
+        if isinstance(value, list) and not declared.endswith("[]"):
+            self.issues.append((path, f"{type_name}.{element} takes one {element_type}, not a list"))
+            return
+        if isinstance(value, list):
+            for index, item in enumerate(value):
+                self._check_value_as(item, type_name, element, element_type, (*path, index))
+        else:
+            self._check_value_as(value, type_name, element, element_type, path)
+
+    def _check_value_as(self, value: Any, owner: str, element: str, element_type: str, path: NodePath) -> None:
+        if element_type == "Reference":
+            self._check_reference(value, owner, element, path)
+            return
+        if isinstance(value, dict):
+            if element_type in _table("r4-elements.json")["types"]:
+                self._check_object(value, element_type, path)
+            elif element_type.startswith("#") or element_type in _table("r4-elements.json")["primitives"]:
+                self.issues.append((path, f"{owner}.{element} is a {_plain_type(element_type)}, not an object"))
+            return
+        if not isinstance(value, str) or "{{" in value:
+            return
+        if element_type.startswith("#"):
+            codes: list[str] = _table("r4-elements.json")["enums"][int(element_type[1:])]
+            if value not in codes:
+                close = difflib.get_close_matches(value, codes, n=1, cutoff=0.0)
+                hint = f"; did you mean {close[0]!r}?" if close and len(codes) > 8 else ""
+                allowed = ", ".join(codes) if len(codes) <= 8 else f"{len(codes)} codes"
+                self.issues.append(
+                    (path, f"{owner}.{element}: {value!r} is not in its required value set "
+                     f"({allowed}){hint}")
+                )
+            return
+        primitive = _table("r4-elements.json")["primitives"].get(element_type)
+        if primitive and primitive[1] and not re.match(primitive[1], value):
+            self.issues.append((path, f"{owner}.{element}: {value!r} is not a valid FHIR {element_type}"))
+        elif primitive and primitive[0] in ("boolean", "integer", "decimal", "positiveInt", "unsignedInt"):
+            self.issues.append((path, f"{owner}.{element}: a {element_type} is needed, not the text {value!r}"))
+
+    def _check_reference(self, value: Any, owner: str, element: str, path: NodePath) -> None:
+        allowed = _targets(owner, element)
+        if isinstance(value, dict):
+            known = _table("r4-elements.json")["types"]["Reference"]["p"]
+            for key in value:
+                if key not in known:
+                    self.issues.append(
+                        (path, f"{owner}.{element} is a Reference: {key!r} is not one of its elements "
+                         "(reference, type, identifier, display)")
+                    )
+            self._check_object(value, "Reference", path)
+            return
+        if not isinstance(value, str):
+            return
+        match = _VARIABLE_ONLY.match(value)
+        target = self.ref_types.get(match.group(1)) if match else None
+        if target is None:
+            ref = re.search(r"\|\s*ref\(\s*'([A-Z][A-Za-z]+)'\s*\)\s*\}\}\s*$", value)
+            target = ref.group(1) if ref else None
+        if target is None or not allowed or "Resource" in allowed or target in allowed:
+            return
+        self.issues.append(
+            (path, f"{owner}.{element} may refer to {', '.join(allowed)}, not {target}")
+        )
+
+
+def _plain_type(element_type: str) -> str:
+    return "code" if element_type.startswith("#") else element_type
+
+
+def _keys(source: str) -> tuple[str, ...]:
+    parts = re.findall(r"`([^`]+)`|([A-Za-z_][A-Za-z0-9_]*)", source)
+    return tuple(quoted or plain for quoted, plain in parts)
+
+
+def check_mapping(
+    spec: MappingSpec,
+    ctx: CompileContext,
+    expressions: list[tuple[NodePath, Expression]],
+    records: list[Any],
+    every: list[Any],
+) -> list[Issue]:
+    """Every static problem of one compiled mapping; ``records``: the golden inputs it
+    matches, ``every``: all golden inputs of its set."""
+    rule_types = {rule.name: _made_type(rule) for rule in spec.rules}
+    return _Checker(spec, ctx, rule_types, _schema(records), _schema(every)).run(expressions)
+
+
+def _made_type(rule: Any) -> str:
+    if isinstance(rule, ResourceRule):
+        return rule.resource_type
+    return "Observation" if isinstance(rule, ObservationRule) else "ServiceRequest"
+
+
+def _schema(records: list[Any]) -> InputSchema | None:
+    if not records:
+        return None  # no golden input: nothing to infer from
+    root = InputSchema()
+    for record in records:
+        root.add(record)
+    return root

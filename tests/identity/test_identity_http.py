@@ -1,0 +1,163 @@
+"""Identity over HTTP: records of one person from two sources end linked; twins do not; ``$match``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from gateway.identity import REVIEW_TASK_CODE
+from gateway.store import KEPT_LINK_EXTENSION, Store
+from tests.identity.conftest import cht_person, commcare_case
+from tests.ingest.conftest import MAPPINGS, Harness, make_app
+
+JSON = {"Content-Type": "application/json"}
+FHIR = {"Content-Type": "application/fhir+json"}
+GRADE = "http://hl7.org/fhir/StructureDefinition/match-grade"
+
+
+async def _ingest(gw: Harness, source: str, body: bytes) -> dict[str, Any]:
+    response = await gw.sender.post(f"/ingest/{source}", content=body, headers=JSON)
+    assert response.status_code == 200, response.text
+    report: dict[str, Any] = response.json()
+    return report
+
+
+def _patient_id(report: dict[str, Any]) -> str:
+    return str(next(r["id"] for res in report["results"] for r in res["resources"] if r["type"] == "Patient"))
+
+
+async def _patient(gw: Harness, pid: str) -> dict[str, Any]:
+    response = await gw.fhir.get(f"/fhir/Patient/{pid}")
+    assert response.status_code == 200
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def _linked(patient: dict[str, Any]) -> list[str]:
+    return [link["other"]["reference"] for link in patient.get("link", []) if link["type"] == "seealso"]
+
+
+# The CommCare TB patient, registered again by a CHT user: accents, the phone written locally,
+# the names in the other order (CHT's single name field), a different source id.
+WILFRID_ON_CHT = {
+    "name": "Ménard Wilfried", "short_name": "Wilfried", "date_of_birth": "1979-08-21", "sex": "male",
+    "phone": "3700 0000", "_id": "0d9c8b7a-6f5e-4d3c-2b1a-0f9e8d7c6b5a", "patient_id": "77120",
+    "role": "patient",
+}
+
+
+async def test_one_person_from_commcare_and_cht_ends_linked_and_resending_keeps_the_link(gw: Harness) -> None:
+    commcare = _patient_id(await _ingest(gw, "commcare", commcare_case()))
+    cht = _patient_id(await _ingest(gw, "cht", cht_person(**WILFRID_ON_CHT)))
+    assert commcare != cht
+    first, second = await _patient(gw, commcare), await _patient(gw, cht)
+    assert _linked(first) == [f"Patient/{cht}"] and _linked(second) == [f"Patient/{commcare}"]
+    assert first["link"][0]["extension"][0]["url"] == KEPT_LINK_EXTENSION
+    versions = first["meta"]["versionId"], second["meta"]["versionId"]
+    before = gw.store.last_change_seq()
+
+    again = await _ingest(gw, "commcare", commcare_case())
+    assert again["unchanged"] == 1 and again["stored"] == 0
+    assert gw.store.last_change_seq() == before  # the re-sent record wrote nothing, the link stays
+    first = await _patient(gw, commcare)
+    assert _linked(first) == [f"Patient/{cht}"] and first["meta"]["versionId"] == versions[0]
+
+    edited = await _ingest(gw, "commcare", commcare_case(last_weight_kg="47.0", phone_number="+50937000001"))
+    assert edited["stored"] == 1
+    first = await _patient(gw, commcare)
+    assert _linked(first) == [f"Patient/{cht}"]  # a new version from the source keeps the gateway's link
+    assert [t for t in first["telecom"] if t["system"] == "phone"][0]["value"] == "+50937000001"
+
+
+async def test_twins_of_one_household_are_not_linked(gw: Harness) -> None:
+    twin = {"date_of_birth": "2022-11-03", "sex": "female", "phone": "+256772000111"}
+    aisha = _patient_id(await _ingest(gw, "cht", cht_person(**twin)))
+    other = {**twin, "name": "Amina Nakato", "short_name": "Amina", "patient_id": "48214",
+             "_id": "a1a2a3a4-b1b2-4c1c-8d1d-e1e2e3e4e5e6"}
+    amina = _patient_id(await _ingest(gw, "cht", cht_person(**other)))
+    assert aisha != amina
+    assert _linked(await _patient(gw, aisha)) == [] and _linked(await _patient(gw, amina)) == []
+    tasks = (await gw.fhir.get("/fhir/Task", params={"code": f"urn:chw-gateway:task|{REVIEW_TASK_CODE}"})).json()
+    # Everything but the given name agrees: a pair for a person to look at, never an automatic link.
+    assert tasks.get("total") == 1
+    task = tasks["entry"][0]["resource"]
+    assert {task["for"]["reference"], task["focus"]["reference"]} == {f"Patient/{aisha}", f"Patient/{amina}"}
+    levels = {i["type"]["text"]: i.get("valueString") for i in task["input"]}
+    assert levels["level:given"] == "different" and levels["level:birthdate"] == "exact"
+
+
+async def test_a_patient_created_over_rest_is_linked_to_the_ingested_record(gw: Harness) -> None:
+    commcare = _patient_id(await _ingest(gw, "commcare", commcare_case()))
+    writer = gw.client("system/Patient.cruds")
+    patient = {"resourceType": "Patient", "name": [{"family": "Menard", "given": ["Wilfrid"]}], "gender": "male",
+               "birthDate": "1979-08-21", "telecom": [{"system": "phone", "value": "+509 37 00 00 00"}]}
+    created = await writer.post("/fhir/Patient", json=patient, headers=FHIR)
+    assert created.status_code == 201, created.text
+    emr = created.json()["id"]
+    assert _linked(await _patient(gw, commcare)) == [f"Patient/{emr}"]
+
+
+def _match_body(patient: dict[str, Any], **params: Any) -> dict[str, Any]:
+    parts: list[dict[str, Any]] = [{"name": "resource", "resource": patient}]
+    if "only_certain" in params:
+        parts.append({"name": "onlyCertainMatches", "valueBoolean": params["only_certain"]})
+    if "count" in params:
+        parts.append({"name": "count", "valueInteger": params["count"]})
+    return {"resourceType": "Parameters", "parameter": parts}
+
+
+async def test_match_answers_a_partner_emr_with_grades(gw: Harness) -> None:
+    wilfrid = _patient_id(await _ingest(gw, "commcare", commcare_case()))
+    aisha = _patient_id(await _ingest(gw, "cht", cht_person()))
+    emr = gw.client("system/Patient.r")
+    probe = {"resourceType": "Patient", "name": [{"family": "Menard", "given": ["Wilfred"]}], "gender": "male",
+             "birthDate": "1979-08-21"}
+    response = await emr.post("/fhir/Patient/$match", json=_match_body(probe), headers=FHIR)
+    assert response.status_code == 200, response.text
+    bundle = response.json()
+    assert bundle["type"] == "searchset"
+    (entry,) = bundle["entry"]  # Aisha shares no blocking key with Wilfred: never a candidate
+    assert entry["resource"]["id"] == wilfrid and entry["search"]["mode"] == "match"
+    assert entry["search"]["extension"] == [{"url": GRADE, "valueCode": "certain"}]
+    assert entry["search"]["score"] == 1.0
+
+    vague = {"resourceType": "Patient", "name": [{"family": "Menard", "given": ["Wilson"]}], "birthDate": "1979"}
+    graded = (await emr.post("/fhir/Patient/$match", json=_match_body(vague), headers=FHIR)).json()
+    grades = [e["search"]["extension"][0]["valueCode"] for e in graded["entry"]]
+    assert grades and "certain" not in grades and all(0 < e["search"]["score"] < 1 for e in graded["entry"])
+    certain_only = (await emr.post("/fhir/Patient/$match", json=_match_body(vague, only_certain=True),
+                                   headers=FHIR)).json()
+    assert certain_only["total"] == 0 and certain_only["entry"] == []
+    assert aisha not in {e["resource"]["id"] for e in graded["entry"]}
+
+
+async def test_match_refuses_bad_parameters_and_clients_without_patient_read(gw: Harness) -> None:
+    emr = gw.client("system/Patient.r")
+    no_resource = {"resourceType": "Parameters", "parameter": [{"name": "count", "valueInteger": 3}]}
+    response = await emr.post("/fhir/Patient/$match", json=no_resource, headers=FHIR)
+    assert response.status_code in (400, 422)
+    assert response.json()["issue"][0]["expression"] == ["Parameters.parameter"]
+    bad_count = _match_body({"resourceType": "Patient"}, count=0)
+    response = await emr.post("/fhir/Patient/$match", json=bad_count, headers=FHIR)
+    assert response.status_code in (400, 422) and "count" in response.text
+    not_patient = {"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": {
+        "resourceType": "Observation", "status": "final", "code": {"text": "x"}}}]}
+    assert (await emr.post("/fhir/Patient/$match", json=not_patient, headers=FHIR)).status_code in (400, 422)
+    observer = gw.client("system/Observation.rs")
+    denied = await observer.post("/fhir/Patient/$match", json=_match_body({"resourceType": "Patient"}), headers=FHIR)
+    assert denied.status_code == 403
+
+
+async def test_patients_stored_before_matching_was_on_are_indexed_at_start(store: Store) -> None:
+    plain = make_app(store, MAPPINGS)
+    async with plain.router.lifespan_context(plain):
+        before = Harness(plain, store, MAPPINGS)
+        commcare = _patient_id(await _ingest(before, "commcare", commcare_case()))
+        await before.aclose()
+    assert _linked(json.loads(store.read("Patient", commcare).content)) == []  # type: ignore[union-attr]
+    matching = make_app(store, MAPPINGS, identity={"enabled": True})
+    async with matching.router.lifespan_context(matching):
+        after = Harness(matching, store, MAPPINGS)
+        cht = _patient_id(await _ingest(after, "cht", cht_person(**WILFRID_ON_CHT)))
+        assert _linked(await _patient(after, commcare)) == [f"Patient/{cht}"]
+        await after.aclose()
