@@ -38,7 +38,8 @@ async def match(request: Request) -> Response:
     ctx = ctx_of(request)
     engine = ctx.services.identity
     if engine is None:
-        raise FhirError("patient matching is not enabled on this server (identity.enabled)", status=501,
+        # 400, not 501: a 5xx says the server failed, and nothing failed (the operation is switched off)
+        raise FhirError("patient matching is not enabled on this server (identity.enabled)", status=400,
                         code="not-supported")
     media = response_type(request)
     check_content_type(request)

@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import FhirError
+from gateway.errors import FhirError, RequestError
 from gateway.fhir import Deidentifier, DeidentifyRules, deidentify
 from gateway.search import SearchQuery
 from gateway.store import BulkExports, ExportJob, ExportScope
@@ -40,8 +40,11 @@ ACTIVE = ("accepted", "running")
 _HEARTBEAT_SECONDS = 2.0
 
 
-class _Stop(Exception):
+class _Stop(RequestError):
     """The job was cancelled, or the server is stopping."""
+
+    def __init__(self, diagnostics: str = "the export job stops") -> None:
+        super().__init__(diagnostics)
 
 
 class _Run:

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
+from gateway.errors import ConfigError
+
 _EVERYWHERE = ("text", "identifier", "note", "comment")
 _PERSONS = frozenset({"Patient", "RelatedPerson", "Person", "Practitioner"})
 _PERSON_ELEMENTS = ("name", "telecom", "photo", "contact", "communication")
@@ -69,7 +71,7 @@ _DATE_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})(T[0-9:.]+(?:Z|[+-]\d{2}:\d{2})?
 _NOT_DATES = frozenset({"reference", "system", "url", "code", "id", "version", "versionId", "value"})
 
 
-class RulesError(ValueError):
+class RulesError(ConfigError):
     """A de-identification rule file that cannot be understood (names the key at fault)."""
 
 
