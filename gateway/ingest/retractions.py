@@ -16,22 +16,16 @@ record, in the same transaction.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from gateway.fhir import retracted_version
-from gateway.search import format_instant
+from gateway.fhir import record_activities, retracted_version
 from gateway.store import RecordOutput, StoredResource, StoreTransaction
 
 __all__ = ["OutputChange", "Retracted", "apply_output_changes"]
-
-_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
-_DISPLAY = {"NULLIFY": "nullify", "DELETE": "delete"}
-_AUTHOR = {"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "code": "author"}
 
 
 @dataclass(slots=True)
@@ -95,24 +89,9 @@ def _retract(tx: StoreTransaction, output: RecordOutput) -> Retracted | None:
 
 
 def _record_provenance(tx: StoreTransaction, change: OutputChange) -> None:
-    by_activity: dict[str, list[StoredResource]] = {}
-    for done in change.retracted:
-        by_activity.setdefault(done.activity, []).append(done.resource)
     why = "deleted or voided at the source" if change.deleted else "an edit of the source record no longer produces it"
-    for activity, targets in by_activity.items():
-        tx.create(
-            {
-                "resourceType": "Provenance",
-                "target": [{"reference": f"{r.type}/{r.id}/_history/{r.version}"} for r in targets],
-                "recorded": format_instant(round(time.time(), 3)),
-                "activity": {"coding": [{"system": _OPERATION, "code": activity, "display": _DISPLAY[activity]}]},
-                "reason": [{"text": why}],
-                "agent": [{"type": {"coding": [_AUTHOR]}, "who": {"display": change.system}}],
-                "entity": [
-                    {
-                        "role": "source",
-                        "what": {"identifier": {"system": f"{change.system}:record", "value": change.record_key}},
-                    }
-                ],
-            }
-        )
+    source = {"identifier": {"system": f"{change.system}:record", "value": change.record_key}}
+    record_activities(
+        tx, [(done.resource, done.activity) for done in change.retracted], {"display": change.system},
+        reason=[{"text": why}], entity=[{"role": "source", "what": source}],
+    )  # fmt: skip

@@ -384,8 +384,10 @@ class DateSortPlan:
     bound_params: Params
     walk: str  # date-index rows in sort order up to the bound, kept if every criterion holds;
     walk_params: Params  # the bound and the limit are appended
-    by_match: list[tuple[str, Params]]  # per driving criterion (or one for "every resource of the
-    descending: bool  # type"): its matches meeting the others, sorted by their own date; limit, offset appended
+    # Per driving criterion (or one for every resource of the type): its matches meeting the
+    # others, sorted by their own date; limit and offset appended.
+    by_match: list[tuple[str, Params]]
+    descending: bool
 
 
 def date_sort_plan(query: SearchQuery, cap: int) -> DateSortPlan | None:

@@ -351,12 +351,7 @@ class SqlStore(ExportJobs):
             skip = max(0, query.offset - len(ordered))
             cur.execute(self.q(missing), (*missing_params, query.count - len(page_ids), skip))
             page_ids += [row[0] for row in cur.fetchall()]
-        if not page_ids:
-            return []
-        marks = ", ".join("?" for _ in page_ids)
-        cur.execute(self.q(f"SELECT {COLUMNS}, r.rid FROM resources r WHERE r.rid IN ({marks})"), page_ids)
-        by_rid = {row[6]: row for row in cur.fetchall()}
-        return [by_rid[rid] for rid in page_ids if rid in by_rid]
+        return self._rows_in_order(cur, page_ids)
 
     def _includes(
         self, cur: Cursor, query: SearchQuery, rids: list[int], page: list[StoredResource]
