@@ -4,41 +4,27 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
+
+from tests.support.processes import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_stopped_gateway_exits_0_and_checkpoints_its_store(tmp_path: Path, stop: signal.Signals) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "GATEWAY_STORE_URL": f"sqlite:///{tmp_path}/store.db",
            "GATEWAY_QUEUE_URL": f"sqlite:///{tmp_path}/queue.db", "GATEWAY_PORT": str(port)}  # fmt: skip
     env.pop("GATEWAY_CONFIG", None)
     server = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], cwd=tmp_path, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline and server.poll() is None, "gateway serve did not start"
-                time.sleep(0.2)
+        wait_healthy(f"http://127.0.0.1:{port}", server, timeout=30)
         assert (tmp_path / "store.db-wal").exists()  # the store is open in WAL mode
     finally:
         server.send_signal(stop)

@@ -8,7 +8,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from gateway.api.app import create_app
 from gateway.settings import Settings
 from gateway.store import Store, open_store
 from tests.conftest import make_token
+from tests.support.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "Wanjiku-Otieno-1987"  # stands for patient data a client might put in a query or a body
@@ -184,12 +184,6 @@ def test_configured_lines_are_bare_json_and_other_loggers_keep_their_format() ->
         logger.handlers[:], logger.level, logger.propagate = saved
     assert stream.getvalue() == '{"status":200}\n'
     assert root_stream.getvalue() == "WARNING gateway.api: something else\n"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_gateway_serve_writes_json_lines_to_stderr_once_each(tmp_path: Path) -> None:

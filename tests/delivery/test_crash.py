@@ -6,7 +6,6 @@ import asyncio
 import functools
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,16 +25,11 @@ from gateway.store.base import ResourceStore
 from tests.delivery.destination import LoopbackFhirServer
 from tests.delivery.helpers import eventually
 from tests.delivery.workload import Workload
+from tests.support.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CHANGES = 2000
 CONCURRENCY = 4
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_worker(config: Path, destinations: Path, log: Path) -> subprocess.Popen[bytes]:

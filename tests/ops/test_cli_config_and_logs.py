@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from typer.testing import CliRunner
 from gateway.cli import app
 from gateway.cli.logs import configure_logging, module_of
 from gateway.settings import ConfigFileError, Settings, find_config_file
+from tests.support.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 TIME = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
@@ -197,12 +197,6 @@ def test_warnings_name_the_module_not_the_file(logs: io.StringIO) -> None:
 
 
 # -- the processes
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def process_env(tmp_path: Path, **settings: str) -> dict[str, str]:

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,17 +24,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.processes import free_port
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_PEOPLE = 4  # two CHT children, two CommCare TB patients (deploy/demo/)
 TRACKED_ENTITIES = "/api/tracker/trackedEntities"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

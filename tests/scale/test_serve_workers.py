@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -14,7 +13,8 @@ import yaml
 
 from gateway.store import open_store
 from tests.conftest import make_token
-from tests.scale.test_two_processes import ROOT, _free_port
+from tests.scale.test_two_processes import ROOT
+from tests.support.processes import free_port, wait_healthy
 
 
 def _env(port: int) -> dict[str, str]:
@@ -24,7 +24,7 @@ def _env(port: int) -> dict[str, str]:
 
 
 def test_a_sqlite_store_refuses_more_than_one_worker(tmp_path: Path) -> None:
-    env = {**_env(_free_port()), "GATEWAY_STORE_URL": f"sqlite:///{tmp_path}/one.db"}
+    env = {**_env(free_port()), "GATEWAY_STORE_URL": f"sqlite:///{tmp_path}/one.db"}
     done = subprocess.run([sys.executable, "-m", "gateway", "serve", "--workers", "2"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode != 0
@@ -40,21 +40,13 @@ def test_two_workers_serve_one_postgresql_store(tmp_path: Path, pg_schema_url: s
         token = make_token(store, ("system/*.cruds",))
     finally:
         store.close()
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--workers", "2", "--config", str(config)],
                               cwd=tmp_path, env=_env(port), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               text=True)  # fmt: skip
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, "gateway did not start"
-            time.sleep(0.2)
+        wait_healthy(base, server)
         children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(server.pid)], capture_output=True, text=True)
         assert len(children.stdout.split()) >= 2  # one process per worker under the supervisor
         headers = {"Authorization": f"Bearer {token}"}

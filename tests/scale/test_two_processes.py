@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,23 +26,18 @@ import yaml
 from gateway.store import open_store
 from tests.conftest import make_token
 from tests.delivery.destination import LoopbackFhirServer
+from tests.support.processes import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = "redis://127.0.0.1:6379/0"
 SYSTEM = "urn:test:two-processes"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Gateway:
     """One ``gateway serve`` process."""
 
     def __init__(self, config: Path, cwd: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         env = {**os.environ, "PYTHONPATH": str(ROOT), "GATEWAY_PORT": str(self.port)}
         env.pop("GATEWAY_CONFIG", None)
         self.process = subprocess.Popen(
@@ -53,17 +47,7 @@ class Gateway:
         self.url = f"http://127.0.0.1:{self.port}"
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{self.url}/healthz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                output = self.process.stderr.read() if self.process.stderr else ""
-                raise AssertionError(f"gateway did not start: {output}")
-            time.sleep(0.2)
+        wait_healthy(self.url, self.process)
 
     def stop(self) -> None:
         if self.process.poll() is None:
