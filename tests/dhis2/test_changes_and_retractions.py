@@ -210,13 +210,20 @@ async def test_one_refused_event_is_one_dead_letter_with_request_and_report_and_
     assert _values(event)[demo.de("CHW_RDT_RESULT")] == "POSITIVE"
 
 
-async def test_retractions_clear_values_delete_the_event_and_the_person_once_nothing_remains(
-    api: ApiHarness, service_for: Any, sandbox: SandboxServer, demo: Demo, tmp_path: Path
-) -> None:
+async def _one_visit_delivered(
+    api: ApiHarness, service_for: Any, sandbox: SandboxServer, tmp_path: Path
+) -> tuple[DeliveryService, dict[str, Any], str]:
+    """Child 1's registration and visit, through ingest, delivered: the service, the visit, its event's UID."""
     await ingest(api, [cht.area(), cht.household(1), cht.person(1), cht.assessment(1)])
     service = await started(service_for, sandbox, api, tmp_path)
     visit = _visit(api, 1)
-    event_uid = derive_uid("e2e", "EVENT", f"Encounter/{visit['id']}")
+    return service, visit, derive_uid("e2e", "EVENT", f"Encounter/{visit['id']}")
+
+
+async def test_retractions_clear_values_delete_the_event_and_the_person_once_nothing_remains(
+    api: ApiHarness, service_for: Any, sandbox: SandboxServer, demo: Demo, tmp_path: Path
+) -> None:
+    service, visit, event_uid = await _one_visit_delivered(api, service_for, sandbox, tmp_path)
     values = _values((await dhis2_event(sandbox, event_uid)).json())
     assert values[demo.de("CHW_MUAC_CM")] == "11.2" and values[demo.de("CHW_TEMP_C")] == "38.9"
 
@@ -262,10 +269,7 @@ async def test_an_edited_and_then_deleted_cht_report_takes_back_what_dhis2_recei
     api: ApiHarness, service_for: Any, sandbox: SandboxServer, demo: Demo, tmp_path: Path
 ) -> None:
     # The edit and the deletion come from the source through ingest, as CHT sends them.
-    await ingest(api, [cht.area(), cht.household(1), cht.person(1), cht.assessment(1)])
-    service = await started(service_for, sandbox, api, tmp_path)
-    visit = _visit(api, 1)
-    event_uid = derive_uid("e2e", "EVENT", f"Encounter/{visit['id']}")
+    service, visit, event_uid = await _one_visit_delivered(api, service_for, sandbox, tmp_path)
     values = _values((await dhis2_event(sandbox, event_uid)).json())
     assert values[demo.de("CHW_MUAC_CM")] == "11.2"
 
