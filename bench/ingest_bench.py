@@ -48,7 +48,7 @@ import psycopg
 from fhir.resources.R4B import get_fhir_model_class
 
 from gateway.heap import settle_heap
-from gateway.ingest import IngestService, MappingRegistry, ReceivedRecord
+from gateway.ingest import IngestService, MappingConfig, MappingRegistry, ReceivedRecord
 from gateway.mapping import MappingError, MappingSet, load_mapping_sets
 from gateway.mapping.golden import find_cases
 from gateway.mapping.inputs import read_records
@@ -161,7 +161,8 @@ def measure_store(
     sources = [SourceConfig(name=name, kind="json", mapping=name) for name in sets]
     registry = MappingRegistry(MAPPINGS, sources)
     if naive is not None:
-        registry._sets = {name: _NaiveSet(mapping_set) for name, mapping_set in naive.items()}  # type: ignore[misc]
+        naive_sets = {name: _NaiveSet(mapping_set) for name, mapping_set in naive.items()}
+        registry.install(MappingConfig(MAPPINGS, registry.sources, naive_sets))  # type: ignore[arg-type]
     with open_bench_store(kind, pg_url) as store:
         service = IngestService(store, QueryParser(default_registry(), 20, 100), registry)
         streams = {name: fresh_records(sets, [item for item in items if item[0] == name]) for name in sets}

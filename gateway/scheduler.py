@@ -73,6 +73,10 @@ class PeriodicTask:
 Claim = Callable[[str, int], Awaitable[bool]]
 
 
+def _timing(task: PeriodicTask | None) -> tuple[float, float] | None:
+    return (task.interval, task.offset) if task is not None else None
+
+
 def slot_of(task: PeriodicTask, at: float) -> int:
     """The slot ``k`` of the run due at ``at`` (the last boundary at or before it)."""
     return math.floor((at - task.offset) / task.interval + 1e-9)
@@ -103,9 +107,11 @@ class Scheduler:
         self.failures: dict[str, int] = {task.name: 0 for task in self.tasks}
         self._on_stop = list(on_stop)
         self._loops: list[asyncio.Task[None]] = []
+        self._started = False
 
     async def start(self) -> None:
         """Start one loop per task."""
+        self._started = True
         self._loops = [asyncio.create_task(self._loop(task), name=f"scheduled-{task.name}") for task in self.tasks]
         if self.tasks:
             log.info("scheduler: %s", ", ".join(f"{t.name} every {t.interval:g}s" for t in self.tasks))
@@ -113,11 +119,39 @@ class Scheduler:
     async def stop(self) -> None:
         """Cancel the loops (a task in progress is interrupted) and release what the tasks hold."""
         loops, self._loops = self._loops, []
+        self._started = False
         for loop in loops:
             loop.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
         for close in self._on_stop:
             await close()
+
+    async def replace(self, prefix: str, tasks: Sequence[PeriodicTask]) -> list[str]:
+        """Make ``tasks`` the ones whose names start with ``prefix`` (a configuration reload); return
+        what changed. A task whose name and interval stay keeps its loop (a run in progress goes on);
+        a removed or re-timed one is cancelled, and a new or re-timed one starts as ``start`` would."""
+        old = {task.name: task for task in self.tasks if task.name.startswith(prefix)}
+        new = {task.name: task for task in tasks}
+        gone = [name for name, task in old.items() if (task.interval, task.offset) != _timing(new.get(name))]
+        added = [task for name, task in new.items() if (task.interval, task.offset) != _timing(old.get(name))]
+        for name in gone:
+            loop = next((loop for loop in self._loops if loop.get_name() == f"scheduled-{name}"), None)
+            if loop is not None:
+                loop.cancel()
+                await asyncio.gather(loop, return_exceptions=True)
+                self._loops.remove(loop)
+        kept = [task for task in self.tasks if task.name not in gone]
+        self.tasks = kept + added
+        for task in added:
+            for counts in (self.skipped, self.runs, self.failures):
+                counts.setdefault(task.name, 0)
+            if self._started:
+                self._loops.append(asyncio.create_task(self._loop(task), name=f"scheduled-{task.name}"))
+        changes = [f"{name} stopped" for name in gone if name not in new]
+        changes += [f"{task.name} every {task.interval:g}s" for task in added]
+        if changes:
+            log.info("scheduler: %s", ", ".join(changes))
+        return changes
 
     async def run_once(self, name: str) -> bool:
         """Run one task now, as its loop would (True if it succeeded)."""

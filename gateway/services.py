@@ -37,6 +37,7 @@ from gateway.identity import IdentityEngine, IdentityRuleError, load_rules_dir
 from gateway.ingest import IngestService, MappingRegistry
 from gateway.metrics import configure as configure_metrics
 from gateway.pull import PullRunner, pull_tasks
+from gateway.reload import Reloader, reload_on_sighup
 from gateway.scheduler import Claim, PeriodicTask, Scheduler
 from gateway.search import QueryParser, SearchLimits, SearchRegistry, default_registry
 from gateway.settings import Settings, delivery_sections
@@ -100,6 +101,7 @@ class Services:
     pulls: PullRunner | None = None
     identity: IdentityEngine | None = None
     owns_store: bool = True
+    reloader: Reloader | None = None  # set by ``start``: processes that run are the ones that reload
 
     @classmethod
     def build(cls, settings: Settings, plan: ServicePlan | None = None, *, store: Store | None = None) -> Services:
@@ -178,7 +180,9 @@ class Services:
 
     async def start(self) -> None:
         """Start the background parts: the audit writer, delivery (outbox and worker), then the scheduler;
-        first the identity matcher's index is built from the stored Patients (and any unmatched are matched)."""
+        first the identity matcher's index is built from the stored Patients (and any unmatched are matched).
+        The ``reloader`` notes the configuration file as it is now, to tell later which changes need a restart."""
+        self.reloader = await anyio.to_thread.run_sync(Reloader, self)
         if self.identity is not None:
             await anyio.to_thread.run_sync(self.identity.catch_up)
         if self.audit is not None:
@@ -317,7 +321,8 @@ async def run_worker(
     stop: asyncio.Event | None = None,
     scheduler: bool = True,
 ) -> None:
-    """``gateway worker``: run outbox, workers (and the scheduler) until SIGTERM/SIGINT or ``stop``."""
+    """``gateway worker``: run outbox, workers (and the scheduler) until SIGTERM/SIGINT or ``stop``;
+    SIGHUP reloads the sources and their pull schedules (``gateway.reload``)."""
     plan = ServicePlan(
         environ=environ,
         # Pulled sources are scheduled where the scheduler runs, and their records need ingest.
@@ -337,10 +342,14 @@ async def run_worker(
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
+    stop_reloading: Callable[[], None] = lambda: None  # noqa: E731
     try:
         await services.start()
+        assert services.reloader is not None
+        stop_reloading = reload_on_sighup(services.reloader)
         delivery = services.require_delivery()
         log.info("delivery worker running for %d destinations", len(delivery.connectors))
         await stop.wait()
     finally:
+        stop_reloading()
         await services.stop()

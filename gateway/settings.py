@@ -54,6 +54,7 @@ __all__ = [
     "LOCAL_CONFIG",
     "find_config_file",
     "load_settings",
+    "located_errors",
     "read_config_file",
 ]
 
@@ -425,9 +426,15 @@ def find_config_file(
     return None
 
 
-def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Build settings from env and an optional YAML file (env wins over the file)."""
-    file_values = read_config_file(config_file) if config_file is not None else {}
+def load_settings(
+    config_file: Path | None = None, *, file_values: dict[str, Any] | None = None, **overrides: Any
+) -> Settings:
+    """Build settings from env and an optional YAML file (env wins over the file).
+
+    ``file_values`` is what ``read_config_file(config_file)`` returned, when the caller read it already.
+    """
+    if file_values is None:
+        file_values = read_config_file(config_file) if config_file is not None else {}
     token = _file_values.set(file_values)
     try:
         return Settings(**overrides, config_file=config_file)
@@ -462,6 +469,28 @@ def fhirpath_error_in_file(exc: ValidationError, path: Path, values: Mapping[str
     except YamlSyntaxError:  # stricter than the settings reader (duplicate keys): no line then
         where = str(path)
     return f"{where}: {format_path(loc)}: {str(first['msg']).removeprefix('Value error, ')}"
+
+
+def located_errors(exc: ValidationError, path: Path, values: Mapping[str, Any]) -> list[str]:
+    """Every error of ``exc`` as ``file:line: setting: reason``; one of a setting ``path`` does not
+    write (the environment set it) as ``setting (GATEWAY_…): reason``. ``values`` as in ``fhirpath_error_in_file``."""
+    from gateway.mapping import YamlSyntaxError, format_path, read_yaml
+
+    try:
+        doc = read_yaml(path)
+    except YamlSyntaxError:  # stricter than the settings reader (duplicate keys): no lines then
+        doc = None
+    found: list[str] = []
+    for error in exc.errors(include_url=False, include_input=False):
+        loc = tuple(error["loc"])
+        reason = str(error["msg"]).removeprefix("Value error, ")
+        if loc and loc[0] in values:  # the file wrote this setting (a missing field: the line of its parent)
+            where = f"{path}:{doc.line_of(doc.data_path(loc))}" if doc is not None else str(path)
+            found.append(f"{where}: {format_path(loc)}: {reason}")
+        else:
+            env = "GATEWAY_" + "__".join(str(p).upper() for p in loc[:1])
+            found.append(f"{format_path(loc) or 'settings'} ({env}): {reason}")
+    return found
 
 
 def _value_at(data: Any, loc: tuple[str | int, ...]) -> Any:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import traceback
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -34,6 +34,7 @@ from gateway.clock import Clock
 from gateway.errors import CLIENT_ERRORS, GatewayError
 from gateway.fhir import operation_outcome
 from gateway.heap import settle_heap
+from gateway.reload import reload_on_sighup
 from gateway.services import ServicePlan, Services
 from gateway.settings import Settings
 from gateway.store import Store
@@ -41,6 +42,7 @@ from gateway.store import Store
 from . import (
     admin_delivery,
     admin_quarantine,
+    admin_reload,
     bulk_export,
     console,
     fhir_match,
@@ -77,13 +79,19 @@ def build_context(services: Services, clock: Clock | None = None) -> AppContext:
 
 
 def create_app(
-    settings: Settings, *, store: Store | None = None, plan: ServicePlan | None = None, clock: Clock | None = None
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    plan: ServicePlan | None = None,
+    clock: Clock | None = None,
+    sighup: bool = False,
 ) -> FastAPI:
     """Build the gateway app; ``plan`` says which services run beside the API (default: ingest only).
 
     The lifespan builds the process's ``Services`` (opening ``store`` unless given, which the
     caller then closes), starts them, and stops them on shutdown. ``clock`` is the time the
     rate limits' buckets fill by (tests pass a ``ManualClock``; default: the system's).
+    ``sighup``: a SIGHUP to the process reloads its configuration (``gateway serve``).
     """
 
     @asynccontextmanager
@@ -95,11 +103,15 @@ def create_app(
             services.close_now()
             raise
         last_use = asyncio.create_task(_record_last_use(ctx))
+        stop_reloading: Callable[[], None] = lambda: None  # noqa: E731
         try:
             await services.start()
+            if sighup and services.reloader is not None:
+                stop_reloading = reload_on_sighup(services.reloader)
             settle_heap()
             yield
         finally:
+            stop_reloading()
             last_use.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await last_use
@@ -132,7 +144,7 @@ def create_app(
         app.add_middleware(metrics.FhirLatencyMiddleware)
     _install_error_handlers(app)
     for router in (health.router, fhir_match.router, fhir_read.router, fhir_write.router, ingest.router,
-                   admin_quarantine.router, admin_delivery.router, smart.router, metrics.router):
+                   admin_quarantine.router, admin_reload.router, admin_delivery.router, smart.router, metrics.router):
         app.include_router(router)
     # Reads dominate partner traffic; matching them first, as a plain Starlette route,
     # keeps them within reach of the framework's own ceiling (bench/read_search.py).

@@ -44,6 +44,7 @@ _ADMIN = {
     ("POST", "quarantine/*/replay"): ("quarantine-replay", "E", "quarantine"),
     ("POST", "quarantine/*/discard"): ("quarantine-discard", "D", "quarantine"),
     ("POST", "mappings/reload"): ("mappings-reload", "E", None),
+    ("POST", "reload"): ("config-reload", "E", None),
     ("GET", "destinations"): ("destination-status", "R", None),
     ("POST", "destinations/*/pause"): ("destination-pause", "E", "destination"),
     ("POST", "destinations/*/resume"): ("destination-resume", "E", "destination"),

@@ -110,7 +110,7 @@ def serve(
         if workers > 1:
             run_workers(settings, workers, **options)
         else:
-            run_server(create_app(settings, plan=ServicePlan.for_serve(settings, os.environ)), **options)
+            run_server(create_app(settings, plan=ServicePlan.for_serve(settings, os.environ), sighup=True), **options)
     finally:
         if sandbox is not None:
             sandbox.terminate()

@@ -5,7 +5,9 @@ from .body import split_body as split_body
 from .config import PULL_KINDS as PULL_KINDS
 from .config import SourceConfig as SourceConfig
 from .registry import IngestConfigError as IngestConfigError
+from .registry import MappingConfig as MappingConfig
 from .registry import MappingRegistry as MappingRegistry
+from .registry import SourceLocator as SourceLocator
 from .service import IngestReport as IngestReport
 from .service import IngestService as IngestService
 from .service import RecordResult as RecordResult

@@ -87,8 +87,7 @@ class IngestService:
 
     def ingest(self, source_name: str, records: list[ReceivedRecord], base: str = "") -> IngestReport:
         """Handle every record of one request; see the module docstring."""
-        source = self.registry.source(source_name)
-        mapping_set = self.registry.mapping_set(source)
+        source, mapping_set = self.registry.resolve(source_name)
         results: list[RecordResult | None] = [None] * len(records)
         meter = metrics()
         writes = self._writer_thread().request()
@@ -142,8 +141,7 @@ class IngestService:
         For sources whose payloads cannot say so (a Kobo submission deleted, a CSV row
         withdrawn). Taking back an unknown record does nothing, so repeating it is safe.
         """
-        source = self.registry.source(source_name)
-        mapping_set = self.registry.mapping_set(source)
+        source, mapping_set = self.registry.resolve(source_name)
         change = OutputChange(source.name, mapping_set.system, record_key, [], deleted=True)
         prepared = self._prepare([], "")
         written: list[WrittenResource] = []
@@ -257,10 +255,11 @@ class IngestService:
             raise FhirError(
                 f"quarantined record {qid} is {held.status}, not held", status=409, code="conflict"
             )
-        source = self.registry.sources.get(held.source)
+        config = self.registry.config
+        source = config.sources.get(held.source)
         if source is None:
             raise FhirError(f"source {held.source!r} is no longer configured", status=409, code="conflict")
-        mapping_set = self.registry.mapping_set(source)
+        mapping_set = config.sets[source.mapping]
         try:
             record = _parse_kept(held)
             stored = self.store_record(mapping_set, held.source, record, base)
