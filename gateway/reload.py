@@ -36,7 +36,7 @@ from gateway.settings import ConfigFileError, Settings, load_settings, located_e
 if TYPE_CHECKING:
     from gateway.services import Services
 
-__all__ = ["RELOADABLE", "ReloadResult", "Reloader", "reload_on_sighup"]
+__all__ = ["RELOADABLE", "ReloadResult", "Reloader", "reload_on_sighup", "source_locator"]
 
 log = logging.getLogger("gateway.reload")
 
@@ -155,7 +155,7 @@ class Reloader:
             settings = self._read_settings(result)
             if settings is None:
                 return _Staged(result)
-            config, issues = registry.stage(settings.mappings_dir, settings.sources, self._locator(settings))
+            config, issues = registry.stage(settings.mappings_dir, settings.sources, source_locator(self._path))
         result.problems += [str(issue) for issue in issues]
         if config is None:
             return _Staged(result)
@@ -183,23 +183,6 @@ class Reloader:
             result.problems += located_errors(exc, self._path, values)
         return None
 
-    def _locator(self, settings: Settings) -> SourceLocator:
-        """Where each source's ``mapping:`` is written, for "no such mapping set" problems."""
-        path = self._path
-        assert path is not None
-        try:
-            doc = read_yaml(path)
-        except YamlSyntaxError:
-            doc = None
-        from_file = doc is not None and isinstance(doc.data, dict) and "sources" in doc.data
-
-        def locate(index: int) -> tuple[str, int]:
-            if doc is None or not from_file:
-                return (str(path), 0) if doc is None else ("GATEWAY_SOURCES", 0)
-            return str(path), doc.line_of(doc.data_path(("sources", index, "mapping")))
-
-        return locate
-
     # -- applying
 
     async def _reschedule(self, result: ReloadResult, config: MappingConfig) -> None:
@@ -209,6 +192,24 @@ class Reloader:
             result.schedule = await scheduler.replace(PULL_TASK_PREFIX, pull_tasks(pulls))
         elif pulled:
             result.notes.append(_unscheduled(pulled))
+
+
+def source_locator(path: Path) -> SourceLocator:
+    """Where each source's ``mapping:`` is written in the configuration file ``path`` (its line), for
+    problems about a source's mapping set; ``GATEWAY_SOURCES`` when the file has no ``sources:``."""
+    try:
+        doc = read_yaml(path)
+    except YamlSyntaxError:  # stricter than the settings reader (duplicate keys): no lines then
+        doc = None
+
+    def locate(index: int) -> tuple[str, int]:
+        if doc is None:
+            return str(path), 0
+        if not isinstance(doc.data, dict) or "sources" not in doc.data:
+            return "GATEWAY_SOURCES", 0
+        return str(path), doc.line_of(doc.data_path(("sources", index, "mapping")))
+
+    return locate
 
 
 def reload_on_sighup(reloader: Reloader) -> Callable[[], None]:

@@ -223,6 +223,52 @@ def test_broken_criteria_from_the_environment_name_the_setting(env: Path, monkey
     assert re.search(rf"{re.escape(str(config))}:\d", result.stderr) is None
 
 
+SHIPPED_MAPPINGS = Path(__file__).resolve().parents[1] / "mappings"
+DHIS2_DESTINATION = (
+    "mappings_dir: {mappings}\n"
+    "destinations:\n"
+    "  - name: moh\n"
+    "    kind: dhis2\n"
+    "    base_url: https://dhis2.example.org\n"
+    "    options:\n"
+    "      mapping: {mapping}\n"
+    "      aggregate_mapping: {mappings}/dhis2/chw-monthly-report.yaml\n"
+)
+
+
+def test_config_check_refuses_a_dhis2_mapping_file_that_does_not_exist(env: Path) -> None:
+    """Issue 15, finding 6: the missing file used to pass the check and fail the first delivery."""
+    config = env / "dhis2.yaml"
+    config.write_text(DHIS2_DESTINATION.format(mappings=SHIPPED_MAPPINGS, mapping="mappings/dhis2/no-such-file.yaml"))
+    result = runner.invoke(app, ["config", "check", "--config", str(config)])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(
+        f"{config}:7: destinations[0].options.mapping: mappings/dhis2/no-such-file.yaml does not exist"
+    ), result.stderr
+    assert "1 problem(s)" in result.stderr and result.stdout == ""
+    present = SHIPPED_MAPPINGS / "dhis2" / "chw-household-visit.yaml"
+    config.write_text(DHIS2_DESTINATION.format(mappings=SHIPPED_MAPPINGS, mapping=present))
+    ok = runner.invoke(app, ["config", "check", "--config", str(config)])
+    assert ok.exit_code == 0, ok.output
+
+
+def test_config_check_refuses_a_source_whose_mapping_set_is_missing_or_broken(env: Path) -> None:
+    import shutil
+
+    shutil.copytree(SHIPPED_MAPPINGS, env / "mappings")
+    person = env / "mappings" / "cht" / "person.yaml"
+    person.write_text(person.read_text().replace("| human_name", "| humane_name"))
+    config = env / "sources.yaml"
+    config.write_text("sources:\n  - {name: cht, kind: cht, mapping: cht}\n  - name: kobo\n    kind: kobo\n"
+                      "    mapping: kobbo\n")
+    result = runner.invoke(app, ["config", "check", "--config", str(config)])
+    assert result.exit_code == 2, result.output
+    # Both rules that use the converter, then the source (mappings_dir is ./mappings, the default).
+    assert len(re.findall(r"^mappings/cht/person\.yaml:\d+: .*humane_name", result.stderr, re.MULTILINE)) == 2
+    assert f"{config}:5: sources[1].mapping: source kobo → kobbo" in result.stderr
+    assert "3 problem(s)" in result.stderr and result.stdout == ""
+
+
 def test_clients_set_policy_stores_lists_and_clears_a_data_policy(env: Path) -> None:
     created = runner.invoke(app, ["clients", "create", "district-emr", "--scope", "system/*.rs"])
     assert created.exit_code == 0, created.output

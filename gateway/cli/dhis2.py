@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from gateway.cli.common import ConfigOption, DevOption, config_file
+from gateway.cli.common import ConfigOption, DevOption, config_file, settings_from
 from gateway.errors import exit_code_for
 
 if TYPE_CHECKING:
@@ -278,15 +278,21 @@ def pull_org_units(
 def check_mappings(
     destination: Annotated[str, typer.Argument(help="destination name, or a DHIS2 base URL")],
     files: Annotated[
-        list[Path] | None, typer.Argument(help="mapping files (default: mappings/dhis2/*.yaml)")
+        list[Path] | None, typer.Argument(help="mapping files (default: <mappings folder>/dhis2/*.yaml)")
     ] = None,
     config: ConfigOption = None,
     dev: DevOption = False,
     metadata: Annotated[Path | None, typer.Option(help="use this metadata cache instead of fetching")] = None,
     token_file: TokenFileOption = None,
-    mappings: Annotated[Path, typer.Option(help="mappings folder")] = Path("mappings"),
+    mappings: Annotated[
+        Path | None, typer.Option(help="mappings folder (default: the configuration's mappings_dir)")
+    ] = None,
 ) -> None:
-    """Check DHIS2 mappings against a DHIS2's metadata (unknown elements, option codes, org units)."""
+    """Check DHIS2 mappings against a DHIS2's metadata (unknown elements, option codes, org units).
+
+    The ConceptMaps and the default files come from the configuration's ``mappings_dir``
+    (``--config``), as the running gateway reads them, unless ``--mappings`` names another folder.
+    """
     from gateway.connectors.dhis2 import (
         Dhis2Client,
         Dhis2Error,
@@ -315,6 +321,8 @@ def check_mappings(
         except Dhis2Error as exc:
             typer.echo(f"gateway: {exc}", err=True)
             raise typer.Exit(exit_code_for(exc)) from exc
+    if mappings is None:
+        mappings = settings_from(config, dev).mappings_dir
     issues: list[LoadIssue] = []
     tables = load_tables(mappings, issues)
     targets = files or sorted(p for p in (mappings / "dhis2").glob("*.yaml") if "measure" not in p.name)

@@ -361,10 +361,22 @@ def clients_set_policy(
 
 @config_app.command("check")
 def config_check(config: ConfigOption = None, dev: DevOption = False) -> None:
-    """Validate the configuration and print it with secrets masked."""
+    """Validate the configuration and print it with secrets masked.
+
+    Besides every setting, the files it names are checked as the gateway would read them: each
+    source's mapping set compiles from mappings_dir (static checks included), and each DHIS2
+    destination's mapping files exist. Problems are listed as file:line, exit status 2.
+    """
     import json
 
+    from gateway.cli.config_checks import config_problems
+
     settings = settings_from(config, dev)
+    problems = config_problems(settings)
+    if problems:
+        for problem in problems:
+            typer.echo(problem, err=True)
+        fail(f"{len(problems)} problem(s) in the files the configuration names ({where(settings)})")
     data = settings.model_dump(mode="json", exclude={"config_file"})
     data["store_url"] = mask_url(settings.store_url)
     data["queue_url"] = mask_url(settings.queue_url)

@@ -8,6 +8,7 @@ from .registry import IngestConfigError as IngestConfigError
 from .registry import MappingConfig as MappingConfig
 from .registry import MappingRegistry as MappingRegistry
 from .registry import SourceLocator as SourceLocator
+from .registry import compile_config as compile_config
 from .service import IngestReport as IngestReport
 from .service import IngestService as IngestService
 from .service import RecordResult as RecordResult

@@ -20,7 +20,7 @@ from gateway.errors import ConfigError, FhirError
 from gateway.ingest.config import SourceConfig
 from gateway.mapping import LoadIssue, MappingSet, load_mappings
 
-__all__ = ["IngestConfigError", "MappingConfig", "MappingRegistry", "SourceLocator"]
+__all__ = ["IngestConfigError", "MappingConfig", "MappingRegistry", "SourceLocator", "compile_config"]
 
 #: Where ``sources[i].mapping`` is written (file, line), for problems about a source's set.
 SourceLocator = Callable[[int], tuple[str, int]]

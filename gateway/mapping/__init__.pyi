@@ -22,6 +22,8 @@ from .golden import run_case as run_case
 from .inputs import InputError as InputError
 from .inputs import parse_csv as parse_csv
 from .inputs import read_records as read_records
+from .loader import CONCEPTMAP_DIR as CONCEPTMAP_DIR
+from .loader import SET_FILE as SET_FILE
 from .loader import LoadedMappings as LoadedMappings
 from .loader import load_mapping_sets as load_mapping_sets
 from .loader import load_mappings as load_mappings

@@ -36,7 +36,7 @@ from gateway.mapping.spec import MappingSpec, SetSpec
 from gateway.mapping.templates import Builder, TemplateCompiler
 from gateway.mapping.yamlfile import NodePath, YamlDocument, YamlSyntaxError, format_path, read_yaml
 
-__all__ = ["LoadedMappings", "load_mapping_sets", "load_mappings", "validate_mappings"]
+__all__ = ["CONCEPTMAP_DIR", "SET_FILE", "LoadedMappings", "load_mapping_sets", "load_mappings", "validate_mappings"]
 
 _BUILTINS = frozenset({"record_id", "system", "mapping", "version"})
 _REPEAT = frozenset({"item", "index"})

@@ -306,3 +306,42 @@ def test_measure_reports_become_data_value_sets(demo: Demo) -> None:
     assert unresolved.value.code == "E7612"
     draft = {**report, "status": "pending"}
     assert measure_report_to_data_value_set(draft, aggregate, resolver).payload is None
+
+
+@pytest.fixture
+def mappings_copy(tmp_path: Path) -> Path:
+    root = tmp_path / "mappings"
+    shutil.copytree(MAPPINGS, root)
+    return root
+
+
+def _female(tables: dict[str, Any]) -> list[str]:
+    return [coding["code"] for coding in tables["dhis2-sex"].lookup("female")]
+
+
+def test_code_sees_a_conceptmap_of_a_mapping_sets_own_folder(mappings_copy: Path) -> None:
+    """Issue 15, finding 5: the DHIS2 side's code() looked in conceptmaps/ and dhis2/conceptmaps/ only."""
+    (mappings_copy / "cht" / "conceptmaps").mkdir(exist_ok=True)
+    (mappings_copy / "dhis2" / "conceptmaps" / "dhis2-sex.yaml").rename(
+        mappings_copy / "cht" / "conceptmaps" / "dhis2-sex.yaml")
+    issues: list[Any] = []
+    tables = load_tables(mappings_copy, issues)
+    assert issues == [] and _female(tables) == ["FEMALE"]
+    assert check_mapping(mappings_copy / "dhis2" / "chw-household-visit.yaml", SNAPSHOT, tables) == []
+    # Two sets with a table of that id: each is its own set's, so DHIS2 sees neither and says so.
+    (mappings_copy / "odk" / "conceptmaps").mkdir(exist_ok=True)
+    shutil.copy(mappings_copy / "cht" / "conceptmaps" / "dhis2-sex.yaml", mappings_copy / "odk" / "conceptmaps")
+    tables = load_tables(mappings_copy, [])
+    problems = check_mapping(mappings_copy / "dhis2" / "chw-household-visit.yaml", SNAPSHOT, tables)
+    assert [p.message for p in problems] == ["unknown ConceptMap 'dhis2-sex'"]
+
+
+def test_dhis2s_own_conceptmap_replaces_a_shared_one_of_the_same_id(mappings_copy: Path) -> None:
+    """As a set's own ConceptMap replaces a shared one for that set (it used to be an error)."""
+    own = mappings_copy / "dhis2" / "conceptmaps" / "dhis2-sex.yaml"
+    (mappings_copy / "conceptmaps" / "dhis2-sex.yaml").write_text(own.read_text().replace("code: FEMALE", "code: F"))
+    issues: list[Any] = []
+    tables = load_tables(mappings_copy, issues)
+    assert issues == [] and _female(tables) == ["FEMALE"]
+    own.unlink()
+    assert _female(load_tables(mappings_copy, [])) == ["F"]  # the shared one, when DHIS2 has none

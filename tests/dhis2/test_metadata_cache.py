@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -147,3 +148,26 @@ def test_check_mappings_command(sandbox: SandboxServer, tmp_path: Path) -> None:
         ],
     )
     assert bad.exit_code == 1 and "code:NOPE does not exist in DHIS2" in bad.output
+
+
+def test_check_mappings_reads_the_configured_mappings_dir(
+    sandbox: SandboxServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15, finding 6: ``-c CONFIG`` used to be ignored for the folder (./mappings was read)."""
+    shutil.copytree(Path(__file__).resolve().parents[2] / "mappings", tmp_path / "district")
+    visit = tmp_path / "district" / "dhis2" / "chw-household-visit.yaml"
+    visit.write_text(visit.read_text().replace("code:CHW_TEMP_C", "code:NOPE"))
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"mappings_dir: {tmp_path / 'district'}\n")
+    token = tmp_path / "pat.txt"
+    token.write_text(TOKEN)
+    monkeypatch.chdir(tmp_path)  # no ./mappings here: only the configured folder has mappings
+    args = ["check-mappings", sandbox.base_url, "--token-file", str(token), "-c", str(config)]
+    result = CliRunner().invoke(dhis2_app, args)
+    assert result.exit_code == 1, result.output
+    assert "3 DHIS2 mapping file(s) checked" in result.output
+    assert f"{visit}:" in result.output and "code:NOPE does not exist in DHIS2" in result.output
+    # --mappings still names another folder.
+    shipped = Path(__file__).resolve().parents[2] / "mappings"
+    ok = CliRunner().invoke(dhis2_app, [*args, "--mappings", str(shipped)])
+    assert ok.exit_code == 0 and "0 problem(s)" in ok.output, ok.output

@@ -1,8 +1,8 @@
 """Loading DHIS2 mapping files, compiling their expressions and binding them to metadata.
 
 ``load_tracker`` / ``load_aggregate`` read a mapping, compile every expression with the
-mapping engine (``gateway.mapping.expressions``; ConceptMap tables from
-``mappings/conceptmaps/`` and ``mappings/dhis2/conceptmaps/``) and resolve each metadata
+mapping engine (``gateway.mapping.expressions``; ConceptMap tables as ``load_tables`` finds
+them) and resolve each metadata
 reference against a ``MetadataSnapshot``. Every problem is collected as a ``LoadIssue``
 naming file, line and rule — unknown data elements, data elements not in the stage,
 attributes the program does not have, org units that do not exist, option codes a
@@ -27,6 +27,8 @@ from gateway.connectors.dhis2.mapping_spec import (
 )
 from gateway.connectors.dhis2.metadata import MetadataSnapshot
 from gateway.mapping import (
+    CONCEPTMAP_DIR,
+    SET_FILE,
     CompileContext,
     CompileError,
     ConceptTable,
@@ -135,20 +137,32 @@ class BoundAggregate:
 
 
 def load_tables(mappings_root: Path, issues: list[LoadIssue]) -> dict[str, ConceptTable]:
-    """ConceptMaps of ``mappings/conceptmaps/`` plus the DHIS2 ones in ``mappings/dhis2/conceptmaps/``."""
-    tables = load_concept_tables(mappings_root / "conceptmaps", issues)
-    for table_id, table in load_concept_tables(mappings_root / "dhis2" / "conceptmaps", issues).items():
-        if table_id in tables:
-            issues.append(
-                LoadIssue(
-                    str(mappings_root / "dhis2" / "conceptmaps"),
-                    1,
-                    "id",
-                    f"ConceptMap id {table_id!r} is also defined in mappings/conceptmaps",
-                )
-            )
-        tables[table_id] = table
-    return tables
+    """The ConceptMaps DHIS2 mappings' ``code()`` sees, as the FHIR side's sets see theirs.
+
+    The shared ones (``conceptmaps/``); those of a mapping set's own folder (``<set>/conceptmaps/``)
+    whose id no shared table and no other set uses (two sets' tables of one id are each their set's
+    own: DHIS2 cannot choose, so neither is seen); and DHIS2's own (``dhis2/conceptmaps/``), which
+    replace any of those with the same id, as a set's own replace the shared ones for that set.
+    """
+    tables = load_concept_tables(mappings_root / CONCEPTMAP_DIR, issues)
+    by_sets: dict[str, list[ConceptTable]] = {}
+    for folder in _set_folders(mappings_root):
+        for table_id, table in load_concept_tables(folder / CONCEPTMAP_DIR, issues).items():
+            by_sets.setdefault(table_id, []).append(table)
+    for table_id, defined in by_sets.items():
+        if table_id not in tables and len(defined) == 1:
+            tables[table_id] = defined[0]
+    return {**tables, **load_concept_tables(mappings_root / "dhis2" / CONCEPTMAP_DIR, issues)}
+
+
+def _set_folders(mappings_root: Path) -> list[Path]:
+    """The mapping sets' folders (those with a ``set.yaml``) that have ConceptMaps of their own."""
+    if not mappings_root.is_dir():
+        return []
+    return sorted(
+        folder for folder in mappings_root.iterdir()
+        if (folder / SET_FILE).is_file() and (folder / CONCEPTMAP_DIR).is_dir()
+    )  # fmt: skip
 
 
 def _parse(
