@@ -154,6 +154,9 @@ class Reloader:
         else:
             settings = self._read_settings(result)
             if settings is None:
+                # The mapping files' own problems too, so one round of fixes can cover them all.
+                _, issues = registry.stage(registry.root, [])
+                result.problems += [str(issue) for issue in issues]
                 return _Staged(result)
             config, issues = registry.stage(settings.mappings_dir, settings.sources, source_locator(self._path))
         result.problems += [str(issue) for issue in issues]

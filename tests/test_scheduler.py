@@ -141,3 +141,28 @@ async def test_stop_cancels_the_loops_and_releases_what_tasks_hold() -> None:
     await clock.advance(2 * HOUR)
     await settle()
     assert calls == []
+
+
+async def test_replace_keeps_unchanged_tasks_retimes_changed_ones_and_stops_removed_ones() -> None:
+    """A configuration reload swaps the pull tasks (names with a prefix) and leaves the others alone."""
+    clock = ManualClock(T0)
+    calls: list[str] = []
+    scheduler = Scheduler([counting("dhis2", calls), counting("pull-a", calls), counting("pull-b", calls)], clock)
+    await scheduler.start()
+    try:
+        kept = {loop.get_name(): loop for loop in scheduler._loops}
+        changes = await scheduler.replace("pull-", [
+            counting("pull-a", calls), counting("pull-b", calls, interval=60.0), counting("pull-c", calls)])
+        assert changes == ["pull-b every 60s", "pull-c every 3600s"]
+        loops = {loop.get_name(): loop for loop in scheduler._loops}
+        assert all(loops[name] is kept[name] for name in ("scheduled-dhis2", "scheduled-pull-a"))
+        assert kept["scheduled-pull-b"].cancelled() and loops["scheduled-pull-b"] is not kept["scheduled-pull-b"]
+        await settle()
+        await clock.advance(40.0)  # the next minute boundary (T0 is 20 s past one)
+        await settle()
+        assert calls == ["pull-b"]
+        assert await scheduler.replace("pull-", [counting("pull-a", calls)]) == ["pull-b stopped", "pull-c stopped"]
+        assert sorted(task.name for task in scheduler.tasks) == ["dhis2", "pull-a"]
+        assert sorted(loop.get_name() for loop in scheduler._loops) == ["scheduled-dhis2", "scheduled-pull-a"]
+    finally:
+        await scheduler.stop()

@@ -111,3 +111,30 @@ def test_sighup_under_workers_reloads_every_worker_without_restarting_them(
     finally:
         _stop(server)
     assert server.returncode == 0
+
+
+def test_sighup_to_gateway_worker_reschedules_its_pulled_sources(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "mappings", tmp_path / "mappings")
+    store_url = f"sqlite:///{tmp_path}/store.db"
+
+    def pulled(name: str) -> dict[str, Any]:  # nobody listens there: each pull fails, logged, and waits an hour
+        return {"name": name, "kind": "odk-central", "mapping": "odk", "pull": {
+            "base_url": "http://127.0.0.1:9", "project": 1, "form": "f", "interval": "1h",
+            "retry": {"max_attempts": 1}}}  # fmt: skip
+
+    config = _configure(tmp_path, store_url, [pulled("odk-a")])
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("GATEWAY_CONFIG", None)
+    log = tmp_path / "worker.log"
+    worker = subprocess.Popen([sys.executable, "-m", "gateway", "worker", "--config", str(config)], cwd=tmp_path,
+                              env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"), text=True)  # fmt: skip
+    try:
+        _eventually(lambda: "delivery worker running" in log.read_text(), "the worker starts")
+        _configure(tmp_path, store_url, [pulled("odk-a"), pulled("odk-b")])
+        worker.send_signal(signal.SIGHUP)
+        _eventually(lambda: "reload (SIGHUP) applied" in log.read_text(), "the worker reloads")
+        assert "pull schedule: pull-odk-b every 3600s" in log.read_text()
+        assert worker.poll() is None
+    finally:
+        _stop(worker)
+    assert worker.returncode == 0

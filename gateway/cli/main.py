@@ -64,10 +64,20 @@ app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(sources_app, name="sources")
 app.add_typer(dhis2_app, name="dhis2")
 app.add_typer(queue_app, name="queue")
-app.command("worker", help="Run delivery workers as their own process.")(worker_command)
+app.command("worker", help="Run delivery workers (and the scheduled pulls) as their own process. SIGHUP reloads"
+            " the configuration file's sources and their pull schedules.")(worker_command)
 
 
-@app.command()
+_SERVE_HELP = (
+    "Run the gateway API (and its in-process services).\n\n"
+    "SIGHUP (or POST /admin/reload) reloads the configuration file's sources, the mapping sets and the pull"
+    " schedules without a restart; when anything is invalid nothing changes and every problem is logged"
+    " with file:line. Other settings (store, queue, host, port, destinations, ...) need a restart. With"
+    " --workers every worker process reloads."
+)
+
+
+@app.command(help=_SERVE_HELP)
 def serve(
     config: ConfigOption = None,
     host: Annotated[str | None, typer.Option(help="Listen address (default from settings)")] = None,
@@ -82,7 +92,7 @@ def serve(
         int, typer.Option("--workers", min=1, max=64, help="API processes (more than 1 needs a PostgreSQL store)"),
     ] = 1,
 ) -> None:
-    """Run the gateway API (and its in-process services)."""
+    """Run the gateway API (and its in-process services); SIGHUP reloads the sources (``_SERVE_HELP``)."""
     import logging
 
     from gateway.api import create_app
@@ -359,14 +369,14 @@ def clients_set_policy(
         typer.echo(f"note: the configuration's client_policies.{name} overrides this", err=True)
 
 
-@config_app.command("check")
+@config_app.command("check", help=(
+    "Validate the configuration and print it with secrets masked.\n\n"
+    "The files it names are checked as the gateway would read them: each source's mapping set must exist in"
+    " mappings_dir and compile (static checks included), and each DHIS2 destination's mapping files must exist."
+    " Problems are listed as file:line; exit status 2."
+))
 def config_check(config: ConfigOption = None, dev: DevOption = False) -> None:
-    """Validate the configuration and print it with secrets masked.
-
-    Besides every setting, the files it names are checked as the gateway would read them: each
-    source's mapping set compiles from mappings_dir (static checks included), and each DHIS2
-    destination's mapping files exist. Problems are listed as file:line, exit status 2.
-    """
+    """Validate the configuration and the files it names, and print it with secrets masked."""
     import json
 
     from gateway.cli.config_checks import config_problems

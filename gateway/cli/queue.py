@@ -377,7 +377,10 @@ def worker_command(
         list[str] | None, typer.Option("--destination", "-d", help="deliver only to these (repeatable)")
     ] = None,
 ) -> None:
-    """Run delivery workers (and the outbox, and the periodic tasks) in this process until SIGTERM or Ctrl-C."""
+    """Run delivery workers (and the outbox, and the periodic tasks) in this process until SIGTERM or Ctrl-C.
+
+    SIGHUP reloads the configuration file's sources and their pull schedules.
+    """
     import logging
 
     from gateway.cli.logs import configure_logging

@@ -129,6 +129,19 @@ async def test_a_broken_file_is_refused_naming_its_line(reloadable: Harness, tex
     assert still.status_code == 200
 
 
+async def test_a_bad_setting_and_a_broken_mapping_are_listed_together(reloadable: Harness) -> None:
+    gw = reloadable
+    config = config_of(gw)
+    write_config(config, gw.store, gw.root, [CHT, {"name": "odk", "kind": "odk"}])
+    person = gw.root / "cht" / "person.yaml"
+    person.write_text(person.read_text().replace("| human_name", "| humane_name"))
+    reload = await gw.admin.post("/admin/reload")
+    assert reload.status_code == 422
+    problems = [i["diagnostics"] for i in reload.json()["issue"] if i["severity"] == "error"]
+    assert problems[0] == f"{config}:{line_of(config, 'name: odk')}: sources[1].mapping: Field required"
+    assert any(p.startswith(f"{person}:") and "humane_name" in p for p in problems[1:]), problems
+
+
 async def test_a_changed_setting_that_needs_a_restart_is_named_not_ignored(reloadable: Harness) -> None:
     gw = reloadable
     write_config(config_of(gw), gw.store, gw.root, [CHT, ODK], port=9090, max_body_bytes=4096)
