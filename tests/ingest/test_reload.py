@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from fastapi import FastAPI
 
 from gateway.api.app import create_app
 from gateway.services import ServicePlan
@@ -41,29 +42,31 @@ CHT = {"name": "cht", "kind": "cht", "mapping": "cht"}
 ODK = {"name": "odk", "kind": "odk", "mapping": "odk"}
 
 
+class ReloadHarness(Harness):
+    """The ingest clients, and the configuration file the app was built from."""
+
+    def __init__(self, app: FastAPI, store: Store, root: Path, config: Path) -> None:
+        super().__init__(app, store, root)
+        self.config = config
+
+
 @pytest.fixture
-async def reloadable(ingest_store: Store, mappings_copy: Path, tmp_path: Path) -> AsyncIterator[Harness]:
+async def reloadable(ingest_store: Store, mappings_copy: Path, tmp_path: Path) -> AsyncIterator[ReloadHarness]:
     """An app built from a configuration file with one source, cht (lifespan entered)."""
     config = tmp_path / "gateway.yaml"
     write_config(config, ingest_store, mappings_copy, [CHT])
     app = create_app(load_settings(config), store=ingest_store)
     async with app.router.lifespan_context(app):
-        harness = Harness(app, ingest_store, mappings_copy)
-        harness.config = config  # type: ignore[attr-defined]
+        harness = ReloadHarness(app, ingest_store, mappings_copy, config)
         yield harness
         await harness.aclose()
 
 
-def config_of(gw: Harness) -> Path:
-    path: Path = gw.config  # type: ignore[attr-defined]
-    return path
-
-
-async def test_a_source_added_to_the_file_ingests_after_a_reload(reloadable: Harness) -> None:
+async def test_a_source_added_to_the_file_ingests_after_a_reload(reloadable: ReloadHarness) -> None:
     gw = reloadable
     assert (await gw.sender.post("/ingest/odk", content=sample("odk", "household-visit-expanded"),
                                  headers=JSON)).status_code == 404  # fmt: skip
-    write_config(config_of(gw), gw.store, gw.root, [CHT, ODK])
+    write_config(gw.config, gw.store, gw.root, [CHT, ODK])
 
     reload = await gw.admin.post("/admin/reload")
 
@@ -75,17 +78,17 @@ async def test_a_source_added_to_the_file_ingests_after_a_reload(reloadable: Har
     assert stored.status_code == 200, stored.text
     assert {r["status"] for r in stored.json()["results"]} == {"stored"}
     # The sources that were there keep working, and a removed source is gone.
-    write_config(config_of(gw), gw.store, gw.root, [ODK])
+    write_config(gw.config, gw.store, gw.root, [ODK])
     assert (await gw.admin.post("/admin/reload")).status_code == 200
     gone = await gw.sender.post("/ingest/cht", content=sample("cht", "person-patient"), headers=JSON)
     assert gone.status_code == 404
 
 
 async def test_an_invalid_configuration_is_refused_with_file_and_line_and_the_old_one_serves(
-    reloadable: Harness,
+    reloadable: ReloadHarness,
 ) -> None:
     gw = reloadable
-    config = config_of(gw)
+    config = gw.config
     # Two problems at once: a source naming a set that does not exist, and a mapping that fails
     # the static checks (a converter that does not exist): both are listed, nothing changes.
     write_config(config, gw.store, gw.root, [CHT, ODK, {"name": "kobo", "kind": "kobo", "mapping": "kobbo"}])
@@ -118,8 +121,8 @@ async def test_an_invalid_configuration_is_refused_with_file_and_line_and_the_ol
     ],
     ids=["yaml", "missing-field", "bad-kind", "bad-status"],
 )
-async def test_a_broken_file_is_refused_naming_its_line(reloadable: Harness, text: str, expected: str) -> None:
-    config = config_of(reloadable)
+async def test_a_broken_file_is_refused_naming_its_line(reloadable: ReloadHarness, text: str, expected: str) -> None:
+    config = reloadable.config
     config.write_text(text)
     reload = await reloadable.admin.post("/admin/reload")
     assert reload.status_code == 422, reload.text
@@ -129,9 +132,9 @@ async def test_a_broken_file_is_refused_naming_its_line(reloadable: Harness, tex
     assert still.status_code == 200
 
 
-async def test_a_bad_setting_and_a_broken_mapping_are_listed_together(reloadable: Harness) -> None:
+async def test_a_bad_setting_and_a_broken_mapping_are_listed_together(reloadable: ReloadHarness) -> None:
     gw = reloadable
-    config = config_of(gw)
+    config = gw.config
     write_config(config, gw.store, gw.root, [CHT, {"name": "odk", "kind": "odk"}])
     person = gw.root / "cht" / "person.yaml"
     person.write_text(person.read_text().replace("| human_name", "| humane_name"))
@@ -142,9 +145,9 @@ async def test_a_bad_setting_and_a_broken_mapping_are_listed_together(reloadable
     assert any(p.startswith(f"{person}:") and "humane_name" in p for p in problems[1:]), problems
 
 
-async def test_a_changed_setting_that_needs_a_restart_is_named_not_ignored(reloadable: Harness) -> None:
+async def test_a_changed_setting_that_needs_a_restart_is_named_not_ignored(reloadable: ReloadHarness) -> None:
     gw = reloadable
-    write_config(config_of(gw), gw.store, gw.root, [CHT, ODK], port=9090, max_body_bytes=4096)
+    write_config(gw.config, gw.store, gw.root, [CHT, ODK], port=9090, max_body_bytes=4096)
     reload = await gw.admin.post("/admin/reload")
     assert reload.status_code == 200, reload.text
     assert reload.json()["restart_required"] == ["max_body_bytes", "port"]
@@ -153,7 +156,7 @@ async def test_a_changed_setting_that_needs_a_restart_is_named_not_ignored(reloa
     assert (await gw.admin.post("/admin/reload")).json()["restart_required"] == ["max_body_bytes", "port"]
 
 
-async def test_reload_needs_the_admin_scope(reloadable: Harness) -> None:
+async def test_reload_needs_the_admin_scope(reloadable: ReloadHarness) -> None:
     assert (await reloadable.sender.post("/admin/reload")).status_code == 403
     assert (await reloadable.fhir.post("/admin/reload")).status_code == 403
     assert (await reloadable.client().post("/admin/reload")).status_code == 401
