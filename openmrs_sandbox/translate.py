@@ -94,7 +94,8 @@ def patient(body: Json, site: Site, exists: Exists) -> Json:
         raise Refused(422, "Patient.name is required", "Patient.name")
     if body.get("gender") not in ("male", "female", "other", "unknown"):
         raise Refused(422, "Patient.gender is required", "Patient.gender")
-    kept_fields: Json = {k: body[k] for k in ("name", "gender", "birthDate", "active", "address", "telecom") if k in body}
+    copied = ("name", "gender", "birthDate", "active", "address", "telecom")
+    kept_fields: Json = {k: body[k] for k in copied if k in body}
     return {"resourceType": "Patient", **kept_fields, "identifier": identifiers}
 
 
