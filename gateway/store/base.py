@@ -556,6 +556,7 @@ class ExportScope:
     (``group`` None) or of the Patients a Group lists as members."""
 
     group: str | None = None
+    patients: tuple[str, ...] = ()  # only these Patients' compartments (within the group, if any)
 
 
 class BulkExports(Protocol):
