@@ -138,6 +138,7 @@ def create_app(state: OpenMrs | None = None) -> FastAPI:
         return _outcome(exc.status, exc.message, exc.expression, code=code)
 
     @app.post(BASE)
+    @app.post(BASE + "/")
     async def transaction() -> JSONResponse:
         raise Refused(405, "This server does not support transaction or batch Bundles")
 

@@ -8,6 +8,7 @@ a lost answer makes no duplicate; a refusal is a dead letter keeping OpenMRS's O
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,6 +26,9 @@ from tests.openmrs.conftest import Emr, destination
 CHT_ID_TYPE = "a5d38e09-efcb-4d91-a526-50ce1ba5011a"
 HOME_VISIT = "d7151f82-c1f3-4152-a605-2f9ea7414a79"
 KISIWA = "ba685651-ed3b-4e63-9b35-78893060758a"  # the OpenMRS location of CHW-AREA-KISIWA (ConceptMap)
+UNKNOWN_LOCATION = "8d6c993e-c2cc-11de-8d13-0010c6dffd0f"  # the ConceptMap's unmapped default
+# CHT's OpenMRS integration payload, as recorded in shared/sources/samples (the golden test keeps a copy).
+VITALS = Path(__file__).resolve().parents[2] / "mappings" / "cht" / "tests" / "outbound-openmrs-encounter.input.json"
 
 
 async def drained(service: DeliveryService, api: ApiHarness) -> bool:
@@ -165,3 +169,46 @@ def _only(api: ApiHarness, rtype: str) -> str:
     ids = {change.id for change in api.store.changes(0, 10_000) if change.type == rtype}
     assert len(ids) == 1, ids
     return ids.pop()
+
+
+async def test_cht_vitals_reach_openmrs_as_observations_of_the_encounter(
+    api: ApiHarness, service_for: Any, emr: Emr
+) -> None:
+    vitals = orjson.loads(VITALS.read_bytes())  # for a person the gateway knows
+    person = {**cht.person(1), "_id": vitals["patient_uuid"]}
+    await ingest(api, [cht.area(), cht.household(1), person])
+    pushed = await api.with_scopes("ingest:cht").post("/ingest/cht", json=vitals)  # sent as is, not as "doc"
+    assert pushed.status_code == 200 and pushed.json()["stored"] == 1, pushed.text
+    dest = destination(emr)
+    service = service_for(dest.model_copy(update={"filter": dest.filter.model_copy(
+        update={"resource_types": ("Patient", "Encounter", "Observation")})}))  # fmt: skip
+    await service.start()
+    await deliver(service, api)
+    assert (await service.queue.stats("openmrs")).dead == 0
+    found = stored(emr)
+    [patient], [encounter] = found["Patient"], found["Encounter"]
+    # The payload names no place: the locations ConceptMap's default (OpenMRS needs one).
+    assert encounter["location"][0]["location"]["reference"] == f"Location/{UNKNOWN_LOCATION}"
+    assert sorted(o["code"]["coding"][0]["code"] for o in found["Observation"]) == [
+        "5089AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "5090AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    ]  # fmt: skip
+    for observation in found["Observation"]:
+        assert observation["subject"]["reference"] == f"Patient/{patient['id']}"
+        assert observation["encounter"] == {"reference": f"Encounter/{encounter['id']}"}
+
+
+async def test_a_deleted_patient_is_voided_in_openmrs(api: ApiHarness, service_for: Any, emr: Emr) -> None:
+    await ingest(api, [cht.area(), cht.household(1), cht.person(1)])
+    dest = destination(emr)
+    service = service_for(dest.model_copy(update={"filter": dest.filter.model_copy(
+        update={"resource_types": ("Patient",)})}))  # fmt: skip
+    await service.start()
+    await deliver(service, api)
+    [patient] = stored(emr)["Patient"]
+    own = _only(api, "Patient")
+    deleted = await api.client.delete(f"/fhir/Patient/{own}")
+    assert deleted.status_code in (200, 204), deleted.text
+    await deliver(service, api)
+    assert stored(emr)["Patient"] == [] and emr.state.objects[("Patient", patient["id"])].voided
+    assert api.store.destination_ids("openmrs", [f"Patient/{own}"]) == {}
