@@ -110,15 +110,16 @@ class OpenMrsProfile:
                 return typed
             rewritten["type"] = [typed]
             rewritten["meta"] = {"tag": [{"system": ENCOUNTER_TAG_SYSTEM, "code": "encounter"}]}
-            if not rewritten.get("location"):
-                rewritten["location"] = [{"location": {"reference": f"Location/{self.location_id(None)}"}}]
+            default = self.location_id(None)
+            if not rewritten.get("location") and default:
+                rewritten["location"] = [{"location": {"reference": f"Location/{default}"}}]
         own = ids.get(job.ref)
         return Prepared(rewritten, own, pending=job.ref in ids and own is None)
 
     # -- Patient -------------------------------------------------------------------------------
     def _identifiers(self, resource: Json) -> list[Json]:
-        location = {"url": IDENTIFIER_LOCATION_URL,
-                    "valueReference": {"reference": f"Location/{self.location_id(_household(resource))}"}}
+        place = self.location_id(_household(resource))
+        location = [{"url": IDENTIFIER_LOCATION_URL, "valueReference": {"reference": f"Location/{place}"}}]
         out: list[Json] = []
         for item in resource.get("identifier") or []:
             system, value = item.get("system"), item.get("value")
@@ -128,15 +129,19 @@ class OpenMrsProfile:
             if not targets:
                 continue
             kind = targets[0]
-            out.append({
-                "use": item.get("use") if item.get("use") in ("official", "usual") else "usual",
+            sent: Json = {
+                "use": item.get("use") or "usual",
                 "system": system,
                 "type": {"coding": [{"code": kind["code"]}], "text": kind.get("display") or kind["code"]},
                 "value": value,
-                "extension": [location],
-            })  # fmt: skip
-        if out and not any(item["use"] == "official" for item in out):
-            out[0]["use"] = "official"  # OpenMRS needs one preferred identifier; official is how FHIR2 says it
+            }
+            if place:
+                sent["extension"] = location
+            out.append(sent)
+        # OpenMRS keeps exactly one preferred identifier, which FHIR2 writes as use "official".
+        preferred = next((n for n, item in enumerate(out) if item["use"] == "official"), 0)
+        for n, item in enumerate(out):
+            item["use"] = "official" if n == preferred else "usual"
         return out
 
     # -- Encounter -----------------------------------------------------------------------------
