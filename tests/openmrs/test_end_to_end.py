@@ -182,10 +182,13 @@ async def test_cht_vitals_reach_openmrs_as_observations_of_the_encounter(
     dest = destination(emr)
     service = service_for(dest.model_copy(update={"filter": dest.filter.model_copy(
         update={"resource_types": ("Patient", "Encounter", "Observation")})}))  # fmt: skip
+    emr.state.lose_next = 4  # every create's answer lost: Patient, Encounter, both Observations
     await service.start()
     await deliver(service, api)
     assert (await service.queue.stats("openmrs")).dead == 0
+    assert len([line for line in emr.state.requests if line.startswith("POST")]) == 4
     found = stored(emr)
+    assert [len(found[t]) for t in ("Patient", "Encounter", "Observation")] == [1, 1, 2]
     [patient], [encounter] = found["Patient"], found["Encounter"]
     # The payload names no place: the locations ConceptMap's default (OpenMRS needs one).
     assert encounter["location"][0]["location"]["reference"] == f"Location/{UNKNOWN_LOCATION}"
@@ -212,3 +215,24 @@ async def test_a_deleted_patient_is_voided_in_openmrs(api: ApiHarness, service_f
     await deliver(service, api)
     assert stored(emr)["Patient"] == [] and emr.state.objects[("Patient", patient["id"])].voided
     assert api.store.destination_ids("openmrs", [f"Patient/{own}"]) == {}
+
+
+async def test_an_object_removed_in_openmrs_is_a_dead_letter_whose_replay_creates_it_again(
+    api: ApiHarness, service_for: Any, emr: Emr
+) -> None:
+    await ingest(api, [cht.area(), cht.household(1), cht.person(1)])
+    dest = destination(emr)
+    service = service_for(dest.model_copy(update={"filter": dest.filter.model_copy(
+        update={"resource_types": ("Patient",)})}))  # fmt: skip
+    await service.start()
+    await deliver(service, api)
+    [first] = stored(emr)["Patient"]
+    emr.state.objects[("Patient", first["id"])].voided = True  # a clerk deleted the patient in OpenMRS
+    await ingest(api, [{**cht.person(1), "name": "Child Renamed", "reported_date": cht.BASE_MS + 60_000}])
+    await deliver(service, api)
+    [letter] = await service.admin.dead_letters(DeadLetterFilter(destination="openmrs"))
+    assert letter.reason == "http_410" and "creates it again" in (letter.detail or "")
+    assert await service.admin.replay_matching(DeadLetterFilter(destination="openmrs")) == 1
+    await deliver(service, api)
+    [second] = stored(emr)["Patient"]
+    assert second["id"] != first["id"] and "Renamed" in orjson.dumps(second["name"]).decode()

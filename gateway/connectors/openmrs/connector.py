@@ -87,7 +87,7 @@ class OpenMrsConnector:
         if not isinstance(prepared, Prepared):
             return Permanent(reason=prepared.reason, detail=prepared.detail)
         if prepared.remote_id is not None:
-            return await self._put(job, prepared.body, prepared.remote_id)
+            return await self._update(job, prepared.body, prepared.remote_id)
         if job.resource_type in self.upsert:
             outcome = await self._put(job, prepared.body, job.resource_id)
             if isinstance(outcome, Success):
@@ -112,6 +112,15 @@ class OpenMrsConnector:
             return Permanent(reason="no_id_assigned", detail="OpenMRS answered the create without the new id")
         await self._remember(job.ref, remote)
         return Success(detail=f"{job.resource_type}/{remote}")
+
+    async def _update(self, job: Job, body: dict[str, Any], remote: str) -> DeliveryOutcome:
+        """``PUT`` to the object OpenMRS made; if it is gone there (404/410), forget it, so a replay creates it anew."""
+        outcome = await self._put(job, body, remote)
+        if isinstance(outcome, Permanent) and outcome.reason in ("http_404", "http_410"):
+            await anyio.to_thread.run_sync(self.profile.store.forget_destination_id, self.destination, job.ref)
+            detail = f"{job.resource_type}/{remote} is no longer in OpenMRS; replaying this creates it again"
+            return Permanent(reason=outcome.reason, request=outcome.request, response=outcome.response, detail=detail)
+        return outcome
 
     async def _put(self, job: Job, body: dict[str, Any], remote: str) -> DeliveryOutcome:
         url = f"{self.base_url}/{job.resource_type}/{quote(remote, safe='')}"
