@@ -53,3 +53,15 @@ def test_a_broken_conceptmap_names_its_file(sqlite_store: Store, tmp_path: Path)
 def test_the_profile_needs_the_store() -> None:
     with pytest.raises(DeliveryConfigError, match="needs the store"):
         fhir_connector(openmrs(), client=httpx.AsyncClient(), clock=ManualClock())
+
+
+def test_config_check_names_a_bad_openmrs_option() -> None:
+    from pydantic import ValidationError
+
+    from gateway.settings import Settings
+
+    destination = {"name": "emr", "kind": "fhir", "base_url": "http://emr/openmrs/ws/fhir2/R4",
+                   "options": {"profile": "openmrs", "upsert": ["Encounter"]}}  # fmt: skip
+    with pytest.raises(ValidationError, match="destination emr: options.upsert"):
+        Settings(destinations=[destination])
+    assert Settings(destinations=[{**destination, "options": {"profile": "openmrs"}}]).destinations[0].name == "emr"
