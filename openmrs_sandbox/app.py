@@ -257,13 +257,12 @@ def _coded(path: str, system: str | None = None) -> Any:
 
 
 def _date(resource: Json, value: str) -> bool:
-    start = str((resource.get("period") or {}).get("start") or resource.get("effectiveDateTime") or "")
-    wanted = value[2:] if value[:2] in ("eq", "ge", "le") else value
-    return (
-        start.startswith(wanted)
-        if value[:2] in ("eq",) or value[:1].isdigit()
-        else (start >= wanted if value.startswith("ge") else start <= wanted + "~")
-    )
+    """A date search on the encounter start or effective time: ``eq`` (default), ``ge`` or ``le``, at the
+    precision of the value given (``2024-05-13`` matches any time that day)."""
+    when = str((resource.get("period") or {}).get("start") or resource.get("effectiveDateTime") or "")
+    prefix, wanted = (value[:2], value[2:]) if value[:2] in ("eq", "ge", "le") else ("eq", value)
+    head = when[: len(wanted)]
+    return {"eq": head == wanted, "ge": head >= wanted, "le": head <= wanted}[prefix]
 
 
 SEARCHES: dict[str, dict[str, Any]] = {

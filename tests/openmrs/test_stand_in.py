@@ -70,3 +70,22 @@ async def test_a_deleted_object_is_gone(emr: httpx.AsyncClient) -> None:
     assert (await emr.get(f"/Patient/{created['id']}")).status_code == 410
     assert (await emr.get("/Patient", params={"identifier": "P1"})).json()["total"] == 0
     assert (await emr.get("/Patient", params={"nickname": "x"})).status_code == 400
+
+
+async def test_searches_the_connector_relies_on(emr: httpx.AsyncClient) -> None:
+    patient = (await emr.post("/Patient", json=PATIENT)).json()
+    encounter = {"resourceType": "Encounter", "subject": {"reference": f"Patient/{patient['id']}"},
+                 "type": [{"coding": [{"system": "http://fhir.openmrs.org/code-system/encounter-type",
+                                       "code": "d7151f82-c1f3-4152-a605-2f9ea7414a79"}]}],
+                 "location": [{"location": {"reference": f"Location/{KISIWA}"}}],
+                 "period": {"start": "2024-05-13T10:00:00Z"}}  # fmt: skip
+    assert (await emr.post("/Encounter", json=encounter)).status_code == 201
+
+    async def total(**params: str) -> int:
+        found = await emr.get("/Encounter", params={"subject": f"Patient/{patient['id']}", **params})
+        return int(found.json()["total"])
+
+    assert await total(date="2024-05-13") == 1 and await total(date="2024-05-14") == 0
+    assert await total(date="ge2024-05-13") == 1 and await total(date="le2024-05-12") == 0
+    assert await total(type="d7151f82-c1f3-4152-a605-2f9ea7414a79") == 1 and await total(type="other") == 0
+    assert (await emr.get("/Patient", params={"identifier": "P1"})).json()["total"] == 1
