@@ -29,7 +29,8 @@ OPERATIONS = (
 )
 # FHIR Bulk Data Access 2.0 (gateway/api/bulk_export.py).
 BULK = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition"
-EXPORT_DOC = ("Bulk Data Access 2.0 (Prefer: respond-async; _outputFormat, _type, _since, _typeFilter). The custom"
+EXPORT_DOC = ("Bulk Data Access 2.0 (Prefer: respond-async; GET, or POST with a Parameters body; _outputFormat,"
+              " _type, _since, _typeFilter, and patient at Patient and Group level). The custom"
               " parameter _deidentify=research exports a de-identified copy: direct identifiers removed, dates"
               " shifted per patient by a keyed offset, birth dates reduced to the year (removed past 89), free"
               " text dropped, ids replaced by stable keyed pseudonyms.")

@@ -265,22 +265,29 @@ class Settings(BaseSettings):
 
     @field_validator("destinations")
     @classmethod
-    def _dhis2_options(cls, value: list[DestinationConfig]) -> list[DestinationConfig]:
-        # Checked here so `gateway config check` names a bad DHIS2 option (e.g. a schedule
-        # interval) instead of the first delivery failing on it.
-        dhis2 = [d for d in value if d.kind == "dhis2"]
-        if dhis2:
-            from gateway.connectors.dhis2 import Dhis2Options
+    def _destination_options(cls, value: list[DestinationConfig]) -> list[DestinationConfig]:
+        # Checked here so `gateway config check` names a bad DHIS2 or OpenMRS option (e.g. a
+        # schedule interval, a type OpenMRS cannot upsert) instead of the first delivery failing on it.
+        for destination in value:
+            model: type[BaseModel] | None = None
+            if destination.kind == "dhis2":
+                from gateway.connectors.dhis2 import Dhis2Options
 
-            for destination in dhis2:
-                try:
-                    Dhis2Options.model_validate(destination.options)
-                except ValidationError as exc:
-                    first = exc.errors(include_url=False, include_input=False)[0]
-                    where = ".".join(str(p) for p in first.get("loc", ()))
-                    raise ValueError(
-                        f"destination {destination.name}: options.{where}: {first.get('msg', 'invalid')}"
-                    ) from None
+                model = Dhis2Options
+            elif destination.kind == "fhir" and destination.options.get("profile") == "openmrs":
+                from gateway.connectors.openmrs import OpenMrsOptions
+
+                model = OpenMrsOptions
+            if model is None:
+                continue
+            try:
+                model.model_validate(destination.options)
+            except ValidationError as exc:
+                first = exc.errors(include_url=False, include_input=False)[0]
+                where = ".".join(str(p) for p in first.get("loc", ()))
+                raise ValueError(
+                    f"destination {destination.name}: options.{where}: {first.get('msg', 'invalid')}"
+                ) from None
         return value
 
     @field_validator("sources")

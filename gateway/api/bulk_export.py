@@ -1,9 +1,12 @@
 """FHIR Bulk Data Access 2.0 ``$export``: kick-off, status, cancel and file download.
 
 Kick-off (``GET /fhir/$export``, ``/fhir/Patient/$export``, ``/fhir/Group/{id}/$export``,
-``Prefer: respond-async``) answers 202 with ``Content-Location`` naming the status URL;
-the job runs in this process (``gateway.export.BulkExporter``). Only the client that
-kicked a job off may poll it, cancel it (``DELETE``) or download its files.
+``Prefer: respond-async``; or ``POST`` to the same with a FHIR ``Parameters`` body, whose
+``patient`` parameters limit a Patient- or Group-level export to those Patients) answers
+202 with ``Content-Location`` naming the status URL; the job runs in this process
+(``gateway.export.BulkExporter``). Only the client that kicked a job off may poll it,
+cancel it (``DELETE``) or download its files. A named type that cannot be exported at the
+requested level gets an OperationOutcome in the manifest's ``error`` files.
 """
 
 from __future__ import annotations
@@ -17,13 +20,13 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.errors import FhirError, not_found
-from gateway.export import BulkExporter, export_dir, manifest, parse_kickoff
-from gateway.fhir import ID_RE
+from gateway.export import BulkExporter, export_dir, manifest, parameters_items, parse_kickoff
+from gateway.fhir import ID_RE, parse_json
 from gateway.store import ExportJob
 
 from .auth import authenticate, require_fhir, search_access
 from .context import base_url, ctx_of
-from .negotiation import fhir_response, prefer
+from .negotiation import check_content_type, fhir_response, prefer, read_body
 
 NDJSON = "application/fhir+ndjson"
 _RETRY_SECONDS = "2"
@@ -66,7 +69,12 @@ async def _kickoff(request: Request, level: str, group: str | None) -> Response:
     if accept not in ("application/fhir+json", "application/json", "*/*"):
         raise FhirError("$export answers in application/fhir+json (the Accept header asks otherwise)",
                         status=400, code="not-supported", expression=["Accept"])
-    export = parse_kickoff(list(request.query_params.multi_items()), level=level, group=group,
+    items = list(request.query_params.multi_items())
+    if request.method == "POST":
+        check_content_type(request)
+        body = await read_body(request, ctx.settings.max_body_bytes)
+        items += parameters_items(parse_json(body, max_depth=ctx.settings.max_json_depth))
+    export = parse_kickoff(items, level=level, group=group,
                            access=search_access(request, principal), parser=ctx.parser, profiles=exporter.profiles,
                            deidentify_ready=exporter.deidentify_ready)
     if principal.policy is not None and principal.policy.deidentify:
@@ -127,9 +135,9 @@ async def download(request: Request) -> Response:
 
 
 ROUTES = [
-    Route("/fhir/$export", kickoff_system, methods=["GET"]),
-    Route("/fhir/Patient/$export", kickoff_patient, methods=["GET"]),
-    Route("/fhir/Group/{gid}/$export", kickoff_group, methods=["GET"]),
+    Route("/fhir/$export", kickoff_system, methods=["GET", "POST"]),
+    Route("/fhir/Patient/$export", kickoff_patient, methods=["GET", "POST"]),
+    Route("/fhir/Group/{gid}/$export", kickoff_group, methods=["GET", "POST"]),
     Route("/fhir/$export-status/{job}", status, methods=["GET"]),
     Route("/fhir/$export-status/{job}", cancel, methods=["DELETE"]),
     Route("/fhir/$export-file/{job}/{file}", download, methods=["GET"]),

@@ -2,7 +2,9 @@
 
 ``fhir`` and ``webhook`` are built here; ``dhis2`` comes from
 ``gateway.connectors.dhis2.dhis2_factory(store)`` (it reads related resources from the
-store), all following ``ConnectorFactory``:
+store), and a ``fhir`` destination with ``options.profile: openmrs`` from
+``gateway.connectors.openmrs.openmrs_factory(store)`` (it keeps the ids OpenMRS assigns in
+the store), all following ``ConnectorFactory``:
 
     def factory(destination: DestinationConfig, *, client: httpx.AsyncClient,
                 clock: Clock) -> Connector: ...
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Protocol, cast
 
 import httpx
 
@@ -27,6 +29,7 @@ from gateway.connectors import (
     WebhookConnector,
     resolve_credentials,
 )
+from gateway.connectors.openmrs import SiteStore, openmrs_factory
 from gateway.delivery.config import DestinationConfig
 from gateway.delivery.http import destination_client
 
@@ -43,6 +46,11 @@ class ConnectorFactory(Protocol):
 
 def fhir_connector(destination: DestinationConfig, *, client: httpx.AsyncClient, clock: Clock) -> Connector:
     """The ``fhir`` kind; ``options.mode`` is ``id`` (default) or ``identifier``."""
+    if destination.options.get("profile") is not None:
+        raise DeliveryConfigError(
+            f"destination {destination.name}: options.profile {destination.options['profile']!r} needs the store;"
+            " build it with default_factories(store)"
+        )
     mode = destination.options.get("mode", "id")
     if mode not in ("id", "identifier"):
         raise DeliveryConfigError(f"destination {destination.name}: options.mode must be id or identifier")
@@ -72,7 +80,13 @@ def default_factories(store: object, digests: object = None) -> dict[str, Connec
         connector: Connector = module.dhis2_factory(store, digests)(destination, client=client, clock=clock)
         return connector
 
-    return {**FACTORIES, "dhis2": dhis2}
+    def fhir(destination: DestinationConfig, *, client: httpx.AsyncClient, clock: Clock) -> Connector:
+        if destination.options.get("profile") == "openmrs":
+            # The store keeps the ids OpenMRS assigns (DestinationIds); the caller passes the Store.
+            return openmrs_factory(cast(SiteStore, store))(destination, client=client, clock=clock)
+        return fhir_connector(destination, client=client, clock=clock)
+
+    return {**FACTORIES, "fhir": fhir, "dhis2": dhis2}
 
 
 def build_connector(

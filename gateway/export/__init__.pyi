@@ -1,6 +1,7 @@
 """Typed surface of ``gateway.export`` (loaded lazily by ``__init__.py``)."""
 
 from .kickoff import ExportRequest as ExportRequest
+from .kickoff import parameters_items as parameters_items
 from .kickoff import parse_kickoff as parse_kickoff
 from .ndjson import NdjsonFiles as NdjsonFiles
 from .profiles import load_profiles as load_profiles

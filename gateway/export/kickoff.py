@@ -7,6 +7,7 @@ types, its data policy rides on every query, and ``_typeFilter`` is a search que
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +26,10 @@ from gateway.search import (
 )
 
 OUTPUT_FORMATS = frozenset({"application/fhir+ndjson", "application/ndjson", "ndjson"})
-PARAMETERS = ("_outputFormat", "_type", "_since", "_typeFilter", "_deidentify")
+PARAMETERS = ("_outputFormat", "_type", "_since", "_typeFilter", "_deidentify", "patient")
+# How each parameter of a POST kick-off's Parameters body carries its value (Bulk Data 2.0).
+_VALUE_KEYS = ("valueString", "valueInstant", "valueCode", "valueDateTime", "valueUri")
+_PATIENT_REF = re.compile(r"^Patient/([A-Za-z0-9\-.]{1,64})$")
 # The audit trail is the gateway's record about access, not health data: exported only when named.
 _NOT_BY_DEFAULT = frozenset({"AuditEvent"})
 
@@ -39,6 +43,9 @@ class ExportRequest:
     queries: dict[str, list[SearchQuery]] = field(default_factory=dict)
     since: str | None = None
     profile: str | None = None
+    patients: tuple[str, ...] = ()  # ``patient``: only these compartments (ids)
+    # Named types that cannot be exported at this level, with why: each gets an OperationOutcome in error[].
+    refused: dict[str, str] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)  # as asked, kept with the job
 
 
@@ -91,13 +98,21 @@ def parse_kickoff(
             raise FhirError("_deidentify: de-identified export is not configured on this server"
                             " (bulk_export.deidentify_key)", status=400, code="not-supported",
                             expression=["_deidentify"])
+    patients = _patients(values.get("patient", []), level)
     if level == "system":
         candidates = [t for t in sorted(RESOURCE_TYPES) if t not in _NOT_BY_DEFAULT]
     else:  # a compartment holds Patients and what can refer to them
         linked = parser.registry.patient_linked()
         candidates = [t for t in sorted(RESOURCE_TYPES) if t in linked and t not in _NOT_BY_DEFAULT]
     types = list(dict.fromkeys(named)) if named else [t for t in candidates if access.can(t, "s")]
-    request = ExportRequest(level=level, group=group, since=since, profile=profile)
+    request = ExportRequest(level=level, group=group, since=since, profile=profile, patients=patients)
+    if level != "system":
+        # A type outside the Patient compartment has nothing in one: say so in error[], not by silence.
+        linked = parser.registry.patient_linked()
+        for rtype in [t for t in types if t != "Patient" and t not in linked]:
+            request.refused[rtype] = (f"{rtype} is not in the Patient compartment: a {level}-level export"
+                                      " has none of it")
+            types.remove(rtype)
     for raw in values.get("_typeFilter", []):
         rtype, mark, query_string = raw.partition("?")
         if not mark or rtype not in RESOURCE_TYPES:
@@ -117,8 +132,51 @@ def parse_kickoff(
         if rtype not in request.queries:
             request.queries[rtype] = [_parse(parser, access, rtype, since_items)]
     request.params = {"level": level, "group": group, "types": named or None, "since": since,
-                      "typeFilter": values.get("_typeFilter") or None, "deidentify": profile}
+                      "typeFilter": values.get("_typeFilter") or None, "deidentify": profile,
+                      "patient": list(patients) or None}
     return request
+
+
+def parameters_items(body: Any) -> list[tuple[str, str]]:
+    """The kick-off parameters of a POST ``$export``'s FHIR ``Parameters`` body, as (name, value)
+    pairs like a query string's (``patient`` as the reference); 400 naming the part at fault."""
+    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
+        raise FhirError("a POST $export takes a FHIR Parameters resource", status=400, code="invalid",
+                        expression=["Parameters"])
+    items: list[tuple[str, str]] = []
+    for index, part in enumerate(body.get("parameter") or []):
+        where = f"Parameters.parameter[{index}]"
+        name = part.get("name") if isinstance(part, dict) else None
+        if not isinstance(name, str):
+            raise FhirError(f"{where}.name is required", status=400, code="required", expression=[f"{where}.name"])
+        if name == "patient":
+            reference = (part.get("valueReference") or {}).get("reference")
+            if not isinstance(reference, str):
+                raise FhirError(f"{where}: patient takes a valueReference to a Patient", status=400, code="invalid",
+                                expression=[f"{where}.valueReference"])
+            items.append((name, reference))
+            continue
+        value = next((part[key] for key in _VALUE_KEYS if isinstance(part.get(key), str)), None)
+        if value is None:
+            raise FhirError(f"{where}: {name[:64]} takes a valueString (or valueInstant/valueCode)", status=400,
+                            code="invalid", expression=[f"{where}"])
+        items.append((name, value))
+    return items
+
+
+def _patients(references: list[str], level: str) -> tuple[str, ...]:
+    """The Patient ids of the ``patient`` parameter (Patient- and Group-level exports only)."""
+    if references and level == "system":
+        raise FhirError("patient: only a Patient- or Group-level export takes patients", status=400, code="invalid",
+                        expression=["patient"])
+    ids: list[str] = []
+    for reference in (ref.strip() for raw in references for ref in raw.split(",") if ref.strip()):
+        match = _PATIENT_REF.match(reference)
+        if match is None:
+            raise FhirError(f"patient: {reference[:80]!r} is not a reference Patient/<id>", status=400,
+                            code="invalid", expression=["patient"])
+        ids.append(match.group(1))
+    return tuple(dict.fromkeys(ids))
 
 
 def _parse(parser: QueryParser, access: SearchAccess, rtype: str, items: list[tuple[str, str]]) -> SearchQuery:

@@ -15,7 +15,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -179,7 +179,7 @@ class BulkExporter:
         files = NdjsonFiles(folder, self.settings.max_file_bytes, self.settings.max_file_resources)
         job = replace(job, status="running")
         beat = [0.0]
-        scope = None if request.level == "system" else ExportScope(group=request.group)
+        scope = None if request.level == "system" else ExportScope(group=request.group, patients=request.patients)
         transform = self._transform(request)
         total = 0
         try:
@@ -198,9 +198,10 @@ class BulkExporter:
                 total += count
                 job = self._heartbeat(job, run, beat, f"{done + 1}/{len(types)} types; {total} resources")
             output = files.close()
+            errors = _error_file(folder, request.refused)
             now = datetime.now(UTC)
             finished = replace(job, status="done", updated=now, expires=now + self._retention(),
-                               progress=f"done: {total} resources", output=tuple(output))
+                               progress=f"done: {total} resources", output=tuple(output), error=errors)
             if not self.store.export_update(finished):
                 raise _Stop
             log.info("export %s done: %d resources in %d files", job.job_id, total, len(output))
@@ -268,6 +269,18 @@ class BulkExporter:
         if request.params.get("policy_deidentify"):
             return deidentify
         return None
+
+
+def _error_file(folder: Path, refused: Mapping[str, str]) -> tuple[dict[str, Any], ...]:
+    """One NDJSON file of OperationOutcomes, one per type that could not be exported (none: no file)."""
+    if not refused:
+        return ()
+    lines = [orjson.dumps({"resourceType": "OperationOutcome", "issue": [
+        {"severity": "error", "code": "not-supported", "diagnostics": why, "expression": [rtype]}]})
+        for rtype, why in sorted(refused.items())]
+    name = "errors-OperationOutcome.ndjson"  # NdjsonFiles names are <Type>-<n>.ndjson: no clash
+    (folder / name).write_bytes(b"\n".join(lines) + b"\n")
+    return ({"type": "OperationOutcome", "file": name, "count": len(lines)},)
 
 
 def manifest(job: ExportJob, base: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from .base import Change as Change
 from .base import ChangeFeed as ChangeFeed
 from .base import ChangeOp as ChangeOp
 from .base import ClientRegistry as ClientRegistry
+from .base import DestinationIds as DestinationIds
 from .base import ExportJob as ExportJob
 from .base import ExportScope as ExportScope
 from .base import LoggedMessage as LoggedMessage

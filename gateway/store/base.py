@@ -450,6 +450,26 @@ class PullCursors(Protocol):
         ...
 
 
+class DestinationIds(Protocol):
+    """The ids destinations assigned to delivered resources (servers that assign their own, like OpenMRS).
+
+    A ref (``Type/id``) recorded without an id is a create that was sent but not confirmed:
+    the next attempt looks for it at the destination before creating it again.
+    """
+
+    def destination_ids(self, destination: str, refs: Sequence[str]) -> dict[str, str | None]:
+        """The recorded id of each of ``refs`` that has a row (None: a create not yet confirmed)."""
+        ...
+
+    def set_destination_id(self, destination: str, ref: str, remote_id: str | None) -> None:
+        """Record the destination's id of ``ref`` (None: a create is about to be sent)."""
+        ...
+
+    def forget_destination_id(self, destination: str, ref: str) -> None:
+        """Forget ``ref`` at ``destination`` (deleted there)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class MessageEntry:
     """One line of the message log: a record received (``kind`` received/replayed) or a delivery
@@ -536,6 +556,7 @@ class ExportScope:
     (``group`` None) or of the Patients a Group lists as members."""
 
     group: str | None = None
+    patients: tuple[str, ...] = ()  # only these Patients' compartments (within the group, if any)
 
 
 class BulkExports(Protocol):
@@ -576,7 +597,7 @@ class BulkExports(Protocol):
 
 class Store(
     ResourceStore, ChangeFeed, ClientRegistry, QuarantineStore, AuditTrail, MessageLog, RunClaims, PullCursors,
-    BulkExports, Protocol,
+    DestinationIds, BulkExports, Protocol,
 ):
     """The whole store, as ``open_store`` returns it: every part above plus its lifecycle."""
 

@@ -91,13 +91,16 @@ class ExportJobs:
                 query.policy = self.resolve_policy(cur, query.policy)
             where, params = where_clause(query)
             if scope is not None:
-                if scope.group is None:
-                    members, member_params = "", []
-                    own = "r.rtype = 'Patient'"
-                else:
-                    members, member_params = f" AND x.tid IN ({_MEMBERS})", [scope.group]
-                    own = f"(r.rtype = 'Patient' AND r.id IN ({_MEMBERS}))"
+                members, own, member_params = "", "r.rtype = 'Patient'", []
+                if scope.group is not None:
+                    members, own = f" AND x.tid IN ({_MEMBERS})", f"(r.rtype = 'Patient' AND r.id IN ({_MEMBERS}))"
                     member_params = [scope.group, scope.group]
+                if scope.patients:
+                    marks = ", ".join("?" for _ in scope.patients)
+                    members += f" AND x.tid IN ({marks})"
+                    own = f"({own} AND r.id IN ({marks}))"
+                    # The own-row test comes first in the SQL, then the reference test.
+                    member_params = [*member_params[:1], *scope.patients, *member_params[1:], *scope.patients]
                 where += f" AND ({own} OR {_REFERS.format(members=members)})"
                 params.extend(member_params)
             # The row id and the stored JSON only: an export writes the bytes as they are.

@@ -184,6 +184,15 @@ MIGRATIONS: tuple[Migration, ...] = (
                 updated {FLOAT} NOT NULL)""",
         ),
     ),
+    Migration(
+        15,
+        "destination ids: the id a destination assigned to each resource delivered there (OpenMRS assigns its"
+        " own); a row without one marks a create that was sent and not yet confirmed",
+        (
+            """CREATE TABLE destination_ids (destination TEXT NOT NULL, rtype TEXT NOT NULL, id TEXT NOT NULL,
+                remote_id TEXT, updated {FLOAT} NOT NULL, PRIMARY KEY (destination, rtype, id))""",
+        ),
+    ),
 )
 
 

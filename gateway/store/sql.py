@@ -602,6 +602,43 @@ class SqlStore(ExportJobs):
                 (source, cursor, time.time()),
             )  # fmt: skip
 
+    # -- destination ids ---------------------------------------------------------------------
+    def destination_ids(self, destination: str, refs: Sequence[str]) -> dict[str, str | None]:
+        """The ids ``destination`` assigned to ``refs`` (None: a create sent, not confirmed)."""
+        found: dict[str, str | None] = {}
+        wanted = [ref.split("/", 1) for ref in dict.fromkeys(refs) if "/" in ref]
+        with self._read_cursor() as cur:
+            for start in range(0, len(wanted), 200):
+                chunk = wanted[start : start + 200]
+                pairs = " OR ".join("(rtype = ? AND id = ?)" for _ in chunk)
+                cur.execute(
+                    self.q(f"SELECT rtype, id, remote_id FROM destination_ids WHERE destination = ? AND ({pairs})"),
+                    (destination, *(part for pair in chunk for part in pair)),
+                )
+                for rtype, rid, remote in cur.fetchall():
+                    found[f"{rtype}/{rid}"] = None if remote is None else str(remote)
+        return found
+
+    def set_destination_id(self, destination: str, ref: str, remote_id: str | None) -> None:
+        """Record the id ``destination`` assigned to ``ref`` (None marks a create about to be sent)."""
+        rtype, rid = ref.split("/", 1)
+        with self._write_cursor() as cur:
+            cur.execute(
+                self.q("INSERT INTO destination_ids (destination, rtype, id, remote_id, updated) VALUES (?, ?, ?, ?, ?)"
+                       " ON CONFLICT (destination, rtype, id) DO UPDATE SET remote_id = excluded.remote_id,"
+                       " updated = excluded.updated"),
+                (destination, rtype, rid, remote_id, time.time()),
+            )  # fmt: skip
+
+    def forget_destination_id(self, destination: str, ref: str) -> None:
+        """Forget the id ``destination`` assigned to ``ref``."""
+        rtype, rid = ref.split("/", 1)
+        with self._write_cursor() as cur:
+            cur.execute(
+                self.q("DELETE FROM destination_ids WHERE destination = ? AND rtype = ? AND id = ?"),
+                (destination, rtype, rid),
+            )
+
     # -- message log -------------------------------------------------------------------------
     _MESSAGE_COLUMNS = "at, kind, channel, status, patient, subject, ref, detail"
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from gateway.api.app import create_app
@@ -295,3 +296,77 @@ async def test_the_capability_statement_declares_the_operations(api: ApiHarness)
     assert "export" in [op["name"] for op in by_type["Patient"]["operation"]]
     assert [op["name"] for op in by_type["Group"]["operation"]] == ["export"]
     assert "_deidentify" in rest["operation"][0]["documentation"]
+
+
+def parameters(*parts: tuple[str, str]) -> dict[str, Any]:
+    """A kick-off ``Parameters`` body; ``patient`` parts as references, the others as strings."""
+    return {"resourceType": "Parameters", "parameter": [
+        {"name": name, "valueReference": {"reference": value}} if name == "patient" else
+        {"name": name, "valueString": value} for name, value in parts]}  # fmt: skip
+
+
+async def post_export(client: httpx.AsyncClient, path: str, *parts: tuple[str, str]) -> dict[str, Any]:
+    """Kick off with POST and a Parameters body; the manifest once done."""
+    response = await client.post(path, json=parameters(*parts), headers=ASYNC)
+    assert response.status_code == 202, response.text
+    return await wait_done(client, response.headers["Content-Location"])
+
+
+async def test_a_post_kick_off_takes_a_parameters_body(api: ApiHarness) -> None:
+    client = api.with_scopes("system/*.rs")
+    manifest = await post_export(client, "/fhir/$export", ("_type", "Observation"),
+                                 ("_typeFilter", "Observation?code=HIV-POS"),
+                                 ("_outputFormat", "application/fhir+ndjson"))
+    exported = await download(client, manifest)
+    assert sorted(r["id"] for r in exported["Observation"]) == ["oa1", "oa3", "oa5", "ob1", "ob3", "ob5"]
+    assert manifest["request"].endswith("/$export") and manifest["error"] == []
+
+
+async def test_the_patient_parameter_limits_patient_and_group_exports_to_those_compartments(api: ApiHarness) -> None:
+    client = api.with_scopes("system/*.rs")
+    two = await download(client, await post_export(client, "/fhir/Patient/$export",
+                                                   ("patient", "Patient/pa1"), ("patient", "Patient/pb2")))
+    assert ids(two) == {"Patient/pa1", "Observation/oa1", "Encounter/ea1", "Patient/pb2", "Observation/ob2",
+                        "Group/g1"}
+    # Within a Group, only the listed members: pa3 is no member, so nothing of theirs.
+    members = await download(client, await post_export(client, "/fhir/Group/g1/$export",
+                                                       ("patient", "Patient/pa1"), ("patient", "Patient/pa3")))
+    assert ids(members) == {"Patient/pa1", "Observation/oa1", "Encounter/ea1", "Group/g1"}
+    typed = await download(client, await post_export(client, "/fhir/Patient/$export", ("_type", "Observation"),
+                                                     ("patient", "Patient/pb4")))
+    assert ids(typed) == {"Observation/ob4"}
+
+
+@pytest.mark.parametrize(("path", "body", "where"), [
+    ("/fhir/$export", {"resourceType": "Bundle"}, "Parameters"),
+    ("/fhir/$export", parameters(("patient", "Patient/pa1")), "patient"),
+    ("/fhir/Patient/$export", parameters(("patient", "Observation/oa1")), "patient"),
+    ("/fhir/Patient/$export", {"resourceType": "Parameters", "parameter": [{"name": "patient", "valueString": "x"}]},
+     "Parameters.parameter[0].valueReference"),
+    ("/fhir/Patient/$export", {"resourceType": "Parameters", "parameter": [{"name": "_type"}]},
+     "Parameters.parameter[0]"),
+    ("/fhir/Patient/$export", parameters(("_elements", "id")), "_elements"),
+])  # fmt: skip
+async def test_invalid_post_kick_offs_get_an_operation_outcome_naming_the_part(
+    api: ApiHarness, path: str, body: dict[str, Any], where: str
+) -> None:
+    response = await api.with_scopes("system/*.rs").post(path, json=body, headers=ASYNC)
+    assert response.status_code == 400, response.text
+    outcome = response.json()
+    assert outcome["resourceType"] == "OperationOutcome" and outcome["issue"][0]["expression"] == [where]
+
+
+async def test_a_type_a_compartment_export_cannot_hold_is_reported_in_the_error_files(api: ApiHarness) -> None:
+    client = api.with_scopes("system/*.rs")
+    manifest = await wait_done(client, await kick_off(client, "/fhir/Patient/$export", _type="Patient,Organization"))
+    assert [item["type"] for item in manifest["output"]] == ["Patient"] * len(manifest["output"])
+    [error] = manifest["error"]
+    assert error["type"] == "OperationOutcome" and error["count"] == 1
+    response = await client.get(error["url"])
+    assert response.status_code == 200 and response.headers["content-type"].startswith("application/fhir+ndjson")
+    [line] = response.content.splitlines()
+    outcome = orjson.loads(line)
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert outcome["issue"][0]["expression"] == ["Organization"] and "compartment" in outcome["issue"][0]["diagnostics"]
+    system = await wait_done(client, await kick_off(client, _type="Organization"))
+    assert system["error"] == [] and len(system["output"]) == 1  # a system export has every type
