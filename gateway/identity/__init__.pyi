@@ -16,3 +16,17 @@ from .rules import load_rules_dir as load_rules_dir
 from .scoring import Comparison as Comparison
 from .scoring import Grade as Grade
 from .scoring import compare as compare
+from .decision import Decision as Decision
+from .decision import IdentityDecisionError as IdentityDecisionError
+from .golden import golden_id as golden_id
+from .merge import merge as merge
+from .merge import unmerge as unmerge
+from .review import STATUSES as STATUSES
+from .review import ReviewPair as ReviewPair
+from .review import accept as accept
+from .review import list_pairs as list_pairs
+from .review import reject as reject
+from .review import show_pair as show_pair
+from .review import unlink as unlink
+from .survivorship import survive as survive
+from .survivorship_rules import Survivorship as Survivorship

@@ -25,11 +25,12 @@ from typing import Any
 
 import orjson
 
+from gateway.identity.golden import Writes, refresh
 from gateway.identity.index import CandidateIndex
 from gateway.identity.normalise import Features, features
 from gateway.identity.rules import Rules
 from gateway.identity.scoring import Comparison, Grade, compare
-from gateway.store import KEPT_LINK_EXTENSION, Store, StoreTransaction
+from gateway.store import KEPT_LINK_EXTENSION, Store, StoreTransaction, is_golden
 
 log = logging.getLogger("gateway.identity")
 
@@ -66,17 +67,20 @@ class IdentityEngine:
         live = {res.id: res for res in self.store.read_many([("Patient", pid) for pid in ids])}
         links: list[tuple[str, str, Comparison]] = []
         reviews: list[tuple[str, str, Comparison]] = []
+        changed: list[str] = []  # Patients whose compared values changed: their golden records are redone
         matched = 0
         for pid in ids:
             res = live.get(pid)
-            if res is None or res.deleted:
+            body = None if res is None or res.deleted else orjson.loads(res.content)
+            if body is None or is_golden(body):  # golden records are the gateway's own, never matched
                 self.index.remove(pid)
                 continue
-            found = features(orjson.loads(res.content), self.rules)
+            found = features(body, self.rules)
             if self.index.get(pid) == found:
                 continue  # a link we wrote, a write-back, or unchanged content: nothing to match again
             self.index.add(found)
             matched += 1
+            changed.append(pid)
             for other, result in self.index.matches(found):
                 if result.grade is Grade.CERTAIN:
                     links.append((pid, other, result))
@@ -90,6 +94,9 @@ class IdentityEngine:
                 for a, b, result in reviews:
                     _review(tx, a, b, result)
             log.info("identity matched=%d links=%d reviews=%d", matched, len(links), len(reviews))
+        if changed:
+            with self.store.transaction() as tx:
+                refresh(Writes(tx), self.rules, changed)
         return matched
 
     def match(self, resource: dict[str, Any], count: int) -> list[tuple[str, Comparison]]:
@@ -135,7 +142,10 @@ def review_task_id(a: str, b: str) -> str:
 
 
 def _review(tx: StoreTransaction, a: str, b: str, result: Comparison) -> None:
-    """Write (or leave as it is) the review Task of a pair."""
+    """Write (or leave as it is) the review Task of a pair; a pair a reviewer decided stays decided."""
+    current = tx.read("Task", review_task_id(a, b))
+    if current is not None and not current.deleted and orjson.loads(current.content).get("status") != "requested":
+        return
     first, second = sorted((a, b))
     evidence = [
         {"type": {"text": f"level:{name}"}, "valueString": level}

@@ -1,0 +1,198 @@
+"""Golden records: one gateway-owned Patient per person, built from the source Patients linked to it.
+
+A person is a cluster: the source Patients joined by the gateway's kept links (``seealso``
+between records the matcher or a reviewer linked, ``replaces``/``replaced-by`` after a merge).
+Each cluster has one golden Patient (``meta.tag`` ``urn:chw-gateway:identity|golden``):
+
+* its elements come from the members by the rule file's ``survivorship`` (a merged-away record,
+  one with ``replaced-by``, contributes nothing while another member does);
+* it links to every member with ``seealso`` (FHIR R4: "may contain additional information
+  about the person"), and every member links to it with ``refer`` ("not considered the main
+  source of information … the link points forward to another patient resource that should be
+  consulted"), a kept link like the matcher's;
+* its id is stable: a new cluster's golden id comes from its smallest member id, a cluster
+  keeps the golden its members already refer to, and when two clusters join the preferred
+  (else the smallest) golden stays while the other is retired: ``active: false`` and
+  ``replaced-by`` the survivor, which ``replaces`` it. When a cluster splits (a link rejected),
+  the part holding the smallest member keeps the golden and the other gets a new one.
+
+Golden Patients are never matched (the engine skips them) and are written only here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+
+from gateway.identity.rules import Rules
+from gateway.identity.survivorship import survive
+from gateway.store import (
+    GOLDEN_TAG_CODE,
+    GOLDEN_TAG_SYSTEM,
+    KEPT_LINK_EXTENSION,
+    StoredResource,
+    StoreTransaction,
+    is_golden,
+    is_kept_link,
+    linked_ids,
+)
+
+_NS = uuid.UUID("0d7f2a51-9c2e-4b8a-a0f4-3e6b1c9d5a27")
+#: Kept link types that join source records into one person.
+_JOINING = ("seealso", "replaces", "replaced-by")
+JsonObject = dict[str, Any]
+
+
+def golden_id(member: str) -> str:
+    """The id of the golden record a cluster whose smallest member is ``member`` starts with."""
+    return str(uuid.uuid5(_NS, member))
+
+
+def kept_link(link_type: str, target: str, evidence: str) -> JsonObject:
+    """A ``Patient.link`` the gateway keeps (a source re-sending its record does not drop it)."""
+    return {
+        "extension": [{"url": KEPT_LINK_EXTENSION, "valueString": evidence}],
+        "other": {"reference": f"Patient/{target}"},
+        "type": link_type,
+    }
+
+
+class Writes:
+    """The writes of one identity decision in one transaction, with the version each resource had
+    before its first write there (what an undo restores)."""
+
+    def __init__(self, tx: StoreTransaction) -> None:
+        self.tx = tx
+        self.before: dict[tuple[str, str], int | None] = {}
+        self.written: dict[tuple[str, str], StoredResource] = {}
+
+    def read(self, rtype: str, rid: str) -> JsonObject | None:
+        """The live resource, or None."""
+        current = self.tx.read(rtype, rid)
+        if current is None or current.deleted:
+            return None
+        body: JsonObject = orjson.loads(current.content)
+        return body
+
+    def write(self, body: JsonObject) -> StoredResource:
+        """Store ``body`` as the new version of its resource."""
+        key = (str(body["resourceType"]), str(body["id"]))
+        if key not in self.before:
+            current = self.tx.read(*key)
+            self.before[key] = None if current is None else current.version
+        result = self.tx.update(body)
+        self.written[key] = result.resource
+        return result.resource
+
+    def delete(self, rtype: str, rid: str) -> None:
+        """Delete a resource written by this decision's undo (a golden record it created)."""
+        key = (rtype, rid)
+        if key not in self.before:
+            current = self.tx.read(rtype, rid)
+            self.before[key] = None if current is None else current.version
+        gone = self.tx.delete(rtype, rid)
+        if gone is not None:
+            self.written[key] = gone
+
+
+def _same(current: JsonObject, body: JsonObject) -> bool:
+    """Equal apart from version metadata."""
+    def plain(resource: JsonObject) -> JsonObject:
+        meta = {k: v for k, v in (resource.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
+        return {**resource, "meta": meta}
+
+    return plain(current) == plain(body)
+
+
+def refresh(writes: Writes, rules: Rules, pids: Iterable[str], prefer: str | None = None) -> None:
+    """Bring the golden records of the clusters of ``pids`` (source Patient ids) up to date;
+    ``prefer`` is the golden a joined cluster keeps (a merge keeps the survivor's)."""
+    seen: set[str] = set()
+    clusters: list[dict[str, JsonObject]] = []
+    for pid in sorted(set(pids)):
+        if pid in seen:
+            continue
+        body = writes.read("Patient", pid)
+        if body is None or is_golden(body):
+            continue
+        members = _cluster(writes, pid, body)
+        seen |= members.keys()
+        clusters.append(members)
+    claimed: set[str] = set()
+    for members in sorted(clusters, key=min):
+        _settle(writes, rules, members, claimed, prefer)
+
+
+def _cluster(writes: Writes, pid: str, body: JsonObject) -> dict[str, JsonObject]:
+    """The live source Patients joined to ``pid`` by kept links, by id."""
+    members = {pid: body}
+    todo = [pid]
+    while todo:
+        for other in linked_ids(members[todo.pop()], *_JOINING):
+            if other in members:
+                continue
+            found = writes.read("Patient", other)
+            if found is not None and not is_golden(found):
+                members[other] = found
+                todo.append(other)
+    return members
+
+
+def _settle(
+    writes: Writes, rules: Rules, members: dict[str, JsonObject], claimed: set[str], prefer: str | None
+) -> None:
+    """Write the cluster's golden record, retire the goldens it replaces, point every member at it."""
+    referred = sorted({g for body in members.values() for g in linked_ids(body, "refer")} - claimed)
+    live = {g: body for g in referred if (body := writes.read("Patient", g)) is not None
+            and is_golden(body) and not linked_ids(body, "replaced-by")}  # fmt: skip
+    if prefer in live:
+        gid = prefer
+    elif live:
+        gid = min(live)
+    else:
+        gid = golden_id(min(members))
+        if gid in claimed:  # the other part of a split cluster holds this id already
+            gid = golden_id("|".join(sorted(members)))
+    claimed.add(gid)
+    retired = [g for g in live if g != gid and g not in claimed]
+    current = live.get(gid) or writes.read("Patient", gid)
+    replaces = [link for link in (current or {}).get("link") or [] if link.get("type") == "replaces"]
+    replaces += [{"other": {"reference": f"Patient/{g}"}, "type": "replaces"} for g in retired
+                 if {"other": {"reference": f"Patient/{g}"}, "type": "replaces"} not in replaces]  # fmt: skip
+    body = _golden(gid, members, rules, replaces)
+    if current is None or not _same(current, body):
+        writes.write(body)
+    for g in retired:
+        claimed.add(g)
+        old = live[g]
+        writes.write({**old, "active": False,
+                      "link": [{"other": {"reference": f"Patient/{gid}"}, "type": "replaced-by"}]})  # fmt: skip
+    for _, member in sorted(members.items()):
+        _point(writes, member, gid)
+
+
+def _golden(gid: str, members: dict[str, JsonObject], rules: Rules, replaces: list[JsonObject]) -> JsonObject:
+    """The golden Patient of ``members``."""
+    current = [m for m in members.values() if not linked_ids(m, "replaced-by")] or list(members.values())
+    elements = survive(current, rules.survivorship, rules.phone_suffix_digits)
+    links = [{"other": {"reference": f"Patient/{mid}"}, "type": "seealso"} for mid in sorted(members)]
+    return {
+        "resourceType": "Patient",
+        "id": gid,
+        "meta": {"tag": [{"system": GOLDEN_TAG_SYSTEM, "code": GOLDEN_TAG_CODE, "display": "golden record"}]},
+        "active": True,
+        **elements,
+        "link": links + replaces,
+    }
+
+
+def _point(writes: Writes, member: JsonObject, gid: str) -> None:
+    """Give a member one kept ``refer`` link, to ``gid`` (nothing written when it has it already)."""
+    if linked_ids(member, "refer") == [gid]:
+        return
+    links = [link for link in member.get("link") or [] if not (is_kept_link(link) and link.get("type") == "refer")]
+    links.append(kept_link("refer", gid, "golden record"))
+    writes.write({**member, "link": links})
