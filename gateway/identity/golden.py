@@ -121,9 +121,40 @@ def refresh(writes: Writes, rules: Rules, pids: Iterable[str], prefer: str | Non
         members = _cluster(writes, pid, body)
         seen |= members.keys()
         clusters.append(members)
+    chosen = _assign(writes, clusters, prefer)
+    for members, gid in zip(clusters, chosen, strict=True):
+        _settle(writes, rules, members, gid, set(chosen))
+
+
+def _assign(writes: Writes, clusters: list[dict[str, JsonObject]], prefer: str | None) -> list[str]:
+    """The golden id of each cluster: one its members refer to, the cluster's own first (after a
+    split the part holding the golden's original member keeps it, the other part gets its own back)."""
+    referred = [{g for body in members.values() for g in linked_ids(body, "refer")} for members in clusters]
+    own = [{golden_id(mid) for mid in members} for members in clusters]
+    order = sorted(range(len(clusters)), key=lambda i: (not (referred[i] & own[i]), min(clusters[i])))
     claimed: set[str] = set()
-    for members in sorted(clusters, key=min):
-        _settle(writes, rules, members, claimed, prefer)
+    chosen: dict[int, str] = {}
+    for i in order:
+        live = sorted(g for g in referred[i] - claimed if _active_golden(writes, g))
+        mine = sorted((referred[i] & own[i]) - claimed)
+        if prefer in live:
+            gid = prefer
+        elif mine and mine[0] in live:
+            gid = mine[0]
+        elif live:
+            gid = live[0]
+        elif own[i] - claimed:
+            gid = min(own[i] - claimed)  # a new cluster, or the part of a split that gets its old golden back
+        else:
+            gid = golden_id("|".join(sorted(clusters[i])))
+        claimed.add(gid)
+        chosen[i] = gid
+    return [chosen[i] for i in range(len(clusters))]
+
+
+def _active_golden(writes: Writes, gid: str) -> bool:
+    body = writes.read("Patient", gid)
+    return body is not None and is_golden(body) and not linked_ids(body, "replaced-by")
 
 
 def _cluster(writes: Writes, pid: str, body: JsonObject) -> dict[str, JsonObject]:
@@ -141,33 +172,21 @@ def _cluster(writes: Writes, pid: str, body: JsonObject) -> dict[str, JsonObject
     return members
 
 
-def _settle(
-    writes: Writes, rules: Rules, members: dict[str, JsonObject], claimed: set[str], prefer: str | None
-) -> None:
-    """Write the cluster's golden record, retire the goldens it replaces, point every member at it."""
-    referred = sorted({g for body in members.values() for g in linked_ids(body, "refer")} - claimed)
-    live = {g: body for g in referred if (body := writes.read("Patient", g)) is not None
-            and is_golden(body) and not linked_ids(body, "replaced-by")}  # fmt: skip
-    if prefer in live:
-        gid = prefer
-    elif live:
-        gid = min(live)
-    else:
-        gid = golden_id(min(members))
-        if gid in claimed:  # the other part of a split cluster holds this id already
-            gid = golden_id("|".join(sorted(members)))
-    claimed.add(gid)
-    retired = [g for g in live if g != gid and g not in claimed]
-    current = live.get(gid) or writes.read("Patient", gid)
-    replaces = [link for link in (current or {}).get("link") or [] if link.get("type") == "replaces"]
-    replaces += [{"other": {"reference": f"Patient/{g}"}, "type": "replaces"} for g in retired
-                 if {"other": {"reference": f"Patient/{g}"}, "type": "replaces"} not in replaces]  # fmt: skip
+def _settle(writes: Writes, rules: Rules, members: dict[str, JsonObject], gid: str, chosen: set[str]) -> None:
+    """Write the cluster's golden record, retire the other goldens its members referred to (unless
+    another cluster keeps them), point every member at it."""
+    retired = sorted({g for body in members.values() for g in linked_ids(body, "refer")} - chosen)
+    retired = [g for g in retired if _active_golden(writes, g)]
+    current = writes.read("Patient", gid)
+    replaces = [link for link in (current or {}).get("link") or [] if link.get("type") == "replaces"
+                and (link.get("other") or {}).get("reference", "").partition("/")[2] not in chosen]  # fmt: skip
+    replaces += [link for g in retired
+                 if (link := {"other": {"reference": f"Patient/{g}"}, "type": "replaces"}) not in replaces]
     body = _golden(gid, members, rules, replaces)
     if current is None or not _same(current, body):
         writes.write(body)
     for g in retired:
-        claimed.add(g)
-        old = live[g]
+        old = writes.read("Patient", g) or {}
         writes.write({**old, "active": False,
                       "link": [{"other": {"reference": f"Patient/{gid}"}, "type": "replaced-by"}]})  # fmt: skip
     for _, member in sorted(members.items()):
