@@ -96,7 +96,7 @@ class IdentityEngine:
             log.info("identity matched=%d links=%d reviews=%d", matched, len(links), len(reviews))
         if changed:
             with self.store.transaction() as tx:
-                refresh(Writes(tx), self.rules, changed)
+                refresh(Writes(tx, self.store), self.rules, changed)
         return matched
 
     def match(self, resource: dict[str, Any], count: int) -> list[tuple[str, Comparison]]:

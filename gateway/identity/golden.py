@@ -29,12 +29,15 @@ import orjson
 
 from gateway.identity.rules import Rules
 from gateway.identity.survivorship import survive
+from gateway.search import format_instant
 from gateway.store import (
     GOLDEN_TAG_CODE,
     GOLDEN_TAG_SYSTEM,
     KEPT_LINK_EXTENSION,
+    ResourceStore,
     StoredResource,
     StoreTransaction,
+    hash_body,
     is_golden,
     is_kept_link,
     linked_ids,
@@ -43,6 +46,7 @@ from gateway.store import (
 _NS = uuid.UUID("0d7f2a51-9c2e-4b8a-a0f4-3e6b1c9d5a27")
 #: Kept link types that join source records into one person.
 _JOINING = ("seealso", "replaces", "replaced-by")
+_HISTORY = 20  # versions read back to find when a record's content last changed
 JsonObject = dict[str, Any]
 
 
@@ -64,8 +68,9 @@ class Writes:
     """The writes of one identity decision in one transaction, with the version each resource had
     before its first write there (what an undo restores)."""
 
-    def __init__(self, tx: StoreTransaction) -> None:
+    def __init__(self, tx: StoreTransaction, store: ResourceStore) -> None:
         self.tx = tx
+        self.store = store
         self.before: dict[tuple[str, str], int | None] = {}
         self.written: dict[tuple[str, str], StoredResource] = {}
 
@@ -87,6 +92,18 @@ class Writes:
         self.written[key] = result.resource
         return result.resource
 
+    def changed_at(self, body: JsonObject) -> str:
+        """When a Patient's content last changed: the gateway's own writes (links, DHIS2 UIDs)
+        do not count, so "most recent" means the record a source changed last."""
+        versions, _ = self.store.history("Patient", str(body["id"]), count=_HISTORY)
+        mine = _content_hash(body)
+        when = str((body.get("meta") or {}).get("lastUpdated", ""))
+        for version in versions:
+            if version.deleted or _content_hash(orjson.loads(version.content)) != mine:
+                break
+            when = format_instant(round(version.last_updated.timestamp(), 3))
+        return when
+
     def delete(self, rtype: str, rid: str) -> None:
         """Delete a resource written by this decision's undo (a golden record it created)."""
         key = (rtype, rid)
@@ -96,6 +113,10 @@ class Writes:
         gone = self.tx.delete(rtype, rid)
         if gone is not None:
             self.written[key] = gone
+
+
+def _content_hash(body: JsonObject) -> str:
+    return hash_body({k: v for k, v in body.items() if k != "meta"})
 
 
 def _same(current: JsonObject, body: JsonObject) -> bool:
@@ -182,7 +203,7 @@ def _settle(writes: Writes, rules: Rules, members: dict[str, JsonObject], gid: s
                 and (link.get("other") or {}).get("reference", "").partition("/")[2] not in chosen]  # fmt: skip
     replaces += [link for g in retired
                  if (link := {"other": {"reference": f"Patient/{g}"}, "type": "replaces"}) not in replaces]
-    body = _golden(gid, members, rules, replaces)
+    body = _golden(gid, members, rules, replaces, writes)
     if current is None or not _same(current, body):
         writes.write(body)
     for g in retired:
@@ -193,9 +214,12 @@ def _settle(writes: Writes, rules: Rules, members: dict[str, JsonObject], gid: s
         _point(writes, member, gid)
 
 
-def _golden(gid: str, members: dict[str, JsonObject], rules: Rules, replaces: list[JsonObject]) -> JsonObject:
+def _golden(
+    gid: str, members: dict[str, JsonObject], rules: Rules, replaces: list[JsonObject], writes: Writes
+) -> JsonObject:
     """The golden Patient of ``members``."""
     current = [m for m in members.values() if not linked_ids(m, "replaced-by")] or list(members.values())
+    current = [{**m, "meta": {**(m.get("meta") or {}), "lastUpdated": writes.changed_at(m)}} for m in current]
     elements = survive(current, rules.survivorship, rules.phone_suffix_digits)
     links = [{"other": {"reference": f"Patient/{mid}"}, "type": "seealso"} for mid in sorted(members)]
     return {

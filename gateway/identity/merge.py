@@ -29,7 +29,7 @@ def merge(store: Store, rules: Rules, survivor: str, loser: str, client: str) ->
         raise conflict("a Patient cannot be merged into itself")
     pid = str(uuid.uuid4())
     with store.transaction() as tx:
-        writes = Writes(tx)
+        writes = Writes(tx, store)
         kept, gone = _mergeable(writes, survivor), _mergeable(writes, loser)
         note = f"{_NOTE}{pid}"
         writes.write({**gone, "link": [*(gone.get("link") or []), kept_link("replaced-by", survivor, note)]})
@@ -77,7 +77,7 @@ def unmerge(store: Store, rules: Rules, loser: str, client: str) -> Decision:
     created = [ref for target in merged.get("target") or []
                if (ref := target["reference"].rsplit("/_history/", 1)[0]) not in before]  # fmt: skip
     with store.transaction() as tx:
-        writes = Writes(tx)
+        writes = Writes(tx, store)
         for old_body in restored:
             writes.write(old_body)
         for ref in created:

@@ -113,7 +113,7 @@ def _values(patient: JsonObject) -> dict[str, str]:
 def accept(store: Store, rules: Rules, task_id: str, client: str) -> Decision:
     """Link the pair of a review Task: one person, one golden record."""
     with store.transaction() as tx:
-        writes = Writes(tx)
+        writes = Writes(tx, store)
         task, first, second = _task(writes, task_id)
         for a, b in ((first, second), (second, first)):
             body = _patient(writes, a)
@@ -128,7 +128,7 @@ def accept(store: Store, rules: Rules, task_id: str, client: str) -> Decision:
 def reject(store: Store, rules: Rules, task_id: str, client: str) -> Decision:
     """Keep the pair of a review Task apart: their links (if any) go, their golden record splits."""
     with store.transaction() as tx:
-        writes = Writes(tx)
+        writes = Writes(tx, store)
         task, first, second = _task(writes, task_id)
         return _apart(writes, rules, task, first, second, client)
 
@@ -139,7 +139,7 @@ def unlink(store: Store, rules: Rules, first: str, second: str, client: str) -> 
         raise conflict("a Patient is not linked to itself")
     a, b = sorted((first, second))
     with store.transaction() as tx:
-        writes = Writes(tx)
+        writes = Writes(tx, store)
         for pid in (a, b):
             _patient(writes, pid)
         task = writes.read("Task", review_task_id(a, b)) or {
