@@ -201,15 +201,13 @@ def _settle(writes: Writes, rules: Rules, members: dict[str, JsonObject], gid: s
     current = writes.read("Patient", gid)
     replaces = [link for link in (current or {}).get("link") or [] if link.get("type") == "replaces"
                 and (link.get("other") or {}).get("reference", "").partition("/")[2] not in chosen]  # fmt: skip
-    replaces += [link for g in retired
-                 if (link := {"other": {"reference": f"Patient/{g}"}, "type": "replaces"}) not in replaces]
+    replaces += [link for g in retired if (link := kept_link("replaces", g, "clusters joined")) not in replaces]
     body = _golden(gid, members, rules, replaces, writes)
     if current is None or not _same(current, body):
         writes.write(body)
     for g in retired:
         old = writes.read("Patient", g) or {}
-        writes.write({**old, "active": False,
-                      "link": [{"other": {"reference": f"Patient/{gid}"}, "type": "replaced-by"}]})  # fmt: skip
+        writes.write({**old, "active": False, "link": [kept_link("replaced-by", gid, "clusters joined")]})
     for _, member in sorted(members.items()):
         _point(writes, member, gid)
 
@@ -221,7 +219,7 @@ def _golden(
     current = [m for m in members.values() if not linked_ids(m, "replaced-by")] or list(members.values())
     current = [{**m, "meta": {**(m.get("meta") or {}), "lastUpdated": writes.changed_at(m)}} for m in current]
     elements = survive(current, rules.survivorship, rules.phone_suffix_digits)
-    links = [{"other": {"reference": f"Patient/{mid}"}, "type": "seealso"} for mid in sorted(members)]
+    links = [kept_link("seealso", mid, "member") for mid in sorted(members)]
     return {
         "resourceType": "Patient",
         "id": gid,

@@ -155,3 +155,26 @@ async def test_merge_and_unmerge_round_trip_exactly(gw: Harness) -> None:
         "/fhir/AuditEvent", params={"patient": f"Patient/{amina}", "_count": "50"})).json()
     codes = [e["resource"]["subtype"][0]["code"] for e in events.get("entry", [])]
     assert codes.count("identity-merge") == 1 and codes.count("identity-unmerge") == 1
+
+
+async def test_everything_of_a_golden_record_includes_every_linked_records_data(gw: Harness) -> None:
+    commcare = _patient_id(await _ingest(gw, "commcare", commcare_case()))
+    cht = _patient_id(await _ingest(gw, "cht", cht_person(**WILFRID_ON_CHT)))
+    aisha = _patient_id(await _ingest(gw, "cht", cht_person()))
+    writer = gw.client("system/Observation.cruds")
+    made = []
+    for pid in (commcare, cht, aisha):
+        obs = {"resourceType": "Observation", "status": "final", "code": {"text": "weight"},
+               "subject": {"reference": f"Patient/{pid}"}, "valueQuantity": {"value": 60, "unit": "kg"}}
+        created = await writer.post("/fhir/Observation", json=obs, headers={"Content-Type": "application/fhir+json"})
+        assert created.status_code == 201, created.text
+        made.append(created.json()["id"])
+    golden = _golden_of(await _patient(gw, commcare))
+    bundle = (await gw.fhir.get(f"/fhir/Patient/{golden}/$everything")).json()
+    found = {(e["resource"]["resourceType"], e["resource"]["id"]) for e in bundle["entry"]}
+    assert {("Observation", made[0]), ("Observation", made[1])} <= found
+    assert ("Observation", made[2]) not in found  # another person's
+    assert {("Patient", golden), ("Patient", commcare), ("Patient", cht)} <= found
+    # a source record's own $everything is unchanged: its own data only
+    own = (await gw.fhir.get(f"/fhir/Patient/{cht}/$everything")).json()
+    assert ("Observation", made[0]) not in {(e["resource"]["resourceType"], e["resource"]["id"]) for e in own["entry"]}
