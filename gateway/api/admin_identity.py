@@ -27,7 +27,17 @@ from gateway.api.auth import require_scope
 from gateway.api.context import ctx_of
 from gateway.auth import Principal
 from gateway.errors import FhirError
-from gateway.identity import Decision, IdentityEngine, accept, list_pairs, merge, reject, show_pair, unlink, unmerge
+from gateway.identity import (
+    Decision,
+    IdentityEngine,
+    accept,
+    list_pairs,
+    merge_records,
+    reject,
+    show_pair,
+    unlink,
+    unmerge_record,
+)
 
 __all__ = ["router"]
 
@@ -122,7 +132,7 @@ async def unlink_pair(request: Request, body: _Unlink, principal: Admin) -> Resp
 async def merge_patients(request: Request, body: _Merge, principal: Admin) -> Response:
     """``loser`` is replaced by ``survivor``; both stay addressable."""
     engine = _engine(request)
-    decision = await ctx_of(request).write(merge, engine.store, engine.rules, body.survivor, body.loser,
+    decision = await ctx_of(request).write(merge_records, engine.store, engine.rules, body.survivor, body.loser,
                                            principal.name)
     return _decided(request, decision)
 
@@ -131,5 +141,5 @@ async def merge_patients(request: Request, body: _Merge, principal: Admin) -> Re
 async def unmerge_patient(request: Request, body: _Unmerge, principal: Admin) -> Response:
     """Every record the merge wrote goes back to its version before the merge."""
     engine = _engine(request)
-    decision = await ctx_of(request).write(unmerge, engine.store, engine.rules, body.patient, principal.name)
+    decision = await ctx_of(request).write(unmerge_record, engine.store, engine.rules, body.patient, principal.name)
     return _decided(request, decision)

@@ -23,7 +23,7 @@ from gateway.store import Store, is_golden, is_kept_link, linked_ids
 _NOTE = "merge Provenance/"
 
 
-def merge(store: Store, rules: Rules, survivor: str, loser: str, client: str) -> Decision:
+def merge_records(store: Store, rules: Rules, survivor: str, loser: str, client: str) -> Decision:
     """Merge ``loser`` into ``survivor`` (two source Patients) and record it."""
     if survivor == loser:
         raise conflict("a Patient cannot be merged into itself")
@@ -51,7 +51,7 @@ def _mergeable(writes: Writes, rid: str) -> dict[str, Any]:
     return body
 
 
-def unmerge(store: Store, rules: Rules, loser: str, client: str) -> Decision:
+def unmerge_record(store: Store, rules: Rules, loser: str, client: str) -> Decision:
     """Undo the merge of ``loser``: every record it wrote goes back to its version before the merge."""
     current = store.read("Patient", loser)
     if current is None or current.deleted:

@@ -76,7 +76,8 @@ def _most_frequent(element: str, having: list[JsonObject], rules: Survivorship) 
 def _source_priority(element: str, having: list[JsonObject], rules: Survivorship) -> JsonObject:
     def rank(member: JsonObject) -> int:
         source = str((member.get("meta") or {}).get("source", ""))
-        return next((i for i, p in enumerate(rules.source_priority) if source.startswith(p)), len(rules.source_priority))
+        ranks = (i for i, prefix in enumerate(rules.source_priority) if source.startswith(prefix))
+        return next(ranks, len(rules.source_priority))
 
     return min(having, key=rank)  # min keeps the first (most recent) of equal rank
 

@@ -23,7 +23,8 @@ def _golden_of(patient: dict[str, Any]) -> str:
 
 
 async def _goldens(gw: Harness) -> list[dict[str, Any]]:
-    found = (await gw.fhir.get("/fhir/Patient", params={"_tag": f"{GOLDEN_TAG_SYSTEM}|golden", "active": "true"})).json()
+    params = {"_tag": f"{GOLDEN_TAG_SYSTEM}|golden", "active": "true"}
+    found = (await gw.fhir.get("/fhir/Patient", params=params)).json()
     return [e["resource"] for e in found.get("entry", [])]
 
 
