@@ -39,6 +39,7 @@ from gateway.store import (
     StoreTransaction,
     hash_body,
     is_golden,
+    is_kept_identifier,
     is_kept_link,
     linked_ids,
 )
@@ -120,10 +121,12 @@ def _content_hash(body: JsonObject) -> str:
 
 
 def _same(current: JsonObject, body: JsonObject) -> bool:
-    """Equal apart from version metadata."""
+    """Equal apart from version metadata and identifiers another writer keeps (a DHIS2 UID written
+    back onto a golden record: the store keeps it on every new version)."""
     def plain(resource: JsonObject) -> JsonObject:
         meta = {k: v for k, v in (resource.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
-        return {**resource, "meta": meta}
+        identifiers = [i for i in resource.get("identifier") or [] if not is_kept_identifier(i)]
+        return {**resource, "meta": meta, "identifier": identifiers}
 
     return plain(current) == plain(body)
 

@@ -26,7 +26,7 @@ import orjson
 
 from gateway.identity.normalise import ESTIMATED_BIRTHDATE
 from gateway.identity.survivorship_rules import Survivorship
-from gateway.store import KEPT_IDENTIFIER_TYPE
+from gateway.store import is_kept_identifier
 
 _LISTS = frozenset({"name", "identifier", "telecom", "address", "communication"})
 _DIGITS = re.compile(r"\D+")
@@ -108,7 +108,7 @@ def _union(element: str, having: list[JsonObject], digits: int) -> Any:
     out: list[Any] = []
     for member in having:
         for item in member[element] if isinstance(member[element], list) else [member[element]]:
-            if element == "identifier" and _is_kept(item):
+            if element == "identifier" and is_kept_identifier(item):
                 continue  # a writer's identifier on one source record (a DHIS2 UID) is that record's own
             key = _entry_key(element, item, digits)
             if key not in seen:
@@ -123,11 +123,6 @@ def _entry_key(element: str, item: Any, digits: int) -> str:
     if isinstance(item, dict) and element == "telecom":
         return f"{item.get('system')}|{_DIGITS.sub('', str(item.get('value', '')))[-digits:]}"
     return _key(item)
-
-
-def _is_kept(identifier: Any) -> bool:
-    codings = ((identifier.get("type") or {}).get("coding") or []) if isinstance(identifier, dict) else []
-    return any(isinstance(c, dict) and c.get("system") == KEPT_IDENTIFIER_TYPE for c in codings)
 
 
 def _key(value: Any) -> str:
