@@ -15,14 +15,15 @@ from typing import Any
 
 from gateway.connectors.dhis2.sources import ResourceSource
 from gateway.connectors.dhis2.uids import derive_uid
+from gateway.errors import ConnectorError
 from gateway.store import is_golden, linked_ids
 
 JsonObject = dict[str, Any]
 _MAX_HOPS = 10  # retired golden records chained by replaced-by (each merge adds one)
 
 
-class PersonPendingError(Exception):
-    """Internal signal: the Patient has no golden record yet (turned into ``Dhis2PendingError``)."""
+class PersonPendingError(ConnectorError):
+    """The Patient has no golden record yet (the transformer turns it into ``Dhis2PendingError``: retry)."""
 
 
 def person_of(patient: JsonObject, source: ResourceSource) -> tuple[str, JsonObject]:
