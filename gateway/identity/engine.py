@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from gateway.identity.golden import Writes, refresh
+from gateway.identity.golden import Writes, forget, refresh
 from gateway.identity.index import CandidateIndex
 from gateway.identity.normalise import Features, features
 from gateway.identity.rules import Rules
@@ -68,11 +68,14 @@ class IdentityEngine:
         links: list[tuple[str, str, Comparison]] = []
         reviews: list[tuple[str, str, Comparison]] = []
         changed: list[str] = []  # Patients whose compared values changed: their golden records are redone
+        gone: list[str] = []  # Patients deleted: their golden records lose them
         matched = 0
         for pid in ids:
             res = live.get(pid)
             body = None if res is None or res.deleted else orjson.loads(res.content)
             if body is None or is_golden(body):  # golden records are the gateway's own, never matched
+                if body is None and self.index.get(pid) is not None:
+                    gone.append(pid)
                 self.index.remove(pid)
                 continue
             found = features(body, self.rules)
@@ -89,14 +92,19 @@ class IdentityEngine:
         if links or reviews:
             with self.store.transaction() as tx:
                 for a, b, result in links:
+                    if _rejected(tx, a, b):
+                        continue  # a reviewer kept this pair apart: matching again does not undo that
                     _link(tx, a, b, result)
                     _link(tx, b, a, result)
                 for a, b, result in reviews:
                     _review(tx, a, b, result)
             log.info("identity matched=%d links=%d reviews=%d", matched, len(links), len(reviews))
-        if changed:
+        if changed or gone:
             with self.store.transaction() as tx:
-                refresh(Writes(tx, self.store), self.rules, changed)
+                writes = Writes(tx, self.store)
+                for pid in gone:
+                    forget(writes, self.rules, pid)
+                refresh(writes, self.rules, changed)
         return matched
 
     def match(self, resource: dict[str, Any], count: int) -> list[tuple[str, Comparison]]:
@@ -134,6 +142,12 @@ def _link(tx: StoreTransaction, pid: str, other: str, result: Comparison) -> Non
     })  # fmt: skip
     body["link"] = links
     tx.update(body)
+
+
+def _rejected(tx: StoreTransaction, a: str, b: str) -> bool:
+    """Whether a reviewer rejected the pair (its review Task is ``rejected``)."""
+    task = tx.read("Task", review_task_id(a, b))
+    return task is not None and not task.deleted and orjson.loads(task.content).get("status") == "rejected"
 
 
 def review_task_id(a: str, b: str) -> str:

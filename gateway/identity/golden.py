@@ -29,7 +29,7 @@ import orjson
 
 from gateway.identity.rules import Rules
 from gateway.identity.survivorship import survive
-from gateway.search import format_instant
+from gateway.search import QueryParser, default_registry, format_instant
 from gateway.store import (
     GOLDEN_TAG_CODE,
     GOLDEN_TAG_SYSTEM,
@@ -48,6 +48,7 @@ _NS = uuid.UUID("0d7f2a51-9c2e-4b8a-a0f4-3e6b1c9d5a27")
 #: Kept link types that join source records into one person.
 _JOINING = ("seealso", "replaces", "replaced-by")
 _HISTORY = 20  # versions read back to find when a record's content last changed
+_LINKERS = 100  # Patients linking to one record (its golden record and the records linked to it)
 JsonObject = dict[str, Any]
 
 
@@ -179,6 +180,21 @@ def _assign(writes: Writes, clusters: list[dict[str, JsonObject]], prefer: str |
 def _active_golden(writes: Writes, gid: str) -> bool:
     body = writes.read("Patient", gid)
     return body is not None and is_golden(body) and not linked_ids(body, "replaced-by")
+
+
+def forget(writes: Writes, rules: Rules, pid: str) -> None:
+    """A source Patient was deleted: its golden record is redone from the others, or deleted with
+    the last of them."""
+    query = QueryParser(default_registry(), _LINKERS, _LINKERS).parse("Patient", [("link", f"Patient/{pid}")])
+    for found in writes.tx.search(query).resources:
+        body: JsonObject = orjson.loads(found.content)
+        if not is_golden(body) or linked_ids(body, "replaced-by"):
+            continue
+        others = [mid for mid in linked_ids(body, "seealso") if mid != pid and writes.read("Patient", mid)]
+        if others:
+            refresh(writes, rules, others, prefer=found.id)
+        else:
+            writes.delete("Patient", found.id)
 
 
 def _cluster(writes: Writes, pid: str, body: JsonObject) -> dict[str, JsonObject]:

@@ -179,3 +179,25 @@ async def test_everything_of_a_golden_record_includes_every_linked_records_data(
     # a source record's own $everything is unchanged: its own data only
     own = (await gw.fhir.get(f"/fhir/Patient/{cht}/$everything")).json()
     assert ("Observation", made[0]) not in {(e["resource"]["resourceType"], e["resource"]["id"]) for e in own["entry"]}
+
+
+async def test_a_deleted_record_leaves_its_golden_record_and_a_rejected_pair_stays_apart(gw: Harness) -> None:
+    commcare = _patient_id(await _ingest(gw, "commcare", commcare_case()))
+    cht = _patient_id(await _ingest(gw, "cht", cht_person(**WILFRID_ON_CHT)))
+    admin, writer = gw.client("admin"), gw.client("system/Patient.cruds")
+    unlinked = await admin.post("/admin/identity/unlink", json={"patients": [commcare, cht]})
+    assert unlinked.status_code == 200, unlinked.text
+    assert _links(await _patient(gw, commcare), "seealso") == [] and len(await _goldens(gw)) == 2
+    # the CHT record changes: it is matched again, and the pair the reviewer split stays split
+    await _ingest(gw, "cht", cht_person(**{**WILFRID_ON_CHT, "phone": "3700 0001"}))
+    assert _links(await _patient(gw, cht), "seealso") == []
+    (pair,) = (await admin.get("/admin/identity/reviews", params={"status": "rejected"})).json()["items"]
+    assert sorted(pair["patients"]) == sorted([commcare, cht])
+
+    assert (await admin.post(f"/admin/identity/reviews/{pair['id']}/accept")).status_code == 200
+    golden = _golden_of(await _patient(gw, cht))
+    assert _golden_of(await _patient(gw, commcare)) == golden and len(await _goldens(gw)) == 1
+    assert (await writer.delete(f"/fhir/Patient/{cht}")).status_code in (200, 204)
+    assert _links(await _patient(gw, golden), "seealso") == [commcare]
+    assert (await writer.delete(f"/fhir/Patient/{commcare}")).status_code in (200, 204)
+    assert (await gw.fhir.get(f"/fhir/Patient/{golden}")).status_code == 410
