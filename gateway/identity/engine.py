@@ -155,18 +155,15 @@ def review_task_id(a: str, b: str) -> str:
     return str(uuid.uuid5(_TASK_NS, "|".join(sorted((a, b)))))
 
 
-def _review(tx: StoreTransaction, a: str, b: str, result: Comparison) -> None:
-    """Write (or leave as it is) the review Task of a pair; a pair a reviewer decided stays decided."""
-    current = tx.read("Task", review_task_id(a, b))
-    if current is not None and not current.deleted and orjson.loads(current.content).get("status") != "requested":
-        return
+def review_task(a: str, b: str, result: Comparison) -> dict[str, Any]:
+    """The review Task of a pair (``requested``), with the score and the level of every field."""
     first, second = sorted((a, b))
     evidence = [
         {"type": {"text": f"level:{name}"}, "valueString": level}
         for name, level in sorted(result.levels.items())
         if level is not None
     ]
-    task = {
+    return {
         "resourceType": "Task",
         "id": review_task_id(a, b),
         "status": "requested",
@@ -176,4 +173,12 @@ def _review(tx: StoreTransaction, a: str, b: str, result: Comparison) -> None:
         "focus": {"reference": f"Patient/{second}"},
         "input": [{"type": {"text": "score"}, "valueDecimal": round(result.score, 2)}, *evidence],
     }
+
+
+def _review(tx: StoreTransaction, a: str, b: str, result: Comparison) -> None:
+    """Write (or leave as it is) the review Task of a pair; a pair a reviewer decided stays decided."""
+    current = tx.read("Task", review_task_id(a, b))
+    if current is not None and not current.deleted and orjson.loads(current.content).get("status") != "requested":
+        return
+    task = review_task(a, b, result)
     tx.update(task, skip_unchanged=True)

@@ -16,9 +16,11 @@ from typing import Any
 import orjson
 
 from gateway.identity.decision import Decision, conflict, not_found, record
-from gateway.identity.engine import REVIEW_TASK_CODE, REVIEW_TASK_SYSTEM, review_task_id
+from gateway.identity.engine import REVIEW_TASK_CODE, REVIEW_TASK_SYSTEM, review_task, review_task_id
 from gateway.identity.golden import Writes, kept_link, refresh
+from gateway.identity.normalise import features
 from gateway.identity.rules import Rules
+from gateway.identity.scoring import compare
 from gateway.search import QueryParser, default_registry
 from gateway.store import Store, StoredResource, is_golden, is_kept_link, linked_ids
 
@@ -140,13 +142,9 @@ def unlink(store: Store, rules: Rules, first: str, second: str, client: str) -> 
     a, b = sorted((first, second))
     with store.transaction() as tx:
         writes = Writes(tx, store)
-        for pid in (a, b):
-            _patient(writes, pid)
-        task = writes.read("Task", review_task_id(a, b)) or {
-            "resourceType": "Task", "id": review_task_id(a, b), "status": "requested", "intent": "proposal",
-            "code": {"coding": [{"system": REVIEW_TASK_SYSTEM, "code": REVIEW_TASK_CODE}], "text": "Same person?"},
-            "for": {"reference": f"Patient/{a}"}, "focus": {"reference": f"Patient/{b}"},
-        }  # fmt: skip
+        first_body, second_body = _patient(writes, a), _patient(writes, b)
+        task = writes.read("Task", review_task_id(a, b)) or review_task(
+            a, b, compare(features(first_body, rules), features(second_body, rules), rules))
         return _apart(writes, rules, task, a, b, client)
 
 
