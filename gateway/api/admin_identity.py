@@ -92,7 +92,7 @@ async def list_reviews(
 ) -> Response:
     """Review pairs, best score first, with the evidence per field."""
     engine = _engine(request)
-    pairs = await ctx_of(request).query(list_pairs, engine.store, status, limit)
+    pairs = await ctx_of(request).query(list_pairs, engine.store, engine.rules, status, limit)
     return _json({"items": [pair.to_json() for pair in pairs]})
 
 
@@ -100,7 +100,7 @@ async def list_reviews(
 async def read_review(request: Request, task: str, principal: Admin) -> Response:
     """One review pair with the evidence per field."""
     engine = _engine(request)
-    return _json((await ctx_of(request).query(show_pair, engine.store, task)).to_json())
+    return _json((await ctx_of(request).query(show_pair, engine.store, engine.rules, task)).to_json())
 
 
 @router.post("/reviews/{task}/accept", summary="Accept a review pair (link the records)")

@@ -110,7 +110,7 @@ def list_command(
     if status != "all" and status not in STATUSES:
         fail(f"--status: one of {', '.join([*STATUSES, 'all'])}")
     with _engine(config, dev) as engine:
-        pairs = list_pairs(engine.store, status, limit)
+        pairs = list_pairs(engine.store, engine.rules, status, limit)
     if as_json:
         for pair in pairs:
             typer.echo(orjson.dumps(pair.to_json()).decode())
@@ -127,7 +127,7 @@ def show_command(pair: str, config: ConfigOption = None, dev: DevOption = False)
 
     with _engine(config, dev) as engine:
         try:
-            found = show_pair(engine.store, pair)
+            found = show_pair(engine.store, engine.rules, pair)
         except GatewayError as exc:
             fail(str(exc), 1)
     _table([found])

@@ -107,7 +107,7 @@ class Writes:
         return when
 
     def delete(self, rtype: str, rid: str) -> None:
-        """Delete a resource written by this decision's undo (a golden record it created)."""
+        """Delete a resource (a golden record an undo takes back, or one whose last record went)."""
         key = (rtype, rid)
         if key not in self.before:
             current = self.tx.read(rtype, rid)

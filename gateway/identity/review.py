@@ -18,7 +18,7 @@ import orjson
 from gateway.identity.decision import Decision, conflict, not_found, record
 from gateway.identity.engine import REVIEW_TASK_CODE, REVIEW_TASK_SYSTEM, review_task, review_task_id
 from gateway.identity.golden import Writes, kept_link, refresh
-from gateway.identity.normalise import features
+from gateway.identity.normalise import HOUSEHOLD_LOCATION, features
 from gateway.identity.rules import Rules
 from gateway.identity.scoring import compare
 from gateway.search import QueryParser, default_registry
@@ -59,26 +59,26 @@ class ReviewPair:
         }  # fmt: skip
 
 
-def list_pairs(store: Store, status: str = "pending", limit: int = 100) -> list[ReviewPair]:
+def list_pairs(store: Store, rules: Rules, status: str = "pending", limit: int = 100) -> list[ReviewPair]:
     """Review pairs of ``status`` (pending, accepted, rejected or all), best score first."""
     items = [("code", f"{REVIEW_TASK_SYSTEM}|{REVIEW_TASK_CODE}")]
     if status != "all":
         items.append(("status", STATUSES[status]))
     query = QueryParser(default_registry(), limit, limit).parse("Task", items)
     found = store.search(query).resources
-    pairs = [_pair(store, task) for task in found]
+    pairs = [_pair(store, rules, task) for task in found]
     return sorted(pairs, key=lambda p: (-(p.score or 0.0), p.task))
 
 
-def show_pair(store: Store, task_id: str) -> ReviewPair:
+def show_pair(store: Store, rules: Rules, task_id: str) -> ReviewPair:
     """One review pair with its evidence."""
     task = store.read("Task", task_id)
     if task is None or task.deleted or REVIEW_TASK_CODE.encode() not in task.content:
         raise not_found(f"review pair {task_id}")
-    return _pair(store, task)
+    return _pair(store, rules, task)
 
 
-def _pair(store: Store, task: StoredResource) -> ReviewPair:
+def _pair(store: Store, rules: Rules, task: StoredResource) -> ReviewPair:
     body = orjson.loads(task.content)
     first = str(body["for"]["reference"]).partition("/")[2]
     second = str(body["focus"]["reference"]).partition("/")[2]
@@ -86,19 +86,19 @@ def _pair(store: Store, task: StoredResource) -> ReviewPair:
               if str(i.get("type", {}).get("text", "")).startswith("level:")}  # fmt: skip
     score = next((i.get("valueDecimal") for i in body.get("input") or [] if i["type"].get("text") == "score"), None)
     records = {r.id: orjson.loads(r.content) for r in store.read_many([("Patient", first), ("Patient", second)])}
-    a, b = _values(records.get(first, {})), _values(records.get(second, {}))
+    a, b = _values(records.get(first, {}), rules), _values(records.get(second, {}), rules)
     evidence = [Evidence(name, levels.get(name), a.get(name, ""), b.get(name, "")) for name in _FIELDS
                 if name in levels or a.get(name) or b.get(name)]  # fmt: skip
     status = next((name for name, code in STATUSES.items() if code == body.get("status")), str(body.get("status")))
     return ReviewPair(task.id, status, first, second, score, evidence)
 
 
-def _values(patient: JsonObject) -> dict[str, str]:
+def _values(patient: JsonObject, rules: Rules) -> dict[str, str]:
     """What a reviewer compares, as text (shown to administrators only, never logged)."""
     names = [n for n in patient.get("name") or [] if isinstance(n, dict)]
     name = names[0] if names else {}
     extensions = [e.get("valueReference", {}).get("reference", "") for e in patient.get("extension") or []
-                  if isinstance(e, dict) and "household" in str(e.get("url", ""))]  # fmt: skip
+                  if isinstance(e, dict) and e.get("url") == HOUSEHOLD_LOCATION]  # fmt: skip
     address = next((a for a in patient.get("address") or [] if isinstance(a, dict)), {})
     return {
         "given": " ".join(name.get("given") or []),
@@ -108,7 +108,7 @@ def _values(patient: JsonObject) -> dict[str, str]:
         "phone": ", ".join(t.get("value", "") for t in patient.get("telecom") or [] if t.get("system") == "phone"),
         "location": next(iter(extensions), "") or str(address.get("district") or address.get("city") or ""),
         "national_id": ", ".join(f"{i.get('system')}|{i.get('value')}" for i in patient.get("identifier") or []
-                                 if isinstance(i, dict) and "national" in str(i.get("system", ""))),
+                                 if isinstance(i, dict) and i.get("system") in rules.national_id_systems),
     }  # fmt: skip
 
 

@@ -33,7 +33,7 @@ async def reviews(request: Request) -> Response:
     status = request.query_params.get("status") or "pending"
     if status not in _SHOWN:
         status = "pending"
-    pairs = await ctx_of(request).query(list_pairs, engine.store, status, PAGE_SIZE)
+    pairs = await ctx_of(request).query(list_pairs, engine.store, engine.rules, status, PAGE_SIZE)
     return page(request, "identity.html", pairs=pairs, status=status, statuses=_SHOWN,
                 notice=request.query_params.get("notice"))
 
