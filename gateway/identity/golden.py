@@ -84,12 +84,17 @@ class Writes:
         body: JsonObject = orjson.loads(current.content)
         return body
 
+    def _remember(self, rtype: str, rid: str) -> tuple[str, str]:
+        """Note the version a resource has before this decision first writes it."""
+        key = (rtype, rid)
+        if key not in self.before:
+            current = self.tx.read(rtype, rid)
+            self.before[key] = None if current is None else current.version
+        return key
+
     def write(self, body: JsonObject) -> StoredResource:
         """Store ``body`` as the new version of its resource."""
-        key = (str(body["resourceType"]), str(body["id"]))
-        if key not in self.before:
-            current = self.tx.read(*key)
-            self.before[key] = None if current is None else current.version
+        key = self._remember(str(body["resourceType"]), str(body["id"]))
         result = self.tx.update(body)
         self.written[key] = result.resource
         return result.resource
@@ -108,10 +113,7 @@ class Writes:
 
     def delete(self, rtype: str, rid: str) -> None:
         """Delete a resource (a golden record an undo takes back, or one whose last record went)."""
-        key = (rtype, rid)
-        if key not in self.before:
-            current = self.tx.read(rtype, rid)
-            self.before[key] = None if current is None else current.version
+        key = self._remember(rtype, rid)
         gone = self.tx.delete(rtype, rid)
         if gone is not None:
             self.written[key] = gone
