@@ -74,6 +74,13 @@ def _engine(request: Request) -> IdentityEngine:
     return engine
 
 
+def _asked(request: Request, *patients: str) -> None:
+    """Note the Patients a decision names before it runs, so a refused one is audited with them."""
+    record = note_of(request)
+    if record is not None:
+        record.patients.update(patients)
+
+
 def _decided(request: Request, decision: Decision) -> Response:
     record = note_of(request)
     if record is not None:
@@ -124,6 +131,7 @@ async def unlink_pair(request: Request, body: _Unlink, principal: Admin) -> Resp
     """Reject a pair the matcher linked on its own."""
     engine = _engine(request)
     first, second = body.patients
+    _asked(request, first, second)
     decision = await ctx_of(request).write(unlink, engine.store, engine.rules, first, second, principal.name)
     return _decided(request, decision)
 
@@ -132,6 +140,7 @@ async def unlink_pair(request: Request, body: _Unlink, principal: Admin) -> Resp
 async def merge_patients(request: Request, body: _Merge, principal: Admin) -> Response:
     """``loser`` is replaced by ``survivor``; both stay addressable."""
     engine = _engine(request)
+    _asked(request, body.survivor, body.loser)
     decision = await ctx_of(request).write(merge_records, engine.store, engine.rules, body.survivor, body.loser,
                                            principal.name)
     return _decided(request, decision)
@@ -141,5 +150,6 @@ async def merge_patients(request: Request, body: _Merge, principal: Admin) -> Re
 async def unmerge_patient(request: Request, body: _Unmerge, principal: Admin) -> Response:
     """Every record the merge wrote goes back to its version before the merge."""
     engine = _engine(request)
+    _asked(request, body.patient)
     decision = await ctx_of(request).write(unmerge_record, engine.store, engine.rules, body.patient, principal.name)
     return _decided(request, decision)

@@ -51,12 +51,19 @@ def _engine(config: ConfigOption, dev: bool) -> Iterator[IdentityEngine]:
         services.close_now()
 
 
-def _decide(engine: IdentityEngine, action: str, run: Callable[[str], Decision], by: str | None) -> None:
-    """Run a decision as ``by``, record its AuditEvent and print what it wrote."""
+def _decide(
+    engine: IdentityEngine, action: str, run: Callable[[str], Decision], by: str | None,
+    *, patients: tuple[str, ...] = (), pair: str | None = None,
+) -> None:
+    """Run a decision as ``by``, record its AuditEvent (naming the Patients or the pair asked
+    about, even when refused) and print what it wrote."""
     from gateway.audit import AccessRecord
 
     who = by or f"cli:{getpass.getuser()}"
     record = AccessRecord(time.time(), f"identity-{action}", "U", rest=False, client=who)
+    record.patients.update(patients)
+    if pair is not None:
+        record.objects.append(("identity-review", pair))
     try:
         decision = run(who)
     except GatewayError as exc:
@@ -139,7 +146,7 @@ def accept_command(pair: str, config: ConfigOption = None, dev: DevOption = Fals
     from gateway.identity import accept
 
     with _engine(config, dev) as engine:
-        _decide(engine, "accept", lambda who: accept(engine.store, engine.rules, pair, who), by)
+        _decide(engine, "accept", lambda who: accept(engine.store, engine.rules, pair, who), by, pair=pair)
 
 
 @review_app.command("reject")
@@ -148,7 +155,7 @@ def reject_command(pair: str, config: ConfigOption = None, dev: DevOption = Fals
     from gateway.identity import reject
 
     with _engine(config, dev) as engine:
-        _decide(engine, "reject", lambda who: reject(engine.store, engine.rules, pair, who), by)
+        _decide(engine, "reject", lambda who: reject(engine.store, engine.rules, pair, who), by, pair=pair)
 
 
 @review_app.command("merge")
@@ -159,7 +166,8 @@ def merge_command(
     from gateway.identity import merge_records
 
     with _engine(config, dev) as engine:
-        _decide(engine, "merge", lambda who: merge_records(engine.store, engine.rules, survivor, loser, who), by)
+        _decide(engine, "merge", lambda who: merge_records(engine.store, engine.rules, survivor, loser, who), by,
+                patients=(survivor, loser))
 
 
 @review_app.command("unmerge")
@@ -168,4 +176,17 @@ def unmerge_command(patient: str, config: ConfigOption = None, dev: DevOption = 
     from gateway.identity import unmerge_record
 
     with _engine(config, dev) as engine:
-        _decide(engine, "unmerge", lambda who: unmerge_record(engine.store, engine.rules, patient, who), by)
+        _decide(engine, "unmerge", lambda who: unmerge_record(engine.store, engine.rules, patient, who), by,
+                patients=(patient,))
+
+
+@review_app.command("unlink")
+def unlink_command(
+    first: str, second: str, config: ConfigOption = None, dev: DevOption = False, by: ByOption = None
+) -> None:
+    """Keep apart two Patients the matcher linked on its own (the pair is recorded as rejected)."""
+    from gateway.identity import unlink
+
+    with _engine(config, dev) as engine:
+        _decide(engine, "unlink", lambda who: unlink(engine.store, engine.rules, first, second, who), by,
+                patients=(first, second))

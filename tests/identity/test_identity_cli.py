@@ -85,6 +85,9 @@ def test_review_list_show_accept_reject_merge_unmerge(config: Path) -> None:
     after = _read(config, "Patient", amina)
     assert {**after, "meta": {}} == {**before, "meta": {}}
 
+    assert "link: recorded" in _run(config, "accept", pair["id"])
+    assert "unlink: recorded" in _run(config, "unlink", amina, aisha)
+    assert amina not in json.dumps(_read(config, "Patient", aisha)["link"])
     refused = runner.invoke(identity_app, ["review", "unmerge", amina, "--config", str(config)])
     assert refused.exit_code == 1 and "not merged" in refused.output
     store = open_store(f"sqlite:///{config.parent}/cli.db")
@@ -93,7 +96,8 @@ def test_review_list_show_accept_reject_merge_unmerge(config: Path) -> None:
         codes = [orjson.loads(r.content)["subtype"][0]["code"] for r in store.search(query).resources]
     finally:
         store.close()
-    assert sorted(codes) == ["identity-accept", "identity-merge", "identity-reject", "identity-unmerge"]
+    assert sorted(codes) == ["identity-accept", "identity-accept", "identity-merge", "identity-reject",
+                             "identity-unlink", "identity-unmerge", "identity-unmerge"]  # the refused one too
 
 
 def test_review_needs_identity_enabled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
