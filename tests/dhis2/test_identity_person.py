@@ -101,3 +101,18 @@ async def test_commcare_and_cht_records_of_one_person_are_one_tracked_entity(
     assert f"merge {gone} into {kept} by hand" in letter.detail
     assert (await sandbox_state(sandbox))["stored"]["tracked_entity"] == 2  # nothing deleted behind anyone's back
     assert json.loads(json.dumps(letter.resources)) == [f"Patient/{other_golden}"]
+
+
+async def test_per_record_the_same_two_records_are_two_tracked_entities(
+    api: ApiHarness, service_for: Any, sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    await ingest(api, [cht.area(), cht.household(1), {**cht.person(1), **WILFRID}])
+    located = await api.with_scopes("ingest:commcare").post(
+        "/ingest/commcare", content=sample("commcare", "tb-patient-case-located"),
+        headers={"Content-Type": "application/json"})
+    assert located.status_code == 200, located.text
+    service = service_for(destination(sandbox, tmp_path / "meta.json"))  # tracked_entity_per: record
+    await service.start()
+    service.notify()
+    await eventually(lambda: drained(service, api))
+    assert (await sandbox_state(sandbox))["stored"]["tracked_entity"] == 2

@@ -263,7 +263,9 @@ class TrackerTransformer:
         return patient
 
     def _person_plan(self, patient: JsonObject, source: ResourceSource, resolver: OrgUnitResolver) -> TrackerPlan:
-        if self.per_person and is_golden(patient):
+        if is_golden(patient):
+            if not self.per_person:
+                return TrackerPlan.skip("a golden record: with tracked_entity_per: record only source records are sent")
             note = hand_merge_note(patient, self.namespace)
             if note is not None:
                 raise Dhis2MappingError("merge", note, f"Patient/{patient['id']}")
