@@ -41,6 +41,7 @@ from gateway.store import Store
 
 from . import (
     admin_delivery,
+    admin_identity,
     admin_quarantine,
     admin_reload,
     bulk_export,
@@ -144,7 +145,8 @@ def create_app(
         app.add_middleware(metrics.FhirLatencyMiddleware)
     _install_error_handlers(app)
     for router in (health.router, fhir_match.router, fhir_read.router, fhir_write.router, ingest.router,
-                   admin_quarantine.router, admin_reload.router, admin_delivery.router, smart.router, metrics.router):
+                   admin_quarantine.router, admin_reload.router, admin_identity.router, admin_delivery.router,
+                   smart.router, metrics.router):
         app.include_router(router)
     # Reads dominate partner traffic; matching them first, as a plain Starlette route,
     # keeps them within reach of the framework's own ceiling (bench/read_search.py).

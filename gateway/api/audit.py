@@ -53,6 +53,13 @@ _ADMIN = {
     ("POST", "dead-letters/replay"): ("dead-letter-replay", "E", None),
     ("POST", "dead-letters/purge"): ("dead-letter-purge", "D", None),
     ("POST", "dead-letters/*/replay"): ("dead-letter-replay", "E", "dead-letter"),
+    ("GET", "identity/reviews"): ("identity-review-list", "R", None),
+    ("GET", "identity/reviews/*"): ("identity-review-read", "R", "identity-review"),
+    ("POST", "identity/reviews/*/accept"): ("identity-accept", "U", "identity-review"),
+    ("POST", "identity/reviews/*/reject"): ("identity-reject", "U", "identity-review"),
+    ("POST", "identity/unlink"): ("identity-unlink", "U", None),
+    ("POST", "identity/merge"): ("identity-merge", "U", None),
+    ("POST", "identity/unmerge"): ("identity-unmerge", "U", None),
 }
 #: Console paths with no data and no action: its files, the login form, and the tables htmx refreshes.
 _CONSOLE_UNAUDITED = frozenset({"static", "live", "login"})
@@ -214,6 +221,9 @@ def _admin(method: str, parts: list[str]) -> tuple[str, str, bool, tuple[str, st
     name = parts[1] if len(parts) > 1 else None
     if found is None and name is not None:
         found = _ADMIN.get((method, "/".join([parts[0], "*", *parts[2:]])))
+    if found is None and len(parts) > 2:  # a collection one level down: identity/reviews/{id}
+        name = parts[2]
+        found = _ADMIN.get((method, "/".join([*parts[:2], "*", *parts[3:]])))
     if found is None:  # an admin endpoint without its own code yet: still recorded
         return f"admin-{method.lower()}", "R" if method == "GET" else "E", False, None
     code, action, kind = found

@@ -25,7 +25,7 @@ from gateway.search import (
     date_range,
     non_negative_int,
 )
-from gateway.store import SearchResult, StoredResource
+from gateway.store import SearchResult, StoredResource, is_golden, linked_ids
 
 from .audit import note_of, note_patients, note_query
 from .auth import authenticate, require_fhir, row_filter, search_access
@@ -180,8 +180,14 @@ async def everything(request: Request, rid: str) -> Response:
     # Every resource in a visible Patient's compartment refers to that Patient, so the data
     # policy lets it through; the scopes still decide the types.
     types = search_access(request, principal).returnable(_EVERYTHING_TYPES)
+    # A golden record's compartment is its person's: every linked source record's too.
+    body = orjson.loads(patient.content)
+    linked = linked_ids(body, "seealso") if is_golden(body) else []
+    policy = row_filter(request, principal)
+    if linked and policy is not None and policy.applies_to("Patient"):
+        linked = sorted(await ctx.read(ctx.store.visible, policy, "Patient", linked))
     related, total = await ctx.query(ctx.store.compartment, "Patient", rid, count, offset,
-                                     _EVERYTHING_TYPES if types is None else types)
+                                     _EVERYTHING_TYPES if types is None else types, linked)
     matches = shown(principal, ([patient] if offset == 0 else []) + related)
     base = base_url(request)
     links = _page_links(f"{base}/Patient/{rid}/$everything", [], count, offset, total, len(related), None)

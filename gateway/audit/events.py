@@ -53,6 +53,7 @@ _ROLES = {
     "source": {"system": _ROLE, "code": "17", "display": "Data Repository"},
     "destination": {"system": _ROLE, "code": "16", "display": "Data Destination"},
     "dead-letter": {"system": _ROLE, "code": "20", "display": "Job"},
+    "identity-review": {"system": _ROLE, "code": "4", "display": "Domain Resource"},  # the pair's review Task
 }
 _CLIENT_ROLE = {"system": _DCM, "code": "110153", "display": "Source Role ID"}
 _SERVER_ROLE = {"system": _DCM, "code": "110152", "display": "Destination Role ID"}

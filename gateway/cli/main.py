@@ -19,6 +19,7 @@ import typer
 
 from gateway.cli.common import ConfigOption, DevOption, fail, mask_url, settings_from, where
 from gateway.cli.dhis2 import dhis2_app
+from gateway.cli.identity import identity_app
 from gateway.cli.mappings import mappings_app
 from gateway.cli.quarantine import quarantine_app
 from gateway.cli.queue import queue_app, worker_command
@@ -58,6 +59,7 @@ def _root(
 app.add_typer(clients_app, name="clients")
 app.add_typer(config_app, name="config")
 app.add_typer(conformance_app, name="conformance")
+app.add_typer(identity_app, name="identity")
 app.add_typer(mappings_app, name="mappings")
 app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(sandbox_app, name="sandbox")

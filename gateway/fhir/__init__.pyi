@@ -24,6 +24,7 @@ from .parse import parse_json as parse_json
 from .parse import require_resource as require_resource
 from .provenance import CLIENT_SYSTEM as CLIENT_SYSTEM
 from .provenance import activity_of as activity_of
+from .provenance import client_provenance as client_provenance
 from .provenance import record_activities as record_activities
 from .provenance import record_writes as record_writes
 from .retraction import can_retract_by_status as can_retract_by_status

@@ -3,7 +3,9 @@ same person's records (``Patient.link``), review tasks for doubtful pairs, ``Pat
 
 Modules: ``normalise`` (compared values), ``blocking`` (candidate keys), ``scoring``
 (deterministic rules and the Fellegi–Sunter weight), ``rules`` (the rule file), ``index``
-(candidates in memory), ``engine`` (the change-feed follower that writes links).
+(candidates in memory), ``engine`` (the change-feed follower that writes links), ``golden``
+(one golden Patient per person) with ``survivorship`` (which member's value wins), ``review``
+(accept/reject pairs) and ``merge`` (merge/unmerge), each decision recorded by ``decision``.
 """
 
 import lazy_loader

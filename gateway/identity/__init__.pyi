@@ -1,14 +1,26 @@
 """Typed surface of ``gateway.identity`` (loaded lazily by ``__init__.py``)."""
 
+from .decision import Decision as Decision
+from .decision import IdentityDecisionError as IdentityDecisionError
 from .engine import REVIEW_TASK_CODE as REVIEW_TASK_CODE
 from .engine import REVIEW_TASK_SYSTEM as REVIEW_TASK_SYSTEM
 from .engine import IdentityEngine as IdentityEngine
 from .engine import review_task_id as review_task_id
+from .golden import golden_id as golden_id
 from .index import CandidateIndex as CandidateIndex
+from .merge import merge_records as merge_records
+from .merge import unmerge_record as unmerge_record
 from .normalise import ESTIMATED_BIRTHDATE as ESTIMATED_BIRTHDATE
 from .normalise import Features as Features
 from .normalise import features as features
 from .normalise import fold as fold
+from .review import STATUSES as STATUSES
+from .review import ReviewPair as ReviewPair
+from .review import accept as accept
+from .review import list_pairs as list_pairs
+from .review import reject as reject
+from .review import show_pair as show_pair
+from .review import unlink as unlink
 from .rules import IdentityRuleError as IdentityRuleError
 from .rules import Rules as Rules
 from .rules import load_rules as load_rules
@@ -16,3 +28,5 @@ from .rules import load_rules_dir as load_rules_dir
 from .scoring import Comparison as Comparison
 from .scoring import Grade as Grade
 from .scoring import compare as compare
+from .survivorship import survive as survive
+from .survivorship_rules import Survivorship as Survivorship

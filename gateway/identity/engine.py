@@ -25,11 +25,12 @@ from typing import Any
 
 import orjson
 
+from gateway.identity.golden import Writes, forget, refresh
 from gateway.identity.index import CandidateIndex
 from gateway.identity.normalise import Features, features
 from gateway.identity.rules import Rules
 from gateway.identity.scoring import Comparison, Grade, compare
-from gateway.store import KEPT_LINK_EXTENSION, Store, StoreTransaction
+from gateway.store import KEPT_LINK_EXTENSION, Store, StoreTransaction, is_golden
 
 log = logging.getLogger("gateway.identity")
 
@@ -66,17 +67,23 @@ class IdentityEngine:
         live = {res.id: res for res in self.store.read_many([("Patient", pid) for pid in ids])}
         links: list[tuple[str, str, Comparison]] = []
         reviews: list[tuple[str, str, Comparison]] = []
+        changed: list[str] = []  # Patients whose compared values changed: their golden records are redone
+        gone: list[str] = []  # Patients deleted: their golden records lose them
         matched = 0
         for pid in ids:
             res = live.get(pid)
-            if res is None or res.deleted:
+            body = None if res is None or res.deleted else orjson.loads(res.content)
+            if body is None or is_golden(body):  # golden records are the gateway's own, never matched
+                if body is None and self.index.get(pid) is not None:
+                    gone.append(pid)
                 self.index.remove(pid)
                 continue
-            found = features(orjson.loads(res.content), self.rules)
+            found = features(body, self.rules)
             if self.index.get(pid) == found:
                 continue  # a link we wrote, a write-back, or unchanged content: nothing to match again
             self.index.add(found)
             matched += 1
+            changed.append(pid)
             for other, result in self.index.matches(found):
                 if result.grade is Grade.CERTAIN:
                     links.append((pid, other, result))
@@ -85,11 +92,19 @@ class IdentityEngine:
         if links or reviews:
             with self.store.transaction() as tx:
                 for a, b, result in links:
+                    if _rejected(tx, a, b):
+                        continue  # a reviewer kept this pair apart: matching again does not undo that
                     _link(tx, a, b, result)
                     _link(tx, b, a, result)
                 for a, b, result in reviews:
                     _review(tx, a, b, result)
             log.info("identity matched=%d links=%d reviews=%d", matched, len(links), len(reviews))
+        if changed or gone:
+            with self.store.transaction() as tx:
+                writes = Writes(tx, self.store)
+                for pid in gone:
+                    forget(writes, self.rules, pid)
+                refresh(writes, self.rules, changed)
         return matched
 
     def match(self, resource: dict[str, Any], count: int) -> list[tuple[str, Comparison]]:
@@ -129,20 +144,26 @@ def _link(tx: StoreTransaction, pid: str, other: str, result: Comparison) -> Non
     tx.update(body)
 
 
+def _rejected(tx: StoreTransaction, a: str, b: str) -> bool:
+    """Whether a reviewer rejected the pair (its review Task is ``rejected``)."""
+    task = tx.read("Task", review_task_id(a, b))
+    return task is not None and not task.deleted and orjson.loads(task.content).get("status") == "rejected"
+
+
 def review_task_id(a: str, b: str) -> str:
     """The id of the review Task of a pair (either order)."""
     return str(uuid.uuid5(_TASK_NS, "|".join(sorted((a, b)))))
 
 
-def _review(tx: StoreTransaction, a: str, b: str, result: Comparison) -> None:
-    """Write (or leave as it is) the review Task of a pair."""
+def review_task(a: str, b: str, result: Comparison) -> dict[str, Any]:
+    """The review Task of a pair (``requested``), with the score and the level of every field."""
     first, second = sorted((a, b))
     evidence = [
         {"type": {"text": f"level:{name}"}, "valueString": level}
         for name, level in sorted(result.levels.items())
         if level is not None
     ]
-    task = {
+    return {
         "resourceType": "Task",
         "id": review_task_id(a, b),
         "status": "requested",
@@ -152,4 +173,12 @@ def _review(tx: StoreTransaction, a: str, b: str, result: Comparison) -> None:
         "focus": {"reference": f"Patient/{second}"},
         "input": [{"type": {"text": "score"}, "valueDecimal": round(result.score, 2)}, *evidence],
     }
+
+
+def _review(tx: StoreTransaction, a: str, b: str, result: Comparison) -> None:
+    """Write (or leave as it is) the review Task of a pair; a pair a reviewer decided stays decided."""
+    current = tx.read("Task", review_task_id(a, b))
+    if current is not None and not current.deleted and orjson.loads(current.content).get("status") != "requested":
+        return
+    task = review_task(a, b, result)
     tx.update(task, skip_unchanged=True)

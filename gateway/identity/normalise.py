@@ -15,6 +15,8 @@ from typing import Any
 
 from gateway.identity.rules import Rules
 
+#: Extension the mappings set on a Patient: the Location of their household.
+HOUSEHOLD_LOCATION = "urn:chw-gateway:extension:household-location"
 #: Extension a mapping may set on ``Patient.birthDate`` when the age was estimated.
 ESTIMATED_BIRTHDATE = "urn:chw-gateway:extension:birthdate-estimated"
 _NOT_LETTER = re.compile(r"[^a-z ]+")
@@ -91,7 +93,7 @@ def _birth(resource: dict[str, Any]) -> tuple[date | None, bool]:
 
 def _location(resource: dict[str, Any]) -> str | None:
     for ext in resource.get("extension") or []:
-        if isinstance(ext, dict) and ext.get("url") == "urn:chw-gateway:extension:household-location":
+        if isinstance(ext, dict) and ext.get("url") == HOUSEHOLD_LOCATION:
             ref = (ext.get("valueReference") or {}).get("reference")
             if isinstance(ref, str):
                 return str(ref)

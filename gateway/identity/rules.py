@@ -14,6 +14,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from gateway.errors import ConfigError
+from gateway.identity.survivorship_rules import Survivorship
 from gateway.mapping import YamlSyntaxError, format_path, read_yaml
 
 #: The fields a pair of records is compared on; each has levels from most to least alike.
@@ -91,6 +92,8 @@ class Rules(_Strict):
     never_link_when_different: list[Literal["given", "family", "sex", "birthdate"]] = ["given"]
     fields: dict[str, dict[str, Level]]
     thresholds: Thresholds
+    #: Which member's value each element of a golden record takes (``gateway.identity.survivorship``).
+    survivorship: Survivorship = Survivorship()
     # log2(m/u) of every (field, level), computed once: scoring reads it for every candidate pair.
     _weights: dict[tuple[str, str], float] = PrivateAttr(default_factory=dict)
 

@@ -289,10 +289,12 @@ class ResourceStore(Protocol):
         ...
 
     def compartment(
-        self, rtype: str, rid: str, count: int, offset: int, types: Sequence[str] | None = None
+        self, rtype: str, rid: str, count: int, offset: int, types: Sequence[str] | None = None,
+        also: Sequence[str] = (),
     ) -> tuple[list[StoredResource], int]:
         """Live resources of ``types`` (None: any) that refer to ``rtype/rid`` (its compartment, e.g. for
-        $everything), and their total."""
+        $everything), and their total; ``also`` adds the compartments of more ``rtype`` ids (a golden
+        Patient's linked records)."""
         ...
 
 

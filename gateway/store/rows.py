@@ -62,6 +62,29 @@ def kept_links(body: dict[str, Any]) -> list[Any]:
     return [item for item in found if is_kept_link(item)] if isinstance(found, list) else []
 
 
+#: ``meta.tag`` of a golden Patient: the gateway's record of one person, built from the source
+#: Patients linked to it (``gateway.identity``); each source Patient has a kept ``refer`` link to it.
+GOLDEN_TAG_SYSTEM = "urn:chw-gateway:identity"
+GOLDEN_TAG_CODE = "golden"
+
+
+def is_golden(body: dict[str, Any]) -> bool:
+    """Whether a Patient is a golden record (see ``GOLDEN_TAG_SYSTEM``)."""
+    tags = (body.get("meta") or {}).get("tag") or []
+    return any(isinstance(t, dict) and t.get("system") == GOLDEN_TAG_SYSTEM and t.get("code") == GOLDEN_TAG_CODE
+               for t in tags)  # fmt: skip
+
+
+def linked_ids(body: dict[str, Any], *types: str) -> list[str]:
+    """Ids of the Patients the resource's kept links of ``types`` point to, in link order."""
+    found = []
+    for link in kept_links(body):
+        reference = (link.get("other") or {}).get("reference")
+        if link.get("type") in types and isinstance(reference, str) and reference.startswith("Patient/"):
+            found.append(reference.partition("/")[2])
+    return found
+
+
 def is_kept_identifier(identifier: Any) -> bool:
     """Whether an identifier is one the gateway keeps (see ``KEPT_IDENTIFIER_TYPE``)."""
     if not isinstance(identifier, dict):

@@ -464,13 +464,16 @@ class SqlStore(ExportJobs):
         return out
 
     def compartment(
-        self, rtype: str, rid: str, count: int, offset: int, types: Sequence[str] | None = None
+        self, rtype: str, rid: str, count: int, offset: int, types: Sequence[str] | None = None,
+        also: Sequence[str] = (),
     ) -> tuple[list[StoredResource], int]:
         """Live resources of ``types`` (None: any) that refer to ``rtype/rid`` (its compartment, e.g. for
-        $everything), and their total."""
-        where = ("r.deleted = 0 AND r.rid IN (SELECT x.rid FROM idx_ref x WHERE x.ttype = ? AND x.tid = ?)"
-                 " AND NOT (r.rtype = ? AND r.id = ?)")
-        params: tuple[Any, ...] = (rtype, rid, rtype, rid)
+        $everything), and their total; ``also`` adds the compartments of more ``rtype`` ids (a golden
+        Patient's linked records)."""
+        ids = [rid, *(other for other in also if other != rid)]
+        where = ("r.deleted = 0 AND r.rid IN (SELECT x.rid FROM idx_ref x WHERE x.ttype = ?"
+                 f" AND x.tid IN ({', '.join('?' for _ in ids)})) AND NOT (r.rtype = ? AND r.id = ?)")
+        params: tuple[Any, ...] = (rtype, *ids, rtype, rid)
         if types is not None:
             # An empty list must match nothing, and "IN ()" is not SQL.
             where += f" AND r.rtype IN ({', '.join('?' for _ in types) or 'NULL'})"

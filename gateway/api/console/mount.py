@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import quote
@@ -13,7 +14,7 @@ from starlette.routing import Route
 
 from gateway.settings import Settings
 
-from . import pages_auth, pages_clients, pages_delivery, pages_playground, pages_records
+from . import pages_auth, pages_clients, pages_delivery, pages_identity, pages_playground, pages_records
 from .web import PREFIX, Console, ConsoleError, LoginRequired, error_page, redirect
 
 __all__ = ["install", "is_console", "error_response"]
@@ -48,6 +49,8 @@ _ROUTES = [
     ("/quarantine", pages_records.quarantine, "GET"),
     ("/quarantine/{qid}", pages_records.quarantined, "GET"),
     ("/quarantine/{qid}/{action:replay|discard}", pages_records.quarantine_action, "POST"),
+    ("/identity/reviews", pages_identity.reviews, "GET"),
+    ("/identity/reviews/{task}/{action:accept|reject}", pages_identity.review_action, "POST"),
     ("/clients", pages_clients.clients, "GET"),
     ("/clients", pages_clients.create, "POST"),
     ("/clients/{name}/revoke", pages_clients.revoke, "POST"),
@@ -58,9 +61,8 @@ _ROUTES = [
 
 
 def _route_path(path: str) -> str:
-    # Starlette has no regex path converters; the fixed choices are checked by the handlers' lookups.
-    return PREFIX + path.replace(":pause|resume}", "}").replace(":replay|purge}", "}").replace(
-        ":replay|discard}", "}")
+    # Starlette has no regex path converters; the fixed choices are checked by ``_checked``.
+    return PREFIX + re.sub(r"\{action:[a-z|]+\}", "{action}", path)
 
 
 def is_console(request: Request) -> bool:

@@ -189,6 +189,8 @@ _NOTICES = {
     "replayed": "Sent again: the dead letter is back in the queue.",
     "discarded": "Discarded.",
     "revoked": "Client revoked: its token no longer works.",
+    "identity-accept": "Linked: one person, one golden record (recorded by a Provenance).",
+    "identity-reject": "Kept apart: two people (recorded by a Provenance).",
     "replay-stored": "Replayed: the record is stored now.",
     "replay-held": "Replayed, but the record failed again; it stays held (see the problems below).",
 }

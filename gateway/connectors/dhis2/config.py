@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
@@ -117,6 +117,11 @@ class Dhis2Options(BaseModel):
     metadata_max_age: float = Field(86_400.0, gt=0, description="refresh metadata older than this (s)")
     write_back_identifiers: bool = Field(
         True, description="write accepted DHIS2 UIDs back onto the FHIR resources as identifiers"
+    )
+    tracked_entity_per: Literal["record", "person"] = Field(
+        "record",
+        description="one tracked entity per source Patient, or per person (the golden record's; needs "
+        "identity.enabled, README 'Identity')",
     )
     skip_unchanged: bool = Field(
         True,

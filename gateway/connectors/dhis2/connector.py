@@ -237,7 +237,9 @@ class Dhis2Connector:
             tracker = load_tracker(self.options.mapping, snapshot, tables)
         if self.options.aggregate_mapping is not None:
             self._aggregate = load_aggregate(self.options.aggregate_mapping, snapshot, tables)
-        self._tracker = TrackerTransformer(tracker, namespace=self.options.uid_namespace) if tracker else None
+        per_person = self.options.tracked_entity_per == "person"
+        namespace = self.options.uid_namespace
+        self._tracker = TrackerTransformer(tracker, namespace=namespace, per_person=per_person) if tracker else None
         self._snapshot = snapshot
         self._ready = True
         self._bound_at = self.clock.now()

@@ -47,6 +47,11 @@ class OrgUnitResolver:
         self._table = {(entry.system, entry.value): entry.org_unit for entry in table.entries}
         self._source = source
 
+    @property
+    def source(self) -> ResourceSource:
+        """Where the resolver reads places (and the transformer the resources around one)."""
+        return self._source
+
     def by_identifiers(self, identifiers: object) -> str | None:
         """The org unit one of these FHIR identifiers names, if any."""
         if not isinstance(identifiers, list):

@@ -37,11 +37,13 @@ from typing import Any
 
 from gateway.connectors.dhis2.mapping_load import BoundDataValue, BoundStage, BoundTracker
 from gateway.connectors.dhis2.orgunits import OrgUnitLookup, OrgUnitResolver
+from gateway.connectors.dhis2.person import PersonPendingError, hand_merge_note, person_of
 from gateway.connectors.dhis2.sources import ResourceSource, is_retracted, reference_of
 from gateway.connectors.dhis2.uids import derive_uid
 from gateway.connectors.dhis2.values import ValueConversionError, to_dhis2_value
 from gateway.errors import ConnectorError
 from gateway.mapping import Expression, MappingError
+from gateway.store import is_golden
 
 __all__ = ["Dhis2MappingError", "Dhis2PendingError", "PlannedObject", "TrackerPlan", "TrackerTransformer"]
 
@@ -166,9 +168,19 @@ def _codings(resource: JsonObject, field: str) -> set[tuple[str, str]]:
 class TrackerTransformer:
     """Turns stored FHIR resources into DHIS2 tracker objects with one bound mapping."""
 
-    def __init__(self, mapping: BoundTracker, *, namespace: str) -> None:
+    def __init__(self, mapping: BoundTracker, *, namespace: str, per_person: bool = False) -> None:
         self.mapping = mapping
         self.namespace = namespace
+        self.per_person = per_person  # one tracked entity per golden record (``person``), not per Patient
+
+    def _person(self, patient: JsonObject, source: ResourceSource) -> tuple[str, JsonObject]:
+        """The reference the tracked entity is derived from, and the Patient its values come from."""
+        if not self.per_person:
+            return f"Patient/{patient['id']}", patient
+        try:
+            return person_of(patient, source)
+        except PersonPendingError as exc:
+            raise Dhis2PendingError(str(exc), "golden_record") from exc
 
     # -- entry point
 
@@ -214,6 +226,8 @@ class TrackerTransformer:
 
     def person_deletes(self, patient_id: str, source: ResourceSource, *, leaving: str | None = None) -> TrackerPlan:
         """A Patient deleted: its enrollments and tracked entity, unless a live visit of theirs remains."""
+        if self.per_person:
+            return TrackerPlan.skip("one source record of a person deleted: the person's tracked entity stays")
         ref = f"Patient/{patient_id}"
         remaining = [
             e
@@ -249,6 +263,13 @@ class TrackerTransformer:
         return patient
 
     def _person_plan(self, patient: JsonObject, source: ResourceSource, resolver: OrgUnitResolver) -> TrackerPlan:
+        if is_golden(patient):
+            if not self.per_person:
+                return TrackerPlan.skip("a golden record: with tracked_entity_per: record only source records are sent")
+            note = hand_merge_note(patient, self.namespace)
+            if note is not None:
+                raise Dhis2MappingError("merge", note, f"Patient/{patient['id']}")
+            return TrackerPlan.skip("a golden record: its tracked entity is sent with its source records")
         tried: list[OrgUnitLookup] = []
         fallback = None
         if self._org_unit(self.mapping.te_org_unit, patient, resolver, tried) is None and not tried:
@@ -321,15 +342,15 @@ class TrackerTransformer:
     def tracked_entity(
         self, patient: JsonObject, resolver: OrgUnitResolver, *, fallback_org_unit: str | None
     ) -> PlannedObject:
-        """Patient → tracked entity."""
-        ref = f"Patient/{patient['id']}"
+        """Patient → tracked entity (the person's, keyed by the golden record, with ``per_person``)."""
+        ref, person = self._person(patient, resolver.source)
         tried: list[OrgUnitLookup] = []
         org_unit = self._org_unit(self.mapping.te_org_unit, patient, resolver, tried) or fallback_org_unit
         if org_unit is None:
-            raise _no_org_unit("the Patient (household or organization)", ref, tried)
+            raise _no_org_unit("the Patient (household or organization)", f"Patient/{patient['id']}", tried)
         attributes = []
         for rule in self.mapping.attributes:
-            value = _first(rule.value, patient, ref)
+            value = _first(rule.value, person, ref)
             if value is None:
                 continue
             text = self._convert(value, rule.value_type, rule.option_codes, "E1007", rule.uid, ref)
@@ -384,7 +405,7 @@ class TrackerTransformer:
         else:
             # Without an EpisodeOfCare the enrollment belongs to (Patient, program): the same
             # UID whichever visit is delivered first, dated by the earliest stored visit.
-            origin = f"Patient/{patient['id']}"
+            origin = te.origin  # the person's: every record of one person enrolls once
             uid = derive_uid(self.namespace, "ENROLLMENT", f"{origin}|{self.mapping.program}")
             enrolled_at = _instant(((first_visit or {}).get("period") or {}).get("start"))
             status = "ACTIVE"
