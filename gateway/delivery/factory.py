@@ -1,8 +1,9 @@
 """Building a connector for each configured destination, by kind.
 
 ``fhir`` and ``webhook`` are built here; ``dhis2`` comes from
-``gateway.connectors.dhis2.dhis2_factory(store)`` (it reads related resources from the
-store), all following ``ConnectorFactory``:
+``gateway.connectors.dhis2.dhis2_factory(store)`` and the referral return path (``cht-api``,
+``commcare-api``) from ``gateway.connectors.referral.return_factories(store)`` (they read
+related resources from the store), all following ``ConnectorFactory``:
 
     def factory(destination: DestinationConfig, *, client: httpx.AsyncClient,
                 clock: Clock) -> Connector: ...
@@ -72,7 +73,9 @@ def default_factories(store: object, digests: object = None) -> dict[str, Connec
         connector: Connector = module.dhis2_factory(store, digests)(destination, client=client, clock=clock)
         return connector
 
-    return {**FACTORIES, "dhis2": dhis2}
+    from gateway.connectors.referral import return_factories  # loads the mapping engine, like dhis2
+
+    return {**FACTORIES, "dhis2": dhis2, **return_factories(store)}  # type: ignore[arg-type]
 
 
 def build_connector(
