@@ -1,8 +1,13 @@
-"""The four stand-ins behind one FastAPI app, with each API's own way of logging in and failures on demand."""
+"""The four stand-ins behind one FastAPI app, with each API's own way of logging in and failures on demand.
+
+The CHT and CommCare stand-ins also take writes (CouchDB `PUT /{db}/{docid}`, CommCare's form
+receiver), the way the referral return path writes outcomes back.
+"""
 
 from __future__ import annotations
 
 import base64
+import json
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -114,6 +119,36 @@ class SourceSandbox:
         async def couch_changes(db: str, request: Request) -> Response:
             refused = self._check("cht", request)
             return refused or JSONResponse(self.cht.changes(dict(request.query_params)))
+
+        @app.put("/{db}/{doc_id}")
+        async def couch_put(db: str, doc_id: str, request: Request) -> Response:
+            refused = self._check("cht", request)
+            if refused is not None:
+                return refused
+            try:
+                doc = json.loads(await request.body())
+            except ValueError:
+                return JSONResponse({"error": "bad_request", "reason": "invalid UTF-8 JSON"}, status_code=400)
+            if not isinstance(doc, dict):
+                return JSONResponse({"error": "bad_request", "reason": "Document must be a JSON object"},
+                                    status_code=400)  # fmt: skip
+            status, answer = self.cht.write(doc_id, doc)
+            return JSONResponse(answer, status_code=status)
+
+        @app.post("/a/{domain}/receiver/api/")
+        @app.post("/a/{domain}/receiver/{app_id}/")
+        async def commcare_receiver(domain: str, request: Request) -> Response:
+            refused = self._check("commcare", request)
+            if refused is not None:
+                return refused
+            if request.headers.get("content-type", "").startswith("multipart/form-data"):
+                upload = (await request.form()).get("xml_submission_file")
+                body = await upload.read() if upload is not None and not isinstance(upload, str) else b""
+            else:
+                body = await request.body()
+            open_rosa_3 = request.headers.get("x-openrosa-version") == "3.0"
+            status, answer = self.commcare.receiver.submit(domain, body, open_rosa_3=open_rosa_3)
+            return Response(answer, status_code=status, media_type="text/xml")
 
         @app.get("/api/v2/assets/{asset}/data/")
         async def kobo_data(asset: str, request: Request) -> Response:

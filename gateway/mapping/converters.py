@@ -66,8 +66,8 @@ from gateway.mapping.values import (
     to_boolean,
     to_date,
     to_datetime,
-    to_epoch_ms,
     to_decimal,
+    to_epoch_ms,
     to_integer,
     to_text,
 )

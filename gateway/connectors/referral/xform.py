@@ -63,4 +63,5 @@ def to_xform(payload: dict[str, Any]) -> bytes:
             ET.SubElement(meta_element, f"{{{META_NS}}}{key}").text = _text(meta[key])
     ET.register_namespace("n0", CASE_NS)
     ET.register_namespace("orx", META_NS)
-    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    xml: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    return xml
