@@ -32,6 +32,7 @@ from pydantic_settings import (
 
 from gateway.audit import AuditSettings, MessageLogSettings
 from gateway.connectors import DeliveryConfigError
+from gateway.connectors.referral import ReferralSettings
 from gateway.delivery import DeliverySections, DeliverySettings, DestinationConfig
 from gateway.errors import ConfigError
 from gateway.export import BulkExportSettings
@@ -239,6 +240,9 @@ class Settings(BaseSettings):
     console: ConsoleSettings = ConsoleSettings()
     bulk_export: BulkExportSettings = BulkExportSettings()
     identity: IdentitySettings = IdentitySettings()
+    referral: ReferralSettings = Field(
+        ReferralSettings(), description="referral Tasks nobody acted on: when they become overdue"
+    )
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     log_format: Literal["text", "json"] = Field(
         "text", description="text: `time LEVEL logger: message` lines; json: one JSON object a line"

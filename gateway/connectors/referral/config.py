@@ -19,7 +19,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["RETURN_KINDS", "ReturnOptions"]
+from gateway.connectors.config import Duration
+
+__all__ = ["RETURN_KINDS", "ReferralSettings", "ReturnOptions"]
 
 RETURN_KINDS = ("cht-api", "commcare-api")
 
@@ -36,3 +38,15 @@ class ReturnOptions(BaseModel):
     user_id: str = Field("", description="CommCare: the mobile worker the form is submitted as (meta.userID)")
     username: str = Field("chw-gateway", description="CommCare: that worker's username (meta.username)")
     device_id: str = Field("chw-gateway", description="CommCare: meta.deviceID")
+
+
+class ReferralSettings(BaseModel):
+    """The ``referral:`` section: when a referral Task nobody acted on becomes overdue."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    overdue_check: bool = Field(True, description="mark referral Tasks overdue (where the scheduler runs)")
+    overdue_after: Duration = Field(
+        7 * 86_400.0, gt=0, description="after authoredOn, when the referral gives no follow-up date"
+    )
+    check_interval: Duration = Field(3_600.0, gt=0, description="how often the scheduler looks for overdue Tasks")
