@@ -67,7 +67,8 @@ class Receiver:
                 return (422, open_rosa("processing_failure", message)) if open_rosa_3 else \
                     (201, open_rosa("submit_error", message))  # fmt: skip
         now = self.clock.commcare()
-        data = {"@xmlns": root.get("xmlns", ""), **_plain(root)}
+        xmlns = root.tag[1:].split("}", 1)[0] if root.tag.startswith("{") else ""
+        data = {"@xmlns": xmlns, **_plain(root)}
         form = {"id": instance_id, "domain": domain, "received_on": now, "server_modified_on": now,
                 "indexed_on": now, "archived": False, "form": data}  # fmt: skip
         forms = self.forms.setdefault(domain, [])

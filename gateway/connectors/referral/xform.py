@@ -29,13 +29,13 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _children(parent: ET.Element, values: dict[str, Any], tag: str = "{}") -> None:
+def _children(parent: ET.Element, values: dict[str, Any], namespace: str = "") -> None:
     for key, value in values.items():
         if not _NAME.match(key) or key.lower().startswith("xml"):
             raise ValueError(f"{key!r} is not a valid XML element name")
-        child = ET.SubElement(parent, tag.format(key))
+        child = ET.SubElement(parent, namespace + key)
         if isinstance(value, dict):
-            _children(child, value, tag)
+            _children(child, value, namespace)
         else:
             child.text = _text(value)
 
@@ -54,7 +54,7 @@ def to_xform(payload: dict[str, Any]) -> bytes:
                       "user_id": str(meta.get("userID", ""))}  # fmt: skip
         block = ET.SubElement(root, f"{{{CASE_NS}}}case", attributes)
         if case.get("update"):
-            _children(ET.SubElement(block, f"{{{CASE_NS}}}update"), case["update"], f"{{{CASE_NS}}}{{}}")
+            _children(ET.SubElement(block, f"{{{CASE_NS}}}update"), case["update"], f"{{{CASE_NS}}}")
         if case.get("close") is True:
             ET.SubElement(block, f"{{{CASE_NS}}}close")
     meta_element = ET.SubElement(root, f"{{{META_NS}}}meta")
