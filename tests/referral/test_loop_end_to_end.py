@@ -209,6 +209,16 @@ async def test_a_cht_referral_outcome_and_an_overdue_referral_reach_the_chw_once
     puts = [p for name, p, _ in sandbox.requests if name == "cht" and p == f"/medic/{doc['_id']}"]
     assert len(puts) >= 5  # three refused, the one whose answer was lost, and its repeat (409)
 
+    # The report read again (a pull re-reading a page), then edited by the CHW: the facility's
+    # completion stays, and nothing new goes back.
+    again = await gw.sender.post("/ingest/cht", content=json.dumps(report).encode(), headers=JSON)
+    assert again.json()["results"][0]["status"] == "unchanged"
+    edited = copy.deepcopy(report)
+    edited["doc"]["fields"]["t_referral_follow_up_date"] = "2025-05-18"
+    await _ingest(gw, "cht", edited)
+    kept = orjson.loads(gw.store.read("Task", task).content)  # type: ignore[union-attr]
+    assert kept["status"] == "completed" and kept["output"] and kept["restriction"]["period"]["end"] == "2025-05-18"
+
     # The other referral: nobody acted on it by its follow-up date.
     assert mark_overdue(gw.store, ReferralSettings(), time.time()) == 1
     assert loop.service is not None
