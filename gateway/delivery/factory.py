@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Protocol, cast
 
 import httpx
 
@@ -30,6 +30,7 @@ from gateway.connectors import (
 )
 from gateway.delivery.config import DestinationConfig
 from gateway.delivery.http import destination_client
+from gateway.store import ResourceStore
 
 
 class ConnectorFactory(Protocol):
@@ -75,7 +76,7 @@ def default_factories(store: object, digests: object = None) -> dict[str, Connec
 
     from gateway.connectors.referral import return_factories  # loads the mapping engine, like dhis2
 
-    return {**FACTORIES, "dhis2": dhis2, **return_factories(store)}  # type: ignore[arg-type]
+    return {**FACTORIES, "dhis2": dhis2, **return_factories(cast(ResourceStore, store))}
 
 
 def build_connector(

@@ -67,3 +67,10 @@ def test_due_dates() -> None:
     assert due_at(_task("b", authoredOn="2025-05-14T08:59:05.211Z"), week) == \
         datetime(2025, 5, 21, 8, 59, 5, 211000, tzinfo=UTC)  # fmt: skip
     assert due_at(_task("c"), week) is None
+
+
+def test_partial_follow_up_dates_end_with_their_month_or_year() -> None:
+    week = 7 * 86_400.0
+    assert due_at(_task("m", restriction={"period": {"end": "2025-04"}}), week) == datetime(2025, 5, 1, tzinfo=UTC)
+    assert due_at(_task("d", restriction={"period": {"end": "2025-12"}}), week) == datetime(2026, 1, 1, tzinfo=UTC)
+    assert due_at(_task("y", restriction={"period": {"end": "2025"}}), week) == datetime(2026, 1, 1, tzinfo=UTC)

@@ -19,7 +19,7 @@ import httpx
 import orjson
 
 from gateway.clock import Clock
-from gateway.connectors.base import DeliveryOutcome, Job, Permanent, Success
+from gateway.connectors.base import DeliveryOutcome, Job, Permanent, Retry, Success
 from gateway.connectors.classify import record_request, record_response
 from gateway.connectors.http import exchange
 from gateway.connectors.referral.config import ReturnOptions
@@ -103,6 +103,11 @@ class CommCareConnector(_ReturnConnector):
     """``kind: commcare-api``: POST the form XML to the receiver; a repeated instanceID is the same form."""
 
     async def _send(self, payload: dict[str, Any]) -> DeliveryOutcome:
+        case = payload.get("case")
+        if isinstance(case, dict) and not case.get("case_id"):
+            # The Patient (from case forwarding) has not arrived yet: wait for it, as for a
+            # record that comes later; the link is fine, so the breaker does not count it.
+            return Retry(delay=None, reason="case_unknown", link_ok=True)
         meta = dict(payload.get("meta") or {})
         meta.setdefault("deviceID", self.options.device_id)
         meta.setdefault("username", self.options.username)

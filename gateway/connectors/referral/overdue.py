@@ -47,8 +47,11 @@ def _instant(text: Any) -> datetime | None:
     try:
         if len(text) <= 10:  # a (partial) date: due at the end of it
             start = date.fromisoformat(text + "-01-01"[len(text) - 4 :])
-            ends = {4: timedelta(days=366 if start.year % 4 == 0 else 365), 7: timedelta(days=31)}
-            return datetime(start.year, start.month, start.day, tzinfo=UTC) + ends.get(len(text), timedelta(days=1))
+            if len(text) == 4:
+                return datetime(start.year + 1, 1, 1, tzinfo=UTC)
+            if len(text) == 7:
+                return datetime(start.year + start.month // 12, start.month % 12 + 1, 1, tzinfo=UTC)
+            return datetime(start.year, start.month, start.day, tzinfo=UTC) + timedelta(days=1)
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         return None
