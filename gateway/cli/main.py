@@ -22,6 +22,7 @@ from gateway.cli.dhis2 import dhis2_app
 from gateway.cli.mappings import mappings_app
 from gateway.cli.quarantine import quarantine_app
 from gateway.cli.queue import queue_app, worker_command
+from gateway.cli.referrals import referrals_app
 from gateway.cli.sandbox import sandbox_app
 from gateway.cli.sources import sources_app
 from gateway.errors import exit_code_for
@@ -60,6 +61,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(conformance_app, name="conformance")
 app.add_typer(mappings_app, name="mappings")
 app.add_typer(quarantine_app, name="quarantine")
+app.add_typer(referrals_app, name="referrals")
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(sources_app, name="sources")
 app.add_typer(dhis2_app, name="dhis2")

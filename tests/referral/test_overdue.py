@@ -74,3 +74,27 @@ def test_partial_follow_up_dates_end_with_their_month_or_year() -> None:
     assert due_at(_task("m", restriction={"period": {"end": "2025-04"}}), week) == datetime(2025, 5, 1, tzinfo=UTC)
     assert due_at(_task("d", restriction={"period": {"end": "2025-12"}}), week) == datetime(2026, 1, 1, tzinfo=UTC)
     assert due_at(_task("y", restriction={"period": {"end": "2025"}}), week) == datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def test_the_command_line_runs_the_check_now(tmp_path: Any) -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    from gateway.cli.main import app
+    from gateway.store import open_store
+
+    store = open_store(f"sqlite:///{tmp_path}/store.db")
+    try:
+        with store.transaction() as tx:
+            tx.create(_task("late", authoredOn="2025-01-01"), rid="late")
+            tx.create(_task("soon", authoredOn="2025-01-01", restriction={"period": {"end": "2999-01-01"}}), rid="soon")
+    finally:
+        store.close()
+    config = tmp_path / "gateway.yaml"
+    settings = {"store_url": f"sqlite:///{tmp_path}/store.db", "referral": {"overdue_after": "3d"}}
+    config.write_text(yaml.safe_dump(settings))
+    first = CliRunner().invoke(app, ["referrals", "overdue", "--config", str(config)])
+    assert first.exit_code == 0, first.output
+    assert "1 referral(s) marked overdue" in first.output
+    again = CliRunner().invoke(app, ["referrals", "overdue", "--config", str(config)])
+    assert "0 referral(s) marked overdue" in again.output
