@@ -32,7 +32,7 @@ from pydantic_settings import (
 
 from gateway.audit import AuditSettings, MessageLogSettings
 from gateway.connectors import DeliveryConfigError
-from gateway.connectors.referral import ReferralSettings
+from gateway.connectors.referral import ReferralSettings, ReturnOptions
 from gateway.delivery import DeliverySections, DeliverySettings, DestinationConfig
 from gateway.errors import ConfigError
 from gateway.export import BulkExportSettings
@@ -269,15 +269,16 @@ class Settings(BaseSettings):
     @field_validator("destinations")
     @classmethod
     def _dhis2_options(cls, value: list[DestinationConfig]) -> list[DestinationConfig]:
-        # Checked here so `gateway config check` names a bad DHIS2 option (e.g. a schedule
-        # interval) instead of the first delivery failing on it.
-        dhis2 = [d for d in value if d.kind == "dhis2"]
-        if dhis2:
+        # Checked here so `gateway config check` names a bad DHIS2 or referral return-path
+        # option (e.g. a schedule interval) instead of the first delivery failing on it.
+        checked = [d for d in value if d.kind in ("dhis2", "cht-api", "commcare-api")]
+        if checked:
             from gateway.connectors.dhis2 import Dhis2Options
 
-            for destination in dhis2:
+            for destination in checked:
+                model = Dhis2Options if destination.kind == "dhis2" else ReturnOptions
                 try:
-                    Dhis2Options.model_validate(destination.options)
+                    model.model_validate(destination.options)
                 except ValidationError as exc:
                     first = exc.errors(include_url=False, include_input=False)[0]
                     where = ".".join(str(p) for p in first.get("loc", ()))

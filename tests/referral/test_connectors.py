@@ -105,3 +105,13 @@ def test_a_return_destination_without_outbound_mappings_is_refused(sqlite_store:
     assert destination.filter.resource_types == ("Task",)
     with pytest.raises(DeliveryConfigError, match="outbound"):
         return_factories(sqlite_store)["cht-api"](destination, client=httpx.AsyncClient(), clock=SystemClock())
+
+
+def test_the_configuration_names_a_bad_return_path_option() -> None:
+    from pydantic import ValidationError
+
+    from gateway.settings import Settings
+
+    with pytest.raises(ValidationError, match=r"destination cc: options\.domian"):
+        Settings(destinations=[{"name": "cc", "kind": "commcare-api", "base_url": "http://127.0.0.1:9",
+                                "options": {"mapping": "mappings/commcare", "domian": "x"}}])  # fmt: skip
