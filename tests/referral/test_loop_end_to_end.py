@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 
@@ -25,17 +24,16 @@ from gateway.delivery.config import DestinationConfig
 from gateway.delivery.service import DeliveryService
 from gateway.store import Store
 from source_sandbox import SourceSandbox
-from tests.conftest import make_token
 from tests.delivery.conftest import REDIS_URL
 from tests.delivery.helpers import eventually
 from tests.delivery.test_service import FAST
-from tests.ingest.conftest import MAPPINGS, Harness, make_app, sample
+from tests.ingest.conftest import MAPPINGS, Harness, sample
+from tests.referral.helpers import complete_task, facility_client
 from tests.support.live_server import LiveServer
 
 JSON = {"Content-Type": "application/json"}
 DOMAIN = "pih-chw-demo"
 ENVIRON = {"CHT_PASSWORD": "pull-secret", "CC_KEY": "gateway@example.org:cc-api-key"}
-FULFILL = "http://hl7.org/fhir/CodeSystem/task-code|fulfill"
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -55,15 +53,6 @@ def sandbox() -> SourceSandbox:
 def served(sandbox: SourceSandbox) -> Iterator[str]:
     with LiveServer(sandbox.app()) as server:
         yield server.url
-
-
-@pytest.fixture
-async def gw(store: Store) -> AsyncIterator[Harness]:
-    app = make_app(store, MAPPINGS)
-    async with app.router.lifespan_context(app):
-        harness = Harness(app, store, MAPPINGS)
-        yield harness
-        await harness.aclose()
 
 
 class Loop:
@@ -125,35 +114,6 @@ def _task_of(made: list[tuple[str, str]]) -> str:
     return task
 
 
-def _facility(gw: Harness, patient: str) -> httpx.AsyncClient:
-    """A facility EMR: may read and update Tasks and write Encounters, only for its own patient."""
-    name = f"facility-{patient[:8]}"
-    token = make_token(gw.store, ("system/Task.rus", "system/Encounter.crus"), name=name)
-    assert gw.store.set_client_policy(name, {"patients": [f"Patient/{patient}"]})
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=gw.app), base_url="http://gateway.test",
-                             headers={"Authorization": f"Bearer {token}"})  # fmt: skip
-
-
-async def _complete(facility: httpx.AsyncClient, task_id: str, patient: str) -> dict[str, Any]:
-    """What a facility EMR does: record the visit, then complete the Task pointing at it."""
-    listed = await facility.get("/fhir/Task", params={"code": FULFILL})
-    assert listed.status_code == 200
-    assert [e["resource"]["id"] for e in listed.json().get("entry", [])] == [task_id]
-    visit = {"resourceType": "Encounter", "status": "finished", "subject": {"reference": f"Patient/{patient}"},
-             "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
-             "period": {"start": "2025-05-15T09:30:00Z"}}  # fmt: skip
-    created = await facility.post("/fhir/Encounter", json=visit)
-    assert created.status_code == 201, created.text
-    task = (await facility.get(f"/fhir/Task/{task_id}")).json()
-    task.update(status="completed", lastModified="2025-05-15T11:00:00Z",
-                output=[{"type": {"text": "facility visit"},
-                         "valueReference": {"reference": f"Encounter/{created.json()['id']}"}}])  # fmt: skip
-    updated = await facility.put(f"/fhir/Task/{task_id}", json=task)
-    assert updated.status_code == 200, updated.text
-    result: dict[str, Any] = updated.json()
-    return result
-
-
 async def _through_outage_restart_and_lost_answer(
     loop: Loop, sandbox: SourceSandbox, api: str, destination: str, path: str, arrived: Any
 ) -> None:
@@ -188,13 +148,13 @@ async def test_a_cht_referral_outcome_and_an_overdue_referral_reach_the_chw_once
     assert stored is not None
     patient = orjson.loads(stored.content)["for"]["reference"].split("/")[1]
 
-    facility = _facility(gw, patient)
+    facility = facility_client(gw, patient)
     try:
         assert (await facility.get(f"/fhir/Task/{waiting}")).status_code == 404  # another facility's patient
         hidden = orjson.loads(gw.store.read("Task", waiting).content)  # type: ignore[union-attr]
         refused = await facility.put(f"/fhir/Task/{waiting}", json={**hidden, "status": "completed"})
         assert refused.status_code in (403, 404)
-        await _complete(facility, task, patient)
+        await complete_task(facility, task, patient)
     finally:
         await facility.aclose()
 
@@ -248,9 +208,9 @@ async def test_a_commcare_referral_outcome_and_an_overdue_referral_update_the_ca
     stored = gw.store.read("Task", task)
     assert stored is not None
     patient = orjson.loads(stored.content)["for"]["reference"].split("/")[1]
-    facility = _facility(gw, patient)
+    facility = facility_client(gw, patient)
     try:
-        await _complete(facility, task, patient)
+        await complete_task(facility, task, patient)
     finally:
         await facility.aclose()
 
