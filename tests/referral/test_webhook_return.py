@@ -60,11 +60,16 @@ async def test_an_odk_referral_outcome_reaches_a_webhook(
     try:
         facility = facility_client(gw, patient)
         try:
+            accepted = await facility.patch(
+                f"/fhir/Task/{task}", content=json.dumps([{"op": "replace", "path": "/status", "value": "accepted"}]),
+                headers={"Content-Type": "application/json-patch+json"},
+            )
+            assert accepted.status_code == 200, accepted.text
             await complete_task(facility, task, patient)
         finally:
             await facility.aclose()
         service.notify()
-        await eventually(lambda: bool(received))
+        await eventually(lambda: len(received) >= 2)
 
         async def settled() -> bool:
             stats = await service.queue.stats("odk-outcomes")
@@ -73,7 +78,9 @@ async def test_an_odk_referral_outcome_reaches_a_webhook(
         await eventually(settled)
     finally:
         await service.stop()
-    ((headers, body),) = received  # the waiting Tasks were not sent, the completed one once
-    assert body["resourceType"] == "Task" and body["id"] == task and body["status"] == "completed"
+    # The waiting Tasks were not sent; the accepted and the completed version once each, in order.
+    assert [body["status"] for _, body in received] == ["accepted", "completed"]
+    headers, body = received[-1]
+    assert body["resourceType"] == "Task" and body["id"] == task and body["meta"]["source"] == ODK_SYSTEM
     assert body["output"][0]["valueReference"]["reference"].startswith("Encounter/")
     assert headers["x-gateway-event"] == "update" and headers["x-gateway-delivery-id"].startswith("odk-outcomes:")
