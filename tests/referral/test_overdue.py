@@ -98,3 +98,19 @@ def test_the_command_line_runs_the_check_now(tmp_path: Any) -> None:
     assert "1 referral(s) marked overdue" in first.output
     again = CliRunner().invoke(app, ["referrals", "overdue", "--config", str(config)])
     assert "0 referral(s) marked overdue" in again.output
+
+
+async def test_the_scheduler_runs_the_check_when_it_is_on(sqlite_store: Store) -> None:
+    from gateway.clock import ManualClock
+    from gateway.services import build_scheduler
+
+    with sqlite_store.transaction() as tx:
+        tx.create(_task("late", authoredOn="2025-05-01"), rid="late")
+    common: dict[str, Any] = {"store": sqlite_store, "environ": {}, "clock": ManualClock(start=NOW), "connectors": {}}
+    off = build_scheduler([], referral=ReferralSettings(overdue_check=False), **common)
+    assert "referral-overdue" not in [task.name for task in off.tasks]
+    scheduler = build_scheduler([], referral=ReferralSettings(check_interval="30m"), **common)
+    (check,) = [task for task in scheduler.tasks if task.name == "referral-overdue"]
+    assert check.interval == 1800 and check.cluster_once
+    assert await scheduler.run_once("referral-overdue")
+    assert _stored(sqlite_store, "late")["businessStatus"]["coding"][0]["code"] == "overdue"
