@@ -30,6 +30,7 @@ import anyio.to_thread
 from gateway.audit import AuditWriter, MessageLogWriter
 from gateway.clock import Clock, SystemClock
 from gateway.connectors import DeliveryConfigError
+from gateway.connectors.referral import ReferralSettings, overdue_task
 from gateway.delivery import DeliverySections, DeliveryService, DestinationConfig
 from gateway.errors import FhirError
 from gateway.export import BulkExporter
@@ -154,6 +155,7 @@ class Services:
                     only=plan.only,
                     claims=opened,
                     pulls=services.pulls,
+                    referral=settings.referral,
                 )
         except BaseException:
             services.close_now()
@@ -281,10 +283,11 @@ def build_scheduler(
     only: Sequence[str] | None = None,
     claims: RunClaims | None = None,
     pulls: PullRunner | None = None,
+    referral: ReferralSettings | None = None,
 ) -> Scheduler:
     """The scheduler of every enabled destination's periodic tasks (DHIS2 declares some) and, with
-    ``pulls``, of every pulled source; with ``claims`` (the shared store), ``cluster_once`` tasks
-    run once across processes."""
+    ``pulls``, of every pulled source, with ``referral``, of the overdue-referral check; with
+    ``claims`` (the shared store), ``cluster_once`` tasks run once across processes."""
     from gateway.connectors.dhis2 import dhis2_tasks  # only deployments with DHIS2 pay its import
 
     tasks: list[PeriodicTask] = []
@@ -299,6 +302,8 @@ def build_scheduler(
         closers.append(group.aclose)
     if pulls is not None:
         tasks += pull_tasks(pulls)
+    if referral is not None and referral.overdue_check:
+        tasks.append(overdue_task(store, referral, clock))
     return Scheduler(tasks, clock, on_stop=closers, claim=_store_claim(claims) if claims is not None else None)
 
 

@@ -32,6 +32,7 @@ from pydantic_settings import (
 
 from gateway.audit import AuditSettings, MessageLogSettings
 from gateway.connectors import DeliveryConfigError
+from gateway.connectors.referral import ReferralSettings, ReturnOptions
 from gateway.delivery import DeliverySections, DeliverySettings, DestinationConfig
 from gateway.errors import ConfigError
 from gateway.export import BulkExportSettings
@@ -240,6 +241,9 @@ class Settings(BaseSettings):
     console: ConsoleSettings = ConsoleSettings()
     bulk_export: BulkExportSettings = BulkExportSettings()
     identity: IdentitySettings = IdentitySettings()
+    referral: ReferralSettings = Field(
+        ReferralSettings(), description="referral Tasks nobody acted on: when they become overdue"
+    )
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     log_format: Literal["text", "json"] = Field(
         "text", description="text: `time LEVEL logger: message` lines; json: one JSON object a line"
@@ -266,14 +270,17 @@ class Settings(BaseSettings):
     @field_validator("destinations")
     @classmethod
     def _destination_options(cls, value: list[DestinationConfig]) -> list[DestinationConfig]:
-        # Checked here so `gateway config check` names a bad DHIS2 or OpenMRS option (e.g. a
-        # schedule interval, a type OpenMRS cannot upsert) instead of the first delivery failing on it.
+        # Checked here so `gateway config check` names a bad DHIS2, OpenMRS or referral
+        # return-path option (e.g. a schedule interval, a type OpenMRS cannot upsert) instead of
+        # the first delivery failing on it.
         for destination in value:
             model: type[BaseModel] | None = None
             if destination.kind == "dhis2":
                 from gateway.connectors.dhis2 import Dhis2Options
 
                 model = Dhis2Options
+            elif destination.kind in ("cht-api", "commcare-api"):
+                model = ReturnOptions
             elif destination.kind == "fhir" and destination.options.get("profile") == "openmrs":
                 from gateway.connectors.openmrs import OpenMrsOptions
 

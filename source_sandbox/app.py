@@ -1,8 +1,13 @@
-"""The four stand-ins behind one FastAPI app, with each API's own way of logging in and failures on demand."""
+"""The four stand-ins behind one FastAPI app, with each API's own way of logging in and failures on demand.
+
+The CHT and CommCare stand-ins also take writes (CouchDB `PUT /{db}/{docid}`, CommCare's form
+receiver), the way the referral return path writes outcomes back.
+"""
 
 from __future__ import annotations
 
 import base64
+import json
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +28,7 @@ class Fault:
 
     status: int
     retry_after: str | None = None
+    after: bool = False  # the request is processed first, then the answer is lost (this status instead)
 
 
 class SourceSandbox:
@@ -54,9 +60,13 @@ class SourceSandbox:
         """Answer the next ``times`` requests to ``api`` with ``status`` (e.g. 429, 503)."""
         self.faults[api].extend(Fault(status, retry_after) for _ in range(times))
 
+    def lose_next_answer(self, api: str, status: int = 504) -> None:
+        """Process the next request to ``api`` but answer ``status``, as when a reply is lost on the way."""
+        self.faults[api].append(Fault(status, after=True))
+
     def _check(self, api: str, request: Request) -> Response | None:
         self.requests.append((api, request.url.path, dict(request.query_params)))
-        if self.faults[api]:
+        if self.faults[api] and not self.faults[api][0].after:
             fault = self.faults[api].popleft()
             headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
             return JSONResponse({"message": "fault"}, status_code=fault.status, headers=headers)
@@ -77,6 +87,12 @@ class SourceSandbox:
         if api in self.forbidden:
             return JSONResponse({"message": "The authenticated actor does not have rights to perform that action."},
                                 status_code=403)  # fmt: skip
+        return None
+
+    def _lost(self, api: str) -> Response | None:
+        """The answer that replaces a processed request's own, if one was asked for."""
+        if self.faults[api] and self.faults[api][0].after:
+            return JSONResponse({"message": "gateway timeout"}, status_code=self.faults[api].popleft().status)
         return None
 
     def app(self) -> FastAPI:
@@ -114,6 +130,36 @@ class SourceSandbox:
         async def couch_changes(db: str, request: Request) -> Response:
             refused = self._check("cht", request)
             return refused or JSONResponse(self.cht.changes(dict(request.query_params)))
+
+        @app.put("/{db}/{doc_id}")
+        async def couch_put(db: str, doc_id: str, request: Request) -> Response:
+            refused = self._check("cht", request)
+            if refused is not None:
+                return refused
+            try:
+                doc = json.loads(await request.body())
+            except ValueError:
+                return JSONResponse({"error": "bad_request", "reason": "invalid UTF-8 JSON"}, status_code=400)
+            if not isinstance(doc, dict):
+                return JSONResponse({"error": "bad_request", "reason": "Document must be a JSON object"},
+                                    status_code=400)  # fmt: skip
+            status, answer = self.cht.write(doc_id, doc)
+            return self._lost("cht") or JSONResponse(answer, status_code=status)
+
+        @app.post("/a/{domain}/receiver/api/")
+        @app.post("/a/{domain}/receiver/{app_id}/")
+        async def commcare_receiver(domain: str, request: Request) -> Response:
+            refused = self._check("commcare", request)
+            if refused is not None:
+                return refused
+            if request.headers.get("content-type", "").startswith("multipart/form-data"):
+                upload = (await request.form()).get("xml_submission_file")
+                body = await upload.read() if upload is not None and not isinstance(upload, str) else b""
+            else:
+                body = await request.body()
+            open_rosa_3 = request.headers.get("x-openrosa-version") == "3.0"
+            status, answer = self.commcare.receiver.submit(domain, body, open_rosa_3=open_rosa_3)
+            return self._lost("commcare") or Response(answer, status_code=status, media_type="text/xml")
 
         @app.get("/api/v2/assets/{asset}/data/")
         async def kobo_data(asset: str, request: Request) -> Response:

@@ -5,6 +5,12 @@
 the sequence of its latest change; a deleted one as ``{"_id", "_rev", "_deleted": true}`` with
 ``"deleted": true``. Sequences are opaque strings ``"<n>-g1AAAA…"``; ``since`` takes one back
 (or ``0``, or ``now``).
+
+``PUT /{db}/{docid}`` writes a document as CouchDB's document API does (CHT's API passes it
+through for users allowed to write): ``201 {"ok": true, "id", "rev"}``; a document that
+exists already, written without its current ``_rev``, is refused with ``409 {"error":
+"conflict", "reason": "Document update conflict."}`` and changes nothing (so a client can make
+a write idempotent by choosing the id); ids starting with ``_`` are ``400 illegal_docid``.
 """
 
 from __future__ import annotations
@@ -37,6 +43,21 @@ class CouchDb:
         self.seq += 1
         self.docs[doc["_id"]] = (self.seq, doc)
         return doc
+
+    def write(self, doc_id: str, doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """``PUT /{db}/{doc_id}``: the status and body CouchDB answers."""
+        if doc_id.startswith("_"):
+            return 400, {"error": "illegal_docid", "reason": "Only reserved document ids may start with underscore."}
+        current = self.docs.get(doc_id)
+        if current is not None and not current[1].get(_DELETED) and doc.get("_rev") != current[1]["_rev"]:
+            return 409, {"error": "conflict", "reason": "Document update conflict."}
+        stored = self.put({**doc, "_id": doc_id})
+        return 201, {"ok": True, "id": doc_id, "rev": stored["_rev"]}
+
+    def reports(self, form: str) -> list[dict[str, Any]]:
+        """The live ``data_record`` documents of ``form`` (copies)."""
+        return [copy.deepcopy(doc) for _, doc in self.docs.values()
+                if doc.get("type") == "data_record" and doc.get("form") == form and not doc.get(_DELETED)]  # fmt: skip
 
     def delete(self, doc_id: str) -> None:
         """Delete a document: a tombstone revision."""

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from source_sandbox.clock import ServerClock
+from source_sandbox.commcare_receiver import Receiver
 
 
 class CommCare:
@@ -27,6 +28,7 @@ class CommCare:
         self.clock = clock
         self.forms: dict[str, list[dict[str, Any]]] = {}
         self.cases: dict[str, list[dict[str, Any]]] = {}
+        self.receiver = Receiver(self.forms, self.cases, clock)  # the write side: form submissions
 
     def submit_form(self, domain: str, form: dict[str, Any]) -> dict[str, Any]:
         """A form as HQ stores it after processing (a copy; ``indexed_on`` set now)."""
@@ -52,6 +54,11 @@ class CommCare:
         case["indexed_on"] = self.clock.commcare()
         cases = self.cases.setdefault(domain, [])
         cases[:] = [c for c in cases if c["case_id"] != case["case_id"]] + [case]
+
+    def case(self, domain: str, case_id: str) -> dict[str, Any] | None:
+        """A case as stored now (a copy), or None."""
+        found = next((c for c in self.cases.get(domain, []) if c["case_id"] == case_id), None)
+        return copy.deepcopy(found) if found is not None else None
 
     def form_list(self, domain: str, query: dict[str, str]) -> dict[str, Any]:
         """Form API v1 list."""

@@ -23,6 +23,7 @@ from gateway.cli.identity import identity_app
 from gateway.cli.mappings import mappings_app
 from gateway.cli.quarantine import quarantine_app
 from gateway.cli.queue import queue_app, worker_command
+from gateway.cli.referrals import referrals_app
 from gateway.cli.sandbox import sandbox_app
 from gateway.cli.sources import sources_app
 from gateway.errors import exit_code_for
@@ -62,6 +63,7 @@ app.add_typer(conformance_app, name="conformance")
 app.add_typer(identity_app, name="identity")
 app.add_typer(mappings_app, name="mappings")
 app.add_typer(quarantine_app, name="quarantine")
+app.add_typer(referrals_app, name="referrals")
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(sources_app, name="sources")
 app.add_typer(dhis2_app, name="dhis2")

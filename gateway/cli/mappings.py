@@ -109,7 +109,7 @@ def test(
     root: DirOption = Path("mappings"),
     update: Annotated[bool, typer.Option("--update", help="Rewrite expected files from the output.")] = False,
 ) -> None:
-    """Run the golden tests in <set>/tests/ (input + expected Bundle per case)."""
+    """Run the golden tests: <set>/tests/ (input + expected Bundle) and <set>/outbound/tests/ (outcome + payload)."""
     from gateway.mapping import find_cases, run_case
 
     loaded = _load(root)

@@ -119,7 +119,7 @@ class DestinationConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    kind: Literal["fhir", "webhook", "dhis2"]
+    kind: Literal["fhir", "webhook", "dhis2", "cht-api", "commcare-api"]
     base_url: str = Field(pattern=r"^https?://")
     auth: AuthConfig | None = None
     filter: SubscriptionFilter = SubscriptionFilter()
@@ -133,6 +133,13 @@ class DestinationConfig(BaseModel):
     )
     enabled: bool = True
     options: dict[str, Any] = Field({}, description="kind-specific settings (e.g. DHIS2 program ids)")
+
+    @model_validator(mode="after")
+    def _return_path_takes_tasks(self) -> DestinationConfig:
+        # A referral return path sends outcomes of Tasks only: queue nothing else for it.
+        if self.kind in ("cht-api", "commcare-api") and not self.filter.resource_types:
+            object.__setattr__(self, "filter", self.filter.model_copy(update={"resource_types": ("Task",)}))
+        return self
 
     @property
     def coalesces(self) -> bool:

@@ -2,9 +2,11 @@
 
 ``fhir`` and ``webhook`` are built here; ``dhis2`` comes from
 ``gateway.connectors.dhis2.dhis2_factory(store)`` (it reads related resources from the
-store), and a ``fhir`` destination with ``options.profile: openmrs`` from
+store), a ``fhir`` destination with ``options.profile: openmrs`` from
 ``gateway.connectors.openmrs.openmrs_factory(store)`` (it keeps the ids OpenMRS assigns in
-the store), all following ``ConnectorFactory``:
+the store), and the referral return path (``cht-api``, ``commcare-api``) from
+``gateway.connectors.referral.return_factories(store)`` (they read related resources from the
+store), all following ``ConnectorFactory``:
 
     def factory(destination: DestinationConfig, *, client: httpx.AsyncClient,
                 clock: Clock) -> Connector: ...
@@ -32,6 +34,7 @@ from gateway.connectors import (
 from gateway.connectors.openmrs import SiteStore, openmrs_factory
 from gateway.delivery.config import DestinationConfig
 from gateway.delivery.http import destination_client
+from gateway.store import ResourceStore
 
 
 class ConnectorFactory(Protocol):
@@ -86,7 +89,9 @@ def default_factories(store: object, digests: object = None) -> dict[str, Connec
             return openmrs_factory(cast(SiteStore, store))(destination, client=client, clock=clock)
         return fhir_connector(destination, client=client, clock=clock)
 
-    return {**FACTORIES, "fhir": fhir, "dhis2": dhis2}
+    from gateway.connectors.referral import return_factories  # loads the mapping engine, like dhis2
+
+    return {**FACTORIES, "fhir": fhir, "dhis2": dhis2, **return_factories(cast(ResourceStore, store))}
 
 
 def build_connector(

@@ -39,6 +39,7 @@ import orjson
 from gateway.errors import CLIENT_ERRORS, FhirError, RequestError
 from gateway.fhir import PreparedTransaction, combine_prepared, prepare_transaction, run_prepared
 from gateway.ingest.body import CSV, ReceivedRecord
+from gateway.ingest.progress import keep_task_progress
 from gateway.ingest.registry import MappingRegistry
 from gateway.ingest.results import IngestReport, RecordResult, WrittenResource
 from gateway.ingest.retractions import OutputChange, apply_output_changes
@@ -162,6 +163,7 @@ class IngestService:
             return self._writer
 
     def _prepare(self, entries: list[dict[str, Any]], base: str) -> PreparedTransaction:
+        keep_task_progress(self.store, entries)
         bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
         return prepare_transaction(
             self.store, self.parser, bundle, base, return_resources=False, skip_unchanged=True

@@ -18,6 +18,7 @@ from .expressions import compile_expression as compile_expression
 from .golden import fhir_problems as fhir_problems
 from .golden import find_cases as find_cases
 from .golden import map_outcome as map_outcome
+from .golden import outbound_outcome as outbound_outcome
 from .golden import run_case as run_case
 from .inputs import InputError as InputError
 from .inputs import parse_csv as parse_csv
@@ -28,6 +29,9 @@ from .loader import LoadedMappings as LoadedMappings
 from .loader import load_mapping_sets as load_mapping_sets
 from .loader import load_mappings as load_mappings
 from .loader import validate_mappings as validate_mappings
+from .outbound import OutboundMapping as OutboundMapping
+from .outbound import outcome_id as outcome_id
+from .outbound import render_outcome as render_outcome
 from .yamlfile import YamlDocument as YamlDocument
 from .yamlfile import YamlSyntaxError as YamlSyntaxError
 from .yamlfile import format_path as format_path

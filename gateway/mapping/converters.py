@@ -18,6 +18,7 @@ Bad values raise ``MappingError`` naming the source path and the value.
 ``datetime``           ISO date-time; no zone means UTC (Kobo ``_submission_time``)
 ``epoch_ms``           milliseconds since 1970 → date-time (CHT ``reported_date``)
 ``epoch_s``            seconds since 1970 → date-time
+``to_epoch_ms``        date-time → milliseconds since 1970 (outbound CHT ``reported_date``)
 ``split(sep)``         ``"a b"`` → ``a``, ``b`` (default: whitespace; select_multiple)
 ``join(sep)``          collection → one text
 ``first``              only the first item
@@ -66,6 +67,7 @@ from gateway.mapping.values import (
     to_date,
     to_datetime,
     to_decimal,
+    to_epoch_ms,
     to_integer,
     to_text,
 )
@@ -315,6 +317,7 @@ CONVERTERS: dict[str, ConverterSpec] = {
         ConverterSpec("datetime", (), 0, _simple(to_datetime)),
         ConverterSpec("epoch_ms", (), 0, _simple(lambda v, p: from_epoch(v, p, 1000))),
         ConverterSpec("epoch_s", (), 0, _simple(lambda v, p: from_epoch(v, p, 1))),
+        ConverterSpec("to_epoch_ms", (), 0, _simple(to_epoch_ms)),
         ConverterSpec("split", (str,), 0, _split),
         ConverterSpec("join", (str,), 0, _join),
         ConverterSpec("first", (), 0, _first),

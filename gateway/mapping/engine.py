@@ -27,6 +27,7 @@ from gateway.fhir import can_retract_by_status
 from gateway.mapping.errors import MappingError, quote
 from gateway.mapping.expressions import Expression
 from gateway.mapping.ids import entity_id, record_key
+from gateway.mapping.outbound import OutboundMapping
 from gateway.mapping.rules import DEFAULTS_KEY, RuleProgram
 from gateway.mapping.templates import MISSING, Builder, copier
 from gateway.mapping.values import to_boolean
@@ -428,6 +429,7 @@ class MappingSet:
     folder: str = ""
     retract_when: Expression | None = None  # true for a record the source deleted or voided
     retract_id: Expression | None = None  # reads such a record's id
+    outbound: list[OutboundMapping] = field(default_factory=list)  # referral outcomes back to the source app
 
     def retracted_key(self, record: Any) -> str | None:
         """The id of the record if the source says it was deleted or voided (``set.yaml``'s

@@ -13,6 +13,9 @@ lists the differences by JSON path, entries matched by their ``request.url``::
 
 ``update=True`` (``gateway mappings test --update``) rewrites expected files from the
 current output, for reviewing the change with ``git diff``.
+
+Outbound cases (``outbound/tests/<case>.input.json``: a referral outcome context, see
+``gateway.mapping.outbound``) expect the payload sent back to the source app, or ``null``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from gateway.fhir import check_strict
 from gateway.mapping.engine import MappingSet
 from gateway.mapping.errors import MappingError, to_operation_outcome
 from gateway.mapping.inputs import InputError, read_records
+from gateway.mapping.outbound import OUTBOUND_DIR, read_context, render_outcome
 
 __all__ = [
     "GoldenCase",
@@ -37,6 +41,7 @@ __all__ = [
     "find_cases",
     "fhir_problems",
     "map_outcome",
+    "outbound_outcome",
     "run_case",
 ]
 
@@ -51,6 +56,7 @@ class GoldenCase:
     name: str
     input_path: Path
     expected_path: Path
+    outbound: bool = False  # an outcome context → the payload sent back to the source app
 
 
 @dataclass(slots=True)
@@ -71,7 +77,20 @@ def find_cases(mapping_set: MappingSet) -> list[GoldenCase]:
     for path in sorted([*folder.glob("*.input.json"), *folder.glob("*.input.csv")]):
         name = path.name.rsplit(".input.", 1)[0]
         cases.append(GoldenCase(mapping_set.name, name, path, folder / f"{name}.expected.json"))
+    outbound = Path(mapping_set.folder) / OUTBOUND_DIR / "tests"
+    for path in sorted(outbound.glob("*.input.json")) if outbound.is_dir() else ():
+        name = path.name.rsplit(".input.", 1)[0]
+        expected = outbound / f"{name}.expected.json"
+        cases.append(GoldenCase(mapping_set.name, f"{OUTBOUND_DIR}/{name}", path, expected, outbound=True))
     return cases
+
+
+def outbound_outcome(mapping_set: MappingSet, context: dict[str, Any]) -> Any:
+    """The payload an outcome context makes (None: nothing sent), or the OperationOutcome of its error."""
+    try:
+        return render_outcome(mapping_set.outbound, context)
+    except MappingError as exc:
+        return to_operation_outcome(exc)
 
 
 def map_outcome(mapping_set: MappingSet, record: Any) -> dict[str, Any]:
@@ -113,13 +132,17 @@ def fhir_problems(output: dict[str, Any]) -> list[str]:
 
 def run_case(mapping_set: MappingSet, case: GoldenCase, *, update: bool = False) -> GoldenResult:
     """Run one golden case (rewriting its expected file when ``update``)."""
+    actual: Any
     try:
-        records, many = read_records(case.input_path)
-    except (InputError, OSError) as exc:
+        if case.outbound:
+            actual, problems = outbound_outcome(mapping_set, read_context(case.input_path)), []
+        else:
+            records, many = read_records(case.input_path)
+            outputs = [map_outcome(mapping_set, record) for record in records]
+            actual = outputs if many else outputs[0]
+            problems = [problem for output in outputs for problem in fhir_problems(output)]
+    except (InputError, OSError, ValueError) as exc:
         return GoldenResult(case, "fail", [f"cannot read {case.input_path.name}: {exc}"])
-    outputs = [map_outcome(mapping_set, record) for record in records]
-    actual: Any = outputs if many else outputs[0]
-    problems = [problem for output in outputs for problem in fhir_problems(output)]
     if update:
         case.expected_path.write_bytes(orjson.dumps(actual, option=orjson.OPT_INDENT_2) + b"\n")
         return GoldenResult(case, "fail" if problems else "updated", problems[:_MAX_LINES])

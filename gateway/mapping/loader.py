@@ -31,6 +31,7 @@ from gateway.mapping.engine import CompiledMapping, CompiledRule, MappingSet
 from gateway.mapping.errors import LoadIssue, MappingError, MappingLoadError
 from gateway.mapping.expressions import Expression, Scope
 from gateway.mapping.inputs import InputError, read_records
+from gateway.mapping.outbound import load_outbound
 from gateway.mapping.rules import compile_rule, defaults_reader, identifier_shape
 from gateway.mapping.spec import MappingSpec, SetSpec
 from gateway.mapping.templates import Builder, TemplateCompiler
@@ -168,6 +169,7 @@ def _load_set(folder: Path, loaded: LoadedMappings, interpret: bool) -> MappingS
     if not files:
         loaded.issues.append(LoadIssue(str(set_file), 1, "", "the set has no mapping files"))
     mapping_set = MappingSet(spec.name, spec.system, mappings, spec.title, str(folder))
+    mapping_set.outbound = load_outbound(folder, spec.system, tables, loaded.issues, interpret=interpret)
     if spec.retract is not None:
         ctx = CompileContext(system=spec.system, tables=tables, constants={"system": [spec.system]})
         compiler = TemplateCompiler(ctx, interpret=interpret)

@@ -21,6 +21,7 @@ __all__ = [
     "blank",
     "fail",
     "from_epoch",
+    "to_epoch_ms",
     "human_name",
     "position",
     "to_boolean",
@@ -175,6 +176,15 @@ def from_epoch(value: Any, path: str, scale: int) -> str:
     if not math.isfinite(seconds) or not _EPOCH_MIN <= seconds <= _EPOCH_MAX:
         raise fail(path, value, "a timestamp in range")
     return _format_instant(datetime.fromtimestamp(round(seconds, 3), tz=UTC))
+
+
+def to_epoch_ms(value: Any, path: str) -> int:
+    """Milliseconds since 1970 from an ISO date-time (no zone: UTC); the inverse of ``from_epoch``."""
+    text = to_datetime(value, path)
+    if len(text) <= 10:  # a (partial) date: its first moment
+        text += "-01-01"[len(text) - 4 :] + "T00:00:00Z"
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return round(moment.timestamp() * 1000)
 
 
 #: Words that belong to the name part after them: family-name particles ("van der Berg",

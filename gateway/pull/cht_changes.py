@@ -62,4 +62,6 @@ class ChtChanges:
             return {"doc": {"_id": change.get("id"), "_rev": (doc or {}).get("_rev"), "_deleted": True}}
         if not isinstance(doc, dict) or doc.get("type") not in self.options.doc_types:
             return None
+        if doc.get("type") == "data_record" and doc.get("form") in self.options.skip_forms:
+            return None  # a referral outcome the gateway wrote back: not a CHW's record
         return {"doc": doc}

@@ -65,12 +65,22 @@ class CommCareApi:
                 stamp = row.get("indexed_on") if isinstance(row, dict) else None
                 if isinstance(stamp, str) and stamp > mark:
                     mark = stamp
-            yield Page(rows if self.options.endpoint == "form" else [as_forwarded(row) for row in rows], mark)
+            if self.options.endpoint == "form":
+                # Referral outcomes the gateway submitted itself are not a CHW's records.
+                kept = [row for row in rows if _xmlns(row) not in self.options.skip_xmlns]
+            else:
+                kept = [as_forwarded(row) for row in rows]
+            yield Page(kept, mark)
             meta = answer.get("meta")
             next_url: Any = meta.get("next") if isinstance(meta, dict) else answer.get("next")
             if not rows or not isinstance(next_url, str) or not next_url:
                 break
             url, params = urljoin(url, next_url), None
+
+
+def _xmlns(row: Any) -> Any:
+    form = row.get("form") if isinstance(row, dict) else None
+    return form.get("@xmlns") if isinstance(form, dict) else None
 
 
 #: Case API v2 keys that case forwarding keeps inside ``properties``

@@ -31,6 +31,8 @@ PULL_RETRY = RetryPolicy(initial_delay=1.0, multiplier=2.0, max_delay=60.0, max_
 
 #: The CouchDB documents of a CHT instance that are records (tasks, targets, forms, settings are not).
 CHT_RECORD_TYPES = ("data_record", "person", "contact", "clinic", "health_center", "district_hospital")
+#: The form namespace of the referral outcomes the shipped commcare outbound mapping writes back.
+REFERRAL_OUTCOME_XMLNS = "http://commcarehq.org/chw-gateway/referral-outcome"
 
 _REQUIRED = {
     "odk-central": ("project", "form"),
@@ -58,9 +60,16 @@ class PullOptions(BaseModel):
     domain: str | None = Field(None, description="CommCare project space")
     endpoint: Literal["form", "case"] = Field("form", description="CommCare Form API v1 or Case API v2")
     case_type: str | None = Field(None, description="CommCare Case API: only cases of this type")
+    skip_xmlns: tuple[str, ...] = Field(
+        (REFERRAL_OUTCOME_XMLNS,),
+        description="CommCare Form API: forms passed over (the gateway's own referral outcomes, written back)",
+    )
     # cht-changes
     database: str = Field("medic", description="CHT CouchDB database")
     doc_types: tuple[str, ...] = Field(CHT_RECORD_TYPES, description="CHT: the document types that are records")
+    skip_forms: tuple[str, ...] = Field(
+        ("referral_outcome",), description="CHT: report forms passed over (the gateway's own referral outcomes)"
+    )
     # kobo-api
     asset: str | None = Field(None, description="KoboToolbox asset uid")
 

@@ -121,3 +121,19 @@ async def test_a_wrong_asset_is_named_not_retried(sandbox: Any, served: str, sto
             await harness.runner.pull("kobo")
     finally:
         harness.ingest.close()
+
+
+async def test_referral_outcomes_the_gateway_wrote_back_are_not_pulled_as_records(pulls: PullHarness) -> None:
+    pulls.sandbox.cht.put(golden("cht", "report-data-record-assessment")["doc"])
+    status, _ = pulls.sandbox.cht.write("outcome-1", {"type": "data_record", "form": "referral_outcome",
+                                                      "fields": {"outcome": "completed"}})  # fmt: skip
+    assert status == 201
+    report = await pulls.runner.pull("cht")
+    assert (report.records, report.stored, report.quarantined) == (1, 1, 0)
+    pulls.sandbox.commcare.submit_form(CC_DOMAIN, _form(0))
+    outcome = (b'<data xmlns="http://commcarehq.org/chw-gateway/referral-outcome"><outcome>completed</outcome>'
+               b'<meta xmlns="http://openrosa.org/jr/xforms"><instanceID>o-1</instanceID></meta></data>')  # fmt: skip
+    assert pulls.sandbox.commcare.receiver.submit(CC_DOMAIN, outcome)[0] == 201
+    report = await pulls.runner.pull("commcare")
+    assert (report.records, report.stored, report.quarantined) == (1, 1, 0)
+    assert pulls.store.quarantine_list() == []

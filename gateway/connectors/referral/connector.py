@@ -1,0 +1,131 @@
+"""Delivering referral outcomes to CHT (a report document) and CommCare (a form with a case update).
+
+Both connectors take Task changes, skip those that are not a referral of their mapping set
+(``meta.source`` is another system), that are deletions, or for which no outbound mapping
+fires (a Task still waiting, for example), and send one request per job. Each request is
+idempotent on the destination's side through ``%outcome_id``: CouchDB answers a repeated
+``_id`` with 409 (counted as delivered), CommCare treats a repeated ``instanceID`` as the
+same form.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+import orjson
+
+from gateway.clock import Clock
+from gateway.connectors.base import DeliveryOutcome, Job, Permanent, Retry, Success
+from gateway.connectors.classify import record_request, record_response
+from gateway.connectors.http import exchange
+from gateway.connectors.referral.config import ReturnOptions
+from gateway.connectors.referral.context import outcome_context
+from gateway.connectors.referral.xform import to_xform
+from gateway.mapping import MappingError, OutboundMapping, render_outcome
+from gateway.store import ResourceStore
+
+__all__ = ["ChtConnector", "CommCareConnector"]
+
+_NATURE = re.compile(rb'nature="([a-z_]+)"')
+
+
+class _ReturnConnector:
+    """What both kinds share: pick the jobs, build the context, render the payload."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        base_url: str,
+        clock: Clock,
+        *,
+        store: ResourceStore,
+        system: str,
+        mappings: list[OutboundMapping],
+        options: ReturnOptions,
+    ) -> None:
+        self.client = client
+        self.base_url = base_url.rstrip("/")
+        self.clock = clock
+        self.store = store
+        self.system = system
+        self.mappings = mappings
+        self.options = options
+
+    async def aclose(self) -> None:
+        """Close the HTTP client."""
+        await self.client.aclose()
+
+    async def deliver(self, jobs: Sequence[Job]) -> list[DeliveryOutcome]:
+        """One request per job that has an outcome to send."""
+        return [await self._deliver_one(job) for job in jobs]
+
+    async def _deliver_one(self, job: Job) -> DeliveryOutcome:
+        if job.resource_type != "Task" or job.op == "delete":
+            return Success("not a referral outcome: nothing sent")
+        task = job.resource()
+        if (task.get("meta") or {}).get("source") != self.system:
+            return Success("a referral of another source: nothing sent")
+        context = await asyncio.to_thread(outcome_context, self.store, task)
+        try:
+            payload = render_outcome(self.mappings, context)
+        except MappingError as exc:
+            return Permanent(reason="mapping_error", detail=str(exc))
+        if payload is None:
+            return Success("no outbound mapping fires for this state: nothing sent")
+        return await self._send(payload)
+
+    async def _send(self, payload: dict[str, Any]) -> DeliveryOutcome:
+        raise NotImplementedError
+
+
+class ChtConnector(_ReturnConnector):
+    """``kind: cht-api``: PUT the report document to ``/{database}/{_id}``; 409 means already there."""
+
+    async def _send(self, payload: dict[str, Any]) -> DeliveryOutcome:
+        doc_id = payload.get("_id")
+        if not isinstance(doc_id, str) or not doc_id or doc_id.startswith("_"):
+            return Permanent(reason="mapping_error", detail="the outbound CHT payload needs an _id (use %outcome_id)")
+        url = f"{self.base_url}/{self.options.database}/{doc_id}"
+        request = self.client.build_request(
+            "PUT", url, content=orjson.dumps(payload), headers={"Content-Type": "application/json"}
+        )
+        response, outcome = await exchange(self.client, request, self.clock)
+        if response is not None and response.status_code == 409:
+            return Success(f"{doc_id} was already stored (a repeat)")
+        return Success(doc_id) if isinstance(outcome, Success) else outcome
+
+
+class CommCareConnector(_ReturnConnector):
+    """``kind: commcare-api``: POST the form XML to the receiver; a repeated instanceID is the same form."""
+
+    async def _send(self, payload: dict[str, Any]) -> DeliveryOutcome:
+        case = payload.get("case")
+        if isinstance(case, dict) and not case.get("case_id"):
+            # The Patient (from case forwarding) has not arrived yet: wait for it, as for a
+            # record that comes later; the link is fine, so the breaker does not count it.
+            return Retry(delay=None, reason="case_unknown", link_ok=True)
+        meta = dict(payload.get("meta") or {})
+        meta.setdefault("deviceID", self.options.device_id)
+        meta.setdefault("username", self.options.username)
+        if self.options.user_id:
+            meta.setdefault("userID", self.options.user_id)
+        try:
+            body = to_xform({**payload, "meta": meta})
+        except ValueError as exc:
+            return Permanent(reason="mapping_error", detail=str(exc))
+        path = f"receiver/{self.options.app_id}/" if self.options.app_id else "receiver/api/"
+        url = f"{self.base_url}/a/{self.options.domain}/{path}"
+        request = self.client.build_request("POST", url, content=body, headers={"Content-Type": "text/xml"})
+        response, outcome = await exchange(self.client, request, self.clock)
+        if response is None or not isinstance(outcome, Success):
+            return outcome
+        nature = _NATURE.search(response.content)
+        if nature is not None and nature.group(1) != b"submit_success":
+            # OpenRosa 2.0 answers 201 even when the form was received but not processed.
+            return Permanent(reason=f"commcare_{nature.group(1).decode()}", request=record_request(request),
+                             response=record_response(response))  # fmt: skip
+        return Success(str(meta["instanceID"]))

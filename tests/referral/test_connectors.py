@@ -1,0 +1,117 @@
+"""The return-path connectors' own decisions: what they skip, wait for, and refuse (stand-ins over HTTP)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from gateway.clock import SystemClock
+from gateway.connectors import Job, Permanent, Retry, Success
+from gateway.connectors.referral import return_factories
+from gateway.delivery.config import DestinationConfig
+from gateway.store import Store
+from source_sandbox import SourceSandbox
+from tests.ingest.conftest import MAPPINGS
+from tests.support.live_server import LiveServer
+
+DOMAIN = "pih-chw-demo"
+
+
+@pytest.fixture
+def sandbox() -> SourceSandbox:
+    return SourceSandbox()
+
+
+@pytest.fixture
+def url(sandbox: SourceSandbox) -> Iterator[str]:
+    with LiveServer(sandbox.app()) as server:
+        yield server.url
+
+
+def _context(set_name: str) -> dict[str, Any]:
+    path = MAPPINGS / set_name / "outbound" / "tests" / "completed.input.json"
+    value: dict[str, Any] = json.loads(path.read_text())
+    return value
+
+
+def _job(task: dict[str, Any], op: str = "update") -> Job:
+    payload = b"" if op == "delete" else orjson.dumps(task)
+    return Job(id=f"d:{task['id']}", destination="d", seq=1, resource_type="Task", resource_id=task["id"],
+               version=2, op=op, key=task["for"]["reference"], payload=payload)  # type: ignore[arg-type]  # fmt: skip
+
+
+def _connector(store: Store, kind: str, url: str, auth: httpx.Auth | None) -> Any:
+    options = {"mapping": str(MAPPINGS / ("cht" if kind == "cht-api" else "commcare")), "domain": DOMAIN}
+    destination = DestinationConfig.model_validate({"name": "d", "kind": kind, "base_url": url, "options": options})
+    api_key = {"Authorization": "ApiKey gateway@example.org:cc-api-key"}
+    client = httpx.AsyncClient(auth=auth, headers={} if auth else api_key)
+    return return_factories(store)[kind](destination, client=client, clock=SystemClock())
+
+
+async def test_the_cht_connector_skips_what_is_not_its_outcome_and_reports_refusals(
+    sqlite_store: Store, sandbox: SourceSandbox, url: str
+) -> None:
+    task = _context("cht")["task"]
+    good = _connector(sqlite_store, "cht-api", url, httpx.BasicAuth("gateway@example.org", "pull-secret"))
+    try:
+        foreign = {**task, "meta": {**task["meta"], "source": "urn:chw-gateway:commcare:pih-chw-demo"}}
+        waiting = {**task, "status": "requested"}
+        outcomes = await good.deliver([_job(foreign), _job(waiting), _job(task, "delete")])
+        assert all(isinstance(outcome, Success) for outcome in outcomes)
+        assert not sandbox.requests  # nothing was sent for any of them
+        (sent,) = await good.deliver([_job(task)])
+        (repeat,) = await good.deliver([_job(task)])
+        assert isinstance(sent, Success) and isinstance(repeat, Success) and "repeat" in (repeat.detail or "")
+        assert len(sandbox.cht.reports("referral_outcome")) == 1
+    finally:
+        await good.aclose()
+    wrong = _connector(sqlite_store, "cht-api", url, httpx.BasicAuth("gateway@example.org", "nope"))
+    try:
+        (refused,) = await wrong.deliver([_job({**task, "status": "rejected"})])
+        assert isinstance(refused, Permanent) and refused.reason == "http_401"
+    finally:
+        await wrong.aclose()
+
+
+async def test_the_commcare_connector_waits_for_the_case_and_refuses_an_unknown_one(
+    sqlite_store: Store, sandbox: SourceSandbox, url: str
+) -> None:
+    context = _context("commcare")
+    connector = _connector(sqlite_store, "commcare-api", url, None)
+    try:
+        (waiting,) = await connector.deliver([_job(context["task"])])  # the Patient is not stored yet
+        assert isinstance(waiting, Retry) and waiting.reason == "case_unknown" and waiting.link_ok
+        with sqlite_store.transaction() as tx:
+            tx.create(context["patient"], rid=context["patient"]["id"])
+        (refused,) = await connector.deliver([_job(context["task"])])  # CommCare has no such case
+        assert isinstance(refused, Permanent) and refused.reason == "commcare_submit_error"
+        assert refused.response is not None and "IllegalCaseId" in refused.response.body
+    finally:
+        await connector.aclose()
+
+
+def test_a_return_destination_without_outbound_mappings_is_refused(sqlite_store: Store, tmp_path: Any) -> None:
+    from gateway.connectors import DeliveryConfigError
+
+    destination = DestinationConfig.model_validate(
+        {"name": "d", "kind": "cht-api", "base_url": "http://127.0.0.1:9",
+         "options": {"mapping": str(MAPPINGS / "kobo")}}
+    )  # fmt: skip
+    assert destination.filter.resource_types == ("Task",)
+    with pytest.raises(DeliveryConfigError, match="outbound"):
+        return_factories(sqlite_store)["cht-api"](destination, client=httpx.AsyncClient(), clock=SystemClock())
+
+
+def test_the_configuration_names_a_bad_return_path_option() -> None:
+    from pydantic import ValidationError
+
+    from gateway.settings import Settings
+
+    with pytest.raises(ValidationError, match=r"destination cc: options\.domian"):
+        Settings(destinations=[{"name": "cc", "kind": "commcare-api", "base_url": "http://127.0.0.1:9",
+                                "options": {"mapping": "mappings/commcare", "domian": "x"}}])  # fmt: skip
