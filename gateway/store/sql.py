@@ -50,10 +50,10 @@ from gateway.store.base import (
     StoredResource,
 )
 from gateway.store.exports import ExportJobs
-from gateway.store.subscriptions import SubscriptionRows
 from gateway.store.migrations import MIGRATIONS, statements_for
 from gateway.store.rows import COLUMNS, INDEX_TABLES, Cursor, to_resource
 from gateway.store.sqlops import WriteStep, insert_sql
+from gateway.store.subscriptions import SubscriptionRows
 from gateway.store.writes import SqlTransaction, prepare_write
 
 #: Organizations a data policy's subtree may list as parameters (see ``resolve_policy``).

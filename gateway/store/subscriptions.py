@@ -44,7 +44,8 @@ class SubscriptionRows:
                         (*row, record.sid))
             if cur.rowcount == 0:
                 cur.execute(self.q("INSERT INTO subscriptions (owner, scopes, content, status, start_seq, failures,"
-                                   " error, heartbeat_at, created, updated, sid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+                                   " error, heartbeat_at, created, updated, sid)"
+                                   " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
                             (*row, record.sid))
 
     def subscription_get(self, sid: str) -> SubscriptionRecord | None:
@@ -123,8 +124,8 @@ class SubscriptionRows:
             for sid, seqs in by_sub.items():
                 ordered = sorted(set(seqs))
                 marks = ", ".join("?" for _ in ordered)
-                cur.execute(self.q(f"SELECT seq, event_number FROM subscription_events WHERE sid = ? AND seq IN ({marks})"),
-                            (sid, *ordered))
+                cur.execute(self.q("SELECT seq, event_number FROM subscription_events"
+                                   f" WHERE sid = ? AND seq IN ({marks})"), (sid, *ordered))
                 known = {int(seq): int(number) for seq, number in cur.fetchall()}
                 cur.execute(self.q("SELECT COALESCE(MAX(event_number), 0) FROM subscription_events WHERE sid = ?"),
                             (sid,))
