@@ -60,7 +60,9 @@ class SubscriptionFeed:
         cursor = await self.queue.cursor(DESTINATION)
         subscriptions = await asyncio.to_thread(self.store.subscription_list, live=True)
         if not subscriptions:
-            # Nobody listens: skip the feed so a first subscription does not start with a backlog.
+            # Nobody listens: skip the feed (a first subscription starts where it is created).
+            if cursor is None:
+                return {}
             last = await asyncio.to_thread(self.store.last_change_seq)
             if cursor == last:
                 return {}
