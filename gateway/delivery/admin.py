@@ -151,8 +151,8 @@ class DeliveryAdmin:
         head = await asyncio.to_thread(self.feed.last_change_seq) if self.feed is not None else None
         rows = []
         for d in self.destinations.values():
-            if d.kind == "subscriptions" and await self.queue.cursor(d.name) is None:
-                continue  # the gateway's own destination, listed once a subscription was followed
+            if d.internal and await self.queue.cursor(d.name) is None:
+                continue
             stats = await self.queue.stats(d.name)
             serving = [w for w in workers if d.name in w.beat.destinations]
             lag_changes, lag_seconds = await self._lag(stats, head)

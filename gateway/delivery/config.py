@@ -136,6 +136,11 @@ class DestinationConfig(BaseModel):
     options: dict[str, Any] = Field({}, description="kind-specific settings (e.g. DHIS2 program ids)")
 
     @property
+    def internal(self) -> bool:
+        """The gateway's own destination (subscriptions): listed once its queue was used (has a cursor)."""
+        return self.kind == "subscriptions"
+
+    @property
     def coalesces(self) -> bool:
         """Whether only the latest version of a resource needs delivering."""
         return self.coalesce if self.coalesce is not None else self.kind not in ("webhook", "subscriptions")
