@@ -42,7 +42,7 @@ from starlette.routing import Mount, Route
 from bench.pull_bench import serve
 from gateway.api.app import create_app
 from gateway.auth import hash_token, new_token
-from gateway.delivery import DeliverySettings, DestinationConfig
+from gateway.delivery import DeliverySettings, DestinationConfig, SubscriptionFilter
 from gateway.services import ServicePlan
 from gateway.settings import RateLimitSettings, Settings
 from gateway.store import ApiClient, Store, open_store
@@ -136,7 +136,7 @@ def run(changes: int, rate: float, poll: float, queue: str) -> dict[str, list[fl
             queue_prefix=f"bench:{uuid.uuid4().hex[:8]}", allowed_hosts=["gateway.test"],
             rate_limit=RateLimitSettings(enabled=False), audit={"enabled": False}, message_log={"enabled": False},
             destinations=[DestinationConfig(name="hook", kind="webhook", base_url=f"{url}/webhook",
-                                            filter={"resource_types": ["Patient"]})],  # type: ignore[arg-type]
+                                            filter=SubscriptionFilter(resource_types=("Patient",)))],
             delivery=DeliverySettings(poll_interval=poll),
         )
         return asyncio.run(_measure(settings, url, sandbox, hooked, changes, rate))

@@ -23,7 +23,7 @@ import orjson
 
 from gateway.auth import Principal
 from gateway.clock import Clock, SystemClock
-from gateway.connectors import Connector, classify
+from gateway.connectors import Connector, Success, exchange
 from gateway.delivery import DeliveryQueue, DestinationConfig
 from gateway.errors import FhirError, invalid, not_found
 from gateway.search import DataPolicy, QueryParser, SearchRegistry
@@ -150,12 +150,10 @@ class SubscriptionService:
         """Post a handshake or heartbeat; None on success, else a short reason code."""
         bundle = notification_bundle(view_of(record), kind, self.base_url, self.clock.now())
         client = self._http()
-        try:
-            response = await client.post(spec.endpoint, content=orjson.dumps(bundle), timeout=timeout,
-                                         headers={**spec.headers, "Content-Type": "application/fhir+json"})
-        except httpx.HTTPError as exc:
-            return getattr(classify(exc, now=self.clock.now()), "reason", "connection")
-        return None if response.is_success else f"http_{response.status_code}"
+        request = client.build_request("POST", spec.endpoint, content=orjson.dumps(bundle), timeout=timeout,
+                                       headers={**spec.headers, "Content-Type": "application/fhir+json"})
+        _, outcome = await exchange(client, request, self.clock)
+        return None if isinstance(outcome, Success) else str(getattr(outcome, "reason", "failed"))
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:

@@ -7,6 +7,7 @@ import pytest
 
 from tests.subscriptions.harness import TOPIC, Harness, subscription
 
+FILTER = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-filter-criteria"
 TOPIC_EXTENSION = ("http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
                    "capabilitystatement-subscriptiontopic-canonical")
 
@@ -67,18 +68,18 @@ async def test_subscribing_needs_the_subscription_scope(sqlite_harness: Harness)
      "Subscription.channel.type"),
     ({"channel": {"type": "rest-hook", "endpoint": "not a url", "payload": "application/fhir+json"}},
      "Subscription.channel.endpoint"),
-    ({"_criteria": {"extension": [{"url": "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
-                                          "backport-filter-criteria", "valueString": "Patient?name=x"}]}},
+    ({"_criteria": {"extension": [{"url": FILTER, "valueString": "Patient?name=x"}]}},
      "Subscription.criteria.extension('backport-filter-criteria')[0]"),
-    ({"_criteria": {"extension": [{"url": "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
-                                          "backport-filter-criteria", "valueString": "Patient?organization=Organization/a&organization:bogus=1"}]}},
+    ({"_criteria": {"extension": [{"url": FILTER,
+                                   "valueString": "Patient?organization=Organization/a&organization:bogus=1"}]}},
      "Subscription.criteria.extension('backport-filter-criteria')[0]"),
 ])
 async def test_an_unusable_subscription_is_refused_naming_the_field(
     sqlite_harness: Harness, change: dict[str, object], field: str,
 ) -> None:
     client = sqlite_harness.client("system/Subscription.cruds", "system/Patient.rs")
-    response = await client.post("/fhir/Subscription", json={**subscription("new-patient", "http://x.test/h"), **change})
+    body = {**subscription("new-patient", "http://x.test/h"), **change}
+    response = await client.post("/fhir/Subscription", json=body)
     assert response.status_code == 400, response.text
     issue = response.json()["issue"][0]
     assert issue["expression"] == [field], issue

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 
 from tests.delivery.helpers import eventually
-from tests.subscriptions.harness import LAB, REFERRAL, VITALS, Harness, subscription
+from tests.subscriptions.harness import LAB, VITALS, Harness, subscription
 
 
 async def _put(client: httpx.AsyncClient, resource: dict[str, Any]) -> None:
