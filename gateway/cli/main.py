@@ -24,6 +24,7 @@ from gateway.cli.quarantine import quarantine_app
 from gateway.cli.queue import queue_app, worker_command
 from gateway.cli.sandbox import sandbox_app
 from gateway.cli.sources import sources_app
+from gateway.cli.subscriptions import subscriptions_app
 from gateway.errors import exit_code_for
 
 if TYPE_CHECKING:
@@ -64,6 +65,7 @@ app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(sources_app, name="sources")
 app.add_typer(dhis2_app, name="dhis2")
 app.add_typer(queue_app, name="queue")
+app.add_typer(subscriptions_app, name="subscriptions")
 app.command("worker", help="Run delivery workers as their own process.")(worker_command)
 
 
