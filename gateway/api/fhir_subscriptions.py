@@ -123,7 +123,7 @@ async def topic(request: Request) -> Response:
 
 
 async def not_allowed(request: Request) -> Response:
-    """A write to ``Subscription`` the server does not offer (PATCH, history …)."""
+    """An interaction on ``Subscription`` the server does not offer (PATCH, conditional writes, history)."""
     raise invalid("Subscriptions are created, read, replaced and deleted only", ["Subscription"],
                   code="not-supported")
 
@@ -156,6 +156,8 @@ ROUTES = [
     Route("/fhir/Subscription/{sid}/$status", status_instance, methods=["GET"]),
     Route("/fhir/Subscription", create, methods=["POST"]),
     Route("/fhir/Subscription", search, methods=["GET"]),
+    Route("/fhir/Subscription", not_allowed, methods=["PUT", "PATCH", "DELETE"]),  # conditional writes
+    Route("/fhir/Subscription/_search", not_allowed, methods=["POST"]),
     Route("/fhir/Subscription/{sid}", read, methods=["GET"]),
     Route("/fhir/Subscription/{sid}", update, methods=["PUT"]),
     Route("/fhir/Subscription/{sid}", delete, methods=["DELETE"]),

@@ -98,3 +98,24 @@ async def test_topics_are_listed_and_readable_as_basic(sqlite_harness: Harness) 
     urls = [e.get("valueUri") for e in basic["extension"] if e["url"].endswith(".url")]
     assert urls == [TOPIC + "lab-observation"]
     assert (await client.get("/fhir/Basic/topic-nope")).status_code == 404
+
+
+async def test_a_bundle_cannot_store_a_subscription_beside_the_endpoints(sqlite_harness: Harness) -> None:
+    client = sqlite_harness.client("system/*.cruds")
+    entry = {"resource": subscription("new-patient", "http://x.test/h"),
+             "request": {"method": "POST", "url": "Subscription"}}
+    before = sqlite_harness.store.last_change_seq()
+    response = await client.post("/fhir", json={"resourceType": "Bundle", "type": "batch", "entry": [entry]})
+    assert response.json()["entry"][0]["response"]["status"].startswith("403")
+    assert sqlite_harness.store.last_change_seq() == before  # nothing was stored
+
+
+@pytest.mark.parametrize(("method", "path"), [("PUT", "/fhir/Subscription?status=active"),
+                                              ("DELETE", "/fhir/Subscription?status=active"),
+                                              ("PATCH", "/fhir/Subscription/abc")])
+async def test_interactions_that_would_bypass_the_owner_are_not_offered(
+    sqlite_harness: Harness, method: str, path: str,
+) -> None:
+    client = sqlite_harness.client("system/*.cruds")
+    response = await client.request(method, path, json=subscription("new-patient", "http://x.test/h"))
+    assert response.status_code == 400 and response.json()["issue"][0]["code"] == "not-supported"
