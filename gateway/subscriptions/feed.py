@@ -58,23 +58,21 @@ class SubscriptionFeed:
     async def run_once(self) -> dict[str, int]:
         """Queue the notifications of the next batch of changes ({}: nothing new)."""
         cursor = await self.queue.cursor(DESTINATION)
-        subscriptions = await asyncio.to_thread(self.store.subscription_list, live=True)
-        if not subscriptions:
-            # Nobody listens: skip the feed (a first subscription starts where it is created).
-            if cursor is None:
-                return {}
-            last = await asyncio.to_thread(self.store.last_change_seq)
-            if cursor == last:
-                return {}
-            moved = await self.queue.enqueue(DESTINATION, [], after=cursor, cursor=last)
-            return {DESTINATION: 0} if moved else {}
-        low = cursor if cursor is not None else min(s.start_seq for s in subscriptions)
+        low = cursor
+        if low is None:
+            first = await asyncio.to_thread(self.store.subscription_list, live=True)
+            if not first:
+                return {}  # nobody ever subscribed: the feed is not followed at all
+            low = min(s.start_seq for s in first)
         changes = await asyncio.to_thread(self.store.changes, low, self.batch)
+        # Listed after the changes were read, so a subscription created since then starts after
+        # all of them (its start_seq) and misses none of its own.
+        subscriptions = await asyncio.to_thread(self.store.subscription_list, live=True)
         if not changes:
             if cursor is None:
                 await self.queue.enqueue(DESTINATION, [], after=None, cursor=low)
             return {}
-        jobs = await asyncio.to_thread(self._jobs, subscriptions, changes)
+        jobs = await asyncio.to_thread(self._jobs, subscriptions, changes) if subscriptions else []
         if await self.queue.enqueue(DESTINATION, jobs, after=cursor, cursor=changes[-1].seq):
             return {DESTINATION: len(jobs)}
         return {}
