@@ -123,22 +123,37 @@ class SubscriptionFeed:
 
     def _matching(self, trigger: Trigger, ids: Sequence[str], spec: SubscriptionSpec, access: OwnerAccess) -> set[str]:
         """The ids among ``ids`` whose resource matches the trigger, the filters and the data policy."""
-        rtype = trigger.resource_type
-        hits: set[str] = set()
+        found = self._search(trigger.resource_type, [*trigger.query, *spec.filter_items(trigger.resource_type)],
+                             ids, access)
+        if trigger.focus_type is None:
+            return {r.id for r in found}
+        focus = {r.id: ref for r in found if (ref := _focus_id(r, trigger.focus_type)) is not None}
+        if not access.can_read(trigger.focus_type):
+            return set()  # whether the focus is a referral is not the owner's to learn
+        focused = {r.id for r in self._search(trigger.focus_type, list(trigger.focus_query),
+                                              sorted(set(focus.values())), access)}
+        return {rid for rid, ref in focus.items() if ref in focused}
+
+    def _search(
+        self, rtype: str, params: list[tuple[str, str]], ids: Sequence[str], access: OwnerAccess
+    ) -> list[StoredResource]:
+        """The resources among ``ids`` that match ``params`` and the owner's data policy (one search a chunk)."""
+        found: list[StoredResource] = []
         step = self.parser.limits.max_values
         for start in range(0, len(ids), step):
             chunk = ids[start:start + step]
-            query = self.parser.parse(rtype, [*trigger.query, *spec.filter_items(rtype), ("_id", ",".join(chunk))])
+            query = self.parser.parse(rtype, [*params, ("_id", ",".join(chunk))])
             query.count = len(chunk)
             query.total = "none"
             query.policy = access.policy
-            found = self.store.search(query).resources
-            hits |= {r.id for r in found if trigger.focus_type is None or _focus_is(r, trigger.focus_type)}
-        return hits
+            found += self.store.search(query).resources
+        return found
 
 
-def _focus_is(resource: StoredResource, rtype: str) -> bool:
-    """Whether the resource's ``focus`` refers to a resource of ``rtype`` (a referral's Task)."""
+def _focus_id(resource: StoredResource, rtype: str) -> str | None:
+    """The id of the ``rtype`` resource the resource's ``focus`` refers to (a referral's Task), if any."""
     focus = orjson.loads(resource.content).get("focus")
     reference = focus.get("reference") if isinstance(focus, dict) else None
-    return isinstance(reference, str) and reference.startswith(f"{rtype}/")
+    if not isinstance(reference, str) or not reference.startswith(f"{rtype}/"):
+        return None
+    return reference.removeprefix(f"{rtype}/").split("/", 1)[0] or None

@@ -28,7 +28,8 @@ class Trigger:
     resource_type: str
     interactions: frozenset[str]  # create | update | delete (change-feed ops)
     query: tuple[tuple[str, str], ...] = ()  # search parameters the resource must match
-    focus_type: str | None = None  # the resource's ``focus`` must refer to this type (a referral Task)
+    focus_type: str | None = None  # the resource's ``focus`` must refer to this type (a referral Task) …
+    focus_query: tuple[tuple[str, str], ...] = ()  # … and the focused resource match these parameters
     description: str = ""
 
 
@@ -105,7 +106,8 @@ TOPICS: tuple[Topic, ...] = (
         triggers=(
             Trigger("ServiceRequest", _CHANGED, (("code", REFERRAL),), description="a referral ServiceRequest"),
             Trigger("Task", _CHANGED, (("code", "http://hl7.org/fhir/CodeSystem/task-code|fulfill"),),
-                    focus_type="ServiceRequest", description="the Task fulfilling a referral"),
+                    focus_type="ServiceRequest", focus_query=(("code", REFERRAL),),
+                    description="the Task fulfilling a referral"),
         ),
         filters={"ServiceRequest": ("patient", "subject", "performer", "status", "priority"),
                  "Task": ("patient", "subject", "owner", "status")},

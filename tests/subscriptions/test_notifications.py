@@ -58,6 +58,9 @@ async def test_referrals_new_and_changed_with_their_tasks(sqlite_harness: Harnes
     await _put(writer, {"resourceType": "Task", "id": "task-1", "status": "requested", "intent": "order",
                         "code": {"coding": [{"system": "http://hl7.org/fhir/CodeSystem/task-code", "code": "fulfill"}]},
                         "focus": {"reference": "ServiceRequest/ref-1"}, "for": {"reference": f"Patient/{patient}"}})
+    await _put(writer, {"resourceType": "Task", "id": "task-lab", "status": "requested", "intent": "order",
+                        "code": {"coding": [{"system": "http://hl7.org/fhir/CodeSystem/task-code", "code": "fulfill"}]},
+                        "focus": {"reference": "ServiceRequest/lab-order"}, "for": {"reference": f"Patient/{patient}"}})
     await _put(writer, {**referral, "status": "completed"})
     receiver = h.sandbox.receiver("emr")
     await eventually(lambda: len(receiver.events) == 3, timeout=20)
