@@ -131,15 +131,33 @@ def run(changes: int, rate: float, poll: float, queue: str) -> dict[str, list[fl
     receivers = Starlette(routes=[Route("/webhook", webhook, methods=["POST"]), Mount("/sub", sandbox.app())])
     with tempfile.TemporaryDirectory() as tmp, serve(receivers) as url:
         queue_url = f"sqlite:///{Path(tmp) / 'queue.db'}" if queue == "sqlite" else REDIS_URL
+        prefix = f"bench:{uuid.uuid4().hex[:8]}"
         settings = Settings(
-            store_url=f"sqlite:///{Path(tmp) / 'store.db'}", queue_url=queue_url,
-            queue_prefix=f"bench:{uuid.uuid4().hex[:8]}", allowed_hosts=["gateway.test"],
+            store_url=f"sqlite:///{Path(tmp) / 'store.db'}", queue_url=queue_url, queue_prefix=prefix,
+            allowed_hosts=["gateway.test"],
             rate_limit=RateLimitSettings(enabled=False), audit={"enabled": False}, message_log={"enabled": False},
             destinations=[DestinationConfig(name="hook", kind="webhook", base_url=f"{url}/webhook",
                                             filter=SubscriptionFilter(resource_types=("Patient",)))],
             delivery=DeliverySettings(poll_interval=poll),
         )
-        return asyncio.run(_measure(settings, url, sandbox, hooked, changes, rate))
+        try:
+            return asyncio.run(_measure(settings, url, sandbox, hooked, changes, rate))
+        finally:
+            if queue == "redis":
+                _forget(prefix)
+
+
+def _forget(prefix: str) -> None:
+    """Delete the run's Redis keys."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start:start + 500])
+    finally:
+        client.close()
 
 
 def main(argv: list[str] | None = None) -> int:
