@@ -5,6 +5,7 @@ from .bundles import StatusView as StatusView
 from .bundles import notification_bundle as notification_bundle
 from .config import DESTINATION as DESTINATION
 from .config import SubscriptionSettings as SubscriptionSettings
+from .config import subscription_destination as subscription_destination
 from .connector import RestHookConnector as RestHookConnector
 from .feed import SubscriptionFeed as SubscriptionFeed
 from .service import SubscriptionService as SubscriptionService

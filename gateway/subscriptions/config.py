@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.connectors import Duration
-from gateway.delivery import RetryPolicy
+from gateway.delivery import DestinationConfig, RetryPolicy
 
 #: The delivery destination that carries every subscription's notifications.
 DESTINATION = "subscriptions"
@@ -35,3 +35,9 @@ class SubscriptionSettings(BaseModel):
     allow_http: bool = Field(
         True, description="accept http:// endpoints (off in production: notifications carry patient data)"
     )
+
+
+def subscription_destination(settings: SubscriptionSettings, base_url: str) -> DestinationConfig:
+    """The delivery destination carrying every notification (never coalesced: each event counts)."""
+    return DestinationConfig(name=DESTINATION, kind="subscriptions", base_url=base_url, coalesce=False,
+                             retry=settings.retry, concurrency=settings.concurrency, timeout=settings.timeout)

@@ -29,7 +29,7 @@ from gateway.errors import FhirError, invalid, not_found
 from gateway.search import DataPolicy, QueryParser, SearchRegistry
 from gateway.store import Store, SubscriptionRecord
 from gateway.subscriptions.bundles import notification_bundle, status_bundle
-from gateway.subscriptions.config import DESTINATION, SubscriptionSettings
+from gateway.subscriptions.config import SubscriptionSettings, subscription_destination
 from gateway.subscriptions.connector import RestHookConnector
 from gateway.subscriptions.feed import SubscriptionFeed
 from gateway.subscriptions.spec import SubscriptionSpec, read_spec
@@ -63,9 +63,7 @@ class SubscriptionService:
     # -- the delivery engine's parts ---------------------------------------------------------
     def destination(self) -> DestinationConfig:
         """The delivery destination carrying every notification (never coalesced: each event counts)."""
-        return DestinationConfig(name=DESTINATION, kind="subscriptions", base_url=self.base_url, coalesce=False,
-                                 retry=self.settings.retry, concurrency=self.settings.concurrency,
-                                 timeout=self.settings.timeout)
+        return subscription_destination(self.settings, self.base_url)
 
     def connector(self, destination: DestinationConfig, *, client: httpx.AsyncClient, clock: Clock) -> Connector:
         """The ``subscriptions`` kind's connector (a ``ConnectorFactory``)."""

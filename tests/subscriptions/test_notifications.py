@@ -7,7 +7,10 @@ import asyncio
 from typing import Any
 
 import httpx
+import pytest
+from typer.testing import CliRunner
 
+from gateway.cli import app
 from tests.delivery.helpers import eventually
 from tests.subscriptions.harness import LAB, REFERRAL, TOPIC, Harness, subscription
 from tests.subscriptions.test_delivery import _create, _observation, _organizations, _patient, _put, _subscribe
@@ -133,3 +136,31 @@ async def test_a_subscription_below_the_shortest_heartbeat_period_is_refused(sql
     response = await emr.post("/fhir/Subscription", json=subscription(
         "new-patient", sqlite_harness.endpoint("emr"), heartbeat=0))
     assert response.status_code == 400
+
+
+async def test_a_refused_notification_is_a_dead_letter_the_queue_command_lists_and_replays(
+    sqlite_harness: Harness, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    h = sqlite_harness
+    writer = h.client("system/*.cruds")
+    emr = h.client("system/Subscription.cruds", "system/Patient.rs")
+    await _subscribe(emr, subscription("new-patient", h.endpoint("emr")))
+    await _organizations(writer)
+    h.sandbox.fault("emr", fail=1, status=422)  # a permanent refusal: no retry, a dead letter
+    await h.start_worker()
+    patient = await _create(writer, _patient("north"))
+    monkeypatch.setenv("GATEWAY_STORE_URL", h.settings.store_url)
+    monkeypatch.setenv("GATEWAY_QUEUE_URL", h.settings.queue_url)
+    monkeypatch.delenv("GATEWAY_CONFIG", raising=False)
+
+    async def listed() -> bool:
+        result = await asyncio.to_thread(CliRunner().invoke, app,
+                                         ["queue", "dead-letters", "--destination", "subscriptions", "--json"])
+        return result.exit_code == 0 and f"Patient/{patient}" in result.output
+
+    await eventually(listed, timeout=20)
+    result = await asyncio.to_thread(CliRunner().invoke, app,
+                                     ["queue", "replay", "--destination", "subscriptions"])
+    assert result.exit_code == 0, result.output
+    receiver = h.sandbox.receiver("emr")
+    await eventually(lambda: receiver.focus() == [f"Patient/{patient}"], timeout=20)
