@@ -31,7 +31,7 @@ from gateway.audit import AuditWriter, MessageLogWriter
 from gateway.clock import Clock, SystemClock
 from gateway.connectors import DeliveryConfigError
 from gateway.connectors.referral import ReferralSettings, overdue_task
-from gateway.delivery import DeliverySections, DeliveryService, DestinationConfig
+from gateway.delivery import ConnectorFactory, DeliverySections, DeliveryService, DestinationConfig, FollowerFactory
 from gateway.errors import FhirError
 from gateway.export import BulkExporter
 from gateway.identity import IdentityEngine, IdentityRuleError, load_rules_dir
@@ -43,6 +43,8 @@ from gateway.scheduler import Claim, PeriodicTask, Scheduler
 from gateway.search import QueryParser, SearchLimits, SearchRegistry, default_registry
 from gateway.settings import Settings, delivery_sections
 from gateway.store import MessageEntry, ResourceStore, RunClaims, Store, open_store
+from gateway.subscriptions import DESTINATION as SUBSCRIPTIONS
+from gateway.subscriptions import SubscriptionService
 
 __all__ = ["ServicePlan", "Services", "build_scheduler", "run_worker"]
 
@@ -101,6 +103,7 @@ class Services:
     exports: BulkExporter | None = None
     pulls: PullRunner | None = None
     identity: IdentityEngine | None = None
+    subscriptions: SubscriptionService | None = None
     owns_store: bool = True
     reloader: Reloader | None = None  # set by ``start``: processes that run are the ones that reload
 
@@ -135,6 +138,11 @@ class Services:
                 services.exports = BulkExporter(opened, settings.bulk_export)
             if settings.identity.enabled:
                 services.identity = _identity(settings, opened)
+            if settings.subscriptions.enabled:
+                services.subscriptions = SubscriptionService(
+                    opened, services.parser, registry, settings.subscriptions, base_url=_base_url(settings),
+                    policies=settings.data_policies(), clock=plan.delivery_clock,
+                )
             if plan.ingest:
                 services.ingest = IngestService(
                     opened, services.parser, MappingRegistry(settings.mappings_dir, settings.sources), journal
@@ -144,7 +152,7 @@ class Services:
                     services.ingest.after_commit = services.identity.catch_up
             sections = plan.sections or delivery_sections(settings)
             if plan.delivery:
-                services.delivery = _delivery(settings, sections, plan, opened, journal)
+                services.delivery = _delivery(settings, sections, plan, opened, journal, services.subscriptions)
             if plan.scheduler:
                 services.scheduler = build_scheduler(
                     sections.destinations,
@@ -174,6 +182,12 @@ class Services:
             raise FhirError("bulk data export is not enabled on this server", status=503, code="not-supported")
         return self.exports
 
+    def require_subscriptions(self) -> SubscriptionService:
+        """The subscriptions service, or a 503 ``FhirError`` when subscriptions are switched off."""
+        if self.subscriptions is None:
+            raise FhirError("subscriptions are not enabled on this server", status=503, code="not-supported")
+        return self.subscriptions
+
     def require_delivery(self) -> DeliveryService:
         """The delivery service, or a 503 ``FhirError`` when this process was built without it."""
         if self.delivery is None:
@@ -195,6 +209,8 @@ class Services:
             await self.exports.start()
         if self.delivery is not None:
             await self.delivery.start()
+            if self.subscriptions is not None and SUBSCRIPTIONS in self.delivery.connectors:
+                await self.subscriptions.start()  # heartbeats go where notifications are sent from
         if self.scheduler is not None:
             await self.scheduler.start()
 
@@ -205,6 +221,8 @@ class Services:
                 await self.exports.stop()
             if self.scheduler is not None:
                 await self.scheduler.stop()
+            if self.subscriptions is not None:
+                await self.subscriptions.stop()
             if self.delivery is not None:
                 # stop() also closes the queue and connectors, started or not.
                 await self.delivery.stop()
@@ -252,9 +270,19 @@ def _delivery(
     plan: ServicePlan,
     store: Store,
     journal: Callable[[Sequence[MessageEntry]], None] | None,
+    subscriptions: SubscriptionService | None,
 ) -> DeliveryService:
+    """The delivery engine over the configured destinations and, with ``subscriptions``, the
+    subscriptions' own destination (its connector kind and change-feed follower)."""
+    destinations = tuple(sections.destinations)
+    extra: dict[str, ConnectorFactory] = {}
+    followers: list[FollowerFactory] = []
+    if subscriptions is not None and (not plan.only or SUBSCRIPTIONS in plan.only):
+        destinations += (subscriptions.destination(),)
+        extra[SUBSCRIPTIONS] = subscriptions.connector
+        followers.append(subscriptions.follower)
     if plan.only:
-        unknown = sorted(set(plan.only) - {d.name for d in sections.destinations})
+        unknown = sorted(set(plan.only) - {d.name for d in destinations})
         if unknown:
             raise DeliveryConfigError(f"unknown destination(s): {', '.join(unknown)}")
     run = sections.delivery.in_process_worker if plan.run_worker is None else plan.run_worker
@@ -262,7 +290,7 @@ def _delivery(
         store=store,
         queue_url=settings.queue_url,
         queue_prefix=settings.queue_prefix,
-        destinations=sections.destinations,
+        destinations=destinations,
         settings=sections.delivery,
         environ=plan.environ,
         run_worker=run,
@@ -270,7 +298,17 @@ def _delivery(
         only=plan.only,
         alerts=plan.alerts,
         journal=journal,
+        extra_factories=extra,
+        followers=followers,
     )
+
+
+def _base_url(settings: Settings) -> str:
+    """The FHIR base URL notifications name resources by (``public_base_url``, else where the gateway listens)."""
+    if settings.public_base_url:
+        return settings.public_base_url.rstrip("/")
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    return f"http://{host}:{settings.port}/fhir"
 
 
 def build_scheduler(

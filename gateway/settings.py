@@ -39,6 +39,7 @@ from gateway.export import BulkExportSettings
 from gateway.ingest import SourceConfig
 from gateway.scheduler import SchedulerSettings
 from gateway.search import DataPolicy, PolicyError
+from gateway.subscriptions import SubscriptionSettings
 
 __all__ = [
     "AuditSettings",
@@ -244,6 +245,7 @@ class Settings(BaseSettings):
     referral: ReferralSettings = Field(
         ReferralSettings(), description="referral Tasks nobody acted on: when they become overdue"
     )
+    subscriptions: SubscriptionSettings = SubscriptionSettings()
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     log_format: Literal["text", "json"] = Field(
         "text", description="text: `time LEVEL logger: message` lines; json: one JSON object a line"

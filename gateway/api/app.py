@@ -48,6 +48,7 @@ from . import (
     console,
     fhir_match,
     fhir_read,
+    fhir_subscriptions,
     fhir_write,
     health,
     ingest,
@@ -73,6 +74,8 @@ def build_context(services: Services, clock: Clock | None = None) -> AppContext:
     """Everything request handlers share, over the process's services (``clock`` times the rate limits)."""
     admin = services.settings.admin_token.get_secret_value() if services.settings.admin_token else None
     capability = capability_statement(services.registry, "", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    if services.subscriptions is not None:
+        capability = fhir_subscriptions.advertise(capability)
     auth = Authenticator(services.store, admin, policies=services.settings.data_policies())
     tokens = TokenIssuer(services.store, lifetime=services.settings.smart.access_token_seconds)
     limits = build_rate_limits(services.settings, clock)
@@ -155,6 +158,9 @@ def create_app(
     # Ahead of the read and search routes, which would take $export for a type or an id.
     for route in reversed(bulk_export.ROUTES):
         app.router.routes.insert(0, route)
+    if settings.subscriptions.enabled:  # ahead of the generic read and write routes, which would take them
+        for route in reversed(fhir_subscriptions.ROUTES):
+            app.router.routes.insert(0, route)
     # Ahead of the read route, which would take /fhir/.well-known/… for a resource type.
     for path in ("/.well-known/smart-configuration", "/fhir/.well-known/smart-configuration"):
         app.router.routes.insert(0, Route(path, smart.smart_configuration, methods=["GET"]))

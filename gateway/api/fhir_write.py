@@ -219,9 +219,15 @@ async def batch_or_transaction(request: Request) -> Response:
         record.interaction = "batch"
 
     policy = row_filter(request, principal)
+    can = principal.can
+    if ctx.settings.subscriptions.enabled:
+        # Subscriptions live beside the stored resources (``fhir_subscriptions``): a Bundle entry
+        # must not store one where no handshake, owner or matching would ever see it.
+        def can(rtype: str, letter: str) -> bool:
+            return rtype != "Subscription" and principal.can(rtype, letter)
 
     def work() -> dict[str, Any]:
-        response = process_bundle(ctx.store, ctx.parser, bundle, base, can=principal.can, policy=policy,
+        response = process_bundle(ctx.store, ctx.parser, bundle, base, can=can, policy=policy,
                                   return_resources=not minimal, author=principal.name)
         if record is not None:  # on the worker thread: the request's own JSON, already parsed
             _note_bundle(record, bundle, response, ctx.settings.audit.max_entities)

@@ -26,6 +26,7 @@ from gateway.cli.queue import queue_app, worker_command
 from gateway.cli.referrals import referrals_app
 from gateway.cli.sandbox import sandbox_app
 from gateway.cli.sources import sources_app
+from gateway.cli.subscriptions import subscriptions_app
 from gateway.errors import exit_code_for
 
 if TYPE_CHECKING:
@@ -68,6 +69,7 @@ app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(sources_app, name="sources")
 app.add_typer(dhis2_app, name="dhis2")
 app.add_typer(queue_app, name="queue")
+app.add_typer(subscriptions_app, name="subscriptions")
 app.command("worker", help="Run delivery workers (and the scheduled pulls) as their own process. SIGHUP reloads"
             " the configuration file's sources and their pull schedules.")(worker_command)
 

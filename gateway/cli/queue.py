@@ -74,12 +74,17 @@ def _with_admin(
 ) -> T:
     """Run ``action`` on the queue's admin view; when it returns nothing, say so (``empty``) and where."""
     from gateway.delivery import open_admin
+    from gateway.subscriptions import subscription_destination
 
     settings, sections = _load(config, destinations, dev)
+    # The subscriptions' own destination: its notifications' dead letters are listed and replayed here too.
+    base = settings.public_base_url or "http://localhost"
+    internal = [subscription_destination(settings.subscriptions, base)] if settings.subscriptions.enabled else []
 
     async def run() -> T:
         store = _open_feed(settings.store_url)
-        handle = open_admin(settings.queue_url, sections, feed=store, prefix=settings.queue_prefix)
+        handle = open_admin(settings.queue_url, sections, feed=store, prefix=settings.queue_prefix,
+                            internal=internal)
         try:
             return await action(handle.admin)
         finally:

@@ -16,6 +16,9 @@ from .config import DeliverySections as DeliverySections
 from .config import DeliverySettings as DeliverySettings
 from .config import DestinationConfig as DestinationConfig
 from .config import SubscriptionFilter as SubscriptionFilter
+from .factory import ConnectorFactory as ConnectorFactory
+from .outbox import FeedFollower as FeedFollower
+from .outbox import FollowerFactory as FollowerFactory
 from .outbox import Outbox as Outbox
 from .outbox import ordering_key as ordering_key
 from .policy import RetryPolicy as RetryPolicy

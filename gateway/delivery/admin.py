@@ -151,6 +151,8 @@ class DeliveryAdmin:
         head = await asyncio.to_thread(self.feed.last_change_seq) if self.feed is not None else None
         rows = []
         for d in self.destinations.values():
+            if d.internal and await self.queue.cursor(d.name) is None:
+                continue
             stats = await self.queue.stats(d.name)
             serving = [w for w in workers if d.name in w.beat.destinations]
             lag_changes, lag_seconds = await self._lag(stats, head)
@@ -258,11 +260,14 @@ class AdminHandle:
 
 
 def open_admin(
-    queue_url: str, sections: DeliverySections, *, feed: ChangeFeed | None = None, prefix: str = DEFAULT_PREFIX
+    queue_url: str, sections: DeliverySections, *, feed: ChangeFeed | None = None, prefix: str = DEFAULT_PREFIX,
+    internal: Sequence[DestinationConfig] = (),
 ) -> AdminHandle:
-    """Open the queue for status, dead letters and replay (no workers, no credentials)."""
+    """Open the queue for status, dead letters and replay (no workers, no credentials); ``internal``
+    adds the gateway's own destinations (the subscriptions')."""
     queue = open_queue(queue_url, clock=SystemClock(), lease=sections.delivery.lease, prefix=prefix)
     admin = DeliveryAdmin(
-        queue, sections.destinations, feed=feed, heartbeat_interval=sections.delivery.heartbeat_interval
+        queue, (*sections.destinations, *internal), feed=feed,
+        heartbeat_interval=sections.delivery.heartbeat_interval,
     )
     return AdminHandle(queue, admin)

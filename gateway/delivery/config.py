@@ -119,7 +119,8 @@ class DestinationConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    kind: Literal["fhir", "webhook", "dhis2", "cht-api", "commcare-api"]
+    # ``subscriptions`` is never configured: the gateway adds it for topic-based subscriptions.
+    kind: Literal["fhir", "webhook", "dhis2", "cht-api", "commcare-api", "subscriptions"]
     base_url: str = Field(pattern=r"^https?://")
     auth: AuthConfig | None = None
     filter: SubscriptionFilter = SubscriptionFilter()
@@ -142,9 +143,14 @@ class DestinationConfig(BaseModel):
         return self
 
     @property
+    def internal(self) -> bool:
+        """The gateway's own destination (subscriptions): listed once its queue was used (has a cursor)."""
+        return self.kind == "subscriptions"
+
+    @property
     def coalesces(self) -> bool:
         """Whether only the latest version of a resource needs delivering."""
-        return self.coalesce if self.coalesce is not None else self.kind != "webhook"
+        return self.coalesce if self.coalesce is not None else self.kind not in ("webhook", "subscriptions")
 
 
 class DeliverySettings(BaseModel):
@@ -193,4 +199,6 @@ class DeliverySections(BaseModel):
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"destination names must be unique: {', '.join(duplicates)}")
+        if any(d.kind == "subscriptions" or d.name == "subscriptions" for d in self.destinations):
+            raise ValueError("the subscriptions destination is the gateway's own (set subscriptions: instead)")
         return self

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -53,6 +53,23 @@ def ordering_key(resource_type: str, resource_id: str, resource: dict[str, Any])
         if isinstance(reference, str) and reference.startswith("Patient/"):
             return reference.split("/_history", 1)[0]
     return f"{resource_type}/{resource_id}"
+
+
+class FeedFollower(Protocol):
+    """Another reader of the change feed that queues jobs for destinations of its own (e.g. the
+    subscriptions' notifications), with the same cursor hand-over as ``Outbox``."""
+
+    @property
+    def destinations(self) -> frozenset[str]:
+        """The destinations whose cursors it moves (the ``Outbox`` leaves them alone)."""
+        ...
+
+    async def run_once(self) -> dict[str, int]:
+        """Queue the next batch of changes; jobs queued per destination whose cursor moved ({}: idle)."""
+        ...
+
+
+FollowerFactory = Callable[[DeliveryQueue], FeedFollower]
 
 
 @dataclass(frozen=True, slots=True)

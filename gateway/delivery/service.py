@@ -35,7 +35,7 @@ from gateway.delivery.config import DeliverySettings, DestinationConfig
 from gateway.delivery.factory import ConnectorFactory, build_connector, default_factories
 from gateway.delivery.journal import Journal
 from gateway.delivery.keys import DEFAULT_PREFIX
-from gateway.delivery.outbox import Outbox
+from gateway.delivery.outbox import FeedFollower, FollowerFactory, Outbox
 from gateway.delivery.queue import DeliveryQueue, reraise_if_cancelled
 from gateway.delivery.queue_factory import open_queue
 from gateway.delivery.worker import DestinationRuntime, Worker
@@ -64,6 +64,7 @@ class DeliveryService:
         alerts: bool = False,
         transport: httpx.AsyncBaseTransport | None = None,
         journal: Journal | None = None,
+        followers: Sequence[FeedFollower] = (),
     ) -> None:
         self.queue = queue
         self.clock = clock
@@ -73,7 +74,10 @@ class DeliveryService:
             queue, destinations, feed=store, clock=clock, heartbeat_interval=settings.heartbeat_interval
         )
         active = [d for d in destinations if d.enabled and d.name in self.connectors]
-        self.outbox = Outbox(store, queue, active, clock, batch=settings.outbox_batch)
+        self.followers = list(followers)
+        followed = {name for follower in self.followers for name in follower.destinations}
+        self.outbox = Outbox(store, queue, [d for d in active if d.name not in followed], clock,
+                             batch=settings.outbox_batch)
         runtimes = [
             DestinationRuntime(
                 config=d,
@@ -123,12 +127,16 @@ class DeliveryService:
         only: Sequence[str] | None = None,
         alerts: bool = False,
         journal: Journal | None = None,
+        extra_factories: Mapping[str, ConnectorFactory] | None = None,
+        followers: Sequence[FollowerFactory] = (),
     ) -> DeliveryService:
         """Open the queue and, if this process delivers, build the connectors.
 
         ``only`` limits the worker and outbox to some destinations (the admin view keeps all);
         ``alerts`` runs the alert checks (``delivery.alerts``) in this process.
         ``journal`` receives a message log line per delivery attempt.
+        ``extra_factories`` add connector kinds built elsewhere (the subscriptions' ``rest-hook``);
+        ``followers`` read the change feed for destinations of their own (built over the opened queue).
         """
         clock = clock or SystemClock()
         queue = open_queue(queue_url, clock=clock, lease=settings.lease, prefix=queue_prefix)
@@ -136,6 +144,7 @@ class DeliveryService:
         redactions: dict[str, Redaction] = {}
         if run_worker:
             factories = factories if factories is not None else default_factories(store, queue)
+            factories = {**factories, **(extra_factories or {})}
             for destination in destinations:
                 if destination.enabled and (only is None or destination.name in only):
                     connectors[destination.name] = build_connector(
@@ -154,6 +163,7 @@ class DeliveryService:
             alerts=alerts,
             transport=transport,
             journal=journal,
+            followers=[make(queue) for make in followers] if run_worker else (),
         )
 
     async def start(self) -> None:
@@ -204,6 +214,8 @@ class DeliveryService:
             self._changed.clear()
             try:
                 queued = await self.outbox.run_once()
+                for follower in self.followers:
+                    queued.update(await follower.run_once())
             except Exception as exc:  # store or queue down: keep the loop alive, retry with backoff
                 reraise_if_cancelled(exc)
                 # The type and place only: messages of database errors can quote row data.

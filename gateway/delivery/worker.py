@@ -422,14 +422,16 @@ class Worker:
 
     async def _beat(self) -> None:
         """Tell the queue this worker is alive (the admin view's "workers")."""
-        beat = WorkerBeat(
-            name=self.name,
-            destinations=tuple(self.runtimes),
-            started_at=self.started_at,
-            last_seen=self.clock.now(),
-            in_flight=sum(len(runtime.in_flight) for runtime in self.runtimes.values()),
-        )
         try:
+            served = [name for name, runtime in self.runtimes.items()
+                      if not runtime.config.internal or await self.queue.cursor(name) is not None]
+            beat = WorkerBeat(
+                name=self.name,
+                destinations=tuple(served),
+                started_at=self.started_at,
+                last_seen=self.clock.now(),
+                in_flight=sum(len(runtime.in_flight) for runtime in self.runtimes.values()),
+            )
             await self.queue.heartbeat(beat)
         except QueueError as exc:
             reraise_if_cancelled(exc)

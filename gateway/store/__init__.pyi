@@ -26,6 +26,8 @@ from .base import SearchResult as SearchResult
 from .base import Store as Store
 from .base import StoredResource as StoredResource
 from .base import StoreTransaction as StoreTransaction
+from .base import SubscriptionRecord as SubscriptionRecord
+from .base import SubscriptionStore as SubscriptionStore
 from .base import VersionConflict as VersionConflict
 from .base import WriteResult as WriteResult
 from .open import open_store as open_store

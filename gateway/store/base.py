@@ -597,9 +597,76 @@ class BulkExports(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class SubscriptionRecord:
+    """A topic-based Subscription as the store keeps it, with what the server tracks beside it.
+
+    ``content`` is the R4 Subscription JSON (its ``status`` is the column's); ``scopes`` are the
+    owner's scopes when it created the subscription; ``start_seq`` is the change-feed position
+    then (earlier changes are never notified); ``failures`` counts consecutive failed sends.
+    """
+
+    sid: str
+    owner: str
+    scopes: tuple[str, ...]
+    content: Mapping[str, Any]
+    status: str  # requested | active | error | off
+    start_seq: int
+    created: datetime
+    updated: datetime
+    failures: int = 0
+    error: str | None = None
+    heartbeat_at: datetime | None = None
+    events: int = 0  # events-since-subscription-start: the highest event number given out
+
+
+class SubscriptionStore(Protocol):
+    """Subscriptions and their persisted event numbers."""
+
+    def subscription_save(self, record: SubscriptionRecord) -> None:
+        """Create or replace a subscription (its event numbers are kept)."""
+        ...
+
+    def subscription_get(self, sid: str) -> SubscriptionRecord | None:
+        """One subscription, with its event count, or None."""
+        ...
+
+    def subscription_list(self, *, owner: str | None = None, live: bool = False) -> list[SubscriptionRecord]:
+        """Subscriptions (of one owner; ``live``: not ``off``), oldest first."""
+        ...
+
+    def subscription_delete(self, sid: str) -> bool:
+        """Forget a subscription and its event numbers; False if there was none."""
+        ...
+
+    def subscription_set_status(
+        self, sid: str, status: str, *, failures: int | None = None, error: str | None = None,
+        when: datetime, only_from: Sequence[str] | None = None,
+    ) -> bool:
+        """Change a subscription's status (and failure count, error text); with ``only_from``, only from
+        those statuses. False when nothing changed."""
+        ...
+
+    def subscription_note_failure(self, sid: str, error: str, threshold: int, when: datetime) -> str | None:
+        """Count a failed send; the status becomes ``error`` at ``threshold`` consecutive failures.
+        Returns the status after (None: no such subscription)."""
+        ...
+
+    def subscription_heartbeat(self, sid: str, when: datetime) -> None:
+        """Record when a heartbeat was sent."""
+        ...
+
+    def subscription_event_numbers(
+        self, matches: Sequence[tuple[str, int]], when: datetime
+    ) -> dict[tuple[str, int], int]:
+        """The event number of each (subscription, change seq), given out in order the first time a pair
+        is seen and the same on every later call (so a change read twice keeps its number)."""
+        ...
+
+
 class Store(
     ResourceStore, ChangeFeed, ClientRegistry, QuarantineStore, AuditTrail, MessageLog, RunClaims, PullCursors,
-    DestinationIds, BulkExports, Protocol,
+    DestinationIds, BulkExports, SubscriptionStore, Protocol,
 ):
     """The whole store, as ``open_store`` returns it: every part above plus its lifecycle."""
 

@@ -185,6 +185,21 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(
+        14,
+        "topic-based subscriptions (R5 backport on R4): each subscription, its owner, status and event"
+        " numbers (one per matched change, kept so a re-read change gets the number it had)",
+        (
+            """CREATE TABLE subscriptions (
+                sid TEXT PRIMARY KEY, owner TEXT NOT NULL, scopes TEXT NOT NULL, content TEXT NOT NULL,
+                status TEXT NOT NULL, start_seq BIGINT NOT NULL, failures INTEGER NOT NULL DEFAULT 0,
+                error TEXT, heartbeat_at {FLOAT}, created {FLOAT} NOT NULL, updated {FLOAT} NOT NULL)""",
+            "CREATE INDEX subscriptions_owner ON subscriptions (owner)",
+            """CREATE TABLE subscription_events (
+                sid TEXT NOT NULL, seq BIGINT NOT NULL, event_number BIGINT NOT NULL, at {FLOAT} NOT NULL,
+                PRIMARY KEY (sid, seq), UNIQUE (sid, event_number))""",
+        ),
+    ),
+    Migration(
         15,
         "destination ids: the id a destination assigned to each resource delivered there (OpenMRS assigns its"
         " own); a row without one marks a create that was sent and not yet confirmed",

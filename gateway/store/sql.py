@@ -53,6 +53,7 @@ from gateway.store.exports import ExportJobs
 from gateway.store.migrations import MIGRATIONS, statements_for
 from gateway.store.rows import COLUMNS, INDEX_TABLES, Cursor, to_resource
 from gateway.store.sqlops import WriteStep, insert_sql
+from gateway.store.subscriptions import SubscriptionRows
 from gateway.store.writes import SqlTransaction, prepare_write
 
 #: Organizations a data policy's subtree may list as parameters (see ``resolve_policy``).
@@ -69,7 +70,7 @@ _IDS_PER_QUERY = 500
 _FAR = 1e300  # beyond any epoch-seconds date: no bound on the walk
 
 
-class SqlStore(ExportJobs):
+class SqlStore(ExportJobs, SubscriptionRows):
     """Shared implementation of ``Store`` (all the store protocols) over a DB-API database.
 
     It is also the ``SqlBackend`` its transactions write through.

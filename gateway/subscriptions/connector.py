@@ -1,0 +1,86 @@
+"""The ``rest-hook`` connector: posts one event's notification Bundle to its subscription's endpoint.
+
+The delivery engine hands it jobs of the ``subscriptions`` destination (one per event, ordering
+key ``Subscription/<id>``). The endpoint, headers, payload content and timeout are read from
+the subscription when the job is sent, so a subscription updated or removed since the event
+was queued is honoured (a removed or ``off`` one is skipped, the job counted as delivered).
+
+A failed send counts against the subscription (``error`` after ``error_after`` in a row); its
+retry is marked ``link_ok`` so one broken subscriber never opens the circuit breaker that all
+subscriptions share. A success moves an ``error`` subscription back to ``active``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import httpx
+import orjson
+
+from gateway.clock import Clock
+from gateway.connectors import DeliveryOutcome, Job, Retry, Success, exchange
+from gateway.store import Store, SubscriptionRecord
+from gateway.subscriptions.bundles import Event, notification_bundle
+from gateway.subscriptions.stored import spec_of, view_of
+
+
+class RestHookConnector:
+    """``Connector`` for subscription notifications (see the module docstring)."""
+
+    def __init__(
+        self, client: httpx.AsyncClient, store: Store, clock: Clock, *, base_url: str, error_after: int,
+        default_timeout: float,
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.clock = clock
+        self.base_url = base_url
+        self.error_after = error_after
+        self.default_timeout = default_timeout
+
+    async def aclose(self) -> None:
+        """Close the HTTP client."""
+        await self.client.aclose()
+
+    async def deliver(self, jobs: Sequence[Job]) -> list[DeliveryOutcome]:
+        """Send each job's notification; one outcome per job."""
+        return [await self._one(job) for job in jobs]
+
+    async def _one(self, job: Job) -> DeliveryOutcome:
+        sid = job.key.removeprefix("Subscription/")
+        record = await asyncio.to_thread(self.store.subscription_get, sid)
+        if record is None or record.status == "off":
+            return Success(detail="the subscription was removed or switched off; not sent")
+        spec = spec_of(record)
+        info = orjson.loads(job.payload)
+        resource = None
+        if spec.content == "full-resource" and job.op != "delete":
+            stored = await asyncio.to_thread(self.store.vread, job.resource_type, job.resource_id, job.version)
+            resource = orjson.loads(stored.content) if stored is not None and stored.content else None
+        event = Event(number=int(info["event"]), at=float(info["at"]), resource_type=job.resource_type,
+                      resource_id=job.resource_id, op=job.op, resource=resource)
+        bundle = notification_bundle(view_of(record), "event-notification", self.base_url, self.clock.now(), [event])
+        timeout = float(spec.timeout or self.default_timeout)
+        request = self.client.build_request(
+            "POST", spec.endpoint, content=orjson.dumps(bundle),
+            headers={**spec.headers, "Content-Type": "application/fhir+json"}, timeout=timeout,
+        )
+        _, outcome = await exchange(self.client, request, self.clock)
+        await asyncio.to_thread(self._note, record, outcome)
+        if isinstance(outcome, Retry):
+            return dataclasses.replace(outcome, link_ok=True)
+        return outcome
+
+    def _note(self, record: SubscriptionRecord, outcome: DeliveryOutcome) -> None:
+        """Record the send against the subscription's status (runs on a worker thread)."""
+        now = datetime.now(UTC)
+        if isinstance(outcome, Success):
+            if record.status != "active" or record.failures:
+                self.store.subscription_set_status(record.sid, "active", failures=0, when=now,
+                                                   only_from=("active", "error", "requested"))
+            return
+        reason = getattr(outcome, "reason", "failed")
+        self.store.subscription_note_failure(record.sid, f"notification failed: {reason}", self.error_after, now)

@@ -1,0 +1,177 @@
+"""Reading an R4 Subscription with the backport profile into what the gateway acts on.
+
+Every problem is a 400 ``FhirError`` whose expression names the element (``Subscription.criteria``,
+``Subscription.channel.endpoint`` …), so a client can fix its request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from gateway.errors import invalid
+from gateway.search import QueryParser, SearchError
+from gateway.subscriptions.topics import BY_URL, Topic
+
+BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
+FILTER_CRITERIA = BACKPORT + "backport-filter-criteria"
+PAYLOAD_CONTENT = BACKPORT + "backport-payload-content"
+HEARTBEAT_PERIOD = BACKPORT + "backport-heartbeat-period"
+TIMEOUT = BACKPORT + "backport-timeout"
+MAX_COUNT = BACKPORT + "backport-max-count"
+CONTENTS = ("empty", "id-only", "full-resource")
+MIME_TYPES = ("application/fhir+json", "application/json")
+CLIENT_STATUSES = ("requested", "active", "off")
+_MAX_HEADERS = 10
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionSpec:
+    """What one Subscription asks for."""
+
+    topic: Topic
+    filters: tuple[tuple[str | None, tuple[tuple[str, str], ...]], ...]  # (resource type or None: any, params)
+    endpoint: str
+    headers: Mapping[str, str]
+    content: str  # empty | id-only | full-resource
+    heartbeat_period: int | None
+    timeout: int | None
+    status: str  # as the client asked: requested | active | off
+
+    def filter_items(self, resource_type: str) -> list[tuple[str, str]]:
+        """The search parameters the filters add for a change of ``resource_type`` (ANDed)."""
+        allowed = self.topic.filters.get(resource_type, ())
+        return [(name, value) for rtype, params in self.filters for name, value in params
+                if rtype == resource_type or (rtype is None and name in allowed)]
+
+
+def read_spec(
+    resource: Mapping[str, Any], parser: QueryParser | None, *, allow_http: bool = True, min_heartbeat: float = 0.0
+) -> SubscriptionSpec:
+    """Check a client's Subscription and read it (400 naming the element when it cannot be used);
+    without ``parser`` the filters' values are not checked again (a stored subscription's were)."""
+    if resource.get("resourceType") != "Subscription":
+        raise invalid("the body must be a Subscription", ["Subscription.resourceType"])
+    topic = BY_URL.get(_string(resource.get("criteria"), "Subscription.criteria"))
+    if topic is None:
+        raise invalid(f"criteria must be one of the topic canonicals this server offers: {', '.join(sorted(BY_URL))}",
+                      ["Subscription.criteria"], code="not-supported")
+    status = resource.get("status", "requested")
+    if status not in CLIENT_STATUSES:
+        raise invalid(f"status must be one of {', '.join(CLIENT_STATUSES)}", ["Subscription.status"])
+    channel = resource.get("channel")
+    if not isinstance(channel, dict):
+        raise invalid("a Subscription needs a channel", ["Subscription.channel"])
+    if channel.get("type") != "rest-hook":
+        raise invalid("only the rest-hook channel is supported", ["Subscription.channel.type"], code="not-supported")
+    endpoint = _string(channel.get("endpoint"), "Subscription.channel.endpoint")
+    parts = urlsplit(endpoint)
+    if parts.scheme not in (("http", "https") if allow_http else ("https",)) or not parts.netloc:
+        raise invalid("the endpoint must be an absolute " + ("http(s)" if allow_http else "https") + " URL",
+                      ["Subscription.channel.endpoint"])
+    mime = channel.get("payload", "application/fhir+json")
+    if mime not in MIME_TYPES:
+        raise invalid("payload must be application/fhir+json", ["Subscription.channel.payload"], code="not-supported")
+    content = _extension(channel.get("_payload"), PAYLOAD_CONTENT, "valueCode") or "id-only"
+    if content not in CONTENTS:
+        raise invalid(f"payload content must be one of {', '.join(CONTENTS)}",
+                      ["Subscription.channel.payload.extension('backport-payload-content')"], code="not-supported")
+    heartbeat = _positive(_extension(channel, HEARTBEAT_PERIOD, "valueUnsignedInt"), "backport-heartbeat-period")
+    if heartbeat is not None and heartbeat < min_heartbeat:
+        raise invalid(f"heartbeat-period must be at least {min_heartbeat:g} seconds",
+                      ["Subscription.channel.extension('backport-heartbeat-period')"])
+    timeout = _positive(_extension(channel, TIMEOUT, "valueUnsignedInt"), "backport-timeout")
+    return SubscriptionSpec(
+        topic=topic,
+        filters=_filters(resource.get("_criteria"), topic, parser),
+        endpoint=endpoint,
+        headers=_headers(channel.get("header")),
+        content=content,
+        heartbeat_period=heartbeat,
+        timeout=timeout,
+        status=status,
+    )
+
+
+def _string(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise invalid(f"{where.rsplit('.', 1)[-1]} is required (a string)", [where])
+    return value.strip()
+
+
+def _extension(element: Any, url: str, key: str) -> Any:
+    if not isinstance(element, dict):
+        return None
+    for extension in element.get("extension") or ():
+        if isinstance(extension, dict) and extension.get("url") == url:
+            return extension.get(key)
+    return None
+
+
+def _positive(value: Any, name: str) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise invalid(f"{name} must be a positive integer (seconds)",
+                      [f"Subscription.channel.extension('{name}')"])
+    return value
+
+
+def _headers(values: Any) -> dict[str, str]:
+    if values is None:
+        return {}
+    if not isinstance(values, list) or len(values) > _MAX_HEADERS:
+        raise invalid(f"header is a list of at most {_MAX_HEADERS} 'Name: value' strings",
+                      ["Subscription.channel.header"])
+    headers: dict[str, str] = {}
+    for index, value in enumerate(values):
+        name, sep, text = value.partition(":") if isinstance(value, str) else ("", "", "")
+        name = name.strip()
+        if not sep or not name or not name.isascii() or any(c in name for c in " \t\r\n") or "\n" in text:
+            raise invalid("each header must be 'Name: value'", [f"Subscription.channel.header[{index}]"])
+        if name.lower() in ("host", "content-length", "content-type", "transfer-encoding"):
+            raise invalid(f"the {name} header is set by the server", [f"Subscription.channel.header[{index}]"])
+        headers[name] = text.strip()
+    return headers
+
+
+def _filters(
+    element: Any, topic: Topic, parser: QueryParser | None
+) -> tuple[tuple[str | None, tuple[tuple[str, str], ...]], ...]:
+    """Each ``backport-filter-criteria`` (``Type?param=value&…`` or ``param=value&…``), checked by the
+    search parser against the parameters the topic allows."""
+    filters: list[tuple[str | None, tuple[tuple[str, str], ...]]] = []
+    values = [e.get("valueString") for e in (element or {}).get("extension") or ()
+              if isinstance(e, dict) and e.get("url") == FILTER_CRITERIA] if isinstance(element, dict) else []
+    for index, value in enumerate(values):
+        where = [f"Subscription.criteria.extension('backport-filter-criteria')[{index}]"]
+        if not isinstance(value, str) or not value.strip():
+            raise invalid("a filter criteria is a string like Patient?organization=Organization/x", where)
+        rtype, sep, query = value.strip().partition("?")
+        if not sep:
+            rtype, query = "", rtype
+        params = tuple(parse_qsl(query, keep_blank_values=True))
+        if not params:
+            raise invalid("a filter criteria names at least one search parameter", where)
+        types = [rtype] if rtype else [t for t in topic.filters]
+        for name, _ in params:
+            base = name.split(":", 1)[0]
+            if not any(base in topic.filters.get(t, ()) for t in types):
+                allowed = "; ".join(f"{t}: {', '.join(p)}" for t, p in topic.filters.items())
+                raise invalid(f"{topic.title} cannot be filtered by {name!r} (allowed: {allowed})", where,
+                              code="not-supported")
+        for t in types:
+            usable = [(n, v) for n, v in params if n.split(":", 1)[0] in topic.filters.get(t, ())]
+            if usable and parser is not None:
+                _check(parser, t, usable, where)
+        filters.append((rtype or None, params))
+    return tuple(filters)
+
+
+def _check(parser: QueryParser, rtype: str, params: Sequence[tuple[str, str]], where: list[str]) -> None:
+    try:
+        parser.parse(rtype, params, strict=True)
+    except SearchError as exc:
+        raise invalid(f"filter criteria: {exc.diagnostics}", where) from exc

@@ -1,0 +1,121 @@
+"""The Subscription endpoints: create with handshake, ownership, scopes, ``$status``, checks that
+name the field, the topics in the CapabilityStatement and as ``Basic`` resources."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.subscriptions.harness import TOPIC, Harness, subscription
+
+FILTER = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-filter-criteria"
+TOPIC_EXTENSION = ("http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
+                   "capabilitystatement-subscriptiontopic-canonical")
+
+
+async def test_create_handshakes_and_only_the_owner_sees_it(sqlite_harness: Harness) -> None:
+    h = sqlite_harness
+    owner = h.client("system/Subscription.cruds", "system/Patient.rs")
+    other = h.client("system/Subscription.cruds", "system/Patient.rs")
+    response = await owner.post("/fhir/Subscription", json=subscription(
+        "new-patient", h.endpoint("emr"), headers=["X-Partner-Key: k1"]))
+    assert response.status_code == 201, response.text
+    created = response.json()
+    assert created["status"] == "active" and created["criteria"] == TOPIC + "new-patient"
+    assert response.headers["location"].endswith(f"/Subscription/{created['id']}")
+    receiver = h.sandbox.receiver("emr")
+    assert receiver.handshakes == 1
+    assert receiver.headers[0]["x-partner-key"] == "k1"  # channel.header is sent on every post
+    assert (await owner.get(f"/fhir/Subscription/{created['id']}")).json()["id"] == created["id"]
+    assert (await other.get(f"/fhir/Subscription/{created['id']}")).status_code == 404
+    assert (await other.delete(f"/fhir/Subscription/{created['id']}")).status_code == 404
+    listed = (await other.get("/fhir/Subscription")).json()
+    assert listed["total"] == 0
+    assert (await owner.get("/fhir/Subscription")).json()["total"] == 1
+    assert (await owner.delete(f"/fhir/Subscription/{created['id']}")).status_code == 204
+    assert (await owner.get(f"/fhir/Subscription/{created['id']}")).status_code == 404
+
+
+async def test_a_failed_handshake_leaves_the_subscription_in_error_and_an_update_reactivates_it(
+    sqlite_harness: Harness,
+) -> None:
+    h = sqlite_harness
+    owner = h.client("system/Subscription.cruds", "system/Patient.rs")
+    h.sandbox.fault("emr", fail=1, status=503)
+    resource = subscription("new-patient", h.endpoint("emr"))
+    created = (await owner.post("/fhir/Subscription", json=resource)).json()
+    assert created["status"] == "error" and "handshake failed: http_503" in created["error"]
+    status = (await owner.get("/fhir/Subscription/$status", params={"id": created["id"]})).json()
+    assert status["type"] == "searchset"
+    parameters = {p["name"]: p for p in status["entry"][0]["resource"]["parameter"]}
+    assert parameters["status"]["valueCode"] == "error"
+    assert parameters["type"]["valueCode"] == "query-status"
+    again = await owner.put(f"/fhir/Subscription/{created['id']}", json={**resource, "id": created["id"]})
+    assert again.status_code == 200 and again.json()["status"] == "active"
+    off = await owner.put(f"/fhir/Subscription/{created['id']}", json={**resource, "status": "off"})
+    assert off.json()["status"] == "off"
+
+
+async def test_subscribing_needs_the_subscription_scope(sqlite_harness: Harness) -> None:
+    reader = sqlite_harness.client("system/Patient.rs")
+    response = await reader.post("/fhir/Subscription", json=subscription("new-patient", "http://x.test/hook"))
+    assert response.status_code == 403
+    assert "Subscription" in response.json()["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"criteria": "Patient?name=x"}, "Subscription.criteria"),
+    ({"channel": {"type": "email", "endpoint": "mailto:a@b.test", "payload": "application/fhir+json"}},
+     "Subscription.channel.type"),
+    ({"channel": {"type": "rest-hook", "endpoint": "not a url", "payload": "application/fhir+json"}},
+     "Subscription.channel.endpoint"),
+    ({"_criteria": {"extension": [{"url": FILTER, "valueString": "Patient?name=x"}]}},
+     "Subscription.criteria.extension('backport-filter-criteria')[0]"),
+    ({"_criteria": {"extension": [{"url": FILTER,
+                                   "valueString": "Patient?organization=Organization/a&organization:bogus=1"}]}},
+     "Subscription.criteria.extension('backport-filter-criteria')[0]"),
+])
+async def test_an_unusable_subscription_is_refused_naming_the_field(
+    sqlite_harness: Harness, change: dict[str, object], field: str,
+) -> None:
+    client = sqlite_harness.client("system/Subscription.cruds", "system/Patient.rs")
+    body = {**subscription("new-patient", "http://x.test/h"), **change}
+    response = await client.post("/fhir/Subscription", json=body)
+    assert response.status_code == 400, response.text
+    issue = response.json()["issue"][0]
+    assert issue["expression"] == [field], issue
+
+
+async def test_topics_are_listed_and_readable_as_basic(sqlite_harness: Harness) -> None:
+    client = sqlite_harness.client("system/Patient.rs")
+    statement = (await client.get("/fhir/metadata")).json()
+    rest = statement["rest"][0]
+    listed = {e["valueCanonical"] for e in rest["extension"] if e["url"] == TOPIC_EXTENSION}
+    assert listed == {TOPIC + "referral", TOPIC + "new-patient", TOPIC + "lab-observation"}
+    described = [r for r in rest["resource"] if r["type"] == "Subscription"][0]
+    assert {"name": "status", "definition": described["operation"][0]["definition"]} in described["operation"]
+    basic = (await client.get("/fhir/Basic/topic-lab-observation")).json()
+    assert basic["resourceType"] == "Basic" and basic["code"]["coding"][0]["code"] == "SubscriptionTopic"
+    urls = [e.get("valueUri") for e in basic["extension"] if e["url"].endswith(".url")]
+    assert urls == [TOPIC + "lab-observation"]
+    assert (await client.get("/fhir/Basic/topic-nope")).status_code == 404
+
+
+async def test_a_bundle_cannot_store_a_subscription_beside_the_endpoints(sqlite_harness: Harness) -> None:
+    client = sqlite_harness.client("system/*.cruds")
+    entry = {"resource": subscription("new-patient", "http://x.test/h"),
+             "request": {"method": "POST", "url": "Subscription"}}
+    before = sqlite_harness.store.last_change_seq()
+    response = await client.post("/fhir", json={"resourceType": "Bundle", "type": "batch", "entry": [entry]})
+    assert response.json()["entry"][0]["response"]["status"].startswith("403")
+    assert sqlite_harness.store.last_change_seq() == before  # nothing was stored
+
+
+@pytest.mark.parametrize(("method", "path"), [("PUT", "/fhir/Subscription?status=active"),
+                                              ("DELETE", "/fhir/Subscription?status=active"),
+                                              ("PATCH", "/fhir/Subscription/abc")])
+async def test_interactions_that_would_bypass_the_owner_are_not_offered(
+    sqlite_harness: Harness, method: str, path: str,
+) -> None:
+    client = sqlite_harness.client("system/*.cruds")
+    response = await client.request(method, path, json=subscription("new-patient", "http://x.test/h"))
+    assert response.status_code == 400 and response.json()["issue"][0]["code"] == "not-supported"
