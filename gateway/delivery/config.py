@@ -119,7 +119,7 @@ class DestinationConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    kind: Literal["fhir", "webhook", "dhis2"]
+    kind: Literal["fhir", "webhook", "dhis2", "client-registry"]
     base_url: str = Field(pattern=r"^https?://")
     auth: AuthConfig | None = None
     filter: SubscriptionFilter = SubscriptionFilter()

@@ -2,7 +2,8 @@
 
 ``fhir`` and ``webhook`` are built here; ``dhis2`` comes from
 ``gateway.connectors.dhis2.dhis2_factory(store)`` (it reads related resources from the
-store), all following ``ConnectorFactory``:
+store) and ``client-registry`` from ``gateway.connectors.client_registry.client_registry_factory(store)``
+(it writes national ids back), all following ``ConnectorFactory``:
 
     def factory(destination: DestinationConfig, *, client: httpx.AsyncClient,
                 clock: Clock) -> Connector: ...
@@ -72,7 +73,13 @@ def default_factories(store: object, digests: object = None) -> dict[str, Connec
         connector: Connector = module.dhis2_factory(store, digests)(destination, client=client, clock=clock)
         return connector
 
-    return {**FACTORIES, "dhis2": dhis2}
+    def client_registry(destination: DestinationConfig, *, client: httpx.AsyncClient, clock: Clock) -> Connector:
+        # Lazily, like dhis2: it writes national ids back into ``store`` with DHIS2's write-back.
+        module = importlib.import_module("gateway.connectors.client_registry")
+        connector: Connector = module.client_registry_factory(store)(destination, client=client, clock=clock)
+        return connector
+
+    return {**FACTORIES, "dhis2": dhis2, "client-registry": client_registry}
 
 
 def build_connector(
