@@ -19,6 +19,7 @@ import typer
 
 from gateway.cli.common import ConfigOption, DevOption, fail, mask_url, settings_from, where
 from gateway.cli.dhis2 import dhis2_app
+from gateway.cli.identity import identity_app
 from gateway.cli.mappings import mappings_app
 from gateway.cli.quarantine import quarantine_app
 from gateway.cli.queue import queue_app, worker_command
@@ -64,6 +65,7 @@ app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(sources_app, name="sources")
 app.add_typer(dhis2_app, name="dhis2")
 app.add_typer(queue_app, name="queue")
+app.add_typer(identity_app, name="identity")
 app.command("worker", help="Run delivery workers as their own process.")(worker_command)
 
 
