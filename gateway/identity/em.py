@@ -145,7 +145,8 @@ def estimate(records: Sequence[Features], start: Rules, *, random_pairs: int = 2
 
 
 def _normalised(table: Mapping[str, Mapping[str, float]]) -> Table:
-    return {name: {lvl: value / sum(levels.values()) for lvl, value in levels.items()} for name, levels in table.items()}
+    return {name: {lvl: value / sum(levels.values()) for lvl, value in levels.items()}
+            for name, levels in table.items()}
 
 
 def _section(found: Estimate) -> dict[str, dict[str, dict[str, float]]]:

@@ -130,7 +130,8 @@ class RegistryApi:
         body = _body(response)
         if body.get("resourceType") != "Bundle":
             return [], _unreadable(request, response, "a Bundle was expected")
-        return [e for e in body.get("entry") or [] if isinstance(e, dict) and isinstance(e.get("resource"), dict)], outcome
+        entries = [e for e in body.get("entry") or [] if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
+        return entries, outcome
 
 
 def not_linked() -> Retry:
