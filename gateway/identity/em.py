@@ -90,12 +90,15 @@ def em_m(
     *, iterations: int = 200, tolerance: float = 1e-6,
 ) -> tuple[Table, int, bool]:
     """EM for m of ``fields`` over ``patterns`` (the other fields are left out of the model); u is
-    estimated alongside, as the blocked non-matches' level shares differ from random pairs'."""
+    estimated alongside, as the blocked non-matches' level shares differ from random pairs'.
+    Only the fields some pair has come back."""
     used = [(FIELDS.index(name), name) for name in fields]
     m = {name: dict(m[name]) for name in fields}
     u = {name: dict(u[name]) for name in fields}
     share, total = 0.1, sum(patterns.values())
     items = list(patterns.items())
+    if not total:
+        return {}, 0, True
     for done in range(1, iterations + 1):
         counts = {name: dict.fromkeys(FIELD_LEVELS[name], _PSEUDO) for name in fields}
         others = {name: dict.fromkeys(FIELD_LEVELS[name], _PSEUDO) for name in fields}
@@ -115,12 +118,17 @@ def em_m(
                     counts[name][level] += g * count
                     others[name][level] += (1.0 - g) * count
         new, u = _normalised(counts), _normalised(others)
-        new_share = min(max(matched / total, 1e-6), 1 - 1e-6) if total else share
+        new_share = min(max(matched / total, 1e-6), 1 - 1e-6)
         moved = max([abs(new_share - share)] + [abs(new[f][lvl] - m[f][lvl]) for f in fields for lvl in m[f]])
         m, share = new, new_share
         if moved < tolerance:
-            return m, done, True
-    return m, iterations, False
+            return _observed(m, patterns, used), done, True
+    return _observed(m, patterns, used), iterations, False
+
+
+def _observed(m: Table, patterns: Mapping[Pattern, int], used: Sequence[tuple[int, str]]) -> Table:
+    """The fields of ``m`` present in some pair (EM learnt nothing about the others: their m is the pseudo-count's)."""
+    return {name: m[name] for i, name in used if any(pattern[i] is not None for pattern in patterns)}
 
 
 def estimate(records: Sequence[Features], start: Rules, *, random_pairs: int = 200_000,
@@ -137,8 +145,8 @@ def estimate(records: Sequence[Features], start: Rules, *, random_pairs: int = 2
         blocked += sum(patterns.values())
         m, done, ok = em_m(patterns, fields, m0, u, iterations=iterations)
         longest, converged = max(longest, done), converged and ok
-        for name in fields:
-            found[name].append(m[name])
+        for name, table in m.items():
+            found[name].append(table)
     m_final = {name: ({lvl: sum(t[lvl] for t in found[name]) / len(found[name]) for lvl in FIELD_LEVELS[name]}
                       if found[name] else m0[name]) for name in FIELDS}
     return Estimate(m_final, u, random_pairs, blocked, longest, converged)

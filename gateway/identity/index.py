@@ -45,6 +45,10 @@ class CandidateIndex:
                 if not block:
                     del self._blocks[key]
 
+    def block_sizes(self) -> list[int]:
+        """How many records each blocking key holds (for benchmarks and tuning ``max_block_size``)."""
+        return [len(block) for block in self._blocks.values()]
+
     def candidates(self, f: Features) -> set[str]:
         """Ids sharing a blocking key with ``f`` (not ``f`` itself); oversized blocks are skipped, as
         a key shared by hundreds of records (a clinic's phone number) tells nothing."""
