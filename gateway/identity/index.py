@@ -1,13 +1,22 @@
-"""The candidate index: every stored Patient's features, filed under its blocking keys (in memory)."""
+"""The candidate index: every stored Patient's features, filed under its blocking keys (in memory).
+
+Memory is what limits it (every stored Patient is in it), so it keeps one object per distinct
+value — names follow a long-tailed distribution, and a household shares its phone, place and
+family name, so a million Patients hold far fewer distinct values than values — and does not
+keep each Patient's keys: they are computed again from its features when it is removed.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import TypeVar
 
 from gateway.identity.blocking import blocking_keys
 from gateway.identity.normalise import Features
 from gateway.identity.rules import Rules
 from gateway.identity.scoring import Comparison, Grade, compare
+
+T = TypeVar("T")
 
 
 class CandidateIndex:
@@ -16,11 +25,15 @@ class CandidateIndex:
     def __init__(self, rules: Rules) -> None:
         self.rules = rules
         self._features: dict[str, Features] = {}
-        self._keys: dict[str, set[str]] = {}
         self._blocks: defaultdict[str, set[str]] = defaultdict(set)
+        self._shared: dict[object, object] = {}
 
     def __len__(self) -> int:
         return len(self._features)
+
+    def _one(self, value: T) -> T:
+        """The index's one object equal to ``value``."""
+        return self._shared.setdefault(value, value)  # type: ignore[return-value]
 
     def get(self, pid: str) -> Features | None:
         """The indexed features of ``pid``."""
@@ -29,16 +42,21 @@ class CandidateIndex:
     def add(self, f: Features) -> None:
         """File (or re-file) ``f``."""
         self.remove(f.id)
-        keys = blocking_keys(f)
-        self._features[f.id] = f
-        self._keys[f.id] = keys
-        for key in keys:
-            self._blocks[key].add(f.id)
+        one = self._one
+        self._features[f.id] = Features(
+            id=f.id, given=one(f.given), family=one(f.family), birth=one(f.birth),
+            birth_estimated=f.birth_estimated, sex=f.sex, location=one(f.location), phones=one(f.phones),
+            national_ids=f.national_ids,
+        )  # fmt: skip
+        for key in blocking_keys(f):
+            self._blocks[one(key)].add(f.id)
 
     def remove(self, pid: str) -> None:
         """Forget ``pid`` (nothing if unknown)."""
-        self._features.pop(pid, None)
-        for key in self._keys.pop(pid, ()):
+        f = self._features.pop(pid, None)
+        if f is None:
+            return
+        for key in blocking_keys(f):
             block = self._blocks.get(key)
             if block is not None:
                 block.discard(pid)
