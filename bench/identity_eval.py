@@ -100,7 +100,7 @@ def recordlinkage_ecm(records: Sequence[dict[str, Any]], rules: Rules, candidate
     """``recordlinkage``'s own unsupervised classifier (ECMClassifier, EM on binary agreement
     vectors) on the same blocked pairs and the same folded values as ours: given and family name
     Jaro-Winkler >= 0.85, birth date, sex, location and phone equal."""
-    import pandas as pd
+    import pandas as pd  # type: ignore[import-untyped]
     import recordlinkage
 
     rows = []
@@ -465,7 +465,8 @@ def cost(size: int, probes: int, rules: Rules, seed: int) -> None:
         compared += len(index.candidates(f))  # outside the timing
     print(f"\ncost at {size} indexed Patients (index built in {loaded:.1f} s, {per_patient:.0f} bytes per indexed"
           f" Patient, {skipped} blocking keys over max_block_size {rules.max_block_size} skipped;"
-          f" {len(wall)} arrivals, {compared / max(len(wall), 1):.0f} candidates scored on average), per incoming Patient:")
+          f" {len(wall)} arrivals, {compared / max(len(wall), 1):.0f} candidates scored on average),"
+          " per incoming Patient:")
     for label, times in (("CPU time of the matching thread", cpu), ("wall clock (includes preemption)", wall)):
         times.sort()
         p50, p99 = statistics.median(times), times[int(len(times) * 0.99) - 1]
@@ -478,7 +479,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--records", type=int, default=24000, help="size of the generated CHW-like set (b)")
     parser.add_argument("--size", type=int, action="append",
-                        help="indexed Patients for the cost measurement (repeatable; default 200000; 1000000 on demand)")
+                        help="indexed Patients for the cost measurement (repeatable; default 200000;"
+                        " 1000000 on demand)")
     parser.add_argument("--probes", type=int, default=3000, help="arrivals timed per cost measurement")
     parser.add_argument("--seed", type=int, default=EVAL_SEED,
                         help=f"seed of the CHW-like set (the rule file was tuned on seed {TUNING_SEED})")
