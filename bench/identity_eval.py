@@ -47,8 +47,8 @@ import random
 import statistics
 import time
 from collections import Counter, defaultdict
-from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import date, timedelta
 from itertools import combinations, islice
@@ -487,7 +487,8 @@ def cost(size: int, probes: int, rules: Rules, seed: int) -> None:
     for label, times in (("CPU time of the matching thread", cpu), ("wall clock (includes preemption)", wall)):
         times.sort()
         p50, p99 = statistics.median(times), times[int(len(times) * 0.99) - 1]
-        print(f"  {label:<34} p50 {p50 * 1000:.3f} ms, p99 {p99 * 1000:.3f} ms, max {times[-1] * 1000:.3f} ms", flush=True)
+        print(f"  {label:<34} p50 {p50 * 1000:.3f} ms, p99 {p99 * 1000:.3f} ms, max {times[-1] * 1000:.3f} ms",
+              flush=True)
     print(f"  load average while measuring: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
 
 
