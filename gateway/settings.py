@@ -265,15 +265,17 @@ class Settings(BaseSettings):
     @field_validator("destinations")
     @classmethod
     def _dhis2_options(cls, value: list[DestinationConfig]) -> list[DestinationConfig]:
-        # Checked here so `gateway config check` names a bad DHIS2 option (e.g. a schedule
-        # interval) instead of the first delivery failing on it.
-        dhis2 = [d for d in value if d.kind == "dhis2"]
-        if dhis2:
+        # Checked here so `gateway config check` names a bad DHIS2 (or client registry) option
+        # (e.g. a schedule interval) instead of the first delivery failing on it.
+        checked = [d for d in value if d.kind in ("dhis2", "client-registry")]
+        if checked:
+            from gateway.connectors.client_registry import ClientRegistryOptions
             from gateway.connectors.dhis2 import Dhis2Options
 
-            for destination in dhis2:
+            for destination in checked:
+                model = Dhis2Options if destination.kind == "dhis2" else ClientRegistryOptions
                 try:
-                    Dhis2Options.model_validate(destination.options)
+                    model.model_validate(destination.options)
                 except ValidationError as exc:
                     first = exc.errors(include_url=False, include_input=False)[0]
                     where = ".".join(str(p) for p in first.get("loc", ()))

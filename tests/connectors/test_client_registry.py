@@ -198,3 +198,13 @@ async def test_wrong_credentials_are_a_dead_letter_without_retrying(
 async def _drained(service: DeliveryService, store: Store) -> bool:
     stats = await service.queue.stats("cr")
     return stats.depth == 0 and stats.cursor == store.last_change_seq()
+
+
+def test_a_bad_option_is_refused_when_the_settings_load() -> None:
+    from pydantic import ValidationError
+
+    from gateway.settings import Settings
+
+    with pytest.raises(ValidationError, match=r"destination cr: options.mode"):
+        Settings(destinations=[{"name": "cr", "kind": "client-registry", "base_url": "http://cr.example.org/fhir",
+                                "options": {"mode": "merge"}}])
