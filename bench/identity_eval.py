@@ -472,14 +472,22 @@ def cost(size: int, probes: int, rules: Rules, seed: int) -> None:
     per_patient = (_rss() - before) / max(size, 1)
     skipped = sum(1 for block in index.block_sizes() if block > rules.max_block_size)
     wall, cpu, compared = [], [], 0
-    for record, _ in islice(stream, probes):
+    partners = found = linked = wrong = 0
+    for record, person in islice(stream, probes):
         t0, c0 = time.perf_counter(), time.thread_time()
         f = features(record, rules)
-        index.matches(f)
+        scored = index.matches(f)
         index.add(f)
         cpu.append(time.thread_time() - c0)
         wall.append(time.perf_counter() - t0)
-        compared += len(index.candidates(f))  # outside the timing
+        # Outside the timing: how the arrival fared against its own earlier records (a person's
+        # records are ``<person>-r0``, ``-r1``, ``-r2``, consecutive in the stream).
+        candidates = index.candidates(f)
+        compared += len(candidates)
+        mine = {pid for k in range(3) if (pid := f"{person}-r{k}") != f.id and index.get(pid) is not None}
+        certain = {pid for pid, result in scored if result.grade is Grade.CERTAIN}
+        partners, found = partners + len(mine), found + len(mine & candidates)
+        linked, wrong = linked + len(mine & certain), wrong + len(certain - mine)
     print(f"\ncost at {size} indexed Patients (index built in {loaded:.1f} s, {per_patient:.0f} bytes per indexed"
           f" Patient, {skipped} blocking keys over max_block_size {rules.max_block_size} skipped;"
           f" {len(wall)} arrivals, {compared / max(len(wall), 1):.0f} candidates scored on average),"
@@ -489,6 +497,9 @@ def cost(size: int, probes: int, rules: Rules, seed: int) -> None:
         p50, p99 = statistics.median(times), times[int(len(times) * 0.99) - 1]
         print(f"  {label:<34} p50 {p50 * 1000:.3f} ms, p99 {p99 * 1000:.3f} ms, max {times[-1] * 1000:.3f} ms",
               flush=True)
+    print(f"  the arrivals' {partners} earlier records of the same person: {found / max(partners, 1):.4f} among the"
+          f" candidates, {linked / max(partners, 1):.4f} auto-linked; auto-link precision"
+          f" {linked / max(linked + wrong, 1):.4f}", flush=True)
     print(f"  load average while measuring: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
 
 
