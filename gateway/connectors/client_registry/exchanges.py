@@ -81,7 +81,8 @@ class RegistryApi:
         if response.status_code == 200:
             # An earlier attempt created it (its answer was lost) or an earlier version did: update it.
             put = self.client.build_request(
-                "PUT", f"{url}/{quote(rid, safe='')}", content=orjson.dumps({**patient, "id": rid}), headers=headers
+                "PUT", f"{url}/{quote(rid, safe='')}", content=orjson.dumps({**patient, "id": rid}),
+                headers={**_HEADERS, "X-Request-Id": request_id},
             )
             _, outcome = await exchange(self.client, put, self.clock)
             if not isinstance(outcome, Success):
