@@ -3,8 +3,8 @@
 Keys are phonetic codes of the names (Soundex, so one typo or a Creole/Kinyarwanda variant
 left unfolded still often shares a key) with the birth year, the two names' codes together
 in either order (a wrong year, swapped names), with and without the birth year, the phone's
-last digits and every national id. Several passes, each cheap, together find nearly every true pair while comparing a tiny
-share of all pairs.
+last digits and every national id. Several passes, each cheap, together find nearly every
+true pair while comparing a tiny share of all pairs.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from gateway.identity.rules import Rules
 from gateway.identity.scoring import Comparison, Grade, compare
 
 T = TypeVar("T")
+_TF_MIN_RECORDS = 10_000
 
 
 class CandidateIndex:
@@ -27,6 +28,8 @@ class CandidateIndex:
         self._features: dict[str, Features] = {}
         self._blocks: defaultdict[str, set[str]] = defaultdict(set)
         self._shared: dict[object, object] = {}
+        # How many indexed records hold each folded given and family name (term frequencies).
+        self._names: dict[tuple[str, str], int] = {}
 
     def __len__(self) -> int:
         return len(self._features)
@@ -50,12 +53,21 @@ class CandidateIndex:
         )  # fmt: skip
         for key in blocking_keys(f):
             self._blocks[one(key)].add(f.id)
+        for name in (("given", f.given), ("family", f.family)):
+            if name[1]:
+                self._names[name] = self._names.get(name, 0) + 1
 
     def remove(self, pid: str) -> None:
         """Forget ``pid`` (nothing if unknown)."""
         f = self._features.pop(pid, None)
         if f is None:
             return
+        for name in (("given", f.given), ("family", f.family)):
+            left = self._names.get(name, 0) - 1
+            if left > 0:
+                self._names[name] = left
+            else:
+                self._names.pop(name, None)
         for key in blocking_keys(f):
             block = self._blocks.get(key)
             if block is not None:
@@ -82,9 +94,17 @@ class CandidateIndex:
     def matches(self, f: Features) -> list[tuple[str, Comparison]]:
         """Every candidate scored, best first, without the certain non-matches."""
         scored = []
+        # Below _TF_MIN_RECORDS records a name's share says little (in a register of two, every
+        # name is "half the register"): shares are taken as if it held that many.
+        total = max(len(self._features), _TF_MIN_RECORDS)
+        names = self._names
+
+        def share(field: str, value: str) -> float:
+            return names.get((field, value), 0) / total
+
         for pid in self.candidates(f):
             other = self._features[pid]
-            result = compare(f, other, self.rules)
+            result = compare(f, other, self.rules, share)
             if result.grade is not Grade.CERTAINLY_NOT:
                 scored.append((pid, result))
         scored.sort(key=lambda item: (item[1].grade is not Grade.CERTAIN, -item[1].score, item[0]))

@@ -8,6 +8,8 @@ ways round (given/family swaps are common in CHW registers), keeping the better 
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from enum import StrEnum
@@ -87,7 +89,7 @@ class _Compiled:
     """What scoring reads of a rule file, as plain attributes: pydantic attribute access (private
     ones above all) costs microseconds, and scoring runs for every candidate pair."""
 
-    __slots__ = ("close", "deterministic", "link", "never", "review", "rules", "similar", "weights")
+    __slots__ = ("close", "deterministic", "exact_u", "link", "never", "review", "rules", "similar", "weights")
 
     def __init__(self, rules: Rules) -> None:
         self.rules = rules
@@ -97,6 +99,8 @@ class _Compiled:
         self.link, self.review = rules.thresholds.link, rules.thresholds.review
         self.deterministic = tuple((r.name, tuple(r.agree), tuple(r.unless_different)) for r in rules.deterministic)
         self.never = tuple(rules.never_link_when_different)
+        levels = rules.levels()
+        self.exact_u = {name: levels[name]["exact"].u for name in ("given", "family") if name in levels}
 
     def level(self, sim: float) -> str:
         if sim >= 0.999:
@@ -118,8 +122,17 @@ def _compiled(rules: Rules) -> _Compiled:
     return found
 
 
-def compare(a: Features, b: Features, rules: Rules) -> Comparison:
-    """Compare two records and grade the pair."""
+#: The share of records holding a name (``"given"``/``"family"``, folded value), for term-frequency adjustment.
+NameShare = Callable[[str, str], float]
+
+
+def compare(a: Features, b: Features, rules: Rules, share: NameShare | None = None) -> Comparison:
+    """Compare two records and grade the pair.
+
+    With ``share``, an exact name agreement weighs less when the name is common: two records
+    agreeing on a name half the register holds is weaker evidence than the rule file's u
+    assumes (term-frequency adjustment, as splink does): u is raised to the name's share.
+    """
     c = _compiled(rules)
     given_sim, family_sim = _names(a, b)
     levels: dict[str, str | None] = {
@@ -135,6 +148,13 @@ def compare(a: Features, b: Features, rules: Rules) -> Comparison:
     for name, level in levels.items():
         if level is not None:
             score += weights.get((name, level), 0.0)
+    if share is not None:
+        for name, value in (("given", a.given), ("family", a.family)):
+            if levels[name] == "exact" and value:
+                common = share(name, value)
+                u = c.exact_u.get(name, 1.0)
+                if common > u:
+                    score -= math.log2(common / u)
     if a.national_ids and b.national_ids and {s for s, _ in a.national_ids} & {s for s, _ in b.national_ids}:
         if a.national_ids & b.national_ids:
             levels["national_id"] = "same"
