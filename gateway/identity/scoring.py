@@ -100,7 +100,9 @@ class _Compiled:
         self.deterministic = tuple((r.name, tuple(r.agree), tuple(r.unless_different)) for r in rules.deterministic)
         self.never = tuple(rules.never_link_when_different)
         levels = rules.levels()
-        self.exact_u = {name: levels[name]["exact"].u for name in ("given", "family") if name in levels}
+        self.exact_u: dict[str, float] = {
+            name: levels[name]["exact"].u for name in ("given", "family") if name in levels
+        }
 
     def level(self, sim: float) -> str:
         if sim >= 0.999:
