@@ -208,3 +208,16 @@ def test_a_bad_option_is_refused_when_the_settings_load() -> None:
     with pytest.raises(ValidationError, match=r"destination cr: options.mode"):
         Settings(destinations=[{"name": "cr", "kind": "client-registry", "base_url": "http://cr.example.org/fhir",
                                 "options": {"mode": "merge"}}])
+
+
+async def test_lookup_by_match_writes_back_only_a_certain_match(
+    store: Store, registry: ClientRegistry, server: LiveServer, deliver: Any
+) -> None:
+    known = registry.registry.create(patient("x", "Diane", "Mukamana", "2001-07-15", (NATIONAL, "42")))
+    cruid = registry.registry.golden_of[known["id"]]
+    put(store, patient("p", "Diane", "Mukamana", "2001-07-15", (NATIONAL, "42")))
+    service = await deliver(destination(server, mode="lookup", lookup=["match"]))
+    service.notify()
+    await eventually(lambda: cruid_on(store, "p") is not None, timeout=20)
+    assert cruid_on(store, "p") == cruid
+    assert ("GET", "/fhir/Patient") not in registry.requests  # no PDQm search was configured
