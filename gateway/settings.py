@@ -272,8 +272,8 @@ class Settings(BaseSettings):
     @field_validator("destinations")
     @classmethod
     def _destination_options(cls, value: list[DestinationConfig]) -> list[DestinationConfig]:
-        # Checked here so `gateway config check` names a bad DHIS2, OpenMRS or referral
-        # return-path option (e.g. a schedule interval, a type OpenMRS cannot upsert) instead of
+        # Checked here so `gateway config check` names a bad DHIS2, OpenMRS, client registry
+        # or referral return-path option (e.g. a schedule interval, a type OpenMRS cannot upsert) instead of
         # the first delivery failing on it.
         for destination in value:
             model: type[BaseModel] | None = None
@@ -281,6 +281,10 @@ class Settings(BaseSettings):
                 from gateway.connectors.dhis2 import Dhis2Options
 
                 model = Dhis2Options
+            elif destination.kind == "client-registry":
+                from gateway.connectors.client_registry import ClientRegistryOptions
+
+                model = ClientRegistryOptions
             elif destination.kind in ("cht-api", "commcare-api"):
                 model = ReturnOptions
             elif destination.kind == "fhir" and destination.options.get("profile") == "openmrs":

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from gateway.cli.common import ConfigOption, DevOption, console, fail, settings_from
+from gateway.cli.identity_estimate import estimate_command
 from gateway.errors import GatewayError, exit_code_for
 
 if TYPE_CHECKING:
@@ -24,11 +25,12 @@ if TYPE_CHECKING:
 
 __all__ = ["identity_app"]
 
-identity_app = typer.Typer(name="identity", help="Patient identity: review pairs, merges.", no_args_is_help=True,
-                           add_completion=False)
+identity_app = typer.Typer(name="identity", help="Patient identity: review pairs, merges, the model's m/u.",
+                           no_args_is_help=True, add_completion=False)
 review_app = typer.Typer(name="review", help="Review doubtful pairs, merge and unmerge records.",
                          no_args_is_help=True, add_completion=False)
 identity_app.add_typer(review_app, name="review")
+identity_app.command("estimate")(estimate_command)
 ByOption = Annotated[str | None, typer.Option("--by", help="Who decides (recorded); default cli:$USER.")]
 
 

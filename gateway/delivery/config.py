@@ -120,7 +120,7 @@ class DestinationConfig(BaseModel):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     # ``subscriptions`` is never configured: the gateway adds it for topic-based subscriptions.
-    kind: Literal["fhir", "webhook", "dhis2", "cht-api", "commcare-api", "subscriptions"]
+    kind: Literal["fhir", "webhook", "dhis2", "cht-api", "commcare-api", "client-registry", "subscriptions"]
     base_url: str = Field(pattern=r"^https?://")
     auth: AuthConfig | None = None
     filter: SubscriptionFilter = SubscriptionFilter()

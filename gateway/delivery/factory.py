@@ -6,7 +6,9 @@ store), a ``fhir`` destination with ``options.profile: openmrs`` from
 ``gateway.connectors.openmrs.openmrs_factory(store)`` (it keeps the ids OpenMRS assigns in
 the store), and the referral return path (``cht-api``, ``commcare-api``) from
 ``gateway.connectors.referral.return_factories(store)`` (they read related resources from the
-store), all following ``ConnectorFactory``:
+store), ``client-registry`` from
+``gateway.connectors.client_registry.client_registry_factory(store)`` (it writes national ids
+back), all following ``ConnectorFactory``:
 
     def factory(destination: DestinationConfig, *, client: httpx.AsyncClient,
                 clock: Clock) -> Connector: ...
@@ -83,6 +85,12 @@ def default_factories(store: object, digests: object = None) -> dict[str, Connec
         connector: Connector = module.dhis2_factory(store, digests)(destination, client=client, clock=clock)
         return connector
 
+    def client_registry(destination: DestinationConfig, *, client: httpx.AsyncClient, clock: Clock) -> Connector:
+        # Lazily, like dhis2: it writes national ids back into ``store`` with DHIS2's write-back.
+        module = importlib.import_module("gateway.connectors.client_registry")
+        connector: Connector = module.client_registry_factory(store)(destination, client=client, clock=clock)
+        return connector
+
     def fhir(destination: DestinationConfig, *, client: httpx.AsyncClient, clock: Clock) -> Connector:
         if destination.options.get("profile") == "openmrs":
             # The store keeps the ids OpenMRS assigns (DestinationIds); the caller passes the Store.
@@ -91,7 +99,8 @@ def default_factories(store: object, digests: object = None) -> dict[str, Connec
 
     from gateway.connectors.referral import return_factories  # loads the mapping engine, like dhis2
 
-    return {**FACTORIES, "fhir": fhir, "dhis2": dhis2, **return_factories(cast(ResourceStore, store))}
+    return {**FACTORIES, "fhir": fhir, "dhis2": dhis2, "client-registry": client_registry,
+            **return_factories(cast(ResourceStore, store))}
 
 
 def build_connector(

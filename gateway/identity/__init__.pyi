@@ -2,6 +2,11 @@
 
 from .decision import Decision as Decision
 from .decision import IdentityDecisionError as IdentityDecisionError
+from .em import Estimate as Estimate
+from .em import blocked_patterns as blocked_patterns
+from .em import estimate as estimate
+from .em import estimated_rules as estimated_rules
+from .em import estimated_yaml as estimated_yaml
 from .engine import REVIEW_TASK_CODE as REVIEW_TASK_CODE
 from .engine import REVIEW_TASK_SYSTEM as REVIEW_TASK_SYSTEM
 from .engine import IdentityEngine as IdentityEngine
@@ -21,6 +26,7 @@ from .review import list_pairs as list_pairs
 from .review import reject as reject
 from .review import show_pair as show_pair
 from .review import unlink as unlink
+from .rules import FIELD_LEVELS as FIELD_LEVELS
 from .rules import IdentityRuleError as IdentityRuleError
 from .rules import Rules as Rules
 from .rules import load_rules as load_rules

@@ -2,9 +2,9 @@
 
 Keys are phonetic codes of the names (Soundex, so one typo or a Creole/Kinyarwanda variant
 left unfolded still often shares a key) with the birth year, the two names' codes together
-in either order (a wrong year, swapped names), the phone's last digits and every national
-id. Several passes, each cheap, together find nearly every true pair while comparing a tiny
-share of all pairs.
+in either order (a wrong year, swapped names), with and without the birth year, the phone's
+last digits and every national id. Several passes, each cheap, together find nearly every
+true pair while comparing a tiny share of all pairs.
 """
 
 from __future__ import annotations
@@ -29,7 +29,13 @@ def blocking_keys(f: Features) -> set[str]:
             if code:
                 keys.add(f"y{f.birth.year}:{code}")
     if given and family:
-        keys.add("n:" + ":".join(sorted((given, family))))
+        both = ":".join(sorted((given, family)))
+        keys.add("n:" + both)
+        if f.birth is not None:
+            # In a large register a common given name with a common family name is shared by
+            # more than max_block_size people and its key is skipped; with the birth year it
+            # still finds them.
+            keys.add(f"yn{f.birth.year}:{both}")
     keys.update(f"p:{phone}" for phone in f.phones)
     keys.update(f"i:{system}|{value}" for system, value in f.national_ids)
     return keys

@@ -88,6 +88,11 @@ class Rules(_Strict):
     similarity: dict[Literal["close", "similar"], float] = {"close": 0.94, "similar": 0.85}
     variants: list[Variant] = []
     deterministic: list[Deterministic] = []
+    #: Where the weights come from: ``fields`` (m/u set by hand) or ``estimated`` (m/u estimated
+    #: from the stored Patients by EM, written into ``estimated`` by ``gateway identity estimate --write``).
+    model: Literal["fields", "estimated"] = "fields"
+    estimated: dict[str, dict[str, Level]] | None = None
+
     #: Fields whose "different" level keeps a pair out of auto-linking (twins share everything else).
     never_link_when_different: list[Literal["given", "family", "sex", "birthdate"]] = ["given"]
     fields: dict[str, dict[str, Level]]
@@ -99,13 +104,13 @@ class Rules(_Strict):
 
     def model_post_init(self, context: Any, /) -> None:
         """Compute the weight table."""
-        self._weights = {(name, level): value.weight for name, levels in self.fields.items()
+        self._weights = {(name, level): value.weight for name, levels in self.levels().items()
                          for level, value in levels.items()}
 
-    @field_validator("fields")
+    @field_validator("fields", "estimated")
     @classmethod
-    def _levels(cls, fields: dict[str, dict[str, Level]]) -> dict[str, dict[str, Level]]:
-        for name, levels in fields.items():
+    def _levels(cls, fields: dict[str, dict[str, Level]] | None) -> dict[str, dict[str, Level]] | None:
+        for name, levels in (fields or {}).items():
             if name not in FIELD_LEVELS:
                 raise ValueError(f"unknown field {name!r} (known: {', '.join(FIELD_LEVELS)})")
             missing = [level for level in FIELD_LEVELS[name] if level not in levels]
@@ -117,6 +122,16 @@ class Rules(_Strict):
                     + (f" (unknown {', '.join(extra)})" if extra else "")
                 )
         return fields
+
+    @model_validator(mode="after")
+    def _estimated_present(self) -> Rules:
+        if self.model == "estimated" and not self.estimated:
+            raise ValueError("model: estimated needs the estimated section (gateway identity estimate --write)")
+        return self
+
+    def levels(self) -> dict[str, dict[str, Level]]:
+        """The m/u in use: ``estimated`` when ``model: estimated``, else ``fields``."""
+        return self.estimated if self.model == "estimated" and self.estimated else self.fields
 
     @model_validator(mode="after")
     def _similarity(self) -> Rules:

@@ -8,6 +8,8 @@ ways round (given/family swaps are common in CHW registers), keeping the better 
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from enum import StrEnum
@@ -37,28 +39,19 @@ class Comparison:
     rule: str | None = None  # the deterministic rule that decided, if any
 
 
-def _name_level(sim: float, rules: Rules) -> str:
-    if sim >= 0.999:
-        return "exact"
-    if sim >= rules.similarity.get("close", 0.94):
-        return "close"
-    if sim >= rules.similarity.get("similar", 0.85):
-        return "similar"
-    return "different"
-
-
 def _names(a: Features, b: Features) -> tuple[float | None, float | None]:
     """Jaro–Winkler of given and of family names, in the better of the two orders."""
-    if not (a.given or a.family) or not (b.given or b.family):
+    ag, af, bg, bf = a.given, a.family, b.given, b.family
+    if not (ag or af) or not (bg or bf):
         return None, None
-
-    def sim(x: str, y: str) -> float | None:
-        return JaroWinkler.similarity(x, y) if x and y else None
-
-    straight = (sim(a.given, b.given), sim(a.family, b.family))
-    swapped = (sim(a.given, b.family), sim(a.family, b.given))
-    total = sum(v or 0.0 for v in straight), sum(v or 0.0 for v in swapped)
-    return swapped if total[1] > total[0] + 0.05 else straight
+    jw = JaroWinkler.similarity  # inlined: this runs for every candidate pair
+    given = jw(ag, bg) if ag and bg else None
+    family = jw(af, bf) if af and bf else None
+    given_swapped = jw(ag, bf) if ag and bf else None
+    family_swapped = jw(af, bg) if af and bg else None
+    if (given_swapped or 0.0) + (family_swapped or 0.0) > (given or 0.0) + (family or 0.0) + 0.05:
+        return given_swapped, family_swapped
+    return given, family
 
 
 def _birth_level(a: Features, b: Features) -> str | None:
@@ -92,47 +85,95 @@ def _sets(x: frozenset[str], y: frozenset[str]) -> str | None:
     return "same" if x & y else "different"
 
 
-def compare(a: Features, b: Features, rules: Rules) -> Comparison:
-    """Compare two records and grade the pair."""
+class _Compiled:
+    """What scoring reads of a rule file, as plain attributes: pydantic attribute access (private
+    ones above all) costs microseconds, and scoring runs for every candidate pair."""
+
+    __slots__ = ("close", "deterministic", "exact_u", "link", "never", "review", "rules", "similar", "weights")
+
+    def __init__(self, rules: Rules) -> None:
+        self.rules = rules
+        self.weights = dict(rules.weight_table())
+        self.close = rules.similarity.get("close", 0.94)
+        self.similar = rules.similarity.get("similar", 0.85)
+        self.link, self.review = rules.thresholds.link, rules.thresholds.review
+        self.deterministic = tuple((r.name, tuple(r.agree), tuple(r.unless_different)) for r in rules.deterministic)
+        self.never = tuple(rules.never_link_when_different)
+        levels = rules.levels()
+        self.exact_u: dict[str, float] = {
+            name: levels[name]["exact"].u for name in ("given", "family") if name in levels
+        }
+
+    def level(self, sim: float) -> str:
+        if sim >= 0.999:
+            return "exact"
+        if sim >= self.close:
+            return "close"
+        return "similar" if sim >= self.similar else "different"
+
+
+_COMPILED: dict[int, _Compiled] = {}
+
+
+def _compiled(rules: Rules) -> _Compiled:
+    found = _COMPILED.get(id(rules))
+    if found is None or found.rules is not rules:
+        if len(_COMPILED) > 32:
+            _COMPILED.clear()  # rule files are few; a process that made many starts over
+        found = _COMPILED[id(rules)] = _Compiled(rules)
+    return found
+
+
+#: The share of records holding a name (``"given"``/``"family"``, folded value), for term-frequency adjustment.
+NameShare = Callable[[str, str], float]
+
+
+def compare(a: Features, b: Features, rules: Rules, share: NameShare | None = None) -> Comparison:
+    """Compare two records and grade the pair.
+
+    With ``share``, an exact name agreement weighs less when the name is common: two records
+    agreeing on a name half the register holds is weaker evidence than the rule file's u
+    assumes (term-frequency adjustment, as splink does): u is raised to the name's share.
+    """
+    c = _compiled(rules)
     given_sim, family_sim = _names(a, b)
     levels: dict[str, str | None] = {
-        "given": None if given_sim is None else _name_level(given_sim, rules),
-        "family": None if family_sim is None else _name_level(family_sim, rules),
+        "given": None if given_sim is None else c.level(given_sim),
+        "family": None if family_sim is None else c.level(family_sim),
         "birthdate": _birth_level(a, b),
         "sex": _same(a.sex, b.sex),
         "location": _same(a.location, b.location),
         "phone": _sets(a.phones, b.phones),
     }
-    table = rules.weight_table()
+    weights = c.weights
     score = 0.0
     for name, level in levels.items():
         if level is not None:
-            score += table.get((name, level), 0.0)
-    systems_a = {s for s, _ in a.national_ids}
-    shared_systems = systems_a & {s for s, _ in b.national_ids}
-    if shared_systems:
+            score += weights.get((name, level), 0.0)
+    if share is not None:
+        for name, value in (("given", a.given), ("family", a.family)):
+            if levels[name] == "exact" and value:
+                common = share(name, value)
+                u = c.exact_u.get(name, 1.0)
+                if common > u:
+                    score -= math.log2(common / u)
+    if a.national_ids and b.national_ids and {s for s, _ in a.national_ids} & {s for s, _ in b.national_ids}:
         if a.national_ids & b.national_ids:
             levels["national_id"] = "same"
         else:
             # Two different national ids of one system are two people, whatever else agrees.
             return Comparison(score, Grade.CERTAINLY_NOT, {**levels, "national_id": "different"})
-    for rule in rules.deterministic:
-        if all(_agrees(levels, name) for name in rule.agree) and not any(
-            levels.get(name) == "different" for name in rule.unless_different
+    for name, agree, unless in c.deterministic:
+        if all(levels.get(field) in ("same", "exact") for field in agree) and not any(
+            levels.get(field) == "different" for field in unless
         ):
-            return Comparison(score, Grade.CERTAIN, levels, rule.name)
-    if score >= rules.thresholds.link and not any(
-        levels.get(name) == "different" for name in rules.never_link_when_different
-    ):
+            return Comparison(score, Grade.CERTAIN, levels, name)
+    if score >= c.link and not any(levels.get(field) == "different" for field in c.never):
         grade = Grade.CERTAIN
-    elif score >= rules.thresholds.review:
+    elif score >= c.review:
         grade = Grade.PROBABLE
     elif score > 0:
         grade = Grade.POSSIBLE
     else:
         grade = Grade.CERTAINLY_NOT
     return Comparison(score, grade, levels)
-
-
-def _agrees(levels: dict[str, str | None], name: str) -> bool:
-    return levels.get(name) in ("same", "exact")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+import pytest
 
 from gateway.identity import Grade, compare, features, fold, load_rules
 from tests.ingest.conftest import MAPPINGS
@@ -60,3 +63,18 @@ def test_national_ids_decide_both_ways() -> None:
     other = _compare(_patient("a", "Paul", "Kagame", "1957-10-23", identifier=[{"system": system, "value": "1"}]),
                      _patient("b", "Paul", "Kagame", "1957-10-23", identifier=[{"system": system, "value": "2"}]))
     assert other.grade is Grade.CERTAINLY_NOT
+
+
+def test_a_common_name_weighs_less_than_a_rare_one() -> None:
+    a = features(_patient("a", "Marie", "Joseph", "1990-03-04", gender="female"), RULES)
+    b = features(_patient("b", "Marie", "Joseph", "1990-03-04", gender="female"), RULES)
+    plain = compare(a, b, RULES)
+    rare = compare(a, b, RULES, lambda field, value: 0.0001)
+    common_given = compare(a, b, RULES, lambda field, value: 0.2 if field == "given" else 0.0001)
+    both = compare(a, b, RULES, lambda field, value: 0.2)
+    assert plain.grade is Grade.CERTAIN and rare.score == plain.score  # rarer than u: no change
+    # "Marie" held by a fifth of the register: u raised from the file's 0.005 to 0.2, log2(40) less.
+    given_u, family_u = RULES.fields["given"]["exact"].u, RULES.fields["family"]["exact"].u
+    assert common_given.score == pytest.approx(plain.score - math.log2(0.2 / given_u))
+    assert both.score == pytest.approx(plain.score - math.log2(0.2 / given_u) - math.log2(0.2 / family_u))
+    assert both.grade is Grade.PROBABLE  # a common name and a birth date alone do not link

@@ -30,3 +30,5 @@ from .uids import is_valid_uid as is_valid_uid
 from .values import MAX_ATTRIBUTE_LENGTH as MAX_ATTRIBUTE_LENGTH
 from .values import check_value as check_value
 from .values import normalize_boolean as normalize_boolean
+from .writeback import WriteBack as WriteBack
+from .writeback import WriteBackTarget as WriteBackTarget

@@ -133,11 +133,16 @@ class WriteBack:
     Synchronous, like the store: call it from a worker thread.
     """
 
-    def __init__(self, store: ResourceStore, destination: str, systems: Mapping[str, str]) -> None:
+    def __init__(
+        self, store: ResourceStore, destination: str, systems: Mapping[str, str], *, label: str = "DHIS2"
+    ) -> None:
         self.store = store
         self.destination = destination
         self.systems = dict(systems)
         self._ours = frozenset(self.systems.values())
+        # Names the destination's kind in the Provenance and the log: the client-registry
+        # connector writes its national ids back with this class too.
+        self.label = label
 
     # -- what a delivered plan writes
 
@@ -249,7 +254,7 @@ class WriteBack:
                 tx.update(self._provenance(target, result.resource.version, now))
                 written += 1
         if written:
-            logger.info("dhis2 %s: wrote DHIS2 UIDs back onto %d resources", self.destination, written)
+            logger.info("%s %s: wrote identifiers back onto %d resources", self.label, self.destination, written)
         return written
 
     def _with_identifiers(self, resource: JsonObject, identifiers: Sequence[JsonObject]) -> JsonObject | None:
@@ -270,7 +275,7 @@ class WriteBack:
             "agent": [
                 {
                     "type": {"coding": [{"system": _PARTICIPANT, "code": "assembler"}]},
-                    "who": {"display": f"CHW gateway, DHIS2 destination {self.destination}"},
+                    "who": {"display": f"CHW gateway, {self.label} destination {self.destination}"},
                 }
             ],
             "entity": [{"role": "revision", "what": {"reference": f"{target.ref}/_history/{target.version}"}}],
