@@ -41,7 +41,7 @@ Issue = tuple[NodePath, str]
 _TYPED = frozenset(
     {"integer", "decimal", "multiply", "boolean", "date", "datetime", "epoch_ms", "epoch_s", "position"}
 )
-_SIMPLE_SOURCE = re.compile(r"^(%item\.)?(`[^`]+`|[A-Za-z_][A-Za-z0-9_]*)(\.(`[^`]+`|[A-Za-z_][A-Za-z0-9_]*))*$")
+_SIMPLE_SOURCE = re.compile(r"^(%[a-z][a-z0-9_]*\.)?(`[^`]+`|[A-Za-z_][A-Za-z0-9_]*)(\.(`[^`]+`|[A-Za-z_][A-Za-z0-9_]*))*$")
 _VARIABLE_ONLY = re.compile(r"^\s*\{\{\s*%([a-z][a-z0-9_]*)\s*\}\}\s*$")
 _REF_LET = re.compile(r"\|\s*ref\(\s*'([A-Z][A-Za-z]+)'\s*\)\s*\}\}\s*$")
 _UCUM = "http://unitsofmeasure.org"
@@ -187,49 +187,64 @@ class _Checker:
 
     # ---- input side
 
-    def _item_schema(self, path: NodePath) -> InputSchema | None:
+    def _item_schemas(self, path: NodePath) -> dict[str, InputSchema]:
+        """The schema of each repeat variable (``item``, and each level of a nested
+        ``for_each``) of the rule at ``path``, where the items' path is a plain one."""
         if self.root is None or len(path) < 2 or path[0] != "rules" or not isinstance(path[1], int):
-            return None
+            return {}
         for_each = self.spec.rules[path[1]].for_each
-        if for_each is None:
-            return None
+        levels = [("item", for_each)] if isinstance(for_each, str) else list((for_each or {}).items())
+        found: dict[str, InputSchema] = {}
+        for name, text in levels:
+            if path[2:] == ("for_each", name):
+                break  # a level sees only the levels before it
+            base, keys = self._source(text, found)
+            node = base.find(keys)[0] if base is not None else None
+            if node is None:
+                break
+            found[name] = found["item"] = node
+        return found
+
+    def _source(self, text: str, variables: dict[str, InputSchema]) -> tuple[InputSchema | None, tuple[str, ...]]:
+        """The schema a plain path (``a.b``, ``%level.c``) starts from, and its keys."""
         try:
-            source, steps = split_pipeline(for_each)
+            source, steps = split_pipeline(text)
         except CompileError:
-            return None  # the compiler reports it
-        if steps or not _SIMPLE_SOURCE.match(source) or source.startswith("%"):
-            return None
-        node, _ = self.root.find(_keys(source))
-        return node
+            return None, ()  # the compiler reports it
+        if steps or not _SIMPLE_SOURCE.match(source):
+            return None, ()
+        keys = _keys(source)
+        if source.startswith("%"):
+            return variables.get(keys[0]), keys[1:]
+        return self.root, keys
 
     def _check_reads(self, path: NodePath, expression: Expression) -> None:
+        items = self._item_schemas(path) if expression.reads else {}
         for variable, keys in expression.reads:
             if variable is None:
                 base = self.every if path == ("match",) else self.root
-            elif variable == "item":
-                base = self._item_schema(path)
             else:
-                continue
+                base = items.get(variable)
             if base is None or not keys:
                 continue
-            node, problem = base.find(keys, "%item" if variable else "the record")
+            node, problem = base.find(keys, f"%{variable}" if variable else "the record")
             if problem is not None:
-                shown = ("%item." if variable else "") + ".".join(keys)
+                shown = (f"%{variable}." if variable else "") + ".".join(keys)
                 self.issues.append((path, f"{shown}: {problem}"))
                 return
-        self._check_converter(path, expression)
+        self._check_converter(path, expression, items)
 
-    def _check_converter(self, path: NodePath, expression: Expression) -> None:
+    def _check_converter(self, path: NodePath, expression: Expression, items: dict[str, InputSchema]) -> None:
         try:
             source, steps = split_pipeline(expression.text)
         except CompileError:
             return
-        if not steps or steps[0][0] not in _TYPED or not _SIMPLE_SOURCE.match(source):
+        if not steps or steps[0][0] not in _TYPED:
             return
-        base = self._item_schema(path) if source.startswith("%item.") else self.root
+        base, keys = self._source(source, items)
         if base is None:
             return
-        node, _ = base.find(_keys(source.removeprefix("%item.")))
+        node, _ = base.find(keys)
         if node is None or not node.samples:
             return
         name, args = steps[0]

@@ -280,11 +280,12 @@ def _compile(spec: MappingSpec, set_spec: SetSpec, file: str, tc: TemplateCompil
     groups: dict[str, list[str]] = {}  # for_each text → the repeating rules over those items
     for rule in spec.rules:
         if rule.for_each is not None:
-            groups.setdefault(rule.for_each.strip(), []).append(rule.name)
+            groups.setdefault(rule.repeat_text() or "", []).append(rule.name)
     for index, rule in enumerate(spec.rules):
         path: NodePath = ("rules", index)
         repeat = rule.for_each is not None
-        extra = _REPEAT if repeat else frozenset()
+        levels = _levels(rule, path, tc, condition_vars | rule_names)
+        extra = _REPEAT | {name for level, _ in levels for name in (level, f"{level}_index")} if repeat else frozenset()
         rule_lets: list[tuple[str, Builder]] = []
         let_names: set[str] = set()
         if rule.let and not repeat:
@@ -296,7 +297,7 @@ def _compile(spec: MappingSpec, set_spec: SetSpec, file: str, tc: TemplateCompil
             rule_lets.append((name, tc.template(value, (*path, "let", name), let_scope).build))
             let_names.add(name)
         siblings = [
-            name for name in groups.get((rule.for_each or "").strip(), []) if name != rule.name
+            name for name in groups.get(rule.repeat_text() or "", []) if name != rule.name
         ] if repeat else []
         condition_scope = Scope(
             condition_vars | extra | let_names, "when/for_each/key/id see built-ins, lets and the rule's lets"
@@ -307,8 +308,11 @@ def _compile(spec: MappingSpec, set_spec: SetSpec, file: str, tc: TemplateCompil
         used = {name for where, expr in tc.expressions if where[:2] == path for name in expr.variables}
         # only the siblings the rule refers to are worked out per item: the others cost nothing
         compiled.sibling_names = tuple(name for name in siblings if name in used)
-        if rule.for_each is not None:
+        if isinstance(rule.for_each, str):
             compiled.for_each = tc.expression(rule.for_each, (*path, "for_each"), Scope(condition_vars))
+        elif levels:
+            compiled.levels = tuple((name, level) for name, level in levels if level is not None)
+            compiled.for_each = compiled.levels[0][1] if len(compiled.levels) == len(levels) else None
         elif rule.key is not None:
             issues.append(((*path, "key"), "key needs for_each"))
         if rule.when is not None:
@@ -355,9 +359,31 @@ def _compile(spec: MappingSpec, set_spec: SetSpec, file: str, tc: TemplateCompil
     )
 
 
+def _levels(
+    rule: Any, path: NodePath, tc: TemplateCompiler, taken: frozenset[str] | set[str]
+) -> list[tuple[str, Expression | None]]:
+    """The named levels of a nested ``for_each`` (outermost first), each compiled in a scope
+    that sees the levels before it; ``[]`` for a plain ``for_each``."""
+    if not isinstance(rule.for_each, dict):
+        return []
+    if not rule.for_each:
+        tc.issues.append(((*path, "for_each"), "for_each needs at least one level"))
+        return []
+    levels: list[tuple[str, Expression | None]] = []
+    seen: set[str] = set()
+    for name, text in rule.for_each.items():
+        where = (*path, "for_each", name)
+        if name in _RESERVED or name in taken or name in rule.let or {name, f"{name}_index"} & seen:
+            tc.issues.append((where, f"%{name} is already a name here; choose another level name"))
+        scope = Scope(frozenset(taken) | seen, "a level sees built-ins, lets and the levels before it")
+        levels.append((name, tc.expression(text, where, scope)))
+        seen |= {name, f"{name}_index"}
+    return levels
+
+
 def _collected(spec: MappingSpec, groups: dict[str, list[str]], tc: TemplateCompiler) -> frozenset[str]:
     """Repeating rules some expression refers to from outside their own items."""
-    repeating = {rule.name: (rule.for_each or "").strip() for rule in spec.rules if rule.for_each is not None}
+    repeating = {rule.name: rule.repeat_text() for rule in spec.rules if rule.for_each is not None}
     found: set[str] = set()
     for path, expression in tc.expressions:
         inside = None
@@ -365,7 +391,7 @@ def _collected(spec: MappingSpec, groups: dict[str, list[str]], tc: TemplateComp
             inside = spec.rules[path[1]]
         for name in expression.variables & repeating.keys():
             same_items = inside is not None and inside.for_each is not None and (
-                name in groups.get(inside.for_each.strip(), [])
+                name in groups.get(inside.repeat_text() or "", [])
             )
             if not same_items:
                 found.add(name)

@@ -53,6 +53,10 @@ class RuleBase(_Strict):
     * ``name``: unique in the file; part of the deterministic id of what the rule makes.
     * ``when``: expression; the rule runs only if it is true (a bare path means "answered").
     * ``for_each``: expression; the rule runs once per item, with ``%item`` and ``%index``.
+      For a repeat inside a repeat, a mapping of named levels, outermost first, each an
+      expression that may read the levels before it (``{household: households, member:
+      "%household.members"}``): the rule runs once per innermost item, ``%item``/``%index``
+      are the innermost, ``%<level>``/``%<level>_index`` each level's item and position.
     * ``key``: expression giving a stable key per item (default ``%index``).
     * ``id``: expression giving the key of a *shared* entity (a person, a CHW, a household):
       its resource id is ``uuid5(system|Type|key)``, the same id every ``| ref('Type')``
@@ -69,12 +73,18 @@ class RuleBase(_Strict):
 
     name: str = Field(pattern=_NAME)
     when: str | None = None
-    for_each: str | None = None
+    for_each: str | dict[Annotated[str, Field(pattern=_NAME)], str] | None = None
     key: str | None = None
     id: str | None = None
     template: dict[str, TemplateValue] = {}
     let: dict[Annotated[str, Field(pattern=_NAME)], TemplateValue] = {}
     on_retract: Literal["entered-in-error", "delete", "keep"] | None = None
+
+    def repeat_text(self) -> str | None:
+        """``for_each`` as one text (rules with the same text repeat over the same items)."""
+        if self.for_each is None or isinstance(self.for_each, str):
+            return None if self.for_each is None else self.for_each.strip()
+        return "; ".join(f"{name}: {text.strip()}" for name, text in self.for_each.items())
 
 
 class ResourceRule(RuleBase):
