@@ -30,7 +30,10 @@ from gateway.mapping.converters import CompileContext
 from gateway.mapping.engine import CompiledMapping, CompiledRule, MappingSet
 from gateway.mapping.errors import LoadIssue, MappingError, MappingLoadError
 from gateway.mapping.expressions import Expression, Scope
+from gateway.mapping.forms import FormError, read_form
+from gateway.mapping.formschema import LAYOUTS, record_schema
 from gateway.mapping.inputs import InputError, read_records
+from gateway.mapping.inputschema import InputSchema
 from gateway.mapping.rules import compile_rule, defaults_reader, identifier_shape
 from gateway.mapping.spec import MappingSpec, SetSpec
 from gateway.mapping.templates import Builder, TemplateCompiler
@@ -152,11 +155,12 @@ def _load_set(folder: Path, loaded: LoadedMappings, interpret: bool) -> MappingS
             loaded.issues.append(
                 LoadIssue(str(set_file), doc.line_of(("inputs", index)), f"inputs[{index}]", f"cannot read: {exc}")
             )
+    forms = _form_schemas(folder, spec, doc, files, loaded.issues)
     tables = loaded.tables
     if (folder / CONCEPTMAP_DIR).is_dir():
         tables = {**loaded.tables, **load_concept_tables(folder / CONCEPTMAP_DIR, loaded.issues)}
     for path in files:
-        compiled = _load_mapping(path, spec, loaded, interpret, golden, tables)
+        compiled = _load_mapping(path, spec, loaded, interpret, (golden, forms), tables)
         if compiled is None:
             continue
         if compiled.name in names:
@@ -179,15 +183,44 @@ def _load_set(folder: Path, loaded: LoadedMappings, interpret: bool) -> MappingS
     return mapping_set
 
 
+def _form_schemas(
+    folder: Path, spec: SetSpec, doc: YamlDocument, files: list[Path], issues: list[LoadIssue]
+) -> dict[str, list[InputSchema]]:
+    """The input schema of each form definition ``set.yaml`` lists, by mapping file name."""
+    schemas: dict[str, list[InputSchema]] = {}
+    set_file = str(folder / SET_FILE)
+    names = {path.name for path in files}
+    for index, form in enumerate(spec.forms):
+        where: NodePath = ("forms", index)
+        problem = None
+        layout = form.layout or ("commcare" if form.file.lower().endswith(".json") else None)
+        if form.mapping not in names:
+            where, problem = (*where, "mapping"), f"{form.mapping!r} is not a mapping file of this set"
+        elif layout is None:
+            where, problem = (*where, "file"), f"say how the source lays out {form.file}: layout: {' | '.join(LAYOUTS)}"
+        else:
+            try:
+                tree = read_form(folder / form.file, form.form)
+                schemas.setdefault(form.mapping, []).append(record_schema(tree, layout, form.file))
+            except FormError as exc:
+                where, problem = (*where, "file"), str(exc)
+        if problem is not None:
+            issues.append(LoadIssue(set_file, doc.line_of(where), format_path(where), problem))
+    return schemas
+
+
 def _load_mapping(
     path: Path,
     set_spec: SetSpec,
     loaded: LoadedMappings,
     interpret: bool,
-    golden: list[Any],
+    inputs: tuple[list[Any], dict[str, list[InputSchema]]],
     tables: dict[str, ConceptTable],
 ) -> CompiledMapping | None:
+    """Compile and check one mapping file; ``inputs``: the set's golden records and its forms'
+    schemas by mapping file name."""
     file = str(path)
+    golden, forms = inputs
     try:
         doc = read_yaml(path)
     except YamlSyntaxError as exc:
@@ -205,7 +238,10 @@ def _load_mapping(
     compiled = _compile(spec, set_spec, file, compiler)
     problems = list(compiler.issues)
     # The static checks run even when compiling failed, so validate lists every mistake at once.
-    problems += check_mapping(spec, ctx, compiler.expressions, _matching(golden, compiler, set_spec), golden)
+    problems += check_mapping(
+        spec, ctx, compiler.expressions, _matching(golden, compiler, set_spec), golden,
+        forms=forms.get(path.name, []),
+    )
     for node_path, message in problems:
         loaded.issues.append(LoadIssue(file, doc.line_of(node_path), _describe(node_path, doc), message))
     loaded.tables_used |= ctx.tables_used

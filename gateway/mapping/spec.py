@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "Defaults",
+    "FormSpec",
     "MappingSpec",
     "ObservationRule",
     "ProvenanceSpec",
@@ -246,6 +247,23 @@ class RetractSpec(_Strict):
     record_id: str
 
 
+class FormSpec(_Strict):
+    """One entry of ``set.yaml``'s ``forms``: a form definition whose submissions a mapping file
+    of the set handles, for the static checks (field names, types and choices).
+
+    ``file`` (relative to the set folder) is an XLSForm (``.xlsx``, ``.xls``, ``.csv``), an
+    XForm (``.xml``) or a CommCare app (``.json``, the Application Structure API answer);
+    ``form`` picks one form of an app by xmlns, unique id or name. ``layout`` says how the
+    source lays a submission out: ``odk``, ``kobo``, ``cht`` or ``commcare`` (the default
+    for a ``.json`` app). ``mapping`` is the mapping file (in the set folder) it is for.
+    """
+
+    file: str
+    mapping: str
+    layout: Literal["odk", "kobo", "cht", "commcare"] | None = None
+    form: str | None = None
+
+
 class SetSpec(_Strict):
     """``set.yaml``: a mapping set, what a configured source's ``mapping`` names.
 
@@ -255,7 +273,8 @@ class SetSpec(_Strict):
     ``retract`` (optional) recognises deleted and voided records (``RetractSpec``).
     ``inputs`` lists more example records (``.json``/``.csv`` files, relative to the set
     folder) for the static checks' input schema, besides the golden inputs: records with the
-    fields an app sends only sometimes.
+    fields an app sends only sometimes. ``forms`` points at form definitions (``FormSpec``):
+    their questions join the input schema, with their types and choice lists.
     """
 
     name: str = Field(pattern=_MAPPING_NAME)
@@ -264,3 +283,4 @@ class SetSpec(_Strict):
     mappings: list[str] | None = None
     retract: RetractSpec | None = None
     inputs: list[str] = []
+    forms: list[FormSpec] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,7 +37,8 @@ rules:
     template:
       name: [{text: "{{ %member.name }}"}]
       identifier:
-        - {system: "urn:example:position", value: "{{ %household.id }}/{{ %household_index }}/{{ %member_index }}/{{ %index }}/{{ %key }}"}
+        - system: "urn:example:position"
+          value: "{{ %household.id }}/{{ %household_index }}/{{ %member_index }}/{{ %index }}/{{ %key }}"
   - name: age
     kind: observation
     for_each:
@@ -53,7 +55,7 @@ def _line(text: str, needle: str) -> int:
     return next(number for number, line in enumerate(text.splitlines(), 1) if needle in line)
 
 
-def _bundle(mappings_dir, mapping: str, record: dict) -> list[dict]:
+def _bundle(mappings_dir, mapping: str, record: dict[str, Any]) -> list[dict[str, Any]]:
     root = mappings_dir({"example/set.yaml": SET, "example/m.yaml": mapping})
     bundle = load_mapping_sets(root)["example"].map_record(record)
     return [entry["resource"] for entry in bundle["entry"]]
