@@ -2,7 +2,7 @@
 
 Three formats, one neutral tree of ``FormNode``:
 
-* **XLSForm** (``.xlsx``, ``.xls``, ``.csv``, ``.md``), what ODK, Kobo and CHT forms are
+* **XLSForm** (``.xlsx``, ``.xls``, ``.csv``), what ODK, Kobo and CHT forms are
   written in: parsed by ``pyxform`` (the ODK reference converter) into its JSON form, so
   aliases (``select one``, ``begin repeat``), choice lists and the added ``meta`` group are
   exactly what ODK tools make of the file;
@@ -38,7 +38,7 @@ KINDS = frozenset({
     "text", "integer", "decimal", "date", "datetime", "time", "boolean", "select_one",
     "select_multiple", "geopoint", "binary", "any", "group", "repeat",
 })  # fmt: skip
-XLSFORM_SUFFIXES = (".xlsx", ".xls", ".csv", ".md")
+XLSFORM_SUFFIXES = (".xlsx", ".xls", ".csv")
 
 # XLSForm types as pyxform writes them in its JSON → KINDS (anything else: text).
 _XLSFORM_KINDS = {
@@ -110,11 +110,13 @@ def read_form(path: Path, form: str | None = None) -> FormNode:
 
 
 def _read_xlsform(path: Path) -> FormNode:
+    from pyxform.builder import create_survey_element_from_dict
     from pyxform.errors import PyXFormError  # imported here: only a set with a form needs it
     from pyxform.xls2json import parse_file_to_json
 
     try:
         survey = parse_file_to_json(str(path), warnings=[])
+        create_survey_element_from_dict(survey)  # what ODK tools refuse (an unknown type …) is refused
     except PyXFormError as exc:
         raise FormError(f"{path.name}: {exc}") from exc
     except (OSError, ValueError, KeyError) as exc:  # an unreadable workbook
@@ -151,7 +153,7 @@ def _read_xform(path: Path) -> FormNode:
     except (ElementTree.ParseError, DefusedXmlException, OSError) as exc:
         raise FormError(f"{path.name}: not well-formed XML: {exc}") from exc
     model = next((node for node in html.iter() if _local(node.tag) == "model"), None)
-    instances = [node for node in model or [] if _local(node.tag) == "instance"]
+    instances = [node for node in (list(model) if model is not None else []) if _local(node.tag) == "instance"]
     if model is None or not instances or len(instances[0]) == 0:
         raise FormError(f"{path.name}: an XForm needs a <model> with a primary <instance>")
     root = instances[0][0]

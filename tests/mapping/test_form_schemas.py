@@ -77,7 +77,10 @@ GOLDEN = {"_uuid": "u-1", "_xform_id_string": "aNutr1tion", "_submission_time": 
           "child/child_id": "C-1", "child/sex": "female", "oedema": "no"}
 
 
-def _xlsx(path: Path, survey: list[tuple[str, ...]] = SURVEY, choices: list[tuple[str, ...]] = CHOICES) -> None:
+Rows = list[tuple[str, str, str]]
+
+
+def _xlsx(path: Path, survey: Rows = SURVEY, choices: Rows = CHOICES) -> None:
     book = openpyxl.Workbook()
     sheet = book.active
     assert sheet is not None
@@ -92,7 +95,7 @@ def _xlsx(path: Path, survey: list[tuple[str, ...]] = SURVEY, choices: list[tupl
 
 
 def _set(mappings_dir, mapping: str = MAPPING, set_yaml: str = SET) -> Path:
-    root = mappings_dir({
+    root: Path = mappings_dir({
         "screening/set.yaml": set_yaml, "screening/m.yaml": mapping,
         "screening/tests/case.input.json": json.dumps(GOLDEN),
     })
@@ -273,3 +276,22 @@ def test_the_shipped_forms_catch_mistakes_without_any_golden_input(
     assert [(issue.file, issue.line) for issue in issues] == [(str(path), _line(text.replace(old, new), new))]
     assert fragment in issues[0].message
     assert re.search(r"forms/\S+", issues[0].message)
+
+
+def test_unreadable_form_definitions_say_why(tmp_path: Path) -> None:
+    (tmp_path / "broken.xml").write_text("<h:html xmlns:h='http://www.w3.org/1999/xhtml'><h:head>", encoding="utf-8")
+    with pytest.raises(FormError, match="broken.xml: not well-formed XML"):
+        read_form(tmp_path / "broken.xml")
+    (tmp_path / "bomb.xml").write_text(
+        '<!DOCTYPE x [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;">]><x>&b;</x>', encoding="utf-8"
+    )
+    with pytest.raises(FormError, match="bomb.xml: not well-formed XML"):  # entities refused (defusedxml)
+        read_form(tmp_path / "bomb.xml")
+    _xlsx(tmp_path / "bad.xlsx", survey=[("type", "name", "label"), ("integr", "age", "Age")])
+    with pytest.raises(FormError, match="bad.xlsx: .*integr"):
+        read_form(tmp_path / "bad.xlsx")
+    with pytest.raises(FormError, match="no form 'Nutrition' \\(xmlns: "):
+        read_form(MAPPINGS / "commcare" / "forms" / "app.json", "Nutrition")
+    with pytest.raises(FormError, match="form.yaml: not a form definition"):
+        (tmp_path / "form.yaml").write_text("a: 1\n", encoding="utf-8")
+        read_form(tmp_path / "form.yaml")
