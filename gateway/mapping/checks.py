@@ -50,14 +50,15 @@ _VARIABLE_ONLY = re.compile(r"^\s*\{\{\s*%([a-z][a-z0-9_]*)\s*\}\}\s*$")
 _REF_LET = re.compile(r"\|\s*ref\(\s*'([A-Z][A-Za-z]+)'\s*\)\s*\}\}\s*$")
 _UCUM = "http://unitsofmeasure.org"
 _GOLDEN = "the golden inputs"
-#: The question types (``forms.KINDS``) each typed converter takes; others are refused.
+#: The question types (``forms.KINDS``) each typed converter takes; others are refused. A
+#: text question may carry a date (CHT ``inputs``, values copied from a case): dates pass.
 _FITS = {
     "integer": {"integer"},
     "decimal": {"integer", "decimal"},
     "multiply": {"integer", "decimal"},
     "boolean": {"boolean"},
-    "date": {"date", "datetime"},
-    "datetime": {"date", "datetime"},
+    "date": {"date", "datetime", "text"},
+    "datetime": {"date", "datetime", "text"},
     "epoch_ms": {"integer", "decimal"},
     "epoch_s": {"integer", "decimal"},
     "position": {"geopoint"},

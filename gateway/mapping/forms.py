@@ -66,6 +66,7 @@ _COMMCARE_KINDS = {
 }  # fmt: skip
 _XF = "{http://www.w3.org/2002/xforms}"
 _JR_TEMPLATE = "{http://openrosa.org/javarosa}template"
+_JR_PRELOAD = "{http://openrosa.org/javarosa}preload"
 
 
 class FormError(ConfigError):
@@ -160,36 +161,45 @@ def _read_xform(path: Path) -> FormNode:
     secondary = {node.get("id"): node for node in instances[1:] if node.get("id")}
     binds = {node.get("nodeset", ""): node for node in model if _local(node.tag) == "bind"}
     repeats = {node.get("nodeset", "") for node in html.iter() if _local(node.tag) == "repeat"}
+    body = next((node for node in html if _local(node.tag) == "body"), None)
+    controls = {node.get("ref", "") for node in (body.iter() if body is not None else ()) if node.get("ref")}
     choices = {
         node.get("ref", ""): ("select_one" if _local(node.tag) == "select1" else "select_multiple",
                               _xform_choices(node, secondary))
         for node in html.iter() if _local(node.tag) in ("select1", "select")
     }
-    return _xform_node(root, "/" + _local(root.tag), binds, repeats, choices)
+    return _xform_node(root, "/" + _local(root.tag), _Model(binds, repeats, choices, controls))
 
 
-def _xform_node(
-    element: Element, path: str, binds: dict[str, Element], repeats: set[str],
-    choices: dict[str, tuple[str, list[str] | None]],
-) -> FormNode:
+@dataclass(frozen=True, slots=True)
+class _Model:
+    """What an XForm says about its instance nodes, by absolute path."""
+
+    binds: dict[str, Element]
+    repeats: set[str]
+    choices: dict[str, tuple[str, list[str] | None]]  # select kind and listed values
+    controls: set[str]  # nodes the body shows as a question
+
+
+def _xform_node(element: Element, path: str, model: _Model) -> FormNode:
     name = _local(element.tag)
     if len(element):
         children: list[FormNode] = []
         for child in element:
-            node = _xform_node(child, f"{path}/{_local(child.tag)}", binds, repeats, choices)
+            node = _xform_node(child, f"{path}/{_local(child.tag)}", model)
             if all(existing.name != node.name for existing in children):  # a repeat's template and rows
                 children.append(node)
-        repeat = path in repeats or element.get(_JR_TEMPLATE) is not None
+        repeat = path in model.repeats or element.get(_JR_TEMPLATE) is not None
         return FormNode(name, "repeat" if repeat else "group", children)
-    bind = binds.get(path)
-    if bind is None:
-        return FormNode(name, "any")
-    if bind.get("calculate") is not None:
+    bind = model.binds.get(path)
+    if bind is None or bind.get("calculate") is not None:
         return FormNode(name, "any")  # a calculate's bind type is rarely what it holds
     kind = _XFORM_KINDS.get(str(bind.get("type", "string")).split(":")[-1], "text")
-    if path in choices:  # ODK binds selects as strings: the body control says which select
-        kind, listed = choices[path]
+    if path in model.choices:  # ODK binds selects as strings: the body control says which select
+        kind, listed = model.choices[path]
         return FormNode(name, kind, choices=listed)
+    if kind == "text" and path not in model.controls and bind.get(_JR_PRELOAD) is None:
+        return FormNode(name, "any")  # a hidden value (CHT inputs, CommCare hidden values): untyped
     return FormNode(name, kind)
 
 

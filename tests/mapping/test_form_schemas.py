@@ -218,6 +218,35 @@ def test_an_xform_gives_groups_repeats_bind_types_and_choices_of_selects() -> No
     assert "  instance_name any" in tree  # a calculate: its bind type says nothing
 
 
+HAND_WRITTEN_XFORM = """<h:html xmlns="http://www.w3.org/2002/xforms" xmlns:h="http://www.w3.org/1999/xhtml"
+  xmlns:jr="http://openrosa.org/javarosa">
+ <h:head><model>
+  <instance><visit id="visit"><chw_id/><hh_size/><water/><note_text/><meta><instanceID/></meta></visit></instance>
+  <bind nodeset="/visit/chw_id" type="string"/>
+  <bind nodeset="/visit/hh_size" type="xsd:int"/>
+  <bind nodeset="/visit/water" type="xsd:string"/>
+  <bind nodeset="/visit/note_text" type="string"/>
+  <bind nodeset="/visit/meta/instanceID" type="string" jr:preload="uid"/>
+ </model></h:head>
+ <h:body>
+  <input ref="/visit/hh_size"><label>People</label></input>
+  <select1 ref="/visit/water"><label>Water</label>
+   <item><label>Tap</label><value>tap</value></item><item><label>Well</label><value>well</value></item>
+  </select1>
+  <input ref="/visit/note_text"><label>Note</label></input>
+ </h:body>
+</h:html>
+"""
+
+
+def test_a_hand_written_xform_types_hidden_values_as_any_and_lists_inline_choices(tmp_path: Path) -> None:
+    (tmp_path / "visit.xml").write_text(HAND_WRITTEN_XFORM, encoding="utf-8")
+    assert _tree(read_form(tmp_path / "visit.xml")) == [
+        "visit group", "  chw_id any", "  hh_size integer", "  water select_one ['tap', 'well']",
+        "  note_text text", "  meta group", "    instanceID text",
+    ]
+
+
 def test_a_commcare_app_gives_each_forms_questions_by_value_path() -> None:
     app_json = MAPPINGS / "commcare" / "forms" / "app.json"
     with pytest.raises(FormError, match="several forms: say which with form"):
