@@ -243,7 +243,8 @@ class CompiledMapping:
         record_id: str,
     ) -> None:
         for item_env in self._items(rule, record, env):
-            local = {**env, **item_env}
+            local = dict(env)
+            local.update(item_env)
             ids = self._item_ids(rule, record, local, record_id)
             if ids is None:
                 continue
@@ -258,14 +259,14 @@ class CompiledMapping:
             self._add(entries, rule, made, record_id, scoped=rule.entity is None)
 
     def _items(self, rule: CompiledRule, record: Any, env: Env) -> list[Env]:
-        """One set of variables per item: ``%item``, ``%index``, the default ``%key`` (the
-        position; positions joined by ``.`` for a nested ``for_each``) and each level's own."""
+        """The variables each item adds: ``%item``, ``%index`` and, for a nested ``for_each``,
+        each level's own and the default ``%key`` (the positions joined by ``.``)."""
         if rule.levels:
             return _nested_items(rule.levels, record, env)
         assert rule.for_each is not None
         items = _present(rule.for_each, record, env)
         _limit(len(items), rule.for_each.text)
-        return [{"item": [item], "index": [index], "key": [str(index)]} for index, item in enumerate(items)]
+        return [{"item": [item], "index": [index]} for index, item in enumerate(items)]
 
     def _references(self, rule: CompiledRule, record: Any, env: Env, record_id: str) -> list[Any]:
         """A repeating rule's Reference for each item it fires for, in item order."""
@@ -287,9 +288,11 @@ class CompiledMapping:
             return None
         if rule.key is not None:
             repeat_key = _single_text(rule.key.run(record, local), rule.key.text, "the repeat key")
-            local["key"] = [repeat_key]
+        elif "key" in local:
+            repeat_key = local["key"][0]  # a nested for_each's positions
         else:
-            repeat_key = local["key"][0]
+            repeat_key = str(local["index"][0])
+        local["key"] = [repeat_key]
         if rule.entity is not None:
             key = _single_text(rule.entity.run(record, local), rule.entity.text, "the entity id")
         else:
