@@ -242,15 +242,21 @@ class CompiledMapping:
         env: Env,
         record_id: str,
     ) -> None:
-        for item_env in self._items(rule, record, env):
+        items, nested = self._items(rule, record, env)
+        for index, item in enumerate(items):
             local = dict(env)
-            local.update(item_env)
+            if nested is None:
+                local["item"] = [item]
+                local["index"] = [index]
+            else:
+                local.update(nested[index])
             ids = self._item_ids(rule, record, local, record_id)
             if ids is None:
                 continue
             for sibling in rule.siblings:
+                fresh = {**env, "item": [item], "index": [index]} if nested is None else {**env, **nested[index]}
                 try:
-                    other = self._item_ids(sibling, record, {**env, **item_env}, record_id)
+                    other = self._item_ids(sibling, record, fresh, record_id)
                 except MappingError as exc:
                     raise exc.in_rule(sibling.name, self.name, self.where(sibling.name)) from None
                 primary = sibling.program.resource_types[0]
@@ -258,22 +264,26 @@ class CompiledMapping:
             made = rule.program.factory(record, local, ids)
             self._add(entries, rule, made, record_id, scoped=rule.entity is None)
 
-    def _items(self, rule: CompiledRule, record: Any, env: Env) -> list[Env]:
-        """The variables each item adds: ``%item``, ``%index`` and, for a nested ``for_each``,
-        each level's own and the default ``%key`` (the positions joined by ``.``)."""
+    def _items(self, rule: CompiledRule, record: Any, env: Env) -> tuple[list[Any], list[Env] | None]:
+        """The items, and for a nested ``for_each`` the variables each adds (each level's item
+        and position, ``%item``/``%index`` the innermost, the default ``%key`` the positions
+        joined by ``.``); a plain ``for_each`` sets only ``%item`` and ``%index``."""
         if rule.levels:
-            return _nested_items(rule.levels, record, env)
+            nested = _nested_items(rule.levels, record, env)
+            return [extra["item"][0] for extra in nested], nested
         assert rule.for_each is not None
         items = _present(rule.for_each, record, env)
         _limit(len(items), rule.for_each.text)
-        return [{"item": [item], "index": [index]} for index, item in enumerate(items)]
+        return items, None
 
     def _references(self, rule: CompiledRule, record: Any, env: Env, record_id: str) -> list[Any]:
         """A repeating rule's Reference for each item it fires for, in item order."""
         primary = rule.program.resource_types[0]
         references: list[Any] = []
-        for item_env in self._items(rule, record, env):
-            ids = self._item_ids(rule, record, {**env, **item_env}, record_id)
+        items, nested = self._items(rule, record, env)
+        for index, item in enumerate(items):
+            local = {**env, "item": [item], "index": [index]} if nested is None else {**env, **nested[index]}
+            ids = self._item_ids(rule, record, local, record_id)
             if ids is not None:
                 references.append({"reference": f"{primary}/{ids[primary]}"})
         return references
