@@ -62,7 +62,11 @@ def _pick(loaded: LoadedMappings, names: list[str] | None) -> list[MappingSet]:
 
 @mappings_app.command()
 def validate(root: DirOption = Path("mappings")) -> None:
-    """Check every mapping file and ConceptMap: schema, FHIRPath, converters, references."""
+    """Check every mapping file and ConceptMap: schema, FHIRPath, converters, references.
+
+    Field paths and converters are checked against the golden inputs and the form
+    definitions (XLSForm, XForm, CommCare app JSON) a set.yaml lists under forms.
+    """
     loaded = _load(root)
     count = sum(len(mapping_set.mappings) for mapping_set in loaded.sets.values())
     typer.echo(f"ok: {len(loaded.sets)} set(s), {count} mapping(s), {len(loaded.tables)} ConceptMap(s)")

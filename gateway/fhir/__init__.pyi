@@ -15,6 +15,7 @@ from .fhirpath import parse_fhirpath as parse_fhirpath
 from .fhirpath import plain as plain
 from .fhirpath import simple_path as simple_path
 from .fhirpath import variables_of as variables_of
+from .fhirpath import walk_ast as walk_ast
 from .interactions import ID_RE as ID_RE
 from .outcome import informational as informational
 from .outcome import issue as issue

@@ -26,10 +26,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from gateway.fhir import simple_path, walk_ast
 from gateway.mapping.converters import CompileContext, ConverterArgError, build_converter
 from gateway.mapping.errors import MappingError, quote
 from gateway.mapping.expressions import CompileError, Expression, split_pipeline
+from gateway.mapping.fhirpath import parse_fhirpath
 from gateway.mapping.inputs import InputError, read_records
+from gateway.mapping.inputschema import InputSchema
 from gateway.mapping.spec import MappingSpec, ObservationRule, ReferralRule, ResourceRule
 from gateway.mapping.yamlfile import NodePath
 
@@ -41,47 +44,30 @@ Issue = tuple[NodePath, str]
 _TYPED = frozenset(
     {"integer", "decimal", "multiply", "boolean", "date", "datetime", "epoch_ms", "epoch_s", "position"}
 )
-_SIMPLE_SOURCE = re.compile(r"^(%item\.)?(`[^`]+`|[A-Za-z_][A-Za-z0-9_]*)(\.(`[^`]+`|[A-Za-z_][A-Za-z0-9_]*))*$")
+_STEP = r"(`[^`]+`|[A-Za-z_][A-Za-z0-9_]*)"
+_SIMPLE_SOURCE = re.compile(rf"^(%[a-z][a-z0-9_]*\.)?{_STEP}(\.{_STEP})*$")
 _VARIABLE_ONLY = re.compile(r"^\s*\{\{\s*%([a-z][a-z0-9_]*)\s*\}\}\s*$")
 _REF_LET = re.compile(r"\|\s*ref\(\s*'([A-Z][A-Za-z]+)'\s*\)\s*\}\}\s*$")
 _UCUM = "http://unitsofmeasure.org"
-_SAMPLES = 5
-
-
-@dataclass(slots=True)
-class InputSchema:
-    """The shape of source records: member names below each object, sample leaf values."""
-
-    children: dict[str, InputSchema] = field(default_factory=dict)
-    samples: list[Any] = field(default_factory=list)
-    is_object: bool = False
-
-    def add(self, value: Any) -> None:
-        """Merge one value (object, list or leaf) into the schema."""
-        if isinstance(value, list):
-            for item in value:
-                self.add(item)
-        elif isinstance(value, dict):
-            self.is_object = True
-            for key, member in value.items():
-                self.children.setdefault(key, InputSchema()).add(member)
-        elif value is not None and len(self.samples) < _SAMPLES and value not in self.samples:
-            self.samples.append(value)
-
-    def find(self, keys: tuple[str, ...], top: str = "the record") -> tuple[InputSchema | None, str | None]:
-        """The node at ``keys``, or ``(None, message)`` naming the first unknown member."""
-        node = self
-        for depth, key in enumerate(keys):
-            child = node.children.get(key)
-            if child is None:
-                if not node.is_object:
-                    return None, None  # a leaf or nothing seen: no evidence either way
-                where = ".".join(keys[:depth]) or top
-                close = difflib.get_close_matches(key, list(node.children), n=1, cutoff=0.6)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                return None, f"no field {key!r} under {where} in the golden inputs{hint}"
-            node = child
-        return node, None
+_GOLDEN = "the golden inputs"
+#: The question types (``forms.KINDS``) each typed converter takes; others are refused. A
+#: text question may carry a date (CHT ``inputs``, values copied from a case): dates pass.
+_FITS = {
+    "integer": {"integer"},
+    "decimal": {"integer", "decimal"},
+    "multiply": {"integer", "decimal"},
+    "boolean": {"boolean"},
+    "date": {"date", "datetime", "text"},
+    "datetime": {"date", "datetime", "text"},
+    "epoch_ms": {"integer", "decimal"},
+    "epoch_s": {"integer", "decimal"},
+    "position": {"geopoint"},
+}
+_KIND_NAMES = {
+    "text": "a text", "geopoint": "a geopoint", "binary": "a file (image, audio …)", "time": "a time",
+    "integer": "an integer", "decimal": "a decimal", "date": "a date", "datetime": "a date-time",
+    "boolean": "a boolean", "group": "a group", "repeat": "a repeat",
+}
 
 
 def golden_records(folder: Path) -> list[Any]:
@@ -165,6 +151,7 @@ class _Checker:
     rule_types: dict[str, str]
     root: InputSchema | None
     every: InputSchema | None  # all golden inputs of the set: what ``match`` sees
+    evidence: str = _GOLDEN  # what the schemas were built from, for messages
     issues: list[Issue] = field(default_factory=list)
     ref_types: dict[str, str] = field(default_factory=dict)
 
@@ -187,50 +174,67 @@ class _Checker:
 
     # ---- input side
 
-    def _item_schema(self, path: NodePath) -> InputSchema | None:
+    def _item_schemas(self, path: NodePath) -> dict[str, InputSchema]:
+        """The schema of each repeat variable (``item``, and each level of a nested
+        ``for_each``) of the rule at ``path``, where the items' path is a plain one."""
         if self.root is None or len(path) < 2 or path[0] != "rules" or not isinstance(path[1], int):
-            return None
+            return {}
         for_each = self.spec.rules[path[1]].for_each
-        if for_each is None:
-            return None
+        levels = [("item", for_each)] if isinstance(for_each, str) else list((for_each or {}).items())
+        found: dict[str, InputSchema] = {}
+        for name, text in levels:
+            if path[2:] == ("for_each", name):
+                break  # a level sees only the levels before it
+            base, keys = self._source(text, found)
+            node = base.find(keys)[0] if base is not None else None
+            if node is None:
+                break
+            found[name] = found["item"] = node
+        return found
+
+    def _source(self, text: str, variables: dict[str, InputSchema]) -> tuple[InputSchema | None, tuple[str, ...]]:
+        """The schema a plain path (``a.b``, ``%level.c``) starts from, and its keys."""
         try:
-            source, steps = split_pipeline(for_each)
+            source, steps = split_pipeline(text)
         except CompileError:
-            return None  # the compiler reports it
-        if steps or not _SIMPLE_SOURCE.match(source) or source.startswith("%"):
-            return None
-        node, _ = self.root.find(_keys(source))
-        return node
+            return None, ()  # the compiler reports it
+        if steps or not _SIMPLE_SOURCE.match(source):
+            return None, ()
+        keys = _keys(source)
+        if source.startswith("%"):
+            return variables.get(keys[0]), keys[1:]
+        return self.root, keys
 
     def _check_reads(self, path: NodePath, expression: Expression) -> None:
+        items = self._item_schemas(path) if expression.reads else {}
         for variable, keys in expression.reads:
             if variable is None:
                 base = self.every if path == ("match",) else self.root
-            elif variable == "item":
-                base = self._item_schema(path)
             else:
-                continue
+                base = items.get(variable)
             if base is None or not keys:
                 continue
-            node, problem = base.find(keys, "%item" if variable else "the record")
+            node, problem = base.find(keys, f"%{variable}" if variable else "the record", self.evidence)
             if problem is not None:
-                shown = ("%item." if variable else "") + ".".join(keys)
+                shown = (f"%{variable}." if variable else "") + ".".join(keys)
                 self.issues.append((path, f"{shown}: {problem}"))
                 return
-        self._check_converter(path, expression)
+        self._check_converter(path, expression, items)
 
-    def _check_converter(self, path: NodePath, expression: Expression) -> None:
+    def _check_converter(self, path: NodePath, expression: Expression, items: dict[str, InputSchema]) -> None:
         try:
             source, steps = split_pipeline(expression.text)
         except CompileError:
             return
-        if not steps or steps[0][0] not in _TYPED or not _SIMPLE_SOURCE.match(source):
+        if self.evidence != _GOLDEN:
+            self._check_compared(path, source, items)
+        base, keys = self._source(source, items)
+        node = base.find(keys)[0] if base is not None and steps else None
+        if node is None:
             return
-        base = self._item_schema(path) if source.startswith("%item.") else self.root
-        if base is None:
+        if node.kind is not None and self._check_declared(path, source, steps, node):
             return
-        node, _ = base.find(_keys(source.removeprefix("%item.")))
-        if node is None or not node.samples:
+        if steps[0][0] not in _TYPED or not node.samples:
             return
         name, args = steps[0]
         try:
@@ -248,6 +252,68 @@ class _Checker:
                      f"{quote(sample)} ({exc.message})")
                 )
                 return
+
+    def _check_declared(
+        self, path: NodePath, source: str, steps: list[tuple[str, list[Any]]], node: InputSchema
+    ) -> bool:
+        """A converter against the question type a form declares (a select: every choice goes
+        through the whole pipeline); whether a problem was found."""
+        name = steps[0][0]
+        if node.kind in ("select_one", "select_multiple") and node.choices:
+            try:
+                pipeline = [build_converter(step, args, self.ctx, source) for step, args in steps]
+            except ConverterArgError:
+                return False
+            for choice in node.choices:
+                values: list[Any] = [choice]
+                try:
+                    for convert in pipeline:
+                        values = convert(values)
+                except MappingError as exc:
+                    self.issues.append(
+                        (path, f"{source}: the choice {choice!r} in {node.form} does not go through "
+                         f"{' | '.join(step for step, _ in steps)} ({exc.message})")
+                    )
+                    return True
+            return False
+        fits = _FITS.get(name)
+        if fits is None or node.kind in fits or node.kind in ("any", "select_one", "select_multiple"):
+            return False
+        self.issues.append(
+            (path, f"converter {name} does not fit {source}: {node.form} declares it "
+             f"{_KIND_NAMES.get(node.kind or '', node.kind)} question (fits: {', '.join(sorted(fits))})")
+        )
+        return True
+
+    def _check_compared(self, path: NodePath, source: str, items: dict[str, InputSchema]) -> None:
+        """``field = 'x'`` (or ``!=``) where the form's select ``field`` has no choice ``x``."""
+        try:
+            ast = parse_fhirpath(source)
+        except CompileError:
+            return
+        for node in walk_ast(ast):
+            if node.get("type") != "EqualityExpression" or len(node.get("children") or []) != 2:
+                continue
+            left, right = node["children"]
+            for field_node, literal in ((left, right), (right, left)):
+                read = simple_path(field_node)
+                text = str(literal.get("text", ""))
+                if read is None or not (len(text) >= 2 and text[0] == text[-1] == "'"):
+                    continue
+                variable, keys = read
+                top = self.every if path == ("match",) else self.root
+                base = top if variable is None else items.get(variable)
+                question = base.find(keys)[0] if base is not None else None
+                value = text[1:-1]
+                if question is None or question.kind != "select_one" or not question.choices:
+                    continue
+                if value not in question.choices:
+                    close = difflib.get_close_matches(value, question.choices, n=1, cutoff=0.6)
+                    hint = f"; did you mean {close[0]!r}?" if close else ""
+                    self.issues.append(
+                        (path, f"{field_node.get('text')}: {value!r} is not a choice of that question in "
+                         f"{question.form} ({', '.join(question.choices[:8])}){hint}")
+                    )
 
     # ---- output side
 
@@ -360,11 +426,18 @@ def check_mapping(
     expressions: list[tuple[NodePath, Expression]],
     records: list[Any],
     every: list[Any],
+    forms: list[InputSchema] | None = None,
 ) -> list[Issue]:
     """Every static problem of one compiled mapping; ``records``: the golden inputs it
-    matches, ``every``: all golden inputs of its set."""
+    matches, ``every``: all golden inputs of its set; ``forms``: the schemas of the form
+    definitions the set declares for this mapping (they join both: another mapping's form
+    says nothing about the records this ``match`` must tell apart)."""
     rule_types = {rule.name: _made_type(rule) for rule in spec.rules}
-    return _Checker(spec, ctx, rule_types, _schema(records), _schema(every)).run(expressions)
+    own = forms or []
+    names = sorted({schema.form for schema in own if schema.form})
+    evidence = f"{_GOLDEN} or {', '.join(names)}" if names else _GOLDEN
+    checker = _Checker(spec, ctx, rule_types, _schema(records, own), _schema(every, own), evidence)
+    return checker.run(expressions)
 
 
 def _made_type(rule: Any) -> str:
@@ -373,10 +446,12 @@ def _made_type(rule: Any) -> str:
     return "Observation" if isinstance(rule, ObservationRule) else "ServiceRequest"
 
 
-def _schema(records: list[Any]) -> InputSchema | None:
-    if not records:
-        return None  # no golden input: nothing to infer from
+def _schema(records: list[Any], forms: list[InputSchema]) -> InputSchema | None:
+    if not records and not forms:
+        return None  # no golden input and no form: nothing to infer from
     root = InputSchema()
     for record in records:
         root.add(record)
+    for form in forms:
+        root.merge(form)
     return root

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.mapping.engine import CompiledMapping, MappingSet
+from gateway.mapping.engine import CompiledMapping, CompiledRule, MappingSet
 from gateway.mapping.errors import MappingError
 from gateway.mapping.expressions import Expression
 from gateway.mapping.golden import find_cases
@@ -48,19 +48,32 @@ def _leaves(value: Any, prefix: FieldPath = ()) -> Iterator[FieldPath]:
         yield prefix
 
 
+def _repeat_bases(rule: CompiledRule) -> dict[str, list[FieldPath]]:
+    """The record paths ``%item`` (and each named level) of a repeating rule stand for."""
+    levels = rule.levels
+    if not levels and rule.for_each is not None:
+        levels = (("item", rule.for_each),)
+    bases: dict[str, list[FieldPath]] = {}
+    for name, items in levels:
+        paths: list[FieldPath] = []
+        for var, keys in items.reads:
+            if var in (None, "context"):
+                paths.append(keys)
+            else:
+                paths.extend((*base, *keys) for base in bases.get(var, []))
+        bases[name] = bases["item"] = paths
+    return bases
+
+
 def _read_paths(mapping: CompiledMapping, expressions: list[tuple[NodePath, Expression]]) -> set[FieldPath]:
-    repeat_base: dict[int, list[FieldPath]] = {}
-    for index, rule in enumerate(mapping.rules):
-        if rule.for_each is not None:
-            repeat_base[index] = [keys for var, keys in rule.for_each.reads if var in (None, "context")]
+    repeat_base = {index: _repeat_bases(rule) for index, rule in enumerate(mapping.rules)}
     reads: set[FieldPath] = set()
     for node_path, expression in expressions:
         for variable, keys in expression.reads:
             if variable in (None, "context"):
                 reads.add(keys)
-            elif variable == "item" and len(node_path) > 1 and node_path[0] == "rules":
-                rule_index = node_path[1]
-                for base in repeat_base.get(rule_index, []) if isinstance(rule_index, int) else []:
+            elif len(node_path) > 1 and node_path[0] == "rules" and isinstance(node_path[1], int):
+                for base in repeat_base[node_path[1]].get(variable, []):
                     reads.add((*base, *keys))
     reads.add(())  # nothing; keeps the set non-empty for the prefix test
     return reads

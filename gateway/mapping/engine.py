@@ -75,7 +75,9 @@ class CompiledRule:
     name: str
     program: RuleProgram
     when: Expression | None = None
-    for_each: Expression | None = None
+    for_each: Expression | None = None  # the (outermost) items: the rule repeats when set
+    #: a nested ``for_each``: ``(level name, items expression)``, outermost first
+    levels: tuple[tuple[str, Expression], ...] = ()
     key: Expression | None = None
     entity: Expression | None = None
     identifier_shapes: dict[str, str | None] = field(default_factory=dict)
@@ -241,16 +243,21 @@ class CompiledMapping:
         env: Env,
         record_id: str,
     ) -> None:
-        for index, item in enumerate(self._items(rule, record, env)):
+        items, nested = self._items(rule, record, env)
+        for index, item in enumerate(items):
             local = dict(env)
-            local["item"] = [item]
-            local["index"] = [index]
+            if nested is None:
+                local["item"] = [item]
+                local["index"] = [index]
+            else:
+                local.update(nested[index])
             ids = self._item_ids(rule, record, local, record_id)
             if ids is None:
                 continue
             for sibling in rule.siblings:
+                fresh = {**env, "item": [item], "index": [index]} if nested is None else {**env, **nested[index]}
                 try:
-                    other = self._item_ids(sibling, record, {**env, "item": [item], "index": [index]}, record_id)
+                    other = self._item_ids(sibling, record, fresh, record_id)
                 except MappingError as exc:
                     raise exc.in_rule(sibling.name, self.name, self.where(sibling.name)) from None
                 primary = sibling.program.resource_types[0]
@@ -258,21 +265,26 @@ class CompiledMapping:
             made = rule.program.factory(record, local, ids)
             self._add(entries, rule, made, record_id, scoped=rule.entity is None)
 
-    def _items(self, rule: CompiledRule, record: Any, env: Env) -> list[Any]:
+    def _items(self, rule: CompiledRule, record: Any, env: Env) -> tuple[list[Any], list[Env] | None]:
+        """The items, and for a nested ``for_each`` the variables each adds (each level's item
+        and position, ``%item``/``%index`` the innermost, the default ``%key`` the positions
+        joined by ``.``); a plain ``for_each`` sets only ``%item`` and ``%index``."""
+        if rule.levels:
+            nested = _nested_items(rule.levels, record, env)
+            return [extra["item"][0] for extra in nested], nested
         assert rule.for_each is not None
-        items = [item for item in rule.for_each.run(record, env) if item is not None and item != ""]
-        if len(items) > MAX_REPEAT:
-            raise MappingError(
-                rule.for_each.text, f"{len(items)} items; at most {MAX_REPEAT}", code="too-costly"
-            )
-        return items
+        items = _present(rule.for_each, record, env)
+        _limit(len(items), rule.for_each.text)
+        return items, None
 
     def _references(self, rule: CompiledRule, record: Any, env: Env, record_id: str) -> list[Any]:
         """A repeating rule's Reference for each item it fires for, in item order."""
         primary = rule.program.resource_types[0]
         references: list[Any] = []
-        for index, item in enumerate(self._items(rule, record, env)):
-            ids = self._item_ids(rule, record, {**env, "item": [item], "index": [index]}, record_id)
+        items, nested = self._items(rule, record, env)
+        for index, item in enumerate(items):
+            local = {**env, "item": [item], "index": [index]} if nested is None else {**env, **nested[index]}
+            ids = self._item_ids(rule, record, local, record_id)
             if ids is not None:
                 references.append({"reference": f"{primary}/{ids[primary]}"})
         return references
@@ -287,6 +299,8 @@ class CompiledMapping:
             return None
         if rule.key is not None:
             repeat_key = _single_text(rule.key.run(record, local), rule.key.text, "the repeat key")
+        elif "key" in local:
+            repeat_key = local["key"][0]  # a nested for_each's positions
         else:
             repeat_key = str(local["index"][0])
         local["key"] = [repeat_key]
@@ -411,6 +425,31 @@ class CompiledMapping:
                 }
             ],
         }
+
+
+def _present(items: Expression, record: Any, env: Env) -> list[Any]:
+    return [item for item in items.run(record, env) if item is not None and item != ""]
+
+
+def _limit(count: int, text: str) -> None:
+    if count > MAX_REPEAT:
+        raise MappingError(text, f"{count} items; at most {MAX_REPEAT}", code="too-costly")
+
+
+def _nested_items(levels: tuple[tuple[str, Expression], ...], record: Any, env: Env) -> list[Env]:
+    """Walk the levels depth first: each level's items are read with the outer levels' variables set."""
+    found: list[Env] = [{}]
+    for name, items in levels:
+        deeper: list[Env] = []
+        for outer in found:
+            scope = {**env, **outer}
+            for index, item in enumerate(_present(items, record, scope)):
+                position = f"{outer['key'][0]}.{index}" if outer else str(index)
+                deeper.append({**outer, name: [item], f"{name}_index": [index], "item": [item],
+                               "index": [index], "key": [position]})
+            _limit(len(deeper), items.text)
+        found = deeper
+    return found
 
 
 def made_any(entries: dict[tuple[str, str], dict[str, Any]], rule: str) -> bool:

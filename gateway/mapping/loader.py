@@ -30,7 +30,10 @@ from gateway.mapping.converters import CompileContext
 from gateway.mapping.engine import CompiledMapping, CompiledRule, MappingSet
 from gateway.mapping.errors import LoadIssue, MappingError, MappingLoadError
 from gateway.mapping.expressions import Expression, Scope
+from gateway.mapping.forms import FormError, read_form
+from gateway.mapping.formschema import LAYOUTS, record_schema
 from gateway.mapping.inputs import InputError, read_records
+from gateway.mapping.inputschema import InputSchema
 from gateway.mapping.outbound import load_outbound
 from gateway.mapping.rules import compile_rule, defaults_reader, identifier_shape
 from gateway.mapping.spec import MappingSpec, SetSpec
@@ -153,11 +156,12 @@ def _load_set(folder: Path, loaded: LoadedMappings, interpret: bool) -> MappingS
             loaded.issues.append(
                 LoadIssue(str(set_file), doc.line_of(("inputs", index)), f"inputs[{index}]", f"cannot read: {exc}")
             )
+    forms = _form_schemas(folder, spec, doc, files, loaded.issues)
     tables = loaded.tables
     if (folder / CONCEPTMAP_DIR).is_dir():
         tables = {**loaded.tables, **load_concept_tables(folder / CONCEPTMAP_DIR, loaded.issues)}
     for path in files:
-        compiled = _load_mapping(path, spec, loaded, interpret, golden, tables)
+        compiled = _load_mapping(path, spec, loaded, interpret, (golden, forms), tables)
         if compiled is None:
             continue
         if compiled.name in names:
@@ -181,15 +185,44 @@ def _load_set(folder: Path, loaded: LoadedMappings, interpret: bool) -> MappingS
     return mapping_set
 
 
+def _form_schemas(
+    folder: Path, spec: SetSpec, doc: YamlDocument, files: list[Path], issues: list[LoadIssue]
+) -> dict[str, list[InputSchema]]:
+    """The input schema of each form definition ``set.yaml`` lists, by mapping file name."""
+    schemas: dict[str, list[InputSchema]] = {}
+    set_file = str(folder / SET_FILE)
+    names = {path.name for path in files}
+    for index, form in enumerate(spec.forms):
+        where: NodePath = ("forms", index)
+        problem = None
+        layout = form.layout or ("commcare" if form.file.lower().endswith(".json") else None)
+        if form.mapping not in names:
+            where, problem = (*where, "mapping"), f"{form.mapping!r} is not a mapping file of this set"
+        elif layout is None:
+            where, problem = (*where, "file"), f"say how the source lays out {form.file}: layout: {' | '.join(LAYOUTS)}"
+        else:
+            try:
+                tree = read_form(folder / form.file, form.form)
+                schemas.setdefault(form.mapping, []).append(record_schema(tree, layout, form.file))
+            except FormError as exc:
+                where, problem = (*where, "file"), str(exc)
+        if problem is not None:
+            issues.append(LoadIssue(set_file, doc.line_of(where), format_path(where), problem))
+    return schemas
+
+
 def _load_mapping(
     path: Path,
     set_spec: SetSpec,
     loaded: LoadedMappings,
     interpret: bool,
-    golden: list[Any],
+    inputs: tuple[list[Any], dict[str, list[InputSchema]]],
     tables: dict[str, ConceptTable],
 ) -> CompiledMapping | None:
+    """Compile and check one mapping file; ``inputs``: the set's golden records and its forms'
+    schemas by mapping file name."""
     file = str(path)
+    golden, forms = inputs
     try:
         doc = read_yaml(path)
     except YamlSyntaxError as exc:
@@ -207,7 +240,10 @@ def _load_mapping(
     compiled = _compile(spec, set_spec, file, compiler)
     problems = list(compiler.issues)
     # The static checks run even when compiling failed, so validate lists every mistake at once.
-    problems += check_mapping(spec, ctx, compiler.expressions, _matching(golden, compiler, set_spec), golden)
+    problems += check_mapping(
+        spec, ctx, compiler.expressions, _matching(golden, compiler, set_spec), golden,
+        forms=forms.get(path.name, []),
+    )
     for node_path, message in problems:
         loaded.issues.append(LoadIssue(file, doc.line_of(node_path), _describe(node_path, doc), message))
     loaded.tables_used |= ctx.tables_used
@@ -282,11 +318,12 @@ def _compile(spec: MappingSpec, set_spec: SetSpec, file: str, tc: TemplateCompil
     groups: dict[str, list[str]] = {}  # for_each text → the repeating rules over those items
     for rule in spec.rules:
         if rule.for_each is not None:
-            groups.setdefault(rule.for_each.strip(), []).append(rule.name)
+            groups.setdefault(rule.repeat_text() or "", []).append(rule.name)
     for index, rule in enumerate(spec.rules):
         path: NodePath = ("rules", index)
         repeat = rule.for_each is not None
-        extra = _REPEAT if repeat else frozenset()
+        levels = _levels(rule, path, tc, condition_vars | rule_names)
+        extra = _REPEAT | {name for level, _ in levels for name in (level, f"{level}_index")} if repeat else frozenset()
         rule_lets: list[tuple[str, Builder]] = []
         let_names: set[str] = set()
         if rule.let and not repeat:
@@ -298,7 +335,7 @@ def _compile(spec: MappingSpec, set_spec: SetSpec, file: str, tc: TemplateCompil
             rule_lets.append((name, tc.template(value, (*path, "let", name), let_scope).build))
             let_names.add(name)
         siblings = [
-            name for name in groups.get((rule.for_each or "").strip(), []) if name != rule.name
+            name for name in groups.get(rule.repeat_text() or "", []) if name != rule.name
         ] if repeat else []
         condition_scope = Scope(
             condition_vars | extra | let_names, "when/for_each/key/id see built-ins, lets and the rule's lets"
@@ -309,8 +346,11 @@ def _compile(spec: MappingSpec, set_spec: SetSpec, file: str, tc: TemplateCompil
         used = {name for where, expr in tc.expressions if where[:2] == path for name in expr.variables}
         # only the siblings the rule refers to are worked out per item: the others cost nothing
         compiled.sibling_names = tuple(name for name in siblings if name in used)
-        if rule.for_each is not None:
+        if isinstance(rule.for_each, str):
             compiled.for_each = tc.expression(rule.for_each, (*path, "for_each"), Scope(condition_vars))
+        elif levels:
+            compiled.levels = tuple((name, level) for name, level in levels if level is not None)
+            compiled.for_each = compiled.levels[0][1] if len(compiled.levels) == len(levels) else None
         elif rule.key is not None:
             issues.append(((*path, "key"), "key needs for_each"))
         if rule.when is not None:
@@ -357,9 +397,31 @@ def _compile(spec: MappingSpec, set_spec: SetSpec, file: str, tc: TemplateCompil
     )
 
 
+def _levels(
+    rule: Any, path: NodePath, tc: TemplateCompiler, taken: frozenset[str] | set[str]
+) -> list[tuple[str, Expression | None]]:
+    """The named levels of a nested ``for_each`` (outermost first), each compiled in a scope
+    that sees the levels before it; ``[]`` for a plain ``for_each``."""
+    if not isinstance(rule.for_each, dict):
+        return []
+    if not rule.for_each:
+        tc.issues.append(((*path, "for_each"), "for_each needs at least one level"))
+        return []
+    levels: list[tuple[str, Expression | None]] = []
+    seen: set[str] = set()
+    for name, text in rule.for_each.items():
+        where = (*path, "for_each", name)
+        if name in _RESERVED or name in taken or name in rule.let or {name, f"{name}_index"} & seen:
+            tc.issues.append((where, f"%{name} is already a name here; choose another level name"))
+        scope = Scope(frozenset(taken) | seen, "a level sees built-ins, lets and the levels before it")
+        levels.append((name, tc.expression(text, where, scope)))
+        seen |= {name, f"{name}_index"}
+    return levels
+
+
 def _collected(spec: MappingSpec, groups: dict[str, list[str]], tc: TemplateCompiler) -> frozenset[str]:
     """Repeating rules some expression refers to from outside their own items."""
-    repeating = {rule.name: (rule.for_each or "").strip() for rule in spec.rules if rule.for_each is not None}
+    repeating = {rule.name: rule.repeat_text() for rule in spec.rules if rule.for_each is not None}
     found: set[str] = set()
     for path, expression in tc.expressions:
         inside = None
@@ -367,7 +429,7 @@ def _collected(spec: MappingSpec, groups: dict[str, list[str]], tc: TemplateComp
             inside = spec.rules[path[1]]
         for name in expression.variables & repeating.keys():
             same_items = inside is not None and inside.for_each is not None and (
-                name in groups.get(inside.for_each.strip(), [])
+                name in groups.get(inside.repeat_text() or "", [])
             )
             if not same_items:
                 found.add(name)

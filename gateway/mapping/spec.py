@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "Defaults",
+    "FormSpec",
     "MappingSpec",
     "ObservationRule",
     "ProvenanceSpec",
@@ -53,6 +54,10 @@ class RuleBase(_Strict):
     * ``name``: unique in the file; part of the deterministic id of what the rule makes.
     * ``when``: expression; the rule runs only if it is true (a bare path means "answered").
     * ``for_each``: expression; the rule runs once per item, with ``%item`` and ``%index``.
+      For a repeat inside a repeat, a mapping of named levels, outermost first, each an
+      expression that may read the levels before it (``{household: households, member:
+      "%household.members"}``): the rule runs once per innermost item, ``%item``/``%index``
+      are the innermost, ``%<level>``/``%<level>_index`` each level's item and position.
     * ``key``: expression giving a stable key per item (default ``%index``).
     * ``id``: expression giving the key of a *shared* entity (a person, a CHW, a household):
       its resource id is ``uuid5(system|Type|key)``, the same id every ``| ref('Type')``
@@ -69,12 +74,18 @@ class RuleBase(_Strict):
 
     name: str = Field(pattern=_NAME)
     when: str | None = None
-    for_each: str | None = None
+    for_each: str | dict[Annotated[str, Field(pattern=_NAME)], str] | None = None
     key: str | None = None
     id: str | None = None
     template: dict[str, TemplateValue] = {}
     let: dict[Annotated[str, Field(pattern=_NAME)], TemplateValue] = {}
     on_retract: Literal["entered-in-error", "delete", "keep"] | None = None
+
+    def repeat_text(self) -> str | None:
+        """``for_each`` as one text (rules with the same text repeat over the same items)."""
+        if self.for_each is None or isinstance(self.for_each, str):
+            return None if self.for_each is None else self.for_each.strip()
+        return "; ".join(f"{name}: {text.strip()}" for name, text in self.for_each.items())
 
 
 class ResourceRule(RuleBase):
@@ -236,6 +247,23 @@ class RetractSpec(_Strict):
     record_id: str
 
 
+class FormSpec(_Strict):
+    """One entry of ``set.yaml``'s ``forms``: a form definition whose submissions a mapping file
+    of the set handles, for the static checks (field names, types and choices).
+
+    ``file`` (relative to the set folder) is an XLSForm (``.xlsx``, ``.xls``, ``.csv``), an
+    XForm (``.xml``) or a CommCare app (``.json``, the Application Structure API answer);
+    ``form`` picks one form of an app by xmlns, unique id or name. ``layout`` says how the
+    source lays a submission out: ``odk``, ``kobo``, ``cht`` or ``commcare`` (the default
+    for a ``.json`` app). ``mapping`` is the mapping file (in the set folder) it is for.
+    """
+
+    file: str
+    mapping: str
+    layout: Literal["odk", "kobo", "cht", "commcare"] | None = None
+    form: str | None = None
+
+
 class SetSpec(_Strict):
     """``set.yaml``: a mapping set, what a configured source's ``mapping`` names.
 
@@ -245,7 +273,8 @@ class SetSpec(_Strict):
     ``retract`` (optional) recognises deleted and voided records (``RetractSpec``).
     ``inputs`` lists more example records (``.json``/``.csv`` files, relative to the set
     folder) for the static checks' input schema, besides the golden inputs: records with the
-    fields an app sends only sometimes.
+    fields an app sends only sometimes. ``forms`` points at form definitions (``FormSpec``):
+    their questions join the input schema, with their types and choice lists.
     """
 
     name: str = Field(pattern=_MAPPING_NAME)
@@ -254,3 +283,4 @@ class SetSpec(_Strict):
     mappings: list[str] | None = None
     retract: RetractSpec | None = None
     inputs: list[str] = []
+    forms: list[FormSpec] = []
