@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from gateway.cli.backfill import backfill_command
 from gateway.cli.common import ConfigOption, DevOption, fail, mask_url, settings_from, where
 from gateway.cli.dhis2 import dhis2_app
 from gateway.cli.mappings import mappings_app
@@ -65,6 +66,9 @@ app.add_typer(sources_app, name="sources")
 app.add_typer(dhis2_app, name="dhis2")
 app.add_typer(queue_app, name="queue")
 app.command("worker", help="Run delivery workers as their own process.")(worker_command)
+app.command("backfill", help="Backfill historical records into a source: streamed, resumable, in parallel.")(
+    backfill_command
+)
 
 
 @app.command()

@@ -184,6 +184,11 @@ MIGRATIONS: tuple[Migration, ...] = (
                 updated {FLOAT} NOT NULL)""",
         ),
     ),
+    Migration(
+        18,
+        "change-feed lanes: changes written by a backfill are marked, so their deliveries wait behind live ones",
+        ("ALTER TABLE changes ADD COLUMN lane INTEGER NOT NULL DEFAULT 0",),
+    ),
 )
 
 
