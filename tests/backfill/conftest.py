@@ -68,7 +68,8 @@ class Backfill:
 
     def __init__(self, store: Store, batch: int = 50) -> None:
         self.store = store
-        self.ingest = IngestService(store, QueryParser(default_registry(), 20, 1000), MappingRegistry(MAPPINGS, SOURCES))
+        parser = QueryParser(default_registry(), 20, 1000)
+        self.ingest = IngestService(store, parser, MappingRegistry(MAPPINGS, SOURCES))
         self.runner = BackfillRunner(self.ingest, store, batch=batch)
 
 
