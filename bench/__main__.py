@@ -10,6 +10,7 @@ BENCHMARKS = [
     "bench.read_search", "bench.rate_limit", "bench.audit_overhead", "bench.policy_overhead", "bench.ingest_bench",
     "bench.queue_bench", "bench.dhis2_bench", "bench.cli_startup", "bench.validation_cost", "bench.backoff_bench",
     "bench.sort_growth", "bench.mapping_speed", "bench.pull_bench", "bench.identity_eval", "bench.bulk_export",
+    "bench.backfill_bench",
 ]
 
 
