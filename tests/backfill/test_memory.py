@@ -54,7 +54,7 @@ def peak_while(items: Iterator[Item]) -> tuple[int, int]:
     lambda p: write_csv(p / "rows.csv", RECORDS),
     lambda p: zipped(p / "export.zip", RECORDS),
 ], ids=["jsonl", "json", "csv", "zip"])  # fmt: skip
-def test_reading_50k_records_stays_under_a_few_megabytes(tmp_path: Path, make) -> None:  # type: ignore[no-untyped-def]
+def test_reading_50k_records_stays_under_a_few_megabytes(tmp_path: Path, make) -> None:
     [item] = expand([str(make(tmp_path))])
     count, peak = peak_while(read(item, Resume()))
     assert count == RECORDS

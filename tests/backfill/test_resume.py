@@ -61,7 +61,9 @@ def test_kill_9_mid_run_then_rerun_stores_every_record_once(store: Store, store_
     second = backfill(cfg, str(data))
     out, err = second.communicate(timeout=300)
     assert second.returncode == 0, err
-    handled = int(re.search(r"csv: (\d+) record\(s\)", out).group(1))
+    found = re.search(r"csv: (\d+) record\(s\)", out)
+    assert found is not None, out
+    handled = int(found.group(1))
     assert handled == RECORDS - done_before  # it went on from the saved position
     assert created(store)["Patient"] == RECORDS  # every record stored ...
     assert rewritten(store) == 0  # ... once: the replayed batch (if any) wrote nothing again
