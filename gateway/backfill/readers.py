@@ -116,9 +116,13 @@ def _skip(items: Iterator[Item], records: int) -> Iterator[Item]:
 
 def _jsonl(stream: IO[bytes], item: Input, resume: Resume, counted: _Counter) -> Iterator[Item]:
     offset = resume.offset if resume.offset is not None else item.start
-    if item.is_url:
-        for _ in range(resume.records):  # a download starts at its beginning: pass the handled lines
-            stream.readline()
+    if item.is_url:  # a download starts at its beginning: pass the records already handled
+        passed = 0
+        while passed < resume.records:
+            line = stream.readline()
+            if not line:
+                return
+            passed += bool(line.strip())  # blank lines are no records, as below
     elif offset:
         stream.seek(offset)
     end = item.end

@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from gateway.backfill import BackfillInputError, Input, expand, split
+from gateway.backfill import BackfillInputError, Input, expand, position_key, split
 from tests.backfill.conftest import MAPPINGS, Backfill, created, held, line_list, write_csv, write_jsonl
 from tests.pull.conftest import odk_household
 from tests.support.live_server import LiveServer
@@ -156,3 +156,19 @@ def test_unreadable_inputs_are_refused_naming_the_file(
 def test_a_missing_input_is_refused(tmp_path: Path) -> None:
     with pytest.raises(BackfillInputError, match="no such file"):
         expand([str(tmp_path / "nope.jsonl")])
+
+
+def test_a_url_resumes_after_the_records_already_handled(backfill: Backfill, tmp_path: Path) -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import FileResponse
+    from starlette.routing import Route
+
+    path = write_jsonl(tmp_path / "rows.jsonl", 30)
+    path.write_bytes(b"\n" + path.read_bytes().replace(b"\n", b"\n\n", 5))  # blank lines are no records
+    app = Starlette(routes=[Route("/rows.jsonl", lambda _: FileResponse(path), methods=["GET", "HEAD"])])
+    with LiveServer(app) as server:
+        [item] = expand([f"{server.url}/rows.jsonl"])
+        backfill.store.set_pull_cursor(position_key("csv", item), orjson.dumps({"records": 12}).decode())
+        report = backfill.runner.run("csv", item)
+    assert (report.records, report.stored) == (18, 18)
+    assert created(backfill.store)["Patient"] == 18  # rows 12-29 only
