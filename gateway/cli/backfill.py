@@ -237,7 +237,7 @@ class _Meter:
         self.records += records
         self.read += read
         if self.bar is not None:
-            self.bar.update(self.task, advance=read, records=self.records, rate=f"{self.rate():,.0f}")
+            self.bar.update(self.task, advance=read, records=f"{self.records:,}", rate=f"{self.rate():,.0f}")
         elif time.monotonic() - self.last_line >= TICK:
             self._line()
 
