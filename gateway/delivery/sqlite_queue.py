@@ -253,7 +253,7 @@ class SQLiteQueue:
     def _heads(conn: sqlite3.Connection, destination: str, now: float, limit: int) -> list[Any]:
         # Fresh jobs are claimable at once (whatever the clocks of other machines say);
         # retrying ones once due. Both lists come live lane first, then in queue-time order,
-        # and are merged so: a backlog of backfilled jobs never delays a live one.
+        # and are merged in that order: a backlog of backfilled jobs never delays a live one.
         fresh = conn.execute(
             f"SELECT {_JOB_COLUMNS}, seq, ref, key, lane, due FROM jobs WHERE destination = ? AND head = 1"
             " AND state = 'pending' ORDER BY lane, due LIMIT ?",
