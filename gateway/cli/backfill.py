@@ -11,12 +11,9 @@ their delivery jobs wait in the queue's backfill lane behind live ones.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import queue
 import sys
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -26,6 +23,8 @@ from gateway.cli.common import ConfigOption, DevOption, fail, settings_from
 from gateway.errors import exit_code_for
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from gateway.backfill import BackfillReport, BackfillRunner, Input
     from gateway.services import Services
     from gateway.settings import Settings
@@ -166,6 +165,10 @@ def _run_parallel(
     config: Path | None, dev: bool, settings: Settings, source: str, units: list[Input], processes: int,
     batch: int, restart: bool, quiet: bool,
 ) -> BackfillReport:
+    import multiprocessing
+    import queue
+    from concurrent.futures import ProcessPoolExecutor
+
     from gateway.backfill import BackfillReport
 
     if restart:
