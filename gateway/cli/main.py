@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from gateway.cli.backfill import backfill_command
 from gateway.cli.common import ConfigOption, DevOption, fail, mask_url, settings_from, where
 from gateway.cli.dhis2 import dhis2_app
 from gateway.cli.identity import identity_app
@@ -72,6 +73,9 @@ app.add_typer(queue_app, name="queue")
 app.add_typer(subscriptions_app, name="subscriptions")
 app.command("worker", help="Run delivery workers (and the scheduled pulls) as their own process. SIGHUP reloads"
             " the configuration file's sources and their pull schedules.")(worker_command)
+app.command("backfill", help="Backfill historical records into a source: streamed, resumable, in parallel.")(
+    backfill_command
+)
 
 
 _SERVE_HELP = (

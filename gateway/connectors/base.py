@@ -59,6 +59,7 @@ class Job:
     source: str | None = None  # the source system that wrote it (``meta.source``), if known
     enqueued_at: float = 0.0  # epoch seconds when the outbox queued it
     attempts: int = 0  # delivery attempts already made (0 on the first try)
+    backfill: bool = False  # written by a backfill: the queue claims it after live jobs (its lane)
     receipt: str = field(default="", compare=False)  # opaque queue lease token; connectors ignore it
 
     @property

@@ -12,18 +12,8 @@ from gateway.connectors import Job, RecordedRequest, RecordedResponse
 
 def encode_job(job: Job) -> bytes:
     """The immutable part of a job (everything but payload, attempts, receipt and queue time)."""
-    return orjson.dumps(
-        [
-            job.destination,
-            job.seq,
-            job.resource_type,
-            job.resource_id,
-            job.version,
-            job.op,
-            job.key,
-            job.source,
-        ]
-    )
+    fields = [job.destination, job.seq, job.resource_type, job.resource_id, job.version, job.op, job.key, job.source]
+    return orjson.dumps([*fields, True] if job.backfill else fields)  # live jobs keep the older, shorter form
 
 
 def decode_job(
@@ -36,7 +26,7 @@ def decode_job(
     receipt: str,
 ) -> Job:
     """Rebuild a job from ``encode_job`` output and the queue's mutable fields."""
-    destination, seq, rtype, rid, version, op, key, source = orjson.loads(data)
+    destination, seq, rtype, rid, version, op, key, source, *lane = orjson.loads(data)
     return Job(
         id=job_id,
         destination=destination,
@@ -51,6 +41,7 @@ def decode_job(
         enqueued_at=enqueued_at,
         attempts=attempts,
         receipt=receipt,
+        backfill=bool(lane and lane[0]),
     )
 
 

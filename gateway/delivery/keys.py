@@ -11,10 +11,11 @@ DEFAULT_PREFIX = "gw:dq"
 GROUP = "workers"  # the one consumer group on each destination's ready stream
 
 # Suffixes after a destination's base, with what each holds.
-JOB = "job:"  # small hash per job: state, attempts, claim token, key, ref, seq, queued-at, stream entry id
+JOB = "job:"  # small hash per job: state, attempts, claim token, key, ref, seq, queued-at, stream entry id, lane
 BODY = "body:"  # string per job: the immutable job JSON, a newline, the payload (kept apart so the
 #                 state hash stays small enough for Redis' compact listpack encoding)
 READY = "ready"  # stream of claimable head jobs (field "j" = job id), consumed by GROUP
+READY_BACKFILL = "ready:backfill"  # the same for jobs of backfilled changes, read after READY is empty
 DELAYED = "delayed"  # sorted set: retrying job id -> due time (epoch ms)
 INFLIGHT = "inflight"  # sorted set: claimed job id -> lease deadline (epoch ms)
 PENDING = "pending"  # sorted set: every live job id -> queued time (epoch s), for depth and oldest age

@@ -167,6 +167,7 @@ class Outbox:
             payload=version.payload,
             source=version.source,
             enqueued_at=now,
+            backfill=change.backfill,
         )
 
     def _visible(self, changes: list[Change], versions: dict[int, _Version]) -> dict[str, set[tuple[str, str]]]:

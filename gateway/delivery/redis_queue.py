@@ -126,6 +126,7 @@ class RedisQueue:
                 str(job.seq),
                 _s(job.enqueued_at),
                 encode_job(job) + b"\n" + job.payload,
+                "1" if job.backfill else "0",
             ]
         keys_ = [self._base(destination), keys.destinations_key(self.prefix)]
         result = await self._call(lambda: self._enqueue(keys=keys_, args=args))

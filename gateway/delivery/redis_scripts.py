@@ -3,8 +3,9 @@
 Every script gets ``KEYS[1]`` = the destination's key base (``keys.destination_base``).
 Times come from the caller (the injected clock) as strings, so both backends share one
 notion of "now" and tests can move it. Invariant kept by all scripts: each non-empty
-ordering-key list has its head job, and only it, in exactly one of the ready stream
-(ready or in flight), the delayed set (retrying).
+ordering-key list has its head job, and only it, in exactly one of the ready streams
+(ready or in flight), the delayed set (retrying). A job of a backfilled change (its hash's
+``l`` is ``1``) is ready in the backfill stream, which a claim reads only after the live one.
 """
 
 from __future__ import annotations
@@ -15,19 +16,29 @@ _HELPERS = f"""
 local P = KEYS[1]
 local GROUP = '{keys.GROUP}'
 local READY = P .. '{keys.READY}'
+local READY_BACKFILL = P .. '{keys.READY_BACKFILL}'
+
+local function stream_of(id)
+  if redis.call('HGET', P .. '{keys.JOB}' .. id, 'l') == '1' then
+    return READY_BACKFILL
+  end
+  return READY
+end
 
 local function make_ready(id)
-  if redis.call('EXISTS', READY) == 0 then
-    redis.call('XGROUP', 'CREATE', READY, GROUP, '0', 'MKSTREAM')
+  local stream = stream_of(id)
+  if redis.call('EXISTS', stream) == 0 then
+    redis.call('XGROUP', 'CREATE', stream, GROUP, '0', 'MKSTREAM')
   end
-  local sid = redis.call('XADD', READY, '*', 'j', id)
+  local sid = redis.call('XADD', stream, '*', 'j', id)
   redis.call('HSET', P .. '{keys.JOB}' .. id, 'x', sid, 's', 'pending')
 end
 
-local function drop_stream(id, sid)
+local function drop_stream(id, sid, stream)
   if sid and sid ~= '' then
-    redis.call('XACK', READY, GROUP, sid)
-    redis.call('XDEL', READY, sid)
+    stream = stream or stream_of(id)
+    redis.call('XACK', stream, GROUP, sid)
+    redis.call('XDEL', stream, sid)
   end
   redis.call('ZREM', P .. '{keys.INFLIGHT}', id)
 end
@@ -71,7 +82,7 @@ end
 """
 
 # ARGV: expected cursor ('' = unset), new cursor, destination name,
-# then per job: id, key, ref, seq, queued-at (s), body (job JSON, newline, payload).
+# then per job: id, key, ref, seq, queued-at (s), body (job JSON, newline, payload), lane ('1': backfill).
 # KEYS[2]: the destinations set. Returns the number added, or -1 if the cursor moved.
 ENQUEUE = (
     _HELPERS
@@ -81,13 +92,16 @@ if cur ~= ARGV[1] then
   return -1
 end
 local added = 0
-for i = 4, #ARGV, 6 do
+for i = 4, #ARGV, 7 do
   local id = ARGV[i]
   local jk = P .. '{keys.JOB}' .. id
   if redis.call('EXISTS', jk) == 0 then
     local key, ref, seq, queued = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
     redis.call('HSET', jk, 's', 'pending', 'a', '0', 'c', '0', 'k', key, 'r', ref, 'q', seq, 'e', queued,
       'x', '')
+    if ARGV[i + 6] == '1' then
+      redis.call('HSET', jk, 'l', '1')
+    end
     redis.call('SET', P .. '{keys.BODY}' .. id, ARGV[i + 5])
     redis.call('ZADD', P .. '{keys.PENDING}', queued, id)
     local latest = redis.call('HGET', P .. '{keys.LATEST}', ref)
@@ -126,11 +140,11 @@ for _, id in ipairs(due) do
 end
 local out = {{}}
 local claimed = 0
-local function take(id, sid)
+local function take(id, sid, stream)
   local jk = P .. '{keys.JOB}' .. id
   local f = redis.call('HMGET', jk, 'r', 'q', 's', 'a', 'e')
   if not f[3] then
-    drop_stream(id, sid)
+    drop_stream(id, sid, stream)
     return
   end
   if coalesce then
@@ -153,19 +167,23 @@ end
 local expired = redis.call('ZRANGEBYSCORE', P .. '{keys.INFLIGHT}', '-inf', ARGV[1], 'LIMIT', 0, limit)
 for _, id in ipairs(expired) do
   local sid = redis.call('HGET', P .. '{keys.JOB}' .. id, 'x')
+  local stream = stream_of(id)
   if sid and sid ~= '' then
-    redis.call('XCLAIM', READY, GROUP, consumer, 0, sid, 'JUSTID')
+    redis.call('XCLAIM', stream, GROUP, consumer, 0, sid, 'JUSTID')
   end
-  take(id, sid)
+  take(id, sid, stream)
 end
-while claimed < limit and redis.call('EXISTS', READY) == 1 do
-  local res = redis.call('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', limit - claimed,
-    'STREAMS', READY, '>')
-  if not res or #res[1][2] == 0 then
-    break
-  end
-  for _, entry in ipairs(res[1][2]) do
-    take(entry[2][2], entry[1])
+-- Live jobs first; the backfill stream only when the live one has no more to give.
+for _, stream in ipairs({{READY, READY_BACKFILL}}) do
+  while claimed < limit and redis.call('EXISTS', stream) == 1 do
+    local res = redis.call('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', limit - claimed,
+      'STREAMS', stream, '>')
+    if not res or #res[1][2] == 0 then
+      break
+    end
+    for _, entry in ipairs(res[1][2]) do
+      take(entry[2][2], entry[1], stream)
+    end
   end
 end
 return out
@@ -197,6 +215,9 @@ local function keep_part(id, body, attempts, reason, detail, group)
   end
   redis.call('HSET', jk, 's', 'dead', 'a', attempts, 'c', '0', 'k', split[1], 'r', split[2], 'q', split[3],
     'e', split[4], 'x', '', 'rsn', reason, 'dtl', detail, 'died', ARGV[2])
+  if split[5] == '1' then
+    redis.call('HSET', jk, 'l', '1')
+  end
   redis.call('SET', P .. '{keys.BODY}' .. id, body)
   redis.call('ZADD', P .. '{keys.DEAD}', ARGV[2], id)
   join_group(id, group)
@@ -216,7 +237,7 @@ for i = 3, #ARGV, 8 do
       if kind == 'a' then
         delivered(id, now)
       elseif kind == 's' then
-        split = redis.call('HMGET', jk, 'k', 'r', 'q', 'e')
+        split = redis.call('HMGET', jk, 'k', 'r', 'q', 'e', 'l')
         delivered(id, now)
       elseif kind == 'n' then
         drop_stream(id, f[3])

@@ -158,7 +158,7 @@ class SQLiteQueue:
                     live = self._key_has_live(conn, destination, job.key)
                 inserted = conn.execute(
                     "INSERT OR IGNORE INTO jobs (id, destination, seq, pos, key, ref, state, head, due,"
-                    " enqueued_at, job, payload) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
+                    " enqueued_at, job, payload, lane) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
                     (
                         job.id,
                         destination,
@@ -171,6 +171,7 @@ class SQLiteQueue:
                         job.enqueued_at,
                         encode_job(job),
                         job.payload,
+                        int(job.backfill),
                     ),
                 ).rowcount
                 live_keys[job.key] = live or inserted == 1
@@ -251,19 +252,20 @@ class SQLiteQueue:
     @staticmethod
     def _heads(conn: sqlite3.Connection, destination: str, now: float, limit: int) -> list[Any]:
         # Fresh jobs are claimable at once (whatever the clocks of other machines say);
-        # retrying ones once due. Both lists come in queue-time order and are merged.
+        # retrying ones once due. Both lists come live lane first, then in queue-time order,
+        # and are merged in that order: a backlog of backfilled jobs never delays a live one.
         fresh = conn.execute(
-            f"SELECT {_JOB_COLUMNS}, seq, ref, key, due FROM jobs WHERE destination = ? AND head = 1"
-            " AND state = 'pending' ORDER BY due LIMIT ?",
+            f"SELECT {_JOB_COLUMNS}, seq, ref, key, lane, due FROM jobs WHERE destination = ? AND head = 1"
+            " AND state = 'pending' ORDER BY lane, due LIMIT ?",
             (destination, limit),
         ).fetchall()
         retrying = conn.execute(
-            f"SELECT {_JOB_COLUMNS}, seq, ref, key, due FROM jobs WHERE destination = ? AND head = 1"
-            " AND state = 'retrying' AND due <= ? ORDER BY due LIMIT ?",
+            f"SELECT {_JOB_COLUMNS}, seq, ref, key, lane, due FROM jobs WHERE destination = ? AND head = 1"
+            " AND state = 'retrying' AND due <= ? ORDER BY lane, due LIMIT ?",
             (destination, now, limit),
         ).fetchall()
-        merged = sorted(fresh + retrying, key=lambda row: row[-1])[:limit]
-        return [row[:-1] for row in merged]
+        merged = sorted(fresh + retrying, key=lambda row: (row[-2], row[-1]))[:limit]
+        return [row[:-2] for row in merged]
 
     @staticmethod
     def _superseded(conn: sqlite3.Connection, destination: str, ref: str, seq: int) -> bool:
@@ -313,8 +315,8 @@ class SQLiteQueue:
         part = dead.job
         conn.execute(
             "INSERT OR IGNORE INTO jobs (id, destination, seq, pos, key, ref, state, head, due, attempts,"
-            " enqueued_at, job, payload, reason, detail, died_at, dead_group)"
-            " VALUES (?, ?, ?, ?, ?, ?, 'dead', 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " enqueued_at, job, payload, reason, detail, died_at, dead_group, lane)"
+            " VALUES (?, ?, ?, ?, ?, ?, 'dead', 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 part.id,
                 part.destination,
@@ -331,6 +333,7 @@ class SQLiteQueue:
                 encode_detail(dead.detail, dead.request, dead.response),
                 now,
                 dead.group,
+                int(part.backfill),
             ),
         )
 

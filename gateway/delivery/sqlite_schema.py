@@ -104,6 +104,15 @@ MIGRATIONS: tuple[Migration, ...] = (
 )""",
         ),
     ),
+    Migration(
+        5,
+        "lanes: jobs of backfilled changes (lane 1) are claimed after live ones (lane 0)",
+        (
+            "ALTER TABLE jobs ADD COLUMN lane INTEGER NOT NULL DEFAULT 0",
+            "DROP INDEX IF EXISTS jobs_pending",
+            "CREATE INDEX jobs_pending ON jobs (destination, lane, due) WHERE head = 1 AND state = 'pending'",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

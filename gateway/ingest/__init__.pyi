@@ -1,6 +1,9 @@
 """Typed surface of ``gateway.ingest`` (loaded lazily by ``__init__.py``)."""
 
+from .body import CSV as CSV
+from .body import JSON as JSON
 from .body import ReceivedRecord as ReceivedRecord
+from .body import csv_row_bytes as csv_row_bytes
 from .body import split_body as split_body
 from .config import PULL_KINDS as PULL_KINDS
 from .config import SourceConfig as SourceConfig

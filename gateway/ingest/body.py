@@ -25,7 +25,7 @@ from gateway.errors import FhirError, invalid
 from gateway.fhir import parse_json
 from gateway.mapping import InputError, parse_csv
 
-__all__ = ["CSV", "JSON", "ReceivedRecord", "split_body"]
+__all__ = ["CSV", "JSON", "ReceivedRecord", "csv_row_bytes", "split_body"]
 
 JSON = "application/json"
 CSV = "text/csv"
@@ -108,11 +108,13 @@ def _csv_records(body: bytes) -> list[ReceivedRecord]:
     if not rows:
         return []
     header = list(rows[0])
-    records: list[ReceivedRecord] = []
-    for index, row in enumerate(rows):
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\r\n")
-        writer.writerow(header)
-        writer.writerow([row[name] for name in header])
-        records.append(ReceivedRecord(index, row, buffer.getvalue().encode("utf-8"), CSV))
-    return records
+    return [ReceivedRecord(index, row, csv_row_bytes(header, row), CSV) for index, row in enumerate(rows)]
+
+
+def csv_row_bytes(header: list[str], row: dict[str, str]) -> bytes:
+    """One CSV row kept on its own: the header line, then the row (replayable alone)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow(header)
+    writer.writerow([row[name] for name in header])
+    return buffer.getvalue().encode("utf-8")

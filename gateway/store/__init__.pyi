@@ -1,5 +1,6 @@
 """Typed surface of ``gateway.store`` (loaded lazily by ``__init__.py``)."""
 
+from .base import LANES as LANES
 from .base import AccessToken as AccessToken
 from .base import ApiClient as ApiClient
 from .base import AuditTrail as AuditTrail

@@ -83,6 +83,11 @@ class Change:
     version: int
     op: ChangeOp
     at: datetime
+    backfill: bool = False  # written by a backfill: its deliveries wait behind live ones
+
+
+#: Change-feed lanes, as stored (``changes.lane``): live writes, and those of a backfill.
+LANES = {"live": 0, "backfill": 1}
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +305,10 @@ class ResourceStore(Protocol):
 
 class ChangeFeed(Protocol):
     """The ordered feed of committed writes, and the versions its entries name."""
+
+    #: The lane (``LANES``) of the changes written through this store object: "live", or
+    #: "backfill" in a ``gateway backfill`` process (its deliveries then wait behind live ones).
+    feed_lane: str
 
     def changes(self, after: int, limit: int = 1000) -> list[Change]:
         """Change-feed entries with ``seq > after``, oldest first."""

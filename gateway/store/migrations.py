@@ -208,6 +208,11 @@ MIGRATIONS: tuple[Migration, ...] = (
                 remote_id TEXT, updated {FLOAT} NOT NULL, PRIMARY KEY (destination, rtype, id))""",
         ),
     ),
+    Migration(
+        18,
+        "change-feed lanes: changes written by a backfill are marked, so their deliveries wait behind live ones",
+        ("ALTER TABLE changes ADD COLUMN lane INTEGER NOT NULL DEFAULT 0",),
+    ),
 )
 
 

@@ -82,6 +82,8 @@ class SqlStore(ExportJobs, SubscriptionRows):
     inline_reads = False
     #: ``SqlBackend.row_locks``: off unless the backend's SQL has ``FOR UPDATE``.
     row_locks = False
+    #: ``ChangeFeed.feed_lane``: the lane of the changes this store object writes.
+    feed_lane = "live"
 
     def __init__(self, registry: SearchRegistry | None = None) -> None:
         self.registry = registry or default_registry()
@@ -491,12 +493,12 @@ class SqlStore(ExportJobs, SubscriptionRows):
         """Change-feed entries with ``seq > after``, oldest first."""
         with self._read_cursor() as cur:
             cur.execute(
-                self.q("SELECT seq, rtype, id, version, op, at FROM changes WHERE seq > ? ORDER BY seq LIMIT ?"),
+                self.q("SELECT seq, rtype, id, version, op, at, lane FROM changes WHERE seq > ? ORDER BY seq LIMIT ?"),
                 (after, limit),
             )
             return [
-                Change(seq=s, type=t, id=i, version=v, op=ChangeOp(op), at=from_epoch(at))
-                for s, t, i, v, op, at in cur.fetchall()
+                Change(seq=s, type=t, id=i, version=v, op=ChangeOp(op), at=from_epoch(at), backfill=lane == 1)
+                for s, t, i, v, op, at, lane in cur.fetchall()
             ]
 
     def iter_changes(self, after: int, batch: int = 1000) -> Iterator[Change]:

@@ -21,7 +21,7 @@ from gateway.store.rows import Cursor
 INSERT_COLUMNS: dict[str, tuple[str, ...]] = {
     "resources": ("rid", "rtype", "id", "version", "lu", "deleted", "chash", "content"),
     "history": ("rtype", "id", "version", "lu", "deleted", "content"),
-    "changes": ("rtype", "id", "version", "op", "at"),
+    "changes": ("rtype", "id", "version", "op", "at", "lane"),
     "idx_token": ("rid", "rtype", "param", "system", "code"),
     "idx_string": ("rid", "rtype", "param", "norm", "exact"),
     "idx_date": ("rid", "rtype", "param", "lo", "hi"),
@@ -48,6 +48,8 @@ class SqlBackend(Protocol):
     #: both build on one version; SQLite has no such clause: its write transaction already
     #: holds the database's only write lock.
     row_locks: bool
+    #: The lane of the change-feed entries this store's transactions write (``LANES``).
+    feed_lane: str
 
     def q(self, sql: str) -> str:
         """Adapt ``?`` placeholders to the driver's style."""

@@ -26,6 +26,7 @@ import orjson
 
 from gateway.search import ExtractionPlan, IndexRows, RowFilter, SearchQuery, format_instant, from_epoch, index_rows
 from gateway.store.base import (
+    LANES,
     ChangeOp,
     PreparedWrite,
     RecordOutput,
@@ -88,6 +89,7 @@ class SqlTransaction:
         self.store = store
         self.cur = cur
         self.feed = feed  # False: writes leave no change-feed entry (the audit trail)
+        self.lane = LANES[store.feed_lane]
         self._pending: dict[str, list[tuple[Any, ...]]] = {table: [] for table in INSERT_COLUMNS}
         self._updates: list[tuple[Any, ...]] = []  # resource rows that exist, new content
         self._reindex: list[int] = []  # row ids whose old index rows must go before new ones land
@@ -294,7 +296,7 @@ class SqlTransaction:
         if rows is not None:
             self._index(row_id, rtype, rows)
         if self.feed:
-            pending["changes"].append((rtype, rid, version, op.value, now))
+            pending["changes"].append((rtype, rid, version, op.value, now, self.lane))
         row = _Row(row_id, rtype, rid, version, now, deleted, chash, content)
         self._rows[(rtype, rid)] = row
         created = current is None or current.deleted

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import orjson
 
 from gateway.clock import ManualClock
@@ -469,3 +471,47 @@ async def test_worker_heartbeats_are_listed_replaced_forgotten_and_expire(
     assert [beat.name for beat in await queue.workers()] == ["w1"]
     await clock.advance(WORKER_MEMORY + 1)  # silent for a day: forgotten
     assert await queue.workers() == []
+
+
+# -- lanes: jobs of backfilled changes wait behind live ones ------------------------------------
+def backfilled(seq: int, key: str) -> Job:
+    return dataclasses.replace(make_job(seq, key=key), backfill=True)
+
+
+async def test_a_live_job_is_claimed_before_a_backlog_of_backfilled_jobs(queue: DeliveryQueue) -> None:
+    await enqueue(queue, *(backfilled(seq, f"Patient/b{seq}") for seq in range(1, 41)))
+    await enqueue(queue, make_job(41, key="Patient/live"))
+    [first] = await claim(queue, limit=1)
+    assert first.seq == 41 and not first.backfill  # not behind the 40 queued before it
+    rest = await claim(queue, limit=50)
+    assert seqs(rest) == list(range(1, 41)) and all(job.backfill for job in rest)  # the lane round-trips
+
+
+async def test_live_jobs_keep_coming_first_while_backfilled_ones_wait(queue: DeliveryQueue) -> None:
+    await enqueue(queue, *(backfilled(seq, f"Patient/b{seq}") for seq in range(1, 11)))
+    await enqueue(queue, *(make_job(seq, key=f"Patient/l{seq}") for seq in range(11, 14)))
+    got = await claim(queue, limit=3)
+    assert seqs(got) == [11, 12, 13]  # the three live ones, though queued after ten backfilled
+    await queue.settle([Ack(job) for job in got])
+    await enqueue(queue, make_job(14, key="Patient/l14"))
+    [next_one] = await claim(queue, limit=1)
+    assert next_one.seq == 14  # a live job queued later still overtakes the backlog
+
+
+async def test_lanes_never_break_the_order_of_a_key(queue: DeliveryQueue) -> None:
+    await enqueue(queue, backfilled(1, "Patient/a"), make_job(2, key="Patient/a"), backfilled(3, "Patient/z"))
+    [first] = await claim(queue, limit=1)
+    assert first.seq == 1  # the live change of Patient/a waits for the backfilled one before it
+    await queue.settle([Ack(first)])
+    assert [job.seq for job in await claim(queue, limit=1)] == [2]
+
+
+async def test_a_retried_backfilled_job_stays_in_its_lane(queue: DeliveryQueue, clock: ManualClock) -> None:
+    await enqueue(queue, backfilled(1, "Patient/b"))
+    [job] = await claim(queue)
+    await queue.settle([Nack(job, due_at=clock.now(), reason="http_503")])
+    await enqueue(queue, make_job(2, key="Patient/live"))
+    got = await claim(queue, limit=1)
+    assert [j.seq for j in got] == [2]
+    [again] = await claim(queue, limit=1)
+    assert again.seq == 1 and again.backfill and again.attempts == 1

@@ -43,3 +43,22 @@ def test_concurrent_writers_keep_the_change_feed_complete(store: Store) -> None:
     assert errors == []
     seqs = [c.seq for c in store.changes(start, 1000)]
     assert len(seqs) == 40 and seqs == sorted(seqs)
+
+
+def test_changes_written_by_a_backfill_are_marked_and_others_are_not(store: Store, store_url: str) -> None:
+    from gateway.store import open_store
+
+    start = store.last_change_seq()
+    backfill = open_store(store_url)  # what `gateway backfill` opens: its own store object
+    backfill.feed_lane = "backfill"
+    try:
+        with backfill.transaction() as tx:
+            old = tx.create(patient("Old")).resource.id
+        with store.transaction() as tx:
+            tx.create(patient("New"))
+            tx.update(patient("Old again", id=old))
+    finally:
+        backfill.close()
+    assert [(c.op, c.backfill) for c in store.changes(start)] == [
+        (ChangeOp.CREATE, True), (ChangeOp.CREATE, False), (ChangeOp.UPDATE, False),
+    ]  # fmt: skip
