@@ -4,6 +4,7 @@ update, delete, ``$status``, heartbeats, and the delivery parts (destination, co
 Only the owner (the API client that created a subscription) sees or changes it; another
 client's subscription is as good as unknown (404). Handshakes and heartbeats are posted
 directly (they carry no event: losing one loses nothing); events go through the delivery queue.
+A classic R4 criteria-based subscription has neither (R4 core): it is ``active`` once accepted.
 """
 
 from __future__ import annotations
