@@ -7,6 +7,8 @@ The delivery engine hands it jobs of the ``subscriptions`` destination (one per 
 key ``Subscription/<id>``). The endpoint, headers, payload content and timeout are read from
 the subscription when the job is sent, so a subscription updated or removed since the event
 was queued is honoured (a removed, ``off`` or ended one is skipped, the job counted as delivered).
+A resource the notification carries is given as the owner may read it now: not at all when the
+owner can no longer authenticate, de-identified when its data policy says so.
 
 A failed send counts against the subscription (``error`` after ``error_after`` in a row); its
 retry is marked ``link_ok`` so one broken subscriber never opens the circuit breaker that all
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 import httpx
@@ -25,7 +27,10 @@ import orjson
 
 from gateway.clock import Clock
 from gateway.connectors import DeliveryOutcome, Job, Retry, Success, exchange
+from gateway.fhir import deidentify
+from gateway.search import DataPolicy, SearchRegistry
 from gateway.store import Store, StoredResource, SubscriptionRecord
+from gateway.subscriptions.access import owner_access
 from gateway.subscriptions.bundles import Event, notification_bundle
 from gateway.subscriptions.spec import SubscriptionSpec
 from gateway.subscriptions.stored import spec_of, view_of
@@ -36,9 +41,11 @@ class RestHookConnector:
 
     def __init__(
         self, client: httpx.AsyncClient, store: Store, clock: Clock, *, base_url: str, error_after: int,
-        default_timeout: float,
+        default_timeout: float, registry: SearchRegistry, policies: Mapping[str, DataPolicy] | None = None,
     ) -> None:
         self.client = client
+        self.registry = registry
+        self.policies = dict(policies or {})
         self.store = store
         self.clock = clock
         self.base_url = base_url
@@ -63,7 +70,15 @@ class RestHookConnector:
             return Success(detail="the subscription has ended; not sent")
         stored = None
         if spec.content == "full-resource" and job.op != "delete":
+            access = await asyncio.to_thread(owner_access, self.store, record, self.policies, self.registry,
+                                             datetime.now(UTC))
+            if access is None:
+                return Success(detail="the owner can no longer authenticate; not sent")
             stored = await asyncio.to_thread(self.store.vread, job.resource_type, job.resource_id, job.version)
+            if stored is not None and stored.content and access.current.policy is not None \
+                    and access.current.policy.deidentify:
+                # The owner's data policy: it is given resources de-identified, here as on a read.
+                stored = dataclasses.replace(stored, content=orjson.dumps(deidentify(orjson.loads(stored.content))))
         if spec.classic and spec.payload is not None and (stored is None or not stored.content):
             return Success(detail="the resource version is no longer stored; not sent")
         timeout = float(spec.timeout or self.default_timeout)

@@ -70,7 +70,8 @@ class SubscriptionService:
     def connector(self, destination: DestinationConfig, *, client: httpx.AsyncClient, clock: Clock) -> Connector:
         """The ``subscriptions`` kind's connector (a ``ConnectorFactory``)."""
         return RestHookConnector(client, self.store, clock, base_url=self.base_url,
-                                 error_after=self.settings.error_after, default_timeout=destination.timeout)
+                                 error_after=self.settings.error_after, default_timeout=destination.timeout,
+                                 registry=self.registry, policies=self.policies)
 
     def follower(self, queue: DeliveryQueue) -> SubscriptionFeed:
         """The change-feed follower that queues notifications (a ``FollowerFactory``)."""

@@ -118,3 +118,20 @@ async def _narrow(harness: Harness, client: httpx.AsyncClient, *scopes: str) -> 
     fresh = new_token()
     harness.store.save_client(replace(record, scopes=tuple(scopes)), hash_token(fresh))
     client.headers["Authorization"] = f"Bearer {fresh}"
+
+
+async def test_an_owner_given_de_identified_data_is_sent_resources_de_identified(sqlite_harness: Harness) -> None:
+    h = sqlite_harness
+    writer = h.client("system/*.cruds")
+    research = h.client("system/Subscription.cruds", "system/Patient.rs", policy={"deidentify": True})
+    await _subscribe(research, r4_subscription("Patient?gender=female", h.endpoint("research")))
+    await h.start_worker()
+    await _put(writer, {"resourceType": "Patient", "id": "p-f", "gender": "female", "birthDate": "1990-05-04",
+                        "name": [{"family": "Uwimana"}]})
+    await _put(writer, {"resourceType": "Patient", "id": "p-m", "gender": "male", "name": [{"family": "Habimana"}]})
+    receiver = h.sandbox.receiver("research")
+    await eventually(lambda: len(receiver.puts) == 1, timeout=20)
+    await asyncio.sleep(0.3)
+    sent = receiver.puts["Patient/p-f/_history/1"]
+    assert receiver.updated() == ["Patient/p-f"]
+    assert "name" not in sent and sent["birthDate"] == "1990" and "Uwimana" not in str(receiver.puts)
