@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -135,3 +136,25 @@ async def test_an_owner_given_de_identified_data_is_sent_resources_de_identified
     sent = receiver.puts["Patient/p-f/_history/1"]
     assert receiver.updated() == ["Patient/p-f"]
     assert "name" not in sent and sent["birthDate"] == "1990" and "Uwimana" not in str(receiver.puts)
+
+
+async def test_after_its_end_a_subscription_is_switched_off_and_hears_nothing(sqlite_harness: Harness) -> None:
+    h = sqlite_harness
+    writer = h.client("system/*.cruds")
+    emr = h.client("system/Subscription.cruds", "system/Observation.rs")
+    end = datetime.now(UTC) + timedelta(seconds=1.5)
+    body = {**r4_subscription(CRITERIA, h.endpoint("emr")), "end": end.isoformat().replace("+00:00", "Z")}
+    created = await _subscribe(emr, body)
+    await h.start_worker()
+    await _put(writer, _observation(BILIRUBIN, 1.0, "before-end"))
+    receiver = h.sandbox.receiver("emr")
+    await eventually(lambda: len(receiver.puts) == 1, timeout=20)
+    await asyncio.sleep(max(0.0, (end - datetime.now(UTC)).total_seconds()) + 0.1)
+    await _put(writer, _observation(BILIRUBIN, 2.0, "after-end"))
+
+    async def switched_off() -> bool:
+        return bool((await emr.get(f"/fhir/Subscription/{created['id']}")).json()["status"] == "off")
+
+    await eventually(switched_off, timeout=20)
+    await asyncio.sleep(0.3)
+    assert receiver.updated() == ["Observation/before-end"]
