@@ -6,6 +6,7 @@ import asyncio
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,10 +40,18 @@ class Receiver:
     headers: list[dict[str, str]] = field(default_factory=list)  # of every accepted post
     malformed: list[str] = field(default_factory=list)
     last: int = 0
+    # Classic R4 rest-hook: empty POSTs, and PUTs of resources to <endpoint>/<type>/<id>.
+    pings: int = 0
+    puts: dict[str, dict[str, Any]] = field(default_factory=dict)  # "Type/id/_history/version" -> resource
+    versions: dict[str, int] = field(default_factory=dict)  # "Type/id" -> newest version received
 
     def numbers(self) -> list[int]:
         """Event numbers received, in the order they first arrived."""
         return list(self.events)
+
+    def updated(self) -> list[str]:
+        """``Type/id`` of each resource version PUT, each once, in the order they first arrived."""
+        return [key.split("/_history/", 1)[0] for key in self.puts]
 
     def focus(self) -> list[str]:
         """The focus references of the events, in event order."""
@@ -68,25 +77,53 @@ class SubscriberSandbox:
             self._faults[name] = Fault(**changes)
 
     def app(self) -> Starlette:
-        """The ASGI app: ``POST /hook/{name}`` receives notifications."""
-        return Starlette(routes=[Route("/hook/{name}", self._receive, methods=["POST"])])
+        """The ASGI app: ``POST /hook/{name}`` receives notifications (a Bundle, or R4's empty ping),
+        ``PUT /hook/{name}/{type}/{id}`` a resource (R4 rest-hook with a payload)."""
+        return Starlette(routes=[Route("/hook/{name}", self._receive, methods=["POST"]),
+                                 Route("/hook/{name}/{rtype}/{rid}", self._receive_put, methods=["PUT"])])
 
     async def _receive(self, request: Request) -> Response:
         name = request.path_params["name"]
         receiver = self.receiver(name)
+        body = await request.body()
+        if not body:  # R4 rest-hook without payload: "a POST with no body"
+            return await self._answer(name, lambda: self._ping(receiver, dict(request.headers)))
         try:
-            bundle = json.loads(await request.body())
+            bundle = json.loads(body)
             kind, status = _check(bundle)
         except (ValueError, KeyError, TypeError, IndexError) as exc:
-            with self._lock:
-                receiver.malformed.append(str(exc))
-            return JSONResponse({"error": str(exc)}, status_code=400)
+            return self._malformed(receiver, exc)
+        return await self._answer(name, lambda: self._keep(receiver, kind, status, bundle, dict(request.headers)))
+
+    async def _receive_put(self, request: Request) -> Response:
+        """R4 rest-hook with a payload: the server updates (PUT) the resource at [endpoint]/[type]/[id]."""
+        name, rtype, rid = (request.path_params[k] for k in ("name", "rtype", "rid"))
+        receiver = self.receiver(name)
+        try:
+            if "json" not in request.headers.get("content-type", ""):
+                raise ValueError("the resource must be sent as application/fhir+json")
+            resource = json.loads(await request.body())
+            if resource.get("resourceType") != rtype or resource.get("id") != rid:
+                raise ValueError(f"a PUT to {rtype}/{rid} carries that resource")
+            version = int(resource["meta"]["versionId"])
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            return self._malformed(receiver, exc)
+        headers = dict(request.headers)
+        return await self._answer(name, lambda: self._keep_put(receiver, f"{rtype}/{rid}", version, resource, headers))
+
+    def _malformed(self, receiver: Receiver, exc: Exception) -> Response:
+        with self._lock:
+            receiver.malformed.append(str(exc))
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
+    async def _answer(self, name: str, keep: Callable[[], None]) -> Response:
+        """Keep what was received and answer, as the endpoint's fault says."""
         with self._lock:
             fault = self._faults.setdefault(name, Fault())
             if fault.fail > 0:
                 fault.fail -= 1
                 return Response(status_code=fault.status)
-            self._keep(receiver, kind, status, bundle, dict(request.headers))
+            keep()
             lose = fault.lose > 0
             if lose:
                 fault.lose -= 1
@@ -96,6 +133,26 @@ class SubscriberSandbox:
         if delay:
             await asyncio.sleep(delay)
         return Response(status_code=500 if lose else 200)
+
+    @staticmethod
+    def _ping(receiver: Receiver, headers: dict[str, str]) -> None:
+        receiver.headers.append(headers)
+        receiver.pings += 1
+
+    @staticmethod
+    def _keep_put(receiver: Receiver, ref: str, version: int, resource: dict[str, Any],
+                  headers: dict[str, str]) -> None:
+        """Keep each version once (a PUT sent again is the same update); note an older version after a newer."""
+        receiver.headers.append(headers)
+        key = f"{ref}/_history/{version}"
+        if key in receiver.puts:
+            receiver.duplicates += 1
+            return
+        newest = receiver.versions.get(ref, 0)
+        if version < newest:
+            receiver.order_errors.append(f"{key} arrived after version {newest}")
+        receiver.versions[ref] = max(newest, version)
+        receiver.puts[key] = resource
 
     @staticmethod
     def _keep(receiver: Receiver, kind: str, status: dict[str, Any], bundle: dict[str, Any],

@@ -1,5 +1,5 @@
-"""Topic-based Subscriptions (Subscriptions R5 Backport IG on R4): the ``Subscription`` endpoints,
-``$status``, and the topics as ``Basic`` resources.
+"""Subscriptions: topic-based (Subscriptions R5 Backport IG on R4) and classic R4 criteria-based ones.
+The ``Subscription`` endpoints, ``$status``, and the topics as ``Basic`` resources.
 
 A client needs ``system/Subscription.c`` to subscribe (``.r``/``.s``/``.u``/``.d`` to read, list,
 change, remove); a subscription belongs to the client that created it, and another client's is
@@ -27,6 +27,14 @@ from .negotiation import check_content_type, fhir_response, read_body
 
 TOPIC_CANONICAL = ("http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
                    "capabilitystatement-subscriptiontopic-canonical")
+_DOCUMENTATION = (
+    "Topic-based (backport-subscription profile: criteria is one of the topic canonicals listed here) or"
+    " classic R4 criteria-based (criteria is a search such as Observation?code=http://loinc.org|1975-2: a"
+    " created or updated resource of that type that matches is notified; needs read scope on the type)."
+    " Channel rest-hook only. Classic: no handshake; payload absent → a POST without a body to the endpoint,"
+    " payload application/fhir+json → a PUT of the resource to [endpoint]/[type]/[id] (XML is not offered)."
+    " The server sets status (requested → active, error after failed sends, off after end)."
+)
 _STATUS_OPERATION = "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-status"
 
 
@@ -139,6 +147,7 @@ def advertise(capability: dict[str, Any]) -> dict[str, Any]:
                 resource = {
                     "type": "Subscription",
                     "profile": "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription",
+                    "documentation": _DOCUMENTATION,
                     "extension": [{"url": TOPIC_CANONICAL, "valueCanonical": t.url} for t in TOPICS],
                     "interaction": [{"code": code} for code in ("read", "create", "update", "delete", "search-type")],
                     "operation": [{"name": "status", "definition": _STATUS_OPERATION}],

@@ -1,6 +1,6 @@
-"""``gateway subscriptions …``: the topic-based subscriptions partner EMRs hold, for operators.
+"""``gateway subscriptions …``: the subscriptions (topic-based and classic R4) partner EMRs hold, for operators.
 
-Clients manage their own through ``/fhir/Subscription``; an operator lists them (owner, topic,
+Clients manage their own through ``/fhir/Subscription``; an operator lists them (owner, topic or criteria,
 status, events so far, failures) and can switch one off, e.g. when a partner's endpoint is gone.
 """
 
@@ -16,7 +16,7 @@ from gateway.cli.common import ConfigOption, DevOption, fail, settings_from, whe
 __all__ = ["subscriptions_app"]
 
 subscriptions_app = typer.Typer(
-    name="subscriptions", help="Topic-based subscriptions (rest-hook) held by API clients.",
+    name="subscriptions", help="Subscriptions (rest-hook; topic-based or classic R4 criteria) held by API clients.",
     no_args_is_help=True, add_completion=False,
 )
 

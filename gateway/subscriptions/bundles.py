@@ -36,7 +36,7 @@ class StatusView:
     """What a status Parameters says about a subscription."""
 
     sid: str
-    topic: str
+    topic: str  # "" for a classic criteria-based subscription (it has no topic)
     status: str
     events: int  # events-since-subscription-start
     content: str  # empty | id-only | full-resource
@@ -48,7 +48,7 @@ def status_parameters(view: StatusView, kind: str, base: str, events: Sequence[E
     event-notification, query-status)."""
     subscription = {"reference": f"{base}/Subscription/{view.sid}"}
     params: list[dict[str, Any]] = [{"name": "subscription", "valueReference": subscription}]
-    if view.content != "empty":
+    if view.content != "empty" and view.topic:
         params.append({"name": "topic", "valueCanonical": view.topic})
     params += [
         {"name": "status", "valueCode": view.status},

@@ -1,9 +1,14 @@
-"""The ``rest-hook`` connector: posts one event's notification Bundle to its subscription's endpoint.
+"""The ``rest-hook`` connector: posts one event's notification Bundle to its subscription's endpoint
+or, for a classic R4 criteria-based subscription, does what R4's rest-hook says: a ``POST`` without
+a body to the endpoint when ``channel.payload`` is absent, else a ``PUT`` of the resource (the
+version that changed) to ``[endpoint]/[type]/[id]``.
 
 The delivery engine hands it jobs of the ``subscriptions`` destination (one per event, ordering
 key ``Subscription/<id>``). The endpoint, headers, payload content and timeout are read from
 the subscription when the job is sent, so a subscription updated or removed since the event
-was queued is honoured (a removed or ``off`` one is skipped, the job counted as delivered).
+was queued is honoured (a removed, ``off`` or ended one is skipped, the job counted as delivered).
+A resource the notification carries is given as the owner may read it now: not at all when the
+owner can no longer authenticate, de-identified when its data policy says so.
 
 A failed send counts against the subscription (``error`` after ``error_after`` in a row); its
 retry is marked ``link_ok`` so one broken subscriber never opens the circuit breaker that all
@@ -14,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 import httpx
@@ -22,8 +27,12 @@ import orjson
 
 from gateway.clock import Clock
 from gateway.connectors import DeliveryOutcome, Job, Retry, Success, exchange
-from gateway.store import Store, SubscriptionRecord
+from gateway.fhir import deidentify
+from gateway.search import DataPolicy, SearchRegistry
+from gateway.store import Store, StoredResource, SubscriptionRecord
+from gateway.subscriptions.access import owner_access
 from gateway.subscriptions.bundles import Event, notification_bundle
+from gateway.subscriptions.spec import SubscriptionSpec
 from gateway.subscriptions.stored import spec_of, view_of
 
 
@@ -32,9 +41,11 @@ class RestHookConnector:
 
     def __init__(
         self, client: httpx.AsyncClient, store: Store, clock: Clock, *, base_url: str, error_after: int,
-        default_timeout: float,
+        default_timeout: float, registry: SearchRegistry, policies: Mapping[str, DataPolicy] | None = None,
     ) -> None:
         self.client = client
+        self.registry = registry
+        self.policies = dict(policies or {})
         self.store = store
         self.clock = clock
         self.base_url = base_url
@@ -55,24 +66,55 @@ class RestHookConnector:
         if record is None or record.status == "off":
             return Success(detail="the subscription was removed or switched off; not sent")
         spec = spec_of(record)
-        info = orjson.loads(job.payload)
-        resource = None
+        if spec.end is not None and spec.end.timestamp() <= self.clock.now():
+            return Success(detail="the subscription has ended; not sent")
+        stored = None
         if spec.content == "full-resource" and job.op != "delete":
+            access = await asyncio.to_thread(owner_access, self.store, record, self.policies, self.registry,
+                                             datetime.now(UTC))
+            if access is None:
+                return Success(detail="the owner can no longer authenticate; not sent")
             stored = await asyncio.to_thread(self.store.vread, job.resource_type, job.resource_id, job.version)
-            resource = orjson.loads(stored.content) if stored is not None and stored.content else None
-        event = Event(number=int(info["event"]), at=float(info["at"]), resource_type=job.resource_type,
-                      resource_id=job.resource_id, op=job.op, resource=resource)
-        bundle = notification_bundle(view_of(record), "event-notification", self.base_url, self.clock.now(), [event])
+            if stored is not None and stored.content and access.current.policy is not None \
+                    and access.current.policy.deidentify:
+                # The owner's data policy: it is given resources de-identified, here as on a read.
+                stored = dataclasses.replace(stored, content=orjson.dumps(deidentify(orjson.loads(stored.content))))
+        if spec.classic and spec.payload is not None and (stored is None or not stored.content):
+            return Success(detail="the resource version is no longer stored; not sent")
         timeout = float(spec.timeout or self.default_timeout)
-        request = self.client.build_request(
-            "POST", spec.endpoint, content=orjson.dumps(bundle),
-            headers={**spec.headers, "Content-Type": "application/fhir+json"}, timeout=timeout,
-        )
+        if spec.classic:
+            request = self._r4_request(spec, job, stored, timeout)
+        else:
+            request = self._bundle_request(record, spec, job, stored, timeout)
         _, outcome = await exchange(self.client, request, self.clock)
         await asyncio.to_thread(self._note, record, outcome)
         if isinstance(outcome, Retry):
             return dataclasses.replace(outcome, link_ok=True)
         return outcome
+
+    def _r4_request(
+        self, spec: SubscriptionSpec, job: Job, stored: StoredResource | None, timeout: float
+    ) -> httpx.Request:
+        """R4 core rest-hook: a POST without a body (no payload), or a PUT of the resource to
+        ``[endpoint]/[type]/[id]``."""
+        if spec.payload is None or stored is None:
+            return self.client.build_request("POST", spec.endpoint, headers=dict(spec.headers), timeout=timeout)
+        url = f"{spec.endpoint.rstrip('/')}/{job.resource_type}/{job.resource_id}"
+        return self.client.build_request("PUT", url, content=stored.content, timeout=timeout,
+                                         headers={**spec.headers, "Content-Type": "application/fhir+json"})
+
+    def _bundle_request(
+        self, record: SubscriptionRecord, spec: SubscriptionSpec, job: Job, stored: StoredResource | None,
+        timeout: float,
+    ) -> httpx.Request:
+        """Backport IG: a POST of the event's notification Bundle."""
+        info = orjson.loads(job.payload)
+        resource = orjson.loads(stored.content) if stored is not None and stored.content else None
+        event = Event(number=int(info["event"]), at=float(info["at"]), resource_type=job.resource_type,
+                      resource_id=job.resource_id, op=job.op, resource=resource)
+        bundle = notification_bundle(view_of(record), "event-notification", self.base_url, self.clock.now(), [event])
+        return self.client.build_request("POST", spec.endpoint, content=orjson.dumps(bundle), timeout=timeout,
+                                         headers={**spec.headers, "Content-Type": "application/fhir+json"})
 
     def _note(self, record: SubscriptionRecord, outcome: DeliveryOutcome) -> None:
         """Record the send against the subscription's status (runs on a worker thread)."""

@@ -5,7 +5,8 @@ the ``subscriptions`` destination in the delivery queue, moved in the same trans
 queues the jobs (as the outbox's). For each batch of changes and each live subscription it
 keeps the changes that
 
-* come after the subscription started (``start_seq``) and fire one of its topic's triggers,
+* come after the subscription started (``start_seq``) and fire one of its topic's triggers (a
+  classic R4 criteria is a topic of one trigger: its type, created or updated, its parameters),
 * are of a type both the subscribing token and the client today may read (a client without
   Observation scopes learns nothing about Observations, not even ids), and
 * match, in one search per type, the trigger's parameters, the subscription's filter
@@ -15,7 +16,8 @@ Each match gets its event number from the store (``subscription_event_numbers``:
 number when a crash makes the batch be read again) and becomes one job with ordering key
 ``Subscription/<id>``, so a subscription's notifications are delivered one at a time, in
 event order, each retried until delivered or dead-lettered. A search judges a resource as the
-store holds it when the feed reads the change, as the outbox's data policy does.
+store holds it when the feed reads the change, as the outbox's data policy does. A subscription
+whose ``end`` has passed is switched off instead.
 """
 
 from __future__ import annotations
@@ -89,6 +91,9 @@ class SubscriptionFeed:
             if access is None:
                 continue
             spec = spec_of(record)
+            if spec.end is not None and spec.end <= now:
+                self.store.subscription_set_status(record.sid, "off", when=now, only_from=("active", "error"))
+                continue
             for rtype, of_type in by_type.items():
                 relevant = [c for c in of_type if c.seq > record.start_seq
                             and spec.topic.trigger_for(rtype, c.op.value) is not None]
@@ -113,7 +118,7 @@ class SubscriptionFeed:
                 op=change.op.value,
                 key=f"Subscription/{record.sid}",
                 payload=orjson.dumps({"event": numbers[(record.sid, change.seq)], "at": change.at.timestamp(),
-                                      "topic": spec.topic.url}),
+                                      "topic": str(record.content.get("criteria"))}),
                 enqueued_at=enqueued,
             )
             for record, spec, change in matched

@@ -4,6 +4,7 @@ update, delete, ``$status``, heartbeats, and the delivery parts (destination, co
 Only the owner (the API client that created a subscription) sees or changes it; another
 client's subscription is as good as unknown (404). Handshakes and heartbeats are posted
 directly (they carry no event: losing one loses nothing); events go through the delivery queue.
+A classic R4 criteria-based subscription has neither (R4 core): it is ``active`` once accepted.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from gateway.store import Store, SubscriptionRecord
 from gateway.subscriptions.bundles import notification_bundle, status_bundle
 from gateway.subscriptions.config import SubscriptionSettings, subscription_destination
 from gateway.subscriptions.connector import RestHookConnector
+from gateway.subscriptions.criteria import check_owner
 from gateway.subscriptions.feed import SubscriptionFeed
 from gateway.subscriptions.spec import SubscriptionSpec, read_spec
 from gateway.subscriptions.stored import spec_of, view_of
@@ -68,23 +70,28 @@ class SubscriptionService:
     def connector(self, destination: DestinationConfig, *, client: httpx.AsyncClient, clock: Clock) -> Connector:
         """The ``subscriptions`` kind's connector (a ``ConnectorFactory``)."""
         return RestHookConnector(client, self.store, clock, base_url=self.base_url,
-                                 error_after=self.settings.error_after, default_timeout=destination.timeout)
+                                 error_after=self.settings.error_after, default_timeout=destination.timeout,
+                                 registry=self.registry, policies=self.policies)
 
     def follower(self, queue: DeliveryQueue) -> SubscriptionFeed:
         """The change-feed follower that queues notifications (a ``FollowerFactory``)."""
         return SubscriptionFeed(self.store, queue, self.parser, self.registry, self.policies, self.clock)
 
     # -- the FHIR API -----------------------------------------------------------------------
-    def check(self, resource: Any) -> SubscriptionSpec:
-        """A client's Subscription, checked (400 naming the element)."""
+    def check(self, resource: Any, principal: Principal | None = None) -> SubscriptionSpec:
+        """A client's Subscription, checked (400 naming the element; 403 when ``principal`` may not
+        read what a classic criteria watches)."""
         if not isinstance(resource, dict):
             raise invalid("the body must be a Subscription", ["Subscription"])
-        return read_spec(resource, self.parser, allow_http=self.settings.allow_http,
+        spec = read_spec(resource, self.parser, allow_http=self.settings.allow_http,
                          min_heartbeat=self.settings.min_heartbeat_period)
+        if spec.classic and principal is not None:
+            check_owner(spec.topic, principal, self.parser)
+        return spec
 
     async def create(self, principal: Principal, resource: dict[str, Any]) -> SubscriptionRecord:
         """Store a new subscription as ``requested`` and handshake (then ``active``, or ``error``)."""
-        spec = self.check(resource)
+        spec = self.check(resource, principal)
         live = await asyncio.to_thread(self.store.subscription_list, owner=principal.name, live=True)
         if len(live) >= self.settings.max_per_client:
             raise FhirError(f"a client may hold at most {self.settings.max_per_client} live subscriptions",
@@ -104,7 +111,7 @@ class SubscriptionService:
         record = await self.get(principal, sid)
         if resource.get("id") not in (None, sid):
             raise invalid("the id in the body differs from the id in the URL", ["Subscription.id"])
-        spec = self.check(resource)
+        spec = self.check(resource, principal)
         updated = replace(record, content=_content(resource), updated=datetime.now(UTC),
                           status="off" if spec.status == "off" else "requested", failures=0, error=None)
         await asyncio.to_thread(self.store.subscription_save, updated)
@@ -134,8 +141,14 @@ class SubscriptionService:
 
     # -- handshake and heartbeats -----------------------------------------------------------
     async def _activate(self, record: SubscriptionRecord, spec: SubscriptionSpec) -> SubscriptionRecord:
+        """Handshake, then ``active`` or ``error``; a classic R4 one (no handshake in R4 core) is ``active``
+        at once, and one whose ``end`` has passed is ``off``."""
+        now = datetime.now(UTC)
+        if spec.end is not None and spec.end <= now:
+            await asyncio.to_thread(self.store.subscription_set_status, record.sid, "off", failures=0, when=now)
+            return await asyncio.to_thread(self.store.subscription_get, record.sid) or record
         fresh = await asyncio.to_thread(self.store.subscription_get, record.sid) or record
-        problem = await self._post(fresh, spec, "handshake", self.settings.handshake_timeout)
+        problem = None if spec.classic else await self._post(fresh, spec, "handshake", self.settings.handshake_timeout)
         now = datetime.now(UTC)
         if problem is None:
             await asyncio.to_thread(self.store.subscription_set_status, record.sid, "active", failures=0, when=now)

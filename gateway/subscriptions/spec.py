@@ -1,4 +1,5 @@
-"""Reading an R4 Subscription with the backport profile into what the gateway acts on.
+"""Reading an R4 Subscription into what the gateway acts on: a topic-based one (Backport IG profile,
+``criteria`` a topic canonical) or a classic R4 criteria-based one (``criteria`` a search).
 
 Every problem is a 400 ``FhirError`` whose expression names the element (``Subscription.criteria``,
 ``Subscription.channel.endpoint`` …), so a client can fix its request.
@@ -8,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from gateway.errors import invalid
 from gateway.search import QueryParser, SearchError
+from gateway.subscriptions.criteria import criteria_topic, is_search
 from gateway.subscriptions.topics import BY_URL, Topic
 
 BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
@@ -24,6 +27,10 @@ MAX_COUNT = BACKPORT + "backport-max-count"
 CONTENTS = ("empty", "id-only", "full-resource")
 MIME_TYPES = ("application/fhir+json", "application/json")
 CLIENT_STATUSES = ("requested", "active", "off")
+#: R4 core: a client may send any status (the official examples include ``error``); the server sets it.
+R4_STATUSES = ("requested", "active", "error", "off")
+XML_TYPES = ("application/fhir+xml", "application/xml")
+BACKPORT_PROFILE = BACKPORT + "backport-subscription"
 _MAX_HEADERS = 10
 
 
@@ -39,6 +46,9 @@ class SubscriptionSpec:
     heartbeat_period: int | None
     timeout: int | None
     status: str  # as the client asked: requested | active | off
+    classic: bool = False  # R4 core criteria-based: no handshake or heartbeat, R4 rest-hook payloads
+    payload: str | None = "application/fhir+json"  # classic: None → an empty POST, else a PUT of the resource
+    end: datetime | None = None  # when the server switches it off
 
     def filter_items(self, resource_type: str) -> list[tuple[str, str]]:
         """The search parameters the filters add for a change of ``resource_type`` (ANDed)."""
@@ -54,23 +64,19 @@ def read_spec(
     without ``parser`` the filters' values are not checked again (a stored subscription's were)."""
     if resource.get("resourceType") != "Subscription":
         raise invalid("the body must be a Subscription", ["Subscription.resourceType"])
-    topic = BY_URL.get(_string(resource.get("criteria"), "Subscription.criteria"))
+    criteria = _string(resource.get("criteria"), "Subscription.criteria")
+    end = _end(resource.get("end"))
+    if is_search(criteria) and not _claims_backport(resource):
+        return _classic(resource, criteria_topic(criteria, parser), allow_http, end)
+    topic = BY_URL.get(criteria)
     if topic is None:
-        raise invalid(f"criteria must be one of the topic canonicals this server offers: {', '.join(sorted(BY_URL))}",
+        raise invalid(f"criteria must be one of the topic canonicals this server offers: {', '.join(sorted(BY_URL))}"
+                      " (or, without the backport profile, an R4 search such as Observation?code=…)",
                       ["Subscription.criteria"], code="not-supported")
     status = resource.get("status", "requested")
     if status not in CLIENT_STATUSES:
         raise invalid(f"status must be one of {', '.join(CLIENT_STATUSES)}", ["Subscription.status"])
-    channel = resource.get("channel")
-    if not isinstance(channel, dict):
-        raise invalid("a Subscription needs a channel", ["Subscription.channel"])
-    if channel.get("type") != "rest-hook":
-        raise invalid("only the rest-hook channel is supported", ["Subscription.channel.type"], code="not-supported")
-    endpoint = _string(channel.get("endpoint"), "Subscription.channel.endpoint")
-    parts = urlsplit(endpoint)
-    if parts.scheme not in (("http", "https") if allow_http else ("https",)) or not parts.netloc:
-        raise invalid("the endpoint must be an absolute " + ("http(s)" if allow_http else "https") + " URL",
-                      ["Subscription.channel.endpoint"])
+    channel, endpoint = _rest_hook(resource, allow_http)
     mime = channel.get("payload", "application/fhir+json")
     if mime not in MIME_TYPES:
         raise invalid("payload must be application/fhir+json", ["Subscription.channel.payload"], code="not-supported")
@@ -92,7 +98,63 @@ def read_spec(
         heartbeat_period=heartbeat,
         timeout=timeout,
         status=status,
+        end=end,
     )
+
+
+def _classic(resource: Mapping[str, Any], topic: Topic, allow_http: bool, end: datetime | None) -> SubscriptionSpec:
+    """An R4 core criteria-based Subscription: R4's rest-hook, no backport extensions."""
+    status = resource.get("status", "requested")
+    if status not in R4_STATUSES:
+        raise invalid(f"status must be one of {', '.join(R4_STATUSES)}", ["Subscription.status"])
+    channel, endpoint = _rest_hook(resource, allow_http)
+    payload = channel.get("payload")
+    if payload in XML_TYPES:
+        raise invalid("the gateway sends JSON only: payload must be application/fhir+json, or absent for a"
+                      " notification without a body", ["Subscription.channel.payload"], code="not-supported")
+    if payload is not None and payload not in MIME_TYPES:
+        raise invalid("payload must be application/fhir+json, or absent for a notification without a body",
+                      ["Subscription.channel.payload"], code="not-supported")
+    return SubscriptionSpec(
+        topic=topic, filters=(), endpoint=endpoint, headers=_headers(channel.get("header")),
+        content="full-resource" if payload else "empty", heartbeat_period=None, timeout=None,
+        status="off" if status == "off" else "requested", classic=True, payload=payload, end=end,
+    )
+
+
+def _claims_backport(resource: Mapping[str, Any]) -> bool:
+    meta = resource.get("meta")
+    profiles = meta.get("profile") if isinstance(meta, dict) else None
+    return isinstance(profiles, list) and BACKPORT_PROFILE in profiles
+
+
+def _rest_hook(resource: Mapping[str, Any], allow_http: bool) -> tuple[Mapping[str, Any], str]:
+    """The channel and its endpoint (400 unless a rest-hook to an absolute URL)."""
+    channel = resource.get("channel")
+    if not isinstance(channel, dict):
+        raise invalid("a Subscription needs a channel", ["Subscription.channel"])
+    if channel.get("type") != "rest-hook":
+        raise invalid(f"channel type {str(channel.get('type'))[:32]!r} is not supported: only rest-hook is"
+                      " (not websocket, email, sms or message)", ["Subscription.channel.type"], code="not-supported")
+    endpoint = _string(channel.get("endpoint"), "Subscription.channel.endpoint")
+    parts = urlsplit(endpoint)
+    if parts.scheme not in (("http", "https") if allow_http else ("https",)) or not parts.netloc:
+        raise invalid("the endpoint must be an absolute " + ("http(s)" if allow_http else "https") + " URL",
+                      ["Subscription.channel.endpoint"])
+    return channel, endpoint
+
+
+def _end(value: Any) -> datetime | None:
+    """``Subscription.end``: an instant (with its time zone)."""
+    if value is None:
+        return None
+    try:
+        end = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        end = None
+    if end is None or end.tzinfo is None:
+        raise invalid("end must be an instant with a time zone (2026-12-31T00:00:00Z)", ["Subscription.end"])
+    return end
 
 
 def _string(value: Any, where: str) -> str:

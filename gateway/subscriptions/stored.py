@@ -17,8 +17,9 @@ def spec_of(record: SubscriptionRecord) -> SubscriptionSpec:
 
 def view_of(record: SubscriptionRecord) -> StatusView:
     """The status a notification or ``$status`` reports for ``record``."""
-    return StatusView(sid=record.sid, topic=str(record.content.get("criteria", "")), status=record.status,
-                      events=record.events, content=spec_of(record).content, error=record.error)
+    spec = spec_of(record)
+    return StatusView(sid=record.sid, topic="" if spec.classic else spec.topic.url, status=record.status,
+                      events=record.events, content=spec.content, error=record.error)
 
 
 def resource_of(record: SubscriptionRecord) -> dict[str, Any]:

@@ -65,6 +65,18 @@ def subscription(topic: str, endpoint: str, *, content: str = "id-only", filters
     return resource
 
 
+def r4_subscription(criteria: str, endpoint: str, *, payload: str | None = "application/fhir+json",
+                    headers: Sequence[str] = (), status: str = "requested") -> dict[str, Any]:
+    """A classic R4 criteria-based Subscription (no backport profile)."""
+    channel: dict[str, Any] = {"type": "rest-hook", "endpoint": endpoint}
+    if payload is not None:
+        channel["payload"] = payload
+    if headers:
+        channel["header"] = list(headers)
+    return {"resourceType": "Subscription", "status": status, "reason": "R4 partner feed", "criteria": criteria,
+            "channel": channel}
+
+
 class Harness:
     """The gateway's API (in-process) and delivery worker over one store and queue, plus the subscriber."""
 

@@ -1,0 +1,68 @@
+"""Classic R4 criteria-based Subscriptions: ``criteria`` is a search (``Observation?code=…``).
+
+R4 core (Subscription, "rest-hook"): a resource that is created or updated and matches the
+criteria, judged on its new content, is notified; a deletion never is. The gateway serves such
+a criteria as a topic of one trigger (its type, create and update, its search parameters), so
+the follower matches it with the very search a topic's trigger runs (the criteria, ``_id`` of
+the changed resources and the owner's data policy).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl
+
+from gateway.auth import Principal
+from gateway.errors import FhirError, invalid
+from gateway.r4 import RESOURCE_TYPES
+from gateway.search import RESULT_PARAMS, QueryParser, SearchAccess, SearchError
+from gateway.subscriptions.topics import Topic, Trigger
+
+_WHERE = ["Subscription.criteria"]
+_CHANGED = frozenset({"create", "update"})
+_SHAPING = ("_include", "_revinclude", "_sort")  # with modifiers (``_include:iterate``)
+#: Types a criteria may not watch: subscriptions and the audit trail are not stored resources.
+_UNWATCHABLE = frozenset({"Subscription", "AuditEvent"})
+
+
+def is_search(criteria: str) -> bool:
+    """Does ``criteria`` read as an R4 search (``Type`` or ``Type?params``) rather than a canonical URL?"""
+    head = criteria.partition("?")[0]
+    return head.isalnum() and head[:1].isupper()
+
+
+def criteria_topic(criteria: str, parser: QueryParser | None) -> Topic:
+    """The one-trigger topic a criteria stands for (400 naming ``Subscription.criteria`` when it
+    cannot be used); without ``parser`` its parameters are not checked again (stored ones were)."""
+    rtype, _, query = criteria.partition("?")
+    if rtype not in RESOURCE_TYPES:
+        raise invalid(f"criteria: {rtype[:64]!r} is not an R4 resource type", _WHERE)
+    if rtype in _UNWATCHABLE:
+        raise invalid(f"criteria: {rtype} resources cannot be subscribed to", _WHERE, code="not-supported")
+    params = tuple(parse_qsl(query, keep_blank_values=True))
+    for name, _ in params:
+        if name in RESULT_PARAMS or name.split(":", 1)[0] in _SHAPING:
+            raise invalid(f"criteria: {name} shapes a search result and cannot select what is notified", _WHERE,
+                          code="not-supported")
+    if parser is not None:
+        try:
+            parser.parse(rtype, params, strict=True)
+        except SearchError as exc:
+            raise invalid(f"criteria: {exc.diagnostics}", _WHERE) from exc
+    trigger = Trigger(rtype, _CHANGED, params, description=f"a {rtype} matching the criteria is created or updated")
+    return Topic(id="criteria", title=criteria, description="an R4 criteria-based Subscription",
+                 triggers=(trigger,), filters={})
+
+
+def check_owner(topic: Topic, principal: Principal, parser: QueryParser) -> None:
+    """403 naming ``Subscription.criteria`` unless ``principal`` may read the criteria's type and search
+    every other type its parameters look into (a chain, ``_has``)."""
+    trigger = topic.triggers[0]
+    rtype = trigger.resource_type
+    if not principal.can(rtype, "r"):
+        raise FhirError(f"the client's scopes do not allow reading {rtype} (needs system/{rtype}.r)",
+                        status=403, code="forbidden", expression=_WHERE)
+    access = SearchAccess(lambda t, letter: (t == rtype and principal.can(t, "r")) or principal.can(t, letter))
+    try:
+        parser.parse(rtype, trigger.query, access=access)
+    except FhirError as exc:
+        raise FhirError(f"criteria: {exc.diagnostics}", status=exc.status, code=exc.code, expression=_WHERE) from exc
