@@ -12,6 +12,7 @@ referral nobody acted on is marked overdue and reaches the app too.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 from collections.abc import Callable, Iterator
@@ -37,6 +38,10 @@ MOBILE_WORKER = "e4f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5"
 SECRETS = {"CHT_PASSWORD": "pull-secret", "CC_KEY": "gateway@example.org:cc-api-key"}
 REFUSED = 3  # attempts the link refuses before the one whose answer is lost, and again after the restart
 STALL = 8.0  # seconds the lost answer takes: the gateway is killed long before
+# The README's clients: the app's sender, a monitor (admin), and the facility EMR.
+CLIENTS = {source: {source: (f"ingest:{source}",), "monitor": ("admin",),
+                    "emr": ("system/Task.rus system/Encounter.crus system/Condition.crus",)}
+           for source in ("cht", "commcare")}  # fmt: skip
 
 
 @pytest.fixture(params=["postgresql+redis", "sqlite+sqlite"])
@@ -63,7 +68,7 @@ def app_url(sandbox: SourceSandbox) -> Iterator[str]:
 
 @dataclass
 class Deployment:
-    """A configuration file, the ``gateway serve`` currently running it, and the operator's tokens."""
+    """A configuration file and the ``gateway serve`` currently running it."""
 
     config: Path
     cwd: Path
@@ -80,6 +85,18 @@ class Deployment:
     def start(self) -> GatewayProcess:
         self.server = GatewayProcess(self.config, self.cwd, SECRETS).wait_ready()
         return self.server
+
+    async def start_with_clients(self, clients: dict[str, tuple[str, ...]]) -> dict[str, str]:
+        """Create the clients (name: scopes) and start serving; the tokens by name.
+
+        The first command creates the store; the rest run at once, as an operator's terminals would.
+        """
+        (first, scopes), *rest = clients.items()
+        tokens = {first: self.create_client(first, *scopes)}
+        made = await asyncio.gather(asyncio.to_thread(self.start),
+                                    *(asyncio.to_thread(self.create_client, name, *s) for name, s in rest))  # fmt: skip
+        tokens.update(zip([name for name, _ in rest], made[1:], strict=True))
+        return tokens
 
     @property
     def url(self) -> str:
@@ -130,9 +147,8 @@ def _one(made: list[tuple[str, str]], resource_type: str) -> str:
     return rid
 
 
-async def _facility_completes(gw: Deployment, task: str, patient: str, hidden: str | None = None) -> None:
+async def _facility_completes(gw: Deployment, token: str, task: str, patient: str, hidden: str | None = None) -> None:
     """The README's facility client (Task scopes, a data policy) completes its patient's Task, and sees no other."""
-    token = gw.create_client("emr", "system/Task.rus system/Encounter.crus system/Condition.crus")
     gw.cli("clients", "set-policy", "emr", "--patient", f"Patient/{patient}")
     async with gw.client(token) as emr:
         if hidden is not None:
@@ -182,9 +198,8 @@ async def test_a_cht_outcome_survives_a_kill_mid_delivery_and_reaches_the_chw_on
     other_report = copy.deepcopy(report)
     other_report["doc"]["_id"] = "0196c7a2-0000-7000-8000-000000000002"
     other_report["doc"]["fields"]["patient_uuid"] = other_person["doc"]["_id"]
-    sender = gw.create_client("cht", "ingest:cht")
-    admin = gw.create_client("monitor", "admin")
-    gw.start()
+    tokens = await gw.start_with_clients(CLIENTS["cht"])
+    sender, admin = tokens["cht"], tokens["monitor"]
     async with gw.client(sender) as cht:
         patient = _one(await _ingest(cht, "cht", person), "Patient")
         await _ingest(cht, "cht", chw, other_person)
@@ -193,7 +208,7 @@ async def test_a_cht_outcome_survives_a_kill_mid_delivery_and_reaches_the_chw_on
 
     sandbox.fail_next("cht", 503, times=REFUSED)
     sandbox.lose_next_answer("cht", delay=STALL)
-    await _facility_completes(gw, task, patient, hidden=waiting)
+    await _facility_completes(gw, tokens["emr"], task, patient, hidden=waiting)
 
     def outcomes(task_id: str) -> list[dict[str, Any]]:
         return [d for d in sandbox.cht.reports("referral_outcome") if d["fields"]["referral_task_id"] == task_id]
@@ -225,16 +240,15 @@ async def test_a_commcare_outcome_survives_a_kill_mid_delivery_and_updates_the_c
     visit = json.loads(sample("commcare", "tb-dot-visit"))
     later = copy.deepcopy(visit)
     later["id"] = "5f0c2d7e-0000-4000-8000-000000000002"
-    sender = gw.create_client("commcare", "ingest:commcare")
-    admin = gw.create_client("monitor", "admin")
-    gw.start()
+    tokens = await gw.start_with_clients(CLIENTS["commcare"])
+    sender, admin = tokens["commcare"], tokens["monitor"]
     async with gw.client(sender) as cc:
         patient = _one(await _ingest(cc, "commcare", case), "Patient")
         task = _one(await _ingest(cc, "commcare", visit), "Task")
 
     sandbox.fail_next("commcare", 503, times=REFUSED)
     sandbox.lose_next_answer("commcare", delay=STALL)
-    await _facility_completes(gw, task, patient)
+    await _facility_completes(gw, tokens["emr"], task, patient)
 
     def outcomes(task_id: str) -> list[dict[str, Any]]:
         return [f for f in sandbox.commcare.forms.get(DOMAIN, []) if f["form"].get("referral_task_id") == task_id]
