@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,16 +86,19 @@ class Deployment:
         self.server = GatewayProcess(self.config, self.cwd, SECRETS).wait_ready()
         return self.server
 
-    async def start_with_clients(self, clients: dict[str, tuple[str, ...]]) -> dict[str, str]:
+    async def start_with_clients(self, clients: Mapping[str, tuple[str, ...]]) -> dict[str, str]:
         """Create the clients (name: scopes) and start serving; the tokens by name.
 
         The first command creates the store; the rest run at once, as an operator's terminals would.
         """
         (first, scopes), *rest = clients.items()
         tokens = {first: self.create_client(first, *scopes)}
-        made = await asyncio.gather(asyncio.to_thread(self.start),
-                                    *(asyncio.to_thread(self.create_client, name, *s) for name, s in rest))  # fmt: skip
-        tokens.update(zip([name for name, _ in rest], made[1:], strict=True))
+        starting = asyncio.create_task(asyncio.to_thread(self.start))
+        try:
+            made = await asyncio.gather(*(asyncio.to_thread(self.create_client, name, *s) for name, s in rest))
+        finally:
+            await starting
+        tokens.update(zip([name for name, _ in rest], made, strict=True))
         return tokens
 
     @property
