@@ -9,7 +9,8 @@ what a test needs to change between two pulls (submit, edit, review, delete) and
 next requests fail (``fail_next``: 429/5xx with Retry-After, 401/403). The CHT and CommCare
 stand-ins also take the writes of the referral return path (CouchDB ``PUT /{db}/{docid}``,
 409 on an existing id; CommCare's form receiver, where a repeated ``instanceID`` replaces the
-form), and ``lose_next_answer`` processes a write but answers an error, as a lost reply::
+form), and ``lose_next_answer`` processes a write but answers an error (after a delay if asked), as
+a lost reply::
 
     sandbox = SourceSandbox()
     sandbox.odk.submit(4, "chw_household_visit", row)

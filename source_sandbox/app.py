@@ -6,6 +6,7 @@ receiver), the way the referral return path writes outcomes back.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections import deque
@@ -29,6 +30,7 @@ class Fault:
     status: int
     retry_after: str | None = None
     after: bool = False  # the request is processed first, then the answer is lost (this status instead)
+    delay: float = 0.0  # seconds the lost answer takes to come: a caller may give up (or die) waiting
 
 
 class SourceSandbox:
@@ -60,9 +62,9 @@ class SourceSandbox:
         """Answer the next ``times`` requests to ``api`` with ``status`` (e.g. 429, 503)."""
         self.faults[api].extend(Fault(status, retry_after) for _ in range(times))
 
-    def lose_next_answer(self, api: str, status: int = 504) -> None:
-        """Process the next request to ``api`` but answer ``status``, as when a reply is lost on the way."""
-        self.faults[api].append(Fault(status, after=True))
+    def lose_next_answer(self, api: str, status: int = 504, delay: float = 0.0) -> None:
+        """Process the next request to ``api`` but answer ``status`` (after ``delay`` s), as a reply lost on the way."""
+        self.faults[api].append(Fault(status, after=True, delay=delay))
 
     def _check(self, api: str, request: Request) -> Response | None:
         self.requests.append((api, request.url.path, dict(request.query_params)))
@@ -89,10 +91,12 @@ class SourceSandbox:
                                 status_code=403)  # fmt: skip
         return None
 
-    def _lost(self, api: str) -> Response | None:
+    async def _lost(self, api: str) -> Response | None:
         """The answer that replaces a processed request's own, if one was asked for."""
         if self.faults[api] and self.faults[api][0].after:
-            return JSONResponse({"message": "gateway timeout"}, status_code=self.faults[api].popleft().status)
+            fault = self.faults[api].popleft()
+            await asyncio.sleep(fault.delay)
+            return JSONResponse({"message": "gateway timeout"}, status_code=fault.status)
         return None
 
     def app(self) -> FastAPI:
@@ -144,7 +148,7 @@ class SourceSandbox:
                 return JSONResponse({"error": "bad_request", "reason": "Document must be a JSON object"},
                                     status_code=400)  # fmt: skip
             status, answer = self.cht.write(doc_id, doc)
-            return self._lost("cht") or JSONResponse(answer, status_code=status)
+            return await self._lost("cht") or JSONResponse(answer, status_code=status)
 
         @app.post("/a/{domain}/receiver/api/")
         @app.post("/a/{domain}/receiver/{app_id}/")
@@ -159,7 +163,7 @@ class SourceSandbox:
                 body = await request.body()
             open_rosa_3 = request.headers.get("x-openrosa-version") == "3.0"
             status, answer = self.commcare.receiver.submit(domain, body, open_rosa_3=open_rosa_3)
-            return self._lost("commcare") or Response(answer, status_code=status, media_type="text/xml")
+            return await self._lost("commcare") or Response(answer, status_code=status, media_type="text/xml")
 
         @app.get("/api/v2/assets/{asset}/data/")
         async def kobo_data(asset: str, request: Request) -> Response:

@@ -40,6 +40,18 @@ def test_clients_create_prints_the_token_last_and_stores_its_hash(env: Path) -> 
     assert "openmrs\tsystem/Patient.rs admin" in listed.stdout and token not in listed.stdout
 
 
+def test_clients_create_takes_a_space_separated_scope_string(env: Path) -> None:
+    """As the README's referral loop writes it: one ``--scope`` holding several scopes, SMART-style."""
+    scopes = "system/Task.rus system/Encounter.crus  system/Condition.crus"
+    result = runner.invoke(app, ["clients", "create", "emr", "--scope", scopes, "--scope", "admin"])
+    assert result.exit_code == 0, result.output
+    client = _client(env, result.stdout.strip().splitlines()[-1])
+    assert client is not None
+    assert client.scopes == ("system/Task.rus", "system/Encounter.crus", "system/Condition.crus", "admin")
+    refused = runner.invoke(app, ["clients", "create", "emr2", "--scope", "system/Task.rus root"])
+    assert refused.exit_code == 2 and "'root'" in refused.stderr
+
+
 def _client(env: Path, token: str) -> ApiClient | None:
     store = open_store(f"sqlite:///{env}/cli.db")
     try:

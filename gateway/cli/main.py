@@ -194,7 +194,8 @@ def parse_expiry(value: str, now: datetime) -> datetime:
 @clients_app.command("create")
 def clients_create(
     name: Annotated[str, typer.Argument(help="Client name (letters, digits, - and _)")],
-    scope: Annotated[list[str], typer.Option("--scope", "-s", help="A scope; repeat for more")],
+    scope: Annotated[list[str], typer.Option(
+        "--scope", "-s", help="A scope, or several separated by spaces (as in a SMART scope string); repeatable")],
     expires: Annotated[str | None, typer.Option(help="When the token stops working: 90d or 2027-01-01")] = None,
     jwks: JwksOption = None,
     jwks_url: JwksUrlOption = None,
@@ -208,6 +209,7 @@ def clients_create(
     from gateway.auth import ClientNameError, ScopeError, check_client_name, validate_scopes
     from gateway.services import ServicePlan, Services
 
+    scope = [part for given in scope for part in given.split()]
     try:
         check_client_name(name)
         validate_scopes(scope)

@@ -59,6 +59,13 @@ def test_a_lost_answer_still_stores_the_document(sandbox: SourceSandbox, url: st
     assert len(sandbox.cht.reports("f")) == 1
 
 
+def test_a_slow_lost_answer_stores_the_document_before_the_caller_gives_up(sandbox: SourceSandbox, url: str) -> None:
+    sandbox.lose_next_answer("cht", delay=2)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.put(f"{url}/medic/outcome-4", json={"type": "data_record", "form": "slow"}, auth=CHT_AUTH, timeout=0.3)
+    assert len(sandbox.cht.reports("slow")) == 1
+
+
 def test_a_form_resubmitted_under_its_instance_id_is_one_form(sandbox: SourceSandbox, url: str) -> None:
     body = FORM % {b"case": b"case-1", b"instance": b"inst-1"}
     for _ in range(2):
