@@ -106,7 +106,12 @@ class ExportJobs:
             # The row id and the stored JSON only: an export writes the bytes as they are.
             cur.execute(self.q(f"SELECT r.rid, r.content FROM resources r WHERE {where} AND r.rid > ?"
                                " ORDER BY r.rid LIMIT ?"), (*params, after, limit))
-            return [(row[0], row[1] if type(row[1]) is bytes else bytes(row[1])) for row in cur.fetchall()]
+            rows: list[tuple[int, bytes]] = cur.fetchall()
+        # The driver's rows as they come (no tuple a row rebuilt) when it gives bytes (SQLite, psycopg's
+        # bytea); a driver giving memoryviews gets them copied.
+        if rows and type(rows[0][1]) is not bytes:
+            return [(rid, bytes(content)) for rid, content in rows]
+        return rows
 
 
 def _epoch(when: datetime | None) -> float | None:

@@ -370,3 +370,17 @@ async def test_a_type_a_compartment_export_cannot_hold_is_reported_in_the_error_
     assert outcome["issue"][0]["expression"] == ["Organization"] and "compartment" in outcome["issue"][0]["diagnostics"]
     system = await wait_done(client, await kick_off(client, _type="Organization"))
     assert system["error"] == [] and len(system["output"]) == 1  # a system export has every type
+
+
+async def test_stored_json_holding_a_newline_still_makes_one_line(api: ApiHarness) -> None:
+    # The store writes compact JSON and the export copies its bytes as they are; a row written
+    # otherwise (pretty-printed by a hand repair) is re-serialized rather than split over two lines.
+    raw: Any = api.store
+    with raw._write_cursor() as cur:
+        cur.execute(raw.q("SELECT content FROM resources WHERE rtype = 'Patient' AND id = 'pa1'"))
+        stored = orjson.loads(bytes(cur.fetchone()[0]))
+        cur.execute(raw.q("UPDATE resources SET content = ? WHERE rtype = 'Patient' AND id = 'pa1'"),
+                    (orjson.dumps(stored, option=orjson.OPT_INDENT_2),))
+    exported = await export(api.with_scopes("system/*.rs"), _type="Patient")  # download() checks the lines
+    assert [r["id"] for r in exported["Patient"]] == [f"pa{i}" for i in range(6)] + [f"pb{i}" for i in range(6)]
+    assert exported["Patient"][1] == stored
