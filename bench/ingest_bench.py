@@ -26,7 +26,12 @@ Rows, measured in one run, in one process:
   measures the next ``--records``. The naive row runs the naive mapping (and its model
   round trip) through the same store path.
 
-Run: ``python -m bench.ingest_bench [--seconds S] [--pg URL]``.
+* served (issue 14): ``gateway serve --workers N`` (N = 1, 2) as real processes on
+  PostgreSQL + Redis, fed 100-record JSON arrays by concurrent HTTP senders, next to the
+  in-process single-process PostgreSQL figure and the naive baseline of the same run
+  (``--mode served`` prints only this table).
+
+Run: ``python -m bench.ingest_bench [--mode all|served] [--seconds S] [--pg URL]``.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ import orjson
 import psycopg
 from fhir.resources.R4B import get_fhir_model_class
 
+from bench._ingest_served import served_rate
 from gateway.heap import settle_heap
 from gateway.ingest import IngestService, MappingConfig, MappingRegistry, ReceivedRecord
 from gateway.mapping import MappingError, MappingSet, load_mapping_sets
@@ -135,12 +141,21 @@ def open_bench_store(kind: str, pg_url: str) -> Iterator[Any]:
             finally:
                 store.close()
         return
+    with pg_schema(pg_url) as url:
+        store = open_store(url)
+        try:
+            yield store
+        finally:
+            store.close()
+
+
+@contextmanager
+def pg_schema(pg_url: str) -> Iterator[str]:
+    """The URL of a fresh PostgreSQL schema, dropped afterwards."""
     schema = f"bench_{uuid.uuid4().hex[:10]}"
-    store = open_store(f"{pg_url}?schema={schema}")
     try:
-        yield store
+        yield f"{pg_url}?schema={schema}"
     finally:
-        store.close()
         with psycopg.connect(pg_url, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
@@ -193,6 +208,32 @@ def measure_store(
             service.close()
 
 
+def request_bodies(
+    sets: dict[str, MappingSet], items: list[tuple[str, Any]], per_request: int
+) -> Iterator[tuple[str, bytes]]:
+    """(source, JSON array body) forever, sources in turn, every record under a fresh record id."""
+    streams = {name: fresh_records(sets, [item for item in items if item[0] == name]) for name in sets}
+    for name in itertools.cycle(sorted(sets)):
+        yield name, b"[" + b",".join(next(streams[name])[1].raw for _ in range(per_request)) + b"]"
+
+
+def served_rows(
+    sets: dict[str, MappingSet], items: list[tuple[str, Any]], args: argparse.Namespace, naive_store: float
+) -> list[tuple[str, float, float]]:
+    """The issue-14 rows: in-process single-process PostgreSQL, then ``gateway serve --workers 1, 2``."""
+    senders = 4
+    single = measure_store(sets, items, "postgresql", 100, args.records, args.warm, args.pg, senders=senders)
+    rows = [(f"map+validate+store, PostgreSQL, in-process, 100/request, {senders} senders", single, naive_store)]
+    for workers in (1, 2):
+        with pg_schema(args.pg) as url:
+            rate = served_rate(
+                url, MAPPINGS, sorted(sets), request_bodies(sets, items, 100), workers, senders * workers,
+                max(1, args.warm // 100), max(1, args.records // 100),
+            )  # fmt: skip
+        rows.append((f"gateway serve --workers {workers}, PG+Redis, HTTP 100/request", rate, naive_store))
+    return rows
+
+
 class _NaiveSet:
     """A mapping set whose Bundles also go through a fhir.resources model round trip."""
 
@@ -213,7 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--records", type=int, default=3000, help="records measured per store row (default 3000)")
     parser.add_argument("--warm", type=int, default=1000, help="records loaded before measuring (default 1000)")
     parser.add_argument("--pg", default=PG_URL, help=f"PostgreSQL URL (default {PG_URL})")
+    parser.add_argument("--mode", choices=("all", "served"), default="all",
+                        help="all rows, or only the served table (gateway serve --workers 1, 2)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.mode == "served":
+        return served_main(args)
 
     compiled = load_mapping_sets(MAPPINGS)
     naive = load_mapping_sets(MAPPINGS, interpret=True)
@@ -236,11 +281,10 @@ def main(argv: list[str] | None = None) -> int:
             who = f", {senders} senders" if senders > 1 else ""
             rows.append((f"map+validate+store, {label}, {per_request}/request{who}", value, naive_store))
     rows.append(("map+validate+store, SQLite, 100/request, naive", naive_store, naive_store))
+    rows += served_rows(compiled, items, args, naive_store)
 
     print(f"\n{per_record} resources per record on average\n")
-    print(f"{'row':50} {'records/s':>10} {'vs naive':>9}")
-    for label, value, baseline in rows:
-        print(f"{label:50} {value:10,.0f} {value / baseline:8.1f}x")
+    print_rows(rows)
     ok = rate >= 5000 and rate / naive_rate >= 10
     print(
         f"\ngoal, mapping alone >= 5,000 records/s and >= 10x naive on one core: {'met' if ok else 'NOT met'}"
@@ -250,6 +294,30 @@ def main(argv: list[str] | None = None) -> int:
     )
     verdict = "met" if best_store >= 1000 else "NOT met"
     print(f"goal, end to end >= 1,000 records/s: {verdict} (best {best_store:,.0f})")
+    return 0
+
+
+def print_rows(rows: list[tuple[str, float, float]]) -> None:
+    """The table: records/s and the ratio to the row's baseline."""
+    print(f"{'row':66} {'records/s':>10} {'vs naive':>9}")
+    for label, value, baseline in rows:
+        print(f"{label:66} {value:10,.0f} {value / baseline:8.1f}x")
+
+
+def served_main(args: argparse.Namespace) -> int:
+    """Only the issue-14 table: naive baseline, one process, ``gateway serve --workers 1, 2``."""
+    compiled = load_mapping_sets(MAPPINGS)
+    naive = load_mapping_sets(MAPPINGS, interpret=True)
+    items = workload(compiled)
+    naive_store = measure_store(compiled, items, "postgresql", 100, max(300, args.records // 10), 100, args.pg, naive)
+    rows = [("map+validate+store, PostgreSQL, 100/request, naive", naive_store, naive_store)]
+    rows += served_rows(compiled, items, args, naive_store)
+    print_rows(rows)
+    single = rows[1][1]
+    for label, value, _ in rows[2:]:
+        print(f"{label}: {value / single:.2f}x the in-process single-process figure")
+    best = max(value for _, value, _ in rows[1:])
+    print(f"goal, end to end >= 1,000 records/s: {'met' if best >= 1000 else 'NOT met'} (best {best:,.0f})")
     return 0
 
 
