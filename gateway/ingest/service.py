@@ -44,7 +44,7 @@ from gateway.ingest.registry import MappingRegistry
 from gateway.ingest.results import IngestReport, RecordResult, WrittenResource
 from gateway.ingest.retractions import OutputChange, apply_output_changes
 from gateway.ingest.writer import BATCH_RECORDS, IngestWriter, PendingRecord, RecordGroup
-from gateway.mapping import InputError, MappingError, MappingSet, parse_csv
+from gateway.mapping import CompiledMapping, InputError, MappingError, MappingSet, parse_csv
 from gateway.metrics import metrics
 from gateway.search import QueryParser, format_instant
 from gateway.store import MessageEntry, QuarantinedRecord, Store
@@ -95,10 +95,11 @@ class IngestService:
         try:
             batch = RecordGroup()
             for position, received in enumerate(records):
-                key = mapping_set.record_key(received.record)
+                mapping = mapping_set.selected(received.record)  # once: key and Bundle share it
+                key = mapping_set.record_key(received.record, mapping) if mapping is not None else None
                 try:
                     started = time.perf_counter()
-                    bundle, change = _mapped(mapping_set, source.name, received.record, key)
+                    bundle, change = _mapped(mapping_set, source.name, received.record, key, mapping)
                     key = change.record_key
                     mapped = time.perf_counter()
                     meter.mapping_seconds.labels(source.name).observe(mapped - started)
@@ -330,7 +331,7 @@ def message_line(at: float, kind: str, source: str, result: RecordResult) -> Mes
 
 
 def _mapped(
-    mapping_set: MappingSet, source: str, record: Any, key: str | None
+    mapping_set: MappingSet, source: str, record: Any, key: str | None, mapping: CompiledMapping | None = None
 ) -> tuple[dict[str, Any], OutputChange]:
     """The record's Bundle and what it produces (both empty for a record its source deleted or
     voided); a record the mapping turns into nothing is kept, not dropped (most likely a
@@ -339,9 +340,9 @@ def _mapped(
     if deleted_key is not None:
         empty = {"resourceType": "Bundle", "type": "transaction", "entry": []}
         return empty, OutputChange(source, mapping_set.system, deleted_key, [], deleted=True)
-    bundle, outputs = mapping_set.map_outputs(record)
+    bundle, outputs = mapping_set.map_outputs(record, mapping)
     if not bundle["entry"]:
-        mapping = mapping_set.select(record)
+        mapping = mapping or mapping_set.select(record)
         raise MappingError(
             "$", f"mapping {mapping.tag} made no resources from this record (no rule applies)",
             code="not-supported", mapping=mapping.name,

@@ -482,11 +482,21 @@ class MappingSet:
             return None
         return _single_text(self.retract_id.run(record, {}), self.retract_id.text, "the record id")
 
-    def map_outputs(self, record: Any) -> tuple[dict[str, Any], list[RecordOutput]]:
-        """``map_record``, with what the record produced (for retractions)."""
+    def map_outputs(
+        self, record: Any, mapping: CompiledMapping | None = None
+    ) -> tuple[dict[str, Any], list[RecordOutput]]:
+        """``map_record``, with what the record produced (for retractions); ``mapping`` is the
+        record's ``select`` if the caller already made it (ingest selects once per record)."""
         outputs: list[RecordOutput] = []
-        bundle = self.select(record).map_traced(record, None, outputs)
+        bundle = (mapping or self.select(record)).map_traced(record, None, outputs)
         return bundle, outputs
+
+    def selected(self, record: Any) -> CompiledMapping | None:
+        """``select``, or None when no mapping accepts the record (mapping it then says why)."""
+        try:
+            return self.select(record)
+        except MappingError:
+            return None
 
     def select(self, record: Any) -> CompiledMapping:
         """The first mapping whose ``match`` accepts the record."""
@@ -501,10 +511,11 @@ class MappingSet:
         """One source record → one FHIR transaction Bundle (a dict); raises ``MappingError``."""
         return self.select(record).map(record)
 
-    def record_key(self, record: Any) -> str | None:
-        """The record's own id as its mapping reads it, or None if that is not possible."""
+    def record_key(self, record: Any, mapping: CompiledMapping | None = None) -> str | None:
+        """The record's own id as its mapping (``mapping``, else its ``select``) reads it, or None
+        if that is not possible."""
         try:
-            mapping = self.select(record)
+            mapping = mapping or self.select(record)
             return _single_text(mapping.record_id.run(record, {}), mapping.record_id.text, "the record id")
         except MappingError:
             return None
