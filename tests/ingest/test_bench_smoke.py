@@ -1,0 +1,18 @@
+"""``python -m bench.ingest_bench --mode served`` runs at a tiny size and prints its table."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from bench.ingest_bench import main
+
+
+def test_the_served_ingest_bench_runs_tiny(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--mode", "served", "--records", "200", "--warm", "100"]) == 0
+    out = capsys.readouterr().out
+    for row in ("100/request, naive", "in-process", "gateway serve --workers 1", "gateway serve --workers 2"):
+        line = next(line for line in out.splitlines() if row in line)
+        assert float(re.findall(r"([\d,]+) +[\d.]+x$", line)[0].replace(",", "")) > 0
+    assert "goal, end to end >= 1,000 records/s" in out
