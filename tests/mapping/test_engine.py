@@ -244,3 +244,22 @@ def test_record_without_time_is_refused_not_stamped_with_now(sets) -> None:
     with pytest.raises(MappingError) as raised:
         sets["cht"].map_record(record)
     assert raised.value.path == "doc.reported_date"
+
+
+def test_a_selection_made_once_gives_what_selecting_again_gives(sets) -> None:
+    # Ingest selects each record's mapping once and hands it to record_key and map_outputs.
+    for name, record in _golden_records(sets):
+        mapping_set = sets[name]
+        chosen = mapping_set.selected(record)
+        if chosen is None:
+            with pytest.raises(MappingError):
+                mapping_set.select(record)
+            continue
+        assert chosen is mapping_set.select(record)
+        assert mapping_set.record_key(record, chosen) == mapping_set.record_key(record)
+        try:
+            expected = mapping_set.map_outputs(record)
+        except MappingError:
+            continue
+        assert mapping_set.map_outputs(record, chosen) == expected
+    assert sets["commcare"].selected(["not", "an", "object"]) is None
