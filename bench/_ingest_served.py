@@ -55,6 +55,19 @@ def _wait_healthy(base: str, process: subprocess.Popen[bytes], log: Path, timeou
     raise RuntimeError(f"gateway serve did not start: {log.read_text()[-2000:]}")
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its children (the supervisor's workers), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return total
+    return total + sum(_cpu_seconds(int(child)) for child in children)
+
+
 def served_rate(
     store_url: str,
     mappings: Path,
@@ -64,9 +77,10 @@ def served_rate(
     senders: int,
     warm: int,
     requests: int,
-) -> float:
-    """Records/s through ``gateway serve --workers workers``: ``requests`` JSON-array bodies posted by
-    ``senders`` threads, after ``warm`` bodies loaded first."""
+) -> tuple[float, float]:
+    """Records/s through ``gateway serve --workers workers`` (``requests`` JSON-array bodies posted by
+    ``senders`` threads, after ``warm`` bodies loaded first), and records per CPU-second of the
+    gateway's processes (PostgreSQL's own CPU not counted): what a core free of other load gives."""
     store = open_store(store_url)
     token = new_token()
     try:
@@ -105,9 +119,10 @@ def served_rate(
 
                 with ThreadPoolExecutor(senders) as pool:
                     list(pool.map(post, warm_bodies))
-                    start = time.perf_counter()
+                    start, cpu = time.perf_counter(), _cpu_seconds(server.pid)
                     done = sum(pool.map(post, bodies))
-                    return done / (time.perf_counter() - start)
+                    elapsed, used = time.perf_counter() - start, _cpu_seconds(server.pid) - cpu
+                    return done / elapsed, done / used if used else 0.0
         finally:
             server.send_signal(signal.SIGTERM)
             try:

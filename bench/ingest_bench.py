@@ -226,11 +226,12 @@ def served_rows(
     rows = [(f"map+validate+store, PostgreSQL, in-process, 100/request, {senders} senders", single, naive_store)]
     for workers in (1, 2):
         with pg_schema(args.pg) as url:
-            rate = served_rate(
+            rate, per_cpu = served_rate(
                 url, MAPPINGS, sorted(sets), request_bodies(sets, items, 100), workers, senders * workers,
                 max(1, args.warm // 100), max(1, args.records // 100),
             )  # fmt: skip
         rows.append((f"gateway serve --workers {workers}, PG+Redis, HTTP 100/request", rate, naive_store))
+        print(f"gateway serve --workers {workers}: {per_cpu:,.0f} records per CPU-second of the gateway's processes")
     return rows
 
 
