@@ -34,6 +34,7 @@ from gateway.mapping.forms import FormError, read_form
 from gateway.mapping.formschema import LAYOUTS, record_schema
 from gateway.mapping.inputs import InputError, read_records
 from gateway.mapping.inputschema import InputSchema
+from gateway.mapping.memo import FolderMemo
 from gateway.mapping.outbound import load_outbound
 from gateway.mapping.rules import compile_rule, defaults_reader, identifier_shape
 from gateway.mapping.spec import MappingSpec, SetSpec
@@ -62,12 +63,28 @@ class LoadedMappings:
     tables_used: set[str] = field(default_factory=set)
 
 
+_MEMO = FolderMemo()
+
+
 def load_mappings(root: Path, *, interpret: bool = False) -> LoadedMappings:
-    """Load and compile everything under ``root``; never raises for bad files."""
-    loaded = LoadedMappings(root)
+    """Load and compile everything under ``root``; never raises for bad files.
+
+    An unchanged folder is compiled once per process (``memo.FolderMemo``); each caller gets
+    its own containers, sharing the compiled sets, which nothing changes after loading.
+    """
     if not root.is_dir():
+        loaded = LoadedMappings(root)
         loaded.issues.append(LoadIssue(str(root), 0, "", "mappings folder not found"))
         return loaded
+    done = _MEMO.get(root, interpret, lambda: _load_all(root, interpret))
+    return LoadedMappings(
+        root, dict(done.sets), dict(done.tables), list(done.issues),
+        {tag: list(found) for tag, found in done.expressions.items()}, set(done.tables_used),
+    )  # fmt: skip
+
+
+def _load_all(root: Path, interpret: bool) -> LoadedMappings:
+    loaded = LoadedMappings(root)
     loaded.tables = load_concept_tables(root / CONCEPTMAP_DIR, loaded.issues)
     for folder in sorted(path for path in root.iterdir() if path.is_dir() and (path / SET_FILE).is_file()):
         mapping_set = _load_set(folder, loaded, interpret)
