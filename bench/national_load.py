@@ -498,7 +498,6 @@ async def _load(deployment: Deployment, sandbox: Sandbox, tokens: dict[str, str]
     killer = asyncio.create_task(kill())
     async with _sender(tokens["cht"], plan.senders) as sender:
         await asyncio.gather(*(send(i, r) for i, r in enumerate(records)))
-    await killer
     load_seconds = max((r.acked or 0.0) for r in records) - wall_offset - start if records else 0.0
     expected = {r.event_uid for r in records if r.event_uid is not None}
 
@@ -511,6 +510,7 @@ async def _load(deployment: Deployment, sandbox: Sandbox, tokens: dict[str, str]
         await _wait(lambda: _settled(deployment, tokens["monitor"]), plan.drain_timeout, "the queue to settle")
         phases["drain"] = time.monotonic() - start - phases["load"]
     finally:
+        await killer  # the restarted API process answers (the drain went on meanwhile)
         stop_reading.set()
         await reader
         await sampling
@@ -639,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run each scale on a fresh schema and prefix; print the conditions and the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--scale", type=float, action="append", help="share of the national load (repeatable)")
-    parser.add_argument("--minutes", type=float, default=5.0, help="length of the compressed day")
+    parser.add_argument("--minutes", type=float, default=4.0, help="length of the compressed day")
     parser.add_argument("--persons", type=int, default=1000, help="children the CHWs visit")
     args = parser.parse_args(argv)
     scales = args.scale or [0.1, 1.0]
