@@ -3,13 +3,15 @@ day) with a 10x morning peak, through 2 API processes and 2 delivery workers sha
 and Redis, into a DHIS2 sandbox that answers in 200 ms and fails 10% of requests, while partner
 EMR clients read and search; one API process and one worker are SIGKILLed mid-run and restarted.
 
-    python -m bench.national_load [--scale 0.1 --scale 1.0] [--minutes 5]
+    python -m bench.national_load [--scale 0.1 --scale 1.0] [--minutes 4] [--persons 1000]
 
-**The day and the scale.** A day's *shape* is compressed into ``--minutes`` (5 by default: a
-compression of 288x), its *rates* are not: ``--scale 1.0`` offers records at the national rate
+**The day and the scale.** A day's *shape* is compressed into ``--minutes`` (4 by default: a
+compression of 360x), its *rates* are not: ``--scale 1.0`` offers records at the national rate
 (base 6.6 records/s, 66.1 during a two-hour morning peak at 07:00-09:00, which is 10x the rest
 of the day; 11.6 records/s on average, 1,000,000 in a real day), ``--scale 0.1`` at a tenth of
-it. A run therefore sends ``minutes / 1440`` of a day's records (3,472 at 1/1 in 5 minutes).
+it. A run therefore sends ``minutes / 1440`` of a day's records (2,778 at 1/1 in 4 minutes): compressing
+the volume as well (a million records in minutes, thousands a second) would measure a backfill,
+not a day of live traffic, and ``bench/backfill_bench.py`` does that.
 By default both scales run, 1/10 first, and a table gives each figure and its growth (1/1 ÷ 1/10).
 
 **The deployment.** A fresh PostgreSQL schema (the store) and Redis prefix (the queue); 2
@@ -51,7 +53,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -401,16 +403,17 @@ async def _wait(check: Any, timeout: float, what: str) -> None:
         await asyncio.sleep(0.5)
 
 
-async def _reader(deployment: Deployment, token: str, targets: list[tuple[str, str]], plan: Plan,
+async def _reader(deployment: Deployment, token: str, targets: Targets, plan: Plan,
                   start: float, stop: asyncio.Event, reads: list[Read]) -> None:  # fmt: skip
-    """Partner EMR requests at a fixed rate (each on its own task, so a slow answer delays no other)."""
+    """Partner EMR requests at a fixed rate (each on its own task, so a slow answer delays no other),
+    about the children visited most recently (whose records were acknowledged last)."""
     headers = {"Authorization": f"Bearer {token}"}
     limits = httpx.Limits(max_connections=64)
     async with httpx.AsyncClient(timeout=30, headers=headers, limits=limits) as client:
 
         async def one(n: int) -> None:
             kind = READ_KINDS[n % 3]
-            patient, identifier = targets[(n // 3) % len(targets)]
+            patient, identifier = targets.pick(n // 3)
             path, params = {
                 "read": (f"/fhir/Patient/{patient}", {}),
                 "identifier": ("/fhir/Patient", {"identifier": identifier}),
@@ -439,15 +442,28 @@ async def _reader(deployment: Deployment, token: str, targets: list[tuple[str, s
         await asyncio.gather(*tasks)
 
 
-async def _targets(deployment: Deployment, token: str, patients: list[str]) -> list[tuple[str, str]]:
-    """(Patient id, ``system|value`` of its identifier) for a sample of the preloaded children."""
-    out = []
+@dataclass
+class Targets:
+    """The children the EMR asks about: by preload order, with the identifier system the CHT mapping gives them."""
+
+    patients: list[str]
+    system: str
+    visited: list[int] = field(default_factory=list)  # children of acknowledged records, in order
+
+    def pick(self, n: int) -> tuple[str, str]:
+        """(Patient id, ``system|value``) of one of the last 50 children visited (any child before the first visit)."""
+        recent = self.visited[-50:] or list(range(min(50, len(self.patients))))
+        child = recent[n % len(recent)]
+        return self.patients[child], f"{self.system}|{cht.person(child)['patient_id']}"
+
+
+async def _targets(deployment: Deployment, token: str, patients: list[str]) -> Targets:
+    """The preloaded children, and the identifier system of their CHT ``patient_id`` (read from the first)."""
     async with httpx.AsyncClient(timeout=30, headers={"Authorization": f"Bearer {token}"}) as client:
-        for pid in patients[:: max(1, len(patients) // 50)]:
-            patient = (await client.get(f"{deployment.apis[0].url}/fhir/Patient/{pid}")).json()
-            ident = patient["identifier"][0]
-            out.append((pid, f"{ident['system']}|{ident['value']}"))
-    return out
+        patient = (await client.get(f"{deployment.apis[0].url}/fhir/Patient/{patients[0]}")).json()
+    value = cht.person(0)["patient_id"]
+    (system,) = {i["system"] for i in patient["identifier"] if i.get("value") == value}
+    return Targets(patients, system)
 
 
 async def _load(deployment: Deployment, sandbox: Sandbox, tokens: dict[str, str], plan: Plan,
@@ -481,6 +497,7 @@ async def _load(deployment: Deployment, sandbox: Sandbox, tokens: dict[str, str]
             record.acked = time.time()
             record.latency = time.monotonic() - began
             record.event_uid = _event_uid(answer)
+            targets.visited.append(i % plan.persons)
 
     async def kill() -> None:
         await asyncio.sleep(max(0.0, start + plan.kill_at * plan.seconds - time.monotonic()))
