@@ -160,7 +160,8 @@ class Result:
     persons_delivered: int
     kill_window: tuple[float, float]  # s from the load's start: the kill, and both restarted
     load_seconds: float
-    bytes_per_record: float
+    bytes_per_record: float  # store growth per record, the audit's share left out
+    audit_bytes: float  # store growth of the audit trail (every request's AuditEvent)
     cores: dict[str, float]
     peak_rss_mb: dict[str, float]
     machine_cores: float
@@ -278,6 +279,60 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
+def _pg_client_ports(pids: list[int]) -> set[int]:
+    """Local ports of the TCP connections to PostgreSQL (port 5432) that processes ``pids`` hold."""
+    inodes: set[str] = set()
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    ports: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if cols[9] in inodes and int(cols[2].rsplit(":", 1)[1], 16) == 5432:
+                ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def _pg_backends(pids: list[int]) -> list[int]:
+    """PIDs of the PostgreSQL backends serving processes ``pids`` (other work on the server excluded)."""
+    ports = _pg_client_ports(pids)
+    if not ports:
+        return []
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        rows = conn.execute("SELECT pid, client_port FROM pg_stat_activity WHERE client_port IS NOT NULL").fetchall()
+    return [int(pid) for pid, port in rows if port in ports]
+
+
+def _store_bytes(store_url: str) -> tuple[int, float]:
+    """The schema's size in bytes, and the share of it taken by AuditEvent rows (each table's size split by
+    its share of AuditEvent rows: the audit grows with requests, reads included, not with records)."""
+    schema = store_url.split("schema=", 1)[1].split("&", 1)[0]
+    audit = 0.0
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        tables = [r[0] for r in conn.execute(
+            "SELECT table_name FROM information_schema.columns WHERE table_schema = %s AND column_name = 'rtype'",
+            (schema,)).fetchall()]  # fmt: skip
+        for table in tables:
+            name = f'"{schema}"."{table}"'
+            size, rows, audits = conn.execute(
+                "SELECT pg_total_relation_size(%s::regclass), count(*), count(*) FILTER (WHERE rtype = 'AuditEvent')"
+                f" FROM {name}",
+                (name,),
+            ).fetchone() or (0, 0, 0)
+            audit += size * audits / rows if rows else 0.0
+    return _schema_bytes(store_url), audit
+
+
 def _busy_ticks() -> tuple[int, int]:
     fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     return sum(fields) - fields[3] - fields[4], sum(fields)
@@ -295,21 +350,29 @@ class Deployment:
             api.wait_ready(120)
         self.cpu: dict[int, tuple[str, float]] = {}
         self.rss: dict[str, float] = {"api": 0.0, "worker": 0.0}
+        self.backends: set[int] = set()
 
     def _start(self, command: str) -> GatewayProcess:
         return GatewayProcess(self.config, self.folder, self.environ, command=command)
 
     def sample(self) -> None:
         """Record each live process's CPU seconds and its resident memory per role."""
+        live = []
         for role, group in (("api", self.apis), ("worker", self.workers)):
             for proc in group:
                 if proc.process.poll() is None:
+                    live.append(proc.process.pid)
                     self.cpu[proc.process.pid] = (role, _cpu_seconds(proc.process.pid))
                     self.rss[role] = max(self.rss[role], _rss_mb(proc.process.pid))
+        self.backends.update(_pg_backends(live))
+        for pid in self.backends:
+            seconds = _cpu_seconds(pid)
+            if seconds:  # an ended backend reads 0: keep its last sample
+                self.cpu[pid] = ("postgresql", seconds)
 
     def cpu_by_role(self) -> dict[str, float]:
         """CPU seconds used so far by API processes and by workers (killed ones up to their last sample)."""
-        out = {"api": 0.0, "worker": 0.0}
+        out = {"api": 0.0, "worker": 0.0, "postgresql": 0.0}
         for role, seconds in self.cpu.values():
             out[role] += seconds
         return out
@@ -474,7 +537,7 @@ async def _load(deployment: Deployment, sandbox: Sandbox, tokens: dict[str, str]
     await _wait(lambda: _settled(deployment, tokens["monitor"]), plan.drain_timeout, "the preload's delivery")
     targets = await _targets(deployment, tokens["emr"], patients)
     phases["preload delivery"] = time.monotonic() - mark - phases["preload"]
-    size_before = _schema_bytes(store_url)
+    size_before, audit_before = _store_bytes(store_url)
     times = send_times(plan)
     records = [Sent(due=t) for t in times]
     reads: list[Read] = []
@@ -540,11 +603,13 @@ async def _load(deployment: Deployment, sandbox: Sandbox, tokens: dict[str, str]
     machine = (busy_after[0] - busy_before[0]) / max(1, busy_after[1] - busy_before[1]) * (os.cpu_count() or 1)
     async with httpx.AsyncClient(timeout=60) as client:
         stats = (await client.get(f"{sandbox.url}/sandbox/stats")).json()
+    size_after, audit_after = _store_bytes(store_url)
     return Result(
         plan=plan, records=records, reads=reads, expected_events=expected, accepted=await _accepted(sandbox),
         stored=stats["stored"], persons_delivered=int(stats["stored"]["tracked_entity"]),
         kill_window=(kill_window[0], kill_window[1]), load_seconds=load_seconds,
-        bytes_per_record=(_schema_bytes(store_url) - size_before) / max(1, len(records)),
+        bytes_per_record=(size_after - audit_after - size_before + audit_before) / max(1, len(records)),
+        audit_bytes=audit_after - audit_before,
         cores=cores, peak_rss_mb=dict(deployment.rss), machine_cores=machine,
         sandbox_faults={k: int(v) for k, v in stats["faults"].items()},
         phases=phases,
@@ -612,11 +677,12 @@ def figures(result: Result) -> dict[str, float]:
         out[f"{kind} p50 ms"] = 1000 * pct(answered, 50)
         out[f"{kind} p99 ms"] = 1000 * pct(answered, 99)
     out["reads answered 200 (%)"] = 100 * sum(r.status == 200 for r in result.reads) / max(1, len(result.reads))
-    out["PostgreSQL bytes/record"] = result.bytes_per_record
-    out["PostgreSQL GB per 1M records"] = result.bytes_per_record * 1e6 / 1e9
+    out["PG bytes/record (no audit)"] = result.bytes_per_record
+    out["PG GB per 1M records (no audit)"] = result.bytes_per_record * 1e6 / 1e9
+    out["PG audit bytes/request"] = result.audit_bytes / max(1, len(result.reads) + len(result.records))
     for role, cores in result.cores.items():
         out[f"cores: {role}"] = cores
-    out["cores: whole machine"] = result.machine_cores
+    out["cores: whole machine (all work)"] = result.machine_cores
     for role, rss in result.peak_rss_mb.items():
         out[f"peak RSS per {role} MB"] = rss
     return out

@@ -13,7 +13,7 @@ from __future__ import annotations
 from bench.national_load import Plan, redis_prefix, run
 
 PLAN = Plan(scale=0.5, minutes=0.2, persons=10, reads_per_second=10, kill_at=0.3, down_for=1.0, retry_initial="0.2s",
-            retry_max="1s", lease="3s", drain_timeout=40)  # fmt: skip
+            retry_max="1s", lease="3s", drain_timeout=90)  # fmt: skip
 
 
 def test_no_record_is_lost_or_duplicated_across_kills_and_reads_are_answered(pg_schema_url: str) -> None:
