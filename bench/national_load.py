@@ -683,6 +683,9 @@ def figures(result: Result) -> dict[str, float]:
     for role, cores in result.cores.items():
         out[f"cores: {role}"] = cores
     out["cores: whole machine (all work)"] = result.machine_cores
+    busy = result.phases.get("load", 0.0) + result.phases.get("drain", 0.0)
+    for role in ("api", "worker", "postgresql"):
+        out[f"CPU ms/record: {role}"] = 1000 * result.cores.get(role, 0.0) * busy / max(1, len(result.records))
     for role, rss in result.peak_rss_mb.items():
         out[f"peak RSS per {role} MB"] = rss
     return out
