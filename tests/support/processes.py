@@ -44,9 +44,7 @@ class GatewayProcess:
     """``gateway serve --config CONFIG`` (or another ``command``, e.g. ``worker``) as a child process on a
     free port, its log in ``cwd``/<command>-N.log."""
 
-    def __init__(
-        self, config: Path, cwd: Path, environ: dict[str, str] | None = None, command: str = "serve"
-    ) -> None:
+    def __init__(self, config: Path, cwd: Path, environ: dict[str, str] | None = None, command: str = "serve") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "PYTHONPATH": str(ROOT), "GATEWAY_PORT": str(self.port), **(environ or {})}
