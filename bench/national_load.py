@@ -586,7 +586,15 @@ async def _load(deployment: Deployment, sandbox: Sandbox, tokens: dict[str, str]
 
     phases["load"] = time.monotonic() - start
     try:
-        await _wait(delivered, plan.drain_timeout, "every record at the DHIS2 sandbox")
+        try:
+            await _wait(delivered, plan.drain_timeout, "every record at the DHIS2 sandbox")
+        except RuntimeError as exc:
+            missing = expected - set(await _accepted(sandbox))
+            rows = await _destinations(deployment, tokens["monitor"])
+            logs = "".join(w.log.read_text()[-1500:] for w in deployment.workers)
+            raise RuntimeError(
+                f"{exc}: {len(missing)} of {len(expected)} missing; queue {rows}; workers: {logs}"
+            ) from None
         await _wait(lambda: _settled(deployment, tokens["monitor"]), plan.drain_timeout, "the queue to settle")
         phases["drain"] = time.monotonic() - start - phases["load"]
     finally:
