@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from dhis2_sandbox.context import StateDep
+from dhis2_sandbox.context import ApiError, StateDep
 from dhis2_sandbox.faults import FaultConfig, FaultMode, OutageWindow
 
 __all__ = ["router"]
@@ -71,6 +71,21 @@ def received(state: StateDep) -> dict[str, dict[str, int]]:
     for (kind, uid), count in sorted(state.received.items()):
         found[kind][uid] = count
     return found
+
+
+_KINDS = {"trackedEntities": "tracked_entity", "enrollments": "enrollment", "events": "event"}
+
+
+@router.get("/accepted/{kind}")
+def accepted(kind: str, state: StateDep) -> dict[str, str]:
+    """When each live tracker object of ``kind`` was first accepted (UTC ``YYYY-MM-DDTHH:MM:SS.mmm``), by UID.
+
+    A load test measures delivery lag here, at the destination: acceptance minus the source's commit.
+    """
+    table = _KINDS.get(kind)
+    if table is None:
+        raise ApiError(404, f"Unknown kind: {kind} (one of {', '.join(_KINDS)})")
+    return state.store.accepted_at(table)
 
 
 @router.post("/reset")

@@ -175,6 +175,14 @@ class SandboxStore:
             ).fetchall()
         return [orjson.loads(row[0]) for row in rows], int(total)
 
+    def accepted_at(self, table: str) -> dict[str, str]:
+        """When each live object of ``table`` was first accepted (UTC, ms), by UID."""
+        if table not in _TABLES:
+            raise ValueError(table)
+        with self._lock:
+            rows = self._db.execute(f"SELECT uid, created_at FROM {table} WHERE deleted = 0").fetchall()
+        return {row[0]: row[1] for row in rows}
+
     def counts(self) -> dict[str, int]:
         """Number of live rows per table."""
         out: dict[str, int] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -77,3 +78,20 @@ def test_seeded_schedules_repeat() -> None:
 def test_fault_rates_cannot_exceed_one() -> None:
     with pytest.raises(ValidationError):
         FaultConfig(error_rate=0.6, proxy_error_rate=0.6)
+
+
+async def test_accepted_times_are_first_acceptance_even_when_the_answer_was_lost(served: Served, demo: Demo) -> None:
+    server = served(faults=FaultConfig(error_rate=1.0, after_commit_share=1.0))
+    async with client_for(server) as client:
+        before = datetime.now(UTC).replace(tzinfo=None)
+        assert (await client.post("/api/tracker", params={"async": "false"}, json=demo.bundle(1))).status_code == 500
+        after = datetime.now(UTC).replace(tzinfo=None)
+        await client.put("/sandbox/faults", json={})
+        first = (await client.get("/sandbox/accepted/events")).json()
+        assert set(first) == {"Aev00000000"}
+        assert before - timedelta(milliseconds=1) <= datetime.fromisoformat(first["Aev00000000"]) <= after
+        time.sleep(0.01)
+        assert (await client.post("/api/tracker", params={"async": "false"}, json=demo.bundle(1))).status_code == 200
+        assert (await client.get("/sandbox/accepted/events")).json() == first  # a repeat is not a new acceptance
+        assert len((await client.get("/sandbox/accepted/trackedEntities")).json()) == 1
+        assert (await client.get("/sandbox/accepted/dataValues")).status_code == 404

@@ -41,17 +41,18 @@ def wait_healthy(base: str, process: subprocess.Popen[str], timeout: float = 60.
 
 
 class GatewayProcess:
-    """``gateway serve --config CONFIG`` as a child process on a free port, its log in ``cwd``/serve-N.log."""
+    """``gateway serve --config CONFIG`` (or another ``command``, e.g. ``worker``) as a child process on a
+    free port, its log in ``cwd``/<command>-N.log."""
 
-    def __init__(self, config: Path, cwd: Path, environ: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path, cwd: Path, environ: dict[str, str] | None = None, command: str = "serve") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "PYTHONPATH": str(ROOT), "GATEWAY_PORT": str(self.port), **(environ or {})}
         env.pop("GATEWAY_CONFIG", None)
-        self.log = cwd / f"serve-{self.port}.log"
+        self.log = cwd / f"{command}-{self.port}.log"
         with self.log.open("w") as log:
             self.process: subprocess.Popen[str] = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+                [sys.executable, "-m", "gateway", command, "--config", str(config)],
                 cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True,
             )  # fmt: skip
 
