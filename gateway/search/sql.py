@@ -66,8 +66,29 @@ def count_sql(query: SearchQuery) -> tuple[str, Params]:
     return f"SELECT COUNT(*) FROM resources r WHERE {where}", params
 
 
-def match_set(query: SearchQuery) -> tuple[str, Params]:
-    """Row ids of the resources the positive index criteria select ("" when there are none).
+def capped_count_sql(query: SearchQuery, cap: int) -> tuple[str, Params]:
+    """SQL answering ``(rows read, distinct matches among them)`` after reading at most ``cap + 1``
+    match rows: its cost has a bound whatever the store holds.
+
+    Fewer rows than ``cap + 1`` means every match was read and the second figure is the exact
+    count. The index rows are read without ``DISTINCT``: removing repeats over the whole set
+    (a hash or a sort) is what made a count cost the number of matches even under a limit.
+    """
+    matched, matched_params = match_set(query, distinct=False)
+    rest, _ = _resource_filters(query, "r")
+    if matched and not rest:
+        sql, params = f"SELECT m.rid FROM ({matched}) m", matched_params
+        if query.snapshot is not None:
+            sql, params = f"{sql} WHERE m.rid <= ?", [*params, query.snapshot]
+    else:
+        where, params = where_clause(query)
+        sql = f"SELECT r.rid FROM resources r WHERE {where}"
+    return f"SELECT COUNT(*), COUNT(DISTINCT c.rid) FROM ({sql} LIMIT ?) c", [*params, cap + 1]
+
+
+def match_set(query: SearchQuery, *, distinct: bool = True) -> tuple[str, Params]:
+    """Row ids of the resources the positive index criteria select ("" when there are none);
+    ``distinct=False`` may list a row id more than once (cheaper when only some rows are read).
 
     Selective criteria (tokens, references, string prefixes, number equality, chains)
     are intersected; broad ones (date ranges, ``:contains``, ``:missing=false``, number
@@ -86,7 +107,7 @@ def match_set(query: SearchQuery) -> tuple[str, Params]:
     visible = visible_rids(query.policy, query.rtype)
     # A resource has one index row per matching value and path (name.text and name.given both
     # holding "Thabo"): INTERSECT removes the repeats, a set standing alone needs DISTINCT.
-    alone = len(driving) == 1 and visible is None
+    alone = distinct and len(driving) == 1 and visible is None
     for criterion in driving:
         part, part_params = rid_set(query.rtype, criterion, query.policy, distinct=alone)
         parts.append(part)
@@ -153,7 +174,8 @@ def page_sql(query: SearchQuery, columns: str) -> tuple[str, Params]:
         snapshot = ""
         params = list(matched_params)
         if query.snapshot is not None:
-            snapshot = " WHERE p.rid <= ?"
+            # "+ 0": the snapshot bound must not lure SQLite into walking the whole row-id index.
+            snapshot = " WHERE p.rid + 0 <= ?"
             params.append(query.snapshot)
         sql = (
             f"SELECT {columns} FROM resources r WHERE r.rid IN (SELECT p.rid FROM ({matched}) p{snapshot}"
@@ -164,6 +186,32 @@ def page_sql(query: SearchQuery, columns: str) -> tuple[str, Params]:
     order, order_params = order_by(query)
     sql = f"SELECT {columns} FROM resources r WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?"
     return sql, [*params, *order_params, query.count, query.offset]
+
+
+def rid_walk_sql(query: SearchQuery) -> tuple[str, Params] | None:
+    """For an unsorted search on one index criterion: SQL reading its index rows in row-id order
+    (the default order of results) up to a row limit given last, or None for other searches.
+
+    Sorting every match by row id costs the number of matches; walking the row-id index costs
+    the page size over the share of rows that match, small for a broad criterion (a category,
+    a gender) at any store size. ``x.rtype || ''`` keeps SQLite off the criterion's value index.
+    """
+    if query.sort or query.ids or query.last_updated or len(query.criteria) != 1:
+        return None
+    c = query.criteria[0]
+    if not _is_positive(c) or c.chain is not None or c.has is not None or c.missing is not None:
+        return None
+    if visible_rids(query.policy, query.rtype) is not None:
+        return None
+    ors: list[str] = []
+    params: Params = [query.snapshot if query.snapshot is not None else 2**62, query.rtype, c.param.code]
+    for value in c.values:
+        cond, cond_params = _value_sql(c, value)
+        ors.append(cond)
+        params.extend(cond_params)
+    sql = (f"SELECT x.rid FROM {TABLES[c.param.table]} x WHERE x.rid <= ? AND x.rtype || '' = ? AND x.param = ?"
+           f" AND ({' OR '.join(ors)}) ORDER BY x.rid LIMIT ?")
+    return sql, params
 
 
 def _is_positive(c: Criterion) -> bool:
@@ -281,7 +329,9 @@ def _range_date(lo: str, hi: str, v: DateValue) -> tuple[str, Params]:
     # Both sides are ranges [low, high); the rules follow R4 search.html#prefix.
     p = v.prefix
     if p == "eq":
-        return f"({lo} >= ? AND {hi} <= ?)", [v.low, v.high]
+        # lo <= hi, so hi <= high bounds lo too: the (lo) index range then ends at high
+        # instead of running to the newest date.
+        return f"({lo} >= ? AND {lo} <= ? AND {hi} <= ?)", [v.low, v.high, v.high]
     if p == "ne":
         return f"NOT ({lo} >= ? AND {hi} <= ?)", [v.low, v.high]
     if p == "gt":

@@ -25,6 +25,7 @@ from gateway.search import (
     SearchError,
     SearchQuery,
     SearchRegistry,
+    capped_count_sql,
     count_sql,
     date_sort_plan,
     date_sort_walk,
@@ -32,6 +33,7 @@ from gateway.search import (
     from_epoch,
     index_rows,
     page_sql,
+    rid_walk_sql,
     subtree_sql,
     visible_probe,
     visible_rows,
@@ -262,9 +264,17 @@ class SqlStore(ExportJobs, SubscriptionRows):
         query.policy = self.resolve_policy(cur, query.policy)
         total: int | None = None
         if query.total != "none" or query.count == 0 or query.summary == "count":
-            count, count_params = count_sql(query)
-            cur.execute(self.q(count), count_params)
-            total = int(cur.fetchone()[0])
+            # An estimate is exact up to the cap and absent above it (FHIR lets a server leave
+            # Bundle.total out); a count asked for by name is exact, whatever it costs.
+            if query.total == "accurate" or query.count == 0 or query.summary == "count":
+                count, count_params = count_sql(query)
+                cur.execute(self.q(count), count_params)
+                total = int(cur.fetchone()[0])
+            else:
+                count, count_params = capped_count_sql(query, query.total_cap)
+                cur.execute(self.q(count), count_params)
+                read, matches = cur.fetchone()
+                total = int(matches) if int(read) <= query.total_cap else None
         if query.count == 0 or query.summary == "count":
             return SearchResult([], total, snapshot=query.snapshot)
         need = query.offset + query.count
@@ -274,7 +284,12 @@ class SqlStore(ExportJobs, SubscriptionRows):
             else None
         )
         walk = date_sort_walk(query) if plan is None else None
-        if plan is not None:
+        # Many matches (more than counted, or not counted): the first page is near in row-id order.
+        by_rid = rid_walk_sql(query) if total is None and plan is None and walk is None else None
+        rows = self._rid_walk_page(cur, query, *by_rid) if by_rid is not None else None
+        if rows is not None:
+            pass
+        elif plan is not None:
             rows = self._bounded_walk_page(cur, query, plan)
         elif walk is not None:
             rows = self._walk_page(cur, query, *walk)
@@ -321,6 +336,18 @@ class SqlStore(ExportJobs, SubscriptionRows):
         if len(ordered) >= need:
             return self._rows_in_order(cur, ordered[query.offset : need])
         return self._rows_in_order(cur, self._by_match(cur, query, plan.by_match[driver]))
+
+    def _rid_walk_page(self, cur: Cursor, query: SearchQuery, sql: str, params: list[Any]) -> list[Any] | None:
+        """One page in row-id order from at most ``SORT_WALK_MIN`` (or 50 per row of the page) index
+        rows (see ``rid_walk_sql``); None when they hold too few matches (a narrow criterion)."""
+        need = query.offset + query.count
+        limit = max(self.SORT_WALK_MIN, need * self.SORT_WALK_PER_ROW)
+        cur.execute(self.q(sql), (*params, limit))
+        walked = [row[0] for row in cur.fetchall()]
+        ordered = list(dict.fromkeys(walked))
+        if len(ordered) < need and len(walked) == limit:
+            return None
+        return self._rows_in_order(cur, ordered[query.offset : need])
 
     def _by_match(self, cur: Cursor, query: SearchQuery, sql_params: tuple[str, list[Any]]) -> list[Any]:
         sql, params = sql_params
