@@ -389,7 +389,7 @@ def _number(v: NumberValue) -> tuple[str, Params]:
 
 
 def date_sort_walk(query: SearchQuery) -> tuple[str, Params, str, Params] | None:
-    """For ``_sort`` on one date parameter: SQL walking the date index in sort order.
+    """For ``_sort`` on one date or string parameter: SQL walking its index in sort order.
 
     Sorting every match by a correlated MAX/MIN costs one probe per match; walking the
     (rtype, param, hi|lo) index in order and keeping the matching rows stops after one
@@ -400,7 +400,7 @@ def date_sort_walk(query: SearchQuery) -> tuple[str, Params, str, Params] | None
     if len(query.sort) != 1:
         return None
     key = query.sort[0]
-    if key.param is None or key.param.table != "date":
+    if key.param is None or key.param.table not in ("date", "string"):
         return None
     rest, _ = _resource_filters(query, "r")
     if rest:
@@ -409,16 +409,19 @@ def date_sort_walk(query: SearchQuery) -> tuple[str, Params, str, Params] | None
     if not matched:
         matched = "SELECT a.rid FROM resources a WHERE a.rtype = ? AND a.deleted = 0"
         matched_params = [query.rtype]
+    table = TABLES[key.param.table]
     column, direction = ("hi", "DESC") if key.descending else ("lo", "ASC")
+    if key.param.table == "string":  # the first value seen in sort order is MIN (ascending) or MAX
+        column = "norm"
     snapshot, snapshot_params = ("", []) if query.snapshot is None else (" AND d.rid <= ?", [query.snapshot])
     walk = (
-        f"SELECT d.rid FROM idx_date d WHERE d.rtype = ? AND d.param = ? AND d.rid IN ({matched}){snapshot}"
+        f"SELECT d.rid FROM {table} d WHERE d.rtype = ? AND d.param = ? AND d.rid IN ({matched}){snapshot}"
         f" ORDER BY d.{column} {direction}, d.rid {direction} LIMIT ?"
     )
     walk_params: Params = [query.rtype, key.param.code, *matched_params, *snapshot_params]
     snapshot_m = "" if query.snapshot is None else " AND m.rid <= ?"
     missing = (
-        f"SELECT m.rid FROM ({matched}) m WHERE m.rid NOT IN (SELECT e.rid FROM idx_date e WHERE e.rtype = ?"
+        f"SELECT m.rid FROM ({matched}) m WHERE m.rid NOT IN (SELECT e.rid FROM {table} e WHERE e.rtype = ?"
         f" AND e.param = ?){snapshot_m} ORDER BY m.rid LIMIT ? OFFSET ?"
     )
     missing_params: Params = [*matched_params, query.rtype, key.param.code, *snapshot_params]

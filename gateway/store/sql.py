@@ -366,7 +366,7 @@ class SqlStore(ExportJobs, SubscriptionRows):
         self, cur: Cursor, query: SearchQuery, walk: str, walk_params: list[Any], missing: str,
         missing_params: list[Any],
     ) -> list[Any]:
-        """One page ordered by a date parameter, by walking its index (see ``date_sort_walk``)."""
+        """One page ordered by a date or string parameter, by walking its index (see ``date_sort_walk``)."""
         need = query.offset + query.count
         limit = need * 2 + 16
         while True:

@@ -85,3 +85,19 @@ def test_a_walk_that_finds_too_few_matches_falls_back_to_sorting_them(store: Res
     # Five males among 25: the first 4 rows walked hold none, so the page comes from the sorted matches.
     assert page_ids(store, ("gender", "male"), ("_total", "none")) == males[:2]
     assert page_ids(store, ("gender", "male"), ("_total", "none"), ("_offset", "4")) == males[4:]
+
+
+def test_sort_by_a_string_walks_its_index_lowest_first_or_highest_first(store: ResourceStore) -> None:
+    names = [["Okoth"], ["Adongo", "Wafula"], ["Mutua"], [], ["Baraka", "Zuma"], ["Chege"]]
+    with store.transaction() as tx:
+        made = [tx.create({"resourceType": "Patient", "gender": "other",
+                           "name": [{"family": n} for n in family]}).resource.id for family in names]
+    by = dict(zip(made, names, strict=True))
+    named = [rid for rid in made if by[rid]]
+    ascending = sorted(named, key=lambda rid: min(by[rid])) + [rid for rid in made if not by[rid]]
+    descending = sorted(named, key=lambda rid: max(by[rid]), reverse=True) + [rid for rid in made if not by[rid]]
+    for sort, want in (("family", ascending), ("-family", descending)):
+        got: list[str] = []
+        for offset in range(0, 6, 2):
+            got += page_ids(store, ("gender", "other"), ("_sort", sort), ("_offset", str(offset)))
+        assert got == want, sort
