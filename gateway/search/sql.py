@@ -188,13 +188,15 @@ def page_sql(query: SearchQuery, columns: str) -> tuple[str, Params]:
     return sql, [*params, *order_params, query.count, query.offset]
 
 
-def rid_walk_sql(query: SearchQuery) -> tuple[str, Params] | None:
+def rid_walk_sql(query: SearchQuery, *, steer: bool = False) -> tuple[str, Params] | None:
     """For an unsorted search on one index criterion: SQL reading its index rows in row-id order
     (the default order of results) up to a row limit given last, or None for other searches.
 
     Sorting every match by row id costs the number of matches; walking the row-id index costs
     the page size over the share of rows that match, small for a broad criterion (a category,
-    a gender) at any store size. ``x.rtype || ''`` keeps SQLite off the criterion's value index.
+    a gender) at any store size. ``steer`` writes ``x.rtype || ''`` to keep SQLite's planner
+    off the criterion's value index; PostgreSQL's planner weighs the two by its statistics
+    (the expression would hide them from it).
     """
     if query.sort or query.ids or query.last_updated or len(query.criteria) != 1:
         return None
@@ -209,7 +211,8 @@ def rid_walk_sql(query: SearchQuery) -> tuple[str, Params] | None:
         cond, cond_params = _value_sql(c, value)
         ors.append(cond)
         params.extend(cond_params)
-    sql = (f"SELECT x.rid FROM {TABLES[c.param.table]} x WHERE x.rid <= ? AND x.rtype || '' = ? AND x.param = ?"
+    rtype = "x.rtype || ''" if steer else "x.rtype"
+    sql = (f"SELECT x.rid FROM {TABLES[c.param.table]} x WHERE x.rid <= ? AND {rtype} = ? AND x.param = ?"
            f" AND ({' OR '.join(ors)}) ORDER BY x.rid LIMIT ?")
     return sql, params
 

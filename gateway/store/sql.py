@@ -284,9 +284,10 @@ class SqlStore(ExportJobs, SubscriptionRows):
             else None
         )
         walk = date_sort_walk(query) if plan is None else None
-        # Many matches (more than counted, or not counted): the first page is near in row-id order.
-        by_rid = rid_walk_sql(query) if total is None and plan is None and walk is None else None
-        rows = self._rid_walk_page(cur, query, *by_rid) if by_rid is not None else None
+        by_rid = rid_walk_sql(query, steer=self.dialect == "sqlite") if plan is None and walk is None else None
+        rows: list[Any] | None = None
+        if by_rid is not None and total is None and self._many_matches(cur, query):
+            rows = self._rid_walk_page(cur, query, *by_rid)
         if rows is not None:
             pass
         elif plan is not None:
@@ -337,17 +338,29 @@ class SqlStore(ExportJobs, SubscriptionRows):
             return self._rows_in_order(cur, ordered[query.offset : need])
         return self._rows_in_order(cur, self._by_match(cur, query, plan.by_match[driver]))
 
-    def _rid_walk_page(self, cur: Cursor, query: SearchQuery, sql: str, params: list[Any]) -> list[Any] | None:
-        """One page in row-id order from at most ``SORT_WALK_MIN`` (or 50 per row of the page) index
-        rows (see ``rid_walk_sql``); None when they hold too few matches (a narrow criterion)."""
+    def _many_matches(self, cur: Cursor, query: SearchQuery) -> bool:
+        """More than ``total_cap`` matches? (Known already when an estimated total was left out.)"""
+        if query.total != "none":
+            return True
+        count, count_params = capped_count_sql(query, query.total_cap)
+        cur.execute(self.q(count), count_params)
+        return int(cur.fetchone()[0]) > query.total_cap
+
+    def _rid_walk_page(self, cur: Cursor, query: SearchQuery, sql: str, params: list[Any]) -> list[Any]:
+        """One page in row-id order by walking the criterion's row-id index (see ``rid_walk_sql``).
+
+        Only for more than ``total_cap`` matches: the walk then reads at most about the page over
+        their share of the type's rows, where sorting them all would cost every match.
+        """
         need = query.offset + query.count
-        limit = max(self.SORT_WALK_MIN, need * self.SORT_WALK_PER_ROW)
-        cur.execute(self.q(sql), (*params, limit))
-        walked = [row[0] for row in cur.fetchall()]
-        ordered = list(dict.fromkeys(walked))
-        if len(ordered) < need and len(walked) == limit:
-            return None
-        return self._rows_in_order(cur, ordered[query.offset : need])
+        limit = need * 2 + 16  # a resource may have several rows (two names both matching)
+        while True:
+            cur.execute(self.q(sql), (*params, limit))
+            walked = [row[0] for row in cur.fetchall()]
+            ordered = list(dict.fromkeys(walked))
+            if len(ordered) >= need or len(walked) < limit:
+                return self._rows_in_order(cur, ordered[query.offset : need])
+            limit *= 4
 
     def _by_match(self, cur: Cursor, query: SearchQuery, sql_params: tuple[str, list[Any]]) -> list[Any]:
         sql, params = sql_params

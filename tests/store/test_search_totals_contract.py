@@ -7,7 +7,6 @@ from __future__ import annotations
 from gateway.search.query import QueryParser, SearchLimits
 from gateway.search.registry import default_registry
 from gateway.store import ResourceStore
-from gateway.store.sql import SqlStore
 from tests.store.helpers import patient
 
 CAP = 3
@@ -75,16 +74,19 @@ def test_pages_of_a_criterion_with_many_matches_are_in_row_id_order(store: Resou
     assert page_ids(store, ("gender", "female"), ("_offset", "20")) == []
 
 
-def test_a_walk_that_finds_too_few_matches_falls_back_to_sorting_them(store: ResourceStore) -> None:
-    assert isinstance(store, SqlStore)
-    store.SORT_WALK_MIN, store.SORT_WALK_PER_ROW = 4, 1  # walk 4 index rows at most
+def test_pages_without_a_total_are_in_row_id_order_for_few_and_many_matches(store: ResourceStore) -> None:
     with store.transaction() as tx:
-        made = [tx.create(patient("Sparse", gender="male" if i % 5 == 4 else "female")).resource.id
-                for i in range(25)]
-    males = [rid for i, rid in enumerate(made) if i % 5 == 4]
-    # Five males among 25: the first 4 rows walked hold none, so the page comes from the sorted matches.
+        made = [tx.create(patient("Sparse", gender=("male", "other", "female", "female", "female")[i % 5])
+                          ).resource.id for i in range(25)]
+    males = [rid for i, rid in enumerate(made) if i % 5 == 0]  # 5: more than the cap, walked
+    others = [rid for i, rid in enumerate(made) if i % 5 == 1]
     assert page_ids(store, ("gender", "male"), ("_total", "none")) == males[:2]
     assert page_ids(store, ("gender", "male"), ("_total", "none"), ("_offset", "4")) == males[4:]
+    assert page_ids(store, ("gender", "other"), ("_total", "none"), ("_offset", "1")) == others[1:3]
+    assert page_ids(store, ("gender", "unknown"), ("_total", "none")) == []
+    with store.transaction() as tx:
+        few = [tx.create(patient("Few", gender="unknown")).resource.id for _ in range(CAP - 1)]
+    assert page_ids(store, ("gender", "unknown"), ("_total", "none")) == few  # not more than the cap: sorted
 
 
 def test_sort_by_a_string_walks_its_index_lowest_first_or_highest_first(store: ResourceStore) -> None:
