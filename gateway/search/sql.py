@@ -194,9 +194,9 @@ def rid_walk_sql(query: SearchQuery, *, steer: bool = False) -> tuple[str, Param
 
     Sorting every match by row id costs the number of matches; walking the row-id index costs
     the page size over the share of rows that match, small for a broad criterion (a category,
-    a gender) at any store size. ``steer`` writes ``x.rtype || ''`` to keep SQLite's planner
-    off the criterion's value index; PostgreSQL's planner weighs the two by its statistics
-    (the expression would hide them from it).
+    a gender) at any store size. ``steer`` names the row-id index (``INDEXED BY``, SQLite only):
+    SQLite's planner otherwise skip-scans the value index and sorts; PostgreSQL's weighs the
+    two by its statistics.
     """
     if query.sort or query.ids or query.last_updated or len(query.criteria) != 1:
         return None
@@ -211,8 +211,9 @@ def rid_walk_sql(query: SearchQuery, *, steer: bool = False) -> tuple[str, Param
         cond, cond_params = _value_sql(c, value)
         ors.append(cond)
         params.extend(cond_params)
-    rtype = "x.rtype || ''" if steer else "x.rtype"
-    sql = (f"SELECT x.rid FROM {TABLES[c.param.table]} x WHERE x.rid <= ? AND {rtype} = ? AND x.param = ?"
+    table = TABLES[c.param.table]
+    source = f"{table} x INDEXED BY {table}_rid" if steer else f"{table} x"
+    sql = (f"SELECT x.rid FROM {source} WHERE x.rid <= ? AND x.rtype = ? AND x.param = ?"
            f" AND ({' OR '.join(ors)}) ORDER BY x.rid LIMIT ?")
     return sql, params
 
@@ -391,14 +392,16 @@ def _number(v: NumberValue) -> tuple[str, Params]:
     return "x.value >= ? AND x.value <= ?", [v.value - width, v.value + width]
 
 
-def date_sort_walk(query: SearchQuery) -> tuple[str, Params, str, Params] | None:
+def date_sort_walk(query: SearchQuery, *, steer: bool = False) -> tuple[str, Params, str, Params] | None:
     """For ``_sort`` on one date or string parameter: SQL walking its index in sort order.
 
     Sorting every match by a correlated MAX/MIN costs one probe per match; walking the
     (rtype, param, hi|lo) index in order and keeping the matching rows stops after one
     page. Returns the walk (limit to be appended as the last parameter) and the SQL for
     matches without the parameter, which sort last (offset and limit appended). None when
-    the query does not have this shape.
+    the query does not have this shape. Without criteria the walk filters nothing: a deleted
+    resource has no index rows. ``steer`` (SQLite) keeps the planner from probing the
+    row-id index for each match and sorting, instead of walking the value index in order.
     """
     if len(query.sort) != 1:
         return None
@@ -409,7 +412,8 @@ def date_sort_walk(query: SearchQuery) -> tuple[str, Params, str, Params] | None
     if rest:
         return None
     matched, matched_params = match_set(query)
-    if not matched:
+    every = not matched
+    if every:
         matched = "SELECT a.rid FROM resources a WHERE a.rtype = ? AND a.deleted = 0"
         matched_params = [query.rtype]
     table = TABLES[key.param.table]
@@ -417,11 +421,12 @@ def date_sort_walk(query: SearchQuery) -> tuple[str, Params, str, Params] | None
     if key.param.table == "string":  # the first value seen in sort order is MIN (ascending) or MAX
         column = "norm"
     snapshot, snapshot_params = ("", []) if query.snapshot is None else (" AND d.rid <= ?", [query.snapshot])
+    among = "" if every else f" AND d.rid{' + 0' if steer else ''} IN ({matched})"
     walk = (
-        f"SELECT d.rid FROM {table} d WHERE d.rtype = ? AND d.param = ? AND d.rid IN ({matched}){snapshot}"
+        f"SELECT d.rid FROM {table} d WHERE d.rtype = ? AND d.param = ?{among}{snapshot}"
         f" ORDER BY d.{column} {direction}, d.rid {direction} LIMIT ?"
     )
-    walk_params: Params = [query.rtype, key.param.code, *matched_params, *snapshot_params]
+    walk_params: Params = [query.rtype, key.param.code, *([] if every else matched_params), *snapshot_params]
     snapshot_m = "" if query.snapshot is None else " AND m.rid <= ?"
     missing = (
         f"SELECT m.rid FROM ({matched}) m WHERE m.rid NOT IN (SELECT e.rid FROM {table} e WHERE e.rtype = ?"

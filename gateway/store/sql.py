@@ -283,7 +283,7 @@ class SqlStore(ExportJobs, SubscriptionRows):
             if self.bounded_sort
             else None
         )
-        walk = date_sort_walk(query) if plan is None else None
+        walk = date_sort_walk(query, steer=self.dialect == "sqlite") if plan is None else None
         by_rid = rid_walk_sql(query, steer=self.dialect == "sqlite") if plan is None and walk is None else None
         rows: list[Any] | None = None
         if by_rid is not None and total is None and self._many_matches(cur, query):
