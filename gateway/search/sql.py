@@ -35,12 +35,14 @@ TABLES = {
 _MAX_CHAR = "\U0010ffff"
 
 
-def where_clause(query: SearchQuery, alias: str = "r") -> tuple[str, Params]:
-    """The WHERE clause (without the keyword) selecting a query's live matches."""
+def where_clause(query: SearchQuery, alias: str = "r", *, few: bool = False) -> tuple[str, Params]:
+    """The WHERE clause (without the keyword) selecting a query's live matches; ``few``: the
+    snapshot bound is written so it does not steer the planner onto the row-id index (the
+    matches are few, so another index, e.g. ``_lastUpdated``'s, finds them sooner)."""
     sql = [f"{alias}.rtype = ?", f"{alias}.deleted = 0"]
     params: Params = [query.rtype]
     if query.snapshot is not None:
-        sql.append(f"{alias}.rid <= ?")
+        sql.append(f"{alias}.rid + 0 <= ?" if few else f"{alias}.rid <= ?")
         params.append(query.snapshot)
     matched, matched_params = match_set(query)
     if matched:
@@ -81,7 +83,7 @@ def capped_count_sql(query: SearchQuery, cap: int) -> tuple[str, Params]:
         if query.snapshot is not None:
             sql, params = f"{sql} WHERE m.rid <= ?", [*params, query.snapshot]
     else:
-        where, params = where_clause(query)
+        where, params = where_clause(query, few=True)
         sql = f"SELECT r.rid FROM resources r WHERE {where}"
     return f"SELECT COUNT(*), COUNT(DISTINCT c.rid) FROM ({sql} LIMIT ?) c", [*params, cap + 1]
 
@@ -164,8 +166,9 @@ def _probe(c: Criterion, alias: str, *, per_row: bool = False) -> tuple[str, Par
     return f"{base} AND ({' OR '.join(ors)}){tail}", params
 
 
-def page_sql(query: SearchQuery, columns: str) -> tuple[str, Params]:
-    """SQL for one page of matches, in the requested order."""
+def page_sql(query: SearchQuery, columns: str, *, few: bool = False) -> tuple[str, Params]:
+    """SQL for one page of matches, in the requested order; ``few``: the matches are known to be
+    few (sorting them all is cheap; walking the row-id index in order is not)."""
     matched, matched_params = match_set(query)
     rest, _ = _resource_filters(query, "r")
     if matched and not rest and not query.sort:
@@ -182,8 +185,9 @@ def page_sql(query: SearchQuery, columns: str) -> tuple[str, Params]:
             " ORDER BY p.rid LIMIT ? OFFSET ?) ORDER BY r.rid"
         )
         return sql, [*params, query.count, query.offset]
-    where, params = where_clause(query)
-    order, order_params = order_by(query)
+    few = few and not query.sort
+    where, params = where_clause(query, few=few)
+    order, order_params = ("r.rid + 0", []) if few else order_by(query)
     sql = f"SELECT {columns} FROM resources r WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?"
     return sql, [*params, *order_params, query.count, query.offset]
 

@@ -295,7 +295,8 @@ class SqlStore(ExportJobs, SubscriptionRows):
         elif walk is not None:
             rows = self._walk_page(cur, query, *walk)
         else:
-            page_query, page_params = page_sql(query, f"{COLUMNS}, r.rid")
+            few = total is not None and total <= query.total_cap
+            page_query, page_params = page_sql(query, f"{COLUMNS}, r.rid", few=few)
             cur.execute(self.q(page_query), page_params)
             rows = cur.fetchall()
         page = [to_resource(row) for row in rows]
