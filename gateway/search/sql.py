@@ -95,11 +95,17 @@ def match_set(query: SearchQuery, *, distinct: bool = True) -> tuple[str, Params
     Selective criteria (tokens, references, string prefixes, number equality, chains)
     are intersected; broad ones (date ranges, ``:contains``, ``:missing=false``, number
     ranges) become per-candidate ``EXISTS`` probes on the row-id index, because computing
-    their full sets (most of a table) costs far more than probing the few candidates.
+    their full sets (most of a table) costs far more than probing the few candidates. A
+    reference to one resource (a patient, an encounter) selects a handful of rows at any
+    store size, while a code or a category selects a share of the store: beside such a
+    reference, the plain token and string criteria are probed too rather than intersected.
     """
     positive = [c for c in query.criteria if _is_positive(c)]
     driving = [c for c in positive if _selective(c)]
     filters = [c for c in positive if not _selective(c)]
+    if any(_one_target(c) for c in driving):
+        filters += [c for c in driving if not _one_target(c) and c.chain is None and c.has is None]
+        driving = [c for c in driving if _one_target(c) or c.chain is not None or c.has is not None]
     if not driving and filters:
         driving, filters = filters[:1], filters[1:]
     parts: list[str] = []
@@ -128,6 +134,12 @@ def match_set(query: SearchQuery, *, distinct: bool = True) -> tuple[str, Params
         probes.append(probe)
         params.extend(probe_params)
     return f"SELECT m0.rid FROM ({sql}) m0 WHERE {' AND '.join(probes)}", params
+
+
+def _one_target(c: Criterion) -> bool:
+    """A plain reference criterion naming its targets (``patient=X``, ``subject=Patient/X``)."""
+    return (c.param.table == "reference" and c.chain is None and c.has is None and c.modifier is None
+            and c.missing is None)
 
 
 def _selective(c: Criterion) -> bool:
