@@ -300,20 +300,24 @@ def print_step(label: str, total: int, row: Row) -> None:
 
 
 def growth(label: str, steps: list[tuple[int, Row]]) -> None:
-    """Per figure: the values at each size and the ratio from the second-largest to the largest."""
+    """Per figure: p50 (or the value) and p99 at each size, and their ratios from the second-largest
+    to the largest size (worse / better; flagged above ``FLAG``)."""
     if len(steps) < 2:
         return
     (n0, before), (n1, after) = steps[-2], steps[-1]
-    print(f"\n== {label}: growth {n0:,} → {n1:,} resources (flag: worse by more than {FLAG}x) ==")
-    sizes = "".join(f" {n:>10,}" for n, _ in steps)
-    print(f"{'figure (p50; p99 for searches)':36}{sizes} {'ratio':>7}")
+    print(f"\n== {label}: growth {n0:,} → {n1:,} resources (ratio = how many times worse; flag > {FLAG}x) ==")
+    sizes = "".join(f" {f'p50 {n:,}':>12}" for n, _ in steps) + "".join(f" {f'p99 {n:,}':>12}" for n, _ in steps)
+    print(f"{'figure':36}{sizes} {'p50 x':>7} {'p99 x':>7}")
     for name in after:
-        higher_is_better = name == "load resources/s"
-        pick = 0 if name in ("load resources/s", "bytes/resource", "WAL MB", "WAL bytes/resource") else 1
-        values = "".join(f" {r[name][pick]:10.2f}" for _, r in steps)
-        was, now = before[name][pick], after[name][pick]
-        ratio = (was / now if higher_is_better else now / was) if was and now else 0.0
-        print(f"{name:36}{values} {ratio:6.2f}x{'  !' if ratio > FLAG else ''}")
+        single = name in ("load resources/s", "bytes/resource", "WAL MB", "WAL bytes/resource")
+        values = "".join(f" {r[name][0]:12.2f}" for _, r in steps)
+        values += "".join(f" {'':>12}" if single else f" {r[name][1]:12.2f}" for _, r in steps)
+        ratios = []
+        for pick in (0,) if single else (0, 1):
+            was, now = before[name][pick], after[name][pick]
+            ratios.append((was / now if name == "load resources/s" else now / was) if was and now else 0.0)
+        shown = "".join(f" {r:6.2f}x" for r in ratios) + ("" if len(ratios) == 2 else f" {'':>7}")
+        print(f"{name:36}{values}{shown}{'  !' if max(ratios) > FLAG else ''}")
 
 
 def main() -> None:
