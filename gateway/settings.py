@@ -76,6 +76,11 @@ class SearchSettings(BaseModel):
     max_criteria: int = Field(30, ge=1, le=50, description="filtering parameters of one search")
     max_includes: int = Field(10, ge=0, le=50, description="distinct _include and _revinclude values of one search")
     max_included: int = Field(1000, ge=0, le=10000, description="resources included into one page")
+    total_cap: int = Field(
+        1000, ge=0, le=1_000_000,
+        description="matches a search counts for Bundle.total unless it asks _total=accurate (or _summary=count,"
+        " _count=0); with more matches the total is left out, so a search costs the same in a store of any size",
+    )
 
 
 class SmartSettings(BaseModel):

@@ -39,6 +39,8 @@ SUMMARY_VALUES = {"true", "false", "count", "text", "data"}
 _NUMBER_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 _ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _MAX_INCLUDED = 1000
+#: matches a search counts at most for its total unless it asks ``_total=accurate``
+_TOTAL_CAP = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,7 @@ class SearchLimits:
     max_criteria: int = 30  # filtering parameters of one search (_id and _lastUpdated count)
     max_includes: int = 10  # distinct _include and _revinclude values
     max_included: int = _MAX_INCLUDED  # resources included into one page
+    total_cap: int = _TOTAL_CAP  # matches counted for an estimated total (more: no total)
 
 
 class SearchError(RequestError):
@@ -161,7 +164,10 @@ class SearchQuery:
     count: int = 20
     offset: int = 0
     snapshot: int | None = None
-    total: str = "accurate"  # none | estimate | accurate
+    # none | estimate | accurate. A parsed request without ``_total`` gets ``estimate``: exact up to
+    # ``total_cap`` matches, absent above (a count of every match grows with the store).
+    total: str = "accurate"
+    total_cap: int = _TOTAL_CAP
     summary: str | None = None
     elements: list[str] | None = None
     includes: list[Include] = field(default_factory=list)
@@ -214,7 +220,8 @@ class QueryParser:
         return query
 
     def _parse(self, rtype: str, items: Iterable[tuple[str, str]], strict: bool) -> SearchQuery:
-        query = SearchQuery(rtype=rtype, count=self.default_count, max_included=self.limits.max_included)
+        query = SearchQuery(rtype=rtype, count=self.default_count, max_included=self.limits.max_included,
+                            total="estimate", total_cap=self.limits.total_cap)
         criteria = 0
         for key, raw in items:
             if "\x00" in key or "\x00" in raw:

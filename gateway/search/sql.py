@@ -35,12 +35,14 @@ TABLES = {
 _MAX_CHAR = "\U0010ffff"
 
 
-def where_clause(query: SearchQuery, alias: str = "r") -> tuple[str, Params]:
-    """The WHERE clause (without the keyword) selecting a query's live matches."""
+def where_clause(query: SearchQuery, alias: str = "r", *, few: bool = False) -> tuple[str, Params]:
+    """The WHERE clause (without the keyword) selecting a query's live matches; ``few``: the
+    snapshot bound is written so it does not steer the planner onto the row-id index (the
+    matches are few, so another index, e.g. ``_lastUpdated``'s, finds them sooner)."""
     sql = [f"{alias}.rtype = ?", f"{alias}.deleted = 0"]
     params: Params = [query.rtype]
     if query.snapshot is not None:
-        sql.append(f"{alias}.rid <= ?")
+        sql.append(f"{alias}.rid + 0 <= ?" if few else f"{alias}.rid <= ?")
         params.append(query.snapshot)
     matched, matched_params = match_set(query)
     if matched:
@@ -66,17 +68,44 @@ def count_sql(query: SearchQuery) -> tuple[str, Params]:
     return f"SELECT COUNT(*) FROM resources r WHERE {where}", params
 
 
-def match_set(query: SearchQuery) -> tuple[str, Params]:
-    """Row ids of the resources the positive index criteria select ("" when there are none).
+def capped_count_sql(query: SearchQuery, cap: int) -> tuple[str, Params]:
+    """SQL answering ``(rows read, distinct matches among them)`` after reading at most ``cap + 1``
+    match rows: its cost has a bound whatever the store holds.
+
+    Fewer rows than ``cap + 1`` means every match was read and the second figure is the exact
+    count. The index rows are read without ``DISTINCT``: removing repeats over the whole set
+    (a hash or a sort) is what made a count cost the number of matches even under a limit.
+    """
+    matched, matched_params = match_set(query, distinct=False)
+    rest, _ = _resource_filters(query, "r")
+    if matched and not rest:
+        sql, params = f"SELECT m.rid FROM ({matched}) m", matched_params
+        if query.snapshot is not None:
+            sql, params = f"{sql} WHERE m.rid <= ?", [*params, query.snapshot]
+    else:
+        where, params = where_clause(query, few=True)
+        sql = f"SELECT r.rid FROM resources r WHERE {where}"
+    return f"SELECT COUNT(*), COUNT(DISTINCT c.rid) FROM ({sql} LIMIT ?) c", [*params, cap + 1]
+
+
+def match_set(query: SearchQuery, *, distinct: bool = True) -> tuple[str, Params]:
+    """Row ids of the resources the positive index criteria select ("" when there are none);
+    ``distinct=False`` may list a row id more than once (cheaper when only some rows are read).
 
     Selective criteria (tokens, references, string prefixes, number equality, chains)
     are intersected; broad ones (date ranges, ``:contains``, ``:missing=false``, number
     ranges) become per-candidate ``EXISTS`` probes on the row-id index, because computing
-    their full sets (most of a table) costs far more than probing the few candidates.
+    their full sets (most of a table) costs far more than probing the few candidates. A
+    reference to one resource (a patient, an encounter) selects a handful of rows at any
+    store size, while a code or a category selects a share of the store: beside such a
+    reference, the plain token and string criteria are probed too rather than intersected.
     """
     positive = [c for c in query.criteria if _is_positive(c)]
     driving = [c for c in positive if _selective(c)]
     filters = [c for c in positive if not _selective(c)]
+    if any(_one_target(c) for c in driving):
+        filters += [c for c in driving if not _one_target(c) and c.chain is None and c.has is None]
+        driving = [c for c in driving if _one_target(c) or c.chain is not None or c.has is not None]
     if not driving and filters:
         driving, filters = filters[:1], filters[1:]
     parts: list[str] = []
@@ -86,7 +115,7 @@ def match_set(query: SearchQuery) -> tuple[str, Params]:
     visible = visible_rids(query.policy, query.rtype)
     # A resource has one index row per matching value and path (name.text and name.given both
     # holding "Thabo"): INTERSECT removes the repeats, a set standing alone needs DISTINCT.
-    alone = len(driving) == 1 and visible is None
+    alone = distinct and len(driving) == 1 and visible is None
     for criterion in driving:
         part, part_params = rid_set(query.rtype, criterion, query.policy, distinct=alone)
         parts.append(part)
@@ -105,6 +134,12 @@ def match_set(query: SearchQuery) -> tuple[str, Params]:
         probes.append(probe)
         params.extend(probe_params)
     return f"SELECT m0.rid FROM ({sql}) m0 WHERE {' AND '.join(probes)}", params
+
+
+def _one_target(c: Criterion) -> bool:
+    """A plain reference criterion naming its targets (``patient=X``, ``subject=Patient/X``)."""
+    return (c.param.table == "reference" and c.chain is None and c.has is None and c.modifier is None
+            and c.missing is None)
 
 
 def _selective(c: Criterion) -> bool:
@@ -143,8 +178,9 @@ def _probe(c: Criterion, alias: str, *, per_row: bool = False) -> tuple[str, Par
     return f"{base} AND ({' OR '.join(ors)}){tail}", params
 
 
-def page_sql(query: SearchQuery, columns: str) -> tuple[str, Params]:
-    """SQL for one page of matches, in the requested order."""
+def page_sql(query: SearchQuery, columns: str, *, few: bool = False) -> tuple[str, Params]:
+    """SQL for one page of matches, in the requested order; ``few``: the matches are known to be
+    few (sorting them all is cheap; walking the row-id index in order is not)."""
     matched, matched_params = match_set(query)
     rest, _ = _resource_filters(query, "r")
     if matched and not rest and not query.sort:
@@ -153,17 +189,49 @@ def page_sql(query: SearchQuery, columns: str) -> tuple[str, Params]:
         snapshot = ""
         params = list(matched_params)
         if query.snapshot is not None:
-            snapshot = " WHERE p.rid <= ?"
+            # "+ 0": the snapshot bound must not lure SQLite into walking the whole row-id index.
+            snapshot = " WHERE p.rid + 0 <= ?"
             params.append(query.snapshot)
         sql = (
             f"SELECT {columns} FROM resources r WHERE r.rid IN (SELECT p.rid FROM ({matched}) p{snapshot}"
             " ORDER BY p.rid LIMIT ? OFFSET ?) ORDER BY r.rid"
         )
         return sql, [*params, query.count, query.offset]
-    where, params = where_clause(query)
-    order, order_params = order_by(query)
+    few = few and not query.sort
+    where, params = where_clause(query, few=few)
+    order, order_params = ("r.rid + 0", []) if few else order_by(query)
     sql = f"SELECT {columns} FROM resources r WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?"
     return sql, [*params, *order_params, query.count, query.offset]
+
+
+def rid_walk_sql(query: SearchQuery, *, steer: bool = False) -> tuple[str, Params] | None:
+    """For an unsorted search on one index criterion: SQL reading its index rows in row-id order
+    (the default order of results) up to a row limit given last, or None for other searches.
+
+    Sorting every match by row id costs the number of matches; walking the row-id index costs
+    the page size over the share of rows that match, small for a broad criterion (a category,
+    a gender) at any store size. ``steer`` names the row-id index (``INDEXED BY``, SQLite only):
+    SQLite's planner otherwise skip-scans the value index and sorts; PostgreSQL's weighs the
+    two by its statistics.
+    """
+    if query.sort or query.ids or query.last_updated or len(query.criteria) != 1:
+        return None
+    c = query.criteria[0]
+    if not _is_positive(c) or c.chain is not None or c.has is not None or c.missing is not None:
+        return None
+    if visible_rids(query.policy, query.rtype) is not None:
+        return None
+    ors: list[str] = []
+    params: Params = [query.snapshot if query.snapshot is not None else 2**62, query.rtype, c.param.code]
+    for value in c.values:
+        cond, cond_params = _value_sql(c, value)
+        ors.append(cond)
+        params.extend(cond_params)
+    table = TABLES[c.param.table]
+    source = f"{table} x INDEXED BY {table}_rid" if steer else f"{table} x"
+    sql = (f"SELECT x.rid FROM {source} WHERE x.rid <= ? AND x.rtype = ? AND x.param = ?"
+           f" AND ({' OR '.join(ors)}) ORDER BY x.rid LIMIT ?")
+    return sql, params
 
 
 def _is_positive(c: Criterion) -> bool:
@@ -281,7 +349,9 @@ def _range_date(lo: str, hi: str, v: DateValue) -> tuple[str, Params]:
     # Both sides are ranges [low, high); the rules follow R4 search.html#prefix.
     p = v.prefix
     if p == "eq":
-        return f"({lo} >= ? AND {hi} <= ?)", [v.low, v.high]
+        # lo <= hi, so hi <= high bounds lo too: the (lo) index range then ends at high
+        # instead of running to the newest date.
+        return f"({lo} >= ? AND {lo} <= ? AND {hi} <= ?)", [v.low, v.high, v.high]
     if p == "ne":
         return f"NOT ({lo} >= ? AND {hi} <= ?)", [v.low, v.high]
     if p == "gt":
@@ -338,37 +408,44 @@ def _number(v: NumberValue) -> tuple[str, Params]:
     return "x.value >= ? AND x.value <= ?", [v.value - width, v.value + width]
 
 
-def date_sort_walk(query: SearchQuery) -> tuple[str, Params, str, Params] | None:
-    """For ``_sort`` on one date parameter: SQL walking the date index in sort order.
+def date_sort_walk(query: SearchQuery, *, steer: bool = False) -> tuple[str, Params, str, Params] | None:
+    """For ``_sort`` on one date or string parameter: SQL walking its index in sort order.
 
     Sorting every match by a correlated MAX/MIN costs one probe per match; walking the
     (rtype, param, hi|lo) index in order and keeping the matching rows stops after one
     page. Returns the walk (limit to be appended as the last parameter) and the SQL for
     matches without the parameter, which sort last (offset and limit appended). None when
-    the query does not have this shape.
+    the query does not have this shape. Without criteria the walk filters nothing: a deleted
+    resource has no index rows. ``steer`` (SQLite) keeps the planner from probing the
+    row-id index for each match and sorting, instead of walking the value index in order.
     """
     if len(query.sort) != 1:
         return None
     key = query.sort[0]
-    if key.param is None or key.param.table != "date":
+    if key.param is None or key.param.table not in ("date", "string"):
         return None
     rest, _ = _resource_filters(query, "r")
     if rest:
         return None
     matched, matched_params = match_set(query)
-    if not matched:
+    every = not matched
+    if every:
         matched = "SELECT a.rid FROM resources a WHERE a.rtype = ? AND a.deleted = 0"
         matched_params = [query.rtype]
+    table = TABLES[key.param.table]
     column, direction = ("hi", "DESC") if key.descending else ("lo", "ASC")
+    if key.param.table == "string":  # the first value seen in sort order is MIN (ascending) or MAX
+        column = "norm"
     snapshot, snapshot_params = ("", []) if query.snapshot is None else (" AND d.rid <= ?", [query.snapshot])
+    among = "" if every else f" AND d.rid{' + 0' if steer else ''} IN ({matched})"
     walk = (
-        f"SELECT d.rid FROM idx_date d WHERE d.rtype = ? AND d.param = ? AND d.rid IN ({matched}){snapshot}"
+        f"SELECT d.rid FROM {table} d WHERE d.rtype = ? AND d.param = ?{among}{snapshot}"
         f" ORDER BY d.{column} {direction}, d.rid {direction} LIMIT ?"
     )
-    walk_params: Params = [query.rtype, key.param.code, *matched_params, *snapshot_params]
+    walk_params: Params = [query.rtype, key.param.code, *([] if every else matched_params), *snapshot_params]
     snapshot_m = "" if query.snapshot is None else " AND m.rid <= ?"
     missing = (
-        f"SELECT m.rid FROM ({matched}) m WHERE m.rid NOT IN (SELECT e.rid FROM idx_date e WHERE e.rtype = ?"
+        f"SELECT m.rid FROM ({matched}) m WHERE m.rid NOT IN (SELECT e.rid FROM {table} e WHERE e.rtype = ?"
         f" AND e.param = ?){snapshot_m} ORDER BY m.rid LIMIT ? OFFSET ?"
     )
     missing_params: Params = [*matched_params, query.rtype, key.param.code, *snapshot_params]

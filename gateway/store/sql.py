@@ -25,6 +25,7 @@ from gateway.search import (
     SearchError,
     SearchQuery,
     SearchRegistry,
+    capped_count_sql,
     count_sql,
     date_sort_plan,
     date_sort_walk,
@@ -32,6 +33,7 @@ from gateway.search import (
     from_epoch,
     index_rows,
     page_sql,
+    rid_walk_sql,
     subtree_sql,
     visible_probe,
     visible_rows,
@@ -262,9 +264,17 @@ class SqlStore(ExportJobs, SubscriptionRows):
         query.policy = self.resolve_policy(cur, query.policy)
         total: int | None = None
         if query.total != "none" or query.count == 0 or query.summary == "count":
-            count, count_params = count_sql(query)
-            cur.execute(self.q(count), count_params)
-            total = int(cur.fetchone()[0])
+            # An estimate is exact up to the cap and absent above it (FHIR lets a server leave
+            # Bundle.total out); a count asked for by name is exact, whatever it costs.
+            if query.total == "accurate" or query.count == 0 or query.summary == "count":
+                count, count_params = count_sql(query)
+                cur.execute(self.q(count), count_params)
+                total = int(cur.fetchone()[0])
+            else:
+                count, count_params = capped_count_sql(query, query.total_cap)
+                cur.execute(self.q(count), count_params)
+                read, matches = cur.fetchone()
+                total = int(matches) if int(read) <= query.total_cap else None
         if query.count == 0 or query.summary == "count":
             return SearchResult([], total, snapshot=query.snapshot)
         need = query.offset + query.count
@@ -273,13 +283,20 @@ class SqlStore(ExportJobs, SubscriptionRows):
             if self.bounded_sort
             else None
         )
-        walk = date_sort_walk(query) if plan is None else None
-        if plan is not None:
+        walk = date_sort_walk(query, steer=self.dialect == "sqlite") if plan is None else None
+        by_rid = rid_walk_sql(query, steer=self.dialect == "sqlite") if plan is None and walk is None else None
+        rows: list[Any] | None = None
+        if by_rid is not None and total is None and self._many_matches(cur, query):
+            rows = self._rid_walk_page(cur, query, *by_rid)
+        if rows is not None:
+            pass
+        elif plan is not None:
             rows = self._bounded_walk_page(cur, query, plan)
         elif walk is not None:
             rows = self._walk_page(cur, query, *walk)
         else:
-            page_query, page_params = page_sql(query, f"{COLUMNS}, r.rid")
+            few = total is not None and total <= query.total_cap
+            page_query, page_params = page_sql(query, f"{COLUMNS}, r.rid", few=few)
             cur.execute(self.q(page_query), page_params)
             rows = cur.fetchall()
         page = [to_resource(row) for row in rows]
@@ -322,6 +339,30 @@ class SqlStore(ExportJobs, SubscriptionRows):
             return self._rows_in_order(cur, ordered[query.offset : need])
         return self._rows_in_order(cur, self._by_match(cur, query, plan.by_match[driver]))
 
+    def _many_matches(self, cur: Cursor, query: SearchQuery) -> bool:
+        """More than ``total_cap`` matches? (Known already when an estimated total was left out.)"""
+        if query.total != "none":
+            return True
+        count, count_params = capped_count_sql(query, query.total_cap)
+        cur.execute(self.q(count), count_params)
+        return int(cur.fetchone()[0]) > query.total_cap
+
+    def _rid_walk_page(self, cur: Cursor, query: SearchQuery, sql: str, params: list[Any]) -> list[Any]:
+        """One page in row-id order by walking the criterion's row-id index (see ``rid_walk_sql``).
+
+        Only for more than ``total_cap`` matches: the walk then reads at most about the page over
+        their share of the type's rows, where sorting them all would cost every match.
+        """
+        need = query.offset + query.count
+        limit = need * 2 + 16  # a resource may have several rows (two names both matching)
+        while True:
+            cur.execute(self.q(sql), (*params, limit))
+            walked = [row[0] for row in cur.fetchall()]
+            ordered = list(dict.fromkeys(walked))
+            if len(ordered) >= need or len(walked) < limit:
+                return self._rows_in_order(cur, ordered[query.offset : need])
+            limit *= 4
+
     def _by_match(self, cur: Cursor, query: SearchQuery, sql_params: tuple[str, list[Any]]) -> list[Any]:
         sql, params = sql_params
         cur.execute(self.q(sql), (*params, query.count, query.offset))
@@ -339,7 +380,7 @@ class SqlStore(ExportJobs, SubscriptionRows):
         self, cur: Cursor, query: SearchQuery, walk: str, walk_params: list[Any], missing: str,
         missing_params: list[Any],
     ) -> list[Any]:
-        """One page ordered by a date parameter, by walking its index (see ``date_sort_walk``)."""
+        """One page ordered by a date or string parameter, by walking its index (see ``date_sort_walk``)."""
         need = query.offset + query.count
         limit = need * 2 + 16
         while True:
