@@ -36,8 +36,9 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.search import SearchRegistry
@@ -51,15 +52,8 @@ WAL_LIMIT = 64 * 1024 * 1024
 #: Seconds the checkpointer waits after a commit wakes it, so one checkpoint covers many commits.
 CHECKPOINT_DELAY = 0.05
 
-_WRITER_LOCKS: dict[str, threading.Lock] = {}
-_WRITER_LOCKS_GUARD = threading.Lock()
-
-
-def writer_lock(path: str) -> threading.Lock:
-    """The lock every writer of the database file at ``path`` in this process takes before ``BEGIN IMMEDIATE``."""
-    key = path if path == ":memory:" else os.path.realpath(path)
-    with _WRITER_LOCKS_GUARD:
-        return _WRITER_LOCKS.setdefault(key, threading.Lock())
+#: Units of work one commit covers at most.
+MAX_UNITS = 64
 
 
 class Checkpointer:
@@ -112,6 +106,119 @@ class Checkpointer:
             self._stopping.clear()
 
 
+@dataclass(slots=True)
+class _Batch:
+    """The units of work sharing one open transaction, and how its commit went."""
+
+    open: bool = False
+    units: int = 0
+    done: bool = False
+    error: BaseException | None = None
+
+
+class GroupCommit:
+    """One writer connection; concurrent units of work share its transaction and one commit.
+
+    A unit runs inside a savepoint (rolled back alone if it fails). When it ends while other
+    writers wait, it leaves the transaction open for them and waits for the commit; the last
+    unit of a burst (nobody waiting, or ``max_units`` reached) commits for all. Each unit's
+    caller returns only after the commit holding its work is durable, so a 2xx still means
+    stored, and one fsync covers the burst instead of one each.
+    """
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection], max_units: int = MAX_UNITS) -> None:
+        self._connect = connect
+        self.max_units = max_units
+        self.commits = 0  # transactions committed (the tests read it)
+        self._conn: sqlite3.Connection | None = None
+        self._cond = threading.Condition()
+        self._busy = False  # a unit (or a commit) is using the connection
+        self._waiting = 0
+        self._batch = _Batch()
+
+    @contextmanager
+    def unit(self, after_commit: Callable[[sqlite3.Connection], None]) -> Iterator[Cursor]:
+        """A cursor inside the shared transaction; returns once the work is committed (or raises)."""
+        with self._cond:
+            self._waiting += 1
+            while self._busy:
+                self._cond.wait()
+            self._waiting -= 1
+            self._busy = True
+            batch = self._batch
+        failed: BaseException | None = None
+        try:
+            if self._conn is None:
+                self._conn = self._connect()
+            conn = self._conn
+            cur = conn.cursor()
+            try:
+                if not batch.open:
+                    cur.execute("BEGIN IMMEDIATE")
+                    batch.open = True
+                cur.execute("SAVEPOINT unit")
+                try:
+                    yield cur
+                except BaseException as exc:
+                    failed = exc
+                    self._undo(conn, cur, batch, exc)
+                    raise
+                cur.execute("RELEASE unit")
+                batch.units += 1
+            finally:
+                cur.close()
+        except BaseException as exc:
+            failed = failed or exc
+            if self._conn is not None and batch.open and not self._conn.in_transaction:
+                batch.error = batch.error or exc  # SQLite rolled the whole transaction back: earlier units too
+            raise
+        finally:
+            self._finish(batch, after_commit)
+        if failed is None:
+            with self._cond:
+                while not batch.done:
+                    self._cond.wait()
+            if batch.error is not None:
+                raise batch.error
+
+    def _undo(self, conn: sqlite3.Connection, cur: sqlite3.Cursor, batch: _Batch, exc: BaseException) -> None:
+        try:
+            cur.execute("ROLLBACK TO unit")
+            cur.execute("RELEASE unit")
+        except sqlite3.Error:
+            batch.error = batch.error or exc
+            if conn.in_transaction:
+                conn.rollback()
+
+    def _finish(self, batch: _Batch, after_commit: Callable[[sqlite3.Connection], None]) -> None:
+        """Hand the open transaction to a waiting writer, or commit it (and wake its units)."""
+        with self._cond:
+            if self._waiting and batch.error is None and batch.units < self.max_units:
+                self._busy = False
+                self._cond.notify_all()
+                return
+            self._batch = _Batch()
+        conn = self._conn
+        try:
+            if conn is not None and conn.in_transaction:
+                if batch.error is None:
+                    conn.commit()
+                    self.commits += 1
+                else:
+                    conn.rollback()
+            if conn is not None and batch.error is None:
+                after_commit(conn)
+        except BaseException as exc:
+            batch.error = batch.error or exc
+            if conn is not None and conn.in_transaction:
+                conn.rollback()
+        finally:
+            with self._cond:
+                batch.done = True
+                self._busy = False
+                self._cond.notify_all()
+
+
 class SQLiteStore(SqlStore):
     """The resource store in a local SQLite file."""
 
@@ -139,23 +246,26 @@ class SQLiteStore(SqlStore):
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        self._writer = writer_lock(self.path)
+        self._writer = GroupCommit(self._new_connection)
         self._checkpointer = None if self._wal is None else Checkpointer(self.path)
 
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={self.synchronous}")
-            conn.execute("PRAGMA busy_timeout=30000")
-            conn.execute("PRAGMA cache_size=-65536")
-            conn.execute(f"PRAGMA journal_size_limit={self.wal_limit}")
-            if self._wal is not None:
-                conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it, off the commit path
-            self._local.conn = conn
-            with self._lock:
-                self._all.append(conn)
+            conn = self._local.conn = self._new_connection()
+        return conn
+
+    def _new_connection(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        conn.execute("PRAGMA busy_timeout=30000")  # other processes' writers (a CLI beside the server)
+        conn.execute("PRAGMA cache_size=-65536")
+        conn.execute(f"PRAGMA journal_size_limit={self.wal_limit}")
+        if self._wal is not None:
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it, off the commit path
+        with self._lock:
+            self._all.append(conn)
         return conn
 
     @contextmanager
@@ -168,8 +278,8 @@ class SQLiteStore(SqlStore):
 
     @contextmanager
     def _write_cursor(self) -> Iterator[Cursor]:
-        conn = self._connection()
-        with self._writer:
+        if self._wal is None:  # ":memory:": each connection is its own database, so the thread's own serves
+            conn = self._connection()
             cur = conn.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
@@ -181,9 +291,13 @@ class SQLiteStore(SqlStore):
                 conn.commit()
             finally:
                 cur.close()
-        self._bound_wal(conn)
+            return
+        with self._writer.unit(self._bound_wal) as shared:
+            yield shared
 
     def _bound_wal(self, conn: sqlite3.Connection) -> None:
+        """After a commit, with the writer connection still held: wake the checkpointer, and
+        empty the WAL here if passive checkpoints could not keep it under the limit."""
         if self._wal is None or self._checkpointer is None:
             return
         self._checkpointer.nudge()
@@ -192,8 +306,7 @@ class SQLiteStore(SqlStore):
         except OSError:
             return
         if size > self.wal_limit:
-            with self._writer:  # writers of this process queue on the lock instead of busy-sleeping
-                busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             if busy:  # readers outlasted the busy timeout: the next commit tries again
                 log.warning("WAL checkpoint could not complete (%d MiB)", size >> 20)
 
@@ -219,4 +332,5 @@ class SQLiteStore(SqlStore):
             for conn in self._all:
                 conn.close()
             self._all.clear()
+            self._writer = GroupCommit(self._new_connection)
         self._local = threading.local()
