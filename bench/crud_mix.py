@@ -235,7 +235,16 @@ def start_server(label: str, url: str, tree: Path, log: Path) -> Server:
     with log.open("ab") as out:
         process = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-m", "bench._servers", "gateway", url,
                                     str(port)], env=env, cwd=tree, stdout=out, stderr=out)  # fmt: skip
-    wait_ready(port, "/healthz")
+    deadline = time.monotonic() + 120  # a loaded machine starts the gateway slowly
+    while True:
+        try:
+            wait_ready(port, "/healthz")
+            break
+        except RuntimeError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                process.wait()
+                raise
     return Server(label, url, token, port, process)
 
 
