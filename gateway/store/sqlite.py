@@ -7,12 +7,14 @@ here than write speed: a 2xx answer tells a CHW app it may forget the record.
 ``?synchronous=normal`` in the store URL trades that for faster commits (still safe
 against the process crashing, not against the machine losing power).
 
-Writers of one process queue on a Python lock (one per database file) before ``BEGIN
-IMMEDIATE``. SQLite's own busy handler, which is what they met before, polls by sleeping
-1, 2, 5 … 100 ms and does not queue: under 38 concurrent API writers a waiting write slept
-through other writers' commits again and again and the CRUD-mix benchmark showed write p99
-near 1 s beside a p50 of 9 ms. A lock wakes the next writer as soon as the previous commits.
-The busy timeout still covers other processes (a CLI command beside the server).
+Writers of one store share one writer connection and queue for it (``GroupCommit``) instead
+of each taking SQLite's write lock on a connection of its own. SQLite's busy handler, which
+is what they met before, polls by sleeping 1, 2, 5 … 100 ms and does not queue: under 38
+concurrent API writers a waiting write slept through other writers' commits again and again
+and the CRUD-mix benchmark showed write p99 near 1-2 s beside a p50 of 9-30 ms. Writers that
+queue up behind one another share a transaction (a savepoint each) and one commit, so one
+fsync covers the burst; each still returns only after its commit. The busy timeout still
+covers other processes (a CLI command beside the server).
 
 Checkpoints stay off the commit path. SQLite's automatic checkpoint runs inside the commit
 that crosses 1,000 WAL pages, so that write (and, under the lock, every writer queued behind
