@@ -208,12 +208,17 @@ class GroupCommit:
                     self.commits += 1
                 else:
                     conn.rollback()
-            if conn is not None and batch.error is None:
-                after_commit(conn)
         except BaseException as exc:
             batch.error = batch.error or exc
             if conn is not None and conn.in_transaction:
                 conn.rollback()
+        try:
+            if conn is not None and batch.error is None:
+                after_commit(conn)
+        except Exception:
+            # The units' work is committed: a failed clean-up after it must not tell their
+            # callers otherwise (a client told "failed" retries, and a create would repeat).
+            log.warning("after-commit step failed", exc_info=True)
         finally:
             with self._cond:
                 batch.done = True

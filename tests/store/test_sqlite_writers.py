@@ -121,3 +121,23 @@ def test_checkpoints_run_on_their_own_thread_not_in_the_commit(tmp_path: Path) -
         assert os.path.getsize(store.path) > size  # the pages reached the database file, the store still open
     finally:
         store.close()
+
+
+def test_a_failing_step_after_the_commit_does_not_fail_the_committed_write(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "w.db")
+    store.migrate()
+
+    def broken_clean_up(conn: sqlite3.Connection) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    try:
+        with store._writer.unit(broken_clean_up) as cur:
+            cur.execute("CREATE TABLE t (x INTEGER)")
+            cur.execute("INSERT INTO t VALUES (1)")
+        conn = sqlite3.connect(store.path)
+        try:
+            assert conn.execute("SELECT x FROM t").fetchall() == [(1,)]
+        finally:
+            conn.close()
+    finally:
+        store.close()
