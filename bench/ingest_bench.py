@@ -340,7 +340,8 @@ _ONE_ROW = """
 import sys
 from bench.ingest_bench import MAPPINGS, load_mapping_sets, measure_store, workload
 sets = load_mapping_sets(MAPPINGS)
-print(measure_store(sets, workload(sets), "postgresql", 100, int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], senders=4))
+records, warm, url = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+print(measure_store(sets, workload(sets), "postgresql", 100, records, warm, url, senders=4))
 """
 
 
