@@ -31,13 +31,21 @@ Rows, measured in one run, in one process:
   in-process single-process PostgreSQL figure and the naive baseline of the same run
   (``--mode served`` prints only this table).
 
-Run: ``python -m bench.ingest_bench [--mode all|served] [--seconds S] [--pg URL]``.
+* previous code (issue 14): with ``--compare REF`` the in-process PostgreSQL row (100 records a
+  request, 4 senders) is measured ``--rounds`` times for this tree and for git revision REF
+  (exported to a temporary folder), alternately, each round in a fresh process; the table
+  shows medians and ranges, and the ratio of the medians.
+
+Run: ``python -m bench.ingest_bench [--mode all|served] [--seconds S] [--pg URL] [--compare REF]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -63,7 +71,8 @@ from gateway.search.registry import default_registry
 from gateway.settings import SourceConfig
 from gateway.store import open_store
 
-MAPPINGS = Path(__file__).resolve().parent.parent / "mappings"
+ROOT = Path(__file__).resolve().parent.parent
+MAPPINGS = ROOT / "mappings"
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
@@ -257,7 +266,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pg", default=PG_URL, help=f"PostgreSQL URL (default {PG_URL})")
     parser.add_argument("--mode", choices=("all", "served"), default="all",
                         help="all rows, or only the served table (gateway serve --workers 1, 2)")  # fmt: skip
+    parser.add_argument("--compare", metavar="REF", help="also measure git revision REF in-process, alternately")
+    parser.add_argument("--rounds", type=int, default=3, help="alternate rounds with --compare (default 3)")
     args = parser.parse_args(argv)
+    if args.compare:
+        compare_main(args)
     if args.mode == "served":
         return served_main(args)
 
@@ -320,6 +333,52 @@ def served_main(args: argparse.Namespace) -> int:
     best = max(value for _, value, _ in rows[1:])
     print(f"goal, end to end >= 1,000 records/s: {'met' if best >= 1000 else 'NOT met'} (best {best:,.0f})")
     return 0
+
+
+#: One in-process row, run in a fresh interpreter on the tree it is started in.
+_ONE_ROW = """
+import sys
+from bench.ingest_bench import MAPPINGS, load_mapping_sets, measure_store, workload
+sets = load_mapping_sets(MAPPINGS)
+records, warm, url = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+print(measure_store(sets, workload(sets), "postgresql", 100, records, warm, url, senders=4))
+"""
+
+
+def row_in(tree: Path, args: argparse.Namespace) -> float:
+    """Records/s of the in-process PostgreSQL row (100/request, 4 senders) measured on ``tree``."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    out = subprocess.run(
+        [sys.executable, "-c", _ONE_ROW, str(args.records), str(args.warm), args.pg],
+        cwd=tree, env=env, check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def compare_main(args: argparse.Namespace) -> None:
+    """This tree against git revision ``args.compare``, in-process on PostgreSQL, rounds alternating."""
+    with tempfile.TemporaryDirectory() as folder:
+        previous = Path(folder)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.compare], check=True, capture_output=True)
+        subprocess.run(["tar", "-x", "-C", str(previous)], input=archive.stdout, check=True)
+        trees = {"this tree": ROOT, f"previous ({args.compare})": previous}
+        rates: dict[str, list[float]] = {label: [] for label in trees}
+        for number in range(args.rounds):
+            order = list(trees.items()) if number % 2 == 0 else list(reversed(trees.items()))
+            for label, tree in order:
+                rates[label].append(row_in(tree, args))
+    base = statistics.median(rates[f"previous ({args.compare})"])
+    print(f"in-process, PostgreSQL, 100/request, 4 senders, {args.rounds} alternate rounds (load {_load()})")
+    print(f"{'code':40} {'median':>8} {'range':>15} {'vs previous':>12}")
+    for label, values in rates.items():
+        median = statistics.median(values)
+        span = f"{min(values):,.0f}-{max(values):,.0f}"
+        print(f"{label:40} {median:8,.0f} {span:>15} {median / base:11.2f}x")
+    print()
+
+
+def _load() -> str:
+    return " ".join(f"{value:.1f}" for value in os.getloadavg())
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from gateway.errors import FhirError
 from gateway.fhir.outcome import issue
 from gateway.r4 import RESOURCE_TYPES
 
-__all__ = ["check_reference_targets", "reference_type"]
+__all__ = ["ReferenceSite", "check_reference_sites", "check_reference_targets", "reference_sites", "reference_type"]
 
 _MAX_ISSUES = 20
 _CORE = "http://hl7.org/fhir/StructureDefinition/"
@@ -184,6 +184,72 @@ def _entry_types(bundle: dict[str, Any]) -> dict[str, str]:
             if isinstance(url, str) and isinstance(resource, dict) and isinstance(resource.get("resourceType"), str):
                 found[url] = resource["resourceType"]
     return found
+
+
+#: Where a resource of one shape holds a restricted Reference: the keys and indexes that lead
+#: to it, the types allowed there, and the element's path as issues name it.
+ReferenceSite = tuple[tuple[str | int, ...], frozenset[str], str]
+
+
+def reference_sites(resource: dict[str, Any]) -> tuple[ReferenceSite, ...] | None:
+    """Every Reference ``check_reference_targets`` would judge in ``resource``, found by the same
+    walk; None for a resource the sites cannot stand for (a Bundle, or one that holds resources).
+
+    The walk's route depends only on the resource's shape (keys, list lengths, which items are
+    objects), so the sites hold for every resource of that shape (``gateway.fhir.shapes``).
+    """
+    rtype = resource.get("resourceType")
+    if not isinstance(rtype, str) or rtype not in RESOURCE_TYPES or rtype == "Bundle":
+        return None
+    sites: list[ReferenceSite] = []
+    if not _collect_sites(resource, rtype, rtype, (), sites):
+        return None
+    return tuple(sites)
+
+
+def _collect_sites(
+    node: dict[str, Any], tname: str, path: str, keys: tuple[str | int, ...], sites: list[ReferenceSite]
+) -> bool:
+    plan = _plans().get(tname)
+    if not plan:
+        return True
+    for prop, value in node.items():
+        step = plan.get(prop)
+        if step is None:
+            continue
+        allowed, descend = step
+        is_list = isinstance(value, list)
+        items = value if is_list else [value]
+        for index, item in enumerate(items):
+            if not isinstance(item, dict):
+                continue
+            at = f"{path}.{prop}[{index}]" if is_list else f"{path}.{prop}"
+            where = (*keys, prop, index) if is_list else (*keys, prop)
+            if allowed is not None:
+                sites.append((where, allowed, at))
+            if descend == _RESOURCE:
+                return False  # contained and nested resources: their own scopes, walked each time
+            if descend is not None and not _collect_sites(item, descend, at, where, sites):
+                return False
+    return True
+
+
+def check_reference_sites(
+    resource: dict[str, Any], sites: tuple[ReferenceSite, ...], *, where: str = ""
+) -> None:
+    """``check_reference_targets(resource, where=where)`` for a resource whose sites are ``sites``."""
+    if not sites:
+        return
+    checker = _Checker(where, {})
+    container = {"": resource["resourceType"]}
+    for keys, allowed, at in sites:
+        node: Any = resource
+        for key in keys:
+            node = node[key]
+        checker.reference(node, allowed, at, container)
+    if checker.issues:
+        first = checker.issues[0]["diagnostics"]
+        raise FhirError(first, status=422, code="invalid", issues=checker.issues[:_MAX_ISSUES])
 
 
 def check_reference_targets(

@@ -198,6 +198,9 @@ class ShapePlan:
     model_error: Exception | None
     #: The shape's ``gateway.fhir.invariants.InvariantPlan`` (None: invariants not checked).
     invariants: Any = None
+    #: Where the shape holds restricted References (``gateway.fhir.reference_targets.reference_sites``;
+    #: None: walk each resource instead).
+    references: Any = None
 
     def values_ok(self, values: list[Any]) -> bool:
         """Whether every leaf value passes its strict check."""

@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from gateway.errors import FhirError
 from gateway.fhir.invariants import InvariantTable, Violation, default_invariants, plan_invariants
 from gateway.fhir.outcome import issue
-from gateway.fhir.reference_targets import check_reference_targets
+from gateway.fhir.reference_targets import check_reference_sites, check_reference_targets, reference_sites
 from gateway.fhir.shapes import ShapeCache, ShapePlan, canonical_instance, flatten, leaf_checks
 from gateway.fhir.strict import StrictChecker, default_checker
 from gateway.r4 import R4_ONLY_TYPES, RESOURCE_TYPES
@@ -97,7 +97,11 @@ class Validator:
             violations = plan.invariants.run(data, values)
             if violations:
                 raise _invariant_failure(violations, where)
-        check_reference_targets(data, where=where)  # R4's allowed target types (values, so never cached)
+        # R4's allowed target types: the values are judged each time, where they are is the shape's.
+        if plan.references is not None:
+            check_reference_sites(data, plan.references, where=where)
+        else:
+            check_reference_targets(data, where=where)
         return data
 
     def _plan(self, data: dict[str, Any], rtype: str) -> ShapePlan:
@@ -112,7 +116,7 @@ class Validator:
         invariants = None
         if self._invariants is not None and error is None:
             invariants = plan_invariants(checker, self._invariants(), data)
-        return ShapePlan(tuple(leaf_checks(checker, data)), error, invariants)
+        return ShapePlan(tuple(leaf_checks(checker, data)), error, invariants, reference_sites(data))
 
 
 def _invariant_failure(violations: list[Violation], where: str) -> FhirError:

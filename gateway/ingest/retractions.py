@@ -49,17 +49,23 @@ class Retracted:
     activity: str  # NULLIFY or DELETE
 
 
-def apply_output_changes(tx: StoreTransaction, changes: Sequence[OutputChange]) -> None:
+def apply_output_changes(tx: StoreTransaction, changes: Sequence[OutputChange], *, batched: bool = True) -> None:
     """Record what each record produces now and retract what it no longer does, inside ``tx``.
 
     Runs after the records' own writes, in the same transaction. All records' new lists are
     written first, so a resource another record of the same transaction produces is kept.
+    ``batched`` reads and writes the lists of all records in a few statements per source
+    (the same rows as one record at a time, which ``batched=False`` keeps for comparison).
     """
-    previous: list[list[RecordOutput]] = []
     for change in changes:
         change.retracted = []  # a transaction retried after a rollback starts afresh
-        previous.append(tx.record_outputs(change.source, change.record_key))
-        tx.set_record_outputs(change.source, change.record_key, change.outputs)
+    if batched and len({(c.source, c.record_key) for c in changes}) == len(changes):
+        previous = _swap_outputs(tx, changes)
+    else:  # one record at a time (a record twice: its second list replaces its first)
+        previous = []
+        for change in changes:
+            previous.append(tx.record_outputs(change.source, change.record_key))
+            tx.set_record_outputs(change.source, change.record_key, change.outputs)
     for change, before in zip(changes, previous, strict=True):
         now = {(o.rtype, o.id) for o in change.outputs}
         for output in before:
@@ -72,6 +78,19 @@ def apply_output_changes(tx: StoreTransaction, changes: Sequence[OutputChange]) 
                 change.retracted.append(done)
         if change.retracted:
             _record_provenance(tx, change)
+
+
+def _swap_outputs(tx: StoreTransaction, changes: Sequence[OutputChange]) -> list[list[RecordOutput]]:
+    """Each (distinct) record's previous output list, its new list written in its place."""
+    by_source: dict[str, list[OutputChange]] = {}
+    for change in changes:
+        by_source.setdefault(change.source, []).append(change)
+    before: dict[tuple[str, str], list[RecordOutput]] = {}
+    for source, group in by_source.items():
+        found = tx.records_outputs(source, [c.record_key for c in group])
+        before.update(((source, key), outputs) for key, outputs in found.items())
+        tx.set_records_outputs(source, [(c.record_key, c.outputs) for c in group])
+    return [before[(c.source, c.record_key)] for c in changes]
 
 
 def _retract(tx: StoreTransaction, output: RecordOutput) -> Retracted | None:

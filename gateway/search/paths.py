@@ -184,7 +184,13 @@ def _plain_field(name: str) -> Step:
                         out.append(found)
         return out
 
+    step.plain_key = name  # type: ignore[attr-defined]  # lets extraction read the first key directly
     return step
+
+
+def plain_key(step: Step) -> str | None:
+    """The key a plain field step reads (``_plain_field``), None for any other step."""
+    return getattr(step, "plain_key", None)
 
 
 @cache

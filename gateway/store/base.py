@@ -241,6 +241,14 @@ class StoreTransaction(Protocol):
         """Replace what the record produced (an empty list forgets the record)."""
         ...
 
+    def records_outputs(self, source: str, record_keys: Sequence[str]) -> dict[str, list[RecordOutput]]:
+        """``record_outputs`` of many records of ``source`` at once (a key never stored maps to [])."""
+        ...
+
+    def set_records_outputs(self, source: str, outputs: Sequence[tuple[str, Sequence[RecordOutput]]]) -> None:
+        """``set_record_outputs`` of many (distinct) records of ``source`` at once."""
+        ...
+
     def produced_by_others(self, rtype: str, rid: str, source: str, record_key: str) -> bool:
         """Whether any record other than ``record_key`` of ``source`` still produces the resource."""
         ...

@@ -27,6 +27,7 @@ INSERT_COLUMNS: dict[str, tuple[str, ...]] = {
     "idx_date": ("rid", "rtype", "param", "lo", "hi"),
     "idx_ref": ("rid", "rtype", "param", "ttype", "tid", "url"),
     "idx_number": ("rid", "rtype", "param", "value", "system", "code"),
+    "record_outputs": ("source", "record_key", "rtype", "id", "rule", "on_retract"),
 }
 
 #: One buffered write: ``("sql", statement, rows)`` or ``("insert", table, rows)`` (columns

@@ -46,6 +46,8 @@ from gateway.store.rows import (
 )
 from gateway.store.sqlops import INSERT_COLUMNS, SqlBackend, WriteStep
 
+#: Record keys per ``records_outputs`` query (SQLite allows 999 parameters a statement by default).
+_KEYS_PER_QUERY = 500
 _UPDATE_RESOURCE = "UPDATE resources SET version = ?, lu = ?, deleted = ?, chash = ?, content = ? WHERE rid = ?"
 _ROW_COLUMNS = "r.rid, r.rtype, r.id, r.version, r.lu, r.deleted, r.chash, r.content"
 
@@ -203,6 +205,35 @@ class SqlTransaction:
                 ),
                 [(source, record_key, o.rtype, o.id, o.rule, o.on_retract) for o in outputs],
             )
+
+    def records_outputs(self, source: str, record_keys: Sequence[str]) -> dict[str, list[RecordOutput]]:
+        """What each of these records produced when last stored: one query per ``_KEYS_PER_QUERY`` keys."""
+        found: dict[str, list[RecordOutput]] = {key: [] for key in record_keys}
+        keys = list(found)
+        for start in range(0, len(keys), _KEYS_PER_QUERY):
+            chunk = keys[start : start + _KEYS_PER_QUERY]
+            marks = ", ".join("?" for _ in chunk)
+            self.cur.execute(
+                self.store.q(
+                    "SELECT record_key, rtype, id, rule, on_retract FROM record_outputs"
+                    f" WHERE source = ? AND record_key IN ({marks})"
+                ),
+                (source, *chunk),
+            )
+            for key, rtype, rid, rule, on_retract in self.cur.fetchall():
+                found[key].append(RecordOutput(rtype, rid, rule, on_retract))
+        return found
+
+    def set_records_outputs(self, source: str, outputs: Sequence[tuple[str, Sequence[RecordOutput]]]) -> None:
+        """Replace what each of these (distinct) records produced: one DELETE and one INSERT batch."""
+        if not outputs:
+            return
+        stale = [(source, key) for key, _ in outputs]
+        rows = [(source, key, o.rtype, o.id, o.rule, o.on_retract) for key, produced in outputs for o in produced]
+        steps: list[WriteStep] = [("sql", "DELETE FROM record_outputs WHERE source = ? AND record_key = ?", stale)]
+        if rows:
+            steps.append(("insert", "record_outputs", rows))
+        self.store.write_rows(self.cur, steps)
 
     def produced_by_others(self, rtype: str, rid: str, source: str, record_key: str) -> bool:
         """Whether another record still produces the resource."""
