@@ -12,7 +12,7 @@ BENCHMARKS = [
     "bench.sort_growth", "bench.mapping_speed", "bench.pull_bench", "bench.identity_eval", "bench.bulk_export",
     "bench.notification_latency",
     "bench.backfill_bench", "bench.national_load", "bench.growth_bench",
-    "bench.crud_mix",
+    "bench.crud_mix", "bench.store_size",
 ]
 
 

@@ -212,12 +212,13 @@ def _config(folder: Path, store_url: str, prefix: str, sandbox_url: str, plan: P
 class Sandbox:
     """``gateway sandbox dhis2`` with 200 ms latency and 10% failures, in its own process."""
 
-    def __init__(self, folder: Path, latency_ms: float) -> None:
+    def __init__(self, folder: Path, latency_ms: float, faults: bool = True) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        args = ["--port", str(self.port), "--latency-ms", str(latency_ms), "--error-rate", "0.05",
-                "--proxy-error-rate", "0.03", "--reset-rate", "0.02", "--seed", "14"]  # fmt: skip
+        args = ["--port", str(self.port), "--latency-ms", str(latency_ms), "--seed", "14"]
+        if faults:
+            args += ["--error-rate", "0.05", "--proxy-error-rate", "0.03", "--reset-rate", "0.02"]
         self.log = folder / "sandbox.log"
         with self.log.open("w") as log:
             self.process = subprocess.Popen([sys.executable, "-m", "gateway", "sandbox", "dhis2", *args],

@@ -19,6 +19,8 @@ from gateway.search.registry import SearchParam
 
 _HUMAN_NAME_PARTS = ("family", "given", "prefix", "suffix", "text")
 _ADDRESS_PARTS = ("line", "city", "district", "state", "postalCode", "country", "text")
+#: ``ContactPoint.system`` codes: a value with one of them is a ContactPoint, not an Identifier.
+_CONTACT_SYSTEMS = frozenset({"phone", "fax", "email", "pager", "url", "sms", "other"})
 
 
 @dataclass(slots=True)
@@ -183,9 +185,15 @@ def _token(rows: IndexRows, code: str, value: Any) -> None:
         elif isinstance(value.get("code"), str):  # Coding, Quantity-as-token
             out.append((code, _str(value.get("system")), value["code"]))
         elif isinstance(value.get("value"), str):  # Identifier, ContactPoint
-            out.append((code, _str(value.get("system")) if "use" not in value else None, value["value"]))
-            if "use" in value and isinstance(value.get("system"), str):
-                out.append((code, value["system"], value["value"]))
+            system = _str(value.get("system"))
+            if "use" in value and system is not None and system not in _CONTACT_SYSTEMS:
+                # An Identifier with a use: one row under its system. A second, system-less row
+                # (as a ContactPoint gets) would only add a false match for ``|value``.
+                out.append((code, system, value["value"]))
+                return
+            out.append((code, system if "use" not in value else None, value["value"]))
+            if "use" in value and system is not None:
+                out.append((code, system, value["value"]))
 
 
 def _str(value: Any) -> str | None:

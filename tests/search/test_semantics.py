@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.search.dates import date_range
+from gateway.search.extract import index_rows
 from gateway.search.query import QueryParser, SearchError
 from gateway.search.registry import default_registry
 from gateway.store.sql import SqlStore
@@ -73,6 +74,23 @@ def test_token_system_forms(store: SqlStore, people: dict[str, str]) -> None:
     assert keys(people, find(store, "Patient", ("gender", "male"))) == {"smith"}
     not_male = keys(people, find(store, "Patient", ("gender:not", "male")))
     assert not_male == {"zoe", *BIRTH_DATES}  # :not includes resources without a gender
+
+
+def test_identifier_with_a_use_has_one_row_and_contact_points_keep_their_forms(store: SqlStore) -> None:
+    with store.transaction() as tx:
+        uid = tx.create({"resourceType": "Patient", "identifier": [
+            {"use": "secondary", "system": "urn:uid", "value": "u1"}]}).resource.id  # fmt: skip
+        phone = tx.create({"resourceType": "Patient", "telecom": [
+            {"use": "home", "system": "phone", "value": "555"}]}).resource.id  # fmt: skip
+    assert find(store, "Patient", ("identifier", "urn:uid|u1")) == {uid}
+    assert find(store, "Patient", ("identifier", "u1")) == {uid}
+    assert find(store, "Patient", ("identifier", "|u1")) == set()  # it has a system
+    assert find(store, "Patient", ("telecom", "phone|555")) == {phone}
+    assert find(store, "Patient", ("telecom", "555")) == {phone}
+    assert find(store, "Patient", ("telecom", "|555")) == {phone}
+    rows = index_rows({"resourceType": "Patient", "identifier": [
+        {"use": "secondary", "system": "urn:uid", "value": "u1"}]}, default_registry().indexed("Patient"))  # fmt: skip
+    assert [r for r in rows.token if r[0] == "identifier"] == [("identifier", "urn:uid", "u1")]
 
 
 def test_string_matching(store: SqlStore, people: dict[str, str]) -> None:
