@@ -1,11 +1,11 @@
 """One measured delivery run for ``dhis2_bench --cpu`` (run as a script, so an older tree can run it).
 
-    python bench/_dhis2_cpu_child.py BASE_URL RECORDS WORKDIR [--profile FILE]
+    python bench/_dhis2_cpu_child.py BASE_URL RECORDS WORKDIR
 
 Ingests the CHW area, ``RECORDS`` households and children in-process and delivers them
 (not measured), then ingests one CHT assessment per child with the delivery engine
 stopped and measures the CPU-seconds of this process while the engine drains them to the
-DHIS2 sandkbox at ``BASE_URL``. Prints one JSON line. Uses only what every tree since the
+DHIS2 sandbox at ``BASE_URL``. Prints one JSON line. Uses only what every tree since the
 DHIS2 connector has (``create_app``, ``DeliveryService.create``), so ``--compare`` can run
 it against an older checkout put first on ``PYTHONPATH``.
 """
@@ -13,7 +13,6 @@ it against an older checkout put first on ``PYTHONPATH``.
 from __future__ import annotations
 
 import asyncio
-import cProfile
 import json
 import sys
 import time
@@ -33,7 +32,7 @@ async def _drained(service: Any, store: Any) -> None:
         await asyncio.sleep(0.01)
 
 
-async def _run(base_url: str, records: int, workdir: Path, profile: str | None) -> dict[str, Any]:
+async def _run(base_url: str, records: int, workdir: Path) -> dict[str, Any]:
     from dhis2_sandbox import DEFAULT_TOKEN
     from gateway.api import create_app
     from gateway.delivery.breaker import BreakerPolicy
@@ -66,7 +65,9 @@ async def _run(base_url: str, records: int, workdir: Path, profile: str | None) 
             "timeout": 30,
             "batch_size": 50,
             "auth": {"type": "api_token", "secret_env": "DHIS2_PAT"},
-            "filter": {"resource_types": ["Patient", "Encounter", "Observation", "MedicationDispense", "ServiceRequest"]},
+            "filter": {
+                "resource_types": ["Patient", "Encounter", "Observation", "MedicationDispense", "ServiceRequest"]
+            },
             "options": {
                 "mapping": str(mappings / "dhis2" / "chw-household-visit.yaml"),
                 "uid_namespace": "cpu",
@@ -108,16 +109,10 @@ async def _run(base_url: str, records: int, workdir: Path, profile: str | None) 
             await first.stop()
             await ingest([cht.assessment(n, refer="no", day=1) for n in range(records)])
             measured = service()
-            profiler = cProfile.Profile() if profile else None
             cpu, wall = time.process_time(), time.perf_counter()
-            if profiler:
-                profiler.enable()
             await measured.start()
             measured.notify()
             await _drained(measured, store)
-            if profiler:
-                profiler.disable()
-                profiler.dump_stats(profile)
             cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
             dead = (await measured.queue.stats("dhis2")).dead
             await measured.stop()
@@ -128,13 +123,8 @@ async def _run(base_url: str, records: int, workdir: Path, profile: str | None) 
 def main() -> None:
     """Run once and print the figures as JSON."""
     args = sys.argv[1:]
-    profile = None
-    if "--profile" in args:
-        at = args.index("--profile")
-        profile = args[at + 1]
-        del args[at : at + 2]
     base_url, records, workdir = args[0], int(args[1]), Path(args[2])
-    print(json.dumps(asyncio.run(_run(base_url, records, workdir, profile))))
+    print(json.dumps(asyncio.run(_run(base_url, records, workdir))))
 
 
 if __name__ == "__main__":
