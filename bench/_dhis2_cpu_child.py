@@ -1,6 +1,6 @@
 """One measured delivery run for ``dhis2_bench --cpu`` (run as a script, so an older tree can run it).
 
-    python bench/_dhis2_cpu_child.py BASE_URL RECORDS WORKDIR
+    python bench/_dhis2_cpu_child.py BASE_URL RECORDS WORKDIR [STORE_URL QUEUE_URL QUEUE_PREFIX]
 
 Ingests the CHW area, ``RECORDS`` households and children in-process and delivers them
 (not measured), then ingests one CHT assessment per child with the delivery engine
@@ -32,7 +32,7 @@ async def _drained(service: Any, store: Any) -> None:
         await asyncio.sleep(0.01)
 
 
-async def _run(base_url: str, records: int, workdir: Path) -> dict[str, Any]:
+async def _run(base_url: str, records: int, workdir: Path, urls: list[str]) -> dict[str, Any]:
     from dhis2_sandbox import DEFAULT_TOKEN
     from gateway.api import create_app
     from gateway.delivery.breaker import BreakerPolicy
@@ -46,7 +46,7 @@ async def _run(base_url: str, records: int, workdir: Path) -> dict[str, Any]:
 
     mappings = ROOT / "mappings"
     settings = Settings(
-        store_url=f"sqlite:///{workdir}/store.db",
+        store_url=urls[0] if urls else f"sqlite:///{workdir}/store.db",
         sources=[SourceConfig(name="cht", kind="cht", mapping="cht")],
         mappings_dir=mappings,
     )
@@ -81,7 +81,8 @@ async def _run(base_url: str, records: int, workdir: Path) -> dict[str, Any]:
     def service() -> Any:
         return DeliveryService.create(
             store=store,
-            queue_url=f"sqlite:///{workdir}/queue.db",
+            queue_url=urls[1] if urls else f"sqlite:///{workdir}/queue.db",
+            queue_prefix=urls[2] if urls else "gw:dq",
             destinations=[destination],
             settings=delivery,
             environ={"DHIS2_PAT": DEFAULT_TOKEN},
@@ -124,7 +125,7 @@ def main() -> None:
     """Run once and print the figures as JSON."""
     args = sys.argv[1:]
     base_url, records, workdir = args[0], int(args[1]), Path(args[2])
-    print(json.dumps(asyncio.run(_run(base_url, records, workdir))))
+    print(json.dumps(asyncio.run(_run(base_url, records, workdir, args[3:6]))))
 
 
 if __name__ == "__main__":
