@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -118,7 +119,8 @@ async def _run(base_url: str, records: int, workdir: Path, urls: list[str]) -> d
             dead = (await measured.queue.stats("dhis2")).dead
             await measured.stop()
     store.close()
-    return {"records": records, "cpu": cpu, "wall": wall, "dead": dead}
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"records": records, "cpu": cpu, "wall": wall, "dead": dead, "max_rss_mb": rss_mb}
 
 
 def main() -> None:

@@ -24,8 +24,9 @@ import orjson
 
 from gateway.connectors.dhis2.sources import JsonObject, ResourceSource
 
-# (method, arguments, answer) of one read a plan made.
-Read = tuple[str, tuple[str, ...], Any]
+# (method, arguments, answer as JSON bytes) of one read a plan made: bytes keep a cached
+# plan's reads small (a visit's resources as dicts take ~10x the memory).
+Read = tuple[str, tuple[str, ...], bytes]
 
 
 class RecordingSource:
@@ -38,19 +39,19 @@ class RecordingSource:
     def get(self, resource_type: str, resource_id: str) -> JsonObject | None:
         """The current version, noted."""
         found = self._source.get(resource_type, resource_id)
-        self.reads.append(("get", (resource_type, resource_id), found))
+        self.reads.append(("get", (resource_type, resource_id), orjson.dumps(found)))
         return found
 
     def find(self, resource_type: str, param: str, reference: str) -> list[JsonObject]:
         """A search, noted."""
         found = self._source.find(resource_type, param, reference)
-        self.reads.append(("find", (resource_type, param, reference), list(found)))
+        self.reads.append(("find", (resource_type, param, reference), orjson.dumps(found)))
         return found
 
     def was_deleted(self, resource_type: str, resource_id: str) -> JsonObject | None:
         """The last live version of a deleted resource, noted."""
         found = self._source.was_deleted(resource_type, resource_id)
-        self.reads.append(("was_deleted", (resource_type, resource_id), found))
+        self.reads.append(("was_deleted", (resource_type, resource_id), orjson.dumps(found)))
         return found
 
 
@@ -58,7 +59,7 @@ def _unchanged(reads: tuple[Read, ...], source: ResourceSource) -> bool:
     """Whether ``source`` answers every read as it was answered (in order: the plan's control
     flow depends only on the answers, so equal answers mean the same reads and the same plan)."""
     for method, args, answer in reads:
-        if getattr(source, method)(*args) != answer:
+        if orjson.dumps(getattr(source, method)(*args)) != answer:
             return False
     return True
 
@@ -66,7 +67,7 @@ def _unchanged(reads: tuple[Read, ...], source: ResourceSource) -> bool:
 class PlanCache:
     """The last plans of recently planned visits, keyed by the Encounter's content (bounded, LRU)."""
 
-    def __init__(self, size: int = 512) -> None:
+    def __init__(self, size: int = 256) -> None:
         self._size = size
         self._plans: OrderedDict[bytes, tuple[tuple[Read, ...], Any]] = OrderedDict()
         self._lock = threading.Lock()  # deliveries of several lanes plan in worker threads
