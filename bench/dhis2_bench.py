@@ -16,16 +16,28 @@ job per patient per batch as the queue hands them out), delivered with change de
 off (baseline: every job sends its tracked entity + enrollment + event) and on (digests of
 what DHIS2 accepted, kept in a SQLite delivery queue), counting requests at the sandbox.
 Phases: new visits; the same jobs again (nothing changed); one value corrected per visit.
+Delivery CPU per record (``--cpu [--records N] [--rounds R] [--postgres] [--compare DIR]``):
+the CPU-seconds of the delivering process per CHT assessment delivered (a child's visit:
+its Encounter, Observations, MedicationDispense and ServiceRequest jobs, the UIDs written
+back), measured in a child process (``bench/_dhis2_cpu_child.py``) that ingests the
+households and children first (not measured), then the assessments with delivery stopped,
+then drains them to the sandbox. ``--postgres`` runs on PostgreSQL and Redis (the national
+deployment's), else SQLite store and queue. ``--compare DIR`` runs the same child against
+another checkout (e.g. ``git -C /work/main archive HEAD | tar -x -C /tmp/dhis-base``),
+alternating rounds; ratios are against it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -243,9 +255,69 @@ def _print_requests(base_url: str) -> None:
         print(f"{phase:<20} {req_off:>9.2f} {req_on:>17.2f} {ratio} {obj_off:>8.2f} {obj_on:>13.2f}")
 
 
+def _cpu_round(base_url: str, tree: Path, records: int, postgres: bool) -> float:
+    """CPU-seconds per record of one child run on ``tree``'s gateway."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    with tempfile.TemporaryDirectory() as tmp:
+        urls: list[str] = []
+        schema = f"bench_dhis2cpu_{uuid.uuid4().hex[:8]}"
+        if postgres:
+            from tests.conftest import PG_URL
+
+            urls = [f"{PG_URL}?schema={schema}", "redis://127.0.0.1:6379/0", f"bench:dhis2cpu:{schema}"]
+        try:
+            done = subprocess.run(
+                [sys.executable, str(ROOT / "bench" / "_dhis2_cpu_child.py"), base_url, str(records), tmp, *urls],
+                env=env,
+                capture_output=True,
+                check=True,
+                text=True,
+            )
+        finally:
+            if postgres:
+                import psycopg
+
+                from tests.conftest import PG_URL
+
+                with psycopg.connect(PG_URL, autocommit=True) as conn:
+                    conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    result = orjson.loads(done.stdout.strip().splitlines()[-1])
+    if result["dead"]:
+        raise SystemExit(f"{tree}: {result['dead']} dead letters")
+    return float(result["cpu"]) / records
+
+
+def _print_cpu(base_url: str, args: list[str]) -> None:
+    """Run the ``--cpu`` rounds, alternating trees, and print their table."""
+
+    def option(name: str, default: str) -> str:
+        return args[args.index(name) + 1] if name in args else default
+
+    records, rounds = int(option("--records", "200")), int(option("--rounds", "3"))
+    postgres = "--postgres" in args
+    trees = {"this tree": ROOT}
+    if "--compare" in args:
+        trees = {"baseline (--compare)": Path(option("--compare", "")).resolve(), **trees}
+    figures: dict[str, list[float]] = {name: [] for name in trees}
+    for _ in range(rounds):
+        for name, tree in trees.items():
+            figures[name].append(_cpu_round(base_url, tree, records, postgres))
+    backend = "PostgreSQL + Redis" if postgres else "SQLite store + queue"
+    load = os.getloadavg()[0]
+    print(f"\nDHIS2 delivery CPU per record ({backend}; {records} assessments x {rounds} rounds, alternating;")
+    print(f" load average {load:.1f}; CPU-seconds of the delivering process / assessment delivered)")
+    print(f"{'tree':<22} {'median ms':>10} {'range ms':>16} {'ratio':>7}")
+    base = statistics.median(next(iter(figures.values())))
+    for name, values in figures.items():
+        median = statistics.median(values)
+        span = f"{min(values) * 1000:.1f}-{max(values) * 1000:.1f}"
+        print(f"{name:<22} {median * 1000:>10.1f} {span:>16} {median / base:>6.2f}x")
+
+
 def main() -> int:
     """Start the sandbox, run the scenarios, print the table."""
     only_requests = "--requests" in sys.argv[1:]
+    only_cpu = "--cpu" in sys.argv[1:]
     port = _free_port()
     code = "from gateway.cli.sandbox import sandbox_app; sandbox_app()"
     process = subprocess.Popen(
@@ -261,6 +333,9 @@ def main() -> int:
                 break
             except httpx.TransportError:
                 time.sleep(0.05)
+        if only_cpu:
+            _print_cpu(base_url, sys.argv[1:])
+            return 0
         _print_requests(base_url)
         if only_requests:
             return 0

@@ -116,7 +116,7 @@ from gateway.connectors.dhis2.mapping_load import (
 from gateway.connectors.dhis2.metadata import MetadataCache, MetadataSnapshot, pull_metadata
 from gateway.connectors.dhis2.orgunits import OrgUnitResolver
 from gateway.connectors.dhis2.reports import ObjectState, TrackerReport, parse_tracker_report
-from gateway.connectors.dhis2.sources import ResourceSource
+from gateway.connectors.dhis2.sources import BatchSource, ResourceSource
 from gateway.connectors.dhis2.tracker_transform import (
     Dhis2MappingError,
     Dhis2PendingError,
@@ -331,20 +331,24 @@ class Dhis2Connector:
         return [item.outcome or Success(detail="nothing to send") for item in prepared]
 
     def _prepare_all(self, jobs: list[Job]) -> list[_Prepared]:
-        prepared = [self._prepare(job) for job in jobs]
+        # The jobs of one visit plan the same objects: one batch reads each resource once.
+        hidden = self.writeback.hiding(self.source) if self.writeback is not None else self.source
+        source = BatchSource(hidden)
+        prepared = [self._prepare(job, source) for job in jobs]
         restores = [item.restore for item in prepared if item.restore is not None]
         if restores:
             assert self.writeback is not None
             self._write_back(restores)
         return prepared
 
-    def _prepare(self, job: Job) -> _Prepared:
+    def _prepare(self, job: Job, source: ResourceSource) -> _Prepared:
+        """Plan one job, reading through ``source`` (the batch's, written-back UIDs hidden)."""
         item = _Prepared(job)
         if job.op == "delete":
-            return self._prepare_delete(item)
+            return self._prepare_delete(item, source)
         if job.resource_type == "Encounter" and self._tracker is not None:
             if job.resource().get("status") == "entered-in-error":
-                return self._prepare_delete(item)
+                return self._prepare_delete(item, source)
         if self.writeback is not None and job.resource_type in _WRITTEN_BACK:
             held = self.writeback.already_held(job)
             if held is not None:
@@ -352,9 +356,9 @@ class Dhis2Connector:
                 what = "identifiers restored" if held.restore else "UIDs written back"
                 item.outcome = Success(detail=f"DHIS2 {what}: nothing new for DHIS2")
                 return item
-        resource, source = job.resource(), self.source
+        resource = job.resource()
         if self.writeback is not None:  # plans never depend on the UIDs written back (see writeback)
-            resource, source = self.writeback.hide(resource), self.writeback.hiding(source)
+            resource = self.writeback.hide(resource)
         try:
             if resource.get("resourceType") == "MeasureReport":
                 if self._aggregate is None:
@@ -395,13 +399,12 @@ class Dhis2Connector:
             item.plan = tracker_plan
         return item
 
-    def _prepare_delete(self, item: _Prepared) -> _Prepared:
+    def _prepare_delete(self, item: _Prepared, source: ResourceSource) -> _Prepared:
         """A retraction: an Encounter voided or deleted, any other resource deleted."""
         job = item.job
         if self._tracker is None:
             item.outcome = Success(detail=f"deleting a {job.resource_type} is not propagated to DHIS2")
             return item
-        source = self.writeback.hiding(self.source) if self.writeback is not None else self.source
         try:
             if job.resource_type == "Encounter":
                 visit = job.resource() or source.was_deleted("Encounter", job.resource_id) or {}

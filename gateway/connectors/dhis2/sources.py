@@ -43,6 +43,43 @@ class ResourceSource(Protocol):
         ...
 
 
+class BatchSource:
+    """A ``ResourceSource`` that remembers its answers for one batch of jobs.
+
+    The jobs of one visit (its Encounter, each Observation, MedicationDispense …) all plan the
+    same tracked entity, enrollment and event, so without it a batch reads the same Patient,
+    places and related resources once per job. Live for one batch only: the next batch reads
+    the store again. Callers never change the resources they read (plans build new objects).
+    """
+
+    def __init__(self, source: ResourceSource) -> None:
+        self._source = source
+        self._gets: dict[tuple[str, str], JsonObject | None] = {}
+        self._finds: dict[tuple[str, str, str], list[JsonObject]] = {}
+        self._deleted: dict[tuple[str, str], JsonObject | None] = {}
+
+    def get(self, resource_type: str, resource_id: str) -> JsonObject | None:
+        """The current version of a resource, read once per batch."""
+        key = (resource_type, resource_id)
+        if key not in self._gets:
+            self._gets[key] = self._source.get(resource_type, resource_id)
+        return self._gets[key]
+
+    def find(self, resource_type: str, param: str, reference: str) -> list[JsonObject]:
+        """A search, run once per batch (a new list each call)."""
+        key = (resource_type, param, reference)
+        if key not in self._finds:
+            self._finds[key] = self._source.find(resource_type, param, reference)
+        return list(self._finds[key])
+
+    def was_deleted(self, resource_type: str, resource_id: str) -> JsonObject | None:
+        """The last live version of a deleted resource, read once per batch."""
+        key = (resource_type, resource_id)
+        if key not in self._deleted:
+            self._deleted[key] = self._source.was_deleted(resource_type, resource_id)
+        return self._deleted[key]
+
+
 # Statuses that take a recorded fact back (FHIR R4 status value sets): such resources count as absent.
 RETRACTED_STATUSES = frozenset({"entered-in-error", "cancelled", "revoked", "declined", "not-done"})
 

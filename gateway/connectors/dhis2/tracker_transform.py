@@ -32,12 +32,15 @@ stored but map to no org unit raise ``Dhis2MappingError`` ``org-unit`` naming th
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.connectors.dhis2.mapping_load import BoundDataValue, BoundStage, BoundTracker
 from gateway.connectors.dhis2.orgunits import OrgUnitLookup, OrgUnitResolver
 from gateway.connectors.dhis2.person import PersonPendingError, hand_merge_note, person_of
+from gateway.connectors.dhis2.plan_cache import PlanCache
 from gateway.connectors.dhis2.sources import ResourceSource, is_retracted, reference_of
 from gateway.connectors.dhis2.uids import derive_uid
 from gateway.connectors.dhis2.values import ValueConversionError, to_dhis2_value
@@ -141,6 +144,30 @@ def _truthy(expr: Expression, resource: JsonObject) -> bool:
     return bool(values) and all(value is True for value in values)
 
 
+_CLOCK = re.compile(r"\b(now|today|timeOfDay)\s*\(")
+
+
+def _reads_clock(mapping: BoundTracker) -> bool:
+    """Whether a rule of ``mapping`` reads the clock (its plans then change with time alone)."""
+    seen: set[int] = set()
+    pending: list[Any] = [mapping]
+    while pending:
+        item = pending.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, Expression):
+            if _CLOCK.search(item.text):
+                return True
+        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+            pending += [getattr(item, f.name) for f in dataclasses.fields(item)]
+        elif isinstance(item, tuple | list | frozenset | set):
+            pending += list(item)
+        elif isinstance(item, dict):
+            pending += list(item.values())
+    return False
+
+
 def _instant(value: Any) -> str | None:
     """A FHIR date/dateTime as DHIS2 accepts it (date-only stays a date)."""
     if not isinstance(value, str) or len(value) < 10:
@@ -172,6 +199,8 @@ class TrackerTransformer:
         self.mapping = mapping
         self.namespace = namespace
         self.per_person = per_person  # one tracked entity per golden record (``person``), not per Patient
+        # The jobs of one visit plan the same objects: reuse the plan while its reads answer the same.
+        self._plans = None if _reads_clock(mapping) else PlanCache()
 
     def _person(self, patient: JsonObject, source: ResourceSource) -> tuple[str, JsonObject]:
         """The reference the tracked entity is derived from, and the Patient its values come from."""
@@ -193,7 +222,7 @@ class TrackerTransformer:
         if kind == "EpisodeOfCare":
             return self._episode_plan(resource, source, resolver)
         if kind == "Encounter":
-            return self._encounter_plan(resource, source, resolver)
+            return self._visit_plan(resource, source)
         if kind in _CODE_FIELDS:
             encounter_ref = reference_of(resource.get(_ENCOUNTER_FIELD.get(str(kind), "encounter")))
             if encounter_ref is None or not encounter_ref.startswith("Encounter/"):
@@ -206,8 +235,19 @@ class TrackerTransformer:
                 raise Dhis2PendingError(f"{encounter_ref} is not stored yet", "encounter")
             if encounter.get("status") == "entered-in-error":
                 return TrackerPlan.skip(f"{encounter_ref} was entered in error: its event is deleted in DHIS2")
-            return self._encounter_plan(encounter, source, resolver)
+            return self._visit_plan(encounter, source)
         return TrackerPlan.skip(f"{kind} is not mapped to DHIS2 tracker data")
+
+    def _visit_plan(self, encounter: JsonObject, source: ResourceSource) -> TrackerPlan:
+        """The Encounter's plan, from the cache when nothing it was planned from has changed."""
+
+        def make(reads: ResourceSource) -> TrackerPlan:
+            return self._encounter_plan(encounter, reads, OrgUnitResolver(self.mapping.org_units, reads))
+
+        if self._plans is None:
+            return make(source)
+        plan: TrackerPlan = self._plans.plan(encounter, source, make)
+        return plan
 
     # -- retractions
 
