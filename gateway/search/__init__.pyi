@@ -34,4 +34,5 @@ from .sql import date_sort_plan as date_sort_plan
 from .sql import date_sort_walk as date_sort_walk
 from .sql import page_sql as page_sql
 from .sql import rid_walk_sql as rid_walk_sql
+from .sql import type_walk_sql as type_walk_sql
 from .sql import where_clause as where_clause

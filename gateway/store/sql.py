@@ -35,6 +35,7 @@ from gateway.search import (
     page_sql,
     rid_walk_sql,
     subtree_sql,
+    type_walk_sql,
     visible_probe,
     visible_rows,
 )
@@ -68,8 +69,6 @@ AUDIT_TYPE = "AuditEvent"
 #: Ids a query lists at most (SQLite binds at most 32,766 parameters a statement).
 _IDS_PER_QUERY = 500
 
-
-_FAR = 1e300  # beyond any epoch-seconds date: no bound on the walk
 
 
 class SqlStore(ExportJobs, SubscriptionRows):
@@ -285,9 +284,12 @@ class SqlStore(ExportJobs, SubscriptionRows):
         )
         walk = date_sort_walk(query, steer=self.dialect == "sqlite") if plan is None else None
         by_rid = rid_walk_sql(query, steer=self.dialect == "sqlite") if plan is None and walk is None else None
+        by_type = type_walk_sql(query, steer=self.dialect == "sqlite") if by_rid is None else None
         rows: list[Any] | None = None
         if by_rid is not None and total is None and self._many_matches(cur, query):
             rows = self._rid_walk_page(cur, query, *by_rid)
+        elif by_type is not None:
+            rows = self._type_walk_page(cur, query, *by_type)
         if rows is not None:
             pass
         elif plan is not None:
@@ -325,7 +327,7 @@ class SqlStore(ExportJobs, SubscriptionRows):
         cur.execute(self.q(plan.bound), plan.bound_params)
         found = cur.fetchone()
         # Fewer rows than the cap: the walk may read them all.
-        bound = found[0] if found is not None else (-_FAR if plan.descending else _FAR)
+        bound = found[0] if found is not None else plan.unbounded
         # A resource with several dates has several index rows: ask for enough rows to see ``need`` resources.
         limit = need
         while True:
@@ -362,6 +364,24 @@ class SqlStore(ExportJobs, SubscriptionRows):
             if len(ordered) >= need or len(walked) < limit:
                 return self._rows_in_order(cur, ordered[query.offset : need])
             limit *= 4
+
+    def _type_walk_page(
+        self, cur: Cursor, query: SearchQuery, bound: str, bound_params: list[Any], walk: str, walk_params: list[Any]
+    ) -> list[Any] | None:
+        """One page in row-id order by walking the type's rows, each tested against every criterion
+        (see ``type_walk_sql``), no further than ``SORT_WALK_MIN`` (or ``SORT_WALK_PER_ROW`` per row
+        of the page) rows; None when that does not fill the page (the matches are few: the plain
+        plan then reads only them)."""
+        need = query.offset + query.count
+        cap = max(self.SORT_WALK_MIN, need * self.SORT_WALK_PER_ROW)
+        cur.execute(self.q(bound), (*bound_params, cap - 1))
+        found = cur.fetchone()
+        upto = int(found[0]) if found is not None else int(bound_params[-1])
+        cur.execute(self.q(walk), (*walk_params, upto, need))
+        ordered = [row[0] for row in cur.fetchall()]
+        if len(ordered) < need and found is not None:
+            return None
+        return self._rows_in_order(cur, ordered[query.offset : need])
 
     def _by_match(self, cur: Cursor, query: SearchQuery, sql_params: tuple[str, list[Any]]) -> list[Any]:
         sql, params = sql_params
