@@ -8,7 +8,7 @@ is answered from an index table and no JSON is scanned.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway.search.policy import RowFilter
@@ -544,8 +544,9 @@ def date_sort_plan(query: SearchQuery, cap: int) -> DateSortPlan | None:
 
 
 def type_walk_sql(query: SearchQuery, *, steer: bool = False) -> tuple[str, Params, str, Params] | None:
-    """For an unsorted search on several plain criteria: SQL walking the type's row ids in order,
-    testing every criterion per row on its row-id index, or None for other searches.
+    """For an unsorted search on several plain criteria: SQL walking row ids in order (those of one
+    ``system|code`` criterion when there is one, else the type's), testing every other criterion per
+    row on its row-id index, or None for other searches.
 
     Intersecting the criteria costs the matches of the narrowest one (every Observation of a code,
     to keep those in a month); the default order is by row id, so walking the type's rows in that
@@ -563,15 +564,66 @@ def type_walk_sql(query: SearchQuery, *, steer: bool = False) -> tuple[str, Para
         # index rows, so every positive probe also excludes it.
         if not _is_positive(c) or c.chain is not None or c.has is not None or _one_target(c):
             return None
+    driver = next((c for c in query.criteria if _rid_ordered_token(c)), None)
     # The broad criteria (date and number ranges) first: they pass fewest rows in a walk.
-    ordered = sorted(query.criteria, key=lambda c: 0 if not _selective(c) else 1)
+    ordered = sorted((c for c in query.criteria if c is not driver), key=lambda c: 0 if not _selective(c) else 1)
+    snapshot = query.snapshot if query.snapshot is not None else 2**62
+    if driver is not None:
+        # One system|code: its index rows (rtype, param, code, system, rid) are in row-id order,
+        # and the other criteria keep a share of them (a month of one code's Observations).
+        probes = [_probe(c, "w", per_row=True) for c in ordered]
+        value = driver.values[0]
+        head = "FROM idx_token w WHERE w.rtype = ? AND w.param = ? AND w.code = ? AND w.system = ?"
+        key: Params = [query.rtype, driver.param.code, value.code, value.system]
+        bound = f"SELECT w.rid {head} AND w.rid <= ? ORDER BY w.rid LIMIT 1 OFFSET ?"
+        walk = f"SELECT w.rid {head} AND {' AND '.join(p for p, _ in probes)} AND w.rid <= ? ORDER BY w.rid LIMIT ?"
+        return bound, [*key, snapshot], walk, [*key, *(v for _, ps in probes for v in ps)]
     probes = [_probe(c, "r", per_row=True) for c in ordered]
     source = "resources r INDEXED BY resources_type_rid" if steer else "resources r"
     bound = f"SELECT r.rid FROM {source} WHERE r.rtype = ? AND r.rid <= ? ORDER BY r.rid LIMIT 1 OFFSET ?"
-    snapshot = query.snapshot if query.snapshot is not None else 2**62
     walk = (f"SELECT r.rid FROM {source} WHERE r.rtype = ? AND {' AND '.join(p for p, _ in probes)}"
             " AND r.rid <= ? ORDER BY r.rid LIMIT ?")
     return bound, [query.rtype, snapshot], walk, [query.rtype, *(v for _, ps in probes for v in ps)]
+
+
+def code_system_sql(query: SearchQuery) -> tuple[int, str, Params] | None:
+    """For ``type_walk_sql``, when no criterion names a ``system|code``: the first criterion naming a
+    code alone, with SQL answering (lowest system, highest system, rows without a system) of that
+    code's index rows from the index alone. One system means ``pin_system`` may name it: the
+    code's rows are then in row-id order in the index, and the walk can drive from them."""
+    if any(_rid_ordered_token(c) for c in query.criteria):
+        return None
+    for n, c in enumerate(query.criteria):
+        if c.param.table != "token" or c.modifier is not None or c.missing is not None or len(c.values) != 1:
+            continue
+        value = c.values[0]
+        if not isinstance(value, TokenValue) or value.system is not None or value.code is None:
+            continue
+        head = "FROM idx_token t WHERE t.rtype = ? AND t.param = ? AND t.code = ?"
+        key: Params = [query.rtype, c.param.code, value.code]
+        sql = (f"SELECT (SELECT t.system {head} AND t.system IS NOT NULL ORDER BY t.system ASC LIMIT 1),"
+               f" (SELECT t.system {head} AND t.system IS NOT NULL ORDER BY t.system DESC LIMIT 1),"
+               f" (SELECT COUNT(*) FROM (SELECT 1 {head} AND t.system IS NULL LIMIT 1) b)")
+        return n, sql, [*key, *key, *key]
+    return None
+
+
+def pin_system(query: SearchQuery, n: int, system: str) -> SearchQuery:
+    """``query`` with criterion ``n`` (a code alone, see ``code_system_sql``) naming ``system``: the
+    same matches while the code has no row of another system."""
+    criteria = list(query.criteria)
+    value = criteria[n].values[0]
+    assert isinstance(value, TokenValue)
+    criteria[n] = replace(criteria[n], values=[TokenValue(system, value.code)])
+    return replace(query, criteria=criteria)
+
+
+def _rid_ordered_token(c: Criterion) -> bool:
+    """One ``system|code`` token value: its rows of the value index are in row-id order."""
+    if c.param.table != "token" or c.modifier is not None or c.missing is not None or len(c.values) != 1:
+        return False
+    value = c.values[0]
+    return isinstance(value, TokenValue) and bool(value.system) and value.code is not None
 
 
 def order_by(query: SearchQuery, alias: str = "r") -> tuple[str, Params]:

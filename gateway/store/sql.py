@@ -26,6 +26,7 @@ from gateway.search import (
     SearchQuery,
     SearchRegistry,
     capped_count_sql,
+    code_system_sql,
     count_sql,
     date_sort_plan,
     date_sort_walk,
@@ -33,6 +34,7 @@ from gateway.search import (
     from_epoch,
     index_rows,
     page_sql,
+    pin_system,
     rid_walk_sql,
     subtree_sql,
     type_walk_sql,
@@ -284,7 +286,7 @@ class SqlStore(ExportJobs, SubscriptionRows):
         )
         walk = date_sort_walk(query, steer=self.dialect == "sqlite") if plan is None else None
         by_rid = rid_walk_sql(query, steer=self.dialect == "sqlite") if plan is None and walk is None else None
-        by_type = type_walk_sql(query, steer=self.dialect == "sqlite") if by_rid is None else None
+        by_type = self._type_walk(cur, query) if by_rid is None else None
         rows: list[Any] | None = None
         if by_rid is not None and total is None and self._many_matches(cur, query):
             rows = self._rid_walk_page(cur, query, *by_rid)
@@ -365,6 +367,20 @@ class SqlStore(ExportJobs, SubscriptionRows):
                 return self._rows_in_order(cur, ordered[query.offset : need])
             limit *= 4
 
+    def _type_walk(self, cur: Cursor, query: SearchQuery) -> tuple[str, list[Any], str, list[Any]] | None:
+        """``type_walk_sql`` for the query, driven by its code's rows when the code has one system."""
+        steer = self.dialect == "sqlite"
+        plain = type_walk_sql(query, steer=steer)
+        found = code_system_sql(query) if plain is not None else None
+        if found is None:
+            return plain
+        n, sql, params = found
+        cur.execute(self.q(sql), params)
+        low, high, bare = cur.fetchone()
+        if low is None or low != high or int(bare):
+            return plain
+        return type_walk_sql(pin_system(query, n, low), steer=steer)
+
     def _type_walk_page(
         self, cur: Cursor, query: SearchQuery, bound: str, bound_params: list[Any], walk: str, walk_params: list[Any]
     ) -> list[Any] | None:
@@ -377,8 +393,14 @@ class SqlStore(ExportJobs, SubscriptionRows):
         cur.execute(self.q(bound), (*bound_params, cap - 1))
         found = cur.fetchone()
         upto = int(found[0]) if found is not None else int(bound_params[-1])
-        cur.execute(self.q(walk), (*walk_params, upto, need))
-        ordered = [row[0] for row in cur.fetchall()]
+        limit = need + 4  # a code twice in one resource gives it two rows
+        while True:
+            cur.execute(self.q(walk), (*walk_params, upto, limit))
+            walked = [row[0] for row in cur.fetchall()]
+            ordered = list(dict.fromkeys(walked))
+            if len(ordered) >= need or len(walked) < limit:
+                break
+            limit *= 2
         if len(ordered) < need and found is not None:
             return None
         return self._rows_in_order(cur, ordered[query.offset : need])

@@ -28,9 +28,11 @@ def _observations(store: Store, rng: random.Random) -> list[dict[str, Any]]:
     made: list[dict[str, Any]] = []
     for n in range(90):
         when = START + timedelta(days=rng.randrange(90), minutes=rng.randrange(1440))
+        code = rng.choice("abc")
         body: dict[str, Any] = {
             "resourceType": "Observation", "status": "final",
-            "code": {"coding": [{"system": "urn:t", "code": rng.choice("abc")}]},
+            # Code "c" in two systems: a search naming the code alone cannot walk one system's rows.
+            "code": {"coding": [{"system": "urn:u" if code == "c" and n % 3 else "urn:t", "code": code}]},
         }  # fmt: skip
         if n % 11 == 5:
             pass
@@ -66,12 +68,14 @@ def test_code_and_date_range_pages_match_the_oracle(
     monkeypatch.setattr(SqlStore, "SORT_WALK_MIN", walk[0])
     monkeypatch.setattr(SqlStore, "SORT_WALK_PER_ROW", walk[1])
     made = _observations(store, random.Random(3))
-    for code in ("a", "c", "none"):
+    for code, system in (("a", "urn:t"), ("a", None), ("c", None), ("c", "urn:u"), ("none", None)):
         for lo, hi in (("2024-01-10", "2024-02-20"), ("2024-03-01", "2024-03-05"), ("2025-01-01", "2025-02-01")):
-            expected = [r["id"] for r in made if r["code"]["coding"][0]["code"] == code and _in_month(r, lo, hi)]
+            expected = [r["id"] for r in made if r["code"]["coding"][0]["code"] == code and _in_month(r, lo, hi)
+                        and system in (None, r["code"]["coding"][0]["system"])]  # fmt: skip
             for total in ("none", "accurate", "estimate"):
                 for count, offset in PAGES:
-                    items = [("code", f"urn:t|{code}"), ("date", f"ge{lo}"), ("date", f"lt{hi}"),
+                    token = code if system is None else f"{system}|{code}"
+                    items = [("code", token), ("date", f"ge{lo}"), ("date", f"lt{hi}"),
                              ("_count", str(count)), ("_offset", str(offset)), ("_total", total)]  # fmt: skip
                     result = store.search(PARSER.parse("Observation", items))
                     assert [r.id for r in result.resources] == expected[offset : offset + count], (code, lo, total)
