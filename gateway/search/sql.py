@@ -573,6 +573,7 @@ def type_walk_sql(query: SearchQuery, *, steer: bool = False) -> tuple[str, Para
         # and the other criteria keep a share of them (a month of one code's Observations).
         probes = [_probe(c, "w", per_row=True) for c in ordered]
         value = driver.values[0]
+        assert isinstance(value, TokenValue)
         head = "FROM idx_token w WHERE w.rtype = ? AND w.param = ? AND w.code = ? AND w.system = ?"
         key: Params = [query.rtype, driver.param.code, value.code, value.system]
         bound = f"SELECT w.rid {head} AND w.rid <= ? ORDER BY w.rid LIMIT 1 OFFSET ?"

@@ -53,10 +53,10 @@ def _observations(store: Store, rng: random.Random) -> list[dict[str, Any]]:
 def _in_month(r: dict[str, Any], lo: str, hi: str) -> bool:
     """``date=ge{lo}&date=lt{hi}`` for these resources (minutes and day-long bounds: string order)."""
     if "effectiveDateTime" in r:
-        return lo <= r["effectiveDateTime"][:10] < hi
+        return bool(lo <= r["effectiveDateTime"][:10] < hi)
     if "effectivePeriod" in r:
         start, end = r["effectivePeriod"]["start"][:10], r["effectivePeriod"]["end"][:10]
-        return end >= lo and start < hi
+        return bool(end >= lo and start < hi)
     return False
 
 
