@@ -36,5 +36,6 @@ from .sql import date_sort_walk as date_sort_walk
 from .sql import page_sql as page_sql
 from .sql import pin_system as pin_system
 from .sql import rid_walk_sql as rid_walk_sql
+from .sql import selective_counts as selective_counts
 from .sql import type_walk_sql as type_walk_sql
 from .sql import where_clause as where_clause

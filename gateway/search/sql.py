@@ -590,6 +590,13 @@ def type_walk_sql(query: SearchQuery, *, steer: bool = False) -> tuple[str, Para
     return bound, [query.rtype, snapshot], walk, [query.rtype, *(v for _, ps in probes for v in ps)]
 
 
+def selective_counts(query: SearchQuery) -> list[tuple[str, Params]]:
+    """Per criterion the plain plan intersects (see ``match_set``): SQL counting its index rows up
+    to a limit appended. One with few rows makes the plain plan cheap, and a walk needless."""
+    return [(f"SELECT COUNT(*) FROM (SELECT 1 FROM ({sql}) f LIMIT ?) g", params)
+            for sql, params in (rid_set(query.rtype, c) for c in query.criteria if _selective(c))]
+
+
 def code_system_sql(query: SearchQuery) -> tuple[int, str, Params] | None:
     """For ``type_walk_sql``, when no criterion names a ``system|code``: the first criterion naming a
     code alone, with SQL answering (lowest system, highest system, rows without a system) of that

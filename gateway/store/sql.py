@@ -36,6 +36,7 @@ from gateway.search import (
     page_sql,
     pin_system,
     rid_walk_sql,
+    selective_counts,
     subtree_sql,
     type_walk_sql,
     visible_probe,
@@ -368,10 +369,17 @@ class SqlStore(ExportJobs, SubscriptionRows):
             limit *= 4
 
     def _type_walk(self, cur: Cursor, query: SearchQuery) -> tuple[str, list[Any], str, list[Any]] | None:
-        """``type_walk_sql`` for the query, driven by its code's rows when the code has one system."""
+        """``type_walk_sql`` for the query (driven by its code's rows when the code has one system),
+        or None when a criterion of the plain plan has few index rows."""
         steer = self.dialect == "sqlite"
         plain = type_walk_sql(query, steer=steer)
-        found = code_system_sql(query) if plain is not None else None
+        if plain is None:
+            return None
+        for sql, params in selective_counts(query):
+            cur.execute(self.q(sql), (*params, self.SORT_WALK_MIN))
+            if int(cur.fetchone()[0]) < self.SORT_WALK_MIN:
+                return None  # the plain plan reads fewer rows than a walk would
+        found = code_system_sql(query)
         if found is None:
             return plain
         n, sql, params = found
