@@ -327,8 +327,10 @@ class SqlStore(ExportJobs, SubscriptionRows):
             driver = sizes.index(min(sizes))
             if sizes[driver] < self.SORT_WALK_MIN:  # few matches: sorting them beats any walk
                 return self._rows_in_order(cur, self._by_match(cur, query, plan.by_match[driver]))
-        cur.execute(self.q(plan.bound), plan.bound_params)
-        found = cur.fetchone()
+        found = None
+        if plan.counts:  # without criteria every row walked is kept: the walk reads only the page
+            cur.execute(self.q(plan.bound), plan.bound_params)
+            found = cur.fetchone()
         # Fewer rows than the cap: the walk may read them all.
         bound = found[0] if found is not None else plan.unbounded
         # A resource with several dates has several index rows: ask for enough rows to see ``need`` resources.
