@@ -77,9 +77,7 @@ def capped_count_sql(query: SearchQuery, cap: int) -> tuple[str, Params]:
     count. The index rows are read without ``DISTINCT``: removing repeats over the whole set
     (a hash or a sort) is what made a count cost the number of matches even under a limit.
     """
-    # Probes row by row: PostgreSQL otherwise hashes a broad criterion's whole set (every date row
-    # of the type) before reading the first of the at most ``cap + 1`` rows.
-    matched, matched_params = match_set(query, distinct=False, per_row=True)
+    matched, matched_params = match_set(query, distinct=False)
     rest, _ = _resource_filters(query, "r")
     if matched and not rest:
         sql, params = f"SELECT m.rid FROM ({matched}) m", matched_params
@@ -91,10 +89,9 @@ def capped_count_sql(query: SearchQuery, cap: int) -> tuple[str, Params]:
     return f"SELECT COUNT(*), COUNT(DISTINCT c.rid) FROM ({sql} LIMIT ?) c", [*params, cap + 1]
 
 
-def match_set(query: SearchQuery, *, distinct: bool = True, per_row: bool = False) -> tuple[str, Params]:
+def match_set(query: SearchQuery, *, distinct: bool = True) -> tuple[str, Params]:
     """Row ids of the resources the positive index criteria select ("" when there are none);
-    ``distinct=False`` may list a row id more than once (cheaper when only some rows are read);
-    ``per_row``: the broad criteria are probed row by row (see ``_probe``), for a limited read.
+    ``distinct=False`` may list a row id more than once (cheaper when only some rows are read).
 
     Selective criteria (tokens, references, string prefixes, number equality, chains)
     are intersected; broad ones (date ranges, ``:contains``, ``:missing=false``, number
@@ -134,7 +131,7 @@ def match_set(query: SearchQuery, *, distinct: bool = True, per_row: bool = Fals
         return sql, params
     probes: list[str] = []
     for criterion in filters:
-        probe, probe_params = _probe(criterion, "m0", per_row=per_row)
+        probe, probe_params = _probe(criterion, "m0")
         probes.append(probe)
         params.extend(probe_params)
     return f"SELECT m0.rid FROM ({sql}) m0 WHERE {' AND '.join(probes)}", params
