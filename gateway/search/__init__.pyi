@@ -29,9 +29,13 @@ from .registry import SearchRegistry as SearchRegistry
 from .registry import default_registry as default_registry
 from .sql import DateSortPlan as DateSortPlan
 from .sql import capped_count_sql as capped_count_sql
+from .sql import code_system_sql as code_system_sql
 from .sql import count_sql as count_sql
 from .sql import date_sort_plan as date_sort_plan
 from .sql import date_sort_walk as date_sort_walk
 from .sql import page_sql as page_sql
+from .sql import pin_system as pin_system
 from .sql import rid_walk_sql as rid_walk_sql
+from .sql import selective_counts as selective_counts
+from .sql import type_walk_sql as type_walk_sql
 from .sql import where_clause as where_clause

@@ -8,7 +8,7 @@ is answered from an index table and no JSON is scanned.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway.search.policy import RowFilter
@@ -33,6 +33,7 @@ TABLES = {
     "number": "idx_number",
 }
 _MAX_CHAR = "\U0010ffff"
+_FAR = 1e300  # beyond any epoch-seconds date: no bound on a walk
 
 
 def where_clause(query: SearchQuery, alias: str = "r", *, few: bool = False) -> tuple[str, Params]:
@@ -454,25 +455,27 @@ def date_sort_walk(query: SearchQuery, *, steer: bool = False) -> tuple[str, Par
 
 @dataclass(frozen=True, slots=True)
 class DateSortPlan:
-    """Ways to one page of a query sorted by a date parameter (see ``date_sort_plan``)."""
+    """Ways to one page of a query sorted by a date or string parameter (see ``date_sort_plan``)."""
 
     counts: list[tuple[str, Params]]  # per criterion: its matches, counted up to a limit appended
-    bound: str  # the sort key of the ``cap``-th date-index row in sort order (none if fewer rows)
+    bound: str  # the sort key of the ``cap``-th index row in sort order (none if fewer rows)
     bound_params: Params
-    walk: str  # date-index rows in sort order up to the bound, kept if every criterion holds;
+    walk: str  # index rows in sort order up to the bound, kept if every criterion holds;
     walk_params: Params  # the bound and the limit are appended
     # Per driving criterion (or one for every resource of the type): its matches meeting the
-    # others, sorted by their own date; limit and offset appended.
+    # others, sorted by their own key; limit and offset appended.
     by_match: list[tuple[str, Params]]
     descending: bool
+    unbounded: Any  # the bound when the index has fewer rows than the cap (past every key)
 
 
 def date_sort_plan(query: SearchQuery, cap: int) -> DateSortPlan | None:
-    """For ``_sort`` on one date parameter with plain criteria: a bounded walk, or the few matches sorted.
+    """For ``_sort`` on one date or string parameter with plain criteria: a bounded walk, or the
+    few matches sorted.
 
     ``counts`` counts each criterion's matches up to a limit from its index alone. When one
     criterion matches few resources, ``by_match`` driven by it (the others probed per row)
-    sorts exactly those by their own date. Otherwise the walk reads the date index in sort
+    sorts exactly those by their own key. Otherwise the walk reads the parameter's index in sort
     order, no further than its ``cap``-th row (whose key ``bound`` finds from the index
     alone), keeping the rows whose resource meets every criterion (one probe per criterion on
     the row-id indexes), and stops once it has the page: after ``page / share`` rows when the
@@ -485,19 +488,26 @@ def date_sort_plan(query: SearchQuery, cap: int) -> DateSortPlan | None:
     if len(query.sort) != 1:
         return None
     key = query.sort[0]
-    if key.param is None or key.param.table != "date":
+    if key.param is None or key.param.table not in ("date", "string"):
         return None
     rest, _ = _resource_filters(query, "r")
     if rest or visible_rids(query.policy, query.rtype) is not None:
         return None
     if any(not _is_positive(c) or c.chain is not None or c.has is not None for c in query.criteria):
         return None
+    table = TABLES[key.param.table]
     column, direction, agg = ("hi", "DESC", "MAX") if key.descending else ("lo", "ASC", "MIN")
+    unbounded: Any = -_FAR if key.descending else _FAR
+    # A string sorts by its lowest value ascending, its highest descending; resources without
+    # one come last in row-id order, as the index walk of earlier releases gave them.
+    missing_order = ""
+    if key.param.table == "string":
+        column = "norm"
+        unbounded = "" if key.descending else _MAX_CHAR * 8
+        missing_order = " (CASE WHEN bm.k IS NULL THEN bm.rid END) ASC,"
     code = key.param.code
     snapshot: Params = [] if query.snapshot is None else [query.snapshot]
-    head = (
-        f"FROM idx_date d WHERE d.rtype = ? AND d.param = ?{'' if query.snapshot is None else ' AND d.rid <= ?'}"
-    )
+    head = f"FROM {table} d WHERE d.rtype = ? AND d.param = ?{'' if query.snapshot is None else ' AND d.rid <= ?'}"
     order = f"ORDER BY d.{column} {direction}, d.rid {direction}"
     bound = f"SELECT d.{column} {head} {order} LIMIT 1 OFFSET ?"
     probes = [_probe(c, "d", per_row=True) for c in query.criteria]
@@ -511,11 +521,11 @@ def date_sort_plan(query: SearchQuery, cap: int) -> DateSortPlan | None:
         conds = [t for t, _ in tests] + ([] if query.snapshot is None else ["b0.rid + 0 <= ?"])
         where = f" WHERE {' AND '.join(conds)}" if conds else ""
         sql = (
-            f"SELECT bm.rid FROM (SELECT b0.rid AS rid, (SELECT {agg}(e.{column}) FROM idx_date e"
+            f"SELECT bm.rid FROM (SELECT b0.rid AS rid, (SELECT {agg}(e.{column}) FROM {table} e"
             f" WHERE e.rid = b0.rid AND e.param = ?) AS k FROM ({driver}) b0{where}) bm"
-            f" ORDER BY (CASE WHEN bm.k IS NULL THEN 1 ELSE 0 END), bm.k {direction}, bm.rid {direction}"
-            " LIMIT ? OFFSET ?"
-        )  # resources without the date sort last, as in the walk
+            f" ORDER BY (CASE WHEN bm.k IS NULL THEN 1 ELSE 0 END), bm.k {direction},{missing_order}"
+            f" bm.rid {direction} LIMIT ? OFFSET ?"
+        )  # resources without the key sort last, as in the walk
         return sql, [code, *driver_params, *(v for _, ps in tests for v in ps), *snapshot]
 
     counts: list[tuple[str, Params]] = []
@@ -528,8 +538,100 @@ def date_sort_plan(query: SearchQuery, cap: int) -> DateSortPlan | None:
         every = "SELECT a.rid FROM resources a WHERE a.rtype = ? AND a.deleted = 0"
         by_match.append(sorted_matches(every, [query.rtype], []))
     return DateSortPlan(
-        counts, bound, [query.rtype, key.param.code, *snapshot, cap - 1], walk, walk_params, by_match, key.descending
+        counts, bound, [query.rtype, key.param.code, *snapshot, cap - 1], walk, walk_params, by_match, key.descending,
+        unbounded,
     )
+
+
+def type_walk_sql(query: SearchQuery, *, steer: bool = False) -> tuple[str, Params, str, Params] | None:
+    """For an unsorted search on several plain criteria: SQL walking row ids in order (those of one
+    ``system|code`` criterion when there is one, else the type's), testing every other criterion per
+    row on its row-id index, or None for other searches.
+
+    Intersecting the criteria costs the matches of the narrowest one (every Observation of a code,
+    to keep those in a month); the default order is by row id, so walking the type's rows in that
+    order stops after about the page over the share of the type that matches, whatever the store
+    holds. Returns the SQL of the row id ``cap`` rows in (the cap appended) and the walk (the
+    upper row id and the limit appended); the caller falls back to the plain plan when the
+    walk up to that row does not fill the page. ``steer`` (SQLite) names the (rtype, rid) index.
+    """
+    if query.sort or query.ids or query.last_updated or len(query.criteria) < 2:
+        return None
+    if visible_rids(query.policy, query.rtype) is not None:
+        return None
+    for c in query.criteria:
+        # A reference to one resource already drives a cheap plan; a deleted resource has no
+        # index rows, so every positive probe also excludes it.
+        if not _is_positive(c) or c.chain is not None or c.has is not None or _one_target(c):
+            return None
+    driver = next((c for c in query.criteria if _rid_ordered_token(c)), None)
+    # The broad criteria (date and number ranges) first: they pass fewest rows in a walk.
+    ordered = sorted((c for c in query.criteria if c is not driver), key=lambda c: 0 if not _selective(c) else 1)
+    snapshot = query.snapshot if query.snapshot is not None else 2**62
+    if driver is not None:
+        # One system|code: its index rows (rtype, param, code, system, rid) are in row-id order,
+        # and the other criteria keep a share of them (a month of one code's Observations).
+        probes = [_probe(c, "w", per_row=True) for c in ordered]
+        value = driver.values[0]
+        assert isinstance(value, TokenValue)
+        head = "FROM idx_token w WHERE w.rtype = ? AND w.param = ? AND w.code = ? AND w.system = ?"
+        key: Params = [query.rtype, driver.param.code, value.code, value.system]
+        bound = f"SELECT w.rid {head} AND w.rid <= ? ORDER BY w.rid LIMIT 1 OFFSET ?"
+        walk = f"SELECT w.rid {head} AND {' AND '.join(p for p, _ in probes)} AND w.rid <= ? ORDER BY w.rid LIMIT ?"
+        return bound, [*key, snapshot], walk, [*key, *(v for _, ps in probes for v in ps)]
+    probes = [_probe(c, "r", per_row=True) for c in ordered]
+    source = "resources r INDEXED BY resources_type_rid" if steer else "resources r"
+    bound = f"SELECT r.rid FROM {source} WHERE r.rtype = ? AND r.rid <= ? ORDER BY r.rid LIMIT 1 OFFSET ?"
+    walk = (f"SELECT r.rid FROM {source} WHERE r.rtype = ? AND {' AND '.join(p for p, _ in probes)}"
+            " AND r.rid <= ? ORDER BY r.rid LIMIT ?")
+    return bound, [query.rtype, snapshot], walk, [query.rtype, *(v for _, ps in probes for v in ps)]
+
+
+def selective_counts(query: SearchQuery) -> list[tuple[str, Params]]:
+    """Per criterion the plain plan intersects (see ``match_set``): SQL counting its index rows up
+    to a limit appended. One with few rows makes the plain plan cheap, and a walk needless."""
+    return [(f"SELECT COUNT(*) FROM (SELECT 1 FROM ({sql}) f LIMIT ?) g", params)
+            for sql, params in (rid_set(query.rtype, c) for c in query.criteria if _selective(c))]
+
+
+def code_system_sql(query: SearchQuery) -> tuple[int, str, Params] | None:
+    """For ``type_walk_sql``, when no criterion names a ``system|code``: the first criterion naming a
+    code alone, with SQL answering (lowest system, highest system, rows without a system) of that
+    code's index rows from the index alone. One system means ``pin_system`` may name it: the
+    code's rows are then in row-id order in the index, and the walk can drive from them."""
+    if any(_rid_ordered_token(c) for c in query.criteria):
+        return None
+    for n, c in enumerate(query.criteria):
+        if c.param.table != "token" or c.modifier is not None or c.missing is not None or len(c.values) != 1:
+            continue
+        value = c.values[0]
+        if not isinstance(value, TokenValue) or value.system is not None or value.code is None:
+            continue
+        head = "FROM idx_token t WHERE t.rtype = ? AND t.param = ? AND t.code = ?"
+        key: Params = [query.rtype, c.param.code, value.code]
+        sql = (f"SELECT (SELECT t.system {head} AND t.system IS NOT NULL ORDER BY t.system ASC LIMIT 1),"
+               f" (SELECT t.system {head} AND t.system IS NOT NULL ORDER BY t.system DESC LIMIT 1),"
+               f" (SELECT COUNT(*) FROM (SELECT 1 {head} AND t.system IS NULL LIMIT 1) b)")
+        return n, sql, [*key, *key, *key]
+    return None
+
+
+def pin_system(query: SearchQuery, n: int, system: str) -> SearchQuery:
+    """``query`` with criterion ``n`` (a code alone, see ``code_system_sql``) naming ``system``: the
+    same matches while the code has no row of another system."""
+    criteria = list(query.criteria)
+    value = criteria[n].values[0]
+    assert isinstance(value, TokenValue)
+    criteria[n] = replace(criteria[n], values=[TokenValue(system, value.code)])
+    return replace(query, criteria=criteria)
+
+
+def _rid_ordered_token(c: Criterion) -> bool:
+    """One ``system|code`` token value: its rows of the value index are in row-id order."""
+    if c.param.table != "token" or c.modifier is not None or c.missing is not None or len(c.values) != 1:
+        return False
+    value = c.values[0]
+    return isinstance(value, TokenValue) and bool(value.system) and value.code is not None
 
 
 def order_by(query: SearchQuery, alias: str = "r") -> tuple[str, Params]:

@@ -26,6 +26,7 @@ from gateway.search import (
     SearchQuery,
     SearchRegistry,
     capped_count_sql,
+    code_system_sql,
     count_sql,
     date_sort_plan,
     date_sort_walk,
@@ -33,8 +34,11 @@ from gateway.search import (
     from_epoch,
     index_rows,
     page_sql,
+    pin_system,
     rid_walk_sql,
+    selective_counts,
     subtree_sql,
+    type_walk_sql,
     visible_probe,
     visible_rows,
 )
@@ -68,8 +72,6 @@ AUDIT_TYPE = "AuditEvent"
 #: Ids a query lists at most (SQLite binds at most 32,766 parameters a statement).
 _IDS_PER_QUERY = 500
 
-
-_FAR = 1e300  # beyond any epoch-seconds date: no bound on the walk
 
 
 class SqlStore(ExportJobs, SubscriptionRows):
@@ -285,9 +287,12 @@ class SqlStore(ExportJobs, SubscriptionRows):
         )
         walk = date_sort_walk(query, steer=self.dialect == "sqlite") if plan is None else None
         by_rid = rid_walk_sql(query, steer=self.dialect == "sqlite") if plan is None and walk is None else None
+        by_type = self._type_walk(cur, query) if by_rid is None else None
         rows: list[Any] | None = None
         if by_rid is not None and total is None and self._many_matches(cur, query):
             rows = self._rid_walk_page(cur, query, *by_rid)
+        elif by_type is not None:
+            rows = self._type_walk_page(cur, query, *by_type)
         if rows is not None:
             pass
         elif plan is not None:
@@ -322,10 +327,12 @@ class SqlStore(ExportJobs, SubscriptionRows):
             driver = sizes.index(min(sizes))
             if sizes[driver] < self.SORT_WALK_MIN:  # few matches: sorting them beats any walk
                 return self._rows_in_order(cur, self._by_match(cur, query, plan.by_match[driver]))
-        cur.execute(self.q(plan.bound), plan.bound_params)
-        found = cur.fetchone()
+        found = None
+        if plan.counts:  # without criteria every row walked is kept: the walk reads only the page
+            cur.execute(self.q(plan.bound), plan.bound_params)
+            found = cur.fetchone()
         # Fewer rows than the cap: the walk may read them all.
-        bound = found[0] if found is not None else (-_FAR if plan.descending else _FAR)
+        bound = found[0] if found is not None else plan.unbounded
         # A resource with several dates has several index rows: ask for enough rows to see ``need`` resources.
         limit = need
         while True:
@@ -362,6 +369,51 @@ class SqlStore(ExportJobs, SubscriptionRows):
             if len(ordered) >= need or len(walked) < limit:
                 return self._rows_in_order(cur, ordered[query.offset : need])
             limit *= 4
+
+    def _type_walk(self, cur: Cursor, query: SearchQuery) -> tuple[str, list[Any], str, list[Any]] | None:
+        """``type_walk_sql`` for the query (driven by its code's rows when the code has one system),
+        or None when a criterion of the plain plan has few index rows."""
+        steer = self.dialect == "sqlite"
+        plain = type_walk_sql(query, steer=steer)
+        if plain is None:
+            return None
+        for sql, params in selective_counts(query):
+            cur.execute(self.q(sql), (*params, self.SORT_WALK_MIN))
+            if int(cur.fetchone()[0]) < self.SORT_WALK_MIN:
+                return None  # the plain plan reads fewer rows than a walk would
+        found = code_system_sql(query)
+        if found is None:
+            return plain
+        n, sql, params = found
+        cur.execute(self.q(sql), params)
+        low, high, bare = cur.fetchone()
+        if low is None or low != high or int(bare):
+            return plain
+        return type_walk_sql(pin_system(query, n, low), steer=steer)
+
+    def _type_walk_page(
+        self, cur: Cursor, query: SearchQuery, bound: str, bound_params: list[Any], walk: str, walk_params: list[Any]
+    ) -> list[Any] | None:
+        """One page in row-id order by walking the type's rows, each tested against every criterion
+        (see ``type_walk_sql``), no further than ``SORT_WALK_MIN`` (or ``SORT_WALK_PER_ROW`` per row
+        of the page) rows; None when that does not fill the page (the matches are few: the plain
+        plan then reads only them)."""
+        need = query.offset + query.count
+        cap = max(self.SORT_WALK_MIN, need * self.SORT_WALK_PER_ROW)
+        cur.execute(self.q(bound), (*bound_params, cap - 1))
+        found = cur.fetchone()
+        upto = int(found[0]) if found is not None else int(bound_params[-1])
+        limit = need + 4  # a code twice in one resource gives it two rows
+        while True:
+            cur.execute(self.q(walk), (*walk_params, upto, limit))
+            walked = [row[0] for row in cur.fetchall()]
+            ordered = list(dict.fromkeys(walked))
+            if len(ordered) >= need or len(walked) < limit:
+                break
+            limit *= 2
+        if len(ordered) < need and found is not None:
+            return None
+        return self._rows_in_order(cur, ordered[query.offset : need])
 
     def _by_match(self, cur: Cursor, query: SearchQuery, sql_params: tuple[str, list[Any]]) -> list[Any]:
         sql, params = sql_params
