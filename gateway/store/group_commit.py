@@ -20,7 +20,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from gateway.store.rows import Cursor
@@ -49,7 +49,7 @@ class _Batch:
 
     open: bool = False
     units: int = 0
-    done: bool = False
+    done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
 
 
@@ -67,7 +67,9 @@ class GroupCommit(ABC, Generic[C]):
         self.max_units = max_units
         self.commits = 0  # transactions committed (the tests read it)
         self._conn: C | None = None
-        self._cond = threading.Condition()
+        # Writers waiting for the connection are woken one at a time (a hand-over wakes one,
+        # not all 38 of a burst to find it taken again); a batch's units wait on its event.
+        self._turn = threading.Condition()
         self._busy = False  # a unit (or a commit) is using the connection
         self._waiting = 0
         self._batch = _Batch()
@@ -107,10 +109,10 @@ class GroupCommit(ABC, Generic[C]):
 
         ``after_commit`` runs once per commit, on the connection, before the units are woken.
         """
-        with self._cond:
+        with self._turn:
             self._waiting += 1
             while self._busy:
-                self._cond.wait()
+                self._turn.wait()
             self._waiting -= 1
             self._busy = True
             batch = self._batch
@@ -142,9 +144,7 @@ class GroupCommit(ABC, Generic[C]):
         finally:
             self._finish(batch, after_commit)
         if failed is None:
-            with self._cond:
-                while not batch.done:
-                    self._cond.wait()
+            batch.done.wait()
             if batch.error is not None:
                 raise batch.error
 
@@ -160,10 +160,10 @@ class GroupCommit(ABC, Generic[C]):
 
     def _finish(self, batch: _Batch, after_commit: Callable[[C], None] | None) -> None:
         """Hand the open transaction to a waiting writer, or commit it (and wake its units)."""
-        with self._cond:
+        with self._turn:
             if self._waiting and batch.error is None and batch.units < self.max_units:
                 self._busy = False
-                self._cond.notify_all()
+                self._turn.notify()
                 return
             self._batch = _Batch()
         conn = self._conn
@@ -189,16 +189,17 @@ class GroupCommit(ABC, Generic[C]):
             # callers otherwise (a client told "failed" retries, and a create would repeat).
             log.warning("after-commit step failed", exc_info=True)
         finally:
-            with self._cond:
-                batch.done = True
+            batch.done.set()
+            with self._turn:
                 self._busy = False
-                self._cond.notify_all()
+                self._turn.notify()
 
     def close(self) -> None:
         """Close the writer connection once no unit is using it; a later unit opens another."""
-        with self._cond:
+        with self._turn:
             while self._busy:
-                self._cond.wait()
+                self._turn.wait()
             conn, self._conn = self._conn, None
+            self._turn.notify()  # a writer woken with this one must not be lost
         if conn is not None:
             conn.close()
