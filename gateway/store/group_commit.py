@@ -169,6 +169,9 @@ class GroupCommit(ABC, Generic[C]):
         conn = self._conn
         try:
             if conn is not None and batch.open:
+                if batch.error is None and not self._usable(conn):
+                    # PostgreSQL answers COMMIT of an aborted transaction by rolling it back, no error.
+                    raise RuntimeError("the shared write transaction was lost before its commit")
                 if batch.error is None:
                     conn.commit()
                     self.commits += 1
