@@ -47,6 +47,7 @@ class Gate:
 
     def run(self, store: PostgresStore, first: Callable[[], None], *others: Callable[[], None]) -> None:
         """Run ``first`` (which calls ``hold``), then ``others`` queued behind it in one batch."""
+        store._writer.max_open = 60.0  # the first unit holds the transaction while the others queue
         a = threading.Thread(target=first)
         a.start()
         assert self.holding.wait(10)
@@ -203,3 +204,35 @@ def test_a_lost_writer_connection_is_replaced(store: PostgresStore) -> None:
     with store.transaction() as tx:
         tx.update(_patient("c"))
     assert _committed(store, "c") and store.read("Patient", "b") is None
+
+
+def test_a_unit_ending_past_max_open_commits_without_waiting_for_the_queue(store: PostgresStore) -> None:
+    holding, release = threading.Event(), threading.Event()
+    returned: dict[str, bool] = {}
+
+    def long_unit() -> None:
+        with store.transaction() as tx:
+            tx.update(_patient("a"))
+            holding.set()
+            release.wait(10)
+        returned["a"] = _committed(store, "a")
+
+    def short_unit() -> None:
+        with store.transaction() as tx:
+            tx.update(_patient("c"))
+
+    before = store._writer.commits
+    a = threading.Thread(target=long_unit)
+    a.start()
+    assert holding.wait(10)
+    c = threading.Thread(target=short_unit)
+    c.start()
+    deadline = time.monotonic() + 10
+    while store._writer._waiting < 1 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(store._writer.max_open)
+    release.set()
+    a.join(15)
+    c.join(15)
+    assert returned == {"a": True}
+    assert store._writer.commits - before == 2  # the long unit did not hold the queued one's commit
