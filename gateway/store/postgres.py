@@ -1,19 +1,19 @@
-"""``PostgresStore``: the resource store on PostgreSQL (psycopg 3, pooled connections).
+"""``PostgresStore``: the resource store on PostgreSQL (psycopg 3).
 
 Writes are buffered by ``SqlTransaction`` and sent in one pipelined round trip, or by
-``COPY`` for the large batches of ingest. Writers take one transaction-scoped advisory
-lock before anything else. That keeps
-change-feed sequence numbers in commit order (a reader of ``seq > cursor`` can never
-miss a change that commits late with a smaller number) at the price of serialising
-writes, which the short write transactions here make cheap.
+``COPY`` for the large batches of ingest. Write transactions take one transaction-scoped
+advisory lock before anything else. That keeps change-feed sequence numbers and reserved
+row ids in commit order (a reader of ``seq > cursor`` can never miss a change that commits
+late with a smaller number) at the price of serialising writes.
 
-Reads and writes draw on separate connection pools. Writers queue for the lock holding a
-connection each; with one shared pool, 38 concurrent API writers held every connection and
-a read by id waited behind them (read p50 24-46 ms in the CRUD-mix benchmark, 4-14 ms with
-the pools apart). The write pool is not made small: a writer waiting on the lock inside
-PostgreSQL starts the moment the previous one commits, while one waiting for a pooled
-connection first needs its Python thread scheduled (a smaller pool of 3 cost ~20% of the
-CRUD mix's throughput on the loaded 2-core machine).
+The lock is held through the commit's fsync, so taken once per write it allowed one write
+and one fsync at a time: the CRUD-mix benchmark (38 clients) showed write p99 of 144-468 ms.
+So the writers of one process share one writer connection (``PostgresWriter``, a
+``GroupCommit``): writers that queue up behind one another run in one transaction, a
+savepoint each, and one commit (one lock, one fsync) covers the burst; each returns only
+after that commit. The advisory lock still serialises the bursts of different processes.
+
+Reads draw on a connection pool of their own, so a read by id never waits behind writers.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from gateway.search import SearchRegistry
+from gateway.store.group_commit import GroupCommit
 from gateway.store.rows import Cursor
 from gateway.store.sql import SqlStore
 from gateway.store.sqlops import INSERT_COLUMNS, WriteStep
@@ -65,6 +66,30 @@ def split_schema(url: str) -> tuple[str, str | None]:
     return urlunsplit(parts._replace(query=rest)), schema
 
 
+class PostgresWriter(GroupCommit[psycopg.Connection[Any]]):
+    """The store's writer connection: a transaction opens by taking the schema's advisory lock."""
+
+    def __init__(self, conninfo: str, kwargs: dict[str, Any], lock: int) -> None:
+        super().__init__()
+        self._conninfo = conninfo
+        self._kwargs = kwargs
+        # BEGIN and the lock in one round trip (a literal: several statements take no parameters).
+        self._begin_sql = f"BEGIN; SELECT pg_advisory_xact_lock({int(lock)})"
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self._conninfo, **self._kwargs)
+
+    def _begin(self, cur: Cursor) -> None:
+        cur.execute(self._begin_sql)
+
+    def _usable(self, conn: psycopg.Connection[Any]) -> bool:
+        # After an error PostgreSQL refuses every statement but a rollback (INERROR).
+        return conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+
+    def _stale(self, conn: psycopg.Connection[Any]) -> bool:
+        return conn.closed or conn.broken
+
+
 class PostgresStore(SqlStore):
     """The resource store in a PostgreSQL database."""
 
@@ -72,9 +97,7 @@ class PostgresStore(SqlStore):
     inline_reads = False  # a read waits on the server: it must not stall the event loop
     row_locks = True
 
-    def __init__(
-        self, url: str, registry: SearchRegistry | None = None, max_connections: int = 10, write_connections: int = 10
-    ) -> None:
+    def __init__(self, url: str, registry: SearchRegistry | None = None, max_connections: int = 10) -> None:
         super().__init__(registry)
         conninfo, schema = split_schema(url)
         if conninfo.startswith("postgres://"):
@@ -89,16 +112,14 @@ class PostgresStore(SqlStore):
         options = "-c client_min_messages=warning"
         if schema is not None:
             options += f" -c search_path={schema}"
-        kwargs: dict[str, object] = {"autocommit": True, "options": options}
+        kwargs: dict[str, Any] = {"autocommit": True, "options": options}
         self.schema = schema
         # One writer lock per store (schema), so stores sharing a database do not serialise each other.
         self._write_lock = _WRITE_LOCK ^ zlib.crc32((schema or "public").encode())
         self._pool = ConnectionPool(
             conninfo, min_size=1, max_size=max_connections, kwargs=kwargs, open=True, timeout=30.0, name="reads"
         )
-        self._write_pool = ConnectionPool(
-            conninfo, min_size=1, max_size=write_connections, kwargs=kwargs, open=True, timeout=30.0, name="writes"
-        )
+        self._writer = PostgresWriter(conninfo, kwargs, self._write_lock)
 
     def q(self, sql: str) -> str:
         """Rewrite ``?`` placeholders to psycopg's ``%s``."""
@@ -111,8 +132,7 @@ class PostgresStore(SqlStore):
 
     @contextmanager
     def _write_cursor(self) -> Iterator[Cursor]:
-        with self._write_pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (self._write_lock,))
+        with self._writer.unit() as cur:
             yield cur
 
     def rows_by_id(
@@ -147,6 +167,6 @@ class PostgresStore(SqlStore):
         return sorted(int(row[0]) for row in cur.fetchall())
 
     def close(self) -> None:
-        """Close the connection pools."""
-        self._write_pool.close()
+        """Close the writer connection and the read pool."""
+        self._writer.close()
         self._pool.close()

@@ -7,7 +7,7 @@ here than write speed: a 2xx answer tells a CHW app it may forget the record.
 ``?synchronous=normal`` in the store URL trades that for faster commits (still safe
 against the process crashing, not against the machine losing power).
 
-Writers of one store share one writer connection and queue for it (``GroupCommit``) instead
+Writers of one store share one writer connection and queue for it (``group_commit``) instead
 of each taking SQLite's write lock on a connection of its own. SQLite's busy handler, which
 is what they met before, polls by sleeping 1, 2, 5 … 100 ms and does not queue: under 38
 concurrent API writers a waiting write slept through other writers' commits again and again
@@ -40,10 +40,10 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.search import SearchRegistry
+from gateway.store.group_commit import MAX_UNITS, GroupCommit
 from gateway.store.rows import Cursor
 from gateway.store.sql import SqlStore
 
@@ -53,9 +53,6 @@ log = logging.getLogger("gateway.store")
 WAL_LIMIT = 64 * 1024 * 1024
 #: Seconds the checkpointer waits after a commit wakes it, so one checkpoint covers many commits.
 CHECKPOINT_DELAY = 0.05
-
-#: Units of work one commit covers at most.
-MAX_UNITS = 64
 
 
 class Checkpointer:
@@ -108,122 +105,22 @@ class Checkpointer:
             self._stopping.clear()
 
 
-@dataclass(slots=True)
-class _Batch:
-    """The units of work sharing one open transaction, and how its commit went."""
-
-    open: bool = False
-    units: int = 0
-    done: bool = False
-    error: BaseException | None = None
-
-
-class GroupCommit:
-    """One writer connection; concurrent units of work share its transaction and one commit.
-
-    A unit runs inside a savepoint (rolled back alone if it fails). When it ends while other
-    writers wait, it leaves the transaction open for them and waits for the commit; the last
-    unit of a burst (nobody waiting, or ``max_units`` reached) commits for all. Each unit's
-    caller returns only after the commit holding its work is durable, so a 2xx still means
-    stored, and one fsync covers the burst instead of one each.
-    """
+class SQLiteWriter(GroupCommit[sqlite3.Connection]):
+    """The store's writer connection: ``BEGIN IMMEDIATE`` takes SQLite's write lock up front."""
 
     def __init__(self, connect: Callable[[], sqlite3.Connection], max_units: int = MAX_UNITS) -> None:
-        self._connect = connect
-        self.max_units = max_units
-        self.commits = 0  # transactions committed (the tests read it)
-        self._conn: sqlite3.Connection | None = None
-        self._cond = threading.Condition()
-        self._busy = False  # a unit (or a commit) is using the connection
-        self._waiting = 0
-        self._batch = _Batch()
+        super().__init__(max_units)
+        self._new = connect
 
-    @contextmanager
-    def unit(self, after_commit: Callable[[sqlite3.Connection], None]) -> Iterator[Cursor]:
-        """A cursor inside the shared transaction; returns once the work is committed (or raises)."""
-        with self._cond:
-            self._waiting += 1
-            while self._busy:
-                self._cond.wait()
-            self._waiting -= 1
-            self._busy = True
-            batch = self._batch
-        failed: BaseException | None = None
-        try:
-            if self._conn is None:
-                self._conn = self._connect()
-            conn = self._conn
-            cur = conn.cursor()
-            try:
-                if not batch.open:
-                    cur.execute("BEGIN IMMEDIATE")
-                    batch.open = True
-                cur.execute("SAVEPOINT unit")
-                try:
-                    yield cur
-                except BaseException as exc:
-                    failed = exc
-                    self._undo(conn, cur, batch, exc)
-                    raise
-                cur.execute("RELEASE unit")
-                batch.units += 1
-            finally:
-                cur.close()
-        except BaseException as exc:
-            failed = failed or exc
-            if self._conn is not None and batch.open and not self._conn.in_transaction:
-                batch.error = batch.error or exc  # SQLite rolled the whole transaction back: earlier units too
-            raise
-        finally:
-            self._finish(batch, after_commit)
-        if failed is None:
-            with self._cond:
-                while not batch.done:
-                    self._cond.wait()
-            if batch.error is not None:
-                raise batch.error
+    def _connect(self) -> sqlite3.Connection:
+        return self._new()
 
-    def _undo(self, conn: sqlite3.Connection, cur: sqlite3.Cursor, batch: _Batch, exc: BaseException) -> None:
-        try:
-            cur.execute("ROLLBACK TO unit")
-            cur.execute("RELEASE unit")
-        except sqlite3.Error:
-            batch.error = batch.error or exc
-            if conn.in_transaction:
-                conn.rollback()
+    def _begin(self, cur: Cursor) -> None:
+        cur.execute("BEGIN IMMEDIATE")
 
-    def _finish(self, batch: _Batch, after_commit: Callable[[sqlite3.Connection], None]) -> None:
-        """Hand the open transaction to a waiting writer, or commit it (and wake its units)."""
-        with self._cond:
-            if self._waiting and batch.error is None and batch.units < self.max_units:
-                self._busy = False
-                self._cond.notify_all()
-                return
-            self._batch = _Batch()
-        conn = self._conn
-        try:
-            if conn is not None and conn.in_transaction:
-                if batch.error is None:
-                    conn.commit()
-                    self.commits += 1
-                else:
-                    conn.rollback()
-        except BaseException as exc:
-            batch.error = batch.error or exc
-            if conn is not None and conn.in_transaction:
-                conn.rollback()
-        try:
-            if conn is not None and batch.error is None:
-                after_commit(conn)
-        except Exception:
-            # The units' work is committed: a failed clean-up after it must not tell their
-            # callers otherwise (a client told "failed" retries, and a create would repeat).
-            log.warning("after-commit step failed", exc_info=True)
-        finally:
-            with self._cond:
-                batch.done = True
-                self._busy = False
-                self._cond.notify_all()
+    def _usable(self, conn: sqlite3.Connection) -> bool:
+        # Some errors (a full disk, an I/O error) make SQLite roll the whole transaction back.
+        return conn.in_transaction
 
 
 class SQLiteStore(SqlStore):
@@ -253,7 +150,7 @@ class SQLiteStore(SqlStore):
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        self._writer = GroupCommit(self._new_connection)
+        self._writer = SQLiteWriter(self._new_connection)
         self._checkpointer = None if self._wal is None else Checkpointer(self.path)
 
     def _connection(self) -> sqlite3.Connection:
@@ -339,5 +236,5 @@ class SQLiteStore(SqlStore):
             for conn in self._all:
                 conn.close()
             self._all.clear()
-            self._writer = GroupCommit(self._new_connection)
+            self._writer = SQLiteWriter(self._new_connection)
         self._local = threading.local()

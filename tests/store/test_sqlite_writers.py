@@ -80,6 +80,7 @@ def test_waiting_writers_share_one_commit_and_a_failed_unit_is_undone_alone(tmp_
             tx.update(_patient("c"))
         returned["c"] = _committed(store.path, "c")
 
+    store._writer.max_open = 60.0  # the first unit holds the transaction while the others queue
     try:
         before = store._writer.commits
         a = threading.Thread(target=first)
