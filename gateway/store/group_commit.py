@@ -28,8 +28,9 @@ from gateway.store.rows import Cursor
 
 log = logging.getLogger("gateway.store")
 
-#: Units of work one commit covers at most.
-MAX_UNITS = 64
+#: Units of work one commit covers at most: below the 64 subtransaction ids PostgreSQL caches per
+#: backend (one per savepoint that wrote); past them every reader checks pg_subtrans.
+MAX_UNITS = 48
 #: Seconds a batch's transaction stays open for more units; past it, the unit ending commits.
 #: Sharing a commit pays off for short units (API writes of a few ms, where the commit's
 #: fsync is a large part). Long units (ingest batches of 100 records, 100+ ms each) gain
