@@ -42,7 +42,12 @@ def _start(tmp_path: Path, config: Path, *args: str) -> tuple[subprocess.Popen[s
                               cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"),
                               text=True)  # fmt: skip
     base = f"http://127.0.0.1:{port}"
-    wait_healthy(base, server)
+    try:
+        wait_healthy(base, server)
+    except AssertionError as exc:
+        server.kill()  # a server that never answered must not outlive the test
+        server.wait(timeout=30)
+        raise AssertionError(f"{exc}\n{log.read_text()[-3000:]}") from None
     return server, base, log
 
 
