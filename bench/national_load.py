@@ -68,6 +68,7 @@ from dhis2_sandbox import DEFAULT_TOKEN
 from gateway.auth import hash_token, new_token
 from gateway.connectors.dhis2.uids import derive_uid, resource_key
 from gateway.store import ApiClient, open_store
+from gateway.store.postgres import split_schema
 from tests.dhis2 import cht_records as cht
 from tests.support.processes import GatewayProcess, free_port
 
@@ -259,8 +260,16 @@ def _tokens(store_url: str) -> dict[str, str]:
     return tokens
 
 
+def pg_schema(store_url: str) -> str:
+    """The schema a bench's PostgreSQL store URL names (``?schema=``)."""
+    schema = split_schema(store_url)[1]
+    if schema is None:
+        raise ValueError("the bench's store URL names no schema")
+    return schema
+
+
 def _schema_bytes(store_url: str) -> int:
-    schema = store_url.split("schema=", 1)[1].split("&", 1)[0]
+    schema = pg_schema(store_url)
     with psycopg.connect(PG_URL, autocommit=True) as conn:
         row = conn.execute(
             "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c"
@@ -317,7 +326,7 @@ def _pg_backends(pids: list[int]) -> list[int]:
 def _store_bytes(store_url: str) -> tuple[int, float]:
     """The schema's size in bytes, and the share of it taken by AuditEvent rows (each table's size split by
     its share of AuditEvent rows: the audit grows with requests, reads included, not with records)."""
-    schema = store_url.split("schema=", 1)[1].split("&", 1)[0]
+    schema = pg_schema(store_url)
     audit = 0.0
     with psycopg.connect(PG_URL, autocommit=True) as conn:
         tables = [r[0] for r in conn.execute(

@@ -38,7 +38,18 @@ import psycopg
 import yaml
 
 from bench.backfill_bench import PG_URL, fresh_store_url
-from bench.national_load import Plan, Sandbox, _accepted, _config, _event_uid, _post, _preload, _settled, _tokens
+from bench.national_load import (
+    Plan,
+    Sandbox,
+    _accepted,
+    _config,
+    _event_uid,
+    _post,
+    _preload,
+    _settled,
+    _tokens,
+    pg_schema,
+)
 from dhis2_sandbox import DEFAULT_TOKEN
 from tests.dhis2 import cht_records as cht
 from tests.support.processes import GatewayProcess
@@ -53,13 +64,9 @@ class _One:
         self.apis = [api, api]
 
 
-def _pg_schema(url: str) -> str:
-    return url.split("schema=", 1)[1].split("&", 1)[0]
-
-
 def pg_sizes(url: str) -> Sizes:
     """Each table's rows, heap, TOAST+maps and each index's bytes, in one schema."""
-    schema = _pg_schema(url)
+    schema = pg_schema(url)
     out: Sizes = {}
     with psycopg.connect(PG_URL, autocommit=True) as conn:
         tables = conn.execute(
@@ -249,7 +256,7 @@ def measure(backend: str, persons: int, records: int, faults: bool, audit: bool)
         print_growth(f"{backend}: growth during the assessments (as measured, before any vacuum)", before, after,
                      records)  # fmt: skip
         if postgres:
-            schema = _pg_schema(url)
+            schema = pg_schema(url)
             with psycopg.connect(PG_URL, autocommit=True) as conn:
                 dead = conn.execute(
                     "SELECT relname, n_live_tup, n_dead_tup, autovacuum_count, last_autovacuum IS NOT NULL"
