@@ -90,6 +90,17 @@ class PostgresWriter(GroupCommit[psycopg.Connection[Any]]):
         return conn.closed or conn.broken
 
 
+def _create_schema(conninfo: str, schema: str) -> None:
+    """Create ``schema`` unless it exists, also when several processes start at once."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        try:
+            conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        except psycopg.errors.UniqueViolation:
+            # IF NOT EXISTS checks before inserting into the catalogue: two processes starting
+            # together (backfill workers, pods) can both pass the check; the loser's schema exists.
+            pass
+
+
 class PostgresStore(SqlStore):
     """The resource store in a PostgreSQL database."""
 
@@ -105,8 +116,7 @@ class PostgresStore(SqlStore):
         if schema is not None:
             if not schema.replace("_", "").isalnum():
                 raise ValueError("schema must be letters, digits and underscores")
-            with psycopg.connect(conninfo, autocommit=True) as conn:
-                conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            _create_schema(conninfo, schema)
         # NOTICEs (e.g. from CREATE TABLE IF NOT EXISTS) in pipeline mode can shift results
         # between statements in psycopg 3.3, so the session asks for warnings and above only.
         options = "-c client_min_messages=warning"

@@ -236,3 +236,25 @@ def test_a_unit_ending_past_max_open_commits_without_waiting_for_the_queue(store
     c.join(15)
     assert returned == {"a": True}
     assert store._writer.commits - before == 2  # the long unit did not hold the queued one's commit
+
+
+def test_stores_opened_at_once_on_a_new_schema_all_start(pg_schema_url: str) -> None:
+    # Backfill workers and pods start together; CREATE SCHEMA IF NOT EXISTS alone races.
+    barrier = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def open_one() -> None:
+        barrier.wait()
+        try:
+            opened = PostgresStore(pg_schema_url, max_connections=1)
+            opened.migrate()
+            opened.close()
+        except BaseException as exc:  # noqa: BLE001 - reported below, with the thread's error
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
