@@ -2,6 +2,9 @@
 from .access import TRUSTED as TRUSTED
 from .access import Permission as Permission
 from .access import SearchAccess as SearchAccess
+from .date_window import spreads as spreads
+from .dates import FAR_FUTURE as FAR_FUTURE
+from .dates import FAR_PAST as FAR_PAST
 from .dates import DateFormatError as DateFormatError
 from .dates import date_range as date_range
 from .dates import format_instant as format_instant
@@ -29,6 +32,7 @@ from .registry import SearchRegistry as SearchRegistry
 from .registry import default_registry as default_registry
 from .sql import DateSortPlan as DateSortPlan
 from .sql import capped_count_sql as capped_count_sql
+from .sql import closed_window as closed_window
 from .sql import code_system_sql as code_system_sql
 from .sql import count_sql as count_sql
 from .sql import date_sort_plan as date_sort_plan
@@ -39,3 +43,4 @@ from .sql import rid_walk_sql as rid_walk_sql
 from .sql import selective_counts as selective_counts
 from .sql import type_walk_sql as type_walk_sql
 from .sql import where_clause as where_clause
+from .sql import window_count_sql as window_count_sql

@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+from gateway.search.date_window import Window, sort_window
+from gateway.search.dates import FAR_FUTURE
 from gateway.search.policy import RowFilter
 from gateway.search.policy_sql import visible_rids
 from gateway.search.query import (
@@ -34,6 +36,7 @@ TABLES = {
 }
 _MAX_CHAR = "\U0010ffff"
 _FAR = 1e300  # beyond any epoch-seconds date: no bound on a walk
+_OPEN_END = FAR_FUTURE  # the ``hi`` of a period without an end
 
 
 def where_clause(query: SearchQuery, alias: str = "r", *, few: bool = False) -> tuple[str, Params]:
@@ -87,6 +90,49 @@ def capped_count_sql(query: SearchQuery, cap: int) -> tuple[str, Params]:
         where, params = where_clause(query, few=True)
         sql = f"SELECT r.rid FROM resources r WHERE {where}"
     return f"SELECT COUNT(*), COUNT(DISTINCT c.rid) FROM ({sql} LIMIT ?) c", [*params, cap + 1]
+
+
+def closed_window(query: SearchQuery) -> tuple[str, float, float] | None:
+    """A date parameter whose criteria bound a match's key on both sides (``date_window``), with
+    the bounds, when the query's matches can be counted from that window's rows alone."""
+    rest, _ = _resource_filters(query, "r")
+    if rest or visible_rids(query.policy, query.rtype) is not None:
+        return None
+    if any(not _is_positive(c) or c.chain is not None or c.has is not None for c in query.criteria):
+        return None
+    for c in query.criteria:
+        if c.param.table == "date":
+            window = sort_window(query, c.param.code)
+            if window is not None and window[0] is not None and window[1] is not None:
+                return c.param.code, window[0], window[1]
+    return None
+
+
+def window_count_sql(query: SearchQuery, param: str, low: float, high: float, cap: int | None) -> tuple[str, Params]:
+    """Like ``capped_count_sql``, read from the rows of date ``param`` whose end lies in
+    ``[low, high]`` (the window widened by the spread) or is open: every match has one there.
+
+    The rows are read in the index's order, at most ``cap + 1`` of them (all without a cap),
+    each tested against every criterion: fewer means the window was read whole and the count
+    is exact. The
+    figures are (rows read, distinct matches among them): a bounded cost beside a broad
+    criterion (a code over a month) where driving by that criterion reads all its rows.
+    """
+    probes = [_probe(c, "d", per_row=True) for c in query.criteria]
+    test = " AND ".join(p for p, _ in probes)
+    test_params = [v for _, ps in probes for v in ps]
+    snapshot, snapshot_params = ("", []) if query.snapshot is None else (" AND d.rid <= ?", [query.snapshot])
+    head = f"FROM idx_date d WHERE d.rtype = ? AND d.param = ?{snapshot}"
+    rows = (
+        f"SELECT w.rid, w.ok FROM (SELECT d.rid, CASE WHEN {test} THEN d.rid END AS ok {head}"
+        f" AND d.hi >= ? AND d.hi <= ? UNION ALL SELECT d.rid, CASE WHEN {test} THEN d.rid END AS ok {head}"
+        f" AND d.hi >= ?) w{'' if cap is None else ' LIMIT ?'}"
+    )
+    params: Params = [
+        *test_params, query.rtype, param, *snapshot_params, low, high,
+        *test_params, query.rtype, param, *snapshot_params, _OPEN_END, *([] if cap is None else [cap + 1]),
+    ]  # fmt: skip
+    return f"SELECT COUNT(*), COUNT(DISTINCT c.ok) FROM ({rows}) c", params
 
 
 def match_set(query: SearchQuery, *, distinct: bool = True) -> tuple[str, Params]:
@@ -467,6 +513,16 @@ class DateSortPlan:
     by_match: list[tuple[str, Params]]
     descending: bool
     unbounded: Any  # the bound when the index has fewer rows than the cap (past every key)
+    # Newest first by a date that criteria on the same date bound (``date_window``): the
+    # window's sides; the row id of the cap-th row with an open end (far future and offset
+    # appended) and the walk over those rows (read first: their key is the far future; far
+    # future, that row id and limit appended); the bound and walk below a start (start, then
+    # the ``bound`` query's offset or the walk's bound and limit appended).
+    window: Window | None = None
+    open_bound: str = ""
+    open_walk: str = ""
+    bound_below: str = ""
+    walk_below: str = ""
 
 
 def date_sort_plan(query: SearchQuery, cap: int) -> DateSortPlan | None:
@@ -537,9 +593,20 @@ def date_sort_plan(query: SearchQuery, cap: int) -> DateSortPlan | None:
     if not query.criteria:
         every = "SELECT a.rid FROM resources a WHERE a.rtype = ? AND a.deleted = 0"
         by_match.append(sorted_matches(every, [query.rtype], []))
+    window = sort_window(query, code) if key.param.table == "date" and key.descending else None
+    if window is None:
+        return DateSortPlan(
+            counts, bound, [query.rtype, key.param.code, *snapshot, cap - 1], walk, walk_params, by_match,
+            key.descending, unbounded,
+        )
+    checks = " AND ".join(p for p, _ in probes)
     return DateSortPlan(
-        counts, bound, [query.rtype, key.param.code, *snapshot, cap - 1], walk, walk_params, by_match, key.descending,
-        unbounded,
+        counts, bound, [query.rtype, key.param.code, *snapshot, cap - 1], walk, walk_params, by_match,
+        key.descending, unbounded, window,
+        open_bound=f"SELECT d.rid {head} AND d.hi >= ? {order} LIMIT 1 OFFSET ?",
+        open_walk=f"SELECT d.rid {head} AND {checks} AND d.hi >= ? AND d.rid >= ? {order} LIMIT ?",
+        bound_below=f"SELECT d.hi {head} AND d.hi <= ? {order} LIMIT 1 OFFSET ?",
+        walk_below=f"SELECT d.rid {head} AND {checks} AND d.hi <= ? AND {limit_key} {order} LIMIT ?",
     )
 
 

@@ -213,6 +213,21 @@ MIGRATIONS: tuple[Migration, ...] = (
         "change-feed lanes: changes written by a backfill are marked, so their deliveries wait behind live ones",
         ("ALTER TABLE changes ADD COLUMN lane INTEGER NOT NULL DEFAULT 0",),
     ),
+    Migration(
+        19,
+        "date spreads: per type and date parameter the widest spread of one resource's values (see"
+        " gateway.search.date_window), so a date sort walks only the rows a date range allows",
+        (
+            """CREATE TABLE date_spreads (rtype TEXT NOT NULL, param TEXT NOT NULL, spread {FLOAT} NOT NULL,
+                PRIMARY KEY (rtype, param))""",
+            # 1e12 is gateway.search.dates.FAR_FUTURE: an open end, left out of the spread.
+            """INSERT INTO date_spreads (rtype, param, spread)
+                SELECT rtype, param, MAX(CASE WHEN k - m > inverted THEN k - m ELSE inverted END)
+                FROM (SELECT rtype, param, MAX(hi) AS k, MIN(lo) AS m, MAX(lo - hi) AS inverted
+                      FROM idx_date GROUP BY rid, rtype, param) spread
+                WHERE k < 1e12 GROUP BY rtype, param""",
+        ),
+    ),
 )
 
 

@@ -18,6 +18,8 @@ from typing import Any
 import orjson
 
 from gateway.search import (
+    FAR_FUTURE,
+    FAR_PAST,
     DateSortPlan,
     ExtractionPlan,
     IndexRows,
@@ -26,6 +28,7 @@ from gateway.search import (
     SearchQuery,
     SearchRegistry,
     capped_count_sql,
+    closed_window,
     code_system_sql,
     count_sql,
     date_sort_plan,
@@ -41,6 +44,7 @@ from gateway.search import (
     type_walk_sql,
     visible_probe,
     visible_rows,
+    window_count_sql,
 )
 from gateway.store.base import (
     AccessToken,
@@ -93,6 +97,7 @@ class SqlStore(ExportJobs, SubscriptionRows):
         self.registry = registry or default_registry()
         self._indexed: dict[str, ExtractionPlan] = {}  # rtype -> params extracted on write
         self._subtrees: dict[tuple[str, ...], tuple[float, tuple[str, ...]]] = {}  # roots -> (until, subtree)
+        self.spread_floor: dict[tuple[str, str], float] = {}
 
     # -- to be provided by the backends ---------------------------------------------------
     def _read_cursor(self) -> AbstractContextManager[Cursor]:
@@ -269,11 +274,11 @@ class SqlStore(ExportJobs, SubscriptionRows):
             # An estimate is exact up to the cap and absent above it (FHIR lets a server leave
             # Bundle.total out); a count asked for by name is exact, whatever it costs.
             if query.total == "accurate" or query.count == 0 or query.summary == "count":
-                count, count_params = count_sql(query)
+                count, count_params = self._count(cur, query, None)
                 cur.execute(self.q(count), count_params)
-                total = int(cur.fetchone()[0])
+                total = int(cur.fetchone()[-1])
             else:
-                count, count_params = capped_count_sql(query, query.total_cap)
+                count, count_params = self._count(cur, query, query.total_cap)
                 cur.execute(self.q(count), count_params)
                 read, matches = cur.fetchone()
                 total = int(matches) if int(read) <= query.total_cap else None
@@ -318,6 +323,10 @@ class SqlStore(ExportJobs, SubscriptionRows):
         """One page ordered by a date parameter: the few matches sorted, or a bounded walk
         (see ``date_sort_plan``)."""
         need = query.offset + query.count
+        if plan.window is not None:  # the window bounds the walk: no counting first
+            page = self._window_walk_page(cur, query, plan)
+            if page is not None:
+                return page
         driver = 0
         if plan.counts:
             sizes = []
@@ -325,7 +334,8 @@ class SqlStore(ExportJobs, SubscriptionRows):
                 cur.execute(self.q(sql), (*params, self.SORT_WALK_MIN))
                 sizes.append(int(cur.fetchone()[0]))
             driver = sizes.index(min(sizes))
-            if sizes[driver] < self.SORT_WALK_MIN:  # few matches: sorting them beats any walk
+            if sizes[driver] < self.SORT_WALK_MIN or plan.window is not None:
+                # Few matches: sorting them beats any walk (and the window's walk gave up).
                 return self._rows_in_order(cur, self._by_match(cur, query, plan.by_match[driver]))
         found = None
         if plan.counts:  # without criteria every row walked is kept: the walk reads only the page
@@ -345,6 +355,68 @@ class SqlStore(ExportJobs, SubscriptionRows):
         if len(ordered) >= need:
             return self._rows_in_order(cur, ordered[query.offset : need])
         return self._rows_in_order(cur, self._by_match(cur, query, plan.by_match[driver]))
+
+    def _count(self, cur: Cursor, query: SearchQuery, cap: int | None) -> tuple[str, list[Any]]:
+        """SQL counting the matches (the count last), up to ``cap`` index rows when there is one:
+        from a closed date window's rows when the criteria make one (see ``window_count_sql``),
+        else from the criteria's index rows."""
+        window = closed_window(query)
+        if window is None:
+            return count_sql(query) if cap is None else capped_count_sql(query, cap)
+        param, lower, upper = window
+        spread = self._spread(cur, query.rtype, param)
+        return window_count_sql(query, param, lower - spread, upper + spread, cap)
+
+    def _spread(self, cur: Cursor, rtype: str, param: str) -> float:
+        """The widest spread of one resource's values of date ``param`` (0 when none is closed)."""
+        cur.execute(self.q("SELECT spread FROM date_spreads WHERE rtype = ? AND param = ?"), (rtype, param))
+        found = cur.fetchone()
+        return max(float(found[0]), 0.0) if found is not None else 0.0
+
+    def _window_walk_page(self, cur: Cursor, query: SearchQuery, plan: DateSortPlan) -> list[Any] | None:
+        """One page newest first by a date the criteria bound: resources with an open end
+        first, then a walk from the window's top, complete once it passes the window's bottom
+        (see ``gateway.search.date_window``); bounded by ``cap`` rows like the plain walk, after
+        which it gives up (None): the matches are then sorted."""
+        assert plan.window is not None
+        lower, upper = plan.window
+        spread = self._spread(cur, *plan.bound_params[:2])
+        start = FAR_FUTURE if upper is None else min(upper + spread, FAR_FUTURE)
+        floor = FAR_PAST if lower is None else lower - spread
+        need = query.offset + query.count
+        cap = int(plan.bound_params[-1]) + 1
+        # Resources with an open end sort first (by row id, their key being one); the walk
+        # reads at most ``cap`` of their rows, and gives up if that does not fill the page.
+        cur.execute(self.q(plan.open_bound), [*plan.bound_params[:-1], FAR_FUTURE, cap - 1])
+        row = cur.fetchone()
+        ordered = self._walk_rids(cur, plan.open_walk, [*plan.walk_params, FAR_FUTURE, row[0] if row else 0], need)
+        if len(ordered) < need and row is not None:
+            return None
+        if len(ordered) < need:
+            cur.execute(self.q(plan.bound_below), [*plan.bound_params[:-1], start, cap - 1])
+            row = cur.fetchone()
+            # Past the window's bottom every match has been seen; the cap-th row above it stops
+            # the walk sooner, and then a short page needs the matches sorted.
+            complete = row is None or float(row[0]) <= floor
+            bound = floor if complete else float(row[0])
+            below = self._walk_rids(cur, plan.walk_below, [*plan.walk_params, start, bound], need)
+            seen = set(ordered)
+            ordered.extend(rid for rid in below if rid not in seen)
+            if len(ordered) < need and not complete:
+                return None
+        return self._rows_in_order(cur, ordered[query.offset : need])
+
+    def _walk_rids(self, cur: Cursor, sql: str, params: list[Any], need: int) -> list[int]:
+        """The first ``need`` distinct row ids a walk yields (a resource has a row per value), or
+        all of them (the walk's own bound ends it)."""
+        limit = need
+        while True:
+            cur.execute(self.q(sql), (*params, limit))
+            walked = [row[0] for row in cur.fetchall()]
+            ordered = list(dict.fromkeys(walked))  # first sighting = the resource's sort key
+            if len(ordered) >= need or len(walked) < limit:
+                return ordered
+            limit *= 2
 
     def _many_matches(self, cur: Cursor, query: SearchQuery) -> bool:
         """More than ``total_cap`` matches? (Known already when an estimated total was left out.)"""

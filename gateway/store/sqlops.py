@@ -51,6 +51,9 @@ class SqlBackend(Protocol):
     row_locks: bool
     #: The lane of the change-feed entries this store's transactions write (``LANES``).
     feed_lane: str
+    #: Per (type, date parameter): a spread ``date_spreads`` is known to hold at least, read from
+    #: committed rows only (never set from a write that may still roll back).
+    spread_floor: dict[tuple[str, str], float]
 
     def q(self, sql: str) -> str:
         """Adapt ``?`` placeholders to the driver's style."""

@@ -24,7 +24,16 @@ from typing import Any
 
 import orjson
 
-from gateway.search import ExtractionPlan, IndexRows, RowFilter, SearchQuery, format_instant, from_epoch, index_rows
+from gateway.search import (
+    ExtractionPlan,
+    IndexRows,
+    RowFilter,
+    SearchQuery,
+    format_instant,
+    from_epoch,
+    index_rows,
+    spreads,
+)
 from gateway.store.base import (
     LANES,
     ChangeOp,
@@ -49,6 +58,11 @@ from gateway.store.sqlops import INSERT_COLUMNS, SqlBackend, WriteStep
 #: Record keys per ``records_outputs`` query (SQLite allows 999 parameters a statement by default).
 _KEYS_PER_QUERY = 500
 _UPDATE_RESOURCE = "UPDATE resources SET version = ?, lu = ?, deleted = ?, chash = ?, content = ? WHERE rid = ?"
+# A spread only grows: a bound on sort keys must cover every resource ever written.
+_WIDEN_SPREAD = (
+    "INSERT INTO date_spreads (rtype, param, spread) VALUES (?, ?, ?) ON CONFLICT (rtype, param)"
+    " DO UPDATE SET spread = excluded.spread WHERE excluded.spread > date_spreads.spread"
+)
 _ROW_COLUMNS = "r.rid, r.rtype, r.id, r.version, r.lu, r.deleted, r.chash, r.content"
 
 
@@ -98,6 +112,7 @@ class SqlTransaction:
         self._rows: dict[tuple[str, str], _Row | None] = {}  # None: known not to exist
         self._free_ids: list[int] = []
         self._last_id = 0
+        self._spreads: dict[tuple[str, str], float] = {}  # widest date spreads written, not yet flushed
 
     # -- reads ---------------------------------------------------------------------------------
     def read(self, rtype: str, rid: str) -> StoredResource | None:
@@ -268,6 +283,10 @@ class SqlTransaction:
             if rows:
                 steps.append(("insert", table, rows))
                 self._pending[table] = []
+        if self._spreads:
+            wider = self._wider_spreads()
+            if wider:
+                steps.append(("sql", _WIDEN_SPREAD, wider))
         if steps:
             self.store.write_rows(self.cur, steps)
 
@@ -283,6 +302,22 @@ class SqlTransaction:
         values = self.cur.fetchone()
         row = self._rows[key] = _row(values) if values else None
         return row
+
+    def _wider_spreads(self) -> list[tuple[Any, ...]]:
+        """The buffered spreads wider than the store holds (per key, the committed spread is read
+        once a process: this transaction has not written that key yet)."""
+        floor = self.store.spread_floor
+        unknown = [key for key in self._spreads if key not in floor]
+        for rtype, param in unknown:
+            self.cur.execute(
+                self.store.q("SELECT spread FROM date_spreads WHERE rtype = ? AND param = ?"), (rtype, param)
+            )
+            found = self.cur.fetchone()
+            floor[(rtype, param)] = float(found[0]) if found is not None else float("-inf")
+        wider = [(rtype, param, spread) for (rtype, param), spread in self._spreads.items()
+                 if spread > floor[(rtype, param)]]  # fmt: skip
+        self._spreads = {}
+        return wider
 
     def _reserve(self, count: int) -> None:
         ids = self.store.reserve_row_ids(self.cur, count, self._last_id)
@@ -349,6 +384,10 @@ class SqlTransaction:
             pending["idx_string"].extend([head + r for r in rows.string])
         if rows.date:
             pending["idx_date"].extend([head + r for r in rows.date])
+            known = self._spreads
+            for param, spread in spreads(rows.date).items():
+                if spread > known.get((rtype, param), float("-inf")):
+                    known[(rtype, param)] = spread
         if rows.reference:
             pending["idx_ref"].extend([head + r for r in rows.reference])
         if rows.number:
