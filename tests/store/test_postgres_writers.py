@@ -258,3 +258,10 @@ def test_stores_opened_at_once_on_a_new_schema_all_start(pg_schema_url: str) -> 
     for thread in threads:
         thread.join()
     assert errors == []
+
+
+def test_reads_are_planned_for_their_values(store: PostgresStore) -> None:
+    # A prepared search's generic plan sorted every row of a code for a page of 20 (222 ms at 1M).
+    with store._read_cursor() as cur:
+        cur.execute("SHOW plan_cache_mode")
+        assert cur.fetchone()[0] == "force_custom_plan"
