@@ -14,13 +14,20 @@ kind of records to ``POST /ingest/csv`` in the same run.
 The records are line-list rows of the shipped ``csv`` mapping set, each with its own record and
 patient ids. Wall-clock rates; the machine is shared with other work, so they are as measured.
 
-Run: ``python -m bench.backfill_bench [--records N] [--processes N] [--postgres] [--every S]``.
+With ``--kill-after S`` the backfill is SIGKILLed (with its workers) after S seconds and run
+again: the second run goes on from the saved position, and the change feed is counted for
+records stored twice (one Patient created per record, no second versions).
+
+Run: ``python -m bench.backfill_bench [--records N] [--processes N] [--postgres] [--every S]
+[--kill-after S]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -37,9 +44,11 @@ import orjson
 from bench.pull_bench import serve
 from gateway.api.app import create_app
 from gateway.auth import hash_token, new_token
+from gateway.backfill import expand, position_key
 from gateway.ingest import SourceConfig
 from gateway.settings import RateLimitSettings, Settings
 from gateway.store import ApiClient, open_store
+from gateway.store.sql import SqlStore
 
 ROOT = Path(__file__).resolve().parent.parent
 MAPPINGS = ROOT / "mappings"
@@ -95,8 +104,12 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-def backfill_rate(store_url: str, data: Path, count: int, processes: int, every: float, tmp: Path) -> float:
-    """Records/s of ``gateway backfill`` in its own process; prints its RSS every ``every`` s."""
+def backfill_rate(
+    store_url: str, data: Path, count: int, processes: int, every: float, tmp: Path, kill_after: float | None = None
+) -> float:
+    """Records/s of ``gateway backfill`` in its own process; prints its RSS every ``every`` s.
+    With ``kill_after``: SIGKILLed (workers too) after that many seconds, then run again to
+    the end, and the store checked for records stored twice."""
     cfg = tmp / "gateway.yaml"
     cfg.write_text(
         f"store_url: {store_url}\nqueue_url: sqlite:///{tmp}/queue.db\nmappings_dir: {MAPPINGS}\n"
@@ -106,26 +119,84 @@ def backfill_rate(store_url: str, data: Path, count: int, processes: int, every:
                "--processes", str(processes)]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     started = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     samples: list[int] = []
     print(f"  {'t (s)':>7} {'RSS (MB)':>9}", flush=True)
-    while process.poll() is None:
-        deadline = time.perf_counter() + every
-        while process.poll() is None and time.perf_counter() < deadline:
-            time.sleep(0.2)
-        if process.poll() is None:
-            samples.append(tree_rss(process.pid))
-            print(f"  {time.perf_counter() - started:>7.0f} {samples[-1] / 1e6:>9.1f}", flush=True)
+    done_before = 0
+    if kill_after is not None:
+        first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                 start_new_session=True)  # fmt: skip
+        sample_until(first, started, every, samples, started + kill_after)
+        if first.poll() is not None:
+            raise SystemExit(f"the backfill ended before {kill_after:.0f} s: use more records")
+        os.killpg(first.pid, signal.SIGKILL)  # the workers too: nothing may finish cleanly
+        first.wait()
+        done_before = saved_records(store_url, data)
+        print(f"  kill -9 after {time.perf_counter() - started:.0f} s: {done_before:,} records saved as done;"
+              " running again", flush=True)
+        if len(samples) >= 3:
+            settled = samples[len(samples) // 3 :]
+            print(f"  RSS of the killed run after its first third: {min(settled) / 1e6:.1f}-{max(settled) / 1e6:.1f} MB")
+        samples = []  # the rerun is a new process: its own warm-up
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sample_until(process, started, every, samples, None)
     elapsed = time.perf_counter() - started
     output = process.stdout.read() if process.stdout else ""
-    if process.returncode != 0 or f"csv: {count} record(s): {count} stored" not in output:
+    rest = count - done_before
+    # A batch stored just before the kill, its position not yet saved, is read again: unchanged.
+    summary = re.search(rf"csv: {rest} record\(s\): (\d+) stored, (\d+) unchanged, 0 deleted, 0 quarantined", output)
+    if process.returncode != 0 or summary is None or sum(int(n) for n in summary.groups()) != rest:
         raise SystemExit(f"backfill failed ({process.returncode}):\n{output[-2000:]}")
+    if kill_after is not None:
+        creates, others, patients = change_counts(store_url)
+        verdict = "no duplicates" if patients == count and not others else "DUPLICATES"
+        print(f"  after the rerun ({summary.group(2)} records read again, unchanged): {patients:,} Patients for"
+              f" {count:,} records, {creates:,} creations and {others:,} other changes in the feed ({verdict})",
+              flush=True)  # fmt: skip
     if len(samples) >= 3:
         settled = samples[len(samples) // 3 :]  # after start-up and warm caches
         spread = (max(settled) - min(settled)) / 1e6
         verdict = "flat" if spread < 0.1 * max(settled) / 1e6 + 20 else "GROWING"
         print(f"  RSS after the first third: {min(settled) / 1e6:.1f}-{max(settled) / 1e6:.1f} MB ({verdict})")
     return count / elapsed
+
+
+def sample_until(
+    process: subprocess.Popen[str], started: float, every: float, samples: list[int], until: float | None
+) -> None:
+    """Print the RSS of ``process`` and its workers every ``every`` s until it ends (or ``until``)."""
+    while process.poll() is None and (until is None or time.perf_counter() < until):
+        deadline = time.perf_counter() + every
+        while process.poll() is None and time.perf_counter() < deadline:
+            time.sleep(0.2)
+        if process.poll() is None:
+            samples.append(tree_rss(process.pid))
+            print(f"  {time.perf_counter() - started:>7.0f} {samples[-1] / 1e6:>9.1f}", flush=True)
+
+
+def saved_records(store_url: str, data: Path) -> int:
+    """Records of ``data`` the backfill saved as done (its persisted position)."""
+    store = open_store(store_url)
+    try:
+        saved = store.pull_cursor(position_key("csv", expand([str(data)])[0]))
+        return 0 if saved is None else int(orjson.loads(saved)["records"])
+    finally:
+        store.close()
+
+
+def change_counts(store_url: str) -> tuple[int, int, int]:
+    """(creations, other changes, Patients created) in the change feed: a record stored twice
+    would show as a second version."""
+    store = open_store(store_url)
+    try:
+        assert isinstance(store, SqlStore)
+        with store._read_cursor() as cur:
+            cur.execute("SELECT op, rtype, COUNT(*) FROM changes GROUP BY op, rtype")
+            rows = cur.fetchall()
+    finally:
+        store.close()
+    creates = sum(int(n) for op, _, n in rows if op == "create")
+    patients = sum(int(n) for op, rtype, n in rows if op == "create" and rtype == "Patient")
+    return creates, sum(int(n) for op, _, n in rows if op != "create"), patients
 
 
 def push_rate(store_url: str, count: int) -> float:
@@ -157,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=1, help="backfill worker processes (PostgreSQL)")
     parser.add_argument("--postgres", action="store_true", help="stores on PostgreSQL instead of SQLite")
     parser.add_argument("--every", type=float, default=10.0, help="seconds between RSS samples")
+    parser.add_argument("--kill-after", type=float, default=None,
+                        help="SIGKILL the backfill after this many seconds, then run it again to the end")
     args = parser.parse_args(argv)
     baseline = args.baseline or min(args.records, 20_000)
     backend = "PostgreSQL" if args.postgres else "SQLite"
@@ -167,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         data = tmp / "rows.jsonl"
         write_records(data, args.records)
         with fresh_store_url(tmp, args.postgres, "backfill") as url:
-            backfilled = backfill_rate(url, data, args.records, args.processes, args.every, tmp)
+            backfilled = backfill_rate(url, data, args.records, args.processes, args.every, tmp, args.kill_after)
         with fresh_store_url(tmp, args.postgres, "push") as url:
             pushed = push_rate(url, baseline)
     print(f"{'way in':<16} {'records':>10} {'rec/s':>8} {'ratio':>7}")
