@@ -135,7 +135,8 @@ def backfill_rate(
               " running again", flush=True)
         if len(samples) >= 3:
             settled = samples[len(samples) // 3 :]
-            print(f"  RSS of the killed run after its first third: {min(settled) / 1e6:.1f}-{max(settled) / 1e6:.1f} MB")
+            low, high = min(settled) / 1e6, max(settled) / 1e6
+            print(f"  RSS of the killed run after its first third: {low:.1f}-{high:.1f} MB")
         samples = []  # the rerun is a new process: its own warm-up
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     sample_until(process, started, every, samples, None)
