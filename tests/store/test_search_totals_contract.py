@@ -4,9 +4,12 @@ out. ``_total=accurate``, ``_summary=count`` and ``_count=0`` count every match.
 
 from __future__ import annotations
 
+import pytest
+
 from gateway.search.query import QueryParser, SearchLimits
 from gateway.search.registry import default_registry
 from gateway.store import ResourceStore
+from gateway.store.sql import SqlStore
 from tests.store.helpers import patient
 
 CAP = 3
@@ -103,3 +106,22 @@ def test_sort_by_a_string_walks_its_index_lowest_first_or_highest_first(store: R
         for offset in range(0, 6, 2):
             got += page_ids(store, ("gender", "other"), ("_sort", sort), ("_offset", str(offset)))
         assert got == want, sort
+
+
+def test_a_sparse_criterion_is_sorted_or_walked_as_the_cheaper_plan(
+    store: ResourceStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first walk covers 10 row ids: "early" fills its page there; "late" and "rare" do not,
+    # "rare" (4 matches of 60 rows) is then sorted and "late" (40 > sqrt(2 x 60)) walked on.
+    assert isinstance(store, SqlStore)
+    monkeypatch.setattr(SqlStore, "RID_WALK_FIRST", 10)
+    families = ["Early"] * 10 + ["Late"] * 6 + [n for i in range(44) for n in (["Rare"] if i % 11 == 3 else ["Late"])]
+    with store.transaction() as tx:
+        made = [tx.create(patient(f)).resource.id for f in families]
+    for family in ("early", "late", "rare"):
+        want = [rid for rid, f in zip(made, families, strict=True) if f.lower() == family]
+        assert len(want) > CAP
+        for offset in (0, 2, len(want) - 1):
+            got = page_ids(store, ("family", family), ("_offset", str(offset)), ("_total", "none"))
+            assert got == want[offset : offset + 2], (family, offset)
+            assert page_ids(store, ("family", family), ("_offset", str(offset))) == got
