@@ -95,6 +95,8 @@ def capped_count_sql(query: SearchQuery, cap: int) -> tuple[str, Params]:
 def closed_window(query: SearchQuery) -> tuple[str, float, float] | None:
     """A date parameter whose criteria bound a match's key on both sides (``date_window``), with
     the bounds, when the query's matches can be counted from that window's rows alone."""
+    if len(query.criteria) < 2:  # one criterion's own index rows are its window already
+        return None
     rest, _ = _resource_filters(query, "r")
     if rest or visible_rids(query.policy, query.rtype) is not None:
         return None
