@@ -120,9 +120,19 @@ def window_count_sql(query: SearchQuery, param: str, low: float, high: float, ca
     figures are (rows read, distinct matches among them): a bounded cost beside a broad
     criterion (a code over a month) where driving by that criterion reads all its rows.
     """
-    probes = [_probe(c, "d", per_row=True) for c in query.criteria]
-    test = " AND ".join(p for p, _ in probes)
-    test_params = [v for _, ps in probes for v in ps]
+    tests: list[str] = []
+    test_params: Params = []
+    for c in query.criteria:
+        probe, probe_params = _probe(c, "d", per_row=True)
+        if c.param.code == param and all(isinstance(v, DateValue) for v in c.values):
+            # Most rows of the window meet the date criteria themselves: test the row first
+            # and probe the resource's other values only when it does not.
+            own = [_range_date("d.lo", "d.hi", v) for v in c.values if isinstance(v, DateValue)]
+            probe = f"({' OR '.join(sql for sql, _ in own)} OR {probe})"
+            probe_params = [*(v for _, ps in own for v in ps), *probe_params]
+        tests.append(probe)
+        test_params.extend(probe_params)
+    test = " AND ".join(tests)
     snapshot, snapshot_params = ("", []) if query.snapshot is None else (" AND d.rid <= ?", [query.snapshot])
     head = f"FROM idx_date d WHERE d.rtype = ? AND d.param = ?{snapshot}"
     rows = (
@@ -590,7 +600,10 @@ def date_sort_plan(query: SearchQuery, cap: int) -> DateSortPlan | None:
     by_match: list[tuple[str, Params]] = []
     for n, criterion in enumerate(query.criteria):
         driver, driver_params = rid_set(query.rtype, criterion, distinct=True)
-        counts.append((f"SELECT COUNT(*) FROM (SELECT 1 FROM ({driver}) f LIMIT ?) g", driver_params))
+        # Index rows, not distinct resources: the count only chooses a plan, and DISTINCT makes
+        # PostgreSQL hash every row of a code before the limit stops it.
+        rows, rows_params = rid_set(query.rtype, criterion)
+        counts.append((f"SELECT COUNT(*) FROM (SELECT 1 FROM ({rows}) f LIMIT ?) g", rows_params))
         by_match.append(sorted_matches(driver, driver_params, [c for i, c in enumerate(query.criteria) if i != n]))
     if not query.criteria:
         every = "SELECT a.rid FROM resources a WHERE a.rtype = ? AND a.deleted = 0"
