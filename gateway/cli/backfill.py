@@ -76,6 +76,8 @@ def backfill_command(
             report = _run_parallel(config, dev, settings, source, units, processes, batch, restart, quiet)
     except (BackfillInputError, IngestConfigError) as exc:
         fail(str(exc), exit_code_for(exc))
+    if report.stored:
+        _refresh_statistics(settings)
     typer.echo(f"{source}: {report.summary()}")
     if report.quarantined:
         typer.echo("  quarantined, by issue:")
@@ -83,6 +85,18 @@ def backfill_command(
             typer.echo(f"    {count:>8}  {reason}")
         typer.echo(f"  see `gateway quarantine list --source {source}`; after fixing the mapping,"
                    f" `gateway quarantine replay --all --source {source}`")
+
+
+def _refresh_statistics(settings: Settings) -> None:
+    """Let the planner see what the backfill wrote (PostgreSQL's ``ANALYZE``), instead of waiting
+    for autovacuum while searches are planned on the store's size before."""
+    from gateway.store import open_store
+
+    store = open_store(settings.store_url)
+    try:
+        store.refresh_statistics()
+    finally:
+        store.close()
 
 
 def _units(items: list[Input], processes: int) -> list[Input]:

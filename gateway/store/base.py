@@ -701,6 +701,10 @@ class Store(
         """Raise if the database cannot be reached."""
         ...
 
+    def refresh_statistics(self) -> None:
+        """Bring the query planner's statistics up to date after a bulk load (a backfill)."""
+        ...
+
     def close(self) -> None:
         """Release connections."""
         ...

@@ -147,6 +147,9 @@ class SqlStore(ExportJobs, SubscriptionRows):
         """
         raise NotImplementedError
 
+    def refresh_statistics(self) -> None:
+        """Nothing by default: SQLite's search plans are steered (``INDEXED BY``, ``+ 0``), not costed."""
+
     def close(self) -> None:
         """Release connections."""
 

@@ -6,12 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
+import psycopg
 from typer.testing import CliRunner
 
 from gateway.cli import app
 from gateway.store import open_store
+from gateway.store.postgres import split_schema
 from tests.backfill.conftest import created, line_list, rewritten, write_jsonl
 from tests.backfill.test_resume import config
+from tests.conftest import PG_URL
 
 runner = CliRunner()
 
@@ -64,3 +67,16 @@ def test_worker_processes_share_a_json_lines_file_on_postgresql(pg_schema_url: s
         store.close()
     again = runner.invoke(app, ["backfill", "csv", data, "-c", str(cfg), "--processes", "3", "-q"])
     assert "0 record(s)" in again.output and "3 input(s) already done" in again.output
+
+
+def test_a_backfill_on_postgresql_leaves_the_planner_statistics_current(pg_schema_url: str, tmp_path: Path) -> None:
+    cfg = config(tmp_path, pg_schema_url)
+    data = str(write_jsonl(tmp_path / "rows.jsonl", 40))
+    result = runner.invoke(app, ["backfill", "csv", data, "-c", str(cfg), "-q"])
+    assert result.exit_code == 0, result.output
+    _, schema = split_schema(pg_schema_url)
+    with psycopg.connect(PG_URL) as conn:
+        analyzed = conn.execute(
+            "SELECT relname FROM pg_stat_user_tables WHERE schemaname = %s AND last_analyze IS NOT NULL", (schema,)
+        ).fetchall()
+    assert {"idx_token", "idx_date", "resources"} <= {row[0] for row in analyzed}
