@@ -441,8 +441,9 @@ class SqlStore(ExportJobs, SubscriptionRows):
         share of the index's rows, small for a broad criterion (a category, a gender) at any
         store size, but not for a narrow one (one day of a 2-year store: 0.1% of the rows). So
         the walk first covers the first ``RID_WALK_FIRST`` row ids; if that does not fill the
-        page, the matches are counted up to ``sqrt(page x store)``, the size at which sorting
-        them and walking cost about the same, and sorted when fewer.
+        page, the matches it found tell which costs less, walking on or sorting them all; if it
+        found none, the matches are counted up to ``sqrt(page x store)``, the size at which
+        sorting them and walking cost about the same, and sorted when fewer.
         """
         need = query.offset + query.count
         snapshot = int(params[0])
@@ -450,6 +451,14 @@ class SqlStore(ExportJobs, SubscriptionRows):
         found = self._rid_walk(cur, sql, [first, *params[1:]], need)
         if len(found) >= need or first == snapshot:
             return self._rows_in_order(cur, found[query.offset : need])
+        if found:
+            # The first stretch tells the matches' density: walking on reads about
+            # (need - found) / density row ids, sorting about density x store matches.
+            rest = (need - len(found)) * first / len(found)
+            matches = len(found) * snapshot / first
+            if rest <= 2 * matches:
+                return self._rows_in_order(cur, self._rid_walk(cur, sql, params, need)[query.offset : need])
+            return None
         even = max(query.total_cap, math.isqrt(need * snapshot))
         count, count_params = capped_count_sql(query, even)
         cur.execute(self.q(count), count_params)

@@ -4,6 +4,8 @@ out. ``_total=accurate``, ``_summary=count`` and ``_count=0`` count every match.
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from gateway.search.query import QueryParser, SearchLimits
@@ -111,14 +113,17 @@ def test_sort_by_a_string_walks_its_index_lowest_first_or_highest_first(store: R
 def test_a_sparse_criterion_is_sorted_or_walked_as_the_cheaper_plan(
     store: ResourceStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The first walk covers 10 row ids: "early" fills its page there; "late" and "rare" do not,
-    # "rare" (4 matches of 60 rows) is then sorted and "late" (40 > sqrt(2 x 60)) walked on.
+    # The first walk covers 10 row ids: "early" fills its page there. "late" and "rare" have no
+    # match there: "rare" (4 of 60 rows) is then sorted and "late" (over sqrt(page x 60)) walked
+    # on. "mid" and "scarce" have one there: by the density it shows, the walk goes on for a
+    # short page and the matches are sorted for a far one.
     assert isinstance(store, SqlStore)
     monkeypatch.setattr(SqlStore, "RID_WALK_FIRST", 10)
-    families = ["Early"] * 10 + ["Late"] * 6 + [n for i in range(44) for n in (["Rare"] if i % 11 == 3 else ["Late"])]
+    later = ["Late"] * 26 + ["Mid"] * 12 + ["Scarce"] * 4 + ["Rare"] * 4 + ["Late"] * 4
+    families = ["Early"] * 8 + ["Mid", "Scarce"] + random.Random(2).sample(later, len(later))
     with store.transaction() as tx:
         made = [tx.create(patient(f)).resource.id for f in families]
-    for family in ("early", "late", "rare"):
+    for family in ("early", "late", "rare", "mid", "scarce"):
         want = [rid for rid, f in zip(made, families, strict=True) if f.lower() == family]
         assert len(want) > CAP
         for offset in (0, 2, len(want) - 1):
