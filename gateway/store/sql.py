@@ -299,7 +299,7 @@ class SqlStore(ExportJobs, SubscriptionRows):
         by_type = self._type_walk(cur, query) if by_rid is None else None
         rows: list[Any] | None = None
         if by_rid is not None and total is None and self._many_matches(cur, query):
-            rows = self._rid_walk_page(cur, query, *by_rid)  # None: few enough to sort
+            rows = self._rid_walk_page(cur, query, *self._pin_rid_walk(cur, query, by_rid))  # None: sort
         elif by_type is not None:
             rows = self._type_walk_page(cur, query, *by_type)
         if rows is not None:
@@ -429,6 +429,30 @@ class SqlStore(ExportJobs, SubscriptionRows):
         count, count_params = capped_count_sql(query, query.total_cap)
         cur.execute(self.q(count), count_params)
         return int(cur.fetchone()[0]) > query.total_cap
+
+    def _pin_rid_walk(
+        self, cur: Cursor, query: SearchQuery, plain: tuple[str, list[Any]]
+    ) -> tuple[str, list[Any]]:
+        """The row-id walk ``plain``; on PostgreSQL, for a code alone, the walk naming its one
+        system (or no system) when its rows have just one: the value index then lists them in
+        row-id order.
+
+        SQLite is told to walk the row-id index (``INDEXED BY``); PostgreSQL's planner read
+        every row of a code through ``(rtype, param, code, system, rid)`` to sort them by row id
+        unless the system is named (``Patient?gender``: 7.5 ms at 1M resources).
+        """
+        found = code_system_sql(query) if self.dialect != "sqlite" else None
+        if found is None:
+            return plain
+        n, sql, params = found
+        cur.execute(self.q(sql), params)
+        low, high, bare = cur.fetchone()
+        pinned = None
+        if low is None and int(bare):
+            pinned = rid_walk_sql(pin_system(query, n, ""))  # no row has a system: IS NULL
+        elif low is not None and low == high and not int(bare):
+            pinned = rid_walk_sql(pin_system(query, n, low))
+        return plain if pinned is None else pinned
 
     #: row ids the first, bounded try of a row-id walk covers (see ``_rid_walk_page``)
     RID_WALK_FIRST = 4000
