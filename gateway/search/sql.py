@@ -124,7 +124,8 @@ def window_count_sql(query: SearchQuery, param: str, low: float, high: float, ca
     test_params: Params = []
     for c in query.criteria:
         probe, probe_params = _probe(c, "d", per_row=True)
-        if c.param.code == param and all(isinstance(v, DateValue) for v in c.values):
+        plain = c.missing is None and c.modifier is None and bool(c.values)
+        if plain and c.param.code == param and all(isinstance(v, DateValue) for v in c.values):
             # Most rows of the window meet the date criteria themselves: test the row first
             # and probe the resource's other values only when it does not.
             own = [_range_date("d.lo", "d.hi", v) for v in c.values if isinstance(v, DateValue)]

@@ -238,3 +238,22 @@ def test_an_estimated_total_in_a_closed_window_is_exact_or_left_out(store: Store
                     assert result.total is None
             accurate = store.search(parser.parse("Observation", [*items, ("_total", "accurate")]))
             assert accurate.total == len(expected)
+
+
+def test_window_criteria_beside_other_date_modifiers_answer(store: Store) -> None:
+    assert isinstance(store, SqlStore)
+    made = _load(store, random.Random(9), False)
+    window = [[_search_range("ge2024-02-01")], [_search_range("lt2024-03-15")]]
+    in_window = [r for r in made
+                 if all(any(_value_row(p, a, b, lo, hi) for p, a, b in ors for lo, hi in r["rows"]) for ors in window)]
+    _, a, b = _search_range("ne2024-02")
+    expected = {"missing": len(in_window),
+                "ne": sum(1 for r in in_window if any(_value_row("ne", a, b, lo, hi) for lo, hi in r["rows"]))}
+    for name, extra in (("missing", ("date:missing", "false")), ("ne", ("date", "ne2024-02")),
+                        ("ap", ("date", "ap2024-03-01"))):  # fmt: skip
+        items = [("date", "ge2024-02-01"), ("date", "lt2024-03-15"), extra, ("_total", "accurate")]
+        for sort in ([], [("_sort", "-date")]):
+            result = store.search(PARSER.parse("Observation", items + sort))
+            assert result.total is not None
+            if name in expected:
+                assert result.total == expected[name], (name, sort)
