@@ -53,7 +53,7 @@ def sort_window(query: SearchQuery, param: str) -> Window | None:
     upper: float | None = None
     bounded = False
     for criterion in query.criteria:
-        if criterion.param.code != param or not _plain(criterion):
+        if criterion.param.code != param or not bounds_dates(criterion):
             continue
         c_lower, c_upper = _criterion_window(criterion)
         if c_lower is not None:
@@ -65,8 +65,11 @@ def sort_window(query: SearchQuery, param: str) -> Window | None:
     return (lower, upper) if bounded else None
 
 
-def _plain(c: Criterion) -> bool:
-    return c.modifier is None and c.missing is None and c.chain is None and c.has is None and bool(c.values)
+def bounds_dates(c: Criterion) -> bool:
+    """Whether ``c`` is plain date values (no modifier, ``:missing``, chain or ``_has``): the
+    criteria that bound a window and that an index row of the parameter can test by itself."""
+    plain = c.modifier is None and c.missing is None and c.chain is None and c.has is None and bool(c.values)
+    return plain and all(isinstance(v, DateValue) for v in c.values)
 
 
 def _criterion_window(c: Criterion) -> Window:
@@ -74,8 +77,7 @@ def _criterion_window(c: Criterion) -> Window:
     lowers: list[float | None] = []
     uppers: list[float | None] = []
     for value in c.values:
-        if not isinstance(value, DateValue):
-            return None, None
+        assert isinstance(value, DateValue)  # ``bounds_dates`` chose the criterion
         lo, up = _value_window(value)
         lowers.append(lo)
         uppers.append(up)

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from gateway.search.date_window import Window, sort_window
+from gateway.search.date_window import Window, bounds_dates, sort_window
 from gateway.search.dates import FAR_FUTURE
 from gateway.search.policy import RowFilter
 from gateway.search.policy_sql import visible_rids
@@ -36,7 +36,6 @@ TABLES = {
 }
 _MAX_CHAR = "\U0010ffff"
 _FAR = 1e300  # beyond any epoch-seconds date: no bound on a walk
-_OPEN_END = FAR_FUTURE  # the ``hi`` of a period without an end
 
 
 def where_clause(query: SearchQuery, alias: str = "r", *, few: bool = False) -> tuple[str, Params]:
@@ -97,10 +96,7 @@ def closed_window(query: SearchQuery) -> tuple[str, float, float] | None:
     the bounds, when the query's matches can be counted from that window's rows alone."""
     if len(query.criteria) < 2:  # one criterion's own index rows are its window already
         return None
-    rest, _ = _resource_filters(query, "r")
-    if rest or visible_rids(query.policy, query.rtype) is not None:
-        return None
-    if any(not _is_positive(c) or c.chain is not None or c.has is not None for c in query.criteria):
+    if not _index_only(query):
         return None
     for c in query.criteria:
         if c.param.table == "date":
@@ -108,6 +104,15 @@ def closed_window(query: SearchQuery) -> tuple[str, float, float] | None:
             if window is not None and window[0] is not None and window[1] is not None:
                 return c.param.code, window[0], window[1]
     return None
+
+
+def _index_only(query: SearchQuery) -> bool:
+    """Whether every criterion can be probed per index row: no filter on the resources table, no
+    data policy, no negation, chain or ``_has`` (the shape bounded walks and window counts take)."""
+    rest, _ = _resource_filters(query, "r")
+    if rest or visible_rids(query.policy, query.rtype) is not None:
+        return False
+    return not any(not _is_positive(c) or c.chain is not None or c.has is not None for c in query.criteria)
 
 
 def window_count_sql(query: SearchQuery, param: str, low: float, high: float, cap: int | None) -> tuple[str, Params]:
@@ -124,8 +129,7 @@ def window_count_sql(query: SearchQuery, param: str, low: float, high: float, ca
     test_params: Params = []
     for c in query.criteria:
         probe, probe_params = _probe(c, "d", per_row=True)
-        plain = c.missing is None and c.modifier is None and bool(c.values)
-        if plain and c.param.code == param and all(isinstance(v, DateValue) for v in c.values):
+        if c.param.code == param and bounds_dates(c):
             # Most rows of the window meet the date criteria themselves: test the row first
             # and probe the resource's other values only when it does not.
             own = [_range_date("d.lo", "d.hi", v) for v in c.values if isinstance(v, DateValue)]
@@ -143,7 +147,7 @@ def window_count_sql(query: SearchQuery, param: str, low: float, high: float, ca
     )
     params: Params = [
         *test_params, query.rtype, param, *snapshot_params, low, high,
-        *test_params, query.rtype, param, *snapshot_params, _OPEN_END, *([] if cap is None else [cap + 1]),
+        *test_params, query.rtype, param, *snapshot_params, FAR_FUTURE, *([] if cap is None else [cap + 1]),
     ]  # fmt: skip
     return f"SELECT COUNT(*), COUNT(DISTINCT c.ok) FROM ({rows}) c", params
 
@@ -559,10 +563,7 @@ def date_sort_plan(query: SearchQuery, cap: int) -> DateSortPlan | None:
     key = query.sort[0]
     if key.param is None or key.param.table not in ("date", "string"):
         return None
-    rest, _ = _resource_filters(query, "r")
-    if rest or visible_rids(query.policy, query.rtype) is not None:
-        return None
-    if any(not _is_positive(c) or c.chain is not None or c.has is not None for c in query.criteria):
+    if not _index_only(query):
         return None
     table = TABLES[key.param.table]
     column, direction, agg = ("hi", "DESC", "MAX") if key.descending else ("lo", "ASC", "MIN")

@@ -63,7 +63,7 @@ from gateway.store.base import (
 from gateway.store.exports import ExportJobs
 from gateway.store.migrations import MIGRATIONS, statements_for
 from gateway.store.rows import COLUMNS, INDEX_TABLES, Cursor, to_resource
-from gateway.store.sqlops import WriteStep, insert_sql
+from gateway.store.sqlops import SPREAD_SQL, WriteStep, insert_sql
 from gateway.store.subscriptions import SubscriptionRows
 from gateway.store.writes import SqlTransaction, prepare_write
 
@@ -273,16 +273,17 @@ class SqlStore(ExportJobs, SubscriptionRows):
             cur.execute("SELECT COALESCE(MAX(rid), 0) FROM resources")
             query.snapshot = int(cur.fetchone()[0])
         query.policy = self.resolve_policy(cur, query.policy)
+        spreads: dict[str, float] = {}  # date spreads this search read (see ``_spread``)
         total: int | None = None
         if query.total != "none" or query.count == 0 or query.summary == "count":
             # An estimate is exact up to the cap and absent above it (FHIR lets a server leave
             # Bundle.total out); a count asked for by name is exact, whatever it costs.
             if query.total == "accurate" or query.count == 0 or query.summary == "count":
-                count, count_params = self._count(cur, query, None)
+                count, count_params = self._count(cur, query, None, spreads)
                 cur.execute(self.q(count), count_params)
                 total = int(cur.fetchone()[-1])
             else:
-                count, count_params = self._count(cur, query, query.total_cap)
+                count, count_params = self._count(cur, query, query.total_cap, spreads)
                 cur.execute(self.q(count), count_params)
                 read, matches = cur.fetchone()
                 total = int(matches) if int(read) <= query.total_cap else None
@@ -305,7 +306,7 @@ class SqlStore(ExportJobs, SubscriptionRows):
         if rows is not None:
             pass
         elif plan is not None:
-            rows = self._bounded_walk_page(cur, query, plan)
+            rows = self._bounded_walk_page(cur, query, plan, spreads)
         elif walk is not None:
             rows = self._walk_page(cur, query, *walk)
         else:
@@ -323,12 +324,14 @@ class SqlStore(ExportJobs, SubscriptionRows):
     #: False: the unbounded walk of earlier releases (the sort benchmark's baseline)
     bounded_sort = True
 
-    def _bounded_walk_page(self, cur: Cursor, query: SearchQuery, plan: DateSortPlan) -> list[Any]:
+    def _bounded_walk_page(
+        self, cur: Cursor, query: SearchQuery, plan: DateSortPlan, spreads: dict[str, float]
+    ) -> list[Any]:
         """One page ordered by a date parameter: the few matches sorted, or a bounded walk
         (see ``date_sort_plan``)."""
         need = query.offset + query.count
         if plan.window is not None:  # the window bounds the walk: no counting first
-            page = self._window_walk_page(cur, query, plan)
+            page = self._window_walk_page(cur, query, plan, spreads)
             if page is not None:
                 return page
         driver = 0
@@ -348,19 +351,14 @@ class SqlStore(ExportJobs, SubscriptionRows):
         # Fewer rows than the cap: the walk may read them all.
         bound = found[0] if found is not None else plan.unbounded
         # A resource with several dates has several index rows: ask for enough rows to see ``need`` resources.
-        limit = need
-        while True:
-            cur.execute(self.q(plan.walk), (*plan.walk_params, bound, limit))
-            walked = [row[0] for row in cur.fetchall()]
-            ordered = list(dict.fromkeys(walked))  # first sighting = the resource's sort key
-            if len(ordered) >= need or len(walked) < limit:
-                break
-            limit *= 2
+        ordered, _ = self._walk_rids(cur, plan.walk, [*plan.walk_params, bound], need, need)
         if len(ordered) >= need:
             return self._rows_in_order(cur, ordered[query.offset : need])
         return self._rows_in_order(cur, self._by_match(cur, query, plan.by_match[driver]))
 
-    def _count(self, cur: Cursor, query: SearchQuery, cap: int | None) -> tuple[str, list[Any]]:
+    def _count(
+        self, cur: Cursor, query: SearchQuery, cap: int | None, spreads: dict[str, float]
+    ) -> tuple[str, list[Any]]:
         """SQL counting the matches (the count last), up to ``cap`` index rows when there is one:
         from a closed date window's rows when the criteria make one (see ``window_count_sql``),
         else from the criteria's index rows."""
@@ -368,23 +366,29 @@ class SqlStore(ExportJobs, SubscriptionRows):
         if window is None:
             return count_sql(query) if cap is None else capped_count_sql(query, cap)
         param, lower, upper = window
-        spread = self._spread(cur, query.rtype, param)
+        spread = self._spread(cur, query.rtype, param, spreads)
         return window_count_sql(query, param, lower - spread, upper + spread, cap)
 
-    def _spread(self, cur: Cursor, rtype: str, param: str) -> float:
-        """The widest spread of one resource's values of date ``param`` (0 when none is closed)."""
-        cur.execute(self.q("SELECT spread FROM date_spreads WHERE rtype = ? AND param = ?"), (rtype, param))
-        found = cur.fetchone()
-        return max(float(found[0]), 0.0) if found is not None else 0.0
+    def _spread(self, cur: Cursor, rtype: str, param: str, known: dict[str, float]) -> float:
+        """The widest spread of one resource's values of date ``param`` (0 when none is closed),
+        read once a search (``known``: what this search read already; the count and the page
+        of one search bound the same window)."""
+        if param not in known:
+            cur.execute(self.q(SPREAD_SQL), (rtype, param))
+            found = cur.fetchone()
+            known[param] = max(float(found[0]), 0.0) if found is not None else 0.0
+        return known[param]
 
-    def _window_walk_page(self, cur: Cursor, query: SearchQuery, plan: DateSortPlan) -> list[Any] | None:
+    def _window_walk_page(
+        self, cur: Cursor, query: SearchQuery, plan: DateSortPlan, spreads: dict[str, float]
+    ) -> list[Any] | None:
         """One page newest first by a date the criteria bound: resources with an open end
         first, then a walk from the window's top, complete once it passes the window's bottom
         (see ``gateway.search.date_window``); bounded by ``cap`` rows like the plain walk, after
         which it gives up (None): the matches are then sorted."""
         assert plan.window is not None
         lower, upper = plan.window
-        spread = self._spread(cur, *plan.bound_params[:2])
+        spread = self._spread(cur, query.rtype, plan.bound_params[1], spreads)  # [1]: the sorted parameter
         start = FAR_FUTURE if upper is None else min(upper + spread, FAR_FUTURE)
         floor = FAR_PAST if lower is None else lower - spread
         need = query.offset + query.count
@@ -393,7 +397,8 @@ class SqlStore(ExportJobs, SubscriptionRows):
         # reads at most ``cap`` of their rows, and gives up if that does not fill the page.
         cur.execute(self.q(plan.open_bound), [*plan.bound_params[:-1], FAR_FUTURE, cap - 1])
         row = cur.fetchone()
-        ordered = self._walk_rids(cur, plan.open_walk, [*plan.walk_params, FAR_FUTURE, row[0] if row else 0], need)
+        open_params = [*plan.walk_params, FAR_FUTURE, row[0] if row else 0]
+        ordered, _ = self._walk_rids(cur, plan.open_walk, open_params, need, need)
         if len(ordered) < need and row is not None:
             return None
         if len(ordered) < need:
@@ -403,24 +408,26 @@ class SqlStore(ExportJobs, SubscriptionRows):
             # the walk sooner, and then a short page needs the matches sorted.
             complete = row is None or float(row[0]) <= floor
             bound = floor if complete else float(row[0])
-            below = self._walk_rids(cur, plan.walk_below, [*plan.walk_params, start, bound], need)
+            below, _ = self._walk_rids(cur, plan.walk_below, [*plan.walk_params, start, bound], need, need)
             seen = set(ordered)
             ordered.extend(rid for rid in below if rid not in seen)
             if len(ordered) < need and not complete:
                 return None
         return self._rows_in_order(cur, ordered[query.offset : need])
 
-    def _walk_rids(self, cur: Cursor, sql: str, params: list[Any], need: int) -> list[int]:
-        """The first ``need`` distinct row ids a walk yields (a resource has a row per value), or
-        all of them (the walk's own bound ends it)."""
-        limit = need
+    def _walk_rids(
+        self, cur: Cursor, sql: str, params: list[Any], need: int, limit: int, grow: int = 2
+    ) -> tuple[list[int], bool]:
+        """The first ``need`` distinct row ids a walk yields (a resource has a row per value: the
+        first sighting is its place), asking for ``limit`` rows and ``grow`` times more until it
+        has them; and whether the walk ran out (its own bound ended it) before ``limit`` rows."""
         while True:
             cur.execute(self.q(sql), (*params, limit))
             walked = [row[0] for row in cur.fetchall()]
-            ordered = list(dict.fromkeys(walked))  # first sighting = the resource's sort key
+            ordered = list(dict.fromkeys(walked))
             if len(ordered) >= need or len(walked) < limit:
-                return ordered
-            limit *= 2
+                return ordered, len(walked) < limit
+            limit *= grow
 
     def _many_matches(self, cur: Cursor, query: SearchQuery) -> bool:
         """More than ``total_cap`` matches? (Known already when an estimated total was left out.)"""
@@ -472,7 +479,8 @@ class SqlStore(ExportJobs, SubscriptionRows):
         need = query.offset + query.count
         snapshot = int(params[0])
         first = min(snapshot, self.RID_WALK_FIRST)
-        found = self._rid_walk(cur, sql, [first, *params[1:]], need)
+        limit = need * 2 + 16  # a resource may have several rows (two names both matching)
+        found, _ = self._walk_rids(cur, sql, [first, *params[1:]], need, limit, grow=4)
         if len(found) >= need or first == snapshot:
             return self._rows_in_order(cur, found[query.offset : need])
         if found:
@@ -481,25 +489,16 @@ class SqlStore(ExportJobs, SubscriptionRows):
             rest = (need - len(found)) * first / len(found)
             matches = len(found) * snapshot / first
             if rest <= 2 * matches:
-                return self._rows_in_order(cur, self._rid_walk(cur, sql, params, need)[query.offset : need])
+                found, _ = self._walk_rids(cur, sql, params, need, limit, grow=4)
+                return self._rows_in_order(cur, found[query.offset : need])
             return None
         even = max(query.total_cap, math.isqrt(need * snapshot))
         count, count_params = capped_count_sql(query, even)
         cur.execute(self.q(count), count_params)
         if int(cur.fetchone()[0]) <= even:
             return None
-        return self._rows_in_order(cur, self._rid_walk(cur, sql, params, need)[query.offset : need])
-
-    def _rid_walk(self, cur: Cursor, sql: str, params: list[Any], need: int) -> list[int]:
-        """The first ``need`` distinct row ids of a row-id walk (or all it finds)."""
-        limit = need * 2 + 16  # a resource may have several rows (two names both matching)
-        while True:
-            cur.execute(self.q(sql), (*params, limit))
-            walked = [row[0] for row in cur.fetchall()]
-            ordered = list(dict.fromkeys(walked))
-            if len(ordered) >= need or len(walked) < limit:
-                return ordered
-            limit *= 4
+        found, _ = self._walk_rids(cur, sql, params, need, limit, grow=4)
+        return self._rows_in_order(cur, found[query.offset : need])
 
     def _type_walk(self, cur: Cursor, query: SearchQuery) -> tuple[str, list[Any], str, list[Any]] | None:
         """``type_walk_sql`` for the query (driven by its code's rows when the code has one system),
@@ -534,14 +533,8 @@ class SqlStore(ExportJobs, SubscriptionRows):
         cur.execute(self.q(bound), (*bound_params, cap - 1))
         found = cur.fetchone()
         upto = int(found[0]) if found is not None else int(bound_params[-1])
-        limit = need + 4  # a code twice in one resource gives it two rows
-        while True:
-            cur.execute(self.q(walk), (*walk_params, upto, limit))
-            walked = [row[0] for row in cur.fetchall()]
-            ordered = list(dict.fromkeys(walked))
-            if len(ordered) >= need or len(walked) < limit:
-                break
-            limit *= 2
+        # A code twice in one resource gives it two rows.
+        ordered, _ = self._walk_rids(cur, walk, [*walk_params, upto], need, need + 4)
         if len(ordered) < need and found is not None:
             return None
         return self._rows_in_order(cur, ordered[query.offset : need])
@@ -565,16 +558,9 @@ class SqlStore(ExportJobs, SubscriptionRows):
     ) -> list[Any]:
         """One page ordered by a date or string parameter, by walking its index (see ``date_sort_walk``)."""
         need = query.offset + query.count
-        limit = need * 2 + 16
-        while True:
-            cur.execute(self.q(walk), (*walk_params, limit))
-            walked = [row[0] for row in cur.fetchall()]
-            ordered = list(dict.fromkeys(walked))  # first sighting = the resource's sort key
-            if len(ordered) >= need or len(walked) < limit:
-                break
-            limit *= 4
+        ordered, ran_out = self._walk_rids(cur, walk, walk_params, need, need * 2 + 16, grow=4)
         page_ids = ordered[query.offset : need]
-        if len(page_ids) < query.count and len(walked) < limit:
+        if len(page_ids) < query.count and ran_out:
             skip = max(0, query.offset - len(ordered))
             cur.execute(self.q(missing), (*missing_params, query.count - len(page_ids), skip))
             page_ids += [row[0] for row in cur.fetchall()]

@@ -42,6 +42,10 @@ def insert_sql(table: str) -> str:
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
 
 
+#: The widest spread of one resource's values of a type's date parameter (``date_spreads``).
+SPREAD_SQL = "SELECT spread FROM date_spreads WHERE rtype = ? AND param = ?"
+
+
 class SqlBackend(Protocol):
     """The store operations a write transaction runs on its open cursor."""
 

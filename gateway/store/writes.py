@@ -53,7 +53,7 @@ from gateway.store.rows import (
     kept_identifiers,
     kept_links,
 )
-from gateway.store.sqlops import INSERT_COLUMNS, SqlBackend, WriteStep
+from gateway.store.sqlops import INSERT_COLUMNS, SPREAD_SQL, SqlBackend, WriteStep
 
 #: Record keys per ``records_outputs`` query (SQLite allows 999 parameters a statement by default).
 _KEYS_PER_QUERY = 500
@@ -309,9 +309,7 @@ class SqlTransaction:
         floor = self.store.spread_floor
         unknown = [key for key in self._spreads if key not in floor]
         for rtype, param in unknown:
-            self.cur.execute(
-                self.store.q("SELECT spread FROM date_spreads WHERE rtype = ? AND param = ?"), (rtype, param)
-            )
+            self.cur.execute(self.store.q(SPREAD_SQL), (rtype, param))
             found = self.cur.fetchone()
             floor[(rtype, param)] = float(found[0]) if found is not None else float("-inf")
         wider = [(rtype, param, spread) for (rtype, param), spread in self._spreads.items()
