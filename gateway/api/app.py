@@ -55,11 +55,12 @@ from . import (
     metrics,
     smart,
 )
-from .access_log import AccessLogMiddleware, TemplateRoute
+from .access_log import AccessLogMiddleware
 from .audit import AuditMiddleware
 from .auth import authenticate
 from .context import AppContext
 from .negotiation import fhir_response
+from .plain_routes import plain_routes
 from .rate_limit import RateLimitMiddleware, build_rate_limits
 from .request_state import request_id_of
 
@@ -67,6 +68,8 @@ log = logging.getLogger("gateway.api")
 
 # How often noted last-use times reach the store (they are noted at most once a minute per client).
 LAST_USE_FLUSH_SECONDS = 5.0
+#: Served as plain routes, documented by their FastAPI routes.
+FHIR_ROUTERS = (fhir_match.router, fhir_read.router, fhir_write.router)
 _HTTP_CODES = {404: "not-found", 405: "not-supported", 401: "login", 403: "forbidden", 413: "too-costly"}
 
 
@@ -147,14 +150,13 @@ def create_app(
     if settings.metrics.enabled:
         app.add_middleware(metrics.FhirLatencyMiddleware)
     _install_error_handlers(app)
-    for router in (health.router, fhir_match.router, fhir_read.router, fhir_write.router, ingest.router,
-                   admin_quarantine.router, admin_reload.router, admin_identity.router, admin_delivery.router,
-                   smart.router, metrics.router):
+    for router in (health.router, ingest.router, admin_quarantine.router, admin_reload.router,
+                   admin_identity.router, admin_delivery.router, smart.router, metrics.router):
         app.include_router(router)
-    # Reads dominate partner traffic; matching them first, as a plain Starlette route,
-    # keeps them within reach of the framework's own ceiling (bench/read_search.py).
-    app.router.routes.insert(0, TemplateRoute("/fhir/{rtype}/{rid}", fhir_read.fast_read, methods=["GET"],
-                                              include_in_schema=False))
+    # The FHIR API, first and as plain Starlette routes (``plain_routes``): reads dominate
+    # partner traffic and writes the CHW apps', and FastAPI's per-request machinery bought
+    # them nothing (bench/read_search.py, bench/crud_mix.py).
+    app.router.routes[0:0] = [route for router in FHIR_ROUTERS for route in plain_routes(router)]
     # Ahead of the read and search routes, which would take $export for a type or an id.
     for route in reversed(bulk_export.ROUTES):
         app.router.routes.insert(0, route)
@@ -186,7 +188,8 @@ def _install_docs(app: FastAPI) -> None:
 
     def openapi_with_bearer() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            documented = [*app.routes, *(route for router in FHIR_ROUTERS for route in router.routes)]
+            schema = get_openapi(title=app.title, version=app.version, routes=documented)
             schema.setdefault("components", {})["securitySchemes"] = {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "an API client's token"}
             }

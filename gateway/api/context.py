@@ -12,6 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 import anyio.to_thread
 import orjson
 from starlette.requests import Request
+from starlette.types import Scope
 
 from gateway.auth import Authenticator, TokenIssuer
 from gateway.ingest import IngestService
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 CAPABILITY_CACHE_SIZE = 8
+BASE_URL_CACHE_SIZE = 64
 #: The SMART extension naming the OAuth endpoints in a CapabilityStatement.
 OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
 
@@ -51,6 +53,8 @@ class AppContext:
     capability: dict[str, Any] = field(default_factory=dict)
     limits: RateLimits | None = None
     _capability_bytes: dict[str, bytes] = field(default_factory=dict)
+    #: FHIR base URLs by the scope parts they are built from (``base_url``)
+    base_urls: dict[tuple[Any, ...], str] = field(default_factory=dict)
 
     @classmethod
     def of(cls, services: Services, auth: Authenticator, tokens: TokenIssuer,
@@ -111,14 +115,18 @@ class AppContext:
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a unit of work that writes, on a worker thread; then let the identity matcher
         catch up with what it committed (outside the write's transaction)."""
-        result = await anyio.to_thread.run_sync(partial(fn, *args))
         identity = self.services.identity
-        if identity is not None:
-            try:
-                await anyio.to_thread.run_sync(identity.catch_up)
-            except Exception as exc:  # the write is committed; matching catches up on the next one
-                log.error("identity catch-up failed (%s)", type(exc).__name__)
-        return result
+
+        def work() -> T:
+            result = fn(*args)
+            if identity is not None:  # on the same thread: a second hop cost as much as the catch-up
+                try:
+                    identity.catch_up()
+                except Exception as exc:  # the write is committed; matching catches up on the next one
+                    log.error("identity catch-up failed (%s)", type(exc).__name__)
+            return result
+
+        return await anyio.to_thread.run_sync(work)
 
 
 def ctx_of(request: Request) -> AppContext:
@@ -129,9 +137,31 @@ def ctx_of(request: Request) -> AppContext:
 
 def base_url(request: Request) -> str:
     """The FHIR base URL links are built from: ``public_base_url``, else the request's if its Host is allowed."""
-    settings = ctx_of(request).settings
+    ctx = ctx_of(request)
+    settings = ctx.settings
     if settings.public_base_url:
         return settings.public_base_url.rstrip("/")
+    # Every write answers with a Location: building the request's URL each time cost ~5% of
+    # a write; what decides the base is only these parts of the scope.
+    scope = request.scope
+    key = (scope["scheme"], _host_header(scope), scope.get("root_path", ""), scope.get("server"))
+    found = ctx.base_urls.get(key)
+    if found is None:
+        found = _request_base_url(request, settings)
+        if len(ctx.base_urls) >= BASE_URL_CACHE_SIZE:  # Host headers are the client's: bound the cache
+            del ctx.base_urls[next(iter(ctx.base_urls))]
+        ctx.base_urls[key] = found
+    return found
+
+
+def _host_header(scope: Scope) -> bytes | None:
+    for name, value in scope["headers"]:
+        if name == b"host":
+            return bytes(value)
+    return None
+
+
+def _request_base_url(request: Request, settings: Settings) -> str:
     url = request.url
     netloc = url.netloc.lower()
     hostname = (url.hostname or "").lower()

@@ -92,19 +92,6 @@ async def type_history(request: Request, rtype: str) -> Response:
 @router.get("/{rtype}/{rid}", summary="Read")
 async def read(request: Request, rtype: str, rid: str) -> Response:
     """The current version of a resource."""
-    return await fast_read(request)
-
-
-async def fast_read(request: Request) -> Response:
-    """Read, as a plain Starlette endpoint: the hottest path skips FastAPI's parameter machinery.
-
-    ``app.py`` mounts it ahead of every other route; the FastAPI route above documents it
-    in OpenAPI and serves the same function.
-    """
-    rtype: str = request.path_params["rtype"]
-    rid: str = request.path_params["rid"]
-    if rid == "_history":
-        return await type_history(request, rtype)
     check_type(rtype)
     check_path_id(rid)  # before the store sees it: PostgreSQL fails on a NUL in an id
     principal = require_fhir(request, rtype, "r")

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from gateway.api.app import create_app
-from gateway.api.context import CAPABILITY_CACHE_SIZE
+from gateway.api.context import BASE_URL_CACHE_SIZE, CAPABILITY_CACHE_SIZE
 from gateway.settings import Settings
 from gateway.store import open_store
 from tests.conftest import ApiHarness, make_token
@@ -293,6 +293,10 @@ async def test_api_docs_when_on_need_a_token_and_declare_bearer(tmp_path: Path) 
             assert document["components"]["securitySchemes"]["bearer"] == {
                 "type": "http", "scheme": "bearer", "description": "an API client's token"}
             assert document["security"] == [{"bearer": []}]
+            # The FHIR API is served by plain routes and still documented by its FastAPI routes.
+            assert {"/fhir/{rtype}", "/fhir/{rtype}/{rid}", "/fhir/{rtype}/{rid}/_history/{vid}",
+                    "/fhir/Patient/$match", "/fhir/"} <= set(document["paths"])
+            assert set(document["paths"]["/fhir/{rtype}/{rid}"]) == {"get", "put", "patch", "delete"}
             await harness.aclose()
     finally:
         store.close()
@@ -306,6 +310,11 @@ async def test_host_headers_neither_grow_the_capability_cache_nor_reach_links(ap
             response = await anonymous.get("/fhir/metadata", headers={"Host": host})
             assert response.status_code == 200
     assert len(ctx._capability_bytes) <= CAPABILITY_CACHE_SIZE
+    assert len(ctx.base_urls) <= BASE_URL_CACHE_SIZE
+    for i in range(3):  # the cached base follows the Host of each request
+        host = f"gateway.test:{10000 + i}"
+        created = await api.client.post("/fhir/Patient", json={"resourceType": "Patient"}, headers={"Host": host})
+        assert created.headers["location"].startswith(f"http://{host}/fhir/Patient/")
 
     foreign = {"Host": "evil.example"}
     statement = (await anonymous.get("/fhir/metadata", headers=foreign)).json()
