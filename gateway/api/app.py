@@ -123,6 +123,7 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await last_use
             await anyio.to_thread.run_sync(ctx.auth.flush)
+            await anyio.to_thread.run_sync(ctx.lane.close)
             try:
                 await services.stop()
             finally:

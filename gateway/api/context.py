@@ -21,6 +21,8 @@ from gateway.services import Services
 from gateway.settings import Settings
 from gateway.store import Store
 
+from .write_lane import WriteLane
+
 if TYPE_CHECKING:
     from .rate_limit import RateLimits
 
@@ -50,6 +52,7 @@ class AppContext:
     parser: QueryParser
     auth: Authenticator
     tokens: TokenIssuer
+    lane: WriteLane
     capability: dict[str, Any] = field(default_factory=dict)
     limits: RateLimits | None = None
     _capability_bytes: dict[str, bytes] = field(default_factory=dict)
@@ -60,7 +63,9 @@ class AppContext:
     def of(cls, services: Services, auth: Authenticator, tokens: TokenIssuer,
            capability: dict[str, Any], limits: RateLimits | None = None) -> AppContext:
         """The context of an app over ``services``."""
+        identity = services.identity
         return cls(
+            lane=WriteLane(services.store, after=identity.catch_up if identity is not None else None),
             services=services,
             settings=services.settings,
             store=services.store,
@@ -111,6 +116,11 @@ class AppContext:
         stall every other request (and the health checks) if it ran on the event loop.
         """
         return await anyio.to_thread.run_sync(partial(fn, *args))
+
+    async def write_unit(self, fn: Callable[[], T]) -> T:
+        """Run a unit of work that is one store transaction, sharing a commit with other requests'
+        (``WriteLane``: ``fn`` may run twice); the identity matcher catches up after the commit."""
+        return await self.lane.run(fn)
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a unit of work that writes, on a worker thread; then let the identity matcher

@@ -68,6 +68,7 @@ async def _in_transaction(
     written: list[tuple[StoredResource, str]] = []
 
     def work() -> T:
+        written.clear()  # the lane may run it again (its first run rolled back)
         with ctx.store.transaction() as tx:
             result = interaction(tx, *args, **kwargs)
             written.extend(_written(result))
@@ -75,7 +76,7 @@ async def _in_transaction(
                 record_writes(tx, written, author)
             return result
 
-    result = await ctx.write(work)
+    result = await ctx.write_unit(work)
     note_resources(request, [res for res, _ in written], ctx.settings.audit.max_entities)
     return result
 

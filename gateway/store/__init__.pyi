@@ -30,6 +30,7 @@ from .base import StoreTransaction as StoreTransaction
 from .base import SubscriptionRecord as SubscriptionRecord
 from .base import SubscriptionStore as SubscriptionStore
 from .base import VersionConflict as VersionConflict
+from .base import WriteBatch as WriteBatch
 from .base import WriteResult as WriteResult
 from .open import open_store as open_store
 from .rows import GOLDEN_TAG_CODE as GOLDEN_TAG_CODE

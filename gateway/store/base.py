@@ -254,11 +254,34 @@ class StoreTransaction(Protocol):
         ...
 
 
+class WriteBatch(Protocol):
+    """A batch of write transactions one thread holds open (``ResourceStore.write_batch``)."""
+
+    @property
+    def lost(self) -> bool:
+        """Whether a failed transaction took the batch with it: it will roll back, and no more can join."""
+        ...
+
+    @property
+    def seconds_open(self) -> float:
+        """How long the batch's database transaction has been open."""
+        ...
+
+
 class ResourceStore(Protocol):
     """Versioned FHIR resources: reads, history, search and write transactions."""
 
     def transaction(self) -> AbstractContextManager[StoreTransaction]:
         """Open a write transaction: committed on normal exit, rolled back on error."""
+        ...
+
+    def write_batch(self) -> AbstractContextManager[WriteBatch]:
+        """Until the block ends, this thread's transactions share one commit, at its end.
+
+        A transaction inside ends when its work is done, not committed (one that fails is
+        rolled back alone, unless ``lost``); the block's end commits them all or raises, and
+        then none of them is stored. Other threads' transactions wait for the block to end.
+        """
         ...
 
     def read(self, rtype: str, rid: str, *, policy: RowFilter | None = None) -> StoredResource | None:

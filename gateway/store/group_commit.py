@@ -61,6 +61,27 @@ class _Batch:
     units: int = 0
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
+    held_by: int | None = None  # the thread holding the batch open (``hold``), if one does
+    after_commit: list[Callable[[Any], None]] = field(default_factory=list)  # held units' steps, run once each
+
+
+class HeldBatch:
+    """What the thread holding a batch (``GroupCommit.hold``) may ask about it."""
+
+    __slots__ = ("_batch",)
+
+    def __init__(self, batch: _Batch) -> None:
+        self._batch = batch
+
+    @property
+    def lost(self) -> bool:
+        """Whether a unit's failure took the whole transaction with it (the batch will roll back)."""
+        return self._batch.error is not None
+
+    @property
+    def seconds_open(self) -> float:
+        """How long the batch's transaction has been open (0 before its first unit)."""
+        return time.monotonic() - self._batch.started if self._batch.open else 0.0
 
 
 class GroupCommit(ABC, Generic[C]):
@@ -120,14 +141,21 @@ class GroupCommit(ABC, Generic[C]):
         """A cursor inside the shared transaction; returns once the work is committed (or raises).
 
         ``after_commit`` runs once per commit, on the connection, before the units are woken.
+        Inside ``hold`` on this thread, the unit returns once its work is done, uncommitted.
         """
-        with self._turn:
-            self._waiting += 1
-            while self._busy:
-                self._turn.wait()
-            self._waiting -= 1
-            self._busy = True
+        held = self._batch.held_by == threading.get_ident()
+        if held:
             batch = self._batch
+            if batch.error is not None:  # the held transaction is lost: nothing more can join it
+                raise batch.error
+        else:
+            with self._turn:
+                self._waiting += 1
+                while self._busy:
+                    self._turn.wait()
+                self._waiting -= 1
+                self._busy = True
+                batch = self._batch
         failed: BaseException | None = None
         conn: C | None = None
         try:
@@ -155,11 +183,48 @@ class GroupCommit(ABC, Generic[C]):
                 batch.error = batch.error or exc  # the transaction is lost: earlier units' work too
             raise
         finally:
-            self._finish(batch, after_commit)
-        if failed is None:
+            if not held:
+                self._finish(batch, after_commit)
+            elif after_commit is not None and after_commit not in batch.after_commit:
+                batch.after_commit.append(after_commit)
+        if failed is None and not held:
             batch.done.wait()
             if batch.error is not None:
                 raise batch.error
+
+    @contextmanager
+    def hold(self) -> Iterator[HeldBatch]:
+        """Run this thread's units, until the block ends, in one transaction committed at its end.
+
+        For a caller that gathers many units itself (one thread, no hand-overs between threads):
+        each ``unit`` inside returns when its work is done, not committed; the end of the block
+        commits them all, or raises if the commit failed or a unit lost the transaction (then
+        none of them is stored). Other threads' units wait until then.
+        """
+        with self._turn:
+            self._waiting += 1
+            while self._busy:
+                self._turn.wait()
+            self._waiting -= 1
+            self._busy = True
+            batch = self._batch
+            batch.held_by = threading.get_ident()
+        try:
+            yield HeldBatch(batch)
+        except BaseException as exc:
+            batch.error = batch.error or exc  # the holder failed: roll back what its units did
+            raise
+        finally:
+            batch.held_by = None
+            steps = batch.after_commit
+
+            def after(conn: C) -> None:
+                for step in steps:
+                    step(conn)
+
+            self._finish(batch, after if steps else None, hand_over=False)
+        if batch.error is not None:
+            raise batch.error
 
     def _undo(self, conn: C, cur: Cursor, batch: _Batch, exc: BaseException) -> None:
         """Roll one failed unit back to its savepoint, so the others of its batch can commit."""
@@ -171,11 +236,12 @@ class GroupCommit(ABC, Generic[C]):
         if not self._usable(conn):
             batch.error = batch.error or exc
 
-    def _finish(self, batch: _Batch, after_commit: Callable[[C], None] | None) -> None:
+    def _finish(self, batch: _Batch, after_commit: Callable[[C], None] | None, hand_over: bool = True) -> None:
         """Hand the open transaction to a waiting writer, or commit it (and wake its units)."""
         with self._turn:
             if (
-                self._waiting
+                hand_over
+                and self._waiting
                 and batch.error is None
                 and batch.units < self.max_units
                 and time.monotonic() - batch.started < self.max_open

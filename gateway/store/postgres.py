@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -29,6 +29,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from gateway.search import SearchRegistry
+from gateway.store.base import WriteBatch
 from gateway.store.group_commit import GroupCommit
 from gateway.store.rows import Cursor
 from gateway.store.sql import SqlStore
@@ -148,6 +149,10 @@ class PostgresStore(SqlStore):
     def _write_cursor(self) -> Iterator[Cursor]:
         with self._writer.unit() as cur:
             yield cur
+
+    def write_batch(self) -> AbstractContextManager[WriteBatch]:
+        """This thread's transactions until the block ends, committed together at its end."""
+        return self._writer.hold()
 
     def rows_by_id(
         self, cur: Cursor, columns: str, rtype: str, ids: Sequence[str], *, where: str = "", lock: bool = False

@@ -59,6 +59,7 @@ from gateway.store.base import (
     QuarantinedRecord,
     SearchResult,
     StoredResource,
+    WriteBatch,
 )
 from gateway.store.exports import ExportJobs
 from gateway.store.migrations import MIGRATIONS, statements_for
@@ -106,6 +107,10 @@ class SqlStore(ExportJobs, SubscriptionRows):
 
     def _write_cursor(self) -> AbstractContextManager[Cursor]:
         """A cursor inside an open write transaction (committed on exit)."""
+        raise NotImplementedError
+
+    def write_batch(self) -> AbstractContextManager[WriteBatch]:
+        """This thread's transactions until the block ends, committed together at its end."""
         raise NotImplementedError
 
     def q(self, sql: str) -> str:

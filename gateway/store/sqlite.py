@@ -43,6 +43,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from gateway.search import SearchRegistry
+from gateway.store.base import WriteBatch
 from gateway.store.group_commit import MAX_UNITS, GroupCommit
 from gateway.store.rows import Cursor
 from gateway.store.sql import SqlStore
@@ -53,6 +54,16 @@ log = logging.getLogger("gateway.store")
 WAL_LIMIT = 64 * 1024 * 1024
 #: Seconds the checkpointer waits after a commit wakes it, so one checkpoint covers many commits.
 CHECKPOINT_DELAY = 0.05
+
+
+class _Unshared:
+    """The batch of a store whose transactions each commit on their own (``:memory:``)."""
+
+    lost = False
+    seconds_open = 0.0
+
+
+_UNSHARED = _Unshared()
 
 
 class Checkpointer:
@@ -198,6 +209,15 @@ class SQLiteStore(SqlStore):
             return
         with self._writer.unit(self._bound_wal) as shared:
             yield shared
+
+    @contextmanager
+    def write_batch(self) -> Iterator[WriteBatch]:
+        """This thread's transactions until the block ends, committed together at its end."""
+        if self._wal is None:  # ":memory:": the thread's own connection commits each transaction
+            yield _UNSHARED
+            return
+        with self._writer.hold() as batch:
+            yield batch
 
     def _bound_wal(self, conn: sqlite3.Connection) -> None:
         """After a commit, with the writer connection still held: wake the checkpointer, and

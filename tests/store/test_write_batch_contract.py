@@ -1,0 +1,125 @@
+"""``write_batch``: one thread's transactions share one commit at the end of the block, on both backends."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import psycopg
+import pytest
+
+from gateway.store import Store
+
+
+def _patient(rid: str) -> dict[str, Any]:
+    return {"resourceType": "Patient", "id": rid, "name": [{"family": "Achieng"}]}
+
+
+def _seen_elsewhere(store: Store, rid: str) -> bool:
+    """Whether another thread (another request) reads the patient: only once it is committed."""
+    with ThreadPoolExecutor(1) as other:
+        return other.submit(store.read, "Patient", rid).result() is not None
+
+
+def test_transactions_in_a_batch_are_committed_together_at_its_end(store: Store) -> None:
+    before = store._writer.commits  # type: ignore[attr-defined]
+    with store.write_batch() as batch:
+        with store.transaction() as tx:
+            tx.update(_patient("a"))
+        with store.transaction() as tx:
+            assert tx.read("Patient", "a") is not None  # the batch's own transactions see each other
+            tx.update(_patient("b"))
+        assert not _seen_elsewhere(store, "a") and not _seen_elsewhere(store, "b")
+        assert not batch.lost and batch.seconds_open > 0
+    assert _seen_elsewhere(store, "a") and _seen_elsewhere(store, "b")
+    assert store._writer.commits - before == 1  # type: ignore[attr-defined]
+
+
+def test_a_failed_transaction_in_a_batch_is_undone_alone(store: Store) -> None:
+    with store.write_batch() as batch:
+        with store.transaction() as tx:
+            tx.update(_patient("a"))
+        with pytest.raises(ValueError), store.transaction() as tx:
+            tx.update(_patient("b"))
+            raise ValueError("refused")
+        assert not batch.lost
+        with store.transaction() as tx:
+            tx.update(_patient("c"))
+    assert [_seen_elsewhere(store, rid) for rid in "abc"] == [True, False, True]
+
+
+def test_a_batch_whose_block_fails_stores_nothing(store: Store) -> None:
+    with pytest.raises(RuntimeError), store.write_batch():
+        with store.transaction() as tx:
+            tx.update(_patient("a"))
+        raise RuntimeError("the holder gave up")
+    assert not _seen_elsewhere(store, "a")
+    with store.transaction() as tx:  # the writer goes on
+        tx.update(_patient("b"))
+    assert _seen_elsewhere(store, "b")
+
+
+def test_other_threads_transactions_wait_for_the_batch_and_then_commit(store: Store) -> None:
+    started, finished = threading.Event(), threading.Event()
+
+    def other() -> None:
+        started.set()
+        with store.transaction() as tx:
+            tx.update(_patient("other"))
+        finished.set()
+
+    with store.write_batch():
+        with store.transaction() as tx:
+            tx.update(_patient("held"))
+        thread = threading.Thread(target=other)
+        thread.start()
+        assert started.wait(10)
+        time.sleep(0.1)
+        assert not finished.is_set()  # it waits for the writer connection the batch holds
+    thread.join(10)
+    assert finished.is_set() and _seen_elsewhere(store, "other") and _seen_elsewhere(store, "held")
+
+
+def test_a_commit_that_fails_fails_the_batch_and_stores_none_of_it(pg_schema_url: str) -> None:
+    from gateway.store import open_store
+
+    store = open_store(pg_schema_url)
+    try:
+        with store.transaction() as tx:  # a check PostgreSQL makes at the commit, not before
+            cur: Any = tx.cur  # type: ignore[attr-defined]
+            cur.execute("CREATE TABLE deferred_check (n int PRIMARY KEY, m int NOT NULL"
+                        " REFERENCES deferred_check (n) DEFERRABLE INITIALLY DEFERRED)")
+        with pytest.raises(psycopg.errors.ForeignKeyViolation), store.write_batch():
+            with store.transaction() as tx:
+                tx.update(_patient("a"))
+            with store.transaction() as tx:
+                tx.cur.execute("INSERT INTO deferred_check VALUES (1, 2)")  # type: ignore[attr-defined]
+        assert not _seen_elsewhere(store, "a")
+        with store.transaction() as tx:
+            tx.update(_patient("b"))
+        assert _seen_elsewhere(store, "b")
+    finally:
+        store.close()
+
+
+def test_a_transaction_that_loses_the_connection_loses_the_batch(pg_schema_url: str) -> None:
+    from gateway.store import open_store
+
+    store = open_store(pg_schema_url)
+    try:
+        with pytest.raises(psycopg.OperationalError), store.write_batch() as batch:
+            with store.transaction() as tx:
+                tx.update(_patient("a"))
+            with pytest.raises(psycopg.OperationalError), store.transaction() as tx:
+                tx.cur.execute("SELECT pg_terminate_backend(pg_backend_pid())")  # type: ignore[attr-defined]
+            assert batch.lost
+            with pytest.raises(psycopg.OperationalError), store.transaction() as tx:  # nothing more joins
+                pass
+        assert not _seen_elsewhere(store, "a")
+        with store.transaction() as tx:  # a new connection for the next batch
+            tx.update(_patient("b"))
+        assert _seen_elsewhere(store, "b")
+    finally:
+        store.close()
