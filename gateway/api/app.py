@@ -63,6 +63,7 @@ from .negotiation import fhir_response
 from .plain_routes import plain_routes
 from .rate_limit import RateLimitMiddleware, build_rate_limits
 from .request_state import request_id_of
+from .route_index import IndexedRoutes
 
 log = logging.getLogger("gateway.api")
 
@@ -154,19 +155,19 @@ def create_app(
     for router in (health.router, ingest.router, admin_quarantine.router, admin_reload.router,
                    admin_identity.router, admin_delivery.router, smart.router, metrics.router):
         app.include_router(router)
-    # The FHIR API, first and as plain Starlette routes (``plain_routes``): reads dominate
-    # partner traffic and writes the CHW apps', and FastAPI's per-request machinery bought
-    # them nothing (bench/read_search.py, bench/crud_mix.py).
-    app.router.routes[0:0] = [route for router in FHIR_ROUTERS for route in plain_routes(router)]
-    # Ahead of the read and search routes, which would take $export for a type or an id.
-    for route in reversed(bulk_export.ROUTES):
-        app.router.routes.insert(0, route)
-    if settings.subscriptions.enabled:  # ahead of the generic read and write routes, which would take them
-        for route in reversed(fhir_subscriptions.ROUTES):
-            app.router.routes.insert(0, route)
-    # Ahead of the read route, which would take /fhir/.well-known/… for a resource type.
-    for path in ("/.well-known/smart-configuration", "/fhir/.well-known/smart-configuration"):
-        app.router.routes.insert(0, Route(path, smart.smart_configuration, methods=["GET"]))
+    # The FHIR API as plain Starlette routes (``plain_routes``: reads dominate partner traffic
+    # and writes the CHW apps', and FastAPI's per-request machinery bought them nothing), after
+    # the routes that take some of its paths (Subscription, $export for a type or an id,
+    # .well-known for a type), all matched through an index of path shapes (``IndexedRoutes``).
+    fhir: list[Route] = [Route("/fhir/.well-known/smart-configuration", smart.smart_configuration, methods=["GET"])]
+    if settings.subscriptions.enabled:
+        fhir += fhir_subscriptions.ROUTES
+    fhir += bulk_export.ROUTES
+    fhir += [route for router in FHIR_ROUTERS for route in plain_routes(router)]
+    app.router.routes[0:0] = [
+        IndexedRoutes("/fhir", fhir),
+        Route("/.well-known/smart-configuration", smart.smart_configuration, methods=["GET"]),
+    ]
     console.install(app, settings)
     if settings.api_docs:
         _install_docs(app)

@@ -13,6 +13,7 @@ from starlette.routing import Match
 from gateway.api.access_log import TemplateRoute
 from gateway.api.app import FHIR_ROUTERS, create_app
 from gateway.api.plain_routes import plain_routes
+from gateway.api.route_index import IndexedRoutes
 from gateway.settings import Settings
 
 
@@ -20,16 +21,19 @@ def _scope(method: str, path: str) -> dict[str, object]:
     return {"type": "http", "method": method, "path": path, "root_path": "", "headers": []}
 
 
-def test_every_fhir_route_is_matched_by_a_plain_route_before_any_fastapi_route(tmp_path: Path) -> None:
+def test_every_fhir_route_is_matched_by_its_plain_route_before_any_fastapi_route(tmp_path: Path) -> None:
     app = create_app(Settings(store_url=f"sqlite:///{tmp_path}/p.db"))
     for router in FHIR_ROUTERS:
         for route in router.routes:
             method = sorted(route.methods)[0]  # type: ignore[attr-defined]
             path = route.path.replace("{rtype}", "Observation").replace("{rid}", "o1").replace("{vid}", "2")  # type: ignore[attr-defined]
-            first = next(r for r in app.router.routes if r.matches(_scope(method, path))[0] is Match.FULL)
-            assert isinstance(first, TemplateRoute), (method, path, first)
+            scope = _scope(method, path)
+            first = next(r for r in app.router.routes if r.matches(scope)[0] is Match.FULL)
+            assert isinstance(first, IndexedRoutes), (method, path, first)
+            selected = first.matches(scope)[1]["route"]
+            assert isinstance(selected, TemplateRoute), (method, path, selected)
             if not path.startswith("/fhir/Patient/"):  # $match, $everything: their own paths
-                assert first.endpoint.__name__ == route.endpoint.__name__, (method, path)  # type: ignore[attr-defined]
+                assert selected.endpoint.__name__ == route.endpoint.__name__, (method, path)  # type: ignore[attr-defined]
 
 
 def test_an_endpoint_that_needs_fastapi_is_refused_by_name() -> None:

@@ -1,0 +1,74 @@
+"""``IndexedRoutes`` picks the route Starlette's in-order scan would, for every path shape."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.routing import Match, Route
+
+from gateway.api.app import create_app
+from gateway.api.route_index import IndexedRoutes
+from gateway.settings import Settings
+
+_SEGMENTS = ["Observation", "Patient", "Subscription", "Basic", "Group", "$export", "$export-status", "$export-file",
+             "_history", "_search", "metadata", ".well-known", "smart-configuration", "$status", "$everything",
+             "$match", "topic-x", "o1", "2", ""]  # fmt: skip
+_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+def _scope(method: str, path: str) -> dict[str, Any]:
+    return {"type": "http", "method": method, "path": path, "root_path": "", "headers": []}
+
+
+def _linear(routes: list[Route], scope: dict[str, Any]) -> tuple[Match, Route | None]:
+    """Starlette's rule: the first full match, else the first partial one."""
+    partial = None
+    for route in routes:
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            return match, route
+        if match is Match.PARTIAL and partial is None:
+            partial = route
+    return (Match.PARTIAL, partial) if partial is not None else (Match.NONE, None)
+
+
+@pytest.fixture(scope="module")
+def fhir_routes(tmp_path_factory: pytest.TempPathFactory) -> IndexedRoutes:
+    path: Path = tmp_path_factory.mktemp("idx") / "i.db"
+    app = create_app(Settings(store_url=f"sqlite:///{path}"))
+    (indexed,) = [r for r in app.router.routes if isinstance(r, IndexedRoutes)]
+    return indexed
+
+
+def test_the_index_picks_what_the_in_order_scan_picks(fhir_routes: IndexedRoutes) -> None:
+    paths = ["/fhir", "/fhir/", "/fhirx", "/other", "/fhir//"]
+    paths += ["/fhir/" + "/".join(p) for p in itertools.product(_SEGMENTS, repeat=1)]
+    paths += ["/fhir/" + "/".join(p) for p in itertools.product(_SEGMENTS, _SEGMENTS)]
+    paths += ["/fhir/" + "/".join(p) for p in itertools.product(_SEGMENTS[:8], _SEGMENTS, _SEGMENTS[-6:])]
+    paths += ["/fhir/Observation/o1/_history/2", "/fhir/$export-file/j/f.ndjson", "/fhir/Group/g/$export/x"]
+    checked = 0
+    for path, method in itertools.product(paths, _METHODS):
+        scope = _scope(method, path)
+        expected_match, expected = _linear(fhir_routes.routes, scope)
+        match, child = fhir_routes.matches(scope)
+        assert match is expected_match, (method, path)
+        if expected is not None:
+            assert child["gateway.indexed_route"] is expected, (method, path)
+            checked += 1
+    assert checked > 1000
+
+
+def test_routes_outside_the_prefix_or_of_no_fixed_depth_are_refused() -> None:
+    async def endpoint(request: Any) -> None: ...
+
+    with pytest.raises(ValueError, match="not under /fhir"):
+        IndexedRoutes("/fhir", [Route("/admin/x", endpoint)])
+    with pytest.raises(ValueError, match="no fixed depth"):
+        IndexedRoutes("/fhir", [Route("/fhir/files/{rest:path}", endpoint)])
+
+
+def test_url_path_for_finds_a_named_route(fhir_routes: IndexedRoutes) -> None:
+    assert str(fhir_routes.url_path_for("vread", rtype="Patient", rid="p1", vid="2")) == "/fhir/Patient/p1/_history/2"
