@@ -9,6 +9,7 @@ time zone (dates, and the rare dateTime without an offset) are taken as UTC.
 from __future__ import annotations
 
 import calendar
+import math
 import re
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -79,14 +80,26 @@ def _epoch(year: int, month: int, day: int) -> float:
 
 def format_instant(epoch: float) -> str:
     """Format epoch seconds as a FHIR instant with milliseconds, in UTC."""
+    if epoch < 0:
+        return _slow_instant(epoch)
+    # Every write stamps lastUpdated (and its Provenance and AuditEvent their times): the
+    # seconds' text is shared, the microseconds rounded as ``datetime.fromtimestamp`` does.
+    fraction, whole = math.modf(epoch)
+    micros = round(fraction * 1e6)
+    second = int(whole)
+    if micros >= 1_000_000:
+        second, micros = second + 1, micros - 1_000_000
+    return f"{_second_text(second)}{micros // 1000:03d}Z"
+
+
+def _slow_instant(epoch: float) -> str:
     stamp = datetime.fromtimestamp(epoch, UTC)
-    return _second_text(stamp.replace(microsecond=0)) + f"{stamp.microsecond // 1000:03d}Z"
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
 
 
 @lru_cache(maxsize=64)
-def _second_text(stamp: datetime) -> str:
-    # Every write stamps lastUpdated; writes of one second share this part.
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.")
+def _second_text(second: int) -> str:
+    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
 
 
 def from_epoch(epoch: float) -> datetime:
