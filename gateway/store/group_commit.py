@@ -62,6 +62,7 @@ class _Batch:
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
     held_by: int | None = None  # the thread holding the batch open (``hold``), if one does
+    unreleased: bool = False  # the last held unit's savepoint is still to release
     after_commit: list[Callable[[Any], None]] = field(default_factory=list)  # held units' steps, run once each
 
 
@@ -94,6 +95,10 @@ class GroupCommit(ABC, Generic[C]):
     failure cannot be undone alone (the savepoint rollback fails, or the transaction is left
     unusable), or the commit itself fails, every unit of the batch fails.
     """
+
+    #: Whether the driver takes several statements in one ``execute`` (then a held unit's
+    #: release travels with the next one's savepoint: one round trip less a unit on PostgreSQL).
+    joins_statements = False
 
     def __init__(self, max_units: int = MAX_UNITS, max_open: float = MAX_OPEN) -> None:
         self.max_units = max_units
@@ -166,10 +171,22 @@ class GroupCommit(ABC, Generic[C]):
                     batch.open = True  # before BEGIN: a failed BEGIN still ends in a rollback
                     self._begin(cur)
                     batch.started = time.monotonic()
-                cur.execute("SAVEPOINT unit")
+                if batch.unreleased:
+                    batch.unreleased = False
+                    try:  # the previous held unit's release, in this savepoint's round trip
+                        cur.execute("RELEASE SAVEPOINT unit; SAVEPOINT unit")
+                    except BaseException as exc:
+                        # Half done, a rollback to "unit" could undo the previous unit's work.
+                        batch.error = batch.error or exc
+                        raise
+                else:
+                    cur.execute("SAVEPOINT unit")
                 try:
                     yield cur
-                    cur.execute("RELEASE SAVEPOINT unit")
+                    if held and self.joins_statements:
+                        batch.unreleased = True  # released by the next held unit, or by the commit
+                    else:
+                        cur.execute("RELEASE SAVEPOINT unit")
                 except BaseException as exc:
                     failed = exc
                     self._undo(conn, cur, batch, exc)

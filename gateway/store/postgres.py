@@ -70,6 +70,8 @@ def split_schema(url: str) -> tuple[str, str | None]:
 class PostgresWriter(GroupCommit[psycopg.Connection[Any]]):
     """The store's writer connection: a transaction opens by taking the schema's advisory lock."""
 
+    joins_statements = True
+
     def __init__(self, conninfo: str, kwargs: dict[str, Any], lock: int) -> None:
         super().__init__()
         self._conninfo = conninfo
