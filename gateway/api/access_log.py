@@ -12,7 +12,6 @@ most 64 characters (letters, digits, ``.``, ``_``, ``-``), else a fresh random o
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sys
 import time
@@ -23,6 +22,7 @@ import orjson
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.ids import random_hex
 from gateway.r4 import RESOURCE_TYPES
 
 from .request_state import principal_of, set_request_id
@@ -42,7 +42,7 @@ def _request_id(scope: Scope) -> str:
             if _REQUEST_ID.fullmatch(value):
                 return value.decode("ascii")
             break
-    return os.urandom(16).hex()
+    return random_hex(16)
 
 
 class AccessLogMiddleware:

@@ -7,11 +7,11 @@ avoids parsing and re-serialising every resource on the read path.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterable
 
 import orjson
 
+from gateway.ids import uuid4_text
 from gateway.search import format_instant
 from gateway.store import StoredResource
 
@@ -39,7 +39,7 @@ def searchset(
     """A ``searchset`` Bundle; ``transform`` replaces the bytes of subsetted resources."""
     head: dict[str, object] = {
         "resourceType": "Bundle",
-        "id": str(uuid.uuid4()),
+        "id": uuid4_text(),
         "meta": {"lastUpdated": format_instant(_now())},
         "type": "searchset",
     }
@@ -59,7 +59,7 @@ def history(base: str, versions: Iterable[StoredResource], *, total: int, links:
     """A ``history`` Bundle, newest version first, with tombstones for deletions."""
     head: dict[str, object] = {
         "resourceType": "Bundle",
-        "id": str(uuid.uuid4()),
+        "id": uuid4_text(),
         "meta": {"lastUpdated": format_instant(_now())},
         "type": "history",
         "total": total,

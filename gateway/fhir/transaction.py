@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -29,6 +28,7 @@ from gateway.fhir.outcome import outcome_of
 from gateway.fhir.provenance import activity_of, record_writes
 from gateway.fhir.reference_targets import check_reference_targets
 from gateway.fhir.validate import validate_resource
+from gateway.ids import uuid4_text
 from gateway.r4 import RESOURCE_TYPES
 from gateway.search import (
     MAX_INT_DIGITS,
@@ -190,7 +190,7 @@ def _entries(bundle: dict[str, Any]) -> list[Any]:
 
 
 def _response(kind: str, responses: list[dict[str, Any]]) -> dict[str, Any]:
-    response: dict[str, Any] = {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": f"{kind}-response"}
+    response: dict[str, Any] = {"resourceType": "Bundle", "id": uuid4_text(), "type": f"{kind}-response"}
     if responses:  # FHIR JSON never has empty arrays
         response["entry"] = responses
     return response
@@ -334,14 +334,14 @@ class _Processor:
                         e.rid = found[0].id
                         e.method = "MATCHED"
                 if e.rid is None:
-                    e.rid = str(uuid.uuid4())
+                    e.rid = uuid4_text()
             elif e.method == "PUT" and e.rid is None:
                 found = interactions.search_matches(tx, self.parser, e.rtype, e.query, f"{e.where}.request.url",
                                                     access=self.access)
                 if len(found) > 1:
                     raise FhirError("the conditional update matches more than one resource", status=412,
                                     code="duplicate", expression=[e.where])
-                e.rid = found[0].id if found else str(uuid.uuid4())
+                e.rid = found[0].id if found else uuid4_text()
             if e.full_url and e.rid and e.method in ("POST", "PUT", "MATCHED"):
                 aliases[e.full_url] = f"{e.rtype}/{e.rid}"
         return aliases

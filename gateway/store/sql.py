@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import time
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
@@ -18,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from gateway.ids import uuid4_text
 from gateway.search import (
     FAR_FUTURE,
     FAR_PAST,
@@ -764,7 +764,7 @@ class SqlStore(ExportJobs, SubscriptionRows):
             tx = SqlTransaction(self, cur, feed=False)
             tx.reserve(len(resources))
             for n, resource in enumerate(resources):
-                rid = str(uuid.uuid4())
+                rid = uuid4_text()
                 # An AuditEvent is never updated: no content hash, and no meta but the version stamp.
                 body = {"resourceType": AUDIT_TYPE, "id": rid,
                         **{k: v for k, v in resource.items() if k not in ("resourceType", "id", "meta")}}

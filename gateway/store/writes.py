@@ -17,13 +17,13 @@ rows can refer to them before the resource rows are written.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from gateway.ids import uuid4_text
 from gateway.search import (
     ExtractionPlan,
     IndexRows,
@@ -152,7 +152,7 @@ class SqlTransaction:
         """Store a new resource; a server-assigned id when ``rid`` is None."""
         rtype = resource["resourceType"]
         if rid is None:
-            new_id = str(uuid.uuid4())
+            new_id = uuid4_text()
             self._rows[(rtype, new_id)] = None
             current = None
         else:
