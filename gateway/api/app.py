@@ -140,6 +140,9 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        # The gateway's metrics are Prometheus' (/metrics); with no OpenTelemetry provider
+        # configured, FastAPI's own telemetry only looked for one on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.router.redirect_slashes = False
     # Pure ASGI middlewares (the last added runs first): the access log sees every answer,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from functools import lru_cache
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -40,7 +41,13 @@ def version_headers(res: StoredResource, base: str | None = None) -> dict[str, s
 
 def http_date(epoch: float) -> str:
     """An RFC 9110 HTTP date (``Last-Modified``)."""
-    return time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(epoch))
+    return _http_date(int(epoch))
+
+
+@lru_cache(maxsize=256)
+def _http_date(second: int) -> str:
+    # Every write answers with its Last-Modified: the writes of one second share it.
+    return time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(second))
 
 
 def write_response(

@@ -69,8 +69,9 @@ class WriteLane:
         self._queue.append((fn, future))
         if not self._running:
             self._start(loop)
-        # Shielded: a cancelled request must not cancel a unit the lane may already be running.
-        return await asyncio.shield(future)
+        # A cancelled caller cancels only its future: the unit runs all the same (``_settle``
+        # skips a future already done), as it would on a thread of its own.
+        return await future
 
     def close(self) -> None:
         """Stop the lane's thread once the bursts in flight are done."""
