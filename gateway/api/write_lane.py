@@ -56,6 +56,7 @@ class WriteLane:
         self.bursts = 0  # bursts committed or failed (the tests read it)
         self._queue: list[_Unit] = []
         self._running = False
+        self._closed = False
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="write-lane")
 
     async def run(self, fn: Callable[[], T]) -> T:
@@ -74,10 +75,17 @@ class WriteLane:
         return await future
 
     def close(self) -> None:
-        """Stop the lane's thread once the bursts in flight are done."""
+        """Stop the lane's thread once the bursts in flight are done; later units fail (nothing stored)."""
+        self._closed = True
         self._thread.shutdown(wait=True)
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._closed:  # the app is shutting down: nothing takes these units any more
+            for _, future in self._queue:
+                if not future.done():
+                    future.set_exception(RuntimeError("the write lane is closed"))
+            self._queue = []
+            return
         burst, self._queue = self._queue[: self.max_units], self._queue[self.max_units :]
         self._running = True
         done = loop.run_in_executor(self._thread, self._run_burst, [fn for fn, _ in burst])

@@ -179,3 +179,12 @@ async def test_the_after_step_runs_once_a_burst_after_its_commit(tmp_path: Path)
         lane.close()
         store.close()
     assert seen == [True]
+
+
+async def test_a_closed_lane_fails_new_units_and_stores_nothing(store: Store) -> None:
+    lane = WriteLane(store)
+    assert await lane.run(_writes(store, "a")) == "a"
+    lane.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        await lane.run(_writes(store, "b"))
+    assert _seen_elsewhere(store, "a") and not _seen_elsewhere(store, "b")
