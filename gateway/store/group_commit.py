@@ -63,6 +63,7 @@ class _Batch:
     error: BaseException | None = None
     held_by: int | None = None  # the thread holding the batch open (``hold``), if one does
     unreleased: bool = False  # the last held unit's savepoint is still to release
+    spare_ids: list[int] = field(default_factory=list)  # row ids reserved in this transaction, not yet used
     after_commit: list[Callable[[Any], None]] = field(default_factory=list)  # held units' steps, run once each
 
 
@@ -208,6 +209,11 @@ class GroupCommit(ABC, Generic[C]):
             batch.done.wait()
             if batch.error is not None:
                 raise batch.error
+
+    def spare_ids(self) -> list[int]:
+        """The row ids the open transaction reserved and no unit used yet (for the unit using the
+        connection: ids a batch reserves once serve its units, instead of a round trip each)."""
+        return self._batch.spare_ids
 
     @contextmanager
     def hold(self) -> Iterator[HeldBatch]:

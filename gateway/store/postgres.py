@@ -152,6 +152,9 @@ class PostgresStore(SqlStore):
         with self._writer.unit() as cur:
             yield cur
 
+    def _spare_ids(self) -> list[int] | None:
+        return self._writer.spare_ids()
+
     def write_batch(self) -> AbstractContextManager[WriteBatch]:
         """This thread's transactions until the block ends, committed together at its end."""
         return self._writer.hold()

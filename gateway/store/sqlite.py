@@ -210,6 +210,9 @@ class SQLiteStore(SqlStore):
         with self._writer.unit(self._bound_wal) as shared:
             yield shared
 
+    def _spare_ids(self) -> list[int] | None:
+        return None if self._wal is None else self._writer.spare_ids()
+
     @contextmanager
     def write_batch(self) -> Iterator[WriteBatch]:
         """This thread's transactions until the block ends, committed together at its end."""

@@ -73,7 +73,7 @@ class SqlBackend(Protocol):
         """Which of ``ids`` (live ``rtype`` resources) ``policy`` lets the client see."""
         ...
 
-    def reserve_row_ids(self, cur: Cursor, count: int, after: int) -> list[int]:
+    def take_row_ids(self, cur: Cursor, count: int, after: int) -> list[int]:
         """``count`` unused ``resources.rid`` values, ascending, all above ``after``."""
         ...
 

@@ -8,7 +8,7 @@ current rows of many resources in one query per type. So storing a mapped record
 resources costs a handful of statements instead of ~40 (and on PostgreSQL, in pipeline
 mode, one round trip for the prefetch and one for the row ids).
 
-Row ids of new resources are reserved up front (``SqlBackend.reserve_row_ids``) so index
+Row ids of new resources are reserved up front (``SqlBackend.take_row_ids``) so index
 rows can refer to them before the resource rows are written.
 
 ``history`` keeps superseded versions only; the current version lives in ``resources``.
@@ -318,15 +318,13 @@ class SqlTransaction:
         return wider
 
     def _reserve(self, count: int) -> None:
-        ids = self.store.reserve_row_ids(self.cur, count, self._last_id)
+        ids = self.store.take_row_ids(self.cur, count, self._last_id)
         self._last_id = max(self._last_id, ids[-1])
         self._free_ids.extend(reversed(ids))
 
     def _new_row_id(self) -> int:
         if not self._free_ids:
-            # Two: a REST create is followed by its Provenance (a round trip less on PostgreSQL);
-            # an id reserved and not used is a gap, as a rolled-back transaction leaves.
-            self._reserve(2)
+            self._reserve(1)
         return self._free_ids.pop()
 
     def _write(self, rtype: str, rid: str, prepared: PreparedWrite | None, current: _Row | None) -> WriteResult:

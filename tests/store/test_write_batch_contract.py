@@ -123,3 +123,24 @@ def test_a_transaction_that_loses_the_connection_loses_the_batch(pg_schema_url: 
         assert _seen_elsewhere(store, "b")
     finally:
         store.close()
+
+
+def test_row_ids_reserved_once_serve_the_batch_and_keep_growing_across_batches(store: Store) -> None:
+    def row_id(rid: str) -> int:
+        with store.transaction() as tx:
+            tx.cur.execute(store.q("SELECT rid FROM resources WHERE rtype = 'Patient' AND id = ?"), (rid,))  # type: ignore[attr-defined]
+            return int(tx.cur.fetchone()[0])  # type: ignore[attr-defined]
+
+    with store.write_batch():
+        for n in range(5):
+            with store.transaction() as tx:
+                tx.update(_patient(f"a{n}"))
+        assert len(store._writer.spare_ids()) == 32 - 5  # type: ignore[attr-defined]  # one reservation served all five
+        with pytest.raises(ValueError), store.transaction() as tx:  # a unit undone: its id is a gap
+            tx.update(_patient("undone"))
+            raise ValueError("refused")
+    with store.transaction() as tx:
+        tx.update(_patient("b"))
+    first = [row_id(f"a{n}") for n in range(5)]
+    assert first == sorted(first) and len(set(first)) == 5
+    assert row_id("b") > first[-1]
