@@ -44,12 +44,9 @@ class IndexedRoutes(BaseRoute):
         shapes = []
         for route in self.routes:
             path = route.path_format
-            if _shape(path, self.prefix) is None or any(
-                isinstance(convertor, PathConvertor) for convertor in route.param_convertors.values()
-            ):
-                raise ValueError(f"{path}: not under {self.prefix}, or of no fixed depth")
             shape = _shape(path, self.prefix)
-            assert shape is not None
+            if shape is None or any(isinstance(c, PathConvertor) for c in route.param_convertors.values()):
+                raise ValueError(f"{path}: not under {self.prefix}, or of no fixed depth")
             depth, first = shape
             shapes.append((route, depth, None if "{" in first else first))
         literals = {(depth, first) for _, depth, first in shapes if first is not None}

@@ -155,13 +155,7 @@ class GroupCommit(ABC, Generic[C]):
             if batch.error is not None:  # the held transaction is lost: nothing more can join it
                 raise batch.error
         else:
-            with self._turn:
-                self._waiting += 1
-                while self._busy:
-                    self._turn.wait()
-                self._waiting -= 1
-                self._busy = True
-                batch = self._batch
+            batch = self._take_turn()
         failed: BaseException | None = None
         conn: C | None = None
         try:
@@ -224,14 +218,8 @@ class GroupCommit(ABC, Generic[C]):
         commits them all, or raises if the commit failed or a unit lost the transaction (then
         none of them is stored). Other threads' units wait until then.
         """
-        with self._turn:
-            self._waiting += 1
-            while self._busy:
-                self._turn.wait()
-            self._waiting -= 1
-            self._busy = True
-            batch = self._batch
-            batch.held_by = threading.get_ident()
+        batch = self._take_turn()
+        batch.held_by = threading.get_ident()
         try:
             yield HeldBatch(batch)
         except BaseException as exc:
@@ -248,6 +236,16 @@ class GroupCommit(ABC, Generic[C]):
             self._finish(batch, after if steps else None, hand_over=False)
         if batch.error is not None:
             raise batch.error
+
+    def _take_turn(self) -> _Batch:
+        """Wait until no unit uses the connection, take it, and return the batch its transaction is."""
+        with self._turn:
+            self._waiting += 1
+            while self._busy:
+                self._turn.wait()
+            self._waiting -= 1
+            self._busy = True
+            return self._batch
 
     def _undo(self, conn: C, cur: Cursor, batch: _Batch, exc: BaseException) -> None:
         """Roll one failed unit back to its savepoint, so the others of its batch can commit."""
