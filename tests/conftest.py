@@ -17,9 +17,15 @@ from gateway.auth import hash_token, new_token
 from gateway.settings import Settings
 from gateway.store import ApiClient, ClientRegistry, Store, open_store
 from tests.support.gateway_app import MACHINE_SPEED_LIMITS
+from tests.support.watchdog import Watchdog
 
 # The machine's PostgreSQL (scripts/services.sh makes sure it runs); tests never skip it.
 PG_URL = os.environ.get("GATEWAY_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A stuck test stops the run and shows where it waits (``tests.support.watchdog``)."""
+    config.pluginmanager.register(Watchdog(config), "gateway-watchdog")
 
 
 @pytest.fixture
