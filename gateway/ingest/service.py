@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -39,7 +39,7 @@ import orjson
 from gateway.errors import CLIENT_ERRORS, FhirError, RequestError
 from gateway.fhir import PreparedTransaction, combine_prepared, prepare_transaction, run_prepared
 from gateway.ingest.body import CSV, ReceivedRecord
-from gateway.ingest.progress import keep_task_progress
+from gateway.ingest.progress import keep_task_progress, stored_tasks
 from gateway.ingest.registry import MappingRegistry
 from gateway.ingest.results import IngestReport, RecordResult, WrittenResource
 from gateway.ingest.retractions import OutputChange, apply_output_changes
@@ -47,7 +47,7 @@ from gateway.ingest.writer import BATCH_RECORDS, IngestWriter, PendingRecord, Re
 from gateway.mapping import CompiledMapping, InputError, MappingError, MappingSet, parse_csv
 from gateway.metrics import metrics
 from gateway.search import QueryParser, format_instant
-from gateway.store import MessageEntry, QuarantinedRecord, Store
+from gateway.store import MessageEntry, QuarantinedRecord, Store, StoredResource
 
 __all__ = ["BATCH_RECORDS", "IngestReport", "IngestService", "RecordResult", "WrittenResource"]
 
@@ -94,25 +94,39 @@ class IngestService:
         writes = self._writer_thread().request()
         try:
             batch = RecordGroup()
-            for position, received in enumerate(records):
-                mapping = mapping_set.selected(received.record)  # once: key and Bundle share it
-                key = mapping_set.record_key(received.record, mapping) if mapping is not None else None
-                try:
+            for start in range(0, len(records), BATCH_RECORDS):
+                # Mapped a batch at a time, so the Tasks they map are read from the store at once.
+                mapped: list[tuple[int, str | None, dict[str, Any] | None, OutputChange | Exception]] = []
+                for position in range(start, min(start + BATCH_RECORDS, len(records))):
+                    record_data = records[position].record
+                    mapping = mapping_set.selected(record_data)  # once: key and Bundle share it
+                    key = mapping_set.record_key(record_data, mapping) if mapping is not None else None
                     started = time.perf_counter()
-                    bundle, change = _mapped(mapping_set, source.name, received.record, key, mapping)
-                    key = change.record_key
-                    mapped = time.perf_counter()
-                    meter.mapping_seconds.labels(source.name).observe(mapped - started)
-                    prepared = self._prepare(bundle["entry"], base)
-                    meter.validation_seconds.labels(source.name).observe(time.perf_counter() - mapped)
-                except CLIENT_ERRORS as exc:
-                    writes.run(partial(self._quarantine_into, results, position, source.name, received, key, exc))
-                    continue
-                record = PendingRecord(position, received, key, bundle, prepared, source.name, results, change)
-                if len(batch.records) >= BATCH_RECORDS or not batch.takes(record):
-                    writes.store(batch.records)
-                    batch = RecordGroup()
-                batch.add(record)
+                    try:
+                        bundle, change = _mapped(mapping_set, source.name, record_data, key, mapping)
+                    except CLIENT_ERRORS as exc:
+                        mapped.append((position, key, None, exc))
+                        continue
+                    meter.mapping_seconds.labels(source.name).observe(time.perf_counter() - started)
+                    mapped.append((position, change.record_key, bundle, change))
+                tasks = stored_tasks(self.store, [made["entry"] for _, _, made, _ in mapped if made is not None])
+                for position, key, made, outcome in mapped:
+                    received = records[position]
+                    try:
+                        if isinstance(outcome, Exception):
+                            raise outcome
+                        assert made is not None
+                        started = time.perf_counter()
+                        prepared = self._prepare(made["entry"], base, tasks)
+                        meter.validation_seconds.labels(source.name).observe(time.perf_counter() - started)
+                    except CLIENT_ERRORS as exc:
+                        writes.run(partial(self._quarantine_into, results, position, source.name, received, key, exc))
+                        continue
+                    record = PendingRecord(position, received, key, made, prepared, source.name, results, outcome)
+                    if len(batch.records) >= BATCH_RECORDS or not batch.takes(record):
+                        writes.store(batch.records)
+                        batch = RecordGroup()
+                    batch.add(record)
             if batch.records:
                 writes.store(batch.records)
         except BaseException:
@@ -163,12 +177,12 @@ class IngestService:
                 self._writer = IngestWriter(self._store_group)
             return self._writer
 
-    def _prepare(self, entries: list[dict[str, Any]], base: str) -> PreparedTransaction:
-        keep_task_progress(self.store, entries)
+    def _prepare(
+        self, entries: list[dict[str, Any]], base: str, tasks: Mapping[str, StoredResource] | None = None
+    ) -> PreparedTransaction:
+        keep_task_progress(self.store, entries, tasks)
         bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
-        return prepare_transaction(
-            self.store, self.parser, bundle, base, return_resources=False, skip_unchanged=True
-        )
+        return prepare_transaction(self.store, self.parser, bundle, base, return_resources=False, skip_unchanged=True)
 
     def _quarantine(
         self, source: str, received: ReceivedRecord, key: str | None, exc: RequestError | MappingError
@@ -209,9 +223,7 @@ class IngestService:
                 try:
                     alone = self._commit(record.prepared, [record.change])
                 except CLIENT_ERRORS as exc:
-                    record.results[record.position] = self._quarantine(
-                        record.source, record.received, record.key, exc
-                    )
+                    record.results[record.position] = self._quarantine(record.source, record.received, record.key, exc)
                     continue
                 record.results[record.position] = _stored(
                     record.received.index, record.change, alone, patient_of(record.bundle)
@@ -255,9 +267,7 @@ class IngestService:
         if held is None:
             raise FhirError(f"no quarantined record {qid}", status=404, code="not-found")
         if held.status != "held":
-            raise FhirError(
-                f"quarantined record {qid} is {held.status}, not held", status=409, code="conflict"
-            )
+            raise FhirError(f"quarantined record {qid} is {held.status}, not held", status=409, code="conflict")
         config = self.registry.config
         source = config.sources.get(held.source)
         if source is None:
@@ -270,8 +280,9 @@ class IngestService:
             outcome = exc.outcome()
             self.store.quarantine_update(qid, status="held", outcome=outcome)
             _log_quarantine(held.source, qid, exc, replay=True)
-            return self._noted(held.source, RecordResult(0, held.record_key, "quarantined", quarantine_id=qid,
-                                                         outcome=outcome))
+            return self._noted(
+                held.source, RecordResult(0, held.record_key, "quarantined", quarantine_id=qid, outcome=outcome)
+            )
         self.store.quarantine_update(qid, status="replayed")
         log.info("quarantine replayed source=%s qid=%d resources=%d", held.source, qid, len(stored.resources))
         stored.quarantine_id = qid
@@ -282,9 +293,7 @@ class IngestService:
             self.journal([message_line(time.time(), "replayed", source, result)])
         return result
 
-    def replay_all(
-        self, source: str | None = None, base: str = "", limit: int = 10_000
-    ) -> list[RecordResult]:
+    def replay_all(self, source: str | None = None, base: str = "", limit: int = 10_000) -> list[RecordResult]:
         """Replay every held record (of one source, or all), oldest first, up to ``limit``."""
         results: list[RecordResult] = []
         after = 0
@@ -298,9 +307,7 @@ class IngestService:
                     results.append(self.replay(held.qid, base))
                 except FhirError as exc:  # e.g. its source is no longer configured: leave it held
                     results.append(
-                        RecordResult(
-                            0, held.record_key, "quarantined", quarantine_id=held.qid, outcome=exc.outcome()
-                        )
+                        RecordResult(0, held.record_key, "quarantined", quarantine_id=held.qid, outcome=exc.outcome())
                     )
         return results
 
@@ -310,9 +317,7 @@ class IngestService:
         if held is None:
             raise FhirError(f"no quarantined record {qid}", status=404, code="not-found")
         if held.status != "held":
-            raise FhirError(
-                f"quarantined record {qid} is {held.status}, not held", status=409, code="conflict"
-            )
+            raise FhirError(f"quarantined record {qid} is {held.status}, not held", status=409, code="conflict")
         self.store.quarantine_update(qid, status="discarded")
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 
 from gateway.ingest import IngestConfigError, IngestService, MappingRegistry, split_body
@@ -45,9 +48,7 @@ def test_duplicates_are_no_ops_and_edits_update(service: IngestService, store: S
     seq = store.last_change_seq()
     second = service.ingest("odk", split_body(body, None)).results[0]
     assert second.status == "unchanged" and store.last_change_seq() == seq
-    assert [(w.type, w.id, w.version) for w in second.resources] == [
-        (w.type, w.id, w.version) for w in first.resources
-    ]
+    assert [(w.type, w.id, w.version) for w in second.resources] == [(w.type, w.id, w.version) for w in first.resources]
     record = json.loads(body)
     record["household"]["member"][1]["muac_mm"] = 131
     third = service.ingest("odk", split_body(json.dumps(record).encode(), None)).results[0]
@@ -60,16 +61,13 @@ def test_replay_after_fix_on_both_backends(service: IngestService, store: SqlSto
     record["med_refills"][0]["med_refills/drug"] = "losartan_50mg"
     (result,) = service.ingest("kobo", split_body(json.dumps(record).encode(), None)).results
     assert result.status == "quarantined" and result.quarantine_id is not None
-    assert result.outcome is not None and result.outcome["issue"][0]["expression"] == [
-        "%item.`med_refills/drug`"
-    ]
+    assert result.outcome is not None and result.outcome["issue"][0]["expression"] == ["%item.`med_refills/drug`"]
     # the fix: a copy of the mappings whose medicine table knows the drug
     fixed = tmp_path / "fixed"
     shutil.copytree(MAPPINGS, fixed)
     table = fixed / "conceptmaps" / "medications.yaml"
     table.write_text(
-        table.read_text()
-        + "      - {code: losartan_50mg, target: [{code: losartan-50mg, display: Losartan 50 mg, "
+        table.read_text() + "      - {code: losartan_50mg, target: [{code: losartan-50mg, display: Losartan 50 mg, "
         "equivalence: equivalent}]}\n"
     )
     service.registry = MappingRegistry(fixed, SOURCES)
@@ -99,3 +97,55 @@ def test_a_record_no_rule_applies_to_is_quarantined(service: IngestService, stor
     issue = result.outcome["issue"][0]
     assert issue["code"] == "not-supported" and "no rule applies" in issue["diagnostics"]
     assert [q.record_key for q in store.quarantine_list()] == [record["doc"]["_id"]]
+
+
+class _ReadCounter:
+    """The store, counting the reads of single resources and of many (the ingest's round trips)."""
+
+    def __init__(self, inner: SqlStore) -> None:
+        self.inner = inner
+        self.reads: list[str] = []
+        self.read_many_calls = 0
+
+    def read(self, rtype: str, rid: str, **kwargs: Any) -> Any:
+        self.reads.append(rtype)
+        return self.inner.read(rtype, rid, **kwargs)
+
+    def read_many(self, refs: Any) -> Any:
+        self.read_many_calls += 1
+        return self.inner.read_many(refs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_referral_progress_survives_a_large_resend_read_in_one_query_a_batch(store: SqlStore) -> None:
+    counted = _ReadCounter(store)
+    service = IngestService(counted, QueryParser(default_registry(), 20, 100), MappingRegistry(MAPPINGS, SOURCES))  # type: ignore[arg-type]
+    try:
+        report = json.loads(sample("cht", "report-data-record-assessment"))
+        first = service.ingest("cht", split_body(json.dumps(report).encode(), "application/json")).results[0]
+        (task_id,) = [w.id for w in first.resources if w.type == "Task"]
+        stored = store.read("Task", task_id)
+        assert stored is not None
+        with store.transaction() as tx:  # the facility accepted it (as through the FHIR API)
+            tx.update({**orjson.loads(stored.content), "status": "accepted", "businessStatus": {"text": "seen"}})
+        others = []
+        for n in range(150):
+            other = copy.deepcopy(report)
+            other["doc"]["_id"] = f"0196c7a2-0000-7000-8000-{n:012d}"
+            others.append(other)
+        unmappable = {"doc": {"_id": "x-unknown", "type": "data_record", "form": "no_such_form"}}
+        records = [*others[:120], report, unmappable, *others[120:]]  # the resent report in the second batch
+        counted.reads.clear()
+        counted.read_many_calls = 0
+        results = service.ingest("cht", split_body(json.dumps(records).encode(), "application/json")).results
+        assert [r.status for r in results[:120]] == ["stored"] * 120
+        assert results[120].status == "unchanged"  # the facility's progress kept: nothing to write
+        assert results[121].status == "quarantined" and results[121].quarantine_id is not None
+        assert [r.status for r in results[122:]] == ["stored"] * 30
+        kept = store.read("Task", task_id)
+        assert kept is not None and orjson.loads(kept.content)["status"] == "accepted"
+        assert "Task" not in counted.reads and counted.read_many_calls == 2  # a query a batch of 100 records
+    finally:
+        service.close()
