@@ -9,6 +9,7 @@ figures (depth, lag, circuit, live workers) are read from the queue at each scra
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from fastapi import APIRouter
 from starlette.requests import Request
@@ -61,6 +62,9 @@ class FhirLatencyMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # The labelled children, looked up once each: ``labels()`` validates and locks on every call.
+        self._histogram: Any = None
+        self._children: dict[tuple[str, int], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the request; record its duration if it was a FHIR interaction."""
@@ -81,7 +85,14 @@ class FhirLatencyMiddleware:
             await self.app(scope, receive, send_status)
         finally:
             kind = classify(scope["method"], path)
-            interaction = kind[0] if kind is not None else "other"
-            metrics().fhir_request_seconds.labels(interaction, f"{status // 100}xx").observe(
-                time.perf_counter() - start
-            )
+            self._child(kind[0] if kind is not None else "other", status // 100).observe(time.perf_counter() - start)
+
+    def _child(self, interaction: str, status_class: int) -> Any:
+        histogram = metrics().fhir_request_seconds
+        if histogram is not self._histogram:  # a new registry (tests make one): forget the old children
+            self._histogram, self._children = histogram, {}
+        key = (interaction, status_class)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = histogram.labels(interaction, f"{status_class}xx")
+        return child
