@@ -38,6 +38,7 @@ from .sql import count_sql as count_sql
 from .sql import date_sort_plan as date_sort_plan
 from .sql import date_sort_walk as date_sort_walk
 from .sql import page_sql as page_sql
+from .sql import param_rows as param_rows
 from .sql import pin_system as pin_system
 from .sql import rid_walk_sql as rid_walk_sql
 from .sql import selective_counts as selective_counts

@@ -42,6 +42,8 @@ class CompiledPath:
     source: str
     parts: tuple[tuple[Step, ...], ...]
     heads: tuple[str, ...] = ()
+    #: Each part's own text, outer brackets off: two parts of the same text select the same values.
+    texts: tuple[str, ...] = ()
 
     def values(self, resource: dict[str, Any]) -> list[Value]:
         """Evaluate against a resource's JSON."""
@@ -60,6 +62,7 @@ def compile_expression(expression: str, base: str) -> CompiledPath | None:
     """Compile the parts of ``expression`` that apply to resource type ``base``."""
     parts: list[tuple[Step, ...]] = []
     heads: list[str] = []
+    texts: list[str] = []
     for part in _split_top(expression, "|"):
         steps = _compile_part(part.strip(), base)
         if steps is _NOT_THIS_TYPE:
@@ -69,9 +72,17 @@ def compile_expression(expression: str, base: str) -> CompiledPath | None:
         assert isinstance(steps, tuple)
         parts.append(steps)
         heads.append(_head(part.strip()))
+        texts.append(_bare(part.strip()))
     if not parts:
         return None
-    return CompiledPath(expression, tuple(parts), tuple(heads))
+    return CompiledPath(expression, tuple(parts), tuple(heads), tuple(texts))
+
+
+def _bare(part: str) -> str:
+    """``(Observation.value as Quantity)`` → ``Observation.value as Quantity``."""
+    while part.startswith("(") and _closing(part, 0) == len(part) - 1:
+        part = part[1:-1].strip()
+    return part
 
 
 def _unwrap(part: str) -> tuple[str, str | None]:

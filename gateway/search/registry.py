@@ -8,8 +8,9 @@ when its type is one the store indexes and its expression compiles (see ``paths`
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -45,11 +46,21 @@ class SearchParam:
     expression: str
     path: CompiledPath | None  # None for _id/_lastUpdated
     targets: tuple[str, ...] = ()
+    #: Set for a parameter whose values are exactly those of others of its type (see
+    #: ``derive_aliases``): the parameters whose index rows hold them; it has none of its own.
+    stored_as: tuple[str, ...] = ()
+    #: With ``stored_as``: only those rows' references to this type (``subject.where(resolve() is Patient)``).
+    target_type: str | None = None
 
     @property
     def table(self) -> str:
         """The index table holding this parameter's values."""
         return INDEXED_TYPES[self.type]
+
+    @property
+    def row_codes(self) -> tuple[str, ...]:
+        """The ``param`` values of the index rows holding this parameter's values."""
+        return self.stored_as or (self.code,)
 
 
 class SearchRegistry:
@@ -71,6 +82,8 @@ class SearchRegistry:
             for rtype in resource_types:
                 if sp["code"] not in self._by_type[rtype]:
                     self._add(rtype, sp)
+        for params in self._by_type.values():
+            params.update(derive_aliases(params))
 
     def _add(self, rtype: str, sp: dict[str, Any]) -> None:
         code = sp["code"]
@@ -111,8 +124,62 @@ class SearchRegistry:
         return self._patient_linked
 
     def indexed(self, rtype: str) -> list[SearchParam]:
-        """The parameters whose values are extracted into index rows on write."""
-        return [p for p in self.params(rtype).values() if p.path is not None]
+        """The parameters whose values are extracted into index rows on write (not the aliases,
+        whose values other parameters' rows hold)."""
+        return [p for p in self.params(rtype).values() if p.path is not None and not p.stored_as]
+
+
+#: Tables whose rows an alias may share; sorting reads date and string rows by their own code.
+_ALIASED_TABLES = ("token", "reference", "number")
+_RESTRICTED = re.compile(r"^(.+)\.where\(resolve\(\) is ([A-Z][A-Za-z]+)\)$")
+
+
+def derive_aliases(params: Mapping[str, SearchParam]) -> dict[str, SearchParam]:
+    """The parameters of one type whose values other parameters' index rows already hold, as aliases.
+
+    Two shapes occur in R4, where storing rows for both would write each value twice:
+
+    * a union of others: ``Observation.combo-code`` is ``Observation.code | Observation.component.code``,
+      the parts of ``code`` and ``component-code``: its rows are theirs;
+    * a reference restricted to one target type: ``Observation.patient`` is
+      ``Observation.subject.where(resolve() is Patient)``: its rows are the ``subject`` rows whose
+      target type is Patient (the type of the literal reference, as ``resolve()`` finds it).
+
+    Parts compare by their text, compiled for the same type; the parameters must have the same
+    search type, so their rows come from the same handler. An alias's rows are never written,
+    and searches read the others' (``row_codes``, ``target_type``).
+    """
+    plain = {
+        code: p for code, p in params.items()
+        if p.path is not None and p.table in _ALIASED_TABLES and not p.stored_as
+    }  # fmt: skip
+    aliases: dict[str, SearchParam] = {}
+    for code, param in plain.items():
+        assert param.path is not None
+        texts = set(param.path.texts)
+        if len(param.path.texts) == 1:
+            restricted = _RESTRICTED.match(param.path.texts[0])
+            if restricted is not None and param.type == "reference":
+                base_text, target = restricted.groups()
+                base = next((q for q in plain.values() if q.type == "reference" and q.path is not None
+                             and q.path.texts == (base_text,)), None)  # fmt: skip
+                if base is not None:
+                    aliases[code] = replace(param, stored_as=(base.code,), target_type=target)
+            continue
+        cover: list[str] = []
+        covered: set[str] = set()
+        # Larger parts first: the fewest parameters that cover the union.
+        for other in sorted(plain.values(), key=lambda q: (-len(q.path.texts) if q.path else 0, q.code)):
+            if other.code == code or other.type != param.type or other.path is None:
+                continue
+            parts = set(other.path.texts)
+            if len(parts) == len(other.path.texts) and parts <= texts and not parts <= covered:
+                cover.append(other.code)
+                covered |= parts
+        if covered == texts and len(cover) > 1 and len(param.path.texts) == len(texts):
+            aliases[code] = replace(param, stored_as=tuple(sorted(cover)))
+    # An alias's rows must be real rows: none of its bases may itself be an alias.
+    return {code: alias for code, alias in aliases.items() if not any(c in aliases for c in alias.stored_as)}
 
 
 def load_definitions() -> list[dict[str, Any]]:

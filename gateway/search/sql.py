@@ -25,6 +25,7 @@ from gateway.search.query import (
     StringValue,
     TokenValue,
 )
+from gateway.search.registry import SearchParam
 
 Params = list[Any]
 TABLES = {
@@ -36,6 +37,19 @@ TABLES = {
 }
 _MAX_CHAR = "\U0010ffff"
 _FAR = 1e300  # beyond any epoch-seconds date: no bound on a walk
+
+
+def param_rows(param: SearchParam, alias: str) -> tuple[str, Params]:
+    """The condition on index rows ``alias`` that selects ``param``'s values: its own rows, or for an
+    alias (``SearchParam.stored_as``) the rows of the parameters holding its values."""
+    codes = param.row_codes
+    if len(codes) == 1:
+        sql = f"{alias}.param = ?"
+    else:
+        sql = f"{alias}.param IN ({', '.join('?' for _ in codes)})"
+    if param.target_type is None:
+        return sql, list(codes)
+    return f"{sql} AND {alias}.ttype = ?", [*codes, param.target_type]
 
 
 def where_clause(query: SearchQuery, alias: str = "r", *, few: bool = False) -> tuple[str, Params]:
@@ -224,14 +238,14 @@ def _probe(c: Criterion, alias: str, *, per_row: bool = False) -> tuple[str, Par
     but does not pull up a subquery with an aggregate.
     """
     table = TABLES[c.param.table]
+    rows, params = param_rows(c.param, "x")
     if per_row:
-        head = f"(SELECT COUNT(*) FROM {table} x WHERE x.rid = {alias}.rid AND x.param = ?"
+        head = f"(SELECT COUNT(*) FROM {table} x WHERE x.rid = {alias}.rid AND {rows}"
         tail = ") > 0"
     else:
-        head = f"EXISTS (SELECT 1 FROM {table} x WHERE x.rid = {alias}.rid AND x.param = ?"
+        head = f"EXISTS (SELECT 1 FROM {table} x WHERE x.rid = {alias}.rid AND {rows}"
         tail = ")"
     base = head
-    params: Params = [c.param.code]
     if c.missing is not None:
         return base + tail, params
     ors: list[str] = []
@@ -283,6 +297,8 @@ def rid_walk_sql(query: SearchQuery, *, steer: bool = False) -> tuple[str, Param
     c = query.criteria[0]
     if not _is_positive(c) or c.chain is not None or c.has is not None or c.missing is not None:
         return None
+    if c.param.stored_as:  # its rows are another parameter's, in another order on the index
+        return None
     if visible_rids(query.policy, query.rtype) is not None:
         return None
     ors: list[str] = []
@@ -327,25 +343,28 @@ def rid_set(rtype: str, c: Criterion, policy: RowFilter | None = None, *, distin
     table = TABLES[c.param.table]
     select = "DISTINCT x.rid" if distinct else "x.rid"
     if c.has is not None:
-        source, ref_param, inner = c.has
+        source, _, inner = c.has  # the criterion's own parameter is the source's reference parameter
         inner_sql, inner_params = _matching(source, inner, policy)
+        rows, rows_params = param_rows(c.param, "x")
         sql = (
             "SELECT r2.rid FROM resources r2 WHERE r2.rtype = ? AND r2.deleted = 0 AND r2.id IN"
-            " (SELECT x.tid FROM idx_ref x WHERE x.rtype = ? AND x.param = ? AND x.ttype = ?"
+            f" (SELECT x.tid FROM idx_ref x WHERE x.rtype = ? AND {rows} AND x.ttype = ?"
             f" AND x.rid IN ({inner_sql}))"
         )
-        return sql, [rtype, source, ref_param, rtype, *inner_params]
+        return sql, [rtype, source, *rows_params, rtype, *inner_params]
     if c.chain is not None:
         target, inner = c.chain
         inner_sql, inner_params = _matching(target, inner, policy)
+        rows, rows_params = param_rows(c.param, "x")
         sql = (
-            f"SELECT {select} FROM idx_ref x WHERE x.rtype = ? AND x.param = ? AND x.ttype = ?"
+            f"SELECT {select} FROM idx_ref x WHERE x.rtype = ? AND {rows} AND x.ttype = ?"
             " AND x.tid IN (SELECT c.id FROM resources c WHERE c.rtype = ? AND c.deleted = 0"
             f" AND c.rid IN ({inner_sql}))"
         )
-        return sql, [rtype, c.param.code, target, target, *inner_params]
-    base = f"SELECT {select} FROM {table} x WHERE x.rtype = ? AND x.param = ?"
-    params: Params = [rtype, c.param.code]
+        return sql, [rtype, *rows_params, target, target, *inner_params]
+    rows, rows_params = param_rows(c.param, "x")
+    base = f"SELECT {select} FROM {table} x WHERE x.rtype = ? AND {rows}"
+    params: Params = [rtype, *rows_params]
     if c.missing is not None:
         return base, params  # rids that have the parameter at all
     ors: list[str] = []
@@ -686,7 +705,8 @@ def code_system_sql(query: SearchQuery) -> tuple[int, str, Params] | None:
     if any(_rid_ordered_token(c) for c in query.criteria):
         return None
     for n, c in enumerate(query.criteria):
-        if c.param.table != "token" or c.modifier is not None or c.missing is not None or len(c.values) != 1:
+        if (c.param.table != "token" or c.param.stored_as or c.modifier is not None or c.missing is not None
+                or len(c.values) != 1):
             continue
         value = c.values[0]
         if not isinstance(value, TokenValue) or value.system is not None or value.code is None:
@@ -711,8 +731,11 @@ def pin_system(query: SearchQuery, n: int, system: str) -> SearchQuery:
 
 
 def _rid_ordered_token(c: Criterion) -> bool:
-    """One ``system|code`` token value: its rows of the value index are in row-id order."""
-    if c.param.table != "token" or c.modifier is not None or c.missing is not None or len(c.values) != 1:
+    """One ``system|code`` token value: its rows of the value index are in row-id order (of one
+    parameter's rows: not an alias's, which are several parameters')."""
+    if c.param.table != "token" or c.param.stored_as or c.modifier is not None or c.missing is not None:
+        return False
+    if len(c.values) != 1:
         return False
     value = c.values[0]
     return isinstance(value, TokenValue) and bool(value.system) and value.code is not None
@@ -748,5 +771,5 @@ def _sort_expr(rtype: str, key: SortKey, alias: str) -> tuple[str, Params]:
         "reference": "x.tid",
         "number": "x.value",
     }[table]
-    sql = f"(SELECT {agg}({column}) FROM {TABLES[table]} x WHERE x.rid = {alias}.rid AND x.param = ?)"
-    return sql, [key.param.code]
+    rows, params = param_rows(key.param, "x")
+    return f"(SELECT {agg}({column}) FROM {TABLES[table]} x WHERE x.rid = {alias}.rid AND {rows})", params

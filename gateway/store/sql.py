@@ -38,6 +38,7 @@ from gateway.search import (
     from_epoch,
     index_rows,
     page_sql,
+    param_rows,
     pin_system,
     rid_walk_sql,
     selective_counts,
@@ -589,6 +590,11 @@ class SqlStore(ExportJobs, SubscriptionRows):
             page_ids += [row[0] for row in cur.fetchall()]
         return self._rows_in_order(cur, page_ids)
 
+    def _include_rows(self, source: str, code: str) -> tuple[str, list[Any]]:
+        """The condition on ``idx_ref x`` selecting the references of ``source``'s parameter ``code``."""
+        param = self.registry.get(source, code)
+        return param_rows(param, "x") if param is not None else ("x.param = ?", [code])
+
     def _includes(
         self, cur: Cursor, query: SearchQuery, rids: list[int], page: list[StoredResource]
     ) -> list[StoredResource]:
@@ -596,8 +602,9 @@ class SqlStore(ExportJobs, SubscriptionRows):
         refs: list[tuple[str, str]] = []
         marks = ", ".join("?" for _ in rids)
         for inc in query.includes:
-            sql = f"SELECT DISTINCT x.ttype, x.tid FROM idx_ref x WHERE x.param = ? AND x.rid IN ({marks})"
-            params: list[Any] = [inc.param, *rids]
+            refs_of, params = self._include_rows(inc.source, inc.param)
+            sql = f"SELECT DISTINCT x.ttype, x.tid FROM idx_ref x WHERE {refs_of} AND x.rid IN ({marks})"
+            params.extend(rids)
             if inc.target:
                 sql += " AND x.ttype = ?"
                 params.append(inc.target)
@@ -622,11 +629,12 @@ class SqlStore(ExportJobs, SubscriptionRows):
         for inc in query.revincludes:
             visible = visible_probe(query.policy, inc.source, "r")
             only, only_params = ("", []) if visible is None else (f" AND {visible[0]}", visible[1])
+            refs_of, refs_params = self._include_rows(inc.source, inc.param)
             cur.execute(
                 self.q(f"SELECT {COLUMNS} FROM resources r WHERE r.rtype = ? AND r.deleted = 0 AND r.rid IN"
-                       " (SELECT x.rid FROM idx_ref x WHERE x.rtype = ? AND x.param = ? AND x.ttype = ?"
+                       f" (SELECT x.rid FROM idx_ref x WHERE x.rtype = ? AND {refs_of} AND x.ttype = ?"
                        f" AND x.tid IN ({id_marks})){only} LIMIT ?"),
-                (inc.source, inc.source, inc.param, query.rtype, *ids, *only_params, limit),
+                (inc.source, inc.source, *refs_params, query.rtype, *ids, *only_params, limit),
             )
             rows = cur.fetchall()
             if len(rows) >= limit:
