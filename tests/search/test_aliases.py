@@ -25,9 +25,9 @@ def test_the_r4_unions_and_restricted_references_are_aliases_of_their_parts() ->
     assert observation["combo-code"].stored_as == ("code", "component-code")
     assert observation["combo-value-quantity"].stored_as == ("component-value-quantity", "value-quantity")
     assert (observation["patient"].stored_as, observation["patient"].target_type) == (("subject",), "Patient")
-    assert (REGISTRY.get("Encounter", "practitioner").stored_as, REGISTRY.get("Encounter", "practitioner").target_type) \
-        == (("participant",), "Practitioner")  # fmt: skip
-    assert REGISTRY.get("Provenance", "patient").stored_as == ("target",)
+    practitioner = REGISTRY.params("Encounter")["practitioner"]
+    assert (practitioner.stored_as, practitioner.target_type) == (("participant",), "Practitioner")
+    assert REGISTRY.params("Provenance")["patient"].stored_as == ("target",)
     # Parameters the SQL names itself (data policies, Group export) keep rows of their own.
     for rtype, code in (("Patient", "organization"), ("Organization", "partof"), ("Group", "member"),
                         ("Observation", "code"), ("Observation", "subject"), ("Patient", "address")):
