@@ -229,7 +229,8 @@ async def batch_or_transaction(request: Request) -> Response:
 
     def work() -> dict[str, Any]:
         response = process_bundle(ctx.store, ctx.parser, bundle, base, can=can, policy=policy,
-                                  return_resources=not minimal, author=principal.name)
+                                  return_resources=not minimal, author=principal.name,
+                                  deidentified=principal.policy is not None and principal.policy.deidentify)
         if record is not None:  # on the worker thread: the request's own JSON, already parsed
             _note_bundle(record, bundle, response, ctx.settings.audit.max_entities)
         return response

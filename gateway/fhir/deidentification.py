@@ -25,12 +25,17 @@ from datetime import date, timedelta
 from typing import Any
 
 from gateway.errors import ConfigError
+from gateway.search import ADDRESS_KEPT, EVERYWHERE, PERSON_ELEMENTS, PERSONS, YEAR_ONLY
 
-_EVERYWHERE = ("text", "identifier", "note", "comment")
-_PERSONS = frozenset({"Patient", "RelatedPerson", "Person", "Practitioner"})
-_PERSON_ELEMENTS = ("name", "telecom", "photo", "contact", "communication")
-_ADDRESS_KEPT = ("use", "type", "district", "state", "country")
-_YEAR_ONLY = ("birthDate", "deceasedDateTime")
+# The recipe's lists live with the search layer, which refuses searches by what they strip.
+_EVERYWHERE = EVERYWHERE
+_PERSONS = PERSONS
+_PERSON_ELEMENTS = PERSON_ELEMENTS
+_ADDRESS_KEPT = ADDRESS_KEPT
+_YEAR_ONLY = YEAR_ONLY
+#: Dropped at any depth: a Reference's identifier names the same person as the resource's own,
+#: and an extension's Identifier value may hold a national id.
+_NESTED = frozenset({"note", "comment", "identifier", "valueIdentifier"})
 
 
 def deidentify(resource: dict[str, Any]) -> dict[str, Any]:
@@ -54,11 +59,10 @@ def deidentify(resource: dict[str, Any]) -> dict[str, Any]:
 
 
 def _scrub(value: Any) -> Any:
-    """Drop reference display texts and nested notes below the top level."""
+    """Drop reference display texts, nested notes and identifiers below the top level."""
     if isinstance(value, dict):
         reference = "reference" in value
-        return {k: _scrub(v) for k, v in value.items()
-                if not (reference and k == "display") and k not in ("note", "comment")}
+        return {k: _scrub(v) for k, v in value.items() if not (reference and k == "display") and k not in _NESTED}
     if isinstance(value, list):
         return [_scrub(item) for item in value]
     return value

@@ -78,20 +78,22 @@ def process_bundle(
     return_resources: bool = True,
     skip_unchanged: bool = False,
     author: str | None = None,
+    deidentified: bool = False,
 ) -> dict[str, Any]:
     """Run a batch or transaction Bundle and return its response Bundle.
 
     ``author`` (an API client's name) gets a Provenance for the writes of each store transaction.
+    ``deidentified``: the client reads de-identified resources (no searches by what that strips).
     """
     kind = _bundle_type(bundle)
     if kind == "transaction":
         return run_prepared(
             prepare_transaction(
                 store, parser, bundle, base, can=can, policy=policy, return_resources=return_resources,
-                skip_unchanged=skip_unchanged, author=author,
+                skip_unchanged=skip_unchanged, author=author, deidentified=deidentified,
             )
         )  # fmt: skip
-    processor = _Processor(store, parser, base, can, policy, return_resources, skip_unchanged, author)
+    processor = _Processor(store, parser, base, can, policy, return_resources, skip_unchanged, author, deidentified)
     # Batch entries may not depend on each other (http.html#brules), so each runs alone.
     return _response(kind, [processor.run_batch_entry(i, raw) for i, raw in enumerate(_entries(bundle))])
 
@@ -119,11 +121,12 @@ def prepare_transaction(
     return_resources: bool = True,
     skip_unchanged: bool = False,
     author: str | None = None,
+    deidentified: bool = False,
 ) -> PreparedTransaction:
     """Parse and validate a transaction Bundle (a 4xx ``FhirError`` naming the entry if not)."""
     if _bundle_type(bundle) != "transaction":
         raise invalid("a transaction Bundle is needed here", ["Bundle.type"], code="value")
-    processor = _Processor(store, parser, base, can, policy, return_resources, skip_unchanged, author)
+    processor = _Processor(store, parser, base, can, policy, return_resources, skip_unchanged, author, deidentified)
     entries = [processor.parse_entry(i, raw) for i, raw in enumerate(_entries(bundle))]
     _check_full_url_targets(entries)
     processor.prepare_writes(entries)
@@ -207,6 +210,7 @@ class _Processor:
         return_resources: bool,
         skip_unchanged: bool,
         author: str | None = None,
+        deidentified: bool = False,
     ) -> None:
         self.store = store
         self.author = author
@@ -216,7 +220,8 @@ class _Processor:
         self.can = can
         # Every search an entry runs (ifNoneExist, conditional update/delete/references, GET) is checked
         # here, and every row it reads or writes against the client's data policy.
-        self.access = TRUSTED if can is TRUSTED.can and policy is None else SearchAccess(can, policy)
+        trusted = can is TRUSTED.can and policy is None and not deidentified
+        self.access = TRUSTED if trusted else SearchAccess(can, policy, deidentified=deidentified)
         self.return_resources = return_resources
         self.skip_unchanged = skip_unchanged
 

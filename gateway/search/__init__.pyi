@@ -9,6 +9,11 @@ from .dates import DateFormatError as DateFormatError
 from .dates import date_range as date_range
 from .dates import format_instant as format_instant
 from .dates import from_epoch as from_epoch
+from .deidentified import ADDRESS_KEPT as ADDRESS_KEPT
+from .deidentified import EVERYWHERE as EVERYWHERE
+from .deidentified import PERSON_ELEMENTS as PERSON_ELEMENTS
+from .deidentified import PERSONS as PERSONS
+from .deidentified import YEAR_ONLY as YEAR_ONLY
 from .extract import ExtractionPlan as ExtractionPlan
 from .extract import IndexRows as IndexRows
 from .extract import index_rows as index_rows

@@ -25,10 +25,13 @@ Permission = Callable[[str, str], bool]  # (resource type, c|r|u|d|s) -> allowed
 class SearchAccess:
     """A client's permission to search and include resource types, and the rows it may see."""
 
-    __slots__ = ("can", "policy")
+    __slots__ = ("can", "deidentified", "policy")
 
-    def __init__(self, can: Permission, policy: RowFilter | None = None) -> None:
+    def __init__(self, can: Permission, policy: RowFilter | None = None, *, deidentified: bool = False) -> None:
         self.can = can
+        #: The client reads de-identified resources, so it may not search by what that strips
+        #: (``gateway.search.deidentified``).
+        self.deidentified = deidentified or (policy is not None and policy.policy.deidentify)
         self.policy = policy if policy is not None and policy.policy.limits_rows else None
 
     def require_search(self, rtype: str, expression: str | None = None) -> None:

@@ -16,6 +16,7 @@ from gateway.errors import FhirError, RequestError
 from gateway.r4 import RESOURCE_TYPES
 from gateway.search.access import TRUSTED, SearchAccess
 from gateway.search.dates import DateFormatError, date_range
+from gateway.search.deidentified import refuse_identifying
 from gateway.search.extract import normalise
 from gateway.search.paths import split_reference
 from gateway.search.policy import RowFilter
@@ -282,6 +283,8 @@ class QueryParser:
         # The client's data policy goes with the query: the store applies it to every row it reads.
         query.policy = access.policy
         access.require_search(query.rtype)
+        if access.deidentified:
+            refuse_identifying(query)
         for criterion in query.criteria:
             other = criterion.chain[0] if criterion.chain else criterion.has[0] if criterion.has else None
             if other is not None:

@@ -61,7 +61,9 @@ def check_owner(topic: Topic, principal: Principal, parser: QueryParser) -> None
     if not principal.can(rtype, "r"):
         raise FhirError(f"the client's scopes do not allow reading {rtype} (needs system/{rtype}.r)",
                         status=403, code="forbidden", expression=_WHERE)
-    access = SearchAccess(lambda t, letter: (t == rtype and principal.can(t, "r")) or principal.can(t, letter))
+    # A de-identified client's notifications would tell what its criteria matched, as a search would.
+    access = SearchAccess(lambda t, letter: (t == rtype and principal.can(t, "r")) or principal.can(t, letter),
+                          deidentified=principal.policy is not None and principal.policy.deidentify)
     try:
         parser.parse(rtype, trigger.query, access=access)
     except FhirError as exc:

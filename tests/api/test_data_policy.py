@@ -280,6 +280,45 @@ async def test_a_deidentified_client_gets_no_identifying_elements(api: ApiHarnes
     assert "HIDDEN" in (await api.client.get("/fhir/Patient/pb1")).text
 
 
+async def test_a_deidentified_client_cannot_search_or_sort_by_what_it_does_not_see(api: ApiHarness) -> None:
+    await seed(api)
+    provenance = {"resourceType": "Provenance", "id": "prov1", "recorded": "2026-12-01T10:00:00Z",
+                  "target": [{"reference": "Patient/pb2"}], "agent": [{"who": {"display": "CHW"}}],
+                  "entity": [{"role": "source", "what": {"identifier": {"system": "urn:case", "value": "nid-case-7"}}}]}
+    assert (await api.client.put("/fhir/Provenance/prov1", json=provenance)).status_code == 201
+    researcher = policy_client(api, {"deidentify": True}, scopes=("system/*.rs",))
+    refused = [
+        "/fhir/Patient?family=HIDDEN-Niyonzima", "/fhir/Patient?name=Uwase", "/fhir/Patient?given=x",
+        "/fhir/Patient?identifier=nid-pb2", "/fhir/Patient?identifier:not=x", "/fhir/Patient?address=Plot",
+        "/fhir/Patient?address-city=Town", "/fhir/Patient?birthdate=1990-05-17", "/fhir/Patient?birthdate=lt1990-06",
+        "/fhir/Patient?_sort=birthdate", "/fhir/Patient?_sort=family", "/fhir/Observation?identifier=x",
+        "/fhir/Observation?subject:Patient.family=Uwase", "/fhir/Observation?patient.identifier=nid-pa1",
+        "/fhir/Patient?_has:Observation:patient:identifier=x",
+        "/fhir/Practitioner?name=x", "/fhir/Patient?telecom=123",
+    ]
+    for path in refused:
+        response = await researcher.get(path)
+        assert response.status_code == 403, (path, response.text)
+        issue = response.json()["issue"][0]
+        assert issue["code"] == "forbidden" and ("de-identif" in issue["diagnostics"] or "year" in issue["diagnostics"])
+    posted = await researcher.post("/fhir/Patient/_search", data={"family": "Uwase"})
+    assert posted.status_code == 403
+    in_batch = await researcher.post("/fhir", json={"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": "Patient?birthdate=1990-05-17"}}]})
+    assert in_batch.json()["entry"][0]["response"]["status"].startswith("403")
+    # What it sees, it may search by: the year, the district, codes, references.
+    for path, expected in [("/fhir/Patient?birthdate=1990", 4), ("/fhir/Patient?birthdate=ge1990,1991", 4),
+                           ("/fhir/Patient?address-state=x", 0), ("/fhir/Observation?code=TB-POS", 1),
+                           ("/fhir/Observation?subject=Patient/pa1", 2), ("/fhir/Patient?birthdate:missing=true", 0)]:
+        response = await researcher.get(path)
+        assert response.status_code == 200 and response.json()["total"] == expected, (path, response.text)
+    # A Reference's identifier is stripped too (it named the case the Patient came from).
+    read = await researcher.get("/fhir/Provenance/prov1")
+    assert read.status_code == 200 and "nid-case-7" not in read.text and read.json()["entity"][0]["role"] == "source"
+    # The same searches for a client without the policy.
+    assert (await api.client.get("/fhir/Patient?family=HIDDEN-Niyonzima")).json()["total"] == 1
+
+
 async def test_configured_policy_wins_and_a_broken_stored_one_fails_closed(store_url: str) -> None:
     from gateway.api.app import create_app
     from gateway.store import open_store
