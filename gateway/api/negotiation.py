@@ -47,7 +47,8 @@ def check_content_type(request: Request, allowed: set[str] | None = None) -> Non
         return
     media = value.split(";")[0].strip().lower()
     if media not in (allowed or _JSON_TYPES):
-        raise FhirError(f"Content-Type {media[:60]!r} is not supported; send application/fhir+json",
+        wanted = " or ".join(sorted(allowed)) if allowed else "application/fhir+json"
+        raise FhirError(f"Content-Type {media[:60]!r} is not supported; send {wanted}",
                         status=415, code="not-supported")
 
 

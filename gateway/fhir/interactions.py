@@ -175,7 +175,22 @@ def patch(
     tx: StoreTransaction, rtype: str, rid: str, operations: Any, *, if_match: int | None = None,
     access: SearchAccess = TRUSTED,
 ) -> WriteOutcome:
-    """``PATCH [type]/[id]`` with a JSON Patch document."""
+    """``PATCH [type]/[id]`` with a JSON Patch document.
+
+    A client that may update the type but not read it (SMART's ``u`` without ``r`` or ``s``) may
+    only edit blind: ``test``, ``copy`` and ``move`` would tell it what is stored (a ``test`` that
+    passes or fails is a read), so they are refused, and a patch that does not apply or leaves
+    an invalid resource fails without naming what is stored.
+    """
+    readable = access.may_return(rtype)
+    if not readable and isinstance(operations, list):
+        for op in operations:
+            if isinstance(op, dict) and op.get("op") in _DISCLOSING:
+                raise FhirError(
+                    f"JSON Patch {op['op']!r} reads the stored resource, and the client's scopes do not allow"
+                    f" reading {rtype} (needs system/{rtype}.r or .s)",
+                    status=403, code="forbidden",
+                )  # fmt: skip
     current = tx.read(rtype, rid)
     if current is None:
         raise not_found(f"{rtype}/{rid} is not known")
@@ -197,8 +212,22 @@ def patch(
         raise FhirError(_patch_failure(exc), status=422, code="processing") from exc
     if not isinstance(patched, dict) or patched.get("resourceType") != rtype or patched.get("id") != rid:
         raise FhirError("a patch may not change resourceType or id", status=422, code="processing")
-    validate_resource(patched, expected_type=rtype)
+    try:
+        validate_resource(patched, expected_type=rtype)
+    except FhirError as exc:
+        if readable:
+            raise
+        # The issues would name elements of the stored resource, not only the client's own.
+        raise FhirError(
+            f"the patched {rtype} is not valid FHIR R4 (the details name stored content, which the client's"
+            " scopes do not allow it to read)",
+            status=422, code="processing",
+        ) from exc
     return update(tx, patched, rtype, rid, if_match=if_match, access=access)
+
+
+#: JSON Patch operations whose outcome depends on the stored content beyond the paths they name.
+_DISCLOSING = frozenset({"test", "copy", "move"})
 
 
 def _patch_failure(exc: Exception) -> str:

@@ -68,15 +68,42 @@ async def test_patch_returns_nothing_stored_to_a_client_that_cannot_read(api: Ap
 @pytest.mark.parametrize(
     "ops",
     [
-        [{"op": "test", "path": "/birthDate", "value": "1971-01-01"}],
         [{"op": "replace", "path": "/name/0/nothing/x", "value": 1}],
         [{"op": "add", "path": "/name/0/nothing/x", "value": 1}],
-        [{"op": "move", "from": "/name/0/nothing/x", "path": "/x"}],
+        [{"op": "add", "path": "/name/0/nonsense", "value": 1}],
     ],
-    ids=["test", "replace", "add", "move"],
+    ids=["replace", "add", "invalid-result"],
 )
 async def test_patch_failures_quote_no_stored_value(api: ApiHarness, ops: list[dict[str, Any]]) -> None:
     assert (await api.client.put("/fhir/Patient/p1", json=PATIENT)).status_code == 201
     response = await api.with_scopes("system/Patient.u").patch("/fhir/Patient/p1", json=ops, headers=PATCH_JSON)
     body = assert_outcome(response, 422, "processing")
-    assert SECRET not in response.text and "1970" not in response.text, body
+    assert SECRET not in response.text and "1970" not in response.text and "family" not in response.text, body
+
+
+@pytest.mark.parametrize(
+    "ops",
+    [
+        [{"op": "test", "path": "/name/0/family", "value": SECRET}],
+        [{"op": "test", "path": "/name/0/family", "value": "a guess"}],
+        [{"op": "copy", "from": "/name/0", "path": "/managingOrganization"}],
+        [{"op": "move", "from": "/name/0/family", "path": "/language"}],
+        [{"op": "add", "path": "/active", "value": True}, {"op": "test", "path": "/birthDate", "value": "1970"}],
+    ],
+    ids=["test-right", "test-wrong", "copy", "move", "test-after-add"],
+)
+async def test_a_client_that_cannot_read_may_not_test_copy_or_move(api: ApiHarness, ops: list[dict[str, Any]]) -> None:
+    assert (await api.client.put("/fhir/Patient/p1", json=PATIENT)).status_code == 201
+    writer = api.with_scopes("system/Patient.u")
+    response = await writer.patch("/fhir/Patient/p1", json=ops, headers=PATCH_JSON)
+    assert_outcome(response, 403, "forbidden")  # the same answer whatever is stored: no oracle
+    assert SECRET not in response.text
+    entry = {"resource": _binary(ops), "request": {"method": "PATCH", "url": "Patient/p1"}}
+    batch = await writer.post("/fhir", json={"resourceType": "Bundle", "type": "batch", "entry": [entry]})
+    assert batch.json()["entry"][0]["response"]["status"].startswith("403")
+    assert (await api.client.get("/fhir/Patient/p1")).headers["etag"] == 'W/"1"'  # nothing written
+    # A client that may read the type tests as JSON Patch says.
+    reader = api.with_scopes("system/Patient.ru")
+    passing = await reader.patch("/fhir/Patient/p1", json=[{"op": "test", "path": "/name/0/family", "value": SECRET}],
+                                 headers=PATCH_JSON)  # fmt: skip
+    assert passing.status_code == 200

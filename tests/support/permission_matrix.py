@@ -32,7 +32,8 @@ only, as SMART puts `PUT` under `u`. `$everything` returns resources of other ty
 where the client holds `r` or `s` on them (resources a client cannot read are left out,
 not refused), like `_include`/`_revinclude`. A patched resource is mostly what was
 stored, not what the client sent: a client holding `u` but neither `r` nor `s` gets no
-resource back (REST: an empty body; Bundle entry: no `resource`). A Bundle itself needs
+resource back (REST: an empty body; Bundle entry: no `resource`) and may not use `test`, `copy`
+or `move` (the matrix patches with `add`). A Bundle itself needs
 no letter: each entry is checked as the REST request it stands for; a refused entry is
 `403` in a batch's response and refuses the whole transaction (`403`). A refused request
 is a `403` OperationOutcome with code `forbidden` and changes nothing.
