@@ -291,7 +291,10 @@ async def _history(request: Request, principal: Principal, rtype: str | None, ri
     )
     versions = shown(principal, versions)
     if rid is not None and total == 0:
-        raise not_found(f"{rtype}/{rid} is not known")
+        # No version since ``_since`` is an empty history of a resource that exists, not a 404.
+        assert rtype is not None
+        if since is None or await ctx.read(ctx.store.read, rtype, rid) is None:
+            raise not_found(f"{rtype}/{rid} is not known")
     base = base_url(request)
     url = f"{base}/{rtype}/{rid}/_history" if rid else f"{base}/{rtype}/_history" if rtype else f"{base}/_history"
     used = [("_since", raw_since)] if raw_since else []

@@ -181,8 +181,9 @@ async def delete(request: Request, rtype: str, rid: str) -> Response:
     media = response_type(request)
     ctx = ctx_of(request)
 
+    if_match = parse_if_match(request)
     deleted = await _in_transaction(request, ctx, principal.name, interactions.delete, rtype, rid,
-                                    access=access) is not None
+                                    if_match=if_match, access=access) is not None
     text = f"{rtype}/{rid} deleted" if deleted else f"{rtype}/{rid} was not there; nothing to delete"
     return fhir_response(informational(text), media_type=media)
 

@@ -154,9 +154,21 @@ def conditional_update(
     return update(tx, {**resource, "id": target.id}, rtype, target.id, access=access)
 
 
-def delete(tx: StoreTransaction, rtype: str, rid: str, *, access: SearchAccess = TRUSTED) -> StoredResource | None:
-    """``DELETE [type]/[id]``: idempotent, so deleting twice is not an error."""
+def delete(
+    tx: StoreTransaction, rtype: str, rid: str, *, if_match: int | None = None, access: SearchAccess = TRUSTED
+) -> StoredResource | None:
+    """``DELETE [type]/[id]``: idempotent, so deleting twice is not an error; with ``If-Match``
+    (``if_match``), only while that version is the current one (412 otherwise, as for an update)."""
     require_visible_before(tx, access, rtype, rid)
+    if if_match is not None:
+        current = tx.read(rtype, rid)
+        now = None if current is None or current.deleted else current.version
+        if now != if_match:
+            raise FhirError(
+                f"If-Match names version {if_match}, but the current version is {now}"
+                if now is not None else f"If-Match names version {if_match}, but {rtype}/{rid} is not there",
+                status=412, code="conflict",
+            )  # fmt: skip
     return tx.delete(rtype, rid)
 
 

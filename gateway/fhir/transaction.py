@@ -189,7 +189,26 @@ def _entries(bundle: dict[str, Any]) -> list[Any]:
     raw_entries = bundle.get("entry", [])
     if not isinstance(raw_entries, list):
         raise invalid("Bundle.entry must be an array", ["Bundle.entry"], code="structure")
+    _check_unique_full_urls(raw_entries)
     return raw_entries
+
+
+def _check_unique_full_urls(entries: list[Any]) -> None:
+    """bdl-7: entries with one ``fullUrl`` must differ in ``meta.versionId`` (else a reference to it
+    would name either: the gateway would link whichever came last)."""
+    seen: dict[tuple[str, Any], int] = {}
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("fullUrl"), str):
+            continue
+        resource = entry.get("resource")
+        meta = resource.get("meta") if isinstance(resource, dict) else None
+        key = (entry["fullUrl"], meta.get("versionId") if isinstance(meta, dict) else None)
+        first = seen.setdefault(key, index)
+        if first != index:
+            raise invalid(
+                f"Bundle.entry[{index}].fullUrl is also Bundle.entry[{first}]'s: a fullUrl must be unique (bdl-7)",
+                [f"Bundle.entry[{index}].fullUrl"],
+            )
 
 
 def _response(kind: str, responses: list[dict[str, Any]]) -> dict[str, Any]:
@@ -418,7 +437,7 @@ class _Processor:
                 return entry
             if e.method == "DELETE":
                 if e.rid is not None:
-                    deleted = interactions.delete(tx, e.rtype, e.rid, access=self.access)
+                    deleted = interactions.delete(tx, e.rtype, e.rid, if_match=e.if_match, access=self.access)
                     tombstones = [deleted] if deleted is not None else []
                 else:
                     tombstones = interactions.conditional_delete(tx, self.parser, e.rtype, e.query,

@@ -124,6 +124,27 @@ async def test_update_if_match_delete_and_history(api: ApiHarness) -> None:
     assert sorted(e["request"]["url"].split("/")[0] for e in system["entry"]) == ["Patient"] * 3 + ["Provenance"] * 3
 
 
+async def test_history_since_an_old_resources_last_change_and_delete_if_match(api: ApiHarness) -> None:
+    c = api.client
+    assert (await c.put("/fhir/Patient/p1", json={"resourceType": "Patient", "id": "p1"})).status_code == 201
+    active = {"resourceType": "Patient", "id": "p1", "active": True}
+    assert (await c.put("/fhir/Patient/p1", json=active)).status_code == 200
+    # History since a time after the last change is empty, not a 404.
+    later = (await c.get("/fhir/Patient/p1/_history", params={"_since": "2099-01-01T00:00:00Z"})).json()
+    assert later["type"] == "history" and later["total"] == 0
+    assert_outcome(await c.get("/fhir/Patient/nobody/_history", params={"_since": "2000-01-01"}), 404)
+    # A DELETE with If-Match deletes only that version (RFC 9110's preconditions hold for every method).
+    assert_outcome(await c.delete("/fhir/Patient/p1", headers={"If-Match": 'W/"1"'}), 412, "conflict")
+    assert (await c.get("/fhir/Patient/p1")).status_code == 200
+    assert_outcome(await c.delete("/fhir/Patient/gone", headers={"If-Match": 'W/"1"'}), 412, "conflict")
+    assert (await c.delete("/fhir/Patient/p1", headers={"If-Match": 'W/"2"'})).status_code == 200
+    assert (await c.put("/fhir/Patient/p1", json={"resourceType": "Patient", "id": "p1"})).status_code == 201
+    bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "DELETE", "url": "Patient/p1", "ifMatch": 'W/"1"'}}]}
+    assert (await c.post("/fhir", json=bundle)).json()["entry"][0]["response"]["status"].startswith("412")
+    assert (await c.get("/fhir/Patient/p1")).status_code == 200  # the batch's stale DELETE changed nothing
+
+
 async def test_prefer_return(api: ApiHarness) -> None:
     minimal = await api.client.post("/fhir/Patient", json={"resourceType": "Patient"},
                                     headers={"Prefer": "return=minimal"})
@@ -328,3 +349,20 @@ async def test_host_headers_neither_grow_the_capability_cache_nor_reach_links(ap
     assert {link["relation"] for link in search.json()["link"]} >= {"self", "next"}
     allowed = await api.client.get("/fhir/Patient", params={"_count": "1"})
     assert all(link["url"].startswith("http://gateway.test/fhir/") for link in allowed.json()["link"])
+
+
+async def test_a_bundle_with_a_repeated_full_url_is_refused(api: ApiHarness) -> None:
+    urn = "urn:uuid:6f1c2d3e-4f5a-4b6c-8d7e-9f0a1b2c3dab"
+    entries = [
+        {"fullUrl": urn, "resource": {"resourceType": "Patient", "gender": "female"},
+         "request": {"method": "POST", "url": "Patient"}},
+        {"fullUrl": urn, "resource": {"resourceType": "Patient", "gender": "male"},
+         "request": {"method": "POST", "url": "Patient"}},
+        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                      "subject": {"reference": urn}}, "request": {"method": "POST", "url": "Observation"}},
+    ]  # fmt: skip
+    for kind in ("transaction", "batch"):
+        response = await api.client.post("/fhir", json={"resourceType": "Bundle", "type": kind, "entry": entries})
+        issue = assert_outcome(response, 400)["issue"][0]
+        assert issue["expression"] == ["Bundle.entry[1].fullUrl"] and "bdl-7" in issue["diagnostics"]
+    assert (await api.client.get("/fhir/Patient")).json()["total"] == 0
