@@ -16,12 +16,14 @@ from typing import Any
 
 from starlette._utils import get_route_path
 from starlette.convertors import PathConvertor
+from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Match, NoMatchFound, Route
 from starlette.types import Receive, Scope, Send
 
 __all__ = ["IndexedRoutes"]
 
 _SELECTED = "gateway.indexed_route"
+_ALLOWED = "gateway.allowed_methods"
 
 
 def _shape(path: str, prefix: str) -> tuple[int, str] | None:
@@ -69,19 +71,26 @@ class IndexedRoutes(BaseRoute):
         if scope["type"] != "http":
             return Match.NONE, {}
         partial: tuple[Route, Scope] | None = None
+        allowed: set[str] = set()
         for route in self.candidates(get_route_path(scope)):
             match, child = route.matches(scope)
             if match is Match.FULL:
                 return match, {**child, _SELECTED: route}
-            if match is Match.PARTIAL and partial is None:
-                partial = (route, child)
+            if match is Match.PARTIAL:
+                allowed |= route.methods or set()
+                if partial is None:
+                    partial = (route, child)
         if partial is not None:
-            return Match.PARTIAL, {**partial[1], _SELECTED: partial[0]}
+            # 405's Allow lists every method the URL takes (RFC 9110), not only the first route's.
+            return Match.PARTIAL, {**partial[1], _SELECTED: partial[0], _ALLOWED: allowed}
         return Match.NONE, {}
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Run the route ``matches`` selected."""
+        """Run the route ``matches`` selected (for a method no route of the URL takes: 405 with Allow)."""
         route: Any = scope[_SELECTED]
+        allowed = scope.get(_ALLOWED)
+        if allowed is not None and scope["method"] not in route.methods:
+            raise HTTPException(405, headers={"Allow": ", ".join(sorted(allowed))})
         await route.handle(scope, receive, send)
 
     def url_path_for(self, name: str, /, **path_params: Any) -> Any:

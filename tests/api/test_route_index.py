@@ -12,6 +12,7 @@ from starlette.routing import Match, Route
 from gateway.api.app import create_app
 from gateway.api.route_index import IndexedRoutes
 from gateway.settings import Settings
+from tests.conftest import ApiHarness
 
 _SEGMENTS = ["Observation", "Patient", "Subscription", "Basic", "Group", "$export", "$export-status", "$export-file",
              "_history", "_search", "metadata", ".well-known", "smart-configuration", "$status", "$everything",
@@ -72,3 +73,29 @@ def test_routes_outside_the_prefix_or_of_no_fixed_depth_are_refused() -> None:
 
 def test_url_path_for_finds_a_named_route(fhir_routes: IndexedRoutes) -> None:
     assert str(fhir_routes.url_path_for("vread", rtype="Patient", rid="p1", vid="2")) == "/fhir/Patient/p1/_history/2"
+
+
+def _all_methods(routes: list[Route], scope: dict[str, Any]) -> set[str]:
+    """Every method some route takes at the scope's path (the oracle of a 405's Allow)."""
+    methods: set[str] = set()
+    for route in routes:
+        if route.matches(scope)[0] is not Match.NONE:
+            methods |= route.methods or set()
+    return methods
+
+
+async def test_a_method_the_url_does_not_take_is_405_with_every_method_it_takes(
+    fhir_routes: IndexedRoutes, api: ApiHarness
+) -> None:
+    client = api.client
+    for method, path in [("PATCH", "/fhir/Patient"), ("POST", "/fhir/Patient/p1"), ("OPTIONS", "/fhir/Patient/p1"),
+                         ("DELETE", "/fhir/Patient/p1/_history/1")]:
+        response = await client.request(method, path)
+        assert response.status_code == 405, (method, path, response.text)
+        allowed = set(response.headers["allow"].split(", "))
+        assert allowed == _all_methods(fhir_routes.routes, _scope(method, path)), (method, path)
+        assert response.json()["resourceType"] == "OperationOutcome"
+    type_url = set((await client.patch("/fhir/Patient")).headers["allow"].split(", "))
+    assert type_url >= {"GET", "POST", "PUT", "DELETE"}
+    instance_url = set((await client.post("/fhir/Patient/p1")).headers["allow"].split(", "))
+    assert instance_url >= {"GET", "PUT", "PATCH", "DELETE"}
