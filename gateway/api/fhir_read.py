@@ -164,22 +164,58 @@ async def everything(request: Request, rid: str) -> Response:
     if patient.deleted:
         raise gone(f"Patient/{rid} has been deleted")
     count, offset = _paging(request, ctx.settings.search.default_count, ctx.settings.search.max_count)
+    wanted, since, used = _everything_params(request)
     # Every resource in a visible Patient's compartment refers to that Patient, so the data
     # policy lets it through; the scopes still decide the types.
-    types = search_access(request, principal).returnable(_EVERYTHING_TYPES)
+    allowed = search_access(request, principal).returnable(_EVERYTHING_TYPES)
+    types = [t for t in (allowed if allowed is not None else _EVERYTHING_TYPES) if wanted is None or t in wanted]
     # A golden record's compartment is its person's: every linked source record's too.
     body = orjson.loads(patient.content)
     linked = linked_ids(body, "seealso") if is_golden(body) else []
     policy = row_filter(request, principal)
     if linked and policy is not None and policy.applies_to("Patient"):
         linked = sorted(await ctx.read(ctx.store.visible, policy, "Patient", linked))
-    related, total = await ctx.query(ctx.store.compartment, "Patient", rid, count, offset,
-                                     _EVERYTHING_TYPES if types is None else types, linked)
-    matches = shown(principal, ([patient] if offset == 0 else []) + related)
+    # The Patient leads the first page (and counts in _count and the total) when asked for.
+    lead = int((wanted is None or "Patient" in wanted) and (since is None or patient.last_updated >= since))
+    first = offset == 0 and lead == 1
+    related, total = await ctx.query(ctx.store.compartment, "Patient", rid, max(count - 1, 0) if first else count,
+                                     max(offset - lead, 0), types, linked, since)
+    matches = shown(principal, ([patient] if first and count > 0 else []) + related)
     base = base_url(request)
-    links = _page_links(f"{base}/Patient/{rid}/$everything", [], count, offset, total, len(related), None)
-    body = bundles.searchset(base, matches, total=total + 1, links=links)
+    links = _page_links(f"{base}/Patient/{rid}/$everything", used, count, offset, total + lead, len(matches), None)
+    body = bundles.searchset(base, matches, total=total + lead, links=links)
     return fhir_response(body, media_type=media)
+
+
+#: Patient/$everything's parameters (R4 OperationDefinition Patient-everything) the gateway takes.
+_EVERYTHING_PARAMS = frozenset({"_count", "_offset", "_since", "_type", "_format"})
+
+
+def _everything_params(request: Request) -> tuple[set[str] | None, datetime | None, list[tuple[str, str]]]:
+    """``_type`` (the types wanted; None: all), ``_since`` and the pairs the page links repeat;
+    400 for a bad value, and for ``start``/``end`` (care dates), which the gateway does not judge."""
+    wanted: set[str] | None = None
+    since: datetime | None = None
+    used: list[tuple[str, str]] = []
+    for key, value in request.query_params.multi_items():
+        if key in ("start", "end"):
+            raise FhirError(f"$everything's {key} (care dates) is not supported; use _since or a search",
+                            status=400, code="not-supported", expression=[key])
+        if key not in _EVERYTHING_PARAMS:
+            raise FhirError(f"unknown $everything parameter {key[:40]!r}", status=400, code="not-supported",
+                            expression=[key[:40]])
+        if key == "_type":
+            names = [name.strip() for name in value.split(",") if name.strip()]
+            unknown = [name for name in names if name not in RESOURCE_TYPES]
+            if unknown or not names:
+                raise FhirError(f"_type: unknown resource type {(unknown or [value])[0][:40]!r}", status=400,
+                                code="invalid", expression=["_type"])
+            wanted = (wanted or set(names)) & set(names)
+            used.append((key, value))
+        elif key == "_since":
+            since = _since(value)
+            used.append((key, value))
+    return wanted, since, used
 
 
 # -- shared bodies ---------------------------------------------------------------------------
@@ -274,17 +310,20 @@ def _paging(request: Request, default: int, maximum: int) -> tuple[int, int]:
                         expression=exc.expression or ["_count"]) from exc
 
 
+def _since(raw: str) -> datetime:
+    """A ``_since`` value as the instant it starts at (400 if it is no FHIR instant or date)."""
+    try:
+        return datetime.fromtimestamp(min(max(date_range(raw)[0], _EARLIEST), _LATEST), UTC)
+    except DateFormatError as exc:
+        raise FhirError(f"_since: {exc}", status=400, code="invalid", expression=["_since"]) from exc
+
+
 async def _history(request: Request, principal: Principal, rtype: str | None, rid: str | None) -> Response:
     ctx = ctx_of(request)
     media = response_type(request)
     count, offset = _paging(request, ctx.settings.search.default_count, ctx.settings.search.max_count)
-    since = None
     raw_since = request.query_params.get("_since")
-    if raw_since:
-        try:
-            since = datetime.fromtimestamp(min(max(date_range(raw_since)[0], _EARLIEST), _LATEST), UTC)
-        except DateFormatError as exc:
-            raise FhirError(f"_since: {exc}", status=400, code="invalid", expression=["_since"]) from exc
+    since = _since(raw_since) if raw_since else None
     policy = row_filter(request, principal)
     versions, total = await ctx.query(
         lambda: ctx.store.history(rtype, rid, since=since, count=count, offset=offset, policy=policy)

@@ -326,11 +326,11 @@ class ResourceStore(Protocol):
 
     def compartment(
         self, rtype: str, rid: str, count: int, offset: int, types: Sequence[str] | None = None,
-        also: Sequence[str] = (),
+        also: Sequence[str] = (), since: datetime | None = None,
     ) -> tuple[list[StoredResource], int]:
         """Live resources of ``types`` (None: any) that refer to ``rtype/rid`` (its compartment, e.g. for
         $everything), and their total; ``also`` adds the compartments of more ``rtype`` ids (a golden
-        Patient's linked records)."""
+        Patient's linked records); ``since``: only those changed at or after it."""
         ...
 
 

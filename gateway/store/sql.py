@@ -709,15 +709,18 @@ class SqlStore(ExportJobs, SubscriptionRows):
 
     def compartment(
         self, rtype: str, rid: str, count: int, offset: int, types: Sequence[str] | None = None,
-        also: Sequence[str] = (),
+        also: Sequence[str] = (), since: datetime | None = None,
     ) -> tuple[list[StoredResource], int]:
         """Live resources of ``types`` (None: any) that refer to ``rtype/rid`` (its compartment, e.g. for
         $everything), and their total; ``also`` adds the compartments of more ``rtype`` ids (a golden
-        Patient's linked records)."""
+        Patient's linked records); ``since``: only those changed at or after it."""
         ids = [rid, *(other for other in also if other != rid)]
         where = ("r.deleted = 0 AND r.rid IN (SELECT x.rid FROM idx_ref x WHERE x.ttype = ?"
                  f" AND x.tid IN ({', '.join('?' for _ in ids)})) AND NOT (r.rtype = ? AND r.id = ?)")
         params: tuple[Any, ...] = (rtype, *ids, rtype, rid)
+        if since is not None:
+            where += " AND r.lu >= ?"
+            params += (since.timestamp(),)
         if types is not None:
             # An empty list must match nothing, and "IN ()" is not SQL.
             where += f" AND r.rtype IN ({', '.join('?' for _ in types) or 'NULL'})"

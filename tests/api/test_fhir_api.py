@@ -294,6 +294,41 @@ async def test_patch_and_everything(api: ApiHarness) -> None:
     ]
 
 
+async def test_everything_takes_count_type_and_since(api: ApiHarness) -> None:
+    c = api.client
+    await c.put("/fhir/Patient/p9", json={"resourceType": "Patient", "id": "p9"})
+    for n in range(4):
+        await c.put(f"/fhir/Observation/o{n}", json={"resourceType": "Observation", "id": f"o{n}", "status": "final",
+                                                     "code": {"text": "x"}, "subject": {"reference": "Patient/p9"}})
+    url = "/fhir/Patient/p9/$everything"
+    everything = (await c.get(url)).json()
+    total = everything["total"]
+    assert total == len(everything["entry"]) == 6  # the Patient, 4 Observations, the Provenance of its write
+    seen: list[str] = []
+    page = (await c.get(url, params={"_count": 3})).json()
+    while True:
+        assert len(page["entry"]) <= 3 and page["total"] == total
+        seen += [f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in page["entry"]]
+        after = [link["url"] for link in page["link"] if link["relation"] == "next"]
+        if not after:
+            break
+        page = (await c.get(after[0].removeprefix("http://gateway.test"))).json()
+    assert len(seen) == len(set(seen)) == total and seen[0] == "Patient/p9"
+    assert (await c.get(url, params={"_count": 0})).json().get("entry") is None
+    only = (await c.get(url, params={"_type": "Observation"})).json()
+    assert only["total"] == 4 and {e["resource"]["resourceType"] for e in only["entry"]} == {"Observation"}
+    both = (await c.get(url, params={"_type": "Patient,Observation", "_count": 2})).json()
+    assert both["total"] == 5 and any("_type=Patient%2CObservation" in link["url"] for link in both["link"])
+    assert (await c.get(url, params={"_since": "2099-01-01"})).json()["total"] == 0
+    await c.put("/fhir/Observation/o0", json={"resourceType": "Observation", "id": "o0", "status": "amended",
+                                              "code": {"text": "x"}, "subject": {"reference": "Patient/p9"}})
+    latest = (await c.get("/fhir/Observation/o0")).json()["meta"]["lastUpdated"]
+    since = (await c.get(url, params={"_since": latest, "_type": "Observation"})).json()
+    assert [e["resource"]["id"] for e in since["entry"]] == ["o0"]
+    for bad in ({"_type": "Foo"}, {"_since": "yesterday"}, {"start": "2020-01-01"}, {"colour": "red"}):
+        assert_outcome(await c.get(url, params=bad), 400)
+
+
 @pytest.mark.parametrize("path", ["/docs", "/redoc", "/openapi.json"])
 async def test_api_docs_are_off_by_default(api: ApiHarness, path: str) -> None:
     assert (await api.anonymous().get(path)).status_code == 404
