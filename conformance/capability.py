@@ -52,7 +52,7 @@ def capability_statement(registry: SearchRegistry, base_url: str, date: str) -> 
             "readHistory": True,
             "updateCreate": True,
             "conditionalCreate": True,
-            "conditionalRead": "not-supported",
+            "conditionalRead": "full-support",
             "conditionalUpdate": True,
             "conditionalDelete": "single",
             "searchParam": [

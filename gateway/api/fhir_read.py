@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -110,8 +111,7 @@ async def read(request: Request, rtype: str, rid: str) -> Response:
     if record is not None:
         record.touched(rtype, rid, res.version, res.content)
     headers = version_headers(res)
-    none_match = request.headers.get("if-none-match")
-    if none_match is not None and none_match.strip().removeprefix("W/").strip('"') == str(res.version):
+    if not_modified(request, res):
         return Response(status_code=304, headers=headers)
     if principal.policy is not None and principal.policy.deidentify:
         res = shown(principal, [res])[0]
@@ -147,6 +147,8 @@ async def vread(request: Request, rtype: str, rid: str, vid: str) -> Response:
     record = note_of(request)
     if record is not None:
         record.touched(rtype, rid, res.version, res.content)
+    if not_modified(request, res):  # a version never changes: the client's copy stays good
+        return Response(status_code=304, headers=version_headers(res))
     return fhir_response(shown(principal, [res])[0].content, media_type=media, headers=version_headers(res))
 
 
@@ -219,6 +221,29 @@ def _everything_params(request: Request) -> tuple[set[str] | None, datetime | No
 
 
 # -- shared bodies ---------------------------------------------------------------------------
+
+
+def not_modified(request: Request, res: StoredResource) -> bool:
+    """Whether the client's copy is current (RFC 9110 13.1.2-3), so a read answers 304.
+
+    ``If-None-Match`` (a list of ETags, or ``*`` for any) wins over ``If-Modified-Since``
+    (an HTTP date: the version is not newer, to the second Last-Modified shows). A date that
+    cannot be parsed is ignored, as RFC 9110 asks.
+    """
+    none_match = request.headers.get("if-none-match")
+    if none_match is not None:
+        tags = [tag.strip().removeprefix("W/").strip('"') for tag in none_match.split(",")]
+        return "*" in tags or str(res.version) in tags
+    since = request.headers.get("if-modified-since")
+    if since is None:
+        return False
+    try:
+        when = parsedate_to_datetime(since)
+    except (TypeError, ValueError, IndexError):
+        return False
+    if when.tzinfo is None:
+        return False  # not an HTTP date (those are GMT)
+    return res.last_updated.replace(microsecond=0) <= when
 
 
 async def _visible(request: Request, principal: Principal, rtype: str, rid: str) -> bool:

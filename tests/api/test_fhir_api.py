@@ -401,3 +401,25 @@ async def test_a_bundle_with_a_repeated_full_url_is_refused(api: ApiHarness) -> 
         issue = assert_outcome(response, 400)["issue"][0]
         assert issue["expression"] == ["Bundle.entry[1].fullUrl"] and "bdl-7" in issue["diagnostics"]
     assert (await api.client.get("/fhir/Patient")).json()["total"] == 0
+
+
+async def test_conditional_read_by_etag_list_star_and_modified_since(api: ApiHarness) -> None:
+    c = api.client
+    assert (await c.put("/fhir/Patient/cr1", json={"resourceType": "Patient", "id": "cr1"})).status_code == 201
+    current = await c.put("/fhir/Patient/cr1", json={"resourceType": "Patient", "id": "cr1", "active": True})
+    modified = current.headers["last-modified"]
+    for headers, status in [
+        ({"If-None-Match": 'W/"2"'}, 304), ({"If-None-Match": 'W/"1", W/"2"'}, 304), ({"If-None-Match": "*"}, 304),
+        ({"If-None-Match": 'W/"1"'}, 200), ({"If-Modified-Since": modified}, 304),
+        ({"If-Modified-Since": "Sat, 01 Jan 2000 00:00:00 GMT"}, 200), ({"If-Modified-Since": "yesterday"}, 200),
+        ({"If-None-Match": 'W/"1"', "If-Modified-Since": modified}, 200),  # the ETag list decides
+    ]:
+        response = await c.get("/fhir/Patient/cr1", headers=headers)
+        assert response.status_code == status, (headers, response.status_code)
+        assert response.headers["etag"] == 'W/"2"'
+        assert (response.content == b"") == (status == 304)
+    assert (await c.get("/fhir/Patient/cr1/_history/1", headers={"If-None-Match": 'W/"1"'})).status_code == 304
+    assert (await c.get("/fhir/Patient/cr1/_history/1", headers={"If-None-Match": 'W/"2"'})).status_code == 200
+    metadata = (await c.get("/fhir/metadata")).json()
+    patient = next(r for r in metadata["rest"][0]["resource"] if r["type"] == "Patient")
+    assert patient["conditionalRead"] == "full-support"
