@@ -111,11 +111,12 @@ async def read(request: Request, rtype: str, rid: str) -> Response:
     if record is not None:
         record.touched(rtype, rid, res.version, res.content)
     headers = version_headers(res)
+    summary, elements = _read_subset(request)
     if not_modified(request, res):
         return Response(status_code=304, headers=headers)
     if principal.policy is not None and principal.policy.deidentify:
         res = shown(principal, [res])[0]
-    return fhir_response(res.content, media_type=media, headers=headers)
+    return fhir_response(_subset_content(res.content, summary, elements), media_type=media, headers=headers)
 
 
 @router.get("/{rtype}/{rid}/_history", summary="Instance history")
@@ -147,9 +148,11 @@ async def vread(request: Request, rtype: str, rid: str, vid: str) -> Response:
     record = note_of(request)
     if record is not None:
         record.touched(rtype, rid, res.version, res.content)
+    summary, elements = _read_subset(request)
     if not_modified(request, res):  # a version never changes: the client's copy stays good
         return Response(status_code=304, headers=version_headers(res))
-    return fhir_response(shown(principal, [res])[0].content, media_type=media, headers=version_headers(res))
+    content = _subset_content(shown(principal, [res])[0].content, summary, elements)
+    return fhir_response(content, media_type=media, headers=version_headers(res))
 
 
 @router.get("/Patient/{rid}/$everything", summary="Patient $everything")
@@ -221,6 +224,25 @@ def _everything_params(request: Request) -> tuple[set[str] | None, datetime | No
 
 
 # -- shared bodies ---------------------------------------------------------------------------
+
+
+def _read_subset(request: Request) -> tuple[str | None, list[str] | None]:
+    """A read's ``_summary`` (true, text, data; false: the whole resource) and ``_elements`` (400 if bad)."""
+    params = request.query_params
+    summary = params.get("_summary")
+    if summary is not None and summary not in ("true", "text", "data", "false"):
+        raise FhirError("_summary on a read must be true, text, data or false", status=400, code="invalid",
+                        expression=["_summary"])
+    raw = params.get("_elements")
+    elements = [e.strip() for e in raw.split(",") if e.strip()] if raw is not None else None
+    return (None if summary == "false" else summary), elements
+
+
+def _subset_content(content: bytes, summary: str | None, elements: list[str] | None) -> bytes:
+    """The resource as ``_summary``/``_elements`` ask (tagged SUBSETTED), or unchanged."""
+    if summary is None and elements is None:
+        return content
+    return orjson.dumps(subset(orjson.loads(content), summary, elements))
 
 
 def not_modified(request: Request, res: StoredResource) -> bool:

@@ -423,3 +423,22 @@ async def test_conditional_read_by_etag_list_star_and_modified_since(api: ApiHar
     metadata = (await c.get("/fhir/metadata")).json()
     patient = next(r for r in metadata["rest"][0]["resource"] if r["type"] == "Patient")
     assert patient["conditionalRead"] == "full-support"
+
+
+async def test_read_and_vread_take_summary_and_elements(api: ApiHarness) -> None:
+    c = api.client
+    patient = {"resourceType": "Patient", "id": "sum1", "active": True, "gender": "female",
+               "text": {"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">Ana</div>'},
+               "name": [{"family": "Ana"}], "photo": [{"contentType": "image/png", "data": "AAAA"}]}
+    assert (await c.put("/fhir/Patient/sum1", json=patient)).status_code == 201
+    for path in ("/fhir/Patient/sum1", "/fhir/Patient/sum1/_history/1"):
+        elements = (await c.get(path, params={"_elements": "gender"})).json()
+        assert "gender" in elements and "name" not in elements and "photo" not in elements
+        assert elements["meta"]["tag"][0]["code"] == "SUBSETTED"
+        summary = (await c.get(path, params={"_summary": "true"})).json()
+        assert "name" in summary and "photo" not in summary  # photo is not a summary element
+        assert "text" not in (await c.get(path, params={"_summary": "data"})).json()
+        whole = (await c.get(path, params={"_summary": "false"})).json()
+        assert "photo" in whole and "tag" not in whole["meta"]
+        assert_outcome(await c.get(path, params={"_summary": "count"}), 400)
+        assert_outcome(await c.get(path, params={"_summary": "bogus"}), 400)
