@@ -50,6 +50,9 @@ def search_matches(
         query = parser.parse(rtype, items, strict=True, access=access)
     except SearchError as exc:
         raise FhirError(f"{what}: {exc}", status=400, code=exc.code, expression=[what]) from exc
+    if not (query.criteria or query.ids or query.last_updated):
+        # Only result parameters (_count, _sort, …): it would match every resource of the type.
+        raise invalid(f"{what} needs at least one search criterion, not only result parameters", [what])
     query.count, query.total = 2, "none"
     return tx.search(query).resources
 

@@ -167,6 +167,10 @@ async def test_conditional_create_and_update(api: ApiHarness) -> None:
     assert first.json()["id"] == second.json()["id"] == third.json()["id"]
     await c.post("/fhir/Patient", json=body)
     assert_outcome(await c.post("/fhir/Patient", json=body, headers={"If-None-Exist": "identifier=urn:s|1"}), 412)
+    # Result parameters alone are no condition: they would match every Patient.
+    for condition in ("_count=1", "_sort=_id&_total=none"):
+        assert_outcome(await c.post("/fhir/Patient", json=body, headers={"If-None-Exist": condition}), 400)
+    assert_outcome(await c.delete("/fhir/Patient", params={"_count": "1"}), 400)
     upsert = {"resourceType": "Patient", "identifier": [{"system": "urn:s", "value": "2"}]}
     created = await c.put("/fhir/Patient", params={"identifier": "urn:s|2"}, json=upsert)
     again = await c.put("/fhir/Patient", params={"identifier": "urn:s|2"}, json=upsert)
