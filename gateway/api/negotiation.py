@@ -31,13 +31,29 @@ def response_type(request: Request) -> str:
     accept = request.headers.get("accept")
     if not accept:
         return FHIR_JSON
-    types = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    parts = [part.split(";") for part in accept.split(",")]
+    types = [part[0].strip().lower() for part in parts if _r4(part[1:])]
     if any(t in _ACCEPTABLE or t.startswith("text/") for t in types):
         if FHIR_JSON in types or "application/json" not in types:
             return FHIR_JSON
         return "application/json"
+    if len(types) < len(parts):
+        raise FhirError("this server speaks FHIR R4 only (fhirVersion=4.0)", status=406, code="not-supported")
     raise FhirError("this server answers in FHIR JSON only (application/fhir+json)", status=406,
                     code="not-supported")
+
+
+#: The ``fhirVersion`` media type parameter values of R4 (http.html#version-parameter).
+_R4_VERSIONS = frozenset({"4.0", "4.0.0", "4.0.1"})
+
+
+def _r4(params: list[str]) -> bool:
+    """Whether a media type's parameters allow FHIR R4 (no ``fhirVersion``, or R4's)."""
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "fhirversion" and value.strip().strip('"') not in _R4_VERSIONS:
+            return False
+    return True
 
 
 def check_content_type(request: Request, allowed: set[str] | None = None) -> None:
@@ -45,11 +61,14 @@ def check_content_type(request: Request, allowed: set[str] | None = None) -> Non
     value = request.headers.get("content-type")
     if value is None:
         return
-    media = value.split(";")[0].strip().lower()
+    media, *params = value.split(";")
+    media = media.strip().lower()
     if media not in (allowed or _JSON_TYPES):
         wanted = " or ".join(sorted(allowed)) if allowed else "application/fhir+json"
         raise FhirError(f"Content-Type {media[:60]!r} is not supported; send {wanted}",
                         status=415, code="not-supported")
+    if not _r4(params):
+        raise FhirError("this server takes FHIR R4 only (fhirVersion=4.0)", status=415, code="not-supported")
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -446,3 +446,17 @@ async def test_read_and_vread_take_summary_and_elements(api: ApiHarness) -> None
         assert "photo" in whole and "tag" not in whole["meta"]
         assert_outcome(await c.get(path, params={"_summary": "count"}), 400)
         assert_outcome(await c.get(path, params={"_summary": "bogus"}), 400)
+
+
+async def test_the_fhir_version_parameter_of_media_types_must_be_r4(api: ApiHarness) -> None:
+    c = api.client
+    body = {"resourceType": "Patient", "id": "fv1"}
+    r4 = await c.put("/fhir/Patient/fv1", json=body, headers={"Content-Type": "application/fhir+json; fhirVersion=4.0"})
+    assert r4.status_code == 201
+    assert_outcome(await c.put("/fhir/Patient/fv1", json=body,
+                               headers={"Content-Type": "application/fhir+json; fhirVersion=5.0"}), 415)  # fmt: skip
+    accept_r4 = {"Accept": "application/fhir+json; fhirVersion=4.0"}
+    assert (await c.get("/fhir/Patient/fv1", headers=accept_r4)).status_code == 200
+    assert_outcome(await c.get("/fhir/Patient/fv1", headers={"Accept": "application/fhir+json; fhirVersion=3.0"}), 406)
+    either = {"Accept": "application/fhir+json; fhirVersion=3.0, application/fhir+json; fhirVersion=4.0"}
+    assert (await c.get("/fhir/Patient/fv1", headers=either)).status_code == 200
