@@ -60,6 +60,7 @@ async def system_history(request: Request) -> Response:
 @router.get("/{rtype}", summary="Search (GET)")
 async def search_get(request: Request, rtype: str) -> Response:
     """Search a resource type with query parameters."""
+    authenticate(request)  # 401 before anything is said about the URL
     check_type(rtype)
     require_fhir(request, rtype, "s")
     return await _search(request, rtype, list(request.query_params.multi_items()))
@@ -68,6 +69,7 @@ async def search_get(request: Request, rtype: str) -> Response:
 @router.post("/{rtype}/_search", summary="Search (POST)")
 async def search_post(request: Request, rtype: str) -> Response:
     """Search with form-encoded parameters in the body (and the query string)."""
+    authenticate(request)  # 401 before anything is said about the URL
     check_type(rtype)
     require_fhir(request, rtype, "s")
     ctx = ctx_of(request)
@@ -85,6 +87,7 @@ async def search_post(request: Request, rtype: str) -> Response:
 @router.get("/{rtype}/_history", summary="Type history")
 async def type_history(request: Request, rtype: str) -> Response:
     """History of all resources of one type."""
+    authenticate(request)  # 401 before anything is said about the URL
     check_type(rtype)
     principal = require_fhir(request, rtype, "s")
     return await _history(request, principal, rtype, None)
@@ -93,6 +96,7 @@ async def type_history(request: Request, rtype: str) -> Response:
 @router.get("/{rtype}/{rid}", summary="Read")
 async def read(request: Request, rtype: str, rid: str) -> Response:
     """The current version of a resource."""
+    authenticate(request)  # 401 before anything is said about the URL
     check_type(rtype)
     check_path_id(rid)  # before the store sees it: PostgreSQL fails on a NUL in an id
     principal = require_fhir(request, rtype, "r")
@@ -122,6 +126,7 @@ async def read(request: Request, rtype: str, rid: str) -> Response:
 @router.get("/{rtype}/{rid}/_history", summary="Instance history")
 async def instance_history(request: Request, rtype: str, rid: str) -> Response:
     """Every version of one resource, newest first."""
+    authenticate(request)  # 401 before anything is said about the URL
     check_type(rtype)
     check_path_id(rid)
     principal = require_fhir(request, rtype, "r")
@@ -133,6 +138,7 @@ async def instance_history(request: Request, rtype: str, rid: str) -> Response:
 @router.get("/{rtype}/{rid}/_history/{vid}", summary="Version read")
 async def vread(request: Request, rtype: str, rid: str, vid: str) -> Response:
     """One version of a resource."""
+    authenticate(request)  # 401 before anything is said about the URL
     check_type(rtype)
     check_path_id(rid)
     principal = require_fhir(request, rtype, "r")
@@ -158,6 +164,7 @@ async def vread(request: Request, rtype: str, rid: str, vid: str) -> Response:
 @router.get("/Patient/{rid}/$everything", summary="Patient $everything")
 async def everything(request: Request, rid: str) -> Response:
     """The patient and every resource that refers to them, in pages."""
+    authenticate(request)  # 401 before anything is said about the URL
     check_path_id(rid)
     principal = require_fhir(request, "Patient", "r")
     media = response_type(request)

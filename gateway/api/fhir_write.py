@@ -101,6 +101,7 @@ def _query_string(request: Request) -> str:
 @router.post("/{rtype}", summary="Create")
 async def create(request: Request, rtype: str) -> Response:
     """Create a resource (conditional with If-None-Exist)."""
+    authenticate(request)  # 401 before anything is said about the URL
     check_type(rtype)
     principal = require_fhir(request, rtype, "c")
     access = search_access(request, principal)
@@ -118,6 +119,7 @@ async def create(request: Request, rtype: str) -> Response:
 @router.put("/{rtype}/{rid}", summary="Update")
 async def update(request: Request, rtype: str, rid: str) -> Response:
     """Update a resource, or create it with this id (update-as-create)."""
+    authenticate(request)  # 401 before anything is said about the URL
     check_type(rtype)
     check_path_id(rid)
     principal = require_fhir(request, rtype, "u")
@@ -134,6 +136,7 @@ async def update(request: Request, rtype: str, rid: str) -> Response:
 @router.put("/{rtype}", summary="Conditional update")
 async def conditional_update(request: Request, rtype: str) -> Response:
     """Update the one resource the query matches, or create it."""
+    authenticate(request)  # 401 before anything is said about the URL
     check_type(rtype)
     principal = require_fhir(request, rtype, "u")
     access = search_access(request, principal)
@@ -151,6 +154,7 @@ async def conditional_update(request: Request, rtype: str) -> Response:
 @router.patch("/{rtype}/{rid}", summary="Patch (JSON Patch)")
 async def patch(request: Request, rtype: str, rid: str) -> Response:
     """Apply a JSON Patch document to a resource."""
+    authenticate(request)  # 401 before anything is said about the URL
     check_type(rtype)
     check_path_id(rid)
     principal = require_fhir(request, rtype, "u")
@@ -174,6 +178,7 @@ async def patch(request: Request, rtype: str, rid: str) -> Response:
 @router.delete("/{rtype}/{rid}", summary="Delete")
 async def delete(request: Request, rtype: str, rid: str) -> Response:
     """Delete a resource (later reads answer 410 Gone)."""
+    authenticate(request)  # 401 before anything is said about the URL
     check_type(rtype)
     check_path_id(rid)
     principal = require_fhir(request, rtype, "d")
@@ -191,6 +196,7 @@ async def delete(request: Request, rtype: str, rid: str) -> Response:
 @router.delete("/{rtype}", summary="Conditional delete")
 async def conditional_delete(request: Request, rtype: str) -> Response:
     """Delete the single resource a query matches."""
+    authenticate(request)  # 401 before anything is said about the URL
     check_type(rtype)
     principal = require_fhir(request, rtype, "d")
     access = search_access(request, principal)

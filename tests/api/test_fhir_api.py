@@ -460,3 +460,16 @@ async def test_the_fhir_version_parameter_of_media_types_must_be_r4(api: ApiHarn
     assert_outcome(await c.get("/fhir/Patient/fv1", headers={"Accept": "application/fhir+json; fhirVersion=3.0"}), 406)
     either = {"Accept": "application/fhir+json; fhirVersion=3.0, application/fhir+json; fhirVersion=4.0"}
     assert (await c.get("/fhir/Patient/fv1", headers=either)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/fhir/Foo/1"), ("GET", "/fhir/Patient/a$b"), ("PUT", "/fhir/Foo/1"), ("DELETE", "/fhir/Patient/a$b"),
+     ("GET", "/fhir/Foo"), ("GET", "/fhir/Patient/a$b/$everything"), ("GET", "/fhir/Foo/_history")],
+)
+async def test_without_a_token_anything_but_the_open_endpoints_is_401_first(
+    api: ApiHarness, method: str, path: str
+) -> None:
+    response = await api.anonymous().request(method, path)
+    assert_outcome(response, 401)
+    assert "Foo" not in response.text and "a$b" not in response.text
