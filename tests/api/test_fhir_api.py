@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import gzip
+import os
+import zlib
 from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from gateway.api.app import create_app
@@ -473,3 +478,26 @@ async def test_without_a_token_anything_but_the_open_endpoints_is_401_first(
     response = await api.anonymous().request(method, path)
     assert_outcome(response, 401)
     assert "Foo" not in response.text and "a$b" not in response.text
+
+
+async def test_compressed_request_bodies_are_inflated_within_the_body_limit(api: ApiHarness) -> None:
+    c = api.client
+    patient = orjson.dumps({"resourceType": "Patient", "id": "gz1", "gender": "female"})
+    for encoding, data in (("gzip", gzip.compress(patient)), ("deflate", zlib.compress(patient)),
+                           ("identity", patient), ("gzip, identity", gzip.compress(patient))):
+        response = await c.put("/fhir/Patient/gz1", content=data,
+                               headers={"Content-Encoding": encoding, "Content-Type": "application/fhir+json"})
+        assert response.status_code in (200, 201), (encoding, response.text)
+        assert response.json()["gender"] == "female"
+    photo = base64.b64encode(os.urandom(120_000)).decode()
+    big = gzip.compress(orjson.dumps({"resourceType": "Patient", "id": "gz2", "photo": [{"contentType": "image/png", "data": photo}]}))
+    assert len(big) > 64 * 1024  # inflated off the event loop
+    answer = await c.put("/fhir/Patient/gz2", content=big, headers={"Content-Encoding": "gzip"})
+    assert answer.status_code == 201 and answer.json()["photo"][0]["data"] == photo
+    bomb = gzip.compress(b" " * (11 * 1024 * 1024))  # 11 KB that inflate past the 10 MiB limit
+    assert_outcome(await c.post("/fhir/Patient", content=bomb, headers={"Content-Encoding": "gzip"}), 413, "too-costly")
+    assert_outcome(await c.post("/fhir/Patient", content=patient, headers={"Content-Encoding": "gzip"}), 400)
+    assert_outcome(await c.post("/fhir/Patient", content=gzip.compress(patient)[:-4],
+                                headers={"Content-Encoding": "gzip"}), 400)  # fmt: skip
+    for unsupported in ("br", "compress", "gzip, gzip"):
+        assert_outcome(await c.post("/fhir/Patient", content=patient, headers={"Content-Encoding": unsupported}), 415)

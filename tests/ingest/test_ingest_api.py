@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from typing import Any
 
@@ -203,3 +204,12 @@ async def test_shared_resources_in_one_request_are_written_once(gw: Harness) -> 
     assert report["stored"] == 2
     patients = [next(r for r in res["resources"] if r["type"] == "Patient") for res in report["results"]]
     assert patients[0] == patients[1] and patients[0]["version"] == "1"
+
+
+async def test_a_gzip_compressed_upload_is_ingested(gw: Harness) -> None:
+    # A CHW app on a mobile link may compress what it sends: a CSV line list, here.
+    body = gzip.compress(sample("csv", "malaria-line-list"))
+    response = await gw.sender.post("/ingest/csv", content=body,
+                                    headers={"Content-Type": "text/csv", "Content-Encoding": "gzip"})
+    assert response.status_code == 200, response.text
+    assert response.json()["results"] and all(r["status"] == "stored" for r in response.json()["results"])
