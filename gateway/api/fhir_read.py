@@ -376,6 +376,10 @@ async def _history(request: Request, principal: Principal, rtype: str | None, ri
     ctx = ctx_of(request)
     media = response_type(request)
     count, offset = _paging(request, ctx.settings.search.default_count, ctx.settings.search.max_count)
+    for unsupported in ("_at", "_list"):  # R4's other history parameters: refused, not ignored
+        if unsupported in request.query_params:
+            raise FhirError(f"history's {unsupported} is not supported; use _since", status=400, code="not-supported",
+                            expression=[unsupported])
     raw_since = request.query_params.get("_since")
     since = _since(raw_since) if raw_since else None
     policy = row_filter(request, principal)
