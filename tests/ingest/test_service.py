@@ -121,7 +121,8 @@ class _ReadCounter:
 
 def test_a_referral_progress_survives_a_large_resend_read_in_one_query_a_batch(store: SqlStore) -> None:
     counted = _ReadCounter(store)
-    service = IngestService(counted, QueryParser(default_registry(), 20, 100), MappingRegistry(MAPPINGS, SOURCES))  # type: ignore[arg-type]
+    parser = QueryParser(default_registry(), 20, 100)
+    service = IngestService(counted, parser, MappingRegistry(MAPPINGS, SOURCES))
     try:
         report = json.loads(sample("cht", "report-data-record-assessment"))
         first = service.ingest("cht", split_body(json.dumps(report).encode(), "application/json")).results[0]
