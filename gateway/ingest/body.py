@@ -23,7 +23,7 @@ import orjson
 
 from gateway.errors import FhirError, invalid
 from gateway.fhir import parse_json
-from gateway.mapping import InputError, parse_csv
+from gateway.mapping import InputError, parse_csv_rows
 
 __all__ = ["CSV", "JSON", "ReceivedRecord", "csv_row_bytes", "split_body"]
 
@@ -40,6 +40,8 @@ class ReceivedRecord:
     record: Any
     raw: bytes
     content_type: str
+    #: Why the bytes are no record (a CSV line of the wrong width): kept in the quarantine as they came.
+    problem: str | None = None
 
 
 def _media_type(content_type: str | None) -> str:
@@ -102,19 +104,26 @@ def _json_records(body: bytes, max_depth: int) -> list[ReceivedRecord]:
 
 def _csv_records(body: bytes) -> list[ReceivedRecord]:
     try:
-        rows = parse_csv(body)
+        header, rows = parse_csv_rows(body)
     except InputError as exc:
         raise invalid(str(exc), code="structure") from exc
-    if not rows:
-        return []
-    header = list(rows[0])
-    return [ReceivedRecord(index, row, csv_row_bytes(header, row), CSV) for index, row in enumerate(rows)]
+    # A line of the wrong width is one bad record, quarantined with its line: the others go on.
+    return [
+        ReceivedRecord(index, row.record, _csv_line_bytes(header, row.cells), CSV,
+                       None if row.problem is None else f"CSV line {row.line} {row.problem}")
+        for index, row in enumerate(rows)
+    ]  # fmt: skip
 
 
 def csv_row_bytes(header: list[str], row: dict[str, str]) -> bytes:
     """One CSV row kept on its own: the header line, then the row (replayable alone)."""
+    return _csv_line_bytes(header, [row[name] for name in header])
+
+
+def _csv_line_bytes(header: list[str], cells: list[str]) -> bytes:
+    """The header line, then one line of cells, as CSV."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(header)
-    writer.writerow([row[name] for name in header])
+    writer.writerow(cells)
     return buffer.getvalue().encode("utf-8")

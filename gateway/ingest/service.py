@@ -98,6 +98,10 @@ class IngestService:
                 # Mapped a batch at a time, so the Tasks they map are read from the store at once.
                 mapped: list[tuple[int, str | None, dict[str, Any] | None, OutputChange | Exception]] = []
                 for position in range(start, min(start + BATCH_RECORDS, len(records))):
+                    if records[position].problem is not None:  # bytes that are no record: kept as they came
+                        problem = FhirError(str(records[position].problem), status=400, code="structure")
+                        mapped.append((position, None, None, problem))
+                        continue
                     record_data = records[position].record
                     mapping = mapping_set.selected(record_data)  # once: key and Bundle share it
                     key = mapping_set.record_key(record_data, mapping) if mapping is not None else None
@@ -398,7 +402,9 @@ def _parse_kept(held: QuarantinedRecord) -> Any:
                 raise InputError(f"{len(rows)} rows")
             return rows[0]
         return orjson.loads(held.body)
-    except (InputError, orjson.JSONDecodeError) as exc:
+    except InputError as exc:  # e.g. a CSV line of the wrong width, kept as it came
+        raise FhirError(f"the kept record cannot be read back: {exc}", status=422, code="structure") from exc
+    except orjson.JSONDecodeError as exc:
         raise FhirError("the kept record cannot be read back", status=422, code="structure") from exc
 
 

@@ -20,8 +20,10 @@ from .golden import find_cases as find_cases
 from .golden import map_outcome as map_outcome
 from .golden import outbound_outcome as outbound_outcome
 from .golden import run_case as run_case
+from .inputs import CsvRow as CsvRow
 from .inputs import InputError as InputError
 from .inputs import parse_csv as parse_csv
+from .inputs import parse_csv_rows as parse_csv_rows
 from .inputs import read_records as read_records
 from .loader import CONCEPTMAP_DIR as CONCEPTMAP_DIR
 from .loader import SET_FILE as SET_FILE

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import orjson
 
 from gateway.errors import RequestError
 
-__all__ = ["InputError", "parse_csv", "parse_json_records", "read_records"]
+__all__ = ["CsvRow", "InputError", "parse_csv", "parse_csv_rows", "parse_json_records", "read_records"]
 
 
 class InputError(RequestError):
@@ -25,6 +26,26 @@ class InputError(RequestError):
 
 def parse_csv(data: bytes) -> list[dict[str, str]]:
     """Rows of a UTF-8 CSV document with a header line, as dicts."""
+    _, rows = parse_csv_rows(data)
+    for row in rows:
+        if row.problem is not None:
+            raise InputError(f"CSV line {row.line} {row.problem}")
+    return [row.record for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class CsvRow:
+    """One data line of a CSV document: its cells as a record, or why they are not one."""
+
+    line: int  # 1-based, the header being line 1
+    cells: list[str]
+    record: dict[str, str]  # empty when ``problem`` says why there is none
+    problem: str | None = None
+
+
+def parse_csv_rows(data: bytes) -> tuple[list[str], list[CsvRow]]:
+    """The header and every data line of a UTF-8 CSV document; a line of the wrong width is a row
+    with a ``problem`` (to be kept on its own), not the end of the document."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -37,16 +58,17 @@ def parse_csv(data: bytes) -> list[dict[str, str]]:
         names = [name.strip() for name in header]
         if len(set(names)) != len(names):
             raise InputError("CSV header repeats a column name")
-        rows: list[dict[str, str]] = []
+        rows: list[CsvRow] = []
         for line_number, row in enumerate(reader, start=2):
             if not row or not any(cell.strip() for cell in row):
                 continue
             if len(row) != len(names):
-                raise InputError(f"CSV line {line_number} has {len(row)} cells, the header {len(names)}")
-            rows.append(dict(zip(names, row, strict=True)))
+                rows.append(CsvRow(line_number, row, {}, f"has {len(row)} cells, the header {len(names)}"))
+            else:
+                rows.append(CsvRow(line_number, row, dict(zip(names, row, strict=True))))
     except csv.Error as exc:
         raise InputError(f"malformed CSV: {exc}") from exc
-    return rows
+    return names, rows
 
 
 def parse_json_records(data: bytes) -> list[Any]:

@@ -121,6 +121,24 @@ async def test_csv_row_that_fails_is_kept_as_csv_and_replayable(gw: Harness) -> 
     assert held.body.decode().splitlines()[1].startswith("LL-2025-05-0002,")
 
 
+async def test_a_csv_line_of_the_wrong_width_is_quarantined_and_the_others_stored(gw: Harness) -> None:
+    rows = sample("csv", "malaria-line-list").decode().splitlines()
+    rows.insert(2, "LL-2025-05-0099,2025-05-05,short")  # 3 cells
+    rows.append(rows[1] + ",one too many")
+    response = await _post(gw, "csv", "\n".join(rows).encode(), {"Content-Type": "text/csv"})
+    assert response.status_code == 202, response.text
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == ["stored", "quarantined", "stored", "stored", "stored", "quarantined"]
+    short = gw.store.quarantine_get(results[1]["quarantine_id"])
+    assert short is not None and short.content_type == "text/csv"
+    assert short.body.decode().splitlines()[1] == "LL-2025-05-0099,2025-05-05,short"  # kept as it came
+    assert "CSV line 3 has 3 cells" in results[1]["outcome"]["issue"][0]["diagnostics"]
+    assert "CSV line 7" in results[5]["outcome"]["issue"][0]["diagnostics"]
+    # Replaying cannot make the line whole: it stays held, with the same reason.
+    replay = await gw.admin.post(f"/admin/quarantine/{results[1]['quarantine_id']}/replay")
+    assert replay.status_code == 422 and "3 cells" in replay.text
+
+
 @pytest.mark.parametrize(
     ("body", "headers", "status", "code"),
     [
@@ -133,7 +151,7 @@ async def test_csv_row_that_fails_is_kept_as_csv_and_replayable(gw: Harness) -> 
         (b"[" * 200 + b"]" * 200, JSON, 400, "too-costly"),
         (b'{"a": 1}', {"Content-Type": "application/json; charset=iso-8859-1"}, 415, "not-supported"),
         (b"<form/>", {"Content-Type": "text/xml"}, 415, "not-supported"),
-        (b"a,b\n1,2,3\n", {"Content-Type": "text/csv"}, 400, "structure"),
+        (b'a,b\n"1,2\n', {"Content-Type": "text/csv"}, 400, "structure"),  # a quote never closed
         (b"a,b\n\xe9,1\n", {"Content-Type": "text/csv"}, 400, "structure"),
     ],
 )
