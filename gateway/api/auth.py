@@ -51,8 +51,7 @@ def row_filter(request: Request, principal: Principal) -> RowFilter | None:
 
 def search_access(request: Request, principal: Principal) -> SearchAccess:
     """What the principal may search and see, for every query the server runs for it."""
-    deidentified = principal.policy is not None and principal.policy.deidentify
-    return SearchAccess(principal.can, row_filter(request, principal), deidentified=deidentified)
+    return SearchAccess(principal.can, row_filter(request, principal), deidentified=principal.deidentified)
 
 
 _VERB = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search"}

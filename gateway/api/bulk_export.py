@@ -77,7 +77,7 @@ async def _kickoff(request: Request, level: str, group: str | None) -> Response:
     export = parse_kickoff(items, level=level, group=group,
                            access=search_access(request, principal), parser=ctx.parser, profiles=exporter.profiles,
                            deidentify_ready=exporter.deidentify_ready)
-    if principal.policy is not None and principal.policy.deidentify:
+    if principal.deidentified:
         export.params["policy_deidentify"] = True
     # Echoed in the manifest: built from the base URL, like every link, never from a stray Host.
     base = base_url(request)

@@ -118,7 +118,7 @@ async def read(request: Request, rtype: str, rid: str) -> Response:
     summary, elements = _read_subset(request)
     if not_modified(request, res):
         return Response(status_code=304, headers=headers)
-    if principal.policy is not None and principal.policy.deidentify:
+    if principal.deidentified:
         res = shown(principal, [res])[0]
     return fhir_response(_subset_content(res.content, summary, elements), media_type=media, headers=headers)
 
@@ -286,7 +286,7 @@ async def _visible(request: Request, principal: Principal, rtype: str, rid: str)
 
 def shown(principal: Principal, resources: list[StoredResource]) -> list[StoredResource]:
     """The resources as the principal may be given them (de-identified when its policy says so)."""
-    if principal.policy is None or not principal.policy.deidentify:
+    if not principal.deidentified:
         return resources
     return [r if r.deleted or not r.content else
             replace(r, content=orjson.dumps(deidentify(orjson.loads(r.content)))) for r in resources]

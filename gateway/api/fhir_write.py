@@ -237,13 +237,13 @@ async def batch_or_transaction(request: Request) -> Response:
     def work() -> dict[str, Any]:
         response = process_bundle(ctx.store, ctx.parser, bundle, base, can=can, policy=policy,
                                   return_resources=not minimal, author=principal.name,
-                                  deidentified=principal.policy is not None and principal.policy.deidentify)
+                                  deidentified=principal.deidentified)
         if record is not None:  # on the worker thread: the request's own JSON, already parsed
             _note_bundle(record, bundle, response, ctx.settings.audit.max_entities)
         return response
 
     response = await ctx.write(work)
-    if principal.policy is not None and principal.policy.deidentify:
+    if principal.deidentified:
         _deidentify_entries(response)
     return fhir_response(response, media_type=media)
 

@@ -84,6 +84,11 @@ class Principal:
                 fhir[parsed[0]] = "".join(sorted(set(fhir.get(parsed[0], "") + parsed[1]), key="cruds".index))
         return cls(name, scopes, fhir, policy)
 
+    @property
+    def deidentified(self) -> bool:
+        """Whether its data policy strips what identifies a person from every answer."""
+        return self.policy is not None and self.policy.deidentify
+
     def can(self, rtype: str, letter: str) -> bool:
         """May this client do ``letter`` (one of c r u d s) on ``rtype``?"""
         if rtype == AUDIT_TYPE:

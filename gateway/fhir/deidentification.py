@@ -27,12 +27,8 @@ from typing import Any
 from gateway.errors import ConfigError
 from gateway.search import ADDRESS_KEPT, EVERYWHERE, PERSON_ELEMENTS, PERSONS, YEAR_ONLY
 
-# The recipe's lists live with the search layer, which refuses searches by what they strip.
-_EVERYWHERE = EVERYWHERE
-_PERSONS = PERSONS
-_PERSON_ELEMENTS = PERSON_ELEMENTS
-_ADDRESS_KEPT = ADDRESS_KEPT
-_YEAR_ONLY = YEAR_ONLY
+# The recipe's lists (EVERYWHERE, PERSONS, ...) live with the search layer, which refuses
+# searches by what they strip.
 #: Dropped at any depth: a Reference's identifier names the same person as the resource's own,
 #: and an extension's Identifier value may hold a national id.
 _NESTED = frozenset({"note", "comment", "identifier", "valueIdentifier"})
@@ -41,17 +37,17 @@ _NESTED = frozenset({"note", "comment", "identifier", "valueIdentifier"})
 def deidentify(resource: dict[str, Any]) -> dict[str, Any]:
     """A de-identified copy of ``resource`` (the argument is not changed)."""
     out: dict[str, Any] = {}
-    person = resource.get("resourceType") in _PERSONS
+    person = resource.get("resourceType") in PERSONS
     for key, value in resource.items():
-        if key in _EVERYWHERE or (person and key in _PERSON_ELEMENTS):
+        if key in EVERYWHERE or (person and key in PERSON_ELEMENTS):
             continue
         if key == "contained" and isinstance(value, list):
             out[key] = [deidentify(item) if isinstance(item, dict) else item for item in value]
         elif person and key == "address" and isinstance(value, list):
-            kept = [{k: v for k, v in a.items() if k in _ADDRESS_KEPT} for a in value if isinstance(a, dict)]
+            kept = [{k: v for k, v in a.items() if k in ADDRESS_KEPT} for a in value if isinstance(a, dict)]
             if any(kept):
                 out[key] = [a for a in kept if a]
-        elif person and key in _YEAR_ONLY and isinstance(value, str):
+        elif person and key in YEAR_ONLY and isinstance(value, str):
             out[key] = value[:4]
         else:
             out[key] = _scrub(value)
@@ -177,7 +173,7 @@ class Deidentifier:
         drop = self._remove | frozenset(by_type.get("*", ())) | frozenset(by_type.get(rtype, ()))
         out = self._walk(resource, drop, days, top=True)
         assert isinstance(out, dict)
-        if rtype in _PERSONS and isinstance(resource.get("birthDate"), str):
+        if rtype in PERSONS and isinstance(resource.get("birthDate"), str):
             out.pop("birthDate", None)
             birth = resource["birthDate"]
             year = int(birth[:4]) if birth[:4].isdigit() else None

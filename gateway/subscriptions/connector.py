@@ -75,8 +75,7 @@ class RestHookConnector:
             if access is None:
                 return Success(detail="the owner can no longer authenticate; not sent")
             stored = await asyncio.to_thread(self.store.vread, job.resource_type, job.resource_id, job.version)
-            if stored is not None and stored.content and access.current.policy is not None \
-                    and access.current.policy.deidentify:
+            if stored is not None and stored.content and access.current.deidentified:
                 # The owner's data policy: it is given resources de-identified, here as on a read.
                 stored = dataclasses.replace(stored, content=orjson.dumps(deidentify(orjson.loads(stored.content))))
         if spec.classic and spec.payload is not None and (stored is None or not stored.content):

@@ -63,7 +63,7 @@ def check_owner(topic: Topic, principal: Principal, parser: QueryParser) -> None
                         status=403, code="forbidden", expression=_WHERE)
     # A de-identified client's notifications would tell what its criteria matched, as a search would.
     access = SearchAccess(lambda t, letter: (t == rtype and principal.can(t, "r")) or principal.can(t, letter),
-                          deidentified=principal.policy is not None and principal.policy.deidentify)
+                          deidentified=principal.deidentified)
     try:
         parser.parse(rtype, trigger.query, access=access)
     except FhirError as exc:
