@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ import orjson
 
 from gateway.backfill.inputs import FORMATS, BackfillInputError, Input
 from gateway.ingest import CSV, JSON, csv_row_bytes
+from gateway.mapping import csv_delimiter
 
 __all__ = ["Item", "Resume", "read"]
 
@@ -192,10 +194,14 @@ def _json(stream: IO[bytes], name: str, prefix: str, counted: _Counter) -> Itera
 
 
 def _csv(stream: IO[bytes], name: str, prefix: str, counted: _Counter) -> Iterator[Item]:
-    """Rows of a UTF-8 CSV file with a header line, as ``POST /ingest`` reads them (``parse_csv``)."""
+    """Rows of a UTF-8 CSV file with a header line (comma-, semicolon- or tab-separated), as ``POST
+    /ingest`` reads them (``parse_csv``)."""
     text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
-    reader = csv.reader(text, strict=True)
+    reader: Any = None
     try:
+        first_line = text.readline()
+        # The header line read on its own tells the delimiter; the reader then takes it and the rest.
+        reader = csv.reader(itertools.chain([first_line], text), delimiter=csv_delimiter(first_line), strict=True)
         header = next(reader, None)
         if header is None or not any(cell.strip() for cell in header):
             raise BackfillInputError(f"{name}: CSV has no header line")
@@ -213,7 +219,8 @@ def _csv(stream: IO[bytes], name: str, prefix: str, counted: _Counter) -> Iterat
             record = dict(zip(names, row, strict=True))
             yield Item(record, csv_row_bytes(names, record), CSV, place, counted())
     except (csv.Error, UnicodeDecodeError) as exc:
-        raise BackfillInputError(f"{name}: {prefix}line {reader.line_num}: malformed CSV ({exc})") from exc
+        line = reader.line_num if reader is not None else 1
+        raise BackfillInputError(f"{name}: {prefix}line {line}: malformed CSV ({exc})") from exc
     finally:
         text.detach()
 

@@ -39,13 +39,14 @@ class BackfillReport:
     stored: int = 0
     unchanged: int = 0
     deleted: int = 0
+    stale: int = 0  # older than the version already stored (a newer export went first)
     quarantined: int = 0
     skipped_inputs: int = 0  # inputs a previous run finished
     reasons: Counter[str] = field(default_factory=Counter)  # quarantine issue "code at path" -> count
 
     def add(self, other: BackfillReport) -> None:
         """Add another report's counts to this one's (the parts of a parallel run)."""
-        for name in ("records", "stored", "unchanged", "deleted", "quarantined", "skipped_inputs"):
+        for name in ("records", "stored", "unchanged", "deleted", "stale", "quarantined", "skipped_inputs"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.reasons.update(other.reasons)
 
@@ -54,6 +55,7 @@ class BackfillReport:
         return (
             f"{self.records} record(s): {self.stored} stored, {self.unchanged} unchanged,"
             f" {self.deleted} deleted, {self.quarantined} quarantined"
+            + (f", {self.stale} stale" if self.stale else "")
             + (f"; {self.skipped_inputs} input(s) already done" if self.skipped_inputs else "")
         )
 
@@ -146,5 +148,7 @@ def _count(report: BackfillReport, ingested: IngestReport) -> None:
             report.deleted += 1
         elif result.status == "unchanged":
             report.unchanged += 1
+        elif result.status == "stale":
+            report.stale += 1
         else:
             report.stored += 1

@@ -137,7 +137,7 @@ def print_walkthrough(settings: Settings, token: str, reports: list[IngestReport
 
 def _counts(report: IngestReport) -> str:
     counts = report.to_json()
-    return ", ".join(f"{counts[key]} {key}" for key in ("stored", "unchanged", "quarantined") if counts[key])
+    return ", ".join(f"{counts[key]} {key}" for key in ("stored", "unchanged", "stale", "quarantined") if counts[key])
 
 
 def _sandbox_token(settings: Settings) -> str:

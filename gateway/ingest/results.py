@@ -26,7 +26,8 @@ class WrittenResource:
 @dataclass(slots=True)
 class RecordResult:
     """What happened to one record: ``status`` is stored, unchanged, deleted (the source deleted
-    or voided it: what it produced is taken back) or quarantined."""
+    or voided it: what it produced is taken back), stale (a later version of it is stored: not
+    applied) or quarantined."""
 
     index: int
     record_key: str | None
@@ -64,7 +65,7 @@ class IngestReport:
 
     def to_json(self) -> dict[str, Any]:
         """The ingest response body."""
-        counts = {"stored": 0, "unchanged": 0, "deleted": 0, "quarantined": 0}
+        counts = {"stored": 0, "unchanged": 0, "deleted": 0, "stale": 0, "quarantined": 0}
         for result in self.results:
             counts[result.status] += 1
         return {

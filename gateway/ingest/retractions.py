@@ -12,6 +12,11 @@ A resource several records produce (a household Location, a CHW Practitioner: ru
 ``id``) is retracted only when no remaining record produces it. Each record's retractions
 get one Provenance per activity (NULLIFY for a status change, DELETE), naming the source
 record, in the same transaction.
+
+A record whose mapping names its version (``modified``) is stored only if no later version
+of it is: a late retry of an old version would otherwise take back what the newer one
+made. Such a record raises ``StaleRecords`` inside the transaction; ingest writes the
+others again without it and answers ``stale`` for it.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import orjson
 from gateway.fhir import record_activities, retracted_version
 from gateway.store import RecordOutput, StoredResource, StoreTransaction
 
-__all__ = ["OutputChange", "Retracted", "apply_output_changes"]
+__all__ = ["OutputChange", "Retracted", "StaleRecords", "apply_output_changes"]
 
 
 @dataclass(slots=True)
@@ -38,7 +43,17 @@ class OutputChange:
     record_key: str
     outputs: list[RecordOutput]
     deleted: bool = False
+    version: float | None = None  # the record's version at its source (``modified``), if it says
     retracted: list[Retracted] = field(default_factory=list)  # filled by ``apply_output_changes``
+
+
+class StaleRecords(Exception):  # noqa: N818 - not an error: these records are older than what is stored
+    """Records of a transaction whose stored version is later than theirs: the transaction is
+    undone, to be run again without them (``keys``: (source, record key) pairs)."""
+
+    def __init__(self, keys: set[tuple[str, str]]) -> None:
+        super().__init__(f"{len(keys)} record(s) older than their stored version")
+        self.keys = keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +74,7 @@ def apply_output_changes(tx: StoreTransaction, changes: Sequence[OutputChange], 
     """
     for change in changes:
         change.retracted = []  # a transaction retried after a rollback starts afresh
+    _claim_versions(tx, changes)
     if batched and len({(c.source, c.record_key) for c in changes}) == len(changes):
         previous = _swap_outputs(tx, changes)
     else:  # one record at a time (a record twice: its second list replaces its first)
@@ -78,6 +94,24 @@ def apply_output_changes(tx: StoreTransaction, changes: Sequence[OutputChange], 
                 change.retracted.append(done)
         if change.retracted:
             _record_provenance(tx, change)
+
+
+def _claim_versions(tx: StoreTransaction, changes: Sequence[OutputChange]) -> None:
+    """Record the versions of the records that have one; raise ``StaleRecords`` for those older
+    than their stored version (a late retry must not roll a record back)."""
+    by_source: dict[str, dict[str, float]] = {}
+    for change in changes:
+        if change.version is not None:
+            versions = by_source.setdefault(change.source, {})
+            # A record twice in one transaction: its later version counts.
+            versions[change.record_key] = max(change.version, versions.get(change.record_key, change.version))
+    stale = {
+        (source, key)
+        for source, versions in by_source.items()
+        for key in tx.claim_record_versions(source, list(versions.items()))
+    }
+    if stale:
+        raise StaleRecords(stale)
 
 
 def _swap_outputs(tx: StoreTransaction, changes: Sequence[OutputChange]) -> list[list[RecordOutput]]:

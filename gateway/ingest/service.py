@@ -42,7 +42,7 @@ from gateway.ingest.body import CSV, ReceivedRecord
 from gateway.ingest.progress import keep_task_progress, stored_tasks
 from gateway.ingest.registry import MappingRegistry
 from gateway.ingest.results import IngestReport, RecordResult, WrittenResource
-from gateway.ingest.retractions import OutputChange, apply_output_changes
+from gateway.ingest.retractions import OutputChange, StaleRecords, apply_output_changes
 from gateway.ingest.writer import BATCH_RECORDS, IngestWriter, PendingRecord, RecordGroup
 from gateway.mapping import CompiledMapping, InputError, MappingError, MappingSet, parse_csv
 from gateway.metrics import metrics
@@ -214,18 +214,25 @@ class IngestService:
         rolls back and every record is written on its own, so only a refused one is
         quarantined. A failure of the database itself propagates.
         """
-        try:
-            written = (
-                self._commit(combine_prepared([r.prepared for r in records]), [r.change for r in records])
-                if len(records) > 1
-                else None
-            )
-        except CLIENT_ERRORS:
-            written = None  # some record is refused: find it by writing them one by one
+        written: list[WrittenResource] | None = None
+        while len(records) > 1:
+            try:
+                written = self._commit(
+                    combine_prepared([r.prepared for r in records]), [r.change for r in records]
+                )
+            except StaleRecords as exc:  # a late retry of an old version: written again without it
+                records = [r for r in records if not _answered_stale(r, exc.keys)]
+                continue
+            except CLIENT_ERRORS:
+                pass  # some record is refused: find it by writing them one by one
+            break
         if written is None:
             for record in records:
                 try:
                     alone = self._commit(record.prepared, [record.change])
+                except StaleRecords as exc:
+                    _answered_stale(record, exc.keys)
+                    continue
                 except CLIENT_ERRORS as exc:
                     record.results[record.position] = self._quarantine(record.source, record.received, record.key, exc)
                     continue
@@ -280,6 +287,11 @@ class IngestService:
         try:
             record = _parse_kept(held)
             stored = self.store_record(mapping_set, held.source, record, base)
+        except StaleRecords:  # a later version came meanwhile: this one has nothing left to say
+            self.store.quarantine_update(qid, status="replayed")
+            log.info("quarantine replayed source=%s qid=%d stale", held.source, qid)
+            stale = RecordResult(0, held.record_key, "stale", quarantine_id=qid, outcome=STALE_OUTCOME)
+            return self._noted(held.source, stale)
         except CLIENT_ERRORS as exc:
             outcome = exc.outcome()
             self.store.quarantine_update(qid, status="held", outcome=outcome)
@@ -328,7 +340,9 @@ class IngestService:
 def message_line(at: float, kind: str, source: str, result: RecordResult) -> MessageEntry:
     """The message log line of one handled record: what it wrote, or why it is held (no values)."""
     patient = result.patient or next((w.id for w in result.resources if w.type == "Patient"), None)
-    if result.status == "quarantined":
+    if result.status == "stale":
+        detail = "a later version is stored"
+    elif result.status == "quarantined":
         issue = ((result.outcome or {}).get("issue") or [{}])[0]
         where = ",".join(issue.get("expression", [])[:1])
         detail = f"{issue.get('code', 'invalid')} at {where}" if where else str(issue.get("code", "invalid"))
@@ -348,16 +362,39 @@ def _mapped(
     deleted_key = mapping_set.retracted_key(record)
     if deleted_key is not None:
         empty = {"resourceType": "Bundle", "type": "transaction", "entry": []}
-        return empty, OutputChange(source, mapping_set.system, deleted_key, [], deleted=True)
+        version = mapping_set.retracted_version(record)
+        return empty, OutputChange(source, mapping_set.system, deleted_key, [], deleted=True, version=version)
+    mapping = mapping or mapping_set.select(record)
     bundle, outputs = mapping_set.map_outputs(record, mapping)
     if not bundle["entry"]:
-        mapping = mapping or mapping_set.select(record)
         raise MappingError(
             "$", f"mapping {mapping.tag} made no resources from this record (no rule applies)",
             code="not-supported", mapping=mapping.name,
         )  # fmt: skip
     assert key is not None  # mapping the record read its id
-    return bundle, OutputChange(source, mapping_set.system, key, outputs)
+    version = mapping_set.record_version(record, mapping)
+    return bundle, OutputChange(source, mapping_set.system, key, outputs, version=version)
+
+
+#: The OperationOutcome of a record not stored because a later version of it is.
+STALE_OUTCOME: dict[str, Any] = {
+    "resourceType": "OperationOutcome",
+    "issue": [{
+        "severity": "information", "code": "informational",
+        "diagnostics": "a later version of this record is stored; this one was not applied",
+    }],
+}  # fmt: skip
+
+
+def _answered_stale(record: PendingRecord, stale: set[tuple[str, str]]) -> bool:
+    """Answer ``record`` as stale if it is one of ``stale``; whether it was."""
+    if (record.source, record.change.record_key) not in stale:
+        return False
+    record.results[record.position] = RecordResult(
+        record.received.index, record.change.record_key, "stale", outcome=STALE_OUTCOME,
+        patient=patient_of(record.bundle),
+    )  # fmt: skip
+    return True
 
 
 def _stored(

@@ -31,6 +31,7 @@ from gateway.mapping.outbound import OutboundMapping
 from gateway.mapping.rules import DEFAULTS_KEY, RuleProgram
 from gateway.mapping.templates import MISSING, Builder, copier
 from gateway.mapping.values import to_boolean
+from gateway.mapping.versions import version_number
 from gateway.store import RecordOutput
 
 __all__ = ["MAPPING_TAG_SYSTEM", "CompiledMapping", "CompiledRule", "MappingSet"]
@@ -119,6 +120,7 @@ class CompiledMapping:
     agent: Builder | None
     description: str = ""
     recorded_path: str = "provenance.recorded"  # names the record field in errors
+    modified: Expression | None = None  # reads the record's version at its source
     #: line in ``file`` of each rule, ``let <name>``, ``defaults.<name>`` and ``provenance``
     lines: dict[str, int] = field(default_factory=dict)
     #: repeating rules referred to from outside their own items: ``%name`` is then every
@@ -468,6 +470,7 @@ class MappingSet:
     folder: str = ""
     retract_when: Expression | None = None  # true for a record the source deleted or voided
     retract_id: Expression | None = None  # reads such a record's id
+    retract_modified: Expression | None = None  # reads such a record's version
     outbound: list[OutboundMapping] = field(default_factory=list)  # referral outcomes back to the source app
 
     def retracted_key(self, record: Any) -> str | None:
@@ -481,6 +484,19 @@ class MappingSet:
         except MappingError:
             return None
         return _single_text(self.retract_id.run(record, {}), self.retract_id.text, "the record id")
+
+    def record_version(self, record: Any, mapping: CompiledMapping) -> float | None:
+        """The record's version as ``mapping``'s ``modified`` reads it (None: it has none);
+        raises ``MappingError`` for a value that is no version."""
+        if mapping.modified is None:
+            return None
+        return version_number(mapping.modified.run(record, {}), mapping.modified.text)
+
+    def retracted_version(self, record: Any) -> float | None:
+        """The version of a deleted or voided record (``retract.modified``), or None."""
+        if self.retract_modified is None:
+            return None
+        return version_number(self.retract_modified.run(record, {}), self.retract_modified.text)
 
     def map_outputs(
         self, record: Any, mapping: CompiledMapping | None = None

@@ -17,11 +17,23 @@ import orjson
 
 from gateway.errors import RequestError
 
-__all__ = ["CsvRow", "InputError", "parse_csv", "parse_csv_rows", "parse_json_records", "read_records"]
+__all__ = [
+    "CsvRow", "InputError", "csv_delimiter", "parse_csv", "parse_csv_rows", "parse_json_records", "read_records",
+]
 
 
 class InputError(RequestError):
     """The bytes are not records in the expected format."""
+
+
+def csv_delimiter(header_line: str) -> str:
+    """The delimiter a CSV document's header line uses: a comma, else a semicolon (spreadsheets
+    in locales whose decimal mark is a comma save CSV that way), else a tab."""
+    if "," in header_line:
+        return ","
+    if ";" in header_line:
+        return ";"
+    return "\t" if "\t" in header_line else ","
 
 
 def parse_csv(data: bytes) -> list[dict[str, str]]:
@@ -44,13 +56,15 @@ class CsvRow:
 
 
 def parse_csv_rows(data: bytes) -> tuple[list[str], list[CsvRow]]:
-    """The header and every data line of a UTF-8 CSV document; a line of the wrong width is a row
-    with a ``problem`` (to be kept on its own), not the end of the document."""
+    """The header and every data line of a UTF-8 CSV document (comma-, semicolon- or tab-separated,
+    as its header line shows); a line of the wrong width is a row with a ``problem`` (to be kept
+    on its own), not the end of the document."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InputError(f"CSV is not UTF-8 (byte {exc.start})") from exc
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    first_line = text.split("\n", 1)[0]
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=csv_delimiter(first_line), strict=True)
     try:
         header = next(reader, None)
         if header is None or not any(name.strip() for name in header):

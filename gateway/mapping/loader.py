@@ -197,6 +197,10 @@ def _load_set(folder: Path, loaded: LoadedMappings, interpret: bool) -> MappingS
         scope = Scope(frozenset({"system"}), "retract sees only %system")
         mapping_set.retract_when = compiler.expression(spec.retract.when, ("retract", "when"), scope)
         mapping_set.retract_id = compiler.expression(spec.retract.record_id, ("retract", "record_id"), scope)
+        if spec.retract.modified is not None:
+            mapping_set.retract_modified = compiler.expression(
+                spec.retract.modified, ("retract", "modified"), scope
+            )
         for node_path, message in compiler.issues:
             loaded.issues.append(LoadIssue(str(set_file), doc.line_of(node_path), format_path(node_path), message))
     return mapping_set
@@ -304,6 +308,11 @@ def _compile(spec: MappingSpec, set_spec: SetSpec, file: str, tc: TemplateCompil
         if name in rule_names:
             issues.append((("let", name), f"%{name} is also a rule name"))
     record_id = tc.expression(spec.record_id, ("record_id",), Scope(frozenset(), "record_id runs first"))
+    modified = (
+        tc.expression(spec.modified, ("modified",), Scope(frozenset(), "modified sees only the record"))
+        if spec.modified is not None
+        else None
+    )
     match = (
         tc.expression(spec.match, ("match",), Scope(frozenset({"system"}), "match sees only %system"))
         if spec.match is not None
@@ -403,6 +412,7 @@ def _compile(spec: MappingSpec, set_spec: SetSpec, file: str, tc: TemplateCompil
         system=set_spec.system,
         file=file,
         record_id=record_id,
+        modified=modified,
         match=match,
         lets=lets,
         defaults=defaults,

@@ -221,6 +221,11 @@ class MappingSpec(_Strict):
             resourceType: Patient
             id: _id
             template: {...}
+
+    ``modified`` (optional) is an expression reading the record's version at its source, a
+    value that grows with every edit (``server_date_modified``, ``_rev``; see
+    ``gateway.mapping.versions``): a version received after a later one of the same record
+    is not stored over it (ingest answers ``stale``). Without it, the last received wins.
     """
 
     mapping: str = Field(pattern=_MAPPING_NAME)
@@ -228,6 +233,7 @@ class MappingSpec(_Strict):
     description: str = ""
     match: str | None = None
     record_id: str
+    modified: str | None = None
     provenance: ProvenanceSpec
     let: dict[Annotated[str, Field(pattern=_NAME)], TemplateValue] = {}
     defaults: Defaults = Defaults()
@@ -240,11 +246,14 @@ class RetractSpec(_Strict):
     ``when`` is an expression true for such a record (a CHT ``_deleted`` document, an
     archived CommCare form, a rejected ODK submission); ``record_id`` reads its id, which
     must be the id its mapping's ``record_id`` read when the record was stored. Everything
-    that record produced is then retracted.
+    that record produced is then retracted. ``modified`` (optional) reads the deletion's
+    version, as a mapping's ``modified`` does: a deletion older than the stored version is
+    not applied, and an edit older than the deletion is not stored after it.
     """
 
     when: str
     record_id: str
+    modified: str | None = None
 
 
 class FormSpec(_Strict):

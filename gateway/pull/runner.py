@@ -52,6 +52,7 @@ class PullReport:
     unchanged: int = 0
     quarantined: int = 0
     deleted: int = 0
+    stale: int = 0  # older than the version stored (a page read again after the record changed)
     retries: int = 0
     cursor: str | None = None
 
@@ -60,6 +61,7 @@ class PullReport:
         return (
             f"pulled {self.records} record(s) in {self.pages} page(s): {self.stored} stored,"
             f" {self.unchanged} unchanged, {self.deleted} deleted, {self.quarantined} quarantined"
+            + (f", {self.stale} stale" if self.stale else "")
             + (f", {self.retries} retried request(s)" if self.retries else "")
         )
 
@@ -148,6 +150,8 @@ def _count(report: PullReport, status: str) -> None:
         report.deleted += 1
     elif status == "unchanged":
         report.unchanged += 1
+    elif status == "stale":
+        report.stale += 1
     else:
         report.stored += 1
 

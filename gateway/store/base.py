@@ -249,6 +249,12 @@ class StoreTransaction(Protocol):
         """``set_record_outputs`` of many (distinct) records of ``source`` at once."""
         ...
 
+    def claim_record_versions(self, source: str, versions: Sequence[tuple[str, float]]) -> set[str]:
+        """Record each (distinct) record's version as its latest unless a later one is stored; the
+        keys whose stored version is later (the stale ones; nothing recorded for them). Locks
+        the records' rows until the transaction ends, so concurrent writers of one record queue."""
+        ...
+
     def produced_by_others(self, rtype: str, rid: str, source: str, record_key: str) -> bool:
         """Whether any record other than ``record_key`` of ``source`` still produces the resource."""
         ...

@@ -228,6 +228,15 @@ MIGRATIONS: tuple[Migration, ...] = (
                 WHERE k < 1e12 GROUP BY rtype, param""",
         ),
     ),
+    Migration(
+        20,
+        "record versions: per source record the latest version stored (its mapping's ``modified``), so"
+        " a version that arrives after a later one is not stored over it",
+        (
+            """CREATE TABLE record_versions (source TEXT NOT NULL, record_key TEXT NOT NULL,
+                version {FLOAT} NOT NULL, PRIMARY KEY (source, record_key))""",
+        ),
+    ),
 )
 
 

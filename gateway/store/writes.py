@@ -57,6 +57,8 @@ from gateway.store.sqlops import INSERT_COLUMNS, SPREAD_SQL, SqlBackend, WriteSt
 
 #: Record keys per ``records_outputs`` query (SQLite allows 999 parameters a statement by default).
 _KEYS_PER_QUERY = 500
+#: Records per ``claim_record_versions`` statement (three parameters each).
+_VERSIONS_PER_QUERY = 300
 _UPDATE_RESOURCE = "UPDATE resources SET version = ?, lu = ?, deleted = ?, chash = ?, content = ? WHERE rid = ?"
 # A spread only grows: a bound on sort keys must cover every resource ever written.
 _WIDEN_SPREAD = (
@@ -249,6 +251,28 @@ class SqlTransaction:
         if rows:
             steps.append(("insert", "record_outputs", rows))
         self.store.write_rows(self.cur, steps)
+
+    def claim_record_versions(self, source: str, versions: Sequence[tuple[str, float]]) -> set[str]:
+        """Keep each record's latest version (an upsert that never lowers it); the keys whose stored
+        version is later than the one given. One statement per ``_VERSIONS_PER_QUERY`` records."""
+        stale: set[str] = set()
+        for start in range(0, len(versions), _VERSIONS_PER_QUERY):
+            chunk = versions[start : start + _VERSIONS_PER_QUERY]
+            given = dict(chunk)
+            # The upsert always updates (to the larger version) so that RETURNING gives every row
+            # and the row stays locked: a concurrent writer of the record waits for this commit.
+            self.cur.execute(
+                self.store.q(
+                    "INSERT INTO record_versions (source, record_key, version) VALUES "
+                    + ", ".join("(?, ?, ?)" for _ in chunk)
+                    + " ON CONFLICT (source, record_key) DO UPDATE SET version = CASE"
+                    " WHEN excluded.version > record_versions.version THEN excluded.version"
+                    " ELSE record_versions.version END RETURNING record_key, version"
+                ),
+                [value for key, version in chunk for value in (source, key, version)],
+            )
+            stale.update(key for key, stored in self.cur.fetchall() if stored > given[key])
+        return stale
 
     def produced_by_others(self, rtype: str, rid: str, source: str, record_key: str) -> bool:
         """Whether another record still produces the resource."""

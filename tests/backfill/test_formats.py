@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import zipfile
 from pathlib import Path
@@ -39,6 +41,17 @@ def test_csv_rows(backfill: Backfill, tmp_path: Path) -> None:
     report = backfill.runner.run("csv", expand([str(path)])[0])
     assert (report.stored, report.quarantined) == (60, 0)
     assert created(backfill.store)["Patient"] == 60
+
+
+def test_semicolon_separated_csv_rows(backfill: Backfill, tmp_path: Path) -> None:
+    comma = write_csv(tmp_path / "rows.csv", 30)
+    path = tmp_path / "rows-fr.csv"
+    rows = list(csv.reader(io.StringIO(comma.read_text(encoding="utf-8"))))
+    with path.open("w", encoding="utf-8", newline="") as out:
+        csv.writer(out, delimiter=";").writerows(rows)
+    report = backfill.runner.run("csv", expand([str(path)])[0])
+    assert (report.stored, report.quarantined) == (30, 0)
+    assert created(backfill.store)["Patient"] == 30
 
 
 def test_a_commcare_form_api_page(backfill: Backfill, tmp_path: Path) -> None:

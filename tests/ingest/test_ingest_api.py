@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
+import io
 import json
 from typing import Any
 
@@ -108,6 +110,21 @@ async def test_csv_line_list(gw: Harness) -> None:
     response = await _post(gw, "csv", sample("csv", "malaria-line-list"), {"Content-Type": "text/csv"})
     assert response.status_code == 200, response.text
     assert response.json()["stored"] == 4
+
+
+@pytest.mark.parametrize("delimiter", [";", "\t"])
+async def test_a_semicolon_or_tab_separated_line_list_is_read_as_such(gw: Harness, delimiter: str) -> None:
+    # A spreadsheet saved as CSV in a locale whose decimal mark is a comma (French, Portuguese)
+    # separates cells with semicolons; a tab-separated export is as common.
+    rows = list(csv.reader(io.StringIO(sample("csv", "malaria-line-list").decode())))
+    buffer = io.StringIO()
+    csv.writer(buffer, delimiter=delimiter).writerows(rows)
+    response = await _post(gw, "csv", buffer.getvalue().encode(), {"Content-Type": "text/csv"})
+    assert response.status_code == 200, response.text
+    assert response.json()["stored"] == 4
+    # the same records as the comma-separated file: sending that now changes nothing
+    again = await _post(gw, "csv", sample("csv", "malaria-line-list"), {"Content-Type": "text/csv"})
+    assert again.json()["unchanged"] == 4, again.text
 
 
 async def test_csv_row_that_fails_is_kept_as_csv_and_replayable(gw: Harness) -> None:
