@@ -55,9 +55,13 @@ class IndexedRoutes(BaseRoute):
         for depth in {depth for _, depth, _ in shapes}:
             self._generic[depth] = [route for route, d, first in shapes if d == depth and first is None]
         for depth, literal in literals:
+            # A literal that cannot be a resource type (metadata, _history, $export) is the server's
+            # own: a parameter route ({rtype}) does not take it, so POST /fhir/metadata is 405.
+            reserved = not literal[:1].isupper()
             self._literal[depth, literal] = [
-                route for route, d, first in shapes if d == depth and first in (None, literal)
-            ]
+                route for route, d, first in shapes
+                if d == depth and (first == literal or (first is None and not reserved))
+            ]  # fmt: skip
 
     def candidates(self, path: str) -> list[Route]:
         """The routes a path could match, in their order."""

@@ -10,6 +10,8 @@ For every record of a request:
    (so a duplicate delivery writes nothing, an edited record makes new versions);
 4. a record that failed 1, 2 or 3 goes to the quarantine with its OperationOutcome, to be
    replayed once the mapping (or the sender) is fixed. Nothing received is lost.
+5. a record whose mapping names its version (``modified``) and that is older than the version
+   stored is not written: it is answered ``stale`` (``gateway.ingest.retractions``).
 
 The records of one request (a JSON array, a CSV file) are committed up to ``BATCH_RECORDS``
 per transaction, because the commit (an fsync) costs as much as writing a record, and the
@@ -212,7 +214,9 @@ class IngestService:
 
         Each record is still all-or-nothing: if the database refuses the transaction, it
         rolls back and every record is written on its own, so only a refused one is
-        quarantined. A failure of the database itself propagates.
+        quarantined. A record older than its stored version (``StaleRecords``, raised inside the
+        transaction) is answered stale and the others written again without it. A failure of the
+        database itself propagates.
         """
         written: list[WrittenResource] | None = None
         while len(records) > 1:

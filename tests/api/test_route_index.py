@@ -24,10 +24,23 @@ def _scope(method: str, path: str) -> dict[str, Any]:
     return {"type": "http", "method": method, "path": path, "root_path": "", "headers": []}
 
 
+def _shape(path: str) -> tuple[int, str]:
+    rest = path[len("/fhir") :]
+    return rest.count("/"), rest[1:].split("/", 1)[0]
+
+
 def _linear(routes: list[Route], scope: dict[str, Any]) -> tuple[Match, Route | None]:
-    """Starlette's rule: the first full match, else the first partial one."""
+    """Starlette's rule: the first full match, else the first partial one; but a path whose first
+    segment is one of the server's own words (``metadata``, ``_history``: a literal route at that
+    depth, not a resource type's capital) is never taken by a ``{rtype}`` route."""
+    depth, first = _shape(scope["path"]) if scope["path"].startswith("/fhir/") else (-1, "")
+    reserved = not first[:1].isupper() and any(
+        _shape(r.path_format) == (depth, first) for r in routes if r.path_format.startswith("/fhir/")
+    )
     partial = None
     for route in routes:
+        if reserved and _shape(route.path_format)[1].startswith("{"):
+            continue
         match, _ = route.matches(scope)
         if match is Match.FULL:
             return match, route
@@ -99,3 +112,15 @@ async def test_a_method_the_url_does_not_take_is_405_with_every_method_it_takes(
     assert type_url >= {"GET", "POST", "PUT", "DELETE"}
     instance_url = set((await client.post("/fhir/Patient/p1")).headers["allow"].split(", "))
     assert instance_url >= {"GET", "PUT", "PATCH", "DELETE"}
+
+
+async def test_the_servers_own_paths_are_405_for_other_methods_not_taken_as_a_type(api: ApiHarness) -> None:
+    client = api.client
+    for method in ("POST", "PUT", "DELETE", "PATCH"):
+        response = await client.request(method, "/fhir/metadata", json={"resourceType": "Patient"})
+        assert response.status_code == 405, (method, response.text)
+        assert set(response.headers["allow"].split(", ")) == {"GET", "HEAD"}
+    assert (await client.post("/fhir/_history", json={})).status_code == 405
+    assert (await client.get("/fhir/metadata")).status_code == 200
+    created = await client.post("/fhir/Patient", json={"resourceType": "Patient"})  # {rtype} still takes types
+    assert created.status_code == 201, created.text
