@@ -190,7 +190,8 @@ class Worker:
             for runtime in self.runtimes.values()
         ]
         self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="delivery-heartbeat")
-        log.info("delivery worker %s started for %d destinations", self.name, len(self.runtimes))
+        log.info("delivery worker %s started for %d destination(s): %s", self.name, len(self.runtimes),
+                 ", ".join(self.runtimes) or "none")
 
     async def stop(self) -> None:
         """Stop claiming, let in-flight jobs finish (up to drain_timeout), release the rest."""

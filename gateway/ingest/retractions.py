@@ -49,7 +49,7 @@ class OutputChange:
 
 class StaleRecords(Exception):  # noqa: N818 - not an error: these records are older than what is stored
     """Records of a transaction whose stored version is later than theirs: the transaction is
-    undone, to be run again without them (``keys``: (source, record key) pairs)."""
+    undone, to be run again without them (``keys``: (source system, record key) pairs)."""
 
     def __init__(self, keys: set[tuple[str, str]]) -> None:
         super().__init__(f"{len(keys)} record(s) older than their stored version")
@@ -99,16 +99,18 @@ def apply_output_changes(tx: StoreTransaction, changes: Sequence[OutputChange], 
 def _claim_versions(tx: StoreTransaction, changes: Sequence[OutputChange]) -> None:
     """Record the versions of the records that have one; raise ``StaleRecords`` for those older
     than their stored version (a late retry must not roll a record back)."""
-    by_source: dict[str, dict[str, float]] = {}
+    # By system, not source name: two sources of one mapping set (a live push and a CSV backfill)
+    # send the same records, which make the same resources.
+    by_system: dict[str, dict[str, float]] = {}
     for change in changes:
         if change.version is not None:
-            versions = by_source.setdefault(change.source, {})
+            versions = by_system.setdefault(change.system, {})
             # A record twice in one transaction: its later version counts.
             versions[change.record_key] = max(change.version, versions.get(change.record_key, change.version))
     stale = {
-        (source, key)
-        for source, versions in by_source.items()
-        for key in tx.claim_record_versions(source, list(versions.items()))
+        (system, key)
+        for system, versions in by_system.items()
+        for key in tx.claim_record_versions(system, list(versions.items()))
     }
     if stale:
         raise StaleRecords(stale)

@@ -392,7 +392,7 @@ STALE_OUTCOME: dict[str, Any] = {
 
 def _answered_stale(record: PendingRecord, stale: set[tuple[str, str]]) -> bool:
     """Answer ``record`` as stale if it is one of ``stale``; whether it was."""
-    if (record.source, record.change.record_key) not in stale:
+    if (record.change.system, record.change.record_key) not in stale:
         return False
     record.results[record.position] = RecordResult(
         record.received.index, record.change.record_key, "stale", outcome=STALE_OUTCOME,

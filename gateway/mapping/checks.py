@@ -366,7 +366,10 @@ class _Checker:
             elif element_type.startswith("#") or element_type in _table("r4-elements.json")["primitives"]:
                 self.issues.append((path, f"{owner}.{element} is a {_plain_type(element_type)}, not an object"))
             return
-        if not isinstance(value, str) or "{{" in value:
+        if not isinstance(value, str):
+            return
+        if "{{" in value:
+            self._check_placed(value, owner, element, element_type, path)
             return
         if element_type.startswith("#"):
             codes: list[str] = _table("r4-elements.json")["enums"][int(element_type[1:])]
@@ -384,6 +387,27 @@ class _Checker:
             self.issues.append((path, f"{owner}.{element}: {value!r} is not a valid FHIR {element_type}"))
         elif primitive and primitive[0] in ("boolean", "integer", "decimal", "positiveInt", "unsignedInt"):
             self.issues.append((path, f"{owner}.{element}: a {element_type} is needed, not the text {value!r}"))
+
+    def _check_placed(self, value: str, owner: str, element: str, element_type: str, path: NodePath) -> None:
+        """A whole ``{{ path }}`` copied into a text element (string, id, code, uri...) from a field
+        the golden inputs or the form hold numbers in: FHIR refuses a JSON number there."""
+        whole = _WHOLE_PLACEHOLDER.fullmatch(value)
+        primitive = _table("r4-elements.json")["primitives"].get(element_type)
+        if whole is None or not (element_type.startswith("#") or (primitive and primitive[0] == "string")):
+            return
+        source = whole.group(1).strip()
+        base, keys = self._source(source, self._item_schemas(path))
+        node = base.find(keys)[0] if base is not None and keys else None
+        if node is None:
+            return
+        number = next((s for s in node.samples if type(s) in (int, float)), None)
+        if number is None and node.kind not in ("integer", "decimal"):
+            return
+        held = f"the golden inputs hold {number!r}" if number is not None else f"the form declares it {node.kind}"
+        self.issues.append(
+            (path, f"{owner}.{element} is a {_plain_type(element_type)} (text) but {source} is a number "
+             f"({held}); write {{{{ {source} | string }}}}")
+        )
 
     def _check_reference(self, value: Any, owner: str, element: str, path: NodePath) -> None:
         allowed = _targets(owner, element)
@@ -409,6 +433,9 @@ class _Checker:
         self.issues.append(
             (path, f"{owner}.{element} may refer to {', '.join(allowed)}, not {target}")
         )
+
+
+_WHOLE_PLACEHOLDER = re.compile(r"\s*\{\{((?:(?!\}\}|\{\{).)*)\}\}\s*", re.DOTALL)
 
 
 def _plain_type(element_type: str) -> str:

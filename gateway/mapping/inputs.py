@@ -62,7 +62,11 @@ def parse_csv_rows(data: bytes) -> tuple[list[str], list[CsvRow]]:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise InputError(f"CSV is not UTF-8 (byte {exc.start})") from exc
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise InputError(
+            f"CSV is not UTF-8: line {line} holds a byte that is not UTF-8 (offset {exc.start} in the file);"
+            " save the file as UTF-8"
+        ) from exc
     first_line = text.split("\n", 1)[0]
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=csv_delimiter(first_line), strict=True)
     try:

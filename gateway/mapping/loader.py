@@ -121,6 +121,14 @@ def _validated(model: type[pydantic.BaseModel], doc: YamlDocument, file: str, is
             message = error["msg"]
             if error["type"] == "extra_forbidden":
                 message = "unknown field (check the spelling)"
+            elif error["type"] == "missing" and error["loc"]:
+                message = f"{error['loc'][-1]!s} is required here"
+            elif error["type"] == "string_pattern_mismatch" and error["loc"][-1:] in (("name",), ("mapping",)):
+                message = (
+                    "must be lower case letters, digits and _ (starting with a letter), at most 63 characters"
+                    if error["loc"][-1] == "name" and "rules" in error["loc"]
+                    else f"{message} (lower case letters, digits, '.', '_' and '-')"
+                )
             elif error["type"] in ("union_tag_invalid", "union_tag_not_found"):
                 message = "kind must be one of: resource, observation, referral"
                 where = doc.data_path((*where, "kind"))

@@ -8,6 +8,7 @@ kind. Adding a rule kind means a model in ``spec.py`` and a ``_compile_<kind>`` 
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -116,10 +117,16 @@ class _Compiler:
         allowed = fhir_elements(resource_type) or frozenset()
         for key in template:
             if key not in allowed:
-                self.templates.issues.append(
-                    ((*self.path, field, key), f"{resource_type} has no element {key!r}")
-                )
+                self.templates.issues.append(((*self.path, field, key), _no_element(resource_type, key, allowed)))
         return self.templates.template(template, (*self.path, field), self.scope).build
+
+
+def _no_element(resource_type: str, key: str, allowed: frozenset[str]) -> str:
+    """The message for a template key the type does not have, with the element it most likely meant."""
+    by_case = {name.lower(): name for name in allowed}
+    close = [by_case[key.lower()]] if key.lower() in by_case else difflib.get_close_matches(key, allowed, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{resource_type} has no element {key!r}{hint}"
 
 
 def _set(
@@ -155,9 +162,7 @@ def _compile_resource(rule: ResourceRule, c: _Compiler) -> RuleProgram:
             if key in ("resourceType", "id", "meta"):
                 c.templates.issues.append(((*c.path, "template", key), f"{key} is set by the engine"))
             elif key not in allowed:
-                c.templates.issues.append(
-                    ((*c.path, "template", key), f"{resource_type} has no element {key!r}")
-                )
+                c.templates.issues.append(((*c.path, "template", key), _no_element(resource_type, key, allowed)))
     body = c.templates.template(rule.template, (*c.path, "template"), c.scope).build
 
     def factory(record: Any, env: Env, ids: dict[str, str]) -> list[dict[str, Any]]:

@@ -37,6 +37,8 @@ _TRUE = frozenset({"yes", "true", "y", "1"})
 _FALSE = frozenset({"no", "false", "n", "0"})
 _INT_RE = re.compile(r"^[+-]?\d{1,18}$")
 _DECIMAL_RE = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
+#: "11,4": a decimal comma, as spreadsheets write numbers in French, Portuguese, Spanish...
+_DECIMAL_COMMA_RE = re.compile(r"^[+-]?\d+,(\d+)$")
 _PARTIAL_DATE_RE = re.compile(r"^\d{4}(?:-(?:0[1-9]|1[0-2]))?$")
 _FHIR_DATETIME_RE = re.compile(
     r"^\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])T(?:[01]\d|2[0-3]):[0-5]\d:(?:[0-5]\d|60)"
@@ -83,7 +85,8 @@ def to_integer(value: Any, path: str) -> int:
 
 
 def to_decimal(value: Any, path: str) -> float | int:
-    """A JSON number; whole numbers written without a point stay integers ("118" → 118)."""
+    """A JSON number; whole numbers written without a point stay integers ("118" → 118); a decimal
+    comma is read as a point ("11,4" → 11.4) unless three digits follow it ("1,234": refused)."""
     vtype = type(value)
     if vtype is int:
         return value  # type: ignore[no-any-return]
@@ -94,6 +97,12 @@ def to_decimal(value: Any, path: str) -> float | int:
         if _INT_RE.match(text):
             return int(text)
         number = float(text)
+    elif vtype is str and (comma := _DECIMAL_COMMA_RE.match(value.strip())):
+        if len(comma.group(1)) == 3:  # "1,234": a thousands separator just as well
+            raise MappingError(
+                path, f"{quote(value)} is ambiguous: a decimal comma or a thousands separator", code="value"
+            )
+        number = float(value.strip().replace(",", "."))
     else:
         raise fail(path, value, "a number")
     if not math.isfinite(number):
@@ -213,10 +222,17 @@ def _name_parts(words: list[str]) -> list[str]:
 def human_name(value: Any, path: str, order: str = "given_first") -> dict[str, Any]:
     """A HumanName from a full name. ``given_first`` (default): the last part is the family
     name; ``family_first``: the first part is ("Uwimana Claudine"); ``text_only``: only
-    ``text``. A particle joins the word after it ("van der Berg", "Ti Jozèf")."""
+    ``text``. A particle joins the word after it ("van der Berg", "Ti Jozèf"). Whatever the
+    order, a name written "Family, Given" (registers, HL7 v2 habits) says which part is which."""
     words = to_text(value, path).split()
     name: dict[str, Any] = {"text": " ".join(words)}
     if order == "text_only":
+        return name
+    family, comma, given = " ".join(words).partition(",")
+    if comma and family.strip() and "," not in given:
+        name["family"] = family.strip()
+        if given.strip():
+            name["given"] = _name_parts(given.split())
         return name
     parts = _name_parts(words)
     if len(parts) == 1:

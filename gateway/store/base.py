@@ -249,10 +249,11 @@ class StoreTransaction(Protocol):
         """``set_record_outputs`` of many (distinct) records of ``source`` at once."""
         ...
 
-    def claim_record_versions(self, source: str, versions: Sequence[tuple[str, float]]) -> set[str]:
+    def claim_record_versions(self, system: str, versions: Sequence[tuple[str, float]]) -> set[str]:
         """Record each (distinct) record's version as its latest unless a later one is stored; the
-        keys whose stored version is later (the stale ones; nothing recorded for them). Locks
-        the records' rows until the transaction ends, so concurrent writers of one record queue."""
+        keys whose stored version is later (the stale ones; nothing recorded for them). ``system``
+        is the records' source system (every source configured with one mapping set shares it).
+        Locks the records' rows until the transaction ends, so concurrent writers of one record queue."""
         ...
 
     def produced_by_others(self, rtype: str, rid: str, source: str, record_key: str) -> bool:
@@ -433,7 +434,9 @@ class QuarantineStore(Protocol):
         outcome: dict[str, Any],
         record_key: str | None = None,
     ) -> QuarantinedRecord:
-        """Keep a record that failed, with the OperationOutcome that explains why."""
+        """Keep a record that failed, with the OperationOutcome that explains why. The same record
+        (source, key and bytes) sent again while held keeps its entry: the new outcome, one more
+        attempt."""
         ...
 
     def quarantine_list(

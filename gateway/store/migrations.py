@@ -230,12 +230,18 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         20,
-        "record versions: per source record the latest version stored (its mapping's ``modified``), so"
-        " a version that arrives after a later one is not stored over it",
+        "record versions: per source record (by its mapping set's system, which every source of the set"
+        " shares) the latest version stored (the mapping's ``modified``), so a version that arrives after"
+        " a later one is not stored over it",
         (
-            """CREATE TABLE record_versions (source TEXT NOT NULL, record_key TEXT NOT NULL,
-                version {FLOAT} NOT NULL, PRIMARY KEY (source, record_key))""",
+            """CREATE TABLE record_versions (system TEXT NOT NULL, record_key TEXT NOT NULL,
+                version {FLOAT} NOT NULL, PRIMARY KEY (system, record_key))""",
         ),
+    ),
+    Migration(
+        21,
+        "quarantine entries found by record: the same record sent again while held updates its entry",
+        ("CREATE INDEX quarantine_record ON quarantine (source, record_key)",),
     ),
 )
 

@@ -1051,10 +1051,28 @@ class SqlStore(ExportJobs, SubscriptionRows):
         outcome: dict[str, Any],
         record_key: str | None = None,
     ) -> QuarantinedRecord:
-        """Keep a record that failed, with its OperationOutcome."""
+        """Keep a record that failed, with its OperationOutcome (the same record sent again while
+        held: its entry, with the new outcome and one more attempt)."""
         now = time.time()
         outcome_text = orjson.dumps(outcome).decode()
         with self._write_cursor() as cur:
+            if record_key is not None:
+                # A pull re-reading its last page, or a sender trying again, must not pile up copies.
+                cur.execute(
+                    self.q("SELECT qid, received, attempts FROM quarantine WHERE source = ? AND record_key = ?"
+                           " AND status = 'held' AND body = ? ORDER BY qid LIMIT 1"),
+                    (source, record_key, body),
+                )
+                row = cur.fetchone()
+                if row is not None:
+                    qid, received, attempts = int(row[0]), float(row[1]), int(row[2]) + 1
+                    cur.execute(
+                        self.q("UPDATE quarantine SET outcome = ?, content_type = ?, attempts = ?, updated = ?"
+                               " WHERE qid = ?"),
+                        (outcome_text, content_type, attempts, now, qid),
+                    )
+                    return QuarantinedRecord(qid, source, from_epoch(received), content_type, body, record_key,
+                                             outcome, "held", attempts, from_epoch(now))  # fmt: skip
             qid = self._insert_returning(
                 cur,
                 "INSERT INTO quarantine (source, received, content_type, body, record_key, outcome, status,"

@@ -252,7 +252,7 @@ class SqlTransaction:
             steps.append(("insert", "record_outputs", rows))
         self.store.write_rows(self.cur, steps)
 
-    def claim_record_versions(self, source: str, versions: Sequence[tuple[str, float]]) -> set[str]:
+    def claim_record_versions(self, system: str, versions: Sequence[tuple[str, float]]) -> set[str]:
         """Keep each record's latest version (an upsert that never lowers it); the keys whose stored
         version is later than the one given. One statement per ``_VERSIONS_PER_QUERY`` records."""
         stale: set[str] = set()
@@ -263,13 +263,13 @@ class SqlTransaction:
             # and the row stays locked: a concurrent writer of the record waits for this commit.
             self.cur.execute(
                 self.store.q(
-                    "INSERT INTO record_versions (source, record_key, version) VALUES "
+                    "INSERT INTO record_versions (system, record_key, version) VALUES "
                     + ", ".join("(?, ?, ?)" for _ in chunk)
-                    + " ON CONFLICT (source, record_key) DO UPDATE SET version = CASE"
+                    + " ON CONFLICT (system, record_key) DO UPDATE SET version = CASE"
                     " WHEN excluded.version > record_versions.version THEN excluded.version"
                     " ELSE record_versions.version END RETURNING record_key, version"
                 ),
-                [value for key, version in chunk for value in (source, key, version)],
+                [value for key, version in chunk for value in (system, key, version)],
             )
             stale.update(key for key, stored in self.cur.fetchall() if stored > given[key])
         return stale

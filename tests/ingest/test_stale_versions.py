@@ -140,6 +140,19 @@ def test_cht_deletions_and_edits_follow_the_revision(service: IngestService, sto
     assert gone is None or gone.deleted
 
 
+def test_sources_sharing_a_mapping_set_share_record_versions(service: IngestService, store: SqlStore) -> None:
+    # "cht" and "cht-strict" are two sources of the one CHT set (a live push and, say, a backfill):
+    # the same record through either makes the same resources, so their versions are one.
+    person: dict[str, Any] = json.loads(sample("cht", "person-patient"))
+    person["doc"]["_rev"] = "3-new"
+    assert _send(service, "cht", person)[0].status == "stored"
+    older = copy.deepcopy(person)
+    older["doc"]["_rev"] = "2-old"
+    older["doc"]["name"] = "Old Name"
+    assert _send(service, "cht-strict", older)[0].status == "stale"
+    assert _send(service, "cht", older)[0].status == "stale"
+
+
 def test_a_quarantined_record_replayed_after_a_newer_version_is_stale(
     service: IngestService, store: SqlStore, tmp_path: Path
 ) -> None:

@@ -182,6 +182,9 @@ def _convert(pipeline: str, value: Any) -> list[Any]:
     ("pipeline", "value", "expected"),
     [
         ("decimal", "48.5", [48.5]),
+        ("decimal", "48,5", [48.5]),  # a decimal comma (a spreadsheet in French, Portuguese...)
+        ("decimal", "-0,25", [-0.25]),
+        ("decimal", "11,4567", [11.4567]),
         ("decimal", "118", [118]),
         ("decimal", " 7 ", [7]),
         ("decimal", "", []),
@@ -232,7 +235,8 @@ def test_converters(pipeline: str, value: Any, expected: list[Any]) -> None:
 @pytest.mark.parametrize(
     ("pipeline", "value", "message"),
     [
-        ("decimal", "48,5", "'48,5' is not a number"),
+        ("decimal", "1,234", "'1,234' is ambiguous: a decimal comma or a thousands separator"),
+        ("decimal", "1,234.5", "is not a number"),
         ("decimal", "nan", "is not a number"),
         ("decimal", True, "is not a number"),
         ("integer", "7.5", "is not a whole number"),

@@ -104,6 +104,10 @@ def test_a_rule_let_needs_for_each_and_a_fresh_name(mappings_dir) -> None:
         ("given_first", "Maria dos Santos", {"family": "dos Santos", "given": ["Maria"]}),
         ("family_first", "van der Berg Anna Maria", {"family": "van der Berg", "given": ["Anna", "Maria"]}),
         ("text_only", "Aisha Nakato", {}),
+        # "Family, Given" says which is which, whatever the order
+        ("given_first", "Wanjiru, Grace", {"family": "Wanjiru", "given": ["Grace"]}),
+        ("family_first", "dos Santos, Maria Clara", {"family": "dos Santos", "given": ["Maria", "Clara"]}),
+        ("given_first", "Nakato,", {"family": "Nakato"}),
     ],
 )
 def test_human_name_orders_and_particles(mappings_dir, order: str, text: str, expected: dict[str, object]) -> None:

@@ -81,7 +81,8 @@ def test_good_file_loads(mappings_dir) -> None:
             "Encountr",
             "'Encountr' is not an R4 resource type",
         ),
-        ("status: finished", "statuss: finished", "statuss", "Encounter has no element 'statuss'"),
+        ("status: finished", "statuss: finished", "statuss", "no element 'statuss'; did you mean 'status'?"),
+        ("status: finished", "Status: finished", "Status", "no element 'Status'; did you mean 'status'?"),
         (
             "| ref('Patient')",
             "| ref('Patient', 'x')",
@@ -206,3 +207,12 @@ def test_a_set_recognises_its_deleted_records_and_rules_say_how_to_retract(mappi
         ("Encounter", "encounter", "status"),
         ("Observation", "weight", "status"),
     ]
+
+
+def test_a_missing_key_and_a_bad_rule_name_say_what_is_wrong(mappings_dir) -> None:
+    text = GOOD.replace("record_id: id\n", "").replace("name: weight", "name: Body_Weight")
+    issues = _issues(mappings_dir, text)
+    assert "record_id is required here" in issues[0]
+    (bad_name,) = [issue for issue in issues if "Body_Weight" in issue]
+    assert "must be lower case letters, digits and _ (starting with a letter)" in bad_name
+    assert f":{_line_of(text, 'Body_Weight')}:" in bad_name

@@ -16,7 +16,7 @@ README = Path(__file__).resolve().parents[2] / "mappings" / "README.md"
 def test_walkthrough_mapping_runs(mappings_dir) -> None:
     text = README.read_text(encoding="utf-8")
     record = json.loads(re.search(r"```json\n(.*?)```", text, re.DOTALL).group(1))  # type: ignore[union-attr]
-    heading = r"\*\*2\. Create `kobo/nutrition-screening.yaml`:\*\*\n\n"
+    heading = r"\*\*2\. Create `mappings/kobo/nutrition-screening.yaml`:\*\*\n\n"
     mapping = re.search(heading + r"```yaml\n(.*?)```", text, re.DOTALL)
     assert mapping is not None
     root = mappings_dir({"kobo/nutrition-screening.yaml": mapping.group(1)}, with_shipped_sets=True)

@@ -140,3 +140,16 @@ def test_a_set_declares_example_records_for_fields_no_golden_input_has(tmp_path:
     assert issue.where == "inputs[1]" and issue.message.startswith("cannot read")
     set_file.write_text(set_file.read_text().replace(", examples/none.json", ""))
     assert load_mappings(root).issues == []
+
+
+def test_a_number_copied_into_a_text_element_is_reported_with_the_fix(tmp_path: Path) -> None:
+    # Kobo's `_id` is a JSON number (412873019 in the golden input); Identifier.value is a string,
+    # so the record would be refused at run time. `| string` is the fix the message names.
+    edit = ('value: "{{ chw_id }}"', 'value: "{{ _id }}"')
+    root = _copy(tmp_path, [edit])
+    (issue,) = load_mappings(root).issues
+    assert issue.line == _line_of(root, "{{ _id }}")
+    assert "Identifier.value is a string (text) but _id is a number (the golden inputs hold 412873019)" in issue.message
+    assert "{{ _id | string }}" in issue.message
+    fixed = _copy(tmp_path / "fixed", [(edit[0], 'value: "{{ _id | string }}"')])
+    assert load_mappings(fixed).issues == []

@@ -14,3 +14,23 @@ def test_quarantine_keeps_records_for_replay(store: QuarantineStore) -> None:
     assert store.quarantine_list(source="cht") == []
     replayed = store.quarantine_get(kept.qid)
     assert replayed is not None and replayed.status == "replayed" and replayed.attempts == 2
+
+
+def test_the_same_record_sent_again_while_held_keeps_one_entry(store: QuarantineStore) -> None:
+    first = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "value"}]}
+    again = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "required"}]}
+    kept = store.quarantine_add("odk", b'{"__id": "s1"}', "application/json", first, record_key="s1")
+    same = store.quarantine_add("odk", b'{"__id": "s1"}', "application/json", again, record_key="s1")
+    assert same.qid == kept.qid and same.attempts == 2 and same.received == kept.received
+    stored = store.quarantine_get(kept.qid)
+    assert stored is not None and stored.outcome == again and stored.attempts == 2
+    assert [q.qid for q in store.quarantine_list(source="odk")] == [kept.qid]
+    # another version of the record, another source, or no key: an entry of its own
+    edited = store.quarantine_add("odk", b'{"__id": "s1", "x": 1}', "application/json", first, record_key="s1")
+    other = store.quarantine_add("kobo", b'{"__id": "s1"}', "application/json", first, record_key="s1")
+    unkeyed = [store.quarantine_add("csv", b"a,b\r\n1\r\n", "text/csv", first) for _ in range(2)]
+    assert len({kept.qid, edited.qid, other.qid, *(u.qid for u in unkeyed)}) == 5
+    # once it is no longer held (discarded, replayed), the record sent again is held anew
+    store.quarantine_update(kept.qid, status="discarded")
+    anew = store.quarantine_add("odk", b'{"__id": "s1"}', "application/json", first, record_key="s1")
+    assert anew.qid not in (kept.qid, edited.qid) and anew.attempts == 1

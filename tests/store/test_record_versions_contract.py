@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 from gateway.store import Store
 
 
-def _claim(store: Store, source: str, versions: list[tuple[str, float]]) -> set[str]:
+def _claim(store: Store, system: str, versions: list[tuple[str, float]]) -> set[str]:
     with store.transaction() as tx:
-        return tx.claim_record_versions(source, versions)
+        return tx.claim_record_versions(system, versions)
 
 
 def test_a_later_version_is_kept_and_an_earlier_one_is_stale(store: Store) -> None:
@@ -20,7 +20,7 @@ def test_a_later_version_is_kept_and_an_earlier_one_is_stale(store: Store) -> No
     assert _claim(store, "commcare", [("case-1", 150.0), ("case-2", 50.0)]) == {"case-1"}  # equal: not stale
     assert _claim(store, "commcare", [("case-1", 199.5)]) == {"case-1"}  # 200 is still the latest
     assert _claim(store, "commcare", [("case-1", 200.5)]) == set()
-    assert _claim(store, "cht", [("case-1", 1.0)]) == set()  # each source its own records
+    assert _claim(store, "cht", [("case-1", 1.0)]) == set()  # each source system its own records
 
 
 def test_a_stale_claim_undone_with_its_transaction_leaves_the_latest(store: Store) -> None:
