@@ -30,6 +30,7 @@ Logs carry source, counts, quarantine ids, issue codes and field paths; never va
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -99,6 +100,7 @@ class IngestService:
             for start in range(0, len(records), BATCH_RECORDS):
                 # Mapped a batch at a time, so the Tasks they map are read from the store at once.
                 mapped: list[tuple[int, str | None, dict[str, Any] | None, OutputChange | Exception]] = []
+                mappings: dict[int, CompiledMapping | None] = {}
                 for position in range(start, min(start + BATCH_RECORDS, len(records))):
                     if records[position].problem is not None:  # bytes that are no record: kept as they came
                         problem = FhirError(str(records[position].problem), status=400, code="structure")
@@ -106,6 +108,7 @@ class IngestService:
                         continue
                     record_data = records[position].record
                     mapping = mapping_set.selected(record_data)  # once: key and Bundle share it
+                    mappings[position] = mapping
                     key = mapping_set.record_key(record_data, mapping) if mapping is not None else None
                     started = time.perf_counter()
                     try:
@@ -123,7 +126,10 @@ class IngestService:
                             raise outcome
                         assert made is not None
                         started = time.perf_counter()
-                        prepared = self._prepare(made["entry"], base, tasks)
+                        try:
+                            prepared = self._prepare(made["entry"], base, tasks)
+                        except FhirError as exc:  # the Bundle is refused: say which rule made the part
+                            raise _in_rule(exc, made, outcome, mappings.get(position)) from None
                         meter.validation_seconds.labels(source.name).observe(time.perf_counter() - started)
                     except CLIENT_ERRORS as exc:
                         writes.run(partial(self._quarantine_into, results, position, source.name, received, key, exc))
@@ -378,6 +384,34 @@ def _mapped(
     assert key is not None  # mapping the record read its id
     version = mapping_set.record_version(record, mapping)
     return bundle, OutputChange(source, mapping_set.system, key, outputs, version=version)
+
+
+_ENTRY = re.compile(r"Bundle\.entry\[(\d+)\]")
+
+
+def _in_rule(
+    exc: FhirError, bundle: dict[str, Any], change: OutputChange | Exception, mapping: CompiledMapping | None
+) -> FhirError:
+    """``exc`` with each issue about a Bundle entry prefixed by the mapping rule that made it and
+    where that rule is (``[mapping rule R at set: file:line]``), as mapping errors are."""
+    if mapping is None or not isinstance(change, OutputChange):
+        return exc
+    rules = {(output.rtype, output.id): output.rule for output in change.outputs}
+    entries = bundle.get("entry", [])
+    issues: list[dict[str, Any]] = []
+    for issue in exc.issues():
+        found = next((m for m in map(_ENTRY.match, issue.get("expression", [])) if m), None)
+        index = int(found.group(1)) if found else len(entries)
+        resource = entries[index].get("resource") or {} if index < len(entries) else {}
+        rule = rules.get((str(resource.get("resourceType")), str(resource.get("id"))))
+        if rule is not None:
+            where = f"[{mapping.name} rule {rule} at {mapping.where(rule)}] "
+            issue = {**issue, "diagnostics": where + str(issue.get("diagnostics", ""))}
+        issues.append(issue)
+    if issues == exc.issues():
+        return exc
+    return FhirError(exc.diagnostics, status=exc.status, code=exc.code, expression=exc.expression,
+                     issues=issues, headers=exc.headers)  # fmt: skip
 
 
 #: The OperationOutcome of a record not stored because a later version of it is.

@@ -28,8 +28,9 @@ _MAX_QUOTED = 40
 
 
 def quote(value: Any) -> str:
-    """A short printable rendering of a source value for error messages."""
-    text = repr(value)
+    """A short printable rendering of a source value for error messages (JSON's spelling of
+    true, false and null: the sender wrote those)."""
+    text = "null" if value is None else ("true" if value else "false") if type(value) is bool else repr(value)
     return text if len(text) <= _MAX_QUOTED else text[: _MAX_QUOTED - 3] + "..."
 
 

@@ -126,10 +126,14 @@ def to_boolean(value: Any, path: str) -> bool:
     raise fail(path, value, "yes/no or true/false")
 
 
+_DATE = "a date (YYYY-MM-DD)"
+_DATETIME = "an ISO 8601 date-time (YYYY-MM-DDThh:mm:ss, with a zone or taken as UTC)"
+
+
 def to_date(value: Any, path: str) -> str:
     """An ISO date (or the date part of a date-time); partial dates (YYYY, YYYY-MM) allowed."""
     if type(value) is not str:
-        raise fail(path, value, "a date")
+        raise fail(path, value, _DATE + _epoch_hint(value))
     text = value.strip()
     if _PARTIAL_DATE_RE.match(text):
         return text
@@ -138,7 +142,7 @@ def to_date(value: Any, path: str) -> str:
             return date.fromisoformat(text).isoformat()
         parsed = datetime.fromisoformat(text)
     except ValueError:
-        raise fail(path, value, "a date (YYYY-MM-DD)") from None
+        raise fail(path, value, _DATE) from None
     if len(text) >= 10 and text[:10] == parsed.date().isoformat():
         return text[:10]
     return parsed.date().isoformat()
@@ -147,14 +151,17 @@ def to_date(value: Any, path: str) -> str:
 def to_datetime(value: Any, path: str) -> str:
     """A FHIR dateTime; a time without zone is taken as UTC."""
     if type(value) is not str:
-        raise fail(path, value, "a date-time")
+        raise fail(path, value, _DATETIME + _epoch_hint(value))
     text = value.strip()
     if len(text) <= 10:
-        return to_date(text, path)
+        try:
+            return to_date(text, path)
+        except MappingError:
+            raise fail(path, value, _DATETIME) from None
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
-        raise fail(path, value, "an ISO 8601 date-time") from None
+        raise fail(path, value, _DATETIME) from None
     if parsed.tzinfo is None:
         # Naive times are UTC in the sources we know (Kobo _submission_time, CommCare metadata).
         parsed = parsed.replace(tzinfo=UTC)
@@ -162,6 +169,13 @@ def to_datetime(value: Any, path: str) -> str:
     if _FHIR_DATETIME_RE.match(text):
         return text
     return _format_instant(parsed)
+
+
+def _epoch_hint(value: Any) -> str:
+    """For a number where a date was expected: the converters that read one."""
+    if type(value) in (int, float):
+        return "; a time in milliseconds or seconds since 1970 reads with | epoch_ms or | epoch_s"
+    return ""
 
 
 def _format_instant(moment: datetime) -> str:

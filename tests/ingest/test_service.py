@@ -150,3 +150,18 @@ def test_a_referral_progress_survives_a_large_resend_read_in_one_query_a_batch(s
         assert "Task" not in counted.reads and counted.read_many_calls == 2  # a query a batch of 100 records
     finally:
         service.close()
+
+
+def test_a_bundle_fhir_refuses_names_the_rule_that_made_the_part(service: IngestService, store: SqlStore) -> None:
+    # The golden inputs hold "CHW-0083"; an app sending the CHW id as a number makes an
+    # Identifier.value FHIR refuses. The quarantine says which rule, file and line made it.
+    record = json.loads(sample("kobo", "hypertension-visit"))
+    record["chw_id"] = 83
+    (result,) = service.ingest("kobo", split_body(orjson.dumps(record), "application/json")).results
+    assert result.status == "quarantined"
+    (issue,) = result.outcome["issue"]  # type: ignore[index]
+    assert issue["expression"][0].startswith("Bundle.entry[")
+    file = MAPPINGS / "kobo" / "hypertension-visit.yaml"
+    line = next(n for n, text in enumerate(file.read_text().splitlines(), 1) if "name: chw_practitioner" in text)
+    where = f"[kobo-hypertension-visit rule chw_practitioner at kobo: {file}:{line}] "
+    assert issue["diagnostics"].startswith(where), issue

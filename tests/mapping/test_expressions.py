@@ -244,6 +244,9 @@ def test_converters(pipeline: str, value: Any, expected: list[Any]) -> None:
         ("date", "13/05/2025", "is not a date"),
         ("date", "2025-02-30", "is not a date"),
         ("datetime", "yesterday at noon", "is not an ISO 8601 date-time"),
+        ("datetime", "yesterday", "'yesterday' is not an ISO 8601 date-time"),  # short text: not "a date"
+        ("datetime", 1780000000000, "reads with | epoch_ms or | epoch_s"),
+        ("datetime", True, "true is not an ISO 8601 date-time"),  # JSON's spelling, as sent
         ("epoch_ms", "soon", "is not a timestamp number"),
         ("epoch_ms", 10**20, "is not a timestamp in range"),
         ("position", "north", "is not a 'lat lon [alt acc]' geopoint"),
