@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -81,16 +81,25 @@ def run(
     """Dry run: print the transaction Bundle(s) a record file produces; nothing is stored."""
     import orjson
 
-    from gateway.mapping import InputError, fhir_problems, map_outcome, read_records
+    from gateway.mapping import InputError, fhir_problems, map_outcome, parse_csv_rows, read_records
 
     loaded = _load(root)
     (selected,) = _pick(loaded, [mapping_set])
+    unreadable: dict[int, str] = {}  # as the server does: a CSV line of the wrong width is refused alone
     try:
-        records, many = read_records(file)
+        if file.suffix.lower() == ".csv":
+            _, rows = parse_csv_rows(file.read_bytes())
+            records, many = [row.record for row in rows], True
+            unreadable = {n: f"CSV line {row.line} {row.problem}" for n, row in enumerate(rows) if row.problem}
+        else:
+            records, many = read_records(file)
     except (InputError, OSError) as exc:
         typer.echo(f"cannot read {file}: {exc}", err=True)
         raise typer.Exit(2) from exc
-    outputs = [map_outcome(selected, record) for record in records]
+    outputs: list[dict[str, Any]] = [
+        _refused(unreadable[n]) if n in unreadable else map_outcome(selected, record)
+        for n, record in enumerate(records)
+    ]
     failed = sum(
         1 for output in outputs
         if output.get("resourceType") == "OperationOutcome"
@@ -105,6 +114,12 @@ def run(
     if failed or problems:
         typer.echo(f"{failed} of {len(outputs)} record(s) refused, {len(problems)} FHIR problem(s)", err=True)
         raise typer.Exit(1)
+
+
+def _refused(why: str) -> dict[str, Any]:
+    """The OperationOutcome of a record that could not be read (the server quarantines it alone)."""
+    issue = {"severity": "error", "code": "structure", "diagnostics": why}
+    return {"resourceType": "OperationOutcome", "issue": [issue]}
 
 
 @mappings_app.command()

@@ -4,8 +4,10 @@ Accepted bodies: one JSON object, a JSON array of objects (``application/json`` 
 ``+json`` type; a missing Content-Type means JSON) or CSV with a header line
 (``text/csv``). Only UTF-8 is accepted. Anything else is refused as a whole with a 4xx
 before a single record is touched, because it is not a record the sender could fix one
-by one: not JSON, a JSON scalar, an array holding non-objects, nesting deeper than the
-limit, more records than the limit, another charset or media type.
+by one: not JSON, a JSON scalar, an array holding no object at all, nesting deeper than the
+limit, more records than the limit, another charset or media type. An item of an array of
+records that is no object, or a CSV line of the wrong width, is kept on its own
+(``ReceivedRecord.problem``) and the other records are stored.
 
 What is kept for a failed record (``ReceivedRecord.raw``): the body itself for a single
 object; the item re-serialised as JSON for an array; the header plus the row as CSV for a
@@ -40,7 +42,8 @@ class ReceivedRecord:
     record: Any
     raw: bytes
     content_type: str
-    #: Why the bytes are no record (a CSV line of the wrong width): kept in the quarantine as they came.
+    #: Why the bytes are no record (a CSV line of the wrong width, an array item that is no object):
+    #: kept in the quarantine as they came.
     problem: str | None = None
 
 
@@ -94,12 +97,15 @@ def _json_records(body: bytes, max_depth: int) -> list[ReceivedRecord]:
         return [ReceivedRecord(0, data, body, JSON)]
     if not isinstance(data, list):
         raise invalid("send a JSON object (one record) or an array of objects", code="structure")
-    for index, item in enumerate(data):
-        if not isinstance(item, dict):
-            raise invalid(
-                f"item {index} of the array is not a JSON object", [f"$[{index}]"], code="structure"
-            )
-    return [ReceivedRecord(index, item, orjson.dumps(item), JSON) for index, item in enumerate(data)]
+    if data and not any(isinstance(item, dict) for item in data):
+        raise invalid("send a JSON object (one record) or an array of objects", ["$[0]"], code="structure")
+    # Among records, an item that is none (a number, a string) is kept on its own, as it came,
+    # like a CSV line of the wrong width: the others are stored.
+    return [
+        ReceivedRecord(index, item, orjson.dumps(item), JSON,
+                       None if isinstance(item, dict) else f"item {index} of the array is not a JSON object")
+        for index, item in enumerate(data)
+    ]  # fmt: skip
 
 
 def _csv_records(body: bytes) -> list[ReceivedRecord]:

@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from gateway.errors import StoreError
 from gateway.fhir import record_activities, retracted_version
 from gateway.store import RecordOutput, StoredResource, StoreTransaction
 
@@ -47,9 +48,10 @@ class OutputChange:
     retracted: list[Retracted] = field(default_factory=list)  # filled by ``apply_output_changes``
 
 
-class StaleRecords(Exception):  # noqa: N818 - not an error: these records are older than what is stored
+class StaleRecords(StoreError):  # noqa: N818 - not a failure: these records are older than what is stored
     """Records of a transaction whose stored version is later than theirs: the transaction is
-    undone, to be run again without them (``keys``: (source system, record key) pairs)."""
+    undone, to be run again without them (``keys``: (source system, record key) pairs). Like
+    ``VersionConflict``, a write the store will not apply; ingest always handles it."""
 
     def __init__(self, keys: set[tuple[str, str]]) -> None:
         super().__init__(f"{len(keys)} record(s) older than their stored version")

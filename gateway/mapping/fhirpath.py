@@ -8,6 +8,7 @@ evaluators turn fhirpathpy's failures on odd records into ``MappingError``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -68,6 +69,20 @@ def _nodes(record: Any, env: dict[str, list[Any]]) -> tuple[Any, dict[str, list[
     return wrap(record), wrapped  # type: ignore[no-untyped-call]
 
 
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def _why(exc: Exception) -> str:
+    """What fhirpathpy said (``Expected string, but got 11.8``), short: it may quote the record's
+    value, which belongs in the OperationOutcome (never in logs)."""
+    # Object reprs carry memory addresses: the same record must give the same message.
+    said = _OBJECT_REPR.sub("a node", " ".join(str(exc).split()))
+    name = type(exc).__name__
+    if not said or said == name:
+        return name
+    return f"{name}: {said[:117] + '...' if len(said) > 120 else said}"
+
+
 def fhirpath_evaluator(text: str) -> Evaluator:
     """``text`` compiled once by fhirpathpy, run on records (failures become ``MappingError``)."""
     compiled = fhirpathpy.compile(text)
@@ -76,9 +91,7 @@ def fhirpath_evaluator(text: str) -> Evaluator:
         try:
             return plain(compiled(*_nodes(record, env)))
         except Exception as exc:  # fhirpathpy raises bare Exception, KeyError, TypeError … on odd data
-            raise MappingError(
-                text, f"FHIRPath evaluation failed: {type(exc).__name__}", code="processing"
-            ) from exc
+            raise MappingError(text, f"FHIRPath evaluation failed: {_why(exc)}", code="processing") from exc
 
     return run
 
@@ -91,8 +104,6 @@ def interpreted_evaluator(text: str) -> Evaluator:
             node, variables = _nodes(record, env)
             return plain(fhirpathpy.evaluate(node, text, variables))
         except Exception as exc:  # as in fhirpath_evaluator
-            raise MappingError(
-                text, f"FHIRPath evaluation failed: {type(exc).__name__}", code="processing"
-            ) from exc
+            raise MappingError(text, f"FHIRPath evaluation failed: {_why(exc)}", code="processing") from exc
 
     return run

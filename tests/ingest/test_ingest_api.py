@@ -8,6 +8,7 @@ import io
 import json
 from typing import Any
 
+import orjson
 import pytest
 
 from tests.ingest.conftest import Harness, sample
@@ -156,6 +157,18 @@ async def test_a_csv_line_of_the_wrong_width_is_quarantined_and_the_others_store
     assert replay.status_code == 422 and "3 cells" in replay.text
 
 
+async def test_an_array_item_that_is_no_object_is_quarantined_and_the_others_stored(gw: Harness) -> None:
+    record = json.loads(sample("kobo", "hypertension-visit"))
+    body = b"[" + orjson.dumps(record) + b', "oops", 42]'
+    response = await _post(gw, "kobo", body)
+    assert response.status_code == 202, response.text
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == ["stored", "quarantined", "quarantined"]
+    assert "item 1 of the array is not a JSON object" in results[1]["outcome"]["issue"][0]["diagnostics"]
+    held = gw.store.quarantine_get(results[2]["quarantine_id"])
+    assert held is not None and held.body == b"42"  # kept as it came
+
+
 @pytest.mark.parametrize(
     ("body", "headers", "status", "code"),
     [
@@ -163,7 +176,7 @@ async def test_a_csv_line_of_the_wrong_width_is_quarantined_and_the_others_store
         (b"", JSON, 400, "required"),
         (b"42", JSON, 400, "structure"),
         (b"[]", JSON, 400, "required"),
-        (b'[{"a": 1}, 2]', JSON, 400, "structure"),
+        (b"[1, 2]", JSON, 400, "structure"),
         (b'{"a": "\xff\xfe"}', JSON, 400, "structure"),
         (b"[" * 200 + b"]" * 200, JSON, 400, "too-costly"),
         (b'{"a": 1}', {"Content-Type": "application/json; charset=iso-8859-1"}, 415, "not-supported"),

@@ -115,3 +115,16 @@ def test_coverage_reports_unread_fields_and_silent_rules() -> None:
     assert "unread field: form.vitals.weight_kg" not in result.output
     # %item paths inside repeats count as reads of the repeat's fields
     assert "unread field: form.household_contacts.contact.contact_name" not in result.output
+
+
+def test_run_refuses_a_csv_line_of_the_wrong_width_alone(tmp_path: Path) -> None:
+    lines = (MAPPINGS / "csv" / "tests" / "malaria-line-list.input.csv").read_text().splitlines()
+    lines.insert(2, "LL-2025-05-0099,2025-05-05,short")
+    rows = tmp_path / "rows.csv"
+    rows.write_text("\n".join(lines) + "\n")
+    result = runner.invoke(mappings_app, ["run", "csv", str(rows), "--dir", str(MAPPINGS)])
+    assert result.exit_code == 1  # one record refused, as the server would quarantine it
+    outputs = json.loads(result.stdout)
+    assert [output["resourceType"] for output in outputs] == ["Bundle", "OperationOutcome"] + ["Bundle"] * 3
+    assert outputs[1]["issue"][0]["diagnostics"] == "CSV line 3 has 3 cells, the header 13"
+    assert "1 of 5 record(s) refused" in result.output

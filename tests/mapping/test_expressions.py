@@ -275,3 +275,12 @@ def test_ref_and_uuid_are_deterministic() -> None:
     assert ref == {"reference": f"Patient/{rid}"}
     assert _convert("uuid('Patient')", "abc") == [rid]
     assert _convert("uuid('Patient')", "abd") != [rid]
+
+
+def test_a_fhirpath_failure_says_what_fhirpath_said() -> None:
+    expression = compile_expression("muac_cm.replace(',', '.') | decimal", CTX, SCOPE)
+    assert expression.run({"muac_cm": "11,8"}, {}) == [11.8]
+    with pytest.raises(MappingError) as caught:
+        expression.run({"muac_cm": 11.8}, {})  # a JSON number: replace() needs text
+    assert "FHIRPath evaluation failed: Exception: Expected string, but got 11.8" in str(caught.value)
+    assert caught.value.code == "processing"
