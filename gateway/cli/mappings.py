@@ -81,6 +81,7 @@ def run(
     """Dry run: print the transaction Bundle(s) a record file produces; nothing is stored."""
     import orjson
 
+    from gateway.fhir import operation_outcome
     from gateway.mapping import InputError, fhir_problems, map_outcome, parse_csv_rows, read_records
 
     loaded = _load(root)
@@ -97,7 +98,7 @@ def run(
         typer.echo(f"cannot read {file}: {exc}", err=True)
         raise typer.Exit(2) from exc
     outputs: list[dict[str, Any]] = [
-        _refused(unreadable[n]) if n in unreadable else map_outcome(selected, record)
+        operation_outcome("structure", unreadable[n]) if n in unreadable else map_outcome(selected, record)
         for n, record in enumerate(records)
     ]
     failed = sum(
@@ -114,12 +115,6 @@ def run(
     if failed or problems:
         typer.echo(f"{failed} of {len(outputs)} record(s) refused, {len(problems)} FHIR problem(s)", err=True)
         raise typer.Exit(1)
-
-
-def _refused(why: str) -> dict[str, Any]:
-    """The OperationOutcome of a record that could not be read (the server quarantines it alone)."""
-    issue = {"severity": "error", "code": "structure", "diagnostics": why}
-    return {"resourceType": "OperationOutcome", "issue": [issue]}
 
 
 @mappings_app.command()

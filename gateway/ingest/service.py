@@ -40,7 +40,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import CLIENT_ERRORS, FhirError, RequestError
-from gateway.fhir import PreparedTransaction, combine_prepared, prepare_transaction, run_prepared
+from gateway.fhir import PreparedTransaction, combine_prepared, informational, prepare_transaction, run_prepared
 from gateway.ingest.body import CSV, ReceivedRecord
 from gateway.ingest.progress import keep_task_progress, stored_tasks
 from gateway.ingest.registry import MappingRegistry
@@ -99,37 +99,34 @@ class IngestService:
             batch = RecordGroup()
             for start in range(0, len(records), BATCH_RECORDS):
                 # Mapped a batch at a time, so the Tasks they map are read from the store at once.
-                mapped: list[tuple[int, str | None, dict[str, Any] | None, OutputChange | Exception]] = []
-                mappings: dict[int, CompiledMapping | None] = {}
+                mapped: list[
+                    tuple[int, str | None, dict[str, Any] | None, OutputChange | Exception, CompiledMapping | None]
+                ] = []
                 for position in range(start, min(start + BATCH_RECORDS, len(records))):
                     if records[position].problem is not None:  # bytes that are no record: kept as they came
                         problem = FhirError(str(records[position].problem), status=400, code="structure")
-                        mapped.append((position, None, None, problem))
+                        mapped.append((position, None, None, problem, None))
                         continue
                     record_data = records[position].record
                     mapping = mapping_set.selected(record_data)  # once: key and Bundle share it
-                    mappings[position] = mapping
                     key = mapping_set.record_key(record_data, mapping) if mapping is not None else None
                     started = time.perf_counter()
                     try:
                         bundle, change = _mapped(mapping_set, source.name, record_data, key, mapping)
                     except CLIENT_ERRORS as exc:
-                        mapped.append((position, key, None, exc))
+                        mapped.append((position, key, None, exc, mapping))
                         continue
                     meter.mapping_seconds.labels(source.name).observe(time.perf_counter() - started)
-                    mapped.append((position, change.record_key, bundle, change))
-                tasks = stored_tasks(self.store, [made["entry"] for _, _, made, _ in mapped if made is not None])
-                for position, key, made, outcome in mapped:
+                    mapped.append((position, change.record_key, bundle, change, mapping))
+                tasks = stored_tasks(self.store, [made["entry"] for _, _, made, _, _ in mapped if made is not None])
+                for position, key, made, outcome, mapping in mapped:
                     received = records[position]
                     try:
                         if isinstance(outcome, Exception):
                             raise outcome
                         assert made is not None
                         started = time.perf_counter()
-                        try:
-                            prepared = self._prepare(made["entry"], base, tasks)
-                        except FhirError as exc:  # the Bundle is refused: say which rule made the part
-                            raise _in_rule(exc, made, outcome, mappings.get(position)) from None
+                        prepared = self._prepare_mapped(made, outcome, mapping, base, tasks)
                         meter.validation_seconds.labels(source.name).observe(time.perf_counter() - started)
                     except CLIENT_ERRORS as exc:
                         writes.run(partial(self._quarantine_into, results, position, source.name, received, key, exc))
@@ -188,6 +185,20 @@ class IngestService:
             if self._writer is None:
                 self._writer = IngestWriter(self._store_group)
             return self._writer
+
+    def _prepare_mapped(
+        self,
+        bundle: dict[str, Any],
+        change: OutputChange,
+        mapping: CompiledMapping | None,
+        base: str,
+        tasks: Mapping[str, StoredResource] | None = None,
+    ) -> PreparedTransaction:
+        """``_prepare`` of a mapped record's Bundle; a part FHIR refuses is named by the rule that made it."""
+        try:
+            return self._prepare(bundle["entry"], base, tasks)
+        except FhirError as exc:
+            raise _in_rule(exc, bundle, change, mapping) from None
 
     def _prepare(
         self, entries: list[dict[str, Any]], base: str, tasks: Mapping[str, StoredResource] | None = None
@@ -260,8 +271,9 @@ class IngestService:
     def store_record(self, mapping_set: MappingSet, source: str, record: Any, base: str = "") -> RecordResult:
         """Map one record of ``source`` and store it (or its deletion) in one transaction; raises one
         of ``CLIENT_ERRORS`` if refused."""
-        bundle, change = _mapped(mapping_set, source, record, mapping_set.record_key(record))
-        written = self._commit(self._prepare(bundle["entry"], base), [change])
+        mapping = mapping_set.selected(record)
+        bundle, change = _mapped(mapping_set, source, record, mapping_set.record_key(record, mapping), mapping)
+        written = self._commit(self._prepare_mapped(bundle, change, mapping, base), [change])
         return _stored(0, change, written, patient_of(bundle))
 
     def _commit(self, prepared: PreparedTransaction, changes: list[OutputChange]) -> list[WrittenResource]:
@@ -390,16 +402,17 @@ _ENTRY = re.compile(r"Bundle\.entry\[(\d+)\]")
 
 
 def _in_rule(
-    exc: FhirError, bundle: dict[str, Any], change: OutputChange | Exception, mapping: CompiledMapping | None
+    exc: FhirError, bundle: dict[str, Any], change: OutputChange, mapping: CompiledMapping | None
 ) -> FhirError:
     """``exc`` with each issue about a Bundle entry prefixed by the mapping rule that made it and
     where that rule is (``[mapping rule R at set: file:line]``), as mapping errors are."""
-    if mapping is None or not isinstance(change, OutputChange):
+    if mapping is None:
         return exc
     rules = {(output.rtype, output.id): output.rule for output in change.outputs}
     entries = bundle.get("entry", [])
+    given = exc.issues()
     issues: list[dict[str, Any]] = []
-    for issue in exc.issues():
+    for issue in given:
         found = next((m for m in map(_ENTRY.match, issue.get("expression", [])) if m), None)
         index = int(found.group(1)) if found else len(entries)
         resource = entries[index].get("resource") or {} if index < len(entries) else {}
@@ -408,20 +421,14 @@ def _in_rule(
             where = f"[{mapping.name} rule {rule} at {mapping.where(rule)}] "
             issue = {**issue, "diagnostics": where + str(issue.get("diagnostics", ""))}
         issues.append(issue)
-    if issues == exc.issues():
+    if issues == given:
         return exc
     return FhirError(exc.diagnostics, status=exc.status, code=exc.code, expression=exc.expression,
                      issues=issues, headers=exc.headers)  # fmt: skip
 
 
 #: The OperationOutcome of a record not stored because a later version of it is.
-STALE_OUTCOME: dict[str, Any] = {
-    "resourceType": "OperationOutcome",
-    "issue": [{
-        "severity": "information", "code": "informational",
-        "diagnostics": "a later version of this record is stored; this one was not applied",
-    }],
-}  # fmt: skip
+STALE_OUTCOME = informational("a later version of this record is stored; this one was not applied")
 
 
 def _answered_stale(record: PendingRecord, stale: set[tuple[str, str]]) -> bool:

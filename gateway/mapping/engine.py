@@ -454,6 +454,11 @@ def _nested_items(levels: tuple[tuple[str, Expression], ...], record: Any, env: 
     return found
 
 
+def _version(modified: Expression | None, record: Any) -> float | None:
+    """What a ``modified`` expression reads from ``record``, as a version number (None: none)."""
+    return None if modified is None else version_number(modified.run(record, {}), modified.text)
+
+
 def made_any(entries: dict[tuple[str, str], dict[str, Any]], rule: str) -> bool:
     """Whether any entry so far came from ``rule``."""
     return any(resource.get("_rule") == rule for resource in entries.values())
@@ -488,15 +493,11 @@ class MappingSet:
     def record_version(self, record: Any, mapping: CompiledMapping) -> float | None:
         """The record's version as ``mapping``'s ``modified`` reads it (None: it has none);
         raises ``MappingError`` for a value that is no version."""
-        if mapping.modified is None:
-            return None
-        return version_number(mapping.modified.run(record, {}), mapping.modified.text)
+        return _version(mapping.modified, record)
 
     def retracted_version(self, record: Any) -> float | None:
         """The version of a deleted or voided record (``retract.modified``), or None."""
-        if self.retract_modified is None:
-            return None
-        return version_number(self.retract_modified.run(record, {}), self.retract_modified.text)
+        return _version(self.retract_modified, record)
 
     def map_outputs(
         self, record: Any, mapping: CompiledMapping | None = None

@@ -67,8 +67,9 @@ def parse_csv_rows(data: bytes) -> tuple[list[str], list[CsvRow]]:
             f"CSV is not UTF-8: line {line} holds a byte that is not UTF-8 (offset {exc.start} in the file);"
             " save the file as UTF-8"
         ) from exc
-    first_line = text.split("\n", 1)[0]
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=csv_delimiter(first_line), strict=True)
+    end = text.find("\n")  # the header line, without copying the rest of the document
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=csv_delimiter(text[:end] if end >= 0 else text),
+                        strict=True)  # fmt: skip
     try:
         header = next(reader, None)
         if header is None or not any(name.strip() for name in header):

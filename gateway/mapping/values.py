@@ -203,11 +203,16 @@ def from_epoch(value: Any, path: str, scale: int) -> str:
 
 def to_epoch_ms(value: Any, path: str) -> int:
     """Milliseconds since 1970 from an ISO date-time (no zone: UTC); the inverse of ``from_epoch``."""
+    return round(epoch_seconds(value, path) * 1000)
+
+
+def epoch_seconds(value: Any, path: str) -> float:
+    """Seconds since 1970 (to the microsecond) from an ISO date or date-time (no zone: UTC; a
+    partial date: its first moment)."""
     text = to_datetime(value, path)
     if len(text) <= 10:  # a (partial) date: its first moment
         text += "-01-01"[len(text) - 4 :] + "T00:00:00Z"
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return round(moment.timestamp() * 1000)
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 #: Words that belong to the name part after them: family-name particles ("van der Berg",

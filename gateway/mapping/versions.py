@@ -18,17 +18,17 @@ with another mapping's.
 from __future__ import annotations
 
 import re
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
 from gateway.mapping.errors import MappingError
+from gateway.mapping.values import epoch_seconds
 
 __all__ = ["version_number"]
 
 _REVISION = re.compile(r"(\d+)-\S+")  # CouchDB: N-<md5 hex>; tests and tools write others
 _NUMBER = re.compile(r"\d+(\.\d+)?")
-_YEAR_MONTH = re.compile(r"(\d{4})-(\d{2})")
 
 
 def version_number(values: list[Any], path: str) -> float | None:
@@ -47,27 +47,16 @@ def version_number(values: list[Any], path: str) -> float | None:
     if isinstance(value, int | float | Decimal):
         return float(value)
     if isinstance(value, datetime | date):
-        return _epoch(value)
+        value = value.isoformat()
     if isinstance(value, str):
         text = value.strip()
         if _NUMBER.fullmatch(text):
             return float(text)
-        month = _YEAR_MONTH.fullmatch(text)
-        if month and 1 <= int(month.group(2)) <= 12:
-            return _epoch(date(int(month.group(1)), int(month.group(2)), 1))
         try:
-            return _epoch(datetime.fromisoformat(text))
-        except ValueError:
+            return epoch_seconds(text, path)
+        except MappingError:
             pass
         revision = _REVISION.fullmatch(text)
         if revision:
             return float(revision.group(1))
     raise MappingError(path, "the record's version is not a number, a date/time or a revision 'N-…'", code="value")
-
-
-def _epoch(value: datetime | date) -> float:
-    if not isinstance(value, datetime):
-        value = datetime(value.year, value.month, value.day, tzinfo=UTC)
-    elif value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.timestamp()

@@ -165,3 +165,7 @@ def test_a_bundle_fhir_refuses_names_the_rule_that_made_the_part(service: Ingest
     line = next(n for n, text in enumerate(file.read_text().splitlines(), 1) if "name: chw_practitioner" in text)
     where = f"[kobo-hypertension-visit rule chw_practitioner at kobo: {file}:{line}] "
     assert issue["diagnostics"].startswith(where), issue
+    # replayed (the mapping not yet fixed), it stays held and says the same
+    again = service.replay(result.quarantine_id)  # type: ignore[arg-type]
+    assert again.status == "quarantined"
+    assert again.outcome["issue"][0]["diagnostics"].startswith(where), again.outcome  # type: ignore[index]
