@@ -145,10 +145,11 @@ async def conditional_update(request: Request, rtype: str) -> Response:
     query = _query_string(request)
     if not query:
         raise invalid("PUT to a type URL needs search parameters (conditional update)")
+    if_match = parse_if_match(request)
     data = await _resource_body(request, ctx, rtype)
 
     return await _write(request, ctx, principal.name, media, interactions.conditional_update, ctx.parser, data,
-                        rtype, query, access=access)
+                        rtype, query, if_match=if_match, access=access)
 
 
 @router.patch("/{rtype}/{rid}", summary="Patch (JSON Patch)")

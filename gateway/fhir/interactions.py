@@ -140,13 +140,19 @@ def conditional_update(
     rtype: str,
     query_string: str,
     *,
+    if_match: int | None = None,
     access: SearchAccess,
 ) -> WriteOutcome:
-    """``PUT [type]?query``: create on no match, update on one, 412 on several."""
+    """``PUT [type]?query``: create on no match, update on one, 412 on several; with ``If-Match``
+    (``if_match``), only while that version is the match's current one (412 otherwise, as for an update)."""
     found = search_matches(tx, parser, rtype, query_string, "conditional update", access=access)
     if len(found) > 1:
         raise FhirError("the conditional update matches more than one resource", status=412, code="duplicate")
     if not found:
+        if if_match is not None:
+            # A version of nothing cannot be current: never create behind an If-Match (RFC 9110 13.1.1).
+            raise FhirError(f"If-Match names version {if_match}, but the conditional update matches nothing",
+                            status=412, code="conflict")
         body_id = resource.get("id")
         if body_id is not None:
             return update(tx, resource, rtype, check_id(str(body_id)), access=access)
@@ -154,7 +160,7 @@ def conditional_update(
     target = found[0]
     if resource.get("id") not in (None, target.id):
         raise invalid("the resource id does not match the resource the condition found", [f"{rtype}.id"])
-    return update(tx, {**resource, "id": target.id}, rtype, target.id, access=access)
+    return update(tx, {**resource, "id": target.id}, rtype, target.id, if_match=if_match, access=access)
 
 
 def delete(

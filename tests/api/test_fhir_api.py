@@ -186,6 +186,24 @@ async def test_conditional_create_and_update(api: ApiHarness) -> None:
     assert_outcome(await c.put("/fhir/Patient", params={"identifier": "urn:s|1"}, json=body), 412)
 
 
+async def test_conditional_update_honours_if_match(api: ApiHarness) -> None:
+    c = api.client
+    body = {"resourceType": "Patient", "identifier": [{"system": "urn:s", "value": "3"}]}
+    created = await c.put("/fhir/Patient", params={"identifier": "urn:s|3"}, json=body)
+    assert created.status_code == 201
+    assert (await c.put("/fhir/Patient", params={"identifier": "urn:s|3"}, json={**body, "active": True},
+                        headers={"If-Match": 'W/"1"'})).status_code == 200
+    # A stale If-Match changes nothing (a lost update otherwise), as on PUT [type]/[id].
+    stale = await c.put("/fhir/Patient", params={"identifier": "urn:s|3"}, json={**body, "active": False},
+                        headers={"If-Match": 'W/"1"'})
+    assert_outcome(stale, 412, "conflict")
+    assert (await c.get(f"/fhir/Patient/{created.json()['id']}")).json()["active"] is True
+    # An If-Match on a condition matching nothing names no current version: 412, nothing created.
+    assert_outcome(await c.put("/fhir/Patient", params={"identifier": "urn:s|4"}, json=body,
+                               headers={"If-Match": 'W/"1"'}), 412, "conflict")
+    assert (await c.get("/fhir/Patient", params={"identifier": "urn:s|4"})).json()["total"] == 0
+
+
 async def test_search_bundle_paging_and_summaries(api: ApiHarness) -> None:
     c = api.client
     for i in range(23):
