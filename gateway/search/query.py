@@ -245,6 +245,10 @@ class QueryParser:
                 query.used.append((key, raw))
                 continue
             name, _, modifier = key.partition(":")
+            if name in ("_id", "_lastUpdated") and modifier:
+                # Known parameters with no modifier support here: refused like any unsupported modifier,
+                # never ignored as "unknown" (that would return the resources the client excluded).
+                raise SearchError(f"modifier :{modifier} is not supported on {name}", key, "not-supported")
             if name == "_id" and not modifier:
                 ids = self._split(key, raw)
                 for rid in ids:

@@ -187,6 +187,10 @@ def test_quantity_search(store: SqlStore) -> None:
         ([("_sort", "nonsense")], "sort"),
         ([("_count", "-1")], "_count"),
         ([("birthdate:missing", "maybe")], "missing"),
+        # _id and _lastUpdated are known parameters: a modifier on them is refused, not ignored as unknown.
+        ([("_id:not", "x")], "modifier :not is not supported on _id"),
+        ([("_id:missing", "false")], "modifier :missing is not supported on _id"),
+        ([("_lastUpdated:missing", "false")], "modifier :missing is not supported on _lastUpdated"),
     ],
 )
 def test_malformed_searches_are_rejected(items: list[tuple[str, str]], message: str) -> None:
