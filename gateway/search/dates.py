@@ -50,6 +50,9 @@ def date_range(value: str) -> tuple[float, float]:
             low = _epoch(year, month, 1)
             return low, low + calendar.monthrange(year, month)[1] * 86400.0
         day = int(g["d"])
+        if not 1 <= day <= calendar.monthrange(year, month)[1]:
+            # timegm would roll 2020-02-30 over into March instead of refusing it, as datetime does.
+            raise ValueError(f"day {day} is out of range for month {month}")
         if g["H"] is None:
             low = _epoch(year, month, day)
             return low, low + 86400.0
