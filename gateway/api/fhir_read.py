@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -16,7 +15,7 @@ from starlette.responses import Response
 
 from gateway.auth import Principal
 from gateway.errors import FhirError, gone, not_found
-from gateway.fhir import bundles, deidentify, issue, outcome_of, subset
+from gateway.fhir import bundles, deidentify, interactions, issue, outcome_of, subset
 from gateway.r4 import RESOURCE_TYPES
 from gateway.search import (
     MAX_INT_DIGITS,
@@ -253,26 +252,9 @@ def _subset_content(content: bytes, summary: str | None, elements: list[str] | N
 
 
 def not_modified(request: Request, res: StoredResource) -> bool:
-    """Whether the client's copy is current (RFC 9110 13.1.2-3), so a read answers 304.
-
-    ``If-None-Match`` (a list of ETags, or ``*`` for any) wins over ``If-Modified-Since``
-    (an HTTP date: the version is not newer, to the second Last-Modified shows). A date that
-    cannot be parsed is ignored, as RFC 9110 asks.
-    """
-    none_match = request.headers.get("if-none-match")
-    if none_match is not None:
-        tags = [tag.strip().removeprefix("W/").strip('"') for tag in none_match.split(",")]
-        return "*" in tags or str(res.version) in tags
-    since = request.headers.get("if-modified-since")
-    if since is None:
-        return False
-    try:
-        when = parsedate_to_datetime(since)
-    except (TypeError, ValueError, IndexError):
-        return False
-    if when.tzinfo is None:
-        return False  # not an HTTP date (those are GMT)
-    return res.last_updated.replace(microsecond=0) <= when
+    """Whether the client's copy is current (RFC 9110 13.1.2-3), so a read answers 304."""
+    return interactions.not_modified(res, request.headers.get("if-none-match"),
+                                     request.headers.get("if-modified-since"))
 
 
 async def _visible(request: Request, principal: Principal, rtype: str, rid: str) -> bool:

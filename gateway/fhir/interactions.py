@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -37,6 +38,27 @@ def check_id(rid: str, where: str = "id") -> str:
     if not ID_RE.match(rid):
         raise invalid(f"{rid[:70]!r} is not a valid FHIR id", [where])
     return rid
+
+
+def not_modified(res: StoredResource, if_none_match: str | None, if_modified_since: str | None) -> bool:
+    """Whether the client's copy of ``res`` is current (RFC 9110 13.1.2-3), so a read answers 304.
+
+    ``If-None-Match`` (a list of ETags, or ``*`` for any) wins over ``If-Modified-Since``
+    (an HTTP date: the version is not newer, to the second Last-Modified shows). A date that
+    cannot be parsed is ignored, as RFC 9110 asks.
+    """
+    if if_none_match is not None:
+        tags = [tag.strip().removeprefix("W/").strip('"') for tag in if_none_match.split(",")]
+        return "*" in tags or str(res.version) in tags
+    if if_modified_since is None:
+        return False
+    try:
+        when = parsedate_to_datetime(if_modified_since)
+    except (TypeError, ValueError, IndexError):
+        return False
+    if when.tzinfo is None:
+        return False  # not an HTTP date (those are GMT)
+    return res.last_updated.replace(microsecond=0) <= when
 
 
 def search_matches(

@@ -44,7 +44,7 @@ from gateway.store import PreparedWrite, ResourceStore, StoredResource, StoreTra
 
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 _LETTER = {"POST": "c", "PUT": "u", "PATCH": "u", "DELETE": "d"}
-_STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
+_STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content", 304: "304 Not Modified"}
 
 
 @dataclass(slots=True)
@@ -60,6 +60,9 @@ class _Entry:
     if_none_exist: str | None
     if_match: int | None
     response: dict[str, Any] = field(default_factory=dict)
+    # A GET's request.ifNoneMatch / ifModifiedSince (bundle.html: a current copy answers 304).
+    if_none_match: str | None = None
+    if_modified_since: str | None = None
     prepared: PreparedWrite | None = None  # ResourceStore.prepare() of a PUT's resource, done before the transaction
 
     @property
@@ -281,7 +284,13 @@ class _Processor:
         full_url = raw.get("fullUrl") if isinstance(raw.get("fullUrl"), str) else None
         if_match = _etag_version(request.get("ifMatch"), f"{where}.request.ifMatch")
         if_none_exist = request.get("ifNoneExist") if isinstance(request.get("ifNoneExist"), str) else None
-        return _Entry(index, method, rtype, rid, version, query, resource, full_url, if_none_exist, if_match)
+        entry = _Entry(index, method, rtype, rid, version, query, resource, full_url, if_none_exist, if_match)
+        if method in ("GET", "HEAD"):
+            for key in ("ifNoneMatch", "ifModifiedSince"):
+                if request.get(key) is not None and not isinstance(request.get(key), str):
+                    raise invalid(f"request.{key} must be a string", [f"{where}.request.{key}"], code="structure")
+            entry.if_none_match, entry.if_modified_since = request.get("ifNoneMatch"), request.get("ifModifiedSince")
+        return entry
 
     def _split_url(self, url: str, where: str) -> tuple[str, str | None, int | None, str]:
         if url.startswith(self.base + "/"):
@@ -466,6 +475,10 @@ class _Processor:
                 raise not_found(f"{e.rtype}/{e.rid} is not known")
             if current.deleted:
                 return {"response": {"status": "410 Gone"}}
+            if interactions.not_modified(current, e.if_none_match, e.if_modified_since):
+                entry = self._write_response(304, current)
+                entry.pop("resource", None)  # the client's copy is current (conditional read)
+                return entry
             return self._write_response(200, current, force_resource=True)
         query = self.parser.parse(e.rtype, parse_qsl(e.query, keep_blank_values=True), access=self.access)
         result = tx.search(query)

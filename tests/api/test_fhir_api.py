@@ -454,6 +454,24 @@ async def test_conditional_read_by_etag_list_star_and_modified_since(api: ApiHar
     assert patient["conditionalRead"] == "full-support"
 
 
+async def test_batch_reads_take_if_none_match_and_if_modified_since(api: ApiHarness) -> None:
+    c = api.client
+    current = await c.put("/fhir/Patient/cr2", json={"resourceType": "Patient", "id": "cr2"})
+    modified = current.headers["last-modified"]
+    conditions = [{"ifNoneMatch": 'W/"1"'}, {"ifNoneMatch": 'W/"7"'}, {"ifModifiedSince": modified},
+                  {"ifModifiedSince": "Sat, 01 Jan 2000 00:00:00 GMT"}, {}]
+    bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": "Patient/cr2", **condition}} for condition in conditions]}
+    entries = (await c.post("/fhir", json=bundle)).json()["entry"]
+    # bundle.html: request.ifNoneMatch / ifModifiedSince make a read conditional, as the headers do.
+    assert [e["response"]["status"] for e in entries] == ["304 Not Modified", "200 OK", "304 Not Modified",
+                                                          "200 OK", "200 OK"]
+    assert ["resource" in e for e in entries] == [False, True, False, True, True]
+    assert entries[0]["response"]["etag"] == 'W/"1"'
+    bundle["entry"] = [{"request": {"method": "GET", "url": "Patient/cr2", "ifNoneMatch": 1}}]
+    assert (await c.post("/fhir", json=bundle)).json()["entry"][0]["response"]["status"] == "400"
+
+
 async def test_read_and_vread_take_summary_and_elements(api: ApiHarness) -> None:
     c = api.client
     patient = {"resourceType": "Patient", "id": "sum1", "active": True, "gender": "female",
