@@ -396,6 +396,11 @@ class QueryParser:
         if "." in rest:
             raise SearchError("only one level of chaining is supported", f"{head}.{rest}", "not-supported")
         inner_name, _, inner_mod = rest.partition(":")
+        if inner_name in ("_id", "_lastUpdated"):
+            # Known parameters the chain cannot reach: ignoring them as unknown would match every
+            # resource of the type instead of those referring to the one named.
+            hint = f"; search {head}=<id> instead" if inner_name == "_id" else ""
+            raise SearchError(f"chaining to {inner_name} is not supported{hint}", f"{head}.{rest}", "not-supported")
         inner = self.registry.get(target, inner_name)
         if inner is None or inner.path is None:
             if strict:

@@ -194,6 +194,8 @@ def test_quantity_search(store: SqlStore) -> None:
         ([("_id:not", "x")], "modifier :not is not supported on _id"),
         ([("_id:missing", "false")], "modifier :missing is not supported on _id"),
         ([("_lastUpdated:missing", "false")], "modifier :missing is not supported on _lastUpdated"),
+        ([("general-practitioner:Practitioner._id", "x")], "chaining to _id is not supported"),
+        ([("organization._lastUpdated", "gt2020")], "chaining to _lastUpdated is not supported"),
     ],
 )
 def test_malformed_searches_are_rejected(items: list[tuple[str, str]], message: str) -> None:
