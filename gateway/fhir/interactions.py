@@ -147,7 +147,8 @@ def update(
         result = tx.update(resource, if_match=if_match, skip_unchanged=skip_unchanged, prepared=prepared)
     except VersionConflict as exc:
         raise FhirError(
-            f"If-Match names version {if_match}, but the current version is {exc.current}",
+            f"If-Match names version {if_match}, but the current version is {exc.current}"
+            if exc.current is not None else f"If-Match names version {if_match}, but {rtype}/{rid} is not there",
             status=412,
             code="conflict",
         ) from exc

@@ -454,7 +454,10 @@ class _Processor:
                 for tombstone in tombstones:
                     self._wrote(tombstone, False)
                 return {"response": {"status": "204 No Content"}}
-            return self._get(tx, e)
+            answer = self._get(tx, e)
+            if e.method == "HEAD":
+                answer.pop("resource", None)  # as a HEAD request: the headers (etag, lastModified), no body
+            return answer
         except GatewayError as exc:
             if not exc.expression and not exc.extra_issues:
                 exc.expression = [e.where]

@@ -28,6 +28,7 @@ from .policy_sql import visible_rids as visible_rids
 from .policy_sql import visible_rows as visible_rows
 from .query import MAX_INT_DIGITS as MAX_INT_DIGITS
 from .query import RESULT_PARAMS as RESULT_PARAMS
+from .query import Include as Include
 from .query import QueryParser as QueryParser
 from .query import SearchError as SearchError
 from .query import SearchLimits as SearchLimits

@@ -151,6 +151,8 @@ class Include:
     # Types an untargeted include must not return (the client may read all the others): one
     # query with an exclusion instead of one query for each of a hundred allowed types.
     exclude: tuple[str, ...] = ()
+    #: ``:iterate``: also applied to the resources included, round after round (``ITERATE_ROUNDS``).
+    iterate: bool = False
 
 
 @dataclass(slots=True)
@@ -312,9 +314,9 @@ class QueryParser:
                 candidates = param.targets if param is not None and param.targets else RESOURCE_TYPES
                 denied = tuple(sorted(set(candidates) - set(allowed)))
                 if len(denied) < len(allowed):
-                    includes.append(Include(inc.source, inc.param, None, denied))
+                    includes.append(Include(inc.source, inc.param, None, denied, inc.iterate))
                 else:
-                    includes.extend(Include(inc.source, inc.param, target) for target in allowed)
+                    includes.extend(Include(inc.source, inc.param, target, (), inc.iterate) for target in allowed)
         query.includes = includes
         for inc in query.revincludes:
             access.require_return(inc.source, "_revinclude")
@@ -388,9 +390,14 @@ class QueryParser:
         if param is None or param.type != "reference":
             return None
         if not target:
-            if len(param.targets) != 1:
-                raise SearchError(f"chained parameter {head} needs a type modifier ({head}:Type.…)", head)
-            target = param.targets[0]
+            # search.html: a chain through a reference to several types names one (subject:Patient.name);
+            # when only one of them has the chained parameter, that one is meant.
+            inner_code = rest.split(".", 1)[0].partition(":")[0]
+            having = [t for t in param.targets if self.registry.get(t, inner_code) is not None]
+            if len(param.targets) != 1 and len(having) != 1:
+                among = f" ({inner_code} is a parameter of {', '.join(having)})" if having else ""
+                raise SearchError(f"chained parameter {head} needs a type modifier ({head}:Type.…){among}", head)
+            target = having[0] if len(param.targets) != 1 else param.targets[0]
         if param.targets and target not in param.targets:
             raise SearchError(f"{name} cannot refer to {target}", head)
         if "." in rest:
@@ -454,12 +461,10 @@ class QueryParser:
             query.sort = [self._sort_key(query.rtype, k) for k in keys]
         elif key in ("_include", "_revinclude", "_include:iterate", "_revinclude:iterate"):
             include = _include(raw, key)
-            if key.startswith("_include"):
-                if include.source != query.rtype:
-                    raise SearchError(f"_include must start with {query.rtype}", key)
-                target_param = self.registry.get(include.source, include.param)
-            else:
-                target_param = self.registry.get(include.source, include.param)
+            if key == "_include" and include.source != query.rtype:
+                hint = f" (or use _include:iterate={raw} to follow it from included resources)"
+                raise SearchError(f"_include must start with {query.rtype}{hint}", key)
+            target_param = self.registry.get(include.source, include.param)
             if target_param is None or target_param.type != "reference":
                 raise SearchError(f"{include.source} has no reference parameter {include.param!r}", key)
             chosen = query.includes if key.startswith("_include") else query.revincludes
@@ -538,4 +543,5 @@ def _include(raw: str, key: str) -> Include:
     pieces = raw.split(":")
     if len(pieces) not in (2, 3) or not all(pieces):
         raise SearchError(f"{key} must look like Type:param[:TargetType]", key)
-    return Include(pieces[0], pieces[1], pieces[2] if len(pieces) == 3 else None)
+    target = pieces[2] if len(pieces) == 3 else None
+    return Include(pieces[0], pieces[1], target, iterate=key.endswith(":iterate"))

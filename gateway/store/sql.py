@@ -23,6 +23,7 @@ from gateway.search import (
     FAR_PAST,
     DateSortPlan,
     ExtractionPlan,
+    Include,
     IndexRows,
     RowFilter,
     SearchError,
@@ -80,6 +81,9 @@ ROW_ID_BLOCK = 32
 AUDIT_TYPE = "AuditEvent"
 #: Ids a query lists at most (SQLite binds at most 32,766 parameters a statement).
 _IDS_PER_QUERY = 500
+#: Rounds of ``_include:iterate`` / ``_revinclude:iterate`` after the first (each follows one more
+#: reference from what the round before added).
+ITERATE_ROUNDS = 4
 
 
 
@@ -599,12 +603,51 @@ class SqlStore(ExportJobs, SubscriptionRows):
         self, cur: Cursor, query: SearchQuery, rids: list[int], page: list[StoredResource]
     ) -> list[StoredResource]:
         seen = {(r.type, r.id) for r in page}
+        found = self._include_round(cur, query, query.includes, query.revincludes, page, rids, seen)
+        included = list(found)
+        # ``:iterate`` values apply again to what the last round added, until nothing new comes
+        # (a bounded number of rounds: a chain of references could otherwise be walked to its end).
+        forward = [inc for inc in query.includes if inc.iterate]
+        backward = [inc for inc in query.revincludes if inc.iterate]
+        for _ in range(ITERATE_ROUNDS):
+            if not found or not (forward or backward):
+                break
+            found = self._include_round(cur, query, forward, backward, found, None, seen)
+            included.extend(found)
+            if len(included) > query.max_included:
+                raise _too_many_included(query, "_include" if forward else "_revinclude")
+        return included
+
+    def _include_round(
+        self,
+        cur: Cursor,
+        query: SearchQuery,
+        includes: Sequence[Include],
+        revincludes: Sequence[Include],
+        sources: list[StoredResource],
+        rids: list[int] | None,
+        seen: set[tuple[str, str]],
+    ) -> list[StoredResource]:
+        """What ``includes`` and ``revincludes`` add to ``sources`` (row ids ``rids``, when known), not in
+        ``seen`` (which grows by them)."""
         refs: list[tuple[str, str]] = []
-        marks = ", ".join("?" for _ in rids)
-        for inc in query.includes:
+        by_type: dict[str, list[str]] = {}
+        for res in sources:
+            by_type.setdefault(res.type, []).append(res.id)
+        for inc in includes:
             refs_of, params = self._include_rows(inc.source, inc.param)
-            sql = f"SELECT DISTINCT x.ttype, x.tid FROM idx_ref x WHERE {refs_of} AND x.rid IN ({marks})"
-            params.extend(rids)
+            source_params: list[Any]
+            if rids is not None:
+                of_sources, source_params = f"x.rid IN ({', '.join('?' for _ in rids)})", list(rids)
+            elif inc.source in by_type:
+                ids = by_type[inc.source]
+                of_sources = (f"x.rid IN (SELECT s.rid FROM resources s WHERE s.rtype = ?"
+                              f" AND s.id IN ({', '.join('?' for _ in ids)}))")  # fmt: skip
+                source_params = [inc.source, *ids]
+            else:
+                continue
+            sql = f"SELECT DISTINCT x.ttype, x.tid FROM idx_ref x WHERE {refs_of} AND {of_sources}"
+            params.extend(source_params)
             if inc.target:
                 sql += " AND x.ttype = ?"
                 params.append(inc.target)
@@ -621,31 +664,32 @@ class SqlStore(ExportJobs, SubscriptionRows):
         if refs:
             with_types = list(dict.fromkeys(refs))
             out.extend(self._read_many_cur(cur, with_types))
-        ids = [r.id for r in page]
-        id_marks = ", ".join("?" for _ in ids)
         # This many rows of one _revinclude (distinct resources, at most a page of them on the
         # page already) include too much on their own, so no query fetches more.
-        limit = query.max_included + len(page) + 1
-        for inc in query.revincludes:
+        limit = query.max_included + len(sources) + 1
+        for inc in revincludes:
             visible = visible_probe(query.policy, inc.source, "r")
             only, only_params = ("", []) if visible is None else (f" AND {visible[0]}", visible[1])
             refs_of, refs_params = self._include_rows(inc.source, inc.param)
-            cur.execute(
-                self.q(f"SELECT {COLUMNS} FROM resources r WHERE r.rtype = ? AND r.deleted = 0 AND r.rid IN"
-                       f" (SELECT x.rid FROM idx_ref x WHERE x.rtype = ? AND {refs_of} AND x.ttype = ?"
-                       f" AND x.tid IN ({id_marks})){only} LIMIT ?"),
-                (inc.source, inc.source, *refs_params, query.rtype, *ids, *only_params, limit),
-            )
-            rows = cur.fetchall()
-            if len(rows) >= limit:
-                raise _too_many_included(query, "_revinclude")
-            out.extend(to_resource(row) for row in rows)
+            for target, ids in by_type.items():
+                id_marks = ", ".join("?" for _ in ids)
+                cur.execute(
+                    self.q(f"SELECT {COLUMNS} FROM resources r WHERE r.rtype = ? AND r.deleted = 0 AND r.rid IN"
+                           f" (SELECT x.rid FROM idx_ref x WHERE x.rtype = ? AND {refs_of} AND x.ttype = ?"
+                           f" AND x.tid IN ({id_marks})){only} LIMIT ?"),
+                    (inc.source, inc.source, *refs_params, target, *ids, *only_params, limit),
+                )
+                rows = cur.fetchall()
+                if len(rows) >= limit:
+                    raise _too_many_included(query, "_revinclude")
+                out.extend(to_resource(row) for row in rows)
         unique: dict[tuple[str, str], StoredResource] = {}
         for res in out:
             if (res.type, res.id) not in seen:
                 unique.setdefault((res.type, res.id), res)
         if len(unique) > query.max_included:
-            raise _too_many_included(query, "_revinclude" if query.revincludes else "_include")
+            raise _too_many_included(query, "_revinclude" if revincludes else "_include")
+        seen.update(unique)
         return list(unique.values())
 
     def _visible_refs(self, cur: Cursor, policy: RowFilter, refs: list[tuple[str, str]]) -> list[tuple[str, str]]:

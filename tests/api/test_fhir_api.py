@@ -43,6 +43,11 @@ async def test_metadata_is_public_and_honest(api: ApiHarness) -> None:
     patient = {p["name"] for p in resources["Patient"]["searchParam"]}
     assert {"identifier", "family", "birthdate", "address-district", "_lastUpdated"} <= patient
     assert {"patient", "code", "date", "value-quantity"} <= {p["name"] for p in resources["Observation"]["searchParam"]}
+    for mode in ("full", "normal"):
+        assert (await api.anonymous().get("/fhir/metadata", params={"mode": mode})).json() == cs
+    terminology = await api.anonymous().get("/fhir/metadata", params={"mode": "terminology"})
+    assert "no terminology service" in assert_outcome(terminology, 400, "not-supported")["issue"][0]["diagnostics"]
+    assert_outcome(await api.anonymous().get("/fhir/metadata", params={"mode": "brief"}), 400, "invalid")
 
 
 async def test_a_revoked_token_gets_401_within_a_second(api: ApiHarness) -> None:
@@ -111,8 +116,11 @@ async def test_update_if_match_delete_and_history(api: ApiHarness) -> None:
     assert updated.status_code == 200 and updated.headers["etag"] == 'W/"2"'
     stale = await c.put("/fhir/Patient/p1", json={"resourceType": "Patient", "id": "p1", "active": False},
                         headers={"If-Match": 'W/"1"'})
-    assert_outcome(stale, 412, "conflict")
+    assert "the current version is 2" in assert_outcome(stale, 412, "conflict")["issue"][0]["diagnostics"]
     assert (await c.get("/fhir/Patient/p1")).json()["active"] is True
+    absent = await c.put("/fhir/Patient/nobody", json={"resourceType": "Patient", "id": "nobody"},
+                         headers={"If-Match": 'W/"1"'})
+    assert "Patient/nobody is not there" in assert_outcome(absent, 412, "conflict")["issue"][0]["diagnostics"]
     assert_outcome(await c.put("/fhir/Patient/p1", json={"resourceType": "Patient", "id": "p2"}), 400)
     assert_outcome(await c.put("/fhir/Patient/p1", json={"resourceType": "Patient"}), 400, "required")
     assert (await c.get("/fhir/Patient/p1/_history/1")).json()["meta"]["versionId"] == "1"
@@ -470,6 +478,10 @@ async def test_batch_reads_take_if_none_match_and_if_modified_since(api: ApiHarn
     assert entries[0]["response"]["etag"] == 'W/"1"'
     bundle["entry"] = [{"request": {"method": "GET", "url": "Patient/cr2", "ifNoneMatch": 1}}]
     assert (await c.post("/fhir", json=bundle)).json()["entry"][0]["response"]["status"] == "400"
+    # A HEAD entry answers as HEAD does: the status and etag, no resource.
+    bundle["entry"] = [{"request": {"method": "HEAD", "url": "Patient/cr2"}}]
+    head = (await c.post("/fhir", json=bundle)).json()["entry"][0]
+    assert head["response"]["status"] == "200 OK" and head["response"]["etag"] == 'W/"1"' and "resource" not in head
 
 
 async def test_read_and_vread_take_summary_and_elements(api: ApiHarness) -> None:

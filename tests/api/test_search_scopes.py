@@ -110,6 +110,26 @@ async def test_includes_of_unreadable_types_are_refused(api: ApiHarness) -> None
     assert len(revinclude["entry"]) == 4
 
 
+async def test_iterated_includes_need_read_on_every_type_they_return(api: ApiHarness) -> None:
+    await seed(api)
+    org = {"resourceType": "Organization", "id": "clinic", "name": "Clinic"}
+    assert (await api.client.put("/fhir/Organization/clinic", json=org)).status_code == 201
+    p1 = {**SEED[0], "managingOrganization": {"reference": "Organization/clinic"}}
+    assert (await api.client.put("/fhir/Patient/p1", json=p1)).status_code == 200
+    params = {"code": "HIV-POS", "_include": "Observation:subject", "_include:iterate": "Patient:organization"}
+    no_orgs = api.with_scopes("system/Patient.rs", "system/Observation.rs")
+    refused = await no_orgs.get("/fhir/Observation", params=params)
+    assert "Patient:organization" in assert_outcome(refused, 403, "forbidden")["issue"][0]["diagnostics"]
+    everything = api.with_scopes("system/Patient.rs", "system/Observation.rs", "system/Organization.r")
+    found = (await everything.get("/fhir/Observation", params=params)).json()
+    assert sorted((e["resource"]["id"], e["search"]["mode"]) for e in found["entry"]) == [
+        ("clinic", "include"), ("o1", "match"), ("p1", "include")]
+    assert "_include%3Aiterate=Patient%3Aorganization" in found["link"][0]["url"]
+    revinclude = {"_id": "p1", "_revinclude": "Observation:subject", "_revinclude:iterate": "Provenance:target"}
+    refused = await everything.get("/fhir/Patient", params=revinclude)
+    assert "Provenance" in assert_outcome(refused, 403, "forbidden")["issue"][0]["diagnostics"]
+
+
 async def test_conditional_references_need_search_on_their_type(api: ApiHarness) -> None:
     await seed(api)
     observation = {"resourceType": "Observation", "status": "final", "code": {"text": "probe"}}

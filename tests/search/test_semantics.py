@@ -8,7 +8,7 @@ from gateway.search.dates import date_range
 from gateway.search.extract import index_rows
 from gateway.search.query import QueryParser, SearchError
 from gateway.search.registry import default_registry
-from gateway.store.sql import SqlStore
+from gateway.store.sql import ITERATE_ROUNDS, SqlStore
 
 PARSER = QueryParser(default_registry(), 50, 1000)
 BIRTH_DATES = {"y": "1980", "m": "1980-05", "d": "1980-05-17", "later": "1981-02-03", "late": "1990-01-01"}
@@ -158,13 +158,62 @@ def test_reference_forms_and_chains(store: SqlStore) -> None:
         tx.create({"resourceType": "Observation", "status": "final", "code": {"text": "other"}})
     for item in [("subject", f"Patient/{pid}"), ("subject", f"http://x.test/fhir/Patient/{pid}"),
                  ("patient", pid), ("subject:Patient", pid), ("subject:Patient.name", "okoth"),
-                 ("patient.family", "okoth"), ("code", "http://loinc.org|8867-4")]:
+                 ("patient.family", "okoth"), ("subject.family", "okoth"), ("code", "http://loinc.org|8867-4")]:
         assert find(store, "Observation", item) == {obs}, item
     assert find(store, "Patient", ("_has:Observation:patient:code", "8867-4")) == {pid}
     result = store.search(PARSER.parse("Observation", [("_id", obs), ("_include", "Observation:subject")]))
     assert [r.id for r in result.included] == [pid]
     result = store.search(PARSER.parse("Patient", [("_id", pid), ("_revinclude", "Observation:subject")]))
     assert [r.id for r in result.included] == [obs]
+
+
+def test_a_chain_without_a_type_needs_one_only_when_several_targets_have_the_parameter() -> None:
+    """subject.family can only mean a Patient (Group, Device and Location have no family); subject.name
+    could mean several, so the client names one."""
+    chained = PARSER.parse("Observation", [("subject.family", "okoth")]).criteria[0]
+    assert chained.chain is not None and chained.chain[0] == "Patient"
+    with pytest.raises(SearchError, match=r"needs a type modifier .*name is a parameter of .*Patient"):
+        PARSER.parse("Observation", [("subject.name", "okoth")])
+    with pytest.raises(SearchError, match="needs a type modifier"):
+        PARSER.parse("Observation", [("subject.no-such-param", "x")])
+
+
+def test_include_iterate_follows_references_from_included_resources(store: SqlStore) -> None:
+    """search.html: ``:iterate`` applies an include again to what the includes added, round after round."""
+    with store.transaction() as tx:
+        tx.update({"resourceType": "Organization", "id": "region", "name": "Region"})
+        for level, parent in ((1, "region"), *((n, f"org{n - 1}") for n in range(2, 9))):
+            part_of = {"reference": f"Organization/{parent}"}
+            tx.update({"resourceType": "Organization", "id": f"org{level}", "partOf": part_of})
+        tx.update({"resourceType": "Patient", "id": "pat", "managingOrganization": {"reference": "Organization/org2"}})
+        tx.update({"resourceType": "Observation", "id": "obs", "status": "final", "code": {"text": "muac"},
+                   "subject": {"reference": "Patient/pat"}})
+        tx.update({"resourceType": "Provenance", "id": "prov", "target": [{"reference": "Observation/obs"}],
+                   "recorded": "2024-01-01T00:00:00Z", "agent": [{"who": {"display": "chw"}}]})
+
+    def included(rtype: str, *items: tuple[str, str]) -> set[str]:
+        return {f"{r.type}/{r.id}" for r in store.search(PARSER.parse(rtype, list(items))).included}
+
+    assert included("Observation", ("_id", "obs"), ("_include", "Observation:subject"),
+                    ("_include:iterate", "Patient:organization")) == {"Patient/pat", "Organization/org2"}
+    # Each round follows one more reference: org2 -> org1 -> region, then nothing new.
+    assert included("Observation", ("_id", "obs"), ("_include", "Observation:subject"),
+                    ("_include:iterate", "Patient:organization"), ("_include:iterate", "Organization:partof")) == {
+        "Patient/pat", "Organization/org2", "Organization/org1", "Organization/region"}
+    assert included("Patient", ("_id", "pat"), ("_revinclude", "Observation:subject"),
+                    ("_revinclude:iterate", "Provenance:target")) == {"Observation/obs", "Provenance/prov"}
+    # Without :iterate the Provenance of the included Observation is not followed.
+    assert included("Patient", ("_id", "pat"), ("_revinclude", "Observation:subject"),
+                    ("_revinclude", "Provenance:target")) == {"Observation/obs"}
+    # A reference to the searched type itself: the first round applies to the matches too, and the
+    # rounds are bounded (org8 -> org7 ... : the first round and ITERATE_ROUNDS more).
+    chain = included("Organization", ("_id", "org8"), ("_include:iterate", "Organization:partof"))
+    assert chain == {f"Organization/org{n}" for n in range(7 - ITERATE_ROUNDS, 8)}
+    assert included("Organization", ("_id", "org6"), ("_revinclude:iterate", "Organization:partof")) == {
+        "Organization/org7", "Organization/org8"}
+    # Without :iterate an include must start at the searched type; the error says how to iterate.
+    with pytest.raises(SearchError, match="_include:iterate=Patient:organization"):
+        PARSER.parse("Observation", [("_include", "Patient:organization")])
 
 
 def test_quantity_search(store: SqlStore) -> None:
