@@ -373,10 +373,16 @@ async def _history(request: Request, principal: Principal, rtype: str | None, ri
                             expression=[unsupported])
     raw_since = request.query_params.get("_since")
     since = _since(raw_since) if raw_since else None
+    # Paging newest first: versions written after the first page would push every later page one
+    # place down (an entry on two pages). The links carry the first page's newest instant, in ms.
+    snapshot = _history_snapshot(request.query_params.get("_snapshot"))
+    until = None if snapshot is None else datetime.fromtimestamp(snapshot / 1000, UTC)
     policy = row_filter(request, principal)
     versions, total = await ctx.query(
-        lambda: ctx.store.history(rtype, rid, since=since, count=count, offset=offset, policy=policy)
+        lambda: ctx.store.history(rtype, rid, since=since, count=count, offset=offset, policy=policy, until=until)
     )
+    if snapshot is None and offset == 0 and versions:
+        snapshot = round(versions[0].last_updated.timestamp() * 1000)
     versions = shown(principal, versions)
     if rid is not None and total == 0:
         # No version since ``_since`` is an empty history of a resource that exists, not a 404.
@@ -386,6 +392,17 @@ async def _history(request: Request, principal: Principal, rtype: str | None, ri
     base = base_url(request)
     url = f"{base}/{rtype}/{rid}/_history" if rid else f"{base}/{rtype}/_history" if rtype else f"{base}/_history"
     used = [("_since", raw_since)] if raw_since else []
-    links = _page_links(url, used, count, offset, total, len(versions), None)
+    links = _page_links(url, used, count, offset, total, len(versions), snapshot)
     return fhir_response(bundles.history(base, versions, total=total, links=links), media_type=media)
+
+
+def _history_snapshot(raw: str | None) -> int | None:
+    """A history link's ``_snapshot`` (the newest instant its pages show, epoch ms), or None."""
+    if raw is None:
+        return None
+    try:
+        return non_negative_int(raw, "_snapshot")
+    except SearchError as exc:
+        raise FhirError("_snapshot must be a non-negative integer", status=400, code="invalid",
+                        expression=["_snapshot"]) from exc
 

@@ -318,9 +318,11 @@ class ResourceStore(Protocol):
         count: int = 50,
         offset: int = 0,
         policy: RowFilter | None = None,
+        until: datetime | None = None,
     ) -> tuple[list[StoredResource], int]:
-        """Versions, newest first, for an instance, a type or the whole system, and the total
-        (only of resources ``policy`` lets the client see as they are now)."""
+        """Versions, newest first (then by type and id), for an instance, a type or the whole system,
+        last updated from ``since`` to ``until``, and the total (only of resources ``policy`` lets the
+        client see as they are now)."""
         ...
 
     def search(self, query: SearchQuery) -> SearchResult:

@@ -249,6 +249,7 @@ class SqlStore(ExportJobs, SubscriptionRows):
         count: int = 50,
         offset: int = 0,
         policy: RowFilter | None = None,
+        until: datetime | None = None,
     ) -> tuple[list[StoredResource], int]:
         """Versions, newest first, and their total (of resources ``policy`` lets the client see now)."""
         conds: list[str] = []
@@ -274,6 +275,9 @@ class SqlStore(ExportJobs, SubscriptionRows):
             # lu is stored to the millisecond, as lastUpdated shows it; the margin absorbs float
             # rounding, so `_since=<a version's lastUpdated>` includes that version.
             params.append(since.timestamp() - 0.0001)
+        if until is not None:
+            conds.append("r.lu <= ?")
+            params.append(until.timestamp() + 0.0001)
         where = " WHERE " + " AND ".join(conds) if conds else ""
         # The current versions are in ``resources``, the superseded ones in ``history``.
         with self._read_cursor() as cur:
@@ -284,7 +288,8 @@ class SqlStore(ExportJobs, SubscriptionRows):
             total = int(cur.fetchone()[0])
             cur.execute(
                 self.q(f"SELECT {COLUMNS} FROM resources r{where} UNION ALL SELECT {COLUMNS} FROM history r{where}"
-                       " ORDER BY 4 DESC, 3 DESC LIMIT ? OFFSET ?"),
+                       # Type and id last: versions of one millisecond (a Bundle's) keep one order across pages.
+                       " ORDER BY 4 DESC, 3 DESC, 1, 2 LIMIT ? OFFSET ?"),
                 (*params, *params, count, offset),
             )
             rows = [to_resource(row) for row in cur.fetchall()]

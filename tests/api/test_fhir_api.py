@@ -160,6 +160,37 @@ async def test_history_since_an_old_resources_last_change_and_delete_if_match(ap
     assert (await c.get("/fhir/Patient/p1")).status_code == 200  # the batch's stale DELETE changed nothing
 
 
+async def test_history_pages_hold_still_while_resources_change(api: ApiHarness) -> None:
+    """Followed verbatim, history's next links neither repeat nor skip a version when writes come
+    between pages (newest first: a new version would push every later page one place down)."""
+    c = api.client
+    # One transaction: eight versions of one millisecond, which type and id keep in one order.
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Patient", "id": f"h{n}"}, "request": {"method": "PUT", "url": f"Patient/h{n}"}}
+        for n in range(8)]}
+    assert (await c.post("/fhir", json=bundle)).status_code == 200
+    for n in range(4):
+        assert (await c.put(f"/fhir/Patient/h{n}", json={"resourceType": "Patient", "id": f"h{n}", "active": True}))
+    before = [(e["resource"]["id"], e["resource"]["meta"]["versionId"])
+              for e in (await c.get("/fhir/Patient/_history", params={"_count": 100})).json()["entry"]]
+    assert len(before) == 12
+    seen: list[tuple[str, str]] = []
+    page = (await c.get("/fhir/Patient/_history", params={"_count": 5})).json()
+    while True:
+        seen += [(e["resource"]["id"], e["resource"]["meta"]["versionId"]) for e in page["entry"]]
+        # A write between pages: on the pages that follow, neither the new version nor a shift.
+        await c.put(f"/fhir/Patient/h{len(seen)}", json={"resourceType": "Patient", "id": f"h{len(seen)}",
+                                                         "gender": "female"})
+        following = [link["url"] for link in page["link"] if link["relation"] == "next"]
+        if not following:
+            break
+        assert "_snapshot=" in following[0]
+        page = (await c.get(following[0].removeprefix("http://gateway.test"))).json()
+        assert page["total"] == 12
+    assert seen == before
+    assert_outcome(await c.get("/fhir/Patient/_history", params={"_snapshot": "soon"}), 400, "invalid")
+
+
 async def test_prefer_return(api: ApiHarness) -> None:
     minimal = await api.client.post("/fhir/Patient", json={"resourceType": "Patient"},
                                     headers={"Prefer": "return=minimal"})
