@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
@@ -52,12 +53,19 @@ async def _write(
     interaction: Callable[..., interactions.WriteOutcome],
     *args: Any,
     readable: bool = True,
+    deidentified: bool = False,
     **kwargs: Any,
 ) -> Response:
     """Run one write interaction in its own store transaction and answer as ``Prefer`` asks
-    (without the resource if the client may not read it: ``readable``)."""
+    (without the resource if the client may not read it: ``readable``; de-identified when its
+    data policy says so: ``deidentified``)."""
     outcome = await _in_transaction(request, ctx, author, interaction, *args, **kwargs)
-    return write_response(request, outcome.resource, outcome.status, media, base_url(request), readable=readable)
+    res = outcome.resource
+    if deidentified and res.content:
+        # The answer is the stored resource (a matched If-None-Exist, a patch, kept identifiers),
+        # not only what the client sent: it gets it as its reads would.
+        res = replace(res, content=orjson.dumps(deidentify(orjson.loads(res.content))))
+    return write_response(request, res, outcome.status, media, base_url(request), readable=readable)
 
 
 async def _in_transaction(
@@ -113,7 +121,7 @@ async def create(request: Request, rtype: str) -> Response:
     if_none_exist = request.headers.get("if-none-exist") or _query_string(request) or None
 
     return await _write(request, ctx, principal.name, media, interactions.create, ctx.parser, data,
-                        if_none_exist=if_none_exist, access=access)
+                        if_none_exist=if_none_exist, access=access, deidentified=principal.deidentified)
 
 
 @router.put("/{rtype}/{rid}", summary="Update")
@@ -130,7 +138,7 @@ async def update(request: Request, rtype: str, rid: str) -> Response:
     data = await _resource_body(request, ctx, rtype)
 
     return await _write(request, ctx, principal.name, media, interactions.update, data, rtype, rid,
-                        if_match=if_match, access=access)
+                        if_match=if_match, access=access, deidentified=principal.deidentified)
 
 
 @router.put("/{rtype}", summary="Conditional update")
@@ -149,7 +157,7 @@ async def conditional_update(request: Request, rtype: str) -> Response:
     data = await _resource_body(request, ctx, rtype)
 
     return await _write(request, ctx, principal.name, media, interactions.conditional_update, ctx.parser, data,
-                        rtype, query, if_match=if_match, access=access)
+                        rtype, query, if_match=if_match, access=access, deidentified=principal.deidentified)
 
 
 @router.patch("/{rtype}/{rid}", summary="Patch (JSON Patch)")
@@ -173,7 +181,8 @@ async def patch(request: Request, rtype: str, rid: str) -> Response:
     # that may update but not read the type gets no body back (as with Prefer: return=minimal).
     readable = access.may_return(rtype)
     return await _write(request, ctx, principal.name, media, interactions.patch, rtype, rid, operations,
-                        if_match=if_match, access=access, readable=readable)
+                        if_match=if_match, access=access, readable=readable,
+                        deidentified=principal.deidentified)
 
 
 @router.delete("/{rtype}/{rid}", summary="Delete")

@@ -280,6 +280,29 @@ async def test_a_deidentified_client_gets_no_identifying_elements(api: ApiHarnes
     assert "HIDDEN" in (await api.client.get("/fhir/Patient/pb1")).text
 
 
+async def test_a_deidentified_client_gets_no_identifying_elements_back_from_its_writes(api: ApiHarness) -> None:
+    # A write's answer is the stored resource: a matched If-None-Exist, a patch of stored content.
+    await seed(api)
+    researcher = policy_client(api, {"deidentify": True}, scopes=("system/*.cruds",))
+    matched = await researcher.post("/fhir/Patient", json={"resourceType": "Patient"},
+                                    headers={"If-None-Exist": "_id=pb1"})
+    assert matched.status_code == 200 and matched.json()["id"] == "pb1"
+    patched = await researcher.patch("/fhir/Patient/pb2", json=[{"op": "add", "path": "/active", "value": True}],
+                                     headers={"Content-Type": "application/json-patch+json"})
+    assert patched.status_code == 200 and patched.json()["active"] is True
+    for response in (matched, patched):
+        assert "HIDDEN" not in response.text and "nid-" not in response.text, response.text
+        assert response.json()["birthDate"] == "1990"
+    sent = {**_patient("pb2", "HIDDEN-Niyonzima", org="dist-b"), "active": False}
+    for response in (await researcher.put("/fhir/Patient/pb2", json=sent),
+                     await researcher.put("/fhir/Patient?_id=pb2", json=sent)):
+        assert response.status_code == 200 and "HIDDEN" not in response.text and "nid-" not in response.text
+    # The same answer in full for a client without the policy.
+    full = await api.client.post("/fhir/Patient", json={"resourceType": "Patient"},
+                                 headers={"If-None-Exist": "_id=pb1"})
+    assert "HIDDEN" in full.text and "nid-pb1" in full.text
+
+
 async def test_a_deidentified_client_cannot_search_or_sort_by_what_it_does_not_see(api: ApiHarness) -> None:
     await seed(api)
     provenance = {"resourceType": "Provenance", "id": "prov1", "recorded": "2026-12-01T10:00:00Z",
