@@ -9,6 +9,7 @@ the changed resources and the owner's data policy).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from urllib.parse import parse_qsl
 
 from gateway.auth import Principal
@@ -53,6 +54,32 @@ def criteria_topic(criteria: str, parser: QueryParser | None) -> Topic:
                  triggers=(trigger,), filters={})
 
 
+def _owner_search(rtype: str, principal: Principal) -> SearchAccess:
+    """What the owner may match on: its own watched type with ``r``, every other type a chain or
+    ``_has`` looks into with ``s``, and nothing a de-identified client does not see."""
+    return SearchAccess(lambda t, letter: (t == rtype and principal.can(t, "r")) or principal.can(t, letter),
+                        deidentified=principal.deidentified)
+
+
+def check_filters(
+    topic: Topic, filters: Sequence[tuple[str | None, Sequence[tuple[str, str]]]], principal: Principal,
+    parser: QueryParser,
+) -> None:
+    """403 naming the filter unless ``principal`` may match what each of a topic subscription's
+    filter criteria looks at (a chain such as ``subject:Patient.name``, a de-identified element)."""
+    for index, (rtype, params) in enumerate(filters):
+        where = [f"Subscription.criteria.extension('backport-filter-criteria')[{index}]"]
+        for t in [rtype] if rtype else list(topic.filters):
+            usable = [(n, v) for n, v in params if n.split(":", 1)[0] in topic.filters.get(t, ())]
+            if not usable or not principal.can(t, "r"):
+                continue  # changes of a type the owner may not read are never matched
+            try:
+                parser.parse(t, usable, access=_owner_search(t, principal))
+            except FhirError as exc:
+                raise FhirError(f"filter criteria: {exc.diagnostics}", status=exc.status, code=exc.code,
+                                expression=where) from exc
+
+
 def check_owner(topic: Topic, principal: Principal, parser: QueryParser) -> None:
     """403 naming ``Subscription.criteria`` unless ``principal`` may read the criteria's type and search
     every other type its parameters look into (a chain, ``_has``)."""
@@ -62,9 +89,7 @@ def check_owner(topic: Topic, principal: Principal, parser: QueryParser) -> None
         raise FhirError(f"the client's scopes do not allow reading {rtype} (needs system/{rtype}.r)",
                         status=403, code="forbidden", expression=_WHERE)
     # A de-identified client's notifications would tell what its criteria matched, as a search would.
-    access = SearchAccess(lambda t, letter: (t == rtype and principal.can(t, "r")) or principal.can(t, letter),
-                          deidentified=principal.deidentified)
     try:
-        parser.parse(rtype, trigger.query, access=access)
+        parser.parse(rtype, trigger.query, access=_owner_search(rtype, principal))
     except FhirError as exc:
         raise FhirError(f"criteria: {exc.diagnostics}", status=exc.status, code=exc.code, expression=_WHERE) from exc

@@ -32,7 +32,7 @@ from gateway.store import Store, SubscriptionRecord
 from gateway.subscriptions.bundles import notification_bundle, status_bundle
 from gateway.subscriptions.config import SubscriptionSettings, subscription_destination
 from gateway.subscriptions.connector import RestHookConnector
-from gateway.subscriptions.criteria import check_owner
+from gateway.subscriptions.criteria import check_filters, check_owner
 from gateway.subscriptions.feed import SubscriptionFeed
 from gateway.subscriptions.spec import SubscriptionSpec, read_spec
 from gateway.subscriptions.stored import spec_of, view_of
@@ -87,6 +87,9 @@ class SubscriptionService:
                          min_heartbeat=self.settings.min_heartbeat_period)
         if spec.classic and principal is not None:
             check_owner(spec.topic, principal, self.parser)
+        elif principal is not None:
+            # A notification tells its owner the filter matched: a filter is a search like any other.
+            check_filters(spec.topic, spec.filters, principal, self.parser)
         return spec
 
     async def create(self, principal: Principal, resource: dict[str, Any]) -> SubscriptionRecord:

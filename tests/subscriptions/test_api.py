@@ -85,6 +85,29 @@ async def test_an_unusable_subscription_is_refused_naming_the_field(
     assert issue["expression"] == [field], issue
 
 
+@pytest.mark.parametrize(("scopes", "policy", "refused"), [
+    # a chain looks into Patient, which the owner may not search
+    (("system/ServiceRequest.rs", "system/Task.rs"), None, "ServiceRequest?subject:Patient.name=Uwase"),
+    (("system/ServiceRequest.rs", "system/Task.rs"), None, "patient:Patient.birthdate=1990-05-17"),
+    # de-identification strips the city, so matching on it is refused as in a search
+    (("system/Patient.rs",), {"deidentify": True}, "Patient?address-city=Town"),
+    (("system/*.rs",), {"deidentify": True}, "ServiceRequest?subject:Patient.name=Uwase"),
+])
+async def test_a_topic_filter_matches_only_what_the_owner_may_search(
+    sqlite_harness: Harness, scopes: tuple[str, ...], policy: dict[str, object] | None, refused: str,
+) -> None:
+    # Each notification tells the owner its filter matched: a filter is a search like any other.
+    client = sqlite_harness.client("system/Subscription.cruds", *scopes, policy=policy)
+    topic = "new-patient" if refused.startswith("Patient") else "referral"
+    response = await client.post("/fhir/Subscription", json=subscription(topic, "http://x.test/h", filters=[refused]))
+    assert response.status_code == 403, response.text
+    issue = response.json()["issue"][0]
+    assert issue["expression"] == ["Subscription.criteria.extension('backport-filter-criteria')[0]"], issue
+    allowed = "ServiceRequest?subject=Patient/p1" if topic == "referral" else "Patient?address-district=Gasabo"
+    response = await client.post("/fhir/Subscription", json=subscription(topic, "http://x.test/h", filters=[allowed]))
+    assert response.status_code == 201, response.text
+
+
 async def test_topics_are_listed_and_readable_as_basic(sqlite_harness: Harness) -> None:
     client = sqlite_harness.client("system/Patient.rs")
     statement = (await client.get("/fhir/metadata")).json()
