@@ -137,8 +137,11 @@ async def update(request: Request, rtype: str, rid: str) -> Response:
     if_match = parse_if_match(request)
     data = await _resource_body(request, ctx, rtype)
 
+    # The stored version keeps identifiers and links the gateway wrote (DHIS2 UIDs, identity links)
+    # that the client did not send: a client that may update but not read the type gets no body back.
     return await _write(request, ctx, principal.name, media, interactions.update, data, rtype, rid,
-                        if_match=if_match, access=access, deidentified=principal.deidentified)
+                        if_match=if_match, access=access, readable=access.may_return(rtype),
+                        deidentified=principal.deidentified)
 
 
 @router.put("/{rtype}", summary="Conditional update")

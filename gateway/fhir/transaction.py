@@ -433,7 +433,12 @@ class _Processor:
                 outcome = interactions.update(tx, resource, e.rtype, e.rid, if_match=e.if_match,
                                               skip_unchanged=self.skip_unchanged, prepared=e.prepared,
                                               access=self.access)
-                return self._write_response(outcome.status, self._wrote(outcome.resource, outcome.status == 201))
+                entry = self._write_response(outcome.status, self._wrote(outcome.resource, outcome.status == 201))
+                # The stored version keeps identifiers and links the client did not send (DHIS2 UIDs,
+                # identity links): only for a client that may read it.
+                if not self.access.may_return(e.rtype):
+                    entry.pop("resource", None)
+                return entry
             if e.method == "PATCH":
                 if e.rid is None:
                     raise invalid("PATCH needs an id", [f"{e.where}.request.url"])

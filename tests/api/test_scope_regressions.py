@@ -65,6 +65,26 @@ async def test_patch_returns_nothing_stored_to_a_client_that_cannot_read(api: Ap
     assert answer.json()["entry"][0]["resource"]["name"][0]["family"] == SECRET
 
 
+async def test_an_update_returns_nothing_stored_to_a_client_that_cannot_read(api: ApiHarness) -> None:
+    # The stored version keeps what the gateway wrote onto it (a DHIS2 UID, an identity link),
+    # which the client did not send.
+    kept = {"type": {"coding": [{"system": "urn:chw-gateway:identifier-type", "code": "dhis2-uid"}]},
+            "system": "https://dhis2.test/api/tracker/trackedEntities", "value": SECRET}
+    assert (await api.client.put("/fhir/Patient/p1", json={**PATIENT, "identifier": [kept]})).status_code == 201
+    writer = api.with_scopes("system/Patient.u")
+    sent = {"resourceType": "Patient", "id": "p1", "active": True}
+    response = await writer.put("/fhir/Patient/p1", json=sent)
+    assert response.status_code == 200 and response.content == b"" and response.headers["etag"] == 'W/"2"'
+    entry = {"resource": sent, "request": {"method": "PUT", "url": "Patient/p1"}}
+    for kind in ("batch", "transaction"):
+        answer = await writer.post("/fhir", json={"resourceType": "Bundle", "type": kind, "entry": [entry]})
+        assert answer.status_code == 200 and SECRET not in answer.text, answer.text
+        assert answer.json()["entry"][0]["response"]["status"].startswith("200")
+    # A client that may read the type still gets the stored version, kept identifier included.
+    response = await api.with_scopes("system/Patient.ru").put("/fhir/Patient/p1", json=sent)
+    assert response.status_code == 200 and response.json()["identifier"] == [kept]
+
+
 @pytest.mark.parametrize(
     "ops",
     [
