@@ -155,7 +155,7 @@ async def vread(request: Request, rtype: str, rid: str, vid: str) -> Response:
         raise not_found(f"{rtype}/{rid} has no version {vid[:20]!r}")
     ctx = ctx_of(request)
     res = await ctx.read(ctx.store.vread, rtype, rid, int(vid))
-    if res is None or (principal.policy is not None and not await _visible(request, principal, rtype, rid)):
+    if res is None or (principal.policy is not None and not await _version_visible(request, principal, res)):
         raise not_found(f"{rtype}/{rid} has no version {vid}")
     if res.deleted:
         raise gone(f"version {vid} of {rtype}/{rid} is a deletion")
@@ -264,6 +264,15 @@ def not_modified(request: Request, res: StoredResource) -> bool:
     """Whether the client's copy is current (RFC 9110 13.1.2-3), so a read answers 304."""
     return interactions.not_modified(res, request.headers.get("if-none-match"),
                                      request.headers.get("if-modified-since"))
+
+
+async def _version_visible(request: Request, principal: Principal, res: StoredResource) -> bool:
+    """Whether the principal's data policy lets it see this version: the resource as it is now, and
+    the version by what it says (an older version may be about a Patient the client may not see)."""
+    if not await _visible(request, principal, res.type, res.id):
+        return False
+    ctx = ctx_of(request)
+    return bool(await ctx.read(ctx.store.visible_versions, row_filter(request, principal), [res]))
 
 
 async def _visible(request: Request, principal: Principal, rtype: str, rid: str) -> bool:

@@ -479,6 +479,9 @@ class _Processor:
             current = self.store.vread(e.rtype, e.rid, e.version) if e.version else tx.read(e.rtype, e.rid)
             policy = self.access.policy
             hidden = policy is not None and policy.applies_to(e.rtype) and not tx.visible(policy, e.rtype, [e.rid])
+            if current is not None and e.version and not hidden:
+                # An older version may be about a Patient the policy hides (as a REST vread judges it).
+                hidden = not self.store.visible_versions(policy, [current])
             if current is None or hidden:
                 raise not_found(f"{e.rtype}/{e.rid} is not known")
             if current.deleted:

@@ -309,6 +309,11 @@ class ResourceStore(Protocol):
         """Which of ``ids`` (live ``rtype`` resources) ``policy`` lets the client see."""
         ...
 
+    def visible_versions(self, policy: RowFilter | None, versions: Sequence[StoredResource]) -> list[StoredResource]:
+        """Of ``versions`` (of resources ``policy`` shows as they are now), those it shows by their own
+        content too (a version of a Patient-linked type refers to a Patient the policy shows)."""
+        ...
+
     def history(
         self,
         rtype: str | None,

@@ -293,7 +293,29 @@ class SqlStore(ExportJobs, SubscriptionRows):
                 (*params, *params, count, offset),
             )
             rows = [to_resource(row) for row in cur.fetchall()]
-        return rows, total
+        return self.visible_versions(policy, rows), total
+
+    def visible_versions(self, policy: RowFilter | None, versions: Sequence[StoredResource]) -> list[StoredResource]:
+        """Of ``versions`` (of resources ``policy`` shows as they are now), those it shows by their own
+        content too: a version of a type the policy restricts, but Patient, must refer to a Patient it
+        shows. An Observation moved from a hidden Patient to a visible one keeps its old version hidden
+        (the rule on current rows alone would show it: index rows exist for current versions only)."""
+        if policy is None or not policy.policy.limits_rows:
+            return list(versions)
+        patients: dict[tuple[str, str, int], set[str]] = {}
+        for version in versions:
+            if version.deleted or version.type == "Patient" or not policy.applies_to(version.type):
+                continue
+            rows = index_rows(orjson.loads(version.content), self.indexed_params(version.type))
+            patients[(version.type, version.id, version.version)] = {
+                tid for _, ttype, tid, _ in rows.reference if ttype == "Patient" and tid
+            }
+        named = sorted(set().union(*patients.values())) if patients else []
+        shown = self.visible(policy, "Patient", named) if named else set()
+        return [
+            v for v in versions
+            if (v.type, v.id, v.version) not in patients or patients[v.type, v.id, v.version] & shown
+        ]  # fmt: skip
 
     def search(self, query: SearchQuery) -> SearchResult:
         """Run a parsed search query."""

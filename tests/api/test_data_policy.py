@@ -259,6 +259,34 @@ async def test_a_policy_follows_the_organisation_tree_as_it_changes(api: ApiHarn
     assert (await client.get("/fhir/Patient/pb2")).status_code == 404
 
 
+async def test_an_older_version_about_a_hidden_patient_stays_hidden(api: ApiHarness) -> None:
+    """A resource moved from a hidden Patient to a visible one: the client sees it now, and its versions
+    that are about the visible Patient, but not the version about the hidden one (vread, history, a
+    Bundle's vread)."""
+    await seed(api)
+    moved = _obs("om", "pb1", "HIV-NEG", "HIDDEN note about pb1")
+    assert (await api.client.put("/fhir/Observation/om", json=moved)).status_code == 201
+    assert (await api.client.put("/fhir/Observation/om", json=_obs("om", "pa1", "HIV-NEG", "seen"))).status_code == 200
+    assert (await api.client.put("/fhir/Observation/om", json=_obs("om", "pa1", "HIV-POS", "seen"))).status_code == 200
+    client = policy_client(api, {"organizations": ["Organization/dist-a"]})
+    assert (await client.get("/fhir/Observation/om")).status_code == 200
+    assert (await client.get("/fhir/Observation/om/_history/2")).status_code == 200
+    assert (await client.get("/fhir/Observation/om/_history/1")).status_code == 404
+    for url in ("/fhir/Observation/om/_history", "/fhir/Observation/_history?_count=100", "/fhir/_history?_count=100"):
+        response = await client.get(url)
+        assert response.status_code == 200 and "HIDDEN" not in response.text, url
+        versions = {e["resource"]["meta"]["versionId"] for e in response.json()["entry"]
+                    if e["resource"]["id"] == "om"}
+        assert versions == {"2", "3"}, url
+    bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": f"Observation/om/_history/{v}"}} for v in (1, 2)]}
+    answers = (await client.post("/fhir", json=bundle)).json()["entry"]
+    assert [a["response"]["status"][:3] for a in answers] == ["404", "200"]
+    assert "HIDDEN" not in str(answers)
+    # The admin, with no policy, still sees every version.
+    assert (await api.client.get("/fhir/Observation/om/_history/1")).status_code == 200
+
+
 async def test_a_deidentified_client_gets_no_identifying_elements(api: ApiHarness) -> None:
     await seed(api)
     researcher = policy_client(api, {"deidentify": True}, scopes=("system/*.rs",))
