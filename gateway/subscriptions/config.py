@@ -35,6 +35,22 @@ class SubscriptionSettings(BaseModel):
     allow_http: bool = Field(
         True, description="accept http:// endpoints (off in production: notifications carry patient data)"
     )
+    endpoint_hosts: list[str] = Field(
+        default_factory=list,
+        description="hosts a client's endpoint may name (`emr.example.org`, or `*.example.org` for its"
+        " subdomains); empty: any host. Without it a client may point the gateway at internal addresses",
+    )
+
+    def endpoint_allowed(self, host: str) -> bool:
+        """Whether a subscription endpoint may name ``host`` (``endpoint_hosts``; empty allows any)."""
+        if not self.endpoint_hosts:
+            return True
+        host = host.lower().rstrip(".")
+        for allowed in self.endpoint_hosts:
+            allowed = allowed.lower().rstrip(".")
+            if host == allowed or (allowed.startswith("*.") and host.endswith(allowed[1:])):
+                return True
+        return False
 
 
 def subscription_destination(settings: SubscriptionSettings, base_url: str) -> DestinationConfig:

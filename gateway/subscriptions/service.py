@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -85,6 +86,12 @@ class SubscriptionService:
             raise invalid("the body must be a Subscription", ["Subscription"])
         spec = read_spec(resource, self.parser, allow_http=self.settings.allow_http,
                          min_heartbeat=self.settings.min_heartbeat_period)
+        host = urlsplit(spec.endpoint).hostname or ""
+        if not self.settings.endpoint_allowed(host):
+            # The handshake and notifications go wherever the client says: not to internal services.
+            raise FhirError(f"the endpoint host {host[:100]!r} is not one subscriptions may notify"
+                            " (subscriptions.endpoint_hosts)", status=400, code="invalid",
+                            expression=["Subscription.channel.endpoint"])
         if spec.classic and principal is not None:
             check_owner(spec.topic, principal, self.parser)
         elif principal is not None:

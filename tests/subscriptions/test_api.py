@@ -3,9 +3,13 @@ name the field, the topics in the CapabilityStatement and as ``Basic`` resources
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from tests.subscriptions.harness import TOPIC, Harness, subscription
+from gateway.store import open_store
+from gateway.subscriptions.config import SubscriptionSettings
+from tests.subscriptions.harness import TOPIC, Harness, fast_settings, subscription
 
 FILTER = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-filter-criteria"
 TOPIC_EXTENSION = ("http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
@@ -106,6 +110,32 @@ async def test_a_topic_filter_matches_only_what_the_owner_may_search(
     allowed = "ServiceRequest?subject=Patient/p1" if topic == "referral" else "Patient?address-district=Gasabo"
     response = await client.post("/fhir/Subscription", json=subscription(topic, "http://x.test/h", filters=[allowed]))
     assert response.status_code == 201, response.text
+
+
+async def test_endpoint_hosts_keep_notifications_off_other_hosts(tmp_path: Path) -> None:
+    """With ``subscriptions.endpoint_hosts`` a client cannot point the handshake (and notifications) at
+    an internal service: a host not listed is refused, naming the endpoint, before any request."""
+    url = f"sqlite:///{tmp_path}/store.db"
+    store = open_store(url)
+    settings = fast_settings(url, f"sqlite:///{tmp_path}/queue.db", endpoint_hosts=["127.0.0.1", "*.partner.test"])
+    try:
+        async with Harness(settings, store) as h:
+            owner = h.client("system/Subscription.cruds", "system/Patient.rs")
+            for endpoint in ("http://localhost:5432/x", "http://10.0.0.7/hook", "http://evil.test/partner.test",
+                             "http://partner.test.evil.test/hook"):
+                refused = await owner.post("/fhir/Subscription", json=subscription("new-patient", endpoint))
+                assert refused.status_code == 400, endpoint
+                issue = refused.json()["issue"][0]
+                assert "endpoint_hosts" in issue["diagnostics"]
+                assert issue["expression"] == ["Subscription.channel.endpoint"]
+            assert h.sandbox.receiver("emr").handshakes == 0
+            allowed = await owner.post("/fhir/Subscription", json=subscription("new-patient", h.endpoint("emr")))
+            assert allowed.status_code == 201 and allowed.json()["status"] == "active"
+    finally:
+        store.close()
+    assert SubscriptionSettings(endpoint_hosts=["*.partner.test"]).endpoint_allowed("emr.Partner.test.")
+    assert not SubscriptionSettings(endpoint_hosts=["*.partner.test"]).endpoint_allowed("partner.test")
+    assert SubscriptionSettings().endpoint_allowed("10.0.0.7")  # unset: any host, as before
 
 
 async def test_topics_are_listed_and_readable_as_basic(sqlite_harness: Harness) -> None:
