@@ -318,3 +318,50 @@ async def test_a_visit_that_creates_its_person_carries_the_program_attributes_on
     stored = (await stats(sandbox))["stored"]
     # atomicMode=OBJECT: the second person is stored, their enrollment and visit are not.
     assert (stored["tracked_entity"], stored["enrollment"], stored["event"]) == (2, 1, 1)
+
+
+def _episode(pid: str) -> dict[str, Any]:
+    """An EpisodeOfCare of the household program (it becomes the person's enrollment)."""
+    return {
+        "resourceType": "EpisodeOfCare",
+        "id": f"eoc-{pid}",
+        "status": "active",
+        "type": [{"coding": [{"code": "chw-household-program"}]}],
+        "patient": {"reference": f"Patient/{pid}"},
+        "period": {"start": "2024-05-01"},
+    }
+
+
+async def test_a_deleted_episode_of_care_deletes_its_enrollment_not_resends_it(sandbox: SandboxServer) -> None:
+    record = chw_record(1)
+    episode = _episode("pt-1")
+    bundle = ResourceBundle([*places(), *record[:2], episode])
+    connector = make_connector(sandbox.base_url, bundle)
+    try:
+        created = await connector.deliver([make_job(episode)])
+        assert isinstance(created[0], Success), created
+        uid = created[0].detail.split()[-1] if created[0].detail else ""
+        assert (await get(sandbox, f"/api/tracker/enrollments/{uid}")).status_code == 200
+        bundle.remove("EpisodeOfCare", episode["id"])
+        for _ in range(2):  # deleting what DHIS2 no longer has is done too
+            deleted = await connector.deliver([make_job(episode, op="delete")])
+            assert isinstance(deleted[0], Success), deleted
+    finally:
+        await connector.aclose()
+    assert (await get(sandbox, f"/api/tracker/enrollments/{uid}")).status_code == 404
+
+
+async def test_a_deleted_episode_of_care_with_visits_left_keeps_its_enrollment(sandbox: SandboxServer) -> None:
+    record = chw_record(1)
+    episode = _episode("pt-1")
+    bundle = ResourceBundle([*places(), *record, episode])
+    connector = make_connector(sandbox.base_url, bundle)
+    try:
+        assert all(isinstance(o, Success) for o in await connector.deliver([make_job(episode), make_job(record[2])]))
+        before = await stats(sandbox)
+        bundle.remove("EpisodeOfCare", episode["id"])
+        (kept,) = await connector.deliver([make_job(episode, op="delete")])
+    finally:
+        await connector.aclose()
+    assert isinstance(kept, Success) and kept.detail is not None and "remain" in kept.detail
+    assert (await stats(sandbox))["revisions"] == before["revisions"]

@@ -58,6 +58,8 @@ Encounter ``entered-in-error`` or deleted      its event deleted (``importStrate
 Patient deleted                                enrollment(s) and tracked entity deleted,
                                                only when no live visit of theirs remains
                                                (else when their last visit is retracted)
+EpisodeOfCare deleted                          its enrollment deleted, only when no live
+                                               visit of its patient remains
 =============================================  ========================================
 
 Deleting an object DHIS2 no longer has (E1032/E1081/E1063, or already deleted
@@ -411,6 +413,10 @@ class Dhis2Connector:
                 plan = self._tracker.visit_deletes(job.resource_id, visit, source)
             elif job.resource_type == "Patient":
                 plan = self._tracker.person_deletes(job.resource_id, source)
+            elif job.resource_type == "EpisodeOfCare":
+                # Planned like a live one, a deleted EpisodeOfCare would re-send (or create) its
+                # enrollment ACTIVE: DHIS2 deletes it instead (importStrategy=DELETE).
+                plan = self._tracker.episode_deletes(job.resource_id, source)
             else:
                 last = source.was_deleted(job.resource_type, job.resource_id)
                 if last is None:

@@ -264,6 +264,28 @@ class TrackerTransformer:
                 objects += [obj for obj in person.objects if obj.tracker_type != "EVENT"]
         return TrackerPlan(tuple(objects), ("EVENT", ev), note="delete")
 
+    def episode_deletes(self, episode_id: str, source: ResourceSource) -> TrackerPlan:
+        """An EpisodeOfCare deleted: its enrollment, unless a live visit of its patient remains."""
+        ref = f"EpisodeOfCare/{episode_id}"
+        last = source.was_deleted("EpisodeOfCare", episode_id)
+        if last is None or self.mapping.episode_filter is None or not _truthy(self.mapping.episode_filter, last):
+            return TrackerPlan.skip("EpisodeOfCare not for this program")
+        patient_ref = reference_of(last.get("patient"))
+        remaining = [
+            e
+            for e in (source.find("Encounter", "patient", patient_ref) if patient_ref else [])
+            if e.get("status") != "entered-in-error" and any(_truthy(stage.when, e) for stage in self.mapping.stages)
+        ]
+        if remaining:
+            # Its events hang under the enrollment: deleting it would need F_ENROLLMENT_CASCADE_DELETE
+            # (E1103) and take those visits' events with it.
+            return TrackerPlan.skip(
+                f"{len(remaining)} visits of the deleted {ref}'s patient remain: its enrollment stays"
+            )
+        uid = derive_uid(self.namespace, "ENROLLMENT", ref)
+        enrollment = PlannedObject("ENROLLMENT", uid, {"enrollment": uid}, ref)
+        return TrackerPlan((enrollment,), ("ENROLLMENT", uid), note="delete")
+
     def person_deletes(self, patient_id: str, source: ResourceSource, *, leaving: str | None = None) -> TrackerPlan:
         """A Patient deleted: its enrollments and tracked entity, unless a live visit of theirs remains."""
         if self.per_person:
