@@ -365,3 +365,22 @@ async def test_a_deleted_episode_of_care_with_visits_left_keeps_its_enrollment(s
         await connector.aclose()
     assert isinstance(kept, Success) and kept.detail is not None and "remain" in kept.detail
     assert (await stats(sandbox))["revisions"] == before["revisions"]
+
+
+async def test_a_deleted_measure_report_deletes_its_data_values(sandbox: SandboxServer, demo: Demo) -> None:
+    from tests.dhis2.test_aggregate_dead_letters import monthly_report
+
+    report = monthly_report()
+    bundle = ResourceBundle([report])
+    connector = make_connector(sandbox.base_url, bundle)
+    query = f"/api/dataValueSets?dataSet={demo.data_set}&period=202405&orgUnit={demo.ou('CU_KISIWA')}"
+    try:
+        assert isinstance((await connector.deliver([make_job(report)]))[0], Success)
+        assert len((await get(sandbox, query)).json()["dataValues"]) == 3
+        bundle.remove("MeasureReport", report["id"])
+        deleted = (await connector.deliver([make_job(report, op="delete")]))[0]
+        again = (await connector.deliver([make_job(report, op="delete")]))[0]  # nothing left: still done
+    finally:
+        await connector.aclose()
+    assert isinstance(deleted, Success) and isinstance(again, Success), (deleted, again)
+    assert (await get(sandbox, query)).json().get("dataValues", []) == []

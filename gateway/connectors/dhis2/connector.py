@@ -55,6 +55,8 @@ FHIR change                                    DHIS2
 Observation/MedicationDispense/… voided or     its event is re-sent (CREATE_AND_UPDATE)
 deleted                                        with that data value ``null``: cleared
 Encounter ``entered-in-error`` or deleted      its event deleted (``importStrategy=DELETE``)
+MeasureReport deleted                          its data values deleted (``importStrategy=DELETE``
+                                               on ``/api/dataValueSets``)
 Patient deleted                                enrollment(s) and tracked entity deleted,
                                                only when no live visit of theirs remains
                                                (else when their last visit is retracted)
@@ -162,6 +164,7 @@ class _Prepared:
     outcome: DeliveryOutcome | None = None
     plan: TrackerPlan | None = None
     aggregate: AggregatePlan | None = None
+    aggregate_strategy: str = "CREATE_AND_UPDATE"  # DELETE: the values of a deleted MeasureReport
     restore: WriteBackTarget | None = None  # identifiers to put back (writeback case 3)
 
 
@@ -404,6 +407,8 @@ class Dhis2Connector:
     def _prepare_delete(self, item: _Prepared, source: ResourceSource) -> _Prepared:
         """A retraction: an Encounter voided or deleted, any other resource deleted."""
         job = item.job
+        if job.resource_type == "MeasureReport" and self._aggregate is not None:
+            return self._prepare_report_delete(item, source)
         if self._tracker is None:
             item.outcome = Success(detail=f"deleting a {job.resource_type} is not propagated to DHIS2")
             return item
@@ -435,6 +440,28 @@ class Dhis2Connector:
             item.outcome = Success(detail=plan.note)
         else:
             item.plan = plan
+        return item
+
+    def _prepare_report_delete(self, item: _Prepared, source: ResourceSource) -> _Prepared:
+        """A deleted MeasureReport: the values its last version sent are deleted (importStrategy=DELETE)."""
+        assert self._aggregate is not None
+        last = source.was_deleted("MeasureReport", item.job.resource_id)
+        if last is None:
+            item.outcome = Success(detail="deleted MeasureReport not found: nothing to delete in DHIS2")
+            return item
+        try:
+            resolver = OrgUnitResolver(self._aggregate.org_units, source)
+            plan = measure_report_to_data_value_set(last, self._aggregate, resolver)
+        except (Dhis2MappingError, MappingError) as exc:
+            item.outcome = Success(detail=f"retraction not sent: {type(exc).__name__}")
+            return item
+        if plan.payload is None:
+            item.outcome = Success(detail=plan.note)
+        else:
+            # Re-sent with CREATE_AND_UPDATE, DHIS2 would keep every value; DELETE removes them
+            # (a value DHIS2 no longer has is counted ignored, not refused).
+            item.aggregate = plan
+            item.aggregate_strategy = "DELETE"
         return item
 
     # -- tracker
@@ -647,8 +674,9 @@ class Dhis2Connector:
         plan = item.aggregate
         assert plan is not None and plan.payload is not None
         payload = plan.payload
+        params = {**_AGGREGATE_PARAMS, "importStrategy": item.aggregate_strategy}
         try:
-            response = await self.client.post_data_values(payload, _AGGREGATE_PARAMS)
+            response = await self.client.post_data_values(payload, params)
         except Dhis2TransportError as exc:
             cause = exc.__cause__
             return classify(cause if isinstance(cause, BaseException) else exc, now=self.clock.now())
@@ -667,7 +695,7 @@ class Dhis2Connector:
                 return Permanent(reason="dhis2_unexpected_response", detail="no ImportSummary in the answer")
             return outcome
         outcome = aggregate_outcome(item.job.ref, item.job.resource(), plan, summary, response.status_code, body)
-        sent = self._recorded_request(payload, _AGGREGATE_PARAMS, "/api/dataValueSets")
+        sent = self._recorded_request(payload, params, "/api/dataValueSets")
         if isinstance(outcome, Permanent):
             return dataclasses.replace(outcome, request=sent)
         if isinstance(outcome, Partial):
