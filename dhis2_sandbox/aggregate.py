@@ -318,8 +318,14 @@ class _Importer:
             text is not None and element["valueType"] not in ("TEXT", "LONG_TEXT") and _is_zero(text)
         )
         if numeric_zero and not element.get("zeroIsSignificant") and not comment:
-            # Zeros of data elements where zero is not significant are not stored (no conflict).
-            self.counts["ignored"] += 1
+            # Zeros of data elements where zero is not significant are not stored (no conflict);
+            # one replacing a stored value deletes it (dhis2-core saveDataValueUpdate).
+            if existing is None or strategy == "CREATE":
+                self.counts["ignored"] += 1
+                return
+            if not self.params.dry_run:
+                self.store.delete_data_value(key)
+            self.counts["deleted"] += 1
             return
         if existing is None:
             if strategy == "UPDATE":

@@ -171,3 +171,25 @@ async def test_async_import_task(client: httpx.AsyncClient, demo: Demo) -> None:
     assert summary.json()["importCount"]["imported"] == 3
     notes = (await client.get(f"/api/system/tasks/DATAVALUE_IMPORT/{task}")).json()
     assert notes[0]["completed"] is True
+
+
+async def test_an_insignificant_zero_deletes_the_stored_value_it_replaces(
+    client: httpx.AsyncClient, demo: Demo
+) -> None:
+    # dhis2-core DefaultDataValueSetService: a zero of a data element whose zero is not
+    # significant is skipped when nothing is stored, and deletes the stored value otherwise.
+    app: Any = getattr(client, "app")  # noqa: B009
+    app.state.sandbox.catalog.by_id[demo.de("CHW_M_HH_VISITED")]["zeroIsSignificant"] = False
+    await client.post("/api/dataValueSets", json=monthly(demo))
+    zeroed = monthly(demo)
+    zeroed["dataValues"][0]["value"] = "0"
+    answer = (await client.post("/api/dataValueSets", json=zeroed)).json()["response"]["importCount"]
+    assert answer == {"imported": 0, "updated": 0, "ignored": 2, "deleted": 1}
+    stored = (
+        await client.get(
+            f"/api/dataValueSets?dataSet={demo.data_set}&period=202405&orgUnit={demo.ou('CU_KISIWA')}"
+        )
+    ).json()["dataValues"]
+    assert demo.de("CHW_M_HH_VISITED") not in {v["dataElement"] for v in stored}
+    again = (await client.post("/api/dataValueSets", json=zeroed)).json()["response"]["importCount"]
+    assert again == {"imported": 0, "updated": 0, "ignored": 3, "deleted": 0}
