@@ -351,6 +351,26 @@ async def test_a_deleted_episode_of_care_deletes_its_enrollment_not_resends_it(s
     assert (await get(sandbox, f"/api/tracker/enrollments/{uid}")).status_code == 404
 
 
+async def test_a_voided_episode_of_care_deletes_its_enrollment(sandbox: SandboxServer) -> None:
+    """A retraction's status version (entered-in-error) of an EpisodeOfCare is not re-sent as an
+    ACTIVE enrollment: the enrollment is deleted, as for a voided Encounter's event."""
+    record = chw_record(1)
+    episode = _episode("pt-1")
+    bundle = ResourceBundle([*places(), *record[:2], episode])
+    connector = make_connector(sandbox.base_url, bundle)
+    try:
+        created = await connector.deliver([make_job(episode)])
+        assert isinstance(created[0], Success), created
+        uid = created[0].detail.split()[-1] if created[0].detail else ""
+        voided = {**episode, "status": "entered-in-error"}
+        bundle.add(voided)
+        (done,) = await connector.deliver([make_job(voided)])
+    finally:
+        await connector.aclose()
+    assert isinstance(done, Success), done
+    assert (await get(sandbox, f"/api/tracker/enrollments/{uid}")).status_code == 404
+
+
 async def test_a_deleted_episode_of_care_with_visits_left_keeps_its_enrollment(sandbox: SandboxServer) -> None:
     record = chw_record(1)
     episode = _episode("pt-1")

@@ -60,7 +60,7 @@ MeasureReport deleted                          its data values deleted (``import
 Patient deleted                                enrollment(s) and tracked entity deleted,
                                                only when no live visit of theirs remains
                                                (else when their last visit is retracted)
-EpisodeOfCare deleted                          its enrollment deleted, only when no live
+EpisodeOfCare ``entered-in-error`` or deleted  its enrollment deleted, only when no live
                                                visit of its patient remains
 =============================================  ========================================
 
@@ -351,7 +351,9 @@ class Dhis2Connector:
         item = _Prepared(job)
         if job.op == "delete":
             return self._prepare_delete(item, source)
-        if job.resource_type == "Encounter" and self._tracker is not None:
+        if job.resource_type in ("Encounter", "EpisodeOfCare") and self._tracker is not None:
+            # A voided visit or enrollment (a retraction's status version) is deleted in DHIS2,
+            # not re-sent with a status DHIS2 would read as active.
             if job.resource().get("status") == "entered-in-error":
                 return self._prepare_delete(item, source)
         if self.writeback is not None and job.resource_type in _WRITTEN_BACK:
@@ -421,7 +423,8 @@ class Dhis2Connector:
             elif job.resource_type == "EpisodeOfCare":
                 # Planned like a live one, a deleted EpisodeOfCare would re-send (or create) its
                 # enrollment ACTIVE: DHIS2 deletes it instead (importStrategy=DELETE).
-                plan = self._tracker.episode_deletes(job.resource_id, source)
+                episode = job.resource() or source.was_deleted("EpisodeOfCare", job.resource_id)
+                plan = self._tracker.episode_deletes(job.resource_id, episode, source)
             else:
                 last = source.was_deleted(job.resource_type, job.resource_id)
                 if last is None:

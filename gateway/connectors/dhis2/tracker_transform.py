@@ -264,10 +264,10 @@ class TrackerTransformer:
                 objects += [obj for obj in person.objects if obj.tracker_type != "EVENT"]
         return TrackerPlan(tuple(objects), ("EVENT", ev), note="delete")
 
-    def episode_deletes(self, episode_id: str, source: ResourceSource) -> TrackerPlan:
-        """An EpisodeOfCare deleted: its enrollment, unless a live visit of its patient remains."""
+    def episode_deletes(self, episode_id: str, last: dict[str, Any] | None, source: ResourceSource) -> TrackerPlan:
+        """An EpisodeOfCare deleted or voided (``last``: its last version): its enrollment, unless a
+        live visit of its patient remains."""
         ref = f"EpisodeOfCare/{episode_id}"
-        last = source.was_deleted("EpisodeOfCare", episode_id)
         if last is None or self.mapping.episode_filter is None or not _truthy(self.mapping.episode_filter, last):
             return TrackerPlan.skip("EpisodeOfCare not for this program")
         patient_ref = reference_of(last.get("patient"))
