@@ -15,7 +15,8 @@ from starlette.responses import Response
 
 from gateway.auth import Principal
 from gateway.errors import FhirError, gone, not_found
-from gateway.fhir import bundles, deidentify, interactions, issue, outcome_of, subset
+from gateway.fhir import bundles, deidentify, issue, outcome_of, subset
+from gateway.fhir import not_modified as copy_is_current
 from gateway.r4 import RESOURCE_TYPES
 from gateway.search import (
     MAX_INT_DIGITS,
@@ -262,8 +263,7 @@ def _subset_content(content: bytes, summary: str | None, elements: list[str] | N
 
 def not_modified(request: Request, res: StoredResource) -> bool:
     """Whether the client's copy is current (RFC 9110 13.1.2-3), so a read answers 304."""
-    return interactions.not_modified(res, request.headers.get("if-none-match"),
-                                     request.headers.get("if-modified-since"))
+    return copy_is_current(res, request.headers.get("if-none-match"), request.headers.get("if-modified-since"))
 
 
 async def _version_visible(request: Request, principal: Principal, res: StoredResource) -> bool:
