@@ -8,6 +8,8 @@ published in npm ``hl7.fhir.r4.examples@4.0.1`` (the package carries every confo
 resource of the specification; ``hl7.fhir.r4.core`` is not published on the npm registry).
 
 ``r4-bindings.json``
+    ``codeSystems``: value set url → the code systems its codes come from (what a search
+    ``system|code`` on a ``code`` element may name: its system is implied by the binding).
     ``valueSets``: url → sorted codes, for every value set a REQUIRED binding on a
     ``code``-typed element points to and that expands from the core CodeSystems and
     ValueSets alone (``include`` of a whole code system, of listed concepts, of other
@@ -78,6 +80,19 @@ class Terminology:
         for part in compose.get("exclude", []):
             codes -= self._part(part, (*seen, url))
         return codes
+
+    def systems(self, url: str, seen: tuple[str, ...] = ()) -> set[str]:
+        """The code systems value set ``url`` draws its codes from (through included value sets too)."""
+        url = url.split("|", 1)[0]
+        if url in seen or url not in self.value_sets:
+            return set()
+        found: set[str] = set()
+        for part in self.value_sets[url].get("compose", {}).get("include", []):
+            if "system" in part:
+                found.add(part["system"])
+            for inner in part.get("valueSet", []):
+                found |= self.systems(inner, (*seen, url))
+        return found
 
     def _part(self, part: dict[str, Any], seen: tuple[str, ...]) -> set[str]:
         if "filter" in part:
@@ -191,6 +206,7 @@ def build(package: Path, table: dict[str, Any]) -> tuple[dict[str, Any], dict[st
     bindings = {
         "source": f"npm {R4_EXAMPLES.name}@{R4_EXAMPLES.version}",
         "valueSets": {url: sorted(codes) for url, codes in sorted(value_sets.items())},
+        "codeSystems": {url: sorted(terminology.systems(url)) for url in sorted(value_sets)},
         "elements": {name: dict(sorted(props.items())) for name, props in sorted(elements.items())},
         "skipped": dict(sorted(skipped.items())),
     }

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from gateway.errors import FhirError, RequestError
 from gateway.r4 import RESOURCE_TYPES
 from gateway.search.access import TRUSTED, SearchAccess
+from gateway.search.code_systems import implied_systems
 from gateway.search.dates import DateFormatError, date_range
 from gateway.search.deidentified import refuse_identifying
 from gateway.search.extract import normalise
@@ -343,7 +344,10 @@ class QueryParser:
                 message = f"modifier :{modifier} is not supported on {param.code}"
                 raise SearchError(message, key, "not-supported")
         for item in self._split(key, raw):
-            criterion.values.append(self._value(param, key, modifier, item))
+            value = self._value(param, key, modifier, item)
+            if isinstance(value, TokenValue) and value.system and value.system in implied_systems(rtype, param):
+                value = TokenValue("", value.code)  # a code's system is its binding's: stored without one
+            criterion.values.append(value)
         return criterion
 
     def _split(self, key: str, raw: str) -> list[str]:

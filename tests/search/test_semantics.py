@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.search.code_systems import implied_systems
 from gateway.search.dates import date_range
 from gateway.search.extract import index_rows
-from gateway.search.query import QueryParser, SearchError
+from gateway.search.query import QueryParser, SearchError, TokenValue
 from gateway.search.registry import default_registry
 from gateway.store.sql import ITERATE_ROUNDS, SqlStore
 
@@ -74,6 +75,27 @@ def test_token_system_forms(store: SqlStore, people: dict[str, str]) -> None:
     assert keys(people, find(store, "Patient", ("gender", "male"))) == {"smith"}
     not_male = keys(people, find(store, "Patient", ("gender:not", "male")))
     assert not_male == {"zoe", *BIRTH_DATES}  # :not includes resources without a gender
+    # A code's system is its binding's (search.html): named, it matches as the bare code does.
+    gender = "http://hl7.org/fhir/administrative-gender"
+    assert keys(people, find(store, "Patient", ("gender", f"{gender}|male"))) == {"smith"}
+    assert keys(people, find(store, "Patient", ("gender", f"{gender}|male,{gender}|female"))) == {"smith", "zoe"}
+    assert keys(people, find(store, "Patient", ("gender", f"{gender}|"))) == {"smith", "zoe"}
+    assert keys(people, find(store, "Patient", ("gender:not", f"{gender}|male"))) == not_male
+    assert find(store, "Patient", ("gender", "http://example.org/sex|male")) == set()  # another system
+    # Identifiers carry their own systems: nothing is implied for them.
+    assert find(store, "Patient", ("identifier", f"{gender}|v1")) == set()
+
+
+def test_a_code_elements_implied_system_comes_from_its_binding() -> None:
+    registry = default_registry()
+    assert implied_systems("Patient", registry.params("Patient")["gender"]) == {
+        "http://hl7.org/fhir/administrative-gender"}
+    # Immunization.status is bound to a value set drawing from event-status, not "immunization-status".
+    assert implied_systems("Immunization", registry.params("Immunization")["status"]) == {
+        "http://hl7.org/fhir/event-status"}
+    assert implied_systems("Observation", registry.params("Observation")["code"]) == frozenset()
+    parsed = PARSER.parse("Observation", [("status", "http://hl7.org/fhir/observation-status|final")])
+    assert parsed.criteria[0].values[0] == TokenValue("", "final")
 
 
 def test_identifier_with_a_use_has_one_row_and_contact_points_keep_their_forms(store: SqlStore) -> None:
