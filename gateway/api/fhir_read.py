@@ -245,11 +245,11 @@ def _everything_params(request: Request) -> tuple[set[str] | None, datetime | No
 def _read_subset(request: Request) -> tuple[str | None, list[str] | None]:
     """A read's ``_summary`` (true, text, data; false: the whole resource) and ``_elements`` (400 if bad)."""
     params = request.query_params
-    summary = params.get("_summary")
+    summary = params.get("_summary") or None  # empty: not there (search.html)
     if summary is not None and summary not in ("true", "text", "data", "false"):
         raise FhirError("_summary on a read must be true, text, data or false", status=400, code="invalid",
                         expression=["_summary"])
-    raw = params.get("_elements")
+    raw = params.get("_elements") or None
     elements = [e.strip() for e in raw.split(",") if e.strip()] if raw is not None else None
     return (None if summary == "false" else summary), elements
 
@@ -355,8 +355,9 @@ def _page_links(
 
 
 def _paging(request: Request, default: int, maximum: int) -> tuple[int, int]:
-    raw_count = request.query_params.get("_count", str(default))
-    raw_offset = request.query_params.get("_offset", "0")
+    # An empty value is no value (search.html), as in a search.
+    raw_count = request.query_params.get("_count") or str(default)
+    raw_offset = request.query_params.get("_offset") or "0"
     try:
         return non_negative_int(raw_count, "_count", cap=maximum), non_negative_int(raw_offset, "_offset")
     except SearchError as exc:

@@ -232,11 +232,11 @@ class QueryParser:
                 # No FHIR string holds NUL, so nothing could match; PostgreSQL refuses NUL in text.
                 where = key[:64].replace("\x00", "?")
                 raise SearchError("search parameters may not contain NUL characters", where)
+            if raw == "":
+                continue  # an empty value means the parameter is not there (search.html), _count= too
             if key in RESULT_PARAMS or key.split(":", 1)[0] in ("_include", "_revinclude", "_sort"):
                 self._result_param(query, key, raw, strict)
                 continue
-            if raw == "":
-                continue  # an empty value means the parameter is not there (search.html)
             criteria += 1
             if criteria > self.limits.max_criteria:
                 raise SearchError(

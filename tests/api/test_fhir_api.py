@@ -191,6 +191,18 @@ async def test_history_pages_hold_still_while_resources_change(api: ApiHarness) 
     assert_outcome(await c.get("/fhir/Patient/_history", params={"_snapshot": "soon"}), 400, "invalid")
 
 
+async def test_empty_parameters_are_not_there(api: ApiHarness) -> None:
+    """search.html: an empty value is ignored, on a read, a search and a history alike."""
+    c = api.client
+    assert (await c.put("/fhir/Patient/e1", json={"resourceType": "Patient", "id": "e1", "active": True})).is_success
+    read = await c.get("/fhir/Patient/e1", params={"_summary": "", "_elements": ""})
+    assert read.status_code == 200 and read.json()["active"] is True and "meta" in read.json()
+    search = await c.get("/fhir/Patient", params={"_count": "", "_sort": "", "_id": "e1"})
+    assert search.status_code == 200 and search.json()["total"] == 1
+    history = await c.get("/fhir/Patient/e1/_history", params={"_count": "", "_offset": ""})
+    assert history.status_code == 200 and history.json()["total"] == 1
+
+
 async def test_prefer_return(api: ApiHarness) -> None:
     minimal = await api.client.post("/fhir/Patient", json={"resourceType": "Patient"},
                                     headers={"Prefer": "return=minimal"})

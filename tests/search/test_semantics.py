@@ -86,6 +86,14 @@ def test_token_system_forms(store: SqlStore, people: dict[str, str]) -> None:
     assert find(store, "Patient", ("identifier", f"{gender}|v1")) == set()
 
 
+def test_empty_result_parameters_are_not_there() -> None:
+    """search.html: a parameter with an empty value is ignored, result parameters too."""
+    plain = PARSER.parse("Patient", [])
+    empty = PARSER.parse("Patient", [(k, "") for k in ("_count", "_sort", "_include", "_total", "_summary", "gender")])
+    assert (empty.count, empty.sort, empty.includes, empty.total, empty.criteria) == (
+        plain.count, plain.sort, plain.includes, plain.total, plain.criteria)
+
+
 def test_a_code_elements_implied_system_comes_from_its_binding() -> None:
     registry = default_registry()
     assert implied_systems("Patient", registry.params("Patient")["gender"]) == {
