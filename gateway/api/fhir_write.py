@@ -219,8 +219,9 @@ async def conditional_delete(request: Request, rtype: str) -> Response:
     if not query:
         raise invalid("DELETE on a type URL needs search parameters (conditional delete)")
 
+    if_match = parse_if_match(request)
     deleted = await _in_transaction(request, ctx, principal.name, interactions.conditional_delete, ctx.parser,
-                                    rtype, query, access=access)
+                                    rtype, query, if_match=if_match, access=access)
     return fhir_response(informational(f"{len(deleted)} {rtype} deleted"), media_type=media)
 
 

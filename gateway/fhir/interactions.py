@@ -205,12 +205,17 @@ def delete(
 
 
 def conditional_delete(
-    tx: StoreTransaction, parser: QueryParser, rtype: str, query_string: str, *, access: SearchAccess
+    tx: StoreTransaction, parser: QueryParser, rtype: str, query_string: str, *, if_match: int | None = None,
+    access: SearchAccess,
 ) -> list[StoredResource]:
-    """``DELETE [type]?query``: deletes a single match (412 on several); returns the tombstones written."""
+    """``DELETE [type]?query``: deletes a single match (412 on several; with ``If-Match``, 412 unless
+    that version is the match's current one); returns the tombstones written."""
     found = search_matches(tx, parser, rtype, query_string, "conditional delete", access=access)
     if len(found) > 1:
         raise FhirError("the conditional delete matches more than one resource", status=412, code="multiple-matches")
+    if if_match is not None and (not found or found[0].version != if_match):
+        now = f"the current version is {found[0].version}" if found else "the condition matches nothing"
+        raise FhirError(f"If-Match names version {if_match}, but {now}", status=412, code="conflict")
     tombstones = [tx.delete(rtype, res.id) for res in found]
     return [t for t in tombstones if t is not None]
 

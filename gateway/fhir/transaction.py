@@ -455,7 +455,7 @@ class _Processor:
                     tombstones = [deleted] if deleted is not None else []
                 else:
                     tombstones = interactions.conditional_delete(tx, self.parser, e.rtype, e.query,
-                                                                 access=self.access)
+                                                                 if_match=e.if_match, access=self.access)
                 for tombstone in tombstones:
                     self._wrote(tombstone, False)
                 return {"response": {"status": "204 No Content"}}

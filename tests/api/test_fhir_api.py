@@ -253,6 +253,16 @@ async def test_conditional_update_honours_if_match(api: ApiHarness) -> None:
     assert_outcome(await c.put("/fhir/Patient", params={"identifier": "urn:s|4"}, json=body,
                                headers={"If-Match": 'W/"1"'}), 412, "conflict")
     assert (await c.get("/fhir/Patient", params={"identifier": "urn:s|4"})).json()["total"] == 0
+    # A conditional delete takes If-Match too (over REST and in a Bundle): only that version goes.
+    stale_delete = await c.delete("/fhir/Patient", params={"identifier": "urn:s|3"}, headers={"If-Match": 'W/"1"'})
+    assert "current version is 2" in assert_outcome(stale_delete, 412, "conflict")["issue"][0]["diagnostics"]
+    bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "DELETE", "url": "Patient?identifier=urn:s|3", "ifMatch": 'W/"1"'}}]}
+    assert (await c.post("/fhir", json=bundle)).json()["entry"][0]["response"]["status"].startswith("412")
+    assert (await c.get(f"/fhir/Patient/{created.json()['id']}")).status_code == 200
+    deleted = await c.delete("/fhir/Patient", params={"identifier": "urn:s|3"}, headers={"If-Match": 'W/"2"'})
+    assert deleted.status_code == 200
+    assert (await c.get(f"/fhir/Patient/{created.json()['id']}")).status_code == 410
 
 
 async def test_search_bundle_paging_and_summaries(api: ApiHarness) -> None:
