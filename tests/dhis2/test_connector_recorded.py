@@ -197,6 +197,10 @@ async def test_vanished_job_is_retried(respx_mock: respx.MockRouter) -> None:
         (httpx.ConnectError("refused"), Retry, "connection"),
         (httpx.ReadTimeout("slow"), Retry, "timeout"),
         (httpx.Response(200, text="<html>login</html>"), Permanent, "dhis2_unexpected_response"),
+        # An answer lost on the way (empty, or JSON cut off) is no refusal: sent again, as UIDs are stable.
+        (httpx.Response(200, content=b""), Retry, "dhis2_answer_cut_short"),
+        (httpx.Response(200, content=b'{"status": "OK", "bundleRe', headers={"Content-Type": "application/json"}),
+         Retry, "dhis2_answer_cut_short"),
     ],
 )
 async def test_transport_and_http_failures(response: Any, expected: type, reason: str) -> None:
@@ -277,6 +281,19 @@ async def test_recorded_aggregate_success() -> None:
     assert data_set is not None
     assert (sent["period"], sent["dataSet"], len(sent["dataValues"])) == ("202405", data_set["id"], 3)
     assert isinstance(outcome, Success)
+
+
+async def test_an_aggregate_answer_cut_short_is_sent_again_and_an_html_page_is_a_dead_letter() -> None:
+    for answer, expected, reason in (
+        (httpx.Response(200, content=b""), Retry, "dhis2_answer_cut_short"),
+        (httpx.Response(200, content=b'{"status": "SUCC', headers={"Content-Type": "application/json"}), Retry,
+         "dhis2_answer_cut_short"),
+        (httpx.Response(200, text="<html>login</html>"), Permanent, "dhis2_unexpected_response"),
+    ):
+        with respx.mock(base_url=BASE) as mock:
+            mock.post("/api/dataValueSets").mock(return_value=answer)
+            outcome = (await deliver(connector(ResourceBundle()), [make_job(monthly_report())]))[0]
+        assert isinstance(outcome, expected) and outcome.reason == reason, outcome
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,8 @@ sending: value type, option code)               before sending")
 not committed without an error of its own       Retry ``dhis2_not_committed``
 5xx, 502/504 from a proxy, timeout, reset       Retry (``classify``)
 async job or report vanished / too slow         Retry ``dhis2_job_lost`` / ``_timeout``
+an empty answer, or JSON cut off                Retry ``dhis2_answer_cut_short``
+a well-formed answer that is no report (HTML)   Permanent ``dhis2_unexpected_response``
 401, 403, other 4xx without a report            Permanent (``classify``: fix and replay)
 the Patient of a visit is not stored yet        Retry ``dhis2_waiting_for_patient``
 (or the Encounter of an Observation)            (``…_for_encounter``)
@@ -188,6 +190,14 @@ def _json(response: httpx.Response) -> Any:
         return orjson.loads(response.content)
     except orjson.JSONDecodeError:
         return None
+
+
+def _cut_short(response: httpx.Response) -> bool:
+    """An empty answer, or JSON that does not parse: the answer was lost on the way (a proxy, a
+    dropped connection), not refused. Sending again is safe (stable UIDs, CREATE_AND_UPDATE); an
+    HTML page or other well-formed answer is a misconfiguration that retrying would not mend."""
+    kind = response.headers.get("content-type", "")
+    return not response.content.strip() or ("json" in kind and _json(response) is None)
 
 
 class Dhis2Connector:
@@ -539,7 +549,9 @@ class Dhis2Connector:
                 report = None
         if report is None:
             outcome = classify(response, now=self.clock.now())
-            if isinstance(outcome, Success):
+            if isinstance(outcome, Success) and _cut_short(response):
+                outcome = Retry(delay=None, reason="dhis2_answer_cut_short")
+            elif isinstance(outcome, Success):
                 outcome = Permanent(
                     reason="dhis2_unexpected_response",
                     detail=f"HTTP {response.status_code} without an ImportReport",
@@ -694,6 +706,8 @@ class Dhis2Connector:
             summary = None
         if summary is None:
             outcome = classify(response, now=self.clock.now())
+            if isinstance(outcome, Success) and _cut_short(response):
+                return Retry(delay=None, reason="dhis2_answer_cut_short")
             if isinstance(outcome, Success):
                 return Permanent(reason="dhis2_unexpected_response", detail="no ImportSummary in the answer")
             return outcome
