@@ -83,10 +83,17 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
     root.setLevel(settings.log_level)
     for name in QUIET:
         logging.getLogger(name).setLevel(logging.WARNING)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+    for name in ("uvicorn", "uvicorn.error"):
         # uvicorn's own handlers write without a time; its records go through the root's instead.
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    # uvicorn's access log names the path as sent and its query string (resource ids, search values
+    # such as ?name=…): the gateway writes its own access line instead (gateway.access). `gateway
+    # serve` tells uvicorn access_log=False, but under --workers each worker process configures
+    # logging after uvicorn did, so silence it here, where every process passes.
+    uvicorn_access = logging.getLogger("uvicorn.access")
+    uvicorn_access.handlers[:] = []
+    uvicorn_access.propagate = False
     if settings.access_log:
         configure_access_log(out)
     warnings.showwarning = _show_warning

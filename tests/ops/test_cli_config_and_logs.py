@@ -154,7 +154,8 @@ def logs() -> Iterator[io.StringIO]:
     root = logging.getLogger()
     saved = (root.handlers[:], root.level, warnings.showwarning,
              {name: (logging.getLogger(name).level, logging.getLogger(name).handlers[:],
-                     logging.getLogger(name).propagate) for name in ("httpx", "httpcore", "gateway.access")})
+                     logging.getLogger(name).propagate)
+              for name in ("httpx", "httpcore", "gateway.access", "uvicorn.access")})
     stream = io.StringIO()
     yield stream
     root.handlers[:], level, warnings.showwarning, loggers = saved
@@ -186,6 +187,18 @@ def test_json_lines_and_the_access_log_share_the_stream(logs: io.StringIO) -> No
     assert entry == {"level": "ERROR", "logger": "gateway.api", "message": "request failed", "error": "KeyError"}
     assert "patient-secret" not in logs.getvalue()  # no traceback text in JSON lines
     assert json.loads(second) == {"status": 200}
+
+
+def test_uvicorn_access_lines_are_not_written(logs: io.StringIO) -> None:
+    """uvicorn's access line holds the path and query as sent; only the gateway's own line may be written
+    (under --workers uvicorn configures its loggers before the app does, so access_log=False is not enough)."""
+    logging.getLogger("uvicorn.access").propagate = True  # as uvicorn leaves it with access_log=True
+    configure_logging(Settings(), logs)
+    logging.getLogger("uvicorn.access").info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET",
+                                             "/fhir/Patient?name=Wilfrid", "1.1", 200)
+    logging.getLogger("uvicorn.error").info("Application startup complete.")
+    assert "Wilfrid" not in logs.getvalue()
+    assert "Application startup complete." in logs.getvalue()
 
 
 def test_warnings_name_the_module_not_the_file(logs: io.StringIO) -> None:

@@ -56,6 +56,12 @@ def test_two_workers_serve_one_postgresql_store(tmp_path: Path, pg_schema_url: s
             assert all(r.status_code == 201 for r in made)
             found = client.get("/fhir/Patient", params={"_summary": "count"}).json()
             assert found["total"] == 20
+            for _ in range(4):  # whichever worker takes them
+                assert client.get("/fhir/Patient", params={"name": "Wilfrid"}).status_code == 200
     finally:
         server.send_signal(signal.SIGTERM)
-        server.communicate(timeout=60)
+        _, stderr = server.communicate(timeout=60)
+    # Each worker logs the gateway's access lines only: uvicorn's would hold the path and query as sent.
+    assert '"route":"/fhir/{rtype}"' in stderr
+    assert "uvicorn.access" not in stderr
+    assert "Wilfrid" not in stderr
