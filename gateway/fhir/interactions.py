@@ -30,7 +30,7 @@ class WriteOutcome:
 
     status: int  # 200 or 201
     resource: StoredResource
-    changed: bool = True  # False when a conditional create found an existing match
+    changed: bool = True  # False when a conditional create found an existing match, or skip_unchanged wrote nothing
 
 
 def check_id(rid: str, where: str = "id") -> str:
@@ -153,7 +153,7 @@ def update(
             code="conflict",
         ) from exc
     require_visible_after(tx, access, result.resource)
-    return WriteOutcome(201 if result.created else 200, result.resource)
+    return WriteOutcome(201 if result.created else 200, result.resource, changed=not result.unchanged)
 
 
 def conditional_update(

@@ -163,12 +163,18 @@ def combine_prepared(parts: list[PreparedTransaction]) -> PreparedTransaction:
 
 
 def run_prepared(
-    prepared: PreparedTransaction, *, then: Callable[[StoreTransaction], None] | None = None
+    prepared: PreparedTransaction,
+    *,
+    then: Callable[[StoreTransaction], None] | None = None,
+    unchanged: set[str] | None = None,
 ) -> dict[str, Any]:
     """Run a prepared transaction in one store transaction; return its response Bundle.
 
     ``then`` runs inside the same store transaction after the entries (ingest records there
-    what each record produced, and retracts what it no longer does).
+    what each record produced, and retracts what it no longer does). ``unchanged``, when
+    given, receives the ``Type/id`` of each update ``skip_unchanged`` found already current
+    (no version written): the store says so inside the transaction, which a timestamp cannot,
+    since another process may have written that very content while this one waited to write.
     """
     # Each run starts afresh: running changes a POST's or conditional PUT's entry (its id,
     # MATCHED); a PUT by id only gets its response, which is reset.
@@ -176,6 +182,8 @@ def run_prepared(
     for e in entries:
         e.response = {}
     prepared.processor.run_transaction(entries, then)
+    if unchanged is not None:
+        unchanged.update(prepared.processor.unchanged)
     return _response("transaction", [e.response for e in entries])
 
 
@@ -237,6 +245,7 @@ class _Processor:
         self.store = store
         self.author = author
         self.written: list[tuple[StoredResource, str]] = []  # (version, activity) of the running transaction
+        self.unchanged: set[str] = set()  # Type/id of updates skip_unchanged left alone, in the running one
         self.parser = parser
         self.base = base
         self.can = can
@@ -334,6 +343,7 @@ class _Processor:
                     raise invalid(f"{e.rtype}/{e.rid} appears twice in the transaction", [e.where], code="duplicate")
                 seen.add((e.rtype, e.rid))
         self.written = []
+        self.unchanged = set()
         with self.store.transaction() as tx:
             try:
                 aliases = self._assign_ids(tx, entries)
@@ -433,6 +443,8 @@ class _Processor:
                 outcome = interactions.update(tx, resource, e.rtype, e.rid, if_match=e.if_match,
                                               skip_unchanged=self.skip_unchanged, prepared=e.prepared,
                                               access=self.access)
+                if not outcome.changed:
+                    self.unchanged.add(f"{e.rtype}/{e.rid}")
                 entry = self._write_response(outcome.status, self._wrote(outcome.resource, outcome.status == 201))
                 # The stored version keeps identifiers and links the client did not send (DHIS2 UIDs,
                 # identity links): only for a client that may read it.

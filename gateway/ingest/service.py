@@ -49,7 +49,7 @@ from gateway.ingest.retractions import OutputChange, StaleRecords, apply_output_
 from gateway.ingest.writer import BATCH_RECORDS, IngestWriter, PendingRecord, RecordGroup
 from gateway.mapping import CompiledMapping, InputError, MappingError, MappingSet, parse_csv
 from gateway.metrics import metrics
-from gateway.search import QueryParser, format_instant
+from gateway.search import QueryParser
 from gateway.store import MessageEntry, QuarantinedRecord, Store, StoredResource
 
 __all__ = ["BATCH_RECORDS", "IngestReport", "IngestService", "RecordResult", "WrittenResource"]
@@ -277,17 +277,17 @@ class IngestService:
         return _stored(0, change, written, patient_of(bundle))
 
     def _commit(self, prepared: PreparedTransaction, changes: list[OutputChange]) -> list[WrittenResource]:
-        started = format_instant(time.time())
+        unchanged: set[str] = set()  # skip_unchanged returned the existing version (written by anyone, any time)
         with metrics().store_seconds.time():
-            response = run_prepared(prepared, then=partial(apply_output_changes, changes=changes))
+            response = run_prepared(prepared, then=partial(apply_output_changes, changes=changes), unchanged=unchanged)
         written: list[WrittenResource] = []
         for entry in response.get("entry", []):
             answer = entry["response"]
             rtype, rid, _, version = answer["location"].split("/")
             if answer["status"].startswith("201"):
                 change = "created"
-            elif answer.get("lastModified", started) < started:
-                change = "unchanged"  # skip_unchanged returned the existing, older version
+            elif f"{rtype}/{rid}" in unchanged:
+                change = "unchanged"
             else:
                 change = "updated"
             written.append(WrittenResource(rtype, rid, version, change))

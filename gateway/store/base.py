@@ -96,6 +96,7 @@ class WriteResult:
 
     resource: StoredResource
     created: bool  # True for a new resource id (HTTP 201), False for a new version
+    unchanged: bool = False  # skip_unchanged found this content current: no version was written
 
 
 @dataclass(frozen=True, slots=True)

@@ -185,7 +185,7 @@ class SqlTransaction:
         unchanged = current is not None and not current.deleted and current.chash == prepared.chash
         if skip_unchanged and unchanged:
             assert current is not None
-            return WriteResult(current.stored(), created=False)
+            return WriteResult(current.stored(), created=False, unchanged=True)
         return self._write(rtype, rid, prepared, current)
 
     def append(self, prepared: PreparedWrite) -> WriteResult:

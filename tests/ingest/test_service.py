@@ -11,7 +11,9 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.fhir import run_prepared
 from gateway.ingest import IngestConfigError, IngestService, MappingRegistry, split_body
+from gateway.ingest import service as service_module
 from gateway.search.query import QueryParser
 from gateway.search.registry import default_registry
 from gateway.settings import SourceConfig
@@ -54,6 +56,38 @@ def test_duplicates_are_no_ops_and_edits_update(service: IngestService, store: S
     third = service.ingest("odk", split_body(json.dumps(record).encode(), None)).results[0]
     assert third.status == "stored"
     assert [w.type for w in third.resources if w.change == "updated"] == ["Observation"]
+
+
+def test_a_record_another_process_stored_while_this_one_waited_to_write_is_unchanged(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same record sent to two API processes at once: both map it against an empty store, one
+    commits first, and the other, writing after it, stores nothing: it is answered unchanged (it was
+    answered stored, each resource ``updated`` at version 1, because the other's versions were newer
+    than the moment this one began its commit)."""
+    registry = MappingRegistry(MAPPINGS, SOURCES)
+    other, this = (IngestService(store, QueryParser(default_registry(), 20, 100), registry) for _ in range(2))
+    body = sample("odk", "household-visit-expanded")
+    real = run_prepared
+    first: list[Any] = []
+
+    def other_process_lands_first(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(service_module, "run_prepared", real)
+        # while this process waits for the write lock, the other commits the same record
+        first.append(other.ingest("odk", split_body(body, None)).results[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(service_module, "run_prepared", other_process_lands_first)
+    second = this.ingest("odk", split_body(body, None)).results[0]
+    other.close()
+    this.close()
+    (stored,) = first
+    assert stored.status == "stored" and {w.change for w in stored.resources} == {"created"}
+    assert second.status == "unchanged", [(w.type, w.version, w.change) for w in second.resources]
+    assert {w.change for w in second.resources} == {"unchanged"}
+    assert [(w.type, w.id, w.version) for w in second.resources] == [
+        (w.type, w.id, w.version) for w in stored.resources
+    ]
 
 
 def test_replay_after_fix_on_both_backends(service: IngestService, store: SqlStore, tmp_path: Path) -> None:
