@@ -193,6 +193,10 @@ def test_uvicorn_access_lines_are_not_written(logs: io.StringIO) -> None:
     """uvicorn's access line holds the path and query as sent; only the gateway's own line may be written
     (under --workers uvicorn configures its loggers before the app does, so access_log=False is not enough)."""
     logging.getLogger("uvicorn.access").propagate = True  # as uvicorn leaves it with access_log=True
+    # Another test's in-process server may have left uvicorn.error at its log level (as uvicorn's
+    # Config sets it): this test is about the access lines, so start from a fresh logger.
+    logging.getLogger("uvicorn.error").setLevel(logging.NOTSET)
+    logging.getLogger("uvicorn.error").disabled = False
     configure_logging(Settings(), logs)
     logging.getLogger("uvicorn.access").info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET",
                                              "/fhir/Patient?name=Wilfrid", "1.1", 200)
