@@ -15,6 +15,7 @@ from dhis2_sandbox import (
     create_sandbox_app,
 )
 from gateway.connectors.base import Permanent, Retry, Success
+from gateway.connectors.dhis2 import Dhis2Connector
 from gateway.connectors.dhis2.sources import ResourceBundle
 from tests.dhis2.conftest import make_connector, make_job
 from tests.dhis2.records import chw_record, household, patient, places
@@ -332,15 +333,20 @@ def _episode(pid: str) -> dict[str, Any]:
     }
 
 
+async def _enrolled(connector: Dhis2Connector, episode: dict[str, Any]) -> str:
+    """Deliver ``episode``; the UID of the enrollment DHIS2 now holds for it."""
+    created = await connector.deliver([make_job(episode)])
+    assert isinstance(created[0], Success), created
+    return created[0].detail.split()[-1] if created[0].detail else ""
+
+
 async def test_a_deleted_episode_of_care_deletes_its_enrollment_not_resends_it(sandbox: SandboxServer) -> None:
     record = chw_record(1)
     episode = _episode("pt-1")
     bundle = ResourceBundle([*places(), *record[:2], episode])
     connector = make_connector(sandbox.base_url, bundle)
     try:
-        created = await connector.deliver([make_job(episode)])
-        assert isinstance(created[0], Success), created
-        uid = created[0].detail.split()[-1] if created[0].detail else ""
+        uid = await _enrolled(connector, episode)
         assert (await get(sandbox, f"/api/tracker/enrollments/{uid}")).status_code == 200
         bundle.remove("EpisodeOfCare", episode["id"])
         for _ in range(2):  # deleting what DHIS2 no longer has is done too
@@ -359,9 +365,7 @@ async def test_a_voided_episode_of_care_deletes_its_enrollment(sandbox: SandboxS
     bundle = ResourceBundle([*places(), *record[:2], episode])
     connector = make_connector(sandbox.base_url, bundle)
     try:
-        created = await connector.deliver([make_job(episode)])
-        assert isinstance(created[0], Success), created
-        uid = created[0].detail.split()[-1] if created[0].detail else ""
+        uid = await _enrolled(connector, episode)
         voided = {**episode, "status": "entered-in-error"}
         bundle.add(voided)
         (done,) = await connector.deliver([make_job(voided)])

@@ -381,13 +381,7 @@ class Dhis2Connector:
                 if self._aggregate is None:
                     item.outcome = Success(detail="no aggregate mapping: MeasureReport not sent")
                     return item
-                resolver = OrgUnitResolver(self._aggregate.org_units, source)
-                plan = measure_report_to_data_value_set(resource, self._aggregate, resolver)
-                if plan.payload is None:
-                    item.outcome = Success(detail=plan.note)
-                else:
-                    item.aggregate = plan
-                return item
+                return self._plan_report(item, resource, source)
             if self._tracker is None:
                 item.outcome = Success(detail="no tracker mapping")
                 return item
@@ -463,18 +457,25 @@ class Dhis2Connector:
             item.outcome = Success(detail="deleted MeasureReport not found: nothing to delete in DHIS2")
             return item
         try:
-            resolver = OrgUnitResolver(self._aggregate.org_units, source)
-            plan = measure_report_to_data_value_set(last, self._aggregate, resolver)
+            # Re-sent with CREATE_AND_UPDATE, DHIS2 would keep every value; DELETE removes them
+            # (a value DHIS2 no longer has is counted ignored, not refused).
+            return self._plan_report(item, last, source, strategy="DELETE")
         except (Dhis2MappingError, MappingError) as exc:
             item.outcome = Success(detail=f"retraction not sent: {type(exc).__name__}")
             return item
+
+    def _plan_report(
+        self, item: _Prepared, report: JsonObject, source: ResourceSource, strategy: str = "CREATE_AND_UPDATE"
+    ) -> _Prepared:
+        """``item`` with the data value set of a MeasureReport to send with ``strategy`` (or done: nothing to send)."""
+        aggregate = self._aggregate
+        assert aggregate is not None
+        plan = measure_report_to_data_value_set(report, aggregate, OrgUnitResolver(aggregate.org_units, source))
         if plan.payload is None:
             item.outcome = Success(detail=plan.note)
         else:
-            # Re-sent with CREATE_AND_UPDATE, DHIS2 would keep every value; DELETE removes them
-            # (a value DHIS2 no longer has is counted ignored, not refused).
             item.aggregate = plan
-            item.aggregate_strategy = "DELETE"
+            item.aggregate_strategy = strategy
         return item
 
     # -- tracker
