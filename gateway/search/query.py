@@ -393,15 +393,17 @@ class QueryParser:
         param = self.registry.get(rtype, name)
         if param is None or param.type != "reference":
             return None
-        if not target:
+        if not target and len(param.targets) == 1:
+            target = param.targets[0]
+        elif not target:
             # search.html: a chain through a reference to several types names one (subject:Patient.name);
             # when only one of them has the chained parameter, that one is meant.
             inner_code = rest.split(".", 1)[0].partition(":")[0]
             having = [t for t in param.targets if self.registry.get(t, inner_code) is not None]
-            if len(param.targets) != 1 and len(having) != 1:
+            if len(having) != 1:
                 among = f" ({inner_code} is a parameter of {', '.join(having)})" if having else ""
                 raise SearchError(f"chained parameter {head} needs a type modifier ({head}:Type.…){among}", head)
-            target = having[0] if len(param.targets) != 1 else param.targets[0]
+            target = having[0]
         if param.targets and target not in param.targets:
             raise SearchError(f"{name} cannot refer to {target}", head)
         if "." in rest:
