@@ -30,8 +30,9 @@ from typing import Any
 from gateway.errors import FhirError
 from gateway.fhir.invariants import default_invariants
 from gateway.fhir.shapes import ShapeCache
-from gateway.fhir.strict import StrictChecker, default_checker, load_table
+from gateway.fhir.strict import StrictChecker, default_checker
 from gateway.fhir.validate import Validator
+from gateway.r4 import load_table
 from tests.support.npm import R4_EXAMPLES, package_dir
 
 _CONFORMANCE = {

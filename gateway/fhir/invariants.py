@@ -50,7 +50,8 @@ from gateway.fhir.fhirpath import (
     walk_ast,
 )
 from gateway.fhir.invariant_predicates import Predicate, compile_predicate
-from gateway.fhir.strict import KIND_COMPLEX, KIND_RESOURCE, ComplexType, StrictChecker, load_table
+from gateway.fhir.strict import KIND_COMPLEX, KIND_RESOURCE, ComplexType, StrictChecker
+from gateway.r4 import load_table
 
 __all__ = [
     "UNCHECKED_TYPES",

@@ -27,15 +27,13 @@ each element (``ServiceRequest.performer[0]``) and the types allowed there.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from functools import cache
-from importlib import resources
 from typing import Any
 
 from gateway.errors import FhirError
 from gateway.fhir.outcome import issue
-from gateway.r4 import RESOURCE_TYPES
+from gateway.r4 import RESOURCE_TYPES, load_table
 
 __all__ = ["ReferenceSite", "check_reference_sites", "check_reference_targets", "reference_sites", "reference_type"]
 
@@ -51,11 +49,8 @@ _Plan = dict[str, tuple[frozenset[str] | None, str | None]]
 @cache
 def _plans() -> dict[str, _Plan]:
     """Which properties of each type hold a restricted Reference or may lead to one."""
-    data = resources.files("gateway.r4").joinpath("data")
-    types: dict[str, Any] = json.loads(data.joinpath("r4-elements.json").read_text("utf-8"))["types"]
-    targets: dict[str, dict[str, list[str]]] = json.loads(
-        data.joinpath("r4-reference-targets.json").read_text("utf-8")
-    )["targets"]
+    types: dict[str, Any] = load_table("r4-elements.json")["types"]
+    targets: dict[str, dict[str, list[str]]] = load_table("r4-reference-targets.json")["targets"]
     specs = {
         name: {prop: spec.removesuffix("[]") for prop, spec in entry["p"].items()} for name, entry in types.items()
     }

@@ -34,17 +34,16 @@ Usage::
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import cache
-from importlib import resources
 from typing import Any
 
 from gateway.fhir.narrative import narrative_problem
+from gateway.r4 import load_table
 
 __all__ = [
     "KIND_COMPLEX",
@@ -53,7 +52,6 @@ __all__ = [
     "StrictChecker",
     "check_strict",
     "default_checker",
-    "load_table",
 ]
 
 _DATA_FILE = "r4-elements.json"
@@ -405,13 +403,6 @@ def _enum_text(values: frozenset[str]) -> str:
 
 def _expected_object(value: Any) -> str:
     return "expected an object, got an array" if type(value) is list else "expected an object"
-
-
-def load_table(name: str) -> dict[str, Any]:
-    """One of the bundled R4 data files (``r4-elements.json``, ``r4-bindings.json``…)."""
-    text = resources.files("gateway.r4").joinpath("data", name).read_text(encoding="utf-8")
-    table: dict[str, Any] = json.loads(text)
-    return table
 
 
 @cache

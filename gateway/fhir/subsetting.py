@@ -6,12 +6,10 @@ read once per type. Subsetted resources are tagged ``SUBSETTED`` as FHIR require
 
 from __future__ import annotations
 
-import json
 from functools import cache
-from importlib import resources
 from typing import Any
 
-from gateway.r4 import R4_ONLY_TYPES
+from gateway.r4 import R4_ONLY_TYPES, load_table
 
 SUBSETTED = {
     "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
@@ -39,8 +37,7 @@ def summary_elements(rtype: str) -> frozenset[str]:
 
 @cache
 def _element_table() -> dict[str, Any]:
-    text = resources.files("gateway.r4").joinpath("data", "r4-elements.json").read_text(encoding="utf-8")
-    types: dict[str, Any] = json.loads(text)["types"]
+    types: dict[str, Any] = load_table("r4-elements.json")["types"]
     return types
 
 

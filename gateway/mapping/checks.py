@@ -22,7 +22,6 @@ import json
 import re
 from dataclasses import dataclass, field
 from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from gateway.mapping.inputs import InputError, read_records
 from gateway.mapping.inputschema import InputSchema
 from gateway.mapping.spec import MappingSpec, ObservationRule, ReferralRule, ResourceRule
 from gateway.mapping.yamlfile import NodePath
+from gateway.r4 import load_table
 
 __all__ = ["InputSchema", "check_mapping", "golden_records", "ucum_problem"]
 
@@ -107,8 +107,7 @@ def _refused(expected: Any) -> bool:
 
 @cache
 def _table(name: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((resources.files("gateway.r4") / "data" / name).read_text("utf-8"))
-    return data
+    return load_table(name)
 
 
 def _element_type(type_name: str, element: str) -> str | None:

@@ -10,11 +10,10 @@ the code with no system (``|male``, how the rows are stored); any other system s
 
 from __future__ import annotations
 
-import json
 from functools import cache
-from importlib import resources
 from typing import Any
 
+from gateway.r4 import load_table
 from gateway.search.registry import SearchParam
 
 __all__ = ["implied_systems"]
@@ -22,9 +21,7 @@ __all__ = ["implied_systems"]
 
 @cache
 def _bindings() -> dict[str, Any]:
-    text = resources.files("gateway.r4").joinpath("data", "r4-bindings.json").read_text(encoding="utf-8")
-    table: dict[str, Any] = json.loads(text)
-    return table
+    return load_table("r4-bindings.json")
 
 
 @cache

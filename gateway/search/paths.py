@@ -11,13 +11,13 @@ offered (the CapabilityStatement only lists what compiled).
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache, lru_cache
-from importlib import resources
 from typing import Any
+
+from gateway.r4 import load_table
 
 _NAME = r"[A-Za-z][A-Za-z0-9_]*"
 _AS_SUFFIX = re.compile(rf"^(?P<path>.+?)\s+as\s+(?P<type>{_NAME})$")
@@ -207,8 +207,7 @@ def plain_key(step: Step) -> str | None:
 @cache
 def choice_elements() -> frozenset[str]:
     """Names of the R4 choice elements (``value[x]``, ``effective[x]``, …) of any type."""
-    text = resources.files("gateway.r4").joinpath("data/r4-elements.json").read_text("utf-8")
-    types = json.loads(text)["types"]
+    types = load_table("r4-elements.json")["types"]
     return frozenset(name for spec in types.values() for name in spec.get("c", ()))
 
 

@@ -9,7 +9,8 @@ import pytest
 
 from gateway.fhir.invariants import UNCHECKED_TYPES, _evaluate, _follow, default_invariants, plan_invariants
 from gateway.fhir.narrative import narrative_problem
-from gateway.fhir.strict import default_checker, load_table
+from gateway.fhir.strict import default_checker
+from gateway.r4 import load_table
 from scripts.gen_r4_rules import build
 from tests.support.examples import examples_dir, iter_examples
 from tests.support.npm import R4_EXAMPLES, package_dir
