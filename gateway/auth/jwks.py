@@ -76,7 +76,10 @@ def _is_loopback(host: str) -> bool:
 
 def check_jwks_uri(url: str) -> str:
     """A usable ``jwks_uri``: https, or http on a loopback address; raises ``KeySetError``."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an unclosed IPv6 bracket
+        raise KeySetError(f"{url!r} is not an http(s) URL") from exc
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise KeySetError(f"{url!r} is not an http(s) URL")
     if parts.scheme == "http" and not _is_loopback(parts.hostname):

@@ -307,7 +307,10 @@ class _Processor:
         elif "://" in url:
             raise invalid("request.url must be relative to this server", [where])
         if "?" in url or "#" in url or "//" in url:
-            parts = urlsplit(url)
+            try:
+                parts = urlsplit(url)
+            except ValueError as exc:  # "//[..." reads as an unclosed IPv6 host
+                raise invalid(f"request.url is not a URL: {exc}", [where]) from exc
             path, query = parts.path, parts.query
         else:  # the common Type/id form: no URL parsing needed
             path, query = url, ""

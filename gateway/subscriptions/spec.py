@@ -137,7 +137,11 @@ def _rest_hook(resource: Mapping[str, Any], allow_http: bool) -> tuple[Mapping[s
         raise invalid(f"channel type {str(channel.get('type'))[:32]!r} is not supported: only rest-hook is"
                       " (not websocket, email, sms or message)", ["Subscription.channel.type"], code="not-supported")
     endpoint = _string(channel.get("endpoint"), "Subscription.channel.endpoint")
-    parts = urlsplit(endpoint)
+    try:
+        parts = urlsplit(endpoint)
+        parts.port  # noqa: B018 - raises for a port that is no number
+    except ValueError as exc:  # an unclosed IPv6 bracket, a port that is no number
+        raise invalid(f"the endpoint is not a URL: {exc}", ["Subscription.channel.endpoint"]) from exc
     if parts.scheme not in (("http", "https") if allow_http else ("https",)) or not parts.netloc:
         raise invalid("the endpoint must be an absolute " + ("http(s)" if allow_http else "https") + " URL",
                       ["Subscription.channel.endpoint"])

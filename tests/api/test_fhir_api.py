@@ -605,3 +605,11 @@ async def test_compressed_request_bodies_are_inflated_within_the_body_limit(api:
                                 headers={"Content-Encoding": "gzip"}), 400)  # fmt: skip
     for unsupported in ("br", "compress", "gzip, gzip"):
         assert_outcome(await c.post("/fhir/Patient", content=patient, headers={"Content-Encoding": unsupported}), 415)
+
+
+async def test_a_bundle_url_urlsplit_refuses_is_a_400(api: ApiHarness) -> None:
+    """A request.url Python's URL parser refuses (an unclosed IPv6 bracket) answers 400, not 500."""
+    for url in ("//[::1/Patient", "//[oops"):
+        bundle = {"resourceType": "Bundle", "type": "batch", "entry": [{"request": {"method": "GET", "url": url}}]}
+        answer = (await api.client.post("/fhir", json=bundle)).json()["entry"][0]["response"]
+        assert answer["status"] == "400" and "not a URL" in answer["outcome"]["issue"][0]["diagnostics"], url

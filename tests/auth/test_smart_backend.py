@@ -372,6 +372,8 @@ def test_registration_refuses_key_sets_that_cannot_work() -> None:
         check_key_set({"keys": [off_curve]})
     with pytest.raises(KeySetError, match="https"):
         check_key_set({"jwks_uri": "http://emr.example.org/jwks"})
+    with pytest.raises(KeySetError, match="not an http"):
+        check_key_set({"jwks_uri": "https://[::1/jwks"})  # urlsplit refuses it (was a ValueError)
     with pytest.raises(KeySetError, match="keys"):
         check_key_set([])
     assert check_key_set({"jwks_uri": "http://127.0.0.1:9000/jwks"}) == {"jwks_uri": "http://127.0.0.1:9000/jwks"}

@@ -67,7 +67,7 @@ def test_uids_separate_kinds_namespaces_and_resources() -> None:
         ("LETTER", ["a"], ["ab", "1"], "value_not_valid_letter"),
         ("COORDINATE", ["[36.8,-1.28]"], ["[200,0]", "36.8,-1.28"], "value_not_coordinate"),
         ("PHONE_NUMBER", ["+254 700 000000"], ["12", "call me"], "value_not_valid_phone_number"),
-        ("URL", ["https://dhis2.org"], ["dhis2.org"], "value_not_url"),
+        ("URL", ["https://dhis2.org"], ["dhis2.org", "http://[::1/x"], "value_not_url"),
     ],
 )
 def test_value_checks_follow_dhis2(value_type: str, good: list[str], bad: list[str], key: str) -> None:

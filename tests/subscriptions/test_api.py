@@ -72,6 +72,11 @@ async def test_subscribing_needs_the_subscription_scope(sqlite_harness: Harness)
      "Subscription.channel.type"),
     ({"channel": {"type": "rest-hook", "endpoint": "not a url", "payload": "application/fhir+json"}},
      "Subscription.channel.endpoint"),
+    # urlsplit raises on these (was a 500)
+    ({"channel": {"type": "rest-hook", "endpoint": "http://[::1/hook", "payload": "application/fhir+json"}},
+     "Subscription.channel.endpoint"),
+    ({"channel": {"type": "rest-hook", "endpoint": "http://emr.test:port/hook", "payload": "application/fhir+json"}},
+     "Subscription.channel.endpoint"),
     ({"_criteria": {"extension": [{"url": FILTER, "valueString": "Patient?name=x"}]}},
      "Subscription.criteria.extension('backport-filter-criteria')[0]"),
     ({"_criteria": {"extension": [{"url": FILTER,

@@ -176,7 +176,10 @@ def _check_coordinate(value: str) -> str | None:
 
 
 def _check_url(value: str) -> str | None:
-    parsed = urlparse(value)
+    try:
+        parsed = urlparse(value)
+    except ValueError:  # an unclosed IPv6 bracket
+        return "value_not_url"
     if parsed.scheme not in ("http", "https", "ftp") or not parsed.netloc:
         return "value_not_url"
     return None
