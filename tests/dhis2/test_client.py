@@ -114,3 +114,52 @@ async def test_vanished_and_slow_jobs(respx_mock: respx.MockRouter, client: Dhis
     )
     response = await run_async_import(client, {}, {}, poll_interval=0.1, timeout=1, sleep=sleep)
     assert response.status_code == 403 and refused.called
+
+
+@respx.mock(base_url=BASE, assert_all_called=True)
+async def test_polling_obeys_retry_after(respx_mock: respx.MockRouter, client: Dhis2Client) -> None:
+    """A rate-limited poll waits as long as DHIS2 asked, not the next poll interval."""
+    added = load_sample("tracker-import-async-job-added-docs.json")
+    job = added["response"]["id"]
+    done = load_sample("tracker-job-notifications-completed.json")
+    respx_mock.post("/api/tracker").mock(return_value=httpx.Response(200, json=added))
+    respx_mock.get(f"/api/tracker/jobs/{job}").mock(
+        side_effect=[
+            httpx.Response(429, headers={"Retry-After": "7"}),
+            httpx.Response(503),
+            httpx.Response(200, json=done),
+            httpx.Response(200, json=done),  # polled again after the report's 429
+        ]
+    )
+    respx_mock.get(f"/api/tracker/jobs/{job}/report").mock(
+        side_effect=[
+            httpx.Response(429, headers={"Retry-After": "3"}),
+            httpx.Response(200, json=load_sample("tracker-job-report-ok-mixed-stats.json")),
+        ]
+    )
+    naps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        naps.append(seconds)
+
+    response = await run_async_import(client, {}, {}, poll_interval=0.2, timeout=60, sleep=sleep)
+    assert response.status_code == 200
+    assert naps == [7.0, pytest.approx(0.3), pytest.approx(3.0)]
+
+
+@respx.mock(base_url=BASE)
+async def test_a_wait_beyond_the_deadline_times_out(respx_mock: respx.MockRouter, client: Dhis2Client) -> None:
+    """A Retry-After longer than the time left ends the wait now (the job is resubmitted later)."""
+    added = load_sample("tracker-import-async-job-added-docs.json")
+    respx_mock.post("/api/tracker").mock(return_value=httpx.Response(200, json=added))
+    respx_mock.get(f"/api/tracker/jobs/{added['response']['id']}").mock(
+        return_value=httpx.Response(429, headers={"Retry-After": "3600"})
+    )
+    naps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        naps.append(seconds)
+
+    with pytest.raises(Dhis2JobTimeout):
+        await run_async_import(client, {}, {}, poll_interval=0.2, timeout=60, sleep=sleep)
+    assert naps == []

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import orjson
 
+from gateway.connectors.classify import parse_retry_after
 from gateway.connectors.dhis2.client import Dhis2Client, http_error
 from gateway.connectors.dhis2.errors import (
     Dhis2JobLost,
@@ -70,35 +71,40 @@ async def wait_for_report(
     deadline = clock() + timeout
     interval = poll_interval
     while True:
-        notes = await _poll(client.tracker_job(job_id))
+        notes, wait = await _poll(client.tracker_job(job_id))
         if notes is not None:
             if notes.status_code == 404:
                 raise Dhis2JobLost(f"tracker job {job_id} is gone")
             if notes.status_code != 200:
                 raise http_error("/api/tracker/jobs", notes)
             if job_completed(_json(notes, "GET /api/tracker/jobs")):
-                report = await _poll(client.tracker_job_report(job_id))
+                report, wait = await _poll(client.tracker_job_report(job_id))
                 if report is not None:
                     if report.status_code == 404:
                         raise Dhis2JobLost(f"the report of tracker job {job_id} is gone")
                     if report.status_code != 200:
                         raise http_error("/api/tracker/jobs/report", report)
                     return report
-        if clock() + interval > deadline:
+        # A 429/503 that names its wait is obeyed: polling sooner only earns another refusal.
+        nap = max(interval, wait or 0.0)
+        if clock() + nap > deadline:
             raise Dhis2JobTimeout(f"tracker job {job_id} did not complete in {timeout:.0f} s")
-        await sleep(interval)
+        await sleep(nap)
         interval = min(interval * 1.5, 5.0)
 
 
-async def _poll(request: Awaitable[httpx.Response]) -> httpx.Response | None:
-    """A poll's answer, or None when it failed transiently (the job runs on; poll again)."""
+async def _poll(request: Awaitable[httpx.Response]) -> tuple[httpx.Response | None, float | None]:
+    """A poll's answer, or None and the wait DHIS2 asked for when it failed transiently.
+
+    The job runs on in DHIS2 whatever the poll met, so a transient failure means "poll again".
+    """
     try:
         response = await request
     except Dhis2TransportError:
-        return None
+        return None, None
     if response.status_code >= 500 or response.status_code in (408, 429):
-        return None
-    return response
+        return None, parse_retry_after(response.headers.get("retry-after"), now=time.time())
+    return response, None
 
 
 async def run_async_import(
