@@ -53,6 +53,11 @@ class SandboxUser(BaseModel):
     capture_org_units: tuple[str, ...] | None = Field(
         None, description="roots of the capture scope; None: the whole hierarchy"
     )
+    cascade_delete: bool = Field(
+        True,
+        description="holds F_TEI_CASCADE_DELETE and F_ENROLLMENT_CASCADE_DELETE: may delete a tracked entity "
+        "that still has enrollments (else E1100) or an enrollment that still has events (else E1103)",
+    )
 
 
 def default_users() -> list[SandboxUser]:

@@ -67,6 +67,7 @@ async def tracker_import(request: Request, state: StateDep, user: WriterDep) -> 
         state.store,
         username=user.username,
         capture_roots=state.capture_roots(user),
+        cascade_delete=user.cascade_delete,
         version=state.version,
         now=datetime.now(UTC).replace(tzinfo=None),
     )

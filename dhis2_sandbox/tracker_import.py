@@ -201,9 +201,12 @@ def run_tracker_import(
     capture_roots: frozenset[str] | None,
     version: Version,
     now: datetime,
+    cascade_delete: bool = True,
 ) -> TrackerImportResult:
     """Validate and (unless invalid under ``atomicMode=ALL`` or ``importMode=VALIDATE``) commit."""
-    validator = TrackerValidator(catalog, store, flat, params.import_strategy, username, capture_roots, now)
+    validator = TrackerValidator(
+        catalog, store, flat, params.import_strategy, username, capture_roots, now, cascade_delete=cascade_delete
+    )
     errors = _validate(validator, flat, params)
     invalid = {(error.tracker_type, error.uid) for error in errors}
     if params.atomic_mode == "OBJECT":
@@ -364,7 +367,7 @@ def _save_event(ev: JsonObject, store: SandboxStore, catalog: Catalog, stamp: st
 
 
 def _delete(kind: TrackerType, uid: str, store: SandboxStore) -> None:
-    # The sandbox user holds the cascade-delete authorities, so children go with parents.
+    # Validation let it through: the user holds the cascade-delete authorities, or it has no children.
     if kind is TrackerType.TRACKED_ENTITY:
         enrollments, _ = store.list_objects("enrollment", where={"tracked_entity": uid}, limit=10_000)
         for enrollment in enrollments:

@@ -96,6 +96,8 @@ MESSAGES: dict[str, str] = {
     "E1090": "Attribute: `{0}`, is mandatory in tracked entity type `{1}` "
     "but not declared in tracked entity `{2}`.",
     "E1094": "Not allowed to update Enrollment: `{0}`, existing Program `{1}`.",
+    "E1100": "User: `{0}`, is lacking 'F_TEI_CASCADE_DELETE' authority to delete TrackedEntity: `{1}`.",
+    "E1103": "User: `{0}`, is lacking 'F_ENROLLMENT_CASCADE_DELETE' authority to delete Enrollment : `{1}`.",
     "E1110": "Not allowed to update Event: `{0}`, existing Program `{1}`.",
     "E1113": "Enrollment: `{0}`, is already deleted and cannot be modified.",
     "E1114": "TrackedEntity: `{0}`, is already deleted and cannot be modified.",

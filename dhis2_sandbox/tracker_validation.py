@@ -71,6 +71,7 @@ class TrackerValidator:
     now: datetime
     actions: dict[tuple[TrackerType, str], Action] = field(default_factory=dict)
     stored: dict[tuple[TrackerType, str], StoredObject] = field(default_factory=dict)
+    cascade_delete: bool = True  # the user holds F_TEI_CASCADE_DELETE and F_ENROLLMENT_CASCADE_DELETE
 
     def __post_init__(self) -> None:
         self._te_by_uid = {te["trackedEntity"]: te for te in self.payload.tracked_entities}
@@ -115,11 +116,26 @@ class TrackerValidator:
             errors.append(TrackerError(_MISSING[kind], kind, uid, (uid,)))
             return None
         if self.strategy is ImportStrategy.DELETE:
+            if not self.cascade_delete and self._has_live_children(kind, uid):
+                # Judged against what is stored, not the payload: children deleted in the same
+                # request still count, as in dhis2-core's validation before it persists anything.
+                code = "E1100" if kind is TrackerType.TRACKED_ENTITY else "E1103"
+                errors.append(TrackerError(code, kind, uid, (self.username, uid)))
+                return None
             action = Action.DELETE
         else:
             action = Action.UPDATE if exists else Action.CREATE
         self.actions[(kind, uid)] = action
         return action
+
+    def _has_live_children(self, kind: TrackerType, uid: str) -> bool:
+        if kind is TrackerType.TRACKED_ENTITY:
+            children, _ = self.store.list_objects("enrollment", where={"tracked_entity": uid}, limit=1)
+        elif kind is TrackerType.ENROLLMENT:
+            children, _ = self.store.list_objects("event", where={"enrollment": uid}, limit=1)
+        else:
+            return False
+        return bool(children)
 
     def _in_capture_scope(self, org_unit: str) -> bool:
         if self.capture_roots is None:

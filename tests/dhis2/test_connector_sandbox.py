@@ -408,3 +408,31 @@ async def test_a_deleted_measure_report_deletes_its_data_values(sandbox: Sandbox
         await connector.aclose()
     assert isinstance(deleted, Success) and isinstance(again, Success), (deleted, again)
     assert (await get(sandbox, query)).json().get("dataValues", []) == []
+
+
+async def test_a_person_deleted_with_their_last_visit_goes_without_cascade_delete_authority() -> None:
+    """The visit's event, the person's enrollments and tracked entity go one level a request,
+    children first: a DHIS2 user without F_TEI_CASCADE_DELETE / F_ENROLLMENT_CASCADE_DELETE is
+    not refused (E1100 / E1103), as it would be for them sent in one request."""
+    from pydantic import SecretStr
+
+    from dhis2_sandbox import SandboxUser
+
+    user = SandboxUser(username="integrator", tokens=(SecretStr(DEFAULT_TOKEN),), cascade_delete=False)
+    settings = SandboxSettings(users=(user,))
+    with SandboxServer(create_sandbox_app(None, FaultConfig(), settings)) as server:
+        resources = places() + chw_record(1)
+        bundle = ResourceBundle(resources)
+        connector = make_connector(server.base_url, bundle)
+        try:
+            created = await connector.deliver([make_job(resources[3])])
+            assert all(isinstance(o, Success) for o in created), created
+            assert (await stats(server))["stored"]["event"] == 1
+            bundle.remove("Encounter", resources[3]["id"])
+            bundle.remove("Patient", resources[2]["id"])
+            deleted = await connector.deliver([make_job(resources[3], op="delete")])
+        finally:
+            await connector.aclose()
+        assert all(isinstance(o, Success) for o in deleted), deleted
+        stored = (await stats(server))["stored"]
+        assert (stored["tracked_entity"], stored["enrollment"], stored["event"]) == (0, 0, 0)

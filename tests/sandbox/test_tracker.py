@@ -520,3 +520,40 @@ async def test_persistence_survives_a_restart(tmp_path: Any, make_client: Client
     event = (await second.get("/api/tracker/events/Aev00000000")).json()
     assert event["status"] == "COMPLETED" and len(event["dataValues"]) == 3
     assert (tmp_path / "dhis2-sandbox.sqlite3").exists()
+
+
+async def test_deletes_with_children_need_the_cascade_authorities(make_client: ClientFactory, demo: Demo) -> None:
+    """E1100 / E1103 for a user without F_TEI_CASCADE_DELETE / F_ENROLLMENT_CASCADE_DELETE, judged
+    against what is stored: children deleted in the same request still count."""
+    from pydantic import SecretStr
+
+    from dhis2_sandbox import DEFAULT_TOKEN, SandboxUser
+
+    user = SandboxUser(username="integrator", tokens=(SecretStr(DEFAULT_TOKEN),), cascade_delete=False)
+    client = make_client(users=(user,))
+    assert (await client.post("/api/tracker", params=SYNC_OBJECT, json=demo.bundle(1))).status_code == 200
+    delete = {**SYNC_OBJECT, "importStrategy": "DELETE"}
+    te, en, ev = "Ate00000000", "Aen00000000", "Aev00000000"
+    at_once = {
+        "trackedEntities": [{"trackedEntity": te}],
+        "enrollments": [{"enrollment": en}],
+        "events": [{"event": ev}],
+    }
+    refused = (await client.post("/api/tracker", params=delete, json=at_once)).json()
+    assert sorted(codes(refused)) == [("E1100", "TRACKED_ENTITY", te), ("E1103", "ENROLLMENT", en)]
+    message = refused["validationReport"]["errorReports"][0]["message"]
+    assert "integrator" in message and "CASCADE_DELETE" in message
+    assert (await client.get(f"/api/tracker/events/{ev}")).status_code == 404  # the event went
+    for level in ({"enrollments": [{"enrollment": en}]}, {"trackedEntities": [{"trackedEntity": te}]}):
+        answer = await client.post("/api/tracker", params=delete, json=level)
+        assert answer.status_code == 200 and answer.json()["stats"]["deleted"] == 1, answer.text
+    assert (await client.get(f"/api/tracker/trackedEntities/{te}")).status_code == 404
+
+
+async def test_the_default_user_deletes_children_with_their_parent(client: httpx.AsyncClient, demo: Demo) -> None:
+    assert (await client.post("/api/tracker", params=SYNC_OBJECT, json=demo.bundle(1))).status_code == 200
+    delete = {**SYNC_OBJECT, "importStrategy": "DELETE"}
+    payload = {"trackedEntities": [{"trackedEntity": "Ate00000000"}]}
+    answer = await client.post("/api/tracker", params=delete, json=payload)
+    assert answer.status_code == 200 and answer.json()["stats"]["deleted"] == 1, answer.text
+    assert (await client.get("/api/tracker/events/Aev00000000")).status_code == 404

@@ -200,6 +200,20 @@ def _cut_short(response: httpx.Response) -> bool:
     return not response.content.strip() or ("json" in kind and _json(response) is None)
 
 
+def _combined(reports: list[TrackerReport]) -> TrackerReport:
+    """The reports of one delivery's imports (a delete sends one a level) read as one."""
+    if len(reports) == 1:
+        return reports[0]
+    statuses = [r.status for r in reports]
+    return TrackerReport(
+        status=next((s for s in ("ERROR", "WARNING") if s in statuses), "OK"),
+        errors=tuple(e for r in reports for e in r.errors),
+        accepted=frozenset().union(*(r.accepted for r in reports)),
+        committed=all(r.committed for r in reports),
+        stats={name: sum(r.stats.get(name, 0) for r in reports) for name in reports[0].stats},
+    )
+
+
 class Dhis2Connector:
     """Delivers FHIR changes to one DHIS2 instance (``gateway.connectors.base.Connector``)."""
 
@@ -504,13 +518,53 @@ class Dhis2Connector:
                 item.outcome = Success(detail="unchanged since DHIS2 last accepted it: nothing sent")
             await self._write_back_accepted(items, frozenset(unchanged))
             return
-        payload: JsonObject = {_KEYS[kind]: [] for kind in _ORDER}
-        for kind in _ORDER if strategy != "DELETE" else tuple(reversed(_ORDER)):
-            payload[_KEYS[kind]] = [obj.payload for (k, _), obj in to_send.items() if k == kind]
         params = {**_TRACKER_PARAMS, "importStrategy": strategy}
-        sent = self._recorded_request(payload, params)
+        # Deletes go one level a request, children first: DHIS2 validates a delete against what it
+        # stores, so a tracked entity sent beside its enrollments still has them when judged, and a
+        # user without F_TEI_CASCADE_DELETE / F_ENROLLMENT_CASCADE_DELETE is refused (E1100 / E1103).
+        levels = (
+            [[key for key in to_send if key[0] == kind] for kind in reversed(_ORDER)]
+            if strategy == "DELETE"
+            else [list(to_send)]
+        )
+        answers: list[tuple[TrackerReport, RecordedRequest, RecordedResponse]] = []
+        for keys in (level for level in levels if level):
+            payload: JsonObject = {_KEYS[kind]: [] for kind in _ORDER}
+            for kind, uid in keys:
+                payload[_KEYS[kind]].append(to_send[(kind, uid)].payload)
+            sent = self._recorded_request(payload, params)
+            answer = await self._import(payload, params, len(keys), sent)
+            if not isinstance(answer, tuple):
+                if answers:  # what earlier levels deleted is gone: forget its digests
+                    await self._record({_name(key): None for r, _, _ in answers for key in r.accepted})
+                self._settle_all(items, answer)
+                return
+            answers.append((answer[0], sent, answer[1]))
+        report = _combined([r for r, _, _ in answers])
+        _, sent, answered = next(((r, q, a) for r, q, a in answers if r.errors), answers[-1])
+        done = set(report.accepted)
+        if strategy == "DELETE":  # gone already: nothing left to delete
+            done |= {(e.tracker_type, e.uid) for e in report.errors if e.code in _GONE}
+        evidence = _Evidence(report, frozenset(unchanged), frozenset(done), sent, answered)
+        for item in items:
+            item.outcome = self._tracker_outcome(item, evidence, merged)
+        # Only what DHIS2 reported accepted gets a digest (a deleted object loses its own).
+        recorded: dict[str, str | None] = {
+            _name(key): (None if strategy == "DELETE" else digests[key]) for key in to_send if key in done
+        }
+        if unchanged and any(e.code in _PARENT_MISSING for e in report.errors):
+            recorded.update({_name(key): None for key in unchanged})
+        await self._record(recorded)
+        if strategy != "DELETE":
+            await self._write_back_accepted(items, frozenset(report.accepted | unchanged))
+
+    async def _import(
+        self, payload: JsonObject, params: dict[str, str], count: int, sent: RecordedRequest
+    ) -> tuple[TrackerReport, RecordedResponse] | DeliveryOutcome:
+        """One tracker import (sync, or the async job flow above the threshold): its report, or the
+        outcome for every job in it when there is no report to read."""
         try:
-            if len(to_send) > self.options.async_threshold:
+            if count > self.options.async_threshold:
                 response = await run_async_import(
                     self.client,
                     payload,
@@ -523,59 +577,33 @@ class Dhis2Connector:
                 response = await self.client.post_tracker(payload, {**params, "async": "false"})
         except Dhis2TransportError as exc:
             cause = exc.__cause__
-            outcome = classify(cause if isinstance(cause, BaseException) else exc, now=self.clock.now())
-            self._settle_all(items, outcome)
-            return
+            return classify(cause if isinstance(cause, BaseException) else exc, now=self.clock.now())
         except Dhis2JobLost:
-            self._settle_all(items, Retry(delay=None, reason="dhis2_job_lost"))
-            return
+            return Retry(delay=None, reason="dhis2_job_lost")
         except Dhis2JobTimeout:
-            self._settle_all(items, Retry(delay=None, reason="dhis2_job_timeout"))
-            return
+            return Retry(delay=None, reason="dhis2_job_timeout")
         except Dhis2HttpError as exc:  # the job flow met a refusal (401/403 …) while polling
             status = exc.http_status
-            outcome = (
-                Retry(delay=None, reason=f"http_{status}")
-                if status >= 500 or status in (408, 429)
-                else Permanent(reason=f"http_{status}", detail=str(exc), request=sent)
-            )
-            self._settle_all(items, outcome)
-            return
+            if status >= 500 or status in (408, 429):
+                return Retry(delay=None, reason=f"http_{status}")
+            return Permanent(reason=f"http_{status}", detail=str(exc), request=sent)
         body = _json(response)
-        report: TrackerReport | None = None
         if response.status_code in (200, 409) and isinstance(body, dict):
             try:
-                report = parse_tracker_report(body)
+                return parse_tracker_report(body), record_response(response)
             except Dhis2Error:
-                report = None
-        if report is None:
-            outcome = classify(response, now=self.clock.now())
-            if isinstance(outcome, Success) and _cut_short(response):
-                outcome = Retry(delay=None, reason="dhis2_answer_cut_short")
-            elif isinstance(outcome, Success):
-                outcome = Permanent(
-                    reason="dhis2_unexpected_response",
-                    detail=f"HTTP {response.status_code} without an ImportReport",
-                )
-            if isinstance(outcome, Permanent):
-                outcome = dataclasses.replace(outcome, request=sent, response=record_response(response))
-            self._settle_all(items, outcome)
-            return
-        done = set(report.accepted)
-        if strategy == "DELETE":  # gone already: nothing left to delete
-            done |= {(e.tracker_type, e.uid) for e in report.errors if e.code in _GONE}
-        evidence = _Evidence(report, frozenset(unchanged), frozenset(done), sent, record_response(response))
-        for item in items:
-            item.outcome = self._tracker_outcome(item, evidence, merged)
-        # Only what DHIS2 reported accepted gets a digest (a deleted object loses its own).
-        recorded: dict[str, str | None] = {
-            _name(key): (None if strategy == "DELETE" else digests[key]) for key in to_send if key in done
-        }
-        if unchanged and any(e.code in _PARENT_MISSING for e in report.errors):
-            recorded.update({_name(key): None for key in unchanged})
-        await self._record(recorded)
-        if strategy != "DELETE":
-            await self._write_back_accepted(items, frozenset(report.accepted | unchanged))
+                pass
+        outcome = classify(response, now=self.clock.now())
+        if isinstance(outcome, Success) and _cut_short(response):
+            outcome = Retry(delay=None, reason="dhis2_answer_cut_short")
+        elif isinstance(outcome, Success):
+            outcome = Permanent(
+                reason="dhis2_unexpected_response",
+                detail=f"HTTP {response.status_code} without an ImportReport",
+            )
+        if isinstance(outcome, Permanent):
+            outcome = dataclasses.replace(outcome, request=sent, response=record_response(response))
+        return outcome
 
     async def _accepted(self, keys: list[tuple[str, str]]) -> dict[str, str]:
         """Digests of objects as DHIS2 last accepted them (none known if the queue cannot say)."""
