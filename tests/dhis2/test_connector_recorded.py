@@ -380,6 +380,18 @@ async def test_aggregate_error_aborts_the_report() -> None:
     assert isinstance(outcome, Permanent) and outcome.reason == "dhis2_E7600"
 
 
+async def test_an_aggregate_import_that_failed_inside_dhis2_is_sent_again() -> None:
+    """ERROR without conflicts: DHIS2 caught an exception mid-import (its 500 in an ImportSummary),
+    nothing about the values: retried, not a dead letter."""
+    body = load_sample("datavalueset-409-warning-E7610-dataelement-2.40.json")
+    body["status"] = body["response"]["status"] = "ERROR"
+    body["response"]["conflicts"] = []
+    body["response"].pop("rejectedIndexes", None)
+    body["response"]["description"] = "The import process failed: could not obtain lock"
+    outcome, _ = await send_report(monthly_report(), 409, body)
+    assert isinstance(outcome, Retry) and outcome.reason == "dhis2_import_failed", outcome
+
+
 async def test_reports_of_other_measures_and_other_resources_are_skipped() -> None:
     other = {**monthly_report(), "measure": "urn:other"}
     location = places()[0]

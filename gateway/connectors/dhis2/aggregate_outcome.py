@@ -6,6 +6,10 @@ summary                                  outcome
 ``SUCCESS``                              Success (counts in the detail)
 ``ERROR`` (data-set level, nothing       Permanent ``dhis2_<code>`` with every conflict
 imported)
+``ERROR`` without any conflict           Retry ``dhis2_import_failed``: DHIS2 caught an
+                                         exception mid-import ("The import process failed:
+                                         …", a lock or database timeout), its 500 in an
+                                         ImportSummary; values are keyed, resending is safe
 ``WARNING``, one value sent, or no       Permanent ``dhis2_<code>`` naming that value (or
 conflict traceable to a value            every conflict: replaying resends the whole report)
 ``WARNING``, several values sent         Partial: the job is delivered (DHIS2 stored the
@@ -26,7 +30,15 @@ from typing import Any
 
 import orjson
 
-from gateway.connectors.base import DeliveryOutcome, Partial, Permanent, RecordedResponse, RefusedPart, Success
+from gateway.connectors.base import (
+    DeliveryOutcome,
+    Partial,
+    Permanent,
+    RecordedResponse,
+    RefusedPart,
+    Retry,
+    Success,
+)
 from gateway.connectors.dhis2.aggregate_summary import AggregateSummary, Conflict
 from gateway.connectors.dhis2.aggregate_transform import AggregatePlan, narrow
 
@@ -67,6 +79,8 @@ def aggregate_outcome(
     counts = f"{summary.imported} imported, {summary.updated} updated, {summary.ignored} ignored"
     if summary.status == "SUCCESS":
         return Success(detail=f"{payload['dataSet']} {payload['period']} {payload['orgUnit']}: {counts}")
+    if summary.aborted and not summary.conflicts:
+        return Retry(delay=None, reason="dhis2_import_failed")
     traced = sorted(i for i in summary.rejected if i < len(values))
     if summary.aborted or not traced:
         code = next((c.code for c in summary.conflicts if c.code), "import_error" if summary.aborted else "conflict")
