@@ -5,7 +5,9 @@ survivor ("this record must no longer be used", FHIR R4), the survivor a kept ``
 link to the loser, and the golden records of both clusters become one (the survivor's golden
 stays, the other is retired). Both links name the merge's Provenance, whose ``entity`` lists
 every version the merge replaced; an unmerge writes exactly those versions back (and deletes
-what the merge created), so every record's content is as it was before the merge.
+what the merge created), so every record's content is as it was before the merge. A record
+changed since (a source's edit, a write-back) keeps that change and loses only the merge's
+links, one deleted since stays deleted, and the golden records are redone from what is there.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import orjson
 from gateway.identity.decision import Decision, conflict, not_found, record
 from gateway.identity.golden import Writes, kept_link, refresh
 from gateway.identity.rules import Rules
-from gateway.store import Store, is_golden, is_kept_link, linked_ids
+from gateway.store import Store, StoreTransaction, is_golden, is_kept_link, linked_ids
 
 _NOTE = "merge Provenance/"
+JsonObject = dict[str, Any]
 
 
 def merge_records(store: Store, rules: Rules, survivor: str, loser: str, client: str) -> Decision:
@@ -66,22 +69,49 @@ def unmerge_record(store: Store, rules: Rules, loser: str, client: str) -> Decis
     if provenance is None or provenance.deleted:
         raise not_found(f"Provenance/{merge_id} (the merge of Patient/{loser})")
     merged = orjson.loads(provenance.content)
-    restored = []
+    wrote = {ref: int(version) for target in merged.get("target") or []
+             for ref, _, version in [str(target["reference"]).partition("/_history/")]}  # fmt: skip
+    before: dict[str, JsonObject] = {}
     for entity in merged.get("entity") or []:
         rtype, rid, _, version = str(entity["what"]["reference"]).split("/")
         old = store.vread(rtype, rid, int(version))
         if old is None or old.deleted:
             raise conflict(f"{rtype}/{rid}/_history/{version} (before the merge) cannot be read back")
-        restored.append(orjson.loads(old.content))
-    before = {f"{r['resourceType']}/{r['id']}" for r in restored}
-    created = [ref for target in merged.get("target") or []
-               if (ref := target["reference"].rsplit("/_history/", 1)[0]) not in before]  # fmt: skip
+        before[f"{rtype}/{rid}"] = orjson.loads(old.content)
+    created = [ref for ref in wrote if ref not in before]
+    note = f"{_NOTE}{merge_id}"
     with store.transaction() as tx:
         writes = Writes(tx, store)
-        for old_body in restored:
-            writes.write(old_body)
+        # What nobody changed since the merge goes back to its version before it; what a source (or
+        # the matcher) changed since keeps that change and loses only the merge's links, and a record
+        # deleted since stays deleted: the golden records are then redone from what is there now.
+        redo = False
+        for ref, old_body in before.items():
+            if _untouched(tx, ref, wrote):
+                writes.write(old_body)
+                continue
+            redo = True
+            now = writes.read(*ref.split("/"))
+            if now is not None and not is_golden(now):
+                writes.write({**now, "link": [link for link in now.get("link") or [] if not _of_merge(link, note)]})
         for ref in created:
-            rtype, rid = ref.split("/")
-            writes.delete(rtype, rid)
-        patients = sorted({r["id"] for r in restored if r["resourceType"] == "Patient" and not is_golden(r)})
+            if _untouched(tx, ref, wrote):
+                writes.delete(*ref.split("/"))
+            else:
+                redo = True
+        patients = sorted({r["id"] for r in before.values() if r["resourceType"] == "Patient" and not is_golden(r)})
+        if redo:
+            refresh(writes, rules, [pid for pid in patients if writes.read("Patient", pid) is not None])
         return record(writes, "unmerge", client, patients)
+
+
+def _untouched(tx: StoreTransaction, ref: str, wrote: dict[str, int]) -> bool:
+    """Whether ``ref`` is still the version the merge wrote."""
+    rtype, _, rid = ref.partition("/")
+    current = tx.read(rtype, rid)
+    return current is not None and not current.deleted and current.version == wrote.get(ref)
+
+
+def _of_merge(link: Any, note: str) -> bool:
+    """Whether a ``Patient.link`` is one the merge noted as ``note`` added."""
+    return is_kept_link(link) and any(ext.get("valueString") == note for ext in link.get("extension") or [])

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from gateway.identity import REVIEW_TASK_CODE
 from gateway.store import GOLDEN_TAG_SYSTEM
 from tests.identity.conftest import cht_person, commcare_case
 from tests.identity.test_identity_http import WILFRID_ON_CHT, _ingest, _patient, _patient_id
-from tests.ingest.conftest import Harness
+from tests.ingest.conftest import Harness, sample
 
 REVIEWS = f"urn:chw-gateway:task|{REVIEW_TASK_CODE}"
 
@@ -50,6 +51,7 @@ async def test_one_person_from_commcare_and_cht_has_one_golden_record(gw: Harnes
 
 
 TWIN = {"date_of_birth": "2022-11-03", "sex": "female", "phone": "+256772000111"}
+TWIN_ID = json.loads(sample("cht", "person-patient"))["doc"]["_id"]
 OTHER_TWIN = {**TWIN, "name": "Amina Nakato", "short_name": "Amina", "patient_id": "48214",
               "_id": "a1a2a3a4-b1b2-4c1c-8d1d-e1e2e3e4e5e6"}
 
@@ -201,3 +203,43 @@ async def test_a_deleted_record_leaves_its_golden_record_and_a_rejected_pair_sta
     assert _links(await _patient(gw, golden), "seealso") == [commcare]
     assert (await writer.delete(f"/fhir/Patient/{commcare}")).status_code in (200, 204)
     assert (await gw.fhir.get(f"/fhir/Patient/{golden}")).status_code == 410
+
+
+async def test_unmerge_after_a_source_edit_keeps_the_edit(gw: Harness) -> None:
+    aisha, amina = await _twins(gw)
+    goldens = {pid: _golden_of(await _patient(gw, pid)) for pid in (aisha, amina)}
+    admin = gw.client("admin")
+    merged = await admin.post("/admin/identity/merge", json={"survivor": aisha, "loser": amina})
+    assert merged.status_code == 200, merged.text
+    await _ingest(gw, "cht", cht_person(**{**TWIN, "phone": "+256772000999", "_rev": "2-b"}))
+    survivor = await _patient(gw, aisha)
+    assert [t["value"] for t in survivor["telecom"]] == ["+256772000999"]
+
+    unmerged = await admin.post("/admin/identity/unmerge", json={"patient": amina})
+    assert unmerged.status_code == 200, unmerged.text
+    survivor, loser = await _patient(gw, aisha), await _patient(gw, amina)
+    assert [t["value"] for t in survivor["telecom"]] == ["+256772000999"]  # the CHW's correction stays
+    assert _links(survivor, "replaces") == [] and _links(loser, "replaced-by") == []
+    assert _golden_of(survivor) == goldens[aisha] and _golden_of(loser) == goldens[amina]
+    golden = await _patient(gw, goldens[aisha])
+    assert [t["value"] for t in golden["telecom"]] == ["+256772000999"] and golden["active"] is True
+    assert (await _patient(gw, goldens[amina]))["active"] is True
+    assert sorted(g["id"] for g in await _goldens(gw)) == sorted(goldens.values())
+
+
+async def test_unmerge_does_not_bring_back_a_record_deleted_at_the_source(gw: Harness) -> None:
+    aisha, amina = await _twins(gw)
+    admin = gw.client("admin")
+    merged = await admin.post("/admin/identity/merge", json={"survivor": aisha, "loser": amina})
+    assert merged.status_code == 200, merged.text
+    deleted = {"doc": {"_id": TWIN_ID, "_rev": "3-c", "_deleted": True}}  # the survivor goes in CHT
+    await _ingest(gw, "cht", json.dumps(deleted).encode())
+    assert (await gw.fhir.get(f"/fhir/Patient/{aisha}")).status_code == 410
+
+    unmerged = await admin.post("/admin/identity/unmerge", json={"patient": amina})
+    assert unmerged.status_code == 200, unmerged.text
+    assert (await gw.fhir.get(f"/fhir/Patient/{aisha}")).status_code == 410
+    loser = await _patient(gw, amina)
+    assert _links(loser, "replaced-by") == []
+    golden = await _patient(gw, _golden_of(loser))
+    assert golden["active"] is True and _links(golden, "seealso") == [amina]
