@@ -187,7 +187,8 @@ async def everything(request: Request, rid: str) -> Response:
     count, offset = _paging(request, ctx.settings.search.default_count, ctx.settings.search.max_count)
     wanted, since, used = _everything_params(request)
     # Every resource in a visible Patient's compartment refers to that Patient, so the data
-    # policy lets it through; the scopes still decide the types.
+    # policy lets it through, except other Patients (linked records, a golden record): the policy
+    # judges a Patient by itself, so those it does not show are left out. The scopes decide the types.
     allowed = search_access(request, principal).returnable(_EVERYTHING_TYPES)
     types = [t for t in (allowed if allowed is not None else _EVERYTHING_TYPES) if wanted is None or t in wanted]
     # A golden record's compartment is its person's: every linked source record's too.
@@ -196,17 +197,25 @@ async def everything(request: Request, rid: str) -> Response:
     policy = row_filter(request, principal)
     if linked and policy is not None and policy.applies_to("Patient"):
         linked = sorted(await ctx.read(ctx.store.visible, policy, "Patient", linked))
+    hidden: list[str] = []
+    if policy is not None and policy.applies_to("Patient") and (wanted is None or "Patient" in wanted):
+        others, _ = await ctx.query(ctx.store.compartment, "Patient", rid, _MAX_LINKED, 0, ["Patient"], linked)
+        shown_ids = await ctx.read(ctx.store.visible, policy, "Patient", [p.id for p in others])
+        hidden = [p.id for p in others if p.id not in shown_ids]
     # The Patient leads the first page (and counts in _count and the total) when asked for.
     lead = int((wanted is None or "Patient" in wanted) and (since is None or patient.last_updated >= since))
     first = offset == 0 and lead == 1
     related, total = await ctx.query(ctx.store.compartment, "Patient", rid, max(count - 1, 0) if first else count,
-                                     max(offset - lead, 0), types, linked, since)
+                                     max(offset - lead, 0), types, linked, since, hidden)
     matches = shown(principal, ([patient] if first and count > 0 else []) + related)
     base = base_url(request)
     links = _page_links(f"{base}/Patient/{rid}/$everything", used, count, offset, total + lead, len(matches), None)
     body = bundles.searchset(base, matches, total=total + lead, links=links)
     return fhir_response(body, media_type=media)
 
+
+#: Patients linking to one Patient (its golden record, the records linked to it) looked at for the data policy.
+_MAX_LINKED = 1000
 
 #: Patient/$everything's parameters (R4 OperationDefinition Patient-everything) the gateway takes.
 _EVERYTHING_PARAMS = frozenset({"_count", "_offset", "_since", "_type", "_format"})

@@ -341,11 +341,12 @@ class ResourceStore(Protocol):
 
     def compartment(
         self, rtype: str, rid: str, count: int, offset: int, types: Sequence[str] | None = None,
-        also: Sequence[str] = (), since: datetime | None = None,
+        also: Sequence[str] = (), since: datetime | None = None, hidden: Sequence[str] = (),
     ) -> tuple[list[StoredResource], int]:
         """Live resources of ``types`` (None: any) that refer to ``rtype/rid`` (its compartment, e.g. for
         $everything), and their total; ``also`` adds the compartments of more ``rtype`` ids (a golden
-        Patient's linked records); ``since``: only those changed at or after it."""
+        Patient's linked records); ``since``: only those changed at or after it; ``hidden``: ``rtype``
+        ids left out (those a data policy does not show)."""
         ...
 
 

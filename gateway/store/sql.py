@@ -780,15 +780,18 @@ class SqlStore(ExportJobs, SubscriptionRows):
 
     def compartment(
         self, rtype: str, rid: str, count: int, offset: int, types: Sequence[str] | None = None,
-        also: Sequence[str] = (), since: datetime | None = None,
+        also: Sequence[str] = (), since: datetime | None = None, hidden: Sequence[str] = (),
     ) -> tuple[list[StoredResource], int]:
         """Live resources of ``types`` (None: any) that refer to ``rtype/rid`` (its compartment, e.g. for
         $everything), and their total; ``also`` adds the compartments of more ``rtype`` ids (a golden
-        Patient's linked records); ``since``: only those changed at or after it."""
+        Patient's linked records); ``since``: only those changed at or after it; ``hidden``: ``rtype``
+        ids left out (those a data policy does not show)."""
         ids = [rid, *(other for other in also if other != rid)]
+        left_out = [rid, *(other for other in hidden if other != rid)]
         where = ("r.deleted = 0 AND r.rid IN (SELECT x.rid FROM idx_ref x WHERE x.ttype = ?"
-                 f" AND x.tid IN ({', '.join('?' for _ in ids)})) AND NOT (r.rtype = ? AND r.id = ?)")
-        params: tuple[Any, ...] = (rtype, *ids, rtype, rid)
+                 f" AND x.tid IN ({', '.join('?' for _ in ids)}))"
+                 f" AND NOT (r.rtype = ? AND r.id IN ({', '.join('?' for _ in left_out)}))")
+        params: tuple[Any, ...] = (rtype, *ids, rtype, *left_out)
         if since is not None:
             where += " AND r.lu >= ?"
             params += (since.timestamp(),)

@@ -413,3 +413,25 @@ async def test_a_smart_access_token_carries_its_clients_policy(api: ApiHarness) 
     client = api.with_scopes(token=token)
     assert refs_in((await client.get("/fhir/Patient")).json()) == {"Patient/pa1"}
     assert (await client.get("/fhir/Patient/pb1")).status_code == 404
+
+
+async def test_everything_leaves_out_linked_patients_the_policy_does_not_show(api: ApiHarness) -> None:
+    """A Patient linking to a visible one (another source's record of the person, its golden record)
+    is in that one's compartment, but the policy judges a Patient by itself: $everything leaves it out."""
+    await seed(api)
+    linked = {**_patient("pb3", "HIDDEN-Uwase", org="hc-b"), "link": [{"other": {"reference": "Patient/pa1"},
+                                                                        "type": "seealso"}]}
+    assert (await api.client.put("/fhir/Patient/pb3", json=linked)).status_code == 201
+    client = policy_client(api, {"organizations": ["Organization/dist-a"]})
+    assert (await client.get("/fhir/Patient/pb3")).status_code == 404
+    response = await client.get("/fhir/Patient/pa1/$everything")
+    assert response.status_code == 200
+    assert "HIDDEN" not in response.text
+    body = response.json()
+    assert body["total"] == len(refs_in(body)) and "Patient/pa1" in refs_in(body)
+    # paged, the total and the pages agree
+    paged = (await client.get("/fhir/Patient/pa1/$everything", params={"_count": "1", "_offset": "1"})).json()
+    assert paged["total"] == body["total"] and "HIDDEN" not in str(paged)
+    # a client whose policy shows both still gets the linked record
+    both = policy_client(api, {"organizations": ["Organization/dist-a", "Organization/hc-b"]})
+    assert "Patient/pb3" in refs_in((await both.get("/fhir/Patient/pa1/$everything")).json())
