@@ -35,6 +35,11 @@ def _shape(path: str, prefix: str) -> tuple[int, str] | None:
     return rest.count("/"), first
 
 
+def _reserved(child: Scope) -> bool:
+    """Whether a path parameter holds a word of the API's own (``_history``, ``$export``)."""
+    return any(str(value)[:1] in ("_", "$") for value in child.get("path_params", {}).values())
+
+
 class IndexedRoutes(BaseRoute):
     """Routes under one path prefix, matched in order among those of the request path's shape."""
 
@@ -74,19 +79,32 @@ class IndexedRoutes(BaseRoute):
         """The first route of the path's shape that matches fully, else the first that matches but for the method."""
         if scope["type"] != "http":
             return Match.NONE, {}
-        partial: tuple[Route, Scope] | None = None
-        allowed: set[str] = set()
+        # Two passes in one: routes whose parameters took a word of the API's own (`_history`,
+        # `$export`: ids never start with _ or $) count only when no other route has the path.
+        # So PUT /fhir/Patient/_history is 405 (that URL takes GET), not PUT's "bad id".
+        full: dict[bool, tuple[Route, Scope]] = {}
+        partial: dict[bool, tuple[Route, Scope]] = {}
+        allowed: dict[bool, set[str]] = {False: set(), True: set()}
         for route in self.candidates(get_route_path(scope)):
             match, child = route.matches(scope)
+            if match is Match.NONE:
+                continue
+            weak = _reserved(child)
             if match is Match.FULL:
-                return match, {**child, _SELECTED: route}
-            if match is Match.PARTIAL:
-                allowed |= route.methods or set()
-                if partial is None:
-                    partial = (route, child)
-        if partial is not None:
-            # 405's Allow lists every method the URL takes (RFC 9110), not only the first route's.
-            return Match.PARTIAL, {**partial[1], _SELECTED: partial[0], _ALLOWED: allowed}
+                if not weak:
+                    return match, {**child, _SELECTED: route}
+                full.setdefault(weak, (route, child))
+            else:
+                allowed[weak] |= route.methods or set()
+                partial.setdefault(weak, (route, child))
+        if False not in partial and True in full:
+            route, child = full[True]
+            return Match.FULL, {**child, _SELECTED: route}
+        for weak in (False, True):
+            if weak in partial:
+                # 405's Allow lists every method the URL takes (RFC 9110), not only the first route's.
+                route, child = partial[weak]
+                return Match.PARTIAL, {**child, _SELECTED: route, _ALLOWED: allowed[weak]}
         return Match.NONE, {}
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:

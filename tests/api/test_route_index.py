@@ -37,16 +37,24 @@ def _linear(routes: list[Route], scope: dict[str, Any]) -> tuple[Match, Route | 
     reserved = not first[:1].isupper() and any(
         _shape(r.path_format) == (depth, first) for r in routes if r.path_format.startswith("/fhir/")
     )
-    partial = None
+    # Routes whose parameters took one of the server's words (ids never start with _ or $) count
+    # only when no other route has the path: PUT /fhir/Patient/_history is 405, not a bad id.
+    strong: list[tuple[Match, Route]] = []
+    weak: list[tuple[Match, Route]] = []
     for route in routes:
         if reserved and _shape(route.path_format)[1].startswith("{"):
             continue
-        match, _ = route.matches(scope)
-        if match is Match.FULL:
-            return match, route
-        if match is Match.PARTIAL and partial is None:
-            partial = route
-    return (Match.PARTIAL, partial) if partial is not None else (Match.NONE, None)
+        match, child = route.matches(scope)
+        if match is not Match.NONE:
+            words = any(str(v)[:1] in "_$" for v in child.get("path_params", {}).values())
+            (weak if words else strong).append((match, route))
+    for found in (strong, weak):
+        for match, route in found:
+            if match is Match.FULL:
+                return match, route
+        if found and found is strong:
+            return Match.PARTIAL, found[0][1]
+    return (Match.PARTIAL, weak[0][1]) if weak else (Match.NONE, None)
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +129,12 @@ async def test_the_servers_own_paths_are_405_for_other_methods_not_taken_as_a_ty
         assert response.status_code == 405, (method, response.text)
         assert set(response.headers["allow"].split(", ")) == {"GET", "HEAD"}
     assert (await client.post("/fhir/_history", json={})).status_code == 405
+    for method, path in [("PUT", "/fhir/Patient/_history"), ("DELETE", "/fhir/Patient/_history"),
+                         ("PATCH", "/fhir/Patient/_search"), ("PUT", "/fhir/Patient/_search")]:  # fmt: skip
+        response = await client.request(method, path, json={"resourceType": "Patient", "id": "_history"})
+        assert response.status_code == 405, (method, path, response.text)
+        assert method not in response.headers["allow"]
+    assert (await client.get("/fhir/Patient/_nothing")).status_code in (400, 404)  # no such word: a bad id
     assert (await client.get("/fhir/metadata")).status_code == 200
     created = await client.post("/fhir/Patient", json={"resourceType": "Patient"})  # {rtype} still takes types
     assert created.status_code == 201, created.text
