@@ -78,6 +78,28 @@ async def test_the_cht_connector_skips_what_is_not_its_outcome_and_reports_refus
         await wrong.aclose()
 
 
+async def test_a_task_an_emr_put_back_without_meta_goes_by_its_referral_source(
+    sqlite_store: Store, sandbox: SourceSandbox, url: str
+) -> None:
+    """A PUT that rebuilds the Task drops meta.source: the focus ServiceRequest's decides."""
+    context = _context("cht")
+    task = {key: value for key, value in context["task"].items() if key != "meta"}
+    request = context["request"]
+    with sqlite_store.transaction() as tx:
+        tx.create({**request, "meta": {"source": "urn:chw-gateway:commcare:pih-chw-demo"}}, rid=request["id"])
+    connector = _connector(sqlite_store, "cht-api", url, httpx.BasicAuth("gateway@example.org", "pull-secret"))
+    try:
+        (foreign,) = await connector.deliver([_job(task)])
+        assert isinstance(foreign, Success) and not sandbox.requests  # another app's referral
+        with sqlite_store.transaction() as tx:
+            tx.update({**request, "meta": {"source": context["task"]["meta"]["source"]}})
+        (sent,) = await connector.deliver([_job(task)])
+        assert isinstance(sent, Success), sent
+        assert len(sandbox.cht.reports("referral_outcome")) == 1
+    finally:
+        await connector.aclose()
+
+
 async def test_the_commcare_connector_waits_for_the_case_and_refuses_an_unknown_one(
     sqlite_store: Store, sandbox: SourceSandbox, url: str
 ) -> None:

@@ -1,7 +1,8 @@
 """Delivering referral outcomes to CHT (a report document) and CommCare (a form with a case update).
 
 Both connectors take Task changes, skip those that are not a referral of their mapping set
-(``meta.source`` is another system), that are deletions, or for which no outbound mapping
+(``meta.source`` is another system; a Task without one, as an EMR that rebuilds what it read
+PUTs it, goes by its focus ServiceRequest's), that are deletions, or for which no outbound mapping
 fires (a Task still waiting, for example), and send one request per job. Each request is
 idempotent on the destination's side through ``%outcome_id``: CouchDB answers a repeated
 ``_id`` with 409 (counted as delivered), CommCare treats a repeated ``instanceID`` as the
@@ -67,9 +68,14 @@ class _ReturnConnector:
         if job.resource_type != "Task" or job.op == "delete":
             return Success("not a referral outcome: nothing sent")
         task = job.resource()
-        if (task.get("meta") or {}).get("source") != self.system:
+        source = (task.get("meta") or {}).get("source")
+        if source is not None and source != self.system:
             return Success("a referral of another source: nothing sent")
         context = await asyncio.to_thread(outcome_context, self.store, task)
+        if source is None and ((context.get("request") or {}).get("meta") or {}).get("source") != self.system:
+            # An EMR that rebuilds the Task it read (a PUT without meta) drops meta.source; the
+            # referral it fulfils still says which app asked.
+            return Success("a referral of another source: nothing sent")
         try:
             payload = render_outcome(self.mappings, context)
         except MappingError as exc:
