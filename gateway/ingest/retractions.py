@@ -77,19 +77,20 @@ def apply_output_changes(tx: StoreTransaction, changes: Sequence[OutputChange], 
     for change in changes:
         change.retracted = []  # a transaction retried after a rollback starts afresh
     _claim_versions(tx, changes)
-    if batched and len({(c.source, c.record_key) for c in changes}) == len(changes):
+    if batched and len({(c.system, c.record_key) for c in changes}) == len(changes):
         previous = _swap_outputs(tx, changes)
     else:  # one record at a time (a record twice: its second list replaces its first)
         previous = []
         for change in changes:
-            previous.append(tx.record_outputs(change.source, change.record_key))
-            tx.set_record_outputs(change.source, change.record_key, change.outputs)
+            found = {change.record_key: tx.record_outputs(change.system, change.record_key)}
+            previous.append(_with_legacy(tx, change.source, change.system, found)[change.record_key])
+            tx.set_record_outputs(change.system, change.record_key, change.outputs)
     for change, before in zip(changes, previous, strict=True):
         now = {(o.rtype, o.id) for o in change.outputs}
         for output in before:
             if (output.rtype, output.id) in now or output.on_retract == "keep":
                 continue
-            if tx.produced_by_others(output.rtype, output.id, change.source, change.record_key):
+            if tx.produced_by_others(output.rtype, output.id, change.system, change.record_key):
                 continue
             done = _retract(tx, output)
             if done is not None:
@@ -119,16 +120,41 @@ def _claim_versions(tx: StoreTransaction, changes: Sequence[OutputChange]) -> No
 
 
 def _swap_outputs(tx: StoreTransaction, changes: Sequence[OutputChange]) -> list[list[RecordOutput]]:
-    """Each (distinct) record's previous output list, its new list written in its place."""
-    by_source: dict[str, list[OutputChange]] = {}
+    """Each (distinct) record's previous output list, its new list written in its place.
+
+    Lists are kept per source *system* (the mapping set's), not per configured source: two
+    sources of one set (a push and a pull, a backfill) send the same records, which make the
+    same resources, so an edit or a deletion through either must see what the other stored.
+    """
+    by_system: dict[tuple[str, str], list[OutputChange]] = {}
     for change in changes:
-        by_source.setdefault(change.source, []).append(change)
+        by_system.setdefault((change.system, change.source), []).append(change)
     before: dict[tuple[str, str], list[RecordOutput]] = {}
-    for source, group in by_source.items():
-        found = tx.records_outputs(source, [c.record_key for c in group])
-        before.update(((source, key), outputs) for key, outputs in found.items())
-        tx.set_records_outputs(source, [(c.record_key, c.outputs) for c in group])
-    return [before[(c.source, c.record_key)] for c in changes]
+    for (system, source), group in by_system.items():
+        found = tx.records_outputs(system, [c.record_key for c in group])
+        found = _with_legacy(tx, source, system, found)
+        before.update(((system, key), outputs) for key, outputs in found.items())
+        tx.set_records_outputs(system, [(c.record_key, c.outputs) for c in group])
+    return [before[(c.system, c.record_key)] for c in changes]
+
+
+def _with_legacy(
+    tx: StoreTransaction, source: str, system: str, found: dict[str, list[RecordOutput]]
+) -> dict[str, list[RecordOutput]]:
+    """``found`` joined with the lists stored under the source's name (before lists were kept
+    per system), which are moved: after this transaction the record has one list, under its system."""
+    if source == system:
+        return found
+    legacy = tx.records_outputs(source, list(found))
+    moved = [key for key, outputs in legacy.items() if outputs]
+    if not moved:
+        return found
+    joined = dict(found)
+    for key in moved:
+        known = {(o.rtype, o.id) for o in joined[key]}
+        joined[key] = joined[key] + [o for o in legacy[key] if (o.rtype, o.id) not in known]
+    tx.set_records_outputs(source, [(key, []) for key in moved])
+    return joined
 
 
 def _retract(tx: StoreTransaction, output: RecordOutput) -> Retracted | None:

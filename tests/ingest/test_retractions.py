@@ -233,3 +233,45 @@ async def test_a_rule_can_keep_or_delete_what_it_made(both: Harness) -> None:
             assert (await gw.fhir.get(f"/fhir/Observation/{deleted[0]['id']}")).status_code == 410
         finally:
             await gw.aclose()
+
+
+async def test_a_record_sent_through_two_sources_of_one_set_is_one_record(both: Harness) -> None:
+    """A live push and a second source of the same mapping set (a pull, a backfill, a stricter
+    endpoint) make the same resources of the same record: an edit or a deletion through either
+    takes back what the record no longer produces, whichever source stored it last."""
+    record = _assessment()
+    first = await _post(both, "cht", record)
+    await _post(both, "cht-strict", record)  # the same record again, through the other source
+    referral = next(r for r in _written(first) if r["type"] == "ServiceRequest")
+
+    edit = await _post(both, "cht", _no_referral_no_danger(record))
+    retracted = {(r["type"], r["id"]) for r in edit["results"][0]["resources"] if r["change"] == "retracted"}
+    assert ("ServiceRequest", referral["id"]) in retracted
+    assert (await _read(both, "ServiceRequest", referral["id"]))["status"] == "revoked"
+
+    response = await both.sender.delete(f"/ingest/cht-strict/records/{record['doc']['_id']}")
+    assert response.status_code == 200, response.text
+    taken = {(r["type"], r["id"]) for r in response.json()["resources"]}
+    encounter = next(r for r in _written(first) if r["type"] == "Encounter")
+    assert ("Encounter", encounter["id"]) in taken
+    assert (await _read(both, "Encounter", encounter["id"]))["status"] == "entered-in-error"
+
+
+async def test_lists_stored_under_the_source_name_are_still_taken_back(both: Harness) -> None:
+    """A list a record left before lists were kept per source system (under the configured
+    source's name) is read, and moved, by the record's next version."""
+    record = _assessment()
+    first = await _post(both, "cht", record)
+    system = "urn:chw-gateway:cht:demo"
+    key = record["doc"]["_id"]
+    with both.store.transaction() as tx:  # as a gateway before the fix left it
+        outputs = tx.record_outputs(system, key)
+        assert outputs
+        tx.set_record_outputs(system, key, [])
+        tx.set_record_outputs("cht", key, outputs)
+    referral = next(r for r in _written(first) if r["type"] == "ServiceRequest")
+    await _post(both, "cht", _no_referral_no_danger(record))
+    assert (await _read(both, "ServiceRequest", referral["id"]))["status"] == "revoked"
+    with both.store.transaction() as tx:
+        assert tx.record_outputs("cht", key) == []
+        assert tx.record_outputs(system, key)
