@@ -36,6 +36,7 @@ __all__ = [
 _TRUE = frozenset({"yes", "true", "y", "1"})
 _FALSE = frozenset({"no", "false", "n", "0"})
 _INT_RE = re.compile(r"^[+-]?\d{1,18}$")
+_LONG_INT_RE = re.compile(r"^[+-]?\d{19,}$")
 _DECIMAL_RE = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
 #: "11,4": a decimal comma, as spreadsheets write numbers in French, Portuguese, Spanish...
 _DECIMAL_COMMA_RE = re.compile(r"^[+-]?\d+,(\d+)$")
@@ -72,16 +73,29 @@ def to_text(value: Any, path: str) -> str:
     raise fail(path, value, "a text value")
 
 
+#: The largest whole number ``integer`` gives (18 digits, as ``_INT_RE`` reads from text): larger
+#: ones do not fit the 64 bits JSON writers and FHIR servers take (a float past them, or a long int
+#: from the backfill's parser, would fail only when the resource is written).
+_MAX_WHOLE = 10**18 - 1
+_WHOLE_IN_RANGE = "a whole number of at most 18 digits"
+
+
 def to_integer(value: Any, path: str) -> int:
     """A whole number from an int, a numeric text or an integral float."""
     vtype = type(value)
     if vtype is int:
-        return value  # type: ignore[no-any-return]
-    if vtype is str and _INT_RE.match(value.strip()):
+        whole: int = value
+    elif vtype is str and _INT_RE.match(value.strip()):
         return int(value)
-    if (vtype is float or isinstance(value, Decimal)) and math.isfinite(value) and float(value).is_integer():
-        return int(value)
-    raise fail(path, value, "a whole number")
+    elif (vtype is float or isinstance(value, Decimal)) and math.isfinite(value) and float(value).is_integer():
+        whole = int(value)
+    elif vtype is str and _LONG_INT_RE.match(value.strip()):
+        raise fail(path, value, _WHOLE_IN_RANGE)
+    else:
+        raise fail(path, value, "a whole number")
+    if -_MAX_WHOLE <= whole <= _MAX_WHOLE:
+        return whole
+    raise fail(path, value, _WHOLE_IN_RANGE)
 
 
 def to_decimal(value: Any, path: str) -> float | int:
@@ -89,8 +103,10 @@ def to_decimal(value: Any, path: str) -> float | int:
     comma is read as a point ("11,4" → 11.4) unless three digits follow it ("1,234": refused)."""
     vtype = type(value)
     if vtype is int:
-        return value  # type: ignore[no-any-return]
-    if vtype is float or isinstance(value, Decimal):
+        if -_MAX_WHOLE <= value <= _MAX_WHOLE:
+            return value  # type: ignore[no-any-return]
+        number = float(value) if abs(value) < 10**308 else math.inf  # a long int from the backfill's parser
+    elif vtype is float or isinstance(value, Decimal):
         number = float(value)
     elif vtype is str and _DECIMAL_RE.match(value.strip()):
         text = value.strip()

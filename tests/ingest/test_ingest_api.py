@@ -261,3 +261,22 @@ async def test_a_gzip_compressed_upload_is_ingested(gw: Harness) -> None:
                                     headers={"Content-Type": "text/csv", "Content-Encoding": "gzip"})
     assert response.status_code == 200, response.text
     assert response.json()["results"] and all(r["status"] == "stored" for r in response.json()["results"])
+
+
+@pytest.mark.parametrize("count", [1e29, 123456789012345678901234567890, "1234567890123456789012"])
+async def test_a_whole_number_too_large_for_json_is_quarantined_naming_the_field(gw: Harness, count: Any) -> None:
+    """A JSON number past 64 bits (parsed as a float, or as an int by the backfill's parser) or a
+    numeral too long for ``integer`` is refused with the field named, not a 500 at the write."""
+    from gateway.errors import MappingError
+    from gateway.mapping.values import to_integer
+
+    with pytest.raises(MappingError, match="at most 18 digits"):
+        to_integer(count, "meds/pills_remaining")
+    record = json.loads(sample("kobo", "hypertension-visit"))
+    record["meds/pills_remaining"] = 1.2345678901234568e29
+    response = await _post(gw, "kobo", orjson.dumps(record))
+    assert response.status_code == 202, response.text
+    (result,) = response.json()["results"]
+    assert result["status"] == "quarantined"
+    issue = result["outcome"]["issue"][0]
+    assert issue["expression"] == ["`meds/pills_remaining`"] and "at most 18 digits" in issue["diagnostics"]
