@@ -190,7 +190,16 @@ def forget(writes: Writes, rules: Rules, pid: str) -> None:
     query = QueryParser(default_registry(), _LINKERS, _LINKERS).parse("Patient", [("link", f"Patient/{pid}")])
     for found in writes.tx.search(query).resources:
         body: JsonObject = orjson.loads(found.content)
-        if not is_golden(body) or linked_ids(body, "replaced-by"):
+        if not is_golden(body):
+            # Another source's record of the person: its seealso link to the deleted one would
+            # now lead a client to a 410 (a merge's replaced-by stays: unmerge reads it).
+            kept = [link for link in body.get("link") or [] if link.get("type") != "seealso"
+                    or (link.get("other") or {}).get("reference") != f"Patient/{pid}"]  # fmt: skip
+            if len(kept) != len(body.get("link") or []):
+                rest = {k: v for k, v in body.items() if k != "link"}
+                writes.write({**rest, "link": kept} if kept else rest)
+            continue
+        if linked_ids(body, "replaced-by"):
             continue
         others = [mid for mid in linked_ids(body, "seealso") if mid != pid and writes.read("Patient", mid)]
         if others:

@@ -199,8 +199,11 @@ async def test_a_deleted_record_leaves_its_golden_record_and_a_rejected_pair_sta
     assert (await admin.post(f"/admin/identity/reviews/{pair['id']}/accept")).status_code == 200
     golden = _golden_of(await _patient(gw, cht))
     assert _golden_of(await _patient(gw, commcare)) == golden and len(await _goldens(gw)) == 1
+    assert _links(await _patient(gw, commcare), "seealso") == [cht]
     assert (await writer.delete(f"/fhir/Patient/{cht}")).status_code in (200, 204)
     assert _links(await _patient(gw, golden), "seealso") == [commcare]
+    left = await _patient(gw, commcare)
+    assert _links(left, "seealso") == [] and _golden_of(left) == golden  # no link to a deleted record
     assert (await writer.delete(f"/fhir/Patient/{commcare}")).status_code in (200, 204)
     assert (await gw.fhir.get(f"/fhir/Patient/{golden}")).status_code == 410
 
