@@ -1,7 +1,8 @@
 """``Patient/$match`` (FHIR R4): which stored Patients may be the person a partner system sends.
 
 Scoped as a Patient read: it needs ``Patient.r`` (or ``.s``) and answers only Patients the
-client's data policy shows, de-identified when the policy says so.
+client's data policy shows. A client whose policy de-identifies is refused: matching compares
+names, identifiers, phones and full birth dates, which it may not search by either.
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ DEFAULT_COUNT, MAX_COUNT = 10, 100
 async def match(request: Request) -> Response:
     """Score the stored Patients against the ``resource`` parameter; a searchset with grades."""
     principal = require_fhir(request, "Patient", "r")
+    if principal.deidentified:
+        # A grade answers whether a guessed name, identifier or birth date is someone stored here,
+        # which is exactly what de-identified reads and searches keep from this client.
+        raise FhirError("$match: refused, this client's data policy de-identifies resources and matching"
+                        " compares what it strips (names, identifiers, telecoms, birth dates)",
+                        status=403, code="forbidden")
     ctx = ctx_of(request)
     engine = ctx.services.identity
     if engine is None:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import httpx
+
 from gateway.identity import REVIEW_TASK_CODE
 from gateway.store import KEPT_LINK_EXTENSION, Store
+from tests.conftest import make_token
 from tests.identity.conftest import cht_person, commcare_case
 from tests.ingest.conftest import MAPPINGS, Harness, make_app
 
@@ -161,3 +164,24 @@ async def test_patients_stored_before_matching_was_on_are_indexed_at_start(store
         cht = _patient_id(await _ingest(after, "cht", cht_person(**WILFRID_ON_CHT)))
         assert _linked(await _patient(after, commcare)) == [f"Patient/{cht}"]
         await after.aclose()
+
+
+async def test_match_is_refused_to_a_deidentified_client(gw: Harness) -> None:
+    """Matching compares names, identifiers, phones and full birth dates, which a de-identifying data
+    policy strips from everything the client reads: a match would tell whether a guessed person is
+    stored (and which record is theirs), so such a client may not ask, as it may not search by them."""
+    wilfrid = _patient_id(await _ingest(gw, "commcare", commcare_case()))
+    token = make_token(gw.store, ("system/Patient.rs",), name="researcher")
+    assert gw.store.set_client_policy("researcher", {"deidentify": True})
+    probe = {"resourceType": "Patient", "name": [{"family": "Menard", "given": ["Wilfrid"]}], "gender": "male",
+             "birthDate": "1979-08-21"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gw.app), base_url="http://gateway.test",
+                                 headers={"Authorization": f"Bearer {token}"}) as researcher:
+        response = await researcher.post("/fhir/Patient/$match", json=_match_body(probe), headers=FHIR)
+    assert response.status_code == 403, response.text
+    assert wilfrid not in response.text
+    assert "de-identif" in response.json()["issue"][0]["diagnostics"]
+    # The same question from a client without the policy is answered.
+    emr = gw.client("system/Patient.rs")
+    answered = await emr.post("/fhir/Patient/$match", json=_match_body(probe), headers=FHIR)
+    assert answered.status_code == 200 and answered.json()["entry"][0]["resource"]["id"] == wilfrid
