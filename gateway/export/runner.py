@@ -264,12 +264,16 @@ class BulkExporter:
             after = rows[-1][0]
 
     def _transform(self, request: ExportRequest) -> Any:
-        if request.profile is not None:
-            assert self._key is not None  # parse_kickoff refuses a profile without a key
-            return Deidentifier(self.profiles[request.profile], self._key).apply
-        if request.params.get("policy_deidentify"):
-            return deidentify
-        return None
+        policy = deidentify if request.params.get("policy_deidentify") else None
+        if request.profile is None:
+            return policy
+        assert self._key is not None  # parse_kickoff refuses a profile without a key
+        profile = Deidentifier(self.profiles[request.profile], self._key).apply
+        if policy is None:
+            return profile
+        # A profile the client picks adds to what its data policy strips; it never replaces it
+        # (a configured profile may keep names or full dates that the policy takes away).
+        return lambda resource: policy(profile(resource))
 
 
 def _error_file(folder: Path, refused: Mapping[str, str]) -> tuple[dict[str, Any], ...]:

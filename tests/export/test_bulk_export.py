@@ -288,6 +288,35 @@ async def test_a_deidentify_policy_applies_to_exports(api: ApiHarness) -> None:
     assert all("name" not in p and p["birthDate"] == "1990" for p in exported["Patient"])
 
 
+async def test_a_deidentify_policy_holds_whatever_export_profile_the_client_picks(
+    store_url: str, tmp_path: Path
+) -> None:
+    """``_deidentify=<profile>`` adds a profile's rules to what the client's data policy strips; it
+    never replaces them (an operator's lighter profile, e.g. for an internal registry, would otherwise
+    hand a de-identified client names, identifiers and full birth dates)."""
+    light = tmp_path / "dates-only.yaml"
+    light.write_text("name: dates-only\ndates: {shift_days: 0}\nids: keep\n", encoding="utf-8")
+    settings = export_settings(store_url, tmp_path, profiles={"dates-only": light})
+    store = open_store(settings.store_url)
+    seed(store, SEED)
+    app = create_app(settings, store=store)
+    async with app.router.lifespan_context(app):
+        api = ApiHarness(app, store)
+        token = make_token(store, ("system/*.rs",), name="researcher")
+        store.set_client_policy("researcher", {"deidentify": True})
+        researcher = api.with_scopes(token=token)
+        for profile in ("dates-only", "research"):
+            exported = await export(researcher, _type="Patient", _deidentify=profile)
+            assert len(exported["Patient"]) == 12, profile
+            # (research shifts each patient's dates, so its year may be a neighbour of 1990)
+            assert all("name" not in p and len(p["birthDate"]) == 4 for p in exported["Patient"]), profile
+        # The light profile as such, for a client without the policy: names stay.
+        full = await export(api.client, _type="Patient", _deidentify="dates-only")
+        assert all(p["name"] for p in full["Patient"])
+        await api.aclose()
+    store.close()
+
+
 async def test_the_capability_statement_declares_the_operations(api: ApiHarness) -> None:
     statement = (await api.anonymous().get("/fhir/metadata")).json()
     rest = statement["rest"][0]
