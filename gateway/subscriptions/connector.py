@@ -10,6 +10,10 @@ was queued is honoured (a removed, ``off`` or ended one is skipped, the job coun
 A resource the notification carries is given as the owner may read it now: not at all when the
 owner can no longer authenticate, de-identified when its data policy says so.
 
+What a dead letter keeps of a send never holds the subscriber's ``channel.header`` values (its own
+credentials, under whatever names it chose): those headers are kept as ``[redacted]`` and their
+values replaced by ``***`` wherever else they appear (an endpoint may echo the request).
+
 A failed send counts against the subscription (``error`` after ``error_after`` in a row); its
 retry is marked ``link_ok`` so one broken subscriber never opens the circuit breaker that all
 subscriptions share. A success moves an ``error`` subscription back to ``active``.
@@ -26,7 +30,7 @@ import httpx
 import orjson
 
 from gateway.clock import Clock
-from gateway.connectors import DeliveryOutcome, Job, Retry, Success, exchange
+from gateway.connectors import DeliveryOutcome, Job, Redaction, Retry, Success, exchange
 from gateway.fhir import deidentify
 from gateway.search import DataPolicy, SearchRegistry
 from gateway.store import Store, StoredResource, SubscriptionRecord
@@ -86,6 +90,7 @@ class RestHookConnector:
         else:
             request = self._bundle_request(record, spec, job, stored, timeout)
         _, outcome = await exchange(self.client, request, self.clock)
+        outcome = _redaction(spec).scrub(outcome)
         await asyncio.to_thread(self._note, record, outcome)
         if isinstance(outcome, Retry):
             return dataclasses.replace(outcome, link_ok=True)
@@ -125,3 +130,16 @@ class RestHookConnector:
             return
         reason = getattr(outcome, "reason", "failed")
         self.store.subscription_note_failure(record.sid, f"notification failed: {reason}", self.error_after, now)
+
+
+#: Header values shorter than this are not searched for in bodies (``X-Tenant: a`` would star every "a").
+_MIN_SECRET = 4
+
+
+def _redaction(spec: SubscriptionSpec) -> Redaction:
+    """The subscriber's own headers, to be kept out of dead letters like a destination's credentials."""
+    secrets = {value for value in spec.headers.values() if len(value) >= _MIN_SECRET}
+    # "Bearer abc…": the token alone too, should the subscriber echo it without its scheme.
+    secrets |= {part for value in spec.headers.values() for part in value.split() if len(part) >= 8}
+    return Redaction(frozenset(name.lower() for name in spec.headers),
+                     tuple(sorted(secrets, key=len, reverse=True)))

@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from gateway.cli import app
+from gateway.delivery import DeadLetter, DeadLetterFilter
 from tests.delivery.helpers import eventually
 from tests.subscriptions.harness import LAB, REFERRAL, TOPIC, Harness, subscription
 from tests.subscriptions.test_delivery import _create, _observation, _organizations, _patient, _put, _subscribe
@@ -164,3 +165,30 @@ async def test_a_refused_notification_is_a_dead_letter_the_queue_command_lists_a
     assert result.exit_code == 0, result.output
     receiver = h.sandbox.receiver("emr")
     await eventually(lambda: receiver.focus() == [f"Patient/{patient}"], timeout=20)
+
+
+async def test_a_dead_letter_never_keeps_the_subscribers_own_headers(sqlite_harness: Harness) -> None:
+    """``channel.header`` carries the partner's credentials under any name it likes (``X-Partner-Token``,
+    ``Authorization``...): operators never see them (``gateway subscriptions list`` does not show them),
+    so the request a dead letter keeps does not either."""
+    h = sqlite_harness
+    writer = h.client("system/*.cruds")
+    emr = h.client("system/Subscription.cruds", "system/Patient.rs")
+    headers = ["X-Partner-Token: s3cret-partner-value", "Authorization: Bearer emr-own-t0ken"]
+    await _subscribe(emr, subscription("new-patient", h.endpoint("emr"), headers=headers))
+    await _organizations(writer)
+    h.sandbox.fault("emr", fail=1, status=422)  # a permanent refusal: a dead letter
+    await h.start_worker()
+    patient = await _create(writer, _patient("north"))
+    assert h.worker is not None
+    admin = h.worker.require_delivery().admin
+    letters: list[DeadLetter] = []
+
+    async def listed() -> bool:
+        letters[:] = await admin.dead_letters(DeadLetterFilter(destination="subscriptions"))
+        return any(letter.job.ref == f"Patient/{patient}" for letter in letters)
+
+    await eventually(listed, timeout=20)
+    kept = repr([(letter.request, letter.response, letter.detail) for letter in letters])
+    assert "x-partner-token" in kept.lower()  # the header is named, its value is not kept
+    assert "s3cret-partner-value" not in kept and "emr-own-t0ken" not in kept
