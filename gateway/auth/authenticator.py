@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from gateway.auth.clients import ADMIN_TOKEN_NAME
 from gateway.auth.scopes import Principal, grant_scopes
 from gateway.auth.tokens import ACCESS_TOKEN_PREFIX, hash_token
 from gateway.errors import FhirError
@@ -64,7 +65,7 @@ class Authenticator:
             raise FhirError("use a Bearer token", status=401, code="login", headers=_CHALLENGE)
         digest = hash_token(token)
         if self._admin_hash is not None and hmac.compare_digest(digest, self._admin_hash):
-            return Principal.of("admin-token", ("system/*.cruds", "admin", "ingest:*"))
+            return Principal.of(ADMIN_TOKEN_NAME, ("system/*.cruds", "admin", "ingest:*"))
         now = self._now()
         cached = self._cache.get(digest)
         if cached is not None and cached[0] > now:
@@ -96,6 +97,8 @@ class Authenticator:
             access = self.store.access_token_by_hash(digest)
             if access is None or not access.client.active(datetime.fromtimestamp(now, UTC)):
                 return None, None
+            if access.client.name == ADMIN_TOKEN_NAME:
+                return None, None  # as for its own token, below
             owner = access.client
             # What was granted, as far as the client's registration still allows it (it may have
             # been narrowed since the token was issued).
@@ -104,6 +107,11 @@ class Authenticator:
             return (found if found.scopes else None), min(ends)
         client = self.store.client_by_token_hash(digest)
         if client is None or not client.active(datetime.fromtimestamp(now, UTC)):
+            return None, None
+        if client.name == ADMIN_TOKEN_NAME:
+            # Registered before the name was reserved: it would pass for the configured admin token
+            # (its subscriptions, export jobs and audit trail). Fail closed; recreate it under another name.
+            log.warning("a client named %s is refused: the name is the configured admin token's", ADMIN_TOKEN_NAME)
             return None, None
         return self._principal(client), client.expires.timestamp() if client.expires else None
 

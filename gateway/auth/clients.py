@@ -23,10 +23,18 @@ class ClientNameError(RequestError):
     """A client name that is not letters, digits, - and _ (64 at most)."""
 
 
+#: The principal name of the configured ``admin_token`` (it has no client row). A client of that
+#: name would share its export jobs, subscriptions, rate limit and audit trail.
+ADMIN_TOKEN_NAME = "admin-token"
+
+
 def check_client_name(name: str) -> None:
-    """Raise ``ClientNameError`` unless ``name`` is letters, digits, - and _ (64 at most)."""
+    """Raise ``ClientNameError`` unless ``name`` is letters, digits, - and _ (64 at most), and not the
+    name the configured admin token goes by."""
     if not name or not name.replace("-", "").replace("_", "").isalnum() or not name.isascii() or len(name) > 64:
         raise ClientNameError(f"invalid client name {name!r}: use letters, digits, - and _ (64 at most)")
+    if name == ADMIN_TOKEN_NAME:
+        raise ClientNameError(f"invalid client name {name!r}: it is the name of the configured admin token")
 
 
 def create_client(

@@ -35,9 +35,11 @@ def owner_access(
 ) -> OwnerAccess | None:
     """The owner's access now; None when the owner can no longer authenticate (revoked, disabled, gone)."""
     granted = Principal.of(record.owner, record.scopes)
-    if record.owner == ADMIN_TOKEN:
-        return OwnerAccess(granted, granted, None)
     client = clients.client_by_name(record.owner)
+    if record.owner == ADMIN_TOKEN:
+        # A client row of that name (registered before the name was reserved) is not the admin token:
+        # whose subscription this is cannot be told, so it hears nothing.
+        return OwnerAccess(granted, granted, None) if client is None else None
     if client is None or not client.active(now):
         return None
     policy = policies.get(client.name)

@@ -160,3 +160,30 @@ def test_a_failed_last_use_write_does_not_refuse_the_request(
     auth.flush()
     assert "could not record last use of a client (OperationalError)" in caplog.text
     assert [c.last_used for c in store.list_clients()] == [None]
+
+
+def test_no_client_may_go_by_the_admin_tokens_name(store: ClientRegistry, clock: Clock) -> None:
+    """The configured admin token's principal is ``admin-token``, with no client row. A client of that
+    name would own its export jobs and subscriptions (whose notifications skip every data policy for
+    the admin token) and be it in the audit trail: the name is reserved, and a row registered before
+    is refused rather than taken for the admin token."""
+    from gateway.auth import ClientNameError, create_client
+    from gateway.search import default_registry
+    from gateway.store import SubscriptionRecord
+    from gateway.subscriptions.access import owner_access
+
+    with pytest.raises(ClientNameError, match="admin token"):
+        create_client(store, "admin-token", ["system/Patient.rs"])
+    assert store.client_by_name("admin-token") is None
+    token = new_token()  # as a store written before the name was reserved holds it
+    store.save_client(ApiClient("admin-token", ("system/Subscription.cruds", "system/Patient.rs"),
+                                datetime.fromtimestamp(clock.now, UTC), policy={"patients": ["Patient/p1"]}),
+                      hash_token(token))
+    auth = Authenticator(store, admin_token="the-configured-admin-token-0123456789", now=clock)
+    assert refused(auth, token)
+    assert auth.principal("Bearer the-configured-admin-token-0123456789").name == "admin-token"
+    # A subscription that client made before: it hears nothing (no longer the admin's, unlimited).
+    now = datetime.now(UTC)
+    record = SubscriptionRecord(sid="s1", owner="admin-token", scopes=("system/Patient.rs",), content={},
+                                status="active", start_seq=0, created=now, updated=now)
+    assert owner_access(store, record, {}, default_registry(), now) is None
