@@ -1,6 +1,7 @@
 """``Patient/$match`` (FHIR R4): which stored Patients may be the person a partner system sends.
 
-Scoped as a Patient read: it needs ``Patient.r`` (or ``.s``) and answers only Patients the
+Scoped as a Patient search: it finds Patients by demographics, so it needs ``Patient.s`` (a
+client that may only read by id must not discover who is stored), and answers only Patients the
 client's data policy shows. A client whose policy de-identifies is refused: matching compares
 names, identifiers, phones and full birth dates, which it may not search by either.
 """
@@ -35,7 +36,7 @@ DEFAULT_COUNT, MAX_COUNT = 10, 100
 @router.post("/Patient/$match", summary="Patient $match")
 async def match(request: Request) -> Response:
     """Score the stored Patients against the ``resource`` parameter; a searchset with grades."""
-    principal = require_fhir(request, "Patient", "r")
+    principal = require_fhir(request, "Patient", "s")
     if principal.deidentified:
         # A grade answers whether a guessed name, identifier or birth date is someone stored here,
         # which is exactly what de-identified reads and searches keep from this client.

@@ -112,7 +112,7 @@ def _match_body(patient: dict[str, Any], **params: Any) -> dict[str, Any]:
 async def test_match_answers_a_partner_emr_with_grades(gw: Harness) -> None:
     wilfrid = _patient_id(await _ingest(gw, "commcare", commcare_case()))
     aisha = _patient_id(await _ingest(gw, "cht", cht_person()))
-    emr = gw.client("system/Patient.r")
+    emr = gw.client("system/Patient.rs")
     probe = {"resourceType": "Patient", "name": [{"family": "Menard", "given": ["Wilfred"]}], "gender": "male",
              "birthDate": "1979-08-21"}
     response = await emr.post("/fhir/Patient/$match", json=_match_body(probe), headers=FHIR)
@@ -134,8 +134,8 @@ async def test_match_answers_a_partner_emr_with_grades(gw: Harness) -> None:
     assert aisha not in {e["resource"]["id"] for e in graded["entry"]}
 
 
-async def test_match_refuses_bad_parameters_and_clients_without_patient_read(gw: Harness) -> None:
-    emr = gw.client("system/Patient.r")
+async def test_match_refuses_bad_parameters_and_clients_without_patient_search(gw: Harness) -> None:
+    emr = gw.client("system/Patient.s")
     no_resource = {"resourceType": "Parameters", "parameter": [{"name": "count", "valueInteger": 3}]}
     response = await emr.post("/fhir/Patient/$match", json=no_resource, headers=FHIR)
     assert response.status_code in (400, 422)
@@ -149,6 +149,9 @@ async def test_match_refuses_bad_parameters_and_clients_without_patient_read(gw:
     observer = gw.client("system/Observation.rs")
     denied = await observer.post("/fhir/Patient/$match", json=_match_body({"resourceType": "Patient"}), headers=FHIR)
     assert denied.status_code == 403
+    reader = gw.client("system/Patient.r")  # read by id only: may not find Patients by demographics
+    denied = await reader.post("/fhir/Patient/$match", json=_match_body({"resourceType": "Patient"}), headers=FHIR)
+    assert denied.status_code == 403 and "Patient.s" in denied.text
 
 
 async def test_patients_stored_before_matching_was_on_are_indexed_at_start(store: Store) -> None:
