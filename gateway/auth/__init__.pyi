@@ -3,6 +3,7 @@
 from .assertions import ASSERTION_TYPE as ASSERTION_TYPE
 from .assertions import OAuthError as OAuthError
 from .authenticator import Authenticator as Authenticator
+from .clients import ADMIN_TOKEN_NAME as ADMIN_TOKEN_NAME
 from .clients import ClientNameError as ClientNameError
 from .clients import check_client_name as check_client_name
 from .clients import create_client as create_client

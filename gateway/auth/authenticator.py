@@ -71,7 +71,7 @@ class Authenticator:
         if cached is not None and cached[0] > now:
             found, expires = cached[1], cached[2]
         else:
-            found, expires = self._lookup(token, digest, now)
+            found, expires = self._lookup(digest, token.startswith(ACCESS_TOKEN_PREFIX), now)
             if len(self._cache) > 10_000:
                 self._cache.clear()
             self._cache[digest] = (now + _CACHE_SECONDS, found, expires)
@@ -91,9 +91,18 @@ class Authenticator:
                 policy = _NOTHING
         return Principal.of(client.name, client.scopes if scopes is None else scopes, policy)
 
-    def _lookup(self, token: str, digest: str, now: float) -> tuple[Principal | None, float | None]:
+    def principal_of_digest(self, digest: str, access_token: bool) -> Principal | None:
+        """The principal a token known only by its hash authenticates now (a console session's
+        login token), or None: rotated, revoked, expired or narrowed tokens end what they opened."""
+        if self._admin_hash is not None and hmac.compare_digest(digest, self._admin_hash):
+            return Principal.of(ADMIN_TOKEN_NAME, ("system/*.cruds", "admin", "ingest:*"))
+        now = self._now()
+        found, expires = self._lookup(digest, access_token, now)
+        return None if found is None or (expires is not None and expires <= now) else found
+
+    def _lookup(self, digest: str, access_token: bool, now: float) -> tuple[Principal | None, float | None]:
         """The principal of a token (None if refused) and when it stops being valid (None: no expiry)."""
-        if token.startswith(ACCESS_TOKEN_PREFIX):
+        if access_token:
             access = self.store.access_token_by_hash(digest)
             if access is None or not access.client.active(datetime.fromtimestamp(now, UTC)):
                 return None, None
@@ -121,7 +130,6 @@ class Authenticator:
         if len(self._touched) > 10_000:
             self._touched.clear()
         self._touched[name] = now
-        # A write, even once a minute, must not hold up the event loop the lookup runs on.
         # A write, even once a minute, must not hold up the event loop the lookup runs on.
         self._pending[name] = datetime.fromtimestamp(now, UTC)
 

@@ -149,6 +149,20 @@ async def test_revoking_the_client_ends_its_console_sessions(logged_in: Harness)
     assert (await logged_in.console.get("/console")).status_code == 303
 
 
+async def test_rotating_the_clients_token_ends_the_sessions_it_opened(logged_in: Harness) -> None:
+    """The session remembers the login token's hash: a new token (`gateway clients rotate`) ends it,
+    and the cookie holds the hash, never the token."""
+    from gateway.auth import hash_token, new_token
+
+    assert (await logged_in.console.get("/console")).status_code == 200
+    fresh = new_token()
+    assert logged_in.gateway.store.rekey_client("ops", hash_token(fresh))
+    assert (await logged_in.console.get("/console")).status_code == 303
+    assert (await log_in(logged_in.console, fresh)).status_code == 303
+    assert (await logged_in.console.get("/console")).status_code == 200
+    assert fresh not in logged_in.console.cookies["gateway_console"]
+
+
 async def test_the_login_keeps_only_console_paths_as_where_to_go_next(harness: Harness) -> None:
     page = await harness.console.get("/console/login?next=/console/clients")
     assert 'value="/console/clients"' in page.text

@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.api.context import ctx_of
-from gateway.auth import hash_token
+from gateway.auth import ACCESS_TOKEN_PREFIX, hash_token
 from gateway.errors import FhirError
 
 from .web import ADMIN_TOKEN_SUBJECT, PREFIX, checked_form, console_of, page, redirect, set_session
@@ -45,7 +45,11 @@ async def login_submit(request: Request) -> Response:
     admin = ctx.settings.admin_token
     is_bootstrap = admin is not None and hash_token(token) == hash_token(admin.get_secret_value())
     subject = ADMIN_TOKEN_SUBJECT if is_bootstrap else principal.name
-    set_session(request, console.signer.new(subject))  # a new nonce: the anonymous session's ends here
+    # A new nonce: the anonymous session's ends here. The session remembers the token's hash, so it
+    # ends when that token stops working (rotated, revoked, expired) or loses the admin scope.
+    session = console.signer.new(subject, credential=hash_token(token),
+                                 access_token=token.startswith(ACCESS_TOKEN_PREFIX))
+    set_session(request, session)
     return redirect(request, target)
 
 

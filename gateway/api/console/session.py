@@ -1,8 +1,11 @@
 """Console sessions: a signed cookie naming the admin client, with the nonce its CSRF token derives from.
 
 The cookie is ``<payload>.<signature>``: the payload is base64url JSON ``{"sub": name or null,
-"exp": epoch seconds, "n": nonce}``, the signature an HMAC-SHA256 under the console's key. It
-holds no token and no patient data. A visitor who has not logged in gets an anonymous session
+"exp": epoch seconds, "n": nonce, "c": the login token's hash, "a": whether that was a SMART
+access token}``, the signature an HMAC-SHA256 under the console's key. It holds no token (only
+the hash the store keeps, of a random 256-bit token) and no patient data; every request checks
+that the login token still authenticates as an admin, so rotating, revoking or narrowing it
+ends the session. A visitor who has not logged in gets an anonymous session
 (``sub`` null) so the login form, too, carries a CSRF token; logging in issues a new session
 with a new nonce (no fixation). The cookie is HttpOnly, SameSite=Strict, and Secure when the
 console is reached over https.
@@ -32,6 +35,8 @@ class Session:
     subject: str | None
     expires: float
     nonce: str
+    credential: str | None = None  # hash of the token the session logged in with
+    access_token: bool = False  # that token was a SMART access token (it ends with it)
 
     @property
     def logged_in(self) -> bool:
@@ -54,15 +59,24 @@ class SessionSigner:
         self._key = hashlib.sha256(b"chw-gateway console session\0" + key).digest()
         self.lifetime = lifetime
 
-    def new(self, subject: str | None, now: float | None = None) -> Session:
-        """A fresh session (a new nonce) for ``subject``, or an anonymous one."""
+    def new(
+        self,
+        subject: str | None,
+        now: float | None = None,
+        *,
+        credential: str | None = None,
+        access_token: bool = False,
+    ) -> Session:
+        """A fresh session (a new nonce) for ``subject`` logged in with the token hashed as
+        ``credential``, or an anonymous one."""
         now = time.time() if now is None else now
         lifetime = self.lifetime if subject is not None else _ANONYMOUS_SECONDS
-        return Session(subject, now + lifetime, _b64(os.urandom(18)))
+        return Session(subject, now + lifetime, _b64(os.urandom(18)), credential, access_token)
 
     def dumps(self, session: Session) -> str:
         """The cookie value of ``session``."""
-        payload = _b64(orjson.dumps({"sub": session.subject, "exp": session.expires, "n": session.nonce}))
+        payload = _b64(orjson.dumps({"sub": session.subject, "exp": session.expires, "n": session.nonce,
+                                     "c": session.credential, "a": session.access_token}))
         return f"{payload}.{self._sign(payload)}"
 
     def loads(self, value: str | None, now: float | None = None) -> Session | None:
@@ -74,7 +88,9 @@ class SessionSigner:
             return None
         try:
             data = orjson.loads(_unb64(payload))
-            session = Session(data["sub"], float(data["exp"]), str(data["n"]))
+            credential = data.get("c")
+            session = Session(data["sub"], float(data["exp"]), str(data["n"]),
+                              credential if isinstance(credential, str) else None, data.get("a") is True)
         except (ValueError, KeyError, TypeError):
             return None
         if session.subject is not None and not isinstance(session.subject, str):

@@ -23,7 +23,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from gateway.api.audit import note_of
 from gateway.api.context import AppContext, ctx_of
-from gateway.auth import Principal
+from gateway.auth import ADMIN_TOKEN_NAME
 from gateway.errors import RequestError
 from gateway.settings import Settings
 
@@ -145,21 +145,21 @@ def _write_cookie(request: Request, response: Response, console: Console) -> Non
                         path=PREFIX, httponly=True, samesite="strict", secure=secure)
 
 
-async def still_admin(ctx: AppContext, subject: str) -> bool:
-    """Whether the session's client may still use the console (not revoked, expired or narrowed)."""
-    if subject == ADMIN_TOKEN_SUBJECT:
-        return ctx.settings.admin_token is not None
-    client = await ctx.read(ctx.store.client_by_name, subject)
-    if client is None or not client.active(datetime.now(UTC)):
+async def still_admin(ctx: AppContext, session: Session) -> bool:
+    """Whether the token the session logged in with still authenticates its client as an admin
+    (not rotated, revoked, expired or narrowed)."""
+    if session.subject is None or session.credential is None:
         return False
-    return Principal.of(client.name, client.scopes).has("admin")
+    found = await ctx.read(ctx.auth.principal_of_digest, session.credential, session.access_token)
+    expected = ADMIN_TOKEN_NAME if session.subject == ADMIN_TOKEN_SUBJECT else session.subject
+    return found is not None and found.name == expected and found.has("admin")
 
 
 async def login(request: Request) -> Session:
     """The logged-in admin's session, else ``LoginRequired``; the audit record names the client."""
     console = console_of(request)
     session = _session(request, console)
-    if session is None or session.subject is None or not await still_admin(ctx_of(request), session.subject):
+    if session is None or session.subject is None or not await still_admin(ctx_of(request), session):
         raise LoginRequired()
     record = note_of(request)
     if record is not None:
