@@ -5,20 +5,25 @@ Kick-off (``GET /fhir/$export``, ``/fhir/Patient/$export``, ``/fhir/Group/{id}/$
 ``patient`` parameters limit a Patient- or Group-level export to those Patients) answers
 202 with ``Content-Location`` naming the status URL; the job runs in this process
 (``gateway.export.BulkExporter``). Only the client that kicked a job off may poll it,
-cancel it (``DELETE``) or download its files. A named type that cannot be exported at the
+cancel it (``DELETE``) or download its files, and a download is checked again: the client must
+still have the search scope of the file's type and the data policy the job ran under (files
+written under a wider grant are not handed to a narrowed one). A named type that cannot be exported at the
 requested level gets an OperationOutcome in the manifest's ``error`` files.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from pathlib import Path
 from urllib.parse import quote
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.auth import Principal
 from gateway.errors import FhirError, not_found
 from gateway.export import BulkExporter, export_dir, manifest, parameters_items, parse_kickoff
 from gateway.fhir import ID_RE, parse_json
@@ -79,6 +84,7 @@ async def _kickoff(request: Request, level: str, group: str | None) -> Response:
                            deidentify_ready=exporter.deidentify_ready)
     if principal.deidentified:
         export.params["policy_deidentify"] = True
+    export.params["policy_digest"] = _policy_digest(principal)
     # Echoed in the manifest: built from the base URL, like every link, never from a stray Host.
     base = base_url(request)
     query = f"?{request.url.query}" if request.url.query else ""
@@ -88,13 +94,23 @@ async def _kickoff(request: Request, level: str, group: str | None) -> Response:
     return Response(status_code=202, headers={"Content-Location": status_url})
 
 
+def _policy_digest(principal: Principal) -> str:
+    """A fingerprint of the principal's data policy (what an export's files were filtered by)."""
+    policy = None if principal.policy is None else principal.policy.to_json()
+    return hashlib.sha256(orjson.dumps(policy, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
 async def _own_job(request: Request, exporter: BulkExporter) -> ExportJob:
+    return (await _owned(request, exporter))[1]
+
+
+async def _owned(request: Request, exporter: BulkExporter) -> tuple[Principal, ExportJob]:
     principal = authenticate(request)
     job_id: str = request.path_params["job"]
     job = await asyncio.to_thread(exporter.store.export_get, job_id) if job_id.isalnum() else None
     if job is None or job.client != principal.name:  # another client's job is as good as unknown
         raise not_found("no such export")
-    return job
+    return principal, job
 
 
 async def status(request: Request) -> Response:
@@ -123,11 +139,19 @@ async def cancel(request: Request) -> Response:
 async def download(request: Request) -> Response:
     """``GET $export-file/{job}/{file}``: one NDJSON file of a finished job."""
     exporter = ctx_of(request).services.require_exports()
-    job = await _own_job(request, exporter)
+    principal, job = await _owned(request, exporter)
     name: str = request.path_params["file"]
-    listed = {item["file"] for item in (*job.output, *job.error)}
-    if job.status != "done" or name not in listed:
+    listed = {item["file"]: item for item in job.output}
+    errors = {item["file"] for item in job.error}
+    if job.status != "done" or (name not in listed and name not in errors):
         raise not_found("no such export file")
+    if name in listed:
+        # The grant is checked at download too: a narrowed client (or a narrower SMART token of it)
+        # does not get what a wider one had exported.
+        require_fhir(request, str(listed[name].get("type")), "s")
+        if job.params.get("policy_digest", _policy_digest(principal)) != _policy_digest(principal):
+            raise FhirError("this client's data policy changed since the export ran: kick off a new export",
+                            status=403, code="forbidden")
     path: Path = export_dir(exporter.settings, job.job_id) / name
     if not path.is_file():
         raise FhirError("the export's files have been removed", status=410, code="deleted")

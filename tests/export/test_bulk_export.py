@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -413,3 +414,28 @@ async def test_stored_json_holding_a_newline_still_makes_one_line(api: ApiHarnes
     exported = await export(api.with_scopes("system/*.rs"), _type="Patient")  # download() checks the lines
     assert [r["id"] for r in exported["Patient"]] == [f"pa{i}" for i in range(6)] + [f"pb{i}" for i in range(6)]
     assert exported["Patient"][1] == stored
+
+
+async def test_a_download_is_checked_against_the_clients_grant_now(api: ApiHarness) -> None:
+    """Files written under a wider grant are not handed to a narrowed one: a narrower SMART access
+    token of the same client, or the client after its data policy changed."""
+    from datetime import timedelta
+
+    from gateway.auth import ACCESS_TOKEN_PREFIX, hash_token
+
+    token = make_token(api.store, ("system/*.rs",), name="exporter")
+    owner = api.with_scopes(token=token)
+    manifest = await wait_done(owner, await kick_off(owner, _type="Patient,Observation"))
+    urls = {item["type"]: item["url"] for item in manifest["output"]}
+    narrow = f"{ACCESS_TOKEN_PREFIX}{'n' * 40}"
+    expires = datetime.now(UTC) + timedelta(minutes=5)
+    api.store.save_access_token(hash_token(narrow), "exporter", ("system/Observation.rs",), expires)
+    narrowed = api.with_scopes(token=narrow)
+    assert (await narrowed.get(urls["Observation"])).status_code == 200
+    refused = await narrowed.get(urls["Patient"])
+    assert refused.status_code == 403 and "Patient" in refused.text
+    assert (await owner.get(urls["Patient"])).status_code == 200
+    api.store.set_client_policy("exporter", {"organizations": ["Organization/org-a"]})
+    api.app.state.ctx.auth.forget()  # as `gateway clients set-policy` is seen within a second
+    changed = await owner.get(urls["Patient"])
+    assert changed.status_code == 403 and "policy changed" in changed.text
