@@ -76,6 +76,12 @@ class SubscriberSandbox:
         with self._lock:
             self._faults[name] = Fault(**changes)
 
+    def fault_left(self, name: str) -> int:
+        """How many more notifications to ``name`` will be refused."""
+        with self._lock:
+            fault = self._faults.get(name)
+            return 0 if fault is None else fault.fail
+
     def app(self) -> Starlette:
         """The ASGI app: ``POST /hook/{name}`` receives notifications (a Bundle, or R4's empty ping),
         ``PUT /hook/{name}/{type}/{id}`` a resource (R4 rest-hook with a payload)."""

@@ -32,7 +32,7 @@ import orjson
 from gateway.clock import Clock
 from gateway.connectors import DeliveryOutcome, Job, Redaction, Retry, Success, exchange
 from gateway.fhir import deidentify
-from gateway.search import DataPolicy, SearchRegistry
+from gateway.search import DataPolicy, RowFilter, SearchRegistry
 from gateway.store import Store, StoredResource, SubscriptionRecord
 from gateway.subscriptions.access import owner_access
 from gateway.subscriptions.bundles import Event, notification_bundle
@@ -78,7 +78,15 @@ class RestHookConnector:
                                              datetime.now(UTC))
             if access is None:
                 return Success(detail="the owner can no longer authenticate; not sent")
+            # Checked again at sending, not only when the change was matched: scopes narrowed or a
+            # data policy set in between (or a queue that waited hours) must not let a resource out.
+            if not access.can_read(job.resource_type):
+                return Success(detail=f"the owner may no longer read {job.resource_type}; not sent")
             stored = await asyncio.to_thread(self.store.vread, job.resource_type, job.resource_id, job.version)
+            if stored is not None and access.policy is not None and not await asyncio.to_thread(
+                self._shown, access.policy, stored
+            ):
+                return Success(detail="the owner's data policy does not show this resource now; not sent")
             if stored is not None and stored.content and access.current.deidentified:
                 # The owner's data policy: it is given resources de-identified, here as on a read.
                 stored = dataclasses.replace(stored, content=orjson.dumps(deidentify(orjson.loads(stored.content))))
@@ -95,6 +103,12 @@ class RestHookConnector:
         if isinstance(outcome, Retry):
             return dataclasses.replace(outcome, link_ok=True)
         return outcome
+
+    def _shown(self, policy: RowFilter, stored: StoredResource) -> bool:
+        """Whether ``policy`` shows the resource as it is now and this version of it."""
+        if stored.id not in self.store.visible(policy, stored.type, [stored.id]):
+            return False
+        return bool(self.store.visible_versions(policy, [stored]))
 
     def _r4_request(
         self, spec: SubscriptionSpec, job: Job, stored: StoredResource | None, timeout: float

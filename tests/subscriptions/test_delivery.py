@@ -106,3 +106,25 @@ async def test_a_subscriber_without_scope_for_a_type_learns_nothing_about_it(har
     blind_receiver = harness.sandbox.receiver("blind")
     assert blind_receiver.events == {} and blind_receiver.handshakes == 1
     assert all("Observation" not in str(bundle) for bundle in blind_receiver.events.values())
+
+
+async def test_a_notification_is_checked_again_when_it_is_sent(harness: Harness) -> None:
+    """A data policy set between matching and sending (a retry, a queue that waited) keeps the
+    resource out: the owner's access is checked again at sending, not only at matching."""
+    from gateway.auth import hash_token
+
+    writer = harness.client("system/*.cruds")
+    await _organizations(writer)
+    emr = harness.client("system/Subscription.cruds", "system/Patient.rs")
+    name = harness.store.client_by_token_hash(hash_token(emr.headers["Authorization"].split()[1])).name  # type: ignore[union-attr]
+    await _subscribe(emr, subscription("new-patient", harness.endpoint("late"), content="full-resource"))
+    harness.sandbox.fault("late", fail=1)  # the first attempt is refused: it is sent again later
+    await harness.start_worker()
+    north = await _create(writer, _patient("north"))
+    receiver = harness.sandbox.receiver("late")
+    await eventually(lambda: harness.sandbox.fault_left("late") == 0, timeout=20)
+    harness.store.set_client_policy(name, {"organizations": ["Organization/south"]})
+    south = await _create(writer, _patient("south"))
+    await eventually(lambda: 2 in receiver.events, timeout=30)
+    assert 1 not in receiver.events  # north's Patient, hidden from the owner by now
+    assert receiver.focus() == [f"Patient/{south}"] and north not in str(receiver.events)
