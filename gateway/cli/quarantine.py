@@ -104,11 +104,11 @@ def replay(
 ) -> None:
     """Run held records again with the mapping files as they are now."""
     from gateway.errors import FhirError
-    from gateway.ingest import RecordResult
 
     if bool(ids) == all_held:
         typer.echo("gateway: give quarantine ids or --all", err=True)
         raise typer.Exit(2)
+    refused = 0  # ids that are not held records (unknown, already replayed or discarded): not "still held"
     with _service(settings_from(config, dev)) as service:
         results: list[RecordResult] = []
         if all_held:
@@ -118,15 +118,14 @@ def replay(
                 try:
                     results.append(service.replay(qid))
                 except FhirError as exc:
-                    typer.echo(f"  #{qid}: {exc.diagnostics}", err=True)
-                    results.append(
-                        RecordResult(0, None, "quarantined", quarantine_id=qid, outcome=exc.outcome())
-                    )
+                    typer.echo(f"gateway: #{qid}: {exc.diagnostics}", err=True)
+                    refused += 1
     for result in results:
         _echo_result(result)
     still = sum(1 for result in results if result.status == "quarantined")
-    typer.echo(f"{len(results) - still} replayed, {still} still held")
-    if still:
+    summary = f"{len(results) - still} replayed, {still} still held"
+    typer.echo(summary + (f", {refused} not replayable" if refused else ""))
+    if still or refused:
         raise typer.Exit(1)
 
 

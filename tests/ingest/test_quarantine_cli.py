@@ -96,3 +96,15 @@ def test_broken_mappings_are_reported(config: Path) -> None:
     result = runner.invoke(quarantine_app, ["list", "--config", str(config)])
     assert result.exit_code == 2
     assert "hypertension-visit.yaml:1" in result.output
+
+
+def test_replay_of_an_id_that_is_not_held_says_so(config: Path) -> None:
+    """An unknown or discarded id is not reported as a record "still held" (it is not one)."""
+    qid = _quarantine_one(config)
+    assert runner.invoke(quarantine_app, ["discard", str(qid), "--config", str(config)]).exit_code == 0
+    for missing, reason in ((999, "no quarantined record 999"), (qid, f"record {qid} is discarded, not held")):
+        result = runner.invoke(quarantine_app, ["replay", str(missing), "--config", str(config)])
+        assert result.exit_code == 1
+        assert "still held:" not in result.output
+        assert f"gateway: #{missing}: " in result.stderr and reason in result.stderr
+        assert "0 replayed, 0 still held, 1 not replayable" in result.stdout
