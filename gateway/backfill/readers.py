@@ -190,7 +190,10 @@ def _json(stream: IO[bytes], name: str, prefix: str, counted: _Counter) -> Itera
             else:
                 yield Item(record, raw, JSON, place, counted())
     except ijson.JSONError as exc:
-        raise BackfillInputError(f"{name}: broken JSON after {counted()} bytes ({exc})") from exc
+        # yajl's message goes on to quote the input around the error (record data) over several
+        # lines; its first line is the reason.
+        reason = (str(exc).strip().splitlines() or ["unreadable"])[0]
+        raise BackfillInputError(f"{name}: broken JSON after {counted()} bytes ({reason})") from exc
 
 
 def _csv(stream: IO[bytes], name: str, prefix: str, counted: _Counter) -> Iterator[Item]:

@@ -80,3 +80,13 @@ def test_a_backfill_on_postgresql_leaves_the_planner_statistics_current(pg_schem
             "SELECT relname FROM pg_stat_user_tables WHERE schemaname = %s AND last_analyze IS NOT NULL", (schema,)
         ).fetchall()
     assert {"idx_token", "idx_date", "resources"} <= {row[0] for row in analyzed}
+
+
+def test_a_broken_json_input_is_one_line_that_quotes_no_record(tmp_path: Path) -> None:
+    cfg = config(tmp_path, f"sqlite:///{tmp_path}/store.db")
+    (tmp_path / "rows.json").write_bytes(b'[{"patient_name": "Atim Sarah"}, {"patient_name": "Okello')
+    result = runner.invoke(app, ["backfill", "csv", str(tmp_path / "rows.json"), "-c", str(cfg)])
+    assert result.exit_code == 2
+    (line,) = [line for line in result.stderr.splitlines() if "rows.json" in line]
+    assert line.startswith("gateway: ") and "broken JSON after" in line and line.endswith(")")
+    assert "Okello" not in result.stderr and "Atim" not in result.stderr
