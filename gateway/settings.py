@@ -57,6 +57,7 @@ __all__ = [
     "find_config_file",
     "load_settings",
     "located_errors",
+    "setting_error_in_file",
     "read_config_file",
 ]
 
@@ -482,11 +483,24 @@ def fhirpath_error_in_file(exc: ValidationError, path: Path, values: Mapping[str
     # PyYAML's plain safe_load), so the file is read again with the mapping loader's
     # line-keeping reader.
     from gateway.fhir import FhirPathError
+
+    first = exc.errors(include_url=False)[0]
+    if not isinstance(first.get("ctx", {}).get("error"), FhirPathError):
+        return None
+    return setting_error_in_file(exc, path, values)
+
+
+def setting_error_in_file(exc: ValidationError, path: Path, values: Mapping[str, Any]) -> str | None:
+    """``file:line: setting: reason`` if the first error of ``exc`` is about a value ``path`` wrote.
+
+    ``values`` as in ``fhirpath_error_in_file``; ``None`` when the value came from elsewhere
+    (the environment, a keyword argument) or the setting is missing rather than wrong.
+    """
     from gateway.mapping import YamlSyntaxError, format_path, read_yaml
 
     first = exc.errors(include_url=False)[0]
     loc = tuple(first["loc"])
-    if not isinstance(first.get("ctx", {}).get("error"), FhirPathError) or _value_at(values, loc) != first["input"]:
+    if not loc or _value_at(values, loc) != first["input"]:
         return None
     try:
         doc = read_yaml(path)

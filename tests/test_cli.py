@@ -366,3 +366,24 @@ def test_key_sets_that_cannot_work_are_refused_naming_the_file(env: Path) -> Non
     assert _keys(env, "emr") is None
     refused = runner.invoke(app, ["clients", "create", "lab", "--scope", "admin", "--jwks", str(private)])
     assert refused.exit_code == 2 and _keys(env, "lab") is None
+
+
+def test_config_check_names_file_and_line_of_any_bad_value_the_file_wrote(env: Path) -> None:
+    config = env / "bad-source.yaml"
+    config.write_text("port: 8080\nsources:\n  - {name: a, kind: cht, mapping: cht}\n"
+                      "  - {name: b, kind: cht, mapping: cht, quarantine_status: 500}\n")
+    result = runner.invoke(app, ["config", "check", "--config", str(config)])
+    assert result.exit_code == 2
+    assert result.stderr == f"gateway: {config}:4: sources[1].quarantine_status: must be 202 or 422\n"
+
+
+def test_a_bad_value_from_the_environment_names_its_variable_not_the_file(
+    env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = env / "ok.yaml"
+    config.write_text("port: 8080\n")
+    monkeypatch.setenv("GATEWAY_SOURCES", '[{"name": "a", "kind": "foo", "mapping": "cht"}]')
+    result = runner.invoke(app, ["config", "check", "--config", str(config)])
+    assert result.exit_code == 2
+    assert "sources.0.kind (GATEWAY_SOURCES)" in result.stderr
+    assert re.search(rf"{re.escape(str(config))}:\d", result.stderr) is None

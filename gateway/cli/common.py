@@ -89,6 +89,38 @@ def settings_from(config: Path | None, dev: bool = False, **overrides: Any) -> S
         fail(describe_validation_error(exc, config))
 
 
+def describe_validation_error(exc: ValidationError, config: Path | None) -> str:
+    """``file:line: search.max_count: reason`` when the file wrote the first bad value, else
+    ``store_url (GATEWAY_STORE_URL): …`` naming the setting; plus a count of the others."""
+    from gateway.settings import ConfigFileError, read_config_file, setting_error_in_file
+
+    errors = exc.errors(include_url=False, include_input=False)
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    if config is not None:
+        try:
+            located = setting_error_in_file(exc, config, read_config_file(config))
+        except ConfigFileError:
+            located = None
+        if located is not None:
+            return located + more
+    first = errors[0]
+    field = ".".join(str(p) for p in first.get("loc", ()))
+    # The variable of the top-level setting: a list (sources, destinations) is set whole.
+    env = "GATEWAY_" + "__".join(str(p).upper() for p in _env_path(first.get("loc", ())))
+    message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    where = f" in {config}" if config else ""
+    return f"invalid setting {field} ({env}){where}: {message}{more}"
+
+
+def _env_path(loc: Any) -> list[Any]:
+    path: list[Any] = []
+    for part in loc:
+        if isinstance(part, int):
+            break
+        path.append(part)
+    return path
+
+
 def where(settings: Settings) -> str:
     """Which configuration, store and queue a command used, for a note when it found nothing."""
     source = (
@@ -97,18 +129,6 @@ def where(settings: Settings) -> str:
         else "none (no --config, GATEWAY_CONFIG or ./gateway.yaml; `--dev` for the one `make run` uses)"
     )
     return f"configuration {source}; store {mask_url(settings.store_url)}; queue {mask_url(settings.queue_url)}"
-
-
-def describe_validation_error(exc: ValidationError, config: Path | None) -> str:
-    """``store_url (GATEWAY_STORE_URL): must start with …`` for the first problem, plus a count."""
-    errors = exc.errors(include_url=False, include_input=False)
-    first = errors[0]
-    field = ".".join(str(p) for p in first.get("loc", ()))
-    env = "GATEWAY_" + "__".join(str(p).upper() for p in first.get("loc", ()) if not isinstance(p, int))
-    message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
-    where = f" in {config}" if config else ""
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"invalid setting {field} ({env}){where}: {message}{more}"
 
 
 # A query parameter whose name holds one of these carries a credential (``password``,
