@@ -73,6 +73,9 @@ def pull(
         if name not in {s.name for s in runner.pulled_sources()}:
             pulled = ", ".join(s.name for s in runner.pulled_sources()) or "none is configured"
             fail(f"source {name!r} is not a pulled source (pulled sources: {pulled})")
+        kind = next(s.kind for s in runner.pulled_sources() if s.name == name)
+        if since is not None and (problem := _since_problem(kind, since)) is not None:
+            fail(f"--since {since!r}: {problem}")
         if restart:
             services.store.set_pull_cursor(name, None)
         with Progress(
@@ -96,3 +99,19 @@ def pull(
             typer.echo(f"  see `gateway quarantine list --source {name}`")
     finally:
         services.close_now()
+
+
+def _since_problem(kind: str, since: str) -> str | None:
+    """Why ``--since`` cannot start a pull of a source of ``kind`` (None when it can): a time for
+    the time-cursor sources (it becomes their filter, which a source would refuse or misread)."""
+    from datetime import datetime
+
+    if not since.strip():
+        return "give a time or a CHT sequence"
+    if kind == "cht-changes":  # CouchDB sequences are opaque strings
+        return None
+    try:
+        datetime.fromisoformat(since)
+    except ValueError:
+        return f"a source of kind {kind} starts at an ISO date or time, like 2026-01-31 or 2026-01-31T08:00:00Z"
+    return None

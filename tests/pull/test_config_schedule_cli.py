@@ -132,3 +132,24 @@ async def test_a_delivery_worker_process_pulls_on_its_schedule(
         stop.set()
         await worker
         store.close()
+
+
+def test_sources_pull_refuses_a_since_that_is_no_time_before_asking_the_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox: SourceSandbox, served: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = _config(tmp_path, served)
+    sandbox.odk.submit(ODK_PROJECT, ODK_FORM, odk_sample_rows()[0])
+    env = {"ODK_PASSWORD": "pull-secret"}
+    for since in ("yesterday", "2026-13-01", " "):
+        result = runner.invoke(app, ["sources", "pull", "odk", "-c", str(config), "--since", since], env=env)
+        assert result.exit_code == 2, (since, result.output)
+        assert result.stderr.startswith(f"gateway: --since {since!r}: "), result.stderr
+    store = open_store(f"sqlite:///{tmp_path}/gw.db")
+    try:
+        assert store.pull_cursor("odk") is None  # nothing was read, nothing saved
+    finally:
+        store.close()
+    since = "2020-01-01T00:00:00Z"
+    dated = runner.invoke(app, ["sources", "pull", "odk", "-c", str(config), "--since", since], env=env)
+    assert dated.exit_code == 0, dated.output
