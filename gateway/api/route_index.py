@@ -6,7 +6,9 @@ CPU under the CRUD mix). Here the routes are grouped by the number of segments o
 and its first segment after the prefix (a literal such as ``Subscription``, or a parameter
 such as ``{rtype}``); a request tries, in the original order, only the routes of its own
 group. The first full match wins, as in Starlette, and a path that matched only by its
-shape (wrong method) answers as that route does (405).
+shape (wrong method) answers as that route does (405). A route whose parameter would take an
+operation name (``{rid}`` taking ``$match``) does not match: no type, id or version starts with
+``$``, so ``GET /fhir/Patient/$match`` is 405 (the operation takes POST), not a read.
 """
 
 from __future__ import annotations
@@ -35,9 +37,15 @@ def _shape(path: str, prefix: str) -> tuple[int, str] | None:
     return rest.count("/"), first
 
 
+def _operation_as_parameter(child: Scope) -> bool:
+    """Whether a route took an operation name (``$match``, ``$export``) as a type, id or version:
+    none of those may start with ``$``, so the path is another route's, or none."""
+    return any(isinstance(value, str) and value.startswith("$") for value in child.get("path_params", {}).values())
+
+
 def _reserved(child: Scope) -> bool:
-    """Whether a path parameter holds a word of the API's own (``_history``, ``$export``)."""
-    return any(str(value)[:1] in ("_", "$") for value in child.get("path_params", {}).values())
+    """Whether a path parameter holds a word of the API's own (``_history``, ``_search``)."""
+    return any(str(value)[:1] in "_" for value in child.get("path_params", {}).values())
 
 
 class IndexedRoutes(BaseRoute):
@@ -80,7 +88,7 @@ class IndexedRoutes(BaseRoute):
         if scope["type"] != "http":
             return Match.NONE, {}
         # Two passes in one: routes whose parameters took a word of the API's own (`_history`,
-        # `$export`: ids never start with _ or $) count only when no other route has the path.
+        # `_search`: ids never start with _) count only when no other route has the path.
         # So PUT /fhir/Patient/_history is 405 (that URL takes GET), not PUT's "bad id".
         full: dict[bool, tuple[Route, Scope]] = {}
         partial: dict[bool, tuple[Route, Scope]] = {}
@@ -89,6 +97,8 @@ class IndexedRoutes(BaseRoute):
             match, child = route.matches(scope)
             if match is Match.NONE:
                 continue
+            if _operation_as_parameter(child):
+                continue  # GET /fhir/Patient/$match is not a read of id "$match": 405 (or 404), not 400
             weak = _reserved(child)
             if match is Match.FULL:
                 if not weak:

@@ -32,12 +32,13 @@ def _shape(path: str) -> tuple[int, str]:
 def _linear(routes: list[Route], scope: dict[str, Any]) -> tuple[Match, Route | None]:
     """Starlette's rule: the first full match, else the first partial one; but a path whose first
     segment is one of the server's own words (``metadata``, ``_history``: a literal route at that
-    depth, not a resource type's capital) is never taken by a ``{rtype}`` route."""
+    depth, not a resource type's capital) is never taken by a ``{rtype}`` route, and no parameter
+    takes an operation name (``$match``)."""
     depth, first = _shape(scope["path"]) if scope["path"].startswith("/fhir/") else (-1, "")
     reserved = not first[:1].isupper() and any(
         _shape(r.path_format) == (depth, first) for r in routes if r.path_format.startswith("/fhir/")
     )
-    # Routes whose parameters took one of the server's words (ids never start with _ or $) count
+    # Routes whose parameters took one of the server's words (ids never start with _) count
     # only when no other route has the path: PUT /fhir/Patient/_history is 405, not a bad id.
     strong: list[tuple[Match, Route]] = []
     weak: list[tuple[Match, Route]] = []
@@ -46,7 +47,9 @@ def _linear(routes: list[Route], scope: dict[str, Any]) -> tuple[Match, Route | 
             continue
         match, child = route.matches(scope)
         if match is not Match.NONE:
-            words = any(str(v)[:1] in "_$" for v in child.get("path_params", {}).values())
+            if any(str(value).startswith("$") for value in child.get("path_params", {}).values()):
+                continue  # an operation name is no type, id or version
+            words = any(str(v)[:1] == "_" for v in child.get("path_params", {}).values())
             (weak if words else strong).append((match, route))
     for found in (strong, weak):
         for match, route in found:
@@ -138,3 +141,16 @@ async def test_the_servers_own_paths_are_405_for_other_methods_not_taken_as_a_ty
     assert (await client.get("/fhir/metadata")).status_code == 200
     created = await client.post("/fhir/Patient", json={"resourceType": "Patient"})  # {rtype} still takes types
     assert created.status_code == 201, created.text
+
+
+async def test_an_operation_url_is_not_read_as_an_id(fhir_routes: IndexedRoutes, api: ApiHarness) -> None:
+    """GET /fhir/Patient/$match is 405 naming POST (not a read of id "$match" answering 400)."""
+    client = api.client
+    for method, path, allowed in [("GET", "/fhir/Patient/$match", {"POST"}),
+                                  ("DELETE", "/fhir/Patient/$export", {"GET", "HEAD", "POST"}),
+                                  ("PUT", "/fhir/Subscription/$status", {"GET", "HEAD"})]:  # fmt: skip
+        response = await client.request(method, path)
+        assert response.status_code == 405, (method, path, response.text)
+        assert set(response.headers["allow"].split(", ")) == allowed, (method, path)
+    unknown = await client.get("/fhir/Patient/$nope")
+    assert unknown.status_code == 404 and unknown.json()["resourceType"] == "OperationOutcome"
