@@ -249,7 +249,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         errors = exc.errors()
         where = [".".join(str(p) for p in e.get("loc", ())) for e in errors[:5]]
-        return fhir_response(operation_outcome("invalid", "the request is malformed", expression=where), status=400)
+        # Each field with pydantic's reason ("Input should be 'held', 'replayed', …"): its messages
+        # describe what is expected, never quote the value sent.
+        reasons = "; ".join(f"{at}: {e.get('msg', 'invalid')}" for at, e in zip(where, errors, strict=False))
+        detail = f"the request is malformed: {reasons}" if reasons else "the request is malformed"
+        return fhir_response(operation_outcome("invalid", detail, expression=where), status=400)
 
     async def unexpected(request: Request, exc: Exception) -> Response:
         # The type and the stack, not the message: messages can carry request data.
