@@ -32,3 +32,22 @@ def test_a_stopped_gateway_exits_0_and_checkpoints_its_store(tmp_path: Path, sto
     assert server.returncode == 0, stderr[-2000:]
     wal = tmp_path / "store.db-wal"
     assert not wal.exists() or wal.stat().st_size == 0
+
+
+def test_a_taken_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    """Not after the delivery worker and the scheduler started (uvicorn binds last), with exit 3."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "GATEWAY_STORE_URL": f"sqlite:///{tmp_path}/store.db",
+               "GATEWAY_QUEUE_URL": f"sqlite:///{tmp_path}/queue.db", "GATEWAY_PORT": str(port)}  # fmt: skip
+        env.pop("GATEWAY_CONFIG", None)
+        done = subprocess.run([sys.executable, "-m", "gateway", "serve"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"gateway: cannot listen on 127.0.0.1:{port}: " in done.stderr
+    assert "another process listens there" in done.stderr
+    assert "delivery worker" not in done.stderr and "Traceback" not in done.stderr
