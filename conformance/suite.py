@@ -416,6 +416,19 @@ def _capabilities(fhir: _Fhir, report: SuiteReport) -> dict[str, Any]:
     return capability
 
 
+def _check_token(fhir: _Fhir, rtypes: list[str]) -> None:
+    """Stop at once when the server refuses the token (401): every check would fail the same way."""
+    if not rtypes:
+        return
+    url = f"/{rtypes[0]}"
+    try:
+        response = fhir.http.request("GET", url, params={"_count": "1"})
+    except httpx.HTTPError:
+        return  # the checks report transport errors one by one
+    if response.status_code == 401:
+        raise SuiteError(f"the server refused the token (401 to GET {url}): check --token")
+
+
 def run_suite(
     base_url: str,
     token: str,
@@ -438,6 +451,7 @@ def run_suite(
         rest = next(r for r in capability["rest"] if r.get("mode") == "server")
         patch_json = "application/json-patch+json" in capability.get("patchFormat", [])
         advertised = {entry.get("type"): entry for entry in rest.get("resource", [])}
+        _check_token(fhir, sorted(t for t in advertised if isinstance(t, str) and (types is None or t in types)))
         for rtype, entry in sorted(advertised.items()):
             if types is not None and rtype not in types:
                 continue

@@ -178,6 +178,16 @@ def test_an_unreachable_server_cannot_be_checked() -> None:
         assert main(f"http://127.0.0.1:{port}/fhir", "token", console=Console(record=True)) == 2
 
 
+def test_a_refused_token_stops_the_suite_at_once(tmp_path: Path) -> None:
+    """Not hundreds of checks failing "expected 201, got 401", with exit 1."""
+    gateway = build_gateway(tmp_path)
+    with LiveServer(gateway.app) as server:
+        with pytest.raises(SuiteError, match=r"refused the token \(401 to GET /Patient\): check --token"):
+            run_suite(f"{server.url}/fhir", "not-a-token", types={"Patient"})
+        assert main(f"{server.url}/fhir", "not-a-token", console=Console(record=True), types={"Patient"}) == 2
+        assert run_suite(f"{server.url}/fhir", gateway.token, types={"Patient"}).ok
+
+
 CHW_TYPES = {
     "CarePlan",
     "Condition",
