@@ -436,6 +436,6 @@ async def test_a_download_is_checked_against_the_clients_grant_now(api: ApiHarne
     assert refused.status_code == 403 and "Patient" in refused.text
     assert (await owner.get(urls["Patient"])).status_code == 200
     api.store.set_client_policy("exporter", {"organizations": ["Organization/org-a"]})
-    api.app.state.ctx.auth.forget()  # as `gateway clients set-policy` is seen within a second
+    api.app.state.ctx.auth.forget()  # type: ignore[attr-defined]  # set-policy is seen within a second
     changed = await owner.get(urls["Patient"])
     assert changed.status_code == 403 and "policy changed" in changed.text
