@@ -284,3 +284,25 @@ async def test_an_edited_and_then_deleted_cht_report_takes_back_what_dhis2_recei
     await settle(service, api)
     assert (await dhis2_event(sandbox, event_uid)).status_code == 404
     assert await service.admin.dead_letters(DeadLetterFilter(destination="dhis2")) == []
+
+
+async def test_a_report_restored_after_its_deletion_reaches_dhis2_again(
+    api: ApiHarness, service_for: Any, sandbox: SandboxServer, demo: Demo, tmp_path: Path
+) -> None:
+    """Deleted at the source (its event deleted in DHIS2), then written again under the same id:
+    DHIS2 never reuses a deleted UID, so the visit comes back as an event of a new UID."""
+    service, visit, event_uid = await _one_visit_delivered(api, service_for, sandbox, tmp_path)
+    report = cht.assessment(1)
+    await ingest(api, [{"_id": report["_id"], "_rev": "3-x", "_deleted": True}])
+    await settle(service, api)
+    assert (await dhis2_event(sandbox, event_uid)).status_code == 404
+
+    await ingest(api, [{**report, "_rev": "4-y"}])  # the document written again (restored)
+    await settle(service, api)
+    async with httpx.AsyncClient(base_url=sandbox.base_url, headers=AUTH) as dhis2:
+        events = (await dhis2.get("/api/tracker/events")).json()["events"]
+    (event,) = events
+    assert event["event"] != event_uid and _values(event)[demo.de("CHW_MUAC_CM")] == "11.2"
+    assert await service.admin.dead_letters(DeadLetterFilter(destination="dhis2")) == []
+    encounter = (await api.client.get(f"/fhir/Encounter/{visit['id']}")).json()
+    assert event["event"] in str(encounter.get("identifier"))  # the new UID written back

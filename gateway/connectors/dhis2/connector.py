@@ -148,6 +148,9 @@ _WRITTEN_BACK = frozenset({"Patient", "EpisodeOfCare", "Encounter"})  # resource
 # "Does not exist" and "already deleted": a delete DHIS2 answers so with has nothing left to do.
 _GONE = frozenset({"E1032", "E1081", "E1063", "E1082", "E1113", "E1114"})
 _DELETE = "delete"  # TrackerPlan.note of a plan sent with importStrategy=DELETE
+# "Is already deleted and cannot be modified": DHIS2 keeps deleted UIDs for ever, so the object
+# (restored at its source since) needs the next generation of its UID (TrackerTransformer.uid).
+_DELETED_BEFORE = frozenset({"E1082", "E1113", "E1114"})
 # A parent DHIS2 does not have (deleted or never stored there, whatever the digests say): the
 # digests of objects left out as unchanged are forgotten, so the next attempt sends them again.
 _PARENT_MISSING = frozenset({"E1063", "E1068", "E1081", "E1113", "E1114", "E1033"})
@@ -542,12 +545,19 @@ class Dhis2Connector:
             answers.append((answer[0], sent, answer[1]))
         report = _combined([r for r, _, _ in answers])
         _, sent, answered = next(((r, q, a) for r, q, a in answers if r.errors), answers[-1])
+        reborn = await self._reborn(report, to_send, strategy)
         done = set(report.accepted)
-        if strategy == "DELETE":  # gone already: nothing left to delete
+        if strategy == "DELETE":  # gone already: nothing left to delete (unless a newer generation is)
             done |= {(e.tracker_type, e.uid) for e in report.errors if e.code in _GONE}
+            done -= reborn
         evidence = _Evidence(report, frozenset(unchanged), frozenset(done), sent, answered)
         for item in items:
-            item.outcome = self._tracker_outcome(item, evidence, merged)
+            assert item.plan is not None
+            if reborn.intersection((obj.tracker_type, obj.uid) for obj in item.plan.objects):
+                # Planned again with the UIDs' next generation (a short wait: nothing is wrong).
+                item.outcome = Retry(delay=None, reason="dhis2_uid_reborn", link_ok=True)
+            else:
+                item.outcome = self._tracker_outcome(item, evidence, merged)
         # Only what DHIS2 reported accepted gets a digest (a deleted object loses its own).
         recorded: dict[str, str | None] = {
             _name(key): (None if strategy == "DELETE" else digests[key]) for key in to_send if key in done
@@ -604,6 +614,52 @@ class Dhis2Connector:
         if isinstance(outcome, Permanent):
             outcome = dataclasses.replace(outcome, request=sent, response=record_response(response))
         return outcome
+
+    async def _reborn(
+        self, report: TrackerReport, sent: dict[tuple[str, str], PlannedObject], strategy: str
+    ) -> set[tuple[str, str]]:
+        """The objects sent that DHIS2 had deleted before (E1082/E1113/E1114) and must be planned
+        again in another generation of their UID: a write takes the next one (recorded for every
+        process, under ``generation:<kind>:<seed>`` in the digest store), a delete one another
+        process took since (this one had not heard of it). Restored records reach DHIS2 again."""
+        if self._tracker is None:
+            return set()
+        deleted = dict.fromkeys((e.tracker_type, e.uid) for e in report.errors if e.code in _DELETED_BEFORE)
+        hits = [key for key in deleted if key in sent and sent[key].seed]
+        if not hits:
+            return set()
+        names = {key: f"generation:{key[0]}:{sent[key].seed}" for key in hits}
+        known = await self._stored_values(list(names.values()))
+        changed: set[tuple[str, str]] = set()
+        updates: dict[str, str | None] = {}
+        for key, name in names.items():
+            kind, seed = key[0], sent[key].seed
+            used = self._tracker.generation_of(kind, seed, key[1])
+            if used is None:
+                continue  # planned before a generation this process adopted since: planned again anyway
+            stored = int(known[name]) if known.get(name, "").isdigit() else 0
+            if strategy == "DELETE":
+                if stored <= used:
+                    continue  # deleted already, and no newer generation exists: done
+                chosen = stored
+            else:
+                chosen = max(stored, used + 1)
+                updates[name] = str(chosen)
+            self._tracker.adopt(kind, seed, chosen)
+            changed.add(key)
+            logger.info("dhis2 %s deleted before: planned again in generation %d", kind, chosen)
+        await self._record(updates)
+        return changed
+
+    async def _stored_values(self, names: list[str]) -> dict[str, str]:
+        """Values kept in the digest store under ``names`` (none if the queue cannot say)."""
+        if self.digests is None or not names:
+            return {}
+        try:
+            return await self.digests.accepted_digests(self.destination, names)
+        except Exception as exc:  # the queue is busy or down: this process's generations stand
+            logger.warning("dhis2 UID generations unavailable (%s)", type(exc).__name__)
+            return {}
 
     async def _accepted(self, keys: list[tuple[str, str]]) -> dict[str, str]:
         """Digests of objects as DHIS2 last accepted them (none known if the queue cannot say)."""

@@ -21,8 +21,11 @@ its person's registration) would otherwise be refused.
 
 UIDs are derived from FHIR identity (``uids.derive_uid``): the tracked entity from the
 Patient, the enrollment from the EpisodeOfCare or else from (Patient, program), the event
-from the Encounter. Values are converted and checked as DHIS2 checks them before anything
-is sent; a value DHIS2 would refuse raises ``Dhis2MappingError`` with DHIS2's error code.
+from the Encounter. DHIS2 never lets a deleted UID be used again, so an object whose earlier
+UID DHIS2 deleted (a record restored at its source after its deletion reached DHIS2) takes the
+next *generation* of that UID (``TrackerTransformer.uid``; the connector keeps generations).
+Values are converted and checked as DHIS2 checks them before anything is sent; a value DHIS2
+would refuse raises ``Dhis2MappingError`` with DHIS2's error code.
 
 Org units come from the Location/Organization references the mapping names. When none
 resolves, a reference to a place that is not stored yet raises ``Dhis2PendingError``
@@ -104,6 +107,7 @@ class PlannedObject:
     payload: JsonObject
     origin: str  # FHIR reference, e.g. "Encounter/abc"
     value_origins: tuple[tuple[str, str], ...] = ()  # (data element, FHIR reference of its value)
+    seed: str = ""  # what its UID is derived from (with its generation, see TrackerTransformer.uid)
 
     def origin_of(self, data_element: str | None = None, value: str | None = None) -> str:
         """The FHIR resource behind one data value (by element, or by value), else the object's."""
@@ -199,8 +203,35 @@ class TrackerTransformer:
         self.mapping = mapping
         self.namespace = namespace
         self.per_person = per_person  # one tracked entity per golden record (``person``), not per Patient
+        # (kind, seed) -> generation of its UID, above 0 once DHIS2 deleted an earlier one (see ``uid``).
+        self.generations: dict[tuple[str, str], int] = {}
         # The jobs of one visit plan the same objects: reuse the plan while its reads answer the same.
         self._plans = None if _reads_clock(mapping) else PlanCache()
+
+    def uid(self, kind: str, seed: str) -> str:
+        """The UID of the ``kind`` object derived from ``seed``, in its current generation: DHIS2
+        keeps deleted UIDs for ever (E1082/E1113/E1114), so one restored after a deletion needs a
+        new UID, derived from the same seed and the generation."""
+        generation = self.generations.get((kind, seed), 0)
+        return derive_uid(self.namespace, kind, seed if generation == 0 else f"{seed}#{generation}")
+
+    def generation(self, kind: str, seed: str) -> int:
+        """The generation the next plan gives the UID of ``(kind, seed)``."""
+        return self.generations.get((kind, seed), 0)
+
+    def generation_of(self, kind: str, seed: str, uid: str) -> int | None:
+        """Which generation of ``(kind, seed)`` ``uid`` is (None: none up to the current one)."""
+        for generation in range(self.generation(kind, seed), -1, -1):
+            if derive_uid(self.namespace, kind, seed if generation == 0 else f"{seed}#{generation}") == uid:
+                return generation
+        return None
+
+    def adopt(self, kind: str, seed: str, generation: int) -> None:
+        """Plan ``(kind, seed)`` in ``generation`` from now on (cached plans hold older UIDs: dropped)."""
+        if self.generations.get((kind, seed), 0) != generation:
+            self.generations[(kind, seed)] = generation
+            if self._plans is not None:
+                self._plans = PlanCache()
 
     def _person(self, patient: JsonObject, source: ResourceSource) -> tuple[str, JsonObject]:
         """The reference the tracked entity is derived from, and the Patient its values come from."""
@@ -254,8 +285,8 @@ class TrackerTransformer:
     def visit_deletes(self, encounter_id: str, last: JsonObject, source: ResourceSource) -> TrackerPlan:
         """An Encounter voided or deleted: its event, and its person too if nothing else of theirs remains."""
         ref = f"Encounter/{encounter_id}"
-        ev = derive_uid(self.namespace, "EVENT", ref)
-        objects = [PlannedObject("EVENT", ev, {"event": ev}, ref)]
+        ev = self.uid("EVENT", ref)
+        objects = [PlannedObject("EVENT", ev, {"event": ev}, ref, seed=ref)]
         patient_ref = reference_of(last.get("subject"))
         if patient_ref is not None and patient_ref.startswith("Patient/"):
             patient_id = patient_ref.partition("/")[2]
@@ -282,8 +313,8 @@ class TrackerTransformer:
             return TrackerPlan.skip(
                 f"{len(remaining)} visits of the deleted {ref}'s patient remain: its enrollment stays"
             )
-        uid = derive_uid(self.namespace, "ENROLLMENT", ref)
-        enrollment = PlannedObject("ENROLLMENT", uid, {"enrollment": uid}, ref)
+        uid = self.uid("ENROLLMENT", ref)
+        enrollment = PlannedObject("ENROLLMENT", uid, {"enrollment": uid}, ref, seed=ref)
         return TrackerPlan((enrollment,), ("ENROLLMENT", uid), note="delete")
 
     def person_deletes(self, patient_id: str, source: ResourceSource, *, leaving: str | None = None) -> TrackerPlan:
@@ -302,15 +333,15 @@ class TrackerTransformer:
             return TrackerPlan.skip(
                 f"{len(remaining)} visits of the deleted {ref} remain: its tracked entity stays until they go"
             )
-        te = derive_uid(self.namespace, "TRACKED_ENTITY", ref)
+        te = self.uid("TRACKED_ENTITY", ref)
         origins = [f"{ref}|{self.mapping.program}"] + [
             f"EpisodeOfCare/{episode['id']}" for episode in source.find("EpisodeOfCare", "patient", ref)
         ]
+        seeds = {self.uid("ENROLLMENT", origin): origin for origin in origins}
         objects = [
-            PlannedObject("ENROLLMENT", uid, {"enrollment": uid}, ref)
-            for uid in dict.fromkeys(derive_uid(self.namespace, "ENROLLMENT", origin) for origin in origins)
+            PlannedObject("ENROLLMENT", uid, {"enrollment": uid}, ref, seed=origin) for uid, origin in seeds.items()
         ]
-        objects.append(PlannedObject("TRACKED_ENTITY", te, {"trackedEntity": te}, ref))
+        objects.append(PlannedObject("TRACKED_ENTITY", te, {"trackedEntity": te}, ref, seed=ref))
         return TrackerPlan(tuple(objects), ("TRACKED_ENTITY", te), note="delete")
 
     # -- plans
@@ -417,14 +448,14 @@ class TrackerTransformer:
                 continue
             text = self._convert(value, rule.value_type, rule.option_codes, "E1007", rule.uid, ref)
             attributes.append({"attribute": rule.uid, "value": text})
-        uid = derive_uid(self.namespace, "TRACKED_ENTITY", ref)
+        uid = self.uid("TRACKED_ENTITY", ref)
         payload = {
             "trackedEntity": uid,
             "trackedEntityType": self.mapping.tracked_entity_type,
             "orgUnit": org_unit,
             "attributes": attributes,
         }
-        return PlannedObject("TRACKED_ENTITY", uid, payload, ref)
+        return PlannedObject("TRACKED_ENTITY", uid, payload, ref, seed=ref)
 
     def _episode_for(
         self, encounter: JsonObject, patient: JsonObject, source: ResourceSource
@@ -461,14 +492,16 @@ class TrackerTransformer:
     ) -> PlannedObject:
         if episode is not None:
             origin = f"EpisodeOfCare/{episode['id']}"
-            uid = derive_uid(self.namespace, "ENROLLMENT", origin)
+            seed = origin
+            uid = self.uid("ENROLLMENT", seed)
             enrolled_at = _instant(_first(self.mapping.enrolled_at, episode, origin))
             status = self.mapping.enrollment_status.get(str(episode.get("status")), "ACTIVE")
         else:
             # Without an EpisodeOfCare the enrollment belongs to (Patient, program): the same
             # UID whichever visit is delivered first, dated by the earliest stored visit.
             origin = te.origin  # the person's: every record of one person enrolls once
-            uid = derive_uid(self.namespace, "ENROLLMENT", f"{origin}|{self.mapping.program}")
+            seed = f"{origin}|{self.mapping.program}"
+            uid = self.uid("ENROLLMENT", seed)
             enrolled_at = _instant(((first_visit or {}).get("period") or {}).get("start"))
             status = "ACTIVE"
         if enrolled_at is None:
@@ -489,7 +522,7 @@ class TrackerTransformer:
             "status": status,
             "attributes": program_values,
         }
-        return PlannedObject("ENROLLMENT", uid, payload, origin)
+        return PlannedObject("ENROLLMENT", uid, payload, origin, seed=seed)
 
     def event(
         self,
@@ -512,7 +545,7 @@ class TrackerTransformer:
             value, origin = self._data_value(rule, encounter, source, ref, related)
             values.append(value)
             origins.append((rule.uid, origin))
-        uid = derive_uid(self.namespace, "EVENT", ref)
+        uid = self.uid("EVENT", ref)
         payload = {
             "event": uid,
             "program": self.mapping.program,
@@ -524,7 +557,7 @@ class TrackerTransformer:
             "status": stage.status.get(str(encounter.get("status")), "ACTIVE"),
             "dataValues": values,
         }
-        return PlannedObject("EVENT", uid, payload, ref, tuple(origins))
+        return PlannedObject("EVENT", uid, payload, ref, tuple(origins), seed=ref)
 
     def _candidates(
         self,
