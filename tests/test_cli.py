@@ -387,3 +387,33 @@ def test_a_bad_value_from_the_environment_names_its_variable_not_the_file(
     assert result.exit_code == 2
     assert "sources.0.kind (GATEWAY_SOURCES)" in result.stderr
     assert re.search(rf"{re.escape(str(config))}:\d", result.stderr) is None
+
+
+def test_config_check_refuses_secrets_it_cannot_read(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A missing secret passed the check, then `gateway worker` refused to start and pulls failed."""
+    config = env / "secrets.yaml"
+    config.write_text(
+        "destinations:\n"
+        "  - name: shr\n"
+        "    kind: fhir\n"
+        "    base_url: https://shr.example.org/fhir\n"
+        "    auth: {type: bearer, secret_file: /run/secrets/nope}\n"
+        "  - name: emr\n"
+        "    kind: fhir\n"
+        "    base_url: https://emr.example.org/fhir\n"
+        "    auth: {type: bearer, secret_env: EMR_TOKEN}\n"
+    )
+    monkeypatch.delenv("EMR_TOKEN", raising=False)
+    result = runner.invoke(app, ["config", "check", "--config", str(config)])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith(f"{config}:5: destinations[0].auth: cannot read secret file /run/secrets/nope")
+    assert lines[1].startswith(f"{config}:9: destinations[1].auth: environment variable EMR_TOKEN is not set")
+    assert "2 problem(s)" in result.stderr and "(destination emr)" in lines[1]
+    secret = env / "shr.token"
+    secret.write_text("s3cret\n")
+    config.write_text(config.read_text().replace("/run/secrets/nope", str(secret)))
+    monkeypatch.setenv("EMR_TOKEN", "t0ken")
+    ok = runner.invoke(app, ["config", "check", "--config", str(config)])
+    assert ok.exit_code == 0, ok.output
+    assert "s3cret" not in ok.output and "t0ken" not in ok.output

@@ -4,15 +4,19 @@ configuration names, as the running gateway would read them.
 * every source's mapping set compiles from ``mappings_dir`` (YAML, schema, FHIRPath, the static
   checks) and exists: what ``gateway serve`` and a reload would refuse;
 * every DHIS2 destination's mapping files (``options.mapping``, ``options.aggregate_mapping``,
-  ``options.report.measure``) exist: a missing one would only fail the first delivery.
+  ``options.report.measure``) exist: a missing one would only fail the first delivery;
+* every secret a destination's or a pulled source's ``auth`` names can be read (the environment
+  variable is set, the file exists and is not empty): ``gateway worker`` and the pulls would
+  refuse to start or fail on their first request.
 
 Each problem is ``file:line: where: reason``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from gateway.settings import Settings
@@ -20,15 +24,51 @@ if TYPE_CHECKING:
 __all__ = ["config_problems"]
 
 
-def config_problems(settings: Settings) -> list[str]:
-    """Every problem of the files ``settings`` name (empty when they are all there and compile)."""
+def config_problems(settings: Settings, environ: Mapping[str, str] | None = None) -> list[str]:
+    """Every problem of the files and secrets ``settings`` name (empty when they are all there,
+    readable and compile); ``environ`` holds the secrets' variables (None: secrets not checked)."""
     from gateway.ingest import compile_config
     from gateway.reload import source_locator
 
     path = settings.config_file
     locate = source_locator(path) if path is not None else None
     _, issues = compile_config(settings.mappings_dir, settings.sources, locate=locate)
-    return [str(issue) for issue in issues] + _missing_destination_files(settings)
+    problems = [str(issue) for issue in issues] + _missing_destination_files(settings)
+    if environ is not None:
+        problems += _unreadable_secrets(settings, environ)
+    return problems
+
+
+def _unreadable_secrets(settings: Settings, environ: Mapping[str, str]) -> list[str]:
+    from gateway.connectors import AuthConfig, DeliveryConfigError, resolve_credentials
+    from gateway.mapping import YamlSyntaxError, format_path, read_yaml
+
+    doc = None
+    if settings.config_file is not None:
+        try:
+            doc = read_yaml(settings.config_file)
+        except YamlSyntaxError:
+            doc = None
+    named: list[tuple[str, tuple[str | int, ...], str, Any]] = [
+        ("destinations", ("destinations", i, "auth"), f"destination {d.name}", d.auth)
+        for i, d in enumerate(settings.destinations)
+    ]
+    for i, source in enumerate(settings.sources):
+        auth = (source.pull or {}).get("auth")
+        if auth is not None:
+            named.append(("sources", ("sources", i, "pull", "auth"), f"source {source.name}", auth))
+    problems: list[str] = []
+    for section, loc, who, auth in named:
+        if auth is None:
+            continue
+        try:
+            resolve_credentials(auth if isinstance(auth, AuthConfig) else AuthConfig.model_validate(auth), environ)
+        except (DeliveryConfigError, ValueError) as exc:
+            at = f"GATEWAY_{section.upper()}"
+            if doc is not None and isinstance(doc.data, dict) and section in doc.data:
+                at = f"{settings.config_file}:{doc.line_of(doc.data_path(loc))}"
+            problems.append(f"{at}: {format_path(loc)}: {exc} ({who})")
+    return problems
 
 
 def _missing_destination_files(settings: Settings) -> list[str]:

@@ -413,7 +413,7 @@ def config_check(config: ConfigOption = None, dev: DevOption = False) -> None:
     from gateway.cli.config_checks import config_problems
 
     settings = settings_from(config, dev)
-    problems = config_problems(settings)
+    problems = config_problems(settings, os.environ)
     if problems:
         for problem in problems:
             typer.echo(problem, err=True)
