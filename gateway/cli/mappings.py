@@ -40,6 +40,9 @@ SetsArgument = Annotated[
 def _load(root: Path) -> LoadedMappings:
     from gateway.mapping import load_mappings
 
+    if not root.is_dir():  # a usage error (a wrong --dir, or run outside the checkout), not a bad mapping
+        typer.echo(f"{root}: mappings folder not found (give it with --dir)", err=True)
+        raise typer.Exit(2)
     loaded = load_mappings(root)
     if loaded.issues:
         for issue in loaded.issues:

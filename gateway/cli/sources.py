@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from gateway.cli.common import ConfigOption, DevOption, console, fail, settings_from
+from gateway.cli.common import ConfigOption, DevOption, console, fail, settings_from, where
 from gateway.errors import exit_code_for
 
 __all__ = ["sources_app"]
@@ -72,6 +72,8 @@ def pull(
         assert runner is not None
         if name not in {s.name for s in runner.pulled_sources()}:
             pulled = ", ".join(s.name for s in runner.pulled_sources()) or "none is configured"
+            if name not in {s.name for s in settings.sources}:
+                fail(f"no source named {name!r} in {where(settings)} (pulled sources: {pulled})")
             fail(f"source {name!r} is not a pulled source (pulled sources: {pulled})")
         kind = next(s.kind for s in runner.pulled_sources() if s.name == name)
         if since is not None and (problem := _since_problem(kind, since)) is not None:

@@ -216,3 +216,15 @@ def test_a_missing_key_and_a_bad_rule_name_say_what_is_wrong(mappings_dir) -> No
     (bad_name,) = [issue for issue in issues if "Body_Weight" in issue]
     assert "must be lower case letters, digits and _ (starting with a letter)" in bad_name
     assert f":{_line_of(text, 'Body_Weight')}:" in bad_name
+
+
+def test_the_cli_calls_a_missing_mappings_folder_a_usage_error(tmp_path: Path) -> None:
+    """Exit 2 (how it was called), not 1 (problems found in the mappings)."""
+    from typer.testing import CliRunner
+
+    from gateway.cli import app
+
+    for command in (["mappings", "validate"], ["mappings", "test"], ["mappings", "run", "cht", "x.json"]):
+        result = CliRunner().invoke(app, [*command, "--dir", str(tmp_path / "nope")])
+        assert result.exit_code == 2, (command, result.output)
+        assert "mappings folder not found" in result.stderr
