@@ -417,3 +417,12 @@ def test_config_check_refuses_secrets_it_cannot_read(env: Path, monkeypatch: pyt
     ok = runner.invoke(app, ["config", "check", "--config", str(config)])
     assert ok.exit_code == 0, ok.output
     assert "s3cret" not in ok.output and "t0ken" not in ok.output
+
+
+def test_clients_create_of_an_existing_client_says_what_it_replaces(env: Path) -> None:
+    first = runner.invoke(app, ["clients", "create", "lab", "--scope", "system/Observation.rs", "--expires", "90d"])
+    assert first.exit_code == 0 and "created client lab" in first.stdout and first.stderr == ""
+    again = runner.invoke(app, ["clients", "create", "lab", "--scope", "system/Observation.rs"])
+    assert again.exit_code == 0 and "re-keyed client lab" in again.stdout
+    assert "its old token stops working" in again.stderr and "clients rotate" in again.stderr
+    assert _client(env, first.stdout.strip().splitlines()[-1]) is None  # the old token is gone

@@ -241,8 +241,14 @@ def clients_create(
     keys = key_set_from(jwks, jwks_url)
     settings = settings_from(config, dev)
     with Services.build(settings, ServicePlan(ingest=False)) as services:
+        before = services.store.client_by_name(name)
         token = _create_client(services.store, name, scope, until, keys)
-    typer.echo(f"created client {name} with scopes {' '.join(scope)} in store {mask_url(settings.store_url)}"
+    if before is not None:
+        # Said out loud: the old token, scopes and expiry are gone (`clients rotate` keeps them but the token).
+        typer.echo(f"client {name} existed: its old token stops working, and its scopes and expiry are now"
+                   " these (`gateway clients rotate` gives a new token and keeps the rest)", err=True)
+    verb = "re-keyed" if before is not None else "created"
+    typer.echo(f"{verb} client {name} with scopes {' '.join(scope)} in store {mask_url(settings.store_url)}"
                f" ({settings.config_file or 'no configuration file'}); the token is shown only now:")
     typer.echo(token)
 
@@ -311,7 +317,7 @@ def clients_rotate(
 
 @clients_app.command("list")
 def clients_list(config: ConfigOption = None, dev: DevOption = False) -> None:
-    """List clients: name, scopes, created, expires, state, last use and SMART keys (never tokens)."""
+    """List clients: name, scopes, created, expires, state, last use, SMART keys and policy (never tokens)."""
     from gateway.services import ServicePlan, Services
 
     def stamp(when: datetime | None) -> str:

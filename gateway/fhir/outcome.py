@@ -37,3 +37,14 @@ def outcome_of(issues: list[dict[str, Any]]) -> dict[str, Any]:
 def informational(diagnostics: str) -> dict[str, Any]:
     """An OperationOutcome reporting success."""
     return operation_outcome("informational", diagnostics, severity="information")
+
+
+def within(where: str, path: str) -> str:
+    """A FHIRPath ``path`` rooted at a resource's type (``Patient.gender``) placed at ``where``
+    (``Bundle.entry[0].resource.``), where the type is a filter: ``….resource.ofType(Patient).gender``."""
+    if not where:
+        return path
+    head, dot, rest = path.partition(".")
+    if head[:1].isupper() and head.isalnum():
+        return f"{where}ofType({head})" + (f".{rest}" if dot else "")
+    return where + path

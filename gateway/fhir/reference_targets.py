@@ -32,7 +32,7 @@ from functools import cache
 from typing import Any
 
 from gateway.errors import FhirError
-from gateway.fhir.outcome import issue
+from gateway.fhir.outcome import issue, within
 from gateway.r4 import RESOURCE_TYPES, load_table
 
 __all__ = ["ReferenceSite", "check_reference_sites", "check_reference_targets", "reference_sites", "reference_type"]
@@ -141,7 +141,7 @@ class _Checker:
                     issue(
                         "invalid",
                         f"{at}: a reference to a {found} is not allowed here; R4 allows " + ", ".join(sorted(allowed)),
-                        expression=[self.where + at],
+                        expression=[within(self.where, at)],
                     )
                 )
                 return

@@ -193,7 +193,8 @@ class StrictChecker:
             what = "missing resourceType" if rtype is None else "unknown resourceType"
             issues.append(StrictIssue(f"{path}.resourceType" if path else "resourceType", "structure", what))
             return
-        self._object(value, self._types[rtype], f"{path}.{rtype}" if path else rtype, issues)
+        # A resource inside another (a Bundle entry's, a contained one): FHIRPath filters it by type.
+        self._object(value, self._types[rtype], f"{path}.ofType({rtype})" if path else rtype, issues)
 
     def _object(self, obj: dict[str, Any], rtype: ComplexType, path: str, issues: list[StrictIssue]) -> None:
         if not obj:

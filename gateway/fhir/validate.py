@@ -31,7 +31,7 @@ from pydantic import ValidationError
 
 from gateway.errors import FhirError
 from gateway.fhir.invariants import InvariantTable, Violation, default_invariants, plan_invariants
-from gateway.fhir.outcome import issue
+from gateway.fhir.outcome import issue, within
 from gateway.fhir.reference_targets import check_reference_sites, check_reference_targets, reference_sites
 from gateway.fhir.shapes import ShapeCache, ShapePlan, canonical_instance, flatten, leaf_checks
 from gateway.fhir.strict import StrictChecker, default_checker
@@ -86,7 +86,8 @@ class Validator:
         if plan is None or not plan.values_ok(values):
             strict = self._checker().check(data)
             if strict:
-                issues = [issue(i.code, i.diagnostics, expression=[where + i.expression]) for i in strict[:_MAX_ISSUES]]
+                issues = [issue(i.code, i.diagnostics, expression=[within(where, i.expression)])
+                          for i in strict[:_MAX_ISSUES]]
                 raise FhirError(strict[0].diagnostics, status=400, code=strict[0].code, issues=issues)
             if plan is None:
                 plan = self._plan(data, rtype)
@@ -121,7 +122,8 @@ class Validator:
 
 def _invariant_failure(violations: list[Violation], where: str) -> FhirError:
     issues = [
-        issue("invariant", f"{v.key}: {v.human}", expression=[where + v.location]) for v in violations[:_MAX_ISSUES]
+        issue("invariant", f"{v.key}: {v.human}", expression=[within(where, v.location)])
+        for v in violations[:_MAX_ISSUES]
     ]
     first = violations[0]
     return FhirError(f"{first.key}: {first.human}", status=422, code="invariant", issues=issues)
@@ -135,7 +137,7 @@ def _model_failure(exc: Exception, rtype: str, where: str) -> FhirError:
         )  # fmt: skip
     return FhirError(
         f"the resource is not valid FHIR R4: {type(exc).__name__}", status=422, code="processing",
-        expression=[f"{where}{rtype}"],
+        expression=[within(where, rtype)],
     )  # fmt: skip
 
 
@@ -158,5 +160,5 @@ def _pydantic_issues(exc: ValidationError, rtype: str, where: str) -> list[dict[
         message = error.get("msg", "invalid value")
         kind = error.get("type", "")
         code = "required" if "missing" in kind else "structure" if "extra" in kind else "value"
-        issues.append(issue(code, f"{path}: {message}", expression=[where + path]))
+        issues.append(issue(code, f"{path}: {message}", expression=[within(where, path)]))
     return issues

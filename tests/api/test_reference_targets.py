@@ -147,7 +147,7 @@ async def test_a_transaction_judges_urn_uuid_references_by_the_entry_they_name(a
         }  # fmt: skip
 
     body = assert_outcome(await api.client.post("/fhir", json=bundle(location)), 422, "invalid")
-    assert body["issue"][0]["expression"] == ["Bundle.entry[2].resource.Task.owner"]
+    assert body["issue"][0]["expression"] == ["Bundle.entry[2].resource.ofType(Task).owner"]
     assert not (await api.client.get("/fhir/Location")).json().get("entry")  # nothing was written
     response = await api.client.post("/fhir", json=bundle(practitioner))
     assert response.status_code == 200, response.text
@@ -155,4 +155,4 @@ async def test_a_transaction_judges_urn_uuid_references_by_the_entry_they_name(a
     assert owner.startswith("Practitioner/")
     # A relative reference in an entry is judged by its own type.
     body = assert_outcome(await api.client.post("/fhir", json=bundle("Location/x")), 422, "invalid")
-    assert body["issue"][0]["expression"] == ["Bundle.entry[2].resource.Task.owner"]
+    assert body["issue"][0]["expression"] == ["Bundle.entry[2].resource.ofType(Task).owner"]

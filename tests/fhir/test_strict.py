@@ -361,7 +361,7 @@ def test_contained_and_bundle_resources_are_checked() -> None:
         ],
     }
     assert codes(check_strict(bundle)) == [
-        ("Bundle.entry[0].resource.Patient.gender", "code-invalid"),
+        ("Bundle.entry[0].resource.ofType(Patient).gender", "code-invalid"),
         ("Bundle.entry[1].request.method", "code-invalid"),
     ]
 
