@@ -138,11 +138,16 @@ def discard(
     """Mark held records discarded (they are kept, not deleted)."""
     from gateway.errors import FhirError
 
+    done: list[int] = []
+    refused: list[tuple[int, FhirError]] = []
     with _service(settings_from(config, dev)) as service:
         for qid in ids:
             try:
                 service.discard(qid)
-            except FhirError as exc:
-                typer.echo(f"gateway: {exc.diagnostics}", err=True)
-                raise typer.Exit(exit_code_for(exc)) from exc
-    typer.echo(f"{len(ids)} record(s) discarded")
+                done.append(qid)
+            except FhirError as exc:  # the others are still done: each id is reported
+                typer.echo(f"gateway: #{qid}: {exc.diagnostics}", err=True)
+                refused.append((qid, exc))
+    typer.echo(f"{len(done)} record(s) discarded" + (f": {', '.join(f'#{q}' for q in done)}" if refused else ""))
+    if refused:
+        raise typer.Exit(exit_code_for(refused[0][1]))
