@@ -67,6 +67,7 @@ class IdentityEngine:
         live = {res.id: res for res in self.store.read_many([("Patient", pid) for pid in ids])}
         links: list[tuple[str, str, Comparison]] = []
         reviews: list[tuple[str, str, Comparison]] = []
+        stale: list[tuple[str, str, Comparison]] = []  # links the matcher made that no longer hold
         changed: list[str] = []  # Patients whose compared values changed: their golden records are redone
         gone: list[str] = []  # Patients deleted: their golden records lose them
         matched = 0
@@ -84,12 +85,21 @@ class IdentityEngine:
             self.index.add(found)
             matched += 1
             changed.append(pid)
+            certain: set[str] = set()
             for other, result in self.index.matches(found):
                 if result.grade is Grade.CERTAIN:
                     links.append((pid, other, result))
+                    certain.add(other)
                 elif result.grade is Grade.PROBABLE:
                     reviews.append((pid, other, result))
-        if links or reviews:
+            # The record changed: a link the matcher made may no longer hold (a CHW corrected the
+            # name and birth date of the wrong person). Each is compared again.
+            for other in _matcher_links(body):
+                compared = None if other in certain else self.compare_ids(pid, other)
+                if compared is not None and compared.grade is not Grade.CERTAIN:
+                    stale.append((pid, other, compared))
+        unlinked: list[str] = []
+        if links or reviews or stale:
             with self.store.transaction() as tx:
                 for a, b, result in links:
                     if _rejected(tx, a, b):
@@ -98,7 +108,17 @@ class IdentityEngine:
                     _link(tx, b, a, result)
                 for a, b, result in reviews:
                     _review(tx, a, b, result)
-            log.info("identity matched=%d links=%d reviews=%d", matched, len(links), len(reviews))
+                for a, b, result in stale:
+                    if _decided(tx, a, b):
+                        continue  # a reviewer joined this pair: only a reviewer parts it
+                    _unlink(tx, a, b)
+                    _unlink(tx, b, a)
+                    unlinked.append(b)
+                    if result.grade is Grade.PROBABLE:
+                        _review(tx, a, b, result)
+            log.info("identity matched=%d links=%d reviews=%d unlinked=%d", matched, len(links), len(reviews),
+                     len(unlinked))
+        changed += [pid for pid in unlinked if pid not in changed]
         if changed or gone:
             with self.store.transaction() as tx:
                 writes = Writes(tx, self.store)
@@ -142,6 +162,42 @@ def _link(tx: StoreTransaction, pid: str, other: str, result: Comparison) -> Non
     })  # fmt: skip
     body["link"] = links
     tx.update(body)
+
+
+def _kept_seealso(link: Any) -> str | None:
+    """The Patient id a ``seealso`` link the gateway keeps (matcher or reviewer) points at, else None."""
+    if not isinstance(link, dict) or link.get("type") != "seealso":
+        return None
+    if not any(isinstance(ext, dict) and ext.get("url") == KEPT_LINK_EXTENSION for ext in link.get("extension") or []):
+        return None
+    return str((link.get("other") or {}).get("reference", "")).partition("/")[2] or None
+
+
+def _matcher_links(body: dict[str, Any]) -> list[str]:
+    """The Patients ``body`` has a ``seealso`` link to that the gateway keeps."""
+    return [pid for link in body.get("link") or [] if (pid := _kept_seealso(link)) is not None]
+
+
+def _unlink(tx: StoreTransaction, pid: str, other: str) -> None:
+    """Take the gateway's ``seealso`` link from ``pid`` to ``other`` off (nothing if there is none)."""
+    current = tx.read("Patient", pid)
+    if current is None or current.deleted:
+        return
+    body = orjson.loads(current.content)
+    links = [link for link in body.get("link") or [] if _kept_seealso(link) != other]
+    if len(links) == len(body.get("link") or []):
+        return
+    if links:
+        body["link"] = links
+    else:
+        body.pop("link", None)
+    tx.update(body)
+
+
+def _decided(tx: StoreTransaction, a: str, b: str) -> bool:
+    """Whether a reviewer decided the pair (its review Task is no longer ``requested``)."""
+    task = tx.read("Task", review_task_id(a, b))
+    return task is not None and not task.deleted and orjson.loads(task.content).get("status") != "requested"
 
 
 def _rejected(tx: StoreTransaction, a: str, b: str) -> bool:

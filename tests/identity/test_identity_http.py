@@ -188,3 +188,19 @@ async def test_match_is_refused_to_a_deidentified_client(gw: Harness) -> None:
     emr = gw.client("system/Patient.rs")
     answered = await emr.post("/fhir/Patient/$match", json=_match_body(probe), headers=FHIR)
     assert answered.status_code == 200 and answered.json()["entry"][0]["resource"]["id"] == wilfrid
+
+
+async def test_an_edit_that_makes_a_linked_record_someone_else_takes_the_link_back(gw: Harness) -> None:
+    """A CHW corrects a record that was linked: it now describes another person, so the link the
+    matcher made goes from both records (a link a reviewer made would stay)."""
+    commcare = _patient_id(await _ingest(gw, "commcare", commcare_case()))
+    cht = _patient_id(await _ingest(gw, "cht", cht_person(**WILFRID_ON_CHT)))
+    assert _linked(await _patient(gw, commcare)) == [f"Patient/{cht}"]
+    someone_else = {**WILFRID_ON_CHT, "name": "Grace Namubiru", "short_name": "Grace", "date_of_birth": "1990-02-14",
+                    "sex": "female", "phone": "+256772999888", "_rev": "2-corrected"}
+    edited = await _ingest(gw, "cht", cht_person(**someone_else))
+    assert edited["stored"] == 1
+    assert _linked(await _patient(gw, cht)) == [] and _linked(await _patient(gw, commcare)) == []
+    goldens = {link["other"]["reference"] for pid in (commcare, cht)
+               for link in (await _patient(gw, pid)).get("link", []) if link["type"] == "refer"}
+    assert len(goldens) == 2  # two people, two golden records
