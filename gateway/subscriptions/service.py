@@ -227,5 +227,11 @@ class SubscriptionService:
 
 
 def _content(resource: dict[str, Any]) -> dict[str, Any]:
-    """What is kept of a client's Subscription (the server owns id, meta, status and error)."""
-    return {k: v for k, v in resource.items() if k not in ("id", "meta", "status", "error")}
+    """What is kept of a client's Subscription: the server owns id, status, error and the
+    meta's version and time; the profiles, tags and security labels the client declared stay."""
+    kept = {k: v for k, v in resource.items() if k not in ("id", "meta", "status", "error")}
+    meta = resource.get("meta")
+    declared = {k: v for k, v in meta.items() if k in ("profile", "tag", "security")} if isinstance(meta, dict) else {}
+    if declared:
+        kept["meta"] = declared
+    return kept

@@ -26,7 +26,10 @@ def resource_of(record: SubscriptionRecord) -> dict[str, Any]:
     """The R4 Subscription as a client reads it: its content with the server's id, status and error."""
     resource: dict[str, Any] = {**record.content, "resourceType": "Subscription", "id": record.sid,
                                 "status": record.status}
-    resource["meta"] = {"lastUpdated": format_instant(record.updated.timestamp())}
+    # The client's meta (the backport profile it declared, tags) stays; the server owns lastUpdated.
+    kept = record.content.get("meta")
+    meta = {k: v for k, v in kept.items() if k not in ("lastUpdated", "versionId")} if isinstance(kept, dict) else {}
+    resource["meta"] = {**meta, "lastUpdated": format_instant(record.updated.timestamp())}
     resource.pop("error", None)
     if record.status == "error" and record.error:
         resource["error"] = record.error

@@ -348,7 +348,7 @@ def test_canonical_primitive_extension_allowed() -> None:
 
 def test_contained_and_bundle_resources_are_checked() -> None:
     resource = patient(contained=[{"resourceType": "Organization", "id": "o", "active": "yes"}])
-    assert codes(check_strict(resource)) == [("Patient.contained[0].Organization.active", "structure")]
+    assert codes(check_strict(resource)) == [("Patient.contained[0].ofType(Organization).active", "structure")]
     assert codes(check_strict(patient(contained=[{"resourceType": "Nope"}]))) == [
         ("Patient.contained[0].resourceType", "structure")
     ]

@@ -9,7 +9,7 @@ import pytest
 
 from gateway.store import open_store
 from gateway.subscriptions.config import SubscriptionSettings
-from tests.subscriptions.harness import TOPIC, Harness, fast_settings, subscription
+from tests.subscriptions.harness import BACKPORT, TOPIC, Harness, fast_settings, subscription
 
 FILTER = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-filter-criteria"
 TOPIC_EXTENSION = ("http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
@@ -29,7 +29,11 @@ async def test_create_handshakes_and_only_the_owner_sees_it(sqlite_harness: Harn
     receiver = h.sandbox.receiver("emr")
     assert receiver.handshakes == 1
     assert receiver.headers[0]["x-partner-key"] == "k1"  # channel.header is sent on every post
-    assert (await owner.get(f"/fhir/Subscription/{created['id']}")).json()["id"] == created["id"]
+    read = (await owner.get(f"/fhir/Subscription/{created['id']}")).json()
+    assert read["id"] == created["id"]
+    # The profile the client declared is read back (a backport client checks it), beside lastUpdated.
+    assert read["meta"]["profile"] == created["meta"]["profile"] == [BACKPORT + "backport-subscription"]
+    assert read["meta"]["lastUpdated"]
     assert (await other.get(f"/fhir/Subscription/{created['id']}")).status_code == 404
     assert (await other.delete(f"/fhir/Subscription/{created['id']}")).status_code == 404
     listed = (await other.get("/fhir/Subscription")).json()
