@@ -9,7 +9,9 @@ lag, circuit state and live workers are read from the queue when ``/metrics`` is
 scraped (``queue_families``), since the queue, not one process, knows them.
 
 Labels name sources, destinations, interactions, outcomes and reason codes: bounded
-sets fixed by the configuration and the code. Never a patient, a resource id or a value.
+sets fixed by the configuration and the code (reason codes that carry a destination's own
+code, ``dhis2_E1082``, are kept to a safe shape and a few hundred per process:
+``gateway.delivery.worker.reason_label``). Never a patient, a resource id or a value.
 
 Several processes (uvicorn workers, ``gateway worker``): ``configure(multiprocess_dir)``
 (from ``metrics.multiprocess_dir``, the settings' name for prometheus-client's

@@ -31,6 +31,7 @@ import asyncio
 import logging
 import os
 import random
+import re
 import socket
 import uuid
 from collections.abc import Callable, Sequence
@@ -124,6 +125,23 @@ def settlement_for(
     return Bury(job, outcome.reason, outcome.detail, outcome.request, outcome.response, outcome.group)
 
 
+# Reason codes carry parts a destination chose (DHIS2's error code, CommCare's failure nature): as
+# metric labels they are kept to a safe shape and a bounded number, past which they count as "other".
+_REASON_LABEL = re.compile(r"[A-Za-z0-9_.-]{1,48}")
+_MAX_REASON_LABELS = 200
+_reason_labels: set[str] = set()
+
+
+def reason_label(reason: str) -> str:
+    """``reason`` as a metric label: itself if well formed and among the first few hundred seen, else "other"."""
+    if reason in _reason_labels:
+        return reason
+    if not _REASON_LABEL.fullmatch(reason) or len(_reason_labels) >= _MAX_REASON_LABELS:
+        return "other"
+    _reason_labels.add(reason)
+    return reason
+
+
 def _count_attempts(destination: str, settlements: Sequence[Settlement]) -> None:
     """One ``gateway_delivery_attempts`` sample per attempted job: its outcome and reason code."""
     counter = metrics().delivery_attempts
@@ -131,9 +149,9 @@ def _count_attempts(destination: str, settlements: Sequence[Settlement]) -> None
         if isinstance(item, Ack):
             counter.labels(destination, "delivered", "ok").inc()
         elif isinstance(item, Nack):
-            counter.labels(destination, "retry", item.reason).inc()
+            counter.labels(destination, "retry", reason_label(item.reason)).inc()
         elif isinstance(item, Bury):
-            counter.labels(destination, "dead", item.reason).inc()
+            counter.labels(destination, "dead", reason_label(item.reason)).inc()
         elif isinstance(item, Split):
             counter.labels(destination, "partial", "refused_parts").inc()
 
