@@ -405,6 +405,11 @@ class TrackerTransformer:
         episode = self._episode_for(encounter, patient, source)
         first = self._first_visit(patient, source) or encounter
         en_org = self._org_unit(self.mapping.enrollment_org_unit, episode, resolver) if episode else None
+        if en_org is None and first is not encounter:
+            # The enrollment is the first visit's (its date, and its place): planned from any
+            # visit's job it stays the same object, not moved to wherever this visit took place.
+            first_stage = next((s for s in self.mapping.stages if _truthy(s.when, first)), None)
+            en_org = self._org_unit(first_stage.org_unit, first, resolver) if first_stage else None
         en = self._enrollment(patient, episode, en_org or org_unit, first, te)
         ev = self.event(encounter, stage, en.uid, te.uid, org_unit, source)
         return TrackerPlan((te, en, ev), ("EVENT", ev.uid))
