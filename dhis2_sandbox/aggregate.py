@@ -295,7 +295,9 @@ class _Importer:
                 add("E7641", key.period, (key.period, element["id"], latest.iso), "period", index)
                 return False
             expiry = int(ds.get("expiryDays", 0))
-            if expiry > 0 and self.today > period.end + timedelta(days=expiry):
+            # dhis2-core DataSet.isLocked: (end date at midnight) + expiryDays is before now, so
+            # the period locks as the day end + expiryDays begins.
+            if expiry > 0 and self.today >= period.end + timedelta(days=expiry):
                 add("E7640", key.period, (key.period, ds["id"]), "period", index)
                 return False
         return True
