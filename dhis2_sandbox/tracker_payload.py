@@ -87,6 +87,7 @@ MESSAGES: dict[str, str] = {
     "E1068": "Could not find TrackedEntity: `{0}`, linked to Enrollment.",
     "E1069": "Could not find Program: `{0}`, linked to Enrollment.",
     "E1070": "Could not find OrganisationUnit: `{0}`, linked to Enrollment.",
+    "E1076": "`{0}` `{1}` is mandatory and must be specified",
     "E1077": "Attribute: `{0}`, text value exceed the maximum allowed length: `{0}`.",
     "E1079": "Event: `{0}`, program: `{1}` is different from program defined in enrollment `{2}`.",
     "E1080": "Enrollment: `{0}`, already exists.",

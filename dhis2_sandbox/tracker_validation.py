@@ -215,12 +215,17 @@ class TrackerValidator:
         if action is Action.UPDATE and stored is not None:
             if stored.doc["trackedEntityType"] != te["trackedEntityType"]:
                 errors.append(TrackerError("E1126", kind, uid, ("trackedEntityType",)))
+        required = self.catalog.tet_attributes(tet["id"]) if tet is not None else {}
         for item in te["attributes"]:
             meta = self.catalog.get("trackedEntityAttributes", item.get("attribute"))
             if meta is None:
                 errors.append(TrackerError("E1006", kind, uid, (str(item.get("attribute")),)))
             elif item.get("value") is not None:
                 errors.extend(self._attribute_value_errors(kind, uid, meta, item["value"], uid))
+            elif required.get(meta["id"]):
+                # A null value deletes one, but a mandatory one can never be deleted (dhis2-core
+                # trackedentity.AttributeValidator.validateAttributes).
+                errors.append(TrackerError("E1076", kind, uid, ("TrackedEntityAttribute", meta["id"])))
         if action is Action.CREATE and tet is not None:
             present = {a["attribute"] for a in te["attributes"] if a.get("value") is not None}
             for attribute, mandatory in self.catalog.tet_attributes(tet["id"]).items():
@@ -320,6 +325,9 @@ class TrackerValidator:
                 errors.extend(
                     self._attribute_value_errors(kind, uid, meta, item["value"], en["trackedEntity"])
                 )
+            elif allowed.get(attribute):
+                # As on a tracked entity: a mandatory program attribute cannot be deleted.
+                errors.append(TrackerError("E1076", kind, uid, ("TrackedEntityAttribute", str(attribute))))
         if program is not None:
             # DHIS2 (EnrollmentAttributeValidator.validateMandatoryAttributes) counts the
             # enrollment's own non-empty attributes and those of the tracked entity as stored
