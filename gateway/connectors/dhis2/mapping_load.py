@@ -119,6 +119,9 @@ class BoundTracker:
     enrollment_org_unit: tuple[Expression, ...]
     enrollment_status: dict[str, str]
     stages: tuple[BoundStage, ...]
+    # Mandatory attributes of the tracked entity type or the program: DHIS2 never lets their
+    # values be deleted (E1076), so one the record no longer has is left as it is, not cleared.
+    mandatory_attributes: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,6 +393,12 @@ def load_tracker(path: Path, snapshot: MetadataSnapshot, tables: dict[str, Conce
         enrollment_org_unit=tuple(e for e in en_org if e),
         enrollment_status=dict(en.status),
         stages=tuple(s for s in stages if s),
+        mandatory_attributes=frozenset(
+            uid
+            for found in (snapshot.program_attributes(program), snapshot.tet_attributes(tet))
+            for uid, mandatory in found.items()
+            if mandatory
+        ),
     )
 
 

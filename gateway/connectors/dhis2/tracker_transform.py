@@ -450,6 +450,10 @@ class TrackerTransformer:
         for rule in self.mapping.attributes:
             value = _first(rule.value, person, ref)
             if value is None:
+                # An attribute the mapping owns but the record no longer has is cleared in DHIS2
+                # (null deletes a value; omitted ones are kept), unless DHIS2 requires it (E1076).
+                if rule.uid not in self.mapping.mandatory_attributes:
+                    attributes.append({"attribute": rule.uid, "value": None})
                 continue
             text = self._convert(value, rule.value_type, rule.option_codes, "E1007", rule.uid, ref)
             attributes.append({"attribute": rule.uid, "value": text})
@@ -515,7 +519,9 @@ class TrackerTransformer:
         # the tracked entity as stored before this import (E1018), so a person registered in the
         # same payload (a visit that arrives before or with its registration) needs them here.
         program_values = [
-            dict(item) for item in te.payload["attributes"] if item["attribute"] in self.mapping.program_attributes
+            dict(item)
+            for item in te.payload["attributes"]
+            if item["attribute"] in self.mapping.program_attributes and item["value"] is not None
         ]
         payload = {
             "enrollment": uid,
