@@ -118,3 +118,51 @@ async def test_a_person_restored_after_their_deletion_is_registered_again(
         assert await live(sandbox) == (1, 1, 1)
     finally:
         await conn.aclose()
+
+
+class _Unreadable:
+    """A digest store that cannot be read just now (the queue is busy or down)."""
+
+    def __init__(self, inner: SQLiteQueue) -> None:
+        self.inner = inner
+
+    async def accepted_digests(self, destination: str, names: Any) -> dict[str, str]:
+        raise ConnectionError("queue down")
+
+    async def record_digests(self, destination: str, digests: Any) -> None:
+        await self.inner.record_digests(destination, digests)
+
+
+async def test_generations_outlive_a_metadata_refresh_and_an_unreadable_store_holds_a_delete(
+    sandbox: SandboxServer, queue: SQLiteQueue
+) -> None:
+    resources = places() + chw_record(1)
+    encounter = resources[3]
+    bundle = ResourceBundle(resources)
+    conn = connector(sandbox.base_url, bundle, queue)
+    try:
+        await deliver_until_done(conn, encounter)
+        bundle.remove("Encounter", encounter["id"])
+        await deliver_until_done(conn, encounter, "delete")
+        bundle.add(encounter)
+        assert await deliver_until_done(conn, encounter) == ["dhis2_uid_reborn"]
+        snapshot = conn._snapshot
+        assert snapshot is not None and conn.use_metadata(snapshot)  # a metadata refresh rebinds
+        assert await deliver_until_done(conn, encounter) == []  # no "already deleted" round again
+    finally:
+        await conn.aclose()
+
+    # A process that knows no generation and cannot read the store: the old UID's "already
+    # deleted" is not taken for done (the live one is the newer generation's); it asks again.
+    bundle.remove("Encounter", encounter["id"])
+    other = connector(sandbox.base_url, bundle, queue)
+    other.digests = _Unreadable(queue)
+    try:
+        (outcome,) = await other.deliver([make_job(encounter, op="delete")])
+        assert isinstance(outcome, Retry), outcome
+        assert await live(sandbox) == (1, 1, 1)
+        other.digests = queue
+        assert await deliver_until_done(other, encounter, "delete") == ["dhis2_uid_reborn"]
+    finally:
+        await other.aclose()
+    assert await live(sandbox) == (1, 1, 0)

@@ -271,7 +271,10 @@ class Dhis2Connector:
             self._aggregate = load_aggregate(self.options.aggregate_mapping, snapshot, tables)
         per_person = self.options.tracked_entity_per == "person"
         namespace = self.options.uid_namespace
+        known = self._tracker.generations if self._tracker is not None else {}
         self._tracker = TrackerTransformer(tracker, namespace=namespace, per_person=per_person) if tracker else None
+        if self._tracker is not None:
+            self._tracker.generations.update(known)  # a metadata refresh does not make UIDs new again
         self._snapshot = snapshot
         self._ready = True
         self._bound_at = self.clock.now()
@@ -629,7 +632,12 @@ class Dhis2Connector:
         if not hits:
             return set()
         names = {key: f"generation:{key[0]}:{sent[key].seed}" for key in hits}
-        known = await self._stored_values(list(names.values()))
+        read = await self._stored_values(list(names.values()))
+        if read is None and strategy == "DELETE":
+            # Whether another process made a newer generation cannot be told: counting the old
+            # UID's "already deleted" as done could leave that one live. Ask again later.
+            return set(hits)
+        known = read or {}
         changed: set[tuple[str, str]] = set()
         updates: dict[str, str | None] = {}
         for key, name in names.items():
@@ -651,15 +659,16 @@ class Dhis2Connector:
         await self._record(updates)
         return changed
 
-    async def _stored_values(self, names: list[str]) -> dict[str, str]:
-        """Values kept in the digest store under ``names`` (none if the queue cannot say)."""
+    async def _stored_values(self, names: list[str]) -> dict[str, str] | None:
+        """Values kept in the digest store under ``names`` ({} without a digest store; None when
+        the queue cannot say just now)."""
         if self.digests is None or not names:
             return {}
         try:
             return await self.digests.accepted_digests(self.destination, names)
-        except Exception as exc:  # the queue is busy or down: this process's generations stand
+        except Exception as exc:  # the queue is busy or down
             logger.warning("dhis2 UID generations unavailable (%s)", type(exc).__name__)
-            return {}
+            return None
 
     async def _accepted(self, keys: list[tuple[str, str]]) -> dict[str, str]:
         """Digests of objects as DHIS2 last accepted them (none known if the queue cannot say)."""
