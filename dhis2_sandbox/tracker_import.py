@@ -304,8 +304,9 @@ def _save_tracked_entity(te: JsonObject, store: SandboxStore) -> None:
     doc: JsonObject = {
         "trackedEntity": te["trackedEntity"],
         "trackedEntityType": te["trackedEntityType"],
-        # The registration org unit is immutable (ownership transfer is a separate API).
-        "orgUnit": existing["orgUnit"] if existing else te["orgUnit"],
+        # dhis2-core sets the registration org unit from every update (only program ownership
+        # moves through the separate transfer API).
+        "orgUnit": te["orgUnit"],
         "inactive": bool(te.get("inactive", False)),
         "attributes": _merge_values(
             existing["attributes"] if existing else [], te["attributes"], "attribute"

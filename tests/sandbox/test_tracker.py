@@ -557,3 +557,16 @@ async def test_the_default_user_deletes_children_with_their_parent(client: httpx
     answer = await client.post("/api/tracker", params=delete, json=payload)
     assert answer.status_code == 200 and answer.json()["stats"]["deleted"] == 1, answer.text
     assert (await client.get("/api/tracker/events/Aev00000000")).status_code == 404
+
+
+async def test_an_update_moves_the_tracked_entitys_org_unit(client: httpx.AsyncClient, demo: Demo) -> None:
+    """As dhis2-core's importer does: the registration org unit follows the update (ownership is
+    the transfer API's)."""
+    te = demo.tracked_entity("Ate00000009")
+    assert (await client.post("/api/tracker", params=SYNC_OBJECT, json={"trackedEntities": [te]})).status_code == 200
+    moved = {**te, "orgUnit": demo.ou("CU_MLIMA")}
+    assert te["orgUnit"] != moved["orgUnit"]
+    answer = await client.post("/api/tracker", params=SYNC_OBJECT, json={"trackedEntities": [moved]})
+    assert answer.status_code == 200, answer.text
+    stored = (await client.get("/api/tracker/trackedEntities/Ate00000009")).json()
+    assert stored["orgUnit"] == demo.ou("CU_MLIMA")
