@@ -448,7 +448,7 @@ class TrackerTransformer:
             raise _no_org_unit("the Patient (household or organization)", f"Patient/{patient['id']}", tried)
         attributes = []
         for rule in self.mapping.attributes:
-            value = _first(rule.value, person, ref)
+            value = _no_false_for_true_only(_first(rule.value, person, ref), rule.value_type, rule.option_codes)
             if value is None:
                 # An attribute the mapping owns but the record no longer has is cleared in DHIS2
                 # (null deletes a value; omitted ones are kept), unless DHIS2 requires it (E1076).
@@ -617,6 +617,7 @@ class TrackerTransformer:
             )
         elif rule.absent is not None:
             value = rule.absent
+        value = _no_false_for_true_only(value, rule.value_type, rule.option_codes)
         if value is None:
             # An element the mapping owns but the record no longer has is cleared in DHIS2.
             return {"dataElement": rule.uid, "value": None}, origin
@@ -636,6 +637,13 @@ class TrackerTransformer:
         except ValueConversionError as exc:
             what = "DataElement" if code == "E1302" else "Attribute"
             raise Dhis2MappingError(code, f"{what} `{uid}` is not valid: `{exc.key}`", ref) from exc
+
+
+def _no_false_for_true_only(value: Any, value_type: str, options: frozenset[str] | None) -> Any:
+    """A ``TRUE_ONLY`` element or attribute holds "true" or nothing: a false reading (a yes/no
+    question answered no) is no value, cleared in DHIS2, not a value DHIS2 refuses (E1302)."""
+    false = value is False or (isinstance(value, str) and value.strip().lower() == "false")
+    return None if value_type == "TRUE_ONLY" and options is None and false else value
 
 
 def _no_org_unit(what: str, ref: str, tried: list[OrgUnitLookup]) -> Exception:
