@@ -48,6 +48,8 @@ __all__ = [
 
 _REF = r"^([A-Za-z][A-Za-z0-9]{10}|code:[^\s]{1,100})$"
 _NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+EnrollmentStatus = Literal["ACTIVE", "COMPLETED", "CANCELLED"]
+EventStatus = Literal["ACTIVE", "COMPLETED", "VISITED", "SCHEDULE", "OVERDUE", "SKIPPED"]
 SourceType = Literal[
     "Encounter", "Observation", "MedicationDispense", "ServiceRequest", "Condition", "Procedure"
 ]
@@ -82,7 +84,7 @@ class EnrollmentRule(_Strict):
     )
     enrolled_at: str = "period.start"
     org_unit: list[str] = ["managingOrganization.reference"]
-    status: dict[str, str] = {"active": "ACTIVE", "finished": "COMPLETED", "cancelled": "CANCELLED"}
+    status: dict[str, EnrollmentStatus] = {"active": "ACTIVE", "finished": "COMPLETED", "cancelled": "CANCELLED"}
 
 
 class DataValueRule(_Strict):
@@ -104,7 +106,9 @@ class StageRule(_Strict):
     program_stage: str = Field(pattern=_REF)
     when: str = Field(description="FHIRPath on the Encounter: true if it belongs to this stage")
     occurred_at: str = "period.start"
-    status: dict[str, str] = {"finished": "COMPLETED", "in-progress": "ACTIVE", "arrived": "ACTIVE"}
+    # FHIR Encounter.status -> DHIS2 event status; SCHEDULE (and OVERDUE, SKIPPED) events are sent
+    # with scheduledAt (occurred_at read as the planned date) instead of occurredAt.
+    status: dict[str, EventStatus] = {"finished": "COMPLETED", "in-progress": "ACTIVE", "arrived": "ACTIVE"}
     org_unit: list[str] = ["location.location.reference", "serviceProvider.reference"]
     data_values: list[DataValueRule] = []
 

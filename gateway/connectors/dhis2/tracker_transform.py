@@ -64,6 +64,7 @@ _CODE_FIELDS = {
 }
 _ENCOUNTER_PARAM = {"MedicationDispense": "context"}
 _ENCOUNTER_FIELD = {"MedicationDispense": "context"}
+_SCHEDULED = frozenset({"SCHEDULE", "OVERDUE", "SKIPPED"})  # event statuses of visits not (yet) made
 _WHEN_FIELDS = (
     "effectiveDateTime",
     "issued",
@@ -557,6 +558,7 @@ class TrackerTransformer:
             values.append(value)
             origins.append((rule.uid, origin))
         uid = self.uid("EVENT", ref)
+        status = stage.status.get(str(encounter.get("status")), "ACTIVE")
         payload = {
             "event": uid,
             "program": self.mapping.program,
@@ -564,8 +566,9 @@ class TrackerTransformer:
             "enrollment": enrollment_uid,
             "trackedEntity": te_uid,
             "orgUnit": org_unit,
-            "occurredAt": occurred_at,
-            "status": stage.status.get(str(encounter.get("status")), "ACTIVE"),
+            # A visit still to come (a planned Encounter) has a due date, not a date it took place (E1050).
+            "scheduledAt" if status in _SCHEDULED else "occurredAt": occurred_at,
+            "status": status,
             "dataValues": values,
         }
         return PlannedObject("EVENT", uid, payload, ref, tuple(origins), seed=ref)
