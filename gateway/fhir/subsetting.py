@@ -43,13 +43,27 @@ def _element_table() -> dict[str, Any]:
 
 @cache
 def mandatory_elements(rtype: str) -> frozenset[str]:
-    """Top-level complex elements a type requires (e.g. ``Condition.subject``).
+    """Top-level elements a type requires: complex ones (``Condition.subject``), primitive ones
+    (``Observation.status``) and every JSON name of a required choice (``MedicationRequest.medication[x]``).
 
     ``_elements`` and ``_summary=text`` must still return them (search.html#elements), or the
-    subsetted resource is not valid FHIR JSON. The table is the one the strict checker uses.
+    subsetted resource is not valid FHIR JSON. The complex ones come from the table the strict
+    checker uses; the primitive ones and choices (which the models check) from the R4B models'
+    metadata, kept to the properties R4 has.
     """
     entry = _element_table().get(rtype) or {}
-    return frozenset(entry.get("r", ()))
+    names = set(entry.get("r", ()))
+    if rtype and rtype not in R4_ONLY_TYPES and entry:
+        from fhir.resources.R4B import get_fhir_model_class
+
+        r4_props = entry.get("p", {})
+        for name, info in get_fhir_model_class(rtype).model_fields.items():
+            extra = info.json_schema_extra
+            if isinstance(extra, dict) and (extra.get("element_required") or extra.get("one_of_many_required")):
+                prop = info.alias or name
+                if prop in r4_props:
+                    names.add(prop)
+    return frozenset(names)
 
 
 def _tag(resource: dict[str, Any]) -> dict[str, Any]:

@@ -556,6 +556,25 @@ async def test_read_and_vread_take_summary_and_elements(api: ApiHarness) -> None
         assert_outcome(await c.get(path, params={"_summary": "bogus"}), 400)
 
 
+async def test_summary_text_and_elements_keep_mandatory_primitives_and_choices(api: ApiHarness) -> None:
+    # search.html#summary: _summary=text keeps "top-level mandatory elements", and _elements keeps
+    # them too, or the subsetted resource is not valid FHIR (Observation.status is 1..1).
+    c = api.client
+    observation = {"resourceType": "Observation", "id": "mand1", "status": "final", "code": {"text": "w"},
+                   "note": [{"text": "n"}], "valueQuantity": {"value": 1}}
+    assert (await c.put("/fhir/Observation/mand1", json=observation)).status_code == 201
+    request = {"resourceType": "MedicationRequest", "id": "mand2", "status": "active", "intent": "order",
+               "medicationCodeableConcept": {"text": "m"}, "subject": {"reference": "Patient/x"},
+               "note": [{"text": "n"}]}
+    assert (await c.put("/fhir/MedicationRequest/mand2", json=request)).status_code == 201
+    for params in ({"_summary": "text"}, {"_elements": "note"}):
+        obs = (await c.get("/fhir/Observation/mand1", params=params)).json()
+        assert obs["status"] == "final" and obs["code"] == {"text": "w"} and "valueQuantity" not in obs
+        med = (await c.get("/fhir/MedicationRequest", params={"_id": "mand2", **params})).json()["entry"][0]
+        kept = med["resource"]
+        assert (kept["status"], kept["intent"], kept["medicationCodeableConcept"]) == ("active", "order", {"text": "m"})
+
+
 async def test_the_fhir_version_parameter_of_media_types_must_be_r4(api: ApiHarness) -> None:
     c = api.client
     body = {"resourceType": "Patient", "id": "fv1"}
