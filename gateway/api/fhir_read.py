@@ -6,7 +6,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import APIRouter
@@ -209,7 +209,8 @@ async def everything(request: Request, rid: str) -> Response:
                                      max(offset - lead, 0), types, linked, since, hidden)
     matches = shown(principal, ([patient] if first and count > 0 else []) + related)
     base = base_url(request)
-    links = _page_links(f"{base}/Patient/{rid}/$everything", used, count, offset, total + lead, len(matches), None)
+    links = bundles.page_links(f"{base}/Patient/{rid}/$everything", used, count, offset, total + lead, len(matches),
+                               None)
     body = bundles.searchset(base, matches, total=total + lead, links=links)
     return fhir_response(body, media_type=media)
 
@@ -316,7 +317,7 @@ async def _search(request: Request, rtype: str, items: list[tuple[str, str]]) ->
         note_patients(request, [*result.resources, *result.included], ctx.settings.audit.max_entities)
     result.resources, result.included = shown(principal, result.resources), shown(principal, result.included)
     base = base_url(request)
-    links = _page_links(f"{base}/{rtype}", query.used, query.count, query.offset, result.total,
+    links = bundles.page_links(f"{base}/{rtype}", query.used, query.count, query.offset, result.total,
                         len(result.resources), result.snapshot)
     transform = _subsetted(query, [*result.resources, *result.included])
     outcome = None
@@ -335,32 +336,6 @@ def _subsetted(query: SearchQuery, resources: list[StoredResource]) -> dict[tupl
         data: dict[str, Any] = orjson.loads(res.content)
         out[(res.type, res.id)] = orjson.dumps(subset(data, query.summary, query.elements))
     return out
-
-
-def _page_links(
-    url: str,
-    used: list[tuple[str, str]],
-    count: int,
-    offset: int,
-    total: int | None,
-    page_len: int,
-    snapshot: int | None,
-) -> list[tuple[str, str]]:
-    params = [(k, v) for k, v in used if k != "_count"]
-
-    def link(at: int) -> str:
-        extra = [("_count", str(count)), ("_offset", str(at))]
-        if snapshot is not None:
-            extra.append(("_snapshot", str(snapshot)))
-        return f"{url}?{urlencode(params + extra)}"
-
-    links = [("self", link(offset))]
-    more = offset + count < total if total is not None else page_len >= count > 0
-    if more and count > 0:
-        links.append(("next", link(offset + count)))
-    if offset > 0 and count > 0:
-        links.append(("previous", link(max(0, offset - count))))
-    return links
 
 
 def _paging(request: Request, default: int, maximum: int) -> tuple[int, int]:
@@ -411,7 +386,7 @@ async def _history(request: Request, principal: Principal, rtype: str | None, ri
     base = base_url(request)
     url = f"{base}/{rtype}/{rid}/_history" if rid else f"{base}/{rtype}/_history" if rtype else f"{base}/_history"
     used = [("_since", raw_since)] if raw_since else []
-    links = _page_links(url, used, count, offset, total, len(versions), snapshot)
+    links = bundles.page_links(url, used, count, offset, total, len(versions), snapshot)
     return fhir_response(bundles.history(base, versions, total=total, links=links), media_type=media)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from urllib.parse import urlencode
 
 import orjson
 
@@ -100,3 +101,30 @@ def _wrap(head: dict[str, object], entries: list[bytes]) -> bytes:
 
 def _now() -> float:
     return time.time()
+
+
+def page_links(
+    url: str,
+    used: list[tuple[str, str]],
+    count: int,
+    offset: int,
+    total: int | None,
+    page_len: int,
+    snapshot: int | None,
+) -> list[tuple[str, str]]:
+    """A page's ``self`` link and, when there are more, its ``next`` and ``previous`` links."""
+    params = [(k, v) for k, v in used if k != "_count"]
+
+    def link(at: int) -> str:
+        extra = [("_count", str(count)), ("_offset", str(at))]
+        if snapshot is not None:
+            extra.append(("_snapshot", str(snapshot)))
+        return f"{url}?{urlencode(params + extra)}"
+
+    links = [("self", link(offset))]
+    more = offset + count < total if total is not None else page_len >= count > 0
+    if more and count > 0:
+        links.append(("next", link(offset + count)))
+    if offset > 0 and count > 0:
+        links.append(("previous", link(max(0, offset - count))))
+    return links

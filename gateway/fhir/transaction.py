@@ -23,10 +23,11 @@ from urllib.parse import parse_qsl, urlsplit
 import orjson
 
 from gateway.errors import CLIENT_ERRORS, FhirError, GatewayError, invalid, not_found
-from gateway.fhir import interactions
-from gateway.fhir.outcome import outcome_of
+from gateway.fhir import bundles, interactions
+from gateway.fhir.outcome import issue, outcome_of
 from gateway.fhir.provenance import activity_of, record_writes
 from gateway.fhir.reference_targets import check_reference_targets
+from gateway.fhir.subsetting import subset
 from gateway.fhir.validate import validate_resource
 from gateway.ids import uuid4_text
 from gateway.r4 import RESOURCE_TYPES
@@ -505,19 +506,25 @@ class _Processor:
                 entry = self._write_response(304, current)
                 entry.pop("resource", None)  # the client's copy is current (conditional read)
                 return entry
-            return self._write_response(200, current, force_resource=True)
+            entry = self._write_response(200, current, force_resource=True)
+            summary, elements = _read_subset(e.query, e.where)
+            if summary is not None or elements is not None:  # as a REST read takes them
+                entry["resource"] = subset(entry["resource"], summary, elements)
+            return entry
         query = self.parser.parse(e.rtype, parse_qsl(e.query, keep_blank_values=True), access=self.access)
         result = tx.search(query)
-        matches = [
-            {"fullUrl": f"{self.base}/{r.type}/{r.id}", "resource": orjson.loads(r.content),
-             "search": {"mode": "match"}}
-            for r in result.resources
-        ]  # fmt: skip
-        searchset: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
-        if matches:
-            searchset["entry"] = matches
-        if result.total is not None:
-            searchset["total"] = result.total
+        # As the REST search answers: included resources, _summary/_elements, warnings and links.
+        transform = None
+        if query.summary is not None or query.elements is not None:
+            transform = {(r.type, r.id): orjson.dumps(subset(orjson.loads(r.content), query.summary, query.elements))
+                         for r in [*result.resources, *result.included]}
+        outcome = None
+        if query.warnings:
+            outcome = outcome_of([issue("not-supported", w, severity="warning") for w in query.warnings])
+        links = bundles.page_links(f"{self.base}/{e.rtype}", query.used, query.count, query.offset, result.total,
+                                   len(result.resources), result.snapshot)
+        searchset = orjson.loads(bundles.searchset(self.base, result.resources, total=result.total, links=links,
+                                                   included=result.included, outcome=outcome, transform=transform))
         return {"resource": searchset, "response": {"status": "200 OK"}}
 
     def _write_response(self, status: int, res: StoredResource, force_resource: bool = False) -> dict[str, Any]:
@@ -548,6 +555,17 @@ class _Processor:
 # A reference the transaction must resolve: urn:uuid:/urn:oid: or a conditional one (Type?…),
 # found in the resource's JSON without walking it (most resources have neither).
 _SPECIAL_REFERENCE = re.compile(rb'"reference":"(?:urn:|(?:[^"\\]|\\.)*\?)')
+
+
+def _read_subset(query: str, where: str) -> tuple[str | None, list[str] | None]:
+    """A read entry's ``_summary`` (true, text, data; false: the whole resource) and ``_elements``."""
+    params = dict(parse_qsl(query))  # an empty value is not there (search.html)
+    summary = params.get("_summary") or None
+    if summary is not None and summary not in ("true", "text", "data", "false"):
+        raise invalid("_summary on a read must be true, text, data or false", [f"{where}.request.url"])
+    raw = params.get("_elements")
+    elements = [item.strip() for item in raw.split(",") if item.strip()] if raw else None
+    return (None if summary == "false" else summary), elements
 
 
 def _has_special_reference(resource: dict[str, Any]) -> bool:

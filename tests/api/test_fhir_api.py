@@ -575,6 +575,38 @@ async def test_summary_text_and_elements_keep_mandatory_primitives_and_choices(a
         assert (kept["status"], kept["intent"], kept["medicationCodeableConcept"]) == ("active", "order", {"text": "m"})
 
 
+@pytest.mark.parametrize("kind", ["batch", "transaction"])
+async def test_bundle_get_entries_answer_as_the_rest_read_and_search_do(api: ApiHarness, kind: str) -> None:
+    # bundle.html: a GET entry is processed as the same request sent alone; its _summary/_elements,
+    # _include, warnings and paging links were dropped.
+    c = api.client
+    org = {"resourceType": "Organization", "id": f"bg-org-{kind}", "name": "Clinic"}
+    assert (await c.put(f"/fhir/Organization/{org['id']}", json=org)).status_code == 201
+    for n in range(2):
+        patient = {"resourceType": "Patient", "id": f"bg-{kind}-{n}", "gender": "female",
+                   "name": [{"family": f"bundleget{kind}"}],
+                   "managingOrganization": {"reference": f"Organization/{org['id']}"}}
+        assert (await c.put(f"/fhir/Patient/{patient['id']}", json=patient)).status_code == 201
+    urls = [f"Patient/bg-{kind}-0?_elements=gender",
+            f"Patient?family=bundleget{kind}&_include=Patient:organization&_summary=true&_count=1",
+            f"Patient?family=bundleget{kind}&_elements=gender&bogus=1"]
+    bundle = {"resourceType": "Bundle", "type": kind, "entry": [{"request": {"method": "GET", "url": u}} for u in urls]}
+    answer = await c.post("/fhir", json=bundle)
+    assert answer.status_code == 200
+    read, included, warned = (e["resource"] for e in answer.json()["entry"])
+    assert "name" not in read and read["gender"] == "female" and read["meta"]["tag"][0]["code"] == "SUBSETTED"
+    modes = [(e["search"]["mode"], e["resource"]["resourceType"]) for e in included["entry"]]
+    assert modes == [("match", "Patient"), ("include", "Organization")] and included["total"] == 2
+    assert included["entry"][0]["resource"]["meta"]["tag"][0]["code"] == "SUBSETTED"
+    assert [link["relation"] for link in included["link"]] == ["self", "next"]
+    assert all("name" not in e["resource"] for e in warned["entry"] if e["search"]["mode"] == "match")
+    assert [e["resource"]["issue"][0]["severity"] for e in warned["entry"] if e["search"]["mode"] == "outcome"] == [
+        "warning"]
+    summary_count = {"request": {"method": "GET", "url": f"Patient/bg-{kind}-0?_summary=count"}}
+    bad = {**bundle, "type": "batch", "entry": [summary_count]}
+    assert (await c.post("/fhir", json=bad)).json()["entry"][0]["response"]["status"] == "400"
+
+
 async def test_the_fhir_version_parameter_of_media_types_must_be_r4(api: ApiHarness) -> None:
     c = api.client
     body = {"resourceType": "Patient", "id": "fv1"}
