@@ -235,7 +235,8 @@ async def batch_or_transaction(request: Request) -> Response:
     check_content_type(request)
     bundle = parse_json(await read_body(request, ctx.settings.max_body_bytes), max_depth=ctx.settings.max_json_depth)
     base = base_url(request)
-    minimal = prefer(request).get("return") == "minimal"
+    wanted = prefer(request).get("return")
+    minimal = wanted in ("minimal", "OperationOutcome")
     record = note_of(request)
     if record is not None and isinstance(bundle, dict) and bundle.get("type") == "batch":
         record.interaction = "batch"
@@ -257,9 +258,34 @@ async def batch_or_transaction(request: Request) -> Response:
         return response
 
     response = await ctx.write(work)
+    if wanted == "OperationOutcome":
+        _write_outcomes(bundle, response)
     if principal.deidentified:
         _deidentify_entries(response)
     return fhir_response(response, media_type=media)
+
+
+def _write_outcomes(bundle: dict[str, Any], response: dict[str, Any]) -> None:
+    """``Prefer: return=OperationOutcome``: each write entry answers with ``response.outcome``, as a
+    REST write would answer with an OperationOutcome (the entries of the response follow the request's)."""
+    for entry, answer in zip(bundle.get("entry") or [], response.get("entry", []), strict=False):
+        request = entry.get("request") if isinstance(entry, dict) else None
+        if not isinstance(request, dict):
+            continue
+        method = request.get("method")
+        result = answer.get("response")
+        if method not in ("POST", "PUT", "PATCH", "DELETE") or not isinstance(result, dict) or "outcome" in result:
+            continue
+        answer.pop("resource", None)
+        location = result.get("location")
+        if method == "DELETE" or not isinstance(location, str):
+            text = f"{request.get('url')} deleted" if method == "DELETE" else "done"
+        else:
+            target, _, version = location.partition("/_history/")
+            status = str(result.get("status", ""))
+            done = "created" if status.startswith("201") else "found (ifNoneExist)" if method == "POST" else "stored"
+            text = f"{target} version {version} {done}"
+        result["outcome"] = informational(text)
 
 
 def _deidentify_entries(bundle: dict[str, Any]) -> None:

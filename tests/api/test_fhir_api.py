@@ -607,6 +607,29 @@ async def test_bundle_get_entries_answer_as_the_rest_read_and_search_do(api: Api
     assert (await c.post("/fhir", json=bad)).json()["entry"][0]["response"]["status"] == "400"
 
 
+@pytest.mark.parametrize("kind", ["batch", "transaction"])
+async def test_bundle_entries_take_prefer_return_operation_outcome(api: ApiHarness, kind: str) -> None:
+    # http.html#ops: return=OperationOutcome asks for an outcome instead of the resource, as each
+    # entry of a batch or transaction answers (it got the resources, as without the header).
+    c = api.client
+    assert (await c.put(f"/fhir/Patient/oo-{kind}", json={"resourceType": "Patient", "id": f"oo-{kind}"})).is_success
+    bundle = {"resourceType": "Bundle", "type": kind, "entry": [
+        {"resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient"}},
+        {"resource": {"resourceType": "Patient", "id": f"oo-{kind}", "gender": "male"},
+         "request": {"method": "PUT", "url": f"Patient/oo-{kind}"}},
+        {"request": {"method": "GET", "url": f"Patient/oo-{kind}"}},
+    ]}
+    answer = await c.post("/fhir", json=bundle, headers={"Prefer": "return=OperationOutcome"})
+    assert answer.status_code == 200
+    created, updated, read = answer.json()["entry"]
+    for entry, text in ((created, "version 1 created"), (updated, f"Patient/oo-{kind} version 2 stored")):
+        assert "resource" not in entry
+        outcome = entry["response"]["outcome"]
+        assert outcome["resourceType"] == "OperationOutcome" and outcome["issue"][0]["severity"] == "information"
+        assert outcome["issue"][0]["diagnostics"].endswith(text)
+    assert read["resource"]["gender"] == "male" and "outcome" not in read["response"]
+
+
 async def test_the_fhir_version_parameter_of_media_types_must_be_r4(api: ApiHarness) -> None:
     c = api.client
     body = {"resourceType": "Patient", "id": "fv1"}
