@@ -27,9 +27,15 @@ def response_type(request: Request) -> str:
             return FHIR_JSON
     fmt = request.query_params.get("_format")
     if fmt is not None:
-        if fmt.split(";")[0].strip() not in _FORMATS:
+        # An unescaped "+" reads as a space in a query string (_format=application/fhir+json).
+        media, *params = fmt.split(";")
+        media = media.strip().replace(" ", "+").lower()
+        if media not in _FORMATS:
             raise FhirError(f"_format {fmt[:40]!r} is not supported (JSON only)", status=406, code="not-supported")
-        return FHIR_JSON if fmt != "application/json" else "application/json"
+        if not _r4(params):
+            raise FhirError("this server speaks FHIR R4 only (fhirVersion=4.0)", status=406, code="not-supported",
+                            expression=["_format"])
+        return FHIR_JSON if media != "application/json" else "application/json"
     accept = request.headers.get("accept")
     if not accept:
         return FHIR_JSON

@@ -630,6 +630,17 @@ async def test_bundle_entries_take_prefer_return_operation_outcome(api: ApiHarne
     assert read["resource"]["gender"] == "male" and "outcome" not in read["response"]
 
 
+async def test_format_takes_an_unescaped_plus_and_refuses_other_fhir_versions(api: ApiHarness) -> None:
+    c = api.client
+    assert (await c.put("/fhir/Patient/fmt1", json={"resourceType": "Patient", "id": "fmt1"})).status_code == 201
+    plain = await c.get("/fhir/Patient/fmt1?_format=application/fhir+json")  # "+" reads as a space
+    assert plain.status_code == 200 and plain.headers["content-type"].startswith("application/fhir+json")
+    assert (await c.get("/fhir/Patient/fmt1", params={"_format": "application/fhir+json;fhirVersion=4.0"})).is_success
+    other = await c.get("/fhir/Patient/fmt1", params={"_format": "application/fhir+json;fhirVersion=5.0"})
+    assert_outcome(other, 406, "not-supported")
+    assert_outcome(await c.get("/fhir/Patient/fmt1?_format=application/fhir+xml"), 406, "not-supported")
+
+
 async def test_the_fhir_version_parameter_of_media_types_must_be_r4(api: ApiHarness) -> None:
     c = api.client
     body = {"resourceType": "Patient", "id": "fv1"}
