@@ -426,10 +426,14 @@ class QueryParser:
         )  # fmt: skip
 
     def _has(self, rtype: str, key: str, raw: str) -> Criterion:
-        pieces = key.split(":")
-        if len(pieces) != 4:
-            raise SearchError("_has must look like _has:Type:reference-param:param", key)
+        pieces = key.split(":", 3)  # the last piece is the parameter with its modifier (code:not)
+        if len(pieces) == 4 and pieces[3].split(":", 1)[0] == "_has":
+            raise SearchError("a _has inside a _has is not supported", key, "not-supported")
+        if len(pieces) != 4 or not all(pieces[1:]) or pieces[3].count(":") > 1:
+            raise SearchError("_has must look like _has:Type:reference-param:param[:modifier]", key)
         _, source, ref_name, inner_key = pieces
+        if source not in RESOURCE_TYPES:
+            raise SearchError(f"_has names an unknown resource type {source[:40]!r}", key)
         ref_param = self.registry.get(source, ref_name)
         if ref_param is None or ref_param.type != "reference":
             raise SearchError(f"{source} has no reference parameter {ref_name!r}", key)

@@ -197,6 +197,25 @@ def test_reference_forms_and_chains(store: SqlStore) -> None:
     assert [r.id for r in result.included] == [obs]
 
 
+def test_has_takes_a_modifier_on_its_parameter_and_refuses_a_nested_has_as_not_supported(store: SqlStore) -> None:
+    with store.transaction() as tx:
+        final = tx.create({"resourceType": "Patient"}).resource.id
+        amended = tx.create({"resourceType": "Patient"}).resource.id
+        for pid, status in ((final, "final"), (amended, "amended")):
+            tx.create({"resourceType": "Observation", "status": status, "code": {"text": "x"},
+                       "subject": {"reference": f"Patient/{pid}"}})
+    assert find(store, "Patient", ("_has:Observation:subject:status:not", "final")) == {amended}
+    assert find(store, "Patient", ("_has:Observation:subject:status:missing", "false")) == {final, amended}
+    with pytest.raises(SearchError) as nested:
+        PARSER.parse("Patient", [("_has:Observation:subject:_has:Provenance:target:agent", "x")])
+    assert nested.value.code == "not-supported"
+    for key in ("_has:Observation:subject", "_has::subject:status", "_has:Observation:subject:status:not:x",
+                "_has:Bogus:subject:status"):
+        with pytest.raises(SearchError) as bad:
+            PARSER.parse("Patient", [(key, "x")])
+        assert bad.value.code == "invalid" and bad.value.expression == [key], key
+
+
 def test_a_chain_without_a_type_needs_one_only_when_several_targets_have_the_parameter() -> None:
     """subject.family can only mean a Patient (Group, Device and Location have no family); subject.name
     could mean several, so the client names one."""
