@@ -318,7 +318,7 @@ async def _search(request: Request, rtype: str, items: list[tuple[str, str]]) ->
     result.resources, result.included = shown(principal, result.resources), shown(principal, result.included)
     base = base_url(request)
     links = bundles.page_links(f"{base}/{rtype}", query.used, query.count, query.offset, result.total,
-                        len(result.resources), result.snapshot)
+                               len(result.resources), result.snapshot, paged=query.summary != "count")
     transform = _subsetted(query, [*result.resources, *result.included])
     outcome = None
     if query.warnings:

@@ -111,8 +111,11 @@ def page_links(
     total: int | None,
     page_len: int,
     snapshot: int | None,
+    *,
+    paged: bool = True,
 ) -> list[tuple[str, str]]:
-    """A page's ``self`` link and, when there are more, its ``next`` and ``previous`` links."""
+    """A page's ``self`` link and, when there are more, its ``next`` and ``previous`` links
+    (none when not ``paged``: ``_summary=count`` has no pages, only a total)."""
     params = [(k, v) for k, v in used if k != "_count"]
 
     def link(at: int) -> str:
@@ -122,6 +125,8 @@ def page_links(
         return f"{url}?{urlencode(params + extra)}"
 
     links = [("self", link(offset))]
+    if not paged:
+        return links
     more = offset + count < total if total is not None else page_len >= count > 0
     if more and count > 0:
         links.append(("next", link(offset + count)))

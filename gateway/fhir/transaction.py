@@ -522,7 +522,7 @@ class _Processor:
         if query.warnings:
             outcome = outcome_of([issue("not-supported", w, severity="warning") for w in query.warnings])
         links = bundles.page_links(f"{self.base}/{e.rtype}", query.used, query.count, query.offset, result.total,
-                                   len(result.resources), result.snapshot)
+                                   len(result.resources), result.snapshot, paged=query.summary != "count")
         searchset = orjson.loads(bundles.searchset(self.base, result.resources, total=result.total, links=links,
                                                    included=result.included, outcome=outcome, transform=transform))
         return {"resource": searchset, "response": {"status": "200 OK"}}

@@ -641,6 +641,21 @@ async def test_format_takes_an_unescaped_plus_and_refuses_other_fhir_versions(ap
     assert_outcome(await c.get("/fhir/Patient/fmt1?_format=application/fhir+xml"), 406, "not-supported")
 
 
+async def test_summary_count_has_no_next_link(api: ApiHarness) -> None:
+    # _summary=count answers a total without entries: a next link would page through nothing.
+    c = api.client
+    for n in range(3):
+        patient = {"resourceType": "Patient", "id": f"cnt{n}", "name": [{"family": "countonly"}]}
+        assert (await c.put(f"/fhir/Patient/cnt{n}", json=patient)).status_code == 201
+    params = {"family": "countonly", "_summary": "count", "_count": "1"}
+    counted = (await c.get("/fhir/Patient", params=params)).json()
+    assert counted["total"] == 3 and "entry" not in counted
+    assert [link["relation"] for link in counted["link"]] == ["self"]
+    get = {"request": {"method": "GET", "url": "Patient?family=countonly&_summary=count&_count=1"}}
+    answer = (await c.post("/fhir", json={"resourceType": "Bundle", "type": "batch", "entry": [get]})).json()
+    assert [link["relation"] for link in answer["entry"][0]["resource"]["link"]] == ["self"]
+
+
 async def test_the_fhir_version_parameter_of_media_types_must_be_r4(api: ApiHarness) -> None:
     c = api.client
     body = {"resourceType": "Patient", "id": "fv1"}
