@@ -400,6 +400,9 @@ class QueryParser:
             # when only one of them has the chained parameter, that one is meant.
             inner_code = rest.split(".", 1)[0].partition(":")[0]
             having = [t for t in param.targets if self.registry.get(t, inner_code) is not None]
+            if not having and not inner_code.startswith("_"):
+                raise SearchError(f"unknown parameter {inner_code!r} in the chain {head}.{rest}: no type"
+                                  f" {head} can refer to has it", f"{head}.{rest}")
             if len(having) != 1:
                 among = f" ({inner_code} is a parameter of {', '.join(having)})" if having else ""
                 raise SearchError(f"chained parameter {head} needs a type modifier ({head}:Type.…){among}", head)

@@ -223,8 +223,9 @@ def test_a_chain_without_a_type_needs_one_only_when_several_targets_have_the_par
     assert chained.chain is not None and chained.chain[0] == "Patient"
     with pytest.raises(SearchError, match=r"needs a type modifier .*name is a parameter of .*Patient"):
         PARSER.parse("Observation", [("subject.name", "okoth")])
-    with pytest.raises(SearchError, match="needs a type modifier"):
-        PARSER.parse("Observation", [("subject.no-such-param", "x")])
+    with pytest.raises(SearchError, match="unknown parameter 'no-such-param'") as unknown:
+        PARSER.parse("Observation", [("subject.no-such-param", "x")])  # no target has it: not a type question
+    assert unknown.value.expression == ["subject.no-such-param"]
 
 
 def test_include_iterate_follows_references_from_included_resources(store: SqlStore) -> None:
