@@ -20,7 +20,9 @@ OperationOutcome issue code the API answers with, and the exit code of the comma
 A class without a row of its own has its nearest ancestor's (``disposition``). Only
 ``CLIENT_ERRORS`` are answered with their own diagnostics; the others are the gateway's
 own failures, which the API answers like a bug: a bare 500 (their messages may name
-hosts, files or internals that are no business of the client).
+hosts, files or internals that are no business of the client); a row of status 503 (the
+store cannot be reached now) is answered 503 ``transient`` with ``Retry-After``, again
+without the message.
 
 A ``FhirError`` raised with an explicit ``status``/``code`` keeps them: FHIR interactions
 answer with many statuses (401 login, 403 forbidden, 404 not-found, 405/406/415
@@ -78,6 +80,7 @@ DISPOSITIONS: dict[str, Disposition] = {
     "MappingError": Disposition(status=422, code="invalid", exit=1),
     "ConfigError": Disposition(status=500, code="exception", exit=2),
     "StoreError": Disposition(status=500, code="exception", exit=1),
+    "StoreUnavailable": Disposition(status=503, code="transient", exit=1),
     "QueueError": Disposition(status=500, code="exception", exit=1),
     "ConnectorError": Disposition(status=500, code="exception", exit=1),
 }

@@ -220,10 +220,16 @@ def _install_docs(app: FastAPI) -> None:
         return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - ReDoc")
 
 
+#: Seconds a client is asked to wait when the store cannot be reached (``Retry-After`` of the 503).
+UNAVAILABLE_RETRY_AFTER = 5
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     async def gateway_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, GatewayError)
         if not isinstance(exc, CLIENT_ERRORS):
+            if exc.status == 503:
+                return _unavailable(request, exc)
             # The gateway's own failure (store, queue, connector, config): re-raised, it gets
             # the same bare 500 and log as any unexpected exception, never its message.
             raise exc
@@ -271,6 +277,26 @@ def _install_error_handlers(app: FastAPI) -> None:
             operation_outcome("exception", f"internal error; the request was not applied (request id {request_id})"),
             status=500,
             headers={"X-Request-ID": request_id},
+        )
+
+    def _unavailable(request: Request, exc: GatewayError) -> Response:
+        # The store cannot be reached now (a database restart, a network cut): not a bug, and
+        # nothing was applied. The client is told to retry; the log names the types, no stack.
+        request_id = request_id_of(request.scope) or "-"
+        cause = type(exc.__cause__).__name__ if exc.__cause__ is not None else "-"
+        log.warning("%s (%s) on %s %s (request id %s): answered 503", type(exc).__name__, cause,
+                    request.method, request.url.path, request_id)
+        headers = {"Retry-After": str(UNAVAILABLE_RETRY_AFTER)}
+        if console.is_console(request):
+            response = console.error_response(
+                request, 503, f"The store is unavailable; nothing was changed. Try again (request id {request_id}).")
+            response.headers.update(headers)
+            return response
+        return fhir_response(
+            operation_outcome("transient", f"the store is unavailable; the request was not applied, retry later"
+                                           f" (request id {request_id})"),
+            status=503,
+            headers=headers,
         )
 
     app.add_exception_handler(GatewayError, gateway_error)

@@ -27,6 +27,7 @@ from .base import SearchResult as SearchResult
 from .base import Store as Store
 from .base import StoredResource as StoredResource
 from .base import StoreTransaction as StoreTransaction
+from .base import StoreUnavailable as StoreUnavailable
 from .base import SubscriptionRecord as SubscriptionRecord
 from .base import SubscriptionStore as SubscriptionStore
 from .base import VersionConflict as VersionConflict

@@ -189,6 +189,13 @@ class VersionConflict(StoreError):
 
 
 
+class StoreUnavailable(StoreError):
+    """The store's database cannot be reached now, or dropped the connection (retry later).
+
+    The driver's error is its ``__cause__``; the API answers 503 ``transient`` with ``Retry-After``.
+    """
+
+
 class StoreTransaction(Protocol):
     """Reads and writes inside one database transaction (see ``ResourceStore.transaction``)."""
 

@@ -29,7 +29,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from gateway.search import SearchRegistry
-from gateway.store.base import WriteBatch
+from gateway.store.base import StoreUnavailable, WriteBatch
 from gateway.store.group_commit import GroupCommit
 from gateway.store.rows import Cursor
 from gateway.store.sql import SqlStore
@@ -56,6 +56,12 @@ def rows_by_id_sql(columns: str, where: str = "", lock: bool = False) -> str:
         f" (SELECT * FROM resources r WHERE r.rtype = %s AND r.id = k.id{where}"
         f"{' FOR UPDATE' if lock else ''}) AS r"
     )
+
+
+def _unavailable(exc: psycopg.OperationalError) -> StoreUnavailable:
+    """The driver's failure to reach the server (refused, shut down, dropped, pool timeout), as the
+    store's own error: a 503 for the API instead of a 500 like a bug. Only its type is named."""
+    return StoreUnavailable(f"the PostgreSQL store is unavailable ({type(exc).__name__})")
 
 
 def split_schema(url: str) -> tuple[str, str | None]:
@@ -144,20 +150,40 @@ class PostgresStore(SqlStore):
 
     @contextmanager
     def _read_cursor(self) -> Iterator[Cursor]:
-        with self._pool.connection() as conn, conn.cursor() as cur:
-            yield cur
+        try:
+            with self._pool.connection() as conn, conn.cursor() as cur:
+                yield cur
+        except psycopg.OperationalError as exc:
+            # After a server restart every idle connection of the pool is dead, and each would fail
+            # one more request: the pool is checked now, so this request is the only one.
+            try:
+                self._pool.check()
+            except psycopg.OperationalError:  # closed, or nothing to check against: the request fails anyway
+                pass
+            raise _unavailable(exc) from exc
 
     @contextmanager
     def _write_cursor(self) -> Iterator[Cursor]:
-        with self._writer.unit() as cur:
-            yield cur
+        try:
+            with self._writer.unit() as cur:
+                yield cur
+        except psycopg.OperationalError as exc:
+            raise _unavailable(exc) from exc
+
+    @contextmanager
+    def _held_batch(self) -> Iterator[WriteBatch]:
+        try:
+            with self._writer.hold() as batch:
+                yield batch
+        except psycopg.OperationalError as exc:
+            raise _unavailable(exc) from exc
 
     def _spare_ids(self) -> list[int] | None:
         return self._writer.spare_ids()
 
     def write_batch(self) -> AbstractContextManager[WriteBatch]:
         """This thread's transactions until the block ends, committed together at its end."""
-        return self._writer.hold()
+        return self._held_batch()
 
     def rows_by_id(
         self, cur: Cursor, columns: str, rtype: str, ids: Sequence[str], *, where: str = "", lock: bool = False

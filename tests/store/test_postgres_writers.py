@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 import psycopg
 import pytest
 
+from gateway.store import StoreUnavailable
 from gateway.store.postgres import PostgresStore
 from tests.conftest import PG_URL
 
@@ -199,8 +200,9 @@ def test_a_lost_writer_connection_is_replaced(store: PostgresStore) -> None:
     assert conn is not None
     with store._read_cursor() as cur:
         cur.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
-    with pytest.raises(psycopg.OperationalError), store.transaction() as tx:
+    with pytest.raises(StoreUnavailable) as lost, store.transaction() as tx:  # a 503 for the API, not a 500
         tx.update(_patient("b"))
+    assert isinstance(lost.value.__cause__, psycopg.OperationalError)
     with store.transaction() as tx:
         tx.update(_patient("c"))
     assert _committed(store, "c") and store.read("Patient", "b") is None

@@ -1,0 +1,96 @@
+"""A PostgreSQL store whose server restarts (or drops its connections): the requests that meet a
+dead connection get a 503 ``transient`` with ``Retry-After`` (not a 500 like a bug), the store's
+connections recover by themselves, and a server restart costs one failed read, not one per
+pooled connection."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from gateway.api.app import create_app
+from gateway.settings import Settings
+from gateway.store import StoreUnavailable, open_store
+from gateway.store.postgres import PostgresStore
+from tests.conftest import PG_URL, make_token
+from tests.support.gateway_app import MACHINE_SPEED_LIMITS
+
+
+def _drop_connections(store: PostgresStore, readers: int) -> None:
+    """Fill the read pool with ``readers`` connections, then end every backend of the store, as
+    a server restart does (the gateway's connections do not know until they are used)."""
+    with ExitStack() as stack:
+        pids = [stack.enter_context(store._pool.connection()).info.backend_pid for _ in range(readers)]
+    writer = store._writer._conn
+    if writer is not None:
+        pids.append(writer.info.backend_pid)
+    with psycopg.connect(PG_URL, autocommit=True) as admin:
+        for pid in pids:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+
+@pytest.fixture
+def store(pg_schema_url: str) -> Iterator[PostgresStore]:
+    opened = PostgresStore(pg_schema_url)
+    opened.migrate()
+    yield opened
+    opened.close()
+
+
+def _patient(rid: str) -> dict[str, object]:
+    return {"resourceType": "Patient", "id": rid, "name": [{"family": "Achieng"}]}
+
+
+def _put(store: PostgresStore, rid: str) -> None:
+    with store.transaction() as tx:
+        tx.update(_patient(rid))
+
+
+def test_dead_connections_fail_one_read_as_unavailable_then_recover(store: PostgresStore) -> None:
+    _put(store, "p1")
+    _drop_connections(store, readers=4)
+    with pytest.raises(StoreUnavailable) as failed:
+        store.read("Patient", "p1")
+    assert isinstance(failed.value.__cause__, psycopg.OperationalError)
+    for _ in range(6):  # the other dead connections were dropped with the first
+        assert store.read("Patient", "p1") is not None
+
+
+@pytest.fixture
+async def pg_api(pg_schema_url: str, tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, PostgresStore]]:
+    settings = Settings(store_url=pg_schema_url, allowed_hosts=["gateway.test"], rate_limit=MACHINE_SPEED_LIMITS,
+                        bulk_export={"directory": str(tmp_path / "exports")})
+    store = open_store(settings.store_url)
+    assert isinstance(store, PostgresStore)
+    app = create_app(settings, store=store)
+    async with app.router.lifespan_context(app):
+        token = make_token(store, ("system/*.cruds",), name=f"c-{uuid.uuid4().hex[:8]}")
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway.test",
+                                     headers={"Authorization": f"Bearer {token}"}) as client:
+            yield client, store
+    store.close()
+
+
+async def test_the_api_answers_503_transient_while_the_store_is_unreachable(
+    pg_api: tuple[httpx.AsyncClient, PostgresStore],
+) -> None:
+    client, store = pg_api
+    assert (await client.put("/fhir/Patient/p1", json=_patient("p1"))).status_code == 201
+    _drop_connections(store, readers=3)
+
+    read = await client.get("/fhir/Patient/p1")
+    assert read.status_code == 503
+    assert read.headers["Retry-After"] == "5"
+    issue = read.json()["issue"][0]
+    assert issue["code"] == "transient" and "store is unavailable" in issue["diagnostics"]
+    assert [(await client.get("/fhir/Patient/p1")).status_code for _ in range(4)] == [200] * 4
+
+    write = await client.put("/fhir/Patient/p2", json=_patient("p2"))
+    assert write.status_code == 503 and write.json()["issue"][0]["code"] == "transient"
+    assert (await client.put("/fhir/Patient/p2", json=_patient("p2"))).status_code == 201
