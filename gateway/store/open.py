@@ -28,5 +28,9 @@ def open_store(url: str) -> Store:
         store = PostgresStore(url)
     else:
         raise ValueError("store URL must start with sqlite:/// or postgresql://")
-    store.migrate()
+    try:
+        store.migrate()
+    except BaseException:
+        store.close()  # e.g. a schema newer than this gateway's: nothing is left open
+        raise
     return store

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from gateway.errors import StoreError
 from gateway.ids import uuid4_text
 from gateway.search import (
     FAR_FUTURE,
@@ -64,7 +65,7 @@ from gateway.store.base import (
     WriteBatch,
 )
 from gateway.store.exports import ExportJobs
-from gateway.store.migrations import MIGRATIONS, statements_for
+from gateway.store.migrations import LATEST, MIGRATIONS, statements_for
 from gateway.store.rows import COLUMNS, INDEX_TABLES, Cursor, to_resource
 from gateway.store.sqlops import SPREAD_SQL, WriteStep, insert_sql
 from gateway.store.subscriptions import SubscriptionRows
@@ -85,6 +86,10 @@ _IDS_PER_QUERY = 500
 #: reference from what the round before added).
 ITERATE_ROUNDS = 4
 
+
+
+class SchemaTooNew(StoreError):
+    """The store's schema is newer than this gateway's migrations: it was written by a newer one."""
 
 
 class SqlStore(ExportJobs, SubscriptionRows):
@@ -191,6 +196,15 @@ class SqlStore(ExportJobs, SubscriptionRows):
             cur.execute("SELECT version FROM schema_migrations")
             applied = {int(row[0]) for row in cur.fetchall()}
             current = max(applied, default=0)
+            if current > LATEST:
+                # Written by a newer gateway: this code would not keep up what its migrations added
+                # (tables and rows every write maintains), and searches of the newer code would miss
+                # what it wrote. Going back means restoring the backup taken before the upgrade.
+                raise SchemaTooNew(
+                    f"the store has schema version {current}, newer than the {LATEST} this gateway knows:"
+                    " it was written by a newer gateway; upgrade this one, or restore the backup taken"
+                    " before the upgrade"
+                )
             for migration in MIGRATIONS:
                 # Every missing version, not only those above the newest: branches merged out of
                 # order (a database at 12 that never had 10) still get what they lack.

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import orjson
 import psycopg
+import pytest
 
 from gateway.store import open_store
 from gateway.store.migrations import LATEST, MIGRATIONS, statements_for
 from gateway.store.postgres import split_schema
-from gateway.store.sql import SqlStore
+from gateway.store.sql import SchemaTooNew, SqlStore
 from tests.store.helpers import patient
 
 
@@ -137,3 +138,17 @@ def test_a_missing_version_below_the_newest_is_applied(store: SqlStore) -> None:
     with store._read_cursor() as cur:
         cur.execute("SELECT COUNT(*) FROM schema_migrations WHERE version = 10")
         assert cur.fetchone()[0] == 1
+
+
+def test_a_store_written_by_a_newer_gateway_is_refused(store_url: str) -> None:
+    # An older gateway started on an upgraded store (a rollback without restoring the backup) would
+    # write without keeping up what the newer migrations added: it must stop, as for the queue file.
+    store = open_store(store_url)
+    assert isinstance(store, SqlStore)
+    try:
+        with store._write_cursor() as cur:
+            cur.execute(store.q("INSERT INTO schema_migrations (version, applied) VALUES (?, ?)"), (LATEST + 1, 0.0))
+    finally:
+        store.close()
+    with pytest.raises(SchemaTooNew, match=rf"schema version {LATEST + 1}, newer than the {LATEST}"):
+        open_store(store_url).close()
