@@ -60,7 +60,8 @@ class BackfillReport:
         )
 
 
-#: Called after each saved batch with (records handled, bytes read) since the previous call.
+#: Called after each saved batch with (records handled, bytes read) since the previous call; and
+#: first with (0, bytes) when a resumed input skips that many bytes without reading them.
 Progress = Callable[[int, int], None]
 
 
@@ -98,6 +99,13 @@ class BackfillRunner:
             report.skipped_inputs = 1
             return report
         done, read_before = resume.records, 0
+        if resume.offset is not None and not item.is_url:
+            # A JSON-lines file resumed at its saved offset seeks over what earlier runs read: said
+            # once, as bytes done with no records, so the progress shows them done but the rate
+            # (and the ETA) counts only the bytes this run reads.
+            read_before = resume.offset - item.start
+            if progress is not None and read_before > 0:
+                progress(0, read_before)
         batch: list[Item] = []
         for found in read(item, resume):
             batch.append(found)

@@ -221,6 +221,7 @@ class _Meter:
         self.source = source
         self.records = 0
         self.read = 0
+        self.skipped = 0  # bytes of resumed inputs seeked over: done, not read by this run
         self.started = time.monotonic()
         self.last_line = self.started
         self.bar: Any = None
@@ -250,9 +251,15 @@ class _Meter:
         return self.records / max(time.monotonic() - self.started, 1e-6)
 
     def advance(self, records: int, read: int) -> None:
-        """Count a saved batch."""
+        """Count a saved batch; ``records == 0``: bytes a resumed input skips (done before, not read now)."""
         self.records += records
         self.read += read
+        if records == 0:
+            self.skipped += read
+            if self.bar is not None:  # done, but not in the speed the bar's ETA is computed from
+                self.bar.reset(self.task, total=self.total, completed=self.read, records=f"{self.records:,}",
+                               rate=f"{self.rate():,.0f}")
+            return
         if self.bar is not None:
             self.bar.update(self.task, advance=read, records=f"{self.records:,}", rate=f"{self.rate():,.0f}")
         elif time.monotonic() - self.last_line >= TICK:
@@ -263,7 +270,7 @@ class _Meter:
         rate = self.rate()
         done = f", {100 * self.read / self.total:.1f}% of {self.total:,} bytes" if self.total else ""
         eta = ""
-        if self.total and self.read:
-            seconds = (self.total - self.read) * (time.monotonic() - self.started) / self.read
+        if self.total and self.read > self.skipped:
+            seconds = (self.total - self.read) * (time.monotonic() - self.started) / (self.read - self.skipped)
             eta = f", ETA {int(seconds // 60)}m{int(seconds % 60):02d}s"
         typer.echo(f"backfill {self.source}: {self.records:,} records, {rate:,.0f}/s{done}{eta}")
