@@ -58,6 +58,9 @@ def rows_by_id_sql(columns: str, where: str = "", lock: bool = False) -> str:
     )
 
 
+_PING_SECONDS = 3.0  # how long a readiness check waits for a pooled connection
+
+
 def _unavailable(exc: psycopg.OperationalError) -> StoreUnavailable:
     """The driver's failure to reach the server (refused, shut down, dropped, pool timeout), as the
     store's own error: a 503 for the API instead of a 500 like a bug. Only its type is named."""
@@ -160,6 +163,15 @@ class PostgresStore(SqlStore):
                 self._pool.check()
             except psycopg.OperationalError:  # closed, or nothing to check against: the request fails anyway
                 pass
+            raise _unavailable(exc) from exc
+
+    def ping(self) -> None:
+        """Raise ``StoreUnavailable`` if the database cannot be reached within a few seconds (a
+        readiness probe must answer before its own timeout, not after the pool's 30 s)."""
+        try:
+            with self._pool.connection(timeout=_PING_SECONDS) as conn:
+                conn.execute("SELECT 1").fetchone()
+        except psycopg.OperationalError as exc:  # PoolTimeout included
             raise _unavailable(exc) from exc
 
     @contextmanager

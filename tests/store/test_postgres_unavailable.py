@@ -94,3 +94,18 @@ async def test_the_api_answers_503_transient_while_the_store_is_unreachable(
     write = await client.put("/fhir/Patient/p2", json=_patient("p2"))
     assert write.status_code == 503 and write.json()["issue"][0]["code"] == "transient"
     assert (await client.put("/fhir/Patient/p2", json=_patient("p2"))).status_code == 201
+
+
+def test_a_readiness_check_answers_within_seconds_when_the_server_is_gone() -> None:
+    """/readyz pings the store: with the server unreachable it must answer 503 before a probe's
+    own timeout, not after the read pool's 30 s wait."""
+    import time
+
+    unreachable = PostgresStore("postgresql://postgres@127.0.0.1:1/test")
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            unreachable.ping()
+        assert time.monotonic() - started < 10
+    finally:
+        unreachable.close()
