@@ -34,6 +34,8 @@ that called them, with ``raise … from exc``.
 
 from __future__ import annotations
 
+import sys
+import traceback
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,8 +55,10 @@ __all__ = [
     "exit_code_for",
     "gone",
     "invalid",
+    "module_of",
     "not_found",
     "outcome_for",
+    "raised_at",
 ]
 
 
@@ -247,3 +251,19 @@ def gone(diagnostics: str) -> FhirError:
 def invalid(diagnostics: str, expression: list[str] | None = None, code: str = "invalid") -> FhirError:
     """400 for a malformed request."""
     return FhirError(diagnostics, status=400, code=code, expression=expression)
+
+
+def module_of(filename: str) -> str:
+    """The dotted module name of a source file, or its base name when no loaded module has it."""
+    for name, module in list(sys.modules.items()):
+        if getattr(module, "__file__", None) == filename:
+            return name
+    return filename.rsplit("/", 1)[-1]
+
+
+def raised_at(exc: BaseException) -> str:
+    """Where ``exc`` was raised, as ``module:line`` (logs name the place, never a path or a message)."""
+    frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ is not None else []
+    if not frames:
+        return "?"
+    return f"{module_of(frames[-1].filename)}:{frames[-1].lineno}"

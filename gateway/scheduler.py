@@ -33,13 +33,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.clock import Clock
+from gateway.errors import raised_at
 
 __all__ = ["Claim", "PeriodicTask", "Scheduler", "SchedulerSettings", "next_run", "slot_of"]
 
@@ -187,9 +187,7 @@ class Scheduler:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a failed run must not end the loop, nor the process
-            where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-            place = f"{where.filename}:{where.lineno}" if where else "?"
-            log.error("scheduled task %s failed: %s at %s", task.name, type(exc).__name__, place)
+            log.error("scheduled task %s failed: %s at %s", task.name, type(exc).__name__, raised_at(exc))
             self.failures[task.name] += 1
             self.runs[task.name] += 1
             return False

@@ -233,3 +233,19 @@ def test_the_cli_exits_with_the_tables_code(tmp_path: Path, monkeypatch: pytest.
     missing = runner.invoke(cli_app, ["config", "check", "--config", str(tmp_path / "missing.yaml")])
     assert missing.exit_code == exit_code_for(ConfigFileError("missing")) == 2
     assert missing.stderr.startswith("gateway: ") and "cannot read" in missing.stderr
+
+
+def test_raised_at_names_the_module_and_line_never_a_path() -> None:
+    """Logs of loop failures (the outbox, scheduled tasks) say where, as module:line: a path names
+    the host's layout, which the README keeps out of logs."""
+    from gateway.errors import raised_at
+
+    try:
+        import gateway.errors as errors
+
+        errors.invalid("x").__class__  # noqa: B018 - a line of this module, then a raise in it
+        raise ValueError("never logged")
+    except ValueError as exc:
+        where = raised_at(exc)
+    assert where.startswith("tests.test_errors:") and "/" not in where
+    assert raised_at(ValueError("never raised")) == "?"

@@ -17,10 +17,12 @@ import time
 import warnings
 from typing import TYPE_CHECKING, Any, TextIO
 
+from gateway.errors import module_of
+
 if TYPE_CHECKING:
     from gateway.settings import Settings
 
-__all__ = ["JsonFormatter", "TextFormatter", "configure_logging", "module_of"]
+__all__ = ["JsonFormatter", "TextFormatter", "configure_logging"]
 
 QUIET = ("httpx", "httpcore")
 
@@ -56,14 +58,6 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info and record.exc_info[0] is not None:
             entry["error"] = record.exc_info[0].__name__
         return orjson.dumps(entry).decode()
-
-
-def module_of(filename: str) -> str:
-    """The dotted module name of a source file, or its base name when no loaded module has it."""
-    for name, module in list(sys.modules.items()):
-        if getattr(module, "__file__", None) == filename:
-            return name
-    return filename.rsplit("/", 1)[-1]
 
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import traceback
 from collections.abc import Callable, Mapping, Sequence
 
 import httpx
@@ -39,6 +38,7 @@ from gateway.delivery.outbox import FeedFollower, FollowerFactory, Outbox
 from gateway.delivery.queue import DeliveryQueue, reraise_if_cancelled
 from gateway.delivery.queue_factory import open_queue
 from gateway.delivery.worker import DestinationRuntime, Worker
+from gateway.errors import raised_at
 from gateway.store import Store
 
 log = logging.getLogger(__name__)
@@ -219,9 +219,7 @@ class DeliveryService:
             except Exception as exc:  # store or queue down: keep the loop alive, retry with backoff
                 reraise_if_cancelled(exc)
                 # The type and place only: messages of database errors can quote row data.
-                where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-                place = f"{where.filename}:{where.lineno}" if where else "?"
-                log.error("delivery outbox: %s at %s; retrying in %.1fs", type(exc).__name__, place, backoff)
+                log.error("delivery outbox: %s at %s; retrying in %.1fs", type(exc).__name__, raised_at(exc), backoff)
                 await self.clock.sleep(backoff)
                 backoff = min(backoff * 2, MAX_OUTBOX_BACKOFF)
                 continue

@@ -27,7 +27,8 @@ import pytest
 from typer.testing import CliRunner
 
 from gateway.cli import app
-from gateway.cli.logs import configure_logging, module_of
+from gateway.cli.logs import configure_logging
+from gateway.errors import module_of
 from gateway.settings import ConfigFileError, Settings, find_config_file
 from tests.support.processes import free_port
 
