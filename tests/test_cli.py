@@ -426,3 +426,18 @@ def test_clients_create_of_an_existing_client_says_what_it_replaces(env: Path) -
     assert again.exit_code == 0 and "re-keyed client lab" in again.stdout
     assert "its old token stops working" in again.stderr and "clients rotate" in again.stderr
     assert _client(env, first.stdout.strip().splitlines()[-1]) is None  # the old token is gone
+
+
+def test_worker_on_a_store_it_cannot_use_says_so_in_one_line(env: Path) -> None:
+    """A store written by a newer gateway is refused with one line, not a traceback."""
+    import sqlite3
+    import time
+
+    open_store(f"sqlite:///{env}/cli.db").close()
+    with sqlite3.connect(env / "cli.db") as db:
+        db.execute("INSERT INTO schema_migrations VALUES (999, ?)", (time.time(),))
+    config = env / "worker.yaml"
+    config.write_text(f"store_url: sqlite:///{env}/cli.db\nqueue_url: sqlite:///{env}/queue.db\n")
+    result = runner.invoke(app, ["worker", "--config", str(config)])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "schema version 999" in result.stderr and result.stderr.count("\n") <= 2, result.stderr

@@ -407,3 +407,5 @@ def worker_command(
         )
     except DeliveryConfigError as exc:
         fail(str(exc), exit_code_for(exc))
+    except GatewayError as exc:  # a store or queue it cannot use (refused schema, unreachable): one line
+        fail(f"{type(exc).__name__}: {exc}", exit_code_for(exc))
