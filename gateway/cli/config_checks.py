@@ -14,7 +14,7 @@ Each problem is ``file:line: where: reason``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,15 +33,17 @@ def config_problems(settings: Settings, environ: Mapping[str, str] | None = None
     path = settings.config_file
     locate = source_locator(path) if path is not None else None
     _, issues = compile_config(settings.mappings_dir, settings.sources, locate=locate)
-    problems = [str(issue) for issue in issues] + _missing_destination_files(settings)
+    at = _locator(settings)
+    problems = [str(issue) for issue in issues] + _missing_destination_files(settings, at)
     if environ is not None:
-        problems += _unreadable_secrets(settings, environ)
+        problems += _unreadable_secrets(settings, environ, at)
     return problems
 
 
-def _unreadable_secrets(settings: Settings, environ: Mapping[str, str]) -> list[str]:
-    from gateway.connectors import AuthConfig, DeliveryConfigError, resolve_credentials
-    from gateway.mapping import YamlSyntaxError, format_path, read_yaml
+def _locator(settings: Settings) -> Callable[[tuple[str | int, ...]], str]:
+    """Where a setting at ``loc`` was given: ``file:line`` when the configuration file wrote its
+    section, else the section's ``GATEWAY_`` variable."""
+    from gateway.mapping import YamlSyntaxError, read_yaml
 
     doc = None
     if settings.config_file is not None:
@@ -49,39 +51,45 @@ def _unreadable_secrets(settings: Settings, environ: Mapping[str, str]) -> list[
             doc = read_yaml(settings.config_file)
         except YamlSyntaxError:
             doc = None
-    named: list[tuple[str, tuple[str | int, ...], str, Any]] = [
-        ("destinations", ("destinations", i, "auth"), f"destination {d.name}", d.auth)
-        for i, d in enumerate(settings.destinations)
+
+    def at(loc: tuple[str | int, ...]) -> str:
+        section = str(loc[0])
+        if doc is not None and isinstance(doc.data, dict) and section in doc.data:
+            return f"{settings.config_file}:{doc.line_of(doc.data_path(loc))}"
+        return f"GATEWAY_{section.upper()}"
+
+    return at
+
+
+def _unreadable_secrets(
+    settings: Settings, environ: Mapping[str, str], at: Callable[[tuple[str | int, ...]], str]
+) -> list[str]:
+    from gateway.connectors import AuthConfig, DeliveryConfigError, resolve_credentials
+    from gateway.mapping import format_path
+
+    named: list[tuple[tuple[str | int, ...], str, Any]] = [
+        (("destinations", i, "auth"), f"destination {d.name}", d.auth) for i, d in enumerate(settings.destinations)
     ]
-    for i, source in enumerate(settings.sources):
-        auth = (source.pull or {}).get("auth")
-        if auth is not None:
-            named.append(("sources", ("sources", i, "pull", "auth"), f"source {source.name}", auth))
+    named += [
+        (("sources", i, "pull", "auth"), f"source {source.name}", (source.pull or {}).get("auth"))
+        for i, source in enumerate(settings.sources)
+    ]
     problems: list[str] = []
-    for section, loc, who, auth in named:
+    for loc, who, auth in named:
         if auth is None:
             continue
         try:
             resolve_credentials(auth if isinstance(auth, AuthConfig) else AuthConfig.model_validate(auth), environ)
         except (DeliveryConfigError, ValueError) as exc:
-            at = f"GATEWAY_{section.upper()}"
-            if doc is not None and isinstance(doc.data, dict) and section in doc.data:
-                at = f"{settings.config_file}:{doc.line_of(doc.data_path(loc))}"
-            problems.append(f"{at}: {format_path(loc)}: {exc} ({who})")
+            problems.append(f"{at(loc)}: {format_path(loc)}: {exc} ({who})")
     return problems
 
 
-def _missing_destination_files(settings: Settings) -> list[str]:
+def _missing_destination_files(settings: Settings, at: Callable[[tuple[str | int, ...]], str]) -> list[str]:
     from gateway.connectors.dhis2 import Dhis2Options
-    from gateway.mapping import YamlSyntaxError, format_path, read_yaml
+    from gateway.mapping import format_path
 
     problems: list[str] = []
-    doc = None
-    if settings.config_file is not None:
-        try:
-            doc = read_yaml(settings.config_file)
-        except YamlSyntaxError:
-            doc = None
     for index, destination in enumerate(settings.destinations):
         if destination.kind != "dhis2":
             continue
@@ -95,10 +103,6 @@ def _missing_destination_files(settings: Settings) -> list[str]:
             if file is None or file.is_file():
                 continue
             loc = ("destinations", index, *where)
-            written = doc is not None and isinstance(doc.data, dict) and "destinations" in doc.data
-            at = "GATEWAY_DESTINATIONS"
-            if written and doc is not None:
-                at = f"{settings.config_file}:{doc.line_of(doc.data_path(loc))}"
-            problems.append(f"{at}: {format_path(loc)}: {file} does not exist"
+            problems.append(f"{at(loc)}: {format_path(loc)}: {file} does not exist"
                             f" (destination {destination.name}; relative paths start in {Path.cwd()})")  # fmt: skip
     return problems
