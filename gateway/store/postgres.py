@@ -22,7 +22,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
@@ -65,6 +65,19 @@ def _unavailable(exc: psycopg.OperationalError) -> StoreUnavailable:
     """The driver's failure to reach the server (refused, shut down, dropped, pool timeout), as the
     store's own error: a 503 for the API instead of a 500 like a bug. Only its type is named."""
     return StoreUnavailable(f"the PostgreSQL store is unavailable ({type(exc).__name__})")
+
+
+T = TypeVar("T")
+
+
+@contextmanager
+def _reachable(block: AbstractContextManager[T]) -> Iterator[T]:
+    """``block``, with the driver's failures to reach the server raised as ``StoreUnavailable``."""
+    try:
+        with block as value:
+            yield value
+    except psycopg.OperationalError as exc:
+        raise _unavailable(exc) from exc
 
 
 def split_schema(url: str) -> tuple[str, str | None]:
@@ -174,28 +187,15 @@ class PostgresStore(SqlStore):
         except psycopg.OperationalError as exc:  # PoolTimeout included
             raise _unavailable(exc) from exc
 
-    @contextmanager
-    def _write_cursor(self) -> Iterator[Cursor]:
-        try:
-            with self._writer.unit() as cur:
-                yield cur
-        except psycopg.OperationalError as exc:
-            raise _unavailable(exc) from exc
-
-    @contextmanager
-    def _held_batch(self) -> Iterator[WriteBatch]:
-        try:
-            with self._writer.hold() as batch:
-                yield batch
-        except psycopg.OperationalError as exc:
-            raise _unavailable(exc) from exc
+    def _write_cursor(self) -> AbstractContextManager[Cursor]:
+        return _reachable(self._writer.unit())
 
     def _spare_ids(self) -> list[int] | None:
         return self._writer.spare_ids()
 
     def write_batch(self) -> AbstractContextManager[WriteBatch]:
         """This thread's transactions until the block ends, committed together at its end."""
-        return self._held_batch()
+        return _reachable(self._writer.hold())
 
     def rows_by_id(
         self, cur: Cursor, columns: str, rtype: str, ids: Sequence[str], *, where: str = "", lock: bool = False
