@@ -16,6 +16,7 @@ from gateway.api.app import create_app
 from gateway.auth import hash_token, new_token
 from gateway.settings import Settings
 from gateway.store import ApiClient, ClientRegistry, Store, open_store
+from gateway.store.postgres import PostgresStore
 from tests.support.gateway_app import MACHINE_SPEED_LIMITS
 from tests.support.watchdog import Watchdog
 
@@ -35,6 +36,15 @@ def pg_schema_url() -> Iterator[str]:
     yield f"{PG_URL}?schema={schema}"
     with psycopg.connect(PG_URL, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture
+def pg_store(pg_schema_url: str) -> Iterator[PostgresStore]:
+    """An open, migrated PostgreSQL store on a fresh schema (for what only PostgreSQL has)."""
+    opened = PostgresStore(pg_schema_url)
+    opened.migrate()
+    yield opened
+    opened.close()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -6,7 +6,7 @@ pooled connection."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -36,11 +36,8 @@ def _drop_connections(store: PostgresStore, readers: int) -> None:
 
 
 @pytest.fixture
-def store(pg_schema_url: str) -> Iterator[PostgresStore]:
-    opened = PostgresStore(pg_schema_url)
-    opened.migrate()
-    yield opened
-    opened.close()
+def store(pg_store: PostgresStore) -> PostgresStore:
+    return pg_store
 
 
 def _patient(rid: str) -> dict[str, object]:

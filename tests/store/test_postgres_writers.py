@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import psycopg
 import pytest
@@ -20,11 +20,8 @@ def _patient(rid: str) -> dict[str, object]:
 
 
 @pytest.fixture
-def store(pg_schema_url: str) -> Iterator[PostgresStore]:
-    opened = PostgresStore(pg_schema_url)
-    opened.migrate()
-    yield opened
-    opened.close()
+def store(pg_store: PostgresStore) -> PostgresStore:
+    return pg_store
 
 
 def _committed(store: PostgresStore, rid: str) -> bool:
