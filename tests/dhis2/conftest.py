@@ -24,7 +24,7 @@ from dhis2_sandbox.catalog import load_catalog
 from dhis2_sandbox.fields import apply_fields, parse_fields
 from gateway.clock import SystemClock
 from gateway.connectors import AuthConfig, Credentials
-from gateway.connectors.base import Job, JobOp
+from gateway.connectors.base import DeliveryOutcome, Job, JobOp
 from gateway.connectors.dhis2.client import Dhis2Client
 from gateway.connectors.dhis2.config import Dhis2Options
 from gateway.connectors.dhis2.connector import Dhis2Connector
@@ -93,3 +93,35 @@ def demo_snapshot(base_url: str = "http://sandbox") -> MetadataSnapshot:
         for name, fields in FIELDS.items()
     }
     return MetadataSnapshot(base_url, "2.41.0", datetime.now(UTC), collections)
+
+
+VISIT_MAPPING = MAPPINGS / "dhis2" / "chw-household-visit.yaml"
+
+
+def edited_visit_mapping(tmp_path: Path, old: str, new: str) -> Path:
+    """The shipped tracker mapping with ``old`` (which it must hold) replaced by ``new``, written to
+    ``tmp_path`` beside copies of the files it names (org-units.yaml, ...)."""
+    shipped = VISIT_MAPPING.read_text()
+    assert old in shipped
+    path = tmp_path / "visit.yaml"
+    path.write_text(shipped.replace(old, new, 1))
+    for beside in VISIT_MAPPING.parent.glob("*.yaml"):
+        if beside.name != VISIT_MAPPING.name:
+            (tmp_path / beside.name).write_text(beside.read_text())
+    return path
+
+
+async def deliver_visit(
+    base_url: str, options: Dhis2Options, resources: list[dict[str, Any]]
+) -> tuple[DeliveryOutcome, list[dict[str, Any]]]:
+    """Deliver ``resources[3]`` (a ``chw_record`` visit) with ``options``: its outcome, and the
+    events DHIS2 then holds."""
+    conn = Dhis2Connector(Dhis2Client(base_url, auth=pat_auth()), options, ResourceBundle(resources),
+                          SystemClock(), mappings_root=MAPPINGS)
+    try:
+        (outcome,) = await conn.deliver([make_job(resources[3])])
+    finally:
+        await conn.aclose()
+    async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"ApiToken {TOKEN}"}) as client:
+        events = (await client.get("/api/tracker/events")).json()["events"]
+    return outcome, events
