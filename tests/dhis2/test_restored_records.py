@@ -6,6 +6,7 @@ process (or this one after a restart) plans with them too. Against the sandbox o
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -62,18 +63,34 @@ async def deliver_until_done(conn: Dhis2Connector, resource: dict[str, Any], op:
     raise AssertionError(f"still retrying: {reasons}")
 
 
-async def test_a_visit_restored_after_its_deletion_is_sent_again_under_a_new_uid(
-    sandbox: SandboxServer, queue: SQLiteQueue
-) -> None:
+@asynccontextmanager
+async def deleted_visit(
+    server: SandboxServer, queue: SQLiteQueue, *, with_person: bool = False
+) -> AsyncIterator[tuple[Dhis2Connector, ResourceBundle, list[dict[str, Any]], str]]:
+    """Record 1's visit delivered, then deleted at the source (its person too, ``with_person``) and
+    so in DHIS2: the connector, the source, the record's resources (``[3]`` the visit) and the UID
+    of the event DHIS2 deleted."""
     resources = places() + chw_record(1)
     patient, encounter = resources[2], resources[3]
     bundle = ResourceBundle(resources)
-    conn = connector(sandbox.base_url, bundle, queue)
+    conn = connector(server.base_url, bundle, queue)
     try:
         assert await deliver_until_done(conn, encounter) == []
-        (first,) = await events(sandbox)
+        (deleted,) = await events(server)
         bundle.remove("Encounter", encounter["id"])
+        if with_person:
+            bundle.remove("Patient", patient["id"])
         assert await deliver_until_done(conn, encounter, "delete") == []
+        yield conn, bundle, resources, deleted
+    finally:
+        await conn.aclose()
+
+
+async def test_a_visit_restored_after_its_deletion_is_sent_again_under_a_new_uid(
+    sandbox: SandboxServer, queue: SQLiteQueue
+) -> None:
+    async with deleted_visit(sandbox, queue) as (conn, bundle, resources, first):
+        encounter = resources[3]
         assert await live(sandbox) == (1, 1, 0)
         bundle.add(encounter)  # restored at the source (an unarchived form)
         outcome: list[DeliveryOutcome] = await conn.deliver([make_job(encounter)])
@@ -83,8 +100,6 @@ async def test_a_visit_restored_after_its_deletion_is_sent_again_under_a_new_uid
         assert second != first and await live(sandbox) == (1, 1, 1)
         assert await deliver_until_done(conn, encounter) == []  # delivered again: nothing changes
         assert await events(sandbox) == [second]
-    finally:
-        await conn.aclose()
 
     # Another process (or this one restarted) knows no generation yet: the visit deleted again
     # through it is deleted in DHIS2, not counted done for the old UID.
@@ -95,29 +110,18 @@ async def test_a_visit_restored_after_its_deletion_is_sent_again_under_a_new_uid
     finally:
         await other.aclose()
     assert reasons == ["dhis2_uid_reborn"] and await live(sandbox) == (1, 1, 0)
-    assert patient["id"]
 
 
 async def test_a_person_restored_after_their_deletion_is_registered_again(
     sandbox: SandboxServer, queue: SQLiteQueue
 ) -> None:
-    resources = places() + chw_record(1)
-    patient, encounter = resources[2], resources[3]
-    bundle = ResourceBundle(resources)
-    conn = connector(sandbox.base_url, bundle, queue)
-    try:
-        assert await deliver_until_done(conn, encounter) == []
-        bundle.remove("Encounter", encounter["id"])
-        bundle.remove("Patient", patient["id"])
-        assert await deliver_until_done(conn, encounter, "delete") == []
+    async with deleted_visit(sandbox, queue, with_person=True) as (conn, bundle, resources, _):
         assert await live(sandbox) == (0, 0, 0)
-        bundle.add(patient)
-        bundle.add(encounter)
-        reasons = await deliver_until_done(conn, encounter)
+        bundle.add(resources[2])
+        bundle.add(resources[3])
+        reasons = await deliver_until_done(conn, resources[3])
         assert reasons and set(reasons) == {"dhis2_uid_reborn"}
         assert await live(sandbox) == (1, 1, 1)
-    finally:
-        await conn.aclose()
 
 
 class _Unreadable:
@@ -136,21 +140,13 @@ class _Unreadable:
 async def test_generations_outlive_a_metadata_refresh_and_an_unreadable_store_holds_a_delete(
     sandbox: SandboxServer, queue: SQLiteQueue
 ) -> None:
-    resources = places() + chw_record(1)
-    encounter = resources[3]
-    bundle = ResourceBundle(resources)
-    conn = connector(sandbox.base_url, bundle, queue)
-    try:
-        await deliver_until_done(conn, encounter)
-        bundle.remove("Encounter", encounter["id"])
-        await deliver_until_done(conn, encounter, "delete")
+    async with deleted_visit(sandbox, queue) as (conn, bundle, resources, _):
+        encounter = resources[3]
         bundle.add(encounter)
         assert await deliver_until_done(conn, encounter) == ["dhis2_uid_reborn"]
         snapshot = conn._snapshot
         assert snapshot is not None and conn.use_metadata(snapshot)  # a metadata refresh rebinds
         assert await deliver_until_done(conn, encounter) == []  # no "already deleted" round again
-    finally:
-        await conn.aclose()
 
     # A process that knows no generation and cannot read the store: the old UID's "already
     # deleted" is not taken for done (the live one is the newer generation's); it asks again.
