@@ -25,12 +25,12 @@ from typing import Any
 
 import orjson
 
-from gateway.identity.golden import Writes, forget, refresh
+from gateway.identity.golden import Writes, forget, refresh, without_link
 from gateway.identity.index import CandidateIndex
 from gateway.identity.normalise import Features, features
 from gateway.identity.rules import Rules
 from gateway.identity.scoring import Comparison, Grade, compare
-from gateway.store import KEPT_LINK_EXTENSION, Store, StoreTransaction, is_golden
+from gateway.store import KEPT_LINK_EXTENSION, Store, StoreTransaction, is_golden, linked_ids
 
 log = logging.getLogger("gateway.identity")
 
@@ -94,7 +94,7 @@ class IdentityEngine:
                     reviews.append((pid, other, result))
             # The record changed: a link the matcher made may no longer hold (a CHW corrected the
             # name and birth date of the wrong person). Each is compared again.
-            for other in _matcher_links(body):
+            for other in linked_ids(body, "seealso"):
                 compared = None if other in certain else self.compare_ids(pid, other)
                 if compared is not None and compared.grade is not Grade.CERTAIN:
                     stale.append((pid, other, compared))
@@ -164,34 +164,14 @@ def _link(tx: StoreTransaction, pid: str, other: str, result: Comparison) -> Non
     tx.update(body)
 
 
-def _kept_seealso(link: Any) -> str | None:
-    """The Patient id a ``seealso`` link the gateway keeps (matcher or reviewer) points at, else None."""
-    if not isinstance(link, dict) or link.get("type") != "seealso":
-        return None
-    if not any(isinstance(ext, dict) and ext.get("url") == KEPT_LINK_EXTENSION for ext in link.get("extension") or []):
-        return None
-    return str((link.get("other") or {}).get("reference", "")).partition("/")[2] or None
-
-
-def _matcher_links(body: dict[str, Any]) -> list[str]:
-    """The Patients ``body`` has a ``seealso`` link to that the gateway keeps."""
-    return [pid for link in body.get("link") or [] if (pid := _kept_seealso(link)) is not None]
-
-
 def _unlink(tx: StoreTransaction, pid: str, other: str) -> None:
     """Take the gateway's ``seealso`` link from ``pid`` to ``other`` off (nothing if there is none)."""
     current = tx.read("Patient", pid)
     if current is None or current.deleted:
         return
-    body = orjson.loads(current.content)
-    links = [link for link in body.get("link") or [] if _kept_seealso(link) != other]
-    if len(links) == len(body.get("link") or []):
-        return
-    if links:
-        body["link"] = links
-    else:
-        body.pop("link", None)
-    tx.update(body)
+    unlinked = without_link(orjson.loads(current.content), "seealso", other)
+    if unlinked is not None:
+        tx.update(unlinked)
 
 
 def _decided(tx: StoreTransaction, a: str, b: str) -> bool:

@@ -119,6 +119,21 @@ class Writes:
             self.written[key] = gone
 
 
+def without_link(body: JsonObject, link_type: str, target: str) -> JsonObject | None:
+    """``body`` without the gateway's kept ``link_type`` link to ``Patient/target`` (its ``link``
+    left out when none remains), or None when it has no such link."""
+    def dropped(link: Any) -> bool:
+        reference = (link.get("other") or {}).get("reference") if isinstance(link, dict) else None
+        return is_kept_link(link) and link.get("type") == link_type and reference == f"Patient/{target}"
+
+    links = body.get("link") or []
+    kept = [link for link in links if not dropped(link)]
+    if len(kept) == len(links):
+        return None
+    rest = {k: v for k, v in body.items() if k != "link"}
+    return {**rest, "link": kept} if kept else rest
+
+
 def _content_hash(body: JsonObject) -> str:
     return hash_body({k: v for k, v in body.items() if k != "meta"})
 
@@ -193,11 +208,9 @@ def forget(writes: Writes, rules: Rules, pid: str) -> None:
         if not is_golden(body):
             # Another source's record of the person: its seealso link to the deleted one would
             # now lead a client to a 410 (a merge's replaced-by stays: unmerge reads it).
-            kept = [link for link in body.get("link") or [] if link.get("type") != "seealso"
-                    or (link.get("other") or {}).get("reference") != f"Patient/{pid}"]  # fmt: skip
-            if len(kept) != len(body.get("link") or []):
-                rest = {k: v for k, v in body.items() if k != "link"}
-                writes.write({**rest, "link": kept} if kept else rest)
+            unlinked = without_link(body, "seealso", pid)
+            if unlinked is not None:
+                writes.write(unlinked)
             continue
         if linked_ids(body, "replaced-by"):
             continue

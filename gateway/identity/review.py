@@ -17,12 +17,12 @@ import orjson
 
 from gateway.identity.decision import Decision, conflict, not_found, record
 from gateway.identity.engine import REVIEW_TASK_CODE, REVIEW_TASK_SYSTEM, review_task, review_task_id
-from gateway.identity.golden import Writes, kept_link, refresh
+from gateway.identity.golden import Writes, kept_link, refresh, without_link
 from gateway.identity.normalise import HOUSEHOLD_LOCATION, features
 from gateway.identity.rules import Rules
 from gateway.identity.scoring import compare
 from gateway.search import QueryParser, default_registry
-from gateway.store import Store, StoredResource, is_golden, is_kept_link, linked_ids
+from gateway.store import Store, StoredResource, is_golden, linked_ids
 
 #: Task.status of a pair: waiting, linked by a reviewer, kept apart by a reviewer.
 STATUSES = {"pending": "requested", "accepted": "completed", "rejected": "rejected"}
@@ -150,12 +150,9 @@ def unlink(store: Store, rules: Rules, first: str, second: str, client: str) -> 
 
 def _apart(writes: Writes, rules: Rules, task: JsonObject, first: str, second: str, client: str) -> Decision:
     for a, b in ((first, second), (second, first)):
-        body = _patient(writes, a)
-        links = [link for link in body.get("link") or []
-                 if not (is_kept_link(link) and link.get("type") == "seealso"
-                         and (link.get("other") or {}).get("reference") == f"Patient/{b}")]  # fmt: skip
-        if len(links) != len(body.get("link") or []):
-            writes.write({**body, "link": links})
+        unlinked = without_link(_patient(writes, a), "seealso", b)
+        if unlinked is not None:
+            writes.write(unlinked)
     _decide(writes, task, "rejected", "rejected")
     refresh(writes, rules, [first, second])
     return record(writes, "unlink", client, [first, second])
