@@ -213,8 +213,7 @@ class TrackerTransformer:
         """The UID of the ``kind`` object derived from ``seed``, in its current generation: DHIS2
         keeps deleted UIDs for ever (E1082/E1113/E1114), so one restored after a deletion needs a
         new UID, derived from the same seed and the generation."""
-        generation = self.generations.get((kind, seed), 0)
-        return derive_uid(self.namespace, kind, seed if generation == 0 else f"{seed}#{generation}")
+        return self._derived(kind, seed, self.generation(kind, seed))
 
     def generation(self, kind: str, seed: str) -> int:
         """The generation the next plan gives the UID of ``(kind, seed)``."""
@@ -223,9 +222,13 @@ class TrackerTransformer:
     def generation_of(self, kind: str, seed: str, uid: str) -> int | None:
         """Which generation of ``(kind, seed)`` ``uid`` is (None: none up to the current one)."""
         for generation in range(self.generation(kind, seed), -1, -1):
-            if derive_uid(self.namespace, kind, seed if generation == 0 else f"{seed}#{generation}") == uid:
+            if self._derived(kind, seed, generation) == uid:
                 return generation
         return None
+
+    def _derived(self, kind: str, seed: str, generation: int) -> str:
+        # Generation 0 is the UID every earlier release derived: objects DHIS2 already holds keep theirs.
+        return derive_uid(self.namespace, kind, seed if generation == 0 else f"{seed}#{generation}")
 
     def adopt(self, kind: str, seed: str, generation: int) -> None:
         """Plan ``(kind, seed)`` in ``generation`` from now on (cached plans hold older UIDs: dropped)."""
