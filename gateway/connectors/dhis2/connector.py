@@ -632,7 +632,7 @@ class Dhis2Connector:
         if not hits:
             return set()
         names = {key: f"generation:{key[0]}:{sent[key].seed}" for key in hits}
-        read = await self._stored_values(list(names.values()))
+        read = await self._stored_values(list(names.values()), "UID generations")
         if read is None and strategy == "DELETE":
             # Whether another process made a newer generation cannot be told: counting the old
             # UID's "already deleted" as done could leave that one live. Ask again later.
@@ -659,26 +659,22 @@ class Dhis2Connector:
         await self._record(updates)
         return changed
 
-    async def _stored_values(self, names: list[str]) -> dict[str, str] | None:
-        """Values kept in the digest store under ``names`` ({} without a digest store; None when
-        the queue cannot say just now)."""
+    async def _stored_values(self, names: list[str], what: str) -> dict[str, str] | None:
+        """Values kept in the digest store under ``names`` ({} without a digest store; None, logged
+        as ``what``, when the queue cannot say just now)."""
         if self.digests is None or not names:
             return {}
         try:
             return await self.digests.accepted_digests(self.destination, names)
         except Exception as exc:  # the queue is busy or down
-            logger.warning("dhis2 UID generations unavailable (%s)", type(exc).__name__)
+            logger.warning("dhis2 %s unavailable (%s)", what, type(exc).__name__)
             return None
 
     async def _accepted(self, keys: list[tuple[str, str]]) -> dict[str, str]:
-        """Digests of objects as DHIS2 last accepted them (none known if the queue cannot say)."""
-        if self.digests is None or not keys:
-            return {}
-        try:
-            return await self.digests.accepted_digests(self.destination, [_name(key) for key in keys])
-        except Exception as exc:  # the queue is busy or down: send everything, which is always safe
-            logger.warning("dhis2 accepted digests unavailable (%s): sending every object", type(exc).__name__)
-            return {}
+        """Digests of objects as DHIS2 last accepted them (none known if the queue cannot say:
+        everything is sent, which is always safe)."""
+        found = await self._stored_values([_name(key) for key in keys], "accepted digests (sending every object)")
+        return found or {}
 
     async def _record(self, digests: dict[str, str | None]) -> None:
         if self.digests is None or not digests:
