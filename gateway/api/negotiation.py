@@ -39,7 +39,8 @@ def response_type(request: Request) -> str:
     accept = request.headers.get("accept")
     if not accept:
         return FHIR_JSON
-    parts = [part.split(";") for part in accept.split(",")]
+    # q=0 is "not acceptable" (RFC 9110 12.4.2): such a range is no choice.
+    parts = [part.split(";") for part in accept.split(",") if not _refused(part)]
     types = [part[0].strip().lower() for part in parts if _r4(part[1:])]
     if any(t in _ACCEPTABLE or t.startswith("text/") for t in types):
         if FHIR_JSON in types or "application/json" not in types:
@@ -49,6 +50,18 @@ def response_type(request: Request) -> str:
         raise FhirError("this server speaks FHIR R4 only (fhirVersion=4.0)", status=406, code="not-supported")
     raise FhirError("this server answers in FHIR JSON only (application/fhir+json)", status=406,
                     code="not-supported")
+
+
+def _refused(media_range: str) -> bool:
+    """Whether an Accept media range carries ``q=0`` (the client will not take that type)."""
+    for param in media_range.split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "q":
+            try:
+                return float(value.strip()) == 0
+            except ValueError:
+                return False
+    return False
 
 
 #: The ``fhirVersion`` media type parameter values of R4 (http.html#version-parameter).
