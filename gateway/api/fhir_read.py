@@ -365,6 +365,7 @@ async def _history(request: Request, principal: Principal, rtype: str | None, ri
         if unsupported in request.query_params:
             raise FhirError(f"history's {unsupported} is not supported; use _since", status=400, code="not-supported",
                             expression=[unsupported])
+    summary, elements = _history_subset(request)
     raw_since = request.query_params.get("_since")
     since = _since(raw_since) if raw_since else None
     # Paging newest first: versions written after the first page would push every later page one
@@ -377,7 +378,10 @@ async def _history(request: Request, principal: Principal, rtype: str | None, ri
     )
     if snapshot is None and offset == 0 and versions:
         snapshot = round(versions[0].last_updated.timestamp() * 1000)
-    versions = shown(principal, versions)
+    versions = [] if summary == "count" else shown(principal, versions)
+    if summary is not None or elements is not None:
+        versions = [v if v.deleted or not v.content else
+                    replace(v, content=_subset_content(v.content, summary, elements)) for v in versions]
     if rid is not None and total == 0:
         # No version since ``_since`` is an empty history of a resource that exists, not a 404.
         assert rtype is not None
@@ -385,9 +389,31 @@ async def _history(request: Request, principal: Principal, rtype: str | None, ri
             raise not_found(f"{rtype}/{rid} is not known")
     base = base_url(request)
     url = f"{base}/{rtype}/{rid}/_history" if rid else f"{base}/{rtype}/_history" if rtype else f"{base}/_history"
-    used = [("_since", raw_since)] if raw_since else []
-    links = bundles.page_links(url, used, count, offset, total, len(versions), snapshot)
+    used = [(key, request.query_params[key]) for key in ("_since", "_summary", "_elements")
+            if request.query_params.get(key)]
+    links = bundles.page_links(url, used, count, offset, total, len(versions), snapshot, paged=summary != "count")
     return fhir_response(bundles.history(base, versions, total=total, links=links), media_type=media)
+
+
+_HISTORY_PARAMS = frozenset({"_count", "_offset", "_since", "_at", "_list", "_snapshot", "_summary", "_elements",
+                             "_format", "_pretty"})
+
+
+def _history_subset(request: Request) -> tuple[str | None, list[str] | None]:
+    """History's ``_summary`` (``count`` too) and ``_elements``; under ``Prefer: handling=strict``
+    a parameter history does not take is refused (lenient: ignored, as a search ignores one)."""
+    if prefer(request).get("handling") == "strict":
+        unknown = sorted({key for key in request.query_params if key not in _HISTORY_PARAMS})
+        if unknown:
+            raise FhirError(f"history does not take {', '.join(unknown)}", status=400, code="not-supported",
+                            expression=unknown)
+    if request.query_params.get("_summary") == "count":
+        return "count", None
+    try:
+        return _read_subset(request)
+    except FhirError as exc:
+        raise FhirError("_summary on a history must be true, text, data, count or false", status=400,
+                        code="invalid", expression=["_summary"]) from exc
 
 
 def _history_snapshot(raw: str | None) -> int | None:

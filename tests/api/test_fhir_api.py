@@ -93,6 +93,11 @@ async def test_errors_are_operation_outcomes(api: ApiHarness) -> None:
     assert_outcome(await c.post("/fhir/Patient", content=b"x", headers={"Content-Type": "text/plain"}), 415)
     assert_outcome(await c.get("/fhir/Patient", params={"_format": "xml"}), 406)
     assert_outcome(await c.get("/fhir/Patient", headers={"Accept": "application/fhir+xml"}), 406)
+    # q=0 refuses a type (RFC 9110 12.4.2): no JSON at all is a 406, and a refused type is not chosen.
+    assert_outcome(await c.get("/fhir/Patient", headers={"Accept": "application/json;q=0"}), 406)
+    assert_outcome(await c.get("/fhir/Patient", headers={"Accept": "application/fhir+json; q=0.0, */*;q=0"}), 406)
+    plain = await c.get("/fhir/Patient", headers={"Accept": "application/fhir+json;q=0, application/json"})
+    assert plain.status_code == 200 and plain.headers["content-type"].startswith("application/json")
     assert_outcome(await c.post("/fhir/Patient", content=b"{broken"), 400, "structure")
     assert_outcome(await c.post("/fhir/Patient", json={"resourceType": "Observation"}), 400)
     assert_outcome(await c.post("/fhir/Patient", json={"resourceType": "Patient", "active": "true"}), 400)
@@ -189,6 +194,35 @@ async def test_history_pages_hold_still_while_resources_change(api: ApiHarness) 
         assert page["total"] == 12
     assert seen == before
     assert_outcome(await c.get("/fhir/Patient/_history", params={"_snapshot": "soon"}), 400, "invalid")
+
+
+async def test_history_takes_summary_elements_and_strict_handling(api: ApiHarness) -> None:
+    """history.html: the search result parameters _summary and _elements apply to history too, and a
+    parameter history does not know is refused under ``Prefer: handling=strict``."""
+    c = api.client
+    patient = {"resourceType": "Patient", "id": "hs1", "active": True, "gender": "female",
+               "text": {"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">A</div>'}}
+    assert (await c.put("/fhir/Patient/hs1", json=patient)).status_code == 201
+    assert (await c.put("/fhir/Patient/hs1", json={**patient, "gender": "male"})).status_code == 200
+    for path in ("/fhir/Patient/hs1/_history", "/fhir/Patient/_history", "/fhir/_history"):
+        entries = [e for e in (await c.get(path, params={"_elements": "gender"})).json()["entry"]
+                   if e["resource"]["id"] == "hs1"]
+        assert [e["resource"].get("gender") for e in entries] == ["male", "female"]
+        assert all("active" not in e["resource"] and "text" not in e["resource"] for e in entries)
+        assert all({"code": "SUBSETTED"}.items() <= e["resource"]["meta"]["tag"][0].items() for e in entries)
+        text = [e for e in (await c.get(path, params={"_summary": "text"})).json()["entry"]
+                if e["resource"]["id"] == "hs1"]
+        assert len(text) == 2 and all("text" in e["resource"] and "gender" not in e["resource"] for e in text)
+        counted = (await c.get(path, params={"_summary": "count"})).json()
+        everything = (await c.get(path)).json()["total"]
+        assert counted["total"] == everything >= 2 and "entry" not in counted
+        assert not any(link["relation"] == "next" for link in counted.get("link", []))
+        assert_outcome(await c.get(path, params={"_summary": "maybe"}), 400, "invalid")
+        strict = await c.get(path, params={"gender": "male"}, headers={"Prefer": "handling=strict"})
+        assert "gender" in assert_outcome(strict, 400, "not-supported")["issue"][0]["diagnostics"]
+        assert (await c.get(path, params={"gender": "male"})).json()["total"] == everything  # lenient: ignored
+    whole = (await c.get("/fhir/Patient/hs1/_history", params={"_summary": "false"})).json()["entry"]
+    assert whole[0]["resource"]["active"] is True and "tag" not in whole[0]["resource"]["meta"]
 
 
 async def test_empty_parameters_are_not_there(api: ApiHarness) -> None:
