@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import orjson
 
@@ -391,42 +391,49 @@ class _Processor:
                 e.rid = found[0].id if found else uuid4_text()
             if e.full_url and e.rid and e.method in ("POST", "PUT", "MATCHED"):
                 aliases[e.full_url] = f"{e.rtype}/{e.rid}"
+            condition = e.if_none_exist if e.method in ("POST", "MATCHED") else e.query if e.method == "PUT" else None
+            if condition and e.rid:
+                aliases[_condition_key(e.rtype, condition)] = f"{e.rtype}/{e.rid}"
         return aliases
 
     def _rewrite(self, tx: StoreTransaction, e: _Entry, aliases: dict[str, str]) -> None:
-        def visit(node: Any) -> None:
+        def visit(node: Any, path: str) -> None:
             if isinstance(node, dict):
                 ref = node.get("reference")
                 if isinstance(ref, str):
-                    node["reference"] = self._resolve_reference(tx, ref, aliases, e)
-                for value in node.values():
+                    node["reference"] = self._resolve_reference(tx, ref, aliases, path)
+                for key, value in node.items():
                     if isinstance(value, dict | list):
-                        visit(value)
+                        visit(value, f"{path}.{key}")
             elif isinstance(node, list):
-                for item in node:
-                    visit(item)
+                for n, item in enumerate(node):
+                    visit(item, f"{path}[{n}]")
 
-        visit(e.resource)
+        visit(e.resource, f"{e.where}.resource")
 
-    def _resolve_reference(self, tx: StoreTransaction, ref: str, aliases: dict[str, str], e: _Entry) -> str:
+    def _resolve_reference(self, tx: StoreTransaction, ref: str, aliases: dict[str, str], where: str) -> str:
+        """``ref`` as the ``Type/id`` it stands for (``where``: the Reference element, for errors)."""
         if ref in aliases:
             return aliases[ref]
         if ref.startswith("urn:uuid:") or ref.startswith("urn:oid:"):
-            raise invalid(f"reference {ref} does not match any fullUrl in the transaction",
-                          [f"{e.where}.resource"], code="not-found")
+            raise invalid(f"reference {ref} does not match any fullUrl in the transaction", [where], code="not-found")
         if "?" in ref and not ref.startswith("#"):
             rtype, _, query = ref.partition("?")
             if rtype.startswith(self.base + "/"):
                 rtype = rtype[len(self.base) + 1 :]
             if rtype not in RESOURCE_TYPES:
-                raise invalid(f"conditional reference to an unknown type: {rtype[:40]!r}", [f"{e.where}.resource"])
-            found = interactions.search_matches(tx, self.parser, rtype, query, f"{e.where}.resource",
-                                                access=self.access)
+                raise invalid(f"conditional reference to an unknown type: {rtype[:40]!r}", [where])
+            # A resource this transaction creates (or matches) under the very same condition is the
+            # one meant: the store cannot find it yet, as the transaction has not written it.
+            created = aliases.get(_condition_key(rtype, query))
+            if created is not None:
+                return created
+            found = interactions.search_matches(tx, self.parser, rtype, query, where, access=self.access)
             if len(found) != 1:
                 raise FhirError(
                     f"conditional reference {rtype}?… matches {len(found)} resources (needs exactly 1)",
                     status=412 if found else 404, code="not-found" if not found else "multiple-matches",
-                    expression=[f"{e.where}.resource"],
+                    expression=[where],
                 )
             return f"{rtype}/{found[0].id}"
         return ref
@@ -555,6 +562,12 @@ class _Processor:
 # A reference the transaction must resolve: urn:uuid:/urn:oid: or a conditional one (Type?…),
 # found in the resource's JSON without walking it (most resources have neither).
 _SPECIAL_REFERENCE = re.compile(rb'"reference":"(?:urn:|(?:[^"\\]|\\.)*\?)')
+
+
+def _condition_key(rtype: str, query: str) -> str:
+    """The alias key of a conditional create's or update's search (its parameters in one order);
+    no fullUrl can equal it, as it starts with a space."""
+    return f" {rtype}?{urlencode(sorted(parse_qsl(query, keep_blank_values=True)))}"
 
 
 def _read_subset(query: str, where: str) -> tuple[str | None, list[str] | None]:

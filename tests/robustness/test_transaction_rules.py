@@ -154,6 +154,35 @@ def test_51_a_conditional_reference_must_match_exactly_one(
     assert history_total(fhir) == before
 
 
+def test_51_a_conditional_reference_finds_what_the_transaction_creates_with_the_same_condition(
+    fhir: httpx.Client, system: str
+) -> None:
+    """A client that does not know whether the Patient exists sends it with ``ifNoneExist`` and
+    points the Observation at the same search: whether the Patient existed or is created here, the
+    Observation's subject is that Patient (not a 404 because the store held none before)."""
+    query = f"identifier={system}|both"
+    for round_ in ("created", "matched"):
+        bundle = _transaction(
+            _post(_observation(f"Patient?{query}")),
+            _post(_patient(system, "both"), if_none_exist=query),
+        )
+        response = fhir.post("", json=bundle)
+        assert response.status_code == 200, (round_, response.text)
+        observation, patient = response.json()["entry"]
+        assert patient["response"]["status"].startswith("201" if round_ == "created" else "200")
+        stored = fhir.get(f"/Observation/{_id_of(observation)}").json()
+        assert stored["subject"]["reference"] == f"Patient/{_id_of(patient)}"
+        assert _ids(fhir, system, "both") == {_id_of(patient)}
+
+
+def test_51_an_unresolved_conditional_reference_is_named_where_it_is(fhir: httpx.Client, system: str) -> None:
+    observation = _observation("Patient/unused")
+    observation["performer"] = [{"display": "x"}, {"reference": f"Patient?identifier={system}|nobody"}]
+    response = fhir.post("", json=_transaction(_post(_patient(system, "p")), _post(observation)))
+    assert response.status_code == 404, response.text
+    assert response.json()["issue"][0]["expression"] == ["Bundle.entry[1].resource.performer[1]"]
+
+
 # -- processing order ----------------------------------------------------------------------
 
 
