@@ -21,7 +21,7 @@ others again without it and answers ``stale`` for it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,24 +66,33 @@ class Retracted:
     activity: str  # NULLIFY or DELETE
 
 
-def apply_output_changes(tx: StoreTransaction, changes: Sequence[OutputChange], *, batched: bool = True) -> None:
+def apply_output_changes(
+    tx: StoreTransaction,
+    changes: Sequence[OutputChange],
+    *,
+    batched: bool = True,
+    legacy: Collection[tuple[str, str]] = (),
+) -> None:
     """Record what each record produces now and retract what it no longer does, inside ``tx``.
 
     Runs after the records' own writes, in the same transaction. All records' new lists are
     written first, so a resource another record of the same transaction produces is kept.
     ``batched`` reads and writes the lists of all records in a few statements per source
     (the same rows as one record at a time, which ``batched=False`` keeps for comparison).
+    ``legacy``: (source name, system) pairs whose lists, stored under the source's name before
+    lists were kept per system, are first moved under the system (once per source and process).
     """
     for change in changes:
         change.retracted = []  # a transaction retried after a rollback starts afresh
+    for source, system in legacy:
+        tx.move_record_outputs(source, system)
     _claim_versions(tx, changes)
     if batched and len({(c.system, c.record_key) for c in changes}) == len(changes):
         previous = _swap_outputs(tx, changes)
     else:  # one record at a time (a record twice: its second list replaces its first)
         previous = []
         for change in changes:
-            found = {change.record_key: tx.record_outputs(change.system, change.record_key)}
-            previous.append(_with_legacy(tx, change.source, change.system, found)[change.record_key])
+            previous.append(tx.record_outputs(change.system, change.record_key))
             tx.set_record_outputs(change.system, change.record_key, change.outputs)
     for change, before in zip(changes, previous, strict=True):
         now = {(o.rtype, o.id) for o in change.outputs}
@@ -126,35 +135,15 @@ def _swap_outputs(tx: StoreTransaction, changes: Sequence[OutputChange]) -> list
     sources of one set (a push and a pull, a backfill) send the same records, which make the
     same resources, so an edit or a deletion through either must see what the other stored.
     """
-    by_system: dict[tuple[str, str], list[OutputChange]] = {}
+    by_system: dict[str, list[OutputChange]] = {}
     for change in changes:
-        by_system.setdefault((change.system, change.source), []).append(change)
+        by_system.setdefault(change.system, []).append(change)
     before: dict[tuple[str, str], list[RecordOutput]] = {}
-    for (system, source), group in by_system.items():
+    for system, group in by_system.items():
         found = tx.records_outputs(system, [c.record_key for c in group])
-        found = _with_legacy(tx, source, system, found)
         before.update(((system, key), outputs) for key, outputs in found.items())
         tx.set_records_outputs(system, [(c.record_key, c.outputs) for c in group])
     return [before[(c.system, c.record_key)] for c in changes]
-
-
-def _with_legacy(
-    tx: StoreTransaction, source: str, system: str, found: dict[str, list[RecordOutput]]
-) -> dict[str, list[RecordOutput]]:
-    """``found`` joined with the lists stored under the source's name (before lists were kept
-    per system), which are moved: after this transaction the record has one list, under its system."""
-    if source == system:
-        return found
-    legacy = tx.records_outputs(source, list(found))
-    moved = [key for key, outputs in legacy.items() if outputs]
-    if not moved:
-        return found
-    joined = dict(found)
-    for key in moved:
-        known = {(o.rtype, o.id) for o in joined[key]}
-        joined[key] = joined[key] + [o for o in legacy[key] if (o.rtype, o.id) not in known]
-    tx.set_records_outputs(source, [(key, []) for key in moved])
-    return joined
 
 
 def _retract(tx: StoreTransaction, output: RecordOutput) -> Retracted | None:

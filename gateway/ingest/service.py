@@ -81,6 +81,9 @@ class IngestService:
         self.after_commit: Callable[[], object] | None = None
         self._writer: IngestWriter | None = None
         self._writer_lock = threading.Lock()
+        # Sources whose lists kept under their name (before lists were kept per system) this
+        # process has moved: once each, so the hot path reads only the system's lists.
+        self._moved_sources: set[str] = set()
 
     def close(self) -> None:
         """Stop the writer thread (after the writes it has)."""
@@ -278,8 +281,12 @@ class IngestService:
 
     def _commit(self, prepared: PreparedTransaction, changes: list[OutputChange]) -> list[WrittenResource]:
         unchanged: set[str] = set()  # skip_unchanged returned the existing version (written by anyone, any time)
+        legacy = {(c.source, c.system) for c in changes if c.source != c.system and c.source not in self._moved_sources}
         with metrics().store_seconds.time():
-            response = run_prepared(prepared, then=partial(apply_output_changes, changes=changes), unchanged=unchanged)
+            response = run_prepared(
+                prepared, then=partial(apply_output_changes, changes=changes, legacy=legacy), unchanged=unchanged
+            )
+        self._moved_sources.update(source for source, _ in legacy)
         written: list[WrittenResource] = []
         for entry in response.get("entry", []):
             answer = entry["response"]

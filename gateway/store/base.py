@@ -257,6 +257,11 @@ class StoreTransaction(Protocol):
         """``set_record_outputs`` of many (distinct) records of ``source`` at once."""
         ...
 
+    def move_record_outputs(self, old: str, new: str) -> None:
+        """Keep every list stored under ``old`` under ``new`` instead (joined with a list the same
+        record has there already)."""
+        ...
+
     def claim_record_versions(self, system: str, versions: Sequence[tuple[str, float]]) -> set[str]:
         """Record each (distinct) record's version as its latest unless a later one is stored; the
         keys whose stored version is later (the stale ones; nothing recorded for them). ``system``

@@ -252,6 +252,20 @@ class SqlTransaction:
             steps.append(("insert", "record_outputs", rows))
         self.store.write_rows(self.cur, steps)
 
+    def move_record_outputs(self, old: str, new: str) -> None:
+        """Keep every list stored under ``old`` under ``new`` (joined with what ``new`` has): two
+        indexed statements, which touch nothing when ``old`` has no list."""
+        # The WHERE before ON CONFLICT is SQLite's condition for an upsert from a SELECT.
+        self.cur.execute(
+            self.store.q(
+                "INSERT INTO record_outputs (source, record_key, rtype, id, rule, on_retract)"
+                " SELECT ?, record_key, rtype, id, rule, on_retract FROM record_outputs WHERE source = ?"
+                " ON CONFLICT DO NOTHING"
+            ),
+            (new, old),
+        )
+        self.cur.execute(self.store.q("DELETE FROM record_outputs WHERE source = ?"), (old,))
+
     def claim_record_versions(self, system: str, versions: Sequence[tuple[str, float]]) -> set[str]:
         """Keep each record's latest version (an upsert that never lowers it); the keys whose stored
         version is later than the one given. One statement per ``_VERSIONS_PER_QUERY`` records."""

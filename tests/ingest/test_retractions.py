@@ -258,20 +258,30 @@ async def test_a_record_sent_through_two_sources_of_one_set_is_one_record(both: 
 
 
 async def test_lists_stored_under_the_source_name_are_still_taken_back(both: Harness) -> None:
-    """A list a record left before lists were kept per source system (under the configured
-    source's name) is read, and moved, by the record's next version."""
-    record = _assessment()
-    first = await _post(both, "cht", record)
+    """Lists records left before lists were kept per source system (under the configured
+    source's name) are moved under the system by the source's first write after a start, all of
+    them at once: an edit of any such record, then or later, still takes back what it made."""
+    records = [_assessment(), _assessment()]
+    records[1]["doc"]["_id"] = "second-" + records[1]["doc"]["_id"]
+    firsts = [await _post(both, "cht", record) for record in records]
     system = "urn:chw-gateway:cht:demo"
-    key = record["doc"]["_id"]
-    with both.store.transaction() as tx:  # as a gateway before the fix left it
-        outputs = tx.record_outputs(system, key)
-        assert outputs
-        tx.set_record_outputs(system, key, [])
-        tx.set_record_outputs("cht", key, outputs)
-    referral = next(r for r in _written(first) if r["type"] == "ServiceRequest")
-    await _post(both, "cht", _no_referral_no_danger(record))
-    assert (await _read(both, "ServiceRequest", referral["id"]))["status"] == "revoked"
-    with both.store.transaction() as tx:
-        assert tx.record_outputs("cht", key) == []
-        assert tx.record_outputs(system, key)
+    keys = [record["doc"]["_id"] for record in records]
+    with both.store.transaction() as tx:  # as a gateway before the fix left them
+        for key in keys:
+            outputs = tx.record_outputs(system, key)
+            assert outputs
+            tx.set_record_outputs(system, key, [])
+            tx.set_record_outputs("cht", key, outputs)
+    app = make_app(both.store, both.root)  # the upgraded gateway starts
+    async with app.router.lifespan_context(app):
+        gw = Harness(app, both.store, both.root)
+        try:
+            for first, record in zip(firsts, records, strict=True):
+                referral = next(r for r in _written(first) if r["type"] == "ServiceRequest")
+                await _post(gw, "cht", _no_referral_no_danger(record))
+                assert (await _read(gw, "ServiceRequest", referral["id"]))["status"] == "revoked"
+                with both.store.transaction() as tx:
+                    assert tx.record_outputs("cht", records[1]["doc"]["_id"]) == []  # all moved at once
+                    assert tx.record_outputs(system, record["doc"]["_id"])
+        finally:
+            await gw.aclose()
