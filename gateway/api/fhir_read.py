@@ -45,14 +45,15 @@ _EARLIEST, _LATEST = datetime(1, 1, 1, tzinfo=UTC).timestamp(), datetime(9999, 1
 async def metadata(request: Request) -> Response:
     """The CapabilityStatement (no authentication needed)."""
     media = response_type(request)
-    # capabilitystatement.html: mode=full|normal is this statement; terminology asks for a
+    # http.html#capabilities: mode=full|normative is this statement (servers may ignore the mode and
+    # return the whole of it; "normal", accepted before, still is); terminology asks for a
     # TerminologyCapabilities, which a server without a terminology service has none of.
     mode = request.query_params.get("mode")
     if mode == "terminology":
         raise FhirError("mode=terminology: this server has no terminology service (no TerminologyCapabilities)",
                         status=400, code="not-supported", expression=["mode"])
-    if mode not in (None, "full", "normal"):
-        raise FhirError(f"mode must be full, normal or terminology, not {mode!r}", status=400, code="invalid",
+    if mode not in (None, "full", "normative", "normal"):
+        raise FhirError(f"mode must be full, normative or terminology, not {mode!r}", status=400, code="invalid",
                         expression=["mode"])
     return fhir_response(ctx_of(request).capability_for(base_url(request)), media_type=media)
 
