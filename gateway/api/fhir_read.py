@@ -219,8 +219,10 @@ async def everything(request: Request, rid: str) -> Response:
 #: Patients linking to one Patient (its golden record, the records linked to it) looked at for the data policy.
 _MAX_LINKED = 1000
 
-#: Patient/$everything's parameters (R4 OperationDefinition Patient-everything) the gateway takes.
-_EVERYTHING_PARAMS = frozenset({"_count", "_offset", "_since", "_type", "_format"})
+#: Patient/$everything's parameters (R4 OperationDefinition Patient-everything) the gateway takes, and
+#: the general parameters of every interaction that change nothing in the answer (http.html#parameters:
+#: _format is negotiated before, _pretty is a hint the compact JSON ignores, as a search does).
+_EVERYTHING_PARAMS = frozenset({"_count", "_offset", "_since", "_type", "_format", "_pretty"})
 
 
 def _everything_params(request: Request) -> tuple[set[str] | None, datetime | None, list[tuple[str, str]]]:
