@@ -2,7 +2,9 @@
 
 Scalars resolve as in YAML 1.2 rather than PyYAML's 1.1 defaults, because mapping files are
 full of answer codes: ``yes``/``no``/``on``/``off`` stay strings, ``10:30`` is not a
-sexagesimal integer and ``0123`` keeps its leading zero. Duplicate keys are errors (PyYAML
+sexagesimal integer, ``0123`` keeps its leading zero and ``2025-06-03`` is text (a FHIR
+date), not a timestamp (YAML 1.2 has none; 1.1's made Python dates, and crashed on
+``2025-13-01``). Duplicate keys are errors (PyYAML
 silently keeps the last one, which hides typos in long rule lists).
 """
 
@@ -40,7 +42,13 @@ _Loader.yaml_implicit_resolvers = {
     first: [
         (tag, regexp)
         for tag, regexp in resolvers
-        if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+        if tag
+        not in (
+            "tag:yaml.org,2002:bool",
+            "tag:yaml.org,2002:int",
+            "tag:yaml.org,2002:float",
+            "tag:yaml.org,2002:timestamp",
+        )
     ]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }

@@ -135,6 +135,20 @@ def test_yes_and_no_stay_text(mappings_dir) -> None:
     assert bundle["entry"][1]["resource"]["valueString"] == "yes"
 
 
+def test_unquoted_dates_stay_text(mappings_dir) -> None:
+    """YAML 1.2 has no timestamps: an unquoted date is a FHIR date string, not a Python date."""
+    text = GOOD.replace("      status: finished", "      status: finished\n      period: {start: 2025-06-03}")
+    root = mappings_dir({"demo/set.yaml": SET, "demo/visit.yaml": text})
+    bundle = load_mapping_sets(root)["demo"].map_record({"id": "r", "when": "2025-01-01", "patient_id": "p"})
+    assert bundle["entry"][0]["resource"]["period"] == {"start": "2025-06-03"}
+
+
+def test_an_impossible_unquoted_date_is_a_located_problem_not_a_crash(mappings_dir) -> None:
+    text = GOOD.replace("      status: finished", "      status: finished\n      period: {start: 2025-13-01}")
+    (issue,) = _issues(mappings_dir, text)
+    assert f"visit.yaml:{_line_of(text, '2025-13-01')}:" in issue and "2025-13-01" in issue
+
+
 def test_set_file_problems(mappings_dir) -> None:
     root = mappings_dir({"demo/set.yaml": "name: demo\nsystem: not a uri\n"})
     (issue,) = [str(issue) for issue in validate_mappings(root)]
