@@ -118,6 +118,18 @@ def _element_type(type_name: str, element: str) -> str | None:
     return found
 
 
+def _required_codes(type_name: str, element: str) -> list[str] | None:
+    """The codes of ``type_name.element``'s required binding, as the store checks them: the R4
+    definitions' bindings (``r4-bindings.json``: also ``MedicationDispense.status`` and the other
+    bound codes the JSON schema has no enum for, and not ``Expression.language``, extensible)."""
+    bindings = _table("r4-bindings.json")
+    value_set = bindings["elements"].get(type_name, {}).get(element)
+    if value_set is None:
+        return None
+    codes: list[str] = bindings["valueSets"][value_set]
+    return codes
+
+
 def _targets(type_name: str, element: str) -> list[str] | None:
     found: list[str] | None = _table("r4-reference-targets.json")["targets"].get(type_name, {}).get(element)
     return found
@@ -370,8 +382,8 @@ class _Checker:
         if "{{" in value:
             self._check_placed(value, owner, element, element_type, path)
             return
-        if element_type.startswith("#"):
-            codes: list[str] = _table("r4-elements.json")["enums"][int(element_type[1:])]
+        codes = _required_codes(owner, element)
+        if codes is not None:
             if value not in codes:
                 close = difflib.get_close_matches(value, codes, n=1, cutoff=0.0)
                 hint = f"; did you mean {close[0]!r}?" if close and len(codes) > 8 else ""

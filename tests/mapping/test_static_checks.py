@@ -85,6 +85,16 @@ def test_ucum_codes_in_shipped_sets_pass_and_annotations_are_ucum() -> None:
     assert ucum_problem("mmHg") is not None
 
 
+def test_a_code_outside_a_required_binding_the_schema_has_no_enum_for_is_refused(tmp_path: Path) -> None:
+    """MedicationDispense.status is bound (required) in the R4 definitions but is a plain code in
+    the JSON schema: validate said ok and the store refused every record the rule made."""
+    root = _copy(tmp_path, [("      status: completed", "      status: complete")])
+    (issue,) = load_mappings(root).issues
+    assert issue.line == _line_of(root, "      status: complete")
+    assert "MedicationDispense.status: 'complete' is not in its required value set" in issue.message
+    assert "did you mean 'completed'?" in issue.message
+
+
 def test_a_reference_to_the_wrong_resource_type_is_refused(tmp_path: Path) -> None:
     root = _copy(tmp_path, [("      subject: \"{{ %patient }}\"\n\n  - name: visit_site",
                              "      subject: \"{{ %chw }}\"\n\n  - name: visit_site")])
