@@ -118,6 +118,13 @@ def _element_type(type_name: str, element: str) -> str | None:
     return found
 
 
+# http://terminology.hl7.org/CodeSystem/observation-category (R4): the system an observation
+# rule's ``category`` codes are written in.
+_OBSERVATION_CATEGORIES = (
+    "activity", "exam", "imaging", "laboratory", "procedure", "social-history", "survey", "therapy", "vital-signs",
+)
+
+
 def _required_codes(type_name: str, element: str) -> list[str] | None:
     """The codes of ``type_name.element``'s required binding, as the store checks them: the R4
     definitions' bindings (``r4-bindings.json``: also ``MedicationDispense.status`` and the other
@@ -334,6 +341,16 @@ class _Checker:
             self._check_object(rule.template, rule.resource_type, (*path, "template"))
         elif isinstance(rule, ObservationRule):
             self._check_object(rule.template, "Observation", (*path, "template"))
+            self._check_value(rule.status, "Observation", "status", (*path, "status"))
+            categories = [rule.category] if isinstance(rule.category, str) else rule.category or []
+            for category in categories:
+                if category not in _OBSERVATION_CATEGORIES:
+                    close = difflib.get_close_matches(category, _OBSERVATION_CATEGORIES, n=1)
+                    hint = f"; did you mean {close[0]!r}?" if close else ""
+                    self.issues.append(
+                        ((*path, "category"), f"{category!r} is not an observation-category code "
+                         f"({', '.join(_OBSERVATION_CATEGORIES)}){hint}")
+                    )
             for name in ("subject", "encounter", "performer"):
                 self._check_value(getattr(rule, name), "Observation", name, (*path, name))
             unit = rule.unit if isinstance(rule.unit, str) or rule.unit is None else rule.unit.code

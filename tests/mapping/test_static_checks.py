@@ -95,6 +95,31 @@ def test_a_code_outside_a_required_binding_the_schema_has_no_enum_for_is_refused
     assert "did you mean 'completed'?" in issue.message
 
 
+BP1 = "    category: vital-signs\n    when: \"`vitals/bp_systolic_1` | present\""
+
+
+@pytest.mark.parametrize(
+    ("new", "needle", "message"),
+    [
+        (BP1.replace("vital-signs", "vital-sign"), "category: vital-sign",
+         "'vital-sign' is not an observation-category code (activity, exam, imaging, laboratory, "
+         "procedure, social-history, survey, therapy, vital-signs); did you mean 'vital-signs'?"),
+        (BP1.replace("vital-signs", "[vital-signs, exams]"), "category: [vital-signs, exams]",
+         "'exams' is not an observation-category code"),
+        ("    status: finl\n" + BP1, "status: finl",
+         "Observation.status: 'finl' is not in its required value set (amended, cancelled, corrected, "
+         "entered-in-error, final, preliminary, registered, unknown)"),
+    ],
+)
+def test_an_observation_rules_own_category_and_status_are_checked(tmp_path: Path, new, needle, message) -> None:
+    """Both are written into the Observation as they are: a typo made a code outside the HL7
+    category system, or a status the store refused for every record."""
+    root = _copy(tmp_path, [(BP1, new)])
+    (issue,) = load_mappings(root).issues
+    assert issue.line == _line_of(root, needle)
+    assert message in issue.message
+
+
 def test_a_reference_to_the_wrong_resource_type_is_refused(tmp_path: Path) -> None:
     root = _copy(tmp_path, [("      subject: \"{{ %patient }}\"\n\n  - name: visit_site",
                              "      subject: \"{{ %chw }}\"\n\n  - name: visit_site")])
