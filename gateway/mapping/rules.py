@@ -209,8 +209,8 @@ def _observation_value(
             quantity["system"] = unit.system
             quantity["code"] = unit.code
         return "valueQuantity", quantity
-    if value_type == "codeable_concept" and vtype is dict and "coding" not in value:
-        return "valueCodeableConcept", {"coding": [value]}  # a Coding from | coding(...)
+    if value_type == "codeable_concept" and vtype is dict and "coding" not in value and "text" not in value:
+        return "valueCodeableConcept", {"coding": [value]}  # a Coding from | coding(...); {text} is a concept
     checks = {"integer": int, "boolean": bool, "string": str, "date_time": str, "codeable_concept": dict}
     if vtype is not checks[value_type]:
         raise MappingError(path, f"{quote(value)} does not fit value_type {value_type}", code="value")

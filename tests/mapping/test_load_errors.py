@@ -149,6 +149,23 @@ def test_an_impossible_unquoted_date_is_a_located_problem_not_a_crash(mappings_d
     assert f"visit.yaml:{_line_of(text, '2025-13-01')}:" in issue and "2025-13-01" in issue
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ('{text: "{{ weight }}"}', {"text": "heavy"}),
+        ('{coding: [{code: "{{ weight }}"}], text: x}', {"coding": [{"code": "heavy"}], "text": "x"}),
+        ('{system: "urn:x", code: "{{ weight }}"}', {"coding": [{"system": "urn:x", "code": "heavy"}]}),
+    ],
+)
+def test_an_observation_value_that_is_a_codeable_concept_stays_one(mappings_dir, value, expected) -> None:
+    """A text-only CodeableConcept was taken for a Coding: ``coding: [{text}]``, invalid FHIR."""
+    text = GOOD.replace('value: "{{ weight | decimal }}"\n    unit: kg', f"value: {value}")
+    root = mappings_dir({"demo/set.yaml": SET, "demo/visit.yaml": text})
+    record = {"id": "r", "when": "2025-01-01", "patient_id": "p", "weight": "heavy"}
+    bundle = load_mapping_sets(root)["demo"].map_record(record)
+    assert bundle["entry"][1]["resource"]["valueCodeableConcept"] == expected
+
+
 def test_set_file_problems(mappings_dir) -> None:
     root = mappings_dir({"demo/set.yaml": "name: demo\nsystem: not a uri\n"})
     (issue,) = [str(issue) for issue in validate_mappings(root)]
