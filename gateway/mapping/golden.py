@@ -6,7 +6,8 @@ what the engine must return for each record: a transaction Bundle, or the Operat
 of a record that must be refused (a list of those for a list or CSV input).
 
 A case passes when the output equals the expected JSON *and* every produced resource is
-valid FHIR R4 (``gateway.fhir.strict`` plus the ``fhir.resources`` R4B models). A failure
+valid FHIR R4 as the store judges it (``gateway.fhir.validate_resource``: strict JSON, the
+R4B models, the base invariants, reference target types). A failure
 lists the differences by JSON path, entries matched by their ``request.url``::
 
     - Observation/67c2… (Body weight) .valueQuantity.value: expected 48.5, got 48
@@ -25,10 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pydantic
-from fhir.resources.R4B import get_fhir_model_class
 
-from gateway.fhir import check_strict
+from gateway.errors import FhirError
+from gateway.fhir import validate_resource
 from gateway.mapping.engine import MappingSet
 from gateway.mapping.errors import MappingError, to_operation_outcome
 from gateway.mapping.inputs import InputError, read_records
@@ -113,20 +113,23 @@ def map_outcome(mapping_set: MappingSet, record: Any) -> dict[str, Any]:
 
 
 def fhir_problems(output: dict[str, Any]) -> list[str]:
-    """Why the resources of a Bundle are not valid FHIR R4 (empty if they are)."""
+    """Why the resources of a Bundle are not valid FHIR R4 (empty if they are): what the store
+    checks on every write (``gateway.fhir.validate_resource``: strict JSON and required bindings,
+    the models, the base invariants, reference target types), so a case that passes is stored."""
     if output.get("resourceType") != "Bundle":
         return []
     problems: list[str] = []
     for entry in output.get("entry", []):
         resource = entry.get("resource", {})
         label = f"{resource.get('resourceType')}/{resource.get('id')}"
-        for issue in check_strict(resource):
-            problems.append(f"{label} {issue.expression}: {issue.diagnostics}")
         try:
-            get_fhir_model_class(resource["resourceType"]).model_validate(resource)
-        except (pydantic.ValidationError, ValueError, KeyError) as exc:
-            first = str(exc).splitlines()
-            problems.append(f"{label}: {first[0] if first else exc}")
+            validate_resource(resource)
+        except FhirError as exc:
+            for issue in exc.issues():
+                where = (issue.get("expression") or [""])[0]
+                text = str(issue.get("diagnostics", ""))
+                shown = f"{label} {where}" if where and not text.startswith(where) else label
+                problems.append(f"{shown}: {text}")
     return problems
 
 

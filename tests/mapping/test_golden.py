@@ -44,3 +44,41 @@ def test_every_shipped_mapping_is_exercised_by_a_golden_input() -> None:
 def test_golden(mapping_set, case) -> None:
     result = run_case(mapping_set, case)
     assert result.status == "pass", "\n".join(result.lines)
+
+
+APPOINTMENT = """\
+mapping: fp-appointment
+version: 1.0.0
+record_id: id
+provenance: {recorded: "{{ due | datetime }}"}
+rules:
+  - name: next_visit
+    kind: resource
+    resourceType: Appointment
+    template:
+      status: proposed
+      start: "{{ due | datetime }}"
+      participant: [{actor: "{{ patient | ref('Patient') }}", status: needs-action}]
+"""
+
+
+def test_a_resource_the_store_refuses_fails_its_golden_case(mappings_dir) -> None:
+    """``mappings test`` said PASS for an Appointment without ``end`` (app-2), which every ingest
+    then quarantined: a golden case checks what the store checks, invariants included."""
+    from gateway.mapping import fhir_problems
+
+    root = mappings_dir({
+        "fp/set.yaml": "name: fp\nsystem: urn:test:fp\n",
+        "fp/appointment.yaml": APPOINTMENT,
+        "fp/tests/next.input.json": '{"id": "r1", "due": "2025-09-03T08:00:00Z", "patient": "p1"}',
+    })
+    mapping_set = load_mappings(root).sets["fp"]
+    (case,) = find_cases(mapping_set)
+    updated = run_case(mapping_set, case, update=True)
+    assert updated.status == "fail"
+    result = run_case(mapping_set, case)
+    assert result.status == "fail"
+    assert any("app-2: Either start and end are specified, or neither" in line for line in result.lines), result.lines
+    bundle = mapping_set.map_record({"id": "r1", "due": "2025-09-03T08:00:00Z", "patient": "p1"})
+    (problem,) = fhir_problems(bundle)
+    assert problem.startswith("Appointment/") and "app-2" in problem
