@@ -18,6 +18,7 @@ Lookup semantics for a source code (``ConceptTable.lookup``):
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,9 @@ def _read(path: Path) -> YamlDocument:
     return read_yaml(path)
 
 
+_ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:\S")
+
+
 def _load_one(path: Path, issues: list[LoadIssue]) -> ConceptTable | None:
     try:
         doc = _read(path)
@@ -156,6 +160,18 @@ def _load_one(path: Path, issues: list[LoadIssue]) -> ConceptTable | None:
     texts: dict[str, str] = {}
     ok = True
     for g_index, group in enumerate(data.get("group") or []):
+        for side in ("source", "target"):  # they become Coding.system: an absolute URI
+            system = group.get(side)
+            if isinstance(system, str) and not _ABSOLUTE_URI.match(system):
+                where = ("group", g_index, side)
+                issues.append(
+                    LoadIssue(
+                        str(path), doc.line_of(where), format_path(where),
+                        f"{system!r} is not an absolute URI (the code system's URL, e.g. http://snomed.info/sct, "
+                        "http://loinc.org, or urn:...)",
+                    )
+                )
+                ok = False
         elements: dict[str, tuple[Coding, ...]] = {}
         for e_index, element in enumerate(group.get("element") or []):
             code = element.get("code")

@@ -190,6 +190,17 @@ def test_set_file_problems(mappings_dir) -> None:
             "      - {code: a}\n",
             "code 'a' listed twice",
         ),
+        (
+            "resourceType: ConceptMap\nid: x\nstatus: active\ngroup:\n  - target: snomed\n    element:\n"
+            "      - {code: a, target: [{code: '1', equivalence: equivalent}]}\n",
+            "zz-bad.yaml:5: group[0].target: 'snomed' is not an absolute URI",
+        ),
+        (
+            "resourceType: ConceptMap\nid: x\nstatus: active\ngroup:\n  - source: local-codes\n"
+            "    target: http://snomed.info/sct\n    element:\n"
+            "      - {code: a, target: [{code: '1', equivalence: equivalent}]}\n",
+            "zz-bad.yaml:5: group[0].source: 'local-codes' is not an absolute URI",
+        ),
     ],
 )
 def test_conceptmap_problems(mappings_dir, text: str, message: str) -> None:
