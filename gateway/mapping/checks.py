@@ -125,6 +125,9 @@ _OBSERVATION_CATEGORIES = (
 )
 
 
+_ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:\S")
+
+
 def _required_codes(type_name: str, element: str) -> list[str] | None:
     """The codes of ``type_name.element``'s required binding, as the store checks them: the R4
     definitions' bindings (``r4-bindings.json``: also ``MedicationDispense.status`` and the other
@@ -342,6 +345,7 @@ class _Checker:
         elif isinstance(rule, ObservationRule):
             self._check_object(rule.template, "Observation", (*path, "template"))
             self._check_value(rule.status, "Observation", "status", (*path, "status"))
+            self._check_value(rule.code, "Observation", "code", (*path, "code"))
             categories = [rule.category] if isinstance(rule.category, str) else rule.category or []
             for category in categories:
                 if category not in _OBSERVATION_CATEGORIES:
@@ -361,6 +365,7 @@ class _Checker:
         elif isinstance(rule, ReferralRule):
             self._check_object(rule.template, "ServiceRequest", (*path, "template"))
             self._check_value(rule.facility, "ServiceRequest", "performer", (*path, "facility"))
+            self._check_value(rule.code, "ServiceRequest", "code", (*path, "code"))
             for name in ("subject", "encounter", "requester"):
                 self._check_value(getattr(rule, name), "ServiceRequest", name, (*path, name))
 
@@ -411,7 +416,12 @@ class _Checker:
                 )
             return
         primitive = _table("r4-elements.json")["primitives"].get(element_type)
-        if primitive and primitive[1] and not re.match(primitive[1], value):
+        if owner == "Coding" and element == "system" and not _ABSOLUTE_URI.match(value):
+            self.issues.append(
+                (path, f"Coding.system: {value!r} is not an absolute URI (the code system's URL, e.g. "
+                 "http://loinc.org, http://snomed.info/sct, or urn:...)")
+            )
+        elif primitive and primitive[1] and not re.match(primitive[1], value):
             self.issues.append((path, f"{owner}.{element}: {value!r} is not a valid FHIR {element_type}"))
         elif primitive and primitive[0] in ("boolean", "integer", "decimal", "positiveInt", "unsignedInt"):
             self.issues.append((path, f"{owner}.{element}: a {element_type} is needed, not the text {value!r}"))

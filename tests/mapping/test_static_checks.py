@@ -120,6 +120,26 @@ def test_an_observation_rules_own_category_and_status_are_checked(tmp_path: Path
     assert message in issue.message
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "needle", "message"),
+    [
+        ('class: {system: "http://terminology.hl7.org/CodeSystem/v3-ActCode"', "class: {system: v3-ActCode",
+         "class: {system: v3-ActCode", "Coding.system: 'v3-ActCode' is not an absolute URI"),
+        ("    category: vital-signs\n    when: \"`vitals/bp_systolic_1` | present\"\n"
+         "    code: \"{{ 'bp_panel' | concept('chw-observations') }}\"",
+         "    category: vital-signs\n    when: \"`vitals/bp_systolic_1` | present\"\n"
+         "    code: {coding: [{system: LOINC, code: 85354-9}]}",
+         "system: LOINC", "Coding.system: 'LOINC' is not an absolute URI"),
+    ],
+)
+def test_a_code_system_that_is_not_a_uri_is_refused(tmp_path: Path, old, new, needle, message) -> None:
+    """``system: LOINC`` was written into every Coding as it is (a Coding.system is an absolute URI)."""
+    root = _copy(tmp_path, [(old, new)])
+    (issue,) = load_mappings(root).issues
+    assert issue.line == _line_of(root, needle)
+    assert message in issue.message
+
+
 def test_a_reference_to_the_wrong_resource_type_is_refused(tmp_path: Path) -> None:
     root = _copy(tmp_path, [("      subject: \"{{ %patient }}\"\n\n  - name: visit_site",
                              "      subject: \"{{ %chw }}\"\n\n  - name: visit_site")])
