@@ -229,17 +229,23 @@ def patch(
     A client that may update the type but not read it (SMART's ``u`` without ``r`` or ``s``) may
     only edit blind: ``test``, ``copy`` and ``move`` would tell it what is stored (a ``test`` that
     passes or fails is a read), so they are refused, and a patch that does not apply or leaves
-    an invalid resource fails without naming what is stored.
+    an invalid resource fails without naming what is stored. A client whose data policy
+    de-identifies reads only part of what is stored, so it edits blind too: a ``test`` of a
+    stripped name or identifier, or a ``copy``/``move`` of one to an element it is shown, would
+    give back what the policy strips.
     """
-    readable = access.may_return(rtype)
+    readable = access.may_return(rtype) and not access.deidentified
     if not readable and isinstance(operations, list):
         for op in operations:
             if isinstance(op, dict) and op.get("op") in _DISCLOSING:
+                why = (
+                    "the client's data policy de-identifies what it reads"
+                    if access.may_return(rtype)
+                    else f"the client's scopes do not allow reading {rtype} (needs system/{rtype}.r or .s)"
+                )
                 raise FhirError(
-                    f"JSON Patch {op['op']!r} reads the stored resource, and the client's scopes do not allow"
-                    f" reading {rtype} (needs system/{rtype}.r or .s)",
-                    status=403, code="forbidden",
-                )  # fmt: skip
+                    f"JSON Patch {op['op']!r} reads the stored resource, and {why}", status=403, code="forbidden"
+                )
     current = tx.read(rtype, rid)
     if current is None:
         raise not_found(f"{rtype}/{rid} is not known")

@@ -15,6 +15,8 @@ leaks any of it shows.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import uuid
 from typing import Any
 
@@ -329,6 +331,42 @@ async def test_a_deidentified_client_gets_no_identifying_elements_back_from_its_
     full = await api.client.post("/fhir/Patient", json={"resourceType": "Patient"},
                                  headers={"If-None-Exist": "_id=pb1"})
     assert "HIDDEN" in full.text and "nid-pb1" in full.text
+
+
+async def test_a_deidentified_client_cannot_read_what_is_stripped_through_json_patch(api: ApiHarness) -> None:
+    # A JSON Patch test that passes or fails is a read of the value it names, and copy/move put a
+    # stripped value where the answer shows it: a de-identified writer edits blind, as a client
+    # that may update but not read does, in a Bundle too.
+    await seed(api)
+    researcher = policy_client(api, {"deidentify": True}, scopes=("system/*.cruds",))
+    patches = [
+        [{"op": "test", "path": "/name/0/family", "value": "HIDDEN-Niyonzima"}],
+        [{"op": "copy", "from": "/identifier/0/value", "path": "/address/0/district"}],
+        [{"op": "move", "from": "/name/0/family", "path": "/address/0/state"}],
+    ]
+    for operations in patches:
+        response = await researcher.patch("/fhir/Patient/pb2", json=operations,
+                                          headers={"Content-Type": "application/json-patch+json"})
+        assert response.status_code == 403, (operations, response.text)
+        assert "HIDDEN" not in response.text and "nid-" not in response.text
+        binary = {"resourceType": "Binary", "contentType": "application/json-patch+json",
+                  "data": base64.b64encode(json.dumps(operations).encode()).decode()}
+        for kind in ("batch", "transaction"):
+            bundle = {"resourceType": "Bundle", "type": kind, "entry": [
+                {"resource": binary, "request": {"method": "PATCH", "url": "Patient/pb2"}}]}
+            answer = await researcher.post("/fhir", json=bundle)
+            assert "HIDDEN" not in answer.text and "nid-" not in answer.text, answer.text
+            status = answer.json()["entry"][0]["response"]["status"] if kind == "batch" else str(answer.status_code)
+            assert status.startswith("403"), (kind, answer.text)
+    stored = (await api.client.get("/fhir/Patient/pb2")).json()
+    assert stored["meta"]["versionId"] == "1" and stored["address"][0]["district"] == "Kicukiro"
+    # A blind edit still works, and a client without the policy may still test.
+    blind = await researcher.patch("/fhir/Patient/pb2", json=[{"op": "add", "path": "/active", "value": True}],
+                                   headers={"Content-Type": "application/json-patch+json"})
+    assert blind.status_code == 200
+    tested = await api.client.patch("/fhir/Patient/pb2", json=patches[0],
+                                    headers={"Content-Type": "application/json-patch+json"})
+    assert tested.status_code == 200
 
 
 async def test_a_deidentified_client_cannot_search_or_sort_by_what_it_does_not_see(api: ApiHarness) -> None:
