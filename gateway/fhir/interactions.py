@@ -97,8 +97,10 @@ def create(
         if found:
             return WriteOutcome(200, found[0], changed=False)
     body = {k: v for k, v in resource.items() if k != "id"}
+    was_in = in_own_subtree(tx, access, rtype, rid)
     result = tx.create(body, rid=rid)
     require_visible_after(tx, access, result.resource)
+    require_subtree_kept(tx, access, result.resource, was_in)
     return WriteOutcome(201, result.resource)
 
 
@@ -125,6 +127,36 @@ def require_visible_after(tx: StoreTransaction, access: SearchAccess, written: S
         )  # fmt: skip
 
 
+def in_own_subtree(tx: StoreTransaction, access: SearchAccess, rtype: str, rid: str | None) -> bool | None:
+    """Before an Organization write: is it in the subtree of the client's organisations policy now?
+    None when nothing needs checking (no such policy, another type)."""
+    policy = access.policy
+    if policy is None or rtype != "Organization" or not policy.policy.organizations:
+        return None
+    return rid is not None and rid in tx.in_subtree(policy.policy, [rid])
+
+
+def require_subtree_kept(
+    tx: StoreTransaction, access: SearchAccess, written: StoredResource, was_in: bool | None
+) -> None:
+    """403 (the transaction rolls back) when an Organization write widens the client's own policy.
+
+    Organizations are not limited rows, but an organisations policy shows the Patients managed
+    anywhere below its Organizations (``partOf``): moving an Organization in (or creating one that a
+    Patient or another Organization already names) would show the client Patients it may not see.
+    An Organization nobody names may enter, and any may be edited, moved within or out of the tree.
+    """
+    policy = access.policy
+    if was_in is None or was_in or written.deleted or policy is None:
+        return
+    if written.id in tx.in_subtree(policy.policy, [written.id]) and tx.organization_named(written.id):
+        raise FhirError(
+            f"Organization/{written.id} would come under the client's own Organizations and bring the Patients"
+            " managed there (or below it) into its data policy; an unrestricted client must place it",
+            status=403, code="forbidden",
+        )  # fmt: skip
+
+
 def update(
     tx: StoreTransaction,
     resource: dict[str, Any],
@@ -143,6 +175,7 @@ def update(
     if body_id != rid:
         raise invalid(f"the resource id {str(body_id)[:70]!r} does not match the URL id {rid!r}", [f"{rtype}.id"])
     require_visible_before(tx, access, rtype, rid)
+    was_in = in_own_subtree(tx, access, rtype, rid)
     try:
         result = tx.update(resource, if_match=if_match, skip_unchanged=skip_unchanged, prepared=prepared)
     except VersionConflict as exc:
@@ -153,6 +186,7 @@ def update(
             code="conflict",
         ) from exc
     require_visible_after(tx, access, result.resource)
+    require_subtree_kept(tx, access, result.resource, was_in)
     return WriteOutcome(201 if result.created else 200, result.resource, changed=not result.unchanged)
 
 

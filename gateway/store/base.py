@@ -45,7 +45,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from gateway.errors import StoreError
-from gateway.search import IndexRows, RowFilter, SearchQuery
+from gateway.search import DataPolicy, IndexRows, RowFilter, SearchQuery
 
 
 class ChangeOp(StrEnum):
@@ -210,6 +210,17 @@ class StoreTransaction(Protocol):
     def visible(self, policy: RowFilter | None, rtype: str, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` (live ``rtype`` resources) ``policy`` lets the client see, seeing this
         transaction's writes."""
+        ...
+
+    def in_subtree(self, policy: DataPolicy, ids: Sequence[str]) -> set[str]:
+        """Which of the Organization ``ids`` are in ``policy``'s Organizations' subtree (``partOf``,
+        any depth; the policy's own Organizations always are), as this transaction sees it now
+        (never a cached lookup)."""
+        ...
+
+    def organization_named(self, rid: str) -> bool:
+        """Whether a live Patient (``managingOrganization``) or Organization (``partOf``) names
+        ``Organization/rid``: what moving it into an organisations policy's subtree would bring along."""
         ...
 
     def prefetch(self, refs: Iterable[tuple[str, str]]) -> None:

@@ -25,6 +25,7 @@ import orjson
 
 from gateway.ids import uuid4_text
 from gateway.search import (
+    DataPolicy,
     ExtractionPlan,
     IndexRows,
     RowFilter,
@@ -33,6 +34,7 @@ from gateway.search import (
     from_epoch,
     index_rows,
     spreads,
+    subtree_sql,
 )
 from gateway.store.base import (
     LANES,
@@ -148,6 +150,29 @@ class SqlTransaction:
         """Which of ``ids`` ``policy`` lets the client see, seeing this transaction's writes."""
         self.flush()
         return self.store.visible_in(self.cur, policy, rtype, ids)
+
+    def in_subtree(self, policy: DataPolicy, ids: Sequence[str]) -> set[str]:
+        """Which of the Organization ``ids`` are in ``policy``'s subtree now, seeing this transaction's
+        writes (the store's per-second subtree cache is for reads, not for judging a write)."""
+        unique = sorted(set(ids))
+        if not unique or not policy.organizations:
+            return set()
+        self.flush()
+        sql, params = subtree_sql(policy)
+        marks = ", ".join("?" for _ in unique)
+        self.cur.execute(self.store.q(f"SELECT t.id FROM ({sql}) t WHERE t.id IN ({marks})"), [*params, *unique])
+        return {row[0] for row in self.cur.fetchall()}
+
+    def organization_named(self, rid: str) -> bool:
+        """Whether a live Patient's ``organization`` or Organization's ``partof`` reference names it."""
+        self.flush()
+        self.cur.execute(
+            self.store.q("SELECT 1 FROM idx_ref WHERE ttype = 'Organization' AND tid = ?"
+                         " AND ((rtype = 'Patient' AND param = 'organization')"
+                         " OR (rtype = 'Organization' AND param = 'partof')) LIMIT 1"),
+            (rid,),
+        )
+        return self.cur.fetchone() is not None
 
     # -- writes --------------------------------------------------------------------------------
     def create(self, resource: dict[str, Any], *, rid: str | None = None) -> WriteResult:

@@ -261,6 +261,46 @@ async def test_a_policy_follows_the_organisation_tree_as_it_changes(api: ApiHarn
     assert (await client.get("/fhir/Patient/pb2")).status_code == 404
 
 
+async def test_a_client_cannot_widen_its_own_organisation_subtree(api: ApiHarness) -> None:
+    """Organizations are not limited rows, but their partOf decides what an organisations policy shows:
+    a client limited to dist-a that moves hc-b under dist-a (or creates an Organization that hc-b or a
+    Patient already names) would see hc-b's Patients. Such a write is refused (REST, patch, conditional
+    update and Bundles); writes that leave the subtree as wide as it was still work."""
+    await seed(api)
+    client = policy_client(api, {"organizations": ["Organization/dist-a"]})
+    seq = api.store.last_change_seq()
+
+    def refused(response: httpx.Response) -> None:
+        assert response.status_code == 403, response.text
+        assert "data policy" in response.json()["issue"][0]["diagnostics"]
+
+    refused(await client.put("/fhir/Organization/hc-b", json=_org("hc-b", "hp-a")))
+    refused(await client.put("/fhir/Organization?name=hc-b", json=_org("hc-b", "dist-a")))
+    refused(await client.patch("/fhir/Organization/hc-b",
+                               json=[{"op": "add", "path": "/partOf", "value": {"reference": "Organization/hc-a"}}],
+                               headers={"Content-Type": "application/json-patch+json"}))
+    # hc-b's parent dist-b is deleted (an admin's write): recreating it under dist-a would bring hc-b along
+    assert (await api.client.delete("/fhir/Organization/dist-b")).status_code in (200, 204)
+    seq = api.store.last_change_seq()
+    refused(await client.put("/fhir/Organization/dist-b", json=_org("dist-b", "dist-a")))
+    refused(await client.post("/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": _org("dist-b", "hc-a"), "request": {"method": "PUT", "url": "Organization/dist-b"}}]}))
+    batch = await client.post("/fhir", json={"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": _org("hc-b", "dist-a"), "request": {"method": "PUT", "url": "Organization/hc-b"}}]})
+    assert batch.json()["entry"][0]["response"]["status"].startswith("403"), batch.text
+    assert api.store.last_change_seq() == seq  # nothing above changed the store
+    await asyncio.sleep(1.05)  # a looked-up subtree serves for at most 1 s
+    for hidden in ("/fhir/Patient/pb1", "/fhir/Patient/pb2", "/fhir/Observation/ob1"):
+        assert (await client.get(hidden)).status_code == 404, hidden
+    # Writes that do not widen the subtree: an Organization of its own tree edited or moved within it,
+    # a new one nobody names yet, one outside its tree edited in place.
+    moved = {**_org("hp-a", "dist-a"), "alias": ["HP"]}
+    assert (await client.put("/fhir/Organization/hp-a", json=moved)).status_code == 200
+    assert (await client.put("/fhir/Organization/new-hp", json=_org("new-hp", "hc-a"))).status_code == 201
+    assert (await client.put("/fhir/Organization/hc-b", json={**_org("hc-b"), "alias": ["B"]})).status_code == 200
+    assert (await client.get("/fhir/Patient/pa1")).status_code == 200
+
+
 async def test_an_older_version_about_a_hidden_patient_stays_hidden(api: ApiHarness) -> None:
     """A resource moved from a hidden Patient to a visible one: the client sees it now, and its versions
     that are about the visible Patient, but not the version about the hidden one (vread, history, a
