@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from gateway.auth import Principal
-from gateway.search import DataPolicy, PolicyError, RowFilter, SearchRegistry
+from gateway.search import DataPolicy, PolicyError, RowFilter, SearchAccess, SearchRegistry
 from gateway.store import ClientRegistry, SubscriptionRecord
 
 #: The principal of the configured admin token (it has no client row).
@@ -27,6 +27,18 @@ class OwnerAccess:
     def can_read(self, resource_type: str) -> bool:
         """Both the subscribing token and the client today may read ``resource_type``."""
         return self.granted.can(resource_type, "r") and self.current.can(resource_type, "r")
+
+    def matching(self, resource_type: str) -> SearchAccess:
+        """What a match of ``resource_type`` changes may look at for the owner, as the subscribing
+        token and the client today both allow: that type with ``r``, every type a chain or ``_has``
+        looks into with ``s``, rows its data policy shows, and nothing that policy strips (the
+        criteria and filters were checked when it subscribed; scopes and policies change since)."""
+
+        def can(rtype: str, letter: str) -> bool:
+            return all((rtype == resource_type and p.can(rtype, "r")) or p.can(rtype, letter)
+                       for p in (self.granted, self.current))
+
+        return SearchAccess(can, self.policy, deidentified=self.current.deidentified)
 
 
 def owner_access(

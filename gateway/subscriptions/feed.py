@@ -31,7 +31,8 @@ import orjson
 from gateway.clock import Clock
 from gateway.connectors import Job
 from gateway.delivery import DeliveryQueue
-from gateway.search import DataPolicy, QueryParser, SearchRegistry
+from gateway.errors import FhirError
+from gateway.search import DataPolicy, QueryParser, SearchError, SearchRegistry
 from gateway.store import Change, Store, StoredResource, SubscriptionRecord
 from gateway.subscriptions.access import OwnerAccess, owner_access
 from gateway.subscriptions.config import DESTINATION
@@ -142,12 +143,17 @@ class SubscriptionFeed:
     def _search(
         self, rtype: str, params: list[tuple[str, str]], ids: Sequence[str], access: OwnerAccess
     ) -> list[StoredResource]:
-        """The resources among ``ids`` that match ``params`` and the owner's data policy (one search a chunk)."""
+        """The resources among ``ids`` that match ``params`` and the owner's data policy (one search a chunk);
+        none when the owner may no longer search what ``params`` look at (a chain or ``_has`` into a type
+        its scopes dropped, an element its data policy now strips)."""
         found: list[StoredResource] = []
         step = self.parser.limits.max_values
         for start in range(0, len(ids), step):
             chunk = ids[start:start + step]
-            query = self.parser.parse(rtype, [*params, ("_id", ",".join(chunk))])
+            try:
+                query = self.parser.parse(rtype, [*params, ("_id", ",".join(chunk))], access=access.matching(rtype))
+            except (FhirError, SearchError):
+                return []
             query.count = len(chunk)
             query.total = "none"
             query.policy = access.policy

@@ -158,3 +158,30 @@ async def test_after_its_end_a_subscription_is_switched_off_and_hears_nothing(sq
     await eventually(switched_off, timeout=20)
     await asyncio.sleep(0.3)
     assert receiver.updated() == ["Observation/before-end"]
+
+
+async def test_matching_follows_what_the_owner_may_search_and_see_now(sqlite_harness: Harness) -> None:
+    """The criteria is a search the follower runs for the owner on every batch: a chain or ``_has``
+    into a type the owner may no longer search, or a name its data policy now strips, matches
+    nothing (checked when it subscribed, and again whenever it is matched)."""
+    h = sqlite_harness
+    writer = h.client("system/*.cruds")
+    narrowed = h.client("system/Subscription.cruds", "system/Patient.rs", "system/Observation.rs")
+    await _subscribe(narrowed, r4_subscription("Patient?_has:Observation:subject:code=HIV-POS", h.endpoint("has")))
+    await _narrow(h, narrowed, "system/Subscription.cruds", "system/Patient.rs")
+    stripped = h.client("system/Subscription.cruds", "system/Patient.rs")
+    by_name = await _subscribe(stripped, r4_subscription("Patient?family=Uwimana", h.endpoint("name")))
+    record = h.store.subscription_get(by_name["id"])
+    assert record is not None and h.store.set_client_policy(record.owner, {"deidentify": True})
+    control = h.client("system/Subscription.cruds", "system/Patient.rs", "system/Observation.rs")
+    await _subscribe(control, r4_subscription("Patient?_has:Observation:subject:code=HIV-POS", h.endpoint("control")))
+    await h.start_worker()
+    await _put(writer, {"resourceType": "Patient", "id": "p-u", "name": [{"family": "Uwimana"}]})
+    await _put(writer, {"resourceType": "Observation", "id": "o-u", "status": "final",
+                        "code": {"coding": [{"code": "HIV-POS"}]}, "subject": {"reference": "Patient/p-u"}})
+    await _put(writer, {"resourceType": "Patient", "id": "p-u", "name": [{"family": "Uwimana"}], "active": True})
+    await eventually(lambda: len(h.sandbox.receiver("control").puts) == 1, timeout=20)
+    await asyncio.sleep(0.5)
+    for quiet in ("has", "name"):
+        receiver = h.sandbox.receiver(quiet)
+        assert receiver.puts == {} and receiver.pings == 0, quiet
