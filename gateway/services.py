@@ -124,7 +124,8 @@ class Services:
             store=opened,
             registry=registry,
             parser=QueryParser(registry, search.default_count, search.max_count, SearchLimits(
-                search.max_values, search.max_criteria, search.max_includes, search.max_included, search.total_cap
+                search.max_values, search.max_criteria, search.max_includes, search.max_included, search.total_cap,
+                search.max_bundle_resources,
             )),
             owns_store=store is None,
         )

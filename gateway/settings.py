@@ -82,6 +82,11 @@ class SearchSettings(BaseModel):
         description="matches a search counts for Bundle.total unless it asks _total=accurate (or _summary=count,"
         " _count=0); with more matches the total is left out, so a search costs the same in a store of any size",
     )
+    max_bundle_resources: int = Field(
+        10_000, ge=1, le=1_000_000,
+        description="resources the GET entries of one batch or transaction return together (matches and"
+        " included; an entry finding nothing counts one); past it an entry is refused (400 too-costly)",
+    )
 
 
 class SmartSettings(BaseModel):

@@ -256,6 +256,8 @@ class _Processor:
         self.access = TRUSTED if trusted else SearchAccess(can, policy, deidentified=deidentified)
         self.return_resources = return_resources
         self.skip_unchanged = skip_unchanged
+        # What the GET entries may still return, all together (``SearchLimits.max_bundle_resources``).
+        self.read_budget = parser.limits.max_bundle_resources
 
     # -- parsing -----------------------------------------------------------------------------
     def parse_entry(self, index: int, raw: Any) -> _Entry:
@@ -497,8 +499,22 @@ class _Processor:
             self.written.append((res, activity_of(res, created)))
         return res
 
+    def _spend(self, cost: int) -> None:
+        """Count what a GET entry returns against the Bundle's budget (400 too-costly past it)."""
+        if cost > self.read_budget:
+            self.read_budget = 0
+            limit = self.parser.limits.max_bundle_resources
+            raise FhirError(
+                f"the GET entries of this Bundle would return more than {limit} resources together (each entry"
+                " counts at least one); send the rest in another request, or page with _count",
+                status=400, code="too-costly",
+            )  # fmt: skip
+        self.read_budget -= cost
+
     def _get(self, tx: StoreTransaction, e: _Entry) -> dict[str, Any]:
+        self._spend(0 if self.read_budget > 0 else 1)  # spent: refused before anything runs
         if e.rid is not None:
+            self._spend(1)
             current = self.store.vread(e.rtype, e.rid, e.version) if e.version else tx.read(e.rtype, e.rid)
             policy = self.access.policy
             hidden = policy is not None and policy.applies_to(e.rtype) and not tx.visible(policy, e.rtype, [e.rid])
@@ -520,6 +536,7 @@ class _Processor:
             return entry
         query = self.parser.parse(e.rtype, parse_qsl(e.query, keep_blank_values=True), access=self.access)
         result = tx.search(query)
+        self._spend(max(1, len(result.resources) + len(result.included)))
         # As the REST search answers: included resources, _summary/_elements, warnings and links.
         transform = None
         if query.summary is not None or query.elements is not None:

@@ -61,6 +61,9 @@ class SearchLimits:
     max_includes: int = 10  # distinct _include and _revinclude values
     max_included: int = _MAX_INCLUDED  # resources included into one page
     total_cap: int = _TOTAL_CAP  # matches counted for an estimated total (more: no total)
+    #: resources the GET entries of one batch or transaction Bundle return together (each entry counts
+    #: at least one): one request must not be able to ask for pages without end
+    max_bundle_resources: int = 10_000
 
 
 class SearchError(RequestError):

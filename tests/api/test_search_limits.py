@@ -112,3 +112,30 @@ async def test_the_largest_searches_the_settings_allow_run(api_on: ApiHarness) -
         assert response.status_code == 200, response.text[:500]
     refused(await post_search(client, "Patient", [("_lastUpdated", dates), ("_lastUpdated", "ge1900")]),
             "_lastUpdated")
+
+
+@pytest.mark.parametrize("search_settings", [SearchSettings(max_bundle_resources=10)])
+async def test_a_bundles_reads_return_at_most_max_bundle_resources_together(api_on: ApiHarness) -> None:
+    """One batch of searches is one request: without a bound on what its GET entries return together,
+    a few MB of ``Patient?_count=1000`` entries made a response (and a process) hundreds of times larger."""
+    client = api_on.client
+    for _ in range(4):
+        assert (await client.post("/fhir/Patient", json={"resourceType": "Patient"})).status_code == 201
+    search = {"request": {"method": "GET", "url": "Patient?_count=1000"}}
+    batch = await client.post("/fhir", json={"resourceType": "Bundle", "type": "batch", "entry": [search] * 5})
+    assert batch.status_code == 200
+    answers = batch.json()["entry"]
+    assert [a["response"]["status"][:3] for a in answers] == ["200", "200", "400", "400", "400"]
+    issue = answers[2]["response"]["outcome"]["issue"][0]
+    assert issue["code"] == "too-costly" and "10" in issue["diagnostics"], issue
+    # Every GET entry counts at least once, so entries that find nothing cannot run without end.
+    nothing = {"request": {"method": "GET", "url": "Patient?_id=none"}}
+    many = await client.post("/fhir", json={"resourceType": "Bundle", "type": "batch", "entry": [nothing] * 12})
+    assert [a["response"]["status"][:3] for a in many.json()["entry"]] == ["200"] * 10 + ["400"] * 2
+    transaction = await client.post("/fhir", json={"resourceType": "Bundle", "type": "transaction",
+                                                   "entry": [search] * 3})
+    refused_whole = transaction.json()["issue"][0]
+    assert transaction.status_code == 400 and refused_whole["code"] == "too-costly", transaction.text
+    # Within the bound, as before.
+    fits = await client.post("/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": [search] * 2})
+    assert fits.status_code == 200 and all(a["response"]["status"] == "200 OK" for a in fits.json()["entry"])
