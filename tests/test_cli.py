@@ -148,6 +148,27 @@ def test_config_check_masks_password_like_query_parameters(env: Path, monkeypatc
     )
 
 
+def test_config_check_masks_a_pulled_sources_base_url(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A pulled source's API root is a URL like a destination's: a password in its userinfo or a
+    # token in its query is masked the same way.
+    config = env / "gateway.yaml"
+    mappings = Path(__file__).resolve().parents[1] / "mappings"
+    config.write_text(
+        f"mappings_dir: {mappings}\n"
+        "sources:\n"
+        "  - name: odk\n"
+        "    kind: odk-central\n"
+        "    mapping: odk\n"
+        "    pull: {base_url: 'https://gw:pw-pull-1@central.example.org/?api_token=pw-pull-2&x=1',"
+        " project: 4, form: f1}\n"
+    )
+    result = runner.invoke(app, ["config", "check", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "pw-pull" not in result.stdout
+    data = json.loads(result.stdout)
+    assert data["sources"][0]["pull"]["base_url"] == "https://gw:***@central.example.org/?api_token=***&x=1"
+
+
 def test_config_check_names_field_file_and_line(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bad = env / "bad.yaml"
     bad.write_text("port: 8080\nsearch:\n  max_count: 0\n")

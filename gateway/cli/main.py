@@ -431,6 +431,10 @@ def config_check(config: ConfigOption = None, dev: DevOption = False) -> None:
         data["rate_limit"]["redis_url"] = mask_url(settings.rate_limit.redis_url)
     for destination, configured in zip(data["destinations"], settings.destinations, strict=True):
         destination["base_url"] = mask_url(configured.base_url)
+    for source in data["sources"]:  # a pulled source's API root is a URL like a destination's
+        pull = source.get("pull")
+        if isinstance(pull, dict) and isinstance(pull.get("base_url"), str):
+            pull["base_url"] = mask_url(pull["base_url"])
     typer.echo(json.dumps(data, indent=2, default=str))
     typer.echo(f"configuration OK ({settings.config_file or 'no file: defaults and GATEWAY_* variables'})", err=True)
 

@@ -48,7 +48,8 @@ class Fetcher:
         """The decoded JSON answer to ``GET url``; raises ``PullError``/``PullAuthError``."""
         first = time.monotonic()
         attempts = 0
-        host = urlsplit(url).netloc
+        # Named in logs and errors: the host and port only, never a userinfo's password.
+        host = urlsplit(url).netloc.rpartition("@")[2]
         while True:
             hint: float | None = None
             try:

@@ -61,3 +61,19 @@ async def test_answers_the_pull_cannot_use_end_it_with_the_cursor_unmoved(
             await mocked.runner.pull("odk")
     assert mocked.store.pull_cursor("odk") is None
     assert mocked.sleeps.waits == []
+
+
+async def test_a_password_in_the_base_url_is_never_logged_or_raised(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    base = "http://gw:pw-in-url@central.test"
+    harness = PullHarness(SourceSandbox(), base, store, pulled_sources(base))
+    try:
+        with respx.mock() as router, caplog.at_level("WARNING"):
+            router.get(URL).mock(side_effect=[httpx.ConnectError("refused"), httpx.Response(404, json={})])
+            with pytest.raises(PullError) as raised:
+                await harness.runner.pull("odk")
+    finally:
+        harness.ingest.close()
+    assert "central.test" in str(raised.value) and "pw-in-url" not in str(raised.value)
+    assert "central.test" in caplog.text and "pw-in-url" not in caplog.text
