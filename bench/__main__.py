@@ -11,7 +11,7 @@ BENCHMARKS = [
     "bench.queue_bench", "bench.dhis2_bench", "bench.cli_startup", "bench.validation_cost", "bench.backoff_bench",
     "bench.sort_growth", "bench.mapping_speed", "bench.pull_bench", "bench.identity_eval", "bench.bulk_export",
     "bench.notification_latency",
-    "bench.backfill_bench", "bench.national_load", "bench.growth_bench",
+    "bench.backfill_bench", "bench.live_beside_backfill", "bench.national_load", "bench.growth_bench",
     "bench.crud_mix", "bench.store_size",
 ]
 

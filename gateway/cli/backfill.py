@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 __all__ = ["backfill_command"]
 
 TICK = 10.0  # seconds between progress lines off a terminal (--quiet, logs, CI)
+#: Records a backfill commits in one transaction at most (a live push beside it waits for one).
+BACKFILL_GROUP_RECORDS = 100
 
 
 def backfill_command(
@@ -112,7 +114,11 @@ def _services(settings: Settings) -> Services:
     from gateway.services import ServicePlan, Services
 
     services = Services.build(settings, ServicePlan(ingest=True, environ=os.environ))
+    # Its changes go on the backfill lane (delivered after live ones); on SQLite its store also
+    # gives way to live writers, who then wait for one of its transactions: a short one.
     services.store.feed_lane = "backfill"
+    assert services.ingest is not None
+    services.ingest.group_records = BACKFILL_GROUP_RECORDS
     return services
 
 

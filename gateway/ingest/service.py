@@ -46,7 +46,7 @@ from gateway.ingest.progress import keep_task_progress, stored_tasks
 from gateway.ingest.registry import MappingRegistry
 from gateway.ingest.results import IngestReport, RecordResult, WrittenResource
 from gateway.ingest.retractions import OutputChange, StaleRecords, apply_output_changes
-from gateway.ingest.writer import BATCH_RECORDS, IngestWriter, PendingRecord, RecordGroup
+from gateway.ingest.writer import BATCH_RECORDS, GROUP_RECORDS, IngestWriter, PendingRecord, RecordGroup
 from gateway.mapping import CompiledMapping, InputError, MappingError, MappingSet, parse_csv
 from gateway.metrics import metrics
 from gateway.search import QueryParser
@@ -79,6 +79,9 @@ class IngestService:
         #: Called after a request's writes committed (the identity matcher's ``catch_up``), outside
         #: the write transaction; its failure is logged, never the request's.
         self.after_commit: Callable[[], object] | None = None
+        #: Records the writer commits in one transaction at most (a backfill takes fewer: a live
+        #: write of another process waits for one of its transactions on SQLite).
+        self.group_records = GROUP_RECORDS
         self._writer: IngestWriter | None = None
         self._writer_lock = threading.Lock()
         # Sources whose lists kept under their name (before lists were kept per system) this
@@ -186,7 +189,7 @@ class IngestService:
     def _writer_thread(self) -> IngestWriter:
         with self._writer_lock:
             if self._writer is None:
-                self._writer = IngestWriter(self._store_group)
+                self._writer = IngestWriter(self._store_group, group_records=self.group_records)
             return self._writer
 
     def _prepare_mapped(

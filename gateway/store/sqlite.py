@@ -47,6 +47,7 @@ from gateway.store.base import WriteBatch
 from gateway.store.group_commit import MAX_UNITS, GroupCommit
 from gateway.store.rows import Cursor
 from gateway.store.sql import SqlStore
+from gateway.store.write_turns import WriteTurns
 
 log = logging.getLogger("gateway.store")
 
@@ -117,17 +118,35 @@ class Checkpointer:
 
 
 class SQLiteWriter(GroupCommit[sqlite3.Connection]):
-    """The store's writer connection: ``BEGIN IMMEDIATE`` takes SQLite's write lock up front."""
+    """The store's writer connection: ``BEGIN IMMEDIATE`` takes SQLite's write lock up front.
 
-    def __init__(self, connect: Callable[[], sqlite3.Connection], max_units: int = MAX_UNITS) -> None:
+    With ``turns``, a live writer (``background()`` false) lets other processes' background
+    writers know it waits for the lock, and a background one gives way to them first."""
+
+    def __init__(
+        self,
+        connect: Callable[[], sqlite3.Connection],
+        max_units: int = MAX_UNITS,
+        turns: WriteTurns | None = None,
+        background: Callable[[], bool] = lambda: False,
+    ) -> None:
         super().__init__(max_units)
         self._new = connect
+        self.turns = turns
+        self._background = background
 
     def _connect(self) -> sqlite3.Connection:
         return self._new()
 
     def _begin(self, cur: Cursor) -> None:
-        cur.execute("BEGIN IMMEDIATE")
+        if self.turns is None:
+            cur.execute("BEGIN IMMEDIATE")
+        elif self._background():
+            self.turns.give_way()
+            cur.execute("BEGIN IMMEDIATE")
+        else:
+            with self.turns.live():
+                cur.execute("BEGIN IMMEDIATE")
 
     def _usable(self, conn: sqlite3.Connection) -> bool:
         # Some errors (a full disk, an I/O error) make SQLite roll the whole transaction back.
@@ -161,8 +180,13 @@ class SQLiteStore(SqlStore):
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        self._writer = SQLiteWriter(self._new_connection)
+        self._turns = None if self._wal is None else WriteTurns(self.path)
+        self._writer = self._new_writer()
         self._checkpointer = None if self._wal is None else Checkpointer(self.path)
+
+    def _new_writer(self) -> SQLiteWriter:
+        # A backfill's store (its changes on the backfill lane) gives way to live writers.
+        return SQLiteWriter(self._new_connection, turns=self._turns, background=lambda: self.feed_lane == "backfill")
 
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -259,5 +283,7 @@ class SQLiteStore(SqlStore):
             for conn in self._all:
                 conn.close()
             self._all.clear()
-            self._writer = SQLiteWriter(self._new_connection)
+            self._writer = self._new_writer()
+        if self._turns is not None:
+            self._turns.close()
         self._local = threading.local()

@@ -90,3 +90,22 @@ def test_a_broken_json_input_is_one_line_that_quotes_no_record(tmp_path: Path) -
     (line,) = [line for line in result.stderr.splitlines() if "rows.json" in line]
     assert line.startswith("gateway: ") and "broken JSON after" in line and line.endswith(")")
     assert "Okello" not in result.stderr and "Atim" not in result.stderr
+
+
+def test_a_backfill_writes_on_the_backfill_lane_in_short_transactions(tmp_path: Path) -> None:
+    """Its store gives way to live writers (the backfill lane, tests/store/test_sqlite_write_turns.py)
+    and it commits at most 100 records a transaction: what a live push beside it waits for."""
+    from gateway.cli.backfill import _services
+    from gateway.cli.common import settings_from
+
+    settings = settings_from(config(tmp_path, f"sqlite:///{tmp_path}/store.db"), False)
+    services = _services(settings)
+    try:
+        assert services.store.feed_lane == "backfill"
+        assert services.ingest is not None and services.ingest.group_records == 100
+        data = str(write_jsonl(tmp_path / "rows.jsonl", 250))
+        other = config(tmp_path, f"sqlite:///{tmp_path}/b.db")
+        result = runner.invoke(app, ["backfill", "csv", data, "-c", str(other), "-q"])
+        assert result.exit_code == 0 and "250 stored" in result.output
+    finally:
+        services.close_now()
