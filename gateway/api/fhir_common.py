@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import time
 from functools import lru_cache
+from typing import Any
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.auth import Principal
 from gateway.errors import FhirError, invalid, not_found
-from gateway.fhir import ID_RE, informational
+from gateway.fhir import ID_RE, deidentify, informational, without_matcher_links
 from gateway.r4 import RESOURCE_TYPES
 from gateway.search import MAX_INT_DIGITS
-from gateway.store import StoredResource
+from gateway.store import KEPT_LINK_EXTENSION, StoredResource
 
 from .negotiation import fhir_response, prefer
 
@@ -77,3 +80,28 @@ def parse_if_match(request: Request) -> int | None:
     if not (text.isascii() and text.isdigit()) or len(text) > MAX_INT_DIGITS:
         raise FhirError('If-Match must be an ETag like W/"3"', status=400, code="invalid", expression=["If-Match"])
     return int(text)
+
+
+_KEPT_LINK = KEPT_LINK_EXTENSION.encode()
+
+
+def limits_rows(principal: Principal) -> bool:
+    """Whether the principal's data policy hides some Patients (and their data) from it."""
+    return principal.policy is not None and principal.policy.limits_rows
+
+
+def given_body(principal: Principal, body: dict[str, Any]) -> dict[str, Any]:
+    """A resource as the principal may be given it (a new dict when changed): without the identity
+    matcher's links when its policy limits rows (``without_matcher_links``: they lead to records
+    the policy hides and to golden records, which such a policy never shows), de-identified when
+    its policy says so."""
+    if limits_rows(principal):
+        body = without_matcher_links(body)
+    return deidentify(body) if principal.deidentified else body
+
+
+def as_given(principal: Principal, content: bytes) -> bytes:
+    """A stored resource's JSON as the principal may be given it (``given_body``)."""
+    if not principal.deidentified and not (limits_rows(principal) and _KEPT_LINK in content):
+        return content
+    return orjson.dumps(given_body(principal, orjson.loads(content)))

@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from gateway.auth import Principal
 from gateway.errors import FhirError, gone, not_found
-from gateway.fhir import bundles, deidentify, issue, outcome_of, subset
+from gateway.fhir import bundles, issue, outcome_of, subset
 from gateway.fhir import not_modified as copy_is_current
 from gateway.r4 import RESOURCE_TYPES
 from gateway.search import (
@@ -31,7 +31,7 @@ from gateway.store import SearchResult, StoredResource, is_golden, linked_ids
 from .audit import note_of, note_patients, note_query
 from .auth import authenticate, require_fhir, row_filter, search_access
 from .context import base_url, ctx_of
-from .fhir_common import check_path_id, check_type, version_headers
+from .fhir_common import as_given, check_path_id, check_type, limits_rows, version_headers
 from .negotiation import fhir_response, prefer, read_body, response_type
 
 router = APIRouter(prefix="/fhir", tags=["FHIR"])
@@ -128,8 +128,7 @@ async def read(request: Request, rtype: str, rid: str) -> Response:
     summary, elements = _read_subset(request)
     if not_modified(request, res):
         return Response(status_code=304, headers=headers)
-    if principal.deidentified:
-        res = shown(principal, [res])[0]
+    res = shown(principal, [res])[0]
     return fhir_response(_subset_content(res.content, summary, elements), media_type=media, headers=headers)
 
 
@@ -298,11 +297,11 @@ async def _visible(request: Request, principal: Principal, rtype: str, rid: str)
 
 
 def shown(principal: Principal, resources: list[StoredResource]) -> list[StoredResource]:
-    """The resources as the principal may be given them (de-identified when its policy says so)."""
-    if not principal.deidentified:
+    """The resources as the principal may be given them: de-identified when its policy says so, and
+    without the identity matcher's links when its policy limits rows (see ``as_given``)."""
+    if not principal.deidentified and not limits_rows(principal):
         return resources
-    return [r if r.deleted or not r.content else
-            replace(r, content=orjson.dumps(deidentify(orjson.loads(r.content)))) for r in resources]
+    return [r if r.deleted or not r.content else replace(r, content=as_given(principal, r.content)) for r in resources]
 
 
 async def _search(request: Request, rtype: str, items: list[tuple[str, str]]) -> Response:

@@ -13,10 +13,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.audit import AccessRecord, patients_in
+from gateway.auth import Principal
 from gateway.errors import FhirError, invalid
 from gateway.fhir import (
     activity_of,
-    deidentify,
     informational,
     interactions,
     parse_json,
@@ -31,7 +31,7 @@ from gateway.store import StoredResource
 from .audit import note_of, note_resources
 from .auth import authenticate, require_fhir, row_filter, search_access
 from .context import AppContext, base_url, ctx_of
-from .fhir_common import check_path_id, check_type, parse_if_match, write_response
+from .fhir_common import as_given, check_path_id, check_type, given_body, limits_rows, parse_if_match, write_response
 from .negotiation import check_content_type, fhir_response, prefer, read_body, response_type
 
 router = APIRouter(prefix="/fhir", tags=["FHIR"])
@@ -53,18 +53,18 @@ async def _write(
     interaction: Callable[..., interactions.WriteOutcome],
     *args: Any,
     readable: bool = True,
-    deidentified: bool = False,
+    viewer: Principal | None = None,
     **kwargs: Any,
 ) -> Response:
     """Run one write interaction in its own store transaction and answer as ``Prefer`` asks
-    (without the resource if the client may not read it: ``readable``; de-identified when its
-    data policy says so: ``deidentified``)."""
+    (without the resource if the client may not read it: ``readable``; as its data policy gives
+    resources to ``viewer``, e.g. de-identified)."""
     outcome = await _in_transaction(request, ctx, author, interaction, *args, **kwargs)
     res = outcome.resource
-    if deidentified and res.content:
+    if viewer is not None and res.content:
         # The answer is the stored resource (a matched If-None-Exist, a patch, kept identifiers),
         # not only what the client sent: it gets it as its reads would.
-        res = replace(res, content=orjson.dumps(deidentify(orjson.loads(res.content))))
+        res = replace(res, content=as_given(viewer, res.content))
     return write_response(request, res, outcome.status, media, base_url(request), readable=readable)
 
 
@@ -121,7 +121,7 @@ async def create(request: Request, rtype: str) -> Response:
     if_none_exist = request.headers.get("if-none-exist") or _query_string(request) or None
 
     return await _write(request, ctx, principal.name, media, interactions.create, ctx.parser, data,
-                        if_none_exist=if_none_exist, access=access, deidentified=principal.deidentified)
+                        if_none_exist=if_none_exist, access=access, viewer=principal)
 
 
 @router.put("/{rtype}/{rid}", summary="Update")
@@ -141,7 +141,7 @@ async def update(request: Request, rtype: str, rid: str) -> Response:
     # that the client did not send: a client that may update but not read the type gets no body back.
     return await _write(request, ctx, principal.name, media, interactions.update, data, rtype, rid,
                         if_match=if_match, access=access, readable=access.may_return(rtype),
-                        deidentified=principal.deidentified)
+                        viewer=principal)
 
 
 @router.put("/{rtype}", summary="Conditional update")
@@ -160,7 +160,7 @@ async def conditional_update(request: Request, rtype: str) -> Response:
     data = await _resource_body(request, ctx, rtype)
 
     return await _write(request, ctx, principal.name, media, interactions.conditional_update, ctx.parser, data,
-                        rtype, query, if_match=if_match, access=access, deidentified=principal.deidentified)
+                        rtype, query, if_match=if_match, access=access, viewer=principal)
 
 
 @router.patch("/{rtype}/{rid}", summary="Patch (JSON Patch)")
@@ -185,7 +185,7 @@ async def patch(request: Request, rtype: str, rid: str) -> Response:
     readable = access.may_return(rtype)
     return await _write(request, ctx, principal.name, media, interactions.patch, rtype, rid, operations,
                         if_match=if_match, access=access, readable=readable,
-                        deidentified=principal.deidentified)
+                        viewer=principal)
 
 
 @router.delete("/{rtype}/{rid}", summary="Delete")
@@ -260,8 +260,8 @@ async def batch_or_transaction(request: Request) -> Response:
     response = await ctx.write(work)
     if wanted == "OperationOutcome":
         _write_outcomes(bundle, response)
-    if principal.deidentified:
-        _deidentify_entries(response)
+    if principal.deidentified or limits_rows(principal):
+        _given_entries(principal, response)
     return fhir_response(response, media_type=media)
 
 
@@ -288,16 +288,17 @@ def _write_outcomes(bundle: dict[str, Any], response: dict[str, Any]) -> None:
         result["outcome"] = informational(text)
 
 
-def _deidentify_entries(bundle: dict[str, Any]) -> None:
-    """De-identify every resource a batch/transaction response carries, searchsets included."""
+def _given_entries(principal: Principal, bundle: dict[str, Any]) -> None:
+    """Every resource a batch/transaction response carries, searchsets included, as the principal
+    may be given it (``given_body``: de-identified, without the matcher's links)."""
     for entry in bundle.get("entry", []):
         resource = entry.get("resource")
         if not isinstance(resource, dict):
             continue
         if resource.get("resourceType") == "Bundle":
-            _deidentify_entries(resource)
+            _given_entries(principal, resource)
         else:
-            entry["resource"] = deidentify(resource)
+            entry["resource"] = given_body(principal, resource)
 
 
 def _note_bundle(record: AccessRecord, bundle: dict[str, Any], response: dict[str, Any], limit: int) -> None:

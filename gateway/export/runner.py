@@ -15,7 +15,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import FhirError, RequestError
-from gateway.fhir import Deidentifier, DeidentifyRules, deidentify
+from gateway.fhir import Deidentifier, DeidentifyRules, deidentify, without_matcher_links
 from gateway.search import SearchQuery
 from gateway.store import BulkExports, ExportJob, ExportScope
 
@@ -264,7 +264,8 @@ class BulkExporter:
             after = rows[-1][0]
 
     def _transform(self, request: ExportRequest) -> Any:
-        policy = deidentify if request.params.get("policy_deidentify") else None
+        policy = _policy_transform(bool(request.params.get("policy_deidentify")),
+                                   bool(request.params.get("policy_limits_rows")))
         if request.profile is None:
             return policy
         assert self._key is not None  # parse_kickoff refuses a profile without a key
@@ -274,6 +275,15 @@ class BulkExporter:
         # A profile the client picks adds to what its data policy strips; it never replaces it
         # (a configured profile may keep names or full dates that the policy takes away).
         return lambda resource: policy(profile(resource))
+
+
+def _policy_transform(deidentified: bool, limits_rows: bool) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
+    """What the client's data policy does to each exported resource, as to its reads (None: nothing)."""
+    if deidentified and limits_rows:
+        return lambda resource: deidentify(without_matcher_links(resource))
+    if limits_rows:
+        return without_matcher_links
+    return deidentify if deidentified else None
 
 
 def _error_file(folder: Path, refused: Mapping[str, str]) -> tuple[dict[str, Any], ...]:

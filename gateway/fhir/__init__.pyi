@@ -5,6 +5,7 @@ from .deidentification import Deidentifier as Deidentifier
 from .deidentification import DeidentifyRules as DeidentifyRules
 from .deidentification import RulesError as RulesError
 from .deidentification import deidentify as deidentify
+from .deidentification import without_matcher_links as without_matcher_links
 from .fhirpath import FhirPathError as FhirPathError
 from .fhirpath import compile_fhirpath as compile_fhirpath
 from .fhirpath import function_names as function_names

@@ -26,6 +26,7 @@ from typing import Any
 
 from gateway.errors import ConfigError
 from gateway.search import ADDRESS_KEPT, EVERYWHERE, PERSON_ELEMENTS, PERSONS, YEAR_ONLY
+from gateway.store import is_kept_link
 
 # The recipe's lists (EVERYWHERE, PERSONS, ...) live with the search layer, which refuses
 # searches by what they strip.
@@ -51,6 +52,23 @@ def deidentify(resource: dict[str, Any]) -> dict[str, Any]:
             out[key] = value[:4]
         else:
             out[key] = _scrub(value)
+    return out
+
+
+def without_matcher_links(resource: dict[str, Any]) -> dict[str, Any]:
+    """``resource`` without the ``Patient.link`` elements the gateway wrote (the identity matcher's
+    links to other sources' records of the person and to the golden record), for a client whose
+    data policy limits rows: they name records the policy may hide, and that they are the same
+    person. Links clients wrote stay. The argument is not changed; unchanged, it is returned."""
+    links = resource.get("link")
+    if resource.get("resourceType") != "Patient" or not isinstance(links, list):
+        return resource
+    kept = [link for link in links if not is_kept_link(link)]
+    if len(kept) == len(links):
+        return resource
+    out = {k: v for k, v in resource.items() if k != "link"}
+    if kept:
+        out["link"] = kept
     return out
 
 

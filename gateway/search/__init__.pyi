@@ -19,6 +19,8 @@ from .extract import IndexRows as IndexRows
 from .extract import index_rows as index_rows
 from .extract import normalise as normalise
 from .paths import split_reference as split_reference
+from .policy import GOLDEN_TAG_CODE as GOLDEN_TAG_CODE
+from .policy import GOLDEN_TAG_SYSTEM as GOLDEN_TAG_SYSTEM
 from .policy import DataPolicy as DataPolicy
 from .policy import PolicyError as PolicyError
 from .policy import RowFilter as RowFilter

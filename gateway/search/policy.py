@@ -31,6 +31,12 @@ from typing import Any
 from gateway.errors import ConfigError
 from gateway.search.extract import normalise
 
+#: ``meta.tag`` of a golden Patient: the gateway's record of one person, built from the source
+#: Patients linked to it (``gateway.identity``); each source Patient has a kept ``refer`` link to it.
+#: A policy that limits rows never shows one (see ``gateway.search.policy_sql``).
+GOLDEN_TAG_SYSTEM = "urn:chw-gateway:identity"
+GOLDEN_TAG_CODE = "golden"
+
 _ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.")
 _KEYS = ("organizations", "districts", "patients", "deidentify")
 _MAX_ENTRIES = 100

@@ -10,16 +10,18 @@ Two shapes of the same rule, for the two ways the store asks:
 
 A Patient is visible when its ``organization`` reference is in the policy's
 Organizations' subtree (``partOf``, any depth), an ``address`` part equals one of its
-districts, or its id is listed. Another restricted type's resource is visible when one of
-its indexed references points at a live visible Patient. Deleting a resource removes its
-index rows, so index rows always belong to live resources.
+districts, or its id is listed. A golden record (``GOLDEN_TAG_SYSTEM``) is visible only when
+its id is listed: it joins what several sources know of a person, Patients the policy hides
+among them, whatever organisation or district it took from one of them. Another restricted
+type's resource is visible when one of its indexed references points at a live visible Patient.
+Deleting a resource removes its index rows, so index rows always belong to live resources.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from gateway.search.policy import DataPolicy, RowFilter
+from gateway.search.policy import GOLDEN_TAG_CODE, GOLDEN_TAG_SYSTEM, DataPolicy, RowFilter
 
 Params = list[Any]
 
@@ -44,6 +46,12 @@ def _subtree(policy: RowFilter) -> tuple[str, Params]:
     return subtree_sql(policy.policy)
 
 
+def _not_golden(rid: str) -> tuple[str, Params]:
+    """A condition true when the Patient row ``rid`` is no golden record (its ``_tag`` row)."""
+    return (f"NOT EXISTS (SELECT 1 FROM idx_token pol_g WHERE pol_g.rid = {rid} AND pol_g.param = '_tag'"
+            " AND pol_g.code = ? AND pol_g.system = ?)", [GOLDEN_TAG_CODE, GOLDEN_TAG_SYSTEM])
+
+
 def _patient_probe(row_filter: RowFilter, alias: str) -> tuple[str, Params]:
     """Is the live Patient row ``alias`` visible?"""
     policy = row_filter.policy
@@ -60,6 +68,10 @@ def _patient_probe(row_filter: RowFilter, alias: str) -> tuple[str, Params]:
         ors.append(f"EXISTS (SELECT 1 FROM idx_string pol_s WHERE pol_s.rid = {alias}.rid AND pol_s.param = 'address'"
                    f" AND pol_s.norm IN ({', '.join('?' for _ in keys)}))")
         params.extend(keys)
+    if ors:
+        golden, golden_params = _not_golden(f"{alias}.rid")
+        ors = [f"(({' OR '.join(ors)}) AND {golden})"]
+        params.extend(golden_params)
     if policy.patients:
         ors.append(f"{alias}.id IN ({', '.join('?' for _ in policy.patients)})")
         params.extend(policy.patients)
@@ -85,14 +97,17 @@ def _patient_rids(row_filter: RowFilter) -> tuple[str, Params]:
     params: Params = []
     if policy.organizations:
         subtree, subtree_params = _subtree(row_filter)
+        golden, golden_params = _not_golden("pol_o.rid")
         parts.append("SELECT pol_o.rid FROM idx_ref pol_o WHERE pol_o.rtype = 'Patient'"
-                     f" AND pol_o.param = 'organization' AND pol_o.ttype = 'Organization' AND pol_o.tid IN ({subtree})")
-        params.extend(subtree_params)
+                     f" AND pol_o.param = 'organization' AND pol_o.ttype = 'Organization' AND pol_o.tid IN ({subtree})"
+                     f" AND {golden}")
+        params.extend([*subtree_params, *golden_params])
     if policy.districts:
         keys = policy.district_keys
+        golden, golden_params = _not_golden("pol_s.rid")
         parts.append("SELECT pol_s.rid FROM idx_string pol_s WHERE pol_s.rtype = 'Patient' AND pol_s.param = 'address'"
-                     f" AND pol_s.norm IN ({', '.join('?' for _ in keys)})")
-        params.extend(keys)
+                     f" AND pol_s.norm IN ({', '.join('?' for _ in keys)}) AND {golden}")
+        params.extend([*keys, *golden_params])
     if policy.patients:
         parts.append("SELECT pol_i.rid FROM resources pol_i WHERE pol_i.rtype = 'Patient' AND pol_i.deleted = 0"
                      f" AND pol_i.id IN ({', '.join('?' for _ in policy.patients)})")

@@ -8,6 +8,8 @@ from typing import Any, Protocol
 
 import orjson
 
+from gateway.search import GOLDEN_TAG_CODE as _GOLDEN_TAG_CODE
+from gateway.search import GOLDEN_TAG_SYSTEM as _GOLDEN_TAG_SYSTEM
 from gateway.search import from_epoch
 from gateway.store.base import StoredResource
 
@@ -62,10 +64,10 @@ def kept_links(body: dict[str, Any]) -> list[Any]:
     return [item for item in found if is_kept_link(item)] if isinstance(found, list) else []
 
 
-#: ``meta.tag`` of a golden Patient: the gateway's record of one person, built from the source
-#: Patients linked to it (``gateway.identity``); each source Patient has a kept ``refer`` link to it.
-GOLDEN_TAG_SYSTEM = "urn:chw-gateway:identity"
-GOLDEN_TAG_CODE = "golden"
+# ``meta.tag`` of a golden Patient (defined with the data policies, which never show one to a
+# client whose rows they limit).
+GOLDEN_TAG_SYSTEM = _GOLDEN_TAG_SYSTEM
+GOLDEN_TAG_CODE = _GOLDEN_TAG_CODE
 
 
 def is_golden(body: dict[str, Any]) -> bool:

@@ -31,7 +31,7 @@ import orjson
 
 from gateway.clock import Clock
 from gateway.connectors import DeliveryOutcome, Job, Redaction, Retry, Success, exchange
-from gateway.fhir import deidentify
+from gateway.fhir import deidentify, without_matcher_links
 from gateway.search import DataPolicy, RowFilter, SearchRegistry
 from gateway.store import Store, StoredResource, SubscriptionRecord
 from gateway.subscriptions.access import owner_access
@@ -87,9 +87,15 @@ class RestHookConnector:
                 self._shown, access.policy, stored
             ):
                 return Success(detail="the owner's data policy does not show this resource now; not sent")
-            if stored is not None and stored.content and access.current.deidentified:
-                # The owner's data policy: it is given resources de-identified, here as on a read.
-                stored = dataclasses.replace(stored, content=orjson.dumps(deidentify(orjson.loads(stored.content))))
+            owner = access.current
+            limited = owner.policy is not None and owner.policy.limits_rows
+            if stored is not None and stored.content and (owner.deidentified or limited):
+                # The owner's data policy: it is given resources here as on a read (de-identified,
+                # without the identity matcher's links).
+                body = orjson.loads(stored.content)
+                body = without_matcher_links(body) if limited else body
+                body = deidentify(body) if owner.deidentified else body
+                stored = dataclasses.replace(stored, content=orjson.dumps(body))
         if spec.classic and spec.payload is not None and (stored is None or not stored.content):
             return Success(detail="the resource version is no longer stored; not sent")
         timeout = float(spec.timeout or self.default_timeout)

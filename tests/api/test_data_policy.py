@@ -21,10 +21,11 @@ import uuid
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from gateway.settings import Settings
-from gateway.store import ClientRegistry
+from gateway.store import GOLDEN_TAG_CODE, GOLDEN_TAG_SYSTEM, KEPT_LINK_EXTENSION, ClientRegistry
 from tests.conftest import ApiHarness, make_token
 from tests.support.gateway_app import MACHINE_SPEED_LIMITS
 
@@ -513,3 +514,58 @@ async def test_everything_leaves_out_linked_patients_the_policy_does_not_show(ap
     # a client whose policy shows both still gets the linked record
     both = policy_client(api, {"organizations": ["Organization/dist-a", "Organization/hc-b"]})
     assert "Patient/pb3" in refs_in((await both.get("/fhir/Patient/pa1/$everything")).json())
+
+
+def _kept(kind: str, target: str) -> dict[str, Any]:
+    """A link as the identity matcher writes it (marked as the gateway's own)."""
+    return {"other": {"reference": f"Patient/{target}"}, "type": kind,
+            "extension": [{"url": KEPT_LINK_EXTENSION, "valueString": "score 22.2"}]}
+
+
+@pytest.mark.parametrize("policy", [{"organizations": ["Organization/dist-a"]}, {"districts": ["Gasabo"]}])
+async def test_identity_links_and_golden_records_do_not_reach_a_row_limited_client(
+    api: ApiHarness, policy: dict[str, Any]
+) -> None:
+    """The matcher links a visible Patient to another source's record of the person (hidden) and
+    to a golden record combining both: the golden record (with the hidden one's name, address and
+    identifiers) is not shown to a client whose policy limits rows, nor are the matcher's links
+    (they name the hidden record and that it is the same person); a link the client wrote stays."""
+    await seed(api)
+    golden = {"resourceType": "Patient", "id": "gold1", "managingOrganization": {"reference": "Organization/hp-a"},
+              "meta": {"tag": [{"system": GOLDEN_TAG_SYSTEM, "code": GOLDEN_TAG_CODE}]},
+              "name": [{"family": "HIDDEN-Merged"}], "address": [{"district": "Gasabo"}, {"district": "Kicukiro"}],
+              "link": [_kept("seealso", "pa2"), _kept("seealso", "pb2")]}
+    with api.store.transaction() as tx:
+        tx.update(golden)
+        pa2 = orjson.loads(tx.read("Patient", "pa2").content)  # type: ignore[union-attr]
+        pa2["link"] = [{"other": {"reference": "Patient/pa1"}, "type": "seealso"},  # the client's own
+                       _kept("seealso", "pb2"), _kept("refer", "gold1")]
+        tx.update(pa2)
+        pa2["managingOrganization"] = {"reference": "Organization/hp-a"}
+        tx.update(pa2)
+    client = policy_client(api, policy)
+    assert (await client.get("/fhir/Patient/gold1")).status_code == 404
+    tagged = (await client.get("/fhir/Patient", params={"_tag": f"{GOLDEN_TAG_SYSTEM}|{GOLDEN_TAG_CODE}"})).json()
+    assert tagged["total"] == 0
+    everyone = await client.get("/fhir/Patient", params={"_count": "100"})
+    assert "gold1" not in {e["resource"]["id"] for e in everyone.json()["entry"]}
+    for path in ("/fhir/Patient/pa2", "/fhir/Patient/pa2/_history", "/fhir/Patient/pa2/$everything",
+                 "/fhir/Patient?_id=pa2&_include=Patient:link",
+                 "/fhir/Observation?subject=pa2&_include=Observation:subject"):
+        answer = await client.get(path)
+        assert answer.status_code == 200, (path, answer.text)
+        assert "pb2" not in answer.text and "gold1" not in answer.text and "HIDDEN" not in answer.text, path
+    own = (await client.get("/fhir/Patient/pa2")).json()["link"]
+    assert own == [{"other": {"reference": "Patient/pa1"}, "type": "seealso"}]
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": "Patient/pa2"}}, {"request": {"method": "GET", "url": "Patient?_id=pa2"}}]}
+    answer = await client.post("/fhir", json=batch)
+    assert answer.status_code == 200 and "pb2" not in answer.text and "gold1" not in answer.text
+    # its own update keeps the matcher's links in the store, and answers without them
+    current = (await client.get("/fhir/Patient/pa2")).json()
+    updated = await client.put("/fhir/Patient/pa2", json={**current, "gender": "female"},
+                               headers={"Prefer": "return=representation"})
+    assert updated.status_code == 200 and "pb2" not in updated.text and "gold1" not in updated.text
+    # a client without a row limit (the trusted one) still sees the links and the golden record
+    assert len((await api.client.get("/fhir/Patient/pa2")).json()["link"]) == 3  # kept by the update
+    assert (await api.client.get("/fhir/Patient/gold1")).status_code == 200

@@ -20,7 +20,7 @@ import pytest
 
 from gateway.api.app import create_app
 from gateway.settings import Settings
-from gateway.store import open_store
+from gateway.store import KEPT_LINK_EXTENSION, open_store
 from tests.conftest import ApiHarness, make_token
 from tests.export.helpers import ASYNC, download, export, ids, kick_off, seed, wait_done
 from tests.support.gateway_app import MACHINE_SPEED_LIMITS
@@ -280,6 +280,23 @@ async def test_the_data_policy_limits_what_is_exported(api: ApiHarness) -> None:
     # The Group names pb2, who is hidden; its compartment is not exported.
     group = await export(client, "/fhir/Group/g1/$export")
     assert ids(group) == {"Patient/pa1", "Observation/oa1", "Encounter/ea1", "Group/g1"}
+
+
+async def test_a_row_limited_export_leaves_out_the_identity_matchers_links(api: ApiHarness) -> None:
+    """As on its reads (tests/api/test_data_policy.py): a link the matcher wrote names another
+    source's record of the person, which the policy may hide."""
+    kept = {"other": {"reference": "Patient/pb1"}, "type": "seealso",
+            "extension": [{"url": KEPT_LINK_EXTENSION, "valueString": "score 21.0"}]}
+    with api.store.transaction() as tx:
+        tx.update({**patient("pa1", "org-a"), "link": [kept, {"other": {"reference": "Patient/pa2"},
+                                                              "type": "seealso"}]})
+    token = make_token(api.store, ("system/*.rs",), name="district-a")
+    api.store.set_client_policy("district-a", {"organizations": ["Organization/org-a"]})
+    exported = await export(api.with_scopes(token=token), _type="Patient")
+    (pa1,) = [p for p in exported["Patient"] if p["id"] == "pa1"]
+    assert pa1["link"] == [{"other": {"reference": "Patient/pa2"}, "type": "seealso"}]
+    everything = await export(api.with_scopes("system/*.rs"), _type="Patient")
+    assert len(next(p for p in everything["Patient"] if p["id"] == "pa1")["link"]) == 2
 
 
 async def test_a_deidentify_policy_applies_to_exports(api: ApiHarness) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from gateway.auth import hash_token, new_token
+from gateway.store import KEPT_LINK_EXTENSION
 from tests.delivery.helpers import eventually
 from tests.subscriptions.harness import Harness, r4_subscription
 from tests.subscriptions.test_delivery import _create, _put, _subscribe
@@ -136,6 +137,24 @@ async def test_an_owner_given_de_identified_data_is_sent_resources_de_identified
     sent = receiver.puts["Patient/p-f/_history/1"]
     assert receiver.updated() == ["Patient/p-f"]
     assert "name" not in sent and sent["birthDate"] == "1990" and "Uwimana" not in str(receiver.puts)
+
+
+async def test_an_owner_whose_policy_limits_rows_is_sent_no_identity_matcher_links(sqlite_harness: Harness) -> None:
+    """As on its reads: the matcher's links name other sources' records of the person (maybe hidden)."""
+    h = sqlite_harness
+    writer = h.client("system/*.cruds")
+    district = h.client("system/Subscription.cruds", "system/Patient.rs", policy={"districts": ["Gasabo"]})
+    await _subscribe(district, r4_subscription("Patient?gender=female", h.endpoint("district")))
+    await h.start_worker()
+    kept = {"other": {"reference": "Patient/elsewhere"}, "type": "seealso",
+            "extension": [{"url": KEPT_LINK_EXTENSION, "valueString": "score 21.0"}]}
+    own = {"other": {"reference": "Patient/p-m"}, "type": "seealso"}
+    await _put(writer, {"resourceType": "Patient", "id": "p-f", "gender": "female", "link": [kept, own],
+                        "address": [{"district": "Gasabo"}]})
+    receiver = h.sandbox.receiver("district")
+    await eventually(lambda: len(receiver.puts) == 1, timeout=20)
+    sent = receiver.puts["Patient/p-f/_history/1"]
+    assert sent["link"] == [own] and "elsewhere" not in str(receiver.puts)
 
 
 async def test_after_its_end_a_subscription_is_switched_off_and_hears_nothing(sqlite_harness: Harness) -> None:
