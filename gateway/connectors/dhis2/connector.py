@@ -66,6 +66,9 @@ EpisodeOfCare ``entered-in-error`` or deleted  its enrollment deleted, only when
                                                visit of its patient remains
 =============================================  ========================================
 
+An event DHIS2 refuses to move to another enrollment (E1128: the visit's record now belongs
+to another person) is deleted and planned again in the next generation of its UID.
+
 Deleting an object DHIS2 no longer has (E1032/E1081/E1063, or already deleted
 E1082/E1113/E1114) counts as done: a retried delete is not a failure.
 """
@@ -549,6 +552,8 @@ class Dhis2Connector:
         report = _combined([r for r, _, _ in answers])
         _, sent, answered = next(((r, q, a) for r, q, a in answers if r.errors), answers[-1])
         reborn = await self._reborn(report, to_send, strategy)
+        moved, move_failed = (set(), None) if strategy == "DELETE" else await self._moved(report, to_send)
+        reborn |= moved
         done = set(report.accepted)
         if strategy == "DELETE":  # gone already: nothing left to delete (unless a newer generation is)
             done |= {(e.tracker_type, e.uid) for e in report.errors if e.code in _GONE}
@@ -556,9 +561,12 @@ class Dhis2Connector:
         evidence = _Evidence(report, frozenset(unchanged), frozenset(done), sent, answered)
         for item in items:
             assert item.plan is not None
-            if reborn.intersection((obj.tracker_type, obj.uid) for obj in item.plan.objects):
+            planned = {(obj.tracker_type, obj.uid) for obj in item.plan.objects}
+            if reborn.intersection(planned):
                 # Planned again with the UIDs' next generation (a short wait: nothing is wrong).
                 item.outcome = Retry(delay=None, reason="dhis2_uid_reborn", link_ok=True)
+            elif move_failed is not None and move_failed[0].intersection(planned):
+                item.outcome = move_failed[1]  # the old event's delete did not go through: again later
             else:
                 item.outcome = self._tracker_outcome(item, evidence, merged)
         # Only what DHIS2 reported accepted gets a digest (a deleted object loses its own).
@@ -629,6 +637,51 @@ class Dhis2Connector:
             return set()
         deleted = dict.fromkeys((e.tracker_type, e.uid) for e in report.errors if e.code in _DELETED_BEFORE)
         hits = [key for key in deleted if key in sent and sent[key].seed]
+        if not hits:
+            return set()
+        return await self._next_generations(hits, sent, strategy)
+
+    async def _moved(
+        self, report: TrackerReport, sent: dict[tuple[str, str], PlannedObject]
+    ) -> tuple[set[tuple[str, str]], tuple[set[tuple[str, str]], DeliveryOutcome] | None]:
+        """Events DHIS2 refused to move (E1128: another enrollment or program stage, i.e. a visit whose
+        source record now belongs to another person): DHIS2 never moves an event, so the old one is
+        deleted (it would otherwise stay with the wrong person) and the visit is planned again in the
+        next generation of its UID. Returns the events planned again, and (events, outcome) when
+        their delete did not go through (tried again with the job)."""
+        if self._tracker is None:
+            return set(), None
+        keys = [
+            key
+            for key in dict.fromkeys((e.tracker_type, e.uid) for e in report.errors if e.code == "E1128")
+            if key[0] == "EVENT" and key in sent and sent[key].seed
+        ]
+        if not keys:
+            return set(), None
+        params = {**_TRACKER_PARAMS, "importStrategy": "DELETE"}
+        payload: JsonObject = {"trackedEntities": [], "enrollments": [], "events": [{"event": uid} for _, uid in keys]}
+        answer = await self._import(payload, params, len(keys), self._recorded_request(payload, params))
+        if not isinstance(answer, tuple):
+            return set(), (set(keys), answer)
+        deleted = answer[0]
+        gone = {
+            key
+            for key in keys
+            if key in deleted.accepted or any(e.code in _GONE for e in deleted.errors_for(*key))
+        }
+        await self._record({_name(key): None for key in gone})
+        for key in gone:
+            logger.info("dhis2 EVENT %s belongs to another enrollment now: deleted, planned again", key[1])
+        failed = set(keys) - gone
+        retry = (failed, Retry(delay=None, reason="dhis2_event_move_not_deleted")) if failed else None
+        return await self._next_generations(list(gone), sent, "CREATE_AND_UPDATE"), retry
+
+    async def _next_generations(
+        self, hits: list[tuple[str, str]], sent: dict[tuple[str, str], PlannedObject], strategy: str
+    ) -> set[tuple[str, str]]:
+        """Plan ``hits`` (deleted in DHIS2) in another generation of their UIDs: a write takes the
+        next one, recorded for every process; a delete one another process took since."""
+        assert self._tracker is not None
         if not hits:
             return set()
         names = {key: f"generation:{key[0]}:{sent[key].seed}" for key in hits}
