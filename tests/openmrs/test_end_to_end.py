@@ -236,3 +236,33 @@ async def test_an_object_removed_in_openmrs_is_a_dead_letter_whose_replay_create
     await deliver(service, api)
     [second] = stored(emr)["Patient"]
     assert second["id"] != first["id"] and "Renamed" in orjson.dumps(second["name"]).decode()
+
+
+async def test_a_visit_deleted_at_its_source_is_voided_in_openmrs(
+    api: ApiHarness, service_for: Any, emr: Emr
+) -> None:
+    # OpenMRS keeps no status of an encounter (FHIR2 answers "unknown" whatever was sent): a visit
+    # taken back at its source (a deleted CHT report: Encounter and Observations entered-in-error)
+    # must be voided there, not left as a live visit with live readings.
+    visit = cht.assessment(1)
+    await ingest(api, [cht.area(), cht.household(1), cht.person(1), visit])
+    dest = destination(emr)
+    service = service_for(dest.model_copy(update={"filter": dest.filter.model_copy(
+        update={"resource_types": ("Patient", "Encounter", "Observation")})}))  # fmt: skip
+    await service.start()
+    await deliver(service, api)
+    [encounter] = stored(emr)["Encounter"]
+    assert stored(emr)["Observation"]
+    refused = (await service.queue.stats("openmrs")).dead  # readings of concepts the site does not know
+    await ingest(api, [{"_id": visit["_id"], "_rev": "2-deleted", "_deleted": True}])
+    await deliver(service, api)
+    assert stored(emr)["Encounter"] == [] and emr.state.objects[("Encounter", encounter["id"])].voided
+    assert stored(emr)["Observation"] == []
+    assert len(stored(emr)["Patient"]) == 1
+    assert (await service.queue.stats("openmrs")).dead == refused
+
+    await ingest(api, [{**visit, "_rev": "3-restored"}])  # restored at the source: a new visit in OpenMRS
+    await deliver(service, api)
+    [again] = stored(emr)["Encounter"]
+    assert again["id"] != encounter["id"] and stored(emr)["Observation"]
+    assert all(o["encounter"]["reference"] == f"Encounter/{again['id']}" for o in stored(emr)["Observation"])

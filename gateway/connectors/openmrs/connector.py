@@ -13,7 +13,8 @@ Patient goes before its Encounters, Observations and Tasks):
    first copy (``lookup``) and updates it instead of creating another.
 
 ServiceRequests are read-only in OpenMRS: a referral's ServiceRequest succeeds without a
-request (its Task carries it). Deletes void the OpenMRS object. Refusals (400/422 with an
+request (its Task carries it). Deletes, and versions ``entered-in-error`` (a visit or reading
+taken back at its source), void the OpenMRS object. Refusals (400/422 with an
 OperationOutcome) become dead letters with the request and the answer kept.
 """
 
@@ -79,7 +80,9 @@ class OpenMrsConnector:
             return Permanent(
                 reason="not_supported", detail=f"this profile does not write {job.resource_type} to OpenMRS"
             )
-        if job.op == "delete":
+        if job.op == "delete" or job.resource().get("status") == "entered-in-error":
+            # OpenMRS keeps no encounter status (FHIR2 answers "unknown" whatever was sent), and
+            # voiding is how it takes back what was entered in error: a retraction voids.
             return await self._delete(job)
         prepared = await anyio.to_thread.run_sync(self.profile.prepare, job)
         if isinstance(prepared, Waiting):
