@@ -187,6 +187,26 @@ async def test_each_source_kind_can_void_a_record(both: Harness, source: str, ca
         ), (rtype, response.json())  # fmt: skip
 
 
+async def test_a_closed_case_leaves_the_location_its_visits_are_at(both: Harness) -> None:
+    # The CHW location's Organization is made by the cases that name it (`location_id`) and is
+    # where the visit forms take place (Encounter.serviceProvider: the DHIS2 org unit of the visit
+    # and of the monthly report). Closing the last case of a location does not remove the place:
+    # its visits must still resolve to it, and the next visit there must not wait for it forever.
+    case: dict[str, Any] = json.loads(sample("commcare", "tb-patient-case-located"))
+    visit: dict[str, Any] = json.loads(sample("commcare", "tb-dot-visit-located"))
+    first = await _post(both, "commcare", case)
+    (place,) = [r["id"] for r in _written(first) if r["type"] == "Organization"]
+    encounter = next(r for r in _written(await _post(both, "commcare", visit)) if r["type"] == "Encounter")
+    where = (await _read(both, "Encounter", encounter["id"]))["serviceProvider"]
+    assert where == {"reference": f"Organization/{place}"}
+
+    closed = {**case, "closed": True, "server_date_modified": "2099-01-01T00:00:00Z"}
+    report = await _post(both, "commcare", closed)
+    assert report["deleted"] == 1
+    assert ("Organization", place) not in {(r["type"], r["id"]) for r in _written(report)}
+    assert (await _read(both, "Organization", place))["active"] is True
+
+
 async def test_delete_endpoint_takes_back_a_record_whose_source_cannot_say_so(both: Harness) -> None:
     record: dict[str, Any] = json.loads(sample("kobo", "hypertension-visit"))
     first = await _post(both, "kobo", record)
