@@ -17,6 +17,7 @@ three heartbeat intervals.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,8 @@ from gateway.errors import RequestError
 
 if TYPE_CHECKING:
     from gateway.store import ChangeFeed
+
+log = logging.getLogger("gateway.delivery")
 
 MISSED_BEATS = 3  # heartbeat intervals without a heartbeat before a worker counts as gone
 
@@ -215,11 +218,39 @@ class DeliveryAdmin:
         return letter
 
     async def replay(self, job_id: str) -> int:
-        """Send one dead letter (every job of its group) again; how many jobs."""
+        """Send one dead letter (every job of its group) again; how many jobs (a superseded one,
+        discarded instead, counts: see ``_superseded``)."""
+        stale = await self._superseded([job_id])
+        if stale:
+            return await self.queue.purge(stale)
         count = await self.queue.replay([job_id])
         if count < 1:
             raise UnknownDeadLetter(f"no dead letter has the id {job_id!r}")
         return count
+
+    async def _superseded(self, ids: Sequence[str]) -> list[str]:
+        """The dead letters among ``ids`` whose resource has a later version in the store, for
+        destinations that skip superseded versions (``coalesce``: FHIR servers, DHIS2).
+
+        Replayed, such a letter would put its old content back over the newer version the
+        destination got since (the queue forgets a delivered job, so it cannot tell); the newer
+        version's own job carries the change (delivered, or still queued or dead itself). Those
+        letters are discarded instead, and logged. A letter of several jobs is replayed whole."""
+        if self.feed is None:
+            return []
+        feed = self.feed
+        stale: list[str] = []
+        for job_id in ids:
+            letter = await self.queue.dead_letter(job_id)
+            destination = None if letter is None else self.destinations.get(letter.job.destination)
+            if letter is None or letter.size > 1 or destination is None or not destination.coalesces:
+                continue
+            job = letter.job
+            current = await asyncio.to_thread(feed.read, job.resource_type, job.resource_id)
+            if current is not None and current.version > job.version:
+                log.info("dead letter %s superseded by version %d: discarded, not replayed", job.id, current.version)
+                stale.append(job_id)
+        return stale
 
     async def purge(self, job_id: str) -> None:
         """Delete one dead letter and its payload (discard it)."""
@@ -227,8 +258,16 @@ class DeliveryAdmin:
             raise UnknownDeadLetter(f"no dead letter has the id {job_id!r}")
 
     async def replay_matching(self, where: DeadLetterFilter, *, progress: Progress | None = None) -> int:
-        """Send every dead letter matching ``where`` again, in chunks; how many."""
-        return await self._in_chunks(self.queue.replay, where, progress)
+        """Send every dead letter matching ``where`` again, in chunks; how many (superseded ones,
+        discarded instead, count: see ``_superseded``)."""
+        async def replay(ids: Sequence[str]) -> int:
+            stale = await self._superseded(ids)
+            done = await self.queue.purge(stale) if stale else 0
+            kept = set(stale)
+            rest = [job_id for job_id in ids if job_id not in kept]
+            return done + (await self.queue.replay(rest) if rest else 0)
+
+        return await self._in_chunks(replay, where, progress)
 
     async def purge_matching(self, where: DeadLetterFilter, *, progress: Progress | None = None) -> int:
         """Delete every dead letter matching ``where`` with its payload; how many."""

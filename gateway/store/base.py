@@ -402,6 +402,11 @@ class ChangeFeed(Protocol):
         """One stored version of a resource, or None."""
         ...
 
+    def read(self, rtype: str, rid: str) -> StoredResource | None:
+        """The current version of a resource (a tombstone once deleted), or None: what tells a
+        follower that a version it holds has been superseded."""
+        ...
+
 
 class ClientRegistry(Protocol):
     """Registered API clients (found by their token hash), and their SMART access tokens and assertion ids."""

@@ -164,6 +164,39 @@ async def test_a_permanent_4xx_is_dead_lettered_and_replay_delivers_it_once_fixe
     await eventually(lambda: _dead(service, 0))
 
 
+@pytest.mark.parametrize("one_by_one", [False, True])
+async def test_a_replayed_dead_letter_never_puts_an_older_version_over_a_newer_one(
+    store: Store, server: LoopbackFhirServer, make_service: ServiceFactory, one_by_one: bool
+) -> None:
+    """Version 1 dies (the server refused it), version 2 is delivered once the server is fixed:
+    replaying version 1 would have put its temperature back. It is discarded instead (counted)."""
+    broken = {"Observation/t1"}
+    server.plan = lambda index, request: "422" if request.ref in broken else "ok"
+
+    def write(value: float) -> None:
+        with store.transaction() as tx:
+            tx.update({"resourceType": "Observation", "id": "t1", "status": "final", "code": {"text": "temperature"},
+                       "valueQuantity": {"value": value, "unit": "Cel"}})
+
+    write(39.9)
+    service = make_service([fhir(server)])
+    await service.start()
+    await eventually(lambda: _dead(service, 1))
+    broken.clear()
+    write(40.5)
+    service.notify()
+    await eventually(lambda: server.snapshot().get("Observation/t1", {}).get("valueQuantity", {}).get("value") == 40.5)
+    [letter] = await service.admin.dead_letters(DeadLetterFilter(destination="shr"))
+    assert letter.job.version == 1
+    if one_by_one:
+        assert await service.admin.replay(letter.job.id) == 1
+    else:
+        assert await service.admin.replay_matching(DeadLetterFilter(destination="shr")) == 1
+    await eventually(lambda: _dead(service, 0))
+    await eventually(lambda: _depth(service, "shr", 0))
+    assert server.snapshot()["Observation/t1"]["valueQuantity"]["value"] == 40.5
+
+
 @pytest.mark.parametrize("auth", [
     {"type": "api_token", "header": "X-Auth-Token", "scheme": "", "secret_env": "SHR_TOKEN"},
     {"type": "api_token", "header": "X-Auth-Token", "scheme": "Token", "secret_env": "SHR_TOKEN"},
