@@ -34,10 +34,13 @@ from gateway.connectors import Job
 from gateway.delivery.codec import job_id
 from gateway.delivery.config import DestinationConfig
 from gateway.delivery.queue import DeliveryQueue
+from gateway.fhir import without_matcher_links
 from gateway.search import RowFilter, default_registry
-from gateway.store import Change, ChangeFeed, ChangeOp
+from gateway.store import KEPT_LINK_EXTENSION, Change, ChangeFeed, ChangeOp
 
 log = logging.getLogger(__name__)
+#: The mark of a ``Patient.link`` the identity matcher wrote (found without parsing the payload).
+_KEPT_LINK = KEPT_LINK_EXTENSION.encode()
 
 # Where a resource points at its patient, in the order they are tried.
 PATIENT_FIELDS = ("subject", "patient", "beneficiary", "individual", "for", "focus")
@@ -128,8 +131,9 @@ class Outbox:
             if not relevant:
                 continue
             visible = shown.get(destination.name)
+            limited = destination.name in self._policies
             jobs = [
-                self._job(destination.name, change, versions[change.seq], now)
+                self._job(destination.name, change, versions[change.seq], now, limited)
                 for change in relevant
                 if change.seq in versions and self._wanted(destination, change, versions[change.seq])
                 and (visible is None or change.op is ChangeOp.DELETE or (change.type, change.id) in visible)
@@ -154,7 +158,12 @@ class Outbox:
         return destination.filter.matches(change.type, version.source, version.resource)
 
     @staticmethod
-    def _job(destination: str, change: Change, version: _Version, now: float) -> Job:
+    def _job(destination: str, change: Change, version: _Version, now: float, limited: bool = False) -> Job:
+        payload = version.payload
+        if limited and change.type == "Patient" and _KEPT_LINK in payload:
+            # As a client with this data policy reads it: without the identity matcher's links,
+            # which name other sources' records of the person (maybe hidden) and the golden record.
+            payload = orjson.dumps(without_matcher_links(orjson.loads(payload)))
         return Job(
             id=job_id(destination, change.seq),
             destination=destination,
@@ -164,7 +173,7 @@ class Outbox:
             version=change.version,
             op=change.op.value,
             key=version.key,
-            payload=version.payload,
+            payload=payload,
             source=version.source,
             enqueued_at=now,
             backfill=change.backfill,

@@ -15,7 +15,7 @@ from gateway.delivery.config import DeliverySettings, DestinationConfig, Subscri
 from gateway.delivery.policy import RetryPolicy
 from gateway.delivery.queue import DeadLetterFilter
 from gateway.delivery.service import DeliveryService
-from gateway.store import Store, open_store
+from gateway.store import GOLDEN_TAG_CODE, GOLDEN_TAG_SYSTEM, KEPT_LINK_EXTENSION, Store, open_store
 from tests.delivery.conftest import REDIS_URL
 from tests.delivery.destination import LoopbackFhirServer, Request
 from tests.delivery.helpers import eventually
@@ -382,6 +382,34 @@ async def test_a_destination_data_policy_sends_only_the_data_it_shows(
     await eventually(lambda: set(server.snapshot()) == wanted - {"Observation/o0"})
     await eventually(lambda: _depth(service, "district", 0))
     assert "Observation/o1" not in server.snapshot()
+
+
+async def test_a_destination_data_policy_gets_no_golden_records_nor_matcher_links(
+    store: Store, server: LoopbackFhirServer, make_service: ServiceFactory
+) -> None:
+    """As a client with the same policy: a golden record joins Patients the policy hides, and the
+    matcher's links name them (tests/api/test_data_policy.py)."""
+    def kept(kind: str, target: str) -> dict[str, object]:
+        return {"other": {"reference": f"Patient/{target}"}, "type": kind,
+                "extension": [{"url": KEPT_LINK_EXTENSION, "valueString": "score 22.0"}]}
+
+    own = {"other": {"reference": "Patient/p9"}, "type": "seealso"}
+    with store.transaction() as tx:
+        tx.update({"resourceType": "Organization", "id": "dist-a"})
+        tx.update({"resourceType": "Organization", "id": "dist-b"})
+        tx.update({"resourceType": "Patient", "id": "pa", "managingOrganization": {"reference": "Organization/dist-a"},
+                   "link": [kept("seealso", "pb"), kept("refer", "gold"), own]})
+        tx.update({"resourceType": "Patient", "id": "pb", "managingOrganization": {"reference": "Organization/dist-b"}})
+        tx.update({"resourceType": "Patient", "id": "gold",
+                   "managingOrganization": {"reference": "Organization/dist-a"},
+                   "meta": {"tag": [{"system": GOLDEN_TAG_SYSTEM, "code": GOLDEN_TAG_CODE}]},
+                   "link": [kept("seealso", "pa"), kept("seealso", "pb")]})
+    district = fhir(server, "district", filter=SubscriptionFilter(policy={"organizations": ["Organization/dist-a"]}))
+    service = make_service([district])
+    await service.start()
+    await eventually(lambda: _depth(service, "district", 0))
+    await eventually(lambda: set(server.snapshot()) == {"Organization/dist-a", "Organization/dist-b", "Patient/pa"})
+    assert server.snapshot()["Patient/pa"]["link"] == [own]
 
 
 def test_a_destination_policy_is_checked_when_the_configuration_loads() -> None:
