@@ -84,7 +84,7 @@ async def _kickoff(request: Request, level: str, group: str | None) -> Response:
                            deidentify_ready=exporter.deidentify_ready)
     if principal.deidentified:
         export.params["policy_deidentify"] = True
-    if principal.policy is not None and principal.policy.limits_rows:
+    if principal.limits_rows:
         export.params["policy_limits_rows"] = True  # files leave out the identity matcher's links
     export.params["policy_digest"] = _policy_digest(principal)
     # Echoed in the manifest: built from the base URL, like every link, never from a stray Host.

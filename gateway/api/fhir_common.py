@@ -6,16 +6,15 @@ import time
 from functools import lru_cache
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.auth import Principal
 from gateway.errors import FhirError, invalid, not_found
-from gateway.fhir import ID_RE, deidentify, informational, without_matcher_links
+from gateway.fhir import ID_RE, as_policy_gives, content_as_policy_gives, informational
 from gateway.r4 import RESOURCE_TYPES
 from gateway.search import MAX_INT_DIGITS
-from gateway.store import KEPT_LINK_EXTENSION, StoredResource
+from gateway.store import StoredResource
 
 from .negotiation import fhir_response, prefer
 
@@ -82,26 +81,11 @@ def parse_if_match(request: Request) -> int | None:
     return int(text)
 
 
-_KEPT_LINK = KEPT_LINK_EXTENSION.encode()
-
-
-def limits_rows(principal: Principal) -> bool:
-    """Whether the principal's data policy hides some Patients (and their data) from it."""
-    return principal.policy is not None and principal.policy.limits_rows
-
-
 def given_body(principal: Principal, body: dict[str, Any]) -> dict[str, Any]:
-    """A resource as the principal may be given it (a new dict when changed): without the identity
-    matcher's links when its policy limits rows (``without_matcher_links``: they lead to records
-    the policy hides and to golden records, which such a policy never shows), de-identified when
-    its policy says so."""
-    if limits_rows(principal):
-        body = without_matcher_links(body)
-    return deidentify(body) if principal.deidentified else body
+    """A resource as the principal's data policy gives it (``as_policy_gives``)."""
+    return as_policy_gives(body, limits_rows=principal.limits_rows, deidentified=principal.deidentified)
 
 
 def as_given(principal: Principal, content: bytes) -> bytes:
-    """A stored resource's JSON as the principal may be given it (``given_body``)."""
-    if not principal.deidentified and not (limits_rows(principal) and _KEPT_LINK in content):
-        return content
-    return orjson.dumps(given_body(principal, orjson.loads(content)))
+    """A stored resource's JSON as the principal's data policy gives it (``content_as_policy_gives``)."""
+    return content_as_policy_gives(content, limits_rows=principal.limits_rows, deidentified=principal.deidentified)

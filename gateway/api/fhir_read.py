@@ -31,7 +31,7 @@ from gateway.store import SearchResult, StoredResource, is_golden, linked_ids
 from .audit import note_of, note_patients, note_query
 from .auth import authenticate, require_fhir, row_filter, search_access
 from .context import base_url, ctx_of
-from .fhir_common import as_given, check_path_id, check_type, limits_rows, version_headers
+from .fhir_common import as_given, check_path_id, check_type, version_headers
 from .negotiation import fhir_response, prefer, read_body, response_type
 
 router = APIRouter(prefix="/fhir", tags=["FHIR"])
@@ -299,7 +299,7 @@ async def _visible(request: Request, principal: Principal, rtype: str, rid: str)
 def shown(principal: Principal, resources: list[StoredResource]) -> list[StoredResource]:
     """The resources as the principal may be given them: de-identified when its policy says so, and
     without the identity matcher's links when its policy limits rows (see ``as_given``)."""
-    if not principal.deidentified and not limits_rows(principal):
+    if not principal.deidentified and not principal.limits_rows:
         return resources
     return [r if r.deleted or not r.content else replace(r, content=as_given(principal, r.content)) for r in resources]
 

@@ -31,7 +31,7 @@ from gateway.store import StoredResource
 from .audit import note_of, note_resources
 from .auth import authenticate, require_fhir, row_filter, search_access
 from .context import AppContext, base_url, ctx_of
-from .fhir_common import as_given, check_path_id, check_type, given_body, limits_rows, parse_if_match, write_response
+from .fhir_common import as_given, check_path_id, check_type, given_body, parse_if_match, write_response
 from .negotiation import check_content_type, fhir_response, prefer, read_body, response_type
 
 router = APIRouter(prefix="/fhir", tags=["FHIR"])
@@ -260,7 +260,7 @@ async def batch_or_transaction(request: Request) -> Response:
     response = await ctx.write(work)
     if wanted == "OperationOutcome":
         _write_outcomes(bundle, response)
-    if principal.deidentified or limits_rows(principal):
+    if principal.deidentified or principal.limits_rows:
         _given_entries(principal, response)
     return fhir_response(response, media_type=media)
 

@@ -89,6 +89,11 @@ class Principal:
         """Whether its data policy strips what identifies a person from every answer."""
         return self.policy is not None and self.policy.deidentify
 
+    @property
+    def limits_rows(self) -> bool:
+        """Whether its data policy hides some Patients (and their data) from it."""
+        return self.policy is not None and self.policy.limits_rows
+
     def can(self, rtype: str, letter: str) -> bool:
         """May this client do ``letter`` (one of c r u d s) on ``rtype``?"""
         if rtype == AUDIT_TYPE:

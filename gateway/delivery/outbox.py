@@ -34,13 +34,11 @@ from gateway.connectors import Job
 from gateway.delivery.codec import job_id
 from gateway.delivery.config import DestinationConfig
 from gateway.delivery.queue import DeliveryQueue
-from gateway.fhir import without_matcher_links
+from gateway.fhir import content_as_policy_gives
 from gateway.search import RowFilter, default_registry
-from gateway.store import KEPT_LINK_EXTENSION, Change, ChangeFeed, ChangeOp
+from gateway.store import Change, ChangeFeed, ChangeOp
 
 log = logging.getLogger(__name__)
-#: The mark of a ``Patient.link`` the identity matcher wrote (found without parsing the payload).
-_KEPT_LINK = KEPT_LINK_EXTENSION.encode()
 
 # Where a resource points at its patient, in the order they are tried.
 PATIENT_FIELDS = ("subject", "patient", "beneficiary", "individual", "for", "focus")
@@ -159,11 +157,9 @@ class Outbox:
 
     @staticmethod
     def _job(destination: str, change: Change, version: _Version, now: float, limited: bool = False) -> Job:
-        payload = version.payload
-        if limited and change.type == "Patient" and _KEPT_LINK in payload:
-            # As a client with this data policy reads it: without the identity matcher's links,
-            # which name other sources' records of the person (maybe hidden) and the golden record.
-            payload = orjson.dumps(without_matcher_links(orjson.loads(payload)))
+        # As a client with this data policy reads it: without the identity matcher's links, which
+        # name other sources' records of the person (maybe hidden) and the golden record.
+        payload = content_as_policy_gives(version.payload, limits_rows=limited, deidentified=False)
         return Job(
             id=job_id(destination, change.seq),
             destination=destination,

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from itertools import repeat
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import FhirError, RequestError
-from gateway.fhir import Deidentifier, DeidentifyRules, deidentify, without_matcher_links
+from gateway.fhir import Deidentifier, DeidentifyRules, as_policy_gives
 from gateway.search import SearchQuery
 from gateway.store import BulkExports, ExportJob, ExportScope
 
@@ -279,11 +280,9 @@ class BulkExporter:
 
 def _policy_transform(deidentified: bool, limits_rows: bool) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
     """What the client's data policy does to each exported resource, as to its reads (None: nothing)."""
-    if deidentified and limits_rows:
-        return lambda resource: deidentify(without_matcher_links(resource))
-    if limits_rows:
-        return without_matcher_links
-    return deidentify if deidentified else None
+    if not deidentified and not limits_rows:
+        return None
+    return partial(as_policy_gives, limits_rows=limits_rows, deidentified=deidentified)
 
 
 def _error_file(folder: Path, refused: Mapping[str, str]) -> tuple[dict[str, Any], ...]:

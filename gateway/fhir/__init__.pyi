@@ -4,6 +4,8 @@ from . import interactions as interactions
 from .deidentification import Deidentifier as Deidentifier
 from .deidentification import DeidentifyRules as DeidentifyRules
 from .deidentification import RulesError as RulesError
+from .deidentification import as_policy_gives as as_policy_gives
+from .deidentification import content_as_policy_gives as content_as_policy_gives
 from .deidentification import deidentify as deidentify
 from .deidentification import without_matcher_links as without_matcher_links
 from .fhirpath import FhirPathError as FhirPathError

@@ -24,9 +24,11 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
+import orjson
+
 from gateway.errors import ConfigError
 from gateway.search import ADDRESS_KEPT, EVERYWHERE, PERSON_ELEMENTS, PERSONS, YEAR_ONLY
-from gateway.store import is_kept_link
+from gateway.store import KEPT_LINK_EXTENSION, is_kept_link
 
 # The recipe's lists (EVERYWHERE, PERSONS, ...) live with the search layer, which refuses
 # searches by what they strip.
@@ -70,6 +72,25 @@ def without_matcher_links(resource: dict[str, Any]) -> dict[str, Any]:
     if kept:
         out["link"] = kept
     return out
+
+
+def as_policy_gives(resource: dict[str, Any], *, limits_rows: bool, deidentified: bool) -> dict[str, Any]:
+    """A resource as a data policy gives it to a client (or a destination): without the identity
+    matcher's links when the policy limits rows, de-identified when it says so; the argument is
+    not changed (returned as it is when nothing applies)."""
+    if limits_rows:
+        resource = without_matcher_links(resource)
+    return deidentify(resource) if deidentified else resource
+
+
+_KEPT_LINK = KEPT_LINK_EXTENSION.encode()
+
+
+def content_as_policy_gives(content: bytes, *, limits_rows: bool, deidentified: bool) -> bytes:
+    """``as_policy_gives`` of a stored resource's JSON, parsed only when something applies."""
+    if not deidentified and not (limits_rows and _KEPT_LINK in content):
+        return content
+    return orjson.dumps(as_policy_gives(orjson.loads(content), limits_rows=limits_rows, deidentified=deidentified))
 
 
 def _scrub(value: Any) -> Any:

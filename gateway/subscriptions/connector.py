@@ -31,7 +31,7 @@ import orjson
 
 from gateway.clock import Clock
 from gateway.connectors import DeliveryOutcome, Job, Redaction, Retry, Success, exchange
-from gateway.fhir import deidentify, without_matcher_links
+from gateway.fhir import content_as_policy_gives
 from gateway.search import DataPolicy, RowFilter, SearchRegistry
 from gateway.store import Store, StoredResource, SubscriptionRecord
 from gateway.subscriptions.access import owner_access
@@ -88,14 +88,11 @@ class RestHookConnector:
             ):
                 return Success(detail="the owner's data policy does not show this resource now; not sent")
             owner = access.current
-            limited = owner.policy is not None and owner.policy.limits_rows
-            if stored is not None and stored.content and (owner.deidentified or limited):
+            if stored is not None and stored.content:
                 # The owner's data policy: it is given resources here as on a read (de-identified,
                 # without the identity matcher's links).
-                body = orjson.loads(stored.content)
-                body = without_matcher_links(body) if limited else body
-                body = deidentify(body) if owner.deidentified else body
-                stored = dataclasses.replace(stored, content=orjson.dumps(body))
+                stored = dataclasses.replace(stored, content=content_as_policy_gives(
+                    stored.content, limits_rows=owner.limits_rows, deidentified=owner.deidentified))
         if spec.classic and spec.payload is not None and (stored is None or not stored.content):
             return Success(detail="the resource version is no longer stored; not sent")
         timeout = float(spec.timeout or self.default_timeout)
