@@ -220,13 +220,17 @@ class DeliveryAdmin:
     async def replay(self, job_id: str) -> int:
         """Send one dead letter (every job of its group) again; how many jobs (a superseded one,
         discarded instead, counts: see ``_superseded``)."""
-        stale = await self._superseded([job_id])
-        if stale:
-            return await self.queue.purge(stale)
-        count = await self.queue.replay([job_id])
+        count = await self._replay_or_discard([job_id])
         if count < 1:
             raise UnknownDeadLetter(f"no dead letter has the id {job_id!r}")
         return count
+
+    async def _replay_or_discard(self, ids: Sequence[str]) -> int:
+        """Replay the dead letters ``ids``, discarding the superseded ones instead; how many jobs."""
+        stale = await self._superseded(ids)
+        discarded = set(stale)
+        rest = [job_id for job_id in ids if job_id not in discarded]
+        return (await self.queue.purge(stale) if stale else 0) + (await self.queue.replay(rest) if rest else 0)
 
     async def _superseded(self, ids: Sequence[str]) -> list[str]:
         """The dead letters among ``ids`` whose resource has a later version in the store, for
@@ -260,14 +264,7 @@ class DeliveryAdmin:
     async def replay_matching(self, where: DeadLetterFilter, *, progress: Progress | None = None) -> int:
         """Send every dead letter matching ``where`` again, in chunks; how many (superseded ones,
         discarded instead, count: see ``_superseded``)."""
-        async def replay(ids: Sequence[str]) -> int:
-            stale = await self._superseded(ids)
-            done = await self.queue.purge(stale) if stale else 0
-            kept = set(stale)
-            rest = [job_id for job_id in ids if job_id not in kept]
-            return done + (await self.queue.replay(rest) if rest else 0)
-
-        return await self._in_chunks(replay, where, progress)
+        return await self._in_chunks(self._replay_or_discard, where, progress)
 
     async def purge_matching(self, where: DeadLetterFilter, *, progress: Progress | None = None) -> int:
         """Delete every dead letter matching ``where`` with its payload; how many."""

@@ -8,8 +8,10 @@ from typing import Any, Protocol
 
 import orjson
 
-from gateway.search import GOLDEN_TAG_CODE as _GOLDEN_TAG_CODE
-from gateway.search import GOLDEN_TAG_SYSTEM as _GOLDEN_TAG_SYSTEM
+# ``meta.tag`` of a golden Patient, re-exported here: defined with the data policies, which never
+# show one to a client whose rows they limit.
+from gateway.search import GOLDEN_TAG_CODE as GOLDEN_TAG_CODE
+from gateway.search import GOLDEN_TAG_SYSTEM as GOLDEN_TAG_SYSTEM
 from gateway.search import from_epoch
 from gateway.store.base import StoredResource
 
@@ -62,12 +64,6 @@ def kept_links(body: dict[str, Any]) -> list[Any]:
     """The resource's ``link`` elements the gateway keeps."""
     found = body.get("link") if body.get("resourceType") == "Patient" else None
     return [item for item in found if is_kept_link(item)] if isinstance(found, list) else []
-
-
-# ``meta.tag`` of a golden Patient (defined with the data policies, which never show one to a
-# client whose rows they limit).
-GOLDEN_TAG_SYSTEM = _GOLDEN_TAG_SYSTEM
-GOLDEN_TAG_CODE = _GOLDEN_TAG_CODE
 
 
 def is_golden(body: dict[str, Any]) -> bool:
