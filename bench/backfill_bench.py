@@ -47,7 +47,7 @@ from gateway.auth import hash_token, new_token
 from gateway.backfill import expand, position_key
 from gateway.ingest import SourceConfig
 from gateway.settings import RateLimitSettings, Settings
-from gateway.store import ApiClient, open_store
+from gateway.store import ApiClient, Store, open_store
 from gateway.store.sql import SqlStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,11 +110,7 @@ def backfill_rate(
     """Records/s of ``gateway backfill`` in its own process; prints its RSS every ``every`` s.
     With ``kill_after``: SIGKILLed (workers too) after that many seconds, then run again to
     the end, and the store checked for records stored twice."""
-    cfg = tmp / "gateway.yaml"
-    cfg.write_text(
-        f"store_url: {store_url}\nqueue_url: sqlite:///{tmp}/queue.db\nmappings_dir: {MAPPINGS}\n"
-        "sources:\n  - {name: csv, kind: csv, mapping: csv}\n", encoding="utf-8",
-    )  # fmt: skip
+    cfg = backfill_config(tmp, store_url)
     command = [sys.executable, "-m", "gateway", "backfill", "csv", str(data), "-c", str(cfg), "--quiet",
                "--processes", str(processes)]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
@@ -200,14 +196,30 @@ def change_counts(store_url: str) -> tuple[int, int, int]:
     return creates, sum(int(n) for op, _, n in rows if op != "create"), patients
 
 
-def push_rate(store_url: str, count: int) -> float:
-    """Records/s of POSTing ``count`` records to ``/ingest/csv`` in JSON arrays of 500."""
+def csv_ingest_app(store_url: str) -> tuple[Store, str, Settings]:
+    """The store (opened), an ``ingest:*`` token and the settings of an app serving the ``csv`` source."""
     store = open_store(store_url)
     token = new_token()
     store.save_client(ApiClient("bench", ("ingest:*",), datetime.now(UTC)), hash_token(token))
     settings = Settings(store_url=store_url, mappings_dir=MAPPINGS,
                         sources=[SourceConfig(name="csv", kind="csv", mapping="csv")],
                         rate_limit=RateLimitSettings(enabled=False), access_log=False)  # fmt: skip
+    return store, token, settings
+
+
+def backfill_config(tmp: Path, store_url: str) -> Path:
+    """A configuration file for ``gateway backfill csv`` on ``store_url``."""
+    cfg = tmp / "gateway.yaml"
+    cfg.write_text(
+        f"store_url: {store_url}\nqueue_url: sqlite:///{tmp}/queue.db\nmappings_dir: {MAPPINGS}\n"
+        "sources:\n  - {name: csv, kind: csv, mapping: csv}\n", encoding="utf-8",
+    )  # fmt: skip
+    return cfg
+
+
+def push_rate(store_url: str, count: int) -> float:
+    """Records/s of POSTing ``count`` records to ``/ingest/csv`` in JSON arrays of 500."""
+    store, token, settings = csv_ingest_app(store_url)
     try:
         with serve(create_app(settings, store=store)) as url, httpx.Client(
             base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=300

@@ -24,18 +24,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 
-from bench.backfill_bench import MAPPINGS, ROOT, record, write_records
+from bench.backfill_bench import ROOT, backfill_config, csv_ingest_app, record, write_records
 from bench.pull_bench import serve
 from gateway.api.app import create_app
-from gateway.auth import hash_token, new_token
-from gateway.ingest import SourceConfig
-from gateway.settings import RateLimitSettings, Settings
-from gateway.store import ApiClient, open_store
 
 
 def live_latencies(url: str, token: str, pushes: int, first: int, until: subprocess.Popen[str] | None) -> list[float]:
@@ -74,15 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         data = tmp / "rows.jsonl"
         write_records(data, args.records)
         store_url = f"sqlite:///{tmp}/live.db"
-        store = open_store(store_url)
-        token = new_token()
-        store.save_client(ApiClient("bench", ("ingest:*",), datetime.now(UTC)), hash_token(token))
-        settings = Settings(store_url=store_url, mappings_dir=MAPPINGS,
-                            sources=[SourceConfig(name="csv", kind="csv", mapping="csv")],
-                            rate_limit=RateLimitSettings(enabled=False), access_log=False)  # fmt: skip
-        cfg = tmp / "gateway.yaml"
-        cfg.write_text(f"store_url: {store_url}\nqueue_url: sqlite:///{tmp}/queue.db\nmappings_dir: {MAPPINGS}\n"
-                       "sources:\n  - {name: csv, kind: csv, mapping: csv}\n", encoding="utf-8")  # fmt: skip
+        store, token, settings = csv_ingest_app(store_url)
+        cfg = backfill_config(tmp, store_url)
         rows: list[str] = []
         try:
             with serve(create_app(settings, store=store)) as url:
