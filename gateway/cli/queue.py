@@ -263,10 +263,14 @@ def dead_letters(
         resource = row["resource"]
         if row["group"]:
             resource += f" +{len(row['jobs']) - 1} jobs, {row['group']}"
+        # Superseded: the resource's later version has its own job; replaying would discard this one.
+        reason = row["reason"]
+        if row["superseded_by"] is not None:
+            reason += f" (superseded by v{row['superseded_by']})"
         table.add_row(
             row["id"],
             resource,
-            row["reason"],
+            reason,
             status_code,
             str(row["attempts"]),
             _iso(row["died_at"]),

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from gateway.clock import Clock, SystemClock
@@ -111,6 +111,7 @@ def dead_letter_summary(letter: DeadLetter) -> dict[str, Any]:
         "group": letter.group,
         "jobs": list(letter.job_ids or (job.id,)),
         "resources": list(letter.resources or (job.ref,)),
+        "superseded_by": letter.superseded_by,
     }
 
 
@@ -208,13 +209,14 @@ class DeliveryAdmin:
         """Dead letters matching ``where``, newest first."""
         if where.destination is not None:
             self._check(where.destination)
-        return await self.queue.dead_letters(where, limit=limit)
+        return await self._with_newer_versions(await self.queue.dead_letters(where, limit=limit))
 
     async def dead_letter(self, job_id: str) -> DeadLetter:
         """One dead letter by job id."""
         letter = await self.queue.dead_letter(job_id)
         if letter is None:
             raise UnknownDeadLetter(f"no dead letter has the id {job_id!r}")
+        [letter] = await self._with_newer_versions([letter])
         return letter
 
     async def replay(self, job_id: str) -> int:
@@ -242,19 +244,35 @@ class DeliveryAdmin:
         letters are discarded instead, and logged. A letter of several jobs is replayed whole."""
         if self.feed is None:
             return []
-        feed = self.feed
         stale: list[str] = []
         for job_id in ids:
             letter = await self.queue.dead_letter(job_id)
-            destination = None if letter is None else self.destinations.get(letter.job.destination)
-            if letter is None or letter.size > 1 or destination is None or not destination.coalesces:
+            if letter is None:
                 continue
-            job = letter.job
-            current = await asyncio.to_thread(feed.read, job.resource_type, job.resource_id)
-            if current is not None and current.version > job.version:
-                log.info("dead letter %s superseded by version %d: discarded, not replayed", job.id, current.version)
+            [letter] = await self._with_newer_versions([letter])
+            if letter.superseded_by is not None:
+                log.info("dead letter %s superseded by version %d: discarded, not replayed", job_id,
+                         letter.superseded_by)
                 stale.append(job_id)
         return stale
+
+    async def _with_newer_versions(self, letters: list[DeadLetter]) -> list[DeadLetter]:
+        """``letters``, each marked ``superseded_by`` the store's later version of its resource
+        where its destination skips superseded versions (see ``_superseded``): listings show
+        an operator which letters need nothing done. A letter of several jobs is never marked."""
+        if self.feed is None:
+            return letters
+        feed = self.feed
+        marked: list[DeadLetter] = []
+        for letter in letters:
+            destination = self.destinations.get(letter.job.destination)
+            if letter.size == 1 and destination is not None and destination.coalesces:
+                job = letter.job
+                current = await asyncio.to_thread(feed.read, job.resource_type, job.resource_id)
+                if current is not None and current.version > job.version:
+                    letter = replace(letter, superseded_by=current.version)
+            marked.append(letter)
+        return marked
 
     async def purge(self, job_id: str) -> None:
         """Delete one dead letter and its payload (discard it)."""

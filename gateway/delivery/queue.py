@@ -139,6 +139,9 @@ class DeadLetter:
     group: str | None = None
     job_ids: tuple[str, ...] = ()  # every dead job of the letter, oldest first (just ``job`` alone)
     resources: tuple[str, ...] = ()  # the FHIR resources (``Type/id``) of those jobs, distinct
+    # The store's later version of the resource, on a destination that skips superseded versions:
+    # that version's own job carries the change, so the letter needs nothing (see DeliveryAdmin).
+    superseded_by: int | None = None
 
     @property
     def size(self) -> int:

@@ -14,6 +14,7 @@ from gateway.cli.queue import parse_when, queue_app
 from gateway.clock import SystemClock
 from gateway.delivery.queue import Bury, DeadLetterFilter
 from gateway.delivery.sqlite_queue import SQLiteQueue
+from gateway.store import open_store
 from tests.delivery.test_queue_contract import make_job
 
 runner = CliRunner()
@@ -82,6 +83,23 @@ def test_dead_letters_filters_and_show(files: tuple[Path, Path, Path]) -> None:
     assert code == 0 and orjson.loads(output)["reason"] == "internal_error"
     code, output = invoke(files, "dead-letters", "--show", "shr:99")
     assert code == 1 and "no dead letter" in output
+
+
+def test_a_letter_whose_resource_moved_on_is_listed_as_superseded(files: tuple[Path, Path, Path]) -> None:
+    config = yaml.safe_load(files[0].read_text())
+    store = open_store(config["store_url"])
+    try:
+        for status in ("preliminary", "final"):  # Observation/o1 at version 2; its letter is of version 1
+            with store.transaction() as tx:
+                tx.update({"resourceType": "Observation", "id": "o1", "status": status, "code": {"text": "t"}})
+    finally:
+        store.close()
+    code, output = invoke(files, "dead-letters", "--json")
+    assert code == 0
+    marks = {row["id"]: row["superseded_by"] for row in orjson.loads(output)}
+    assert marks == {"shr:1": 2, "shr:2": None, "shr:3": None}
+    code, output = invoke(files, "dead-letters")
+    assert code == 0 and "superseded by v2" in output and output.count("superseded") == 1
 
 
 def test_replay_one_filtered_or_all(files: tuple[Path, Path, Path]) -> None:

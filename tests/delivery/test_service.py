@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from gateway.connectors.base import Job
+from gateway.delivery.admin import dead_letter_summary
 from gateway.delivery.breaker import BreakerPolicy
 from gateway.delivery.config import DeliverySettings, DestinationConfig, SubscriptionFilter
 from gateway.delivery.policy import RetryPolicy
@@ -155,6 +156,7 @@ async def test_a_permanent_4xx_is_dead_lettered_and_replay_delivers_it_once_fixe
     await eventually(lambda: _dead(service, 1))
     [letter] = await service.admin.dead_letters(DeadLetterFilter(destination="shr", reason="http_422"))
     assert letter.job.ref == "Patient/p3"
+    assert letter.superseded_by is None  # the store has nothing newer: this one needs replaying
     assert letter.response is not None and letter.response.status == 422
     assert letter.request is not None and orjson.loads(letter.request.body)["id"] == "p3"
     assert letter.job.payload  # kept for replay
@@ -188,6 +190,10 @@ async def test_a_replayed_dead_letter_never_puts_an_older_version_over_a_newer_o
     await eventually(lambda: server.snapshot().get("Observation/t1", {}).get("valueQuantity", {}).get("value") == 40.5)
     [letter] = await service.admin.dead_letters(DeadLetterFilter(destination="shr"))
     assert letter.job.version == 1
+    # Listed and shown as superseded, so an operator sees it needs nothing done.
+    assert letter.superseded_by == 2
+    assert dead_letter_summary(letter)["superseded_by"] == 2
+    assert (await service.admin.dead_letter(letter.job.id)).superseded_by == 2
     if one_by_one:
         assert await service.admin.replay(letter.job.id) == 1
     else:
