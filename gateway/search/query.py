@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from decimal import Decimal, localcontext
 
 from gateway.errors import FhirError, RequestError
 from gateway.r4 import RESOURCE_TYPES
@@ -551,8 +552,15 @@ def _number_value(item: str, key: str, quantity: bool) -> NumberValue:
     value = float(text)
     mantissa = text.lower().split("e")[0]
     decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
-    half = 0.5 * 10.0**-decimals
-    return NumberValue(prefix, value, value - half, value + half, system or None, code or None)
+    # The ends in decimal arithmetic, then each the float nearest it, as stored values are:
+    # 5.4 - 0.05 in floats is 5.3500000000000005, above the stored 5.35 the range holds.
+    try:
+        with localcontext(prec=60):
+            exact, half = Decimal(text), Decimal(5).scaleb(-decimals - 1)
+            low, high = float(exact - half), float(exact + half)
+    except ArithmeticError:  # an exponent past what decimals hold: the float value's own range
+        low, high = value - 0.5 * 10.0**-decimals, value + 0.5 * 10.0**-decimals
+    return NumberValue(prefix, value, low, high, system or None, code or None)
 
 
 def _include(raw: str, key: str) -> Include:

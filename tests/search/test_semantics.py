@@ -276,6 +276,29 @@ def test_quantity_search(store: SqlStore) -> None:
     assert find(store, "Observation", ("value-quantity", "13|http://unitsofmeasure.org|cm")) == {high.resource.id}
 
 
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        # search.html#number: 5.4 means [5.35, 5.45), 100 means [99.5, 100.5); the low end is
+        # inside the range and the high end is not, also where binary floats round (5.4 - 0.05).
+        ("5.4", {5.35, 5.4, 5.449}),
+        ("eq5.4", {5.35, 5.4, 5.449}),
+        ("ne5.4", {5.349, 5.45, 99.5, 100.5 - 0.001, 100.5, 0.3, 0.25}),
+        ("100", {99.5, 100.5 - 0.001}),
+        ("0.3", {0.25, 0.3}),
+        ("0.25", {0.25}),
+    ],
+)
+def test_quantity_implicit_range_keeps_its_exact_ends(store: SqlStore, value: str, expected: set[float]) -> None:
+    values = [5.349, 5.35, 5.4, 5.449, 5.45, 99.5, 100.5 - 0.001, 100.5, 0.3, 0.25]
+    ids: dict[str, float] = {}
+    with store.transaction() as tx:
+        for v in values:
+            ids[tx.create({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                           "valueQuantity": {"value": v}}).resource.id] = v
+    assert {ids[i] for i in find(store, "Observation", ("value-quantity", value))} == expected
+
 @pytest.mark.parametrize(
     ("items", "message"),
     [
