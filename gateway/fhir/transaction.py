@@ -24,6 +24,7 @@ import orjson
 
 from gateway.errors import CLIENT_ERRORS, FhirError, GatewayError, invalid, not_found
 from gateway.fhir import bundles, interactions
+from gateway.fhir.full_urls import replace_full_urls
 from gateway.fhir.outcome import issue, outcome_of
 from gateway.fhir.provenance import activity_of, record_writes
 from gateway.fhir.reference_targets import check_reference_targets
@@ -412,6 +413,8 @@ class _Processor:
                     visit(item, f"{path}[{n}]")
 
         visit(e.resource, f"{e.where}.resource")
+        if aliases and e.resource is not None:
+            replace_full_urls(e.resource, aliases)  # uri/url/oid/uuid elements and narrative links
 
     def _resolve_reference(self, tx: StoreTransaction, ref: str, aliases: dict[str, str], where: str) -> str:
         """``ref`` as the ``Type/id`` it stands for (``where``: the Reference element, for errors)."""

@@ -368,6 +368,40 @@ async def test_transaction_resolves_urn_uuid(api: ApiHarness, path: str) -> None
     assert obs["subject"]["reference"] == patient_ref
 
 
+
+async def test_transaction_replaces_full_urls_in_uri_elements_and_narrative_links(api: ApiHarness) -> None:
+    # http.html#trules: "Servers SHALL replace all matching links in the bundle, whether they are found
+    # in the resource ids, resource references, elements of type uri, url, oid, uuid, and <a href="" &
+    # <img src="" in the narrative. Elements of type canonical are not replaced."
+    patient, binary = "urn:uuid:0f6a1c84-7b7e-4a55-9d0c-2b8a4f3f1e01", "urn:uuid:0f6a1c84-7b7e-4a55-9d0c-2b8a4f3f1e02"
+    div = (f'<div xmlns="http://www.w3.org/1999/xhtml"><a href="{patient}">the patient</a>'
+           f"<img src='{binary}'/><a href=\"urn:uuid:0f6a1c84-7b7e-4a55-9d0c-2b8a4f3f1eff\">other</a></div>")
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": binary, "resource": {"resourceType": "Binary", "contentType": "text/plain", "data": "aGk="},
+         "request": {"method": "POST", "url": "Binary"}},
+        {"fullUrl": patient, "resource": {"resourceType": "Patient", "meta": {"profile": [patient]},
+                                          "identifier": [{"system": "urn:ietf:rfc:3986", "value": patient}]},
+         "request": {"method": "POST", "url": "Patient"}},
+        {"resource": {"resourceType": "DocumentReference", "status": "current", "subject": {"reference": patient},
+                      "text": {"status": "generated", "div": div},
+                      "extension": [{"url": "http://example.org/seen-by", "valueUri": patient}],
+                      "content": [{"attachment": {"contentType": "text/plain", "url": binary}}]},
+         "request": {"method": "POST", "url": "DocumentReference"}},
+    ]}
+    response = await api.client.post("/fhir", json=bundle)
+    assert response.status_code == 200, response.text
+    binary_ref, patient_ref, doc_ref = (e["response"]["location"].split("/_history")[0]
+                                        for e in response.json()["entry"])
+    doc = (await api.client.get(f"/fhir/{doc_ref}")).json()
+    assert doc["subject"]["reference"] == patient_ref
+    assert doc["content"][0]["attachment"]["url"] == binary_ref
+    assert doc["extension"][0]["valueUri"] == patient_ref
+    assert f'<a href="{patient_ref}">' in doc["text"]["div"] and f"<img src='{binary_ref}'/>" in doc["text"]["div"]
+    assert "urn:uuid:0f6a1c84-7b7e-4a55-9d0c-2b8a4f3f1eff" in doc["text"]["div"]  # no entry has it: left alone
+    stored = (await api.client.get(f"/fhir/{patient_ref}")).json()
+    # canonical (meta.profile) and string (Identifier.value) elements keep the fullUrl
+    assert stored["meta"]["profile"] == [patient] and stored["identifier"][0]["value"] == patient
+
 async def test_transaction_is_atomic_and_batch_is_not(api: ApiHarness) -> None:
     bad_entry = {"resource": {"resourceType": "Observation", "code": {"text": "no status"}},
                  "request": {"method": "POST", "url": "Observation"}}
