@@ -81,6 +81,12 @@ def parse_if_match(request: Request) -> int | None:
     return int(text)
 
 
+def write_if_none_match(request: Request) -> str | None:
+    """A write's ``If-None-Match`` (``*`` or ETags), evaluated against the current version (RFC 9110 13.1.2)."""
+    value = request.headers.get("if-none-match", "").strip()
+    return value or None
+
+
 def given_body(principal: Principal, body: dict[str, Any]) -> dict[str, Any]:
     """A resource as the principal's data policy gives it (``as_policy_gives``)."""
     return as_policy_gives(body, limits_rows=principal.limits_rows, deidentified=principal.deidentified)

@@ -61,6 +61,17 @@ def not_modified(res: StoredResource, if_none_match: str | None, if_modified_sin
     return res.last_updated.replace(microsecond=0) <= when
 
 
+def check_none_match(current: StoredResource | None, if_none_match: str | None) -> None:
+    """A write behind ``If-None-Match`` (RFC 9110 13.1.2): 412 when a current version matches it
+    (``*``: any; else one of its ETags), so ``*`` never overwrites what the client thought absent.
+    A deleted resource has no current version."""
+    if if_none_match is None or current is None or current.deleted:
+        return
+    if not_modified(current, if_none_match, None):
+        raise FhirError(f"If-None-Match, but {current.type}/{current.id} is there at version {current.version}",
+                        status=412, code="conflict", expression=["If-None-Match"])
+
+
 def search_matches(
     tx: StoreTransaction, parser: QueryParser, rtype: str, query_string: str, what: str, *, access: SearchAccess
 ) -> list[StoredResource]:
@@ -164,6 +175,7 @@ def update(
     rid: str,
     *,
     if_match: int | None = None,
+    if_none_match: str | None = None,
     skip_unchanged: bool = False,
     prepared: PreparedWrite | None = None,
     access: SearchAccess = TRUSTED,
@@ -175,6 +187,8 @@ def update(
     if body_id != rid:
         raise invalid(f"the resource id {str(body_id)[:70]!r} does not match the URL id {rid!r}", [f"{rtype}.id"])
     require_visible_before(tx, access, rtype, rid)
+    if if_none_match is not None:
+        check_none_match(tx.read(rtype, rid), if_none_match)
     was_in = in_own_subtree(tx, access, rtype, rid)
     try:
         result = tx.update(resource, if_match=if_match, skip_unchanged=skip_unchanged, prepared=prepared)
@@ -198,6 +212,7 @@ def conditional_update(
     query_string: str,
     *,
     if_match: int | None = None,
+    if_none_match: str | None = None,
     access: SearchAccess,
 ) -> WriteOutcome:
     """``PUT [type]?query``: create on no match, update on one, 412 on several; with ``If-Match``
@@ -217,11 +232,13 @@ def conditional_update(
     target = found[0]
     if resource.get("id") not in (None, target.id):
         raise invalid("the resource id does not match the resource the condition found", [f"{rtype}.id"])
-    return update(tx, {**resource, "id": target.id}, rtype, target.id, if_match=if_match, access=access)
+    return update(tx, {**resource, "id": target.id}, rtype, target.id, if_match=if_match,
+                  if_none_match=if_none_match, access=access)
 
 
 def delete(
-    tx: StoreTransaction, rtype: str, rid: str, *, if_match: int | None = None, access: SearchAccess = TRUSTED
+    tx: StoreTransaction, rtype: str, rid: str, *, if_match: int | None = None, if_none_match: str | None = None,
+    access: SearchAccess = TRUSTED,
 ) -> StoredResource | None:
     """``DELETE [type]/[id]``: idempotent, so deleting twice is not an error; with ``If-Match``
     (``if_match``), only while that version is the current one (412 otherwise, as for an update)."""
@@ -235,12 +252,14 @@ def delete(
                 if now is not None else f"If-Match names version {if_match}, but {rtype}/{rid} is not there",
                 status=412, code="conflict",
             )  # fmt: skip
+    if if_none_match is not None:
+        check_none_match(tx.read(rtype, rid), if_none_match)
     return tx.delete(rtype, rid)
 
 
 def conditional_delete(
     tx: StoreTransaction, parser: QueryParser, rtype: str, query_string: str, *, if_match: int | None = None,
-    access: SearchAccess,
+    if_none_match: str | None = None, access: SearchAccess,
 ) -> list[StoredResource]:
     """``DELETE [type]?query``: deletes a single match (412 on several; with ``If-Match``, 412 unless
     that version is the match's current one); returns the tombstones written."""
@@ -250,13 +269,15 @@ def conditional_delete(
     if if_match is not None and (not found or found[0].version != if_match):
         now = f"the current version is {found[0].version}" if found else "the condition matches nothing"
         raise FhirError(f"If-Match names version {if_match}, but {now}", status=412, code="conflict")
+    for res in found:
+        check_none_match(res, if_none_match)
     tombstones = [tx.delete(rtype, res.id) for res in found]
     return [t for t in tombstones if t is not None]
 
 
 def patch(
     tx: StoreTransaction, rtype: str, rid: str, operations: Any, *, if_match: int | None = None,
-    access: SearchAccess = TRUSTED,
+    if_none_match: str | None = None, access: SearchAccess = TRUSTED,
 ) -> WriteOutcome:
     """``PATCH [type]/[id]`` with a JSON Patch document.
 
@@ -286,6 +307,7 @@ def patch(
     require_visible_before(tx, access, rtype, rid)
     if current.deleted:
         raise gone(f"{rtype}/{rid} has been deleted")
+    check_none_match(current, if_none_match)
     if not isinstance(operations, list):
         raise invalid("a JSON Patch document must be an array of operations", code="structure")
     document = orjson.loads(current.content)

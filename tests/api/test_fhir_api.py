@@ -142,6 +142,35 @@ async def test_update_if_match_delete_and_history(api: ApiHarness) -> None:
     assert sorted(e["request"]["url"].split("/")[0] for e in system["entry"]) == ["Patient"] * 3 + ["Provenance"] * 3
 
 
+
+async def test_writes_honour_if_none_match(api: ApiHarness) -> None:
+    # RFC 9110 13.1.2: an origin server MUST evaluate If-None-Match before performing the method;
+    # "*" keeps a PUT from overwriting a resource the client believes is not there, and on a
+    # method other than GET/HEAD a false condition answers 412.
+    c = api.client
+    patient = {"resourceType": "Patient", "id": "inm"}
+    created = await c.put("/fhir/Patient/inm", json=patient, headers={"If-None-Match": "*"})
+    assert created.status_code == 201, created.text
+    again = await c.put("/fhir/Patient/inm", json={**patient, "active": True}, headers={"If-None-Match": "*"})
+    assert "version 1" in assert_outcome(again, 412, "conflict")["issue"][0]["diagnostics"]
+    listed = await c.put("/fhir/Patient/inm", json={**patient, "active": True},
+                         headers={"If-None-Match": 'W/"3", W/"1"'})
+    assert_outcome(listed, 412, "conflict")
+    other = await c.put("/fhir/Patient/inm", json={**patient, "active": True}, headers={"If-None-Match": 'W/"7"'})
+    assert other.status_code == 200 and other.headers["etag"] == 'W/"2"'
+    patch = await c.patch("/fhir/Patient/inm", content=b'[{"op": "add", "path": "/active", "value": false}]',
+                          headers={"Content-Type": "application/json-patch+json", "If-None-Match": 'W/"2"'})
+    assert_outcome(patch, 412, "conflict")
+    conditional = await c.put("/fhir/Patient", params={"_id": "inm"}, json=patient, headers={"If-None-Match": "*"})
+    assert_outcome(conditional, 412, "conflict")
+    assert_outcome(await c.delete("/fhir/Patient/inm", headers={"If-None-Match": "*"}), 412, "conflict")
+    assert_outcome(await c.delete("/fhir/Patient", params={"_id": "inm"}, headers={"If-None-Match": "*"}), 412)
+    assert (await c.get("/fhir/Patient/inm")).json()["meta"]["versionId"] == "2"  # nothing above wrote
+    assert (await c.delete("/fhir/Patient/inm")).status_code == 200
+    # A deleted resource has no current representation: "*" lets the PUT create it again.
+    recreated = await c.put("/fhir/Patient/inm", json=patient, headers={"If-None-Match": "*"})
+    assert recreated.status_code == 201, recreated.text
+
 async def test_history_since_an_old_resources_last_change_and_delete_if_match(api: ApiHarness) -> None:
     c = api.client
     assert (await c.put("/fhir/Patient/p1", json={"resourceType": "Patient", "id": "p1"})).status_code == 201
