@@ -42,6 +42,13 @@ GROUP_EXPORT = {"name": "export", "definition": f"{BULK}/group-export", "documen
 def capability_statement(registry: SearchRegistry, base_url: str, date: str) -> dict[str, Any]:
     """Build the CapabilityStatement for this gateway."""
     resources: list[dict[str, Any]] = []
+    # _revinclude=Source:param works on every type the reference parameter may point at.
+    revincludes: dict[str, list[str]] = {}
+    for source in sorted(RESOURCE_TYPES):
+        for p in sorted(registry.params(source).values(), key=lambda p: p.code):
+            if p.type == "reference":
+                for target in p.targets:
+                    revincludes.setdefault(target, []).append(f"{source}:{p.code}")
     for rtype in sorted(RESOURCE_TYPES):
         params = registry.params(rtype)
         entry: dict[str, Any] = {
@@ -63,6 +70,8 @@ def capability_statement(registry: SearchRegistry, base_url: str, date: str) -> 
         includes = sorted(f"{rtype}:{p.code}" for p in params.values() if p.type == "reference")
         if includes:  # FHIR JSON never has empty arrays
             entry["searchInclude"] = includes
+        if revincludes.get(rtype):
+            entry["searchRevInclude"] = revincludes[rtype]
         if rtype == "Patient":
             entry["operation"] = [*OPERATIONS, PATIENT_EXPORT]
         if rtype == "Group":

@@ -16,6 +16,8 @@ import pytest
 
 from gateway.api.app import create_app
 from gateway.api.context import BASE_URL_CACHE_SIZE, CAPABILITY_CACHE_SIZE
+from gateway.search.query import QueryParser
+from gateway.search.registry import default_registry
 from gateway.settings import Settings
 from gateway.store import open_store
 from tests.conftest import ApiHarness, make_token
@@ -49,6 +51,26 @@ async def test_metadata_is_public_and_honest(api: ApiHarness) -> None:
     assert "no terminology service" in assert_outcome(terminology, 400, "not-supported")["issue"][0]["diagnostics"]
     assert_outcome(await api.anonymous().get("/fhir/metadata", params={"mode": "brief"}), 400, "invalid")
 
+
+
+async def test_metadata_lists_the_revincludes_that_work(api: ApiHarness) -> None:
+    # capabilitystatement.html: searchRevInclude is "a list of _revinclude (reverse include) values
+    # supported by the server"; a client (Inferno's Provenance:target checks) reads its absence as none.
+    cs = (await api.anonymous().get("/fhir/metadata")).json()
+    resources = {r["type"]: r for r in cs["rest"][0]["resource"]}
+    assert {"Observation:subject", "Observation:patient", "Provenance:target", "Encounter:subject"} <= set(
+        resources["Patient"]["searchRevInclude"])
+    assert "Observation:subject" not in resources["Organization"]["searchRevInclude"]  # never an Organization
+    parser = QueryParser(default_registry(), 50, 1000)
+    for rtype, resource in resources.items():
+        for value in resource.get("searchRevInclude", []):
+            assert parser.parse(rtype, [("_revinclude", value)]).revincludes, (rtype, value)
+    c = api.client
+    assert (await c.put("/fhir/Patient/ri", json={"resourceType": "Patient", "id": "ri"})).status_code == 201
+    await c.post("/fhir/Observation", json={"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                                            "subject": {"reference": "Patient/ri"}})
+    found = (await c.get("/fhir/Patient", params={"_id": "ri", "_revinclude": "Observation:subject"})).json()
+    assert [e["search"]["mode"] for e in found["entry"]] == ["match", "include"]
 
 async def test_a_revoked_token_gets_401_within_a_second(api: ApiHarness) -> None:
     token = make_token(api.store, ("system/Patient.rs",), name="emr")
