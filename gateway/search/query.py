@@ -484,6 +484,8 @@ class QueryParser:
             target_param = self.registry.get(include.source, include.param)
             if target_param is None or target_param.type != "reference":
                 raise SearchError(f"{include.source} has no reference parameter {include.param!r}", key)
+            if include.target is not None and include.target not in RESOURCE_TYPES:
+                raise SearchError(f"{key}: unknown resource type {include.target[:40]!r}", key)
             chosen = query.includes if key.startswith("_include") else query.revincludes
             if include in chosen:
                 return  # a repeat would only run the same query again

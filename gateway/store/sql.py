@@ -713,6 +713,8 @@ class SqlStore(ExportJobs, SubscriptionRows):
             only, only_params = ("", []) if visible is None else (f" AND {visible[0]}", visible[1])
             refs_of, refs_params = self._include_rows(inc.source, inc.param)
             for target, ids in by_type.items():
+                if inc.target is not None and inc.target != target:
+                    continue  # Observation:subject:Group adds what refers to the Groups alone
                 id_marks = ", ".join("?" for _ in ids)
                 cur.execute(
                     self.q(f"SELECT {COLUMNS} FROM resources r WHERE r.rtype = ? AND r.deleted = 0 AND r.rid IN"

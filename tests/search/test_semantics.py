@@ -266,6 +266,24 @@ def test_include_iterate_follows_references_from_included_resources(store: SqlSt
         PARSER.parse("Observation", [("_include", "Patient:organization")])
 
 
+def test_include_and_revinclude_honour_their_target_type(store: SqlStore) -> None:
+    """search.html: ``_revinclude=Observation:subject:Group`` adds Observations whose subject is one of
+    the matches *as a Group*; a target type that is not a resource type is an error, not ignored."""
+    with store.transaction() as tx:
+        tx.update({"resourceType": "Patient", "id": "pat"})
+        tx.update({"resourceType": "Observation", "id": "obs", "status": "final", "code": {"text": "muac"},
+                   "subject": {"reference": "Patient/pat"}})
+
+    def included(rtype: str, *items: tuple[str, str]) -> set[str]:
+        return {f"{r.type}/{r.id}" for r in store.search(PARSER.parse(rtype, list(items))).included}
+
+    assert included("Patient", ("_id", "pat"), ("_revinclude", "Observation:subject:Patient")) == {"Observation/obs"}
+    assert included("Patient", ("_id", "pat"), ("_revinclude", "Observation:subject:Group")) == set()
+    assert included("Observation", ("_id", "obs"), ("_include", "Observation:subject:Group")) == set()
+    for key in ("_include", "_revinclude"):
+        with pytest.raises(SearchError, match="Foo"):
+            PARSER.parse("Patient" if key == "_revinclude" else "Observation", [(key, "Observation:subject:Foo")])
+
 def test_quantity_search(store: SqlStore) -> None:
     with store.transaction() as tx:
         low = tx.create({"resourceType": "Observation", "status": "final", "code": {"text": "muac"},
