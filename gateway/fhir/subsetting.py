@@ -66,6 +66,20 @@ def mandatory_elements(rtype: str) -> frozenset[str]:
     return frozenset(names)
 
 
+@cache
+def _choice_names(rtype: str) -> dict[str, str]:
+    """A type's choice properties by the element name they write: ``valueQuantity`` → ``value``
+    (``value[x]``), so ``_elements=value`` keeps whichever type the resource has."""
+    entry = _element_table().get(rtype) or {}
+    props: dict[str, Any] = entry.get("p", {})
+    return {
+        prop: base
+        for base in entry.get("c", ())
+        for prop in props
+        if prop.startswith(base) and prop[len(base) : len(base) + 1].isupper()
+    }
+
+
 def _tag(resource: dict[str, Any]) -> dict[str, Any]:
     meta = dict(resource.get("meta") or {})
     tags = [t for t in meta.get("tag", []) if t.get("code") != "SUBSETTED"]
@@ -81,7 +95,9 @@ def subset(resource: dict[str, Any], summary: str | None, elements: list[str] | 
         wanted = {e.split(".", 1)[0] for e in elements} | _ALWAYS | mandatory_elements(rtype)
         if rtype:
             wanted |= {e[len(rtype) + 1 :].split(".", 1)[0] for e in elements if e.startswith(rtype + ".")}
-        return _tag({k: v for k, v in resource.items() if _base(k) in wanted})
+        wanted = {name.removesuffix("[x]") for name in wanted}
+        choices = _choice_names(rtype)
+        return _tag({k: v for k, v in resource.items() if _base(k) in wanted or choices.get(_base(k)) in wanted})
     if summary == "true":
         keep = summary_elements(rtype) | _ALWAYS
         return _tag({k: v for k, v in resource.items() if _base(k) in keep})

@@ -694,6 +694,23 @@ async def test_summary_text_and_elements_keep_mandatory_primitives_and_choices(a
         assert (kept["status"], kept["intent"], kept["medicationCodeableConcept"]) == ("active", "order", {"text": "m"})
 
 
+
+async def test_elements_naming_a_choice_element_keeps_its_typed_property(api: ApiHarness) -> None:
+    # search.html#elements: _elements lists element names as the resource defines them; Observation's
+    # is value[x] ("value"), which JSON writes valueQuantity, valueString… (json.html#choice).
+    c = api.client
+    observation = {"resourceType": "Observation", "id": "ch1", "status": "final", "code": {"text": "w"},
+                   "valueQuantity": {"value": 1}, "effectiveDateTime": "2024-01-01", "note": [{"text": "n"}]}
+    assert (await c.put("/fhir/Observation/ch1", json=observation)).status_code == 201
+    for names in ("value", "value[x]", "valueQuantity", "Observation.value"):
+        read = (await c.get("/fhir/Observation/ch1", params={"_elements": names})).json()
+        assert read["valueQuantity"] == {"value": 1} and "effectiveDateTime" not in read and "note" not in read, names
+    found = (await c.get("/fhir/Observation", params={"_id": "ch1", "_elements": "effective,value"})).json()
+    kept = found["entry"][0]["resource"]
+    assert kept["effectiveDateTime"] == "2024-01-01" and kept["valueQuantity"] == {"value": 1} and "note" not in kept
+    # A name that only starts like a choice is not one: "val" keeps nothing of value[x].
+    assert "valueQuantity" not in (await c.get("/fhir/Observation/ch1", params={"_elements": "val"})).json()
+
 @pytest.mark.parametrize("kind", ["batch", "transaction"])
 async def test_bundle_get_entries_answer_as_the_rest_read_and_search_do(api: ApiHarness, kind: str) -> None:
     # bundle.html: a GET entry is processed as the same request sent alone; its _summary/_elements,
