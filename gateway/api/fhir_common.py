@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from typing import Any
 
@@ -11,7 +12,7 @@ from starlette.responses import Response
 
 from gateway.auth import Principal
 from gateway.errors import FhirError, invalid, not_found
-from gateway.fhir import ID_RE, as_policy_gives, content_as_policy_gives, informational
+from gateway.fhir import ID_RE, WriteConditions, as_policy_gives, content_as_policy_gives, informational
 from gateway.r4 import RESOURCE_TYPES
 from gateway.search import MAX_INT_DIGITS
 from gateway.store import StoredResource
@@ -81,10 +82,22 @@ def parse_if_match(request: Request) -> int | None:
     return int(text)
 
 
-def write_if_none_match(request: Request) -> str | None:
-    """A write's ``If-None-Match`` (``*`` or ETags), evaluated against the current version (RFC 9110 13.1.2)."""
-    value = request.headers.get("if-none-match", "").strip()
-    return value or None
+def write_conditions(request: Request) -> WriteConditions | None:
+    """A write's ``If-None-Match`` and (without ``If-Match``) ``If-Unmodified-Since``, which the write
+    evaluates against the current version (RFC 9110 13.1.2, 13.1.4); a date that is not an HTTP date
+    is ignored, as RFC 9110 asks."""
+    none_match = request.headers.get("if-none-match", "").strip() or None
+    unmodified_since = None
+    raw = request.headers.get("if-unmodified-since")
+    if raw is not None and request.headers.get("if-match") is None:
+        try:
+            when = parsedate_to_datetime(raw)
+        except (TypeError, ValueError, IndexError):
+            when = None
+        unmodified_since = when if when is not None and when.tzinfo is not None else None
+    if none_match is None and unmodified_since is None:
+        return None
+    return WriteConditions(none_match, unmodified_since)
 
 
 def given_body(principal: Principal, body: dict[str, Any]) -> dict[str, Any]:

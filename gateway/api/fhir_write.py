@@ -37,7 +37,7 @@ from .fhir_common import (
     check_type,
     given_body,
     parse_if_match,
-    write_if_none_match,
+    write_conditions,
     write_response,
 )
 from .negotiation import check_content_type, fhir_response, prefer, read_body, response_type
@@ -142,13 +142,13 @@ async def update(request: Request, rtype: str, rid: str) -> Response:
     access = search_access(request, principal)
     media = response_type(request)
     ctx = ctx_of(request)
-    if_match, if_none_match = parse_if_match(request), write_if_none_match(request)
+    if_match, conditions = parse_if_match(request), write_conditions(request)
     data = await _resource_body(request, ctx, rtype)
 
     # The stored version keeps identifiers and links the gateway wrote (DHIS2 UIDs, identity links)
     # that the client did not send: a client that may update but not read the type gets no body back.
     return await _write(request, ctx, principal.name, media, interactions.update, data, rtype, rid,
-                        if_match=if_match, if_none_match=if_none_match, access=access,
+                        if_match=if_match, conditions=conditions, access=access,
                         readable=access.may_return(rtype),
                         viewer=principal)
 
@@ -165,11 +165,11 @@ async def conditional_update(request: Request, rtype: str) -> Response:
     query = _query_string(request)
     if not query:
         raise invalid("PUT to a type URL needs search parameters (conditional update)")
-    if_match, if_none_match = parse_if_match(request), write_if_none_match(request)
+    if_match, conditions = parse_if_match(request), write_conditions(request)
     data = await _resource_body(request, ctx, rtype)
 
     return await _write(request, ctx, principal.name, media, interactions.conditional_update, ctx.parser, data,
-                        rtype, query, if_match=if_match, if_none_match=if_none_match, access=access,
+                        rtype, query, if_match=if_match, conditions=conditions, access=access,
                         viewer=principal)
 
 
@@ -186,7 +186,7 @@ async def patch(request: Request, rtype: str, rid: str) -> Response:
     check_content_type(request, {"application/json-patch+json"})
     if request.headers.get("content-type") is None:
         raise FhirError("PATCH needs Content-Type: application/json-patch+json", status=415, code="not-supported")
-    if_match, if_none_match = parse_if_match(request), write_if_none_match(request)
+    if_match, conditions = parse_if_match(request), write_conditions(request)
     operations = parse_json(await read_body(request, ctx.settings.max_body_bytes),
                             max_depth=ctx.settings.max_json_depth)
 
@@ -194,7 +194,7 @@ async def patch(request: Request, rtype: str, rid: str) -> Response:
     # that may update but not read the type gets no body back (as with Prefer: return=minimal).
     readable = access.may_return(rtype)
     return await _write(request, ctx, principal.name, media, interactions.patch, rtype, rid, operations,
-                        if_match=if_match, if_none_match=if_none_match, access=access, readable=readable,
+                        if_match=if_match, conditions=conditions, access=access, readable=readable,
                         viewer=principal)
 
 
@@ -209,9 +209,9 @@ async def delete(request: Request, rtype: str, rid: str) -> Response:
     media = response_type(request)
     ctx = ctx_of(request)
 
-    if_match, if_none_match = parse_if_match(request), write_if_none_match(request)
+    if_match, conditions = parse_if_match(request), write_conditions(request)
     deleted = await _in_transaction(request, ctx, principal.name, interactions.delete, rtype, rid,
-                                    if_match=if_match, if_none_match=if_none_match, access=access) is not None
+                                    if_match=if_match, conditions=conditions, access=access) is not None
     text = f"{rtype}/{rid} deleted" if deleted else f"{rtype}/{rid} was not there; nothing to delete"
     return fhir_response(informational(text), media_type=media)
 
@@ -229,9 +229,9 @@ async def conditional_delete(request: Request, rtype: str) -> Response:
     if not query:
         raise invalid("DELETE on a type URL needs search parameters (conditional delete)")
 
-    if_match, if_none_match = parse_if_match(request), write_if_none_match(request)
+    if_match, conditions = parse_if_match(request), write_conditions(request)
     deleted = await _in_transaction(request, ctx, principal.name, interactions.conditional_delete, ctx.parser,
-                                    rtype, query, if_match=if_match, if_none_match=if_none_match, access=access)
+                                    rtype, query, if_match=if_match, conditions=conditions, access=access)
     return fhir_response(informational(f"{len(deleted)} {rtype} deleted"), media_type=media)
 
 

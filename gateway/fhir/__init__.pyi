@@ -20,6 +20,7 @@ from .fhirpath import simple_path as simple_path
 from .fhirpath import variables_of as variables_of
 from .fhirpath import walk_ast as walk_ast
 from .interactions import ID_RE as ID_RE
+from .interactions import WriteConditions as WriteConditions
 from .interactions import not_modified as not_modified
 from .outcome import informational as informational
 from .outcome import issue as issue

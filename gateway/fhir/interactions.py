@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import parse_qsl
@@ -18,7 +19,7 @@ import orjson
 
 from gateway.errors import FhirError, gone, invalid, not_found
 from gateway.fhir.validate import validate_resource
-from gateway.search import TRUSTED, QueryParser, SearchAccess, SearchError
+from gateway.search import TRUSTED, QueryParser, SearchAccess, SearchError, format_instant
 from gateway.store import PreparedWrite, StoredResource, StoreTransaction, VersionConflict
 
 ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -61,15 +62,30 @@ def not_modified(res: StoredResource, if_none_match: str | None, if_modified_sin
     return res.last_updated.replace(microsecond=0) <= when
 
 
-def check_none_match(current: StoredResource | None, if_none_match: str | None) -> None:
-    """A write behind ``If-None-Match`` (RFC 9110 13.1.2): 412 when a current version matches it
-    (``*``: any; else one of its ETags), so ``*`` never overwrites what the client thought absent.
-    A deleted resource has no current version."""
-    if if_none_match is None or current is None or current.deleted:
-        return
-    if not_modified(current, if_none_match, None):
-        raise FhirError(f"If-None-Match, but {current.type}/{current.id} is there at version {current.version}",
-                        status=412, code="conflict", expression=["If-None-Match"])
+@dataclass(frozen=True, slots=True)
+class WriteConditions:
+    """A write's HTTP preconditions besides ``If-Match``: ``If-None-Match`` (``*`` or ETags) and, when
+    there is no ``If-Match``, ``If-Unmodified-Since`` (RFC 9110 13.1.2, 13.1.4), evaluated against the
+    current version inside the write's transaction: 412 when one is false."""
+
+    none_match: str | None = None
+    unmodified_since: datetime | None = None
+
+    def check(self, current: StoredResource | None) -> None:
+        """412 unless the conditions hold for ``current`` (a deleted resource has no current version)."""
+        if current is None or current.deleted:
+            return
+        if self.none_match is not None and not_modified(current, self.none_match, None):
+            raise FhirError(
+                f"If-None-Match, but {current.type}/{current.id} is there at version {current.version}",
+                status=412, code="conflict", expression=["If-None-Match"],
+            )  # fmt: skip
+        if self.unmodified_since is not None and current.last_updated.replace(microsecond=0) > self.unmodified_since:
+            raise FhirError(
+                f"{current.type}/{current.id} was modified since the If-Unmodified-Since date"
+                f" (version {current.version}, {format_instant(current.last_updated.timestamp())})",
+                status=412, code="conflict", expression=["If-Unmodified-Since"],
+            )  # fmt: skip
 
 
 def search_matches(
@@ -175,7 +191,7 @@ def update(
     rid: str,
     *,
     if_match: int | None = None,
-    if_none_match: str | None = None,
+    conditions: WriteConditions | None = None,
     skip_unchanged: bool = False,
     prepared: PreparedWrite | None = None,
     access: SearchAccess = TRUSTED,
@@ -187,8 +203,8 @@ def update(
     if body_id != rid:
         raise invalid(f"the resource id {str(body_id)[:70]!r} does not match the URL id {rid!r}", [f"{rtype}.id"])
     require_visible_before(tx, access, rtype, rid)
-    if if_none_match is not None:
-        check_none_match(tx.read(rtype, rid), if_none_match)
+    if conditions is not None:
+        conditions.check(tx.read(rtype, rid))
     was_in = in_own_subtree(tx, access, rtype, rid)
     try:
         result = tx.update(resource, if_match=if_match, skip_unchanged=skip_unchanged, prepared=prepared)
@@ -212,7 +228,7 @@ def conditional_update(
     query_string: str,
     *,
     if_match: int | None = None,
-    if_none_match: str | None = None,
+    conditions: WriteConditions | None = None,
     access: SearchAccess,
 ) -> WriteOutcome:
     """``PUT [type]?query``: create on no match, update on one, 412 on several; with ``If-Match``
@@ -233,12 +249,12 @@ def conditional_update(
     if resource.get("id") not in (None, target.id):
         raise invalid("the resource id does not match the resource the condition found", [f"{rtype}.id"])
     return update(tx, {**resource, "id": target.id}, rtype, target.id, if_match=if_match,
-                  if_none_match=if_none_match, access=access)
+                  conditions=conditions, access=access)
 
 
 def delete(
-    tx: StoreTransaction, rtype: str, rid: str, *, if_match: int | None = None, if_none_match: str | None = None,
-    access: SearchAccess = TRUSTED,
+    tx: StoreTransaction, rtype: str, rid: str, *, if_match: int | None = None,
+    conditions: WriteConditions | None = None, access: SearchAccess = TRUSTED,
 ) -> StoredResource | None:
     """``DELETE [type]/[id]``: idempotent, so deleting twice is not an error; with ``If-Match``
     (``if_match``), only while that version is the current one (412 otherwise, as for an update)."""
@@ -252,14 +268,14 @@ def delete(
                 if now is not None else f"If-Match names version {if_match}, but {rtype}/{rid} is not there",
                 status=412, code="conflict",
             )  # fmt: skip
-    if if_none_match is not None:
-        check_none_match(tx.read(rtype, rid), if_none_match)
+    if conditions is not None:
+        conditions.check(tx.read(rtype, rid))
     return tx.delete(rtype, rid)
 
 
 def conditional_delete(
     tx: StoreTransaction, parser: QueryParser, rtype: str, query_string: str, *, if_match: int | None = None,
-    if_none_match: str | None = None, access: SearchAccess,
+    conditions: WriteConditions | None = None, access: SearchAccess,
 ) -> list[StoredResource]:
     """``DELETE [type]?query``: deletes a single match (412 on several; with ``If-Match``, 412 unless
     that version is the match's current one); returns the tombstones written."""
@@ -270,14 +286,15 @@ def conditional_delete(
         now = f"the current version is {found[0].version}" if found else "the condition matches nothing"
         raise FhirError(f"If-Match names version {if_match}, but {now}", status=412, code="conflict")
     for res in found:
-        check_none_match(res, if_none_match)
+        if conditions is not None:
+            conditions.check(res)
     tombstones = [tx.delete(rtype, res.id) for res in found]
     return [t for t in tombstones if t is not None]
 
 
 def patch(
     tx: StoreTransaction, rtype: str, rid: str, operations: Any, *, if_match: int | None = None,
-    if_none_match: str | None = None, access: SearchAccess = TRUSTED,
+    conditions: WriteConditions | None = None, access: SearchAccess = TRUSTED,
 ) -> WriteOutcome:
     """``PATCH [type]/[id]`` with a JSON Patch document.
 
@@ -307,7 +324,8 @@ def patch(
     require_visible_before(tx, access, rtype, rid)
     if current.deleted:
         raise gone(f"{rtype}/{rid} has been deleted")
-    check_none_match(current, if_none_match)
+    if conditions is not None:
+        conditions.check(current)
     if not isinstance(operations, list):
         raise invalid("a JSON Patch document must be an array of operations", code="structure")
     document = orjson.loads(current.content)

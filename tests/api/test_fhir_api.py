@@ -193,6 +193,37 @@ async def test_writes_honour_if_none_match(api: ApiHarness) -> None:
     recreated = await c.put("/fhir/Patient/inm", json=patient, headers={"If-None-Match": "*"})
     assert recreated.status_code == 201, recreated.text
 
+
+async def test_writes_honour_if_unmodified_since_unless_if_match_is_there(api: ApiHarness) -> None:
+    # RFC 9110 13.1.4: without If-Match, an origin server MUST evaluate If-Unmodified-Since before
+    # the method: a resource modified after the date answers 412; an invalid date is ignored.
+    c = api.client
+    first = await c.put("/fhir/Patient/ius", json={"resourceType": "Patient", "id": "ius"})
+    assert first.status_code == 201
+    modified = first.headers["last-modified"]
+    old = "Mon, 01 Jan 2001 00:00:00 GMT"
+    patch_type = {"Content-Type": "application/json-patch+json"}
+    cases: list[tuple[str, str, dict[str, Any], dict[str, str]]] = [
+        ("PUT", "/fhir/Patient/ius", {"json": {"resourceType": "Patient", "id": "ius", "active": True}}, {}),
+        ("PATCH", "/fhir/Patient/ius", {"content": b'[{"op": "add", "path": "/active", "value": true}]'}, patch_type),
+        ("DELETE", "/fhir/Patient/ius", {}, {}),
+        ("DELETE", "/fhir/Patient?_id=ius", {}, {}),
+    ]
+    for method, path, kwargs, headers in cases:
+        stale = await c.request(method, path, headers={**headers, "If-Unmodified-Since": old}, **kwargs)
+        assert "modified since" in assert_outcome(stale, 412, "conflict")["issue"][0]["diagnostics"], method
+    assert (await c.get("/fhir/Patient/ius")).json()["meta"]["versionId"] == "1"
+    # Not modified since the date it was last modified (to the second): the write goes through.
+    kept = await c.put("/fhir/Patient/ius", json={"resourceType": "Patient", "id": "ius", "active": True},
+                       headers={"If-Unmodified-Since": modified})
+    assert kept.status_code == 200, kept.text
+    # If-Match wins (the date is ignored), and a date that is no HTTP date is ignored.
+    matched = await c.put("/fhir/Patient/ius", json={"resourceType": "Patient", "id": "ius"},
+                          headers={"If-Match": 'W/"2"', "If-Unmodified-Since": old})
+    assert matched.status_code == 200, matched.text
+    ignored = await c.delete("/fhir/Patient/ius", headers={"If-Unmodified-Since": "yesterday"})
+    assert ignored.status_code == 200, ignored.text
+
 async def test_history_since_an_old_resources_last_change_and_delete_if_match(api: ApiHarness) -> None:
     c = api.client
     assert (await c.put("/fhir/Patient/p1", json={"resourceType": "Patient", "id": "p1"})).status_code == 201
