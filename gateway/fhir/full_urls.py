@@ -31,10 +31,16 @@ def _types() -> dict[str, dict[str, str]]:
 
 
 def replace_full_urls(resource: dict[str, Any], links: Mapping[str, str]) -> None:
-    """Replace, in place, every uri/url/oid/uuid value and narrative link that is a key of ``links``."""
+    """Replace, in place, every uri/url/oid/uuid value and narrative link that is a ``urn:uuid:`` or
+    ``urn:oid:`` key of ``links``.
+
+    Only those temporary names: an absolute fullUrl may also be a canonical URL the Bundle's
+    resources name as code systems (``Coding.system`` is a uri), which must not become ``CodeSystem/id``.
+    """
     rtype = resource.get("resourceType")
-    if links and isinstance(rtype, str):
-        _walk(resource, rtype, links)
+    temporary = {key: value for key, value in links.items() if key.startswith(("urn:uuid:", "urn:oid:"))}
+    if temporary and isinstance(rtype, str):
+        _walk(resource, rtype, temporary)
 
 
 def _walk(node: dict[str, Any], tname: str, links: Mapping[str, str]) -> None:

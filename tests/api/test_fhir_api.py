@@ -469,11 +469,21 @@ async def test_transaction_replaces_full_urls_in_uri_elements_and_narrative_link
                       "extension": [{"url": "http://example.org/seen-by", "valueUri": patient}],
                       "content": [{"attachment": {"contentType": "text/plain", "url": binary}}]},
          "request": {"method": "POST", "url": "DocumentReference"}},
+        # An absolute fullUrl that is also a canonical URL: a Coding.system (uri) naming it stays as it is.
+        {"fullUrl": "http://example.org/CodeSystem/kinds",
+         "resource": {"resourceType": "CodeSystem", "url": "http://example.org/CodeSystem/kinds", "status": "active",
+                      "content": "complete"},
+         "request": {"method": "POST", "url": "CodeSystem"}},
+        {"resource": {"resourceType": "Observation", "status": "final",
+                      "code": {"coding": [{"system": "http://example.org/CodeSystem/kinds", "code": "k"}]}},
+         "request": {"method": "POST", "url": "Observation"}},
     ]}
     response = await api.client.post("/fhir", json=bundle)
     assert response.status_code == 200, response.text
-    binary_ref, patient_ref, doc_ref = (e["response"]["location"].split("/_history")[0]
-                                        for e in response.json()["entry"])
+    binary_ref, patient_ref, doc_ref, _, obs_ref = (e["response"]["location"].split("/_history")[0]
+                                                    for e in response.json()["entry"])
+    observation = (await api.client.get(f"/fhir/{obs_ref}")).json()
+    assert observation["code"]["coding"][0]["system"] == "http://example.org/CodeSystem/kinds"
     doc = (await api.client.get(f"/fhir/{doc_ref}")).json()
     assert doc["subject"]["reference"] == patient_ref
     assert doc["content"][0]["attachment"]["url"] == binary_ref
