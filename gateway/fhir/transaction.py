@@ -353,6 +353,11 @@ class _Processor:
         self.unchanged = set()
         with self.store.transaction() as tx:
             try:
+                # DELETEs first (http.html#trules): the conditions of the POSTs and PUTs (ifNoneExist,
+                # conditional updates and references), judged while ids are assigned, see them done.
+                deletes = [e for e in entries if e.method == "DELETE"]
+                for e in deletes:
+                    e.response = self._execute(tx, e)
                 aliases = self._assign_ids(tx, entries)
                 tx.prefetch([(e.rtype, e.rid) for e in entries if e.rid is not None and e.method != "MATCHED"])
                 for e in entries:
@@ -361,7 +366,8 @@ class _Processor:
                     if aliases or (e.prepared is None and _has_special_reference(e.resource)):
                         self._rewrite(tx, e, aliases)
                 for e in sorted(entries, key=_processing_order):
-                    e.response = self._execute(tx, e)
+                    if e.method != "DELETE":
+                        e.response = self._execute(tx, e)
                 if then is not None:
                     then(tx)
                 if self.author is not None and self.written:

@@ -494,6 +494,40 @@ async def test_transaction_replaces_full_urls_in_uri_elements_and_narrative_link
     # canonical (meta.profile) and string (Identifier.value) elements keep the fullUrl
     assert stored["meta"]["profile"] == [patient] and stored["identifier"][0]["value"] == patient
 
+
+async def test_transaction_conditions_see_the_deletes_processed_before_them(api: ApiHarness) -> None:
+    # http.html#trules: DELETEs are processed first, then POSTs, then PUTs/PATCHes: an ifNoneExist or a
+    # conditional update finds nothing the same transaction deletes (it answered 500, or updated the
+    # deleted resource, when the conditions were judged before the deletes).
+    c = api.client
+    identifier = [{"system": "urn:del-first", "value": "1"}]
+    assert (await c.put("/fhir/Patient/df1", json={"resourceType": "Patient", "id": "df1",
+                                                   "identifier": identifier})).status_code == 201
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Patient", "identifier": identifier},
+         "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:del-first|1"}},
+        {"request": {"method": "DELETE", "url": "Patient/df1"}},
+    ]}
+    response = await c.post("/fhir", json=bundle)
+    assert response.status_code == 200, response.text
+    created, deleted = response.json()["entry"]
+    assert created["response"]["status"] == "201 Created" and deleted["response"]["status"].startswith("204")
+    new_id = created["resource"]["id"]
+    assert new_id != "df1"
+    assert_outcome(await c.get("/fhir/Patient/df1"), 410, "deleted")
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "DELETE", "url": "Patient?identifier=urn:del-first|1"}},
+        {"resource": {"resourceType": "Patient", "identifier": identifier, "active": True},
+         "request": {"method": "PUT", "url": "Patient?identifier=urn:del-first|1"}},
+    ]}
+    response = await c.post("/fhir", json=bundle)
+    assert response.status_code == 200, response.text
+    replaced = response.json()["entry"][1]
+    assert replaced["response"]["status"] == "201 Created" and replaced["resource"]["id"] != new_id
+    assert_outcome(await c.get(f"/fhir/Patient/{new_id}"), 410, "deleted")
+    found = (await c.get("/fhir/Patient", params={"identifier": "urn:del-first|1"})).json()
+    assert [e["resource"]["id"] for e in found["entry"]] == [replaced["resource"]["id"]]
+
 async def test_transaction_is_atomic_and_batch_is_not(api: ApiHarness) -> None:
     bad_entry = {"resource": {"resourceType": "Observation", "code": {"text": "no status"}},
                  "request": {"method": "POST", "url": "Observation"}}
