@@ -71,8 +71,8 @@ def write_response(
 def parse_if_match(request: Request) -> int | None:
     """The version an ``If-Match`` header names."""
     value = request.headers.get("if-match")
-    if value is None:
-        return None
+    if value is None or value.strip() == "*":
+        return None  # "*": any current version (write_conditions)
     text = value.strip()
     if text.startswith("W/"):
         text = text[2:]
@@ -83,10 +83,11 @@ def parse_if_match(request: Request) -> int | None:
 
 
 def write_conditions(request: Request) -> WriteConditions | None:
-    """A write's ``If-None-Match`` and (without ``If-Match``) ``If-Unmodified-Since``, which the write
+    """A write's ``If-Match: *``, ``If-None-Match`` and (without ``If-Match``) ``If-Unmodified-Since``, which the write
     evaluates against the current version (RFC 9110 13.1.2, 13.1.4); a date that is not an HTTP date
     is ignored, as RFC 9110 asks."""
     none_match = request.headers.get("if-none-match", "").strip() or None
+    exists = request.headers.get("if-match", "").strip() == "*"
     unmodified_since = None
     raw = request.headers.get("if-unmodified-since")
     if raw is not None and request.headers.get("if-match") is None:
@@ -95,9 +96,9 @@ def write_conditions(request: Request) -> WriteConditions | None:
         except (TypeError, ValueError, IndexError):
             when = None
         unmodified_since = when if when is not None and when.tzinfo is not None else None
-    if none_match is None and unmodified_since is None:
+    if none_match is None and unmodified_since is None and not exists:
         return None
-    return WriteConditions(none_match, unmodified_since)
+    return WriteConditions(none_match, unmodified_since, exists)
 
 
 def given_body(principal: Principal, body: dict[str, Any]) -> dict[str, Any]:

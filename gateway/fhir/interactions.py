@@ -64,16 +64,21 @@ def not_modified(res: StoredResource, if_none_match: str | None, if_modified_sin
 
 @dataclass(frozen=True, slots=True)
 class WriteConditions:
-    """A write's HTTP preconditions besides ``If-Match``: ``If-None-Match`` (``*`` or ETags) and, when
-    there is no ``If-Match``, ``If-Unmodified-Since`` (RFC 9110 13.1.2, 13.1.4), evaluated against the
-    current version inside the write's transaction: 412 when one is false."""
+    """A write's HTTP preconditions besides an ``If-Match`` version: ``If-Match: *`` (``exists``),
+    ``If-None-Match`` (``*`` or ETags) and, when there is no ``If-Match``, ``If-Unmodified-Since``
+    (RFC 9110 13.1.1-2, 13.1.4), evaluated against the current version inside the write's transaction:
+    412 when one is false."""
 
     none_match: str | None = None
     unmodified_since: datetime | None = None
+    exists: bool = False
 
     def check(self, current: StoredResource | None) -> None:
         """412 unless the conditions hold for ``current`` (a deleted resource has no current version)."""
         if current is None or current.deleted:
+            if self.exists:
+                what = "it is not there" if current is None else f"{current.type}/{current.id} is deleted"
+                raise FhirError(f"If-Match: *, but {what}", status=412, code="conflict", expression=["If-Match"])
             return
         if self.none_match is not None and not_modified(current, self.none_match, None):
             raise FhirError(
@@ -241,6 +246,8 @@ def conditional_update(
             # A version of nothing cannot be current: never create behind an If-Match (RFC 9110 13.1.1).
             raise FhirError(f"If-Match names version {if_match}, but the conditional update matches nothing",
                             status=412, code="conflict")
+        if conditions is not None:
+            conditions.check(None)  # If-Match: * (never create behind it)
         body_id = resource.get("id")
         if body_id is not None:
             return update(tx, resource, rtype, check_id(str(body_id)), access=access)
@@ -285,9 +292,11 @@ def conditional_delete(
     if if_match is not None and (not found or found[0].version != if_match):
         now = f"the current version is {found[0].version}" if found else "the condition matches nothing"
         raise FhirError(f"If-Match names version {if_match}, but {now}", status=412, code="conflict")
-    for res in found:
-        if conditions is not None:
+    if conditions is not None:
+        for res in found:
             conditions.check(res)
+        if not found:
+            conditions.check(None)  # If-Match: * with nothing to delete
     tombstones = [tx.delete(rtype, res.id) for res in found]
     return [t for t in tombstones if t is not None]
 

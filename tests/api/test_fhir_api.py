@@ -194,6 +194,22 @@ async def test_writes_honour_if_none_match(api: ApiHarness) -> None:
     assert recreated.status_code == 201, recreated.text
 
 
+
+async def test_if_match_star_needs_a_current_version(api: ApiHarness) -> None:
+    # RFC 9110 13.1.1: "If-Match: *" is true when the target has a current representation; a PUT
+    # behind it updates and never creates, and it is a valid header (it answered 400).
+    c = api.client
+    patient = {"resourceType": "Patient", "id": "star"}
+    absent = await c.put("/fhir/Patient/star", json=patient, headers={"If-Match": "*"})
+    assert "not there" in assert_outcome(absent, 412, "conflict")["issue"][0]["diagnostics"]
+    assert_outcome(await c.put("/fhir/Patient", params={"_id": "star"}, json=patient, headers={"If-Match": "*"}), 412)
+    assert (await c.put("/fhir/Patient/star", json=patient)).status_code == 201
+    updated = await c.put("/fhir/Patient/star", json={**patient, "active": True}, headers={"If-Match": "*"})
+    assert updated.status_code == 200 and updated.headers["etag"] == 'W/"2"'
+    assert (await c.delete("/fhir/Patient/star", headers={"If-Match": "*"})).status_code == 200
+    assert_outcome(await c.delete("/fhir/Patient/star", headers={"If-Match": "*"}), 412, "conflict")
+    assert_outcome(await c.delete("/fhir/Patient", params={"_id": "star"}, headers={"If-Match": "*"}), 412)
+
 async def test_writes_honour_if_unmodified_since_unless_if_match_is_there(api: ApiHarness) -> None:
     # RFC 9110 13.1.4: without If-Match, an origin server MUST evaluate If-Unmodified-Since before
     # the method: a resource modified after the date answers 412; an invalid date is ignored.
