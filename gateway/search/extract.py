@@ -251,6 +251,10 @@ def _reference(rows: IndexRows, code: str, value: Any) -> None:
     parsed = split_reference(target)
     if parsed is None:
         rows.reference.append((code, _str(value.get("type")), None, target))
+    elif "://" in target:
+        # Another server's resource (Patient s1 there is not Patient s1 here): found by its URL
+        # only, never by the local id, so no search, include, chain or compartment links them.
+        rows.reference.append((code, parsed[0], None, target))
     else:
         rows.reference.append((code, parsed[0], parsed[1], target))
 

@@ -197,6 +197,26 @@ def test_reference_forms_and_chains(store: SqlStore) -> None:
     assert [r.id for r in result.included] == [obs]
 
 
+def test_an_absolute_reference_to_another_server_is_not_a_local_resource(store: SqlStore) -> None:
+    """``http://other.example/fhir/Patient/s1`` is someone else's Patient s1: searching, including
+    and chaining by the local Patient s1 must not find it (a wrong-patient link)."""
+    with store.transaction() as tx:
+        tx.update({"resourceType": "Patient", "id": "s1", "name": [{"family": "Okoth"}]})
+        foreign = "http://other.example/fhir/Patient/s1"
+        away = tx.update({"resourceType": "Observation", "id": "away", "status": "final", "code": {"text": "t"},
+                          "subject": {"reference": foreign}}).resource.id
+        here = tx.update({"resourceType": "Observation", "id": "here", "status": "final", "code": {"text": "t"},
+                          "subject": {"reference": "Patient/s1"}}).resource.id
+    for item in [("subject", "Patient/s1"), ("patient", "s1"), ("subject:Patient", "s1"),
+                 ("subject.family", "okoth")]:
+        assert find(store, "Observation", item) == {here}, item
+    assert find(store, "Observation", ("subject", foreign)) >= {away}  # by its own URL
+    result = store.search(PARSER.parse("Observation", [("_id", away), ("_include", "Observation:subject")]))
+    assert result.included == []
+    result = store.search(PARSER.parse("Patient", [("_id", "s1"), ("_revinclude", "Observation:subject")]))
+    assert [r.id for r in result.included] == [here]
+
+
 def test_has_takes_a_modifier_on_its_parameter_and_refuses_a_nested_has_as_not_supported(store: SqlStore) -> None:
     with store.transaction() as tx:
         final = tx.create({"resourceType": "Patient"}).resource.id
