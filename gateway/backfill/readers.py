@@ -27,7 +27,7 @@ import orjson
 
 from gateway.backfill.inputs import FORMATS, BackfillInputError, Input
 from gateway.ingest import CSV, JSON, csv_row_bytes
-from gateway.mapping import csv_delimiter
+from gateway.mapping import InputError, csv_columns, csv_delimiter, csv_row_problem
 
 __all__ = ["Item", "Resume", "read"]
 
@@ -205,21 +205,19 @@ def _csv(stream: IO[bytes], name: str, prefix: str, counted: _Counter) -> Iterat
         first_line = text.readline()
         # The header line read on its own tells the delimiter; the reader then takes it and the rest.
         reader = csv.reader(itertools.chain([first_line], text), delimiter=csv_delimiter(first_line), strict=True)
-        header = next(reader, None)
-        if header is None or not any(cell.strip() for cell in header):
-            raise BackfillInputError(f"{name}: CSV has no header line")
-        names = [cell.strip() for cell in header]
-        if len(set(names)) != len(names):
-            raise BackfillInputError(f"{name}: line 1: the CSV header repeats a column name")
+        try:
+            names = csv_columns(next(reader, []))
+        except InputError as exc:
+            raise BackfillInputError(f"{name}: line 1: {exc}") from exc
         for row in reader:
             if not row or not any(cell.strip() for cell in row):
                 continue
             place = f"{prefix}line {reader.line_num}"
-            if len(row) != len(names):
+            if (problem := csv_row_problem(row, names)) is not None:
                 raw = ",".join(row).encode("utf-8")
-                yield Item(None, raw, CSV, place, counted(), problem=f"{len(row)} cells, the header {len(names)}")
+                yield Item(None, raw, CSV, place, counted(), problem=problem)
                 continue
-            record = dict(zip(names, row, strict=True))
+            record = dict(zip(names, row[: len(names)], strict=True))
             yield Item(record, csv_row_bytes(names, record), CSV, place, counted())
     except (csv.Error, UnicodeDecodeError) as exc:
         line = reader.line_num if reader is not None else 1

@@ -22,7 +22,9 @@ from .golden import outbound_outcome as outbound_outcome
 from .golden import run_case as run_case
 from .inputs import CsvRow as CsvRow
 from .inputs import InputError as InputError
+from .inputs import csv_columns as csv_columns
 from .inputs import csv_delimiter as csv_delimiter
+from .inputs import csv_row_problem as csv_row_problem
 from .inputs import parse_csv as parse_csv
 from .inputs import parse_csv_rows as parse_csv_rows
 from .inputs import read_records as read_records

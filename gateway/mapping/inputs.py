@@ -18,7 +18,8 @@ import orjson
 from gateway.errors import RequestError
 
 __all__ = [
-    "CsvRow", "InputError", "csv_delimiter", "parse_csv", "parse_csv_rows", "parse_json_records", "read_records",
+    "CsvRow", "InputError", "csv_columns", "csv_delimiter", "csv_row_problem", "parse_csv", "parse_csv_rows",
+    "parse_json_records", "read_records",
 ]
 
 
@@ -34,6 +35,34 @@ def csv_delimiter(header_line: str) -> str:
     if ";" in header_line:
         return ";"
     return "\t" if "\t" in header_line else ","
+
+
+def csv_columns(header: list[str]) -> list[str]:
+    """The column names of a CSV header line. Trailing cells without a name are no columns: a
+    spreadsheet saves them after columns that were once formatted (``id;date;;``)."""
+    names = [name.strip() for name in header]
+    while names and not names[-1]:
+        names.pop()
+    if not names:
+        raise InputError("CSV has no header line")
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise InputError(f"the CSV header repeats the column name {name!r}")
+        seen.add(name)
+    return names
+
+
+def csv_row_problem(row: list[str], names: list[str]) -> str | None:
+    """Why a data line's cells are not a record of the header's ``names``, or ``None``. Cells past the
+    named columns may be there or not (Excel leaves out the separators of empty trailing cells from
+    line 17 on) but must be blank: a value under no name would be dropped."""
+    if len(row) < len(names):
+        return f"{len(row)} cells, the header {len(names)}"
+    for column, cell in enumerate(row[len(names) :], start=len(names) + 1):
+        if cell.strip():
+            return f"a value in column {column}, which the header does not name"
+    return None
 
 
 def parse_csv(data: bytes) -> list[dict[str, str]]:
@@ -71,20 +100,15 @@ def parse_csv_rows(data: bytes) -> tuple[list[str], list[CsvRow]]:
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=csv_delimiter(text[:end] if end >= 0 else text),
                         strict=True)  # fmt: skip
     try:
-        header = next(reader, None)
-        if header is None or not any(name.strip() for name in header):
-            raise InputError("CSV has no header line")
-        names = [name.strip() for name in header]
-        if len(set(names)) != len(names):
-            raise InputError("CSV header repeats a column name")
+        names = csv_columns(next(reader, []))
         rows: list[CsvRow] = []
         for line_number, row in enumerate(reader, start=2):
             if not row or not any(cell.strip() for cell in row):
                 continue
-            if len(row) != len(names):
-                rows.append(CsvRow(line_number, row, {}, f"has {len(row)} cells, the header {len(names)}"))
+            if (problem := csv_row_problem(row, names)) is not None:
+                rows.append(CsvRow(line_number, row, {}, f"has {problem}"))
             else:
-                rows.append(CsvRow(line_number, row, dict(zip(names, row, strict=True))))
+                rows.append(CsvRow(line_number, row, dict(zip(names, row[: len(names)], strict=True))))
     except csv.Error as exc:
         raise InputError(f"malformed CSV: {exc}") from exc
     return names, rows

@@ -54,6 +54,20 @@ def test_semicolon_separated_csv_rows(backfill: Backfill, tmp_path: Path) -> Non
     assert created(backfill.store)["Patient"] == 30
 
 
+def test_csv_trailing_columns_without_a_name(backfill: Backfill, tmp_path: Path) -> None:
+    # As Excel saves a sheet whose last columns were once formatted: ";;" after the header and the
+    # first rows, none after the later ones. A value under such a column is quarantined, not dropped.
+    rows = list(csv.reader(io.StringIO(write_csv(tmp_path / "rows.csv", 20).read_text(encoding="utf-8"))))
+    lines = [";".join(rows[0]) + ";;"] + [";".join(row) + (";;" if n < 16 else "") for n, row in enumerate(rows[1:])]
+    lines[5] = lines[5][:-2] + ";oops;"
+    path = tmp_path / "rows-excel.csv"
+    path.write_bytes(("\ufeff" + "\r\n".join(lines) + "\r\n").encode("utf-8"))
+    report = backfill.runner.run("csv", expand([str(path)])[0])
+    assert (report.stored, report.quarantined) == (19, 1)
+    (letter,) = held(backfill.store, "csv")
+    assert "line 6: a value in column" in letter.outcome["issue"][0]["diagnostics"]
+
+
 def test_a_commcare_form_api_page(backfill: Backfill, tmp_path: Path) -> None:
     forms = [json.loads((MAPPINGS / "commcare" / "tests" / f"{case}.input.json").read_text(encoding="utf-8"))
              for case in ("tb-dot-visit", "household-registration-single-repeat")]  # fmt: skip

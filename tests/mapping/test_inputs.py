@@ -24,3 +24,29 @@ def test_a_semicolon_file_with_decimal_commas_keeps_them_in_their_cells() -> Non
 def test_a_file_that_is_not_utf8_names_the_line() -> None:
     with pytest.raises(InputError, match=r"line 3 holds a byte that is not UTF-8 \(offset 10 in the file\)"):
         parse_csv_rows(b"a,b\n1,2\n3," + "é".encode("latin-1") + b"\n")
+
+
+def test_trailing_columns_without_a_name_are_not_columns() -> None:
+    # Excel saves ";" after a header whose last columns were once formatted, and from line 17 on
+    # it leaves out the separators of empty trailing cells: neither makes a row the wrong width.
+    data = "\ufeffid;visit_date;weight_kg;;\r\nF-1;05/03/2024;61,5;;\r\n\r\nF-2;06/03/2024;58\r\n".encode()
+    names, rows = parse_csv_rows(data)
+    assert names == ["id", "visit_date", "weight_kg"]
+    assert [(row.problem, row.record) for row in rows] == [
+        (None, {"id": "F-1", "visit_date": "05/03/2024", "weight_kg": "61,5"}),
+        (None, {"id": "F-2", "visit_date": "06/03/2024", "weight_kg": "58"}),
+    ]
+
+
+def test_a_value_under_a_column_without_a_name_is_not_dropped() -> None:
+    _, rows = parse_csv_rows(b"id;weight_kg;\r\nF-1;61;\r\nF-2;58;see note\r\nF-3\r\n")
+    assert [(row.line, row.problem) for row in rows] == [
+        (2, None),
+        (3, "has a value in column 3, which the header does not name"),
+        (4, "has 1 cells, the header 2"),
+    ]
+
+
+def test_a_repeated_column_name_is_named() -> None:
+    with pytest.raises(InputError, match="CSV header repeats the column name 'weight_kg'"):
+        parse_csv_rows(b"id;weight_kg;weight_kg\r\nF-1;61;62\r\n")
