@@ -263,3 +263,23 @@ def test_a_selection_made_once_gives_what_selecting_again_gives(sets) -> None:
             continue
         assert mapping_set.map_outputs(record, chosen) == expected
     assert sets["commcare"].selected(["not", "an", "object"]) is None
+
+
+@pytest.mark.parametrize(
+    ("set_name", "case", "answer"),
+    [
+        ("kobo", "hypertension-visit", lambda r, v: r.__setitem__("symptoms/danger_signs", v)),
+        ("cht", "report-data-record-assessment",
+         lambda r, v: r["doc"]["fields"]["group_danger_signs"].__setitem__("danger_signs", v)),
+        ("commcare", "tb-dot-visit", lambda r, v: r["form"].__setitem__("danger_signs", v)),
+        ("odk", "household-visit-expanded", lambda r, v: r["household"]["member"][0].__setitem__("danger_signs", v)),
+    ],
+)  # fmt: skip
+def test_the_answer_none_to_danger_signs_is_no_danger_sign(sets, set_name: str, case: str, answer: Any) -> None:
+    # "none" is a choice of every danger-sign list; the ConceptMap maps it to no code (unmatched).
+    # A CHW who ticks it records the same visit as one who ticks nothing: not a refused record
+    # ("the Observation code is empty"), nor a "danger signs present" finding.
+    ticked_none, ticked_nothing = (copy.deepcopy(_fixture(sets, set_name, case)) for _ in range(2))
+    answer(ticked_none, "none")
+    answer(ticked_nothing, "")
+    assert sets[set_name].map_record(ticked_none) == sets[set_name].map_record(ticked_nothing)
