@@ -95,8 +95,10 @@ def run(
             _, rows = parse_csv_rows(file.read_bytes())
             records, many = [row.record for row in rows], True
             unreadable = {n: f"CSV line {row.line} {row.problem}" for n, row in enumerate(rows) if row.problem}
+            places = [f"{file}:{row.line}" for row in rows]
         else:
             records, many = read_records(file)
+            places = [f"{file}[{n}]" if many else str(file) for n in range(len(records))]
     except (InputError, OSError) as exc:
         typer.echo(f"cannot read {file}: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -104,14 +106,17 @@ def run(
         operation_outcome("structure", unreadable[n]) if n in unreadable else map_outcome(selected, record)
         for n, record in enumerate(records)
     ]
-    failed = sum(
-        1 for output in outputs
+    refusals = [
+        (place, issue) for place, output in zip(places, outputs, strict=True)
         if output.get("resourceType") == "OperationOutcome"
-        and any(issue.get("severity") in ("error", "fatal") for issue in output.get("issue", []))
-    )  # fmt: skip
+        for issue in output.get("issue", []) if issue.get("severity") in ("error", "fatal")
+    ]  # fmt: skip
+    failed = len({place for place, _ in refusals})
     sys.stdout.write(
         orjson.dumps(outputs if many else outputs[0], option=orjson.OPT_INDENT_2).decode() + "\n"
     )
+    for place, issue in refusals:  # where each refused record is in the file: its CSV line or array item
+        typer.echo(f"{place}: {issue.get('diagnostics', issue.get('code', 'refused'))}", err=True)
     problems = [problem for output in outputs for problem in fhir_problems(output)]
     for problem in problems:
         typer.echo(f"invalid FHIR: {problem}", err=True)

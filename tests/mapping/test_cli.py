@@ -128,3 +128,23 @@ def test_run_refuses_a_csv_line_of_the_wrong_width_alone(tmp_path: Path) -> None
     assert [output["resourceType"] for output in outputs] == ["Bundle", "OperationOutcome"] + ["Bundle"] * 3
     assert outputs[1]["issue"][0]["diagnostics"] == "CSV line 3 has 3 cells, the header 13"
     assert "1 of 5 record(s) refused" in result.output
+
+
+def test_run_names_the_file_and_line_of_each_refused_record(tmp_path: Path) -> None:
+    lines = (MAPPINGS / "csv" / "tests" / "malaria-line-list.input.csv").read_text().splitlines()
+    lines.insert(3, lines[2].replace("LL-2025-05-0002", "LL-2025-05-0098").replace(",29,yes,", ",29,maybe,"))
+    lines.insert(4, "")  # a blank line: line numbers stay those of the file
+    lines.insert(5, "LL-2025-05-0099,2025-05-05,short")
+    rows = tmp_path / "rows.csv"
+    rows.write_text("\n".join(lines) + "\n")
+    result = runner.invoke(mappings_app, ["run", "csv", str(rows), "--dir", str(MAPPINGS)])
+    assert result.exit_code == 1
+    assert f"{rows}:4: " in result.stderr and "fever: 'maybe' is not yes/no" in result.stderr
+    assert f"{rows}:6: CSV line 6 has 3 cells, the header 13" in result.stderr
+    records = [json.loads((MAPPINGS / "kobo" / "tests" / "hypertension-visit.input.json").read_text())] * 2
+    records[1] = {**records[1], "vitals/weight_kg": "heavy"}
+    array = tmp_path / "records.json"
+    array.write_text(json.dumps(records))
+    result = runner.invoke(mappings_app, ["run", "kobo", str(array), "--dir", str(MAPPINGS)])
+    assert result.exit_code == 1
+    assert f"{array}[1]: " in result.stderr and "`vitals/weight_kg`: 'heavy' is not a number" in result.stderr
