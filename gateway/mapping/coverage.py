@@ -101,6 +101,10 @@ def mapping_coverage(loaded: LoadedMappings, mapping_set: MappingSet) -> list[Ma
         records = records_by_mapping[mapping.name]
         coverage = MappingCoverage(mapping.tag, records=len(records), rules=len(mapping.rules))
         reads = _read_paths(mapping, loaded.expressions.get(mapping.tag, []))
+        for retract in (mapping_set.retract_when, mapping_set.retract_id, mapping_set.retract_modified):
+            # the set's own reads: the fields that tell a deleted or voided record (set.yaml retract)
+            if retract is not None:
+                reads.update(keys for variable, keys in retract.reads if variable in (None, "context"))
         fields: set[FieldPath] = set()
         fired: set[str] = set()
         for record in records:

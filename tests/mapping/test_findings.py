@@ -273,3 +273,18 @@ def test_a_repeating_rule_cannot_refer_to_itself(mappings_dir) -> None:
     mapping = CONTACTS.replace("      name: [", link + "      name: [")
     (issue,) = load_mappings(_set(mappings_dir, mapping)).issues
     assert issue.message.startswith("unknown variable %contact")
+
+
+def test_coverage_counts_the_fields_the_sets_retract_reads(mappings_dir) -> None:
+    """The fields that tell a void (``set.yaml`` ``retract``) are read: coverage listed ODK's
+    ``__system.reviewState`` and ``deletedAt`` as fields no rule reads."""
+    retract = (
+        SET + "retract:\n  when: \"__system.deletedAt.exists() or __system.reviewState = 'rejected'\"\n"
+        "  record_id: __id\n  modified: __system.updatedAt\n"
+    )
+    record = {**RECORD, "__id": "uuid:1", "note": "x",
+              "__system": {"deletedAt": None, "reviewState": "approved", "updatedAt": "2025-03-01T09:00:00Z"}}
+    root = _set(mappings_dir, CONTACTS, {"tbc/set.yaml": retract, "tbc/tests/one.input.json": json.dumps(record)})
+    loaded = load_mappings(root)
+    (report,) = mapping_coverage(loaded, loaded.sets["tbc"])
+    assert report.unread == ["note"]
