@@ -191,6 +191,7 @@ class MappingError(GatewayError):
         self.rule = rule
         self.mapping = mapping
         self.location: str | None = None  # "set: file:line" of the rule, once known
+        self.item: str | None = None  # which item of a repeating rule, e.g. "children[1] (key C-2)"
 
     def in_rule(self, rule: str, mapping: str, location: str | None = None) -> MappingError:
         """Fill in the rule, mapping and ``set: file:line`` that were running (first one wins)."""
@@ -202,16 +203,27 @@ class MappingError(GatewayError):
             self.location = location
         return self
 
+    def at_item(self, item: str, field: str | None = None) -> MappingError:
+        """Fill in the repeat item that was being mapped (first one wins) and, when known, the
+        field of that item in the record (``children[1].`children/muac```) as a second expression."""
+        if self.item is None:
+            self.item = item
+            if field is not None:
+                self.expression = [self.path, field]
+        return self
+
     def __str__(self) -> str:
         where = ""
         if self.mapping is not None:
             where = f"[{self.mapping}" + (f" rule {self.rule}" if self.rule else "")
             where += (f" at {self.location}" if self.location else "") + "] "
-        return f"{where}{self.path}: {self.message}"
+        item = f"item {self.item}: " if self.item else ""
+        return f"{where}{item}{self.path}: {self.message}"
 
     def issues(self) -> list[dict[str, Any]]:
         """One issue: the code, the full message, and the record field as expression."""
-        return [{"severity": "error", "code": self.code, "diagnostics": str(self), "expression": [self.path]}]
+        expression = self.expression if self.expression and self.expression[0] == self.path else [self.path]
+        return [{"severity": "error", "code": self.code, "diagnostics": str(self), "expression": expression}]
 
     def outcome(self) -> dict[str, Any]:
         """This error as an OperationOutcome resource."""

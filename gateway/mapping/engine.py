@@ -19,6 +19,7 @@ Nothing here reads the clock, so the same record always gives the same Bundle.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -253,18 +254,21 @@ class CompiledMapping:
                 local["index"] = [index]
             else:
                 local.update(nested[index])
-            ids = self._item_ids(rule, record, local, record_id)
-            if ids is None:
-                continue
-            for sibling in rule.siblings:
-                fresh = {**env, "item": [item], "index": [index]} if nested is None else {**env, **nested[index]}
-                try:
-                    other = self._item_ids(sibling, record, fresh, record_id)
-                except MappingError as exc:
-                    raise exc.in_rule(sibling.name, self.name, self.where(sibling.name)) from None
-                primary = sibling.program.resource_types[0]
-                local[sibling.name] = [] if other is None else [{"reference": f"{primary}/{other[primary]}"}]
-            made = rule.program.factory(record, local, ids)
+            try:
+                ids = self._item_ids(rule, record, local, record_id)
+                if ids is None:
+                    continue
+                for sibling in rule.siblings:
+                    fresh = {**env, "item": [item], "index": [index]} if nested is None else {**env, **nested[index]}
+                    try:
+                        other = self._item_ids(sibling, record, fresh, record_id)
+                    except MappingError as exc:
+                        raise exc.in_rule(sibling.name, self.name, self.where(sibling.name)) from None
+                    primary = sibling.program.resource_types[0]
+                    local[sibling.name] = [] if other is None else [{"reference": f"{primary}/{other[primary]}"}]
+                made = rule.program.factory(record, local, ids)
+            except MappingError as exc:
+                raise _at_item(exc, rule, index, local) from None
             self._add(entries, rule, made, record_id, scoped=rule.entity is None)
 
     def _items(self, rule: CompiledRule, record: Any, env: Env) -> tuple[list[Any], list[Env] | None]:
@@ -286,7 +290,10 @@ class CompiledMapping:
         items, nested = self._items(rule, record, env)
         for index, item in enumerate(items):
             local = {**env, "item": [item], "index": [index]} if nested is None else {**env, **nested[index]}
-            ids = self._item_ids(rule, record, local, record_id)
+            try:
+                ids = self._item_ids(rule, record, local, record_id)
+            except MappingError as exc:
+                raise _at_item(exc, rule, index, local) from None
             if ids is not None:
                 references.append({"reference": f"{primary}/{ids[primary]}"})
         return references
@@ -436,6 +443,28 @@ def _present(items: Expression, record: Any, env: Env) -> list[Any]:
 def _limit(count: int, text: str) -> None:
     if count > MAX_REPEAT:
         raise MappingError(text, f"{count} items; at most {MAX_REPEAT}", code="too-costly")
+
+
+_PLAIN_PATH = re.compile(r"^(?:[A-Za-z_][\w]*|`[^`]+`)(?:\.(?:[A-Za-z_][\w]*|`[^`]+`))*$")
+
+
+def _at_item(exc: MappingError, rule: CompiledRule, index: int, local: Env) -> MappingError:
+    """``exc`` raised while mapping one item of a repeating rule, told which item: its place in
+    the record (``children[1]``; a nested ``for_each`` names each level's position) and its key."""
+    assert rule.for_each is not None
+    if rule.levels:
+        (outer, items), *inner = rule.levels
+        first = items.text if _PLAIN_PATH.match(items.text) else f"%{outer}"
+        place = " / ".join([f"{first}[{local[f'{outer}_index'][0]}]",
+                            *(f"%{name}[{local[f'{name}_index'][0]}]" for name, _ in inner)])  # fmt: skip
+    else:
+        place = f"{rule.for_each.text}[{index}]"
+    key = local.get("key") if rule.key is not None or rule.entity is not None else None
+    label = f"{place} (key {key[0]})" if key else place
+    field = None
+    if not rule.levels and _PLAIN_PATH.match(rule.for_each.text) and exc.path.startswith("%item."):
+        field = f"{place}{exc.path[len('%item'):]}"  # the same field, as a path into the record
+    return exc.at_item(label, field)
 
 
 def _nested_items(levels: tuple[tuple[str, Expression], ...], record: Any, env: Env) -> list[Env]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.mapping import find_cases, load_mapping_sets, load_mappings, mapping_coverage, run_case
+from gateway.mapping import MappingError, find_cases, load_mapping_sets, load_mappings, mapping_coverage, run_case
 
 SET = """\
 name: tbc
@@ -183,7 +183,8 @@ def test_a_golden_diff_shows_the_whole_refusal_reason(mappings_dir) -> None:
     assert result.status == "fail"
     (line,) = result.lines
     assert line.startswith("! refused: [tb-contacts rule contact_age at tbc: ")
-    assert "contacts.yaml:17] %item.age: 'thirty-four years and a bit' is not a whole number" in line
+    assert "contacts.yaml:17] item contacts[0] (key C-1): %item.age: 'thirty-four years and a bit'" in line
+    assert line.endswith("is not a whole number")
 
 
 def test_a_golden_case_expecting_a_refusal_does_not_feed_the_static_checks(mappings_dir) -> None:
@@ -288,3 +289,15 @@ def test_coverage_counts_the_fields_the_sets_retract_reads(mappings_dir) -> None
     loaded = load_mappings(root)
     (report,) = mapping_coverage(loaded, loaded.sets["tbc"])
     assert report.unread == ["note"]
+
+
+def test_a_refused_repeat_item_is_named_with_its_place_and_key(mappings_dir) -> None:
+    """In a household of many children, "%item.age: 'x' is not a whole number" did not say
+    which child: the outcome names the item (position and key) and its field in the record."""
+    record = {**RECORD, "contacts": [*RECORD["contacts"], {"contact_id": "C-3", "name": "Paul", "age": "thirty"}]}
+    (mapping_set,) = load_mapping_sets(_set(mappings_dir, CONTACTS)).values()
+    with pytest.raises(MappingError) as caught:
+        mapping_set.map_record(record)
+    (issue,) = caught.value.outcome()["issue"]
+    assert "item contacts[2] (key C-3): %item.age: 'thirty' is not a whole number" in issue["diagnostics"]
+    assert issue["expression"] == ["%item.age", "contacts[2].age"]
