@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,14 @@ class InputError(RequestError):
     """The bytes are not records in the expected format."""
 
 
+_QUOTED = re.compile(r'"(?:[^"]|"")*"')
+
+
 def csv_delimiter(header_line: str) -> str:
     """The delimiter a CSV document's header line uses: a comma, else a semicolon (spreadsheets
-    in locales whose decimal mark is a comma save CSV that way), else a tab."""
+    in locales whose decimal mark is a comma save CSV that way), else a tab. Quoted column names
+    are left out: a comma in ``"Nom, prénom"`` is no delimiter."""
+    header_line = _QUOTED.sub("", header_line)
     if "," in header_line:
         return ","
     if ";" in header_line:

@@ -9,7 +9,9 @@ from gateway.mapping import InputError, csv_delimiter, parse_csv_rows
 
 @pytest.mark.parametrize(
     ("header", "delimiter"),
-    [("a,b,c", ","), ("a;b;c", ";"), ("a\tb\tc", "\t"), ("a;b,c", ","), ("single", ",")],
+    [("a,b,c", ","), ("a;b;c", ";"), ("a\tb\tc", "\t"), ("a;b,c", ","), ("single", ","),
+     # a comma inside a quoted column name is no delimiter (Excel in a decimal-comma locale)
+     ('"Nom, prénom";id;"Poids (kg, arrondi)"', ";"), ('"a ""b, c""";d', ";"), ('"a;b",c', ",")],
 )
 def test_the_header_line_tells_the_delimiter(header: str, delimiter: str) -> None:
     assert csv_delimiter(header) == delimiter
@@ -50,3 +52,9 @@ def test_a_value_under_a_column_without_a_name_is_not_dropped() -> None:
 def test_a_repeated_column_name_is_named() -> None:
     with pytest.raises(InputError, match="CSV header repeats the column name 'weight_kg'"):
         parse_csv_rows(b"id;weight_kg;weight_kg\r\nF-1;61;62\r\n")
+
+
+def test_a_quoted_comma_in_a_semicolon_header_does_not_break_the_file() -> None:
+    names, rows = parse_csv_rows('\ufeff"Nom, prénom";id;poids_kg\r\n"Uwase, Aline";K-1;12,5\r\n'.encode())
+    assert names == ["Nom, prénom", "id", "poids_kg"]
+    assert rows[0].record == {"Nom, prénom": "Uwase, Aline", "id": "K-1", "poids_kg": "12,5"}
