@@ -116,7 +116,7 @@ def parse_csv_rows(data: bytes) -> tuple[list[str], list[CsvRow]]:
             else:
                 rows.append(CsvRow(line_number, row, dict(zip(names, row[: len(names)], strict=True))))
     except csv.Error as exc:
-        raise InputError(f"malformed CSV: {exc}") from exc
+        raise InputError(f"malformed CSV at line {reader.line_num}: {exc}") from exc
     return names, rows
 
 

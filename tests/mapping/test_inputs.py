@@ -58,3 +58,8 @@ def test_a_quoted_comma_in_a_semicolon_header_does_not_break_the_file() -> None:
     names, rows = parse_csv_rows('\ufeff"Nom, prénom";id;poids_kg\r\n"Uwase, Aline";K-1;12,5\r\n'.encode())
     assert names == ["Nom, prénom", "id", "poids_kg"]
     assert rows[0].record == {"Nom, prénom": "Uwase, Aline", "id": "K-1", "poids_kg": "12,5"}
+
+
+def test_a_malformed_csv_names_the_line() -> None:
+    with pytest.raises(InputError, match=r"malformed CSV at line 3: ';' expected after '\"'"):
+        parse_csv_rows(b'id;note\r\nF-1;ok\r\nF-2;"quoted" then more\r\nF-3;ok\r\n')
