@@ -126,7 +126,8 @@ class BackfillRunner:
     def _store(self, source: str, item: Input, batch: list[Item], done: int, report: BackfillReport) -> int:
         """Ingest one batch (broken items straight to the quarantine), then save the position after it."""
         received = [
-            ReceivedRecord(n, i.record, i.raw, i.content_type) for n, i in enumerate(batch) if i.problem is None
+            ReceivedRecord(n, i.record, i.raw, i.content_type, origin=f"{item.name}: {i.place}")
+            for n, i in enumerate(batch) if i.problem is None
         ]
         for broken in (i for i in batch if i.problem is not None):
             self._quarantine_broken(source, item, broken, report)

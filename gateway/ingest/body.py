@@ -45,6 +45,9 @@ class ReceivedRecord:
     #: Why the bytes are no record (a CSV line of the wrong width, an array item that is no object):
     #: kept in the quarantine as they came.
     problem: str | None = None
+    #: Where it was read, when not from a request (a backfill input: "exports/2019.csv: line 9"):
+    #: a refusal says it, so the record can be found in the file.
+    origin: str | None = None
 
 
 def _media_type(content_type: str | None) -> str:

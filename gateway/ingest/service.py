@@ -217,6 +217,10 @@ class IngestService:
         self, source: str, received: ReceivedRecord, key: str | None, exc: RequestError | MappingError
     ) -> RecordResult:
         outcome = exc.outcome()
+        if received.origin is not None:
+            outcome["issue"].append(
+                {"severity": "information", "code": "informational", "diagnostics": f"read from {received.origin}"}
+            )
         held = self.store.quarantine_add(source, received.raw, received.content_type, outcome, key)
         _log_quarantine(source, held.qid, exc)
         return RecordResult(received.index, key, "quarantined", quarantine_id=held.qid, outcome=outcome)

@@ -136,6 +136,20 @@ def test_broken_lines_and_unmappable_records_are_quarantined_with_a_summary(
     assert "line 6" in orjson.dumps(broken.outcome).decode()  # names the file's line
 
 
+def test_a_record_the_mapping_refuses_names_its_file_and_line(backfill: Backfill, tmp_path: Path) -> None:
+    # In a file of a million rows, "visit_date: 'last tuesday' is not a date" must say where it is.
+    path = write_csv(tmp_path / "rows.csv", 12)
+    lines = path.read_bytes().decode("utf-8").split("\r\n")
+    lines[8] = lines[8].replace("2025-05-05", "last tuesday")
+    path.write_text("\r\n".join(lines), encoding="utf-8")
+    report = backfill.runner.run("csv", expand([str(path)])[0])
+    assert (report.stored, report.quarantined) == (11, 1)
+    (kept,) = held(backfill.store, "csv")
+    diagnostics = [issue["diagnostics"] for issue in kept.outcome["issue"]]
+    assert "is not a date" in diagnostics[0]
+    assert diagnostics[1:] == [f"read from {path}: line 9"]
+
+
 def test_a_rerun_of_a_finished_input_reads_nothing(backfill: Backfill, tmp_path: Path) -> None:
     item = expand([str(write_jsonl(tmp_path / "rows.jsonl", 30))])[0]
     assert backfill.runner.run("csv", item).records == 30
