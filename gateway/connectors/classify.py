@@ -14,6 +14,7 @@
 | httpx.TransportError (connect refused, reset,  | Retry                            |
 | protocol error, proxy error)                   |                                  |
 | httpx.UnsupportedProtocol, httpx.InvalidURL    | Permanent: configuration error   |
+| StoreUnavailable (the gateway's own store down)| Retry (``store_unavailable``)    |
 | any other exception (a bug in our code)        | Permanent with the traceback:    |
 |                                                | never a silent retry loop        |
 
@@ -43,6 +44,7 @@ from gateway.connectors.base import (
     Retry,
     Success,
 )
+from gateway.store import StoreUnavailable
 
 # Retryable 4xx codes, with why each is not the payload's fault.
 RETRYABLE_4XX: tuple[int, ...] = (
@@ -88,6 +90,8 @@ def _classify_exception(exc: BaseException) -> DeliveryOutcome:
         return Permanent(reason="bad_url", detail=f"{type(exc).__name__}: {exc}")
     if isinstance(exc, httpx.TransportError):
         return Retry(delay=None, reason="connection")
+    if isinstance(exc, StoreUnavailable):  # the gateway's own store is down for a while, not a bug
+        return Retry(delay=None, reason="store_unavailable", link_ok=True)
     return Permanent(reason="internal_error", detail=format_traceback(exc))
 
 

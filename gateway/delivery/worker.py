@@ -15,7 +15,8 @@ earlier than a Retry-After), or gives up → dead letter "retries_exhausted"; Pe
 dead letter with request/response (in the letter of its ``group`` when it names the
 destination object refused); Partial → delivered, and one dead letter per refused
 part (``Split``); an exception raised by a connector → dead letter "internal_error" with
-the traceback (a bug must not become a silent retry loop).
+the traceback (a bug must not become a silent retry loop), except ``StoreUnavailable``: the
+gateway's own store is down for a while, and the jobs are retried ("store_unavailable").
 
 Fencing (``fencing``): each delivery runs under a hold that ends a quarter-lease before
 the queue could give its jobs to another worker; the heartbeat moves it on only when the
@@ -69,6 +70,7 @@ from gateway.delivery.queue import (
     reraise_if_cancelled,
 )
 from gateway.metrics import metrics
+from gateway.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -344,6 +346,13 @@ class Worker:
                 raise RuntimeError(f"connector returned {len(outcomes)} outcomes for {len(jobs)} jobs")
         except (asyncio.CancelledError, LeaseLost):
             raise
+        except StoreUnavailable as exc:
+            # The gateway's own store (read to plan the request, written for write-backs) is down
+            # for a while (a restart, a failover): not a bug and not the destination's fault, so
+            # the jobs wait and are tried again, and the breaker does not count it against the link.
+            reraise_if_cancelled(exc)
+            log.warning("delivery %s: store unavailable for %d jobs; retrying", runtime.name, len(jobs))
+            return [Retry(delay=None, reason="store_unavailable", link_ok=True)] * len(jobs)
         except Exception as exc:  # a bug in our code: dead-letter with the traceback, do not retry
             reraise_if_cancelled(exc)
             log.error(
