@@ -39,17 +39,38 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from gateway.search import SearchRegistry
-from gateway.store.base import WriteBatch
+from gateway.store.base import StoreUnavailable, WriteBatch
 from gateway.store.group_commit import MAX_UNITS, GroupCommit
 from gateway.store.rows import Cursor
 from gateway.store.sql import SqlStore
 from gateway.store.write_turns import WriteTurns
 
 log = logging.getLogger("gateway.store")
+T = TypeVar("T")
+
+# SQLite's primary result codes for a file the process cannot write now: the disk (or quota) is
+# full, an I/O error, the file or its directory turned read-only, the file cannot be opened. Not a
+# bug in the request, and nothing of it was applied: the operator frees space or fixes the mount.
+_UNWRITABLE = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN})
+
+
+@contextmanager
+def _writable(block: AbstractContextManager[T]) -> Iterator[T]:
+    """``block``, with SQLite's failures to write the file raised as ``StoreUnavailable`` (a 503
+    ``transient`` for the API, a retry for delivery; a 500 like a bug otherwise)."""
+    try:
+        with block as value:
+            yield value
+    except sqlite3.OperationalError as exc:
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF not in _UNWRITABLE:
+            raise
+        raise StoreUnavailable(f"the SQLite store cannot be written ({exc.sqlite_errorname})") from exc
+
 
 #: WAL bytes above which a commit is followed by a TRUNCATE checkpoint.
 WAL_LIMIT = 64 * 1024 * 1024
@@ -215,8 +236,11 @@ class SQLiteStore(SqlStore):
         finally:
             cur.close()
 
+    def _write_cursor(self) -> AbstractContextManager[Cursor]:
+        return _writable(self._unit())
+
     @contextmanager
-    def _write_cursor(self) -> Iterator[Cursor]:
+    def _unit(self) -> Iterator[Cursor]:
         if self._wal is None:  # ":memory:": each connection is its own database, so the thread's own serves
             conn = self._connection()
             cur = conn.cursor()
@@ -237,9 +261,12 @@ class SQLiteStore(SqlStore):
     def _spare_ids(self) -> list[int] | None:
         return None if self._wal is None else self._writer.spare_ids()
 
-    @contextmanager
-    def write_batch(self) -> Iterator[WriteBatch]:
+    def write_batch(self) -> AbstractContextManager[WriteBatch]:
         """This thread's transactions until the block ends, committed together at its end."""
+        return _writable(self._batch())
+
+    @contextmanager
+    def _batch(self) -> Iterator[WriteBatch]:
         if self._wal is None:  # ":memory:": the thread's own connection commits each transaction
             yield _UNSHARED
             return
