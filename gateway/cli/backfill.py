@@ -12,7 +12,9 @@ their delivery jobs wait in the queue's backfill lane behind live ones.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -32,6 +34,16 @@ if TYPE_CHECKING:
 __all__ = ["backfill_command"]
 
 TICK = 10.0  # seconds between progress lines off a terminal (--quiet, logs, CI)
+#: Exit status of a backfill stopped by SIGTERM/SIGINT: a clean stop, resumable by rerunning it.
+STOPPED_EXIT = 0
+
+
+class BackfillStopped(Exception):
+    """SIGTERM or SIGINT: the backfill stops after the batch in progress (its position saved)."""
+
+
+# Set by SIGTERM/SIGINT in the command's process; in a worker process, the event the parent sets.
+_stop: Any = threading.Event()
 #: Records a backfill commits in one transaction at most (a live push beside it waits for one).
 BACKFILL_GROUP_RECORDS = 100
 
@@ -71,6 +83,7 @@ def backfill_command(
         typer.echo("gateway: SQLite takes one writer at a time: backfilling with 1 process", err=True)
         processes = 1
     units = _units(items, processes)
+    previous = _stop_on_signals()
     try:
         if processes == 1:
             report = _run_here(settings, source, units, batch, restart, quiet)
@@ -78,6 +91,14 @@ def backfill_command(
             report = _run_parallel(config, dev, settings, source, units, processes, batch, restart, quiet)
     except (BackfillInputError, IngestConfigError) as exc:
         fail(str(exc), exit_code_for(exc))
+    except BackfillStopped:
+        # Every process stopped after a saved batch: nothing half-done, nothing left running.
+        typer.echo(f"gateway: backfill of {source} stopped by a signal; run the same command again to go on"
+                   " from the saved positions", err=True)
+        raise typer.Exit(STOPPED_EXIT) from None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     if report.stored:
         _refresh_statistics(settings)
     typer.echo(f"{source}: {report.summary()}")
@@ -87,6 +108,20 @@ def backfill_command(
             typer.echo(f"    {count:>8}  {reason}")
         typer.echo(f"  see `gateway quarantine list --source {source}`; after fixing the mapping,"
                    f" `gateway quarantine replay --all --source {source}`")
+
+
+def _stop_on_signals() -> dict[int, Any]:
+    """SIGTERM and SIGINT ask the backfill to stop after its current batches; the handlers replaced."""
+    _stop.clear()
+
+    def stop(signum: int, frame: object) -> None:
+        _stop.set()
+
+    previous: dict[int, Any] = {}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous[signum] = signal.getsignal(signum)
+        signal.signal(signum, stop)
+    return previous
 
 
 def _refresh_statistics(settings: Settings) -> None:
@@ -147,6 +182,8 @@ def _run_here(
                     if services.messages is not None:
                         services.messages.flush_now()  # keep the message log's buffer small
                     meter.advance(records, read)
+                    if _stop.is_set():  # after a saved batch: a rerun goes on from here
+                        raise BackfillStopped
 
                 report.add(runner.run(source, unit, advance))
         return report
@@ -158,10 +195,19 @@ def _run_here(
 _worker: dict[str, Any] = {}
 
 
-def _start_worker(config: Path | None, dev: bool, batch: int, progress: Any) -> None:
-    """Initialise a worker process: its own services (store connection, ingest writer)."""
+def _start_worker(config: Path | None, dev: bool, batch: int, progress: Any, stop: Any) -> None:
+    """Initialise a worker process: its own services (store connection, ingest writer).
+
+    The parent alone decides when to stop: a Ctrl-C (SIGINT to the whole process group) or a
+    SIGTERM to every process (systemd's stop) would end a worker mid-batch, so the workers ignore
+    them and stop after their batch when the parent sets ``stop``, or when the parent is gone.
+    """
+    global _stop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _stop = stop
     services = _services(settings_from(config, dev))
-    _worker.update(services=services, runner=_runner(services, batch), progress=progress)
+    _worker.update(services=services, runner=_runner(services, batch), progress=progress, parent=os.getppid())
 
 
 def _work(source: str, unit: Input) -> BackfillReport:
@@ -172,6 +218,8 @@ def _work(source: str, unit: Input) -> BackfillReport:
         if services.messages is not None:
             services.messages.flush_now()
         _worker["progress"].put((records, read))
+        if _stop.is_set() or os.getppid() != _worker["parent"]:  # asked to stop, or the parent was killed
+            raise BackfillStopped
 
     try:
         report: BackfillReport = _worker["runner"].run(source, unit, advance)
@@ -201,20 +249,34 @@ def _run_parallel(
             services.close_now()
     context = multiprocessing.get_context("spawn")  # fresh interpreters: no inherited connections or threads
     progress = context.Queue()
+    stop = context.Event()
     report = BackfillReport()
     with _Meter(source, units, quiet) as meter, ProcessPoolExecutor(
         max_workers=min(processes, len(units)), mp_context=context, initializer=_start_worker,
-        initargs=(config, dev, batch, progress),
+        initargs=(config, dev, batch, progress, stop),
     ) as pool:  # fmt: skip
         futures: list[Future[BackfillReport]] = [pool.submit(_work, source, unit) for unit in units]
         while not all(f.done() for f in futures) or not progress.empty():
+            if _stop.is_set() and not stop.is_set():
+                stop.set()  # each worker stops after its batch in progress; units not started never start
+                for future in futures:
+                    future.cancel()
             try:
                 records, read = progress.get(timeout=0.2)
             except queue.Empty:
                 continue
             meter.advance(records, read)
+        stopped = False
         for future in futures:
-            report.add(future.result())
+            if future.cancelled():
+                stopped = True
+                continue
+            try:
+                report.add(future.result())
+            except BackfillStopped:
+                stopped = True
+    if stopped:
+        raise BackfillStopped
     return report
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import orjson
 
-from gateway.backfill import expand, position_key
+from gateway.backfill import Input, expand, position_key
 from gateway.store import Store
 from tests.backfill.conftest import MAPPINGS, created, rewritten, write_jsonl
 
@@ -68,3 +68,70 @@ def test_kill_9_mid_run_then_rerun_stores_every_record_once(store: Store, store_
     assert created(store)["Patient"] == RECORDS  # every record stored ...
     assert rewritten(store) == 0  # ... once: the replayed batch (if any) wrote nothing again
     assert saved_records(store, key) == -1  # finished
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_sigterm_stops_a_parallel_backfill_with_its_workers_and_a_rerun_finishes_it(
+    pg_store: Store, pg_schema_url: str, tmp_path: Path
+) -> None:
+    """``systemctl stop`` or ``kill`` sends SIGTERM to the command's process: it exits 0 after its
+    worker processes stopped at a saved batch, leaving none of them running on (orphans that went
+    on writing while the operator believed the backfill stopped, beside the rerun)."""
+    store = pg_store
+    data = write_jsonl(tmp_path / "rows.jsonl", RECORDS)
+    cfg = config(tmp_path, pg_schema_url)
+    keys = [position_key("csv", unit) for unit in _units_of(data, 2)]
+    first = backfill(cfg, str(data), "--processes", "2")
+    deadline = time.monotonic() + 120
+    while sum(saved_records(store, key) for key in keys) < 300:
+        assert first.poll() is None, first.communicate()
+        assert time.monotonic() < deadline, "the backfill saved no position"
+        time.sleep(0.05)
+    workers = [pid for pid in _children(first.pid) if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
+    assert len(workers) == 2
+    first.send_signal(signal.SIGTERM)
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert "stopped" in err
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers):
+        assert time.monotonic() < deadline, "worker processes went on after the backfill stopped"
+        time.sleep(0.1)
+    done_before = sum(saved_records(store, key) for key in keys)
+    assert 300 <= done_before < RECORDS
+
+    second = backfill(cfg, str(data), "--processes", "2")
+    out, err = second.communicate(timeout=300)
+    assert second.returncode == 0, err
+    found = re.search(r"csv: (\d+) record\(s\)", out)
+    assert found is not None, out
+    assert int(found.group(1)) == RECORDS - done_before  # it went on from the saved positions
+    assert created(store)["Patient"] == RECORDS
+    assert rewritten(store) == 0
+
+
+def _units_of(data: Path, processes: int) -> list[Input]:
+    from gateway.backfill import split
+
+    return [part for item in expand([str(data)]) for part in split(item, processes)]
