@@ -143,8 +143,17 @@ class Reloader:
         result = ReloadResult(applied=False, config_file=str(self._path) if self._path is not None else None)
         ingest = self.services.ingest
         if ingest is None:
-            result.problems.append("this process runs no ingest (a `gateway worker` started without pulled"
-                                   " sources): restart it to pick up sources")  # fmt: skip
+            # A `gateway worker` started without pulled sources ingests nothing. A file that still
+            # pulls nothing leaves it nothing to reload (a reload of every unit, e.g. systemd's
+            # ExecReload, is no error); a newly pulled source needs a restart to be scheduled.
+            settings = self._read_settings(result) if self._path is not None else None
+            if settings is not None and not any(source.pull is not None for source in settings.sources):
+                result.applied = True
+                result.notes.append("this process ingests nothing (no pulled sources): nothing to reload")
+                return _Staged(result)
+            if settings is not None or self._path is None:
+                result.problems.append("this process runs no ingest (a `gateway worker` started without pulled"
+                                       " sources): restart it to pick up sources")  # fmt: skip
             return _Staged(result)
         registry = ingest.registry
         if self._path is None:

@@ -143,3 +143,28 @@ def test_sighup_to_gateway_worker_reschedules_its_pulled_sources(tmp_path: Path)
     finally:
         _stop(worker)
     assert worker.returncode == 0
+
+
+def test_sighup_to_gateway_worker_without_pulled_sources_is_no_error(tmp_path: Path) -> None:
+    """A worker that ingests nothing (push sources only) has nothing to reload: SIGHUP to every unit
+    (systemd's ExecReload, a config-management run) is logged as applied, not as a refused reload."""
+    shutil.copytree(ROOT / "mappings", tmp_path / "mappings")
+    store_url = f"sqlite:///{tmp_path}/store.db"
+    config = _configure(tmp_path, store_url, [CHT])
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("GATEWAY_CONFIG", None)
+    log = tmp_path / "worker.log"
+    worker = subprocess.Popen([sys.executable, "-m", "gateway", "worker", "--config", str(config)], cwd=tmp_path,
+                              env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"), text=True)  # fmt: skip
+    try:
+        _eventually(lambda: "delivery worker running" in log.read_text(), "the worker starts")
+        _configure(tmp_path, store_url, [CHT, ODK])  # another push source: nothing for a worker to do
+        worker.send_signal(signal.SIGHUP)
+        _eventually(lambda: "reload (SIGHUP)" in log.read_text(), "the worker answers the signal")
+        text = log.read_text()
+        assert "reload (SIGHUP) applied" in text, text
+        assert "ERROR" not in text, text
+        assert worker.poll() is None
+    finally:
+        _stop(worker)
+    assert worker.returncode == 0
