@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import traceback
 import warnings
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -32,14 +33,29 @@ def _utc(record: logging.LogRecord) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    """``<UTC time> LEVEL logger: message`` (an exception adds its traceback below)."""
+    """``<UTC time> LEVEL logger: message`` (an exception adds its stack below, without its message)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        """One line (plus a traceback if any)."""
+        """One line (plus a stack if any)."""
         line = f"{_utc(record)} {record.levelname} {record.name}: {record.getMessage()}"
-        if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+        if record.exc_info and record.exc_info[1] is not None:
+            line += "\n" + _stack_without_messages(record.exc_info[1])
         return line
+
+
+def _stack_without_messages(exc: BaseException) -> str:
+    """Where ``exc`` (and what caused it) was raised, each named by its type only: an exception's
+    message can quote a record (a value that failed to parse, a key, a driver's echo of a row), and
+    other libraries (uvicorn's "Exception in ASGI application") log with the exception attached."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        stack = "".join(traceback.format_tb(current.__traceback__))
+        parts.append(f"Traceback (most recent call last):\n{stack}{type(current).__name__} (message left out)")
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    return "\n\nwhile handling or caused by:\n".join(reversed(parts))
 
 
 class JsonFormatter(logging.Formatter):

@@ -190,6 +190,28 @@ def test_json_lines_and_the_access_log_share_the_stream(logs: io.StringIO) -> No
     assert json.loads(second) == {"status": 200}
 
 
+def test_text_lines_keep_an_exceptions_stack_but_never_its_message(logs: io.StringIO) -> None:
+    """uvicorn logs every unhandled request error with the exception attached ("Exception in ASGI
+    application"); its message can quote the request's record, so the text format shows where it was
+    raised (and what caused it) by type, as the JSON format names the type, never the message."""
+    logging.getLogger("uvicorn.error").setLevel(logging.NOTSET)
+    logging.getLogger("uvicorn.error").disabled = False
+    configure_logging(Settings(), logs)
+    record = {"name": "Achieng Grace", "birthDate": "2021-03-04", "id": "KBL-P-00000042"}
+    try:
+        try:
+            int(record["name"])
+        except ValueError as exc:
+            raise RuntimeError(f"record {record['id']} born {record['birthDate']} failed") from exc
+    except RuntimeError:
+        logging.getLogger("uvicorn.error").exception("Exception in ASGI application")
+    text = logs.getvalue()
+    assert "Exception in ASGI application" in text
+    assert "Traceback (most recent call last)" in text and "test_cli_config_and_logs.py" in text  # the stack
+    assert "ValueError" in text and "RuntimeError" in text  # each exception of the chain, by type
+    assert "Achieng" not in text and "KBL-P" not in text and "2021-03-04" not in text
+
+
 def test_uvicorn_access_lines_are_not_written(logs: io.StringIO) -> None:
     """uvicorn's access line holds the path and query as sent; only the gateway's own line may be written
     (under --workers uvicorn configures its loggers before the app does, so access_log=False is not enough)."""
