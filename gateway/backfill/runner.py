@@ -7,14 +7,21 @@ after its batch is stored or quarantined, as a pull saves its cursor after its p
 ``kill -9`` a rerun reads again from the last saved position, so at most one batch is read
 twice, and a record read twice writes nothing (deterministic ids, unchanged content skipped).
 Memory is bounded by the batch: nothing else of the input is held.
+
+A store that cannot be reached for a while (a PostgreSQL restart or failover) does not end a
+backfill of hours: the batch (ingest, then its position) is tried again, after 1, 2, 4 … 30 s,
+for up to ``store_wait`` seconds; nothing of a failed attempt was applied, and a retried batch
+writes nothing it wrote before.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import orjson
 
@@ -22,13 +29,15 @@ from gateway.backfill.inputs import Input
 from gateway.backfill.readers import Item, Resume, read
 from gateway.errors import invalid
 from gateway.ingest import IngestReport, IngestService, ReceivedRecord
-from gateway.store import PullCursors
+from gateway.store import PullCursors, StoreUnavailable
 
 __all__ = ["BackfillReport", "BackfillRunner", "position_key"]
 
 log = logging.getLogger("gateway.backfill")
 
 DONE = -1  # the saved record count of an input read to its end
+STORE_WAIT = 300.0  # seconds a batch is retried while the store cannot be reached
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -73,10 +82,13 @@ def position_key(source: str, item: Input) -> str:
 class BackfillRunner:
     """Backfills inputs into an ``IngestService`` (see the module docstring)."""
 
-    def __init__(self, ingest: IngestService, positions: PullCursors, *, batch: int = 500) -> None:
+    def __init__(
+        self, ingest: IngestService, positions: PullCursors, *, batch: int = 500, store_wait: float = STORE_WAIT
+    ) -> None:
         self.ingest = ingest
         self.positions = positions
         self.batch = batch
+        self.store_wait = store_wait
 
     def resume_point(self, source: str, item: Input) -> Resume | None:
         """Where a previous run left ``item`` (None: never started; ``records == DONE``: finished)."""
@@ -94,7 +106,7 @@ class BackfillRunner:
         """Backfill ``item`` into ``source`` from its saved position; see the module docstring."""
         self.ingest.registry.source(source)  # an unknown source fails before anything is read
         report = BackfillReport()
-        resume = self.resume_point(source, item) or Resume()
+        resume = self._patiently(lambda: self.resume_point(source, item)) or Resume()
         if resume.records == DONE:
             report.skipped_inputs = 1
             return report
@@ -132,12 +144,28 @@ class BackfillRunner:
         for broken in (i for i in batch if i.problem is not None):
             self._quarantine_broken(source, item, broken, report)
         if received:
-            _count(report, self.ingest.ingest(source, received))
+            _count(report, self._patiently(lambda: self.ingest.ingest(source, received)))
         report.records += len(batch)
         done += len(batch)
         position = {"records": done, "offset": batch[-1].offset} if batch[-1].offset is not None else {"records": done}
-        self.positions.set_pull_cursor(position_key(source, item), orjson.dumps(position).decode())
+        saved = orjson.dumps(position).decode()
+        self._patiently(lambda: self.positions.set_pull_cursor(position_key(source, item), saved))
         return done
+
+    def _patiently(self, step: Callable[[], T]) -> T:
+        """``step``, tried again while the store cannot be reached (see the module docstring)."""
+        give_up = time.monotonic() + self.store_wait
+        delay = 1.0
+        while True:
+            try:
+                return step()
+            except StoreUnavailable as exc:
+                if time.monotonic() + delay > give_up:
+                    raise
+                log.warning("backfill: the store is unavailable (%s); trying the batch again in %gs",
+                            type(exc.__cause__ or exc).__name__, delay)  # fmt: skip
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     def _quarantine_broken(self, source: str, item: Input, broken: Item, report: BackfillReport) -> None:
         error = invalid(f"{item.name}: {broken.place}: {broken.problem}", [broken.place], code="structure")

@@ -69,6 +69,7 @@ def backfill_command(
     """Backfill historical records into SOURCE: streamed, resumable after a kill, in parallel."""
     from gateway.backfill import BackfillInputError, expand
     from gateway.ingest import IngestConfigError
+    from gateway.store import StoreUnavailable
 
     settings = settings_from(config, dev)
     if source not in {s.name for s in settings.sources}:
@@ -91,6 +92,8 @@ def backfill_command(
             report = _run_parallel(config, dev, settings, source, units, processes, batch, restart, quiet)
     except (BackfillInputError, IngestConfigError) as exc:
         fail(str(exc), exit_code_for(exc))
+    except StoreUnavailable as exc:  # for longer than the runner waits: one line, not a traceback
+        fail(f"{exc}; run the same command again to go on from the saved positions", exit_code_for(exc))
     except BackfillStopped:
         # Every process stopped after a saved batch: nothing half-done, nothing left running.
         typer.echo(f"gateway: backfill of {source} stopped by a signal; run the same command again to go on"

@@ -13,8 +13,9 @@ from pathlib import Path
 import orjson
 
 from gateway.backfill import Input, expand, position_key
-from gateway.store import Store
+from gateway.store import Store, open_store
 from tests.backfill.conftest import MAPPINGS, created, rewritten, write_jsonl
+from tests.support.cuttable_link import linked_schema_url
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORDS = 2000
@@ -135,3 +136,32 @@ def _units_of(data: Path, processes: int) -> list[Input]:
     from gateway.backfill import split
 
     return [part for item in expand([str(data)]) for part in split(item, processes)]
+
+
+def test_a_store_outage_mid_backfill_is_waited_out(tmp_path: Path) -> None:
+    """PostgreSQL restarts (or fails over) during a backfill of hours: the batch in progress is tried
+    again once the store answers, instead of the command dying with a traceback half-way."""
+    with linked_schema_url() as (url, direct_url, link):
+        store = open_store(direct_url)
+        try:
+            data = write_jsonl(tmp_path / "rows.jsonl", RECORDS)
+            cfg = config(tmp_path, url)
+            key = position_key("csv", expand([str(data)])[0])
+            run = backfill(cfg, str(data))
+            deadline = time.monotonic() + 120
+            while saved_records(store, key) < 300:
+                assert run.poll() is None, run.communicate()
+                assert time.monotonic() < deadline, "the backfill saved no position"
+                time.sleep(0.05)
+            link.cut()  # the database goes away mid-run ...
+            time.sleep(3)
+            assert run.poll() is None, run.communicate()
+            link.mend()  # ... and comes back
+            out, err = run.communicate(timeout=300)
+            assert run.returncode == 0, err
+            assert "store is unavailable" in err  # said, by type only
+            assert created(store)["Patient"] == RECORDS
+            assert rewritten(store) == 0
+            assert saved_records(store, key) == -1
+        finally:
+            store.close()

@@ -7,15 +7,10 @@ none is buried as a dead letter (``internal_error``) that an operator would have
 
 from __future__ import annotations
 
-import socket
-import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
-import psycopg
 import pytest
 
 from dhis2_sandbox import DEFAULT_TOKEN, FaultConfig, SandboxServer, SandboxSettings, create_sandbox_app
@@ -24,88 +19,21 @@ from gateway.delivery.config import DestinationConfig
 from gateway.delivery.factory import FACTORIES
 from gateway.delivery.service import DeliveryService
 from gateway.store import open_store
-from tests.conftest import PG_URL
 from tests.delivery.helpers import eventually
 from tests.dhis2.conftest import MAPPINGS
 from tests.dhis2.records import chw_record, places
 from tests.dhis2.test_end_to_end import FAST
+from tests.support.cuttable_link import CuttableLink, linked_schema_url
 
 AUTH = {"Authorization": f"ApiToken {DEFAULT_TOKEN}"}
 RECORDS = 5
 
 
-class CuttableLink:
-    """A TCP forwarder to the PostgreSQL server: ``cut()`` drops every connection through it and
-    refuses new ones, as a database restart or a network cut does; ``mend()`` lets them in again."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.open = True
-        self.sockets: list[socket.socket] = []
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            with self.lock:
-                if not self.open:
-                    client.close()
-                    continue
-                server = socket.create_connection(self.target)
-                self.sockets += [client, server]
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        for end in (source, sink):
-            try:
-                end.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def cut(self) -> None:
-        with self.lock:
-            self.open = False
-            for sock in self.sockets:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                sock.close()
-            self.sockets.clear()
-
-    def mend(self) -> None:
-        with self.lock:
-            self.open = True
-
-    def close(self) -> None:
-        self.cut()
-        self.listener.close()
-
-
 @pytest.fixture
 def linked_store_url() -> Iterator[tuple[str, CuttableLink]]:
     """A PostgreSQL store URL (fresh schema) reached through a ``CuttableLink``."""
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    parts = urlsplit(PG_URL)
-    link = CuttableLink(parts.hostname or "127.0.0.1", parts.port or 5432)
-    user = f"{parts.username}@" if parts.username else ""
-    yield f"postgresql://{user}127.0.0.1:{link.port}{parts.path}?schema={schema}", link
-    link.close()
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    with linked_schema_url() as (url, _, link):
+        yield url, link
 
 
 async def test_a_store_outage_during_delivery_is_retried_not_dead_lettered(
