@@ -55,7 +55,7 @@ from . import (
     metrics,
     smart,
 )
-from .access_log import AccessLogMiddleware
+from .access_log import AccessLogMiddleware, TemplateRoute
 from .audit import AuditMiddleware
 from .auth import authenticate
 from .context import AppContext
@@ -162,14 +162,16 @@ def create_app(
     # and writes the CHW apps', and FastAPI's per-request machinery bought them nothing), after
     # the routes that take some of its paths (Subscription, $export for a type or an id,
     # .well-known for a type), all matched through an index of path shapes (``IndexedRoutes``).
-    fhir: list[Route] = [Route("/fhir/.well-known/smart-configuration", smart.smart_configuration, methods=["GET"])]
+    fhir: list[Route] = [
+        TemplateRoute("/fhir/.well-known/smart-configuration", smart.smart_configuration, methods=["GET"])
+    ]
     if settings.subscriptions.enabled:
         fhir += fhir_subscriptions.ROUTES
     fhir += bulk_export.ROUTES
     fhir += [route for router in FHIR_ROUTERS for route in plain_routes(router)]
     app.router.routes[0:0] = [
         IndexedRoutes("/fhir", fhir),
-        Route("/.well-known/smart-configuration", smart.smart_configuration, methods=["GET"]),
+        TemplateRoute("/.well-known/smart-configuration", smart.smart_configuration, methods=["GET"]),
     ]
     console.install(app, settings)
     if settings.api_docs:

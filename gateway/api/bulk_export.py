@@ -21,7 +21,6 @@ from urllib.parse import quote
 import orjson
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import Route
 
 from gateway.auth import Principal
 from gateway.errors import FhirError, not_found
@@ -29,6 +28,7 @@ from gateway.export import BulkExporter, export_dir, manifest, parameters_items,
 from gateway.fhir import ID_RE, parse_json
 from gateway.store import ExportJob
 
+from .access_log import TemplateRoute
 from .auth import authenticate, require_fhir, search_access
 from .context import base_url, ctx_of
 from .negotiation import check_content_type, fhir_response, prefer, read_body
@@ -162,10 +162,10 @@ async def download(request: Request) -> Response:
 
 
 ROUTES = [
-    Route("/fhir/$export", kickoff_system, methods=["GET", "POST"]),
-    Route("/fhir/Patient/$export", kickoff_patient, methods=["GET", "POST"]),
-    Route("/fhir/Group/{gid}/$export", kickoff_group, methods=["GET", "POST"]),
-    Route("/fhir/$export-status/{job}", status, methods=["GET"]),
-    Route("/fhir/$export-status/{job}", cancel, methods=["DELETE"]),
-    Route("/fhir/$export-file/{job}/{file}", download, methods=["GET"]),
+    TemplateRoute("/fhir/$export", kickoff_system, methods=["GET", "POST"]),
+    TemplateRoute("/fhir/Patient/$export", kickoff_patient, methods=["GET", "POST"]),
+    TemplateRoute("/fhir/Group/{gid}/$export", kickoff_group, methods=["GET", "POST"]),
+    TemplateRoute("/fhir/$export-status/{job}", status, methods=["GET"]),
+    TemplateRoute("/fhir/$export-status/{job}", cancel, methods=["DELETE"]),
+    TemplateRoute("/fhir/$export-file/{job}/{file}", download, methods=["GET"]),
 ]

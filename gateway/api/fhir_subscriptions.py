@@ -14,13 +14,13 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from gateway.errors import invalid, not_found
 from gateway.fhir import parse_json, require_resource, validate_resource
 from gateway.store import SubscriptionRecord
 from gateway.subscriptions import BY_BASIC_ID, BY_URL, TOPICS, SubscriptionService, resource_of
 
+from .access_log import TemplateRoute
 from .auth import authenticate, require_fhir
 from .context import base_url, ctx_of
 from .negotiation import check_content_type, fhir_response, read_body
@@ -161,16 +161,16 @@ def advertise(capability: dict[str, Any]) -> dict[str, Any]:
 
 
 ROUTES = [
-    Route("/fhir/Subscription/$status", status_type, methods=["GET"]),
-    Route("/fhir/Subscription/{sid}/$status", status_instance, methods=["GET"]),
-    Route("/fhir/Subscription", create, methods=["POST"]),
-    Route("/fhir/Subscription", search, methods=["GET"]),
-    Route("/fhir/Subscription", not_allowed, methods=["PUT", "PATCH", "DELETE"]),  # conditional writes
-    Route("/fhir/Subscription/_search", not_allowed, methods=["POST"]),
-    Route("/fhir/Subscription/{sid}", read, methods=["GET"]),
-    Route("/fhir/Subscription/{sid}", update, methods=["PUT"]),
-    Route("/fhir/Subscription/{sid}", delete, methods=["DELETE"]),
-    Route("/fhir/Subscription/{sid}", not_allowed, methods=["PATCH"]),
-    Route("/fhir/Subscription/{sid}/_history", not_allowed, methods=["GET"]),
-    Route("/fhir/Basic/topic-{name}", topic, methods=["GET"]),
+    TemplateRoute("/fhir/Subscription/$status", status_type, methods=["GET"]),
+    TemplateRoute("/fhir/Subscription/{sid}/$status", status_instance, methods=["GET"]),
+    TemplateRoute("/fhir/Subscription", create, methods=["POST"]),
+    TemplateRoute("/fhir/Subscription", search, methods=["GET"]),
+    TemplateRoute("/fhir/Subscription", not_allowed, methods=["PUT", "PATCH", "DELETE"]),  # conditional writes
+    TemplateRoute("/fhir/Subscription/_search", not_allowed, methods=["POST"]),
+    TemplateRoute("/fhir/Subscription/{sid}", read, methods=["GET"]),
+    TemplateRoute("/fhir/Subscription/{sid}", update, methods=["PUT"]),
+    TemplateRoute("/fhir/Subscription/{sid}", delete, methods=["DELETE"]),
+    TemplateRoute("/fhir/Subscription/{sid}", not_allowed, methods=["PATCH"]),
+    TemplateRoute("/fhir/Subscription/{sid}/_history", not_allowed, methods=["GET"]),
+    TemplateRoute("/fhir/Basic/topic-{name}", topic, methods=["GET"]),
 ]

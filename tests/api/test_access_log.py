@@ -227,3 +227,24 @@ def test_the_time_is_utc_to_the_millisecond() -> None:
         got = datetime.fromisoformat(_utc_stamp(when).replace("Z", "+00:00"))
         assert abs((got - expected).total_seconds()) < 0.001 and got.tzinfo == UTC
     assert _utc_stamp(1_764_884_118.25) == "2025-12-04T21:35:18.250Z"
+
+
+async def test_every_route_the_gateway_serves_names_its_template(app: FastAPI, store: Store, lines: Any) -> None:
+    """Not only the FHIR API's generic routes: Subscription, $export, SMART discovery and the console too.
+
+    ``route`` is ``null`` only for a path no route matched (README, access log).
+    """
+    token = make_token(store, ("system/*.cruds",), name="emr")
+    async with client_for(app, token) as emr:
+        searched = await emr.get("/fhir/Subscription")
+        topic = await emr.get("/fhir/Basic/topic-referral")
+        kicked = await emr.get("/fhir/$export", params={"_type": "Patient"}, headers={"Prefer": "respond-async"})
+        smart = await emr.get("/fhir/.well-known/smart-configuration")
+        login = await emr.get("/console/login")
+    assert [searched.status_code, topic.status_code, kicked.status_code, smart.status_code, login.status_code] == [
+        200, 200, 202, 200, 200
+    ]
+    assert [line["route"] for line in lines()] == [
+        "/fhir/Subscription", "/fhir/Basic/topic-{name}", "/fhir/$export", "/fhir/.well-known/smart-configuration",
+        "/console/login",
+    ]

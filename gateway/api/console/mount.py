@@ -10,10 +10,10 @@ from urllib.parse import quote
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from gateway.settings import Settings
 
+from ..access_log import TemplateRoute
 from . import pages_auth, pages_clients, pages_delivery, pages_identity, pages_playground, pages_records
 from .web import PREFIX, Console, ConsoleError, LoginRequired, error_page, redirect
 
@@ -85,7 +85,7 @@ def install(app: FastAPI, settings: Settings) -> None:
     app.state.console = Console.build(settings)
     choices = {"action"}
     for path, handler, method in _ROUTES:
-        route = Route(_route_path(path), _checked(handler, path) if choices & set(_params(path)) else handler,
+        route = TemplateRoute(_route_path(path), _checked(handler, path) if choices & set(_params(path)) else handler,
                       methods=[method])
         app.router.routes.append(route)
 
