@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ConfigOption",
     "DevOption",
+    "check_port_free",
     "console",
     "config_file",
     "describe_validation_error",
@@ -50,6 +51,27 @@ def fail(message: str, code: int = 2) -> NoReturn:
     """Print a one-line reason on stderr and exit."""
     typer.echo(f"gateway: {message}", err=True)
     raise typer.Exit(code)
+
+
+def check_port_free(host: str, port: int, *, what: str = "", advice: str = "choose another --port") -> None:
+    """Exit (2) naming the address when it cannot be listened on.
+
+    uvicorn binds only after the app has started (for ``gateway serve`` the delivery worker and
+    the scheduler; with --dev the sandbox and the demo records), then stops it all again and
+    exits 3; ``what`` names the server when it is not the gateway (``the DHIS2 sandbox``).
+    """
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError as exc:
+            taken = f" (another process listens there: stop it, or {advice})"
+            fail(f"{what + ' ' if what else ''}cannot listen on {host}:{port}: {exc.strerror or exc}"
+                 + (taken if exc.errno == errno.EADDRINUSE else ""))
 
 
 def console() -> Console:

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import typer
 
-from gateway.cli.common import fail
+from gateway.cli.common import check_port_free, fail
 
 if TYPE_CHECKING:
     from gateway.ingest import IngestReport
@@ -43,6 +43,9 @@ def start_sandbox(base_url: str) -> Any:
     import time
 
     port = urlsplit(base_url).port or 80
+    # Before the child: once it fails to bind, whatever listens there would pass the check below.
+    check_port_free("127.0.0.1", port, what="the DHIS2 sandbox",
+                    advice="point the dhis2 destination's base_url at another port")
     SANDBOX_STATE.mkdir(parents=True, exist_ok=True)
     child = subprocess.Popen([sys.executable, "-m", "gateway", "sandbox", "dhis2", "--port", str(port),
                               "--state", str(SANDBOX_STATE)], stdout=subprocess.DEVNULL)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from gateway.cli.backfill import backfill_command
-from gateway.cli.common import ConfigOption, DevOption, fail, mask_url, settings_from, where
+from gateway.cli.common import ConfigOption, DevOption, check_port_free, fail, mask_url, settings_from, where
 from gateway.cli.dhis2 import dhis2_app
 from gateway.cli.identity import identity_app
 from gateway.cli.mappings import mappings_app
@@ -115,7 +115,7 @@ def serve(
     if workers > 1 and not settings.store_url.startswith(("postgresql://", "postgres://")):
         fail("--workers needs a PostgreSQL store: a SQLite store is for one process on one machine "
              "(set store_url to postgresql://…, and queue_url to redis://… to share delivery)")
-    _check_port_free(settings.host, settings.port)
+    check_port_free(settings.host, settings.port)
     configure_logging(settings)
     logging.getLogger("gateway.cli").info("gateway serve: %s", where(settings))
     sandbox_url = trial.sandbox_url(settings) if dev else None
@@ -136,24 +136,6 @@ def serve(
         if sandbox is not None:
             sandbox.terminate()
             sandbox.wait(10)
-
-
-def _check_port_free(host: str, port: int) -> None:
-    """Exit (2) naming the address when it cannot be listened on: uvicorn binds only after the app
-    has started (delivery worker, scheduler; with --dev the sandbox and the demo records), then
-    stops it all again and exits 3."""
-    import errno
-    import socket
-
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host.strip("[]"), port))
-        except OSError as exc:
-            taken = " (another process listens there: stop it, or choose another --port)"
-            fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}"
-                 + (taken if exc.errno == errno.EADDRINUSE else ""))
 
 
 def _create_client(store: ClientRegistry, name: str, scopes: list[str], expires: datetime | None = None,

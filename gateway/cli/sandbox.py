@@ -41,7 +41,9 @@ def dhis2(
 ) -> None:
     """Serve the DHIS2 sandbox (demo CHW metadata, tracker and aggregate imports)."""
     from dhis2_sandbox import DEFAULT_TOKEN, FaultConfig, SandboxSettings, create_sandbox_app, serve
+    from gateway.cli.common import check_port_free
 
+    check_port_free(host, port)
     faults = FaultConfig(
         latency_ms=latency_ms,
         error_rate=error_rate,

@@ -46,3 +46,16 @@ def test_the_command_serves_until_terminated() -> None:
         process.wait(timeout=10)
         assert process.stdout is not None
         process.stdout.close()
+
+
+def test_a_taken_port_is_refused_with_a_one_line_reason() -> None:
+    """Exit 2 naming the address (README, command line), not a banner saying it serves and uvicorn's exit 3."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(sandbox_app, ["dhis2", "--port", str(port)])
+    assert result.exit_code == 2, result.output
+    assert f"gateway: cannot listen on 127.0.0.1:{port}: " in result.output
+    assert "another process listens there" in result.output
+    assert "DHIS2 sandbox 2.41.0 on" not in result.output
