@@ -73,7 +73,7 @@ def _with_admin(
     empty: str | None = None,
 ) -> T:
     """Run ``action`` on the queue's admin view; when it returns nothing, say so (``empty``) and where."""
-    from gateway.delivery import open_admin
+    from gateway.delivery import UnknownDeadLetter, UnknownDestination, open_admin
     from gateway.subscriptions import subscription_destination
 
     settings, sections = _load(config, destinations, dev)
@@ -94,6 +94,9 @@ def _with_admin(
 
     try:
         result = asyncio.run(run())
+    except (UnknownDestination, UnknownDeadLetter) as exc:
+        # Found nothing: say where it looked (a wrong ./gateway.yaml or GATEWAY_CONFIG shows at once).
+        fail(f"{exc.diagnostics} ({where(settings)})", exit_code_for(exc))
     except GatewayError as exc:
         fail(exc.diagnostics, exit_code_for(exc))
     if empty is not None and not result:

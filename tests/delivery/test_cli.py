@@ -182,3 +182,19 @@ def test_parse_when_accepts_ages_and_iso_times() -> None:
     assert parse_when("2h", now=10_000.0) == 2_800.0
     assert parse_when("1970-01-01T01:00:00+00:00") == 3600.0
     assert parse_when(None) is None
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("pause", "nowhere"), ("resume", "nowhere"), ("replay", "nowhere:1"), ("dead-letters", "--show", "nowhere:1"),
+     ("dead-letters", "--destination", "nowhere"), ("replay", "--destination", "nowhere")],
+)
+def test_an_unknown_destination_or_dead_letter_names_where_the_command_looked(
+    files: tuple[Path, Path, Path], args: tuple[str, ...]
+) -> None:
+    """README, Quickstart: a command that finds nothing (… an unknown destination) names the configuration,
+    store and queue it looked in, so a wrong ./gateway.yaml or GATEWAY_CONFIG shows at once."""
+    config, _, queue_path = files
+    code, output = invoke(files, *args)
+    assert code == 1, output
+    assert f"configuration {config}" in output and f"queue sqlite:///{queue_path}" in output
