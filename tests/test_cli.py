@@ -462,3 +462,15 @@ def test_worker_on_a_store_it_cannot_use_says_so_in_one_line(env: Path) -> None:
     result = runner.invoke(app, ["worker", "--config", str(config)])
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "schema version 999" in result.stderr and result.stderr.count("\n") <= 2, result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["revoke", "nobody"], ["rotate", "nobody"], ["set-keys", "nobody", "--clear"],
+     ["set-policy", "nobody", "--district", "x"]],
+)
+def test_an_unknown_client_names_where_the_command_looked(env: Path, args: list[str]) -> None:
+    """README, Quickstart: a command that finds nothing names the configuration, store and queue it used."""
+    result = runner.invoke(app, ["clients", *args])
+    assert result.exit_code == 1 and "no client named 'nobody'" in result.stderr
+    assert f"store sqlite:///{env}/cli.db" in result.stderr and "configuration " in result.stderr

@@ -244,10 +244,11 @@ def clients_revoke(
     """Revoke a client: its token stops working in every process within a second."""
     from gateway.services import ServicePlan, Services
 
-    with Services.build(settings_from(config, dev), ServicePlan(ingest=False)) as services:
+    settings = settings_from(config, dev)
+    with Services.build(settings, ServicePlan(ingest=False)) as services:
         found = services.store.revoke_client(name)
     if not found:
-        fail(f"no client named {name!r}", 1)
+        fail(f"no client named {name!r} ({where(settings)})", 1)
     typer.echo(f"revoked client {name}")
 
 
@@ -266,10 +267,11 @@ def clients_set_keys(
     if clear == (jwks is not None or jwks_url is not None):
         fail("give one of --jwks FILE, --jwks-url URL or --clear")
     keys = None if clear else key_set_from(jwks, jwks_url)
-    with Services.build(settings_from(config, dev), ServicePlan(ingest=False)) as services:
+    settings = settings_from(config, dev)
+    with Services.build(settings, ServicePlan(ingest=False)) as services:
         found = services.store.set_client_keys(name, keys)
     if not found:
-        fail(f"no client named {name!r}", 1)
+        fail(f"no client named {name!r} ({where(settings)})", 1)
     if keys is None:
         typer.echo(f"removed the keys of client {name}; its access tokens end when they expire")
     elif "jwks_uri" in keys:
@@ -289,10 +291,11 @@ def clients_rotate(
     from gateway.services import ServicePlan, Services
 
     token = new_token()
-    with Services.build(settings_from(config, dev), ServicePlan(ingest=False)) as services:
+    settings = settings_from(config, dev)
+    with Services.build(settings, ServicePlan(ingest=False)) as services:
         found = services.store.rekey_client(name, hash_token(token))
     if not found:
-        fail(f"no client named {name!r} that is not revoked", 1)
+        fail(f"no client named {name!r} that is not revoked ({where(settings)})", 1)
     typer.echo(f"new token for client {name}; the old one stops working within a second; shown only now:")
     typer.echo(token)
 
@@ -382,7 +385,7 @@ def clients_set_policy(
     with Services.build(settings, ServicePlan(ingest=False)) as services:
         found = services.store.set_client_policy(name, None if policy is None else policy.to_json())
     if not found:
-        fail(f"no client named {name!r}", 1)
+        fail(f"no client named {name!r} ({where(settings)})", 1)
     typer.echo(f"client {name}: data policy {'removed' if policy is None else policy.describe()}")
     if name in settings.client_policies:
         typer.echo(f"note: the configuration's client_policies.{name} overrides this", err=True)
