@@ -51,3 +51,26 @@ def test_a_taken_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
     assert f"gateway: cannot listen on 127.0.0.1:{port}: " in done.stderr
     assert "another process listens there" in done.stderr
     assert "delivery worker" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_broken_mapping_is_refused_naming_file_and_line_before_anything_starts(tmp_path: Path) -> None:
+    """A typo in a mapping file: exit 2 with ``file:line`` on stderr, not uvicorn's startup traceback and exit 3."""
+    import shutil
+
+    mappings = tmp_path / "mappings"
+    shutil.copytree(ROOT / "mappings" / "csv", mappings / "csv")
+    shutil.copytree(ROOT / "mappings" / "conceptmaps", mappings / "conceptmaps")
+    rules = mappings / "csv" / "malaria-line-list.yaml"
+    text = rules.read_text(encoding="utf-8")
+    assert "visit_date" in text
+    rules.write_text(text.replace("visit_date", "visit_dat"), encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GATEWAY_STORE_URL": f"sqlite:///{tmp_path}/store.db",
+           "GATEWAY_QUEUE_URL": f"sqlite:///{tmp_path}/queue.db", "GATEWAY_PORT": str(free_port()),
+           "GATEWAY_MAPPINGS_DIR": str(mappings),
+           "GATEWAY_SOURCES": '[{"name": "csv", "kind": "csv", "mapping": "csv"}]'}  # fmt: skip
+    env.pop("GATEWAY_CONFIG", None)
+    done = subprocess.run([sys.executable, "-m", "gateway", "serve"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"{rules}:" in done.stderr and "visit_dat" in done.stderr
+    assert "Traceback" not in done.stderr and "delivery worker" not in done.stderr

@@ -31,6 +31,7 @@ from gateway.cli.subscriptions import subscriptions_app
 from gateway.errors import exit_code_for
 
 if TYPE_CHECKING:
+    from gateway.settings import Settings
     from gateway.store import ClientRegistry
 
 app = typer.Typer(help="FHIR interoperability gateway for community health programs.", no_args_is_help=True,
@@ -118,6 +119,7 @@ def serve(
     check_port_free(settings.host, settings.port)
     configure_logging(settings)
     logging.getLogger("gateway.cli").info("gateway serve: %s", where(settings))
+    _check_mappings(settings)
     sandbox_url = trial.sandbox_url(settings) if dev else None
     sandbox = trial.start_sandbox(sandbox_url) if sandbox_url is not None else None
     try:
@@ -136,6 +138,23 @@ def serve(
         if sandbox is not None:
             sandbox.terminate()
             sandbox.wait(10)
+
+
+def _check_mappings(settings: Settings) -> None:
+    """Exit (2) listing the problems of the sources' mapping sets (``file:line`` each, as ``gateway
+    config check`` does) before anything starts: the app compiles them at startup, inside uvicorn,
+    which would answer a typo with a traceback and exit 3. Compiled sets are cached, so the app's
+    own compile of them in this process costs next to nothing."""
+    from gateway.ingest import compile_config
+    from gateway.reload import source_locator
+
+    path = settings.config_file
+    _, issues = compile_config(settings.mappings_dir, settings.sources,
+                               locate=source_locator(path) if path is not None else None)  # fmt: skip
+    if issues:
+        for issue in issues:
+            typer.echo(str(issue), err=True)
+        fail(f"{len(issues)} problem(s) in the mapping sets of {settings.mappings_dir}: nothing was started")
 
 
 def _create_client(store: ClientRegistry, name: str, scopes: list[str], expires: datetime | None = None,
