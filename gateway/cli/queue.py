@@ -198,10 +198,13 @@ def status(
     out = console()
     out.print(table)
     if not any(worker.alive for worker in workers):
-        out.print(
-            "no live delivery worker: nothing is delivering"
-            " (run `gateway worker`, or set delivery.in_process_worker: true)"
+        settings, _ = _load(config, destinations, dev)
+        start = (
+            "start `gateway serve`, which delivers in-process, or `gateway worker`"
+            if settings.delivery.in_process_worker
+            else "run `gateway worker`: delivery.in_process_worker is false, so `gateway serve` does not deliver"
         )
+        out.print(f"no live delivery worker: nothing is delivering ({start})")
 
 
 @queue_app.command("workers")

@@ -198,3 +198,19 @@ def test_an_unknown_destination_or_dead_letter_names_where_the_command_looked(
     code, output = invoke(files, *args)
     assert code == 1, output
     assert f"configuration {config}" in output and f"queue sqlite:///{queue_path}" in output
+
+
+def test_status_without_a_live_worker_says_what_starts_delivery_for_this_configuration(
+    files: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """With the default in-process worker the fix is to start `gateway serve` (or a worker), not to set
+    ``delivery.in_process_worker: true``, which the configuration already says."""
+    code, output = invoke(files, "status")
+    assert code == 0 and "no live delivery worker" in output
+    assert "gateway serve" in output and "in_process_worker: true" not in output
+    config = yaml.safe_load(files[0].read_text())
+    separate = tmp_path / "separate.yaml"
+    separate.write_text(yaml.safe_dump({**config, "delivery": {"in_process_worker": False}}))
+    result = runner.invoke(queue_app, ["status", "--config", str(separate), "--destinations", str(files[1])])
+    assert result.exit_code == 0 and "run `gateway worker`" in result.output
+    assert "in_process_worker is false" in result.output
