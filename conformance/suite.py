@@ -354,11 +354,13 @@ def _system_checks(fhir: _Fhir, report: SuiteReport, rest: dict[str, Any], types
         patient_loc = entries[0].get("response", {}).get("location", "")
         observation_loc = entries[1].get("response", {}).get("location", "")
         patient_id = patient_loc.split("Patient/", 1)[-1].split("/", 1)[0]
-        observation = fhir.json(
-            "GET", "/Observation/" + observation_loc.split("Observation/", 1)[-1].split("/")[0], (200,)
-        )
-        if observation.get("subject", {}).get("reference") != f"Patient/{patient_id}":
-            raise _Failed("transaction: the urn:uuid reference was not rewritten")
+        observation_id = observation_loc.split("Observation/", 1)[-1].split("/")[0]
+        try:
+            observation = fhir.json("GET", f"/Observation/{observation_id}", (200,))
+            if observation.get("subject", {}).get("reference") != f"Patient/{patient_id}":
+                raise _Failed("transaction: the urn:uuid reference was not rewritten")
+        finally:
+            _remove(fhir, [f"Observation/{observation_id}", f"Patient/{patient_id}"])
 
     def batch() -> None:
         bundle = {
@@ -376,6 +378,7 @@ def _system_checks(fhir: _Fhir, report: SuiteReport, rest: dict[str, Any], types
             ],
         }
         body = fhir.json("POST", "/", (200,), json=bundle, headers={"Content-Type": _FHIR_JSON})
+        _remove(fhir, [_reference_of(str(e.get("response", {}).get("location", ""))) for e in body.get("entry", [])])
         statuses = [str(e.get("response", {}).get("status", ""))[:1] for e in body.get("entry", [])]
         if body.get("type") != "batch-response" or statuses != ["2", "4"]:
             raise _Failed(f"batch: expected a batch-response with statuses 2xx, 4xx; got {statuses}")
@@ -390,6 +393,23 @@ def _system_checks(fhir: _Fhir, report: SuiteReport, rest: dict[str, Any], types
         record("batch", batch)
     if "history-system" in codes:
         record("history-system", history)
+
+
+def _reference_of(location: str) -> str:
+    """``Type/id`` of a ``Location`` (``[base]/Type/id/_history/n`` or relative); ``""`` when there is none."""
+    parts = location.split("/_history", 1)[0].rstrip("/").split("/")
+    return "/".join(parts[-2:]) if len(parts) >= 2 and all(parts[-2:]) else ""
+
+
+def _remove(fhir: _Fhir, references: list[str]) -> None:
+    """Delete what a system check created (``Type/id``): the suite leaves no records of its own on the
+    server it checks. A failed delete is not a verdict on the check that wrote the resource."""
+    for reference in references:
+        if reference.count("/") == 1 and all(reference.split("/")):
+            try:
+                fhir.call("DELETE", f"/{reference}", (200, 204))
+            except _Failed:
+                pass
 
 
 def _capabilities(fhir: _Fhir, report: SuiteReport) -> dict[str, Any]:

@@ -215,3 +215,23 @@ def test_the_gateway_on_postgresql_passes_the_suite_for_chw_types(pg_schema_url:
     failures = {(r.resource_type, r.check): r.detail for r in report.failures}
     assert not {k: v for k, v in failures.items() if k not in KNOWN_GAPS}
     assert {r.resource_type for r in report.results if r.status == PASS} >= CHW_TYPES
+
+
+def test_the_suite_leaves_no_resources_of_its_own_behind(tmp_path: Path) -> None:
+    """`gateway conformance run` against a live server deletes what it wrote, the transaction and batch
+    checks' Patients and Observation included: they would stay as real records (delivered to the
+    destinations, notified to subscribers)."""
+    import httpx
+
+    gateway = build_gateway(tmp_path)
+    with LiveServer(gateway.app) as server:
+        report = run_suite(f"{server.url}/fhir", gateway.token, types={"Patient", "Observation"})
+        assert report.ok, [r for r in report.results if r.status == FAIL]
+        assert {r.check for r in report.results} >= {"transaction", "batch"}
+        headers = {"Authorization": f"Bearer {gateway.token}"}
+        count = {"_summary": "count"}
+        left = {
+            rtype: httpx.get(f"{server.url}/fhir/{rtype}", params=count, headers=headers).json()["total"]
+            for rtype in ("Patient", "Observation")
+        }
+    assert left == {"Patient": 0, "Observation": 0}
