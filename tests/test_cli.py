@@ -474,3 +474,24 @@ def test_an_unknown_client_names_where_the_command_looked(env: Path, args: list[
     result = runner.invoke(app, ["clients", *args])
     assert result.exit_code == 1 and "no client named 'nobody'" in result.stderr
     assert f"store sqlite:///{env}/cli.db" in result.stderr and "configuration " in result.stderr
+
+
+def test_an_unreachable_store_is_one_line_on_stderr_not_a_traceback(tmp_path: Path) -> None:
+    """README, command line: exit codes with a one-line reason; errors.py's table gives the code (1)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, never listening: connections are refused
+        env = {**os.environ, "GATEWAY_STORE_URL": f"postgresql://nobody@127.0.0.1:{port}/nowhere"}
+        env.pop("GATEWAY_CONFIG", None)
+        root = Path(__file__).resolve().parents[1]
+        env["PYTHONPATH"] = str(root)
+        done = subprocess.run([sys.executable, "-m", "gateway", "clients", "list"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("gateway: the PostgreSQL store is unavailable")

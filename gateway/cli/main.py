@@ -458,8 +458,19 @@ def conformance_run(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app(prog_name="gateway")
+    """Console-script entry point.
+
+    A gateway error no command turned into its own message (a store or queue that cannot be
+    reached or used) ends the command with one line and the exit code ``gateway/errors.py``
+    gives it, not a traceback.
+    """
+    from gateway.errors import GatewayError
+
+    try:
+        app(prog_name="gateway")
+    except GatewayError as exc:
+        typer.echo(f"gateway: {exc}", err=True)
+        sys.exit(exit_code_for(exc))
 
 
 if __name__ == "__main__":  # pragma: no cover
