@@ -74,3 +74,20 @@ def test_a_broken_mapping_is_refused_naming_file_and_line_before_anything_starts
     assert done.returncode == 2, done.stderr[-2000:]
     assert f"{rules}:" in done.stderr and "visit_dat" in done.stderr
     assert "Traceback" not in done.stderr and "delivery worker" not in done.stderr
+
+
+def test_an_unreachable_store_is_one_line_before_anything_starts(tmp_path: Path) -> None:
+    """PostgreSQL down at start: the reason on one line and errors.py's exit code, not uvicorn's startup traceback."""
+    import socket
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        pg_port = closed.getsockname()[1]  # bound, never listening: connections are refused
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "GATEWAY_STORE_URL": f"postgresql://nobody@127.0.0.1:{pg_port}/x",
+               "GATEWAY_QUEUE_URL": f"sqlite:///{tmp_path}/queue.db", "GATEWAY_PORT": str(free_port())}  # fmt: skip
+        env.pop("GATEWAY_CONFIG", None)
+        done = subprocess.run([sys.executable, "-m", "gateway", "serve"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "delivery worker" not in done.stderr
+    assert "gateway: the PostgreSQL store is unavailable" in done.stderr

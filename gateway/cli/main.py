@@ -120,6 +120,7 @@ def serve(
     configure_logging(settings)
     logging.getLogger("gateway.cli").info("gateway serve: %s", where(settings))
     _check_mappings(settings)
+    _check_store(settings)
     sandbox_url = trial.sandbox_url(settings) if dev else None
     sandbox = trial.start_sandbox(sandbox_url) if sandbox_url is not None else None
     try:
@@ -155,6 +156,18 @@ def _check_mappings(settings: Settings) -> None:
         for issue in issues:
             typer.echo(str(issue), err=True)
         fail(f"{len(issues)} problem(s) in the mapping sets of {settings.mappings_dir}: nothing was started")
+
+
+def _check_store(settings: Settings) -> None:
+    """Exit with one line (and errors.py's code) when the store cannot be opened or migrated, before
+    anything starts: inside uvicorn's startup it would be a traceback and exit 3."""
+    from gateway.errors import GatewayError
+    from gateway.store import open_store
+
+    try:
+        open_store(settings.store_url).close()
+    except GatewayError as exc:
+        fail(f"{exc} ({where(settings)})", exit_code_for(exc))
 
 
 def _create_client(store: ClientRegistry, name: str, scopes: list[str], expires: datetime | None = None,
