@@ -39,6 +39,7 @@ class Receiver:
     heartbeats: list[dict[str, Any]] = field(default_factory=list)  # status Parameters of each
     headers: list[dict[str, str]] = field(default_factory=list)  # of every accepted post
     malformed: list[str] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)  # every notification as it came, for what parsing hides
     last: int = 0
     # Classic R4 rest-hook: empty POSTs, and PUTs of resources to <endpoint>/<type>/<id>.
     pings: int = 0
@@ -94,6 +95,7 @@ class SubscriberSandbox:
         body = await request.body()
         if not body:  # R4 rest-hook without payload: "a POST with no body"
             return await self._answer(name, lambda: self._ping(receiver, dict(request.headers)))
+        receiver.bodies.append(body)
         try:
             bundle = json.loads(body)
             kind, status = _check(bundle)

@@ -60,5 +60,19 @@ def test_help_imports_no_service_package() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     loaded = set(out.split("\n")[-2].split())
-    heavy = {m for m in loaded if not m.startswith(("gateway.cli", "gateway.errors")) and m != "gateway"}
+    light = ("gateway.cli", "gateway.errors", "gateway.jsonio")  # jsonio: orjson and the standard library
+    heavy = {m for m in loaded if not m.startswith(light) and m != "gateway"}
     assert heavy == set()
+
+
+def test_the_package_parses_and_writes_json_only_through_jsonio() -> None:
+    """A dump without jsonio's ``default`` would fail on a client's 5.40 (a 500); a parse would lose it."""
+    calls = []
+    for path in ROOT.rglob("*.py"):
+        if path == ROOT / "jsonio.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "orjson"
+                    and node.attr in ("dumps", "loads")):
+                calls.append(f"{path.relative_to(ROOT.parent)}:{node.lineno}")
+    assert calls == []

@@ -18,10 +18,10 @@ import time
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-import orjson
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway import jsonio
 from gateway.ids import random_hex
 from gateway.r4 import RESOURCE_TYPES
 
@@ -109,7 +109,7 @@ def access_line(scope: Scope, request_id: str, arrived: float, seconds: float, s
         "client": principal.name if principal is not None else None,
         "ip": client[0] if client else None,
     }
-    return orjson.dumps(line).decode()
+    return jsonio.dumps(line).decode()
 
 
 _second: list[Any] = [None, ""]  # the last second stamped, and its text: most lines share one

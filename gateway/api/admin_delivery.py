@@ -26,11 +26,11 @@ from collections.abc import Awaitable
 from datetime import datetime
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Depends, Query
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway import jsonio
 from gateway.api.auth import require_scope
 from gateway.api.context import ctx_of
 from gateway.delivery import DeadLetterFilter, DeliveryAdmin, QueueError, dead_letter_detail, dead_letter_summary
@@ -53,7 +53,7 @@ Until = Annotated[datetime | None, Query(description="died before (ISO 8601)")]
 
 
 def _json(content: Any) -> Response:
-    return Response(orjson.dumps(content), media_type="application/json")
+    return Response(jsonio.dumps(content), media_type="application/json")
 
 
 def _filter(

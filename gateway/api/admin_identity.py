@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway import jsonio
 from gateway.api.audit import note_of
 from gateway.api.auth import require_scope
 from gateway.api.context import ctx_of
@@ -63,7 +63,7 @@ class _Unlink(BaseModel):
 
 
 def _json(content: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(content), status_code=status, media_type="application/json")
+    return Response(jsonio.dumps(content), status_code=status, media_type="application/json")
 
 
 def _engine(request: Request) -> IdentityEngine:

@@ -14,11 +14,11 @@ from __future__ import annotations
 import base64
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Depends, Query
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway import jsonio
 from gateway.api.audit import note_records
 from gateway.api.auth import require_scope
 from gateway.api.context import base_url, ctx_of
@@ -32,7 +32,7 @@ Admin = Annotated[Principal, Depends(require_scope("admin"))]
 
 
 def _json(content: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(content), status_code=status, media_type="application/json")
+    return Response(jsonio.dumps(content), status_code=status, media_type="application/json")
 
 
 def _item(held: QuarantinedRecord, *, with_body: bool = False) -> dict[str, Any]:

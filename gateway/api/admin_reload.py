@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import orjson
 from fastapi import APIRouter, Depends
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway import jsonio
 from gateway.api.auth import require_scope
 from gateway.api.context import ctx_of
 from gateway.api.negotiation import fhir_response
@@ -35,4 +35,4 @@ async def reload_configuration(request: Request, principal: Admin) -> Response:
     result = await services.reloader.reload_and_log("POST /admin/reload")
     if not result.applied:
         return fhir_response(result.outcome(), status=422)
-    return Response(orjson.dumps(result.to_json()), media_type="application/json")
+    return Response(jsonio.dumps(result.to_json()), media_type="application/json")

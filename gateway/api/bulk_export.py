@@ -22,6 +22,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
+from gateway import jsonio
 from gateway.auth import Principal
 from gateway.errors import FhirError, not_found
 from gateway.export import BulkExporter, export_dir, manifest, parameters_items, parse_kickoff
@@ -99,7 +100,7 @@ async def _kickoff(request: Request, level: str, group: str | None) -> Response:
 def _policy_digest(principal: Principal) -> str:
     """A fingerprint of the principal's data policy (what an export's files were filtered by)."""
     policy = None if principal.policy is None else principal.policy.to_json()
-    return hashlib.sha256(orjson.dumps(policy, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+    return hashlib.sha256(jsonio.dumps(policy, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
 
 async def _own_job(request: Request, exporter: BulkExporter) -> ExportJob:

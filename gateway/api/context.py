@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio.to_thread
-import orjson
 from starlette.requests import Request
 from starlette.types import Scope
 
+from gateway import jsonio
 from gateway.auth import Authenticator, TokenIssuer
 from gateway.ingest import IngestService
 from gateway.search import QueryParser, SearchRegistry
@@ -95,7 +95,7 @@ class AppContext:
                 security["extension"] = [{"url": OAUTH_URIS, "extension": [
                     {"url": "token", "valueUri": token_url_for(base, self.settings)}]}]
                 statement["rest"][0]["security"] = security
-            cached = orjson.dumps(statement)
+            cached = jsonio.dumps(statement)
             # Each entry is ~360 KB and bases come from requests (an allowed host on any port,
             # either scheme), so the oldest goes first rather than the cache growing.
             if len(self._capability_bytes) >= CAPABILITY_CACHE_SIZE:

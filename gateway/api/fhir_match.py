@@ -16,6 +16,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway import jsonio
 from gateway.errors import FhirError, invalid
 from gateway.fhir import parse_json, validate_resource
 from gateway.identity import Comparison, Grade, IdentityEngine
@@ -84,7 +85,7 @@ async def match(request: Request) -> Response:
         "total": len(entries),
         "entry": entries,
     }
-    return fhir_response(orjson.dumps(bundle), media_type=media)
+    return fhir_response(jsonio.dumps(bundle), media_type=media)
 
 
 def _match(

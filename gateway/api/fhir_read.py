@@ -8,11 +8,11 @@ from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl
 
-import orjson
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway import jsonio
 from gateway.auth import Principal
 from gateway.errors import FhirError, gone, not_found
 from gateway.fhir import bundles, issue, outcome_of, subset
@@ -192,7 +192,7 @@ async def everything(request: Request, rid: str) -> Response:
     allowed = search_access(request, principal).returnable(_EVERYTHING_TYPES)
     types = [t for t in (allowed if allowed is not None else _EVERYTHING_TYPES) if wanted is None or t in wanted]
     # A golden record's compartment is its person's: every linked source record's too.
-    body = orjson.loads(patient.content)
+    body = jsonio.loads(patient.content)
     linked = linked_ids(body, "seealso") if is_golden(body) else []
     policy = row_filter(request, principal)
     if linked and policy is not None and policy.applies_to("Patient"):
@@ -270,7 +270,7 @@ def _subset_content(content: bytes, summary: str | None, elements: list[str] | N
     """The resource as ``_summary``/``_elements`` ask (tagged SUBSETTED), or unchanged."""
     if summary is None and elements is None:
         return content
-    return orjson.dumps(subset(orjson.loads(content), summary, elements))
+    return jsonio.dumps(subset(jsonio.loads(content), summary, elements))
 
 
 def not_modified(request: Request, res: StoredResource) -> bool:
@@ -335,8 +335,8 @@ def _subsetted(query: SearchQuery, resources: list[StoredResource]) -> dict[tupl
         return None
     out = {}
     for res in resources:
-        data: dict[str, Any] = orjson.loads(res.content)
-        out[(res.type, res.id)] = orjson.dumps(subset(data, query.summary, query.elements))
+        data: dict[str, Any] = jsonio.loads(res.content)
+        out[(res.type, res.id)] = jsonio.dumps(subset(data, query.summary, query.elements))
     return out
 
 

@@ -7,11 +7,11 @@ from dataclasses import replace
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
-import orjson
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway import jsonio
 from gateway.audit import AccessRecord, patients_in
 from gateway.auth import Principal
 from gateway.errors import FhirError, invalid
@@ -326,4 +326,4 @@ def _note_bundle(record: AccessRecord, bundle: dict[str, Any], response: dict[st
                 record.touched(rtype, rid, int(version) if version.isdigit() else None)
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if isinstance(resource, dict):
-            record.patients.update(patients_in(orjson.dumps(resource)))
+            record.patients.update(patients_in(jsonio.dumps(resource)))

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import orjson
 from fastapi import APIRouter, Depends
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway import jsonio
 from gateway.api.audit import note_records
 from gateway.api.auth import require_scope
 from gateway.api.context import base_url, ctx_of
@@ -53,7 +53,7 @@ async def ingest(request: Request, source: str, principal: Sender) -> Response:
     report = await ctx.write(service.ingest, config.name, records, base_url(request))
     note_records(request, report.results, ctx.settings.audit.max_entities)
     status = config.quarantine_status if report.quarantined else 200
-    return Response(orjson.dumps(report.to_json()), status_code=status, media_type="application/json")
+    return Response(jsonio.dumps(report.to_json()), status_code=status, media_type="application/json")
 
 
 @router.delete("/ingest/{source}/records/{record}", summary="Take back what a deleted source record produced")
@@ -68,4 +68,4 @@ async def delete_record(request: Request, source: str, record: str, principal: S
     note_records(request, [result], ctx.settings.audit.max_entities)
     body = {"source": config.name, **result.to_json()}
     body.pop("index", None)
-    return Response(orjson.dumps(body), status_code=200, media_type="application/json")
+    return Response(jsonio.dumps(body), status_code=200, media_type="application/json")

@@ -6,10 +6,10 @@ import zlib
 from typing import Any
 
 import anyio
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway import jsonio
 from gateway.errors import FhirError
 
 FHIR_JSON = "application/fhir+json"
@@ -175,5 +175,5 @@ def fhir_response(
     headers: dict[str, str] | None = None,
 ) -> Response:
     """A FHIR JSON response from stored bytes or a dict."""
-    body = content if isinstance(content, bytes) else orjson.dumps(content)
+    body = content if isinstance(content, bytes) else jsonio.dumps(content)
     return Response(body, status_code=status, media_type=f"{media_type}; charset=utf-8", headers=headers)

@@ -21,6 +21,7 @@ import httpx
 import jwt
 import orjson
 
+from gateway import jsonio
 from gateway.errors import RequestError
 
 __all__ = ["ALGORITHMS", "KeySetError", "KeySets", "check_key_set", "key_fits"]
@@ -178,7 +179,7 @@ class KeySets:
     @staticmethod
     def _parse(body: bytes) -> list[dict[str, Any]]:
         try:
-            data = orjson.loads(body)
+            data = jsonio.loads(body)
         except orjson.JSONDecodeError:
             raise KeySetError("the client's key set URL did not return JSON") from None
         keys = data.get("keys") if isinstance(data, dict) else None

@@ -25,6 +25,7 @@ import httpx
 import ijson
 import orjson
 
+from gateway import jsonio
 from gateway.backfill.inputs import FORMATS, BackfillInputError, Input
 from gateway.ingest import CSV, JSON, csv_row_bytes
 from gateway.mapping import InputError, csv_columns, csv_delimiter, csv_row_problem
@@ -141,7 +142,7 @@ def _jsonl(stream: IO[bytes], item: Input, resume: Resume, counted: _Counter) ->
         place = f"line {line_number}" if numbered else f"line at byte {offset - len(line)}"
         read_so_far = offset - item.start if not item.is_url else counted()
         try:
-            record = orjson.loads(text)
+            record = jsonio.loads(text)
         except orjson.JSONDecodeError as exc:
             yield Item(None, text, JSON, place, read_so_far, offset, f"not JSON ({exc.msg})")
             continue
@@ -184,7 +185,7 @@ def _json(stream: IO[bytes], name: str, prefix: str, counted: _Counter) -> Itera
             raise BackfillInputError(f"{name}: not a JSON array or object")
         for n, record in enumerate(records, start=1):
             place = f"{prefix}item {n}"
-            raw = orjson.dumps(record)
+            raw = jsonio.dumps(record)
             if not isinstance(record, dict):
                 yield Item(None, raw, JSON, place, counted(), problem="not a JSON object")
             else:

@@ -23,8 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-import orjson
-
+from gateway import jsonio
 from gateway.backfill.inputs import Input
 from gateway.backfill.readers import Item, Resume, read
 from gateway.errors import invalid
@@ -95,7 +94,7 @@ class BackfillRunner:
         saved = self.positions.pull_cursor(position_key(source, item))
         if saved is None:
             return None
-        value = orjson.loads(saved)
+        value = jsonio.loads(saved)
         return Resume(int(value["records"]), value.get("offset"))
 
     def forget(self, source: str, item: Input) -> None:
@@ -131,7 +130,7 @@ class BackfillRunner:
             done = self._store(source, item, batch, done, report)
             if progress is not None:
                 progress(len(batch), batch[-1].read - read_before)
-        self.positions.set_pull_cursor(position_key(source, item), orjson.dumps({"records": DONE}).decode())
+        self.positions.set_pull_cursor(position_key(source, item), jsonio.dumps({"records": DONE}).decode())
         log.info("backfill source=%s input=%s: %s", source, item.key, report.summary())
         return report
 
@@ -148,7 +147,7 @@ class BackfillRunner:
         report.records += len(batch)
         done += len(batch)
         position = {"records": done, "offset": batch[-1].offset} if batch[-1].offset is not None else {"records": done}
-        saved = orjson.dumps(position).decode()
+        saved = jsonio.dumps(position).decode()
         self._patiently(lambda: self.positions.set_pull_cursor(position_key(source, item), saved))
         return done
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from gateway import jsonio
 from gateway.cli.common import ConfigOption, DevOption, console, fail, settings_from
 from gateway.cli.identity_estimate import estimate_command
 from gateway.errors import GatewayError, exit_code_for
@@ -112,7 +113,6 @@ def list_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
 ) -> None:
     """List review pairs, best score first, with the evidence per field."""
-    import orjson
 
     from gateway.identity import STATUSES, list_pairs
 
@@ -122,7 +122,7 @@ def list_command(
         pairs = list_pairs(engine.store, engine.rules, status, limit)
     if as_json:
         for pair in pairs:
-            typer.echo(orjson.dumps(pair.to_json()).decode())
+            typer.echo(jsonio.dumps(pair.to_json()).decode())
     elif not pairs:
         typer.echo(f"no {status} pairs")
     else:

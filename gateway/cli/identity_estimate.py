@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from gateway import jsonio
 from gateway.cli.common import ConfigOption, DevOption, fail, settings_from
 from gateway.errors import exit_code_for
 
@@ -37,7 +38,6 @@ def _rule_file(settings: Settings) -> Path:
 
 def _stored(settings: Settings) -> Iterator[dict[str, Any]]:
     """Every live Patient of the store, read through the change feed as the matcher reads it."""
-    import orjson
 
     from gateway.store import open_store
 
@@ -49,7 +49,7 @@ def _stored(settings: Settings) -> Iterator[dict[str, Any]]:
             ids = list(dict.fromkeys(c.id for c in changes if c.type == "Patient"))
             for found in store.read_many([("Patient", pid) for pid in ids]):
                 if not found.deleted and found.content:
-                    yield orjson.loads(found.content)
+                    yield jsonio.loads(found.content)
     finally:
         store.close()
 
@@ -64,7 +64,7 @@ def _from_file(path: Path) -> Iterator[dict[str, Any]]:
     for number, line in enumerate(lines, 1):
         if line.strip():
             try:
-                value = orjson.loads(line)
+                value = jsonio.loads(line)
             except orjson.JSONDecodeError as exc:
                 fail(f"{path}:{number}: not JSON ({exc})")
             if not isinstance(value, dict) or value.get("resourceType") != "Patient":

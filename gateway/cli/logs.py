@@ -18,6 +18,7 @@ import traceback
 import warnings
 from typing import TYPE_CHECKING, Any, TextIO
 
+from gateway import jsonio
 from gateway.errors import module_of
 
 if TYPE_CHECKING:
@@ -63,7 +64,6 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         """One line; a traceback is kept out (it may quote data), its exception type is kept."""
-        import orjson
 
         entry: dict[str, Any] = {
             "time": _utc(record),
@@ -73,7 +73,7 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info and record.exc_info[0] is not None:
             entry["error"] = record.exc_info[0].__name__
-        return orjson.dumps(entry).decode()
+        return jsonio.dumps(entry).decode()
 
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,

@@ -84,6 +84,7 @@ def run(
     """Dry run: print the transaction Bundle(s) a record file produces; nothing is stored."""
     import orjson
 
+    from gateway import jsonio
     from gateway.fhir import operation_outcome
     from gateway.mapping import InputError, fhir_problems, map_outcome, parse_csv_rows, read_records
 
@@ -113,7 +114,7 @@ def run(
     ]  # fmt: skip
     failed = len({place for place, _ in refusals})
     sys.stdout.write(
-        orjson.dumps(outputs if many else outputs[0], option=orjson.OPT_INDENT_2).decode() + "\n"
+        jsonio.dumps(outputs if many else outputs[0], option=orjson.OPT_INDENT_2).decode() + "\n"
     )
     for place, issue in refusals:  # where each refused record is in the file: its CSV line or array item
         typer.echo(f"{place}: {issue.get('diagnostics', issue.get('code', 'refused'))}", err=True)

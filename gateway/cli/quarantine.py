@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from gateway import jsonio
 from gateway.cli.common import ConfigOption, DevOption, fail, settings_from, where
 from gateway.errors import exit_code_for
 
@@ -60,7 +61,6 @@ def list_records(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
 ) -> None:
     """List quarantined records, oldest first, with the reason each failed."""
-    import orjson
 
     settings = settings_from(config, dev)
     with _service(settings) as service:
@@ -79,7 +79,7 @@ def list_records(
                 "attempts": held.attempts,
                 "outcome": held.outcome,
             }
-            typer.echo(orjson.dumps(line).decode())
+            typer.echo(jsonio.dumps(line).decode())
         else:
             reason = f"{issue.get('code', '')}: {issue.get('diagnostics', '')}"
             typer.echo(

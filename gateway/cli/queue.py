@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
+from gateway import jsonio
 from gateway.cli.common import ConfigOption, DevOption, config_file, console, fail, where
 from gateway.errors import GatewayError, exit_code_for
 
@@ -170,7 +171,7 @@ def status(
     rows = _with_admin(config, destinations, lambda admin: admin.status(), dev, "no destinations configured")
     workers = _with_admin(config, destinations, lambda admin: admin.workers(), dev) if rows else []
     if json:
-        typer.echo(orjson.dumps([row.as_json() for row in rows], option=orjson.OPT_INDENT_2).decode())
+        typer.echo(jsonio.dumps([row.as_json() for row in rows], option=orjson.OPT_INDENT_2).decode())
         return
     table = Table(
         "destination", "kind", "depth", "oldest", "in flight", "retrying", "dead", "/min", "lag", "lag age",
@@ -218,7 +219,7 @@ def workers_command(
 
     workers = _with_admin(config, destinations, lambda admin: admin.workers(), dev)
     if json:
-        typer.echo(orjson.dumps([w.as_json() for w in workers], option=orjson.OPT_INDENT_2).decode())
+        typer.echo(jsonio.dumps([w.as_json() for w in workers], option=orjson.OPT_INDENT_2).decode())
         return
     table = Table("worker", "destinations", "in flight", "started", "last heartbeat", "live")
     for worker in workers:
@@ -251,7 +252,7 @@ def dead_letters(
 
     if show is not None:
         letter = _with_admin(config, destinations, lambda admin: admin.dead_letter(show), dev)
-        typer.echo(orjson.dumps(dead_letter_detail(letter), option=orjson.OPT_INDENT_2).decode())
+        typer.echo(jsonio.dumps(dead_letter_detail(letter), option=orjson.OPT_INDENT_2).decode())
         return
     chosen = _filter(destination, reason, since, until)
     letters = _with_admin(
@@ -259,7 +260,7 @@ def dead_letters(
     )
     if json:
         summaries = [dead_letter_summary(letter) for letter in letters]
-        typer.echo(orjson.dumps(summaries, option=orjson.OPT_INDENT_2).decode())
+        typer.echo(jsonio.dumps(summaries, option=orjson.OPT_INDENT_2).decode())
         return
     table = Table("id", "resource", "reason", "status", "attempts", "died")
     for letter in letters:

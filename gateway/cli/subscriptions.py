@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from gateway import jsonio
 from gateway.cli.common import ConfigOption, DevOption, fail, settings_from, where
 
 __all__ = ["subscriptions_app"]
@@ -29,7 +30,6 @@ def list_subscriptions(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
 ) -> None:
     """List subscriptions, oldest first: id, owner, topic, status, events so far, failed sends in a row."""
-    import orjson
 
     from gateway.store import open_store
 
@@ -45,7 +45,7 @@ def list_subscriptions(
                 "status": record.status, "events": record.events, "failures": record.failures,
                 "error": record.error, "created": record.created.isoformat()}
         if as_json:
-            typer.echo(orjson.dumps(line).decode())
+            typer.echo(jsonio.dumps(line).decode())
         else:
             error = f" ({record.error})" if record.error and record.status == "error" else ""
             typer.echo(f"{record.sid} {record.owner} {line['topic']} [{record.status}{error}]"

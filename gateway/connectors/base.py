@@ -37,7 +37,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-import orjson
+from gateway import jsonio
 
 JobOp = Literal["create", "update", "delete"]
 _PART_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # part names end up in dead-letter ids and URLs
@@ -71,7 +71,7 @@ class Job:
         """The resource as a dict (empty for a delete)."""
         if not self.payload:
             return {}
-        value = orjson.loads(self.payload)
+        value = jsonio.loads(self.payload)
         if not isinstance(value, dict):
             raise ValueError(f"job {self.id}: payload is not a JSON object")
         return value

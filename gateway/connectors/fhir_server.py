@@ -24,6 +24,7 @@ from urllib.parse import quote
 import httpx
 import orjson
 
+from gateway import jsonio
 from gateway.clock import Clock
 from gateway.connectors.base import DeliveryOutcome, Job, Permanent, Success
 from gateway.connectors.classify import classify, record_request, record_response
@@ -78,7 +79,7 @@ class FhirServerConnector:
         if job.op == "delete":
             return "DELETE", f"{type_url}/{quote(job.resource_id, safe='')}", None
         resource = _for_destination(job.resource())
-        body = orjson.dumps(resource)
+        body = jsonio.dumps(resource)
         condition = self._condition(resource)
         if condition is not None:
             return "PUT", f"{type_url}?{condition}", body
@@ -100,13 +101,13 @@ class FhirServerConnector:
             method, url, body = self._write(job)
             entry: dict[str, Any] = {"request": {"method": method, "url": url[len(self.base_url) + 1 :]}}
             if body is not None:
-                entry["resource"] = orjson.loads(body)
+                entry["resource"] = jsonio.loads(body)
             entries.append(entry)
         bundle = {"resourceType": "Bundle", "type": "batch", "entry": entries}
         request = self.client.build_request(
             "POST",
             self.base_url,
-            content=orjson.dumps(bundle),
+            content=jsonio.dumps(bundle),
             headers={"Content-Type": FHIR_JSON, "Accept": FHIR_JSON, "X-Request-Id": jobs[0].id},
         )
         response, outcome = await exchange(self.client, request, self.clock)
@@ -118,7 +119,7 @@ class FhirServerConnector:
         self, jobs: Sequence[Job], request: httpx.Request, response: httpx.Response
     ) -> list[DeliveryOutcome]:
         try:
-            reply = orjson.loads(response.content)
+            reply = jsonio.loads(response.content)
             entries = reply.get("entry") or []
         except (orjson.JSONDecodeError, AttributeError):
             entries = []

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import httpx
-import orjson
 
+from gateway import jsonio
 from gateway.clock import Clock
 from gateway.connectors.base import DeliveryOutcome, Job
 from gateway.connectors.http import exchange
@@ -46,9 +46,9 @@ class WebhookConnector:
         if len(jobs) == 1:
             headers["X-Gateway-Event"] = first.op
             headers["X-Gateway-Resource"] = f"{first.ref}/_history/{first.version}"
-            body = orjson.dumps(first.resource() if first.op != "delete" else _tombstone(first))
+            body = jsonio.dumps(first.resource() if first.op != "delete" else _tombstone(first))
         else:
-            body = orjson.dumps(_bundle(jobs))
+            body = jsonio.dumps(_bundle(jobs))
         request = self.client.build_request("POST", self.url, content=body, headers=headers)
         _, outcome = await exchange(self.client, request, self.clock)
         return [outcome] * len(jobs)

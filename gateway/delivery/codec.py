@@ -5,15 +5,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import orjson
-
+from gateway import jsonio
 from gateway.connectors import Job, RecordedRequest, RecordedResponse
 
 
 def encode_job(job: Job) -> bytes:
     """The immutable part of a job (everything but payload, attempts, receipt and queue time)."""
     fields = [job.destination, job.seq, job.resource_type, job.resource_id, job.version, job.op, job.key, job.source]
-    return orjson.dumps([*fields, True] if job.backfill else fields)  # live jobs keep the older, shorter form
+    return jsonio.dumps([*fields, True] if job.backfill else fields)  # live jobs keep the older, shorter form
 
 
 def decode_job(
@@ -26,7 +25,7 @@ def decode_job(
     receipt: str,
 ) -> Job:
     """Rebuild a job from ``encode_job`` output and the queue's mutable fields."""
-    destination, seq, rtype, rid, version, op, key, source, *lane = orjson.loads(data)
+    destination, seq, rtype, rid, version, op, key, source, *lane = jsonio.loads(data)
     return Job(
         id=job_id,
         destination=destination,
@@ -59,7 +58,7 @@ def encode_detail(
     detail: str | None, request: RecordedRequest | None, response: RecordedResponse | None
 ) -> bytes:
     """A dead letter's detail, request and response as JSON."""
-    return orjson.dumps(
+    return jsonio.dumps(
         {
             "detail": detail,
             "request": dataclasses.asdict(request) if request is not None else None,
@@ -74,7 +73,7 @@ def decode_detail(
     """Inverse of ``encode_detail`` (tolerates a missing value)."""
     if not data:
         return None, None, None
-    value: dict[str, Any] = orjson.loads(data)
+    value: dict[str, Any] = jsonio.loads(data)
     request = value.get("request")
     response = value.get("response")
     return (

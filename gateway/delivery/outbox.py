@@ -27,8 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import orjson
-
+from gateway import jsonio
 from gateway.clock import Clock
 from gateway.connectors import Job
 from gateway.delivery.codec import job_id
@@ -202,7 +201,7 @@ class Outbox:
             if change.op is ChangeOp.DELETE and change.version > 1:
                 previous = self.store.vread(change.type, change.id, change.version - 1)
                 judged = previous.content if previous is not None else b""
-            resource: dict[str, Any] = orjson.loads(judged) if judged else {}
+            resource: dict[str, Any] = jsonio.loads(judged) if judged else {}
             meta = resource.get("meta")
             source = meta.get("source") if isinstance(meta, dict) else None
             versions[change.seq] = _Version(

@@ -19,10 +19,10 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from gateway import jsonio
 from gateway.clock import Clock
 from gateway.connectors import Job
 from gateway.delivery import keys, redis_scripts
@@ -267,7 +267,7 @@ class RedisQueue:
 
     async def heartbeat(self, beat: WorkerBeat) -> None:
         """Record that a worker is alive (one hash field per worker)."""
-        value = orjson.dumps(dataclasses.asdict(beat))
+        value = jsonio.dumps(dataclasses.asdict(beat))
         await self._call(lambda: self.redis.hset(keys.workers_key(self.prefix), mapping={beat.name: value}))
 
     async def forget_worker(self, name: str) -> None:
@@ -280,7 +280,7 @@ class RedisQueue:
         horizon = self.clock.now() - WORKER_MEMORY
         beats, stale = [], []
         for name, value in raw.items():
-            data = orjson.loads(value)
+            data = jsonio.loads(value)
             if data["last_seen"] < horizon:
                 stale.append(name)
                 continue

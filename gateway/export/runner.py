@@ -24,8 +24,7 @@ from itertools import repeat
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from gateway import jsonio
 from gateway.errors import FhirError, RequestError
 from gateway.fhir import Deidentifier, DeidentifyRules, as_policy_gives
 from gateway.search import SearchQuery
@@ -190,10 +189,10 @@ class BulkExporter:
                 count = 0
                 for page in self._pages(request.queries[rtype], scope, run):
                     if transform is not None:
-                        page = [orjson.dumps(transform(orjson.loads(content))) for content in page]
+                        page = [jsonio.dumps(transform(jsonio.loads(content))) for content in page]
                     elif max(map(bytes.find, page, repeat(b"\n"))) >= 0:  # memchr a line, no copy
                         # Stored JSON is compact; a newline inside one would split its NDJSON line.
-                        page = [orjson.dumps(orjson.loads(c)) if b"\n" in c else c for c in page]
+                        page = [jsonio.dumps(jsonio.loads(c)) if b"\n" in c else c for c in page]
                     files.write_page(rtype, page)
                     count += len(page)
                     job = self._heartbeat(job, run, beat, f"{done}/{len(types)} types; {total + count} resources")
@@ -289,7 +288,7 @@ def _error_file(folder: Path, refused: Mapping[str, str]) -> tuple[dict[str, Any
     """One NDJSON file of OperationOutcomes, one per type that could not be exported (none: no file)."""
     if not refused:
         return ()
-    lines = [orjson.dumps({"resourceType": "OperationOutcome", "issue": [
+    lines = [jsonio.dumps({"resourceType": "OperationOutcome", "issue": [
         {"severity": "error", "code": "not-supported", "diagnostics": why, "expression": [rtype]}]})
         for rtype, why in sorted(refused.items())]
     name = "errors-OperationOutcome.ndjson"  # NdjsonFiles names are <Type>-<n>.ndjson: no clash

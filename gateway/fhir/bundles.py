@@ -10,8 +10,7 @@ import time
 from collections.abc import Iterable
 from urllib.parse import urlencode
 
-import orjson
-
+from gateway import jsonio
 from gateway.ids import uuid4_text
 from gateway.search import format_instant
 from gateway.store import StoredResource
@@ -23,7 +22,7 @@ _HISTORY_METHOD = {True: "POST", False: "PUT"}
 
 
 def _entry(base: str, res: StoredResource, tail: bytes, content: bytes | None = None) -> bytes:
-    full_url = orjson.dumps(f"{base}/{res.type}/{res.id}")
+    full_url = jsonio.dumps(f"{base}/{res.type}/{res.id}")
     return b'{"fullUrl":' + full_url + b',"resource":' + (content or res.content) + tail
 
 
@@ -52,7 +51,7 @@ def searchset(
     entries = [_entry(base, r, _SEARCH_MATCH, transform.get((r.type, r.id))) for r in matches]
     entries.extend(_entry(base, r, _SEARCH_INCLUDE, transform.get((r.type, r.id))) for r in included)
     if outcome is not None:
-        entries.append(b'{"resource":' + orjson.dumps(outcome) + _SEARCH_OUTCOME)
+        entries.append(b'{"resource":' + jsonio.dumps(outcome) + _SEARCH_OUTCOME)
     return _wrap(head, entries)
 
 
@@ -69,7 +68,7 @@ def history(base: str, versions: Iterable[StoredResource], *, total: int, links:
         head["link"] = [{"relation": rel, "url": url} for rel, url in links]
     entries = []
     for res in versions:
-        full_url = orjson.dumps(f"{base}/{res.type}/{res.id}")
+        full_url = jsonio.dumps(f"{base}/{res.type}/{res.id}")
         response = {
             "status": "410 Gone" if res.deleted else ("201 Created" if res.version == 1 else "200 OK"),
             "etag": res.etag,
@@ -78,22 +77,22 @@ def history(base: str, versions: Iterable[StoredResource], *, total: int, links:
         if res.deleted:
             request = {"method": "DELETE", "url": f"{res.type}/{res.id}"}
             entries.append(
-                b'{"fullUrl":' + full_url + b',"request":' + orjson.dumps(request)
-                + b',"response":' + orjson.dumps(response) + b"}"
+                b'{"fullUrl":' + full_url + b',"request":' + jsonio.dumps(request)
+                + b',"response":' + jsonio.dumps(response) + b"}"
             )  # fmt: skip
             continue
         method = _HISTORY_METHOD[res.version == 1]
         url = res.type if method == "POST" else f"{res.type}/{res.id}"
         request = {"method": method, "url": url}
         entries.append(
-            b'{"fullUrl":' + full_url + b',"resource":' + res.content + b',"request":' + orjson.dumps(request)
-            + b',"response":' + orjson.dumps(response) + b"}"
+            b'{"fullUrl":' + full_url + b',"resource":' + res.content + b',"request":' + jsonio.dumps(request)
+            + b',"response":' + jsonio.dumps(response) + b"}"
         )  # fmt: skip
     return _wrap(head, entries)
 
 
 def _wrap(head: dict[str, object], entries: list[bytes]) -> bytes:
-    start = orjson.dumps(head)
+    start = jsonio.dumps(head)
     if not entries:
         return start
     return start[:-1] + b',"entry":[' + b",".join(entries) + b"]}"

@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
-import orjson
-
+from gateway import jsonio
 from gateway.errors import ConfigError
 from gateway.search import ADDRESS_KEPT, EVERYWHERE, PERSON_ELEMENTS, PERSONS, YEAR_ONLY
 from gateway.store import KEPT_LINK_EXTENSION, is_kept_link
@@ -90,7 +89,7 @@ def content_as_policy_gives(content: bytes, *, limits_rows: bool, deidentified: 
     """``as_policy_gives`` of a stored resource's JSON, parsed only when something applies."""
     if not deidentified and not (limits_rows and _KEPT_LINK in content):
         return content
-    return orjson.dumps(as_policy_gives(orjson.loads(content), limits_rows=limits_rows, deidentified=deidentified))
+    return jsonio.dumps(as_policy_gives(jsonio.loads(content), limits_rows=limits_rows, deidentified=deidentified))
 
 
 def _scrub(value: Any) -> Any:

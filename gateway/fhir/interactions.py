@@ -15,8 +15,8 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import jsonpatch
-import orjson
 
+from gateway import jsonio
 from gateway.errors import FhirError, gone, invalid, not_found
 from gateway.fhir.validate import validate_resource
 from gateway.search import TRUSTED, QueryParser, SearchAccess, SearchError, format_instant
@@ -337,7 +337,7 @@ def patch(
         conditions.check(current)
     if not isinstance(operations, list):
         raise invalid("a JSON Patch document must be an array of operations", code="structure")
-    document = orjson.loads(current.content)
+    document = jsonio.loads(current.content)
     try:
         patch_document = jsonpatch.JsonPatch(operations)
     except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, KeyError) as exc:

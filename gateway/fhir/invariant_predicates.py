@@ -31,6 +31,7 @@ from typing import Any
 from gateway.errors import ConfigError, RequestError
 from gateway.fhir.fhirpath import identifier
 from gateway.fhir.strict import KIND_COMPLEX, KIND_RESOURCE, ComplexType, StrictChecker
+from gateway.jsonio import DecimalLiteral
 
 __all__ = ["Predicate", "Unsure", "compile_predicate"]
 
@@ -99,6 +100,8 @@ def _number(value: Any) -> Decimal:
         return Decimal(repr(value))  # the decimal the JSON spelled (orjson keeps the shortest form)
     if vtype is Decimal:
         return value  # type: ignore[no-any-return]
+    if vtype is DecimalLiteral:
+        return Decimal(value.text)  # the literal the client wrote (5.40 keeps its precision)
     raise Unsure
 
 

@@ -51,6 +51,7 @@ from gateway.fhir.fhirpath import (
 )
 from gateway.fhir.invariant_predicates import Predicate, compile_predicate
 from gateway.fhir.strict import KIND_COMPLEX, KIND_RESOURCE, ComplexType, StrictChecker
+from gateway.jsonio import DecimalLiteral
 from gateway.r4 import load_table
 
 __all__ = [
@@ -290,13 +291,17 @@ def _distinct_full_urls(
     return len(set(keys)) == len(keys)
 
 
+#: The Python types of a JSON number (a literal that keeps its precision is one too).
+_NUMBERS = (int, float, DecimalLiteral)
+
+
 def _not_negative(element: str) -> Native:
     # tim-4/tim-5: "duration.exists() implies duration >= 0" on a decimal the strict checks typed.
     def decide(node: dict[str, Any], owner: dict[str, Any], root: dict[str, Any], leaves: list[Any]) -> bool | None:
         value = node.get(element)
         if value is None:
             return True if element not in node else None
-        return value >= 0 if type(value) in (int, float) else None
+        return value >= 0 if type(value) in _NUMBERS else None
 
     return decide
 
@@ -344,9 +349,9 @@ def _ordered_quantities(
     if set(low) - {"value", "system", "code", "unit"} or "value" not in low or "value" not in high:
         return None
     first, second = low["value"], high["value"]
-    if type(first) not in (int, float) or type(second) not in (int, float):
+    if type(first) not in _NUMBERS or type(second) not in _NUMBERS:
         return None
-    return Decimal(repr(first)) <= Decimal(repr(second))
+    return Decimal(repr(float(first))) <= Decimal(repr(float(second)))
 
 
 #: Invariants decided natively (True/False) where that is cheap and exact, None leaving

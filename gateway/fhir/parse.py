@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 
+from gateway import jsonio
 from gateway.errors import FhirError, invalid
 
 _BOM = b"\xef\xbb\xbf"
@@ -19,7 +20,7 @@ def parse_json(body: bytes, *, max_depth: int = 64, what: str = "body") -> Any:
     if not body.strip():
         raise invalid(f"the request {what} is empty", code="required")
     try:
-        data = orjson.loads(body)
+        data = jsonio.loads(body)
     except orjson.JSONDecodeError as exc:
         message = str(exc)
         if "utf-8" in message.lower() or "surrogate" in message.lower():

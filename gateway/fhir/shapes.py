@@ -31,12 +31,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.fhir.strict import KIND_COMPLEX, KIND_RESOURCE, ComplexType, StrictChecker
+from gateway.jsonio import DecimalLiteral
 
 __all__ = ["CANONICAL", "ShapeCache", "ShapePlan", "canonical_instance", "flatten", "leaf_checks"]
 
 # Structure tokens are ints and keys are strings, so a token sequence reads back one way only.
 _OPEN, _CLOSE, _LIST_OPEN, _LIST_CLOSE = 0, 1, 2, 3
-_LEAF = {str: 4, bool: 5, int: 6, float: 7, type(None): 8}
+_LEAF = {str: 4, bool: 5, int: 6, float: 7, DecimalLiteral: 7, type(None): 8}  # a literal is a JSON number
 _OTHER = 9
 
 #: One valid value per R4 primitive type: what the models see in place of the real values.

@@ -43,6 +43,7 @@ from functools import cache
 from typing import Any
 
 from gateway.fhir.narrative import narrative_problem
+from gateway.jsonio import DecimalLiteral
 from gateway.r4 import load_table
 
 __all__ = [
@@ -336,7 +337,7 @@ class StrictChecker:
         if kind == _DECIMAL:
             if vtype is int:
                 return True
-            if vtype is float:
+            if vtype is float or vtype is DecimalLiteral:
                 return math.isfinite(value)
             return vtype is Decimal and value.is_finite()
         if kind == _BASE64_KIND:

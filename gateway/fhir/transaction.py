@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import orjson
 
+from gateway import jsonio
 from gateway.errors import CLIENT_ERRORS, FhirError, GatewayError, invalid, not_found
 from gateway.fhir import bundles, interactions
 from gateway.fhir.full_urls import replace_full_urls
@@ -549,21 +550,21 @@ class _Processor:
         # As the REST search answers: included resources, _summary/_elements, warnings and links.
         transform = None
         if query.summary is not None or query.elements is not None:
-            transform = {(r.type, r.id): orjson.dumps(subset(orjson.loads(r.content), query.summary, query.elements))
+            transform = {(r.type, r.id): jsonio.dumps(subset(jsonio.loads(r.content), query.summary, query.elements))
                          for r in [*result.resources, *result.included]}
         outcome = None
         if query.warnings:
             outcome = outcome_of([issue("not-supported", w, severity="warning") for w in query.warnings])
         links = bundles.page_links(f"{self.base}/{e.rtype}", query.used, query.count, query.offset, result.total,
                                    len(result.resources), result.snapshot, paged=query.summary != "count")
-        searchset = orjson.loads(bundles.searchset(self.base, result.resources, total=result.total, links=links,
+        searchset = jsonio.loads(bundles.searchset(self.base, result.resources, total=result.total, links=links,
                                                    included=result.included, outcome=outcome, transform=transform))
         return {"resource": searchset, "response": {"status": "200 OK"}}
 
     def _write_response(self, status: int, res: StoredResource, force_resource: bool = False) -> dict[str, Any]:
         entry: dict[str, Any] = {"fullUrl": f"{self.base}/{res.type}/{res.id}"}
         if self.return_resources or force_resource:
-            entry["resource"] = orjson.loads(res.content)
+            entry["resource"] = jsonio.loads(res.content)
         entry["response"] = {
             "status": _STATUS_TEXT.get(status, str(status)),
             "location": f"{res.type}/{res.id}/_history/{res.version}",
@@ -608,7 +609,7 @@ def _read_subset(query: str, where: str) -> tuple[str | None, list[str] | None]:
 
 
 def _has_special_reference(resource: dict[str, Any]) -> bool:
-    data = orjson.dumps(resource)
+    data = jsonio.dumps(resource)
     if b'"reference":"urn:' not in data and b"?" not in data:
         return False  # the common case, without running the pattern
     return _SPECIAL_REFERENCE.search(data) is not None
@@ -626,7 +627,7 @@ def _patch_body(resource: Any, where: str) -> Any:
         if not isinstance(data, str):
             raise invalid("the PATCH Binary has no data", [f"{where}.resource.data"], code="required")
         try:
-            return orjson.loads(base64.b64decode(data, validate=True))
+            return jsonio.loads(base64.b64decode(data, validate=True))
         except (binascii.Error, orjson.JSONDecodeError) as exc:
             raise invalid("the PATCH Binary does not hold a JSON Patch", [f"{where}.resource.data"]) from exc
     raise invalid("a PATCH entry needs a Binary resource holding a JSON Patch", [f"{where}.resource"])

@@ -23,8 +23,7 @@ import threading
 import uuid
 from typing import Any
 
-import orjson
-
+from gateway import jsonio
 from gateway.identity.golden import Writes, forget, refresh, without_link
 from gateway.identity.index import CandidateIndex
 from gateway.identity.normalise import Features, features
@@ -73,7 +72,7 @@ class IdentityEngine:
         matched = 0
         for pid in ids:
             res = live.get(pid)
-            body = None if res is None or res.deleted else orjson.loads(res.content)
+            body = None if res is None or res.deleted else jsonio.loads(res.content)
             if body is None or is_golden(body):  # golden records are the gateway's own, never matched
                 if body is None and self.index.get(pid) is not None:
                     gone.append(pid)
@@ -149,7 +148,7 @@ def _link(tx: StoreTransaction, pid: str, other: str, result: Comparison) -> Non
     current = tx.read("Patient", pid)
     if current is None or current.deleted:
         return
-    body = orjson.loads(current.content)
+    body = jsonio.loads(current.content)
     links = [link for link in body.get("link") or [] if isinstance(link, dict)]
     target = f"Patient/{other}"
     if any((link.get("other") or {}).get("reference") == target for link in links):
@@ -169,7 +168,7 @@ def _unlink(tx: StoreTransaction, pid: str, other: str) -> None:
     current = tx.read("Patient", pid)
     if current is None or current.deleted:
         return
-    unlinked = without_link(orjson.loads(current.content), "seealso", other)
+    unlinked = without_link(jsonio.loads(current.content), "seealso", other)
     if unlinked is not None:
         tx.update(unlinked)
 
@@ -177,13 +176,13 @@ def _unlink(tx: StoreTransaction, pid: str, other: str) -> None:
 def _decided(tx: StoreTransaction, a: str, b: str) -> bool:
     """Whether a reviewer decided the pair (its review Task is no longer ``requested``)."""
     task = tx.read("Task", review_task_id(a, b))
-    return task is not None and not task.deleted and orjson.loads(task.content).get("status") != "requested"
+    return task is not None and not task.deleted and jsonio.loads(task.content).get("status") != "requested"
 
 
 def _rejected(tx: StoreTransaction, a: str, b: str) -> bool:
     """Whether a reviewer rejected the pair (its review Task is ``rejected``)."""
     task = tx.read("Task", review_task_id(a, b))
-    return task is not None and not task.deleted and orjson.loads(task.content).get("status") == "rejected"
+    return task is not None and not task.deleted and jsonio.loads(task.content).get("status") == "rejected"
 
 
 def review_task_id(a: str, b: str) -> str:
@@ -214,7 +213,7 @@ def review_task(a: str, b: str, result: Comparison) -> dict[str, Any]:
 def _review(tx: StoreTransaction, a: str, b: str, result: Comparison) -> None:
     """Write (or leave as it is) the review Task of a pair; a pair a reviewer decided stays decided."""
     current = tx.read("Task", review_task_id(a, b))
-    if current is not None and not current.deleted and orjson.loads(current.content).get("status") != "requested":
+    if current is not None and not current.deleted and jsonio.loads(current.content).get("status") != "requested":
         return
     task = review_task(a, b, result)
     tx.update(task, skip_unchanged=True)

@@ -25,8 +25,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-import orjson
-
+from gateway import jsonio
 from gateway.identity.rules import Rules
 from gateway.identity.survivorship import survive
 from gateway.search import QueryParser, default_registry, format_instant
@@ -81,7 +80,7 @@ class Writes:
         current = self.tx.read(rtype, rid)
         if current is None or current.deleted:
             return None
-        body: JsonObject = orjson.loads(current.content)
+        body: JsonObject = jsonio.loads(current.content)
         return body
 
     def _remember(self, rtype: str, rid: str) -> tuple[str, str]:
@@ -106,7 +105,7 @@ class Writes:
         mine = _content_hash(body)
         when = str((body.get("meta") or {}).get("lastUpdated", ""))
         for version in versions:
-            if version.deleted or _content_hash(orjson.loads(version.content)) != mine:
+            if version.deleted or _content_hash(jsonio.loads(version.content)) != mine:
                 break
             when = format_instant(round(version.last_updated.timestamp(), 3))
         return when
@@ -204,7 +203,7 @@ def forget(writes: Writes, rules: Rules, pid: str) -> None:
     the last of them."""
     query = QueryParser(default_registry(), _LINKERS, _LINKERS).parse("Patient", [("link", f"Patient/{pid}")])
     for found in writes.tx.search(query).resources:
-        body: JsonObject = orjson.loads(found.content)
+        body: JsonObject = jsonio.loads(found.content)
         if not is_golden(body):
             # Another source's record of the person: its seealso link to the deleted one would
             # now lead a client to a 410 (a merge's replaced-by stays: unmerge reads it).

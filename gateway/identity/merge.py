@@ -15,8 +15,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import orjson
-
+from gateway import jsonio
 from gateway.identity.decision import Decision, conflict, not_found, record
 from gateway.identity.golden import Writes, kept_link, refresh
 from gateway.identity.rules import Rules
@@ -59,7 +58,7 @@ def unmerge_record(store: Store, rules: Rules, loser: str, client: str) -> Decis
     current = store.read("Patient", loser)
     if current is None or current.deleted:
         raise not_found(f"Patient/{loser}")
-    body = orjson.loads(current.content)
+    body = jsonio.loads(current.content)
     notes = [ext.get("valueString", "") for link in body.get("link") or []
              if is_kept_link(link) and link.get("type") == "replaced-by" for ext in link.get("extension") or []]
     merge_id = next((n.removeprefix(_NOTE) for n in notes if n.startswith(_NOTE)), None)
@@ -68,7 +67,7 @@ def unmerge_record(store: Store, rules: Rules, loser: str, client: str) -> Decis
     provenance = store.read("Provenance", merge_id)
     if provenance is None or provenance.deleted:
         raise not_found(f"Provenance/{merge_id} (the merge of Patient/{loser})")
-    merged = orjson.loads(provenance.content)
+    merged = jsonio.loads(provenance.content)
     wrote = {ref: int(version) for target in merged.get("target") or []
              for ref, _, version in [str(target["reference"]).partition("/_history/")]}  # fmt: skip
     before: dict[str, JsonObject] = {}
@@ -77,7 +76,7 @@ def unmerge_record(store: Store, rules: Rules, loser: str, client: str) -> Decis
         old = store.vread(rtype, rid, int(version))
         if old is None or old.deleted:
             raise conflict(f"{rtype}/{rid}/_history/{version} (before the merge) cannot be read back")
-        before[f"{rtype}/{rid}"] = orjson.loads(old.content)
+        before[f"{rtype}/{rid}"] = jsonio.loads(old.content)
     created = [ref for ref in wrote if ref not in before]
     note = f"{_NOTE}{merge_id}"
     with store.transaction() as tx:

@@ -13,8 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
+from gateway import jsonio
 from gateway.identity.decision import Decision, conflict, not_found, record
 from gateway.identity.engine import REVIEW_TASK_CODE, REVIEW_TASK_SYSTEM, review_task, review_task_id
 from gateway.identity.golden import Writes, kept_link, refresh, without_link
@@ -79,13 +78,13 @@ def show_pair(store: Store, rules: Rules, task_id: str) -> ReviewPair:
 
 
 def _pair(store: Store, rules: Rules, task: StoredResource) -> ReviewPair:
-    body = orjson.loads(task.content)
+    body = jsonio.loads(task.content)
     first = str(body["for"]["reference"]).partition("/")[2]
     second = str(body["focus"]["reference"]).partition("/")[2]
     levels = {str(i["type"]["text"]).removeprefix("level:"): i.get("valueString") for i in body.get("input") or []
               if str(i.get("type", {}).get("text", "")).startswith("level:")}  # fmt: skip
     score = next((i.get("valueDecimal") for i in body.get("input") or [] if i["type"].get("text") == "score"), None)
-    records = {r.id: orjson.loads(r.content) for r in store.read_many([("Patient", first), ("Patient", second)])}
+    records = {r.id: jsonio.loads(r.content) for r in store.read_many([("Patient", first), ("Patient", second)])}
     a, b = _values(records.get(first, {}), rules), _values(records.get(second, {}), rules)
     evidence = [Evidence(name, levels.get(name), a.get(name, ""), b.get(name, "")) for name in _FIELDS
                 if name in levels or a.get(name) or b.get(name)]  # fmt: skip

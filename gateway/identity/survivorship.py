@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from gateway import jsonio
 from gateway.identity.normalise import ESTIMATED_BIRTHDATE
 from gateway.identity.survivorship_rules import Survivorship
 from gateway.store import is_kept_identifier
@@ -126,4 +127,4 @@ def _entry_key(element: str, item: Any, digits: int) -> str:
 
 
 def _key(value: Any) -> str:
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    return jsonio.dumps(value, option=orjson.OPT_SORT_KEYS).decode()

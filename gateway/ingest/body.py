@@ -21,8 +21,7 @@ import io
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
+from gateway import jsonio
 from gateway.errors import FhirError, invalid
 from gateway.fhir import parse_json
 from gateway.mapping import InputError, parse_csv_rows
@@ -105,7 +104,7 @@ def _json_records(body: bytes, max_depth: int) -> list[ReceivedRecord]:
     # Among records, an item that is none (a number, a string) is kept on its own, as it came,
     # like a CSV line of the wrong width: the others are stored.
     return [
-        ReceivedRecord(index, item, orjson.dumps(item), JSON,
+        ReceivedRecord(index, item, jsonio.dumps(item), JSON,
                        None if isinstance(item, dict) else f"item {index} of the array is not a JSON object")
         for index, item in enumerate(data)
     ]  # fmt: skip

@@ -14,8 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import orjson
-
+from gateway import jsonio
 from gateway.store import ResourceStore, StoredResource
 
 __all__ = ["keep_task_progress", "stored_tasks"]
@@ -59,7 +58,7 @@ def _waiting_tasks(entries: list[dict[str, Any]]) -> Iterable[dict[str, Any]]:
 
 def _keep(resource: dict[str, Any], stored: StoredResource) -> None:
     """Copy the progress elements of ``stored`` into ``resource``, unless it holds none."""
-    current: dict[str, Any] = orjson.loads(stored.content)
+    current: dict[str, Any] = jsonio.loads(stored.content)
     status = current.get("status")
     if status in _TAKEN_BACK or (status in _WAITING and not any(key in current for key in PROGRESS[1:])):
         return

@@ -25,8 +25,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
+from gateway import jsonio
 from gateway.errors import StoreError
 from gateway.fhir import record_activities, retracted_version
 from gateway.store import RecordOutput, StoredResource, StoreTransaction
@@ -151,7 +150,7 @@ def _retract(tx: StoreTransaction, output: RecordOutput) -> Retracted | None:
         current = tx.read(output.rtype, output.id)
         if current is None or current.deleted:
             return None
-        body: dict[str, Any] = orjson.loads(current.content)
+        body: dict[str, Any] = jsonio.loads(current.content)
         voided = retracted_version(body)
         if voided is None:
             return None  # already ended (a clinic completed the Task): left as it is

@@ -39,6 +39,7 @@ from typing import Any
 
 import orjson
 
+from gateway import jsonio
 from gateway.errors import CLIENT_ERRORS, FhirError, RequestError
 from gateway.fhir import PreparedTransaction, combine_prepared, informational, prepare_transaction, run_prepared
 from gateway.ingest.body import CSV, ReceivedRecord
@@ -497,7 +498,7 @@ def _parse_kept(held: QuarantinedRecord) -> Any:
             if len(rows) != 1:
                 raise InputError(f"{len(rows)} rows")
             return rows[0]
-        return orjson.loads(held.body)
+        return jsonio.loads(held.body)
     except InputError as exc:  # e.g. a CSV line of the wrong width, kept as it came
         raise FhirError(f"the kept record cannot be read back: {exc}", status=422, code="structure") from exc
     except orjson.JSONDecodeError as exc:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.fhir import simple_path, walk_ast
+from gateway.jsonio import DecimalLiteral
 from gateway.mapping.converters import CompileContext, ConverterArgError, build_converter
 from gateway.mapping.errors import MappingError, quote
 from gateway.mapping.expressions import CompileError, Expression, split_pipeline
@@ -438,7 +439,7 @@ class _Checker:
         node = base.find(keys)[0] if base is not None and keys else None
         if node is None:
             return
-        number = next((s for s in node.samples if type(s) in (int, float)), None)
+        number = next((s for s in node.samples if type(s) in (int, float, DecimalLiteral)), None)
         if number is None and node.kind not in ("integer", "decimal"):
             return
         held = f"the golden inputs hold {number!r}" if number is not None else f"the form declares it {node.kind}"

@@ -27,6 +27,7 @@ import orjson
 import pydantic
 from fhir.resources.R4B import get_fhir_model_class
 
+from gateway import jsonio
 from gateway.fhir import check_strict
 from gateway.mapping.errors import LoadIssue
 from gateway.mapping.yamlfile import YamlDocument, YamlSyntaxError, format_path, read_yaml
@@ -119,7 +120,7 @@ def load_concept_tables(folder: Path, issues: list[LoadIssue]) -> dict[str, Conc
 def _read(path: Path) -> YamlDocument:
     if path.suffix == ".json":
         try:
-            return YamlDocument(orjson.loads(path.read_bytes()))
+            return YamlDocument(jsonio.loads(path.read_bytes()))
         except (OSError, orjson.JSONDecodeError) as exc:
             raise YamlSyntaxError(0, f"invalid JSON: {exc}") from exc
     return read_yaml(path)

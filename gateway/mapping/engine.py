@@ -65,7 +65,7 @@ def _single_text(values: list[Any], path: str, what: str) -> str:
         detail = "nothing" if not kept else quote(kept if len(kept) > 1 else kept[0])
         raise MappingError(path, f"{what} must be one text or number, got {detail}", code="required")
     value = kept[0]
-    if type(value) is float and value.is_integer():
+    if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value).strip()
 

@@ -18,6 +18,7 @@ from typing import Any
 import fhirpathpy
 
 from gateway.fhir import identifier, only_child, plain, simple_path
+from gateway.jsonio import DecimalLiteral
 from gateway.mapping.fhirpath import Evaluator
 
 __all__ = ["fast_boolean", "fast_concat", "lookup", "walk"]
@@ -87,8 +88,8 @@ def lookup(variable: str | None, keys: tuple[str, ...]) -> Evaluator:
 
 def _same(left: Any, right: Any) -> bool:
     """FHIRPath ``=`` on two single items (no implicit conversions between types)."""
-    left_num = type(left) in (int, float) or isinstance(left, Decimal)
-    right_num = type(right) in (int, float) or isinstance(right, Decimal)
+    left_num = type(left) in (int, float) or isinstance(left, Decimal | DecimalLiteral)
+    right_num = type(right) in (int, float) or isinstance(right, Decimal | DecimalLiteral)
     if left_num and right_num:
         return bool(left == right)
     if type(left) is bool or type(right) is bool:

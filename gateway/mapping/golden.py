@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from gateway import jsonio
 from gateway.errors import FhirError
 from gateway.fhir import validate_resource
 from gateway.mapping.engine import MappingSet
@@ -147,14 +148,14 @@ def run_case(mapping_set: MappingSet, case: GoldenCase, *, update: bool = False)
     except (InputError, OSError, ValueError) as exc:
         return GoldenResult(case, "fail", [f"cannot read {case.input_path.name}: {exc}"])
     if update:
-        case.expected_path.write_bytes(orjson.dumps(actual, option=orjson.OPT_INDENT_2) + b"\n")
+        case.expected_path.write_bytes(jsonio.dumps(actual, option=orjson.OPT_INDENT_2) + b"\n")
         return GoldenResult(case, "fail" if problems else "updated", problems[:_MAX_LINES])
     if not case.expected_path.is_file():
         return GoldenResult(
             case, "fail", [f"{case.expected_path.name} is missing (run with --update to write it)"]
         )
     try:
-        expected = orjson.loads(case.expected_path.read_bytes())
+        expected = jsonio.loads(case.expected_path.read_bytes())
     except orjson.JSONDecodeError as exc:
         return GoldenResult(case, "fail", [f"{case.expected_path.name}: invalid JSON: {exc}"])
     lines = diff_json(expected, actual) + [f"invalid FHIR: {problem}" for problem in problems]
@@ -166,7 +167,7 @@ def run_case(mapping_set: MappingSet, case: GoldenCase, *, update: bool = False)
 
 
 def _short(value: Any) -> str:
-    text = orjson.dumps(value).decode()
+    text = jsonio.dumps(value).decode()
     return text if len(text) <= 80 else text[:77] + "..."
 
 

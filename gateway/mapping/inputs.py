@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from gateway import jsonio
 from gateway.errors import RequestError
 
 __all__ = [
@@ -123,7 +124,7 @@ def parse_csv_rows(data: bytes) -> tuple[list[str], list[CsvRow]]:
 def parse_json_records(data: bytes) -> list[Any]:
     """One JSON object → one record; a JSON array → its items (each should be an object)."""
     try:
-        parsed = orjson.loads(data)
+        parsed = jsonio.loads(data)
     except orjson.JSONDecodeError as exc:
         raise InputError(f"invalid JSON: {exc}") from exc
     return parsed if isinstance(parsed, list) else [parsed]
@@ -135,7 +136,7 @@ def read_records(path: Path) -> tuple[list[Any], bool]:
     if path.suffix.lower() == ".csv":
         return list(parse_csv(data)), True
     try:
-        parsed = orjson.loads(data)
+        parsed = jsonio.loads(data)
     except orjson.JSONDecodeError as exc:
         raise InputError(f"{path}: invalid JSON: {exc}") from exc
     if isinstance(parsed, list):

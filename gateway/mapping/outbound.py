@@ -33,10 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway import jsonio
 from gateway.mapping.conceptmaps import ConceptTable
 from gateway.mapping.converters import CompileContext
 from gateway.mapping.errors import LoadIssue, MappingError
@@ -163,7 +163,7 @@ def _load_file(
 
 def read_context(path: Path) -> dict[str, Any]:
     """A golden input: an outcome context (a JSON object with ``task`` …)."""
-    value = orjson.loads(path.read_bytes())
+    value = jsonio.loads(path.read_bytes())
     if not isinstance(value, dict) or not isinstance(value.get("task"), dict):
         raise ValueError(f"{path.name}: an outbound input is a JSON object with a 'task' resource")
     return value

@@ -16,6 +16,7 @@ from typing import Any
 
 from fhir.resources.R4B import get_fhir_model_class
 
+from gateway.jsonio import DecimalLiteral
 from gateway.mapping.errors import MappingError, quote
 from gateway.mapping.expressions import Scope
 from gateway.mapping.spec import ObservationRule, ReferralRule, ResourceRule, Rule, UnitSpec
@@ -192,7 +193,7 @@ def _observation_value(
             value_type = "boolean"
         elif vtype is int:
             value_type = "quantity" if unit is not None else "integer"
-        elif vtype is float:
+        elif vtype is float or vtype is DecimalLiteral:
             value_type = "quantity"
         elif vtype is dict:
             value_type = "quantity" if "value" in value else "codeable_concept"
@@ -201,7 +202,7 @@ def _observation_value(
     if value_type == "quantity":
         if vtype is dict:
             return "valueQuantity", value
-        if vtype not in (int, float):
+        if vtype not in (int, float, DecimalLiteral):
             raise MappingError(path, f"{quote(value)} is not a number (add | decimal)", code="value")
         quantity: dict[str, Any] = {"value": value}
         if unit is not None:

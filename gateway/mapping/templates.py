@@ -291,7 +291,7 @@ class TemplateCompiler:
                 value = values[0]
                 if type(value) is bool:
                     text.append("true" if value else "false")
-                elif type(value) is float and value.is_integer():
+                elif isinstance(value, float) and value.is_integer():
                     text.append(str(int(value)))
                 else:
                     text.append(str(value))

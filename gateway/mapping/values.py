@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from gateway.jsonio import DecimalLiteral
 from gateway.mapping.errors import MappingError, quote
 
 __all__ = [
@@ -67,7 +68,7 @@ def to_text(value: Any, path: str) -> str:
         return "true" if value else "false"
     if vtype is int:
         return str(value)
-    if vtype is float or isinstance(value, Decimal):
+    if vtype is float or isinstance(value, Decimal | DecimalLiteral):
         number = float(value)
         return str(int(number)) if number.is_integer() and abs(number) < 1e15 else repr(number)
     raise fail(path, value, "a text value")
@@ -87,7 +88,7 @@ def to_integer(value: Any, path: str) -> int:
         whole: int = value
     elif vtype is str and _INT_RE.match(value.strip()):
         return int(value)
-    elif (vtype is float or isinstance(value, Decimal)) and math.isfinite(value) and float(value).is_integer():
+    elif isinstance(value, float | Decimal) and math.isfinite(value) and float(value).is_integer():
         whole = int(value)
     elif vtype is str and _LONG_INT_RE.match(value.strip()):
         raise fail(path, value, _WHOLE_IN_RANGE)
@@ -106,6 +107,8 @@ def to_decimal(value: Any, path: str) -> float | int:
         if -_MAX_WHOLE <= value <= _MAX_WHOLE:
             return value  # type: ignore[no-any-return]
         number = float(value) if abs(value) < 10**308 else math.inf  # a long int from the backfill's parser
+    elif vtype is DecimalLiteral:
+        return value  # type: ignore[no-any-return]  # a source's 5.40 stays 5.40 in the resource
     elif vtype is float or isinstance(value, Decimal):
         number = float(value)
     elif vtype is str and _DECIMAL_RE.match(value.strip()):
@@ -189,7 +192,7 @@ def to_datetime(value: Any, path: str) -> str:
 
 def _epoch_hint(value: Any) -> str:
     """For a number where a date was expected: the converters that read one."""
-    if type(value) in (int, float):
+    if type(value) in (int, float, DecimalLiteral):
         return "; a time in milliseconds or seconds since 1970 reads with | epoch_ms or | epoch_s"
     return ""
 
@@ -207,7 +210,7 @@ def from_epoch(value: Any, path: str, scale: int) -> str:
     vtype = type(value)
     if vtype is str and _DECIMAL_RE.match(value.strip()):
         number = float(value)
-    elif vtype is int or vtype is float or isinstance(value, Decimal):
+    elif vtype is int or vtype is float or isinstance(value, Decimal | DecimalLiteral):
         number = float(value)
     else:
         raise fail(path, value, "a timestamp number")

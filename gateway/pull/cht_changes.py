@@ -13,8 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import orjson
-
+from gateway import jsonio
 from gateway.pull.base import Page, PullError
 from gateway.pull.config import PullOptions
 from gateway.pull.http import Fetcher
@@ -32,11 +31,11 @@ class ChtChanges:
 
     def start(self, since: str | None) -> str | None:
         """The cursor of changes after sequence ``since`` (``0``: from the beginning)."""
-        return None if since is None else orjson.dumps(since).decode()
+        return None if since is None else jsonio.dumps(since).decode()
 
     async def pages(self, cursor: str | None) -> AsyncIterator[Page]:
         """Changed record documents after ``cursor``, in sequence order."""
-        since: Any = orjson.loads(cursor) if cursor else 0
+        since: Any = jsonio.loads(cursor) if cursor else 0
         while True:
             params = {
                 "since": since if isinstance(since, str) else str(since),
@@ -50,7 +49,7 @@ class ChtChanges:
                 raise PullError(f"source {self.fetcher.source}: the _changes answer has no results or last_seq")
             records = [wrapped for change in results if (wrapped := self._record(change)) is not None]
             since = answer["last_seq"]
-            yield Page(records, orjson.dumps(since).decode())
+            yield Page(records, jsonio.dumps(since).decode())
             if not results or not answer.get("pending"):
                 break
 

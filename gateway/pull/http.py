@@ -15,6 +15,7 @@ import anyio
 import httpx
 import orjson
 
+from gateway import jsonio
 from gateway.delivery import RetryPolicy
 from gateway.pull.base import PullAuthError, PullError
 
@@ -64,7 +65,7 @@ class Fetcher:
                     )
                 if response.status_code < 300:
                     try:
-                        return orjson.loads(response.content)
+                        return jsonio.loads(response.content)
                     except orjson.JSONDecodeError as exc:
                         raise PullError(f"source {self.source}: {host} answered with something not JSON") from exc
                 if response.status_code != 429 and response.status_code < 500:

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import orjson
-
+from gateway import jsonio
 from gateway.pull.base import Page, PullError
 from gateway.pull.config import PullOptions
 from gateway.pull.http import Fetcher
@@ -36,8 +35,8 @@ class KoboApi:
         query = {"_submission_time": {"$gte": cursor}} if cursor else {}
         params: dict[str, str] | None = {
             "format": "json",
-            "query": orjson.dumps(query).decode(),
-            "sort": orjson.dumps({"_submission_time": 1}).decode(),
+            "query": jsonio.dumps(query).decode(),
+            "sort": jsonio.dumps({"_submission_time": 1}).decode(),
             "start": "0",
             "limit": str(self.options.page_size),
         }

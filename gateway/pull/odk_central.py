@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 import orjson
 
+from gateway import jsonio
 from gateway.pull.base import Page, PullError
 from gateway.pull.config import PullOptions
 from gateway.pull.http import Fetcher
@@ -70,14 +71,14 @@ class OdkCentral:
 
 
 def _encode(marks: dict[str, str]) -> str:
-    return orjson.dumps(marks, option=orjson.OPT_SORT_KEYS).decode()
+    return jsonio.dumps(marks, option=orjson.OPT_SORT_KEYS).decode()
 
 
 def _decode(cursor: str | None) -> dict[str, str]:
     if not cursor:
         return {}
     try:
-        marks = orjson.loads(cursor)
+        marks = jsonio.loads(cursor)
     except orjson.JSONDecodeError as exc:
         raise PullError(f"the saved ODK Central cursor is not JSON: {cursor[:80]!r}") from exc
     return {k: v for k, v in marks.items() if isinstance(v, str)} if isinstance(marks, dict) else {}

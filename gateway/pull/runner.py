@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import anyio
 import anyio.to_thread
 import httpx
-import orjson
 
+from gateway import jsonio
 from gateway.connectors import resolve_credentials
 from gateway.ingest import PULL_KINDS, IngestService, ReceivedRecord, SourceConfig
 from gateway.pull.base import Page, PullConnector, PullError
@@ -134,7 +134,7 @@ class PullRunner:
         """Ingest a page's records, then (only then) save its cursor."""
         if page.records:
             received = [
-                ReceivedRecord(i, record, orjson.dumps(record), "application/json")
+                ReceivedRecord(i, record, jsonio.dumps(record), "application/json")
                 for i, record in enumerate(page.records)
             ]
             for result in self.ingest.ingest(name, received).results:

@@ -8,8 +8,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-import orjson
-
+from gateway import jsonio
 from gateway.search import RowFilter, SearchQuery, from_epoch, where_clause
 from gateway.store.base import ExportJob, ExportScope
 from gateway.store.rows import Cursor
@@ -119,15 +118,15 @@ def _epoch(when: datetime | None) -> float | None:
 
 
 def _job_row(job: ExportJob) -> tuple[Any, ...]:
-    return (job.job_id, job.client, job.status, job.request, orjson.dumps(dict(job.params)).decode(),
+    return (job.job_id, job.client, job.status, job.request, jsonio.dumps(dict(job.params)).decode(),
             job.created.timestamp(), job.updated.timestamp(), job.transaction_time.timestamp(), job.progress,
-            orjson.dumps([dict(o) for o in job.output]).decode(), orjson.dumps([dict(e) for e in job.error]).decode(),
+            jsonio.dumps([dict(o) for o in job.output]).decode(), jsonio.dumps([dict(e) for e in job.error]).decode(),
             _epoch(job.expires))
 
 
 def _job(row: Sequence[Any]) -> ExportJob:
-    params: Mapping[str, Any] = orjson.loads(row[4])
+    params: Mapping[str, Any] = jsonio.loads(row[4])
     job = ExportJob(job_id=row[0], client=row[1], status=row[2], request=row[3], params=params,
                     created=from_epoch(row[5]), updated=from_epoch(row[6]), transaction_time=from_epoch(row[7]),
-                    progress=row[8], output=tuple(orjson.loads(row[9])), error=tuple(orjson.loads(row[10])))
+                    progress=row[8], output=tuple(jsonio.loads(row[9])), error=tuple(jsonio.loads(row[10])))
     return job if row[11] is None else replace(job, expires=from_epoch(row[11]))

@@ -8,6 +8,8 @@ from typing import Any, Protocol
 
 import orjson
 
+from gateway import jsonio
+
 # ``meta.tag`` of a golden Patient, re-exported here: defined with the data policies, which never
 # show one to a client whose rows they limit.
 from gateway.search import GOLDEN_TAG_CODE as GOLDEN_TAG_CODE
@@ -115,9 +117,9 @@ def without_kept_identifiers(body: dict[str, Any]) -> dict[str, Any]:
 
 def hash_body(body: dict[str, Any]) -> str:
     """Hash of a resource's content without version metadata and kept identifiers."""
-    data = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    data = jsonio.dumps(body, option=orjson.OPT_SORT_KEYS)
     if _KEPT_MARK in data or _KEPT_LINK_MARK in data:
-        data = orjson.dumps(without_kept_identifiers(body), option=orjson.OPT_SORT_KEYS)
+        data = jsonio.dumps(without_kept_identifiers(body), option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(data).hexdigest()
 
 

@@ -15,8 +15,7 @@ from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from typing import Any
 
-import orjson
-
+from gateway import jsonio
 from gateway.errors import StoreError
 from gateway.ids import uuid4_text
 from gateway.search import (
@@ -320,7 +319,7 @@ class SqlStore(ExportJobs, SubscriptionRows):
         for version in versions:
             if version.deleted or version.type == "Patient" or not policy.applies_to(version.type):
                 continue
-            rows = index_rows(orjson.loads(version.content), self.indexed_params(version.type))
+            rows = index_rows(jsonio.loads(version.content), self.indexed_params(version.type))
             patients[(version.type, version.id, version.version)] = {
                 tid for _, ttype, tid, _ in rows.reference if ttype == "Patient" and tid
             }
@@ -1144,7 +1143,7 @@ class SqlStore(ExportJobs, SubscriptionRows):
         """Keep a record that failed, with its OperationOutcome (the same record sent again while
         held: its entry, with the new outcome and one more attempt)."""
         now = time.time()
-        outcome_text = orjson.dumps(outcome).decode()
+        outcome_text = jsonio.dumps(outcome).decode()
         with self._write_cursor() as cur:
             if record_key is not None:
                 # A pull re-reading its last page, or a sender trying again, must not pile up copies.
@@ -1219,14 +1218,14 @@ class SqlStore(ExportJobs, SubscriptionRows):
                 cur.execute(
                     self.q("UPDATE quarantine SET status = ?, outcome = ?, attempts = attempts + 1, updated = ?"
                            " WHERE qid = ?"),
-                    (status, orjson.dumps(outcome).decode(), time.time(), qid),
+                    (status, jsonio.dumps(outcome).decode(), time.time(), qid),
                 )
 
     @staticmethod
     def _quarantined(row: Sequence[Any]) -> QuarantinedRecord:
         return QuarantinedRecord(
             qid=int(row[0]), source=row[1], received=from_epoch(row[2]), content_type=row[3],
-            body=bytes(row[4]), record_key=row[5], outcome=orjson.loads(row[6]), status=row[7],
+            body=bytes(row[4]), record_key=row[5], outcome=jsonio.loads(row[6]), status=row[7],
             attempts=int(row[8]), updated=from_epoch(row[9]),
         )  # fmt: skip
 
@@ -1255,8 +1254,8 @@ def _client(row: Sequence[Any]) -> ApiClient:
 
     return ApiClient(row[0], tuple(row[1].split()), from_epoch(row[2]), bool(row[3]),
                      optional(row[4]), optional(row[5]), optional(row[6]),
-                     None if row[7] is None else orjson.loads(row[7]), None if row[8] is None else orjson.loads(row[8]))
+                     None if row[7] is None else jsonio.loads(row[7]), None if row[8] is None else jsonio.loads(row[8]))
 
 
 def _json(value: Mapping[str, Any] | None) -> str | None:
-    return None if value is None else orjson.dumps(dict(value)).decode()
+    return None if value is None else jsonio.dumps(dict(value)).decode()

@@ -7,8 +7,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
 
-import orjson
-
+from gateway import jsonio
 from gateway.search import from_epoch
 from gateway.store.base import SubscriptionRecord
 from gateway.store.rows import Cursor
@@ -34,7 +33,7 @@ class SubscriptionRows:
 
     def subscription_save(self, record: SubscriptionRecord) -> None:
         """Create or replace a subscription (its event numbers are kept)."""
-        row = (record.owner, orjson.dumps(list(record.scopes)).decode(), orjson.dumps(dict(record.content)).decode(),
+        row = (record.owner, jsonio.dumps(list(record.scopes)).decode(), jsonio.dumps(dict(record.content)).decode(),
                record.status, record.start_seq, record.failures, record.error,
                None if record.heartbeat_at is None else record.heartbeat_at.timestamp(),
                record.created.timestamp(), record.updated.timestamp())
@@ -144,7 +143,7 @@ class SubscriptionRows:
 
 def _record(row: Sequence[Any]) -> SubscriptionRecord:
     return SubscriptionRecord(
-        sid=row[0], owner=row[1], scopes=tuple(orjson.loads(row[2])), content=orjson.loads(row[3]), status=row[4],
+        sid=row[0], owner=row[1], scopes=tuple(jsonio.loads(row[2])), content=jsonio.loads(row[3]), status=row[4],
         start_seq=int(row[5]), failures=int(row[6]), error=row[7],
         heartbeat_at=None if row[8] is None else from_epoch(row[8]),
         created=from_epoch(row[9]), updated=from_epoch(row[10]), events=int(row[11]),

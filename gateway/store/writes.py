@@ -21,8 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
+from gateway import jsonio
 from gateway.ids import uuid4_text
 from gateway.search import (
     DataPolicy,
@@ -405,7 +404,7 @@ class SqlTransaction:
                     rows = index_rows(body, self.store.indexed_params(rtype))
             meta = body.get("meta")
             stamp = {"versionId": str(version), "lastUpdated": format_instant(now)}
-            content = orjson.dumps({**body, "meta": {**meta, **stamp} if meta else stamp})
+            content = jsonio.dumps({**body, "meta": {**meta, **stamp} if meta else stamp})
             chash = prepared.chash
         deleted = prepared is None
         if current is None:
@@ -458,7 +457,7 @@ class SqlTransaction:
 def _keep_identifiers(body: dict[str, Any], current: bytes) -> dict[str, Any]:
     """``body`` with the kept identifiers (and Patient links) of the current version, unless it
     brings its own: each kind is managed by its writer (a DHIS2 write-back, the identity matcher)."""
-    stored = orjson.loads(current)
+    stored = jsonio.loads(current)
     for element, kept_of in (("identifier", kept_identifiers), ("link", kept_links)):
         if kept_of(body):
             continue

@@ -27,8 +27,8 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 import httpx
-import orjson
 
+from gateway import jsonio
 from gateway.clock import Clock
 from gateway.connectors import DeliveryOutcome, Job, Redaction, Retry, Success, exchange
 from gateway.fhir import content_as_policy_gives
@@ -129,12 +129,12 @@ class RestHookConnector:
         timeout: float,
     ) -> httpx.Request:
         """Backport IG: a POST of the event's notification Bundle."""
-        info = orjson.loads(job.payload)
-        resource = orjson.loads(stored.content) if stored is not None and stored.content else None
+        info = jsonio.loads(job.payload)
+        resource = jsonio.loads(stored.content) if stored is not None and stored.content else None
         event = Event(number=int(info["event"]), at=float(info["at"]), resource_type=job.resource_type,
                       resource_id=job.resource_id, op=job.op, resource=resource)
         bundle = notification_bundle(view_of(record), "event-notification", self.base_url, self.clock.now(), [event])
-        return self.client.build_request("POST", spec.endpoint, content=orjson.dumps(bundle), timeout=timeout,
+        return self.client.build_request("POST", spec.endpoint, content=jsonio.dumps(bundle), timeout=timeout,
                                          headers={**spec.headers, "Content-Type": "application/fhir+json"})
 
     def _note(self, record: SubscriptionRecord, outcome: DeliveryOutcome) -> None:

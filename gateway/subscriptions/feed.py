@@ -26,8 +26,7 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
-import orjson
-
+from gateway import jsonio
 from gateway.clock import Clock
 from gateway.connectors import Job
 from gateway.delivery import DeliveryQueue
@@ -118,7 +117,7 @@ class SubscriptionFeed:
                 version=change.version,
                 op=change.op.value,
                 key=f"Subscription/{record.sid}",
-                payload=orjson.dumps({"event": numbers[(record.sid, change.seq)], "at": change.at.timestamp(),
+                payload=jsonio.dumps({"event": numbers[(record.sid, change.seq)], "at": change.at.timestamp(),
                                       "topic": str(record.content.get("criteria"))}),
                 enqueued_at=enqueued,
             )
@@ -163,7 +162,7 @@ class SubscriptionFeed:
 
 def _focus_id(resource: StoredResource, rtype: str) -> str | None:
     """The id of the ``rtype`` resource the resource's ``focus`` refers to (a referral's Task), if any."""
-    focus = orjson.loads(resource.content).get("focus")
+    focus = jsonio.loads(resource.content).get("focus")
     reference = focus.get("reference") if isinstance(focus, dict) else None
     if not isinstance(reference, str) or not reference.startswith(f"{rtype}/"):
         return None

@@ -21,8 +21,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import orjson
 
+from gateway import jsonio
 from gateway.auth import Principal
 from gateway.clock import Clock, SystemClock
 from gateway.connectors import Connector, Success, exchange
@@ -171,7 +171,7 @@ class SubscriptionService:
         """Post a handshake or heartbeat; None on success, else a short reason code."""
         bundle = notification_bundle(view_of(record), kind, self.base_url, self.clock.now())
         client = self._http()
-        request = client.build_request("POST", spec.endpoint, content=orjson.dumps(bundle), timeout=timeout,
+        request = client.build_request("POST", spec.endpoint, content=jsonio.dumps(bundle), timeout=timeout,
                                        headers={**spec.headers, "Content-Type": "application/fhir+json"})
         _, outcome = await exchange(client, request, self.clock)
         return None if isinstance(outcome, Success) else str(getattr(outcome, "reason", "failed"))

@@ -157,3 +157,23 @@ async def test_a_failed_batch_request_fails_every_job(
 ) -> None:
     router.post(BASE).respond(502)
     assert await connector.deliver([job(1, rid="a"), job(2, rid="b")]) == [Retry(None, "http_502")] * 2
+
+
+async def test_decimals_go_to_the_server_as_the_client_wrote_them(
+    router: respx.MockRouter, connector: FhirServerConnector
+) -> None:
+    payload = (b'{"resourceType":"Observation","id":"o1","status":"final","code":{"text":"w"},'
+               b'"valueQuantity":{"value":5.40},"component":[{"code":{"text":"c"},"valueQuantity":{"value":1.50E2}}]}')
+
+    def observation(seq: int) -> Job:
+        return Job(id=f"shr:{seq}", destination="shr", seq=seq, resource_type="Observation", resource_id=f"o{seq}",
+                   version=1, op="update", key=f"Observation/o{seq}", payload=payload.replace(b"o1", b"o%d" % seq))
+
+    put = router.put(f"{BASE}/Observation/o1").respond(201)
+    [outcome] = await connector.deliver([observation(1)])
+    assert isinstance(outcome, Success)
+    assert b'"value":5.40' in put.calls.last.request.content and b'"value":1.50E2' in put.calls.last.request.content
+    reply = {"resourceType": "Bundle", "type": "batch-response", "entry": [{"response": {"status": "200 OK"}}] * 2}
+    post = router.post(BASE).respond(200, json=reply)
+    await connector.deliver([observation(2), observation(3)])
+    assert post.calls.last.request.content.count(b'"value":5.40') == 2

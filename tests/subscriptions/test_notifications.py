@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from typer.testing import CliRunner
 
@@ -192,3 +193,19 @@ async def test_a_dead_letter_never_keeps_the_subscribers_own_headers(sqlite_harn
     kept = repr([(letter.request, letter.response, letter.detail) for letter in letters])
     assert "x-partner-token" in kept.lower()  # the header is named, its value is not kept
     assert "s3cret-partner-value" not in kept and "emr-own-t0ken" not in kept
+
+
+async def test_a_full_resource_notification_keeps_the_decimals_as_written(sqlite_harness: Harness) -> None:
+    h = sqlite_harness
+    writer = h.client("system/*.cruds")
+    emr = h.client("system/Subscription.cruds", "system/Observation.rs", "system/Patient.rs")
+    await _subscribe(emr, subscription("lab-observation", h.endpoint("emr"), content="full-resource"))
+    await h.start_worker()
+    await _organizations(writer)
+    patient = await _create(writer, _patient("north"))
+    body = orjson.dumps(_observation(patient, LAB)).replace(b'"value":11.2', b'"value":11.20')
+    created = await writer.post("/fhir/Observation", content=body, headers={"Content-Type": "application/fhir+json"})
+    assert created.status_code == 201 and b'"value":11.20' in created.content
+    receiver = h.sandbox.receiver("emr")
+    await eventually(lambda: len(receiver.events) == 1, timeout=20)
+    assert any(b'"value":11.20' in raw for raw in receiver.bodies)

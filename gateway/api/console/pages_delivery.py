@@ -13,6 +13,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway import jsonio
 from gateway.api.context import AppContext, ctx_of
 from gateway.delivery import (
     DeadLetterFilter,
@@ -46,7 +47,7 @@ def _need_admin(ctx: AppContext) -> DeliveryAdmin:
 def figure(key: str, value: Any) -> dict[str, Any]:
     """How one destination figure is shown: kind ``age``, ``when``, ``json`` or ``text``."""
     if isinstance(value, list | dict):
-        return {"kind": "json", "value": orjson.dumps(value).decode()}
+        return {"kind": "json", "value": jsonio.dumps(value).decode()}
     if isinstance(value, int | float) and not isinstance(value, bool):
         if key.endswith(_AGES):
             return {"kind": "age", "value": value}
@@ -143,7 +144,7 @@ async def dead_letter(request: Request) -> Response:
         raise ConsoleError(404, str(exc)) from exc
     payload = letter.job.payload.decode("utf-8", "replace")
     try:
-        payload = orjson.dumps(orjson.loads(letter.job.payload), option=orjson.OPT_INDENT_2).decode()
+        payload = jsonio.dumps(jsonio.loads(letter.job.payload), option=orjson.OPT_INDENT_2).decode()
     except orjson.JSONDecodeError:
         pass
     return page(request, "dead_letter.html", letter=dead_letter_detail(letter), payload=payload)

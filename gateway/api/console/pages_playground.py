@@ -15,6 +15,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway import jsonio
 from gateway.api.context import AppContext, ctx_of
 from gateway.errors import MappingError
 from gateway.mapping import InputError, MappingSet, YamlSyntaxError, fhir_problems, parse_csv, read_yaml
@@ -58,7 +59,7 @@ def _records(text: str) -> list[Any]:
         raise ConsoleError(400, "Paste a record first.")
     if stripped[0] in "{[":
         try:
-            value = orjson.loads(stripped)
+            value = jsonio.loads(stripped)
         except orjson.JSONDecodeError as exc:
             raise ConsoleError(400, f"The record is not valid JSON: {exc}") from None
         records = value if isinstance(value, list) else [value]
@@ -94,7 +95,7 @@ async def run(request: Request) -> Response:
             results.append({"error": str(exc), "code": exc.code, "where": rule_location(mapping_set, exc),
                             "bundle": None, "problems": []})
             continue
-        results.append({"bundle": orjson.dumps(bundle, option=orjson.OPT_INDENT_2).decode(), "error": None,
+        results.append({"bundle": jsonio.dumps(bundle, option=orjson.OPT_INDENT_2).decode(), "error": None,
                         "problems": await ctx.query(fhir_problems, bundle)})
         resources += [entry["resource"] for entry in bundle.get("entry", []) if "resource" in entry]
     previews = []
@@ -108,9 +109,9 @@ async def run(request: Request) -> Response:
             preview = await preview_payload(connector, resources)
             previews.append({
                 "name": name, "unavailable": preview.unavailable, "notes": preview.notes,
-                "tracker": orjson.dumps(preview.tracker, option=orjson.OPT_INDENT_2).decode()
+                "tracker": jsonio.dumps(preview.tracker, option=orjson.OPT_INDENT_2).decode()
                 if preview.tracker else None,
-                "aggregate": [orjson.dumps(s, option=orjson.OPT_INDENT_2).decode() for s in preview.data_value_sets],
+                "aggregate": [jsonio.dumps(s, option=orjson.OPT_INDENT_2).decode() for s in preview.data_value_sets],
             })
     template = "playground_result.html" if request.headers.get("hx-request") else "playground.html"
     return page(request, template, sources=_sources(ctx), source=source_name, record=text, results=results,

@@ -13,6 +13,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway import jsonio
 from gateway.api.context import base_url, ctx_of
 from gateway.errors import FhirError
 from gateway.store import MessageFilter
@@ -102,7 +103,7 @@ async def quarantined(request: Request) -> Response:
     if held is None:
         raise ConsoleError(404, f"There is no quarantined record {request.path_params['qid']}.")
     try:
-        body = orjson.dumps(orjson.loads(held.body), option=orjson.OPT_INDENT_2).decode()
+        body = jsonio.dumps(jsonio.loads(held.body), option=orjson.OPT_INDENT_2).decode()
     except orjson.JSONDecodeError:
         body = held.body.decode("utf-8", "replace")
     return page(request, "quarantined.html", held=held, body=body, issues=held.outcome.get("issue", []),

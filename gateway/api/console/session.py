@@ -20,7 +20,7 @@ import os
 import time
 from dataclasses import dataclass
 
-import orjson
+from gateway import jsonio
 
 __all__ = ["COOKIE", "Session", "SessionSigner"]
 
@@ -75,7 +75,7 @@ class SessionSigner:
 
     def dumps(self, session: Session) -> str:
         """The cookie value of ``session``."""
-        payload = _b64(orjson.dumps({"sub": session.subject, "exp": session.expires, "n": session.nonce,
+        payload = _b64(jsonio.dumps({"sub": session.subject, "exp": session.expires, "n": session.nonce,
                                      "c": session.credential, "a": session.access_token}))
         return f"{payload}.{self._sign(payload)}"
 
@@ -87,7 +87,7 @@ class SessionSigner:
         if not hmac.compare_digest(signature, self._sign(payload)):
             return None
         try:
-            data = orjson.loads(_unb64(payload))
+            data = jsonio.loads(_unb64(payload))
             credential = data.get("c")
             session = Session(data["sub"], float(data["exp"]), str(data["n"]),
                               credential if isinstance(credential, str) else None, data.get("a") is True)

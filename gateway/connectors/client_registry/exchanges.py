@@ -13,6 +13,7 @@ from urllib.parse import quote
 import httpx
 import orjson
 
+from gateway import jsonio
 from gateway.clock import Clock
 from gateway.connectors.base import DeliveryOutcome, Permanent, Retry, Success
 from gateway.connectors.classify import record_request, record_response
@@ -47,7 +48,7 @@ def cruid_of(patient: Json) -> str | None:
 
 def _body(response: httpx.Response) -> Json:
     try:
-        value = orjson.loads(response.content)
+        value = jsonio.loads(response.content)
     except orjson.JSONDecodeError:
         return {}
     return value if isinstance(value, dict) else {}
@@ -70,7 +71,7 @@ class RegistryApi:
         is updated); the registry's id of the record."""
         url = f"{self.base_url}/Patient"
         headers = {**_HEADERS, "If-None-Exist": "identifier=" + key, "X-Request-Id": request_id}
-        request = self.client.build_request("POST", url, content=orjson.dumps(patient), headers=headers)
+        request = self.client.build_request("POST", url, content=jsonio.dumps(patient), headers=headers)
         response, outcome = await exchange(self.client, request, self.clock)
         if response is None or not isinstance(outcome, Success):
             return None, outcome
@@ -81,7 +82,7 @@ class RegistryApi:
         if response.status_code == 200:
             # An earlier attempt created it (its answer was lost) or an earlier version did: update it.
             put = self.client.build_request(
-                "PUT", f"{url}/{quote(rid, safe='')}", content=orjson.dumps({**patient, "id": rid}),
+                "PUT", f"{url}/{quote(rid, safe='')}", content=jsonio.dumps({**patient, "id": rid}),
                 headers={**_HEADERS, "X-Request-Id": request_id},
             )
             _, outcome = await exchange(self.client, put, self.clock)
@@ -114,7 +115,7 @@ class RegistryApi:
             {"name": "count", "valueInteger": 2},
         ]}  # fmt: skip
         request = self.client.build_request(
-            "POST", f"{self.base_url}/Patient/$match", content=orjson.dumps(parameters), headers=_HEADERS
+            "POST", f"{self.base_url}/Patient/$match", content=jsonio.dumps(parameters), headers=_HEADERS
         )
         entries, outcome = await self._entries(request)
         certain = [

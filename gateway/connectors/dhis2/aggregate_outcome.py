@@ -28,8 +28,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
+from gateway import jsonio
 from gateway.connectors.base import (
     DeliveryOutcome,
     Partial,
@@ -49,7 +48,7 @@ JsonObject = dict[str, Any]
 
 def recorded(status: int, body: Any) -> RecordedResponse:
     """A JSON body kept with a dead letter (bounded)."""
-    text = orjson.dumps(body).decode()
+    text = jsonio.dumps(body).decode()
     return RecordedResponse(status=status, headers={"content-type": "application/json"}, body=text[:65536])
 
 
@@ -105,7 +104,7 @@ def aggregate_outcome(
         refused.append(
             RefusedPart(
                 part=f"v{index}",
-                payload=orjson.dumps(narrow(report, origin)),
+                payload=jsonio.dumps(narrow(report, origin)),
                 reason=f"dhis2_{code}",
                 detail=detail,
                 response=recorded(status, answer),

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import orjson
 
+from gateway import jsonio
 from gateway.connectors.dhis2.config import default_timeout, parse_version, ping_path
 from gateway.connectors.dhis2.errors import Dhis2HttpError, Dhis2ProtocolError, Dhis2TransportError
 
@@ -72,7 +73,7 @@ class Dhis2Client:
         self, method: str, path: str, *, params: Mapping[str, Any] | None = None, body: Any = None
     ) -> httpx.Response:
         """Send one request; transport failures become ``Dhis2TransportError``."""
-        content = None if body is None else orjson.dumps(body)
+        content = None if body is None else jsonio.dumps(body)
         headers = {"Accept": "application/json"}
         if content is not None:
             headers["Content-Type"] = "application/json"
@@ -99,7 +100,7 @@ class Dhis2Client:
         if not response.is_success:
             raise http_error(path, response)
         try:
-            return orjson.loads(response.content)
+            return jsonio.loads(response.content)
         except orjson.JSONDecodeError as exc:
             raise Dhis2ProtocolError(f"GET {path}: the answer is not JSON") from exc
 
@@ -173,7 +174,7 @@ def http_error(endpoint: str, response: httpx.Response) -> Dhis2HttpError:
     message: str | None = None
     error_code: str | None = None
     try:
-        body = orjson.loads(response.content)
+        body = jsonio.loads(response.content)
     except orjson.JSONDecodeError:
         body = None
     if isinstance(body, dict):

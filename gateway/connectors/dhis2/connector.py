@@ -89,6 +89,7 @@ import anyio.to_thread
 import httpx
 import orjson
 
+from gateway import jsonio
 from gateway.clock import Clock
 from gateway.connectors.base import (
     DeliveryOutcome,
@@ -161,7 +162,7 @@ _PARENT_MISSING = frozenset({"E1063", "E1068", "E1081", "E1113", "E1114", "E1033
 
 def object_digest(payload: JsonObject) -> str:
     """A digest of one tracker object as sent (key order does not matter)."""
-    return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+    return hashlib.sha256(jsonio.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
 
 
 @dataclass
@@ -193,7 +194,7 @@ def _name(key: tuple[str, str]) -> str:
 
 def _json(response: httpx.Response) -> Any:
     try:
-        return orjson.loads(response.content)
+        return jsonio.loads(response.content)
     except orjson.JSONDecodeError:
         return None
 
@@ -745,7 +746,7 @@ class Dhis2Connector:
             "POST",
             self.client.base_url + path,
             params=params,
-            content=orjson.dumps(payload),
+            content=jsonio.dumps(payload),
             headers={"Content-Type": "application/json"},
         )
         return record_request(request)

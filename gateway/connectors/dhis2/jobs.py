@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import orjson
 
+from gateway import jsonio
 from gateway.connectors.classify import parse_retry_after
 from gateway.connectors.dhis2.client import Dhis2Client, http_error
 from gateway.connectors.dhis2.errors import (
@@ -43,7 +44,7 @@ class AsyncSubmission:
 
 def _json(response: httpx.Response, what: str) -> Any:
     try:
-        return orjson.loads(response.content)
+        return jsonio.loads(response.content)
     except orjson.JSONDecodeError as exc:
         raise Dhis2ProtocolError(f"{what}: the answer is not JSON") from exc
 

@@ -19,6 +19,7 @@ from typing import Any
 import anyio.to_thread
 import orjson
 
+from gateway import jsonio
 from gateway.connectors.dhis2.client import Dhis2Client
 from gateway.connectors.dhis2.metadata import FIELDS
 from gateway.connectors.dhis2.orgunits import ORG_UNIT_CODE_SYSTEM, ORG_UNIT_SYSTEM
@@ -100,7 +101,7 @@ def org_units_to_fhir(units: Iterable[JsonObject], *, today: datetime | None = N
 
 
 def _content(resource: JsonObject) -> bytes:
-    return orjson.dumps({k: v for k, v in resource.items() if k != "meta"}, option=orjson.OPT_SORT_KEYS)
+    return jsonio.dumps({k: v for k, v in resource.items() if k != "meta"}, option=orjson.OPT_SORT_KEYS)
 
 
 def sync_org_units(store: Any, resources: Iterable[JsonObject]) -> int:
@@ -112,7 +113,7 @@ def sync_org_units(store: Any, resources: Iterable[JsonObject]) -> int:
             if (
                 current is not None
                 and not current.deleted
-                and _content(orjson.loads(current.content)) == _content(resource)
+                and _content(jsonio.loads(current.content)) == _content(resource)
             ):
                 continue
             tx.update(resource)

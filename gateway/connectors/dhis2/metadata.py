@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from gateway import jsonio
 from gateway.connectors.dhis2.client import Dhis2Client
 from gateway.connectors.dhis2.errors import Dhis2ProtocolError
 
@@ -155,13 +156,13 @@ class MetadataSnapshot:
             "fetchedAt": self.fetched_at.isoformat(),
             "collections": self.collections,
         }
-        return orjson.dumps(data, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2)
+        return jsonio.dumps(data, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2)
 
     @classmethod
     def from_json(cls, raw: bytes) -> MetadataSnapshot:
         """Parse a stored snapshot."""
         try:
-            data = orjson.loads(raw)
+            data = jsonio.loads(raw)
             return cls(
                 base_url=str(data["baseUrl"]),
                 version=str(data["version"]),

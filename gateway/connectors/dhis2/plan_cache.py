@@ -20,8 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-import orjson
-
+from gateway import jsonio
 from gateway.connectors.dhis2.sources import JsonObject, ResourceSource
 
 # (method, arguments, answer as JSON bytes) of one read a plan made: bytes keep a cached
@@ -39,19 +38,19 @@ class RecordingSource:
     def get(self, resource_type: str, resource_id: str) -> JsonObject | None:
         """The current version, noted."""
         found = self._source.get(resource_type, resource_id)
-        self.reads.append(("get", (resource_type, resource_id), orjson.dumps(found)))
+        self.reads.append(("get", (resource_type, resource_id), jsonio.dumps(found)))
         return found
 
     def find(self, resource_type: str, param: str, reference: str) -> list[JsonObject]:
         """A search, noted."""
         found = self._source.find(resource_type, param, reference)
-        self.reads.append(("find", (resource_type, param, reference), orjson.dumps(found)))
+        self.reads.append(("find", (resource_type, param, reference), jsonio.dumps(found)))
         return found
 
     def was_deleted(self, resource_type: str, resource_id: str) -> JsonObject | None:
         """The last live version of a deleted resource, noted."""
         found = self._source.was_deleted(resource_type, resource_id)
-        self.reads.append(("was_deleted", (resource_type, resource_id), orjson.dumps(found)))
+        self.reads.append(("was_deleted", (resource_type, resource_id), jsonio.dumps(found)))
         return found
 
 
@@ -59,7 +58,7 @@ def _unchanged(reads: tuple[Read, ...], source: ResourceSource) -> bool:
     """Whether ``source`` answers every read as it was answered (in order: the plan's control
     flow depends only on the answers, so equal answers mean the same reads and the same plan)."""
     for method, args, answer in reads:
-        if orjson.dumps(getattr(source, method)(*args)) != answer:
+        if jsonio.dumps(getattr(source, method)(*args)) != answer:
             return False
     return True
 
@@ -74,7 +73,7 @@ class PlanCache:
 
     def plan(self, encounter: JsonObject, source: ResourceSource, make: Callable[[ResourceSource], Any]) -> Any:
         """``make(source)``'s plan for ``encounter``, reused when its reads answer the same."""
-        key = orjson.dumps(encounter)
+        key = jsonio.dumps(encounter)
         with self._lock:
             cached = self._plans.get(key)
         if cached is not None and _unchanged(cached[0], source):

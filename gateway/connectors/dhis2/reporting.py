@@ -26,8 +26,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
-import orjson
-
+from gateway import jsonio
 from gateway.connectors.dhis2.mapping_load import BoundAggregate
 from gateway.connectors.dhis2.measure import MeasureDefinition, compute_measure_report, group_by_org_unit
 from gateway.connectors.dhis2.orgunits import ORG_UNIT_SYSTEM, OrgUnitResolver
@@ -87,7 +86,7 @@ def _dated(source: StoreResourceSource, rtype: str, period: Period) -> Iterator[
         result = source.search(rtype, items)
         snapshot = result.snapshot
         for stored in result.resources:
-            yield orjson.loads(stored.content)
+            yield jsonio.loads(stored.content)
         if len(result.resources) < PAGE:
             return
         offset += PAGE
@@ -107,7 +106,7 @@ def _reported_org_units(source: StoreResourceSource, definition: MeasureDefiniti
         ]
         result = source.search("MeasureReport", items)
         for stored in result.resources:
-            report = orjson.loads(stored.content)
+            report = jsonio.loads(stored.content)
             identifier = (report.get("reporter") or {}).get("identifier") or {}
             if (
                 report.get("measure") == definition.spec.measure

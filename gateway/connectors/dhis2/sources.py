@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
-import orjson
+from gateway import jsonio
 
 __all__ = ["ResourceBundle", "ResourceSource", "StoreResourceSource", "is_retracted", "reference_of"]
 
@@ -181,7 +181,7 @@ class StoreResourceSource:
         stored = self._store.read(resource_type, resource_id)
         if stored is None or stored.deleted:
             return None
-        value: JsonObject = orjson.loads(stored.content)
+        value: JsonObject = jsonio.loads(stored.content)
         return value
 
     def was_deleted(self, resource_type: str, resource_id: str) -> JsonObject | None:
@@ -192,14 +192,14 @@ class StoreResourceSource:
         for version in range(stored.version - 1, 0, -1):  # deletions may repeat: the last live one
             before = self._store.vread(resource_type, resource_id, version)
             if before is not None and not before.deleted and before.content:
-                value: JsonObject = orjson.loads(before.content)
+                value: JsonObject = jsonio.loads(before.content)
                 return value
         return None
 
     def find(self, resource_type: str, param: str, reference: str) -> list[JsonObject]:
         """A search ``<Type>?<param>=<reference>`` (one page of up to ``limit``)."""
         result = self.search(resource_type, [(param, reference), ("_count", str(self._limit))])
-        return [orjson.loads(item.content) for item in result.resources]
+        return [jsonio.loads(item.content) for item in result.resources]
 
     def search(self, resource_type: str, params: list[tuple[str, str]]) -> Any:
         """Any search, as the store answers it (a ``SearchResult``, for paging with ``_snapshot``)."""

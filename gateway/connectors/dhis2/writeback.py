@@ -52,8 +52,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
+from gateway import jsonio
 from gateway.connectors.base import Job
 from gateway.connectors.dhis2.sources import ResourceSource
 from gateway.connectors.dhis2.tracker_transform import TrackerPlan
@@ -200,7 +199,7 @@ class WriteBack:
         previous = self.store.vread(job.resource_type, job.resource_id, job.version - 1)
         if previous is None or previous.deleted or not previous.content:
             return None
-        before: JsonObject = orjson.loads(previous.content)
+        before: JsonObject = jsonio.loads(previous.content)
         if not self.ours(before) or not self._written_back(job.ref, job.version - 1):
             return None
         if self._without_ours(before) != self._without_ours(resource):
@@ -243,7 +242,7 @@ class WriteBack:
                 current = tx.read(target.resource_type, target.resource_id)
                 if current is None or current.deleted or current.version != target.version:
                     continue  # moved on: the newer version is delivered, then written back
-                resource: JsonObject = orjson.loads(current.content)
+                resource: JsonObject = jsonio.loads(current.content)
                 updated = self._with_identifiers(resource, target.identifiers)
                 if updated is None:
                     continue

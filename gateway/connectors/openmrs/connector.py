@@ -29,6 +29,7 @@ import anyio.to_thread
 import httpx
 import orjson
 
+from gateway import jsonio
 from gateway.clock import Clock
 from gateway.connectors.base import DeliveryOutcome, Job, Permanent, Retry, Success
 from gateway.connectors.http import exchange
@@ -154,7 +155,7 @@ class OpenMrsConnector:
             if isinstance(outcome, Retry | Permanent):
                 return outcome
             assert response is not None
-            bundle = orjson.loads(response.content)
+            bundle = jsonio.loads(response.content)
             for entry in bundle.get("entry") or []:
                 candidate = entry.get("resource") or {}
                 if candidate.get("id") and is_ours(rtype, body, candidate):
@@ -174,7 +175,7 @@ class OpenMrsConnector:
         content = None
         if body is not None:
             headers["Content-Type"] = FHIR_JSON
-            content = orjson.dumps({"resourceType": job.resource_type, **body})
+            content = jsonio.dumps({"resourceType": job.resource_type, **body})
         request = self.client.build_request(method, url, content=content, headers=headers)
         return await exchange(self.client, request, self.clock)
 
@@ -185,7 +186,7 @@ class OpenMrsConnector:
 def _created_id(response: httpx.Response, rtype: str) -> str | None:
     """The id OpenMRS gave: the answer's ``id``, else the ``Location`` header's."""
     try:
-        created = orjson.loads(response.content)
+        created = jsonio.loads(response.content)
     except orjson.JSONDecodeError:
         created = None
     if isinstance(created, dict) and isinstance(created.get("id"), str) and created["id"]:

@@ -23,8 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import orjson
-
+from gateway import jsonio
 from gateway.connectors.base import Job
 from gateway.mapping import ConceptTable
 from gateway.store import DestinationIds, ResourceStore
@@ -168,7 +167,7 @@ class OpenMrsProfile:
             seen += 1
             rid = reference.split("/", 1)[1]
             found = self.store.read("Location", rid)
-            place: Json = orjson.loads(found.content) if found is not None and not found.deleted else {}
+            place: Json = jsonio.loads(found.content) if found is not None and not found.deleted else {}
             codes = [str(i.get("value")) for i in place.get("identifier") or [] if i.get("value")] + [rid]
             for code in codes:
                 if code in self.locations.source_codes:
@@ -195,7 +194,7 @@ class OpenMrsProfile:
                     continue
                 found = self.store.read("ServiceRequest", ref.split("/", 1)[1])
                 if found is not None and not found.deleted:
-                    notes.append({"text": _referral_note(orjson.loads(found.content))})
+                    notes.append({"text": _referral_note(jsonio.loads(found.content))})
             if not kept:
                 body.pop(key, None)
             else:

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import httpx
-import orjson
 
+from gateway import jsonio
 from gateway.clock import Clock
 from gateway.connectors.base import DeliveryOutcome, Job, Permanent, Retry, Success
 from gateway.connectors.classify import record_request, record_response
@@ -97,7 +97,7 @@ class ChtConnector(_ReturnConnector):
             return Permanent(reason="mapping_error", detail="the outbound CHT payload needs an _id (use %outcome_id)")
         url = f"{self.base_url}/{self.options.database}/{doc_id}"
         request = self.client.build_request(
-            "PUT", url, content=orjson.dumps(payload), headers={"Content-Type": "application/json"}
+            "PUT", url, content=jsonio.dumps(payload), headers={"Content-Type": "application/json"}
         )
         response, outcome = await exchange(self.client, request, self.clock)
         if response is not None and response.status_code == 409:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
+from gateway import jsonio
 from gateway.store import ResourceStore
 
 __all__ = ["outcome_context", "reference_parts"]
@@ -27,7 +26,7 @@ def _read(store: ResourceStore, value: Any) -> dict[str, Any] | None:
     found = store.read(*parts)
     if found is None or found.deleted:
         return None
-    resource: dict[str, Any] = orjson.loads(found.content)
+    resource: dict[str, Any] = jsonio.loads(found.content)
     return resource
 
 

@@ -17,8 +17,7 @@ import logging
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-import orjson
-
+from gateway import jsonio
 from gateway.clock import Clock
 from gateway.connectors.referral.config import ReferralSettings
 from gateway.scheduler import PeriodicTask
@@ -77,7 +76,7 @@ def mark_overdue(store: ResourceStore, settings: ReferralSettings, now: float) -
     while True:
         page = store.search(parser.parse("Task", [*_QUERY, ("_offset", str(offset))])).resources
         for stored in page:
-            task: dict[str, Any] = orjson.loads(stored.content)
+            task: dict[str, Any] = jsonio.loads(stored.content)
             due = due_at(task, settings.overdue_after)
             if due is None or due > moment:
                 offset += 1  # stays in the result: step over it
