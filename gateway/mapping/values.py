@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from gateway.jsonio import DecimalLiteral
+from gateway.jsonio import DecimalLiteral, number_of
 from gateway.mapping.errors import MappingError, quote
 
 __all__ = [
@@ -39,6 +39,8 @@ _FALSE = frozenset({"no", "false", "n", "0"})
 _INT_RE = re.compile(r"^[+-]?\d{1,18}$")
 _LONG_INT_RE = re.compile(r"^[+-]?\d{19,}$")
 _DECIMAL_RE = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
+#: The texts that are JSON number literals as they stand (no sign, point or zero JSON refuses).
+_JSON_NUMBER_RE = re.compile(r"^-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?$")
 #: "11,4": a decimal comma, as spreadsheets write numbers in French, Portuguese, Spanish...
 _DECIMAL_COMMA_RE = re.compile(r"^[+-]?\d+,(\d+)$")
 _PARTIAL_DATE_RE = re.compile(r"^\d{4}(?:-(?:0[1-9]|1[0-2]))?$")
@@ -115,6 +117,8 @@ def to_decimal(value: Any, path: str) -> float | int:
         text = value.strip()
         if _INT_RE.match(text):
             return int(text)
+        if _JSON_NUMBER_RE.match(text) and math.isfinite(float(text)):
+            return number_of(text)  # "71.20" keeps its precision in the resource, as FHIR decimals do
         number = float(text)
     elif vtype is str and (comma := _DECIMAL_COMMA_RE.match(value.strip())):
         if len(comma.group(1)) == 3:  # "1,234": a thousands separator just as well

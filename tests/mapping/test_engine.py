@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from gateway import jsonio
 from gateway.mapping import (
     MAPPING_TAG_SYSTEM,
     MappingError,
@@ -283,3 +284,15 @@ def test_the_answer_none_to_danger_signs_is_no_danger_sign(sets, set_name: str, 
     answer(ticked_none, "none")
     answer(ticked_nothing, "")
     assert sets[set_name].map_record(ticked_none) == sets[set_name].map_record(ticked_nothing)
+
+
+def test_a_decimal_keeps_the_precision_the_record_gave_it(sets) -> None:
+    record = _fixture(sets, "kobo", "hypertension-visit")
+    for weight in ("71.20", "7.120E1"):
+        bundle = sets["kobo"].map_record({**record, "vitals/weight_kg": weight})
+        assert b'"value":' + weight.encode() in jsonio.dumps(bundle)
+    bundle = sets["kobo"].map_record({**record, "vitals/weight_kg": "71.2"})
+    assert b'"value":71.2,' in jsonio.dumps(bundle)
+    as_number = jsonio.loads(b'{"w": 71.20}')["w"]  # a JSON source's number literal
+    bundle = sets["kobo"].map_record({**record, "vitals/weight_kg": as_number})
+    assert b'"value":71.20' in jsonio.dumps(bundle)
