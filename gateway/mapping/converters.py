@@ -15,6 +15,9 @@ Bad values raise ``MappingError`` naming the source path and the value.
 ``multiply(f)``        number × f (unit normalisation, e.g. MUAC cm → mm)
 ``boolean``            yes/no, true/false, y/n, 1/0 → true/false
 ``date``               ISO date (a date-time keeps its date part); partial dates allowed
+``date(format)``       a date written ``dd/mm/yyyy`` (any order of dd, mm, yyyy, any
+                       separator) or a spreadsheet serial day (``excel``) → ISO date;
+                       ISO dates are read too
 ``datetime``           ISO date-time; no zone means UTC (Kobo ``_submission_time``)
 ``epoch_ms``           milliseconds since 1970 → date-time (CHT ``reported_date``)
 ``epoch_s``            seconds since 1970 → date-time
@@ -59,12 +62,14 @@ from gateway.mapping.values import (
     NAME_ORDERS,
     birth_date_from_age,
     blank,
+    date_pattern,
     fail,
     from_epoch,
     human_name,
     position,
     to_boolean,
     to_date,
+    to_date_as,
     to_datetime,
     to_decimal,
     to_epoch_ms,
@@ -185,6 +190,17 @@ def _human_name(args: list[Any], ctx: CompileContext, path: str) -> Converter:
     if order not in NAME_ORDERS:
         raise ConverterArgError(f"human_name: order {order!r} must be one of {', '.join(NAME_ORDERS)}")
     return _per_item(lambda value: human_name(value, path, order))
+
+
+def _date(args: list[Any], ctx: CompileContext, path: str) -> Converter:
+    if not args:
+        return _per_item(lambda value: to_date(value, path))
+    fmt = args[0]
+    try:
+        pattern = date_pattern(fmt)
+    except ValueError as exc:
+        raise ConverterArgError(f"date: {exc}") from None
+    return _per_item(lambda value: to_date_as(value, path, fmt, pattern))
 
 
 def _birth_date_from_age(args: list[Any], ctx: CompileContext, path: str) -> Converter:
@@ -313,7 +329,7 @@ CONVERTERS: dict[str, ConverterSpec] = {
         ConverterSpec("decimal", (), 0, _simple(to_decimal)),
         ConverterSpec("multiply", (float,), 1, _multiply),
         ConverterSpec("boolean", (), 0, _simple(to_boolean)),
-        ConverterSpec("date", (), 0, _simple(to_date)),
+        ConverterSpec("date", (str,), 0, _date),
         ConverterSpec("datetime", (), 0, _simple(to_datetime)),
         ConverterSpec("epoch_ms", (), 0, _simple(lambda v, p: from_epoch(v, p, 1000))),
         ConverterSpec("epoch_s", (), 0, _simple(lambda v, p: from_epoch(v, p, 1))),

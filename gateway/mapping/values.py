@@ -44,6 +44,7 @@ _JSON_NUMBER_RE = re.compile(r"^-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?$")
 #: "11,4": a decimal comma, as spreadsheets write numbers in French, Portuguese, Spanish...
 _DECIMAL_COMMA_RE = re.compile(r"^[+-]?\d+,(\d+)$")
 _PARTIAL_DATE_RE = re.compile(r"^\d{4}(?:-(?:0[1-9]|1[0-2]))?$")
+_ISO_START_RE = re.compile(r"^\d{4}-\d{2}")
 _FHIR_DATETIME_RE = re.compile(
     r"^\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])T(?:[01]\d|2[0-3]):[0-5]\d:(?:[0-5]\d|60)"
     r"(?:\.\d{1,9})?(?:Z|[+-](?:(?:0\d|1[0-3]):[0-5]\d|14:00))$"
@@ -169,6 +170,62 @@ def to_date(value: Any, path: str) -> str:
     if len(text) >= 10 and text[:10] == parsed.date().isoformat():
         return text[:10]
     return parsed.date().isoformat()
+
+
+#: ``date('excel')``: spreadsheet serial day numbers count from 1899-12-30 (Excel's 1900 system).
+EXCEL_FORMAT = "excel"
+_EXCEL_EPOCH = date(1899, 12, 30)
+_DATE_PARTS = {"dd": ("%d", r"(?P<d>\d{1,2})"), "mm": ("%m", r"(?P<m>\d{1,2})"), "yyyy": ("%Y", r"(?P<y>\d{4})")}
+_FORMAT_TOKEN_RE = re.compile(r"yyyy|dd|mm")
+
+
+def date_pattern(fmt: str) -> re.Pattern[str] | None:
+    """The pattern reading dates written as ``fmt`` (``dd/mm/yyyy``, ``mm-dd-yyyy``, ``yyyy.mm.dd``:
+    each of dd, mm and yyyy once, between separators), ``None`` for ``excel``; ``ValueError`` says
+    what is wrong with any other format."""
+    if fmt == EXCEL_FORMAT:
+        return None
+    tokens = _FORMAT_TOKEN_RE.findall(fmt)
+    if sorted(tokens) != ["dd", "mm", "yyyy"]:
+        raise ValueError(f"date format {fmt!r} must hold dd, mm and yyyy once each (e.g. 'dd/mm/yyyy'), or be 'excel'")
+    pieces = _FORMAT_TOKEN_RE.split(fmt)
+    if any(not piece.strip() or any(ch.isalnum() for ch in piece) for piece in pieces[1:-1]) or pieces[0] or pieces[-1]:
+        raise ValueError(f"date format {fmt!r}: separate dd, mm and yyyy by a sign such as / - . (e.g. 'dd/mm/yyyy')")
+    regex = "".join(re.escape(piece) + (_DATE_PARTS[token][1] if token else "")
+                    for piece, token in zip(pieces, [*tokens, ""], strict=True))
+    return re.compile(f"^{regex}$")
+
+
+def to_date_as(value: Any, path: str, fmt: str, pattern: re.Pattern[str] | None) -> str:
+    """An ISO date from a date written as ``fmt`` (see ``date_pattern``) or as a spreadsheet serial
+    day number (``excel``); an ISO date (YYYY-MM-DD...) is read as ``date`` reads it."""
+    if type(value) is str and _ISO_START_RE.match(value.strip()):
+        return to_date(value, path)
+    if pattern is None:
+        return _excel_date(value, path)
+    if type(value) is not str:
+        raise fail(path, value, f"a date written {fmt}")
+    found = pattern.match(value.strip())
+    if found is None:
+        raise fail(path, value, f"a date written {fmt}")
+    try:
+        return date(int(found["y"]), int(found["m"]), int(found["d"])).isoformat()
+    except ValueError:
+        raise fail(path, value, f"a date written {fmt} (no such day)") from None
+
+
+def _excel_date(value: Any, path: str) -> str:
+    vtype = type(value)
+    if vtype is str and _DECIMAL_RE.match(value.strip()):
+        number = float(value)
+    elif vtype is int or vtype is float or isinstance(value, Decimal | DecimalLiteral):
+        number = float(value)
+    else:
+        raise fail(path, value, "a spreadsheet date serial number (days since 1899-12-30)")
+    # 1 is 1900-01-01 (Excel's phantom 1900-02-29 aside); 2,958,465 is 9999-12-31. A fraction is a time of day.
+    if not math.isfinite(number) or not 1 <= number < 2_958_466:
+        raise fail(path, value, "a spreadsheet date serial number in range (1 to 2958465)")
+    return (_EXCEL_EPOCH + timedelta(days=math.floor(number))).isoformat()
 
 
 def to_datetime(value: Any, path: str) -> str:

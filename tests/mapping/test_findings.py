@@ -237,6 +237,30 @@ def test_an_unknown_age_unit_is_refused_at_load(mappings_dir) -> None:
     assert "unit 'decades' must be one of years, months, weeks, days" in issue.message
 
 
+@pytest.mark.parametrize(("fmt", "message"), [
+    ("dd/mm", "date format 'dd/mm' must hold dd, mm and yyyy once each"),
+    ("ddmmyyyy", "separate dd, mm and yyyy by a sign"),
+    ("xl", "date format 'xl' must hold dd, mm and yyyy once each (e.g. 'dd/mm/yyyy'), or be 'excel'"),
+])
+def test_a_date_format_that_reads_no_date_is_refused_at_load(mappings_dir, fmt: str, message: str) -> None:
+    mapping = AGE.replace('"{{ submitted | date }}"', f"\"{{{{ submitted | date('{fmt}') }}}}\"")
+    (issue,) = load_mappings(_set(mappings_dir, mapping)).issues
+    assert message in issue.message and issue.line is not None
+
+
+def test_a_date_written_day_first_or_as_a_spreadsheet_serial_is_read(mappings_dir) -> None:
+    for fmt, written in [("dd/mm/yyyy", "29/02/2024"), ("mm-dd-yyyy", "02-29-2024"), ("excel", "45351"),
+                         ("excel", 45351.5), ("dd/mm/yyyy", "2024-02-29")]:
+        mapping = AGE.replace('"{{ submitted | date }}"', f"\"{{{{ submitted | date('{fmt}') }}}}\"")
+        mapping = mapping.replace('{recorded: "{{ submitted | datetime }}"}', '{recorded: "2024-03-01T00:00:00Z"}')
+        record = {**RECORD, "submitted": written}
+        bundle = load_mapping_sets(_set(mappings_dir, mapping))["tbc"].map_record(record)
+        assert bundle["entry"][0]["resource"]["birthDate"] == "1990-02-28", (fmt, written)  # 34 years before the visit
+    mapping = AGE.replace('"{{ submitted | date }}"', "\"{{ submitted | date('dd/mm/yyyy') }}\"")
+    with pytest.raises(MappingError, match="is not a date written dd/mm/yyyy"):
+        load_mapping_sets(_set(mappings_dir, mapping))["tbc"].map_record({**RECORD, "submitted": "02/29/2024"})
+
+
 ACROSS = CONTACTS + """\
   - name: household
     kind: resource
