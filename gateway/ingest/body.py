@@ -2,7 +2,8 @@
 
 Accepted bodies: one JSON object, a JSON array of objects (``application/json`` or any
 ``+json`` type; a missing Content-Type means JSON) or CSV with a header line
-(``text/csv``). Only UTF-8 is accepted. Anything else is refused as a whole with a 4xx
+(``text/csv``). JSON is UTF-8; CSV is UTF-8 unless its ``charset`` names another encoding
+(spreadsheets save windows-1252 or latin-1). Anything else is refused as a whole with a 4xx
 before a single record is touched, because it is not a record the sender could fix one
 by one: not JSON, a JSON scalar, an array holding no object at all, nesting deeper than the
 limit, more records than the limit, another charset or media type. An item of an array of
@@ -16,6 +17,7 @@ CSV line. Each can be replayed on its own.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 from dataclasses import dataclass
@@ -49,23 +51,25 @@ class ReceivedRecord:
     origin: str | None = None
 
 
-def _media_type(content_type: str | None) -> str:
+def _media_type(content_type: str | None) -> tuple[str, str]:
+    """The body's kind (``JSON`` or ``CSV``) and its charset (a Python codec name)."""
     if content_type is None or not content_type.strip():
-        return JSON
+        return JSON, "utf-8"
     media, *params = (part.strip() for part in content_type.split(";"))
     media = media.lower()
+    charset = "utf-8"
     for param in params:
         name, _, value = param.partition("=")
-        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
-            raise FhirError(
-                f"charset {value.strip()[:20]!r} is not supported; send UTF-8",
-                status=415,
-                code="not-supported",
-            )
+        if name.strip().lower() == "charset":
+            charset = _codec(value.strip().strip('"'))
     if media in _JSON_TYPES or media.endswith("+json"):
-        return JSON
+        if charset not in ("utf-8", "ascii"):  # RFC 8259: JSON exchanged between systems is UTF-8
+            raise FhirError(f"charset {charset!r} is not supported for JSON; send UTF-8", status=415,
+                            code="not-supported")  # fmt: skip
+        return JSON, charset
     if media in ("text/csv", "application/csv"):
-        return CSV
+        # Spreadsheets save CSV in the machine's code page (windows-1252, latin-1): read it as named.
+        return CSV, charset
     raise FhirError(
         f"Content-Type {media[:60]!r} is not supported; send application/json or text/csv",
         status=415,
@@ -73,13 +77,25 @@ def _media_type(content_type: str | None) -> str:
     )
 
 
+def _codec(name: str) -> str:
+    """The codec of a charset name, or 415 when Python knows no text encoding by that name."""
+    try:
+        info = codecs.lookup(name)
+    except LookupError:
+        info = None
+    if info is None or not getattr(info, "_is_text_encoding", True):
+        raise FhirError(f"charset {name[:20]!r} is not known; send UTF-8 or name the file's encoding",
+                        status=415, code="not-supported")  # fmt: skip
+    return info.name
+
+
 def split_body(
     body: bytes, content_type: str | None, *, max_depth: int = 64, max_records: int = 1000
 ) -> list[ReceivedRecord]:
     """The records in a request body; raises a 4xx ``FhirError`` for a body that is not records."""
-    media = _media_type(content_type)
+    media, charset = _media_type(content_type)
     if media == CSV:
-        records = _csv_records(body)
+        records = _csv_records(body, charset)
     else:
         records = _json_records(body, max_depth)
     if not records:
@@ -110,9 +126,10 @@ def _json_records(body: bytes, max_depth: int) -> list[ReceivedRecord]:
     ]  # fmt: skip
 
 
-def _csv_records(body: bytes) -> list[ReceivedRecord]:
+def _csv_records(body: bytes, charset: str) -> list[ReceivedRecord]:
+    # What is kept of a failed line is UTF-8 whatever came (``_csv_line_bytes``): replayable as is.
     try:
-        header, rows = parse_csv_rows(body)
+        header, rows = parse_csv_rows(body, charset)
     except InputError as exc:
         raise invalid(str(exc), code="structure") from exc
     # A line of the wrong width is one bad record, quarantined with its line: the others go on.

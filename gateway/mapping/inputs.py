@@ -7,6 +7,7 @@ UTF-8 byte-order mark is ignored (Excel writes one).
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import re
@@ -91,17 +92,20 @@ class CsvRow:
     problem: str | None = None
 
 
-def parse_csv_rows(data: bytes) -> tuple[list[str], list[CsvRow]]:
-    """The header and every data line of a UTF-8 CSV document (comma-, semicolon- or tab-separated,
-    as its header line shows); a line of the wrong width is a row with a ``problem`` (to be kept
-    on its own), not the end of the document."""
+def parse_csv_rows(data: bytes, encoding: str = "utf-8") -> tuple[list[str], list[CsvRow]]:
+    """The header and every data line of a CSV document in ``encoding`` (UTF-8 unless its sender
+    named another; comma-, semicolon- or tab-separated, as its header line shows); a line of the
+    wrong width is a row with a ``problem`` (to be kept on its own), not the end of the document."""
+    utf8 = codecs.lookup(encoding).name == "utf-8"
     try:
-        text = data.decode("utf-8-sig")
+        text = data.decode("utf-8-sig" if utf8 else encoding)
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
+        name = "UTF-8" if utf8 else encoding
         raise InputError(
-            f"CSV is not UTF-8: line {line} holds a byte that is not UTF-8 (offset {exc.start} in the file);"
-            " save the file as UTF-8"
+            f"CSV is not {name}: line {line} holds a byte that is not {name}"
+            f" (offset {exc.start} in the file); save the file as UTF-8"
+            + (" (or send it with its charset, e.g. text/csv; charset=windows-1252)" if utf8 else "")
         ) from exc
     end = text.find("\n")  # the header line, without copying the rest of the document
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=csv_delimiter(text[:end] if end >= 0 else text),

@@ -128,6 +128,23 @@ async def test_a_semicolon_or_tab_separated_line_list_is_read_as_such(gw: Harnes
     assert again.json()["unchanged"] == 4, again.text
 
 
+@pytest.mark.parametrize("charset", ["windows-1252", "ISO-8859-1", "latin1"])
+async def test_a_csv_in_a_spreadsheet_code_page_is_read_in_the_charset_it_names(gw: Harness, charset: str) -> None:
+    rows = sample("csv", "malaria-line-list").decode().splitlines()
+    rows[1] = rows[1].replace("Okello Brian", "Okéllo Brïan")
+    body = "\n".join(rows).encode("cp1252")
+    # Unnamed, the same bytes are no UTF-8: refused whole, with the way out named.
+    refused = await _post(gw, "csv", body, {"Content-Type": "text/csv"})
+    assert refused.status_code == 400 and "charset=windows-1252" in refused.text
+    response = await _post(gw, "csv", body, {"Content-Type": f"text/csv; charset={charset}"})
+    assert response.status_code == 200, response.text
+    patient = next(r for r in response.json()["results"][0]["resources"] if r["type"] == "Patient")
+    stored = (await gw.fhir.get(f"/fhir/Patient/{patient['id']}")).json()
+    assert stored["name"][0]["text"] == "Okéllo Brïan"
+    unknown = await _post(gw, "csv", body, {"Content-Type": "text/csv; charset=klingon"})
+    assert unknown.status_code == 415 and "klingon" in unknown.text
+
+
 async def test_csv_row_that_fails_is_kept_as_csv_and_replayable(gw: Harness) -> None:
     rows = sample("csv", "malaria-line-list").decode().splitlines()
     rows[2] = rows[2].replace(",negative,", ",weird,")
