@@ -175,6 +175,12 @@ def test_config_check_names_field_file_and_line(env: Path, monkeypatch: pytest.M
     result = runner.invoke(app, ["config", "check", "--config", str(bad)])
     assert result.exit_code == 2
     assert "search.max_count" in result.stderr and str(bad) in result.stderr
+    # Every bad setting is named, a line each (it said "(and 1 more)").
+    two = env / "two.yaml"
+    two.write_text("port: 8080\nsearch:\n  max_count: -5\nbatch_size: fifty\n")
+    result = runner.invoke(app, ["config", "check", "--config", str(two)])
+    assert result.exit_code == 2
+    assert f"{two}:3: search.max_count" in result.stderr and f"{two}:4: batch_size" in result.stderr
     broken = env / "broken.yaml"
     broken.write_text("port: 8080\nhost: [\n")
     result = runner.invoke(app, ["config", "check", "--config", str(broken)])

@@ -112,26 +112,32 @@ def settings_from(config: Path | None, dev: bool = False, **overrides: Any) -> S
 
 
 def describe_validation_error(exc: ValidationError, config: Path | None) -> str:
-    """``file:line: search.max_count: reason`` when the file wrote the first bad value, else
-    ``store_url (GATEWAY_STORE_URL): …`` naming the setting; plus a count of the others."""
-    from gateway.settings import ConfigFileError, read_config_file, setting_error_in_file
+    """Every invalid setting, a line each: ``file:line: search.max_count: reason`` where the file
+    wrote the bad value, else ``store_url (GATEWAY_STORE_URL): …`` naming the setting."""
+    from gateway.settings import ConfigFileError, located_errors, read_config_file, setting_error_in_file
 
     errors = exc.errors(include_url=False, include_input=False)
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    values = None
     if config is not None:
         try:
-            located = setting_error_in_file(exc, config, read_config_file(config))
+            values = read_config_file(config)
         except ConfigFileError:
-            located = None
-        if located is not None:
-            return located + more
-    first = errors[0]
-    field = ".".join(str(p) for p in first.get("loc", ()))
+            values = None
+    others = located_errors(exc, config, values)[1:] if config is not None and values is not None else [
+        _unlocated(error, config) for error in errors[1:]
+    ]
+    located = setting_error_in_file(exc, config, values) if config is not None and values is not None else None
+    return "\n".join([located or _unlocated(errors[0], config), *others])
+
+
+def _unlocated(error: Any, config: Path | None) -> str:
+    """``invalid setting store_url (GATEWAY_STORE_URL): …``: an error no line of the file holds."""
+    field = ".".join(str(p) for p in error.get("loc", ()))
     # The variable of the top-level setting: a list (sources, destinations) is set whole.
-    env = "GATEWAY_" + "__".join(str(p).upper() for p in _env_path(first.get("loc", ())))
-    message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    env = "GATEWAY_" + "__".join(str(p).upper() for p in _env_path(error.get("loc", ())))
+    message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
     where = f" in {config}" if config else ""
-    return f"invalid setting {field} ({env}){where}: {message}{more}"
+    return f"invalid setting {field} ({env}){where}: {message}"
 
 
 def _env_path(loc: Any) -> list[Any]:
