@@ -18,6 +18,7 @@ from gateway.cli.common import ConfigOption, DevOption, fail, settings_from, whe
 from gateway.errors import exit_code_for
 
 if TYPE_CHECKING:
+    from gateway.errors import FhirError
     from gateway.ingest import IngestService, RecordResult
     from gateway.settings import Settings
 
@@ -109,7 +110,8 @@ def replay(
         typer.echo("gateway: give quarantine ids or --all", err=True)
         raise typer.Exit(2)
     refused = 0  # ids that are not held records (unknown, already replayed or discarded): not "still held"
-    with _service(settings_from(config, dev)) as service:
+    settings = settings_from(config, dev)
+    with _service(settings) as service:
         results: list[RecordResult] = []
         if all_held:
             results = service.replay_all(source)
@@ -118,7 +120,7 @@ def replay(
                 try:
                     results.append(service.replay(qid))
                 except FhirError as exc:
-                    typer.echo(f"gateway: #{qid}: {exc.diagnostics}", err=True)
+                    typer.echo(f"gateway: #{qid}: {_looked_in(exc, settings)}", err=True)
                     refused += 1
     for result in results:
         _echo_result(result)
@@ -140,14 +142,21 @@ def discard(
 
     done: list[int] = []
     refused: list[tuple[int, FhirError]] = []
-    with _service(settings_from(config, dev)) as service:
+    settings = settings_from(config, dev)
+    with _service(settings) as service:
         for qid in ids:
             try:
                 service.discard(qid)
                 done.append(qid)
             except FhirError as exc:  # the others are still done: each id is reported
-                typer.echo(f"gateway: #{qid}: {exc.diagnostics}", err=True)
+                typer.echo(f"gateway: #{qid}: {_looked_in(exc, settings)}", err=True)
                 refused.append((qid, exc))
     typer.echo(f"{len(done)} record(s) discarded" + (f": {', '.join(f'#{q}' for q in done)}" if refused else ""))
     if refused:
         raise typer.Exit(exit_code_for(refused[0][1]))
+
+
+def _looked_in(exc: FhirError, settings: Settings) -> str:
+    """Why an id was refused; for one the store does not hold, where the command looked (a wrong
+    ``--config`` or store is the usual cause)."""
+    return f"{exc.diagnostics} ({where(settings)})" if exc.status == 404 else exc.diagnostics

@@ -108,13 +108,15 @@ def test_replay_of_an_id_that_is_not_held_says_so(config: Path) -> None:
         assert "still held:" not in result.output
         assert f"gateway: #{missing}: " in result.stderr and reason in result.stderr
         assert "0 replayed, 0 still held, 1 not replayable" in result.stdout
+        # An id the store does not hold says where the command looked (a wrong --config is the usual cause).
+        assert (f"configuration {config}" in result.stderr) == (missing == 999)
 
 
 def test_discard_reports_each_id_and_goes_on_past_an_unknown_one(config: Path) -> None:
     qid = _quarantine_one(config)
     result = runner.invoke(quarantine_app, ["discard", "999", str(qid), "--config", str(config)])
     assert result.exit_code == 1
-    assert "gateway: #999: " in result.stderr
+    assert "gateway: #999: " in result.stderr and f"configuration {config}" in result.stderr
     assert f"1 record(s) discarded: #{qid}" in result.stdout  # the known one is done, and says so
     listed = runner.invoke(quarantine_app, ["list", "--config", str(config)]).output
     assert listed.strip().endswith("0 record(s)")
