@@ -164,7 +164,18 @@ class GroupCommit(ABC, Generic[C]):
             try:
                 if not batch.open:
                     batch.open = True  # before BEGIN: a failed BEGIN still ends in a rollback
-                    self._begin(cur)
+                    try:
+                        self._begin(cur)
+                    except Exception:
+                        if not self._stale(conn):
+                            raise
+                        # The server dropped the idle connection (a restart, a failover): nothing
+                        # ran in it yet, so a new one takes its place instead of failing this write.
+                        log.info("the writer connection was dropped by the server; reconnecting")
+                        cur.close()
+                        conn = self._connection()
+                        cur = conn.cursor()
+                        self._begin(cur)
                     batch.started = time.monotonic()
                 if batch.unreleased:
                     batch.unreleased = False

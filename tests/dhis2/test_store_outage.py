@@ -78,7 +78,7 @@ async def test_a_store_outage_during_delivery_is_retried_not_dead_lettered(
         await service.start()
         try:
             # The connector's first read waits out the pool's 30 s timeout, then fails.
-            await eventually(lambda: _attempted(service), timeout=90, every=0.05)
+            await eventually(lambda: _attempted(service), timeout=180, every=0.05)  # a loaded machine: more
             stats = await service.queue.stats("dhis2")
             assert stats.dead == 0, "a store outage buried jobs as dead letters"
             link.mend()

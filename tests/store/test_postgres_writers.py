@@ -197,12 +197,23 @@ def test_a_lost_writer_connection_is_replaced(store: PostgresStore) -> None:
     assert conn is not None
     with store._read_cursor() as cur:
         cur.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
-    with pytest.raises(StoreUnavailable) as lost, store.transaction() as tx:  # a 503 for the API, not a 500
+    # Lost while idle (a server restart): replaced before the transaction begins, nothing lost.
+    with store.transaction() as tx:
         tx.update(_patient("b"))
+    assert _committed(store, "b") and store._writer._conn is not conn
+    # Lost inside a transaction: that work is gone, and says so (a 503 for the API, not a 500).
+    with pytest.raises(StoreUnavailable) as lost, store.transaction() as tx:
+        tx.update(_patient("x"))
+        live = store._writer._conn
+        assert live is not None
+        with store._read_cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(%s)", (live.info.backend_pid,))
+        tx.update(_patient("y"))
+        tx.flush()
     assert isinstance(lost.value.__cause__, psycopg.OperationalError)
     with store.transaction() as tx:
         tx.update(_patient("c"))
-    assert _committed(store, "c") and store.read("Patient", "b") is None
+    assert _committed(store, "c") and store.read("Patient", "x") is None and store.read("Patient", "y") is None
 
 
 def test_a_unit_ending_past_max_open_commits_without_waiting_for_the_queue(store: PostgresStore) -> None:
