@@ -51,12 +51,14 @@ class BackfillReport:
     quarantined: int = 0
     skipped_inputs: int = 0  # inputs a previous run finished
     reasons: Counter[str] = field(default_factory=Counter)  # quarantine issue "code at path" -> count
+    stopped: bool = False  # the progress callback asked to stop: the rest waits for a rerun
 
     def add(self, other: BackfillReport) -> None:
         """Add another report's counts to this one's (the parts of a parallel run)."""
         for name in ("records", "stored", "unchanged", "deleted", "stale", "quarantined", "skipped_inputs"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.reasons.update(other.reasons)
+        self.stopped = self.stopped or other.stopped
 
     def summary(self) -> str:
         """One line for the log and the command line."""
@@ -69,8 +71,9 @@ class BackfillReport:
 
 
 #: Called after each saved batch with (records handled, bytes read) since the previous call; and
-#: first with (0, bytes) when a resumed input skips that many bytes without reading them.
-Progress = Callable[[int, int], None]
+#: first with (0, bytes) when a resumed input skips that many bytes without reading them. It
+#: returns False (not just nothing) to stop there (a signal): the run ends with ``stopped``, its position saved.
+Progress = Callable[[int, int], bool | None]
 
 
 def position_key(source: str, item: Input) -> str:
@@ -122,14 +125,16 @@ class BackfillRunner:
             batch.append(found)
             if len(batch) >= self.batch:
                 done = self._store(source, item, batch, done, report)
-                if progress is not None:
-                    progress(len(batch), found.read - read_before)
+                if progress is not None and progress(len(batch), found.read - read_before) is False:
+                    report.stopped = True  # after a saved batch: a rerun goes on from here
+                    return report
                 read_before = found.read
                 batch = []
         if batch:
             done = self._store(source, item, batch, done, report)
-            if progress is not None:
-                progress(len(batch), batch[-1].read - read_before)
+            if progress is not None and progress(len(batch), batch[-1].read - read_before) is False:
+                report.stopped = True
+                return report
         self.positions.set_pull_cursor(position_key(source, item), jsonio.dumps({"records": DONE}).decode())
         log.info("backfill source=%s input=%s: %s", source, item.key, report.summary())
         return report

@@ -38,10 +38,6 @@ TICK = 10.0  # seconds between progress lines off a terminal (--quiet, logs, CI)
 STOPPED_EXIT = 0
 
 
-class BackfillStopped(Exception):
-    """SIGTERM or SIGINT: the backfill stops after the batch in progress (its position saved)."""
-
-
 # Set by SIGTERM/SIGINT in the command's process; in a worker process, the event the parent sets.
 _stop: Any = threading.Event()
 #: Records a backfill commits in one transaction at most (a live push beside it waits for one).
@@ -94,14 +90,14 @@ def backfill_command(
         fail(str(exc), exit_code_for(exc))
     except StoreUnavailable as exc:  # for longer than the runner waits: one line, not a traceback
         fail(f"{exc}; run the same command again to go on from the saved positions", exit_code_for(exc))
-    except BackfillStopped:
-        # Every process stopped after a saved batch: nothing half-done, nothing left running.
-        typer.echo(f"gateway: backfill of {source} stopped by a signal; run the same command again to go on"
-                   " from the saved positions", err=True)
-        raise typer.Exit(STOPPED_EXIT) from None
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+    if report.stopped:
+        # Every process stopped after a saved batch: nothing half-done, nothing left running.
+        typer.echo(f"gateway: backfill of {source} stopped by a signal; run the same command again to go on"
+                   " from the saved positions", err=True)
+        raise typer.Exit(STOPPED_EXIT)
     if report.stored:
         _refresh_statistics(settings)
     typer.echo(f"{source}: {report.summary()}")
@@ -181,14 +177,15 @@ def _run_here(
                 if restart:
                     runner.forget(source, unit)
 
-                def advance(records: int, read: int) -> None:
+                def advance(records: int, read: int) -> bool:
                     if services.messages is not None:
                         services.messages.flush_now()  # keep the message log's buffer small
                     meter.advance(records, read)
-                    if _stop.is_set():  # after a saved batch: a rerun goes on from here
-                        raise BackfillStopped
+                    return not _stop.is_set()  # after a saved batch: a rerun goes on from there
 
                 report.add(runner.run(source, unit, advance))
+                if report.stopped:
+                    break
         return report
     finally:
         services.close_now()
@@ -217,12 +214,12 @@ def _work(source: str, unit: Input) -> BackfillReport:
     """Backfill one unit in a worker process, reporting progress to the parent."""
     services: Services = _worker["services"]
 
-    def advance(records: int, read: int) -> None:
+    def advance(records: int, read: int) -> bool:
         if services.messages is not None:
             services.messages.flush_now()
         _worker["progress"].put((records, read))
-        if _stop.is_set() or os.getppid() != _worker["parent"]:  # asked to stop, or the parent was killed
-            raise BackfillStopped
+        # Stop when asked, or when the parent was killed (nobody would read the progress).
+        return not (_stop.is_set() or os.getppid() != _worker["parent"])
 
     try:
         report: BackfillReport = _worker["runner"].run(source, unit, advance)
@@ -269,17 +266,11 @@ def _run_parallel(
             except queue.Empty:
                 continue
             meter.advance(records, read)
-        stopped = False
         for future in futures:
-            if future.cancelled():
-                stopped = True
+            if future.cancelled():  # a unit the stop kept from starting
+                report.stopped = True
                 continue
-            try:
-                report.add(future.result())
-            except BackfillStopped:
-                stopped = True
-    if stopped:
-        raise BackfillStopped
+            report.add(future.result())
     return report
 
 
