@@ -215,13 +215,7 @@ def to_date_as(value: Any, path: str, fmt: str, pattern: re.Pattern[str] | None)
 
 
 def _excel_date(value: Any, path: str) -> str:
-    vtype = type(value)
-    if vtype is str and _DECIMAL_RE.match(value.strip()):
-        number = float(value)
-    elif vtype is int or vtype is float or isinstance(value, Decimal | DecimalLiteral):
-        number = float(value)
-    else:
-        raise fail(path, value, "a spreadsheet date serial number (days since 1899-12-30)")
+    number = _number(value, path, "a spreadsheet date serial number (days since 1899-12-30)")
     # 1 is 1900-01-01 (Excel's phantom 1900-02-29 aside); 2,958,465 is 9999-12-31. A fraction is a time of day.
     if not math.isfinite(number) or not 1 <= number < 2_958_466:
         raise fail(path, value, "a spreadsheet date serial number in range (1 to 2958465)")
@@ -266,16 +260,19 @@ def _format_instant(moment: datetime) -> str:
     return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
-def from_epoch(value: Any, path: str, scale: int) -> str:
-    """A date-time from seconds (``scale`` 1) or milliseconds (1000) since 1970."""
+def _number(value: Any, path: str, what: str) -> float:
+    """A number given as one, or as decimal text; else a mapping error saying ``what`` was expected."""
     vtype = type(value)
     if vtype is str and _DECIMAL_RE.match(value.strip()):
-        number = float(value)
-    elif vtype is int or vtype is float or isinstance(value, Decimal | DecimalLiteral):
-        number = float(value)
-    else:
-        raise fail(path, value, "a timestamp number")
-    seconds = number / scale
+        return float(value)
+    if vtype is int or vtype is float or isinstance(value, Decimal | DecimalLiteral):
+        return float(value)
+    raise fail(path, value, what)
+
+
+def from_epoch(value: Any, path: str, scale: int) -> str:
+    """A date-time from seconds (``scale`` 1) or milliseconds (1000) since 1970."""
+    seconds = _number(value, path, "a timestamp number") / scale
     if not math.isfinite(seconds) or not _EPOCH_MIN <= seconds <= _EPOCH_MAX:
         raise fail(path, value, "a timestamp in range")
     return _format_instant(datetime.fromtimestamp(round(seconds, 3), tz=UTC))
