@@ -238,6 +238,9 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_json_depth: int = Field(64, ge=8, le=1000)
+    gzip_min_bytes: int | None = Field(
+        1024, ge=1, description="gzip answers of at least this many bytes to clients that accept it; null: never"
+    )
     search: SearchSettings = SearchSettings()
     smart: SmartSettings = SmartSettings()
     mappings_dir: Path = Path("mappings")

@@ -58,6 +58,7 @@ from . import (
 from .access_log import AccessLogMiddleware, TemplateRoute
 from .audit import AuditMiddleware
 from .auth import authenticate
+from .compression import CompressionMiddleware
 from .context import AppContext
 from .negotiation import fhir_response
 from .plain_routes import plain_routes
@@ -148,7 +149,10 @@ def create_app(
     # Pure ASGI middlewares (the last added runs first): the access log sees every answer,
     # 429s included; the audit record is opened outside the rate limit (a refused request is
     # audited too) and outside the exception handlers (a crash still leaves an AuditEvent,
-    # outcome 8); the rate limit runs before any route, the fast read's too.
+    # outcome 8); the rate limit runs before any route, the fast read's too. Compression is
+    # innermost, so the access log counts the bytes sent and the latency includes gzip's time.
+    if settings.gzip_min_bytes is not None:
+        app.add_middleware(CompressionMiddleware, minimum_size=settings.gzip_min_bytes)
     app.add_middleware(RateLimitMiddleware)
     app.add_middleware(AuditMiddleware)
     app.add_middleware(AccessLogMiddleware, enabled=settings.access_log)

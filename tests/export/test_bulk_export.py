@@ -9,6 +9,7 @@ this small seed crosses page and file boundaries.
 from __future__ import annotations
 
 import asyncio
+import gzip
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -102,6 +103,19 @@ async def test_system_export_streams_every_type_into_split_ndjson_files_that_val
         for resource in resources:
             oracle.assert_valid(resource, f"{resource['resourceType']}/{resource['id']}")
     assert [r["id"] for r in exported["Patient"]] == [f"pa{i}" for i in range(6)] + [f"pb{i}" for i in range(6)]
+
+
+async def test_export_files_are_gzipped_on_the_wire_for_a_client_that_accepts_it(api: ApiHarness) -> None:
+    client = api.with_scopes("system/*.rs")
+    manifest = await wait_done(client, await kick_off(client, _type="Observation"))
+    url = manifest["output"][0]["url"]
+    wire: dict[str, bytes] = {}
+    for encoding in ("identity", "gzip"):
+        async with client.stream("GET", url, headers={"Accept-Encoding": encoding}) as response:
+            assert response.status_code == 200
+            assert response.headers.get("content-encoding") == (None if encoding == "identity" else "gzip")
+            wire[encoding] = b"".join([chunk async for chunk in response.aiter_raw()])
+    assert gzip.decompress(wire["gzip"]) == wire["identity"] and len(wire["gzip"]) * 3 < len(wire["identity"])
 
 
 async def test_only_the_client_that_kicked_off_may_poll_download_or_cancel(api: ApiHarness) -> None:
