@@ -90,10 +90,12 @@ def _monthly(m: re.Match[str]) -> tuple[str, date, date]:
 
 
 def _bimonthly(m: re.Match[str]) -> tuple[str, date, date]:
-    month = int(m["m"])
-    if month not in (1, 3, 5, 7, 9, 11):
-        raise InvalidPeriod("bi-months start on odd months")
-    return ("BiMonthly", *_months(int(m["y"]), month, 2))
+    # yyyyMMB numbers the bi-month, 01 (January-February) to 06 (November-December): DHIS2
+    # starts it in month (MM * 2) - 1 and refuses MM outside 1..6.
+    number = int(m["m"])
+    if not 1 <= number <= 6:
+        raise InvalidPeriod("a year has bi-months 01 to 06")
+    return ("BiMonthly", *_months(int(m["y"]), 2 * number - 1, 2))
 
 
 def _quarterly(m: re.Match[str]) -> tuple[str, date, date]:
@@ -159,7 +161,7 @@ def _identifier(period_type: str, day: date) -> str:
     if period_type == "Monthly":
         return f"{day:%Y%m}"
     if period_type == "BiMonthly":
-        return f"{day.year}{day.month - (1 - day.month % 2):02d}B"
+        return f"{day.year}{(day.month + 1) // 2:02d}B"
     if period_type == "Yearly":
         return str(day.year)
     for letter, family, length in (("Q", "Quarterly", 3), ("S", "SixMonthly", 6)):

@@ -138,6 +138,10 @@ def test_converted_numbers_pass_dhis2s_check_or_are_refused(number: float) -> No
         ("202405", "Monthly", date(2024, 5, 1), date(2024, 5, 31)),
         ("2024-05", "Monthly", date(2024, 5, 1), date(2024, 5, 31)),
         ("202401B", "BiMonthly", date(2024, 1, 1), date(2024, 2, 29)),
+        # yyyyMMB counts bi-months, not months (dhis2-core BiMonthlyPeriodType: "%d%02dB" of
+        # (month + 1) / 2; DateUnitPeriodTypeParser: start month (MM * 2) - 1, MM in 1..6).
+        ("202402B", "BiMonthly", date(2024, 3, 1), date(2024, 4, 30)),
+        ("202406B", "BiMonthly", date(2024, 11, 1), date(2024, 12, 31)),
         ("2024Q1", "Quarterly", date(2024, 1, 1), date(2024, 3, 31)),
         ("2025NovQ1", "QuarterlyNov", date(2024, 11, 1), date(2025, 1, 31)),
         ("2024S2", "SixMonthly", date(2024, 7, 1), date(2024, 12, 31)),
@@ -152,10 +156,23 @@ def test_periods_parse(text: str, period_type: str, start: date, end: date) -> N
     assert (period.period_type, period.start, period.end) == (period_type, start, end)
 
 
-@pytest.mark.parametrize("text", ["2021W53", "202413", "202402B", "2024Q5", "24Q1", "2024-13-01"])
+@pytest.mark.parametrize(
+    "text", ["2021W53", "202413", "202400B", "202407B", "202411B", "2024Q5", "24Q1", "2024-13-01"]
+)
 def test_impossible_periods_are_refused(text: str) -> None:
     with pytest.raises(PeriodError):
         parse_period(text)
+
+
+@pytest.mark.parametrize(
+    ("day", "iso"),
+    [(date(2026, 1, 31), "202601B"), (date(2026, 4, 2), "202602B"), (date(2026, 9, 30), "202605B"),
+     (date(2026, 11, 5), "202606B"), (date(2026, 12, 31), "202606B")],
+)  # fmt: skip
+def test_bi_months_are_numbered_one_to_six_as_dhis2_names_them(day: date, iso: str) -> None:
+    # A report for November-December 2026 sent as 202611B would be refused by DHIS2 (no 11th
+    # bi-month), and one for March-April as 202603B would land in May-June.
+    assert period_for("BiMonthly", day).iso == iso
 
 
 @given(st.sampled_from(sorted(PERIOD_TYPES)), st.dates(date(1990, 1, 1), date(2090, 12, 31)))

@@ -74,6 +74,8 @@ def test_uids_have_dhis2s_shape() -> None:
         ("202401", "Monthly", "2024-01-01", "2024-01-31"),
         ("2024-02", "Monthly", "2024-02-01", "2024-02-29"),
         ("202401B", "BiMonthly", "2024-01-01", "2024-02-29"),
+        ("202402B", "BiMonthly", "2024-03-01", "2024-04-30"),  # yyyyMMB counts bi-months (1..6)
+        ("202406B", "BiMonthly", "2024-11-01", "2024-12-31"),
         ("2024Q1", "Quarterly", "2024-01-01", "2024-03-31"),
         ("2024NovQ1", "QuarterlyNov", "2023-11-01", "2024-01-31"),
         ("2024S2", "SixMonthly", "2024-07-01", "2024-12-31"),
@@ -91,8 +93,8 @@ def test_periods_follow_the_documented_formats(text: str, period_type: str, star
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("text", ["2024W53", "2024W0", "202413", "2024-13", "2024-0101", "202402B", "2024Q5",
-                                  "24", "2024-1", "20240230", "2024BiW28", "2024Jan"])  # fmt: skip
+@pytest.mark.parametrize("text", ["2024W53", "2024W0", "202413", "2024-13", "2024-0101", "202400B", "202407B",
+                                  "202411B", "2024Q5", "24", "2024-1", "20240230", "2024BiW28", "2024Jan"])  # fmt: skip
 def test_impossible_periods_are_refused(text: str) -> None:
     with pytest.raises(InvalidPeriod):
         read_period(text)

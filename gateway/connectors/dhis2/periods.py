@@ -2,7 +2,7 @@
 
 Formats (dhis2-core ``PeriodTypeEnum``; DHIS2 docs ``overview.md``): ``20240131`` daily,
 ``2024W5`` ISO week, ``2024WedW5`` weeks starting on another day, ``2024BiW3``, ``202401``
-monthly, ``202401B`` bi-monthly, ``2024Q1``, ``2024NovQ1``, ``2024S1``, ``2024AprilS1``,
+monthly, ``202401B`` bi-monthly (to ``202406B``), ``2024Q1``, ``2024NovQ1``, ``2024S1``, ``2024AprilS1``,
 ``2024NovS1``, ``2024`` yearly and the financial years ``2024April`` … ``2024Nov``.
 
 Week numbering follows ISO 8601 generalised to the week's start day: week 1 is the first
@@ -127,10 +127,12 @@ def _build(kind: str, groups: tuple[str, ...], text: str) -> Period:
         start, end = _month_span(year, int(groups[1]), 1)
         return Period(text, "Monthly", start, end)
     if kind == "bimonthly":
-        month = int(groups[1])
-        if month % 2 == 0:
-            raise PeriodError("bi-monthly periods start on odd months")
-        start, end = _month_span(year, month, 2)
+        # ``yyyyMMB`` numbers the bi-month (01 = January-February … 06 = November-December),
+        # not its first month: dhis2-core reads MM as the start month (MM * 2) - 1, MM in 1..6.
+        number = int(groups[1])
+        if not 1 <= number <= 6:
+            raise PeriodError("a year has bi-months 01 to 06")
+        start, end = _month_span(year, 2 * number - 1, 2)
         return Period(text, "BiMonthly", start, end)
     if kind == "quarterly":
         offset = -2 if groups[1] == "Nov" else 0  # NovQ1 = November of the previous year
@@ -188,7 +190,7 @@ def period_for(period_type: str, day: date) -> Period:
     elif period_type == "Monthly":
         text = day.strftime("%Y%m")
     elif period_type == "BiMonthly":
-        text = f"{day.year}{day.month - (day.month - 1) % 2:02d}B"
+        text = f"{day.year}{(day.month + 1) // 2:02d}B"
     elif period_type == "Quarterly":
         text = f"{day.year}Q{(day.month - 1) // 3 + 1}"
     elif period_type == "QuarterlyNov":
