@@ -67,7 +67,10 @@ EpisodeOfCare ``entered-in-error`` or deleted  its enrollment deleted, only when
 =============================================  ========================================
 
 An event DHIS2 refuses to move to another enrollment (E1128: the visit's record now belongs
-to another person) is deleted and planned again in the next generation of its UID.
+to another person) is deleted and planned again in the next generation of its UID. An
+EpisodeOfCare enrollment refused because the person's earlier visits already enrolled them
+(E1015) takes that (person, program) enrollment over instead (``_adopt_enrollments``); the
+events planned under it are not moved.
 
 Deleting an object DHIS2 no longer has (E1032/E1081/E1063, or already deleted
 E1082/E1113/E1114) counts as done: a retried delete is not a failure.
@@ -80,7 +83,7 @@ import dataclasses
 import hashlib
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -276,9 +279,11 @@ class Dhis2Connector:
         per_person = self.options.tracked_entity_per == "person"
         namespace = self.options.uid_namespace
         known = self._tracker.generations if self._tracker is not None else {}
+        aliases = self._tracker.enrollment_aliases if self._tracker is not None else {}
         self._tracker = TrackerTransformer(tracker, namespace=namespace, per_person=per_person) if tracker else None
         if self._tracker is not None:
             self._tracker.generations.update(known)  # a metadata refresh does not make UIDs new again
+            self._tracker.enrollment_aliases.update(aliases)
         self._snapshot = snapshot
         self._ready = True
         self._bound_at = self.clock.now()
@@ -553,7 +558,11 @@ class Dhis2Connector:
         report = _combined([r for r, _, _ in answers])
         _, sent, answered = next(((r, q, a) for r, q, a in answers if r.errors), answers[-1])
         reborn = await self._reborn(report, to_send, strategy)
-        moved, move_failed = (set(), None) if strategy == "DELETE" else await self._moved(report, to_send)
+        adopted = set() if strategy == "DELETE" else self._adopt_enrollments(report, merged)
+        # An event refused (E1128) only because it was planned under an enrollment now adopted
+        # stays where it is: planned again, it names the enrollment DHIS2 holds.
+        staying = {uid for _, uid in adopted}
+        moved, move_failed = (set(), None) if strategy == "DELETE" else await self._moved(report, to_send, staying)
         reborn |= moved
         done = set(report.accepted)
         if strategy == "DELETE":  # gone already: nothing left to delete (unless a newer generation is)
@@ -566,6 +575,9 @@ class Dhis2Connector:
             if reborn.intersection(planned):
                 # Planned again with the UIDs' next generation (a short wait: nothing is wrong).
                 item.outcome = Retry(delay=None, reason="dhis2_uid_reborn", link_ok=True)
+            elif adopted.intersection(planned):
+                # Planned again under the enrollment DHIS2 holds for the person (a short wait).
+                item.outcome = Retry(delay=None, reason="dhis2_enrollment_adopted", link_ok=True)
             elif move_failed is not None and move_failed[0].intersection(planned):
                 item.outcome = move_failed[1]  # the old event's delete did not go through: again later
             else:
@@ -642,8 +654,41 @@ class Dhis2Connector:
             return set()
         return await self._next_generations(hits, sent, strategy)
 
+    def _adopt_enrollments(
+        self, report: TrackerReport, planned: dict[tuple[str, str], PlannedObject]
+    ) -> set[tuple[str, str]]:
+        """EpisodeOfCare enrollments DHIS2 refused because the person already has an ACTIVE one in
+        the program (E1015): the one their visits made before the EpisodeOfCare arrived, derived
+        from (person, program). The EpisodeOfCare takes that enrollment over (updating it) rather
+        than stay refused for good while its visits, re-planned under it, would have their events
+        deleted as moved (E1128). Each process learns it from the same answer; the refused
+        enrollments are returned (their jobs are planned again)."""
+        if self._tracker is None:
+            return set()
+        adopted: set[tuple[str, str]] = set()
+        for error in report.errors:
+            key = (error.tracker_type, error.uid)
+            found = planned.get(key)
+            if error.code != "E1015" or found is None or key[0] != "ENROLLMENT":
+                continue
+            if not found.seed.startswith("EpisodeOfCare/"):
+                continue  # already the (person, program) enrollment, or one adopted before
+            te = planned.get(("TRACKED_ENTITY", str(found.payload.get("trackedEntity"))))
+            if te is None or not te.seed:
+                continue
+            held = f"{te.seed}|{found.payload.get('program')}"
+            if self._tracker.uid("ENROLLMENT", held) == key[1]:
+                continue
+            self._tracker.adopt_enrollment(found.origin, held)
+            adopted.add(key)
+            logger.info("dhis2 ENROLLMENT of %s: the person's enrollment made by earlier visits adopted", found.origin)
+        return adopted
+
     async def _moved(
-        self, report: TrackerReport, sent: dict[tuple[str, str], PlannedObject]
+        self,
+        report: TrackerReport,
+        sent: dict[tuple[str, str], PlannedObject],
+        staying: Collection[str] = (),
     ) -> tuple[set[tuple[str, str]], tuple[set[tuple[str, str]], DeliveryOutcome] | None]:
         """Events DHIS2 refused to move (E1128: another enrollment or program stage, i.e. a visit whose
         source record now belongs to another person): DHIS2 never moves an event, so the old one is
@@ -656,6 +701,7 @@ class Dhis2Connector:
             key
             for key in dict.fromkeys((e.tracker_type, e.uid) for e in report.errors if e.code == "E1128")
             if key[0] == "EVENT" and key in sent and sent[key].seed
+            and sent[key].payload.get("enrollment") not in staying
         ]
         if not keys:
             return set(), None

@@ -206,6 +206,9 @@ class TrackerTransformer:
         self.per_person = per_person  # one tracked entity per golden record (``person``), not per Patient
         # (kind, seed) -> generation of its UID, above 0 once DHIS2 deleted an earlier one (see ``uid``).
         self.generations: dict[tuple[str, str], int] = {}
+        # EpisodeOfCare seed -> seed of the enrollment DHIS2 already holds for that person and
+        # program (see ``adopt_enrollment``).
+        self.enrollment_aliases: dict[str, str] = {}
         # The jobs of one visit plan the same objects: reuse the plan while its reads answer the same.
         self._plans = None if _reads_clock(mapping) else PlanCache()
 
@@ -234,6 +237,23 @@ class TrackerTransformer:
         """Plan ``(kind, seed)`` in ``generation`` from now on (cached plans hold older UIDs: dropped)."""
         if self.generations.get((kind, seed), 0) != generation:
             self.generations[(kind, seed)] = generation
+            if self._plans is not None:
+                self._plans = PlanCache()
+
+    def enrollment_seed(self, episode_ref: str) -> str:
+        """The seed of an EpisodeOfCare's enrollment: its own, or the one it took over."""
+        return self.enrollment_aliases.get(episode_ref, episode_ref)
+
+    def adopt_enrollment(self, episode_ref: str, held_seed: str) -> None:
+        """Plan the enrollment of ``episode_ref`` as the one derived from ``held_seed`` from now on.
+
+        A person's visits delivered before their EpisodeOfCare enrolled them under the
+        (person, program) enrollment; DHIS2 refuses a second ACTIVE enrollment in the program
+        (E1015) and never moves an event to another enrollment (E1128), so the EpisodeOfCare
+        becomes that enrollment (updated with its dates, place and status) instead of a new one.
+        """
+        if self.enrollment_aliases.get(episode_ref) != held_seed:
+            self.enrollment_aliases[episode_ref] = held_seed
             if self._plans is not None:
                 self._plans = PlanCache()
 
@@ -317,8 +337,9 @@ class TrackerTransformer:
             return TrackerPlan.skip(
                 f"{len(remaining)} visits of the deleted {ref}'s patient remain: its enrollment stays"
             )
-        uid = self.uid("ENROLLMENT", ref)
-        enrollment = PlannedObject("ENROLLMENT", uid, {"enrollment": uid}, ref, seed=ref)
+        seed = self.enrollment_seed(ref)
+        uid = self.uid("ENROLLMENT", seed)
+        enrollment = PlannedObject("ENROLLMENT", uid, {"enrollment": uid}, ref, seed=seed)
         return TrackerPlan((enrollment,), ("ENROLLMENT", uid), note="delete")
 
     def person_deletes(self, patient_id: str, source: ResourceSource, *, leaving: str | None = None) -> TrackerPlan:
@@ -339,7 +360,8 @@ class TrackerTransformer:
             )
         te = self.uid("TRACKED_ENTITY", ref)
         origins = [f"{ref}|{self.mapping.program}"] + [
-            f"EpisodeOfCare/{episode['id']}" for episode in source.find("EpisodeOfCare", "patient", ref)
+            self.enrollment_seed(f"EpisodeOfCare/{episode['id']}")
+            for episode in source.find("EpisodeOfCare", "patient", ref)
         ]
         seeds = {self.uid("ENROLLMENT", origin): origin for origin in origins}
         objects = [
@@ -505,7 +527,7 @@ class TrackerTransformer:
     ) -> PlannedObject:
         if episode is not None:
             origin = f"EpisodeOfCare/{episode['id']}"
-            seed = origin
+            seed = self.enrollment_seed(origin)
             uid = self.uid("ENROLLMENT", seed)
             enrolled_at = _instant(_first(self.mapping.enrolled_at, episode, origin))
             status = self.mapping.enrollment_status.get(str(episode.get("status")), "ACTIVE")
