@@ -441,6 +441,13 @@ class TrackerValidator:
         kind, uid = TrackerType.EVENT, ev["event"]
         errors: list[TrackerError] = []
         elements = self.catalog.stage_elements(stage["id"])
+        status = ev.get("status") or "ACTIVE"
+        strategy = stage.get("validationStrategy", "ON_COMPLETE")
+        # dhis2-core needsToValidateDataValues: never for SCHEDULE/SKIPPED events; on an
+        # ON_COMPLETE stage only once the event is COMPLETED.
+        validated = status not in ("SCHEDULE", "SKIPPED") and (
+            strategy != "ON_COMPLETE" or status == "COMPLETED"
+        )
         for item in ev["dataValues"]:
             element = item.get("dataElement")
             meta = self.catalog.get("dataElements", element)
@@ -452,6 +459,9 @@ class TrackerValidator:
                 continue
             value = item.get("value")
             if value is None:
+                # validateNullDataValues: a compulsory element cannot be deleted while validated.
+                if validated and elements.get(element):
+                    errors.append(TrackerError("E1076", kind, uid, ("DataElement", element)))
                 continue
             option_set = (meta.get("optionSet") or {}).get("id")
             if option_set is not None:
@@ -461,19 +471,14 @@ class TrackerValidator:
                 key = value_problem(value, meta["valueType"])
                 if key is not None:
                     errors.append(TrackerError("E1302", kind, uid, (element, key)))
-        status = ev.get("status") or "ACTIVE"
-        strategy = stage.get("validationStrategy", "ON_COMPLETE")
-        if strategy == "ON_UPDATE_AND_INSERT" or status == "COMPLETED":
+        if validated:
             present = {
                 v["dataElement"]
                 for v in (stored.doc.get("dataValues", []) if stored else [])
                 if v.get("value")
             }
-            for item in ev["dataValues"]:
-                if item.get("value") is None:
-                    present.discard(item.get("dataElement"))
-                else:
-                    present.add(item.get("dataElement"))
+            # An element in the payload is not missing (a null one is E1076 above).
+            present |= {item.get("dataElement") for item in ev["dataValues"]}
             for element, compulsory in elements.items():
                 if compulsory and element not in present:
                     errors.append(TrackerError("E1303", kind, uid, (element,)))

@@ -45,3 +45,28 @@ async def test_null_for_a_mandatory_attribute_is_refused_and_the_value_kept(
     assert (await client.post("/api/tracker", params=SYNC, json={"trackedEntities": [without]})).status_code == 200
     stored = (await client.get(f"/api/tracker/trackedEntities/{te['trackedEntity']}")).json()
     assert phone not in {a["attribute"] for a in stored["attributes"]}
+
+
+async def test_null_for_a_compulsory_data_element_is_e1076_where_dhis2_validates_data_values(
+    client: httpx.AsyncClient, demo: Demo
+) -> None:
+    """dhis2-core ``validateNullDataValues``: a null value of a compulsory program stage data element
+    is E1076 ("`DataElement` `<uid>` is mandatory …") when the event's data values are validated
+    (COMPLETED, or a stage validated ON_UPDATE_AND_INSERT); the element is in the payload, so it is
+    not reported missing (E1303). An ACTIVE event of an ON_COMPLETE stage may clear it."""
+    bundle = demo.bundle(1, prefix="N")
+    assert (await client.post("/api/tracker", params=SYNC, json=bundle)).status_code == 200
+    event = bundle["events"][0]
+    visit_type = demo.de("CHW_VISIT_TYPE")
+    nulled = {**event, "dataValues": [{"dataElement": visit_type, "value": None}]}
+
+    response = await client.post("/api/tracker", params=SYNC, json={"events": [nulled]})
+    assert response.status_code == 409
+    errors = response.json()["validationReport"]["errorReports"]
+    assert [(e["errorCode"], e["uid"]) for e in errors] == [("E1076", event["event"])]
+    assert "DataElement" in errors[0]["message"] and visit_type in errors[0]["message"]
+
+    active = {**nulled, "status": "ACTIVE"}
+    assert (await client.post("/api/tracker", params=SYNC, json={"events": [active]})).status_code == 200
+    stored = (await client.get(f"/api/tracker/events/{event['event']}")).json()
+    assert visit_type not in {v["dataElement"] for v in stored["dataValues"]}
