@@ -84,6 +84,9 @@ class BoundDataValue:
     value: Expression | None
     present: str | None
     absent: str | None
+    # Compulsory in its program stage: DHIS2 never lets a validated event's value of it be
+    # deleted (E1076), so one the record no longer has is left as DHIS2 holds it, not cleared.
+    compulsory: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +100,9 @@ class BoundStage:
     org_unit: tuple[Expression, ...]
     status: dict[str, str]
     data_values: tuple[BoundDataValue, ...]
+    # The stage's validationStrategy: ON_COMPLETE validates data values of COMPLETED events only,
+    # ON_UPDATE_AND_INSERT those of every event (SCHEDULE and SKIPPED ones never).
+    validation_strategy: str = "ON_COMPLETE"
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,6 +311,7 @@ def _stage(binder: _Binder, rule: StageRule, index: int, program: str | None) ->
                 value=value_expr,
                 present=dv.present,
                 absent=dv.absent,
+                compulsory=bool(members.get(element)),
             )
         )
     when, _ = binder.expr(rule.when, (*base, "when"))
@@ -312,8 +319,9 @@ def _stage(binder: _Binder, rule: StageRule, index: int, program: str | None) ->
     org = [binder.expr(text, (*base, "org_unit", i))[0] for i, text in enumerate(rule.org_unit)]
     if uid is None or when is None or occurred is None or None in org:
         return None
+    strategy = str((binder.snapshot.get("programStages", uid) or {}).get("validationStrategy") or "ON_COMPLETE")
     return BoundStage(
-        rule.name, uid, when, occurred, tuple(e for e in org if e), dict(rule.status), tuple(values)
+        rule.name, uid, when, occurred, tuple(e for e in org if e), dict(rule.status), tuple(values), strategy
     )
 
 

@@ -575,15 +575,23 @@ class TrackerTransformer:
         occurred_at = _instant(_first(stage.occurred_at, encounter, ref))
         if occurred_at is None:
             raise Dhis2MappingError("E1031", "the Encounter has no date (period.start)", ref)
+        status = stage.status.get(str(encounter.get("status")), "ACTIVE")
+        # dhis2-core needsToValidateDataValues: never for SCHEDULE/SKIPPED events, on an ON_COMPLETE
+        # stage only for COMPLETED ones. A validated event's compulsory value cannot be deleted
+        # (E1076): one without a source any more is left out, so DHIS2 keeps it.
+        validated = status not in ("SCHEDULE", "SKIPPED") and (
+            stage.validation_strategy != "ON_COMPLETE" or status == "COMPLETED"
+        )
         values: list[JsonObject] = []
         origins: list[tuple[str, str]] = []
         related: dict[str, list[JsonObject]] = {}  # one look-up per resource type, not per rule
         for rule in stage.data_values:
             value, origin = self._data_value(rule, encounter, source, ref, related)
+            if value["value"] is None and rule.compulsory and validated:
+                continue
             values.append(value)
             origins.append((rule.uid, origin))
         uid = self.uid("EVENT", ref)
-        status = stage.status.get(str(encounter.get("status")), "ACTIVE")
         payload = {
             "event": uid,
             "program": self.mapping.program,
