@@ -3,11 +3,13 @@ mapping loads, naming the line), and a visit still to come (SCHEDULE) carries a 
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import pytest
 
-from dhis2_sandbox import SandboxServer
+from dhis2_sandbox import DEFAULT_TOKEN, SandboxServer
 from gateway.connectors.base import Success
 from gateway.connectors.dhis2.config import Dhis2Options
 from gateway.connectors.dhis2.mapping_load import load_tables, load_tracker
@@ -15,6 +17,7 @@ from gateway.mapping import MappingLoadError
 from tests.dhis2.conftest import MAPPINGS, deliver_visit, demo_snapshot, edited_visit_mapping
 from tests.dhis2.records import chw_record, places
 
+AUTH = {"Authorization": f"ApiToken {DEFAULT_TOKEN}"}
 STAGE = """    occurred_at: "period.start"
 """
 
@@ -39,3 +42,24 @@ async def test_a_planned_visit_is_a_scheduled_event_with_its_due_date(sandbox: S
     outcome, (event,) = await deliver_visit(sandbox.base_url, options, resources)
     assert isinstance(outcome, Success), outcome
     assert event["status"] == "SCHEDULE" and event["scheduledAt"].startswith("2024-05-02")
+
+
+async def test_a_person_whose_only_visit_is_still_to_come_is_enrolled_no_later_than_today(
+    sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    """Without an EpisodeOfCare the enrollment is dated by the person's first visit; when that visit
+    is still to come (a planned follow-up, the only visit recorded so far), DHIS2 refuses an
+    enrollment date in the future (E1020, "Enrollment date … cannot be a future date", unless the
+    program allows it) and the incident date with it (E1021): the enrollment is dated today instead,
+    and the scheduled event keeps its due date."""
+    options = Dhis2Options(mapping=_mapping(tmp_path, "{planned: SCHEDULE, finished: COMPLETED}"),
+                           uid_namespace="status-future")
+    resources = places() + chw_record(1)
+    resources[3] = {**resources[3], "status": "planned", "period": {"start": "2099-03-01T10:00:00+03:00"}}
+    outcome, (event,) = await deliver_visit(sandbox.base_url, options, resources)
+    assert isinstance(outcome, Success), outcome
+    assert event["status"] == "SCHEDULE" and event["scheduledAt"].startswith("2099-03-01")
+    async with httpx.AsyncClient(base_url=sandbox.base_url, headers=AUTH) as client:
+        (enrollment,) = (await client.get("/api/tracker/enrollments")).json()["enrollments"]
+    today = datetime.now(UTC).date().isoformat()
+    assert enrollment["enrolledAt"][:10] <= today and enrollment["occurredAt"][:10] <= today

@@ -280,7 +280,11 @@ class Dhis2Connector:
         namespace = self.options.uid_namespace
         known = self._tracker.generations if self._tracker is not None else {}
         aliases = self._tracker.enrollment_aliases if self._tracker is not None else {}
-        self._tracker = TrackerTransformer(tracker, namespace=namespace, per_person=per_person) if tracker else None
+        self._tracker = (
+            TrackerTransformer(tracker, namespace=namespace, per_person=per_person, now=self.clock.now)
+            if tracker
+            else None
+        )
         if self._tracker is not None:
             self._tracker.generations.update(known)  # a metadata refresh does not make UIDs new again
             self._tracker.enrollment_aliases.update(aliases)

@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from typing import Any
 
 from gateway.connectors.dhis2.mapping_load import BoundDataValue, BoundStage, BoundTracker
@@ -180,6 +182,26 @@ def _instant(value: Any) -> str | None:
     return value
 
 
+def _not_in_future(when: str, now: float) -> str:
+    """``when``, or today's date (UTC) when ``when`` is still to come.
+
+    DHIS2 refuses an enrollment or incident date in the future (E1020/E1021) unless the program
+    allows it; a person's first visit may be one still to come (a planned follow-up, the only
+    visit recorded yet). Today's date is midnight of a day that has begun wherever DHIS2 runs.
+    """
+    today = datetime.fromtimestamp(now, UTC).date()
+    try:
+        if len(when) == 10:
+            future = date.fromisoformat(when) > today
+        else:
+            parsed = datetime.fromisoformat(when.replace("Z", "+00:00"))
+            future = parsed.tzinfo is not None and parsed.timestamp() > now
+            future = future or (parsed.tzinfo is None and parsed.date() > today)
+    except ValueError:
+        return when  # not a date DHIS2 reads either: its own answer says so
+    return today.isoformat() if future else when
+
+
 def _sort_key(resource: JsonObject) -> tuple[str, str]:
     when = next((str(resource[f]) for f in _WHEN_FIELDS if isinstance(resource.get(f), str)), "")
     updated = str((resource.get("meta") or {}).get("lastUpdated", ""))
@@ -200,8 +222,18 @@ def _codings(resource: JsonObject, field: str) -> set[tuple[str, str]]:
 class TrackerTransformer:
     """Turns stored FHIR resources into DHIS2 tracker objects with one bound mapping."""
 
-    def __init__(self, mapping: BoundTracker, *, namespace: str, per_person: bool = False) -> None:
+    def __init__(
+        self,
+        mapping: BoundTracker,
+        *,
+        namespace: str,
+        per_person: bool = False,
+        now: Callable[[], float] | None = None,
+    ) -> None:
         self.mapping = mapping
+        # The clock (Unix seconds) an enrollment dated by a visit still to come is held to (E1020);
+        # None: dates are sent as the visits give them.
+        self.now = now
         self.namespace = namespace
         self.per_person = per_person  # one tracked entity per golden record (``person``), not per Patient
         # (kind, seed) -> generation of its UID, above 0 once DHIS2 deleted an earlier one (see ``uid``).
@@ -538,6 +570,8 @@ class TrackerTransformer:
             seed = f"{origin}|{self.mapping.program}"
             uid = self.uid("ENROLLMENT", seed)
             enrolled_at = _instant(((first_visit or {}).get("period") or {}).get("start"))
+            if enrolled_at is not None and self.now is not None:
+                enrolled_at = _not_in_future(enrolled_at, self.now())
             status = "ACTIVE"
         if enrolled_at is None:
             raise Dhis2MappingError("E1025", "no enrollment date (period.start)", origin)
