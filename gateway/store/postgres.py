@@ -80,13 +80,37 @@ def _reachable(block: AbstractContextManager[T]) -> Iterator[T]:
         raise _unavailable(exc) from exc
 
 
-def split_schema(url: str) -> tuple[str, str | None]:
-    """Take the gateway's own ``schema=`` query parameter out of a PostgreSQL URL."""
+#: The gateway's own query parameters of a PostgreSQL URL (libpq would refuse them).
+_OWN_PARAMS = ("schema", "pool_timeout")
+#: How long a read waits for a pooled connection by default (seconds; ``?pool_timeout=`` sets it).
+_POOL_TIMEOUT = 30.0
+
+
+def split_params(url: str) -> tuple[str, dict[str, str]]:
+    """Take the gateway's own query parameters (``schema``, ``pool_timeout``) out of a PostgreSQL URL."""
     parts = urlsplit(url)
     query = parse_qsl(parts.query)
-    schema = next((v for k, v in query if k == "schema"), None)
-    rest = urlencode([(k, v) for k, v in query if k != "schema"])
-    return urlunsplit(parts._replace(query=rest)), schema
+    own = {k: v for k, v in query if k in _OWN_PARAMS}
+    rest = urlencode([(k, v) for k, v in query if k not in _OWN_PARAMS])
+    return urlunsplit(parts._replace(query=rest)), own
+
+
+def split_schema(url: str) -> tuple[str, str | None]:
+    """Take the gateway's own query parameters out of a PostgreSQL URL; the conninfo and the schema."""
+    conninfo, own = split_params(url)
+    return conninfo, own.get("schema")
+
+
+def _pool_timeout(raw: str | None) -> float:
+    if raw is None:
+        return _POOL_TIMEOUT
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0.1 <= seconds <= 3600:
+        raise ValueError(f"pool_timeout must be seconds between 0.1 and 3600, not {raw[:20]!r}")
+    return seconds
 
 
 class PostgresWriter(GroupCommit[psycopg.Connection[Any]]):
@@ -135,7 +159,8 @@ class PostgresStore(SqlStore):
 
     def __init__(self, url: str, registry: SearchRegistry | None = None, max_connections: int = 10) -> None:
         super().__init__(registry)
-        conninfo, schema = split_schema(url)
+        conninfo, own = split_params(url)
+        schema, pool_timeout = own.get("schema"), _pool_timeout(own.get("pool_timeout"))
         if conninfo.startswith("postgres://"):
             conninfo = "postgresql://" + conninfo[len("postgres://") :]
         if schema is not None:
@@ -156,7 +181,7 @@ class PostgresStore(SqlStore):
         # for every value sorted 80,000 index rows for a page of 20. Reads are planned per value.
         reads = {**kwargs, "options": options + " -c plan_cache_mode=force_custom_plan"}
         self._pool = ConnectionPool(
-            conninfo, min_size=1, max_size=max_connections, kwargs=reads, open=True, timeout=30.0, name="reads"
+            conninfo, min_size=1, max_size=max_connections, kwargs=reads, open=True, timeout=pool_timeout, name="reads"
         )
         self._writer = PostgresWriter(conninfo, kwargs, self._write_lock)
 
@@ -180,7 +205,7 @@ class PostgresStore(SqlStore):
 
     def ping(self) -> None:
         """Raise ``StoreUnavailable`` if the database cannot be reached within a few seconds (a
-        readiness probe must answer before its own timeout, not after the pool's 30 s)."""
+        readiness probe must answer before its own timeout, not after the pool's, 30 s by default)."""
         try:
             with self._pool.connection(timeout=_PING_SECONDS) as conn:
                 conn.execute("SELECT 1").fetchone()

@@ -5,6 +5,7 @@ pooled connection."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import ExitStack
@@ -19,6 +20,7 @@ from gateway.settings import Settings
 from gateway.store import StoreUnavailable, open_store
 from gateway.store.postgres import PostgresStore
 from tests.conftest import PG_URL, make_token
+from tests.support.cuttable_link import linked_schema_url
 from tests.support.gateway_app import MACHINE_SPEED_LIMITS
 
 
@@ -121,3 +123,27 @@ def test_a_readiness_check_answers_within_seconds_when_the_server_is_gone() -> N
         assert time.monotonic() - started < 10
     finally:
         unreachable.close()
+
+
+def test_pool_timeout_in_the_url_bounds_how_long_a_read_waits_for_the_server() -> None:
+    with linked_schema_url() as (url, _, link):
+        store = open_store(f"{url}&pool_timeout=1.5")
+        try:
+            store.read("Patient", "warm")  # a pooled connection exists, then the link goes
+            link.cut()
+            with pytest.raises(StoreUnavailable):  # meets the dead connection: fails at once
+                store.read("Patient", "p1")
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):  # waits for a new connection, as long as the URL says
+                store.read("Patient", "p1")
+            waited = time.monotonic() - started
+            assert 1.4 < waited < 10, f"the read waited {waited:.1f} s, not pool_timeout's 1.5 s"
+        finally:
+            link.mend()
+            store.close()
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "soon", "7200"])
+def test_a_bad_pool_timeout_is_refused_naming_it(pg_schema_url: str, bad: str) -> None:
+    with pytest.raises(ValueError, match="pool_timeout"):
+        open_store(f"{pg_schema_url}&pool_timeout={bad}")
