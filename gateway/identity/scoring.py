@@ -39,19 +39,38 @@ class Comparison:
     rule: str | None = None  # the deterministic rule that decided, if any
 
 
-def _names(a: Features, b: Features) -> tuple[float | None, float | None]:
-    """Jaro–Winkler of given and of family names, in the better of the two orders."""
+def _names(a: Features, b: Features) -> tuple[float | None, float | None, bool]:
+    """Jaro–Winkler of given and of family names, in the better of the two orders (and whether swapped)."""
     ag, af, bg, bf = a.given, a.family, b.given, b.family
     if not (ag or af) or not (bg or bf):
-        return None, None
+        return None, None, False
     jw = JaroWinkler.similarity  # inlined: this runs for every candidate pair
     given = jw(ag, bg) if ag and bg else None
     family = jw(af, bf) if af and bf else None
     given_swapped = jw(ag, bf) if ag and bf else None
     family_swapped = jw(af, bg) if af and bg else None
     if (given_swapped or 0.0) + (family_swapped or 0.0) > (given or 0.0) + (family or 0.0) + 0.05:
-        return given_swapped, family_swapped
-    return given, family
+        return given_swapped, family_swapped, True
+    return given, family, False
+
+
+def _other_names(x: str, y: str, similar: float) -> bool:
+    """Whether two compound given names share a name and each has another the other lacks.
+
+    Twins are often named alike: "Jean Paul" and "Jean Pierre" (Jaro-Winkler 0.87 folded),
+    "Marie Claire" and "Marie Rose" (0.89) compare as one "similar" given name, but "Paul" is
+    not "Pierre" typed again. One record leaving out a middle name ("Jean" and "Jean Paul"),
+    or a typo in one part, is not this.
+    """
+    xs, ys = x.split(), y.split()
+    if len(xs) < 2 or len(ys) < 2 or not set(xs) & set(ys):
+        return False
+    jw = JaroWinkler.similarity
+
+    def lone(tokens: list[str], others: list[str]) -> bool:
+        return any(all(jw(t, o) < similar for o in others) for t in tokens if t not in others)
+
+    return lone(xs, ys) and lone(ys, xs)
 
 
 def _birth_level(a: Features, b: Features) -> str | None:
@@ -136,9 +155,12 @@ def compare(a: Features, b: Features, rules: Rules, share: NameShare | None = No
     assumes (term-frequency adjustment, as splink does): u is raised to the name's share.
     """
     c = _compiled(rules)
-    given_sim, family_sim = _names(a, b)
+    given_sim, family_sim, swapped = _names(a, b)
+    given_level = None if given_sim is None else c.level(given_sim)
+    if given_level in ("similar", "close") and _other_names(a.given, b.family if swapped else b.given, c.similar):
+        given_level = "different"  # twins named alike: another person, whatever the spelling distance
     levels: dict[str, str | None] = {
-        "given": None if given_sim is None else c.level(given_sim),
+        "given": given_level,
         "family": None if family_sim is None else c.level(family_sim),
         "birthdate": _birth_level(a, b),
         "sex": _same(a.sex, b.sex),
