@@ -57,6 +57,7 @@ class SourceSandbox:
         self.forbidden: set[str] = set()  # APIs whose account lacks the rights (403)
         self.faults: dict[str, deque[Fault]] = {api: deque() for api in ("odk", "commcare", "cht", "kobo")}
         self.requests: list[tuple[str, str, dict[str, str]]] = []  # (api, path, query) of every request
+        self.methods: list[str] = []  # the method of each of ``requests``
 
     def fail_next(self, api: str, status: int, times: int = 1, retry_after: str | None = None) -> None:
         """Answer the next ``times`` requests to ``api`` with ``status`` (e.g. 429, 503)."""
@@ -68,6 +69,7 @@ class SourceSandbox:
 
     def _check(self, api: str, request: Request) -> Response | None:
         self.requests.append((api, request.url.path, dict(request.query_params)))
+        self.methods.append(request.method)
         if self.faults[api] and not self.faults[api][0].after:
             fault = self.faults[api].popleft()
             headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
@@ -134,6 +136,14 @@ class SourceSandbox:
         async def couch_changes(db: str, request: Request) -> Response:
             refused = self._check("cht", request)
             return refused or JSONResponse(self.cht.changes(dict(request.query_params)))
+
+        @app.get("/{db}/{doc_id}")
+        async def couch_get(db: str, doc_id: str, request: Request) -> Response:
+            refused = self._check("cht", request)
+            if refused is not None:
+                return refused
+            status, answer = self.cht.read(doc_id)
+            return JSONResponse(answer, status_code=status)
 
         @app.put("/{db}/{doc_id}")
         async def couch_put(db: str, doc_id: str, request: Request) -> Response:

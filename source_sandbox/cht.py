@@ -11,6 +11,8 @@ through for users allowed to write): ``201 {"ok": true, "id", "rev"}``; a docume
 exists already, written without its current ``_rev``, is refused with ``409 {"error":
 "conflict", "reason": "Document update conflict."}`` and changes nothing (so a client can make
 a write idempotent by choosing the id); ids starting with ``_`` are ``400 illegal_docid``.
+``GET /{db}/{docid}`` answers the document with its ``_rev``, or ``404 {"error": "not_found",
+"reason": "missing"|"deleted"}``.
 """
 
 from __future__ import annotations
@@ -53,6 +55,15 @@ class CouchDb:
             return 409, {"error": "conflict", "reason": "Document update conflict."}
         stored = self.put({**doc, "_id": doc_id})
         return 201, {"ok": True, "id": doc_id, "rev": stored["_rev"]}
+
+    def read(self, doc_id: str) -> tuple[int, dict[str, Any]]:
+        """``GET /{db}/{doc_id}``: the document with its ``_rev``, or CouchDB's 404."""
+        current = self.docs.get(doc_id)
+        if current is None:
+            return 404, {"error": "not_found", "reason": "missing"}
+        if current[1].get(_DELETED):
+            return 404, {"error": "not_found", "reason": "deleted"}
+        return 200, copy.deepcopy(current[1])
 
     def reports(self, form: str) -> list[dict[str, Any]]:
         """The live ``data_record`` documents of ``form`` (copies)."""

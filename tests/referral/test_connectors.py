@@ -137,3 +137,32 @@ def test_the_configuration_names_a_bad_return_path_option() -> None:
     with pytest.raises(ValidationError, match=r"destination cc: options\.domian"):
         Settings(destinations=[{"name": "cc", "kind": "commcare-api", "base_url": "http://127.0.0.1:9",
                                 "options": {"mapping": "mappings/commcare", "domian": "x"}}])  # fmt: skip
+
+
+async def test_a_cht_outcome_the_facility_completes_in_two_steps_reaches_the_app_updated(
+    sqlite_store: Store, sandbox: SourceSandbox, url: str
+) -> None:
+    """An EMR marks the Task completed, then adds the visit it recorded (same status): the report
+    in CHT gets the visit. The second PUT met CouchDB's 409 for the outcome's id, which counted as
+    a repeat, so the CHW never saw the visit date or the diagnosis."""
+    context = _context("cht")
+    with sqlite_store.transaction() as tx:
+        for resource in (context["patient"], context["requester"], *context["outputs"]):
+            tx.create(resource, rid=resource["id"])
+    first = {key: value for key, value in context["task"].items() if key != "output"}
+    connector = _connector(sqlite_store, "cht-api", url, httpx.BasicAuth("gateway@example.org", "pull-secret"))
+    try:
+        (sent,) = await connector.deliver([_job(first)])
+        assert isinstance(sent, Success), sent
+        (report,) = sandbox.cht.reports("referral_outcome")
+        assert "visit_date" not in report["fields"]
+        (updated,) = await connector.deliver([_job(context["task"])])
+        assert isinstance(updated, Success), updated
+        (report,) = sandbox.cht.reports("referral_outcome")  # still one report, now with the visit
+        assert report["fields"]["visit_date"] and report["fields"]["diagnosis"]
+        assert report["_rev"].startswith("2-")
+        (repeat,) = await connector.deliver([_job(context["task"])])  # an answer lost: nothing new
+        assert isinstance(repeat, Success) and "repeat" in (repeat.detail or "")
+        assert sandbox.cht.reports("referral_outcome")[0]["_rev"] == report["_rev"]
+    finally:
+        await connector.aclose()

@@ -5,8 +5,9 @@ Both connectors take Task changes, skip those that are not a referral of their m
 PUTs it, goes by its focus ServiceRequest's), that are deletions, or for which no outbound mapping
 fires (a Task still waiting, for example), and send one request per job. Each request is
 idempotent on the destination's side through ``%outcome_id``: CouchDB answers a repeated
-``_id`` with 409 (counted as delivered), CommCare treats a repeated ``instanceID`` as the
-same form.
+``_id`` with 409 (the stored document is read: it is a repeat if it says what we send, else
+the same outcome changed since, and it is updated with its ``_rev``), CommCare treats a
+repeated ``instanceID`` as the same form.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ class _ReturnConnector:
 
 
 class ChtConnector(_ReturnConnector):
-    """``kind: cht-api``: PUT the report document to ``/{database}/{_id}``; 409 means already there."""
+    """``kind: cht-api``: PUT the report document to ``/{database}/{_id}``; 409: there already, updated if changed."""
 
     async def _send(self, payload: dict[str, Any]) -> DeliveryOutcome:
         doc_id = payload.get("_id")
@@ -101,8 +102,34 @@ class ChtConnector(_ReturnConnector):
         )
         response, outcome = await exchange(self.client, request, self.clock)
         if response is not None and response.status_code == 409:
-            return Success(f"{doc_id} was already stored (a repeat)")
+            return await self._update(url, doc_id, payload)
         return Success(doc_id) if isinstance(outcome, Success) else outcome
+
+    async def _update(self, url: str, doc_id: str, payload: dict[str, Any]) -> DeliveryOutcome:
+        """The outcome's document is there already: a repeat, or the same outcome changed since.
+
+        The id names the Task and its status, so a facility that adds the visit to a Task it
+        completed earlier (same status) writes the same id again: the stored report is updated
+        (with its ``_rev``, keeping what CHT added to it) unless it already says what we send.
+        """
+        response, outcome = await exchange(self.client, self.client.build_request("GET", url), self.clock)
+        if response is None or not isinstance(outcome, Success):
+            return outcome
+        try:
+            stored = jsonio.loads(response.content)
+        except ValueError:
+            stored = None
+        if not isinstance(stored, dict) or not isinstance(stored.get("_rev"), str):
+            return Retry(delay=None, reason="cht_unreadable_document")
+        if all(stored.get(key) == value for key, value in payload.items()):
+            return Success(f"{doc_id} was already stored (a repeat)")
+        request = self.client.build_request(
+            "PUT", url, content=jsonio.dumps({**stored, **payload}), headers={"Content-Type": "application/json"}
+        )
+        response, outcome = await exchange(self.client, request, self.clock)
+        if response is not None and response.status_code == 409:
+            return Retry(delay=None, reason="cht_conflict")  # written in between: read it again
+        return Success(f"{doc_id} updated") if isinstance(outcome, Success) else outcome
 
 
 class CommCareConnector(_ReturnConnector):
