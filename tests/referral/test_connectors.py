@@ -56,7 +56,10 @@ def _connector(store: Store, kind: str, url: str, auth: httpx.Auth | None) -> An
 async def test_the_cht_connector_skips_what_is_not_its_outcome_and_reports_refusals(
     sqlite_store: Store, sandbox: SourceSandbox, url: str
 ) -> None:
-    task = _context("cht")["task"]
+    context = _context("cht")
+    task = context["task"]
+    with sqlite_store.transaction() as tx:  # an outcome waits for its Patient
+        tx.create(context["patient"], rid=context["patient"]["id"])
     good = _connector(sqlite_store, "cht-api", url, httpx.BasicAuth("gateway@example.org", "pull-secret"))
     try:
         foreign = {**task, "meta": {**task["meta"], "source": "urn:chw-gateway:commcare:pih-chw-demo"}}
@@ -87,6 +90,7 @@ async def test_a_task_an_emr_put_back_without_meta_goes_by_its_referral_source(
     request = context["request"]
     with sqlite_store.transaction() as tx:
         tx.create({**request, "meta": {"source": "urn:chw-gateway:commcare:pih-chw-demo"}}, rid=request["id"])
+        tx.create(context["patient"], rid=context["patient"]["id"])
     connector = _connector(sqlite_store, "cht-api", url, httpx.BasicAuth("gateway@example.org", "pull-secret"))
     try:
         (foreign,) = await connector.deliver([_job(task)])
@@ -164,5 +168,30 @@ async def test_a_cht_outcome_the_facility_completes_in_two_steps_reaches_the_app
         (repeat,) = await connector.deliver([_job(context["task"])])  # an answer lost: nothing new
         assert isinstance(repeat, Success) and "repeat" in (repeat.detail or "")
         assert sandbox.cht.reports("referral_outcome")[0]["_rev"] == report["_rev"]
+    finally:
+        await connector.aclose()
+
+
+async def test_the_cht_connector_waits_for_the_patient_and_refuses_a_deleted_one(
+    sqlite_store: Store, sandbox: SourceSandbox, url: str
+) -> None:
+    """A report without ``patient_uuid``/``patient_id`` is replicated to no CHW: it was sent (201),
+    an outcome lost for good, when the referral's person record had not arrived yet."""
+    context = _context("cht")
+    connector = _connector(sqlite_store, "cht-api", url, httpx.BasicAuth("gateway@example.org", "pull-secret"))
+    try:
+        (waiting,) = await connector.deliver([_job(context["task"])])  # the Patient is not stored yet
+        assert isinstance(waiting, Retry) and waiting.reason == "patient_unknown" and waiting.link_ok
+        assert not sandbox.requests
+        with sqlite_store.transaction() as tx:
+            tx.create(context["patient"], rid=context["patient"]["id"])
+        (sent,) = await connector.deliver([_job(context["task"])])
+        assert isinstance(sent, Success), sent
+        (report,) = sandbox.cht.reports("referral_outcome")
+        assert report["fields"]["patient_uuid"] == "f6a5b4c3-d2e1-4f0a-9b8c-7d6e5f4a3b2c"
+        with sqlite_store.transaction() as tx:
+            tx.delete("Patient", context["patient"]["id"])
+        (gone,) = await connector.deliver([_job({**context["task"], "status": "rejected"})])
+        assert isinstance(gone, Permanent) and gone.reason == "patient_deleted"
     finally:
         await connector.aclose()

@@ -25,7 +25,7 @@ from gateway.connectors.base import DeliveryOutcome, Job, Permanent, Retry, Succ
 from gateway.connectors.classify import record_request, record_response
 from gateway.connectors.http import exchange
 from gateway.connectors.referral.config import ReturnOptions
-from gateway.connectors.referral.context import outcome_context
+from gateway.connectors.referral.context import outcome_context, reference_parts
 from gateway.connectors.referral.xform import to_xform
 from gateway.mapping import MappingError, OutboundMapping, render_outcome
 from gateway.store import ResourceStore
@@ -37,6 +37,8 @@ _NATURE = re.compile(rb'nature="([a-z_]+)"')
 
 class _ReturnConnector:
     """What both kinds share: pick the jobs, build the context, render the payload."""
+
+    waiting_reason = "patient_unknown"  # the Retry reason while the Task's Patient has not arrived
 
     def __init__(
         self,
@@ -83,6 +85,16 @@ class _ReturnConnector:
             return Permanent(reason="mapping_error", detail=str(exc))
         if payload is None:
             return Success("no outbound mapping fires for this state: nothing sent")
+        patient = reference_parts(task.get("for"))
+        if patient is not None and "patient" not in context:
+            # The outcome names the CHW's patient (CHT's patient_uuid, CommCare's case): without the
+            # Patient it would reach the app tied to nobody. A visit may come before its person's
+            # registration: wait for it, as for a record that comes later (the link is fine).
+            found = await asyncio.to_thread(self.store.read, *patient)
+            if found is not None and found.deleted:
+                return Permanent(reason="patient_deleted",
+                                 detail=f"{patient[0]}/{patient[1]} was deleted: the outcome would name no patient")
+            return Retry(delay=None, reason=self.waiting_reason, link_ok=True)
         return await self._send(payload)
 
     async def _send(self, payload: dict[str, Any]) -> DeliveryOutcome:
@@ -134,6 +146,8 @@ class ChtConnector(_ReturnConnector):
 
 class CommCareConnector(_ReturnConnector):
     """``kind: commcare-api``: POST the form XML to the receiver; a repeated instanceID is the same form."""
+
+    waiting_reason = "case_unknown"
 
     async def _send(self, payload: dict[str, Any]) -> DeliveryOutcome:
         case = payload.get("case")
