@@ -35,6 +35,7 @@ from gateway.connectors.base import DeliveryOutcome, Job, Permanent, Retry, Succ
 from gateway.connectors.http import exchange
 from gateway.connectors.openmrs.lookup import is_ours, searches
 from gateway.connectors.openmrs.profile import SENT_TYPES, OpenMrsProfile, Prepared, Waiting
+from gateway.store import is_golden
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,10 @@ class OpenMrsConnector:
             return Permanent(
                 reason="not_supported", detail=f"this profile does not write {job.resource_type} to OpenMRS"
             )
+        if job.resource_type == "Patient" and job.op != "delete" and is_golden(job.resource()):
+            # OpenMRS holds each source record; a golden record would be one more patient for the
+            # same person, with the records' own identifiers.
+            return Success(detail="a golden record: OpenMRS holds the person's source records")
         if job.op == "delete" or job.resource().get("status") == "entered-in-error":
             # OpenMRS keeps no encounter status (FHIR2 answers "unknown" whatever was sent), and
             # voiding is how it takes back what was entered in error: a retraction voids.

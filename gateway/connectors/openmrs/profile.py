@@ -13,8 +13,8 @@
   (a resource whose reference is not delivered yet waits); to a Location, through the
   ``locations`` ConceptMap; to anything else (a CHW's Practitioner, an Organization), left
   out: OpenMRS holds no such object of ours.
-* ``meta``, ``text``, ``extension`` and (except on a Patient) ``identifier`` are the
-  gateway's, and are not sent.
+* ``meta``, ``text``, ``extension``, (except on a Patient) ``identifier`` and the identity
+  matcher's kept ``Patient.link`` elements are the gateway's, and are not sent.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from gateway import jsonio
 from gateway.connectors.base import Job
 from gateway.mapping import ConceptTable
-from gateway.store import DestinationIds, ResourceStore
+from gateway.store import DestinationIds, ResourceStore, is_kept_link
 
 ENCOUNTER_TYPE_SYSTEM = "http://fhir.openmrs.org/code-system/encounter-type"
 ENCOUNTER_TAG_SYSTEM = "http://fhir.openmrs.org/ext/encounter-tag"
@@ -92,6 +92,12 @@ class OpenMrsProfile:
         """The OpenMRS body of ``job``'s resource, or why it cannot be sent now."""
         resource = job.resource()
         body = {key: value for key, value in resource.items() if key not in (*_GATEWAY_ONLY, "identifier")}
+        if job.resource_type == "Patient" and "link" in body:
+            # The identity matcher's links (to the person's other records and golden record, which
+            # name this one back) are the gateway's: waiting for them would wait for ever.
+            links = [link for link in body.pop("link") or [] if not is_kept_link(link)]
+            if links:
+                body["link"] = links
         if job.resource_type == "Task":
             body = self._task(body)
         wanted = [job.ref, *_references(body, SENT_TYPES)]
