@@ -10,7 +10,8 @@ contract), so it shares no mistake with it. What it does, as OpenCR does:
   record gets ``link: [{other: Patient/<CRUID>, type: refer}]``, the golden record a
   ``seealso`` link to every record of the person; the answer (201) carries ``Location`` and
   OpenCR's ``locationCRUID`` header. ``If-None-Exist`` makes it a conditional create (200 with
-  the existing record when one has that identifier).
+  the existing record when one has that identifier). A record whose ``link`` names a Patient the
+  registry does not hold is refused (400), as HAPI FHIR's referential integrity on write does.
 * ``GET /fhir/Patient/{id}``, ``PUT /fhir/Patient/{id}``, ``GET /fhir/Patient?identifier=``
   (PDQm), ``POST /fhir/Patient/$match`` (a searchset of golden records with ``search.score``
   and the ``match-grade`` extension).

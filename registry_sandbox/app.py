@@ -94,6 +94,9 @@ class ClientRegistry:
             patient = await _json(request)
             if patient.get("resourceType") != "Patient":
                 return _outcome(400, "invalid", "a Patient resource expected")
+            unknown = _unknown_link(registry, patient)
+            if unknown:
+                return _outcome(400, "processing", f"Resource {unknown} not found, specified in path: {_LINK_PATH}")
             condition = request.headers.get("if-none-exist")
             if condition:
                 found = _search(registry, condition.removeprefix("identifier="))
@@ -110,7 +113,11 @@ class ClientRegistry:
         async def update(rid: str, request: Request) -> Response:
             if rid not in registry.records:
                 return _outcome(404, "not-found", f"Patient/{rid} is not known")
-            stored = registry.update(rid, await _json(request))
+            patient = await _json(request)
+            unknown = _unknown_link(registry, patient)
+            if unknown:
+                return _outcome(400, "processing", f"Resource {unknown} not found, specified in path: {_LINK_PATH}")
+            stored = registry.update(rid, patient)
             return JSONResponse(stored, media_type=FHIR_JSON, headers=_locations(registry, rid))
 
         @app.get("/fhir/Patient/{rid}")
@@ -125,6 +132,21 @@ class ClientRegistry:
             return _bundle([{"resource": r, "search": {"mode": "match"}} for r in _search(registry, identifier)])
 
         return app
+
+
+_LINK_PATH = "Patient.link.other"
+
+
+def _unknown_link(registry: Registry, patient: Json) -> str | None:
+    """A ``Patient.link`` to a Patient the registry does not hold: OpenCR's HAPI FHIR server checks
+    references on write (referential integrity) and refuses the record."""
+    for link in patient.get("link") or []:
+        reference = ((link if isinstance(link, dict) else {}).get("other") or {}).get("reference")
+        if isinstance(reference, str) and reference.startswith("Patient/"):
+            rid = reference.removeprefix("Patient/")
+            if rid not in registry.records and rid not in registry.golden:
+                return reference
+    return None
 
 
 async def _json(request: Request) -> Json:

@@ -19,6 +19,7 @@ from gateway.delivery.config import DeliverySettings, DestinationConfig
 from gateway.delivery.policy import RetryPolicy
 from gateway.delivery.queue import DeadLetterFilter
 from gateway.delivery.service import DeliveryService
+from gateway.identity.golden import kept_link
 from gateway.store import KEPT_IDENTIFIER_TYPE, Store
 from registry_sandbox import ClientRegistry
 from tests.delivery.helpers import eventually
@@ -221,3 +222,23 @@ async def test_lookup_by_match_writes_back_only_a_certain_match(
     await eventually(lambda: cruid_on(store, "p") is not None, timeout=20)
     assert cruid_on(store, "p") == cruid
     assert ("GET", "/fhir/Patient") not in registry.requests  # no PDQm search was configured
+
+
+async def test_the_identity_matchers_links_are_not_sent_to_the_registry(
+    store: Store, registry: ClientRegistry, server: LiveServer, deliver: Any
+) -> None:
+    """A Patient identity matching linked carries ``refer`` to its gateway golden record and
+    ``seealso`` to the person's other record: ids the registry does not hold. They were sent:
+    OpenCR's HAPI refuses unknown references (a dead letter), and a registry that kept them would
+    have answered the gateway's own golden id as the record's first ``refer`` link (the CRUID)."""
+    body = patient("a", "Aline", "Uwase", "1990-04-02")
+    body["link"] = [kept_link("seealso", "b", "score 20.1"), kept_link("refer", "golden-of-a", "golden record")]
+    put(store, body)
+    service = await deliver(destination(server))
+    service.notify()
+    await eventually(lambda: cruid_on(store, "a") is not None, timeout=20)
+    assert (await service.queue.stats("cr")).dead == 0
+    cruid = cruid_on(store, "a")
+    assert cruid in registry.registry.golden and cruid != "golden-of-a"
+    (record,) = registry.registry.records.values()
+    assert record["link"] == [{"other": {"reference": f"Patient/{cruid}"}, "type": "refer"}]

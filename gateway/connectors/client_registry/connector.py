@@ -32,7 +32,7 @@ from gateway.connectors.base import DeliveryOutcome, Job, Success
 from gateway.connectors.client_registry.config import ClientRegistryOptions
 from gateway.connectors.client_registry.exchanges import RegistryApi, cruid_of, not_linked, token
 from gateway.connectors.dhis2 import WriteBack, WriteBackTarget
-from gateway.store import KEPT_IDENTIFIER_TYPE
+from gateway.store import KEPT_IDENTIFIER_TYPE, is_kept_link
 
 logger = logging.getLogger(__name__)
 _VERSION_META = ("versionId", "lastUpdated")
@@ -89,6 +89,12 @@ class ClientRegistryConnector:
             resource["meta"] = meta
         own = {"system": self.options.source_system, "value": job.resource_id}
         others = [i for i in resource.get("identifier") or [] if i.get("system") != self.options.source_system]
+        # The identity matcher's links name the gateway's golden record and the person's other
+        # records: ids the registry does not hold (its HAPI refuses them; one it kept would read
+        # as the record's CRUID). The registry links the person itself.
+        links = [link for link in resource.pop("link", None) or [] if not is_kept_link(link)]
+        if links:
+            resource["link"] = links
         return {**resource, "identifier": [*others, own]}
 
     async def _register(self, job: Job, patient: dict[str, Any]) -> tuple[str | None, DeliveryOutcome]:
