@@ -195,3 +195,35 @@ async def test_the_cht_connector_waits_for_the_patient_and_refuses_a_deleted_one
         assert isinstance(gone, Permanent) and gone.reason == "patient_deleted"
     finally:
         await connector.aclose()
+
+
+async def test_a_task_put_back_in_the_emrs_own_terms_still_reaches_the_chw(
+    sqlite_store: Store, sandbox: SourceSandbox, url: str
+) -> None:
+    """An EMR that keeps the Task as OpenMRS holds it PUTs it back with its own patient id in
+    ``for``, without ``meta``, ``focus`` (read-only ServiceRequest), ``requester`` (a Practitioner
+    it never got) and the source's identifiers. The outcome was dropped as "a referral of another
+    source": the version the source wrote says which app, patient, CHW and record it was."""
+    context = _context("cht")
+    with sqlite_store.transaction() as tx:
+        for resource in (context["patient"], context["requester"], context["request"]):
+            tx.create(resource, rid=resource["id"])
+        tx.create({**context["task"], "status": "requested"}, rid=context["task"]["id"])  # as ingest wrote it
+    openmrs = {key: value for key, value in context["task"].items()
+               if key not in ("meta", "focus", "requester", "identifier", "output")}  # fmt: skip
+    openmrs["for"] = {"reference": "Patient/70dfc959-86cc-4bb3-a8f4-e68a4b224768"}  # OpenMRS's patient uuid
+    openmrs["identifier"] = [{"system": "http://fhir.openmrs.org/ext/task/identifier", "value": openmrs["id"]}]
+    connector = _connector(sqlite_store, "cht-api", url, httpx.BasicAuth("gateway@example.org", "pull-secret"))
+    try:
+        (sent,) = await connector.deliver([_job(openmrs)])
+        assert isinstance(sent, Success), sent
+        (report,) = sandbox.cht.reports("referral_outcome")
+        fields = report["fields"]
+        assert fields["outcome"] == "completed" and fields["patient_uuid"] == "f6a5b4c3-d2e1-4f0a-9b8c-7d6e5f4a3b2c"
+        assert fields["referral_report_id"] == "0196c7a2-5d3e-7b41-9f2a-6c8e1d4b3a21"
+        assert report["contact"]["_id"]  # the CHW who referred
+        foreign = {**openmrs, "id": "another-emr-task"}  # a Task the gateway never stored from a source
+        (skipped,) = await connector.deliver([_job(foreign)])
+        assert isinstance(skipped, Success) and len(sandbox.cht.reports("referral_outcome")) == 1
+    finally:
+        await connector.aclose()

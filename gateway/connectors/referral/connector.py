@@ -25,7 +25,7 @@ from gateway.connectors.base import DeliveryOutcome, Job, Permanent, Retry, Succ
 from gateway.connectors.classify import record_request, record_response
 from gateway.connectors.http import exchange
 from gateway.connectors.referral.config import ReturnOptions
-from gateway.connectors.referral.context import outcome_context, reference_parts
+from gateway.connectors.referral.context import outcome_context, reference_parts, with_origin
 from gateway.connectors.referral.xform import to_xform
 from gateway.mapping import MappingError, OutboundMapping, render_outcome
 from gateway.store import ResourceStore
@@ -75,6 +75,15 @@ class _ReturnConnector:
         if source is not None and source != self.system:
             return Success("a referral of another source: nothing sent")
         context = await asyncio.to_thread(outcome_context, self.store, task)
+        if source is None or ("patient" not in context and task.get("for")):
+            # An EMR's copy in its own terms (no meta, its own patient id): the source's version decides.
+            completed = await asyncio.to_thread(with_origin, self.store, task)
+            if completed is not None:
+                task = completed
+                source = task["meta"]["source"]
+                if source != self.system:
+                    return Success("a referral of another source: nothing sent")
+                context = await asyncio.to_thread(outcome_context, self.store, task)
         if source is None and ((context.get("request") or {}).get("meta") or {}).get("source") != self.system:
             # An EMR that rebuilds the Task it read (a PUT without meta) drops meta.source; the
             # referral it fulfils still says which app asked.

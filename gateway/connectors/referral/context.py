@@ -7,7 +7,10 @@ from typing import Any
 from gateway import jsonio
 from gateway.store import ResourceStore
 
-__all__ = ["outcome_context", "reference_parts"]
+__all__ = ["outcome_context", "reference_parts", "with_origin"]
+
+_ORIGIN_HISTORY = 50  # versions of a Task read back to find the one its source wrote
+_FROM_ORIGIN = ("focus", "basedOn", "requester", "restriction", "owner", "authoredOn")
 
 
 def reference_parts(value: Any) -> tuple[str, str] | None:
@@ -45,3 +48,40 @@ def outcome_context(store: ResourceStore, task: dict[str, Any]) -> dict[str, Any
     if kept:
         context["outputs"] = kept
     return context
+
+
+def with_origin(store: ResourceStore, task: dict[str, Any]) -> dict[str, Any] | None:
+    """``task`` completed from its newest stored version that names its source (``meta.source``),
+    or None when the store holds no such version.
+
+    An EMR that keeps the Task in its own terms (OpenMRS: its patient uuid in ``for``, no
+    ``focus`` on its read-only ServiceRequest, no ``requester`` Practitioner, its own identifier)
+    PUTs it back so: which app, patient, CHW and record the referral was is what the source's
+    version says. What the facility wrote (status, reasons, outputs) stays as it is.
+    """
+    rid = task.get("id")
+    if not isinstance(rid, str) or not rid:
+        return None
+    versions, _ = store.history("Task", rid, count=_ORIGIN_HISTORY)
+    origin: dict[str, Any] | None = None
+    for version in versions:
+        body = None if version.deleted else jsonio.loads(version.content)
+        if isinstance(body, dict) and (body.get("meta") or {}).get("source"):
+            origin = body
+            break
+    if origin is None:
+        return None
+    merged = dict(task)
+    meta = dict(task.get("meta") or {})
+    meta.setdefault("source", origin["meta"]["source"])
+    merged["meta"] = meta
+    for key in _FROM_ORIGIN:
+        if key not in merged and key in origin:
+            merged[key] = origin[key]
+    if "for" in origin and _read(store, task.get("for")) is None:
+        merged["for"] = origin["for"]
+    systems = {i.get("system") for i in task.get("identifier") or [] if isinstance(i, dict)}
+    extra = [i for i in origin.get("identifier") or [] if isinstance(i, dict) and i.get("system") not in systems]
+    if extra:
+        merged["identifier"] = [*(task.get("identifier") or []), *extra]
+    return merged
