@@ -29,7 +29,7 @@ from gateway.identity.index import CandidateIndex
 from gateway.identity.normalise import Features, features
 from gateway.identity.rules import Rules
 from gateway.identity.scoring import Comparison, Grade, compare
-from gateway.store import KEPT_LINK_EXTENSION, Store, StoreTransaction, is_golden, linked_ids
+from gateway.store import KEPT_LINK_EXTENSION, Store, StoreTransaction, is_golden, is_kept_identifier, linked_ids
 
 log = logging.getLogger("gateway.identity")
 
@@ -46,6 +46,10 @@ class IdentityEngine:
         self.store = store
         self.rules = rules
         self.index = CandidateIndex(rules)
+        # Per Patient, a digest of what survivorship copies from it that matching does not compare
+        # (identifiers, address, managing organization, …): a source correcting one is not a new
+        # match, but the golden record must follow it.
+        self._survived: dict[str, int] = {}
         self._seq = 0
         self._lock = threading.Lock()
 
@@ -77,9 +81,13 @@ class IdentityEngine:
                 if body is None and self.index.get(pid) is not None:
                     gone.append(pid)
                 self.index.remove(pid)
+                self._survived.pop(pid, None)
                 continue
             found = features(body, self.rules)
+            survived, self._survived[pid] = self._survived.get(pid), self._survivorship_digest(body)
             if self.index.get(pid) == found:
+                if survived is not None and survived != self._survived[pid]:
+                    changed.append(pid)  # nothing to match again, but the golden record copies what changed
                 continue  # a link we wrote, a write-back, or unchanged content: nothing to match again
             self.index.add(found)
             matched += 1
@@ -125,6 +133,18 @@ class IdentityEngine:
                     forget(writes, self.rules, pid)
                 refresh(writes, self.rules, changed)
         return matched
+
+    def _survivorship_digest(self, body: dict[str, Any]) -> int:
+        """What survivorship reads of a record, as a number (identifiers the gateway keeps, such as
+        written-back DHIS2 UIDs, and its links left out: they never change a golden record)."""
+        source = (body.get("meta") or {}).get("source")
+        picked: dict[str, Any] = {"source": source, "_birthDate": body.get("_birthDate")}
+        for element in self.rules.survivorship.elements:
+            value = body.get(element)
+            if element == "identifier" and isinstance(value, list):
+                value = [i for i in value if not is_kept_identifier(i)]
+            picked[element] = value
+        return hash(jsonio.dumps(picked))
 
     def match(self, resource: dict[str, Any], count: int) -> list[tuple[str, Comparison]]:
         """Stored Patients that may be ``resource``'s person, best first (``Patient/$match``)."""

@@ -12,6 +12,7 @@ from tests.identity.test_identity_http import WILFRID_ON_CHT, _ingest, _patient,
 from tests.ingest.conftest import Harness, sample
 
 REVIEWS = f"urn:chw-gateway:task|{REVIEW_TASK_CODE}"
+FHIR = {"Content-Type": "application/fhir+json"}
 
 
 def _links(patient: dict[str, Any], kind: str) -> list[str]:
@@ -246,3 +247,29 @@ async def test_unmerge_does_not_bring_back_a_record_deleted_at_the_source(gw: Ha
     assert _links(loser, "replaced-by") == []
     golden = await _patient(gw, _golden_of(loser))
     assert golden["active"] is True and _links(golden, "seealso") == [amina]
+
+
+async def test_a_source_edit_of_an_element_the_matcher_does_not_compare_reaches_the_golden_record(
+    gw: Harness,
+) -> None:
+    """Survivorship copies identifiers, addresses and the managing organization, which the matcher
+    does not compare: a source that corrects one (a mistyped patient id, a new village) left the
+    golden record showing the old value for ever (it was redone only when compared values changed)."""
+    patient = {"resourceType": "Patient", "name": [{"given": ["Claudine"], "family": "Mukamana"}],
+               "gender": "female", "birthDate": "1991-02-17",
+               "identifier": [{"system": "urn:example:clinic-number", "value": "KC-1207"}],
+               "address": [{"line": ["Umudugudu wa Kabeza"], "district": "Gasabo"}]}
+    writer = gw.client("system/Patient.cruds")
+    created = await writer.post("/fhir/Patient", json=patient, headers=FHIR)
+    assert created.status_code == 201, created.text
+    pid = created.json()["id"]
+    golden = await _patient(gw, _golden_of(await _patient(gw, pid)))
+    assert [i["value"] for i in golden["identifier"]] == ["KC-1207"]
+    current = await _patient(gw, pid)
+    corrected = {**current, "identifier": [{"system": "urn:example:clinic-number", "value": "KC-1270"}],
+                 "address": [{"line": ["Umudugudu wa Rukiri"], "district": "Gasabo"}]}
+    updated = await writer.put(f"/fhir/Patient/{pid}", json=corrected, headers=FHIR)
+    assert updated.status_code == 200, updated.text
+    golden = await _patient(gw, _golden_of(await _patient(gw, pid)))
+    assert [i["value"] for i in golden["identifier"]] == ["KC-1270"]
+    assert golden["address"][0]["line"] == ["Umudugudu wa Rukiri"]
