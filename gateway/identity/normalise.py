@@ -19,7 +19,7 @@ from gateway.identity.rules import Rules
 HOUSEHOLD_LOCATION = "urn:chw-gateway:extension:household-location"
 #: Extension a mapping may set on ``Patient.birthDate`` when the age was estimated.
 ESTIMATED_BIRTHDATE = "urn:chw-gateway:extension:birthdate-estimated"
-_NOT_LETTER = re.compile(r"[^a-z ]+")
+_NOT_LETTER = re.compile(r"[^a-z0-9 ]+")  # digits stay: "Twin 1" is not "Twin 2"
 _SPACES = re.compile(r"\s+")
 
 
@@ -39,7 +39,7 @@ class Features:
 
 
 def fold(text: str, rules: Rules) -> str:
-    """Lower-case ASCII letters and single spaces, accents removed, spelling variants applied."""
+    """Lower-case ASCII letters, digits and single spaces, accents removed, spelling variants applied."""
     plain = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
     plain = _SPACES.sub(" ", _NOT_LETTER.sub(" ", plain.replace("-", " "))).strip()
     for variant in rules.variants:

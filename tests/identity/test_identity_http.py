@@ -230,3 +230,14 @@ async def test_one_record_leaving_out_a_middle_name_is_still_the_same_person(gw:
     other = {**person, "name": "Jean Habimana", "patient_id": "48215", "_id": "b1b2b3b4-c1c2-4d1d-8e1e-f1f2f3f4f5f6"}
     second = _patient_id(await _ingest(gw, "cht", cht_person(**other)))
     assert _linked(await _patient(gw, first)) == [f"Patient/{second}"]
+
+
+async def test_newborn_twins_registered_by_number_are_not_linked(gw: Harness) -> None:
+    # Newborn twins are often registered before they are named: "Twin 1"/"Twin 2", "Baby 1"/"Baby 2".
+    # Folding names kept letters only, so both were "twin": one person by same-phone-and-birthdate.
+    twin = {"date_of_birth": "2026-11-30", "sex": "female", "phone": "+256772000111"}
+    first = _patient_id(await _ingest(gw, "cht", cht_person(**twin, name="Twin 1 Nakato", short_name="Twin 1")))
+    other = {**twin, "name": "Twin 2 Nakato", "short_name": "Twin 2", "patient_id": "48216",
+             "_id": "c1c2c3c4-d1d2-4e1e-8f1f-a1a2a3a4a5a6"}
+    second = _patient_id(await _ingest(gw, "cht", cht_person(**other)))
+    assert _linked(await _patient(gw, first)) == [] and _linked(await _patient(gw, second)) == []
