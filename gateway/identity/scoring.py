@@ -185,12 +185,20 @@ def compare(a: Features, b: Features, rules: Rules, share: NameShare | None = No
         else:
             # Two different national ids of one system are two people, whatever else agrees.
             return Comparison(score, Grade.CERTAINLY_NOT, {**levels, "national_id": "different"})
+    guarded = levels
+    if (bool(a.given), bool(a.family)) != (bool(b.given), bool(b.family)) and (a.given or a.family) and (
+        b.given or b.family
+    ):
+        # One record names fewer parts than the other (a newborn registered by surname only,
+        # "Nakato", beside "Aisha Nakato"): the part it has may agree, the given name is unknown,
+        # so it may be the child named since or their twin. The guards do not count it as agreeing.
+        guarded = {**levels, "given": "different"}
     for name, agree, unless in c.deterministic:
         if all(levels.get(field) in ("same", "exact") for field in agree) and not any(
-            levels.get(field) == "different" for field in unless
+            guarded.get(field) == "different" for field in unless
         ):
             return Comparison(score, Grade.CERTAIN, levels, name)
-    if score >= c.link and not any(levels.get(field) == "different" for field in c.never):
+    if score >= c.link and not any(guarded.get(field) == "different" for field in c.never):
         grade = Grade.CERTAIN
     elif score >= c.review:
         grade = Grade.PROBABLE
