@@ -145,6 +145,14 @@ class SourceSandbox:
             status, answer = self.cht.read(doc_id)
             return JSONResponse(answer, status_code=status)
 
+        @app.delete("/{db}/{doc_id}")
+        async def couch_delete(db: str, doc_id: str, request: Request) -> Response:
+            refused = self._check("cht", request)
+            if refused is not None:
+                return refused
+            status, answer = self.cht.remove(doc_id, request.query_params.get("rev"))
+            return JSONResponse(answer, status_code=status)
+
         @app.put("/{db}/{doc_id}")
         async def couch_put(db: str, doc_id: str, request: Request) -> Response:
             refused = self._check("cht", request)

@@ -12,7 +12,8 @@ exists already, written without its current ``_rev``, is refused with ``409 {"er
 "conflict", "reason": "Document update conflict."}`` and changes nothing (so a client can make
 a write idempotent by choosing the id); ids starting with ``_`` are ``400 illegal_docid``.
 ``GET /{db}/{docid}`` answers the document with its ``_rev``, or ``404 {"error": "not_found",
-"reason": "missing"|"deleted"}``.
+"reason": "missing"|"deleted"}``; ``DELETE /{db}/{docid}?rev=`` deletes it (a tombstone), 409
+without its current ``rev``.
 """
 
 from __future__ import annotations
@@ -64,6 +65,16 @@ class CouchDb:
         if current[1].get(_DELETED):
             return 404, {"error": "not_found", "reason": "deleted"}
         return 200, copy.deepcopy(current[1])
+
+    def remove(self, doc_id: str, rev: str | None) -> tuple[int, dict[str, Any]]:
+        """``DELETE /{db}/{doc_id}?rev=``: a tombstone; the current ``rev`` is required (409 otherwise)."""
+        current = self.docs.get(doc_id)
+        if current is None or current[1].get(_DELETED):
+            return 404, {"error": "not_found", "reason": "deleted" if current else "missing"}
+        if rev != current[1]["_rev"]:
+            return 409, {"error": "conflict", "reason": "Document update conflict."}
+        self.delete(doc_id)
+        return 200, {"ok": True, "id": doc_id, "rev": self.docs[doc_id][1]["_rev"]}
 
     def reports(self, form: str) -> list[dict[str, Any]]:
         """The live ``data_record`` documents of ``form`` (copies)."""

@@ -227,3 +227,32 @@ async def test_a_task_put_back_in_the_emrs_own_terms_still_reaches_the_chw(
         assert isinstance(skipped, Success) and len(sandbox.cht.reports("referral_outcome")) == 1
     finally:
         await connector.aclose()
+
+
+async def test_an_outcome_the_facility_takes_back_leaves_the_chws_app(
+    sqlite_store: Store, sandbox: SourceSandbox, url: str
+) -> None:
+    """A facility that recorded the outcome on the wrong referral marks the Task entered-in-error
+    (or deletes it): the CHT reports it made are deleted, so the CHW's follow-up task goes. Both
+    were skipped ("no outbound mapping fires", "nothing sent") and the CHW kept a wrong outcome."""
+    context = _context("cht")
+    task = context["task"]
+    with sqlite_store.transaction() as tx:
+        tx.create(context["patient"], rid=context["patient"]["id"])
+        tx.create({**task, "status": "accepted"}, rid=task["id"])
+        tx.update(task)  # completed
+    connector = _connector(sqlite_store, "cht-api", url, httpx.BasicAuth("gateway@example.org", "pull-secret"))
+    try:
+        for status in ("accepted", "completed"):
+            (sent,) = await connector.deliver([_job({**task, "status": status})])
+            assert isinstance(sent, Success), sent
+        assert len(sandbox.cht.reports("referral_outcome")) == 2
+        with sqlite_store.transaction() as tx:
+            tx.update({**task, "status": "entered-in-error"})
+        (taken,) = await connector.deliver([_job({**task, "status": "entered-in-error"})])
+        assert isinstance(taken, Success), taken
+        assert sandbox.cht.reports("referral_outcome") == []
+        (again,) = await connector.deliver([_job({**task, "status": "entered-in-error"})])  # a repeat
+        assert isinstance(again, Success) and sandbox.cht.reports("referral_outcome") == []
+    finally:
+        await connector.aclose()

@@ -2,8 +2,10 @@
 
 Both connectors take Task changes, skip those that are not a referral of their mapping set
 (``meta.source`` is another system; a Task without one, as an EMR that rebuilds what it read
-PUTs it, goes by its focus ServiceRequest's), that are deletions, or for which no outbound mapping
-fires (a Task still waiting, for example), and send one request per job. Each request is
+PUTs it, goes by the Task's stored version from its source, else its focus ServiceRequest's),
+or for which no outbound mapping fires (a Task still waiting, for example), and send one
+request per job. A Task the facility took back (deleted, or ``entered-in-error``) has the CHT
+connector delete the reports its earlier versions made. Each request is
 idempotent on the destination's side through ``%outcome_id``: CouchDB answers a repeated
 ``_id`` with 409 (the stored document is read: it is a repeat if it says what we send, else
 the same outcome changed since, and it is updated with its ``_rev``), CommCare treats a
@@ -27,12 +29,13 @@ from gateway.connectors.http import exchange
 from gateway.connectors.referral.config import ReturnOptions
 from gateway.connectors.referral.context import outcome_context, reference_parts, with_origin
 from gateway.connectors.referral.xform import to_xform
-from gateway.mapping import MappingError, OutboundMapping, render_outcome
+from gateway.mapping import MappingError, OutboundMapping, outcome_id, render_outcome
 from gateway.store import ResourceStore
 
 __all__ = ["ChtConnector", "CommCareConnector"]
 
 _NATURE = re.compile(rb'nature="([a-z_]+)"')
+_TAKE_BACK_HISTORY = 100  # versions of a Task read back for the outcomes they sent
 
 
 class _ReturnConnector:
@@ -68,8 +71,11 @@ class _ReturnConnector:
         return [await self._deliver_one(job) for job in jobs]
 
     async def _deliver_one(self, job: Job) -> DeliveryOutcome:
-        if job.resource_type != "Task" or job.op == "delete":
+        if job.resource_type != "Task":
             return Success("not a referral outcome: nothing sent")
+        if job.op == "delete" or job.resource().get("status") == "entered-in-error":
+            # The facility took the outcome back (recorded on the wrong referral).
+            return await self._take_back(job)
         task = job.resource()
         source = (task.get("meta") or {}).get("source")
         if source is not None and source != self.system:
@@ -108,6 +114,18 @@ class _ReturnConnector:
 
     async def _send(self, payload: dict[str, Any]) -> DeliveryOutcome:
         raise NotImplementedError
+
+    async def _take_back(self, job: Job) -> DeliveryOutcome:
+        """Withdraw what earlier versions of a Task sent (nothing where the app has no such way)."""
+        return Success("a Task taken back: nothing sent")
+
+    def _sent_ids(self, task_id: str) -> list[str]:
+        """The outcome ids earlier versions of the Task of this source may have sent (from the store's history)."""
+        versions, _ = self.store.history("Task", task_id, count=_TAKE_BACK_HISTORY)
+        bodies = [jsonio.loads(v.content) for v in versions if not v.deleted]
+        if not any((body.get("meta") or {}).get("source") == self.system for body in bodies):
+            return []  # not a referral of this app
+        return list(dict.fromkeys(outcome_id(self.system, {"task": body}) for body in bodies))
 
 
 class ChtConnector(_ReturnConnector):
@@ -151,6 +169,31 @@ class ChtConnector(_ReturnConnector):
         if response is not None and response.status_code == 409:
             return Retry(delay=None, reason="cht_conflict")  # written in between: read it again
         return Success(f"{doc_id} updated") if isinstance(outcome, Success) else outcome
+
+
+    async def _take_back(self, job: Job) -> DeliveryOutcome:
+        """Delete the reports earlier versions made (CouchDB's ``DELETE`` with the document's ``_rev``):
+        CHT replicates the deletion, and the CHW's follow-up task on the report goes with it."""
+        ids = await asyncio.to_thread(self._sent_ids, job.resource_id)
+        deleted = 0
+        for doc_id in ids:
+            url = f"{self.base_url}/{self.options.database}/{doc_id}"
+            response, outcome = await exchange(self.client, self.client.build_request("GET", url), self.clock)
+            if response is not None and response.status_code == 404:
+                continue  # never sent (no mapping fired for that state), or deleted already
+            if response is None or not isinstance(outcome, Success):
+                return outcome
+            rev = jsonio.loads(response.content).get("_rev")
+            request = self.client.build_request("DELETE", url, params={"rev": rev})
+            response, outcome = await exchange(self.client, request, self.clock)
+            if response is not None and response.status_code == 404:
+                continue
+            if response is not None and response.status_code == 409:
+                return Retry(delay=None, reason="cht_conflict")  # written in between: read it again
+            if not isinstance(outcome, Success):
+                return outcome
+            deleted += 1
+        return Success(f"taken back: {deleted} report(s) deleted")
 
 
 class CommCareConnector(_ReturnConnector):
