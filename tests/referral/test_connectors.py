@@ -256,3 +256,31 @@ async def test_an_outcome_the_facility_takes_back_leaves_the_chws_app(
         assert isinstance(again, Success) and sandbox.cht.reports("referral_outcome") == []
     finally:
         await connector.aclose()
+
+
+async def test_an_identity_review_task_is_not_a_referral_outcome(
+    sqlite_store: Store, sandbox: SourceSandbox, url: str
+) -> None:
+    """A reviewer's decision completes (or rejects) an identity review Task: no meta.source, its
+    focus a Patient. The focus was read as the referral's ServiceRequest, whose meta.source (the
+    CHT Patient's) made it this app's: a "completed" referral_outcome went to the CHW."""
+    from gateway.identity import review_task_id
+
+    context = _context("cht")
+    other = {**context["patient"], "id": "second-record"}
+    with sqlite_store.transaction() as tx:
+        tx.create(context["patient"], rid=context["patient"]["id"])
+        tx.create(other, rid=other["id"])
+    pid = context["patient"]["id"]
+    review = {
+        "resourceType": "Task", "id": review_task_id(pid, other["id"]), "status": "completed", "intent": "proposal",
+        "code": {"coding": [{"system": "urn:chw-gateway:task", "code": "identity-review"}]},
+        "for": {"reference": f"Patient/{pid}"}, "focus": {"reference": f"Patient/{other['id']}"},
+    }  # fmt: skip
+    connector = _connector(sqlite_store, "cht-api", url, httpx.BasicAuth("gateway@example.org", "pull-secret"))
+    try:
+        outcomes = await connector.deliver([_job(review), _job({**review, "status": "rejected"})])
+        assert all(isinstance(outcome, Success) for outcome in outcomes), outcomes
+        assert sandbox.cht.reports("referral_outcome") == [] and not sandbox.requests
+    finally:
+        await connector.aclose()

@@ -40,6 +40,8 @@ def outcome_context(store: ResourceStore, task: dict[str, Any]) -> dict[str, Any
     request_ref = task.get("focus") or (based_on[0] if isinstance(based_on, list) and based_on else None)
     for name, value in (("request", request_ref), ("patient", task.get("for")), ("requester", task.get("requester"))):
         resource = _read(store, value)
+        if name == "request" and (resource or {}).get("resourceType") != "ServiceRequest":
+            continue  # a Task whose focus is no referral (an identity review's is a Patient)
         if resource is not None:
             context[name] = resource
     outputs = [_read(store, output.get("valueReference")) for output in task.get("output") or ()
