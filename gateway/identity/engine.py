@@ -29,12 +29,19 @@ from gateway.identity.index import CandidateIndex
 from gateway.identity.normalise import Features, features
 from gateway.identity.rules import Rules
 from gateway.identity.scoring import Comparison, Grade, compare
-from gateway.store import KEPT_LINK_EXTENSION, Store, StoreTransaction, is_golden, is_kept_identifier, linked_ids
+from gateway.store import (
+    KEPT_LINK_EXTENSION,
+    Store,
+    StoreTransaction,
+    is_golden,
+    is_kept_identifier,
+    linked_ids,
+)
+from gateway.store import REVIEW_TASK_CODE as REVIEW_TASK_CODE  # the package surface names them here
+from gateway.store import REVIEW_TASK_SYSTEM as REVIEW_TASK_SYSTEM
 
 log = logging.getLogger("gateway.identity")
 
-REVIEW_TASK_SYSTEM = "urn:chw-gateway:task"
-REVIEW_TASK_CODE = "identity-review"
 _TASK_NS = uuid.UUID("6f1c0c4e-5a8e-4d3f-9a37-0b5f3c2d7e11")
 _BATCH = 1000
 

@@ -15,13 +15,13 @@ from typing import Any
 
 from gateway import jsonio
 from gateway.identity.decision import Decision, conflict, not_found, record
-from gateway.identity.engine import REVIEW_TASK_CODE, REVIEW_TASK_SYSTEM, review_task, review_task_id
+from gateway.identity.engine import review_task, review_task_id
 from gateway.identity.golden import Writes, kept_link, refresh, without_link
 from gateway.identity.normalise import HOUSEHOLD_LOCATION, features
 from gateway.identity.rules import Rules
 from gateway.identity.scoring import compare
 from gateway.search import QueryParser, default_registry
-from gateway.store import Store, StoredResource, is_golden, linked_ids
+from gateway.store import REVIEW_TASK_CODE, REVIEW_TASK_SYSTEM, Store, StoredResource, is_golden, linked_ids
 
 #: Task.status of a pair: waiting, linked by a reviewer, kept apart by a reviewer.
 STATUSES = {"pending": "requested", "accepted": "completed", "rejected": "rejected"}

@@ -38,9 +38,12 @@ from .rows import GOLDEN_TAG_CODE as GOLDEN_TAG_CODE
 from .rows import GOLDEN_TAG_SYSTEM as GOLDEN_TAG_SYSTEM
 from .rows import KEPT_IDENTIFIER_TYPE as KEPT_IDENTIFIER_TYPE
 from .rows import KEPT_LINK_EXTENSION as KEPT_LINK_EXTENSION
+from .rows import REVIEW_TASK_CODE as REVIEW_TASK_CODE
+from .rows import REVIEW_TASK_SYSTEM as REVIEW_TASK_SYSTEM
 from .rows import hash_body as hash_body
 from .rows import is_golden as is_golden
 from .rows import is_kept_identifier as is_kept_identifier
 from .rows import is_kept_link as is_kept_link
+from .rows import is_review_task as is_review_task
 from .rows import linked_ids as linked_ids
 from .sql import SqlStore as SqlStore

@@ -75,6 +75,18 @@ def is_golden(body: dict[str, Any]) -> bool:
                for t in tags)  # fmt: skip
 
 
+#: The code of the identity matcher's review Tasks ("Same person?"): the gateway's own worklist.
+REVIEW_TASK_SYSTEM = "urn:chw-gateway:task"
+REVIEW_TASK_CODE = "identity-review"
+
+
+def is_review_task(body: dict[str, Any]) -> bool:
+    """Whether a Task is an identity review pair (see ``REVIEW_TASK_CODE``), not a referral or order."""
+    codings = (body.get("code") or {}).get("coding") or []
+    return any(isinstance(c, dict) and c.get("system") == REVIEW_TASK_SYSTEM and c.get("code") == REVIEW_TASK_CODE
+               for c in codings)  # fmt: skip
+
+
 def linked_ids(body: dict[str, Any], *types: str) -> list[str]:
     """Ids of the Patients the resource's kept links of ``types`` point to, in link order."""
     found = []

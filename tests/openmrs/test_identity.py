@@ -55,3 +55,19 @@ async def test_a_linked_person_and_their_referral_reach_openmrs_once(
     assert len(sent["Patient"]) == 2 and len(sent["Encounter"]) == 1 and len(sent["Task"]) == 1
     assert all("link" not in patient for patient in sent["Patient"])
     assert {i["value"] for p in sent["Patient"] for i in p["identifier"]} == {"P00001", "P00901"}
+
+
+async def test_an_identity_review_task_is_not_sent_to_openmrs(api: ApiHarness, service_for: Any, emr: Emr) -> None:
+    """Twins make a review Task (the gateway's worklist: "Same person?", intent proposal, its focus a
+    Patient). It was sent as a Task: OpenMRS refused it (intent must be order), a dead letter per pair."""
+    twin = {**cht.person(1), "_id": "pp-0001-0000-4000-8000-0000000000bb", "patient_id": "P00902",
+            "name": "Other Number1"}
+    await ingest(api, [cht.area(), cht.household(1), cht.person(1), twin])
+    reviews = (await api.client.get("/fhir/Task", params={"code": "urn:chw-gateway:task|identity-review"})).json()
+    assert reviews.get("total") == 1
+    service = service_for(destination(emr, upsert=["Task"]))
+    await service.start()
+    service.notify()
+    await eventually(lambda: drained(service, api), timeout=20)
+    assert (await service.queue.stats("openmrs")).dead == 0
+    assert emr.state.live("Task") == [] and len(emr.state.live("Patient")) == 2

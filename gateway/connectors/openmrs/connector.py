@@ -35,7 +35,7 @@ from gateway.connectors.base import DeliveryOutcome, Job, Permanent, Retry, Succ
 from gateway.connectors.http import exchange
 from gateway.connectors.openmrs.lookup import is_ours, searches
 from gateway.connectors.openmrs.profile import SENT_TYPES, OpenMrsProfile, Prepared, Waiting
-from gateway.store import is_golden
+from gateway.store import is_golden, is_review_task
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +82,8 @@ class OpenMrsConnector:
             return Permanent(
                 reason="not_supported", detail=f"this profile does not write {job.resource_type} to OpenMRS"
             )
+        if job.resource_type == "Task" and job.op != "delete" and is_review_task(job.resource()):
+            return Success(detail="an identity review Task: the gateway's own worklist, not an OpenMRS order")
         if job.resource_type == "Patient" and job.op != "delete" and is_golden(job.resource()):
             # OpenMRS holds each source record; a golden record would be one more patient for the
             # same person, with the records' own identifiers.
