@@ -39,9 +39,15 @@ _MAX_CHAR = "\U0010ffff"
 _FAR = 1e300  # beyond any epoch-seconds date: no bound on a walk
 
 
-def param_rows(param: SearchParam, alias: str) -> tuple[str, Params]:
+def param_rows(param: SearchParam, alias: str, *, of_one_row: bool = False) -> tuple[str, Params]:
     """The condition on index rows ``alias`` that selects ``param``'s values: its own rows, or for an
-    alias (``SearchParam.stored_as``) the rows of the parameters holding its values."""
+    alias (``SearchParam.stored_as``) the rows of the parameters holding its values.
+
+    ``of_one_row``: the condition sits beside ``alias.rid = …`` in an aggregate over one resource's
+    rows (a sort key); the target type is then tested on the rows the row-id index finds, not
+    offered as an index term (SQLite's MIN/MAX optimisation otherwise walks every reference to
+    that type, in ``idx_ref_target``'s order, for each resource sorted).
+    """
     codes = param.row_codes
     if len(codes) == 1:
         sql = f"{alias}.param = ?"
@@ -49,7 +55,8 @@ def param_rows(param: SearchParam, alias: str) -> tuple[str, Params]:
         sql = f"{alias}.param IN ({', '.join('?' for _ in codes)})"
     if param.target_type is None:
         return sql, list(codes)
-    return f"{sql} AND {alias}.ttype = ?", [*codes, param.target_type]
+    ttype = f"COALESCE({alias}.ttype, '')" if of_one_row else f"{alias}.ttype"
+    return f"{sql} AND {ttype} = ?", [*codes, param.target_type]
 
 
 def where_clause(query: SearchQuery, alias: str = "r", *, few: bool = False) -> tuple[str, Params]:
@@ -771,5 +778,5 @@ def _sort_expr(rtype: str, key: SortKey, alias: str) -> tuple[str, Params]:
         "reference": "x.tid",
         "number": "x.value",
     }[table]
-    rows, params = param_rows(key.param, "x")
+    rows, params = param_rows(key.param, "x", of_one_row=True)
     return f"(SELECT {agg}({column}) FROM {TABLES[table]} x WHERE x.rid = {alias}.rid AND {rows})", params
