@@ -26,6 +26,7 @@ from gateway.fhir import (
     validate_resource,
 )
 from gateway.search import RESULT_PARAMS
+from gateway.settings import Settings
 from gateway.store import StoredResource
 
 from .audit import note_of, note_resources
@@ -95,6 +96,11 @@ async def _in_transaction(
     result = await ctx.write_unit(work)
     note_resources(request, [res for res, _ in written], ctx.settings.audit.max_entities)
     return result
+
+
+def _patch_limits(settings: Settings) -> interactions.PatchLimits:
+    """A patched resource may grow to what a request body may hold."""
+    return interactions.PatchLimits(settings.max_body_bytes, settings.max_json_depth)
 
 
 def _written(result: object) -> list[tuple[StoredResource, str]]:
@@ -195,7 +201,7 @@ async def patch(request: Request, rtype: str, rid: str) -> Response:
     readable = access.may_return(rtype)
     return await _write(request, ctx, principal.name, media, interactions.patch, rtype, rid, operations,
                         if_match=if_match, conditions=conditions, access=access, readable=readable,
-                        viewer=principal)
+                        viewer=principal, limits=_patch_limits(ctx.settings))
 
 
 @router.delete("/{rtype}/{rid}", summary="Delete")
@@ -262,7 +268,7 @@ async def batch_or_transaction(request: Request) -> Response:
     def work() -> dict[str, Any]:
         response = process_bundle(ctx.store, ctx.parser, bundle, base, can=can, policy=policy,
                                   return_resources=not minimal, author=principal.name,
-                                  deidentified=principal.deidentified)
+                                  deidentified=principal.deidentified, patch_limits=_patch_limits(ctx.settings))
         if record is not None:  # on the worker thread: the request's own JSON, already parsed
             _note_bundle(record, bundle, response, ctx.settings.audit.max_entities)
         return response

@@ -15,9 +15,12 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import jsonpatch
+import jsonpointer
+import orjson
 
 from gateway import jsonio
 from gateway.errors import FhirError, gone, invalid, not_found
+from gateway.fhir.parse import json_depth
 from gateway.fhir.validate import validate_resource
 from gateway.search import TRUSTED, QueryParser, SearchAccess, SearchError, format_instant
 from gateway.store import PreparedWrite, StoredResource, StoreTransaction, VersionConflict
@@ -301,11 +304,26 @@ def conditional_delete(
     return [t for t in tombstones if t is not None]
 
 
+@dataclass(frozen=True, slots=True)
+class PatchLimits:
+    """What a patched resource may grow to: what a request body may be (``max_body_bytes``,
+    ``max_json_depth``). ``copy`` operations may copy no more bytes than that in all, or thirty
+    copies of an array into itself would build a resource of 2**30 of its elements."""
+
+    max_bytes: int = 10 * 1024 * 1024
+    max_depth: int = 64
+
+
+#: the limits of the default settings
+DEFAULT_PATCH_LIMITS = PatchLimits()
+
+
 def patch(
     tx: StoreTransaction, rtype: str, rid: str, operations: Any, *, if_match: int | None = None,
     conditions: WriteConditions | None = None, access: SearchAccess = TRUSTED,
+    limits: PatchLimits = DEFAULT_PATCH_LIMITS,
 ) -> WriteOutcome:
-    """``PATCH [type]/[id]`` with a JSON Patch document.
+    """``PATCH [type]/[id]`` with a JSON Patch document (within ``limits``).
 
     A client that may update the type but not read it (SMART's ``u`` without ``r`` or ``s``) may
     only edit blind: ``test``, ``copy`` and ``move`` would tell it what is stored (a ``test`` that
@@ -339,15 +357,19 @@ def patch(
         raise invalid("a JSON Patch document must be an array of operations", code="structure")
     document = jsonio.loads(current.content)
     try:
-        patch_document = jsonpatch.JsonPatch(operations)
+        jsonpatch.JsonPatch(operations)  # every operation well formed before any applies
     except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, KeyError) as exc:
         raise FhirError(f"the JSON Patch is not valid: {exc}", status=422, code="processing") from exc
     try:
-        patched = patch_document.apply(document)
+        patched = _apply_within(operations, document, limits)
     except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, KeyError) as exc:
         # jsonpatch's messages quote the stored resource ("member 'x' not found in {...}", "1970-01-01
         # is not equal to ..."), which a client allowed to update but not read must not see.
         raise FhirError(_patch_failure(exc), status=422, code="processing") from exc
+    except RecursionError as exc:  # copying or comparing a value nested past Python's stack
+        raise _too_deep(rtype, limits) from exc
+    if json_depth(patched, limits.max_depth) > limits.max_depth:
+        raise _too_deep(rtype, limits)
     if not isinstance(patched, dict) or patched.get("resourceType") != rtype or patched.get("id") != rid:
         raise FhirError("a patch may not change resourceType or id", status=422, code="processing")
     try:
@@ -362,6 +384,32 @@ def patch(
             status=422, code="processing",
         ) from exc
     return update(tx, patched, rtype, rid, if_match=if_match, access=access)
+
+
+def _apply_within(operations: list[Any], document: Any, limits: PatchLimits) -> Any:
+    """Apply the operations (a valid JSON Patch) one by one to ``document`` (parsed for this patch
+    alone, so changed in place), counting the bytes ``copy`` operations copy against ``limits.max_bytes``."""
+    copied = 0
+    for n, operation in enumerate(operations):
+        source = operation.get("from") if isinstance(operation, dict) else None
+        if isinstance(source, str) and operation.get("op") == "copy":
+            value = jsonpointer.JsonPointer(source).resolve(document)
+            try:
+                copied += len(jsonio.dumps(value))
+            except orjson.JSONEncodeError as exc:  # nested past orjson's 254 levels
+                raise RecursionError from exc
+            if copied > limits.max_bytes:
+                raise FhirError(
+                    f"the JSON Patch copies more than {limits.max_bytes} bytes, what a request body may"
+                    f" hold (operation {n})", status=422, code="too-costly",
+                )
+        document = jsonpatch.JsonPatch([operation]).apply(document, in_place=True)
+    return document
+
+
+def _too_deep(rtype: str, limits: PatchLimits) -> FhirError:
+    return FhirError(f"the patched {rtype} would nest deeper than {limits.max_depth} levels, as no request"
+                     " body may", status=422, code="too-costly")
 
 
 #: JSON Patch operations whose outcome depends on the stored content beyond the paths they name.

@@ -27,6 +27,7 @@ from gateway.errors import CLIENT_ERRORS, FhirError, GatewayError, invalid, not_
 from gateway.fhir import bundles, interactions
 from gateway.fhir.full_urls import replace_full_urls
 from gateway.fhir.outcome import issue, outcome_of
+from gateway.fhir.parse import json_depth
 from gateway.fhir.provenance import activity_of, record_writes
 from gateway.fhir.reference_targets import check_reference_targets
 from gateway.fhir.subsetting import subset
@@ -85,21 +86,24 @@ def process_bundle(
     skip_unchanged: bool = False,
     author: str | None = None,
     deidentified: bool = False,
+    patch_limits: interactions.PatchLimits = interactions.DEFAULT_PATCH_LIMITS,
 ) -> dict[str, Any]:
     """Run a batch or transaction Bundle and return its response Bundle.
 
     ``author`` (an API client's name) gets a Provenance for the writes of each store transaction.
     ``deidentified``: the client reads de-identified resources (no searches by what that strips).
+    ``patch_limits``: what PATCH entries may grow a resource to (the request body's limits).
     """
     kind = _bundle_type(bundle)
     if kind == "transaction":
         return run_prepared(
             prepare_transaction(
                 store, parser, bundle, base, can=can, policy=policy, return_resources=return_resources,
-                skip_unchanged=skip_unchanged, author=author, deidentified=deidentified,
+                skip_unchanged=skip_unchanged, author=author, deidentified=deidentified, patch_limits=patch_limits,
             )
         )  # fmt: skip
-    processor = _Processor(store, parser, base, can, policy, return_resources, skip_unchanged, author, deidentified)
+    processor = _Processor(store, parser, base, can, policy, return_resources, skip_unchanged, author, deidentified,
+                           patch_limits)  # fmt: skip
     # Batch entries may not depend on each other (http.html#brules), so each runs alone.
     return _response(kind, [processor.run_batch_entry(i, raw) for i, raw in enumerate(_entries(bundle))])
 
@@ -128,11 +132,13 @@ def prepare_transaction(
     skip_unchanged: bool = False,
     author: str | None = None,
     deidentified: bool = False,
+    patch_limits: interactions.PatchLimits = interactions.DEFAULT_PATCH_LIMITS,
 ) -> PreparedTransaction:
     """Parse and validate a transaction Bundle (a 4xx ``FhirError`` naming the entry if not)."""
     if _bundle_type(bundle) != "transaction":
         raise invalid("a transaction Bundle is needed here", ["Bundle.type"], code="value")
-    processor = _Processor(store, parser, base, can, policy, return_resources, skip_unchanged, author, deidentified)
+    processor = _Processor(store, parser, base, can, policy, return_resources, skip_unchanged, author, deidentified,
+                           patch_limits)  # fmt: skip
     entries = [processor.parse_entry(i, raw) for i, raw in enumerate(_entries(bundle))]
     _check_full_url_targets(entries)
     processor.prepare_writes(entries)
@@ -244,8 +250,10 @@ class _Processor:
         skip_unchanged: bool,
         author: str | None = None,
         deidentified: bool = False,
+        patch_limits: interactions.PatchLimits = interactions.DEFAULT_PATCH_LIMITS,
     ) -> None:
         self.store = store
+        self.patch_limits = patch_limits
         self.author = author
         self.written: list[tuple[StoredResource, str]] = []  # (version, activity) of the running transaction
         self.unchanged: set[str] = set()  # Type/id of updates skip_unchanged left alone, in the running one
@@ -282,7 +290,7 @@ class _Processor:
                 raise invalid(f"a {method} entry needs a resource", [f"{where}.resource"], code="required")
             validate_resource(resource, expected_type=rtype, where=f"{where}.resource.")
         elif method == "PATCH":
-            resource = _patch_body(resource, where)
+            resource = _patch_body(resource, where, self.patch_limits.max_depth)
         else:
             resource = None
         if method == "POST" and rid is not None:
@@ -478,7 +486,7 @@ class _Processor:
                 if e.rid is None:
                     raise invalid("PATCH needs an id", [f"{e.where}.request.url"])
                 outcome = interactions.patch(tx, e.rtype, e.rid, e.resource, if_match=e.if_match,
-                                             access=self.access)
+                                             access=self.access, limits=self.patch_limits)
                 # The patched resource is mostly what was stored: only for a client that may read it.
                 entry = self._write_response(outcome.status, self._wrote(outcome.resource, False))
                 if not self.access.may_return(e.rtype):
@@ -620,16 +628,21 @@ def _processing_order(e: _Entry) -> tuple[int, int]:
     return _ORDER["POST" if e.method == "MATCHED" else e.method], e.index
 
 
-def _patch_body(resource: Any, where: str) -> Any:
+def _patch_body(resource: Any, where: str, max_depth: int) -> Any:
     # FHIR carries a JSON Patch in a Binary resource inside Bundles (http.html#patch).
     if isinstance(resource, dict) and resource.get("resourceType") == "Binary":
         data = resource.get("data")
         if not isinstance(data, str):
             raise invalid("the PATCH Binary has no data", [f"{where}.resource.data"], code="required")
         try:
-            return jsonio.loads(base64.b64decode(data, validate=True))
+            operations = jsonio.loads(base64.b64decode(data, validate=True))
         except (binascii.Error, orjson.JSONDecodeError) as exc:
             raise invalid("the PATCH Binary does not hold a JSON Patch", [f"{where}.resource.data"]) from exc
+        # As deep as a PATCH request's body may be (its values would nest past Python's stack when copied).
+        if json_depth(operations, max_depth) > max_depth:
+            raise FhirError(f"the JSON Patch nests deeper than {max_depth} levels", status=400, code="too-costly",
+                            expression=[f"{where}.resource.data"])
+        return operations
     raise invalid("a PATCH entry needs a Binary resource holding a JSON Patch", [f"{where}.resource"])
 
 
