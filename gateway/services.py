@@ -125,7 +125,7 @@ class Services:
             registry=registry,
             parser=QueryParser(registry, search.default_count, search.max_count, SearchLimits(
                 search.max_values, search.max_criteria, search.max_includes, search.max_included, search.total_cap,
-                search.max_bundle_resources,
+                search.max_bundle_resources, search.max_sort_keys,
             )),
             owns_store=store is None,
         )

@@ -87,6 +87,11 @@ class SearchSettings(BaseModel):
         description="resources the GET entries of one batch or transaction return together (matches and"
         " included; an entry finding nothing counts one); past it an entry is refused (400 too-costly)",
     )
+    max_sort_keys: int = Field(
+        5, ge=1, le=200,
+        description="different _sort keys of one search (a repeated key is dropped); each costs one index probe"
+        " per match, so past it a search is refused (400 too-costly)",
+    )
 
 
 class SmartSettings(BaseModel):

@@ -65,6 +65,8 @@ class SearchLimits:
     #: resources the GET entries of one batch or transaction Bundle return together (each entry counts
     #: at least one): one request must not be able to ask for pages without end
     max_bundle_resources: int = 10_000
+    #: ``_sort`` keys of one search (repeats collapsed): each is one more index probe per match
+    max_sort_keys: int = 5
 
 
 class SearchError(RequestError):
@@ -475,7 +477,15 @@ class QueryParser:
                 raise SearchError(
                     f"_sort has {len(keys)} keys; at most {self.limits.max_values} are allowed", key, code="too-costly"
                 )
+            # A repeated key (same parameter, same direction) never changes the order: dropped.
+            keys = list(dict.fromkeys(keys))
+            if len(keys) > self.limits.max_sort_keys:
+                raise SearchError(
+                    f"_sort has {len(keys)} different keys; at most {self.limits.max_sort_keys} are allowed (each"
+                    " costs a probe per match)", key, code="too-costly",
+                )
             query.sort = [self._sort_key(query.rtype, k) for k in keys]
+            raw = ",".join(keys)
         elif key in ("_include", "_revinclude", "_include:iterate", "_revinclude:iterate"):
             include = _include(raw, key)
             if key == "_include" and include.source != query.rtype:

@@ -139,3 +139,24 @@ async def test_a_bundles_reads_return_at_most_max_bundle_resources_together(api_
     # Within the bound, as before.
     fits = await client.post("/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": [search] * 2})
     assert fits.status_code == 200 and all(a["response"]["status"] == "200 OK" for a in fits.json()["entry"])
+
+
+async def test_sort_keys_past_max_sort_keys_are_refused_and_repeats_collapse(api_on: ApiHarness) -> None:
+    """Each ``_sort`` key is one more index probe per match before a page is cut: 68 keys sorted
+    46,000 Observations in 4.5 s (SQLite) and 8.4 s (PostgreSQL). A repeated key (same parameter,
+    same direction) never changes the order, so it is dropped rather than counted."""
+    client = api_on.client
+    for n in range(3):
+        body = {"resourceType": "Patient", "gender": "male" if n else "female", "birthDate": f"200{n}-01-01"}
+        assert (await client.post("/fhir/Patient", json=body)).status_code == 201
+    limit = SearchSettings().max_sort_keys
+    keys = ["birthdate", "-gender", "name", "family", "given", "identifier", "organization", "_id"]
+    issue = refused(await client.get("/fhir/Patient", params={"_sort": ",".join(keys[: limit + 1])}), "_sort")
+    assert str(limit) in issue["diagnostics"]
+    repeated = ",".join(["-gender", "birthdate"] * 50)
+    response = await client.get("/fhir/Patient", params={"_sort": repeated})
+    assert response.status_code == 200, response.text[:500]
+    assert [e["resource"]["birthDate"] for e in response.json()["entry"]] == ["2001-01-01", "2002-01-01", "2000-01-01"]
+    self_link = next(link["url"] for link in response.json()["link"] if link["relation"] == "self")
+    assert "_sort=-gender%2Cbirthdate&" in self_link or "_sort=-gender,birthdate&" in self_link, self_link
+    assert (await client.get("/fhir/Patient", params={"_sort": ",".join(keys[:limit])})).status_code == 200
