@@ -502,14 +502,18 @@ class _Processor:
                 for tombstone in tombstones:
                     self._wrote(tombstone, False)
                 return {"response": {"status": "204 No Content"}}
-            answer = self._get(tx, e)
-            if e.method == "HEAD":
-                answer.pop("resource", None)  # as a HEAD request: the headers (etag, lastModified), no body
-            return answer
+            return self._read_entry(tx, e)
         except GatewayError as exc:
             if not exc.expression and not exc.extra_issues:
                 exc.expression = [e.where]
             raise
+
+    def _read_entry(self, reads: StoreTransaction | ResourceStore, e: _Entry) -> dict[str, Any]:
+        """A GET or HEAD entry, answered from ``reads`` (the transaction, or the store for a batch)."""
+        answer = self._get(reads, e)
+        if e.method == "HEAD":
+            answer.pop("resource", None)  # as a HEAD request: the headers (etag, lastModified), no body
+        return answer
 
     def _wrote(self, res: StoredResource, created: bool) -> StoredResource:
         """Note a version this transaction wrote, for its Provenance (clients' writes only)."""
@@ -529,7 +533,7 @@ class _Processor:
             )  # fmt: skip
         self.read_budget -= cost
 
-    def _get(self, tx: StoreTransaction, e: _Entry) -> dict[str, Any]:
+    def _get(self, tx: StoreTransaction | ResourceStore, e: _Entry) -> dict[str, Any]:
         self._spend(0 if self.read_budget > 0 else 1)  # spent: refused before anything runs
         if e.rid is not None:
             self._spend(1)
@@ -585,7 +589,17 @@ class _Processor:
     def run_batch_entry(self, index: int, raw: Any) -> dict[str, Any]:
         try:
             entry = self.parse_entry(index, raw)
-            self.run_transaction([entry])
+            if entry.method in ("GET", "HEAD"):
+                # Entries of a batch are independent: a read needs no write transaction, whose lock
+                # would stall every write of the gateway while the entry's search runs.
+                try:
+                    entry.response = self._read_entry(self.store, entry)
+                except GatewayError as exc:
+                    if not exc.expression and not exc.extra_issues:
+                        exc.expression = [entry.where]
+                    raise
+            else:
+                self.run_transaction([entry])
             return entry.response
         except SearchError as exc:  # first: it is a client error too, but keeps its own rendering
             return {"response": {"status": "400", "outcome": outcome_of(

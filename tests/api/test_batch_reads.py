@@ -1,0 +1,83 @@
+"""A batch Bundle's GET entries read outside the store's write transaction.
+
+Batch entries are independent (http.html#brules), so a read needs no write transaction, and
+taking one held the store's write lock while the entry's search ran: a batch of 30
+``Patient?_has:Observation:subject:code:not=…&_total=accurate`` entries (a client allowed only to
+search) stalled every write of the gateway for 8 s, and a batch may hold thousands of entries.
+A transaction's GET entries still run inside it (they see its writes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+
+import pytest
+
+from gateway.api.app import create_app
+from gateway.settings import Settings
+from gateway.store import Store
+from tests.conftest import ApiHarness
+from tests.support.gateway_app import MACHINE_SPEED_LIMITS
+
+
+@pytest.fixture
+async def api_on(store_url: str, store: Store) -> AsyncIterator[ApiHarness]:
+    """The app in-process on each store backend."""
+    settings = Settings(store_url=store_url, allowed_hosts=["gateway.test"], rate_limit=MACHINE_SPEED_LIMITS)
+    app = create_app(settings, store=store)
+    async with app.router.lifespan_context(app):
+        harness = ApiHarness(app, store)
+        yield harness
+        await harness.aclose()
+
+
+async def test_batch_reads_do_not_wait_for_the_write_lock(api_on: ApiHarness) -> None:
+    client = api_on.with_scopes("system/*.rs")  # a client that may only read and search
+    writer = api_on.client
+    created = await writer.post("/fhir/Patient", json={"resourceType": "Patient", "gender": "female"})
+    pid = created.json()["id"]
+    entries = [
+        {"request": {"method": "GET", "url": "Patient?gender=female"}},
+        {"request": {"method": "GET", "url": f"Patient/{pid}"}},
+        {"request": {"method": "HEAD", "url": f"Patient/{pid}"}},
+        {"request": {"method": "GET", "url": "Patient?gender:bogus=x"}},
+    ]
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_the_write_lock() -> None:
+        with api_on.store.transaction() as tx:
+            tx.create({"resourceType": "Patient", "gender": "male"})
+            holding.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold_the_write_lock)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        batch = await asyncio.wait_for(
+            client.post("/fhir", json={"resourceType": "Bundle", "type": "batch", "entry": entries}), timeout=10
+        )
+    finally:
+        release.set()
+        holder.join(30)
+    assert batch.status_code == 200, batch.text[:500]
+    answers = batch.json()["entry"]
+    assert [a["response"]["status"][:3] for a in answers] == ["200", "200", "200", "400"]
+    assert [e["resource"]["id"] for e in answers[0]["resource"]["entry"]] == [pid]  # not the uncommitted one
+    assert answers[1]["resource"]["id"] == pid and "resource" not in answers[2]
+    assert answers[2]["response"]["etag"] == 'W/"1"'
+
+
+async def test_a_transactions_reads_see_its_writes(api_on: ApiHarness) -> None:
+    entries = [
+        {"fullUrl": "urn:uuid:7c4a2d1e-0000-4000-8000-000000000001",
+         "resource": {"resourceType": "Patient", "gender": "other"}, "request": {"method": "POST", "url": "Patient"}},
+        {"request": {"method": "GET", "url": "Patient?gender=other"}},
+    ]  # fmt: skip
+    response = await api_on.client.post("/fhir", json={"resourceType": "Bundle", "type": "transaction",
+                                                        "entry": entries})  # fmt: skip
+    assert response.status_code == 200, response.text[:500]
+    found = response.json()["entry"][1]["resource"]
+    assert found["total"] == 1 and found["entry"][0]["resource"]["gender"] == "other"
