@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Path, Query
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -29,6 +29,9 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/admin", tags=["Admin"])
 Admin = Annotated[Principal, Depends(require_scope("admin"))]
+#: quarantined records are numbered by a 64-bit row id: a larger number is a 400, not a SQL overflow
+_ROW_ID = 2**63 - 1
+RecordNumber = Annotated[int, Path(ge=0, le=_ROW_ID)]
 
 
 def _json(content: Any, status: int = 200) -> Response:
@@ -62,7 +65,7 @@ async def list_quarantine(
     source: str | None = None,
     status: Annotated[str, Query(pattern="^(held|replayed|discarded|all)$")] = "held",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=_ROW_ID)] = 0,
 ) -> Response:
     """Quarantined records, oldest first, without their bodies."""
     ctx = ctx_of(request)
@@ -78,7 +81,7 @@ async def list_quarantine(
 
 
 @router.get("/quarantine/{qid}", summary="Read one quarantined record")
-async def read_quarantined(request: Request, qid: int, principal: Admin) -> Response:
+async def read_quarantined(request: Request, qid: RecordNumber, principal: Admin) -> Response:
     """One quarantined record with the body as received."""
     ctx = ctx_of(request)
     held = await ctx.read(ctx.store.quarantine_get, qid)
@@ -103,7 +106,7 @@ async def replay_all(request: Request, principal: Admin, source: str | None = No
 
 
 @router.post("/quarantine/{qid}/replay", summary="Replay one held record")
-async def replay_one(request: Request, qid: int, principal: Admin) -> Response:
+async def replay_one(request: Request, qid: RecordNumber, principal: Admin) -> Response:
     """Replay one held record; 200 if it is stored now, 422 if it failed again (still held)."""
     ctx = ctx_of(request)
     service = ctx.ingest
@@ -113,7 +116,7 @@ async def replay_one(request: Request, qid: int, principal: Admin) -> Response:
 
 
 @router.post("/quarantine/{qid}/discard", summary="Discard a held record")
-async def discard(request: Request, qid: int, principal: Admin) -> Response:
+async def discard(request: Request, qid: RecordNumber, principal: Admin) -> Response:
     """Mark a held record discarded (it is kept for the record)."""
     ctx = ctx_of(request)
     service = ctx.ingest
