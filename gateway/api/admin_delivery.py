@@ -34,7 +34,7 @@ from gateway import jsonio
 from gateway.api.auth import require_scope
 from gateway.api.context import ctx_of
 from gateway.delivery import DeadLetterFilter, DeliveryAdmin, QueueError, dead_letter_detail, dead_letter_summary
-from gateway.errors import FhirError
+from gateway.errors import FhirError, invalid
 
 __all__ = ["router"]
 
@@ -59,12 +59,16 @@ def _json(content: Any) -> Response:
 def _filter(
     destination: str | None, reason: str | None, since: datetime | None, until: datetime | None
 ) -> DeadLetterFilter:
-    def epoch(when: datetime | None) -> float | None:
+    def epoch(when: datetime | None, name: str) -> float | None:
         if when is None:
             return None
-        return (when if when.tzinfo else when.astimezone()).timestamp()
+        try:  # no zone: the server's local time, which at the ends of the calendar may not exist in UTC
+            return (when if when.tzinfo else when.astimezone()).timestamp()
+        except (ValueError, OverflowError) as exc:
+            raise invalid(f"{name} is outside the calendar in the server's time zone; give a zone (Z or"
+                          " +hh:mm)", [f"query.{name}"]) from exc
 
-    return DeadLetterFilter(destination, reason, epoch(since), epoch(until))
+    return DeadLetterFilter(destination, reason, epoch(since, "since"), epoch(until, "until"))
 
 
 async def _guard(action: Awaitable[Any]) -> Any:

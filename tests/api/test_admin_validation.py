@@ -55,3 +55,4 @@ async def test_record_numbers_past_any_row_id_are_a_400_not_an_overflow(api_on: 
     largest = str(2**63 - 1)
     assert (await admin.get("/admin/quarantine", params={"after": largest})).status_code == 200
     assert (await admin.get(f"/admin/quarantine/{largest}")).status_code == 404
+

@@ -173,3 +173,17 @@ async def test_purge_deletes_dead_letters(harness: Admin) -> None:
     response = await admin.post("/admin/dead-letters/purge", params={"destination": "shr"})
     assert response.json() == {"purged": 1}
     assert await dead_count(admin) == 0
+
+
+@pytest.mark.parametrize("name", ["since", "until"])
+async def test_a_time_without_a_zone_outside_the_calendar_is_a_400(harness: Admin, name: str) -> None:
+    # A time without a zone is the server's local time; year 1 (or 9999) there may not exist in UTC,
+    # and datetime.astimezone() raised a ValueError (a 500).
+    for method, path in (("GET", "/admin/dead-letters"), ("POST", "/admin/dead-letters/replay"),
+                         ("POST", "/admin/dead-letters/purge")):  # fmt: skip
+        response = await harness.admin.request(method, path, params={name: "0001-01-01T00:00:00"})
+        assert response.status_code == 400, (path, response.text)
+        (issue,) = response.json()["issue"]
+        assert issue["expression"] == [f"query.{name}"] and name in issue["diagnostics"], issue
+    within = await harness.admin.get("/admin/dead-letters", params={name: "0001-01-02T00:00:00"})
+    assert within.status_code == 200, within.text
