@@ -388,6 +388,7 @@ async def test_clients_create_shows_the_token_once_and_revoke_stops_it(logged_in
     ({"name": "x", "scopes": "system/Nothing.rs"}, "Nothing"),
     ({"name": "x", "scopes": ""}, "at least one scope"),
     ({"name": "x", "scopes": "admin", "expires_days": "-3"}, "a number of days"),
+    ({"name": "x", "scopes": "admin", "expires_days": "\u00b2"}, "a number of days"),  # "²".isdigit(); int() refuses it
 ])
 async def test_clients_create_names_what_is_wrong(logged_in: Harness, form: dict[str, str], problem: str) -> None:
     answer = await logged_in.post("/console/clients", form)
@@ -444,6 +445,17 @@ async def test_a_wrong_method_or_action_is_a_page_not_a_500(logged_in: Harness) 
     assert "<html" in (await logged_in.console.get("/console/logout")).text
     answer = await logged_in.post("/console/quarantine/1/explode")
     assert answer.status_code == 404 and "<html" in answer.text
+
+
+async def test_numbers_in_console_urls_in_other_scripts_are_not_a_500(logged_in: Harness) -> None:
+    # "²".isdigit() and "١٢".isdigit() are True, and int() refuses the first: a ValueError (500).
+    for digits in ("\u00b2", "\u0661\u0662"):
+        assert (await logged_in.console.get("/console/messages", params={"before": digits})).status_code == 200
+        assert (await logged_in.console.get("/console/quarantine", params={"after": digits})).status_code == 200
+        answer = await logged_in.console.get(f"/console/quarantine/{digits}")
+        assert answer.status_code == 404 and "<html" in answer.text
+        answer = await logged_in.post(f"/console/quarantine/{digits}/discard")
+        assert answer.status_code == 404 and "<html" in answer.text
 
 
 async def test_static_files_are_served_without_a_login(harness: Harness) -> None:

@@ -45,7 +45,7 @@ async def create(request: Request) -> Response:
     shown = {"name": name[:64], "scopes": " ".join(scopes)[:500], "expires_days": days_text[:5]}
     expires = None
     if days_text:
-        if not days_text.isdigit() or not 0 < int(days_text) <= _MAX_DAYS:
+        if not (days_text.isascii() and days_text.isdigit()) or not 0 < int(days_text) <= _MAX_DAYS:
             return await _listing(request, created=None, form=shown,
                                   error=f"Expires in: a number of days from 1 to {_MAX_DAYS}, or empty for never.")
         expires = datetime.now(UTC) + timedelta(days=int(days_text))

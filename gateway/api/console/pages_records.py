@@ -36,7 +36,8 @@ def _moment(value: str | None, field: str) -> float | None:
 
 
 def _int(value: str | None) -> int | None:
-    return int(value) if value and value.isdigit() and len(value) < 19 else None
+    # ASCII digits only: "²".isdigit() is True, and int() refuses it.
+    return int(value) if value and value.isascii() and value.isdigit() and len(value) < 19 else None
 
 
 def message_filter(request: Request) -> tuple[MessageFilter, dict[str, str]]:
