@@ -211,6 +211,7 @@ def _max_age(cache_control: str) -> float | None:
         return 0.0
     for directive in directives:
         name, _, value = directive.partition("=")
-        if name == "max-age" and value.strip().isdigit():
-            return float(value.strip())
+        seconds = value.strip()
+        if name == "max-age" and seconds.isascii() and seconds.isdigit():  # "²".isdigit() holds; float() refuses it
+            return float(seconds)
     return None

@@ -330,6 +330,19 @@ def test_a_jwks_uri_response_may_forbid_caching(store: ClientRegistry, clock: Cl
 
 
 @respx.mock
+@pytest.mark.parametrize("max_age", ["\u00b2", "9" * 5000, "1e3", "-5"])
+def test_a_jwks_uri_with_an_odd_max_age_is_used_not_a_server_error(
+    store: ClientRegistry, clock: Clock, max_age: str,
+) -> None:
+    # The client's own server sends this header (byte 0xB2 reads "²" in Latin-1); "²".isdigit() is True
+    # and float() refused it (a 500).
+    register(store, clock, jwks={"jwks_uri": JWKS_URL})
+    respx.get(JWKS_URL).mock(return_value=httpx.Response(
+        200, json=public_jwks(rsa_key()), headers=[(b"Cache-Control", f"max-age={max_age}".encode("latin-1"))]))
+    assert issuer(store, clock).issue(token_form(assertion("emr", TOKEN_URL, clock.now)), TOKEN_URL).access_token
+
+
+@respx.mock
 @pytest.mark.parametrize("response", [
     httpx.Response(404),
     httpx.Response(200, content=b"<html>"),
