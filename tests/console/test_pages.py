@@ -456,6 +456,9 @@ async def test_numbers_in_console_urls_in_other_scripts_are_not_a_500(logged_in:
         assert answer.status_code == 404 and "<html" in answer.text
         answer = await logged_in.post(f"/console/quarantine/{digits}/discard")
         assert answer.status_code == 404 and "<html" in answer.text
+    for notice in ("replayed-\u00b2", "replayed-" + "9" * 5000):
+        answer = await logged_in.console.get("/console/dead-letters", params={"notice": notice})
+        assert answer.status_code == 200 and "dead letter(s) again" not in answer.text
 
 
 async def test_static_files_are_served_without_a_login(harness: Harness) -> None:

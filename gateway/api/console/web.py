@@ -200,8 +200,9 @@ def notice_text(code: object) -> str | None:
     """The message a ``notice`` code in a redirect stands for (codes only: no text from the URL is shown)."""
     if not isinstance(code, str):
         return None
-    if code.startswith("replayed-") and code[9:].isdigit():
-        return f"Sent {int(code[9:])} dead letter(s) again."
+    count = code[9:]
+    if code.startswith("replayed-") and count.isascii() and count.isdigit() and len(count) < 19:
+        return f"Sent {int(count)} dead letter(s) again."
     return _NOTICES.get(code)
 
 
