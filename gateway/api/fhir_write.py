@@ -25,7 +25,7 @@ from gateway.fhir import (
     require_resource,
     validate_resource,
 )
-from gateway.search import RESULT_PARAMS
+from gateway.search import MAX_INT_DIGITS, RESULT_PARAMS
 from gateway.settings import Settings
 from gateway.store import StoredResource
 
@@ -329,7 +329,9 @@ def _note_bundle(record: AccessRecord, bundle: dict[str, Any], response: dict[st
             rtype, _, rest = location.partition("/")
             rid, _, version = rest.partition("/_history/")
             if rid:
-                record.touched(rtype, rid, int(version) if version.isdigit() else None)
+                # A DELETE entry's URL is the client's: its version may be any text ("²".isdigit() holds).
+                known = version.isascii() and version.isdigit() and len(version) <= MAX_INT_DIGITS
+                record.touched(rtype, rid, int(version) if known else None)
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if isinstance(resource, dict):
             record.patients.update(patients_in(jsonio.dumps(resource)))

@@ -146,6 +146,20 @@ async def test_a_transaction_lists_its_entries_and_a_batch_is_a_batch(api: ApiHa
     assert refs(one(events, "batch"), "4") == ["Patient/p2/_history/1"]
 
 
+async def test_a_batch_delete_naming_an_odd_version_is_audited_not_a_500(api: ApiHarness) -> None:
+    # The audit read the version of a DELETE entry's URL with int() after str.isdigit(): "²" and a
+    # 5,000-digit version raised ValueError, and the batch, its POST already stored, answered 500
+    # "the request was not applied".
+    entries = [{"resource": {"resourceType": "Patient", "name": [{"family": "Kept"}]},
+                "request": {"method": "POST", "url": "Patient"}}]  # fmt: skip
+    entries += [{"request": {"method": "DELETE", "url": f"Patient/x/_history/{v}"}} for v in ("\u00b2", "9" * 5000)]
+    response = await api.client.post("/fhir", json={"resourceType": "Bundle", "type": "batch", "entry": entries})
+    assert response.status_code == 200, response.text[:500]
+    assert response.json()["entry"][0]["response"]["status"].startswith("201")
+    await flushed(api.app)
+    assert one(stored_events(api.store), "batch")
+
+
 async def test_only_admin_reads_the_audit_trail_and_nobody_writes_it(api: ApiHarness) -> None:
     await seed(api.client)
     assert (await api.client.get("/fhir/Patient/p1")).status_code == 200
