@@ -295,6 +295,10 @@ class _Processor:
             resource = None
         if method == "POST" and rid is not None:
             raise invalid("POST goes to a type URL, without an id", [f"{where}.request.url"])
+        if version is not None and method not in ("GET", "HEAD"):
+            # As over REST (405): a version is read, never written; If-Match makes a write depend on one.
+            raise invalid(f"{method} does not take a version URL; send {rtype}/{rid} with ifMatch W/\"{version}\"",
+                          [f"{where}.request.url"], code="not-supported")
         if method == "DELETE" and rid is None and not query:
             raise invalid("DELETE needs an id or search parameters", [f"{where}.request.url"])
         if method == "PUT" and rid is None and not query:

@@ -231,3 +231,34 @@ def test_51_a_resource_deleted_and_written_in_one_transaction_is_refused(
     response = fhir.post("", json=bundle)
     assert 400 <= response.status_code < 500  # identities overlap (http.html#trules)
     assert history_total(fhir) == before
+
+
+@pytest.mark.parametrize("kind", ["batch", "transaction"])
+@pytest.mark.parametrize("method", ["DELETE", "PUT", "PATCH"])
+def test_a_write_entry_naming_a_version_is_refused_not_applied_to_the_current_one(
+    fhir: httpx.Client, system: str, kind: str, method: str
+) -> None:
+    # DELETE Patient/x/_history/1 deleted Patient/x whatever its current version (REST answers a
+    # write to a version URL with 405); If-Match is how a write is made conditional on a version.
+    rid = f"v-{uuid.uuid4().hex[:12]}"
+    assert fhir.put(f"/Patient/{rid}", json={**_patient(system, "v"), "id": rid}).status_code == 201
+    assert fhir.put(f"/Patient/{rid}", json={**_patient(system, "v"), "id": rid, "active": True}).status_code == 200
+    entry: dict[str, Any] = {"request": {"method": method, "url": f"Patient/{rid}/_history/1"}}
+    if method == "PUT":
+        entry["resource"] = {**_patient(system, "v"), "id": rid}
+    if method == "PATCH":
+        entry["resource"] = {"resourceType": "Binary", "contentType": "application/json-patch+json",
+                             "data": "W3sib3AiOiAicmVtb3ZlIiwgInBhdGgiOiAiL2FjdGl2ZSJ9XQ=="}  # remove /active
+    response = fhir.post("", json={"resourceType": "Bundle", "type": kind, "entry": [entry]})
+    if kind == "batch":
+        assert response.status_code == 200
+        answer = response.json()["entry"][0]["response"]
+        assert answer["status"].startswith("400"), answer
+        issue = answer["outcome"]["issue"][0]
+    else:
+        assert response.status_code == 400, response.text
+        issue = response.json()["issue"][0]
+    assert issue["code"] == "not-supported" and issue["expression"] == ["Bundle.entry[0].request.url"], issue
+    current = fhir.get(f"/Patient/{rid}")
+    assert current.status_code == 200 and current.json()["meta"]["versionId"] == "2"
+    assert current.json()["active"] is True
