@@ -179,6 +179,10 @@ class SqlStore(ExportJobs, SubscriptionRows):
         """The writer transaction's reserved, unused row ids (None: each transaction reserves its own)."""
         return None
 
+    def search_cursor(self, cur: Cursor) -> Cursor:
+        """The cursor a search inside a write transaction runs on: the transaction's own."""
+        return cur
+
     def refresh_statistics(self) -> None:
         """Nothing by default: SQLite's search plans are steered (``INDEXED BY``, ``+ 0``), not costed."""
 

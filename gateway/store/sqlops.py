@@ -73,6 +73,10 @@ class SqlBackend(Protocol):
         """Which of ``ids`` (live ``rtype`` resources) ``policy`` lets the client see."""
         ...
 
+    def search_cursor(self, cur: Cursor) -> Cursor:
+        """The cursor a search inside a write transaction runs on (``cur``, or a view of it)."""
+        ...
+
     def take_row_ids(self, cur: Cursor, count: int, after: int) -> list[int]:
         """``count`` unused ``resources.rid`` values, ascending, all above ``after``."""
         ...

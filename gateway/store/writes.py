@@ -143,7 +143,7 @@ class SqlTransaction:
     def search(self, query: SearchQuery) -> SearchResult:
         """Search inside this transaction (sees its own writes)."""
         self.flush()
-        return self.store.search_in(self.cur, query)
+        return self.store.search_in(self.store.search_cursor(self.cur), query)
 
     def visible(self, policy: RowFilter | None, rtype: str, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` ``policy`` lets the client see, seeing this transaction's writes."""
