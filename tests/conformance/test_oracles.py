@@ -12,6 +12,7 @@ import httpx
 import pytest
 import respx
 
+from tests.support import npm
 from tests.support.npm import REGISTRY, NpmError, NpmPackage, package_dir
 from tests.support.schema_oracle import default_oracle
 
@@ -120,3 +121,18 @@ def test_schema_oracle_fixes_only_the_known_schema_bugs() -> None:
     aligned = {"resourceType": "Patient", "name": [{"given": ["A", None], "_given": [None, ext]}]}
     assert oracle.errors(aligned) == []
     assert oracle.errors({"resourceType": "Patient", "name": [{"family": "a\u00a0b"}]}) == []
+
+
+def test_the_test_cache_is_the_users_so_a_fresh_checkout_reuses_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GATEWAY_TEST_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert npm._cache_root() == tmp_path / "xdg" / "chw-fhir-gateway-tests"
+    monkeypatch.setenv("GATEWAY_TEST_CACHE", str(tmp_path / "chosen"))
+    assert npm._cache_root() == tmp_path / "chosen"
+    monkeypatch.delenv("GATEWAY_TEST_CACHE")
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))  # no cache can be made under a file
+    assert npm._cache_root() == npm.REPO_ROOT / ".cache"

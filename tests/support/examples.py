@@ -3,7 +3,7 @@
 ``r4b_verdicts()`` says, for every example file, whether the ``fhir.resources`` R4B models
 accept it (``None``) or why not (a short error). Parsing all 5,306 files takes about a
 minute of CPU, so the verdicts are computed in a process pool once and cached in
-``<repo>/.cache/`` keyed by the fhir.resources version.
+the test cache (``tests.support.npm``) keyed by the fhir.resources version.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ module speaks the registry protocol directly:
 * ``GET https://registry.npmjs.org/<name>`` (abbreviated metadata) → ``versions[v].dist``
   gives the tarball URL and its Subresource-Integrity digest (``sha512-<base64>``);
 * the tarball is downloaded, checked against that digest and kept in
-  ``<repo>/.cache/npm/<name>-<version>.tgz``;
+  ``~/.cache/chw-fhir-gateway-tests/npm/<name>-<version>.tgz`` (see ``_cache_root``);
 * ``package_dir()`` extracts it next to the tarball (once) and returns the ``package/``
   folder every npm tarball contains.
 
@@ -30,7 +30,27 @@ import httpx
 
 REGISTRY = "https://registry.npmjs.org"
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CACHE = REPO_ROOT / ".cache" / "npm"
+
+
+def _cache_root() -> Path:
+    """Where downloaded packages and what is derived from them are kept: the user's cache, so a
+    fresh checkout (CI's) reuses them; every entry is named by what it was made from, so
+    checkouts of different versions can share it. ``GATEWAY_TEST_CACHE`` names another folder;
+    without a writable home the checkout's own ``.cache``."""
+    chosen = os.environ.get("GATEWAY_TEST_CACHE")
+    if chosen:
+        return Path(chosen)
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "chw-fhir-gateway-tests"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=base, prefix=".writable-")  # noqa: SIM115 - closed below
+        probe.close()
+    except OSError:
+        return REPO_ROOT / ".cache"
+    return base
+
+
+DEFAULT_CACHE = _cache_root() / "npm"
 # The abbreviated "corgi" document: much smaller than the full packument, same dist data.
 _METADATA_ACCEPT = "application/vnd.npm.install-v1+json; q=1.0, application/json; q=0.8"
 _TIMEOUT = httpx.Timeout(30.0, read=120.0)

@@ -5,7 +5,7 @@ resource through a 146-way ``oneOf`` (``ResourceList``); Python validators take 
 Bundle that way. This oracle instead:
 
 * compiles every ``#/definitions/<Type>`` once with ``fastjsonschema``, into one generated
-  module cached under ``<repo>/.cache/schema-oracle/`` (so later runs only import it);
+  module cached in the test cache (``tests.support.npm``) (so later runs only import it);
 * replaces ``ResourceList`` by "any object" and validates each nested resource
   (``contained``, ``Bundle.entry.resource``, ``Bundle.entry.response.outcome``,
   ``Parameters.parameter.resource``) against the definition its ``resourceType`` names,
