@@ -90,6 +90,25 @@ def check_content_type(request: Request, allowed: set[str] | None = None) -> Non
                         status=415, code="not-supported")
     if not _r4(params):
         raise FhirError("this server takes FHIR R4 only (fhirVersion=4.0)", status=415, code="not-supported")
+    charset = _charset(params)
+    if charset is not None and charset not in _UTF8:
+        # FHIR (http.html#mime-type) and JSON (RFC 8259 8.1) bodies are UTF-8; read as UTF-8,
+        # a body in another charset would be stored wrong or refused with a misleading error.
+        raise FhirError(f"charset {charset[:40]!r} is not supported; FHIR JSON bodies are UTF-8",
+                        status=415, code="not-supported")
+
+
+#: Charset names of UTF-8 (US-ASCII text is UTF-8 too).
+_UTF8 = frozenset({"utf-8", "utf8", "us-ascii"})
+
+
+def _charset(params: list[str]) -> str | None:
+    """A media type's ``charset`` parameter, lower-cased and unquoted (None: not given)."""
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').lower()
+    return None
 
 
 async def read_body(request: Request, limit: int) -> bytes:

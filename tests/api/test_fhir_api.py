@@ -106,6 +106,28 @@ async def test_create_read_and_headers(api: ApiHarness) -> None:
     assert read.json() == created and "last-modified" in read.headers
 
 
+async def test_a_json_body_in_another_charset_than_utf8_is_refused_naming_it(api: ApiHarness) -> None:
+    # http.html#mime-type: FHIR bodies are UTF-8; a latin-1 or UTF-16 body read as UTF-8 would be
+    # stored with wrong letters ("Müller" as "M\ufffdller") or refused with a misleading parse error.
+    patient = '{"resourceType":"Patient","name":[{"family":"Müller"}]}'
+    for content_type, body in (("application/fhir+json; charset=latin-1", patient.encode("latin-1")),
+                               ("application/fhir+json; charset=UTF-16", patient.encode("utf-16"))):
+        refused = await api.client.post("/fhir/Patient", content=body, headers={"Content-Type": content_type})
+        assert "not supported" in assert_outcome(refused, 415, "not-supported")["issue"][0]["diagnostics"]
+    patch = b'[{"op":"add","path":"/active","value":true}]'
+    await api.client.put("/fhir/Patient/cs1", json={"resourceType": "Patient", "id": "cs1"})
+    refused = await api.client.patch("/fhir/Patient/cs1", content=patch.decode().encode("utf-16"),
+                                     headers={"Content-Type": "application/json-patch+json; charset=utf-16"})
+    assert_outcome(refused, 415, "not-supported")
+    for charset in ("utf-8", "UTF8", '"utf-8"', "us-ascii"):
+        ok = await api.client.patch("/fhir/Patient/cs1", content=patch,
+                                    headers={"Content-Type": f"application/json-patch+json; charset={charset}"})
+        assert ok.status_code == 200, ok.text
+    stored = await api.client.post("/fhir/Patient", content=patient.encode(),
+                                   headers={"Content-Type": "application/fhir+json; charset=utf-8"})
+    assert stored.status_code == 201 and stored.json()["name"][0]["family"] == "Müller"
+
+
 async def test_errors_are_operation_outcomes(api: ApiHarness) -> None:
     c = api.client
     assert_outcome(await c.get("/fhir/Patient/unknown"), 404, "not-found")
