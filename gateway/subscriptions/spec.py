@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -152,10 +152,16 @@ def _end(value: Any) -> datetime | None:
     """``Subscription.end``: an instant (with its time zone)."""
     if value is None:
         return None
-    try:
-        end = datetime.fromisoformat(value) if isinstance(value, str) else None
-    except ValueError:
-        end = None
+    end: datetime | None = None
+    if isinstance(value, str):
+        # A leap second (FHIR's instant allows :60, as on 2016-12-31) ends at the next second.
+        leap = len(value) >= 19 and value[10:11] == "T" and value[17:19] == "60"
+        try:
+            end = datetime.fromisoformat(value[:17] + "59" + value[19:] if leap else value)
+        except ValueError:
+            end = None
+        if end is not None and leap:
+            end += timedelta(seconds=1)
     if end is None or end.tzinfo is None:
         raise invalid("end must be an instant with a time zone (2026-12-31T00:00:00Z)", ["Subscription.end"])
     return end

@@ -45,6 +45,10 @@ async def test_the_server_sets_the_status(sqlite_harness: Harness) -> None:
     assert response.status_code == 201 and response.json()["status"] == "off"  # its end has passed
     running = {**r4_subscription(CRITERIA, endpoint), "end": "2999-01-01T00:00:00Z"}
     assert (await owner.post("/fhir/Subscription", json=running)).json()["status"] == "active"
+    # FHIR's instant allows a leap second (2016-12-31T23:59:60Z was one): an end, not a refusal.
+    leap = {**r4_subscription(CRITERIA, endpoint), "end": "2016-12-31T23:59:60Z"}
+    response = await owner.post("/fhir/Subscription", json=leap)
+    assert response.status_code == 201 and response.json()["status"] == "off", response.text
 
 
 @pytest.mark.parametrize(("change", "field", "words"), [
