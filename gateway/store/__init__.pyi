@@ -26,6 +26,7 @@ from .base import RunClaims as RunClaims
 from .base import SearchResult as SearchResult
 from .base import Store as Store
 from .base import StoredResource as StoredResource
+from .base import StoreReads as StoreReads
 from .base import StoreTransaction as StoreTransaction
 from .base import StoreUnavailable as StoreUnavailable
 from .base import SubscriptionRecord as SubscriptionRecord

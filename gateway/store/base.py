@@ -299,11 +299,32 @@ class WriteBatch(Protocol):
         ...
 
 
+class StoreReads(Protocol):
+    """Reads that see one state of the store (``ResourceStore.snapshot``)."""
+
+    def read(self, rtype: str, rid: str) -> StoredResource | None:
+        """Current version (a tombstone if deleted), or None if the id was never used."""
+        ...
+
+    def search(self, query: SearchQuery) -> SearchResult:
+        """Run a parsed search."""
+        ...
+
+    def visible(self, policy: RowFilter | None, rtype: str, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` (live ``rtype`` resources) ``policy`` lets the client see."""
+        ...
+
+
 class ResourceStore(Protocol):
     """Versioned FHIR resources: reads, history, search and write transactions."""
 
     def transaction(self) -> AbstractContextManager[StoreTransaction]:
         """Open a write transaction: committed on normal exit, rolled back on error."""
+        ...
+
+    def snapshot(self) -> AbstractContextManager[StoreReads]:
+        """Open a read-only transaction: its reads all see the store as it was at its first one, and
+        it takes no write lock (a transaction Bundle of reads only must not stall the writers)."""
         ...
 
     def write_batch(self) -> AbstractContextManager[WriteBatch]:

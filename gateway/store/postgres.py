@@ -177,6 +177,7 @@ class PostgresStore(SqlStore):
     """The resource store in a PostgreSQL database."""
 
     dialect = "postgresql"
+    snapshot_begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
     inline_reads = False  # a read waits on the server: it must not stall the event loop
     row_locks = True
 

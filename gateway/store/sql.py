@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from datetime import datetime
 from typing import Any
 
@@ -61,6 +61,7 @@ from gateway.store.base import (
     QuarantinedRecord,
     SearchResult,
     StoredResource,
+    StoreReads,
     WriteBatch,
 )
 from gateway.store.exports import ExportJobs
@@ -853,6 +854,24 @@ class SqlStore(ExportJobs, SubscriptionRows):
             cur.execute("SELECT COALESCE(MAX(seq), 0) FROM changes")
             return int(cur.fetchone()[0])
 
+    # -- read-only transactions --------------------------------------------------------------
+    #: Opens a read-only transaction on a read connection: SQLite's deferred BEGIN keeps the WAL
+    #: snapshot of its first read; PostgreSQL's isolation level keeps one snapshot for all.
+    snapshot_begin = "BEGIN"
+
+    @contextmanager
+    def snapshot(self) -> Iterator[StoreReads]:
+        """A read-only transaction (``ResourceStore.snapshot``); it writes nothing, so it ends in a rollback."""
+        with self._read_cursor() as cur:
+            cur.execute(self.snapshot_begin)
+            try:
+                yield _Snapshot(self, cur)
+            except BaseException:
+                with suppress(Exception):  # a dead connection: the error that killed it is the one to see
+                    cur.execute("ROLLBACK")
+                raise
+            cur.execute("ROLLBACK")
+
     # -- writes ------------------------------------------------------------------------------
     @contextmanager
     def transaction(self) -> Iterator[SqlTransaction]:
@@ -1263,3 +1282,24 @@ def _client(row: Sequence[Any]) -> ApiClient:
 
 def _json(value: Mapping[str, Any] | None) -> str | None:
     return None if value is None else jsonio.dumps(dict(value)).decode()
+
+
+class _Snapshot:
+    """``StoreReads`` on the cursor of one read-only transaction (``SqlStore.snapshot``)."""
+
+    def __init__(self, store: SqlStore, cur: Cursor) -> None:
+        self._store = store
+        self._cur = cur
+
+    def read(self, rtype: str, rid: str) -> StoredResource | None:
+        """Current version (a tombstone if deleted), or None if the id was never used."""
+        rows = self._store.rows_by_id(self._cur, COLUMNS, rtype, [rid])
+        return to_resource(rows[0]) if rows else None
+
+    def search(self, query: SearchQuery) -> SearchResult:
+        """Run a parsed search in the snapshot."""
+        return self._store.search_in(self._cur, query)
+
+    def visible(self, policy: RowFilter | None, rtype: str, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` (live ``rtype`` resources) ``policy`` lets the client see."""
+        return self._store.visible_in(self._cur, policy, rtype, ids)

@@ -4,7 +4,8 @@ Batch entries are independent (http.html#brules), so a read needs no write trans
 taking one held the store's write lock while the entry's search ran: a batch of 30
 ``Patient?_has:Observation:subject:code:not=…&_total=accurate`` entries (a client allowed only to
 search) stalled every write of the gateway for 8 s, and a batch may hold thousands of entries.
-A transaction's GET entries still run inside it (they see its writes).
+A transaction's GET entries still run inside it (they see its writes); a transaction of reads only
+runs in a read-only store transaction (one state of the store, no write lock).
 """
 
 from __future__ import annotations
@@ -81,3 +82,42 @@ async def test_a_transactions_reads_see_its_writes(api_on: ApiHarness) -> None:
     assert response.status_code == 200, response.text[:500]
     found = response.json()["entry"][1]["resource"]
     assert found["total"] == 1 and found["entry"][0]["resource"]["gender"] == "other"
+
+
+async def test_a_transaction_of_reads_only_does_not_wait_for_the_write_lock(api_on: ApiHarness) -> None:
+    # Its reads run in one read-only transaction (one state of the store), not the write transaction.
+    client = api_on.with_scopes("system/*.rs")
+    created = await api_on.client.post("/fhir/Patient", json={"resourceType": "Patient", "gender": "female"})
+    pid = created.json()["id"]
+    entries = [
+        {"request": {"method": "GET", "url": "Patient?gender=female"}},
+        {"request": {"method": "GET", "url": f"Patient/{pid}"}},
+        {"request": {"method": "HEAD", "url": f"Patient/{pid}"}},
+    ]
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_the_write_lock() -> None:
+        with api_on.store.transaction() as tx:
+            tx.create({"resourceType": "Patient", "gender": "female"})
+            holding.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold_the_write_lock)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+        answer = await asyncio.wait_for(client.post("/fhir", json=bundle), timeout=10)
+    finally:
+        release.set()
+        holder.join(30)
+    assert answer.status_code == 200, answer.text[:500]
+    found = answer.json()["entry"]
+    assert [e["resource"]["id"] for e in found[0]["resource"]["entry"]] == [pid]  # not the uncommitted one
+    assert found[1]["resource"]["id"] == pid and "resource" not in found[2]
+    # A bad entry fails the whole transaction, naming the entry.
+    bad = {"resourceType": "Bundle", "type": "transaction",
+           "entry": [*entries, {"request": {"method": "GET", "url": "Patient?gender:bogus=x"}}]}
+    refused = await client.post("/fhir", json=bad)
+    assert refused.status_code == 400, refused.text[:500]
+    assert refused.json()["resourceType"] == "OperationOutcome"
