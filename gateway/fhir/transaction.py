@@ -370,7 +370,7 @@ class _Processor:
             try:
                 with self.store.snapshot() as reads:
                     for e in entries:
-                        e.response = self._read_only(reads, e)
+                        e.response = self._read_entry(reads, e)
             except SearchError as exc:
                 raise FhirError(str(exc), status=400, code=exc.code) from exc
             return
@@ -522,18 +522,15 @@ class _Processor:
                 exc.expression = [e.where]
             raise
 
-    def _read_only(self, reads: StoreReads, e: _Entry) -> dict[str, Any]:
-        """A GET or HEAD entry of a transaction of reads only; errors name the entry, as ``_execute``'s."""
+    def _read_entry(self, reads: StoreReads | ResourceStore, e: _Entry) -> dict[str, Any]:
+        """A GET or HEAD entry, answered from ``reads`` (a transaction, a read-only snapshot, or the store
+        for a batch); an error without a location names the entry."""
         try:
-            return self._read_entry(reads, e)
+            answer = self._get(reads, e)
         except GatewayError as exc:
             if not exc.expression and not exc.extra_issues:
                 exc.expression = [e.where]
             raise
-
-    def _read_entry(self, reads: StoreReads | ResourceStore, e: _Entry) -> dict[str, Any]:
-        """A GET or HEAD entry, answered from ``reads`` (the transaction, or the store for a batch)."""
-        answer = self._get(reads, e)
         if e.method == "HEAD":
             answer.pop("resource", None)  # as a HEAD request: the headers (etag, lastModified), no body
         return answer
@@ -615,12 +612,7 @@ class _Processor:
             if entry.method in ("GET", "HEAD"):
                 # Entries of a batch are independent: a read needs no write transaction, whose lock
                 # would stall every write of the gateway while the entry's search runs.
-                try:
-                    entry.response = self._read_entry(self.store, entry)
-                except GatewayError as exc:
-                    if not exc.expression and not exc.extra_issues:
-                        exc.expression = [entry.where]
-                    raise
+                entry.response = self._read_entry(self.store, entry)
             else:
                 self.run_transaction([entry])
             return entry.response

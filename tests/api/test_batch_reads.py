@@ -11,7 +11,6 @@ runs in a read-only store transaction (one state of the store, no write lock).
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import AsyncIterator
 
 import pytest
@@ -21,6 +20,7 @@ from gateway.settings import Settings
 from gateway.store import Store
 from tests.conftest import ApiHarness
 from tests.support.gateway_app import MACHINE_SPEED_LIMITS
+from tests.support.write_lock import write_lock_held
 
 
 @pytest.fixture
@@ -45,24 +45,10 @@ async def test_batch_reads_do_not_wait_for_the_write_lock(api_on: ApiHarness) ->
         {"request": {"method": "HEAD", "url": f"Patient/{pid}"}},
         {"request": {"method": "GET", "url": "Patient?gender:bogus=x"}},
     ]
-    holding, release = threading.Event(), threading.Event()
-
-    def hold_the_write_lock() -> None:
-        with api_on.store.transaction() as tx:
-            tx.create({"resourceType": "Patient", "gender": "male"})
-            holding.set()
-            release.wait(30)
-
-    holder = threading.Thread(target=hold_the_write_lock)
-    holder.start()
-    try:
-        assert holding.wait(10)
+    with write_lock_held(api_on.store, {"resourceType": "Patient", "gender": "male"}):
         batch = await asyncio.wait_for(
             client.post("/fhir", json={"resourceType": "Bundle", "type": "batch", "entry": entries}), timeout=10
         )
-    finally:
-        release.set()
-        holder.join(30)
     assert batch.status_code == 200, batch.text[:500]
     answers = batch.json()["entry"]
     assert [a["response"]["status"][:3] for a in answers] == ["200", "200", "200", "400"]
@@ -94,23 +80,9 @@ async def test_a_transaction_of_reads_only_does_not_wait_for_the_write_lock(api_
         {"request": {"method": "GET", "url": f"Patient/{pid}"}},
         {"request": {"method": "HEAD", "url": f"Patient/{pid}"}},
     ]
-    holding, release = threading.Event(), threading.Event()
-
-    def hold_the_write_lock() -> None:
-        with api_on.store.transaction() as tx:
-            tx.create({"resourceType": "Patient", "gender": "female"})
-            holding.set()
-            release.wait(30)
-
-    holder = threading.Thread(target=hold_the_write_lock)
-    holder.start()
-    try:
-        assert holding.wait(10)
+    with write_lock_held(api_on.store, {"resourceType": "Patient", "gender": "female"}):
         bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
         answer = await asyncio.wait_for(client.post("/fhir", json=bundle), timeout=10)
-    finally:
-        release.set()
-        holder.join(30)
     assert answer.status_code == 200, answer.text[:500]
     found = answer.json()["entry"]
     assert [e["resource"]["id"] for e in found[0]["resource"]["entry"]] == [pid]  # not the uncommitted one

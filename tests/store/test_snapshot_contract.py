@@ -7,6 +7,7 @@ import threading
 
 from gateway.store import ResourceStore
 from tests.store.helpers import PARSER, patient
+from tests.support.write_lock import write_lock_held
 
 
 def test_a_snapshot_sees_the_store_as_at_its_first_read(store: ResourceStore) -> None:
@@ -40,18 +41,7 @@ def test_a_snapshot_sees_the_store_as_at_its_first_read(store: ResourceStore) ->
 def test_a_snapshot_does_not_wait_for_a_write_in_progress(store: ResourceStore) -> None:
     with store.transaction() as tx:
         tx.update({**patient("Busy"), "id": "b1"})
-    holding, release = threading.Event(), threading.Event()
-
-    def hold_the_write_lock() -> None:
-        with store.transaction() as tx:
-            tx.update({**patient("Busy"), "id": "b2"})
-            holding.set()
-            release.wait(30)
-
-    holder = threading.Thread(target=hold_the_write_lock)
-    holder.start()
-    try:
-        assert holding.wait(10)
+    with write_lock_held(store, {**patient("Busy"), "id": "b2"}):
         done = threading.Event()
         found: list[str] = []
 
@@ -65,6 +55,3 @@ def test_a_snapshot_does_not_wait_for_a_write_in_progress(store: ResourceStore) 
         assert done.wait(10), "the snapshot waited for the write transaction"
         reader.join(10)
         assert found == ["b1"]  # not the uncommitted one
-    finally:
-        release.set()
-        holder.join(30)
