@@ -3,15 +3,7 @@ only where: the OperationOutcome's diagnostics give each field's reason."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
-
-from gateway.api.app import create_app
-from gateway.settings import Settings
-from gateway.store import Store
 from tests.conftest import ApiHarness
-from tests.support.gateway_app import MACHINE_SPEED_LIMITS
 
 
 async def test_a_malformed_admin_request_names_each_field_and_why(api: ApiHarness) -> None:
@@ -29,17 +21,6 @@ async def test_a_malformed_admin_request_names_each_field_and_why(api: ApiHarnes
     assert "body.survivor: Field required; body.loser: Field required" in merge["diagnostics"]
 
 
-@pytest.fixture
-async def api_on(store_url: str, store: Store) -> AsyncIterator[ApiHarness]:
-    """The app in-process on each store backend."""
-    settings = Settings(store_url=store_url, allowed_hosts=["gateway.test"], rate_limit=MACHINE_SPEED_LIMITS)
-    app = create_app(settings, store=store)
-    async with app.router.lifespan_context(app):
-        harness = ApiHarness(app, store)
-        yield harness
-        await harness.aclose()
-
-
 async def test_record_numbers_past_any_row_id_are_a_400_not_an_overflow(api_on: ApiHarness) -> None:
     # SQLite refuses integers past 64 bits ("Python int too large to convert to SQLite INTEGER"): a 500.
     admin = api_on.with_scopes("admin")
@@ -55,4 +36,3 @@ async def test_record_numbers_past_any_row_id_are_a_400_not_an_overflow(api_on: 
     largest = str(2**63 - 1)
     assert (await admin.get("/admin/quarantine", params={"after": largest})).status_code == 200
     assert (await admin.get(f"/admin/quarantine/{largest}")).status_code == 404
-

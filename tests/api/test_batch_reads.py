@@ -11,27 +11,9 @@ runs in a read-only store transaction (one state of the store, no write lock).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
-import pytest
-
-from gateway.api.app import create_app
-from gateway.settings import Settings
-from gateway.store import Store
 from tests.conftest import ApiHarness
-from tests.support.gateway_app import MACHINE_SPEED_LIMITS
 from tests.support.write_lock import write_lock_held
-
-
-@pytest.fixture
-async def api_on(store_url: str, store: Store) -> AsyncIterator[ApiHarness]:
-    """The app in-process on each store backend."""
-    settings = Settings(store_url=store_url, allowed_hosts=["gateway.test"], rate_limit=MACHINE_SPEED_LIMITS)
-    app = create_app(settings, store=store)
-    async with app.router.lifespan_context(app):
-        harness = ApiHarness(app, store)
-        yield harness
-        await harness.aclose()
 
 
 async def test_batch_reads_do_not_wait_for_the_write_lock(api_on: ApiHarness) -> None:
@@ -88,8 +70,11 @@ async def test_a_transaction_of_reads_only_does_not_wait_for_the_write_lock(api_
     assert [e["resource"]["id"] for e in found[0]["resource"]["entry"]] == [pid]  # not the uncommitted one
     assert found[1]["resource"]["id"] == pid and "resource" not in found[2]
     # A bad entry fails the whole transaction, naming the entry.
-    bad = {"resourceType": "Bundle", "type": "transaction",
-           "entry": [*entries, {"request": {"method": "GET", "url": "Patient?gender:bogus=x"}}]}
+    bad = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [*entries, {"request": {"method": "GET", "url": "Patient?gender:bogus=x"}}],
+    }
     refused = await client.post("/fhir", json=bad)
     assert refused.status_code == 400, refused.text[:500]
     assert refused.json()["resourceType"] == "OperationOutcome"
