@@ -24,8 +24,10 @@ current slot (a ``cluster_once`` one only if no process ran that slot yet). A ru
 overruns its next time skips it (no catch-up bursts), and a task never overlaps itself.
 
 A task that raises is logged with its name and the exception type (messages can carry
-record data) and runs again at its next time; nothing a task does stops the others or
-the process.
+record data) and is retried after 1, 2, 4 ... minutes (at most an hour apart) while the retry
+still falls before its next time: a daily report that met DHIS2 down at 00:00 goes out when the
+link is back, not a day later. Only the process that claimed the slot retries it. Nothing a
+task does stops the others or the process.
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ from gateway.errors import raised_at
 __all__ = ["Claim", "PeriodicTask", "Scheduler", "SchedulerSettings", "next_run", "slot_of"]
 
 log = logging.getLogger(__name__)
+
+#: Seconds before the first retry of a failed run; each further retry waits twice as long.
+RETRY_FIRST = 60.0
+#: The longest wait between two retries of a failed run.
+RETRY_MOST = 3600.0
 
 
 class SchedulerSettings(BaseModel):
@@ -160,13 +167,28 @@ class Scheduler:
 
     async def _loop(self, task: PeriodicTask) -> None:
         if task.run_at_start:
-            await self._run_slot(task, slot_of(task, self.clock.now()))
+            await self._run_slot_until_done(task, slot_of(task, self.clock.now()))
         while True:
             due = next_run(task, self.clock.now())
             await self.clock.sleep(due - self.clock.now())
-            await self._run_slot(task, slot_of(task, due))
+            await self._run_slot_until_done(task, slot_of(task, due))
 
-    async def _run_slot(self, task: PeriodicTask, slot: int) -> None:
+    async def _run_slot_until_done(self, task: PeriodicTask, slot: int) -> None:
+        """Run the slot; retry a failed run with a growing pause while the next slot is still ahead."""
+        ok = await self._run_slot(task, slot)
+        attempt = 0
+        while not ok:
+            pause = min(RETRY_FIRST * 2**attempt, RETRY_MOST)
+            now = self.clock.now()
+            if now + pause >= next_run(task, now):
+                return  # the next slot's run comes first
+            log.info("scheduled task %s: retrying in %gs", task.name, pause)
+            await self.clock.sleep(pause)
+            attempt += 1
+            ok = await self._run(task)
+
+    async def _run_slot(self, task: PeriodicTask, slot: int) -> bool:
+        """Claim and run the slot (True if it ran well or another process has it)."""
         if task.cluster_once and self._claim is not None:
             try:
                 mine = await self._claim(task.name, slot)
@@ -178,8 +200,8 @@ class Scheduler:
             if not mine:
                 self.skipped[task.name] += 1
                 log.debug("scheduled task %s: slot %d runs in another process", task.name, slot)
-                return
-        await self._run(task)
+                return True
+        return await self._run(task)
 
     async def _run(self, task: PeriodicTask) -> bool:
         try:

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from gateway.clock import ManualClock
-from gateway.scheduler import PeriodicTask, Scheduler, next_run
+from gateway.scheduler import RETRY_FIRST, RETRY_MOST, PeriodicTask, Scheduler, next_run
 
 HOUR = 3600.0
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z: 800 s past an hour boundary
@@ -61,7 +61,7 @@ async def test_tasks_run_at_their_times_and_at_start_when_asked() -> None:
         await scheduler.stop()
 
 
-async def test_a_failing_task_is_logged_without_its_message_and_runs_again(
+async def test_a_failing_task_is_logged_without_its_message_and_retried(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     clock = ManualClock(T0)
@@ -87,11 +87,76 @@ async def test_a_failing_task_is_logged_without_its_message_and_runs_again(
         failure = next(r for r in caplog.records if r.levelno == logging.ERROR)
         assert "scheduled task flaky failed: RuntimeError" in failure.getMessage()
         assert "Amina" not in caplog.text
-        await clock.advance(HOUR)
+        await clock.advance(RETRY_FIRST - 1)
+        await settle()
+        assert attempts == 1
+        await clock.advance(1)  # retried a minute later, not at the next hour
         await settle()
         assert attempts == 2 and scheduler.failures["flaky"] == 1 and scheduler.runs["flaky"] == 2
+        await clock.advance(HOUR - RETRY_FIRST)  # the next hour's run, as usual
+        await settle()
+        assert attempts == 3 and calls == ["other", "other"]
     finally:
         await scheduler.stop()
+
+
+async def test_a_failed_daily_run_is_retried_with_growing_pauses_until_it_succeeds() -> None:
+    # A daily report that met DHIS2 down at its time went out a day later; it goes out when the link is back.
+    clock = ManualClock(T0)
+    tried: list[float] = []
+
+    async def report() -> str:
+        tried.append(clock.now())
+        if len(tried) <= 4:
+            raise ConnectionError("DHIS2 unreachable")
+        return "sent"
+
+    scheduler = Scheduler([PeriodicTask("report", 86_400.0, report)], clock)
+    await scheduler.start()
+    await settle()
+    try:
+        due = next_run(scheduler.tasks[0], T0)
+        for step in (due - T0, 60, 120, 240, 480):
+            await clock.advance(step)
+            await settle()
+        assert [t - due for t in tried] == [0, 60, 180, 420, 900]  # the fifth went out
+        assert scheduler.failures["report"] == 4
+        await clock.advance(86_400 - 900 - 1)
+        await settle()
+        assert len(tried) == 5  # no more tries that day
+        await clock.advance(1)
+        await settle()
+        assert tried[5] == due + 86_400
+    finally:
+        await scheduler.stop()
+
+
+async def test_retries_stop_before_the_next_run_and_never_wait_past_an_hour() -> None:
+    clock = ManualClock(T0)
+    tried: dict[str, list[float]] = {"hourly": [], "daily": []}
+
+    def down(name: str) -> PeriodicTask:
+        async def run() -> str:
+            tried[name].append(clock.now())
+            raise ConnectionError("unreachable")
+
+        return PeriodicTask(name, 86_400.0 if name == "daily" else HOUR, run)
+
+    scheduler = Scheduler([down("hourly"), down("daily")], clock)
+    await scheduler.start()
+    await settle()
+    try:
+        await clock.advance(next_run(scheduler.tasks[0], T0) - T0)
+        for _ in range(24 * 60):
+            await clock.advance(60)
+            await settle()
+    finally:
+        await scheduler.stop()
+    hourly = tried["hourly"]
+    first = next_run(scheduler.tasks[0], T0)
+    assert [t - first for t in hourly[:7]] == [0, 60, 180, 420, 900, 1860, HOUR]  # 31 min + 32 > the hour
+    pauses = [b - a for a, b in zip(tried["daily"], tried["daily"][1:], strict=False)]
+    assert pauses[:7] == [60, 120, 240, 480, 960, 1920, RETRY_MOST] and max(pauses) == RETRY_MOST
 
 
 async def test_a_run_that_overruns_skips_the_missed_times_and_never_overlaps() -> None:

@@ -13,7 +13,7 @@ import anyio.to_thread
 import pytest
 
 from gateway.clock import ManualClock
-from gateway.scheduler import Claim, PeriodicTask, Scheduler
+from gateway.scheduler import RETRY_FIRST, Claim, PeriodicTask, Scheduler
 from gateway.store import Store, open_store
 from tests.test_scheduler import HOUR, T0, settle
 
@@ -95,3 +95,41 @@ async def test_a_claim_that_fails_runs_the_task_anyway() -> None:
         assert calls == ["a"]
     finally:
         await scheduler.stop()
+
+
+async def test_only_the_process_that_claimed_a_failed_slot_retries_it(store: Store, second: Store) -> None:
+    clock = ManualClock(T0)
+    tries: list[str] = []
+
+    def flaky(who: str) -> PeriodicTask:
+        async def run() -> str:
+            tries.append(who)
+            if len(tries) == 1:
+                raise ConnectionError("DHIS2 unreachable")
+            return "sent"
+
+        return PeriodicTask("report", HOUR, run, cluster_once=True)
+
+    schedulers = [
+        Scheduler([flaky(who)], clock, claim=_claim(db, f"{who}:1")) for who, db in (("a", store), ("b", second))
+    ]
+    for scheduler in schedulers:
+        await scheduler.start()
+
+    async def land() -> None:
+        for _ in range(50):  # claims go through threads
+            await settle()
+            await asyncio.sleep(0.01)
+
+    try:
+        await land()
+        await clock.advance(2800)
+        await land()
+        assert len(tries) == 1
+        await clock.advance(RETRY_FIRST)
+        await land()
+        assert len(tries) == 2 and tries[0] == tries[1]  # the claimant's retry, not the other's run
+        assert sum(s.skipped["report"] for s in schedulers) == 1
+    finally:
+        for scheduler in schedulers:
+            await scheduler.stop()
