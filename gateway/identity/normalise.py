@@ -38,13 +38,28 @@ class Features:
     national_ids: frozenset[tuple[str, str]]
 
 
-def fold(text: str, rules: Rules) -> str:
-    """Lower-case ASCII letters, digits and single spaces, accents removed, spelling variants applied."""
+def fold(text: str, rules: Rules, *, placeholders: frozenset[str] = frozenset()) -> str:
+    """Lower-case ASCII letters, digits and single spaces, accents removed, ``placeholders`` words
+    dropped, spelling variants applied."""
     plain = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
     plain = _SPACES.sub(" ", _NOT_LETTER.sub(" ", plain.replace("-", " "))).strip()
+    if placeholders:
+        plain = " ".join(word for word in plain.split(" ") if word not in placeholders)
     for variant in rules.variants:
         plain = plain.replace(variant.from_, variant.to)
     return plain
+
+
+def _placeholders(rules: Rules) -> frozenset[str]:
+    found = _PLACEHOLDERS.get(id(rules))
+    if found is None or found[0] is not rules:
+        if len(_PLACEHOLDERS) > 32:
+            _PLACEHOLDERS.clear()
+        found = _PLACEHOLDERS[id(rules)] = (rules, frozenset(w.lower() for w in rules.placeholder_given))
+    return found[1]
+
+
+_PLACEHOLDERS: dict[int, tuple[Rules, frozenset[str]]] = {}
 
 
 def features(resource: dict[str, Any], rules: Rules) -> Features:
@@ -70,7 +85,7 @@ def _name(resource: dict[str, Any], rules: Rules) -> tuple[str, str]:
     if not given_parts and not family and isinstance(chosen.get("text"), str):
         words = chosen["text"].split()
         given_parts, family = words[:-1], words[-1] if words else ""
-    return fold(" ".join(given_parts), rules), fold(family or "", rules)
+    return fold(" ".join(given_parts), rules, placeholders=_placeholders(rules)), fold(family or "", rules)
 
 
 def _birth(resource: dict[str, Any]) -> tuple[date | None, bool]:

@@ -87,6 +87,12 @@ class Rules(_Strict):
     max_block_size: int = Field(200, ge=2)
     similarity: dict[Literal["close", "similar"], float] = {"close": 0.94, "similar": 0.85}
     variants: list[Variant] = []
+    #: Words that stand in for a given name not chosen yet ("Baby Nakato", "Mtoto wa Aisha"):
+    #: dropped from given names (folded, before the variants), so they agree on nothing.
+    placeholder_given: list[str] = [
+        "baby", "babe", "infant", "newborn", "unknown", "unnamed", "child", "boy", "girl", "of", "wa", "ya",
+        "mtoto", "bebe", "enfant", "nino", "nina", "omwana", "umwana", "twin",
+    ]  # fmt: skip
     deterministic: list[Deterministic] = []
     #: Where the weights come from: ``fields`` (m/u set by hand) or ``estimated`` (m/u estimated
     #: from the stored Patients by EM, written into ``estimated`` by ``gateway identity estimate --write``).

@@ -186,12 +186,12 @@ def compare(a: Features, b: Features, rules: Rules, share: NameShare | None = No
             # Two different national ids of one system are two people, whatever else agrees.
             return Comparison(score, Grade.CERTAINLY_NOT, {**levels, "national_id": "different"})
     guarded = levels
-    if (bool(a.given), bool(a.family)) != (bool(b.given), bool(b.family)) and (a.given or a.family) and (
-        b.given or b.family
-    ):
-        # One record names fewer parts than the other (a newborn registered by surname only,
-        # "Nakato", beside "Aisha Nakato"): the part it has may agree, the given name is unknown,
-        # so it may be the child named since or their twin. The guards do not count it as agreeing.
+    parts_a, parts_b = (bool(a.given), bool(a.family)), (bool(b.given), bool(b.family))
+    if (parts_a != parts_b or not (a.given and b.given)) and any(parts_a) and any(parts_b):
+        # A record that names fewer parts than the other, or no given name (a newborn registered
+        # by surname only or as "Baby Nakato", beside "Aisha Nakato" or another "Baby Nakato"):
+        # the surname may agree, the given name is unknown, so it may be the child named since or their twin. The guards
+        # do not count it as agreeing.
         guarded = {**levels, "given": "different"}
     for name, agree, unless in c.deterministic:
         if all(levels.get(field) in ("same", "exact") for field in agree) and not any(

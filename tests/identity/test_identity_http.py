@@ -8,6 +8,8 @@ from typing import Any
 import httpx
 
 from gateway.identity import REVIEW_TASK_CODE
+from gateway.identity.normalise import features
+from gateway.identity.rules import Rules
 from gateway.store import KEPT_LINK_EXTENSION, Store
 from tests.conftest import make_token
 from tests.identity.conftest import cht_person, commcare_case
@@ -230,6 +232,30 @@ async def test_one_record_leaving_out_a_middle_name_is_still_the_same_person(gw:
     other = {**person, "name": "Jean Habimana", "patient_id": "48215", "_id": "b1b2b3b4-c1c2-4d1d-8e1e-f1f2f3f4f5f6"}
     second = _patient_id(await _ingest(gw, "cht", cht_person(**other)))
     assert _linked(await _patient(gw, first)) == [f"Patient/{second}"]
+
+
+async def test_newborn_twins_both_registered_as_baby_are_left_to_a_reviewer(gw: Harness) -> None:
+    # Two newborns registered before they are named, "Baby Nakato" twice: same household phone,
+    # birth date, sex and surname. "Baby" agreed as a given name and they were linked as one person.
+    twin = {"date_of_birth": "2026-11-30", "sex": "female", "phone": "+256772000111"}
+    first = _patient_id(await _ingest(gw, "cht", cht_person(**twin, name="Baby Nakato", short_name="Baby")))
+    other = {**twin, "name": "Baby Nakato", "short_name": "Baby", "patient_id": "48218",
+             "_id": "e1e2e3e4-f1f2-4a1a-8b1b-c1c2c3c4c5c6"}
+    second = _patient_id(await _ingest(gw, "cht", cht_person(**other)))
+    assert first != second
+    assert _linked(await _patient(gw, first)) == [] and _linked(await _patient(gw, second)) == []
+    tasks = (await gw.fhir.get("/fhir/Task", params={"code": f"urn:chw-gateway:task|{REVIEW_TASK_CODE}"})).json()
+    assert tasks.get("total") == 1  # a person decides
+
+
+def test_placeholder_words_are_not_a_given_name() -> None:
+    rules = Rules.model_validate({"fields": {}, "thresholds": {"link": 10, "review": 5},
+                                  "variants": [{"from": "y", "to": "i"}]})  # fmt: skip
+    given = {text: features({"name": [{"text": text}]}, rules).given
+             for text in ("Baby Nakato", "Baby Girl Nakato", "Mtoto wa Aisha Nakato", "Twin 2 Nakato",
+                          "Babirye Nakato")}  # fmt: skip
+    assert given == {"Baby Nakato": "", "Baby Girl Nakato": "", "Mtoto wa Aisha Nakato": "aisha",
+                     "Twin 2 Nakato": "2", "Babirye Nakato": "babirie"}  # fmt: skip
 
 
 async def test_newborn_twins_registered_by_number_are_not_linked(gw: Harness) -> None:
