@@ -23,7 +23,7 @@ from gateway.errors import FhirError, gone, invalid, not_found
 from gateway.fhir.parse import json_depth
 from gateway.fhir.validate import validate_resource
 from gateway.search import TRUSTED, QueryParser, SearchAccess, SearchError, format_instant
-from gateway.store import PreparedWrite, StoredResource, StoreTransaction, VersionConflict
+from gateway.store import PreparedWrite, StoredResource, StoreTransaction, VersionConflict, is_golden
 
 ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
@@ -132,11 +132,43 @@ def create(
         if found:
             return WriteOutcome(200, found[0], changed=False)
     body = {k: v for k, v in resource.items() if k != "id"}
+    require_not_golden(tx, access, rtype, rid, body)
     was_in = in_own_subtree(tx, access, rtype, rid)
     result = tx.create(body, rid=rid)
     require_visible_after(tx, access, result.resource)
     require_subtree_kept(tx, access, result.resource, was_in)
     return WriteOutcome(201, result.resource)
+
+
+def require_not_golden(
+    tx: StoreTransaction, access: SearchAccess, rtype: str, rid: str | None, body: dict[str, Any] | None = None
+) -> None:
+    """403 when a client writes a golden record, or tags a Patient as one.
+
+    Golden records are the gateway's: built from the source Patients linked to them (identity
+    matching), rebuilt whenever a member changes, so a client's edit would be lost silently at the
+    next change, and a deletion would leave every member referring to nothing. A Patient a client
+    tags as golden would be skipped by matching and by the destinations that leave golden records
+    out. Clients change the source records instead (or merge and unmerge through the admin API).
+    """
+    if access is TRUSTED or rtype != "Patient":
+        return
+    if body is not None and is_golden(body):
+        raise FhirError(
+            "a client may not tag a Patient as a golden record (meta.tag urn:chw-gateway:identity|golden):"
+            " golden records are written by the gateway's identity matching",
+            status=403, code="forbidden", expression=["Patient.meta.tag"],
+        )  # fmt: skip
+    if rid is None:
+        return
+    current = tx.read(rtype, rid)
+    if current is not None and not current.deleted and b'"golden"' in current.content:
+        if is_golden(jsonio.loads(current.content)):
+            raise FhirError(
+                f"Patient/{rid} is a golden record, written by the gateway's identity matching from the source"
+                " records linked to it: change those records, or merge and unmerge through /admin/identity",
+                status=403, code="forbidden",
+            )  # fmt: skip
 
 
 def require_visible_before(tx: StoreTransaction, access: SearchAccess, rtype: str, rid: str) -> None:
@@ -211,6 +243,7 @@ def update(
     if body_id != rid:
         raise invalid(f"the resource id {str(body_id)[:70]!r} does not match the URL id {rid!r}", [f"{rtype}.id"])
     require_visible_before(tx, access, rtype, rid)
+    require_not_golden(tx, access, rtype, rid, resource)
     if conditions is not None:
         conditions.check(tx.read(rtype, rid))
     was_in = in_own_subtree(tx, access, rtype, rid)
@@ -269,6 +302,7 @@ def delete(
     """``DELETE [type]/[id]``: idempotent, so deleting twice is not an error; with ``If-Match``
     (``if_match``), only while that version is the current one (412 otherwise, as for an update)."""
     require_visible_before(tx, access, rtype, rid)
+    require_not_golden(tx, access, rtype, rid)
     if if_match is not None:
         current = tx.read(rtype, rid)
         now = None if current is None or current.deleted else current.version
@@ -300,6 +334,8 @@ def conditional_delete(
             conditions.check(res)
         if not found:
             conditions.check(None)  # If-Match: * with nothing to delete
+    for res in found:
+        require_not_golden(tx, access, rtype, res.id)
     tombstones = [tx.delete(rtype, res.id) for res in found]
     return [t for t in tombstones if t is not None]
 

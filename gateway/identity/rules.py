@@ -90,7 +90,7 @@ class Rules(_Strict):
     #: Words that stand in for a given name not chosen yet ("Baby Nakato", "Mtoto wa Aisha"):
     #: dropped from given names (folded, before the variants), so they agree on nothing.
     placeholder_given: list[str] = [
-        "baby", "babe", "infant", "newborn", "unknown", "unnamed", "child", "boy", "girl", "of", "wa", "ya",
+        "baby", "babe", "infant", "newborn", "unknown", "unnamed", "boy", "girl", "of", "wa", "ya",
         "mtoto", "bebe", "enfant", "nino", "nina", "omwana", "umwana", "twin",
     ]  # fmt: skip
     deterministic: list[Deterministic] = []

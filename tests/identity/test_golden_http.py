@@ -273,3 +273,37 @@ async def test_a_source_edit_of_an_element_the_matcher_does_not_compare_reaches_
     golden = await _patient(gw, _golden_of(await _patient(gw, pid)))
     assert [i["value"] for i in golden["identifier"]] == ["KC-1270"]
     assert golden["address"][0]["line"] == ["Umudugudu wa Rukiri"]
+
+
+async def test_clients_may_not_write_golden_records_nor_tag_a_patient_golden(gw: Harness) -> None:
+    # A client with Patient write rights could overwrite or delete a golden record (members then
+    # referred to nothing) or forge one (matching and destinations skip golden records).
+    commcare = _patient_id(await _ingest(gw, "commcare", commcare_case()))
+    cht = _patient_id(await _ingest(gw, "cht", cht_person(**WILFRID_ON_CHT)))
+    golden_id = _golden_of(await _patient(gw, commcare))
+    golden = await _patient(gw, golden_id)
+    edited = {**_content(golden), "gender": "other"}
+    writer = gw.client("system/*.cruds")
+    refusals = [
+        await writer.put(f"/fhir/Patient/{golden_id}", json=edited, headers=FHIR),
+        await writer.patch(f"/fhir/Patient/{golden_id}", headers={"Content-Type": "application/json-patch+json"},
+                            json=[{"op": "replace", "path": "/gender", "value": "other"}]),
+        await writer.delete(f"/fhir/Patient/{golden_id}"),
+        await writer.delete("/fhir/Patient", params={"_id": golden_id}),
+        await writer.put("/fhir/Patient", params={"_id": golden_id}, json=edited, headers=FHIR),
+        await writer.post("/fhir/Patient", headers=FHIR, json={
+            "resourceType": "Patient", "meta": {"tag": [{"system": GOLDEN_TAG_SYSTEM, "code": "golden"}]}}),
+        await writer.post("/fhir", headers=FHIR, json={"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"request": {"method": "DELETE", "url": f"Patient/{golden_id}"}}]}),
+    ]  # fmt: skip
+    for response in refusals:
+        assert response.status_code == 403, (response.request.method, response.request.url, response.text)
+        assert "golden record" in response.json()["issue"][0]["diagnostics"]
+    batch = await writer.post("/fhir", headers=FHIR, json={"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "PUT", "url": f"Patient/{golden_id}"}, "resource": edited}]})  # fmt: skip
+    assert batch.json()["entry"][0]["response"]["status"].startswith("403")
+    assert _content(await _patient(gw, golden_id)) == _content(golden)  # untouched
+    # The source records stay the clients' to edit.
+    source = _content(await _patient(gw, cht))
+    answer = await writer.put(f"/fhir/Patient/{cht}", json={**source, "gender": "male"}, headers=FHIR)
+    assert answer.status_code == 200, answer.text
