@@ -47,6 +47,11 @@ class SubscriptionFilter(BaseModel):
     resource_types: tuple[str, ...] = ()
     sources: tuple[str, ...] = Field((), description="source names, matched against meta.source")
     criteria: str | None = Field(None, description="FHIRPath; the resource matches when it is true")
+    exclude_clients: tuple[str, ...] = Field(
+        (),
+        description="API clients whose writes this destination does not get back: the EMR that is this"
+        " destination already holds what it wrote through the FHIR API (its Provenance names the client)",
+    )
     policy: dict[str, Any] | None = Field(
         None, description="a client data policy (organizations, districts, patients): only data it shows is sent"
     )

@@ -11,7 +11,9 @@ cursor in one transaction, compare-and-set on the old position. So:
   move a cursor wins and the others re-read from the new position.
 
 A change becomes a job for a destination when it passes the destination's filter
-(resource type, source system, FHIRPath criteria, data policy). A delete is judged, and
+(resource type, source system, FHIRPath criteria, data policy, and not written by one of its
+``exclude_clients``: the Provenance stored with every API write names the client, so an EMR's
+own writes through the FHIR API do not go back to it). A delete is judged, and
 keyed, by the version it deletes. A data policy judges a resource as the store holds it
 when the outbox reads the change (the index answers it, as for an API client); a delete
 always passes it, since the index no longer knows what the deleted resource referred to,
@@ -33,11 +35,14 @@ from gateway.connectors import Job
 from gateway.delivery.codec import job_id
 from gateway.delivery.config import DestinationConfig
 from gateway.delivery.queue import DeliveryQueue
-from gateway.fhir import content_as_policy_gives
-from gateway.search import RowFilter, default_registry
+from gateway.fhir import CLIENT_SYSTEM, content_as_policy_gives
+from gateway.search import QueryParser, RowFilter, default_registry
 from gateway.store import Change, ChangeFeed, ChangeOp
 
 log = logging.getLogger(__name__)
+
+#: Provenance resources of one resource read back to find who wrote a version (newest first).
+_PROVENANCE_LOOKBACK = 50
 
 # Where a resource points at its patient, in the order they are tried.
 PATIENT_FIELDS = ("subject", "patient", "beneficiary", "individual", "for", "focus")
@@ -120,6 +125,8 @@ class Outbox:
             return {}
         versions = await asyncio.to_thread(self._load, changes)
         shown = await asyncio.to_thread(self._visible, changes, versions) if self._policies else {}
+        excluding = [d for d in self.destinations if d.filter.exclude_clients]
+        writers = await asyncio.to_thread(self._writers, changes, versions, excluding) if excluding else {}
         now = self.clock.now()
         queued: dict[str, int] = {}
         for destination in self.destinations:
@@ -134,6 +141,7 @@ class Outbox:
                 for change in relevant
                 if change.seq in versions and self._wanted(destination, change, versions[change.seq])
                 and (visible is None or change.op is ChangeOp.DELETE or (change.type, change.id) in visible)
+                and writers.get(change.seq) not in destination.filter.exclude_clients
             ]
             if await self.queue.enqueue(destination.name, jobs, after=after, cursor=relevant[-1].seq):
                 queued[destination.name] = len(jobs)
@@ -186,6 +194,29 @@ class Outbox:
             for name, policy in self._policies.items()
         }  # fmt: skip
 
+    def _writers(
+        self, changes: list[Change], versions: dict[int, _Version], excluding: list[DestinationConfig]
+    ) -> dict[int, str]:
+        """The API client that wrote each change some destination in ``excluding`` would take (its
+        Provenance's author; runs on a worker thread). Changes written otherwise are left out."""
+        parser = QueryParser(default_registry(), _PROVENANCE_LOOKBACK, _PROVENANCE_LOOKBACK)
+        found: dict[int, str] = {}
+        for change in changes:
+            version = versions.get(change.seq)
+            if version is None or change.type == "Provenance":
+                continue  # a Provenance is the gateway's record of a write, never a client's own
+            if not any(self._wanted(d, change, version) for d in excluding):
+                continue
+            query = parser.parse("Provenance", [("target", f"{change.type}/{change.id}"), ("_sort", "-_lastUpdated")])
+            query.total = "none"
+            written = f"{change.type}/{change.id}/_history/{change.version}"
+            for provenance in self.store.search(query).resources:
+                client = _author_of(jsonio.loads(provenance.content), written)
+                if client is not None:
+                    found[change.seq] = client
+                    break
+        return found
+
     def _load(self, changes: list[Change]) -> dict[int, _Version]:
         """Read each changed version once (runs on a worker thread: the store is synchronous)."""
         versions: dict[int, _Version] = {}
@@ -211,3 +242,17 @@ class Outbox:
                 key=ordering_key(change.type, change.id, resource),
             )
         return versions
+
+
+def _author_of(provenance: dict[str, Any], target: str) -> str | None:
+    """The API client a Provenance names as author of ``target`` (``Type/id/_history/v``), if it does."""
+    targets = provenance.get("target")
+    if not isinstance(targets, list) or not any(isinstance(t, dict) and t.get("reference") == target for t in targets):
+        return None
+    for agent in provenance.get("agent") or []:
+        who = agent.get("who") if isinstance(agent, dict) else None
+        identifier = who.get("identifier") if isinstance(who, dict) else None
+        if isinstance(identifier, dict) and identifier.get("system") == CLIENT_SYSTEM:
+            value = identifier.get("value")
+            return value if isinstance(value, str) else None
+    return None

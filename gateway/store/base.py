@@ -428,6 +428,10 @@ class ChangeFeed(Protocol):
         follower that a version it holds has been superseded."""
         ...
 
+    def search(self, query: SearchQuery) -> SearchResult:
+        """Run a search (a follower finds the Provenance naming who wrote a version)."""
+        ...
+
 
 class ClientRegistry(Protocol):
     """Registered API clients (found by their token hash), and their SMART access tokens and assertion ids."""
