@@ -16,7 +16,7 @@ from gateway.connectors.referral import return_factories
 from gateway.delivery.config import DestinationConfig
 from gateway.store import Store
 from source_sandbox import SourceSandbox
-from tests.ingest.conftest import MAPPINGS
+from tests.ingest.conftest import MAPPINGS, sample
 from tests.support.live_server import LiveServer
 
 DOMAIN = "pih-chw-demo"
@@ -254,6 +254,63 @@ async def test_an_outcome_the_facility_takes_back_leaves_the_chws_app(
         assert sandbox.cht.reports("referral_outcome") == []
         (again,) = await connector.deliver([_job({**task, "status": "entered-in-error"})])  # a repeat
         assert isinstance(again, Success) and sandbox.cht.reports("referral_outcome") == []
+    finally:
+        await connector.aclose()
+
+
+@pytest.mark.parametrize("how", ["entered-in-error", "deleted"])
+async def test_an_outcome_the_facility_takes_back_is_called_off_in_commcare(
+    sqlite_store: Store, sandbox: SourceSandbox, url: str, how: str
+) -> None:
+    """CommCare cannot delete a form through its receiver: the take-back was skipped ("nothing
+    sent"), and the patient's case kept referral_status completed and the CHW's follow-up. The
+    Task comes as entered-in-error, which the shipped mapping writes into the case."""
+    context = _context("commcare")
+    task, patient = context["task"], context["patient"]
+    case = json.loads(sample("commcare", "tb-patient-case"))
+    case_id = next(i["value"] for i in patient["identifier"] if i["system"].endswith(":case"))
+    sandbox.commcare.put_case(DOMAIN, {**case, "case_id": case_id})
+    with sqlite_store.transaction() as tx:
+        tx.create(patient, rid=patient["id"])
+        tx.create(task, rid=task["id"])  # completed
+    connector = _connector(sqlite_store, "commcare-api", url, None)
+    try:
+        (sent,) = await connector.deliver([_job(task)])
+        assert isinstance(sent, Success), sent
+        assert sandbox.commcare.case(DOMAIN, case_id)["properties"]["referral_status"] == "completed"  # type: ignore[index]
+        with sqlite_store.transaction() as tx:
+            if how == "deleted":
+                tx.delete("Task", task["id"])
+            else:
+                tx.update({**task, "status": "entered-in-error"})
+        job = _job(task, op="delete") if how == "deleted" else _job({**task, "status": "entered-in-error"})
+        (taken,) = await connector.deliver([job])
+        assert isinstance(taken, Success), taken
+        properties = sandbox.commcare.case(DOMAIN, case_id)["properties"]  # type: ignore[index]
+        assert (properties["referral_status"], properties["referral_follow_up"]) == ("entered-in-error", "no")
+        forms = [f for f in sandbox.commcare.forms[DOMAIN] if f["form"].get("referral_task_id") == task["id"]]
+        assert [f["form"]["outcome"] for f in forms] == ["completed", "entered-in-error"]
+        (again,) = await connector.deliver([job])  # a repeat: the same instanceID, the same form
+        assert isinstance(again, Success)
+        assert len([f for f in sandbox.commcare.forms[DOMAIN] if f["form"].get("referral_task_id") == task["id"]]) == 2
+    finally:
+        await connector.aclose()
+
+
+async def test_a_task_taken_back_before_any_outcome_sends_nothing_to_commcare(
+    sqlite_store: Store, sandbox: SourceSandbox, url: str
+) -> None:
+    context = _context("commcare")
+    task = {**context["task"], "status": "requested"}
+    with sqlite_store.transaction() as tx:
+        tx.create(context["patient"], rid=context["patient"]["id"])
+        tx.create(task, rid=task["id"])
+        tx.update({**task, "status": "entered-in-error"})
+    connector = _connector(sqlite_store, "commcare-api", url, None)
+    try:
+        (taken,) = await connector.deliver([_job({**task, "status": "entered-in-error"})])
+        assert isinstance(taken, Success) and "nothing sent" in (taken.detail or "")
+        assert sandbox.commcare.forms.get(DOMAIN, []) == []
     finally:
         await connector.aclose()
 

@@ -5,7 +5,10 @@ Both connectors take Task changes, skip those that are not a referral of their m
 PUTs it, goes by the Task's stored version from its source, else its focus ServiceRequest's),
 or for which no outbound mapping fires (a Task still waiting, for example), and send one
 request per job. A Task the facility took back (deleted, or ``entered-in-error``) has the CHT
-connector delete the reports its earlier versions made. Each request is
+connector delete the reports its earlier versions made, and the CommCare connector (forms cannot
+be deleted through the receiver) submit the outcome ``entered-in-error``, which the shipped
+outbound mapping writes into the case (``referral_status``), so the CHW's follow-up is called
+off. Each request is
 idempotent on the destination's side through ``%outcome_id``: CouchDB answers a repeated
 ``_id`` with 409 (the stored document is read: it is a repeat if it says what we send, else
 the same outcome changed since, and it is updated with its ``_rev``), CommCare treats a
@@ -76,7 +79,10 @@ class _ReturnConnector:
         if job.op == "delete" or job.resource().get("status") == "entered-in-error":
             # The facility took the outcome back (recorded on the wrong referral).
             return await self._take_back(job)
-        task = job.resource()
+        return await self._deliver_task(job.resource())
+
+    async def _deliver_task(self, task: dict[str, Any]) -> DeliveryOutcome:
+        """Render and send the outcome of one version of a Task (if it is this app's and a mapping fires)."""
         source = (task.get("meta") or {}).get("source")
         if source is not None and source != self.system:
             return Success("a referral of another source: nothing sent")
@@ -200,6 +206,39 @@ class CommCareConnector(_ReturnConnector):
     """``kind: commcare-api``: POST the form XML to the receiver; a repeated instanceID is the same form."""
 
     waiting_reason = "case_unknown"
+
+    async def _take_back(self, job: Job) -> DeliveryOutcome:
+        """Send the Task as ``entered-in-error`` when an earlier version sent an outcome: the form
+        updates the case (CommCare cannot delete a form through its receiver), so the CHW's
+        follow-up of the wrong outcome is called off. Its instanceID is the take-back's own."""
+        earlier = await asyncio.to_thread(self._sent_versions, job.resource_id)
+        if not earlier:
+            return Success("a Task taken back that sent no outcome: nothing sent")
+        newest = job.resource() if job.op != "delete" else {}
+        taken = {**earlier[0], **newest, "status": "entered-in-error"}
+        return await self._deliver_task(taken)
+
+    def _sent_versions(self, task_id: str) -> list[dict[str, Any]]:
+        """Earlier versions of the Task (newest first) if any of them had an outcome for this app to send."""
+        versions, _ = self.store.history("Task", task_id, count=_TAKE_BACK_HISTORY)
+        bodies = [jsonio.loads(v.content) for v in sorted(versions, key=lambda v: -v.version) if not v.deleted]
+        seen: set[tuple[str, str]] = set()
+        for body in bodies:
+            if body.get("status") == "entered-in-error":
+                continue
+            state = (str(body.get("status")), jsonio.dumps(body.get("businessStatus")).decode())
+            if state in seen:
+                continue
+            seen.add(state)
+            completed = with_origin(self.store, body) or body
+            if (completed.get("meta") or {}).get("source") not in (self.system, None):
+                return []
+            try:
+                if render_outcome(self.mappings, outcome_context(self.store, completed)) is not None:
+                    return bodies
+            except MappingError:
+                continue
+        return []
 
     async def _send(self, payload: dict[str, Any]) -> DeliveryOutcome:
         case = payload.get("case")
