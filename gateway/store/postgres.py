@@ -18,6 +18,8 @@ Reads draw on a connection pool of their own, so a read by id never waits behind
 
 from __future__ import annotations
 
+import selectors
+import time
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -58,7 +60,43 @@ def rows_by_id_sql(columns: str, where: str = "", lock: bool = False) -> str:
     )
 
 
-_PING_SECONDS = 3.0  # how long a readiness check waits for a pooled connection
+_PING_SECONDS = 3.0  # how long a readiness check may take: a pooled connection and its answer
+
+
+def _select_one(conn: psycopg.Connection[Any], deadline: float) -> None:
+    """``SELECT 1`` on ``conn``, waiting for the server until ``deadline`` (``time.monotonic``) at most.
+
+    psycopg waits for an answer without a time limit, and a server that froze, or a network path
+    that stopped carrying bytes without a reset, leaves the connection open: nothing ends that
+    wait (TCP keepalives are answered, or come after two hours). So the ping speaks libpq's
+    asynchronous protocol itself and gives up at the deadline with ``StoreUnavailable``, closing the
+    connection (its answer could still come, and would be read as the next statement's): the pool
+    then drops it."""
+    pgconn = conn.pgconn
+    with selectors.DefaultSelector() as selector:
+
+        def wait(events: int) -> None:
+            socket = pgconn.socket
+            selector.register(socket, events)
+            ready = selector.select(max(0.0, deadline - time.monotonic()))
+            selector.unregister(socket)
+            if not ready:
+                conn.close()
+                raise StoreUnavailable(f"the PostgreSQL store did not answer within {_PING_SECONDS:g} s")
+
+        pgconn.send_query(b"SELECT 1")
+        while pgconn.flush():  # 1 while part of the query is still to be sent
+            wait(selectors.EVENT_WRITE)
+        pgconn.consume_input()
+        while pgconn.is_busy():
+            wait(selectors.EVENT_READ)
+            pgconn.consume_input()
+        failed = None
+        while (result := pgconn.get_result()) is not None:
+            if result.status != psycopg.pq.ExecStatus.TUPLES_OK:
+                failed = result.get_error_message()
+        if failed is not None:
+            raise psycopg.OperationalError(failed)
 
 
 def _unavailable(exc: psycopg.OperationalError) -> StoreUnavailable:
@@ -231,10 +269,12 @@ class PostgresStore(SqlStore):
 
     def ping(self) -> None:
         """Raise ``StoreUnavailable`` if the database cannot be reached within a few seconds (a
-        readiness probe must answer before its own timeout, not after the pool's, 30 s by default)."""
+        readiness probe must answer before its own timeout, not after the pool's, 30 s by default):
+        taking a pooled connection and the server's answer to it share those seconds."""
+        deadline = time.monotonic() + _PING_SECONDS
         try:
             with self._pool.connection(timeout=_PING_SECONDS) as conn:
-                conn.execute("SELECT 1").fetchone()
+                _select_one(conn, deadline)
         except psycopg.OperationalError as exc:  # PoolTimeout included
             raise _unavailable(exc) from exc
 

@@ -5,6 +5,7 @@ pooled connection."""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -147,3 +148,37 @@ def test_pool_timeout_in_the_url_bounds_how_long_a_read_waits_for_the_server() -
 def test_a_bad_pool_timeout_is_refused_naming_it(pg_schema_url: str, bad: str) -> None:
     with pytest.raises(ValueError, match="pool_timeout"):
         open_store(f"{pg_schema_url}&pool_timeout={bad}")
+
+
+def test_a_readiness_check_answers_within_seconds_when_the_server_stops_answering() -> None:
+    """A frozen server (or a network path that stops carrying bytes without a reset) leaves the
+    pooled connection open: taking it is instant, and the ``SELECT 1`` on it waited as long as the
+    stall did (minutes, for ever), so /readyz never answered. The whole check has the few seconds."""
+    with linked_schema_url() as (url, _, link):
+        store = open_store(url)
+        try:
+            store.ping()  # a pooled connection exists, then the server stops answering
+            link.stall()
+            outcome: list[BaseException | None] = []
+
+            def ping() -> None:
+                try:
+                    store.ping()
+                    outcome.append(None)
+                except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+                    outcome.append(exc)
+
+            started = time.monotonic()
+            thread = threading.Thread(target=ping, daemon=True)
+            thread.start()
+            thread.join(timeout=15)
+            waited = time.monotonic() - started
+            assert not thread.is_alive(), "the ping still waits on the stalled server after 15 s"
+            assert isinstance(outcome[0], StoreUnavailable), outcome
+            assert waited < 10, f"the ping took {waited:.1f} s"
+            link.mend()
+            store.ping()  # the stalled connection was dropped: a new one answers
+            assert store.read("Patient", "p1") is None
+        finally:
+            link.mend()
+            store.close()

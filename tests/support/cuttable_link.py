@@ -1,5 +1,5 @@
-"""A TCP link to the test PostgreSQL server that a test can cut and mend, as a database restart,
-a failover or a network cut between the gateway and its database would."""
+"""A TCP link to the test PostgreSQL server that a test can cut, stall and mend, as a database
+restart, a failover, a network cut or a server that stops answering would."""
 
 from __future__ import annotations
 
@@ -17,13 +17,18 @@ from tests.conftest import PG_URL
 
 class CuttableLink:
     """A TCP forwarder to the PostgreSQL server: ``cut()`` drops every connection through it and
-    refuses new ones, as a database restart or a network cut does; ``mend()`` lets them in again."""
+    refuses new ones, as a database restart or a network cut does; ``stall()`` keeps every
+    connection open but carries no more bytes either way, as a frozen server or a network path
+    that stops delivering without a reset does (nothing tells the client); ``mend()`` lets
+    connections in and bytes through again."""
 
     def __init__(self, host: str, port: int) -> None:
         self.target = (host, port)
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.open = True
+        self.flowing = threading.Event()
+        self.flowing.set()
         self.sockets: list[socket.socket] = []
         self.lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
@@ -43,10 +48,10 @@ class CuttableLink:
             for a, b in ((client, server), (server, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
+                self.flowing.wait()
                 sink.sendall(data)
         except OSError:
             pass
@@ -67,12 +72,17 @@ class CuttableLink:
                 sock.close()
             self.sockets.clear()
 
+    def stall(self) -> None:
+        self.flowing.clear()
+
     def mend(self) -> None:
         with self.lock:
             self.open = True
+        self.flowing.set()
 
     def close(self) -> None:
         self.cut()
+        self.flowing.set()  # held bytes meet closed sockets: the pipes end
         self.listener.close()
 
 
