@@ -13,7 +13,10 @@ Each check reads the same status as ``gateway queue status``. An alert is sent w
 condition starts (``"state": "firing"``), again every ``repeat_after`` while it lasts,
 and once when it ends (``"state": "resolved"``); dead-letter growth only fires. The body
 names the alert, the destination, the figure and the threshold: never a payload or a
-patient. A webhook that fails is logged and tried again at the next check.
+patient. A webhook that fails is logged and tried again at the next check: the monitor counts an
+alert as told only once the webhook took it (``AlertMonitor.sent``), so an alert lost to a chat
+server that was down with the rest is sent again, not an hour later (``repeat_after``) or, for a
+dead-letter growth or a resolution, never.
 
 The API process (``gateway serve``) runs the checks, so lag is noticed when no worker runs
 at all; ``gateway worker`` does not.
@@ -70,16 +73,33 @@ class Alert:
 
 @dataclass
 class AlertMonitor:
-    """Compares status rows with the thresholds, remembering what already fired."""
+    """Compares status rows with the thresholds, remembering what the webhook was told.
+
+    ``evaluate`` says what to send now; ``sent`` records what the webhook took. An alert that
+    was not taken is still due at the next ``evaluate``: a firing condition fires again, a
+    resolution resolves again and a dead-letter growth counts from the last growth told."""
 
     settings: AlertSettings
     clock: Clock
     not_closed_since: dict[str, float] = field(default_factory=dict)
-    dead_seen: dict[str, int] = field(default_factory=dict)
+    dead_seen: dict[str, int] = field(default_factory=dict)  # dead letters as last told (or below the threshold)
+    dead_now: dict[str, int] = field(default_factory=dict)  # dead letters at the last evaluate
     firing: dict[tuple[str, str], float] = field(default_factory=dict)  # (alert, destination) -> last sent
 
+    def sent(self, alerts: list[Alert]) -> None:
+        """The webhook took ``alerts`` (of the last ``evaluate``)."""
+        now = self.clock.now()
+        for alert in alerts:
+            key = (alert.alert, alert.destination)
+            if alert.alert == "dead_letters":
+                self.dead_seen[alert.destination] = self.dead_now[alert.destination]
+            elif alert.state == "firing":
+                self.firing[key] = now
+            else:
+                self.firing.pop(key, None)
+
     def evaluate(self, rows: list[Any]) -> list[Alert]:
-        """The alerts to send now for ``rows`` (``DestinationStatus``)."""
+        """The alerts to send now for ``rows`` (``DestinationStatus``); ``sent`` records those taken."""
         now = self.clock.now()
         alerts: list[Alert] = []
         for row in rows:
@@ -101,11 +121,13 @@ class AlertMonitor:
                 )  # fmt: skip
             if self.settings.dead_letters is not None:
                 before = self.dead_seen.get(name)
-                self.dead_seen[name] = stats.dead
+                self.dead_now[name] = stats.dead
                 grown = stats.dead - before if before is not None else 0
-                if grown >= self.settings.dead_letters:
+                if grown >= self.settings.dead_letters:  # the baseline moves once the webhook has it
                     alerts.append(Alert("dead_letters", name, "firing", f"{grown} new dead letters for {name}"
                                         f" ({stats.dead} in all)", grown, self.settings.dead_letters))  # fmt: skip
+                else:
+                    self.dead_seen[name] = stats.dead
         return alerts
 
     def _lag(self, row: Any) -> tuple[float | None, float, bool]:
@@ -124,19 +146,17 @@ class AlertMonitor:
         if over:
             last = self.firing.get(key)
             if last is None or now - last >= self.settings.repeat_after:
-                self.firing[key] = now
                 return [Alert(alert, name, "firing", summary, round(value, 3), threshold)]
         elif key in self.firing:
-            del self.firing[key]
             return [Alert(alert, name, "resolved", f"{alert} of {name} resolved", round(value, 3), threshold)]
         return []
 
 
 async def post_alerts(
     alerts: list[Alert], settings: AlertSettings, clock: Clock, client: httpx.AsyncClient
-) -> int:
-    """POST each alert to the webhook; how many it accepted (failures are logged)."""
-    sent = 0
+) -> list[Alert]:
+    """POST each alert to the webhook; those it accepted (failures are logged)."""
+    sent: list[Alert] = []
     if settings.webhook_url is None:
         return sent
     for alert in alerts:
@@ -144,7 +164,7 @@ async def post_alerts(
             body = alert.as_json(clock.now())
             response = await client.post(settings.webhook_url, json=body, timeout=settings.timeout)
             response.raise_for_status()
-            sent += 1
+            sent.append(alert)
         except httpx.HTTPError as exc:
             reraise_if_cancelled(exc)
             log.warning("alert %s for %s not delivered to the webhook (%s)", alert.alert, alert.destination,
@@ -159,7 +179,7 @@ async def run_alerts(admin: Any, settings: AlertSettings, clock: Clock, client: 
         try:
             alerts = monitor.evaluate(await admin.status())
             if alerts:
-                await post_alerts(alerts, settings, clock, client)
+                monitor.sent(await post_alerts(alerts, settings, clock, client))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the queue or store unreachable: try again at the next check

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import respx
@@ -33,8 +34,10 @@ async def test_each_condition_fires_once_repeats_after_a_while_and_resolves(tmp_
     admin = DeliveryAdmin(queue, [SHR], clock=clock)
     monitor = AlertMonitor(settings, clock)
 
-    async def check() -> list[tuple[str, str]]:
-        return [(a.alert, a.state) for a in monitor.evaluate(await admin.status())]
+    async def check() -> list[tuple[str, str]]:  # the webhook takes every alert
+        alerts = monitor.evaluate(await admin.status())
+        monitor.sent(alerts)
+        return [(a.alert, a.state) for a in alerts]
 
     try:
         assert await check() == []
@@ -95,7 +98,7 @@ async def test_the_webhook_gets_one_json_post_per_alert_and_a_failing_hook_is_su
                 Alert("delivery_lag", "shr", "firing", "delivery to shr lags: 1200", 1200, 900),
                 Alert("circuit_open", "dhis2", "firing", "circuit of dhis2 not closed for 12.0 min", 12, 10),
             ]
-            assert await post_alerts(alerts, settings, clock, client) == 1  # the second answered 500
+            assert await post_alerts(alerts, settings, clock, client) == alerts[:1]  # the second answered 500
     first = json.loads(route.calls[0].request.content)
     assert first == {
         "source": "chw-gateway", "alert": "delivery_lag", "destination": "shr", "state": "firing",
@@ -124,3 +127,63 @@ async def test_the_api_process_posts_a_lag_alert_when_no_worker_delivers(tmp_pat
             store.close()
     body = json.loads(route.calls[0].request.content)
     assert (body["alert"], body["destination"], body["state"], body["value"]) == ("delivery_lag", "shr", "firing", 2)
+
+
+async def test_an_alert_the_webhook_did_not_take_is_sent_again_at_the_next_check(tmp_path: Path) -> None:
+    """The chat webhook is down when the lag starts (an incident rarely comes alone): the failed
+    POST is logged and the alert goes again at the next check, not an hour later (``repeat_after``)
+    or never (a dead-letter growth, a resolution)."""
+    store = open_store(f"sqlite:///{tmp_path}/s.db")
+    alerts = AlertSettings(webhook_url=HOOK, lag_changes=1, lag_seconds=None, check_interval=0.05)
+    settings = DeliverySettings(in_process_worker=False, alerts=alerts)
+    with respx.mock() as router:
+        route = router.post(HOOK).mock(side_effect=[httpx.Response(503), httpx.Response(204), httpx.Response(204)])
+        service = DeliveryService.create(
+            store=store, queue_url=f"sqlite:///{tmp_path}/q.db", destinations=[SHR], settings=settings,
+            environ={}, run_worker=False, alerts=True,
+        )
+        await service.start()
+        try:
+            with store.transaction() as tx:
+                tx.update({"resourceType": "Patient", "id": "a"})
+                tx.update({"resourceType": "Patient", "id": "b"})
+            await eventually(lambda: route.call_count >= 2, timeout=5)
+        finally:
+            await service.stop()
+            store.close()
+    bodies = [json.loads(call.request.content) for call in route.calls]
+    assert [(b["alert"], b["state"]) for b in bodies[:2]] == [("delivery_lag", "firing")] * 2
+    assert len(bodies) == 2  # taken once: not again before repeat_after
+
+
+async def test_a_dead_letter_or_resolved_alert_the_webhook_did_not_take_is_kept_for_the_next_check() -> None:
+    clock = ManualClock()
+    monitor = AlertMonitor(AlertSettings(webhook_url=HOOK, circuit_open_minutes=1, lag_seconds=None), clock)
+
+    def row(circuit: str, dead: int) -> SimpleNamespace:
+        return SimpleNamespace(name="shr", stats=SimpleNamespace(circuit=circuit, dead=dead),
+                               lag_seconds=None, lag_changes=None)
+
+    def states(alerts: list[Alert]) -> list[tuple[str, str, float]]:
+        return [(a.alert, a.state, a.value) for a in alerts]
+
+    assert monitor.evaluate([row("closed", 0)]) == []
+    lost = monitor.evaluate([row("closed", 2)])
+    assert states(lost) == [("dead_letters", "firing", 2)]
+    # the webhook did not take it: the growth is still news at the next check, with what came since
+    taken = monitor.evaluate([row("closed", 3)])
+    assert states(taken) == [("dead_letters", "firing", 3)]
+    monitor.sent(taken)
+    assert monitor.evaluate([row("closed", 3)]) == []
+
+    monitor.evaluate([row("open", 3)])
+    await clock.advance(61)
+    firing = monitor.evaluate([row("open", 3)])
+    assert states(firing) == [("circuit_open", "firing", round(61 / 60, 3))]
+    monitor.sent(firing)
+    assert monitor.evaluate([row("open", 3)]) == []
+    assert states(monitor.evaluate([row("closed", 3)])) == [("circuit_open", "resolved", 0.0)]  # not taken
+    resolved = monitor.evaluate([row("closed", 3)])
+    assert states(resolved) == [("circuit_open", "resolved", 0.0)]
+    monitor.sent(resolved)
+    assert monitor.evaluate([row("closed", 3)]) == []
