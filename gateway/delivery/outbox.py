@@ -19,6 +19,13 @@ when the outbox reads the change (the index answers it, as for an API client); a
 always passes it, since the index no longer knows what the deleted resource referred to,
 and deleting what a destination never had does no harm. Jobs carry the version's JSON so
 the queue is self-contained.
+
+A destination that skips superseded versions (``coalesces``) gets no job for a version the
+store has already replaced with a later live one it takes: that one's own change, further on in
+the feed, carries the resource. The queue's coalescing sees only jobs already queued; when the
+feed is read again from far behind (a Redis queue that lost its cursors, or restored from an old
+copy), a job for version 1 could be claimed and sent before version 2's change was even read,
+and stand at the destination over the version 2 it had, until version 2 came round again.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from gateway.delivery.config import DestinationConfig
 from gateway.delivery.queue import DeliveryQueue
 from gateway.fhir import CLIENT_SYSTEM, content_as_policy_gives
 from gateway.search import QueryParser, RowFilter, default_registry
-from gateway.store import Change, ChangeFeed, ChangeOp
+from gateway.store import Change, ChangeFeed, ChangeOp, StoredResource
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +65,14 @@ def ordering_key(resource_type: str, resource_id: str, resource: dict[str, Any])
         if isinstance(reference, str) and reference.startswith("Patient/"):
             return reference.split("/_history", 1)[0]
     return f"{resource_type}/{resource_id}"
+
+
+def _source_and_content(content: bytes) -> tuple[str | None, dict[str, Any]]:
+    """A stored version's ``meta.source`` (what destination filters match) and its content."""
+    resource: dict[str, Any] = jsonio.loads(content)
+    meta = resource.get("meta")
+    source = meta.get("source") if isinstance(meta, dict) else None
+    return (source if isinstance(source, str) else None), resource
 
 
 class FeedFollower(Protocol):
@@ -85,6 +100,8 @@ class _Version:
     resource: dict[str, Any]  # the content judged by filters (the deleted version for a delete)
     source: str | None
     key: str
+    # The store's later live version of the resource, when it has one: (its source, its content).
+    later: tuple[str | None, dict[str, Any]] | None = None
 
 
 class Outbox:
@@ -140,6 +157,7 @@ class Outbox:
                 self._job(destination.name, change, versions[change.seq], now, limited)
                 for change in relevant
                 if change.seq in versions and self._wanted(destination, change, versions[change.seq])
+                and not self._superseded(destination, change, versions[change.seq])
                 and (visible is None or change.op is ChangeOp.DELETE or (change.type, change.id) in visible)
                 and writers.get(change.seq) not in destination.filter.exclude_clients
             ]
@@ -161,6 +179,14 @@ class Outbox:
     @staticmethod
     def _wanted(destination: DestinationConfig, change: Change, version: _Version) -> bool:
         return destination.filter.matches(change.type, version.source, version.resource)
+
+    @staticmethod
+    def _superseded(destination: DestinationConfig, change: Change, version: _Version) -> bool:
+        """Whether the store's later version of the resource will reach ``destination`` in its place."""
+        if version.later is None or not destination.coalesces:
+            return False
+        source, resource = version.later
+        return destination.filter.matches(change.type, source, resource)
 
     @staticmethod
     def _job(destination: str, change: Change, version: _Version, now: float, limited: bool = False) -> Job:
@@ -220,6 +246,8 @@ class Outbox:
     def _load(self, changes: list[Change]) -> dict[int, _Version]:
         """Read each changed version once (runs on a worker thread: the store is synchronous)."""
         versions: dict[int, _Version] = {}
+        coalescing = any(d.coalesces for d in self.destinations)
+        current: dict[tuple[str, str], StoredResource | None] = {}
         for change in changes:
             if self._types is not None and change.type not in self._types:
                 continue
@@ -232,14 +260,21 @@ class Outbox:
             if change.op is ChangeOp.DELETE and change.version > 1:
                 previous = self.store.vread(change.type, change.id, change.version - 1)
                 judged = previous.content if previous is not None else b""
-            resource: dict[str, Any] = jsonio.loads(judged) if judged else {}
-            meta = resource.get("meta")
-            source = meta.get("source") if isinstance(meta, dict) else None
+            source, resource = _source_and_content(judged) if judged else (None, {})
+            later = None
+            if coalescing:
+                ref = (change.type, change.id)
+                if ref not in current:
+                    current[ref] = self.store.read(change.type, change.id)
+                newest = current[ref]
+                if newest is not None and newest.version > change.version and not newest.deleted:
+                    later = _source_and_content(newest.content)
             versions[change.seq] = _Version(
                 payload=payload,
                 resource=resource,
-                source=source if isinstance(source, str) else None,
+                source=source,
                 key=ordering_key(change.type, change.id, resource),
+                later=later,
             )
         return versions
 
