@@ -7,6 +7,7 @@
         lag_seconds: 900             # the oldest undelivered change is older than this
         lag_changes: 5000            # or this many changes wait
         dead_letters: 1              # dead letters grew by at least this since the last check
+        status_unreadable_minutes: 5 # the queue or store could not be read for this long
         check_interval: 60s
 
 Each check reads the same status as ``gateway queue status``. An alert is sent when its
@@ -17,6 +18,9 @@ patient. A webhook that fails is logged and tried again at the next check: the m
 alert as told only once the webhook took it (``AlertMonitor.sent``), so an alert lost to a chat
 server that was down with the rest is sent again, not an hour later (``repeat_after``) or, for a
 dead-letter growth or a resolution, never.
+
+While the status cannot be read (the queue or the store unreachable) nothing else can be checked,
+so that is an alert of its own, ``status_unreadable`` for destination ``*``, naming the error type.
 
 The API process (``gateway serve``) runs the checks, so lag is noticed when no worker runs
 at all; ``gateway worker`` does not.
@@ -49,6 +53,9 @@ class AlertSettings(BaseModel):
     lag_seconds: Duration | None = Field(900.0, gt=0, description="the oldest undelivered change is older")
     lag_changes: int | None = Field(None, ge=1, description="more changes than this wait for delivery")
     dead_letters: int | None = Field(1, ge=1, description="dead letters grew by at least this since the last check")
+    status_unreadable_minutes: float | None = Field(
+        5.0, gt=0, description="the delivery status (queue or store) could not be read for this long"
+    )
     check_interval: Duration = Field(60.0, gt=0)
     repeat_after: Duration = Field(3600.0, gt=0, description="send a still-firing alert again this often")
     timeout: Duration = Field(10.0, gt=0)
@@ -58,7 +65,7 @@ class AlertSettings(BaseModel):
 class Alert:
     """One notification."""
 
-    alert: str  # circuit_open | delivery_lag | dead_letters
+    alert: str  # circuit_open | delivery_lag | dead_letters | status_unreadable (destination "*")
     destination: str
     state: str  # firing | resolved
     summary: str
@@ -85,6 +92,7 @@ class AlertMonitor:
     dead_seen: dict[str, int] = field(default_factory=dict)  # dead letters as last told (or below the threshold)
     dead_now: dict[str, int] = field(default_factory=dict)  # dead letters at the last evaluate
     firing: dict[tuple[str, str], float] = field(default_factory=dict)  # (alert, destination) -> last sent
+    unreadable_since: float | None = None  # the first of the checks in a row that could not read the status
 
     def sent(self, alerts: list[Alert]) -> None:
         """The webhook took ``alerts`` (of the last ``evaluate``)."""
@@ -98,10 +106,28 @@ class AlertMonitor:
             else:
                 self.firing.pop(key, None)
 
+    def unreadable(self, error: str) -> list[Alert]:
+        """The alerts to send now that the status could not be read (``error``: the exception's type)."""
+        now = self.clock.now()
+        if self.unreadable_since is None:
+            self.unreadable_since = now
+        limit = self.settings.status_unreadable_minutes
+        if limit is None:
+            return []
+        minutes = (now - self.unreadable_since) / 60
+        return self._condition(
+            "status_unreadable", "*", minutes >= limit, now,
+            f"delivery status unreadable for {minutes:.1f} min ({error})", minutes, limit,
+        )  # fmt: skip
+
     def evaluate(self, rows: list[Any]) -> list[Alert]:
         """The alerts to send now for ``rows`` (``DestinationStatus``); ``sent`` records those taken."""
         now = self.clock.now()
         alerts: list[Alert] = []
+        self.unreadable_since = None
+        if self.settings.status_unreadable_minutes is not None:  # read again: resolves a firing one
+            alerts += self._condition("status_unreadable", "*", False, now, "", 0.0,
+                                      self.settings.status_unreadable_minutes)  # fmt: skip
         for row in rows:
             name, stats = row.name, row.stats
             if stats.circuit == "closed":
@@ -177,12 +203,17 @@ async def run_alerts(admin: Any, settings: AlertSettings, clock: Clock, client: 
     monitor = AlertMonitor(settings, clock)
     while True:
         try:
-            alerts = monitor.evaluate(await admin.status())
+            try:
+                alerts = monitor.evaluate(await admin.status())
+            except Exception as exc:  # the queue or store unreachable: an alert once it lasts
+                reraise_if_cancelled(exc)
+                log.warning("alert check failed (%s)", type(exc).__name__)
+                alerts = monitor.unreadable(type(exc).__name__)
             if alerts:
                 monitor.sent(await post_alerts(alerts, settings, clock, client))
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # the queue or store unreachable: try again at the next check
+        except Exception as exc:  # never end the checks
             reraise_if_cancelled(exc)
             log.warning("alert check failed (%s)", type(exc).__name__)
         await clock.sleep(settings.check_interval)

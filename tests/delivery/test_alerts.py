@@ -187,3 +187,50 @@ async def test_a_dead_letter_or_resolved_alert_the_webhook_did_not_take_is_kept_
     assert states(resolved) == [("circuit_open", "resolved", 0.0)]
     monitor.sent(resolved)
     assert monitor.evaluate([row("closed", 3)]) == []
+
+
+async def test_a_queue_that_cannot_be_read_fires_an_alert_of_its_own(tmp_path: Path) -> None:
+    """Redis down: no worker delivers, the lag grows, and the check that would tell of it cannot
+    read the status. Each failed check was a log line only, so the webhook heard nothing of an
+    outage however long it lasted; an unreadable status is an alert itself."""
+    store = open_store(f"sqlite:///{tmp_path}/s.db")
+    alerts = AlertSettings(webhook_url=HOOK, status_unreadable_minutes=0.002, check_interval=0.05)
+    settings = DeliverySettings(in_process_worker=False, alerts=alerts)
+    with respx.mock() as router:
+        route = router.post(HOOK).respond(204)
+        service = DeliveryService.create(
+            store=store, queue_url="redis://127.0.0.1:1/0", destinations=[SHR], settings=settings,
+            environ={}, run_worker=False, alerts=True,
+        )
+        await service.start()
+        try:
+            await eventually(lambda: route.call_count >= 1, timeout=5)
+        finally:
+            await service.stop()
+            store.close()
+    body = json.loads(route.calls[0].request.content)
+    assert (body["alert"], body["destination"], body["state"]) == ("status_unreadable", "*", "firing")
+    assert body["threshold"] == 0.002 and "QueueUnavailable" in body["summary"]
+
+
+async def test_an_unreadable_status_fires_once_repeats_and_resolves_when_read_again() -> None:
+    clock = ManualClock()
+    monitor = AlertMonitor(AlertSettings(webhook_url=HOOK, status_unreadable_minutes=5, lag_seconds=None,
+                                         circuit_open_minutes=None, dead_letters=None, repeat_after=3600), clock)
+
+    def told(alerts: list[Alert]) -> list[tuple[str, str, str]]:
+        monitor.sent(alerts)
+        return [(a.alert, a.destination, a.state) for a in alerts]
+
+    assert told(monitor.unreadable("QueueUnavailable")) == []
+    await clock.advance(4 * 60)
+    assert told(monitor.unreadable("QueueUnavailable")) == []
+    await clock.advance(61)
+    assert told(monitor.unreadable("QueueUnavailable")) == [("status_unreadable", "*", "firing")]
+    await clock.advance(600)
+    assert told(monitor.unreadable("QueueUnavailable")) == []  # not again before repeat_after
+    await clock.advance(3600)
+    assert told(monitor.unreadable("StoreUnavailable")) == [("status_unreadable", "*", "firing")]
+    assert told(monitor.evaluate([])) == [("status_unreadable", "*", "resolved")]
+    assert told(monitor.evaluate([])) == []
+    assert told(monitor.unreadable("QueueUnavailable")) == []  # a new outage counts from its own start
