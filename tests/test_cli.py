@@ -482,7 +482,8 @@ def test_an_unknown_client_names_where_the_command_looked(env: Path, args: list[
     assert f"store sqlite:///{env}/cli.db" in result.stderr and "configuration " in result.stderr
 
 
-def test_an_unreachable_store_is_one_line_on_stderr_not_a_traceback(tmp_path: Path) -> None:
+@pytest.mark.parametrize("query", ["", "?schema=chw"])  # a schema is created first, on a connection of its own
+def test_an_unreachable_store_is_one_line_on_stderr_not_a_traceback(tmp_path: Path, query: str) -> None:
     """README, command line: exit codes with a one-line reason; errors.py's table gives the code (1)."""
     import os
     import socket
@@ -492,7 +493,7 @@ def test_an_unreachable_store_is_one_line_on_stderr_not_a_traceback(tmp_path: Pa
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]  # bound, never listening: connections are refused
-        env = {**os.environ, "GATEWAY_STORE_URL": f"postgresql://nobody@127.0.0.1:{port}/nowhere"}
+        env = {**os.environ, "GATEWAY_STORE_URL": f"postgresql://nobody@127.0.0.1:{port}/nowhere{query}"}
         env.pop("GATEWAY_CONFIG", None)
         root = Path(__file__).resolve().parents[1]
         env["PYTHONPATH"] = str(root)

@@ -178,14 +178,19 @@ class PostgresWriter(GroupCommit[psycopg.Connection[Any]]):
 
 
 def _create_schema(conninfo: str, schema: str) -> None:
-    """Create ``schema`` unless it exists, also when several processes start at once."""
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        try:
-            conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-        except psycopg.errors.UniqueViolation:
-            # IF NOT EXISTS checks before inserting into the catalogue: two processes starting
-            # together (backfill workers, pods) can both pass the check; the loser's schema exists.
-            pass
+    """Create ``schema`` unless it exists, also when several processes start at once. The first
+    connection a store makes: a server that cannot be reached is ``StoreUnavailable`` here too (a
+    process started during a database outage then exits with one line, not a driver traceback)."""
+    try:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            try:
+                conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            except psycopg.errors.UniqueViolation:
+                # IF NOT EXISTS checks before inserting into the catalogue: two processes starting
+                # together (backfill workers, pods) can both pass the check; the loser's schema exists.
+                pass
+    except psycopg.OperationalError as exc:
+        raise _unavailable(exc) from exc
 
 
 class _Unprepared:
