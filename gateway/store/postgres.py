@@ -99,9 +99,15 @@ def _select_one(conn: psycopg.Connection[Any], deadline: float) -> None:
             raise psycopg.OperationalError(failed)
 
 
-def _unavailable(exc: psycopg.OperationalError) -> StoreUnavailable:
-    """The driver's failure to reach the server (refused, shut down, dropped, pool timeout), as the
-    store's own error: a 503 for the API instead of a 500 like a bug. Only its type is named."""
+#: The driver's errors that say the server cannot serve the store now, not that a statement is
+#: wrong: it cannot be reached (refused, shut down, dropped, pool timeout), or it takes no writes
+#: (a standby after a failover, ``default_transaction_read_only`` during a move to another server).
+_UNAVAILABLE = (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction)
+
+
+def _unavailable(exc: psycopg.Error) -> StoreUnavailable:
+    """One of ``_UNAVAILABLE`` as the store's own error: a 503 for the API instead of a 500 like a
+    bug. Only its type is named."""
     return StoreUnavailable(f"the PostgreSQL store is unavailable ({type(exc).__name__})")
 
 
@@ -114,7 +120,7 @@ def _reachable(block: AbstractContextManager[T]) -> Iterator[T]:
     try:
         with block as value:
             yield value
-    except psycopg.OperationalError as exc:
+    except _UNAVAILABLE as exc:
         raise _unavailable(exc) from exc
 
 
@@ -174,7 +180,12 @@ class PostgresWriter(GroupCommit[psycopg.Connection[Any]]):
         return conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
 
     def _stale(self, conn: psycopg.Connection[Any]) -> bool:
-        return conn.closed or conn.broken
+        # A session that turned read-only takes no more writes: the next batch connects anew (to the
+        # new primary after a failover). PostgreSQL 14+ reports both settings as they change.
+        info = conn.info
+        return conn.closed or conn.broken or any(
+            info.parameter_status(name) == "on" for name in ("default_transaction_read_only", "in_hot_standby")
+        )
 
 
 def _create_schema(conninfo: str, schema: str) -> None:
@@ -189,7 +200,7 @@ def _create_schema(conninfo: str, schema: str) -> None:
                 # IF NOT EXISTS checks before inserting into the catalogue: two processes starting
                 # together (backfill workers, pods) can both pass the check; the loser's schema exists.
                 pass
-    except psycopg.OperationalError as exc:
+    except _UNAVAILABLE as exc:
         raise _unavailable(exc) from exc
 
 

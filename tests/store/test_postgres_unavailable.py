@@ -8,8 +8,8 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import ExitStack
+from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
@@ -182,3 +182,58 @@ def test_a_readiness_check_answers_within_seconds_when_the_server_stops_answerin
         finally:
             link.mend()
             store.close()
+
+
+
+def _turn_writer_read_only(store: PostgresStore) -> None:
+    """The writer's server session turns read-only, as for a connection that stayed with a server
+    set ``default_transaction_read_only`` (a move to another server) or turned standby: the
+    connection is open and answers, but takes no writes."""
+    writer = store._writer._conn
+    assert writer is not None
+    writer.execute("SET default_transaction_read_only = on")
+
+
+def test_a_writer_connection_that_turned_read_only_is_replaced(store: PostgresStore) -> None:
+    _put(store, "p1")
+    _turn_writer_read_only(store)
+    # Kept, it failed every write until a restart; the next write opens a new connection (to
+    # the new primary), as after a dropped one.
+    _put(store, "p2")
+    assert store.read("Patient", "p2") is not None
+
+
+@contextmanager
+def _writes_refused(store: PostgresStore) -> Iterator[None]:
+    """The server refuses writes as a read-only one does (SQLSTATE 25006), before the client
+    knows: a trigger on the store's resources table."""
+    with psycopg.connect(PG_URL, autocommit=True) as admin:
+        admin.execute(f"""CREATE FUNCTION "{store.schema}".refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN RAISE EXCEPTION 'cannot execute INSERT in a read-only transaction'
+            USING ERRCODE = 'read_only_sql_transaction'; END $$""")
+        admin.execute(f'CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON "{store.schema}".resources'
+                      f' FOR EACH ROW EXECUTE FUNCTION "{store.schema}".refuse()')
+        try:
+            yield
+        finally:
+            admin.execute(f'DROP TRIGGER refuse ON "{store.schema}".resources')
+
+
+def test_a_write_the_server_refuses_as_read_only_is_unavailable(store: PostgresStore) -> None:
+    _put(store, "p1")
+    with _writes_refused(store), pytest.raises(StoreUnavailable):  # a 503 to retry, not a 500 like a bug
+        _put(store, "p2")
+    _put(store, "p2")
+    assert store.read("Patient", "p2") is not None
+
+
+async def test_the_api_answers_503_while_the_store_takes_no_writes(
+    pg_api: tuple[httpx.AsyncClient, PostgresStore],
+) -> None:
+    client, store = pg_api
+    assert (await client.put("/fhir/Patient/p1", json=_patient("p1"))).status_code == 201
+    with _writes_refused(store):
+        refused = await client.put("/fhir/Patient/p2", json=_patient("p2"))
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
+    assert refused.json()["issue"][0]["code"] == "transient"
+    assert (await client.put("/fhir/Patient/p2", json=_patient("p2"))).status_code == 201
