@@ -130,6 +130,11 @@ class GroupCommit(ABC, Generic[C]):
         """Whether the connection is closed or broken, so the next batch needs a new one."""
         return False
 
+    def _committed_anyway(self, exc: Exception) -> bool:
+        """Whether the transaction whose COMMIT failed with ``exc`` was committed all the same (the
+        server carried it out and its answer was lost with the connection), as the server says."""
+        return False
+
     # -- the shared transaction -------------------------------------------------------------
     def _connection(self) -> C:
         conn = self._conn
@@ -289,7 +294,15 @@ class GroupCommit(ABC, Generic[C]):
                     # PostgreSQL answers COMMIT of an aborted transaction by rolling it back, no error.
                     raise RuntimeError("the shared write transaction was lost before its commit")
                 if batch.error is None:
-                    conn.commit()
+                    try:
+                        conn.commit()
+                    except Exception as exc:
+                        # An answer lost with the connection does not say the COMMIT was not
+                        # carried out: "not applied" would have a client repeat what was done.
+                        if not self._committed_anyway(exc):
+                            raise
+                        log.warning("the answer to a COMMIT was lost (%s); the server says it committed",
+                                    type(exc).__name__)  # fmt: skip
                     self.commits += 1
                 else:
                     conn.rollback()

@@ -60,6 +60,8 @@ def rows_by_id_sql(columns: str, where: str = "", lock: bool = False) -> str:
     )
 
 
+#: How long a writer whose COMMIT got no answer keeps asking the server what became of it.
+_OUTCOME_SECONDS = 5.0
 _PING_SECONDS = 3.0  # how long a readiness check may take: a pooled connection and its answer
 
 
@@ -166,14 +168,41 @@ class PostgresWriter(GroupCommit[psycopg.Connection[Any]]):
         super().__init__()
         self._conninfo = conninfo
         self._kwargs = kwargs
-        # BEGIN and the lock in one round trip (a literal: several statements take no parameters).
-        self._begin_sql = f"BEGIN; SELECT pg_advisory_xact_lock({int(lock)})"
+        # BEGIN, the lock and the transaction's id in one round trip (a literal: several statements
+        # take no parameters). The id is how the outcome of a COMMIT whose answer was lost is asked.
+        self._begin_sql = f"BEGIN; SELECT pg_advisory_xact_lock({int(lock)}), txid_current()"
+        self._xid: int | None = None
 
     def _connect(self) -> psycopg.Connection[Any]:
         return psycopg.connect(self._conninfo, **self._kwargs)
 
     def _begin(self, cur: Cursor) -> None:
+        assert isinstance(cur, psycopg.Cursor)
+        self._xid = None
         cur.execute(self._begin_sql)
+        cur.nextset()  # BEGIN's result, then the SELECT's
+        row = cur.fetchone()
+        self._xid = int(row[1]) if row is not None else None
+
+    def _committed_anyway(self, exc: Exception) -> bool:
+        """Ask the server, on a new connection, what became of the transaction (``txid_status``):
+        committed, aborted, or still in progress for a moment (its backend finishing the COMMIT, or
+        not yet aware that the client is gone). Unknown after a few seconds counts as not committed."""
+        xid, self._xid = self._xid, None
+        if xid is None or not isinstance(exc, psycopg.OperationalError):
+            return False
+        deadline = time.monotonic() + _OUTCOME_SECONDS
+        while time.monotonic() < deadline:
+            try:
+                with psycopg.connect(self._conninfo, **self._kwargs, connect_timeout=2) as conn:
+                    row = conn.execute("SELECT txid_status(%s)", (xid,)).fetchone()
+                status = row[0] if row is not None else None
+                if status != "in progress":
+                    return status == "committed"
+            except psycopg.OperationalError:
+                pass  # not reachable yet
+            time.sleep(0.2)
+        return False
 
     def _usable(self, conn: psycopg.Connection[Any]) -> bool:
         # After an error PostgreSQL refuses every statement but a rollback (INERROR).

@@ -237,3 +237,40 @@ async def test_the_api_answers_503_while_the_store_takes_no_writes(
     assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
     assert refused.json()["issue"][0]["code"] == "transient"
     assert (await client.put("/fhir/Patient/p2", json=_patient("p2"))).status_code == 201
+
+
+def test_a_commit_the_server_carried_out_is_a_success_though_its_answer_was_lost() -> None:
+    """The link fails after the server got COMMIT and before its answer came back: the write is
+    stored. Answering it 503 "not applied" (as for a write that never reached the server) made a
+    client retry what was done: a second Patient for a POST, a second event downstream. The writer
+    asks the server (a new connection) what became of its transaction."""
+    with linked_schema_url() as (url, direct, link):
+        store = open_store(url)
+        assert isinstance(store, PostgresStore)
+        try:
+            _put(store, "p0")
+            link.cut_after(b"COMMIT")
+            outcome: list[BaseException | None] = []
+
+            def put() -> None:
+                try:
+                    _put(store, "p1")
+                    outcome.append(None)
+                except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+                    outcome.append(exc)
+
+            thread = threading.Thread(target=put, daemon=True)
+            thread.start()
+            time.sleep(1.0)  # the link is cut 0.3 s after the COMMIT went through
+            link.mend()  # the server is reachable again for the question
+            thread.join(timeout=15)
+            assert not thread.is_alive()
+            witness = open_store(direct)
+            try:
+                assert witness.read("Patient", "p1") is not None  # the server did commit it
+            finally:
+                witness.close()
+            assert outcome == [None], outcome
+        finally:
+            link.mend()
+            store.close()

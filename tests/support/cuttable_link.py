@@ -19,7 +19,9 @@ class CuttableLink:
     """A TCP forwarder to the PostgreSQL server: ``cut()`` drops every connection through it and
     refuses new ones, as a database restart or a network cut does; ``stall()`` keeps every
     connection open but carries no more bytes either way, as a frozen server or a network path
-    that stops delivering without a reset does (nothing tells the client); ``mend()`` lets
+    that stops delivering without a reset does (nothing tells the client); ``cut_after(marker)``
+    lets the next message holding ``marker`` reach the server and cuts the link before its answer
+    comes back (a COMMIT the server carried out while the client never heard); ``mend()`` lets
     connections in and bytes through again."""
 
     def __init__(self, host: str, port: int) -> None:
@@ -31,6 +33,8 @@ class CuttableLink:
         self.flowing.set()
         self.sockets: list[socket.socket] = []
         self.lock = threading.Lock()
+        self.marker: bytes | None = None
+        self.answers_held = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -45,13 +49,22 @@ class CuttableLink:
                     continue
                 server = socket.create_connection(self.target)
                 self.sockets += [client, server]
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            for a, b, to_server in ((client, server, True), (server, client, False)):
+                threading.Thread(target=self._pipe, args=(a, b, to_server), daemon=True).start()
 
-    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pipe(self, source: socket.socket, sink: socket.socket, to_server: bool) -> None:
         try:
             while data := source.recv(65536):
                 self.flowing.wait()
+                if not to_server and self.answers_held.is_set():
+                    continue  # the answer is lost with the link
+                marker = self.marker
+                if to_server and marker is not None and marker in data:
+                    self.marker = None
+                    self.answers_held.set()
+                    sink.sendall(data)
+                    threading.Timer(0.3, self.cut).start()  # the server has it by then
+                    continue
                 sink.sendall(data)
         except OSError:
             pass
@@ -75,9 +88,13 @@ class CuttableLink:
     def stall(self) -> None:
         self.flowing.clear()
 
+    def cut_after(self, marker: bytes) -> None:
+        self.marker = marker
+
     def mend(self) -> None:
         with self.lock:
             self.open = True
+        self.answers_held.clear()
         self.flowing.set()
 
     def close(self) -> None:
