@@ -23,7 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
@@ -267,6 +267,16 @@ def _install_error_handlers(app: FastAPI) -> None:
         detail = f"the request is malformed: {reasons}" if reasons else "the request is malformed"
         return fhir_response(operation_outcome("invalid", detail, expression=where), status=400)
 
+    async def client_gone(request: Request, exc: Exception) -> Response:
+        # The client closed its connection before its body arrived (a tablet losing its signal
+        # mid-upload, a client given up): its failure, not ours. Nobody reads the answer; the
+        # access log, audit and metrics record a client error, and nothing is logged as a crash.
+        assert isinstance(exc, ClientDisconnect)
+        detail = "the client closed the connection before its request body arrived; nothing was applied"
+        if console.is_console(request):
+            return console.error_response(request, 400, "The request was cut off; nothing was changed.")
+        return fhir_response(operation_outcome("incomplete", detail), status=400)
+
     async def unexpected(request: Request, exc: Exception) -> Response:
         # The type and the stack, not the message: messages can carry request data.
         stack = "".join(traceback.format_tb(exc.__traceback__))
@@ -308,4 +318,5 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(GatewayError, gateway_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(ClientDisconnect, client_gone)
     app.add_exception_handler(Exception, unexpected)
