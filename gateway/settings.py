@@ -44,6 +44,7 @@ from gateway.subscriptions import SubscriptionSettings
 __all__ = [
     "AuditSettings",
     "ClientRateLimit",
+    "ClientTimeoutSettings",
     "ConsoleSettings",
     "ConfigFileError",
     "MetricsSettings",
@@ -110,6 +111,21 @@ class SmartSettings(BaseModel):
         if value is not None and not value.startswith(("https://", "http://")):
             raise ValueError("must be an http(s) URL")
         return value
+
+
+class ClientTimeoutSettings(BaseModel):
+    """How long ``gateway serve`` waits for a client's request to arrive (slowloris: clients that
+    trickle a request, or send nothing, to hold connections open without a token)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    head_seconds: float = Field(
+        20, gt=0, le=3600, description="a request's line and headers, from the connection's opening or its first byte",
+    )
+    body_seconds: float = Field(20, gt=0, le=3600, description="a request's body, from the end of its headers ...")
+    body_min_rate: int = Field(
+        500, ge=0, le=1_000_000_000, description="... plus a second for every this many bytes received; 0: no more",
+    )
 
 
 class ClientRateLimit(BaseModel):
@@ -254,6 +270,7 @@ class Settings(BaseSettings):
     delivery: DeliverySettings = DeliverySettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     rate_limit: RateLimitSettings = RateLimitSettings()
+    client_timeouts: ClientTimeoutSettings = ClientTimeoutSettings()
     metrics: MetricsSettings = MetricsSettings()
     access_log: bool = Field(True, description="one JSON line per HTTP request on the gateway.access logger")
     audit: AuditSettings = AuditSettings()

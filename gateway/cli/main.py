@@ -130,7 +130,8 @@ def serve(
                 token = _create_client(services.store, "dev-admin", ["system/*.cruds", "admin", "ingest:*"])
             trial.print_walkthrough(settings, token, reports, sandbox_url)
         options: dict[str, Any] = {"host": settings.host, "port": settings.port, "proxy_headers": True,
-                                   "log_level": settings.log_level.lower(), "access_log": False, "log_config": None}
+                                   "log_level": settings.log_level.lower(), "access_log": False, "log_config": None,
+                                   "client_timeouts": settings.client_timeouts}
         if workers > 1:
             run_workers(settings, workers, **options)
         else:

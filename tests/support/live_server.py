@@ -22,19 +22,22 @@ _START_TIMEOUT = 30.0
 class LiveServer:
     """A uvicorn server for ``app`` on ``127.0.0.1:<free port>``, started and stopped as a context."""
 
-    def __init__(self, app: Any, host: str = "127.0.0.1") -> None:
+    def __init__(self, app: Any, host: str = "127.0.0.1", config_type: type[uvicorn.Config] = uvicorn.Config,
+                 **options: Any) -> None:
+        """``config_type`` and ``options``: another uvicorn configuration (the gateway's own, ``GatewayConfig``)."""
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, 0))
         self.host = host
         self.port: int = self._sock.getsockname()[1]
-        config = uvicorn.Config(
+        config = config_type(
             app,
             log_level="warning",
             access_log=False,
             ws="none",  # no websockets import: its deprecation warnings would fail the suite
             lifespan="on",
             timeout_graceful_shutdown=5,
+            **options,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
