@@ -18,6 +18,8 @@ from .extract import ExtractionPlan as ExtractionPlan
 from .extract import IndexRows as IndexRows
 from .extract import index_rows as index_rows
 from .extract import normalise as normalise
+from .keys import string_key as string_key
+from .keys import token_key as token_key
 from .paths import split_reference as split_reference
 from .policy import GOLDEN_TAG_CODE as GOLDEN_TAG_CODE
 from .policy import GOLDEN_TAG_SYSTEM as GOLDEN_TAG_SYSTEM

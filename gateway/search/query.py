@@ -20,6 +20,7 @@ from gateway.search.code_systems import implied_systems
 from gateway.search.dates import DateFormatError, date_range
 from gateway.search.deidentified import refuse_identifying
 from gateway.search.extract import normalise
+from gateway.search.keys import string_key, token_key
 from gateway.search.paths import split_reference
 from gateway.search.policy import RowFilter
 from gateway.search.registry import SearchParam, SearchRegistry
@@ -368,15 +369,16 @@ class QueryParser:
 
     def _value(self, param: SearchParam, key: str, modifier: str | None, item: str) -> Value:
         ptype = param.type
+        # Compared as the index keeps them (``keys``): long values bounded, tokens by their hash.
         if ptype in ("token", "uri"):
             if ptype == "uri":
-                return TokenValue(None, item)
+                return TokenValue(None, token_key(item))
             if "|" in item:
                 system, _, code = item.partition("|")
-                return TokenValue(system, code or None)
-            return TokenValue(None, item)
+                return TokenValue(token_key(system), token_key(code) or None)
+            return TokenValue(None, token_key(item))
         if ptype == "string":
-            return StringValue(item, normalise(item))
+            return StringValue(item, string_key(normalise(item)))
         if ptype == "date":
             return _date_value(item, key)
         if ptype == "reference":
@@ -386,7 +388,7 @@ class QueryParser:
                 if target_type and parsed[0] != target_type:
                     raise SearchError(f"{item!r} is not a {target_type} reference", key)
                 # An absolute URL may be a reference to a resource here or a canonical URL.
-                return ReferenceValue(parsed[0], parsed[1], item if "://" in item else None)
+                return ReferenceValue(token_key(parsed[0]), token_key(parsed[1]), item if "://" in item else None)
             if "/" in item or ":" in item:
                 return ReferenceValue(None, None, item)
             if not _ID_RE.match(item):

@@ -33,7 +33,9 @@ from gateway.search import (
     from_epoch,
     index_rows,
     spreads,
+    string_key,
     subtree_sql,
+    token_key,
 )
 from gateway.store.base import (
     LANES,
@@ -438,10 +440,13 @@ class SqlTransaction:
     def _index(self, row_id: int, rtype: str, rows: IndexRows) -> None:
         pending = self._pending
         head = (row_id, rtype)
+        # Indexed text is bounded (``gateway.search.keys``): PostgreSQL refuses a B-tree entry past ~2.7 KB.
         if rows.token:
-            pending["idx_token"].extend([head + r for r in rows.token])
+            pending["idx_token"].extend([(row_id, rtype, param, token_key(system), token_key(code))
+                                         for param, system, code in rows.token])
         if rows.string:
-            pending["idx_string"].extend([head + r for r in rows.string])
+            pending["idx_string"].extend([(row_id, rtype, param, string_key(norm), exact)
+                                          for param, norm, exact in rows.string])
         if rows.date:
             pending["idx_date"].extend([head + r for r in rows.date])
             known = self._spreads
@@ -449,7 +454,8 @@ class SqlTransaction:
                 if spread > known.get((rtype, param), float("-inf")):
                     known[(rtype, param)] = spread
         if rows.reference:
-            pending["idx_ref"].extend([head + r for r in rows.reference])
+            pending["idx_ref"].extend([(row_id, rtype, param, token_key(ttype), token_key(tid), url)
+                                       for param, ttype, tid, url in rows.reference])
         if rows.number:
             pending["idx_number"].extend([head + r for r in rows.number])
 
