@@ -48,7 +48,7 @@ from gateway.ingest.registry import MappingRegistry
 from gateway.ingest.results import IngestReport, RecordResult, WrittenResource
 from gateway.ingest.retractions import OutputChange, StaleRecords, apply_output_changes
 from gateway.ingest.writer import BATCH_RECORDS, GROUP_RECORDS, IngestWriter, PendingRecord, RecordGroup
-from gateway.mapping import CompiledMapping, InputError, MappingError, MappingSet, parse_csv
+from gateway.mapping import CompiledMapping, InputError, MappingError, MappingSet, parse_csv, stored_record_key
 from gateway.metrics import metrics
 from gateway.search import QueryParser
 from gateway.store import MessageEntry, QuarantinedRecord, Store, StoredResource
@@ -174,6 +174,7 @@ class IngestService:
         withdrawn). Taking back an unknown record does nothing, so repeating it is safe.
         """
         source, mapping_set = self.registry.resolve(source_name)
+        record_key = stored_record_key(record_key)  # as the record's ingest stored it
         change = OutputChange(source.name, mapping_set.system, record_key, [], deleted=True)
         prepared = self._prepare([], "")
         written: list[WrittenResource] = []

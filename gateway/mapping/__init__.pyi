@@ -7,6 +7,7 @@ from .coverage import mapping_coverage as mapping_coverage
 from .engine import MAPPING_TAG_SYSTEM as MAPPING_TAG_SYSTEM
 from .engine import CompiledMapping as CompiledMapping
 from .engine import MappingSet as MappingSet
+from .engine import stored_record_key as stored_record_key
 from .errors import LoadIssue as LoadIssue
 from .errors import MappingError as MappingError
 from .errors import MappingLoadError as MappingLoadError

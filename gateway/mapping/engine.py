@@ -33,6 +33,7 @@ from gateway.mapping.rules import DEFAULTS_KEY, RuleProgram
 from gateway.mapping.templates import MISSING, Builder, copier
 from gateway.mapping.values import to_boolean
 from gateway.mapping.versions import version_number
+from gateway.search import token_key
 from gateway.store import RecordOutput
 
 __all__ = ["MAPPING_TAG_SYSTEM", "CompiledMapping", "CompiledRule", "MappingSet"]
@@ -517,7 +518,7 @@ class MappingSet:
                 return None
         except MappingError:
             return None
-        return _single_text(self.retract_id.run(record, {}), self.retract_id.text, "the record id")
+        return stored_record_key(_single_text(self.retract_id.run(record, {}), self.retract_id.text, "the record id"))
 
     def record_version(self, record: Any, mapping: CompiledMapping) -> float | None:
         """The record's version as ``mapping``'s ``modified`` reads it (None: it has none);
@@ -562,6 +563,17 @@ class MappingSet:
         if that is not possible."""
         try:
             mapping = mapping or self.select(record)
-            return _single_text(mapping.record_id.run(record, {}), mapping.record_id.text, "the record id")
+            return stored_record_key(_single_text(mapping.record_id.run(record, {}), mapping.record_id.text,
+                                                  "the record id"))
         except MappingError:
             return None
+
+
+def stored_record_key(record_id: str) -> str:
+    """A source record's id as the gateway keeps it (what it produced, its version, its quarantine
+    entry, the message log): as it is, or past 1000 bytes its start and a SHA-256 of the whole
+    (``gateway.search.keys``), so a source's 9 KB id is stored on PostgreSQL too (B-tree entries
+    hold ~2.7 KB) and still names one record."""
+    key = token_key(record_id)
+    assert key is not None
+    return key
