@@ -23,7 +23,9 @@ schema is narrower than the FHIR JSON rules:
 * ``_x`` is allowed on every primitive element except ``id`` (the schema omits it for
   ``canonical``), and ``null`` may stand in a primitive array where the paired ``_x``
   array holds an extension (json.html#primitive);
-* patterns use the FHIR (XML-Schema) meaning of ``\\s``, i.e. only space, tab, CR and LF.
+* patterns use the FHIR (XML-Schema) meaning of ``\\s``, i.e. only space, tab, CR and LF;
+* a value with a pattern (uri, canonical, code, …) may hold no control character either, as
+  a string may not (datatypes.html#string: these types are strings).
 
 Usage::
 
@@ -60,6 +62,8 @@ _BINDINGS_FILE = "r4-bindings.json"
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
 # Non-empty, and no control character below U+0020 except tab, LF and CR (datatypes.html#string).
 _TEXT = re.compile(r"[^\x00-\x08\x0b\x0c\x0e-\x1f]+\Z")
+#: A lookahead holding a whole value to the same rule, put before a primitive's own pattern.
+_NO_CONTROLS = r"(?=[^\x00-\x08\x0b\x0c\x0e-\x1f]*\Z)"
 _BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?\Z")
 _DAYS = (0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 _ENUM_SHOWN = 12
@@ -145,7 +149,10 @@ class StrictChecker:
 
     def _compile_primitive(self, kind: str, regex: str | None) -> tuple[int, Any]:
         if kind == "string":
-            return _STRING, re.compile(regex) if regex else _TEXT
+            # Every string-based primitive (uri, url, canonical, code, …) is a string: the schema's
+            # pattern and, as for string, no control character (``\S`` lets a NUL through, which
+            # PostgreSQL's text cannot hold and XML cannot carry).
+            return _STRING, re.compile(_NO_CONTROLS + f"(?:{regex})") if regex else _TEXT
         if kind == "date":
             return _DATE, re.compile(regex or ".*")
         if kind in ("integer", "positiveInt", "unsignedInt"):

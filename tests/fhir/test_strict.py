@@ -216,6 +216,14 @@ def test_resource_type_inside_a_datatype_is_unknown() -> None:
         ({"photo": [{"data": "abc"}]}, "Patient.photo[0].data"),
         ({"name": [{"family": "Ch\x00almers"}]}, "Patient.name[0].family"),
         ({"name": [{"family": "Ch\x1balmers"}]}, "Patient.name[0].family"),
+        # uri, canonical and code are strings too: no control characters (a NUL made PostgreSQL,
+        # whose text holds none, fail the write of an indexed one with a 500)
+        ({"implicitRules": "http://x.org/a\x00b"}, "Patient.implicitRules"),
+        ({"identifier": [{"system": "urn:a\x00b", "value": "v"}]}, "Patient.identifier[0].system"),
+        ({"meta": {"profile": ["http://x.org/p\x00"]}}, "Patient.meta.profile[0]"),
+        ({"meta": {"source": "http://x.org/\x1b"}}, "Patient.meta.source"),
+        ({"language": "en\x00"}, "Patient.language"),
+        ({"photo": [{"url": "http://x.org/\x07"}]}, "Patient.photo[0].url"),
         (
             {"extension": [{"url": "http://x.org/e", "valueOid": "urn:oid:1.2.x"}]},
             "Patient.extension[0].valueOid",
