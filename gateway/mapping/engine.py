@@ -68,7 +68,16 @@ def _single_text(values: list[Any], path: str, what: str) -> str:
     value = kept[0]
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
-    return str(value).strip()
+    text = str(value).strip()
+    if _CONTROL.search(text):
+        # An id is kept as text (PostgreSQL's holds no NUL) and shown to operators: a control
+        # character in one is a broken record, held like any other.
+        raise MappingError(path, f"{what} holds a control character", code="value")
+    return text
+
+
+#: Control characters: none belongs in an id (FHIR strings allow tab, CR and LF, ids not even those).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(slots=True)

@@ -1,4 +1,5 @@
-"""A source record with a very long id, on both store backends: stored, held, edited, deleted.
+"""Source record ids on both store backends: very long ones are stored, held, edited, deleted;
+ones with control characters are held.
 
 The record id is the key of the tables that remember each record (what it produced, its
 latest version, its quarantine entry). PostgreSQL refuses a B-tree entry past ~2.7 KB, so a
@@ -82,3 +83,17 @@ async def test_a_record_id_of_256_four_byte_characters_is_taken_back_by_its_id(b
     response = await both.sender.delete(f"/ingest/cht/records/{doc_id}")
     assert response.status_code == 200, response.text[:300]
     assert (await both.fhir.get(f"/fhir/Patient/{patient['id']}")).status_code == 410
+
+
+@pytest.mark.parametrize("record", [
+    _person("nul\u0000id"),
+    _person("esc\u001bid", date_of_birth="not a date"),
+    {"doc": {"_id": "gone\u0000", "_rev": "2-x", "_deleted": True}},
+])
+async def test_a_record_whose_id_holds_a_control_character_is_held(both: Harness, record: dict[str, Any]) -> None:
+    """PostgreSQL's text holds no NUL: such an id failed the request with a 500 (the record was
+    not even quarantined), where SQLite stored it. An id is text a person can read: held, saying why."""
+    report = await _post(both, record)
+    assert report["quarantined"] == 1, report
+    outcome = report["results"][0]["outcome"]["issue"][0]
+    assert "control character" in outcome["diagnostics"], outcome
