@@ -145,6 +145,6 @@ def verify_assertion(
         if value is not None and (not isinstance(value, int | float) or not value <= now + SKEW_SECONDS):
             raise invalid_client(f"the assertion's {name} is in the future")
     jti = claims.get("jti")
-    if not isinstance(jti, str) or not jti or len(jti) > _MAX_JTI:
-        raise invalid_client(f"the assertion needs a jti of 1 to {_MAX_JTI} characters")
+    if not isinstance(jti, str) or not jti or len(jti) > _MAX_JTI or not jti.isprintable():
+        raise invalid_client(f"the assertion needs a jti of 1 to {_MAX_JTI} printable characters")
     return VerifiedAssertion(assertion.client_id, jti, float(exp) + SKEW_SECONDS)

@@ -26,6 +26,7 @@ from gateway.auth.assertions import (
     read_assertion,
     verify_assertion,
 )
+from gateway.auth.clients import ClientNameError, check_client_name
 from gateway.auth.jwks import KeySetError, KeySets
 from gateway.auth.scopes import grant_scopes
 from gateway.auth.tokens import hash_token, new_access_token
@@ -82,6 +83,12 @@ class TokenIssuer:
         if "client_id" in form and form["client_id"] != assertion.client_id:
             raise invalid_client("client_id differs from the assertion's iss")
         now = self._now()
+        try:
+            # Only a name a client can have is looked up (a NUL, which PostgreSQL's text cannot
+            # hold, made an anonymous request a 500).
+            check_client_name(assertion.client_id)
+        except ClientNameError:
+            raise invalid_client("the client is unknown, not active, or has no registered keys") from None
         client = self.store.client_by_name(assertion.client_id)
         if client is None or not client.active(datetime.fromtimestamp(now, UTC)) or not client.jwks:
             raise invalid_client("the client is unknown, not active, or has no registered keys")

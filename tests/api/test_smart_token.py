@@ -135,6 +135,11 @@ async def test_refusals_are_oauth_errors_that_never_echo_the_assertion(store_url
             (token_form(assertion("emr", TOKEN_URL, now), scope="admin"), 400, "invalid_scope"),
             ({**token_form(assertion("emr", TOKEN_URL, now)), "grant_type": "password"}, 400,
              "unsupported_grant_type"),
+            # No client name holds a NUL (PostgreSQL's text cannot: an anonymous 500 with its stack logged)
+            (token_form(assertion("em\x00r", TOKEN_URL, now, sub="em\x00r")), 401, "invalid_client"),
+            (token_form(assertion("e" * 5000, TOKEN_URL, now, sub="e" * 5000)), 401, "invalid_client"),
+            # ... nor a jti, which the store keeps against replays
+            (token_form(assertion("emr", TOKEN_URL, now, jti="j\x00ti")), 401, "invalid_client"),
         ]
         for form, status, error in cases:
             response = await get_token(client, form)
