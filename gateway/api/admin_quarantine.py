@@ -62,7 +62,8 @@ def _item(held: QuarantinedRecord, *, with_body: bool = False) -> dict[str, Any]
 async def list_quarantine(
     request: Request,
     principal: Admin,
-    source: str | None = None,
+    # A source's name (what the configuration allows), never free text for the store.
+    source: Annotated[str | None, Query(pattern="^[A-Za-z0-9_-]{1,64}$")] = None,
     status: Annotated[str, Query(pattern="^(held|replayed|discarded|all)$")] = "held",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     after: Annotated[int, Query(ge=0, le=_ROW_ID)] = 0,

@@ -36,3 +36,13 @@ async def test_record_numbers_past_any_row_id_are_a_400_not_an_overflow(api_on: 
     largest = str(2**63 - 1)
     assert (await admin.get("/admin/quarantine", params={"after": largest})).status_code == 200
     assert (await admin.get(f"/admin/quarantine/{largest}")).status_code == 404
+
+
+async def test_a_source_filter_that_no_source_name_can_be_is_a_400_not_a_store_error(api_on: ApiHarness) -> None:
+    # PostgreSQL's text holds no NUL: the filter reached the store and failed there (a 500).
+    admin = api_on.with_scopes("admin")
+    for source in ("ch\x00t", "x" * 65, "a b"):
+        listed = await admin.get("/admin/quarantine", params={"source": source})
+        assert listed.status_code == 400, listed.text
+        assert listed.json()["issue"][0]["expression"] == ["query.source"]
+    assert (await admin.get("/admin/quarantine", params={"source": "cht_2-b"})).status_code == 200

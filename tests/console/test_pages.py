@@ -513,3 +513,12 @@ async def test_with_the_console_off_there_is_no_console(tmp_path: Path) -> None:
         for path in ("/console", "/console/login", "/console/static/htmx.min.js"):
             answer = await client.get(path)
             assert answer.status_code == 404 and answer.json()["resourceType"] == "OperationOutcome"
+
+
+@pytest.mark.parametrize("path", ["/console/messages?patient=p%001", "/console/messages?channel=cht%00",
+                                  "/console/live/messages?patient=%1b", "/console/quarantine?source=ch%00t"])
+async def test_a_filter_holding_a_control_character_is_a_400_page(logged_in: Harness, path: str) -> None:
+    """Names and ids hold none; on PostgreSQL a NUL reached the store and failed the page with a 500."""
+    answer = await logged_in.console.get(path)
+    assert answer.status_code == 400, answer.text[:300]
+    assert "control character" in answer.text

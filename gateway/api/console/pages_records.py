@@ -40,10 +40,18 @@ def _int(value: str | None) -> int | None:
     return int(value) if value and value.isascii() and value.isdigit() and len(value) < 19 else None
 
 
+def _plain(value: str, field: str) -> str:
+    """A filter value, refused (400) if it holds a control character: no name or id does, and the
+    store's text (PostgreSQL's) cannot hold a NUL."""
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ConsoleError(400, f"{field}: a control character is no part of any name or id")
+    return value
+
+
 def message_filter(request: Request) -> tuple[MessageFilter, dict[str, str]]:
     """The search form's filter, and its values to show back in the form."""
     params = request.query_params
-    form = {name: params.get(name, "").strip()[:200]
+    form = {name: _plain(params.get(name, "").strip()[:200], name)
             for name in ("channel", "kind", "status", "patient", "since", "until")}
     where = MessageFilter(
         channel=form["channel"] or None,
@@ -82,7 +90,7 @@ async def quarantine(request: Request) -> Response:
     """Held (or replayed, discarded) records, oldest first, by source."""
     await login(request)
     ctx = ctx_of(request)
-    source = request.query_params.get("source") or None
+    source = _plain(request.query_params.get("source", ""), "source") or None
     status = request.query_params.get("status") or "held"
     if status not in _STATUSES:
         status = "held"
