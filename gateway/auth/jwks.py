@@ -152,6 +152,9 @@ class KeySets:
         self._max_bytes = max_bytes
         # url -> (fetched at, good until, keys)
         self._cache: dict[str, tuple[float, float, list[dict[str, Any]]]] = {}
+        # url -> (failed at, why): not fetched again for refetch_seconds
+        self._failed: dict[str, tuple[float, KeySetError]] = {}
+        self._fetching: set[str] = set()  # urls being fetched now (by one request)
         self._lock = threading.Lock()
 
     def keys(self, jwks: Mapping[str, Any], *, refresh: bool = False) -> list[dict[str, Any]]:
@@ -161,19 +164,42 @@ class KeySets:
             keys = jwks.get("keys")
             return [dict(key) for key in keys if isinstance(key, Mapping)] if isinstance(keys, list) else []
         now = self._now()
+        # Anyone may name a client in an assertion, so a fetch is never repeated at a request's
+        # bidding: one request at a time fetches a set (others meanwhile use the keys fetched
+        # before, or are refused at once rather than each holding a worker thread until the
+        # timeout), and a failure stands for refetch_seconds as a fetch does for an unknown kid.
         with self._lock:
             cached = self._cache.get(url)
-        if cached is not None:
-            fetched, until, keys = cached
-            if now < until and not (refresh and now - fetched >= self._refetch_seconds):
-                return keys
-        body, max_age = self._fetch(check_jwks_uri(url))
-        keys = self._parse(body)
+            if cached is not None:
+                fetched, until, keys = cached
+                if now < until and not (refresh and now - fetched >= self._refetch_seconds):
+                    return keys
+            failed = self._failed.get(url)
+            if failed is not None and now - failed[0] < self._refetch_seconds:
+                raise KeySetError(failed[1].diagnostics)
+            if url in self._fetching:
+                if cached is not None:
+                    return cached[2]
+                raise KeySetError("the client's key set is being fetched; try again in a moment")
+            self._fetching.add(url)
+        try:
+            body, max_age = self._fetch(check_jwks_uri(url))
+            keys = self._parse(body)
+        except KeySetError as exc:
+            with self._lock:
+                if len(self._failed) > 1000:
+                    self._failed.clear()
+                self._failed[url] = (now, exc)
+            raise
+        finally:
+            with self._lock:
+                self._fetching.discard(url)
         ttl = self._cache_seconds if max_age is None else min(self._cache_seconds, max_age)
         with self._lock:
             if len(self._cache) > 1000:
                 self._cache.clear()
             self._cache[url] = (now, now + ttl, keys)
+            self._failed.pop(url, None)
         return keys
 
     @staticmethod

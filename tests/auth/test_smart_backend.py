@@ -8,6 +8,10 @@ assertions are signed with joserfc, independent of the pyjwt the gateway verifie
 from __future__ import annotations
 
 import base64
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -366,6 +370,64 @@ def test_a_jwks_uri_that_times_out_refuses_the_client(store: ClientRegistry, clo
     respx.get(JWKS_URL).mock(side_effect=httpx.ConnectTimeout("timed out"))
     error = refusal(issuer(store, clock), token_form(assertion("emr", TOKEN_URL, clock.now)))
     assert error.error == "invalid_client" and "ConnectTimeout" in error.diagnostics
+
+
+@respx.mock
+def test_a_jwks_uri_that_fails_is_not_fetched_again_for_every_request(store: ClientRegistry, clock: Clock) -> None:
+    """Anyone can name a client in an assertion: while its key server fails (or hangs until the
+    timeout), each anonymous token request made the gateway fetch the set again, holding a worker
+    thread for the timeout (60 such requests stalled every search for 6 s)."""
+    register(store, clock, jwks={"jwks_uri": JWKS_URL})
+    route = respx.get(JWKS_URL).mock(return_value=httpx.Response(503))
+    issue = issuer(store, clock)
+    for _ in range(5):
+        error = refusal(issue, token_form(assertion("emr", TOKEN_URL, clock.now)))
+        assert error.error == "invalid_client" and "503" in error.diagnostics
+    assert route.call_count == 1
+    clock.now += 10
+    route.mock(return_value=httpx.Response(200, json=public_jwks(rsa_key())))
+    assert issue.issue(token_form(assertion("emr", TOKEN_URL, clock.now)), TOKEN_URL).access_token
+    assert route.call_count == 2
+
+
+def test_a_jwks_uri_is_fetched_by_one_request_at_a_time(clock: Clock) -> None:
+    """Requests that come while the set is being fetched do not fetch it too, nor wait for it:
+    they use the keys fetched before, or are refused at once."""
+    started, release = threading.Event(), threading.Event()
+    fetches: list[str] = []
+
+    def slow_fetch(url: str) -> tuple[bytes, float | None]:
+        fetches.append(url)
+        started.set()
+        assert release.wait(10)
+        return json.dumps(public_jwks(rsa_key())).encode(), None
+
+    key_sets = KeySets(fetch=slow_fetch, now=clock)
+    registered = {"jwks_uri": JWKS_URL}
+
+    def in_background() -> list[dict[str, Any]]:
+        with ThreadPoolExecutor(1) as pool:
+            future = pool.submit(key_sets.keys, registered)
+            assert started.wait(10)
+            waited = time.monotonic()
+            with pytest.raises(KeySetError):
+                key_sets.keys(registered)  # nothing fetched yet: refused at once
+            assert time.monotonic() - waited < 1
+            release.set()
+            return future.result(10)
+
+    first = in_background()
+    assert [key["kid"] for key in first] == ["rsa-1"] and len(fetches) == 1
+    clock.now += 301  # expired: the next request fetches again; one arriving meanwhile gets the old keys
+    started.clear()
+    release.clear()
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(key_sets.keys, registered)
+        assert started.wait(10)
+        assert key_sets.keys(registered) == first
+        release.set()
+        future.result(10)
+    assert len(fetches) == 2
 
 
 def test_registration_refuses_key_sets_that_cannot_work() -> None:
