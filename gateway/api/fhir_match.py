@@ -54,12 +54,15 @@ async def match(request: Request) -> Response:
     check_content_type(request)
     body = parse_json(await read_body(request, ctx.settings.max_body_bytes), max_depth=ctx.settings.max_json_depth)
     resource, only_certain, count = _parameters(body)
-    found = await ctx.query(_match, engine, resource, only_certain, count)
+    found = await ctx.query(_match, engine, resource, only_certain)
     policy = row_filter(request, principal)
     ids = [pid for pid, _ in found]
     if policy is not None and policy.applies_to("Patient"):
         visible = await ctx.query(ctx.store.visible, policy, "Patient", ids)
         found = [(pid, c) for pid, c in found if pid in visible]
+    # ``count`` of what the client may see: cut before the policy's filter, hidden matches took
+    # places, and an answer shorter than asked told the client someone hidden matched its guess.
+    found = found[:count]
     stored = {res.id: res for res in await ctx.query(ctx.store.read_many, [("Patient", pid) for pid, _ in found])}
     resources = shown(principal, [stored[pid] for pid, _ in found if pid in stored])
     note_patients(request, resources, ctx.settings.audit.max_entities)
@@ -88,11 +91,10 @@ async def match(request: Request) -> Response:
     return fhir_response(jsonio.dumps(bundle), media_type=media)
 
 
-def _match(
-    engine: IdentityEngine, resource: dict[str, Any], only_certain: bool, count: int
-) -> list[tuple[str, Comparison]]:
+def _match(engine: IdentityEngine, resource: dict[str, Any], only_certain: bool) -> list[tuple[str, Comparison]]:
+    """The matches of the wanted grades, best first (up to MAX_COUNT)."""
     wanted = {Grade.CERTAIN} if only_certain else {Grade.CERTAIN, Grade.PROBABLE, Grade.POSSIBLE}
-    return [(pid, c) for pid, c in engine.match(resource, MAX_COUNT) if c.grade in wanted][:count]
+    return [(pid, c) for pid, c in engine.match(resource, MAX_COUNT) if c.grade in wanted]
 
 
 def _score(engine: IdentityEngine, comparison: Comparison) -> float:

@@ -282,3 +282,30 @@ async def test_a_record_without_a_given_name_is_not_linked_to_a_twin_automatical
     assert _linked(await _patient(gw, named)) == [] and _linked(await _patient(gw, unnamed)) == []
     tasks = (await gw.fhir.get("/fhir/Task", params={"code": f"urn:chw-gateway:task|{REVIEW_TASK_CODE}"})).json()
     assert tasks.get("total") == 1
+
+
+async def test_match_counts_only_the_patients_the_clients_policy_shows(gw: Harness) -> None:
+    """``count`` is the number of matches the client may see: the best ones it is shown. The count
+    was taken before the policy's filter, so a hidden better match took a place and the client got
+    fewer answers than it asked for (an empty answer while a visible match exists), which told it
+    that someone it may not see matched its guess."""
+    writer = gw.client("system/Patient.cruds")
+    hidden = {"resourceType": "Patient", "name": [{"family": "Menard", "given": ["Wilfrid"]}], "gender": "male",
+              "birthDate": "1979-08-21", "telecom": [{"system": "phone", "value": "+509 37 00 00 00"}]}
+    shown = {"resourceType": "Patient", "name": [{"family": "Menard", "given": ["Wilson"]}], "gender": "male",
+             "birthDate": "1979"}
+    hidden_id = (await writer.post("/fhir/Patient", json=hidden, headers=FHIR)).json()["id"]
+    shown_id = (await writer.post("/fhir/Patient", json=shown, headers=FHIR)).json()["id"]
+    probe = {"resourceType": "Patient", "name": [{"family": "Menard", "given": ["Wilfrid"]}], "gender": "male",
+             "birthDate": "1979-08-21"}
+    everyone = (await gw.client("system/Patient.rs").post(
+        "/fhir/Patient/$match", json=_match_body(probe, count=5), headers=FHIR)).json()
+    ranked = [e["resource"]["id"] for e in everyone["entry"]]
+    assert ranked[:2] == [hidden_id, shown_id], ranked  # the hidden one is the better match
+    token = make_token(gw.store, ("system/Patient.rs",), name="one-patient-emr")
+    assert gw.store.set_client_policy("one-patient-emr", {"patients": [f"Patient/{shown_id}"]})
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gw.app), base_url="http://gateway.test",
+                                 headers={"Authorization": f"Bearer {token}"}) as limited:
+        answer = (await limited.post("/fhir/Patient/$match", json=_match_body(probe, count=1), headers=FHIR)).json()
+    assert [e["resource"]["id"] for e in answer["entry"]] == [shown_id]
+    assert answer["total"] == 1 and hidden_id not in json.dumps(answer)
