@@ -191,6 +191,10 @@ def _positive(value: Any, name: str) -> int | None:
     return value
 
 
+#: Characters of one header value (servers commonly refuse a header block past 8 KB).
+_MAX_HEADER_VALUE = 4096
+
+
 def _headers(values: Any) -> dict[str, str]:
     if values is None:
         return {}
@@ -205,7 +209,13 @@ def _headers(values: Any) -> dict[str, str]:
             raise invalid("each header must be 'Name: value'", [f"Subscription.channel.header[{index}]"])
         if name.lower() in ("host", "content-length", "content-type", "transfer-encoding"):
             raise invalid(f"the {name} header is set by the server", [f"Subscription.channel.header[{index}]"])
-        headers[name] = text.strip()
+        text = text.strip()
+        if len(text) > _MAX_HEADER_VALUE or not all(" " <= c <= "~" or c == "\t" for c in text):
+            # What HTTP can send (RFC 9110 5.5: visible ASCII, space, tab): anything else failed every
+            # notification in the connector, as the delivery engine's internal error.
+            raise invalid(f"a header value is at most {_MAX_HEADER_VALUE} characters of visible ASCII, spaces and"
+                          " tabs", [f"Subscription.channel.header[{index}]"])
+        headers[name] = text
     return headers
 
 

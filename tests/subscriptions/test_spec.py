@@ -26,7 +26,12 @@ def test_defaults_and_headers() -> None:
     assert spec.content == "id-only" and spec.headers == {"X-Key": "abc"} and spec.heartbeat_period is None
 
 
-@pytest.mark.parametrize("header", ["no colon", "Host: evil.test", "Bad Name: x"])
+@pytest.mark.parametrize("header", [
+    "no colon", "Host: evil.test", "Bad Name: x",
+    # HTTP sends field values as visible ASCII: httpx cannot encode these, and each notification
+    # died as the delivery engine's "internal_error" with an ERROR log line (UnicodeEncodeError)
+    "Authorization: Bearer \u00e9t\u00e9", "X-Key: a\x00b", "X-Key: a\rb", "X-Key: " + "v" * 9000,
+])
 def test_headers_the_server_owns_or_cannot_send_are_refused(header: str) -> None:
     with pytest.raises(FhirError) as caught:
         read_spec(subscription("new-patient", "https://emr.test/hook", headers=[header]), PARSER)
