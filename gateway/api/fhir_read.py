@@ -24,6 +24,7 @@ from gateway.search import (
     SearchError,
     SearchQuery,
     date_range,
+    encode_cursor,
     non_negative_int,
 )
 from gateway.store import SearchResult, StoredResource, is_golden, linked_ids
@@ -320,7 +321,9 @@ async def _search(request: Request, rtype: str, items: list[tuple[str, str]]) ->
     result.resources, result.included = shown(principal, result.resources), shown(principal, result.included)
     base = base_url(request)
     links = bundles.page_links(f"{base}/{rtype}", query.used, query.count, query.offset, result.total,
-                               len(result.resources), result.snapshot, paged=query.summary != "count")
+                               len(result.resources), result.snapshot, paged=query.summary != "count",
+                               cursor=query.cursor, more=result.more,
+                               after=None if result.after is None else encode_cursor(*result.after))
     transform = _subsetted(query, [*result.resources, *result.included])
     outcome = None
     if query.warnings:

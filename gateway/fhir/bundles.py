@@ -112,23 +112,35 @@ def page_links(
     snapshot: int | None,
     *,
     paged: bool = True,
+    cursor: str | None = None,
+    after: str | None = None,
+    more: bool | None = None,
 ) -> list[tuple[str, str]]:
     """A page's ``self`` link and, when there are more, its ``next`` and ``previous`` links
-    (none when not ``paged``: ``_summary=count`` has no pages, only a total)."""
+    (none when not ``paged``: ``_summary=count`` has no pages, only a total).
+
+    ``cursor`` is the ``_cursor`` this page was read after (it belongs in ``self``), ``after`` the one
+    the next page starts after: ``next`` carries it, so the next page starts after this page's last
+    match wherever deletions meanwhile moved it (``_offset`` stays, for ``previous``). ``more``: a
+    page read after a cursor knows whether a match follows; its offset no longer tells.
+    """
     params = [(k, v) for k, v in used if k != "_count"]
 
-    def link(at: int) -> str:
+    def link(at: int, start: str | None) -> str:
         extra = [("_count", str(count)), ("_offset", str(at))]
         if snapshot is not None:
             extra.append(("_snapshot", str(snapshot)))
+        if start is not None:
+            extra.append(("_cursor", start))
         return f"{url}?{urlencode(params + extra)}"
 
-    links = [("self", link(offset))]
+    links = [("self", link(offset, cursor))]
     if not paged:
         return links
-    more = offset + count < total if total is not None else page_len >= count > 0
+    if more is None:
+        more = offset + count < total if total is not None else page_len >= count > 0
     if more and count > 0:
-        links.append(("next", link(offset + count)))
+        links.append(("next", link(offset + count, after)))
     if offset > 0 and count > 0:
-        links.append(("previous", link(max(0, offset - count))))
+        links.append(("previous", link(max(0, offset - count), None)))
     return links

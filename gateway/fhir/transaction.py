@@ -42,6 +42,7 @@ from gateway.search import (
     RowFilter,
     SearchAccess,
     SearchError,
+    encode_cursor,
     format_instant,
 )
 from gateway.store import PreparedWrite, ResourceStore, StoredResource, StoreReads, StoreTransaction
@@ -588,7 +589,9 @@ class _Processor:
         if query.warnings:
             outcome = outcome_of([issue("not-supported", w, severity="warning") for w in query.warnings])
         links = bundles.page_links(f"{self.base}/{e.rtype}", query.used, query.count, query.offset, result.total,
-                                   len(result.resources), result.snapshot, paged=query.summary != "count")
+                                   len(result.resources), result.snapshot, paged=query.summary != "count",
+                                   cursor=query.cursor, more=result.more,
+                                   after=None if result.after is None else encode_cursor(*result.after))
         searchset = jsonio.loads(bundles.searchset(self.base, result.resources, total=result.total, links=links,
                                                    included=result.included, outcome=outcome, transform=transform))
         return {"resource": searchset, "response": {"status": "200 OK"}}

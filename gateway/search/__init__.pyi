@@ -37,10 +37,13 @@ from .query import QueryParser as QueryParser
 from .query import SearchError as SearchError
 from .query import SearchLimits as SearchLimits
 from .query import SearchQuery as SearchQuery
+from .query import decode_cursor as decode_cursor
+from .query import encode_cursor as encode_cursor
 from .query import non_negative_int as non_negative_int
 from .registry import SearchRegistry as SearchRegistry
 from .registry import default_registry as default_registry
 from .sql import DateSortPlan as DateSortPlan
+from .sql import anchor_sql as anchor_sql
 from .sql import capped_count_sql as capped_count_sql
 from .sql import closed_window as closed_window
 from .sql import code_system_sql as code_system_sql

@@ -8,11 +8,15 @@ parameters are reported back as warnings, or raise in strict handling mode.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, localcontext
+from typing import Any
 
+from gateway import jsonio
 from gateway.errors import FhirError, RequestError
 from gateway.r4 import RESOURCE_TYPES
 from gateway.search.access import TRUSTED, SearchAccess
@@ -37,7 +41,7 @@ MODIFIERS = {
 }
 RESULT_PARAMS = {
     "_count", "_offset", "_sort", "_total", "_summary", "_elements", "_include",
-    "_revinclude", "_format", "_pretty", "_snapshot",
+    "_revinclude", "_format", "_pretty", "_snapshot", "_cursor",
 }  # fmt: skip
 SUMMARY_VALUES = {"true", "false", "count", "text", "data"}
 _NUMBER_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
@@ -175,6 +179,11 @@ class SearchQuery:
     count: int = 20
     offset: int = 0
     snapshot: int | None = None
+    # ``_cursor`` of a ``next`` link: the last match of the page before, as (row id, its sort keys'
+    # values); the page starts after it (keyset paging), so matches read already that are deleted
+    # or edited away meanwhile do not move the later ones. ``cursor`` is the link's text.
+    after: tuple[int, tuple[Any, ...]] | None = None
+    cursor: str | None = None
     # none | estimate | accurate. A parsed request without ``_total`` gets ``estimate``: exact up to
     # ``total_cap`` matches, absent above (a count of every match grows with the store).
     total: str = "accurate"
@@ -289,6 +298,8 @@ class QueryParser:
                 continue
             query.criteria.append(criterion)
             query.used.append((key, raw))
+        if query.cursor is not None:
+            query.after = decode_cursor(query.cursor, query.sort)
         return query
 
     def _authorise(self, query: SearchQuery, access: SearchAccess) -> None:
@@ -463,6 +474,8 @@ class QueryParser:
             query.offset = non_negative_int(raw, key)
         elif key == "_snapshot":
             query.snapshot = non_negative_int(raw, key)
+        elif key == "_cursor":
+            query.cursor = raw  # decoded once the sort keys it holds values of are known
         elif key == "_total":
             if raw not in ("none", "estimate", "accurate"):
                 raise SearchError("_total must be none, estimate or accurate", key)
@@ -512,7 +525,7 @@ class QueryParser:
         else:
             self._unknown(query, key, f"unsupported result parameter {key!r}", strict)
             return
-        if key not in ("_offset", "_snapshot", "_format", "_pretty"):
+        if key not in ("_offset", "_snapshot", "_cursor", "_format", "_pretty"):
             query.used.append((key, raw))
 
     def _sort_key(self, rtype: str, key: str) -> SortKey:
@@ -524,6 +537,41 @@ class QueryParser:
         if param is None or param.path is None:
             raise SearchError(f"cannot sort {rtype} by {code!r}", "_sort", "not-supported")
         return SortKey(code, param, descending)
+
+
+#: sort keys whose values are numbers in the index (the others are text)
+_NUMERIC_SORT = frozenset({"date", "number"})
+
+
+def encode_cursor(rid: int, keys: Sequence[Any]) -> str:
+    """The ``_cursor`` of a ``next`` link: a page's last match (its row id and sort key values)."""
+    return base64.urlsafe_b64encode(jsonio.dumps([rid, list(keys)])).decode("ascii").rstrip("=")
+
+
+def decode_cursor(raw: str, sort: Sequence[SortKey]) -> tuple[int, tuple[Any, ...]]:
+    """A ``_cursor`` as (row id, key values), each value checked against its sort key's type (a
+    value of another type could not be compared in SQL); 400 when it is not one this server made."""
+    try:
+        data = jsonio.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    except (ValueError, binascii.Error):
+        data = None
+    if not (isinstance(data, list) and len(data) == 2 and isinstance(data[1], list)):
+        raise SearchError("_cursor is not a cursor of this server's paging links", "_cursor")
+    rid, values = data
+    if type(rid) is not int or rid < 0 or len(values) != len(sort):
+        raise SearchError("_cursor does not belong to this search's paging links", "_cursor")
+    keys: list[Any] = []
+    for key, value in zip(sort, values, strict=True):
+        numeric = key.code == "_lastUpdated" or (key.param is not None and key.param.table in _NUMERIC_SORT)
+        if value is None and key.param is not None:  # a resource without the key (never _id/_lastUpdated)
+            keys.append(None)
+        elif numeric and isinstance(value, int | float) and not isinstance(value, bool):
+            keys.append(float(value))
+        elif not numeric and isinstance(value, str) and "\x00" not in value:
+            keys.append(value)
+        else:
+            raise SearchError("_cursor does not belong to this search's paging links", "_cursor")
+    return rid, tuple(keys)
 
 
 # Integers from URLs (paging, versions) this long are past any row and would overflow SQL integers.

@@ -263,20 +263,26 @@ def _probe(c: Criterion, alias: str, *, per_row: bool = False) -> tuple[str, Par
     return f"{base} AND ({' OR '.join(ors)}){tail}", params
 
 
-def page_sql(query: SearchQuery, columns: str, *, few: bool = False) -> tuple[str, Params]:
+def page_sql(query: SearchQuery, columns: str, *, few: bool = False, anchor: bool = False) -> tuple[str, Params]:
     """SQL for one page of matches, in the requested order; ``few``: the matches are known to be
-    few (sorting them all is cheap; walking the row-id index in order is not)."""
+    few (sorting them all is cheap; walking the row-id index in order is not); ``anchor``: each
+    row of a sorted page ends with its row id and sort key values (``anchor_columns``)."""
     matched, matched_params = match_set(query)
     rest, _ = _resource_filters(query, "r")
+    floor = rid_floor(query)
     if matched and not rest and not query.sort:
         # Default order is by row id, which the match set already yields: page the ids
         # first and read only the resources on this page.
-        snapshot = ""
+        bounds: list[str] = []
         params = list(matched_params)
         if query.snapshot is not None:
             # "+ 0": the snapshot bound must not lure SQLite into walking the whole row-id index.
-            snapshot = " WHERE p.rid + 0 <= ?"
+            bounds.append("p.rid + 0 <= ?")
             params.append(query.snapshot)
+        if floor is not None:
+            bounds.append("p.rid + 0 > ?")
+            params.append(floor)
+        snapshot = f" WHERE {' AND '.join(bounds)}" if bounds else ""
         sql = (
             f"SELECT {columns} FROM resources r WHERE r.rid IN (SELECT p.rid FROM ({matched}) p{snapshot}"
             " ORDER BY p.rid LIMIT ? OFFSET ?) ORDER BY r.rid"
@@ -284,9 +290,110 @@ def page_sql(query: SearchQuery, columns: str, *, few: bool = False) -> tuple[st
         return sql, [*params, query.count, query.offset]
     few = few and not query.sort
     where, params = where_clause(query, few=few)
+    if floor is not None:
+        where, params = f"{where} AND r.rid > ?", [*params, floor]
+    after = keyset_sql(query)
+    if after is not None:
+        where, params = f"{where} AND {after[0]}", [*params, *after[1]]
     order, order_params = ("r.rid + 0", []) if few else order_by(query)
-    sql = f"SELECT {columns} FROM resources r WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?"
-    return sql, [*params, *order_params, query.count, query.offset]
+    extra, extra_params = anchor_columns(query) if anchor else ("", [])
+    sql = f"SELECT {columns}{extra} FROM resources r WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?"
+    return sql, [*extra_params, *params, *order_params, query.count, query.offset]
+
+
+def _rows_after(query: SearchQuery, table: str, column: str, alias: str) -> tuple[str, Params]:
+    """For a page of a ``_cursor`` sorted by one date or string key: the condition (" AND …") keeping
+    the index rows ``alias`` of an index walk in that key's order that come after the cursor, of
+    resources whose own key (their first row in the walk) comes after it too: a resource with a value
+    before the cursor and another after it was read already. "" without a cursor."""
+    if query.after is None or len(query.sort) != 1:
+        return "", []
+    rid, (value,) = query.after
+    if value is None:  # the cursor is among the resources without the key: no key comes after it
+        return " AND 1 = 0", []
+    beyond, before = ("<", ">") if query.sort[0].descending else (">", "<")
+    code = query.sort[0].param.code if query.sort[0].param is not None else ""
+    sql = (
+        f" AND ({alias}.{column} {beyond} ? OR ({alias}.{column} = ? AND {alias}.rid {beyond} ?))"
+        f" AND NOT EXISTS (SELECT 1 FROM {table} e0 WHERE e0.rid = {alias}.rid AND e0.param = ?"
+        f" AND (e0.{column} {before} ? OR (e0.{column} = ? AND e0.rid {before}= ?)))"
+    )
+    return sql, [value, value, rid, code, value, value, rid]
+
+
+def _keys_after(query: SearchQuery, key: str, rid_column: str) -> tuple[str, Params]:
+    """For a page of a ``_cursor`` sorted by one key: " WHERE …" keeping the rows (sort key value
+    ``key``, row id ``rid_column``) after the cursor in ``date_sort_plan``'s sorted matches' order
+    (as ``keyset_sql`` for ``order_by``'s); "" without a cursor."""
+    if query.after is None or len(query.sort) != 1:
+        return "", []
+    rid, (value,) = query.after
+    last = query.sort[0]
+    if value is None:
+        later = "<" if last.descending and not _nulls_ascending(last) else ">"
+        return f" WHERE {key} IS NULL AND {rid_column} {later} ?", [rid]
+    beyond = "<" if last.descending else ">"
+    return (f" WHERE ({key} {beyond} ? OR {key} IS NULL OR ({key} = ? AND {rid_column} {beyond} ?))",
+            [value, value, rid])
+
+
+def _nulls_ascending(key: SortKey) -> bool:
+    """Whether resources without sort key ``key`` tie by row id ascending in either direction: all
+    but a date's (``date_sort_plan``'s sorted matches put those in the key's direction)."""
+    return key.param is not None and key.param.table != "date"
+
+
+def rid_floor(query: SearchQuery) -> int | None:
+    """The row id an unsorted page of a ``_cursor`` starts after (results come in row-id order)."""
+    return query.after[0] if query.after is not None and not query.sort else None
+
+
+def keyset_sql(query: SearchQuery, alias: str = "r") -> tuple[str, Params] | None:
+    """For a sorted page of a ``_cursor``: the condition that a resource comes after the cursor's
+    resource in ``order_by``'s order (each key in its direction with missing values last, then the
+    row id), built from the values the cursor holds rather than the resource, which may be gone."""
+    if query.after is None or not query.sort:
+        return None
+    rid, values = query.after
+    last = query.sort[-1]
+    # order_by's last tie-break: the row id, descending after a descending key (but among resources
+    # without a key other than a date).
+    descending = last.descending and not (values[-1] is None and _nulls_ascending(last))
+    cond, params = (f"{alias}.rid < ?" if descending else f"{alias}.rid > ?"), [rid]
+    for key, value in reversed(list(zip(query.sort, values, strict=True))):
+        expr, expr_params = _sort_expr(query.rtype, key, alias)
+        if value is None:  # missing values sort last: only other resources without the key follow
+            cond, params = f"({expr} IS NULL AND {cond})", [*expr_params, *params]
+            continue
+        beyond = f"{expr} {'<' if key.descending else '>'} ?"
+        if key.param is not None:
+            beyond = f"({beyond} OR {expr} IS NULL)"
+        cond = f"({beyond} OR ({expr} = ? AND {cond}))"
+        params = [*expr_params, value, *(expr_params if key.param is not None else []), *expr_params, value, *params]
+    return cond, params
+
+
+def anchor_columns(query: SearchQuery, alias: str = "r") -> tuple[str, Params]:
+    """Columns to add after a sorted page's row columns: each sort key's value (what the page's last
+    row gives the next page's ``_cursor``); "" for an unsorted page (its row id suffices)."""
+    sql: list[str] = []
+    params: Params = []
+    for key in query.sort:
+        expr, expr_params = _sort_expr(query.rtype, key, alias)
+        sql.append(f", {expr}")
+        params.extend(expr_params)
+    return "".join(sql), params
+
+
+def anchor_sql(query: SearchQuery, rid: int) -> tuple[str, Params]:
+    """SQL reading the sort key values of resource row ``rid`` (a page's last match, for its cursor)."""
+    exprs: list[str] = []
+    params: Params = []
+    for key in query.sort:
+        expr, expr_params = _sort_expr(query.rtype, key, "r")
+        exprs.append(expr)
+        params.extend(expr_params)
+    return f"SELECT {', '.join(exprs)} FROM resources r WHERE r.rid = ?", [*params, rid]
 
 
 def rid_walk_sql(query: SearchQuery, *, steer: bool = False) -> tuple[str, Params] | None:
@@ -309,14 +416,16 @@ def rid_walk_sql(query: SearchQuery, *, steer: bool = False) -> tuple[str, Param
     if visible_rids(query.policy, query.rtype) is not None:
         return None
     ors: list[str] = []
-    params: Params = [query.snapshot if query.snapshot is not None else 2**62, query.rtype, c.param.code]
+    # The walk's row-id range: (floor, snapshot], the floor a ``_cursor``'s (0 without one).
+    params: Params = [query.snapshot if query.snapshot is not None else 2**62, rid_floor(query) or 0, query.rtype,
+                      c.param.code]
     for value in c.values:
         cond, cond_params = _value_sql(c, value)
         ors.append(cond)
         params.extend(cond_params)
     table = TABLES[c.param.table]
     source = f"{table} x INDEXED BY {table}_rid" if steer else f"{table} x"
-    sql = (f"SELECT x.rid FROM {source} WHERE x.rid <= ? AND x.rtype = ? AND x.param = ?"
+    sql = (f"SELECT x.rid FROM {source} WHERE x.rid <= ? AND x.rid > ? AND x.rtype = ? AND x.param = ?"
            f" AND ({' OR '.join(ors)}) ORDER BY x.rid LIMIT ?")
     return sql, params
 
@@ -527,16 +636,24 @@ def date_sort_walk(query: SearchQuery, *, steer: bool = False) -> tuple[str, Par
     if key.param.table == "string":  # the first value seen in sort order is MIN (ascending) or MAX
         column = "norm"
     snapshot, snapshot_params = ("", []) if query.snapshot is None else (" AND d.rid <= ?", [query.snapshot])
+    after, after_params = _rows_after(query, table, column, "d")
     among = "" if every else f" AND d.rid{' + 0' if steer else ''} IN ({matched})"
-    walk = (
-        f"SELECT d.rid FROM {table} d WHERE d.rtype = ? AND d.param = ?{among}{snapshot}"
+    walk = (  # the key column too: a resource's first row in the walk holds its sort key (a cursor's)
+        f"SELECT d.rid, d.{column} FROM {table} d WHERE d.rtype = ? AND d.param = ?{among}{snapshot}{after}"
         f" ORDER BY d.{column} {direction}, d.rid {direction} LIMIT ?"
     )
-    walk_params: Params = [query.rtype, key.param.code, *([] if every else matched_params), *snapshot_params]
+    walk_params: Params = [query.rtype, key.param.code, *([] if every else matched_params), *snapshot_params,
+                           *after_params]
     snapshot_m = "" if query.snapshot is None else " AND m.rid <= ?"
+    # Without the key: by row id, descending after a descending date as ``date_sort_plan`` and
+    # ``order_by`` give them (a string's ascending either way).
+    missing_direction = "DESC" if key.descending and key.param.table == "date" else "ASC"
+    if query.after is not None and query.after[1][0] is None:  # a cursor among them: after its row id
+        snapshot_m += f" AND m.rid {'<' if missing_direction == 'DESC' else '>'} ?"
+        snapshot_params = [*snapshot_params, query.after[0]]
     missing = (
         f"SELECT m.rid FROM ({matched}) m WHERE m.rid NOT IN (SELECT e.rid FROM {table} e WHERE e.rtype = ?"
-        f" AND e.param = ?){snapshot_m} ORDER BY m.rid LIMIT ? OFFSET ?"
+        f" AND e.param = ?){snapshot_m} ORDER BY m.rid {missing_direction} LIMIT ? OFFSET ?"
     )
     missing_params: Params = [*matched_params, query.rtype, key.param.code, *snapshot_params]
     return walk, walk_params, missing, missing_params
@@ -602,14 +719,20 @@ def date_sort_plan(query: SearchQuery, cap: int) -> DateSortPlan | None:
         unbounded = "" if key.descending else _MAX_CHAR * 8
         missing_order = " (CASE WHEN bm.k IS NULL THEN bm.rid END) ASC,"
     code = key.param.code
-    snapshot: Params = [] if query.snapshot is None else [query.snapshot]
-    head = f"FROM {table} d WHERE d.rtype = ? AND d.param = ?{'' if query.snapshot is None else ' AND d.rid <= ?'}"
+    # After a ``_cursor`` every walk and bound starts after its resource (``_rows_after``).
+    after, after_params = _rows_after(query, table, column, "d")
+    snapshot: Params = [*([] if query.snapshot is None else [query.snapshot]), *after_params]
+    bounded = "" if query.snapshot is None else " AND d.rid <= ?"
+    head = f"FROM {table} d WHERE d.rtype = ? AND d.param = ?{bounded}{after}"
     order = f"ORDER BY d.{column} {direction}, d.rid {direction}"
     bound = f"SELECT d.{column} {head} {order} LIMIT 1 OFFSET ?"
     probes = [_probe(c, "d", per_row=True) for c in query.criteria]
     limit_key = f"d.{column} {'>=' if key.descending else '<='} ?"
-    walk = f"SELECT d.rid {head} AND {' AND '.join([*(p for p, _ in probes), limit_key])} {order} LIMIT ?"
+    # Each walk reads the key column too: a resource's first row holds its sort key (a cursor's).
+    walk = f"SELECT d.rid, d.{column} {head} AND {' AND '.join([*(p for p, _ in probes), limit_key])} {order} LIMIT ?"
     walk_params: Params = [query.rtype, key.param.code, *snapshot, *(v for _, ps in probes for v in ps)]
+
+    past, past_params = _keys_after(query, "bm.k", "bm.rid")
 
     def sorted_matches(driver: str, driver_params: Params, others: list[Criterion]) -> tuple[str, Params]:
         tests = [_probe(c, "b0", per_row=True) for c in others]
@@ -617,12 +740,13 @@ def date_sort_plan(query: SearchQuery, cap: int) -> DateSortPlan | None:
         conds = [t for t, _ in tests] + ([] if query.snapshot is None else ["b0.rid + 0 <= ?"])
         where = f" WHERE {' AND '.join(conds)}" if conds else ""
         sql = (
-            f"SELECT bm.rid FROM (SELECT b0.rid AS rid, (SELECT {agg}(e.{column}) FROM {table} e"
-            f" WHERE e.rid = b0.rid AND e.param = ?) AS k FROM ({driver}) b0{where}) bm"
+            f"SELECT bm.rid, bm.k FROM (SELECT b0.rid AS rid, (SELECT {agg}(e.{column}) FROM {table} e"
+            f" WHERE e.rid = b0.rid AND e.param = ?) AS k FROM ({driver}) b0{where}) bm{past}"
             f" ORDER BY (CASE WHEN bm.k IS NULL THEN 1 ELSE 0 END), bm.k {direction},{missing_order}"
             f" bm.rid {direction} LIMIT ? OFFSET ?"
         )  # resources without the key sort last, as in the walk
-        return sql, [code, *driver_params, *(v for _, ps in tests for v in ps), *snapshot]
+        snapshot_params = [] if query.snapshot is None else [query.snapshot]
+        return sql, [code, *driver_params, *(v for _, ps in tests for v in ps), *snapshot_params, *past_params]
 
     counts: list[tuple[str, Params]] = []
     by_match: list[tuple[str, Params]] = []
@@ -647,9 +771,9 @@ def date_sort_plan(query: SearchQuery, cap: int) -> DateSortPlan | None:
         counts, bound, [query.rtype, key.param.code, *snapshot, cap - 1], walk, walk_params, by_match,
         key.descending, unbounded, window,
         open_bound=f"SELECT d.rid {head} AND d.hi >= ? {order} LIMIT 1 OFFSET ?",
-        open_walk=f"SELECT d.rid {head} AND {checks} AND d.hi >= ? AND d.rid >= ? {order} LIMIT ?",
+        open_walk=f"SELECT d.rid, d.hi {head} AND {checks} AND d.hi >= ? AND d.rid >= ? {order} LIMIT ?",
         bound_below=f"SELECT d.hi {head} AND d.hi <= ? {order} LIMIT 1 OFFSET ?",
-        walk_below=f"SELECT d.rid {head} AND {checks} AND d.hi <= ? AND {limit_key} {order} LIMIT ?",
+        walk_below=f"SELECT d.rid, d.hi {head} AND {checks} AND d.hi <= ? AND {limit_key} {order} LIMIT ?",
     )
 
 
@@ -678,23 +802,24 @@ def type_walk_sql(query: SearchQuery, *, steer: bool = False) -> tuple[str, Para
     # The broad criteria (date and number ranges) first: they pass fewest rows in a walk.
     ordered = sorted((c for c in query.criteria if c is not driver), key=lambda c: 0 if not _selective(c) else 1)
     snapshot = query.snapshot if query.snapshot is not None else 2**62
+    floor = rid_floor(query) or 0  # a ``_cursor``'s page starts after its row id
     if driver is not None:
         # One system|code: its index rows (rtype, param, code, system, rid) are in row-id order,
         # and the other criteria keep a share of them (a month of one code's Observations).
         probes = [_probe(c, "w", per_row=True) for c in ordered]
         value = driver.values[0]
         assert isinstance(value, TokenValue)
-        head = "FROM idx_token w WHERE w.rtype = ? AND w.param = ? AND w.code = ? AND w.system = ?"
-        key: Params = [query.rtype, driver.param.code, value.code, value.system]
+        head = "FROM idx_token w WHERE w.rtype = ? AND w.param = ? AND w.code = ? AND w.system = ? AND w.rid > ?"
+        key: Params = [query.rtype, driver.param.code, value.code, value.system, floor]
         bound = f"SELECT w.rid {head} AND w.rid <= ? ORDER BY w.rid LIMIT 1 OFFSET ?"
         walk = f"SELECT w.rid {head} AND {' AND '.join(p for p, _ in probes)} AND w.rid <= ? ORDER BY w.rid LIMIT ?"
         return bound, [*key, snapshot], walk, [*key, *(v for _, ps in probes for v in ps)]
     probes = [_probe(c, "r", per_row=True) for c in ordered]
     source = "resources r INDEXED BY resources_type_rid" if steer else "resources r"
-    bound = f"SELECT r.rid FROM {source} WHERE r.rtype = ? AND r.rid <= ? ORDER BY r.rid LIMIT 1 OFFSET ?"
-    walk = (f"SELECT r.rid FROM {source} WHERE r.rtype = ? AND {' AND '.join(p for p, _ in probes)}"
+    bound = f"SELECT r.rid FROM {source} WHERE r.rtype = ? AND r.rid > ? AND r.rid <= ? ORDER BY r.rid LIMIT 1 OFFSET ?"
+    walk = (f"SELECT r.rid FROM {source} WHERE r.rtype = ? AND r.rid > ? AND {' AND '.join(p for p, _ in probes)}"
             " AND r.rid <= ? ORDER BY r.rid LIMIT ?")
-    return bound, [query.rtype, snapshot], walk, [query.rtype, *(v for _, ps in probes for v in ps)]
+    return bound, [query.rtype, floor, snapshot], walk, [query.rtype, floor, *(v for _, ps in probes for v in ps)]
 
 
 def selective_counts(query: SearchQuery) -> list[tuple[str, Params]]:
@@ -759,10 +884,20 @@ def order_by(query: SearchQuery, alias: str = "r") -> tuple[str, Params]:
         keys.append(f"{expr} {direction}" if key.param is None else f"{expr} {direction} NULLS LAST")
         params.extend(expr_params)
     last = query.sort[-1] if query.sort else None
-    # lastUpdated has millisecond precision; among resources written in the same millisecond the
-    # row id (write order) decides, in the same direction, so "-_lastUpdated" is newest first.
-    newest_first = last is not None and last.param is None and last.code == "_lastUpdated" and last.descending
-    keys.append(f"{alias}.rid DESC" if newest_first else f"{alias}.rid ASC")
+    # Ties go by row id in the last key's direction (lastUpdated has millisecond precision: among
+    # resources written in the same millisecond "-_lastUpdated" is newest first), as the index walks
+    # of one date or string key and ``date_sort_plan``'s sorted matches give them; resources without
+    # the key come last by row id ascending, but a date's in its direction, as those sorted matches
+    # give them. A sorted page of a ``_cursor`` is read in this order (``keyset_sql``) after a first
+    # page of theirs: it must be the same.
+    if last is not None and last.descending:
+        if _nulls_ascending(last):
+            expr, expr_params = _sort_expr(query.rtype, last, alias)
+            keys.append(f"(CASE WHEN {expr} IS NULL THEN {alias}.rid END) ASC")
+            params.extend(expr_params)
+        keys.append(f"{alias}.rid DESC")
+    else:
+        keys.append(f"{alias}.rid ASC")
     return ", ".join(keys), params
 
 

@@ -137,6 +137,10 @@ class SearchResult:
     total: int | None
     included: list[StoredResource] = field(default_factory=list)
     snapshot: int | None = None  # the store position the paging window is pinned to
+    # The ``_cursor`` of the next page (the last match's row id and sort key values), when the page is
+    # full; and, for a page read after a cursor, whether another match follows (None: not known).
+    after: tuple[int, tuple[Any, ...]] | None = None
+    more: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -29,6 +30,7 @@ from gateway.search import (
     SearchError,
     SearchQuery,
     SearchRegistry,
+    anchor_sql,
     capped_count_sql,
     closed_window,
     code_system_sql,
@@ -362,6 +364,58 @@ class SqlStore(ExportJobs, SubscriptionRows):
                 total = int(matches) if int(read) <= query.total_cap else None
         if query.count == 0 or query.summary == "count":
             return SearchResult([], total, snapshot=query.snapshot)
+        if query.after is not None:
+            return self._cursor_page(cur, query, total)
+        keys: dict[int, Any] = {}
+        rows = self._page_rows(cur, query, total, spreads, keys)
+        page = [to_resource(row) for row in rows]
+        included = self._includes(cur, query, [row[6] for row in rows], page) if page else []
+        return SearchResult(page, total, included, snapshot=query.snapshot,
+                            after=self._anchor(cur, query, rows, keys) if len(rows) >= query.count else None)
+
+    def _cursor_page(self, cur: Cursor, query: SearchQuery, total: int | None) -> SearchResult:
+        """The page after a ``_cursor``'s resource (keyset paging): read one match more than the page
+        to know whether another page follows, which its position no longer tells (matches before
+        the cursor may have been deleted since)."""
+        # The plans of a first page, each starting after the cursor: the row-id walks and the plain SQL
+        # after its row id, the sorted index walks and sorted matches after its key and row id.
+        probe = replace(query, offset=0, count=query.count + 1)
+        keys: dict[int, Any] = {}
+        rows = self._page_rows(cur, probe, total, {}, keys)
+        more = len(rows) > query.count
+        rows = rows[: query.count]
+        page = [to_resource(row) for row in rows]
+        included = self._includes(cur, query, [row[6] for row in rows], page) if page else []
+        return SearchResult(page, total, included, snapshot=query.snapshot, more=more,
+                            after=self._anchor(cur, query, rows, keys) if more else None)
+
+    def _anchor(
+        self, cur: Cursor, query: SearchQuery, rows: list[Any], keys: dict[int, Any]
+    ) -> tuple[int, tuple[Any, ...]] | None:
+        """The cursor of the page after ``rows``: their last match's row id and sort key values, as
+        the page was read (an index walk's ``keys``, or ``anchor_columns`` after the row id), else
+        read by one more query."""
+        if not rows:
+            return None
+        last = rows[-1]
+        rid = int(last[6])
+        if not query.sort:
+            return rid, ()
+        if len(last) == 7 + len(query.sort):
+            found = tuple(last[7:])
+        elif len(query.sort) == 1 and rid in keys:
+            found = (keys[rid],)
+        else:
+            sql, params = anchor_sql(query, rid)
+            cur.execute(self.q(sql), params)
+            found = tuple(cur.fetchone())
+        return rid, tuple(None if v is None else (v if isinstance(v, str) else float(v)) for v in found)
+
+    def _page_rows(
+        self, cur: Cursor, query: SearchQuery, total: int | None, spreads: dict[str, float], keys: dict[int, Any]
+    ) -> list[Any]:
+        """One page's rows (resource columns and row id), by the cheapest plan for the query's shape;
+        a walk sorted by one key notes in ``keys`` the key of each resource it read (its cursor's)."""
         need = query.offset + query.count
         plan = (
             date_sort_plan(query, max(self.SORT_WALK_MIN, need * self.SORT_WALK_PER_ROW))
@@ -379,17 +433,15 @@ class SqlStore(ExportJobs, SubscriptionRows):
         if rows is not None:
             pass
         elif plan is not None:
-            rows = self._bounded_walk_page(cur, query, plan, spreads)
+            rows = self._bounded_walk_page(cur, query, plan, spreads, keys)
         elif walk is not None:
-            rows = self._walk_page(cur, query, *walk)
+            rows = self._walk_page(cur, query, *walk, keys=keys)
         else:
             few = total is not None and total <= query.total_cap
-            page_query, page_params = page_sql(query, f"{COLUMNS}, r.rid", few=few)
+            page_query, page_params = page_sql(query, f"{COLUMNS}, r.rid", few=few, anchor=True)
             cur.execute(self.q(page_query), page_params)
             rows = cur.fetchall()
-        page = [to_resource(row) for row in rows]
-        included = self._includes(cur, query, [row[6] for row in rows], page) if page else []
-        return SearchResult(page, total, included, snapshot=query.snapshot)
+        return rows
 
     #: date-index rows a sorted search walks at most (per row of the page, and at least)
     SORT_WALK_PER_ROW = 50
@@ -398,13 +450,13 @@ class SqlStore(ExportJobs, SubscriptionRows):
     bounded_sort = True
 
     def _bounded_walk_page(
-        self, cur: Cursor, query: SearchQuery, plan: DateSortPlan, spreads: dict[str, float]
+        self, cur: Cursor, query: SearchQuery, plan: DateSortPlan, spreads: dict[str, float], keys: dict[int, Any]
     ) -> list[Any]:
         """One page ordered by a date parameter: the few matches sorted, or a bounded walk
         (see ``date_sort_plan``)."""
         need = query.offset + query.count
         if plan.window is not None:  # the window bounds the walk: no counting first
-            page = self._window_walk_page(cur, query, plan, spreads)
+            page = self._window_walk_page(cur, query, plan, spreads, keys)
             if page is not None:
                 return page
         driver = 0
@@ -416,7 +468,7 @@ class SqlStore(ExportJobs, SubscriptionRows):
             driver = sizes.index(min(sizes))
             if sizes[driver] < self.SORT_WALK_MIN or plan.window is not None:
                 # Few matches: sorting them beats any walk (and the window's walk gave up).
-                return self._rows_in_order(cur, self._by_match(cur, query, plan.by_match[driver]))
+                return self._rows_in_order(cur, self._by_match(cur, query, plan.by_match[driver], keys))
         found = None
         if plan.counts:  # without criteria every row walked is kept: the walk reads only the page
             cur.execute(self.q(plan.bound), plan.bound_params)
@@ -424,10 +476,10 @@ class SqlStore(ExportJobs, SubscriptionRows):
         # Fewer rows than the cap: the walk may read them all.
         bound = found[0] if found is not None else plan.unbounded
         # A resource with several dates has several index rows: ask for enough rows to see ``need`` resources.
-        ordered, _ = self._walk_rids(cur, plan.walk, [*plan.walk_params, bound], need, need)
+        ordered, _ = self._walk_rids(cur, plan.walk, [*plan.walk_params, bound], need, need, keys=keys)
         if len(ordered) >= need:
             return self._rows_in_order(cur, ordered[query.offset : need])
-        return self._rows_in_order(cur, self._by_match(cur, query, plan.by_match[driver]))
+        return self._rows_in_order(cur, self._by_match(cur, query, plan.by_match[driver], keys))
 
     def _count(
         self, cur: Cursor, query: SearchQuery, cap: int | None, spreads: dict[str, float]
@@ -453,7 +505,7 @@ class SqlStore(ExportJobs, SubscriptionRows):
         return known[param]
 
     def _window_walk_page(
-        self, cur: Cursor, query: SearchQuery, plan: DateSortPlan, spreads: dict[str, float]
+        self, cur: Cursor, query: SearchQuery, plan: DateSortPlan, spreads: dict[str, float], keys: dict[int, Any]
     ) -> list[Any] | None:
         """One page newest first by a date the criteria bound: resources with an open end
         first, then a walk from the window's top, complete once it passes the window's bottom
@@ -471,7 +523,7 @@ class SqlStore(ExportJobs, SubscriptionRows):
         cur.execute(self.q(plan.open_bound), [*plan.bound_params[:-1], FAR_FUTURE, cap - 1])
         row = cur.fetchone()
         open_params = [*plan.walk_params, FAR_FUTURE, row[0] if row else 0]
-        ordered, _ = self._walk_rids(cur, plan.open_walk, open_params, need, need)
+        ordered, _ = self._walk_rids(cur, plan.open_walk, open_params, need, need, keys=keys)
         if len(ordered) < need and row is not None:
             return None
         if len(ordered) < need:
@@ -481,7 +533,8 @@ class SqlStore(ExportJobs, SubscriptionRows):
             # the walk sooner, and then a short page needs the matches sorted.
             complete = row is None or float(row[0]) <= floor
             bound = floor if complete else float(row[0])
-            below, _ = self._walk_rids(cur, plan.walk_below, [*plan.walk_params, start, bound], need, need)
+            below, _ = self._walk_rids(cur, plan.walk_below, [*plan.walk_params, start, bound], need, need,
+                                       keys=keys)
             seen = set(ordered)
             ordered.extend(rid for rid in below if rid not in seen)
             if len(ordered) < need and not complete:
@@ -489,16 +542,22 @@ class SqlStore(ExportJobs, SubscriptionRows):
         return self._rows_in_order(cur, ordered[query.offset : need])
 
     def _walk_rids(
-        self, cur: Cursor, sql: str, params: list[Any], need: int, limit: int, grow: int = 2
+        self, cur: Cursor, sql: str, params: list[Any], need: int, limit: int, grow: int = 2,
+        keys: dict[int, Any] | None = None,
     ) -> tuple[list[int], bool]:
         """The first ``need`` distinct row ids a walk yields (a resource has a row per value: the
         first sighting is its place), asking for ``limit`` rows and ``grow`` times more until it
-        has them; and whether the walk ran out (its own bound ended it) before ``limit`` rows."""
+        has them; and whether the walk ran out (its own bound ended it) before ``limit`` rows.
+        ``keys``: the walk's rows hold the sort key after the row id; a resource's first is its key."""
         while True:
             cur.execute(self.q(sql), (*params, limit))
-            walked = [row[0] for row in cur.fetchall()]
+            fetched = cur.fetchall()
+            walked = [row[0] for row in fetched]
             ordered = list(dict.fromkeys(walked))
             if len(ordered) >= need or len(walked) < limit:
+                if keys is not None:
+                    for row in reversed(fetched):  # the first sighting's value stays
+                        keys[row[0]] = row[1]
                 return ordered, len(walked) < limit
             limit *= grow
 
@@ -550,8 +609,8 @@ class SqlStore(ExportJobs, SubscriptionRows):
         sorting them and walking cost about the same, and sorted when fewer.
         """
         need = query.offset + query.count
-        snapshot = int(params[0])
-        first = min(snapshot, self.RID_WALK_FIRST)
+        snapshot, floor = int(params[0]), int(params[1])  # the walk's row ids: (floor, snapshot]
+        first = min(snapshot, floor + self.RID_WALK_FIRST)
         limit = need * 2 + 16  # a resource may have several rows (two names both matching)
         found, _ = self._walk_rids(cur, sql, [first, *params[1:]], need, limit, grow=4)
         if len(found) >= need or first == snapshot:
@@ -559,13 +618,13 @@ class SqlStore(ExportJobs, SubscriptionRows):
         if found:
             # The first stretch tells the matches' density: walking on reads about
             # (need - found) / density row ids, sorting about density x store matches.
-            rest = (need - len(found)) * first / len(found)
-            matches = len(found) * snapshot / first
+            rest = (need - len(found)) * (first - floor) / len(found)
+            matches = len(found) * (snapshot - floor) / (first - floor)
             if rest <= 2 * matches:
                 found, _ = self._walk_rids(cur, sql, params, need, limit, grow=4)
                 return self._rows_in_order(cur, found[query.offset : need])
             return None
-        even = max(query.total_cap, math.isqrt(need * snapshot))
+        even = max(query.total_cap, math.isqrt(need * max(snapshot - floor, 0)))
         count, count_params = capped_count_sql(query, even)
         cur.execute(self.q(count), count_params)
         if int(cur.fetchone()[0]) <= even:
@@ -612,10 +671,15 @@ class SqlStore(ExportJobs, SubscriptionRows):
             return None
         return self._rows_in_order(cur, ordered[query.offset : need])
 
-    def _by_match(self, cur: Cursor, query: SearchQuery, sql_params: tuple[str, list[Any]]) -> list[Any]:
+    def _by_match(
+        self, cur: Cursor, query: SearchQuery, sql_params: tuple[str, list[Any]], keys: dict[int, Any]
+    ) -> list[Any]:
+        """A page of the sorted matches (``DateSortPlan.by_match``), noting each one's key in ``keys``."""
         sql, params = sql_params
         cur.execute(self.q(sql), (*params, query.count, query.offset))
-        return [row[0] for row in cur.fetchall()]
+        rows = cur.fetchall()
+        keys.update((row[0], row[1]) for row in rows)
+        return [row[0] for row in rows]
 
     def _rows_in_order(self, cur: Cursor, page_ids: list[Any]) -> list[Any]:
         if not page_ids:
@@ -627,16 +691,19 @@ class SqlStore(ExportJobs, SubscriptionRows):
 
     def _walk_page(
         self, cur: Cursor, query: SearchQuery, walk: str, walk_params: list[Any], missing: str,
-        missing_params: list[Any],
+        missing_params: list[Any], *, keys: dict[int, Any],
     ) -> list[Any]:
-        """One page ordered by a date or string parameter, by walking its index (see ``date_sort_walk``)."""
+        """One page ordered by a date or string parameter, by walking its index (see ``date_sort_walk``);
+        each resource's key noted in ``keys`` (None for those without one)."""
         need = query.offset + query.count
-        ordered, ran_out = self._walk_rids(cur, walk, walk_params, need, need * 2 + 16, grow=4)
+        ordered, ran_out = self._walk_rids(cur, walk, walk_params, need, need * 2 + 16, grow=4, keys=keys)
         page_ids = ordered[query.offset : need]
         if len(page_ids) < query.count and ran_out:
             skip = max(0, query.offset - len(ordered))
             cur.execute(self.q(missing), (*missing_params, query.count - len(page_ids), skip))
-            page_ids += [row[0] for row in cur.fetchall()]
+            without = [row[0] for row in cur.fetchall()]
+            keys.update((rid, None) for rid in without)
+            page_ids += without
         return self._rows_in_order(cur, page_ids)
 
     def _include_rows(self, source: str, code: str) -> tuple[str, list[Any]]:

@@ -104,6 +104,51 @@ def test_47_creates_between_pages_cause_no_duplicates(fhir: httpx.Client, sort: 
     assert totals == {ORIGINALS}, f"total changed while paging: {totals}"
 
 
+@pytest.mark.parametrize("sort", SORTS, ids=lambda s: s or "default")
+def test_47_deletes_and_edits_between_pages_skip_nothing(fhir: httpx.Client, sort: str | None) -> None:
+    """Resources already read that are deleted, or edited out of the results, between two pages
+    must not move the later matches (search.html#paging: a server SHOULD give a consistent
+    set when the client follows ``next``; a position-based page skipped one match each time)."""
+    system = f"urn:test:paging:{uuid.uuid4().hex}"
+    originals = _load(fhir, system)
+    read: list[str] = []
+    gone: set[str] = set()
+
+    def drop_what_was_read(page: int) -> None:
+        # The ids read so far (the last page's included) are those this callback may remove.
+        candidates = [i for i in read if i not in gone]
+        victim = candidates[0]
+        if page % 2:
+            response = fhir.delete(f"/Patient/{victim}")
+            assert response.status_code in (200, 204), response.text
+        else:  # edited so it no longer matches the search
+            current = fhir.get(f"/Patient/{victim}").json()
+            current["identifier"] = [{"system": "urn:test:paging:elsewhere", "value": victim}]
+            response = fhir.put(f"/Patient/{victim}", json=current)
+            assert response.status_code == 200, response.text
+        gone.add(victim)
+
+    params = {"identifier": f"{system}|", "_count": str(PAGE)}
+    if sort:
+        params["_sort"] = sort
+    response = fhir.get("/Patient", params=params)
+    page = 0
+    while True:
+        assert response.status_code == 200, response.text
+        bundle = response.json()
+        read += [e["resource"]["id"] for e in bundle.get("entry", []) if e["search"]["mode"] == "match"]
+        next_url = next((link["url"] for link in bundle["link"] if link["relation"] == "next"), None)
+        if next_url is None:
+            break
+        page += 1
+        assert page <= ORIGINALS, "paging goes on without end"
+        drop_what_was_read(page)
+        response = fhir.get(local(next_url))
+    assert len(read) == len(set(read)), f"duplicates: {sorted(i for i in set(read) if read.count(i) > 1)}"
+    assert gone, "nothing was removed between pages: the test tests nothing"
+    assert originals - set(read) == set(), "a match that was never removed was skipped"
+
+
 def test_47_a_concurrent_writer_causes_no_duplicates_or_errors(
     fhir: httpx.Client, any_gateway: Gateway
 ) -> None:
