@@ -18,7 +18,6 @@ from gateway.store import StoredResource
 _SEARCH_MATCH = b',"search":{"mode":"match"}}'
 _SEARCH_INCLUDE = b',"search":{"mode":"include"}}'
 _SEARCH_OUTCOME = b',"search":{"mode":"outcome"}}'
-_HISTORY_METHOD = {True: "POST", False: "PUT"}
 
 
 def _entry(base: str, res: StoredResource, tail: bytes, content: bytes | None = None) -> bytes:
@@ -69,8 +68,11 @@ def history(base: str, versions: Iterable[StoredResource], *, total: int, links:
     entries = []
     for res in versions:
         full_url = jsonio.dumps(f"{base}/{res.type}/{res.id}")
+        # How the version was made (bundle-definitions.html#Bundle.entry.request: "for history, it shows
+        # how the entry was processed to create the version"): the store's record of it when read.
+        created = res.version == 1 if res.created is None else res.created
         response = {
-            "status": "410 Gone" if res.deleted else ("201 Created" if res.version == 1 else "200 OK"),
+            "status": "410 Gone" if res.deleted else ("201 Created" if created else "200 OK"),
             "etag": res.etag,
             "lastModified": format_instant(res.last_updated.timestamp()),
         }
@@ -81,7 +83,7 @@ def history(base: str, versions: Iterable[StoredResource], *, total: int, links:
                 + b',"response":' + jsonio.dumps(response) + b"}"
             )  # fmt: skip
             continue
-        method = _HISTORY_METHOD[res.version == 1]
+        method = res.method or ("POST" if res.version == 1 else "PUT")
         url = res.type if method == "POST" else f"{res.type}/{res.id}"
         request = {"method": method, "url": url}
         entries.append(

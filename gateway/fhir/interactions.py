@@ -122,8 +122,10 @@ def create(
     if_none_exist: str | None = None,
     rid: str | None = None,
     access: SearchAccess,
+    method: str = "POST",
 ) -> WriteOutcome:
-    """``POST [type]``, optionally conditional (``If-None-Exist``)."""
+    """``POST [type]``, optionally conditional (``If-None-Exist``); ``method``: what history shows
+    made the resource (``PUT`` for a conditional update that creates it)."""
     rtype = resource["resourceType"]
     if if_none_exist:
         found = search_matches(tx, parser, rtype, if_none_exist, "If-None-Exist", access=access)
@@ -134,7 +136,7 @@ def create(
     body = {k: v for k, v in resource.items() if k != "id"}
     require_not_golden(tx, access, rtype, rid, body)
     was_in = in_own_subtree(tx, access, rtype, rid)
-    result = tx.create(body, rid=rid)
+    result = tx.create(body, rid=rid, method=method)
     require_visible_after(tx, access, result.resource)
     require_subtree_kept(tx, access, result.resource, was_in)
     return WriteOutcome(201, result.resource)
@@ -235,8 +237,10 @@ def update(
     skip_unchanged: bool = False,
     prepared: PreparedWrite | None = None,
     access: SearchAccess = TRUSTED,
+    method: str = "PUT",
 ) -> WriteOutcome:
-    """``PUT [type]/[id]`` with update-as-create and optional ``If-Match``."""
+    """``PUT [type]/[id]`` with update-as-create and optional ``If-Match``; ``method``: what history
+    shows made the version (``PATCH`` for a patch)."""
     body_id = resource.get("id")
     if body_id is None:
         raise invalid("the resource must carry its id for an update", [f"{rtype}.id"], code="required")
@@ -248,7 +252,8 @@ def update(
         conditions.check(tx.read(rtype, rid))
     was_in = in_own_subtree(tx, access, rtype, rid)
     try:
-        result = tx.update(resource, if_match=if_match, skip_unchanged=skip_unchanged, prepared=prepared)
+        result = tx.update(resource, if_match=if_match, skip_unchanged=skip_unchanged, prepared=prepared,
+                           method=method)
     except VersionConflict as exc:
         raise FhirError(
             f"If-Match names version {if_match}, but the current version is {exc.current}"
@@ -287,7 +292,7 @@ def conditional_update(
         body_id = resource.get("id")
         if body_id is not None:
             return update(tx, resource, rtype, check_id(str(body_id)), access=access)
-        return create(tx, parser, resource, access=access)
+        return create(tx, parser, resource, access=access, method="PUT")
     target = found[0]
     if resource.get("id") not in (None, target.id):
         raise invalid("the resource id does not match the resource the condition found", [f"{rtype}.id"])
@@ -419,7 +424,7 @@ def patch(
             " scopes do not allow it to read)",
             status=422, code="processing",
         ) from exc
-    return update(tx, patched, rtype, rid, if_match=if_match, access=access)
+    return update(tx, patched, rtype, rid, if_match=if_match, access=access, method="PATCH")
 
 
 def _apply_within(operations: list[Any], document: Any, limits: PatchLimits) -> Any:

@@ -66,6 +66,10 @@ class StoredResource:
     last_updated: datetime
     deleted: bool
     content: bytes  # FHIR JSON with meta set; b"" for a deletion tombstone
+    # History reads only (None elsewhere): the HTTP method that made this version (POST, PUT, PATCH,
+    # DELETE), and whether it made the resource anew (a first version, or the first after a deletion).
+    method: str | None = None
+    created: bool | None = None
 
     @property
     def etag(self) -> str:
@@ -231,8 +235,9 @@ class StoreTransaction(Protocol):
         """Load the current versions of these resources at once, ahead of writing them."""
         ...
 
-    def create(self, resource: dict[str, Any], *, rid: str | None = None) -> WriteResult:
-        """Store a new resource; ``rid`` None means a server-assigned id."""
+    def create(self, resource: dict[str, Any], *, rid: str | None = None, method: str = "POST") -> WriteResult:
+        """Store a new resource; ``rid`` None means a server-assigned id; ``method``: the HTTP method
+        that made it (POST, or PUT for a conditional update that creates), which history shows."""
         ...
 
     def update(
@@ -242,8 +247,10 @@ class StoreTransaction(Protocol):
         if_match: int | None = None,
         skip_unchanged: bool = False,
         prepared: PreparedWrite | None = None,
+        method: str = "PUT",
     ) -> WriteResult:
-        """Store a new version of ``resource['id']`` (update-as-create if unknown).
+        """Store a new version of ``resource['id']`` (update-as-create if unknown); ``method``: the
+        HTTP method that made it (PUT, or PATCH), which history shows.
 
         With ``skip_unchanged`` an update whose content equals the current version (apart
         from ``meta.versionId``/``meta.lastUpdated``) writes nothing and returns the current

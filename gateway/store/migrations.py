@@ -243,6 +243,15 @@ MIGRATIONS: tuple[Migration, ...] = (
         "quarantine entries found by record: the same record sent again while held updates its entry",
         ("CREATE INDEX quarantine_record ON quarantine (source, record_key)",),
     ),
+    Migration(
+        22,
+        "the HTTP method that made each version (POST, PUT, PATCH, DELETE), which history Bundles show in"
+        " entry.request; NULL for versions written before (shown as before: POST for a first version)",
+        (
+            "ALTER TABLE resources ADD COLUMN method TEXT",
+            "ALTER TABLE history ADD COLUMN method TEXT",
+        ),
+    ),
 )
 
 

@@ -306,13 +306,18 @@ class SqlStore(ExportJobs, SubscriptionRows):
                 (*params, *params),
             )
             total = int(cur.fetchone()[0])
+            # With each version the method that made it, and whether it made the resource anew (a first
+            # version, or the one after a deletion): what its history entry's request and status say.
+            made = (", r.method, (CASE WHEN r.version = 1 OR EXISTS (SELECT 1 FROM history p WHERE p.rtype = r.rtype"
+                    " AND p.id = r.id AND p.version = r.version - 1 AND p.deleted = 1) THEN 1 ELSE 0 END)")
             cur.execute(
-                self.q(f"SELECT {COLUMNS} FROM resources r{where} UNION ALL SELECT {COLUMNS} FROM history r{where}"
+                self.q(f"SELECT {COLUMNS}{made} FROM resources r{where} UNION ALL SELECT {COLUMNS}{made} FROM history r"
+                       f"{where}"
                        # Type and id last: versions of one millisecond (a Bundle's) keep one order across pages.
                        " ORDER BY 4 DESC, 3 DESC, 1, 2 LIMIT ? OFFSET ?"),
                 (*params, *params, count, offset),
             )
-            rows = [to_resource(row) for row in cur.fetchall()]
+            rows = [_made(row) for row in cur.fetchall()]
         return self.visible_versions(policy, rows), total
 
     def visible_versions(self, policy: RowFilter | None, versions: Sequence[StoredResource]) -> list[StoredResource]:
@@ -1324,6 +1329,15 @@ class SqlStore(ExportJobs, SubscriptionRows):
         with self._read_cursor() as cur:
             cur.execute("SELECT 1")
             cur.fetchone()
+
+
+def _made(row: Sequence[Any]) -> StoredResource:
+    """A history row (``COLUMNS``, the method, whether it created the resource) as a version with the
+    ``method`` history shows: the one recorded, else as versions of older releases were shown (POST
+    for a first version, PUT after)."""
+    version = to_resource(row)
+    method = row[6] or ("DELETE" if version.deleted else "POST" if version.version == 1 else "PUT")
+    return replace(version, method=method, created=bool(int(row[7])) and not version.deleted)
 
 
 def _too_many_included(query: SearchQuery, param: str) -> SearchError:

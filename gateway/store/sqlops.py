@@ -19,8 +19,8 @@ from gateway.store.rows import Cursor
 #: Tables a transaction appends to, with their columns, in the order ``flush`` writes them
 #: (resource rows before the updates that may follow them in the same transaction).
 INSERT_COLUMNS: dict[str, tuple[str, ...]] = {
-    "resources": ("rid", "rtype", "id", "version", "lu", "deleted", "chash", "content"),
-    "history": ("rtype", "id", "version", "lu", "deleted", "content"),
+    "resources": ("rid", "rtype", "id", "version", "lu", "deleted", "chash", "content", "method"),
+    "history": ("rtype", "id", "version", "lu", "deleted", "content", "method"),
     "changes": ("rtype", "id", "version", "op", "at", "lane"),
     "idx_token": ("rid", "rtype", "param", "system", "code"),
     "idx_string": ("rid", "rtype", "param", "norm", "exact"),

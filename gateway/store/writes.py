@@ -62,13 +62,15 @@ from gateway.store.sqlops import INSERT_COLUMNS, SPREAD_SQL, SqlBackend, WriteSt
 _KEYS_PER_QUERY = 500
 #: Records per ``claim_record_versions`` statement (three parameters each).
 _VERSIONS_PER_QUERY = 300
-_UPDATE_RESOURCE = "UPDATE resources SET version = ?, lu = ?, deleted = ?, chash = ?, content = ? WHERE rid = ?"
+_UPDATE_RESOURCE = (
+    "UPDATE resources SET version = ?, lu = ?, deleted = ?, chash = ?, content = ?, method = ? WHERE rid = ?"
+)
 # A spread only grows: a bound on sort keys must cover every resource ever written.
 _WIDEN_SPREAD = (
     "INSERT INTO date_spreads (rtype, param, spread) VALUES (?, ?, ?) ON CONFLICT (rtype, param)"
     " DO UPDATE SET spread = excluded.spread WHERE excluded.spread > date_spreads.spread"
 )
-_ROW_COLUMNS = "r.rid, r.rtype, r.id, r.version, r.lu, r.deleted, r.chash, r.content"
+_ROW_COLUMNS = "r.rid, r.rtype, r.id, r.version, r.lu, r.deleted, r.chash, r.content, r.method"
 
 
 def prepare_write(resource: dict[str, Any], rid: str, plan: ExtractionPlan) -> PreparedWrite:
@@ -93,14 +95,15 @@ class _Row:
     deleted: bool
     chash: str | None
     content: bytes
+    method: str | None  # the HTTP method that made this version (None: not recorded)
 
     def stored(self) -> StoredResource:
         return StoredResource(self.rtype, self.id, self.version, from_epoch(self.lu), self.deleted, self.content)
 
 
 def _row(values: Any) -> _Row:
-    rid, rtype, id_, version, lu, deleted, chash, content = values
-    return _Row(int(rid), rtype, id_, int(version), float(lu), bool(deleted), chash, bytes(content))
+    rid, rtype, id_, version, lu, deleted, chash, content, method = values
+    return _Row(int(rid), rtype, id_, int(version), float(lu), bool(deleted), chash, bytes(content), method)
 
 
 class SqlTransaction:
@@ -176,8 +179,9 @@ class SqlTransaction:
         return self.cur.fetchone() is not None
 
     # -- writes --------------------------------------------------------------------------------
-    def create(self, resource: dict[str, Any], *, rid: str | None = None) -> WriteResult:
-        """Store a new resource; a server-assigned id when ``rid`` is None."""
+    def create(self, resource: dict[str, Any], *, rid: str | None = None, method: str = "POST") -> WriteResult:
+        """Store a new resource; a server-assigned id when ``rid`` is None; ``method``: the HTTP method
+        that made it (a conditional update creates by PUT), which history shows."""
         rtype = resource["resourceType"]
         if rid is None:
             new_id = uuid4_text()
@@ -188,7 +192,7 @@ class SqlTransaction:
             current = self._current(rtype, new_id)
             if current is not None and not current.deleted:
                 raise VersionConflict(current.version)
-        return self._write(rtype, new_id, self.store.prepare(resource, new_id), current)
+        return self._write(rtype, new_id, self.store.prepare(resource, new_id), current, method)
 
     def update(
         self,
@@ -197,10 +201,12 @@ class SqlTransaction:
         if_match: int | None = None,
         skip_unchanged: bool = False,
         prepared: PreparedWrite | None = None,
+        method: str = "PUT",
     ) -> WriteResult:
         """Store a new version (update-as-create when the id is new).
 
-        ``prepared`` is ``store.prepare(resource)`` computed earlier, outside the transaction.
+        ``prepared`` is ``store.prepare(resource)`` computed earlier, outside the transaction;
+        ``method``: the HTTP method that made it (PUT, or PATCH), which history shows.
         """
         rtype, rid = resource["resourceType"], resource["id"]
         current = self._current(rtype, rid)
@@ -212,19 +218,19 @@ class SqlTransaction:
         if skip_unchanged and unchanged:
             assert current is not None
             return WriteResult(current.stored(), created=False, unchanged=True)
-        return self._write(rtype, rid, prepared, current)
+        return self._write(rtype, rid, prepared, current, method)
 
     def append(self, prepared: PreparedWrite) -> WriteResult:
         """Store the first version of a resource whose id is new for sure (a server-made uuid), unread."""
         self._rows[(prepared.rtype, prepared.id)] = None
-        return self._write(prepared.rtype, prepared.id, prepared, None)
+        return self._write(prepared.rtype, prepared.id, prepared, None, "POST")
 
     def delete(self, rtype: str, rid: str) -> StoredResource | None:
         """Write a tombstone version; None when nothing live was there."""
         current = self._current(rtype, rid)
         if current is None or current.deleted:
             return None
-        return self._write(rtype, rid, None, current).resource
+        return self._write(rtype, rid, None, current, "DELETE").resource
 
     # -- what source records produced (retractions) -------------------------------------------
     def record_outputs(self, source: str, record_key: str) -> list[RecordOutput]:
@@ -391,7 +397,9 @@ class SqlTransaction:
             self._reserve(1)
         return self._free_ids.pop()
 
-    def _write(self, rtype: str, rid: str, prepared: PreparedWrite | None, current: _Row | None) -> WriteResult:
+    def _write(
+        self, rtype: str, rid: str, prepared: PreparedWrite | None, current: _Row | None, method: str
+    ) -> WriteResult:
         pending = self._pending
         version = current.version + 1 if current else 1
         now = round(time.time(), 3)  # milliseconds, as meta.lastUpdated shows it
@@ -411,21 +419,21 @@ class SqlTransaction:
         deleted = prepared is None
         if current is None:
             row_id = self._new_row_id()
-            pending["resources"].append((row_id, rtype, rid, version, now, int(deleted), chash, content))
+            pending["resources"].append((row_id, rtype, rid, version, now, int(deleted), chash, content, method))
             op = ChangeOp.CREATE
         else:
             row_id = current.row_id
             pending["history"].append(
-                (rtype, rid, current.version, current.lu, int(current.deleted), current.content)
+                (rtype, rid, current.version, current.lu, int(current.deleted), current.content, current.method)
             )
-            self._updates.append((version, now, int(deleted), chash, content, row_id))
+            self._updates.append((version, now, int(deleted), chash, content, method, row_id))
             self._forget_index(row_id)
             op = ChangeOp.DELETE if deleted else ChangeOp.UPDATE
         if rows is not None:
             self._index(row_id, rtype, rows)
         if self.feed:
             pending["changes"].append((rtype, rid, version, op.value, now, self.lane))
-        row = _Row(row_id, rtype, rid, version, now, deleted, chash, content)
+        row = _Row(row_id, rtype, rid, version, now, deleted, chash, content, method)
         self._rows[(rtype, rid)] = row
         created = current is None or current.deleted
         return WriteResult(row.stored(), created)

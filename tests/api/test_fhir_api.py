@@ -262,6 +262,42 @@ async def test_writes_honour_if_unmodified_since_unless_if_match_is_there(api: A
     ignored = await c.delete("/fhir/Patient/ius", headers={"If-Unmodified-Since": "yesterday"})
     assert ignored.status_code == 200, ignored.text
 
+async def test_history_entries_name_the_interaction_that_made_each_version(api: ApiHarness) -> None:
+    # Bundle.entry.request "for history, shows how the entry was processed to create the version"
+    # (bundle-definitions.html#Bundle.entry.request; http.html#history): an update-as-create is a PUT
+    # of [type]/[id], a patch a PATCH, a re-creation after a delete a 201 again.
+    c = api.client
+    patient = {"resourceType": "Patient", "id": "h1", "identifier": [{"system": "urn:h", "value": "1"}]}
+    assert (await c.put("/fhir/Patient/h1", json=patient)).status_code == 201
+    patched = await c.patch("/fhir/Patient/h1", content=b'[{"op": "add", "path": "/active", "value": true}]',
+                            headers={"Content-Type": "application/json-patch+json"})
+    assert patched.status_code == 200, patched.text
+    assert (await c.put("/fhir/Patient/h1", json={**patient, "active": False})).status_code == 200
+    assert (await c.delete("/fhir/Patient/h1")).status_code == 200
+    assert (await c.put("/fhir/Patient/h1", json=patient)).status_code == 201
+    entries = (await c.get("/fhir/Patient/h1/_history")).json()["entry"]
+    assert [(e["request"]["method"], e["request"]["url"], e["response"]["status"]) for e in entries] == [
+        ("PUT", "Patient/h1", "201 Created"),
+        ("DELETE", "Patient/h1", "410 Gone"),
+        ("PUT", "Patient/h1", "200 OK"),
+        ("PATCH", "Patient/h1", "200 OK"),
+        ("PUT", "Patient/h1", "201 Created"),
+    ]
+    posted = (await c.post("/fhir/Patient", json={"resourceType": "Patient"})).json()["id"]
+    made = await c.put("/fhir/Patient", params={"identifier": "urn:h|2"},
+                       json={"resourceType": "Patient", "identifier": [{"system": "urn:h", "value": "2"}]})
+    assert made.status_code == 201, made.text
+    conditional = made.json()["id"]
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Patient", "id": "h3"}, "request": {"method": "PUT", "url": "Patient/h3"}}]}
+    assert (await c.post("/fhir", json=bundle)).status_code == 200
+    for rid, request in ((posted, {"method": "POST", "url": "Patient"}),
+                         (conditional, {"method": "PUT", "url": f"Patient/{conditional}"}),
+                         ("h3", {"method": "PUT", "url": "Patient/h3"})):
+        entry = (await c.get(f"/fhir/Patient/{rid}/_history")).json()["entry"][0]
+        assert entry["request"] == request and entry["response"]["status"] == "201 Created"
+
+
 async def test_history_since_an_old_resources_last_change_and_delete_if_match(api: ApiHarness) -> None:
     c = api.client
     assert (await c.put("/fhir/Patient/p1", json={"resourceType": "Patient", "id": "p1"})).status_code == 201

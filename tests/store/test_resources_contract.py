@@ -129,6 +129,27 @@ def test_read_many_and_compartment(store: ResourceStore) -> None:
     assert total == 1 and related[0].id == obs
 
 
+def test_history_says_which_method_made_each_version_and_which_made_the_resource_anew(store: ResourceStore) -> None:
+    # A history entry's request and status (http.html#history) come from these, stored with each version.
+    with store.transaction() as tx:
+        posted = tx.create(patient()).resource.id
+        tx.update({"resourceType": "Patient", "id": "m1"})  # update-as-create
+    with store.transaction() as tx:
+        tx.update({"resourceType": "Patient", "id": "m1", "active": True}, method="PATCH")
+    with store.transaction() as tx:
+        tx.update({"resourceType": "Patient", "id": "m1", "active": False})
+    with store.transaction() as tx:
+        tx.delete("Patient", "m1")
+    with store.transaction() as tx:
+        tx.update({"resourceType": "Patient", "id": "m1"})  # made anew after the deletion
+    versions, _ = store.history("Patient", "m1")
+    assert [(v.version, v.method, v.created) for v in versions] == [
+        (5, "PUT", True), (4, "DELETE", False), (3, "PUT", False), (2, "PATCH", False), (1, "PUT", True),
+    ]
+    (first,), _ = store.history("Patient", posted)
+    assert (first.method, first.created) == ("POST", True)
+
+
 def test_history_of_types_and_system_is_newest_first_across_current_and_superseded(store: ResourceStore) -> None:
     def later() -> None:  # versions one millisecond apart at least: lastUpdated's precision
         time.sleep(0.002)
