@@ -31,6 +31,7 @@ SHAPES = {
     "one-criterion": [],
     "two-criteria": [("gender", "male,female")],
     "negation": [("gender:not", "other")],
+    "date-window": [("birthdate", "ge1960"), ("birthdate", "lt1963")],  # the window walk, newest first
 }
 
 
@@ -64,9 +65,25 @@ def test_pages_read_while_read_matches_go_away_give_every_match_once_in_order(
     assert isinstance(store, SqlStore)
     monkeypatch.setattr(SqlStore, "SORT_WALK_MIN", 4)  # the sorted and type walks, with few rows
     monkeypatch.setattr(SqlStore, "RID_WALK_FIRST", 5)
+    _page_while_removing(store, [*SHAPES[shape], *([("_sort", sort)] if sort else [])])
+
+
+@pytest.mark.parametrize("sort", ["birthdate", "-birthdate", "family", "-family"])
+def test_the_unbounded_index_walk_pages_by_cursor_too(
+    store: ResourceStore, monkeypatch: pytest.MonkeyPatch, sort: str
+) -> None:
+    # ``date_sort_walk``: the walk of a query the bounded plan does not take (a chain, ``_has``, a data
+    # policy), and the resources without the key after it.
+    assert isinstance(store, SqlStore)
+    monkeypatch.setattr(SqlStore, "bounded_sort", False)
+    _page_while_removing(store, [("_sort", sort)])
+
+
+def _page_while_removing(store: ResourceStore, extra: list[tuple[str, str]]) -> None:
+    """Page a search of fresh Patients, one read match deleted or edited away before each next page."""
     system = f"urn:test:keyset:{uuid.uuid4().hex}"
     _load(store, system)
-    items = [("identifier", f"{system}|"), *SHAPES[shape], *([("_sort", sort)] if sort else [])]
+    items = [("identifier", f"{system}|"), *extra]
     expected = _ids(store.search(ORACLE.parse("Patient", items)))
     assert len(expected) > 2 * PAGE
 
