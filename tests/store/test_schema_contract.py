@@ -60,6 +60,8 @@ def test_an_older_database_keeps_each_version_once(tmp_path: Path) -> None:
     try:
         versions, total = store.history("Patient", "old")
         assert total == 2 and [v.version for v in versions] == [2, 1]
+        # Versions from before the method was stored (schema 22) show what history always showed.
+        assert [(v.method, v.created) for v in versions] == [("PUT", False), ("POST", True)]
         with store.transaction() as tx:
             assert tx.update(patient(id="old")).resource.version == 3
         assert store.history("Patient", "old")[1] == 3
