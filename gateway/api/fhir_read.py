@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
@@ -205,13 +207,20 @@ async def everything(request: Request, rid: str) -> Response:
         hidden = [p.id for p in others if p.id not in shown_ids]
     # The Patient leads the first page (and counts in _count and the total) when asked for.
     lead = int((wanted is None or "Patient" in wanted) and (since is None or patient.last_updated >= since))
-    first = offset == 0 and lead == 1
-    related, total = await ctx.query(ctx.store.compartment, "Patient", rid, max(count - 1, 0) if first else count,
-                                     max(offset - lead, 0), types, linked, since, hidden)
+    # A next link's _cursor names the last resource read: its page starts after it, so resources read
+    # and deleted meanwhile move nothing (as a search's pages); one more is read to know if more follow.
+    raw_cursor = request.query_params.get("_cursor") or None
+    after = _everything_after(raw_cursor) if raw_cursor is not None else None
+    first = offset == 0 and lead == 1 and after is None
+    size = max(count - 1, 0) if first else count
+    related, total = await ctx.query(ctx.store.compartment, "Patient", rid, size + 1, max(offset - lead, 0), types,
+                                     linked, since, hidden, after)
+    more, related = len(related) > size, related[:size]
+    following = _everything_cursor(related[-1]) if related else raw_cursor
     matches = shown(principal, ([patient] if first and count > 0 else []) + related)
     base = base_url(request)
     links = bundles.page_links(f"{base}/Patient/{rid}/$everything", used, count, offset, total + lead, len(matches),
-                               None)
+                               None, cursor=raw_cursor, after=following, more=more)
     body = bundles.searchset(base, matches, total=total + lead, links=links)
     return fhir_response(body, media_type=media)
 
@@ -222,7 +231,25 @@ _MAX_LINKED = 1000
 #: Patient/$everything's parameters (R4 OperationDefinition Patient-everything) the gateway takes, and
 #: the general parameters of every interaction that change nothing in the answer (http.html#parameters:
 #: _format is negotiated before, _pretty is a hint the compact JSON ignores, as a search does).
-_EVERYTHING_PARAMS = frozenset({"_count", "_offset", "_since", "_type", "_format", "_pretty"})
+_EVERYTHING_PARAMS = frozenset({"_count", "_offset", "_since", "_type", "_format", "_pretty", "_cursor"})
+
+
+def _everything_cursor(res: StoredResource) -> str:
+    """The ``_cursor`` of the $everything page after ``res`` (its last resource): its type and id."""
+    return base64.urlsafe_b64encode(jsonio.dumps([res.type, res.id])).decode("ascii").rstrip("=")
+
+
+def _everything_after(raw: str) -> tuple[str, str]:
+    """A $everything ``_cursor`` as (type, id); 400 when it is not one of this server's links."""
+    try:
+        found = jsonio.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    except (ValueError, binascii.Error):
+        found = None
+    if not (isinstance(found, list) and len(found) == 2 and all(isinstance(v, str) and v for v in found)
+            and found[0] in RESOURCE_TYPES and "\x00" not in found[1]):
+        raise FhirError("_cursor is not a cursor of this server's paging links", status=400, code="invalid",
+                        expression=["_cursor"])
+    return found[0], found[1]
 
 
 def _everything_params(request: Request) -> tuple[set[str] | None, datetime | None, list[tuple[str, str]]]:

@@ -397,11 +397,13 @@ class ResourceStore(Protocol):
     def compartment(
         self, rtype: str, rid: str, count: int, offset: int, types: Sequence[str] | None = None,
         also: Sequence[str] = (), since: datetime | None = None, hidden: Sequence[str] = (),
+        after: tuple[str, str] | None = None,
     ) -> tuple[list[StoredResource], int]:
         """Live resources of ``types`` (None: any) that refer to ``rtype/rid`` (its compartment, e.g. for
         $everything), and their total; ``also`` adds the compartments of more ``rtype`` ids (a golden
         Patient's linked records); ``since``: only those changed at or after it; ``hidden``: ``rtype``
-        ids left out (those a data policy does not show)."""
+        ids left out (those a data policy does not show); ``after``: the page starts after this resource
+        (type, id) of the compartment's order, wherever it is now (deleted or not), instead of at ``offset``."""
         ...
 
 

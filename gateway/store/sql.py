@@ -873,6 +873,7 @@ class SqlStore(ExportJobs, SubscriptionRows):
     def compartment(
         self, rtype: str, rid: str, count: int, offset: int, types: Sequence[str] | None = None,
         also: Sequence[str] = (), since: datetime | None = None, hidden: Sequence[str] = (),
+        after: tuple[str, str] | None = None,
     ) -> tuple[list[StoredResource], int]:
         """Live resources of ``types`` (None: any) that refer to ``rtype/rid`` (its compartment, e.g. for
         $everything), and their total; ``also`` adds the compartments of more ``rtype`` ids (a golden
@@ -894,8 +895,14 @@ class SqlStore(ExportJobs, SubscriptionRows):
         with self._read_cursor() as cur:
             cur.execute(self.q(f"SELECT COUNT(*) FROM resources r WHERE {where}"), params)
             total = int(cur.fetchone()[0])
-            cur.execute(self.q(f"SELECT {COLUMNS} FROM resources r WHERE {where} ORDER BY r.rid LIMIT ? OFFSET ?"),
-                        (*params, count, offset))
+            page, page_params = where, params
+            if after is not None:
+                # A deleted resource keeps its row (a tombstone), so its place is still known; a row
+                # gone altogether (never, for these types) restarts the walk rather than end it.
+                page += " AND r.rid > COALESCE((SELECT c.rid FROM resources c WHERE c.rtype = ? AND c.id = ?), 0)"
+                page_params, offset = (*params, *after), 0
+            cur.execute(self.q(f"SELECT {COLUMNS} FROM resources r WHERE {page} ORDER BY r.rid LIMIT ? OFFSET ?"),
+                        (*page_params, count, offset))
             return [to_resource(row) for row in cur.fetchall()], total
 
     # -- change feed -------------------------------------------------------------------------

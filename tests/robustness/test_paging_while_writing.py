@@ -149,6 +149,38 @@ def test_47_deletes_and_edits_between_pages_skip_nothing(fhir: httpx.Client, sor
     assert originals - set(read) == set(), "a match that was never removed was skipped"
 
 
+def test_47_everything_pages_skip_nothing_when_read_resources_are_deleted(fhir: httpx.Client) -> None:
+    """``Patient/$everything`` pages as a search does: a resource read already that is deleted before
+    the next page must not make the client miss a later one."""
+    patient = fhir.post("/Patient", json={"resourceType": "Patient"}).json()["id"]
+    entries = [
+        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": str(n)},
+                      "subject": {"reference": f"Patient/{patient}"}},
+         "request": {"method": "POST", "url": "Observation"}}
+        for n in range(11)
+    ]  # fmt: skip
+    response = fhir.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": entries})
+    assert response.status_code == 200, response.text
+    expected = {patient, *(e["response"]["location"].split("/")[1] for e in response.json()["entry"])}
+    read: list[str] = []
+    response = fhir.get(f"/Patient/{patient}/$everything", params={"_count": "3"})
+    for _ in range(20):
+        assert response.status_code == 200, response.text
+        bundle = response.json()
+        read += [e["resource"]["id"] for e in bundle.get("entry", [])]
+        next_url = next((link["url"] for link in bundle["link"] if link["relation"] == "next"), None)
+        if next_url is None:
+            break
+        victim = next(i for i in reversed(read) if i != patient)
+        assert fhir.delete(f"/Observation/{victim}").status_code in (200, 204)
+        response = fhir.get(local(next_url))
+    assert len(read) == len(set(read)), "a resource came twice"
+    assert expected - set(read) == set(), "a resource that was never deleted was skipped"
+    for forged in ("nonsense!", "WyJOb1N1Y2hUeXBlIiwieCJd"):  # the second: ["NoSuchType","x"]
+        refused = fhir.get(f"/Patient/{patient}/$everything", params={"_cursor": forged})
+        assert refused.status_code == 400, refused.text
+
+
 def test_47_a_concurrent_writer_causes_no_duplicates_or_errors(
     fhir: httpx.Client, any_gateway: Gateway
 ) -> None:
