@@ -282,7 +282,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         stack = "".join(traceback.format_tb(exc.__traceback__))
         request_id = request_id_of(request.scope) or "-"
         log.error("unhandled %s on %s %s (request id %s)\n%s", type(exc).__name__, request.method,
-                  request.url.path, request_id, stack)
+                  _route_of(request), request_id, stack)
         if console.is_console(request):
             response = console.error_response(
                 request, 500, f"Internal error; nothing was changed (request id {request_id}).")
@@ -301,7 +301,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         request_id = request_id_of(request.scope) or "-"
         cause = type(exc.__cause__).__name__ if exc.__cause__ is not None else "-"
         log.warning("%s (%s) on %s %s (request id %s): answered 503", type(exc).__name__, cause,
-                    request.method, request.url.path, request_id)
+                    request.method, _route_of(request), request_id)
         headers = {"Retry-After": str(UNAVAILABLE_RETRY_AFTER)}
         if console.is_console(request):
             response = console.error_response(
@@ -320,3 +320,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(ClientDisconnect, client_gone)
     app.add_exception_handler(Exception, unexpected)
+
+
+def _route_of(request: Request) -> str:
+    """The matched route's template (``/fhir/{rtype}/{rid}``), as the access log names it: the path as
+    sent can hold a source's record id, or a percent-encoded CR LF that would forge a log line."""
+    route = getattr(request.scope.get("route"), "path", None)
+    return route if isinstance(route, str) else "(no route)"

@@ -23,7 +23,7 @@ from gateway.api import configure_access_log
 from gateway.api.access_log import ACCESS_LOGGER
 from gateway.api.app import create_app
 from gateway.settings import Settings
-from gateway.store import Store, open_store
+from gateway.store import Store, StoreUnavailable, open_store
 from tests.conftest import make_token
 from tests.support.processes import free_port
 
@@ -136,13 +136,31 @@ async def test_a_500_names_the_request_id_in_the_outcome_the_header_and_the_log(
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test",
                                  headers={"Authorization": f"Bearer {token}", "X-Request-ID": "trace-500"}) as emr:
-        response = await emr.get("/fhir/Patient/abc")
+        response = await emr.get(f"/fhir/Patient/{SECRET}")  # an id may be whatever the source's record id was
     assert response.status_code == 500
     assert response.headers["x-request-id"] == "trace-500"
     assert "request id trace-500" in response.json()["issue"][0]["diagnostics"]
     assert lines()[-1]["status"] == 500 and lines()[-1]["request_id"] == "trace-500"
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and r.name == "gateway.api"]
     assert len(errors) == 1 and "request id trace-500" in errors[0] and SECRET not in errors[0]
+    assert "GET /fhir/{rtype}/{rid}" in errors[0]  # the route, as the access log names it
+
+
+async def test_a_503_logs_the_route_not_the_path_as_sent(
+    app: FastAPI, store: Store, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The path as sent can hold a source's record id, or (percent-encoded) a CR LF that forges a log line.
+    token = make_token(store, ("system/*.cruds",), name="emr")
+
+    def down(*args: object) -> None:
+        raise StoreUnavailable("the store cannot be reached")
+
+    monkeypatch.setattr(app.state.ctx.store, "read", down)
+    async with client_for(app, token) as emr:
+        response = await emr.get(f"/fhir/Patient/{SECRET}")
+    assert response.status_code == 503
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "gateway.api"]
+    assert "GET /fhir/{rtype}/{rid}" in warning and SECRET not in warning
 
 
 async def test_a_429_is_logged_with_the_client(tmp_path: Path, store: Store, lines: Any) -> None:
