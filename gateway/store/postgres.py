@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import selectors
 import time
+import weakref
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -62,6 +63,8 @@ def rows_by_id_sql(columns: str, where: str = "", lock: bool = False) -> str:
 
 #: How long a writer whose COMMIT got no answer keeps asking the server what became of it.
 _OUTCOME_SECONDS = 5.0
+#: Seconds a pooled read connection may sit idle before it is tried on checkout (``_check_idle``).
+_IDLE_CHECK = 1.0
 _PING_SECONDS = 3.0  # how long a readiness check may take: a pooled connection and its answer
 
 
@@ -289,14 +292,32 @@ class PostgresStore(SqlStore):
         # on the writer, only searches are (``search_cursor``): its INSERTs and UPDATEs keep their
         # prepared plans, which re-planning each time made the CRUD mix ~20% slower.
         reads = {**kwargs, "options": options + " -c plan_cache_mode=force_custom_plan"}
+        self._returned: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = weakref.WeakKeyDictionary()
         self._pool = ConnectionPool(
-            conninfo, min_size=1, max_size=max_connections, kwargs=reads, open=True, timeout=pool_timeout, name="reads"
-        )
+            conninfo, min_size=1, max_size=max_connections, kwargs=reads, open=True, timeout=pool_timeout,
+            name="reads", check=self._check_idle, reset=self._mark_returned,
+        )  # fmt: skip
         self._writer = PostgresWriter(conninfo, kwargs, self._write_lock)
 
     def q(self, sql: str) -> str:
         """Rewrite ``?`` placeholders to psycopg's ``%s``."""
         return _to_pyformat(sql)
+
+    def _mark_returned(self, conn: psycopg.Connection[Any]) -> None:
+        """Pool ``reset`` callback: when the connection went back to the pool."""
+        self._returned[conn] = time.monotonic()
+
+    def _check_idle(self, conn: psycopg.Connection[Any]) -> None:
+        """Pool ``check`` callback: a connection idle for a while is tried before a read gets it.
+
+        A server restart ends every pooled connection without the gateway knowing, and the first
+        read on each failed (503) until one failure had the pool checked. A restart takes seconds,
+        so only connections idle past ``_IDLE_CHECK`` pay the round trip; under load they are
+        reused sooner and cost nothing. A dead one is dropped and the pool hands out another.
+        """
+        returned = self._returned.get(conn)
+        if returned is not None and time.monotonic() - returned > _IDLE_CHECK:
+            ConnectionPool.check_connection(conn)
 
     @contextmanager
     def _read_cursor(self) -> Iterator[Cursor]:

@@ -19,7 +19,7 @@ import pytest
 from gateway.api.app import create_app
 from gateway.settings import Settings
 from gateway.store import StoreUnavailable, open_store
-from gateway.store.postgres import PostgresStore
+from gateway.store.postgres import _IDLE_CHECK, PostgresStore
 from tests.conftest import PG_URL, make_token
 from tests.support.cuttable_link import linked_schema_url
 from tests.support.gateway_app import MACHINE_SPEED_LIMITS
@@ -60,6 +60,15 @@ def test_dead_connections_fail_one_read_as_unavailable_then_recover(store: Postg
     assert isinstance(failed.value.__cause__, psycopg.OperationalError)
     for _ in range(6):  # the other dead connections were dropped with the first
         assert store.read("Patient", "p1") is not None
+
+
+def test_after_a_restart_the_first_read_gets_a_live_connection(store: PostgresStore) -> None:
+    # A restart takes seconds: connections idle that long are tried before a read gets them, so
+    # the first read of each process after a restart no longer fails (it answered 503).
+    _put(store, "p1")
+    _drop_connections(store, readers=4)
+    time.sleep(_IDLE_CHECK + 0.2)
+    assert [store.read("Patient", "p1") is not None for _ in range(6)] == [True] * 6
 
 
 @pytest.fixture
