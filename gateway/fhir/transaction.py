@@ -401,10 +401,16 @@ class _Processor:
 
     def _assign_ids(self, tx: StoreTransaction, entries: list[_Entry]) -> dict[str, str]:
         aliases: dict[str, str] = {}
+        posted: dict[str, str] = {}  # condition key -> id, of the conditional creates before this entry
         for e in entries:
             if e.method == "POST":
                 assert e.resource is not None
-                if e.if_none_exist:
+                earlier = posted.get(_condition_key(e.rtype, e.if_none_exist)) if e.if_none_exist else None
+                if earlier is not None:
+                    # The same condition as an earlier create of this transaction: that resource
+                    # (the store cannot find it yet, it is not written), not a second one.
+                    e.rid, e.method = earlier, "MATCHED"
+                elif e.if_none_exist:
                     found = interactions.search_matches(tx, self.parser, e.rtype, e.if_none_exist,
                                                         f"{e.where}.request.ifNoneExist", access=self.access)
                     if len(found) > 1:
@@ -427,6 +433,8 @@ class _Processor:
             condition = e.if_none_exist if e.method in ("POST", "MATCHED") else e.query if e.method == "PUT" else None
             if condition and e.rid:
                 aliases[_condition_key(e.rtype, condition)] = f"{e.rtype}/{e.rid}"
+                if e.method in ("POST", "MATCHED"):
+                    posted.setdefault(_condition_key(e.rtype, condition), e.rid)
         return aliases
 
     def _rewrite(self, tx: StoreTransaction, e: _Entry, aliases: dict[str, str]) -> None:

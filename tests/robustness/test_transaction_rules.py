@@ -115,6 +115,26 @@ def test_51_a_matched_if_none_exist_entry_is_the_target_of_its_full_url(
     assert _ids(fhir, system) == {existing}
 
 
+def test_51_two_creates_with_one_if_none_exist_make_one_resource(fhir: httpx.Client, system: str) -> None:
+    # Both searched the store, which did not hold the first yet: two Patients of one identifier.
+    first, second = f"urn:uuid:{uuid.uuid4()}", f"urn:uuid:{uuid.uuid4()}"
+    condition = f"identifier={system}|twice"
+    bundle = _transaction(
+        _post(_patient(system, "twice"), full_url=first, if_none_exist=condition),
+        _post(_observation(second)),
+        _post(_patient(system, "twice", gender="female"), full_url=second, if_none_exist=condition),
+    )
+    response = fhir.post("", json=bundle)
+    assert response.status_code == 200, response.text
+    created, observation, matched = response.json()["entry"]
+    assert created["response"]["status"].startswith("201") and matched["response"]["status"].startswith("200")
+    assert _id_of(created) == _id_of(matched)
+    assert _ids(fhir, system, "twice") == {_id_of(created)}
+    assert fhir.get(f"/Observation/{_id_of(observation)}").json()["subject"]["reference"] == (
+        f"Patient/{_id_of(created)}"
+    )
+
+
 def test_51_if_none_exist_matching_several_fails_the_transaction(fhir: httpx.Client, system: str) -> None:
     _create(fhir, _patient(system, "dup"))
     _create(fhir, _patient(system, "dup"))
