@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -39,6 +40,12 @@ def _context(set_name: str) -> dict[str, Any]:
     return value
 
 
+def _store_outputs(tx: Any, context: dict[str, Any]) -> None:
+    """The visit and diagnosis the completed Task names (an outcome waits a little for them)."""
+    for resource in context.get("outputs", ()):
+        tx.create(resource, rid=resource["id"])
+
+
 def _job(task: dict[str, Any], op: str = "update") -> Job:
     payload = b"" if op == "delete" else orjson.dumps(task)
     return Job(id=f"d:{task['id']}", destination="d", seq=1, resource_type="Task", resource_id=task["id"],
@@ -60,6 +67,7 @@ async def test_the_cht_connector_skips_what_is_not_its_outcome_and_reports_refus
     task = context["task"]
     with sqlite_store.transaction() as tx:  # an outcome waits for its Patient
         tx.create(context["patient"], rid=context["patient"]["id"])
+        _store_outputs(tx, context)
     good = _connector(sqlite_store, "cht-api", url, httpx.BasicAuth("gateway@example.org", "pull-secret"))
     try:
         foreign = {**task, "meta": {**task["meta"], "source": "urn:chw-gateway:commcare:pih-chw-demo"}}
@@ -91,6 +99,7 @@ async def test_a_task_an_emr_put_back_without_meta_goes_by_its_referral_source(
     with sqlite_store.transaction() as tx:
         tx.create({**request, "meta": {"source": "urn:chw-gateway:commcare:pih-chw-demo"}}, rid=request["id"])
         tx.create(context["patient"], rid=context["patient"]["id"])
+        _store_outputs(tx, context)
     connector = _connector(sqlite_store, "cht-api", url, httpx.BasicAuth("gateway@example.org", "pull-secret"))
     try:
         (foreign,) = await connector.deliver([_job(task)])
@@ -114,6 +123,7 @@ async def test_the_commcare_connector_waits_for_the_case_and_refuses_an_unknown_
         assert isinstance(waiting, Retry) and waiting.reason == "case_unknown" and waiting.link_ok
         with sqlite_store.transaction() as tx:
             tx.create(context["patient"], rid=context["patient"]["id"])
+            _store_outputs(tx, context)
         (refused,) = await connector.deliver([_job(context["task"])])  # CommCare has no such case
         assert isinstance(refused, Permanent) and refused.reason == "commcare_submit_error"
         assert refused.response is not None and "IllegalCaseId" in refused.response.body
@@ -172,6 +182,50 @@ async def test_a_cht_outcome_the_facility_completes_in_two_steps_reaches_the_app
         await connector.aclose()
 
 
+async def test_an_outcome_naming_a_visit_not_stored_yet_waits_for_it_a_little(
+    sqlite_store: Store, sandbox: SourceSandbox, url: str
+) -> None:
+    """An EMR that PUTs the completed Task before it POSTs the Encounter and Condition: the outcome
+    went out at once without the visit date and diagnosis, and nothing sent it again."""
+    context = _context("cht")
+    with sqlite_store.transaction() as tx:
+        for resource in (context["patient"], context["requester"]):
+            tx.create(resource, rid=resource["id"])
+    connector = _connector(sqlite_store, "cht-api", url, httpx.BasicAuth("gateway@example.org", "pull-secret"))
+    try:
+        (waiting,) = await connector.deliver([_job(context["task"])])
+        assert isinstance(waiting, Retry) and waiting.reason == "output_unknown" and waiting.link_ok
+        assert waiting.delay is not None and waiting.delay <= 30
+        assert sandbox.cht.reports("referral_outcome") == []
+        with sqlite_store.transaction() as tx:
+            for resource in context["outputs"]:
+                tx.create(resource, rid=resource["id"])
+        retried = dataclasses.replace(_job(context["task"]), attempts=1)
+        (sent,) = await connector.deliver([retried])
+        assert isinstance(sent, Success), sent
+        (report,) = sandbox.cht.reports("referral_outcome")
+        assert report["fields"]["visit_date"] and report["fields"]["diagnosis"]
+    finally:
+        await connector.aclose()
+
+
+async def test_an_outcome_whose_outputs_never_come_goes_without_them(
+    sqlite_store: Store, sandbox: SourceSandbox, url: str
+) -> None:
+    # An EMR may name its own ids, which never reach the gateway: the outcome goes after a few tries.
+    context = _context("cht")
+    with sqlite_store.transaction() as tx:
+        tx.create(context["patient"], rid=context["patient"]["id"])
+    connector = _connector(sqlite_store, "cht-api", url, httpx.BasicAuth("gateway@example.org", "pull-secret"))
+    try:
+        (sent,) = await connector.deliver([dataclasses.replace(_job(context["task"]), attempts=3)])
+        assert isinstance(sent, Success), sent
+        (report,) = sandbox.cht.reports("referral_outcome")
+        assert "visit_date" not in report["fields"]
+    finally:
+        await connector.aclose()
+
+
 async def test_the_cht_connector_waits_for_the_patient_and_refuses_a_deleted_one(
     sqlite_store: Store, sandbox: SourceSandbox, url: str
 ) -> None:
@@ -185,6 +239,7 @@ async def test_the_cht_connector_waits_for_the_patient_and_refuses_a_deleted_one
         assert not sandbox.requests
         with sqlite_store.transaction() as tx:
             tx.create(context["patient"], rid=context["patient"]["id"])
+            _store_outputs(tx, context)
         (sent,) = await connector.deliver([_job(context["task"])])
         assert isinstance(sent, Success), sent
         (report,) = sandbox.cht.reports("referral_outcome")
@@ -239,6 +294,7 @@ async def test_an_outcome_the_facility_takes_back_leaves_the_chws_app(
     task = context["task"]
     with sqlite_store.transaction() as tx:
         tx.create(context["patient"], rid=context["patient"]["id"])
+        _store_outputs(tx, context)
         tx.create({**task, "status": "accepted"}, rid=task["id"])
         tx.update(task)  # completed
     connector = _connector(sqlite_store, "cht-api", url, httpx.BasicAuth("gateway@example.org", "pull-secret"))
@@ -272,6 +328,7 @@ async def test_an_outcome_the_facility_takes_back_is_called_off_in_commcare(
     sandbox.commcare.put_case(DOMAIN, {**case, "case_id": case_id})
     with sqlite_store.transaction() as tx:
         tx.create(patient, rid=patient["id"])
+        _store_outputs(tx, context)
         tx.create(task, rid=task["id"])  # completed
     connector = _connector(sqlite_store, "commcare-api", url, None)
     try:

@@ -39,6 +39,11 @@ __all__ = ["ChtConnector", "CommCareConnector"]
 
 _NATURE = re.compile(rb'nature="([a-z_]+)"')
 _TAKE_BACK_HISTORY = 100  # versions of a Task read back for the outcomes they sent
+#: An outcome naming outputs (the visit's Encounter, a Condition) the store does not hold yet waits
+#: this many tries, this many seconds apart, for them: an EMR may PUT the Task before it POSTs the
+#: Encounter. Past them it goes without (an EMR may name its own ids, which never come).
+_OUTPUT_WAITS = 3
+_OUTPUT_WAIT_SECONDS = 10.0
 
 
 class _ReturnConnector:
@@ -79,9 +84,9 @@ class _ReturnConnector:
         if job.op == "delete" or job.resource().get("status") == "entered-in-error":
             # The facility took the outcome back (recorded on the wrong referral).
             return await self._take_back(job)
-        return await self._deliver_task(job.resource())
+        return await self._deliver_task(job.resource(), attempts=job.attempts)
 
-    async def _deliver_task(self, task: dict[str, Any]) -> DeliveryOutcome:
+    async def _deliver_task(self, task: dict[str, Any], attempts: int | None = None) -> DeliveryOutcome:
         """Render and send the outcome of one version of a Task (if it is this app's and a mapping fires)."""
         source = (task.get("meta") or {}).get("source")
         if source is not None and source != self.system:
@@ -116,7 +121,18 @@ class _ReturnConnector:
                 return Permanent(reason="patient_deleted",
                                  detail=f"{patient[0]}/{patient[1]} was deleted: the outcome would name no patient")
             return Retry(delay=None, reason=self.waiting_reason, link_ok=True)
+        if attempts is not None and attempts < _OUTPUT_WAITS and await asyncio.to_thread(self._outputs_missing, task):
+            # Sent now, the CHW would hear of no visit date nor diagnosis, and nothing sends it again.
+            return Retry(delay=_OUTPUT_WAIT_SECONDS, reason="output_unknown", link_ok=True)
         return await self._send(payload)
+
+    def _outputs_missing(self, task: dict[str, Any]) -> bool:
+        """Whether an output the Task names (``Type/id``) is not in the store yet (deleted ones are there)."""
+        for output in task.get("output") or ():
+            parts = reference_parts(output.get("valueReference")) if isinstance(output, dict) else None
+            if parts is not None and self.store.read(*parts) is None:
+                return True
+        return False
 
     async def _send(self, payload: dict[str, Any]) -> DeliveryOutcome:
         raise NotImplementedError
