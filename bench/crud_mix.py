@@ -29,7 +29,6 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,6 @@ import psycopg
 
 from bench.read_search import free_port, wait_ready
 from gateway.auth import hash_token, new_token
-from gateway.store import ApiClient, open_store
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("GATEWAY_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -220,14 +218,25 @@ class Server:
     process: subprocess.Popen[bytes]
 
 
+_SEED = """
+import sys
+from datetime import UTC, datetime
+from gateway.store import ApiClient, open_store
+store = open_store(sys.argv[1])
+try:
+    store.save_client(ApiClient("bench", ("system/*.cruds",), datetime.now(UTC)), sys.argv[2])
+finally:
+    store.close()
+"""
+
+
 def start_server(label: str, url: str, tree: Path, log: Path) -> Server:
     """Seed a client into the store at ``url`` and start the gateway code of ``tree`` on core 0."""
-    store = open_store(url)
     token = new_token()
-    try:
-        store.save_client(ApiClient("bench", ("system/*.cruds",), datetime.now(UTC)), hash_token(token))
-    finally:
-        store.close()
+    # Seeded by the tree's own code: this tree's would migrate the store to a schema an older
+    # tree refuses to open.
+    subprocess.run([sys.executable, "-c", _SEED, url, hash_token(token)], env={**os.environ, "PYTHONPATH": str(tree)},
+                   cwd=tree, check=True)  # fmt: skip
     port = free_port()
     # Rate limits on (the default path), but never reached: all 38 clients share one token.
     env = {**os.environ, "PYTHONPATH": str(tree), "GATEWAY_RATE_LIMIT__REQUESTS_PER_SECOND": "1000000",
