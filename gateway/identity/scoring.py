@@ -187,11 +187,12 @@ def compare(a: Features, b: Features, rules: Rules, share: NameShare | None = No
             return Comparison(score, Grade.CERTAINLY_NOT, {**levels, "national_id": "different"})
     guarded = levels
     parts_a, parts_b = (bool(a.given), bool(a.family)), (bool(b.given), bool(b.family))
-    if (parts_a != parts_b or not (a.given and b.given)) and any(parts_a) and any(parts_b):
-        # A record that names fewer parts than the other, or no given name (a newborn registered
-        # by surname only or as "Baby Nakato", beside "Aisha Nakato" or another "Baby Nakato"):
-        # the surname may agree, the given name is unknown, so it may be the child named since or their twin. The guards
-        # do not count it as agreeing.
+    if parts_a != parts_b or not (a.given and b.given):
+        # A record that names fewer parts than the other, or no given name, or no name at all (a
+        # newborn registered by surname only, as "Baby Nakato", or by a birth form without a name,
+        # beside "Aisha Nakato" or another such newborn of the household): the rest may agree, the
+        # given name is unknown, so it may be the child named since or their twin. The guards do
+        # not count it as agreeing.
         guarded = {**levels, "given": "different"}
     for name, agree, unless in c.deterministic:
         if all(levels.get(field) in ("same", "exact") for field in agree) and not any(

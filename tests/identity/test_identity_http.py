@@ -309,3 +309,14 @@ async def test_match_counts_only_the_patients_the_clients_policy_shows(gw: Harne
         answer = (await limited.post("/fhir/Patient/$match", json=_match_body(probe, count=1), headers=FHIR)).json()
     assert [e["resource"]["id"] for e in answer["entry"]] == [shown_id]
     assert answer["total"] == 1 and hidden_id not in json.dumps(answer)
+
+
+async def test_newborns_registered_without_any_name_are_left_to_a_reviewer(gw: Harness) -> None:
+    # A birth form without a name field: twins of one household share the phone, birth date and
+    # sex, and nothing told them apart, so same-phone-and-birthdate linked them.
+    twin = {"date_of_birth": "2026-11-30", "sex": "female", "phone": "+256772000111", "name": "", "short_name": ""}
+    first = _patient_id(await _ingest(gw, "cht", cht_person(**twin)))
+    other = {**twin, "patient_id": "48219", "_id": "f1f2f3f4-a1a2-4b1b-8c1c-d1d2d3d4d5d6"}
+    second = _patient_id(await _ingest(gw, "cht", cht_person(**other)))
+    assert first != second
+    assert _linked(await _patient(gw, first)) == [] and _linked(await _patient(gw, second)) == []
