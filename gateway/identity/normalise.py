@@ -50,18 +50,6 @@ def fold(text: str, rules: Rules, *, placeholders: frozenset[str] = frozenset())
     return plain
 
 
-def _placeholders(rules: Rules) -> frozenset[str]:
-    found = _PLACEHOLDERS.get(id(rules))
-    if found is None or found[0] is not rules:
-        if len(_PLACEHOLDERS) > 32:
-            _PLACEHOLDERS.clear()
-        found = _PLACEHOLDERS[id(rules)] = (rules, frozenset(w.lower() for w in rules.placeholder_given))
-    return found[1]
-
-
-_PLACEHOLDERS: dict[int, tuple[Rules, frozenset[str]]] = {}
-
-
 def features(resource: dict[str, Any], rules: Rules) -> Features:
     """The compared values of a Patient resource (missing elements are empty or None)."""
     given, family = _name(resource, rules)
@@ -85,7 +73,7 @@ def _name(resource: dict[str, Any], rules: Rules) -> tuple[str, str]:
     if not given_parts and not family and isinstance(chosen.get("text"), str):
         words = chosen["text"].split()
         given_parts, family = words[:-1], words[-1] if words else ""
-    return fold(" ".join(given_parts), rules, placeholders=_placeholders(rules)), fold(family or "", rules)
+    return fold(" ".join(given_parts), rules, placeholders=rules.placeholder_given), fold(family or "", rules)
 
 
 def _birth(resource: dict[str, Any]) -> tuple[date | None, bool]:

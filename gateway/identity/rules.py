@@ -89,10 +89,10 @@ class Rules(_Strict):
     variants: list[Variant] = []
     #: Words that stand in for a given name not chosen yet ("Baby Nakato", "Mtoto wa Aisha"):
     #: dropped from given names (folded, before the variants), so they agree on nothing.
-    placeholder_given: list[str] = [
+    placeholder_given: frozenset[str] = frozenset({
         "baby", "babe", "infant", "newborn", "unknown", "unnamed", "boy", "girl", "of", "wa", "ya",
         "mtoto", "bebe", "enfant", "nino", "nina", "omwana", "umwana", "twin",
-    ]  # fmt: skip
+    })  # fmt: skip
     deterministic: list[Deterministic] = []
     #: Where the weights come from: ``fields`` (m/u set by hand) or ``estimated`` (m/u estimated
     #: from the stored Patients by EM, written into ``estimated`` by ``gateway identity estimate --write``).
@@ -112,6 +112,11 @@ class Rules(_Strict):
         """Compute the weight table."""
         self._weights = {(name, level): value.weight for name, levels in self.levels().items()
                          for level, value in levels.items()}
+
+    @field_validator("placeholder_given")
+    @classmethod
+    def _fold_placeholders(cls, words: frozenset[str]) -> frozenset[str]:
+        return frozenset(word.lower() for word in words)  # compared with folded (lower-case) names
 
     @field_validator("fields", "estimated")
     @classmethod
