@@ -141,10 +141,15 @@ class _ReturnConnector:
         """Withdraw what earlier versions of a Task sent (nothing where the app has no such way)."""
         return Success("a Task taken back: nothing sent")
 
+    def _task_versions(self, task_id: str) -> list[dict[str, Any]]:
+        """The Task's stored versions that are not deletions, newest first (by version: versions written
+        within one millisecond tie on the history's order)."""
+        versions, _ = self.store.history("Task", task_id, count=_TAKE_BACK_HISTORY)
+        return [jsonio.loads(v.content) for v in sorted(versions, key=lambda v: -v.version) if not v.deleted]
+
     def _sent_ids(self, task_id: str) -> list[str]:
         """The outcome ids earlier versions of the Task of this source may have sent (from the store's history)."""
-        versions, _ = self.store.history("Task", task_id, count=_TAKE_BACK_HISTORY)
-        bodies = [jsonio.loads(v.content) for v in versions if not v.deleted]
+        bodies = self._task_versions(task_id)
         if not any((body.get("meta") or {}).get("source") == self.system for body in bodies):
             return []  # not a referral of this app
         return list(dict.fromkeys(outcome_id(self.system, {"task": body}) for body in bodies))
@@ -236,8 +241,7 @@ class CommCareConnector(_ReturnConnector):
 
     def _sent_versions(self, task_id: str) -> list[dict[str, Any]]:
         """Earlier versions of the Task (newest first) if any of them had an outcome for this app to send."""
-        versions, _ = self.store.history("Task", task_id, count=_TAKE_BACK_HISTORY)
-        bodies = [jsonio.loads(v.content) for v in sorted(versions, key=lambda v: -v.version) if not v.deleted]
+        bodies = self._task_versions(task_id)
         seen: set[tuple[str, str]] = set()
         for body in bodies:
             if body.get("status") == "entered-in-error":
