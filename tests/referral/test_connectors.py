@@ -52,6 +52,11 @@ def _job(task: dict[str, Any], op: str = "update") -> Job:
                version=2, op=op, key=task["for"]["reference"], payload=payload)  # type: ignore[arg-type]  # fmt: skip
 
 
+def _cht_connector(store: Store, url: str) -> Any:
+    """The cht-api connector, with the CHT stand-in's login."""
+    return _connector(store, "cht-api", url, httpx.BasicAuth("gateway@example.org", "pull-secret"))
+
+
 def _connector(store: Store, kind: str, url: str, auth: httpx.Auth | None) -> Any:
     options = {"mapping": str(MAPPINGS / ("cht" if kind == "cht-api" else "commcare")), "domain": DOMAIN}
     destination = DestinationConfig.model_validate({"name": "d", "kind": kind, "base_url": url, "options": options})
@@ -68,7 +73,7 @@ async def test_the_cht_connector_skips_what_is_not_its_outcome_and_reports_refus
     with sqlite_store.transaction() as tx:  # an outcome waits for its Patient
         tx.create(context["patient"], rid=context["patient"]["id"])
         _store_outputs(tx, context)
-    good = _connector(sqlite_store, "cht-api", url, httpx.BasicAuth("gateway@example.org", "pull-secret"))
+    good = _cht_connector(sqlite_store, url)
     try:
         foreign = {**task, "meta": {**task["meta"], "source": "urn:chw-gateway:commcare:pih-chw-demo"}}
         waiting = {**task, "status": "requested"}
@@ -100,7 +105,7 @@ async def test_a_task_an_emr_put_back_without_meta_goes_by_its_referral_source(
         tx.create({**request, "meta": {"source": "urn:chw-gateway:commcare:pih-chw-demo"}}, rid=request["id"])
         tx.create(context["patient"], rid=context["patient"]["id"])
         _store_outputs(tx, context)
-    connector = _connector(sqlite_store, "cht-api", url, httpx.BasicAuth("gateway@example.org", "pull-secret"))
+    connector = _cht_connector(sqlite_store, url)
     try:
         (foreign,) = await connector.deliver([_job(task)])
         assert isinstance(foreign, Success) and not sandbox.requests  # another app's referral
@@ -164,7 +169,7 @@ async def test_a_cht_outcome_the_facility_completes_in_two_steps_reaches_the_app
         for resource in (context["patient"], context["requester"], *context["outputs"]):
             tx.create(resource, rid=resource["id"])
     first = {key: value for key, value in context["task"].items() if key != "output"}
-    connector = _connector(sqlite_store, "cht-api", url, httpx.BasicAuth("gateway@example.org", "pull-secret"))
+    connector = _cht_connector(sqlite_store, url)
     try:
         (sent,) = await connector.deliver([_job(first)])
         assert isinstance(sent, Success), sent
@@ -191,15 +196,14 @@ async def test_an_outcome_naming_a_visit_not_stored_yet_waits_for_it_a_little(
     with sqlite_store.transaction() as tx:
         for resource in (context["patient"], context["requester"]):
             tx.create(resource, rid=resource["id"])
-    connector = _connector(sqlite_store, "cht-api", url, httpx.BasicAuth("gateway@example.org", "pull-secret"))
+    connector = _cht_connector(sqlite_store, url)
     try:
         (waiting,) = await connector.deliver([_job(context["task"])])
         assert isinstance(waiting, Retry) and waiting.reason == "output_unknown" and waiting.link_ok
         assert waiting.delay is not None and waiting.delay <= 30
         assert sandbox.cht.reports("referral_outcome") == []
         with sqlite_store.transaction() as tx:
-            for resource in context["outputs"]:
-                tx.create(resource, rid=resource["id"])
+            _store_outputs(tx, context)
         retried = dataclasses.replace(_job(context["task"]), attempts=1)
         (sent,) = await connector.deliver([retried])
         assert isinstance(sent, Success), sent
@@ -216,7 +220,7 @@ async def test_an_outcome_whose_outputs_never_come_goes_without_them(
     context = _context("cht")
     with sqlite_store.transaction() as tx:
         tx.create(context["patient"], rid=context["patient"]["id"])
-    connector = _connector(sqlite_store, "cht-api", url, httpx.BasicAuth("gateway@example.org", "pull-secret"))
+    connector = _cht_connector(sqlite_store, url)
     try:
         (sent,) = await connector.deliver([dataclasses.replace(_job(context["task"]), attempts=3)])
         assert isinstance(sent, Success), sent
@@ -232,7 +236,7 @@ async def test_the_cht_connector_waits_for_the_patient_and_refuses_a_deleted_one
     """A report without ``patient_uuid``/``patient_id`` is replicated to no CHW: it was sent (201),
     an outcome lost for good, when the referral's person record had not arrived yet."""
     context = _context("cht")
-    connector = _connector(sqlite_store, "cht-api", url, httpx.BasicAuth("gateway@example.org", "pull-secret"))
+    connector = _cht_connector(sqlite_store, url)
     try:
         (waiting,) = await connector.deliver([_job(context["task"])])  # the Patient is not stored yet
         assert isinstance(waiting, Retry) and waiting.reason == "patient_unknown" and waiting.link_ok
@@ -268,7 +272,7 @@ async def test_a_task_put_back_in_the_emrs_own_terms_still_reaches_the_chw(
                if key not in ("meta", "focus", "requester", "identifier", "output")}  # fmt: skip
     openmrs["for"] = {"reference": "Patient/70dfc959-86cc-4bb3-a8f4-e68a4b224768"}  # OpenMRS's patient uuid
     openmrs["identifier"] = [{"system": "http://fhir.openmrs.org/ext/task/identifier", "value": openmrs["id"]}]
-    connector = _connector(sqlite_store, "cht-api", url, httpx.BasicAuth("gateway@example.org", "pull-secret"))
+    connector = _cht_connector(sqlite_store, url)
     try:
         (sent,) = await connector.deliver([_job(openmrs)])
         assert isinstance(sent, Success), sent
@@ -297,7 +301,7 @@ async def test_an_outcome_the_facility_takes_back_leaves_the_chws_app(
         _store_outputs(tx, context)
         tx.create({**task, "status": "accepted"}, rid=task["id"])
         tx.update(task)  # completed
-    connector = _connector(sqlite_store, "cht-api", url, httpx.BasicAuth("gateway@example.org", "pull-secret"))
+    connector = _cht_connector(sqlite_store, url)
     try:
         for status in ("accepted", "completed"):
             (sent,) = await connector.deliver([_job({**task, "status": status})])
@@ -391,7 +395,7 @@ async def test_an_identity_review_task_is_not_a_referral_outcome(
         "code": {"coding": [{"system": "urn:chw-gateway:task", "code": "identity-review"}]},
         "for": {"reference": f"Patient/{pid}"}, "focus": {"reference": f"Patient/{other['id']}"},
     }  # fmt: skip
-    connector = _connector(sqlite_store, "cht-api", url, httpx.BasicAuth("gateway@example.org", "pull-secret"))
+    connector = _cht_connector(sqlite_store, url)
     try:
         outcomes = await connector.deliver([_job(review), _job({**review, "status": "rejected"})])
         assert all(isinstance(outcome, Success) for outcome in outcomes), outcomes
