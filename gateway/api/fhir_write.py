@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlencode
 
 from fastapi import APIRouter
@@ -25,7 +25,7 @@ from gateway.fhir import (
     require_resource,
     validate_resource,
 )
-from gateway.search import MAX_INT_DIGITS, RESULT_PARAMS
+from gateway.search import MAX_INT_DIGITS, RESULT_PARAMS, SearchAccess
 from gateway.settings import Settings
 from gateway.store import StoredResource
 
@@ -45,6 +45,25 @@ from .negotiation import check_content_type, fhir_response, prefer, read_body, r
 
 router = APIRouter(prefix="/fhir", tags=["FHIR"])
 T = TypeVar("T")
+
+
+class _Writer(NamedTuple):
+    """Who writes, what they may see, the answer's media type and the app, for one write route."""
+
+    principal: Principal
+    access: SearchAccess
+    media: str
+    ctx: AppContext
+
+
+def _writer(request: Request, rtype: str, rid: str | None, letter: str) -> _Writer:
+    """A write route's checks, in the order clients see them: 401, the type, the id, 403."""
+    authenticate(request)  # 401 before anything is said about the URL
+    check_type(rtype)
+    if rid is not None:
+        check_path_id(rid)
+    principal = require_fhir(request, rtype, letter)
+    return _Writer(principal, search_access(request, principal), response_type(request), ctx_of(request))
 
 
 async def _resource_body(request: Request, ctx: AppContext, rtype: str) -> dict[str, Any]:
@@ -123,12 +142,7 @@ def _query_string(request: Request) -> str:
 @router.post("/{rtype}", summary="Create")
 async def create(request: Request, rtype: str) -> Response:
     """Create a resource (conditional with If-None-Exist)."""
-    authenticate(request)  # 401 before anything is said about the URL
-    check_type(rtype)
-    principal = require_fhir(request, rtype, "c")
-    access = search_access(request, principal)
-    media = response_type(request)
-    ctx = ctx_of(request)
+    principal, access, media, ctx = _writer(request, rtype, None, "c")
     data = await _resource_body(request, ctx, rtype)
     # fhirpy's get_or_create puts the condition in the query string instead of the
     # standard header; honouring it avoids silently creating duplicates.
@@ -141,13 +155,7 @@ async def create(request: Request, rtype: str) -> Response:
 @router.put("/{rtype}/{rid}", summary="Update")
 async def update(request: Request, rtype: str, rid: str) -> Response:
     """Update a resource, or create it with this id (update-as-create)."""
-    authenticate(request)  # 401 before anything is said about the URL
-    check_type(rtype)
-    check_path_id(rid)
-    principal = require_fhir(request, rtype, "u")
-    access = search_access(request, principal)
-    media = response_type(request)
-    ctx = ctx_of(request)
+    principal, access, media, ctx = _writer(request, rtype, rid, "u")
     if_match, conditions = parse_if_match(request), write_conditions(request)
     data = await _resource_body(request, ctx, rtype)
 
@@ -162,12 +170,7 @@ async def update(request: Request, rtype: str, rid: str) -> Response:
 @router.put("/{rtype}", summary="Conditional update")
 async def conditional_update(request: Request, rtype: str) -> Response:
     """Update the one resource the query matches, or create it."""
-    authenticate(request)  # 401 before anything is said about the URL
-    check_type(rtype)
-    principal = require_fhir(request, rtype, "u")
-    access = search_access(request, principal)
-    media = response_type(request)
-    ctx = ctx_of(request)
+    principal, access, media, ctx = _writer(request, rtype, None, "u")
     query = _query_string(request)
     if not query:
         raise invalid("PUT to a type URL needs search parameters (conditional update)")
@@ -182,13 +185,7 @@ async def conditional_update(request: Request, rtype: str) -> Response:
 @router.patch("/{rtype}/{rid}", summary="Patch (JSON Patch)")
 async def patch(request: Request, rtype: str, rid: str) -> Response:
     """Apply a JSON Patch document to a resource."""
-    authenticate(request)  # 401 before anything is said about the URL
-    check_type(rtype)
-    check_path_id(rid)
-    principal = require_fhir(request, rtype, "u")
-    access = search_access(request, principal)
-    media = response_type(request)
-    ctx = ctx_of(request)
+    principal, access, media, ctx = _writer(request, rtype, rid, "u")
     check_content_type(request, {"application/json-patch+json"})
     if request.headers.get("content-type") is None:
         raise FhirError("PATCH needs Content-Type: application/json-patch+json", status=415, code="not-supported")
@@ -207,13 +204,7 @@ async def patch(request: Request, rtype: str, rid: str) -> Response:
 @router.delete("/{rtype}/{rid}", summary="Delete")
 async def delete(request: Request, rtype: str, rid: str) -> Response:
     """Delete a resource (later reads answer 410 Gone)."""
-    authenticate(request)  # 401 before anything is said about the URL
-    check_type(rtype)
-    check_path_id(rid)
-    principal = require_fhir(request, rtype, "d")
-    access = search_access(request, principal)
-    media = response_type(request)
-    ctx = ctx_of(request)
+    principal, access, media, ctx = _writer(request, rtype, rid, "d")
 
     if_match, conditions = parse_if_match(request), write_conditions(request)
     deleted = await _in_transaction(request, ctx, principal.name, interactions.delete, rtype, rid,
@@ -225,12 +216,7 @@ async def delete(request: Request, rtype: str, rid: str) -> Response:
 @router.delete("/{rtype}", summary="Conditional delete")
 async def conditional_delete(request: Request, rtype: str) -> Response:
     """Delete the single resource a query matches."""
-    authenticate(request)  # 401 before anything is said about the URL
-    check_type(rtype)
-    principal = require_fhir(request, rtype, "d")
-    access = search_access(request, principal)
-    media = response_type(request)
-    ctx = ctx_of(request)
+    principal, access, media, ctx = _writer(request, rtype, None, "d")
     query = _query_string(request)
     if not query:
         raise invalid("DELETE on a type URL needs search parameters (conditional delete)")
