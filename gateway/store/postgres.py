@@ -104,6 +104,12 @@ def _select_one(conn: psycopg.Connection[Any], deadline: float) -> None:
             raise psycopg.OperationalError(failed)
 
 
+def _takes_no_writes(conn: psycopg.Connection[Any]) -> bool:
+    """Whether ``conn``'s session is read-only: PostgreSQL 14+ reports both settings as they change."""
+    info = conn.info
+    return any(info.parameter_status(name) == "on" for name in ("default_transaction_read_only", "in_hot_standby"))
+
+
 #: The driver's errors that say the server cannot serve the store now, not that a statement is
 #: wrong: it cannot be reached (refused, shut down, dropped, pool timeout), or it takes no writes
 #: (a standby after a failover, ``default_transaction_read_only`` during a move to another server).
@@ -213,11 +219,8 @@ class PostgresWriter(GroupCommit[psycopg.Connection[Any]]):
 
     def _stale(self, conn: psycopg.Connection[Any]) -> bool:
         # A session that turned read-only takes no more writes: the next batch connects anew (to the
-        # new primary after a failover). PostgreSQL 14+ reports both settings as they change.
-        info = conn.info
-        return conn.closed or conn.broken or any(
-            info.parameter_status(name) == "on" for name in ("default_transaction_read_only", "in_hot_standby")
-        )
+        # new primary after a failover).
+        return conn.closed or conn.broken or _takes_no_writes(conn)
 
 
 def _create_schema(conninfo: str, schema: str) -> None:
@@ -341,8 +344,13 @@ class PostgresStore(SqlStore):
         try:
             with self._pool.connection(timeout=_PING_SECONDS) as conn:
                 _select_one(conn, deadline)
+                read_only = _takes_no_writes(conn)
         except psycopg.OperationalError as exc:  # PoolTimeout included
             raise _unavailable(exc) from exc
+        if read_only:
+            # Reads would go through, but every write and ingest would be a 503: a load balancer
+            # should send the traffic to a gateway whose server is the primary.
+            raise StoreUnavailable("the PostgreSQL server takes no writes (a standby, or read-only)")
 
     def _write_cursor(self) -> AbstractContextManager[Cursor]:
         return _reachable(self._writer.unit())

@@ -283,3 +283,50 @@ def test_a_commit_the_server_carried_out_is_a_success_though_its_answer_was_lost
         finally:
             link.mend()
             store.close()
+
+
+def _ping_refusal(store: PostgresStore) -> str | None:
+    """What the readiness check says after the store's sessions were ended (a connection the
+    pool finds dead may fail one check: the next one speaks to the server as it is now)."""
+    for _ in range(3):
+        try:
+            store.ping()
+            return None
+        except StoreUnavailable as exc:
+            if "takes no writes" in str(exc):
+                return str(exc)
+    raise AssertionError("the readiness check kept failing for another reason")
+
+
+def _end_sessions(role: str) -> None:
+    with psycopg.connect(PG_URL, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role,))
+
+
+def test_a_readiness_check_fails_while_the_server_takes_no_writes(pg_schema_url: str) -> None:
+    """A server that answers but takes no writes (a standby after a failover, or
+    ``default_transaction_read_only`` during a move) is not ready: every write and ingest would be
+    a 503, so a load balancer must send the traffic elsewhere. The store's role gets read-only
+    sessions, as every session of a standby is, and its sessions are ended (the failover)."""
+    role = f"ro_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE ROLE "{role}" LOGIN SUPERUSER')
+    store = open_store(pg_schema_url.replace("postgresql://postgres@", f"postgresql://{role}@"))
+    assert isinstance(store, PostgresStore)
+    try:
+        store.ping()
+        with psycopg.connect(PG_URL, autocommit=True) as admin:
+            admin.execute(f'ALTER ROLE "{role}" SET default_transaction_read_only = on')
+        _end_sessions(role)
+        assert _ping_refusal(store) is not None
+        assert store.read("Patient", "nobody") is None  # reads still go through
+        with psycopg.connect(PG_URL, autocommit=True) as admin:
+            admin.execute(f'ALTER ROLE "{role}" RESET default_transaction_read_only')
+        _end_sessions(role)
+        assert _ping_refusal(store) is None  # writable again: ready again
+    finally:
+        store.close()
+        _end_sessions(role)
+        with psycopg.connect(PG_URL, autocommit=True) as admin:
+            admin.execute(f'REASSIGN OWNED BY "{role}" TO CURRENT_USER')
+            admin.execute(f'DROP ROLE "{role}"')
