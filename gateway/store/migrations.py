@@ -252,6 +252,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE history ADD COLUMN method TEXT",
         ),
     ),
+    Migration(
+        23,
+        "quarantine entries of records without a key found by their bytes (SHA-256): a sender retrying a"
+        " refused record that has no id keeps one entry; NULL for entries kept before",
+        (
+            "ALTER TABLE quarantine ADD COLUMN body_hash TEXT",
+            "CREATE INDEX quarantine_unkeyed ON quarantine (source, body_hash)"
+            " WHERE record_key IS NULL AND status = 'held'",
+        ),
+    ),
 )
 
 

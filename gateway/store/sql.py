@@ -8,6 +8,7 @@ quarantine) is written once here against DB-API cursors.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -1246,29 +1247,37 @@ class SqlStore(ExportJobs, SubscriptionRows):
         held: its entry, with the new outcome and one more attempt)."""
         now = time.time()
         outcome_text = jsonio.dumps(outcome).decode()
+        body_hash = hashlib.sha256(body).hexdigest()
         with self._write_cursor() as cur:
+            # A pull re-reading its last page, or a sender trying again, must not pile up copies;
+            # a record without a key is known by its bytes alone.
             if record_key is not None:
-                # A pull re-reading its last page, or a sender trying again, must not pile up copies.
                 cur.execute(
                     self.q("SELECT qid, received, attempts FROM quarantine WHERE source = ? AND record_key = ?"
                            " AND status = 'held' AND body = ? ORDER BY qid LIMIT 1"),
                     (source, record_key, body),
                 )
-                row = cur.fetchone()
-                if row is not None:
-                    qid, received, attempts = int(row[0]), float(row[1]), int(row[2]) + 1
-                    cur.execute(
-                        self.q("UPDATE quarantine SET outcome = ?, content_type = ?, attempts = ?, updated = ?"
-                               " WHERE qid = ?"),
-                        (outcome_text, content_type, attempts, now, qid),
-                    )
-                    return QuarantinedRecord(qid, source, from_epoch(received), content_type, body, record_key,
-                                             outcome, "held", attempts, from_epoch(now))  # fmt: skip
+            else:
+                cur.execute(
+                    self.q("SELECT qid, received, attempts FROM quarantine WHERE source = ? AND body_hash = ?"
+                           " AND record_key IS NULL AND status = 'held' AND body = ? ORDER BY qid LIMIT 1"),
+                    (source, body_hash, body),
+                )
+            row = cur.fetchone()
+            if row is not None:
+                qid, received, attempts = int(row[0]), float(row[1]), int(row[2]) + 1
+                cur.execute(
+                    self.q("UPDATE quarantine SET outcome = ?, content_type = ?, attempts = ?, updated = ?"
+                           " WHERE qid = ?"),
+                    (outcome_text, content_type, attempts, now, qid),
+                )
+                return QuarantinedRecord(qid, source, from_epoch(received), content_type, body, record_key,
+                                         outcome, "held", attempts, from_epoch(now))  # fmt: skip
             qid = self._insert_returning(
                 cur,
                 "INSERT INTO quarantine (source, received, content_type, body, record_key, outcome, status,"
-                " attempts, updated) VALUES (?, ?, ?, ?, ?, ?, 'held', 1, ?)",
-                (source, now, content_type, body, record_key, outcome_text, now),
+                " attempts, updated, body_hash) VALUES (?, ?, ?, ?, ?, ?, 'held', 1, ?, ?)",
+                (source, now, content_type, body, record_key, outcome_text, now, body_hash),
                 key="qid",
             )
         return QuarantinedRecord(qid, source, from_epoch(now), content_type, body, record_key, outcome,
