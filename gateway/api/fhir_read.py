@@ -155,7 +155,7 @@ async def vread(request: Request, rtype: str, rid: str, vid: str) -> Response:
     check_path_id(rid)
     principal = require_fhir(request, rtype, "r")
     media = response_type(request)
-    if not (vid.isascii() and vid.isdigit()) or len(vid) > MAX_INT_DIGITS:
+    if not (vid.isascii() and vid.isdigit()) or len(vid) > MAX_INT_DIGITS or (vid[0] == "0" and vid != "0"):
         raise not_found(f"{rtype}/{rid} has no version {vid[:20]!r}")
     ctx = ctx_of(request)
     res = await ctx.read(ctx.store.vread, rtype, rid, int(vid))

@@ -23,7 +23,7 @@ FAR_PAST = -1.0e12
 _DATE_RE = re.compile(
     r"^(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})"
     r"(?:T(?P<H>\d{2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?P<f>\.\d+)?)?"
-    r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?\Z",
+    r"(?P<tz>Z|[+-](?:(?:0\d|1[0-3]):[0-5]\d|14:00))?)?)?)?\Z",  # FHIR's offsets: -14:00 to +14:00
     re.ASCII,  # "١٩٨٠" is not a FHIR year, and "$" would let a trailing newline through
 )
 

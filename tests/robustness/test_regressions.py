@@ -65,7 +65,7 @@ def test_a_huge_count_is_capped_not_converted(fhir: httpx.Client) -> None:
     assert fhir.get("/Patient", params={"_count": "9" * 5000}).status_code == 200
 
 
-@pytest.mark.parametrize("vid", ["%C2%B2", "9" * 30])
+@pytest.mark.parametrize("vid", ["%C2%B2", "9" * 30, "01", "0001"])  # a version id is "1", not "01"
 def test_strange_version_ids_are_not_found(fhir: httpx.Client, vid: str) -> None:
     patient = _create(fhir, {"resourceType": "Patient"})
     response = raw_request(fhir, "GET", f"/Patient/{patient['id']}/_history/{vid}".encode())
@@ -146,6 +146,18 @@ def test_a_resource_dated_before_year_one_in_utc_is_stored_and_found(fhir: httpx
 @pytest.mark.parametrize("value", ["\u0661\u0669\u0668\u0660", "1980\n"])
 def test_dates_must_be_plain_ascii_without_trailing_newline(fhir: httpx.Client, value: str) -> None:
     assert fhir.get("/Patient", params={"birthdate": value}).status_code == 400
+
+
+@pytest.mark.parametrize("value", ["2024-01-01T10:00:00+25:00", "2024-01-01T10:00:00+14:30", "2024-01-01T10:00+10:75",
+                                   "2024-01-01T10:00:00-99:00"])  # fmt: skip
+def test_dates_with_an_offset_fhir_does_not_allow_are_a_400(fhir: httpx.Client, value: str) -> None:
+    """FHIR's offsets run from -14:00 to +14:00 (``(0[0-9]|1[0-3]):[0-5][0-9]|14:00``), as a stored
+    value's must: a search with another one was answered as if it named some other instant."""
+    for params in ({"birthdate": value}, {"_lastUpdated": f"ge{value}"}):
+        answer = fhir.get("/Patient", params=params)
+        assert answer.status_code == 400, params
+        assert answer.json()["issue"][0]["expression"] == [next(iter(params))]
+    assert fhir.get("/Patient/_history", params={"_since": value}).status_code == 400
 
 
 # -- NUL characters (PostgreSQL refuses them in text) ----------------------------------------
