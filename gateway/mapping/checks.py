@@ -45,6 +45,9 @@ Issue = tuple[NodePath, str]
 _TYPED = frozenset(
     {"integer", "decimal", "multiply", "boolean", "date", "datetime", "epoch_ms", "epoch_s", "position"}
 )
+_UCUM = "http://unitsofmeasure.org"
+#: The Quantity types whose ``code`` is a UCUM unit when their ``system`` says so.
+_QUANTITIES = frozenset({"Quantity", "SimpleQuantity", "Age", "Duration", "Distance", "Count", "MoneyQuantity"})
 _STEP = r"(`[^`]+`|[A-Za-z_][A-Za-z0-9_]*)"
 _SIMPLE_SOURCE = re.compile(rf"^(%[a-z][a-z0-9_]*\.)?{_STEP}(\.{_STEP})*$")
 _VARIABLE_ONLY = re.compile(r"^\s*\{\{\s*%([a-z][a-z0-9_]*)\s*\}\}\s*$")
@@ -373,6 +376,11 @@ class _Checker:
     def _check_object(self, value: dict[str, Any], type_name: str, path: NodePath) -> None:
         for key, member in value.items():
             self._check_value(member, type_name, key, (*path, key))
+        code = value.get("code")
+        if type_name in _QUANTITIES and value.get("system") == _UCUM and isinstance(code, str) and "{{" not in code:
+            problem = ucum_problem(code)
+            if problem:
+                self.issues.append(((*path, "code"), problem))
 
     def _check_value(self, value: Any, type_name: str, element: str, path: NodePath) -> None:
         if value is None:

@@ -159,6 +159,21 @@ def test_a_facility_of_the_wrong_shape_is_named_with_file_and_line(tmp_path: Pat
     assert "(referral).facility" in issue.where
 
 
+def test_a_ucum_code_in_a_template_quantity_is_checked(tmp_path: Path) -> None:
+    """A Quantity written out in a template (a component, a dispense quantity) names its UCUM code
+    as literally as an Observation rule's ``unit``: ``mmHg`` for ``mm[Hg]`` went unnoticed until
+    a receiver refused it (placeholders are checked when the record maps)."""
+    root = _copy(tmp_path, [('system: "http://unitsofmeasure.org", code: "{tbl}"',
+                             'system: "http://unitsofmeasure.org", code: "tablets"')])
+    (issue,) = load_mappings(root).issues
+    assert issue.line == _line_of(root, 'code: "tablets"')
+    assert "'tablets' is not a UCUM unit code" in issue.message
+    # another system's code is not UCUM's business; a placeholder is only known per record
+    root = _copy(tmp_path / "other", [('system: "http://unitsofmeasure.org", code: "{tbl}"',
+                                       'system: "urn:example:units", code: "tablets"')])
+    assert load_mappings(root).issues == []
+
+
 def test_a_run_time_error_names_set_file_line_and_rule(tmp_path: Path) -> None:
     root = _copy(tmp_path, [])
     record = {
