@@ -380,10 +380,14 @@ class ResourceStore(Protocol):
         offset: int = 0,
         policy: RowFilter | None = None,
         until: datetime | None = None,
+        at: Sequence[tuple[datetime, datetime]] = (),
     ) -> tuple[list[StoredResource], int]:
         """Versions, newest first (then by type and id), for an instance, a type or the whole system,
         last updated from ``since`` to ``until``, and the total (only of resources ``policy`` lets the
-        client see as they are now)."""
+        client see as they are now). With ``at`` (history's ``_at``: periods ``[lo, hi)``), only the
+        versions current at some point of one of them: from their lastUpdated to the next version's
+        (the latest, a tombstone too, from its lastUpdated on; a next version after ``until`` is
+        not there yet)."""
         ...
 
     def search(self, query: SearchQuery) -> SearchResult:

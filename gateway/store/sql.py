@@ -68,6 +68,7 @@ from gateway.store.base import (
     WriteBatch,
 )
 from gateway.store.exports import ExportJobs
+from gateway.store.history_at import at_conditions
 from gateway.store.migrations import LATEST, MIGRATIONS, statements_for
 from gateway.store.rows import COLUMNS, INDEX_TABLES, Cursor, to_resource
 from gateway.store.sqlops import SPREAD_SQL, WriteStep, insert_sql
@@ -271,6 +272,7 @@ class SqlStore(ExportJobs, SubscriptionRows):
         offset: int = 0,
         policy: RowFilter | None = None,
         until: datetime | None = None,
+        at: Sequence[tuple[datetime, datetime]] = (),
     ) -> tuple[list[StoredResource], int]:
         """Versions, newest first, and their total (of resources ``policy`` lets the client see now)."""
         conds: list[str] = []
@@ -299,12 +301,16 @@ class SqlStore(ExportJobs, SubscriptionRows):
         if until is not None:
             conds.append("r.lu <= ?")
             params.append(until.timestamp() + 0.0001)
-        where = " WHERE " + " AND ".join(conds) if conds else ""
         # The current versions are in ``resources``, the superseded ones in ``history``.
+        (latest, latest_params), (older, older_params) = at_conditions(at, until) if at else (("", []), ("", []))
+        current = _where([*conds, latest] if latest else conds)
+        superseded = _where([*conds, older] if older else conds)
+        current_params, superseded_params = (*params, *latest_params), (*params, *older_params)
         with self._read_cursor() as cur:
             cur.execute(
-                self.q(f"SELECT (SELECT COUNT(*) FROM resources r{where}) + (SELECT COUNT(*) FROM history r{where})"),
-                (*params, *params),
+                self.q(f"SELECT (SELECT COUNT(*) FROM resources r{current})"
+                       f" + (SELECT COUNT(*) FROM history r{superseded})"),
+                (*current_params, *superseded_params),
             )
             total = int(cur.fetchone()[0])
             # With each version the method that made it, and whether it made the resource anew (a first
@@ -312,11 +318,11 @@ class SqlStore(ExportJobs, SubscriptionRows):
             made = (", r.method, (CASE WHEN r.version = 1 OR EXISTS (SELECT 1 FROM history p WHERE p.rtype = r.rtype"
                     " AND p.id = r.id AND p.version = r.version - 1 AND p.deleted = 1) THEN 1 ELSE 0 END)")
             cur.execute(
-                self.q(f"SELECT {COLUMNS}{made} FROM resources r{where} UNION ALL SELECT {COLUMNS}{made} FROM history r"
-                       f"{where}"
+                self.q(f"SELECT {COLUMNS}{made} FROM resources r{current} UNION ALL SELECT {COLUMNS}{made}"
+                       f" FROM history r{superseded}"
                        # Type and id last: versions of one millisecond (a Bundle's) keep one order across pages.
                        " ORDER BY 4 DESC, 3 DESC, 1, 2 LIMIT ? OFFSET ?"),
-                (*params, *params, count, offset),
+                (*current_params, *superseded_params, count, offset),
             )
             rows = [_made(row) for row in cur.fetchall()]
         return self.visible_versions(policy, rows), total
@@ -1345,6 +1351,11 @@ class SqlStore(ExportJobs, SubscriptionRows):
         with self._read_cursor() as cur:
             cur.execute("SELECT 1")
             cur.fetchone()
+
+
+def _where(conds: Sequence[str]) -> str:
+    """`` WHERE`` and ``conds`` ANDed, or nothing when there are none."""
+    return " WHERE " + " AND ".join(conds) if conds else ""
 
 
 def _made(row: Sequence[Any]) -> StoredResource:
