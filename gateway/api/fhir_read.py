@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
@@ -384,29 +385,61 @@ def _paging(request: Request, default: int, maximum: int) -> tuple[int, int]:
 def _since(raw: str) -> datetime:
     """A ``_since`` value as the instant it starts at (400 if it is no FHIR instant or date)."""
     try:
-        return datetime.fromtimestamp(min(max(date_range(raw)[0], _EARLIEST), _LATEST), UTC)
+        return _instant(date_range(raw)[0])
     except DateFormatError as exc:
         raise FhirError(f"_since: {exc}", status=400, code="invalid", expression=["_since"]) from exc
+
+
+def _instant(epoch: float) -> datetime:
+    """Epoch seconds as a datetime, held inside what datetime can hold."""
+    return datetime.fromtimestamp(min(max(epoch, _EARLIEST), _LATEST), UTC)
+
+
+#: ``_at`` values one history takes: each is one more test of every version, with its next one's lookup.
+MAX_AT_VALUES = 10
+_COMPARATOR = re.compile(r"(eq|ne|gt|lt|ge|le|sa|eb|ap)\d", re.ASCII)
+
+
+def _at(values: list[str]) -> list[tuple[datetime, datetime]]:
+    """History's ``_at`` values (repeats: any of them) as ``[lo, hi)`` periods; 400 naming ``_at``
+    for a value that is no FHIR date, dateTime or instant, a comparator, or too many values."""
+    if len(values) > MAX_AT_VALUES:
+        raise FhirError(f"_at takes at most {MAX_AT_VALUES} values", status=400, code="too-costly",
+                        expression=["_at"])
+    periods: list[tuple[datetime, datetime]] = []
+    for value in values:
+        if _COMPARATOR.match(value):
+            # R4's _at is a date(Time) with no prefix; _since gives the lower bound "ge" would.
+            raise FhirError(f"_at takes no comparator ({value[:2]}): a date, dateTime or instant, the versions"
+                            " current during it", status=400, code="invalid", expression=["_at"])
+        try:
+            lo, hi = date_range(value)
+        except DateFormatError as exc:
+            raise FhirError(f"_at: {exc}", status=400, code="invalid", expression=["_at"]) from exc
+        periods.append((_instant(lo), _instant(hi)))
+    return periods
 
 
 async def _history(request: Request, principal: Principal, rtype: str | None, rid: str | None) -> Response:
     ctx = ctx_of(request)
     media = response_type(request)
     count, offset = _paging(request, ctx.settings.search.default_count, ctx.settings.search.max_count)
-    for unsupported in ("_at", "_list"):  # R4's other history parameters: refused, not ignored
-        if unsupported in request.query_params:
-            raise FhirError(f"history's {unsupported} is not supported; use _since", status=400, code="not-supported",
-                            expression=[unsupported])
+    if "_list" in request.query_params:  # R4's other history parameter: refused, not ignored
+        raise FhirError("history's _list is not supported", status=400, code="not-supported", expression=["_list"])
     summary, elements = _history_subset(request)
     raw_since = request.query_params.get("_since")
     since = _since(raw_since) if raw_since else None
+    # An empty value is no value, as for _since; several are the versions current in any of them.
+    raw_at = [value for value in request.query_params.getlist("_at") if value]
+    at = _at(raw_at)
     # Paging newest first: versions written after the first page would push every later page one
     # place down (an entry on two pages). The links carry the first page's newest instant, in ms.
     snapshot = _history_snapshot(request.query_params.get("_snapshot"))
     until = None if snapshot is None else datetime.fromtimestamp(snapshot / 1000, UTC)
     policy = row_filter(request, principal)
     versions, total = await ctx.query(
-        lambda: ctx.store.history(rtype, rid, since=since, count=count, offset=offset, policy=policy, until=until)
+        lambda: ctx.store.history(rtype, rid, since=since, count=count, offset=offset, policy=policy, until=until,
+                                  at=at)
     )
     if snapshot is None and offset == 0 and versions:
         snapshot = round(versions[0].last_updated.timestamp() * 1000)
@@ -415,14 +448,15 @@ async def _history(request: Request, principal: Principal, rtype: str | None, ri
         versions = [v if v.deleted or not v.content else
                     replace(v, content=_subset_content(v.content, summary, elements)) for v in versions]
     if rid is not None and total == 0:
-        # No version since ``_since`` is an empty history of a resource that exists, not a 404.
+        # No version since ``_since`` or at ``_at`` is an empty history of a resource that exists, not a 404.
         assert rtype is not None
-        if since is None or await ctx.read(ctx.store.read, rtype, rid) is None:
+        if (since is None and not at) or await ctx.read(ctx.store.read, rtype, rid) is None:
             raise not_found(f"{rtype}/{rid} is not known")
     base = base_url(request)
     url = f"{base}/{rtype}/{rid}/_history" if rid else f"{base}/{rtype}/_history" if rtype else f"{base}/_history"
     used = [(key, request.query_params[key]) for key in ("_since", "_summary", "_elements")
             if request.query_params.get(key)]
+    used += [("_at", value) for value in raw_at]
     links = bundles.page_links(url, used, count, offset, total, len(versions), snapshot, paged=summary != "count")
     return fhir_response(bundles.history(base, versions, total=total, links=links), media_type=media)
 

@@ -18,6 +18,7 @@ import asyncio
 import base64
 import json
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -181,10 +182,12 @@ async def test_every_read_path_returns_only_what_the_policy_shows(api: ApiHarnes
     posted = await client.post("/fhir/Encounter/_search", content=b"_count=50",
                                headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert posted.status_code == 200 and refs_in(posted.json()) == {r for r in allowed if r.startswith("Encounter/")}
-    # type and system history
+    # type and system history, all of it and the versions current this year or last (_at: all again)
+    years = [str(datetime.now(UTC).year - 1), str(datetime.now(UTC).year)]
     for url in ("/fhir/Patient/_history", "/fhir/Observation/_history", "/fhir/_history"):
         body = await get(url)
         assert refs_in(body) <= allowed
+        assert refs_in(await get(url, _at=years)) == refs_in(body)
     # $everything
     for patient in ("pa1", "pa2", "pb1", "pb2"):
         response = await client.get(f"/fhir/Patient/{patient}/$everything")
@@ -315,7 +318,9 @@ async def test_an_older_version_about_a_hidden_patient_stays_hidden(api: ApiHarn
     assert (await client.get("/fhir/Observation/om")).status_code == 200
     assert (await client.get("/fhir/Observation/om/_history/2")).status_code == 200
     assert (await client.get("/fhir/Observation/om/_history/1")).status_code == 404
-    for url in ("/fhir/Observation/om/_history", "/fhir/Observation/_history?_count=100", "/fhir/_history?_count=100"):
+    years = f"_at={datetime.now(UTC).year - 1}&_at={datetime.now(UTC).year}"  # every version, by _at
+    for url in ("/fhir/Observation/om/_history", "/fhir/Observation/_history?_count=100", "/fhir/_history?_count=100",
+                f"/fhir/Observation/om/_history?{years}", f"/fhir/_history?_count=100&{years}"):
         response = await client.get(url)
         assert response.status_code == 200 and "HIDDEN" not in response.text, url
         versions = {e["resource"]["meta"]["versionId"] for e in response.json()["entry"]

@@ -119,6 +119,7 @@ def test_dates_at_the_ends_of_the_calendar_are_searchable(fhir: httpx.Client, va
     for params in ({"birthdate": value}, {"birthdate": f"ap{value}"}, {"_lastUpdated": f"gt{value}"}):
         assert fhir.get("/Patient", params=params).status_code == 200
     assert fhir.get("/Patient/_history", params={"_since": value}).status_code == 200
+    assert fhir.get("/Patient/_history", params={"_at": value}).status_code == 200
 
 
 def test_a_resource_dated_before_year_one_in_utc_is_stored_and_found(fhir: httpx.Client) -> None:
