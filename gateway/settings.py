@@ -55,6 +55,7 @@ __all__ = [
     "SourceConfig",
     "DEV_CONFIG",
     "LOCAL_CONFIG",
+    "LoginThrottleSettings",
     "find_config_file",
     "load_settings",
     "located_errors",
@@ -167,6 +168,27 @@ class RateLimitSettings(BaseModel):
         return value
 
 
+class LoginThrottleSettings(BaseModel):
+    """Failed attempts at the credential endpoints (``POST /auth/token``, the console's login) before 429.
+
+    Failures are counted in a window that opens with the first one; past ``max_failures`` from
+    one client address, or ``max_client_failures`` naming one client at the token endpoint, an
+    attempt gets 429 with Retry-After until the window closes. The counters are shared between
+    processes where the rate limits' buckets are (``rate_limit.redis_url``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    max_failures: int = Field(10, ge=1, le=1_000_000, description="failed attempts from one client address")
+    max_client_failures: int = Field(
+        100, ge=1, le=1_000_000,
+        description="failed token requests naming one client, from any address; higher than max_failures so"
+        " one guessing address cannot lock a client out",
+    )
+    window_seconds: float = Field(300.0, gt=0, le=86_400, description="how long failures are counted")
+
+
 class MetricsSettings(BaseModel):
     """Prometheus ``/metrics`` (the ``metrics:`` section)."""
 
@@ -270,6 +292,7 @@ class Settings(BaseSettings):
     delivery: DeliverySettings = DeliverySettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     rate_limit: RateLimitSettings = RateLimitSettings()
+    login_throttle: LoginThrottleSettings = LoginThrottleSettings()
     client_timeouts: ClientTimeoutSettings = ClientTimeoutSettings()
     metrics: MetricsSettings = MetricsSettings()
     access_log: bool = Field(True, description="one JSON line per HTTP request on the gateway.access logger")

@@ -60,6 +60,7 @@ from .audit import AuditMiddleware
 from .auth import authenticate
 from .compression import CompressionMiddleware
 from .context import AppContext
+from .login_throttle import build_login_throttle
 from .negotiation import fhir_response
 from .plain_routes import plain_routes
 from .rate_limit import RateLimitMiddleware, build_rate_limits
@@ -76,7 +77,8 @@ _HTTP_CODES = {404: "not-found", 405: "not-supported", 401: "login", 403: "forbi
 
 
 def build_context(services: Services, clock: Clock | None = None) -> AppContext:
-    """Everything request handlers share, over the process's services (``clock`` times the rate limits)."""
+    """Everything request handlers share, over the process's services (``clock`` times the rate limits
+    and the failed-login throttle)."""
     admin = services.settings.admin_token.get_secret_value() if services.settings.admin_token else None
     capability = capability_statement(services.registry, "", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
     if services.subscriptions is not None:
@@ -84,7 +86,8 @@ def build_context(services: Services, clock: Clock | None = None) -> AppContext:
     auth = Authenticator(services.store, admin, policies=services.settings.data_policies())
     tokens = TokenIssuer(services.store, lifetime=services.settings.smart.access_token_seconds)
     limits = build_rate_limits(services.settings, clock)
-    return AppContext.of(services, auth, tokens, capability, limits)
+    throttle = build_login_throttle(services.settings, clock)
+    return AppContext.of(services, auth, tokens, capability, limits, throttle)
 
 
 def create_app(
@@ -99,7 +102,8 @@ def create_app(
 
     The lifespan builds the process's ``Services`` (opening ``store`` unless given, which the
     caller then closes), starts them, and stops them on shutdown. ``clock`` is the time the
-    rate limits' buckets fill by (tests pass a ``ManualClock``; default: the system's).
+    rate limits' buckets fill and failed-login windows close by (tests pass a ``ManualClock``;
+    default: the system's).
     ``sighup``: a SIGHUP to the process reloads its configuration (``gateway serve``).
     """
 
@@ -131,6 +135,8 @@ def create_app(
             finally:
                 if ctx.limits is not None:
                     await ctx.limits.aclose()
+                if ctx.throttle is not None:
+                    await ctx.throttle.aclose()
 
     app = FastAPI(
         title="CHW FHIR gateway",

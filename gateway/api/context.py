@@ -24,6 +24,7 @@ from gateway.store import Store
 from .write_lane import WriteLane
 
 if TYPE_CHECKING:
+    from .login_throttle import LoginThrottle
     from .rate_limit import RateLimits
 
 T = TypeVar("T")
@@ -42,7 +43,7 @@ class AppContext:
 
     ``services`` is the composition root (``gateway.services``); ``settings``, ``store``,
     ``registry`` and ``parser`` are its fields, held here too because every request reads them.
-    ``limits`` are the per-client rate limits (None when off).
+    ``limits`` are the per-client rate limits, ``throttle`` the failed-login throttle (None when off).
     """
 
     services: Services
@@ -55,13 +56,15 @@ class AppContext:
     lane: WriteLane
     capability: dict[str, Any] = field(default_factory=dict)
     limits: RateLimits | None = None
+    throttle: LoginThrottle | None = None
     _capability_bytes: dict[str, bytes] = field(default_factory=dict)
     #: FHIR base URLs by the scope parts they are built from (``base_url``)
     base_urls: dict[tuple[Any, ...], str] = field(default_factory=dict)
 
     @classmethod
     def of(cls, services: Services, auth: Authenticator, tokens: TokenIssuer,
-           capability: dict[str, Any], limits: RateLimits | None = None) -> AppContext:
+           capability: dict[str, Any], limits: RateLimits | None = None,
+           throttle: LoginThrottle | None = None) -> AppContext:
         """The context of an app over ``services``."""
         identity = services.identity
         return cls(
@@ -75,6 +78,7 @@ class AppContext:
             tokens=tokens,
             capability=capability,
             limits=limits,
+            throttle=throttle,
         )
 
     @property

@@ -13,10 +13,11 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from gateway.auth import ALGORITHMS, OAuthError
+from gateway.auth import ALGORITHMS, OAuthError, claimed_client
 from gateway.errors import FhirError
 
 from .context import ctx_of, token_url
+from .login_throttle import retry_after_seconds
 from .negotiation import read_body
 
 router = APIRouter(tags=["SMART"])
@@ -44,16 +45,35 @@ async def smart_configuration(request: Request) -> JSONResponse:
 async def token(request: Request) -> JSONResponse:
     """Exchange a signed client assertion for a short-lived access token."""
     ctx = ctx_of(request)
+    throttle = ctx.throttle
+    limits = throttle.keys(request) if throttle is not None else {}
     try:
         form = await _form(request)
+        if throttle is not None:
+            limits = throttle.keys(request, claimed_client(form))
+            wait = await throttle.wait(limits)
+            if wait > 0:
+                return _throttled(wait)
         issued = await ctx.write(ctx.tokens.issue, form, token_url(request))
     except OAuthError as exc:
+        if throttle is not None:
+            await throttle.failed(limits)
         headers = dict(_NO_STORE)
         if exc.status == 401:
             # RFC 6749 5.2 asks a 401 to name a scheme; the client authenticated in the body.
             headers["WWW-Authenticate"] = 'Bearer realm="chw-gateway"'
         return JSONResponse(exc.body, status_code=exc.status, headers=headers)
     return JSONResponse(issued.body, headers=_NO_STORE)
+
+
+def _throttled(wait: float) -> JSONResponse:
+    """429 in the OAuth error form: RFC 6749 has no code for it, and ``temporarily_unavailable``
+    (the server cannot take the request for now) is the registered one that says so."""
+    seconds = retry_after_seconds(wait)
+    body = {"error": "temporarily_unavailable",
+            "error_description": f"too many failed token requests from this address or for this client;"
+                                 f" retry after {seconds} s"}
+    return JSONResponse(body, status_code=429, headers={**_NO_STORE, "Retry-After": str(seconds)})
 
 
 async def _form(request: Request) -> dict[str, str]:

@@ -9,6 +9,7 @@ from .clients import check_client_name as check_client_name
 from .clients import create_client as create_client
 from .issuer import IssuedToken as IssuedToken
 from .issuer import TokenIssuer as TokenIssuer
+from .issuer import claimed_client as claimed_client
 from .jwks import ALGORITHMS as ALGORITHMS
 from .jwks import KeySetError as KeySetError
 from .jwks import KeySets as KeySets

@@ -34,7 +34,7 @@ from gateway.auth.tokens import hash_token, new_access_token
 if TYPE_CHECKING:
     from gateway.store import ClientRegistry
 
-__all__ = ["IssuedToken", "TokenIssuer"]
+__all__ = ["IssuedToken", "TokenIssuer", "claimed_client"]
 
 _MAX_SCOPES = 100
 
@@ -52,6 +52,21 @@ class IssuedToken:
         """The JSON response."""
         return {"access_token": self.access_token, "token_type": "bearer", "expires_in": self.expires_in,
                 "scope": self.scope}
+
+
+def claimed_client(form: Mapping[str, str]) -> str | None:
+    """The client a token request names (``client_id``, else its assertion's unverified ``iss``), if valid as a name."""
+    name = form.get("client_id")
+    if name is None:
+        try:
+            name = read_assertion(form.get("client_assertion", "")).client_id
+        except OAuthError:
+            return None
+    try:
+        check_client_name(name)
+    except ClientNameError:
+        return None
+    return name
 
 
 class TokenIssuer:

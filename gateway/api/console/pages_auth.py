@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.api.context import ctx_of
+from gateway.api.login_throttle import retry_after_seconds
 from gateway.auth import ACCESS_TOKEN_PREFIX, hash_token
 from gateway.errors import FhirError
 
@@ -33,11 +36,23 @@ async def login_submit(request: Request) -> Response:
     token = form.get("token")
     token = token.strip() if isinstance(token, str) else ""
     ctx = ctx_of(request)
+    throttle = ctx.throttle
+    limits = throttle.keys(request) if throttle is not None else {}
+    if throttle is not None:
+        wait = await throttle.wait(limits)
+        if wait > 0:
+            seconds = retry_after_seconds(wait)
+            response = page(request, "login.html", http_status=429, next=target,
+                            error=f"Too many failed logins from this address; try again in {_span(seconds)}.")
+            response.headers["Retry-After"] = str(seconds)
+            return response
     try:
         principal = ctx.auth.principal(f"Bearer {token}") if token else None
     except FhirError:
         principal = None
     if principal is None:
+        if throttle is not None:
+            await throttle.failed(limits)
         return page(request, "login.html", http_status=401, next=target, error="That token is not valid.")
     if not principal.has("admin"):
         return page(request, "login.html", http_status=403, next=target,
@@ -51,6 +66,10 @@ async def login_submit(request: Request) -> Response:
                                  access_token=token.startswith(ACCESS_TOKEN_PREFIX))
     set_session(request, session)
     return redirect(request, target)
+
+
+def _span(seconds: int) -> str:
+    return f"{seconds} seconds" if seconds < 120 else f"{math.ceil(seconds / 60)} minutes"
 
 
 async def logout(request: Request) -> Response:
