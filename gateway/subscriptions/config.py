@@ -38,8 +38,20 @@ class SubscriptionSettings(BaseModel):
     endpoint_hosts: list[str] = Field(
         default_factory=list,
         description="hosts a client's endpoint may name (`emr.example.org`, or `*.example.org` for its"
-        " subdomains); empty: any host. Without it a client may point the gateway at internal addresses",
+        " subdomains); empty: any host but the refused addresses. A host listed exactly is exempt from"
+        " the address checks (link-local, unspecified, multicast, and block_private_networks)",
     )
+
+    block_private_networks: bool = Field(
+        False,
+        description="also refuse endpoints on loopback and private networks (RFC 1918, ULA) unless endpoint_hosts"
+        " lists the host exactly; link-local, metadata, multicast and unspecified addresses are always refused",
+    )
+
+    def endpoint_listed(self, host: str) -> bool:
+        """Whether ``endpoint_hosts`` lists ``host`` itself (not through a ``*.`` pattern)."""
+        host = host.lower().rstrip(".").strip("[]")
+        return any(host == allowed.lower().rstrip(".").strip("[]") for allowed in self.endpoint_hosts)
 
     def endpoint_allowed(self, host: str) -> bool:
         """Whether a subscription endpoint may name ``host`` (``endpoint_hosts``; empty allows any)."""

@@ -17,6 +17,10 @@ values replaced by ``***`` wherever else they appear (an endpoint may echo the r
 A failed send counts against the subscription (``error`` after ``error_after`` in a row); its
 retry is marked ``link_ok`` so one broken subscriber never opens the circuit breaker that all
 subscriptions share. A success moves an ``error`` subscription back to ``active``.
+
+Before each send the endpoint is judged again where its host resolves now (``EndpointGuard``): a
+refused address makes the job a dead letter (``endpoint_refused``) without a request. Redirects
+are not followed (the engine's client), so a 3xx cannot lead anywhere else.
 """
 
 from __future__ import annotations
@@ -30,12 +34,13 @@ import httpx
 
 from gateway import jsonio
 from gateway.clock import Clock
-from gateway.connectors import DeliveryOutcome, Job, Redaction, Retry, Success, exchange
+from gateway.connectors import DeliveryOutcome, Job, Permanent, Redaction, Retry, Success, exchange
 from gateway.fhir import content_as_policy_gives
 from gateway.search import DataPolicy, RowFilter, SearchRegistry
 from gateway.store import Store, StoredResource, SubscriptionRecord
 from gateway.subscriptions.access import owner_access
 from gateway.subscriptions.bundles import Event, notification_bundle
+from gateway.subscriptions.endpoints import EndpointGuard
 from gateway.subscriptions.spec import SubscriptionSpec
 from gateway.subscriptions.stored import spec_of, view_of
 
@@ -45,9 +50,11 @@ class RestHookConnector:
 
     def __init__(
         self, client: httpx.AsyncClient, store: Store, clock: Clock, *, base_url: str, error_after: int,
-        default_timeout: float, registry: SearchRegistry, policies: Mapping[str, DataPolicy] | None = None,
+        default_timeout: float, registry: SearchRegistry, guard: EndpointGuard,
+        policies: Mapping[str, DataPolicy] | None = None,
     ) -> None:
         self.client = client
+        self.guard = guard
         self.registry = registry
         self.policies = dict(policies or {})
         self.store = store
@@ -100,7 +107,12 @@ class RestHookConnector:
             request = self._r4_request(spec, job, stored, timeout)
         else:
             request = self._bundle_request(record, spec, job, stored, timeout)
-        _, outcome = await exchange(self.client, request, self.clock)
+        refused = await self.guard.send_refusal(str(request.url))
+        if refused is not None:
+            # Where the name resolves now counts, not where it did at create (DNS rebinding).
+            outcome: DeliveryOutcome = Permanent(reason="endpoint_refused", detail=refused)
+        else:
+            _, outcome = await exchange(self.client, request, self.clock)
         outcome = _redaction(spec).scrub(outcome)
         await asyncio.to_thread(self._note, record, outcome)
         if isinstance(outcome, Retry):

@@ -34,6 +34,7 @@ from gateway.subscriptions.bundles import notification_bundle, status_bundle
 from gateway.subscriptions.config import SubscriptionSettings, subscription_destination
 from gateway.subscriptions.connector import RestHookConnector
 from gateway.subscriptions.criteria import check_filters, check_owner
+from gateway.subscriptions.endpoints import EndpointGuard, Resolver
 from gateway.subscriptions.feed import SubscriptionFeed
 from gateway.subscriptions.spec import SubscriptionSpec, read_spec
 from gateway.subscriptions.stored import spec_of, view_of
@@ -49,7 +50,7 @@ class SubscriptionService:
     def __init__(
         self, store: Store, parser: QueryParser, registry: SearchRegistry, settings: SubscriptionSettings, *,
         base_url: str, policies: Mapping[str, DataPolicy] | None = None, clock: Clock | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: httpx.AsyncBaseTransport | None = None, resolve: Resolver | None = None,
     ) -> None:
         self.store = store
         self.parser = parser
@@ -59,6 +60,7 @@ class SubscriptionService:
         self.policies = dict(policies or {})
         self.clock = clock or SystemClock()
         self.transport = transport
+        self.guard = EndpointGuard(settings, resolve)
         self._client: httpx.AsyncClient | None = None
         self._heartbeats: asyncio.Task[None] | None = None
         self._holder = f"{socket.gethostname()}:{os.getpid()}"
@@ -72,7 +74,7 @@ class SubscriptionService:
         """The ``subscriptions`` kind's connector (a ``ConnectorFactory``)."""
         return RestHookConnector(client, self.store, clock, base_url=self.base_url,
                                  error_after=self.settings.error_after, default_timeout=destination.timeout,
-                                 registry=self.registry, policies=self.policies)
+                                 registry=self.registry, policies=self.policies, guard=self.guard)
 
     def follower(self, queue: DeliveryQueue) -> SubscriptionFeed:
         """The change-feed follower that queues notifications (a ``FollowerFactory``)."""
@@ -92,6 +94,11 @@ class SubscriptionService:
             raise FhirError(f"the endpoint host {host[:100]!r} is not one subscriptions may notify"
                             " (subscriptions.endpoint_hosts)", status=400, code="invalid",
                             expression=["Subscription.channel.endpoint"])
+        refused = self.guard.refusal(spec.endpoint)
+        if refused is not None:
+            # The metadata service, the gateway's own network, ...: not even a handshake goes there.
+            raise FhirError(f"{refused} (unless subscriptions.endpoint_hosts lists it)", status=400,
+                            code="invalid", expression=["Subscription.channel.endpoint"])
         if spec.classic and principal is not None:
             check_owner(spec.topic, principal, self.parser)
         elif principal is not None:
@@ -169,6 +176,9 @@ class SubscriptionService:
 
     async def _post(self, record: SubscriptionRecord, spec: SubscriptionSpec, kind: str, timeout: float) -> str | None:
         """Post a handshake or heartbeat; None on success, else a short reason code."""
+        refused = await self.guard.send_refusal(spec.endpoint)
+        if refused is not None:
+            return f"endpoint_refused: {refused}"
         bundle = notification_bundle(view_of(record), kind, self.base_url, self.clock.now())
         client = self._http()
         request = client.build_request("POST", spec.endpoint, content=jsonio.dumps(bundle), timeout=timeout,
