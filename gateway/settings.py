@@ -180,7 +180,7 @@ class LoginThrottleSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
-    max_failures: int = Field(10, ge=1, le=1_000_000, description="failed attempts from one client address")
+    max_failures: int = Field(20, ge=1, le=1_000_000, description="failed attempts from one client address")
     max_client_failures: int = Field(
         100, ge=1, le=1_000_000,
         description="failed token requests naming one client, from any address; higher than max_failures so"
