@@ -8,6 +8,7 @@ from .deidentification import as_policy_gives as as_policy_gives
 from .deidentification import content_as_policy_gives as content_as_policy_gives
 from .deidentification import deidentify as deidentify
 from .deidentification import without_matcher_links as without_matcher_links
+from .everything import everything_bundle as everything_bundle
 from .fhirpath import FhirPathError as FhirPathError
 from .fhirpath import compile_fhirpath as compile_fhirpath
 from .fhirpath import function_names as function_names
@@ -19,6 +20,7 @@ from .fhirpath import plain as plain
 from .fhirpath import simple_path as simple_path
 from .fhirpath import variables_of as variables_of
 from .fhirpath import walk_ast as walk_ast
+from .history import history_bundle as history_bundle
 from .interactions import ID_RE as ID_RE
 from .interactions import WriteConditions as WriteConditions
 from .interactions import not_modified as not_modified
@@ -33,6 +35,8 @@ from .provenance import activity_of as activity_of
 from .provenance import client_provenance as client_provenance
 from .provenance import record_activities as record_activities
 from .provenance import record_writes as record_writes
+from .reads import check_capability_mode as check_capability_mode
+from .reads import read_subset as read_subset
 from .retraction import can_retract_by_status as can_retract_by_status
 from .retraction import retracted_version as retracted_version
 from .strict import check_strict as check_strict
