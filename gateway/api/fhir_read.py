@@ -163,6 +163,7 @@ async def everything(request: Request, rid: str) -> Response:
     principal = require_fhir(request, "Patient", "r")
     media = response_type(request)
     ctx = ctx_of(request)
+    # Not inlined: a Bundle's GET entries run this very function (``gateway.fhir.entry_operations``).
     body = await ctx.query(partial(everything_bundle, ctx.store, base_url(request), rid,
                                    request.query_params.multi_items(), default_count=ctx.settings.search.default_count,
                                    max_count=ctx.settings.search.max_count, access=search_access(request, principal)))
@@ -257,6 +258,7 @@ async def _history(request: Request, principal: Principal, rtype: str | None, ri
     ctx = ctx_of(request)
     media = response_type(request)
     strict = prefer(request).get("handling") == "strict"
+    # Not inlined: a Bundle's GET entries run this very function (``gateway.fhir.entry_operations``).
     body = await ctx.query(partial(history_bundle, ctx.store, base_url(request), rtype, rid,
                                    request.query_params.multi_items(), default_count=ctx.settings.search.default_count,
                                    max_count=ctx.settings.search.max_count, access=search_access(request, principal),

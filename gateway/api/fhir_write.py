@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlencode
 
@@ -254,7 +255,8 @@ async def batch_or_transaction(request: Request) -> Response:
     def work() -> dict[str, Any]:
         response = process_bundle(ctx.store, ctx.parser, bundle, base, can=can, policy=policy,
                                   return_resources=not minimal, author=principal.name,
-                                  deidentified=principal.deidentified, patch_limits=_patch_limits(ctx.settings))
+                                  deidentified=principal.deidentified, patch_limits=_patch_limits(ctx.settings),
+                                  capability=partial(ctx.capability_for, base))
         if record is not None:  # on the worker thread: the request's own JSON, already parsed
             _note_bundle(record, bundle, response, ctx.settings.audit.max_entities)
         return response

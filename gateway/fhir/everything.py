@@ -1,5 +1,6 @@
-"""``Patient/[id]/$everything`` (R4 OperationDefinition Patient-everything) outside the HTTP layer:
-what it reads, for which client (only the types and rows it may see), and the Bundle it answers."""
+"""``Patient/[id]/$everything`` (R4 OperationDefinition Patient-everything), as the REST route and a
+Bundle's GET entry both answer it: one function, so both take the same parameters, return only
+the types and rows the client may see, and fail the same way."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""History of an instance, a type or the whole system (http.html#history), outside the HTTP layer:
-what it reads, for which client, and the Bundle it answers, given the URL's query pairs."""
+"""History of an instance, a type or the whole system (http.html#history), as the REST route and a
+Bundle's GET entry both answer it: one function, so both take the same parameters, give the
+client the same rows, and fail the same way."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""What the read-side interactions share outside the HTTP layer: their parameters (given as the
-URL's query pairs), and resources as a client's access gives them."""
+"""What the read-side interactions share, over REST and as a Bundle's GET entries alike: their
+parameters (given as the URL's query pairs), and resources as a client's access gives them."""
 
 from __future__ import annotations
 

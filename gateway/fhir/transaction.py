@@ -25,6 +25,7 @@ import orjson
 from gateway import jsonio
 from gateway.errors import CLIENT_ERRORS, FhirError, GatewayError, invalid, not_found
 from gateway.fhir import bundles, interactions
+from gateway.fhir.entry_operations import operation_body, operation_of, permission_needed
 from gateway.fhir.full_urls import replace_full_urls
 from gateway.fhir.outcome import issue, outcome_of
 from gateway.fhir.parse import json_depth
@@ -69,6 +70,8 @@ class _Entry:
     if_none_match: str | None = None
     if_modified_since: str | None = None
     prepared: PreparedWrite | None = None  # ResourceStore.prepare() of a PUT's resource, done before the transaction
+    # A GET's _history, $everything or metadata (``entry_operations``); rtype is "" for the system's.
+    operation: str | None = None
 
     @property
     def where(self) -> str:
@@ -88,12 +91,14 @@ def process_bundle(
     author: str | None = None,
     deidentified: bool = False,
     patch_limits: interactions.PatchLimits = interactions.DEFAULT_PATCH_LIMITS,
+    capability: Callable[[], bytes] | None = None,
 ) -> dict[str, Any]:
     """Run a batch or transaction Bundle and return its response Bundle.
 
     ``author`` (an API client's name) gets a Provenance for the writes of each store transaction.
     ``deidentified``: the client reads de-identified resources (no searches by what that strips).
     ``patch_limits``: what PATCH entries may grow a resource to (the request body's limits).
+    ``capability``: the server's CapabilityStatement, for ``GET metadata`` entries (None: refused).
     """
     kind = _bundle_type(bundle)
     if kind == "transaction":
@@ -101,10 +106,11 @@ def process_bundle(
             prepare_transaction(
                 store, parser, bundle, base, can=can, policy=policy, return_resources=return_resources,
                 skip_unchanged=skip_unchanged, author=author, deidentified=deidentified, patch_limits=patch_limits,
+                capability=capability,
             )
         )  # fmt: skip
     processor = _Processor(store, parser, base, can, policy, return_resources, skip_unchanged, author, deidentified,
-                           patch_limits)  # fmt: skip
+                           patch_limits, capability)  # fmt: skip
     # Batch entries may not depend on each other (http.html#brules), so each runs alone.
     return _response(kind, [processor.run_batch_entry(i, raw) for i, raw in enumerate(_entries(bundle))])
 
@@ -134,12 +140,13 @@ def prepare_transaction(
     author: str | None = None,
     deidentified: bool = False,
     patch_limits: interactions.PatchLimits = interactions.DEFAULT_PATCH_LIMITS,
+    capability: Callable[[], bytes] | None = None,
 ) -> PreparedTransaction:
     """Parse and validate a transaction Bundle (a 4xx ``FhirError`` naming the entry if not)."""
     if _bundle_type(bundle) != "transaction":
         raise invalid("a transaction Bundle is needed here", ["Bundle.type"], code="value")
     processor = _Processor(store, parser, base, can, policy, return_resources, skip_unchanged, author, deidentified,
-                           patch_limits)  # fmt: skip
+                           patch_limits, capability)  # fmt: skip
     entries = [processor.parse_entry(i, raw) for i, raw in enumerate(_entries(bundle))]
     _check_full_url_targets(entries)
     processor.prepare_writes(entries)
@@ -252,8 +259,10 @@ class _Processor:
         author: str | None = None,
         deidentified: bool = False,
         patch_limits: interactions.PatchLimits = interactions.DEFAULT_PATCH_LIMITS,
+        capability: Callable[[], bytes] | None = None,
     ) -> None:
         self.store = store
+        self.capability = capability
         self.patch_limits = patch_limits
         self.author = author
         self.written: list[tuple[StoredResource, str]] = []  # (version, activity) of the running transaction
@@ -284,7 +293,9 @@ class _Processor:
             raise invalid(f"unsupported request.method {method!r}", [f"{where}.request.method"], code="value")
         if not isinstance(url, str) or not url:
             raise invalid("request.url is required", [f"{where}.request.url"], code="required")
-        rtype, rid, version, query = self._split_url(url, f"{where}.request.url")
+        rtype, rid, version, query, operation = self._split_url(url, f"{where}.request.url")
+        if operation is not None:
+            return self._operation_entry(index, method, rtype, rid, query, operation)
         resource = raw.get("resource")
         if method in ("POST", "PUT"):
             if not isinstance(resource, dict):
@@ -319,7 +330,23 @@ class _Processor:
             entry.if_none_match, entry.if_modified_since = request.get("ifNoneMatch"), request.get("ifModifiedSince")
         return entry
 
-    def _split_url(self, url: str, where: str) -> tuple[str, str | None, int | None, str]:
+    def _operation_entry(self, index: int, method: str, rtype: str, rid: str | None, query: str,
+                         operation: str) -> _Entry:
+        """A GET entry for history, $everything or metadata, with the scope check its REST route makes."""
+        where = f"Bundle.entry[{index}]"
+        if method not in ("GET", "HEAD"):  # as over REST (405): these are only read
+            raise invalid(f"{method} does not apply to {operation}; it is read with GET", [f"{where}.request.method"],
+                          code="not-supported")
+        needed = permission_needed(operation, rtype, rid)
+        if needed is not None and not self.can(*needed):
+            scope = f"system/{needed[0]}.{needed[1]}"
+            raise FhirError(f"the client's scopes do not allow this on {needed[0]} (needs {scope})", status=403,
+                            code="forbidden", expression=[where])
+        entry = _Entry(index, method, rtype, rid, None, query, None, None, None, None)
+        entry.operation = operation
+        return entry
+
+    def _split_url(self, url: str, where: str) -> tuple[str, str | None, int | None, str, str | None]:
         if url.startswith(self.base + "/"):
             url = url[len(self.base) + 1 :]
         elif "://" in url:
@@ -333,16 +360,23 @@ class _Processor:
         else:  # the common Type/id form: no URL parsing needed
             path, query = url, ""
         segments = [s for s in path.split("/") if s]
+        operation = operation_of(segments)
+        if operation is not None and len(segments) == 1:
+            return "", None, None, query, operation  # the system's history, metadata
         if not segments or segments[0] not in RESOURCE_TYPES:
             raise invalid(f"request.url does not name a resource type: {url[:80]!r}", [where], code="not-supported")
         rtype = segments[0]
+        if operation is not None and len(segments) == 2:
+            return rtype, None, None, query, operation  # the type's history
+        if len(segments) == 2 and segments[1].startswith("$"):  # a type-level operation, not an id
+            raise invalid(f"unsupported request.url {url[:80]!r}", [where], code="not-supported")
         rid = interactions.check_id(segments[1], where) if len(segments) > 1 else None
         version = None
         if len(segments) == 4 and segments[2] == "_history" and _is_version(segments[3]):
             version = int(segments[3])
-        elif len(segments) > 2:
+        elif len(segments) > 2 and operation is None:
             raise invalid(f"unsupported request.url {url[:80]!r}", [where], code="not-supported")
-        return rtype, rid, version, query
+        return rtype, rid, version, query, operation
 
     def prepare_writes(self, entries: list[_Entry]) -> None:
         """Prepare what a PUT by id will write, when nothing in the transaction can change it."""
@@ -564,6 +598,14 @@ class _Processor:
 
     def _get(self, tx: StoreReads | ResourceStore, e: _Entry) -> dict[str, Any]:
         self._spend(0 if self.read_budget > 0 else 1)  # spent: refused before anything runs
+        if e.operation is not None:
+            # Read from the store, not ``tx``: history and compartments are ResourceStore reads (as a vread).
+            body = jsonio.loads(operation_body(self.store, self.base, e.operation, e.rtype, e.rid, e.query,
+                                               default_count=self.parser.default_count,
+                                               max_count=self.parser.max_count, access=self.access,
+                                               capability=self.capability))
+            self._spend(max(1, len(body.get("entry", ()))))
+            return {"resource": body, "response": {"status": "200 OK"}}
         if e.rid is not None:
             self._spend(1)
             current = self.store.vread(e.rtype, e.rid, e.version) if e.version else tx.read(e.rtype, e.rid)

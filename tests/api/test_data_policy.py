@@ -574,3 +574,26 @@ async def test_identity_links_and_golden_records_do_not_reach_a_row_limited_clie
     # a client without a row limit (the trusted one) still sees the links and the golden record
     assert len((await api.client.get("/fhir/Patient/pa2")).json()["link"]) == 3  # kept by the update
     assert (await api.client.get("/fhir/Patient/gold1")).status_code == 200
+
+
+async def test_batch_history_and_everything_show_what_rest_shows(api: ApiHarness) -> None:
+    """A Bundle's history and $everything entries: the policy's rows, de-identified for a researcher,
+    exactly as the same GETs over REST."""
+    await seed(api)
+    urls = ["Patient/pa1/_history", "Patient/pb1/_history", "Observation/_history?_count=100", "_history?_count=100",
+            "Patient/pa1/$everything", "Patient/pb1/$everything"]
+    # What must not show: the hidden Patients' data; for the researcher, identifiers too.
+    for policy, scopes, leaks in (({"organizations": ["Organization/dist-a"]}, ("system/*.cruds",), ["HIDDEN"]),
+                                  ({"deidentify": True}, ("system/*.rs",), ["HIDDEN", "nid-"])):
+        client = policy_client(api, policy, scopes=scopes)
+        answer = await client.post("/fhir", json={"resourceType": "Bundle", "type": "batch", "entry": [
+            {"request": {"method": "GET", "url": url}} for url in urls]})
+        assert answer.status_code == 200 and not [leak for leak in leaks if leak in answer.text], answer.text
+        for url, entry in zip(urls, answer.json()["entry"], strict=True):
+            rest = await client.get(f"/fhir/{url}")
+            assert entry["response"]["status"][:3] == str(rest.status_code), (policy, url, entry["response"])
+            if rest.status_code == 200:
+                assert refs_in(entry["resource"]) == refs_in(rest.json()), (policy, url)
+                same = [{k: v for k, v in e.items() if k != "search"} for e in entry["resource"].get("entry", [])]
+                assert same == [{k: v for k, v in e.items() if k != "search"}
+                                for e in rest.json().get("entry", [])], (policy, url)

@@ -17,11 +17,12 @@ means the request also searches `T`, since a condition is a search:
 | create                            | `POST T`                              | T.c                | POST entry       |
 | create, `conditionalCreate`       | `POST T` + `If-None-Exist`            | T.c + T.s          | `ifNoneExist`    |
 | search-type                       | `GET T?query`, `POST T/_search`       | T.s                | GET entry        |
-| history-instance                  | `GET T/id/_history`                   | T.r                | REST only        |
-| history-type                      | `GET T/_history`                      | T.s                | REST only        |
-| history-system                    | `GET _history`                        | *.s (every type)   | REST only        |
+| history-instance                  | `GET T/id/_history`                   | T.r                | GET entry        |
+| history-type                      | `GET T/_history`                      | T.s                | GET entry        |
+| history-system                    | `GET _history`                        | *.s (every type)   | GET entry        |
 | batch, transaction                | `POST [base]` with a Bundle           | each entry's own   | (the forms)      |
-| operation `$everything`           | `GET Patient/id/$everything`          | Patient.r          | REST only        |
+| operation `$everything`           | `GET Patient/id/$everything`          | Patient.r          | GET entry        |
+| operation `$export`               | `GET Patient/$export` (kick-off)      | Patient.s          | REST only        |
 
 Why these letters: SMART v2 gives `r` "read, vread, instance history" and `s` "type and
 system search, type and system history": a history that is not of one known resource
@@ -288,16 +289,17 @@ def _type_probes(rtype: str, declared: dict[str, Any]) -> list[Probe]:
                 [Call("GET", f"/{rtype}", (("_id", rid),)), Call("POST", f"/{rtype}/_search", (), form, cond.encode())],
                 _entry("GET", f"{rtype}?{cond}"), 200)
         elif code == "history-instance":
-            add("history-instance", code, "r", [Call("GET", f"/{rtype}/{rid}/_history")], None, 200)
+            add("history-instance", code, "r", [Call("GET", f"/{rtype}/{rid}/_history")],
+                _entry("GET", f"{rtype}/{rid}/_history"), 200)
         elif code == "history-type":
-            add("history-type", code, "s", [Call("GET", f"/{rtype}/_history")], None, 200)
+            add("history-type", code, "s", [Call("GET", f"/{rtype}/_history")], _entry("GET", f"{rtype}/_history"), 200)
         else:
             raise UnknownInteraction(f"{rtype}: no rule for interaction {code!r}")
     for operation in declared.get("operation", []):
         if rtype == "Patient" and operation["name"] == "everything":
             out.append(Probe("Patient-$everything", "operation:everything", rtype, (Need(rtype, "r"),),
-                             (Call("GET", f"/Patient/{rid}/$everything"),), None, 200, "200", False,
-                             filters_types=True))  # fmt: skip
+                             (Call("GET", f"/Patient/{rid}/$everything"),), _entry("GET", f"Patient/{rid}/$everything"),
+                             200, "200", False, filters_types=True))  # fmt: skip
         elif rtype == "Patient" and operation["name"] == "export":
             # A kick-off: the job it starts runs for whatever the client may search (tests/export).
             out.append(Probe("Patient-$export", "operation:export", rtype, (Need(rtype, "s"),),
@@ -321,8 +323,8 @@ def probes(statement: dict[str, Any], types: Iterable[str]) -> list[Probe]:
     for item in rest.get("interaction", []):
         code = item["code"]
         if code == "history-system":
-            out.append(Probe("system-history", code, None, (Need(EVERY, "s"),), (Call("GET", "/_history"),), None,
-                             200, "200", False))  # fmt: skip
+            out.append(Probe("system-history", code, None, (Need(EVERY, "s"),), (Call("GET", "/_history"),),
+                             _entry("GET", "_history"), 200, "200", False, forms=("rest", *bundle_forms)))  # fmt: skip
         elif code not in ("batch", "transaction"):  # the Bundle forms of every probe above
             raise UnknownInteraction(f"no rule for system interaction {code!r}")
     return out
