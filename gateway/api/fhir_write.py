@@ -17,6 +17,7 @@ from gateway.audit import AccessRecord, patients_in
 from gateway.auth import Principal
 from gateway.errors import FhirError, invalid
 from gateway.fhir import (
+    ID_RE,
     activity_of,
     informational,
     interactions,
@@ -258,7 +259,7 @@ async def batch_or_transaction(request: Request) -> Response:
                                   deidentified=principal.deidentified, patch_limits=_patch_limits(ctx.settings),
                                   capability=partial(ctx.capability_for, base))
         if record is not None:  # on the worker thread: the request's own JSON, already parsed
-            _note_bundle(record, bundle, response, ctx.settings.audit.max_entities)
+            _note_bundle(record, bundle, response, ctx.settings.audit.max_entities, base)
         return response
 
     response = await ctx.write(work)
@@ -305,14 +306,18 @@ def _given_entries(principal: Principal, bundle: dict[str, Any]) -> None:
             entry["resource"] = given_body(principal, resource)
 
 
-def _note_bundle(record: AccessRecord, bundle: dict[str, Any], response: dict[str, Any], limit: int) -> None:
-    """The versions a Bundle's entries wrote or read (their response locations, or the URL of a
-    delete) and the patients its resources refer to, for the first ``limit`` entries."""
+def _note_bundle(
+    record: AccessRecord, bundle: dict[str, Any], response: dict[str, Any], limit: int, base: str
+) -> None:
+    """The versions a Bundle's entries wrote or read (their response locations, the URL of a delete,
+    the instance a history or $everything entry reads) and the patients its resources refer to,
+    for the first ``limit`` entries."""
     for entry, answer in list(zip(bundle.get("entry") or [], response.get("entry", []), strict=False))[:limit]:
         location = answer.get("response", {}).get("location")
         if not isinstance(location, str) and isinstance(entry, dict):
             request = entry.get("request")
-            location = request.get("url") if isinstance(request, dict) and request.get("method") == "DELETE" else None
+            method, url = (request.get("method"), request.get("url")) if isinstance(request, dict) else (None, None)
+            location = url if method == "DELETE" else _read_instance(url, base) if method in ("GET", "HEAD") else None
         if isinstance(location, str) and "?" not in location:
             rtype, _, rest = location.partition("/")
             rid, _, version = rest.partition("/_history/")
@@ -323,3 +328,14 @@ def _note_bundle(record: AccessRecord, bundle: dict[str, Any], response: dict[st
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if isinstance(resource, dict):
             record.patients.update(patients_in(jsonio.dumps(resource)))
+
+
+def _read_instance(url: Any, base: str) -> str | None:
+    """The ``Type/id`` an instance history or ``$everything`` entry reads (as the audit names the
+    path's instance over REST), else None."""
+    if not isinstance(url, str):
+        return None
+    parts = [p for p in url.removeprefix(base + "/").split("?")[0].split("/") if p]
+    if len(parts) == 3 and parts[2] in ("_history", "$everything") and ID_RE.match(parts[1]):
+        return f"{parts[0]}/{parts[1]}"
+    return None

@@ -146,6 +146,21 @@ async def test_a_transaction_lists_its_entries_and_a_batch_is_a_batch(api: ApiHa
     assert refs(one(events, "batch"), "4") == ["Patient/p2/_history/1"]
 
 
+async def test_a_batch_names_the_instance_its_history_and_everything_entries_read(api: ApiHarness) -> None:
+    # As over REST, where the audit names the path's instance: GET Patient/p1/$everything names p1.
+    await seed(api.client)
+    urls = ["Patient/p1/$everything?_count=5", "Patient/p2/_history", "Observation/_history", "Patient/nobody/_history",
+            "metadata"]
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [{"request": {"method": "GET", "url": url}}
+                                                                   for url in urls]}  # fmt: skip
+    response = await api.client.post("/fhir", json=batch)
+    assert response.status_code == 200, response.text[:500]
+    await flushed(api.app)
+    event = one(stored_events(api.store), "batch")
+    assert refs(event, "4") == ["Patient/p1", "Patient/p2", "Patient/nobody"]
+    assert {"Patient/p1", "Patient/p2"} <= set(refs(event, "1"))
+
+
 async def test_a_batch_delete_naming_an_odd_version_is_audited_not_a_500(api: ApiHarness) -> None:
     # The audit read the version of a DELETE entry's URL with int() after str.isdigit(): "²" and a
     # 5,000-digit version raised ValueError, and the batch, its POST already stored, answered 500
