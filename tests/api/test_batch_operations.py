@@ -177,6 +177,11 @@ async def test_scopes_decide_as_over_rest(api_on: ApiHarness) -> None:
     search_only = api_on.with_scopes("system/Observation.s")
     split = await search_only.post("/fhir", json=_bundle("Observation/_history", f"Observation/{oid}/_history"))
     assert [a["response"]["status"][:3] for a in split.json()["entry"]] == ["200", "403"], split.text[:500]
+    # The audit trail is for admin clients, whatever a client's scopes on every type say.
+    reader = api_on.with_scopes("system/*.rs")
+    audit = await reader.post("/fhir", json=_bundle("AuditEvent/_history", "AuditEvent/x/_history", "_history"))
+    assert [a["response"]["status"][:3] for a in audit.json()["entry"]] == ["403", "403", "200"], audit.text[:500]
+    assert "AuditEvent" not in {e["resource"]["resourceType"] for e in audit.json()["entry"][2]["resource"]["entry"]}
     # In a transaction, a refused entry refuses it all.
     transaction = _bundle("Patient/_history", "Observation/_history", kind="transaction")
     assert (await patients_only.post("/fhir", json=transaction)).status_code == 403
