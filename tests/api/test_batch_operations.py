@@ -81,6 +81,7 @@ async def test_history_everything_and_metadata_entries_answer_as_over_rest(api_o
         f"Patient/{pid}/$everything?_count=1&_type=Observation,Patient",
         "metadata",
         "metadata?mode=full",
+        f"Patient/{pid}/_history?_at=2020&_at=2099",
     ]
     for kind in ("batch", "transaction"):
         answers = await _same_as_rest(api_on.client, urls, kind)
@@ -114,7 +115,7 @@ async def test_errors_are_the_entrys_outcome_as_over_rest(api_on: ApiHarness) ->
         "Patient/nobody/_history",
         "Patient/nobody/$everything",
         "Patient/_history?_since=yesterday",
-        f"Patient/{pid}/_history?_at=2020",
+        f"Patient/{pid}/_history?_at=ge2020",
         "_history?_count=x",
         f"Patient/{pid}/$everything?start=2020-01-01",
         f"Patient/{pid}/$everything?_cursor=bogus",
