@@ -27,6 +27,8 @@ RESULT_PARAMS = ("_count", "_sort", "_total", "_summary", "_elements", "_include
 OPERATIONS = (
     {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"},
 )
+# Every type a client may write (gateway/api/fhir_validate.py): the checks a create or update makes.
+VALIDATE = {"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}
 # FHIR Bulk Data Access 2.0 (gateway/api/bulk_export.py).
 BULK = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition"
 EXPORT_DOC = ("Bulk Data Access 2.0 (Prefer: respond-async; GET, or POST with a Parameters body; _outputFormat,"
@@ -72,10 +74,11 @@ def capability_statement(registry: SearchRegistry, base_url: str, date: str) -> 
             entry["searchInclude"] = includes
         if revincludes.get(rtype):
             entry["searchRevInclude"] = revincludes[rtype]
+        entry["operation"] = [VALIDATE]
         if rtype == "Patient":
-            entry["operation"] = [*OPERATIONS, PATIENT_EXPORT]
+            entry["operation"] = [*OPERATIONS, PATIENT_EXPORT, VALIDATE]
         if rtype == "Group":
-            entry["operation"] = [GROUP_EXPORT]
+            entry["operation"] = [GROUP_EXPORT, VALIDATE]
         if rtype == AUDIT_TYPE:
             entry.update({
                 "documentation": "The gateway's audit trail (one AuditEvent per access, IHE BALP): read and"
@@ -84,6 +87,7 @@ def capability_statement(registry: SearchRegistry, base_url: str, date: str) -> 
                 "updateCreate": False, "conditionalCreate": False, "conditionalUpdate": False,
                 "conditionalDelete": "not-supported",
             })  # fmt: skip
+            del entry["operation"]
         resources.append(entry)
     return {
         "resourceType": "CapabilityStatement",

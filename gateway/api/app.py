@@ -49,6 +49,7 @@ from . import (
     fhir_match,
     fhir_read,
     fhir_subscriptions,
+    fhir_validate,
     fhir_write,
     health,
     ingest,
@@ -72,7 +73,7 @@ log = logging.getLogger("gateway.api")
 # How often noted last-use times reach the store (they are noted at most once a minute per client).
 LAST_USE_FLUSH_SECONDS = 5.0
 #: Served as plain routes, documented by their FastAPI routes.
-FHIR_ROUTERS = (fhir_match.router, fhir_read.router, fhir_write.router)
+FHIR_ROUTERS = (fhir_match.router, fhir_validate.router, fhir_read.router, fhir_write.router)
 _HTTP_CODES = {404: "not-found", 405: "not-supported", 401: "login", 403: "forbidden", 413: "too-costly"}
 
 

@@ -257,6 +257,7 @@ def test_the_matrix_covers_every_declared_interaction() -> None:
     covered = {(p.rtype, p.interaction) for p in PROBES.values()}
     assert declared <= covered
     assert ("Patient", "operation:everything") in covered and (None, "history-system") in covered
+    assert {(t, "operation:validate") for t in TYPES} <= covered
     assert len(TYPES) == 6 and TYPES[:5] == ("Patient", "Observation", "Encounter", "ServiceRequest", "Task")
     forms = {form for p in PROBES.values() for form in p.forms}
     assert forms == {"rest", "batch", "transaction"}
@@ -264,7 +265,7 @@ def test_the_matrix_covers_every_declared_interaction() -> None:
 
 @pytest.mark.parametrize(
     "where, item",
-    [("Patient", {"operation": {"name": "validate", "definition": "x"}}), ("Patient", {"interaction": {"code": "x"}}),
+    [("Patient", {"operation": {"name": "lastn", "definition": "x"}}), ("Patient", {"interaction": {"code": "x"}}),
      (None, {"interaction": {"code": "search-system"}})],
     ids=["operation", "type-interaction", "system-interaction"],
 )  # fmt: skip
@@ -281,7 +282,7 @@ def test_the_generator_refuses_what_it_has_no_rule_for(where: str | None, item: 
 def test_rest_only_interactions_are_refused_in_bundles_for_everyone(matrix: Matrix) -> None:
     # The rule table says "REST only": a Bundle entry asking for them is a 400, not a way around a scope.
     rest_only = [p for p in PROBES.values() if p.entry is None]
-    assert {p.interaction for p in rest_only} == {"operation:export"}
+    assert {p.interaction for p in rest_only} == {"operation:export", "operation:validate"}
     for probe in rest_only:
         entry = {"request": {"method": "GET", "url": probe.rest[0].path.lstrip("/")}}
         for scopes in (("system/*.cruds",), ("system/Patient.c",)):

@@ -355,7 +355,7 @@ async def test_the_capability_statement_declares_the_operations(api: ApiHarness)
     assert [op["name"] for op in rest["operation"]] == ["export"]
     by_type = {r["type"]: r for r in rest["resource"]}
     assert "export" in [op["name"] for op in by_type["Patient"]["operation"]]
-    assert [op["name"] for op in by_type["Group"]["operation"]] == ["export"]
+    assert [op["name"] for op in by_type["Group"]["operation"]] == ["export", "validate"]
     assert "_deidentify" in rest["operation"][0]["documentation"]
 
 

@@ -23,6 +23,8 @@ means the request also searches `T`, since a condition is a search:
 | batch, transaction                | `POST [base]` with a Bundle           | each entry's own   | (the forms)      |
 | operation `$everything`           | `GET Patient/id/$everything`          | Patient.r          | GET entry        |
 | operation `$export`               | `GET Patient/$export` (kick-off)      | Patient.s          | REST only        |
+| operation `$validate`             | `POST T/$validate`                    | T.c                | REST only        |
+| operation `$validate` (delete)    | `POST T/id/$validate`, mode delete    | T.r + T.d          | REST only        |
 
 Why these letters: SMART v2 gives `r` "read, vread, instance history" and `s` "type and
 system search, type and system history": a history that is not of one known resource
@@ -305,6 +307,15 @@ def _type_probes(rtype: str, declared: dict[str, Any]) -> list[Probe]:
             out.append(Probe("Patient-$export", "operation:export", rtype, (Need(rtype, "s"),),
                              (Call("GET", "/Patient/$export", (), (("Prefer", "respond-async"),)),), None, 202,
                              "202", False))  # fmt: skip
+        elif operation["name"] == "validate":
+            # Stores nothing; scoped as what it stands for: a create, or a delete (whose answer
+            # says whether the resource is there, so r too).
+            body = minimal_resource(rtype)
+            add("$validate", "operation:validate", "c", [Call("POST", f"/{rtype}/$validate", (), fhir_json,
+                                                              _json(body))], None, 200)  # fmt: skip
+            params = {"resourceType": "Parameters", "parameter": [{"name": "mode", "valueCode": "delete"}]}
+            add("$validate-delete", "operation:validate", "rd",
+                [Call("POST", f"/{rtype}/{rid}/$validate", (), fhir_json, _json(params))], None, 200)
         else:
             raise UnknownInteraction(f"{rtype}: no rule for operation {operation['name']!r}")
     return out
