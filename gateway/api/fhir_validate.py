@@ -22,8 +22,7 @@ from starlette.responses import Response
 
 from gateway import jsonio
 from gateway.errors import FhirError, RequestError, invalid
-from gateway.fhir import parse_json, validate_resource
-from gateway.fhir.outcome import issue, outcome_of
+from gateway.fhir import issue, outcome_of, parse_json, validate_resource
 from gateway.store import is_golden
 
 from .auth import authenticate, require_fhir, row_filter
