@@ -502,3 +502,34 @@ def test_an_unreachable_store_is_one_line_on_stderr_not_a_traceback(tmp_path: Pa
     assert done.returncode == 1, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("gateway: the PostgreSQL store is unavailable")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["queue", "status"],
+        ["queue", "dead-letters"],
+        ["queue", "workers"],
+        ["dhis2", "ping", "dhis2-sandbox"],
+        ["dhis2", "metadata", "pull", "dhis2-sandbox"],
+    ],
+)
+def test_every_command_names_file_line_and_setting_of_a_bad_value(env: Path, command: list[str]) -> None:
+    """Not only ``config check``: ``queue …`` said ``port: Input should be …`` without the file, and
+    ``dhis2 …`` printed pydantic's several-line report with its documentation URL."""
+    config = env / "bad.yaml"
+    config.write_text("store_url: sqlite:///x.db\nport: eighty\n")
+    result = runner.invoke(app, [*command, "--config", str(config)])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"gateway: {config}:2: port: "), result.stderr
+    assert "errors.pydantic.dev" not in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_a_bad_environment_value_names_its_variable_in_every_command(
+    env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GATEWAY_SEARCH__MAX_COUNT", "abc")
+    for command in (["queue", "status"], ["dhis2", "ping", "dhis2-sandbox"], ["quarantine", "list"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2, (command, result.output)
+        assert "search.max_count (GATEWAY_SEARCH__MAX_COUNT)" in result.stderr, (command, result.stderr)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from gateway.cli.common import ConfigOption, DevOption, config_file, settings_from
+from gateway.cli.common import ConfigOption, DevOption, config_file, describe_validation_error, fail, settings_from
 from gateway.errors import exit_code_for
 
 if TYPE_CHECKING:
@@ -110,7 +110,11 @@ def _access(
     settings: Any = None
     try:
         if need_settings or not destination.startswith(("http://", "https://")):
-            settings = load_settings(config_file(config, dev))
+            config = config_file(config, dev)
+            try:
+                settings = load_settings(config)
+            except ValidationError as exc:  # file:line (or GATEWAY_ variable) and setting, as `config check`
+                fail(describe_validation_error(exc, config))
         base_url, auth, cache = resolve_destination(
             destination,
             settings,

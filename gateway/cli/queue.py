@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from gateway import jsonio
-from gateway.cli.common import ConfigOption, DevOption, config_file, console, fail, where
+from gateway.cli.common import ConfigOption, DevOption, config_file, console, describe_validation_error, fail, where
 from gateway.errors import GatewayError, exit_code_for
 
 if TYPE_CHECKING:
@@ -61,9 +61,8 @@ def _load(config: Path | None, destinations: Path | None, dev: bool = False) -> 
         return settings, delivery_sections(settings, destinations)
     except (ConfigFileError, DeliveryConfigError) as exc:
         fail(str(exc), exit_code_for(exc))
-    except ValidationError as exc:
-        first = exc.errors(include_url=False, include_input=False)[0]
-        fail(f"{'.'.join(str(p) for p in first.get('loc', ()))}: {first.get('msg', 'invalid')}")
+    except ValidationError as exc:  # file:line (or GATEWAY_ variable) and setting, as `config check`
+        fail(describe_validation_error(exc, config))
 
 
 def _with_admin(
