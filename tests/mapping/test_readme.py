@@ -135,3 +135,24 @@ def test_the_troubleshooting_table_names_every_static_check_message() -> None:
     for fragment in ("did you mean", "does not fit", "required value set", "may refer to", "UCUM",
                      "is not one of its elements", "takes one", "unknown ConceptMap", "FHIRPath syntax error"):
         assert fragment in text, fragment
+
+
+def test_walkthrough_step_3_error_is_what_validate_prints(mappings_dir, monkeypatch) -> None:
+    """Step 3 quotes the error `gateway mappings validate` gives for a misspelt converter: the
+    file as the command names it (under `mappings/`, run from the project's root) and its line."""
+    from typer.testing import CliRunner
+
+    from gateway.cli import app
+
+    text = README.read_text(encoding="utf-8")
+    heading = r"\*\*2\. Create `mappings/kobo/nutrition-screening.yaml`:\*\*\n\n"
+    mapping = re.search(heading + r"```yaml\n(.*?)```", text, re.DOTALL)
+    quoted = re.search(r"\*\*3\. Check it:\*\*.*?Mistakes come back as\n`(.*?)`", text, re.DOTALL)
+    assert mapping is not None and quoted is not None
+    typo = mapping.group(1).replace("| decimal", "| decmal")
+    root = mappings_dir({"kobo/nutrition-screening.yaml": typo}, with_shipped_sets=True)
+    (root.parent / "mappings").symlink_to(root)
+    monkeypatch.chdir(root.parent)
+    result = CliRunner().invoke(app, ["mappings", "validate"])
+    assert result.exit_code == 1
+    assert quoted.group(1) in result.output.splitlines()[0], (quoted.group(1), result.output)
