@@ -160,6 +160,11 @@ def reject_command(pair: str, config: ConfigOption = None, dev: DevOption = Fals
         _decide(engine, "reject", lambda who: reject(engine.store, engine.rules, pair, who), by, pair=pair)
 
 
+def _patient_id(given: str) -> str:
+    """A Patient as its id or as the reference the FHIR API and the review table write (``Patient/abc``)."""
+    return given.removeprefix("Patient/")
+
+
 @review_app.command("merge")
 def merge_command(
     survivor: str, loser: str, config: ConfigOption = None, dev: DevOption = False, by: ByOption = None
@@ -167,6 +172,7 @@ def merge_command(
     """Merge the Patient LOSER into SURVIVOR (both stay readable; undo with unmerge)."""
     from gateway.identity import merge_records
 
+    survivor, loser = _patient_id(survivor), _patient_id(loser)
     with _engine(config, dev) as engine:
         _decide(engine, "merge", lambda who: merge_records(engine.store, engine.rules, survivor, loser, who), by,
                 patients=(survivor, loser))
@@ -177,6 +183,7 @@ def unmerge_command(patient: str, config: ConfigOption = None, dev: DevOption = 
     """Undo the merge of PATIENT: every record it wrote goes back to its version before."""
     from gateway.identity import unmerge_record
 
+    patient = _patient_id(patient)
     with _engine(config, dev) as engine:
         _decide(engine, "unmerge", lambda who: unmerge_record(engine.store, engine.rules, patient, who), by,
                 patients=(patient,))
@@ -189,6 +196,7 @@ def unlink_command(
     """Keep apart two Patients the matcher linked on its own (the pair is recorded as rejected)."""
     from gateway.identity import unlink
 
+    first, second = _patient_id(first), _patient_id(second)
     with _engine(config, dev) as engine:
         _decide(engine, "unlink", lambda who: unlink(engine.store, engine.rules, first, second, who), by,
                 patients=(first, second))

@@ -106,3 +106,16 @@ def test_review_needs_identity_enabled(tmp_path: Path, monkeypatch: pytest.Monke
     path.write_text(f"store_url: sqlite:///{tmp_path}/x.db\nmappings_dir: {MAPPINGS}\n")
     result = runner.invoke(identity_app, ["review", "list", "--config", str(path)])
     assert result.exit_code == 2 and "identity.enabled" in result.output
+
+
+def test_patients_may_be_named_as_references(config: Path) -> None:
+    """``merge Patient/a Patient/b`` (as `$everything`, the review table's Task and the FHIR API
+    name them) was refused as "Patient/Patient/a does not exist"."""
+    aisha, amina = _twins(config)
+    assert "merge: recorded" in _run(config, "merge", f"Patient/{aisha}", f"Patient/{amina}")
+    assert '"replaced-by"' in json.dumps(_read(config, "Patient", amina)["link"])
+    assert "unmerge: recorded" in _run(config, "unmerge", f"Patient/{amina}")
+    assert "unlink: recorded" in _run(config, "unlink", f"Patient/{amina}", f"Patient/{aisha}")
+    refused = runner.invoke(identity_app, ["review", "unmerge", "Patient/nobody", "--config", str(config)])
+    assert refused.exit_code == 1 and "Patient/nobody does not exist" in refused.output, refused.output
+    assert "Patient/Patient/" not in refused.output
