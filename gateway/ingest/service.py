@@ -510,7 +510,11 @@ def _log_quarantine(source: str, qid: int, exc: RequestError | MappingError, *, 
     issues = exc.issues()
     first = issues[0] if issues else {}
     where = ",".join(first.get("expression", [])[:1])
-    log.warning(
+    # A record arriving held is news for the operator; a replay that still fails is the answer
+    # the operator who asked for it is given (the CLI prints it, the admin API returns it), so it
+    # is not repeated as a warning (the CLI's last-resort handler printed it bare).
+    log.log(
+        logging.INFO if replay else logging.WARNING,
         "%s source=%s qid=%d code=%s at=%s",
         "replay failed" if replay else "quarantined",
         source,

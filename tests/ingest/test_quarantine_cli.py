@@ -120,3 +120,19 @@ def test_discard_reports_each_id_and_goes_on_past_an_unknown_one(config: Path) -
     assert f"1 record(s) discarded: #{qid}" in result.stdout  # the known one is done, and says so
     listed = runner.invoke(quarantine_app, ["list", "--config", str(config)]).output
     assert listed.strip().endswith("0 record(s)")
+
+
+def test_a_replay_that_still_fails_prints_its_answer_once(config: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The command prints why a record is still held; the ingest service's WARNING about the same
+    replay reached the terminal too, bare ("replay failed source=kobo qid=1 code=value at=…"),
+    through Python's last-resort handler (the CLI configures no logging). The operator who asked
+    for the replay gets the answer: the log line is INFO, as for a replay that succeeds."""
+    import logging
+
+    qid = _quarantine_one(config)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        still = runner.invoke(quarantine_app, ["replay", str(qid), "--config", str(config)])
+    assert still.exit_code == 1 and f"#{qid}: still held" in still.output
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert any(r.getMessage().startswith("replay failed source=kobo") for r in caplog.records)
