@@ -39,6 +39,7 @@ from gateway.export import BulkExportSettings
 from gateway.ingest import SourceConfig
 from gateway.scheduler import SchedulerSettings
 from gateway.search import DataPolicy, PolicyError
+from gateway.store import check_store_url
 from gateway.subscriptions import SubscriptionSettings
 
 __all__ = [
@@ -389,6 +390,7 @@ class Settings(BaseSettings):
             raise ValueError("must start with sqlite:/// or postgresql://")
         if not value.startswith("sqlite:///"):
             _require_extra("psycopg_pool", "postgres")
+        check_store_url(value)  # ?schema=, ?pool_timeout=, ?synchronous=: refused here, not when a store opens
         return value
 
     @field_validator("queue_url")

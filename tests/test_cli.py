@@ -129,7 +129,8 @@ def test_config_check_masks_the_rate_limit_redis_password(env: Path, monkeypatch
 
 
 def test_config_check_masks_password_like_query_parameters(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GATEWAY_STORE_URL", f"sqlite:///{env}/cli.db?synchronous=normal&password=pw-store-1")
+    # A PostgreSQL URL: a SQLite one takes no option but ?synchronous= (refused as store_url since).
+    monkeypatch.setenv("GATEWAY_STORE_URL", "postgresql://gw@db.example.org/gw?schema=s&password=pw-store-1")
     monkeypatch.setenv("GATEWAY_QUEUE_URL", "rediss://127.0.0.1:6379/0?sslpassword=pw-queue-2&ssl_cert_reqs=none")
     config = env / "gateway.yaml"
     config.write_text(
@@ -141,7 +142,7 @@ def test_config_check_masks_password_like_query_parameters(env: Path, monkeypatc
     assert result.exit_code == 0, result.output
     assert "pw-" not in result.stdout
     data = json.loads(result.stdout)
-    assert data["store_url"] == f"sqlite:///{env}/cli.db?synchronous=normal&password=***"
+    assert data["store_url"] == "postgresql://gw@db.example.org/gw?schema=s&password=***"
     assert data["queue_url"] == "rediss://127.0.0.1:6379/0?sslpassword=***&ssl_cert_reqs=none"
     assert data["destinations"][0]["base_url"] == (
         "https://shr.example.org/fhir?api_key=***&PWD=***&client_secret=***&access_token=***&pass=***&tenant=t1"
@@ -533,3 +534,24 @@ def test_a_bad_environment_value_names_its_variable_in_every_command(
         result = runner.invoke(app, command)
         assert result.exit_code == 2, (command, result.output)
         assert "search.max_count (GATEWAY_SEARCH__MAX_COUNT)" in result.stderr, (command, result.stderr)
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("postgresql://postgres@127.0.0.1:5432/test?schema=probe-4", "schema must be letters, digits and underscores"),
+        ("postgresql://postgres@127.0.0.1:5432/test?schema=s&pool_timeout=soon", "pool_timeout must be seconds"),
+        ("sqlite:///x.db?synchronous=bogus", "sqlite store URLs take one option"),
+    ],
+)
+def test_a_bad_store_url_option_names_the_setting_not_a_traceback(
+    env: Path, monkeypatch: pytest.MonkeyPatch, url: str, reason: str
+) -> None:
+    """``?schema=probe-4`` passed ``config check`` and made every other command end in a
+    ValueError traceback from the store: the URL's own options are checked with the setting."""
+    monkeypatch.setenv("GATEWAY_STORE_URL", url)
+    for command in (["config", "check"], ["clients", "list"], ["quarantine", "list"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2, (command, result.output)
+        assert "store_url (GATEWAY_STORE_URL)" in result.stderr and reason in result.stderr, (command, result.stderr)
+        assert result.stderr.count("\n") == 1, result.stderr

@@ -48,3 +48,4 @@ from .rows import is_kept_link as is_kept_link
 from .rows import is_review_task as is_review_task
 from .rows import linked_ids as linked_ids
 from .sql import SqlStore as SqlStore
+from .urls import check_store_url as check_store_url

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl
-
 from gateway.store.base import Store
 from gateway.store.sql import SqlStore
+from gateway.store.urls import sqlite_options
 
 __all__ = ["open_store"]
 
@@ -16,11 +15,7 @@ def open_store(url: str) -> Store:
     if url.startswith("sqlite:///"):
         from gateway.store.sqlite import SQLiteStore
 
-        path, _, query = url[len("sqlite:///") :].partition("?")
-        options = dict(parse_qsl(query))
-        synchronous = options.pop("synchronous", "full").upper()
-        if options or synchronous not in ("FULL", "NORMAL"):
-            raise ValueError("sqlite store URLs take one option: ?synchronous=full|normal")
+        path, synchronous = sqlite_options(url)
         store = SQLiteStore(path or ":memory:", synchronous=synchronous)
     elif url.startswith(("postgresql://", "postgres://")):
         from gateway.store.postgres import PostgresStore

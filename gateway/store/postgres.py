@@ -26,7 +26,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from functools import lru_cache
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg_pool import ConnectionPool
@@ -37,6 +36,7 @@ from gateway.store.group_commit import GroupCommit
 from gateway.store.rows import Cursor
 from gateway.store.sql import SqlStore
 from gateway.store.sqlops import INSERT_COLUMNS, WriteStep
+from gateway.store.urls import pool_timeout, schema_name, split_params
 
 #: From this many buffered rows on, a flush appends with COPY instead of INSERTs.
 _COPY_FROM_ROWS = 256
@@ -135,37 +135,10 @@ def _reachable(block: AbstractContextManager[T]) -> Iterator[T]:
         raise _unavailable(exc) from exc
 
 
-#: The gateway's own query parameters of a PostgreSQL URL (libpq would refuse them).
-_OWN_PARAMS = ("schema", "pool_timeout")
-#: How long a read waits for a pooled connection by default (seconds; ``?pool_timeout=`` sets it).
-_POOL_TIMEOUT = 30.0
-
-
-def split_params(url: str) -> tuple[str, dict[str, str]]:
-    """Take the gateway's own query parameters (``schema``, ``pool_timeout``) out of a PostgreSQL URL."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query)
-    own = {k: v for k, v in query if k in _OWN_PARAMS}
-    rest = urlencode([(k, v) for k, v in query if k not in _OWN_PARAMS])
-    return urlunsplit(parts._replace(query=rest)), own
-
-
 def split_schema(url: str) -> tuple[str, str | None]:
     """Take the gateway's own query parameters out of a PostgreSQL URL; the conninfo and the schema."""
     conninfo, own = split_params(url)
     return conninfo, own.get("schema")
-
-
-def _pool_timeout(raw: str | None) -> float:
-    if raw is None:
-        return _POOL_TIMEOUT
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = -1.0
-    if not 0.1 <= seconds <= 3600:
-        raise ValueError(f"pool_timeout must be seconds between 0.1 and 3600, not {raw[:20]!r}")
-    return seconds
 
 
 class PostgresWriter(GroupCommit[psycopg.Connection[Any]]):
@@ -273,12 +246,10 @@ class PostgresStore(SqlStore):
     def __init__(self, url: str, registry: SearchRegistry | None = None, max_connections: int = 10) -> None:
         super().__init__(registry)
         conninfo, own = split_params(url)
-        schema, pool_timeout = own.get("schema"), _pool_timeout(own.get("pool_timeout"))
+        schema, timeout = schema_name(own.get("schema")), pool_timeout(own.get("pool_timeout"))
         if conninfo.startswith("postgres://"):
             conninfo = "postgresql://" + conninfo[len("postgres://") :]
         if schema is not None:
-            if not schema.replace("_", "").isalnum():
-                raise ValueError("schema must be letters, digits and underscores")
             _create_schema(conninfo, schema)
         # NOTICEs (e.g. from CREATE TABLE IF NOT EXISTS) in pipeline mode can shift results
         # between statements in psycopg 3.3, so the session asks for warnings and above only.
@@ -297,7 +268,7 @@ class PostgresStore(SqlStore):
         reads = {**kwargs, "options": options + " -c plan_cache_mode=force_custom_plan"}
         self._returned: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = weakref.WeakKeyDictionary()
         self._pool = ConnectionPool(
-            conninfo, min_size=1, max_size=max_connections, kwargs=reads, open=True, timeout=pool_timeout,
+            conninfo, min_size=1, max_size=max_connections, kwargs=reads, open=True, timeout=timeout,
             name="reads", check=self._check_idle, reset=self._mark_returned,
         )  # fmt: skip
         self._writer = PostgresWriter(conninfo, kwargs, self._write_lock)
