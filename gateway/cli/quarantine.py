@@ -151,7 +151,8 @@ def discard(
             except FhirError as exc:  # the others are still done: each id is reported
                 typer.echo(f"gateway: #{qid}: {_looked_in(exc, settings)}", err=True)
                 refused.append((qid, exc))
-    typer.echo(f"{len(done)} record(s) discarded" + (f": {', '.join(f'#{q}' for q in done)}" if refused else ""))
+    listed = f": {', '.join(f'#{q}' for q in done)}" if refused and done else ""  # which ones, when not all
+    typer.echo(f"{len(done)} record(s) discarded{listed}")
     if refused:
         raise typer.Exit(exit_code_for(refused[0][1]))
 

@@ -136,3 +136,11 @@ def test_a_replay_that_still_fails_prints_its_answer_once(config: Path, caplog: 
     assert still.exit_code == 1 and f"#{qid}: still held" in still.output
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert any(r.getMessage().startswith("replay failed source=kobo") for r in caplog.records)
+
+
+def test_discard_of_an_unknown_id_alone_prints_no_empty_list(config: Path) -> None:
+    """It printed "0 record(s) discarded: " (a colon and nothing after it)."""
+    refused = runner.invoke(quarantine_app, ["discard", "999", "--config", str(config)])
+    assert refused.exit_code != 0
+    assert refused.stdout == "0 record(s) discarded\n", refused.stdout
+    assert "no quarantined record 999" in refused.stderr
