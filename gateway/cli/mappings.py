@@ -100,8 +100,12 @@ def run(
         else:
             records, many = read_records(file)
             places = [f"{file}[{n}]" if many else str(file) for n in range(len(records))]
-    except (InputError, OSError) as exc:
-        typer.echo(f"cannot read {file}: {exc}", err=True)
+    except OSError as exc:
+        typer.echo(f"gateway: cannot read {file}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(2) from exc
+    except InputError as exc:  # read_records names the file itself; a CSV's parse does not
+        message = str(exc)
+        typer.echo(f"gateway: {message if message.startswith(str(file)) else f'{file}: {message}'}", err=True)
         raise typer.Exit(2) from exc
     outputs: list[dict[str, Any]] = [
         operation_outcome("structure", unreadable[n]) if n in unreadable else map_outcome(selected, record)

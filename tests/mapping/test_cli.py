@@ -148,3 +148,17 @@ def test_run_names_the_file_and_line_of_each_refused_record(tmp_path: Path) -> N
     result = runner.invoke(mappings_app, ["run", "kobo", str(array), "--dir", str(MAPPINGS)])
     assert result.exit_code == 1
     assert f"{array}[1]: " in result.stderr and "`vitals/weight_kg`: 'heavy' is not a number" in result.stderr
+
+
+def test_run_of_a_file_it_cannot_read_says_so_in_one_line_naming_the_file_once(tmp_path: Path) -> None:
+    """It said "cannot read x.json: x.json: invalid JSON: …" and, for a missing file,
+    "cannot read x.json: [Errno 2] No such file or directory: 'x.json'"."""
+    broken = tmp_path / "broken.json"
+    broken.write_text("{bad")
+    result = runner.invoke(mappings_app, ["run", "cht", str(broken), "--dir", str(MAPPINGS)])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"gateway: {broken}: invalid JSON") and result.stderr.count(str(broken)) == 1
+    missing = tmp_path / "missing.json"
+    result = runner.invoke(mappings_app, ["run", "cht", str(missing), "--dir", str(MAPPINGS)])
+    assert result.exit_code == 2
+    assert result.stderr == f"gateway: cannot read {missing}: No such file or directory\n", result.stderr
