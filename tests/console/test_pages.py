@@ -429,6 +429,24 @@ async def test_playground_refuses_bad_input_with_a_page(logged_in: Harness, form
     assert answer.status_code == 400 and problem in answer.text and "<html" in answer.text
 
 
+
+@pytest.mark.parametrize(("form", "problem"), [
+    ({"source": "cht", "record": "{not json"}, "not valid JSON"),
+    ({"source": "cht", "record": "   "}, "Paste a record first"),
+    ({"source": "nowhere", "record": "{}"}, "configured sources"),
+])
+async def test_playground_refuses_bad_input_in_the_result_for_htmx(
+    logged_in: Harness, form: dict[str, str], problem: str
+) -> None:
+    """In the browser the form posts through htmx, which swaps no 4xx answer in (htmx 2's default
+    responseHandling): a pasted record that was not JSON showed nothing at all. The refusal comes
+    as the result fragment, an alert in ``#result``."""
+    fragment = await logged_in.console.post("/console/playground", data={"csrf": await logged_in.csrf(), **form},
+                                            headers={"HX-Request": "true"})
+    assert fragment.status_code == 200, fragment.status_code
+    assert "<html" not in fragment.text and 'role="alert"' in fragment.text and problem in fragment.text
+
+
 # -- errors are pages ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("path", ["/console/nothing-here", "/console/quarantine/999", "/console/quarantine/abc",

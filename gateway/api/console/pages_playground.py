@@ -8,6 +8,7 @@ delivers to, reading what it references from the record's own resources, then th
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,17 @@ async def run(request: Request) -> Response:
     """Map the pasted record(s) and show what would be stored and sent."""
     await login(request)
     form = await checked_form(request, console_of(request))
+    try:
+        return await _mapped(request, form)
+    except ConsoleError as exc:
+        # htmx swaps no 4xx answer into the page (its default responseHandling): a refusal of the
+        # form's input would show nothing, so the browser's request gets it as the result instead.
+        if exc.status != 400 or not request.headers.get("hx-request"):
+            raise
+        return page(request, "playground_result.html", refused=exc.message)
+
+
+async def _mapped(request: Request, form: Mapping[str, Any]) -> Response:
     ctx = ctx_of(request)
     source_name = str(form.get("source") or "")
     text = str(form.get("record") or "")
