@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import re
 import time
@@ -445,6 +446,27 @@ async def test_playground_refuses_bad_input_in_the_result_for_htmx(
                                             headers={"HX-Request": "true"})
     assert fragment.status_code == 200, fragment.status_code
     assert "<html" not in fragment.text and 'role="alert"' in fragment.text and problem in fragment.text
+
+
+
+async def test_htmx_swaps_error_answers_in(logged_in: Harness) -> None:
+    """Every link and form is boosted (``hx-boost``) and htmx 2 by default swaps no 4xx/5xx answer:
+    the Identity link of a gateway without identity, a message search with a bad date, a replay
+    another operator already made answered with an error page the browser never showed (the click
+    seemed to do nothing). The console's htmx config swaps them; a boosted request gets the error
+    page, a fragment request (a live table, the playground's result) the error alone."""
+    page = (await logged_in.console.get("/console")).text
+    meta = re.search(r'name="htmx-config" content=\'([^\']*)\'', page)
+    assert meta is not None
+    config = json.loads(html.unescape(meta.group(1)))
+    errors = [rule for rule in config["responseHandling"] if rule["code"] == "[45].."]
+    assert errors == [{"code": "[45]..", "swap": True, "error": True}], config
+    boosted = await logged_in.console.get("/console/messages?since=yesterday",
+                                          headers={"HX-Request": "true", "HX-Boosted": "true"})
+    assert boosted.status_code == 400 and "<html" in boosted.text and "from: use a date" in boosted.text
+    fragment = await logged_in.console.get("/console/live/messages?since=yesterday", headers={"HX-Request": "true"})
+    assert fragment.status_code == 400 and "<html" not in fragment.text and "<header" not in fragment.text
+    assert 'role="alert"' in fragment.text and "from: use a date" in fragment.text
 
 
 # -- errors are pages ------------------------------------------------------------------------------

@@ -243,4 +243,11 @@ def error_page(request: Request, status: int, message: str) -> HTMLResponse:
     """An error as a console page (a 404 is a page, not an OperationOutcome)."""
     titles = {400: "Bad request", 403: "Not allowed", 404: "Not found", 405: "Not allowed", 409: "Conflict",
               422: "Refused", 503: "Unavailable"}
-    return page(request, "error.html", http_status=status, title=titles.get(status, "Error"), message=message)
+    # htmx swaps an error answer in (base.html's htmx-config): a boosted link or form replaces the
+    # page, so it gets one; a request for a fragment (a live table, a result) gets the error alone.
+    template = "error_fragment.html" if _fragment_request(request) else "error.html"
+    return page(request, template, http_status=status, title=titles.get(status, "Error"), message=message)
+
+
+def _fragment_request(request: Request) -> bool:
+    return bool(request.headers.get("hx-request")) and not request.headers.get("hx-boosted")
