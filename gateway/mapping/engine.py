@@ -31,6 +31,7 @@ from gateway.mapping.ids import entity_id, record_key
 from gateway.mapping.outbound import OutboundMapping
 from gateway.mapping.rules import DEFAULTS_KEY, RuleProgram
 from gateway.mapping.templates import MISSING, Builder, copier
+from gateway.mapping.unmatched import unmatched_error
 from gateway.mapping.values import to_boolean
 from gateway.mapping.versions import version_number
 from gateway.search import token_key
@@ -561,7 +562,7 @@ class MappingSet:
         for mapping in self.mappings:
             if mapping.matches(record):
                 return mapping
-        raise MappingError("$", f"no mapping of set {self.name!r} matches this record", code="not-supported")
+        raise unmatched_error(self.name, self.mappings, record)
 
     def map_record(self, record: Any) -> dict[str, Any]:
         """One source record → one FHIR transaction Bundle (a dict); raises ``MappingError``."""

@@ -221,6 +221,47 @@ def test_records_no_mapping_accepts(sets, record: Any) -> None:
     assert raised.value.path == "$"
 
 
+@pytest.mark.parametrize(
+    ("set_name", "record", "field", "value", "wanted"),
+    [
+        # A CHT form nobody mapped: the report's type is right, its form is not.
+        ("cht", {"doc": {"_id": "r-1", "_rev": "1-a", "type": "data_record", "form": "pregnancy_home_visit",
+                         "reported_date": 1765101234567, "fields": {"patient_uuid": "p-1"}}},
+         "doc.form", "'pregnancy_home_visit'", "cht-assessment takes doc.form = 'assessment'"),
+        # A CommCare form of another xmlns, and a case of another type.
+        ("commcare", {"id": "f-1", "received_on": "2026-12-07T08:00:00Z",
+                      "form": {"@xmlns": "http://openrosa.org/formdesigner/MUAC", "meta": {"userID": "u"}}},
+         "form.`@xmlns`", "'http://openrosa.org/formdesigner/MUAC'",
+         "commcare-tb-dot-visit takes form.`@xmlns` = 'http://openrosa.org/formdesigner/8E2B5C1A"),
+        ("commcare", {"case_id": "c-1", "properties": {"case_type": "child"}},
+         "properties.case_type", "'child'", "commcare-person-case takes properties.case_type = 'tb_patient'"),
+        ("kobo", {"_id": 1, "_xform_id_string": "aNutrition", "_submission_time": "2026-12-07T08:00:00"},
+         "_xform_id_string", "'aNutrition'",
+         "kobo-hypertension-visit takes _xform_id_string = 'aQ8rZk3YfG7mN2pLwX4vTs'"),
+    ],
+)
+def test_a_record_no_mapping_takes_is_refused_naming_the_field_that_chose(
+    sets, set_name: str, record: Any, field: str, value: str, wanted: str
+) -> None:
+    """The quarantine's OperationOutcome says which field kept every mapping from the record, with
+    its value and what the closest mappings take; it named only ``$``."""
+    with pytest.raises(MappingError) as raised:
+        sets[set_name].map_record(record)
+    issue = to_operation_outcome(raised.value)["issue"][0]
+    assert issue["code"] == "not-supported"
+    assert raised.value.path == field and issue["expression"][0] == field
+    assert f"({field} is {value}" in issue["diagnostics"]
+    assert wanted in issue["diagnostics"]
+
+
+def test_a_record_without_any_field_the_matches_read_names_them_missing(sets) -> None:
+    with pytest.raises(MappingError) as raised:
+        sets["commcare"].map_record({"unrelated": True})
+    issue = to_operation_outcome(raised.value)["issue"][0]
+    assert issue["expression"] == ["$", "form.`@xmlns`", "properties.case_type"]
+    assert "form.`@xmlns` is missing, properties.case_type is missing" in issue["diagnostics"]
+
+
 def test_repeat_count_is_bounded(sets) -> None:
     record = copy.deepcopy(_fixture(sets, "commcare", "tb-dot-visit"))
     record["form"]["household_contacts"]["contact"] = [
