@@ -373,24 +373,32 @@ def position(value: Any, path: str) -> dict[str, float]:
     lon: Any
     alt: Any = None
     if type(value) is str:
+        what = "a 'lat lon [alt acc]' geopoint"
         parts = value.split()
         if len(parts) < 2:
-            raise fail(path, value, "a 'lat lon [alt acc]' geopoint")
+            raise fail(path, value, what)
         lat, lon = parts[0], parts[1]
         alt = parts[2] if len(parts) > 2 else None
     elif type(value) is dict and value.get("type") == "Point":
+        what = "a GeoJSON Point"
         coordinates = value.get("coordinates")
         if type(coordinates) is not list or len(coordinates) < 2:
-            raise fail(path, value, "a GeoJSON Point")
+            raise fail(path, value, what)
         lon, lat = coordinates[0], coordinates[1]  # GeoJSON is lon-lat
         alt = coordinates[2] if len(coordinates) > 2 else None
     elif type(value) is dict and "latitude" in value and "longitude" in value:
+        what = "a geopoint"
         lat, lon, alt = value["latitude"], value["longitude"], value.get("altitude")
     else:
         raise fail(path, value, "a geopoint")
-    position = {"longitude": to_decimal(lon, path), "latitude": to_decimal(lat, path)}
+    try:
+        position = {"longitude": to_decimal(lon, path), "latitude": to_decimal(lat, path)}
+        altitude = None if blank(alt) else to_decimal(alt, path)
+    except MappingError:
+        # The whole value, not the piece that failed: "'a' is not a number" for "not a gps" named nothing sent.
+        raise fail(path, value, what) from None
     if not (-90 <= position["latitude"] <= 90 and -180 <= position["longitude"] <= 180):
         raise fail(path, value, "a geopoint on Earth")
-    if not blank(alt):
-        position["altitude"] = to_decimal(alt, path)
+    if altitude is not None:
+        position["altitude"] = altitude
     return position

@@ -251,6 +251,11 @@ def test_converters(pipeline: str, value: Any, expected: list[Any]) -> None:
         ("epoch_ms", 10**20, "is not a timestamp in range"),
         ("position", "north", "is not a 'lat lon [alt acc]' geopoint"),
         ("position", "95 10", "is not a geopoint on Earth"),
+        # A geopoint whose pieces are not numbers is named whole, not by the piece that failed ('a').
+        ("position", "not a gps", "'not a gps' is not a 'lat lon [alt acc]' geopoint"),
+        ("position", "-1.29 36.82 high 5", "'-1.29 36.82 high 5' is not a 'lat lon [alt acc]' geopoint"),
+        ("position", {"type": "Point", "coordinates": ["x", 1]}, "is not a GeoJSON Point"),
+        ("position", {"latitude": "", "longitude": "36.8"}, "is not a geopoint"),
         ("entries", "x", "is not an object"),
         ("split", 5, "is not a text value to split"),
         ("string", {"a": 1}, "is not a text value"),
