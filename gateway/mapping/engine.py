@@ -27,6 +27,7 @@ from typing import Any
 from gateway.fhir import can_retract_by_status
 from gateway.mapping.errors import MappingError, quote
 from gateway.mapping.expressions import Expression
+from gateway.mapping.fastpath import walk
 from gateway.mapping.ids import entity_id, record_key
 from gateway.mapping.outbound import OutboundMapping
 from gateway.mapping.rules import DEFAULTS_KEY, RuleProgram
@@ -291,6 +292,8 @@ class CompiledMapping:
             return [extra["item"][0] for extra in nested], nested
         assert rule.for_each is not None
         items = _present(rule.for_each, record, env)
+        if not items:
+            _check_not_linked_only(rule.for_each, record)
         _limit(len(items), rule.for_each.text)
         return items, None
 
@@ -449,6 +452,29 @@ class CompiledMapping:
 
 def _present(items: Expression, record: Any, env: Env) -> list[Any]:
     return [item for item in items.run(record, env) if item is not None and item != ""]
+
+
+#: ODK Central's OData: a repeat group not expanded inline is this key beside where its rows would be.
+_NAVIGATION_LINK = "@odata.navigationLink"
+
+
+def _check_not_linked_only(items: Expression, record: Any) -> None:
+    """Refuse a record whose repeat (a plain ``for_each`` path) came as an OData navigation link
+    only: ODK Central sends the rows inline only when asked with ``$expand=*``, and mapping the
+    row as it came would store the record without any of its repeat's items."""
+    if not _PLAIN_PATH.match(items.text) or len(items.reads) != 1 or items.reads[0][0] is not None:
+        return
+    keys = items.reads[0][1]
+    if not keys:
+        return
+    for parent in walk([record], keys[:-1]) if len(keys) > 1 else [record]:
+        if type(parent) is dict and keys[-1] not in parent and parent.get(keys[-1] + _NAVIGATION_LINK):
+            raise MappingError(
+                items.text,
+                f"the repeat group came as {items.text}{_NAVIGATION_LINK} only, without its rows: "
+                "fetch the submissions with $expand=* (ODK Central OData) so repeats come inline",
+                code="incomplete",
+            )
 
 
 def _limit(count: int, text: str) -> None:

@@ -337,3 +337,28 @@ def test_a_decimal_keeps_the_precision_the_record_gave_it(sets) -> None:
     as_number = jsonio.loads(b'{"w": 71.20}')["w"]  # a JSON source's number literal
     bundle = sets["kobo"].map_record({**record, "vitals/weight_kg": as_number})
     assert b'"value":71.20' in jsonio.dumps(bundle)
+
+
+def test_an_odk_repeat_sent_as_a_navigation_link_only_is_refused_not_dropped(sets) -> None:
+    """An ODK Central OData row fetched without ``$expand=*`` carries its repeat group as
+    ``member@odata.navigationLink`` alone: mapped as it came, the household lost every member
+    (no Patient, no Observation, a Group without members) and the record was stored as if whole."""
+    record = copy.deepcopy(_fixture(sets, "odk", "household-visit-expanded"))
+    del record["household"]["member"]
+    with pytest.raises(MappingError) as raised:
+        sets["odk"].map_record(record)
+    assert raised.value.path == "household.member"
+    assert raised.value.code == "incomplete"
+    assert "household.member@odata.navigationLink" in raised.value.message
+    assert "$expand=*" in raised.value.message
+    # A repeat answered with no rows (an empty list, or no key and no link) is no error.
+    no_rows: list[list[Any] | None] = [[], None]
+    for rows in no_rows:
+        empty = copy.deepcopy(record)
+        del empty["household"]["member@odata.navigationLink"]
+        if rows is not None:
+            empty["household"]["member"] = rows
+        assert _by_type(sets["odk"].map_record(empty), "Patient") == []
+    expanded = copy.deepcopy(record)
+    expanded["household"]["member"] = []
+    assert _by_type(sets["odk"].map_record(expanded), "Patient") == []
