@@ -75,7 +75,7 @@ def test_run_unknown_set() -> None:
 def test_test_passes_on_shipped_mappings() -> None:
     result = runner.invoke(mappings_app, ["test", "--dir", str(MAPPINGS)])
     assert result.exit_code == 0, result.output
-    assert "25 passed, 0 failed" in result.output  # 17 inbound, 8 outbound cases
+    assert "26 passed, 0 failed" in result.output  # 18 inbound, 8 outbound cases
 
 
 def test_failing_golden_test_prints_a_readable_diff(mappings_dir) -> None:
