@@ -26,7 +26,7 @@ from typing import Any
 
 from gateway.fhir import can_retract_by_status
 from gateway.mapping.errors import MappingError, quote
-from gateway.mapping.expressions import Expression
+from gateway.mapping.expressions import CompileError, Expression, split_pipeline
 from gateway.mapping.fastpath import walk
 from gateway.mapping.ids import entity_id, record_key
 from gateway.mapping.outbound import OutboundMapping
@@ -501,7 +501,35 @@ def _at_item(exc: MappingError, rule: CompiledRule, index: int, local: Env) -> M
     field = None
     if not rule.levels and _PLAIN_PATH.match(rule.for_each.text) and exc.path.startswith("%item."):
         field = f"{place}{exc.path[len('%item'):]}"  # the same field, as a path into the record
+    elif not rule.levels:
+        field = _converted_item_field(rule.for_each.text, exc.path, local)
     return exc.at_item(label, field)
+
+
+#: Converters whose items are pieces of one text field (``danger_signs | split``).
+_PIECE_CONVERTERS = frozenset({"split", "trim", "lower", "upper", "strip_prefix"})
+
+
+def _converted_item_field(items: str, path: str, local: Env) -> str | None:
+    """The record field an item of ``for_each: "<path> | converters"`` came from, or None: the
+    field itself for a piece of its text (``| split``), ``<path>.<question>`` for an ``| entries``
+    item's ``%item.key`` or ``%item.value``."""
+    try:
+        source, steps = split_pipeline(items)
+    except CompileError:
+        return None
+    if not steps or not _PLAIN_PATH.match(source):
+        return None
+    names = [name for name, _ in steps]
+    if names == ["entries"] and path in ("%item.key", "%item.value"):
+        item = (local.get("item") or [None])[0]
+        key = item.get("key") if type(item) is dict else None
+        if type(key) is str and key:
+            return f"{source}.{key}" if _PLAIN_PATH.match(key) else f"{source}.`{key}`"
+        return None
+    if path == "%item" and all(name in _PIECE_CONVERTERS for name in names):
+        return source
+    return None
 
 
 def _nested_items(levels: tuple[tuple[str, Expression], ...], record: Any, env: Env) -> list[Env]:

@@ -210,7 +210,8 @@ def test_bad_values_are_mapping_errors_with_a_path(sets, mutate, path: str, code
     assert (raised.value.path, raised.value.code) == (path, code)
     assert raised.value.mapping == "commcare-tb-dot-visit"
     outcome = to_operation_outcome(raised.value)
-    assert outcome["issue"][0]["expression"] == [path]
+    # An item's error also names the record field the item came from (the test below).
+    assert outcome["issue"][0]["expression"] == ([path, "form.danger_signs"] if path == "%item" else [path])
     assert outcome["issue"][0]["code"] == code
 
 
@@ -362,3 +363,25 @@ def test_an_odk_repeat_sent_as_a_navigation_link_only_is_refused_not_dropped(set
     expanded = copy.deepcopy(record)
     expanded["household"]["member"] = []
     assert _by_type(sets["odk"].map_record(expanded), "Patient") == []
+
+
+@pytest.mark.parametrize(
+    ("mutate", "path", "field"),
+    [
+        # An answer of a space-separated multiple choice: the item is a piece of that field's text.
+        (lambda r: r["form"].__setitem__("danger_signs", "difficulty_breathing chest_pain"),
+         "%item", "form.danger_signs"),
+        # A question of a group read with entries: the item is that question.
+        (lambda r: r["form"]["tb_symptoms"].__setitem__("chest_pain", "yes"),
+         "%item.key", "form.tb_symptoms.chest_pain"),
+        (lambda r: r["form"]["tb_symptoms"].__setitem__("fever", "maybe"), "%item.value", "form.tb_symptoms.fever"),
+    ],
+)
+def test_an_item_made_by_a_converter_names_the_record_field_it_came_from(sets, mutate, path: str, field: str) -> None:
+    """The OperationOutcome of an item of ``for_each: "x | split"`` (or ``| entries``) named only
+    ``%item``, no field of the record; the field it came from is now its second expression."""
+    record = copy.deepcopy(_fixture(sets, "commcare", "tb-dot-visit"))
+    mutate(record)
+    with pytest.raises(MappingError) as raised:
+        sets["commcare"].map_record(record)
+    assert to_operation_outcome(raised.value)["issue"][0]["expression"] == [path, field]
