@@ -42,6 +42,8 @@ Bad values raise ``MappingError`` naming the source path and the value.
 ``wrap(key)``          v → ``{key: v}`` (e.g. Group.member from a list of refs)
 ``entries``            object → one ``{key, value}`` item per member (yes/no groups)
 ``present``            true if any item is not blank, else false (for ``when``)
+``required``           the items as they are; none (or only blank ones) is an error naming the
+                       field (the key of an entity another record makes: a visit's patient)
 =====================  ================================================================
 """
 
@@ -317,6 +319,16 @@ def _present(args: list[Any], ctx: CompileContext, path: str) -> Converter:
     return lambda values: [any(not blank(value) for value in values)]
 
 
+def _required(args: list[Any], ctx: CompileContext, path: str) -> Converter:
+    def run(values: list[Any]) -> list[Any]:
+        kept = [value for value in values if not blank(value)]
+        if not kept:
+            raise MappingError(path, "the record has no value here, and one is required", code="required")
+        return kept
+
+    return run
+
+
 CONVERTERS: dict[str, ConverterSpec] = {
     spec.name: spec
     for spec in [
@@ -350,6 +362,7 @@ CONVERTERS: dict[str, ConverterSpec] = {
         ConverterSpec("wrap", (str,), 1, _wrap),
         ConverterSpec("entries", (), 0, _entries),
         ConverterSpec("present", (), 0, _present),
+        ConverterSpec("required", (), 0, _required),
     ]
 }
 

@@ -385,3 +385,24 @@ def test_an_item_made_by_a_converter_names_the_record_field_it_came_from(sets, m
     with pytest.raises(MappingError) as raised:
         sets["commcare"].map_record(record)
     assert to_operation_outcome(raised.value)["issue"][0]["expression"] == [path, field]
+
+
+@pytest.mark.parametrize(
+    ("set_name", "case", "drop", "path"),
+    [
+        ("commcare", "tb-dot-visit", lambda r: r["form"].pop("case"), "form.case.`@case_id`"),
+        ("cht", "report-data-record-assessment", lambda r: r["doc"]["fields"].__setitem__("patient_uuid", ""),
+         "doc.fields.patient_uuid"),
+    ],
+)
+def test_a_visit_without_its_patient_is_refused_not_stored_about_no_one(
+    sets, set_name: str, case: str, drop: Any, path: str
+) -> None:
+    """The patient of these forms is made by other records (case forwarding, the CHT person), so
+    nothing in the form's own rules needed the key: a form without it was stored with an Encounter
+    and Observations about no one. ``| required`` refuses it, naming the field."""
+    record = copy.deepcopy(_fixture(sets, set_name, case))
+    drop(record)
+    with pytest.raises(MappingError) as raised:
+        sets[set_name].map_record(record)
+    assert (raised.value.path, raised.value.code) == (path, "required")

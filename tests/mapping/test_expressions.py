@@ -249,6 +249,8 @@ def test_converters(pipeline: str, value: Any, expected: list[Any]) -> None:
         ("datetime", True, "true is not an ISO 8601 date-time"),  # JSON's spelling, as sent
         ("epoch_ms", "soon", "is not a timestamp number"),
         ("epoch_ms", 10**20, "is not a timestamp in range"),
+        ("required", "  ", "the record has no value here, and one is required"),
+        ("required", None, "the record has no value here, and one is required"),
         ("position", "north", "is not a 'lat lon [alt acc]' geopoint"),
         ("position", "95 10", "is not a geopoint on Earth"),
         # A geopoint whose pieces are not numbers is named whole, not by the piece that failed ('a').
@@ -266,6 +268,17 @@ def test_converter_errors_name_the_field(pipeline: str, value: Any, message: str
         _convert(pipeline, value)
     assert raised.value.path == "v"
     assert message in raised.value.message
+
+
+def test_required_passes_what_is_answered_and_names_the_field_of_what_is_not() -> None:
+    """A record that lacks the key of an entity other records make (the TB case of a visit form,
+    the CHT patient of a report) is refused naming the field; ``ref`` alone gave nothing, and the
+    record was stored with Observations about no one."""
+    assert _convert("required | ref('Patient')", "P-1") == _convert("ref('Patient')", "P-1")
+    assert _convert("required", ["a", ""]) == ["a"]
+    with pytest.raises(MappingError) as raised:
+        _convert("required | ref('Patient')", "")
+    assert (raised.value.path, raised.value.code) == ("v", "required")
 
 
 def test_long_values_are_truncated_in_messages() -> None:
