@@ -118,12 +118,26 @@ def _json_records(body: bytes, max_depth: int) -> list[ReceivedRecord]:
     if data and not any(isinstance(item, dict) for item in data):
         raise invalid("send a JSON object (one record) or an array of objects", ["$[0]"], code="structure")
     # Among records, an item that is none (a number, a string) is kept on its own, as it came,
-    # like a CSV line of the wrong width: the others are stored.
+    # like a CSV line of the wrong width: the others are stored. Its reason says what it is, not
+    # where (the answer's index does): the same bytes anywhere are one held record, whose entry
+    # keeps the reason of the last one, and each answer must say what the entry holds.
     return [
         ReceivedRecord(index, item, jsonio.dumps(item), JSON,
-                       None if isinstance(item, dict) else f"item {index} of the array is not a JSON object")
+                       None if isinstance(item, dict) else f"the array item is {_json_kind(item)}, not a JSON object")
         for index, item in enumerate(data)
     ]  # fmt: skip
+
+
+def _json_kind(item: Any) -> str:
+    if item is None:
+        return "null"
+    if isinstance(item, bool):
+        return "true or false"
+    if isinstance(item, str):
+        return "a text"
+    if isinstance(item, list):
+        return "an array"
+    return "a number"
 
 
 def _csv_records(body: bytes, charset: str) -> list[ReceivedRecord]:
@@ -135,7 +149,7 @@ def _csv_records(body: bytes, charset: str) -> list[ReceivedRecord]:
     # A line of the wrong width is one bad record, quarantined with its line: the others go on.
     return [
         ReceivedRecord(index, row.record, _csv_line_bytes(header, row.cells), CSV,
-                       None if row.problem is None else f"CSV line {row.line} {row.problem}")
+                       None if row.problem is None else f"the CSV line {row.problem}")  # where: the index
         for index, row in enumerate(rows)
     ]  # fmt: skip
 
