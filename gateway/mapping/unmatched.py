@@ -17,6 +17,7 @@ own counts as not true.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -101,21 +102,24 @@ def _condition(node: dict[str, Any]) -> Condition | None:
     return Condition(text, fields, run)
 
 
-def match_alternatives(text: str) -> list[list[Condition]]:
-    """A ``match`` text as alternatives (``or``) of conditions (``and``); [] if it cannot be split."""
+@functools.lru_cache(maxsize=256)
+def match_alternatives(text: str) -> tuple[tuple[Condition, ...], ...]:
+    """A ``match`` text as alternatives (``or``) of conditions (``and``); () if it cannot be split.
+    Kept per text: compiling the conditions costs ~15 ms, and a batch of a form no mapping takes
+    asks again for every record."""
     try:
         ast = parse_fhirpath(text)
     except Exception:  # it compiled as a whole when the set loaded; a piece that does not is left out
-        return []
+        return ()
     top = (ast.get("children") or [None])[0]
     if not isinstance(top, dict):
-        return []
-    alternatives: list[list[Condition]] = []
+        return ()
+    alternatives: list[tuple[Condition, ...]] = []
     for alternative in _flatten(top, "OrExpression", "or"):
         conditions = [_condition(node) for node in _flatten(alternative, "AndExpression", "and")]
         if conditions and all(condition is not None for condition in conditions):
-            alternatives.append([condition for condition in conditions if condition is not None])
-    return alternatives
+            alternatives.append(tuple(condition for condition in conditions if condition is not None))
+    return tuple(alternatives)
 
 
 def _holds(condition: Condition, record: dict[str, Any], env: dict[str, list[Any]]) -> bool:
