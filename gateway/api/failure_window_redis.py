@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from .redis_fail_open import FailOpen
+
 __all__ = ["DEFAULT_PREFIX", "RedisCounter"]
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,6 @@ for _, key in ipairs(KEYS) do
 end
 return 0
 """
-_WARN_EVERY = 60.0
 
 
 class RedisCounter:
@@ -72,11 +73,10 @@ class RedisCounter:
         self.redis = client
         self.prefix = prefix
         self._now = now
-        self._pause = pause_after_failure
         self._wait = client.register_script(_WAIT)
         self._failed = client.register_script(_FAILED)
-        self._down_until = float("-inf")
-        self._next_warning = float("-inf")
+        self._redis_down = FailOpen(log, "failed logins are not throttled: Redis failed (%s); attempts are let through",
+                                    pause_after_failure)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = DEFAULT_PREFIX, now: Callable[[], float] = time.time) -> RedisCounter:
@@ -89,32 +89,25 @@ class RedisCounter:
         if not limits:
             return 0.0
         now = self._now()
-        if now < self._down_until:
+        if self._redis_down.skipping(now):
             return 0.0
         keys = [self.prefix + key for key in limits]
         try:
             wait = await self._wait(keys=keys, args=[repr(float(window)), repr(now), *map(str, limits.values())])
         except (redis.exceptions.RedisError, OSError) as exc:
-            self._down(now, exc)
+            self._redis_down.failed(now, exc)
             return 0.0
         return float(wait)
 
     async def failed(self, keys: Sequence[str], window: float) -> None:
         """Count one failure against each of ``keys`` (nothing is counted while Redis is failing)."""
         now = self._now()
-        if not keys or now < self._down_until:
+        if not keys or self._redis_down.skipping(now):
             return
         try:
             await self._failed(keys=[self.prefix + key for key in keys], args=[repr(float(window)), repr(now)])
         except (redis.exceptions.RedisError, OSError) as exc:
-            self._down(now, exc)
-
-    def _down(self, now: float, exc: BaseException) -> None:
-        self._down_until = now + self._pause
-        if now >= self._next_warning:
-            self._next_warning = now + _WARN_EVERY
-            log.warning("failed logins are not throttled: Redis failed (%s); attempts are let through",
-                        type(exc).__name__)
+            self._redis_down.failed(now, exc)
 
     async def aclose(self) -> None:
         """Close the connection pool."""

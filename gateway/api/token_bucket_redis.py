@@ -20,6 +20,7 @@ from collections.abc import Callable
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from .redis_fail_open import FailOpen
 from .token_bucket import ALLOWED, Decision
 
 __all__ = ["DEFAULT_PREFIX", "RedisLimiter"]
@@ -57,7 +58,6 @@ redis.call('HSET', KEYS[1], 't', string.format('%.17g', tokens), 's', string.for
 redis.call('PEXPIRE', KEYS[1], string.format('%d', math.ceil((burst - tokens) / rate * 1000) + 1000))
 return {allowed, string.format('%.17g', wait)}
 """
-_WARN_EVERY = 60.0
 
 
 class RedisLimiter:
@@ -74,10 +74,9 @@ class RedisLimiter:
         self.redis = client
         self.prefix = prefix
         self._now = now
-        self._pause = pause_after_failure
         self._take = client.register_script(_TAKE)
-        self._down_until = float("-inf")
-        self._next_warning = float("-inf")
+        self._redis_down = FailOpen(log, "rate limits are not enforced: Redis failed (%s); requests are let through",
+                                    pause_after_failure)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = DEFAULT_PREFIX, now: Callable[[], float] = time.time) -> RedisLimiter:
@@ -88,16 +87,12 @@ class RedisLimiter:
     async def acquire(self, key: str, rate: float, burst: int) -> Decision:
         """Take one token from ``key``'s bucket; allowed without asking while Redis is failing."""
         now = self._now()
-        if now < self._down_until:
+        if self._redis_down.skipping(now):
             return ALLOWED
         try:
             allowed, wait = await self._take(keys=[self.prefix + key], args=[repr(float(rate)), str(burst), repr(now)])
         except (redis.exceptions.RedisError, OSError) as exc:
-            self._down_until = now + self._pause
-            if now >= self._next_warning:
-                self._next_warning = now + _WARN_EVERY
-                log.warning("rate limits are not enforced: Redis failed (%s); requests are let through",
-                            type(exc).__name__)
+            self._redis_down.failed(now, exc)
             return ALLOWED
         return ALLOWED if allowed == 1 else Decision(False, float(wait))
 
