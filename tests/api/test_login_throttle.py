@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import re
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -17,7 +16,6 @@ from typing import Any
 
 import httpx
 import pytest
-import redis.asyncio as aioredis
 
 from gateway.api.app import create_app
 from gateway.api.failure_window import FailureCounter, InProcessCounter
@@ -25,12 +23,12 @@ from gateway.api.failure_window_redis import RedisCounter
 from gateway.clock import ManualClock
 from gateway.settings import LoginThrottleSettings, Settings
 from gateway.store import ApiClient, Store, open_store
+from tests.api.conftest import REDIS_URL
 from tests.conftest import make_token
 from tests.support.smart import assertion, ec_key, public_jwks, rsa_key, token_form
 
 BASE = "http://gateway.test"
 TOKEN_URL = f"{BASE}/auth/token"
-REDIS_URL = "redis://127.0.0.1:6379/2"
 ATTACKER = "203.0.113.7"
 PARTNER = "198.51.100.20"
 #: Failures one address may make (the default): a conformance suite's handful of refused
@@ -277,20 +275,6 @@ async def test_the_in_process_counter_stays_bounded() -> None:
     await clock.advance(60)
     await counter.failed(["a:y"], 300)
     assert len(counter) == 2
-
-
-@pytest.fixture
-async def redis_prefix() -> AsyncIterator[str]:
-    """A key prefix no other test uses; its keys are deleted afterwards."""
-    prefix = f"test:lt:{uuid.uuid4().hex}:"
-    yield prefix
-    client = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
 
 
 async def test_gateways_on_one_redis_count_an_address_together(

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-import redis.asyncio as aioredis
 
 from gateway.api.token_bucket import InProcessLimiter, RateLimiter
 from gateway.api.token_bucket_redis import RedisLimiter
 from gateway.clock import ManualClock
-
-REDIS_URL = "redis://127.0.0.1:6379/2"  # DB 2: the rate limit tests'; keys carry a per-test prefix
+from tests.api.conftest import REDIS_URL
 
 LimiterFactory = Callable[[], RateLimiter]
 
@@ -21,20 +18,6 @@ LimiterFactory = Callable[[], RateLimiter]
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock()
-
-
-@pytest.fixture
-async def redis_prefix() -> AsyncIterator[str]:
-    """A unique key prefix whose keys are deleted after the test."""
-    prefix = f"test:rl:{uuid.uuid4().hex[:12]}:"
-    yield prefix
-    client = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
 
 
 @pytest.fixture(params=["memory", "redis"])
