@@ -19,9 +19,9 @@ from gateway.api.token_bucket_redis import DEFAULT_PREFIX, RedisLimiter
 from gateway.clock import ManualClock
 from gateway.settings import Settings
 from gateway.store import Store, open_store
+from tests.api.conftest import REDIS_URL
 from tests.conftest import make_token
 
-REDIS_URL = "redis://127.0.0.1:6379/2"
 ADMIN_TOKEN = "admin-token-for-rate-limit-tests-0123456789"
 ALL = ("system/*.cruds", "admin", "ingest:*")
 
