@@ -534,6 +534,13 @@ def test_a_bad_environment_value_names_its_variable_in_every_command(
         result = runner.invoke(app, command)
         assert result.exit_code == 2, (command, result.output)
         assert "search.max_count (GATEWAY_SEARCH__MAX_COUNT)" in result.stderr, (command, result.stderr)
+    # With a file that does not write the setting, the line does not send the reader to the file.
+    config = env / "fine.yaml"
+    config.write_text("port: 8090\n")
+    for command in (["queue", "status"], ["quarantine", "list"]):
+        result = runner.invoke(app, [*command, "--config", str(config)])
+        assert result.exit_code == 2, (command, result.output)
+        assert "(GATEWAY_SEARCH__MAX_COUNT): " in result.stderr and str(config) not in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize(

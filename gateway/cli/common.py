@@ -124,19 +124,23 @@ def describe_validation_error(exc: ValidationError, config: Path | None) -> str:
         except ConfigFileError:
             values = None
     others = located_errors(exc, config, values)[1:] if config is not None and values is not None else [
-        _unlocated(error, config) for error in errors[1:]
+        _unlocated(error, config, values) for error in errors[1:]
     ]
     located = setting_error_in_file(exc, config, values) if config is not None and values is not None else None
-    return "\n".join([located or _unlocated(errors[0], config), *others])
+    return "\n".join([located or _unlocated(errors[0], config, values), *others])
 
 
-def _unlocated(error: Any, config: Path | None) -> str:
+def _unlocated(error: Any, config: Path | None, values: Any = None) -> str:
     """``invalid setting store_url (GATEWAY_STORE_URL): …``: an error no line of the file holds."""
-    field = ".".join(str(p) for p in error.get("loc", ()))
+    loc = tuple(error.get("loc", ()))
+    field = ".".join(str(p) for p in loc)
     # The variable of the top-level setting: a list (sources, destinations) is set whole.
-    env = "GATEWAY_" + "__".join(str(p).upper() for p in _env_path(error.get("loc", ())))
+    env = "GATEWAY_" + "__".join(str(p).upper() for p in _env_path(loc))
     message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
-    where = f" in {config}" if config else ""
+    # A setting the file does not write came from the environment: naming the file sends the
+    # reader to look for a value that is not there.
+    from_file = config is not None and (values is None or (bool(loc) and loc[0] in values))
+    where = f" in {config}" if from_file else ""
     return f"invalid setting {field} ({env}){where}: {message}"
 
 
