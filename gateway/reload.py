@@ -163,8 +163,11 @@ class Reloader:
         else:
             settings = self._read_settings(result)
             if settings is None:
-                # The mapping files' own problems too, so one round of fixes can cover them all.
-                _, issues = registry.stage(registry.root, [])
+                # The mapping files' own problems too, and those of the sources that are fine in
+                # themselves (a set that does not exist), so one round of fixes can cover them all.
+                sound = _sound_sources(self._path)
+                _, issues = registry.stage(registry.root, [source for _, source in sound],
+                                           source_locator(self._path), [index for index, _ in sound])
                 result.problems += [str(issue) for issue in issues]
                 return _Staged(result)
             config, issues = registry.stage(settings.mappings_dir, settings.sources, source_locator(self._path))
@@ -222,6 +225,22 @@ def source_locator(path: Path) -> SourceLocator:
         return str(path), doc.line_of(doc.data_path(("sources", index, "mapping")))
 
     return locate
+
+
+def _sound_sources(path: Path) -> list[tuple[int, SourceConfig]]:
+    """The sources of the file at ``path`` valid on their own (the settings as a whole are not),
+    each with its place in the file's list."""
+    try:
+        raw = read_config_file(path).get("sources")
+    except ConfigFileError:
+        raw = None
+    found: list[tuple[int, SourceConfig]] = []
+    for index, item in enumerate(raw if isinstance(raw, list) else []):
+        try:
+            found.append((index, SourceConfig.model_validate(item)))
+        except ValidationError:
+            continue  # already named by the settings' own errors
+    return found
 
 
 def reload_on_sighup(reloader: Reloader) -> Callable[[], None]:

@@ -40,15 +40,21 @@ class MappingConfig:
 
 
 def compile_config(
-    root: Path, sources: Sequence[SourceConfig], *, interpret: bool = False, locate: SourceLocator | None = None
+    root: Path,
+    sources: Sequence[SourceConfig],
+    *,
+    interpret: bool = False,
+    locate: SourceLocator | None = None,
+    positions: Sequence[int] | None = None,
 ) -> tuple[MappingConfig | None, list[LoadIssue]]:
-    """Compile ``root`` for ``sources``: the config, or None and every problem (file:line each)."""
+    """Compile ``root`` for ``sources``: the config, or None and every problem (file:line each).
+    ``positions``: where each source stands in the configuration's list (default: as given)."""
     by_name = {source.name: source for source in sources}
     if not sources and not root.is_dir():
         return MappingConfig(root, by_name, {}), []  # a gateway that ingests nothing needs no mappings folder
     loaded = load_mappings(root, interpret=interpret)
     issues = list(loaded.issues)
-    for index, source in enumerate(sources):
+    for index, source in zip(positions if positions is not None else range(len(sources)), sources, strict=True):
         if source.mapping not in loaded.sets:
             file, line = locate(index) if locate is not None else (str(root), 0)
             known = ", ".join(sorted(loaded.sets)) or "none"
@@ -109,10 +115,14 @@ class MappingRegistry:
         return self._config.sets[source.mapping]
 
     def stage(
-        self, root: Path, sources: Sequence[SourceConfig], locate: SourceLocator | None = None
+        self,
+        root: Path,
+        sources: Sequence[SourceConfig],
+        locate: SourceLocator | None = None,
+        positions: Sequence[int] | None = None,
     ) -> tuple[MappingConfig | None, list[LoadIssue]]:
         """Compile a candidate configuration without installing it (see ``compile_config``)."""
-        return compile_config(root, sources, interpret=self.interpret, locate=locate)
+        return compile_config(root, sources, interpret=self.interpret, locate=locate, positions=positions)
 
     def install(self, config: MappingConfig) -> None:
         """Put a staged configuration in use (one assignment: requests see the old or the new)."""

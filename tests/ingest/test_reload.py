@@ -145,6 +145,22 @@ async def test_a_bad_setting_and_a_broken_mapping_are_listed_together(reloadable
     assert any(p.startswith(f"{person}:") and "humane_name" in p for p in problems[1:]), problems
 
 
+async def test_a_bad_setting_and_a_source_naming_no_set_are_listed_together(reloadable: ReloadHarness) -> None:
+    """One round of fixes: a source whose own value is wrong (quarantine_status) does not hide
+    another that names a mapping set that does not exist; each is named at its line."""
+    gw = reloadable
+    config = gw.config
+    bad_status = {"name": "odk", "kind": "odk", "mapping": "odk", "quarantine_status": 500}
+    write_config(config, gw.store, gw.root, [CHT, bad_status, {"name": "kobo", "kind": "kobo", "mapping": "kobbo"}])
+    reload = await gw.admin.post("/admin/reload")
+    assert reload.status_code == 422
+    problems = [i["diagnostics"] for i in reload.json()["issue"] if i["severity"] == "error"]
+    assert problems[0].startswith(f"{config}:{line_of(config, 'quarantine_status')}: sources[1].quarantine_status")
+    assert any(p.startswith(f"{config}:{line_of(config, 'mapping: kobbo')}: sources[2].mapping:") and "'kobbo'" in p
+               for p in problems), problems  # fmt: skip
+    assert len(problems) == 2, problems
+
+
 async def test_a_changed_setting_that_needs_a_restart_is_named_not_ignored(reloadable: ReloadHarness) -> None:
     gw = reloadable
     write_config(gw.config, gw.store, gw.root, [CHT, ODK], port=9090, max_body_bytes=4096)
