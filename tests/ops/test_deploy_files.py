@@ -367,7 +367,7 @@ def test_the_base_install_holds_what_the_gateway_imports_and_nothing_of_the_extr
     assert "python-multipart" in base  # the console's forms: starlette parses them with it
     distributions = packages_distributions()
     # The PostgreSQL store and the Redis clients are imported only when a URL names them.
-    optional = {"postgres.py", "redis_queue.py", "redis_scripts.py", "token_bucket_redis.py"}
+    optional = {"postgres.py", "redis_queue.py", "redis_scripts.py", "token_bucket_redis.py", "failure_window_redis.py"}
     missing = {
         (where, module)
         for package in ("gateway", "dhis2_sandbox")
