@@ -286,9 +286,11 @@ def test_a_commit_the_server_carried_out_is_a_success_though_its_answer_was_lost
 
 
 def _ping_refusal(store: PostgresStore) -> str | None:
-    """What the readiness check says after the store's sessions were ended (a connection the
-    pool finds dead may fail one check: the next one speaks to the server as it is now)."""
-    for _ in range(3):
+    """What the readiness check says after the store's sessions were ended: past the pool's idle
+    check a dead connection is replaced before a check gets it (one used within its last second
+    may still fail a check; the next one speaks to the server as it is now)."""
+    time.sleep(_IDLE_CHECK * 1.5)
+    for _ in range(5):
         try:
             store.ping()
             return None
