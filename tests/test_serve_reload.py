@@ -110,7 +110,7 @@ def test_sighup_under_workers_reloads_every_worker_without_restarting_them(
         assert len(workers) >= 2
         _configure(tmp_path, pg_schema_url, [CHT, ODK])
         server.send_signal(signal.SIGHUP)
-        _eventually(lambda: log.read_text().count("reload (SIGHUP) applied") == 2, "both workers reload")
+        _eventually(lambda: log.read_text().count("reload (SIGHUP) applied") == 2, "both workers reload", timeout=90.0)
         assert _children(server.pid) == workers  # reloaded in place, not restarted
         assert all(_ingest_odk(base, token) == 200 for _ in range(10))
     finally:
