@@ -20,13 +20,12 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway import jsonio
-from gateway.errors import FhirError, RequestError, invalid
-from gateway.fhir import issue, outcome_of, parse_json, validate_resource
-from gateway.store import is_golden
+from gateway.errors import RequestError, invalid
+from gateway.fhir import issue, outcome_of, parse_json, require_not_golden, validate_resource
+from gateway.search import SearchAccess
 
-from .auth import authenticate, require_fhir, row_filter
-from .context import ctx_of
+from .auth import authenticate, require_fhir, search_access
+from .context import AppContext, ctx_of
 from .fhir_common import check_path_id, check_type
 from .negotiation import check_content_type, fhir_response, read_body, response_type
 
@@ -62,20 +61,18 @@ async def _validate(request: Request, rtype: str, rid: str | None) -> Response:
         raise invalid(f"$validate mode {mode} is for an existing resource: POST {rtype}/[id]/$validate",
                       ["mode"], code="not-supported")  # fmt: skip
     principal = require_fhir(request, rtype, _LETTER[mode])
+    if mode in ("update", "delete"):
+        require_fhir(request, rtype, "r")  # the answer says whether the resource is there
+    access = search_access(request, principal)
     problems: list[dict[str, Any]] = []
-    if rid is not None and mode in ("update", "delete"):
-        require_fhir(request, rtype, "r")
-        policy = row_filter(request, principal)
+    if rid is not None and mode == "delete":
+        policy = access.policy
         current = await ctx.read(lambda: ctx.store.read(rtype, rid, policy=policy))
-        if current is not None and not current.deleted and is_golden(jsonio.loads(current.content)):
-            problems.append(issue("forbidden", f"{rtype}/{rid} is a golden record, written by the gateway's"
-                                  " identity matching: a client may not change it"))  # fmt: skip
-        if mode == "delete":
-            if current is None or current.deleted:
-                problems.append(issue("informational", f"{rtype}/{rid} is not there: a delete would change nothing",
-                                      severity="information"))  # fmt: skip
-            return fhir_response(outcome_of(_with_verdict(problems, f"{rtype}/{rid} may be deleted")),
-                                 media_type=media)  # fmt: skip
+        problems += await _refusal(ctx, access, rtype, rid, None)
+        if current is None or current.deleted:
+            problems.append(issue("informational", f"{rtype}/{rid} is not there: a delete would change nothing",
+                                  severity="information"))  # fmt: skip
+        return fhir_response(outcome_of(_with_verdict(problems, f"{rtype}/{rid} may be deleted")), media_type=media)
     if resource is None:
         raise invalid("$validate needs the resource to check (the body, or a Parameters part named resource)",
                       ["resource"], code="required")  # fmt: skip
@@ -83,14 +80,24 @@ async def _validate(request: Request, rtype: str, rid: str | None) -> Response:
         validate_resource(resource, expected_type=rtype)
         if mode == "update" and resource.get("id") != rid:
             raise invalid(f"an update of {rtype}/{rid} must carry id {rid!r}", ["id"])
-        if is_golden(resource):
-            raise FhirError("a client may not tag a Patient as a golden record (meta.tag urn:chw-gateway:identity|"
-                            "golden)", status=403, code="forbidden", expression=[f"{rtype}.meta.tag"])
     except RequestError as exc:
         problems += exc.issues()
+    problems += await _refusal(ctx, access, rtype, rid if mode == "update" else None, resource)
     problems += [issue("not-supported", f"profile {p[:200]!r} was not checked: only the base R4 definitions are",
                        severity="warning", expression=["profile"]) for p in profiles]  # fmt: skip
     return fhir_response(outcome_of(_with_verdict(problems, f"the {rtype} is valid")), media_type=media)
+
+
+async def _refusal(
+    ctx: AppContext, access: SearchAccess, rtype: str, rid: str | None, body: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    """The issues of the write's own refusal of a golden record (a Patient tagged golden, or one
+    stored as such), as the write would give them; none when it would go ahead."""
+    try:
+        await ctx.read(require_not_golden, ctx.store, access, rtype, rid, body)
+    except RequestError as exc:
+        return exc.issues()
+    return []
 
 
 def _with_verdict(problems: list[dict[str, Any]], fine: str) -> list[dict[str, Any]]:

@@ -24,6 +24,7 @@ from .history import history_bundle as history_bundle
 from .interactions import ID_RE as ID_RE
 from .interactions import WriteConditions as WriteConditions
 from .interactions import not_modified as not_modified
+from .interactions import require_not_golden as require_not_golden
 from .outcome import informational as informational
 from .outcome import issue as issue
 from .outcome import operation_outcome as operation_outcome

@@ -23,7 +23,7 @@ from gateway.errors import FhirError, gone, invalid, not_found
 from gateway.fhir.parse import json_depth
 from gateway.fhir.validate import validate_resource
 from gateway.search import TRUSTED, QueryParser, SearchAccess, SearchError, format_instant
-from gateway.store import PreparedWrite, StoredResource, StoreTransaction, VersionConflict, is_golden
+from gateway.store import PreparedWrite, StoredResource, StoreReads, StoreTransaction, VersionConflict, is_golden
 
 ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
@@ -143,7 +143,7 @@ def create(
 
 
 def require_not_golden(
-    tx: StoreTransaction, access: SearchAccess, rtype: str, rid: str | None, body: dict[str, Any] | None = None
+    tx: StoreReads, access: SearchAccess, rtype: str, rid: str | None, body: dict[str, Any] | None = None
 ) -> None:
     """403 when a client writes a golden record, or tags a Patient as one.
 
