@@ -80,6 +80,23 @@ async def test_a_burst_takes_no_more_units_than_its_bounds(store: Store) -> None
     assert lane.bursts >= 4  # 1 alone, then 9 queued behind it in threes
 
 
+async def test_the_next_burst_starts_without_waiting_for_the_event_loop(store: Store) -> None:
+    lane = WriteLane(store, max_units=1)
+    gate, ran = threading.Event(), threading.Event()
+    try:
+        first = asyncio.ensure_future(lane.run(lambda: gate.wait(10)))
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(lane.run(ran.set))
+        await asyncio.sleep(0.05)  # both queued, in bursts of one
+        gate.set()
+        # The loop is busy here (blocked): the second burst runs all the same, its answer waits.
+        assert ran.wait(5)
+        assert not second.done()
+        await asyncio.gather(first, second)
+    finally:
+        lane.close()
+
+
 async def test_a_failed_commit_fails_every_unit_of_its_burst(pg_schema_url: str) -> None:
     store = open_store(pg_schema_url)
     lane = WriteLane(store)
