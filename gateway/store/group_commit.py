@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -106,12 +107,20 @@ class GroupCommit(ABC, Generic[C]):
         self.max_open = max_open
         self.commits = 0  # transactions committed (the tests read it)
         self._conn: C | None = None
-        # Writers waiting for the connection are woken one at a time (a hand-over wakes one,
-        # not all 38 of a burst to find it taken again); a batch's units wait on its event.
-        self._turn = threading.Condition()
-        self._busy = False  # a unit (or a commit) is using the connection
-        self._waiting = 0
+        # Writers waiting for the connection queue in arrival order and are handed it one at a
+        # time, each its own event (a hand-over wakes one, not all 38 of a burst to find it taken
+        # again). Handed on directly, the connection is never free between two writers, so one
+        # that wants it again at once (the API's write lane, burst after burst) cannot take it
+        # before those already waiting (the audit trail's writer): it had starved them.
+        self._turn = threading.Lock()
+        self._busy = False  # a unit (or a commit) is using the connection; False only while nobody waits
+        self._queue: deque[threading.Event] = deque()
         self._batch = _Batch()
+
+    @property
+    def waiting(self) -> int:
+        """Writers queued for the connection (the tests read it)."""
+        return len(self._queue)
 
     # -- what a backend provides ------------------------------------------------------------
     @abstractmethod
@@ -254,14 +263,31 @@ class GroupCommit(ABC, Generic[C]):
             raise batch.error
 
     def _take_turn(self) -> _Batch:
-        """Wait until no unit uses the connection, take it, and return the batch its transaction is."""
+        """Wait for the connection (first come, first served), take it, and return the batch its transaction is."""
         with self._turn:
-            self._waiting += 1
-            while self._busy:
-                self._turn.wait()
-            self._waiting -= 1
-            self._busy = True
+            if not self._busy:
+                self._busy = True
+                return self._batch
+            handed = threading.Event()
+            self._queue.append(handed)
+        try:
+            handed.wait()
+        except BaseException:  # interrupted (Ctrl-C on the main thread): leave the queue, or pass the turn on
+            with self._turn:
+                if handed.is_set():
+                    self._hand_on()
+                else:
+                    self._queue.remove(handed)
+            raise
+        with self._turn:
             return self._batch
+
+    def _hand_on(self) -> None:
+        """Give the connection to the writer waiting longest, or free it (holding ``_turn``)."""
+        if self._queue:
+            self._queue.popleft().set()
+        else:
+            self._busy = False
 
     def _undo(self, conn: C, cur: Cursor, batch: _Batch, exc: BaseException) -> None:
         """Roll one failed unit back to its savepoint, so the others of its batch can commit."""
@@ -278,13 +304,12 @@ class GroupCommit(ABC, Generic[C]):
         with self._turn:
             if (
                 hand_over
-                and self._waiting
+                and self._queue
                 and batch.error is None
                 and batch.units < self.max_units
                 and time.monotonic() - batch.started < self.max_open
             ):
-                self._busy = False
-                self._turn.notify()
+                self._hand_on()
                 return
             self._batch = _Batch()
         conn = self._conn
@@ -323,15 +348,16 @@ class GroupCommit(ABC, Generic[C]):
         finally:
             batch.done.set()
             with self._turn:
-                self._busy = False
-                self._turn.notify()
+                self._hand_on()
 
     def close(self) -> None:
         """Close the writer connection once no unit is using it; a later unit opens another."""
+        batch = self._take_turn()
+        if batch.open:  # handed the connection by units waiting for their commit: commit them first
+            self._finish(batch, None, hand_over=False)
+            self._take_turn()
         with self._turn:
-            while self._busy:
-                self._turn.wait()
             conn, self._conn = self._conn, None
-            self._turn.notify()  # a writer woken with this one must not be lost
+            self._hand_on()
         if conn is not None:
             conn.close()

@@ -53,7 +53,7 @@ class Gate:
         for thread in threads:
             thread.start()
         deadline = time.monotonic() + 10
-        while store._writer._waiting < len(others) and time.monotonic() < deadline:
+        while store._writer.waiting < len(others) and time.monotonic() < deadline:
             time.sleep(0.005)
         self.release.set()
         for thread in [a, *threads]:
@@ -238,7 +238,7 @@ def test_a_unit_ending_past_max_open_commits_without_waiting_for_the_queue(store
     c = threading.Thread(target=short_unit)
     c.start()
     deadline = time.monotonic() + 10
-    while store._writer._waiting < 1 and time.monotonic() < deadline:
+    while store._writer.waiting < 1 and time.monotonic() < deadline:
         time.sleep(0.005)
     time.sleep(store._writer.max_open)
     release.set()

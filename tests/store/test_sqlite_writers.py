@@ -90,7 +90,7 @@ def test_waiting_writers_share_one_commit_and_a_failed_unit_is_undone_alone(tmp_
         for thread in others:
             thread.start()
         deadline = time.monotonic() + 10
-        while store._writer._waiting < 2 and time.monotonic() < deadline:
+        while store._writer.waiting < 2 and time.monotonic() < deadline:
             time.sleep(0.005)
         release.set()
         for thread in [a, *others]:

@@ -82,6 +82,31 @@ def test_other_threads_transactions_wait_for_the_batch_and_then_commit(store: St
     assert finished.is_set() and _seen_elsewhere(store, "other") and _seen_elsewhere(store, "held")
 
 
+def test_a_writer_waiting_for_a_batch_goes_before_the_holders_next_batch(store: Store) -> None:
+    # The API's write lane takes the writer again the moment a burst commits: another thread
+    # waiting meanwhile (the audit trail's writer) must get its turn first, or it starves.
+    order: list[str] = []
+    started = threading.Event()
+
+    def other() -> None:
+        started.set()
+        with store.transaction() as tx:
+            order.append("other")
+            tx.update(_patient("other"))
+
+    for _ in range(5):
+        order.clear()
+        with store.write_batch():
+            thread = threading.Thread(target=other)
+            thread.start()
+            assert started.wait(10)
+            time.sleep(0.05)  # the other thread waits for the writer connection
+        with store.write_batch():
+            order.append("holder")
+        thread.join(10)
+        assert order == ["other", "holder"]
+
+
 def test_a_commit_that_fails_fails_the_batch_and_stores_none_of_it(pg_schema_url: str) -> None:
     from gateway.store import open_store
 
