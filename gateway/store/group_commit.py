@@ -353,9 +353,9 @@ class GroupCommit(ABC, Generic[C]):
     def close(self) -> None:
         """Close the writer connection once no unit is using it; a later unit opens another."""
         batch = self._take_turn()
-        if batch.open:  # handed the connection by units waiting for their commit: commit them first
+        while batch.open:  # handed the connection by units waiting for their commit: commit them first
             self._finish(batch, None, hand_over=False)
-            self._take_turn()
+            batch = self._take_turn()
         with self._turn:
             conn, self._conn = self._conn, None
             self._hand_on()

@@ -170,3 +170,31 @@ def test_row_ids_reserved_once_serve_the_batch_and_keep_growing_across_batches(s
     first = [row_id(f"a{n}") for n in range(5)]
     assert first == sorted(first) and len(set(first)) == 5
     assert row_id("b") > first[-1]
+
+
+def test_closing_the_writer_commits_the_units_that_handed_it_on_first(store: Store) -> None:
+    writer = store._writer  # type: ignore[attr-defined]
+    done: list[str] = []
+
+    def unit() -> None:
+        with store.transaction() as tx:
+            tx.update(_patient("queued"))
+        done.append("unit")
+
+    def wait_for(count: int) -> None:
+        deadline = time.monotonic() + 10
+        while writer.waiting < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert writer.waiting == count
+
+    with store.write_batch():
+        first = threading.Thread(target=unit)
+        first.start()
+        wait_for(1)
+        closer = threading.Thread(target=writer.close)
+        closer.start()
+        wait_for(2)  # the unit, then the close: the unit hands its open transaction on to the close
+    first.join(10)
+    closer.join(10)
+    assert done == ["unit"] and not closer.is_alive()
+    assert _seen_elsewhere(store, "queued")
