@@ -36,7 +36,7 @@ from gateway.settings import ConfigFileError, Settings, load_settings, located_e
 if TYPE_CHECKING:
     from gateway.services import Services
 
-__all__ = ["RELOADABLE", "ReloadResult", "Reloader", "reload_on_sighup", "source_locator"]
+__all__ = ["RELOADABLE", "ReloadResult", "Reloader", "hold_sighup", "reload_on_sighup", "source_locator"]
 
 log = logging.getLogger("gateway.reload")
 
@@ -243,6 +243,21 @@ def _sound_sources(path: Path) -> list[tuple[int, SourceConfig]]:
     return found
 
 
+#: SIGHUPs that came before ``reload_on_sighup`` took the signal over (a list: a signal handler
+#: may not take a lock, and appending takes none).
+_held_sighups: list[int] = []
+
+
+def hold_sighup() -> None:
+    """Until ``reload_on_sighup`` takes SIGHUP over, remember one instead of dying of it (its default
+    action): a process still starting when a SIGHUP comes (a ``--workers`` supervisor passes each
+    on to every worker) reloads once it can, instead of serving what it read before the change."""
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, lambda signum, frame: _held_sighups.append(signum))
+        # A worker starts with SIGHUP blocked (``gateway.cli.server``): one already sent arrives now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+
+
 def reload_on_sighup(reloader: Reloader) -> Callable[[], None]:
     """Reload on every SIGHUP to this process, in the running event loop, until the returned function
     is called. Where this thread cannot take signals (not the main thread), nothing is installed."""
@@ -258,6 +273,9 @@ def reload_on_sighup(reloader: Reloader) -> Callable[[], None]:
         loop.add_signal_handler(signal.SIGHUP, handle)
     except (NotImplementedError, RuntimeError, ValueError, AttributeError):  # no SIGHUP, or not the main thread
         return lambda: None
+    if _held_sighups:  # one came while this process was starting: its reload is due now
+        _held_sighups.clear()
+        handle()
 
     def remove() -> None:
         loop.remove_signal_handler(signal.SIGHUP)

@@ -400,8 +400,10 @@ def worker_command(
 
     from gateway.cli.logs import configure_logging
     from gateway.connectors import DeliveryConfigError
+    from gateway.reload import hold_sighup
     from gateway.services import run_worker
 
+    hold_sighup()  # a SIGHUP while starting is a reload once running, not the end of the process
     settings, sections = _load(config, destinations, dev)
     configure_logging(settings)
     logging.getLogger("gateway.cli").info("gateway worker: %s", where(settings))

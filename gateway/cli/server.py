@@ -16,7 +16,10 @@ SIGINT and SIGTERM) and, under ``--workers``, restart every worker process: a re
 that applies every setting in the file, drops what each process holds (rate-limit buckets,
 caches) and, when the new file is broken, leaves the old workers running with no word
 about why. Here the supervisor passes SIGHUP on to each worker instead, and each reloads
-as one process does, refusing a broken configuration and logging every problem.
+as one process does, refusing a broken configuration and logging every problem. A worker
+still starting when one comes reloads once it runs: it starts with SIGHUP blocked and then
+remembers one until its app takes the signal over (``gateway.reload.hold_sighup``); before,
+such a worker ignored it (or died of it) and went on serving the old configuration.
 
 Slow clients (``client_timeouts``): uvicorn waits for a request's head and body as long as a
 client likes, so a few thousand connections that each send a byte every few seconds (or
@@ -148,7 +151,30 @@ class _Server(uvicorn.Server):
             self._captured_signals.clear()  # shut down gracefully: nothing to re-raise
 
 
+@contextmanager
+def _sighup_blocked() -> Generator[None, None, None]:
+    """SIGHUP blocked while worker processes start: they inherit the mask, so one sent before
+    they can take it waits (``hold_sighup`` unblocks it) instead of ending them (its default)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+
+
 class _Supervisor(Multiprocess):
+    def init_processes(self) -> None:
+        with _sighup_blocked():
+            super().init_processes()
+
+    def keep_subprocess_alive(self) -> None:
+        with _sighup_blocked():
+            super().keep_subprocess_alive()
+
+    def handle_ttin(self) -> None:
+        with _sighup_blocked():
+            super().handle_ttin()
+
     def handle_hup(self) -> None:
         logging.getLogger("gateway.cli").info("SIGHUP: every worker process reloads its configuration")
         for process in self.processes:
@@ -156,15 +182,11 @@ class _Supervisor(Multiprocess):
                 os.kill(process.pid, signal.SIGHUP)
 
 
-def _hold_sighup() -> None:
-    """Ignore SIGHUP until the app's lifespan takes it over (its default action ends the process)."""
-    if hasattr(signal, "SIGHUP"):
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-
-
 def run_server(app: Any, **options: Any) -> None:
     """``uvicorn.run(app, **options)``, but a graceful stop exits 0 (and SIGHUP is the app's)."""
-    _hold_sighup()
+    from gateway.reload import hold_sighup
+
+    hold_sighup()
     _Server(GatewayConfig(app, **options)).run()
 
 
@@ -172,10 +194,11 @@ def app_factory() -> Any:
     """The app of one worker process, from the configuration ``run_workers`` handed down."""
     from gateway.api import create_app
     from gateway.cli.logs import configure_logging
+    from gateway.reload import hold_sighup
     from gateway.services import ServicePlan
     from gateway.settings import find_config_file, load_settings
 
-    _hold_sighup()
+    hold_sighup()
     settings = load_settings(find_config_file(None, environ=os.environ))
     configure_logging(settings)
     return create_app(settings, plan=ServicePlan.for_serve(settings, os.environ), sighup=True)
