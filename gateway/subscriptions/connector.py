@@ -41,6 +41,7 @@ from gateway.store import Store, StoredResource, SubscriptionRecord
 from gateway.subscriptions.access import owner_access
 from gateway.subscriptions.bundles import Event, notification_bundle
 from gateway.subscriptions.endpoints import EndpointGuard
+from gateway.subscriptions.pinning import EndpointRefused
 from gateway.subscriptions.spec import SubscriptionSpec
 from gateway.subscriptions.stored import spec_of, view_of
 
@@ -112,7 +113,10 @@ class RestHookConnector:
             # Where the name resolves now counts, not where it did at create (DNS rebinding).
             outcome: DeliveryOutcome = Permanent(reason="endpoint_refused", detail=refused)
         else:
-            _, outcome = await exchange(self.client, request, self.clock)
+            try:
+                _, outcome = await exchange(self.client, request, self.clock)
+            except EndpointRefused as exc:  # where the connection found the name to resolve
+                outcome = Permanent(reason="endpoint_refused", detail=str(exc))
         outcome = _redaction(spec).scrub(outcome)
         await asyncio.to_thread(self._note, record, outcome)
         if isinstance(outcome, Retry):

@@ -11,8 +11,9 @@ A host is read as the OS reads it (``inet_aton``: ``2852039166``, ``0xA9FEA9FE``
 ``0251.0376.0251.0376`` are all 169.254.169.254). ``refusal`` judges what the URL spells, at
 create and update; ``send_refusal`` also resolves a name right before each send (the handshake,
 every notification), so a name that later resolves to a refused address (DNS rebinding) gets
-nothing. The check and httpx's own lookup are two lookups: a resolver answering differently
-within that moment is not covered (see the README).
+nothing, and ``connect_addresses`` is what the transport's connections use
+(``gateway.subscriptions.pinning``): they go to the very addresses judged, so a resolver
+answering differently between the check and the connection is caught too.
 """
 
 from __future__ import annotations
@@ -144,20 +145,36 @@ class EndpointGuard:
         if spelled is not None:
             return spelled
         hosts, port = _hosts(url)
-        resolve = self._resolve or resolve_host
         for host in hosts:
             if self.settings.endpoint_listed(host) or _ip_literal(host) is not None:
                 continue
             try:
-                addresses = await asyncio.wait_for(resolve(host, port), _RESOLVE_SECONDS)
+                _, refused = await self.connect_addresses(host, port)
             except (OSError, TimeoutError, UnicodeError):
                 continue  # the send fails by itself, as a connection error
-            for text in addresses:
+            if refused is not None:
+                return refused
+        return None
+
+    async def connect_addresses(self, host: str, port: int) -> tuple[list[str], str | None]:
+        """The addresses a connection to ``host`` may go to, by number (a listed host: its name), or
+        why none may: one address of a name refused refuses the name. Resolving errors are raised."""
+        if self.settings.endpoint_listed(host):
+            return [host], None
+        literal = _ip_literal(host)  # ``localhost`` too is looked up, as the OS would
+        found: list[Address] = []
+        if literal is not None:
+            found.append(literal)
+        else:
+            resolve = self._resolve or resolve_host
+            for text in await asyncio.wait_for(resolve(host, port), _RESOLVE_SECONDS):
                 try:
-                    ip = ipaddress.ip_address(text)
+                    found.append(ipaddress.ip_address(text))
                 except ValueError:
                     continue
-                kind = address_refusal(ip, block_private=self.settings.block_private_networks)
-                if kind is not None:
-                    return f"the endpoint host resolves to a {kind} address, which subscriptions may not notify"
-        return None
+        for ip in found:
+            kind = address_refusal(ip, block_private=self.settings.block_private_networks)
+            if kind is not None:
+                spelled = "is" if literal is not None else "resolves to"
+                return [], f"the endpoint host {spelled} a {kind} address, which subscriptions may not notify"
+        return list(dict.fromkeys(str(ip) for ip in found)), None

@@ -36,6 +36,7 @@ from gateway.subscriptions.connector import RestHookConnector
 from gateway.subscriptions.criteria import check_filters, check_owner
 from gateway.subscriptions.endpoints import EndpointGuard, Resolver
 from gateway.subscriptions.feed import SubscriptionFeed
+from gateway.subscriptions.pinning import EndpointRefused, pin_client, pin_transport
 from gateway.subscriptions.spec import SubscriptionSpec, read_spec
 from gateway.subscriptions.stored import spec_of, view_of
 
@@ -72,6 +73,7 @@ class SubscriptionService:
 
     def connector(self, destination: DestinationConfig, *, client: httpx.AsyncClient, clock: Clock) -> Connector:
         """The ``subscriptions`` kind's connector (a ``ConnectorFactory``)."""
+        pin_client(client, self.guard)  # connections go to the addresses judged, not to a second lookup's
         return RestHookConnector(client, self.store, clock, base_url=self.base_url,
                                  error_after=self.settings.error_after, default_timeout=destination.timeout,
                                  registry=self.registry, policies=self.policies, guard=self.guard)
@@ -183,12 +185,19 @@ class SubscriptionService:
         client = self._http()
         request = client.build_request("POST", spec.endpoint, content=jsonio.dumps(bundle), timeout=timeout,
                                        headers={**spec.headers, "Content-Type": "application/fhir+json"})
-        _, outcome = await exchange(client, request, self.clock)
+        try:
+            _, outcome = await exchange(client, request, self.clock)
+        except EndpointRefused as exc:
+            return f"endpoint_refused: {exc}"
         return None if isinstance(outcome, Success) else str(getattr(outcome, "reason", "failed"))
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
-            self._client = httpx.AsyncClient(transport=self.transport, follow_redirects=False,
+            transport = self.transport
+            if transport is None:
+                transport = httpx.AsyncHTTPTransport()
+                pin_transport(transport, self.guard)
+            self._client = httpx.AsyncClient(transport=transport, follow_redirects=False,
                                              headers={"User-Agent": "chw-fhir-gateway-subscriptions/0.1"})
         return self._client
 

@@ -24,6 +24,7 @@ from gateway.store import open_store
 from gateway.subscriptions import SubscriptionSettings
 from gateway.subscriptions import endpoints as endpoints_module
 from gateway.subscriptions.endpoints import EndpointGuard, address_refusal, literal_address
+from gateway.subscriptions.pinning import pin_client
 from tests.delivery.helpers import eventually
 from tests.subscriptions.harness import Harness, fast_settings, subscription
 
@@ -278,3 +279,114 @@ async def test_only_a_host_listed_exactly_is_exempt() -> None:
 async def test_the_system_resolver_reads_localhost() -> None:
     addresses = await endpoints_module.resolve_host("localhost", 80)
     assert addresses and all(ipaddress.ip_address(a).is_loopback for a in addresses)
+
+
+# -- at connect time (the connection goes where the check looked) ------------------------------
+
+
+@pytest.fixture
+def rebinding(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[list[str]]]:
+    """Names to the answers the stand-in resolver gives them in turn, the last one for ever after."""
+    answers: dict[str, list[list[str]]] = {}
+
+    async def resolve(host: str, port: int) -> Sequence[str]:
+        if host not in answers:
+            raise OSError(f"no such name: {host}")
+        turns = answers[host]
+        return turns.pop(0) if len(turns) > 1 else turns[0]
+
+    monkeypatch.setattr(endpoints_module, "resolve_host", resolve)
+    return answers
+
+
+async def test_a_name_connects_to_the_address_the_guard_resolved(
+    tmp_path: Path, rebinding: dict[str, list[list[str]]],
+) -> None:
+    """The handshake and notifications reach a name only the guard's resolver knows: httpx does no
+    lookup of its own (there it would not resolve at all)."""
+    rebinding["emr.partner.test"] = [["127.0.0.1"]]
+    async with harness_on(tmp_path) as h:
+        writer = h.client("system/*.cruds")
+        owner = h.client("system/Subscription.cruds", "system/Patient.rs")
+        endpoint = h.endpoint("emr").replace("127.0.0.1", "emr.partner.test")
+        answer = await owner.post("/fhir/Subscription", json=subscription("new-patient", endpoint))
+        assert answer.status_code == 201 and answer.json()["status"] == "active", answer.text
+        await h.start_worker()
+        patient = {"resourceType": "Patient", "name": [{"family": f"F{uuid.uuid4().hex[:6]}"}]}
+        assert (await writer.post("/fhir/Patient", json=patient)).status_code == 201
+        receiver = h.sandbox.receiver("emr")
+        await eventually(lambda: bool(receiver.events), timeout=20)
+        assert receiver.handshakes == 1
+
+
+async def test_a_handshake_is_refused_when_the_name_rebinds_between_check_and_connect(
+    tmp_path: Path, rebinding: dict[str, list[list[str]]],
+) -> None:
+    # The check before sending sees the subscriber; the connection's own lookup the metadata address.
+    rebinding["emr.partner.test"] = [["127.0.0.1"], ["169.254.169.254"]]
+    async with harness_on(tmp_path) as h:
+        owner = h.client("system/Subscription.cruds", "system/Patient.rs")
+        endpoint = h.endpoint("emr").replace("127.0.0.1", "emr.partner.test")
+        answer = await owner.post("/fhir/Subscription", json=subscription("new-patient", endpoint))
+        assert answer.status_code == 201, answer.text
+        created = answer.json()
+        assert created["status"] == "error"
+        assert created["error"].startswith("handshake failed: endpoint_refused: the endpoint host resolves"
+                                           " to a link-local address"), created["error"]
+        assert h.sandbox.receiver("emr").handshakes == 0
+
+
+async def test_a_notification_is_refused_when_the_name_rebinds_between_check_and_connect(
+    tmp_path: Path, rebinding: dict[str, list[list[str]]],
+) -> None:
+    rebinding["emr.partner.test"] = [["127.0.0.1"]]
+    async with harness_on(tmp_path) as h:
+        writer = h.client("system/*.cruds")
+        owner = h.client("system/Subscription.cruds", "system/Patient.rs")
+        endpoint = h.endpoint("emr").replace("127.0.0.1", "emr.partner.test")
+        answer = await owner.post("/fhir/Subscription", json=subscription("new-patient", endpoint))
+        assert answer.status_code == 201 and answer.json()["status"] == "active", answer.text
+        sid = answer.json()["id"]
+        # From now on the name answers the check with the subscriber and the connection with the
+        # metadata address (a zero-TTL record flipping between the two lookups).
+        flips = [["127.0.0.1"], ["::ffff:169.254.169.254"]] * 50
+        rebinding["emr.partner.test"] = [*flips, ["::ffff:169.254.169.254"]]
+        await h.start_worker()
+        patient = {"resourceType": "Patient", "name": [{"family": f"F{uuid.uuid4().hex[:6]}"}]}
+        assert (await writer.post("/fhir/Patient", json=patient)).status_code == 201
+        assert h.worker is not None and h.worker.delivery is not None
+        admin = h.worker.delivery.admin
+        dead: list[Any] = []
+        for _ in range(200):
+            dead[:] = await admin.dead_letters(DeadLetterFilter(destination="subscriptions"))
+            if dead:
+                break
+            await asyncio.sleep(0.1)
+        assert [letter.reason for letter in dead] == ["endpoint_refused"]
+        assert "link-local" in (dead[0].detail or "")
+        record = h.store.subscription_get(sid)
+        assert record is not None and (record.error or "").startswith("notification failed: endpoint_refused")
+        assert h.sandbox.receiver("emr").events == {}
+
+
+async def test_a_transport_of_another_kind_is_left_alone() -> None:
+    guard = _guard({})
+    assert not pin_client(httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(200))), guard)
+    client = destination_client(timeout=1.0, concurrency=1)
+    try:
+        assert pin_client(client, guard) and pin_client(client, guard)  # once wrapped, not twice
+    finally:
+        await client.aclose()
+
+
+async def test_every_address_of_a_name_is_judged_at_connect() -> None:
+    guard = _guard({"rebound.partner.test": ["203.0.113.9", "169.254.169.254"], "emr.partner.test": ["10.0.0.7"]},
+                   endpoint_hosts=["listed.internal"])
+    assert await guard.connect_addresses("rebound.partner.test", 443) == (
+        [], "the endpoint host resolves to a link-local address, which subscriptions may not notify")
+    assert await guard.connect_addresses("emr.partner.test", 443) == (["10.0.0.7"], None)
+    assert await guard.connect_addresses("2852039166", 80) == (
+        [], "the endpoint host is a link-local address, which subscriptions may not notify")
+    assert await guard.connect_addresses("listed.internal", 80) == (["listed.internal"], None)
+    with pytest.raises(OSError):
+        await guard.connect_addresses("unknown.test", 80)
