@@ -3,7 +3,7 @@
 ``run_suite(base_url, token)`` reads ``[base]/metadata`` and then, per advertised resource
 type, stores a fixture (an official R4 example, ``data/fixtures.json``) and exercises
 every advertised interaction on it: create, read (content must round-trip), vread,
-update, patch (JSON Patch), instance and type history, conditional create, every
+update, patch (JSON Patch and FHIRPath Patch), instance and type history, conditional create, every
 advertised search parameter (a value computed with FHIRPath from the stored fixture must
 find it, a different value must not; ``search_values.probe``) and finally delete
 (then read → 410). System interactions (transaction, batch, history) are checked once.
@@ -161,13 +161,13 @@ class _TypeRun:
         entry: dict[str, Any],
         fixture: dict[str, Any],
         definitions: list[SearchParamDef],
-        patch_json: bool,
+        patch_formats: set[str],
     ) -> None:
         self.fhir, self.report, self.entry, self.fixture = fhir, report, entry, fixture
         self.rtype: str = entry["type"]
         self.interactions = {i.get("code") for i in entry.get("interaction", [])}
         self.definitions = definitions
-        self.patch_json = patch_json
+        self.patch_formats = patch_formats
         self.rid = ""
         self.stored: dict[str, Any] = {}
 
@@ -195,8 +195,10 @@ class _TypeRun:
         for param in self.entry.get("searchParam", []):
             self.check(f"search {param.get('name')}", partial(self.search, param), "search-type")
         self.check("update", self.update, "update")
-        if self.patch_json:
+        if "application/json-patch+json" in self.patch_formats:
             self.check("patch", self.patch, "patch")
+        if "application/fhir+json" in self.patch_formats:
+            self.check("patch (FHIRPath Patch)", self.fhirpath_patch, "patch")
         self.check("history-instance", self.history_instance, "history-instance")
         self.check("history-type", self.history_type, "history-type")
         if self.entry.get("conditionalCreate"):
@@ -291,6 +293,22 @@ class _TypeRun:
         self.fhir.call("PATCH", f"/{self.rtype}/{self.rid}", (200,), json=operations, headers=headers)
         if self.fhir.json("GET", f"/{self.rtype}/{self.rid}", (200,)).get("language") != "en":
             raise _Failed("patch: the change is not visible on read")
+
+    def fhirpath_patch(self) -> None:
+        # Every resource has ``language`` (a code): replace it if there, else add it.
+        current = self.fhir.json("GET", f"/{self.rtype}/{self.rid}", (200,))
+        if "language" in current:
+            path = f"{self.rtype}.language"
+            parts = [{"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": path}]
+        else:
+            parts = [{"name": "type", "valueCode": "add"}, {"name": "path", "valueString": self.rtype},
+                     {"name": "name", "valueString": "language"}]
+        parts.append({"name": "value", "valueCode": "sw"})
+        body = {"resourceType": "Parameters", "parameter": [{"name": "operation", "part": parts}]}
+        headers = {"Content-Type": _FHIR_JSON}
+        self.fhir.call("PATCH", f"/{self.rtype}/{self.rid}", (200,), json=body, headers=headers)
+        if self.fhir.json("GET", f"/{self.rtype}/{self.rid}", (200,)).get("language") != "sw":
+            raise _Failed("patch (FHIRPath Patch): the change is not visible on read")
 
     def history_instance(self) -> None:
         bundle = self.fhir.json("GET", f"/{self.rtype}/{self.rid}/_history", (200,))
@@ -469,7 +487,7 @@ def run_suite(
         fhir = _Fhir(client)
         capability = _capabilities(fhir, report)
         rest = next(r for r in capability["rest"] if r.get("mode") == "server")
-        patch_json = "application/json-patch+json" in capability.get("patchFormat", [])
+        patch_formats = set(capability.get("patchFormat", []))
         advertised = {entry.get("type"): entry for entry in rest.get("resource", [])}
         _check_token(fhir, sorted(t for t in advertised if isinstance(t, str) and (types is None or t in types)))
         for rtype, entry in sorted(advertised.items()):
@@ -485,6 +503,6 @@ def run_suite(
                 # (e.g. a backport Subscription, whose criteria is a topic canonical).
                 report.results.append(CheckResult(rtype, "fixture", SKIP, f"no fixture for the profile {profile}"))
                 continue
-            _TypeRun(fhir, report, entry, fixture, params, patch_json).run()
+            _TypeRun(fhir, report, entry, fixture, params, patch_formats).run()
         _system_checks(fhir, report, rest, set(advertised))
     return report

@@ -21,6 +21,7 @@ from gateway.fhir import (
     activity_of,
     informational,
     interactions,
+    is_fhirpath_patch,
     parse_json,
     process_bundle,
     record_writes,
@@ -184,16 +185,32 @@ async def conditional_update(request: Request, rtype: str) -> Response:
                         viewer=principal)
 
 
-@router.patch("/{rtype}/{rid}", summary="Patch (JSON Patch)")
+#: A JSON Patch, or a FHIRPath Patch (a Parameters resource) as FHIR JSON.
+_PATCH_TYPES = {"application/json-patch+json", "application/fhir+json", "application/json", "application/json+fhir"}
+
+
+@router.patch("/{rtype}/{rid}", summary="Patch (JSON Patch or FHIRPath Patch)")
 async def patch(request: Request, rtype: str, rid: str) -> Response:
-    """Apply a JSON Patch document to a resource."""
+    """Apply a JSON Patch document (``application/json-patch+json``) or a FHIRPath Patch (a Parameters
+    resource, ``application/fhir+json``) to a resource."""
     principal, access, media, ctx = _writer(request, rtype, rid, "u")
-    check_content_type(request, {"application/json-patch+json"})
-    if request.headers.get("content-type") is None:
-        raise FhirError("PATCH needs Content-Type: application/json-patch+json", status=415, code="not-supported")
+    check_content_type(request, _PATCH_TYPES)
+    content_type = request.headers.get("content-type")
+    if content_type is None:
+        raise FhirError("PATCH needs Content-Type: application/json-patch+json (a JSON Patch) or"
+                        " application/fhir+json (a FHIRPath Patch)", status=415, code="not-supported")
     if_match, conditions = parse_if_match(request), write_conditions(request)
     operations = parse_json(await read_body(request, ctx.settings.max_body_bytes),
                             max_depth=ctx.settings.max_json_depth)
+    media_type = content_type.split(";")[0].strip().lower()
+    # A JSON Patch is sometimes sent as plain application/json; its body (an array) says which it is.
+    json_patch = media_type == "application/json-patch+json" or (
+        media_type == "application/json" and isinstance(operations, list))
+    if json_patch and not isinstance(operations, list):
+        raise invalid("a JSON Patch document must be an array of operations", code="structure")
+    if not json_patch and not is_fhirpath_patch(operations):
+        raise invalid("a FHIR JSON PATCH body must be a FHIRPath Patch (a Parameters resource); send a JSON Patch"
+                      " as application/json-patch+json", ["Parameters"], code="structure")
 
     # A patched resource is mostly what was stored before, not what the client sent: a client
     # that may update but not read the type gets no body back (as with Prefer: return=minimal).

@@ -20,6 +20,7 @@ from .fhirpath import plain as plain
 from .fhirpath import simple_path as simple_path
 from .fhirpath import variables_of as variables_of
 from .fhirpath import walk_ast as walk_ast
+from .fhirpath_patch import is_fhirpath_patch as is_fhirpath_patch
 from .history import history_bundle as history_bundle
 from .interactions import ID_RE as ID_RE
 from .interactions import WriteConditions as WriteConditions

@@ -20,6 +20,7 @@ import orjson
 
 from gateway import jsonio
 from gateway.errors import FhirError, gone, invalid, not_found
+from gateway.fhir.fhirpath_patch import apply_fhirpath_patch, is_fhirpath_patch
 from gateway.fhir.parse import json_depth
 from gateway.fhir.validate import validate_resource
 from gateway.search import TRUSTED, QueryParser, SearchAccess, SearchError, format_instant
@@ -364,7 +365,8 @@ def patch(
     conditions: WriteConditions | None = None, access: SearchAccess = TRUSTED,
     limits: PatchLimits = DEFAULT_PATCH_LIMITS,
 ) -> WriteOutcome:
-    """``PATCH [type]/[id]`` with a JSON Patch document (within ``limits``).
+    """``PATCH [type]/[id]`` with a JSON Patch document (a list of operations, within ``limits``) or a
+    FHIRPath Patch (a ``Parameters`` resource, ``gateway.fhir.fhirpath_patch``).
 
     A client that may update the type but not read it (SMART's ``u`` without ``r`` or ``s``) may
     only edit blind: ``test``, ``copy`` and ``move`` would tell it what is stored (a ``test`` that
@@ -372,20 +374,22 @@ def patch(
     an invalid resource fails without naming what is stored. A client whose data policy
     de-identifies reads only part of what is stored, so it edits blind too: a ``test`` of a
     stripped name or identifier, or a ``copy``/``move`` of one to an element it is shown, would
-    give back what the policy strips.
+    give back what the policy strips. A FHIRPath Patch finds its elements by expressions over the
+    stored content (``where(...)``, counts), so such a client may not send one at all.
     """
     readable = access.may_return(rtype) and not access.deidentified
-    if not readable and isinstance(operations, list):
-        for op in operations:
-            if isinstance(op, dict) and op.get("op") in _DISCLOSING:
-                why = (
-                    "the client's data policy de-identifies what it reads"
-                    if access.may_return(rtype)
-                    else f"the client's scopes do not allow reading {rtype} (needs system/{rtype}.r or .s)"
-                )
-                raise FhirError(
-                    f"JSON Patch {op['op']!r} reads the stored resource, and {why}", status=403, code="forbidden"
-                )
+    fhirpath = is_fhirpath_patch(operations)
+    if not readable and (fhirpath or isinstance(operations, list)):
+        disclosing = "a FHIRPath Patch" if fhirpath else next(
+            (f"JSON Patch {op['op']!r}" for op in operations if isinstance(op, dict) and op.get("op") in _DISCLOSING),
+            None)
+        if disclosing is not None:
+            why = (
+                "the client's data policy de-identifies what it reads"
+                if access.may_return(rtype)
+                else f"the client's scopes do not allow reading {rtype} (needs system/{rtype}.r or .s)"
+            )
+            raise FhirError(f"{disclosing} reads the stored resource, and {why}", status=403, code="forbidden")
     current = tx.read(rtype, rid)
     if current is None:
         raise not_found(f"{rtype}/{rid} is not known")
@@ -394,21 +398,19 @@ def patch(
         raise gone(f"{rtype}/{rid} has been deleted")
     if conditions is not None:
         conditions.check(current)
-    if not isinstance(operations, list):
-        raise invalid("a JSON Patch document must be an array of operations", code="structure")
+    if if_match is not None and current.version != if_match:
+        # Before the patch is applied: a stale client's patch may not fit what is stored now (a 422),
+        # but what it needs to hear is that it patched another version.
+        raise FhirError(f"If-Match names version {if_match}, but the current version is {current.version}",
+                        status=412, code="conflict")
     document = jsonio.loads(current.content)
-    try:
-        jsonpatch.JsonPatch(operations)  # every operation well formed before any applies
-    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, KeyError) as exc:
-        raise FhirError(f"the JSON Patch is not valid: {exc}", status=422, code="processing") from exc
-    try:
-        patched = _apply_within(operations, document, limits)
-    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, KeyError) as exc:
-        # jsonpatch's messages quote the stored resource ("member 'x' not found in {...}", "1970-01-01
-        # is not equal to ..."), which a client allowed to update but not read must not see.
-        raise FhirError(_patch_failure(exc), status=422, code="processing") from exc
-    except RecursionError as exc:  # copying or comparing a value nested past Python's stack
-        raise _too_deep(rtype, limits) from exc
+    if fhirpath:
+        try:
+            patched = apply_fhirpath_patch(document, operations)
+        except RecursionError as exc:
+            raise _too_deep(rtype, limits) from exc
+    else:
+        patched = _json_patched(document, operations, rtype, limits)
     if json_depth(patched, limits.max_depth) > limits.max_depth:
         raise _too_deep(rtype, limits)
     if not isinstance(patched, dict) or patched.get("resourceType") != rtype or patched.get("id") != rid:
@@ -425,6 +427,25 @@ def patch(
             status=422, code="processing",
         ) from exc
     return update(tx, patched, rtype, rid, if_match=if_match, access=access, method="PATCH")
+
+
+def _json_patched(document: Any, operations: Any, rtype: str, limits: PatchLimits) -> Any:
+    """``document`` with the JSON Patch ``operations`` applied (``FhirError`` 422 when they do not apply)."""
+    if not isinstance(operations, list):
+        raise invalid("a JSON Patch document must be an array of operations (or send a FHIRPath Patch:"
+                      " a Parameters resource)", code="structure")
+    try:
+        jsonpatch.JsonPatch(operations)  # every operation well formed before any applies
+    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, KeyError) as exc:
+        raise FhirError(f"the JSON Patch is not valid: {exc}", status=422, code="processing") from exc
+    try:
+        return _apply_within(operations, document, limits)
+    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, KeyError) as exc:
+        # jsonpatch's messages quote the stored resource ("member 'x' not found in {...}", "1970-01-01
+        # is not equal to ..."), which a client allowed to update but not read must not see.
+        raise FhirError(_patch_failure(exc), status=422, code="processing") from exc
+    except RecursionError as exc:  # copying or comparing a value nested past Python's stack
+        raise _too_deep(rtype, limits) from exc
 
 
 def _apply_within(operations: list[Any], document: Any, limits: PatchLimits) -> Any:

@@ -26,6 +26,7 @@ from gateway import jsonio
 from gateway.errors import CLIENT_ERRORS, FhirError, GatewayError, invalid, not_found
 from gateway.fhir import bundles, interactions
 from gateway.fhir.entry_operations import operation_body, operation_of, permission_needed
+from gateway.fhir.fhirpath_patch import is_fhirpath_patch
 from gateway.fhir.full_urls import replace_full_urls
 from gateway.fhir.outcome import issue, outcome_of
 from gateway.fhir.parse import json_depth
@@ -711,7 +712,10 @@ def _processing_order(e: _Entry) -> tuple[int, int]:
 
 
 def _patch_body(resource: Any, where: str, max_depth: int) -> Any:
-    # FHIR carries a JSON Patch in a Binary resource inside Bundles (http.html#patch).
+    # FHIR carries a JSON Patch in a Binary resource inside Bundles (http.html#patch), a FHIRPath
+    # Patch as the Parameters resource itself (its depth is the Bundle's, already checked).
+    if is_fhirpath_patch(resource):
+        return resource
     if isinstance(resource, dict) and resource.get("resourceType") == "Binary":
         data = resource.get("data")
         if not isinstance(data, str):
@@ -725,7 +729,8 @@ def _patch_body(resource: Any, where: str, max_depth: int) -> Any:
             raise FhirError(f"the JSON Patch nests deeper than {max_depth} levels", status=400, code="too-costly",
                             expression=[f"{where}.resource.data"])
         return operations
-    raise invalid("a PATCH entry needs a Binary resource holding a JSON Patch", [f"{where}.resource"])
+    raise invalid("a PATCH entry needs a Binary resource holding a JSON Patch, or a Parameters resource"
+                  " (a FHIRPath Patch)", [f"{where}.resource"])
 
 
 def _is_version(text: str) -> bool:

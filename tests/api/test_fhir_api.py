@@ -642,6 +642,9 @@ async def test_patch_and_everything(api: ApiHarness) -> None:
                             headers={"Content-Type": "application/json-patch+json"})
     assert_outcome(failing, 422)
     merge = await c.patch(f"/fhir/Patient/{pid}", json={"active": False})
+    assert_outcome(merge, 400)  # JSON, but neither a JSON Patch nor a FHIRPath Patch (a Parameters)
+    merge = await c.patch(f"/fhir/Patient/{pid}", json={"active": False},
+                          headers={"Content-Type": "application/merge-patch+json"})
     assert_outcome(merge, 415)
     everything = (await c.get(f"/fhir/Patient/{pid}/$everything")).json()
     # The Provenances of the patient's create and patch target the patient: part of their record.

@@ -38,6 +38,7 @@ def test_the_gateway_does_what_its_capability_statement_says(served: Served) -> 
         "vread",
         "update",
         "patch",
+        "patch (FHIRPath Patch)",
         "delete",
         "search family",
         "search identifier",
