@@ -3,8 +3,10 @@ on a real loopback HTTP server, for the subscription tests and the notification 
 
 from __future__ import annotations
 
+import asyncio
+import io
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -77,6 +79,25 @@ def r4_subscription(criteria: str, endpoint: str, *, payload: str | None = "appl
             "channel": channel}
 
 
+#: Seconds a teardown step may take (a worker's drain_timeout here is well under one).
+TEARDOWN_SECONDS = 120.0
+
+
+async def _bounded(step: str, awaitable: Awaitable[Any]) -> None:
+    """Await ``awaitable``; past ``TEARDOWN_SECONDS`` fail naming ``step`` with every pending task's stack."""
+    task = asyncio.ensure_future(awaitable)
+    done, _ = await asyncio.wait({task}, timeout=TEARDOWN_SECONDS)
+    if done:
+        task.result()
+        return
+    stacks = io.StringIO()
+    for pending in asyncio.all_tasks():
+        if pending is not asyncio.current_task():
+            pending.print_stack(limit=30, file=stacks)
+    task.cancel()  # not awaited: a stop that ignores cancelling must not hang this either
+    raise AssertionError(f"{step} did not end in {TEARDOWN_SECONDS:.0f} s; pending tasks:\n{stacks.getvalue()}")
+
+
 class Harness:
     """The gateway's API (in-process) and delivery worker over one store and queue, plus the subscriber."""
 
@@ -101,10 +122,13 @@ class Harness:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.stop_worker()
+        # Each step bounded: a stop that never returns (seen once in a clean-clone CI run, not
+        # reproduced since) fails the test with the stacks of the tasks still pending, instead of
+        # hanging the suite until CI's time runs out.
+        await _bounded("stopping the delivery worker", self.stop_worker())
         for client in self._clients:
             await client.aclose()
-        await self._lifespan.__aexit__(None, None, None)
+        await _bounded("the app's lifespan shutdown", self._lifespan.__aexit__(None, None, None))
         self.server.stop()
 
     def client(self, *scopes: str, policy: dict[str, Any] | None = None) -> httpx.AsyncClient:
