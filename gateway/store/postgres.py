@@ -28,6 +28,7 @@ from functools import lru_cache
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
 from gateway.search import SearchRegistry
@@ -133,6 +134,24 @@ def _reachable(block: AbstractContextManager[T]) -> Iterator[T]:
             yield value
     except _UNAVAILABLE as exc:
         raise _unavailable(exc) from exc
+
+
+#: libpq settings every connection gets unless the store URL sets them. libpq's own defaults wait
+#: without end for a connection to open, send the first keepalive after two hours and retry
+#: unacknowledged data for ~15 minutes, so a server gone on a path that carries no reset (its VM
+#: stopped, a NAT or firewall dropping the flow) held a request or the ingest writer that long;
+#: with these such a connection fails in about a minute (a 503 and a retry by the pool), while
+#: a slow query is untouched (a busy server's kernel still acknowledges).
+NETWORK_DEFAULTS = {
+    "connect_timeout": "10", "keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10",
+    "keepalives_count": "3", "tcp_user_timeout": "60000",
+}  # fmt: skip
+
+
+def with_network_defaults(conninfo: str) -> str:
+    """``conninfo`` with the ``NETWORK_DEFAULTS`` it does not set itself."""
+    given = conninfo_to_dict(conninfo)
+    return make_conninfo(conninfo, **{k: v for k, v in NETWORK_DEFAULTS.items() if k not in given})
 
 
 def split_schema(url: str) -> tuple[str, str | None]:
@@ -249,6 +268,7 @@ class PostgresStore(SqlStore):
         schema, timeout = schema_name(own.get("schema")), pool_timeout(own.get("pool_timeout"))
         if conninfo.startswith("postgres://"):
             conninfo = "postgresql://" + conninfo[len("postgres://") :]
+        conninfo = with_network_defaults(conninfo)
         if schema is not None:
             _create_schema(conninfo, schema)
         # NOTICEs (e.g. from CREATE TABLE IF NOT EXISTS) in pipeline mode can shift results
