@@ -345,6 +345,22 @@ def _note_bundle(
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if isinstance(resource, dict):
             record.patients.update(patients_in(jsonio.dumps(resource)))
+        # What the entry answered with: a read's resource, a search's (or history's) Bundle, whose
+        # patients a REST read or search would name too.
+        given = answer.get("resource")
+        if isinstance(given, dict):
+            inner = given.get("entry") if given.get("resourceType") == "Bundle" else None
+            found = [e.get("resource") for e in inner if isinstance(e, dict)] if isinstance(inner, list) else [given]
+            for res in found[:limit]:
+                if isinstance(res, dict):
+                    _note_patients_of(record, res)
+
+
+def _note_patients_of(record: AccessRecord, resource: dict[str, Any]) -> None:
+    if resource.get("resourceType") == "Patient" and isinstance(resource.get("id"), str):
+        record.patients.add(resource["id"])
+    else:
+        record.patients.update(patients_in(jsonio.dumps(resource)))
 
 
 def _read_instance(url: Any, base: str) -> str | None:

@@ -161,6 +161,19 @@ async def test_a_batch_names_the_instance_its_history_and_everything_entries_rea
     assert {"Patient/p1", "Patient/p2"} <= set(refs(event, "1"))
 
 
+async def test_a_batch_names_the_patients_its_reads_and_searches_returned(api: ApiHarness) -> None:
+    # As a REST read of Observation/o1 or a search finding it names Patient/p1 (a search lists its
+    # patients, not every resource it returned).
+    await seed(api.client)
+    for url in ("Observation/o1", "Observation?status=final", "Patient?family=Jones"):
+        batch = {"resourceType": "Bundle", "type": "batch", "entry": [{"request": {"method": "GET", "url": url}}]}
+        response = await api.client.post("/fhir", json=batch)
+        assert response.status_code == 200, response.text[:500]
+    await flushed(api.app)
+    events = [e for e in stored_events(api.store) if e["subtype"][0]["code"] == "batch"]
+    assert [refs(e, "1") for e in events] == [["Patient/p1"], ["Patient/p1"], ["Patient/p2"]]
+
+
 async def test_a_batch_delete_naming_an_odd_version_is_audited_not_a_500(api: ApiHarness) -> None:
     # The audit read the version of a DELETE entry's URL with int() after str.isdigit(): "²" and a
     # 5,000-digit version raised ValueError, and the batch, its POST already stored, answered 500
