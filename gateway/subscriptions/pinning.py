@@ -36,15 +36,9 @@ class _PinnedBackend:
         self._inner = inner
         self._guard = guard
 
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> Any:
-        """A connection to the first judged address of ``host`` that answers."""
+    async def connect_tcp(self, host: str, port: int, **options: Any) -> Any:
+        """A connection to the first judged address of ``host`` that answers (``options``: httpcore's
+        timeout, local_address and socket_options, passed on)."""
         try:
             addresses, refused = await self._guard.connect_addresses(host, port)
         except (OSError, UnicodeError) as exc:
@@ -56,7 +50,7 @@ class _PinnedBackend:
         failure: httpcore.ConnectError | None = None
         for address in addresses:
             try:
-                return await self._inner.connect_tcp(address, port, timeout, local_address, socket_options)
+                return await self._inner.connect_tcp(address, port, **options)
             except httpcore.ConnectError as exc:  # the next address, as a client connecting by name would
                 failure = exc
         raise failure or httpcore.ConnectError("the endpoint host has no address")

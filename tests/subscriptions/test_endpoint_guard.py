@@ -148,16 +148,22 @@ async def test_a_handshake_to_a_name_resolving_to_the_metadata_address_is_not_se
 ) -> None:
     resolving["localhost"] = ["127.0.0.1", "169.254.169.254"]
     async with harness_on(tmp_path) as h:
-        owner = h.client("system/Subscription.cruds", "system/Patient.rs")
-        endpoint = h.endpoint("emr").replace("127.0.0.1", "localhost")
-        answer = await owner.post("/fhir/Subscription", json=subscription("new-patient", endpoint))
-        assert answer.status_code == 201, answer.text
-        created = answer.json()
-        assert created["status"] == "error"
-        assert created["error"].startswith("handshake failed: endpoint_refused: the endpoint host resolves"
-                                                      " to a link-local address"), created["error"]
+        answer = await _handshake_refused(h, "localhost")
         assert "169.254" not in answer.text
-        assert h.sandbox.receiver("emr").handshakes == 0
+
+
+async def _handshake_refused(h: Harness, host: str) -> httpx.Response:
+    """Subscribe to the stand-in by ``host``; the answer, after checking the handshake was refused."""
+    owner = h.client("system/Subscription.cruds", "system/Patient.rs")
+    endpoint = h.endpoint("emr").replace("127.0.0.1", host)
+    answer = await owner.post("/fhir/Subscription", json=subscription("new-patient", endpoint))
+    assert answer.status_code == 201, answer.text
+    created = answer.json()
+    assert created["status"] == "error"
+    assert created["error"].startswith("handshake failed: endpoint_refused: the endpoint host resolves"
+                                       " to a link-local address"), created["error"]
+    assert h.sandbox.receiver("emr").handshakes == 0
+    return answer
 
 
 async def test_a_notification_follows_where_the_name_resolves_when_it_is_sent(
@@ -299,6 +305,21 @@ def rebinding(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[list[str]]]:
     return answers
 
 
+async def _subscribed(h: Harness, host: str) -> tuple[httpx.AsyncClient, str]:
+    """A writer client, and an active subscription to new patients at the stand-in named by ``host``."""
+    writer = h.client("system/*.cruds")
+    owner = h.client("system/Subscription.cruds", "system/Patient.rs")
+    endpoint = h.endpoint("emr").replace("127.0.0.1", host)
+    answer = await owner.post("/fhir/Subscription", json=subscription("new-patient", endpoint))
+    assert answer.status_code == 201 and answer.json()["status"] == "active", answer.text
+    return writer, str(answer.json()["id"])
+
+
+async def _new_patient(writer: httpx.AsyncClient) -> None:
+    patient = {"resourceType": "Patient", "name": [{"family": f"F{uuid.uuid4().hex[:6]}"}]}
+    assert (await writer.post("/fhir/Patient", json=patient)).status_code == 201
+
+
 async def test_a_name_connects_to_the_address_the_guard_resolved(
     tmp_path: Path, rebinding: dict[str, list[list[str]]],
 ) -> None:
@@ -306,14 +327,9 @@ async def test_a_name_connects_to_the_address_the_guard_resolved(
     lookup of its own (there it would not resolve at all)."""
     rebinding["emr.partner.test"] = [["127.0.0.1"]]
     async with harness_on(tmp_path) as h:
-        writer = h.client("system/*.cruds")
-        owner = h.client("system/Subscription.cruds", "system/Patient.rs")
-        endpoint = h.endpoint("emr").replace("127.0.0.1", "emr.partner.test")
-        answer = await owner.post("/fhir/Subscription", json=subscription("new-patient", endpoint))
-        assert answer.status_code == 201 and answer.json()["status"] == "active", answer.text
+        writer, _ = await _subscribed(h, "emr.partner.test")
         await h.start_worker()
-        patient = {"resourceType": "Patient", "name": [{"family": f"F{uuid.uuid4().hex[:6]}"}]}
-        assert (await writer.post("/fhir/Patient", json=patient)).status_code == 201
+        await _new_patient(writer)
         receiver = h.sandbox.receiver("emr")
         await eventually(lambda: bool(receiver.events), timeout=20)
         assert receiver.handshakes == 1
@@ -325,15 +341,7 @@ async def test_a_handshake_is_refused_when_the_name_rebinds_between_check_and_co
     # The check before sending sees the subscriber; the connection's own lookup the metadata address.
     rebinding["emr.partner.test"] = [["127.0.0.1"], ["169.254.169.254"]]
     async with harness_on(tmp_path) as h:
-        owner = h.client("system/Subscription.cruds", "system/Patient.rs")
-        endpoint = h.endpoint("emr").replace("127.0.0.1", "emr.partner.test")
-        answer = await owner.post("/fhir/Subscription", json=subscription("new-patient", endpoint))
-        assert answer.status_code == 201, answer.text
-        created = answer.json()
-        assert created["status"] == "error"
-        assert created["error"].startswith("handshake failed: endpoint_refused: the endpoint host resolves"
-                                           " to a link-local address"), created["error"]
-        assert h.sandbox.receiver("emr").handshakes == 0
+        await _handshake_refused(h, "emr.partner.test")
 
 
 async def test_a_notification_is_refused_when_the_name_rebinds_between_check_and_connect(
@@ -341,19 +349,13 @@ async def test_a_notification_is_refused_when_the_name_rebinds_between_check_and
 ) -> None:
     rebinding["emr.partner.test"] = [["127.0.0.1"]]
     async with harness_on(tmp_path) as h:
-        writer = h.client("system/*.cruds")
-        owner = h.client("system/Subscription.cruds", "system/Patient.rs")
-        endpoint = h.endpoint("emr").replace("127.0.0.1", "emr.partner.test")
-        answer = await owner.post("/fhir/Subscription", json=subscription("new-patient", endpoint))
-        assert answer.status_code == 201 and answer.json()["status"] == "active", answer.text
-        sid = answer.json()["id"]
+        writer, sid = await _subscribed(h, "emr.partner.test")
         # From now on the name answers the check with the subscriber and the connection with the
         # metadata address (a zero-TTL record flipping between the two lookups).
         flips = [["127.0.0.1"], ["::ffff:169.254.169.254"]] * 50
         rebinding["emr.partner.test"] = [*flips, ["::ffff:169.254.169.254"]]
         await h.start_worker()
-        patient = {"resourceType": "Patient", "name": [{"family": f"F{uuid.uuid4().hex[:6]}"}]}
-        assert (await writer.post("/fhir/Patient", json=patient)).status_code == 201
+        await _new_patient(writer)
         assert h.worker is not None and h.worker.delivery is not None
         admin = h.worker.delivery.admin
         dead: list[Any] = []
