@@ -19,13 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 import httpcore
 
+from gateway.errors import ConnectorError
+
 if TYPE_CHECKING:
     from gateway.subscriptions.endpoints import EndpointGuard
 
 __all__ = ["EndpointRefused", "pin_client", "pin_transport"]
 
 
-class EndpointRefused(Exception):
+class EndpointRefused(ConnectorError):
     """The endpoint's host resolved, at connect time, to an address subscriptions may not notify."""
 
 
