@@ -160,6 +160,15 @@ class SqlStore(ExportJobs, SubscriptionRows):
             rows.extend(cur.fetchall())
         return rows
 
+    def rows_by_refs(self, cur: Cursor, columns: str, refs: Mapping[str, Sequence[str]], *, lock: bool = False) -> (
+            list[Any]):
+        """``columns`` of the ``resources r`` rows whose ids are in ``refs`` (type to ids): ``rows_by_id``
+        per type (one statement each; a store whose statements cost a round trip asks once)."""
+        rows: list[Any] = []
+        for rtype, ids in refs.items():
+            rows.extend(self.rows_by_id(cur, columns, rtype, ids, lock=lock))
+        return rows
+
     def reserve_row_ids(self, cur: Cursor, count: int, after: int) -> list[int]:
         """``count`` unused ``resources.rid`` values, ascending, all above ``after``.
 

@@ -8,7 +8,7 @@ these operations (row reads by id list, row id reservation, bulk writes).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any, Protocol
 
@@ -67,6 +67,11 @@ class SqlBackend(Protocol):
         self, cur: Cursor, columns: str, rtype: str, ids: Sequence[str], *, where: str = "", lock: bool = False
     ) -> list[Any]:
         """``columns`` of the ``resources r`` rows of one type whose ids are in ``ids``."""
+        ...
+
+    def rows_by_refs(self, cur: Cursor, columns: str, refs: Mapping[str, Sequence[str]], *, lock: bool = False) -> (
+            list[Any]):
+        """``columns`` of the ``resources r`` rows whose ids are in ``refs`` (type to ids)."""
         ...
 
     def visible_in(self, cur: Cursor, policy: RowFilter | None, rtype: str, ids: Sequence[str]) -> set[str]:

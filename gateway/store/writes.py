@@ -135,13 +135,11 @@ class SqlTransaction:
             if (rtype, rid) not in self._rows:
                 self._rows[(rtype, rid)] = None
                 by_type.setdefault(rtype, []).append(rid)
-        missing = 0
-        for rtype, ids in by_type.items():
-            found = self.store.rows_by_id(self.cur, _ROW_COLUMNS, rtype, ids, lock=True)
-            for values in found:
-                row = _row(values)
-                self._rows[(row.rtype, row.id)] = row
-            missing += len(ids) - len(found)
+        found = self.store.rows_by_refs(self.cur, _ROW_COLUMNS, by_type, lock=True) if by_type else []
+        for values in found:
+            row = _row(values)
+            self._rows[(row.rtype, row.id)] = row
+        missing = sum(len(ids) for ids in by_type.values()) - len(found)
         if missing > len(self._free_ids):
             self._reserve(missing - len(self._free_ids))
 

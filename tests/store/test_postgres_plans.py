@@ -11,7 +11,7 @@ import psycopg
 from gateway.search.query import QueryParser
 from gateway.search.registry import default_registry
 from gateway.store import open_store
-from gateway.store.postgres import PostgresStore, rows_by_id_sql, split_schema
+from gateway.store.postgres import PostgresStore, rows_by_id_sql, rows_by_refs_sql, split_schema
 
 
 def _plan(url: str, sql: str, params: tuple[object, ...]) -> str:
@@ -36,10 +36,16 @@ def test_rows_by_id_probes_the_type_and_id_index_on_a_table_never_analysed(pg_sc
         plan = _plan(pg_schema_url, rows_by_id_sql("r.rid", lock=True), (ids, "Observation"))
         assert "resources_rtype_id_key" in plan, plan
         assert "resources_type_lu" not in plan and "Seq Scan on resources" not in plan, plan
+        # Several types at once (a transaction's prefetch): the same probe per (type, id) pair.
+        types = ["Observation"] * len(ids) + ["Patient"] * 3
+        plan = _plan(pg_schema_url, rows_by_refs_sql("r.rid", lock=True), (types, [*ids, "p1", "p2", "p3"]))
+        assert "resources_rtype_id_key" in plan, plan
+        assert "resources_type_lu" not in plan and "Seq Scan on resources" not in plan, plan
         with store.transaction() as tx:  # and the rows come back, locked, through the store
-            tx.prefetch([("Observation", "obs-1"), ("Observation", "missing-1")])
+            tx.prefetch([("Observation", "obs-1"), ("Observation", "missing-1"), ("Patient", "obs-2")])
             assert tx.read("Observation", "obs-1") is not None
             assert tx.read("Observation", "missing-1") is None
+            assert tx.read("Patient", "obs-2") is None  # the type counts, not the id alone
     finally:
         store.close()
 

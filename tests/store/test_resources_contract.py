@@ -207,6 +207,24 @@ def test_one_transaction_prefetches_writes_and_reads_its_own_writes(store: Store
     assert store.history("Patient", "p1")[1] == 2
 
 
+def test_a_prefetch_of_several_types_finds_each_by_type_and_id(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.create(patient("Mixed", id="m1"), rid="m1")
+        tx.create({"resourceType": "Observation", "id": "m1", "status": "final", "code": {"text": "x"}}, rid="m1")
+        tx.create({"resourceType": "Encounter", "id": "e1", "status": "finished",
+                   "class": {"code": "HH"}}, rid="e1")  # fmt: skip
+    refs = [("Patient", "m1"), ("Observation", "m1"), ("Encounter", "m1"), ("Encounter", "e1"), ("Condition", "e1")]
+    with store.transaction() as tx:
+        tx.prefetch(refs)
+        found = {(rtype, rid): tx.read(rtype, rid) for rtype, rid in refs}
+        assert {key for key, row in found.items() if row is not None} == {
+            ("Patient", "m1"), ("Observation", "m1"), ("Encounter", "e1")}
+        tx.update({"resourceType": "Encounter", "id": "m1", "status": "finished", "class": {"code": "HH"}})
+        tx.update({"resourceType": "Observation", "id": "m1", "status": "amended", "code": {"text": "x"}})
+    assert [v.version for v in store.history("Observation", "m1")[0]] == [2, 1]
+    assert [v.version for v in store.history("Encounter", "m1")[0]] == [1]
+
+
 def test_new_resources_get_row_ids_in_commit_order(store: ResourceStore) -> None:
     snapshots: list[int] = []
     for n in range(3):
