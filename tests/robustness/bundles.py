@@ -79,6 +79,67 @@ def json_patches(draw: Draw) -> Json:
     return draw(st.one_of(st.sampled_from(JSON_PATCHES), st.lists(op, max_size=4)))
 
 
+@st.composite
+def fhirpath_patches(draw: Draw) -> Json:
+    """A FHIRPath Patch (a Parameters resource): plausible and broken operations, paths and values."""
+    paths = ["Patient", "Patient.name", "Patient.name[0]", "Patient.name[0].given[1]", "Patient.name.family",
+             "Patient.telecom.where(system = 'phone')", "Patient.birthDate", "Patient.active", "Patient.id",
+             "Patient.contact", "Patient.deceased", "Patient.identifier", "Patient..x", "name", "", "Patient.name[99]",
+             "Patient.extension('http://x.org/e')", "Patient.name.select(%context)", "Patient.descendants()",
+             "Observation.value", "Patient.name.trace('x')"]  # fmt: skip
+    values = st.one_of(
+        st.sampled_from([{"valueString": "x"}, {"valueCode": "male"}, {"valueBoolean": True},
+                         {"valueDate": "1990-01-01"}, {"valueHumanName": {"family": "Otieno"}}, {"valueInteger": 3},
+                         {"valueString": ""},
+                         {"part": [{"name": "name", "valueHumanName": {"family": "M"}}]}, {"part": []},
+                         {"part": [{"name": "nope", "valueString": "x"}]}, {"valueQuantity": {"value": "x"}}]),
+        json_value.map(lambda v: {"valueString": v}),
+    )  # fmt: skip
+    integers = st.one_of(st.integers(-2, 4), st.just(2**40), st.sampled_from(["1", None, 1.5]))
+
+    def part(name: str, key: str, value: Any) -> dict[str, Any]:
+        return {"name": name, key: value}
+
+    @st.composite
+    def well_formed(draw: Draw) -> Json:
+        """An operation with the parts its type needs (it may still not fit the resource)."""
+        kind = draw(st.sampled_from(["add", "insert", "delete", "replace", "move"]))
+        parts: list[Any] = [part("type", "valueCode", kind), part("path", "valueString", draw(st.sampled_from(paths)))]
+        if kind == "add":
+            parts.append(part("name", "valueString", draw(st.sampled_from(
+                ["identifier", "gender", "given", "contact", "deceased", "telecom", "nope"]))))  # fmt: skip
+        if kind in ("add", "insert", "replace"):
+            parts.append({"name": "value", **draw(values)})
+        if kind == "insert":
+            parts.append(part("index", "valueInteger", draw(st.integers(0, 3))))
+        if kind == "move":
+            parts += [part("source", "valueInteger", draw(st.integers(0, 2))),
+                      part("destination", "valueInteger", draw(st.integers(0, 2)))]
+        return {"name": "operation", "part": parts}
+
+    @st.composite
+    def anything(draw: Draw) -> Json:
+        """Parts drawn at random: missing, repeated, of the wrong type, unknown."""
+        parts: list[Any] = [{"name": "type", "valueCode": draw(st.sampled_from(
+            ["add", "insert", "delete", "replace", "move", "upsert"]))}]  # fmt: skip
+        if draw(st.integers(0, 9)):
+            parts.append({"name": "path", "valueString": draw(st.sampled_from(paths))})
+        if draw(st.booleans()):
+            parts.append({"name": "name", "valueString": draw(st.sampled_from(["identifier", "given", "nope", ""]))})
+        if draw(st.booleans()):
+            parts.append({"name": "value", **draw(values)})
+        for name in ("index", "source", "destination"):
+            if draw(st.integers(0, 2)) == 0:
+                parts.append({"name": name, "valueInteger": draw(integers)})
+        if draw(st.integers(0, 9)) == 0:
+            parts.append(draw(json_value))
+        return {"name": draw(st.sampled_from(["operation"] * 9 + ["op"])), "part": parts}
+
+    operation = st.one_of(well_formed(), well_formed(), well_formed(), anything())
+    body: Json = {"resourceType": "Parameters", "parameter": draw(st.lists(operation, min_size=1, max_size=3))}
+    return body
+
+
 def _good_request(draw: Draw, rtype: str, full_url: str) -> dict[str, Any]:
     """An entry whose request fits its method (references are set later)."""
     method = str(draw(st.sampled_from(["POST", "POST", "POST", "PUT", "PUT", "GET", "DELETE"])))

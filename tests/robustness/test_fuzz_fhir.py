@@ -41,7 +41,7 @@ from tests.robustness.bodies import (
     prefers,
     resources,
 )
-from tests.robustness.bundles import bundles, json_patches
+from tests.robustness.bundles import bundles, fhirpath_patches, json_patches
 from tests.robustness.http import Gateway, history_total, local, raw_request
 from tests.robustness.queries import search_queries
 from tests.robustness.seeds import FUZZ_TYPES, KNOWN_PATIENT_ID, fixture_resources, seed
@@ -171,6 +171,18 @@ def test_json_patch_never_fails_on_the_server(
     before = history_total(fhir)
     headers = _with(headers, b"content-type", content_type.encode("latin-1"))
     response = raw_request(fhir, "PATCH", b"/Patient/fuzz-patch", headers=headers, content=dumps(ops))
+    if response.status_code != 200:
+        assert history_total(fhir) == before
+
+
+@SMALL
+@given(patch=fhirpath_patches(), headers=fhir_headers())
+def test_fhirpath_patch_never_fails_on_the_server(fhir: httpx.Client, patch: Any, headers: Headers) -> None:
+    target = {**seed("Patient"), "id": "fuzz-fhirpath-patch"}
+    assert fhir.put("/Patient/fuzz-fhirpath-patch", json=target).status_code in (200, 201)
+    before = history_total(fhir)
+    headers = _with(headers, b"content-type", b"application/fhir+json")
+    response = raw_request(fhir, "PATCH", b"/Patient/fuzz-fhirpath-patch", headers=headers, content=dumps(patch))
     if response.status_code != 200:
         assert history_total(fhir) == before
 

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import PG_URL
 from tests.robustness.bodies import dumps, encoded, fhir_headers, mutate, paths, prefers, resources
-from tests.robustness.bundles import bundles, json_patches
+from tests.robustness.bundles import bundles, fhirpath_patches, json_patches
 from tests.robustness.http import Gateway, history_total, raw_request, serve
 from tests.robustness.queries import search_queries
 from tests.robustness.scoped import (
@@ -154,11 +154,14 @@ def test_scoped_writes_never_fail_or_leak(client: httpx.Client, scoped: Scoped, 
     method = data.draw(st.sampled_from(["POST", "PUT", "PUT?", "PATCH", "PATCH", "PATCH", "DELETE", "DELETE?"]),
                        label="method")  # fmt: skip
     headers: Headers = data.draw(fhir_headers(), label="headers")
-    if method == "PATCH":
+    if method == "PATCH" and data.draw(st.booleans(), label="fhirpath"):
+        headers.append((b"content-type", b"application/fhir+json"))
+        body: bytes | None = dumps(data.draw(fhirpath_patches(), label="fhirpath patch"))
+    elif method == "PATCH":
         headers.append((b"content-type", b"application/json-patch+json"))
         simple = st.sampled_from([[], [{"op": "add", "path": "/language", "value": "en"}],
                                   [{"op": "test", "path": "/id", "value": "x"}]])  # fmt: skip
-        body: bytes | None = dumps(data.draw(st.one_of(simple, json_patches()), label="patch"))
+        body = dumps(data.draw(st.one_of(simple, json_patches()), label="patch"))
     elif method in ("POST", "PUT", "PUT?"):
         doc = {**seed(rtype), "id": rid} if method == "PUT" else data.draw(resources(rtype), label="resource")
         if data.draw(st.integers(0, 3)) == 0:
