@@ -99,6 +99,18 @@ def test_add_builds_an_element_no_data_type_describes_from_parts() -> None:
         "part": [{"name": "nickname", "valueString": "x"}]}))
 
 
+def test_an_extension_is_added_from_parts_and_its_value_replaced() -> None:
+    url = "http://example.org/fhir/StructureDefinition/chw-household"
+    extension = {"part": [{"name": "url", "valueUri": url}, {"name": "value", "valueString": "HH-12"}]}
+    out = patched(operation("add", "Patient", name="extension", value=extension))
+    assert out["extension"] == [{"url": url, "valueString": "HH-12"}]
+    out = patched(operation("replace", f"Patient.extension('{url}').value", value={"valueString": "HH-13"}),
+                  resource=out)
+    assert out["extension"] == [{"url": url, "valueString": "HH-13"}]
+    out = patched(operation("delete", f"Patient.extension.where(url = '{url}')"), resource=out)
+    assert "extension" not in out
+
+
 def test_insert_and_move_within_a_list() -> None:
     out = patched(
         operation("insert", "Patient.telecom", index=0, value={"valueContactPoint": {"system": "sms", "value": "1"}}),
