@@ -178,14 +178,16 @@ def _marked(document: dict[str, Any], checker: StrictChecker) -> tuple[dict[str,
 
     def copy(value: Any, ctype: ComplexType | None, owner: dict[str, Any] | None, owner_ctype: ComplexType | None,
              key: str, index: int | None) -> Any:
-        if isinstance(value, list):
-            return [copy(item, ctype, owner, owner_ctype, key, i) for i, item in enumerate(value)]
         if not isinstance(value, dict):
             return value
         nodes.append(_Node(value, ctype, owner, key, index, owner_ctype))
         out: dict[str, Any] = {_MARK: len(nodes) - 1}
         for name, child in value.items():
-            out[name] = copy(child, _child_type(checker, ctype, name, child), value, ctype, name, None)
+            if isinstance(child, list):  # each item typed on its own: contained resources differ
+                out[name] = [copy(item, _child_type(checker, ctype, name, item), value, ctype, name, i)
+                             for i, item in enumerate(child)]  # fmt: skip
+            else:
+                out[name] = copy(child, _child_type(checker, ctype, name, child), value, ctype, name, None)
         return out
 
     return copy(document, _resource_type(checker, document), None, None, "", None), nodes
@@ -193,10 +195,7 @@ def _marked(document: dict[str, Any], checker: StrictChecker) -> tuple[dict[str,
 
 def _resource_type(checker: StrictChecker, value: Any) -> ComplexType | None:
     name = value.get("resourceType") if isinstance(value, dict) else None
-    try:
-        return checker.type_named(name) if isinstance(name, str) and name in checker.resource_types else None
-    except KeyError:
-        return None
+    return checker.type_named(name) if isinstance(name, str) and name in checker.resource_types else None
 
 
 def _child_type(checker: StrictChecker, ctype: ComplexType | None, name: str, child: Any) -> ComplexType | None:
@@ -209,7 +208,7 @@ def _child_type(checker: StrictChecker, ctype: ComplexType | None, name: str, ch
     if kind == KIND_COMPLEX:
         return arg  # type: ignore[no-any-return]
     if kind == KIND_RESOURCE:
-        return _resource_type(checker, child[0] if isinstance(child, list) and child else child)
+        return _resource_type(checker, child)
     return None
 
 

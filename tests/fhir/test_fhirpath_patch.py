@@ -152,10 +152,14 @@ def test_observation_value_is_replaced_by_another_type() -> None:
 
 def test_contained_resources_are_typed_by_their_own_resource_type() -> None:
     resource = {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
-                "contained": [{"resourceType": "Patient", "id": "c1"}]}  # fmt: skip
+                "contained": [{"resourceType": "Patient", "id": "c1"},
+                              {"resourceType": "Practitioner", "id": "c2"}]}  # fmt: skip
     out = patched(operation("add", "Observation.contained[0]", name="gender", value={"valueCode": "male"}),
-                  resource=resource)
+                  operation("insert", "Observation.contained[1].qualification", index=0,
+                            value={"part": [{"name": "code", "valueCodeableConcept": {"text": "CHW"}}]}),
+                  resource=resource)  # fmt: skip
     assert out["contained"][0]["gender"] == "male"
+    assert out["contained"][1]["qualification"] == [{"code": {"text": "CHW"}}]
 
 
 OPERATION = "Parameters.parameter[0]"
