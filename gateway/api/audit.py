@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.api.request_state import principal_of
-from gateway.audit import AccessRecord, patients_in
+from gateway.audit import AccessRecord
 from gateway.ingest import RecordResult
 from gateway.store import StoredResource
 
@@ -88,10 +88,7 @@ def note_patients(request: Request, resources: list[StoredResource], limit: int)
     record = request.scope.get(SCOPE_KEY)
     if record is not None:
         for res in resources[:limit]:
-            if res.type == "Patient":
-                record.patients.add(res.id)
-            else:
-                record.patients.update(patients_in(res.content))
+            record.concerning(res.type, res.id, res.content)
 
 
 def note_records(request: Request, results: list[RecordResult], limit: int) -> None:

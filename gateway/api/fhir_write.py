@@ -352,15 +352,9 @@ def _note_bundle(
             inner = given.get("entry") if given.get("resourceType") == "Bundle" else None
             found = [e.get("resource") for e in inner if isinstance(e, dict)] if isinstance(inner, list) else [given]
             for res in found[:limit]:
-                if isinstance(res, dict):
-                    _note_patients_of(record, res)
-
-
-def _note_patients_of(record: AccessRecord, resource: dict[str, Any]) -> None:
-    if resource.get("resourceType") == "Patient" and isinstance(resource.get("id"), str):
-        record.patients.add(resource["id"])
-    else:
-        record.patients.update(patients_in(jsonio.dumps(resource)))
+                kind, key = (res.get("resourceType"), res.get("id")) if isinstance(res, dict) else (None, None)
+                if isinstance(kind, str) and isinstance(key, str):  # stored resources: both always there
+                    record.concerning(kind, key, jsonio.dumps(res))
 
 
 def _read_instance(url: Any, base: str) -> str | None:

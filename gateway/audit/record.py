@@ -32,6 +32,10 @@ class AccessRecord:
     def touched(self, rtype: str, rid: str, version: int | None = None, content: bytes | None = None) -> None:
         """Note a resource the request read or wrote, and the patients it concerns."""
         self.resources.append(f"{rtype}/{rid}" if version is None else f"{rtype}/{rid}/_history/{version}")
+        self.concerning(rtype, rid, content)
+
+    def concerning(self, rtype: str, rid: str, content: bytes | None) -> None:
+        """Note the patients a resource concerns: a Patient itself, else those its content refers to."""
         if rtype == "Patient":
             self.patients.add(rid)
         elif content:
