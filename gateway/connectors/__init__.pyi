@@ -26,4 +26,5 @@ from .config import parse_duration as parse_duration
 from .config import resolve_credentials as resolve_credentials
 from .fhir_server import FhirServerConnector as FhirServerConnector
 from .http import exchange as exchange
+from .http import wrap_network_backend as wrap_network_backend
 from .webhook import WebhookConnector as WebhookConnector

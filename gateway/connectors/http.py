@@ -9,6 +9,9 @@ comes from the delivery engine, one pooled client per destination.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import httpx
 
 from gateway.clock import Clock
@@ -26,3 +29,15 @@ async def exchange(
     except httpx.HTTPError as exc:
         return None, classify(exc, now=clock.now())
     return response, classify(response, now=clock.now())
+
+
+def wrap_network_backend(transport: Any, wrap: Callable[[Any], Any]) -> bool:
+    """Replace the network backend of ``transport``'s connection pool (httpcore's: what opens its
+    connections) with ``wrap(backend)``; whether there was one (not for a mock or ASGI transport).
+    httpx offers no option for it, so this reaches into its ``AsyncHTTPTransport``, here alone."""
+    pool = getattr(transport, "_pool", None)
+    backend = getattr(pool, "_network_backend", None)
+    if backend is None:
+        return False
+    pool._network_backend = wrap(backend)  # type: ignore[union-attr]
+    return True

@@ -37,6 +37,7 @@ from typing import Any
 
 import httpx
 
+from gateway.connectors import wrap_network_backend
 from gateway.delivery.queue import QueueError
 
 MARGIN = 0.25  # of the lease: how long before the queue's deadline a worker stops sending
@@ -175,6 +176,5 @@ class _FencedBackend:
 def fenced_transport(limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
     """httpx's transport, its connections checking the hold on every write."""
     transport = httpx.AsyncHTTPTransport(limits=limits)
-    pool: Any = transport._pool  # httpx exposes no network-backend option; its pool (httpcore) has one
-    pool._network_backend = _FencedBackend(pool._network_backend)
+    wrap_network_backend(transport, _FencedBackend)
     return transport

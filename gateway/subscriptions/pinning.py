@@ -8,8 +8,9 @@ connects to those very addresses, by number; TLS still verifies the certificate 
 name (httpcore passes the URL's host as ``server_hostname``, not the address connected to).
 
 httpx offers no network-backend option, so ``pin_transport`` wraps the one of its transport's
-connection pool (httpcore's), as ``gateway.delivery.fencing`` does. A transport of another kind
-(a test's mock, an ASGI app) is left as it is: it opens no connections of its own.
+connection pool (httpcore's, ``gateway.connectors.wrap_network_backend``), as the delivery
+fencing does. A transport of another kind (a test's mock, an ASGI app) is left as it is: it
+opens no connections of its own.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpcore
 
+from gateway.connectors import wrap_network_backend
 from gateway.errors import ConnectorError
 
 if TYPE_CHECKING:
@@ -71,13 +73,9 @@ class _PinnedBackend:
 def pin_transport(transport: Any, guard: EndpointGuard) -> bool:
     """Make ``transport``'s connections go only where ``guard`` judged (see the module docstring);
     whether it could (False for a transport without httpcore's pool)."""
-    pool = getattr(transport, "_pool", None)
-    backend = getattr(pool, "_network_backend", None)
-    if backend is None:
-        return False
-    if not isinstance(backend, _PinnedBackend):
-        pool._network_backend = _PinnedBackend(backend, guard)  # type: ignore[union-attr]
-    return True
+    return wrap_network_backend(
+        transport, lambda backend: backend if isinstance(backend, _PinnedBackend) else _PinnedBackend(backend, guard)
+    )
 
 
 def pin_client(client: Any, guard: EndpointGuard) -> bool:
