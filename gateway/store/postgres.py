@@ -380,7 +380,7 @@ class PostgresStore(SqlStore):
             list[Any]):
         """``columns`` of the ``resources r`` rows whose ids are in ``refs`` (type to ids), in one round
         trip (a transaction of several types asked once per type: ~12 statements per ingest batch)."""
-        if len(refs) == 1:
+        if len(refs) == 1:  # every REST write: the one-type statement, prepared and measured before
             ((rtype, ids),) = refs.items()
             return self.rows_by_id(cur, columns, rtype, ids, lock=lock)
         types = [rtype for rtype, ids in refs.items() for _ in ids]
