@@ -227,6 +227,15 @@ def require_subtree_kept(
         )  # fmt: skip
 
 
+def stale_version(if_match: int, now: str) -> FhirError:
+    """The 412 for an ``If-Match`` version that is not the current one; ``now`` says what is."""
+    return FhirError(f"If-Match names version {if_match}, but {now}", status=412, code="conflict")
+
+
+def _current(version: int | None, rtype: str, rid: str) -> str:
+    return f"the current version is {version}" if version is not None else f"{rtype}/{rid} is not there"
+
+
 def update(
     tx: StoreTransaction,
     resource: dict[str, Any],
@@ -256,12 +265,9 @@ def update(
         result = tx.update(resource, if_match=if_match, skip_unchanged=skip_unchanged, prepared=prepared,
                            method=method)
     except VersionConflict as exc:
-        raise FhirError(
-            f"If-Match names version {if_match}, but the current version is {exc.current}"
-            if exc.current is not None else f"If-Match names version {if_match}, but {rtype}/{rid} is not there",
-            status=412,
-            code="conflict",
-        ) from exc
+        if if_match is None:  # only an If-Match makes a version conflict
+            raise
+        raise stale_version(if_match, _current(exc.current, rtype, rid)) from exc
     require_visible_after(tx, access, result.resource)
     require_subtree_kept(tx, access, result.resource, was_in)
     return WriteOutcome(201 if result.created else 200, result.resource, changed=not result.unchanged)
@@ -286,8 +292,7 @@ def conditional_update(
     if not found:
         if if_match is not None:
             # A version of nothing cannot be current: never create behind an If-Match (RFC 9110 13.1.1).
-            raise FhirError(f"If-Match names version {if_match}, but the conditional update matches nothing",
-                            status=412, code="conflict")
+            raise stale_version(if_match, "the conditional update matches nothing")
         if conditions is not None:
             conditions.check(None)  # If-Match: * (never create behind it)
         body_id = resource.get("id")
@@ -313,11 +318,7 @@ def delete(
         current = tx.read(rtype, rid)
         now = None if current is None or current.deleted else current.version
         if now != if_match:
-            raise FhirError(
-                f"If-Match names version {if_match}, but the current version is {now}"
-                if now is not None else f"If-Match names version {if_match}, but {rtype}/{rid} is not there",
-                status=412, code="conflict",
-            )  # fmt: skip
+            raise stale_version(if_match, _current(now, rtype, rid))
     if conditions is not None:
         conditions.check(tx.read(rtype, rid))
     return tx.delete(rtype, rid)
@@ -333,8 +334,8 @@ def conditional_delete(
     if len(found) > 1:
         raise FhirError("the conditional delete matches more than one resource", status=412, code="multiple-matches")
     if if_match is not None and (not found or found[0].version != if_match):
-        now = f"the current version is {found[0].version}" if found else "the condition matches nothing"
-        raise FhirError(f"If-Match names version {if_match}, but {now}", status=412, code="conflict")
+        now = _current(found[0].version, rtype, found[0].id) if found else "the condition matches nothing"
+        raise stale_version(if_match, now)
     if conditions is not None:
         for res in found:
             conditions.check(res)
@@ -401,8 +402,7 @@ def patch(
     if if_match is not None and current.version != if_match:
         # Before the patch is applied: a stale client's patch may not fit what is stored now (a 422),
         # but what it needs to hear is that it patched another version.
-        raise FhirError(f"If-Match names version {if_match}, but the current version is {current.version}",
-                        status=412, code="conflict")
+        raise stale_version(if_match, _current(current.version, rtype, rid))
     document = jsonio.loads(current.content)
     if fhirpath:
         try:
