@@ -12,10 +12,13 @@ or parts for an element no data type describes, such as ``Patient.contact``), ``
 * ``replace`` puts ``value`` in place of the one element ``path`` selects;
 * ``move`` moves the element at ``source`` of the list ``path`` names to ``destination``.
 
-``path`` is evaluated on a copy of the resource in which each object carries a marker, so the
-objects it selects are found again in the resource itself; a primitive (``Patient.birthDate``,
-``Patient.name[0].given[1]``) is found through its last step, an element name with an optional
-``[n]``. Element names, repetition and choice types come from the R4 element table of
+``path`` is evaluated on a copy of the resource in which each object carries a marker and each
+string or number is an instance that knows where it sits, so what the path selects is found again
+in the resource itself (``Patient.name.given.first()``); a boolean, which Python cannot mark, is
+found through the path's last step, an element name with an optional ``[n]``. An ``add`` of
+``extension`` or ``id`` onto a primitive goes to its ``_x`` object.
+
+Element names, repetition and choice types come from the R4 element table of
 ``gateway.fhir.strict``. The patched resource is validated by the caller, like any update.
 Messages name the operation and its path, never a stored value.
 """
@@ -36,8 +39,10 @@ __all__ = ["MAX_OPERATIONS", "OPERATIONS", "apply_fhirpath_patch", "is_fhirpath_
 OPERATIONS = ("add", "insert", "delete", "replace", "move")
 #: Operations a patch may hold at most.
 MAX_OPERATIONS = 500
-#: The key each object of the marked copy carries (no FHIR element name starts with a NUL).
-_MARK = "\x00patch"
+#: The start of the key each object of the marked copy carries, its number after it (no FHIR element
+#: name holds a NUL). It starts with ``_`` and holds an empty list, so ``children()`` skips it and
+#: ``descendants()`` finds nothing in it, as if it were not there.
+_MARK = "_\x00"
 #: A path's last step: an element name, maybe indexed.
 _LAST_STEP = re.compile(r"^(?P<parent>.+)\.(?P<member>[A-Za-z][A-Za-z0-9_]*)(?:\[(?P<index>\d+)\])?\s*$", re.S)
 _PARTS = frozenset({"type", "path", "name", "value", "index", "source", "destination"})
@@ -67,6 +72,27 @@ class _Operation:
     @property
     def where(self) -> str:
         return f"Parameters.parameter[{self.n}]"
+
+
+class _Str(str):
+    """A string of the marked copy, knowing where it sits (fhirpathpy hands strings on as they are)."""
+
+    slot: _Slot
+
+
+class _Int(int):
+    """An integer of the marked copy, knowing where it sits."""
+
+    slot: _Slot
+
+
+class _Float(float):
+    """A decimal of the marked copy, knowing where it sits."""
+
+    slot: _Slot
+
+
+_LOCATED = {str: _Str, int: _Int, float: _Float}
 
 
 @dataclass(slots=True)
@@ -179,9 +205,14 @@ def _marked(document: dict[str, Any], checker: StrictChecker) -> tuple[dict[str,
     def copy(value: Any, ctype: ComplexType | None, owner: dict[str, Any] | None, owner_ctype: ComplexType | None,
              key: str, index: int | None) -> Any:
         if not isinstance(value, dict):
-            return value
+            located = _LOCATED.get(type(value))
+            if located is None or owner is None:
+                return value
+            marked = located(value)
+            marked.slot = _Slot(owner, key, index, owner_ctype)
+            return marked
         nodes.append(_Node(value, ctype, owner, key, index, owner_ctype))
-        out: dict[str, Any] = {_MARK: len(nodes) - 1}
+        out: dict[str, Any] = {f"{_MARK}{len(nodes) - 1}": []}
         for name, child in value.items():
             if isinstance(child, list):  # each item typed on its own: contained resources differ
                 out[name] = [copy(item, _child_type(checker, ctype, name, item), value, ctype, name, i)
@@ -256,24 +287,35 @@ def _select(op: _Operation, document: dict[str, Any], checker: StrictChecker) ->
     # fhirpathpy gives a primitive's ``_x`` object (its id and extensions) beside its value: one
     # element, which the value stands for.
     found = [item for item in _evaluate(op, marked, op.path) if not _extension_object(item, nodes)]
-    if all(isinstance(item, dict) and isinstance(item.get(_MARK), int) for item in found):
-        slots: list[_Slot | None] = []
-        for item in found:
-            node = nodes[item[_MARK]]
+    slots: list[_Slot | None] = []
+    values: list[Any] = []
+    for item in found:
+        mark = _mark_of(item)
+        if mark is not None:
+            node = nodes[mark]
             owner = node.owner
             slots.append(None if owner is None else _Slot(owner, node.key, node.index, node.owner_ctype))
-        return [nodes[item[_MARK]].obj for item in found], slots
-    # A primitive: found again through the path's last step.
+            values.append(node.obj)
+        elif type(item) in (_Str, _Int, _Float):
+            slot = item.slot
+            slots.append(slot)
+            held = slot.owner[slot.key]
+            values.append(held if slot.index is None else held[slot.index])
+        else:
+            break
+    else:
+        return values, slots
+    # A boolean (or a value no element holds): found again through the path's last step.
     step = _LAST_STEP.match(op.path)
     if step is None:
         raise _unfit(op, "the path selects values that are not elements of the resource")
     owners = _evaluate(op, marked, step["parent"])
-    slots = []
-    values: list[Any] = []
+    slots, values = [], []
     for owner in owners:
-        if not (isinstance(owner, dict) and isinstance(owner.get(_MARK), int)):
+        mark = _mark_of(owner)
+        if mark is None:
             raise _unfit(op, "the path selects values that are not elements of the resource")
-        node = nodes[owner[_MARK]]
+        node = nodes[mark]
         key = _key_in(node.obj, node.ctype, step["member"])
         if key is None:
             continue
@@ -291,8 +333,17 @@ def _select(op: _Operation, document: dict[str, Any], checker: StrictChecker) ->
     return values, slots
 
 
+def _mark_of(item: Any) -> int | None:
+    """The number of a marked copy's object (its marker is its first key), else None."""
+    if not isinstance(item, dict) or not item:
+        return None
+    first = next(iter(item))
+    return int(first[len(_MARK):]) if first.startswith(_MARK) else None
+
+
 def _extension_object(item: Any, nodes: list[_Node]) -> bool:
-    return isinstance(item, dict) and isinstance(item.get(_MARK), int) and nodes[item[_MARK]].key.startswith("_")
+    mark = _mark_of(item)
+    return mark is not None and nodes[mark].key.startswith("_")
 
 
 def _key_in(obj: dict[str, Any], ctype: ComplexType | None, member: str) -> str | None:
@@ -342,9 +393,12 @@ def _apply(document: dict[str, Any], op: _Operation, checker: StrictChecker) -> 
         values, slots = _select(op, document, checker)
         _one(op, values, slots)
         target = values[0]
-        if not isinstance(target, dict):
+        if isinstance(target, dict):
+            ctype = _type_of(document, slots[0], target, checker)
+        elif slots[0] is not None and op.name in ("extension", "id"):
+            target, ctype = _primitive_element(op, slots[0]), checker.element_type
+        else:
             raise _unfit(op, "add needs the path to select an element that has elements of its own")
-        ctype = _type_of(document, slots[0], target, checker)
         assert op.name is not None
         key, repeats = _element(op, ctype, op.name)
         value = _built(op, checker, ctype, key)
@@ -396,6 +450,27 @@ def _remove(slot: _Slot) -> None:
         slot.owner.pop(f"_{slot.key}", None)
 
 
+def _primitive_element(op: _Operation, slot: _Slot) -> dict[str, Any]:
+    """The ``_x`` object holding a primitive's id and extensions (made when absent; a repeating
+    primitive's ``_x`` list is as long as its values, ``null`` where one has none)."""
+    key = f"_{slot.key}"
+    if slot.index is None:
+        held = slot.owner.setdefault(key, {})
+        if not isinstance(held, dict):
+            raise _unfit(op, f"element {key!r} is not an object in the resource")
+        return held
+    values = slot.owner[slot.key]
+    listed = slot.owner.setdefault(key, [])
+    if not isinstance(listed, list):
+        raise _unfit(op, f"element {key!r} is not a list in the resource")
+    listed.extend([None] * (len(values) - len(listed)))
+    if listed[slot.index] is None:
+        listed[slot.index] = {}
+    elif not isinstance(listed[slot.index], dict):
+        raise _unfit(op, f"element {key!r} holds something other than an object")
+    return listed[slot.index]  # type: ignore[no-any-return]
+
+
 def _type_of(document: dict[str, Any], slot: _Slot | None, target: dict[str, Any], checker: StrictChecker) -> (
         ComplexType | None):
     if slot is None:
@@ -433,9 +508,10 @@ def _list_at(
         raise _unfit(op, f"{op.type} needs the path of a list (an element that repeats)")
     marked, nodes = _marked(document, checker)
     owners = _evaluate(op, marked, step["parent"])
-    if len(owners) != 1 or not (isinstance(owners[0], dict) and isinstance(owners[0].get(_MARK), int)):
+    mark = _mark_of(owners[0]) if len(owners) == 1 else None
+    if mark is None:
         raise _unfit(op, f"the path selects {len(owners)} lists; {op.type} takes exactly one")
-    node = nodes[owners[0][_MARK]]
+    node = nodes[mark]
     key = step["member"]
     prop = node.ctype.props.get(key) if node.ctype is not None else None
     if prop is None or not prop[2]:

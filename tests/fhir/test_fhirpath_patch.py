@@ -1,5 +1,5 @@
 """FHIRPath Patch (fhirpatch.html) on a resource's JSON: each operation type, values built from
-parts, choice elements, primitives found through their last step, and the errors (400 for a
+parts, choice elements, primitives found wherever a path selects them, and the errors (400 for a
 malformed Parameters, 422 naming the operation when it does not fit the resource)."""
 
 from __future__ import annotations
@@ -53,6 +53,48 @@ def test_a_parameters_resource_is_a_fhirpath_patch() -> None:
 def test_replace_a_primitive_keeps_its_extension() -> None:
     out = patched(operation("replace", "Patient.birthDate", value={"valueDate": "1991-05-06"}))
     assert out["birthDate"] == "1991-05-06" and out["_birthDate"] == PATIENT["_birthDate"]
+
+
+def test_a_primitive_is_found_through_a_function_ending_the_path() -> None:
+    out = patched(operation("replace", "Patient.name.given.first()", value={"valueString": "Maria"}),
+                  operation("delete", "Patient.name[0].given.where($this = 'Atieno')"),
+                  operation("replace", "Patient.telecom.value.last()", value={"valueString": "a@x.org"}))
+    assert out["name"][0]["given"] == ["Maria"] and out["telecom"][1]["value"] == "a@x.org"
+    assert out["telecom"][0]["value"] == "0700"
+
+
+def test_a_boolean_or_a_computed_value() -> None:
+    # Booleans cannot be marked: found through the last step, like before.
+    flagged = {**PATIENT, "active": True}
+    assert patched(operation("replace", "Patient.active", value={"valueBoolean": False}), resource=flagged)[
+        "active"] is False
+    # A value the path computes is no element of the resource.
+    message = refused(operation("replace", "Patient.name.family.first().lower()", value={"valueString": "x"}))
+    assert "not elements of the resource" in message
+
+
+def test_paths_count_the_elements_of_the_resource_only() -> None:
+    # children() and descendants() see no trace of how the selected elements are found again.
+    out = patched(operation("delete", "Patient.telecom.where(children().count() = 2 and system = 'email')"),
+                  operation("delete", "Patient.name.where(descendants().count() = 1)"))
+    assert out["telecom"] == PATIENT["telecom"][:1] and len(out["name"]) == 1
+
+
+def test_an_extension_is_added_onto_a_primitive() -> None:
+    extension = {"name": "value", "part": [{"name": "url", "valueUri": "http://x.org/src"},
+                                           {"name": "value", "valueString": "chw"}]}
+    one = {"name": "operation", "part": [{"name": "type", "valueCode": "add"},
+                                         {"name": "path", "valueString": "Patient.birthDate"},
+                                         {"name": "name", "valueString": "extension"}, extension]}
+    out = patched(one)
+    assert out["_birthDate"]["extension"][1] == {"url": "http://x.org/src", "valueString": "chw"}
+    second_given = {**one, "part": [one["part"][0], {"name": "path", "valueString": "Patient.name[0].given[1]"},
+                                    *one["part"][2:]]}
+    out = patched(second_given)
+    assert out["name"][0]["_given"] == [None, {"extension": [{"url": "http://x.org/src", "valueString": "chw"}]}]
+    assert out["name"][0]["given"] == ["Mary", "Atieno"]
+    assert "elements of its own" in refused(operation("add", "Patient.birthDate", name="family",
+                                                      value={"valueString": "x"}))
 
 
 def test_replace_an_element_selected_by_where() -> None:
