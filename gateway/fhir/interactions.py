@@ -20,6 +20,7 @@ import orjson
 
 from gateway import jsonio
 from gateway.errors import FhirError, gone, invalid, not_found
+from gateway.fhir.deidentification import without_matcher_links
 from gateway.fhir.fhirpath_patch import apply_fhirpath_patch, is_fhirpath_patch
 from gateway.fhir.parse import json_depth
 from gateway.fhir.validate import validate_resource
@@ -369,28 +370,23 @@ def patch(
     """``PATCH [type]/[id]`` with a JSON Patch document (a list of operations, within ``limits``) or a
     FHIRPath Patch (a ``Parameters`` resource, ``gateway.fhir.fhirpath_patch``).
 
-    A client that may update the type but not read it (SMART's ``u`` without ``r`` or ``s``) may
-    only edit blind: ``test``, ``copy`` and ``move`` would tell it what is stored (a ``test`` that
-    passes or fails is a read), so they are refused, and a patch that does not apply or leaves
-    an invalid resource fails without naming what is stored. A client whose data policy
-    de-identifies reads only part of what is stored, so it edits blind too: a ``test`` of a
-    stripped name or identifier, or a ``copy``/``move`` of one to an element it is shown, would
-    give back what the policy strips. A FHIRPath Patch finds its elements by expressions over the
-    stored content (``where(...)``, counts), so such a client may not send one at all.
+    A patch applies to the stored resource, so whether it applies, and whether what it leaves is
+    valid, tells what is stored (an ``add`` of a period's end that fails ``per-1`` bounds its start;
+    a binary search finds it). A client that may update the type but not read it (SMART's ``u``
+    without ``r`` or ``s``), or whose data policy de-identifies what it reads, may therefore not
+    patch at all (403): it may still replace the resource whole (PUT). A client whose policy limits
+    rows patches the resource as it reads it, without the identity matcher's links (they are kept,
+    as for its updates).
     """
-    readable = access.may_return(rtype) and not access.deidentified
     fhirpath = is_fhirpath_patch(operations)
-    if not readable and (fhirpath or isinstance(operations, list)):
-        disclosing = "a FHIRPath Patch" if fhirpath else next(
-            (f"JSON Patch {op['op']!r}" for op in operations if isinstance(op, dict) and op.get("op") in _DISCLOSING),
-            None)
-        if disclosing is not None:
-            why = (
-                "the client's data policy de-identifies what it reads"
-                if access.may_return(rtype)
-                else f"the client's scopes do not allow reading {rtype} (needs system/{rtype}.r or .s)"
-            )
-            raise FhirError(f"{disclosing} reads the stored resource, and {why}", status=403, code="forbidden")
+    if access.deidentified or not access.may_return(rtype):
+        why = (
+            "the client's data policy de-identifies what it reads"
+            if access.may_return(rtype)
+            else f"the client's scopes do not allow reading {rtype} (needs system/{rtype}.r or .s)"
+        )
+        raise FhirError(f"a patch applies to the stored {rtype}, and whether it applies tells what is stored;"
+                        f" {why} (replace it whole with PUT)", status=403, code="forbidden")
     current = tx.read(rtype, rid)
     if current is None:
         raise not_found(f"{rtype}/{rid} is not known")
@@ -404,6 +400,8 @@ def patch(
         # but what it needs to hear is that it patched another version.
         raise stale_version(if_match, _current(current.version, rtype, rid))
     document = jsonio.loads(current.content)
+    if access.policy is not None:
+        document = without_matcher_links(document)
     if fhirpath:
         try:
             patched = apply_fhirpath_patch(document, operations)
@@ -415,17 +413,7 @@ def patch(
         raise _too_deep(rtype, limits)
     if not isinstance(patched, dict) or patched.get("resourceType") != rtype or patched.get("id") != rid:
         raise FhirError("a patch may not change resourceType or id", status=422, code="processing")
-    try:
-        validate_resource(patched, expected_type=rtype)
-    except FhirError as exc:
-        if readable:
-            raise
-        # The issues would name elements of the stored resource, not only the client's own.
-        raise FhirError(
-            f"the patched {rtype} is not valid FHIR R4 (the details name stored content, which the client's"
-            " scopes do not allow it to read)",
-            status=422, code="processing",
-        ) from exc
+    validate_resource(patched, expected_type=rtype)
     return update(tx, patched, rtype, rid, if_match=if_match, access=access, method="PATCH")
 
 
@@ -472,10 +460,6 @@ def _apply_within(operations: list[Any], document: Any, limits: PatchLimits) -> 
 def _too_deep(rtype: str, limits: PatchLimits) -> FhirError:
     return FhirError(f"the patched {rtype} would nest deeper than {limits.max_depth} levels, as no request"
                      " body may", status=422, code="too-costly")
-
-
-#: JSON Patch operations whose outcome depends on the stored content beyond the paths they name.
-_DISCLOSING = frozenset({"test", "copy", "move"})
 
 
 def _patch_failure(exc: Exception) -> str:

@@ -7,7 +7,8 @@ telecoms, street, city and postal code, with only the year of birth and death da
 a stripped element would tell whether a guessed name, identifier or full birth date belongs
 to a resource, and ``_sort`` by it would order resources by it. So such a client may not
 filter or sort by a parameter whose path reaches a stripped element (403 naming it), and
-searches birth and death dates by year only (``birthdate=1979``, ``birthdate=ge1979``).
+searches birth and death dates by year only (``birthdate=1979``, ``birthdate=ge1979``; not ``ap``,
+whose window ends on a day).
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ ADDRESS_KEPT = ("use", "type", "district", "state", "country")
 YEAR_ONLY = ("birthDate", "deceasedDateTime")
 
 _HIDDEN, _YEAR = "hidden", "year"
-_PREFIX = re.compile(r"^(eq|ne|gt|lt|ge|le|sa|eb|ap)?(\d{4})$")
+#: Year values a date of a de-identified person may be searched by: ``ap`` is left out, since its
+#: window is 10% of the time from the value to now, whose edges fall on days, not years.
+_PREFIX = re.compile(r"^(eq|ne|gt|lt|ge|le|sa|eb)?(\d{4})$")
 
 
 def refuse_identifying(query: SearchQuery) -> None:

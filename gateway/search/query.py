@@ -25,6 +25,7 @@ from gateway.search.dates import DateFormatError, date_range
 from gateway.search.deidentified import refuse_identifying
 from gateway.search.extract import normalise
 from gateway.search.keys import string_key, token_key
+from gateway.search.matcher_links import refuse_link_searches
 from gateway.search.paths import split_reference
 from gateway.search.policy import RowFilter
 from gateway.search.registry import SearchParam, SearchRegistry
@@ -310,6 +311,8 @@ class QueryParser:
         access.require_search(query.rtype)
         if access.deidentified:
             refuse_identifying(query)
+        if access.policy is not None:
+            refuse_link_searches(query)
         for criterion in query.criteria:
             other = criterion.chain[0] if criterion.chain else criterion.has[0] if criterion.has else None
             if other is not None:

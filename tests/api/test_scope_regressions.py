@@ -46,21 +46,35 @@ def _binary(ops: list[dict[str, Any]]) -> dict[str, Any]:
     return {"resourceType": "Binary", "contentType": "application/json-patch+json", "data": data}
 
 
-async def test_patch_returns_nothing_stored_to_a_client_that_cannot_read(api: ApiHarness) -> None:
-    assert (await api.client.put("/fhir/Patient/p1", json=PATIENT)).status_code == 201
+async def test_a_client_that_cannot_read_may_not_patch(api: ApiHarness) -> None:
+    # Whether a patch applies, and whether it leaves a valid resource, tells what is stored: adding
+    # a period end that fails per-1 bounds the stored start, and a binary search finds it, even
+    # inside a transaction another entry rolls back. Such a client replaces the resource whole.
+    stored = {**PATIENT, "name": [{"family": SECRET, "period": {"start": "2024-03-15"}}]}
+    assert (await api.client.put("/fhir/Patient/p1", json=stored)).status_code == 201
     writer = api.with_scopes("system/Patient.u")
-    ops = [{"op": "add", "path": "/active", "value": True}]
-    response = await writer.patch("/fhir/Patient/p1", json=ops, headers=PATCH_JSON)
-    assert response.status_code == 200 and response.content == b"" and response.headers["etag"] == 'W/"2"'
-    entry = {"resource": _binary(ops), "request": {"method": "PATCH", "url": "Patient/p1"}}
-    for kind in ("batch", "transaction"):
-        answer = await writer.post("/fhir", json={"resourceType": "Bundle", "type": kind, "entry": [entry]})
-        assert answer.status_code == 200 and SECRET not in answer.text
-        assert answer.json()["entry"][0]["response"]["status"].startswith("200")
-    # A client that may read the type still gets the patched resource.
+    probes: list[list[dict[str, Any]]] = [[{"op": "add", "path": "/name/0/period/end", "value": day}]
+                                          for day in ("2024-03-10", "2024-03-20")]
+    for ops in [[{"op": "add", "path": "/active", "value": True}], *probes]:
+        response = await writer.patch("/fhir/Patient/p1", json=ops, headers=PATCH_JSON)
+        assert_outcome(response, 403, "forbidden")
+        assert "PUT" in response.json()["issue"][0]["diagnostics"] and SECRET not in response.text
+        entries = [{"resource": _binary(ops), "request": {"method": "PATCH", "url": "Patient/p1"}},
+                   {"resource": _binary(ops), "request": {"method": "PATCH", "url": "Patient/nobody"}}]
+        answers = []
+        for kind in ("batch", "transaction"):
+            answer = await writer.post("/fhir", json={"resourceType": "Bundle", "type": kind, "entry": entries})
+            assert SECRET not in answer.text
+            answers.append(answer)
+        assert answers[0].json()["entry"][0]["response"]["status"].startswith("403")
+        assert answers[1].status_code == 403 and "Bundle.entry[0]" in answers[1].text
+    assert (await api.client.get("/fhir/Patient/p1")).headers["etag"] == 'W/"1"'  # nothing written
+    # A client that may read the type patches and gets the patched resource.
     reader = api.with_scopes("system/Patient.ru")
-    response = await reader.patch("/fhir/Patient/p1", json=ops, headers=PATCH_JSON)
-    assert response.status_code == 200 and response.json()["name"][0]["family"] == SECRET
+    response = await reader.patch("/fhir/Patient/p1", json=probes[1], headers=PATCH_JSON)
+    assert response.status_code == 200 and response.json()["name"][0]["period"]["end"] == "2024-03-20"
+    entry = {"resource": _binary([{"op": "add", "path": "/active", "value": True}]),
+             "request": {"method": "PATCH", "url": "Patient/p1"}}
     answer = await reader.post("/fhir", json={"resourceType": "Bundle", "type": "batch", "entry": [entry]})
     assert answer.json()["entry"][0]["resource"]["name"][0]["family"] == SECRET
 
@@ -90,13 +104,14 @@ async def test_an_update_returns_nothing_stored_to_a_client_that_cannot_read(api
     [
         [{"op": "replace", "path": "/name/0/nothing/x", "value": 1}],
         [{"op": "add", "path": "/name/0/nothing/x", "value": 1}],
-        [{"op": "add", "path": "/name/0/nonsense", "value": 1}],
+        [{"op": "test", "path": "/birthDate", "value": "1999-01-01"}],
     ],
-    ids=["replace", "add", "invalid-result"],
+    ids=["replace", "add", "test"],
 )
 async def test_patch_failures_quote_no_stored_value(api: ApiHarness, ops: list[dict[str, Any]]) -> None:
+    # jsonpatch's own messages quote the document ("member 'x' not found in {...}").
     assert (await api.client.put("/fhir/Patient/p1", json=PATIENT)).status_code == 201
-    response = await api.with_scopes("system/Patient.u").patch("/fhir/Patient/p1", json=ops, headers=PATCH_JSON)
+    response = await api.with_scopes("system/Patient.ru").patch("/fhir/Patient/p1", json=ops, headers=PATCH_JSON)
     body = assert_outcome(response, 422, "processing")
     assert SECRET not in response.text and "1970" not in response.text and "family" not in response.text, body
 

@@ -11,7 +11,7 @@ means the request also searches `T`, since a condition is a search:
 | vread                             | `GET T/id/_history/vid`               | T.r                | GET entry        |
 | update                            | `PUT T/id` (also update-as-create)    | T.u                | PUT entry        |
 | update, `conditionalUpdate`       | `PUT T?query`                         | T.u + T.s          | PUT entry        |
-| patch                             | `PATCH T/id` (JSON Patch)             | T.u                | PATCH (Binary)   |
+| patch                             | `PATCH T/id` (JSON Patch)             | T.u + T.r or T.s   | PATCH (Binary)   |
 | delete                            | `DELETE T/id`                         | T.d                | DELETE entry     |
 | delete, `conditionalDelete`       | `DELETE T?query`                      | T.d + T.s          | DELETE entry     |
 | create                            | `POST T`                              | T.c                | POST entry       |
@@ -33,10 +33,9 @@ on every type: `system/*.s` (or `.read`, `.*`); `s` on a list of types is not en
 update that creates (update-as-create, a conditional update matching nothing) needs `u`
 only, as SMART puts `PUT` under `u`. `$everything` returns resources of other types only
 where the client holds `r` or `s` on them (resources a client cannot read are left out,
-not refused), like `_include`/`_revinclude`. A patched resource is mostly what was
-stored, not what the client sent: a client holding `u` but neither `r` nor `s` gets no
-resource back (REST: an empty body; Bundle entry: no `resource`) and may not use `test`, `copy`
-or `move` (the matrix patches with `add`). A Bundle itself needs
+not refused), like `_include`/`_revinclude`. A patch applies to what is stored, so whether
+it applies (and leaves a valid resource) tells what is stored: it needs `r` or `s` besides `u`
+(a client holding `u` alone may PUT the resource whole). A Bundle itself needs
 no letter: each entry is checked as the REST request it stands for; a refused entry is
 `403` in a batch's response and refuses the whole transaction (`403`). A refused request
 is a `403` OperationOutcome with code `forbidden` and changes nothing.
@@ -73,7 +72,7 @@ class UnknownInteraction(LookupError):
 
 @dataclass(frozen=True, slots=True)
 class Need:
-    """One SMART letter on one type (``EVERY``: on every type)."""
+    """One SMART letter on one type (``EVERY``: on every type); several letters: any one of them."""
 
     rtype: str
     letter: str
@@ -128,7 +127,7 @@ def allows(scopes: Iterable[str], needs: Iterable[Need]) -> bool:
     held = grants(scopes)
     for need in needs:
         on_type = held.get(need.rtype, "") if need.rtype != EVERY else ""
-        if need.letter not in on_type + held.get(EVERY, ""):
+        if not any(letter in on_type + held.get(EVERY, "") for letter in need.letter):
             return False
     return True
 
@@ -146,7 +145,7 @@ def _scope(rtype: str, letters: Iterable[str]) -> str:
 def _by_type(needs: Iterable[Need]) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
     for need in needs:
-        out.setdefault(need.rtype, set()).add(need.letter)
+        out.setdefault(need.rtype, set()).add(need.letter[0])  # of alternatives, the first
     return out
 
 
@@ -167,7 +166,7 @@ def scope_sets(probe: Probe, types: tuple[str, ...]) -> list[tuple[str, ...]]:
     sets.append(tuple(_scope(others[i % len(others)], letters) for i, (_, letters) in elsewhere))
     for need in probe.needs:
         rest = {t: set(ls) for t, ls in needed.items()}
-        rest[need.rtype] = set(LETTERS) - {need.letter}
+        rest[need.rtype] = set(LETTERS) - set(need.letter)
         sets.append(tuple(_scope(t, letters) for t, letters in sorted(rest.items())))
     for form in V1:
         sets.append(tuple(f"system/{t}.{form}" for t in sorted(needed)))
@@ -242,9 +241,9 @@ def _type_probes(rtype: str, declared: dict[str, Any]) -> list[Probe]:
     fhir_json = (("Content-Type", "application/fhir+json"),)
     out: list[Probe] = []
 
-    def add(name: str, interaction: str, needs: str, rest: list[Call], entry: dict[str, Any] | None, ok: int,
-            *, writes: bool = False, deletes: bool = False) -> None:
-        needed = tuple(Need(rtype, letter) for letter in needs)
+    def add(name: str, interaction: str, needs: str | tuple[str, ...], rest: list[Call], entry: dict[str, Any] | None,
+            ok: int, *, writes: bool = False, deletes: bool = False) -> None:
+        needed = tuple(Need(rtype, letter) for letter in needs)  # a tuple's strings: alternatives each
         out.append(Probe(f"{rtype}-{name}", interaction, rtype, needed, tuple(rest), entry, ok, str(ok),
                          writes, deletes))  # fmt: skip
 
@@ -266,8 +265,7 @@ def _type_probes(rtype: str, declared: dict[str, Any]) -> list[Probe]:
                       "data": base64.b64encode(_json(PATCH)).decode()}
             patch_json = (("Content-Type", "application/json-patch+json"),)
             patch = Call("PATCH", f"/{rtype}/{rid}", (), patch_json, _json(PATCH))
-            add("patch", code, "u", [patch], _entry("PATCH", f"{rtype}/{rid}", binary), 200, writes=True)
-            out[-1] = replace(out[-1], stored_body=True)
+            add("patch", code, ("u", "rs"), [patch], _entry("PATCH", f"{rtype}/{rid}", binary), 200, writes=True)
         elif code == "delete":
             add("delete", code, "d", [Call("DELETE", f"/{rtype}/{rid}")], _entry("DELETE", f"{rtype}/{rid}"), 200,
                 writes=True, deletes=True)
