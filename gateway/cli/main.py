@@ -18,7 +18,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from gateway.cli.backfill import backfill_command
-from gateway.cli.common import ConfigOption, DevOption, check_port_free, fail, mask_url, settings_from, where
+from gateway.cli.common import (
+    ConfigOption,
+    DevOption,
+    check_port_free,
+    console,
+    fail,
+    mask_url,
+    settings_from,
+    where,
+)
 from gateway.cli.dhis2 import dhis2_app
 from gateway.cli.identity import identity_app
 from gateway.cli.mappings import mappings_app
@@ -468,7 +477,8 @@ def conformance_run(
     """Check every interaction and search parameter a server advertises (exit 1 on failures, 2 if unreachable)."""
     from conformance.report import main as run_and_report
 
-    raise typer.Exit(run_and_report(base_url.rstrip("/"), token, types=set(resource_type or []) or None))
+    raise typer.Exit(run_and_report(base_url.rstrip("/"), token, console=console(),
+                                    types=set(resource_type or []) or None))
 
 
 def main() -> None:
