@@ -50,6 +50,8 @@ _FHIR_DATETIME_RE = re.compile(
     r"(?:\.\d{1,9})?(?:Z|[+-](?:(?:0\d|1[0-3]):[0-5]\d|14:00))$"
 )
 _EPOCH_MIN, _EPOCH_MAX = -62135596800, 253402300799  # 0001-01-01 .. 9999-12-31
+#: 1e11: as milliseconds 1973-03-03, as seconds the year 5138.
+_MS_FLOOR = 100_000_000_000
 
 
 def blank(value: Any) -> bool:
@@ -272,7 +274,16 @@ def _number(value: Any, path: str, what: str) -> float:
 
 def from_epoch(value: Any, path: str, scale: int) -> str:
     """A date-time from seconds (``scale`` 1) or milliseconds (1000) since 1970."""
-    seconds = _number(value, path, "a timestamp number") / scale
+    number = _number(value, path, "a timestamp number")
+    # Seconds and milliseconds since 1970 differ a thousandfold: each read as the other lands in
+    # January 1970 or after the year 5000, never on a date a CHW app records.
+    if scale == 1000 and 0 <= number < _MS_FLOOR:
+        raise fail(path, value, "milliseconds since 1970 (it reads as a moment of 1973 or before: seconds? use"
+                                " epoch_s)")
+    if scale == 1 and number >= _MS_FLOOR:
+        raise fail(path, value, "seconds since 1970 (it reads as a moment after the year 5000: milliseconds? use"
+                                " epoch_ms)")
+    seconds = number / scale
     if not math.isfinite(seconds) or not _EPOCH_MIN <= seconds <= _EPOCH_MAX:
         raise fail(path, value, "a timestamp in range")
     return _format_instant(datetime.fromtimestamp(round(seconds, 3), tz=UTC))

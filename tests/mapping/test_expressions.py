@@ -249,6 +249,9 @@ def test_converters(pipeline: str, value: Any, expected: list[Any]) -> None:
         ("datetime", True, "true is not an ISO 8601 date-time"),  # JSON's spelling, as sent
         ("epoch_ms", "soon", "is not a timestamp number"),
         ("epoch_ms", 10**20, "is not a timestamp in range"),
+        ("epoch_ms", 1754295600, "1754295600 is not milliseconds since 1970 (it reads as a moment of 1973 or before"),
+        ("epoch_ms", 0, "seconds? use epoch_s"),  # a placeholder, not a visit on 1970-01-01
+        ("epoch_s", 1754295600000, "milliseconds? use epoch_ms"),
         ("required", "  ", "the record has no value here, and one is required"),
         ("required", None, "the record has no value here, and one is required"),
         ("position", "north", "is not a 'lat lon [alt acc]' geopoint"),
