@@ -37,13 +37,13 @@ SetsArgument = Annotated[
 ]
 
 
-def _load(root: Path) -> LoadedMappings:
+def _load(root: Path, *, new_cases: bool = True) -> LoadedMappings:
     from gateway.mapping import load_mappings
 
     if not root.is_dir():  # a usage error (a wrong --dir, or run outside the checkout), not a bad mapping
         typer.echo(f"{root}: mappings folder not found (give it with --dir)", err=True)
         raise typer.Exit(2)
-    loaded = load_mappings(root)
+    loaded = load_mappings(root, new_cases=new_cases)
     if loaded.issues:
         for issue in loaded.issues:
             typer.echo(str(issue), err=True)
@@ -139,7 +139,7 @@ def test(
     """Run the golden tests: <set>/tests/ (input + expected Bundle) and <set>/outbound/tests/ (outcome + payload)."""
     from gateway.mapping import find_cases, run_case
 
-    loaded = _load(root)
+    loaded = _load(root, new_cases=not update)  # a new case's deliberately bad record is written, not refused
     failures = 0
     total = 0
     for mapping_set in _pick(loaded, sets):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 
 from gateway.fhir import can_retract_by_status
@@ -151,9 +152,11 @@ class CompiledMapping:
         )
 
     def where(self, part: str) -> str:
-        """``set: file:line`` of a rule (or let, default, provenance), for run-time errors."""
+        """``set: file:line`` of a rule (or let, default, provenance), for run-time errors: the file
+        by its name in the set's folder, so a golden file's expected message does not depend on the
+        directory the tests were run from (nor a quarantined record's on where the gateway runs)."""
         line = self.lines.get(part)
-        return f"{self.set_name}: {self.file}" + (f":{line}" if line else "")
+        return f"{self.set_name}: {PurePath(self.file).name}" + (f":{line}" if line else "")
 
     @property
     def tag(self) -> str:

@@ -66,8 +66,12 @@ class LoadedMappings:
 _MEMO = FolderMemo()
 
 
-def load_mappings(root: Path, *, interpret: bool = False) -> LoadedMappings:
+def load_mappings(root: Path, *, interpret: bool = False, new_cases: bool = True) -> LoadedMappings:
     """Load and compile everything under ``root``; never raises for bad files.
+
+    ``new_cases``: whether golden inputs with no expected file yet feed the static checks
+    (``mappings test --update`` writes their expected files, refusals included, so a
+    deliberately bad record must not keep the set from loading before it has one).
 
     An unchanged folder is compiled once per process (``memo.FolderMemo``); each caller gets
     its own containers, sharing the compiled sets, which nothing changes after loading.
@@ -76,18 +80,18 @@ def load_mappings(root: Path, *, interpret: bool = False) -> LoadedMappings:
         loaded = LoadedMappings(root)
         loaded.issues.append(LoadIssue(str(root), 0, "", "mappings folder not found"))
         return loaded
-    done = _MEMO.get(root, interpret, lambda: _load_all(root, interpret))
+    done = _MEMO.get(root, (interpret, new_cases), lambda: _load_all(root, interpret, new_cases))
     return LoadedMappings(
         root, dict(done.sets), dict(done.tables), list(done.issues),
         {tag: list(found) for tag, found in done.expressions.items()}, set(done.tables_used),
     )  # fmt: skip
 
 
-def _load_all(root: Path, interpret: bool) -> LoadedMappings:
+def _load_all(root: Path, interpret: bool, new_cases: bool = True) -> LoadedMappings:
     loaded = LoadedMappings(root)
     loaded.tables = load_concept_tables(root / CONCEPTMAP_DIR, loaded.issues)
     for folder in sorted(path for path in root.iterdir() if path.is_dir() and (path / SET_FILE).is_file()):
-        mapping_set = _load_set(folder, loaded, interpret)
+        mapping_set = _load_set(folder, loaded, interpret, new_cases)
         if mapping_set is None:
             continue
         if mapping_set.name in loaded.sets:
@@ -150,7 +154,7 @@ def _describe(path: NodePath, doc: YamlDocument) -> str:
     return text
 
 
-def _load_set(folder: Path, loaded: LoadedMappings, interpret: bool) -> MappingSet | None:
+def _load_set(folder: Path, loaded: LoadedMappings, interpret: bool, new_cases: bool = True) -> MappingSet | None:
     set_file = folder / SET_FILE
     try:
         doc = read_yaml(set_file)
@@ -173,7 +177,7 @@ def _load_set(folder: Path, loaded: LoadedMappings, interpret: bool) -> MappingS
         files = sorted(path for path in folder.glob("*.yaml") if path.name != SET_FILE)
     mappings: list[CompiledMapping] = []
     names: set[str] = set()
-    golden = golden_records(folder)
+    golden = golden_records(folder, new_cases=new_cases)
     for index, name in enumerate(spec.inputs):
         try:
             golden.extend(read_records(folder / name)[0])

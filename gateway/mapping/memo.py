@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import TypeVar
 
@@ -41,10 +41,10 @@ class FolderMemo:
 
     def __init__(self, size: int = 8) -> None:
         self._size = size
-        self._entries: OrderedDict[tuple[str, str, str, bool], object] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str, str, Hashable], object] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, root: Path, variant: bool, build: Callable[[], T]) -> T:
+    def get(self, root: Path, variant: Hashable, build: Callable[[], T]) -> T:
         """``build()``'s result for ``root`` as it is now; built again only when a file changed."""
         # The path as given too: the compiled result names files the way the caller spelled them.
         key = (str(root), str(root.resolve()), folder_digest(root), variant)

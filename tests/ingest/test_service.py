@@ -198,7 +198,7 @@ def test_a_bundle_fhir_refuses_names_the_rule_that_made_the_part(service: Ingest
     assert issue["expression"][0].startswith("Bundle.entry[")
     file = MAPPINGS / "kobo" / "hypertension-visit.yaml"
     line = next(n for n, text in enumerate(file.read_text().splitlines(), 1) if "name: chw_practitioner" in text)
-    where = f"[kobo-hypertension-visit rule chw_practitioner at kobo: {file}:{line}] "
+    where = f"[kobo-hypertension-visit rule chw_practitioner at kobo: {file.name}:{line}] "
     assert issue["diagnostics"].startswith(where), issue
     # replayed (the mapping not yet fixed), it stays held and says the same
     again = service.replay(result.quarantine_id)  # type: ignore[arg-type]

@@ -105,6 +105,28 @@ def test_update_rewrites_expected_files(mappings_dir) -> None:
     )
 
 
+def test_update_writes_a_new_deliberately_bad_case_and_it_passes_from_any_directory(mappings_dir, monkeypatch) -> None:
+    # A new golden input whose record must be refused: before --update writes its expected
+    # OperationOutcome, the static checks try the mapping's converters on it and stop the set.
+    root = mappings_dir({}, with_shipped_sets=True)
+    tests = root / "kobo" / "tests"
+    record = json.loads((tests / "hypertension-visit.input.json").read_text())
+    (tests / "heavy.input.json").write_text(json.dumps({**record, "_id": "bad-1", "vitals/weight_kg": "heavy"}))
+    result = runner.invoke(mappings_app, ["validate", "--dir", str(root)])
+    assert result.exit_code == 1 and "does not fit" in result.output, result.output
+    result = runner.invoke(mappings_app, ["test", "kobo", "--update", "--dir", str(root)])
+    assert result.exit_code == 0, result.output
+    refusal = json.loads((tests / "heavy.expected.json").read_text())
+    (diagnostics,) = [issue["diagnostics"] for issue in refusal["issue"]]
+    # The rule's file by its name in the set's folder, not by the --dir it was run with.
+    assert "at kobo: hypertension-visit.yaml:" in diagnostics and str(root) not in diagnostics, diagnostics
+    assert "'heavy' is not a number" in diagnostics
+    assert runner.invoke(mappings_app, ["validate", "--dir", str(root)]).exit_code == 0
+    monkeypatch.chdir(root.parent)
+    result = runner.invoke(mappings_app, ["test", "kobo", "--dir", root.name])
+    assert result.exit_code == 0 and "PASS    kobo/heavy" in result.output, result.output
+
+
 def test_coverage_reports_unread_fields_and_silent_rules() -> None:
     result = runner.invoke(mappings_app, ["coverage", "commcare", "csv", "--dir", str(MAPPINGS)])
     assert result.exit_code == 0, result.output
