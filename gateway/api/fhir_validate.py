@@ -21,8 +21,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.errors import RequestError, invalid
-from gateway.fhir import issue, outcome_of, parse_json, require_not_golden, validate_resource
+from gateway.fhir import issue, outcome_of, parse_json, require_not_golden, require_visible_before, validate_resource
 from gateway.search import SearchAccess
+from gateway.store import StoreReads
 
 from .auth import authenticate, require_fhir, search_access
 from .context import AppContext, ctx_of
@@ -91,13 +92,23 @@ async def _validate(request: Request, rtype: str, rid: str | None) -> Response:
 async def _refusal(
     ctx: AppContext, access: SearchAccess, rtype: str, rid: str | None, body: dict[str, Any] | None
 ) -> list[dict[str, Any]]:
-    """The issues of the write's own refusal of a golden record (a Patient tagged golden, or one
-    stored as such), as the write would give them; none when it would go ahead."""
+    """The issues of the write's own refusals, as the write would give them, in its order: a
+    resource the client's data policy hides (before anything is said about it, so not whether it
+    is a golden record), a golden record (a Patient tagged golden, or one stored as such); none
+    when it would go ahead."""
     try:
-        await ctx.read(require_not_golden, ctx.store, access, rtype, rid, body)
+        await ctx.read(_refuse_as_the_write, ctx.store, access, rtype, rid, body)
     except RequestError as exc:
         return exc.issues()
     return []
+
+
+def _refuse_as_the_write(
+    store: StoreReads, access: SearchAccess, rtype: str, rid: str | None, body: dict[str, Any] | None
+) -> None:
+    if rid is not None:
+        require_visible_before(store, access, rtype, rid)
+    require_not_golden(store, access, rtype, rid, body)
 
 
 def _with_verdict(problems: list[dict[str, Any]], fine: str) -> list[dict[str, Any]]:

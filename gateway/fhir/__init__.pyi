@@ -26,6 +26,7 @@ from .interactions import ID_RE as ID_RE
 from .interactions import WriteConditions as WriteConditions
 from .interactions import not_modified as not_modified
 from .interactions import require_not_golden as require_not_golden
+from .interactions import require_visible_before as require_visible_before
 from .outcome import informational as informational
 from .outcome import issue as issue
 from .outcome import operation_outcome as operation_outcome

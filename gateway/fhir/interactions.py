@@ -175,7 +175,7 @@ def require_not_golden(
             )  # fmt: skip
 
 
-def require_visible_before(tx: StoreTransaction, access: SearchAccess, rtype: str, rid: str) -> None:
+def require_visible_before(tx: StoreReads, access: SearchAccess, rtype: str, rid: str) -> None:
     """403 when the client's data policy hides the live resource ``rtype/rid`` it is about to change."""
     policy = access.policy
     if policy is None or not policy.applies_to(rtype):

@@ -610,6 +610,35 @@ async def test_a_row_limited_client_cannot_search_or_patch_through_the_matchers_
     assert stored["gender"] == "female" and stored["link"] == [_kept("seealso", "pb1")]
 
 
+async def test_validate_of_a_change_says_what_the_write_would_about_a_hidden_record(api: ApiHarness) -> None:
+    """$validate of a delete or update of a record the policy hides answers as the write would
+    (403, outside the policy), not whether that record is a golden one."""
+    await seed(api)
+    golden = {"resourceType": "Patient", "id": "gold2", "managingOrganization": {"reference": "Organization/hc-b"},
+              "meta": {"tag": [{"system": GOLDEN_TAG_SYSTEM, "code": GOLDEN_TAG_CODE}]}}
+    with api.store.transaction() as tx:
+        tx.update(golden)
+    client = policy_client(api, {"organizations": ["Organization/dist-a"]})
+    answers = []
+    for rid in ("gold2", "pb1"):
+        for mode in ("delete", "update"):
+            parameter: list[dict[str, Any]] = [{"name": "mode", "valueCode": mode}]
+            if mode == "update":
+                parameter.append({"name": "resource", "resource": {"resourceType": "Patient", "id": rid}})
+            body = {"resourceType": "Parameters", "parameter": parameter}
+            answer = await client.post(f"/fhir/Patient/{rid}/$validate", json=body)
+            assert answer.status_code == 200, answer.text
+            (diagnostics,) = [i["diagnostics"] for i in answer.json()["issue"] if i["severity"] == "error"]
+            answers.append(diagnostics.replace(rid, "X"))
+            assert "golden" not in answer.text, answer.text
+    assert set(answers) == {"Patient/X is outside the client's data policy"}, answers
+    # Without a row limit, the golden record is named as the write would.
+    answer = await api.with_scopes("system/Patient.rd").post(
+        "/fhir/Patient/gold2/$validate", json={"resourceType": "Parameters",
+                                               "parameter": [{"name": "mode", "valueCode": "delete"}]})
+    assert "golden record" in answer.text
+
+
 async def test_batch_history_and_everything_show_what_rest_shows(api: ApiHarness) -> None:
     """A Bundle's history and $everything entries: the policy's rows, de-identified for a researcher,
     exactly as the same GETs over REST."""
