@@ -86,7 +86,7 @@ def run(
 
     from gateway import jsonio
     from gateway.fhir import operation_outcome
-    from gateway.mapping import InputError, fhir_problems, map_outcome, parse_csv_rows, read_records
+    from gateway.mapping import InputError, map_outcome, parse_csv_rows, read_records, record_problems
 
     loaded = _load(root)
     (selected,) = _pick(loaded, [mapping_set])
@@ -122,7 +122,8 @@ def run(
     )
     for place, issue in refusals:  # where each refused record is in the file: its CSV line or array item
         typer.echo(f"{place}: {issue.get('diagnostics', issue.get('code', 'refused'))}", err=True)
-    problems = [problem for output in outputs for problem in fhir_problems(output)]
+    problems = [problem for record, output in zip(records, outputs, strict=True)
+                for problem in record_problems(selected, record, output)]
     for problem in problems:
         typer.echo(f"invalid FHIR: {problem}", err=True)
     if failed or problems:

@@ -20,6 +20,8 @@ from .golden import fhir_problems as fhir_problems
 from .golden import find_cases as find_cases
 from .golden import map_outcome as map_outcome
 from .golden import outbound_outcome as outbound_outcome
+from .golden import record_problems as record_problems
+from .golden import rules_of as rules_of
 from .golden import run_case as run_case
 from .inputs import CsvRow as CsvRow
 from .inputs import InputError as InputError

@@ -41,6 +41,8 @@ __all__ = [
     "diff_json",
     "find_cases",
     "fhir_problems",
+    "record_problems",
+    "rules_of",
     "map_outcome",
     "outbound_outcome",
     "run_case",
@@ -113,16 +115,19 @@ def map_outcome(mapping_set: MappingSet, record: Any) -> dict[str, Any]:
         return to_operation_outcome(exc)
 
 
-def fhir_problems(output: dict[str, Any]) -> list[str]:
+def fhir_problems(output: dict[str, Any], made_by: dict[tuple[str, str], str] | None = None) -> list[str]:
     """Why the resources of a Bundle are not valid FHIR R4 (empty if they are): what the store
     checks on every write (``gateway.fhir.validate_resource``: strict JSON and required bindings,
-    the models, the base invariants, reference target types), so a case that passes is stored."""
+    the models, the base invariants, reference target types), so a case that passes is stored.
+    ``made_by`` (``rules_of``) names the rule that made each resource, as ingest's quarantine does."""
     if output.get("resourceType") != "Bundle":
         return []
     problems: list[str] = []
     for entry in output.get("entry", []):
         resource = entry.get("resource", {})
         label = f"{resource.get('resourceType')}/{resource.get('id')}"
+        rule = (made_by or {}).get((str(resource.get("resourceType")), str(resource.get("id"))))
+        label = f"{rule} {label}" if rule else label
         try:
             validate_resource(resource)
         except FhirError as exc:
@@ -132,6 +137,23 @@ def fhir_problems(output: dict[str, Any]) -> list[str]:
                 shown = f"{label} {where}" if where and not text.startswith(where) else label
                 problems.append(f"{shown}: {text}")
     return problems
+
+
+def rules_of(mapping_set: MappingSet, record: Any) -> dict[tuple[str, str], str]:
+    """The rule that made each resource of ``record``'s Bundle, ``[mapping rule R at set: file:line]``
+    by (type, id); empty when the record is refused."""
+    try:
+        mapping = mapping_set.select(record)
+        _, outputs = mapping_set.map_outputs(record, mapping)
+    except MappingError:
+        return {}
+    return {(o.rtype, o.id): f"[{mapping.name} rule {o.rule} at {mapping.where(o.rule)}]" for o in outputs}
+
+
+def record_problems(mapping_set: MappingSet, record: Any, output: dict[str, Any]) -> list[str]:
+    """``fhir_problems`` of ``output`` (``record``'s Bundle), each naming the rule that made the resource."""
+    problems = fhir_problems(output)
+    return fhir_problems(output, rules_of(mapping_set, record)) if problems else problems
 
 
 def run_case(mapping_set: MappingSet, case: GoldenCase, *, update: bool = False) -> GoldenResult:
@@ -144,7 +166,8 @@ def run_case(mapping_set: MappingSet, case: GoldenCase, *, update: bool = False)
             records, many = read_records(case.input_path)
             outputs = [map_outcome(mapping_set, record) for record in records]
             actual = outputs if many else outputs[0]
-            problems = [problem for output in outputs for problem in fhir_problems(output)]
+            problems = [problem for record, output in zip(records, outputs, strict=True)
+                        for problem in record_problems(mapping_set, record, output)]
     except (InputError, OSError, ValueError) as exc:
         return GoldenResult(case, "fail", [f"cannot read {case.input_path.name}: {exc}"])
     if update:

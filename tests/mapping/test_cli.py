@@ -127,6 +127,22 @@ def test_update_writes_a_new_deliberately_bad_case_and_it_passes_from_any_direct
     assert result.exit_code == 0 and "PASS    kobo/heavy" in result.output, result.output
 
 
+def test_run_names_the_rule_that_made_a_resource_fhir_refuses(mappings_dir, tmp_path: Path) -> None:
+    # A raw value into a typed element: the record maps, FHIR refuses the Patient it made.
+    root = mappings_dir({}, with_shipped_sets=True)
+    mapping = root / "kobo" / "hypertension-visit.yaml"
+    mapping.write_text(mapping.read_text().replace("`patient/dob` | date }}", "`patient/dob` }}"))
+    record = json.loads((MAPPINGS / "kobo" / "tests" / "hypertension-visit.input.json").read_text())
+    sent = tmp_path / "visit.json"
+    sent.write_text(json.dumps({**record, "patient/dob": "12/11/2019"}))
+    result = runner.invoke(mappings_app, ["run", "kobo", str(sent), "--dir", str(root)])
+    assert result.exit_code == 1
+    line = next(n for n, text in enumerate(mapping.read_text().splitlines(), 1) if "- name: patient" in text)
+    assert f"invalid FHIR: [kobo-hypertension-visit rule patient at kobo: hypertension-visit.yaml:{line}] Patient/" \
+        in result.stderr, result.stderr
+    assert "birthDate" in result.stderr
+
+
 def test_coverage_reports_unread_fields_and_silent_rules() -> None:
     result = runner.invoke(mappings_app, ["coverage", "commcare", "csv", "--dir", str(MAPPINGS)])
     assert result.exit_code == 0, result.output
