@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -28,6 +28,7 @@ from gateway.fhir import bundles, interactions
 from gateway.fhir.entry_operations import operation_body, operation_of, permission_needed
 from gateway.fhir.fhirpath_patch import is_fhirpath_patch
 from gateway.fhir.full_urls import replace_full_urls
+from gateway.fhir.merge import merged_elements
 from gateway.fhir.outcome import issue, outcome_of
 from gateway.fhir.parse import json_depth
 from gateway.fhir.provenance import activity_of, record_writes
@@ -73,6 +74,8 @@ class _Entry:
     prepared: PreparedWrite | None = None  # ResourceStore.prepare() of a PUT's resource, done before the transaction
     # A GET's _history, $everything or metadata (``entry_operations``); rtype is "" for the system's.
     operation: str | None = None
+    #: A PUT that keeps the stored version's elements its resource leaves out (``gateway.fhir.merge``).
+    merge: bool = False
 
     @property
     def where(self) -> str:
@@ -142,13 +145,18 @@ def prepare_transaction(
     deidentified: bool = False,
     patch_limits: interactions.PatchLimits = interactions.DEFAULT_PATCH_LIMITS,
     capability: Callable[[], bytes] | None = None,
+    merge: Collection[tuple[str, str]] = (),
 ) -> PreparedTransaction:
-    """Parse and validate a transaction Bundle (a 4xx ``FhirError`` naming the entry if not)."""
+    """Parse and validate a transaction Bundle (a 4xx ``FhirError`` naming the entry if not);
+    the PUTs of ``merge``'s (type, id) keep the stored elements their resources leave out."""
     if _bundle_type(bundle) != "transaction":
         raise invalid("a transaction Bundle is needed here", ["Bundle.type"], code="value")
     processor = _Processor(store, parser, base, can, policy, return_resources, skip_unchanged, author, deidentified,
                            patch_limits, capability)  # fmt: skip
     entries = [processor.parse_entry(i, raw) for i, raw in enumerate(_entries(bundle))]
+    if merge:
+        for e in entries:
+            e.merge = e.method == "PUT" and (e.rtype, e.rid) in merge
     _check_full_url_targets(entries)
     processor.prepare_writes(entries)
     return PreparedTransaction(processor, entries)
@@ -384,7 +392,7 @@ class _Processor:
         if any(e.full_url for e in entries):
             return  # a reference to a fullUrl gets rewritten inside the transaction
         for e in entries:
-            if e.method == "PUT" and e.rid is not None and not e.query and e.resource is not None:
+            if e.method == "PUT" and e.rid is not None and not e.query and e.resource is not None and not e.merge:
                 if not _has_special_reference(e.resource):
                     e.prepared = self.store.prepare({**e.resource, "id": e.resource.get("id", e.rid)})
 
@@ -529,6 +537,8 @@ class _Processor:
             if e.method == "PUT":
                 assert e.resource is not None and e.rid is not None
                 resource = {**e.resource, "id": e.resource.get("id", e.rid) if e.query == "" else e.rid}
+                if e.merge:
+                    resource = _merged(tx, e, resource)
                 outcome = interactions.update(tx, resource, e.rtype, e.rid, if_match=e.if_match,
                                               skip_unchanged=self.skip_unchanged, prepared=e.prepared,
                                               access=self.access)
@@ -697,6 +707,17 @@ def _read_subset(query: str, where: str) -> tuple[str | None, list[str] | None]:
     raw = params.get("_elements")
     elements = [item.strip() for item in raw.split(",") if item.strip()] if raw else None
     return (None if summary == "false" else summary), elements
+
+
+def _merged(tx: StoreTransaction, e: _Entry, resource: dict[str, Any]) -> dict[str, Any]:
+    """``resource`` with the elements of ``e``'s stored version it leaves out, validated again: the
+    stored elements can meet the new ones in an invariant (a period's end and a new start)."""
+    current = tx.read(e.rtype, e.rid or "")
+    if current is None or current.deleted:
+        return resource
+    merged = merged_elements(jsonio.loads(current.content), resource)
+    validate_resource(merged, expected_type=e.rtype, where=f"{e.where}.resource.")
+    return merged
 
 
 def _has_special_reference(resource: dict[str, Any]) -> bool:

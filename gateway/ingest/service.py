@@ -203,17 +203,23 @@ class IngestService:
         tasks: Mapping[str, StoredResource] | None = None,
     ) -> PreparedTransaction:
         """``_prepare`` of a mapped record's Bundle; a part FHIR refuses is named by the rule that made it."""
+        merge = mapping.merged_outputs(change.outputs) if mapping is not None else set()
         try:
-            return self._prepare(bundle["entry"], base, tasks)
+            return self._prepare(bundle["entry"], base, tasks, merge)
         except FhirError as exc:
             raise _in_rule(exc, bundle, change, mapping) from None
 
     def _prepare(
-        self, entries: list[dict[str, Any]], base: str, tasks: Mapping[str, StoredResource] | None = None
+        self,
+        entries: list[dict[str, Any]],
+        base: str,
+        tasks: Mapping[str, StoredResource] | None = None,
+        merge: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset(),
     ) -> PreparedTransaction:
         keep_task_progress(self.store, entries, tasks)
         bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
-        return prepare_transaction(self.store, self.parser, bundle, base, return_resources=False, skip_unchanged=True)
+        return prepare_transaction(self.store, self.parser, bundle, base, return_resources=False, skip_unchanged=True,
+                                   merge=merge)
 
     def _quarantine(
         self, source: str, received: ReceivedRecord, key: str | None, exc: RequestError | MappingError

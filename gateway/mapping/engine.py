@@ -97,6 +97,7 @@ class CompiledRule:
     entity: Expression | None = None
     identifier_shapes: dict[str, str | None] = field(default_factory=dict)
     on_retract: str | None = None  # entered-in-error | delete | keep; None: by resource type
+    on_update: str = "replace"  # or merge: keep the stored elements the record leaves out
     lets: list[tuple[str, Builder]] = field(default_factory=list)  # per item, see %item
     #: repeating rules over the same ``for_each``: ``%name`` is their resource for this item
     sibling_names: tuple[str, ...] = ()
@@ -150,6 +151,11 @@ class CompiledMapping:
         self._meta = copier(
             {"source": self.system, "tag": [{"system": MAPPING_TAG_SYSTEM, "code": self.tag}]}
         )
+
+    def merged_outputs(self, outputs: list[RecordOutput]) -> set[tuple[str, str]]:
+        """The (type, id) of ``outputs`` made by rules whose resources merge into the stored version."""
+        return {(o.rtype, o.id) for o in outputs
+                if o.rule in self._rules and self._rules[o.rule].on_update == "merge"}  # fmt: skip
 
     def where(self, part: str) -> str:
         """``set: file:line`` of a rule (or let, default, provenance), for run-time errors: the file

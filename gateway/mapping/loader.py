@@ -401,6 +401,7 @@ def _compile(spec: MappingSpec, set_spec: SetSpec, file: str, tc: TemplateCompil
             )
             compiled.entity = tc.expression(rule.id, (*path, "id"), id_scope)
         compiled.on_retract = rule.on_retract
+        compiled.on_update = rule.on_update
         if rule.on_retract == "entered-in-error" and not any(
             can_retract_by_status(rtype) for rtype in compiled.program.resource_types
         ):

@@ -70,6 +70,10 @@ class RuleBase(_Strict):
       the record no longer makes it: ``entered-in-error`` (a status change: see
       ``gateway.ingest.retractions``), ``delete`` or ``keep``. Default: the status change
       where the resource type has one, else a delete.
+    * ``on_update``: what the rule's resource does to a stored version of it: ``replace``
+      it whole (the default), or ``merge``: keep the stored top-level elements the record
+      leaves out (a follow-up form that makes the Patient without its name does not remove
+      the name the registration stored; see ``gateway.fhir.merge``).
     """
 
     name: str = Field(pattern=_NAME)
@@ -80,6 +84,7 @@ class RuleBase(_Strict):
     template: dict[str, TemplateValue] = {}
     let: dict[Annotated[str, Field(pattern=_NAME)], TemplateValue] = {}
     on_retract: Literal["entered-in-error", "delete", "keep"] | None = None
+    on_update: Literal["replace", "merge"] = "replace"
 
     def repeat_text(self) -> str | None:
         """``for_each`` as one text (rules with the same text repeat over the same items)."""

@@ -47,8 +47,8 @@ def mappings_copy(tmp_path: Path) -> Path:
 
 def make_app(store: Store, root: Path, **settings: Any) -> FastAPI:
     """The gateway app with ingest wired the way the lead wires it."""
-    values: dict[str, Any] = {"rate_limit": MACHINE_SPEED_LIMITS, **settings}
-    config = Settings(store_url="sqlite:///unused.db", mappings_dir=root, sources=SOURCES, **values)
+    values: dict[str, Any] = {"rate_limit": MACHINE_SPEED_LIMITS, "sources": SOURCES, **settings}
+    config = Settings(store_url="sqlite:///unused.db", mappings_dir=root, **values)
     app = create_app(config, store=store)
     app.include_router(ingest_api.router)
     app.include_router(admin_quarantine.router)
