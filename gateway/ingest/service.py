@@ -116,7 +116,7 @@ class IngestService:
                         continue
                     record_data = records[position].record
                     mapping = mapping_set.selected(record_data)  # once: key and Bundle share it
-                    key = mapping_set.record_key(record_data, mapping) if mapping is not None else None
+                    key = mapping_set.record_key(record_data, mapping)  # a record no mapping accepts: its id too
                     started = time.perf_counter()
                     try:
                         bundle, change = _mapped(mapping_set, source.name, record_data, key, mapping)

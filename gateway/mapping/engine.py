@@ -632,14 +632,23 @@ class MappingSet:
         return self.select(record).map(record)
 
     def record_key(self, record: Any, mapping: CompiledMapping | None = None) -> str | None:
-        """The record's own id as its mapping (``mapping``, else its ``select``) reads it, or None
-        if that is not possible."""
-        try:
-            mapping = mapping or self.select(record)
-            return stored_record_key(_single_text(mapping.record_id.run(record, {}), mapping.record_id.text,
-                                                  "the record id"))
-        except MappingError:
-            return None
+        """The record's own id as its mapping (``mapping``, else its ``select``) reads it; for a
+        record no mapping accepts, as the first of the set's mappings that can read one does (its
+        quarantine entry then names the record, ``doc._id``, rather than none); else None."""
+        if mapping is None:
+            try:
+                mapping = self.select(record)
+            except MappingError:
+                return next(filter(None, (_key_of(record, m) for m in self.mappings)), None)
+        return _key_of(record, mapping)
+
+
+def _key_of(record: Any, mapping: CompiledMapping) -> str | None:
+    try:
+        return stored_record_key(_single_text(mapping.record_id.run(record, {}), mapping.record_id.text,
+                                              "the record id"))
+    except MappingError:
+        return None
 
 
 def stored_record_key(record_id: str) -> str:

@@ -134,6 +134,16 @@ def test_a_record_no_rule_applies_to_is_quarantined(service: IngestService, stor
     assert [q.record_key for q in store.quarantine_list()] == [record["doc"]["_id"]]
 
 
+def test_a_record_no_mapping_accepts_is_held_under_its_own_id(service: IngestService, store: SqlStore) -> None:
+    # A CHT report of a form no mapping knows: its quarantine entry names doc._id, as the set's
+    # mappings read a record id, not "-".
+    record = json.loads(sample("cht", "report-data-record-assessment"))
+    record["doc"]["form"] = "unknown_form"
+    (result,) = service.ingest("cht", split_body(json.dumps(record).encode(), None)).results
+    assert result.status == "quarantined" and result.record_key == record["doc"]["_id"]
+    assert [q.record_key for q in store.quarantine_list()] == [record["doc"]["_id"]]
+
+
 class _ReadCounter:
     """The store, counting the reads of single resources and of many (the ingest's round trips)."""
 
