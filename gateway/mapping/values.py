@@ -44,6 +44,9 @@ _JSON_NUMBER_RE = re.compile(r"^-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?$")
 #: "11,4": a decimal comma, as spreadsheets write numbers in French, Portuguese, Spanish...
 _DECIMAL_COMMA_RE = re.compile(r"^[+-]?\d+,(\d+)$")
 _PARTIAL_DATE_RE = re.compile(r"^\d{4}(?:-(?:0[1-9]|1[0-2]))?$")
+#: Year, month and day without the zeros (2025-8-3): what some apps and spreadsheets write; the
+#: order is ISO's, so it reads one way only.
+_UNPADDED_DATE_RE = re.compile(r"^(\d{4})-(\d{1,2})-(\d{1,2})$")
 _ISO_START_RE = re.compile(r"^\d{4}-\d{2}")
 _FHIR_DATETIME_RE = re.compile(
     r"^\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])T(?:[01]\d|2[0-3]):[0-5]\d:(?:[0-5]\d|60)"
@@ -163,6 +166,12 @@ def to_date(value: Any, path: str) -> str:
     text = value.strip()
     if _PARTIAL_DATE_RE.match(text):
         return text
+    unpadded = _UNPADDED_DATE_RE.match(text)
+    if unpadded is not None and len(text) < 10:
+        try:
+            return date(*map(int, unpadded.groups())).isoformat()
+        except ValueError:
+            raise fail(path, value, _DATE) from None
     try:
         if len(text) == 10:
             return date.fromisoformat(text).isoformat()

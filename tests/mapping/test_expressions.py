@@ -195,6 +195,8 @@ def _convert(pipeline: str, value: Any) -> list[Any]:
         ("date", "2025-05-13", ["2025-05-13"]),
         ("date", "2025-05-13T09:34:07.412000Z", ["2025-05-13"]),
         ("date", "2025-05", ["2025-05"]),
+        ("date", "2025-8-3", ["2025-08-03"]),  # year first: one reading only
+        ("date", "2025-12-3", ["2025-12-03"]),
         ("datetime", "2025-05-13T09:34:07.412000Z", ["2025-05-13T09:34:07.412000Z"]),
         ("datetime", "2025-05-10T08:33:47", ["2025-05-10T08:33:47Z"]),
         ("datetime", "2025-05-10 08:33:47+02:00", ["2025-05-10T08:33:47+02:00"]),
@@ -243,6 +245,7 @@ def test_converters(pipeline: str, value: Any, expected: list[Any]) -> None:
         ("boolean", "maybe", "is not yes/no or true/false"),
         ("date", "13/05/2025", "is not a date"),
         ("date", "2025-02-30", "is not a date"),
+        ("date", "2025-2-30", "is not a date"),
         ("datetime", "yesterday at noon", "is not an ISO 8601 date-time"),
         ("datetime", "yesterday", "'yesterday' is not an ISO 8601 date-time"),  # short text: not "a date"
         ("datetime", 1780000000000, "reads with | epoch_ms or | epoch_s"),
