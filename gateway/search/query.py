@@ -463,6 +463,9 @@ class QueryParser:
         if ref_param is None or ref_param.type != "reference":
             raise SearchError(f"{source} has no reference parameter {ref_name!r}", key)
         inner_name, _, inner_mod = inner_key.partition(":")
+        if inner_name in ("_id", "_lastUpdated"):
+            raise SearchError(f"_has with {inner_name} is not supported; search {source}?{inner_name}=… and then by"
+                              f" the references it returns", key, "not-supported")
         inner = self.registry.get(source, inner_name)
         if inner is None or inner.path is None:
             raise SearchError(f"unknown search parameter {inner_name!r} for {source}", key)

@@ -356,6 +356,8 @@ def test_quantity_implicit_range_keeps_its_exact_ends(store: SqlStore, value: st
         ([("_lastUpdated:missing", "false")], "modifier :missing is not supported on _lastUpdated"),
         ([("general-practitioner:Practitioner._id", "x")], "chaining to _id is not supported"),
         ([("organization._lastUpdated", "gt2020")], "chaining to _lastUpdated is not supported"),
+        ([("_has:Observation:patient:_id", "o1")], "_has with _id is not supported"),
+        ([("_has:Observation:patient:_lastUpdated", "ge2020")], "_has with _lastUpdated is not supported"),
     ],
 )
 def test_malformed_searches_are_rejected(items: list[tuple[str, str]], message: str) -> None:
