@@ -15,11 +15,6 @@ from gateway.ingest import SourceConfig
 from gateway.store import Store
 from tests.ingest.conftest import Harness, make_app
 
-SET = """\
-name: anc
-system: urn:test:anc
-"""
-
 VISIT = """\
 mapping: anc-visit
 version: 1.0.0
@@ -45,7 +40,7 @@ async def anc(request: pytest.FixtureRequest, store: Store, mappings_copy: Path)
     """The ingest app with an ``anc`` source whose Patient rule merges (or replaces), on both backends."""
     folder = mappings_copy / "anc"
     folder.mkdir()
-    (folder / "set.yaml").write_text(SET)
+    (folder / "set.yaml").write_text("name: anc\nsystem: urn:test:anc\n")
     (folder / "visit.yaml").write_text(VISIT.format(mode=request.param))
     app = make_app(store, mappings_copy, sources=[SourceConfig(name="anc", kind="json", mapping="anc")])
     async with app.router.lifespan_context(app):
