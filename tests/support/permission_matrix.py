@@ -35,7 +35,8 @@ only, as SMART puts `PUT` under `u`. `$everything` returns resources of other ty
 where the client holds `r` or `s` on them (resources a client cannot read are left out,
 not refused), like `_include`/`_revinclude`. A patch applies to what is stored, so whether
 it applies (and leaves a valid resource) tells what is stored: it needs `r` or `s` besides `u`
-(a client holding `u` alone may PUT the resource whole). A Bundle itself needs
+(a client holding `u` alone may PUT the resource whole, and gets no resource back: the stored
+version keeps what the gateway wrote, a DHIS2 UID, which it did not send). A Bundle itself needs
 no letter: each entry is checked as the REST request it stands for; a refused entry is
 `403` in a batch's response and refuses the whole transaction (`403`). A refused request
 is a `403` OperationOutcome with code `forbidden` and changes nothing.
@@ -257,6 +258,7 @@ def _type_probes(rtype: str, declared: dict[str, Any]) -> list[Probe]:
         elif code == "update":
             add("update", code, "u", [Call("PUT", f"/{rtype}/{rid}", (), fhir_json, _json(seed))],
                 _entry("PUT", f"{rtype}/{rid}", seed), 200, writes=True)
+            out[-1] = replace(out[-1], stored_body=True)  # the stored version, with what the gateway kept
             if declared.get("conditionalUpdate"):
                 put = Call("PUT", f"/{rtype}", (("_id", rid),), fhir_json, _json(seed))
                 add("update-conditional", code, "us", [put], _entry("PUT", f"{rtype}?{cond}", seed), 200, writes=True)
