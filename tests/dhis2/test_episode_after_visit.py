@@ -10,6 +10,7 @@ refused enrollment, had its event deleted from DHIS2 and never sent again."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -99,3 +100,21 @@ async def test_a_new_process_meeting_the_same_refusal_keeps_the_visits_event(san
     enrollments, events = await _stored(sandbox)
     assert [e["enrollment"] for e in enrollments] == [before["enrollment"]]
     assert [(e["event"], e["enrollment"]) for e in events] == [(event["event"], before["enrollment"])]
+
+
+async def test_a_planned_episode_of_care_is_enrolled_no_later_than_today(sandbox: SandboxServer) -> None:
+    """An EpisodeOfCare starting in the future (planned) would be refused by DHIS2 (E1020, E1021:
+    enrollment and incident dates cannot be in the future unless the program allows it), as a
+    first visit still to come is: it is enrolled today."""
+    record = chw_record(1)
+    episode = {**_episode("pt-1"), "status": "planned", "period": {"start": "2099-03-01"}}
+    bundle = ResourceBundle([*places(), *record, episode])
+    connector = make_connector(sandbox.base_url, bundle)
+    try:
+        outcome = await _deliver(connector, make_job(episode))
+    finally:
+        await connector.aclose()
+    assert isinstance(outcome, Success), outcome
+    (enrollment,), _ = await _stored(sandbox)
+    today = datetime.now(UTC).date().isoformat()
+    assert enrollment["enrolledAt"][:10] <= today and enrollment["occurredAt"][:10] <= today

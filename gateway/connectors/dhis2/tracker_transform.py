@@ -562,6 +562,8 @@ class TrackerTransformer:
             seed = self.enrollment_seed(origin)
             uid = self.uid("ENROLLMENT", seed)
             enrolled_at = _instant(_first(self.mapping.enrolled_at, episode, origin))
+            if enrolled_at is not None and self.now is not None:  # a planned episode: E1020 as for a visit
+                enrolled_at = _not_in_future(enrolled_at, self.now())
             status = self.mapping.enrollment_status.get(str(episode.get("status")), "ACTIVE")
         else:
             # Without an EpisodeOfCare the enrollment belongs to (Patient, program): the same
