@@ -10,10 +10,11 @@ from typing import Any
 import anyio.to_thread
 import orjson
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from dhis2_sandbox.aggregate import AggregateParams, AggregateResult, run_data_value_import
 from dhis2_sandbox.context import ApiError, SandboxState, StateDep, UserDep, WriterDep
+from dhis2_sandbox.periods import InvalidPeriod, read_period
 from dhis2_sandbox.tracker_payload import generate_uid
 from dhis2_sandbox.webmessages import web_message, web_message_body
 
@@ -118,6 +119,30 @@ def task_summary(task_id: str, state: StateDep, user: UserDep) -> JSONResponse:
     if summary is None:
         raise ApiError(404, f"Summary for job {task_id} does not exist")
     return JSONResponse(summary)
+
+
+@router.delete("/api/completeDataSetRegistrations", status_code=204)
+def uncomplete(request: Request, state: StateDep, user: WriterDep) -> Response:
+    """Un-register a data set's completeness (ds, pe, ou; cc and cp name a non-default attribute
+    option combo): 204, also when none was registered; 409 for an unknown data set, period or org unit."""
+    query = request.query_params
+    data_sets, period_text, org_unit = query.getlist("ds"), query.get("pe"), query.get("ou")
+    if not data_sets or not period_text or not org_unit:
+        missing = [name for name, value in (("ds", data_sets), ("pe", period_text), ("ou", org_unit)) if not value]
+        raise ApiError(400, f"Required request parameter '{missing[0]}' is not present")
+    if any(state.catalog.get("dataSets", uid) is None for uid in data_sets):
+        raise ApiError(409, f"Illegal data set identifier in this list: [{', '.join(data_sets)}]")
+    try:
+        period = read_period(period_text)
+    except InvalidPeriod as exc:
+        raise ApiError(409, f"Illegal period identifier: {period_text}") from exc
+    if state.catalog.get("organisationUnits", org_unit) is None:
+        raise ApiError(409, f"Illegal organisation unit identifier: {org_unit}")
+    if query.get("cc") or query.get("cp"):
+        raise ApiError(409, "The DHIS2 sandbox un-completes the default attribute option combo only (no cc/cp)")
+    for uid in data_sets:
+        state.store.uncomplete(uid, period.iso, org_unit, state.catalog.default_category_option_combo)
+    return Response(status_code=204)
 
 
 @router.get("/api/dataValueSets")

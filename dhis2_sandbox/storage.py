@@ -353,6 +353,15 @@ class SandboxStore:
             (data_set, period, org_unit, aoc, completed_at),
         )
 
+    def uncomplete(self, data_set: str, period: str, org_unit: str, aoc: str) -> None:
+        """Remove a data set's completeness registration (nothing when there is none)."""
+        with self._lock:
+            self._db.execute(
+                "DELETE FROM complete_registration WHERE data_set = ? AND period = ? AND org_unit = ?"
+                " AND attribute_option_combo = ?",
+                (data_set, period, org_unit, aoc),
+            )
+
     def completed(self, data_set: str, period: str, org_unit: str, aoc: str) -> str | None:
         """The completion date of a data set registration, if any."""
         with self._lock:

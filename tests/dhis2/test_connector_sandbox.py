@@ -400,14 +400,18 @@ async def test_a_deleted_measure_report_deletes_its_data_values(sandbox: Sandbox
     query = f"/api/dataValueSets?dataSet={demo.data_set}&period=202405&orgUnit={demo.ou('CU_KISIWA')}"
     try:
         assert isinstance((await connector.deliver([make_job(report)]))[0], Success)
-        assert len((await get(sandbox, query)).json()["dataValues"]) == 3
+        sent = (await get(sandbox, query)).json()
+        assert len(sent["dataValues"]) == 3 and "completeDate" in sent  # the data set registered complete
         bundle.remove("MeasureReport", report["id"])
         deleted = (await connector.deliver([make_job(report, op="delete")]))[0]
         again = (await connector.deliver([make_job(report, op="delete")]))[0]  # nothing left: still done
     finally:
         await connector.aclose()
     assert isinstance(deleted, Success) and isinstance(again, Success), (deleted, again)
-    assert (await get(sandbox, query)).json().get("dataValues", []) == []
+    left = (await get(sandbox, query)).json()
+    # DHIS2 registers the completeness a value set carries even under importStrategy=DELETE: the
+    # values go without it, and the registration is taken back (DELETE completeDataSetRegistrations).
+    assert left.get("dataValues", []) == [] and "completeDate" not in left, left
 
 
 async def test_a_person_deleted_with_their_last_visit_goes_without_cascade_delete_authority() -> None:

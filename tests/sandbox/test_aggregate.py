@@ -159,6 +159,24 @@ async def test_dry_run_delete_and_completion(client: httpx.AsyncClient, demo: De
     assert (await client.get("/sandbox/stats")).json()["stored"]["data_value"] == 0
 
 
+async def test_a_completeness_registration_is_taken_back_by_delete(client: httpx.AsyncClient, demo: Demo) -> None:
+    """DELETE /api/completeDataSetRegistrations (ds, pe, ou): 204, also when nothing is registered;
+    409 naming an unknown data set, period or org unit, as DHIS2's controller answers."""
+    await client.post("/api/dataValueSets", json=monthly(demo, completeDate="2024-06-03"))
+    where = {"dataSet": demo.data_set, "period": "202405", "orgUnit": demo.ou("CU_KISIWA")}
+    assert (await client.get("/api/dataValueSets", params=where)).json()["completeDate"] == "2024-06-03"
+    target = {"ds": demo.data_set, "pe": "202405", "ou": demo.ou("CU_KISIWA")}
+    for _ in range(2):
+        answer = await client.delete("/api/completeDataSetRegistrations", params=target)
+        assert answer.status_code == 204, answer.text
+    assert "completeDate" not in (await client.get("/api/dataValueSets", params=where)).json()
+    for wrong, message in (({"ds": "AAAAAAAAAAA"}, "Illegal data set identifier"),
+                           ({"pe": "2024-13"}, "Illegal period identifier"),
+                           ({"ou": "AAAAAAAAAAA"}, "Illegal organisation unit identifier")):
+        answer = await client.delete("/api/completeDataSetRegistrations", params={**target, **wrong})
+        assert answer.status_code == 409 and message in answer.json()["message"], answer.text
+
+
 async def test_async_import_task(client: httpx.AsyncClient, demo: Demo) -> None:
     started = await client.post("/api/dataValueSets", params={"async": "true"}, json=monthly(demo))
     assert shape(started.json()) == shape(load_sample("datavalueset-async-job-response-docs.json"))

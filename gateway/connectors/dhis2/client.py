@@ -168,6 +168,12 @@ class Dhis2Client:
         """``POST /api/dataValueSets``; the caller reads the ImportSummary (200 or 409)."""
         return await self.request("POST", "/api/dataValueSets", params=params, body=payload)
 
+    async def uncomplete(self, data_set: str, period: str, org_unit: str) -> httpx.Response:
+        """``DELETE /api/completeDataSetRegistrations``: the data set no longer registered complete
+        for (period, org unit) and the default attribute option combo (204; 409 names a bad id)."""
+        params = {"ds": data_set, "pe": period, "ou": org_unit}
+        return await self.request("DELETE", "/api/completeDataSetRegistrations", params=params)
+
 
 def http_error(endpoint: str, response: httpx.Response) -> Dhis2HttpError:
     """A ``Dhis2HttpError`` with the WebMessage's message and error code, if there is one."""

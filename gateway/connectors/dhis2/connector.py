@@ -177,6 +177,7 @@ class _Prepared:
     plan: TrackerPlan | None = None
     aggregate: AggregatePlan | None = None
     aggregate_strategy: str = "CREATE_AND_UPDATE"  # DELETE: the values of a deleted MeasureReport
+    uncomplete: bool = False  # and the data set's completeness registration the report made
     restore: WriteBackTarget | None = None  # identifiers to put back (writeback case 3)
 
 
@@ -507,6 +508,12 @@ class Dhis2Connector:
         if plan.payload is None:
             item.outcome = Success(detail=plan.note)
         else:
+            if strategy == "DELETE" and "completeDate" in plan.payload:
+                # DHIS2 registers the completeness a data value set carries whatever its import
+                # strategy: deleting the values would register the data set complete again.
+                payload = {k: v for k, v in plan.payload.items() if k != "completeDate"}
+                plan = dataclasses.replace(plan, payload=payload)
+                item.uncomplete = True
             item.aggregate = plan
             item.aggregate_strategy = strategy
         return item
@@ -879,6 +886,26 @@ class Dhis2Connector:
 
     # -- aggregate
 
+    async def _uncomplete(self, payload: JsonObject) -> DeliveryOutcome | None:
+        """Un-register the completeness of a deleted report's data set; the outcome when that fails
+        (a retry repeats the value deletion too, which changes nothing twice), else None."""
+        if payload.get("attributeOptionCombo"):
+            # The endpoint names an attribute option combo by its category combo and options
+            # (cc, cp), which the mapping does not hold: left, and said.
+            return Permanent(reason="dhis2_uncomplete_not_sent",
+                             detail="the values were deleted; the data set's completeness registration for attribute"
+                                    f" option combo {payload['attributeOptionCombo']} is left: un-complete it in DHIS2")
+        data_set, period, org_unit = str(payload["dataSet"]), str(payload["period"]), str(payload["orgUnit"])
+        try:
+            response = await self.client.uncomplete(data_set, period, org_unit)
+        except Dhis2TransportError as exc:
+            cause = exc.__cause__
+            return classify(cause if isinstance(cause, BaseException) else exc, now=self.clock.now())
+        if response.is_success:
+            return None
+        outcome = classify(response, now=self.clock.now())
+        return None if isinstance(outcome, Success) else outcome
+
     async def _send_aggregate(self, item: _Prepared) -> DeliveryOutcome:
         plan = item.aggregate
         assert plan is not None and plan.payload is not None
@@ -906,6 +933,10 @@ class Dhis2Connector:
                 return Permanent(reason="dhis2_unexpected_response", detail="no ImportSummary in the answer")
             return outcome
         outcome = aggregate_outcome(item.job.ref, item.job.resource(), plan, summary, response.status_code, body)
+        if item.uncomplete and isinstance(outcome, Success | Partial):
+            refused = await self._uncomplete(payload)
+            if refused is not None:
+                return refused
         sent = self._recorded_request(payload, params, "/api/dataValueSets")
         if isinstance(outcome, Permanent):
             return dataclasses.replace(outcome, request=sent)
