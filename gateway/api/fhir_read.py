@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from gateway import jsonio
 from gateway.auth import Principal
-from gateway.errors import FhirError, gone, not_found
+from gateway.errors import FhirError, gone, invalid, not_found
 from gateway.fhir import (
     bundles,
     check_capability_mode,
@@ -21,6 +21,7 @@ from gateway.fhir import (
     history_bundle,
     issue,
     outcome_of,
+    parse_json,
     read_subset,
     subset,
 )
@@ -160,14 +161,59 @@ async def everything(request: Request, rid: str) -> Response:
     """The patient and every resource that refers to them, in pages."""
     authenticate(request)  # 401 before anything is said about the URL
     check_path_id(rid)
+    return await _everything(request, rid, request.query_params.multi_items())
+
+
+@router.post("/Patient/{rid}/$everything", summary="Patient $everything (POST)")
+async def everything_post(request: Request, rid: str) -> Response:
+    """``$everything`` invoked by POST (operations.html): its parameters in a ``Parameters`` body,
+    or a form, besides any in the query string."""
+    authenticate(request)
+    check_path_id(rid)
+    require_fhir(request, "Patient", "r")
+    ctx = ctx_of(request)
+    body = await read_body(request, ctx.settings.max_body_bytes)
+    media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    return await _everything(request, rid, [*request.query_params.multi_items(), *_operation_parameters(body, media)])
+
+
+async def _everything(request: Request, rid: str, items: list[tuple[str, str]]) -> Response:
     principal = require_fhir(request, "Patient", "r")
     media = response_type(request)
     ctx = ctx_of(request)
     # Not inlined: a Bundle's GET entries run this very function (``gateway.fhir.entry_operations``).
-    body = await ctx.query(partial(everything_bundle, ctx.store, base_url(request), rid,
-                                   request.query_params.multi_items(), default_count=ctx.settings.search.default_count,
+    body = await ctx.query(partial(everything_bundle, ctx.store, base_url(request), rid, items,
+                                   default_count=ctx.settings.search.default_count,
                                    max_count=ctx.settings.search.max_count, access=search_access(request, principal)))
     return fhir_response(body, media_type=media)
+
+
+def _operation_parameters(body: bytes, media: str) -> list[tuple[str, str]]:
+    """An operation's parameters from a POST body: a form, or a ``Parameters`` resource whose
+    parameters each hold one primitive ``value[x]`` (400 naming the one that does not)."""
+    if not body.strip():
+        return []
+    if media == "application/x-www-form-urlencoded":
+        try:
+            return parse_qsl(body.decode("utf-8"), keep_blank_values=True)
+        except UnicodeDecodeError as exc:
+            raise FhirError("the form body is not UTF-8", status=400, code="structure") from exc
+    if media not in ("application/fhir+json", "application/json", ""):
+        raise FhirError("an operation takes a Parameters resource (application/fhir+json) or a form",
+                        status=415, code="not-supported")
+    data = parse_json(body)
+    if not isinstance(data, dict) or data.get("resourceType") != "Parameters":
+        raise invalid("the body of an operation must be a Parameters resource", ["Parameters"])
+    items: list[tuple[str, str]] = []
+    for n, parameter in enumerate(data.get("parameter") or []):
+        where = f"Parameters.parameter[{n}]"
+        name = parameter.get("name") if isinstance(parameter, dict) else None
+        values = [v for k, v in parameter.items() if k.startswith("value")] if isinstance(name, str) else []
+        if not name or len(values) != 1 or isinstance(values[0], dict | list):
+            raise invalid("each parameter needs a name and one primitive value[x]", [where])
+        value = values[0]
+        items.append((name, ("true" if value else "false") if isinstance(value, bool) else str(value)))
+    return items
 
 
 # -- shared bodies ---------------------------------------------------------------------------

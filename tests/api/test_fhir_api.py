@@ -688,6 +688,32 @@ async def test_everything_takes_count_type_and_since(api: ApiHarness) -> None:
         assert_outcome(await c.get(url, params=bad), 400)
 
 
+async def test_everything_by_post_takes_its_parameters_in_the_body(api: ApiHarness) -> None:
+    # operations.html: POST is the general way to invoke an operation (clients send it by default).
+    c = api.client
+    await c.put("/fhir/Patient/p8", json={"resourceType": "Patient", "id": "p8"})
+    for n in range(3):
+        await c.put(f"/fhir/Observation/e{n}", json={"resourceType": "Observation", "id": f"e{n}", "status": "final",
+                                                     "code": {"text": "x"}, "subject": {"reference": "Patient/p8"}})
+    url = "/fhir/Patient/p8/$everything"
+    parameters = {"resourceType": "Parameters", "parameter": [{"name": "_type", "valueString": "Observation"},
+                                                              {"name": "_count", "valueInteger": 2}]}
+    by_post = await c.post(url, json=parameters, headers={"Content-Type": "application/fhir+json"})
+    by_get = await c.get(url, params={"_type": "Observation", "_count": 2})
+    assert by_post.status_code == 200, by_post.text
+    assert [e["fullUrl"] for e in by_post.json()["entry"]] == [e["fullUrl"] for e in by_get.json()["entry"]]
+    assert by_post.json()["total"] == 3 and len(by_post.json()["entry"]) == 2
+    assert (await c.post(url)).json()["total"] == (await c.get(url)).json()["total"]  # no body: every type
+    form = await c.post(url, content=b"_type=Patient", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert form.json()["total"] == 1
+    bad = {"resourceType": "Parameters", "parameter": [{"name": "_type", "valueCoding": {"code": "x"}}]}
+    answer = await c.post(url, json=bad)
+    assert_outcome(answer, 400)
+    assert "Parameters.parameter[0]" in answer.text
+    assert_outcome(await c.post(url, json={"resourceType": "Patient"}), 400)
+    assert (await api.with_scopes("system/Observation.rs").post(url, json=parameters)).status_code == 403
+
+
 @pytest.mark.parametrize("path", ["/docs", "/redoc", "/openapi.json"])
 async def test_api_docs_are_off_by_default(api: ApiHarness, path: str) -> None:
     assert (await api.anonymous().get(path)).status_code == 404
