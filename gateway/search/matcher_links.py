@@ -29,11 +29,11 @@ def refuse_link_searches(query: SearchQuery) -> None:
         if key.param is not None and _through_link(query.rtype, key.param):
             raise _refused(f"_sort={key.code}")
     for inc in query.includes:
-        if inc.source == "Patient" and inc.param == "link":
-            raise _refused("_include=Patient:link")
+        if inc.source == "Patient" and inc.param in ("link", "*"):
+            raise _refused(f"_include=Patient:{inc.param}")
     for inc in query.revincludes:
-        if inc.source == "Patient" and inc.param == "link":
-            raise _refused("_revinclude=Patient:link")
+        if inc.source == "Patient" and inc.param in ("link", "*"):
+            raise _refused(f"_revinclude=Patient:{inc.param}")
 
 
 def _check(rtype: str, c: Criterion) -> None:

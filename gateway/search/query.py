@@ -45,6 +45,8 @@ RESULT_PARAMS = {
     "_revinclude", "_format", "_pretty", "_snapshot", "_cursor",
 }  # fmt: skip
 SUMMARY_VALUES = {"true", "false", "count", "text", "data"}
+#: ``_include=Type:*``: every reference parameter of the type.
+WILDCARD = "*"
 _NUMBER_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 _ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _MAX_INCLUDED = 1000
@@ -156,7 +158,8 @@ class SortKey:
 
 @dataclass(frozen=True, slots=True)
 class Include:
-    """An ``_include`` or ``_revinclude`` request: ``source:param[:target]``."""
+    """An ``_include`` or ``_revinclude`` request: ``source:param[:target]``; ``param`` ``*`` is
+    every reference parameter of ``source`` (search.html's wildcard)."""
 
     source: str
     param: str
@@ -513,7 +516,7 @@ class QueryParser:
                 hint = f" (or use _include:iterate={raw} to follow it from included resources)"
                 raise SearchError(f"_include must start with {query.rtype}{hint}", key)
             target_param = self.registry.get(include.source, include.param)
-            if target_param is None or target_param.type != "reference":
+            if include.param != WILDCARD and (target_param is None or target_param.type != "reference"):
                 raise SearchError(f"{include.source} has no reference parameter {include.param!r}", key)
             if include.target is not None and include.target not in RESOURCE_TYPES:
                 raise SearchError(f"{key}: unknown resource type {include.target[:40]!r}", key)
@@ -633,6 +636,9 @@ def _number_value(item: str, key: str, quantity: bool) -> NumberValue:
 
 def _include(raw: str, key: str) -> Include:
     pieces = raw.split(":")
+    if pieces[0] == WILDCARD:
+        raise SearchError(f"{key}={raw}: a wildcard source type is not supported; name the type ({key}=Type:*)",
+                          key, "not-supported")
     if len(pieces) not in (2, 3) or not all(pieces):
         raise SearchError(f"{key} must look like Type:param[:TargetType]", key)
     target = pieces[2] if len(pieces) == 3 else None

@@ -728,7 +728,10 @@ class SqlStore(ExportJobs, SubscriptionRows):
         return self._rows_in_order(cur, page_ids)
 
     def _include_rows(self, source: str, code: str) -> tuple[str, list[Any]]:
-        """The condition on ``idx_ref x`` selecting the references of ``source``'s parameter ``code``."""
+        """The condition on ``idx_ref x`` selecting the references of ``source``'s parameter ``code``
+        (``*``: of every parameter)."""
+        if code == "*":
+            return "x.rtype = ?", [source]
         param = self.registry.get(source, code)
         return param_rows(param, "x") if param is not None else ("x.param = ?", [code])
 

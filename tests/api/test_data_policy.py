@@ -584,6 +584,7 @@ async def test_a_row_limited_client_cannot_search_or_patch_through_the_matchers_
     client = policy_client(api, {"organizations": ["Organization/dist-a"]})
     searches = ["/fhir/Patient?link=Patient/pb1", "/fhir/Patient?link:missing=false", "/fhir/Patient?_sort=link",
                 "/fhir/Patient?_include=Patient:link", "/fhir/Patient?_revinclude=Patient:link",
+                "/fhir/Patient?_include=Patient:*", "/fhir/Patient?_revinclude=Patient:*",
                 "/fhir/Patient?_has:Patient:link:family=HIDDEN-Habimana",
                 "/fhir/Observation?subject:Patient.link=Patient/pb1",
                 "/fhir/Patient?_include:iterate=Patient:link&_id=pa1"]

@@ -688,6 +688,32 @@ async def test_everything_takes_count_type_and_since(api: ApiHarness) -> None:
         assert_outcome(await c.get(url, params=bad), 400)
 
 
+async def test_include_wildcard_follows_every_reference_parameter(api_on: ApiHarness) -> None:
+    api = api_on
+    c = api.client
+    await c.put("/fhir/Patient/w1", json={"resourceType": "Patient", "id": "w1"})
+    await c.put("/fhir/Practitioner/chw1", json={"resourceType": "Practitioner", "id": "chw1"})
+    await c.put("/fhir/Encounter/we1", json={"resourceType": "Encounter", "id": "we1", "status": "finished",
+                                             "class": {"code": "HH"}, "subject": {"reference": "Patient/w1"}})
+    await c.put("/fhir/Observation/wo1", json={
+        "resourceType": "Observation", "id": "wo1", "status": "final", "code": {"text": "x"},
+        "subject": {"reference": "Patient/w1"}, "encounter": {"reference": "Encounter/we1"},
+        "performer": [{"reference": "Practitioner/chw1"}]})
+    page = (await c.get("/fhir/Observation", params={"_id": "wo1", "_include": "Observation:*"})).json()
+    included = {f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in page["entry"]
+                if e["search"]["mode"] == "include"}
+    assert included == {"Patient/w1", "Encounter/we1", "Practitioner/chw1"}
+    back = (await c.get("/fhir/Patient", params={"_id": "w1", "_revinclude": "Observation:*"})).json()
+    assert {e["resource"]["id"] for e in back["entry"] if e["search"]["mode"] == "include"} == {"wo1"}
+    # Only the types the client may read.
+    narrow = api.with_scopes("system/Observation.rs", "system/Patient.rs")
+    page = (await narrow.get("/fhir/Observation", params={"_id": "wo1", "_include": "Observation:*"})).json()
+    assert {e["resource"]["resourceType"] for e in page["entry"]} == {"Observation", "Patient"}
+    answer = await c.get("/fhir/Observation", params={"_include": "*"})
+    assert_outcome(answer, 400)
+    assert "wildcard source type is not supported" in answer.text
+
+
 async def test_everything_by_post_takes_its_parameters_in_the_body(api: ApiHarness) -> None:
     # operations.html: POST is the general way to invoke an operation (clients send it by default).
     c = api.client
