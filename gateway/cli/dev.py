@@ -111,8 +111,11 @@ def print_walkthrough(settings: Settings, token: str, reports: list[IngestReport
             f"{report.source}: {len(report.results)} ({_counts(report)})" for report in reports
         )
         echo(f"Demo records from {DEMO_DIR}/ sent through the ingest service: {sent}.")
-        if sandbox is not None:
+        new = any(result.status != "unchanged" for report in reports for result in report.results)
+        if sandbox is not None and new:
             echo("Within a minute the worker delivers them to the DHIS2 sandbox and writes the DHIS2 UIDs back.")
+        elif sandbox is not None:
+            echo("All of them were stored before, so nothing new goes to the DHIS2 sandbox.")
     echo("\nEach step:\n")
     echo("  # 1. the records, mapped to FHIR and stored")
     echo(f'  curl {auth} "{base}/fhir/Patient?_elements=name,identifier"')

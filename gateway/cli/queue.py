@@ -261,6 +261,8 @@ def dead_letters(
         summaries = [dead_letter_summary(letter) for letter in letters]
         typer.echo(jsonio.dumps(summaries, option=orjson.OPT_INDENT_2).decode())
         return
+    if not letters:
+        return  # said on stderr: no empty table on stdout
     table = Table("id", "resource", "reason", "status", "attempts", "died")
     for letter in letters:
         row = dead_letter_summary(letter)

@@ -44,3 +44,16 @@ async def test_review_page_lists_the_evidence_and_decides(harness: Harness) -> N
     assert rejected.status_code == 303
     assert "Same person" in (await harness.console.get("/console/identity/reviews?status=rejected")).text
     assert (await harness.console.get("/console/identity/reviews/x/merge")).status_code in (404, 405)
+
+
+async def test_the_nav_names_the_identity_page_only_when_identity_is_on(harness: Harness, tmp_path: Path) -> None:
+    assert 'href="/console/identity/reviews"' in (await harness.console.get("/console")).text
+    off = ConsoleGateway(tmp_path / "off")  # identity.enabled is false by default
+    with off.running():
+        app = off.app()
+        async with app.router.lifespan_context(app):
+            other = Harness(off, app)
+            assert (await log_in(other.console, off.admin_token)).status_code == 303
+            overview = await other.console.get("/console")
+            assert overview.status_code == 200 and "/console/identity/reviews" not in overview.text
+            await other.aclose()

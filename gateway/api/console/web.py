@@ -216,6 +216,7 @@ def page(request: Request, template: str, http_status: int = 200, **values: Any)
         prefix=PREFIX,
         csrf=console.signer.csrf_token(session),
         user=display_name(session.subject) if session.subject else None,
+        identity=ctx_of(request).services.identity is not None,  # its page in the nav only when it is on
         **values,
     )
     response = HTMLResponse(html, status_code=http_status)
