@@ -223,8 +223,10 @@ def workers_command(
     table = Table("worker", "destinations", "in flight", "started", "last heartbeat", "live")
     for worker in workers:
         beat = worker.beat
+        # A worker no longer heard from holds nothing: its leases lapse and its jobs go back to the queue.
+        in_flight = str(beat.in_flight) if worker.alive else "-"
         table.add_row(
-            beat.name, ", ".join(beat.destinations), str(beat.in_flight), _iso(beat.started_at),
+            beat.name, ", ".join(beat.destinations), in_flight, _iso(beat.started_at),
             f"{_age(worker.age)} ago", "yes" if worker.alive else "no",
         )
     console().print(table)

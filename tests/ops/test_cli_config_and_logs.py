@@ -292,3 +292,27 @@ def test_gateway_worker_lines_carry_times(tmp_path: Path) -> None:
     assert any(f"gateway worker: configuration gateway.yaml; store sqlite:///{tmp_path}/store.db" in line
                for line in lines), stderr
     assert all(re.match(rf"{TIME} (INFO|WARNING|ERROR) [\w.]+: ", line) for line in lines), stderr
+
+
+def test_a_worker_no_longer_heard_from_holds_no_jobs_in_the_listing(here: Path) -> None:
+    """A killed worker's last heartbeat said 8 jobs in flight; its leases lapse, so the listing
+    does not show them as held."""
+    import asyncio
+    import time
+
+    from gateway.clock import SystemClock
+    from gateway.delivery.queue import WorkerBeat
+    from gateway.delivery.queue_factory import open_queue
+
+    write_config(here / "gateway.yaml", "local.db")
+    queue = open_queue(f"sqlite:///{here}/local.db-queue", clock=SystemClock())
+    long_ago = time.time() - 3600
+    asyncio.run(queue.heartbeat(WorkerBeat("vm-killed", ("rx",), long_ago, long_ago, 8)))
+    asyncio.run(queue.heartbeat(WorkerBeat("vm-live", ("rx",), time.time(), time.time(), 3)))
+    asyncio.run(queue.close())
+    result = runner.invoke(app, ["queue", "workers"])
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[1]: line for line in result.stdout.splitlines() if "vm-" in line}
+    killed = rows["vm-killed"]
+    assert " - " in killed and " 8 " not in killed and killed.rstrip(" │").endswith("no")
+    assert " 3 " in rows["vm-live"]
