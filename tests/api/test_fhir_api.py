@@ -653,13 +653,19 @@ async def test_patch_and_everything(api: ApiHarness) -> None:
     ]
 
 
+async def _patient_with_observations(c: httpx.AsyncClient, pid: str, prefix: str, count: int) -> str:
+    """A Patient and ``count`` Observations about them; the URL of their ``$everything``."""
+    await c.put(f"/fhir/Patient/{pid}", json={"resourceType": "Patient", "id": pid})
+    for n in range(count):
+        await c.put(f"/fhir/Observation/{prefix}{n}", json={
+            "resourceType": "Observation", "id": f"{prefix}{n}", "status": "final", "code": {"text": "x"},
+            "subject": {"reference": f"Patient/{pid}"}})
+    return f"/fhir/Patient/{pid}/$everything"
+
+
 async def test_everything_takes_count_type_and_since(api: ApiHarness) -> None:
     c = api.client
-    await c.put("/fhir/Patient/p9", json={"resourceType": "Patient", "id": "p9"})
-    for n in range(4):
-        await c.put(f"/fhir/Observation/o{n}", json={"resourceType": "Observation", "id": f"o{n}", "status": "final",
-                                                     "code": {"text": "x"}, "subject": {"reference": "Patient/p9"}})
-    url = "/fhir/Patient/p9/$everything"
+    url = await _patient_with_observations(c, "p9", "o", 4)
     everything = (await c.get(url)).json()
     total = everything["total"]
     assert total == len(everything["entry"]) == 6  # the Patient, 4 Observations, the Provenance of its write
@@ -717,11 +723,7 @@ async def test_include_wildcard_follows_every_reference_parameter(api_on: ApiHar
 async def test_everything_by_post_takes_its_parameters_in_the_body(api: ApiHarness) -> None:
     # operations.html: POST is the general way to invoke an operation (clients send it by default).
     c = api.client
-    await c.put("/fhir/Patient/p8", json={"resourceType": "Patient", "id": "p8"})
-    for n in range(3):
-        await c.put(f"/fhir/Observation/e{n}", json={"resourceType": "Observation", "id": f"e{n}", "status": "final",
-                                                     "code": {"text": "x"}, "subject": {"reference": "Patient/p8"}})
-    url = "/fhir/Patient/p8/$everything"
+    url = await _patient_with_observations(c, "p8", "e", 3)
     parameters = {"resourceType": "Parameters", "parameter": [{"name": "_type", "valueString": "Observation"},
                                                               {"name": "_count", "valueInteger": 2}]}
     by_post = await c.post(url, json=parameters, headers={"Content-Type": "application/fhir+json"})
