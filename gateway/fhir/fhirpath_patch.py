@@ -225,8 +225,7 @@ def _marked(document: dict[str, Any], checker: StrictChecker) -> tuple[dict[str,
 
 
 def _resource_type(checker: StrictChecker, value: Any) -> ComplexType | None:
-    name = value.get("resourceType") if isinstance(value, dict) else None
-    return checker.type_named(name) if isinstance(name, str) and name in checker.resource_types else None
+    return checker.resource_type(value.get("resourceType")) if isinstance(value, dict) else None
 
 
 def _child_type(checker: StrictChecker, ctype: ComplexType | None, name: str, child: Any) -> ComplexType | None:
@@ -351,9 +350,7 @@ def _key_in(obj: dict[str, Any], ctype: ComplexType | None, member: str) -> str 
     if member in obj:
         return member
     if ctype is not None and member in ctype.choices:
-        for key in obj:
-            if key.startswith(member) and len(key) > len(member) and key[len(member)].isupper():
-                return key
+        return next((key for key in obj if ctype.choice_of(key) == member), None)
     return None
 
 
@@ -376,8 +373,7 @@ def _apply(document: dict[str, Any], op: _Operation, checker: StrictChecker) -> 
             raise _unfit(op, "the resource itself cannot be replaced by a patch")
         key = slot.key
         if slot.ctype is not None and op.value[0] == "value":
-            choice = next((c for c in slot.ctype.choices
-                           if key.startswith(c) and len(key) > len(c) and key[len(c)].isupper()), None)
+            choice = slot.ctype.choice_of(key)
             if choice is not None:  # Observation.value: valueQuantity may become valueString
                 key = choice + op.value[1]
         value = _built(op, checker, slot.ctype, key)
@@ -494,9 +490,7 @@ def _element(op: _Operation, ctype: ComplexType | None, name: str) -> tuple[str,
 
 
 def _choice_taken(target: dict[str, Any], ctype: ComplexType, name: str) -> bool:
-    return name in ctype.choices and any(
-        k.startswith(name) and len(k) > len(name) and k[len(name)].isupper() for k in target
-    )
+    return any(ctype.choice_of(k) == name for k in target)
 
 
 def _list_at(

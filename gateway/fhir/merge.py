@@ -30,26 +30,19 @@ def merged_elements(
     stored: dict[str, Any], made: dict[str, Any], checker: StrictChecker | None = None
 ) -> dict[str, Any]:
     """``made`` with the top-level elements of ``stored`` it leaves out (see the module docstring)."""
-    checker = checker or default_checker()
-    rtype = made.get("resourceType")
-    ctype = checker.type_named(rtype) if isinstance(rtype, str) and rtype in checker.resource_types else None
-    choices = ctype.choices if ctype is not None else ()
-    taken = {_choice_of(key, choices) for key in made}
+    ctype = (checker or default_checker()).resource_type(made.get("resourceType"))
+
+    def element(key: str) -> str:  # the choice element of a typed name (deceasedBoolean: deceased)
+        return (ctype.choice_of(key) if ctype is not None else None) or key
+
+    taken = {element(key) for key in made}
     out = dict(made)
     for key, value in stored.items():
         if key in out or key in _FROM_RECORD:
             continue
         if key.startswith("_") and key[1:] in made:
             continue  # the extensions of a primitive the record replaced
-        if _choice_of(key.removeprefix("_"), choices) in taken:
+        if element(key.removeprefix("_")) in taken:
             continue  # another type of a choice element the record set
         out[key] = value
     return out
-
-
-def _choice_of(key: str, choices: Any) -> str:
-    """The choice element ``key`` is a typed name of (``deceasedBoolean`` → ``deceased``), else ``key``."""
-    for choice in choices:
-        if key.startswith(choice) and len(key) > len(choice) and key[len(choice)].isupper():
-            return str(choice)
-    return key

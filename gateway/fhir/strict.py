@@ -97,6 +97,11 @@ class ComplexType:
         self.required: tuple[str, ...] = ()
         self.choices: tuple[str, ...] = ()
 
+    def choice_of(self, key: str) -> str | None:
+        """The choice element ``key`` is a typed name of (``deceasedBoolean`` → ``deceased``), else None."""
+        prop = self.props.get(key)
+        return prop[3] or None if prop is not None else None
+
 
 class StrictChecker:
     """Checks parsed FHIR R4 JSON against an element table (see ``gateway/r4/data/r4-elements.json``)."""
@@ -166,6 +171,10 @@ class StrictChecker:
     def type_named(self, name: str) -> ComplexType:
         """The compiled complex type or resource ``name`` (KeyError if there is none)."""
         return self._types[name]
+
+    def resource_type(self, name: Any) -> ComplexType | None:
+        """The compiled resource type ``name``, or None when ``name`` names none."""
+        return self._types[name] if isinstance(name, str) and name in self.resource_types else None
 
     @property
     def element_type(self) -> ComplexType:
