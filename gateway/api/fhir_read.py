@@ -72,14 +72,10 @@ async def search_post(request: Request, rtype: str) -> Response:
     require_fhir(request, rtype, "s")
     ctx = ctx_of(request)
     body = await read_body(request, ctx.settings.max_body_bytes)
-    media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    media = _media(request)
     if body and media not in ("application/x-www-form-urlencoded", ""):
         raise FhirError("POST _search takes application/x-www-form-urlencoded", status=415, code="not-supported")
-    try:
-        form = parse_qsl(body.decode("utf-8"), keep_blank_values=True)
-    except UnicodeDecodeError as exc:
-        raise FhirError("the form body is not UTF-8", status=400, code="structure") from exc
-    return await _search(request, rtype, [*request.query_params.multi_items(), *form])
+    return await _search(request, rtype, [*request.query_params.multi_items(), *_form(body)])
 
 
 @router.get("/{rtype}/_history", summary="Type history")
@@ -161,7 +157,8 @@ async def everything(request: Request, rid: str) -> Response:
     """The patient and every resource that refers to them, in pages."""
     authenticate(request)  # 401 before anything is said about the URL
     check_path_id(rid)
-    return await _everything(request, rid, request.query_params.multi_items())
+    principal = require_fhir(request, "Patient", "r")
+    return await _everything(request, principal, rid, request.query_params.multi_items())
 
 
 @router.post("/Patient/{rid}/$everything", summary="Patient $everything (POST)")
@@ -170,15 +167,14 @@ async def everything_post(request: Request, rid: str) -> Response:
     or a form, besides any in the query string."""
     authenticate(request)
     check_path_id(rid)
-    require_fhir(request, "Patient", "r")
+    principal = require_fhir(request, "Patient", "r")
     ctx = ctx_of(request)
     body = await read_body(request, ctx.settings.max_body_bytes)
-    media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
-    return await _everything(request, rid, [*request.query_params.multi_items(), *_operation_parameters(body, media)])
+    items = [*request.query_params.multi_items(), *_operation_parameters(body, _media(request))]
+    return await _everything(request, principal, rid, items)
 
 
-async def _everything(request: Request, rid: str, items: list[tuple[str, str]]) -> Response:
-    principal = require_fhir(request, "Patient", "r")
+async def _everything(request: Request, principal: Principal, rid: str, items: list[tuple[str, str]]) -> Response:
     media = response_type(request)
     ctx = ctx_of(request)
     # Not inlined: a Bundle's GET entries run this very function (``gateway.fhir.entry_operations``).
@@ -188,16 +184,26 @@ async def _everything(request: Request, rid: str, items: list[tuple[str, str]]) 
     return fhir_response(body, media_type=media)
 
 
+def _media(request: Request) -> str:
+    """The request body's media type, without parameters, in lower case ("" when not said)."""
+    return (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+
+
+def _form(body: bytes) -> list[tuple[str, str]]:
+    """The fields of a form-encoded body (400 when it is not UTF-8)."""
+    try:
+        return parse_qsl(body.decode("utf-8"), keep_blank_values=True)
+    except UnicodeDecodeError as exc:
+        raise FhirError("the form body is not UTF-8", status=400, code="structure") from exc
+
+
 def _operation_parameters(body: bytes, media: str) -> list[tuple[str, str]]:
     """An operation's parameters from a POST body: a form, or a ``Parameters`` resource whose
     parameters each hold one primitive ``value[x]`` (400 naming the one that does not)."""
     if not body.strip():
         return []
     if media == "application/x-www-form-urlencoded":
-        try:
-            return parse_qsl(body.decode("utf-8"), keep_blank_values=True)
-        except UnicodeDecodeError as exc:
-            raise FhirError("the form body is not UTF-8", status=400, code="structure") from exc
+        return _form(body)
     if media not in ("application/fhir+json", "application/json", ""):
         raise FhirError("an operation takes a Parameters resource (application/fhir+json) or a form",
                         status=415, code="not-supported")
