@@ -210,8 +210,11 @@ def _operation_parameters(body: bytes, media: str) -> list[tuple[str, str]]:
     data = parse_json(body)
     if not isinstance(data, dict) or data.get("resourceType") != "Parameters":
         raise invalid("the body of an operation must be a Parameters resource", ["Parameters"])
+    listed = data.get("parameter") or []
+    if not isinstance(listed, list):
+        raise invalid("Parameters.parameter must be a list", ["Parameters.parameter"])
     items: list[tuple[str, str]] = []
-    for n, parameter in enumerate(data.get("parameter") or []):
+    for n, parameter in enumerate(listed):
         where = f"Parameters.parameter[{n}]"
         name = parameter.get("name") if isinstance(parameter, dict) else None
         values = [v for k, v in parameter.items() if k.startswith("value")] if isinstance(name, str) else []

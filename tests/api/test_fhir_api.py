@@ -739,6 +739,8 @@ async def test_everything_by_post_takes_its_parameters_in_the_body(api: ApiHarne
     assert_outcome(answer, 400)
     assert "Parameters.parameter[0]" in answer.text
     assert_outcome(await c.post(url, json={"resourceType": "Patient"}), 400)
+    for odd in (5, "x", {"name": "_count"}, [5], [{"name": 5, "valueInteger": 1}]):
+        assert_outcome(await c.post(url, json={"resourceType": "Parameters", "parameter": odd}), 400)
     assert (await api.with_scopes("system/Observation.rs").post(url, json=parameters)).status_code == 403
 
 
